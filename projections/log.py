@@ -1,0 +1,90 @@
+"""Reading the sealed global log: the one source every downstream reader tails. I/O: Postgres.
+
+``event_log`` positions are contiguous and a batch becomes visible only after every earlier
+one committed (a single sealer writes it), so ``log_position > last`` never skips.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import datetime
+
+import asyncpg
+import msgspec
+
+from events.envelope import Envelope, decode_envelope
+
+
+class LoggedEvent(msgspec.Struct, frozen=True):
+    log_position: int
+    seq: int
+    sealed_at: datetime
+    envelope: Envelope
+
+    @property
+    def event_type(self) -> str:
+        return self.envelope.event_type
+
+    @property
+    def stream_id(self) -> str:
+        return self.envelope.stream_id
+
+
+_READ = """
+SELECT l.log_position, l.seq, l.sealed_at, e.envelope
+  FROM event_log l JOIN events e ON e.seq = l.seq
+ WHERE l.log_position > $1 AND l.log_position <= $2
+ ORDER BY l.log_position
+ LIMIT $3
+"""
+
+_MAX = 2**63 - 1
+
+
+async def read_log(
+    conn: asyncpg.Connection | asyncpg.Pool,
+    after: int,
+    limit: int = 1000,
+    *,
+    up_to: int | None = None,
+) -> list[LoggedEvent]:
+    """Up to ``limit`` sealed events after position ``after`` (and at most ``up_to``)."""
+    rows = await conn.fetch(_READ, after, _MAX if up_to is None else up_to, limit)
+    return [
+        LoggedEvent(r["log_position"], r["seq"], r["sealed_at"], decode_envelope(r["envelope"]))
+        for r in rows
+    ]
+
+
+async def iter_log(
+    pool: asyncpg.Pool,
+    after: int = 0,
+    *,
+    batch: int = 1000,
+    up_to: int | None = None,
+) -> AsyncIterator[list[LoggedEvent]]:
+    """Stream the log in batches, holding at most one batch in memory."""
+    position = after
+    while True:
+        events = await read_log(pool, position, batch, up_to=up_to)
+        if not events:
+            return
+        yield events
+        position = events[-1].log_position
+        if len(events) < batch:
+            return
+
+
+async def head_position(conn: asyncpg.Connection | asyncpg.Pool) -> int:
+    """The last sealed position (0 for an empty log)."""
+    value: int = await conn.fetchval("SELECT last_log_position FROM sealer_state WHERE id = 1")
+    return value
+
+
+async def position_at(conn: asyncpg.Connection | asyncpg.Pool, moment: datetime) -> int:
+    """The last position sealed at or before ``moment``: the log as it stood then."""
+    value: int | None = await conn.fetchval(
+        "SELECT log_position FROM event_log WHERE sealed_at <= $1 ORDER BY sealed_at DESC, log_position DESC LIMIT 1",
+        moment,
+    )
+    return value or 0

@@ -1,0 +1,241 @@
+-- The event store: stream heads, the append-only event table, the sealed global log.
+--
+-- Appends run concurrently (one row lock per stream). A Postgres identity value is drawn at
+-- insert but becomes visible at commit, so `seq` is NOT a safe read cursor. The single
+-- sealer copies events of finished transactions into `event_log`, which has contiguous
+-- positions and the global hash chain; every reader tails `event_log` instead.
+
+CREATE TABLE streams (
+    stream_id   text        PRIMARY KEY,
+    stream_type text        NOT NULL,
+    version     bigint      NOT NULL CHECK (version >= 0),
+    -- xid of the last appender: an append from an older transaction must retry so that
+    -- per-stream order equals (tx_id, seq) order, which is the order the sealer uses.
+    last_tx_id  xid8        NOT NULL,
+    last_hash   bytea       NOT NULL CHECK (length(last_hash) = 32),
+    created_at  timestamptz NOT NULL DEFAULT statement_timestamp(),
+    updated_at  timestamptz NOT NULL DEFAULT statement_timestamp()
+);
+
+CREATE TABLE events (
+    seq             bigint      GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    tx_id           xid8        NOT NULL DEFAULT pg_current_xact_id(),
+    event_id        uuid        NOT NULL UNIQUE,
+    stream_id       text        NOT NULL,
+    stream_position bigint      NOT NULL CHECK (stream_position >= 1),
+    event_type      text        NOT NULL,
+    recorded_at     timestamptz NOT NULL DEFAULT statement_timestamp(),
+    -- The exact canonical bytes that were hashed; jsonb would normalise them away.
+    envelope        bytea       NOT NULL,
+    stream_hash     bytea       NOT NULL CHECK (length(stream_hash) = 32),
+    UNIQUE (stream_id, stream_position)
+);
+CREATE INDEX events_tx_seq ON events (tx_id, seq);
+
+CREATE TABLE event_log (
+    log_position bigint      PRIMARY KEY,
+    seq          bigint      NOT NULL UNIQUE,
+    stream_id    text        NOT NULL,
+    event_type   text        NOT NULL,
+    log_hash     bytea       NOT NULL CHECK (length(log_hash) = 32),
+    -- Monotone across batches, so "the log as it stood at time T" is a prefix.
+    sealed_at    timestamptz NOT NULL
+);
+CREATE INDEX event_log_sealed_at ON event_log (sealed_at, log_position);
+
+CREATE TABLE sealer_state (
+    id                int         PRIMARY KEY CHECK (id = 1),
+    last_log_position bigint      NOT NULL,
+    last_tx_id        xid8        NOT NULL,
+    last_seq          bigint      NOT NULL,
+    last_log_hash     bytea       NOT NULL CHECK (length(last_log_hash) = 32),
+    sealed_at         timestamptz NOT NULL
+);
+INSERT INTO sealer_state VALUES (1, 0, '0'::xid8, 0, '\x0000000000000000000000000000000000000000000000000000000000000000', '-infinity');
+
+-- Unique names claimed by streams (model names -> model stream), written in the same
+-- transaction as the append that claims or releases them.
+CREATE TABLE unique_keys (
+    key       text PRIMARY KEY,
+    stream_id text NOT NULL
+);
+CREATE INDEX unique_keys_stream ON unique_keys (stream_id);
+
+CREATE FUNCTION forbid_mutation() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE EXCEPTION '% is append-only: % rejected', TG_TABLE_NAME, TG_OP USING ERRCODE = '42501';
+END $$;
+CREATE TRIGGER events_append_only BEFORE UPDATE OR DELETE ON events
+    FOR EACH ROW EXECUTE FUNCTION forbid_mutation();
+CREATE TRIGGER events_no_truncate BEFORE TRUNCATE ON events
+    FOR EACH STATEMENT EXECUTE FUNCTION forbid_mutation();
+CREATE TRIGGER event_log_append_only BEFORE UPDATE OR DELETE ON event_log
+    FOR EACH ROW EXECUTE FUNCTION forbid_mutation();
+CREATE TRIGGER event_log_no_truncate BEFORE TRUNCATE ON event_log
+    FOR EACH STATEMENT EXECUTE FUNCTION forbid_mutation();
+
+-- Append a batch to one stream: one statement, one round trip.
+--
+-- Order of checks matters: the stream row lock comes first so that concurrent retries of
+-- the same events serialise; the idempotency check next, so a retry after a lost answer
+-- returns the first result; the version check before any identity value is drawn, so an
+-- optimistic-concurrency loser burns nothing.
+--
+-- Errors: MR409 version conflict (DETAIL = actual version), MR422 event ids partly
+-- recorded already, MR423 unique key taken (DETAIL = key), 40001 stale xid (retry).
+CREATE FUNCTION append_events(
+    p_stream_id        text,
+    p_stream_type      text,
+    p_expected_version bigint,
+    p_event_ids        uuid[],
+    p_event_types      text[],
+    p_envelopes        bytea[],
+    p_claim_keys       text[],
+    p_release_keys     text[]
+) RETURNS TABLE (stream_version bigint, last_seq bigint, tx_id xid8, replayed boolean)
+LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
+DECLARE
+    n          int  := coalesce(cardinality(p_event_ids), 0);
+    v_tx       xid8 := pg_current_xact_id();
+    v_version  bigint;
+    v_last_tx  xid8;
+    v_hash     bytea;
+    v_hashes   bytea[] := '{}';
+    v_found    int;
+    v_same_stream boolean;
+    v_min      bigint;
+    v_max_seq  bigint;
+    v_old_tx   xid8;
+    v_key      text;
+    v_owner    text;
+BEGIN
+    IF n = 0 OR cardinality(p_event_types) <> n OR cardinality(p_envelopes) <> n THEN
+        RAISE EXCEPTION 'an append needs 1..n events with as many types and envelopes'
+            USING ERRCODE = '22023';
+    END IF;
+
+    SELECT s.version, s.last_tx_id, s.last_hash INTO v_version, v_last_tx, v_hash
+      FROM streams s WHERE s.stream_id = p_stream_id FOR UPDATE;
+    IF NOT FOUND THEN
+        IF p_expected_version <> 0 THEN
+            RAISE EXCEPTION 'stream % does not exist', p_stream_id
+                USING ERRCODE = 'MR409', DETAIL = '0';
+        END IF;
+        INSERT INTO streams AS s (stream_id, stream_type, version, last_tx_id, last_hash)
+        VALUES (p_stream_id, p_stream_type, 0, v_tx, '\x0000000000000000000000000000000000000000000000000000000000000000')
+        ON CONFLICT (stream_id) DO NOTHING;
+        -- A concurrent creator committed first: continue against its row.
+        SELECT s.version, s.last_tx_id, s.last_hash INTO v_version, v_last_tx, v_hash
+          FROM streams s WHERE s.stream_id = p_stream_id FOR UPDATE;
+    END IF;
+
+    SELECT count(*), min(e.stream_position), max(e.seq), max(e.tx_id),
+           bool_and(e.stream_id = p_stream_id)
+      INTO v_found, v_min, v_max_seq, v_old_tx, v_same_stream
+      FROM events e WHERE e.event_id = ANY (p_event_ids);
+    IF v_found > 0 THEN
+        IF v_found = n AND v_same_stream AND NOT EXISTS (
+            SELECT 1 FROM events e
+             WHERE e.event_id = ANY (p_event_ids)
+               AND e.stream_position <> v_min + array_position(p_event_ids, e.event_id) - 1
+        ) THEN
+            RETURN QUERY SELECT v_min + n - 1, v_max_seq, v_old_tx, true;
+            RETURN;
+        END IF;
+        RAISE EXCEPTION 'some of these event ids are recorded already, not as this batch'
+            USING ERRCODE = 'MR422';
+    END IF;
+
+    IF v_version <> p_expected_version THEN
+        RAISE EXCEPTION 'stream % is at version %, not %', p_stream_id, v_version, p_expected_version
+            USING ERRCODE = 'MR409', DETAIL = v_version::text;
+    END IF;
+    IF v_tx < v_last_tx THEN
+        RAISE EXCEPTION 'transaction is older than the last append to %; retry', p_stream_id
+            USING ERRCODE = '40001';
+    END IF;
+
+    IF p_release_keys IS NOT NULL THEN
+        DELETE FROM unique_keys u WHERE u.key = ANY (p_release_keys) AND u.stream_id = p_stream_id;
+    END IF;
+    IF p_claim_keys IS NOT NULL THEN
+        FOREACH v_key IN ARRAY p_claim_keys LOOP
+            INSERT INTO unique_keys AS u (key, stream_id) VALUES (v_key, p_stream_id)
+            ON CONFLICT (key) DO NOTHING;
+            IF NOT FOUND THEN
+                SELECT u.stream_id INTO v_owner FROM unique_keys u WHERE u.key = v_key;
+                IF v_owner IS DISTINCT FROM p_stream_id THEN
+                    RAISE EXCEPTION '% is taken', v_key USING ERRCODE = 'MR423', DETAIL = v_key;
+                END IF;
+            END IF;
+        END LOOP;
+    END IF;
+
+    FOR i IN 1..n LOOP
+        v_hash := sha256('\x01'::bytea || v_hash || sha256('\x00'::bytea || p_envelopes[i]));
+        v_hashes := v_hashes || v_hash;
+    END LOOP;
+
+    WITH inserted AS (
+        INSERT INTO events (event_id, stream_id, stream_position, event_type, envelope, stream_hash)
+        SELECT u.id, p_stream_id, v_version + u.ord, u.typ, u.env, u.hash
+          FROM unnest(p_event_ids, p_event_types, p_envelopes, v_hashes)
+               WITH ORDINALITY AS u(id, typ, env, hash, ord)
+         ORDER BY u.ord
+        RETURNING seq
+    )
+    SELECT max(inserted.seq) INTO v_max_seq FROM inserted;
+
+    UPDATE streams s
+       SET version = v_version + n, last_tx_id = v_tx, last_hash = v_hash,
+           updated_at = statement_timestamp()
+     WHERE s.stream_id = p_stream_id;
+
+    RETURN QUERY SELECT v_version + n, v_max_seq, v_tx, false;
+END $$;
+
+-- Seal one batch the sealer read below the transaction horizon. The CAS on the sealer
+-- cursor is the fence: a second sealer blocks on the row, then finds the cursor moved and
+-- fails (MR409) before writing anything, so the chain can never fork.
+CREATE FUNCTION seal_batch(
+    p_prev_position bigint,
+    p_seqs          bigint[],
+    p_stream_ids    text[],
+    p_event_types   text[],
+    p_log_hashes    bytea[],
+    p_last_tx       xid8,
+    p_last_seq      bigint,
+    p_channel       text
+) RETURNS TABLE (log_position bigint, sealed_at timestamptz)
+LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
+DECLARE
+    n        int := cardinality(p_seqs);
+    v_new    bigint := p_prev_position + n;
+    v_sealed timestamptz;
+BEGIN
+    UPDATE sealer_state s
+       SET last_log_position = v_new, last_tx_id = p_last_tx, last_seq = p_last_seq,
+           last_log_hash = p_log_hashes[n], sealed_at = greatest(s.sealed_at, clock_timestamp())
+     WHERE s.id = 1 AND s.last_log_position = p_prev_position
+    RETURNING s.sealed_at INTO v_sealed;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'another sealer moved the log past %', p_prev_position
+            USING ERRCODE = 'MR409';
+    END IF;
+    INSERT INTO event_log (log_position, seq, stream_id, event_type, log_hash, sealed_at)
+    SELECT p_prev_position + u.ord, u.seq, u.sid, u.typ, u.hash, v_sealed
+      FROM unnest(p_seqs, p_stream_ids, p_event_types, p_log_hashes)
+           WITH ORDINALITY AS u(seq, sid, typ, hash, ord);
+    PERFORM pg_notify(p_channel, v_new::text);
+    RETURN QUERY SELECT v_new, v_sealed;
+END $$;
+
+DO $$
+DECLARE app text := current_setting('modelreg.app_role');
+BEGIN
+    EXECUTE format('GRANT SELECT, INSERT, UPDATE ON streams TO %I', app);
+    EXECUTE format('GRANT SELECT, INSERT ON events, event_log TO %I', app);
+    EXECUTE format('GRANT SELECT, UPDATE ON sealer_state TO %I', app);
+    EXECUTE format('GRANT SELECT, INSERT, DELETE ON unique_keys TO %I', app);
+    EXECUTE format('REVOKE UPDATE, DELETE, TRUNCATE ON events, event_log FROM %I', app);
+END $$;

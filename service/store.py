@@ -1,0 +1,210 @@
+"""The event store: optimistic, idempotent, hash-chained appends to streams. I/O: Postgres.
+
+Guarantees of ``append`` (each proven by a test in tests/integration/test_store_*.py):
+
+- all of a batch is recorded or none of it, at stream positions ``expected_version + 1..n``;
+- of two appends at the same expected version exactly one wins; the loser gets
+  ``ConcurrencyError`` carrying the actual version and has drawn no sequence number;
+- re-sending the same event ids (a retry after a lost answer) records nothing and returns
+  the first result; re-sending some of them in another batch is a ``DuplicateEventError``;
+- each event's hash chains its exact stored bytes to the previous event of its stream;
+- an append from a transaction older than the stream's last appender is retried, so
+  per-stream order always equals the (tx_id, seq) order in which the sealer publishes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from uuid import UUID
+
+import asyncpg
+import msgspec
+
+from events.base import Event, utc
+from events.codec import EventCodec
+from events.envelope import Envelope, decode_envelope, encode_envelope
+from events.errors import AlreadyExistsError, ConcurrencyError, ConflictError
+
+_RETRYABLE = {"40001", "40P01"}
+_MAX_ATTEMPTS = 8
+
+
+class DuplicateEventError(ConflictError):
+    """Some of the event ids were recorded before, but not as this exact batch."""
+
+    code = "duplicate_event"
+
+
+class Metadata(msgspec.Struct, frozen=True, kw_only=True):
+    """Who acted and when; carried into every envelope of one append."""
+
+    actor: str
+    occurred_at: datetime
+    correlation_id: UUID | None = None
+    causation_id: UUID | None = None
+
+
+class AppendResult(msgspec.Struct, frozen=True, kw_only=True):
+    stream_id: str
+    stream_version: int
+    last_seq: int
+    tx_id: int
+    replayed: bool
+
+
+@dataclass(frozen=True, slots=True)
+class StoredEvent:
+    seq: int
+    envelope: Envelope
+    raw: bytes
+
+    @property
+    def stream_position(self) -> int:
+        return self.envelope.stream_position
+
+
+def stream_type_of(stream_id: str) -> str:
+    return stream_id.split(":", 1)[0]
+
+
+class EventStore:
+    """Appends and stream reads over a pool connected as the application role."""
+
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        codec: EventCodec,
+        *,
+        on_append: Callable[[AppendResult], None] | None = None,
+    ) -> None:
+        self.pool = pool
+        self.codec = codec
+        self._on_append = on_append
+
+    def envelopes(
+        self,
+        stream_id: str,
+        expected_version: int,
+        events: Sequence[Event],
+        metadata: Metadata,
+        event_ids: Sequence[UUID],
+    ) -> list[bytes]:
+        occurred_at = utc(metadata.occurred_at)
+        return [
+            encode_envelope(
+                Envelope(
+                    event_id=event_id,
+                    stream_id=stream_id,
+                    stream_position=expected_version + i,
+                    event_type=event.event_type,
+                    schema_version=event.schema_version,
+                    occurred_at=occurred_at,
+                    actor=metadata.actor,
+                    correlation_id=metadata.correlation_id,
+                    causation_id=metadata.causation_id,
+                    data=msgspec.Raw(self.codec.encode(event)),
+                )
+            )
+            for i, (event_id, event) in enumerate(zip(event_ids, events, strict=True), start=1)
+        ]
+
+    async def append(
+        self,
+        stream_id: str,
+        expected_version: int,
+        events: Sequence[Event],
+        metadata: Metadata,
+        *,
+        event_ids: Sequence[UUID] | None = None,
+        claim: Sequence[str] = (),
+        release: Sequence[str] = (),
+        conn: asyncpg.Connection | None = None,
+    ) -> AppendResult:
+        """Append ``events`` if the stream is at ``expected_version`` (0: must not exist).
+
+        ``claim``/``release`` take or free unique keys (e.g. ``model-name:churn``) in the same
+        transaction; a key held by another stream raises ``AlreadyExistsError``.
+        """
+        if not events:
+            raise ValueError("an append needs at least one event")
+        ids = list(event_ids) if event_ids is not None else [uuid.uuid4() for _ in events]
+        envelopes = self.envelopes(stream_id, expected_version, events, metadata, ids)
+        args = (
+            stream_id,
+            stream_type_of(stream_id),
+            expected_version,
+            ids,
+            [e.event_type for e in events],
+            envelopes,
+            list(claim) or None,
+            list(release) or None,
+        )
+        for attempt in range(1, _MAX_ATTEMPTS + 1):
+            try:
+                if conn is None:
+                    row = await self.pool.fetchrow(_APPEND, *args)
+                else:
+                    row = await conn.fetchrow(_APPEND, *args)
+                break
+            except asyncpg.PostgresError as exc:
+                _raise_domain_error(exc, stream_id, expected_version)
+                if exc.sqlstate not in _RETRYABLE or attempt == _MAX_ATTEMPTS or conn is not None:
+                    raise
+                await asyncio.sleep(random.uniform(0, 0.002 * attempt))  # noqa: S311 jitter, not crypto
+        assert row is not None
+        result = AppendResult(
+            stream_id=stream_id,
+            stream_version=row["stream_version"],
+            last_seq=row["last_seq"],
+            tx_id=row["tx_id"],
+            replayed=row["replayed"],
+        )
+        if self._on_append is not None and conn is None:
+            self._on_append(result)
+        return result
+
+    async def read_stream(
+        self, stream_id: str, *, after: int = 0, up_to: int | None = None
+    ) -> list[StoredEvent]:
+        """Events of one stream with position in (after, up_to], in stream order."""
+        rows = await self.pool.fetch(
+            "SELECT seq, envelope FROM events WHERE stream_id = $1 AND stream_position > $2"
+            " AND stream_position <= $3 ORDER BY stream_position",
+            stream_id,
+            after,
+            2**62 if up_to is None else up_to,
+        )
+        return [StoredEvent(r["seq"], decode_envelope(r["envelope"]), r["envelope"]) for r in rows]
+
+    async def stream_version(self, stream_id: str) -> int:
+        value: int | None = await self.pool.fetchval(
+            "SELECT version FROM streams WHERE stream_id = $1", stream_id
+        )
+        return value or 0
+
+    async def owner_of(self, key: str) -> str | None:
+        """The stream holding a unique key, if any."""
+        value: str | None = await self.pool.fetchval(
+            "SELECT stream_id FROM unique_keys WHERE key = $1", key
+        )
+        return value
+
+
+_APPEND = "SELECT * FROM append_events($1, $2, $3, $4, $5, $6, $7, $8)"
+
+
+def _raise_domain_error(exc: asyncpg.PostgresError, stream_id: str, expected: int) -> None:
+    state = exc.sqlstate
+    if state == "MR409":
+        raise ConcurrencyError(stream_id, expected, int(exc.detail or 0)) from exc
+    if state == "MR422":
+        raise DuplicateEventError(
+            "some of these event ids are recorded already, not as this batch", stream_id=stream_id
+        ) from exc
+    if state == "MR423":
+        raise AlreadyExistsError(f"{exc.detail} is taken", key=exc.detail) from exc

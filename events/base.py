@@ -57,6 +57,10 @@ class Decider(Generic[S, C, E]):
     initial_state: Callable[[], S]
     evolve: Callable[[S, E], S]
     decide: Callable[[C, S], list[E]]
+    # For snapshots: the state's type, and a number to bump whenever ``evolve`` changes
+    # meaning, so snapshots folded by older code are ignored rather than trusted.
+    state_type: type[S] | None = None
+    snapshot_version: int = 1
 
     def fold(self, history: Iterable[E], state: S | None = None) -> S:
         current = self.initial_state() if state is None else state

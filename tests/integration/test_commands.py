@@ -1,0 +1,151 @@
+"""The command executor: decide against fresh state, retry conflicts, replay retries, snapshot."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+from typing import ClassVar
+
+import msgspec
+import pytest
+
+from events.base import Command, Decider, Event
+from events.codec import EventCodec
+from events.errors import InvalidTransitionError
+from service.commands import CommandExecutor, PreconditionFailedError
+from service.store import EventStore, StoredEvent
+from tests.support.database import Database
+
+NOW = datetime(2026, 3, 3, tzinfo=UTC)
+
+
+class Added(Event, frozen=True):
+    event_type: ClassVar[str] = "counter.added"
+    amount: int
+
+
+class Add(Command, frozen=True):
+    amount: int
+    limit: int = 1_000_000
+
+
+class Total(msgspec.Struct, frozen=True):
+    total: int = 0
+
+
+def decide(command: Add, state: Total) -> list[Added]:
+    if command.amount == 0:
+        return []
+    if state.total + command.amount > command.limit:
+        raise InvalidTransitionError(f"the total would pass {command.limit}")
+    return [Added(amount=command.amount)]
+
+
+def evolve(state: Total, event: Added) -> Total:
+    return Total(state.total + event.amount)
+
+
+COUNTER = Decider("counter", Total, evolve, decide, state_type=Total)
+CODEC = EventCodec([Added])
+
+
+class CountingStore(EventStore):
+    """Counts the events a command had to read: the cost that must not grow with history."""
+
+    read_events = 0
+
+    async def read_stream(self, stream_id: str, *, after: int = 0, up_to: int | None = None) -> list[StoredEvent]:
+        events = await super().read_stream(stream_id, after=after, up_to=up_to)
+        self.read_events += len(events)
+        return events
+
+
+@pytest.fixture
+def store(db: Database) -> CountingStore:
+    return CountingStore(db.pool, CODEC)
+
+
+def add(amount: int, **kw: int) -> Add:
+    return Add(actor="alice", now=NOW, amount=amount, **kw)
+
+
+async def test_concurrent_commands_on_one_stream_are_redecided_until_each_lands(store: CountingStore) -> None:
+    # given four replicas (executors with their own caches) and two commands on each
+    replicas = [CommandExecutor(store) for _ in range(4)]
+    outcomes = await asyncio.gather(*(r.execute("counter:a", COUNTER, add(1)) for r in replicas for _ in range(2)))
+    # then every command landed on its own version
+    assert sorted(o.version for o in outcomes) == list(range(1, 9))
+    _, state = await CommandExecutor(store).state_of("counter:a", COUNTER)
+    assert state.total == 8
+
+
+async def test_commands_on_one_stream_in_one_process_take_turns_without_conflicts(store: CountingStore) -> None:
+    executor = CommandExecutor(store, max_attempts=1)  # any conflict would fail a command
+    outcomes = await asyncio.gather(*(executor.execute("counter:turns", COUNTER, add(1)) for _ in range(20)))
+    assert sorted(o.version for o in outcomes) == list(range(1, 21))
+    assert not executor._turns
+
+
+async def test_a_rule_that_fails_after_redeciding_is_the_callers_error(store: CountingStore) -> None:
+    replicas = [CommandExecutor(store) for _ in range(3)]
+    outcomes = await asyncio.gather(
+        *(r.execute("counter:b", COUNTER, add(1, limit=3)) for r in replicas for _ in range(2)), return_exceptions=True
+    )
+    assert sum(isinstance(o, InvalidTransitionError) for o in outcomes) == 3
+    assert (await CommandExecutor(store).state_of("counter:b", COUNTER))[1].total == 3
+
+
+async def test_if_version_is_checked_and_never_retried(store: CountingStore) -> None:
+    executor = CommandExecutor(store)
+    await executor.execute("counter:c", COUNTER, add(1))
+    with pytest.raises(PreconditionFailedError):
+        await executor.execute("counter:c", COUNTER, add(1), if_version=0)
+    assert (await executor.execute("counter:c", COUNTER, add(1), if_version=1)).version == 2
+
+
+async def test_a_retry_under_the_same_seed_is_recorded_once_and_answered_the_same(store: CountingStore) -> None:
+    first = CommandExecutor(store)
+    second = CommandExecutor(store)  # another API replica, with its own cache
+    a = await first.execute("counter:d", COUNTER, add(5), id_seed="key-1")
+    b = await second.execute("counter:d", COUNTER, add(5), id_seed="key-1")
+    assert not a.replayed
+    assert b.replayed
+    assert b.events == a.events == [Added(amount=5)]
+    assert (await first.state_of("counter:d", COUNTER))[1].total == 5
+
+
+async def test_a_no_op_command_appends_nothing(store: CountingStore) -> None:
+    outcome = await CommandExecutor(store).execute("counter:e", COUNTER, add(0))
+    assert outcome.append is None
+    assert outcome.version == 0
+    assert await store.stream_version("counter:e") == 0
+
+
+async def test_a_commands_cost_does_not_grow_with_the_stream(store: CountingStore) -> None:
+    executor = CommandExecutor(store, snapshot_every=100)
+    for _ in range(450):
+        await executor.execute("counter:f", COUNTER, add(1))
+    await executor.drain()
+
+    # a warm cache reads nothing old
+    store.read_events = 0
+    await executor.execute("counter:f", COUNTER, add(1))
+    assert store.read_events == 0
+
+    # a cold replica starts from the snapshot and reads only what came after it
+    store.read_events = 0
+    cold = CommandExecutor(store, snapshot_every=100)
+    outcome = await cold.execute("counter:f", COUNTER, add(1))
+    assert outcome.state.total == 452
+    assert store.read_events <= 100
+
+
+async def test_a_snapshot_of_an_older_fold_is_ignored(store: CountingStore, db: Database) -> None:
+    executor = CommandExecutor(store, snapshot_every=10)
+    for _ in range(25):
+        await executor.execute("counter:g", COUNTER, add(2))
+    await executor.drain()
+    bumped = Decider("counter", Total, evolve, decide, state_type=Total, snapshot_version=2)
+    version, state = await CommandExecutor(store).state_of("counter:g", bumped)
+    assert (version, state.total) == (25, 50)
+    assert await db.pool.fetchval("SELECT snapshot_version FROM snapshots WHERE stream_id = 'counter:g'") == 1

@@ -38,6 +38,26 @@ SELECT l.log_position, l.seq, l.sealed_at, e.envelope
  LIMIT $3
 """
 
+_READ_TYPES = """
+SELECT l.log_position, l.seq, l.sealed_at, e.envelope
+  FROM event_log l JOIN events e ON e.seq = l.seq
+ WHERE l.log_position > $1 AND l.log_position <= $2 AND l.event_type = ANY ($4::text[])
+ ORDER BY l.log_position
+ LIMIT $3
+"""
+
+# One model's streams: the model stream itself and its metrics streams (``metrics:{id}:{n}``).
+# The C collation makes the prefix a plain byte range the stream index can serve.
+_READ_MODEL = """
+SELECT l.log_position, l.seq, l.sealed_at, e.envelope
+  FROM event_log l JOIN events e ON e.seq = l.seq
+ WHERE l.log_position > $1 AND l.log_position <= $2
+   AND ((l.stream_id COLLATE "C") = $4
+        OR ((l.stream_id COLLATE "C") >= $5 AND (l.stream_id COLLATE "C") < $6))
+ ORDER BY l.log_position
+ LIMIT $3
+"""
+
 _MAX = 2**63 - 1
 
 
@@ -47,9 +67,23 @@ async def read_log(
     limit: int = 1000,
     *,
     up_to: int | None = None,
+    types: frozenset[str] | None = None,
+    model_id: str | None = None,
 ) -> list[LoggedEvent]:
-    """Up to ``limit`` sealed events after position ``after`` (and at most ``up_to``)."""
-    rows = await conn.fetch(_READ, after, _MAX if up_to is None else up_to, limit)
+    """Up to ``limit`` sealed events after position ``after`` (and at most ``up_to``),
+    optionally only of ``types`` or only of one model's streams."""
+    bound = _MAX if up_to is None else up_to
+    if model_id is not None:
+        if types is not None:
+            raise ValueError("filter by model or by types, not both")
+        prefix = f"metrics:{model_id}:"
+        rows = await conn.fetch(
+            _READ_MODEL, after, bound, limit, f"model:{model_id}", prefix, prefix[:-1] + ";"
+        )
+    elif types is not None:
+        rows = await conn.fetch(_READ_TYPES, after, bound, limit, list(types))
+    else:
+        rows = await conn.fetch(_READ, after, bound, limit)
     return [
         LoggedEvent(r["log_position"], r["seq"], r["sealed_at"], decode_envelope(r["envelope"]))
         for r in rows

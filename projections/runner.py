@@ -1,0 +1,331 @@
+"""The projection worker: folds the sealed log into every projection's tables. I/O.
+
+Per projection and generation, a batch is applied and the checkpoint moved in ONE
+transaction, the checkpoint with a compare-and-set on its old position: a crash between
+the two loses or doubles nothing (the transaction is all or nothing), and a second worker
+that somehow ran the same batch would find the checkpoint moved and roll back.
+
+One worker leads each projection (session advisory lock); others stand by. The leader
+wakes on the sealer's NOTIFY and polls as a fallback, so a lost LISTEN connection slows
+it down but never stops it.
+
+Rebuild: ``start_rebuild`` creates a new generation (fresh tables, checkpoint 0,
+status ``building``). The leader fills it in large batches alongside the live one, which
+keeps serving; once the new generation reaches the live position, the views switch to
+it and the old tables are dropped, all in one transaction.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+import asyncpg
+
+from projections.base import Projection
+from projections.log import head_position, read_log
+
+log = logging.getLogger(__name__)
+
+Connect = Callable[[], Awaitable[asyncpg.Connection]]
+
+
+class CheckpointMovedError(RuntimeError):
+    """Another worker moved the checkpoint first: this batch was rolled back."""
+
+
+@dataclass(frozen=True, slots=True)
+class Generation:
+    projection: str
+    generation: int
+    code_version: int
+    status: str
+    log_position: int
+
+
+async def generations(conn: asyncpg.Connection, projection: str) -> list[Generation]:
+    rows = await conn.fetch(
+        "SELECT projection, generation, code_version, status, log_position FROM projection_checkpoints"
+        " WHERE projection = $1 AND status <> 'retired' ORDER BY generation",
+        projection,
+    )
+    return [Generation(*r) for r in rows]
+
+
+async def _create_generation(
+    conn: asyncpg.Connection, projection: Projection, generation: int, status: str
+) -> None:
+    for statement in projection.create_statements(projection.generation_names(generation)):
+        await conn.execute(statement)
+    await conn.execute(
+        "INSERT INTO projection_checkpoints (projection, generation, code_version, status) VALUES ($1, $2, $3, $4)",
+        projection.name,
+        generation,
+        projection.version,
+        status,
+    )
+
+
+async def _point_views(conn: asyncpg.Connection, projection: Projection, generation: int) -> None:
+    names = projection.generation_names(generation)
+    for table in projection.tables:
+        await conn.execute(f"DROP VIEW IF EXISTS {table.name}")
+        await conn.execute(f"CREATE VIEW {table.name} AS SELECT * FROM {names[table.name]}")
+
+
+async def ensure_projection(conn: asyncpg.Connection, projection: Projection) -> None:
+    """Create generation 1 on first start; start a rebuild when the code's version is newer."""
+    async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", f"ensure:{projection.name}")
+        current = await generations(conn, projection.name)
+        if not current:
+            await _create_generation(conn, projection, 1, "live")
+            await _point_views(conn, projection, 1)
+            return
+    live = next(g for g in current if g.status == "live")
+    building = [g for g in current if g.status == "building"]
+    if live.code_version < projection.version and not building:
+        log.info("projection %s: code version %d > %d, rebuilding", projection.name, projection.version, live.code_version)
+        await start_rebuild(conn, projection)
+
+
+async def start_rebuild(conn: asyncpg.Connection, projection: Projection) -> int:
+    """Create a new generation to be filled from position 0; return its number.
+
+    If a rebuild is already under way, return that generation instead of starting another.
+    """
+    async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", f"ensure:{projection.name}")
+        current = await generations(conn, projection.name)
+        building = [g for g in current if g.status == "building"]
+        if building:
+            return building[0].generation
+        latest = await conn.fetchval(
+            "SELECT max(generation) FROM projection_checkpoints WHERE projection = $1", projection.name
+        )
+        generation = int(latest or 0) + 1
+        await _create_generation(conn, projection, generation, "building")
+        return generation
+
+
+async def advance(
+    conn: asyncpg.Connection,
+    projection: Projection,
+    generation: Generation,
+    *,
+    head: int,
+    batch: int,
+) -> int:
+    """Apply the next batch after the generation's checkpoint (up to ``head``); return the
+    new checkpoint. The view write and the checkpoint commit together or not at all."""
+    if generation.log_position >= head:
+        return generation.log_position
+    events = await read_log(conn, generation.log_position, batch, up_to=head, types=projection.handles)
+    new_position = events[-1].log_position if len(events) == batch else head
+    names = projection.generation_names(generation.generation)
+    async with conn.transaction():
+        # The compare-and-set goes first: it locks the checkpoint row, so a second applier
+        # of the same batch waits here, then finds the position moved and writes nothing.
+        status = await conn.execute(
+            "UPDATE projection_checkpoints SET log_position = $1, updated_at = statement_timestamp()"
+            " WHERE projection = $2 AND generation = $3 AND log_position = $4",
+            new_position,
+            projection.name,
+            generation.generation,
+            generation.log_position,
+        )
+        if status != "UPDATE 1":
+            raise CheckpointMovedError(f"{projection.name} g{generation.generation} moved past {generation.log_position}")
+        if events:
+            await projection.apply(conn, names, events)
+    return new_position
+
+
+async def switch_if_caught_up(conn: asyncpg.Connection, projection: Projection) -> bool:
+    """Make a building generation live once it stands where the live one stands."""
+    async with conn.transaction():
+        rows = await conn.fetch(
+            "SELECT generation, status, log_position FROM projection_checkpoints"
+            " WHERE projection = $1 AND status IN ('live', 'building') ORDER BY generation FOR UPDATE",
+            projection.name,
+        )
+        live = next((r for r in rows if r["status"] == "live"), None)
+        building = next((r for r in rows if r["status"] == "building"), None)
+        if live is None or building is None or building["log_position"] != live["log_position"]:
+            return False
+        await _point_views(conn, projection, building["generation"])
+        await conn.execute(
+            "UPDATE projection_checkpoints SET status = CASE generation WHEN $2 THEN 'live' ELSE 'retired' END,"
+            " updated_at = statement_timestamp() WHERE projection = $1 AND generation IN ($2, $3)",
+            projection.name,
+            building["generation"],
+            live["generation"],
+        )
+        for table in projection.generation_names(live["generation"]).values():
+            await conn.execute(f"DROP TABLE IF EXISTS {table}")
+    log.info("projection %s: generation %d is live", projection.name, building["generation"])
+    return True
+
+
+async def step(
+    conn: asyncpg.Connection, projection: Projection, *, batch: int = 1000, rebuild_batch: int = 5000
+) -> int:
+    """One round for one projection: the live generation to the head, then one batch of
+    a rebuild (bounded by the live position), then the switch if it caught up. Returns
+    how many positions moved, so callers know whether to go again at once."""
+    head = await head_position(conn)
+    moved = 0
+    current = {g.status: g for g in await generations(conn, projection.name)}
+    live = current.get("live")
+    if live is not None:
+        position = await advance(conn, projection, live, head=head, batch=batch)
+        moved += position - live.log_position
+        building = current.get("building")
+        if building is not None:
+            rebuilt = await advance(conn, projection, building, head=position, batch=rebuild_batch)
+            moved += rebuilt - building.log_position
+            if rebuilt == position:
+                await switch_if_caught_up(conn, projection)
+    return moved
+
+
+class ProjectionWorker:
+    """Leads whichever projections it can lock and keeps them current."""
+
+    def __init__(
+        self,
+        connect: Connect,
+        schema: str,
+        projections: Sequence[Projection],
+        *,
+        channel: str,
+        batch: int = 1000,
+        rebuild_batch: int = 5000,
+        poll_interval: float = 0.5,
+        standby_interval: float = 1.0,
+        on_progress: Callable[[], None] | None = None,
+    ) -> None:
+        self._connect = connect
+        self.schema = schema
+        self.projections = list(projections)
+        self.channel = channel
+        self.batch = batch
+        self.rebuild_batch = rebuild_batch
+        self.poll_interval = poll_interval
+        self.standby_interval = standby_interval
+        self._on_progress = on_progress
+        self._wake = asyncio.Event()
+        self.leading: set[str] = set()
+
+    def wake(self, *_: object) -> None:
+        self._wake.set()
+
+    async def run(self, stop: asyncio.Event | None = None) -> None:
+        stop = stop or asyncio.Event()
+        while not stop.is_set():
+            try:
+                await self._session(stop)
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, CheckpointMovedError) as exc:
+                log.warning("projections: %s; reconnecting", exc)
+                await _sleep_or_stop(stop, self.standby_interval)
+
+    async def _session(self, stop: asyncio.Event) -> None:
+        conn = await self._connect()
+        listener: asyncpg.Connection | None = None
+        try:
+            for projection in self.projections:
+                await ensure_projection(conn, projection)
+            listener = await self._listen()
+            while not stop.is_set():
+                await self._claim(conn)
+                self._wake.clear()
+                moved = 0
+                for projection in self.projections:
+                    if projection.name in self.leading:
+                        moved += await step(conn, projection, batch=self.batch, rebuild_batch=self.rebuild_batch)
+                if moved and self._on_progress is not None:
+                    self._on_progress()
+                if moved:
+                    continue
+                if listener is None or listener.is_closed():
+                    listener = await self._listen()
+                await _wait(self._wake, stop, self.poll_interval if listener else self.poll_interval / 5)
+        finally:
+            self.leading.clear()
+            if listener is not None and not listener.is_closed():
+                listener.terminate()
+            await conn.close()
+
+    async def _claim(self, conn: asyncpg.Connection) -> None:
+        for projection in self.projections:
+            if projection.name not in self.leading and await conn.fetchval(
+                "SELECT pg_try_advisory_lock(hashtextextended($1, 0))",
+                f"modelreg:{self.schema}:projection:{projection.name}",
+            ):
+                self.leading.add(projection.name)
+
+    async def _listen(self) -> asyncpg.Connection | None:
+        """A LISTEN connection for wake-ups; without one the worker polls faster."""
+        try:
+            listener = await self._connect()
+            await listener.add_listener(self.channel, self.wake)
+            return listener
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            log.warning("projections: cannot LISTEN (%s); polling", exc)
+            return None
+
+
+async def _wait(event: asyncio.Event, stop: asyncio.Event, timeout: float) -> None:
+    waiters = [asyncio.ensure_future(event.wait()), asyncio.ensure_future(stop.wait())]
+    await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    for waiter in waiters:
+        waiter.cancel()
+
+
+async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
+    try:
+        await asyncio.wait_for(stop.wait(), timeout=seconds)
+    except TimeoutError:
+        return
+
+
+@dataclass(frozen=True, slots=True)
+class Status:
+    projection: str
+    generation: int
+    status: str
+    code_version: int
+    log_position: int
+    head: int
+    lag_events: int
+    lag_seconds: float
+    updated_at: datetime
+
+
+async def projection_status(conn: asyncpg.Connection) -> list[Status]:
+    """Every projection's generations: position, lag behind the head (events, seconds)."""
+    head = await head_position(conn)
+    head_time = await conn.fetchval("SELECT sealed_at FROM event_log WHERE log_position = $1", head)
+    rows = await conn.fetch(
+        "SELECT c.projection, c.generation, c.status, c.code_version, c.log_position, c.updated_at,"
+        " l.sealed_at FROM projection_checkpoints c"
+        " LEFT JOIN event_log l ON l.log_position = c.log_position"
+        " WHERE c.status <> 'retired' ORDER BY c.projection, c.generation"
+    )
+    result = []
+    for r in rows:
+        behind = 0.0
+        if head_time is not None and r["log_position"] < head:
+            at = r["sealed_at"] or (await conn.fetchval("SELECT min(sealed_at) FROM event_log"))
+            # Seconds of sealed history not yet applied: how stale the view is.
+            behind = max(0.0, (head_time - at).total_seconds()) if at else 0.0
+        result.append(
+            Status(
+                r["projection"], r["generation"], r["status"], r["code_version"], r["log_position"],
+                head, head - r["log_position"], behind, r["updated_at"],
+            )
+        )
+    return result

@@ -1,0 +1,256 @@
+"""RFC 9457 problem+json for every error, from one mapping of the error tree. I/O: none.
+
+    DomainError subclasses        -> 404 / 409 / 412 / 422, with ``code`` and details
+    request decoding (Litestar)   -> 400, with one entry per field: field, rule, message
+    authentication / permission   -> 401 (WWW-Authenticate) / 403 naming the permission
+    anything unexpected           -> 500, logged once with the request id, no internals
+
+Clients match on ``type`` (``urn:modelreg:<code>``) and the structured members, never on
+the human ``detail``.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import uuid
+from typing import Any
+
+import msgspec
+from litestar import Request, Response
+from litestar.exceptions import HTTPException, ValidationException
+from litestar.types import ExceptionHandlersMap
+
+from events.errors import (
+    AlreadyExistsError,
+    ConflictError,
+    DomainError,
+    InvalidTransitionError,
+    NotFoundError,
+    PolicyViolationError,
+    ValidationError,
+)
+from projections.wait import NotYetVisibleError
+from service.commands import PreconditionFailedError
+
+log = logging.getLogger(__name__)
+
+PROBLEM_JSON = "application/problem+json"
+
+
+class FieldProblem(msgspec.Struct, frozen=True, omit_defaults=True):
+    field: str
+    rule: str
+    message: str
+
+
+class Problem(msgspec.Struct, frozen=True, omit_defaults=True):
+    type: str
+    title: str
+    status: int
+    detail: str = ""
+    instance: str = ""
+    code: str = ""
+    field: str | None = None
+    rule: str | None = None
+    errors: list[FieldProblem] = msgspec.field(default_factory=list)
+    details: dict[str, Any] = msgspec.field(default_factory=dict)
+
+
+class AuthenticationError(Exception):
+    """No usable bearer token (missing, unknown, revoked or expired)."""
+
+
+class PermissionDeniedError(Exception):
+    def __init__(self, permission: str, scope: str | None = None) -> None:
+        where = f" on {scope}" if scope else ""
+        super().__init__(f"this token lacks the '{permission}' permission{where}")
+        self.permission = permission
+        self.scope = scope
+
+
+class BadRequestError(Exception):
+    """A request parameter is malformed (a cursor, an as_of value, a filter)."""
+
+    def __init__(self, field: str, rule: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+        self.rule = rule
+
+
+_STATUS: list[tuple[type[DomainError], int, str]] = [
+    (NotFoundError, 404, "Not found"),
+    (AlreadyExistsError, 409, "Already exists"),
+    (PreconditionFailedError, 412, "Precondition failed"),
+    (ValidationError, 422, "Invalid value"),
+    (PolicyViolationError, 409, "Refused by governance policy"),
+    (InvalidTransitionError, 409, "Transition not allowed"),
+    (ConflictError, 409, "Conflict"),
+]
+
+
+def problem_response(problem: Problem, headers: dict[str, str] | None = None) -> Response[Problem]:
+    return Response(problem, status_code=problem.status, media_type=PROBLEM_JSON, headers=headers)
+
+
+def _domain(request: Request[Any, Any, Any], exc: DomainError) -> Response[Problem]:
+    found = next(((status, title) for cls, status, title in _STATUS if isinstance(exc, cls)), None)
+    if found is None:
+        return _unexpected(request, exc)
+    status, title = found
+    details = {k: v for k, v in exc.details.items() if k not in {"field", "rule"}}
+    return problem_response(
+        Problem(
+            type=f"urn:modelreg:{exc.code}",
+            title=title,
+            status=status,
+            detail=exc.message,
+            instance=request.url.path,
+            code=exc.code,
+            field=getattr(exc, "field", None),
+            rule=getattr(exc, "rule", None),
+            details=msgspec.to_builtins(details, str_keys=True),
+        )
+    )
+
+
+_MISSING = re.compile(r"missing required field `([^`]+)`")
+_UNKNOWN = re.compile(r"unknown field `([^`]+)`")
+
+
+def _rule_of(message: str) -> str:
+    lowered = message.lower()
+    if "missing required field" in lowered:
+        return "required"
+    if "unknown field" in lowered:
+        return "unknown_field"
+    if "matching regex" in lowered:
+        return "pattern"
+    if "length" in lowered:
+        return "length"
+    if ">=" in message or "<=" in message or " > " in message or " < " in message:
+        return "range"
+    if "invalid enum value" in lowered:
+        return "enum"
+    if lowered.startswith("expected"):
+        return "type"
+    return "invalid"
+
+
+def _field_of(key: str, message: str) -> str:
+    for pattern in (_MISSING, _UNKNOWN):
+        match = pattern.search(message)
+        if match:
+            parent = "" if key in {"data", ""} else key.removeprefix("data.") + "."
+            return parent + match.group(1)
+    return key.removeprefix("$.").removeprefix("data.") or "body"
+
+
+def _validation(request: Request[Any, Any, Any], exc: ValidationException) -> Response[Problem]:
+    errors: list[FieldProblem] = []
+    for item in exc.extra if isinstance(exc.extra, list) else []:
+        if isinstance(item, dict):
+            message = str(item.get("message", ""))
+            key = str(item.get("key", ""))
+            errors.append(FieldProblem(field=_field_of(key, message), rule=_rule_of(message), message=message))
+    first = errors[0] if errors else None
+    return problem_response(
+        Problem(
+            type="urn:modelreg:bad_request",
+            title="Malformed request",
+            status=400,
+            detail=first.message if first else str(exc.detail),
+            instance=request.url.path,
+            code="bad_request",
+            field=first.field if first else None,
+            rule=first.rule if first else None,
+            errors=errors,
+        )
+    )
+
+
+def _http(request: Request[Any, Any, Any], exc: HTTPException) -> Response[Problem]:
+    if exc.status_code >= 500:
+        return _unexpected(request, exc)
+    return problem_response(
+        Problem(
+            type=f"urn:modelreg:http_{exc.status_code}",
+            title=_TITLES.get(exc.status_code, "Request refused"),
+            status=exc.status_code,
+            detail=str(exc.detail),
+            instance=request.url.path,
+            code=f"http_{exc.status_code}",
+        ),
+        headers=exc.headers,
+    )
+
+
+_TITLES = {400: "Malformed request", 404: "Not found", 405: "Method not allowed", 413: "Request too large"}
+
+
+def _authentication(request: Request[Any, Any, Any], exc: AuthenticationError) -> Response[Problem]:
+    return problem_response(
+        Problem(
+            type="urn:modelreg:unauthenticated", title="Authentication required", status=401,
+            detail=str(exc), instance=request.url.path, code="unauthenticated",
+        ),
+        headers={"WWW-Authenticate": 'Bearer realm="modelreg"'},
+    )
+
+
+def _permission(request: Request[Any, Any, Any], exc: PermissionDeniedError) -> Response[Problem]:
+    log.warning("denied: %s %s: %s", request.method, request.url.path, exc)
+    metrics = getattr(request.app.state, "metrics", None)
+    if metrics is not None:
+        metrics.denied(exc.permission)
+    return problem_response(
+        Problem(
+            type="urn:modelreg:permission_denied", title="Permission denied", status=403,
+            detail=str(exc), instance=request.url.path, code="permission_denied",
+            details={"permission": exc.permission, **({"scope": exc.scope} if exc.scope else {})},
+        )
+    )
+
+
+def _bad_request(request: Request[Any, Any, Any], exc: BadRequestError) -> Response[Problem]:
+    return problem_response(
+        Problem(
+            type="urn:modelreg:bad_request", title="Malformed request", status=400, detail=str(exc),
+            instance=request.url.path, code="bad_request", field=exc.field, rule=exc.rule,
+        )
+    )
+
+
+def _not_visible(request: Request[Any, Any, Any], exc: NotYetVisibleError) -> Response[Problem]:
+    return problem_response(
+        Problem(
+            type="urn:modelreg:not_yet_visible", title="Views have not caught up", status=503,
+            detail=str(exc), instance=request.url.path, code="not_yet_visible",
+            details={"min_position": exc.position, "reached": exc.reached},
+        ),
+        headers={"Retry-After": "1"},
+    )
+
+
+def _unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[Problem]:
+    incident = uuid.uuid4().hex[:12]
+    log.error("unexpected error %s on %s %s", incident, request.method, request.url.path, exc_info=exc)
+    return problem_response(
+        Problem(
+            type="urn:modelreg:internal_error", title="Internal error", status=500,
+            detail=f"an unexpected error occurred; incident {incident} is in the server log",
+            instance=request.url.path, code="internal_error",
+        )
+    )
+
+
+EXCEPTION_HANDLERS: ExceptionHandlersMap = {
+    DomainError: _domain,
+    ValidationException: _validation,
+    HTTPException: _http,
+    AuthenticationError: _authentication,
+    PermissionDeniedError: _permission,
+    BadRequestError: _bad_request,
+    NotYetVisibleError: _not_visible,
+    Exception: _unexpected,
+}

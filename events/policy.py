@@ -1,0 +1,276 @@
+"""Governance policies and their pure evaluation: transitions, approvals, metric gates. Pure.
+
+A policy says which stage transitions exist and what each one needs (a number of
+approvals, metric gates), which aliases are protected, whether separation of duties
+applies, where a demoted production version goes, how long requests live, and whether a
+rollback needs approval. Each model may set its own policy (``model.policy_set``);
+otherwise the registry-wide default from the ``policy:registry`` stream applies, and
+before anyone sets that, ``DEFAULT_POLICY``.
+
+Metric gates read a ``MetricSnapshot`` the shell builds from the metrics streams
+(``events.metrics.latest_values``) and passes in on the command, so evaluation stays pure:
+
+    MetricSnapshot = {version: {metric_key: {dataset_name or "": latest value}}}
+"""
+
+from __future__ import annotations
+
+import enum
+import operator
+from collections.abc import Callable, Mapping
+
+import msgspec
+
+from events.errors import InvalidTransitionError, PolicyViolationError, ValidationError
+from events.names import validate_alias, validate_dataset_name, validate_finite, validate_key
+from events.stages import Stage
+
+MAX_APPROVALS = 10
+MAX_GATES = 20
+MAX_PROTECTED_ALIASES = 100
+MIN_REQUEST_TTL_SECONDS = 60
+MAX_REQUEST_TTL_SECONDS = 365 * 24 * 3600
+DEFAULT_REQUEST_TTL_SECONDS = 7 * 24 * 3600
+
+MetricSnapshot = Mapping[int, Mapping[str, Mapping[str, float]]]
+
+
+class GateOp(enum.StrEnum):
+    GE = ">="
+    GT = ">"
+    LE = "<="
+    LT = "<"
+
+
+_COMPARE: dict[GateOp, Callable[[float, float], bool]] = {
+    GateOp.GE: operator.ge,
+    GateOp.GT: operator.gt,
+    GateOp.LE: operator.le,
+    GateOp.LT: operator.lt,
+}
+
+
+class MetricGate(msgspec.Struct, frozen=True, kw_only=True):
+    """``metric op threshold`` and/or ``metric op <current production value>``, on one dataset.
+
+    ``dataset == ""`` matches metrics logged without a dataset. A missing candidate value
+    fails the gate; a missing production value (or no production version) passes the
+    comparison part, since there is nothing to be worse than.
+    """
+
+    metric: str
+    op: GateOp = GateOp.GE
+    dataset: str = ""
+    threshold: float | None = None
+    compare_to_production: bool = False
+
+    def describe(self) -> str:
+        bounds = [str(self.threshold)] if self.threshold is not None else []
+        if self.compare_to_production:
+            bounds.append("production")
+        where = f" on {self.dataset}" if self.dataset else ""
+        return f"{self.metric} {self.op} {' and '.join(bounds)}{where}"
+
+
+class TransitionRule(msgspec.Struct, frozen=True, kw_only=True):
+    from_stage: Stage
+    to_stage: Stage
+    approvals: int = 0
+    gates: tuple[MetricGate, ...] = ()
+
+
+class AliasRule(msgspec.Struct, frozen=True, kw_only=True):
+    """A protected alias: it moves only through a promotion request with approvals."""
+
+    alias: str
+    approvals: int = 1
+    gates: tuple[MetricGate, ...] = ()
+
+
+def _rule(source: Stage, target: Stage) -> TransitionRule:
+    return TransitionRule(from_stage=source, to_stage=target)
+
+
+DEFAULT_TRANSITIONS: tuple[TransitionRule, ...] = (
+    _rule(Stage.DEVELOPMENT, Stage.STAGING),
+    _rule(Stage.STAGING, Stage.DEVELOPMENT),
+    _rule(Stage.STAGING, Stage.PRODUCTION),
+    _rule(Stage.DEVELOPMENT, Stage.ARCHIVED),
+    _rule(Stage.STAGING, Stage.ARCHIVED),
+    _rule(Stage.PRODUCTION, Stage.ARCHIVED),
+)
+
+
+class GovernancePolicy(msgspec.Struct, frozen=True, kw_only=True):
+    transitions: tuple[TransitionRule, ...] = DEFAULT_TRANSITIONS
+    protected_aliases: tuple[AliasRule, ...] = ()
+    separation_of_duties: bool = True
+    demote_production_to: Stage = Stage.ARCHIVED
+    request_ttl_seconds: int = DEFAULT_REQUEST_TTL_SECONDS
+    rollback_approvals: int = 0
+
+    def transition(self, source: Stage, target: Stage) -> TransitionRule | None:
+        return next(
+            (r for r in self.transitions if r.from_stage == source and r.to_stage == target), None
+        )
+
+    def alias_rule(self, alias: str) -> AliasRule | None:
+        return next((r for r in self.protected_aliases if r.alias == alias), None)
+
+
+DEFAULT_POLICY = GovernancePolicy()
+
+
+class Requirement(msgspec.Struct, frozen=True, kw_only=True):
+    """What one promotion needs under a policy; ``rules`` names where each part came from."""
+
+    approvals: int = 0
+    gates: tuple[MetricGate, ...] = ()
+    rules: tuple[str, ...] = ()
+
+
+class GateResult(msgspec.Struct, frozen=True, kw_only=True):
+    """The evidence of one gate check, recorded in ``model.promotion_executed``."""
+
+    gate: MetricGate
+    value: float | None
+    production_value: float | None
+    passed: bool
+
+
+def requirement(
+    policy: GovernancePolicy, source: Stage, target: Stage | None, alias: str | None
+) -> Requirement:
+    """Combine the stage transition's rule and the protected alias's rule (the stricter wins).
+
+    Raises ``InvalidTransitionError`` when the policy has no ``source -> target`` transition.
+    """
+    approvals = 0
+    gates: tuple[MetricGate, ...] = ()
+    rules: tuple[str, ...] = ()
+    if target is not None:
+        rule = policy.transition(source, target)
+        if rule is None:
+            raise InvalidTransitionError(
+                f"the governance policy has no transition {source} -> {target}",
+                from_stage=str(source),
+                to_stage=str(target),
+            )
+        approvals, gates, rules = rule.approvals, rule.gates, (f"transition:{source}->{target}",)
+    if alias is not None and (protected := policy.alias_rule(alias)) is not None:
+        approvals = max(approvals, protected.approvals)
+        gates = gates + protected.gates
+        rules = (*rules, f"protected_alias:{alias}")
+    return Requirement(approvals=approvals, gates=gates, rules=rules)
+
+
+def _value(metrics: MetricSnapshot, version: int | None, gate: MetricGate) -> float | None:
+    if version is None:
+        return None
+    return metrics.get(version, {}).get(gate.metric, {}).get(gate.dataset)
+
+
+def evaluate_gates(
+    gates: tuple[MetricGate, ...], version: int, production: int | None, metrics: MetricSnapshot
+) -> tuple[GateResult, ...]:
+    results = []
+    for gate in gates:
+        compare = _COMPARE[gate.op]
+        value = _value(metrics, version, gate)
+        baseline = (
+            _value(metrics, production, gate)
+            if gate.compare_to_production and production != version
+            else None
+        )
+        passed = (
+            value is not None
+            and (gate.threshold is None or compare(value, gate.threshold))
+            and (baseline is None or compare(value, baseline))
+        )
+        results.append(GateResult(gate=gate, value=value, production_value=baseline, passed=passed))
+    return tuple(results)
+
+
+def check_gates(
+    gates: tuple[MetricGate, ...], version: int, production: int | None, metrics: MetricSnapshot
+) -> tuple[GateResult, ...]:
+    """Evaluate every gate; raise ``PolicyViolationError(rule="metric_gate")`` on the first failure."""
+    results = evaluate_gates(gates, version, production, metrics)
+    for result in results:
+        if not result.passed:
+            found = "no value" if result.value is None else f"{result.value!r}"
+            raise PolicyViolationError(
+                "metric_gate",
+                f"version {version} fails the metric gate '{result.gate.describe()}' (it has {found})",
+                gate=result.gate.describe(),
+                value=result.value,
+                production_value=result.production_value,
+            )
+    return results
+
+
+def _validate_gates(gates: tuple[MetricGate, ...], field: str) -> None:
+    if len(gates) > MAX_GATES:
+        raise ValidationError(field, "too_many", f"at most {MAX_GATES} gates", max=MAX_GATES)
+    for index, gate in enumerate(gates):
+        where = f"{field}[{index}]"
+        validate_key(gate.metric, f"{where}.metric")
+        if gate.dataset:
+            validate_dataset_name(gate.dataset, f"{where}.dataset")
+        if gate.threshold is None and not gate.compare_to_production:
+            raise ValidationError(
+                where, "gate_needs_bound", "a gate needs a threshold or compare_to_production"
+            )
+        if gate.threshold is not None:
+            validate_finite(gate.threshold, f"{where}.threshold")
+
+
+def _validate_approvals(value: int, field: str, minimum: int) -> None:
+    if not minimum <= value <= MAX_APPROVALS:
+        raise ValidationError(
+            field, "range", f"{field} must be between {minimum} and {MAX_APPROVALS}"
+        )
+
+
+def validate_policy(policy: GovernancePolicy, field: str = "policy") -> None:
+    """Refuse policies that contradict the lifecycle (e.g. a way out of ``archived``)."""
+    pairs: set[tuple[Stage, Stage]] = set()
+    for index, rule in enumerate(policy.transitions):
+        where = f"{field}.transitions[{index}]"
+        if rule.from_stage == rule.to_stage:
+            raise ValidationError(where, "no_op_transition", "a transition must change the stage")
+        if rule.from_stage == Stage.ARCHIVED:
+            raise ValidationError(
+                where, "archived_is_final", "no transition leaves archived; an admin restore does"
+            )
+        if (rule.from_stage, rule.to_stage) in pairs:
+            raise ValidationError(
+                where, "unique", f"transition {rule.from_stage} -> {rule.to_stage} twice"
+            )
+        pairs.add((rule.from_stage, rule.to_stage))
+        _validate_approvals(rule.approvals, f"{where}.approvals", 0)
+        _validate_gates(rule.gates, f"{where}.gates")
+    if len(policy.protected_aliases) > MAX_PROTECTED_ALIASES:
+        raise ValidationError(
+            f"{field}.protected_aliases", "too_many", f"at most {MAX_PROTECTED_ALIASES}"
+        )
+    aliases: set[str] = set()
+    for index, alias_rule in enumerate(policy.protected_aliases):
+        where = f"{field}.protected_aliases[{index}]"
+        validate_alias(alias_rule.alias, f"{where}.alias")
+        if alias_rule.alias in aliases:
+            raise ValidationError(f"{where}.alias", "unique", f"alias {alias_rule.alias!r} twice")
+        aliases.add(alias_rule.alias)
+        _validate_approvals(alias_rule.approvals, f"{where}.approvals", 1)
+        _validate_gates(alias_rule.gates, f"{where}.gates")
+    if policy.demote_production_to == Stage.PRODUCTION:
+        raise ValidationError(
+            f"{field}.demote_production_to", "not_production", "demotion must leave production"
+        )
+    if not MIN_REQUEST_TTL_SECONDS <= policy.request_ttl_seconds <= MAX_REQUEST_TTL_SECONDS:
+        raise ValidationError(
+            f"{field}.request_ttl_seconds",
+            "range",
+            f"request_ttl_seconds must be between {MIN_REQUEST_TTL_SECONDS} and {MAX_REQUEST_TTL_SECONDS}",
+        )
+    _validate_approvals(policy.rollback_approvals, f"{field}.rollback_approvals", 0)

@@ -74,11 +74,13 @@ class CommandExecutor:
         cache_size: int = 20_000,
         snapshot_every: int = 200,
         max_attempts: int = 10,
+        on_conflict: Callable[[], None] | None = None,
     ) -> None:
         self.store = store
         self.cache_size = cache_size
         self.snapshot_every = snapshot_every
         self.max_attempts = max_attempts
+        self._on_conflict = on_conflict
         self._cache: OrderedDict[str, tuple[int, Any]] = OrderedDict()
         self._background: set[asyncio.Task[None]] = set()
         self._turns: dict[str, tuple[asyncio.Lock, int]] = {}
@@ -157,6 +159,8 @@ class CommandExecutor:
                 )
             except ConcurrencyError:
                 self.forget(stream_id)
+                if self._on_conflict is not None:
+                    self._on_conflict()
                 if if_version is not None or attempt == self.max_attempts:
                     raise
                 await asyncio.sleep(random.uniform(0, 0.003 * attempt))  # noqa: S311 jitter, not crypto

@@ -84,6 +84,16 @@ class Registry:
             raise NotFoundError(f"no model is named {name!r}", name=name)
         return owner.split(":", 1)[1]
 
+    async def locate(self, name: str) -> tuple[str, int]:
+        """A model's id and stream version (its ETag), in one query: what reads need."""
+        row = await self.store.pool.fetchrow(
+            "SELECT k.stream_id, s.version FROM unique_keys k JOIN streams s USING (stream_id) WHERE k.key = $1",
+            NAME_KEY + name,
+        )
+        if row is None:
+            raise NotFoundError(f"no model is named {name!r}", name=name)
+        return row["stream_id"].split(":", 1)[1], row["version"]
+
     async def model(self, name: str) -> tuple[str, int, ModelState]:
         """A model's id, stream version (the ETag) and current state, by name."""
         model_id = await self.model_id(name)
@@ -119,7 +129,7 @@ class Registry:
         outcome = await self.executor.execute(
             model_stream(model_id), MODEL, command, if_version=if_version, id_seed=id_seed, keys=name_keys
         )
-        return await self._written(model_id, outcome)
+        return await self.written_from(model_id, outcome)
 
     async def register_model(self, build: Callable[[str], Command], *, id_seed: str | None = None) -> Written:
         """``build(model_id)`` makes the RegisterModel command for a fresh id."""
@@ -138,7 +148,7 @@ class Registry:
             raise ConflictError(f"model {name!r} is archived", name=name)
         command = LogMetrics(actor=actor, now=self.clock(), model_id=model_id, version=version, metrics=tuple(metrics))
         outcome = await self.executor.execute(metrics_stream(model_id, version), METRICS, command, id_seed=id_seed)
-        return await self._written(model_id, outcome)
+        return await self.written_from(model_id, outcome)
 
     async def transition(
         self,
@@ -166,14 +176,15 @@ class Registry:
                 to_stage=to_stage, comment=comment, metrics=metrics,
             )
             return await self.execute(model_id, command, if_version=if_version, id_seed=id_seed), None
-        request_id = self._request_id(id_seed)
+        request_id = self.request_id_for(id_seed)
         command = RequestPromotion(
             actor=actor, now=now, registry_policy=registry_policy, request_id=request_id, version=version,
             justification=comment, target_stage=to_stage, metrics=metrics,
         )
         return await self.execute(model_id, command, if_version=if_version, id_seed=id_seed), request_id
 
-    def _request_id(self, id_seed: str | None) -> str:
+    def request_id_for(self, id_seed: str | None) -> str:
+        """A new request id; a retried request (same seed) gets the same one."""
         return uuid.uuid5(uuid.NAMESPACE_URL, f"modelreg:request:{id_seed}").hex if id_seed else self.new_id()
 
     async def governed(
@@ -197,9 +208,10 @@ class Registry:
     ) -> Written:
         command = SetRegistryPolicy(actor=actor, now=self.clock(), policy=policy, comment=comment)
         outcome = await self.executor.execute(REGISTRY_POLICY_STREAM, REGISTRY_POLICY, command, if_version=if_version)
-        return await self._written("", outcome)
+        return await self.written_from("", outcome)
 
-    async def _written(self, model_id: str, outcome: Outcome[Any, Any]) -> Written:
+    async def written_from(self, model_id: str, outcome: Outcome[Any, Any]) -> Written:
+        """The result of an executed command, with the log position of its last event."""
         position = None
         if outcome.append is not None:
             position = await sealed_position(self.store.pool, outcome.append.last_seq, timeout=self.seal_timeout)

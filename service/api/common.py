@@ -1,0 +1,148 @@
+"""What every route shares: services, the principal, reading views (live, waited-for or as
+of a past position), write receipts with their headers, and parameter parsing."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from datetime import datetime
+from typing import Any, cast
+
+import asyncpg
+import msgspec
+from litestar import Request, Response
+
+from events.errors import ValidationError
+from projections.base import Names, Projection
+from projections.log import head_position
+from projections.registry_state import views_as_of
+from projections.search import merge_names
+from projections.wait import wait_for_position
+from service.api.idempotency import id_seed
+from service.api.problems import BadRequestError
+from service.api.services import Services
+from service.registry import Written
+from service.tokens import Principal
+
+POSITION_HEADER = "Modelreg-Position"
+
+
+def services_of(request: Request[Any, Any, Any]) -> Services:
+    services: Services = request.app.state.services
+    return services
+
+
+def principal_of(request: Request[Any, Any, Any]) -> Principal:
+    principal: Principal = request.user
+    return principal
+
+
+def seed_of(request: Request[Any, Any, Any]) -> str | None:
+    return id_seed(request.scope)
+
+
+def if_match(request: Request[Any, Any, Any]) -> int | None:
+    """The stream version an ``If-Match`` header asks for (``"3"``, ``W/"3"`` or ``3``)."""
+    value = request.headers.get("if-match")
+    if value is None or value.strip() == "*":
+        return None
+    text = value.strip().removeprefix("W/").strip('"')
+    if not text.isdigit():
+        raise BadRequestError("If-Match", "pattern", "If-Match takes the ETag of a model (its stream version)")
+    return int(text)
+
+
+def etag(version: int) -> str:
+    return f'"{version}"'
+
+
+def parse_as_of(text: str) -> int | datetime:
+    """``as_of`` is a log position (digits) or an RFC 3339 time with a zone."""
+    if text.isdigit():
+        return int(text)
+    try:
+        moment = msgspec.convert(text, datetime)
+    except msgspec.ValidationError:
+        raise BadRequestError("as_of", "pattern", "as_of is a log position or an RFC 3339 time, e.g. 2026-03-03T14:03:00Z") from None
+    if moment.tzinfo is None:
+        raise BadRequestError("as_of", "pattern", "as_of needs a time zone, e.g. 2026-03-03T14:03:00Z")
+    return moment
+
+
+class Reader:
+    """Where a read runs: a connection (or the pool) and the table names to use."""
+
+    def __init__(self, conn: asyncpg.Connection | asyncpg.Pool, names: Names, position: int | None) -> None:
+        self.conn = conn
+        self.names = names
+        self.as_of_position = position
+
+
+@asynccontextmanager
+async def read_views(
+    services: Services,
+    projections: Sequence[Projection],
+    *,
+    as_of: str | None,
+    min_position: int | None,
+    model_id: str | None = None,
+) -> AsyncIterator[Reader]:
+    """Live views (after waiting for ``min_position``), or the views folded up to ``as_of``."""
+    if as_of is not None:
+        moment = parse_as_of(as_of)
+        async with services.pool.acquire() as pooled:
+            conn = cast(asyncpg.Connection, pooled)  # a pooled proxy has the Connection API
+            async with views_as_of(conn, moment, projections, model_id=model_id) as (at, names):
+                yield Reader(conn, merge_names(*names.values()), at)
+        return
+    if min_position:
+        head = await head_position(services.pool)
+        if min_position > head:
+            raise ValidationError(
+                "min_position", "range", f"position {min_position} has not been written (the log ends at {head})",
+                head=head,
+            )
+        await wait_for_position(
+            services.pool, min_position, [p.name for p in projections], timeout=services.settings.read_wait_timeout
+        )
+    yield Reader(services.pool, merge_names(*(p.view_names() for p in projections)), None)
+
+
+class Receipt(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """What a write did: the events it recorded, where (stream version, log position)."""
+
+    events: list[str]
+    stream_version: int
+    position: int | None = None
+    model_id: str | None = None
+    model: str | None = None
+    version: int | None = None
+    request_id: str | None = None
+    replayed: bool = False
+
+
+def receipt(
+    written: Written,
+    *,
+    model: str | None = None,
+    version: int | None = None,
+    request_id: str | None = None,
+    status: int = 200,
+    location: str | None = None,
+) -> Response[Receipt]:
+    headers = {"ETag": etag(written.stream_version)}
+    if written.position is not None:
+        headers[POSITION_HEADER] = str(written.position)
+    if location is not None:
+        headers["Location"] = location
+    body = Receipt(
+        events=[e.event_type for e in written.events],
+        stream_version=written.stream_version,
+        position=written.position,
+        model_id=written.model_id or None,
+        model=model,
+        version=version,
+        request_id=request_id,
+        replayed=written.replayed,
+    )
+    return Response(body, status_code=status, headers=headers)

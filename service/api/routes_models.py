@@ -1,0 +1,161 @@
+"""``/api/v1/models``: register, search, read, describe, rename, archive, restore, tags."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from litestar import Controller, Request, Response, delete, get, patch, post, put
+from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
+
+from events.access import Permission
+from events.errors import NotFoundError
+from events.model_commands import (
+    ArchiveModel,
+    RegisterModel,
+    RemoveModelTags,
+    RenameModel,
+    RestoreModel,
+    SetModelTags,
+    UpdateModelDescription,
+)
+from events.stages import Stage
+from projections import model_catalogue, model_versions
+from projections.model_catalogue import ModelRow
+from projections.search import InvalidQueryError, ModelQuery, Page, search_models
+from service.api.auth import require
+from service.api.common import (
+    Receipt,
+    etag,
+    if_match,
+    principal_of,
+    read_views,
+    receipt,
+    seed_of,
+    services_of,
+)
+from service.api.problems import BadRequestError
+from service.api.schemas import CreateModel, Reason, Rename, TagValue, UpdateModel
+from service.tokens import covers
+
+CATALOGUE = [model_catalogue.PROJECTION, model_versions.PROJECTION]
+AsOf = Annotated[str | None, QueryParameter(description="A log position or an RFC 3339 time: the model as it stood then")]
+MinPosition = Annotated[int | None, QueryParameter(ge=0, description="Wait (bounded) until the views reached this log position")]
+
+
+class ModelsController(Controller):
+    path = "/models"
+    tags = ["models"]
+
+    @post("/", status_code=201)
+    async def create(self, request: Request[Any, Any, Any], data: JSONBody[CreateModel]) -> Response[Receipt]:
+        """Register a model; its name must be unique (409 otherwise)."""
+        principal = principal_of(request)
+        require(principal, Permission.WRITE, data.name)
+        registry = services_of(request).registry
+
+        def command(model_id: str) -> RegisterModel:
+            return RegisterModel(
+                actor=principal.name, now=registry.now(), model_id=model_id, name=data.name,
+                owner=data.owner or principal.name, description=data.description, tags=data.tags,
+            )
+
+        written = await registry.register_model(command, id_seed=seed_of(request))
+        return receipt(written, model=data.name, status=201, location=f"/api/v1/models/{data.name}")
+
+    @get("/")
+    async def search(
+        self,
+        request: Request[Any, Any, Any],
+        q: Annotated[str | None, QueryParameter(description="Name substring (case-insensitive), or a glob with *")] = None,
+        tag: Annotated[list[str] | None, QueryParameter(description="key=value or key; repeat for AND")] = None,
+        stage: Annotated[list[Stage] | None, QueryParameter(description="Has a version in this stage")] = None,
+        alias: FromQuery[str | None] = None,
+        owner: FromQuery[str | None] = None,
+        metric: Annotated[list[str] | None, QueryParameter(description="e.g. auc>0.9 or auc[holdout]>=0.9")] = None,
+        archived: FromQuery[bool | None] = False,
+        order_by: Annotated[str, QueryParameter(description="name, created, updated; '-' for descending")] = "name",
+        cursor: FromQuery[str | None] = None,
+        limit: Annotated[int, QueryParameter(ge=1, le=500)] = 50,
+        as_of: AsOf = None,
+        min_position: MinPosition = None,) -> Page[ModelRow]:
+        """Search models; pages are keyset-paginated by ``cursor``."""
+        principal = principal_of(request)
+        require(principal, Permission.READ)
+        query = ModelQuery(
+            q=q, owner=owner, tags=tuple(tag or ()), stages=tuple(stage or ()), alias=alias,
+            metrics=tuple(metric or ()), archived=archived, order=order_by, limit=limit, cursor=cursor,
+        )
+        async with read_views(services_of(request), CATALOGUE, as_of=as_of, min_position=min_position) as reader:
+            try:
+                page = await search_models(reader.conn, reader.names, query)
+            except InvalidQueryError as exc:
+                raise BadRequestError("query", "invalid", str(exc)) from None
+        if principal.scopes:
+            return Page(items=tuple(m for m in page.items if covers(principal, m.name)), next_cursor=page.next_cursor)
+        return page
+
+    @get("/{name:str}")
+    async def read(
+        self, request: Request[Any, Any, Any], name: FromPath[str], as_of: AsOf = None, min_position: MinPosition = None
+    ) -> Response[ModelRow]:
+        """A model as the catalogue shows it (``ETag`` = its stream version)."""
+        require(principal_of(request), Permission.READ, name)
+        services = services_of(request)
+        model_id, stream_version = await services.registry.locate(name)
+        async with read_views(services, CATALOGUE, as_of=as_of, min_position=min_position, model_id=model_id) as reader:
+            row = await model_catalogue.get_model(reader.conn, reader.names, model_id)
+        if row is None:
+            raise NotFoundError(f"model {name!r} did not exist then" if as_of else f"model {name!r} is not in the views yet")
+        return Response(row, headers={"ETag": etag(stream_version)})
+
+    @patch("/{name:str}")
+    async def update(self, request: Request[Any, Any, Any], name: FromPath[str], data: JSONBody[UpdateModel]) -> Response[Receipt]:
+        principal = principal_of(request)
+        require(principal, Permission.WRITE, name)
+        return await _model_command(request, name, UpdateModelDescription(
+            actor=principal.name, now=services_of(request).registry.now(), description=data.description))
+
+    @post("/{name:str}/rename", status_code=200)
+    async def rename(self, request: Request[Any, Any, Any], name: FromPath[str], data: JSONBody[Rename]) -> Response[Receipt]:
+        principal = principal_of(request)
+        require(principal, Permission.WRITE, name)
+        require(principal, Permission.WRITE, data.new_name)
+        response = await _model_command(request, name, RenameModel(
+            actor=principal.name, now=services_of(request).registry.now(), new_name=data.new_name))
+        response.headers["Location"] = f"/api/v1/models/{data.new_name}"
+        return response
+
+    @post("/{name:str}/archive", status_code=200)
+    async def archive(self, request: Request[Any, Any, Any], name: FromPath[str], data: JSONBody[Reason]) -> Response[Receipt]:
+        principal = principal_of(request)
+        require(principal, Permission.ADMIN, name)
+        return await _model_command(request, name, ArchiveModel(
+            actor=principal.name, now=services_of(request).registry.now(), reason=data.reason))
+
+    @post("/{name:str}/restore", status_code=200)
+    async def restore(self, request: Request[Any, Any, Any], name: FromPath[str], data: JSONBody[Reason]) -> Response[Receipt]:
+        principal = principal_of(request)
+        require(principal, Permission.ADMIN, name)
+        return await _model_command(request, name, RestoreModel(
+            actor=principal.name, now=services_of(request).registry.now(), reason=data.reason))
+
+    @put("/{name:str}/tags/{key:str}")
+    async def set_tag(self, request: Request[Any, Any, Any], name: FromPath[str], key: FromPath[str], data: JSONBody[TagValue]) -> Response[Receipt]:
+        principal = principal_of(request)
+        require(principal, Permission.WRITE, name)
+        return await _model_command(request, name, SetModelTags(
+            actor=principal.name, now=services_of(request).registry.now(), tags={key: data.value}))
+
+    @delete("/{name:str}/tags/{key:str}", status_code=200)
+    async def remove_tag(self, request: Request[Any, Any, Any], name: FromPath[str], key: FromPath[str]) -> Response[Receipt]:
+        principal = principal_of(request)
+        require(principal, Permission.WRITE, name)
+        return await _model_command(request, name, RemoveModelTags(
+            actor=principal.name, now=services_of(request).registry.now(), keys=(key,)))
+
+
+async def _model_command(request: Request[Any, Any, Any], name: str, command: Any) -> Response[Receipt]:
+    registry = services_of(request).registry
+    model_id = await registry.model_id(name)
+    written = await registry.execute(model_id, command, if_version=if_match(request), id_seed=seed_of(request))
+    return receipt(written, model=name)

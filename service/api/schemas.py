@@ -1,0 +1,189 @@
+"""HTTP request bodies. Kept apart from the stored events: the API and storage evolve on
+different clocks. Unknown fields are refused; the domain checks every value's rules."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+import msgspec
+
+from events.access import Role
+from events.metrics import MetricInput
+from events.policy import GovernancePolicy
+from events.stages import Stage
+from events.version_content import DatasetRole
+
+Tags = dict[str, str]
+ParamValue = str | int | float | bool
+
+
+class Strict(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    pass
+
+
+class CreateModel(Strict, frozen=True, kw_only=True):
+    name: str
+    description: str = ""
+    tags: Tags = msgspec.field(default_factory=dict)
+    owner: str | None = None  # default: the caller
+
+
+class UpdateModel(Strict, frozen=True, kw_only=True):
+    description: str
+
+
+class Rename(Strict, frozen=True, kw_only=True):
+    new_name: str
+
+
+class Reason(Strict, frozen=True, kw_only=True):
+    reason: str
+
+
+class TagValue(Strict, frozen=True, kw_only=True):
+    value: str
+
+
+class Artifact(Strict, frozen=True, kw_only=True):
+    path: str
+    uri: str
+    sha256: str
+    size: int
+
+
+class Code(Strict, frozen=True, kw_only=True):
+    repository: str
+    commit: str
+    path: str = ""
+
+
+class FileRef(Strict, frozen=True, kw_only=True):
+    uri: str
+    sha256: str
+
+
+class DependencySpec(Strict, frozen=True, kw_only=True):
+    python_version: str
+    lock_file: FileRef | None = None
+
+
+class Dataset(Strict, frozen=True, kw_only=True):
+    name: str
+    uri: str
+    digest: str
+    role: DatasetRole
+
+
+class Run(Strict, frozen=True, kw_only=True):
+    run_id: str
+    url: str = ""
+    tracker: str = ""
+
+
+class Signature(Strict, frozen=True, kw_only=True):
+    inputs: str
+    outputs: str
+    params: str = ""
+
+
+class RegisterVersion(Strict, frozen=True, kw_only=True):
+    artifacts: list[Artifact]
+    code: Code | None = None
+    dependencies: DependencySpec | None = None
+    params: dict[str, ParamValue] = msgspec.field(default_factory=dict)
+    datasets: list[Dataset] = msgspec.field(default_factory=list)
+    run: Run | None = None
+    signature: Signature | None = None
+    tags: Tags = msgspec.field(default_factory=dict)
+    description: str = ""
+
+
+class Metric(Strict, frozen=True, kw_only=True):
+    key: str
+    value: float
+    step: int = 0
+    timestamp: datetime | None = None
+    dataset: str | None = None
+
+    def to_input(self) -> MetricInput:
+        return MetricInput(key=self.key, value=self.value, step=self.step, timestamp=self.timestamp, dataset=self.dataset)
+
+
+class MetricBatch(Strict, frozen=True, kw_only=True):
+    metrics: list[Metric]
+
+
+class StageChange(Strict, frozen=True, kw_only=True):
+    to: Stage
+    comment: str = ""
+
+
+class RollbackRequest(Strict, frozen=True, kw_only=True):
+    reason: str
+
+
+class AliasTarget(Strict, frozen=True, kw_only=True):
+    version: int
+    comment: str = ""
+
+
+class PolicyUpdate(Strict, frozen=True, kw_only=True):
+    policy: GovernancePolicy
+    comment: str = ""
+
+
+class PromotionRequest(Strict, frozen=True, kw_only=True):
+    version: int
+    justification: str
+    target_stage: Stage | None = None
+    alias: str | None = None
+    rollback: bool = False
+
+
+class Decision(Strict, frozen=True, kw_only=True):
+    comment: str = ""
+
+
+class DeploymentStart(Strict, frozen=True, kw_only=True):
+    environment: str
+    target: str
+    desired_stage: Stage | None = None
+    desired_alias: str | None = None
+    comment: str = ""
+    deployment_id: str | None = None
+
+
+class DeploymentReport(Strict, frozen=True, kw_only=True):
+    deployment_id: str
+    status: Literal["succeeded", "failed", "rolled_back"]
+    reason: str = ""
+    comment: str = ""
+
+
+class TokenRequest(Strict, frozen=True, kw_only=True):
+    principal: str
+    roles: list[Role]
+    scopes: list[str] = msgspec.field(default_factory=list)
+    expires_at: datetime | None = None
+    description: str = ""
+
+
+class IssuedToken(msgspec.Struct, frozen=True, kw_only=True):
+    token_id: str
+    principal: str
+    roles: list[Role]
+    scopes: list[str]
+    expires_at: datetime | None
+    secret: str | None
+    note: str = "the secret is shown once; store it now"
+
+
+class TokenInfo(msgspec.Struct, frozen=True, kw_only=True):
+    token_id: str
+    principal: str
+    roles: list[Role]
+    scopes: list[str]
+    expires_at: datetime | None
+    revoked: bool
+    description: str

@@ -1,0 +1,27 @@
+"""What the HTTP layer needs, built once per process by the runtime and shared by handlers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import asyncpg
+from nats.aio.client import Client as NatsClient
+
+from service.api.telemetry import ApiMetrics
+from service.commands import CommandExecutor
+from service.registry import Registry
+from service.settings import Settings
+from service.store import EventStore
+from service.tokens import TokenAuthenticator
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Services:
+    settings: Settings
+    pool: asyncpg.Pool
+    store: EventStore
+    executor: CommandExecutor
+    registry: Registry
+    auth: TokenAuthenticator
+    metrics: ApiMetrics
+    nats: NatsClient | None = None

@@ -1,0 +1,79 @@
+"""A real registry behind an in-process HTTP client: the API app, the sealer and the
+projection worker running on a fresh schema of the real Postgres."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+from litestar import Litestar
+
+from events.access import Role
+from projections.registry_state import all_projections
+from projections.runner import ProjectionWorker
+from service.api.router import api_app_kwargs
+from service.api.services import Services
+from service.composition import build_services
+from service.sealer import Sealer, sealed_channel
+from service.settings import Settings, load_settings
+from service.tokens import ensure_bootstrap_token, issue_token
+from tests.support.database import Database
+
+
+@dataclass
+class Api:
+    client: httpx.AsyncClient
+    services: Services
+    admin: str  # the bootstrap admin's secret
+
+    def auth(self, secret: str | None = None) -> dict[str, str]:
+        return {"Authorization": f"Bearer {secret or self.admin}"}
+
+    async def token(self, principal: str, *roles: Role, scopes: tuple[str, ...] = ()) -> str:
+        _, secret = await issue_token(self.services.executor, actor="admin", principal=principal, roles=roles, scopes=scopes)
+        return secret
+
+    async def request(self, method: str, path: str, *, as_: str | None = None, **kwargs: Any) -> httpx.Response:
+        headers = {**self.auth(as_), **kwargs.pop("headers", {})}
+        return await self.client.request(method, path, headers=headers, **kwargs)
+
+    async def get(self, path: str, **kwargs: Any) -> httpx.Response:
+        return await self.request("GET", path, **kwargs)
+
+    async def post(self, path: str, **kwargs: Any) -> httpx.Response:
+        return await self.request("POST", path, **kwargs)
+
+    async def put(self, path: str, **kwargs: Any) -> httpx.Response:
+        return await self.request("PUT", path, **kwargs)
+
+    async def patch(self, path: str, **kwargs: Any) -> httpx.Response:
+        return await self.request("PATCH", path, **kwargs)
+
+    async def delete(self, path: str, **kwargs: Any) -> httpx.Response:
+        return await self.request("DELETE", path, **kwargs)
+
+
+@asynccontextmanager
+async def running_api(db: Database, settings: Settings | None = None) -> AsyncIterator[Api]:
+    settings = settings or load_settings({}, db_schema=db.schema, read_wait_timeout=10.0)
+    sealer = Sealer(db.connect, db.schema)
+    services = build_services(settings, db.pool, on_append=lambda _: sealer.wake())
+    worker = ProjectionWorker(db.connect, db.schema, all_projections(), channel=sealed_channel(db.schema), poll_interval=0.05)
+    stop = asyncio.Event()
+    tasks = [asyncio.create_task(sealer.run(stop)), asyncio.create_task(worker.run(stop))]
+    try:
+        admin = await ensure_bootstrap_token(services.executor, None)
+        assert admin is not None
+        app = Litestar(**api_app_kwargs(services))
+        # ASGITransport runs the app in this event loop, where the pool lives.
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://modelreg.test") as client:
+            yield Api(client, services, admin)
+    finally:
+        stop.set()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await services.executor.drain()

@@ -17,11 +17,11 @@ from typing import Any
 
 from events.base import Command
 from events.catalogue import REGISTRY_POLICY_STREAM, metrics_stream, model_stream
-from events.errors import ConflictError, NotFoundError
+from events.errors import ConflictError, NotFoundError, ValidationError
 from events.metrics import METRICS, LogMetrics, MetricInput, latest_values
 from events.model import MODEL
 from events.model_commands import Metrics, RequestPromotion, TransitionStage
-from events.model_events import ModelRegistered, ModelRenamed
+from events.model_events import ModelRegistered, ModelRenamed, PromotionRequested
 from events.model_state import ModelState
 from events.names import validate_model_name
 from events.policy import GovernancePolicy, requirement
@@ -32,6 +32,7 @@ from service.positions import sealed_position
 from service.store import EventStore
 
 NAME_KEY = "model-name:"
+REQUEST_KEY = "promotion:"
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,7 +49,8 @@ class Written:
 
 
 def name_keys(events: Sequence[Any], _state: Any) -> tuple[list[str], list[str]]:
-    """Model names are unique: claim on register and rename, release the old name."""
+    """Model names are unique: claim on register and rename, release the old name; a
+    promotion request's id points at its model."""
     claim: list[str] = []
     release: list[str] = []
     for event in events:
@@ -57,6 +59,9 @@ def name_keys(events: Sequence[Any], _state: Any) -> tuple[list[str], list[str]]
         elif isinstance(event, ModelRenamed):
             claim.append(NAME_KEY + event.new_name)
             release.append(NAME_KEY + event.old_name)
+        elif isinstance(event, PromotionRequested):
+            # Lets an approver find the request's model the moment it exists.
+            claim.append(REQUEST_KEY + event.request_id)
     return claim, release
 
 
@@ -93,6 +98,14 @@ class Registry:
         if row is None:
             raise NotFoundError(f"no model is named {name!r}", name=name)
         return row["stream_id"].split(":", 1)[1], row["version"]
+
+    async def locate_request(self, request_id: str) -> tuple[str, str, int]:
+        """The model name, model id and version a promotion request is about."""
+        owner = await self.store.owner_of(REQUEST_KEY + request_id)
+        if owner is None:
+            raise NotFoundError(f"no promotion request {request_id!r}", request_id=request_id)
+        _, state = await self.executor.state_of(owner, MODEL)
+        return state.name, state.model_id, state.requests[request_id].version
 
     async def model(self, name: str) -> tuple[str, int, ModelState]:
         """A model's id, stream version (the ETag) and current state, by name."""
@@ -176,6 +189,11 @@ class Registry:
                 to_stage=to_stage, comment=comment, metrics=metrics,
             )
             return await self.execute(model_id, command, if_version=if_version, id_seed=id_seed), None
+        if not comment.strip():
+            raise ValidationError(
+                "comment", "required",
+                f"{current.stage} -> {to_stage} needs approval, so it opens a request: say why in the comment",
+            )
         request_id = self.request_id_for(id_seed)
         command = RequestPromotion(
             actor=actor, now=now, registry_policy=registry_policy, request_id=request_id, version=version,

@@ -291,19 +291,10 @@ class PromotionsController(Controller):
 
 
 async def _locate_request(request: Request[Any, Any, Any], request_id: str) -> tuple[str, int]:
-    """The model name and version of a request, from the approvals view (waiting a moment
-    for a request written just before, which may not be projected yet)."""
-    services = services_of(request)
-    async with read_views(services, APPROVALS, as_of=None, min_position=None) as reader:
-        found = await approvals.request(reader.conn, reader.names, request_id)
-    if found is None:
-        raise NotFoundError(f"no promotion request {request_id!r}", request_id=request_id)
-    name = await services.pool.fetchval(
-        "SELECT key FROM unique_keys WHERE stream_id = $1 AND key LIKE 'model-name:%'", f"model:{found.model_id}"
-    )
-    if name is None:
-        raise NotFoundError(f"no promotion request {request_id!r}", request_id=request_id)
-    return str(name).removeprefix("model-name:"), found.version
+    """The model name and version of a request, from the command side (so a request made a
+    moment ago is found even before the approvals view shows it)."""
+    name, _, version = await services_of(request).registry.locate_request(request_id)
+    return name, version
 
 
 async def _visible(request: Request[Any, Any, Any], found: list[ApprovalRequest]) -> list[ApprovalRequest]:

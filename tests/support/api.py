@@ -70,7 +70,7 @@ async def running_api(db: Database, settings: Settings | None = None) -> AsyncIt
         assert admin is not None
         app = Litestar(**api_app_kwargs(services))
         # ASGITransport runs the app in this event loop, where the pool lives.
-        transport = httpx.ASGITransport(app=app)
+        transport = httpx.ASGITransport(app=app)  # type: ignore[arg-type]  # Litestar's scope types are narrower
         async with httpx.AsyncClient(transport=transport, base_url="http://modelreg.test") as client:
             yield Api(client, services, admin)
     finally:

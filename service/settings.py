@@ -51,6 +51,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     nats_replicas: Annotated[int, msgspec.Meta(ge=1, le=5)] = 1
     nats_duplicate_window: Seconds = 6 * 3600.0
     event_source: str = "/modelreg"
+    # Relay: events read per batch, publishes in flight, seconds to wait for a PubAck, and
+    # the ceiling of its back-off while NATS is away.
+    relay_batch_size: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = 1000
+    relay_window: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 1000
+    relay_ack_timeout: Seconds = 5.0
+    relay_backoff_max: Seconds = 5.0
 
     # Background work.
     sealer_idle_interval: Seconds = 0.01

@@ -1,0 +1,220 @@
+"""``modelreg serve`` as a user runs it: a real process with embedded Postgres and NATS."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from service.runtime import Worker, supervise
+from tests.integration.test_embedded import gone, private_dir
+
+REPO = Path(__file__).resolve().parents[2]
+READY_TIMEOUT = 60.0
+SERVING = re.compile(r"serving http://127\.0\.0\.1:(\d+) ")
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+class Serve:
+    """One ``python -m service serve`` process with a clean MODELREG_* environment.
+
+    Ports are 0 (the kernel picks free ones, so parallel test runs never collide); the
+    HTTP port is read back from the "serving http://..." log line.
+    """
+
+    def __init__(self, data_dir: Path, log: Path) -> None:
+        self.data_dir = data_dir
+        self.log = log
+        self.port: int | None = None
+        base = {k: v for k, v in os.environ.items() if not k.startswith("MODELREG_")}
+        self.env = base | {
+            "MODELREG_DATA_DIR": str(data_dir),
+            "MODELREG_PORT": "0",
+            "MODELREG_NATS_PORT": "0",
+        }
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Serve:
+        self.port = None
+        with self.log.open("wb") as out:
+            # A session of its own, so interrupt() can signal the group as a terminal's Ctrl-C does.
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "service", "serve"],
+                cwd=REPO,
+                env=self.env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        return self
+
+    @property
+    def base_url(self) -> str:
+        assert self.port is not None
+        return f"http://127.0.0.1:{self.port}"
+
+    def run(self, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "service", "serve"],
+            cwd=REPO,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+
+    def wait_for(self, path: str, status: int, timeout: float = READY_TIMEOUT) -> httpx.Response:
+        assert self.proc is not None
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                pytest.fail(f"serve exited {self.proc.returncode}:\n{self.log.read_text()}")
+            if self.port is None and (found := SERVING.search(self.log.read_text())):
+                self.port = int(found.group(1))
+            response = None
+            if self.port is not None:
+                with contextlib.suppress(httpx.TransportError):
+                    response = httpx.get(f"{self.base_url}{path}", timeout=2.0)
+            if response is not None and response.status_code == status:
+                return response
+            time.sleep(0.05)
+        pytest.fail(f"{path} did not answer {status} in {timeout} s:\n{self.log.read_text()}")
+
+    def interrupt(self, timeout: float = 30.0) -> int:
+        """Ctrl-C: SIGINT to the whole process group, then the exit code."""
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGINT)
+        return self.proc.wait(timeout)
+
+    def server_pids(self) -> tuple[int, int]:
+        postgres = int((self.data_dir / "postgres" / "postmaster.pid").read_text().split()[0])
+        nats = int((self.data_dir / "nats" / "nats-server.pid").read_text().split()[0])
+        return postgres, nats
+
+
+@pytest.fixture
+def serve() -> Iterator[Serve]:
+    with private_dir() as path:
+        server = Serve(Path(path) / "data", Path(path) / "serve.log")
+        yield server
+        if server.proc is not None and server.proc.poll() is None:
+            server.proc.kill()
+            server.proc.wait()
+
+
+def one_line(stderr: str) -> str:
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, stderr
+    assert lines[0].startswith("modelreg: ")
+    return lines[0]
+
+
+def test_serve_on_a_fresh_data_dir_gets_ready_and_stops_cleanly_on_sigint(serve: Serve) -> None:
+    started = time.monotonic()
+    serve.start().wait_for("/health/ready", 200)
+    print(f"ready {time.monotonic() - started:.2f} s after launch, fresh data dir")
+    assert httpx.get(f"{serve.base_url}/health/live").json() == {"status": "ok"}
+    postgres, nats = serve.server_pids()
+
+    assert serve.interrupt() == 0
+    assert gone(postgres)
+    assert gone(nats)
+    assert not (serve.data_dir / "postgres" / "postmaster.pid").exists()
+
+    started = time.monotonic()
+    serve.start().wait_for("/health/ready", 200)
+    print(f"ready {time.monotonic() - started:.2f} s after launch, existing data dir")
+    assert serve.interrupt() == 0
+
+
+def test_a_second_serve_on_the_same_data_dir_exits_2_with_one_line(
+    serve: Serve, tmp_path: Path
+) -> None:
+    serve.start().wait_for("/health/ready", 200)
+    second = Serve(serve.data_dir, tmp_path / "second.log").run()
+    assert second.returncode == 2
+    assert serve.proc is not None
+    line = one_line(second.stderr)
+    assert (
+        f"data dir {serve.data_dir} is in use by another modelreg process (pid {serve.proc.pid})"
+        in line
+    )
+    assert serve.interrupt() == 0
+
+
+def test_a_malformed_setting_exits_2_naming_the_variable(serve: Serve) -> None:
+    serve.env["MODELREG_PORT"] = "abc"
+    result = serve.run()
+    assert result.returncode == 2
+    assert one_line(result.stderr).startswith("modelreg: MODELREG_PORT: ")
+
+
+def test_a_busy_http_port_exits_2_with_one_line(serve: Serve) -> None:
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        port = squatter.getsockname()[1]
+        serve.env["MODELREG_PORT"] = str(port)
+        result = serve.run()
+    assert result.returncode == 2
+    assert one_line(result.stderr) == (
+        f"modelreg: HTTP port {port} on 127.0.0.1 is already in use; stop what uses it or set MODELREG_PORT"
+    )
+    assert not (serve.data_dir / "postgres").exists()  # failed before starting anything
+
+
+def test_serve_without_nats_still_serves_and_reports_not_ready(serve: Serve) -> None:
+    serve.env["MODELREG_NATS_URL"] = f"nats://127.0.0.1:{free_port()}"  # nothing listens there
+    serve.start().wait_for("/health/live", 200)
+    response = serve.wait_for("/health/ready", 503)
+    assert response.headers["content-type"] == "application/problem+json"
+    body = response.json()
+    assert body["status"] == 503
+    assert body["type"] == "urn:modelreg:not_ready"
+    assert body["checks"] == {"database": "ok", "migrations": "ok", "nats": "disconnected"}
+    assert "NATS disconnected" in body["detail"]
+    assert serve.interrupt() == 0
+
+
+async def test_a_crashing_worker_is_restarted_with_growing_delays(caplog: pytest.LogCaptureFixture) -> None:
+    loop = asyncio.get_running_loop()
+    runs: list[float] = []
+    five_runs = asyncio.Event()
+
+    async def crash() -> None:
+        runs.append(loop.time())
+        if len(runs) == 5:
+            five_runs.set()
+        raise RuntimeError("boom")
+
+    task = asyncio.create_task(supervise(Worker("boom", crash), first_delay=0.01, max_delay=0.04))
+    await asyncio.wait_for(five_runs.wait(), timeout=10)
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    assert task.cancelled()
+    gaps = [later - earlier for earlier, later in itertools.pairwise(runs)]
+    for gap, delay in zip(gaps[:4], [0.01, 0.02, 0.04, 0.04], strict=True):
+        assert gap >= delay - 0.002  # doubles, then stays at the ceiling
+    assert "worker boom crashed; restarting in 0.0 s" in caplog.text
+    assert "RuntimeError: boom" in caplog.text

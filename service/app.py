@@ -1,13 +1,14 @@
 """The HTTP application factory. I/O: none itself; handlers reach Postgres and NATS through
 the ``AppState`` that the runtime builds once per process and injects (no globals).
 
-Later issues add the API v1 by listing their routers in ``api_route_handlers()``.
+The API v1 (``service.api``) is mounted when the process serves it (roles all and api).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
+from typing import Any
 
 import asyncpg
 from litestar import Litestar, Response, Router, get
@@ -16,7 +17,11 @@ from litestar.openapi import OpenAPIConfig
 from litestar.types import ControllerRouterHandler
 from nats.aio.client import Client as NatsClient
 
+from service.api.problems import EXCEPTION_HANDLERS
+from service.api.router import api_app_kwargs
+from service.api.services import Services
 from service.health import Live, NotReady, Ready, check
+from service.sealer import Sealer
 from service.settings import Settings
 
 PROBLEM_JSON = "application/problem+json"
@@ -32,11 +37,10 @@ class AppState:
     nats_url: str
     pool: asyncpg.Pool
     nats: NatsClient
+    services: Services
+    sealer: Sealer
 
 
-def api_route_handlers() -> list[ControllerRouterHandler]:
-    """The API v1 routers; each issue that adds endpoints lists its router here."""
-    return []
 
 
 @get("/live", sync_to_thread=False)
@@ -48,8 +52,13 @@ def live() -> Live:
 @get("/ready")
 async def ready(app_state: AppState | None) -> Response[Ready | NotReady]:
     """200 when the database answers, migrations are applied and NATS is connected."""
+    # Only a process that publishes (roles all and worker) needs NATS to be useful; an API
+    # replica keeps accepting writes while NATS is away, so NATS must not fail its readiness.
+    needs_nats = app_state is None or app_state.settings.role != "api"
     checks, reasons = await check(
-        app_state.pool if app_state else None, app_state.nats if app_state else None
+        app_state.pool if app_state else None,
+        app_state.nats if app_state else None,
+        require_nats=needs_nats,
     )
     if checks.ready:
         return Response(Ready(checks=checks))
@@ -69,10 +78,13 @@ def create_app(state: AppState | None = None, *, api: bool = True, debug: bool =
     that need no database.
     """
     handlers: list[ControllerRouterHandler] = [health_router]
-    if api:
-        handlers.extend(api_route_handlers())
+    extra: dict[str, Any] = {"exception_handlers": EXCEPTION_HANDLERS}
+    if api and state is not None:
+        extra = api_app_kwargs(state.services)
+        handlers.extend(extra.pop("route_handlers"))
     return Litestar(
         route_handlers=handlers,
+        **extra,
         dependencies={"app_state": Provide(lambda: state, use_cache=True, sync_to_thread=False)},
         openapi_config=OpenAPIConfig(title="modelreg", version=_version(), path="/schema"),
         # The process configures logging once (service.cli); Litestar's default would replace it.

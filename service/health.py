@@ -31,10 +31,13 @@ class Checks(msgspec.Struct):
     # "unknown" when the database cannot be asked.
     migrations: Literal["ok", "pending", "unknown"]
     nats: Literal["ok", "disconnected"]
+    # False for an API-only replica: it serves (and accepts writes) while NATS is away.
+    nats_required: bool = True
 
     @property
     def ready(self) -> bool:
-        return self.database == "ok" and self.migrations == "ok" and self.nats == "ok"
+        nats_ok = self.nats == "ok" or not self.nats_required
+        return self.database == "ok" and self.migrations == "ok" and nats_ok
 
 
 class Ready(msgspec.Struct):
@@ -53,7 +56,9 @@ class NotReady(msgspec.Struct):
     code: str = "not_ready"
 
 
-async def check(pool: asyncpg.Pool | None, nats: NatsClient | None) -> tuple[Checks, list[str]]:
+async def check(
+    pool: asyncpg.Pool | None, nats: NatsClient | None, *, require_nats: bool = True
+) -> tuple[Checks, list[str]]:
     """Run every check; also return human-readable reasons for the failed ones."""
     reasons: list[str] = []
     database: Literal["ok", "error"] = "error"
@@ -78,6 +83,6 @@ async def check(pool: asyncpg.Pool | None, nats: NatsClient | None) -> tuple[Che
     nats_state: Literal["ok", "disconnected"] = (
         "ok" if nats is not None and nats.is_connected else "disconnected"
     )
-    if nats_state != "ok":
+    if nats_state != "ok" and require_nats:
         reasons.append("NATS disconnected")
-    return Checks(database=database, migrations=migrations, nats=nats_state), reasons
+    return Checks(database=database, migrations=migrations, nats=nats_state, nats_required=require_nats), reasons

@@ -18,6 +18,7 @@ import errno
 import logging
 import signal
 import socket
+import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
 from dataclasses import dataclass
@@ -29,11 +30,18 @@ import asyncpg
 import uvicorn
 from nats.aio.client import Client as NatsClient
 
+from projections.registry_state import all_projections
+from projections.runner import ProjectionWorker
+from service.api.services import Services
 from service.app import AppState, create_app
-from service.db import create_pool
+from service.composition import build_services
+from service.db import connect, create_pool
 from service.embedded import DataDirLock, EmbeddedNats, EmbeddedPostgres
+from service.expiry import expire_overdue_forever
 from service.migrate import MigrationError, apply_migrations
+from service.sealer import Sealer, sealed_channel
 from service.settings import Settings
+from service.tokens import ensure_bootstrap_token
 
 log = logging.getLogger("modelreg")
 T = TypeVar("T")
@@ -58,10 +66,31 @@ class Worker:
 def background_workers(state: AppState) -> list[Worker]:
     """The loops that run beside the API in roles ``all`` and ``worker``.
 
-    Each issue that adds one (sealer, projection runner, relay) lists it here. Workers that
-    must be singletons take their own advisory lock, so extra replicas are hot standbys.
+    The sealer, the projection worker and the relay are singletons by advisory lock, so
+    extra replicas are hot standbys; the expiry sweeper is harmless to run twice.
     """
-    return []
+    settings = state.settings
+    projections = ProjectionWorker(
+        _connector(state, "modelreg-projections"),
+        settings.db_schema,
+        all_projections(),
+        channel=sealed_channel(settings.db_schema),
+        poll_interval=settings.worker_poll_interval,
+    )
+    return [
+        Worker("sealer", state.sealer.run),
+        Worker("projections", projections.run),
+        Worker("promotion-expiry", lambda: expire_overdue_forever(state.services, settings.worker_poll_interval * 20)),
+    ]
+
+
+def _connector(state: AppState, name: str) -> Callable[[], Awaitable[asyncpg.Connection]]:
+    settings = state.settings
+
+    async def connect_once() -> asyncpg.Connection:
+        return await connect(state.database_url, schema=settings.db_schema, app_role=settings.db_app_role, name=name)
+
+    return connect_once
 
 
 # ---------------------------------------------------------------- synchronous entry points
@@ -243,9 +272,17 @@ async def open_state(
     nats = NatsClient()
     connector = asyncio.create_task(_connect_nats(nats, nats_url), name="nats-connect")
     connector.add_done_callback(_report_connector_failure)
+    async def connect_sealer() -> asyncpg.Connection:
+        return await connect(database_url, schema=settings.db_schema, app_role=settings.db_app_role, name="modelreg-sealer")
+
+    sealer = Sealer(connect_sealer, settings.db_schema, idle_interval=settings.sealer_idle_interval)
+    # Local appends wake the local sealer; appends of other replicas are found by polling.
+    services = build_services(settings, pool, nats=nats, on_append=lambda _: sealer.wake())
     try:
+        await _bootstrap(services)
         yield AppState(
-            settings=settings, database_url=database_url, nats_url=nats_url, pool=pool, nats=nats
+            settings=settings, database_url=database_url, nats_url=nats_url, pool=pool, nats=nats,
+            services=services, sealer=sealer,
         )
     finally:
         connector.cancel()
@@ -254,6 +291,26 @@ async def open_state(
             await _bounded("close NATS", nats.close(), timeout=5.0)
         if not await _bounded("close the pool", pool.close(), timeout=SHUTDOWN_TIMEOUT):
             pool.terminate()
+
+
+async def _bootstrap(services: Services) -> None:
+    """First start: create the admin token, and show a generated secret exactly once."""
+    try:
+        secret = await ensure_bootstrap_token(services.executor, services.settings.bootstrap_token)
+    except ValueError as exc:
+        raise StartupError(str(exc)) from None
+    if secret is not None and services.settings.bootstrap_token is None:
+        banner = "=" * 72
+        print(  # noqa: T201 - shown once to the operator, by design never logged
+            f"\n{banner}\n  First start: an admin token was created. It is shown only now.\n\n"
+            f"    export MODELREG_TOKEN={secret}\n\n"
+            f"  Use it as 'Authorization: Bearer <token>' and create tokens for people\n"
+            f"  with POST /api/v1/tokens. Revoke it with DELETE /api/v1/tokens/bootstrap.\n{banner}\n",
+            file=sys.stderr,
+            flush=True,
+        )
+    elif secret is not None:
+        log.info("first start: the admin token from MODELREG_BOOTSTRAP_TOKEN was registered")
 
 
 async def _serve(

@@ -87,7 +87,12 @@ async def read_views(
     min_position: int | None,
     model_id: str | None = None,
 ) -> AsyncIterator[Reader]:
-    """Live views (after waiting for ``min_position``), or the views folded up to ``as_of``."""
+    """Live views (after waiting for ``min_position``), or the views folded up to ``as_of``.
+
+    A read about one model (``model_id``) also waits for the views to show that model's
+    latest sealed event, so a client reading what it just wrote never sees an older state,
+    even without ``min_position``.
+    """
     if as_of is not None:
         moment = parse_as_of(as_of)
         async with services.pool.acquire() as pooled:
@@ -95,6 +100,13 @@ async def read_views(
             async with views_as_of(conn, moment, projections, model_id=model_id) as (at, names):
                 yield Reader(conn, merge_names(*names.values()), at)
         return
+    if model_id is not None:
+        latest = await services.pool.fetchval(
+            "SELECT l.log_position FROM events e JOIN event_log l USING (seq)"
+            " WHERE e.stream_id = $1 ORDER BY e.stream_position DESC LIMIT 1",
+            f"model:{model_id}",
+        )
+        min_position = max(min_position or 0, latest or 0)
     if min_position:
         head = await head_position(services.pool)
         if min_position > head:

@@ -191,8 +191,17 @@ def test_serve_without_nats_still_serves_and_reports_not_ready(serve: Serve) -> 
     body = response.json()
     assert body["status"] == 503
     assert body["type"] == "urn:modelreg:not_ready"
-    assert body["checks"] == {"database": "ok", "migrations": "ok", "nats": "disconnected"}
+    assert body["checks"] == {"database": "ok", "migrations": "ok", "nats": "disconnected", "nats_required": True}
     assert "NATS disconnected" in body["detail"]
+    assert serve.interrupt() == 0
+
+
+def test_an_api_replica_without_nats_is_ready_because_it_still_accepts_writes(serve: Serve) -> None:
+    serve.env["MODELREG_NATS_URL"] = f"nats://127.0.0.1:{free_port()}"  # nothing listens there
+    serve.env["MODELREG_ROLE"] = "api"
+    serve.start().wait_for("/health/live", 200)
+    body = serve.wait_for("/health/ready", 200).json()
+    assert body["checks"] == {"database": "ok", "migrations": "ok", "nats": "disconnected", "nats_required": False}
     assert serve.interrupt() == 0
 
 

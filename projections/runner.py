@@ -26,6 +26,7 @@ from datetime import datetime
 import asyncpg
 
 from projections.base import Projection
+from projections.connections import CONNECTION_ERRORS, close_quietly
 from projections.log import head_position, read_log
 
 log = logging.getLogger(__name__)
@@ -35,6 +36,9 @@ Connect = Callable[[], Awaitable[asyncpg.Connection]]
 
 class CheckpointMovedError(RuntimeError):
     """Another worker moved the checkpoint first: this batch was rolled back."""
+
+
+WORKER_ERRORS: tuple[type[BaseException], ...] = (*CONNECTION_ERRORS, CheckpointMovedError)
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,13 +161,16 @@ async def switch_if_caught_up(conn: asyncpg.Connection, projection: Projection) 
         if live is None or building is None or building["log_position"] != live["log_position"]:
             return False
         await _point_views(conn, projection, building["generation"])
-        await conn.execute(
-            "UPDATE projection_checkpoints SET status = CASE generation WHEN $2 THEN 'live' ELSE 'retired' END,"
-            " updated_at = statement_timestamp() WHERE projection = $1 AND generation IN ($2, $3)",
-            projection.name,
-            building["generation"],
-            live["generation"],
-        )
+        # Retire first, then promote: the one-live unique index is checked row by row, so a
+        # single UPDATE swapping both fails whenever it happens to reach the building row first.
+        for generation, status in ((live["generation"], "retired"), (building["generation"], "live")):
+            await conn.execute(
+                "UPDATE projection_checkpoints SET status = $3, updated_at = statement_timestamp()"
+                " WHERE projection = $1 AND generation = $2",
+                projection.name,
+                generation,
+                status,
+            )
         for table in projection.generation_names(live["generation"]).values():
             await conn.execute(f"DROP TABLE IF EXISTS {table}")
     log.info("projection %s: generation %d is live", projection.name, building["generation"])
@@ -228,7 +235,7 @@ class ProjectionWorker:
         while not stop.is_set():
             try:
                 await self._session(stop)
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, CheckpointMovedError) as exc:
+            except WORKER_ERRORS as exc:
                 log.warning("projections: %s; reconnecting", exc)
                 await _sleep_or_stop(stop, self.standby_interval)
 
@@ -257,7 +264,7 @@ class ProjectionWorker:
             self.leading.clear()
             if listener is not None and not listener.is_closed():
                 listener.terminate()
-            await conn.close()
+            await close_quietly(conn)
 
     async def _claim(self, conn: asyncpg.Connection) -> None:
         for projection in self.projections:

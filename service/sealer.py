@@ -24,6 +24,7 @@ import msgspec
 
 from events.envelope import log_link
 from events.errors import ConcurrencyError
+from projections.connections import CONNECTION_ERRORS, close_quietly
 from service.db import lock_key
 
 log = logging.getLogger(__name__)
@@ -132,7 +133,7 @@ class Sealer:
         while not stop.is_set():
             try:
                 await self._session(stop)
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            except CONNECTION_ERRORS as exc:
                 log.warning("sealer: %s; reconnecting", exc)
                 await _sleep_or_stop(stop, self.standby_interval)
 
@@ -151,7 +152,7 @@ class Sealer:
             await self._lead(conn, stop)
         finally:
             self.is_leader = False
-            await conn.close()
+            await close_quietly(conn)
 
     async def _lead(self, conn: asyncpg.Connection, stop: asyncio.Event) -> None:
         interval = self.idle_interval

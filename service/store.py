@@ -151,6 +151,17 @@ class EventStore:
                 else:
                     row = await conn.fetchrow(_APPEND, *args)
                 break
+            except asyncpg.UniqueViolationError as exc:
+                if exc.constraint_name != "events_event_id_key":
+                    raise
+                # Re-sent event ids whose version check passed (the command was decided
+                # again after a lost answer): resolve against what is recorded.
+                try:
+                    row = await self.pool.fetchrow(_CONFLICT, stream_id, expected_version, ids)
+                except asyncpg.PostgresError as resolved:
+                    _raise_domain_error(resolved, stream_id, expected_version)
+                    raise
+                break
             except asyncpg.PostgresError as exc:
                 _raise_domain_error(exc, stream_id, expected_version)
                 if exc.sqlstate not in _RETRYABLE or attempt == _MAX_ATTEMPTS or conn is not None:
@@ -196,6 +207,7 @@ class EventStore:
 
 
 _APPEND = "SELECT * FROM append_events($1, $2, $3, $4, $5, $6, $7, $8)"
+_CONFLICT = "SELECT * FROM append_conflict($1, $2, $3)"
 
 
 def _raise_domain_error(exc: asyncpg.PostgresError, stream_id: str, expected: int) -> None:

@@ -76,10 +76,13 @@ CREATE TRIGGER event_log_no_truncate BEFORE TRUNCATE ON event_log
 
 -- Append a batch to one stream: one statement, one round trip.
 --
--- Order of checks matters: the stream row lock comes first so that concurrent retries of
--- the same events serialise; the idempotency check next, so a retry after a lost answer
--- returns the first result; the version check before any identity value is drawn, so an
--- optimistic-concurrency loser burns nothing.
+-- The stream head is read without a lock and moved by one conditional UPDATE (version and
+-- xid in its WHERE): a concurrent appender at the same version blocks on the row, then
+-- finds the version moved and updates nothing. Only then are events inserted, so an
+-- optimistic-concurrency loser draws no identity value. On a lost race the function looks
+-- for the same event ids among committed events (a retry after a lost answer) and
+-- returns the first result; re-sending ids whose version check passes fails on the
+-- unique event id, which the caller resolves the same way.
 --
 -- Errors: MR409 version conflict (DETAIL = actual version), MR422 event ids partly
 -- recorded already, MR423 unique key taken (DETAIL = key), 40001 stale xid (retry).
@@ -101,11 +104,7 @@ DECLARE
     v_last_tx  xid8;
     v_hash     bytea;
     v_hashes   bytea[] := '{}';
-    v_found    int;
-    v_same_stream boolean;
-    v_min      bigint;
     v_max_seq  bigint;
-    v_old_tx   xid8;
     v_key      text;
     v_owner    text;
 BEGIN
@@ -114,45 +113,47 @@ BEGIN
             USING ERRCODE = '22023';
     END IF;
 
-    SELECT s.version, s.last_tx_id, s.last_hash INTO v_version, v_last_tx, v_hash
-      FROM streams s WHERE s.stream_id = p_stream_id FOR UPDATE;
+    SELECT s.version, s.last_hash INTO v_version, v_hash
+      FROM streams s WHERE s.stream_id = p_stream_id;
     IF NOT FOUND THEN
-        IF p_expected_version <> 0 THEN
-            RAISE EXCEPTION 'stream % does not exist', p_stream_id
-                USING ERRCODE = 'MR409', DETAIL = '0';
-        END IF;
-        INSERT INTO streams AS s (stream_id, stream_type, version, last_tx_id, last_hash)
-        VALUES (p_stream_id, p_stream_type, 0, v_tx, '\x0000000000000000000000000000000000000000000000000000000000000000')
-        ON CONFLICT (stream_id) DO NOTHING;
-        -- A concurrent creator committed first: continue against its row.
-        SELECT s.version, s.last_tx_id, s.last_hash INTO v_version, v_last_tx, v_hash
-          FROM streams s WHERE s.stream_id = p_stream_id FOR UPDATE;
-    END IF;
-
-    SELECT count(*), min(e.stream_position), max(e.seq), max(e.tx_id),
-           bool_and(e.stream_id = p_stream_id)
-      INTO v_found, v_min, v_max_seq, v_old_tx, v_same_stream
-      FROM events e WHERE e.event_id = ANY (p_event_ids);
-    IF v_found > 0 THEN
-        IF v_found = n AND v_same_stream AND NOT EXISTS (
-            SELECT 1 FROM events e
-             WHERE e.event_id = ANY (p_event_ids)
-               AND e.stream_position <> v_min + array_position(p_event_ids, e.event_id) - 1
-        ) THEN
-            RETURN QUERY SELECT v_min + n - 1, v_max_seq, v_old_tx, true;
+        IF p_expected_version = 0 THEN
+            v_version := 0;
+            v_hash := '\x0000000000000000000000000000000000000000000000000000000000000000';
+        ELSE
+            RETURN QUERY SELECT * FROM append_conflict(p_stream_id, p_expected_version, p_event_ids);
             RETURN;
         END IF;
-        RAISE EXCEPTION 'some of these event ids are recorded already, not as this batch'
-            USING ERRCODE = 'MR422';
+    END IF;
+    IF v_version <> p_expected_version THEN
+        RETURN QUERY SELECT * FROM append_conflict(p_stream_id, p_expected_version, p_event_ids);
+        RETURN;
     END IF;
 
-    IF v_version <> p_expected_version THEN
-        RAISE EXCEPTION 'stream % is at version %, not %', p_stream_id, v_version, p_expected_version
-            USING ERRCODE = 'MR409', DETAIL = v_version::text;
+    FOR i IN 1..n LOOP
+        v_hash := sha256('\x01'::bytea || v_hash || sha256('\x00'::bytea || p_envelopes[i]));
+        v_hashes := v_hashes || v_hash;
+    END LOOP;
+
+    IF p_expected_version = 0 THEN
+        INSERT INTO streams AS s (stream_id, stream_type, version, last_tx_id, last_hash)
+        VALUES (p_stream_id, p_stream_type, n, v_tx, v_hash)
+        ON CONFLICT (stream_id) DO NOTHING;
+    ELSE
+        UPDATE streams s
+           SET version = p_expected_version + n, last_tx_id = v_tx, last_hash = v_hash,
+               updated_at = statement_timestamp()
+         WHERE s.stream_id = p_stream_id AND s.version = p_expected_version AND s.last_tx_id <= v_tx;
     END IF;
-    IF v_tx < v_last_tx THEN
-        RAISE EXCEPTION 'transaction is older than the last append to %; retry', p_stream_id
-            USING ERRCODE = '40001';
+    IF NOT FOUND THEN
+        -- Another appender got there first, or this transaction is older than the last
+        -- appender (an older xid must not publish after a newer one: retry with a new one).
+        SELECT s.version, s.last_tx_id INTO v_version, v_last_tx FROM streams s WHERE s.stream_id = p_stream_id;
+        IF v_version = p_expected_version AND v_last_tx > v_tx THEN
+            RAISE EXCEPTION 'transaction is older than the last append to %; retry', p_stream_id
+                USING ERRCODE = '40001';
+        END IF;
+        RETURN QUERY SELECT * FROM append_conflict(p_stream_id, p_expected_version, p_event_ids);
+        RETURN;
     END IF;
 
     IF p_release_keys IS NOT NULL THEN
@@ -171,27 +172,51 @@ BEGIN
         END LOOP;
     END IF;
 
-    FOR i IN 1..n LOOP
-        v_hash := sha256('\x01'::bytea || v_hash || sha256('\x00'::bytea || p_envelopes[i]));
-        v_hashes := v_hashes || v_hash;
-    END LOOP;
-
     WITH inserted AS (
         INSERT INTO events (event_id, stream_id, stream_position, event_type, envelope, stream_hash)
-        SELECT u.id, p_stream_id, v_version + u.ord, u.typ, u.env, u.hash
+        SELECT u.id, p_stream_id, p_expected_version + u.ord, u.typ, u.env, u.hash
           FROM unnest(p_event_ids, p_event_types, p_envelopes, v_hashes)
                WITH ORDINALITY AS u(id, typ, env, hash, ord)
          ORDER BY u.ord
         RETURNING seq
     )
     SELECT max(inserted.seq) INTO v_max_seq FROM inserted;
+    RETURN QUERY SELECT p_expected_version + n, v_max_seq, v_tx, false;
+END $$;
 
-    UPDATE streams s
-       SET version = v_version + n, last_tx_id = v_tx, last_hash = v_hash,
-           updated_at = statement_timestamp()
-     WHERE s.stream_id = p_stream_id;
-
-    RETURN QUERY SELECT v_version + n, v_max_seq, v_tx, false;
+-- The slow path of an append that lost its version check: the same event ids already
+-- recorded as one contiguous batch of this stream mean a retry (answer as the first
+-- time); some of them mean a client error; none mean a plain conflict.
+CREATE FUNCTION append_conflict(p_stream_id text, p_expected_version bigint, p_event_ids uuid[])
+RETURNS TABLE (stream_version bigint, last_seq bigint, tx_id xid8, replayed boolean)
+LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
+DECLARE
+    n       int := cardinality(p_event_ids);
+    v_found int;
+    v_min   bigint;
+    v_seq   bigint;
+    v_tx    xid8;
+    v_same  boolean;
+    v_now   bigint;
+BEGIN
+    SELECT count(*), min(e.stream_position), max(e.seq), max(e.tx_id), bool_and(e.stream_id = p_stream_id)
+      INTO v_found, v_min, v_seq, v_tx, v_same
+      FROM events e WHERE e.event_id = ANY (p_event_ids);
+    IF v_found = n AND v_same AND NOT EXISTS (
+        SELECT 1 FROM events e
+         WHERE e.event_id = ANY (p_event_ids)
+           AND e.stream_position <> v_min + array_position(p_event_ids, e.event_id) - 1
+    ) THEN
+        RETURN QUERY SELECT v_min + n - 1, v_seq, v_tx, true;
+        RETURN;
+    END IF;
+    IF v_found > 0 THEN
+        RAISE EXCEPTION 'some of these event ids are recorded already, not as this batch'
+            USING ERRCODE = 'MR422';
+    END IF;
+    SELECT s.version INTO v_now FROM streams s WHERE s.stream_id = p_stream_id;
+    RAISE EXCEPTION 'stream % is at version %, not %', p_stream_id, coalesce(v_now, 0), p_expected_version
+        USING ERRCODE = 'MR409', DETAIL = coalesce(v_now, 0)::text;
 END $$;
 
 -- Seal one batch the sealer read below the transaction horizon. The CAS on the sealer

@@ -88,11 +88,11 @@ class Projection:
     def temp_names(self) -> Names:
         return Names({t.name: f"{t.name}__tt" for t in self.tables})
 
-    def create_statements(self, names: Names, *, temporary: bool = False) -> list[str]:
+    def create_statements(self, names: Names, *, temporary: bool = False, unlogged: bool = False) -> list[str]:
         statements: list[str] = []
         for table in self.tables:
             sql_name = names[table.name]
-            kind = "TEMP TABLE" if temporary else "TABLE"
+            kind = "TEMP TABLE" if temporary else "UNLOGGED TABLE" if unlogged else "TABLE"
             suffix = " ON COMMIT DROP" if temporary else ""
             statements.append(f"CREATE {kind} {sql_name} ({table.columns}){suffix}")
             for index in table.indexes:

@@ -28,6 +28,7 @@ import asyncpg
 from projections.base import Projection
 from projections.connections import CONNECTION_ERRORS, close_quietly
 from projections.log import head_position, read_log
+from projections.time_travel import drop_stale_scratch_tables
 
 log = logging.getLogger(__name__)
 
@@ -245,6 +246,7 @@ class ProjectionWorker:
         try:
             for projection in self.projections:
                 await ensure_projection(conn, projection)
+            await drop_stale_scratch_tables(conn)
             listener = await self._listen()
             while not stop.is_set():
                 await self._claim(conn)

@@ -1,14 +1,27 @@
 """Time travel: the views as they stood at a past log position, by folding the log again.
 
-The fold uses each projection's own ``apply`` into temporary tables of the same shape,
-inside the caller's transaction (they vanish at its end), so "as of" answers come from
-exactly the code that built the live views. Folding one model touches only that model's
-streams; folding the whole registry reads the log up to the position.
+The fold uses each projection's own ``apply`` into scratch tables of the same shape, so
+"as of" answers come from exactly the code that built the live views. Folding one model
+touches only that model's streams; folding the whole registry reads the log up to the
+position.
+
+``folded_views`` is what serving code uses: UNLOGGED scratch tables named
+``<table>__t<time><random>``, filled batch by batch in short transactions and dropped on
+exit. Why not one transaction with temporary tables: creating tables gives a transaction
+an xid, and the sealer seals only transactions older than the oldest open xid in the
+whole cluster, so a long fold in one transaction would hold back sealing for every writer
+for as long as it ran. ``fold_as_of`` (temporary tables in the caller's transaction) is
+kept for tests and tools that fold small histories.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import logging
+import re
+import secrets
+import time
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from datetime import datetime
 
 import asyncpg
@@ -52,3 +65,72 @@ async def resolve_as_of(conn: asyncpg.Connection | asyncpg.Pool, as_of: int | da
     if isinstance(as_of, datetime):
         return await position_at(conn, as_of)
     return as_of
+
+
+log = logging.getLogger(__name__)
+# <table>__t + 6 base-36 digits of the creation time + 3 random ones.
+_SCRATCH = re.compile(r"__t([0-9a-z]{6})[0-9a-z]{3}$")
+_DIGITS = "0123456789abcdefghijklmnopqrstuvwxyz"
+SCRATCH_MAX_AGE = 3600.0
+
+
+@asynccontextmanager
+async def folded_views(
+    conn: asyncpg.Connection,
+    projections: Sequence[Projection],
+    position: int,
+    *,
+    model_id: str | None = None,
+    batch: int = 2000,
+) -> AsyncIterator[dict[str, Names]]:
+    """Fold ``projections`` up to ``position`` into scratch tables and yield their names,
+    per projection; the tables are dropped on exit. Must not run inside a transaction."""
+    if conn.is_in_transaction():
+        raise RuntimeError("folded_views runs its own short transactions; call it outside one")
+    suffix = "__t" + base36(int(time.time()), 6) + "".join(secrets.choice(_DIGITS) for _ in range(3))
+    names = {p.name: Names({t.name: t.name + suffix for t in p.tables}) for p in projections}
+    try:
+        for projection in projections:
+            for statement in projection.create_statements(names[projection.name], unlogged=True):
+                await conn.execute(statement)
+        after = 0
+        while True:
+            events = await read_log(conn, after, batch, up_to=position, model_id=model_id)
+            async with conn.transaction():
+                for projection in projections:
+                    handled = [e for e in events if e.event_type in projection.handles]
+                    if handled:
+                        await projection.apply(conn, names[projection.name], handled)
+            if len(events) < batch:
+                break
+            after = events[-1].log_position
+        yield names
+    finally:
+        for table_names in names.values():
+            for table in table_names.values():
+                await conn.execute(f"DROP TABLE IF EXISTS {table}")
+
+
+async def drop_stale_scratch_tables(conn: asyncpg.Connection, max_age: float = SCRATCH_MAX_AGE) -> int:
+    """Drop scratch tables a crashed fold left behind (older than ``max_age`` seconds)."""
+    rows = await conn.fetch(
+        "SELECT tablename FROM pg_tables WHERE schemaname = current_schema() AND tablename LIKE '%\\_\\_t%'"
+    )
+    now = time.time()
+    dropped = 0
+    for row in rows:
+        match = _SCRATCH.search(row["tablename"])
+        if match and now - int(match.group(1), 36) > max_age:
+            await conn.execute(f'DROP TABLE IF EXISTS "{row["tablename"]}"')
+            dropped += 1
+    if dropped:
+        log.info("dropped %d stale time-travel scratch table(s)", dropped)
+    return dropped
+
+
+def base36(value: int, width: int) -> str:
+    digits = ""
+    while value:
+        value, digit = divmod(value, 36)
+        digits = _DIGITS[digit] + digits
+    return digits.rjust(width, "0")[-width:]

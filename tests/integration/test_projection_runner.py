@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 from collections.abc import Sequence
 
 import asyncpg
@@ -22,7 +23,7 @@ from projections.runner import (
     start_rebuild,
     step,
 )
-from projections.time_travel import fold_as_of
+from projections.time_travel import base36, drop_stale_scratch_tables, fold_as_of, folded_views
 from projections.wait import NotYetVisibleError, wait_for_position
 from service.sealer import Sealer, sealed_channel
 from service.store import EventStore
@@ -257,3 +258,59 @@ async def _fold_checksum(db: Database, position: int) -> str:
         names = await fold_as_of(conn, [NOTES], position)
         return await checksum(conn, names["notes"])
 
+
+
+async def test_serving_folds_equal_folds_in_one_transaction(db: Database, store: EventStore) -> None:
+    await write_history(store, db, 90, seed=11)
+    conn = await db.connect()
+    head = await head_position(conn)
+    async with folded_views(conn, [NOTES], head, batch=7) as names:
+        assert await checksum(conn, names["notes"]) == await _fold_checksum(db, head)
+    assert not await conn.fetchval(
+        "SELECT count(*) FROM pg_tables WHERE schemaname = current_schema() AND tablename LIKE '%\\_\\_t%'"
+    )
+
+
+async def test_a_long_fold_does_not_hold_back_sealing(db: Database, store: EventStore) -> None:
+    # given a fold that takes a while (slow batches)
+    await write_history(store, db, 40, seed=12)
+    conn = await db.connect()
+    head = await head_position(conn)
+
+    async def slow(c: asyncpg.Connection, names: Names, events: Sequence[LoggedEvent]) -> None:
+        await NOTES.apply(c, names, events)
+        await asyncio.sleep(0.05)
+
+    sealed_during_fold = False
+    async with folded_views(conn, [replace_apply(NOTES, slow)], head, batch=2):
+        pass
+    fold = asyncio.create_task(_slow_fold(conn, replace_apply(NOTES, slow), head))
+    # when a write commits while the fold runs
+    await asyncio.sleep(0.1)
+    await append_notes(store, "n:during", 0, "during")
+    sealer_conn = await db.connect()
+    deadline = asyncio.get_running_loop().time() + 5
+    while not fold.done() and asyncio.get_running_loop().time() < deadline:
+        if await Sealer(db.connect, db.schema).seal_all(sealer_conn):
+            sealed_during_fold = not fold.done()
+            break
+        await asyncio.sleep(0.01)
+    await fold
+    # then it was sealed before the fold finished: no transaction held an xid throughout
+    assert sealed_during_fold
+
+
+async def _slow_fold(conn: asyncpg.Connection, projection: Projection, head: int) -> None:
+    async with folded_views(conn, [projection], head, batch=2):
+        pass
+
+
+async def test_scratch_tables_left_by_a_crash_are_dropped_later(db: Database) -> None:
+    conn = await db.connect()
+    await conn.execute("CREATE UNLOGGED TABLE note_counts__t000001abc (x int)")  # from 1970: stale
+    fresh = f"note_counts__t{base36(int(time.time()), 6)}xyz"
+    await conn.execute(f"CREATE UNLOGGED TABLE {fresh} (x int)")  # a fold in progress elsewhere
+    await conn.execute("CREATE TABLE note_counts__tnot_scratch (x int)")
+    assert await drop_stale_scratch_tables(conn) == 1
+    assert await conn.fetchval(f"SELECT to_regclass('{fresh}') IS NOT NULL")
+    assert await conn.fetchval("SELECT to_regclass('note_counts__tnot_scratch') IS NOT NULL")

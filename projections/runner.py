@@ -200,8 +200,15 @@ async def step(
     return moved
 
 
+def projection_lock_key(schema: str, projection: str) -> str:
+    """The advisory lock a projection's leader holds (the CLI's rebuild takes it too)."""
+    return f"modelreg:{schema}:projection:{projection}"
+
+
 class ProjectionWorker:
-    """Leads whichever projections it can lock and keeps them current."""
+    """Keeps projections current: one leader loop per projection, each on its own
+    connection, so a slow view (or a rebuild) never delays the others; one LISTEN
+    connection wakes them all, and each polls as a fallback."""
 
     def __init__(
         self,
@@ -211,7 +218,7 @@ class ProjectionWorker:
         *,
         channel: str,
         batch: int = 1000,
-        rebuild_batch: int = 5000,
+        rebuild_batch: int = 2000,
         poll_interval: float = 0.5,
         standby_interval: float = 1.0,
         on_progress: Callable[[], None] | None = None,
@@ -225,66 +232,81 @@ class ProjectionWorker:
         self.poll_interval = poll_interval
         self.standby_interval = standby_interval
         self._on_progress = on_progress
-        self._wake = asyncio.Event()
+        self._wakes = {p.name: asyncio.Event() for p in self.projections}
+        self.listening = False
         self.leading: set[str] = set()
 
     def wake(self, *_: object) -> None:
-        self._wake.set()
+        for event in self._wakes.values():
+            event.set()
 
     async def run(self, stop: asyncio.Event | None = None) -> None:
         stop = stop or asyncio.Event()
-        while not stop.is_set():
-            try:
-                await self._session(stop)
-            except WORKER_ERRORS as exc:
-                log.warning("projections: %s; reconnecting", exc)
-                await _sleep_or_stop(stop, self.standby_interval)
-
-    async def _session(self, stop: asyncio.Event) -> None:
         conn = await self._connect()
-        listener: asyncpg.Connection | None = None
         try:
             for projection in self.projections:
                 await ensure_projection(conn, projection)
             await drop_stale_scratch_tables(conn)
-            listener = await self._listen()
-            while not stop.is_set():
-                await self._claim(conn)
-                self._wake.clear()
-                moved = 0
-                for projection in self.projections:
-                    if projection.name in self.leading:
-                        moved += await step(conn, projection, batch=self.batch, rebuild_batch=self.rebuild_batch)
-                if moved and self._on_progress is not None:
-                    self._on_progress()
-                if moved:
-                    continue
-                if listener is None or listener.is_closed():
-                    listener = await self._listen()
-                await _wait(self._wake, stop, self.poll_interval if listener else self.poll_interval / 5)
         finally:
-            self.leading.clear()
-            if listener is not None and not listener.is_closed():
-                listener.terminate()
+            await close_quietly(conn)
+        await asyncio.gather(self._listen_forever(stop), *(self._lead_forever(p, stop) for p in self.projections))
+
+    async def _lead_forever(self, projection: Projection, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            try:
+                await self._session(projection, stop)
+            except WORKER_ERRORS as exc:
+                log.warning("projection %s: %s; reconnecting", projection.name, exc)
+                await _sleep_or_stop(stop, self.standby_interval)
+
+    async def _session(self, projection: Projection, stop: asyncio.Event) -> None:
+        conn = await self._connect()
+        wake = self._wakes[projection.name]
+        try:
+            if not await conn.fetchval(
+                "SELECT pg_try_advisory_lock(hashtextextended($1, 0))", projection_lock_key(self.schema, projection.name)
+            ):
+                await _sleep_or_stop(stop, self.standby_interval)
+                return
+            self.leading.add(projection.name)
+            while not stop.is_set():
+                wake.clear()
+                moved = await step(conn, projection, batch=self.batch, rebuild_batch=self.rebuild_batch)
+                if moved:
+                    if self._on_progress is not None:
+                        self._on_progress()
+                    continue
+                # Without a LISTEN connection, poll faster: wake-ups cannot arrive.
+                await _wait(wake, stop, self.poll_interval if self.listening else self.poll_interval / 5)
+        finally:
+            self.leading.discard(projection.name)
             await close_quietly(conn)
 
-    async def _claim(self, conn: asyncpg.Connection) -> None:
-        for projection in self.projections:
-            if projection.name not in self.leading and await conn.fetchval(
-                "SELECT pg_try_advisory_lock(hashtextextended($1, 0))",
-                f"modelreg:{self.schema}:projection:{projection.name}",
-            ):
-                self.leading.add(projection.name)
-
-    async def _listen(self) -> asyncpg.Connection | None:
-        """A LISTEN connection for wake-ups; without one the worker polls faster."""
-        try:
-            listener = await self._connect()
-            await listener.add_listener(self.channel, self.wake)
-            return listener
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-            log.warning("projections: cannot LISTEN (%s); polling", exc)
-            return None
+    async def _listen_forever(self, stop: asyncio.Event) -> None:
+        """Keep a LISTEN connection; a lost one only slows the loops down until it is back."""
+        while not stop.is_set():
+            try:
+                listener = await self._connect()
+            except WORKER_ERRORS as exc:
+                log.warning("projections: cannot LISTEN (%s); polling", exc)
+                await _sleep_or_stop(stop, self.standby_interval)
+                continue
+            try:
+                # A name of its own, so operators (and tests) can tell it from the leaders.
+                await listener.execute(
+                    "SELECT set_config('application_name', current_setting('application_name') || '-listen', false)"
+                )
+                await listener.add_listener(self.channel, self.wake)
+                self.listening = True
+                while not stop.is_set() and not listener.is_closed():
+                    await _sleep_or_stop(stop, self.poll_interval)
+                    # A cheap round trip notices a connection killed behind our back.
+                    await listener.fetchval("SELECT 1")
+            except WORKER_ERRORS as exc:
+                log.warning("projections: LISTEN connection lost (%s); polling until it is back", exc)
+            finally:
+                self.listening = False
+                await close_quietly(listener)
 
 
 async def _wait(event: asyncio.Event, stop: asyncio.Event, timeout: float) -> None:

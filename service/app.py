@@ -11,8 +11,8 @@ from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 import asyncpg
-from litestar import Litestar, Response, Router, get
-from litestar.di import Provide
+from litestar import Litestar, Request, Response, Router, get
+from litestar.datastructures import State
 from litestar.openapi import OpenAPIConfig
 from litestar.types import ControllerRouterHandler
 from nats.aio.client import Client as NatsClient
@@ -50,10 +50,11 @@ def live() -> Live:
 
 
 @get("/ready")
-async def ready(app_state: AppState | None) -> Response[Ready | NotReady]:
+async def ready(request: Request[Any, Any, Any]) -> Response[Ready | NotReady]:
     """200 when the database answers, migrations are applied and NATS is connected."""
     # Only a process that publishes (roles all and worker) needs NATS to be useful; an API
     # replica keeps accepting writes while NATS is away, so NATS must not fail its readiness.
+    app_state: AppState | None = request.app.state.get("app_state")
     needs_nats = app_state is None or app_state.settings.role != "api"
     checks, reasons = await check(
         app_state.pool if app_state else None,
@@ -78,14 +79,14 @@ def create_app(state: AppState | None = None, *, api: bool = True, debug: bool =
     that need no database.
     """
     handlers: list[ControllerRouterHandler] = [health_router]
-    extra: dict[str, Any] = {"exception_handlers": EXCEPTION_HANDLERS}
+    extra: dict[str, Any] = {"exception_handlers": EXCEPTION_HANDLERS, "state": State({"app_state": state})}
     if api and state is not None:
         extra = api_app_kwargs(state.services)
         handlers.extend(extra.pop("route_handlers"))
+        extra["state"] = State({**extra["state"].dict(), "app_state": state})
     return Litestar(
         route_handlers=handlers,
         **extra,
-        dependencies={"app_state": Provide(lambda: state, use_cache=True, sync_to_thread=False)},
         openapi_config=OpenAPIConfig(title="modelreg", version=_version(), path="/schema"),
         # The process configures logging once (service.cli); Litestar's default would replace it.
         logging_config=None,

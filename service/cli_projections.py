@@ -49,11 +49,12 @@ from projections.runner import (
     Status,
     ensure_projection,
     generations,
+    projection_lock_key,
     projection_status,
     start_rebuild,
     step,
 )
-from service.db import connect, lock_key
+from service.db import connect
 from service.embedded import EmbeddedServerError
 from service.settings import Settings, SettingsError, load_settings
 
@@ -207,7 +208,7 @@ async def _rebuild_one(
     else:
         # A projection never started: its first generation is the rebuild.
         generation = next(g.generation for g in await generations(conn, projection.name))
-    lock = lock_key(schema, f"projection:{projection.name}")
+    lock = projection_lock_key(schema, projection.name)
     started = time.monotonic()
     leading = False
     first: int | None = None

@@ -38,7 +38,7 @@ from service.composition import build_services
 from service.db import connect, create_pool
 from service.embedded import DataDirLock, EmbeddedNats, EmbeddedPostgres
 from service.expiry import expire_overdue_forever
-from service.migrate import MigrationError, apply_migrations
+from service.migrate import MigrationError, apply_migrations, pending_migrations
 from service.sealer import Sealer, sealed_channel
 from service.settings import Settings
 from service.tokens import ensure_bootstrap_token
@@ -252,10 +252,12 @@ async def open_state(
     NATS being down does not block start-up: the client keeps retrying and readiness
     reports it. Postgres being down does: it raises StartupError.
     """
-    applied = await _migrate(settings, database_url)
-    if applied:
-        log.info("migrations applied: %s", ", ".join(applied))
+    if await _pending(settings, database_url):
+        applied = await _migrate(settings, database_url)
+        log.info("migrations applied: %s", ", ".join(applied) or "none (applied concurrently)")
     else:
+        # Nothing to do, so no owner rights needed: a deployment can give serving
+        # processes the application role only and migrate from an init step.
         log.info("schema up to date")
     try:
         pool = await create_pool(
@@ -400,6 +402,21 @@ def _log_serving(settings: Settings, sock: socket.socket, workers: int, started:
     )
 
 
+async def _pending(settings: Settings, database_url: str) -> list[str]:
+    try:
+        conn = await connect(database_url, schema=settings.db_schema, app_role=settings.db_app_role)
+    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        if isinstance(exc, asyncpg.PostgresError) and "role" in str(exc):
+            return ["(the application role does not exist yet)"]
+        raise StartupError(f"cannot connect to Postgres at {redact(database_url)}: {exc}") from None
+    try:
+        return await pending_migrations(conn)
+    except asyncpg.PostgresError:
+        return ["(the schema is not readable yet)"]
+    finally:
+        await conn.close()
+
+
 async def _migrate(settings: Settings, database_url: str) -> list[str]:
     try:
         return await apply_migrations(
@@ -440,7 +457,8 @@ async def _connect_nats(nats: NatsClient, url: str) -> None:
         log.info("NATS %s reconnected", shown)
 
     await nats.connect(
-        url,
+        # A cluster may be given as a comma-separated list of server URLs.
+        servers=[part.strip() for part in url.split(",") if part.strip()],
         name="modelreg",
         connect_timeout=2,
         reconnect_time_wait=2,

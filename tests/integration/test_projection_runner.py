@@ -155,12 +155,15 @@ async def test_progress_continues_by_polling_when_the_listen_connection_is_kille
     await append_notes(store, "n:l", 0, "first")
     await seal(db)
     await wait_for_position(db.pool, 1, ["notes"], timeout=10)
+    deadline = asyncio.get_running_loop().time() + 10
+    while not worker.listening:
+        assert asyncio.get_running_loop().time() < deadline, "the worker never listened"
+        await asyncio.sleep(0.01)
 
     # when every LISTEN session of the worker is killed (the leader's own session survives)
     admin = await db.admin()
     killed = await admin.fetchval(
-        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = 'projector'"
-        " AND query LIKE 'LISTEN%'"
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = 'projector-listen'"
     )
     assert killed == 1
 

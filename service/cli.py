@@ -4,7 +4,10 @@ Exit codes: 0 done (or stopped cleanly by a signal), 2 cannot start, with one li
 stderr saying why (bad setting, port or data dir in use, database unreachable), 130 a
 second Ctrl-C forced the stop. Command groups live in ``service/cli_<group>.py`` modules
 exposing a ``typer.Typer`` named ``app``; list each in ``GROUPS``. They load only when
-invoked, so ``modelreg serve`` does not pay for importing every group.
+invoked, so ``modelreg serve`` does not pay for importing every group; top-level
+commands living elsewhere are listed in ``COMMANDS``. The client-side commands (models,
+versions, metrics, stage, promote, ...) talk to a running registry over HTTP and have
+their own exit codes: see ``service/cli_client.py``.
 """
 
 from __future__ import annotations
@@ -30,13 +33,29 @@ R = TypeVar("R")
 GROUPS = {
     "audit": "service.cli_audit",
     "projections": "service.cli_projections",
+    "models": "service.cli_models",
+    "versions": "service.cli_versions",
+    "metrics": "service.cli_metrics",
+    "alias": "service.cli_alias",
+    "promotions": "service.cli_promotions",
+    "events": "service.cli_events",
+    "tokens": "service.cli_tokens",
+}
+# Top-level command name -> module holding a function of that name (loaded like GROUPS).
+COMMANDS = {
+    "whoami": "service.cli_client",
+    "stage": "service.cli_client",
+    "promote": "service.cli_client",
+    "approve": "service.cli_client",
+    "reject": "service.cli_client",
+    "history": "service.cli_client",
 }
 
 app = typer.Typer(
     name="modelreg",
     help="An event-sourced model registry.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,
     pretty_exceptions_enable=False,
 )
 
@@ -149,4 +168,7 @@ def main() -> None:
     for name, module in GROUPS.items():
         if first in (None, name):
             app.add_typer(importlib.import_module(module).app, name=name)
+    for name, module in COMMANDS.items():
+        if first in (None, name):
+            app.command(name)(getattr(importlib.import_module(module), name))
     app()

@@ -1,0 +1,727 @@
+"""``Client``: the whole v1 API, blocking. GENERATED from ``_async_client.py`` by
+``python -m service.client._unasync``: do not edit; edit the async source and regenerate.
+"""
+
+from __future__ import annotations
+
+import platform
+import time
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from datetime import datetime
+from os import PathLike
+from types import TracebackType
+from typing import Any, Literal, TypeVar
+
+import httpx
+
+from events.access import Role
+from events.policy import GovernancePolicy
+from events.stages import Stage
+from service.client import gitinfo
+from service.client._common import (
+    MAX_BATCH,
+    Batch,
+    MetricBuffer,
+    MetricsArg,
+    aware,
+    flush_at_exit,
+    log,
+    model_path,
+    points,
+    seg,
+    version_path,
+)
+from service.client._transport import (
+    Params,
+    RetryPolicy,
+    SyncTransport,
+    decode,
+    default_retry,
+    encode,
+    new_key,
+    resolve,
+)
+from service.client.errors import Conflict, ModelregError, NotFound, ServerError
+from service.client.manifest import DEFAULT_EXCLUDE, build_manifest
+from service.client.models import (
+    AliasInterval,
+    ApprovalRequest,
+    ArtifactEntry,
+    AuditPage,
+    CodeReference,
+    Comparison,
+    DatasetReference,
+    Dependencies,
+    DeploymentRun,
+    EventsPage,
+    IssuedToken,
+    LoggedEvent,
+    MetricSample,
+    MetricSeries,
+    MetricValue,
+    ModelRow,
+    ModelSignature,
+    Page,
+    ParamValue,
+    Place,
+    PolicyView,
+    Principal,
+    Receipt,
+    RegisteredVersion,
+    RunReference,
+    StageInterval,
+    TokenInfo,
+    VerifyReport,
+    VersionRow,
+)
+
+T = TypeVar("T")
+AsOf = int | datetime | str | None
+Tags = Mapping[str, str] | Sequence[str] | None
+Auto = Literal["auto"]
+
+
+def _tags(tags: Tags) -> list[str] | None:
+    """Tag filters: ``{"team": "risk"}`` or ``["team=risk", "pii"]`` (a bare key: the tag is set)."""
+    if tags is None:
+        return None
+    if isinstance(tags, Mapping):
+        return [f"{k}={v}" for k, v in tags.items()]
+    return list(tags)
+
+
+def _as_of(value: AsOf) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, datetime):
+        return value.isoformat()
+    return str(value)
+
+
+class Client:
+    """The registry's v1 API. Configured by arguments or ``MODELREG_URL`` / ``MODELREG_TOKEN``.
+
+    ``read_your_writes`` (default on): every read waits until the registry's views show
+    this client's latest write, so a search right after a registration finds it.
+    ``log_metrics`` buffers points and sends them in batches of ``metrics_batch_size``,
+    at the latest ``metrics_flush_interval`` seconds after the oldest was logged (checked
+    on each call), on ``flush()``, before any read, and on close. Use it as a context
+    manager, or call ``close()``.
+    """
+
+    _FLUSH_AT_EXIT = True
+
+    def __init__(
+        self,
+        url: str | None = None,
+        token: str | None = None,
+        *,
+        timeout: float = 30.0,
+        retry: RetryPolicy | None = None,
+        read_your_writes: bool = True,
+        metrics_batch_size: int = MAX_BATCH,
+        metrics_flush_interval: float = 5.0,
+        progress: bool | None = None,
+        transport: httpx.BaseTransport | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        self.url, secret = resolve(url, token)
+        self.read_your_writes = read_your_writes
+        self.progress = progress
+        self._transport = SyncTransport(
+            self.url, secret, timeout=timeout, retry=retry or default_retry(), transport=transport, headers=headers
+        )
+        self._metrics = MetricBuffer(metrics_batch_size, metrics_flush_interval)
+        self._exit_hook = flush_at_exit(self) if self._FLUSH_AT_EXIT else None
+
+    # ------------------------------------------------------------------ plumbing
+
+    @property
+    def last_position(self) -> int | None:
+        """The log position of this client's latest write (None before the first)."""
+        return self._transport.last_position
+
+    @property
+    def retry(self) -> RetryPolicy:
+        return self._transport.retry
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
+    ) -> None:
+        try:
+            self.flush()  # metrics logged before a crash are worth keeping too
+        except ModelregError as exc:
+            if kind is None:
+                raise
+            log.warning("modelreg: %d metric points were not sent: %s", self._metrics.pending, exc)
+        finally:
+            self.close(flush=False)
+
+    def close(self, *, flush: bool = True) -> None:
+        """Send buffered metrics (unless ``flush=False``), then close the connections."""
+        try:
+            if flush:
+                self.flush()
+        finally:
+            if self._exit_hook is not None:
+                self._exit_hook.cancel()
+            self._transport.close()
+
+    def _get(self, path: str, kind: type[T], params: Params | None = None, *, consistent: bool = True) -> T:
+        if self._metrics.pending:
+            self.flush()
+        query = dict(params or {})
+        position = self._transport.last_position
+        if consistent and self.read_your_writes and position and query.get("as_of") is None:
+            query["min_position"] = max(position, query.get("min_position") or 0)
+        response = self._transport.send("GET", path, params=query)
+        return decode(response, kind)
+
+    def _write(
+        self, method: str, path: str, body: Any = None, *, kind: type[T] = Receipt,  # type: ignore[assignment]
+        params: Params | None = None, key: str | None = None,
+    ) -> T:
+        payload = None if body is None else encode(body)
+        response = self._transport.send(method, path, params=params, body=payload, idempotency_key=key)
+        return decode(response, kind)
+
+    def request(self, method: str, path: str, *, params: Params | None = None, json: Any = None) -> httpx.Response:
+        """Any other call, with the same retries, idempotency and typed errors."""
+        body = None if json is None else encode(json)
+        return self._transport.send(method, path, params=params, body=body)
+
+    # ------------------------------------------------------------------ models
+
+    def list_models(
+        self,
+        q: str | None = None,
+        *,
+        tags: Tags = None,
+        stages: Sequence[Stage | str] | None = None,
+        alias: str | None = None,
+        owner: str | None = None,
+        metrics: Sequence[str] | None = None,
+        archived: bool = False,
+        order_by: str = "name",
+        limit: int = 50,
+        cursor: str | None = None,
+        as_of: AsOf = None,
+    ) -> Page[ModelRow]:
+        """One page of models. ``q``: name substring or glob (``churn-*``); ``metrics``:
+        filters such as ``"auc>0.9"`` or ``"auc[holdout]>=0.9"``; ``order_by``: name,
+        created or updated, ``-`` for descending."""
+        params = {"q": q, "tag": _tags(tags), "stage": list(stages or []), "alias": alias, "owner": owner,
+                  "metric": list(metrics or []), "archived": archived, "order_by": order_by, "limit": limit,
+                  "cursor": cursor, "as_of": _as_of(as_of)}
+        return self._get("/api/v1/models", Page[ModelRow], params)
+
+    def iter_models(self, q: str | None = None, *, page_size: int = 200, **filters: Any) -> Iterator[ModelRow]:
+        """Every model matching the filters of ``list_models``, page after page."""
+        cursor = None
+        while True:
+            page = self.list_models(q, limit=page_size, cursor=cursor, **filters)
+            yield from page.items
+            if page.next_cursor is None:
+                return
+            cursor = page.next_cursor
+
+    def get_model(self, name: str, *, as_of: AsOf = None) -> ModelRow:
+        return self._get(model_path(name), ModelRow, {"as_of": _as_of(as_of)})
+
+    def create_model(
+        self, name: str, *, description: str = "", tags: Mapping[str, str] | None = None, owner: str | None = None
+    ) -> Receipt:
+        """Register a model; ``Conflict`` (code ``already_exists``) if the name is taken."""
+        body = {"name": name, "description": description, "tags": dict(tags or {}), "owner": owner}
+        return self._write("POST", "/api/v1/models", body)
+
+    def update_model(self, name: str, *, description: str) -> Receipt:
+        return self._write("PATCH", model_path(name), {"description": description})
+
+    def rename_model(self, name: str, new_name: str) -> Receipt:
+        return self._write("POST", f"{model_path(name)}/rename", {"new_name": new_name})
+
+    def archive_model(self, name: str, reason: str) -> Receipt:
+        return self._write("POST", f"{model_path(name)}/archive", {"reason": reason})
+
+    def restore_model(self, name: str, reason: str) -> Receipt:
+        return self._write("POST", f"{model_path(name)}/restore", {"reason": reason})
+
+    def set_model_tag(self, name: str, key: str, value: str) -> Receipt:
+        return self._write("PUT", f"{model_path(name)}/tags/{seg(key)}", {"value": value})
+
+    def remove_model_tag(self, name: str, key: str) -> Receipt:
+        return self._write("DELETE", f"{model_path(name)}/tags/{seg(key)}")
+
+    # ------------------------------------------------------------------ versions
+
+    def list_versions(
+        self,
+        model: str,
+        *,
+        q: str | None = None,
+        tags: Tags = None,
+        stages: Sequence[Stage | str] | None = None,
+        alias: str | None = None,
+        metrics: Sequence[str] | None = None,
+        deprecated: bool | None = None,
+        order_by: str = "-version",
+        limit: int = 50,
+        cursor: str | None = None,
+        as_of: AsOf = None,
+    ) -> Page[VersionRow]:
+        """One page of a model's versions (newest first), with their latest metrics;
+        ``order_by`` also takes ``metric:KEY[DATASET]``, e.g. ``-metric:auc[holdout]``."""
+        params = {"q": q, "tag": _tags(tags), "stage": list(stages or []), "alias": alias,
+                  "metric": list(metrics or []), "deprecated": deprecated, "order_by": order_by, "limit": limit,
+                  "cursor": cursor, "as_of": _as_of(as_of)}
+        return self._get(f"{model_path(model)}/versions", Page[VersionRow], params)
+
+    def iter_versions(self, model: str, *, page_size: int = 200, **filters: Any) -> Iterator[VersionRow]:
+        cursor = None
+        while True:
+            page = self.list_versions(model, limit=page_size, cursor=cursor, **filters)
+            yield from page.items
+            if page.next_cursor is None:
+                return
+            cursor = page.next_cursor
+
+    def get_version(self, model: str, version: int | str, *, as_of: AsOf = None) -> VersionRow:
+        """A version by number, or by alias (``get_version("churn", "champion")``)."""
+        if isinstance(version, str) and not version.isdigit():
+            path = f"{model_path(model)}/versions/by-alias/{seg(version)}"
+        else:
+            path = version_path(model, int(version))
+        return self._get(path, VersionRow, {"as_of": _as_of(as_of)})
+
+    def register_version(
+        self,
+        model: str,
+        *,
+        artifacts_dir: str | PathLike[str] | None = None,
+        manifest: Iterable[ArtifactEntry] | None = None,
+        artifacts_uri: str | None = None,
+        exclude: Sequence[str] = DEFAULT_EXCLUDE,
+        params: Mapping[str, ParamValue] | None = None,
+        metrics: MetricsArg | None = None,
+        metrics_dataset: str | None = None,
+        code: CodeReference | Auto | None = "auto",
+        dependencies: Dependencies | Auto | None = "auto",
+        datasets: Sequence[DatasetReference] = (),
+        run: RunReference | None = None,
+        signature: ModelSignature | None = None,
+        tags: Mapping[str, str] | None = None,
+        description: str = "",
+        create_model: bool = True,
+    ) -> RegisteredVersion:
+        """Register a new version of ``model`` and log its metrics.
+
+        The artifacts are the files under ``artifacts_dir`` (hashed here, streaming) or a
+        ready ``manifest``; ``artifacts_uri`` says where they are stored (default: their
+        local ``file://`` paths). ``code="auto"`` records the git checkout of the running
+        script (remote, commit, path; a ``git.dirty`` tag when tracked files have
+        uncommitted changes); ``dependencies="auto"`` the running Python version. With
+        ``create_model`` (default) a missing model is registered first. ``metrics``
+        (``{"auc": 0.93}`` or ``Metric`` structs, ``metrics_dataset`` for the mapping
+        form) are logged right after, at step 0.
+        """
+        if manifest is not None:
+            entries = tuple(manifest)
+        elif artifacts_dir is not None:
+            directory = artifacts_dir
+            entries = self._transport.blocking(
+                lambda: build_manifest(directory, uri=artifacts_uri, exclude=exclude, progress=self.progress)
+            )
+        else:
+            raise ValueError("register_version needs artifacts_dir=... or manifest=...")
+        all_tags = dict(tags or {})
+        if code == "auto":
+            code, checkout = self._transport.blocking(gitinfo.detect_code)
+            if checkout is not None and checkout.dirty:
+                all_tags.setdefault("git.dirty", "true")
+        if dependencies == "auto":
+            dependencies = Dependencies(python_version=platform.python_version())
+        body = {
+            "artifacts": entries, "code": code, "dependencies": dependencies, "params": dict(params or {}),
+            "datasets": list(datasets), "run": run, "signature": signature, "tags": all_tags,
+            "description": description,
+        }
+        key = new_key()
+        path = f"{model_path(model)}/versions"
+        created = False
+        try:
+            receipt: Receipt = self._write("POST", path, body, key=key)
+        except NotFound as exc:
+            if not create_model or exc.details.get("name") != model:
+                raise
+            try:
+                self.create_model(model)
+                created = True
+            except Conflict as taken:  # someone registered it in between: fine
+                if taken.code != "already_exists":
+                    raise
+            receipt = self._write("POST", path, body, key=key)
+        if receipt.version is None:
+            raise ServerError(f"the registry registered no version: {receipt}", status=None)
+        logged: list[Receipt] = []
+        if metrics is not None:
+            found = points(metrics, dataset=metrics_dataset)
+            for start in range(0, len(found), MAX_BATCH):
+                batch = Batch(model, receipt.version, found[start:start + MAX_BATCH])
+                logged.append(self._send_batch(batch))
+        last = logged[-1].position if logged else receipt.position
+        return RegisteredVersion(model=model, model_id=receipt.model_id, version=receipt.version,
+                                 position=last, receipt=receipt, metrics=logged, model_created=created)
+
+    def update_version(self, model: str, version: int, *, description: str) -> Receipt:
+        return self._write("PATCH", version_path(model, version), {"description": description})
+
+    def set_version_tag(self, model: str, version: int, key: str, value: str) -> Receipt:
+        return self._write("PUT", f"{version_path(model, version)}/tags/{seg(key)}", {"value": value})
+
+    def remove_version_tag(self, model: str, version: int, key: str) -> Receipt:
+        return self._write("DELETE", f"{version_path(model, version)}/tags/{seg(key)}")
+
+    def deprecate_version(self, model: str, version: int, reason: str) -> Receipt:
+        return self._write("POST", f"{version_path(model, version)}/deprecate", {"reason": reason})
+
+    # ------------------------------------------------------------------ metrics
+
+    def log_metrics(
+        self,
+        model: str,
+        version: int,
+        metrics: MetricsArg,
+        *,
+        step: int = 0,
+        dataset: str | None = None,
+        timestamp: datetime | None = None,
+    ) -> list[Receipt]:
+        """Log points (``{"loss": 0.3, "auc": 0.91}`` at ``step``, or ``Metric`` structs).
+
+        Buffered: returns the receipts of the batches this call happened to send (usually
+        none). ``flush()`` sends the rest; so do reads, ``close`` and leaving a ``with``.
+        """
+        self._metrics.add(model, version, points(metrics, step=step, dataset=dataset, timestamp=timestamp))
+        if self._metrics.due():
+            return self.flush()
+        return []
+
+    def log_metric(
+        self, model: str, version: int, key: str, value: float, *, step: int = 0, dataset: str | None = None,
+        timestamp: datetime | None = None,
+    ) -> list[Receipt]:
+        return self.log_metrics(model, version, {key: value}, step=step, dataset=dataset, timestamp=timestamp)
+
+    def flush(self) -> list[Receipt]:
+        """Send every buffered metric point now; the receipts of the batches sent.
+
+        A batch the server refuses (4xx) is dropped and its error raised; a batch that could
+        not be delivered stays queued, with its Idempotency-Key, for the next flush.
+        """
+        self._metrics.seal()
+        sent: list[Receipt] = []
+        while (batch := self._metrics.next_batch()) is not None:
+            sent.append(self._send_batch(batch))
+        return sent
+
+    @property
+    def pending_metrics(self) -> int:
+        """Metric points logged but not yet accepted by the registry."""
+        return self._metrics.pending
+
+    def _send_batch(self, batch: Batch) -> Receipt:
+        body = {"metrics": batch.points}
+        try:
+            receipt: Receipt = self._write(
+                "POST", f"{version_path(batch.model, batch.version)}/metrics", body, key=batch.key
+            )
+        except ModelregError as exc:
+            if exc.refused:
+                self._metrics.done(batch)
+            raise
+        self._metrics.done(batch)
+        return receipt
+
+    def get_metrics(self, model: str, version: int, *, as_of: AsOf = None) -> list[MetricValue]:
+        """The latest value of every (key, dataset) of a version."""
+        return self._get(f"{version_path(model, version)}/metrics", list[MetricValue], {"as_of": _as_of(as_of)})
+
+    def metric_history(
+        self, model: str, version: int, key: str, *, dataset: str | None = None, limit: int = 1000,
+        cursor: str | None = None, as_of: AsOf = None,
+    ) -> Page[MetricSample]:
+        """Every logged point of one key, by step."""
+        params = {"key": key, "dataset": dataset, "limit": limit, "cursor": cursor, "as_of": _as_of(as_of)}
+        return self._get(f"{version_path(model, version)}/metrics", Page[MetricSample], params)
+
+    def metric_series(self, model: str, version: int, *, as_of: AsOf = None) -> list[MetricSeries]:
+        return self._get(f"{version_path(model, version)}/metrics/series", list[MetricSeries],
+                               {"as_of": _as_of(as_of)})
+
+    def best_metric(
+        self, model: str, version: int, key: str, *, dataset: str = "", goal: Literal["max", "min"] = "max",
+        as_of: AsOf = None,
+    ) -> MetricSample:
+        params = {"dataset": dataset, "goal": goal, "as_of": _as_of(as_of)}
+        return self._get(f"{version_path(model, version)}/metrics/{seg(key)}/best", MetricSample, params)
+
+    def compare_versions(self, model: str, versions: Sequence[int], *, as_of: AsOf = None) -> Comparison:
+        """Parameters and latest metrics of several versions side by side."""
+        params = {"versions": ",".join(str(int(v)) for v in versions), "as_of": _as_of(as_of)}
+        return self._get(f"{model_path(model)}/compare", Comparison, params)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def transition(self, model: str, version: int, stage: Stage | str, *, comment: str = "") -> Receipt:
+        """Move a version to a stage. When the policy needs approval this opens a promotion
+        request instead: ``receipt.pending`` and ``receipt.request_id`` say so."""
+        return self._write("POST", f"{version_path(model, version)}/stage",
+                                 {"to": str(Stage(stage)), "comment": comment})
+
+    def rollback(self, model: str, reason: str) -> Receipt:
+        """Re-promote the version that was in production before the current one."""
+        return self._write("POST", f"{model_path(model)}/rollback", {"reason": reason})
+
+    def set_alias(self, model: str, alias: str, version: int, *, comment: str = "") -> Receipt:
+        return self._write("PUT", f"{model_path(model)}/aliases/{seg(alias)}",
+                                 {"version": int(version), "comment": comment})
+
+    def remove_alias(self, model: str, alias: str) -> Receipt:
+        return self._write("DELETE", f"{model_path(model)}/aliases/{seg(alias)}")
+
+    def alias_history(self, model: str, alias: str, *, as_of: AsOf = None) -> list[AliasInterval]:
+        return self._get(f"{model_path(model)}/aliases/{seg(alias)}", list[AliasInterval],
+                               {"as_of": _as_of(as_of)})
+
+    def timeline(
+        self, model: str, *, stage: Stage | str | None = None, at: int | datetime | str | None = None
+    ) -> list[StageInterval]:
+        """Which version held each stage from when to when; with ``at``, the holders then."""
+        params = {"stage": str(Stage(stage)) if stage else None, "at": _as_of(at)}
+        return self._get(f"{model_path(model)}/timeline", list[StageInterval], params)
+
+    def get_policy(self, model: str | None = None) -> PolicyView:
+        """The policy in force for a model (its own, or the registry's), or the registry's."""
+        path = f"{model_path(model)}/policy" if model else "/api/v1/policy"
+        return self._get(path, PolicyView, consistent=False)
+
+    def set_policy(
+        self, policy: GovernancePolicy | Mapping[str, Any], *, model: str | None = None, comment: str = ""
+    ) -> Receipt:
+        """Set a model's policy, or the registry default (``model=None``, admin only). A
+        mapping is sent as given, so the server names a misspelt field instead of ignoring it."""
+        value = policy if isinstance(policy, GovernancePolicy) else dict(policy)
+        path = f"{model_path(model)}/policy" if model else "/api/v1/policy"
+        return self._write("PUT", path, {"policy": value, "comment": comment})
+
+    def clear_policy(self, model: str) -> Receipt:
+        return self._write("DELETE", f"{model_path(model)}/policy")
+
+    # ------------------------------------------------------------------ promotions
+
+    def request_promotion(
+        self, model: str, version: int, *, justification: str, stage: Stage | str | None = None,
+        alias: str | None = None, rollback: bool = False,
+    ) -> Receipt:
+        """Ask for a stage and/or alias; runs at once when no approval is needed."""
+        body = {"version": int(version), "justification": justification,
+                "target_stage": str(Stage(stage)) if stage else None, "alias": alias, "rollback": rollback}
+        return self._write("POST", f"{model_path(model)}/promotions", body)
+
+    def list_promotions(
+        self, state: Literal["open", "decided", "mine"] = "open", *, model: str | None = None
+    ) -> list[ApprovalRequest]:
+        """Open or decided requests (of one model, or all); ``mine``: those awaiting me."""
+        if model is not None:
+            if state == "mine":
+                raise ValueError("state='mine' lists requests across models; leave model out")
+            return self._get(f"{model_path(model)}/promotions", list[ApprovalRequest], {"state": state})
+        return self._get("/api/v1/promotions", list[ApprovalRequest], {"state": state})
+
+    def get_promotion(self, request_id: str) -> ApprovalRequest:
+        return self._get(f"/api/v1/promotions/{seg(request_id)}", ApprovalRequest)
+
+    def approve(self, request_id: str, comment: str = "") -> Receipt:
+        """Approve; the approval that satisfies the policy executes the promotion (``executed``)."""
+        return self._write("POST", f"/api/v1/promotions/{seg(request_id)}/approve", {"comment": comment})
+
+    def reject(self, request_id: str, comment: str = "") -> Receipt:
+        return self._write("POST", f"/api/v1/promotions/{seg(request_id)}/reject", {"comment": comment})
+
+    def cancel_promotion(self, request_id: str, comment: str = "") -> Receipt:
+        return self._write("POST", f"/api/v1/promotions/{seg(request_id)}/cancel", {"comment": comment})
+
+    # ------------------------------------------------------------------ deployments
+
+    def start_deployment(
+        self, model: str, version: int, *, environment: str, target: str, desired_stage: Stage | str | None = None,
+        desired_alias: str | None = None, comment: str = "", deployment_id: str | None = None,
+    ) -> Receipt:
+        """Report that a deployment of ``version`` started; ``receipt.request_id`` is its id."""
+        body = {"environment": environment, "target": target,
+                "desired_stage": str(Stage(desired_stage)) if desired_stage else None,
+                "desired_alias": desired_alias, "comment": comment, "deployment_id": deployment_id}
+        return self._write("POST", f"{version_path(model, version)}/deployments", body)
+
+    def report_deployment(
+        self, model: str, deployment_id: str, status: Literal["succeeded", "failed", "rolled_back"], *,
+        reason: str = "", comment: str = "",
+    ) -> Receipt:
+        body = {"deployment_id": deployment_id, "status": status, "reason": reason, "comment": comment}
+        return self._write("POST", f"{model_path(model)}/deployments/report", body)
+
+    def deployments(
+        self, model: str, *, environment: str | None = None, drifted: bool = False, as_of: AsOf = None
+    ) -> list[Place]:
+        """Desired against actual per environment and target, with the drift."""
+        params = {"environment": environment, "drifted": drifted, "as_of": _as_of(as_of)}
+        return self._get(f"{model_path(model)}/deployments", list[Place], params)
+
+    def deployment_runs(
+        self, model: str, *, environment: str | None = None, before_position: int | None = None, limit: int = 100
+    ) -> list[DeploymentRun]:
+        params = {"environment": environment, "before_position": before_position, "limit": limit}
+        return self._get(f"{model_path(model)}/deployments/runs", list[DeploymentRun], params)
+
+    # ------------------------------------------------------------------ audit
+
+    def history(
+        self,
+        model: str,
+        *,
+        actor: str | None = None,
+        types: Sequence[str] | None = None,
+        version: int | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        cursor: int | None = None,
+        limit: int = 100,
+        oldest_first: bool = False,
+        as_of: AsOf = None,
+    ) -> AuditPage:
+        """Every event of a model: who did what, when and why (newest first by default)."""
+        params = {"actor": actor, "type": list(types or []), "version": version, "since": aware(since),
+                  "until": aware(until),
+                  "cursor": cursor, "limit": limit, "oldest_first": oldest_first, "as_of": _as_of(as_of)}
+        return self._get(f"{model_path(model)}/history", AuditPage, params)
+
+    def actor_history(self, actor: str, *, cursor: int | None = None, limit: int = 100) -> AuditPage:
+        """Everything one person (or system) did, newest first."""
+        return self._get(f"/api/v1/audit/actors/{seg(actor)}", AuditPage, {"cursor": cursor, "limit": limit})
+
+    def events(
+        self, after: int = 0, *, limit: int = 500, types: Sequence[str] | None = None, model: str | None = None
+    ) -> EventsPage:
+        """The global log after a position, as stored (hash-chained envelopes)."""
+        params = {"after": after, "limit": limit, "type": list(types or []), "model": model}
+        return self._get("/api/v1/events", EventsPage, params, consistent=False)
+
+    def head_position(self) -> int:
+        """The last position of the global log (a few tiny requests: galloping, then bisection)."""
+
+        def written(position: int) -> bool:
+            page = self.events(position - 1, limit=1)
+            return bool(page.items)
+
+        low, step = 0, 1  # invariant: position ``low`` is written (0: trivially)
+        while written(low + step):
+            low, step = low + step, step * 2
+        high = low + step  # not written
+        while high - low > 1:
+            middle = (low + high) // 2
+            if written(middle):
+                low = middle
+            else:
+                high = middle
+        return low
+
+    def follow_events(
+        self, after: int = 0, *, types: Sequence[str] | None = None, model: str | None = None,
+        poll_interval: float = 1.0, batch: int = 500,
+    ) -> Iterator[LoggedEvent]:
+        """Events after ``after`` as they are sealed, forever (break out of the loop to stop)."""
+        position = after
+        while True:
+            page = self.events(position, limit=batch, types=types, model=model)
+            for item in page.items:
+                position = item.log_position
+                yield item
+            if len(page.items) < batch:
+                self._transport.sleep(poll_interval)
+
+    def verify(self) -> VerifyReport:
+        """Recompute both hash chains on the server; ``first_break`` names any tampering."""
+        return self._get("/api/v1/audit/verify", VerifyReport, consistent=False)
+
+    def event_schema(self) -> dict[str, Any]:
+        """JSON Schema (2020-12) of every event payload."""
+        return self._get("/api/v1/events/schema", dict[str, Any], consistent=False)
+
+    # ------------------------------------------------------------------ tokens and identity
+
+    def whoami(self) -> Principal:
+        return self._get("/api/v1/me", Principal, consistent=False)
+
+    def create_token(
+        self, principal: str, roles: Sequence[Role | str], *, scopes: Sequence[str] = (),
+        expires_at: datetime | None = None, description: str = "",
+    ) -> IssuedToken:
+        """Issue a token (admin). Its ``secret`` is in this answer only: a retry whose first
+        answer was lost gets the same token without it (revoke it and issue another)."""
+        body = {"principal": principal, "roles": [str(Role(r)) for r in roles], "scopes": list(scopes),
+                "expires_at": aware(expires_at), "description": description}
+        return self._write("POST", "/api/v1/tokens", body, kind=IssuedToken)
+
+    def list_tokens(self) -> list[TokenInfo]:
+        return self._get("/api/v1/tokens", list[TokenInfo], consistent=False)
+
+    def revoke_token(self, token_id: str, reason: str = "") -> Receipt:
+        return self._write("DELETE", f"/api/v1/tokens/{seg(token_id)}", params={"reason": reason})
+
+    # ------------------------------------------------------------------ read-your-writes
+
+    def wait_for(self, position: int | None = None, *, model: str | None = None, timeout: float = 30.0) -> int:
+        """Block until the registry's views show log position ``position`` (default: this
+        client's latest write); returns it. Without ``model`` this waits for the views
+        searches and promotion lists read; with it, also that model's timeline, metrics
+        and deployments. Raises ``ServerError`` (503, ``not_yet_visible``) after ``timeout``.
+
+        A ``Client`` already reads its own writes; this is for handing a position to
+        someone else (another process, a CI step) that must see what was written.
+        """
+        target = position if position is not None else self._transport.last_position
+        if not target:
+            return 0
+        probes: list[tuple[str, Params]] = [
+            ("/api/v1/models", {"limit": 1}),
+            ("/api/v1/promotions", {"state": "mine"}),
+            ("/api/v1/audit/actors/-", {"limit": 1}),
+        ]
+        if model is not None:
+            probes += [
+                (f"{model_path(model)}/timeline", {"stage": "production"}),
+                (f"{model_path(model)}/deployments", {"environment": "-"}),
+                (f"{model_path(model)}/compare", {"versions": "1"}),
+            ]
+        clock = _Deadline(timeout)
+        for path, params in probes:
+            while True:
+                try:
+                    self._transport.send("GET", path, params={**params, "min_position": target})
+                    break
+                except ServerError as exc:
+                    if exc.code != "not_yet_visible" or clock.expired():
+                        raise
+        return target
+
+
+class _Deadline:
+    def __init__(self, seconds: float) -> None:
+        self.end = time.monotonic() + seconds
+
+    def expired(self) -> bool:
+        return time.monotonic() >= self.end

@@ -39,6 +39,7 @@ from service.db import connect, create_pool
 from service.embedded import DataDirLock, EmbeddedNats, EmbeddedPostgres
 from service.expiry import expire_overdue_forever
 from service.migrate import MigrationError, apply_migrations, pending_migrations
+from service.relay import relay_for
 from service.sealer import Sealer, sealed_channel
 from service.settings import Settings
 from service.tokens import ensure_bootstrap_token
@@ -66,8 +67,8 @@ class Worker:
 def background_workers(state: AppState) -> list[Worker]:
     """The loops that run beside the API in roles ``all`` and ``worker``.
 
-    The sealer, the projection worker and the relay are singletons by advisory lock, so
-    extra replicas are hot standbys; the expiry sweeper is harmless to run twice.
+    The sealer, the projection worker and the NATS relay are singletons by advisory lock,
+    so extra replicas are hot standbys; the expiry sweeper is harmless to run twice.
     """
     settings = state.settings
     projections = ProjectionWorker(
@@ -77,9 +78,11 @@ def background_workers(state: AppState) -> list[Worker]:
         channel=sealed_channel(settings.db_schema),
         poll_interval=settings.worker_poll_interval,
     )
+    relay = relay_for(settings, state.database_url, state.nats_url)
     return [
         Worker("sealer", state.sealer.run),
         Worker("projections", projections.run),
+        Worker("relay", relay.run),
         Worker("promotion-expiry", lambda: expire_overdue_forever(state.services, settings.worker_poll_interval * 20)),
     ]
 

@@ -41,7 +41,8 @@ GROUPS = {
     "events": "service.cli_events",
     "tokens": "service.cli_tokens",
 }
-# Top-level command name -> module holding a function of that name (loaded like GROUPS).
+# Top-level command name -> module holding a function of that name, dashes as underscores
+# (loaded like GROUPS).
 COMMANDS = {
     "whoami": "service.cli_client",
     "stage": "service.cli_client",
@@ -49,6 +50,7 @@ COMMANDS = {
     "approve": "service.cli_client",
     "reject": "service.cli_client",
     "history": "service.cli_client",
+    "deploy-agent": "service.cli_deploy_agent",
 }
 
 app = typer.Typer(
@@ -162,13 +164,19 @@ def configure_logging(level: str) -> None:
     logging.getLogger("nats").setLevel(logging.CRITICAL)
 
 
+def command_function(name: str) -> Callable[..., object]:
+    """The function behind top-level command ``name`` (``deploy-agent`` is ``deploy_agent``)."""
+    function: Callable[..., object] = getattr(importlib.import_module(COMMANDS[name]), name.replace("-", "_"))
+    return function
+
+
 def main() -> None:
     # Import a group only when it may run or be listed, so `modelreg serve` stays quick.
     first = next((arg for arg in sys.argv[1:] if not arg.startswith("-")), None)
     for name, module in GROUPS.items():
         if first in (None, name):
             app.add_typer(importlib.import_module(module).app, name=name)
-    for name, module in COMMANDS.items():
+    for name in COMMANDS:
         if first in (None, name):
-            app.command(name)(getattr(importlib.import_module(module), name))
+            app.command(name)(command_function(name))
     app()

@@ -11,22 +11,18 @@ lock and does the work itself.
 
 With no ``MODELREG_DATABASE_URL`` the registry's embedded Postgres is used: the one a
 running ``modelreg serve`` started under the data dir, or else one started for the
-duration of the command.
+duration of the command (``service.cli_db``, shared with ``modelreg audit verify``).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import json
-import os
 import time
-from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, TypeVar
-from urllib.parse import quote
+from typing import Annotated
 
 import asyncpg
 import typer
@@ -54,8 +50,7 @@ from projections.runner import (
     start_rebuild,
     step,
 )
-from service.db import connect
-from service.embedded import EmbeddedServerError
+from service.cli_db import CliError, Connect, fail, run_with_database, running_embedded_url
 from service.settings import Settings, SettingsError, load_settings
 
 app = typer.Typer(
@@ -69,12 +64,9 @@ DataDirOption = Annotated[
     Path | None, typer.Option("--data-dir", help="Where embedded Postgres keeps data (env MODELREG_DATABASE_URL wins).")
 ]
 POLL_SECONDS = 0.25
-T = TypeVar("T")
-Connect = Callable[[], Awaitable[asyncpg.Connection]]
 
-
-class CliError(Exception):
-    """A problem the user can fix: one line on stderr, exit code 2."""
+# Re-exported: the database plumbing moved to service.cli_db, shared with `modelreg audit`.
+__all__ = ["CliError", "Connect", "app", "running_embedded_url", "status_rows"]
 
 
 # ---------------------------------------------------------------- status
@@ -127,7 +119,7 @@ def status(
         )
         return status_rows(statuses, all_projections(), await head_position(conn), age)
 
-    rows = _run(_settings(data_dir), run)
+    rows = run_with_database(_settings(data_dir), run)
     if as_json:
         typer.echo(json.dumps([dataclasses.asdict(r) for r in rows], indent=2))
         return
@@ -193,7 +185,7 @@ def rebuild(
         for line in done:
             console.print(line, soft_wrap=True, highlight=False)
 
-    _run(settings, run)
+    run_with_database(settings, run)
 
 
 async def _rebuild_one(
@@ -252,73 +244,4 @@ def _settings(data_dir: Path | None) -> Settings:
 
 
 def _fail(message: str) -> typer.Exit:
-    typer.echo(f"modelreg: {message}", err=True)
-    return typer.Exit(2)
-
-
-def _run(settings: Settings, work: Callable[[Connect], Awaitable[T]]) -> T:
-    """Resolve the database, run ``work`` with a way to open connections (as the app
-    role; all closed at the end); errors a user can fix become one line."""
-    try:
-        with _database_url(settings) as url:
-            return asyncio.run(_session(settings, url, work))
-    except (CliError, EmbeddedServerError) as exc:
-        raise _fail(str(exc)) from None
-    except asyncpg.UndefinedTableError:
-        raise _fail("the schema is not migrated: run `modelreg migrate` first") from None
-    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-        raise _fail(f"database error: {exc}") from None
-
-
-async def _session(settings: Settings, url: str, work: Callable[[Connect], Awaitable[T]]) -> T:
-    opened: list[asyncpg.Connection] = []
-
-    async def open_connection() -> asyncpg.Connection:
-        conn = await connect(url, schema=settings.db_schema, app_role=settings.db_app_role, name="modelreg-cli")
-        opened.append(conn)
-        return conn
-
-    try:
-        return await work(open_connection)
-    finally:
-        for conn in opened:
-            conn.terminate()
-
-
-@contextlib.contextmanager
-def _database_url(settings: Settings) -> Iterator[str]:
-    """The configured URL; else the embedded server a running ``modelreg serve`` owns; else
-    start the embedded server for the duration of the command."""
-    if settings.database_url is not None:
-        yield settings.database_url
-        return
-    running = running_embedded_url(settings.data_dir)
-    if running is not None:
-        yield running
-        return
-    from service.runtime import _start_embedded  # the web stack loads only when needed
-
-    with contextlib.ExitStack() as stack:
-        url, _ = _start_embedded(settings, stack, nats=False)
-        yield url
-
-
-def running_embedded_url(data_dir: Path, database: str = "modelreg") -> str | None:
-    """The URL of an embedded Postgres running on ``data_dir``, from its ``postmaster.pid``
-    (line 4: port, line 5: socket directory, line 8: status), or None if none is ready."""
-    pid_file = data_dir.expanduser().absolute() / "postgres" / "postmaster.pid"
-    try:
-        lines = pid_file.read_text().splitlines()
-        pid = int(lines[0])
-        port, socket_dir, state = lines[3].strip(), lines[4].strip(), lines[7].strip()
-    except (OSError, ValueError, IndexError):
-        return None
-    if state != "ready" or not socket_dir:
-        return None
-    try:
-        os.kill(pid, 0)  # alive? (a stale file survives a crash)
-    except ProcessLookupError:
-        return None
-    except PermissionError:
-        pass  # alive, and running as the embedded_postgres user
-    return f"postgresql://postgres@/{database}?host={quote(socket_dir, safe='/')}&port={port}"
+    return fail(message)

@@ -17,7 +17,7 @@ import pytest
 import typer
 from typer.testing import CliRunner, Result
 
-from service.cli import COMMANDS, GROUPS
+from service.cli import COMMANDS, GROUPS, command_function
 from service.client import Client
 from service.client.models import ArtifactEntry
 from tests.support.registry_server import RegistryServer, registry_server
@@ -30,8 +30,8 @@ def cli() -> typer.Typer:
     root = typer.Typer(name="modelreg", no_args_is_help=True, pretty_exceptions_enable=False)
     for name in CLIENT_GROUPS:
         root.add_typer(importlib.import_module(GROUPS[name]).app, name=name)
-    for name, module in COMMANDS.items():
-        root.command(name)(getattr(importlib.import_module(module), name))
+    for name in COMMANDS:
+        root.command(name)(command_function(name))
     return root
 
 

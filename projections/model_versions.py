@@ -538,10 +538,11 @@ async def _write_metrics(conn: asyncpg.Connection, names: Names, latest: Latest,
             [m for m, _ in older], [n for _, n in older],
         ):
             created[(r["model_id"], r["version"])] = r["created_at"]
-    rows = [
+    # In key order: neighbouring rows land on the same index pages.
+    rows = sorted(
         (m, v, key, dataset, *point, created.get((m, v)))
         for (m, v), table in latest.items() for (key, dataset), point in table.items()
-    ]
+    )
     # A stored point comes from an earlier event, so on a tie of (step, timestamp) the batch's wins.
     await conn.execute(
         f"INSERT INTO {names.model_version_metrics} AS t (model_id, version, key, dataset, value, step, timestamp,"

@@ -11,6 +11,8 @@ Filters combine with AND. All of them are optional.
     (``q=fraud`` finds ``card-fraud-eu``); with ``*`` it is a glob over the whole name,
     ``*`` matching any run of characters (``fraud*`` prefix, ``*-eu`` suffix,
     ``fraud*eu`` both). Names never contain ``*``; ``_`` (and ``%``) match themselves.
+    A version search looks the matching models up first and then reads their versions by
+    model id: Postgres cannot estimate how many rows a substring matches.
 ``owner`` — the model's owner, exact.
 ``tags`` — each entry ``key=value`` (the tag has that value) or ``key`` (the tag is set).
     Models are matched on model tags, versions on version tags.
@@ -419,24 +421,49 @@ def _version_key(order: Order, record: asyncpg.Record) -> tuple[Any, ...]:
     return (*first[order.field], record["model_id"], record["version"])
 
 
+def _driver(
+    order: Order, filters: list[MetricFilter], query: VersionQuery, model_id: str | None
+) -> tuple[tuple[str, str] | None, tuple[str, ...] | None]:
+    """The metric to join as ``s`` (and the sort columns it brings): the one ordered by,
+    or, in created order, the first one filtered on, whose (key, dataset, created_at) index
+    then checks values in that order. Only when nothing else narrows the search: with a
+    name, stage, tag... filter too, reading those versions and checking their metrics is
+    the cheaper way round."""
+    if order.field == "metric":
+        return (order.metric_key, order.metric_dataset), None
+    alone = not (model_id or query.q or query.owner or query.stages or query.alias or query.tags)
+    concrete = [(f.key, f.dataset) for f in filters if f.dataset is not None]
+    if order.field == "created" and concrete and alone:
+        return concrete[0], ("s.created_at", "s.model_id", "s.version")
+    return None, None
+
+
+def _version_conditions(sql: _Sql, query: VersionQuery, model_id: str | None) -> None:
+    if model_id is not None:
+        sql.where.append(f"v.model_id = {sql.p(model_id)}")
+    if query.owner is not None:
+        sql.where.append(f"v.owner = {sql.p(query.owner)}")
+    _tags(sql, "v.tags", query.tags)
+    if len(query.stages) == 1:  # equality, so the (stage, created_at, ...) index gives the order
+        sql.where.append(f"v.stage = {sql.p(str(query.stages[0]))}")
+    elif query.stages:
+        sql.where.append(f"v.stage = ANY ({sql.p([str(s) for s in query.stages])}::text[])")
+    if query.alias is not None:
+        sql.where.append(f"v.aliases @> ARRAY[{sql.p(query.alias)}]::text[]")
+    if query.model_archived is not None:
+        sql.where.append(f"v.model_archived = {sql.p(query.model_archived)}")
+    if query.deprecated is not None:
+        sql.where.append(f"v.deprecated = {sql.p(query.deprecated)}")
+
+
 async def search_versions(conn: Conn, names: Names, model_id: str | None, query: VersionQuery) -> Page[VersionRow]:
     """Versions (of one model, or of all with ``model_id`` None) matching every filter."""
     order = parse_order(query.order, versions=True)
     limit = _limit(query.limit)
+    q = _check_q(query.q)
     columns, outer, key_type = _VERSION_KEYS[order.field]
     filters = _metric_filters(query.metrics)
-    # The metric joined as ``s``: the one ordered by, or, in created order, the first one
-    # filtered on (its (key, dataset, created_at) index then checks values in that order).
-    driver: tuple[str, str] | None = None
-    concrete = [(f.key, f.dataset) for f in filters if f.dataset is not None]
-    # Only when nothing else narrows the search: with a name, stage, tag... filter too,
-    # reading those versions and checking their metrics is the cheaper way round.
-    alone = not (model_id or query.q or query.owner or query.stages or query.alias or query.tags)
-    if order.field == "metric":
-        driver = (order.metric_key, order.metric_dataset)
-    elif order.field == "created" and concrete and alone:
-        driver = concrete[0]
-        columns = ("s.created_at", "s.model_id", "s.version")
+    driver, driver_columns = _driver(order, filters, query, model_id)
     sql = _Sql()
     select = model_versions.columns("v", content=query.with_content)
     source = f"{names.model_versions} v"
@@ -447,21 +474,8 @@ async def search_versions(conn: Conn, names: Names, model_id: str | None, query:
             f" JOIN {names.model_version_metrics} s ON s.model_id = v.model_id AND s.version = v.version"
             f" AND s.key = {sql.p(driver[0])} AND s.dataset = {sql.p(driver[1])}"
         )
-    if model_id is not None:
-        sql.where.append(f"v.model_id = {sql.p(model_id)}")
-    q = _check_q(query.q)
-    _common(sql, "v", "model_name", None, query.owner)
-    _tags(sql, "v.tags", query.tags)
-    if len(query.stages) == 1:  # equality, so the (stage, created_at, ...) index can give the order
-        sql.where.append(f"v.stage = {sql.p(str(query.stages[0]))}")
-    elif query.stages:
-        sql.where.append(f"v.stage = ANY ({sql.p([str(s) for s in query.stages])}::text[])")
-    if query.alias is not None:
-        sql.where.append(f"v.aliases @> ARRAY[{sql.p(query.alias)}]::text[]")
-    if query.model_archived is not None:
-        sql.where.append(f"v.model_archived = {sql.p(query.model_archived)}")
-    if query.deprecated is not None:
-        sql.where.append(f"v.deprecated = {sql.p(query.deprecated)}")
+    columns = driver_columns or columns
+    _version_conditions(sql, query, model_id)
     _metrics(sql, names, filters, owner="v.model_id", version="v.version", driver=driver)
     tag = "versions:" + order.text()
     if query.cursor:

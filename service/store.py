@@ -201,7 +201,7 @@ class EventStore:
     async def owner_of(self, key: str) -> str | None:
         """The stream holding a unique key, if any."""
         value: str | None = await self.pool.fetchval(
-            "SELECT stream_id FROM unique_keys WHERE key = $1", key
+            "SELECT stream_id FROM unique_keys WHERE key = $1 AND stream_id IS NOT NULL", key
         )
         return value
 

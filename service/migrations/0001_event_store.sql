@@ -54,10 +54,13 @@ CREATE TABLE sealer_state (
 INSERT INTO sealer_state VALUES (1, 0, '0'::xid8, 0, '\x0000000000000000000000000000000000000000000000000000000000000000', '-infinity');
 
 -- Unique names claimed by streams (model names -> model stream), written in the same
--- transaction as the append that claims or releases them.
+-- transaction as the append that claims or releases them. A released key keeps its row
+-- (stream_id NULL) with the releasing xid: a claim from an older transaction must retry,
+-- or the log (in xid order) could show the new owner before the old one let go.
 CREATE TABLE unique_keys (
     key       text PRIMARY KEY,
-    stream_id text NOT NULL
+    stream_id text,
+    tx_id     xid8 NOT NULL
 );
 CREATE INDEX unique_keys_stream ON unique_keys (stream_id);
 
@@ -157,15 +160,20 @@ BEGIN
     END IF;
 
     IF p_release_keys IS NOT NULL THEN
-        DELETE FROM unique_keys u WHERE u.key = ANY (p_release_keys) AND u.stream_id = p_stream_id;
+        UPDATE unique_keys u SET stream_id = NULL, tx_id = v_tx
+         WHERE u.key = ANY (p_release_keys) AND u.stream_id = p_stream_id;
     END IF;
     IF p_claim_keys IS NOT NULL THEN
         FOREACH v_key IN ARRAY p_claim_keys LOOP
-            INSERT INTO unique_keys AS u (key, stream_id) VALUES (v_key, p_stream_id)
-            ON CONFLICT (key) DO NOTHING;
+            INSERT INTO unique_keys AS u (key, stream_id, tx_id) VALUES (v_key, p_stream_id, v_tx)
+            ON CONFLICT (key) DO UPDATE SET stream_id = p_stream_id, tx_id = v_tx
+             WHERE u.stream_id IS NULL AND u.tx_id <= v_tx;
             IF NOT FOUND THEN
                 SELECT u.stream_id INTO v_owner FROM unique_keys u WHERE u.key = v_key;
-                IF v_owner IS DISTINCT FROM p_stream_id THEN
+                IF v_owner IS NULL THEN
+                    RAISE EXCEPTION '% was released by a newer transaction; retry', v_key
+                        USING ERRCODE = '40001';
+                ELSIF v_owner <> p_stream_id THEN
                     RAISE EXCEPTION '% is taken', v_key USING ERRCODE = 'MR423', DETAIL = v_key;
                 END IF;
             END IF;
@@ -261,6 +269,6 @@ BEGIN
     EXECUTE format('GRANT SELECT, INSERT, UPDATE ON streams TO %I', app);
     EXECUTE format('GRANT SELECT, INSERT ON events, event_log TO %I', app);
     EXECUTE format('GRANT SELECT, UPDATE ON sealer_state TO %I', app);
-    EXECUTE format('GRANT SELECT, INSERT, DELETE ON unique_keys TO %I', app);
+    EXECUTE format('GRANT SELECT, INSERT, UPDATE ON unique_keys TO %I', app);
     EXECUTE format('REVOKE UPDATE, DELETE, TRUNCATE ON events, event_log FROM %I', app);
 END $$;

@@ -10,6 +10,7 @@ import pytest
 
 from events.envelope import ZERO_HASH, stream_link
 from events.errors import AlreadyExistsError, ConcurrencyError
+from service.sealer import Sealer
 from service.store import DuplicateEventError, EventStore
 from tests.support.database import Database
 from tests.support.sample_events import CODEC, META, Counted, Noted, append_notes, notes
@@ -177,3 +178,26 @@ async def test_triggers_refuse_rewrites_even_by_the_owner(db: Database, store: E
         with pytest.raises(asyncpg.InsufficientPrivilegeError, match="append-only"):
             await admin.execute(sql)
     assert await admin.fetchval("SELECT count(*) FROM events") == 1
+
+
+async def test_a_name_claimed_by_a_transaction_older_than_its_release_retries(db: Database, store: EventStore) -> None:
+    # given a name held by one stream, and a transaction that took its xid early
+    await store.append("note:old", 0, notes("registered as x"), META, claim=["name:x"])
+    early = await db.connect()
+    early_tx = early.transaction()
+    await early_tx.start()
+    await early.fetchval("SELECT pg_current_xact_id()")
+
+    # when the holder renames (releases x) and commits, then the early transaction claims x
+    await store.append("note:old", 1, notes("renamed to y"), META, claim=["name:y"], release=["name:x"])
+    with pytest.raises(asyncpg.SerializationError):
+        await store.append("note:new", 0, notes("registered as x"), META, claim=["name:x"], conn=early)
+    await early_tx.rollback()
+
+    # then its retry (a newer xid) succeeds, and the log shows the release before the claim
+    await store.append("note:new", 0, notes("registered as x"), META, claim=["name:x"])
+    await Sealer(db.connect, db.schema).seal_all(await db.connect())
+    order = [r["stream_id"] for r in await db.pool.fetch("SELECT stream_id FROM event_log ORDER BY log_position")]
+    assert order == ["note:old", "note:old", "note:new"]
+    assert await store.owner_of("name:x") == "note:new"
+    assert await store.owner_of("name:y") == "note:old"

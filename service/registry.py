@@ -10,14 +10,14 @@ sealer so every write can answer with the log position of its last event.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from events.base import Command
 from events.catalogue import REGISTRY_POLICY_STREAM, metrics_stream, model_stream
-from events.errors import ConflictError, NotFoundError, ValidationError
+from events.errors import ConcurrencyError, ConflictError, NotFoundError, ValidationError
 from events.metrics import METRICS, LogMetrics, MetricInput, latest_values
 from events.model import MODEL
 from events.model_commands import Metrics, RequestPromotion, TransitionStage
@@ -27,7 +27,7 @@ from events.names import validate_model_name
 from events.policy import GovernancePolicy, requirement
 from events.registry_policy import REGISTRY_POLICY, SetRegistryPolicy
 from events.stages import Stage
-from service.commands import CommandExecutor, Outcome
+from service.commands import CommandExecutor, Outcome, PreconditionFailedError
 from service.positions import sealed_position
 from service.store import EventStore
 
@@ -122,9 +122,12 @@ class Registry:
         return version, state.policy
 
     async def metric_snapshot(self, model_id: str, versions: Iterable[int | None]) -> Metrics:
-        """Latest metric values of ``versions`` (``None``s skipped), for metric gates."""
+        """Latest metric values of ``versions`` (``None``s skipped), for metric gates.
+
+        A number below 1 names no version and has no metrics: the decider refuses it (404).
+        """
         snapshot: Metrics = {}
-        for number in {v for v in versions if v is not None}:
+        for number in {v for v in versions if v is not None and v >= 1}:
             _, state = await self.executor.state_of(metrics_stream(model_id, number), METRICS)
             snapshot[number] = latest_values(state)
         return snapshot
@@ -139,9 +142,9 @@ class Registry:
         if_version: int | None = None,
         id_seed: str | None = None,
     ) -> Written:
-        outcome = await self.executor.execute(
+        outcome = await _conditional(if_version, self.executor.execute(
             model_stream(model_id), MODEL, command, if_version=if_version, id_seed=id_seed, keys=name_keys
-        )
+        ))
         return await self.written_from(model_id, outcome)
 
     async def register_model(self, build: Callable[[str], Command], *, id_seed: str | None = None) -> Written:
@@ -225,7 +228,9 @@ class Registry:
         self, policy: GovernancePolicy, *, actor: str, comment: str, if_version: int | None = None
     ) -> Written:
         command = SetRegistryPolicy(actor=actor, now=self.clock(), policy=policy, comment=comment)
-        outcome = await self.executor.execute(REGISTRY_POLICY_STREAM, REGISTRY_POLICY, command, if_version=if_version)
+        outcome = await _conditional(
+            if_version, self.executor.execute(REGISTRY_POLICY_STREAM, REGISTRY_POLICY, command, if_version=if_version)
+        )
         return await self.written_from("", outcome)
 
     async def written_from(self, model_id: str, outcome: Outcome[Any, Any]) -> Written:
@@ -241,3 +246,18 @@ class Registry:
     @staticmethod
     def validate_name(name: str) -> str:
         return validate_model_name(name)
+
+
+async def _conditional(if_version: int | None, execution: Awaitable[Outcome[Any, Any]]) -> Outcome[Any, Any]:
+    """A conditional write (If-Match) that another writer beat to the stream -- on another
+    replica, between reading the version and appending -- failed its precondition (412),
+    just as if the other write had come first."""
+    try:
+        return await execution
+    except ConcurrencyError as exc:
+        if if_version is None:
+            raise
+        raise PreconditionFailedError(
+            f"{exc.stream_id} moved past version {if_version} meanwhile",
+            stream_id=exc.stream_id, expected_version=if_version, actual_version=exc.actual_version,
+        ) from exc

@@ -6,17 +6,18 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime
-from typing import Any, cast
+from typing import Annotated, Any, cast
 
 import asyncpg
 import msgspec
 from litestar import Request, Response
+from litestar.params import Parameter
 
 from events.errors import ValidationError
 from projections.base import Names, Projection
 from projections.log import head_position
 from projections.registry_state import views_as_of
-from projections.search import merge_names
+from projections.search import InvalidCursorError, InvalidQueryError, merge_names
 from projections.wait import wait_for_position
 from service.api.idempotency import id_seed
 from service.api.problems import BadRequestError
@@ -25,6 +26,11 @@ from service.registry import Written
 from service.tokens import Principal
 
 POSITION_HEADER = "Modelreg-Position"
+# Log positions and cursors are bigint columns, version numbers int ones: a larger number
+# can name nothing, and is refused (400) before it reaches Postgres.
+MAX_POSITION = 2**63 - 1
+MAX_VERSION = 2**31 - 1
+VersionNumber = Annotated[int, Parameter(le=MAX_VERSION, description="A version number")]
 
 
 def services_of(request: Request[Any, Any, Any]) -> Services:
@@ -47,25 +53,83 @@ def if_match(request: Request[Any, Any, Any]) -> int | None:
     if value is None or value.strip() == "*":
         return None
     text = value.strip().removeprefix("W/").strip('"')
-    if not text.isdigit():
+    if not (text.isascii() and text.isdigit()):
         raise BadRequestError("If-Match", "pattern", "If-Match takes the ETag of a model (its stream version)")
     return int(text)
+
+
+async def refuse_nul_characters(request: Request[Any, Any, Any]) -> None:
+    """Refuse (422, rule ``nul_character``) U+0000 in any path, query or body value.
+
+    Postgres text cannot hold it: in a query it fails the statement, and in a recorded
+    event it would stop every projection that stores the text. Runs before the handler.
+    """
+    for name, value in [*request.path_params.items(), *request.query_params.multi_items()]:
+        if isinstance(value, str) and "\x00" in value:
+            raise _nul(name)
+    body = await request.body()
+    if b"\\u0000" not in body:  # the only way JSON can carry a NUL
+        return
+    try:
+        decoded = msgspec.json.decode(body)
+    except msgspec.DecodeError:
+        return  # malformed: the body's decoding reports it (400)
+    found = _nul_at(decoded, "")
+    if found is not None:
+        raise _nul(found)
+
+
+def _nul(field: str) -> ValidationError:
+    return ValidationError(field, "nul_character", f"{field or 'body'} contains the NUL character (U+0000), which cannot be stored")
+
+
+def _nul_at(value: Any, path: str) -> str | None:
+    """The JSON path of the first string (a value or a key) holding a NUL, if any."""
+    if isinstance(value, str):
+        return path if "\x00" in value else None
+    if isinstance(value, dict):
+        entries = [(f"{path}.{key}" if path else key, key, item) for key, item in value.items()]
+    elif isinstance(value, list):
+        entries = [(f"{path}[{index}]", "", item) for index, item in enumerate(value)]
+    else:
+        return None
+    for where, key, item in entries:
+        found = where if "\x00" in key else _nul_at(item, where)
+        if found is not None:
+            return found
+    return None
+
+
+# A query refusal names the parameter it is about (its message starts with it).
+_QUERY_PARAMETERS = (("metric filter", "metric"), ("tag filter", "tag"), ("order", "order_by"), ("limit", "limit"),
+                     ("q ", "q"), ("compare", "versions"), ("goal", "goal"))
+
+
+def bad_query(exc: InvalidQueryError) -> BadRequestError:
+    """A 400 naming the query parameter a view refused (``query`` when it cannot tell)."""
+    text = str(exc)
+    if isinstance(exc, InvalidCursorError):
+        return BadRequestError("cursor", "invalid", text)
+    field = next((name for prefix, name in _QUERY_PARAMETERS if text.startswith(prefix)), "query")
+    return BadRequestError(field, "invalid", text)
 
 
 def etag(version: int) -> str:
     return f'"{version}"'
 
 
-def parse_as_of(text: str) -> int | datetime:
+def parse_as_of(text: str, field: str = "as_of") -> int | datetime:
     """``as_of`` is a log position (digits) or an RFC 3339 time with a zone."""
-    if text.isdigit():
+    if text.isascii() and text.isdigit():
+        if int(text) > MAX_POSITION:
+            raise BadRequestError(field, "range", f"{field} is a log position of at most {MAX_POSITION}")
         return int(text)
     try:
         moment = msgspec.convert(text, datetime)
     except msgspec.ValidationError:
-        raise BadRequestError("as_of", "pattern", "as_of is a log position or an RFC 3339 time, e.g. 2026-03-03T14:03:00Z") from None
+        raise BadRequestError(field, "pattern", f"{field} is a log position or an RFC 3339 time, e.g. 2026-03-03T14:03:00Z") from None
     if moment.tzinfo is None:
-        raise BadRequestError("as_of", "pattern", "as_of needs a time zone, e.g. 2026-03-03T14:03:00Z")
+        raise BadRequestError(field, "pattern", f"{field} needs a time zone, e.g. 2026-03-03T14:03:00Z")
     return moment
 
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import msgspec
 from litestar import Request, Response
-from litestar.exceptions import HTTPException, ValidationException
+from litestar.exceptions import HTTPException, SerializationException, ValidationException
 from litestar.types import ExceptionHandlersMap
 
 from events.errors import (
@@ -132,6 +132,8 @@ def _rule_of(message: str) -> str:
         return "range"
     if "invalid enum value" in lowered:
         return "enum"
+    if lowered.startswith("invalid"):  # e.g. "Invalid RFC3339 encoded datetime"
+        return "format"
     if lowered.startswith("expected"):
         return "type"
     return "invalid"
@@ -143,7 +145,15 @@ def _field_of(key: str, message: str) -> str:
         if match:
             parent = "" if key in {"data", ""} else key.removeprefix("data.") + "."
             return parent + match.group(1)
-    return key.removeprefix("$.").removeprefix("data.") or "body"
+    field = key.removeprefix("$.").removeprefix("data.")
+    return "body" if field in {"", "data"} else field
+
+
+def _wire_name(request: Request[Any, Any, Any], key: str) -> str:
+    """The name a client sends a parameter under (``state``), not the handler's (``which``)."""
+    handler = request.scope.get("route_handler")
+    parameter = getattr(getattr(handler, "parsed_fn_signature", None), "parameters", {}).get(key)
+    return getattr(getattr(parameter, "kwarg_definition", None), "name", None) or key
 
 
 def _validation(request: Request[Any, Any, Any], exc: ValidationException) -> Response[Problem]:
@@ -151,7 +161,10 @@ def _validation(request: Request[Any, Any, Any], exc: ValidationException) -> Re
     for item in exc.extra if isinstance(exc.extra, list) else []:
         if isinstance(item, dict):
             message = str(item.get("message", ""))
-            key = str(item.get("key", ""))
+            key = _wire_name(request, str(item.get("key", "")))
+            if key == "data" and message == "'data'":  # Litestar's word for "no body at all"
+                errors.append(FieldProblem(field="body", rule="required", message="this request needs a JSON body"))
+                continue
             errors.append(FieldProblem(field=_field_of(key, message), rule=_rule_of(message), message=message))
     first = errors[0] if errors else None
     return problem_response(
@@ -172,6 +185,11 @@ def _validation(request: Request[Any, Any, Any], exc: ValidationException) -> Re
 def _http(request: Request[Any, Any, Any], exc: HTTPException) -> Response[Problem]:
     if exc.status_code >= 500:
         return _unexpected(request, exc)
+    field, rule = None, None
+    if isinstance(exc.__cause__, SerializationException):
+        field, rule = "body", "json"  # the body is not JSON (or has a number out of range)
+    elif exc.status_code == 413:
+        field, rule = "body", "length"
     return problem_response(
         Problem(
             type=f"urn:modelreg:http_{exc.status_code}",
@@ -180,6 +198,8 @@ def _http(request: Request[Any, Any, Any], exc: HTTPException) -> Response[Probl
             detail=str(exc.detail),
             instance=request.url.path,
             code=f"http_{exc.status_code}",
+            field=field,
+            rule=rule,
         ),
         headers=exc.headers,
     )

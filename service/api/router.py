@@ -9,6 +9,7 @@ from litestar.datastructures import State
 from litestar.middleware import DefineMiddleware
 
 from service.api.auth import BearerTokenMiddleware
+from service.api.common import refuse_nul_characters
 from service.api.idempotency import idempotency_middleware
 from service.api.problems import EXCEPTION_HANDLERS
 from service.api.routes_governance import (
@@ -51,6 +52,7 @@ def api_routers() -> list[Router]:
             "/api/v1",
             route_handlers=CONTROLLERS,
             middleware=[metrics_middleware, DefineMiddleware(BearerTokenMiddleware), idempotency_middleware],
+            before_request=refuse_nul_characters,
         ),
         Router("/", route_handlers=[MetricsController], middleware=[DefineMiddleware(BearerTokenMiddleware)]),
     ]

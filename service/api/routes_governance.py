@@ -31,6 +31,7 @@ from projections.stage_timeline import AliasInterval, StageInterval
 from service.api.auth import require
 from service.api.common import (
     Receipt,
+    VersionNumber,
     etag,
     if_match,
     parse_as_of,
@@ -67,7 +68,7 @@ class LifecycleController(Controller):
     tags = ["lifecycle"]
 
     @post("/versions/{version:int}/stage", status_code=200)
-    async def stage(self, request: Request[Any, Any, Any], name: FromPath[str], version: FromPath[int], data: JSONBody[StageChange]) -> Response[Receipt]:
+    async def stage(self, request: Request[Any, Any, Any], name: FromPath[str], version: VersionNumber, data: JSONBody[StageChange]) -> Response[Receipt]:
         """Move a version: 200 when done, 202 with a promotion request when the policy needs approval."""
         principal = principal_of(request)
         require(principal, Permission.WRITE, name)
@@ -146,7 +147,7 @@ class LifecycleController(Controller):
         model_id, _ = await services.registry.locate(name)
         async with read_views(services, TIMELINE, as_of=None, min_position=min_position) as reader:
             if at is not None:
-                moment = parse_as_of(at)
+                moment = parse_as_of(at, "at")
                 stages = [stage] if stage else list(Stage)
                 held: list[StageInterval] = []
                 for s in stages:
@@ -169,7 +170,7 @@ class LifecycleController(Controller):
         require(principal, Permission.ADMIN, name)
         registry = services_of(request).registry
         model_id = await registry.model_id(name)
-        command = SetModelPolicy(actor=principal.name, now=registry.now(), policy=data.policy, comment=data.comment)
+        command = SetModelPolicy(actor=principal.name, now=registry.now(), policy=data.policy.to_policy(), comment=data.comment)
         return receipt(await registry.execute(model_id, command, if_version=if_match(request)), model=name)
 
     @delete("/policy", status_code=200)
@@ -327,6 +328,6 @@ class RegistryPolicyController(Controller):
         principal = principal_of(request)
         require(principal, Permission.ADMIN)
         written = await services_of(request).registry.set_registry_policy(
-            data.policy, actor=principal.name, comment=data.comment, if_version=if_match(request)
+            data.policy.to_policy(), actor=principal.name, comment=data.comment, if_version=if_match(request)
         )
         return receipt(written)

@@ -25,6 +25,7 @@ from projections.search import InvalidQueryError, ModelQuery, Page, search_model
 from service.api.auth import require
 from service.api.common import (
     Receipt,
+    bad_query,
     etag,
     if_match,
     principal_of,
@@ -33,7 +34,6 @@ from service.api.common import (
     seed_of,
     services_of,
 )
-from service.api.problems import BadRequestError
 from service.api.schemas import CreateModel, Reason, Rename, TagValue, UpdateModel
 from service.tokens import covers
 
@@ -89,7 +89,7 @@ class ModelsController(Controller):
             try:
                 page = await search_models(reader.conn, reader.names, query)
             except InvalidQueryError as exc:
-                raise BadRequestError("query", "invalid", str(exc)) from None
+                raise bad_query(exc) from None
         if principal.scopes:
             return Page(items=tuple(m for m in page.items if covers(principal, m.name)), next_cursor=page.next_cursor)
         return page

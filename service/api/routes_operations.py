@@ -26,7 +26,10 @@ from projections.deployments import Place, Run
 from projections.log import read_log
 from service.api.auth import require
 from service.api.common import (
+    MAX_POSITION,
+    MAX_VERSION,
     Receipt,
+    VersionNumber,
     if_match,
     principal_of,
     read_views,
@@ -56,7 +59,7 @@ class DeploymentsController(Controller):
     tags = ["deployments"]
 
     @post("/versions/{version:int}/deployments", status_code=201)
-    async def start(self, request: Request[Any, Any, Any], name: FromPath[str], version: FromPath[int], data: JSONBody[DeploymentStart]) -> Response[Receipt]:
+    async def start(self, request: Request[Any, Any, Any], name: FromPath[str], version: VersionNumber, data: JSONBody[DeploymentStart]) -> Response[Receipt]:
         """A deployment system reports that it started deploying a version somewhere."""
         principal = principal_of(request)
         require(principal, Permission.WRITE, name)
@@ -103,7 +106,7 @@ class DeploymentsController(Controller):
     @get("/deployments/runs")
     async def runs(
         self, request: Request[Any, Any, Any], name: FromPath[str], environment: FromQuery[str | None] = None,
-        before_position: FromQuery[int | None] = None, limit: Annotated[int, QueryParameter(ge=1, le=1000)] = 100,
+        before_position: Annotated[int | None, QueryParameter(ge=0, le=MAX_POSITION)] = None, limit: Annotated[int, QueryParameter(ge=1, le=1000)] = 100,
         min_position: MinPosition = None,) -> list[Run]:
         require(principal_of(request), Permission.READ, name)
         services = services_of(request)
@@ -135,10 +138,10 @@ class AuditController(Controller):
         name: FromPath[str],
         actor: FromQuery[str | None] = None,
         type: Annotated[list[str] | None, QueryParameter(description="Event types to include")] = None,
-        version: FromQuery[int | None] = None,
+        version: Annotated[int | None, QueryParameter(le=MAX_VERSION)] = None,
         since: FromQuery[datetime | None] = None,
         until: FromQuery[datetime | None] = None,
-        cursor: FromQuery[int | None] = None,
+        cursor: Annotated[int | None, QueryParameter(ge=0, le=MAX_POSITION)] = None,
         limit: Annotated[int, QueryParameter(ge=1, le=1000)] = 100,
         oldest_first: FromQuery[bool] = False,
         as_of: AsOf = None,
@@ -161,7 +164,7 @@ class AuditController(Controller):
 
     @get("/audit/actors/{actor:str}")
     async def by_actor(
-        self, request: Request[Any, Any, Any], actor: FromPath[str], cursor: FromQuery[int | None] = None,
+        self, request: Request[Any, Any, Any], actor: FromPath[str], cursor: Annotated[int | None, QueryParameter(ge=0, le=MAX_POSITION)] = None,
         limit: Annotated[int, QueryParameter(ge=1, le=1000)] = 100, min_position: MinPosition = None,) -> AuditPage:
         """Everything one person (or system) did, newest first."""
         require(principal_of(request), Permission.READ)
@@ -172,7 +175,7 @@ class AuditController(Controller):
     async def events(
         self,
         request: Request[Any, Any, Any],
-        after: Annotated[int, QueryParameter(ge=0)] = 0,
+        after: Annotated[int, QueryParameter(ge=0, le=MAX_POSITION)] = 0,
         limit: Annotated[int, QueryParameter(ge=1, le=5000)] = 500,
         type: FromQuery[list[str] | None] = None,
         model: FromQuery[str | None] = None,) -> EventsPage:
@@ -222,16 +225,24 @@ class TokensController(Controller):
         principal = principal_of(request)
         require(principal, Permission.ADMIN)
         services = services_of(request)
-        outcome, secret = await issue_token(
-            services.executor, actor=principal.name, principal=data.principal, roles=data.roles,
-            scopes=data.scopes, expires_at=data.expires_at, description=data.description, id_seed=seed_of(request),
-            token_id=services.registry.request_id_for(seed_of(request)),
-        )
-        state = outcome.state
+        seed = seed_of(request)
+        token_id = services.registry.request_id_for(seed)
+        secret: str | None = None
+        if seed is not None and await services.store.stream_version(token_stream(token_id)) > 0:
+            # A retry of an answered request (the idempotency middleware matched key and body).
+            _, state = await services.executor.state_of(token_stream(token_id), TOKENS)
+        else:
+            outcome, secret = await issue_token(
+                services.executor, actor=principal.name, principal=data.principal, roles=data.roles,
+                scopes=data.scopes, expires_at=data.expires_at, description=data.description, id_seed=seed,
+                token_id=token_id,
+            )
+            state = outcome.state
+            secret = None if outcome.replayed else secret
         return IssuedToken(
             token_id=state.token_id, principal=state.principal, roles=list(state.roles), scopes=list(state.scopes),
-            expires_at=state.expires_at, secret=None if outcome.replayed else secret,
-            note="a retry: the secret was shown in the first response only" if outcome.replayed
+            expires_at=state.expires_at, secret=secret,
+            note="a retry: the secret was shown in the first response only" if secret is None
             else "the secret is shown once; store it now",
         )
 

@@ -27,6 +27,8 @@ from projections.search import InvalidQueryError, Page, VersionQuery, search_ver
 from service.api.auth import require
 from service.api.common import (
     Receipt,
+    VersionNumber,
+    bad_query,
     etag,
     if_match,
     principal_of,
@@ -53,7 +55,7 @@ def _content(body: RegisterVersionBody) -> VersionContent:
 
 
 def _bad_query(exc: InvalidQueryError) -> BadRequestError:
-    return BadRequestError("query", "invalid", str(exc))
+    return bad_query(exc)
 
 
 class VersionsController(Controller):
@@ -106,7 +108,7 @@ class VersionsController(Controller):
 
     @get("/{version:int}")
     async def read(
-        self, request: Request[Any, Any, Any], name: FromPath[str], version: FromPath[int], as_of: AsOf = None, min_position: MinPosition = None
+        self, request: Request[Any, Any, Any], name: FromPath[str], version: VersionNumber, as_of: AsOf = None, min_position: MinPosition = None
     ) -> Response[VersionRow]:
         require(principal_of(request), Permission.READ, name)
         services = services_of(request)
@@ -131,35 +133,35 @@ class VersionsController(Controller):
         return Response(row, headers={"ETag": etag(stream_version)})
 
     @patch("/{version:int}")
-    async def update(self, request: Request[Any, Any, Any], name: FromPath[str], version: FromPath[int], data: JSONBody[UpdateModel]) -> Response[Receipt]:
+    async def update(self, request: Request[Any, Any, Any], name: FromPath[str], version: VersionNumber, data: JSONBody[UpdateModel]) -> Response[Receipt]:
         principal = principal_of(request)
         require(principal, Permission.WRITE, name)
         return await _version_command(request, name, version, UpdateVersionDescription(
             actor=principal.name, now=services_of(request).registry.now(), version=version, description=data.description))
 
     @put("/{version:int}/tags/{key:str}")
-    async def set_tag(self, request: Request[Any, Any, Any], name: FromPath[str], version: FromPath[int], key: FromPath[str], data: JSONBody[TagValue]) -> Response[Receipt]:
+    async def set_tag(self, request: Request[Any, Any, Any], name: FromPath[str], version: VersionNumber, key: FromPath[str], data: JSONBody[TagValue]) -> Response[Receipt]:
         principal = principal_of(request)
         require(principal, Permission.WRITE, name)
         return await _version_command(request, name, version, SetVersionTags(
             actor=principal.name, now=services_of(request).registry.now(), version=version, tags={key: data.value}))
 
     @delete("/{version:int}/tags/{key:str}", status_code=200)
-    async def remove_tag(self, request: Request[Any, Any, Any], name: FromPath[str], version: FromPath[int], key: FromPath[str]) -> Response[Receipt]:
+    async def remove_tag(self, request: Request[Any, Any, Any], name: FromPath[str], version: VersionNumber, key: FromPath[str]) -> Response[Receipt]:
         principal = principal_of(request)
         require(principal, Permission.WRITE, name)
         return await _version_command(request, name, version, RemoveVersionTags(
             actor=principal.name, now=services_of(request).registry.now(), version=version, keys=(key,)))
 
     @post("/{version:int}/deprecate", status_code=200)
-    async def deprecate(self, request: Request[Any, Any, Any], name: FromPath[str], version: FromPath[int], data: JSONBody[Reason]) -> Response[Receipt]:
+    async def deprecate(self, request: Request[Any, Any, Any], name: FromPath[str], version: VersionNumber, data: JSONBody[Reason]) -> Response[Receipt]:
         principal = principal_of(request)
         require(principal, Permission.WRITE, name)
         return await _version_command(request, name, version, DeprecateVersion(
             actor=principal.name, now=services_of(request).registry.now(), version=version, reason=data.reason))
 
     @post("/{version:int}/metrics", status_code=201)
-    async def log_metrics(self, request: Request[Any, Any, Any], name: FromPath[str], version: FromPath[int], data: JSONBody[MetricBatch]) -> Response[Receipt]:
+    async def log_metrics(self, request: Request[Any, Any, Any], name: FromPath[str], version: VersionNumber, data: JSONBody[MetricBatch]) -> Response[Receipt]:
         """Log a batch of metric points (1 to 1,000; finite values)."""
         principal = principal_of(request)
         require(principal, Permission.WRITE, name)
@@ -174,7 +176,7 @@ class VersionsController(Controller):
         self,
         request: Request[Any, Any, Any],
         name: FromPath[str],
-        version: FromPath[int],
+        version: VersionNumber,
         key: Annotated[str | None, QueryParameter(description="Give a key for its history; omit for the latest value of each")] = None,
         dataset: FromQuery[str | None] = None,
         cursor: FromQuery[str | None] = None,
@@ -195,7 +197,7 @@ class VersionsController(Controller):
                 raise _bad_query(exc) from None
 
     @get("/{version:int}/metrics/series")
-    async def series(self, request: Request[Any, Any, Any], name: FromPath[str], version: FromPath[int], as_of: AsOf = None,
+    async def series(self, request: Request[Any, Any, Any], name: FromPath[str], version: VersionNumber, as_of: AsOf = None,
                      min_position: MinPosition = None) -> tuple[MetricSeries, ...]:
         require(principal_of(request), Permission.READ, name)
         services = services_of(request)
@@ -204,7 +206,7 @@ class VersionsController(Controller):
             return await metric_history.metric_series(reader.conn, reader.names, model_id, version)
 
     @get("/{version:int}/metrics/{key:str}/best")
-    async def best(self, request: Request[Any, Any, Any], name: FromPath[str], version: FromPath[int], key: FromPath[str], dataset: FromQuery[str] = "",
+    async def best(self, request: Request[Any, Any, Any], name: FromPath[str], version: VersionNumber, key: FromPath[str], dataset: FromQuery[str] = "",
                    goal: FromQuery[Literal["max", "min"]] = "max", as_of: AsOf = None, min_position: MinPosition = None) -> MetricSample:
         require(principal_of(request), Permission.READ, name)
         services = services_of(request)

@@ -4,17 +4,19 @@ different clocks. Unknown fields are refused; the domain checks every value's ru
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
+from typing import Annotated, Literal
 
 import msgspec
 
 from events.access import Role
 from events.metrics import MetricInput
-from events.policy import GovernancePolicy
+from events.policy import GateOp, GovernancePolicy
 from events.stages import Stage
 from events.version_content import DatasetRole
 
 Tags = dict[str, str]
+# A time without a zone is ambiguous: refused (400) rather than guessed.
+AwareDatetime = Annotated[datetime, msgspec.Meta(tz=True)]
 ParamValue = str | int | float | bool
 
 
@@ -103,7 +105,7 @@ class Metric(Strict, frozen=True, kw_only=True):
     key: str
     value: float
     step: int = 0
-    timestamp: datetime | None = None
+    timestamp: AwareDatetime | None = None
     dataset: str | None = None
 
     def to_input(self) -> MetricInput:
@@ -128,8 +130,44 @@ class AliasTarget(Strict, frozen=True, kw_only=True):
     comment: str = ""
 
 
+# The policy as a client sends it: the fields of ``events.policy``, unknown ones refused (a
+# misspelt ``approvals`` must not silently mean none). An omitted field takes the
+# domain's default, so these mirrors carry no defaults of their own.
+class MetricGateBody(Strict, frozen=True, kw_only=True):
+    metric: str
+    op: GateOp | msgspec.UnsetType = msgspec.UNSET
+    dataset: str | msgspec.UnsetType = msgspec.UNSET
+    threshold: float | msgspec.UnsetType | None = msgspec.UNSET
+    compare_to_production: bool | msgspec.UnsetType = msgspec.UNSET
+
+
+class TransitionRuleBody(Strict, frozen=True, kw_only=True):
+    from_stage: Stage
+    to_stage: Stage
+    approvals: int | msgspec.UnsetType = msgspec.UNSET
+    gates: list[MetricGateBody] | msgspec.UnsetType = msgspec.UNSET
+
+
+class AliasRuleBody(Strict, frozen=True, kw_only=True):
+    alias: str
+    approvals: int | msgspec.UnsetType = msgspec.UNSET
+    gates: list[MetricGateBody] | msgspec.UnsetType = msgspec.UNSET
+
+
+class PolicyBody(Strict, frozen=True, kw_only=True):
+    transitions: list[TransitionRuleBody] | msgspec.UnsetType = msgspec.UNSET
+    protected_aliases: list[AliasRuleBody] | msgspec.UnsetType = msgspec.UNSET
+    separation_of_duties: bool | msgspec.UnsetType = msgspec.UNSET
+    demote_production_to: Stage | msgspec.UnsetType = msgspec.UNSET
+    request_ttl_seconds: int | msgspec.UnsetType = msgspec.UNSET
+    rollback_approvals: int | msgspec.UnsetType = msgspec.UNSET
+
+    def to_policy(self) -> GovernancePolicy:
+        return msgspec.convert(msgspec.to_builtins(self), GovernancePolicy)
+
+
 class PolicyUpdate(Strict, frozen=True, kw_only=True):
-    policy: GovernancePolicy
+    policy: PolicyBody
     comment: str = ""
 
 
@@ -165,7 +203,7 @@ class TokenRequest(Strict, frozen=True, kw_only=True):
     principal: str
     roles: list[Role]
     scopes: list[str] = msgspec.field(default_factory=list)
-    expires_at: datetime | None = None
+    expires_at: AwareDatetime | None = None
     description: str = ""
 
 

@@ -1,0 +1,347 @@
+"""The authorisation matrix: every route of the app x every kind of caller.
+
+The routes come from the app itself, so a route added later without a row in ``MATRIX``
+fails ``test_every_route_has_a_row_in_the_matrix``. Each row names the permission the route
+needs (``None``: any valid token) and a realistic request (an existing model, version,
+alias, promotion request, deployment, token), so "allowed" means the handler ran: the
+first allowed caller must get a 2xx (and a write that recorded something, its
+Modelreg-Position and ETag), every allowed caller anything but 401/403/5xx, every denied
+caller a 401 (no usable token) or a 403 naming the missing permission, and a denied
+request records nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal
+
+import httpx
+import pytest
+from litestar import Litestar
+
+from events.access import ROLE_PERMISSIONS, Permission, Role
+from projections.log import head_position
+from projections.registry_state import all_projections
+from projections.wait import wait_for_position
+from service.api.router import api_app_kwargs
+from service.tokens import issue_token, revoke_token
+from tests.support.api import Api, running_api
+from tests.support.database import Database
+
+R, W, A, ADMIN = Permission.READ, Permission.WRITE, Permission.APPROVE, Permission.ADMIN
+
+# What the contributor scoped to another model gets where its role has the permission:
+# "deny" (403 naming the permission and the model), "allow" (a registry-wide read,
+# filtered to its scope), "hide" (404: what is out of scope does not exist for it), or a
+# Permission (403 naming that one: e.g. the whole log needs admin from a scoped token).
+Scoped = Literal["deny", "allow", "hide"] | Permission
+Body = dict[str, Any] | Callable[[str], dict[str, Any]] | None
+
+
+@dataclass(frozen=True)
+class Row:
+    path: str
+    permission: Permission | None
+    body: Body = None
+    scoped: Scoped = "deny"
+
+
+def artifact(n: int) -> dict[str, Any]:
+    return {"path": "model.pkl", "uri": f"s3://models/{n}/model.pkl", "sha256": f"{n:064x}", "size": 100 + n}
+
+
+POLICY = {
+    "policy": {"protected_aliases": [{"alias": "champion", "approvals": 1}]},
+    "comment": "the champion alias needs an approval",
+}
+CHAMPION = {"version": 1, "alias": "champion", "justification": "best so far"}
+
+M = "/api/v1/models"
+V = f"{M}/churn/versions"
+
+# (method, path template) -> a concrete request and what it needs. Ordered: rows run top
+# to bottom, each for every caller, on one registry (archive before restore).
+MATRIX: dict[tuple[str, str], Row] = {
+    # models
+    ("POST", "/api/v1/models"): Row(M, W, lambda who: {"name": f"made-by-{who}"}),
+    ("GET", "/api/v1/models"): Row(M, R, scoped="allow"),
+    ("GET", "/api/v1/models/{name}"): Row(f"{M}/churn", R),
+    ("PATCH", "/api/v1/models/{name}"): Row(f"{M}/churn", W, {"description": "who leaves"}),
+    ("POST", "/api/v1/models/{name}/rename"): Row(f"{M}/renamable/rename", W, lambda who: {"new_name": f"renamed-by-{who}"}),
+    ("POST", "/api/v1/models/{name}/archive"): Row(f"{M}/retired/archive", ADMIN, {"reason": "unused"}),
+    ("POST", "/api/v1/models/{name}/restore"): Row(f"{M}/retired/restore", ADMIN, {"reason": "needed again"}),
+    ("PUT", "/api/v1/models/{name}/tags/{key}"): Row(f"{M}/churn/tags/env", W, {"value": "prod"}),
+    ("DELETE", "/api/v1/models/{name}/tags/{key}"): Row(f"{M}/churn/tags/team", W),
+    # versions
+    ("POST", "/api/v1/models/{name}/versions"): Row(V, W, {"artifacts": [artifact(9)]}),
+    ("GET", "/api/v1/models/{name}/versions"): Row(V, R),
+    ("GET", "/api/v1/models/{name}/versions/{version}"): Row(f"{V}/1", R),
+    ("GET", "/api/v1/models/{name}/versions/by-alias/{alias}"): Row(f"{V}/by-alias/candidate", R),
+    ("PATCH", "/api/v1/models/{name}/versions/{version}"): Row(f"{V}/1", W, {"description": "the first"}),
+    ("PUT", "/api/v1/models/{name}/versions/{version}/tags/{key}"): Row(f"{V}/1/tags/env", W, {"value": "prod"}),
+    ("DELETE", "/api/v1/models/{name}/versions/{version}/tags/{key}"): Row(f"{V}/1/tags/team", W),
+    ("POST", "/api/v1/models/{name}/versions/{version}/deprecate"): Row(f"{V}/3/deprecate", W, {"reason": "leaky"}),
+    ("POST", "/api/v1/models/{name}/versions/{version}/metrics"): Row(f"{V}/1/metrics", W, {"metrics": [{"key": "loss", "value": 0.1}]}),
+    ("GET", "/api/v1/models/{name}/versions/{version}/metrics"): Row(f"{V}/1/metrics?key=auc", R),
+    ("GET", "/api/v1/models/{name}/versions/{version}/metrics/series"): Row(f"{V}/1/metrics/series", R),
+    ("GET", "/api/v1/models/{name}/versions/{version}/metrics/{key}/best"): Row(f"{V}/1/metrics/auc/best?dataset=holdout", R),
+    ("GET", "/api/v1/models/{name}/compare"): Row(f"{M}/churn/compare?versions=1,2", R),
+    # lifecycle
+    ("POST", "/api/v1/models/{name}/versions/{version}/stage"): Row(f"{V}/4/stage", W, {"to": "staging"}),
+    ("POST", "/api/v1/models/{name}/rollback"): Row(f"{M}/rollbacker/rollback", W, {"reason": "v2 misbehaves"}),
+    ("PUT", "/api/v1/models/{name}/aliases/{alias}"): Row(f"{M}/churn/aliases/next", W, {"version": 2}),
+    ("DELETE", "/api/v1/models/{name}/aliases/{alias}"): Row(f"{M}/churn/aliases/old", W),
+    ("GET", "/api/v1/models/{name}/aliases/{alias}"): Row(f"{M}/churn/aliases/candidate", R),
+    ("GET", "/api/v1/models/{name}/timeline"): Row(f"{M}/churn/timeline", R),
+    ("PUT", "/api/v1/models/{name}/policy"): Row(f"{M}/churn/policy", ADMIN, POLICY),
+    ("GET", "/api/v1/models/{name}/policy"): Row(f"{M}/churn/policy", R),
+    ("DELETE", "/api/v1/models/{name}/policy"): Row(f"{M}/churn/policy", ADMIN),
+    ("GET", "/api/v1/models/{name}/promotions"): Row(f"{M}/churn/promotions", R),
+    ("POST", "/api/v1/models/{name}/promotions"): Row(f"{M}/churn/promotions", W, CHAMPION),
+    # promotion requests ({to_approve} etc. are filled in from the setup)
+    ("GET", "/api/v1/promotions"): Row("/api/v1/promotions", R, scoped="allow"),
+    ("GET", "/api/v1/promotions/{request_id}"): Row("/api/v1/promotions/{to_read}", R, scoped="hide"),
+    ("POST", "/api/v1/promotions/{request_id}/approve"): Row("/api/v1/promotions/{to_approve}/approve", A, {"comment": "ok"}),
+    ("POST", "/api/v1/promotions/{request_id}/reject"): Row("/api/v1/promotions/{to_reject}/reject", A, {"comment": "no"}),
+    ("POST", "/api/v1/promotions/{request_id}/cancel"): Row("/api/v1/promotions/{to_cancel}/cancel", W, {"comment": "never mind"}),
+    ("GET", "/api/v1/policy"): Row("/api/v1/policy", R, scoped="allow"),
+    ("PUT", "/api/v1/policy"): Row("/api/v1/policy", ADMIN, POLICY),
+    # deployments
+    ("POST", "/api/v1/models/{name}/versions/{version}/deployments"): Row(f"{V}/1/deployments", W, {"environment": "prod", "target": "k8s"}),
+    ("POST", "/api/v1/models/{name}/deployments/report"): Row(f"{M}/churn/deployments/report", W, {"deployment_id": "dep-1", "status": "succeeded"}),
+    ("GET", "/api/v1/models/{name}/deployments"): Row(f"{M}/churn/deployments", R),
+    ("GET", "/api/v1/models/{name}/deployments/runs"): Row(f"{M}/churn/deployments/runs", R),
+    # audit
+    ("GET", "/api/v1/models/{name}/history"): Row(f"{M}/churn/history", R),
+    ("GET", "/api/v1/audit/actors/{actor}"): Row("/api/v1/audit/actors/carol", R, scoped="allow"),
+    ("GET", "/api/v1/events"): Row("/api/v1/events", R, scoped=ADMIN),
+    ("GET", "/api/v1/events/schema"): Row("/api/v1/events/schema", R, scoped="allow"),
+    ("GET", "/api/v1/audit/verify"): Row("/api/v1/audit/verify", R, scoped="allow"),
+    # tokens, identity, operations
+    ("POST", "/api/v1/tokens"): Row("/api/v1/tokens", ADMIN, {"principal": "eve", "roles": ["reader"]}),
+    ("GET", "/api/v1/tokens"): Row("/api/v1/tokens", ADMIN),
+    ("DELETE", "/api/v1/tokens/{token_id}"): Row("/api/v1/tokens/{throwaway}", ADMIN),
+    ("GET", "/api/v1/me"): Row("/api/v1/me", None, scoped="allow"),
+    ("GET", "/metrics"): Row("/metrics", R, scoped="allow"),
+}
+
+# Served without a token: the OpenAPI document and its viewers (health lives in service.app).
+PUBLIC: dict[tuple[str, str], str] = {
+    ("GET", "/schema"): "/schema",
+    ("GET", "/schema/openapi.json"): "/schema/openapi.json",
+    ("GET", "/schema/openapi.yaml"): "/schema/openapi.yaml",
+    ("GET", "/schema/openapi.yml"): "/schema/openapi.yml",
+    ("GET", "/schema/swagger"): "/schema/swagger",
+    ("GET", "/schema/redoc"): "/schema/redoc",
+    ("GET", "/schema/rapidoc"): "/schema/rapidoc",
+    ("GET", "/schema/elements"): "/schema/elements",
+    ("GET", "/schema/oauth2-redirect.html"): "/schema/oauth2-redirect.html",
+    ("GET", "/schema/{path}"): "/schema/no-such-page",
+}
+
+
+@dataclass(frozen=True)
+class Caller:
+    label: str
+    header: str | None  # the Authorization header; None sends none
+    role: Role | None = None  # None: no usable token (401 expected)
+    scoped: bool = False
+
+
+@pytest.fixture
+async def api(db: Database) -> AsyncIterator[Api]:
+    async with running_api(db) as running:
+        yield running
+
+
+def app_routes(api: Api) -> set[tuple[str, str]]:
+    app = Litestar(**api_app_kwargs(api.services))
+    return {
+        (method, route.path_format)
+        for route in app.routes
+        for method in getattr(route, "methods", ())
+        if method not in {"HEAD", "OPTIONS"}
+    }
+
+
+async def test_every_route_has_a_row_in_the_matrix(api: Api) -> None:
+    routes = app_routes(api)
+    missing = sorted(routes - MATRIX.keys() - PUBLIC.keys())
+    assert not missing, f"routes without an authorisation row in MATRIX (add one): {missing}"
+    stale = sorted((MATRIX.keys() | PUBLIC.keys()) - routes)
+    assert not stale, f"rows for routes the app no longer has: {stale}"
+
+
+async def test_only_the_schema_and_health_are_open(api: Api) -> None:
+    for (method, _), path in PUBLIC.items():
+        response = await api.client.request(method, path)
+        assert response.status_code not in {401, 403} and response.status_code < 500, (path, response.status_code)
+    document = (await api.client.get("/schema/openapi.json")).json()
+    assert "/api/v1/models" in document["paths"]
+    # The health endpoints (service.app) are open too: tests/integration/test_cli_serve.py.
+
+
+async def _ok(response: httpx.Response, status: int | None = None) -> httpx.Response:
+    good = response.status_code == status if status else 200 <= response.status_code < 300
+    assert good, f"setup: {response.request.method} {response.request.url.path}: {response.status_code} {response.text}"
+    return response
+
+
+async def _setup(api: Api) -> tuple[list[Caller], dict[str, str]]:
+    """The registry every row acts on; returns the callers and the ids to fill into paths."""
+    now = datetime.now(UTC)
+    carol = await api.token("carol", Role.CONTRIBUTOR)
+    callers = [
+        Caller("no token", None),
+        Caller("basic auth", "Basic YWRtaW46YWRtaW4="),
+        Caller("unknown token", "Bearer mr_" + "x" * 43),
+    ]
+    _, revoked = await issue_token(api.services.executor, actor="admin", principal="rita", roles=(Role.ADMIN,))
+    token_id = (await api.get("/api/v1/me", as_=revoked)).json()["token_id"]
+    await revoke_token(api.services.executor, token_id, actor="admin", reason="leaked")
+    callers.append(Caller("revoked token", f"Bearer {revoked}"))
+    _, expired = await issue_token(
+        api.services.executor, actor="admin", principal="ed", roles=(Role.ADMIN,),
+        now=now - timedelta(hours=2), expires_at=now - timedelta(hours=1),
+    )
+    callers.append(Caller("expired token", f"Bearer {expired}"))
+    callers += [
+        Caller("reader", f"Bearer {await api.token('rob', Role.READER)}", Role.READER),
+        Caller("contributor scoped to fraud*", f"Bearer {await api.token('mallory', Role.CONTRIBUTOR, scopes=('fraud*',))}",
+               Role.CONTRIBUTOR, scoped=True),
+        Caller("contributor", f"Bearer {carol}", Role.CONTRIBUTOR),
+        Caller("approver", f"Bearer {await api.token('dave', Role.APPROVER)}", Role.APPROVER),
+        Caller("admin", f"Bearer {api.admin}", Role.ADMIN),
+    ]
+
+    await _ok(await api.put("/api/v1/policy", json=POLICY))
+    for name in ("churn", "fraud", "renamable", "retired", "rollbacker"):
+        await _ok(await api.post(M, json={"name": name, "tags": {"team": "risk"}}, as_=carol))
+    for n in range(1, 5):
+        await _ok(await api.post(V, json={"artifacts": [artifact(n)], "tags": {"team": "risk"}}, as_=carol))
+    await _ok(await api.post(f"{V}/1/metrics", json={"metrics": [{"key": "auc", "value": 0.9, "dataset": "holdout"}]}, as_=carol))
+    for stage in ("staging", "production"):
+        await _ok(await api.post(f"{V}/1/stage", json={"to": stage}, as_=carol))
+    for alias, version in (("candidate", 1), ("old", 2)):
+        await _ok(await api.put(f"{M}/churn/aliases/{alias}", json={"version": version}, as_=carol))
+    requests = {}
+    for purpose in ("to_read", "to_approve", "to_reject", "to_cancel"):
+        made = await _ok(await api.post(f"{M}/churn/promotions", json=CHAMPION, as_=carol), 202)
+        requests[purpose] = made.json()["request_id"]
+    await _ok(await api.post(f"{V}/1/deployments", json={"environment": "prod", "target": "k8s", "deployment_id": "dep-1"}, as_=carol))
+    # rollbacker: v1 then v2 in production, so a rollback has somewhere to go
+    for n in (1, 2):
+        await _ok(await api.post(f"{M}/rollbacker/versions", json={"artifacts": [artifact(n)]}, as_=carol))
+        for stage in ("staging", "production"):
+            await _ok(await api.post(f"{M}/rollbacker/versions/{n}/stage", json={"to": stage}, as_=carol))
+    outcome, _ = await issue_token(api.services.executor, actor="admin", principal="temp", roles=(Role.READER,))
+    ids = {**requests, "throwaway": outcome.state.token_id}
+    await wait_for_position(api.services.pool, await head_position(api.services.pool),
+                            [p.name for p in all_projections()], timeout=10)
+    return callers, ids
+
+
+async def _events(api: Api) -> int:
+    count: int = await api.services.pool.fetchval("SELECT count(*) FROM events")
+    return count
+
+
+def _expected(caller: Caller, row: Row) -> tuple[str, Permission | None]:
+    """("401" | "403" | "404" | "allowed", the permission a 403 must name)."""
+    if caller.role is None:
+        return "401", None
+    if row.permission is not None and row.permission not in ROLE_PERMISSIONS[caller.role]:
+        return "403", row.permission
+    if not caller.scoped:
+        return "allowed", None
+    if isinstance(row.scoped, Permission):
+        return "403", row.scoped
+    if row.scoped == "deny":
+        return "403", row.permission
+    return ("404", None) if row.scoped == "hide" else ("allowed", None)
+
+
+def _judge(method: str, expected: str, permission: Permission | None, response: httpx.Response, *, must_succeed: bool) -> str | None:
+    """What is wrong with ``response`` (None: nothing)."""
+    status = response.status_code
+    if status >= 500:
+        return "server error"
+    if expected == "401":
+        problem = response.json() if status == 401 else {}
+        if status != 401 or problem.get("code") != "unauthenticated" or "Bearer" not in response.headers.get("WWW-Authenticate", ""):
+            return "expected 401 problem+json with WWW-Authenticate"
+        return None
+    if expected == "403":
+        problem = response.json() if status == 403 else {}
+        if status != 403 or problem.get("details", {}).get("permission") != permission:
+            return f"expected 403 naming {permission}"
+        return None if response.headers["content-type"] == "application/problem+json" else "a 403 must be problem+json"
+    if expected == "404":
+        return None if status == 404 else "expected 404 (out of its scope)"
+    if status in {401, 403}:
+        return "expected to be allowed"
+    if must_succeed and not 200 <= status < 300:
+        return "expected a 2xx (the request is realistic)"
+    # read-your-writes: a write that recorded something says where, and the new ETag
+    recorded = method != "GET" and 200 <= status < 300 and bool(response.json().get("events"))
+    if recorded and not ("Modelreg-Position" in response.headers and "ETag" in response.headers):
+        return "a write without Modelreg-Position and ETag"
+    return None
+
+
+async def test_every_route_for_every_caller(api: Api) -> None:
+    callers, ids = await _setup(api)
+    failures: list[str] = []
+    for (method, template), row in MATRIX.items():
+        path = row.path.format(**ids)
+        first_allowed = True
+        for caller in callers:
+            body = row.body(caller.label.replace(" ", "-").replace("*", "")) if callable(row.body) else row.body
+            headers = {"Authorization": caller.header} if caller.header else {}
+            before = await _events(api)
+            response = await api.client.request(method, path, headers=headers, json=body)
+            expected, permission = _expected(caller, row)
+            wrong = _judge(method, expected, permission, response, must_succeed=first_allowed or method == "GET")
+            if expected == "allowed":
+                first_allowed = False
+            elif wrong is None and await _events(api) != before:
+                wrong = "a refused request recorded events"
+            if wrong is not None:
+                failures.append(f"{wrong}: {method} {template} as {caller.label}: {response.status_code} {response.text[:300]}")
+    assert not failures, "\n".join(failures)
+
+
+async def test_a_scoped_token_sees_and_touches_only_its_models(api: Api) -> None:
+    carol = await api.token("carol", Role.CONTRIBUTOR)
+    mallory = await api.token("mallory", Role.CONTRIBUTOR, scopes=("fraud*",))
+    for name in ("churn", "fraud-eu"):
+        await _ok(await api.post(M, json={"name": name}, as_=carol))
+    made = await _ok(await api.post(M, json={"name": "fraud-us"}, as_=mallory), 201)
+    position = made.headers["Modelreg-Position"]
+
+    listed = await _ok(await api.get(f"{M}?min_position={position}", as_=mallory))
+    assert [m["name"] for m in listed.json()["items"]] == ["fraud-eu", "fraud-us"]
+    await _ok(await api.put(f"{M}/fraud-eu/tags/team", json={"value": "risk"}, as_=mallory))
+    refused = await api.put(f"{M}/churn/tags/team", json={"value": "risk"}, as_=mallory)
+    assert refused.status_code == 403
+    assert refused.json()["details"] == {"permission": "write", "scope": "model 'churn'"}
+    # renaming into a name outside the scope is refused too, and so is the registry policy
+    renamed = await api.post(f"{M}/fraud-eu/rename", json={"new_name": "churn-eu"}, as_=mallory)
+    assert (renamed.status_code, renamed.json()["details"]["scope"]) == (403, "model 'churn-eu'")
+    hidden = await api.get(f"{M}/churn", as_=mallory)
+    assert (hidden.status_code, hidden.json()["details"]["permission"]) == (403, "read")
+
+
+async def test_a_revoked_token_stops_working_on_the_next_request(api: Api) -> None:
+    secret = await api.token("carol", Role.CONTRIBUTOR)
+    me = await _ok(await api.get("/api/v1/me", as_=secret))
+    assert (me.json()["name"], me.json()["roles"]) == ("carol", ["contributor"])
+    revoked = await _ok(await api.delete(f"/api/v1/tokens/{me.json()['token_id']}?reason=leaked"))
+    assert revoked.json()["events"] == ["token.revoked"]
+    after = await api.get("/api/v1/me", as_=secret)
+    assert after.status_code == 401
+    assert after.json()["detail"] == "this token was revoked"
+    unknown = await api.delete("/api/v1/tokens/no-such-token")
+    assert unknown.status_code == 404

@@ -28,7 +28,7 @@ import msgspec
 from events.base import Event, utc
 from events.codec import EventCodec
 from events.envelope import Envelope, decode_envelope, encode_envelope
-from events.errors import AlreadyExistsError, ConcurrencyError, ConflictError
+from events.errors import AlreadyExistsError, ConcurrencyError, ConflictError, ValidationError
 
 _RETRYABLE = {"40001", "40P01"}
 _MAX_ATTEMPTS = 8
@@ -86,6 +86,16 @@ class EventStore:
         self.codec = codec
         self._on_append = on_append
 
+    def _data(self, event: Event) -> bytes:
+        data = self.codec.encode(event)
+        # Postgres text and jsonb cannot hold U+0000: one recorded NUL would stop every view
+        # that copies the string. Refuse it here, where every path into the log passes.
+        if b"\\u0000" in data and _has_nul(msgspec.json.decode(data)):
+            raise ValidationError(
+                event.event_type, "nul_character", "text may not contain the NUL character (U+0000)"
+            )
+        return data
+
     def envelopes(
         self,
         stream_id: str,
@@ -107,7 +117,7 @@ class EventStore:
                     actor=metadata.actor,
                     correlation_id=metadata.correlation_id,
                     causation_id=metadata.causation_id,
-                    data=msgspec.Raw(self.codec.encode(event)),
+                    data=msgspec.Raw(self._data(event)),
                 )
             )
             for i, (event_id, event) in enumerate(zip(event_ids, events, strict=True), start=1)
@@ -220,3 +230,13 @@ def _raise_domain_error(exc: asyncpg.PostgresError, stream_id: str, expected: in
         ) from exc
     if state == "MR423":
         raise AlreadyExistsError(f"{exc.detail} is taken", key=exc.detail) from exc
+
+
+def _has_nul(value: object) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_has_nul(v) for v in value)
+    return False

@@ -9,7 +9,7 @@ import asyncpg
 import pytest
 
 from events.envelope import ZERO_HASH, stream_link
-from events.errors import AlreadyExistsError, ConcurrencyError
+from events.errors import AlreadyExistsError, ConcurrencyError, ValidationError
 from service.sealer import Sealer
 from service.store import DuplicateEventError, EventStore
 from tests.support.database import Database
@@ -201,3 +201,13 @@ async def test_a_name_claimed_by_a_transaction_older_than_its_release_retries(db
     assert order == ["note:old", "note:old", "note:new"]
     assert await store.owner_of("name:x") == "note:new"
     assert await store.owner_of("name:y") == "note:old"
+
+
+async def test_text_with_a_nul_character_is_refused_before_anything_is_recorded(store: EventStore) -> None:
+    with pytest.raises(ValidationError) as caught:
+        await store.append("note:nul", 0, notes("fine", "not\x00fine"), META)
+    assert caught.value.rule == "nul_character"
+    assert await store.stream_version("note:nul") == 0
+    # a literal backslash-u-zero text is not a NUL and goes through
+    await store.append("note:nul", 0, notes("a \\u0000 b"), META)
+    assert [e.envelope.stream_position for e in await store.read_stream("note:nul")] == [1]

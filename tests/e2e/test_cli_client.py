@@ -8,7 +8,6 @@ from __future__ import annotations
 import hashlib
 import importlib
 import json
-import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -206,7 +205,6 @@ def test_tokens_whoami_and_the_event_log(server: RegistryServer) -> None:
     assert table[0].split()[:2] == ["POSITION", "SEALED"] and "token.revoked" in table[-1]
 
 
-@pytest.mark.skipif(shutil.which("modelreg") is None, reason="needs the installed modelreg command")
 def test_the_installed_command_exit_codes_and_completion(server: RegistryServer) -> None:
     def modelreg(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(["modelreg", *args], env=server.env(**env), capture_output=True, text=True, timeout=60,

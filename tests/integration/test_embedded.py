@@ -149,9 +149,6 @@ def test_a_data_dir_that_cannot_be_created_is_reported(tmp_path: Path) -> None:
         DataDirLock(blocker / "data").acquire()
 
 
-@pytest.mark.skipif(
-    not sys.platform.startswith("linux"), reason="the parent-death signal is Linux-only"
-)
 def test_servers_stop_when_their_parent_is_killed(data_dir: Path) -> None:
     """kill -9 of modelreg must not leave Postgres or NATS running."""
     script = (

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 
 from service.client.gitinfo import detect_code, git_info, without_credentials
-
-pytestmark = pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
 
 
 def git(cwd: Path, *args: str) -> str:

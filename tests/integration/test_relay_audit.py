@@ -212,4 +212,6 @@ async def _has(items: list[Published], count: int) -> bool:
 
 
 async def _both(first: Awaitable[bool], second: Awaitable[bool]) -> bool:
-    return await first and await second
+    # Await both: a coroutine left unawaited by a short-circuit is a warning (an error here).
+    results = [await first, await second]
+    return all(results)

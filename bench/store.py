@@ -109,6 +109,7 @@ async def seal_lag(db: Database, seconds: float, table: Table) -> None:
     task = asyncio.create_task(sealer.run(stop))
     store = EventStore(db.pool, CODEC, on_append=lambda _: sealer.wake())
     committed_at: dict[int, float] = {}
+    sealed_at: dict[int, float] = {}
     lags: list[float] = []
     offered, writers = 1000, 8
     interval = writers / offered
@@ -122,7 +123,12 @@ async def seal_lag(db: Database, seconds: float, table: Table) -> None:
             await asyncio.sleep(max(0.0, next_at - time.perf_counter()))
             next_at += interval
             result = await store.append(f"b:lag:{w}", version, [Noted(text=PAYLOAD)], META)
-            committed_at[result.last_seq] = time.perf_counter()
+            now = time.perf_counter()
+            # The watcher may have seen it sealed before this task resumed: a lag of ~0.
+            if sealed_at.pop(result.last_seq, None) is not None:
+                lags.append(0.0)
+            else:
+                committed_at[result.last_seq] = now
             version = result.stream_version
 
     conn = await db.connect()
@@ -137,6 +143,8 @@ async def seal_lag(db: Database, seconds: float, table: Table) -> None:
                 started = committed_at.pop(row["seq"], None)
                 if started is not None:
                     lags.append((now - started) * 1000)
+                else:
+                    sealed_at[row["seq"]] = now
                 position = row["log_position"]
             await asyncio.sleep(0.001)
 

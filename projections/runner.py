@@ -116,6 +116,12 @@ async def start_rebuild(conn: asyncpg.Connection, projection: Projection) -> int
         return generation
 
 
+_MOVE = (
+    "UPDATE projection_checkpoints SET log_position = $1, updated_at = statement_timestamp()"
+    " WHERE projection = $2 AND generation = $3 AND log_position = $4"
+)
+
+
 async def advance(
     conn: asyncpg.Connection,
     projection: Projection,
@@ -130,22 +136,19 @@ async def advance(
         return generation.log_position
     events = await read_log(conn, generation.log_position, batch, up_to=head, types=projection.handles)
     new_position = events[-1].log_position if len(events) == batch else head
+    move = (new_position, projection.name, generation.generation, generation.log_position)
+    if not events:
+        # Nothing this view reads: moving the checkpoint is one statement, no transaction.
+        if await conn.execute(_MOVE, *move) != "UPDATE 1":
+            raise CheckpointMovedError(f"{projection.name} g{generation.generation} moved past {generation.log_position}")
+        return new_position
     names = projection.generation_names(generation.generation)
     async with conn.transaction():
         # The compare-and-set goes first: it locks the checkpoint row, so a second applier
         # of the same batch waits here, then finds the position moved and writes nothing.
-        status = await conn.execute(
-            "UPDATE projection_checkpoints SET log_position = $1, updated_at = statement_timestamp()"
-            " WHERE projection = $2 AND generation = $3 AND log_position = $4",
-            new_position,
-            projection.name,
-            generation.generation,
-            generation.log_position,
-        )
-        if status != "UPDATE 1":
+        if await conn.execute(_MOVE, *move) != "UPDATE 1":
             raise CheckpointMovedError(f"{projection.name} g{generation.generation} moved past {generation.log_position}")
-        if events:
-            await projection.apply(conn, names, events)
+        await projection.apply(conn, names, events)
     return new_position
 
 
@@ -178,15 +181,27 @@ async def switch_if_caught_up(conn: asyncpg.Connection, projection: Projection) 
     return True
 
 
+# The head of the log and the projection's generations in one round trip.
+_STATE = (
+    "SELECT generation, code_version, status, log_position,"
+    " (SELECT last_log_position FROM sealer_state WHERE id = 1) AS head"
+    " FROM projection_checkpoints WHERE projection = $1 AND status <> 'retired' ORDER BY generation"
+)
+
+
 async def step(
     conn: asyncpg.Connection, projection: Projection, *, batch: int = 1000, rebuild_batch: int = 5000
 ) -> int:
     """One round for one projection: the live generation to the head, then one batch of
     a rebuild (bounded by the live position), then the switch if it caught up. Returns
     how many positions moved, so callers know whether to go again at once."""
-    head = await head_position(conn)
+    rows = await conn.fetch(_STATE, projection.name)
+    if not rows:
+        return 0
+    head: int = rows[0]["head"]
     moved = 0
-    current = {g.status: g for g in await generations(conn, projection.name)}
+    current = {r["status"]: Generation(projection.name, r["generation"], r["code_version"], r["status"], r["log_position"])
+               for r in rows}
     live = current.get("live")
     if live is not None:
         position = await advance(conn, projection, live, head=head, batch=batch)
@@ -220,6 +235,7 @@ class ProjectionWorker:
         batch: int = 1000,
         rebuild_batch: int = 2000,
         poll_interval: float = 0.5,
+        coalesce: float = 0.003,
         standby_interval: float = 1.0,
         on_progress: Callable[[], None] | None = None,
     ) -> None:
@@ -230,6 +246,7 @@ class ProjectionWorker:
         self.batch = batch
         self.rebuild_batch = rebuild_batch
         self.poll_interval = poll_interval
+        self.coalesce = coalesce
         self.standby_interval = standby_interval
         self._on_progress = on_progress
         self._wakes = {p.name: asyncio.Event() for p in self.projections}
@@ -278,6 +295,9 @@ class ProjectionWorker:
                     continue
                 # Without a LISTEN connection, poll faster: wake-ups cannot arrive.
                 await _wait(wake, stop, self.poll_interval if self.listening else self.poll_interval / 5)
+                if wake.is_set() and self.coalesce:
+                    # Under load, let a few more seals land so one batch carries them all.
+                    await asyncio.sleep(self.coalesce)
         finally:
             self.leading.discard(projection.name)
             await close_quietly(conn)

@@ -12,8 +12,12 @@ from typing import Any
 import asyncpg
 
 
-def session_settings(schema: str, app_role: str | None, name: str = "modelreg") -> dict[str, str]:
+def session_settings(
+    schema: str, app_role: str | None, name: str = "modelreg", *, synchronous_commit: bool = True
+) -> dict[str, str]:
     settings = {"search_path": schema, "jit": "off", "application_name": name}
+    if not synchronous_commit:
+        settings["synchronous_commit"] = "off"
     if app_role:
         settings["role"] = app_role
     return settings
@@ -33,18 +37,36 @@ async def create_pool(
         min_size=min_size,
         max_size=max_size,
         server_settings=session_settings(schema, app_role),
+        reset=_keep_session,
         **kwargs,
     )
     assert pool is not None
     return pool
 
 
+async def _keep_session(_conn: asyncpg.Connection) -> None:
+    """Pooled connections carry no session state (LISTEN and session advisory locks live on
+    dedicated connections; settings are fixed at connect), so the default reset query on
+    every release (RESET ALL, UNLISTEN *, ...) would be a wasted round trip per query.
+    An open transaction is still rolled back by asyncpg before this runs."""
+
+
 async def connect(
-    url: str, *, schema: str, app_role: str | None, name: str = "modelreg", **kwargs: Any
+    url: str,
+    *,
+    schema: str,
+    app_role: str | None,
+    name: str = "modelreg",
+    synchronous_commit: bool = True,
+    **kwargs: Any,
 ) -> asyncpg.Connection:
-    """A dedicated connection, for work that must own its session: advisory locks, LISTEN."""
+    """A dedicated connection, for work that must own its session: advisory locks, LISTEN.
+
+    ``synchronous_commit=False`` suits work whose commits are derived and replayable (the
+    projection worker: a view batch and its checkpoint are lost or kept together).
+    """
     conn: asyncpg.Connection = await asyncpg.connect(
-        url, server_settings=session_settings(schema, app_role, name), **kwargs
+        url, server_settings=session_settings(schema, app_role, name, synchronous_commit=synchronous_commit), **kwargs
     )
     return conn
 

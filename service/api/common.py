@@ -15,7 +15,6 @@ from litestar.params import Parameter
 
 from events.errors import ValidationError
 from projections.base import Names, Projection
-from projections.log import head_position
 from projections.registry_state import views_as_of
 from projections.search import InvalidCursorError, InvalidQueryError, merge_names
 from projections.wait import wait_for_position
@@ -164,24 +163,30 @@ async def read_views(
             async with views_as_of(conn, moment, projections, model_id=model_id) as (at, names):
                 yield Reader(conn, merge_names(*names.values()), at)
         return
-    if model_id is not None:
-        latest = await services.pool.fetchval(
-            "SELECT l.log_position FROM events e JOIN event_log l USING (seq)"
-            " WHERE e.stream_id = $1 ORDER BY e.stream_position DESC LIMIT 1",
-            f"model:{model_id}",
-        )
-        min_position = max(min_position or 0, latest or 0)
-    if min_position:
-        head = await head_position(services.pool)
-        if min_position > head:
+    wanted_views = [p.name for p in projections]
+    if model_id is not None or min_position:
+        # One round trip answers the common case: the views already show the model's
+        # latest sealed event and the position asked for, so there is nothing to wait for.
+        row = await services.pool.fetchrow(_FRESHNESS, f"model:{model_id or ''}", wanted_views)
+        assert row is not None
+        wanted = max(min_position or 0, row["latest"] or 0)
+        if min_position and min_position > row["head"]:
             raise ValidationError(
-                "min_position", "range", f"position {min_position} has not been written (the log ends at {head})",
-                head=head,
+                "min_position", "range", f"position {min_position} has not been written (the log ends at {row['head']})",
+                head=row["head"],
             )
-        await wait_for_position(
-            services.pool, min_position, [p.name for p in projections], timeout=services.settings.read_wait_timeout
-        )
+        if wanted > (row["reached"] or 0):
+            await wait_for_position(services.pool, wanted, wanted_views, timeout=services.settings.read_wait_timeout)
     yield Reader(services.pool, merge_names(*(p.view_names() for p in projections)), None)
+
+
+_FRESHNESS = """
+SELECT (SELECT l.log_position FROM events e JOIN event_log l USING (seq)
+         WHERE e.stream_id = $1 ORDER BY e.stream_position DESC LIMIT 1) AS latest,
+       (SELECT min(log_position) FROM projection_checkpoints
+         WHERE status = 'live' AND projection = ANY ($2::text[])) AS reached,
+       (SELECT last_log_position FROM sealer_state WHERE id = 1) AS head
+"""
 
 
 class Receipt(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):

@@ -97,8 +97,10 @@ CREATE FUNCTION append_events(
     p_event_types      text[],
     p_envelopes        bytea[],
     p_claim_keys       text[],
-    p_release_keys     text[]
-) RETURNS TABLE (stream_version bigint, last_seq bigint, tx_id xid8, replayed boolean)
+    p_release_keys     text[],
+    p_prev_hash        bytea DEFAULT NULL,
+    p_hashes           bytea[] DEFAULT NULL
+) RETURNS TABLE (stream_version bigint, last_seq bigint, tx_id xid8, replayed boolean, last_hash bytea)
 LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
 DECLARE
     n          int  := coalesce(cardinality(p_event_ids), 0);
@@ -132,10 +134,17 @@ BEGIN
         RETURN;
     END IF;
 
-    FOR i IN 1..n LOOP
-        v_hash := sha256('\x01'::bytea || v_hash || sha256('\x00'::bytea || p_envelopes[i]));
-        v_hashes := v_hashes || v_hash;
-    END LOOP;
+    IF p_hashes IS NOT NULL AND cardinality(p_hashes) = n AND p_prev_hash = v_hash THEN
+        -- The caller chained the same bytes from the head it knew, and that head is the
+        -- stream's: take its hashes (verify recomputes every one from storage anyway).
+        v_hashes := p_hashes;
+        v_hash := p_hashes[n];
+    ELSE
+        FOR i IN 1..n LOOP
+            v_hash := sha256('\x01'::bytea || v_hash || sha256('\x00'::bytea || p_envelopes[i]));
+            v_hashes := v_hashes || v_hash;
+        END LOOP;
+    END IF;
 
     IF p_expected_version = 0 THEN
         INSERT INTO streams AS s (stream_id, stream_type, version, last_tx_id, last_hash)
@@ -189,14 +198,14 @@ BEGIN
         RETURNING seq
     )
     SELECT max(inserted.seq) INTO v_max_seq FROM inserted;
-    RETURN QUERY SELECT p_expected_version + n, v_max_seq, v_tx, false;
+    RETURN QUERY SELECT p_expected_version + n, v_max_seq, v_tx, false, v_hash;
 END $$;
 
 -- The slow path of an append that lost its version check: the same event ids already
 -- recorded as one contiguous batch of this stream mean a retry (answer as the first
 -- time); some of them mean a client error; none mean a plain conflict.
 CREATE FUNCTION append_conflict(p_stream_id text, p_expected_version bigint, p_event_ids uuid[])
-RETURNS TABLE (stream_version bigint, last_seq bigint, tx_id xid8, replayed boolean)
+RETURNS TABLE (stream_version bigint, last_seq bigint, tx_id xid8, replayed boolean, last_hash bytea)
 LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
 DECLARE
     n       int := cardinality(p_event_ids);
@@ -215,7 +224,8 @@ BEGIN
          WHERE e.event_id = ANY (p_event_ids)
            AND e.stream_position <> v_min + array_position(p_event_ids, e.event_id) - 1
     ) THEN
-        RETURN QUERY SELECT v_min + n - 1, v_seq, v_tx, true;
+        RETURN QUERY SELECT v_min + n - 1, v_seq, v_tx, true,
+            (SELECT e.stream_hash FROM events e WHERE e.seq = v_seq);
         RETURN;
     END IF;
     IF v_found > 0 THEN

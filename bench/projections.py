@@ -52,6 +52,7 @@ from projections.base import Projection
 from projections.log import head_position, read_log
 from projections.registry_state import all_projections
 from projections.runner import ProjectionWorker, ensure_projection, generations, start_rebuild, step
+from service.db import connect
 from service.sealer import Sealer, sealed_channel
 from service.store import EventStore, Metadata
 from tests.support.database import Database
@@ -241,7 +242,14 @@ async def live_lag(db: Database, projections: list[Projection], seconds: float, 
     stop = asyncio.Event()
     store = EventStore(db.pool, CODEC, on_append=lambda _: sealer.wake())
     groups = [[p] for p in projections] if per_view else [projections]
-    workers = [ProjectionWorker(db.connect, db.schema, group, channel=sealed_channel(db.schema), batch=1000)
+
+    async def worker_connection() -> asyncpg.Connection:
+        # As the runtime connects its projection worker: views are replayable, so their
+        # commits need not wait for the WAL flush.
+        return await connect(db.url, schema=db.schema, app_role=db.app_role, name="bench-projections",
+                             synchronous_commit=False)
+
+    workers = [ProjectionWorker(worker_connection, db.schema, group, channel=sealed_channel(db.schema), batch=1000)
                for group in groups]
     tasks = [asyncio.create_task(sealer.run(stop)), *(asyncio.create_task(w.run(stop)) for w in workers)]
     conn = await db.connect()

@@ -234,6 +234,23 @@ async def rebuild_all(db: Database, projections: list[Projection], table: Table,
                   note=f"{seconds:.1f} s; peak RSS {peak / 2**20:,.0f} MB during rebuilds ({max_rss:,.0f} MB whole run)"))
 
 
+async def settle(url: str) -> None:
+    """Let Postgres reach a steady state after the bulk load and the rebuilds: flush the
+    dirty pages, vacuum and analyse, and wait until no autovacuum worker runs. Otherwise
+    the live-lag phase measures a checkpoint of a million fresh rows on two cores, not
+    the projections."""
+    conn = await asyncpg.connect(url)
+    try:
+        print("settling: CHECKPOINT, VACUUM ANALYZE, waiting for autovacuum ...", flush=True)
+        await conn.execute("CHECKPOINT")
+        await conn.execute("VACUUM ANALYZE")
+        await conn.execute("CHECKPOINT")
+        while await conn.fetchval("SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'autovacuum worker'"):  # noqa: ASYNC110 - polling the server
+            await asyncio.sleep(0.5)
+    finally:
+        await conn.close()
+
+
 async def live_lag(db: Database, projections: list[Projection], seconds: float, table: Table,
                    first_model: int, *, per_view: bool) -> None:
     """Commit -> visible in every view, while writers offer 1,000 events/s. One worker for
@@ -348,6 +365,7 @@ async def main() -> None:
             raw_rate = await raw_read(db, table)
             await rebuild_all(db, projections, table, raw_rate)
             models = written // (VERSIONS_PER_MODEL * EVENTS_PER_VERSION) + 1
+            await settle(url)
             await live_lag(db, projections, args.seconds, table, first_model=models + 10, per_view=False)
             await live_lag(db, projections, args.seconds, table, first_model=models + 10_000, per_view=True)
     table.print(args.json)

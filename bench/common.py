@@ -54,7 +54,7 @@ async def fresh_database(url: str, pool_size: int = 40) -> AsyncIterator[Databas
 @dataclass
 class Row:
     workload: str
-    rate: float
+    rate: float | None  # None: a summary row with no rate of its own
     unit: str = "ops/s"
     p50_ms: float | None = None
     p99_ms: float | None = None
@@ -70,7 +70,7 @@ class Table:
 
     def add(self, row: Row) -> Row:
         self.rows.append(row)
-        print(f"  {row.workload}: {row.rate:,.0f} {row.unit}", flush=True)
+        print(f"  {row.workload}: {_rate(row)}", flush=True)
         return row
 
     def print(self, as_json: bool = False) -> None:
@@ -81,13 +81,17 @@ class Table:
                 print(json.dumps(r.__dict__))
             return
         headers = ["workload", "rate", "p50 ms", "p99 ms", "baseline", "ratio", "note"]
-        cells = [[r.workload, f"{r.rate:,.0f} {r.unit}", _ms(r.p50_ms), _ms(r.p99_ms), r.baseline, r.ratio, r.note] for r in self.rows]
+        cells = [[r.workload, _rate(r), _ms(r.p50_ms), _ms(r.p99_ms), r.baseline, r.ratio, r.note] for r in self.rows]
         widths = [max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(headers)]
         print(f"\n{self.title}")
         print("| " + " | ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)) + " |")
         print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
         for c in cells:
             print("| " + " | ".join(x.ljust(w) for x, w in zip(c, widths, strict=True)) + " |")
+
+
+def _rate(row: Row) -> str:
+    return "" if row.rate is None else f"{row.rate:,.0f} {row.unit}"
 
 
 def _ms(value: float | None) -> str:

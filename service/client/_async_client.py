@@ -41,6 +41,7 @@ from service.client._transport import (
     decode,
     default_retry,
     encode,
+    etag_version,
     new_key,
     resolve,
 )
@@ -174,21 +175,24 @@ class AsyncClient:
             await self._transport.aclose()
 
     async def _get(self, path: str, kind: type[T], params: Params | None = None, *, consistent: bool = True) -> T:
+        return decode(await self._read(path, params, consistent=consistent), kind)
+
+    async def _read(self, path: str, params: Params | None = None, *, consistent: bool = True) -> httpx.Response:
         if self._metrics.pending:
             await self.flush()
         query = dict(params or {})
         position = self._transport.last_position
         if consistent and self.read_your_writes and position and query.get("as_of") is None:
             query["min_position"] = max(position, query.get("min_position") or 0)
-        response = await self._transport.send("GET", path, params=query)
-        return decode(response, kind)
+        return await self._transport.send("GET", path, params=query)
 
     async def _write(
         self, method: str, path: str, body: Any = None, *, kind: type[T] = Receipt,  # type: ignore[assignment]
-        params: Params | None = None, key: str | None = None,
+        params: Params | None = None, key: str | None = None, if_version: int | None = None,
     ) -> T:
         payload = None if body is None else encode(body)
-        response = await self._transport.send(method, path, params=params, body=payload, idempotency_key=key)
+        response = await self._transport.send(method, path, params=params, body=payload, idempotency_key=key,
+                                              if_version=if_version)
         return decode(response, kind)
 
     async def request(self, method: str, path: str, *, params: Params | None = None, json: Any = None) -> httpx.Response:
@@ -235,6 +239,16 @@ class AsyncClient:
     async def get_model(self, name: str, *, as_of: AsOf = None) -> ModelRow:
         return await self._get(model_path(name), ModelRow, {"as_of": _as_of(as_of)})
 
+    async def model_version(self, name: str) -> int:
+        """The model's stream version (its ``ETag``). Pass it as ``if_version=`` to a write
+        so that it happens only if nothing was written to the model since; otherwise it
+        fails with ``PreconditionFailed`` (412) instead of building on a state you never saw."""
+        return etag_version(await self._read(model_path(name)))
+
+    async def policy_version(self) -> int:
+        """The registry default policy's version (its ``ETag``), for ``set_policy(..., if_version=)``."""
+        return etag_version(await self._read("/api/v1/policy", consistent=False))
+
     async def create_model(
         self, name: str, *, description: str = "", tags: Mapping[str, str] | None = None, owner: str | None = None
     ) -> Receipt:
@@ -242,23 +256,24 @@ class AsyncClient:
         body = {"name": name, "description": description, "tags": dict(tags or {}), "owner": owner}
         return await self._write("POST", "/api/v1/models", body)
 
-    async def update_model(self, name: str, *, description: str) -> Receipt:
-        return await self._write("PATCH", model_path(name), {"description": description})
+    async def update_model(self, name: str, *, description: str, if_version: int | None = None) -> Receipt:
+        return await self._write("PATCH", model_path(name), {"description": description}, if_version=if_version)
 
-    async def rename_model(self, name: str, new_name: str) -> Receipt:
-        return await self._write("POST", f"{model_path(name)}/rename", {"new_name": new_name})
+    async def rename_model(self, name: str, new_name: str, *, if_version: int | None = None) -> Receipt:
+        return await self._write("POST", f"{model_path(name)}/rename", {"new_name": new_name}, if_version=if_version)
 
-    async def archive_model(self, name: str, reason: str) -> Receipt:
-        return await self._write("POST", f"{model_path(name)}/archive", {"reason": reason})
+    async def archive_model(self, name: str, reason: str, *, if_version: int | None = None) -> Receipt:
+        return await self._write("POST", f"{model_path(name)}/archive", {"reason": reason}, if_version=if_version)
 
-    async def restore_model(self, name: str, reason: str) -> Receipt:
-        return await self._write("POST", f"{model_path(name)}/restore", {"reason": reason})
+    async def restore_model(self, name: str, reason: str, *, if_version: int | None = None) -> Receipt:
+        return await self._write("POST", f"{model_path(name)}/restore", {"reason": reason}, if_version=if_version)
 
-    async def set_model_tag(self, name: str, key: str, value: str) -> Receipt:
-        return await self._write("PUT", f"{model_path(name)}/tags/{seg(key)}", {"value": value})
+    async def set_model_tag(self, name: str, key: str, value: str, *, if_version: int | None = None) -> Receipt:
+        return await self._write("PUT", f"{model_path(name)}/tags/{seg(key)}", {"value": value},
+                                 if_version=if_version)
 
-    async def remove_model_tag(self, name: str, key: str) -> Receipt:
-        return await self._write("DELETE", f"{model_path(name)}/tags/{seg(key)}")
+    async def remove_model_tag(self, name: str, key: str, *, if_version: int | None = None) -> Receipt:
+        return await self._write("DELETE", f"{model_path(name)}/tags/{seg(key)}", if_version=if_version)
 
     # ------------------------------------------------------------------ versions
 
@@ -381,17 +396,28 @@ class AsyncClient:
         return RegisteredVersion(model=model, model_id=receipt.model_id, version=receipt.version,
                                  position=last, receipt=receipt, metrics=logged, model_created=created)
 
-    async def update_version(self, model: str, version: int, *, description: str) -> Receipt:
-        return await self._write("PATCH", version_path(model, version), {"description": description})
+    async def update_version(
+        self, model: str, version: int, *, description: str, if_version: int | None = None,
+    ) -> Receipt:
+        return await self._write("PATCH", version_path(model, version), {"description": description},
+                                 if_version=if_version)
 
-    async def set_version_tag(self, model: str, version: int, key: str, value: str) -> Receipt:
-        return await self._write("PUT", f"{version_path(model, version)}/tags/{seg(key)}", {"value": value})
+    async def set_version_tag(
+        self, model: str, version: int, key: str, value: str, *, if_version: int | None = None,
+    ) -> Receipt:
+        return await self._write("PUT", f"{version_path(model, version)}/tags/{seg(key)}", {"value": value},
+                                 if_version=if_version)
 
-    async def remove_version_tag(self, model: str, version: int, key: str) -> Receipt:
-        return await self._write("DELETE", f"{version_path(model, version)}/tags/{seg(key)}")
+    async def remove_version_tag(
+        self, model: str, version: int, key: str, *, if_version: int | None = None,
+    ) -> Receipt:
+        return await self._write("DELETE", f"{version_path(model, version)}/tags/{seg(key)}", if_version=if_version)
 
-    async def deprecate_version(self, model: str, version: int, reason: str) -> Receipt:
-        return await self._write("POST", f"{version_path(model, version)}/deprecate", {"reason": reason})
+    async def deprecate_version(
+        self, model: str, version: int, reason: str, *, if_version: int | None = None,
+    ) -> Receipt:
+        return await self._write("POST", f"{version_path(model, version)}/deprecate", {"reason": reason},
+                                 if_version=if_version)
 
     # ------------------------------------------------------------------ metrics
 
@@ -481,22 +507,26 @@ class AsyncClient:
 
     # ------------------------------------------------------------------ lifecycle
 
-    async def transition(self, model: str, version: int, stage: Stage | str, *, comment: str = "") -> Receipt:
+    async def transition(
+        self, model: str, version: int, stage: Stage | str, *, comment: str = "", if_version: int | None = None,
+    ) -> Receipt:
         """Move a version to a stage. When the policy needs approval this opens a promotion
         request instead: ``receipt.pending`` and ``receipt.request_id`` say so."""
         return await self._write("POST", f"{version_path(model, version)}/stage",
-                                 {"to": str(Stage(stage)), "comment": comment})
+                                 {"to": str(Stage(stage)), "comment": comment}, if_version=if_version)
 
-    async def rollback(self, model: str, reason: str) -> Receipt:
+    async def rollback(self, model: str, reason: str, *, if_version: int | None = None) -> Receipt:
         """Re-promote the version that was in production before the current one."""
-        return await self._write("POST", f"{model_path(model)}/rollback", {"reason": reason})
+        return await self._write("POST", f"{model_path(model)}/rollback", {"reason": reason}, if_version=if_version)
 
-    async def set_alias(self, model: str, alias: str, version: int, *, comment: str = "") -> Receipt:
+    async def set_alias(
+        self, model: str, alias: str, version: int, *, comment: str = "", if_version: int | None = None,
+    ) -> Receipt:
         return await self._write("PUT", f"{model_path(model)}/aliases/{seg(alias)}",
-                                 {"version": int(version), "comment": comment})
+                                 {"version": int(version), "comment": comment}, if_version=if_version)
 
-    async def remove_alias(self, model: str, alias: str) -> Receipt:
-        return await self._write("DELETE", f"{model_path(model)}/aliases/{seg(alias)}")
+    async def remove_alias(self, model: str, alias: str, *, if_version: int | None = None) -> Receipt:
+        return await self._write("DELETE", f"{model_path(model)}/aliases/{seg(alias)}", if_version=if_version)
 
     async def alias_history(self, model: str, alias: str, *, as_of: AsOf = None) -> list[AliasInterval]:
         return await self._get(f"{model_path(model)}/aliases/{seg(alias)}", list[AliasInterval],
@@ -515,27 +545,28 @@ class AsyncClient:
         return await self._get(path, PolicyView, consistent=False)
 
     async def set_policy(
-        self, policy: GovernancePolicy | Mapping[str, Any], *, model: str | None = None, comment: str = ""
+        self, policy: GovernancePolicy | Mapping[str, Any], *, model: str | None = None, comment: str = "",
+        if_version: int | None = None,
     ) -> Receipt:
         """Set a model's policy, or the registry default (``model=None``, admin only). A
         mapping is sent as given, so the server names a misspelt field instead of ignoring it."""
         value = policy if isinstance(policy, GovernancePolicy) else dict(policy)
         path = f"{model_path(model)}/policy" if model else "/api/v1/policy"
-        return await self._write("PUT", path, {"policy": value, "comment": comment})
+        return await self._write("PUT", path, {"policy": value, "comment": comment}, if_version=if_version)
 
-    async def clear_policy(self, model: str) -> Receipt:
-        return await self._write("DELETE", f"{model_path(model)}/policy")
+    async def clear_policy(self, model: str, *, if_version: int | None = None) -> Receipt:
+        return await self._write("DELETE", f"{model_path(model)}/policy", if_version=if_version)
 
     # ------------------------------------------------------------------ promotions
 
     async def request_promotion(
         self, model: str, version: int, *, justification: str, stage: Stage | str | None = None,
-        alias: str | None = None, rollback: bool = False,
+        alias: str | None = None, rollback: bool = False, if_version: int | None = None
     ) -> Receipt:
         """Ask for a stage and/or alias; runs at once when no approval is needed."""
         body = {"version": int(version), "justification": justification,
                 "target_stage": str(Stage(stage)) if stage else None, "alias": alias, "rollback": rollback}
-        return await self._write("POST", f"{model_path(model)}/promotions", body)
+        return await self._write("POST", f"{model_path(model)}/promotions", body, if_version=if_version)
 
     async def list_promotions(
         self, state: Literal["open", "decided", "mine"] = "open", *, model: str | None = None
@@ -550,15 +581,18 @@ class AsyncClient:
     async def get_promotion(self, request_id: str) -> ApprovalRequest:
         return await self._get(f"/api/v1/promotions/{seg(request_id)}", ApprovalRequest)
 
-    async def approve(self, request_id: str, comment: str = "") -> Receipt:
+    async def approve(self, request_id: str, comment: str = "", *, if_version: int | None = None) -> Receipt:
         """Approve; the approval that satisfies the policy executes the promotion (``executed``)."""
-        return await self._write("POST", f"/api/v1/promotions/{seg(request_id)}/approve", {"comment": comment})
+        return await self._write("POST", f"/api/v1/promotions/{seg(request_id)}/approve", {"comment": comment},
+                                 if_version=if_version)
 
-    async def reject(self, request_id: str, comment: str = "") -> Receipt:
-        return await self._write("POST", f"/api/v1/promotions/{seg(request_id)}/reject", {"comment": comment})
+    async def reject(self, request_id: str, comment: str = "", *, if_version: int | None = None) -> Receipt:
+        return await self._write("POST", f"/api/v1/promotions/{seg(request_id)}/reject", {"comment": comment},
+                                 if_version=if_version)
 
-    async def cancel_promotion(self, request_id: str, comment: str = "") -> Receipt:
-        return await self._write("POST", f"/api/v1/promotions/{seg(request_id)}/cancel", {"comment": comment})
+    async def cancel_promotion(self, request_id: str, comment: str = "", *, if_version: int | None = None) -> Receipt:
+        return await self._write("POST", f"/api/v1/promotions/{seg(request_id)}/cancel", {"comment": comment},
+                                 if_version=if_version)
 
     # ------------------------------------------------------------------ deployments
 

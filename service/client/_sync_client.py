@@ -38,6 +38,7 @@ from service.client._transport import (
     decode,
     default_retry,
     encode,
+    etag_version,
     new_key,
     resolve,
 )
@@ -171,21 +172,24 @@ class Client:
             self._transport.close()
 
     def _get(self, path: str, kind: type[T], params: Params | None = None, *, consistent: bool = True) -> T:
+        return decode(self._read(path, params, consistent=consistent), kind)
+
+    def _read(self, path: str, params: Params | None = None, *, consistent: bool = True) -> httpx.Response:
         if self._metrics.pending:
             self.flush()
         query = dict(params or {})
         position = self._transport.last_position
         if consistent and self.read_your_writes and position and query.get("as_of") is None:
             query["min_position"] = max(position, query.get("min_position") or 0)
-        response = self._transport.send("GET", path, params=query)
-        return decode(response, kind)
+        return self._transport.send("GET", path, params=query)
 
     def _write(
         self, method: str, path: str, body: Any = None, *, kind: type[T] = Receipt,  # type: ignore[assignment]
-        params: Params | None = None, key: str | None = None,
+        params: Params | None = None, key: str | None = None, if_version: int | None = None,
     ) -> T:
         payload = None if body is None else encode(body)
-        response = self._transport.send(method, path, params=params, body=payload, idempotency_key=key)
+        response = self._transport.send(method, path, params=params, body=payload, idempotency_key=key,
+                                              if_version=if_version)
         return decode(response, kind)
 
     def request(self, method: str, path: str, *, params: Params | None = None, json: Any = None) -> httpx.Response:
@@ -231,6 +235,16 @@ class Client:
     def get_model(self, name: str, *, as_of: AsOf = None) -> ModelRow:
         return self._get(model_path(name), ModelRow, {"as_of": _as_of(as_of)})
 
+    def model_version(self, name: str) -> int:
+        """The model's stream version (its ``ETag``). Pass it as ``if_version=`` to a write
+        so that it happens only if nothing was written to the model since; otherwise it
+        fails with ``PreconditionFailed`` (412) instead of building on a state you never saw."""
+        return etag_version(self._read(model_path(name)))
+
+    def policy_version(self) -> int:
+        """The registry default policy's version (its ``ETag``), for ``set_policy(..., if_version=)``."""
+        return etag_version(self._read("/api/v1/policy", consistent=False))
+
     def create_model(
         self, name: str, *, description: str = "", tags: Mapping[str, str] | None = None, owner: str | None = None
     ) -> Receipt:
@@ -238,23 +252,24 @@ class Client:
         body = {"name": name, "description": description, "tags": dict(tags or {}), "owner": owner}
         return self._write("POST", "/api/v1/models", body)
 
-    def update_model(self, name: str, *, description: str) -> Receipt:
-        return self._write("PATCH", model_path(name), {"description": description})
+    def update_model(self, name: str, *, description: str, if_version: int | None = None) -> Receipt:
+        return self._write("PATCH", model_path(name), {"description": description}, if_version=if_version)
 
-    def rename_model(self, name: str, new_name: str) -> Receipt:
-        return self._write("POST", f"{model_path(name)}/rename", {"new_name": new_name})
+    def rename_model(self, name: str, new_name: str, *, if_version: int | None = None) -> Receipt:
+        return self._write("POST", f"{model_path(name)}/rename", {"new_name": new_name}, if_version=if_version)
 
-    def archive_model(self, name: str, reason: str) -> Receipt:
-        return self._write("POST", f"{model_path(name)}/archive", {"reason": reason})
+    def archive_model(self, name: str, reason: str, *, if_version: int | None = None) -> Receipt:
+        return self._write("POST", f"{model_path(name)}/archive", {"reason": reason}, if_version=if_version)
 
-    def restore_model(self, name: str, reason: str) -> Receipt:
-        return self._write("POST", f"{model_path(name)}/restore", {"reason": reason})
+    def restore_model(self, name: str, reason: str, *, if_version: int | None = None) -> Receipt:
+        return self._write("POST", f"{model_path(name)}/restore", {"reason": reason}, if_version=if_version)
 
-    def set_model_tag(self, name: str, key: str, value: str) -> Receipt:
-        return self._write("PUT", f"{model_path(name)}/tags/{seg(key)}", {"value": value})
+    def set_model_tag(self, name: str, key: str, value: str, *, if_version: int | None = None) -> Receipt:
+        return self._write("PUT", f"{model_path(name)}/tags/{seg(key)}", {"value": value},
+                                 if_version=if_version)
 
-    def remove_model_tag(self, name: str, key: str) -> Receipt:
-        return self._write("DELETE", f"{model_path(name)}/tags/{seg(key)}")
+    def remove_model_tag(self, name: str, key: str, *, if_version: int | None = None) -> Receipt:
+        return self._write("DELETE", f"{model_path(name)}/tags/{seg(key)}", if_version=if_version)
 
     # ------------------------------------------------------------------ versions
 
@@ -376,17 +391,28 @@ class Client:
         return RegisteredVersion(model=model, model_id=receipt.model_id, version=receipt.version,
                                  position=last, receipt=receipt, metrics=logged, model_created=created)
 
-    def update_version(self, model: str, version: int, *, description: str) -> Receipt:
-        return self._write("PATCH", version_path(model, version), {"description": description})
+    def update_version(
+        self, model: str, version: int, *, description: str, if_version: int | None = None,
+    ) -> Receipt:
+        return self._write("PATCH", version_path(model, version), {"description": description},
+                                 if_version=if_version)
 
-    def set_version_tag(self, model: str, version: int, key: str, value: str) -> Receipt:
-        return self._write("PUT", f"{version_path(model, version)}/tags/{seg(key)}", {"value": value})
+    def set_version_tag(
+        self, model: str, version: int, key: str, value: str, *, if_version: int | None = None,
+    ) -> Receipt:
+        return self._write("PUT", f"{version_path(model, version)}/tags/{seg(key)}", {"value": value},
+                                 if_version=if_version)
 
-    def remove_version_tag(self, model: str, version: int, key: str) -> Receipt:
-        return self._write("DELETE", f"{version_path(model, version)}/tags/{seg(key)}")
+    def remove_version_tag(
+        self, model: str, version: int, key: str, *, if_version: int | None = None,
+    ) -> Receipt:
+        return self._write("DELETE", f"{version_path(model, version)}/tags/{seg(key)}", if_version=if_version)
 
-    def deprecate_version(self, model: str, version: int, reason: str) -> Receipt:
-        return self._write("POST", f"{version_path(model, version)}/deprecate", {"reason": reason})
+    def deprecate_version(
+        self, model: str, version: int, reason: str, *, if_version: int | None = None,
+    ) -> Receipt:
+        return self._write("POST", f"{version_path(model, version)}/deprecate", {"reason": reason},
+                                 if_version=if_version)
 
     # ------------------------------------------------------------------ metrics
 
@@ -476,22 +502,26 @@ class Client:
 
     # ------------------------------------------------------------------ lifecycle
 
-    def transition(self, model: str, version: int, stage: Stage | str, *, comment: str = "") -> Receipt:
+    def transition(
+        self, model: str, version: int, stage: Stage | str, *, comment: str = "", if_version: int | None = None,
+    ) -> Receipt:
         """Move a version to a stage. When the policy needs approval this opens a promotion
         request instead: ``receipt.pending`` and ``receipt.request_id`` say so."""
         return self._write("POST", f"{version_path(model, version)}/stage",
-                                 {"to": str(Stage(stage)), "comment": comment})
+                                 {"to": str(Stage(stage)), "comment": comment}, if_version=if_version)
 
-    def rollback(self, model: str, reason: str) -> Receipt:
+    def rollback(self, model: str, reason: str, *, if_version: int | None = None) -> Receipt:
         """Re-promote the version that was in production before the current one."""
-        return self._write("POST", f"{model_path(model)}/rollback", {"reason": reason})
+        return self._write("POST", f"{model_path(model)}/rollback", {"reason": reason}, if_version=if_version)
 
-    def set_alias(self, model: str, alias: str, version: int, *, comment: str = "") -> Receipt:
+    def set_alias(
+        self, model: str, alias: str, version: int, *, comment: str = "", if_version: int | None = None,
+    ) -> Receipt:
         return self._write("PUT", f"{model_path(model)}/aliases/{seg(alias)}",
-                                 {"version": int(version), "comment": comment})
+                                 {"version": int(version), "comment": comment}, if_version=if_version)
 
-    def remove_alias(self, model: str, alias: str) -> Receipt:
-        return self._write("DELETE", f"{model_path(model)}/aliases/{seg(alias)}")
+    def remove_alias(self, model: str, alias: str, *, if_version: int | None = None) -> Receipt:
+        return self._write("DELETE", f"{model_path(model)}/aliases/{seg(alias)}", if_version=if_version)
 
     def alias_history(self, model: str, alias: str, *, as_of: AsOf = None) -> list[AliasInterval]:
         return self._get(f"{model_path(model)}/aliases/{seg(alias)}", list[AliasInterval],
@@ -510,27 +540,28 @@ class Client:
         return self._get(path, PolicyView, consistent=False)
 
     def set_policy(
-        self, policy: GovernancePolicy | Mapping[str, Any], *, model: str | None = None, comment: str = ""
+        self, policy: GovernancePolicy | Mapping[str, Any], *, model: str | None = None, comment: str = "",
+        if_version: int | None = None,
     ) -> Receipt:
         """Set a model's policy, or the registry default (``model=None``, admin only). A
         mapping is sent as given, so the server names a misspelt field instead of ignoring it."""
         value = policy if isinstance(policy, GovernancePolicy) else dict(policy)
         path = f"{model_path(model)}/policy" if model else "/api/v1/policy"
-        return self._write("PUT", path, {"policy": value, "comment": comment})
+        return self._write("PUT", path, {"policy": value, "comment": comment}, if_version=if_version)
 
-    def clear_policy(self, model: str) -> Receipt:
-        return self._write("DELETE", f"{model_path(model)}/policy")
+    def clear_policy(self, model: str, *, if_version: int | None = None) -> Receipt:
+        return self._write("DELETE", f"{model_path(model)}/policy", if_version=if_version)
 
     # ------------------------------------------------------------------ promotions
 
     def request_promotion(
         self, model: str, version: int, *, justification: str, stage: Stage | str | None = None,
-        alias: str | None = None, rollback: bool = False,
+        alias: str | None = None, rollback: bool = False, if_version: int | None = None
     ) -> Receipt:
         """Ask for a stage and/or alias; runs at once when no approval is needed."""
         body = {"version": int(version), "justification": justification,
                 "target_stage": str(Stage(stage)) if stage else None, "alias": alias, "rollback": rollback}
-        return self._write("POST", f"{model_path(model)}/promotions", body)
+        return self._write("POST", f"{model_path(model)}/promotions", body, if_version=if_version)
 
     def list_promotions(
         self, state: Literal["open", "decided", "mine"] = "open", *, model: str | None = None
@@ -545,15 +576,18 @@ class Client:
     def get_promotion(self, request_id: str) -> ApprovalRequest:
         return self._get(f"/api/v1/promotions/{seg(request_id)}", ApprovalRequest)
 
-    def approve(self, request_id: str, comment: str = "") -> Receipt:
+    def approve(self, request_id: str, comment: str = "", *, if_version: int | None = None) -> Receipt:
         """Approve; the approval that satisfies the policy executes the promotion (``executed``)."""
-        return self._write("POST", f"/api/v1/promotions/{seg(request_id)}/approve", {"comment": comment})
+        return self._write("POST", f"/api/v1/promotions/{seg(request_id)}/approve", {"comment": comment},
+                                 if_version=if_version)
 
-    def reject(self, request_id: str, comment: str = "") -> Receipt:
-        return self._write("POST", f"/api/v1/promotions/{seg(request_id)}/reject", {"comment": comment})
+    def reject(self, request_id: str, comment: str = "", *, if_version: int | None = None) -> Receipt:
+        return self._write("POST", f"/api/v1/promotions/{seg(request_id)}/reject", {"comment": comment},
+                                 if_version=if_version)
 
-    def cancel_promotion(self, request_id: str, comment: str = "") -> Receipt:
-        return self._write("POST", f"/api/v1/promotions/{seg(request_id)}/cancel", {"comment": comment})
+    def cancel_promotion(self, request_id: str, comment: str = "", *, if_version: int | None = None) -> Receipt:
+        return self._write("POST", f"/api/v1/promotions/{seg(request_id)}/cancel", {"comment": comment},
+                                 if_version=if_version)
 
     # ------------------------------------------------------------------ deployments
 

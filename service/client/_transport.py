@@ -31,7 +31,13 @@ from typing import Any, TypeVar
 import httpx
 import msgspec
 
-from service.client.errors import ConfigurationError, ModelregError, Unreachable, from_problem
+from service.client.errors import (
+    ConfigurationError,
+    ModelregError,
+    ServerError,
+    Unreachable,
+    from_problem,
+)
 
 log = logging.getLogger("modelreg.client")
 
@@ -133,6 +139,14 @@ def decode(response: httpx.Response, kind: type[T]) -> T:
         ) from None
 
 
+def etag_version(response: httpx.Response) -> int:
+    """The stream version an ``ETag`` header carries (``"3"`` or ``W/"3"``)."""
+    value = response.headers.get("etag", "").strip().removeprefix("W/").strip('"')
+    if not value.isdigit():
+        raise ServerError(f"{response.request.url} sent no usable ETag ({response.headers.get('etag')!r})", status=None)
+    return int(value)
+
+
 def retry_after(response: httpx.Response) -> float | None:
     """Seconds from a ``Retry-After`` header (delta-seconds or an HTTP date)."""
     value = response.headers.get("retry-after")
@@ -190,12 +204,16 @@ class _Base:
         self.last_position: int | None = None
 
     @staticmethod
-    def headers(method: str, body: bytes | None, idempotency_key: str | None) -> dict[str, str]:
+    def headers(method: str, body: bytes | None, idempotency_key: str | None, if_version: int | None) -> dict[str, str]:
         headers: dict[str, str] = {}
         if body is not None:
             headers["Content-Type"] = "application/json"
         if method == "POST":
             headers["Idempotency-Key"] = idempotency_key or new_key()
+        if if_version is not None:
+            # The model's stream version, as its ETag gives it: the write happens only if
+            # nothing else was written to the model since (412 PreconditionFailed if it was).
+            headers["If-Match"] = f'"{int(if_version)}"'
         return headers
 
     def seen(self, method: str, response: httpx.Response) -> None:
@@ -239,9 +257,9 @@ class AsyncTransport(_Base):
 
     async def send(
         self, method: str, path: str, *, params: Params | None = None, body: bytes | None = None,
-        idempotency_key: str | None = None,
+        idempotency_key: str | None = None, if_version: int | None = None,
     ) -> httpx.Response:
-        headers = self.headers(method, body, idempotency_key)
+        headers = self.headers(method, body, idempotency_key, if_version)
         attempts = max(1, self.retry.attempts)
         for attempt in range(1, attempts + 1):
             try:
@@ -289,9 +307,9 @@ class SyncTransport(_Base):
 
     def send(
         self, method: str, path: str, *, params: Params | None = None, body: bytes | None = None,
-        idempotency_key: str | None = None,
+        idempotency_key: str | None = None, if_version: int | None = None,
     ) -> httpx.Response:
-        headers = self.headers(method, body, idempotency_key)
+        headers = self.headers(method, body, idempotency_key, if_version)
         attempts = max(1, self.retry.attempts)
         for attempt in range(1, attempts + 1):
             try:

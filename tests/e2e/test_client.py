@@ -24,6 +24,7 @@ from service.client import (
     Conflict,
     NotFound,
     PermissionDenied,
+    PreconditionFailed,
     RetryPolicy,
     Unauthenticated,
     Unreachable,
@@ -194,6 +195,40 @@ async def test_refusals_raise_typed_errors_carrying_the_problem(api: Api) -> Non
             await admin.revoke_token(issued.token_id, "test over")
             with pytest.raises(Unauthenticated):
                 await carol.whoami()
+
+
+async def test_a_write_conditional_on_a_stale_version_is_refused_and_records_nothing(api: Api) -> None:
+    # given two people who read the same model
+    admin, _ = in_process(api)
+    async with admin:
+        await admin.create_model("churn", description="first")
+        seen = await admin.model_version("churn")
+        other = await admin.update_model("churn", description="someone else's edit", if_version=seen)
+        assert other.stream_version == seen + 1
+        head = await admin.head_position()
+
+        # when the first writes on the state they saw, after the other wrote
+        with pytest.raises(PreconditionFailed) as stale:
+            await admin.set_model_tag("churn", "tier", "gold", if_version=seen)
+
+        # then it is refused with 412, nothing is recorded, and the fresh version works
+        assert stale.value.status == 412
+        assert await admin.head_position() == head
+        assert await admin.model_version("churn") == other.stream_version
+        assert "tier" not in dict((await admin.get_model("churn")).tags)
+        tagged = await admin.set_model_tag("churn", "tier", "gold", if_version=other.stream_version)
+        assert tagged.stream_version == other.stream_version + 1
+        assert dict((await admin.get_model("churn")).tags)["tier"] == "gold"
+
+
+async def test_the_registry_policy_takes_a_conditional_write_too(api: Api) -> None:
+    admin, _ = in_process(api)
+    async with admin:
+        seen = await admin.policy_version()
+        await admin.set_policy(POLICY, if_version=seen)
+        with pytest.raises(PreconditionFailed):
+            await admin.set_policy(POLICY, comment="stale", if_version=seen)
+        assert await admin.policy_version() == seen + 1
 
 
 # ---------------------------------------------------------------- Client, against `modelreg serve`

@@ -12,6 +12,7 @@ from events.catalogue import CODEC
 from service.api.services import Services
 from service.api.telemetry import ApiMetrics
 from service.commands import CommandExecutor
+from service.positions import SealSignal
 from service.registry import Registry
 from service.settings import Settings
 from service.store import AppendResult, EventStore
@@ -24,12 +25,14 @@ def build_services(
     *,
     nats: NatsClient | None = None,
     on_append: Callable[[AppendResult], None] | None = None,
+    seal_signal: SealSignal | None = None,
 ) -> Services:
-    """``on_append`` runs after each local append commits (the runtime wakes the sealer)."""
+    """``on_append`` runs after each local append commits (the runtime wakes the sealer);
+    ``seal_signal`` is notified by a local sealer, so writes need not poll for their seal."""
     metrics = ApiMetrics()
     store = EventStore(pool, CODEC, on_append=on_append)
     executor = CommandExecutor(store, on_conflict=metrics.conflict)
-    registry = Registry(store, executor, seal_timeout=settings.read_wait_timeout)
+    registry = Registry(store, executor, seal_timeout=settings.read_wait_timeout, seal_signal=seal_signal)
     return Services(
         settings=settings,
         pool=pool,

@@ -8,22 +8,63 @@ waits here, bounded, for the seal; a read can then ask the views to reach it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 import asyncpg
 
 
-async def sealed_position(pool: asyncpg.Pool, seq: int, *, timeout: float = 5.0) -> int | None:
+class SealSignal:
+    """Wakes the writes waiting for their seal when a sealer in this process has sealed a
+    batch, so they look once instead of polling the log on a timer. Without a leading
+    local sealer (``serve --role api``, or a standby) nobody notifies, and the waits fall
+    back to polling."""
+
+    def __init__(self) -> None:
+        self._sealed = asyncio.Event()
+        self._last_notified = -1e9
+
+    def notify(self) -> None:
+        # Replace, then set: waiters hold the event of the moment they looked, so a seal
+        # that lands between their look and their wait still wakes them.
+        sealed, self._sealed = self._sealed, asyncio.Event()
+        self._last_notified = asyncio.get_running_loop().time()
+        sealed.set()
+
+    def current(self) -> asyncio.Event:
+        return self._sealed
+
+    def ringing(self) -> bool:
+        """Has a local sealer sealed lately? Then its notifications can be relied on."""
+        return asyncio.get_running_loop().time() - self._last_notified < 1.0
+
+
+async def sealed_position(
+    pool: asyncpg.Pool, seq: int, *, timeout: float = 5.0, signal: SealSignal | None = None
+) -> int | None:
     """The log position of the event with ``seq``, once sealed; ``None`` after ``timeout``
     (the sealer is down or far behind: the write itself is safe and will be sealed)."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     delay = 0.001
+    looked = False
     while True:
-        position: int | None = await pool.fetchval("SELECT log_position FROM event_log WHERE seq = $1", seq)
-        if position is not None:
-            return position
+        sealed = signal.current() if signal is not None else None
+        # Right after the commit the event cannot be sealed yet: with a ringing local
+        # sealer, the first look waits for its next seal instead of querying in vain.
+        if looked or signal is None or not signal.ringing():
+            position: int | None = await pool.fetchval("SELECT log_position FROM event_log WHERE seq = $1", seq)
+            if position is not None:
+                return position
+        looked = True
         remaining = deadline - loop.time()
         if remaining <= 0:
             return None
-        await asyncio.sleep(min(delay, remaining))
+        if sealed is None:
+            await asyncio.sleep(min(delay, remaining))
+        else:
+            # A leading local sealer wakes us at once; while it rings, the timer is only a
+            # safety net, so the log is not polled every few milliseconds per write.
+            wait = 0.02 if signal is not None and signal.ringing() else delay
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(sealed.wait(), timeout=min(wait, remaining))
         delay = min(delay * 2, 0.02)

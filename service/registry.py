@@ -28,7 +28,7 @@ from events.policy import GovernancePolicy, requirement
 from events.registry_policy import REGISTRY_POLICY, SetRegistryPolicy
 from events.stages import Stage
 from service.commands import CommandExecutor, Outcome, PreconditionFailedError
-from service.positions import sealed_position
+from service.positions import SealSignal, sealed_position
 from service.store import EventStore
 
 NAME_KEY = "model-name:"
@@ -72,12 +72,14 @@ class Registry:
         executor: CommandExecutor,
         *,
         seal_timeout: float = 5.0,
+        seal_signal: SealSignal | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         new_id: Callable[[], str] = lambda: uuid.uuid4().hex,
     ) -> None:
         self.store = store
         self.executor = executor
         self.seal_timeout = seal_timeout
+        self.seal_signal = seal_signal
         self.clock = clock
         self.new_id = new_id
 
@@ -237,7 +239,9 @@ class Registry:
         """The result of an executed command, with the log position of its last event."""
         position = None
         if outcome.append is not None:
-            position = await sealed_position(self.store.pool, outcome.append.last_seq, timeout=self.seal_timeout)
+            position = await sealed_position(
+                self.store.pool, outcome.append.last_seq, timeout=self.seal_timeout, signal=self.seal_signal
+            )
         return Written(model_id, outcome.events, outcome.state, outcome.version, position, outcome.replayed)
 
     def now(self) -> datetime:

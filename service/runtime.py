@@ -40,6 +40,7 @@ from service.db import connect, create_pool
 from service.embedded import DataDirLock, EmbeddedNats, EmbeddedPostgres
 from service.expiry import expire_overdue_forever
 from service.migrate import MigrationError, apply_migrations, pending_migrations
+from service.positions import SealSignal
 from service.relay import relay_for
 from service.sealer import Sealer, sealed_channel
 from service.settings import Settings
@@ -288,9 +289,12 @@ async def open_state(
     async def connect_sealer() -> asyncpg.Connection:
         return await connect(database_url, schema=settings.db_schema, app_role=settings.db_app_role, name="modelreg-sealer")
 
-    sealer = Sealer(connect_sealer, settings.db_schema, idle_interval=settings.sealer_idle_interval)
-    # Local appends wake the local sealer; appends of other replicas are found by polling.
-    services = build_services(settings, pool, nats=nats, on_append=lambda _: sealer.wake())
+    # Local appends wake the local sealer (appends of other replicas are found by polling),
+    # and its seals wake the local writes waiting for their log position.
+    sealed = SealSignal()
+    sealer = Sealer(connect_sealer, settings.db_schema, idle_interval=settings.sealer_idle_interval,
+                    on_sealed=sealed.notify)
+    services = build_services(settings, pool, nats=nats, on_append=lambda _: sealer.wake(), seal_signal=sealed)
     try:
         await _bootstrap(services)
         yield AppState(

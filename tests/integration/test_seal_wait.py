@@ -1,0 +1,93 @@
+"""A write waits for its log position: woken by the local sealer when there is one, by a
+timer when the sealer is elsewhere, and bounded when there is none."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import asyncpg
+
+from service.positions import SealSignal, sealed_position
+from service.sealer import Sealer
+from service.store import EventStore
+from tests.support.database import Database
+from tests.support.sample_events import CODEC, META, notes
+
+
+class CountingPool:
+    """The real pool, counting the lookups a wait makes."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self.pool = pool
+        self.lookups = 0
+
+    async def fetchval(self, query: str, *args: Any) -> Any:
+        self.lookups += 1
+        return await self.pool.fetchval(query, *args)
+
+
+async def logged_position(db: Database, seq: int) -> int | None:
+    position: int | None = await db.pool.fetchval("SELECT log_position FROM event_log WHERE seq = $1", seq)
+    return position
+
+
+async def test_a_leading_local_sealer_wakes_the_wait_so_it_looks_once_or_twice(db: Database) -> None:
+    # given a local sealer that notifies the signal, and has sealed lately (it rings)
+    signal = SealSignal()
+    sealer = Sealer(db.connect, db.schema, on_sealed=signal.notify, idle_interval=0.5, max_idle_interval=0.5)
+    store = EventStore(db.pool, CODEC, on_append=lambda _: sealer.wake())
+    stop = asyncio.Event()
+    running = asyncio.create_task(sealer.run(stop))
+    await store.append("s:warm", 0, notes("warm-up"), META)
+    while not signal.ringing():  # noqa: ASYNC110 - the signal is a plain flag
+        await asyncio.sleep(0.01)
+
+    # when a write commits and waits for its position
+    counting = CountingPool(db.pool)
+    result = await store.append("s:wait", 0, notes("a", "b"), META)
+    position = await sealed_position(counting, result.last_seq, timeout=5, signal=signal)  # type: ignore[arg-type]
+
+    # then it gets the position the log holds, after one look (two if a seal of other
+    # events woke it first), not after polling on a timer
+    stop.set()
+    await running
+    assert position is not None
+    assert position == await logged_position(db, result.last_seq)
+    assert 1 <= counting.lookups <= 2
+
+
+async def test_a_signal_that_stops_ringing_falls_back_to_polling_a_sealer_elsewhere(db: Database) -> None:
+    # given a signal that rang once, then its sealer went away
+    signal = SealSignal()
+    signal.notify()
+    store = EventStore(db.pool, CODEC)
+    result = await store.append("s:elsewhere", 0, notes("a"), META)
+
+    # when another process's sealer seals the event a little later
+    async def seal_elsewhere() -> None:
+        await asyncio.sleep(0.1)
+        conn = await db.connect()
+        try:
+            await Sealer(db.connect, db.schema).seal_all(conn)
+        finally:
+            await conn.close()
+
+    sealing = asyncio.create_task(seal_elsewhere())
+    position = await sealed_position(db.pool, result.last_seq, timeout=5, signal=signal)
+    await sealing
+
+    # then the timer finds it all the same
+    assert position is not None
+    assert position == await logged_position(db, result.last_seq)
+
+
+async def test_with_no_sealer_the_wait_ends_at_its_timeout_without_a_position(db: Database) -> None:
+    signal = SealSignal()
+    store = EventStore(db.pool, CODEC)
+    result = await store.append("s:unsealed", 0, notes("a"), META)
+
+    position = await sealed_position(db.pool, result.last_seq, timeout=0.2, signal=signal)
+
+    assert position is None
+    assert await logged_position(db, result.last_seq) is None

@@ -189,30 +189,47 @@ _STATE = (
 )
 
 
-async def step(
+@dataclass(frozen=True, slots=True)
+class Progress:
+    moved: int  # positions the generations moved
+    caught_up: bool  # every generation reached the head this round read
+
+
+async def advance_generations(
     conn: asyncpg.Connection, projection: Projection, *, batch: int = 1000, rebuild_batch: int = 5000
-) -> int:
+) -> Progress:
     """One round for one projection: the live generation to the head, then one batch of
-    a rebuild (bounded by the live position), then the switch if it caught up. Returns
-    how many positions moved, so callers know whether to go again at once."""
+    a rebuild (bounded by the live position), then the switch if it caught up."""
     rows = await conn.fetch(_STATE, projection.name)
     if not rows:
-        return 0
+        return Progress(0, True)
     head: int = rows[0]["head"]
     moved = 0
     current = {r["status"]: Generation(projection.name, r["generation"], r["code_version"], r["status"], r["log_position"])
                for r in rows}
     live = current.get("live")
-    if live is not None:
-        position = await advance(conn, projection, live, head=head, batch=batch)
-        moved += position - live.log_position
-        building = current.get("building")
-        if building is not None:
-            rebuilt = await advance(conn, projection, building, head=position, batch=rebuild_batch)
-            moved += rebuilt - building.log_position
-            if rebuilt == position:
-                await switch_if_caught_up(conn, projection)
-    return moved
+    if live is None:
+        return Progress(0, True)
+    position = await advance(conn, projection, live, head=head, batch=batch)
+    moved += position - live.log_position
+    caught_up = position == head
+    building = current.get("building")
+    if building is not None:
+        rebuilt = await advance(conn, projection, building, head=position, batch=rebuild_batch)
+        moved += rebuilt - building.log_position
+        if rebuilt == position:
+            await switch_if_caught_up(conn, projection)
+        else:
+            caught_up = False
+    return Progress(moved, caught_up)
+
+
+async def step(
+    conn: asyncpg.Connection, projection: Projection, *, batch: int = 1000, rebuild_batch: int = 5000
+) -> int:
+    """One round (see ``advance_generations``); returns how many positions moved, so
+    callers know whether to go again at once."""
+    return (await advance_generations(conn, projection, batch=batch, rebuild_batch=rebuild_batch)).moved
 
 
 def projection_lock_key(schema: str, projection: str) -> str:
@@ -288,11 +305,13 @@ class ProjectionWorker:
             self.leading.add(projection.name)
             while not stop.is_set():
                 wake.clear()
-                moved = await step(conn, projection, batch=self.batch, rebuild_batch=self.rebuild_batch)
-                if moved:
-                    if self._on_progress is not None:
-                        self._on_progress()
+                progress = await advance_generations(conn, projection, batch=self.batch, rebuild_batch=self.rebuild_batch)
+                if progress.moved and self._on_progress is not None:
+                    self._on_progress()
+                if not progress.caught_up:
                     continue
+                # Caught up with the head this round read: a seal that landed meanwhile has
+                # set the wake again, so there is no need for another round to find out.
                 # Without a LISTEN connection, poll faster: wake-ups cannot arrive.
                 await _wait(wake, stop, self.poll_interval if self.listening else self.poll_interval / 5)
                 if wake.is_set() and self.coalesce:

@@ -29,6 +29,7 @@ from projections.base import Projection
 from projections.connections import CONNECTION_ERRORS, close_quietly
 from projections.log import head_position, read_log
 from projections.time_travel import drop_stale_scratch_tables
+from projections.waiting import sleep_or_stop, wake_or_stop
 
 log = logging.getLogger(__name__)
 
@@ -291,7 +292,7 @@ class ProjectionWorker:
                 await self._session(projection, stop)
             except WORKER_ERRORS as exc:
                 log.warning("projection %s: %s; reconnecting", projection.name, exc)
-                await _sleep_or_stop(stop, self.standby_interval)
+                await sleep_or_stop(stop, self.standby_interval)
 
     async def _session(self, projection: Projection, stop: asyncio.Event) -> None:
         conn = await self._connect()
@@ -300,7 +301,7 @@ class ProjectionWorker:
             if not await conn.fetchval(
                 "SELECT pg_try_advisory_lock(hashtextextended($1, 0))", projection_lock_key(self.schema, projection.name)
             ):
-                await _sleep_or_stop(stop, self.standby_interval)
+                await sleep_or_stop(stop, self.standby_interval)
                 return
             self.leading.add(projection.name)
             while not stop.is_set():
@@ -313,7 +314,7 @@ class ProjectionWorker:
                 # Caught up with the head this round read: a seal that landed meanwhile has
                 # set the wake again, so there is no need for another round to find out.
                 # Without a LISTEN connection, poll faster: wake-ups cannot arrive.
-                await _wait(wake, stop, self.poll_interval if self.listening else self.poll_interval / 5)
+                await wake_or_stop(wake, stop, self.poll_interval if self.listening else self.poll_interval / 5)
                 if wake.is_set() and self.coalesce:
                     # Under load, let a few more seals land so one batch carries them all.
                     await asyncio.sleep(self.coalesce)
@@ -328,7 +329,7 @@ class ProjectionWorker:
                 listener = await self._connect()
             except WORKER_ERRORS as exc:
                 log.warning("projections: cannot LISTEN (%s); polling", exc)
-                await _sleep_or_stop(stop, self.standby_interval)
+                await sleep_or_stop(stop, self.standby_interval)
                 continue
             try:
                 # A name of its own, so operators (and tests) can tell it from the leaders.
@@ -338,7 +339,7 @@ class ProjectionWorker:
                 await listener.add_listener(self.channel, self.wake)
                 self.listening = True
                 while not stop.is_set() and not listener.is_closed():
-                    await _sleep_or_stop(stop, self.poll_interval)
+                    await sleep_or_stop(stop, self.poll_interval)
                     # A cheap round trip notices a connection killed behind our back.
                     await listener.fetchval("SELECT 1")
             except WORKER_ERRORS as exc:
@@ -346,20 +347,6 @@ class ProjectionWorker:
             finally:
                 self.listening = False
                 await close_quietly(listener)
-
-
-async def _wait(event: asyncio.Event, stop: asyncio.Event, timeout: float) -> None:
-    waiters = [asyncio.ensure_future(event.wait()), asyncio.ensure_future(stop.wait())]
-    await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-    for waiter in waiters:
-        waiter.cancel()
-
-
-async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
-    try:
-        await asyncio.wait_for(stop.wait(), timeout=seconds)
-    except TimeoutError:
-        return
 
 
 @dataclass(frozen=True, slots=True)

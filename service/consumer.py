@@ -77,6 +77,7 @@ from nats.js.api import (
 )
 
 from events.envelope import Envelope, decode_envelope
+from projections.waiting import sleep_or_stop
 from service.cloudevents import (
     CloudEventError,
     EventHeaders,
@@ -422,7 +423,7 @@ class EventConsumer:
                 log.warning("consumer %s: %s; retrying in %.1f s", self.subscription.name,
                             str(exc) or type(exc).__name__, backoff)
                 self._ready = False
-                await _sleep_or_stop(stop, backoff)
+                await sleep_or_stop(stop, backoff)
                 backoff = min(backoff * 2, self.subscription.retry_backoff_max)
 
     # ------------------------------------------------------------ handling one message
@@ -567,11 +568,6 @@ async def pull(nc: NatsClient, inbox: NatsSubscription, stream: str, consumer: s
             description = (message.headers or {}).get("Description", "")
             raise PullInterruptedError(f"pull ended with {status} {description}")
     return messages
-
-
-async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(stop.wait(), timeout=seconds)
 
 
 __all__ = [

@@ -50,6 +50,7 @@ from nats.js.api import PubAck
 from nats.js.client import JetStreamContext
 
 from events.envelope import decode_envelope
+from projections.waiting import sleep_or_stop, wake_or_stop
 from service.cloudevents import LOG_POSITION, MSG_ID, encode_headers, subject_for
 from service.db import connect as db_connect
 from service.db import lock_key
@@ -277,10 +278,10 @@ class Relay:
                 await self._session(stop)
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
                 log.warning("relay: database: %s; reconnecting", exc)
-                await _sleep_or_stop(stop, self.config.standby_interval)
+                await sleep_or_stop(stop, self.config.standby_interval)
             except CheckpointMovedError as exc:
                 log.warning("relay: %s; standing by", exc)
-                await _sleep_or_stop(stop, self.config.standby_interval)
+                await sleep_or_stop(stop, self.config.standby_interval)
 
     # ------------------------------------------------------------------ publishing
 
@@ -448,7 +449,7 @@ class Relay:
                 lock_key(self.config.schema, f"relay:{self.config.stream.name}"),
             )
             if not got:
-                await _sleep_or_stop(stop, self.config.standby_interval)
+                await sleep_or_stop(stop, self.config.standby_interval)
                 return
             self.is_leader = True
             self._cursor = None
@@ -491,7 +492,7 @@ class Relay:
                 level = logging.ERROR if isinstance(exc, StreamMismatchError | StreamConfigError) else logging.WARNING
                 log.log(level, "relay: %s; retrying in %.1f s", _describe(exc), backoff)
                 self._cursor = None
-                await _sleep_or_stop(stop, backoff)
+                await sleep_or_stop(stop, backoff)
                 backoff = min(backoff * 2, self.config.backoff_max)
             finally:
                 if nc is not None:
@@ -508,10 +509,7 @@ class Relay:
                 continue
             if nc.is_closed:
                 raise PublishError("NATS connection closed")
-            waiters = [asyncio.ensure_future(self._wake.wait()), asyncio.ensure_future(stop.wait())]
-            await asyncio.wait(waiters, timeout=self.config.poll_interval, return_when=asyncio.FIRST_COMPLETED)
-            for waiter in waiters:
-                waiter.cancel()
+            await wake_or_stop(self._wake, stop, self.config.poll_interval)
 
 
 class _Listener:
@@ -630,8 +628,3 @@ async def publication_lag(conn: asyncpg.Connection | asyncpg.Pool, stream: str =
     return value
 
 
-async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
-    try:
-        await asyncio.wait_for(stop.wait(), timeout=seconds)
-    except TimeoutError:
-        return

@@ -25,6 +25,7 @@ import msgspec
 from events.envelope import log_link
 from events.errors import ConcurrencyError
 from projections.connections import CONNECTION_ERRORS, close_quietly
+from projections.waiting import sleep_or_stop, wake_or_stop
 from service.db import lock_key
 
 log = logging.getLogger(__name__)
@@ -137,7 +138,7 @@ class Sealer:
                 await self._session(stop)
             except CONNECTION_ERRORS as exc:
                 log.warning("sealer: %s; reconnecting", exc)
-                await _sleep_or_stop(stop, self.standby_interval)
+                await sleep_or_stop(stop, self.standby_interval)
 
     async def _session(self, stop: asyncio.Event) -> None:
         conn = await self._connect()
@@ -146,7 +147,7 @@ class Sealer:
                 "SELECT pg_try_advisory_lock(hashtextextended($1, 0))", lock_key(self.schema, "sealer")
             )
             if not got:
-                await _sleep_or_stop(stop, self.standby_interval)
+                await sleep_or_stop(stop, self.standby_interval)
                 return
             self.is_leader = True
             self._cursor = None
@@ -172,14 +173,6 @@ class Sealer:
                 continue
             # Poll fast while writes flow, back off when idle: wakes cover local appends.
             interval = self.idle_interval if sealed else min(interval * 2, self.max_idle_interval)
-            waiters = [asyncio.ensure_future(self._wake.wait()), asyncio.ensure_future(stop.wait())]
-            await asyncio.wait(waiters, timeout=interval, return_when=asyncio.FIRST_COMPLETED)
-            for waiter in waiters:
-                waiter.cancel()
+            await wake_or_stop(self._wake, stop, interval)
 
 
-async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
-    try:
-        await asyncio.wait_for(stop.wait(), timeout=seconds)
-    except TimeoutError:
-        return

@@ -21,6 +21,7 @@ from service.api.problems import EXCEPTION_HANDLERS
 from service.api.router import api_app_kwargs
 from service.api.services import Services
 from service.health import Live, NotReady, Ready, check
+from service.positions import SealSignal
 from service.sealer import Sealer
 from service.settings import Settings
 
@@ -39,6 +40,7 @@ class AppState:
     nats: NatsClient
     services: Services
     sealer: Sealer
+    seal_signal: SealSignal
 
 
 

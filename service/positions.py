@@ -9,8 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+from collections.abc import Awaitable, Callable
 
 import asyncpg
+
+from projections.connections import CONNECTION_ERRORS, close_quietly
+
+log = logging.getLogger(__name__)
 
 
 class SealSignal:
@@ -68,3 +74,22 @@ async def sealed_position(
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(sealed.wait(), timeout=min(wait, remaining))
         delay = min(delay * 2, 0.02)
+
+
+async def forward_seals(
+    connect: Callable[[], Awaitable[asyncpg.Connection]], channel: str, signal: SealSignal, *, check_every: float = 5.0
+) -> None:
+    """LISTEN for the sealer's NOTIFY and ring ``signal``, so the writes of an API process
+    are woken by a sealer in another process (``serve --role api`` beside a worker, or a
+    replica whose own sealer stands by). Returns when the connection is lost; the caller
+    restarts it, and meanwhile the waits fall back to polling."""
+    conn = await connect()
+    try:
+        await conn.add_listener(channel, lambda *_: signal.notify())
+        while not conn.is_closed():
+            await asyncio.sleep(check_every)
+            await conn.fetchval("SELECT 1")  # notices a connection killed behind our back
+    except CONNECTION_ERRORS as exc:
+        log.warning("seal listener: connection lost (%s); writes poll for their seal meanwhile", exc)
+    finally:
+        await close_quietly(conn)

@@ -40,7 +40,7 @@ from service.db import connect, create_pool
 from service.embedded import DataDirLock, EmbeddedNats, EmbeddedPostgres
 from service.expiry import expire_overdue_forever
 from service.migrate import MigrationError, apply_migrations, pending_migrations
-from service.positions import SealSignal
+from service.positions import SealSignal, forward_seals
 from service.relay import relay_for
 from service.sealer import Sealer, sealed_channel
 from service.settings import Settings
@@ -89,6 +89,14 @@ def background_workers(state: AppState) -> list[Worker]:
         Worker("relay", relay.run),
         Worker("promotion-expiry", lambda: expire_overdue_forever(state.services, settings.worker_poll_interval * 20)),
     ]
+
+
+def api_workers(state: AppState) -> list[Worker]:
+    """The loops that run beside the API in roles ``all`` and ``api``: the seal listener
+    wakes this process's writes waiting for their log position, wherever the sealer runs."""
+    channel = sealed_channel(state.settings.db_schema)
+    connect = _connector(state, "modelreg-seal-listener")
+    return [Worker("seal-listener", lambda: forward_seals(connect, channel, state.seal_signal))]
 
 
 def _connector(
@@ -299,7 +307,7 @@ async def open_state(
         await _bootstrap(services)
         yield AppState(
             settings=settings, database_url=database_url, nats_url=nats_url, pool=pool, nats=nats,
-            services=services, sealer=sealer,
+            services=services, sealer=sealer, seal_signal=sealed,
         )
     finally:
         connector.cancel()
@@ -361,11 +369,12 @@ async def _serve(
     try:
         async with open_state(settings, database_url, nats_url) as opened:
             state = opened
+            loops = []
             if settings.role != "api":
-                workers = [
-                    asyncio.create_task(supervise(w), name=f"worker:{w.name}")
-                    for w in background_workers(state)
-                ]
+                loops += background_workers(state)
+            if settings.role != "worker":
+                loops += api_workers(state)
+            workers = [asyncio.create_task(supervise(w), name=f"worker:{w.name}") for w in loops]
             # Everything loaded so far lives as long as the process: keep it out of the
             # collector's way, or full collections pause requests for ~100 ms every few dozen.
             gc.freeze()

@@ -8,8 +8,8 @@ from typing import Any
 
 import asyncpg
 
-from service.positions import SealSignal, sealed_position
-from service.sealer import Sealer
+from service.positions import SealSignal, forward_seals, sealed_position
+from service.sealer import Sealer, sealed_channel
 from service.store import EventStore
 from tests.support.database import Database
 from tests.support.sample_events import CODEC, META, notes
@@ -91,3 +91,38 @@ async def test_with_no_sealer_the_wait_ends_at_its_timeout_without_a_position(db
 
     assert position is None
     assert await logged_position(db, result.last_seq) is None
+
+
+async def test_an_api_process_is_woken_by_the_notify_of_a_sealer_elsewhere(db: Database) -> None:
+    # given a sealer that knows nothing of this process's signal (as in a worker process),
+    # and this process listening for its NOTIFY
+    signal = SealSignal()
+    sealer = Sealer(db.connect, db.schema, idle_interval=0.005, max_idle_interval=0.005)
+    stop = asyncio.Event()
+    sealing = asyncio.create_task(sealer.run(stop))
+    listening = asyncio.create_task(forward_seals(db.connect, sealed_channel(db.schema), signal, check_every=0.05))
+    store = EventStore(db.pool, CODEC)
+    await store.append("s:warm", 0, notes("warm-up"), META)
+    while not signal.ringing():  # noqa: ASYNC110 - the signal is a plain flag
+        await asyncio.sleep(0.01)
+
+    # when a write commits and waits for its position
+    counting = CountingPool(db.pool)
+    result = await store.append("s:api", 0, notes("a"), META)
+    position = await sealed_position(counting, result.last_seq, timeout=5, signal=signal)  # type: ignore[arg-type]
+
+    # then the NOTIFY woke it: the right position after a look or two
+    assert position == await logged_position(db, result.last_seq)
+    assert 1 <= counting.lookups <= 2
+
+    # and when the listening connection is killed, the listener returns (to be restarted)
+    admin = await db.admin()
+    killed = await admin.fetchval(
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+        " WHERE pid <> pg_backend_pid() AND query = 'LISTEN \"' || $1 || '\"'",
+        sealed_channel(db.schema),
+    )
+    assert killed == 1
+    await asyncio.wait_for(listening, 5)
+    stop.set()
+    await sealing

@@ -44,8 +44,10 @@ NOT_VARIABLES = {"MODELREG_EVENTS": "the default JetStream stream name"}
 REQUIRED = ("MODELREG_DATABASE_URL", "MODELREG_NATS_URL")
 # Keys of the secret <cluster>-app that CloudNativePG generates for the application owner.
 CNPG_APP_KEYS = {"uri", "username", "password", "host", "port", "dbname", "jdbc-uri", "pgpass", "user"}
-# Connections a worker opens besides its pool: sealer, projections + LISTEN, relay + LISTEN.
-WORKER_DEDICATED_CONNECTIONS = 5
+# Sessions a worker opens besides its pool: the sealer, a leader per projection (7) and
+# their LISTEN, the relay and its LISTEN. An API replica opens one: the seal listener.
+WORKER_DEDICATED_CONNECTIONS = 11
+API_DEDICATED_CONNECTIONS = 1
 
 
 # ---------------------------------------------------------------- loading
@@ -529,7 +531,7 @@ def test_postgres_cluster_matches_the_settings_and_the_connection_budget() -> No
     workers = one("Deployment", "modelreg-worker")
     worker_env = next(c.env for c in modelreg_containers() if c.where == "modelreg-worker/worker")
     api_env = next(c.env for c in modelreg_containers() if c.where == "modelreg-api/api")
-    needed = hpa["spec"]["maxReplicas"] * int(api_env["MODELREG_DB_POOL_SIZE"]) + workers["spec"]["replicas"] * (
+    needed = hpa["spec"]["maxReplicas"] * (int(api_env["MODELREG_DB_POOL_SIZE"]) + API_DEDICATED_CONNECTIONS) + workers["spec"]["replicas"] * (
         int(worker_env["MODELREG_DB_POOL_SIZE"]) + WORKER_DEDICATED_CONNECTIONS
     )
     assert needed + 20 <= int(spec["postgresql"]["parameters"]["max_connections"]), needed

@@ -28,6 +28,7 @@ import asyncpg
 from projections.base import Projection
 from projections.connections import CONNECTION_ERRORS, close_quietly
 from projections.log import head_position, read_log
+from projections.tail import LogTail
 from projections.time_travel import drop_stale_scratch_tables
 from projections.waiting import sleep_or_stop, wake_or_stop
 
@@ -130,12 +131,17 @@ async def advance(
     *,
     head: int,
     batch: int,
+    tail: LogTail | None = None,
 ) -> int:
     """Apply the next batch after the generation's checkpoint (up to ``head``); return the
-    new checkpoint. The view write and the checkpoint commit together or not at all."""
+    new checkpoint. The view write and the checkpoint commit together or not at all.
+    With a ``tail``, the events come from the log read shared with the other leaders."""
     if generation.log_position >= head:
         return generation.log_position
-    events = await read_log(conn, generation.log_position, batch, up_to=head, types=projection.handles)
+    if tail is not None:
+        events = await tail.read(conn, generation.log_position, batch, up_to=head, types=projection.handles)
+    else:
+        events = await read_log(conn, generation.log_position, batch, up_to=head, types=projection.handles)
     new_position = events[-1].log_position if len(events) == batch else head
     move = (new_position, projection.name, generation.generation, generation.log_position)
     if not events:
@@ -197,10 +203,16 @@ class Progress:
 
 
 async def advance_generations(
-    conn: asyncpg.Connection, projection: Projection, *, batch: int = 1000, rebuild_batch: int = 5000
+    conn: asyncpg.Connection,
+    projection: Projection,
+    *,
+    batch: int = 1000,
+    rebuild_batch: int = 5000,
+    tail: LogTail | None = None,
 ) -> Progress:
-    """One round for one projection: the live generation to the head, then one batch of
-    a rebuild (bounded by the live position), then the switch if it caught up."""
+    """One round for one projection: the live generation to the head (its events from
+    ``tail`` if given), then one batch of a rebuild (bounded by the live position), then
+    the switch if it caught up."""
     rows = await conn.fetch(_STATE, projection.name)
     if not rows:
         return Progress(0, True)
@@ -211,7 +223,7 @@ async def advance_generations(
     live = current.get("live")
     if live is None:
         return Progress(0, True)
-    position = await advance(conn, projection, live, head=head, batch=batch)
+    position = await advance(conn, projection, live, head=head, batch=batch, tail=tail)
     moved += position - live.log_position
     caught_up = position == head
     building = current.get("building")
@@ -268,6 +280,8 @@ class ProjectionWorker:
         self.standby_interval = standby_interval
         self._on_progress = on_progress
         self._wakes = {p.name: asyncio.Event() for p in self.projections}
+        # One read of each new stretch of the log serves every leader of this worker.
+        self.tail = LogTail(capacity=max(batch * 5, 1000))
         self.listening = False
         self.leading: set[str] = set()
 
@@ -306,7 +320,9 @@ class ProjectionWorker:
             self.leading.add(projection.name)
             while not stop.is_set():
                 wake.clear()
-                progress = await advance_generations(conn, projection, batch=self.batch, rebuild_batch=self.rebuild_batch)
+                progress = await advance_generations(
+                    conn, projection, batch=self.batch, rebuild_batch=self.rebuild_batch, tail=self.tail
+                )
                 if progress.moved and self._on_progress is not None:
                     self._on_progress()
                 if not progress.caught_up:

@@ -436,6 +436,13 @@ def test_compose_wires_postgres_nats_two_apis_and_a_worker() -> None:
             for mapping in service.get("ports", []):
                 assert mapping.rsplit(":", 1)[1] == env["MODELREG_PORT"], f"{name}: {mapping}"
     assert "--jetstream" in services["nats"]["command"]
+    # One user, whose password compose refuses to start without, is the only way in.
+    command = services["nats"]["command"]
+    password = command[command.index("--pass") + 1]
+    assert command[command.index("--user") + 1] == "modelreg" and ":?" in password
+    for name, service in compose_modelreg_services().items():
+        url = urlsplit(compose_env(service)["MODELREG_NATS_URL"])
+        assert (url.username, url.password) == ("modelreg", interpolate(password)), name
     published = [p for s in modelreg.values() for p in s.get("ports", [])]
     assert len(published) == len(set(published)) == 2
 
@@ -549,9 +556,29 @@ def test_nats_values_give_a_three_node_jetstream_cluster_for_r3_streams() -> Non
     replicas = int(config["MODELREG_NATS_REPLICAS"])
     assert replicas == 3 <= values["cluster"]["replicas"]
     # Release "nats" of the chart: client Service "nats" on the chart's port (default 4222).
-    url = urlsplit(config["MODELREG_NATS_URL"])
-    assert (url.hostname, url.port) == ("nats", values.get("nats", {}).get("port", 4222))
+    for container in modelreg_containers():
+        url = urlsplit(container.env["MODELREG_NATS_URL"])
+        assert (url.hostname, url.port) == ("nats", values.get("nats", {}).get("port", 4222)), container.where
     assert "helm install nats " in (DEPLOY / "nats" / "values.yaml").read_text()
+
+
+def test_nats_admits_no_anonymous_client_and_the_service_connects_as_its_own_user() -> None:
+    """The permissions themselves are tested on a real server (test_nats_auth.py); here:
+    the chart's users get their passwords from the secret the containers' URL comes from."""
+    values = nats_values()
+    users = {u["user"]: u for u in values["config"]["merge"]["authorization"]["users"]}
+    assert set(users) == {"modelreg", "modelreg-reader"}
+    assert "no_auth_user" not in values["config"]["merge"]["authorization"]
+    secret = secret_data("modelreg-nats")
+    env = values["container"]["env"]
+    for user, variable in (("modelreg", "NATS_MODELREG_PASSWORD"), ("modelreg-reader", "NATS_READER_PASSWORD")):
+        assert users[user]["password"] == f"<< ${variable} >>"
+        ref = env[variable]["valueFrom"]["secretKeyRef"]
+        assert ref["name"] == "modelreg-nats" and ref["key"] in secret
+    for container in modelreg_containers():
+        url = urlsplit(container.env["MODELREG_NATS_URL"])
+        assert (url.username, url.password) == ("modelreg", secret["modelreg-password"]), container.where
+    assert "MODELREG_NATS_URL" not in one("ConfigMap", "modelreg-config")["data"], "a URL with a password is a secret"
 
 
 # ---------------------------------------------------------------- monitoring and guide

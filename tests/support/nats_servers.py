@@ -48,8 +48,12 @@ class NatsNode:
         cluster_name: str | None = None,
         cluster_port: int | None = None,
         routes: list[int] | None = None,
+        config: Path | None = None,
+        env: dict[str, str] | None = None,
     ) -> None:
         self.name = name
+        self.config = config  # a config file read first; the flags below override it
+        self.env = env
         self.store_dir = workdir / f"nats-{name}"
         self.store_dir.mkdir(parents=True, exist_ok=True)
         self.log_path = self.store_dir / "server.log"
@@ -70,8 +74,9 @@ class NatsNode:
     def start(self, *, wait: bool = True) -> NatsNode:
         if self.running:
             return self
-        args = [
-            nats_server_binary(), "--jetstream", "--store_dir", str(self.store_dir),
+        args = [nats_server_binary(), *(["--config", str(self.config)] if self.config else [])]
+        args += [
+            "--jetstream", "--store_dir", str(self.store_dir),
             "--addr", "127.0.0.1", "--port", str(self.port), "--server_name", self.name,
             "--log", str(self.log_path),
         ]
@@ -84,7 +89,7 @@ class NatsNode:
         with self.log_path.open("ab") as log:
             self._proc = subprocess.Popen(  # our own binary, fixed arguments
                 args, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                start_new_session=True,
+                start_new_session=True, env=None if self.env is None else {**os.environ, **self.env},
             )
         if wait:
             self.wait_listening()

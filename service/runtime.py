@@ -552,7 +552,10 @@ async def _bounded(what: str, step: Awaitable[None], *, timeout: float) -> bool:
 
 
 def redact(url: str) -> str:
-    """The URL without its password, for messages and logs."""
+    """The URL (or comma-separated URLs, as NATS takes them) without passwords, for
+    messages and logs."""
+    if "," in url:
+        return ",".join(redact(part) for part in url.split(","))
     parts = urlsplit(url)
     if parts.password is None:
         return url

@@ -27,6 +27,7 @@ import asyncpg
 
 from projections.base import Projection
 from projections.connections import CONNECTION_ERRORS, close_quietly
+from projections.listener import Listener
 from projections.log import head_position, read_log
 from projections.tail import LogTail
 from projections.time_travel import drop_stale_scratch_tables
@@ -282,8 +283,12 @@ class ProjectionWorker:
         self._wakes = {p.name: asyncio.Event() for p in self.projections}
         # One read of each new stretch of the log serves every leader of this worker.
         self.tail = LogTail(capacity=max(batch * 5, 1000))
-        self.listening = False
+        self._listener = Listener(connect, channel, self.wake)
         self.leading: set[str] = set()
+
+    @property
+    def listening(self) -> bool:
+        return self._listener.listening
 
     def wake(self, *_: object) -> None:
         for event in self._wakes.values():
@@ -298,7 +303,11 @@ class ProjectionWorker:
             await drop_stale_scratch_tables(conn)
         finally:
             await close_quietly(conn)
-        await asyncio.gather(self._listen_forever(stop), *(self._lead_forever(p, stop) for p in self.projections))
+        self._listener.start()
+        try:
+            await asyncio.gather(*(self._lead_forever(p, stop) for p in self.projections))
+        finally:
+            await self._listener.close()
 
     async def _lead_forever(self, projection: Projection, stop: asyncio.Event) -> None:
         while not stop.is_set():
@@ -337,32 +346,6 @@ class ProjectionWorker:
         finally:
             self.leading.discard(projection.name)
             await close_quietly(conn)
-
-    async def _listen_forever(self, stop: asyncio.Event) -> None:
-        """Keep a LISTEN connection; a lost one only slows the loops down until it is back."""
-        while not stop.is_set():
-            try:
-                listener = await self._connect()
-            except WORKER_ERRORS as exc:
-                log.warning("projections: cannot LISTEN (%s); polling", exc)
-                await sleep_or_stop(stop, self.standby_interval)
-                continue
-            try:
-                # A name of its own, so operators (and tests) can tell it from the leaders.
-                await listener.execute(
-                    "SELECT set_config('application_name', current_setting('application_name') || '-listen', false)"
-                )
-                await listener.add_listener(self.channel, self.wake)
-                self.listening = True
-                while not stop.is_set() and not listener.is_closed():
-                    await sleep_or_stop(stop, self.poll_interval)
-                    # A cheap round trip notices a connection killed behind our back.
-                    await listener.fetchval("SELECT 1")
-            except WORKER_ERRORS as exc:
-                log.warning("projections: LISTEN connection lost (%s); polling until it is back", exc)
-            finally:
-                self.listening = False
-                await close_quietly(listener)
 
 
 @dataclass(frozen=True, slots=True)

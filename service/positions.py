@@ -9,21 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
-from collections.abc import Awaitable, Callable
 
 import asyncpg
 
-from projections.connections import CONNECTION_ERRORS, close_quietly
-
-log = logging.getLogger(__name__)
-
 
 class SealSignal:
-    """Wakes the writes waiting for their seal when a sealer in this process has sealed a
-    batch, so they look once instead of polling the log on a timer. Without a leading
-    local sealer (``serve --role api``, or a standby) nobody notifies, and the waits fall
-    back to polling."""
+    """Wakes the writes waiting for their seal when the sealer has sealed a batch, so they
+    look once instead of polling the log on a timer. The runtime rings it from a LISTEN on
+    the sealer's NOTIFY (wherever the sealer runs); while that is down, nobody rings, and
+    the waits fall back to polling."""
 
     def __init__(self) -> None:
         self._sealed = asyncio.Event()
@@ -40,7 +34,7 @@ class SealSignal:
         return self._sealed
 
     def ringing(self) -> bool:
-        """Has a local sealer sealed lately? Then its notifications can be relied on."""
+        """Has it rung lately? Then the LISTEN is up, and its wake-ups can be relied on."""
         return asyncio.get_running_loop().time() - self._last_notified < 1.0
 
 
@@ -55,8 +49,8 @@ async def sealed_position(
     looked = False
     while True:
         sealed = signal.current() if signal is not None else None
-        # Right after the commit the event cannot be sealed yet: with a ringing local
-        # sealer, the first look waits for its next seal instead of querying in vain.
+        # Right after the commit the event cannot be sealed yet: while the signal rings,
+        # the first look waits for the next seal instead of querying in vain.
         if looked or signal is None or not signal.ringing():
             position: int | None = await pool.fetchval("SELECT log_position FROM event_log WHERE seq = $1", seq)
             if position is not None:
@@ -65,31 +59,13 @@ async def sealed_position(
         remaining = deadline - loop.time()
         if remaining <= 0:
             return None
-        if sealed is None:
+        if signal is None or sealed is None:
             await asyncio.sleep(min(delay, remaining))
         else:
-            # A leading local sealer wakes us at once; while it rings, the timer is only a
+            # The sealer's NOTIFY wakes us at once; while it rings, the timer is only a
             # safety net, so the log is not polled every few milliseconds per write.
-            wait = 0.02 if signal is not None and signal.ringing() else delay
+            wait = 0.02 if signal.ringing() else delay
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(sealed.wait(), timeout=min(wait, remaining))
         delay = min(delay * 2, 0.02)
 
-
-async def forward_seals(
-    connect: Callable[[], Awaitable[asyncpg.Connection]], channel: str, signal: SealSignal, *, check_every: float = 5.0
-) -> None:
-    """LISTEN for the sealer's NOTIFY and ring ``signal``, so the writes of an API process
-    are woken by a sealer in another process (``serve --role api`` beside a worker, or a
-    replica whose own sealer stands by). Returns when the connection is lost; the caller
-    restarts it, and meanwhile the waits fall back to polling."""
-    conn = await connect()
-    try:
-        await conn.add_listener(channel, lambda *_: signal.notify())
-        while not conn.is_closed():
-            await asyncio.sleep(check_every)
-            await conn.fetchval("SELECT 1")  # notices a connection killed behind our back
-    except CONNECTION_ERRORS as exc:
-        log.warning("seal listener: connection lost (%s); writes poll for their seal meanwhile", exc)
-    finally:
-        await close_quietly(conn)

@@ -50,6 +50,7 @@ from nats.js.api import PubAck
 from nats.js.client import JetStreamContext
 
 from events.envelope import decode_envelope
+from projections.listener import Listener
 from projections.waiting import sleep_or_stop, wake_or_stop
 from service.cloudevents import LOG_POSITION, MSG_ID, encode_headers, subject_for
 from service.db import connect as db_connect
@@ -212,7 +213,7 @@ class Relay:
         self._cursor: _Cursor | None = None
         self._retry_now = False
         self._js: tuple[NatsClient, JetStreamContext] | None = None
-        self._listener: _Listener | None = None
+        self._listener: Listener | None = None
         # Provisioned once per process, and again whenever the stream seems to be gone; not
         # on every reconnection, where a cluster in an election would only delay recovery.
         self._provisioned = False
@@ -454,7 +455,7 @@ class Relay:
             self.is_leader = True
             self._cursor = None
             log.info("relay: leading for schema %s, stream %s", self.config.schema, self.config.stream.name)
-            self._listener = _Listener(self._connect, self.channel, self.wake)
+            self._listener = Listener(self._connect, self.channel, self.wake)
             try:
                 await self._lead(conn, stop)
             finally:
@@ -510,74 +511,6 @@ class Relay:
             if nc.is_closed:
                 raise PublishError("NATS connection closed")
             await wake_or_stop(self._wake, stop, self.config.poll_interval)
-
-
-class _Listener:
-    """LISTEN on the sealer's channel over a dedicated connection, kept up by a task of its
-    own: it reconnects (with back-off) whenever the connection dies, and checks a quiet one
-    now and then. Publication never waits on it; the relay polls anyway, so a lost or
-    hanging LISTEN connection only slows the relay to its poll interval."""
-
-    _HEALTH_CHECK = 30.0
-    _STEP_TIMEOUT = 5.0
-
-    def __init__(self, connect: Callable[[], Awaitable[asyncpg.Connection]], channel: str,
-                 on_notify: Callable[[], None]) -> None:
-        self._connect = connect
-        self._channel = channel
-        self._on_notify = on_notify
-        self._conn: asyncpg.Connection | None = None
-        self._task: asyncio.Task[None] | None = None
-
-    @property
-    def listening(self) -> bool:
-        return self._conn is not None and not self._conn.is_closed()
-
-    def start(self) -> None:
-        if self._task is None or self._task.done():
-            self._task = asyncio.create_task(self._keep_listening(), name=f"listen:{self._channel}")
-
-    async def _keep_listening(self) -> None:
-        delay = 0.1
-        while True:
-            conn: asyncpg.Connection | None = None
-            lost = asyncio.Event()
-            try:
-                conn = await asyncio.wait_for(self._connect(), self._STEP_TIMEOUT)
-                conn.add_termination_listener(lambda _, event=lost: event.set())
-                await asyncio.wait_for(conn.add_listener(self._channel, self._notified), self._STEP_TIMEOUT)
-                self._conn = conn
-                # Anything sealed while we were not listening is found by the read this causes.
-                self._on_notify()
-                delay = 0.1
-                while not lost.is_set():
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(lost.wait(), self._HEALTH_CHECK)
-                    if not lost.is_set():
-                        await asyncio.wait_for(conn.fetchval("SELECT 1"), self._STEP_TIMEOUT)
-            except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-                log.warning("relay: LISTEN connection lost or refused (%s); polling meanwhile",
-                            str(exc) or type(exc).__name__)
-            finally:
-                self._conn = None
-                if conn is not None and not conn.is_closed():
-                    conn.terminate()  # not close(): a dead peer could make that hang
-            self._on_notify()
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 5.0)
-
-    def _notified(self, *_: object) -> None:
-        self._on_notify()
-
-    async def close(self) -> None:
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        conn, self._conn = self._conn, None
-        if conn is not None and not conn.is_closed():
-            conn.terminate()
 
 
 async def _settle(future: asyncio.Future[PubAck], deadline: float, loop: asyncio.AbstractEventLoop) -> PubAck:

@@ -31,6 +31,7 @@ import asyncpg
 import uvicorn
 from nats.aio.client import Client as NatsClient
 
+from projections.listener import Listener
 from projections.registry_state import all_projections
 from projections.runner import ProjectionWorker
 from service.api.services import Services
@@ -40,7 +41,7 @@ from service.db import connect, create_pool
 from service.embedded import DataDirLock, EmbeddedNats, EmbeddedPostgres
 from service.expiry import expire_overdue_forever
 from service.migrate import MigrationError, apply_migrations, pending_migrations
-from service.positions import SealSignal, forward_seals
+from service.positions import SealSignal
 from service.relay import relay_for
 from service.sealer import Sealer, sealed_channel
 from service.settings import Settings
@@ -94,9 +95,10 @@ def background_workers(state: AppState) -> list[Worker]:
 def api_workers(state: AppState) -> list[Worker]:
     """The loops that run beside the API in roles ``all`` and ``api``: the seal listener
     wakes this process's writes waiting for their log position, wherever the sealer runs."""
-    channel = sealed_channel(state.settings.db_schema)
-    connect = _connector(state, "modelreg-seal-listener")
-    return [Worker("seal-listener", lambda: forward_seals(connect, channel, state.seal_signal))]
+    listener = Listener(
+        _connector(state, "modelreg-seal"), sealed_channel(state.settings.db_schema), state.seal_signal.notify
+    )
+    return [Worker("seal-listener", listener.run)]
 
 
 def _connector(
@@ -297,11 +299,10 @@ async def open_state(
     async def connect_sealer() -> asyncpg.Connection:
         return await connect(database_url, schema=settings.db_schema, app_role=settings.db_app_role, name="modelreg-sealer")
 
-    # Local appends wake the local sealer (appends of other replicas are found by polling),
-    # and its seals wake the local writes waiting for their log position.
+    # Local appends wake the local sealer (appends of other replicas are found by polling);
+    # the seal listener (api_workers) rings `sealed` for the writes waiting on a position.
     sealed = SealSignal()
-    sealer = Sealer(connect_sealer, settings.db_schema, idle_interval=settings.sealer_idle_interval,
-                    on_sealed=sealed.notify)
+    sealer = Sealer(connect_sealer, settings.db_schema, idle_interval=settings.sealer_idle_interval)
     services = build_services(settings, pool, nats=nats, on_append=lambda _: sealer.wake(), seal_signal=sealed)
     try:
         await _bootstrap(services)

@@ -61,10 +61,8 @@ class Sealer:
         idle_interval: float = 0.01,
         max_idle_interval: float = 0.1,
         standby_interval: float = 1.0,
-        on_sealed: Callable[[], None] | None = None,
     ) -> None:
         self._connect = connect
-        self._on_sealed = on_sealed
         self.schema = schema
         self.batch_size = batch_size
         self.idle_interval = idle_interval
@@ -167,8 +165,6 @@ class Sealer:
             except ConcurrencyError:
                 log.warning("sealer: another sealer moved the log; re-reading its cursor")
                 continue
-            if sealed and self._on_sealed is not None:
-                self._on_sealed()
             if sealed >= self.batch_size:
                 continue
             # Poll fast while writes flow, back off when idle: wakes cover local appends.

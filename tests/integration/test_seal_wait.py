@@ -1,5 +1,5 @@
-"""A write waits for its log position: woken by the local sealer when there is one, by a
-timer when the sealer is elsewhere, and bounded when there is none."""
+"""A write waits for its log position: woken by the sealer's NOTIFY (in this process or
+another), by a timer while nobody rings, and bounded when there is no sealer at all."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ from typing import Any
 
 import asyncpg
 
-from service.positions import SealSignal, forward_seals, sealed_position
+from projections.listener import Listener
+from service.positions import SealSignal, sealed_position
 from service.sealer import Sealer, sealed_channel
 from service.store import EventStore
 from tests.support.database import Database
@@ -32,15 +33,17 @@ async def logged_position(db: Database, seq: int) -> int | None:
     return position
 
 
-async def test_a_leading_local_sealer_wakes_the_wait_so_it_looks_once_or_twice(db: Database) -> None:
-    # given a local sealer that notifies the signal, and has sealed lately (it rings)
+async def test_a_write_beside_its_sealer_is_woken_by_the_notify_and_looks_once_or_twice(db: Database) -> None:
+    # given a sealer in this process, and the signal rung by a LISTEN on its channel
     signal = SealSignal()
-    sealer = Sealer(db.connect, db.schema, on_sealed=signal.notify, idle_interval=0.5, max_idle_interval=0.5)
+    listener = Listener(db.connect, sealed_channel(db.schema), signal.notify)
+    listener.start()
+    sealer = Sealer(db.connect, db.schema, idle_interval=0.5, max_idle_interval=0.5)
     store = EventStore(db.pool, CODEC, on_append=lambda _: sealer.wake())
     stop = asyncio.Event()
     running = asyncio.create_task(sealer.run(stop))
     await store.append("s:warm", 0, notes("warm-up"), META)
-    while not signal.ringing():  # noqa: ASYNC110 - the signal is a plain flag
+    while not (listener.listening and signal.ringing()):  # noqa: ASYNC110 - plain flags
         await asyncio.sleep(0.01)
 
     # when a write commits and waits for its position
@@ -52,6 +55,7 @@ async def test_a_leading_local_sealer_wakes_the_wait_so_it_looks_once_or_twice(d
     # events woke it first), not after polling on a timer
     stop.set()
     await running
+    await listener.close()
     assert position is not None
     assert position == await logged_position(db, result.last_seq)
     assert 1 <= counting.lookups <= 2
@@ -94,28 +98,30 @@ async def test_with_no_sealer_the_wait_ends_at_its_timeout_without_a_position(db
 
 
 async def test_an_api_process_is_woken_by_the_notify_of_a_sealer_elsewhere(db: Database) -> None:
-    # given a sealer that knows nothing of this process's signal (as in a worker process),
-    # and this process listening for its NOTIFY
+    # given a sealer that knows nothing of this process (as in a worker process), and this
+    # process listening for its NOTIFY
     signal = SealSignal()
     sealer = Sealer(db.connect, db.schema, idle_interval=0.005, max_idle_interval=0.005)
     stop = asyncio.Event()
     sealing = asyncio.create_task(sealer.run(stop))
-    listening = asyncio.create_task(forward_seals(db.connect, sealed_channel(db.schema), signal, check_every=0.05))
+    listener = Listener(db.connect, sealed_channel(db.schema), signal.notify)
+    listener.start()
     store = EventStore(db.pool, CODEC)
-    await store.append("s:warm", 0, notes("warm-up"), META)
-    while not signal.ringing():  # noqa: ASYNC110 - the signal is a plain flag
+    while not listener.listening:  # noqa: ASYNC110 - a plain flag
         await asyncio.sleep(0.01)
 
-    # when a write commits and waits for its position
-    counting = CountingPool(db.pool)
-    result = await store.append("s:api", 0, notes("a"), META)
-    position = await sealed_position(counting, result.last_seq, timeout=5, signal=signal)  # type: ignore[arg-type]
+    async def woken_write(stream: str) -> None:
+        counting = CountingPool(db.pool)
+        result = await store.append(stream, 0, notes("a"), META)
+        position = await sealed_position(counting, result.last_seq, timeout=5, signal=signal)  # type: ignore[arg-type]
+        assert position == await logged_position(db, result.last_seq)
+        assert 1 <= counting.lookups <= 2
 
-    # then the NOTIFY woke it: the right position after a look or two
-    assert position == await logged_position(db, result.last_seq)
-    assert 1 <= counting.lookups <= 2
+    # when a write commits and waits for its position, then the NOTIFY woke it: the right
+    # position after a look or two
+    await woken_write("s:api")
 
-    # and when the listening connection is killed, the listener returns (to be restarted)
+    # and when the listening session is killed, the listener comes back and wakes the next
     admin = await db.admin()
     killed = await admin.fetchval(
         "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
@@ -123,6 +129,13 @@ async def test_an_api_process_is_woken_by_the_notify_of_a_sealer_elsewhere(db: D
         sealed_channel(db.schema),
     )
     assert killed == 1
-    await asyncio.wait_for(listening, 5)
+    deadline = asyncio.get_running_loop().time() + 10
+    while not listener.listening or await admin.fetchval(
+        "SELECT count(*) FROM pg_stat_activity WHERE query = 'LISTEN \"' || $1 || '\"'", sealed_channel(db.schema)
+    ) != 1:
+        assert asyncio.get_running_loop().time() < deadline, "the listener never came back"
+        await asyncio.sleep(0.02)
+    await woken_write("s:api-again")
+    await listener.close()
     stop.set()
     await sealing

@@ -158,7 +158,7 @@ def emit_json_line(value: Any) -> None:
 def _enc(value: Any) -> Any:
     if isinstance(value, frozenset | set):
         return sorted(value)
-    raise NotImplementedError(type(value).__name__)
+    raise TypeError(f"cannot write a {type(value).__name__} as JSON")
 
 
 def when(moment: datetime | None) -> str:

@@ -80,6 +80,8 @@ def _decode_path(kind: type, value: object) -> object:
     # msgspec has no native Path type; without this hook MODELREG_DATA_DIR is always refused.
     if kind is Path and isinstance(value, str | Path):
         return Path(value).expanduser()
+    # msgspec's hook protocol for "not a type this hook converts": it then reports the
+    # value as invalid for the field, naming it.
     raise NotImplementedError
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import random
 from collections import defaultdict
-from collections.abc import Callable
 from pathlib import Path
 from uuid import UUID
 
@@ -27,11 +26,11 @@ from service.consumer import (
     FileDedup,
     MemoryDedup,
     PostgresDedup,
-    Subscription,
 )
 from service.jetstream import ensure_stream
 from service.relay import Relay
 from service.store import EventStore
+from tests.support.consuming import Recorder, consume_until, subscription
 from tests.support.database import Database
 from tests.support.publication import (
     Clients,
@@ -46,7 +45,6 @@ from tests.support.publication import (
     seal_all,
     store,
     stream_contents,
-    wait_until,
 )
 from tests.support.sample_events import META, Counted
 
@@ -60,47 +58,6 @@ async def publish(db: Database, names: Names, clients: Clients, nats_url: str) -
     client = await clients.connect(nats_url)
     await ensure_stream(client, relay.config.stream)
     await relay.publish_all(await db.connect(), client)
-
-
-def subscription(names: Names, **overrides: object) -> Subscription:
-    options: dict[str, object] = {"name": "c1", "stream": names.stream, "subject_prefix": names.prefix,
-                                  "batch_size": 10, "ack_wait": 1.0, "retry_backoff": 0.001, "pull_wait": 0.2}
-    options.update(overrides)
-    return Subscription(**options)  # type: ignore[arg-type]
-
-
-class Recorder:
-    """A handler that records what it handled; can fail or hang on chosen calls."""
-
-    def __init__(self, fail: Callable[[Delivery], bool] = lambda d: False) -> None:
-        self.handled: list[Delivery] = []
-        self.fail = fail
-        self.hang_at: int | None = None
-        self.hanging = asyncio.Event()
-        self.calls = 0
-
-    async def __call__(self, delivery: Delivery) -> None:
-        self.calls += 1
-        if self.hang_at is not None and len(self.handled) == self.hang_at:
-            self.hanging.set()
-            await asyncio.Event().wait()  # the process dies here
-        if self.fail(delivery):
-            raise RuntimeError(f"handler failed on {delivery.event.id}")
-        self.handled.append(delivery)
-
-    @property
-    def ids(self) -> list[str]:
-        return [str(d.event.id) for d in self.handled]
-
-
-async def consume_until(consumer: EventConsumer, done: Callable[[], bool], timeout: float = 20.0) -> None:
-    stop = asyncio.Event()
-    task = asyncio.create_task(consumer.run(stop))
-    try:
-        await wait_until(lambda: _true(done()), timeout=timeout, what="consumed")
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 10)
 
 
 async def crash_while_consuming(consumer: EventConsumer, recorder: Recorder, client: NatsClient) -> None:
@@ -314,7 +271,4 @@ async def test_the_file_store_remembers_across_reopening(tmp_path: Path) -> None
     assert await again.begin("c2", UUID(int=2)) is not None
     again.close()
 
-
-async def _true(value: bool) -> bool:
-    return value
 

@@ -22,7 +22,7 @@ from service.consumer import EventConsumer, MemoryDedup
 from service.jetstream import ensure_stream
 from service.relay import Relay
 from service.store import EventStore
-from tests.integration.test_consumer import Recorder, consume_until, subscription
+from tests.support.consuming import Recorder, consume_until, subscription
 from tests.support.database import Database
 from tests.support.nats_servers import NatsNode, connect
 from tests.support.publication import (

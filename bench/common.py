@@ -30,7 +30,7 @@ def postgres(url: str | None) -> Iterator[str]:
     if url:
         yield url
         return
-    from service.embedded import EmbeddedPostgres
+    from service.runtime.embedded import EmbeddedPostgres
 
     with tempfile.TemporaryDirectory(prefix="modelreg-bench-") as tmp:
         Path(tmp).chmod(0o755)

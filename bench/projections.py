@@ -31,11 +31,15 @@ import asyncpg
 import psutil  # type: ignore[import-untyped]
 
 from bench.common import Row, Table, fresh_database, parser, percentile, postgres
+from eventlog.db import connect
+from eventlog.log import head_position, read_log
+from eventlog.sealer import Sealer, sealed_channel
+from eventlog.store import EventStore, Metadata
 from events.base import Event
 from events.catalogue import CODEC, metrics_stream, model_stream
 from events.metrics import MetricPoint, MetricsLogged
-from events.model import MODEL
-from events.model_events import (
+from events.model.decider import MODEL
+from events.model.events import (
     AliasSet,
     DeploymentStarted,
     DeploymentSucceeded,
@@ -49,12 +53,8 @@ from events.model_events import (
 from events.stages import Stage, TransitionKind
 from events.version_content import content_digest
 from projections.base import Projection
-from projections.log import head_position, read_log
 from projections.registry_state import all_projections
 from projections.runner import ProjectionWorker, ensure_projection, generations, start_rebuild, step
-from service.db import connect
-from service.sealer import Sealer, sealed_channel
-from service.store import EventStore, Metadata
 from tests.support.database import Database
 from tests.unit.domain_helpers import content
 

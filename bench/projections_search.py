@@ -3,7 +3,7 @@
     python -m bench.projections_search [--database-url URL] [--versions 100000] [--seconds 3]
 
 1. Builds the registry with real events: each model's history (registration, versions,
-   stage moves with demotions, aliases, a deprecation) is decided by ``events.model.MODEL``
+   stage moves with demotions, aliases, a deprecation) is decided by ``events.model.decider.MODEL``
    in memory and appended through the store in batches of up to 500 events; every version
    gets one metric batch (auc, loss, auc and f1 on ``holdout``) through its own metrics
    stream, 16 appends in flight. Then seals, and projects the catalogue, versions and
@@ -32,29 +32,29 @@ import asyncpg
 from msgspec.structs import replace
 
 from bench.common import Row, Table, fresh_database, parser, percentile, postgres
+from eventlog.log import head_position
+from eventlog.sealer import Sealer
+from eventlog.store import EventStore, Metadata
 from events.base import Command, Event
 from events.catalogue import CODEC, metrics_stream, model_stream
 from events.metrics import METRICS, LogMetrics, MetricInput
-from events.model import MODEL
-from events.model_commands import (
+from events.model.commands import (
     DeprecateVersion,
     RegisterModel,
     RegisterVersion,
     SetAlias,
     TransitionStage,
 )
-from events.model_state import ModelState
+from events.model.decider import MODEL
+from events.model.state import ModelState
 from events.policy import DEFAULT_POLICY
 from events.stages import Stage
 from projections.base import Projection
-from projections.log import head_position
-from projections.metric_history import METRIC_HISTORY
-from projections.model_catalogue import CATALOGUE, get_model_by_name
-from projections.model_versions import VERSIONS, get_version
 from projections.runner import ensure_projection, generations, step
 from projections.search import ModelQuery, VersionQuery, live_names, search_models, search_versions
-from service.sealer import Sealer
-from service.store import EventStore, Metadata
+from projections.views.metric_history import METRIC_HISTORY
+from projections.views.model_catalogue import CATALOGUE, get_model_by_name
+from projections.views.model_versions import VERSIONS, get_version
 from tests.support.database import Database
 from tests.support.registry_history import name_keys, version_content
 

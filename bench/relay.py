@@ -28,12 +28,19 @@ from nats.aio.client import Client as NatsClient
 from nats.js.api import PubAck
 
 from bench.common import Row, Table, fresh_database, parser, percentile, postgres
+from eventlog.sealer import Sealer
+from eventlog.store import EventStore
 from events.envelope import decode_envelope
-from service.cloudevents import encode_headers, subject_for
-from service.jetstream import StreamSpec, delete_stream_if_exists, ensure_stream
-from service.relay import Outgoing, Relay, RelayConfig, RelayHooks, nats_connector, publication_lag
-from service.sealer import Sealer
-from service.store import EventStore
+from service.publication.cloudevents import encode_headers, subject_for
+from service.publication.jetstream import StreamSpec, delete_stream_if_exists, ensure_stream
+from service.publication.relay import (
+    Outgoing,
+    Relay,
+    RelayConfig,
+    RelayHooks,
+    nats_connector,
+    publication_lag,
+)
 from tests.support.database import Database
 from tests.support.sample_events import CODEC, META, Noted
 
@@ -46,7 +53,7 @@ def nats_server(url: str | None) -> Iterator[str]:
     if url:
         yield url
         return
-    from service.embedded import EmbeddedNats
+    from service.runtime.embedded import EmbeddedNats
 
     with tempfile.TemporaryDirectory(prefix="modelreg-bench-nats-") as tmp:
         server = EmbeddedNats(Path(tmp), port=None)

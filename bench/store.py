@@ -15,9 +15,9 @@ import uuid
 from collections.abc import Awaitable, Callable
 
 from bench.common import Row, Table, fresh_database, parser, percentile, postgres, run_for
-from projections.log import head_position
-from service.sealer import Sealer
-from service.store import EventStore
+from eventlog.log import head_position
+from eventlog.sealer import Sealer
+from eventlog.store import EventStore
 from tests.support.database import Database
 from tests.support.sample_events import CODEC, META, Noted
 

@@ -1,6 +1,6 @@
 """Every event type, the codec that reads and writes them, and the stream id scheme. Pure.
 
-    model:{model_id}               a registered model (events.model)
+    model:{model_id}               a registered model (events.model.decider)
     metrics:{model_id}:{version}   metric batches of one version (events.metrics)
     policy:registry                the registry-wide default policy (events.registry_policy)
     token:{token_id}               an access token (events.access)
@@ -18,8 +18,8 @@ from events.access import TOKEN_EVENT_TYPES, TOKENS
 from events.base import Decider, Event
 from events.codec import EventCodec, Upcaster
 from events.metrics import METRICS, METRICS_EVENT_TYPES
-from events.model import MODEL
-from events.model_events import MODEL_EVENT_TYPES
+from events.model.decider import MODEL
+from events.model.events import MODEL_EVENT_TYPES
 from events.names import validate_id
 from events.registry_policy import (
     REGISTRY_POLICY,

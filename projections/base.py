@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 import asyncpg
 
-from projections.log import LoggedEvent
+from eventlog.log import LoggedEvent
 
 _IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,40}$")
 

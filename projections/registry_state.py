@@ -17,23 +17,24 @@ position sealed at or before it, i.e. what the registry knew then. Business-time
 ("what was in production at 14:03?") are the stage timeline's ``holder_at`` with a
 datetime, which reads ``occurred_at``.
 
-``all_projections`` lists every view module of this package (each exports ``PROJECTION``).
+``all_projections`` lists every view (``projections.views.ALL``).
 """
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
-from pathlib import Path
 
 import asyncpg
 import msgspec
 
+from eventlog.log import head_position, read_log
 from events.registry_policy import RegistryPolicySet
-from projections import (
+from projections.base import Names, Projection
+from projections.time_travel import folded_views, resolve_as_of
+from projections.views import (
+    ALL,
     approvals,
     audit_timeline,
     deployments,
@@ -41,15 +42,12 @@ from projections import (
     model_versions,
     stage_timeline,
 )
-from projections.approvals import ApprovalRequest
-from projections.audit_timeline import AuditEntry
-from projections.base import Names, Projection
-from projections.deployments import Place, Run
-from projections.log import head_position, read_log
-from projections.model_catalogue import ModelRow
-from projections.model_versions import VersionRow
-from projections.stage_timeline import AliasInterval, StageInterval
-from projections.time_travel import folded_views, resolve_as_of
+from projections.views.approvals import ApprovalRequest
+from projections.views.audit_timeline import AuditEntry
+from projections.views.deployments import Place, Run
+from projections.views.model_catalogue import ModelRow
+from projections.views.model_versions import VersionRow
+from projections.views.stage_timeline import AliasInterval, StageInterval
 
 # The views a registry snapshot is made of. The audit timeline is left out on purpose: it
 # is append-only, so its past is a filter (``entries(up_to_position=P)``), not a fold.
@@ -235,13 +233,5 @@ async def model_as_of(
 
 
 def all_projections() -> list[Projection]:
-    """Every view of this package: each module that exports a ``PROJECTION``, by name."""
-    found: dict[str, Projection] = {}
-    for module in pkgutil.iter_modules([str(Path(__file__).parent)]):
-        if module.ispkg:
-            continue
-        loaded = importlib.import_module(f"projections.{module.name}")
-        projection = getattr(loaded, "PROJECTION", None)
-        if isinstance(projection, Projection):
-            found[projection.name] = projection
-    return [found[name] for name in sorted(found)]
+    """Every view, in the order of ``projections.views.ALL``."""
+    return list(ALL)

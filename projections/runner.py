@@ -25,13 +25,13 @@ from datetime import datetime
 
 import asyncpg
 
+from eventlog.connections import CONNECTION_ERRORS, close_quietly
+from eventlog.listener import Listener
+from eventlog.log import head_position, read_log
+from eventlog.waiting import sleep_or_stop, wake_or_stop
 from projections.base import Projection
-from projections.connections import CONNECTION_ERRORS, close_quietly
-from projections.listener import Listener
-from projections.log import head_position, read_log
 from projections.tail import LogTail
 from projections.time_travel import drop_stale_scratch_tables
-from projections.waiting import sleep_or_stop, wake_or_stop
 
 log = logging.getLogger(__name__)
 

@@ -53,43 +53,32 @@ metric filters), ``search_versions`` reads ``model_versions`` and
 
 from __future__ import annotations
 
-import base64
-import binascii
 import math
 import re
 from datetime import datetime
-from typing import Any, Generic, Literal, TypeVar, cast
+from typing import Any, Literal, TypeVar, cast
 
 import asyncpg
 import msgspec
 
 from events.stages import Stage
-from projections import model_catalogue, model_versions
 from projections.base import Names
-from projections.model_catalogue import CATALOGUE, ModelRow
-from projections.model_versions import VERSIONS, VersionRow
+from projections.paging import (
+    InvalidQueryError,
+    Page,
+    decode_cursor,
+    encode_cursor,
+    merge_names,
+)
+from projections.views import model_catalogue, model_versions
+from projections.views.model_catalogue import CATALOGUE, ModelRow
+from projections.views.model_versions import VERSIONS, VersionRow
 
 Conn = asyncpg.Connection | asyncpg.Pool
 T = TypeVar("T")
 
 MAX_LIMIT = 500
-MAX_CURSOR_LENGTH = 4096
 MAX_FILTERS = 20
-
-
-class InvalidQueryError(ValueError):
-    """A filter, order or limit the caller can fix (HTTP 400)."""
-
-
-class InvalidCursorError(InvalidQueryError):
-    """A cursor that is damaged or belongs to another order (HTTP 400)."""
-
-
-class Page(msgspec.Struct, Generic[T], frozen=True, kw_only=True):
-    """One page of results; ``next_cursor`` asks for the next one (None: this is the last)."""
-
-    items: tuple[T, ...]
-    next_cursor: str | None = None
 
 
 class ModelQuery(msgspec.Struct, frozen=True, kw_only=True):
@@ -118,14 +107,6 @@ class VersionQuery(msgspec.Struct, frozen=True, kw_only=True):
     limit: int = 50
     cursor: str | None = None
     with_content: bool = False
-
-
-def merge_names(*names: Names) -> Names:
-    """One ``Names`` holding the tables of several projections (live, generation or temp)."""
-    merged: dict[str, str] = {}
-    for n in names:
-        merged.update(n)
-    return Names(merged)
 
 
 def live_names() -> Names:
@@ -222,31 +203,6 @@ def _limit(limit: int) -> int:
 def _count(what: str, items: tuple[Any, ...]) -> None:
     if len(items) > MAX_FILTERS:
         raise InvalidQueryError(f"at most {MAX_FILTERS} {what} filters")
-
-
-# --- cursors ----------------------------------------------------------------------------
-
-
-def encode_cursor(order: str, key: tuple[Any, ...]) -> str:
-    return base64.urlsafe_b64encode(msgspec.msgpack.encode((order, key))).rstrip(b"=").decode()
-
-
-def decode_cursor(cursor: str, order: str, key_type: Any) -> tuple[Any, ...]:
-    """The sort key in ``cursor``, checked to be of ``order`` and of ``key_type``."""
-    if len(cursor) > MAX_CURSOR_LENGTH:
-        raise InvalidCursorError("cursor too long")
-    try:
-        raw = base64.b64decode(cursor + "=" * (-len(cursor) % 4), altchars=b"-_", validate=True)
-        found, key = msgspec.msgpack.decode(raw, type=tuple[str, msgspec.Raw])
-    except (binascii.Error, ValueError, msgspec.DecodeError) as exc:
-        raise InvalidCursorError(f"not a cursor this service issued ({exc})") from None
-    if found != order:
-        raise InvalidCursorError(f"this cursor pages through order {found!r}, not {order!r}")
-    try:
-        value: tuple[Any, ...] = msgspec.msgpack.decode(key, type=key_type)
-    except msgspec.DecodeError as exc:
-        raise InvalidCursorError(f"not a cursor this service issued ({exc})") from None
-    return value
 
 
 # --- SQL building -----------------------------------------------------------------------

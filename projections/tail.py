@@ -14,7 +14,7 @@ import asyncio
 
 import asyncpg
 
-from projections.log import LoggedEvent, read_log
+from eventlog.log import LoggedEvent, read_log
 
 
 class LogTail:

@@ -26,8 +26,8 @@ from datetime import datetime
 
 import asyncpg
 
+from eventlog.log import position_at, read_log
 from projections.base import Names, Projection
-from projections.log import position_at, read_log
 
 
 async def fold_as_of(

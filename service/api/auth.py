@@ -20,7 +20,7 @@ from litestar.types import ASGIApp
 
 from events.access import Permission
 from service.api.problems import AuthenticationError, PermissionDeniedError
-from service.tokens import InvalidTokenError, Principal, covers
+from service.commands.tokens import InvalidTokenError, Principal, covers
 
 PUBLIC = "public"
 

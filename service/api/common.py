@@ -13,16 +13,16 @@ import msgspec
 from litestar import Request, Response
 from litestar.params import Parameter
 
+from eventlog.freshness import wait_for_position
 from events.errors import ValidationError
 from projections.base import Names, Projection
+from projections.paging import InvalidCursorError, InvalidQueryError, merge_names
 from projections.registry_state import views_as_of
-from projections.search import InvalidCursorError, InvalidQueryError, merge_names
-from projections.wait import wait_for_position
 from service.api.idempotency import id_seed
 from service.api.problems import BadRequestError
 from service.api.services import Services
-from service.registry import Written
-from service.tokens import Principal
+from service.commands.registry import Written
+from service.commands.tokens import Principal
 
 POSITION_HEADER = "Modelreg-Position"
 # Log positions and cursors are bigint columns, version numbers int ones: a larger number

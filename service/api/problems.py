@@ -21,6 +21,7 @@ from litestar import Request, Response
 from litestar.exceptions import HTTPException, SerializationException, ValidationException
 from litestar.types import ExceptionHandlersMap
 
+from eventlog.freshness import NotYetVisibleError
 from events.errors import (
     AlreadyExistsError,
     ConflictError,
@@ -30,8 +31,7 @@ from events.errors import (
     PolicyViolationError,
     ValidationError,
 )
-from projections.wait import NotYetVisibleError
-from service.commands import PreconditionFailedError
+from service.commands.executor import PreconditionFailedError
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 
 from events.access import Permission
 from events.errors import NotFoundError
-from events.model_commands import (
+from events.model.commands import (
     ApprovePromotion,
     CancelPromotion,
     ClearModelPolicy,
@@ -22,12 +22,12 @@ from events.model_commands import (
     SetAlias,
     SetModelPolicy,
 )
-from events.model_state import ModelState
+from events.model.state import ModelState
 from events.policy import GovernancePolicy
 from events.stages import Stage
-from projections import approvals, stage_timeline
-from projections.approvals import ApprovalRequest
-from projections.stage_timeline import AliasInterval, StageInterval
+from projections.views import approvals, stage_timeline
+from projections.views.approvals import ApprovalRequest
+from projections.views.stage_timeline import AliasInterval, StageInterval
 from service.api.auth import require
 from service.api.common import (
     Receipt,
@@ -50,7 +50,7 @@ from service.api.schemas import (
     RollbackRequest,
     StageChange,
 )
-from service.tokens import covers
+from service.commands.tokens import covers
 
 TIMELINE = [stage_timeline.PROJECTION]
 APPROVALS = [approvals.PROJECTION]

@@ -9,7 +9,7 @@ from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 
 from events.access import Permission
 from events.errors import NotFoundError
-from events.model_commands import (
+from events.model.commands import (
     ArchiveModel,
     RegisterModel,
     RemoveModelTags,
@@ -19,9 +19,10 @@ from events.model_commands import (
     UpdateModelDescription,
 )
 from events.stages import Stage
-from projections import model_catalogue, model_versions
-from projections.model_catalogue import ModelRow
-from projections.search import InvalidQueryError, ModelQuery, Page, search_models
+from projections.paging import InvalidQueryError, Page
+from projections.search import ModelQuery, search_models
+from projections.views import model_catalogue, model_versions
+from projections.views.model_catalogue import ModelRow
 from service.api.auth import require
 from service.api.common import (
     Receipt,
@@ -35,7 +36,7 @@ from service.api.common import (
     services_of,
 )
 from service.api.schemas import CreateModel, Reason, Rename, TagValue, UpdateModel
-from service.tokens import covers
+from service.commands.tokens import covers
 
 CATALOGUE = [model_catalogue.PROJECTION, model_versions.PROJECTION]
 AsOf = Annotated[str | None, QueryParameter(description="A log position or an RFC 3339 time: the model as it stood then")]

@@ -11,19 +11,20 @@ import msgspec
 from litestar import Controller, Request, Response, delete, get, post
 from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 
+from eventlog.log import read_log
+from eventlog.verify import VerifyReport, verify
 from events.access import TOKENS, Permission, token_stream
 from events.catalogue import CODEC
 from events.errors import NotFoundError
-from events.model_commands import (
+from events.model.commands import (
     ReportDeploymentFailed,
     ReportDeploymentRolledBack,
     ReportDeploymentSucceeded,
     StartDeployment,
 )
-from projections import audit_timeline, deployments
-from projections.audit_timeline import AuditPage
-from projections.deployments import Place, Run
-from projections.log import read_log
+from projections.views import audit_timeline, deployments
+from projections.views.audit_timeline import AuditPage
+from projections.views.deployments import Place, Run
 from service.api.auth import require
 from service.api.common import (
     MAX_POSITION,
@@ -46,9 +47,8 @@ from service.api.schemas import (
     TokenRequest,
 )
 from service.api.telemetry import CONTENT_TYPE
-from service.event_schema import catalogue_schema
-from service.tokens import Principal, issue_token, revoke_token
-from service.verify import VerifyReport, verify
+from service.commands.tokens import Principal, issue_token, revoke_token
+from service.publication.event_schema import catalogue_schema
 
 DEPLOYMENTS = [deployments.PROJECTION]
 AUDIT = [audit_timeline.PROJECTION]

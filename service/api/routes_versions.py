@@ -11,7 +11,7 @@ from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 
 from events.access import Permission
 from events.errors import NotFoundError
-from events.model_commands import (
+from events.model.commands import (
     DeprecateVersion,
     RegisterVersion,
     RemoveVersionTags,
@@ -20,10 +20,11 @@ from events.model_commands import (
 )
 from events.stages import Stage
 from events.version_content import VersionContent
-from projections import metric_history, model_catalogue, model_versions
-from projections.metric_history import Comparison, MetricSample, MetricSeries
-from projections.model_versions import MetricValue, VersionRow
-from projections.search import InvalidQueryError, Page, VersionQuery, search_versions
+from projections.paging import InvalidQueryError, Page
+from projections.search import VersionQuery, search_versions
+from projections.views import metric_history, model_catalogue, model_versions
+from projections.views.metric_history import Comparison, MetricSample, MetricSeries
+from projections.views.model_versions import MetricValue, VersionRow
 from service.api.auth import require
 from service.api.common import (
     Receipt,

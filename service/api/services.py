@@ -7,12 +7,12 @@ from dataclasses import dataclass
 import asyncpg
 from nats.aio.client import Client as NatsClient
 
+from eventlog.store import EventStore
 from service.api.telemetry import ApiMetrics
-from service.commands import CommandExecutor
-from service.registry import Registry
+from service.commands.executor import CommandExecutor
+from service.commands.registry import Registry
+from service.commands.tokens import TokenAuthenticator
 from service.settings import Settings
-from service.store import EventStore
-from service.tokens import TokenAuthenticator
 
 
 @dataclass(frozen=True, slots=True, eq=False)

@@ -21,12 +21,12 @@ import httpx
 import pytest
 from litestar import Litestar
 
+from eventlog.freshness import wait_for_position
+from eventlog.log import head_position
 from events.access import ROLE_PERMISSIONS, Permission, Role
-from projections.log import head_position
 from projections.registry_state import all_projections
-from projections.wait import wait_for_position
 from service.api.router import api_app_kwargs
-from service.tokens import issue_token, revoke_token
+from service.commands.tokens import issue_token, revoke_token
 from tests.support.api import Api, running_api
 from tests.support.database import Database
 
@@ -127,7 +127,7 @@ MATRIX: dict[tuple[str, str], Row] = {
     ("GET", "/metrics"): Row("/metrics", R, scoped="allow"),
 }
 
-# Served without a token: the OpenAPI document and its viewers (health lives in service.app).
+# Served without a token: the OpenAPI document and its viewers (health lives in service.api.app).
 PUBLIC: dict[tuple[str, str], str] = {
     ("GET", "/schema"): "/schema",
     ("GET", "/schema/openapi.json"): "/schema/openapi.json",
@@ -180,7 +180,7 @@ async def test_only_the_schema_and_health_are_open(api: Api) -> None:
         assert response.status_code not in {401, 403} and response.status_code < 500, (path, response.status_code)
     document = (await api.client.get("/schema/openapi.json")).json()
     assert "/api/v1/models" in document["paths"]
-    # The health endpoints (service.app) are open too: tests/integration/test_cli_serve.py.
+    # The health endpoints (service.api.app) are open too: tests/integration/test_cli_serve.py.
 
 
 async def _ok(response: httpx.Response, status: int | None = None) -> httpx.Response:

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from projections.log import head_position
+from eventlog.log import head_position
 from tests.support.api import Api, running_api
 from tests.support.database import Database
 

@@ -1,6 +1,6 @@
 """The client-side ``modelreg`` commands end to end against a ``modelreg serve`` process:
 their tables, their ``--json`` documents and their exit codes. In process through typer's
-runner (the groups and commands ``service.cli`` registers), plus the installed command
+runner (the groups and commands ``service.cli.main`` registers), plus the installed command
 itself for the wiring, exit codes and shell completion."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import pytest
 import typer
 from typer.testing import CliRunner, Result
 
-from service.cli import COMMANDS, GROUPS, command_function
+from service.cli.main import COMMANDS, GROUPS, command_function
 from service.client import Client
 from service.client.models import ArtifactEntry
 from tests.support.registry_server import RegistryServer, registry_server
@@ -25,7 +25,7 @@ CLIENT_GROUPS = ("models", "versions", "metrics", "alias", "promotions", "events
 
 
 def cli() -> typer.Typer:
-    """The root command as ``service.cli.main`` assembles it, client side only."""
+    """The root command as ``service.cli.main.main`` assembles it, client side only."""
     root = typer.Typer(name="modelreg", no_args_is_help=True, pretty_exceptions_enable=False)
     for name in CLIENT_GROUPS:
         root.add_typer(importlib.import_module(GROUPS[name]).app, name=name)

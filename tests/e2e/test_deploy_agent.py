@@ -20,18 +20,18 @@ import yaml
 from nats.aio.client import Client as NatsClient
 from typer.testing import CliRunner
 
-from service.cli_deploy_agent import deploy_agent
+from service.cli.deploy_agent import deploy_agent
 from service.client import AsyncClient
 from service.client.models import ArtifactEntry, Place
-from service.consumer import ConsumerStats, FileDedup, Subscription
-from service.deploy_agent import (
+from service.consumers.deploy_agent import (
     AgentConfig,
     DeployAgent,
     deployment_id_for,
     resource_name,
     run_agent,
 )
-from service.jetstream import delete_stream_if_exists
+from service.consumers.kit import ConsumerStats, FileDedup, Subscription
+from service.publication.jetstream import delete_stream_if_exists
 from tests.support.nats_servers import connect
 from tests.support.registry_server import RegistryServer, registry_server
 

@@ -20,7 +20,7 @@ from litestar import Litestar
 from events.access import Role
 from service.api import idempotency
 from service.api.router import api_app_kwargs
-from service.composition import build_services
+from service.runtime.composition import build_services
 from tests.support.api import Api, running_api
 from tests.support.database import Database
 

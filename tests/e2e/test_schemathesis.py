@@ -22,10 +22,10 @@ from hypothesis import HealthCheck, given, note, settings
 from hypothesis import strategies as st
 from schemathesis import GenerationMode
 
+from eventlog.freshness import wait_for_position
+from eventlog.log import head_position
 from events.access import Role
-from projections.log import head_position
 from projections.registry_state import all_projections
-from projections.wait import wait_for_position
 from tests.support.api import Api, running_api
 from tests.support.database import Database
 

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner, Result
 
-from events.model_commands import (
+from events.model.commands import (
     RenameModel,
     ReportDeploymentSucceeded,
     RequestPromotion,
@@ -20,7 +20,7 @@ from events.model_commands import (
     TransitionStage,
 )
 from events.stages import Stage
-from service.cli_audit import app
+from service.cli.audit import app
 from tests.support.database import Database
 from tests.support.governance_history import Registry, gated_policy
 

@@ -9,13 +9,13 @@ from pathlib import Path
 
 from typer.testing import CliRunner, Result
 
-from projections import stage_timeline
+from eventlog.migrate import apply_migrations
+from eventlog.sealer import sealed_channel
 from projections.registry_state import all_projections
 from projections.runner import ProjectionWorker, generations
-from service.cli_projections import app, running_embedded_url
-from service.embedded import EmbeddedPostgres
-from service.migrate import apply_migrations
-from service.sealer import sealed_channel
+from projections.views import stage_timeline
+from service.cli.projections import app, running_embedded_url
+from service.runtime.embedded import EmbeddedPostgres
 from tests.support.database import Database
 from tests.support.governance_history import Registry, random_history
 

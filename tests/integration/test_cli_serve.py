@@ -18,7 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from service.runtime import Worker, supervise
+from service.runtime.serve import Worker, supervise
 from tests.integration.test_embedded import gone, private_dir
 
 REPO = Path(__file__).resolve().parents[2]

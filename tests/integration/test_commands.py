@@ -9,11 +9,11 @@ from typing import ClassVar
 import msgspec
 import pytest
 
+from eventlog.store import EventStore, StoredEvent
 from events.base import Command, Decider, Event
 from events.codec import EventCodec
 from events.errors import InvalidTransitionError
-from service.commands import CommandExecutor, PreconditionFailedError
-from service.store import EventStore, StoredEvent
+from service.commands.executor import CommandExecutor, PreconditionFailedError
 from tests.support.database import Database
 
 NOW = datetime(2026, 3, 3, tzinfo=UTC)

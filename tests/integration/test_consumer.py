@@ -16,8 +16,8 @@ from uuid import UUID
 import pytest
 from nats.aio.client import Client as NatsClient
 
-from service.cloudevents import percent_decode
-from service.consumer import (
+from eventlog.store import EventStore
+from service.consumers.kit import (
     DLQ_ATTEMPTS,
     DLQ_REASON,
     DedupStore,
@@ -27,9 +27,9 @@ from service.consumer import (
     MemoryDedup,
     PostgresDedup,
 )
-from service.jetstream import ensure_stream
-from service.relay import Relay
-from service.store import EventStore
+from service.publication.cloudevents import percent_decode
+from service.publication.jetstream import ensure_stream
+from service.publication.relay import Relay
 from tests.support.consuming import Recorder, consume_until, subscription
 from tests.support.database import Database
 from tests.support.publication import (

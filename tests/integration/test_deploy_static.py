@@ -28,9 +28,9 @@ import pytest
 import typer.main
 import yaml
 
+from service.api.app import health_router
 from service.api.telemetry import ApiMetrics
-from service.app import health_router
-from service.cli import app as cli_app
+from service.cli.main import app as cli_app
 from service.settings import Settings, load_settings
 
 REPO = Path(__file__).resolve().parents[2]
@@ -324,7 +324,7 @@ def test_dockerfile_builds_from_files_that_exist_and_are_not_ignored() -> None:
             assert not dockerignored(relative, ignore), f"{relative} is copied but excluded by the .dockerignore"
     assert dockerignored(".git/config", ignore) and dockerignored(".venv/bin/python", ignore)
     # The package data the service needs at run time is in what is copied.
-    assert (REPO / "service" / "migrations").is_dir() and "service" in sources
+    assert (REPO / "eventlog" / "migrations").is_dir() and "eventlog" in sources
 
 
 def test_dockerfile_runtime_is_non_root_read_only_friendly_and_runs_modelreg() -> None:

@@ -15,7 +15,12 @@ import asyncpg
 import nats
 import pytest
 
-from service.embedded import DataDirLock, EmbeddedNats, EmbeddedPostgres, EmbeddedServerError
+from service.runtime.embedded import (
+    DataDirLock,
+    EmbeddedNats,
+    EmbeddedPostgres,
+    EmbeddedServerError,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -122,7 +127,7 @@ def test_the_data_dir_lock_refuses_a_second_holder(tmp_path: Path) -> None:
     other_process = [
         sys.executable,
         "-c",
-        "import sys, pathlib; from service.embedded import DataDirLock; "
+        "import sys, pathlib; from service.runtime.embedded import DataDirLock; "
         "DataDirLock(pathlib.Path(sys.argv[1])).acquire()",
         str(tmp_path),
     ]
@@ -152,7 +157,7 @@ def test_a_data_dir_that_cannot_be_created_is_reported(tmp_path: Path) -> None:
 def test_servers_stop_when_their_parent_is_killed(data_dir: Path) -> None:
     """kill -9 of modelreg must not leave Postgres or NATS running."""
     script = (
-        "import sys, time, pathlib; from service.embedded import EmbeddedNats, EmbeddedPostgres\n"
+        "import sys, time, pathlib; from service.runtime.embedded import EmbeddedNats, EmbeddedPostgres\n"
         "d = pathlib.Path(sys.argv[1]); pg = EmbeddedPostgres(d); pg.start(); n = EmbeddedNats(d, port=0); n.start()\n"
         "print(pg.pid, n.pid, flush=True); time.sleep(600)\n"
     )

@@ -9,10 +9,10 @@ import random
 import asyncpg
 import pytest
 
-from projections.log import LoggedEvent, head_position, read_log
+from eventlog.log import LoggedEvent, head_position, read_log
+from eventlog.sealer import Sealer
+from eventlog.store import EventStore
 from projections.tail import LogTail
-from service.sealer import Sealer
-from service.store import EventStore
 from tests.support.database import Database
 from tests.support.sample_events import CODEC, META, Counted, Noted
 

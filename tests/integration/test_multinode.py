@@ -25,10 +25,10 @@ import asyncpg
 import httpx
 import pytest
 
+from eventlog.db import lock_key
 from projections.registry_state import all_projections
-from service.app import AppState
-from service.db import lock_key
-from service.runtime import background_workers
+from service.api.app import AppState
+from service.runtime.serve import background_workers
 from service.settings import load_settings
 from tests.support.cluster import (
     Holder,

@@ -18,10 +18,10 @@ import pytest
 import yaml
 from nats.aio.client import Client as NatsClient
 
-from service.consumer import EventConsumer, MemoryDedup
-from service.jetstream import ensure_stream
-from service.relay import Relay
-from service.store import EventStore
+from eventlog.store import EventStore
+from service.consumers.kit import EventConsumer, MemoryDedup
+from service.publication.jetstream import ensure_stream
+from service.publication.relay import Relay
 from tests.support.consuming import Recorder, consume_until, subscription
 from tests.support.database import Database
 from tests.support.nats_servers import NatsNode, connect

@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 from nats.aio.client import Client as NatsClient
 
-from service.jetstream import StreamSpec, ensure_stream
-from service.relay import Relay, publication_lag
-from service.store import EventStore
+from eventlog.store import EventStore
+from service.publication.jetstream import StreamSpec, ensure_stream
+from service.publication.relay import Relay, publication_lag
 from tests.support.database import Database
 from tests.support.nats_servers import NatsCluster, TcpProxy, connect
 from tests.support.publication import (

@@ -11,8 +11,11 @@ from collections.abc import Sequence
 import asyncpg
 import pytest
 
+from eventlog.freshness import NotYetVisibleError, wait_for_position
+from eventlog.log import LoggedEvent, head_position
+from eventlog.sealer import Sealer, sealed_channel
+from eventlog.store import EventStore
 from projections.base import Names, Projection
-from projections.log import LoggedEvent, head_position
 from projections.runner import (
     CheckpointMovedError,
     ProjectionWorker,
@@ -24,9 +27,6 @@ from projections.runner import (
     step,
 )
 from projections.time_travel import base36, drop_stale_scratch_tables, fold_as_of, folded_views
-from projections.wait import NotYetVisibleError, wait_for_position
-from service.sealer import Sealer, sealed_channel
-from service.store import EventStore
 from tests.support.database import Database
 from tests.support.sample_events import CODEC, META, Counted, append_notes
 from tests.support.sample_projection import NOTES, checksum, note_counts

@@ -15,11 +15,11 @@ from collections import defaultdict
 import asyncpg
 import pytest
 
+from eventlog.log import head_position
+from eventlog.sealer import Sealer
+from eventlog.store import EventStore
+from eventlog.verify import verify
 from events.errors import ConcurrencyError
-from projections.log import head_position
-from service.sealer import Sealer
-from service.store import EventStore
-from service.verify import verify
 from tests.support.database import Database
 from tests.support.sample_events import CODEC, META, notes
 

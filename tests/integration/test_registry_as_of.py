@@ -14,18 +14,12 @@ from datetime import UTC, datetime
 
 import asyncpg
 
-from events.model_commands import RequestPromotion, SetAlias, StartDeployment, TransitionStage
+from eventlog.freshness import wait_for_position
+from eventlog.log import head_position
+from eventlog.sealer import sealed_channel
+from events.model.commands import RequestPromotion, SetAlias, StartDeployment, TransitionStage
 from events.stages import Stage
-from projections import (
-    approvals,
-    audit_timeline,
-    deployments,
-    model_catalogue,
-    model_versions,
-    stage_timeline,
-)
 from projections.base import Names, Projection
-from projections.log import head_position
 from projections.registry_state import MODEL_PROJECTIONS, model_as_of, registry_as_of, views_as_of
 from projections.runner import (
     ProjectionWorker,
@@ -36,8 +30,14 @@ from projections.runner import (
     step,
     switch_if_caught_up,
 )
-from projections.wait import wait_for_position
-from service.sealer import sealed_channel
+from projections.views import (
+    approvals,
+    audit_timeline,
+    deployments,
+    model_catalogue,
+    model_versions,
+    stage_timeline,
+)
 from tests.support.database import Database
 from tests.support.governance_history import Registry, gated_policy, random_history
 

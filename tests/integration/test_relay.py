@@ -16,9 +16,11 @@ import msgspec
 import pytest
 from nats.aio.client import Client as NatsClient
 
-from service.cloudevents import decode_headers
-from service.jetstream import ensure_stream
-from service.relay import (
+from eventlog.sealer import sealed_channel
+from eventlog.store import EventStore, Metadata
+from service.publication.cloudevents import decode_headers
+from service.publication.jetstream import ensure_stream
+from service.publication.relay import (
     CheckpointMovedError,
     Outgoing,
     Relay,
@@ -27,9 +29,7 @@ from service.relay import (
     publication_lag,
     relay_for,
 )
-from service.sealer import sealed_channel
 from service.settings import load_settings
-from service.store import EventStore, Metadata
 from tests.support.database import Database, create_database, drop_schema
 from tests.support.publication import (
     Clients,

@@ -15,10 +15,10 @@ import msgspec
 import pytest
 from nats.aio.client import Client as NatsClient
 
-from service.audit_follow import ChainError, Mirror, Published, follow, seek
-from service.jetstream import ensure_stream
-from service.relay import Relay
-from service.store import EventStore
+from eventlog.store import EventStore
+from service.consumers.audit_follow import ChainError, Mirror, Published, follow, seek
+from service.publication.jetstream import ensure_stream
+from service.publication.relay import Relay
 from tests.support.database import Database
 from tests.support.publication import (
     Clients,
@@ -178,7 +178,7 @@ async def test_the_cli_mirrors_follows_and_exits_1_on_a_broken_chain(
 
     # follow --format json --from-start: one JSON object per line until SIGTERM
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-c", "from service.cli_audit import app; app()", "follow", "--format", "json",
+        sys.executable, "-c", "from service.cli.audit import app; app()", "follow", "--format", "json",
         "--from-start", env=env, cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     assert proc.stdout is not None
     lines = [json.loads(await asyncio.wait_for(proc.stdout.readline(), 20)) for _ in range(6)]
@@ -200,7 +200,7 @@ async def test_the_cli_mirrors_follows_and_exits_1_on_a_broken_chain(
 
 async def _cli(env: dict[str, str], *args: str) -> tuple[int, str, str]:
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-c", "from service.cli_audit import app; app()", *args, env=env, cwd=ROOT,
+        sys.executable, "-c", "from service.cli.audit import app; app()", *args, env=env, cwd=ROOT,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     out, err = await asyncio.wait_for(proc.communicate(), 30)
     assert proc.returncode is not None

@@ -17,9 +17,9 @@ from urllib.parse import urlsplit
 
 from nats.aio.client import Client as NatsClient
 
-from service.relay import Relay, publication_lag
-from service.sealer import Sealer
-from service.store import EventStore
+from eventlog.sealer import Sealer
+from eventlog.store import EventStore
+from service.publication.relay import Relay, publication_lag
 from tests.support.database import Database
 from tests.support.nats_servers import NatsNode, TcpProxy
 from tests.support.publication import (

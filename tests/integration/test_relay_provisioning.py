@@ -9,7 +9,7 @@ import pytest
 from nats.aio.client import Client as NatsClient
 from nats.js.api import RetentionPolicy, StorageType, StreamConfig
 
-from service.jetstream import StreamConfigError, ensure_stream
+from service.publication.jetstream import StreamConfigError, ensure_stream
 from tests.support.publication import Names, names, nc
 
 __all__ = ["names", "nc"]  # fixtures

@@ -8,10 +8,10 @@ from typing import Any
 
 import asyncpg
 
-from projections.listener import Listener
-from service.positions import SealSignal, sealed_position
-from service.sealer import Sealer, sealed_channel
-from service.store import EventStore
+from eventlog.listener import Listener
+from eventlog.positions import SealSignal, sealed_position
+from eventlog.sealer import Sealer, sealed_channel
+from eventlog.store import EventStore
 from tests.support.database import Database
 from tests.support.sample_events import CODEC, META, notes
 

@@ -12,11 +12,11 @@ import asyncio
 import asyncpg
 import pytest
 
+from eventlog.log import head_position, read_log
+from eventlog.sealer import Sealer
+from eventlog.store import EventStore
+from eventlog.verify import verify
 from events.envelope import ZERO_HASH, log_link
-from projections.log import head_position, read_log
-from service.sealer import Sealer
-from service.store import EventStore
-from service.verify import verify
 from tests.support.database import Database
 from tests.support.sample_events import CODEC, META, append_notes, notes
 

@@ -13,16 +13,11 @@ import pytest
 from msgspec.structs import replace
 
 from events.stages import Stage
-from projections.model_catalogue import CATALOGUE
-from projections.model_versions import VERSIONS
+from projections.paging import InvalidCursorError, InvalidQueryError, Page, merge_names
 from projections.search import (
-    InvalidCursorError,
-    InvalidQueryError,
     ModelQuery,
-    Page,
     VersionQuery,
     live_names,
-    merge_names,
     parse_metric_filter,
     parse_order,
     parse_tag_filter,
@@ -30,6 +25,8 @@ from projections.search import (
     search_versions,
 )
 from projections.time_travel import fold_as_of
+from projections.views.model_catalogue import CATALOGUE
+from projections.views.model_versions import VERSIONS
 from tests.support.database import Database
 from tests.support.registry_history import ALIASES, OWNERS, Registry, random_history, registry
 

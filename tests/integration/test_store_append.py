@@ -8,10 +8,10 @@ import uuid
 import asyncpg
 import pytest
 
+from eventlog.sealer import Sealer
+from eventlog.store import DuplicateEventError, EventStore
 from events.envelope import ZERO_HASH, stream_link
 from events.errors import AlreadyExistsError, ConcurrencyError, ValidationError
-from service.sealer import Sealer
-from service.store import DuplicateEventError, EventStore
 from tests.support.database import Database
 from tests.support.sample_events import CODEC, META, Counted, Noted, append_notes, notes
 

@@ -6,12 +6,12 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from eventlog.store import EventStore
 from events.access import TOKEN_EVENT_TYPES, Permission, Role
 from events.codec import EventCodec
 from events.errors import AlreadyExistsError
-from service.commands import CommandExecutor
-from service.store import EventStore
-from service.tokens import (
+from service.commands.executor import CommandExecutor
+from service.commands.tokens import (
     InvalidTokenError,
     TokenAuthenticator,
     ensure_bootstrap_token,

@@ -9,9 +9,9 @@ from __future__ import annotations
 import asyncpg
 import pytest
 
-from service.sealer import Sealer
-from service.store import EventStore
-from service.verify import VerifyReport, verify
+from eventlog.sealer import Sealer
+from eventlog.store import EventStore
+from eventlog.verify import VerifyReport, verify
 from tests.support.database import Database
 from tests.support.sample_events import CODEC, append_notes
 

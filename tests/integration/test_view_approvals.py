@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from events.model_commands import (
+from events.model.commands import (
     ApprovePromotion,
     CancelPromotion,
     ClearModelPolicy,
@@ -15,7 +15,7 @@ from events.model_commands import (
     TransitionStage,
 )
 from events.stages import Stage
-from projections.approvals import PROJECTION, awaiting, decided, open_requests, request
+from projections.views.approvals import PROJECTION, awaiting, decided, open_requests, request
 from tests.support.database import Database
 from tests.support.governance_history import Registry, gated_policy
 

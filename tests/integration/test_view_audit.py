@@ -6,10 +6,10 @@ from datetime import timedelta
 
 import msgspec
 
-from events.model_commands import ApprovePromotion, RequestPromotion, SetAlias, TransitionStage
+from eventlog.log import read_log
+from events.model.commands import ApprovePromotion, RequestPromotion, SetAlias, TransitionStage
 from events.stages import Stage
-from projections.audit_timeline import PROJECTION, entries
-from projections.log import read_log
+from projections.views.audit_timeline import PROJECTION, entries
 from tests.support.database import Database
 from tests.support.governance_history import Registry, gated_policy
 

@@ -6,11 +6,17 @@ import random
 
 import asyncpg
 
+from eventlog.store import Metadata
 from events.catalogue import model_stream
-from events.model_events import ModelRegistered
+from events.model.events import ModelRegistered
 from projections.base import Names
-from projections.model_catalogue import CATALOGUE, ModelRow, checksum, get_model, get_model_by_name
-from service.store import Metadata
+from projections.views.model_catalogue import (
+    CATALOGUE,
+    ModelRow,
+    checksum,
+    get_model,
+    get_model_by_name,
+)
 from tests.support.database import Database
 from tests.support.registry_history import (
     as_of,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 
-from events.model_commands import (
+from events.model.commands import (
     ArchiveVersion,
     ReportDeploymentFailed,
     ReportDeploymentRolledBack,
@@ -13,9 +13,9 @@ from events.model_commands import (
     StartDeployment,
     TransitionStage,
 )
-from events.model_deployments import compare_deployments
+from events.model.deployments import compare_deployments
 from events.stages import Stage
-from projections.deployments import PROJECTION, place, places, runs
+from projections.views.deployments import PROJECTION, place, places, runs
 from tests.support.database import Database
 from tests.support.governance_history import Registry, random_history
 

@@ -9,7 +9,8 @@ from datetime import timedelta
 import pytest
 
 from events.metrics import MetricInput
-from projections.metric_history import (
+from projections.paging import InvalidCursorError, InvalidQueryError, merge_names
+from projections.views.metric_history import (
     METRIC_HISTORY,
     MetricComparison,
     MetricSample,
@@ -22,8 +23,7 @@ from projections.metric_history import (
     metric_history,
     metric_series,
 )
-from projections.model_versions import VERSIONS
-from projections.search import InvalidCursorError, InvalidQueryError, merge_names
+from projections.views.model_versions import VERSIONS
 from tests.support.database import Database
 from tests.support.registry_history import (
     as_of,

@@ -5,9 +5,9 @@ from __future__ import annotations
 import itertools
 from datetime import timedelta
 
-from events.model_commands import ArchiveVersion, RemoveAlias, RestoreVersion, Rollback, SetAlias
+from events.model.commands import ArchiveVersion, RemoveAlias, RestoreVersion, Rollback, SetAlias
 from events.stages import Stage
-from projections.stage_timeline import (
+from projections.views.stage_timeline import (
     PROJECTION,
     alias_holder_at,
     alias_timeline,

@@ -11,7 +11,7 @@ import asyncpg
 from events.metrics import MetricInput
 from events.stages import Stage
 from projections.base import Names
-from projections.model_versions import (
+from projections.views.model_versions import (
     VERSIONS,
     MetricValue,
     VersionRow,
@@ -146,7 +146,7 @@ async def test_deprecation_is_shown_with_its_reason_and_time(db: Database) -> No
 
 
 async def assert_view_equals_domain(reg: Registry, conn: asyncpg.Connection, names: Names) -> int:
-    """Every version row against ``events.model``'s and ``events.metrics``' own folds."""
+    """Every version row against ``events.model.decider``'s and ``events.metrics``' own folds."""
     compared = 0
     for model_id, state in reg.states.items():
         for number, domain in state.versions.items():

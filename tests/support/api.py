@@ -12,15 +12,15 @@ from typing import Any
 import httpx
 from litestar import Litestar
 
+from eventlog.sealer import Sealer, sealed_channel
 from events.access import Role
 from projections.registry_state import all_projections
 from projections.runner import ProjectionWorker
 from service.api.router import api_app_kwargs
 from service.api.services import Services
-from service.composition import build_services
-from service.sealer import Sealer, sealed_channel
+from service.commands.tokens import ensure_bootstrap_token, issue_token
+from service.runtime.composition import build_services
 from service.settings import Settings, load_settings
-from service.tokens import ensure_bootstrap_token, issue_token
 from tests.support.database import Database
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
-from service.consumer import Delivery, EventConsumer, Subscription
+from service.consumers.kit import Delivery, EventConsumer, Subscription
 from tests.support.publication import Names, wait_until
 
 

@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 
 import asyncpg
 
-from service.db import connect, create_pool
-from service.migrate import apply_migrations
+from eventlog.db import connect, create_pool
+from eventlog.migrate import apply_migrations
 
 APP_ROLE = "modelreg_test_app"
 

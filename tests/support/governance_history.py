@@ -22,12 +22,14 @@ from typing import Any
 
 import asyncpg
 
+from eventlog.log import head_position
+from eventlog.sealer import Sealer
+from eventlog.store import EventStore
 from events.base import Command, Event
 from events.catalogue import CODEC, REGISTRY_POLICY_STREAM, metrics_stream, model_stream
 from events.errors import DomainError
 from events.metrics import METRICS, LogMetrics, MetricInput
-from events.model import MODEL
-from events.model_commands import (
+from events.model.commands import (
     ApprovePromotion,
     CancelPromotion,
     ExpirePromotion,
@@ -48,16 +50,14 @@ from events.model_commands import (
     StartDeployment,
     TransitionStage,
 )
-from events.model_state import DeploymentStatus, ModelState, RequestStatus
+from events.model.decider import MODEL
+from events.model.state import DeploymentStatus, ModelState, RequestStatus
 from events.policy import DEFAULT_POLICY, GovernancePolicy, TransitionRule
 from events.registry_policy import REGISTRY_POLICY, SetRegistryPolicy
 from events.stages import Stage
 from projections.base import Projection
-from projections.log import head_position
 from projections.runner import ensure_projection, step
-from service.commands import CommandExecutor
-from service.sealer import Sealer
-from service.store import EventStore
+from service.commands.executor import CommandExecutor
 from tests.support.database import Database
 from tests.unit.domain_helpers import content
 

@@ -28,7 +28,7 @@ from pathlib import Path
 import nats
 from nats.aio.client import Client as NatsClient
 
-from service.embedded import nats_server_binary
+from service.runtime.embedded import nats_server_binary
 
 
 def free_port() -> int:

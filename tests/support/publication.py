@@ -14,11 +14,11 @@ import pytest
 from nats.aio.client import Client as NatsClient
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
-from service.cloudevents import EventHeaders, decode_headers
-from service.jetstream import StreamSpec, delete_stream_if_exists
-from service.relay import Relay, RelayConfig
-from service.sealer import Sealer
-from service.store import EventStore
+from eventlog.sealer import Sealer
+from eventlog.store import EventStore
+from service.publication.cloudevents import EventHeaders, decode_headers
+from service.publication.jetstream import StreamSpec, delete_stream_if_exists
+from service.publication.relay import Relay, RelayConfig
 from tests.support.database import Database
 from tests.support.nats_servers import connect
 from tests.support.sample_events import CODEC, META, Noted

@@ -7,8 +7,8 @@
     await reg.transition(churn, v1, "staging")
     await reg.project(CATALOGUE, VERSIONS)       # seals, then folds every projection to the head
 
-Every write is a domain command decided by ``events.model.MODEL`` / ``events.metrics.METRICS``
-and appended by ``service.commands.CommandExecutor``, so histories are ones the service
+Every write is a domain command decided by ``events.model.decider.MODEL`` / ``events.metrics.METRICS``
+and appended by ``service.commands.executor.CommandExecutor``, so histories are ones the service
 could have written (a refused command raises the ``DomainError``). The clock is
 deterministic: each command happens one second after the previous one (``advance`` to
 jump). Ids are sequential (``m0001``, ``r0001``, ``d0001``). ``state(model_id)`` and
@@ -35,12 +35,14 @@ from typing import Any
 
 import asyncpg
 
+from eventlog.log import head_position
+from eventlog.sealer import Sealer
+from eventlog.store import EventStore
 from events.base import Command
 from events.catalogue import CODEC, REGISTRY_POLICY_STREAM, metrics_stream, model_stream
 from events.errors import DomainError
 from events.metrics import METRICS, LogMetrics, MetricInput, MetricsState
-from events.model import MODEL
-from events.model_commands import (
+from events.model.commands import (
     ApprovePromotion,
     ArchiveModel,
     ArchiveVersion,
@@ -69,8 +71,9 @@ from events.model_commands import (
     UpdateModelDescription,
     UpdateVersionDescription,
 )
-from events.model_events import ModelRegistered, ModelRenamed
-from events.model_state import DeploymentStatus, ModelState, RequestStatus
+from events.model.decider import MODEL
+from events.model.events import ModelRegistered, ModelRenamed
+from events.model.state import DeploymentStatus, ModelState, RequestStatus
 from events.policy import DEFAULT_POLICY, GovernancePolicy, TransitionRule
 from events.registry_policy import REGISTRY_POLICY, SetRegistryPolicy
 from events.stages import Stage
@@ -82,7 +85,6 @@ from events.version_content import (
     VersionContent,
 )
 from projections.base import Names, Projection
-from projections.log import head_position
 from projections.runner import (
     Generation,
     advance,
@@ -93,9 +95,7 @@ from projections.runner import (
     switch_if_caught_up,
 )
 from projections.time_travel import fold_as_of, folded_views
-from service.commands import CommandExecutor, Outcome
-from service.sealer import Sealer
-from service.store import EventStore
+from service.commands.executor import CommandExecutor, Outcome
 from tests.support.database import Database
 
 START = datetime(2025, 6, 1, 9, 0, tzinfo=UTC)

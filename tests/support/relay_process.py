@@ -11,9 +11,9 @@ import asyncio
 import signal
 import sys
 
-from service.db import connect
-from service.jetstream import StreamSpec
-from service.relay import Relay, RelayConfig, nats_connector
+from eventlog.db import connect
+from service.publication.jetstream import StreamSpec
+from service.publication.relay import Relay, RelayConfig, nats_connector
 
 
 async def main(database_url: str, schema: str, app_role: str, nats_url: str, stream: str, prefix: str) -> None:

@@ -5,9 +5,9 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import ClassVar
 
+from eventlog.store import EventStore, Metadata
 from events.base import Event
 from events.codec import EventCodec
-from service.store import EventStore, Metadata
 
 
 class Noted(Event, frozen=True):

@@ -6,9 +6,9 @@ from collections.abc import Sequence
 
 import asyncpg
 
+from eventlog.log import LoggedEvent
 from events.envelope import Envelope
 from projections.base import Names, Projection, Table
-from projections.log import LoggedEvent
 from tests.support.sample_events import CODEC, Counted, Noted
 
 TABLES = [

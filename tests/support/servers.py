@@ -19,7 +19,7 @@ def postgres_url(workdir: Path) -> Iterator[str]:
     if url:
         yield url
         return
-    from service.embedded import EmbeddedPostgres
+    from service.runtime.embedded import EmbeddedPostgres
 
     server = EmbeddedPostgres(workdir / "postgres-data")
     try:
@@ -34,7 +34,7 @@ def nats_url(workdir: Path) -> Iterator[str]:
     if url:
         yield url
         return
-    from service.embedded import EmbeddedNats
+    from service.runtime.embedded import EmbeddedNats
 
     server = EmbeddedNats(workdir / "nats-data", port=None)
     try:

@@ -8,9 +8,9 @@ from typing import Any, TypeVar
 
 from events.base import Command
 from events.metrics import LogMetrics, MetricInput
-from events.model import MODEL, decide
-from events.model_commands import GovernedCommand
-from events.model_events import (
+from events.model.commands import GovernedCommand
+from events.model.decider import MODEL, decide
+from events.model.events import (
     ModelEvent,
     ModelPolicySet,
     ModelRegistered,
@@ -18,7 +18,7 @@ from events.model_events import (
     StageTransitioned,
     VersionRegistered,
 )
-from events.model_state import ModelState
+from events.model.state import ModelState
 from events.policy import DEFAULT_POLICY, GovernancePolicy
 from events.stages import Stage, TransitionKind
 from events.version_content import (

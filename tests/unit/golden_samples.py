@@ -11,7 +11,7 @@ from __future__ import annotations
 from events.access import Role, TokenIssued, TokenRevoked
 from events.base import Event
 from events.metrics import MetricPoint, MetricsLogged
-from events.model_events import (
+from events.model.events import (
     AliasRemovalCause,
     AliasRemoved,
     AliasSet,

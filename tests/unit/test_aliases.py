@@ -10,8 +10,8 @@ from events.errors import (
     PolicyViolationError,
     ValidationError,
 )
-from events.model_commands import RemoveAlias, SetAlias, TransitionStage
-from events.model_events import AliasRemovalCause, AliasRemoved, AliasSet
+from events.model.commands import RemoveAlias, SetAlias, TransitionStage
+from events.model.events import AliasRemovalCause, AliasRemoved, AliasSet
 from events.policy import AliasRule, GovernancePolicy
 from events.stages import Stage, TransitionKind
 from tests.unit.domain_helpers import (

@@ -11,7 +11,9 @@ import httpx
 import msgspec
 import pytest
 
-from projections import (
+from eventlog.verify import Break, VerifyReport
+from projections.paging import Page as ServerPage
+from projections.views import (
     approvals,
     audit_timeline,
     deployments,
@@ -20,14 +22,12 @@ from projections import (
     model_versions,
     stage_timeline,
 )
-from projections.search import Page as ServerPage
 from service.api import common, routes_governance, routes_operations, schemas
 from service.client import Client, ConfigurationError, Conflict, RetryPolicy, _unasync
 from service.client import models as client
 from service.client._common import MetricBuffer, points
 from service.client._transport import query, resolve
-from service.tokens import Principal
-from service.verify import Break, VerifyReport
+from service.commands.tokens import Principal
 
 PAIRS: list[tuple[type[msgspec.Struct], type[msgspec.Struct]]] = [
     (client.Receipt, common.Receipt),

@@ -12,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from events.envelope import Envelope
-from service.cloudevents import (
+from service.publication.cloudevents import (
     CloudEventError,
     decode_headers,
     encode_headers,

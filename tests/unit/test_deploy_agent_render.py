@@ -12,7 +12,7 @@ import yaml
 
 from events.stages import Stage
 from service.client.models import ArtifactEntry, VersionContent, VersionRow
-from service.deploy_agent import (
+from service.consumers.deploy_agent import (
     NAME_MAX,
     AgentConfig,
     Desire,

@@ -5,14 +5,14 @@ from __future__ import annotations
 import pytest
 
 from events.errors import AlreadyExistsError, InvalidTransitionError, NotFoundError, ValidationError
-from events.model_commands import (
+from events.model.commands import (
     ReportDeploymentFailed,
     ReportDeploymentRolledBack,
     ReportDeploymentSucceeded,
     StartDeployment,
 )
-from events.model_deployments import DeploymentDrift, compare_deployments
-from events.model_events import (
+from events.model.deployments import DeploymentDrift, compare_deployments
+from events.model.events import (
     AliasSet,
     DeploymentFailed,
     DeploymentRolledBack,
@@ -21,7 +21,7 @@ from events.model_events import (
     ModelArchived,
     ModelEvent,
 )
-from events.model_state import DeploymentStatus
+from events.model.state import DeploymentStatus
 from events.stages import Stage
 from tests.unit.domain_helpers import cmd, given, in_production, transitioned, when, with_versions
 

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from events.catalogue import CODEC
-from service.event_schema import catalogue_schema, payload_schema
+from service.publication.event_schema import catalogue_schema, payload_schema
 from tests.support.sample_events import CODEC as SAMPLE_CODEC
 
 

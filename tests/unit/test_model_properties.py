@@ -24,8 +24,7 @@ from hypothesis import strategies as st
 
 from events.catalogue import CODEC
 from events.errors import DomainError
-from events.model import MODEL, decide
-from events.model_commands import (
+from events.model.commands import (
     ApprovePromotion,
     ArchiveModel,
     ArchiveVersion,
@@ -45,14 +44,15 @@ from events.model_commands import (
     SetVersionTags,
     TransitionStage,
 )
-from events.model_events import (
+from events.model.decider import MODEL, decide
+from events.model.events import (
     ModelEvent,
     PromotionApproved,
     PromotionExecuted,
     PromotionRequested,
     VersionRegistered,
 )
-from events.model_state import ModelState
+from events.model.state import ModelState
 from events.policy import (
     DEFAULT_POLICY,
     AliasRule,

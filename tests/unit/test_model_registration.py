@@ -11,7 +11,7 @@ from events.errors import (
     NotFoundError,
     ValidationError,
 )
-from events.model_commands import (
+from events.model.commands import (
     ArchiveModel,
     ClearModelPolicy,
     RegisterModel,
@@ -23,7 +23,7 @@ from events.model_commands import (
     SetModelTags,
     UpdateModelDescription,
 )
-from events.model_events import (
+from events.model.events import (
     ModelArchived,
     ModelDescriptionUpdated,
     ModelPolicyCleared,
@@ -34,7 +34,7 @@ from events.model_events import (
     ModelTagsRemoved,
     ModelTagsSet,
 )
-from events.model_state import ModelState
+from events.model.state import ModelState
 from events.names import MAX_TAGS
 from events.policy import GovernancePolicy, TransitionRule
 from events.stages import Stage

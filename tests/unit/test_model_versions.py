@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from events.errors import InvalidTransitionError, NotFoundError, ValidationError
-from events.model_commands import (
+from events.model.commands import (
     DeprecateVersion,
     RegisterVersion,
     RemoveVersionTags,
@@ -14,7 +14,7 @@ from events.model_commands import (
     TransitionStage,
     UpdateVersionDescription,
 )
-from events.model_events import (
+from events.model.events import (
     VersionDeprecated,
     VersionDescriptionUpdated,
     VersionRegistered,

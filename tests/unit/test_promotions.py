@@ -12,14 +12,14 @@ from events.errors import (
     PolicyViolationError,
     ValidationError,
 )
-from events.model_commands import (
+from events.model.commands import (
     ApprovePromotion,
     CancelPromotion,
     ExpirePromotion,
     RejectPromotion,
     RequestPromotion,
 )
-from events.model_events import (
+from events.model.events import (
     AliasRemovalCause,
     AliasRemoved,
     AliasSet,
@@ -32,7 +32,7 @@ from events.model_events import (
     StageTransitioned,
     VersionDeprecated,
 )
-from events.model_state import RequestStatus
+from events.model.state import RequestStatus
 from events.policy import AliasRule, GateResult, GovernancePolicy, MetricGate, TransitionRule
 from events.stages import Stage, TransitionKind
 from tests.unit.domain_helpers import (

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from service.runtime import redact
+from service.runtime.serve import redact
 
 
 @pytest.mark.parametrize(

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from events.errors import InvalidTransitionError, PolicyViolationError, ValidationError
-from events.model_commands import ApprovePromotion, RequestPromotion, Rollback
-from events.model_events import AliasSet, ModelEvent, PromotionExecuted, VersionDeprecated
+from events.model.commands import ApprovePromotion, RequestPromotion, Rollback
+from events.model.events import AliasSet, ModelEvent, PromotionExecuted, VersionDeprecated
 from events.policy import GovernancePolicy, MetricGate, TransitionRule
 from events.stages import Stage, TransitionKind
 from tests.unit.domain_helpers import (

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from events.errors import InvalidTransitionError, PolicyViolationError, ValidationError
-from events.model_commands import ArchiveVersion, RestoreVersion, TransitionStage
-from events.model_events import AliasRemovalCause, AliasRemoved, AliasSet
+from events.model.commands import ArchiveVersion, RestoreVersion, TransitionStage
+from events.model.events import AliasRemovalCause, AliasRemoved, AliasSet
 from events.policy import DEFAULT_POLICY, GateOp, GovernancePolicy, MetricGate, TransitionRule
 from events.stages import Stage, TransitionKind
 from tests.unit.domain_helpers import (

@@ -1,0 +1,174 @@
+"""The sealer: moves events of finished transactions into the contiguous global log. I/O.
+
+Why a sealer: a sequence value is taken at insert but the row becomes visible at commit,
+so a reader tailing ``seq > last`` would silently skip an event whose transaction commits
+late. The sealer reads only rows of transactions older than the snapshot's xmin (all of
+them finished, so that set can never grow), in (tx_id, seq) order, with the horizon and
+the read in ONE statement so both see the same snapshot. It numbers them contiguously,
+extends the global hash chain and NOTIFYs. Rolled-back rows never appear, so no gap can
+stall it; an open transaction only delays what comes after its xid, never loses it.
+
+One sealer is active per schema (session advisory lock); others wait as hot standbys.
+The cursor update in ``seal_batch`` is a compare-and-set, so even two sealers that both
+think they lead cannot fork the chain: the loser's batch fails and is re-read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+
+import asyncpg
+import msgspec
+
+from eventlog.connections import CONNECTION_ERRORS, close_quietly
+from eventlog.db import lock_key
+from eventlog.waiting import sleep_or_stop, wake_or_stop
+from events.envelope import log_link
+from events.errors import ConcurrencyError
+
+log = logging.getLogger(__name__)
+
+_READ_FINISHED = """
+SELECT seq, tx_id, stream_id, event_type, stream_hash
+  FROM events
+ WHERE tx_id < pg_snapshot_xmin(pg_current_snapshot())
+   AND (tx_id, seq) > ($1::xid8, $2::bigint)
+ ORDER BY tx_id, seq
+ LIMIT $3
+"""
+
+
+def sealed_channel(schema: str) -> str:
+    return f"modelreg_sealed_{schema}"[:63]
+
+
+class Cursor(msgspec.Struct):
+    log_position: int
+    tx_id: int
+    seq: int
+    log_hash: bytes
+
+
+class Sealer:
+    def __init__(
+        self,
+        connect: Callable[[], Awaitable[asyncpg.Connection]],
+        schema: str,
+        *,
+        batch_size: int = 5000,
+        idle_interval: float = 0.01,
+        max_idle_interval: float = 0.1,
+        standby_interval: float = 1.0,
+    ) -> None:
+        self._connect = connect
+        self.schema = schema
+        self.batch_size = batch_size
+        self.idle_interval = idle_interval
+        self.max_idle_interval = max_idle_interval
+        self.standby_interval = standby_interval
+        self.channel = sealed_channel(schema)
+        self._wake = asyncio.Event()
+        self._cursor: Cursor | None = None
+        self.is_leader = False
+
+    def wake(self) -> None:
+        """Called after a local append commits, so sealing need not wait for the next poll."""
+        self._wake.set()
+
+    async def seal_once(self, conn: asyncpg.Connection) -> int:
+        """Seal up to one batch of finished transactions; return how many events."""
+        cursor = self._cursor or await self._load_cursor(conn)
+        rows = await conn.fetch(_READ_FINISHED, cursor.tx_id, cursor.seq, self.batch_size)
+        if not rows:
+            self._cursor = cursor
+            return 0
+        hashes: list[bytes] = []
+        previous = cursor.log_hash
+        for offset, row in enumerate(rows, start=1):
+            previous = log_link(previous, cursor.log_position + offset, row["stream_hash"])
+            hashes.append(previous)
+        last = rows[-1]
+        try:
+            await conn.execute(
+                "SELECT seal_batch($1, $2, $3, $4, $5, $6, $7, $8)",
+                cursor.log_position,
+                [r["seq"] for r in rows],
+                [r["stream_id"] for r in rows],
+                [r["event_type"] for r in rows],
+                hashes,
+                last["tx_id"],
+                last["seq"],
+                self.channel,
+            )
+        except asyncpg.PostgresError as exc:
+            self._cursor = None  # another sealer moved on; re-read its cursor next time
+            if exc.sqlstate == "MR409":
+                raise ConcurrencyError("event_log", cursor.log_position, -1) from exc
+            raise
+        self._cursor = Cursor(cursor.log_position + len(rows), last["tx_id"], last["seq"], hashes[-1])
+        return len(rows)
+
+    async def seal_all(self, conn: asyncpg.Connection) -> int:
+        """Seal until nothing finished is left; return how many events."""
+        total = 0
+        while sealed := await self.seal_once(conn):
+            total += sealed
+        return total
+
+    async def _load_cursor(self, conn: asyncpg.Connection) -> Cursor:
+        row = await conn.fetchrow(
+            "SELECT last_log_position, last_tx_id, last_seq, last_log_hash FROM sealer_state WHERE id = 1"
+        )
+        assert row is not None
+        return Cursor(row[0], row[1], row[2], bytes(row[3]))
+
+    async def run(self, stop: asyncio.Event | None = None) -> None:
+        """Lead when the lock is free, stand by otherwise; return when ``stop`` is set.
+
+        A lost connection drops leadership with it (the session lock dies with the
+        session), so a standby can take over; this instance reconnects and competes again.
+        """
+        stop = stop or asyncio.Event()
+        while not stop.is_set():
+            try:
+                await self._session(stop)
+            except CONNECTION_ERRORS as exc:
+                log.warning("sealer: %s; reconnecting", exc)
+                await sleep_or_stop(stop, self.standby_interval)
+
+    async def _session(self, stop: asyncio.Event) -> None:
+        conn = await self._connect()
+        try:
+            got = await conn.fetchval(
+                "SELECT pg_try_advisory_lock(hashtextextended($1, 0))", lock_key(self.schema, "sealer")
+            )
+            if not got:
+                await sleep_or_stop(stop, self.standby_interval)
+                return
+            self.is_leader = True
+            self._cursor = None
+            log.info("sealer: leading for schema %s", self.schema)
+            await self._lead(conn, stop)
+        finally:
+            self.is_leader = False
+            await close_quietly(conn)
+
+    async def _lead(self, conn: asyncpg.Connection, stop: asyncio.Event) -> None:
+        interval = self.idle_interval
+        while not stop.is_set():
+            # Clear before reading: a wake that lands during the read must not be lost.
+            self._wake.clear()
+            try:
+                sealed = await self.seal_once(conn)
+            except ConcurrencyError:
+                log.warning("sealer: another sealer moved the log; re-reading its cursor")
+                continue
+            if sealed >= self.batch_size:
+                continue
+            # Poll fast while writes flow, back off when idle: wakes cover local appends.
+            interval = self.idle_interval if sealed else min(interval * 2, self.max_idle_interval)
+            await wake_or_stop(self._wake, stop, interval)
+
+

@@ -1,0 +1,320 @@
+"""Decisions that move versions between stages and point aliases at them. Pure.
+
+Rules that hold after every decision:
+
+* at most one version is in ``production``: promoting one demotes the current one, in the
+  same append, to the policy's ``demote_production_to`` (default ``archived``);
+* an alias points at an existing version that is not archived: archiving a version
+  (directly or by demotion) removes its aliases in the same append
+  (``model.alias_removed`` with cause ``version_archived``), except on rollback, where the
+  aliases of the demoted version follow the version that returns to production;
+* a protected alias moves only through an approved promotion request;
+* ``archived`` is final except for an admin ``RestoreVersion`` (back to ``development``)
+  and the one-step ``Rollback``, which may re-promote an archived previous production
+  version. Rollback skips metric gates (the version passed them when it was promoted) and
+  needs approval only when the policy's ``rollback_approvals`` is above zero.
+
+Event order inside one decision: alias moves, then the demotion (alias removals before
+the stage change), then the target's own stage change, so no prefix of the append breaks
+a rule either.
+"""
+
+from __future__ import annotations
+
+from events.errors import (
+    InvalidTransitionError,
+    NotFoundError,
+    PolicyViolationError,
+    ValidationError,
+)
+from events.model.commands import (
+    ArchiveVersion,
+    RemoveAlias,
+    RestoreVersion,
+    Rollback,
+    SetAlias,
+    TransitionStage,
+)
+from events.model.events import (
+    AliasRemovalCause,
+    AliasRemoved,
+    AliasSet,
+    ModelEvent,
+    StageTransitioned,
+)
+from events.model.guards import MAX_ALIASES, require_active, require_live_version
+from events.model.state import ModelState, VersionState
+from events.names import validate_alias, validate_comment
+from events.policy import GovernancePolicy, check_gates, requirement
+from events.stages import Stage, TransitionKind
+
+
+def _archive_aliases(
+    version: VersionState, keep: set[str], comment: str, request_id: str | None
+) -> list[ModelEvent]:
+    return [
+        AliasRemoved(
+            alias=alias,
+            version=version.number,
+            cause=AliasRemovalCause.VERSION_ARCHIVED,
+            comment=comment,
+            request_id=request_id,
+        )
+        for alias in version.aliases
+        if alias not in keep
+    ]
+
+
+def _stage_change(
+    version: VersionState,
+    to_stage: Stage,
+    kind: TransitionKind,
+    comment: str,
+    request_id: str | None,
+    moved_aliases: set[str],
+) -> list[ModelEvent]:
+    removed = (
+        _archive_aliases(version, moved_aliases, comment, request_id)
+        if to_stage == Stage.ARCHIVED
+        else []
+    )
+    return [
+        *removed,
+        StageTransitioned(
+            version=version.number,
+            from_stage=version.stage,
+            to_stage=to_stage,
+            kind=kind,
+            comment=comment,
+            request_id=request_id,
+        ),
+    ]
+
+
+def move(
+    state: ModelState,
+    policy: GovernancePolicy,
+    version: VersionState,
+    *,
+    stage: Stage | None,
+    alias: str | None,
+    kind: TransitionKind,
+    comment: str,
+    request_id: str | None = None,
+) -> list[ModelEvent]:
+    """The events that put ``version`` in ``stage`` and/or under ``alias``; rules already checked."""
+    events: list[ModelEvent] = []
+    moved: set[str] = set()
+    if alias is not None and state.aliases.get(alias) != version.number:
+        events.append(
+            AliasSet(
+                alias=alias,
+                version=version.number,
+                previous_version=state.aliases.get(alias),
+                comment=comment,
+                request_id=request_id,
+            )
+        )
+        moved.add(alias)
+    if kind == TransitionKind.ROLLBACK and state.production is not None:
+        for followed in state.version(state.production).aliases:
+            events.append(
+                AliasSet(
+                    alias=followed,
+                    version=version.number,
+                    previous_version=state.production,
+                    comment=comment,
+                    request_id=request_id,
+                )
+            )
+            moved.add(followed)
+    if stage is None or stage == version.stage:
+        return events
+    if (
+        stage == Stage.PRODUCTION
+        and state.production is not None
+        and state.production != version.number
+    ):
+        current = state.version(state.production)
+        events += _stage_change(
+            current,
+            policy.demote_production_to,
+            TransitionKind.DEMOTION,
+            comment,
+            request_id,
+            moved,
+        )
+    events += _stage_change(version, stage, kind, comment, request_id, moved)
+    return events
+
+
+def transition_stage(command: TransitionStage, state: ModelState) -> list[ModelEvent]:
+    require_active(state)
+    return _direct_transition(
+        state,
+        command.registry_policy,
+        command.version,
+        command.to_stage,
+        command.comment,
+        command.metrics,
+    )
+
+
+def archive_version(command: ArchiveVersion, state: ModelState) -> list[ModelEvent]:
+    require_active(state)
+    validate_comment(command.reason, "reason", required=True)
+    return _direct_transition(
+        state, command.registry_policy, command.version, Stage.ARCHIVED, command.reason, {}
+    )
+
+
+def _direct_transition(
+    state: ModelState,
+    registry_policy: GovernancePolicy,
+    number: int,
+    to_stage: Stage,
+    comment: str,
+    metrics: dict[int, dict[str, dict[str, float]]],
+) -> list[ModelEvent]:
+    validate_comment(comment)
+    version = state.version(number)
+    if version.stage == to_stage:
+        raise InvalidTransitionError(f"version {number} is already in {to_stage}", version=number)
+    if version.stage == Stage.ARCHIVED:
+        raise InvalidTransitionError(
+            f"version {number} is archived; only an admin restore brings it back", version=number
+        )
+    if version.deprecated and to_stage in (Stage.STAGING, Stage.PRODUCTION):
+        raise InvalidTransitionError(
+            f"version {number} is deprecated and cannot be promoted", version=number
+        )
+    policy = state.effective_policy(registry_policy)
+    needed = requirement(policy, version.stage, to_stage, None)
+    if needed.approvals > 0:
+        raise PolicyViolationError(
+            "approval_required",
+            f"{version.stage} -> {to_stage} needs {needed.approvals} approval(s): request a promotion",
+            approvals=needed.approvals,
+        )
+    check_gates(needed.gates, number, state.production, metrics)
+    return move(
+        state,
+        policy,
+        version,
+        stage=to_stage,
+        alias=None,
+        kind=TransitionKind.DIRECT,
+        comment=comment,
+    )
+
+
+def restore_version(command: RestoreVersion, state: ModelState) -> list[ModelEvent]:
+    require_active(state)
+    version = state.version(command.version)
+    if version.stage != Stage.ARCHIVED:
+        raise InvalidTransitionError(
+            f"version {command.version} is not archived", version=command.version
+        )
+    if not command.actor_is_admin:
+        raise PolicyViolationError(
+            "admin_required", "only an admin can restore an archived version"
+        )
+    validate_comment(command.reason, "reason", required=True)
+    return [
+        StageTransitioned(
+            version=command.version,
+            from_stage=Stage.ARCHIVED,
+            to_stage=Stage.DEVELOPMENT,
+            kind=TransitionKind.RESTORE,
+            comment=command.reason,
+        )
+    ]
+
+
+def rollback_version(state: ModelState) -> VersionState:
+    """The version a rollback re-promotes, or ``InvalidTransitionError`` if there is none."""
+    target = state.rollback_target()
+    if target is None:
+        raise InvalidTransitionError("no version was in production before the current one")
+    version = state.version(target)
+    if version.deprecated:
+        raise InvalidTransitionError(
+            f"the rollback target, version {target}, is deprecated", version=target
+        )
+    return version
+
+
+def roll_back_production(command: Rollback, state: ModelState) -> list[ModelEvent]:
+    require_active(state)
+    validate_comment(command.reason, "reason", required=True)
+    version = rollback_version(state)
+    policy = state.effective_policy(command.registry_policy)
+    if policy.rollback_approvals > 0:
+        raise PolicyViolationError(
+            "rollback_requires_approval",
+            f"a rollback needs {policy.rollback_approvals} approval(s): request it with rollback=true",
+            approvals=policy.rollback_approvals,
+        )
+    return move(
+        state,
+        policy,
+        version,
+        stage=Stage.PRODUCTION,
+        alias=None,
+        kind=TransitionKind.ROLLBACK,
+        comment=command.reason,
+    )
+
+
+def set_alias(command: SetAlias, state: ModelState) -> list[ModelEvent]:
+    require_active(state)
+    validate_alias(command.alias)
+    validate_comment(command.comment)
+    version = require_live_version(state, command.version, f"aliased as {command.alias!r}")
+    policy = state.effective_policy(command.registry_policy)
+    if policy.alias_rule(command.alias) is not None:
+        raise PolicyViolationError(
+            "protected_alias",
+            f"alias {command.alias!r} is protected: it moves only by an approved promotion",
+            alias=command.alias,
+        )
+    if state.aliases.get(command.alias) == command.version:
+        return []
+    if command.alias not in state.aliases and len(state.aliases) >= MAX_ALIASES:
+        raise ValidationError(
+            "alias", "too_many", f"a model has at most {MAX_ALIASES} aliases", max=MAX_ALIASES
+        )
+    return move(
+        state,
+        policy,
+        version,
+        stage=None,
+        alias=command.alias,
+        kind=TransitionKind.DIRECT,
+        comment=command.comment,
+    )
+
+
+def remove_alias(command: RemoveAlias, state: ModelState) -> list[ModelEvent]:
+    require_active(state)
+    validate_alias(command.alias)
+    validate_comment(command.comment)
+    target = state.aliases.get(command.alias)
+    if target is None:
+        raise NotFoundError(
+            f"model {state.name!r} has no alias {command.alias!r}", alias=command.alias
+        )
+    if state.effective_policy(command.registry_policy).alias_rule(command.alias) is not None:
+        raise PolicyViolationError(
+            "protected_alias",
+            f"alias {command.alias!r} is protected; unprotect it in the policy first",
+            alias=command.alias,
+        )
+    return [
+        AliasRemoved(
+            alias=command.alias,
+            version=target,
+            cause=AliasRemovalCause.REMOVED,
+            comment=command.comment,
+        )
+    ]

@@ -1,0 +1,187 @@
+"""Decisions about the registered model and its versions' metadata. Pure.
+
+Set-like commands that would change nothing (same description, same tags, removing an
+absent tag, renaming to the current name) decide no events, so a retried request is
+harmless. Lifecycle moves that would change nothing (archiving an archived model) are
+refused with ``InvalidTransitionError``, like stage transitions.
+"""
+
+from __future__ import annotations
+
+from events.errors import AlreadyExistsError, InvalidTransitionError
+from events.model.commands import (
+    ArchiveModel,
+    ClearModelPolicy,
+    DeprecateVersion,
+    RegisterModel,
+    RegisterVersion,
+    RemoveModelTags,
+    RemoveVersionTags,
+    RenameModel,
+    RestoreModel,
+    SetModelPolicy,
+    SetModelTags,
+    SetVersionTags,
+    UpdateModelDescription,
+    UpdateVersionDescription,
+)
+from events.model.events import (
+    ModelArchived,
+    ModelDescriptionUpdated,
+    ModelEvent,
+    ModelPolicyCleared,
+    ModelPolicySet,
+    ModelRegistered,
+    ModelRenamed,
+    ModelRestored,
+    ModelTagsRemoved,
+    ModelTagsSet,
+    VersionDeprecated,
+    VersionDescriptionUpdated,
+    VersionRegistered,
+    VersionTagsRemoved,
+    VersionTagsSet,
+)
+from events.model.guards import changed_tags, present_keys, require_active, require_registered
+from events.model.state import ModelState
+from events.names import (
+    validate_actor,
+    validate_comment,
+    validate_description,
+    validate_id,
+    validate_model_name,
+    validate_tags,
+)
+from events.policy import validate_policy
+from events.version_content import content_digest, validate_content
+
+
+def register_model(command: RegisterModel, state: ModelState) -> list[ModelEvent]:
+    if state.registered:
+        raise AlreadyExistsError(
+            f"model {state.model_id} is already registered", model_id=state.model_id
+        )
+    validate_id(command.model_id, "model_id")
+    validate_model_name(command.name)
+    validate_actor(command.owner, "owner")
+    validate_description(command.description)
+    validate_tags(command.tags)
+    return [
+        ModelRegistered(
+            model_id=command.model_id,
+            name=command.name,
+            description=command.description,
+            tags=dict(command.tags),
+            owner=command.owner,
+        )
+    ]
+
+
+def update_model_description(
+    command: UpdateModelDescription, state: ModelState
+) -> list[ModelEvent]:
+    require_active(state)
+    validate_description(command.description)
+    if command.description == state.description:
+        return []
+    return [ModelDescriptionUpdated(description=command.description)]
+
+
+def set_model_tags(command: SetModelTags, state: ModelState) -> list[ModelEvent]:
+    require_active(state)
+    changes = changed_tags(state.tags, command.tags)
+    return [ModelTagsSet(tags=changes)] if changes else []
+
+
+def remove_model_tags(command: RemoveModelTags, state: ModelState) -> list[ModelEvent]:
+    require_active(state)
+    keys = present_keys(state.tags, command.keys)
+    return [ModelTagsRemoved(keys=keys)] if keys else []
+
+
+def rename_model(command: RenameModel, state: ModelState) -> list[ModelEvent]:
+    require_active(state)
+    validate_model_name(command.new_name, "new_name")
+    if command.new_name == state.name:
+        return []
+    return [ModelRenamed(old_name=state.name, new_name=command.new_name)]
+
+
+def archive_model(command: ArchiveModel, state: ModelState) -> list[ModelEvent]:
+    """No hard delete: the model is hidden, its history and its versions' stages stay."""
+    require_registered(state)
+    if state.archived:
+        raise InvalidTransitionError(f"model {state.name!r} is already archived")
+    validate_comment(command.reason, "reason", required=True)
+    return [ModelArchived(reason=command.reason)]
+
+
+def restore_model(command: RestoreModel, state: ModelState) -> list[ModelEvent]:
+    require_registered(state)
+    if not state.archived:
+        raise InvalidTransitionError(f"model {state.name!r} is not archived")
+    validate_comment(command.reason, "reason", required=True)
+    return [ModelRestored(reason=command.reason)]
+
+
+def set_model_policy(command: SetModelPolicy, state: ModelState) -> list[ModelEvent]:
+    require_active(state)
+    validate_policy(command.policy)
+    validate_comment(command.comment)
+    if command.policy == state.policy:
+        return []
+    return [ModelPolicySet(policy=command.policy, comment=command.comment)]
+
+
+def clear_model_policy(command: ClearModelPolicy, state: ModelState) -> list[ModelEvent]:
+    require_active(state)
+    validate_comment(command.comment)
+    return [ModelPolicyCleared(comment=command.comment)] if state.policy is not None else []
+
+
+def register_version(command: RegisterVersion, state: ModelState) -> list[ModelEvent]:
+    """Numbers are max + 1 over every version ever registered: never reused, archived or not."""
+    require_active(state)
+    validate_content(command.content)
+    validate_description(command.description)
+    validate_tags(command.tags)
+    return [
+        VersionRegistered(
+            version=state.last_version + 1,
+            content=command.content,
+            content_digest=content_digest(command.content),
+            registered_by=validate_actor(command.actor),
+            description=command.description,
+            tags=dict(command.tags),
+        )
+    ]
+
+
+def update_version_description(
+    command: UpdateVersionDescription, state: ModelState
+) -> list[ModelEvent]:
+    version = require_active(state).version(command.version)
+    validate_description(command.description)
+    if command.description == version.description:
+        return []
+    return [VersionDescriptionUpdated(version=command.version, description=command.description)]
+
+
+def set_version_tags(command: SetVersionTags, state: ModelState) -> list[ModelEvent]:
+    version = require_active(state).version(command.version)
+    changes = changed_tags(version.tags, command.tags)
+    return [VersionTagsSet(version=command.version, tags=changes)] if changes else []
+
+
+def remove_version_tags(command: RemoveVersionTags, state: ModelState) -> list[ModelEvent]:
+    version = require_active(state).version(command.version)
+    keys = present_keys(version.tags, command.keys)
+    return [VersionTagsRemoved(version=command.version, keys=keys)] if keys else []
+
+
+def deprecate_version(command: DeprecateVersion, state: ModelState) -> list[ModelEvent]:
+    version = require_active(state).version(command.version)
+    validate_comment(command.reason, "reason", required=True)
+    if version.deprecated:
+        return []
+    return [VersionDeprecated(version=command.version, reason=command.reason)]

@@ -1,0 +1,353 @@
+"""The model catalogue: one row per registered model, what the registry's front page lists.
+
+Answers "what is model X?" by id (``get_model``) or by name (``get_model_by_name``):
+its name, description, tags, owner, archived flag, latest version, the latest version in
+each stage, its aliases, version counts and when it was created and last changed.
+Searching and listing live in ``projections.search``.
+
+Tables (SQL names come from ``names``; see ``projections.base``):
+
+- ``model_catalogue``: the rows. Keyed by ``model_id`` because a rename keeps the id.
+  ``name`` has an ordinary index, not a unique one: the write side keeps names unique,
+  but two transactions (a rename releasing a name, a registration taking it) can reach
+  the log in the opposite order, and a unique index would then stop the projection for
+  good. ``named_at`` (the log position that gave a row its name) breaks such a tie.
+- ``model_catalogue_stages``: each version's current stage, from which the latest version
+  per stage and the per-stage counts are aggregated after every batch.
+
+``updated_at`` is the business time (``occurred_at``) of the latest event of the model's
+own stream, whatever it changed (versions, stages, promotions, deployments included);
+metric batches do not count. ``position`` is that event's log position.
+
+``apply`` folds a batch in memory with the pure ``evolve`` (one read of the touched rows,
+one upsert per table), so a rebuild costs a few statements per batch, not per event.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+from typing import TypeVar
+
+import asyncpg
+import msgspec
+from msgspec.structs import replace
+
+from eventlog.log import LoggedEvent
+from events.base import Event
+from events.catalogue import CODEC
+from events.model.events import (
+    MODEL_EVENT_TYPES,
+    AliasRemoved,
+    AliasSet,
+    ModelArchived,
+    ModelDescriptionUpdated,
+    ModelRegistered,
+    ModelRenamed,
+    ModelRestored,
+    ModelTagsRemoved,
+    ModelTagsSet,
+    StageTransitioned,
+    VersionRegistered,
+)
+from events.stages import INITIAL_STAGE, Stage
+from projections.base import Names, Projection, Table
+
+Conn = asyncpg.Connection | asyncpg.Pool
+V = TypeVar("V")
+
+STAGES: tuple[str, ...] = tuple(str(s) for s in Stage)
+
+TABLES = [
+    Table(
+        "model_catalogue",
+        """
+        model_id       text COLLATE "C" PRIMARY KEY,
+        name           text COLLATE "C" NOT NULL,
+        description    text             NOT NULL,
+        tags           jsonb            NOT NULL,
+        owner          text COLLATE "C" NOT NULL,
+        archived       boolean          NOT NULL,
+        latest_version int,
+        version_count  int              NOT NULL,
+        stages         jsonb            NOT NULL,
+        stage_counts   jsonb            NOT NULL,
+        aliases        jsonb            NOT NULL,
+        created_at     timestamptz      NOT NULL,
+        updated_at     timestamptz      NOT NULL,
+        named_at       bigint           NOT NULL,
+        position       bigint           NOT NULL
+        """,
+        indexes=[
+            # Keyset orders: (sort column, model_id) so every key is unique.
+            "CREATE INDEX {name}_name ON {table} (name, model_id)",
+            "CREATE INDEX {name}_created ON {table} (created_at, model_id)",
+            "CREATE INDEX {name}_updated ON {table} (updated_at, model_id)",
+            "CREATE INDEX {name}_owner ON {table} (owner, name)",
+            # Substring and prefix search on names (ILIKE uses trigrams).
+            "CREATE INDEX {name}_name_trgm ON {table} USING gin (name public.gin_trgm_ops)",
+            # tags @> '{"k": "v"}', tags ? 'k', aliases ? 'champion', stages ?| '{production}'.
+            "CREATE INDEX {name}_tags ON {table} USING gin (tags)",
+            "CREATE INDEX {name}_aliases ON {table} USING gin (aliases)",
+            "CREATE INDEX {name}_stages ON {table} USING gin (stages)",
+        ],
+    ),
+    Table(
+        "model_catalogue_stages",
+        'model_id text COLLATE "C" NOT NULL, version int NOT NULL, stage text NOT NULL,'
+        " PRIMARY KEY (model_id, version)",
+        indexes=["CREATE INDEX {name}_stage ON {table} (model_id, stage, version)"],
+    ),
+]
+
+
+class ModelRow(msgspec.Struct, frozen=True, kw_only=True):
+    """A registered model as the catalogue shows it.
+
+    ``stages`` maps every stage to the highest version number in it (None: no version);
+    ``stage_counts`` maps every stage to how many versions are in it; ``aliases`` maps
+    each alias to its version. ``latest_version`` is the highest number ever registered.
+    """
+
+    model_id: str
+    name: str
+    description: str
+    tags: dict[str, str]
+    owner: str
+    archived: bool
+    latest_version: int | None
+    version_count: int
+    stages: dict[str, int | None]
+    stage_counts: dict[str, int]
+    aliases: dict[str, int]
+    created_at: datetime
+    updated_at: datetime
+    position: int
+
+
+def _empty_stages() -> dict[str, int | None]:
+    return dict.fromkeys(STAGES, None)
+
+
+def evolve(row: ModelRow | None, event: Event, logged: LoggedEvent) -> ModelRow | None:
+    """Fold one model-stream event into the model's row (None before registration).
+
+    Pure. ``stages`` and ``stage_counts`` are not touched here: they are aggregated from
+    ``model_catalogue_stages`` once per batch.
+    """
+    at = logged.envelope.occurred_at
+    if isinstance(event, ModelRegistered):
+        return ModelRow(
+            model_id=event.model_id, name=event.name, description=event.description, tags=dict(event.tags),
+            owner=event.owner, archived=False, latest_version=None, version_count=0,
+            stages=_empty_stages(), stage_counts=dict.fromkeys(STAGES, 0), aliases={},
+            created_at=at, updated_at=at, position=logged.log_position,
+        )
+    if row is None:
+        return None  # a decider never writes to an unregistered model; nothing to show
+    row = replace(row, updated_at=at, position=logged.log_position)
+    match event:
+        case ModelDescriptionUpdated():
+            return replace(row, description=event.description)
+        case ModelTagsSet():
+            return replace(row, tags={**row.tags, **event.tags})
+        case ModelTagsRemoved():
+            return replace(row, tags={k: v for k, v in row.tags.items() if k not in event.keys})
+        case ModelRenamed():
+            return replace(row, name=event.new_name)
+        case ModelArchived():
+            return replace(row, archived=True)
+        case ModelRestored():
+            return replace(row, archived=False)
+        case VersionRegistered():
+            latest = max(row.latest_version or 0, event.version)
+            return replace(row, latest_version=latest, version_count=row.version_count + 1)
+        case AliasSet():
+            return replace(row, aliases={**row.aliases, event.alias: event.version})
+        case AliasRemoved():
+            return replace(row, aliases={k: v for k, v in row.aliases.items() if k != event.alias})
+        case _:
+            return row
+
+
+def _model_id(logged: LoggedEvent) -> str:
+    return logged.stream_id.split(":", 1)[1]
+
+
+_COLUMN_NAMES = (
+    "model_id", "name", "description", "tags", "owner", "archived", "latest_version", "version_count",
+    "stages", "stage_counts", "aliases", "created_at", "updated_at", "position",
+)
+_JSON = {"tags", "stages", "stage_counts", "aliases"}
+
+
+def columns(alias: str = "") -> str:
+    """The select list ``row_from_record`` reads (jsonb as text), for a table aliased ``alias``."""
+    prefix = f"{alias}." if alias else ""
+    return ", ".join(f"{prefix}{c}::text AS {c}" if c in _JSON else f"{prefix}{c}" for c in _COLUMN_NAMES)
+
+
+_COLUMNS = columns()
+
+_tags = msgspec.json.Decoder(dict[str, str])
+_stage_map = msgspec.json.Decoder(dict[str, int])
+
+
+def _sorted(mapping: dict[str, V]) -> dict[str, V]:
+    # jsonb keeps keys shortest first; callers expect them in name order.
+    return dict(sorted(mapping.items()))
+
+
+def row_from_record(r: asyncpg.Record) -> ModelRow:
+    """A ``ModelRow`` from a record selected with ``columns()`` (``projections.search`` uses it)."""
+    latest_per_stage = _stage_map.decode(r["stages"])
+    count_per_stage = _stage_map.decode(r["stage_counts"])
+    return ModelRow(
+        model_id=r["model_id"], name=r["name"], description=r["description"], tags=_sorted(_tags.decode(r["tags"])),
+        owner=r["owner"], archived=r["archived"], latest_version=r["latest_version"],
+        version_count=r["version_count"],
+        stages={s: latest_per_stage.get(s) for s in STAGES},
+        stage_counts={s: count_per_stage.get(s, 0) for s in STAGES},
+        aliases=_sorted(_stage_map.decode(r["aliases"])),
+        created_at=r["created_at"], updated_at=r["updated_at"], position=r["position"],
+    )
+
+
+_encode = msgspec.json.Encoder(order="sorted").encode
+
+
+async def apply(conn: asyncpg.Connection, names: Names, events: Sequence[LoggedEvent]) -> None:
+    touched = list(dict.fromkeys(_model_id(e) for e in events))
+    rows: dict[str, ModelRow | None] = {}
+    named_at: dict[str, int] = {}
+    for record in await conn.fetch(
+        f"SELECT {_COLUMNS}, named_at FROM {names.model_catalogue} WHERE model_id = ANY ($1::text[])", touched
+    ):
+        rows[record["model_id"]] = row_from_record(record)
+        named_at[record["model_id"]] = record["named_at"]
+    stages: dict[tuple[str, int], str] = {}
+    for logged in events:
+        model_id = _model_id(logged)
+        event = CODEC.decode(logged.envelope)
+        rows[model_id] = evolve(rows.get(model_id), event, logged)
+        if isinstance(event, ModelRegistered | ModelRenamed):
+            named_at[model_id] = logged.log_position
+        elif isinstance(event, VersionRegistered):
+            stages[(model_id, event.version)] = str(INITIAL_STAGE)
+        elif isinstance(event, StageTransitioned):
+            stages[(model_id, event.version)] = str(event.to_stage)
+    if stages:
+        await _write_stages(conn, names, stages)
+        for model_id, latest, counts in await _aggregate_stages(conn, names, {m for m, _ in stages}):
+            row = rows[model_id]
+            if row is not None:
+                rows[model_id] = replace(row, stages=latest, stage_counts=counts)
+    await _write_rows(conn, names, [r for r in rows.values() if r is not None], named_at)
+
+
+async def _write_stages(conn: asyncpg.Connection, names: Names, stages: dict[tuple[str, int], str]) -> None:
+    await conn.execute(
+        f"INSERT INTO {names.model_catalogue_stages} (model_id, version, stage)"
+        " SELECT * FROM unnest($1::text[], $2::int[], $3::text[])"
+        " ON CONFLICT (model_id, version) DO UPDATE SET stage = excluded.stage",
+        [m for m, _ in stages], [v for _, v in stages], list(stages.values()),
+    )
+
+
+async def _aggregate_stages(
+    conn: asyncpg.Connection, names: Names, model_ids: Iterable[str]
+) -> list[tuple[str, dict[str, int | None], dict[str, int]]]:
+    ids = sorted(model_ids)
+    latest: dict[str, dict[str, int | None]] = {m: _empty_stages() for m in ids}
+    counts: dict[str, dict[str, int]] = {m: dict.fromkeys(STAGES, 0) for m in ids}
+    for r in await conn.fetch(
+        f"SELECT model_id, stage, count(*)::int AS n, max(version) AS latest FROM {names.model_catalogue_stages}"
+        " WHERE model_id = ANY ($1::text[]) GROUP BY model_id, stage",
+        ids,
+    ):
+        latest[r["model_id"]][r["stage"]] = r["latest"]
+        counts[r["model_id"]][r["stage"]] = r["n"]
+    return [(m, latest[m], counts[m]) for m in ids]
+
+
+async def _write_rows(conn: asyncpg.Connection, names: Names, rows: list[ModelRow], named_at: dict[str, int]) -> None:
+    if not rows:
+        return
+    table = names.model_catalogue
+    await conn.execute(
+        f"INSERT INTO {table} (model_id, name, description, tags, owner, archived, latest_version, version_count,"
+        " stages, stage_counts, aliases, created_at, updated_at, named_at, position)"
+        " SELECT u.model_id, u.name, u.description, u.tags::jsonb, u.owner, u.archived, u.latest_version,"
+        " u.version_count, u.stages::jsonb, u.stage_counts::jsonb, u.aliases::jsonb, u.created_at, u.updated_at,"
+        " u.named_at, u.position"
+        " FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::boolean[], $7::int[],"
+        " $8::int[], $9::text[], $10::text[], $11::text[], $12::timestamptz[], $13::timestamptz[], $14::bigint[],"
+        " $15::bigint[]) AS u(model_id, name, description, tags, owner, archived, latest_version, version_count,"
+        " stages, stage_counts, aliases, created_at, updated_at, named_at, position)"
+        " ON CONFLICT (model_id) DO UPDATE SET name = excluded.name, description = excluded.description,"
+        " tags = excluded.tags, owner = excluded.owner, archived = excluded.archived,"
+        " latest_version = excluded.latest_version, version_count = excluded.version_count,"
+        " stages = excluded.stages, stage_counts = excluded.stage_counts, aliases = excluded.aliases,"
+        " created_at = excluded.created_at, updated_at = excluded.updated_at, named_at = excluded.named_at,"
+        " position = excluded.position",
+        [r.model_id for r in rows],
+        [r.name for r in rows],
+        [r.description for r in rows],
+        [_encode(r.tags).decode() for r in rows],
+        [r.owner for r in rows],
+        [r.archived for r in rows],
+        [r.latest_version for r in rows],
+        [r.version_count for r in rows],
+        # Only stages that hold a version are stored, so ``stages ?| $1`` means "has one in".
+        [_encode({s: v for s, v in r.stages.items() if v is not None}).decode() for r in rows],
+        [_encode({s: n for s, n in r.stage_counts.items() if n}).decode() for r in rows],
+        [_encode(r.aliases).decode() for r in rows],
+        [r.created_at for r in rows],
+        [r.updated_at for r in rows],
+        [named_at[r.model_id] for r in rows],
+        [r.position for r in rows],
+    )
+
+
+CATALOGUE = Projection(
+    name="model_catalogue",
+    version=1,
+    tables=TABLES,
+    handles=frozenset(t.event_type for t in MODEL_EVENT_TYPES),
+    apply=apply,
+    description="one row per registered model: name, tags, owner, stages, aliases, counts",
+)
+PROJECTION = CATALOGUE
+
+
+async def get_model(conn: Conn, names: Names, model_id: str) -> ModelRow | None:
+    record = await conn.fetchrow(f"SELECT {_COLUMNS} FROM {names.model_catalogue} WHERE model_id = $1", model_id)
+    return None if record is None else row_from_record(record)
+
+
+async def get_model_by_name(conn: Conn, names: Names, name: str) -> ModelRow | None:
+    """The model called ``name`` (exact, case-sensitive). If the log briefly shows two
+    models with one name (see the module docstring), the one named last wins."""
+    record = await conn.fetchrow(
+        f"SELECT {_COLUMNS} FROM {names.model_catalogue} WHERE name = $1 ORDER BY named_at DESC LIMIT 1", name
+    )
+    return None if record is None else row_from_record(record)
+
+
+async def table_checksum(conn: Conn, table: str, order_by: str) -> str:
+    """md5 over the md5 of every row's text, in ``order_by`` order ('' for no rows).
+
+    Hashing each row first keeps the aggregate small (32 bytes a row) on big tables.
+    """
+    value: str = await conn.fetchval(
+        f"SELECT md5(coalesce(string_agg(md5(t::text), '' ORDER BY {order_by}), '')) FROM {table} t"
+    )
+    return value
+
+
+async def checksum(conn: Conn, names: Names) -> str:
+    """One digest of every row of every table of this view, in primary-key order."""
+    return ":".join([
+        await table_checksum(conn, names.model_catalogue, "t.model_id"),
+        await table_checksum(conn, names.model_catalogue_stages, "t.model_id, t.version"),
+    ])

@@ -1,0 +1,103 @@
+"""The HTTP application factory. I/O: none itself; handlers reach Postgres and NATS through
+the ``AppState`` that the runtime builds once per process and injects (no globals).
+
+The API v1 (``service.api``) is mounted when the process serves it (roles all and api).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any
+
+import asyncpg
+from litestar import Litestar, Request, Response, Router, get
+from litestar.datastructures import State
+from litestar.openapi import OpenAPIConfig
+from litestar.types import ControllerRouterHandler
+from nats.aio.client import Client as NatsClient
+
+from eventlog.positions import SealSignal
+from eventlog.sealer import Sealer
+from service.api.health import Live, NotReady, Ready, check
+from service.api.problems import EXCEPTION_HANDLERS
+from service.api.router import api_app_kwargs
+from service.api.services import Services
+from service.settings import Settings
+
+PROBLEM_JSON = "application/problem+json"
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class AppState:
+    """The process's shared resources. ``nats`` exists from the start but may not be
+    connected yet (or any more): it reconnects forever, and writes never wait for it."""
+
+    settings: Settings
+    database_url: str
+    nats_url: str
+    pool: asyncpg.Pool
+    nats: NatsClient
+    services: Services
+    sealer: Sealer
+    seal_signal: SealSignal
+
+
+
+
+@get("/live", sync_to_thread=False)
+def live() -> Live:
+    """The process is up and its event loop answers; checks nothing else."""
+    return Live()
+
+
+@get("/ready")
+async def ready(request: Request[Any, Any, Any]) -> Response[Ready | NotReady]:
+    """200 when the database answers, migrations are applied and NATS is connected."""
+    # Only a process that publishes (roles all and worker) needs NATS to be useful; an API
+    # replica keeps accepting writes while NATS is away, so NATS must not fail its readiness.
+    app_state: AppState | None = request.app.state.get("app_state")
+    needs_nats = app_state is None or app_state.settings.role != "api"
+    checks, reasons = await check(
+        app_state.pool if app_state else None,
+        app_state.nats if app_state else None,
+        require_nats=needs_nats,
+    )
+    if checks.ready:
+        return Response(Ready(checks=checks))
+    detail = "; ".join(reasons) if app_state else "runtime not started"
+    return Response(
+        NotReady(detail=detail, checks=checks), status_code=503, media_type=PROBLEM_JSON
+    )
+
+
+health_router = Router("/health", route_handlers=[live, ready], tags=["health"])
+
+
+def create_app(state: AppState | None = None, *, api: bool = True, debug: bool = False) -> Litestar:
+    """Build the app; ``api=False`` serves only the health endpoints (the worker role).
+
+    ``state=None`` gives an app whose readiness always fails: for tests of the HTTP layer
+    that need no database.
+    """
+    handlers: list[ControllerRouterHandler] = [health_router]
+    extra: dict[str, Any] = {"exception_handlers": EXCEPTION_HANDLERS, "state": State({"app_state": state})}
+    if api and state is not None:
+        extra = api_app_kwargs(state.services)
+        handlers.extend(extra.pop("route_handlers"))
+        extra["state"] = State({**extra["state"].dict(), "app_state": state})
+    return Litestar(
+        route_handlers=handlers,
+        **extra,
+        openapi_config=OpenAPIConfig(title="modelreg", version=_version(), path="/schema"),
+        # The process configures logging once (service.cli.main); Litestar's default would replace it.
+        logging_config=None,
+        debug=debug,
+    )
+
+
+def _version() -> str:
+    try:
+        return version("modelreg")
+    except PackageNotFoundError:
+        return "0+unknown"

@@ -1,0 +1,95 @@
+"""``modelreg events``: the registry's global log over HTTP (for people; auditors who
+need every event with verified chains use ``modelreg audit``, which reads NATS).
+I/O: the registry's HTTP API; exit codes as in ``service.cli.shared`` (Ctrl-C: 0)."""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated
+
+import typer
+
+from service.cli.shared import (
+    JsonOption,
+    TokenOption,
+    UrlOption,
+    client_command,
+    complete_model,
+    connect,
+    emit_json_line,
+    when,
+)
+from service.client.models import LoggedEvent
+
+app = typer.Typer(
+    help="The global event log: tail (and follow) it.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+
+
+def line_of(event: LoggedEvent) -> str:
+    record = event.record
+    return (f"{event.log_position:>8}  {when(event.sealed_at):<19}  {record.get('event_type', ''):<32}  "
+            f"{record.get('stream_id', ''):<44}  {record.get('actor', '')}")
+
+
+def json_of(event: LoggedEvent) -> dict[str, object]:
+    return {"log_position": event.log_position, "sealed_at": event.sealed_at, "envelope": event.envelope}
+
+
+@app.command("tail")
+@client_command
+def tail(
+    lines: Annotated[int, typer.Option("--lines", "-n", min=0, help="Start this many log positions before the end.")] = 10,
+    after: Annotated[int | None, typer.Option("--after", min=0, help="Start after this log position instead.")] = None,
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new events until Ctrl-C.")] = False,
+    event_type: Annotated[list[str] | None, typer.Option("--type", help="Only this event type (repeatable).")] = None,
+    model: Annotated[str | None, typer.Option("--model", help="Only this model's events.", autocompletion=complete_model)] = None,
+    interval: Annotated[float, typer.Option("--interval", min=0.1, help="Seconds between polls with --follow.")] = 1.0,
+    url: UrlOption = None,
+    token: TokenOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """The latest events of the log; with --follow, new ones as they are sealed.
+
+    With --json, one JSON object per line: log_position, sealed_at and the stored
+    envelope (event_type, stream_id, actor, occurred_at, data, ...).
+
+    Examples:
+
+        modelreg events tail -n 20
+
+        modelreg events tail -f --model churn --json | jq -c '.envelope | {event_type, actor}'
+    """
+
+    def emit(event: LoggedEvent) -> None:
+        if as_json:
+            emit_json_line(json_of(event))
+        else:
+            _print(line_of(event))
+
+    with connect(url, token, read_your_writes=False) as client:
+        start = after if after is not None else max(0, client.head_position() - lines)
+        if not as_json:
+            _print(f"{'POSITION':>8}  {'SEALED AT (UTC)':<19}  {'TYPE':<32}  {'STREAM':<44}  ACTOR")
+        try:
+            if follow:
+                for event in client.follow_events(start, types=event_type, model=model, poll_interval=interval):
+                    emit(event)
+            else:
+                position = start
+                while True:
+                    page = client.events(position, limit=500, types=event_type, model=model)
+                    for event in page.items:
+                        emit(event)
+                        position = event.log_position
+                    if page.next_after is None:
+                        break
+        except KeyboardInterrupt:
+            return
+
+
+def _print(line: str) -> None:
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()

@@ -1,0 +1,235 @@
+"""Executing commands: load state, decide, append at the version read, retry on conflict. I/O.
+
+``load -> decide -> append(expected_version)``. The state of a stream is kept in an LRU
+cache (and in periodic snapshots) together with the version it reflects; before each
+decision only the events after that version are read, so a command's cost does not grow
+with the length of its stream. A conflict means another writer got in first: the cache
+entry is dropped and the command is decided again against the new state, a few times,
+before the caller gets the ``ConcurrencyError`` (HTTP 409). With ``if_version`` (HTTP
+If-Match) there is no retry: the caller asked for that exact version.
+
+Within one process, commands on the same stream take turns (a per-stream lock), so they
+never race each other and no attempt is wasted; conflicts then only come from other
+processes (API replicas) and are retried with a jittered backoff.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import uuid
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+import msgspec
+
+from eventlog.store import AppendResult, EventStore, Metadata
+from events.base import Command, Decider, Event
+from events.errors import ConcurrencyError, ConflictError
+
+log = logging.getLogger(__name__)
+
+S = TypeVar("S")
+E = TypeVar("E", bound=Event)
+
+# Keys to claim and release in the append's transaction, given the decided events.
+KeyRule = Callable[[Sequence[Any], Any], tuple[Sequence[str], Sequence[str]]]
+
+_ID_NAMESPACE = uuid.UUID("6f1f6a52-4d0b-4bd3-9c3b-6e8f3f0b2a11")
+
+
+class PreconditionFailedError(ConflictError):
+    """If-Match named a version the stream is no longer at."""
+
+    code = "precondition_failed"
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome(Generic[S, E]):
+    """What a command did: its events (none for a no-op), the state after, the append."""
+
+    events: list[E]
+    state: S
+    version: int
+    append: AppendResult | None
+
+    @property
+    def replayed(self) -> bool:
+        return self.append is not None and self.append.replayed
+
+
+def event_ids_for(seed: str, count: int) -> list[uuid.UUID]:
+    """Deterministic event ids for a command retried under the same idempotency seed."""
+    return [uuid.uuid5(_ID_NAMESPACE, f"{seed}:{i}") for i in range(count)]
+
+
+class CommandExecutor:
+    def __init__(
+        self,
+        store: EventStore,
+        *,
+        cache_size: int = 20_000,
+        snapshot_every: int = 200,
+        max_attempts: int = 10,
+        on_conflict: Callable[[], None] | None = None,
+    ) -> None:
+        self.store = store
+        self.cache_size = cache_size
+        self.snapshot_every = snapshot_every
+        self.max_attempts = max_attempts
+        self._on_conflict = on_conflict
+        self._cache: OrderedDict[str, tuple[int, Any]] = OrderedDict()
+        self._background: set[asyncio.Task[None]] = set()
+        self._turns: dict[str, tuple[asyncio.Lock, int]] = {}
+
+    async def state_of(self, stream_id: str, decider: Decider[S, Any, Any]) -> tuple[int, S]:
+        """The current state of a stream and the version it reflects."""
+        cached = self._cache.get(stream_id)
+        if cached is not None:
+            self._cache.move_to_end(stream_id)
+            version, state = cached
+        else:
+            version, state = await self._from_snapshot(stream_id, decider)
+        newer = await self.store.read_stream(stream_id, after=version)
+        if newer:
+            state = decider.fold((self.store.codec.decode(e.envelope) for e in newer), state)
+            version = newer[-1].stream_position
+        self._remember(stream_id, version, state)
+        return version, state
+
+    async def execute(
+        self,
+        stream_id: str,
+        decider: Decider[S, Any, E],
+        command: Command,
+        *,
+        if_version: int | None = None,
+        id_seed: str | None = None,
+        keys: KeyRule | None = None,
+        correlation_id: uuid.UUID | None = None,
+    ) -> Outcome[S, E]:
+        lock, waiting = self._turns.get(stream_id, (asyncio.Lock(), 0))
+        self._turns[stream_id] = (lock, waiting + 1)
+        try:
+            async with lock:
+                return await self._execute(
+                    stream_id, decider, command, if_version, id_seed, keys, correlation_id
+                )
+        finally:
+            lock, waiting = self._turns[stream_id]
+            if waiting == 1:
+                del self._turns[stream_id]
+            else:
+                self._turns[stream_id] = (lock, waiting - 1)
+
+    async def _execute(
+        self,
+        stream_id: str,
+        decider: Decider[S, Any, E],
+        command: Command,
+        if_version: int | None,
+        id_seed: str | None,
+        keys: KeyRule | None,
+        correlation_id: uuid.UUID | None,
+    ) -> Outcome[S, E]:
+        metadata = Metadata(actor=command.actor, occurred_at=command.now, correlation_id=correlation_id)
+        for attempt in range(1, self.max_attempts + 1):
+            version, state = await self.state_of(stream_id, decider)
+            if if_version is not None and version != if_version:
+                raise PreconditionFailedError(
+                    f"{stream_id} is at version {version}, not {if_version}",
+                    stream_id=stream_id, expected_version=if_version, actual_version=version,
+                )
+            new_events = decider.decide(command, state)
+            if not new_events:
+                return Outcome([], state, version, None)
+            claim, release = keys(new_events, state) if keys else ((), ())
+            try:
+                result = await self.store.append(
+                    stream_id,
+                    version,
+                    new_events,
+                    metadata,
+                    event_ids=event_ids_for(id_seed, len(new_events)) if id_seed else None,
+                    claim=claim,
+                    release=release,
+                )
+            except ConcurrencyError:
+                self.forget(stream_id)
+                if self._on_conflict is not None:
+                    self._on_conflict()
+                if if_version is not None or attempt == self.max_attempts:
+                    raise
+                await asyncio.sleep(random.uniform(0, 0.003 * attempt))  # noqa: S311 jitter, not crypto
+                continue
+            if result.replayed:
+                # An earlier attempt with the same ids was recorded: answer with what it did.
+                self.forget(stream_id)
+                recorded = await self.store.read_stream(
+                    stream_id, after=result.stream_version - len(new_events), up_to=result.stream_version
+                )
+                replayed: list[E] = [self.store.codec.decode(e.envelope) for e in recorded]  # type: ignore[misc]
+                version, state = await self.state_of(stream_id, decider)
+                return Outcome(replayed, state, version, result)
+            state = decider.fold(new_events, state)
+            self._remember(stream_id, result.stream_version, state)
+            if result.stream_version // self.snapshot_every > version // self.snapshot_every:
+                self._snapshot_later(stream_id, result.stream_version, state, decider)
+            return Outcome(new_events, state, result.stream_version, result)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def forget(self, stream_id: str) -> None:
+        self._cache.pop(stream_id, None)
+
+    def _remember(self, stream_id: str, version: int, state: Any) -> None:
+        cached = self._cache.get(stream_id)
+        if cached is not None and cached[0] > version:
+            return  # a concurrent command already cached a newer state
+        self._cache[stream_id] = (version, state)
+        self._cache.move_to_end(stream_id)
+        while len(self._cache) > self.cache_size:
+            self._cache.popitem(last=False)
+
+    async def _from_snapshot(self, stream_id: str, decider: Decider[S, Any, Any]) -> tuple[int, S]:
+        if decider.state_type is not None:
+            row = await self.store.pool.fetchrow(
+                "SELECT version, state FROM snapshots WHERE stream_id = $1 AND snapshot_version = $2",
+                stream_id,
+                decider.snapshot_version,
+            )
+            if row is not None:
+                try:
+                    return row["version"], msgspec.json.decode(row["state"], type=decider.state_type)
+                except msgspec.ValidationError:
+                    log.warning("snapshot of %s no longer decodes; folding from the start", stream_id)
+        return 0, decider.initial_state()
+
+    def _snapshot_later(self, stream_id: str, version: int, state: Any, decider: Decider[Any, Any, Any]) -> None:
+        if decider.state_type is None:
+            return
+        task = asyncio.get_running_loop().create_task(self._snapshot(stream_id, version, state, decider))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _snapshot(self, stream_id: str, version: int, state: Any, decider: Decider[Any, Any, Any]) -> None:
+        try:
+            await self.store.pool.execute(
+                "INSERT INTO snapshots (stream_id, version, snapshot_version, state) VALUES ($1, $2, $3, $4)"
+                " ON CONFLICT (stream_id) DO UPDATE SET version = excluded.version,"
+                " snapshot_version = excluded.snapshot_version, state = excluded.state, taken_at = now()"
+                " WHERE snapshots.version < excluded.version OR snapshots.snapshot_version <> excluded.snapshot_version",
+                stream_id,
+                version,
+                decider.snapshot_version,
+                msgspec.json.encode(state),
+            )
+        except Exception:  # a snapshot is only a cache: log, never fail a command over it
+            log.exception("snapshot of %s at %d failed", stream_id, version)
+
+    async def drain(self) -> None:
+        """Wait for pending snapshot writes (shutdown, tests)."""
+        if self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)

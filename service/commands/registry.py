@@ -1,0 +1,267 @@
+"""The registry's application service: API intentions -> commands with their context. I/O.
+
+Handlers stay thin: they authorise, then call one method here. This module resolves model
+names to ids, supplies what the pure deciders need and cannot read themselves (the
+registry-wide policy, metric snapshots for gates, generated ids, the clock), claims and
+releases unique model names in the append's transaction, and waits (bounded) for the
+sealer so every write can answer with the log position of its last event.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from eventlog.positions import SealSignal, sealed_position
+from eventlog.store import EventStore
+from events.base import Command
+from events.catalogue import REGISTRY_POLICY_STREAM, metrics_stream, model_stream
+from events.errors import ConcurrencyError, ConflictError, NotFoundError, ValidationError
+from events.metrics import METRICS, LogMetrics, MetricInput, latest_values
+from events.model.commands import Metrics, RequestPromotion, TransitionStage
+from events.model.decider import MODEL
+from events.model.events import ModelRegistered, ModelRenamed, PromotionRequested
+from events.model.state import ModelState
+from events.names import validate_model_name
+from events.policy import GovernancePolicy, requirement
+from events.registry_policy import REGISTRY_POLICY, SetRegistryPolicy
+from events.stages import Stage
+from service.commands.executor import CommandExecutor, Outcome, PreconditionFailedError
+
+NAME_KEY = "model-name:"
+REQUEST_KEY = "promotion:"
+
+
+@dataclass(frozen=True, slots=True)
+class Written:
+    """A command's result: its events, the stream state and version after it, and the log
+    position of its last event (``None`` for a no-op, or if sealing took too long)."""
+
+    model_id: str
+    events: list[Any]
+    state: Any
+    stream_version: int
+    position: int | None
+    replayed: bool = False
+
+
+def name_keys(events: Sequence[Any], _state: Any) -> tuple[list[str], list[str]]:
+    """Model names are unique: claim on register and rename, release the old name; a
+    promotion request's id points at its model."""
+    claim: list[str] = []
+    release: list[str] = []
+    for event in events:
+        if isinstance(event, ModelRegistered):
+            claim.append(NAME_KEY + event.name)
+        elif isinstance(event, ModelRenamed):
+            claim.append(NAME_KEY + event.new_name)
+            release.append(NAME_KEY + event.old_name)
+        elif isinstance(event, PromotionRequested):
+            # Lets an approver find the request's model the moment it exists.
+            claim.append(REQUEST_KEY + event.request_id)
+    return claim, release
+
+
+class Registry:
+    def __init__(
+        self,
+        store: EventStore,
+        executor: CommandExecutor,
+        *,
+        seal_timeout: float = 5.0,
+        seal_signal: SealSignal | None = None,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        new_id: Callable[[], str] = lambda: uuid.uuid4().hex,
+    ) -> None:
+        self.store = store
+        self.executor = executor
+        self.seal_timeout = seal_timeout
+        self.seal_signal = seal_signal
+        self.clock = clock
+        self.new_id = new_id
+
+    # --- lookups ---------------------------------------------------------------------
+
+    async def model_id(self, name: str) -> str:
+        owner = await self.store.owner_of(NAME_KEY + name)
+        if owner is None:
+            raise NotFoundError(f"no model is named {name!r}", name=name)
+        return owner.split(":", 1)[1]
+
+    async def locate(self, name: str) -> tuple[str, int]:
+        """A model's id and stream version (its ETag), in one query: what reads need."""
+        row = await self.store.pool.fetchrow(
+            "SELECT k.stream_id, s.version FROM unique_keys k JOIN streams s USING (stream_id) WHERE k.key = $1",
+            NAME_KEY + name,
+        )
+        if row is None:
+            raise NotFoundError(f"no model is named {name!r}", name=name)
+        return row["stream_id"].split(":", 1)[1], row["version"]
+
+    async def locate_request(self, request_id: str) -> tuple[str, str, int]:
+        """The model name, model id and version a promotion request is about."""
+        owner = await self.store.owner_of(REQUEST_KEY + request_id)
+        if owner is None:
+            raise NotFoundError(f"no promotion request {request_id!r}", request_id=request_id)
+        _, state = await self.executor.state_of(owner, MODEL)
+        return state.name, state.model_id, state.requests[request_id].version
+
+    async def model(self, name: str) -> tuple[str, int, ModelState]:
+        """A model's id, stream version (the ETag) and current state, by name."""
+        model_id = await self.model_id(name)
+        version, state = await self.executor.state_of(model_stream(model_id), MODEL)
+        return model_id, version, state
+
+    async def registry_policy(self) -> GovernancePolicy:
+        _, state = await self.executor.state_of(REGISTRY_POLICY_STREAM, REGISTRY_POLICY)
+        return state.policy
+
+    async def registry_policy_revision(self) -> tuple[int, GovernancePolicy]:
+        version, state = await self.executor.state_of(REGISTRY_POLICY_STREAM, REGISTRY_POLICY)
+        return version, state.policy
+
+    async def metric_snapshot(self, model_id: str, versions: Iterable[int | None]) -> Metrics:
+        """Latest metric values of ``versions`` (``None``s skipped), for metric gates.
+
+        A number below 1 names no version and has no metrics: the decider refuses it (404).
+        """
+        snapshot: Metrics = {}
+        for number in {v for v in versions if v is not None and v >= 1}:
+            _, state = await self.executor.state_of(metrics_stream(model_id, number), METRICS)
+            snapshot[number] = latest_values(state)
+        return snapshot
+
+    # --- writes ----------------------------------------------------------------------
+
+    async def execute(
+        self,
+        model_id: str,
+        command: Command,
+        *,
+        if_version: int | None = None,
+        id_seed: str | None = None,
+    ) -> Written:
+        outcome = await _conditional(if_version, self.executor.execute(
+            model_stream(model_id), MODEL, command, if_version=if_version, id_seed=id_seed, keys=name_keys
+        ))
+        return await self.written_from(model_id, outcome)
+
+    async def register_model(self, build: Callable[[str], Command], *, id_seed: str | None = None) -> Written:
+        """``build(model_id)`` makes the RegisterModel command for a fresh id."""
+        model_id = self.new_id()
+        if id_seed is not None:
+            # A retried request must land on the same stream to be recognised as a retry.
+            model_id = uuid.uuid5(uuid.NAMESPACE_URL, f"modelreg:{id_seed}").hex
+        return await self.execute(model_id, build(model_id), id_seed=id_seed)
+
+    async def log_metrics(
+        self, name: str, version: int, metrics: Sequence[MetricInput], *, actor: str, id_seed: str | None = None
+    ) -> Written:
+        model_id, _, state = await self.model(name)
+        state.version(version)  # NotFoundError names the version
+        if state.archived:
+            raise ConflictError(f"model {name!r} is archived", name=name)
+        command = LogMetrics(actor=actor, now=self.clock(), model_id=model_id, version=version, metrics=tuple(metrics))
+        outcome = await self.executor.execute(metrics_stream(model_id, version), METRICS, command, id_seed=id_seed)
+        return await self.written_from(model_id, outcome)
+
+    async def transition(
+        self,
+        name: str,
+        version: int,
+        to_stage: Stage,
+        *,
+        actor: str,
+        comment: str,
+        if_version: int | None = None,
+        id_seed: str | None = None,
+    ) -> tuple[Written, str | None]:
+        """Move a version when the policy allows it directly; otherwise open a promotion
+        request. Returns the result and the request id (``None`` when done directly)."""
+        model_id, _, state = await self.model(name)
+        current = state.version(version)
+        registry_policy = await self.registry_policy()
+        policy = state.effective_policy(registry_policy)
+        metrics = await self.metric_snapshot(model_id, [version, state.production])
+        needs = requirement(policy, current.stage, to_stage, None).approvals
+        now = self.clock()
+        if needs == 0:
+            command: Command = TransitionStage(
+                actor=actor, now=now, registry_policy=registry_policy, version=version,
+                to_stage=to_stage, comment=comment, metrics=metrics,
+            )
+            return await self.execute(model_id, command, if_version=if_version, id_seed=id_seed), None
+        if not comment.strip():
+            raise ValidationError(
+                "comment", "required",
+                f"{current.stage} -> {to_stage} needs approval, so it opens a request: say why in the comment",
+            )
+        request_id = self.request_id_for(id_seed)
+        command = RequestPromotion(
+            actor=actor, now=now, registry_policy=registry_policy, request_id=request_id, version=version,
+            justification=comment, target_stage=to_stage, metrics=metrics,
+        )
+        return await self.execute(model_id, command, if_version=if_version, id_seed=id_seed), request_id
+
+    def request_id_for(self, id_seed: str | None) -> str:
+        """A new request id; a retried request (same seed) gets the same one."""
+        return uuid.uuid5(uuid.NAMESPACE_URL, f"modelreg:request:{id_seed}").hex if id_seed else self.new_id()
+
+    async def governed(
+        self,
+        name: str,
+        build: Callable[[str, ModelState, GovernancePolicy, Metrics], Command],
+        *,
+        metric_versions: Callable[[ModelState], Iterable[int | None]] = lambda s: [s.production],
+        if_version: int | None = None,
+        id_seed: str | None = None,
+    ) -> Written:
+        """Run a command that needs the registry policy and metric snapshots."""
+        model_id, _, state = await self.model(name)
+        registry_policy = await self.registry_policy()
+        metrics = await self.metric_snapshot(model_id, metric_versions(state))
+        command = build(model_id, state, registry_policy, metrics)
+        return await self.execute(model_id, command, if_version=if_version, id_seed=id_seed)
+
+    async def set_registry_policy(
+        self, policy: GovernancePolicy, *, actor: str, comment: str, if_version: int | None = None
+    ) -> Written:
+        command = SetRegistryPolicy(actor=actor, now=self.clock(), policy=policy, comment=comment)
+        outcome = await _conditional(
+            if_version, self.executor.execute(REGISTRY_POLICY_STREAM, REGISTRY_POLICY, command, if_version=if_version)
+        )
+        return await self.written_from("", outcome)
+
+    async def written_from(self, model_id: str, outcome: Outcome[Any, Any]) -> Written:
+        """The result of an executed command, with the log position of its last event."""
+        position = None
+        if outcome.append is not None:
+            position = await sealed_position(
+                self.store.pool, outcome.append.last_seq, timeout=self.seal_timeout, signal=self.seal_signal
+            )
+        return Written(model_id, outcome.events, outcome.state, outcome.version, position, outcome.replayed)
+
+    def now(self) -> datetime:
+        return self.clock()
+
+    @staticmethod
+    def validate_name(name: str) -> str:
+        return validate_model_name(name)
+
+
+async def _conditional(if_version: int | None, execution: Awaitable[Outcome[Any, Any]]) -> Outcome[Any, Any]:
+    """A conditional write (If-Match) that another writer beat to the stream -- on another
+    replica, between reading the version and appending -- failed its precondition (412),
+    just as if the other write had come first."""
+    try:
+        return await execution
+    except ConcurrencyError as exc:
+        if if_version is None:
+            raise
+        raise PreconditionFailedError(
+            f"{exc.stream_id} moved past version {if_version} meanwhile",
+            stream_id=exc.stream_id, expected_version=if_version, actual_version=exc.actual_version,
+        ) from exc

@@ -1,0 +1,45 @@
+"""Wiring: the objects one process shares, built once from settings and a pool. I/O: none
+itself (it only constructs)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import asyncpg
+from nats.aio.client import Client as NatsClient
+
+from eventlog.positions import SealSignal
+from eventlog.store import AppendResult, EventStore
+from events.catalogue import CODEC
+from service.api.services import Services
+from service.api.telemetry import ApiMetrics
+from service.commands.executor import CommandExecutor
+from service.commands.registry import Registry
+from service.commands.tokens import TokenAuthenticator
+from service.settings import Settings
+
+
+def build_services(
+    settings: Settings,
+    pool: asyncpg.Pool,
+    *,
+    nats: NatsClient | None = None,
+    on_append: Callable[[AppendResult], None] | None = None,
+    seal_signal: SealSignal | None = None,
+) -> Services:
+    """``on_append`` runs after each local append commits (the runtime wakes the sealer);
+    ``seal_signal`` is notified by a local sealer, so writes need not poll for their seal."""
+    metrics = ApiMetrics()
+    store = EventStore(pool, CODEC, on_append=on_append)
+    executor = CommandExecutor(store, on_conflict=metrics.conflict)
+    registry = Registry(store, executor, seal_timeout=settings.read_wait_timeout, seal_signal=seal_signal)
+    return Services(
+        settings=settings,
+        pool=pool,
+        store=store,
+        executor=executor,
+        registry=registry,
+        auth=TokenAuthenticator(store, executor),
+        metrics=metrics,
+        nats=nats,
+    )

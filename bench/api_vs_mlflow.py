@@ -113,13 +113,21 @@ def free_port() -> int:
 class Process:
     """A server we started, in its own process group, logging to a file."""
 
-    def __init__(self, name: str, argv: list[str], log_path: Path, *, env: dict[str, str] | None = None,
-                 cwd: Path | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        argv: list[str],
+        log_path: Path,
+        *,
+        env: dict[str, str] | None = None,
+        cwd: Path | None = None,
+    ) -> None:
         self.name = name
         self.log_path = log_path
         with log_path.open("wb") as out:
-            self.proc = subprocess.Popen(argv, env=env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT,
-                                         start_new_session=True)
+            self.proc = subprocess.Popen(
+                argv, env=env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            )
 
     def check_alive(self) -> None:
         if self.proc.poll() is not None:
@@ -137,7 +145,9 @@ class Process:
             self.proc.wait(10)
 
 
-def wait_ready(process: Process, url_of: Callable[[], str | None], path: str, timeout: float) -> str:
+def wait_ready(
+    process: Process, url_of: Callable[[], str | None], path: str, timeout: float
+) -> str:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         process.check_alive()
@@ -157,8 +167,17 @@ def ensure_mlflow(venv: Path) -> Path:
         return exe
     log(f"creating {venv} and installing mlflow=={MLFLOW_VERSION} (a few minutes, once) ...")
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-    subprocess.run([str(venv / "bin" / "pip"), "install", "-q", f"mlflow=={MLFLOW_VERSION}", "psycopg2-binary"],
-                   check=True, stdout=sys.stderr)
+    subprocess.run(
+        [
+            str(venv / "bin" / "pip"),
+            "install",
+            "-q",
+            f"mlflow=={MLFLOW_VERSION}",
+            "psycopg2-binary",
+        ],
+        check=True,
+        stdout=sys.stderr,
+    )
     return exe
 
 
@@ -166,10 +185,25 @@ def start_mlflow(exe: Path, pg_url: str, workdir: Path) -> tuple[Process, str]:
     port = free_port()
     backend = on_database(pg_url, MLFLOW_DB).replace("postgresql://", "postgresql+psycopg2://", 1)
     (workdir / "mlartifacts").mkdir()
-    process = Process("mlflow server", [
-        str(exe), "server", "--backend-store-uri", backend, "--host", "127.0.0.1", "--port", str(port),
-        "--workers", "1", "--artifacts-destination", str(workdir / "mlartifacts"),
-    ], workdir / "mlflow.log", cwd=workdir)
+    process = Process(
+        "mlflow server",
+        [
+            str(exe),
+            "server",
+            "--backend-store-uri",
+            backend,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+            "--artifacts-destination",
+            str(workdir / "mlartifacts"),
+        ],
+        workdir / "mlflow.log",
+        cwd=workdir,
+    )
     url = f"http://127.0.0.1:{port}"
     return process, wait_ready(process, lambda: url, "/health", 240)
 
@@ -208,11 +242,31 @@ def hello_app() -> Any:
 
 def start_hello(workdir: Path) -> tuple[Process, str]:
     port = free_port()
-    process = Process("hello-world", [
-        sys.executable, "-m", "uvicorn", "bench.api_vs_mlflow:hello_app", "--factory", "--host", "127.0.0.1",
-        "--port", str(port), "--loop", "uvloop", "--http", "httptools", "--ws", "none", "--no-access-log",
-        "--log-level", "warning",
-    ], workdir / "hello.log", cwd=REPO)
+    process = Process(
+        "hello-world",
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "bench.api_vs_mlflow:hello_app",
+            "--factory",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--loop",
+            "uvloop",
+            "--http",
+            "httptools",
+            "--ws",
+            "none",
+            "--no-access-log",
+            "--log-level",
+            "warning",
+        ],
+        workdir / "hello.log",
+        cwd=REPO,
+    )
     url = f"http://127.0.0.1:{port}"
     return process, wait_ready(process, lambda: url, "/", 60)
 
@@ -263,18 +317,31 @@ class ModelregAPI:
         ok(await self.c.post("/api/v1/models", json={"name": name}))
 
     async def create_version(self, model: str, i: int) -> None:
-        artifact = {"path": "model.pkl", "uri": f"s3://bench/{model}/{i}/model.pkl", "sha256": sha256_of(i), "size": 1024 + i}
+        artifact = {
+            "path": "model.pkl",
+            "uri": f"s3://bench/{model}/{i}/model.pkl",
+            "sha256": sha256_of(i),
+            "size": 1024 + i,
+        }
         ok(await self.c.post(f"/api/v1/models/{model}/versions", json={"artifacts": [artifact]}))
 
     async def set_tag(self, model: str, version: int, key: str, value: str) -> None:
-        ok(await self.c.put(f"/api/v1/models/{model}/versions/{version}/tags/{key}", json={"value": value}))
+        ok(
+            await self.c.put(
+                f"/api/v1/models/{model}/versions/{version}/tags/{key}", json={"value": value}
+            )
+        )
 
     async def set_alias(self, model: str, alias: str, version: int) -> None:
         ok(await self.c.put(f"/api/v1/models/{model}/aliases/{alias}", json={"version": version}))
 
     async def transition(self, model: str, version: int, stage: str) -> None:
         # 202 would mean "a promotion request was opened", not a transition: ok() refuses it.
-        ok(await self.c.post(f"/api/v1/models/{model}/versions/{version}/stage", json={"to": stage}))
+        ok(
+            await self.c.post(
+                f"/api/v1/models/{model}/versions/{version}/stage", json={"to": stage}
+            )
+        )
 
     async def get_version(self, model: str, version: int) -> None:
         ok(await self.c.get(f"/api/v1/models/{model}/versions/{version}"))
@@ -323,35 +390,71 @@ class MlflowAPI:
         ok(await self.c.post(f"{self.base}/registered-models/create", json={"name": name}))
 
     async def create_version(self, model: str, i: int) -> None:
-        ok(await self.c.post(f"{self.base}/model-versions/create",
-                             json={"name": model, "source": f"s3://bench/{model}/{i}/model"}))
+        ok(
+            await self.c.post(
+                f"{self.base}/model-versions/create",
+                json={"name": model, "source": f"s3://bench/{model}/{i}/model"},
+            )
+        )
 
     async def set_tag(self, model: str, version: int, key: str, value: str) -> None:
-        ok(await self.c.post(f"{self.base}/model-versions/set-tag",
-                             json={"name": model, "version": str(version), "key": key, "value": value}))
+        ok(
+            await self.c.post(
+                f"{self.base}/model-versions/set-tag",
+                json={"name": model, "version": str(version), "key": key, "value": value},
+            )
+        )
 
     async def set_alias(self, model: str, alias: str, version: int) -> None:
-        ok(await self.c.post(f"{self.base}/registered-models/alias",
-                             json={"name": model, "alias": alias, "version": str(version)}))
+        ok(
+            await self.c.post(
+                f"{self.base}/registered-models/alias",
+                json={"name": model, "alias": alias, "version": str(version)},
+            )
+        )
 
     async def transition(self, model: str, version: int, stage: str) -> None:
-        ok(await self.c.post(f"{self.base}/model-versions/transition-stage",
-                             json={"name": model, "version": str(version), "stage": stage,
-                                   "archive_existing_versions": False}))
+        ok(
+            await self.c.post(
+                f"{self.base}/model-versions/transition-stage",
+                json={
+                    "name": model,
+                    "version": str(version),
+                    "stage": stage,
+                    "archive_existing_versions": False,
+                },
+            )
+        )
 
     async def get_version(self, model: str, version: int) -> None:
-        ok(await self.c.get(f"{self.base}/model-versions/get", params={"name": model, "version": str(version)}))
+        ok(
+            await self.c.get(
+                f"{self.base}/model-versions/get", params={"name": model, "version": str(version)}
+            )
+        )
 
     async def get_by_alias(self, model: str, alias: str) -> None:
-        ok(await self.c.get(f"{self.base}/registered-models/alias", params={"name": model, "alias": alias}))
+        ok(
+            await self.c.get(
+                f"{self.base}/registered-models/alias", params={"name": model, "alias": alias}
+            )
+        )
 
     async def search_page(self, model: str) -> None:
-        ok(await self.c.get(f"{self.base}/model-versions/search",
-                            params={"filter": f"name='{model}'", "max_results": str(PAGE)}))
+        ok(
+            await self.c.get(
+                f"{self.base}/model-versions/search",
+                params={"filter": f"name='{model}'", "max_results": str(PAGE)},
+            )
+        )
 
     async def search_all(self, model: str) -> None:
-        ok(await self.c.get(f"{self.base}/model-versions/search",
-                            params={"filter": f"name='{model}'", "max_results": "1000"}))
+        ok(
+            await self.c.get(
+                f"{self.base}/model-versions/search",
+                params={"filter": f"name='{model}'", "max_results": "1000"},
+            )
+        )
 
     async def list_versions(self, model: str) -> int:
         params = {"filter": f"name='{model}'", "max_results": "1000"}
@@ -384,7 +487,9 @@ class Result:
     latencies_ms: list[float] = field(repr=False)  # indexed by call number; failed calls included
     error_samples: list[str] = field(default_factory=list)
     planned: int = 0  # calls asked for; ``calls`` is fewer when the time cap stopped it
-    cpu_ms: tuple[float, float] | None = None  # CPU per call: the server's processes, its Postgres backends
+    cpu_ms: tuple[float, float] | None = (
+        None  # CPU per call: the server's processes, its Postgres backends
+    )
 
     @property
     def rate(self) -> float:
@@ -399,16 +504,30 @@ class Result:
         return percentile(self.latencies_ms, 0.99)
 
     def summary(self) -> dict[str, Any]:
-        return {"system": self.system, "operation": self.operation, "concurrency": self.concurrency,
-                "calls": self.calls, "planned": self.planned, "errors": self.errors, "ops_per_s": round(self.rate, 1),
-                "p50_ms": round(self.p50, 2), "p99_ms": round(self.p99, 2),
-                "server_cpu_ms_per_call": round(self.cpu_ms[0], 3) if self.cpu_ms else None,
-                "postgres_cpu_ms_per_call": round(self.cpu_ms[1], 3) if self.cpu_ms else None,
-                "error_samples": self.error_samples}
+        return {
+            "system": self.system,
+            "operation": self.operation,
+            "concurrency": self.concurrency,
+            "calls": self.calls,
+            "planned": self.planned,
+            "errors": self.errors,
+            "ops_per_s": round(self.rate, 1),
+            "p50_ms": round(self.p50, 2),
+            "p99_ms": round(self.p99, 2),
+            "server_cpu_ms_per_call": round(self.cpu_ms[0], 3) if self.cpu_ms else None,
+            "postgres_cpu_ms_per_call": round(self.cpu_ms[1], 3) if self.cpu_ms else None,
+            "error_samples": self.error_samples,
+        }
 
 
-async def run_calls(system: str, operation: str, calls: int, concurrency: int,
-                    call: Callable[[int, int], Awaitable[None]], max_seconds: float | None = None) -> Result:
+async def run_calls(
+    system: str,
+    operation: str,
+    calls: int,
+    concurrency: int,
+    call: Callable[[int, int], Awaitable[None]],
+    max_seconds: float | None = None,
+) -> Result:
     """``call(worker, i)`` for i in 0..calls-1, ``concurrency`` at a time; count failures.
 
     With ``max_seconds``, no call starts after that long (a slow system on a loaded machine
@@ -437,10 +556,21 @@ async def run_calls(system: str, operation: str, calls: int, concurrency: int,
     start = time.perf_counter()
     await asyncio.gather(*(worker(w) for w in range(concurrency)))
     elapsed = time.perf_counter() - start
-    result = Result(system, operation, concurrency, next_call, errors, elapsed, latencies[:next_call], samples,
-                    planned=calls)
-    log(f"  {system:8} {operation:32} c={concurrency:<2} {result.rate:8.1f} ops/s  p50 {result.p50:8.1f} ms"
-        f"  p99 {result.p99:8.1f} ms  errors {errors}" + (f"  e.g. {samples[0]}" if samples else ""))
+    result = Result(
+        system,
+        operation,
+        concurrency,
+        next_call,
+        errors,
+        elapsed,
+        latencies[:next_call],
+        samples,
+        planned=calls,
+    )
+    log(
+        f"  {system:8} {operation:32} c={concurrency:<2} {result.rate:8.1f} ops/s  p50 {result.p50:8.1f} ms"
+        f"  p99 {result.p99:8.1f} ms  errors {errors}" + (f"  e.g. {samples[0]}" if samples else "")
+    )
     return result
 
 
@@ -462,8 +592,14 @@ class Level:
     versions: dict[str, int] = field(default_factory=dict)
 
 
-async def measure_level(apis: tuple[ModelregAPI, MlflowAPI], hello: httpx.AsyncClient, counts: Counts,
-                        concurrency: int, max_seconds: float | None, meter: CpuMeter) -> Level:
+async def measure_level(
+    apis: tuple[ModelregAPI, MlflowAPI],
+    hello: httpx.AsyncClient,
+    counts: Counts,
+    concurrency: int,
+    max_seconds: float | None,
+    meter: CpuMeter,
+) -> Level:
     level = Level(concurrency)
     c = concurrency
     log(f"\n== concurrency {c} ==")
@@ -472,12 +608,21 @@ async def measure_level(apis: tuple[ModelregAPI, MlflowAPI], hello: httpx.AsyncC
         ok(await hello.get("/"))
 
     await run_calls("ceiling", "warm-up", 50, c, hello_call)
-    level.ceiling = await run_calls("ceiling", "hello-world GET", counts.hello, c, hello_call, max_seconds)
+    level.ceiling = await run_calls(
+        "ceiling", "hello-world GET", counts.hello, c, hello_call, max_seconds
+    )
 
     order = 0
 
-    async def both(operation: str, calls: int, make: Callable[[API], Callable[[int, int], Awaitable[None]]],
-                   *, search: bool = False, note: str = "", capped: bool = True) -> Comparison:
+    async def both(
+        operation: str,
+        calls: int,
+        make: Callable[[API], Callable[[int, int], Awaitable[None]]],
+        *,
+        search: bool = False,
+        note: str = "",
+        capped: bool = True,
+    ) -> Comparison:
         """Run one workload on both systems, alternating which goes first."""
         nonlocal order
         results: dict[str, Result] = {}
@@ -485,8 +630,12 @@ async def measure_level(apis: tuple[ModelregAPI, MlflowAPI], hello: httpx.AsyncC
         order += 1
         for api in pair:
             before, t0 = await meter.read(api.label), time.perf_counter()
-            result = await run_calls(api.label, operation, calls, c, make(api), max_seconds if capped else None)
-            await api.settle(big)  # modelreg: its views have caught up, so their work is counted too
+            result = await run_calls(
+                api.label, operation, calls, c, make(api), max_seconds if capped else None
+            )
+            await api.settle(
+                big
+            )  # modelreg: its views have caught up, so their work is counted too
             after, window = await meter.read(api.label), time.perf_counter() - t0
             result.cpu_ms = meter.per_call(api.label, before, after, window, result.calls)
             results[api.label] = result
@@ -499,25 +648,39 @@ async def measure_level(apis: tuple[ModelregAPI, MlflowAPI], hello: httpx.AsyncC
         await api.create_model(f"warmup-c{c}")
         await api.create_model(big)
 
-    await both("create model", counts.models, lambda api: lambda _w, i: api.create_model(f"m-c{c}-{i}"))
+    await both(
+        "create model", counts.models, lambda api: lambda _w, i: api.create_model(f"m-c{c}-{i}")
+    )
 
-    create = await both(f"create version (x{counts.versions}, one model)", counts.versions,
-                        lambda api: lambda _w, i: api.create_version(big, i), capped=False)
+    create = await both(
+        f"create version (x{counts.versions}, one model)",
+        counts.versions,
+        lambda api: lambda _w, i: api.create_version(big, i),
+        capped=False,
+    )
     for api, result in ((apis[0], create.modelreg), (apis[1], create.mlflow)):
         # By call number: the first and the last `edge` calls of the run.
-        first = percentile(result.latencies_ms[:counts.edge], 0.5)
-        last = percentile(result.latencies_ms[-counts.edge:], 0.5)
+        first = percentile(result.latencies_ms[: counts.edge], 0.5)
+        last = percentile(result.latencies_ms[-counts.edge :], 0.5)
         level.first_last[api.label] = (first, last)
         level.versions[api.label] = await api.list_versions(big)
     log(f"  versions on {big}: {level.versions}")
     n = {label: max(1, count) for label, count in level.versions.items()}
 
-    await both("set version tag", counts.writes,
-               lambda api: lambda _w, i: api.set_tag(big, 1 + (i * 37) % n[api.label], f"k{i % 5}", f"v{i}"))
+    await both(
+        "set version tag",
+        counts.writes,
+        lambda api: (
+            lambda _w, i: api.set_tag(big, 1 + (i * 37) % n[api.label], f"k{i % 5}", f"v{i}")
+        ),
+    )
 
     aliases = 8
-    await both("set alias (8 aliases, concurrent)", counts.writes,
-               lambda api: lambda _w, i: api.set_alias(big, f"a{i % aliases}", 1 + (i * 7) % n[api.label]))
+    await both(
+        "set alias (8 aliases, concurrent)",
+        counts.writes,
+        lambda api: lambda _w, i: api.set_alias(big, f"a{i % aliases}", 1 + (i * 7) % n[api.label]),
+    )
 
     def transition(api: API) -> Callable[[int, int], Awaitable[None]]:
         # Each worker owns the versions congruent to it mod c, so no two calls race on one
@@ -543,13 +706,30 @@ async def measure_level(apis: tuple[ModelregAPI, MlflowAPI], hello: httpx.AsyncC
         await api.get_by_alias(big, "a0")
         await api.search_all(big)
 
-    await both("get version", counts.reads, lambda api: lambda _w, i: api.get_version(big, 1 + (i * 13) % n[api.label]))
-    await both("get by alias", counts.reads, lambda api: lambda _w, i: api.get_by_alias(big, f"a{i % aliases}"))
-    await both(f"search versions: 1 page (limit {PAGE})", counts.searches, lambda api: lambda _w, _i: api.search_page(big),
-               search=True)
+    await both(
+        "get version",
+        counts.reads,
+        lambda api: lambda _w, i: api.get_version(big, 1 + (i * 13) % n[api.label]),
+    )
+    await both(
+        "get by alias",
+        counts.reads,
+        lambda api: lambda _w, i: api.get_by_alias(big, f"a{i % aliases}"),
+    )
+    await both(
+        f"search versions: 1 page (limit {PAGE})",
+        counts.searches,
+        lambda api: lambda _w, _i: api.search_page(big),
+        search=True,
+    )
     pages = "1 page" if counts.versions <= PAGE else f"{-(-counts.versions // PAGE)} pages"
-    await both(f"search versions: all {counts.versions}", counts.searches, lambda api: lambda _w, _i: api.search_all(big),
-               search=True, note=f"modelreg: {pages} of {PAGE} following the cursor; MLflow: 1 call, max_results=1000")
+    await both(
+        f"search versions: all {counts.versions}",
+        counts.searches,
+        lambda api: lambda _w, _i: api.search_all(big),
+        search=True,
+        note=f"modelreg: {pages} of {PAGE} following the cursor; MLflow: 1 call, max_results=1000",
+    )
     return level
 
 
@@ -581,34 +761,88 @@ def _ms(value: float) -> str:
 def print_level(level: Level, counts: Counts) -> None:
     # "ceiling/MLflow": the largest ratio this client could show on this machine (an endpoint
     # doing nothing, divided by MLflow's rate); a 10x target above it cannot be shown here.
-    headers = ["operation", "modelreg ops/s", "p50 ms", "p99 ms", "MLflow ops/s", "p50 ms", "p99 ms", "ratio",
-               "ceiling/MLflow", "errors mr/ml", "target met?"]
+    headers = [
+        "operation",
+        "modelreg ops/s",
+        "p50 ms",
+        "p99 ms",
+        "MLflow ops/s",
+        "p50 ms",
+        "p99 ms",
+        "ratio",
+        "ceiling/MLflow",
+        "errors mr/ml",
+        "target met?",
+    ]
     rows: list[list[str]] = []
     ceiling = level.ceiling.rate if level.ceiling is not None else float("nan")
     for comp in level.comparisons:
         mr, ml = comp.modelreg, comp.mlflow
         ratio = mr.rate / ml.rate if ml.rate else float("inf")
         room = ceiling / ml.rate if ml.rate else float("inf")
-        rows.append([comp.operation, f"{mr.rate:,.0f}", _ms(mr.p50), _ms(mr.p99), f"{ml.rate:,.1f}", _ms(ml.p50),
-                     _ms(ml.p99), f"{ratio:,.1f}x", f"{room:,.0f}x", f"{mr.errors}/{ml.errors}",
-                     verdict(comp, level.concurrency)])
+        rows.append(
+            [
+                comp.operation,
+                f"{mr.rate:,.0f}",
+                _ms(mr.p50),
+                _ms(mr.p99),
+                f"{ml.rate:,.1f}",
+                _ms(ml.p50),
+                _ms(ml.p99),
+                f"{ratio:,.1f}x",
+                f"{room:,.0f}x",
+                f"{mr.errors}/{ml.errors}",
+                verdict(comp, level.concurrency),
+            ]
+        )
     if level.first_last:
         f_mr, l_mr = level.first_last["modelreg"]
         f_ml, l_ml = level.first_last["MLflow"]
         growth = l_mr / f_mr
-        met = "yes" if growth <= 1 + FIRST_LAST_TOLERANCE else f"NO: +{(growth - 1):.0%} > +{FIRST_LAST_TOLERANCE:.0%}"
+        met = (
+            "yes"
+            if growth <= 1 + FIRST_LAST_TOLERANCE
+            else f"NO: +{(growth - 1):.0%} > +{FIRST_LAST_TOLERANCE:.0%}"
+        )
         if level.concurrency > 1:
             # The first calls of a concurrent run queue behind fewer others than the last.
             met = f"(judged at c=1; here {met})"
-        rows.append([f"create version: p50 of first {counts.edge} -> last {counts.edge} (1st vs {counts.versions}th)",
-                     "", f"{_ms(f_mr)} -> {_ms(l_mr)}", "", "", f"{_ms(f_ml)} -> {_ms(l_ml)}", "",
-                     f"{growth:.2f} / {l_ml / f_ml:.2f}", "", "", met])
+        rows.append(
+            [
+                f"create version: p50 of first {counts.edge} -> last {counts.edge} (1st vs {counts.versions}th)",
+                "",
+                f"{_ms(f_mr)} -> {_ms(l_mr)}",
+                "",
+                "",
+                f"{_ms(f_ml)} -> {_ms(l_ml)}",
+                "",
+                f"{growth:.2f} / {l_ml / f_ml:.2f}",
+                "",
+                "",
+                met,
+            ]
+        )
     if level.ceiling is not None:
         ce = level.ceiling
-        rows.append(["ceiling: Litestar hello-world GET (uvicorn, uvloop+httptools)", f"{ce.rate:,.0f}", _ms(ce.p50),
-                     _ms(ce.p99), "", "", "", "", "", f"{ce.errors}", ""])
+        rows.append(
+            [
+                "ceiling: Litestar hello-world GET (uvicorn, uvloop+httptools)",
+                f"{ce.rate:,.0f}",
+                _ms(ce.p50),
+                _ms(ce.p99),
+                "",
+                "",
+                "",
+                "",
+                "",
+                f"{ce.errors}",
+                "",
+            ]
+        )
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
-    print(f"\nmodelreg vs MLflow {MLFLOW_VERSION}, concurrency {level.concurrency} (same client, same Postgres, same run)")
+    print(
+        f"\nmodelreg vs MLflow {MLFLOW_VERSION}, concurrency {level.concurrency} (same client, same Postgres, same run)"
+    )
     print("| " + " | ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)) + " |")
     print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
     for r in rows:
@@ -620,25 +854,44 @@ def print_level(level: Level, counts: Counts) -> None:
     for comp in level.comparisons:
         for result in (comp.modelreg, comp.mlflow):
             if result.calls < result.planned:
-                notes.append(f"{result.system} {comp.operation}: stopped by the time cap after {result.calls} of"
-                             f" {result.planned} calls")
+                notes.append(
+                    f"{result.system} {comp.operation}: stopped by the time cap after {result.calls} of"
+                    f" {result.planned} calls"
+                )
             if result.error_samples:
-                notes.append(f"{result.system} {comp.operation} errors, e.g. {result.error_samples[0]}")
+                notes.append(
+                    f"{result.system} {comp.operation} errors, e.g. {result.error_samples[0]}"
+                )
     for note in notes:
         print(f"- {note}")
 
 
 def print_cpu(level: Level) -> None:
     """CPU per call, which the machine's load does not inflate the way it inflates latency."""
-    headers = ["CPU ms per call", "modelreg server", "its Postgres", "MLflow server", "its Postgres",
-               "MLflow/modelreg (total)"]
+    headers = [
+        "CPU ms per call",
+        "modelreg server",
+        "its Postgres",
+        "MLflow server",
+        "its Postgres",
+        "MLflow/modelreg (total)",
+    ]
     rows: list[list[str]] = []
     for comp in level.comparisons:
         mr, ml = comp.modelreg.cpu_ms, comp.mlflow.cpu_ms
         if mr is None or ml is None:
             continue
         total = sum(ml) / sum(mr) if sum(mr) else float("inf")
-        rows.append([comp.operation, f"{mr[0]:.2f}", f"{mr[1]:.2f}", f"{ml[0]:.2f}", f"{ml[1]:.2f}", f"{total:.1f}x"])
+        rows.append(
+            [
+                comp.operation,
+                f"{mr[0]:.2f}",
+                f"{mr[1]:.2f}",
+                f"{ml[0]:.2f}",
+                f"{ml[1]:.2f}",
+                f"{total:.1f}x",
+            ]
+        )
     if not rows:
         return
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
@@ -656,11 +909,30 @@ def print_json(levels: list[Level], counts: Counts, context: dict[str, Any]) -> 
             print(json.dumps({"kind": "ceiling", **level.ceiling.summary()}))
         for comp in level.comparisons:
             for result in (comp.modelreg, comp.mlflow):
-                print(json.dumps({"kind": "operation", **result.summary(), "target": verdict(comp, level.concurrency)}))
+                print(
+                    json.dumps(
+                        {
+                            "kind": "operation",
+                            **result.summary(),
+                            "target": verdict(comp, level.concurrency),
+                        }
+                    )
+                )
         for system, (first, last) in level.first_last.items():
-            print(json.dumps({"kind": "first_vs_last", "system": system, "concurrency": level.concurrency,
-                              "edge_calls": counts.edge, "first_p50_ms": round(first, 2), "last_p50_ms": round(last, 2),
-                              "ratio": round(last / first, 3), "versions": level.versions.get(system)}))
+            print(
+                json.dumps(
+                    {
+                        "kind": "first_vs_last",
+                        "system": system,
+                        "concurrency": level.concurrency,
+                        "edge_calls": counts.edge,
+                        "first_p50_ms": round(first, 2),
+                        "last_p50_ms": round(last, 2),
+                        "ratio": round(last / first, 3),
+                        "versions": level.versions.get(system),
+                    }
+                )
+            )
 
 
 # ---------------------------------------------------------------- main
@@ -684,10 +956,17 @@ def servers(pg_url: str, workdir: Path, mlflow_exe: Path, token: str) -> Iterato
         started.append(process)
         for process in started:
             wait_quiet(process)
-        yield Servers(modelreg_url, mlflow_url, hello_url, {"modelreg": started[0].proc.pid, "MLflow": started[1].proc.pid})
+        yield Servers(
+            modelreg_url,
+            mlflow_url,
+            hello_url,
+            {"modelreg": started[0].proc.pid, "MLflow": started[1].proc.pid},
+        )
     except BaseException:
         for process in started:
-            alive = "running" if process.proc.poll() is None else f"exited {process.proc.returncode}"
+            alive = (
+                "running" if process.proc.poll() is None else f"exited {process.proc.returncode}"
+            )
             tail = process.log_path.read_text(errors="replace")[-2000:]
             log(f"--- {process.name} ({alive}), end of {process.log_path.name}:\n{tail}")
         raise
@@ -696,7 +975,9 @@ def servers(pg_url: str, workdir: Path, mlflow_exe: Path, token: str) -> Iterato
             process.stop()
 
 
-def wait_quiet(process: Process, *, cores: float = 0.05, window: float = 2.0, timeout: float = 180.0) -> None:
+def wait_quiet(
+    process: Process, *, cores: float = 0.05, window: float = 2.0, timeout: float = 180.0
+) -> None:
     """Wait until a server's process group uses less than ``cores`` of CPU.
 
     MLflow answers /health long before it is done starting: its job runner and four huey
@@ -708,7 +989,11 @@ def wait_quiet(process: Process, *, cores: float = 0.05, window: float = 2.0, ti
         time.sleep(window)
         process.check_alive()
         after = _proc_ticks(process.proc.pid, set())[0]
-        used = sum(ticks - before.get(pid, 0) for pid, ticks in after.items()) * CpuMeter.TICK_MS / 1000
+        used = (
+            sum(ticks - before.get(pid, 0) for pid, ticks in after.items())
+            * CpuMeter.TICK_MS
+            / 1000
+        )
         before = after
         if used / window < cores:
             log(f"  {process.name} quiet after {time.monotonic() - t0:.0f} s")
@@ -724,8 +1009,14 @@ class Servers:
     groups: dict[str, int]  # system -> process group id of its server
 
 
-async def drive(urls: Servers, token: str, counts: Counts, levels: list[int],
-                max_seconds: float | None, pg_url: str) -> tuple[list[Level], dict[str, Any]]:
+async def drive(
+    urls: Servers,
+    token: str,
+    counts: Counts,
+    levels: list[int],
+    max_seconds: float | None,
+    pg_url: str,
+) -> tuple[list[Level], dict[str, Any]]:
     modelreg_url, mlflow_url, hello_url = urls.modelreg, urls.mlflow, urls.hello
     results = []
     watcher = ClusterWatcher(pg_url)
@@ -737,13 +1028,20 @@ async def drive(urls: Servers, token: str, counts: Counts, levels: list[int],
             limits = httpx.Limits(max_connections=c, max_keepalive_connections=c)
             timeout = httpx.Timeout(120.0)
             async with (
-                httpx.AsyncClient(base_url=modelreg_url, limits=limits, timeout=timeout,
-                                  headers={"Authorization": f"Bearer {token}"}) as mr,
+                httpx.AsyncClient(
+                    base_url=modelreg_url,
+                    limits=limits,
+                    timeout=timeout,
+                    headers={"Authorization": f"Bearer {token}"},
+                ) as mr,
                 httpx.AsyncClient(base_url=mlflow_url, limits=limits, timeout=timeout) as ml,
                 httpx.AsyncClient(base_url=hello_url, limits=limits, timeout=timeout) as hello,
             ):
-                results.append(await measure_level((ModelregAPI(mr), MlflowAPI(ml)), hello, counts, c, max_seconds,
-                                                   meter))
+                results.append(
+                    await measure_level(
+                        (ModelregAPI(mr), MlflowAPI(ml)), hello, counts, c, max_seconds, meter
+                    )
+                )
     finally:
         others = await watcher.stop()
     return results, others
@@ -759,7 +1057,9 @@ class ClusterWatcher:
 
     def __init__(self, pg_url: str) -> None:
         self.pg_url = pg_url
-        self.samples: list[float] = []  # age in seconds of the oldest foreign write transaction, 0 if none
+        self.samples: list[
+            float
+        ] = []  # age in seconds of the oldest foreign write transaction, 0 if none
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -773,13 +1073,16 @@ class ClusterWatcher:
                 age = await self._conn.fetchval(
                     "SELECT coalesce(extract(epoch FROM max(clock_timestamp() - xact_start)), 0)::float8"
                     " FROM pg_stat_activity WHERE backend_xid IS NOT NULL AND datname <> ALL($1::text[])",
-                    [MODELREG_DB, MLFLOW_DB])
+                    [MODELREG_DB, MLFLOW_DB],
+                )
             self.samples.append(age)
             await asyncio.sleep(0.5)
 
     async def backends(self, database: str) -> set[int]:
         async with self._lock:
-            rows = await self._conn.fetch("SELECT pid FROM pg_stat_activity WHERE datname = $1", database)
+            rows = await self._conn.fetch(
+                "SELECT pid FROM pg_stat_activity WHERE datname = $1", database
+            )
         return {r["pid"] for r in rows}
 
     async def stop(self) -> dict[str, Any]:
@@ -791,10 +1094,17 @@ class ClusterWatcher:
         busy = [a for a in self.samples if a > 0]
         share = len(busy) / len(self.samples) if self.samples else 0.0
         longest = max(busy, default=0.0)
-        summary = (f"present in {share:.0%} of {len(self.samples)} samples, the oldest {longest:.1f} s old"
-                   if busy else f"none seen in {len(self.samples)} samples")
-        return {"samples": len(self.samples), "share_with_open_write_tx": round(share, 3),
-                "oldest_seconds": round(longest, 2), "summary": summary}
+        summary = (
+            f"present in {share:.0%} of {len(self.samples)} samples, the oldest {longest:.1f} s old"
+            if busy
+            else f"none seen in {len(self.samples)} samples"
+        )
+        return {
+            "samples": len(self.samples),
+            "share_with_open_write_tx": round(share, 3),
+            "oldest_seconds": round(longest, 2),
+            "summary": summary,
+        }
 
 
 class CpuMeter:
@@ -806,7 +1116,9 @@ class CpuMeter:
 
     TICK_MS = 1000 / os.sysconf("SC_CLK_TCK")
 
-    def __init__(self, watcher: ClusterWatcher, groups: dict[str, int], databases: dict[str, str]) -> None:
+    def __init__(
+        self, watcher: ClusterWatcher, groups: dict[str, int], databases: dict[str, str]
+    ) -> None:
         self.watcher = watcher
         self.groups = groups
         self.databases = databases
@@ -825,27 +1137,40 @@ class CpuMeter:
                 server, postgres_ = self._used(before[system], await self.read(system))
                 rates[system].append((server / seconds, postgres_ / seconds))
         self.idle = {system: min(found) for system, found in rates.items()}
-        log("  idle CPU (ms/s, server + its Postgres): "
-            + ", ".join(f"{k} {v[0]:.0f} + {v[1]:.0f}" for k, v in self.idle.items()))
+        log(
+            "  idle CPU (ms/s, server + its Postgres): "
+            + ", ".join(f"{k} {v[0]:.0f} + {v[1]:.0f}" for k, v in self.idle.items())
+        )
 
     async def read(self, system: str) -> tuple[dict[int, int], dict[int, int]]:
         backends = await self.watcher.backends(self.databases[system])
         return _proc_ticks(self.groups[system], backends)
 
-    def _used(self, before: tuple[dict[int, int], dict[int, int]],
-              after: tuple[dict[int, int], dict[int, int]]) -> tuple[float, float]:
+    def _used(
+        self,
+        before: tuple[dict[int, int], dict[int, int]],
+        after: tuple[dict[int, int], dict[int, int]],
+    ) -> tuple[float, float]:
         def used(b: dict[int, int], a: dict[int, int]) -> float:
             return sum(ticks - b.get(pid, 0) for pid, ticks in a.items()) * self.TICK_MS
 
         return used(before[0], after[0]), used(before[1], after[1])
 
-    def per_call(self, system: str, before: tuple[dict[int, int], dict[int, int]],
-                 after: tuple[dict[int, int], dict[int, int]], window: float, calls: int) -> tuple[float, float]:
+    def per_call(
+        self,
+        system: str,
+        before: tuple[dict[int, int], dict[int, int]],
+        after: tuple[dict[int, int], dict[int, int]],
+        window: float,
+        calls: int,
+    ) -> tuple[float, float]:
         """CPU ms per call over a window of ``window`` seconds, less the idle burn."""
         server, postgres_ = self._used(before, after)
         idle_server, idle_postgres = self.idle.get(system, (0.0, 0.0))
-        return (max(0.0, server - idle_server * window) / max(calls, 1),
-                max(0.0, postgres_ - idle_postgres * window) / max(calls, 1))
+        return (
+            max(0.0, server - idle_server * window) / max(calls, 1),
+            max(0.0, postgres_ - idle_postgres * window) / max(calls, 1),
+        )
 
 
 def _proc_ticks(group: int, backends: set[int]) -> tuple[dict[int, int], dict[int, int]]:
@@ -859,7 +1184,7 @@ def _proc_ticks(group: int, backends: set[int]) -> tuple[dict[int, int], dict[in
             stat = (entry / "stat").read_text()
         except OSError:
             continue
-        fields = stat[stat.rindex(")") + 2:].split()  # fields[0] is the state (field 3)
+        fields = stat[stat.rindex(")") + 2 :].split()  # fields[0] is the state (field 3)
         pid, ticks = int(entry.name), int(fields[11]) + int(fields[12])
         if int(fields[2]) == group:
             server[pid] = ticks
@@ -876,19 +1201,40 @@ def load_average() -> str:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quick", action="store_true", help="small counts: a smoke run of a minute or two")
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--quick", action="store_true", help="small counts: a smoke run of a minute or two"
+    )
     p.add_argument("--json", action="store_true", help="print results as JSON lines")
     p.add_argument("--json-out", type=Path, help="also write the JSON lines to this file")
-    p.add_argument("--concurrency", type=int, nargs="+", default=[1, 16], help="client concurrency levels")
-    p.add_argument("--pg-url", default=os.environ.get("MODELREG_BENCH_PG_URL", "postgresql://postgres@127.0.0.1:5432"),
-                   help="Postgres server both systems use (its databases "
-                        f"{MODELREG_DB!r} and {MLFLOW_DB!r} are dropped and recreated)")
-    p.add_argument("--private-postgres", action="store_true",
-                   help="instead of --pg-url, start an embedded Postgres for this run only (both systems use it)")
-    p.add_argument("--max-seconds", type=float, default=90.0,
-                   help="no call of a workload starts after this long (0: no cap); create version is never capped")
-    p.add_argument("--mlflow-venv", type=Path, default=MLFLOW_VENV, help="venv holding mlflow (made if missing)")
+    p.add_argument(
+        "--concurrency", type=int, nargs="+", default=[1, 16], help="client concurrency levels"
+    )
+    p.add_argument(
+        "--pg-url",
+        default=os.environ.get("MODELREG_BENCH_PG_URL", "postgresql://postgres@127.0.0.1:5432"),
+        help="Postgres server both systems use (its databases "
+        f"{MODELREG_DB!r} and {MLFLOW_DB!r} are dropped and recreated)",
+    )
+    p.add_argument(
+        "--private-postgres",
+        action="store_true",
+        help="instead of --pg-url, start an embedded Postgres for this run only (both systems use it)",
+    )
+    p.add_argument(
+        "--max-seconds",
+        type=float,
+        default=90.0,
+        help="no call of a workload starts after this long (0: no cap); create version is never capped",
+    )
+    p.add_argument(
+        "--mlflow-venv",
+        type=Path,
+        default=MLFLOW_VENV,
+        help="venv holding mlflow (made if missing)",
+    )
     args = p.parse_args()
     counts = QUICK if args.quick else FULL
     mlflow_exe = ensure_mlflow(args.mlflow_venv)
@@ -899,16 +1245,30 @@ def main() -> None:
     with postgres(None if args.private_postgres else args.pg_url) as pg_url:
         asyncio.run(recreate_databases(pg_url))
         try:
-            with tempfile.TemporaryDirectory(prefix="modelreg-vs-mlflow-") as tmp, \
-                    servers(pg_url, Path(tmp), mlflow_exe, token) as urls, \
-                    asyncio.Runner(loop_factory=_loop_factory()) as runner:
-                levels, others = runner.run(drive(urls, token, counts, args.concurrency, args.max_seconds or None,
-                                                  pg_url))
+            with (
+                tempfile.TemporaryDirectory(prefix="modelreg-vs-mlflow-") as tmp,
+                servers(pg_url, Path(tmp), mlflow_exe, token) as urls,
+                asyncio.Runner(loop_factory=_loop_factory()) as runner,
+            ):
+                levels, others = runner.run(
+                    drive(urls, token, counts, args.concurrency, args.max_seconds or None, pg_url)
+                )
         finally:
             asyncio.run(recreate_databases(pg_url, drop_only=True))
-    where = "a private embedded Postgres" if args.private_postgres else f"the Postgres at {urlsplit(args.pg_url).netloc}"
-    context = {"load_average_before": load_before, "load_average_after": load_average(), "cores": os.cpu_count(),
-               "quick": args.quick, "mlflow": MLFLOW_VERSION, "postgres": where, "other_write_transactions": others}
+    where = (
+        "a private embedded Postgres"
+        if args.private_postgres
+        else f"the Postgres at {urlsplit(args.pg_url).netloc}"
+    )
+    context = {
+        "load_average_before": load_before,
+        "load_average_after": load_average(),
+        "cores": os.cpu_count(),
+        "quick": args.quick,
+        "mlflow": MLFLOW_VERSION,
+        "postgres": where,
+        "other_write_transactions": others,
+    }
     if args.json_out:
         with args.json_out.open("w") as out, contextlib.redirect_stdout(out):
             print_json(levels, counts, context)
@@ -917,9 +1277,13 @@ def main() -> None:
         return
     for level in levels:
         print_level(level, counts)
-    print(f"\n{os.cpu_count()} cores; load average (1/5/15 min) before {load_before}, after {context['load_average_after']};"
-          f" client, servers and Postgres ({where}) share the machine.")
-    print(f"Write transactions of other clients of that Postgres cluster (sampled every 0.5 s): {others['summary']}")
+    print(
+        f"\n{os.cpu_count()} cores; load average (1/5/15 min) before {load_before}, after {context['load_average_after']};"
+        f" client, servers and Postgres ({where}) share the machine."
+    )
+    print(
+        f"Write transactions of other clients of that Postgres cluster (sampled every 0.5 s): {others['summary']}"
+    )
 
 
 def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:

@@ -18,8 +18,11 @@ from tests.support.database import Database, create_database, drop_schema
 
 def parser(description: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=description)
-    p.add_argument("--database-url", default=os.environ.get("MODELREG_BENCH_DATABASE_URL"),
-                   help="Postgres to measure (default: an embedded one under a temp dir)")
+    p.add_argument(
+        "--database-url",
+        default=os.environ.get("MODELREG_BENCH_DATABASE_URL"),
+        help="Postgres to measure (default: an embedded one under a temp dir)",
+    )
     p.add_argument("--seconds", type=float, default=5.0, help="duration of each timed workload")
     p.add_argument("--json", action="store_true", help="print results as JSON lines")
     return p
@@ -81,7 +84,10 @@ class Table:
                 print(json.dumps(r.__dict__))
             return
         headers = ["workload", "rate", "p50 ms", "p99 ms", "baseline", "ratio", "note"]
-        cells = [[r.workload, _rate(r), _ms(r.p50_ms), _ms(r.p99_ms), r.baseline, r.ratio, r.note] for r in self.rows]
+        cells = [
+            [r.workload, _rate(r), _ms(r.p50_ms), _ms(r.p99_ms), r.baseline, r.ratio, r.note]
+            for r in self.rows
+        ]
         widths = [max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(headers)]
         print(f"\n{self.title}")
         print("| " + " | ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)) + " |")
@@ -105,7 +111,9 @@ def percentile(samples: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-async def run_for(seconds: float, workers: int, op: Callable[[int], Awaitable[int]]) -> tuple[float, list[float]]:
+async def run_for(
+    seconds: float, workers: int, op: Callable[[int], Awaitable[int]]
+) -> tuple[float, list[float]]:
     """Run ``op(worker)`` in ``workers`` loops for ``seconds``; return items/s and latencies (ms)."""
     deadline = time.perf_counter() + seconds
     done = 0

@@ -78,49 +78,130 @@ def version_story(model_id: str, v: int, at: datetime) -> list[Append]:
     previous = v - 1 or None
     promoted: list[Event] = [
         PromotionApproved(request_id=f"r{v}", approved_by="bob", comment="ship it"),
-        PromotionExecuted(request_id=f"r{v}", version=v, from_stage=Stage.STAGING, target_stage=Stage.PRODUCTION,
-                          alias="champion", approved_by=("bob",), approvals_required=1,
-                          rules=("transition:staging->production",), gate_results=()),
-        AliasSet(alias="champion", version=v, previous_version=previous, comment="ship it", request_id=f"r{v}"),
+        PromotionExecuted(
+            request_id=f"r{v}",
+            version=v,
+            from_stage=Stage.STAGING,
+            target_stage=Stage.PRODUCTION,
+            alias="champion",
+            approved_by=("bob",),
+            approvals_required=1,
+            rules=("transition:staging->production",),
+            gate_results=(),
+        ),
+        AliasSet(
+            alias="champion",
+            version=v,
+            previous_version=previous,
+            comment="ship it",
+            request_id=f"r{v}",
+        ),
     ]
     if previous is not None:
-        promoted.append(StageTransitioned(version=previous, from_stage=Stage.PRODUCTION, to_stage=Stage.ARCHIVED,
-                                          kind=TransitionKind.DEMOTION, comment="ship it", request_id=f"r{v}"))
-    promoted.append(StageTransitioned(version=v, from_stage=Stage.STAGING, to_stage=Stage.PRODUCTION,
-                                      kind=TransitionKind.PROMOTION, comment="ship it", request_id=f"r{v}"))
+        promoted.append(
+            StageTransitioned(
+                version=previous,
+                from_stage=Stage.PRODUCTION,
+                to_stage=Stage.ARCHIVED,
+                kind=TransitionKind.DEMOTION,
+                comment="ship it",
+                request_id=f"r{v}",
+            )
+        )
+    promoted.append(
+        StageTransitioned(
+            version=v,
+            from_stage=Stage.STAGING,
+            to_stage=Stage.PRODUCTION,
+            kind=TransitionKind.PROMOTION,
+            comment="ship it",
+            request_id=f"r{v}",
+        )
+    )
     governance: list[Event] = [
-        VersionRegistered(version=v, content=CONTENT, content_digest=DIGEST, registered_by="carol",
-                          description=f"v{v}", tags={"team": "risk"}),
-        StageTransitioned(version=v, from_stage=Stage.DEVELOPMENT, to_stage=Stage.STAGING,
-                          kind=TransitionKind.DIRECT, comment="tests pass"),
-        PromotionRequested(request_id=f"r{v}", version=v, target_stage=Stage.PRODUCTION, alias="champion",
-                           justification="auc up", requested_by="alice", expires_at=at + timedelta(days=7),
-                           approvals_required=1),
+        VersionRegistered(
+            version=v,
+            content=CONTENT,
+            content_digest=DIGEST,
+            registered_by="carol",
+            description=f"v{v}",
+            tags={"team": "risk"},
+        ),
+        StageTransitioned(
+            version=v,
+            from_stage=Stage.DEVELOPMENT,
+            to_stage=Stage.STAGING,
+            kind=TransitionKind.DIRECT,
+            comment="tests pass",
+        ),
+        PromotionRequested(
+            request_id=f"r{v}",
+            version=v,
+            target_stage=Stage.PRODUCTION,
+            alias="champion",
+            justification="auc up",
+            requested_by="alice",
+            expires_at=at + timedelta(days=7),
+            approvals_required=1,
+        ),
         *promoted,
-        DeploymentStarted(deployment_id=f"d{v}", version=v, environment="prod", target="api",
-                          desired_alias="champion"),
-        DeploymentSucceeded(deployment_id=f"d{v}", replaced_deployment_id=f"d{previous}" if previous else None),
+        DeploymentStarted(
+            deployment_id=f"d{v}",
+            version=v,
+            environment="prod",
+            target="api",
+            desired_alias="champion",
+        ),
+        DeploymentSucceeded(
+            deployment_id=f"d{v}", replaced_deployment_id=f"d{previous}" if previous else None
+        ),
     ]
     metrics: list[Event] = [
-        MetricsLogged(model_id=model_id, version=v, metrics=tuple(
-            MetricPoint(key=f"m{k}", value=0.5 + k / 100 + b / 1000, step=b, timestamp=at) for k in range(POINTS)))
+        MetricsLogged(
+            model_id=model_id,
+            version=v,
+            metrics=tuple(
+                MetricPoint(key=f"m{k}", value=0.5 + k / 100 + b / 1000, step=b, timestamp=at)
+                for k in range(POINTS)
+            ),
+        )
         for b in range(METRIC_BATCHES)
     ]
-    return [(metrics_stream(model_id, v), metrics, "trainer", at), (model_stream(model_id), governance, "alice", at)]
+    return [
+        (metrics_stream(model_id, v), metrics, "trainer", at),
+        (model_stream(model_id), governance, "alice", at),
+    ]
 
 
 def model_story(index: int, versions: int) -> Iterator[Append]:
     model_id = f"m{index:06d}"
     at = T0 + timedelta(minutes=index)
-    yield model_stream(model_id), [ModelRegistered(model_id=model_id, name=f"model-{index}", description="",
-                                                   tags={"team": "risk"}, owner="team-risk")], "alice", at
+    yield (
+        model_stream(model_id),
+        [
+            ModelRegistered(
+                model_id=model_id,
+                name=f"model-{index}",
+                description="",
+                tags={"team": "risk"},
+                owner="team-risk",
+            )
+        ],
+        "alice",
+        at,
+    )
     for v in range(1, versions + 1):
         yield from version_story(model_id, v, at + timedelta(hours=v))
 
 
 def check_story() -> None:
     """The synthetic history is one the domain could have produced: it folds cleanly."""
-    history = [e for stream, events, _, _ in model_story(0, 3) if stream.startswith("model:") for e in events]
+    history = [
+        e
+        for stream, events, _, _ in model_story(0, 3)
+        if stream.startswith("model:")
+        for e in events
+    ]
     state = MODEL.fold(history)  # type: ignore[arg-type]
     assert state.production == 3, state
     assert state.aliases == {"champion": 3}, state
@@ -137,11 +218,16 @@ async def write_history(db: Database, events: int, writers: int = 8) -> int:
         for index in range(w, models, writers):
             versions: dict[str, int] = {}
             for stream, batch, actor, at in model_story(index, VERSIONS_PER_MODEL):
-                result = await store.append(stream, versions.get(stream, 0), batch, Metadata(actor=actor, occurred_at=at))
+                result = await store.append(
+                    stream, versions.get(stream, 0), batch, Metadata(actor=actor, occurred_at=at)
+                )
                 versions[stream] = result.stream_version
                 written += len(batch)
             if index % 100 == 0:
-                print(f"  written {written:,} events ({written / (time.perf_counter() - t0):,.0f}/s)", flush=True)
+                print(
+                    f"  written {written:,} events ({written / (time.perf_counter() - t0):,.0f}/s)",
+                    flush=True,
+                )
 
     sealer = Sealer(db.connect, db.schema)
     stop = asyncio.Event()
@@ -153,7 +239,9 @@ async def write_history(db: Database, events: int, writers: int = 8) -> int:
     while await head_position(conn) < written:
         await sealer.seal_all(conn)
         await asyncio.sleep(0.01)
-    print(f"  {written:,} events written and sealed in {time.perf_counter() - t0:.0f} s", flush=True)
+    print(
+        f"  {written:,} events written and sealed in {time.perf_counter() - t0:.0f} s", flush=True
+    )
     # Statistics, as autovacuum would have gathered them on a live system: without them the
     # planner sorts the rest of the log for every batch read_log asks for.
     admin = await db.admin()
@@ -173,8 +261,14 @@ async def raw_read(db: Database, table: Table) -> float:
         count += len(events)
         after = events[-1].log_position
     rate = count / (time.perf_counter() - t0)
-    table.add(Row("raw read of the global log (read_log, 5,000/batch, msgspec)", rate, "events/s",
-                  note=f"{count:,} events"))
+    table.add(
+        Row(
+            "raw read of the global log (read_log, 5,000/batch, msgspec)",
+            rate,
+            "events/s",
+            note=f"{count:,} events",
+        )
+    )
     return rate
 
 
@@ -185,18 +279,23 @@ async def _rebuild(conn: asyncpg.Connection, projection: Projection, head: int) 
     # empty; it is dropped at the switch), so `step` only advances the new generation.
     await conn.execute(
         "UPDATE projection_checkpoints SET log_position = $1 WHERE projection = $2 AND status = 'live'",
-        head, projection.name,
+        head,
+        projection.name,
     )
     generation = await start_rebuild(conn, projection)
     t0 = time.perf_counter()
     while await step(conn, projection, rebuild_batch=5000):
         pass
     seconds = time.perf_counter() - t0
-    assert [(g.generation, g.status) for g in await generations(conn, projection.name)] == [(generation, "live")]
+    assert [(g.generation, g.status) for g in await generations(conn, projection.name)] == [
+        (generation, "live")
+    ]
     return seconds
 
 
-async def rebuild_all(db: Database, projections: list[Projection], table: Table, raw_rate: float) -> None:
+async def rebuild_all(
+    db: Database, projections: list[Projection], table: Table, raw_rate: float
+) -> None:
     conn = await db.connect()
     head = await head_position(conn)
     process = psutil.Process()
@@ -214,13 +313,27 @@ async def rebuild_all(db: Database, projections: list[Projection], table: Table,
     for projection in projections:
         seconds = await _rebuild(conn, projection, head)
         total += seconds
-        table.add(Row(f"rebuild {projection.name}", head / seconds, "events/s", baseline=f"{raw_rate:,.0f} raw read/s",
-                      ratio=f"{head / seconds / raw_rate:.0%}",
-                      note=f"{seconds:.1f} s for the log; handles {len(projection.handles)} types"))
+        table.add(
+            Row(
+                f"rebuild {projection.name}",
+                head / seconds,
+                "events/s",
+                baseline=f"{raw_rate:,.0f} raw read/s",
+                ratio=f"{head / seconds / raw_rate:.0%}",
+                note=f"{seconds:.1f} s for the log; handles {len(projection.handles)} types",
+            )
+        )
     rate = head / total
-    table.add(Row(f"rebuild, all {len(projections)} views in turn (one connection)", rate, "events/s",
-                  baseline=f"{raw_rate:,.0f} raw read/s", ratio=f"{rate / raw_rate:.0%}",
-                  note=f"{total:.1f} s; peak RSS {peak / 2**20:,.0f} MB"))
+    table.add(
+        Row(
+            f"rebuild, all {len(projections)} views in turn (one connection)",
+            rate,
+            "events/s",
+            baseline=f"{raw_rate:,.0f} raw read/s",
+            ratio=f"{rate / raw_rate:.0%}",
+            note=f"{total:.1f} s; peak RSS {peak / 2**20:,.0f} MB",
+        )
+    )
     # All at once, a connection each, as `modelreg projections rebuild --all` does.
     conns = [await db.connect() for _ in projections]
     t0 = time.perf_counter()
@@ -229,9 +342,16 @@ async def rebuild_all(db: Database, projections: list[Projection], table: Table,
     sampling = False
     await sampler
     max_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    table.add(Row(f"rebuild, all {len(projections)} views at once (a connection each)", head / seconds, "events/s",
-                  baseline=f"{raw_rate:,.0f} raw read/s", ratio=f"{head / seconds / raw_rate:.0%}",
-                  note=f"{seconds:.1f} s; peak RSS {peak / 2**20:,.0f} MB during rebuilds ({max_rss:,.0f} MB whole run)"))
+    table.add(
+        Row(
+            f"rebuild, all {len(projections)} views at once (a connection each)",
+            head / seconds,
+            "events/s",
+            baseline=f"{raw_rate:,.0f} raw read/s",
+            ratio=f"{head / seconds / raw_rate:.0%}",
+            note=f"{seconds:.1f} s; peak RSS {peak / 2**20:,.0f} MB during rebuilds ({max_rss:,.0f} MB whole run)",
+        )
+    )
 
 
 async def settle(url: str) -> None:
@@ -245,14 +365,24 @@ async def settle(url: str) -> None:
         await conn.execute("CHECKPOINT")
         await conn.execute("VACUUM ANALYZE")
         await conn.execute("CHECKPOINT")
-        while await conn.fetchval("SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'autovacuum worker'"):  # noqa: ASYNC110 - polling the server
+        autovacuum = (
+            "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'autovacuum worker'"
+        )
+        while await conn.fetchval(autovacuum):  # noqa: ASYNC110 - polling the server
             await asyncio.sleep(0.5)
     finally:
         await conn.close()
 
 
-async def live_lag(db: Database, projections: list[Projection], seconds: float, table: Table,
-                   first_model: int, *, per_view: bool) -> None:
+async def live_lag(
+    db: Database,
+    projections: list[Projection],
+    seconds: float,
+    table: Table,
+    first_model: int,
+    *,
+    per_view: bool,
+) -> None:
     """Commit -> visible in every view, while writers offer 1,000 events/s. One worker for
     all views (as ``modelreg serve`` runs them), or one worker per view (own connections)."""
     sealer = Sealer(db.connect, db.schema)
@@ -263,12 +393,24 @@ async def live_lag(db: Database, projections: list[Projection], seconds: float, 
     async def worker_connection() -> asyncpg.Connection:
         # As the runtime connects its projection worker: views are replayable, so their
         # commits need not wait for the WAL flush.
-        return await connect(db.url, schema=db.schema, app_role=db.app_role, name="bench-projections",
-                             synchronous_commit=False)
+        return await connect(
+            db.url,
+            schema=db.schema,
+            app_role=db.app_role,
+            name="bench-projections",
+            synchronous_commit=False,
+        )
 
-    workers = [ProjectionWorker(worker_connection, db.schema, group, channel=sealed_channel(db.schema), batch=1000)
-               for group in groups]
-    tasks = [asyncio.create_task(sealer.run(stop)), *(asyncio.create_task(w.run(stop)) for w in workers)]
+    workers = [
+        ProjectionWorker(
+            worker_connection, db.schema, group, channel=sealed_channel(db.schema), batch=1000
+        )
+        for group in groups
+    ]
+    tasks = [
+        asyncio.create_task(sealer.run(stop)),
+        *(asyncio.create_task(w.run(stop)) for w in workers),
+    ]
     conn = await db.connect()
     names = [p.name for p in projections]
     while sum(len(w.leading) for w in workers) < len(projections):  # noqa: ASYNC110 - polling a plain set
@@ -286,7 +428,7 @@ async def live_lag(db: Database, projections: list[Projection], seconds: float, 
         for index in itertools.count(first_model + w, writers):
             for stream, events, actor, at in model_story(index, VERSIONS_PER_MODEL):
                 for start in range(0, len(events), 3):
-                    yield stream, events[start:start + 3], actor, at
+                    yield stream, events[start : start + 3], actor, at
 
     async def writer(w: int) -> None:
         nonlocal written
@@ -299,7 +441,9 @@ async def live_lag(db: Database, projections: list[Projection], seconds: float, 
                 return
             await asyncio.sleep(max(0.0, next_at - time.perf_counter()))
             next_at += interval * len(batch) / 2
-            result = await store.append(stream, versions.get(stream, 0), batch, Metadata(actor=actor, occurred_at=at))
+            result = await store.append(
+                stream, versions.get(stream, 0), batch, Metadata(actor=actor, occurred_at=at)
+            )
             committed_at[result.last_seq] = time.perf_counter()
             versions[stream] = result.stream_version
             written += len(batch)
@@ -311,7 +455,10 @@ async def live_lag(db: Database, projections: list[Projection], seconds: float, 
         sealed: dict[int, tuple[int, float]] = {}
         waiting: list[tuple[int, float]] = []
         while writing or committed_at or waiting:
-            rows = await conn.fetch("SELECT log_position, seq FROM event_log WHERE log_position > $1 ORDER BY 1", position)
+            rows = await conn.fetch(
+                "SELECT log_position, seq FROM event_log WHERE log_position > $1 ORDER BY 1",
+                position,
+            )
             seen_at = time.perf_counter()
             for row in rows:
                 position = row["log_position"]
@@ -339,17 +486,26 @@ async def live_lag(db: Database, projections: list[Projection], seconds: float, 
     stop.set()
     await asyncio.gather(*tasks)
     layout = "a worker per view" if per_view else "one worker"
-    table.add(Row(f"live lag, {offered:,} events/s offered, {len(projections)} views, {layout}", written / elapsed,
-                  "events/s", percentile(lags, .5), percentile(lags, .99),
-                  note=f"commit -> visible in every view; target p99 <= 100 ms; {len(lags):,} appends;"
-                       f" of which commit -> sealed p50 {percentile(seal_lags, .5):.0f} / p99"
-                       f" {percentile(seal_lags, .99):.0f} ms"))
+    table.add(
+        Row(
+            f"live lag, {offered:,} events/s offered, {len(projections)} views, {layout}",
+            written / elapsed,
+            "events/s",
+            percentile(lags, 0.5),
+            percentile(lags, 0.99),
+            note=f"commit -> visible in every view; target p99 <= 100 ms; {len(lags):,} appends;"
+            f" of which commit -> sealed p50 {percentile(seal_lags, 0.5):.0f} / p99"
+            f" {percentile(seal_lags, 0.99):.0f} ms",
+        )
+    )
 
 
 async def main() -> None:
     p = parser(__doc__ or "")
     p.add_argument("--events", type=int, default=1_000_000, help="size of the history to rebuild")
-    p.add_argument("--only", default="", help="comma-separated projection names (default: all of them)")
+    p.add_argument(
+        "--only", default="", help="comma-separated projection names (default: all of them)"
+    )
     p.set_defaults(seconds=10.0)
     args = p.parse_args()
     check_story()
@@ -357,7 +513,9 @@ async def main() -> None:
     if args.only:
         wanted = set(args.only.split(","))
         projections = [p for p in projections if p.name in wanted]
-    table = Table(f"Projections: rebuild and live lag over {args.events:,} events ({len(projections)} views)")
+    table = Table(
+        f"Projections: rebuild and live lag over {args.events:,} events ({len(projections)} views)"
+    )
     with postgres(args.database_url) as url:
         async with fresh_database(url) as db:
             print(f"writing {args.events:,} events ...", flush=True)
@@ -366,8 +524,12 @@ async def main() -> None:
             await rebuild_all(db, projections, table, raw_rate)
             models = written // (VERSIONS_PER_MODEL * EVENTS_PER_VERSION) + 1
             await settle(url)
-            await live_lag(db, projections, args.seconds, table, first_model=models + 10, per_view=False)
-            await live_lag(db, projections, args.seconds, table, first_model=models + 10_000, per_view=True)
+            await live_lag(
+                db, projections, args.seconds, table, first_model=models + 10, per_view=False
+            )
+            await live_lag(
+                db, projections, args.seconds, table, first_model=models + 10_000, per_view=True
+            )
     table.print(args.json)
 
 

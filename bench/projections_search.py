@@ -60,7 +60,16 @@ from tests.support.registry_history import name_keys, version_content
 
 T0 = datetime(2026, 1, 5, 8, 0, tzinfo=UTC)
 VERSIONS_PER_MODEL = 50
-STEMS = ("fraud", "churn", "ranker", "vision", "nlp-intent", "pricing", "credit-risk", "search-rerank")
+STEMS = (
+    "fraud",
+    "churn",
+    "ranker",
+    "vision",
+    "nlp-intent",
+    "pricing",
+    "credit-risk",
+    "search-rerank",
+)
 REGIONS = ("eu", "us", "apac")
 OWNERS = tuple(f"team-{i}" for i in range(20))
 ALIASES = ("champion", "challenger", "canary")
@@ -90,14 +99,29 @@ def model_history(index: int, versions: int) -> tuple[str, list[Event], ModelSta
 
     rng = random.Random(index)
     owner = rng.choice(OWNERS)  # not a function of the name: owners and names are independent
-    run(RegisterModel, model_id=model_id, name=model_name(index), owner=owner,
-        tags={"team": owner, "tier": rng.choice(("gold", "silver", "bronze"))})
+    run(
+        RegisterModel,
+        model_id=model_id,
+        name=model_name(index),
+        owner=owner,
+        tags={"team": owner, "tier": rng.choice(("gold", "silver", "bronze"))},
+    )
     for v in range(1, versions + 1):
-        run(RegisterVersion, content=version_content(model_name(index), v, {"lr": rng.choice((0.1, 0.01))}, ["train"]),
-            tags={"framework": rng.choice(("xgboost", "torch", "sklearn")), "run": f"r{v % 7}"})
+        run(
+            RegisterVersion,
+            content=version_content(
+                model_name(index), v, {"lr": rng.choice((0.1, 0.01))}, ["train"]
+            ),
+            tags={"framework": rng.choice(("xgboost", "torch", "sklearn")), "run": f"r{v % 7}"},
+        )
         if v % 10 == 0:  # staged then promoted: the previous production version is archived
             run(TransitionStage, registry_policy=DEFAULT_POLICY, version=v, to_stage=Stage.STAGING)
-            run(TransitionStage, registry_policy=DEFAULT_POLICY, version=v, to_stage=Stage.PRODUCTION)
+            run(
+                TransitionStage,
+                registry_policy=DEFAULT_POLICY,
+                version=v,
+                to_stage=Stage.PRODUCTION,
+            )
             run(SetAlias, registry_policy=DEFAULT_POLICY, alias="champion", version=v)
         elif v % 7 == 0:
             run(TransitionStage, registry_policy=DEFAULT_POLICY, version=v, to_stage=Stage.STAGING)
@@ -121,13 +145,16 @@ async def build(db: Database, versions: int) -> int:
         stream, version = model_stream(model_id), 0
         meta = Metadata(actor="alice", occurred_at=T0 + timedelta(minutes=index))
         for start in range(0, len(events), 500):
-            chunk = events[start:start + 500]
+            chunk = events[start : start + 500]
             claim, release = name_keys(chunk, state)
             result = await store.append(stream, version, chunk, meta, claim=claim, release=release)
             version = result.stream_version
         written += len(events)
         metric_jobs += [(model_id, v) for v in state.versions]
-    print(f"  {models:,} models, {written:,} model events in {time.perf_counter() - t0:.0f} s", flush=True)
+    print(
+        f"  {models:,} models, {written:,} model events in {time.perf_counter() - t0:.0f} s",
+        flush=True,
+    )
 
     t1 = time.perf_counter()
     jobs = iter(metric_jobs)
@@ -135,14 +162,25 @@ async def build(db: Database, versions: int) -> int:
     async def writer() -> None:
         for model_id, v in jobs:
             rng = random.Random(f"{model_id}:{v}")
-            command = LogMetrics(actor="trainer", now=T0 + timedelta(days=1), model_id=model_id, version=v, metrics=(
-                MetricInput(key="auc", value=round(rng.random(), 4)),
-                MetricInput(key="loss", value=round(rng.random(), 4)),
-                MetricInput(key="auc", value=round(rng.random(), 4), dataset="holdout"),
-                MetricInput(key="f1", value=round(rng.random(), 4), dataset="holdout"),
-            ))
+            command = LogMetrics(
+                actor="trainer",
+                now=T0 + timedelta(days=1),
+                model_id=model_id,
+                version=v,
+                metrics=(
+                    MetricInput(key="auc", value=round(rng.random(), 4)),
+                    MetricInput(key="loss", value=round(rng.random(), 4)),
+                    MetricInput(key="auc", value=round(rng.random(), 4), dataset="holdout"),
+                    MetricInput(key="f1", value=round(rng.random(), 4), dataset="holdout"),
+                ),
+            )
             events = METRICS.decide(command, METRICS.initial_state())
-            await store.append(metrics_stream(model_id, v), 0, events, Metadata(actor="trainer", occurred_at=command.now))
+            await store.append(
+                metrics_stream(model_id, v),
+                0,
+                events,
+                Metadata(actor="trainer", occurred_at=command.now),
+            )
 
     await asyncio.gather(*(writer() for _ in range(16)))
     written += len(metric_jobs)
@@ -153,7 +191,9 @@ async def build(db: Database, versions: int) -> int:
     while await head_position(conn) < written:
         await sealer.seal_all(conn)
         await asyncio.sleep(0.01)
-    print(f"  {written:,} events written and sealed in {time.perf_counter() - t0:.0f} s", flush=True)
+    print(
+        f"  {written:,} events written and sealed in {time.perf_counter() - t0:.0f} s", flush=True
+    )
     return written
 
 
@@ -166,8 +206,14 @@ async def project(db: Database, projections: list[Projection], table: Table) -> 
         while await step(conn, projection, batch=5000):
             pass
         seconds = time.perf_counter() - t0
-        table.add(Row(f"project {projection.name} from 0", head / seconds, "events/s",
-                      note=f"{head:,} events in the log, {seconds:.1f} s"))
+        table.add(
+            Row(
+                f"project {projection.name} from 0",
+                head / seconds,
+                "events/s",
+                note=f"{head:,} events in the log, {seconds:.1f} s",
+            )
+        )
     for projection in projections:
         live = next(g for g in await generations(conn, projection.name) if g.status == "live")
         for sql_name in projection.generation_names(live.generation).values():
@@ -194,13 +240,18 @@ def searches(models: int) -> list[tuple[str, Search]]:
             model_id = filled.pop("model_id", None)
             page = await search_versions(conn, names, model_id, VersionQuery(**filled))
             return len(page.items)
+
         return run
 
     def mq(**fields: Any) -> Search:
         async def run(conn: Any, rng: random.Random) -> int:
-            page = await search_models(conn, names, ModelQuery(**{k: v(rng) if callable(v) else v
-                                                                    for k, v in fields.items()}))
+            page = await search_models(
+                conn,
+                names,
+                ModelQuery(**{k: v(rng) if callable(v) else v for k, v in fields.items()}),
+            )
             return len(page.items)
+
         return run
 
     deep: list[str] = []
@@ -213,19 +264,30 @@ def searches(models: int) -> list[tuple[str, Search]]:
             for _ in range(40):
                 assert page.next_cursor is not None
                 deep.append(page.next_cursor)
-                page = await search_versions(conn, names, None, replace(archived, cursor=page.next_cursor))
-        page = await search_versions(conn, names, None, replace(archived, cursor=rng.choice(deep[20:])))
+                page = await search_versions(
+                    conn, names, None, replace(archived, cursor=page.next_cursor)
+                )
+        page = await search_versions(
+            conn, names, None, replace(archived, cursor=rng.choice(deep[20:]))
+        )
         return len(page.items)
 
     async def by_name(conn: Any, rng: random.Random) -> int:
         return 1 if await get_model_by_name(conn, names, name(rng)) else 0
 
     async def one_version(conn: Any, rng: random.Random) -> int:
-        return 1 if await get_version(conn, names, f"m{rng.randrange(models):06d}", rng.randrange(1, 51)) else 0
+        return (
+            1
+            if await get_version(conn, names, f"m{rng.randrange(models):06d}", rng.randrange(1, 51))
+            else 0
+        )
 
     async def baseline(conn: Any, rng: random.Random) -> int:
-        row = await conn.fetchrow("SELECT * FROM model_versions WHERE model_id = $1 AND version = $2",
-                                  f"m{rng.randrange(models):06d}", rng.randrange(1, 51))
+        row = await conn.fetchrow(
+            "SELECT * FROM model_versions WHERE model_id = $1 AND version = $2",
+            f"m{rng.randrange(models):06d}",
+            rng.randrange(1, 51),
+        )
         return 1 if row else 0
 
     model_id = lambda rng: f"m{rng.randrange(models):06d}"  # noqa: E731
@@ -244,7 +306,10 @@ def searches(models: int) -> list[tuple[str, Search]]:
         ("versions: all, -created", vq()),
         ("versions: one model, -version", vq(model_id=model_id, order="-version")),
         ("versions: q substring", vq(q=lambda rng: name(rng)[-8:])),
-        ("versions: q prefix", vq(q=lambda rng: rng.choice(STEMS) + "-" + rng.choice(REGIONS) + "*")),
+        (
+            "versions: q prefix",
+            vq(q=lambda rng: rng.choice(STEMS) + "-" + rng.choice(REGIONS) + "*"),
+        ),
         ("versions: tag framework=torch", vq(tags=("framework=torch",))),
         ("versions: stage production", vq(stages=(Stage.PRODUCTION,))),
         ("versions: alias champion", vq(alias="champion")),
@@ -252,11 +317,20 @@ def searches(models: int) -> list[tuple[str, Search]]:
         ("versions: owner, by name", vq(owner=lambda rng: rng.choice(OWNERS), order="name")),
         ("versions: metric auc[holdout]>x", vq(metrics=threshold)),
         ("versions: order -metric:auc[holdout]", vq(order="-metric:auc[holdout]")),
-        ("versions: metric range, by metric", vq(metrics=("auc>0.3", "auc<0.31"), order="metric:auc")),
+        (
+            "versions: metric range, by metric",
+            vq(metrics=("auc>0.3", "auc<0.31"), order="metric:auc"),
+        ),
         ("versions: page 21-41 of stage archived", deep_page),
         ("versions: with content", vq(with_content=True)),
-        ("combined: q + stage + metric", vq(q=lambda rng: rng.choice(STEMS), stages=(Stage.STAGING,),
-                                            metrics=("auc[holdout]>=0.5",))),
+        (
+            "combined: q + stage + metric",
+            vq(
+                q=lambda rng: rng.choice(STEMS),
+                stages=(Stage.STAGING,),
+                metrics=("auc[holdout]>=0.5",),
+            ),
+        ),
     ]
 
 
@@ -312,19 +386,31 @@ async def measure(db: Database, versions: int, seconds: float, table: Table) -> 
         p99 = percentile(latencies, 0.99)
         if not label.startswith(("baseline", "combined")):
             worst = max(worst, p99)
-        table.add(Row(label, len(latencies) / seconds, "queries/s", percentile(latencies, 0.5), p99,
-                      note=f"{found / len(latencies):.0f} rows; client CPU {cpu_ms:.1f} ms; server p50/max"
-                           f" {percentile(server, 0.5):.1f}/{max(server):.1f} ms"))
+        table.add(
+            Row(
+                label,
+                len(latencies) / seconds,
+                "queries/s",
+                percentile(latencies, 0.5),
+                p99,
+                note=f"{found / len(latencies):.0f} rows; client CPU {cpu_ms:.1f} ms; server p50/max"
+                f" {percentile(server, 0.5):.1f}/{max(server):.1f} ms",
+            )
+        )
     table.add(Row("worst single-kind search p99", None, "", p99_ms=worst, note="target <= 10 ms"))
 
 
 async def main() -> None:
     p = parser(__doc__ or "")
-    p.add_argument("--versions", type=int, default=100_000, help="how many versions the registry holds")
+    p.add_argument(
+        "--versions", type=int, default=100_000, help="how many versions the registry holds"
+    )
     p.set_defaults(seconds=3.0)
     args = p.parse_args()
-    table = Table(f"Search over {args.versions:,} versions ({args.versions // VERSIONS_PER_MODEL:,} models),"
-                  " one query at a time")
+    table = Table(
+        f"Search over {args.versions:,} versions ({args.versions // VERSIONS_PER_MODEL:,} models),"
+        " one query at a time"
+    )
     with postgres(args.database_url) as url:
         async with fresh_database(url) as db:
             print(f"building a registry of {args.versions:,} versions ...", flush=True)

@@ -92,7 +92,11 @@ async def raw_pipelined(nc: NatsClient, sample: Sample, count: int) -> float:
         pending: list[asyncio.Future[PubAck]] = []
         start = time.perf_counter()
         for _ in range(count):
-            pending.append(await js.publish_async(subject, payload, headers={**headers, "Nats-Msg-Id": uuid.uuid4().hex}))
+            pending.append(
+                await js.publish_async(
+                    subject, payload, headers={**headers, "Nats-Msg-Id": uuid.uuid4().hex}
+                )
+            )
             if len(pending) >= WINDOW:
                 await pending.pop(0)
         for future in pending:
@@ -119,8 +123,15 @@ async def raw_baseline(nc: NatsClient, sample: Sample, seconds: float, table: Ta
             latencies.append((time.perf_counter() - t0) * 1000)
             count += 1
         sequential = count / (time.perf_counter() - start)
-        table.add(Row("raw js.publish, awaiting each ack", sequential, "msgs/s",
-                      percentile(latencies, .5), percentile(latencies, .99)))
+        table.add(
+            Row(
+                "raw js.publish, awaiting each ack",
+                sequential,
+                "msgs/s",
+                percentile(latencies, 0.5),
+                percentile(latencies, 0.99),
+            )
+        )
 
         count = 0
         pending: list[asyncio.Future[PubAck]] = []
@@ -128,8 +139,11 @@ async def raw_baseline(nc: NatsClient, sample: Sample, seconds: float, table: Ta
         start = time.perf_counter()
         while time.perf_counter() < deadline:
             for _ in range(WINDOW):
-                pending.append(await js.publish_async(subject, payload,
-                                                      headers={**headers, "Nats-Msg-Id": uuid.uuid4().hex}))
+                pending.append(
+                    await js.publish_async(
+                        subject, payload, headers={**headers, "Nats-Msg-Id": uuid.uuid4().hex}
+                    )
+                )
                 if len(pending) >= WINDOW:
                     await pending.pop(0)
                     count += 1
@@ -137,12 +151,16 @@ async def raw_baseline(nc: NatsClient, sample: Sample, seconds: float, table: Ta
             await future
             count += 1
         pipelined = count / (time.perf_counter() - start)
-        table.add(Row(f"raw js.publish_async, {WINDOW} in flight, {seconds:.0f} s", pipelined, "msgs/s"))
+        table.add(
+            Row(f"raw js.publish_async, {WINDOW} in flight, {seconds:.0f} s", pipelined, "msgs/s")
+        )
     finally:
         await delete_stream_if_exists(nc, spec.name)
 
 
-async def relay_drain(nc: NatsClient, nats_url: str, db: Database, events: int, table: Table, sample: Sample) -> None:
+async def relay_drain(
+    nc: NatsClient, nats_url: str, db: Database, events: int, table: Table, sample: Sample
+) -> None:
     spec = fresh_spec()
     store = EventStore(db.pool, CODEC)
     sealer = Sealer(db.connect, db.schema)
@@ -172,16 +190,32 @@ async def relay_drain(nc: NatsClient, nats_url: str, db: Database, events: int, 
         assert published == events, published
         rate = published / elapsed
         baseline = (raw_before + raw_after) / 2
-        table.add(Row(f"raw js.publish_async, {events:,} msgs, before / after", baseline, "msgs/s",
-                      note=f"{raw_before:,.0f} / {raw_after:,.0f}"))
-        table.add(Row(f"relay, draining {events:,} sealed events", rate, "events/s",
-                      baseline=f"{baseline:,.0f} msgs/s", ratio=f"{rate / baseline:.0%}", note="target >= 50%"))
+        table.add(
+            Row(
+                f"raw js.publish_async, {events:,} msgs, before / after",
+                baseline,
+                "msgs/s",
+                note=f"{raw_before:,.0f} / {raw_after:,.0f}",
+            )
+        )
+        table.add(
+            Row(
+                f"relay, draining {events:,} sealed events",
+                rate,
+                "events/s",
+                baseline=f"{baseline:,.0f} msgs/s",
+                ratio=f"{rate / baseline:.0%}",
+                note="target >= 50%",
+            )
+        )
     finally:
         await client.close()
         await delete_stream_if_exists(nc, spec.name)
 
 
-async def latency(nc: NatsClient, nats_url: str, db: Database, seconds: float, table: Table) -> None:
+async def latency(
+    nc: NatsClient, nats_url: str, db: Database, seconds: float, table: Table
+) -> None:
     """Commit (append returned) -> the relay holds JetStream's ack, at 500 events/s offered."""
     spec = fresh_spec()
     committed_at: dict[uuid.UUID, float] = {}
@@ -199,13 +233,17 @@ async def latency(nc: NatsClient, nats_url: str, db: Database, seconds: float, t
             acked_at.setdefault(out.event_id, now)
 
     sealer = Sealer(db.connect, db.schema)
-    relay = Relay(db.connect, nats_connector(nats_url),
-                  RelayConfig(schema=db.schema, stream=spec, batch_size=1000, window=WINDOW),
-                  hooks=RelayHooks(before_publish=on_read, after_ack_before_checkpoint=on_acks))
+    relay = Relay(
+        db.connect,
+        nats_connector(nats_url),
+        RelayConfig(schema=db.schema, stream=spec, batch_size=1000, window=WINDOW),
+        hooks=RelayHooks(before_publish=on_read, after_ack_before_checkpoint=on_acks),
+    )
     store = EventStore(db.pool, CODEC, on_append=lambda _: sealer.wake())
     stop = asyncio.Event()
     tasks = [asyncio.create_task(sealer.run(stop)), asyncio.create_task(relay.run(stop))]
     try:
+
         async def ready() -> bool:
             return relay.is_leader and not await publication_lag(db.pool, spec.name)
 
@@ -221,11 +259,14 @@ async def latency(nc: NatsClient, nats_url: str, db: Database, seconds: float, t
                 await asyncio.sleep(max(0.0, next_at - time.perf_counter()))
                 next_at += interval
                 event_id = uuid.uuid4()
-                result = await store.append(f"b:lat:{w}", version, [Noted(text=PAYLOAD)], META, event_ids=[event_id])
+                result = await store.append(
+                    f"b:lat:{w}", version, [Noted(text=PAYLOAD)], META, event_ids=[event_id]
+                )
                 committed_at[event_id] = time.perf_counter()
                 version = result.stream_version
 
         await asyncio.gather(*(writer(w) for w in range(writers)))
+
         async def all_acked() -> bool:
             return all(e in acked_at for e in committed_at)
 
@@ -236,15 +277,39 @@ async def latency(nc: NatsClient, nats_url: str, db: Database, seconds: float, t
         await delete_stream_if_exists(nc, spec.name)
     lags = [(acked_at[e] - t) * 1000 for e, t in committed_at.items() if e in acked_at]
     assert len(lags) == len(committed_at), "some events were not acknowledged"
-    table.add(Row(f"commit -> JetStream ack, {offered} events/s offered", len(lags) / seconds, "events/s",
-                  percentile(lags, .5), percentile(lags, .99), note="target p99 <= 100 ms"))
+    table.add(
+        Row(
+            f"commit -> JetStream ack, {offered} events/s offered",
+            len(lags) / seconds,
+            "events/s",
+            percentile(lags, 0.5),
+            percentile(lags, 0.99),
+            note="target p99 <= 100 ms",
+        )
+    )
     # Where the time goes: sealing + NOTIFY + the relay's read, then publish -> ack.
     sealed = [(read_at[e] - t) * 1000 for e, t in committed_at.items() if e in read_at]
-    publish = [(acked_at[e] - read_at[e]) * 1000 for e in committed_at if e in read_at and e in acked_at]
-    table.add(Row("  of which commit -> relay reads it (seal, NOTIFY)", len(sealed) / seconds, "events/s",
-                  percentile(sealed, .5), percentile(sealed, .99)))
-    table.add(Row("  of which relay read -> JetStream ack", len(publish) / seconds, "events/s",
-                  percentile(publish, .5), percentile(publish, .99)))
+    publish = [
+        (acked_at[e] - read_at[e]) * 1000 for e in committed_at if e in read_at and e in acked_at
+    ]
+    table.add(
+        Row(
+            "  of which commit -> relay reads it (seal, NOTIFY)",
+            len(sealed) / seconds,
+            "events/s",
+            percentile(sealed, 0.5),
+            percentile(sealed, 0.99),
+        )
+    )
+    table.add(
+        Row(
+            "  of which relay read -> JetStream ack",
+            len(publish) / seconds,
+            "events/s",
+            percentile(publish, 0.5),
+            percentile(publish, 0.99),
+        )
+    )
 
 
 async def _poll(condition: Callable[[], Awaitable[bool]], timeout: float) -> None:
@@ -257,8 +322,14 @@ async def _poll(condition: Callable[[], Awaitable[bool]], timeout: float) -> Non
 
 async def main() -> None:
     p = parser(__doc__ or "")
-    p.add_argument("--nats-url", default=None, help="NATS to measure (default: our own nats-server in a temp dir)")
-    p.add_argument("--events", type=int, default=100_000, help="size of the sealed backlog the relay drains")
+    p.add_argument(
+        "--nats-url",
+        default=None,
+        help="NATS to measure (default: our own nats-server in a temp dir)",
+    )
+    p.add_argument(
+        "--events", type=int, default=100_000, help="size of the sealed backlog the relay drains"
+    )
     args = p.parse_args()
     table = Table("Relay vs raw JetStream publishing (same servers, same run)")
     with postgres(args.database_url) as url, nats_server(args.nats_url) as nats_url:

@@ -34,20 +34,43 @@ async def raw_baseline(db: Database, seconds: float, table: Table) -> dict[str, 
     body = PAYLOAD.encode() * 2
     results = {}
     for workers in (1, 32):
+
         async def insert(w: int) -> int:
-            await db.pool.execute("INSERT INTO raw_rows (stream_id, body) VALUES ($1, $2)", f"s{w}", body)
+            await db.pool.execute(
+                "INSERT INTO raw_rows (stream_id, body) VALUES ($1, $2)", f"s{w}", body
+            )
             return 1
+
         rate, lat = await run_for(seconds, workers, insert)
         results[f"insert{workers}"] = rate
-        table.add(Row(f"raw INSERT, 1 row/tx, {workers} conn", rate, "rows/s", percentile(lat, .5), percentile(lat, .99)))
+        table.add(
+            Row(
+                f"raw INSERT, 1 row/tx, {workers} conn",
+                rate,
+                "rows/s",
+                percentile(lat, 0.5),
+                percentile(lat, 0.99),
+            )
+        )
 
     async def many(w: int) -> int:
         async with db.pool.acquire() as conn, conn.transaction():
-            await conn.executemany("INSERT INTO raw_rows (stream_id, body) VALUES ($1, $2)", [(f"s{w}", body)] * 100)
+            await conn.executemany(
+                "INSERT INTO raw_rows (stream_id, body) VALUES ($1, $2)", [(f"s{w}", body)] * 100
+            )
         return 100
+
     rate, lat = await run_for(seconds, 1, many)
     results["many"] = rate
-    table.add(Row("raw executemany, 100 rows/tx, 1 conn", rate, "rows/s", percentile(lat, .5), percentile(lat, .99)))
+    table.add(
+        Row(
+            "raw executemany, 100 rows/tx, 1 conn",
+            rate,
+            "rows/s",
+            percentile(lat, 0.5),
+            percentile(lat, 0.99),
+        )
+    )
     return results
 
 
@@ -69,8 +92,18 @@ async def store_appends(db: Database, seconds: float, table: Table, raw: dict[st
         append = _appender(store, workers, uuid.uuid4().hex[:8])
         rate, lat = await run_for(seconds, workers, append)
         base = raw[f"insert{workers}"]
-        table.add(Row(f"store append, 1 event/call, {workers} writers", rate, "events/s", percentile(lat, .5),
-                      percentile(lat, .99), f"{base:,.0f} rows/s", f"{rate / base:.0%}", "target >= 50% at 32"))
+        table.add(
+            Row(
+                f"store append, 1 event/call, {workers} writers",
+                rate,
+                "events/s",
+                percentile(lat, 0.5),
+                percentile(lat, 0.99),
+                f"{base:,.0f} rows/s",
+                f"{rate / base:.0%}",
+                "target >= 50% at 32",
+            )
+        )
 
     batch = [Noted(text=PAYLOAD)] * 100
     version = 0
@@ -80,9 +113,20 @@ async def store_appends(db: Database, seconds: float, table: Table, raw: dict[st
         await store.append("b:many", version, batch, META)
         version += 100
         return 100
+
     rate, lat = await run_for(seconds, 1, append_many)
-    table.add(Row("store append, 100 events/call", rate, "events/s", percentile(lat, .5), percentile(lat, .99),
-                  f"{raw['many']:,.0f} rows/s", f"{rate / raw['many']:.0%}", "target >= 50%"))
+    table.add(
+        Row(
+            "store append, 100 events/call",
+            rate,
+            "events/s",
+            percentile(lat, 0.5),
+            percentile(lat, 0.99),
+            f"{raw['many']:,.0f} rows/s",
+            f"{rate / raw['many']:.0%}",
+            "target >= 50%",
+        )
+    )
 
 
 async def sealer_rate(db: Database, table: Table) -> None:
@@ -137,7 +181,10 @@ async def seal_lag(db: Database, seconds: float, table: Table) -> None:
     async def watcher() -> None:
         position = start_position
         while writing or committed_at:
-            rows = await conn.fetch("SELECT log_position, seq FROM event_log WHERE log_position > $1 ORDER BY 1", position)
+            rows = await conn.fetch(
+                "SELECT log_position, seq FROM event_log WHERE log_position > $1 ORDER BY 1",
+                position,
+            )
             now = time.perf_counter()
             for row in rows:
                 started = committed_at.pop(row["seq"], None)
@@ -158,8 +205,16 @@ async def seal_lag(db: Database, seconds: float, table: Table) -> None:
     stop.set()
     await task
     note = "target p99 <= 50 ms" + (f"; {unsealed} not sealed within 60 s" if unsealed else "")
-    table.add(Row(f"seal lag, {offered} events/s offered", len(lags) / seconds, "events/s",
-                  percentile(lags, .5), percentile(lags, .99), note=note))
+    table.add(
+        Row(
+            f"seal lag, {offered} events/s offered",
+            len(lags) / seconds,
+            "events/s",
+            percentile(lags, 0.5),
+            percentile(lags, 0.99),
+            note=note,
+        )
+    )
 
 
 async def main() -> None:

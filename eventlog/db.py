@@ -66,7 +66,11 @@ async def connect(
     projection worker: a view batch and its checkpoint are lost or kept together).
     """
     conn: asyncpg.Connection = await asyncpg.connect(
-        url, server_settings=session_settings(schema, app_role, name, synchronous_commit=synchronous_commit), **kwargs
+        url,
+        server_settings=session_settings(
+            schema, app_role, name, synchronous_commit=synchronous_commit
+        ),
+        **kwargs,
     )
     return conn
 

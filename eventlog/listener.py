@@ -54,10 +54,15 @@ class Listener:
                 conn = await asyncio.wait_for(self._connect(), self._STEP_TIMEOUT)
                 conn.add_termination_listener(lambda _, event=lost: event.set())
                 # A name of its own, so operators (and tests) can tell it from its owner's.
-                await asyncio.wait_for(conn.execute(
-                    "SELECT set_config('application_name', current_setting('application_name') || '-listen', false)"
-                ), self._STEP_TIMEOUT)
-                await asyncio.wait_for(conn.add_listener(self._channel, self._notified), self._STEP_TIMEOUT)
+                await asyncio.wait_for(
+                    conn.execute(
+                        "SELECT set_config('application_name', current_setting('application_name') || '-listen', false)"
+                    ),
+                    self._STEP_TIMEOUT,
+                )
+                await asyncio.wait_for(
+                    conn.add_listener(self._channel, self._notified), self._STEP_TIMEOUT
+                )
                 self._conn = conn
                 self._on_notify()
                 delay = 0.1
@@ -67,8 +72,11 @@ class Listener:
                     if not lost.is_set():
                         await asyncio.wait_for(conn.fetchval("SELECT 1"), self._STEP_TIMEOUT)
             except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-                log.warning("LISTEN %s: connection lost or refused (%s); polling meanwhile",
-                            self._channel, str(exc) or type(exc).__name__)
+                log.warning(
+                    "LISTEN %s: connection lost or refused (%s); polling meanwhile",
+                    self._channel,
+                    str(exc) or type(exc).__name__,
+                )
             finally:
                 self._conn = None
                 if conn is not None and not conn.is_closed():

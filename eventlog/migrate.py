@@ -86,7 +86,9 @@ async def apply_migrations(url: str, *, schema: str, app_role: str) -> list[str]
     """Apply every pending migration; return the names applied (empty when up to date)."""
     conn: asyncpg.Connection = await asyncpg.connect(url, server_settings={"jit": "off"})
     try:
-        await conn.execute("SELECT pg_advisory_lock(hashtextextended($1, 0))", lock_key(schema, "migrate"))
+        await conn.execute(
+            "SELECT pg_advisory_lock(hashtextextended($1, 0))", lock_key(schema, "migrate")
+        )
         await conn.execute(
             "SELECT set_config('modelreg.app_role', $1, false), set_config('modelreg.schema', $2, false)",
             app_role,
@@ -95,7 +97,10 @@ async def apply_migrations(url: str, *, schema: str, app_role: str) -> list[str]
         await conn.execute(_ENSURE_ROLE)
         await conn.execute("SELECT set_config('search_path', quote_ident($1), false)", schema)
         await conn.execute(_LEDGER)
-        applied = {r["name"]: r["checksum"] for r in await conn.fetch("SELECT name, checksum FROM schema_migrations")}
+        applied = {
+            r["name"]: r["checksum"]
+            for r in await conn.fetch("SELECT name, checksum FROM schema_migrations")
+        }
         done: list[str] = []
         for migration in discover():
             if migration.name in applied:

@@ -52,7 +52,9 @@ async def sealed_position(
         # Right after the commit the event cannot be sealed yet: while the signal rings,
         # the first look waits for the next seal instead of querying in vain.
         if looked or signal is None or not signal.ringing():
-            position: int | None = await pool.fetchval("SELECT log_position FROM event_log WHERE seq = $1", seq)
+            position: int | None = await pool.fetchval(
+                "SELECT log_position FROM event_log WHERE seq = $1", seq
+            )
             if position is not None:
                 return position
         looked = True
@@ -68,4 +70,3 @@ async def sealed_position(
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(sealed.wait(), timeout=min(wait, remaining))
         delay = min(delay * 2, 0.02)
-

@@ -107,7 +107,9 @@ class Sealer:
             if exc.sqlstate == "MR409":
                 raise ConcurrencyError("event_log", cursor.log_position, -1) from exc
             raise
-        self._cursor = Cursor(cursor.log_position + len(rows), last["tx_id"], last["seq"], hashes[-1])
+        self._cursor = Cursor(
+            cursor.log_position + len(rows), last["tx_id"], last["seq"], hashes[-1]
+        )
         return len(rows)
 
     async def seal_all(self, conn: asyncpg.Connection) -> int:
@@ -142,7 +144,8 @@ class Sealer:
         conn = await self._connect()
         try:
             got = await conn.fetchval(
-                "SELECT pg_try_advisory_lock(hashtextextended($1, 0))", lock_key(self.schema, "sealer")
+                "SELECT pg_try_advisory_lock(hashtextextended($1, 0))",
+                lock_key(self.schema, "sealer"),
             )
             if not got:
                 await sleep_or_stop(stop, self.standby_interval)
@@ -170,5 +173,3 @@ class Sealer:
             # Poll fast while writes flow, back off when idle: wakes cover local appends.
             interval = self.idle_interval if sealed else min(interval * 2, self.max_idle_interval)
             await wake_or_stop(self._wake, stop, interval)
-
-

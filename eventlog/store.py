@@ -203,7 +203,9 @@ class EventStore:
             self._on_append(result)
         return result
 
-    def _chain(self, stream_id: str, expected_version: int, envelopes: Sequence[bytes]) -> tuple[bytes | None, list[bytes] | None]:
+    def _chain(
+        self, stream_id: str, expected_version: int, envelopes: Sequence[bytes]
+    ) -> tuple[bytes | None, list[bytes] | None]:
         """The per-stream hashes of ``envelopes``, if this process knows the head they follow."""
         if expected_version == 0:
             previous = ZERO_HASH

@@ -94,9 +94,10 @@ class _Stream:
 async def _check_streams(
     conn: asyncpg.Connection, breaks: list[Break], progress: Progress | None
 ) -> tuple[int, int]:
-    heads = {r["stream_id"]: (r["version"], bytes(r["last_hash"])) for r in await conn.fetch(
-        "SELECT stream_id, version, last_hash FROM streams"
-    )}
+    heads = {
+        r["stream_id"]: (r["version"], bytes(r["last_hash"]))
+        for r in await conn.fetch("SELECT stream_id, version, last_hash FROM streams")
+    }
     seen: set[str] = set()
     current: _Stream | None = None
     count = 0
@@ -104,15 +105,23 @@ async def _check_streams(
     def close(stream: _Stream) -> None:
         version, last_hash = heads.get(stream.id, (0, ZERO_HASH))
         if stream.position < version:
-            breaks.append(Break(
-                kind="truncated_tail", stream_id=stream.id, stream_position=stream.position + 1,
-                detail=f"the stream head says version {version}; events stop at {stream.position}",
-            ))
+            breaks.append(
+                Break(
+                    kind="truncated_tail",
+                    stream_id=stream.id,
+                    stream_position=stream.position + 1,
+                    detail=f"the stream head says version {version}; events stop at {stream.position}",
+                )
+            )
         elif stream.position == version and stream.hash != last_hash:
-            breaks.append(Break(
-                kind="changed_bytes", stream_id=stream.id, stream_position=version,
-                detail="the stream head's hash does not match its last event",
-            ))
+            breaks.append(
+                Break(
+                    kind="changed_bytes",
+                    stream_id=stream.id,
+                    stream_position=version,
+                    detail="the stream head's hash does not match its last event",
+                )
+            )
 
     async for row in conn.cursor(
         "SELECT seq, event_id, stream_id, stream_position, event_type, envelope, stream_hash"
@@ -129,22 +138,32 @@ async def _check_streams(
             current = _Stream(stream_id)
             seen.add(stream_id)
         if position != current.position + 1:
-            breaks.append(Break(
-                kind="missing_event", stream_id=stream_id, stream_position=current.position + 1,
-                detail=f"stream position {current.position + 1} is missing (next found: {position})",
-            ))
+            breaks.append(
+                Break(
+                    kind="missing_event",
+                    stream_id=stream_id,
+                    stream_position=current.position + 1,
+                    detail=f"stream position {current.position + 1} is missing (next found: {position})",
+                )
+            )
         raw = bytes(row["envelope"])
         expected = stream_link(current.hash, raw)
         if expected != bytes(row["stream_hash"]):
-            breaks.append(Break(
-                kind="changed_bytes", stream_id=stream_id, stream_position=position,
-                detail="the stored bytes do not hash to the recorded stream hash",
-            ))
+            breaks.append(
+                Break(
+                    kind="changed_bytes",
+                    stream_id=stream_id,
+                    stream_position=position,
+                    detail="the stored bytes do not hash to the recorded stream hash",
+                )
+            )
         else:
             problem = _header_problem(raw, row)
             if problem:
                 kind: BreakKind = "reordered" if "position" in problem else "header_mismatch"
-                breaks.append(Break(kind=kind, stream_id=stream_id, stream_position=position, detail=problem))
+                breaks.append(
+                    Break(kind=kind, stream_id=stream_id, stream_position=position, detail=problem)
+                )
         # Continue from the recorded hash so one bad event yields one break, not a cascade.
         current.hash = bytes(row["stream_hash"])
         current.position = position
@@ -152,10 +171,14 @@ async def _check_streams(
         close(current)
     for stream_id, (version, _) in heads.items():
         if stream_id not in seen and version > 0:
-            breaks.append(Break(
-                kind="truncated_tail", stream_id=stream_id, stream_position=1,
-                detail=f"the stream head says version {version}; no events remain",
-            ))
+            breaks.append(
+                Break(
+                    kind="truncated_tail",
+                    stream_id=stream_id,
+                    stream_position=1,
+                    detail=f"the stream head says version {version}; no events remain",
+                )
+            )
     return count, len(heads)
 
 
@@ -193,44 +216,65 @@ async def _check_log(
             progress("log", count)
         position = row["log_position"]
         if position != expected_position:
-            breaks.append(Break(
-                kind="missing_log_entry", log_position=expected_position,
-                detail=f"log positions {expected_position}..{position - 1} are missing",
-            ))
+            breaks.append(
+                Break(
+                    kind="missing_log_entry",
+                    log_position=expected_position,
+                    detail=f"log positions {expected_position}..{position - 1} are missing",
+                )
+            )
         if row["stream_hash"] is None:
-            breaks.append(Break(
-                kind="missing_event", log_position=position, stream_id=row["stream_id"],
-                detail=f"the event sealed at position {position} is gone from the event table",
-            ))
+            breaks.append(
+                Break(
+                    kind="missing_event",
+                    log_position=position,
+                    stream_id=row["stream_id"],
+                    detail=f"the event sealed at position {position} is gone from the event table",
+                )
+            )
         elif log_link(previous, position, bytes(row["stream_hash"])) != bytes(row["log_hash"]):
-            breaks.append(Break(
-                kind="changed_bytes" if row["event_stream"] == row["stream_id"] else "reordered",
-                log_position=position, stream_id=row["stream_id"],
-                detail="the global chain does not link this entry to the one before it",
-            ))
+            breaks.append(
+                Break(
+                    kind="changed_bytes"
+                    if row["event_stream"] == row["stream_id"]
+                    else "reordered",
+                    log_position=position,
+                    stream_id=row["stream_id"],
+                    detail="the global chain does not link this entry to the one before it",
+                )
+            )
         previous = bytes(row["log_hash"])
         expected_position = position + 1
     head = expected_position - 1
     if head < state["last_log_position"]:
-        breaks.append(Break(
-            kind="truncated_tail", log_position=head + 1,
-            detail=f"the sealer sealed up to {state['last_log_position']}; the log stops at {head}",
-        ))
+        breaks.append(
+            Break(
+                kind="truncated_tail",
+                log_position=head + 1,
+                detail=f"the sealer sealed up to {state['last_log_position']}; the log stops at {head}",
+            )
+        )
     elif head == state["last_log_position"] and previous != bytes(state["last_log_hash"]):
-        breaks.append(Break(
-            kind="changed_bytes", log_position=head,
-            detail="the log head's hash does not match the sealer's record",
-        ))
+        breaks.append(
+            Break(
+                kind="changed_bytes",
+                log_position=head,
+                detail="the log head's hash does not match the sealer's record",
+            )
+        )
     unlogged = await conn.fetchval(
         "SELECT count(*) FROM events e WHERE (e.tx_id, e.seq) <= ($1::xid8, $2::bigint)"
         " AND NOT EXISTS (SELECT 1 FROM event_log l WHERE l.seq = e.seq)",
-        state["last_tx_id"], state["last_seq"],
+        state["last_tx_id"],
+        state["last_seq"],
     )
     if unlogged:
-        breaks.append(Break(
-            kind="unsealed_gap",
-            detail=f"{unlogged} event(s) the sealer passed are not in the log",
-        ))
+        breaks.append(
+            Break(
+                kind="unsealed_gap",
+                detail=f"{unlogged} event(s) the sealer passed are not in the log",
+            )
+        )
     return count, head, previous
 
 
@@ -241,7 +285,8 @@ async def _place_in_log(conn: asyncpg.Connection, breaks: list[Break]) -> None:
             position = await conn.fetchval(
                 "SELECT l.log_position FROM events e JOIN event_log l ON l.seq = e.seq"
                 " WHERE e.stream_id = $1 AND e.stream_position = $2",
-                b.stream_id, b.stream_position,
+                b.stream_id,
+                b.stream_position,
             )
             if position is not None:
                 breaks[i] = msgspec.structs.replace(b, log_position=position)

@@ -110,7 +110,9 @@ class TokenState(msgspec.Struct, frozen=True, kw_only=True):
         return bool(self.token_id)
 
     def active_at(self, now: datetime) -> bool:
-        return self.issued and not self.revoked and (self.expires_at is None or now < self.expires_at)
+        return (
+            self.issued and not self.revoked and (self.expires_at is None or now < self.expires_at)
+        )
 
     @property
     def permissions(self) -> frozenset[Permission]:
@@ -126,7 +128,8 @@ class TokenState(msgspec.Struct, frozen=True, kw_only=True):
         if model_name is None:
             return False
         return any(
-            model_name.startswith(s[:-1]) if s.endswith("*") else model_name == s for s in self.scopes
+            model_name.startswith(s[:-1]) if s.endswith("*") else model_name == s
+            for s in self.scopes
         )
 
 
@@ -156,23 +159,33 @@ def decide(command: TokenCommand, state: TokenState) -> list[TokenEvent]:
     match command:
         case IssueToken():
             if state.issued:
-                raise ConflictError(f"token {command.token_id} exists already", token_id=command.token_id)
+                raise ConflictError(
+                    f"token {command.token_id} exists already", token_id=command.token_id
+                )
             validate_id(command.token_id, "token_id")
             if not _PRINCIPAL.fullmatch(command.principal):
                 raise ValidationError(
-                    "principal", "pattern", "principal must be 1-128 of A-Z a-z 0-9 . _ @ + -, starting alphanumeric"
+                    "principal",
+                    "pattern",
+                    "principal must be 1-128 of A-Z a-z 0-9 . _ @ + -, starting alphanumeric",
                 )
             if not command.roles:
                 raise ValidationError("roles", "required", "a token needs at least one role")
             if len(command.scopes) > MAX_SCOPES:
-                raise ValidationError("scopes", "too_many", f"at most {MAX_SCOPES} scopes", max=MAX_SCOPES)
+                raise ValidationError(
+                    "scopes", "too_many", f"at most {MAX_SCOPES} scopes", max=MAX_SCOPES
+                )
             for i, scope in enumerate(command.scopes):
                 if not _SCOPE.fullmatch(scope):
                     raise ValidationError(
-                        f"scopes[{i}]", "pattern", "a scope is a model name, or a name prefix ending in *"
+                        f"scopes[{i}]",
+                        "pattern",
+                        "a scope is a model name, or a name prefix ending in *",
                     )
             if not _HASH.fullmatch(command.secret_sha256):
-                raise ValidationError("secret_sha256", "pattern", "the secret hash must be 64 lower-case hex digits")
+                raise ValidationError(
+                    "secret_sha256", "pattern", "the secret hash must be 64 lower-case hex digits"
+                )
             if command.expires_at is not None and command.expires_at <= command.now:
                 raise ValidationError("expires_at", "range", "a token must expire in the future")
             return [

@@ -64,6 +64,8 @@ class EventCodec:
         for version in range(schema_version, cls.schema_version):
             upcast = self._upcasters.get((event_type, version))
             if upcast is None:
-                raise UnknownEventTypeError(f"{event_type} v{version} (no upcaster to v{version + 1})")
+                raise UnknownEventTypeError(
+                    f"{event_type} v{version} (no upcaster to v{version + 1})"
+                )
             fields = upcast(fields)
         return msgspec.convert(fields, cls)

@@ -85,4 +85,6 @@ class UnknownEventTypeError(DomainError):
     code = "unknown_event_type"
 
     def __init__(self, event_type: str) -> None:
-        super().__init__(f"no event type {event_type!r} is known to this code", event_type=event_type)
+        super().__init__(
+            f"no event type {event_type!r} is known to this code", event_type=event_type
+        )

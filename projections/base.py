@@ -88,7 +88,9 @@ class Projection:
     def temp_names(self) -> Names:
         return Names({t.name: f"{t.name}__tt" for t in self.tables})
 
-    def create_statements(self, names: Names, *, temporary: bool = False, unlogged: bool = False) -> list[str]:
+    def create_statements(
+        self, names: Names, *, temporary: bool = False, unlogged: bool = False
+    ) -> list[str]:
         statements: list[str] = []
         for table in self.tables:
             sql_name = names[table.name]

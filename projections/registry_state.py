@@ -129,12 +129,17 @@ async def views_as_of(
 
 
 async def _apply_registry_wide(
-    conn: asyncpg.Connection, projections: Sequence[Projection], names: dict[str, Names], position: int
+    conn: asyncpg.Connection,
+    projections: Sequence[Projection],
+    names: dict[str, Names],
+    position: int,
 ) -> None:
     """Registry-wide policy events into a one-model fold. The views that read them keep them
     in rows of their own (not interleaved with the model's), so applying them after the
     model's events gives what the whole-log fold gives."""
-    takers = [p for p in projections if p.handles & _REGISTRY_WIDE and p.name not in _PER_EVENT_LOGS]
+    takers = [
+        p for p in projections if p.handles & _REGISTRY_WIDE and p.name not in _PER_EVENT_LOGS
+    ]
     if not takers:
         return
     after = 0
@@ -150,7 +155,9 @@ async def _apply_registry_wide(
 
 
 async def _sealed_at(conn: asyncpg.Connection, position: int) -> datetime | None:
-    value: datetime | None = await conn.fetchval("SELECT sealed_at FROM event_log WHERE log_position = $1", position)
+    value: datetime | None = await conn.fetchval(
+        "SELECT sealed_at FROM event_log WHERE log_position = $1", position
+    )
     return value
 
 
@@ -163,7 +170,9 @@ async def _models(conn: asyncpg.Connection, names: Names, model_id: str | None) 
     return [model_catalogue.row_from_record(r) for r in records]
 
 
-async def _versions(conn: asyncpg.Connection, names: Names, model_id: str | None) -> list[VersionRow]:
+async def _versions(
+    conn: asyncpg.Connection, names: Names, model_id: str | None
+) -> list[VersionRow]:
     records = await conn.fetch(
         f"SELECT {model_versions.columns()} FROM {names.model_versions}"
         " WHERE ($1::text IS NULL OR model_id = $1) ORDER BY model_id, version",
@@ -182,10 +191,16 @@ async def registry_as_of(conn: asyncpg.Connection, position: int | datetime) -> 
             sealed_at=sealed_at,
             models=await _models(conn, names[model_catalogue.PROJECTION.name], None),
             versions=await _versions(conn, names[model_versions.PROJECTION.name], None),
-            stages=await stage_timeline.current_holdings(conn, names[stage_timeline.PROJECTION.name]),
-            aliases=await stage_timeline.current_aliases(conn, names[stage_timeline.PROJECTION.name]),
+            stages=await stage_timeline.current_holdings(
+                conn, names[stage_timeline.PROJECTION.name]
+            ),
+            aliases=await stage_timeline.current_aliases(
+                conn, names[stage_timeline.PROJECTION.name]
+            ),
             open_requests=await approvals.open_requests(
-                conn, names[approvals.PROJECTION.name], now=sealed_at or datetime.min.replace(tzinfo=UTC),
+                conn,
+                names[approvals.PROJECTION.name],
+                now=sealed_at or datetime.min.replace(tzinfo=UTC),
                 limit=1_000_000,
             ),
             deployments=await deployments.places(conn, names[deployments.PROJECTION.name]),
@@ -208,15 +223,19 @@ async def model_as_of(
         requests = []
         for r in request_rows:
             found = await approvals.request(
-                conn, names[approvals.PROJECTION.name], r["request_id"], model_id=model_id,
+                conn,
+                names[approvals.PROJECTION.name],
+                r["request_id"],
+                model_id=model_id,
                 now=sealed_at or datetime.min.replace(tzinfo=UTC),
             )
             if found is not None:
                 requests.append(found)
         deployment_names = names[deployments.PROJECTION.name]
         timeline_names = names[stage_timeline.PROJECTION.name]
-        audit = await audit_timeline.entries(conn, names[audit_timeline.PROJECTION.name], model_id=model_id,
-                                             limit=audit_limit)
+        audit = await audit_timeline.entries(
+            conn, names[audit_timeline.PROJECTION.name], model_id=model_id, limit=audit_limit
+        )
         return ModelSnapshot(
             position=at,
             sealed_at=sealed_at,

@@ -87,7 +87,9 @@ async def _point_views(conn: asyncpg.Connection, projection: Projection, generat
 async def ensure_projection(conn: asyncpg.Connection, projection: Projection) -> None:
     """Create generation 1 on first start; start a rebuild when the code's version is newer."""
     async with conn.transaction():
-        await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", f"ensure:{projection.name}")
+        await conn.execute(
+            "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", f"ensure:{projection.name}"
+        )
         current = await generations(conn, projection.name)
         if not current:
             await _create_generation(conn, projection, 1, "live")
@@ -96,7 +98,12 @@ async def ensure_projection(conn: asyncpg.Connection, projection: Projection) ->
     live = next(g for g in current if g.status == "live")
     building = [g for g in current if g.status == "building"]
     if live.code_version < projection.version and not building:
-        log.info("projection %s: code version %d > %d, rebuilding", projection.name, projection.version, live.code_version)
+        log.info(
+            "projection %s: code version %d > %d, rebuilding",
+            projection.name,
+            projection.version,
+            live.code_version,
+        )
         await start_rebuild(conn, projection)
 
 
@@ -106,13 +113,16 @@ async def start_rebuild(conn: asyncpg.Connection, projection: Projection) -> int
     If a rebuild is already under way, return that generation instead of starting another.
     """
     async with conn.transaction():
-        await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", f"ensure:{projection.name}")
+        await conn.execute(
+            "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", f"ensure:{projection.name}"
+        )
         current = await generations(conn, projection.name)
         building = [g for g in current if g.status == "building"]
         if building:
             return building[0].generation
         latest = await conn.fetchval(
-            "SELECT max(generation) FROM projection_checkpoints WHERE projection = $1", projection.name
+            "SELECT max(generation) FROM projection_checkpoints WHERE projection = $1",
+            projection.name,
         )
         generation = int(latest or 0) + 1
         await _create_generation(conn, projection, generation, "building")
@@ -140,22 +150,30 @@ async def advance(
     if generation.log_position >= head:
         return generation.log_position
     if tail is not None:
-        events = await tail.read(conn, generation.log_position, batch, up_to=head, types=projection.handles)
+        events = await tail.read(
+            conn, generation.log_position, batch, up_to=head, types=projection.handles
+        )
     else:
-        events = await read_log(conn, generation.log_position, batch, up_to=head, types=projection.handles)
+        events = await read_log(
+            conn, generation.log_position, batch, up_to=head, types=projection.handles
+        )
     new_position = events[-1].log_position if len(events) == batch else head
     move = (new_position, projection.name, generation.generation, generation.log_position)
     if not events:
         # Nothing this view reads: moving the checkpoint is one statement, no transaction.
         if await conn.execute(_MOVE, *move) != "UPDATE 1":
-            raise CheckpointMovedError(f"{projection.name} g{generation.generation} moved past {generation.log_position}")
+            raise CheckpointMovedError(
+                f"{projection.name} g{generation.generation} moved past {generation.log_position}"
+            )
         return new_position
     names = projection.generation_names(generation.generation)
     async with conn.transaction():
         # The compare-and-set goes first: it locks the checkpoint row, so a second applier
         # of the same batch waits here, then finds the position moved and writes nothing.
         if await conn.execute(_MOVE, *move) != "UPDATE 1":
-            raise CheckpointMovedError(f"{projection.name} g{generation.generation} moved past {generation.log_position}")
+            raise CheckpointMovedError(
+                f"{projection.name} g{generation.generation} moved past {generation.log_position}"
+            )
         await projection.apply(conn, names, events)
     return new_position
 
@@ -175,7 +193,10 @@ async def switch_if_caught_up(conn: asyncpg.Connection, projection: Projection) 
         await _point_views(conn, projection, building["generation"])
         # Retire first, then promote: the one-live unique index is checked row by row, so a
         # single UPDATE swapping both fails whenever it happens to reach the building row first.
-        for generation, status in ((live["generation"], "retired"), (building["generation"], "live")):
+        for generation, status in (
+            (live["generation"], "retired"),
+            (building["generation"], "live"),
+        ):
             await conn.execute(
                 "UPDATE projection_checkpoints SET status = $3, updated_at = statement_timestamp()"
                 " WHERE projection = $1 AND generation = $2",
@@ -219,8 +240,12 @@ async def advance_generations(
         return Progress(0, True)
     head: int = rows[0]["head"]
     moved = 0
-    current = {r["status"]: Generation(projection.name, r["generation"], r["code_version"], r["status"], r["log_position"])
-               for r in rows}
+    current = {
+        r["status"]: Generation(
+            projection.name, r["generation"], r["code_version"], r["status"], r["log_position"]
+        )
+        for r in rows
+    }
     live = current.get("live")
     if live is None:
         return Progress(0, True)
@@ -239,11 +264,17 @@ async def advance_generations(
 
 
 async def step(
-    conn: asyncpg.Connection, projection: Projection, *, batch: int = 1000, rebuild_batch: int = 5000
+    conn: asyncpg.Connection,
+    projection: Projection,
+    *,
+    batch: int = 1000,
+    rebuild_batch: int = 5000,
 ) -> int:
     """One round (see ``advance_generations``); returns how many positions moved, so
     callers know whether to go again at once."""
-    return (await advance_generations(conn, projection, batch=batch, rebuild_batch=rebuild_batch)).moved
+    return (
+        await advance_generations(conn, projection, batch=batch, rebuild_batch=rebuild_batch)
+    ).moved
 
 
 def projection_lock_key(schema: str, projection: str) -> str:
@@ -322,7 +353,8 @@ class ProjectionWorker:
         wake = self._wakes[projection.name]
         try:
             if not await conn.fetchval(
-                "SELECT pg_try_advisory_lock(hashtextextended($1, 0))", projection_lock_key(self.schema, projection.name)
+                "SELECT pg_try_advisory_lock(hashtextextended($1, 0))",
+                projection_lock_key(self.schema, projection.name),
             ):
                 await sleep_or_stop(stop, self.standby_interval)
                 return
@@ -330,7 +362,11 @@ class ProjectionWorker:
             while not stop.is_set():
                 wake.clear()
                 progress = await advance_generations(
-                    conn, projection, batch=self.batch, rebuild_batch=self.rebuild_batch, tail=self.tail
+                    conn,
+                    projection,
+                    batch=self.batch,
+                    rebuild_batch=self.rebuild_batch,
+                    tail=self.tail,
                 )
                 if progress.moved and self._on_progress is not None:
                     self._on_progress()
@@ -339,7 +375,9 @@ class ProjectionWorker:
                 # Caught up with the head this round read: a seal that landed meanwhile has
                 # set the wake again, so there is no need for another round to find out.
                 # Without a LISTEN connection, poll faster: wake-ups cannot arrive.
-                await wake_or_stop(wake, stop, self.poll_interval if self.listening else self.poll_interval / 5)
+                await wake_or_stop(
+                    wake, stop, self.poll_interval if self.listening else self.poll_interval / 5
+                )
                 if wake.is_set() and self.coalesce:
                     # Under load, let a few more seals land so one batch carries them all.
                     await asyncio.sleep(self.coalesce)
@@ -380,8 +418,15 @@ async def projection_status(conn: asyncpg.Connection) -> list[Status]:
             behind = max(0.0, (head_time - at).total_seconds()) if at else 0.0
         result.append(
             Status(
-                r["projection"], r["generation"], r["status"], r["code_version"], r["log_position"],
-                head, head - r["log_position"], behind, r["updated_at"],
+                r["projection"],
+                r["generation"],
+                r["status"],
+                r["code_version"],
+                r["log_position"],
+                head,
+                head - r["log_position"],
+                behind,
+                r["updated_at"],
             )
         )
     return result

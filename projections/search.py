@@ -117,9 +117,13 @@ def live_names() -> Names:
 # --- parsing ----------------------------------------------------------------------------
 
 _KEY = r"[A-Za-z0-9_][A-Za-z0-9_.:/-]*"
-_METRIC = re.compile(rf"\s*(?P<key>{_KEY})(?:\[(?P<dataset>\*|{_KEY})\])?\s*(?P<op>>=|<=|>|<|=)\s*(?P<value>\S+)\s*")
+_METRIC = re.compile(
+    rf"\s*(?P<key>{_KEY})(?:\[(?P<dataset>\*|{_KEY})\])?\s*(?P<op>>=|<=|>|<|=)\s*(?P<value>\S+)\s*"
+)
 _TAG = re.compile(rf"(?P<key>{_KEY})(?:=(?P<value>.*))?", re.DOTALL)
-_ORDER = re.compile(rf"(?P<desc>-)?(?:(?P<field>name|created|updated|version)|metric:(?P<key>{_KEY})(?:\[(?P<dataset>{_KEY})\])?)")
+_ORDER = re.compile(
+    rf"(?P<desc>-)?(?:(?P<field>name|created|updated|version)|metric:(?P<key>{_KEY})(?:\[(?P<dataset>{_KEY})\])?)"
+)
 Op = Literal[">", ">=", "<", "<=", "="]
 
 
@@ -132,8 +136,13 @@ class MetricFilter(msgspec.Struct, frozen=True, kw_only=True):
     value: float
 
     def matches(self, value: float) -> bool:
-        return {">": value > self.value, ">=": value >= self.value, "<": value < self.value,
-                "<=": value <= self.value, "=": value == self.value}[self.op]
+        return {
+            ">": value > self.value,
+            ">=": value >= self.value,
+            "<": value < self.value,
+            "<=": value <= self.value,
+            "=": value == self.value,
+        }[self.op]
 
 
 class TagFilter(msgspec.Struct, frozen=True, kw_only=True):
@@ -150,23 +159,31 @@ class Order(msgspec.Struct, frozen=True, kw_only=True):
     def text(self) -> str:
         body: str = self.field
         if self.field == "metric":
-            body = f"metric:{self.metric_key}" + (f"[{self.metric_dataset}]" if self.metric_dataset else "")
+            body = f"metric:{self.metric_key}" + (
+                f"[{self.metric_dataset}]" if self.metric_dataset else ""
+            )
         return ("-" if self.descending else "") + body
 
 
 def parse_metric_filter(text: str) -> MetricFilter:
     match = _METRIC.fullmatch(text)
     if match is None:
-        raise InvalidQueryError(f"metric filter {text!r}: expected e.g. 'auc>0.9' or 'auc[holdout]>=0.9'")
+        raise InvalidQueryError(
+            f"metric filter {text!r}: expected e.g. 'auc>0.9' or 'auc[holdout]>=0.9'"
+        )
     try:
         value = float(match["value"])
     except ValueError:
-        raise InvalidQueryError(f"metric filter {text!r}: {match['value']!r} is not a number") from None
+        raise InvalidQueryError(
+            f"metric filter {text!r}: {match['value']!r} is not a number"
+        ) from None
     if not math.isfinite(value):
         raise InvalidQueryError(f"metric filter {text!r}: the threshold must be finite")
     dataset = match["dataset"]
     op = cast(Op, match["op"])
-    return MetricFilter(key=match["key"], dataset=None if dataset == "*" else (dataset or ""), op=op, value=value)
+    return MetricFilter(
+        key=match["key"], dataset=None if dataset == "*" else (dataset or ""), op=op, value=value
+    )
 
 
 def parse_tag_filter(text: str) -> TagFilter:
@@ -178,12 +195,22 @@ def parse_tag_filter(text: str) -> TagFilter:
 
 def parse_order(text: str, *, versions: bool) -> Order:
     match = _ORDER.fullmatch(text.strip())
-    fields = "name, created, updated, version, metric:KEY[DATASET]" if versions else "name, created, updated"
+    fields = (
+        "name, created, updated, version, metric:KEY[DATASET]"
+        if versions
+        else "name, created, updated"
+    )
     if match is None or (not versions and (match["key"] or match["field"] == "version")):
-        raise InvalidQueryError(f"order {text!r}: expected one of {fields}, with '-' in front for descending")
+        raise InvalidQueryError(
+            f"order {text!r}: expected one of {fields}, with '-' in front for descending"
+        )
     if match["key"]:
-        return Order(field="metric", descending=bool(match["desc"]), metric_key=match["key"],
-                     metric_dataset=match["dataset"] or "")
+        return Order(
+            field="metric",
+            descending=bool(match["desc"]),
+            metric_key=match["key"],
+            metric_dataset=match["dataset"] or "",
+        )
     field = cast(Literal["name", "created", "updated", "version"], match["field"])
     return Order(field=field, descending=bool(match["desc"]))
 
@@ -234,11 +261,16 @@ def _tags(sql: _Sql, column: str, tags: tuple[str, ...]) -> None:
         if tag.value is None:
             sql.where.append(f"{column} ? {sql.p(tag.key)}")
         else:
-            sql.where.append(f"{column} @> {sql.p(msgspec.json.encode({tag.key: tag.value}).decode())}::jsonb")
+            sql.where.append(
+                f"{column} @> {sql.p(msgspec.json.encode({tag.key: tag.value}).decode())}::jsonb"
+            )
 
 
 def _metric_conditions(sql: _Sql, alias: str, metric: MetricFilter) -> str:
-    parts = [f"{alias}.key = {sql.p(metric.key)}", f"{alias}.value {metric.op} {sql.p(metric.value)}"]
+    parts = [
+        f"{alias}.key = {sql.p(metric.key)}",
+        f"{alias}.value {metric.op} {sql.p(metric.value)}",
+    ]
     if metric.dataset is not None:
         parts.insert(1, f"{alias}.dataset = {sql.p(metric.dataset)}")
     return " AND ".join(parts)
@@ -250,7 +282,12 @@ def _metric_filters(texts: tuple[str, ...]) -> list[MetricFilter]:
 
 
 def _metrics(
-    sql: _Sql, names: Names, filters: list[MetricFilter], *, owner: str, version: str | None,
+    sql: _Sql,
+    names: Names,
+    filters: list[MetricFilter],
+    *,
+    owner: str,
+    version: str | None,
     driver: tuple[str, str] | None = None,
 ) -> None:
     """Versions (or, with ``version`` None, models) having latest metrics that satisfy every
@@ -305,7 +342,8 @@ async def _models_named(conn: Conn, names: Names, q: str) -> list[str] | None:
     """The ids of the models ``q`` matches, or None when there are too many to list."""
     rows = await conn.fetch(
         f"SELECT model_id FROM {names.model_versions_models} WHERE name ILIKE $1 LIMIT $2",
-        name_pattern(q), MAX_NAME_MATCHES + 1,
+        name_pattern(q),
+        MAX_NAME_MATCHES + 1,
     )
     return None if len(rows) > MAX_NAME_MATCHES else [r["model_id"] for r in rows]
 
@@ -350,29 +388,47 @@ async def search_models(conn: Conn, names: Names, query: ModelQuery) -> Page[Mod
     )
     rows = tuple(model_catalogue.row_from_record(r) for r in records[:limit])
     more = len(records) > limit
-    return Page(items=rows, next_cursor=encode_cursor(tag, _model_key(order, rows[-1])) if more else None)
+    return Page(
+        items=rows, next_cursor=encode_cursor(tag, _model_key(order, rows[-1])) if more else None
+    )
 
 
 # --- versions ---------------------------------------------------------------------------
 
 # order -> (sort columns inside the page query, the same columns of its result, key type)
 _VERSION_KEYS: dict[str, tuple[tuple[str, ...], tuple[str, ...], Any]] = {
-    "name": (("v.model_name", "v.model_id", "v.version"), ("model_name", "model_id", "version"), tuple[str, str, int]),
-    "created": (("v.created_at", "v.model_id", "v.version"), ("created_at", "model_id", "version"),
-                tuple[datetime, str, int]),
-    "updated": (("v.updated_at", "v.model_id", "v.version"), ("updated_at", "model_id", "version"),
-                tuple[datetime, str, int]),
+    "name": (
+        ("v.model_name", "v.model_id", "v.version"),
+        ("model_name", "model_id", "version"),
+        tuple[str, str, int],
+    ),
+    "created": (
+        ("v.created_at", "v.model_id", "v.version"),
+        ("created_at", "model_id", "version"),
+        tuple[datetime, str, int],
+    ),
+    "updated": (
+        ("v.updated_at", "v.model_id", "v.version"),
+        ("updated_at", "model_id", "version"),
+        tuple[datetime, str, int],
+    ),
     "version": (("v.model_id", "v.version"), ("model_id", "version"), tuple[str, int]),
     # The metric's own columns, so the (key, dataset, value, model_id, version) index serves it.
-    "metric": (("s.value", "s.model_id", "s.version"), ("sort_value", "model_id", "version"),
-               tuple[float, str, int]),
+    "metric": (
+        ("s.value", "s.model_id", "s.version"),
+        ("sort_value", "model_id", "version"),
+        tuple[float, str, int],
+    ),
 }
 
 
 def _version_key(order: Order, record: asyncpg.Record) -> tuple[Any, ...]:
     first: dict[str, tuple[Any, ...]] = {
-        "name": (record["model_name"],), "created": (record["created_at"],), "updated": (record["updated_at"],),
-        "version": (), "metric": (record["sort_value"],) if order.field == "metric" else (),
+        "name": (record["model_name"],),
+        "created": (record["created_at"],),
+        "updated": (record["updated_at"],),
+        "version": (),
+        "metric": (record["sort_value"],) if order.field == "metric" else (),
     }
     return (*first[order.field], record["model_id"], record["version"])
 
@@ -412,7 +468,9 @@ def _version_conditions(sql: _Sql, query: VersionQuery, model_id: str | None) ->
         sql.where.append(f"v.deprecated = {sql.p(query.deprecated)}")
 
 
-async def search_versions(conn: Conn, names: Names, model_id: str | None, query: VersionQuery) -> Page[VersionRow]:
+async def search_versions(
+    conn: Conn, names: Names, model_id: str | None, query: VersionQuery
+) -> Page[VersionRow]:
     """Versions (of one model, or of all with ``model_id`` None) matching every filter."""
     order = parse_order(query.order, versions=True)
     limit = _limit(query.limit)
@@ -458,4 +516,6 @@ async def search_versions(conn: Conn, names: Names, model_id: str | None, query:
     page = records[:limit]
     rows = tuple(model_versions.row_from_record(r) for r in page)
     more = len(records) > limit
-    return Page(items=rows, next_cursor=encode_cursor(tag, _version_key(order, page[-1])) if more else None)
+    return Page(
+        items=rows, next_cursor=encode_cursor(tag, _version_key(order, page[-1])) if more else None
+    )

@@ -53,7 +53,7 @@ class LogTail:
             if after >= self._first:
                 # Trimming keeps the last ``capacity`` events, so ``after`` stays inside.
                 await self._extend(conn, up_to)
-                window = self._events[after - self._first:up_to - self._first]
+                window = self._events[after - self._first : up_to - self._first]
         if window is None:
             # Behind what the tail holds (a slow view): this leader reads for itself.
             return await read_log(conn, after, limit, up_to=up_to, types=types)

@@ -87,7 +87,9 @@ async def folded_views(
     per projection; the tables are dropped on exit. Must not run inside a transaction."""
     if conn.is_in_transaction():
         raise RuntimeError("folded_views runs its own short transactions; call it outside one")
-    suffix = "__t" + base36(int(time.time()), 6) + "".join(secrets.choice(_DIGITS) for _ in range(3))
+    suffix = (
+        "__t" + base36(int(time.time()), 6) + "".join(secrets.choice(_DIGITS) for _ in range(3))
+    )
     names = {p.name: Names({t.name: t.name + suffix for t in p.tables}) for p in projections}
     try:
         for projection in projections:
@@ -111,7 +113,9 @@ async def folded_views(
                 await conn.execute(f"DROP TABLE IF EXISTS {table}")
 
 
-async def drop_stale_scratch_tables(conn: asyncpg.Connection, max_age: float = SCRATCH_MAX_AGE) -> int:
+async def drop_stale_scratch_tables(
+    conn: asyncpg.Connection, max_age: float = SCRATCH_MAX_AGE
+) -> int:
     """Drop scratch tables a crashed fold left behind (older than ``max_age`` seconds)."""
     rows = await conn.fetch(
         "SELECT tablename FROM pg_tables WHERE schemaname = current_schema() AND tablename LIKE '%\\_\\_t%'"

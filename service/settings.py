@@ -103,4 +103,6 @@ def load_settings(environ: Mapping[str, str] | None = None, **overrides: object)
         match = _PATH.search(message)
         variable = f"{PREFIX}{match.group(1).upper()}" if match else "MODELREG_*"
         reason = _PATH.sub("", message).strip(" -")
-        raise SettingsError(f"{variable}: {reason} (got {raw.get(match.group(1)) if match else '?'!r})") from None
+        raise SettingsError(
+            f"{variable}: {reason} (got {raw.get(match.group(1)) if match else '?'!r})"
+        ) from None

@@ -89,11 +89,17 @@ TABLES = [
         """,
     ),
     # Who registered each version: separation of duties excludes them.
-    Table("approval_registrants", "model_id text NOT NULL, version int NOT NULL, registered_by text NOT NULL,"
-          " PRIMARY KEY (model_id, version)"),
+    Table(
+        "approval_registrants",
+        "model_id text NOT NULL, version int NOT NULL, registered_by text NOT NULL,"
+        " PRIMARY KEY (model_id, version)",
+    ),
     # The policy facts the view needs, per model and for the registry (scope '').
-    Table("approval_policies", "scope text PRIMARY KEY, separation_of_duties boolean NOT NULL,"
-          " set_position bigint NOT NULL"),
+    Table(
+        "approval_policies",
+        "scope text PRIMARY KEY, separation_of_duties boolean NOT NULL,"
+        " set_position bigint NOT NULL",
+    ),
 ]
 
 
@@ -140,9 +146,26 @@ class ApprovalRequest(msgspec.Struct, frozen=True, kw_only=True):
 # --- apply -------------------------------------------------------------------------------
 
 _REQUEST_COLUMNS = (
-    "model_id", "request_id", "version", "target_stage", "alias", "rollback", "justification", "requested_by",
-    "requested_at", "requested_position", "expires_at", "approvals_required", "approvals", "status",
-    "decided_by", "decided_at", "decided_position", "decision_comment", "executed_approvers", "rules",
+    "model_id",
+    "request_id",
+    "version",
+    "target_stage",
+    "alias",
+    "rollback",
+    "justification",
+    "requested_by",
+    "requested_at",
+    "requested_position",
+    "expires_at",
+    "approvals_required",
+    "approvals",
+    "status",
+    "decided_by",
+    "decided_at",
+    "decided_position",
+    "decision_comment",
+    "executed_approvers",
+    "rules",
 )
 _DECISIONS = {
     PromotionRejected.event_type: "rejected",
@@ -168,11 +191,22 @@ def _upsert(table: str, columns: Sequence[str], key: int) -> str:
 async def apply(conn: asyncpg.Connection, names: Names, events: Sequence[LoggedEvent]) -> None:
     decoded = [(logged, CODEC.decode(logged.envelope)) for logged in events]
     # Load the requests this batch touches but did not create: fold in memory, write once.
-    created = {(_model_id(lg.stream_id), e.request_id) for lg, e in decoded if isinstance(e, PromotionRequested)}
+    created = {
+        (_model_id(lg.stream_id), e.request_id)
+        for lg, e in decoded
+        if isinstance(e, PromotionRequested)
+    }
     wanted = {
         (_model_id(lg.stream_id), e.request_id)
         for lg, e in decoded
-        if isinstance(e, PromotionApproved | PromotionRejected | PromotionCancelled | PromotionExpired | PromotionExecuted)
+        if isinstance(
+            e,
+            PromotionApproved
+            | PromotionRejected
+            | PromotionCancelled
+            | PromotionExpired
+            | PromotionExecuted,
+        )
     } - created
     requests: dict[tuple[str, str], dict[str, object]] = {}
     if wanted:
@@ -192,9 +226,14 @@ async def apply(conn: asyncpg.Connection, names: Names, events: Sequence[LoggedE
         envelope = logged.envelope
         match event:
             case VersionRegistered():
-                registrants.append((_model_id(logged.stream_id), event.version, event.registered_by))
+                registrants.append(
+                    (_model_id(logged.stream_id), event.version, event.registered_by)
+                )
             case ModelPolicySet():
-                policies[_model_id(logged.stream_id)] = (event.policy.separation_of_duties, logged.log_position)
+                policies[_model_id(logged.stream_id)] = (
+                    event.policy.separation_of_duties,
+                    logged.log_position,
+                )
             case ModelPolicyCleared():
                 policies[_model_id(logged.stream_id)] = (None, logged.log_position)
             case RegistryPolicySet():
@@ -202,49 +241,96 @@ async def apply(conn: asyncpg.Connection, names: Names, events: Sequence[LoggedE
             case PromotionRequested():
                 key = (_model_id(logged.stream_id), event.request_id)
                 requests[key] = touched[key] = {
-                    "model_id": key[0], "request_id": event.request_id, "version": event.version,
+                    "model_id": key[0],
+                    "request_id": event.request_id,
+                    "version": event.version,
                     "target_stage": None if event.target_stage is None else str(event.target_stage),
-                    "alias": event.alias, "rollback": event.rollback, "justification": event.justification,
-                    "requested_by": event.requested_by, "requested_at": envelope.occurred_at,
-                    "requested_position": logged.log_position, "expires_at": event.expires_at,
-                    "approvals_required": event.approvals_required, "approvals": [], "status": "pending",
-                    "decided_by": None, "decided_at": None, "decided_position": None, "decision_comment": None,
-                    "executed_approvers": None, "rules": None,
+                    "alias": event.alias,
+                    "rollback": event.rollback,
+                    "justification": event.justification,
+                    "requested_by": event.requested_by,
+                    "requested_at": envelope.occurred_at,
+                    "requested_position": logged.log_position,
+                    "expires_at": event.expires_at,
+                    "approvals_required": event.approvals_required,
+                    "approvals": [],
+                    "status": "pending",
+                    "decided_by": None,
+                    "decided_at": None,
+                    "decided_position": None,
+                    "decision_comment": None,
+                    "executed_approvers": None,
+                    "rules": None,
                 }
             case PromotionApproved():
                 key = (_model_id(logged.stream_id), event.request_id)
                 request = touched[key] = requests[key]
                 request["approvals"] = [*request["approvals"], event.approved_by]  # type: ignore[misc]
-                votes.append((*key, logged.log_position, event.approved_by, "approved", event.comment,
-                              envelope.occurred_at))
-            case PromotionRejected() | PromotionCancelled() | PromotionExpired() | PromotionExecuted():
+                votes.append(
+                    (
+                        *key,
+                        logged.log_position,
+                        event.approved_by,
+                        "approved",
+                        event.comment,
+                        envelope.occurred_at,
+                    )
+                )
+            case (
+                PromotionRejected()
+                | PromotionCancelled()
+                | PromotionExpired()
+                | PromotionExecuted()
+            ):
                 key = (_model_id(logged.stream_id), event.request_id)
                 request = touched[key] = requests[key]
-                request.update(status=_DECISIONS[event.event_type], decided_at=envelope.occurred_at,
-                               decided_position=logged.log_position, decided_by=envelope.actor)
+                request.update(
+                    status=_DECISIONS[event.event_type],
+                    decided_at=envelope.occurred_at,
+                    decided_position=logged.log_position,
+                    decided_by=envelope.actor,
+                )
                 if isinstance(event, PromotionRejected):
                     request.update(decided_by=event.rejected_by, decision_comment=event.comment)
-                    votes.append((*key, logged.log_position, event.rejected_by, "rejected", event.comment,
-                                  envelope.occurred_at))
+                    votes.append(
+                        (
+                            *key,
+                            logged.log_position,
+                            event.rejected_by,
+                            "rejected",
+                            event.comment,
+                            envelope.occurred_at,
+                        )
+                    )
                 elif isinstance(event, PromotionCancelled):
                     request.update(decided_by=event.cancelled_by, decision_comment=event.comment)
                 elif isinstance(event, PromotionExecuted):
-                    request.update(executed_approvers=list(event.approved_by), rules=list(event.rules))
+                    request.update(
+                        executed_approvers=list(event.approved_by), rules=list(event.rules)
+                    )
             case _:
                 pass
 
     if registrants:
         await conn.executemany(
-            _upsert(names.approval_registrants, ("model_id", "version", "registered_by"), 2), registrants
+            _upsert(names.approval_registrants, ("model_id", "version", "registered_by"), 2),
+            registrants,
         )
     if policies:
         cleared = [scope for scope, (sod, _) in policies.items() if sod is None]
-        kept = [(scope, sod, position) for scope, (sod, position) in policies.items() if sod is not None]
+        kept = [
+            (scope, sod, position) for scope, (sod, position) in policies.items() if sod is not None
+        ]
         if cleared:
-            await conn.execute(f"DELETE FROM {names.approval_policies} WHERE scope = ANY($1::text[])", cleared)
+            await conn.execute(
+                f"DELETE FROM {names.approval_policies} WHERE scope = ANY($1::text[])", cleared
+            )
         if kept:
             await conn.executemany(
-                _upsert(names.approval_policies, ("scope", "separation_of_duties", "set_position"), 1), kept
+                _upsert(
+                    names.approval_policies, ("scope", "separation_of_duties", "set_position"), 1
+                ),
+                kept,
             )
     if touched:
         await conn.executemany(
@@ -263,12 +349,20 @@ PROJECTION = Projection(
     name="approvals",
     version=1,
     tables=TABLES,
-    handles=frozenset({
-        VersionRegistered.event_type, ModelPolicySet.event_type, ModelPolicyCleared.event_type,
-        RegistryPolicySet.event_type, PromotionRequested.event_type, PromotionApproved.event_type,
-        PromotionRejected.event_type, PromotionCancelled.event_type, PromotionExpired.event_type,
-        PromotionExecuted.event_type,
-    }),
+    handles=frozenset(
+        {
+            VersionRegistered.event_type,
+            ModelPolicySet.event_type,
+            ModelPolicyCleared.event_type,
+            RegistryPolicySet.event_type,
+            PromotionRequested.event_type,
+            PromotionApproved.event_type,
+            PromotionRejected.event_type,
+            PromotionCancelled.event_type,
+            PromotionExpired.event_type,
+            PromotionExecuted.event_type,
+        }
+    ),
     apply=apply,
     description="promotion requests: open ones, who must act, decided ones",
 )
@@ -289,10 +383,14 @@ def _select(names: Names) -> str:
     )
 
 
-def _request(row: asyncpg.Record, now: datetime, votes: list[Vote] | None = None) -> ApprovalRequest:
+def _request(
+    row: asyncpg.Record, now: datetime, votes: list[Vote] | None = None
+) -> ApprovalRequest:
     sod: bool = row["sod"]
     approvals: list[str] = list(row["approvals"])
-    duty_excluded = [p for p in dict.fromkeys([row["requested_by"], row["registered_by"]]) if p] if sod else []
+    duty_excluded = (
+        [p for p in dict.fromkeys([row["requested_by"], row["registered_by"]]) if p] if sod else []
+    )
     counted = list(dict.fromkeys(a for a in approvals if a not in duty_excluded))
     missing = max(0, row["approvals_required"] - len(counted)) if row["status"] == "pending" else 0
     excluded = list(dict.fromkeys([*duty_excluded, *approvals]))
@@ -307,14 +405,23 @@ def _request(row: asyncpg.Record, now: datetime, votes: list[Vote] | None = None
     for name in ("executed_approvers", "rules"):
         fields[name] = None if row[name] is None else list(row[name])
     return ApprovalRequest(
-        **fields, separation_of_duties=sod, approvers_excluded=excluded, approvals_missing=missing,
-        who_must_act=who, overdue=row["status"] == "pending" and row["expires_at"] <= now,
+        **fields,
+        separation_of_duties=sod,
+        approvers_excluded=excluded,
+        approvals_missing=missing,
+        who_must_act=who,
+        overdue=row["status"] == "pending" and row["expires_at"] <= now,
         votes=votes or [],
     )
 
 
 async def open_requests(
-    conn: Conn, names: Names, model_id: str | None = None, *, now: datetime | None = None, limit: int = 500
+    conn: Conn,
+    names: Names,
+    model_id: str | None = None,
+    *,
+    now: datetime | None = None,
+    limit: int = 500,
 ) -> list[ApprovalRequest]:
     """Pending requests, oldest first. ``now`` decides ``overdue`` (default: the clock)."""
     rows = await conn.fetch(
@@ -327,14 +434,24 @@ async def open_requests(
     return [_request(r, moment) for r in rows]
 
 
-async def awaiting(conn: Conn, names: Names, actor: str, *, now: datetime | None = None) -> list[ApprovalRequest]:
+async def awaiting(
+    conn: Conn, names: Names, actor: str, *, now: datetime | None = None
+) -> list[ApprovalRequest]:
     """Pending requests ``actor`` may approve: their to-do list."""
-    return [r for r in await open_requests(conn, names, now=now, limit=10_000)
-            if r.approvals_missing > 0 and actor not in r.approvers_excluded]
+    return [
+        r
+        for r in await open_requests(conn, names, now=now, limit=10_000)
+        if r.approvals_missing > 0 and actor not in r.approvers_excluded
+    ]
 
 
 async def request(
-    conn: Conn, names: Names, request_id: str, *, model_id: str | None = None, now: datetime | None = None
+    conn: Conn,
+    names: Names,
+    request_id: str,
+    *,
+    model_id: str | None = None,
+    now: datetime | None = None,
 ) -> ApprovalRequest | None:
     """One request with its votes (approvals and a rejection, in order)."""
     row = await conn.fetchrow(
@@ -366,7 +483,8 @@ async def decided(
     """Decided requests, newest decision first; page on with ``before_position`` set to the
     last item's ``decided_position``."""
     rows = await conn.fetch(
-        _select(names) + " WHERE r.decided_position IS NOT NULL AND ($1::text IS NULL OR r.model_id = $1)"
+        _select(names)
+        + " WHERE r.decided_position IS NOT NULL AND ($1::text IS NULL OR r.model_id = $1)"
         " AND ($2::text IS NULL OR r.status = $2) AND ($3::bigint IS NULL OR r.decided_position < $3)"
         " ORDER BY r.decided_position DESC LIMIT $4",
         model_id,
@@ -380,11 +498,15 @@ async def decided(
 async def checksum(conn: Conn, names: Names) -> str:
     """A digest of every row, in key order: equal digests mean equal views."""
     parts = []
-    for table, order in ((names.approval_requests, "model_id, request_id"),
-                         (names.approval_votes, "model_id, request_id, log_position"),
-                         (names.approval_registrants, "model_id, version"),
-                         (names.approval_policies, "scope")):
-        parts.append(await conn.fetchval(
-            f"SELECT md5(coalesce(string_agg(md5(t::text), '' ORDER BY {order}), '')) FROM {table} t"
-        ))
+    for table, order in (
+        (names.approval_requests, "model_id, request_id"),
+        (names.approval_votes, "model_id, request_id, log_position"),
+        (names.approval_registrants, "model_id, version"),
+        (names.approval_policies, "scope"),
+    ):
+        parts.append(
+            await conn.fetchval(
+                f"SELECT md5(coalesce(string_agg(md5(t::text), '' ORDER BY {order}), '')) FROM {table} t"
+            )
+        )
     return ":".join(parts)

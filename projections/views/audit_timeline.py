@@ -99,12 +99,34 @@ TABLES = [
 ]
 
 _COLUMNS = (
-    "log_position", "seq", "event_id", "model_id", "version", "stream_id", "event_type", "actor", "occurred_at",
-    "sealed_at", "correlation_id", "summary", "reason",
+    "log_position",
+    "seq",
+    "event_id",
+    "model_id",
+    "version",
+    "stream_id",
+    "event_type",
+    "actor",
+    "occurred_at",
+    "sealed_at",
+    "correlation_id",
+    "summary",
+    "reason",
 )
 _TYPES = (
-    "bigint", "bigint", "uuid", "text", "int", "text", "text", "text", "timestamptz", "timestamptz", "uuid",
-    "text", "text",
+    "bigint",
+    "bigint",
+    "uuid",
+    "text",
+    "int",
+    "text",
+    "text",
+    "text",
+    "timestamptz",
+    "timestamptz",
+    "uuid",
+    "text",
+    "text",
 )
 _COPY_FROM = 500  # rows: below this an INSERT is cheaper than COPY's extra round trips
 
@@ -170,32 +192,63 @@ def describe(actor: str, event: Event) -> tuple[str, str, int | None]:
         case ModelPolicySet():
             return f"{actor} set the model's governance policy", event.comment, None
         case ModelPolicyCleared():
-            return f"{actor} cleared the model's policy (the registry default applies)", event.comment, None
+            return (
+                f"{actor} cleared the model's policy (the registry default applies)",
+                event.comment,
+                None,
+            )
         case VersionRegistered():
             return f"{actor} registered v{event.version}", "", event.version
         case VersionDescriptionUpdated():
             return f"{actor} updated v{event.version}'s description", "", event.version
         case VersionTagsSet():
-            return f"{actor} set tags {', '.join(sorted(event.tags))} on v{event.version}", "", event.version
+            return (
+                f"{actor} set tags {', '.join(sorted(event.tags))} on v{event.version}",
+                "",
+                event.version,
+            )
         case VersionTagsRemoved():
-            return f"{actor} removed tags {', '.join(event.keys)} from v{event.version}", "", event.version
+            return (
+                f"{actor} removed tags {', '.join(event.keys)} from v{event.version}",
+                "",
+                event.version,
+            )
         case VersionDeprecated():
             return f"{actor} deprecated v{event.version}", event.reason, event.version
         case StageTransitioned():
             how = _stage_kind(event.kind, event.request_id)
-            return (f"{actor} moved v{event.version} {event.from_stage} → {event.to_stage}{how}", event.comment,
-                    event.version)
+            return (
+                f"{actor} moved v{event.version} {event.from_stage} → {event.to_stage}{how}",
+                event.comment,
+                event.version,
+            )
         case AliasSet():
             was = "" if event.previous_version is None else f" (was v{event.previous_version})"
-            return f"{actor} pointed alias {event.alias} at v{event.version}{was}", event.comment, event.version
+            return (
+                f"{actor} pointed alias {event.alias} at v{event.version}{was}",
+                event.comment,
+                event.version,
+            )
         case AliasRemoved():
-            why = " (its version was archived)" if event.cause == AliasRemovalCause.VERSION_ARCHIVED else ""
-            return f"{actor} removed alias {event.alias} from v{event.version}{why}", event.comment, event.version
+            why = (
+                " (its version was archived)"
+                if event.cause == AliasRemovalCause.VERSION_ARCHIVED
+                else ""
+            )
+            return (
+                f"{actor} removed alias {event.alias} from v{event.version}{why}",
+                event.comment,
+                event.version,
+            )
         case PromotionRequested():
             what = "rollback to" if event.rollback else "promotion of"
             needs = f"{event.approvals_required} approval(s) needed"
-            return (f"{actor} requested {what} v{event.version} to {_target(event.target_stage, event.alias)}"
-                    f" ({needs}; request {event.request_id})", event.justification, event.version)
+            return (
+                f"{actor} requested {what} v{event.version} to {_target(event.target_stage, event.alias)}"
+                f" ({needs}; request {event.request_id})",
+                event.justification,
+                event.version,
+            )
         case PromotionApproved():
             return f"{event.approved_by} approved request {event.request_id}", event.comment, None
         case PromotionRejected():
@@ -206,23 +259,47 @@ def describe(actor: str, event: Event) -> tuple[str, str, int | None]:
             return f"request {event.request_id} expired", "", None
         case PromotionExecuted():
             by = ", ".join(event.approved_by) or "no approval needed"
-            return (f"request {event.request_id} executed: v{event.version} {event.from_stage} →"
-                    f" {_target(event.target_stage, event.alias)} (approved by {by})", "", event.version)
+            return (
+                f"request {event.request_id} executed: v{event.version} {event.from_stage} →"
+                f" {_target(event.target_stage, event.alias)} (approved by {by})",
+                "",
+                event.version,
+            )
         case DeploymentStarted():
-            follows = (f", following stage {event.desired_stage}" if event.desired_stage is not None
-                       else f", following alias {event.desired_alias}" if event.desired_alias is not None else "")
-            return (f"{actor} started deployment {event.deployment_id} of v{event.version} to"
-                    f" {event.environment}/{event.target}{follows}", event.comment, event.version)
+            follows = (
+                f", following stage {event.desired_stage}"
+                if event.desired_stage is not None
+                else f", following alias {event.desired_alias}"
+                if event.desired_alias is not None
+                else ""
+            )
+            return (
+                f"{actor} started deployment {event.deployment_id} of v{event.version} to"
+                f" {event.environment}/{event.target}{follows}",
+                event.comment,
+                event.version,
+            )
         case DeploymentSucceeded():
-            return f"{actor} reported deployment {event.deployment_id} succeeded", event.comment, None
+            return (
+                f"{actor} reported deployment {event.deployment_id} succeeded",
+                event.comment,
+                None,
+            )
         case DeploymentFailed():
             return f"{actor} reported deployment {event.deployment_id} failed", event.reason, None
         case DeploymentRolledBack():
-            back = (f"; {event.restored_deployment_id} serves again" if event.restored_deployment_id
-                    else "; nothing serves there now")
+            back = (
+                f"; {event.restored_deployment_id} serves again"
+                if event.restored_deployment_id
+                else "; nothing serves there now"
+            )
             return f"{actor} rolled back deployment {event.deployment_id}{back}", event.reason, None
         case MetricsLogged():
-            return f"{actor} logged {len(event.metrics)} metric point(s) for v{event.version}", "", event.version
+            return (
+                f"{actor} logged {len(event.metrics)} metric point(s) for v{event.version}",
+                "",
+                event.version,
+            )
         case RegistryPolicySet():
             return f"{actor} set the registry-wide governance policy", event.comment, None
         case _:
@@ -247,10 +324,17 @@ _metrics_head = msgspec.json.Decoder(_MetricsHead)
 
 
 def _summary(envelope: Envelope) -> tuple[str, str, int | None]:
-    if envelope.event_type == MetricsLogged.event_type and envelope.schema_version == MetricsLogged.schema_version:
+    if (
+        envelope.event_type == MetricsLogged.event_type
+        and envelope.schema_version == MetricsLogged.schema_version
+    ):
         # Most of the log is metric batches: the fast path says exactly what describe() says.
         head = _metrics_head.decode(envelope.data)
-        return f"{envelope.actor} logged {len(head.metrics)} metric point(s) for v{head.version}", "", head.version
+        return (
+            f"{envelope.actor} logged {len(head.metrics)} metric point(s) for v{head.version}",
+            "",
+            head.version,
+        )
     return describe(envelope.actor, CODEC.decode(envelope))
 
 
@@ -259,11 +343,23 @@ async def apply(conn: asyncpg.Connection, names: Names, events: Sequence[LoggedE
     for logged in events:
         envelope = logged.envelope
         summary, reason, version = _summary(envelope)
-        records.append((
-            logged.log_position, logged.seq, envelope.event_id, _model_id(envelope.stream_id), version,
-            envelope.stream_id, envelope.event_type, envelope.actor, envelope.occurred_at, logged.sealed_at,
-            envelope.correlation_id, summary, reason,
-        ))
+        records.append(
+            (
+                logged.log_position,
+                logged.seq,
+                envelope.event_id,
+                _model_id(envelope.stream_id),
+                version,
+                envelope.stream_id,
+                envelope.event_type,
+                envelope.actor,
+                envelope.occurred_at,
+                logged.sealed_at,
+                envelope.correlation_id,
+                summary,
+                reason,
+            )
+        )
     if len(records) >= _COPY_FROM:
         await conn.copy_records_to_table(names.audit_timeline, records=records, columns=_COLUMNS)
     elif records:
@@ -339,7 +435,8 @@ async def entries(
         *args,
     )
     items = [
-        AuditEntry(**{c: r[c] for c in _COLUMNS}, data=decode_envelope(r["envelope"]).data) for r in rows
+        AuditEntry(**{c: r[c] for c in _COLUMNS}, data=decode_envelope(r["envelope"]).data)
+        for r in rows
     ]
     next_cursor = items[-1].log_position if len(items) == limit else None
     return AuditPage(items=items, next_cursor=next_cursor)

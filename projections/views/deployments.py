@@ -66,7 +66,9 @@ TABLES = [
         reason                 text        NOT NULL,
         PRIMARY KEY (model_id, deployment_id)
         """,
-        indexes=["CREATE INDEX {name}_place ON {table} (model_id, environment, target, started_position)"],
+        indexes=[
+            "CREATE INDEX {name}_place ON {table} (model_id, environment, target, started_position)"
+        ],
     ),
     Table(
         "deployment_places",
@@ -82,23 +84,67 @@ TABLES = [
         indexes=["CREATE INDEX {name}_environment ON {table} (environment)"],
     ),
     # The registry's side, kept here because apply may read only this view's tables.
-    Table("deployment_versions", "model_id text NOT NULL, version int NOT NULL, stage text NOT NULL,"
-          " PRIMARY KEY (model_id, version)",
-          indexes=["CREATE INDEX {name}_stage ON {table} (model_id, stage)"]),
-    Table("deployment_aliases", "model_id text NOT NULL, alias text NOT NULL, version int NOT NULL,"
-          " PRIMARY KEY (model_id, alias)"),
+    Table(
+        "deployment_versions",
+        "model_id text NOT NULL, version int NOT NULL, stage text NOT NULL,"
+        " PRIMARY KEY (model_id, version)",
+        indexes=["CREATE INDEX {name}_stage ON {table} (model_id, stage)"],
+    ),
+    Table(
+        "deployment_aliases",
+        "model_id text NOT NULL, alias text NOT NULL, version int NOT NULL,"
+        " PRIMARY KEY (model_id, alias)",
+    ),
 ]
 
 _RUN_COLUMNS = (
-    "model_id", "deployment_id", "version", "environment", "target", "desired_stage", "desired_alias", "status",
-    "started_by", "started_at", "started_position", "finished_by", "finished_at", "finished_position",
-    "replaced_deployment_id", "restored_deployment_id", "comment", "reason",
+    "model_id",
+    "deployment_id",
+    "version",
+    "environment",
+    "target",
+    "desired_stage",
+    "desired_alias",
+    "status",
+    "started_by",
+    "started_at",
+    "started_position",
+    "finished_by",
+    "finished_at",
+    "finished_position",
+    "replaced_deployment_id",
+    "restored_deployment_id",
+    "comment",
+    "reason",
 )
 _RUN_TYPES = (
-    "text", "text", "int", "text", "text", "text", "text", "text", "text", "timestamptz", "bigint", "text",
-    "timestamptz", "bigint", "text", "text", "text", "text",
+    "text",
+    "text",
+    "int",
+    "text",
+    "text",
+    "text",
+    "text",
+    "text",
+    "text",
+    "timestamptz",
+    "bigint",
+    "text",
+    "timestamptz",
+    "bigint",
+    "text",
+    "text",
+    "text",
+    "text",
 )
-_PLACE_COLUMNS = ("model_id", "environment", "target", "live_deployment_id", "since_position", "since_time")
+_PLACE_COLUMNS = (
+    "model_id",
+    "environment",
+    "target",
+    "live_deployment_id",
+    "since_position",
+    "since_time",
+)
 _PLACE_TYPES = ("text", "text", "text", "text", "bigint", "timestamptz")
 
 
@@ -167,16 +213,27 @@ def _upsert_sql(table: str, columns: Sequence[str], types: Sequence[str], key: i
 
 
 async def _upsert(
-    conn: asyncpg.Connection, table: str, columns: Sequence[str], types: Sequence[str], key: int,
+    conn: asyncpg.Connection,
+    table: str,
+    columns: Sequence[str],
+    types: Sequence[str],
+    key: int,
     rows: Sequence[Sequence[object]],
 ) -> None:
     """One set-based upsert; ``rows`` must have distinct keys (a statement may touch a row once)."""
     if rows:
-        await conn.execute(_upsert_sql(table, columns, types, key), *([r[i] for r in rows] for i in range(len(columns))))
+        await conn.execute(
+            _upsert_sql(table, columns, types, key),
+            *([r[i] for r in rows] for i in range(len(columns))),
+        )
 
 
 async def _load(
-    conn: asyncpg.Connection, table: str, columns: Sequence[str], key: Sequence[str], keys: Iterable[tuple[str, ...]]
+    conn: asyncpg.Connection,
+    table: str,
+    columns: Sequence[str],
+    key: Sequence[str],
+    keys: Iterable[tuple[str, ...]],
 ) -> dict[tuple[str, ...], dict[str, object]]:
     ordered = sorted(keys)
     if not ordered:
@@ -192,20 +249,33 @@ async def _load(
 
 
 async def apply(conn: asyncpg.Connection, names: Names, events: Sequence[LoggedEvent]) -> None:
-    decoded = [(logged, _model_id(logged.stream_id), CODEC.decode(logged.envelope)) for logged in events]
+    decoded = [
+        (logged, _model_id(logged.stream_id), CODEC.decode(logged.envelope)) for logged in events
+    ]
     stages: dict[tuple[str, int], str] = {}
     aliases: dict[tuple[str, str], int | None] = {}
 
     # Runs and places this batch changes: load the ones that exist, fold in memory, write once.
     started = {(m, e.deployment_id) for _, m, e in decoded if isinstance(e, DeploymentStarted)}
     reported = {
-        (m, e.deployment_id) for _, m, e in decoded
+        (m, e.deployment_id)
+        for _, m, e in decoded
         if isinstance(e, DeploymentSucceeded | DeploymentFailed | DeploymentRolledBack)
     }
-    runs = await _load(conn, names.deployment_runs, _RUN_COLUMNS, ("model_id", "deployment_id"), reported - started)
-    place_keys = {(m, e.environment, e.target) for _, m, e in decoded if isinstance(e, DeploymentStarted)}
+    runs = await _load(
+        conn, names.deployment_runs, _RUN_COLUMNS, ("model_id", "deployment_id"), reported - started
+    )
+    place_keys = {
+        (m, e.environment, e.target) for _, m, e in decoded if isinstance(e, DeploymentStarted)
+    }
     place_keys |= {(r["model_id"], r["environment"], r["target"]) for r in runs.values()}  # type: ignore[misc]
-    places = await _load(conn, names.deployment_places, _PLACE_COLUMNS, ("model_id", "environment", "target"), place_keys)
+    places = await _load(
+        conn,
+        names.deployment_places,
+        _PLACE_COLUMNS,
+        ("model_id", "environment", "target"),
+        place_keys,
+    )
     changed_runs: set[tuple[str, ...]] = set()
     changed_places: set[tuple[str, ...]] = set()
 
@@ -223,37 +293,64 @@ async def apply(conn: asyncpg.Connection, names: Names, events: Sequence[LoggedE
             case DeploymentStarted():
                 key = (model_id, event.deployment_id)
                 runs[key] = {
-                    "model_id": model_id, "deployment_id": event.deployment_id, "version": event.version,
-                    "environment": event.environment, "target": event.target,
-                    "desired_stage": None if event.desired_stage is None else str(event.desired_stage),
-                    "desired_alias": event.desired_alias, "status": "started", "started_by": envelope.actor,
-                    "started_at": envelope.occurred_at, "started_position": logged.log_position,
-                    "finished_by": None, "finished_at": None, "finished_position": None,
-                    "replaced_deployment_id": None, "restored_deployment_id": None,
-                    "comment": event.comment, "reason": "",
+                    "model_id": model_id,
+                    "deployment_id": event.deployment_id,
+                    "version": event.version,
+                    "environment": event.environment,
+                    "target": event.target,
+                    "desired_stage": None
+                    if event.desired_stage is None
+                    else str(event.desired_stage),
+                    "desired_alias": event.desired_alias,
+                    "status": "started",
+                    "started_by": envelope.actor,
+                    "started_at": envelope.occurred_at,
+                    "started_position": logged.log_position,
+                    "finished_by": None,
+                    "finished_at": None,
+                    "finished_position": None,
+                    "replaced_deployment_id": None,
+                    "restored_deployment_id": None,
+                    "comment": event.comment,
+                    "reason": "",
                 }
                 changed_runs.add(key)
                 place = (model_id, event.environment, event.target)
                 if place not in places:
-                    places[place] = dict(zip(_PLACE_COLUMNS, (*place, None, logged.log_position, envelope.occurred_at), strict=True))
+                    places[place] = dict(
+                        zip(
+                            _PLACE_COLUMNS,
+                            (*place, None, logged.log_position, envelope.occurred_at),
+                            strict=True,
+                        )
+                    )
                     changed_places.add(place)
             case DeploymentSucceeded() | DeploymentFailed() | DeploymentRolledBack():
                 key = (model_id, event.deployment_id)
                 run = runs[key]
-                run.update(finished_by=envelope.actor, finished_at=envelope.occurred_at,
-                           finished_position=logged.log_position)
+                run.update(
+                    finished_by=envelope.actor,
+                    finished_at=envelope.occurred_at,
+                    finished_position=logged.log_position,
+                )
                 changed_runs.add(key)
                 place = (model_id, str(run["environment"]), str(run["target"]))
                 if isinstance(event, DeploymentSucceeded):
-                    run.update(status="succeeded", replaced_deployment_id=event.replaced_deployment_id,
-                               comment=event.comment or run["comment"])
+                    run.update(
+                        status="succeeded",
+                        replaced_deployment_id=event.replaced_deployment_id,
+                        comment=event.comment or run["comment"],
+                    )
                     _set_live(places[place], event.deployment_id, logged)
                     changed_places.add(place)
                 elif isinstance(event, DeploymentFailed):
                     run.update(status="failed", reason=event.reason)
                 else:
-                    run.update(status="rolled_back", reason=event.reason,
-                               restored_deployment_id=event.restored_deployment_id)
+                    run.update(
+                        status="rolled_back",
+                        reason=event.reason,
+                        restored_deployment_id=event.restored_deployment_id,
+                    )
                     # As the domain folds it: only rolling back the live one changes what serves.
                     if places[place]["live_deployment_id"] == event.deployment_id:
                         _set_live(places[place], event.restored_deployment_id, logged)
@@ -261,37 +358,73 @@ async def apply(conn: asyncpg.Connection, names: Names, events: Sequence[LoggedE
             case _:
                 pass
 
-    await _upsert(conn, names.deployment_versions, ("model_id", "version", "stage"), ("text", "int", "text"), 2,
-                  [(m, v, s) for (m, v), s in stages.items()])
+    await _upsert(
+        conn,
+        names.deployment_versions,
+        ("model_id", "version", "stage"),
+        ("text", "int", "text"),
+        2,
+        [(m, v, s) for (m, v), s in stages.items()],
+    )
     kept = [(m, a, v) for (m, a), v in aliases.items() if v is not None]
     removed = [(m, a) for (m, a), v in aliases.items() if v is None]
     if removed:
         await conn.execute(
             f"DELETE FROM {names.deployment_aliases} t USING unnest($1::text[], $2::text[]) AS k(m, a)"
             " WHERE t.model_id = k.m AND t.alias = k.a",
-            [r[0] for r in removed], [r[1] for r in removed],
+            [r[0] for r in removed],
+            [r[1] for r in removed],
         )
-    await _upsert(conn, names.deployment_aliases, ("model_id", "alias", "version"), ("text", "text", "int"), 2, kept)
-    await _upsert(conn, names.deployment_runs, _RUN_COLUMNS, _RUN_TYPES, 2,
-                  [tuple(runs[k][c] for c in _RUN_COLUMNS) for k in sorted(changed_runs)])
-    await _upsert(conn, names.deployment_places, _PLACE_COLUMNS, _PLACE_TYPES, 3,
-                  [tuple(places[k][c] for c in _PLACE_COLUMNS) for k in sorted(changed_places)])
+    await _upsert(
+        conn,
+        names.deployment_aliases,
+        ("model_id", "alias", "version"),
+        ("text", "text", "int"),
+        2,
+        kept,
+    )
+    await _upsert(
+        conn,
+        names.deployment_runs,
+        _RUN_COLUMNS,
+        _RUN_TYPES,
+        2,
+        [tuple(runs[k][c] for c in _RUN_COLUMNS) for k in sorted(changed_runs)],
+    )
+    await _upsert(
+        conn,
+        names.deployment_places,
+        _PLACE_COLUMNS,
+        _PLACE_TYPES,
+        3,
+        [tuple(places[k][c] for c in _PLACE_COLUMNS) for k in sorted(changed_places)],
+    )
 
 
 def _set_live(place: dict[str, object], deployment_id: str | None, logged: LoggedEvent) -> None:
-    place.update(live_deployment_id=deployment_id, since_position=logged.log_position,
-                 since_time=logged.envelope.occurred_at)
+    place.update(
+        live_deployment_id=deployment_id,
+        since_position=logged.log_position,
+        since_time=logged.envelope.occurred_at,
+    )
 
 
 PROJECTION = Projection(
     name="deployments",
     version=1,
     tables=TABLES,
-    handles=frozenset({
-        VersionRegistered.event_type, StageTransitioned.event_type, AliasSet.event_type, AliasRemoved.event_type,
-        DeploymentStarted.event_type, DeploymentSucceeded.event_type, DeploymentFailed.event_type,
-        DeploymentRolledBack.event_type,
-    }),
+    handles=frozenset(
+        {
+            VersionRegistered.event_type,
+            StageTransitioned.event_type,
+            AliasSet.event_type,
+            AliasRemoved.event_type,
+            DeploymentStarted.event_type,
+            DeploymentSucceeded.event_type,
+            DeploymentFailed.event_type,
+            DeploymentRolledBack.event_type,
+        }
+    ),
     apply=apply,
     description="desired vs actual deployments per environment and target, and the drift",
 )
@@ -342,18 +475,37 @@ def _place(row: asyncpg.Record) -> Place:
     if in_flight is not None:
         reason += f"; deployment {row['in_flight_id']} of v{in_flight} is in flight"
     return Place(
-        model_id=row["model_id"], environment=row["environment"], target=row["target"], follows=follows,
-        desired_version=desired, live_deployment_id=row["live_deployment_id"], live_version=live,
-        live_version_stage=live_stage, live_since=row["since_time"], in_flight_deployment_id=row["in_flight_id"],
-        in_flight_version=in_flight, in_flight_since=row["in_flight_since"],
-        drift=code not in ("in_sync", "untracked"), drift_code=code, drift_reason=reason,
+        model_id=row["model_id"],
+        environment=row["environment"],
+        target=row["target"],
+        follows=follows,
+        desired_version=desired,
+        live_deployment_id=row["live_deployment_id"],
+        live_version=live,
+        live_version_stage=live_stage,
+        live_since=row["since_time"],
+        in_flight_deployment_id=row["in_flight_id"],
+        in_flight_version=in_flight,
+        in_flight_since=row["in_flight_since"],
+        drift=code not in ("in_sync", "untracked"),
+        drift_code=code,
+        drift_reason=reason,
     )
 
 
-def _drift(follows: str | None, stage: str | None, desired: int | None, live: int | None,
-           live_stage: str | None) -> tuple[str, str]:
+def _drift(
+    follows: str | None,
+    stage: str | None,
+    desired: int | None,
+    live: int | None,
+    live_stage: str | None,
+) -> tuple[str, str]:
     if follows is None:
-        return ("untracked", "follows no stage or alias") if live is not None else ("untracked", "nothing live")
+        return (
+            ("untracked", "follows no stage or alias")
+            if live is not None
+            else ("untracked", "nothing live")
+        )
     if live is None:
         wanted = f"v{desired}" if desired is not None else follows
         return "nothing_live", f"nothing serves here; {follows} wants {wanted}"
@@ -369,12 +521,17 @@ def _drift(follows: str | None, stage: str | None, desired: int | None, live: in
 
 
 async def places(
-    conn: Conn, names: Names, model_id: str | None = None, *, environment: str | None = None,
+    conn: Conn,
+    names: Names,
+    model_id: str | None = None,
+    *,
+    environment: str | None = None,
     drifted_only: bool = False,
 ) -> list[Place]:
     """Every place (optionally of one model / environment), sorted by model, environment, target."""
     rows = await conn.fetch(
-        _places_sql(names) + " WHERE ($1::text IS NULL OR p.model_id = $1) AND ($2::text IS NULL OR p.environment = $2)"
+        _places_sql(names)
+        + " WHERE ($1::text IS NULL OR p.model_id = $1) AND ($2::text IS NULL OR p.environment = $2)"
         " ORDER BY p.model_id, p.environment, p.target",
         model_id,
         environment,
@@ -383,24 +540,38 @@ async def places(
     return [p for p in found if p.drift] if drifted_only else found
 
 
-async def place(conn: Conn, names: Names, model_id: str, environment: str, target: str) -> Place | None:
+async def place(
+    conn: Conn, names: Names, model_id: str, environment: str, target: str
+) -> Place | None:
     rows = await conn.fetch(
         _places_sql(names) + " WHERE p.model_id = $1 AND p.environment = $2 AND p.target = $3",
-        model_id, environment, target,
+        model_id,
+        environment,
+        target,
     )
     return _place(rows[0]) if rows else None
 
 
 async def runs(
-    conn: Conn, names: Names, model_id: str, *, environment: str | None = None, target: str | None = None,
-    before_position: int | None = None, limit: int = 100,
+    conn: Conn,
+    names: Names,
+    model_id: str,
+    *,
+    environment: str | None = None,
+    target: str | None = None,
+    before_position: int | None = None,
+    limit: int = 100,
 ) -> list[Run]:
     """Deployments of a model, newest first; page on with ``before_position`` = last ``started_position``."""
     rows = await conn.fetch(
         f"SELECT {', '.join(_RUN_COLUMNS)} FROM {names.deployment_runs}"
         " WHERE model_id = $1 AND ($2::text IS NULL OR environment = $2) AND ($3::text IS NULL OR target = $3)"
         " AND ($4::bigint IS NULL OR started_position < $4) ORDER BY started_position DESC LIMIT $5",
-        model_id, environment, target, before_position, limit,
+        model_id,
+        environment,
+        target,
+        before_position,
+        limit,
     )
     return [Run(**dict(r)) for r in rows]
 
@@ -408,11 +579,15 @@ async def runs(
 async def checksum(conn: Conn, names: Names) -> str:
     """A digest of every row, in key order: equal digests mean equal views."""
     parts = []
-    for table, order in ((names.deployment_runs, "model_id, deployment_id"),
-                         (names.deployment_places, "model_id, environment, target"),
-                         (names.deployment_versions, "model_id, version"),
-                         (names.deployment_aliases, "model_id, alias")):
-        parts.append(await conn.fetchval(
-            f"SELECT md5(coalesce(string_agg(md5(t::text), '' ORDER BY {order}), '')) FROM {table} t"
-        ))
+    for table, order in (
+        (names.deployment_runs, "model_id, deployment_id"),
+        (names.deployment_places, "model_id, environment, target"),
+        (names.deployment_versions, "model_id, version"),
+        (names.deployment_aliases, "model_id, alias"),
+    ):
+        parts.append(
+            await conn.fetchval(
+                f"SELECT md5(coalesce(string_agg(md5(t::text), '' ORDER BY {order}), '')) FROM {table} t"
+            )
+        )
     return ":".join(parts)

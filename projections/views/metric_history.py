@@ -124,22 +124,36 @@ PROJECTION = METRIC_HISTORY
 
 
 def _sample(r: asyncpg.Record) -> MetricSample:
-    return MetricSample(key=r["key"], dataset=r["dataset"], step=r["step"], timestamp=r["timestamp"],
-                       value=r["value"], position=r["position"])
+    return MetricSample(
+        key=r["key"],
+        dataset=r["dataset"],
+        step=r["step"],
+        timestamp=r["timestamp"],
+        value=r["value"],
+        position=r["position"],
+    )
 
 
 # Every point of one version, as rows (key, dataset, step, timestamp, value, position, ordinal).
 _POINTS = (
     "SELECT p.key, coalesce(p.dataset, '') AS dataset, p.step, p.timestamp, p.value, b.position, p.ordinal"
-    " FROM {table} b CROSS JOIN LATERAL " + POINTS_OF.format(points="b.data -> 'metrics'")
+    " FROM {table} b CROSS JOIN LATERAL "
+    + POINTS_OF.format(points="b.data -> 'metrics'")
     + " WHERE b.model_id = $1 AND b.version = $2"
 )
 _HISTORY_KEY = ("dataset", "step", "timestamp", "position", "ordinal")
 
 
 async def metric_history(
-    conn: Conn, names: Names, model_id: str, version: int, key: str, *,
-    dataset: str | None = None, limit: int = 1000, cursor: str | None = None,
+    conn: Conn,
+    names: Names,
+    model_id: str,
+    version: int,
+    key: str,
+    *,
+    dataset: str | None = None,
+    limit: int = 1000,
+    cursor: str | None = None,
 ) -> Page[MetricSample]:
     """The points of one metric of a version in step order (``dataset`` None: every
     dataset, one after the other), a page at a time."""
@@ -158,7 +172,9 @@ async def metric_history(
         params.extend(after)
         sql += f" WHERE ({', '.join(_HISTORY_KEY)}) > ({placeholders})"
     params.append(limit + 1)
-    records = await conn.fetch(f"{sql} ORDER BY {', '.join(_HISTORY_KEY)} LIMIT ${len(params)}", *params)
+    records = await conn.fetch(
+        f"{sql} ORDER BY {', '.join(_HISTORY_KEY)} LIMIT ${len(params)}", *params
+    )
     page = records[:limit]
     next_cursor = None
     if len(records) > limit:
@@ -166,15 +182,26 @@ async def metric_history(
     return Page(items=tuple(_sample(r) for r in page), next_cursor=next_cursor)
 
 
-async def metric_series(conn: Conn, names: Names, model_id: str, version: int) -> tuple[MetricSeries, ...]:
+async def metric_series(
+    conn: Conn, names: Names, model_id: str, version: int
+) -> tuple[MetricSeries, ...]:
     """Every (key, dataset) a version has points for, sorted."""
     rows = await conn.fetch(
         "SELECT key, dataset, count(*)::int AS points, min(step) AS first_step, max(step) AS last_step"
         f" FROM ({_POINTS.format(table=names.metric_batches)}) AS q GROUP BY key, dataset ORDER BY key, dataset",
-        model_id, version,
+        model_id,
+        version,
     )
-    return tuple(MetricSeries(key=r["key"], dataset=r["dataset"], points=r["points"], first_step=r["first_step"],
-                              last_step=r["last_step"]) for r in rows)
+    return tuple(
+        MetricSeries(
+            key=r["key"],
+            dataset=r["dataset"],
+            points=r["points"],
+            first_step=r["first_step"],
+            last_step=r["last_step"],
+        )
+        for r in rows
+    )
 
 
 async def last_metric(
@@ -184,13 +211,21 @@ async def last_metric(
     record = await conn.fetchrow(
         f"SELECT * FROM ({_POINTS.format(table=names.metric_batches)}) AS q WHERE key = $3 AND dataset = $4"
         " ORDER BY step DESC, timestamp DESC, position DESC, ordinal DESC LIMIT 1",
-        model_id, version, key, dataset,
+        model_id,
+        version,
+        key,
+        dataset,
     )
     return None if record is None else _sample(record)
 
 
 async def best_metric(
-    conn: Conn, names: Names, model_id: str, version: int, key: str, dataset: str = "",
+    conn: Conn,
+    names: Names,
+    model_id: str,
+    version: int,
+    key: str,
+    dataset: str = "",
     goal: Literal["max", "min"] = "max",
 ) -> MetricSample | None:
     """The highest (``goal="max"``) or lowest point of a metric over the version's history;
@@ -201,7 +236,10 @@ async def best_metric(
     record = await conn.fetchrow(
         f"SELECT * FROM ({_POINTS.format(table=names.metric_batches)}) AS q WHERE key = $3 AND dataset = $4"
         f" ORDER BY value {direction}, step, timestamp, position, ordinal LIMIT 1",
-        model_id, version, key, dataset,
+        model_id,
+        version,
+        key,
+        dataset,
     )
     return None if record is None else _sample(record)
 
@@ -214,7 +252,9 @@ def _differs(values: Sequence[object]) -> bool:
     return len({(type(v), v) for v in values}) > 1
 
 
-async def compare_versions(conn: Conn, names: Names, model_id: str, versions: Sequence[int]) -> Comparison:
+async def compare_versions(
+    conn: Conn, names: Names, model_id: str, versions: Sequence[int]
+) -> Comparison:
     """Parameters and latest metric values of ``versions`` side by side (in the order
     asked, duplicates dropped). Reads the ``model_versions`` tables."""
     asked = list(dict.fromkeys(versions))
@@ -225,7 +265,8 @@ async def compare_versions(conn: Conn, names: Names, model_id: str, versions: Se
         for r in await conn.fetch(
             f"SELECT version, coalesce(content -> 'parameters', '{{}}'::json)::text AS params"
             f" FROM {names.model_versions} WHERE model_id = $1 AND version = ANY ($2::int[])",
-            model_id, asked,
+            model_id,
+            asked,
         )
     }
     found = tuple(v for v in asked if v in params_by_version)
@@ -233,7 +274,8 @@ async def compare_versions(conn: Conn, names: Names, model_id: str, versions: Se
     for r in await conn.fetch(
         f"SELECT version, key, dataset, value FROM {names.model_version_metrics}"
         " WHERE model_id = $1 AND version = ANY ($2::int[])",
-        model_id, list(found),
+        model_id,
+        list(found),
     ):
         metrics.setdefault((r["key"], r["dataset"]), {})[r["version"]] = r["value"]
     param_names = sorted({name for p in params_by_version.values() for name in p})
@@ -244,11 +286,17 @@ async def compare_versions(conn: Conn, names: Names, model_id: str, versions: Se
     metric_rows = []
     for (key, dataset), by_version in sorted(metrics.items()):
         metric_values = tuple(by_version.get(v) for v in found)
-        metric_rows.append(MetricComparison(key=key, dataset=dataset, values=metric_values,
-                                            differs=_differs(metric_values)))
+        metric_rows.append(
+            MetricComparison(
+                key=key, dataset=dataset, values=metric_values, differs=_differs(metric_values)
+            )
+        )
     return Comparison(
-        model_id=model_id, versions=found, missing=tuple(v for v in asked if v not in params_by_version),
-        params=tuple(param_rows), metrics=tuple(metric_rows),
+        model_id=model_id,
+        versions=found,
+        missing=tuple(v for v in asked if v not in params_by_version),
+        params=tuple(param_rows),
+        metrics=tuple(metric_rows),
     )
 
 

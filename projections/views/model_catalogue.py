@@ -138,10 +138,20 @@ def evolve(row: ModelRow | None, event: Event, logged: LoggedEvent) -> ModelRow 
     at = logged.envelope.occurred_at
     if isinstance(event, ModelRegistered):
         return ModelRow(
-            model_id=event.model_id, name=event.name, description=event.description, tags=dict(event.tags),
-            owner=event.owner, archived=False, latest_version=None, version_count=0,
-            stages=_empty_stages(), stage_counts=dict.fromkeys(STAGES, 0), aliases={},
-            created_at=at, updated_at=at, position=logged.log_position,
+            model_id=event.model_id,
+            name=event.name,
+            description=event.description,
+            tags=dict(event.tags),
+            owner=event.owner,
+            archived=False,
+            latest_version=None,
+            version_count=0,
+            stages=_empty_stages(),
+            stage_counts=dict.fromkeys(STAGES, 0),
+            aliases={},
+            created_at=at,
+            updated_at=at,
+            position=logged.log_position,
         )
     if row is None:
         return None  # a decider never writes to an unregistered model; nothing to show
@@ -175,8 +185,20 @@ def _model_id(logged: LoggedEvent) -> str:
 
 
 _COLUMN_NAMES = (
-    "model_id", "name", "description", "tags", "owner", "archived", "latest_version", "version_count",
-    "stages", "stage_counts", "aliases", "created_at", "updated_at", "position",
+    "model_id",
+    "name",
+    "description",
+    "tags",
+    "owner",
+    "archived",
+    "latest_version",
+    "version_count",
+    "stages",
+    "stage_counts",
+    "aliases",
+    "created_at",
+    "updated_at",
+    "position",
 )
 _JSON = {"tags", "stages", "stage_counts", "aliases"}
 
@@ -184,7 +206,9 @@ _JSON = {"tags", "stages", "stage_counts", "aliases"}
 def columns(alias: str = "") -> str:
     """The select list ``row_from_record`` reads (jsonb as text), for a table aliased ``alias``."""
     prefix = f"{alias}." if alias else ""
-    return ", ".join(f"{prefix}{c}::text AS {c}" if c in _JSON else f"{prefix}{c}" for c in _COLUMN_NAMES)
+    return ", ".join(
+        f"{prefix}{c}::text AS {c}" if c in _JSON else f"{prefix}{c}" for c in _COLUMN_NAMES
+    )
 
 
 _COLUMNS = columns()
@@ -203,13 +227,20 @@ def row_from_record(r: asyncpg.Record) -> ModelRow:
     latest_per_stage = _stage_map.decode(r["stages"])
     count_per_stage = _stage_map.decode(r["stage_counts"])
     return ModelRow(
-        model_id=r["model_id"], name=r["name"], description=r["description"], tags=_sorted(_tags.decode(r["tags"])),
-        owner=r["owner"], archived=r["archived"], latest_version=r["latest_version"],
+        model_id=r["model_id"],
+        name=r["name"],
+        description=r["description"],
+        tags=_sorted(_tags.decode(r["tags"])),
+        owner=r["owner"],
+        archived=r["archived"],
+        latest_version=r["latest_version"],
         version_count=r["version_count"],
         stages={s: latest_per_stage.get(s) for s in STAGES},
         stage_counts={s: count_per_stage.get(s, 0) for s in STAGES},
         aliases=_sorted(_stage_map.decode(r["aliases"])),
-        created_at=r["created_at"], updated_at=r["updated_at"], position=r["position"],
+        created_at=r["created_at"],
+        updated_at=r["updated_at"],
+        position=r["position"],
     )
 
 
@@ -221,7 +252,8 @@ async def apply(conn: asyncpg.Connection, names: Names, events: Sequence[LoggedE
     rows: dict[str, ModelRow | None] = {}
     named_at: dict[str, int] = {}
     for record in await conn.fetch(
-        f"SELECT {_COLUMNS}, named_at FROM {names.model_catalogue} WHERE model_id = ANY ($1::text[])", touched
+        f"SELECT {_COLUMNS}, named_at FROM {names.model_catalogue} WHERE model_id = ANY ($1::text[])",
+        touched,
     ):
         rows[record["model_id"]] = row_from_record(record)
         named_at[record["model_id"]] = record["named_at"]
@@ -238,19 +270,25 @@ async def apply(conn: asyncpg.Connection, names: Names, events: Sequence[LoggedE
             stages[(model_id, event.version)] = str(event.to_stage)
     if stages:
         await _write_stages(conn, names, stages)
-        for model_id, latest, counts in await _aggregate_stages(conn, names, {m for m, _ in stages}):
+        for model_id, latest, counts in await _aggregate_stages(
+            conn, names, {m for m, _ in stages}
+        ):
             row = rows[model_id]
             if row is not None:
                 rows[model_id] = replace(row, stages=latest, stage_counts=counts)
     await _write_rows(conn, names, [r for r in rows.values() if r is not None], named_at)
 
 
-async def _write_stages(conn: asyncpg.Connection, names: Names, stages: dict[tuple[str, int], str]) -> None:
+async def _write_stages(
+    conn: asyncpg.Connection, names: Names, stages: dict[tuple[str, int], str]
+) -> None:
     await conn.execute(
         f"INSERT INTO {names.model_catalogue_stages} (model_id, version, stage)"
         " SELECT * FROM unnest($1::text[], $2::int[], $3::text[])"
         " ON CONFLICT (model_id, version) DO UPDATE SET stage = excluded.stage",
-        [m for m, _ in stages], [v for _, v in stages], list(stages.values()),
+        [m for m, _ in stages],
+        [v for _, v in stages],
+        list(stages.values()),
     )
 
 
@@ -270,7 +308,9 @@ async def _aggregate_stages(
     return [(m, latest[m], counts[m]) for m in ids]
 
 
-async def _write_rows(conn: asyncpg.Connection, names: Names, rows: list[ModelRow], named_at: dict[str, int]) -> None:
+async def _write_rows(
+    conn: asyncpg.Connection, names: Names, rows: list[ModelRow], named_at: dict[str, int]
+) -> None:
     if not rows:
         return
     table = names.model_catalogue
@@ -321,7 +361,9 @@ PROJECTION = CATALOGUE
 
 
 async def get_model(conn: Conn, names: Names, model_id: str) -> ModelRow | None:
-    record = await conn.fetchrow(f"SELECT {_COLUMNS} FROM {names.model_catalogue} WHERE model_id = $1", model_id)
+    record = await conn.fetchrow(
+        f"SELECT {_COLUMNS} FROM {names.model_catalogue} WHERE model_id = $1", model_id
+    )
     return None if record is None else row_from_record(record)
 
 
@@ -329,7 +371,8 @@ async def get_model_by_name(conn: Conn, names: Names, name: str) -> ModelRow | N
     """The model called ``name`` (exact, case-sensitive). If the log briefly shows two
     models with one name (see the module docstring), the one named last wins."""
     record = await conn.fetchrow(
-        f"SELECT {_COLUMNS} FROM {names.model_catalogue} WHERE name = $1 ORDER BY named_at DESC LIMIT 1", name
+        f"SELECT {_COLUMNS} FROM {names.model_catalogue} WHERE name = $1 ORDER BY named_at DESC LIMIT 1",
+        name,
     )
     return None if record is None else row_from_record(record)
 
@@ -347,7 +390,9 @@ async def table_checksum(conn: Conn, table: str, order_by: str) -> str:
 
 async def checksum(conn: Conn, names: Names) -> str:
     """One digest of every row of every table of this view, in primary-key order."""
-    return ":".join([
-        await table_checksum(conn, names.model_catalogue, "t.model_id"),
-        await table_checksum(conn, names.model_catalogue_stages, "t.model_id, t.version"),
-    ])
+    return ":".join(
+        [
+            await table_checksum(conn, names.model_catalogue, "t.model_id"),
+            await table_checksum(conn, names.model_catalogue_stages, "t.model_id, t.version"),
+        ]
+    )

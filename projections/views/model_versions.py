@@ -139,8 +139,18 @@ TABLES = [
 HANDLES = frozenset(
     t.event_type
     for t in (
-        ModelRegistered, ModelRenamed, ModelArchived, ModelRestored, VersionRegistered, VersionDescriptionUpdated,
-        VersionTagsSet, VersionTagsRemoved, VersionDeprecated, StageTransitioned, AliasSet, AliasRemoved,
+        ModelRegistered,
+        ModelRenamed,
+        ModelArchived,
+        ModelRestored,
+        VersionRegistered,
+        VersionDescriptionUpdated,
+        VersionTagsSet,
+        VersionTagsRemoved,
+        VersionDeprecated,
+        StageTransitioned,
+        AliasSet,
+        AliasRemoved,
         MetricsLogged,
     )
 )
@@ -234,18 +244,35 @@ def evolve_model(facts: ModelFacts | None, event: Event) -> ModelFacts | None:
             return facts
 
 
-def registered_facts(event: VersionRegistered, logged: LoggedEvent) -> tuple[NewVersion, VersionFacts]:
+def registered_facts(
+    event: VersionRegistered, logged: LoggedEvent
+) -> tuple[NewVersion, VersionFacts]:
     at = logged.envelope.occurred_at
     return (
-        NewVersion(content=encode_canonical(event.content).decode(), content_digest=event.content_digest,
-                   registered_by=event.registered_by, created_at=at),
-        VersionFacts(stage=str(INITIAL_STAGE), stage_since=at, aliases=(), description=event.description,
-                     tags=dict(event.tags), deprecated=False, deprecation_reason="", deprecated_at=None,
-                     updated_at=at, position=logged.log_position),
+        NewVersion(
+            content=encode_canonical(event.content).decode(),
+            content_digest=event.content_digest,
+            registered_by=event.registered_by,
+            created_at=at,
+        ),
+        VersionFacts(
+            stage=str(INITIAL_STAGE),
+            stage_since=at,
+            aliases=(),
+            description=event.description,
+            tags=dict(event.tags),
+            deprecated=False,
+            deprecation_reason="",
+            deprecated_at=None,
+            updated_at=at,
+            position=logged.log_position,
+        ),
     )
 
 
-def evolve_version(facts: VersionFacts, event: Event, logged: LoggedEvent, *, number: int) -> VersionFacts:
+def evolve_version(
+    facts: VersionFacts, event: Event, logged: LoggedEvent, *, number: int
+) -> VersionFacts:
     """Fold a version-level event into version ``number``'s changing facts. Pure.
 
     An ``AliasSet`` reaches both its new and its previous version; ``number`` says which
@@ -261,7 +288,9 @@ def evolve_version(facts: VersionFacts, event: Event, logged: LoggedEvent, *, nu
         case VersionTagsRemoved():
             return replace(facts, tags={k: v for k, v in facts.tags.items() if k not in event.keys})
         case VersionDeprecated():
-            return replace(facts, deprecated=True, deprecation_reason=event.reason, deprecated_at=at)
+            return replace(
+                facts, deprecated=True, deprecation_reason=event.reason, deprecated_at=at
+            )
         case StageTransitioned():
             return replace(facts, stage=str(event.to_stage), stage_since=at)
         case AliasSet() if event.version == number:
@@ -277,8 +306,13 @@ def _versions_touched(event: Event) -> tuple[int, ...]:
         case AliasSet() if event.previous_version is not None:
             return (event.version, event.previous_version)
         case (
-            VersionDescriptionUpdated() | VersionTagsSet() | VersionTagsRemoved() | VersionDeprecated()
-            | StageTransitioned() | AliasSet() | AliasRemoved()
+            VersionDescriptionUpdated()
+            | VersionTagsSet()
+            | VersionTagsRemoved()
+            | VersionDeprecated()
+            | StageTransitioned()
+            | AliasSet()
+            | AliasRemoved()
         ):
             return (event.version,)
         case _:
@@ -298,6 +332,7 @@ POINTS_OF = (
     "ROWS FROM (json_to_recordset({points}) AS (key text, value float8, step bigint, timestamp timestamptz,"
     " dataset text)) WITH ORDINALITY AS p(key, value, step, timestamp, dataset, ordinal)"
 )
+
 
 class _Point(msgspec.Struct, frozen=True, gc=False):
     key: str
@@ -333,7 +368,11 @@ def fold_latest(latest: Latest, logged: LoggedEvent) -> None:
     for p in event.metrics:
         key = (p.key, p.dataset)
         current = table.get(key)
-        if current is None or p.step > current[1] or (p.step == current[1] and p.timestamp >= current[2]):
+        if (
+            current is None
+            or p.step > current[1]
+            or (p.step == current[1] and p.timestamp >= current[2])
+        ):
             table[key] = (p.value, p.step, p.timestamp, position)
 
 
@@ -372,12 +411,17 @@ async def apply(conn: asyncpg.Connection, names: Names, events: Sequence[LoggedE
         for number in _versions_touched(event):
             current = batch.facts.get((model_id, number))
             if current is not None:  # always, for histories a decider wrote
-                batch.facts[(model_id, number)] = evolve_version(current, event, logged, number=number)
+                batch.facts[(model_id, number)] = evolve_version(
+                    current, event, logged, number=number
+                )
     await _write(conn, names, batch)
 
 
 async def _load(
-    conn: asyncpg.Connection, names: Names, decoded: list[tuple[LoggedEvent, Event]], batch: _Touched
+    conn: asyncpg.Connection,
+    names: Names,
+    decoded: list[tuple[LoggedEvent, Event]],
+    batch: _Touched,
 ) -> None:
     model_ids: set[str] = set()
     keys: set[tuple[str, int]] = set()
@@ -396,7 +440,9 @@ async def _load(
             " WHERE model_id = ANY ($1::text[])",
             sorted(model_ids),
         ):
-            batch.models[r["model_id"]] = ModelFacts(name=r["name"], owner=r["owner"], archived=r["archived"])
+            batch.models[r["model_id"]] = ModelFacts(
+                name=r["name"], owner=r["owner"], archived=r["archived"]
+            )
     keys -= registered
     if keys:
         ordered = sorted(keys)
@@ -405,13 +451,20 @@ async def _load(
             " v.deprecated, v.deprecation_reason, v.deprecated_at, v.updated_at, v.position"
             f" FROM {names.model_versions} v JOIN unnest($1::text[], $2::int[]) AS k(model_id, version)"
             " ON v.model_id = k.model_id AND v.version = k.version",
-            [m for m, _ in ordered], [n for _, n in ordered],
+            [m for m, _ in ordered],
+            [n for _, n in ordered],
         ):
             batch.facts[(r["model_id"], r["version"])] = VersionFacts(
-                stage=r["stage"], stage_since=r["stage_since"], aliases=tuple(r["aliases"]),
-                description=r["description"], tags=_tags.decode(r["tags"]), deprecated=r["deprecated"],
-                deprecation_reason=r["deprecation_reason"], deprecated_at=r["deprecated_at"],
-                updated_at=r["updated_at"], position=r["position"],
+                stage=r["stage"],
+                stage_since=r["stage_since"],
+                aliases=tuple(r["aliases"]),
+                description=r["description"],
+                tags=_tags.decode(r["tags"]),
+                deprecated=r["deprecated"],
+                deprecation_reason=r["deprecation_reason"],
+                deprecated_at=r["deprecated_at"],
+                updated_at=r["updated_at"],
+                position=r["position"],
             )
 
 
@@ -423,11 +476,15 @@ async def _write(conn: asyncpg.Connection, names: Names, batch: _Touched) -> Non
             " SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::boolean[])"
             " ON CONFLICT (model_id) DO UPDATE SET name = excluded.name, owner = excluded.owner,"
             " archived = excluded.archived",
-            list(models), [f.name for f in models.values()], [f.owner for f in models.values()],
+            list(models),
+            [f.name for f in models.values()],
+            [f.owner for f in models.values()],
             [f.archived for f in models.values()],
         )
     new_rows = [
-        (k, n, batch.facts[k], m) for k, n in batch.new.items() if (m := batch.models.get(k[0])) is not None
+        (k, n, batch.facts[k], m)
+        for k, n in batch.new.items()
+        if (m := batch.models.get(k[0])) is not None
     ]
     if new_rows:
         await _insert_versions(conn, names, new_rows)
@@ -441,7 +498,9 @@ async def _write(conn: asyncpg.Connection, names: Names, batch: _Touched) -> Non
             " FROM unnest($1::text[], $2::text[], $3::text[], $4::boolean[]) AS u(model_id, name, owner, archived)"
             " WHERE v.model_id = u.model_id"
             " AND (v.model_name, v.owner, v.model_archived) IS DISTINCT FROM (u.name, u.owner, u.archived)",
-            list(models), [f.name for f in models.values()], [f.owner for f in models.values()],
+            list(models),
+            [f.name for f in models.values()],
+            [f.owner for f in models.values()],
             [f.archived for f in models.values()],
         )
     if batch.metrics:
@@ -478,7 +537,8 @@ _ALIASES_FROM_JSON = "ARRAY(SELECT jsonb_array_elements_text(u.aliases::jsonb)):
 
 
 async def _insert_versions(
-    conn: asyncpg.Connection, names: Names,
+    conn: asyncpg.Connection,
+    names: Names,
     rows: list[tuple[tuple[str, int], NewVersion, VersionFacts, ModelFacts]],
 ) -> None:
     facts = [f for _, _, f, _ in rows]
@@ -525,7 +585,9 @@ async def _update_versions(
     )
 
 
-async def _write_metrics(conn: asyncpg.Connection, names: Names, latest: Latest, batch: _Touched) -> None:
+async def _write_metrics(
+    conn: asyncpg.Connection, names: Names, latest: Latest, batch: _Touched
+) -> None:
     created = {k: n.created_at for k, n in batch.new.items()}
     older = sorted(k for k in latest if k not in created)
     if older:
@@ -535,13 +597,15 @@ async def _write_metrics(conn: asyncpg.Connection, names: Names, latest: Latest,
             f"SELECT v.model_id, v.version, v.created_at FROM {names.model_versions} v"
             " JOIN unnest($1::text[], $2::int[]) AS k(model_id, version)"
             " ON v.model_id = k.model_id AND v.version = k.version",
-            [m for m, _ in older], [n for _, n in older],
+            [m for m, _ in older],
+            [n for _, n in older],
         ):
             created[(r["model_id"], r["version"])] = r["created_at"]
     # In key order: neighbouring rows land on the same index pages.
     rows = sorted(
         (m, v, key, dataset, *point, created.get((m, v)))
-        for (m, v), table in latest.items() for (key, dataset), point in table.items()
+        for (m, v), table in latest.items()
+        for (key, dataset), point in table.items()
     )
     # A stored point comes from an earlier event, so on a tie of (step, timestamp) the batch's wins.
     await conn.execute(
@@ -569,9 +633,25 @@ PROJECTION = VERSIONS
 # --- queries ----------------------------------------------------------------------------
 
 _COLUMN_NAMES = (
-    "model_id", "model_name", "version", "stage", "stage_since", "aliases", "description", "tags", "content",
-    "content_digest", "registered_by", "deprecated", "deprecation_reason", "deprecated_at", "owner",
-    "model_archived", "created_at", "updated_at", "position",
+    "model_id",
+    "model_name",
+    "version",
+    "stage",
+    "stage_since",
+    "aliases",
+    "description",
+    "tags",
+    "content",
+    "content_digest",
+    "registered_by",
+    "deprecated",
+    "deprecation_reason",
+    "deprecated_at",
+    "owner",
+    "model_archived",
+    "created_at",
+    "updated_at",
+    "position",
 )
 _TEXT = {"tags", "content"}
 
@@ -584,8 +664,11 @@ def columns(alias: str = "", *, content: bool = True) -> str:
     ``content``, it reads NULL in its place)."""
     prefix = f"{alias}." if alias else ""
     return ", ".join(
-        "NULL::text AS content" if c == "content" and not content
-        else f"{prefix}{c}::text AS {c}" if c in _TEXT else f"{prefix}{c}"
+        "NULL::text AS content"
+        if c == "content" and not content
+        else f"{prefix}{c}::text AS {c}"
+        if c in _TEXT
+        else f"{prefix}{c}"
         for c in _COLUMN_NAMES
     )
 
@@ -607,19 +690,36 @@ def row_from_record(r: asyncpg.Record, metrics: tuple[MetricValue, ...] = ()) ->
     ``metrics_column`` in the record, or else from ``metrics``."""
     listed = r.get("metrics")
     if listed is not None:
-        metrics = tuple(MetricValue(key=k, dataset=d, value=v, step=n, timestamp=t) for k, d, v, n, t in listed)
+        metrics = tuple(
+            MetricValue(key=k, dataset=d, value=v, step=n, timestamp=t) for k, d, v, n, t in listed
+        )
     return VersionRow(
-        model_id=r["model_id"], model_name=r["model_name"], version=r["version"], stage=Stage(r["stage"]),
-        stage_since=r["stage_since"], aliases=tuple(r["aliases"]), description=r["description"],
+        model_id=r["model_id"],
+        model_name=r["model_name"],
+        version=r["version"],
+        stage=Stage(r["stage"]),
+        stage_since=r["stage_since"],
+        aliases=tuple(r["aliases"]),
+        description=r["description"],
         tags=dict(sorted(_tags.decode(r["tags"]).items())),
-        content=None if r["content"] is None else _content.decode(r["content"]), content_digest=r["content_digest"], registered_by=r["registered_by"], deprecated=r["deprecated"],
-        deprecation_reason=r["deprecation_reason"], deprecated_at=r["deprecated_at"], owner=r["owner"],
-        model_archived=r["model_archived"], created_at=r["created_at"], updated_at=r["updated_at"],
-        position=r["position"], metrics=metrics,
+        content=None if r["content"] is None else _content.decode(r["content"]),
+        content_digest=r["content_digest"],
+        registered_by=r["registered_by"],
+        deprecated=r["deprecated"],
+        deprecation_reason=r["deprecation_reason"],
+        deprecated_at=r["deprecated_at"],
+        owner=r["owner"],
+        model_archived=r["model_archived"],
+        created_at=r["created_at"],
+        updated_at=r["updated_at"],
+        position=r["position"],
+        metrics=metrics,
     )
 
 
-async def rows_with_metrics(conn: Conn, names: Names, records: Sequence[asyncpg.Record]) -> list[VersionRow]:
+async def rows_with_metrics(
+    conn: Conn, names: Names, records: Sequence[asyncpg.Record]
+) -> list[VersionRow]:
     """``VersionRow``s for records selected with ``columns()``, their latest metrics filled in
     by one more query. (Selecting ``metrics_column`` as well saves that query.)"""
     if not records:
@@ -629,55 +729,77 @@ async def rows_with_metrics(conn: Conn, names: Names, records: Sequence[asyncpg.
         "SELECT m.model_id, m.version, m.key, m.dataset, m.value, m.step, m.timestamp"
         f" FROM {names.model_version_metrics} m JOIN unnest($1::text[], $2::int[]) AS k(model_id, version)"
         " ON m.model_id = k.model_id AND m.version = k.version ORDER BY m.model_id, m.version, m.key, m.dataset",
-        [r["model_id"] for r in records], [r["version"] for r in records],
+        [r["model_id"] for r in records],
+        [r["version"] for r in records],
     ):
         found.setdefault((m["model_id"], m["version"]), []).append(_metric(m))
-    return [row_from_record(r, tuple(found.get((r["model_id"], r["version"]), ()))) for r in records]
+    return [
+        row_from_record(r, tuple(found.get((r["model_id"], r["version"]), ()))) for r in records
+    ]
 
 
 def _metric(m: asyncpg.Record) -> MetricValue:
-    return MetricValue(key=m["key"], dataset=m["dataset"], value=m["value"], step=m["step"], timestamp=m["timestamp"])
+    return MetricValue(
+        key=m["key"],
+        dataset=m["dataset"],
+        value=m["value"],
+        step=m["step"],
+        timestamp=m["timestamp"],
+    )
 
 
 async def get_version(conn: Conn, names: Names, model_id: str, version: int) -> VersionRow | None:
     record = await conn.fetchrow(
         f"SELECT {columns('v')}, {metrics_column(names, 'v')} FROM {names.model_versions} v"
         " WHERE v.model_id = $1 AND v.version = $2",
-        model_id, version,
+        model_id,
+        version,
     )
     return None if record is None else row_from_record(record)
 
 
-async def version_by_alias(conn: Conn, names: Names, model_id: str, alias: str) -> VersionRow | None:
+async def version_by_alias(
+    conn: Conn, names: Names, model_id: str, alias: str
+) -> VersionRow | None:
     """The version ``alias`` points at. The reserved names resolve by number: ``latest`` is
     the highest version number, ``v3`` is version 3."""
     if alias == "latest":
-        number = await conn.fetchval(f"SELECT max(version) FROM {names.model_versions} WHERE model_id = $1", model_id)
+        number = await conn.fetchval(
+            f"SELECT max(version) FROM {names.model_versions} WHERE model_id = $1", model_id
+        )
         return None if number is None else await get_version(conn, names, model_id, number)
     if alias.startswith("v") and alias[1:].isascii() and alias[1:].isdigit() and len(alias) < 12:
         return await get_version(conn, names, model_id, int(alias[1:]))
     record = await conn.fetchrow(
         f"SELECT {columns('v')}, {metrics_column(names, 'v')} FROM {names.model_versions} v"
         " WHERE v.model_id = $1 AND v.aliases @> ARRAY[$2]::text[]",
-        model_id, alias,
+        model_id,
+        alias,
     )
     return None if record is None else row_from_record(record)
 
 
-async def latest_metrics(conn: Conn, names: Names, model_id: str, version: int) -> tuple[MetricValue, ...]:
+async def latest_metrics(
+    conn: Conn, names: Names, model_id: str, version: int
+) -> tuple[MetricValue, ...]:
     """The latest value of each (metric key, dataset) of a version, sorted by key then dataset."""
     rows = await conn.fetch(
         f"SELECT key, dataset, value, step, timestamp FROM {names.model_version_metrics}"
         " WHERE model_id = $1 AND version = $2 ORDER BY key, dataset",
-        model_id, version,
+        model_id,
+        version,
     )
     return tuple(_metric(m) for m in rows)
 
 
 async def checksum(conn: Conn, names: Names) -> str:
     """One digest of every row of every table of this view, in primary-key order."""
-    return ":".join([
-        await table_checksum(conn, names.model_versions, "t.model_id, t.version"),
-        await table_checksum(conn, names.model_version_metrics, "t.model_id, t.version, t.key, t.dataset"),
-        await table_checksum(conn, names.model_versions_models, "t.model_id"),
-    ])
+    return ":".join(
+        [
+            await table_checksum(conn, names.model_versions, "t.model_id, t.version"),
+            await table_checksum(
+                conn, names.model_version_metrics, "t.model_id, t.version, t.key, t.dataset"
+            ),
+            await table_checksum(conn, names.model_versions_models, "t.model_id"),
+        ]
+    )

@@ -69,11 +69,15 @@ TABLES = [
         "model_id text NOT NULL, alias text NOT NULL, version int NOT NULL,"
         + _INTERVAL_COLUMNS
         + ", PRIMARY KEY (model_id, alias, from_position)",
-        indexes=["CREATE UNIQUE INDEX {name}_open ON {table} (model_id, alias) WHERE to_position IS NULL"],
+        indexes=[
+            "CREATE UNIQUE INDEX {name}_open ON {table} (model_id, alias) WHERE to_position IS NULL"
+        ],
     ),
 ]
 
-_COLUMNS = "from_position, from_time, to_position, to_time, entered_by, kind, comment, request_id, left_by"
+_COLUMNS = (
+    "from_position, from_time, to_position, to_time, entered_by, kind, comment, request_id, left_by"
+)
 
 
 class StageInterval(msgspec.Struct, frozen=True, kw_only=True):
@@ -129,11 +133,28 @@ class _Intervals:
         self.rows: list[_Row] = []
         self.closes: list[tuple[tuple[object, ...], int, datetime, str]] = []
 
-    def open(self, key: tuple[object, ...], lead: tuple[object, ...], logged: LoggedEvent, kind: str,
-             comment: str, request_id: str | None) -> None:
+    def open(
+        self,
+        key: tuple[object, ...],
+        lead: tuple[object, ...],
+        logged: LoggedEvent,
+        kind: str,
+        comment: str,
+        request_id: str | None,
+    ) -> None:
         envelope = logged.envelope
-        row: _Row = [*lead, logged.log_position, envelope.occurred_at, None, None, envelope.actor, kind,
-                     comment, request_id, None]
+        row: _Row = [
+            *lead,
+            logged.log_position,
+            envelope.occurred_at,
+            None,
+            None,
+            envelope.actor,
+            kind,
+            comment,
+            request_id,
+            None,
+        ]
         self.new[key] = row
         self.rows.append(row)
 
@@ -171,14 +192,33 @@ async def apply(conn: asyncpg.Connection, names: Names, events: Sequence[LoggedE
                 stages.open(key, key, logged, str(event.kind), event.comment, event.request_id)
             case AliasSet():
                 aliases.close((model_id, event.alias), logged)
-                aliases.open((model_id, event.alias), (model_id, event.alias, event.version), logged,
-                             "set", event.comment, event.request_id)
+                aliases.open(
+                    (model_id, event.alias),
+                    (model_id, event.alias, event.version),
+                    logged,
+                    "set",
+                    event.comment,
+                    event.request_id,
+                )
             case AliasRemoved():
                 aliases.close((model_id, event.alias), logged)
             case _:
                 pass
-    await _write(conn, names.stage_timeline, ("model_id", "stage", "version"), ("text", "text", "int"), stages)
-    await _write(conn, names.alias_timeline, ("model_id", "alias"), ("text", "text"), aliases, with_version=True)
+    await _write(
+        conn,
+        names.stage_timeline,
+        ("model_id", "stage", "version"),
+        ("text", "text", "int"),
+        stages,
+    )
+    await _write(
+        conn,
+        names.alias_timeline,
+        ("model_id", "alias"),
+        ("text", "text"),
+        aliases,
+        with_version=True,
+    )
 
 
 async def _write(
@@ -207,7 +247,17 @@ async def _write(
     if intervals.rows:
         columns = (*key, "version") if with_version else key
         types = (*key_types, "int") if with_version else key_types
-        types += ("bigint", "timestamptz", "bigint", "timestamptz", "text", "text", "text", "text", "text")
+        types += (
+            "bigint",
+            "timestamptz",
+            "bigint",
+            "timestamptz",
+            "text",
+            "text",
+            "text",
+            "text",
+            "text",
+        )
         width = len(columns) + _TAIL
         all_columns = f"{', '.join(columns)}, {_COLUMNS}"
         params = ", ".join(f"${i + 1}::{kind}[]" for i, kind in enumerate(types))
@@ -222,7 +272,12 @@ PROJECTION = Projection(
     version=1,
     tables=TABLES,
     handles=frozenset(
-        {VersionRegistered.event_type, StageTransitioned.event_type, AliasSet.event_type, AliasRemoved.event_type}
+        {
+            VersionRegistered.event_type,
+            StageTransitioned.event_type,
+            AliasSet.event_type,
+            AliasRemoved.event_type,
+        }
     ),
     apply=apply,
     description="which version held each stage and alias of a model, from when to when",
@@ -247,7 +302,9 @@ def _alias(row: asyncpg.Record) -> AliasInterval:
     return AliasInterval(**dict(row))
 
 
-async def timeline(conn: Conn, names: Names, model_id: str, *, stage: Stage | str | None = None) -> list[StageInterval]:
+async def timeline(
+    conn: Conn, names: Names, model_id: str, *, stage: Stage | str | None = None
+) -> list[StageInterval]:
     """Every stage interval of a model (optionally of one stage), in log order."""
     rows = await conn.fetch(
         f"SELECT model_id, stage, version, {_COLUMNS} FROM {names.stage_timeline}"
@@ -283,7 +340,9 @@ async def holder_at(
     return found[0] if found else None
 
 
-async def alias_timeline(conn: Conn, names: Names, model_id: str, *, alias: str | None = None) -> list[AliasInterval]:
+async def alias_timeline(
+    conn: Conn, names: Names, model_id: str, *, alias: str | None = None
+) -> list[AliasInterval]:
     rows = await conn.fetch(
         f"SELECT model_id, alias, version, {_COLUMNS} FROM {names.alias_timeline}"
         " WHERE model_id = $1 AND ($2::text IS NULL OR alias = $2) ORDER BY from_position, alias",
@@ -293,7 +352,9 @@ async def alias_timeline(conn: Conn, names: Names, model_id: str, *, alias: str 
     return [_alias(r) for r in rows]
 
 
-async def alias_holder_at(conn: Conn, names: Names, model_id: str, alias: str, at: datetime | int) -> AliasInterval | None:
+async def alias_holder_at(
+    conn: Conn, names: Names, model_id: str, alias: str, at: datetime | int
+) -> AliasInterval | None:
     """The version ``alias`` pointed at, at ``at`` (business time or log position)."""
     clause, value = _at_clause(at, 3)
     row = await conn.fetchrow(
@@ -306,7 +367,9 @@ async def alias_holder_at(conn: Conn, names: Names, model_id: str, alias: str, a
     return None if row is None else _alias(row)
 
 
-async def current_holdings(conn: Conn, names: Names, *, model_id: str | None = None) -> list[StageInterval]:
+async def current_holdings(
+    conn: Conn, names: Names, *, model_id: str | None = None
+) -> list[StageInterval]:
     """Every open stage interval: where each version is now (in these tables' terms)."""
     rows = await conn.fetch(
         f"SELECT model_id, stage, version, {_COLUMNS} FROM {names.stage_timeline}"
@@ -316,7 +379,9 @@ async def current_holdings(conn: Conn, names: Names, *, model_id: str | None = N
     return [_stage(r) for r in rows]
 
 
-async def current_aliases(conn: Conn, names: Names, *, model_id: str | None = None) -> list[AliasInterval]:
+async def current_aliases(
+    conn: Conn, names: Names, *, model_id: str | None = None
+) -> list[AliasInterval]:
     rows = await conn.fetch(
         f"SELECT model_id, alias, version, {_COLUMNS} FROM {names.alias_timeline}"
         " WHERE to_position IS NULL AND ($1::text IS NULL OR model_id = $1) ORDER BY model_id, alias",
@@ -328,9 +393,13 @@ async def current_aliases(conn: Conn, names: Names, *, model_id: str | None = No
 async def checksum(conn: Conn, names: Names) -> str:
     """A digest of every row, in key order: equal digests mean equal views."""
     parts = []
-    for table, order in ((names.stage_timeline, "model_id, stage, from_position, version"),
-                         (names.alias_timeline, "model_id, alias, from_position")):
-        parts.append(await conn.fetchval(
-            f"SELECT md5(coalesce(string_agg(md5(t::text), '' ORDER BY {order}), '')) FROM {table} t"
-        ))
+    for table, order in (
+        (names.stage_timeline, "model_id, stage, from_position, version"),
+        (names.alias_timeline, "model_id, alias, from_position"),
+    ):
+        parts.append(
+            await conn.fetchval(
+                f"SELECT md5(coalesce(string_agg(md5(t::text), '' ORDER BY {order}), '')) FROM {table} t"
+            )
+        )
     return ":".join(parts)

@@ -43,8 +43,6 @@ class AppState:
     seal_signal: SealSignal
 
 
-
-
 @get("/live", sync_to_thread=False)
 def live() -> Live:
     """The process is up and its event loop answers; checks nothing else."""
@@ -81,7 +79,10 @@ def create_app(state: AppState | None = None, *, api: bool = True, debug: bool =
     that need no database.
     """
     handlers: list[ControllerRouterHandler] = [health_router]
-    extra: dict[str, Any] = {"exception_handlers": EXCEPTION_HANDLERS, "state": State({"app_state": state})}
+    extra: dict[str, Any] = {
+        "exception_handlers": EXCEPTION_HANDLERS,
+        "state": State({"app_state": state}),
+    }
     if api and state is not None:
         extra = api_app_kwargs(state.services)
         handlers.extend(extra.pop("route_handlers"))

@@ -29,7 +29,9 @@ class BearerTokenMiddleware(AbstractAuthenticationMiddleware):
     def __init__(self, app: ASGIApp) -> None:
         super().__init__(app, exclude=["^/schema"], exclude_from_auth_key=PUBLIC)
 
-    async def authenticate_request(self, connection: ASGIConnection[Any, Any, Any, Any]) -> AuthenticationResult:
+    async def authenticate_request(
+        self, connection: ASGIConnection[Any, Any, Any, Any]
+    ) -> AuthenticationResult:
         header = connection.headers.get("authorization", "")
         scheme, _, secret = header.partition(" ")
         if scheme.lower() != "bearer" or not secret.strip():

@@ -53,7 +53,9 @@ def if_match(request: Request[Any, Any, Any]) -> int | None:
         return None
     text = value.strip().removeprefix("W/").strip('"')
     if not (text.isascii() and text.isdigit()):
-        raise BadRequestError("If-Match", "pattern", "If-Match takes the ETag of a model (its stream version)")
+        raise BadRequestError(
+            "If-Match", "pattern", "If-Match takes the ETag of a model (its stream version)"
+        )
     return int(text)
 
 
@@ -79,7 +81,11 @@ async def refuse_nul_characters(request: Request[Any, Any, Any]) -> None:
 
 
 def _nul(field: str) -> ValidationError:
-    return ValidationError(field, "nul_character", f"{field or 'body'} contains the NUL character (U+0000), which cannot be stored")
+    return ValidationError(
+        field,
+        "nul_character",
+        f"{field or 'body'} contains the NUL character (U+0000), which cannot be stored",
+    )
 
 
 def _nul_at(value: Any, path: str) -> str | None:
@@ -100,8 +106,15 @@ def _nul_at(value: Any, path: str) -> str | None:
 
 
 # A query refusal names the parameter it is about (its message starts with it).
-_QUERY_PARAMETERS = (("metric filter", "metric"), ("tag filter", "tag"), ("order", "order_by"), ("limit", "limit"),
-                     ("q ", "q"), ("compare", "versions"), ("goal", "goal"))
+_QUERY_PARAMETERS = (
+    ("metric filter", "metric"),
+    ("tag filter", "tag"),
+    ("order", "order_by"),
+    ("limit", "limit"),
+    ("q ", "q"),
+    ("compare", "versions"),
+    ("goal", "goal"),
+)
 
 
 def bad_query(exc: InvalidQueryError) -> BadRequestError:
@@ -121,21 +134,31 @@ def parse_as_of(text: str, field: str = "as_of") -> int | datetime:
     """``as_of`` is a log position (digits) or an RFC 3339 time with a zone."""
     if text.isascii() and text.isdigit():
         if int(text) > MAX_POSITION:
-            raise BadRequestError(field, "range", f"{field} is a log position of at most {MAX_POSITION}")
+            raise BadRequestError(
+                field, "range", f"{field} is a log position of at most {MAX_POSITION}"
+            )
         return int(text)
     try:
         moment = msgspec.convert(text, datetime)
     except msgspec.ValidationError:
-        raise BadRequestError(field, "pattern", f"{field} is a log position or an RFC 3339 time, e.g. 2026-03-03T14:03:00Z") from None
+        raise BadRequestError(
+            field,
+            "pattern",
+            f"{field} is a log position or an RFC 3339 time, e.g. 2026-03-03T14:03:00Z",
+        ) from None
     if moment.tzinfo is None:
-        raise BadRequestError(field, "pattern", f"{field} needs a time zone, e.g. 2026-03-03T14:03:00Z")
+        raise BadRequestError(
+            field, "pattern", f"{field} needs a time zone, e.g. 2026-03-03T14:03:00Z"
+        )
     return moment
 
 
 class Reader:
     """Where a read runs: a connection (or the pool) and the table names to use."""
 
-    def __init__(self, conn: asyncpg.Connection | asyncpg.Pool, names: Names, position: int | None) -> None:
+    def __init__(
+        self, conn: asyncpg.Connection | asyncpg.Pool, names: Names, position: int | None
+    ) -> None:
         self.conn = conn
         self.names = names
         self.as_of_position = position
@@ -172,11 +195,15 @@ async def read_views(
         wanted = max(min_position or 0, row["latest"] or 0)
         if min_position and min_position > row["head"]:
             raise ValidationError(
-                "min_position", "range", f"position {min_position} has not been written (the log ends at {row['head']})",
+                "min_position",
+                "range",
+                f"position {min_position} has not been written (the log ends at {row['head']})",
                 head=row["head"],
             )
         if wanted > (row["reached"] or 0):
-            await wait_for_position(services.pool, wanted, wanted_views, timeout=services.settings.read_wait_timeout)
+            await wait_for_position(
+                services.pool, wanted, wanted_views, timeout=services.settings.read_wait_timeout
+            )
     yield Reader(services.pool, merge_names(*(p.view_names() for p in projections)), None)
 
 

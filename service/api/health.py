@@ -85,4 +85,6 @@ async def check(
     )
     if nats_state != "ok" and require_nats:
         reasons.append("NATS disconnected")
-    return Checks(database=database, migrations=migrations, nats=nats_state, nats_required=require_nats), reasons
+    return Checks(
+        database=database, migrations=migrations, nats=nats_state, nats_required=require_nats
+    ), reasons

@@ -51,7 +51,9 @@ _CLAIM = (
     " VALUES ($1, $2, $3, $4, '[]'::jsonb, ''::bytea) ON CONFLICT DO NOTHING RETURNING true"
 )
 _RELEASE = "DELETE FROM idempotency_keys WHERE principal = $1 AND key = $2 AND status = $3"
-_RELEASE_ABANDONED = _RELEASE + " AND created_at < statement_timestamp() - make_interval(secs => $4)"
+_RELEASE_ABANDONED = (
+    _RELEASE + " AND created_at < statement_timestamp() - make_interval(secs => $4)"
+)
 _KEEP = (
     "INSERT INTO idempotency_keys (principal, key, request_hash, status, headers, body)"
     " VALUES ($1, $2, $3, $4, $5::jsonb, $6) ON CONFLICT DO NOTHING"
@@ -75,7 +77,9 @@ def idempotency_middleware(app: ASGIApp) -> ASGIApp:
             return
         text = key.decode("latin-1")
         if not _KEY.fullmatch(text):
-            raise ValidationError("Idempotency-Key", "pattern", "an Idempotency-Key is 1-200 visible ASCII characters")
+            raise ValidationError(
+                "Idempotency-Key", "pattern", "an Idempotency-Key is 1-200 visible ASCII characters"
+            )
         body = await _read_body(receive)
         principal = scope.get("user")
         who = getattr(principal, "name", "anonymous")
@@ -85,8 +89,12 @@ def idempotency_middleware(app: ASGIApp) -> ASGIApp:
         if stored is not None:
             headers = [(k.encode(), v.encode()) for k, v in json.loads(stored["headers"])]
             headers.append((b"idempotent-replayed", b"true"))
-            await send({"type": "http.response.start", "status": stored["status"], "headers": headers})
-            await send({"type": "http.response.body", "body": bytes(stored["body"]), "more_body": False})
+            await send(
+                {"type": "http.response.start", "status": stored["status"], "headers": headers}
+            )
+            await send(
+                {"type": "http.response.body", "body": bytes(stored["body"]), "more_body": False}
+            )
             return
         scope.setdefault("state", {})[SEED] = f"{who}:{text}"
         captured: list[Message] = []
@@ -107,7 +115,9 @@ def idempotency_middleware(app: ASGIApp) -> ASGIApp:
                 if _NOT_STORED.match(scope["path"]):
                     answer: tuple[int, str, bytes] = (ANSWERED_UNKEPT, "[]", b"")
                 else:
-                    response_body = b"".join(m.get("body", b"") for m in captured if m["type"] == "http.response.body")
+                    response_body = b"".join(
+                        m.get("body", b"") for m in captured if m["type"] == "http.response.body"
+                    )
                     headers_kept = [
                         (k.decode("latin-1"), v.decode("latin-1"))
                         for k, v in start.get("headers", [])
@@ -127,7 +137,9 @@ def idempotency_middleware(app: ASGIApp) -> ASGIApp:
     return middleware
 
 
-async def _claim(pool: asyncpg.Pool, who: str, key: str, digest: bytes) -> tuple[asyncpg.Record | None, bool]:
+async def _claim(
+    pool: asyncpg.Pool, who: str, key: str, digest: bytes
+) -> tuple[asyncpg.Record | None, bool]:
     """``(kept response, None)`` for a retry of an answered request; otherwise ``(None,
     claimed)``: run the request, holding the key's claim if ``claimed``."""
     loop = asyncio.get_running_loop()
@@ -141,7 +153,9 @@ async def _claim(pool: asyncpg.Pool, who: str, key: str, digest: bytes) -> tuple
             continue  # another copy claimed it a moment ago
         if bytes(stored["request_hash"]) != digest:
             raise ValidationError(
-                "Idempotency-Key", "reused", "this Idempotency-Key was used for a different request; use a new key",
+                "Idempotency-Key",
+                "reused",
+                "this Idempotency-Key was used for a different request; use a new key",
             )
         if stored["status"] == ANSWERED_UNKEPT:
             return None, False  # the handler recognises the retry and answers it
@@ -151,7 +165,9 @@ async def _claim(pool: asyncpg.Pool, who: str, key: str, digest: bytes) -> tuple
             await pool.execute(_RELEASE_ABANDONED, who, key, RUNNING, ABANDONED_AFTER_SECONDS)
             continue
         if loop.time() >= deadline:
-            raise ConflictError("the first request with this Idempotency-Key is still running; retry later", key=key)
+            raise ConflictError(
+                "the first request with this Idempotency-Key is still running; retry later", key=key
+            )
         await asyncio.sleep(delay)
         delay = min(2 * delay, 0.1)
 

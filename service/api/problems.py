@@ -163,9 +163,15 @@ def _validation(request: Request[Any, Any, Any], exc: ValidationException) -> Re
             message = str(item.get("message", ""))
             key = _wire_name(request, str(item.get("key", "")))
             if key == "data" and message == "'data'":  # Litestar's word for "no body at all"
-                errors.append(FieldProblem(field="body", rule="required", message="this request needs a JSON body"))
+                errors.append(
+                    FieldProblem(
+                        field="body", rule="required", message="this request needs a JSON body"
+                    )
+                )
                 continue
-            errors.append(FieldProblem(field=_field_of(key, message), rule=_rule_of(message), message=message))
+            errors.append(
+                FieldProblem(field=_field_of(key, message), rule=_rule_of(message), message=message)
+            )
     first = errors[0] if errors else None
     return problem_response(
         Problem(
@@ -205,14 +211,23 @@ def _http(request: Request[Any, Any, Any], exc: HTTPException) -> Response[Probl
     )
 
 
-_TITLES = {400: "Malformed request", 404: "Not found", 405: "Method not allowed", 413: "Request too large"}
+_TITLES = {
+    400: "Malformed request",
+    404: "Not found",
+    405: "Method not allowed",
+    413: "Request too large",
+}
 
 
 def _authentication(request: Request[Any, Any, Any], exc: AuthenticationError) -> Response[Problem]:
     return problem_response(
         Problem(
-            type="urn:modelreg:unauthenticated", title="Authentication required", status=401,
-            detail=str(exc), instance=request.url.path, code="unauthenticated",
+            type="urn:modelreg:unauthenticated",
+            title="Authentication required",
+            status=401,
+            detail=str(exc),
+            instance=request.url.path,
+            code="unauthenticated",
         ),
         headers={"WWW-Authenticate": 'Bearer realm="modelreg"'},
     )
@@ -225,8 +240,12 @@ def _permission(request: Request[Any, Any, Any], exc: PermissionDeniedError) -> 
         metrics.denied(exc.permission)
     return problem_response(
         Problem(
-            type="urn:modelreg:permission_denied", title="Permission denied", status=403,
-            detail=str(exc), instance=request.url.path, code="permission_denied",
+            type="urn:modelreg:permission_denied",
+            title="Permission denied",
+            status=403,
+            detail=str(exc),
+            instance=request.url.path,
+            code="permission_denied",
             details={"permission": exc.permission, **({"scope": exc.scope} if exc.scope else {})},
         )
     )
@@ -235,8 +254,14 @@ def _permission(request: Request[Any, Any, Any], exc: PermissionDeniedError) -> 
 def _bad_request(request: Request[Any, Any, Any], exc: BadRequestError) -> Response[Problem]:
     return problem_response(
         Problem(
-            type="urn:modelreg:bad_request", title="Malformed request", status=400, detail=str(exc),
-            instance=request.url.path, code="bad_request", field=exc.field, rule=exc.rule,
+            type="urn:modelreg:bad_request",
+            title="Malformed request",
+            status=400,
+            detail=str(exc),
+            instance=request.url.path,
+            code="bad_request",
+            field=exc.field,
+            rule=exc.rule,
         )
     )
 
@@ -244,8 +269,12 @@ def _bad_request(request: Request[Any, Any, Any], exc: BadRequestError) -> Respo
 def _not_visible(request: Request[Any, Any, Any], exc: NotYetVisibleError) -> Response[Problem]:
     return problem_response(
         Problem(
-            type="urn:modelreg:not_yet_visible", title="Views have not caught up", status=503,
-            detail=str(exc), instance=request.url.path, code="not_yet_visible",
+            type="urn:modelreg:not_yet_visible",
+            title="Views have not caught up",
+            status=503,
+            detail=str(exc),
+            instance=request.url.path,
+            code="not_yet_visible",
             details={"min_position": exc.position, "reached": exc.reached},
         ),
         headers={"Retry-After": "1"},
@@ -254,12 +283,17 @@ def _not_visible(request: Request[Any, Any, Any], exc: NotYetVisibleError) -> Re
 
 def _unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[Problem]:
     incident = uuid.uuid4().hex[:12]
-    log.error("unexpected error %s on %s %s", incident, request.method, request.url.path, exc_info=exc)
+    log.error(
+        "unexpected error %s on %s %s", incident, request.method, request.url.path, exc_info=exc
+    )
     return problem_response(
         Problem(
-            type="urn:modelreg:internal_error", title="Internal error", status=500,
+            type="urn:modelreg:internal_error",
+            title="Internal error",
+            status=500,
             detail=f"an unexpected error occurred; incident {incident} is in the server log",
-            instance=request.url.path, code="internal_error",
+            instance=request.url.path,
+            code="internal_error",
         )
     )
 

@@ -51,10 +51,18 @@ def api_routers() -> list[Router]:
         Router(
             "/api/v1",
             route_handlers=CONTROLLERS,
-            middleware=[metrics_middleware, DefineMiddleware(BearerTokenMiddleware), idempotency_middleware],
+            middleware=[
+                metrics_middleware,
+                DefineMiddleware(BearerTokenMiddleware),
+                idempotency_middleware,
+            ],
             before_request=refuse_nul_characters,
         ),
-        Router("/", route_handlers=[MetricsController], middleware=[DefineMiddleware(BearerTokenMiddleware)]),
+        Router(
+            "/",
+            route_handlers=[MetricsController],
+            middleware=[DefineMiddleware(BearerTokenMiddleware)],
+        ),
     ]
 
 

@@ -68,67 +68,127 @@ class LifecycleController(Controller):
     tags = ["lifecycle"]
 
     @post("/versions/{version:int}/stage", status_code=200)
-    async def stage(self, request: Request[Any, Any, Any], name: FromPath[str], version: VersionNumber, data: JSONBody[StageChange]) -> Response[Receipt]:
+    async def stage(
+        self,
+        request: Request[Any, Any, Any],
+        name: FromPath[str],
+        version: VersionNumber,
+        data: JSONBody[StageChange],
+    ) -> Response[Receipt]:
         """Move a version: 200 when done, 202 with a promotion request when the policy needs approval."""
         principal = principal_of(request)
         require(principal, Permission.WRITE, name)
         registry = services_of(request).registry
         written, request_id = await registry.transition(
-            name, version, data.to, actor=principal.name, comment=data.comment,
-            if_version=if_match(request), id_seed=seed_of(request),
+            name,
+            version,
+            data.to,
+            actor=principal.name,
+            comment=data.comment,
+            if_version=if_match(request),
+            id_seed=seed_of(request),
         )
-        pending = request_id is not None and not any(e.event_type == "model.promotion_executed" for e in written.events)
-        return receipt(written, model=name, version=version, request_id=request_id, status=202 if pending else 200)
+        pending = request_id is not None and not any(
+            e.event_type == "model.promotion_executed" for e in written.events
+        )
+        return receipt(
+            written,
+            model=name,
+            version=version,
+            request_id=request_id,
+            status=202 if pending else 200,
+        )
 
     @post("/rollback", status_code=200)
-    async def rollback(self, request: Request[Any, Any, Any], name: FromPath[str], data: JSONBody[RollbackRequest]) -> Response[Receipt]:
+    async def rollback(
+        self, request: Request[Any, Any, Any], name: FromPath[str], data: JSONBody[RollbackRequest]
+    ) -> Response[Receipt]:
         """Re-promote the version that was in production before the current one."""
         principal = principal_of(request)
         require(principal, Permission.WRITE, name)
         registry = services_of(request).registry
 
-        def build(_model_id: str, _state: ModelState, policy: GovernancePolicy, _metrics: Metrics) -> Rollback:
-            return Rollback(actor=principal.name, now=registry.now(), registry_policy=policy, reason=data.reason)
+        def build(
+            _model_id: str, _state: ModelState, policy: GovernancePolicy, _metrics: Metrics
+        ) -> Rollback:
+            return Rollback(
+                actor=principal.name, now=registry.now(), registry_policy=policy, reason=data.reason
+            )
 
-        written = await registry.governed(name, build, if_version=if_match(request), id_seed=seed_of(request))
+        written = await registry.governed(
+            name, build, if_version=if_match(request), id_seed=seed_of(request)
+        )
         return receipt(written, model=name)
 
     @put("/aliases/{alias:str}")
-    async def set_alias(self, request: Request[Any, Any, Any], name: FromPath[str], alias: FromPath[str], data: JSONBody[AliasTarget]) -> Response[Receipt]:
+    async def set_alias(
+        self,
+        request: Request[Any, Any, Any],
+        name: FromPath[str],
+        alias: FromPath[str],
+        data: JSONBody[AliasTarget],
+    ) -> Response[Receipt]:
         """Point an alias at a version (a protected alias moves only through an approved promotion)."""
         principal = principal_of(request)
         require(principal, Permission.WRITE, name)
         registry = services_of(request).registry
 
-        def build(_model_id: str, _state: ModelState, policy: GovernancePolicy, _metrics: Metrics) -> SetAlias:
-            return SetAlias(actor=principal.name, now=registry.now(), registry_policy=policy, alias=alias,
-                            version=data.version, comment=data.comment)
+        def build(
+            _model_id: str, _state: ModelState, policy: GovernancePolicy, _metrics: Metrics
+        ) -> SetAlias:
+            return SetAlias(
+                actor=principal.name,
+                now=registry.now(),
+                registry_policy=policy,
+                alias=alias,
+                version=data.version,
+                comment=data.comment,
+            )
 
-        written = await registry.governed(name, build, if_version=if_match(request), id_seed=seed_of(request))
+        written = await registry.governed(
+            name, build, if_version=if_match(request), id_seed=seed_of(request)
+        )
         return receipt(written, model=name, version=data.version)
 
     @delete("/aliases/{alias:str}", status_code=200)
-    async def remove_alias(self, request: Request[Any, Any, Any], name: FromPath[str], alias: FromPath[str]) -> Response[Receipt]:
+    async def remove_alias(
+        self, request: Request[Any, Any, Any], name: FromPath[str], alias: FromPath[str]
+    ) -> Response[Receipt]:
         principal = principal_of(request)
         require(principal, Permission.WRITE, name)
         registry = services_of(request).registry
 
-        def build(_model_id: str, _state: ModelState, policy: GovernancePolicy, _metrics: Metrics) -> RemoveAlias:
-            return RemoveAlias(actor=principal.name, now=registry.now(), registry_policy=policy, alias=alias)
+        def build(
+            _model_id: str, _state: ModelState, policy: GovernancePolicy, _metrics: Metrics
+        ) -> RemoveAlias:
+            return RemoveAlias(
+                actor=principal.name, now=registry.now(), registry_policy=policy, alias=alias
+            )
 
-        written = await registry.governed(name, build, if_version=if_match(request), id_seed=seed_of(request))
+        written = await registry.governed(
+            name, build, if_version=if_match(request), id_seed=seed_of(request)
+        )
         return receipt(written, model=name)
 
     @get("/aliases/{alias:str}")
     async def alias_history(
-        self, request: Request[Any, Any, Any], name: FromPath[str], alias: FromPath[str], as_of: AsOf = None, min_position: MinPosition = None
+        self,
+        request: Request[Any, Any, Any],
+        name: FromPath[str],
+        alias: FromPath[str],
+        as_of: AsOf = None,
+        min_position: MinPosition = None,
     ) -> list[AliasInterval]:
         """Every version the alias pointed at, from when to when (the last is current, if open)."""
         require(principal_of(request), Permission.READ, name)
         services = services_of(request)
         model_id, _ = await services.registry.locate(name)
-        async with read_views(services, TIMELINE, as_of=as_of, min_position=min_position, model_id=model_id) as reader:
-            found = await stage_timeline.alias_timeline(reader.conn, reader.names, model_id, alias=alias)
+        async with read_views(
+            services, TIMELINE, as_of=as_of, min_position=min_position, model_id=model_id
+        ) as reader:
+            found = await stage_timeline.alias_timeline(
+                reader.conn, reader.names, model_id, alias=alias
+            )
         if not found:
             raise NotFoundError(f"model {name!r} never had an alias {alias!r}", alias=alias)
         return found
@@ -139,8 +199,14 @@ class LifecycleController(Controller):
         request: Request[Any, Any, Any],
         name: FromPath[str],
         stage: FromQuery[Stage | None] = None,
-        at: Annotated[str | None, QueryParameter(description="RFC 3339 business time or log position: who held the stage then")] = None,
-        min_position: MinPosition = None,) -> list[StageInterval]:
+        at: Annotated[
+            str | None,
+            QueryParameter(
+                description="RFC 3339 business time or log position: who held the stage then"
+            ),
+        ] = None,
+        min_position: MinPosition = None,
+    ) -> list[StageInterval]:
         """Which version held each stage from when to when; with ``stage`` and ``at``, the holder then."""
         require(principal_of(request), Permission.READ, name)
         services = services_of(request)
@@ -151,72 +217,120 @@ class LifecycleController(Controller):
                 stages = [stage] if stage else list(Stage)
                 held: list[StageInterval] = []
                 for s in stages:
-                    held.extend(await stage_timeline.holders_at(reader.conn, reader.names, s, moment, model_id=model_id))
+                    held.extend(
+                        await stage_timeline.holders_at(
+                            reader.conn, reader.names, s, moment, model_id=model_id
+                        )
+                    )
                 return held
             return await stage_timeline.timeline(reader.conn, reader.names, model_id, stage=stage)
 
     @get("/policy")
-    async def read_policy(self, request: Request[Any, Any, Any], name: FromPath[str]) -> Response[PolicyView]:
+    async def read_policy(
+        self, request: Request[Any, Any, Any], name: FromPath[str]
+    ) -> Response[PolicyView]:
         require(principal_of(request), Permission.READ, name)
         registry = services_of(request).registry
         _, version, state = await registry.model(name)
-        view = (PolicyView(source="model", policy=state.policy) if state.policy is not None
-                else PolicyView(source="registry", policy=await registry.registry_policy()))
+        view = (
+            PolicyView(source="model", policy=state.policy)
+            if state.policy is not None
+            else PolicyView(source="registry", policy=await registry.registry_policy())
+        )
         return Response(view, headers={"ETag": etag(version)})
 
     @put("/policy")
-    async def set_policy(self, request: Request[Any, Any, Any], name: FromPath[str], data: JSONBody[PolicyUpdate]) -> Response[Receipt]:
+    async def set_policy(
+        self, request: Request[Any, Any, Any], name: FromPath[str], data: JSONBody[PolicyUpdate]
+    ) -> Response[Receipt]:
         principal = principal_of(request)
         require(principal, Permission.ADMIN, name)
         registry = services_of(request).registry
         model_id = await registry.model_id(name)
-        command = SetModelPolicy(actor=principal.name, now=registry.now(), policy=data.policy.to_policy(), comment=data.comment)
-        return receipt(await registry.execute(model_id, command, if_version=if_match(request)), model=name)
+        command = SetModelPolicy(
+            actor=principal.name,
+            now=registry.now(),
+            policy=data.policy.to_policy(),
+            comment=data.comment,
+        )
+        return receipt(
+            await registry.execute(model_id, command, if_version=if_match(request)), model=name
+        )
 
     @delete("/policy", status_code=200)
-    async def clear_policy(self, request: Request[Any, Any, Any], name: FromPath[str]) -> Response[Receipt]:
+    async def clear_policy(
+        self, request: Request[Any, Any, Any], name: FromPath[str]
+    ) -> Response[Receipt]:
         """Drop the model's own policy: the registry default applies again."""
         principal = principal_of(request)
         require(principal, Permission.ADMIN, name)
         registry = services_of(request).registry
         model_id = await registry.model_id(name)
         command = ClearModelPolicy(actor=principal.name, now=registry.now())
-        return receipt(await registry.execute(model_id, command, if_version=if_match(request)), model=name)
+        return receipt(
+            await registry.execute(model_id, command, if_version=if_match(request)), model=name
+        )
 
     @get("/promotions")
     async def model_promotions(
-        self, request: Request[Any, Any, Any], name: FromPath[str],
+        self,
+        request: Request[Any, Any, Any],
+        name: FromPath[str],
         which: Annotated[Literal["open", "decided"], QueryParameter(name="state")] = "open",
-        as_of: AsOf = None, min_position: MinPosition = None,) -> list[ApprovalRequest]:
+        as_of: AsOf = None,
+        min_position: MinPosition = None,
+    ) -> list[ApprovalRequest]:
         require(principal_of(request), Permission.READ, name)
         services = services_of(request)
         model_id, _ = await services.registry.locate(name)
-        async with read_views(services, APPROVALS, as_of=as_of, min_position=min_position, model_id=model_id) as reader:
+        async with read_views(
+            services, APPROVALS, as_of=as_of, min_position=min_position, model_id=model_id
+        ) as reader:
             if which == "open":
                 return await approvals.open_requests(reader.conn, reader.names, model_id)
             return await approvals.decided(reader.conn, reader.names, model_id)
 
     @post("/promotions", status_code=202)
-    async def request_promotion(self, request: Request[Any, Any, Any], name: FromPath[str], data: JSONBody[PromotionRequest]) -> Response[Receipt]:
+    async def request_promotion(
+        self, request: Request[Any, Any, Any], name: FromPath[str], data: JSONBody[PromotionRequest]
+    ) -> Response[Receipt]:
         """Ask for a stage and/or alias for a version; executes at once if no approval is needed."""
         principal = principal_of(request)
         require(principal, Permission.WRITE, name)
         registry = services_of(request).registry
         request_id = registry.request_id_for(seed_of(request))
 
-        def build(_model_id: str, _state: ModelState, policy: GovernancePolicy, metrics: Metrics) -> RequestPromotion:
+        def build(
+            _model_id: str, _state: ModelState, policy: GovernancePolicy, metrics: Metrics
+        ) -> RequestPromotion:
             return RequestPromotion(
-                actor=principal.name, now=registry.now(), registry_policy=policy, request_id=request_id,
-                version=data.version, justification=data.justification, target_stage=data.target_stage,
-                alias=data.alias, rollback=data.rollback, metrics=metrics,
+                actor=principal.name,
+                now=registry.now(),
+                registry_policy=policy,
+                request_id=request_id,
+                version=data.version,
+                justification=data.justification,
+                target_stage=data.target_stage,
+                alias=data.alias,
+                rollback=data.rollback,
+                metrics=metrics,
             )
 
         written = await registry.governed(
-            name, build, metric_versions=lambda s: [data.version, s.production],
-            if_version=if_match(request), id_seed=seed_of(request),
+            name,
+            build,
+            metric_versions=lambda s: [data.version, s.production],
+            if_version=if_match(request),
+            id_seed=seed_of(request),
         )
         executed = any(e.event_type == "model.promotion_executed" for e in written.events)
-        return receipt(written, model=name, version=data.version, request_id=request_id, status=200 if executed else 202)
+        return receipt(
+            written,
+            model=name,
+            version=data.version,
+            request_id=request_id,
+            status=200 if executed else 202,
+        )
 
 
 class PromotionsController(Controller):
@@ -225,13 +339,17 @@ class PromotionsController(Controller):
 
     @get("/")
     async def list_requests(
-        self, request: Request[Any, Any, Any],
+        self,
+        request: Request[Any, Any, Any],
         which: Annotated[Literal["open", "decided", "mine"], QueryParameter(name="state")] = "open",
-        min_position: MinPosition = None,) -> list[ApprovalRequest]:
+        min_position: MinPosition = None,
+    ) -> list[ApprovalRequest]:
         """Open requests (``state=open``), decided ones, or those awaiting the caller (``mine``)."""
         principal = principal_of(request)
         require(principal, Permission.READ)
-        async with read_views(services_of(request), APPROVALS, as_of=None, min_position=min_position) as reader:
+        async with read_views(
+            services_of(request), APPROVALS, as_of=None, min_position=min_position
+        ) as reader:
             if which == "mine":
                 found = await approvals.awaiting(reader.conn, reader.names, principal.name)
             elif which == "open":
@@ -241,9 +359,16 @@ class PromotionsController(Controller):
         return await _visible(request, found)
 
     @get("/{request_id:str}")
-    async def read_request(self, request: Request[Any, Any, Any], request_id: FromPath[str], min_position: MinPosition = None) -> ApprovalRequest:
+    async def read_request(
+        self,
+        request: Request[Any, Any, Any],
+        request_id: FromPath[str],
+        min_position: MinPosition = None,
+    ) -> ApprovalRequest:
         require(principal_of(request), Permission.READ)
-        async with read_views(services_of(request), APPROVALS, as_of=None, min_position=min_position) as reader:
+        async with read_views(
+            services_of(request), APPROVALS, as_of=None, min_position=min_position
+        ) as reader:
             found = await approvals.request(reader.conn, reader.names, request_id)
         visible = await _visible(request, [found] if found else [])
         if not visible:
@@ -251,43 +376,73 @@ class PromotionsController(Controller):
         return visible[0]
 
     @post("/{request_id:str}/approve", status_code=200)
-    async def approve(self, request: Request[Any, Any, Any], request_id: FromPath[str], data: JSONBody[Decision]) -> Response[Receipt]:
+    async def approve(
+        self, request: Request[Any, Any, Any], request_id: FromPath[str], data: JSONBody[Decision]
+    ) -> Response[Receipt]:
         """Approve; the approval that satisfies the policy executes the promotion."""
         principal = principal_of(request)
         name, version = await _locate_request(request, request_id)
         require(principal, Permission.APPROVE, name)
         registry = services_of(request).registry
 
-        def build(_model_id: str, _state: ModelState, policy: GovernancePolicy, metrics: Metrics) -> ApprovePromotion:
-            return ApprovePromotion(actor=principal.name, now=registry.now(), registry_policy=policy,
-                                    request_id=request_id, comment=data.comment, metrics=metrics)
+        def build(
+            _model_id: str, _state: ModelState, policy: GovernancePolicy, metrics: Metrics
+        ) -> ApprovePromotion:
+            return ApprovePromotion(
+                actor=principal.name,
+                now=registry.now(),
+                registry_policy=policy,
+                request_id=request_id,
+                comment=data.comment,
+                metrics=metrics,
+            )
 
-        written = await registry.governed(name, build, metric_versions=lambda s: [version, s.production],
-                                          if_version=if_match(request), id_seed=seed_of(request))
+        written = await registry.governed(
+            name,
+            build,
+            metric_versions=lambda s: [version, s.production],
+            if_version=if_match(request),
+            id_seed=seed_of(request),
+        )
         return receipt(written, model=name, version=version, request_id=request_id)
 
     @post("/{request_id:str}/reject", status_code=200)
-    async def reject(self, request: Request[Any, Any, Any], request_id: FromPath[str], data: JSONBody[Decision]) -> Response[Receipt]:
+    async def reject(
+        self, request: Request[Any, Any, Any], request_id: FromPath[str], data: JSONBody[Decision]
+    ) -> Response[Receipt]:
         principal = principal_of(request)
         name, version = await _locate_request(request, request_id)
         require(principal, Permission.APPROVE, name)
         registry = services_of(request).registry
         model_id = await registry.model_id(name)
-        command = RejectPromotion(actor=principal.name, now=registry.now(), request_id=request_id, comment=data.comment)
-        written = await registry.execute(model_id, command, if_version=if_match(request), id_seed=seed_of(request))
+        command = RejectPromotion(
+            actor=principal.name, now=registry.now(), request_id=request_id, comment=data.comment
+        )
+        written = await registry.execute(
+            model_id, command, if_version=if_match(request), id_seed=seed_of(request)
+        )
         return receipt(written, model=name, version=version, request_id=request_id)
 
     @post("/{request_id:str}/cancel", status_code=200)
-    async def cancel(self, request: Request[Any, Any, Any], request_id: FromPath[str], data: JSONBody[Decision]) -> Response[Receipt]:
+    async def cancel(
+        self, request: Request[Any, Any, Any], request_id: FromPath[str], data: JSONBody[Decision]
+    ) -> Response[Receipt]:
         """The requester (or an admin) withdraws a pending request."""
         principal = principal_of(request)
         name, version = await _locate_request(request, request_id)
         require(principal, Permission.WRITE, name)
         registry = services_of(request).registry
         model_id = await registry.model_id(name)
-        command = CancelPromotion(actor=principal.name, now=registry.now(), request_id=request_id,
-                                  comment=data.comment, actor_is_admin=Permission.ADMIN in principal.permissions)
-        written = await registry.execute(model_id, command, if_version=if_match(request), id_seed=seed_of(request))
+        command = CancelPromotion(
+            actor=principal.name,
+            now=registry.now(),
+            request_id=request_id,
+            comment=data.comment,
+            actor_is_admin=Permission.ADMIN in principal.permissions,
+        )
+        written = await registry.execute(
+            model_id, command, if_version=if_match(request), id_seed=seed_of(request)
+        )
         return receipt(written, model=name, version=version, request_id=request_id)
 
 
@@ -298,7 +453,9 @@ async def _locate_request(request: Request[Any, Any, Any], request_id: str) -> t
     return name, version
 
 
-async def _visible(request: Request[Any, Any, Any], found: list[ApprovalRequest]) -> list[ApprovalRequest]:
+async def _visible(
+    request: Request[Any, Any, Any], found: list[ApprovalRequest]
+) -> list[ApprovalRequest]:
     principal = principal_of(request)
     if not principal.scopes:
         return found
@@ -306,7 +463,8 @@ async def _visible(request: Request[Any, Any, Any], found: list[ApprovalRequest]
     visible = []
     for item in found:
         name = await services.pool.fetchval(
-            "SELECT key FROM unique_keys WHERE stream_id = $1 AND key LIKE 'model-name:%'", f"model:{item.model_id}"
+            "SELECT key FROM unique_keys WHERE stream_id = $1 AND key LIKE 'model-name:%'",
+            f"model:{item.model_id}",
         )
         if name and covers(principal, str(name).removeprefix("model-name:")):
             visible.append(item)
@@ -321,13 +479,20 @@ class RegistryPolicyController(Controller):
     async def read(self, request: Request[Any, Any, Any]) -> Response[PolicyView]:
         require(principal_of(request), Permission.READ)
         version, policy = await services_of(request).registry.registry_policy_revision()
-        return Response(PolicyView(source="registry", policy=policy), headers={"ETag": etag(version)})
+        return Response(
+            PolicyView(source="registry", policy=policy), headers={"ETag": etag(version)}
+        )
 
     @put("/")
-    async def update(self, request: Request[Any, Any, Any], data: JSONBody[PolicyUpdate]) -> Response[Receipt]:
+    async def update(
+        self, request: Request[Any, Any, Any], data: JSONBody[PolicyUpdate]
+    ) -> Response[Receipt]:
         principal = principal_of(request)
         require(principal, Permission.ADMIN)
         written = await services_of(request).registry.set_registry_policy(
-            data.policy.to_policy(), actor=principal.name, comment=data.comment, if_version=if_match(request)
+            data.policy.to_policy(),
+            actor=principal.name,
+            comment=data.comment,
+            if_version=if_match(request),
         )
         return receipt(written)

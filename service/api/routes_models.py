@@ -39,8 +39,14 @@ from service.api.schemas import CreateModel, Reason, Rename, TagValue, UpdateMod
 from service.commands.tokens import covers
 
 CATALOGUE = [model_catalogue.PROJECTION, model_versions.PROJECTION]
-AsOf = Annotated[str | None, QueryParameter(description="A log position or an RFC 3339 time: the model as it stood then")]
-MinPosition = Annotated[int | None, QueryParameter(ge=0, description="Wait (bounded) until the views reached this log position")]
+AsOf = Annotated[
+    str | None,
+    QueryParameter(description="A log position or an RFC 3339 time: the model as it stood then"),
+]
+MinPosition = Annotated[
+    int | None,
+    QueryParameter(ge=0, description="Wait (bounded) until the views reached this log position"),
+]
 
 
 class ModelsController(Controller):
@@ -48,7 +54,9 @@ class ModelsController(Controller):
     tags = ["models"]
 
     @post("/", status_code=201)
-    async def create(self, request: Request[Any, Any, Any], data: JSONBody[CreateModel]) -> Response[Receipt]:
+    async def create(
+        self, request: Request[Any, Any, Any], data: JSONBody[CreateModel]
+    ) -> Response[Receipt]:
         """Register a model; its name must be unique (409 otherwise)."""
         principal = principal_of(request)
         require(principal, Permission.WRITE, data.name)
@@ -56,8 +64,13 @@ class ModelsController(Controller):
 
         def command(model_id: str) -> RegisterModel:
             return RegisterModel(
-                actor=principal.name, now=registry.now(), model_id=model_id, name=data.name,
-                owner=data.owner or principal.name, description=data.description, tags=data.tags,
+                actor=principal.name,
+                now=registry.now(),
+                model_id=model_id,
+                name=data.name,
+                owner=data.owner or principal.name,
+                description=data.description,
+                tags=data.tags,
             )
 
         written = await registry.register_model(command, id_seed=seed_of(request))
@@ -67,96 +80,187 @@ class ModelsController(Controller):
     async def search(
         self,
         request: Request[Any, Any, Any],
-        q: Annotated[str | None, QueryParameter(description="Name substring (case-insensitive), or a glob with *")] = None,
-        tag: Annotated[list[str] | None, QueryParameter(description="key=value or key; repeat for AND")] = None,
-        stage: Annotated[list[Stage] | None, QueryParameter(description="Has a version in this stage")] = None,
+        q: Annotated[
+            str | None,
+            QueryParameter(description="Name substring (case-insensitive), or a glob with *"),
+        ] = None,
+        tag: Annotated[
+            list[str] | None, QueryParameter(description="key=value or key; repeat for AND")
+        ] = None,
+        stage: Annotated[
+            list[Stage] | None, QueryParameter(description="Has a version in this stage")
+        ] = None,
         alias: FromQuery[str | None] = None,
         owner: FromQuery[str | None] = None,
-        metric: Annotated[list[str] | None, QueryParameter(description="e.g. auc>0.9 or auc[holdout]>=0.9")] = None,
+        metric: Annotated[
+            list[str] | None, QueryParameter(description="e.g. auc>0.9 or auc[holdout]>=0.9")
+        ] = None,
         archived: FromQuery[bool | None] = False,
-        order_by: Annotated[str, QueryParameter(description="name, created, updated; '-' for descending")] = "name",
+        order_by: Annotated[
+            str, QueryParameter(description="name, created, updated; '-' for descending")
+        ] = "name",
         cursor: FromQuery[str | None] = None,
         limit: Annotated[int, QueryParameter(ge=1, le=500)] = 50,
         as_of: AsOf = None,
-        min_position: MinPosition = None,) -> Page[ModelRow]:
+        min_position: MinPosition = None,
+    ) -> Page[ModelRow]:
         """Search models; pages are keyset-paginated by ``cursor``."""
         principal = principal_of(request)
         require(principal, Permission.READ)
         query = ModelQuery(
-            q=q, owner=owner, tags=tuple(tag or ()), stages=tuple(stage or ()), alias=alias,
-            metrics=tuple(metric or ()), archived=archived, order=order_by, limit=limit, cursor=cursor,
+            q=q,
+            owner=owner,
+            tags=tuple(tag or ()),
+            stages=tuple(stage or ()),
+            alias=alias,
+            metrics=tuple(metric or ()),
+            archived=archived,
+            order=order_by,
+            limit=limit,
+            cursor=cursor,
         )
-        async with read_views(services_of(request), CATALOGUE, as_of=as_of, min_position=min_position) as reader:
+        async with read_views(
+            services_of(request), CATALOGUE, as_of=as_of, min_position=min_position
+        ) as reader:
             try:
                 page = await search_models(reader.conn, reader.names, query)
             except InvalidQueryError as exc:
                 raise bad_query(exc) from None
         if principal.scopes:
-            return Page(items=tuple(m for m in page.items if covers(principal, m.name)), next_cursor=page.next_cursor)
+            return Page(
+                items=tuple(m for m in page.items if covers(principal, m.name)),
+                next_cursor=page.next_cursor,
+            )
         return page
 
     @get("/{name:str}")
     async def read(
-        self, request: Request[Any, Any, Any], name: FromPath[str], as_of: AsOf = None, min_position: MinPosition = None
+        self,
+        request: Request[Any, Any, Any],
+        name: FromPath[str],
+        as_of: AsOf = None,
+        min_position: MinPosition = None,
     ) -> Response[ModelRow]:
         """A model as the catalogue shows it (``ETag`` = its stream version)."""
         require(principal_of(request), Permission.READ, name)
         services = services_of(request)
         model_id, stream_version = await services.registry.locate(name)
-        async with read_views(services, CATALOGUE, as_of=as_of, min_position=min_position, model_id=model_id) as reader:
+        async with read_views(
+            services, CATALOGUE, as_of=as_of, min_position=min_position, model_id=model_id
+        ) as reader:
             row = await model_catalogue.get_model(reader.conn, reader.names, model_id)
         if row is None:
-            raise NotFoundError(f"model {name!r} did not exist then" if as_of else f"model {name!r} is not in the views yet")
+            raise NotFoundError(
+                f"model {name!r} did not exist then"
+                if as_of
+                else f"model {name!r} is not in the views yet"
+            )
         return Response(row, headers={"ETag": etag(stream_version)})
 
     @patch("/{name:str}")
-    async def update(self, request: Request[Any, Any, Any], name: FromPath[str], data: JSONBody[UpdateModel]) -> Response[Receipt]:
+    async def update(
+        self, request: Request[Any, Any, Any], name: FromPath[str], data: JSONBody[UpdateModel]
+    ) -> Response[Receipt]:
         principal = principal_of(request)
         require(principal, Permission.WRITE, name)
-        return await _model_command(request, name, UpdateModelDescription(
-            actor=principal.name, now=services_of(request).registry.now(), description=data.description))
+        return await _model_command(
+            request,
+            name,
+            UpdateModelDescription(
+                actor=principal.name,
+                now=services_of(request).registry.now(),
+                description=data.description,
+            ),
+        )
 
     @post("/{name:str}/rename", status_code=200)
-    async def rename(self, request: Request[Any, Any, Any], name: FromPath[str], data: JSONBody[Rename]) -> Response[Receipt]:
+    async def rename(
+        self, request: Request[Any, Any, Any], name: FromPath[str], data: JSONBody[Rename]
+    ) -> Response[Receipt]:
         principal = principal_of(request)
         require(principal, Permission.WRITE, name)
         require(principal, Permission.WRITE, data.new_name)
-        response = await _model_command(request, name, RenameModel(
-            actor=principal.name, now=services_of(request).registry.now(), new_name=data.new_name))
+        response = await _model_command(
+            request,
+            name,
+            RenameModel(
+                actor=principal.name,
+                now=services_of(request).registry.now(),
+                new_name=data.new_name,
+            ),
+        )
         response.headers["Location"] = f"/api/v1/models/{data.new_name}"
         return response
 
     @post("/{name:str}/archive", status_code=200)
-    async def archive(self, request: Request[Any, Any, Any], name: FromPath[str], data: JSONBody[Reason]) -> Response[Receipt]:
+    async def archive(
+        self, request: Request[Any, Any, Any], name: FromPath[str], data: JSONBody[Reason]
+    ) -> Response[Receipt]:
         principal = principal_of(request)
         require(principal, Permission.ADMIN, name)
-        return await _model_command(request, name, ArchiveModel(
-            actor=principal.name, now=services_of(request).registry.now(), reason=data.reason))
+        return await _model_command(
+            request,
+            name,
+            ArchiveModel(
+                actor=principal.name, now=services_of(request).registry.now(), reason=data.reason
+            ),
+        )
 
     @post("/{name:str}/restore", status_code=200)
-    async def restore(self, request: Request[Any, Any, Any], name: FromPath[str], data: JSONBody[Reason]) -> Response[Receipt]:
+    async def restore(
+        self, request: Request[Any, Any, Any], name: FromPath[str], data: JSONBody[Reason]
+    ) -> Response[Receipt]:
         principal = principal_of(request)
         require(principal, Permission.ADMIN, name)
-        return await _model_command(request, name, RestoreModel(
-            actor=principal.name, now=services_of(request).registry.now(), reason=data.reason))
+        return await _model_command(
+            request,
+            name,
+            RestoreModel(
+                actor=principal.name, now=services_of(request).registry.now(), reason=data.reason
+            ),
+        )
 
     @put("/{name:str}/tags/{key:str}")
-    async def set_tag(self, request: Request[Any, Any, Any], name: FromPath[str], key: FromPath[str], data: JSONBody[TagValue]) -> Response[Receipt]:
+    async def set_tag(
+        self,
+        request: Request[Any, Any, Any],
+        name: FromPath[str],
+        key: FromPath[str],
+        data: JSONBody[TagValue],
+    ) -> Response[Receipt]:
         principal = principal_of(request)
         require(principal, Permission.WRITE, name)
-        return await _model_command(request, name, SetModelTags(
-            actor=principal.name, now=services_of(request).registry.now(), tags={key: data.value}))
+        return await _model_command(
+            request,
+            name,
+            SetModelTags(
+                actor=principal.name,
+                now=services_of(request).registry.now(),
+                tags={key: data.value},
+            ),
+        )
 
     @delete("/{name:str}/tags/{key:str}", status_code=200)
-    async def remove_tag(self, request: Request[Any, Any, Any], name: FromPath[str], key: FromPath[str]) -> Response[Receipt]:
+    async def remove_tag(
+        self, request: Request[Any, Any, Any], name: FromPath[str], key: FromPath[str]
+    ) -> Response[Receipt]:
         principal = principal_of(request)
         require(principal, Permission.WRITE, name)
-        return await _model_command(request, name, RemoveModelTags(
-            actor=principal.name, now=services_of(request).registry.now(), keys=(key,)))
+        return await _model_command(
+            request,
+            name,
+            RemoveModelTags(
+                actor=principal.name, now=services_of(request).registry.now(), keys=(key,)
+            ),
+        )
 
 
-async def _model_command(request: Request[Any, Any, Any], name: str, command: Any) -> Response[Receipt]:
+async def _model_command(
+    request: Request[Any, Any, Any], name: str, command: Any
+) -> Response[Receipt]:
     registry = services_of(request).registry
     model_id = await registry.model_id(name)
-    written = await registry.execute(model_id, command, if_version=if_match(request), id_seed=seed_of(request))
+    written = await registry.execute(
+        model_id, command, if_version=if_match(request), id_seed=seed_of(request)
+    )
     return receipt(written, model=name)

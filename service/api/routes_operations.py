@@ -59,7 +59,13 @@ class DeploymentsController(Controller):
     tags = ["deployments"]
 
     @post("/versions/{version:int}/deployments", status_code=201)
-    async def start(self, request: Request[Any, Any, Any], name: FromPath[str], version: VersionNumber, data: JSONBody[DeploymentStart]) -> Response[Receipt]:
+    async def start(
+        self,
+        request: Request[Any, Any, Any],
+        name: FromPath[str],
+        version: VersionNumber,
+        data: JSONBody[DeploymentStart],
+    ) -> Response[Receipt]:
         """A deployment system reports that it started deploying a version somewhere."""
         principal = principal_of(request)
         require(principal, Permission.WRITE, name)
@@ -67,15 +73,25 @@ class DeploymentsController(Controller):
         model_id = await registry.model_id(name)
         deployment_id = data.deployment_id or registry.request_id_for(seed_of(request))
         command = StartDeployment(
-            actor=principal.name, now=registry.now(), deployment_id=deployment_id, version=version,
-            environment=data.environment, target=data.target, desired_stage=data.desired_stage,
-            desired_alias=data.desired_alias, comment=data.comment,
+            actor=principal.name,
+            now=registry.now(),
+            deployment_id=deployment_id,
+            version=version,
+            environment=data.environment,
+            target=data.target,
+            desired_stage=data.desired_stage,
+            desired_alias=data.desired_alias,
+            comment=data.comment,
         )
-        written = await registry.execute(model_id, command, if_version=if_match(request), id_seed=seed_of(request))
+        written = await registry.execute(
+            model_id, command, if_version=if_match(request), id_seed=seed_of(request)
+        )
         return receipt(written, model=name, version=version, request_id=deployment_id, status=201)
 
     @post("/deployments/report", status_code=200)
-    async def report(self, request: Request[Any, Any, Any], name: FromPath[str], data: JSONBody[DeploymentReport]) -> Response[Receipt]:
+    async def report(
+        self, request: Request[Any, Any, Any], name: FromPath[str], data: JSONBody[DeploymentReport]
+    ) -> Response[Receipt]:
         """How a deployment ended: succeeded, failed or rolled back."""
         principal = principal_of(request)
         require(principal, Permission.WRITE, name)
@@ -84,36 +100,70 @@ class DeploymentsController(Controller):
         now = registry.now()
         command: Any
         if data.status == "succeeded":
-            command = ReportDeploymentSucceeded(actor=principal.name, now=now, deployment_id=data.deployment_id, comment=data.comment)
+            command = ReportDeploymentSucceeded(
+                actor=principal.name,
+                now=now,
+                deployment_id=data.deployment_id,
+                comment=data.comment,
+            )
         elif data.status == "failed":
-            command = ReportDeploymentFailed(actor=principal.name, now=now, deployment_id=data.deployment_id, reason=data.reason)
+            command = ReportDeploymentFailed(
+                actor=principal.name, now=now, deployment_id=data.deployment_id, reason=data.reason
+            )
         else:
-            command = ReportDeploymentRolledBack(actor=principal.name, now=now, deployment_id=data.deployment_id, reason=data.reason)
-        written = await registry.execute(model_id, command, if_version=if_match(request), id_seed=seed_of(request))
+            command = ReportDeploymentRolledBack(
+                actor=principal.name, now=now, deployment_id=data.deployment_id, reason=data.reason
+            )
+        written = await registry.execute(
+            model_id, command, if_version=if_match(request), id_seed=seed_of(request)
+        )
         return receipt(written, model=name, request_id=data.deployment_id)
 
     @get("/deployments")
     async def places(
-        self, request: Request[Any, Any, Any], name: FromPath[str], environment: FromQuery[str | None] = None, drifted: FromQuery[bool] = False,
-        as_of: AsOf = None, min_position: MinPosition = None,) -> list[Place]:
+        self,
+        request: Request[Any, Any, Any],
+        name: FromPath[str],
+        environment: FromQuery[str | None] = None,
+        drifted: FromQuery[bool] = False,
+        as_of: AsOf = None,
+        min_position: MinPosition = None,
+    ) -> list[Place]:
         """Desired (stage/alias) against actual (the live deployment) per environment and target."""
         require(principal_of(request), Permission.READ, name)
         services = services_of(request)
         model_id, _ = await services.registry.locate(name)
-        async with read_views(services, DEPLOYMENTS, as_of=as_of, min_position=min_position, model_id=model_id) as reader:
-            return await deployments.places(reader.conn, reader.names, model_id, environment=environment, drifted_only=drifted)
+        async with read_views(
+            services, DEPLOYMENTS, as_of=as_of, min_position=min_position, model_id=model_id
+        ) as reader:
+            return await deployments.places(
+                reader.conn, reader.names, model_id, environment=environment, drifted_only=drifted
+            )
 
     @get("/deployments/runs")
     async def runs(
-        self, request: Request[Any, Any, Any], name: FromPath[str], environment: FromQuery[str | None] = None,
-        before_position: Annotated[int | None, QueryParameter(ge=0, le=MAX_POSITION)] = None, limit: Annotated[int, QueryParameter(ge=1, le=1000)] = 100,
-        min_position: MinPosition = None,) -> list[Run]:
+        self,
+        request: Request[Any, Any, Any],
+        name: FromPath[str],
+        environment: FromQuery[str | None] = None,
+        before_position: Annotated[int | None, QueryParameter(ge=0, le=MAX_POSITION)] = None,
+        limit: Annotated[int, QueryParameter(ge=1, le=1000)] = 100,
+        min_position: MinPosition = None,
+    ) -> list[Run]:
         require(principal_of(request), Permission.READ, name)
         services = services_of(request)
         model_id, _ = await services.registry.locate(name)
-        async with read_views(services, DEPLOYMENTS, as_of=None, min_position=min_position) as reader:
-            return await deployments.runs(reader.conn, reader.names, model_id, environment=environment,
-                                          before_position=before_position, limit=limit)
+        async with read_views(
+            services, DEPLOYMENTS, as_of=None, min_position=min_position
+        ) as reader:
+            return await deployments.runs(
+                reader.conn,
+                reader.names,
+                model_id,
+                environment=environment,
+                before_position=before_position,
+                limit=limit,
+            )
 
 
 class LoggedEventView(msgspec.Struct, frozen=True, kw_only=True):
@@ -137,7 +187,9 @@ class AuditController(Controller):
         request: Request[Any, Any, Any],
         name: FromPath[str],
         actor: FromQuery[str | None] = None,
-        type: Annotated[list[str] | None, QueryParameter(description="Event types to include")] = None,
+        type: Annotated[
+            list[str] | None, QueryParameter(description="Event types to include")
+        ] = None,
         version: Annotated[int | None, QueryParameter(le=MAX_VERSION)] = None,
         since: FromQuery[datetime | None] = None,
         until: FromQuery[datetime | None] = None,
@@ -145,7 +197,8 @@ class AuditController(Controller):
         limit: Annotated[int, QueryParameter(ge=1, le=1000)] = 100,
         oldest_first: FromQuery[bool] = False,
         as_of: AsOf = None,
-        min_position: MinPosition = None,) -> AuditPage:
+        min_position: MinPosition = None,
+    ) -> AuditPage:
         """Every event of a model: who did what, when and why."""
         require(principal_of(request), Permission.READ, name)
         services = services_of(request)
@@ -158,18 +211,37 @@ class AuditController(Controller):
             up_to = await resolve_as_of(services.pool, parse_as_of(as_of))
         async with read_views(services, AUDIT, as_of=None, min_position=min_position) as reader:
             return await audit_timeline.entries(
-                reader.conn, reader.names, model_id=model_id, actor=actor, event_types=type, version=version,
-                since=since, until=until, up_to_position=up_to, cursor=cursor, newest_first=not oldest_first, limit=limit,
+                reader.conn,
+                reader.names,
+                model_id=model_id,
+                actor=actor,
+                event_types=type,
+                version=version,
+                since=since,
+                until=until,
+                up_to_position=up_to,
+                cursor=cursor,
+                newest_first=not oldest_first,
+                limit=limit,
             )
 
     @get("/audit/actors/{actor:str}")
     async def by_actor(
-        self, request: Request[Any, Any, Any], actor: FromPath[str], cursor: Annotated[int | None, QueryParameter(ge=0, le=MAX_POSITION)] = None,
-        limit: Annotated[int, QueryParameter(ge=1, le=1000)] = 100, min_position: MinPosition = None,) -> AuditPage:
+        self,
+        request: Request[Any, Any, Any],
+        actor: FromPath[str],
+        cursor: Annotated[int | None, QueryParameter(ge=0, le=MAX_POSITION)] = None,
+        limit: Annotated[int, QueryParameter(ge=1, le=1000)] = 100,
+        min_position: MinPosition = None,
+    ) -> AuditPage:
         """Everything one person (or system) did, newest first."""
         require(principal_of(request), Permission.READ)
-        async with read_views(services_of(request), AUDIT, as_of=None, min_position=min_position) as reader:
-            return await audit_timeline.entries(reader.conn, reader.names, actor=actor, cursor=cursor, limit=limit)
+        async with read_views(
+            services_of(request), AUDIT, as_of=None, min_position=min_position
+        ) as reader:
+            return await audit_timeline.entries(
+                reader.conn, reader.names, actor=actor, cursor=cursor, limit=limit
+            )
 
     @get("/events")
     async def events(
@@ -178,7 +250,8 @@ class AuditController(Controller):
         after: Annotated[int, QueryParameter(ge=0, le=MAX_POSITION)] = 0,
         limit: Annotated[int, QueryParameter(ge=1, le=5000)] = 500,
         type: FromQuery[list[str] | None] = None,
-        model: FromQuery[str | None] = None,) -> EventsPage:
+        model: FromQuery[str | None] = None,
+    ) -> EventsPage:
         """The global log after a position, as stored (for auditors and replays)."""
         principal = principal_of(request)
         require(principal, Permission.READ)
@@ -189,17 +262,30 @@ class AuditController(Controller):
             model_id, _ = await services.registry.locate(model)
         elif principal.scopes:
             require(principal, Permission.ADMIN)  # the whole log crosses every scope
-        found = await read_log(services.pool, after, limit, model_id=model_id,
-                               types=frozenset(type) if type and model_id is None else None)
+        found = await read_log(
+            services.pool,
+            after,
+            limit,
+            model_id=model_id,
+            types=frozenset(type) if type and model_id is None else None,
+        )
         if type and model_id is not None:
             found = [e for e in found if e.event_type in type]
         raw = await services.pool.fetch(
             "SELECT seq, envelope FROM events WHERE seq = ANY($1::bigint[])", [e.seq for e in found]
         )
         stored = {r["seq"]: bytes(r["envelope"]) for r in raw}
-        items = [LoggedEventView(log_position=e.log_position, sealed_at=e.sealed_at, envelope=msgspec.Raw(stored[e.seq]))
-                 for e in found]
-        return EventsPage(items=items, next_after=items[-1].log_position if len(items) == limit else None)
+        items = [
+            LoggedEventView(
+                log_position=e.log_position,
+                sealed_at=e.sealed_at,
+                envelope=msgspec.Raw(stored[e.seq]),
+            )
+            for e in found
+        ]
+        return EventsPage(
+            items=items, next_after=items[-1].log_position if len(items) == limit else None
+        )
 
     @get("/audit/verify")
     async def verify_chains(self, request: Request[Any, Any, Any]) -> VerifyReport:
@@ -220,7 +306,9 @@ class TokensController(Controller):
     tags = ["tokens"]
 
     @post("/tokens", status_code=201)
-    async def create(self, request: Request[Any, Any, Any], data: JSONBody[TokenRequest]) -> IssuedToken:
+    async def create(
+        self, request: Request[Any, Any, Any], data: JSONBody[TokenRequest]
+    ) -> IssuedToken:
         """Issue a token; its secret is in this response only."""
         principal = principal_of(request)
         require(principal, Permission.ADMIN)
@@ -233,16 +321,27 @@ class TokensController(Controller):
             _, state = await services.executor.state_of(token_stream(token_id), TOKENS)
         else:
             outcome, secret = await issue_token(
-                services.executor, actor=principal.name, principal=data.principal, roles=data.roles,
-                scopes=data.scopes, expires_at=data.expires_at, description=data.description, id_seed=seed,
+                services.executor,
+                actor=principal.name,
+                principal=data.principal,
+                roles=data.roles,
+                scopes=data.scopes,
+                expires_at=data.expires_at,
+                description=data.description,
+                id_seed=seed,
                 token_id=token_id,
             )
             state = outcome.state
             secret = None if outcome.replayed else secret
         return IssuedToken(
-            token_id=state.token_id, principal=state.principal, roles=list(state.roles), scopes=list(state.scopes),
-            expires_at=state.expires_at, secret=secret,
-            note="a retry: the secret was shown in the first response only" if secret is None
+            token_id=state.token_id,
+            principal=state.principal,
+            roles=list(state.roles),
+            scopes=list(state.scopes),
+            expires_at=state.expires_at,
+            secret=secret,
+            note="a retry: the secret was shown in the first response only"
+            if secret is None
             else "the secret is shown once; store it now",
         )
 
@@ -250,24 +349,38 @@ class TokensController(Controller):
     async def list_tokens(self, request: Request[Any, Any, Any]) -> list[TokenInfo]:
         require(principal_of(request), Permission.ADMIN)
         services = services_of(request)
-        ids = await services.pool.fetch("SELECT stream_id FROM streams WHERE stream_type = 'token' ORDER BY created_at")
+        ids = await services.pool.fetch(
+            "SELECT stream_id FROM streams WHERE stream_type = 'token' ORDER BY created_at"
+        )
         found = []
         for row in ids:
             _, state = await services.executor.state_of(row["stream_id"], TOKENS)
-            found.append(TokenInfo(token_id=state.token_id, principal=state.principal, roles=list(state.roles),
-                                   scopes=list(state.scopes), expires_at=state.expires_at, revoked=state.revoked,
-                                   description=state.description))
+            found.append(
+                TokenInfo(
+                    token_id=state.token_id,
+                    principal=state.principal,
+                    roles=list(state.roles),
+                    scopes=list(state.scopes),
+                    expires_at=state.expires_at,
+                    revoked=state.revoked,
+                    description=state.description,
+                )
+            )
         return found
 
     @delete("/tokens/{token_id:str}", status_code=200)
-    async def revoke(self, request: Request[Any, Any, Any], token_id: FromPath[str], reason: FromQuery[str] = "") -> Response[Receipt]:
+    async def revoke(
+        self, request: Request[Any, Any, Any], token_id: FromPath[str], reason: FromQuery[str] = ""
+    ) -> Response[Receipt]:
         principal = principal_of(request)
         require(principal, Permission.ADMIN)
         services = services_of(request)
         stream = token_stream(token_id)
         if await services.store.stream_version(stream) == 0:
             raise NotFoundError(f"no token {token_id!r}", token_id=token_id)
-        outcome = await revoke_token(services.executor, token_id, actor=principal.name, reason=reason)
+        outcome = await revoke_token(
+            services.executor, token_id, actor=principal.name, reason=reason
+        )
         return receipt(await services.registry.written_from("", outcome))
 
     @get("/me")

@@ -64,19 +64,37 @@ class VersionsController(Controller):
     tags = ["versions"]
 
     @post("/", status_code=201)
-    async def register(self, request: Request[Any, Any, Any], name: FromPath[str], data: JSONBody[RegisterVersionBody]) -> Response[Receipt]:
+    async def register(
+        self,
+        request: Request[Any, Any, Any],
+        name: FromPath[str],
+        data: JSONBody[RegisterVersionBody],
+    ) -> Response[Receipt]:
         """Register a version: its number is the model's highest ever plus one."""
         principal = principal_of(request)
         require(principal, Permission.WRITE, name)
         registry = services_of(request).registry
         model_id = await registry.model_id(name)
         command = RegisterVersion(
-            actor=principal.name, now=registry.now(), content=_content(data), description=data.description, tags=data.tags,
+            actor=principal.name,
+            now=registry.now(),
+            content=_content(data),
+            description=data.description,
+            tags=data.tags,
         )
-        written = await registry.execute(model_id, command, if_version=if_match(request), id_seed=seed_of(request))
-        number = next((e.version for e in written.events if e.event_type == "model.version_registered"), None)
-        return receipt(written, model=name, version=number, status=201,
-                       location=f"/api/v1/models/{name}/versions/{number}")
+        written = await registry.execute(
+            model_id, command, if_version=if_match(request), id_seed=seed_of(request)
+        )
+        number = next(
+            (e.version for e in written.events if e.event_type == "model.version_registered"), None
+        )
+        return receipt(
+            written,
+            model=name,
+            version=number,
+            status=201,
+            location=f"/api/v1/models/{name}/versions/{number}",
+        )
 
     @get("/")
     async def search(
@@ -89,19 +107,34 @@ class VersionsController(Controller):
         alias: FromQuery[str | None] = None,
         metric: FromQuery[list[str] | None] = None,
         deprecated: FromQuery[bool | None] = None,
-        order_by: Annotated[str, QueryParameter(description="version, created, updated, metric:KEY[DATASET]; '-' descending")] = "-version",
+        order_by: Annotated[
+            str,
+            QueryParameter(
+                description="version, created, updated, metric:KEY[DATASET]; '-' descending"
+            ),
+        ] = "-version",
         cursor: FromQuery[str | None] = None,
         limit: Annotated[int, QueryParameter(ge=1, le=500)] = 50,
         as_of: AsOf = None,
-        min_position: MinPosition = None,) -> Page[VersionRow]:
+        min_position: MinPosition = None,
+    ) -> Page[VersionRow]:
         require(principal_of(request), Permission.READ, name)
         services = services_of(request)
         model_id, _ = await services.registry.locate(name)
         query = VersionQuery(
-            q=q, tags=tuple(tag or ()), stages=tuple(stage or ()), alias=alias, metrics=tuple(metric or ()),
-            deprecated=deprecated, order=order_by, limit=limit, cursor=cursor,
+            q=q,
+            tags=tuple(tag or ()),
+            stages=tuple(stage or ()),
+            alias=alias,
+            metrics=tuple(metric or ()),
+            deprecated=deprecated,
+            order=order_by,
+            limit=limit,
+            cursor=cursor,
         )
-        async with read_views(services, VERSIONS, as_of=as_of, min_position=min_position, model_id=model_id) as reader:
+        async with read_views(
+            services, VERSIONS, as_of=as_of, min_position=min_position, model_id=model_id
+        ) as reader:
             try:
                 return await search_versions(reader.conn, reader.names, model_id, query)
             except InvalidQueryError as exc:
@@ -109,66 +142,156 @@ class VersionsController(Controller):
 
     @get("/{version:int}")
     async def read(
-        self, request: Request[Any, Any, Any], name: FromPath[str], version: VersionNumber, as_of: AsOf = None, min_position: MinPosition = None
+        self,
+        request: Request[Any, Any, Any],
+        name: FromPath[str],
+        version: VersionNumber,
+        as_of: AsOf = None,
+        min_position: MinPosition = None,
     ) -> Response[VersionRow]:
         require(principal_of(request), Permission.READ, name)
         services = services_of(request)
         model_id, stream_version = await services.registry.locate(name)
-        async with read_views(services, VERSIONS, as_of=as_of, min_position=min_position, model_id=model_id) as reader:
+        async with read_views(
+            services, VERSIONS, as_of=as_of, min_position=min_position, model_id=model_id
+        ) as reader:
             row = await model_versions.get_version(reader.conn, reader.names, model_id, version)
         if row is None:
-            raise NotFoundError(f"model {name!r} has no version {version}" + (" then" if as_of else ""), version=version)
+            raise NotFoundError(
+                f"model {name!r} has no version {version}" + (" then" if as_of else ""),
+                version=version,
+            )
         return Response(row, headers={"ETag": etag(stream_version)})
 
     @get("/by-alias/{alias:str}")
     async def by_alias(
-        self, request: Request[Any, Any, Any], name: FromPath[str], alias: FromPath[str], as_of: AsOf = None, min_position: MinPosition = None
+        self,
+        request: Request[Any, Any, Any],
+        name: FromPath[str],
+        alias: FromPath[str],
+        as_of: AsOf = None,
+        min_position: MinPosition = None,
     ) -> Response[VersionRow]:
         require(principal_of(request), Permission.READ, name)
         services = services_of(request)
         model_id, stream_version = await services.registry.locate(name)
-        async with read_views(services, VERSIONS, as_of=as_of, min_position=min_position, model_id=model_id) as reader:
+        async with read_views(
+            services, VERSIONS, as_of=as_of, min_position=min_position, model_id=model_id
+        ) as reader:
             row = await model_versions.version_by_alias(reader.conn, reader.names, model_id, alias)
         if row is None:
-            raise NotFoundError(f"model {name!r} has no alias {alias!r}" + (" then" if as_of else ""), alias=alias)
+            raise NotFoundError(
+                f"model {name!r} has no alias {alias!r}" + (" then" if as_of else ""), alias=alias
+            )
         return Response(row, headers={"ETag": etag(stream_version)})
 
     @patch("/{version:int}")
-    async def update(self, request: Request[Any, Any, Any], name: FromPath[str], version: VersionNumber, data: JSONBody[UpdateModel]) -> Response[Receipt]:
+    async def update(
+        self,
+        request: Request[Any, Any, Any],
+        name: FromPath[str],
+        version: VersionNumber,
+        data: JSONBody[UpdateModel],
+    ) -> Response[Receipt]:
         principal = principal_of(request)
         require(principal, Permission.WRITE, name)
-        return await _version_command(request, name, version, UpdateVersionDescription(
-            actor=principal.name, now=services_of(request).registry.now(), version=version, description=data.description))
+        return await _version_command(
+            request,
+            name,
+            version,
+            UpdateVersionDescription(
+                actor=principal.name,
+                now=services_of(request).registry.now(),
+                version=version,
+                description=data.description,
+            ),
+        )
 
     @put("/{version:int}/tags/{key:str}")
-    async def set_tag(self, request: Request[Any, Any, Any], name: FromPath[str], version: VersionNumber, key: FromPath[str], data: JSONBody[TagValue]) -> Response[Receipt]:
+    async def set_tag(
+        self,
+        request: Request[Any, Any, Any],
+        name: FromPath[str],
+        version: VersionNumber,
+        key: FromPath[str],
+        data: JSONBody[TagValue],
+    ) -> Response[Receipt]:
         principal = principal_of(request)
         require(principal, Permission.WRITE, name)
-        return await _version_command(request, name, version, SetVersionTags(
-            actor=principal.name, now=services_of(request).registry.now(), version=version, tags={key: data.value}))
+        return await _version_command(
+            request,
+            name,
+            version,
+            SetVersionTags(
+                actor=principal.name,
+                now=services_of(request).registry.now(),
+                version=version,
+                tags={key: data.value},
+            ),
+        )
 
     @delete("/{version:int}/tags/{key:str}", status_code=200)
-    async def remove_tag(self, request: Request[Any, Any, Any], name: FromPath[str], version: VersionNumber, key: FromPath[str]) -> Response[Receipt]:
+    async def remove_tag(
+        self,
+        request: Request[Any, Any, Any],
+        name: FromPath[str],
+        version: VersionNumber,
+        key: FromPath[str],
+    ) -> Response[Receipt]:
         principal = principal_of(request)
         require(principal, Permission.WRITE, name)
-        return await _version_command(request, name, version, RemoveVersionTags(
-            actor=principal.name, now=services_of(request).registry.now(), version=version, keys=(key,)))
+        return await _version_command(
+            request,
+            name,
+            version,
+            RemoveVersionTags(
+                actor=principal.name,
+                now=services_of(request).registry.now(),
+                version=version,
+                keys=(key,),
+            ),
+        )
 
     @post("/{version:int}/deprecate", status_code=200)
-    async def deprecate(self, request: Request[Any, Any, Any], name: FromPath[str], version: VersionNumber, data: JSONBody[Reason]) -> Response[Receipt]:
+    async def deprecate(
+        self,
+        request: Request[Any, Any, Any],
+        name: FromPath[str],
+        version: VersionNumber,
+        data: JSONBody[Reason],
+    ) -> Response[Receipt]:
         principal = principal_of(request)
         require(principal, Permission.WRITE, name)
-        return await _version_command(request, name, version, DeprecateVersion(
-            actor=principal.name, now=services_of(request).registry.now(), version=version, reason=data.reason))
+        return await _version_command(
+            request,
+            name,
+            version,
+            DeprecateVersion(
+                actor=principal.name,
+                now=services_of(request).registry.now(),
+                version=version,
+                reason=data.reason,
+            ),
+        )
 
     @post("/{version:int}/metrics", status_code=201)
-    async def log_metrics(self, request: Request[Any, Any, Any], name: FromPath[str], version: VersionNumber, data: JSONBody[MetricBatch]) -> Response[Receipt]:
+    async def log_metrics(
+        self,
+        request: Request[Any, Any, Any],
+        name: FromPath[str],
+        version: VersionNumber,
+        data: JSONBody[MetricBatch],
+    ) -> Response[Receipt]:
         """Log a batch of metric points (1 to 1,000; finite values)."""
         principal = principal_of(request)
         require(principal, Permission.WRITE, name)
         registry = services_of(request).registry
         written = await registry.log_metrics(
-            name, version, [m.to_input() for m in data.metrics], actor=principal.name, id_seed=seed_of(request)
+            name,
+            version,
+            [m.to_input() for m in data.metrics],
+            actor=principal.name,
+            id_seed=seed_of(request),
         )
         return receipt(written, model=name, version=version, status=201)
 
@@ -178,42 +301,80 @@ class VersionsController(Controller):
         request: Request[Any, Any, Any],
         name: FromPath[str],
         version: VersionNumber,
-        key: Annotated[str | None, QueryParameter(description="Give a key for its history; omit for the latest value of each")] = None,
+        key: Annotated[
+            str | None,
+            QueryParameter(
+                description="Give a key for its history; omit for the latest value of each"
+            ),
+        ] = None,
         dataset: FromQuery[str | None] = None,
         cursor: FromQuery[str | None] = None,
         limit: Annotated[int, QueryParameter(ge=1, le=10_000)] = 1000,
         as_of: AsOf = None,
-        min_position: MinPosition = None,) -> Page[MetricSample] | tuple[MetricValue, ...]:
+        min_position: MinPosition = None,
+    ) -> Page[MetricSample] | tuple[MetricValue, ...]:
         require(principal_of(request), Permission.READ, name)
         services = services_of(request)
         model_id, _ = await services.registry.locate(name)
-        async with read_views(services, METRICS, as_of=as_of, min_position=min_position, model_id=model_id) as reader:
+        async with read_views(
+            services, METRICS, as_of=as_of, min_position=min_position, model_id=model_id
+        ) as reader:
             if key is None:
-                return await model_versions.latest_metrics(reader.conn, reader.names, model_id, version)
+                return await model_versions.latest_metrics(
+                    reader.conn, reader.names, model_id, version
+                )
             try:
                 return await metric_history.metric_history(
-                    reader.conn, reader.names, model_id, version, key, dataset=dataset, cursor=cursor, limit=limit
+                    reader.conn,
+                    reader.names,
+                    model_id,
+                    version,
+                    key,
+                    dataset=dataset,
+                    cursor=cursor,
+                    limit=limit,
                 )
             except InvalidQueryError as exc:
                 raise _bad_query(exc) from None
 
     @get("/{version:int}/metrics/series")
-    async def series(self, request: Request[Any, Any, Any], name: FromPath[str], version: VersionNumber, as_of: AsOf = None,
-                     min_position: MinPosition = None) -> tuple[MetricSeries, ...]:
+    async def series(
+        self,
+        request: Request[Any, Any, Any],
+        name: FromPath[str],
+        version: VersionNumber,
+        as_of: AsOf = None,
+        min_position: MinPosition = None,
+    ) -> tuple[MetricSeries, ...]:
         require(principal_of(request), Permission.READ, name)
         services = services_of(request)
         model_id, _ = await services.registry.locate(name)
-        async with read_views(services, METRICS, as_of=as_of, min_position=min_position, model_id=model_id) as reader:
+        async with read_views(
+            services, METRICS, as_of=as_of, min_position=min_position, model_id=model_id
+        ) as reader:
             return await metric_history.metric_series(reader.conn, reader.names, model_id, version)
 
     @get("/{version:int}/metrics/{key:str}/best")
-    async def best(self, request: Request[Any, Any, Any], name: FromPath[str], version: VersionNumber, key: FromPath[str], dataset: FromQuery[str] = "",
-                   goal: FromQuery[Literal["max", "min"]] = "max", as_of: AsOf = None, min_position: MinPosition = None) -> MetricSample:
+    async def best(
+        self,
+        request: Request[Any, Any, Any],
+        name: FromPath[str],
+        version: VersionNumber,
+        key: FromPath[str],
+        dataset: FromQuery[str] = "",
+        goal: FromQuery[Literal["max", "min"]] = "max",
+        as_of: AsOf = None,
+        min_position: MinPosition = None,
+    ) -> MetricSample:
         require(principal_of(request), Permission.READ, name)
         services = services_of(request)
         model_id, _ = await services.registry.locate(name)
-        async with read_views(services, METRICS, as_of=as_of, min_position=min_position, model_id=model_id) as reader:
-            sample = await metric_history.best_metric(reader.conn, reader.names, model_id, version, key, dataset, goal)
+        async with read_views(
+            services, METRICS, as_of=as_of, min_position=min_position, model_id=model_id
+        ) as reader:
+            sample = await metric_history.best_metric(
+                reader.conn, reader.names, model_id, version, key, dataset, goal
+            )
         if sample is None:
             raise NotFoundError(f"version {version} of {name!r} has no metric {key!r}", key=key)
         return sample
@@ -228,28 +389,41 @@ class CompareController(Controller):
         self,
         request: Request[Any, Any, Any],
         name: FromPath[str],
-        versions: Annotated[str, QueryParameter(description="Comma-separated version numbers, e.g. 1,2,3")],
+        versions: Annotated[
+            str, QueryParameter(description="Comma-separated version numbers, e.g. 1,2,3")
+        ],
         as_of: AsOf = None,
-        min_position: MinPosition = None,) -> Comparison:
+        min_position: MinPosition = None,
+    ) -> Comparison:
         """Parameters and latest metrics of several versions side by side."""
         require(principal_of(request), Permission.READ, name)
         try:
             numbers = [int(v) for v in versions.split(",") if v.strip()]
         except ValueError:
-            raise BadRequestError("versions", "pattern", "versions is a comma-separated list of version numbers") from None
+            raise BadRequestError(
+                "versions", "pattern", "versions is a comma-separated list of version numbers"
+            ) from None
         if not numbers:
             raise BadRequestError("versions", "required", "name at least one version")
         services = services_of(request)
         model_id, _ = await services.registry.locate(name)
-        async with read_views(services, METRICS, as_of=as_of, min_position=min_position, model_id=model_id) as reader:
+        async with read_views(
+            services, METRICS, as_of=as_of, min_position=min_position, model_id=model_id
+        ) as reader:
             try:
-                return await metric_history.compare_versions(reader.conn, reader.names, model_id, numbers)
+                return await metric_history.compare_versions(
+                    reader.conn, reader.names, model_id, numbers
+                )
             except InvalidQueryError as exc:
                 raise _bad_query(exc) from None
 
 
-async def _version_command(request: Request[Any, Any, Any], name: str, version: int, command: Any) -> Response[Receipt]:
+async def _version_command(
+    request: Request[Any, Any, Any], name: str, version: int, command: Any
+) -> Response[Receipt]:
     registry = services_of(request).registry
     model_id = await registry.model_id(name)
-    written = await registry.execute(model_id, command, if_version=if_match(request), id_seed=seed_of(request))
+    written = await registry.execute(
+        model_id, command, if_version=if_match(request), id_seed=seed_of(request)
+    )
     return receipt(written, model=name, version=version)

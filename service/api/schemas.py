@@ -109,7 +109,13 @@ class Metric(Strict, frozen=True, kw_only=True):
     dataset: str | None = None
 
     def to_input(self) -> MetricInput:
-        return MetricInput(key=self.key, value=self.value, step=self.step, timestamp=self.timestamp, dataset=self.dataset)
+        return MetricInput(
+            key=self.key,
+            value=self.value,
+            step=self.step,
+            timestamp=self.timestamp,
+            dataset=self.dataset,
+        )
 
 
 class MetricBatch(Strict, frozen=True, kw_only=True):

@@ -21,37 +21,54 @@ class ApiMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         self.requests = Counter(
-            "modelreg_http_requests_total", "HTTP requests by route and status",
-            ["method", "route", "status"], registry=self.registry,
+            "modelreg_http_requests_total",
+            "HTTP requests by route and status",
+            ["method", "route", "status"],
+            registry=self.registry,
         )
         self.latency = Histogram(
-            "modelreg_http_request_duration_seconds", "HTTP request latency by route",
-            ["method", "route"], registry=self.registry,
+            "modelreg_http_request_duration_seconds",
+            "HTTP request latency by route",
+            ["method", "route"],
+            registry=self.registry,
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
         )
         self.conflicts = Counter(
-            "modelreg_append_conflicts_total", "Appends that lost optimistic concurrency and were re-decided",
+            "modelreg_append_conflicts_total",
+            "Appends that lost optimistic concurrency and were re-decided",
             registry=self.registry,
         )
         self.denials = Counter(
-            "modelreg_denied_total", "Requests refused for a missing permission", ["permission"],
+            "modelreg_denied_total",
+            "Requests refused for a missing permission",
+            ["permission"],
             registry=self.registry,
         )
         self.unauthenticated_total = Counter(
-            "modelreg_unauthenticated_total", "Requests without a valid token", registry=self.registry
+            "modelreg_unauthenticated_total",
+            "Requests without a valid token",
+            registry=self.registry,
         )
         self.sealer_lag = Gauge(
-            "modelreg_sealer_lag_events", "Committed events not yet in the global log", registry=self.registry
+            "modelreg_sealer_lag_events",
+            "Committed events not yet in the global log",
+            registry=self.registry,
         )
         self.projection_lag = Gauge(
-            "modelreg_projection_lag_events", "Events behind the head of the log", ["projection"],
+            "modelreg_projection_lag_events",
+            "Events behind the head of the log",
+            ["projection"],
             registry=self.registry,
         )
         self.relay_lag = Gauge(
-            "modelreg_relay_lag_events", "Sealed events not yet acknowledged by JetStream", ["publisher"],
+            "modelreg_relay_lag_events",
+            "Sealed events not yet acknowledged by JetStream",
+            ["publisher"],
             registry=self.registry,
         )
-        self.head = Gauge("modelreg_log_head_position", "Last sealed log position", registry=self.registry)
+        self.head = Gauge(
+            "modelreg_log_head_position", "Last sealed log position", registry=self.registry
+        )
 
     def conflict(self) -> None:
         self.conflicts.inc()
@@ -64,14 +81,17 @@ class ApiMetrics:
 
     async def render(self, pool: asyncpg.Pool) -> bytes:
         async with pool.acquire() as conn:
-            state = await conn.fetchrow("SELECT last_log_position, last_tx_id, last_seq FROM sealer_state WHERE id = 1")
+            state = await conn.fetchrow(
+                "SELECT last_log_position, last_tx_id, last_seq FROM sealer_state WHERE id = 1"
+            )
             assert state is not None
             head = state["last_log_position"]
             self.head.set(head)
             # Events past the sealer's cursor (committed or not yet): a bounded index scan.
             unsealed = await conn.fetchval(
                 "SELECT count(*) FROM (SELECT 1 FROM events WHERE (tx_id, seq) > ($1::xid8, $2::bigint) LIMIT 100000) t",
-                state["last_tx_id"], state["last_seq"],
+                state["last_tx_id"],
+                state["last_seq"],
             )
             self.sealer_lag.set(unsealed)
             for row in await conn.fetch(
@@ -79,7 +99,9 @@ class ApiMetrics:
             ):
                 self.projection_lag.labels(row["projection"]).set(head - row["log_position"])
             if await conn.fetchval("SELECT to_regclass('publication_checkpoints') IS NOT NULL"):
-                for row in await conn.fetch("SELECT publisher, log_position FROM publication_checkpoints"):
+                for row in await conn.fetch(
+                    "SELECT publisher, log_position FROM publication_checkpoints"
+                ):
                     self.relay_lag.labels(row["publisher"]).set(head - row["log_position"])
         return generate_latest(self.registry)
 

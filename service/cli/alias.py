@@ -30,13 +30,22 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-AliasArg = Annotated[str, typer.Argument(help="Alias: lower-case letters, digits, '_', '-'.", show_default=False)]
+AliasArg = Annotated[
+    str, typer.Argument(help="Alias: lower-case letters, digits, '_', '-'.", show_default=False)
+]
 
 
 @app.command("set")
 @client_command
-def set_alias(model: ModelArg, alias: AliasArg, version: VersionArg, comment: CommentOption = "",
-              url: UrlOption = None, token: TokenOption = None, as_json: JsonOption = False) -> None:
+def set_alias(
+    model: ModelArg,
+    alias: AliasArg,
+    version: VersionArg,
+    comment: CommentOption = "",
+    url: UrlOption = None,
+    token: TokenOption = None,
+    as_json: JsonOption = False,
+) -> None:
     """Point an alias at a version (a protected alias moves only through `modelreg promote --alias`).
 
     Example: modelreg alias set churn challenger 4 -m "A/B from Monday"
@@ -51,8 +60,13 @@ def set_alias(model: ModelArg, alias: AliasArg, version: VersionArg, comment: Co
 
 @app.command("rm")
 @client_command
-def remove_alias(model: ModelArg, alias: AliasArg, url: UrlOption = None, token: TokenOption = None,
-                 as_json: JsonOption = False) -> None:
+def remove_alias(
+    model: ModelArg,
+    alias: AliasArg,
+    url: UrlOption = None,
+    token: TokenOption = None,
+    as_json: JsonOption = False,
+) -> None:
     """Remove an alias.
 
     Example: modelreg alias rm churn challenger
@@ -67,8 +81,13 @@ def remove_alias(model: ModelArg, alias: AliasArg, url: UrlOption = None, token:
 
 @app.command("history")
 @client_command
-def alias_history(model: ModelArg, alias: AliasArg, url: UrlOption = None, token: TokenOption = None,
-                  as_json: JsonOption = False) -> None:
+def alias_history(
+    model: ModelArg,
+    alias: AliasArg,
+    url: UrlOption = None,
+    token: TokenOption = None,
+    as_json: JsonOption = False,
+) -> None:
     """Every version the alias pointed at, from when to when.
 
     Example: modelreg alias history churn champion
@@ -80,5 +99,12 @@ def alias_history(model: ModelArg, alias: AliasArg, url: UrlOption = None, token
         return
     grid = table("version", "from (UTC)", "until (UTC)", "set by", "how", "comment")
     for i in found:
-        grid.add_row(f"v{i.version}", when(i.from_time), when(i.to_time) or "now", i.entered_by, i.kind, i.comment)
+        grid.add_row(
+            f"v{i.version}",
+            when(i.from_time),
+            when(i.to_time) or "now",
+            i.entered_by,
+            i.kind,
+            i.comment,
+        )
     show(grid)

@@ -86,16 +86,29 @@ class Format(StrEnum):
     json = "json"
 
 
-NatsUrlOption = Annotated[str | None, typer.Option("--nats-url", help="NATS to read from (env MODELREG_NATS_URL).")]
-StreamOption = Annotated[str | None, typer.Option("--stream", help="JetStream stream (env MODELREG_NATS_STREAM).")]
+NatsUrlOption = Annotated[
+    str | None, typer.Option("--nats-url", help="NATS to read from (env MODELREG_NATS_URL).")
+]
+StreamOption = Annotated[
+    str | None, typer.Option("--stream", help="JetStream stream (env MODELREG_NATS_STREAM).")
+]
 
 
 @app.command("follow")
 def follow_command(
-    output: Annotated[Format, typer.Option("--format", help="table for people, json for one JSON object per line.")] = Format.table,
-    since: Annotated[int | None, typer.Option(help="Start after this log position (default: only new events).")] = None,
-    from_start: Annotated[bool, typer.Option("--from-start", help="Start with the first event.")] = False,
-    event_type: Annotated[list[str] | None, typer.Option("--type", help="Only this event type (repeatable).")] = None,
+    output: Annotated[
+        Format,
+        typer.Option("--format", help="table for people, json for one JSON object per line."),
+    ] = Format.table,
+    since: Annotated[
+        int | None, typer.Option(help="Start after this log position (default: only new events).")
+    ] = None,
+    from_start: Annotated[
+        bool, typer.Option("--from-start", help="Start with the first event.")
+    ] = False,
+    event_type: Annotated[
+        list[str] | None, typer.Option("--type", help="Only this event type (repeatable).")
+    ] = None,
     nats_url: NatsUrlOption = None,
     stream: StreamOption = None,
 ) -> None:
@@ -107,11 +120,22 @@ def follow_command(
         client = await _connect(nats_url or _default_url(settings))
         try:
             if output is Format.table:
-                _print(f"{'POSITION':>10}  {'OCCURRED AT':<27}  {'TYPE':<34}  {'SUBJECT':<30}  ACTOR")
-            async for event in follow(client, stream=stream or settings.nats_stream,
-                                      subject_prefix=settings.nats_subject_prefix, since=start,
-                                      event_types=event_type or (), stop=stop):
-                _print(_table_row(event) if output is Format.table else encode_record(record_of(event)).decode().rstrip("\n"))
+                _print(
+                    f"{'POSITION':>10}  {'OCCURRED AT':<27}  {'TYPE':<34}  {'SUBJECT':<30}  ACTOR"
+                )
+            async for event in follow(
+                client,
+                stream=stream or settings.nats_stream,
+                subject_prefix=settings.nats_subject_prefix,
+                since=start,
+                event_types=event_type or (),
+                stop=stop,
+            ):
+                _print(
+                    _table_row(event)
+                    if output is Format.table
+                    else encode_record(record_of(event)).decode().rstrip("\n")
+                )
         finally:
             await client.close()
 
@@ -120,8 +144,12 @@ def follow_command(
 
 @app.command("mirror")
 def mirror_command(
-    file: Annotated[Path, typer.Argument(help="The JSON-lines file to append to (created if missing).")],
-    once: Annotated[bool, typer.Option("--once", help="Stop when caught up instead of following.")] = False,
+    file: Annotated[
+        Path, typer.Argument(help="The JSON-lines file to append to (created if missing).")
+    ],
+    once: Annotated[
+        bool, typer.Option("--once", help="Stop when caught up instead of following.")
+    ] = False,
     nats_url: NatsUrlOption = None,
     stream: StreamOption = None,
 ) -> None:
@@ -132,20 +160,26 @@ def mirror_command(
         mirror = Mirror(file)
         client = await _connect(nats_url or _default_url(settings))
         try:
-            appended = await mirror.run(client, stream=stream or settings.nats_stream, stop=stop,
-                                        until_caught_up=once)
+            appended = await mirror.run(
+                client, stream=stream or settings.nats_stream, stop=stop, until_caught_up=once
+            )
         finally:
             await client.close()
-        typer.echo(f"mirrored {appended} new events; {file} verified through log position "
-                   f"{mirror.verifier.log_position}", err=True)
+        typer.echo(
+            f"mirrored {appended} new events; {file} verified through log position "
+            f"{mirror.verifier.log_position}",
+            err=True,
+        )
 
     _main(run)
 
 
 def _table_row(event: Published) -> str:
     envelope = event.envelope
-    return (f"{event.event.log_position:>10}  {event.event.time.isoformat():<27}  {event.event.type:<34}  "
-            f"{event.event.subject:<30}  {envelope.actor}")
+    return (
+        f"{event.event.log_position:>10}  {event.event.time.isoformat():<27}  {event.event.type:<34}  "
+        f"{event.event.subject:<30}  {envelope.actor}"
+    )
 
 
 def _print(line: str) -> None:
@@ -171,11 +205,19 @@ async def _connect(url: str) -> NatsClient:
 
     try:
         client: NatsClient = await asyncio.wait_for(
-            nats.connect(url, connect_timeout=3, max_reconnect_attempts=1, reconnect_time_wait=0.5, error_cb=quiet),
+            nats.connect(
+                url,
+                connect_timeout=3,
+                max_reconnect_attempts=1,
+                reconnect_time_wait=0.5,
+                error_cb=quiet,
+            ),
             timeout=10,
         )
     except (nats.errors.Error, OSError, TimeoutError) as exc:
-        raise _CannotStartError(f"cannot connect to NATS at {url}: {str(exc) or type(exc).__name__}") from None
+        raise _CannotStartError(
+            f"cannot connect to NATS at {url}: {str(exc) or type(exc).__name__}"
+        ) from None
     # Give up quickly on a server that never answered, but once connected reconnect
     # forever: a follower outlives NATS restarts. (nats-py reads this on every reconnect.)
     client.options["max_reconnect_attempts"] = -1
@@ -220,9 +262,14 @@ def _main(run: Callable[[asyncio.Event], Awaitable[None]]) -> None:
 # ---------------------------------------------------------------- verify and replay (database side)
 
 DataDirOption = Annotated[
-    Path | None, typer.Option("--data-dir", help="Where embedded Postgres keeps data (env MODELREG_DATABASE_URL wins).")
+    Path | None,
+    typer.Option(
+        "--data-dir", help="Where embedded Postgres keeps data (env MODELREG_DATABASE_URL wins)."
+    ),
 ]
-JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON document instead of tables.")]
+JsonOption = Annotated[
+    bool, typer.Option("--json", help="Print one JSON document instead of tables.")
+]
 EXIT_BROKEN = 1
 EXIT_NOT_FOUND = 1
 _BREAKS_SHOWN = 20
@@ -243,9 +290,13 @@ def verify_command(as_json: JsonOption = False, data_dir: DataDirOption = None) 
         events = await conn.fetchval("SELECT coalesce(sum(version), 0)::bigint FROM streams")
         entries = await conn.fetchval("SELECT last_log_position FROM sealer_state WHERE id = 1")
         with _progress_bar() as bar:
-            tasks = {"streams": bar.add_task("stream chains", total=max(1, events or 0)),
-                     "log": bar.add_task("global chain", total=max(1, entries or 0))}
-            report = await verify(conn, progress=lambda phase, rows: bar.update(tasks[phase], completed=rows))
+            tasks = {
+                "streams": bar.add_task("stream chains", total=max(1, events or 0)),
+                "log": bar.add_task("global chain", total=max(1, entries or 0)),
+            }
+            report = await verify(
+                conn, progress=lambda phase, rows: bar.update(tasks[phase], completed=rows)
+            )
             for task in tasks.values():
                 bar.update(task, completed=bar.tasks[task].total)
         return report
@@ -257,8 +308,15 @@ def verify_command(as_json: JsonOption = False, data_dir: DataDirOption = None) 
         _show_verify(report)
     if report.first_break is not None:
         first = report.first_break
-        where = f"log position {first.log_position}" if first.log_position is not None else "no log position"
-        typer.echo(f"modelreg audit: the chain is broken at {where} ({first.kind}): {first.detail}", err=True)
+        where = (
+            f"log position {first.log_position}"
+            if first.log_position is not None
+            else "no log position"
+        )
+        typer.echo(
+            f"modelreg audit: the chain is broken at {where} ({first.kind}): {first.detail}",
+            err=True,
+        )
         raise typer.Exit(EXIT_BROKEN)
 
 
@@ -266,7 +324,12 @@ def _show_verify(report: VerifyReport) -> None:
     table = Table(box=box.SIMPLE_HEAD, show_header=False, pad_edge=False, show_edge=False)
     table.add_column(style="bold")
     table.add_column()
-    table.add_row("result", "ok" if report.ok else f"BROKEN ({len(report.breaks)} break{'' if len(report.breaks) == 1 else 's'})")
+    table.add_row(
+        "result",
+        "ok"
+        if report.ok
+        else f"BROKEN ({len(report.breaks)} break{'' if len(report.breaks) == 1 else 's'})",
+    )
     table.add_row("events checked", f"{report.events_checked:,}")
     table.add_row("streams checked", f"{report.streams_checked:,}")
     table.add_row("log entries checked", f"{report.log_entries_checked:,}")
@@ -276,23 +339,48 @@ def _show_verify(report: VerifyReport) -> None:
     if first is not None:
         table.add_row("first break", f"{first.kind} at log position {_or_dash(first.log_position)}")
         if first.stream_id is not None:
-            table.add_row("  stream", f"{first.stream_id} position {_or_dash(first.stream_position)}")
+            table.add_row(
+                "  stream", f"{first.stream_id} position {_or_dash(first.stream_position)}"
+            )
         table.add_row("  detail", first.detail)
     _console().print(table)
     if len(report.breaks) > 1:
-        breaks = Table("kind", "log position", "stream", "stream position", "detail", box=box.SIMPLE_HEAD,
-                       title=f"breaks (first {min(len(report.breaks), _BREAKS_SHOWN)})", title_justify="left",
-                       pad_edge=False, show_edge=False)
+        breaks = Table(
+            "kind",
+            "log position",
+            "stream",
+            "stream position",
+            "detail",
+            box=box.SIMPLE_HEAD,
+            title=f"breaks (first {min(len(report.breaks), _BREAKS_SHOWN)})",
+            title_justify="left",
+            pad_edge=False,
+            show_edge=False,
+        )
         for b in report.breaks[:_BREAKS_SHOWN]:
-            breaks.add_row(b.kind, _or_dash(b.log_position), b.stream_id or "-", _or_dash(b.stream_position), b.detail)
+            breaks.add_row(
+                b.kind,
+                _or_dash(b.log_position),
+                b.stream_id or "-",
+                _or_dash(b.stream_position),
+                b.detail,
+            )
         _console().print(breaks)
 
 
 @app.command("replay")
 def replay_command(
-    as_of: Annotated[str, typer.Option("--as-of", help="A log position, or an RFC 3339 time with a zone "
-                                                        "(the log as it stood then).", show_default=False)],
-    model: Annotated[str | None, typer.Option("--model", help="Only this model (its name now, or then).")] = None,
+    as_of: Annotated[
+        str,
+        typer.Option(
+            "--as-of",
+            help="A log position, or an RFC 3339 time with a zone (the log as it stood then).",
+            show_default=False,
+        ),
+    ],
+    model: Annotated[
+        str | None, typer.Option("--model", help="Only this model (its name now, or then).")
+    ] = None,
     as_json: JsonOption = False,
     data_dir: DataDirOption = None,
 ) -> None:
@@ -313,7 +401,11 @@ def replay_command(
         typer.echo(f"modelreg audit: {found}", err=True)
         raise typer.Exit(EXIT_NOT_FOUND)
     if as_json:
-        document = _registry_document(found) if isinstance(found, RegistrySnapshot) else _model_document(found)
+        document = (
+            _registry_document(found)
+            if isinstance(found, RegistrySnapshot)
+            else _model_document(found)
+        )
         _print(msgspec.json.format(msgspec.json.encode(document), indent=2).decode())
     elif isinstance(found, RegistrySnapshot):
         _show_registry(found)
@@ -336,7 +428,9 @@ def _parse_as_of(text: str) -> int | datetime:
 async def _model_named(conn: asyncpg.Connection, name: str, position: int) -> ModelSnapshot | str:
     """The model called ``name`` at ``position``: the one holding the name now if it held
     it then, else another that held it then (names move with renames). A message when none."""
-    current = await conn.fetchval("SELECT stream_id FROM unique_keys WHERE key = $1", NAME_KEY + name)
+    current = await conn.fetchval(
+        "SELECT stream_id FROM unique_keys WHERE key = $1", NAME_KEY + name
+    )
     # Every model that ever took the name, from its registration or a rename to it.
     rows = await conn.fetch(
         "SELECT DISTINCT stream_id FROM events"
@@ -370,13 +464,24 @@ def _registry_document(snapshot: RegistrySnapshot) -> dict[str, object]:
     return {
         "position": snapshot.position,
         "sealed_at": snapshot.sealed_at,
-        "models": [{
-            "model_id": m.model_id, "name": m.name, "archived": m.archived, "latest_version": m.latest_version,
-            "stages": _stage_lists([v for v in snapshot.versions if v.model_id == m.model_id]),
-            "aliases": m.aliases,
-        } for m in sorted(snapshot.models, key=lambda m: m.name)],
-        "open_requests": [{"model": names.get(r.model_id), **msgspec.to_builtins(r)} for r in snapshot.open_requests],
-        "deployments": [{"model": names.get(p.model_id), **msgspec.to_builtins(p)} for p in snapshot.deployments],
+        "models": [
+            {
+                "model_id": m.model_id,
+                "name": m.name,
+                "archived": m.archived,
+                "latest_version": m.latest_version,
+                "stages": _stage_lists([v for v in snapshot.versions if v.model_id == m.model_id]),
+                "aliases": m.aliases,
+            }
+            for m in sorted(snapshot.models, key=lambda m: m.name)
+        ],
+        "open_requests": [
+            {"model": names.get(r.model_id), **msgspec.to_builtins(r)}
+            for r in snapshot.open_requests
+        ],
+        "deployments": [
+            {"model": names.get(p.model_id), **msgspec.to_builtins(p)} for p in snapshot.deployments
+        ],
     }
 
 
@@ -386,9 +491,18 @@ def _model_document(snapshot: ModelSnapshot) -> dict[str, object]:
         "sealed_at": snapshot.sealed_at,
         "model": snapshot.model,
         "stages": _stage_lists(snapshot.versions),
-        "versions": [{"version": v.version, "stage": v.stage, "aliases": v.aliases, "deprecated": v.deprecated,
-                      "content_digest": v.content_digest, "registered_by": v.registered_by,
-                      "created_at": v.created_at} for v in snapshot.versions],
+        "versions": [
+            {
+                "version": v.version,
+                "stage": v.stage,
+                "aliases": v.aliases,
+                "deprecated": v.deprecated,
+                "content_digest": v.content_digest,
+                "registered_by": v.registered_by,
+                "created_at": v.created_at,
+            }
+            for v in snapshot.versions
+        ],
         "timeline": snapshot.timeline,
         "requests": snapshot.requests,
         "deployments": snapshot.deployments,
@@ -397,19 +511,28 @@ def _model_document(snapshot: ModelSnapshot) -> dict[str, object]:
 
 
 def _when(snapshot: RegistrySnapshot | ModelSnapshot) -> str:
-    sealed = f", sealed {snapshot.sealed_at.isoformat(timespec='seconds')}" if snapshot.sealed_at else ""
+    sealed = (
+        f", sealed {snapshot.sealed_at.isoformat(timespec='seconds')}" if snapshot.sealed_at else ""
+    )
     return f"as of log position {snapshot.position:,}{sealed}"
 
 
 def _show_registry(snapshot: RegistrySnapshot) -> None:
     out = _console()
     names = {m.model_id: m.name for m in snapshot.models}
-    out.print(f"Registry {_when(snapshot)}: {len(snapshot.models)} models, {len(snapshot.versions)} versions")
-    models = _table("model", *(str(s) for s in _STAGES), "aliases", title="models (versions per stage)")
+    out.print(
+        f"Registry {_when(snapshot)}: {len(snapshot.models)} models, {len(snapshot.versions)} versions"
+    )
+    models = _table(
+        "model", *(str(s) for s in _STAGES), "aliases", title="models (versions per stage)"
+    )
     for m in sorted(snapshot.models, key=lambda m: m.name):
         stages = _stage_lists([v for v in snapshot.versions if v.model_id == m.model_id])
-        models.add_row(m.name + (" (archived)" if m.archived else ""), *(_versions(stages[str(s)]) for s in _STAGES),
-                       _aliases(m.aliases))
+        models.add_row(
+            m.name + (" (archived)" if m.archived else ""),
+            *(_versions(stages[str(s)]) for s in _STAGES),
+            _aliases(m.aliases),
+        )
     out.print(models)
     _show_requests(snapshot.open_requests, names, "open promotion requests")
     _show_places(snapshot.deployments, names)
@@ -420,14 +543,23 @@ def _show_model(snapshot: ModelSnapshot) -> None:
     assert snapshot.model is not None
     m = snapshot.model
     out.print(f"{m.name} ({m.model_id}) {_when(snapshot)}" + (" — archived" if m.archived else ""))
-    versions = _table("version", "stage", "aliases", "since", "registered by", "content digest", title="versions")
+    versions = _table(
+        "version", "stage", "aliases", "since", "registered by", "content digest", title="versions"
+    )
     for v in snapshot.versions:
-        versions.add_row(f"v{v.version}", str(v.stage) + (" (deprecated)" if v.deprecated else ""),
-                         ", ".join(v.aliases) or "-", v.stage_since.isoformat(timespec="seconds"), v.registered_by,
-                         v.content_digest)
+        versions.add_row(
+            f"v{v.version}",
+            str(v.stage) + (" (deprecated)" if v.deprecated else ""),
+            ", ".join(v.aliases) or "-",
+            v.stage_since.isoformat(timespec="seconds"),
+            v.registered_by,
+            v.content_digest,
+        )
     out.print(versions)
     names = {m.model_id: m.name}
-    _show_requests([r for r in snapshot.requests if r.status == "pending"], names, "open promotion requests")
+    _show_requests(
+        [r for r in snapshot.requests if r.status == "pending"], names, "open promotion requests"
+    )
     _show_places(snapshot.deployments, names)
 
 
@@ -435,12 +567,20 @@ def _show_requests(requests: list[ApprovalRequest], names: dict[str, str], title
     if not requests:
         _console().print(f"{title}: none")
         return
-    table = _table("model", "request", "version", "to", "requested by", "approvals", "expires", title=title)
+    table = _table(
+        "model", "request", "version", "to", "requested by", "approvals", "expires", title=title
+    )
     for r in requests:
         wanted = " + ".join(x for x in (r.target_stage, r.alias and f"alias {r.alias}") if x)
-        table.add_row(names.get(r.model_id, r.model_id), r.request_id, f"v{r.version}", wanted, r.requested_by,
-                      f"{len(r.approvals)}/{r.approvals_required}", r.expires_at.isoformat(timespec="seconds")
-                      + (" (overdue)" if r.overdue else ""))
+        table.add_row(
+            names.get(r.model_id, r.model_id),
+            r.request_id,
+            f"v{r.version}",
+            wanted,
+            r.requested_by,
+            f"{len(r.approvals)}/{r.approvals_required}",
+            r.expires_at.isoformat(timespec="seconds") + (" (overdue)" if r.overdue else ""),
+        )
     _console().print(table)
 
 
@@ -448,11 +588,19 @@ def _show_places(places: list[Place], names: dict[str, str]) -> None:
     if not places:
         _console().print("deployments: none")
         return
-    table = _table("model", "environment", "target", "follows", "desired", "live", "drift", title="deployments")
+    table = _table(
+        "model", "environment", "target", "follows", "desired", "live", "drift", title="deployments"
+    )
     for p in places:
-        table.add_row(names.get(p.model_id, p.model_id), p.environment, p.target, p.follows or "-",
-                      _version(p.desired_version), _version(p.live_version),
-                      p.drift_code if not p.drift else f"{p.drift_code}: {p.drift_reason}")
+        table.add_row(
+            names.get(p.model_id, p.model_id),
+            p.environment,
+            p.target,
+            p.follows or "-",
+            _version(p.desired_version),
+            _version(p.live_version),
+            p.drift_code if not p.drift else f"{p.drift_code}: {p.drift_reason}",
+        )
     _console().print(table)
 
 
@@ -473,8 +621,15 @@ def _or_dash(value: int | None) -> str:
 
 
 def _table(*headers: str, title: str) -> Table:
-    return Table(*headers, box=box.SIMPLE_HEAD, title=title, title_justify="left", header_style="bold",
-                 pad_edge=False, show_edge=False)
+    return Table(
+        *headers,
+        box=box.SIMPLE_HEAD,
+        title=title,
+        title_justify="left",
+        header_style="bold",
+        pad_edge=False,
+        show_edge=False,
+    )
 
 
 # ------------------------------------------------------------ plumbing (database side)
@@ -493,8 +648,12 @@ def _usage(message: str) -> typer.Exit:
 
 def _console() -> Console:
     """Tables on stdout; never wrapped at 80 columns when piped."""
-    return Console(width=None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 200, highlight=False,
-                   markup=False, emoji=False)
+    return Console(
+        width=None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 200,
+        highlight=False,
+        markup=False,
+        emoji=False,
+    )
 
 
 def _stderr_console() -> Console:
@@ -504,9 +663,16 @@ def _stderr_console() -> Console:
 def _progress_bar() -> Progress:
     """A bar on stderr when it is a terminal; nothing otherwise (pipes, CI logs)."""
     console = _stderr_console()
-    return Progress(TextColumn("{task.description}"), BarColumn(bar_width=24), TaskProgressColumn(),
-                    TextColumn("{task.completed:,} rows"), TimeElapsedColumn(), console=console, transient=True,
-                    disable=not console.is_terminal)
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(bar_width=24),
+        TaskProgressColumn(),
+        TextColumn("{task.completed:,} rows"),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+        disable=not console.is_terminal,
+    )
 
 
 @contextlib.contextmanager
@@ -514,7 +680,13 @@ def _spinner(text: str) -> Iterator[None]:
     """A spinner with the elapsed time while a fold runs, on a terminal: a fold has no
     row count to show, but a big one takes seconds."""
     console = _stderr_console()
-    with Progress(SpinnerColumn(), TextColumn(text), TimeElapsedColumn(), console=console, transient=True,
-                  disable=not console.is_terminal) as progress:
+    with Progress(
+        SpinnerColumn(),
+        TextColumn(text),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+        disable=not console.is_terminal,
+    ) as progress:
         progress.add_task(text, total=None)
         yield

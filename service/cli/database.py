@@ -60,7 +60,9 @@ async def _session(settings: Settings, url: str, work: Callable[[Connect], Await
     opened: list[asyncpg.Connection] = []
 
     async def open_connection() -> asyncpg.Connection:
-        conn = await connect(url, schema=settings.db_schema, app_role=settings.db_app_role, name="modelreg-cli")
+        conn = await connect(
+            url, schema=settings.db_schema, app_role=settings.db_app_role, name="modelreg-cli"
+        )
         opened.append(conn)
         return conn
 

@@ -43,30 +43,91 @@ class _CannotStartError(Exception):
 
 
 def deploy_agent(
-    out: Annotated[Path, typer.Option("--out", help="Directory the InferenceService manifests are written to.",
-                                      show_default=False)],
-    environment: Annotated[str, typer.Option(help="The environment deployments are recorded in.")] = "prod",
-    target: Annotated[str, typer.Option(help="The target for the production stage; an alias deploys to TARGET/ALIAS.")] = "k8s/serving",
-    alias: Annotated[list[str] | None, typer.Option("--alias", help="Also deploy when this alias moves (repeatable), e.g. a protected alias.")] = None,
-    model: Annotated[list[str] | None, typer.Option("--model", help="Only these models (repeatable; default: all).")] = None,
-    namespace: Annotated[str | None, typer.Option(help="metadata.namespace of the manifests (default: none).")] = None,
-    model_format: Annotated[str | None, typer.Option("--model-format", help="modelFormat.name when the version has no model_format tag, e.g. sklearn.")] = None,
-    storage_uri_from: Annotated[str, typer.Option("--storage-uri-from", help="'artifacts' (the prefix all artifact URIs share) or 'tag:KEY' (a version tag).")] = "artifacts",
-    durable: Annotated[str | None, typer.Option(help="Durable consumer name (default deploy-agent-ENVIRONMENT).")] = None,
-    state: Annotated[Path | None, typer.Option(help="De-duplication file (default OUT/.deploy-agent-DURABLE.seen).")] = None,
-    once: Annotated[bool, typer.Option("--once", help="Handle what is there, then exit (for cron and tests).")] = False,
+    out: Annotated[
+        Path,
+        typer.Option(
+            "--out",
+            help="Directory the InferenceService manifests are written to.",
+            show_default=False,
+        ),
+    ],
+    environment: Annotated[
+        str, typer.Option(help="The environment deployments are recorded in.")
+    ] = "prod",
+    target: Annotated[
+        str,
+        typer.Option(help="The target for the production stage; an alias deploys to TARGET/ALIAS."),
+    ] = "k8s/serving",
+    alias: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--alias",
+            help="Also deploy when this alias moves (repeatable), e.g. a protected alias.",
+        ),
+    ] = None,
+    model: Annotated[
+        list[str] | None,
+        typer.Option("--model", help="Only these models (repeatable; default: all)."),
+    ] = None,
+    namespace: Annotated[
+        str | None, typer.Option(help="metadata.namespace of the manifests (default: none).")
+    ] = None,
+    model_format: Annotated[
+        str | None,
+        typer.Option(
+            "--model-format",
+            help="modelFormat.name when the version has no model_format tag, e.g. sklearn.",
+        ),
+    ] = None,
+    storage_uri_from: Annotated[
+        str,
+        typer.Option(
+            "--storage-uri-from",
+            help="'artifacts' (the prefix all artifact URIs share) or 'tag:KEY' (a version tag).",
+        ),
+    ] = "artifacts",
+    durable: Annotated[
+        str | None, typer.Option(help="Durable consumer name (default deploy-agent-ENVIRONMENT).")
+    ] = None,
+    state: Annotated[
+        Path | None,
+        typer.Option(help="De-duplication file (default OUT/.deploy-agent-DURABLE.seen)."),
+    ] = None,
+    once: Annotated[
+        bool, typer.Option("--once", help="Handle what is there, then exit (for cron and tests).")
+    ] = False,
     url: UrlOption = None,
     token: TokenOption = None,
-    nats_url: Annotated[str | None, typer.Option("--nats-url", envvar="MODELREG_NATS_URL", help="NATS to read events from.")] = None,
-    stream: Annotated[str | None, typer.Option(envvar="MODELREG_NATS_STREAM", help="JetStream stream (default MODELREG_EVENTS).")] = None,
-    subject_prefix: Annotated[str | None, typer.Option(envvar="MODELREG_NATS_SUBJECT_PREFIX", help="Subject prefix (default modelreg.events).")] = None,
+    nats_url: Annotated[
+        str | None,
+        typer.Option("--nats-url", envvar="MODELREG_NATS_URL", help="NATS to read events from."),
+    ] = None,
+    stream: Annotated[
+        str | None,
+        typer.Option(
+            envvar="MODELREG_NATS_STREAM", help="JetStream stream (default MODELREG_EVENTS)."
+        ),
+    ] = None,
+    subject_prefix: Annotated[
+        str | None,
+        typer.Option(
+            envvar="MODELREG_NATS_SUBJECT_PREFIX", help="Subject prefix (default modelreg.events)."
+        ),
+    ] = None,
 ) -> None:
     """Render a KServe InferenceService for every promotion to production (and every move of
     the given aliases) and record the deployment's outcome in the registry."""
     try:
         settings = load_settings()
-        config = AgentConfig(out=out, environment=environment, target=target, aliases=frozenset(alias or ()),
-                             namespace=namespace, model_format=model_format, storage_uri_from=storage_uri_from)
+        config = AgentConfig(
+            out=out,
+            environment=environment,
+            target=target,
+            aliases=frozenset(alias or ()),
+            namespace=namespace,
+            model_format=model_format,
+            storage_uri_from=storage_uri_from,
+        )
     except (SettingsError, ValidationError, ValueError) as exc:
         _fail(str(exc))
     name = durable or "deploy-agent-" + re.sub(r"[^A-Za-z0-9_-]+", "-", environment)
@@ -81,8 +142,11 @@ def deploy_agent(
         try:
             client = AsyncClient(url, token)
         except ConfigurationError as exc:
-            raise _CannotStartError(str(exc).replace("pass token=... or set MODELREG_TOKEN",
-                                                     "set MODELREG_TOKEN or pass --token")) from None
+            raise _CannotStartError(
+                str(exc).replace(
+                    "pass token=... or set MODELREG_TOKEN", "set MODELREG_TOKEN or pass --token"
+                )
+            ) from None
         async with client:
             try:
                 await client.whoami()  # a wrong URL or token fails now, not on the first promotion
@@ -90,9 +154,12 @@ def deploy_agent(
             except ModelregError as exc:
                 raise _CannotStartError(f"registry at {client.url}: {exc}") from None
             agent = DeployAgent(client, config, on_outcome=show)
-            subscription = agent.subscription(name, stream=stream or settings.nats_stream,
-                                              subject_prefix=subject_prefix or settings.nats_subject_prefix,
-                                              models=model_ids)
+            subscription = agent.subscription(
+                name,
+                stream=stream or settings.nats_stream,
+                subject_prefix=subject_prefix or settings.nats_subject_prefix,
+                models=model_ids,
+            )
             await asyncio.to_thread(out.mkdir, parents=True, exist_ok=True)
             dedup = FileDedup(seen)
             nc = await _connect(server)
@@ -101,11 +168,17 @@ def deploy_agent(
             finally:
                 dedup.close()
                 await nc.close()
-        count = {s: sum(o.status == s for o in agent.outcomes) for s in ("succeeded", "failed", "skipped", "recorded")}
-        typer.echo(f"deploy-agent: {stats.handled} new events: {count['succeeded']} deployed, {count['failed']} failed, "
-                   f"{count['skipped']} superseded, {count['recorded']} already recorded, "
-                   f"{stats.handled - sum(count.values())} not for this agent; {stats.duplicates} duplicates, "
-                   f"{stats.dead_lettered} dead-lettered", err=True)
+        count = {
+            s: sum(o.status == s for o in agent.outcomes)
+            for s in ("succeeded", "failed", "skipped", "recorded")
+        }
+        typer.echo(
+            f"deploy-agent: {stats.handled} new events: {count['succeeded']} deployed, {count['failed']} failed, "
+            f"{count['skipped']} superseded, {count['recorded']} already recorded, "
+            f"{stats.handled - sum(count.values())} not for this agent; {stats.duplicates} duplicates, "
+            f"{stats.dead_lettered} dead-lettered",
+            err=True,
+        )
 
     _run_until_stopped(run)
 
@@ -116,11 +189,19 @@ async def _connect(url: str) -> NatsClient:
 
     try:
         client: NatsClient = await asyncio.wait_for(
-            nats.connect(url, connect_timeout=3, max_reconnect_attempts=1, reconnect_time_wait=0.5, error_cb=quiet),
+            nats.connect(
+                url,
+                connect_timeout=3,
+                max_reconnect_attempts=1,
+                reconnect_time_wait=0.5,
+                error_cb=quiet,
+            ),
             timeout=10,
         )
     except (nats.errors.Error, OSError, TimeoutError) as exc:
-        raise _CannotStartError(f"cannot connect to NATS at {url}: {str(exc) or type(exc).__name__}") from None
+        raise _CannotStartError(
+            f"cannot connect to NATS at {url}: {str(exc) or type(exc).__name__}"
+        ) from None
     # Fail fast on a server that never answered; once connected, ride out NATS restarts.
     client.options["max_reconnect_attempts"] = -1
     return client

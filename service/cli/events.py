@@ -30,23 +30,43 @@ app = typer.Typer(
 
 def line_of(event: LoggedEvent) -> str:
     record = event.record
-    return (f"{event.log_position:>8}  {when(event.sealed_at):<19}  {record.get('event_type', ''):<32}  "
-            f"{record.get('stream_id', ''):<44}  {record.get('actor', '')}")
+    return (
+        f"{event.log_position:>8}  {when(event.sealed_at):<19}  {record.get('event_type', ''):<32}  "
+        f"{record.get('stream_id', ''):<44}  {record.get('actor', '')}"
+    )
 
 
 def json_of(event: LoggedEvent) -> dict[str, object]:
-    return {"log_position": event.log_position, "sealed_at": event.sealed_at, "envelope": event.envelope}
+    return {
+        "log_position": event.log_position,
+        "sealed_at": event.sealed_at,
+        "envelope": event.envelope,
+    }
 
 
 @app.command("tail")
 @client_command
 def tail(
-    lines: Annotated[int, typer.Option("--lines", "-n", min=0, help="Start this many log positions before the end.")] = 10,
-    after: Annotated[int | None, typer.Option("--after", min=0, help="Start after this log position instead.")] = None,
-    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new events until Ctrl-C.")] = False,
-    event_type: Annotated[list[str] | None, typer.Option("--type", help="Only this event type (repeatable).")] = None,
-    model: Annotated[str | None, typer.Option("--model", help="Only this model's events.", autocompletion=complete_model)] = None,
-    interval: Annotated[float, typer.Option("--interval", min=0.1, help="Seconds between polls with --follow.")] = 1.0,
+    lines: Annotated[
+        int,
+        typer.Option("--lines", "-n", min=0, help="Start this many log positions before the end."),
+    ] = 10,
+    after: Annotated[
+        int | None, typer.Option("--after", min=0, help="Start after this log position instead.")
+    ] = None,
+    follow: Annotated[
+        bool, typer.Option("--follow", "-f", help="Keep printing new events until Ctrl-C.")
+    ] = False,
+    event_type: Annotated[
+        list[str] | None, typer.Option("--type", help="Only this event type (repeatable).")
+    ] = None,
+    model: Annotated[
+        str | None,
+        typer.Option("--model", help="Only this model's events.", autocompletion=complete_model),
+    ] = None,
+    interval: Annotated[
+        float, typer.Option("--interval", min=0.1, help="Seconds between polls with --follow.")
+    ] = 1.0,
     url: UrlOption = None,
     token: TokenOption = None,
     as_json: JsonOption = False,
@@ -75,7 +95,9 @@ def tail(
             _print(f"{'POSITION':>8}  {'SEALED AT (UTC)':<19}  {'TYPE':<32}  {'STREAM':<44}  ACTOR")
         try:
             if follow:
-                for event in client.follow_events(start, types=event_type, model=model, poll_interval=interval):
+                for event in client.follow_events(
+                    start, types=event_type, model=model, poll_interval=interval
+                ):
                     emit(event)
             else:
                 position = start

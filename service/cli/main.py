@@ -166,7 +166,9 @@ def configure_logging(level: str) -> None:
 
 def command_function(name: str) -> Callable[..., object]:
     """The function behind top-level command ``name`` (``deploy-agent`` is ``deploy_agent``)."""
-    function: Callable[..., object] = getattr(importlib.import_module(COMMANDS[name]), name.replace("-", "_"))
+    function: Callable[..., object] = getattr(
+        importlib.import_module(COMMANDS[name]), name.replace("-", "_")
+    )
     return function
 
 

@@ -60,7 +60,9 @@ def read_points(source: Path, *, step: int, dataset: str | None) -> list[Metric]
     found: list[Metric] = []
     for n, row in enumerate(rows, 1):
         if not isinstance(row, dict):
-            raise typer.BadParameter(f"row {n}: expected an object with key and value", param_hint="--file")
+            raise typer.BadParameter(
+                f"row {n}: expected an object with key and value", param_hint="--file"
+            )
         fields = {k: v for k, v in row.items() if v not in (None, "")}
         fields.setdefault("step", step)
         if dataset is not None:
@@ -77,13 +79,32 @@ def read_points(source: Path, *, step: int, dataset: str | None) -> list[Metric]
 def log_metrics(
     model: ModelArg,
     version: VersionArg,
-    values: Annotated[list[str] | None, typer.Argument(help="key=value pairs.", show_default=False)] = None,
-    step: Annotated[int, typer.Option("--step", min=0, help="Step of the key=value points (and file rows without one).")] = 0,
-    dataset: Annotated[str | None, typer.Option("--dataset", help="Dataset the values were measured on.")] = None,
-    file: Annotated[Path | None, typer.Option("--file", "-f", help="JSON lines or .csv of points; '-' for stdin.",
-                                              allow_dash=True)] = None,
-    progress: Annotated[bool | None, typer.Option("--progress/--no-progress", show_default=False,
-                                                  help="Progress bar (default: for files, on a terminal).")] = None,
+    values: Annotated[
+        list[str] | None, typer.Argument(help="key=value pairs.", show_default=False)
+    ] = None,
+    step: Annotated[
+        int,
+        typer.Option(
+            "--step", min=0, help="Step of the key=value points (and file rows without one)."
+        ),
+    ] = 0,
+    dataset: Annotated[
+        str | None, typer.Option("--dataset", help="Dataset the values were measured on.")
+    ] = None,
+    file: Annotated[
+        Path | None,
+        typer.Option(
+            "--file", "-f", help="JSON lines or .csv of points; '-' for stdin.", allow_dash=True
+        ),
+    ] = None,
+    progress: Annotated[
+        bool | None,
+        typer.Option(
+            "--progress/--no-progress",
+            show_default=False,
+            help="Progress bar (default: for files, on a terminal).",
+        ),
+    ] = None,
     url: UrlOption = None,
     token: TokenOption = None,
     as_json: JsonOption = False,
@@ -108,12 +129,19 @@ def log_metrics(
         raise typer.BadParameter("give key=value pairs or --file")
     receipts: list[Receipt] = []
     show_bar = progress if progress is not None else (file is not None and sys.stderr.isatty())
-    bar = Progress(TextColumn("logging"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                   console=console(stderr=True), transient=True, disable=not show_bar)
+    bar = Progress(
+        TextColumn("logging"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=console(stderr=True),
+        transient=True,
+        disable=not show_bar,
+    )
     with connect(url, token, metrics_batch_size=BATCH) as client, bar:
         task = bar.add_task("points", total=len(found))
         for start in range(0, len(found), BATCH):
-            chunk = found[start:start + BATCH]
+            chunk = found[start : start + BATCH]
             receipts.extend(client.log_metrics(model, version, chunk))
             receipts.extend(client.flush())
             bar.advance(task, len(chunk))
@@ -121,8 +149,10 @@ def log_metrics(
         emit_json({"points": len(found), "requests": len(receipts), "receipts": receipts})
         return
     last = receipts[-1].position if receipts else None
-    say(f"logged {len(found)} points to {model} v{version} in {len(receipts)} request"
-        f"{'s' if len(receipts) != 1 else ''} (log position {last})")
+    say(
+        f"logged {len(found)} points to {model} v{version} in {len(receipts)} request"
+        f"{'s' if len(receipts) != 1 else ''} (log position {last})"
+    )
 
 
 @app.command("show")
@@ -130,10 +160,24 @@ def log_metrics(
 def show_metrics(
     model: ModelArg,
     version: VersionArg,
-    key: Annotated[str | None, typer.Option("--key", "-k", help="Show this metric's history instead of the latest values.")] = None,
-    dataset: Annotated[str | None, typer.Option("--dataset", help="With --key: this dataset only.")] = None,
-    limit: Annotated[int, typer.Option("--limit", "-n", min=1, max=100_000, help="With --key: at most this many points.")] = 1000,
-    as_of: Annotated[str | None, typer.Option("--as-of", help="As it stood at a log position or time.")] = None,
+    key: Annotated[
+        str | None,
+        typer.Option(
+            "--key", "-k", help="Show this metric's history instead of the latest values."
+        ),
+    ] = None,
+    dataset: Annotated[
+        str | None, typer.Option("--dataset", help="With --key: this dataset only.")
+    ] = None,
+    limit: Annotated[
+        int,
+        typer.Option(
+            "--limit", "-n", min=1, max=100_000, help="With --key: at most this many points."
+        ),
+    ] = 1000,
+    as_of: Annotated[
+        str | None, typer.Option("--as-of", help="As it stood at a log position or time.")
+    ] = None,
     url: UrlOption = None,
     token: TokenOption = None,
     as_json: JsonOption = False,
@@ -149,22 +193,37 @@ def show_metrics(
     with connect(url, token) as client:
         if key is None:
             latest = client.get_metrics(model, version, as_of=as_of)
-            series = {(s.key, s.dataset): s for s in client.metric_series(model, version, as_of=as_of)}
+            series = {
+                (s.key, s.dataset): s for s in client.metric_series(model, version, as_of=as_of)
+            }
             if as_json:
                 emit_json(latest)
                 return
             grid = table("metric", "dataset", "latest", "step", "points", "logged (UTC)")
             for m in latest:
                 found = series.get((m.key, m.dataset))
-                grid.add_row(m.key, m.dataset, number(m.value), str(m.step), str(found.points) if found else "",
-                             when(m.timestamp))
+                grid.add_row(
+                    m.key,
+                    m.dataset,
+                    number(m.value),
+                    str(m.step),
+                    str(found.points) if found else "",
+                    when(m.timestamp),
+                )
             show(grid)
             return
         samples: list[MetricSample] = []
         cursor = None
         while len(samples) < limit:
-            page = client.metric_history(model, version, key, dataset=dataset, limit=min(10_000, limit - len(samples)),
-                                         cursor=cursor, as_of=as_of)
+            page = client.metric_history(
+                model,
+                version,
+                key,
+                dataset=dataset,
+                limit=min(10_000, limit - len(samples)),
+                cursor=cursor,
+                as_of=as_of,
+            )
             samples.extend(page.items)
             if page.next_cursor is None:
                 break
@@ -182,7 +241,9 @@ def show_metrics(
 @client_command
 def compare(
     model: ModelArg,
-    versions: Annotated[list[int], typer.Argument(help="Two or more version numbers.", show_default=False)],
+    versions: Annotated[
+        list[int], typer.Argument(help="Two or more version numbers.", show_default=False)
+    ],
     diff: Annotated[bool, typer.Option("--diff", help="Only rows whose values differ.")] = False,
     url: UrlOption = None,
     token: TokenOption = None,
@@ -200,7 +261,11 @@ def compare(
     grid = table("", "", *(f"v{v}" for v in found.versions))
     for p in found.params:
         if p.differs or not diff:
-            grid.add_row("param", p.name + (" *" if p.differs else ""), *("" if v is None else str(v) for v in p.values))
+            grid.add_row(
+                "param",
+                p.name + (" *" if p.differs else ""),
+                *("" if v is None else str(v) for v in p.values),
+            )
     for m in found.metrics:
         if m.differs or not diff:
             label = m.key + (f"[{m.dataset}]" if m.dataset else "") + (" *" if m.differs else "")

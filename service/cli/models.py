@@ -32,11 +32,15 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-ReasonOption = Annotated[str, typer.Option("--reason", "-m", help="Why (recorded in the audit log).", show_default=False)]
+ReasonOption = Annotated[
+    str, typer.Option("--reason", "-m", help="Why (recorded in the audit log).", show_default=False)
+]
 
 
 def _stages(row: ModelRow) -> str:
-    return ", ".join(f"{s}: v{v}" for s, v in row.stages.items() if v is not None and s != Stage.ARCHIVED)
+    return ", ".join(
+        f"{s}: v{v}" for s, v in row.stages.items() if v is not None and s != Stage.ARCHIVED
+    )
 
 
 def _aliases(aliases: dict[str, int]) -> str:
@@ -46,15 +50,29 @@ def _aliases(aliases: dict[str, int]) -> str:
 @app.command("list")
 @client_command
 def list_models(
-    q: Annotated[str | None, typer.Option("--query", "-q", help="Name substring, or a glob with *.")] = None,
-    tag: Annotated[list[str] | None, typer.Option("--tag", help="key=value or key (repeat for AND).")] = None,
-    stage: Annotated[list[Stage] | None, typer.Option("--stage", help="Has a version in this stage.")] = None,
+    q: Annotated[
+        str | None, typer.Option("--query", "-q", help="Name substring, or a glob with *.")
+    ] = None,
+    tag: Annotated[
+        list[str] | None, typer.Option("--tag", help="key=value or key (repeat for AND).")
+    ] = None,
+    stage: Annotated[
+        list[Stage] | None, typer.Option("--stage", help="Has a version in this stage.")
+    ] = None,
     alias: Annotated[str | None, typer.Option("--alias", help="Has this alias.")] = None,
     owner: Annotated[str | None, typer.Option("--owner")] = None,
-    metric: Annotated[list[str] | None, typer.Option("--metric", help="e.g. 'auc>0.9' or 'auc[holdout]>=0.9'.")] = None,
-    archived: Annotated[bool, typer.Option("--archived", help="List archived models instead.")] = False,
-    order_by: Annotated[str, typer.Option("--order-by", help="name, created, updated; '-' for descending.")] = "name",
-    limit: Annotated[int, typer.Option("--limit", "-n", min=1, max=500, help="Models per page.")] = 50,
+    metric: Annotated[
+        list[str] | None, typer.Option("--metric", help="e.g. 'auc>0.9' or 'auc[holdout]>=0.9'.")
+    ] = None,
+    archived: Annotated[
+        bool, typer.Option("--archived", help="List archived models instead.")
+    ] = False,
+    order_by: Annotated[
+        str, typer.Option("--order-by", help="name, created, updated; '-' for descending.")
+    ] = "name",
+    limit: Annotated[
+        int, typer.Option("--limit", "-n", min=1, max=500, help="Models per page.")
+    ] = 50,
     every: Annotated[bool, typer.Option("--all", help="Every page, not just the first.")] = False,
     url: UrlOption = None,
     token: TokenOption = None,
@@ -68,11 +86,20 @@ def list_models(
 
         modelreg models list --tag team=risk --json | jq -r '.items[].name'
     """
-    filters: dict[str, Any] = {"tags": tag, "stages": stage, "alias": alias, "owner": owner, "metrics": metric, "archived": archived,
-               "order_by": order_by}
+    filters: dict[str, Any] = {
+        "tags": tag,
+        "stages": stage,
+        "alias": alias,
+        "owner": owner,
+        "metrics": metric,
+        "archived": archived,
+        "order_by": order_by,
+    }
     with connect(url, token) as client:
         if every:
-            page: Page[ModelRow] = Page(items=tuple(client.iter_models(q, page_size=limit, **filters)))
+            page: Page[ModelRow] = Page(
+                items=tuple(client.iter_models(q, page_size=limit, **filters))
+            )
         else:
             page = client.list_models(q, limit=limit, **filters)
     if as_json:
@@ -80,8 +107,14 @@ def list_models(
         return
     grid = table("name", "latest", "stages", "aliases", "owner", "updated (UTC)")
     for row in page.items:
-        grid.add_row(row.name, "" if row.latest_version is None else f"v{row.latest_version}", _stages(row),
-                     _aliases(row.aliases), row.owner, when(row.updated_at))
+        grid.add_row(
+            row.name,
+            "" if row.latest_version is None else f"v{row.latest_version}",
+            _stages(row),
+            _aliases(row.aliases),
+            row.owner,
+            when(row.updated_at),
+        )
     show(grid)
     if page.next_cursor is not None:
         say(f"(more models: --all, or --limit {min(500, limit * 2)})")
@@ -91,7 +124,9 @@ def list_models(
 @client_command
 def show_model(
     name: ModelArg,
-    as_of: Annotated[str | None, typer.Option("--as-of", help="The model as it stood at a log position or time.")] = None,
+    as_of: Annotated[
+        str | None, typer.Option("--as-of", help="The model as it stood at a log position or time.")
+    ] = None,
     url: UrlOption = None,
     token: TokenOption = None,
     as_json: JsonOption = False,
@@ -110,24 +145,30 @@ def show_model(
         emit_json(row)
         return
     counts = ", ".join(f"{s} {n}" for s, n in row.stage_counts.items() if n)
-    print_mapping(f"{row.name}" + (" (archived)" if row.archived else ""), {
-        "model id": row.model_id,
-        "description": row.description,
-        "owner": row.owner,
-        "tags": ", ".join(f"{k}={v}" for k, v in sorted(row.tags.items())),
-        "versions": f"{row.version_count}" + (f" (latest v{row.latest_version}; {counts})" if row.latest_version else ""),
-        "stages": _stages(row),
-        "aliases": _aliases(row.aliases),
-        "created": when(row.created_at),
-        "updated": when(row.updated_at),
-        "position": row.position,
-    })
+    print_mapping(
+        f"{row.name}" + (" (archived)" if row.archived else ""),
+        {
+            "model id": row.model_id,
+            "description": row.description,
+            "owner": row.owner,
+            "tags": ", ".join(f"{k}={v}" for k, v in sorted(row.tags.items())),
+            "versions": f"{row.version_count}"
+            + (f" (latest v{row.latest_version}; {counts})" if row.latest_version else ""),
+            "stages": _stages(row),
+            "aliases": _aliases(row.aliases),
+            "created": when(row.created_at),
+            "updated": when(row.updated_at),
+            "position": row.position,
+        },
+    )
 
 
 @app.command("create")
 @client_command
 def create(
-    name: Annotated[str, typer.Argument(help="Letters, digits, '.', '_', '-'.", show_default=False)],
+    name: Annotated[
+        str, typer.Argument(help="Letters, digits, '.', '_', '-'.", show_default=False)
+    ],
     description: Annotated[str, typer.Option("--description", "-d")] = "",
     tag: Annotated[list[str] | None, typer.Option("--tag", help="key=value (repeatable).")] = None,
     owner: Annotated[str | None, typer.Option("--owner", help="Default: you.")] = None,
@@ -171,8 +212,13 @@ def rename(
 
 @app.command("archive")
 @client_command
-def archive(name: ModelArg, reason: ReasonOption, url: UrlOption = None, token: TokenOption = None,
-            as_json: JsonOption = False) -> None:
+def archive(
+    name: ModelArg,
+    reason: ReasonOption,
+    url: UrlOption = None,
+    token: TokenOption = None,
+    as_json: JsonOption = False,
+) -> None:
     """Archive a model (admin): hidden from lists, read-only, restorable.
 
     Example: modelreg models archive churn -m "replaced by churn-v2"
@@ -187,8 +233,13 @@ def archive(name: ModelArg, reason: ReasonOption, url: UrlOption = None, token: 
 
 @app.command("restore")
 @client_command
-def restore(name: ModelArg, reason: ReasonOption, url: UrlOption = None, token: TokenOption = None,
-            as_json: JsonOption = False) -> None:
+def restore(
+    name: ModelArg,
+    reason: ReasonOption,
+    url: UrlOption = None,
+    token: TokenOption = None,
+    as_json: JsonOption = False,
+) -> None:
     """Restore an archived model (admin).
 
     Example: modelreg models restore churn -m "still needed by billing"

@@ -61,7 +61,10 @@ app = typer.Typer(
 )
 
 DataDirOption = Annotated[
-    Path | None, typer.Option("--data-dir", help="Where embedded Postgres keeps data (env MODELREG_DATABASE_URL wins).")
+    Path | None,
+    typer.Option(
+        "--data-dir", help="Where embedded Postgres keeps data (env MODELREG_DATABASE_URL wins)."
+    ),
 ]
 POLL_SECONDS = 0.25
 
@@ -84,7 +87,9 @@ class StatusRow:
     lag_seconds: float
 
 
-def status_rows(statuses: list[Status], known: list[Projection], head: int, log_age: float) -> list[StatusRow]:
+def status_rows(
+    statuses: list[Status], known: list[Projection], head: int, log_age: float
+) -> list[StatusRow]:
     """One row per generation in the checkpoints, plus one per known view never started
     (behind by the whole log: ``log_age`` seconds from the first sealed event to the head)."""
     versions = {p.name: p.version for p in known}
@@ -94,13 +99,33 @@ def status_rows(statuses: list[Status], known: list[Projection], head: int, log_
         code = versions.get(s.projection)
         if s.status == "live" and code is not None and code > s.code_version:
             state = f"live, code v{code} > v{s.code_version}: rebuild due"
-        rows.append(StatusRow(s.projection, s.generation, state, s.code_version, s.log_position, s.head,
-                              s.lag_events, round(s.lag_seconds, 3)))
+        rows.append(
+            StatusRow(
+                s.projection,
+                s.generation,
+                state,
+                s.code_version,
+                s.log_position,
+                s.head,
+                s.lag_events,
+                round(s.lag_seconds, 3),
+            )
+        )
     present = {s.projection for s in statuses}
     for projection in known:
         if projection.name not in present:
-            rows.append(StatusRow(projection.name, None, "absent", projection.version, 0, head, head,
-                                  round(log_age, 3)))
+            rows.append(
+                StatusRow(
+                    projection.name,
+                    None,
+                    "absent",
+                    projection.version,
+                    0,
+                    head,
+                    head,
+                    round(log_age, 3),
+                )
+            )
     return sorted(rows, key=lambda r: (r.projection, r.generation or 0))
 
 
@@ -125,8 +150,14 @@ def status(
         return
     table = Table("projection", "generation", "state", "position", "lag events", "lag seconds")
     for r in rows:
-        table.add_row(r.projection, "" if r.generation is None else str(r.generation), r.state, f"{r.position:,}",
-                      f"{r.lag_events:,}", f"{r.lag_seconds:.1f}")
+        table.add_row(
+            r.projection,
+            "" if r.generation is None else str(r.generation),
+            r.state,
+            f"{r.position:,}",
+            f"{r.lag_events:,}",
+            f"{r.lag_seconds:.1f}",
+        )
     Console().print(table)
 
 
@@ -151,15 +182,21 @@ class EtaColumn(ProgressColumn):
         if not rate:
             return Text("ETA ?", style="progress.remaining")
         left = max(0.0, (task.total or 0) - task.completed) / rate
-        return Text(f"ETA {int(left // 3600)}:{int(left % 3600 // 60):02d}:{int(left % 60):02d}",
-                    style="progress.remaining")
+        return Text(
+            f"ETA {int(left // 3600)}:{int(left % 3600 // 60):02d}:{int(left % 60):02d}",
+            style="progress.remaining",
+        )
 
 
 @app.command()
 def rebuild(
-    names: Annotated[list[str] | None, typer.Argument(help="Projections to rebuild (see `status`).")] = None,
+    names: Annotated[
+        list[str] | None, typer.Argument(help="Projections to rebuild (see `status`).")
+    ] = None,
     every: Annotated[bool, typer.Option("--all", help="Rebuild every projection.")] = False,
-    batch: Annotated[int, typer.Option(help="Events per rebuild transaction when this command does the work.")] = 5000,
+    batch: Annotated[
+        int, typer.Option(help="Events per rebuild transaction when this command does the work.")
+    ] = 5000,
     data_dir: DataDirOption = None,
 ) -> None:
     """Rebuild into new tables from position 0 while the live ones serve, then switch."""
@@ -169,19 +206,31 @@ def rebuild(
     unknown = sorted(set(names or ()) - set(known))
     if unknown:
         raise _fail(f"no projection {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-    chosen = [known[n] for n in sorted(known)] if every else [known[n] for n in dict.fromkeys(names or ())]
+    chosen = (
+        [known[n] for n in sorted(known)]
+        if every
+        else [known[n] for n in dict.fromkeys(names or ())]
+    )
     settings = _settings(data_dir)
     console = Console(stderr=True)
-    columns = (TextColumn("{task.description}"), BarColumn(bar_width=16), TaskProgressColumn(), RateColumn(),
-               EtaColumn())
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(bar_width=16),
+        TaskProgressColumn(),
+        RateColumn(),
+        EtaColumn(),
+    )
 
     async def run(open_connection: Connect) -> None:
         # One connection each, all at once: the views rebuild side by side.
         connections = [await open_connection() for _ in chosen]
         with Progress(*columns, console=console, transient=False) as progress:
-            done = await asyncio.gather(*(
-                _rebuild_one(c, settings.db_schema, p, batch, progress) for c, p in zip(connections, chosen, strict=True)
-            ))
+            done = await asyncio.gather(
+                *(
+                    _rebuild_one(c, settings.db_schema, p, batch, progress)
+                    for c, p in zip(connections, chosen, strict=True)
+                )
+            )
         for line in done:
             console.print(line, soft_wrap=True, highlight=False)
 
@@ -204,12 +253,19 @@ async def _rebuild_one(
     started = time.monotonic()
     leading = False
     first: int | None = None
-    task = progress.add_task(f"{projection.name} g{generation}", total=max(1, await head_position(conn)))
+    task = progress.add_task(
+        f"{projection.name} g{generation}", total=max(1, await head_position(conn))
+    )
     try:
         while True:
-            mine = next((g for g in await generations(conn, projection.name) if g.generation == generation), None)
+            mine = next(
+                (g for g in await generations(conn, projection.name) if g.generation == generation),
+                None,
+            )
             if mine is None:
-                raise CliError(f"{projection.name}: generation {generation} was retired by someone else")
+                raise CliError(
+                    f"{projection.name}: generation {generation} was retired by someone else"
+                )
             head = await head_position(conn)
             first = mine.log_position if first is None else first
             elapsed = time.monotonic() - started
@@ -219,7 +275,11 @@ async def _rebuild_one(
                 break
             if not leading:
                 # A worker that leads this projection does the work (we watch); else we do it.
-                leading = bool(await conn.fetchval("SELECT pg_try_advisory_lock(hashtextextended($1, 0))", lock))
+                leading = bool(
+                    await conn.fetchval(
+                        "SELECT pg_try_advisory_lock(hashtextextended($1, 0))", lock
+                    )
+                )
             if leading:
                 await step(conn, projection, batch=batch, rebuild_batch=batch)
             else:
@@ -229,8 +289,10 @@ async def _rebuild_one(
             await conn.fetchval("SELECT pg_advisory_unlock(hashtextextended($1, 0))", lock)
     seconds = time.monotonic() - started
     who = "by this command" if leading else "by the running worker"
-    return (f"{projection.name}: generation {generation} is live at position {head:,}"
-            f" ({seconds:.1f} s, {head / seconds if seconds else 0:,.0f} events/s, {who})")
+    return (
+        f"{projection.name}: generation {generation} is live at position {head:,}"
+        f" ({seconds:.1f} s, {head / seconds if seconds else 0:,.0f} events/s, {who})"
+    )
 
 
 # ---------------------------------------------------------------- plumbing

@@ -38,8 +38,13 @@ class State(StrEnum):
 @app.command("list")
 @client_command
 def list_requests(
-    state: Annotated[State, typer.Option("--state", help="open, decided, or mine (awaiting my approval).")] = State.open,
-    model: Annotated[str | None, typer.Option("--model", help="Only this model's.", autocompletion=complete_model)] = None,
+    state: Annotated[
+        State, typer.Option("--state", help="open, decided, or mine (awaiting my approval).")
+    ] = State.open,
+    model: Annotated[
+        str | None,
+        typer.Option("--model", help="Only this model's.", autocompletion=complete_model),
+    ] = None,
     url: UrlOption = None,
     token: TokenOption = None,
     as_json: JsonOption = False,
@@ -57,12 +62,30 @@ def list_requests(
     if as_json:
         emit_json(found)
         return
-    grid = table("request", "version", "target", "status", "approvals", "requested by", "requested (UTC)", "waiting for")
+    grid = table(
+        "request",
+        "version",
+        "target",
+        "status",
+        "approvals",
+        "requested by",
+        "requested (UTC)",
+        "waiting for",
+    )
     for r in found:
-        target = " + ".join(t for t in (r.target_stage or "", f"alias {r.alias}" if r.alias else "") if t)
-        grid.add_row(r.request_id, f"v{r.version}", target, r.status + (" (overdue)" if r.overdue else ""),
-                     f"{len(r.approvals)}/{r.approvals_required}", r.requested_by, when(r.requested_at),
-                     r.who_must_act if r.status == "pending" else "")
+        target = " + ".join(
+            t for t in (r.target_stage or "", f"alias {r.alias}" if r.alias else "") if t
+        )
+        grid.add_row(
+            r.request_id,
+            f"v{r.version}",
+            target,
+            r.status + (" (overdue)" if r.overdue else ""),
+            f"{len(r.approvals)}/{r.approvals_required}",
+            r.requested_by,
+            when(r.requested_at),
+            r.who_must_act if r.status == "pending" else "",
+        )
     show(grid)
 
 
@@ -83,19 +106,26 @@ def show_request(
     if as_json:
         emit_json(r)
         return
-    print_mapping(f"request {r.request_id}", {
-        "version": f"v{r.version}",
-        "target": " + ".join(t for t in (r.target_stage or "", f"alias {r.alias}" if r.alias else "") if t),
-        "status": r.status,
-        "justification": r.justification,
-        "requested": f"{r.requested_by} at {when(r.requested_at)} UTC",
-        "expires": when(r.expires_at),
-        "approvals": f"{len(r.approvals)} of {r.approvals_required} ({', '.join(r.approvals)})",
-        "may not approve": ", ".join(r.approvers_excluded),
-        "waiting for": r.who_must_act if r.status == "pending" else "",
-        "decided": f"{r.decided_by} at {when(r.decided_at)}: {r.decision_comment or ''}" if r.decided_by else "",
-        "rules": ", ".join(r.rules or []),
-    })
+    print_mapping(
+        f"request {r.request_id}",
+        {
+            "version": f"v{r.version}",
+            "target": " + ".join(
+                t for t in (r.target_stage or "", f"alias {r.alias}" if r.alias else "") if t
+            ),
+            "status": r.status,
+            "justification": r.justification,
+            "requested": f"{r.requested_by} at {when(r.requested_at)} UTC",
+            "expires": when(r.expires_at),
+            "approvals": f"{len(r.approvals)} of {r.approvals_required} ({', '.join(r.approvals)})",
+            "may not approve": ", ".join(r.approvers_excluded),
+            "waiting for": r.who_must_act if r.status == "pending" else "",
+            "decided": f"{r.decided_by} at {when(r.decided_at)}: {r.decision_comment or ''}"
+            if r.decided_by
+            else "",
+            "rules": ", ".join(r.rules or []),
+        },
+    )
     if r.votes:
         grid = table("actor", "vote", "at (UTC)", "comment", title="votes")
         for v in r.votes:

@@ -54,18 +54,35 @@ def complete_model(incomplete: str) -> list[str]:
 
 UrlOption = Annotated[
     str | None,
-    typer.Option("--url", envvar="MODELREG_URL", show_envvar=True, help="The registry (default http://127.0.0.1:8000).",
-                 rich_help_panel="Connection"),
+    typer.Option(
+        "--url",
+        envvar="MODELREG_URL",
+        show_envvar=True,
+        help="The registry (default http://127.0.0.1:8000).",
+        rich_help_panel="Connection",
+    ),
 ]
 TokenOption = Annotated[
     str | None,
-    typer.Option("--token", envvar="MODELREG_TOKEN", show_envvar=True, show_default=False,
-                 help="Bearer token.", rich_help_panel="Connection"),
+    typer.Option(
+        "--token",
+        envvar="MODELREG_TOKEN",
+        show_envvar=True,
+        show_default=False,
+        help="Bearer token.",
+        rich_help_panel="Connection",
+    ),
 ]
-JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON for machines instead of a table.")]
-ModelArg = Annotated[str, typer.Argument(help="Model name.", autocompletion=complete_model, show_default=False)]
+JsonOption = Annotated[
+    bool, typer.Option("--json", help="Print JSON for machines instead of a table.")
+]
+ModelArg = Annotated[
+    str, typer.Argument(help="Model name.", autocompletion=complete_model, show_default=False)
+]
 VersionArg = Annotated[int, typer.Argument(help="Version number.", min=1, show_default=False)]
-CommentOption = Annotated[str, typer.Option("--comment", "-m", help="Why (recorded in the audit log).")]
+CommentOption = Annotated[
+    str, typer.Option("--comment", "-m", help="Why (recorded in the audit log).")
+]
 
 
 # ---------------------------------------------------------------- errors and exit codes
@@ -83,7 +100,11 @@ def exit_code(error: ModelregError) -> int:
 def report(error: ModelregError, as_json: bool) -> None:
     """The problem on stderr: one JSON line with ``--json``, else a few lines for people."""
     if as_json:
-        document = error.problem or {"title": str(error), "status": error.status, "code": error.code or "unreachable"}
+        document = error.problem or {
+            "title": str(error),
+            "status": error.status,
+            "code": error.code or "unreachable",
+        }
         sys.stderr.write(msgspec.json.encode(document).decode() + "\n")
         return
     lines = [f"modelreg: {error}"]
@@ -91,7 +112,9 @@ def report(error: ModelregError, as_json: bool) -> None:
     if where:
         lines.append(f"  {where}")
     lines.extend(f"  {e.get('field', '?')}: {e.get('message', '')}" for e in error.errors[1:])
-    lines.extend(f"  {k}: {v}" for k, v in error.details.items() if k in {"permission", "scope", "head"})
+    lines.extend(
+        f"  {k}: {v}" for k, v in error.details.items() if k in {"permission", "scope", "head"}
+    )
     sys.stderr.write("\n".join(lines) + "\n")
 
 
@@ -118,7 +141,11 @@ def connect(url: str | None, token: str | None, **options: Any) -> Client:
     try:
         return Client(url, token, **options)
     except ConfigurationError as exc:
-        fail(str(exc).replace("pass token=... or set MODELREG_TOKEN", "set MODELREG_TOKEN or pass --token"))
+        fail(
+            str(exc).replace(
+                "pass token=... or set MODELREG_TOKEN", "set MODELREG_TOKEN or pass --token"
+            )
+        )
 
 
 # ---------------------------------------------------------------- output
@@ -132,8 +159,15 @@ def console(stderr: bool = False) -> Console:
 
 
 def table(*headers: str, title: str | None = None) -> Table:
-    return Table(*headers, box=box.SIMPLE_HEAD, title=title, title_justify="left", header_style="bold",
-                 pad_edge=False, show_edge=False)
+    return Table(
+        *headers,
+        box=box.SIMPLE_HEAD,
+        title=title,
+        title_justify="left",
+        header_style="bold",
+        pad_edge=False,
+        show_edge=False,
+    )
 
 
 def show(renderable: Any) -> None:
@@ -147,7 +181,9 @@ def say(text: str) -> None:
 
 def emit_json(value: Any) -> None:
     """One JSON document, indented."""
-    sys.stdout.write(msgspec.json.format(msgspec.json.encode(value, enc_hook=_enc), indent=2).decode() + "\n")
+    sys.stdout.write(
+        msgspec.json.format(msgspec.json.encode(value, enc_hook=_enc), indent=2).decode() + "\n"
+    )
 
 
 def emit_json_line(value: Any) -> None:
@@ -214,7 +250,11 @@ def parse_duration(text: str) -> timedelta | None:
     if match is None:
         return None
     amount, unit = int(match.group(1)), match.group(2)
-    return {"d": timedelta(days=amount), "h": timedelta(hours=amount), "m": timedelta(minutes=amount)}[unit]
+    return {
+        "d": timedelta(days=amount),
+        "h": timedelta(hours=amount),
+        "m": timedelta(minutes=amount),
+    }[unit]
 
 
 def parse_time(text: str | None, option: str) -> datetime | None:
@@ -227,7 +267,9 @@ def parse_time(text: str | None, option: str) -> datetime | None:
     try:
         moment = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
     except ValueError:
-        raise typer.BadParameter(f"{text!r} is not a time like 2026-03-03T14:03:00Z or 7d", param_hint=option) from None
+        raise typer.BadParameter(
+            f"{text!r} is not a time like 2026-03-03T14:03:00Z or 7d", param_hint=option
+        ) from None
     return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
@@ -243,7 +285,13 @@ def whoami(url: UrlOption = None, token: TokenOption = None, as_json: JsonOption
     with connect(url, token) as client:
         me = client.whoami()
         if as_json:
-            emit_json({"url": client.url, **msgspec.structs.asdict(me), "permissions": sorted(me.permissions)})
+            emit_json(
+                {
+                    "url": client.url,
+                    **msgspec.structs.asdict(me),
+                    "permissions": sorted(me.permissions),
+                }
+            )
             return
         grid = table("", "", title=None)
         grid.show_header = False
@@ -261,8 +309,10 @@ def whoami(url: UrlOption = None, token: TokenOption = None, as_json: JsonOption
 
 def _moved(client: Client, receipt: Receipt, what: str) -> None:
     if receipt.pending:
-        say(f"{what}: needs approval; opened promotion request {receipt.request_id}\n"
-            f"  approve with: modelreg approve {receipt.request_id}")
+        say(
+            f"{what}: needs approval; opened promotion request {receipt.request_id}\n"
+            f"  approve with: modelreg approve {receipt.request_id}"
+        )
     else:
         say(f"{what}: done; {receipt_line(receipt)}")
 
@@ -297,10 +347,16 @@ def stage(
 def promote(
     model: ModelArg,
     version: VersionArg,
-    justification: Annotated[str, typer.Option("--justification", "-m", help="Why (required).", show_default=False)],
+    justification: Annotated[
+        str, typer.Option("--justification", "-m", help="Why (required).", show_default=False)
+    ],
     to: Annotated[Stage | None, typer.Option("--to", help="Target stage.")] = None,
-    alias: Annotated[str | None, typer.Option("--alias", help="Alias to point at the version.")] = None,
-    rollback: Annotated[bool, typer.Option("--rollback", help="A rollback (the policy may need fewer approvals).")] = False,
+    alias: Annotated[
+        str | None, typer.Option("--alias", help="Alias to point at the version.")
+    ] = None,
+    rollback: Annotated[
+        bool, typer.Option("--rollback", help="A rollback (the policy may need fewer approvals).")
+    ] = False,
     url: UrlOption = None,
     token: TokenOption = None,
     as_json: JsonOption = False,
@@ -316,22 +372,34 @@ def promote(
     if to is None and alias is None:
         raise typer.BadParameter("name a target: --to STAGE and/or --alias ALIAS")
     with connect(url, token) as client:
-        receipt = client.request_promotion(model, version, justification=justification, stage=to, alias=alias,
-                                           rollback=rollback)
+        receipt = client.request_promotion(
+            model, version, justification=justification, stage=to, alias=alias, rollback=rollback
+        )
         if as_json:
             emit_json(receipt)
         else:
-            target = " and ".join(t for t in (str(to) if to else "", f"alias {alias}" if alias else "") if t)
+            target = " and ".join(
+                t for t in (str(to) if to else "", f"alias {alias}" if alias else "") if t
+            )
             _moved(client, receipt, f"{model} v{version} -> {target}")
 
 
-RequestArg = Annotated[str, typer.Argument(help="Promotion request id (shown by promote, stage, promotions list).",
-                                           show_default=False)]
+RequestArg = Annotated[
+    str,
+    typer.Argument(
+        help="Promotion request id (shown by promote, stage, promotions list).", show_default=False
+    ),
+]
 
 
 @client_command
-def approve(request_id: RequestArg, comment: CommentOption = "", url: UrlOption = None, token: TokenOption = None,
-            as_json: JsonOption = False) -> None:
+def approve(
+    request_id: RequestArg,
+    comment: CommentOption = "",
+    url: UrlOption = None,
+    token: TokenOption = None,
+    as_json: JsonOption = False,
+) -> None:
     """Approve a promotion request; the approval that satisfies the policy executes it.
 
     Example: modelreg approve 5f0c... -m "checked the holdout report"
@@ -341,14 +409,21 @@ def approve(request_id: RequestArg, comment: CommentOption = "", url: UrlOption 
         if as_json:
             emit_json(receipt)
         elif receipt.executed:
-            say(f"approved; promotion executed: {receipt.model} v{receipt.version} ({receipt_line(receipt)})")
+            say(
+                f"approved; promotion executed: {receipt.model} v{receipt.version} ({receipt_line(receipt)})"
+            )
         else:
             say(f"approved; the request still needs more approvals ({receipt_line(receipt)})")
 
 
 @client_command
-def reject(request_id: RequestArg, comment: CommentOption = "", url: UrlOption = None, token: TokenOption = None,
-           as_json: JsonOption = False) -> None:
+def reject(
+    request_id: RequestArg,
+    comment: CommentOption = "",
+    url: UrlOption = None,
+    token: TokenOption = None,
+    as_json: JsonOption = False,
+) -> None:
     """Reject a promotion request.
 
     Example: modelreg reject 5f0c... -m "latency regression"
@@ -368,22 +443,45 @@ def audit_table(entries: Iterable[AuditEntry], title: str | None = None) -> Tabl
     grid = table("position", "time (UTC)", "actor", "event", "version", "summary", title=title)
     for e in entries:
         summary = e.summary + (f" - {e.reason}" if e.reason and e.reason not in e.summary else "")
-        grid.add_row(str(e.log_position), when(e.occurred_at), e.actor, e.event_type.removeprefix("model."),
-                     "" if e.version is None else str(e.version), summary)
+        grid.add_row(
+            str(e.log_position),
+            when(e.occurred_at),
+            e.actor,
+            e.event_type.removeprefix("model."),
+            "" if e.version is None else str(e.version),
+            summary,
+        )
     return grid
 
 
 @client_command
 def history(
     model: ModelArg,
-    version: Annotated[int | None, typer.Option("--version", "-v", help="Only events about this version.")] = None,
-    actor: Annotated[str | None, typer.Option("--actor", help="Only events by this principal.")] = None,
-    event_type: Annotated[list[str] | None, typer.Option("--type", help="Only this event type (repeatable).")] = None,
-    since: Annotated[str | None, typer.Option("--since", help="RFC 3339 time, or 7d / 12h / 30m ago.")] = None,
-    until: Annotated[str | None, typer.Option("--until", help="RFC 3339 time, or 7d / 12h / 30m ago.")] = None,
-    limit: Annotated[int, typer.Option("--limit", "-n", min=1, max=1000, help="At most this many events.")] = 50,
-    oldest_first: Annotated[bool, typer.Option("--oldest-first", help="Chronological order.")] = False,
-    as_of: Annotated[str | None, typer.Option("--as-of", help="Only what was recorded up to a log position or time.")] = None,
+    version: Annotated[
+        int | None, typer.Option("--version", "-v", help="Only events about this version.")
+    ] = None,
+    actor: Annotated[
+        str | None, typer.Option("--actor", help="Only events by this principal.")
+    ] = None,
+    event_type: Annotated[
+        list[str] | None, typer.Option("--type", help="Only this event type (repeatable).")
+    ] = None,
+    since: Annotated[
+        str | None, typer.Option("--since", help="RFC 3339 time, or 7d / 12h / 30m ago.")
+    ] = None,
+    until: Annotated[
+        str | None, typer.Option("--until", help="RFC 3339 time, or 7d / 12h / 30m ago.")
+    ] = None,
+    limit: Annotated[
+        int, typer.Option("--limit", "-n", min=1, max=1000, help="At most this many events.")
+    ] = 50,
+    oldest_first: Annotated[
+        bool, typer.Option("--oldest-first", help="Chronological order.")
+    ] = False,
+    as_of: Annotated[
+        str | None,
+        typer.Option("--as-of", help="Only what was recorded up to a log position or time."),
+    ] = None,
     url: UrlOption = None,
     token: TokenOption = None,
     as_json: JsonOption = False,
@@ -398,8 +496,17 @@ def history(
     """
     types = [t if "." in t else f"model.{t}" for t in event_type or []]
     with connect(url, token) as client:
-        page = client.history(model, actor=actor, types=types, version=version, since=parse_time(since, "--since"),
-                              until=parse_time(until, "--until"), limit=limit, oldest_first=oldest_first, as_of=as_of)
+        page = client.history(
+            model,
+            actor=actor,
+            types=types,
+            version=version,
+            since=parse_time(since, "--since"),
+            until=parse_time(until, "--until"),
+            limit=limit,
+            oldest_first=oldest_first,
+            as_of=as_of,
+        )
         if as_json:
             emit_json(page)
             return

@@ -39,7 +39,9 @@ def _expiry(expires_in: str | None, expires_at: str | None) -> datetime | None:
     if expires_in:
         delta = parse_duration(expires_in)
         if delta is None:
-            raise typer.BadParameter(f"{expires_in!r} is not a duration like 90d, 12h or 30m", param_hint="--expires-in")
+            raise typer.BadParameter(
+                f"{expires_in!r} is not a duration like 90d, 12h or 30m", param_hint="--expires-in"
+            )
         return datetime.now(UTC) + delta
     return parse_time(expires_at, "--expires-at")
 
@@ -47,10 +49,22 @@ def _expiry(expires_in: str | None, expires_at: str | None) -> datetime | None:
 @app.command("create")
 @client_command
 def create(
-    principal: Annotated[str, typer.Argument(help="Who the token is for (a person or a system).", show_default=False)],
-    role: Annotated[list[Role], typer.Option("--role", "-r", help="reader, contributor, approver, admin (repeatable).",
-                                             show_default=False)],
-    scope: Annotated[list[str] | None, typer.Option("--scope", help="Only these models; 'churn*' for a prefix (repeatable).")] = None,
+    principal: Annotated[
+        str, typer.Argument(help="Who the token is for (a person or a system).", show_default=False)
+    ],
+    role: Annotated[
+        list[Role],
+        typer.Option(
+            "--role",
+            "-r",
+            help="reader, contributor, approver, admin (repeatable).",
+            show_default=False,
+        ),
+    ],
+    scope: Annotated[
+        list[str] | None,
+        typer.Option("--scope", help="Only these models; 'churn*' for a prefix (repeatable)."),
+    ] = None,
     expires_in: Annotated[str | None, typer.Option("--expires-in", help="e.g. 90d, 12h.")] = None,
     expires_at: Annotated[str | None, typer.Option("--expires-at", help="RFC 3339 time.")] = None,
     description: Annotated[str, typer.Option("--description", "-d")] = "",
@@ -67,14 +81,21 @@ def create(
         export MODELREG_TOKEN=$(modelreg tokens create alice -r approver --json | jq -r .secret)
     """
     with connect(url, token) as client:
-        issued = client.create_token(principal, role, scopes=scope or (), expires_at=_expiry(expires_in, expires_at),
-                                     description=description)
+        issued = client.create_token(
+            principal,
+            role,
+            scopes=scope or (),
+            expires_at=_expiry(expires_in, expires_at),
+            description=description,
+        )
     if as_json:
         emit_json(issued)
         return
-    say(f"token {issued.token_id} for {issued.principal} ({', '.join(issued.roles)})"
+    say(
+        f"token {issued.token_id} for {issued.principal} ({', '.join(issued.roles)})"
         + (f", models {', '.join(issued.scopes)}" if issued.scopes else "")
-        + (f", expires {when(issued.expires_at)} UTC" if issued.expires_at else ""))
+        + (f", expires {when(issued.expires_at)} UTC" if issued.expires_at else "")
+    )
     if issued.secret:
         say(f"secret (shown once; store it now): {issued.secret}")
     else:
@@ -83,7 +104,9 @@ def create(
 
 @app.command("list")
 @client_command
-def list_tokens(url: UrlOption = None, token: TokenOption = None, as_json: JsonOption = False) -> None:
+def list_tokens(
+    url: UrlOption = None, token: TokenOption = None, as_json: JsonOption = False
+) -> None:
     """Every token: principal, roles, scopes, expiry, revoked.
 
     Example: modelreg tokens list --json | jq -r '.[] | select(.revoked | not) | .token_id'
@@ -95,15 +118,24 @@ def list_tokens(url: UrlOption = None, token: TokenOption = None, as_json: JsonO
         return
     grid = table("token", "principal", "roles", "scopes", "expires (UTC)", "revoked", "description")
     for t in found:
-        grid.add_row(t.token_id, t.principal, ", ".join(t.roles), ", ".join(t.scopes) or "*", when(t.expires_at),
-                     "yes" if t.revoked else "", t.description)
+        grid.add_row(
+            t.token_id,
+            t.principal,
+            ", ".join(t.roles),
+            ", ".join(t.scopes) or "*",
+            when(t.expires_at),
+            "yes" if t.revoked else "",
+            t.description,
+        )
     show(grid)
 
 
 @app.command("revoke")
 @client_command
 def revoke(
-    token_id: Annotated[str, typer.Argument(help="The token's id (not its secret).", show_default=False)],
+    token_id: Annotated[
+        str, typer.Argument(help="The token's id (not its secret).", show_default=False)
+    ],
     reason: Annotated[str, typer.Option("--reason", "-m")] = "",
     url: UrlOption = None,
     token: TokenOption = None,

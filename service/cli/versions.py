@@ -42,7 +42,9 @@ app = typer.Typer(
 
 
 def metric_summary(metrics: tuple[MetricValue, ...] | list[MetricValue], limit: int = 4) -> str:
-    shown = [f"{m.key}{f'[{m.dataset}]' if m.dataset else ''}={number(m.value)}" for m in metrics[:limit]]
+    shown = [
+        f"{m.key}{f'[{m.dataset}]' if m.dataset else ''}={number(m.value)}" for m in metrics[:limit]
+    ]
     more = len(metrics) - limit
     return ", ".join(shown) + (f", +{more}" if more > 0 else "")
 
@@ -55,13 +57,28 @@ def _stage(row: VersionRow) -> str:
 @client_command
 def list_versions(
     model: ModelArg,
-    stage: Annotated[list[Stage] | None, typer.Option("--stage", help="In this stage (repeatable: any of).")] = None,
-    tag: Annotated[list[str] | None, typer.Option("--tag", help="key=value or key (repeat for AND).")] = None,
+    stage: Annotated[
+        list[Stage] | None, typer.Option("--stage", help="In this stage (repeatable: any of).")
+    ] = None,
+    tag: Annotated[
+        list[str] | None, typer.Option("--tag", help="key=value or key (repeat for AND).")
+    ] = None,
     alias: Annotated[str | None, typer.Option("--alias")] = None,
-    metric: Annotated[list[str] | None, typer.Option("--metric", help="e.g. 'auc>0.9' or 'auc[holdout]>=0.9'.")] = None,
-    deprecated: Annotated[bool | None, typer.Option("--deprecated/--not-deprecated", help="Only (not) deprecated ones.",
-                                                    show_default=False)] = None,
-    order_by: Annotated[str, typer.Option("--order-by", help="version, created, updated, metric:KEY[DATASET]; '-' descending.")] = "-version",
+    metric: Annotated[
+        list[str] | None, typer.Option("--metric", help="e.g. 'auc>0.9' or 'auc[holdout]>=0.9'.")
+    ] = None,
+    deprecated: Annotated[
+        bool | None,
+        typer.Option(
+            "--deprecated/--not-deprecated", help="Only (not) deprecated ones.", show_default=False
+        ),
+    ] = None,
+    order_by: Annotated[
+        str,
+        typer.Option(
+            "--order-by", help="version, created, updated, metric:KEY[DATASET]; '-' descending."
+        ),
+    ] = "-version",
     limit: Annotated[int, typer.Option("--limit", "-n", min=1, max=500)] = 50,
     url: UrlOption = None,
     token: TokenOption = None,
@@ -76,15 +93,29 @@ def list_versions(
         modelreg versions list churn --order-by '-metric:auc[holdout]' -n 3 --json
     """
     with connect(url, token) as client:
-        page = client.list_versions(model, stages=stage, tags=tag, alias=alias, metrics=metric, deprecated=deprecated,
-                                    order_by=order_by, limit=limit)
+        page = client.list_versions(
+            model,
+            stages=stage,
+            tags=tag,
+            alias=alias,
+            metrics=metric,
+            deprecated=deprecated,
+            order_by=order_by,
+            limit=limit,
+        )
     if as_json:
         emit_json(page)
         return
     grid = table("version", "stage", "aliases", "metrics", "registered by", "created (UTC)")
     for row in page.items:
-        grid.add_row(f"v{row.version}", _stage(row), ", ".join(row.aliases), metric_summary(row.metrics),
-                     row.registered_by, when(row.created_at))
+        grid.add_row(
+            f"v{row.version}",
+            _stage(row),
+            ", ".join(row.aliases),
+            metric_summary(row.metrics),
+            row.registered_by,
+            when(row.created_at),
+        )
     show(grid)
     if page.next_cursor is not None:
         say("(more versions: raise --limit)")
@@ -95,7 +126,9 @@ def list_versions(
 def show_version(
     model: ModelArg,
     version: Annotated[str, typer.Argument(help="Version number or alias.", show_default=False)],
-    as_of: Annotated[str | None, typer.Option("--as-of", help="As it stood at a log position or time.")] = None,
+    as_of: Annotated[
+        str | None, typer.Option("--as-of", help="As it stood at a log position or time.")
+    ] = None,
     url: UrlOption = None,
     token: TokenOption = None,
     as_json: JsonOption = False,
@@ -115,18 +148,26 @@ def show_version(
         return
     content = row.content
     code = content.code if content else None
-    print_mapping(f"{row.model_name} v{row.version}", {
-        "stage": f"{_stage(row)} since {when(row.stage_since)}",
-        "aliases": ", ".join(row.aliases),
-        "description": row.description,
-        "tags": ", ".join(f"{k}={v}" for k, v in sorted(row.tags.items())),
-        "registered by": f"{row.registered_by} at {when(row.created_at)}",
-        "content digest": row.content_digest,
-        "code": f"{code.repository} @ {code.commit[:12]}" + (f" ({code.path})" if code.path else "") if code else "",
-        "python": content.dependencies.python_version if content and content.dependencies else "",
-        "run": _run(content.run) if content and content.run else "",
-        "deprecated": (row.deprecation_reason or "yes") if row.deprecated else "",
-    })
+    print_mapping(
+        f"{row.model_name} v{row.version}",
+        {
+            "stage": f"{_stage(row)} since {when(row.stage_since)}",
+            "aliases": ", ".join(row.aliases),
+            "description": row.description,
+            "tags": ", ".join(f"{k}={v}" for k, v in sorted(row.tags.items())),
+            "registered by": f"{row.registered_by} at {when(row.created_at)}",
+            "content digest": row.content_digest,
+            "code": f"{code.repository} @ {code.commit[:12]}"
+            + (f" ({code.path})" if code.path else "")
+            if code
+            else "",
+            "python": content.dependencies.python_version
+            if content and content.dependencies
+            else "",
+            "run": _run(content.run) if content and content.run else "",
+            "deprecated": (row.deprecation_reason or "yes") if row.deprecated else "",
+        },
+    )
     if content and content.artifacts:
         grid = table("artifact", "size", "sha256", "uri", title="artifacts")
         for a in content.artifacts:
@@ -161,24 +202,70 @@ def metrics_table(metrics: tuple[MetricValue, ...] | list[MetricValue]) -> Any:
 @client_command
 def register(
     model: ModelArg,
-    artifacts: Annotated[Path, typer.Argument(help="Directory (or file) holding the model's files.", show_default=False,
-                                              exists=True, readable=True)],
-    uri: Annotated[str | None, typer.Option("--uri", help="Where the files are stored, e.g. s3://models/churn/7 "
-                                                          "(default: their local file:// paths).")] = None,
-    param: Annotated[list[str] | None, typer.Option("--param", "-p", help="Training parameter key=value (repeatable).")] = None,
-    params_file: Annotated[Path | None, typer.Option("--params-file", help="A JSON object of parameters.", exists=True,
-                                                     dir_okay=False)] = None,
-    metric: Annotated[list[str] | None, typer.Option("--metric", help="Metric key=value logged at step 0 (repeatable).")] = None,
-    dataset: Annotated[str | None, typer.Option("--dataset", help="Dataset the --metric values were measured on.")] = None,
+    artifacts: Annotated[
+        Path,
+        typer.Argument(
+            help="Directory (or file) holding the model's files.",
+            show_default=False,
+            exists=True,
+            readable=True,
+        ),
+    ],
+    uri: Annotated[
+        str | None,
+        typer.Option(
+            "--uri",
+            help="Where the files are stored, e.g. s3://models/churn/7 "
+            "(default: their local file:// paths).",
+        ),
+    ] = None,
+    param: Annotated[
+        list[str] | None,
+        typer.Option("--param", "-p", help="Training parameter key=value (repeatable)."),
+    ] = None,
+    params_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--params-file", help="A JSON object of parameters.", exists=True, dir_okay=False
+        ),
+    ] = None,
+    metric: Annotated[
+        list[str] | None,
+        typer.Option("--metric", help="Metric key=value logged at step 0 (repeatable)."),
+    ] = None,
+    dataset: Annotated[
+        str | None, typer.Option("--dataset", help="Dataset the --metric values were measured on.")
+    ] = None,
     tag: Annotated[list[str] | None, typer.Option("--tag", help="key=value (repeatable).")] = None,
     description: Annotated[str, typer.Option("--description", "-d")] = "",
-    exclude: Annotated[list[str] | None, typer.Option("--exclude", help="Glob of files to leave out, besides .git and __pycache__ (repeatable).")] = None,
-    code: Annotated[bool, typer.Option("--code/--no-code", help="Record the git checkout of the current directory.")] = True,
-    run_id: Annotated[str | None, typer.Option("--run-id", help="Experiment-tracker run id.")] = None,
-    run_url: Annotated[str | None, typer.Option("--run-url", help="Experiment-tracker run URL.")] = None,
-    create: Annotated[bool, typer.Option("--create/--no-create", help="Register the model if it does not exist.")] = True,
-    progress: Annotated[bool | None, typer.Option("--progress/--no-progress", help="Progress bar while hashing "
-                                                  "(default: for large directories on a terminal).", show_default=False)] = None,
+    exclude: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--exclude",
+            help="Glob of files to leave out, besides .git and __pycache__ (repeatable).",
+        ),
+    ] = None,
+    code: Annotated[
+        bool,
+        typer.Option("--code/--no-code", help="Record the git checkout of the current directory."),
+    ] = True,
+    run_id: Annotated[
+        str | None, typer.Option("--run-id", help="Experiment-tracker run id.")
+    ] = None,
+    run_url: Annotated[
+        str | None, typer.Option("--run-url", help="Experiment-tracker run URL.")
+    ] = None,
+    create: Annotated[
+        bool, typer.Option("--create/--no-create", help="Register the model if it does not exist.")
+    ] = True,
+    progress: Annotated[
+        bool | None,
+        typer.Option(
+            "--progress/--no-progress",
+            help="Progress bar while hashing (default: for large directories on a terminal).",
+            show_default=False,
+        ),
+    ] = None,
     url: UrlOption = None,
     token: TokenOption = None,
     as_json: JsonOption = False,
@@ -204,7 +291,9 @@ def register(
         try:
             metrics[key] = float(value)
         except ValueError:
-            raise typer.BadParameter(f"{key}={value}: not a number", param_hint="--metric") from None
+            raise typer.BadParameter(
+                f"{key}={value}: not a number", param_hint="--metric"
+            ) from None
     run = RunReference(run_id=run_id, url=run_url or "") if run_id else None
     if run_url and not run_id:
         raise typer.BadParameter("--run-url needs --run-id")
@@ -217,16 +306,28 @@ def register(
     kwargs: dict[str, Any] = {"exclude": (*DEFAULT_EXCLUDE, *exclude)} if exclude else {}
     with connect(url, token, progress=progress) as client:
         done = client.register_version(
-            model, artifacts_dir=artifacts, artifacts_uri=uri, params=params, metrics=metrics or None,
-            metrics_dataset=dataset, code=reference, dependencies=None, run=run, tags=tags,
-            description=description, create_model=create, **kwargs,
+            model,
+            artifacts_dir=artifacts,
+            artifacts_uri=uri,
+            params=params,
+            metrics=metrics or None,
+            metrics_dataset=dataset,
+            code=reference,
+            dependencies=None,
+            run=run,
+            tags=tags,
+            description=description,
+            create_model=create,
+            **kwargs,
         )
     if as_json:
         emit_json(done)
         return
     created = f" (created model {model})" if done.model_created else ""
-    say(f"registered {model} v{done.version}{created}: {receipt_line(done.receipt)}"
-        + (f"; {len(metrics)} metrics logged" if metrics else ""))
+    say(
+        f"registered {model} v{done.version}{created}: {receipt_line(done.receipt)}"
+        + (f"; {len(metrics)} metrics logged" if metrics else "")
+    )
 
 
 @app.command("deprecate")
@@ -234,7 +335,9 @@ def register(
 def deprecate(
     model: ModelArg,
     version: VersionArg,
-    reason: Annotated[str, typer.Option("--reason", "-m", help="Why (required).", show_default=False)],
+    reason: Annotated[
+        str, typer.Option("--reason", "-m", help="Why (required).", show_default=False)
+    ],
     url: UrlOption = None,
     token: TokenOption = None,
     as_json: JsonOption = False,

@@ -133,7 +133,12 @@ class AsyncClient:
         self.read_your_writes = read_your_writes
         self.progress = progress
         self._transport = AsyncTransport(
-            self.url, secret, timeout=timeout, retry=retry or default_retry(), transport=transport, headers=headers
+            self.url,
+            secret,
+            timeout=timeout,
+            retry=retry or default_retry(),
+            transport=transport,
+            headers=headers,
         )
         self._metrics = MetricBuffer(metrics_batch_size, metrics_flush_interval)
         self._exit_hook = flush_at_exit(self) if self._FLUSH_AT_EXIT else None
@@ -153,7 +158,10 @@ class AsyncClient:
         return self
 
     async def __aexit__(
-        self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        trace: TracebackType | None,
     ) -> None:
         try:
             await self.flush()  # metrics logged before a crash are worth keeping too
@@ -174,10 +182,14 @@ class AsyncClient:
                 self._exit_hook.cancel()
             await self._transport.aclose()
 
-    async def _get(self, path: str, kind: type[T], params: Params | None = None, *, consistent: bool = True) -> T:
+    async def _get(
+        self, path: str, kind: type[T], params: Params | None = None, *, consistent: bool = True
+    ) -> T:
         return decode(await self._read(path, params, consistent=consistent), kind)
 
-    async def _read(self, path: str, params: Params | None = None, *, consistent: bool = True) -> httpx.Response:
+    async def _read(
+        self, path: str, params: Params | None = None, *, consistent: bool = True
+    ) -> httpx.Response:
         if self._metrics.pending:
             await self.flush()
         query = dict(params or {})
@@ -187,15 +199,25 @@ class AsyncClient:
         return await self._transport.send("GET", path, params=query)
 
     async def _write(
-        self, method: str, path: str, body: Any = None, *, kind: type[T] = Receipt,  # type: ignore[assignment]
-        params: Params | None = None, key: str | None = None, if_version: int | None = None,
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        *,
+        kind: type[T] = Receipt,  # type: ignore[assignment]
+        params: Params | None = None,
+        key: str | None = None,
+        if_version: int | None = None,
     ) -> T:
         payload = None if body is None else encode(body)
-        response = await self._transport.send(method, path, params=params, body=payload, idempotency_key=key,
-                                              if_version=if_version)
+        response = await self._transport.send(
+            method, path, params=params, body=payload, idempotency_key=key, if_version=if_version
+        )
         return decode(response, kind)
 
-    async def request(self, method: str, path: str, *, params: Params | None = None, json: Any = None) -> httpx.Response:
+    async def request(
+        self, method: str, path: str, *, params: Params | None = None, json: Any = None
+    ) -> httpx.Response:
         """Any other call, with the same retries, idempotency and typed errors."""
         body = None if json is None else encode(json)
         return await self._transport.send(method, path, params=params, body=body)
@@ -220,12 +242,24 @@ class AsyncClient:
         """One page of models. ``q``: name substring or glob (``churn-*``); ``metrics``:
         filters such as ``"auc>0.9"`` or ``"auc[holdout]>=0.9"``; ``order_by``: name,
         created or updated, ``-`` for descending."""
-        params = {"q": q, "tag": _tags(tags), "stage": list(stages or []), "alias": alias, "owner": owner,
-                  "metric": list(metrics or []), "archived": archived, "order_by": order_by, "limit": limit,
-                  "cursor": cursor, "as_of": _as_of(as_of)}
+        params = {
+            "q": q,
+            "tag": _tags(tags),
+            "stage": list(stages or []),
+            "alias": alias,
+            "owner": owner,
+            "metric": list(metrics or []),
+            "archived": archived,
+            "order_by": order_by,
+            "limit": limit,
+            "cursor": cursor,
+            "as_of": _as_of(as_of),
+        }
         return await self._get("/api/v1/models", Page[ModelRow], params)
 
-    async def iter_models(self, q: str | None = None, *, page_size: int = 200, **filters: Any) -> AsyncIterator[ModelRow]:
+    async def iter_models(
+        self, q: str | None = None, *, page_size: int = 200, **filters: Any
+    ) -> AsyncIterator[ModelRow]:
         """Every model matching the filters of ``list_models``, page after page."""
         cursor = None
         while True:
@@ -250,30 +284,58 @@ class AsyncClient:
         return etag_version(await self._read("/api/v1/policy", consistent=False))
 
     async def create_model(
-        self, name: str, *, description: str = "", tags: Mapping[str, str] | None = None, owner: str | None = None
+        self,
+        name: str,
+        *,
+        description: str = "",
+        tags: Mapping[str, str] | None = None,
+        owner: str | None = None,
     ) -> Receipt:
         """Register a model; ``Conflict`` (code ``already_exists``) if the name is taken."""
         body = {"name": name, "description": description, "tags": dict(tags or {}), "owner": owner}
         return await self._write("POST", "/api/v1/models", body)
 
-    async def update_model(self, name: str, *, description: str, if_version: int | None = None) -> Receipt:
-        return await self._write("PATCH", model_path(name), {"description": description}, if_version=if_version)
+    async def update_model(
+        self, name: str, *, description: str, if_version: int | None = None
+    ) -> Receipt:
+        return await self._write(
+            "PATCH", model_path(name), {"description": description}, if_version=if_version
+        )
 
-    async def rename_model(self, name: str, new_name: str, *, if_version: int | None = None) -> Receipt:
-        return await self._write("POST", f"{model_path(name)}/rename", {"new_name": new_name}, if_version=if_version)
+    async def rename_model(
+        self, name: str, new_name: str, *, if_version: int | None = None
+    ) -> Receipt:
+        return await self._write(
+            "POST", f"{model_path(name)}/rename", {"new_name": new_name}, if_version=if_version
+        )
 
-    async def archive_model(self, name: str, reason: str, *, if_version: int | None = None) -> Receipt:
-        return await self._write("POST", f"{model_path(name)}/archive", {"reason": reason}, if_version=if_version)
+    async def archive_model(
+        self, name: str, reason: str, *, if_version: int | None = None
+    ) -> Receipt:
+        return await self._write(
+            "POST", f"{model_path(name)}/archive", {"reason": reason}, if_version=if_version
+        )
 
-    async def restore_model(self, name: str, reason: str, *, if_version: int | None = None) -> Receipt:
-        return await self._write("POST", f"{model_path(name)}/restore", {"reason": reason}, if_version=if_version)
+    async def restore_model(
+        self, name: str, reason: str, *, if_version: int | None = None
+    ) -> Receipt:
+        return await self._write(
+            "POST", f"{model_path(name)}/restore", {"reason": reason}, if_version=if_version
+        )
 
-    async def set_model_tag(self, name: str, key: str, value: str, *, if_version: int | None = None) -> Receipt:
-        return await self._write("PUT", f"{model_path(name)}/tags/{seg(key)}", {"value": value},
-                                 if_version=if_version)
+    async def set_model_tag(
+        self, name: str, key: str, value: str, *, if_version: int | None = None
+    ) -> Receipt:
+        return await self._write(
+            "PUT", f"{model_path(name)}/tags/{seg(key)}", {"value": value}, if_version=if_version
+        )
 
-    async def remove_model_tag(self, name: str, key: str, *, if_version: int | None = None) -> Receipt:
-        return await self._write("DELETE", f"{model_path(name)}/tags/{seg(key)}", if_version=if_version)
+    async def remove_model_tag(
+        self, name: str, key: str, *, if_version: int | None = None
+    ) -> Receipt:
+        return await self._write(
+            "DELETE", f"{model_path(name)}/tags/{seg(key)}", if_version=if_version
+        )
 
     # ------------------------------------------------------------------ versions
 
@@ -294,12 +356,23 @@ class AsyncClient:
     ) -> Page[VersionRow]:
         """One page of a model's versions (newest first), with their latest metrics;
         ``order_by`` also takes ``metric:KEY[DATASET]``, e.g. ``-metric:auc[holdout]``."""
-        params = {"q": q, "tag": _tags(tags), "stage": list(stages or []), "alias": alias,
-                  "metric": list(metrics or []), "deprecated": deprecated, "order_by": order_by, "limit": limit,
-                  "cursor": cursor, "as_of": _as_of(as_of)}
+        params = {
+            "q": q,
+            "tag": _tags(tags),
+            "stage": list(stages or []),
+            "alias": alias,
+            "metric": list(metrics or []),
+            "deprecated": deprecated,
+            "order_by": order_by,
+            "limit": limit,
+            "cursor": cursor,
+            "as_of": _as_of(as_of),
+        }
         return await self._get(f"{model_path(model)}/versions", Page[VersionRow], params)
 
-    async def iter_versions(self, model: str, *, page_size: int = 200, **filters: Any) -> AsyncIterator[VersionRow]:
+    async def iter_versions(
+        self, model: str, *, page_size: int = 200, **filters: Any
+    ) -> AsyncIterator[VersionRow]:
         cursor = None
         while True:
             page = await self.list_versions(model, limit=page_size, cursor=cursor, **filters)
@@ -309,7 +382,9 @@ class AsyncClient:
                 return
             cursor = page.next_cursor
 
-    async def get_version(self, model: str, version: int | str, *, as_of: AsOf = None) -> VersionRow:
+    async def get_version(
+        self, model: str, version: int | str, *, as_of: AsOf = None
+    ) -> VersionRow:
         """A version by number, or by alias (``get_version("churn", "champion")``)."""
         if isinstance(version, str) and not version.isdigit():
             path = f"{model_path(model)}/versions/by-alias/{seg(version)}"
@@ -353,7 +428,9 @@ class AsyncClient:
         elif artifacts_dir is not None:
             directory = artifacts_dir
             entries = await self._transport.blocking(
-                lambda: build_manifest(directory, uri=artifacts_uri, exclude=exclude, progress=self.progress)
+                lambda: build_manifest(
+                    directory, uri=artifacts_uri, exclude=exclude, progress=self.progress
+                )
             )
         else:
             raise ValueError("register_version needs artifacts_dir=... or manifest=...")
@@ -365,8 +442,14 @@ class AsyncClient:
         if dependencies == "auto":
             dependencies = Dependencies(python_version=platform.python_version())
         body = {
-            "artifacts": entries, "code": code, "dependencies": dependencies, "params": dict(params or {}),
-            "datasets": list(datasets), "run": run, "signature": signature, "tags": all_tags,
+            "artifacts": entries,
+            "code": code,
+            "dependencies": dependencies,
+            "params": dict(params or {}),
+            "datasets": list(datasets),
+            "run": run,
+            "signature": signature,
+            "tags": all_tags,
             "description": description,
         }
         key = new_key()
@@ -390,34 +473,76 @@ class AsyncClient:
         if metrics is not None:
             found = points(metrics, dataset=metrics_dataset)
             for start in range(0, len(found), MAX_BATCH):
-                batch = Batch(model, receipt.version, found[start:start + MAX_BATCH])
+                batch = Batch(model, receipt.version, found[start : start + MAX_BATCH])
                 logged.append(await self._send_batch(batch))
         last = logged[-1].position if logged else receipt.position
-        return RegisteredVersion(model=model, model_id=receipt.model_id, version=receipt.version,
-                                 position=last, receipt=receipt, metrics=logged, model_created=created)
+        return RegisteredVersion(
+            model=model,
+            model_id=receipt.model_id,
+            version=receipt.version,
+            position=last,
+            receipt=receipt,
+            metrics=logged,
+            model_created=created,
+        )
 
     async def update_version(
-        self, model: str, version: int, *, description: str, if_version: int | None = None,
+        self,
+        model: str,
+        version: int,
+        *,
+        description: str,
+        if_version: int | None = None,
     ) -> Receipt:
-        return await self._write("PATCH", version_path(model, version), {"description": description},
-                                 if_version=if_version)
+        return await self._write(
+            "PATCH",
+            version_path(model, version),
+            {"description": description},
+            if_version=if_version,
+        )
 
     async def set_version_tag(
-        self, model: str, version: int, key: str, value: str, *, if_version: int | None = None,
+        self,
+        model: str,
+        version: int,
+        key: str,
+        value: str,
+        *,
+        if_version: int | None = None,
     ) -> Receipt:
-        return await self._write("PUT", f"{version_path(model, version)}/tags/{seg(key)}", {"value": value},
-                                 if_version=if_version)
+        return await self._write(
+            "PUT",
+            f"{version_path(model, version)}/tags/{seg(key)}",
+            {"value": value},
+            if_version=if_version,
+        )
 
     async def remove_version_tag(
-        self, model: str, version: int, key: str, *, if_version: int | None = None,
+        self,
+        model: str,
+        version: int,
+        key: str,
+        *,
+        if_version: int | None = None,
     ) -> Receipt:
-        return await self._write("DELETE", f"{version_path(model, version)}/tags/{seg(key)}", if_version=if_version)
+        return await self._write(
+            "DELETE", f"{version_path(model, version)}/tags/{seg(key)}", if_version=if_version
+        )
 
     async def deprecate_version(
-        self, model: str, version: int, reason: str, *, if_version: int | None = None,
+        self,
+        model: str,
+        version: int,
+        reason: str,
+        *,
+        if_version: int | None = None,
     ) -> Receipt:
-        return await self._write("POST", f"{version_path(model, version)}/deprecate", {"reason": reason},
-                                 if_version=if_version)
+        return await self._write(
+            "POST",
+            f"{version_path(model, version)}/deprecate",
+            {"reason": reason},
+            if_version=if_version,
+        )
 
     # ------------------------------------------------------------------ metrics
 
@@ -436,16 +561,27 @@ class AsyncClient:
         Buffered: returns the receipts of the batches this call happened to send (usually
         none). ``flush()`` sends the rest; so do reads, ``close`` and leaving a ``with``.
         """
-        self._metrics.add(model, version, points(metrics, step=step, dataset=dataset, timestamp=timestamp))
+        self._metrics.add(
+            model, version, points(metrics, step=step, dataset=dataset, timestamp=timestamp)
+        )
         if self._metrics.due():
             return await self.flush()
         return []
 
     async def log_metric(
-        self, model: str, version: int, key: str, value: float, *, step: int = 0, dataset: str | None = None,
+        self,
+        model: str,
+        version: int,
+        key: str,
+        value: float,
+        *,
+        step: int = 0,
+        dataset: str | None = None,
         timestamp: datetime | None = None,
     ) -> list[Receipt]:
-        return await self.log_metrics(model, version, {key: value}, step=step, dataset=dataset, timestamp=timestamp)
+        return await self.log_metrics(
+            model, version, {key: value}, step=step, dataset=dataset, timestamp=timestamp
+        )
 
     async def flush(self) -> list[Receipt]:
         """Send every buffered metric point now; the receipts of the batches sent.
@@ -477,30 +613,64 @@ class AsyncClient:
         self._metrics.done(batch)
         return receipt
 
-    async def get_metrics(self, model: str, version: int, *, as_of: AsOf = None) -> list[MetricValue]:
+    async def get_metrics(
+        self, model: str, version: int, *, as_of: AsOf = None
+    ) -> list[MetricValue]:
         """The latest value of every (key, dataset) of a version."""
-        return await self._get(f"{version_path(model, version)}/metrics", list[MetricValue], {"as_of": _as_of(as_of)})
+        return await self._get(
+            f"{version_path(model, version)}/metrics", list[MetricValue], {"as_of": _as_of(as_of)}
+        )
 
     async def metric_history(
-        self, model: str, version: int, key: str, *, dataset: str | None = None, limit: int = 1000,
-        cursor: str | None = None, as_of: AsOf = None,
+        self,
+        model: str,
+        version: int,
+        key: str,
+        *,
+        dataset: str | None = None,
+        limit: int = 1000,
+        cursor: str | None = None,
+        as_of: AsOf = None,
     ) -> Page[MetricSample]:
         """Every logged point of one key, by step."""
-        params = {"key": key, "dataset": dataset, "limit": limit, "cursor": cursor, "as_of": _as_of(as_of)}
-        return await self._get(f"{version_path(model, version)}/metrics", Page[MetricSample], params)
+        params = {
+            "key": key,
+            "dataset": dataset,
+            "limit": limit,
+            "cursor": cursor,
+            "as_of": _as_of(as_of),
+        }
+        return await self._get(
+            f"{version_path(model, version)}/metrics", Page[MetricSample], params
+        )
 
-    async def metric_series(self, model: str, version: int, *, as_of: AsOf = None) -> list[MetricSeries]:
-        return await self._get(f"{version_path(model, version)}/metrics/series", list[MetricSeries],
-                               {"as_of": _as_of(as_of)})
+    async def metric_series(
+        self, model: str, version: int, *, as_of: AsOf = None
+    ) -> list[MetricSeries]:
+        return await self._get(
+            f"{version_path(model, version)}/metrics/series",
+            list[MetricSeries],
+            {"as_of": _as_of(as_of)},
+        )
 
     async def best_metric(
-        self, model: str, version: int, key: str, *, dataset: str = "", goal: Literal["max", "min"] = "max",
+        self,
+        model: str,
+        version: int,
+        key: str,
+        *,
+        dataset: str = "",
+        goal: Literal["max", "min"] = "max",
         as_of: AsOf = None,
     ) -> MetricSample:
         params = {"dataset": dataset, "goal": goal, "as_of": _as_of(as_of)}
-        return await self._get(f"{version_path(model, version)}/metrics/{seg(key)}/best", MetricSample, params)
+        return await self._get(
+            f"{version_path(model, version)}/metrics/{seg(key)}/best", MetricSample, params
+        )
 
-    async def compare_versions(self, model: str, versions: Sequence[int], *, as_of: AsOf = None) -> Comparison:
+    async def compare_versions(
+        self, model: str, versions: Sequence[int], *, as_of: AsOf = None
+    ) -> Comparison:
         """Parameters and latest metrics of several versions side by side."""
         params = {"versions": ",".join(str(int(v)) for v in versions), "as_of": _as_of(as_of)}
         return await self._get(f"{model_path(model)}/compare", Comparison, params)
@@ -508,32 +678,67 @@ class AsyncClient:
     # ------------------------------------------------------------------ lifecycle
 
     async def transition(
-        self, model: str, version: int, stage: Stage | str, *, comment: str = "", if_version: int | None = None,
+        self,
+        model: str,
+        version: int,
+        stage: Stage | str,
+        *,
+        comment: str = "",
+        if_version: int | None = None,
     ) -> Receipt:
         """Move a version to a stage. When the policy needs approval this opens a promotion
         request instead: ``receipt.pending`` and ``receipt.request_id`` say so."""
-        return await self._write("POST", f"{version_path(model, version)}/stage",
-                                 {"to": str(Stage(stage)), "comment": comment}, if_version=if_version)
+        return await self._write(
+            "POST",
+            f"{version_path(model, version)}/stage",
+            {"to": str(Stage(stage)), "comment": comment},
+            if_version=if_version,
+        )
 
     async def rollback(self, model: str, reason: str, *, if_version: int | None = None) -> Receipt:
         """Re-promote the version that was in production before the current one."""
-        return await self._write("POST", f"{model_path(model)}/rollback", {"reason": reason}, if_version=if_version)
+        return await self._write(
+            "POST", f"{model_path(model)}/rollback", {"reason": reason}, if_version=if_version
+        )
 
     async def set_alias(
-        self, model: str, alias: str, version: int, *, comment: str = "", if_version: int | None = None,
+        self,
+        model: str,
+        alias: str,
+        version: int,
+        *,
+        comment: str = "",
+        if_version: int | None = None,
     ) -> Receipt:
-        return await self._write("PUT", f"{model_path(model)}/aliases/{seg(alias)}",
-                                 {"version": int(version), "comment": comment}, if_version=if_version)
+        return await self._write(
+            "PUT",
+            f"{model_path(model)}/aliases/{seg(alias)}",
+            {"version": int(version), "comment": comment},
+            if_version=if_version,
+        )
 
-    async def remove_alias(self, model: str, alias: str, *, if_version: int | None = None) -> Receipt:
-        return await self._write("DELETE", f"{model_path(model)}/aliases/{seg(alias)}", if_version=if_version)
+    async def remove_alias(
+        self, model: str, alias: str, *, if_version: int | None = None
+    ) -> Receipt:
+        return await self._write(
+            "DELETE", f"{model_path(model)}/aliases/{seg(alias)}", if_version=if_version
+        )
 
-    async def alias_history(self, model: str, alias: str, *, as_of: AsOf = None) -> list[AliasInterval]:
-        return await self._get(f"{model_path(model)}/aliases/{seg(alias)}", list[AliasInterval],
-                               {"as_of": _as_of(as_of)})
+    async def alias_history(
+        self, model: str, alias: str, *, as_of: AsOf = None
+    ) -> list[AliasInterval]:
+        return await self._get(
+            f"{model_path(model)}/aliases/{seg(alias)}",
+            list[AliasInterval],
+            {"as_of": _as_of(as_of)},
+        )
 
     async def timeline(
-        self, model: str, *, stage: Stage | str | None = None, at: int | datetime | str | None = None
+        self,
+        model: str,
+        *,
+        stage: Stage | str | None = None,
+        at: int | datetime | str | None = None,
     ) -> list[StageInterval]:
         """Which version held each stage from when to when; with ``at``, the holders then."""
         params = {"stage": str(Stage(stage)) if stage else None, "at": _as_of(at)}
@@ -545,14 +750,20 @@ class AsyncClient:
         return await self._get(path, PolicyView, consistent=False)
 
     async def set_policy(
-        self, policy: GovernancePolicy | Mapping[str, Any], *, model: str | None = None, comment: str = "",
+        self,
+        policy: GovernancePolicy | Mapping[str, Any],
+        *,
+        model: str | None = None,
+        comment: str = "",
         if_version: int | None = None,
     ) -> Receipt:
         """Set a model's policy, or the registry default (``model=None``, admin only). A
         mapping is sent as given, so the server names a misspelt field instead of ignoring it."""
         value = policy if isinstance(policy, GovernancePolicy) else dict(policy)
         path = f"{model_path(model)}/policy" if model else "/api/v1/policy"
-        return await self._write("PUT", path, {"policy": value, "comment": comment}, if_version=if_version)
+        return await self._write(
+            "PUT", path, {"policy": value, "comment": comment}, if_version=if_version
+        )
 
     async def clear_policy(self, model: str, *, if_version: int | None = None) -> Receipt:
         return await self._write("DELETE", f"{model_path(model)}/policy", if_version=if_version)
@@ -560,13 +771,27 @@ class AsyncClient:
     # ------------------------------------------------------------------ promotions
 
     async def request_promotion(
-        self, model: str, version: int, *, justification: str, stage: Stage | str | None = None,
-        alias: str | None = None, rollback: bool = False, if_version: int | None = None
+        self,
+        model: str,
+        version: int,
+        *,
+        justification: str,
+        stage: Stage | str | None = None,
+        alias: str | None = None,
+        rollback: bool = False,
+        if_version: int | None = None,
     ) -> Receipt:
         """Ask for a stage and/or alias; runs at once when no approval is needed."""
-        body = {"version": int(version), "justification": justification,
-                "target_stage": str(Stage(stage)) if stage else None, "alias": alias, "rollback": rollback}
-        return await self._write("POST", f"{model_path(model)}/promotions", body, if_version=if_version)
+        body = {
+            "version": int(version),
+            "justification": justification,
+            "target_stage": str(Stage(stage)) if stage else None,
+            "alias": alias,
+            "rollback": rollback,
+        }
+        return await self._write(
+            "POST", f"{model_path(model)}/promotions", body, if_version=if_version
+        )
 
     async def list_promotions(
         self, state: Literal["open", "decided", "mine"] = "open", *, model: str | None = None
@@ -575,53 +800,106 @@ class AsyncClient:
         if model is not None:
             if state == "mine":
                 raise ValueError("state='mine' lists requests across models; leave model out")
-            return await self._get(f"{model_path(model)}/promotions", list[ApprovalRequest], {"state": state})
+            return await self._get(
+                f"{model_path(model)}/promotions", list[ApprovalRequest], {"state": state}
+            )
         return await self._get("/api/v1/promotions", list[ApprovalRequest], {"state": state})
 
     async def get_promotion(self, request_id: str) -> ApprovalRequest:
         return await self._get(f"/api/v1/promotions/{seg(request_id)}", ApprovalRequest)
 
-    async def approve(self, request_id: str, comment: str = "", *, if_version: int | None = None) -> Receipt:
+    async def approve(
+        self, request_id: str, comment: str = "", *, if_version: int | None = None
+    ) -> Receipt:
         """Approve; the approval that satisfies the policy executes the promotion (``executed``)."""
-        return await self._write("POST", f"/api/v1/promotions/{seg(request_id)}/approve", {"comment": comment},
-                                 if_version=if_version)
+        return await self._write(
+            "POST",
+            f"/api/v1/promotions/{seg(request_id)}/approve",
+            {"comment": comment},
+            if_version=if_version,
+        )
 
-    async def reject(self, request_id: str, comment: str = "", *, if_version: int | None = None) -> Receipt:
-        return await self._write("POST", f"/api/v1/promotions/{seg(request_id)}/reject", {"comment": comment},
-                                 if_version=if_version)
+    async def reject(
+        self, request_id: str, comment: str = "", *, if_version: int | None = None
+    ) -> Receipt:
+        return await self._write(
+            "POST",
+            f"/api/v1/promotions/{seg(request_id)}/reject",
+            {"comment": comment},
+            if_version=if_version,
+        )
 
-    async def cancel_promotion(self, request_id: str, comment: str = "", *, if_version: int | None = None) -> Receipt:
-        return await self._write("POST", f"/api/v1/promotions/{seg(request_id)}/cancel", {"comment": comment},
-                                 if_version=if_version)
+    async def cancel_promotion(
+        self, request_id: str, comment: str = "", *, if_version: int | None = None
+    ) -> Receipt:
+        return await self._write(
+            "POST",
+            f"/api/v1/promotions/{seg(request_id)}/cancel",
+            {"comment": comment},
+            if_version=if_version,
+        )
 
     # ------------------------------------------------------------------ deployments
 
     async def start_deployment(
-        self, model: str, version: int, *, environment: str, target: str, desired_stage: Stage | str | None = None,
-        desired_alias: str | None = None, comment: str = "", deployment_id: str | None = None,
+        self,
+        model: str,
+        version: int,
+        *,
+        environment: str,
+        target: str,
+        desired_stage: Stage | str | None = None,
+        desired_alias: str | None = None,
+        comment: str = "",
+        deployment_id: str | None = None,
     ) -> Receipt:
         """Report that a deployment of ``version`` started; ``receipt.request_id`` is its id."""
-        body = {"environment": environment, "target": target,
-                "desired_stage": str(Stage(desired_stage)) if desired_stage else None,
-                "desired_alias": desired_alias, "comment": comment, "deployment_id": deployment_id}
+        body = {
+            "environment": environment,
+            "target": target,
+            "desired_stage": str(Stage(desired_stage)) if desired_stage else None,
+            "desired_alias": desired_alias,
+            "comment": comment,
+            "deployment_id": deployment_id,
+        }
         return await self._write("POST", f"{version_path(model, version)}/deployments", body)
 
     async def report_deployment(
-        self, model: str, deployment_id: str, status: Literal["succeeded", "failed", "rolled_back"], *,
-        reason: str = "", comment: str = "",
+        self,
+        model: str,
+        deployment_id: str,
+        status: Literal["succeeded", "failed", "rolled_back"],
+        *,
+        reason: str = "",
+        comment: str = "",
     ) -> Receipt:
-        body = {"deployment_id": deployment_id, "status": status, "reason": reason, "comment": comment}
+        body = {
+            "deployment_id": deployment_id,
+            "status": status,
+            "reason": reason,
+            "comment": comment,
+        }
         return await self._write("POST", f"{model_path(model)}/deployments/report", body)
 
     async def deployments(
-        self, model: str, *, environment: str | None = None, drifted: bool = False, as_of: AsOf = None
+        self,
+        model: str,
+        *,
+        environment: str | None = None,
+        drifted: bool = False,
+        as_of: AsOf = None,
     ) -> list[Place]:
         """Desired against actual per environment and target, with the drift."""
         params = {"environment": environment, "drifted": drifted, "as_of": _as_of(as_of)}
         return await self._get(f"{model_path(model)}/deployments", list[Place], params)
 
     async def deployment_runs(
-        self, model: str, *, environment: str | None = None, before_position: int | None = None, limit: int = 100
+        self,
+        model: str,
+        *,
+        environment: str | None = None,
+        before_position: int | None = None,
+        limit: int = 100,
     ) -> list[DeploymentRun]:
         params = {"environment": environment, "before_position": before_position, "limit": limit}
         return await self._get(f"{model_path(model)}/deployments/runs", list[DeploymentRun], params)
@@ -643,17 +921,34 @@ class AsyncClient:
         as_of: AsOf = None,
     ) -> AuditPage:
         """Every event of a model: who did what, when and why (newest first by default)."""
-        params = {"actor": actor, "type": list(types or []), "version": version, "since": aware(since),
-                  "until": aware(until),
-                  "cursor": cursor, "limit": limit, "oldest_first": oldest_first, "as_of": _as_of(as_of)}
+        params = {
+            "actor": actor,
+            "type": list(types or []),
+            "version": version,
+            "since": aware(since),
+            "until": aware(until),
+            "cursor": cursor,
+            "limit": limit,
+            "oldest_first": oldest_first,
+            "as_of": _as_of(as_of),
+        }
         return await self._get(f"{model_path(model)}/history", AuditPage, params)
 
-    async def actor_history(self, actor: str, *, cursor: int | None = None, limit: int = 100) -> AuditPage:
+    async def actor_history(
+        self, actor: str, *, cursor: int | None = None, limit: int = 100
+    ) -> AuditPage:
         """Everything one person (or system) did, newest first."""
-        return await self._get(f"/api/v1/audit/actors/{seg(actor)}", AuditPage, {"cursor": cursor, "limit": limit})
+        return await self._get(
+            f"/api/v1/audit/actors/{seg(actor)}", AuditPage, {"cursor": cursor, "limit": limit}
+        )
 
     async def events(
-        self, after: int = 0, *, limit: int = 500, types: Sequence[str] | None = None, model: str | None = None
+        self,
+        after: int = 0,
+        *,
+        limit: int = 500,
+        types: Sequence[str] | None = None,
+        model: str | None = None,
     ) -> EventsPage:
         """The global log after a position, as stored (hash-chained envelopes)."""
         params = {"after": after, "limit": limit, "type": list(types or []), "model": model}
@@ -679,8 +974,13 @@ class AsyncClient:
         return low
 
     async def follow_events(
-        self, after: int = 0, *, types: Sequence[str] | None = None, model: str | None = None,
-        poll_interval: float = 1.0, batch: int = 500,
+        self,
+        after: int = 0,
+        *,
+        types: Sequence[str] | None = None,
+        model: str | None = None,
+        poll_interval: float = 1.0,
+        batch: int = 500,
     ) -> AsyncIterator[LoggedEvent]:
         """Events after ``after`` as they are sealed, forever (break out of the loop to stop)."""
         position = after
@@ -706,24 +1006,38 @@ class AsyncClient:
         return await self._get("/api/v1/me", Principal, consistent=False)
 
     async def create_token(
-        self, principal: str, roles: Sequence[Role | str], *, scopes: Sequence[str] = (),
-        expires_at: datetime | None = None, description: str = "",
+        self,
+        principal: str,
+        roles: Sequence[Role | str],
+        *,
+        scopes: Sequence[str] = (),
+        expires_at: datetime | None = None,
+        description: str = "",
     ) -> IssuedToken:
         """Issue a token (admin). Its ``secret`` is in this answer only: a retry whose first
         answer was lost gets the same token without it (revoke it and issue another)."""
-        body = {"principal": principal, "roles": [str(Role(r)) for r in roles], "scopes": list(scopes),
-                "expires_at": aware(expires_at), "description": description}
+        body = {
+            "principal": principal,
+            "roles": [str(Role(r)) for r in roles],
+            "scopes": list(scopes),
+            "expires_at": aware(expires_at),
+            "description": description,
+        }
         return await self._write("POST", "/api/v1/tokens", body, kind=IssuedToken)
 
     async def list_tokens(self) -> list[TokenInfo]:
         return await self._get("/api/v1/tokens", list[TokenInfo], consistent=False)
 
     async def revoke_token(self, token_id: str, reason: str = "") -> Receipt:
-        return await self._write("DELETE", f"/api/v1/tokens/{seg(token_id)}", params={"reason": reason})
+        return await self._write(
+            "DELETE", f"/api/v1/tokens/{seg(token_id)}", params={"reason": reason}
+        )
 
     # ------------------------------------------------------------------ read-your-writes
 
-    async def wait_for(self, position: int | None = None, *, model: str | None = None, timeout: float = 30.0) -> int:
+    async def wait_for(
+        self, position: int | None = None, *, model: str | None = None, timeout: float = 30.0
+    ) -> int:
         """Block until the registry's views show log position ``position`` (default: this
         client's latest write); returns it. Without ``model`` this waits for the views
         searches and promotion lists read; with it, also that model's timeline, metrics
@@ -750,7 +1064,9 @@ class AsyncClient:
         for path, params in probes:
             while True:
                 try:
-                    await self._transport.send("GET", path, params={**params, "min_position": target})
+                    await self._transport.send(
+                        "GET", path, params={**params, "min_position": target}
+                    )
                     break
                 except ServerError as exc:
                     if exc.code != "not_yet_visible" or clock.expired():

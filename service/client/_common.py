@@ -47,7 +47,11 @@ def aware(moment: datetime | None) -> datetime | None:
 
 
 def points(
-    metrics: MetricsArg, *, step: int = 0, dataset: str | None = None, timestamp: datetime | None = None,
+    metrics: MetricsArg,
+    *,
+    step: int = 0,
+    dataset: str | None = None,
+    timestamp: datetime | None = None,
     now: Callable[[], datetime] = lambda: datetime.now(UTC),
 ) -> list[Metric]:
     """Metric points from ``{"key": value}`` (sharing step, dataset and timestamp) or from
@@ -58,16 +62,26 @@ def points(
     found: list[Metric] = []
     if isinstance(metrics, Mapping):
         items: Iterable[Metric] = (
-            Metric(key=str(k), value=_finite(str(k), v), step=step, dataset=dataset, timestamp=at) for k, v in metrics.items()
+            Metric(key=str(k), value=_finite(str(k), v), step=step, dataset=dataset, timestamp=at)
+            for k, v in metrics.items()
         )
     else:
         items = metrics
     for item in items:
         if not isinstance(item, Metric):
-            raise TypeError(f"metrics are a mapping of key to value or Metric structs, not {type(item).__name__}")
+            raise TypeError(
+                f"metrics are a mapping of key to value or Metric structs, not {type(item).__name__}"
+            )
         _finite(item.key, item.value)
-        found.append(Metric(key=item.key, value=float(item.value), step=item.step, dataset=item.dataset,
-                            timestamp=aware(item.timestamp) or at))
+        found.append(
+            Metric(
+                key=item.key,
+                value=float(item.value),
+                step=item.step,
+                dataset=item.dataset,
+                timestamp=aware(item.timestamp) or at,
+            )
+        )
     return found
 
 
@@ -98,8 +112,12 @@ class MetricBuffer:
     ``interval`` seconds. Thread-safe (short critical sections, never held while sending).
     """
 
-    def __init__(self, batch_size: int = MAX_BATCH, interval: float = 5.0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        batch_size: int = MAX_BATCH,
+        interval: float = 5.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         if not 1 <= batch_size <= MAX_BATCH:
             raise ValueError(f"metrics_batch_size is 1 to {MAX_BATCH}")
         self.batch_size = batch_size
@@ -137,7 +155,9 @@ class MetricBuffer:
         with self.lock:
             for (model, version), found in self.open.items():
                 for start in range(0, len(found), self.batch_size):
-                    self.outbox.append(Batch(model, version, found[start:start + self.batch_size]))
+                    self.outbox.append(
+                        Batch(model, version, found[start : start + self.batch_size])
+                    )
             self.open.clear()
             self.oldest = None
 
@@ -161,7 +181,9 @@ class ExitHook:
     def __init__(self, client: object) -> None:
         self.ref = weakref.ref(client)
         atexit.register(self.run)
-        weakref.finalize(client, atexit.unregister, self.run)  # no entry left behind by a collected client
+        weakref.finalize(
+            client, atexit.unregister, self.run
+        )  # no entry left behind by a collected client
 
     def run(self) -> None:
         client = self.ref()

@@ -130,7 +130,12 @@ class Client:
         self.read_your_writes = read_your_writes
         self.progress = progress
         self._transport = SyncTransport(
-            self.url, secret, timeout=timeout, retry=retry or default_retry(), transport=transport, headers=headers
+            self.url,
+            secret,
+            timeout=timeout,
+            retry=retry or default_retry(),
+            transport=transport,
+            headers=headers,
         )
         self._metrics = MetricBuffer(metrics_batch_size, metrics_flush_interval)
         self._exit_hook = flush_at_exit(self) if self._FLUSH_AT_EXIT else None
@@ -150,7 +155,10 @@ class Client:
         return self
 
     def __exit__(
-        self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        trace: TracebackType | None,
     ) -> None:
         try:
             self.flush()  # metrics logged before a crash are worth keeping too
@@ -171,10 +179,14 @@ class Client:
                 self._exit_hook.cancel()
             self._transport.close()
 
-    def _get(self, path: str, kind: type[T], params: Params | None = None, *, consistent: bool = True) -> T:
+    def _get(
+        self, path: str, kind: type[T], params: Params | None = None, *, consistent: bool = True
+    ) -> T:
         return decode(self._read(path, params, consistent=consistent), kind)
 
-    def _read(self, path: str, params: Params | None = None, *, consistent: bool = True) -> httpx.Response:
+    def _read(
+        self, path: str, params: Params | None = None, *, consistent: bool = True
+    ) -> httpx.Response:
         if self._metrics.pending:
             self.flush()
         query = dict(params or {})
@@ -184,15 +196,25 @@ class Client:
         return self._transport.send("GET", path, params=query)
 
     def _write(
-        self, method: str, path: str, body: Any = None, *, kind: type[T] = Receipt,  # type: ignore[assignment]
-        params: Params | None = None, key: str | None = None, if_version: int | None = None,
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        *,
+        kind: type[T] = Receipt,  # type: ignore[assignment]
+        params: Params | None = None,
+        key: str | None = None,
+        if_version: int | None = None,
     ) -> T:
         payload = None if body is None else encode(body)
-        response = self._transport.send(method, path, params=params, body=payload, idempotency_key=key,
-                                              if_version=if_version)
+        response = self._transport.send(
+            method, path, params=params, body=payload, idempotency_key=key, if_version=if_version
+        )
         return decode(response, kind)
 
-    def request(self, method: str, path: str, *, params: Params | None = None, json: Any = None) -> httpx.Response:
+    def request(
+        self, method: str, path: str, *, params: Params | None = None, json: Any = None
+    ) -> httpx.Response:
         """Any other call, with the same retries, idempotency and typed errors."""
         body = None if json is None else encode(json)
         return self._transport.send(method, path, params=params, body=body)
@@ -217,12 +239,24 @@ class Client:
         """One page of models. ``q``: name substring or glob (``churn-*``); ``metrics``:
         filters such as ``"auc>0.9"`` or ``"auc[holdout]>=0.9"``; ``order_by``: name,
         created or updated, ``-`` for descending."""
-        params = {"q": q, "tag": _tags(tags), "stage": list(stages or []), "alias": alias, "owner": owner,
-                  "metric": list(metrics or []), "archived": archived, "order_by": order_by, "limit": limit,
-                  "cursor": cursor, "as_of": _as_of(as_of)}
+        params = {
+            "q": q,
+            "tag": _tags(tags),
+            "stage": list(stages or []),
+            "alias": alias,
+            "owner": owner,
+            "metric": list(metrics or []),
+            "archived": archived,
+            "order_by": order_by,
+            "limit": limit,
+            "cursor": cursor,
+            "as_of": _as_of(as_of),
+        }
         return self._get("/api/v1/models", Page[ModelRow], params)
 
-    def iter_models(self, q: str | None = None, *, page_size: int = 200, **filters: Any) -> Iterator[ModelRow]:
+    def iter_models(
+        self, q: str | None = None, *, page_size: int = 200, **filters: Any
+    ) -> Iterator[ModelRow]:
         """Every model matching the filters of ``list_models``, page after page."""
         cursor = None
         while True:
@@ -246,30 +280,58 @@ class Client:
         return etag_version(self._read("/api/v1/policy", consistent=False))
 
     def create_model(
-        self, name: str, *, description: str = "", tags: Mapping[str, str] | None = None, owner: str | None = None
+        self,
+        name: str,
+        *,
+        description: str = "",
+        tags: Mapping[str, str] | None = None,
+        owner: str | None = None,
     ) -> Receipt:
         """Register a model; ``Conflict`` (code ``already_exists``) if the name is taken."""
         body = {"name": name, "description": description, "tags": dict(tags or {}), "owner": owner}
         return self._write("POST", "/api/v1/models", body)
 
-    def update_model(self, name: str, *, description: str, if_version: int | None = None) -> Receipt:
-        return self._write("PATCH", model_path(name), {"description": description}, if_version=if_version)
+    def update_model(
+        self, name: str, *, description: str, if_version: int | None = None
+    ) -> Receipt:
+        return self._write(
+            "PATCH", model_path(name), {"description": description}, if_version=if_version
+        )
 
-    def rename_model(self, name: str, new_name: str, *, if_version: int | None = None) -> Receipt:
-        return self._write("POST", f"{model_path(name)}/rename", {"new_name": new_name}, if_version=if_version)
+    def rename_model(
+        self, name: str, new_name: str, *, if_version: int | None = None
+    ) -> Receipt:
+        return self._write(
+            "POST", f"{model_path(name)}/rename", {"new_name": new_name}, if_version=if_version
+        )
 
-    def archive_model(self, name: str, reason: str, *, if_version: int | None = None) -> Receipt:
-        return self._write("POST", f"{model_path(name)}/archive", {"reason": reason}, if_version=if_version)
+    def archive_model(
+        self, name: str, reason: str, *, if_version: int | None = None
+    ) -> Receipt:
+        return self._write(
+            "POST", f"{model_path(name)}/archive", {"reason": reason}, if_version=if_version
+        )
 
-    def restore_model(self, name: str, reason: str, *, if_version: int | None = None) -> Receipt:
-        return self._write("POST", f"{model_path(name)}/restore", {"reason": reason}, if_version=if_version)
+    def restore_model(
+        self, name: str, reason: str, *, if_version: int | None = None
+    ) -> Receipt:
+        return self._write(
+            "POST", f"{model_path(name)}/restore", {"reason": reason}, if_version=if_version
+        )
 
-    def set_model_tag(self, name: str, key: str, value: str, *, if_version: int | None = None) -> Receipt:
-        return self._write("PUT", f"{model_path(name)}/tags/{seg(key)}", {"value": value},
-                                 if_version=if_version)
+    def set_model_tag(
+        self, name: str, key: str, value: str, *, if_version: int | None = None
+    ) -> Receipt:
+        return self._write(
+            "PUT", f"{model_path(name)}/tags/{seg(key)}", {"value": value}, if_version=if_version
+        )
 
-    def remove_model_tag(self, name: str, key: str, *, if_version: int | None = None) -> Receipt:
-        return self._write("DELETE", f"{model_path(name)}/tags/{seg(key)}", if_version=if_version)
+    def remove_model_tag(
+        self, name: str, key: str, *, if_version: int | None = None
+    ) -> Receipt:
+        return self._write(
+            "DELETE", f"{model_path(name)}/tags/{seg(key)}", if_version=if_version
+        )
 
     # ------------------------------------------------------------------ versions
 
@@ -290,12 +352,23 @@ class Client:
     ) -> Page[VersionRow]:
         """One page of a model's versions (newest first), with their latest metrics;
         ``order_by`` also takes ``metric:KEY[DATASET]``, e.g. ``-metric:auc[holdout]``."""
-        params = {"q": q, "tag": _tags(tags), "stage": list(stages or []), "alias": alias,
-                  "metric": list(metrics or []), "deprecated": deprecated, "order_by": order_by, "limit": limit,
-                  "cursor": cursor, "as_of": _as_of(as_of)}
+        params = {
+            "q": q,
+            "tag": _tags(tags),
+            "stage": list(stages or []),
+            "alias": alias,
+            "metric": list(metrics or []),
+            "deprecated": deprecated,
+            "order_by": order_by,
+            "limit": limit,
+            "cursor": cursor,
+            "as_of": _as_of(as_of),
+        }
         return self._get(f"{model_path(model)}/versions", Page[VersionRow], params)
 
-    def iter_versions(self, model: str, *, page_size: int = 200, **filters: Any) -> Iterator[VersionRow]:
+    def iter_versions(
+        self, model: str, *, page_size: int = 200, **filters: Any
+    ) -> Iterator[VersionRow]:
         cursor = None
         while True:
             page = self.list_versions(model, limit=page_size, cursor=cursor, **filters)
@@ -304,7 +377,9 @@ class Client:
                 return
             cursor = page.next_cursor
 
-    def get_version(self, model: str, version: int | str, *, as_of: AsOf = None) -> VersionRow:
+    def get_version(
+        self, model: str, version: int | str, *, as_of: AsOf = None
+    ) -> VersionRow:
         """A version by number, or by alias (``get_version("churn", "champion")``)."""
         if isinstance(version, str) and not version.isdigit():
             path = f"{model_path(model)}/versions/by-alias/{seg(version)}"
@@ -348,7 +423,9 @@ class Client:
         elif artifacts_dir is not None:
             directory = artifacts_dir
             entries = self._transport.blocking(
-                lambda: build_manifest(directory, uri=artifacts_uri, exclude=exclude, progress=self.progress)
+                lambda: build_manifest(
+                    directory, uri=artifacts_uri, exclude=exclude, progress=self.progress
+                )
             )
         else:
             raise ValueError("register_version needs artifacts_dir=... or manifest=...")
@@ -360,8 +437,14 @@ class Client:
         if dependencies == "auto":
             dependencies = Dependencies(python_version=platform.python_version())
         body = {
-            "artifacts": entries, "code": code, "dependencies": dependencies, "params": dict(params or {}),
-            "datasets": list(datasets), "run": run, "signature": signature, "tags": all_tags,
+            "artifacts": entries,
+            "code": code,
+            "dependencies": dependencies,
+            "params": dict(params or {}),
+            "datasets": list(datasets),
+            "run": run,
+            "signature": signature,
+            "tags": all_tags,
             "description": description,
         }
         key = new_key()
@@ -385,34 +468,76 @@ class Client:
         if metrics is not None:
             found = points(metrics, dataset=metrics_dataset)
             for start in range(0, len(found), MAX_BATCH):
-                batch = Batch(model, receipt.version, found[start:start + MAX_BATCH])
+                batch = Batch(model, receipt.version, found[start : start + MAX_BATCH])
                 logged.append(self._send_batch(batch))
         last = logged[-1].position if logged else receipt.position
-        return RegisteredVersion(model=model, model_id=receipt.model_id, version=receipt.version,
-                                 position=last, receipt=receipt, metrics=logged, model_created=created)
+        return RegisteredVersion(
+            model=model,
+            model_id=receipt.model_id,
+            version=receipt.version,
+            position=last,
+            receipt=receipt,
+            metrics=logged,
+            model_created=created,
+        )
 
     def update_version(
-        self, model: str, version: int, *, description: str, if_version: int | None = None,
+        self,
+        model: str,
+        version: int,
+        *,
+        description: str,
+        if_version: int | None = None,
     ) -> Receipt:
-        return self._write("PATCH", version_path(model, version), {"description": description},
-                                 if_version=if_version)
+        return self._write(
+            "PATCH",
+            version_path(model, version),
+            {"description": description},
+            if_version=if_version,
+        )
 
     def set_version_tag(
-        self, model: str, version: int, key: str, value: str, *, if_version: int | None = None,
+        self,
+        model: str,
+        version: int,
+        key: str,
+        value: str,
+        *,
+        if_version: int | None = None,
     ) -> Receipt:
-        return self._write("PUT", f"{version_path(model, version)}/tags/{seg(key)}", {"value": value},
-                                 if_version=if_version)
+        return self._write(
+            "PUT",
+            f"{version_path(model, version)}/tags/{seg(key)}",
+            {"value": value},
+            if_version=if_version,
+        )
 
     def remove_version_tag(
-        self, model: str, version: int, key: str, *, if_version: int | None = None,
+        self,
+        model: str,
+        version: int,
+        key: str,
+        *,
+        if_version: int | None = None,
     ) -> Receipt:
-        return self._write("DELETE", f"{version_path(model, version)}/tags/{seg(key)}", if_version=if_version)
+        return self._write(
+            "DELETE", f"{version_path(model, version)}/tags/{seg(key)}", if_version=if_version
+        )
 
     def deprecate_version(
-        self, model: str, version: int, reason: str, *, if_version: int | None = None,
+        self,
+        model: str,
+        version: int,
+        reason: str,
+        *,
+        if_version: int | None = None,
     ) -> Receipt:
-        return self._write("POST", f"{version_path(model, version)}/deprecate", {"reason": reason},
-                                 if_version=if_version)
+        return self._write(
+            "POST",
+            f"{version_path(model, version)}/deprecate",
+            {"reason": reason},
+            if_version=if_version,
+        )
 
     # ------------------------------------------------------------------ metrics
 
@@ -431,16 +556,27 @@ class Client:
         Buffered: returns the receipts of the batches this call happened to send (usually
         none). ``flush()`` sends the rest; so do reads, ``close`` and leaving a ``with``.
         """
-        self._metrics.add(model, version, points(metrics, step=step, dataset=dataset, timestamp=timestamp))
+        self._metrics.add(
+            model, version, points(metrics, step=step, dataset=dataset, timestamp=timestamp)
+        )
         if self._metrics.due():
             return self.flush()
         return []
 
     def log_metric(
-        self, model: str, version: int, key: str, value: float, *, step: int = 0, dataset: str | None = None,
+        self,
+        model: str,
+        version: int,
+        key: str,
+        value: float,
+        *,
+        step: int = 0,
+        dataset: str | None = None,
         timestamp: datetime | None = None,
     ) -> list[Receipt]:
-        return self.log_metrics(model, version, {key: value}, step=step, dataset=dataset, timestamp=timestamp)
+        return self.log_metrics(
+            model, version, {key: value}, step=step, dataset=dataset, timestamp=timestamp
+        )
 
     def flush(self) -> list[Receipt]:
         """Send every buffered metric point now; the receipts of the batches sent.
@@ -472,30 +608,64 @@ class Client:
         self._metrics.done(batch)
         return receipt
 
-    def get_metrics(self, model: str, version: int, *, as_of: AsOf = None) -> list[MetricValue]:
+    def get_metrics(
+        self, model: str, version: int, *, as_of: AsOf = None
+    ) -> list[MetricValue]:
         """The latest value of every (key, dataset) of a version."""
-        return self._get(f"{version_path(model, version)}/metrics", list[MetricValue], {"as_of": _as_of(as_of)})
+        return self._get(
+            f"{version_path(model, version)}/metrics", list[MetricValue], {"as_of": _as_of(as_of)}
+        )
 
     def metric_history(
-        self, model: str, version: int, key: str, *, dataset: str | None = None, limit: int = 1000,
-        cursor: str | None = None, as_of: AsOf = None,
+        self,
+        model: str,
+        version: int,
+        key: str,
+        *,
+        dataset: str | None = None,
+        limit: int = 1000,
+        cursor: str | None = None,
+        as_of: AsOf = None,
     ) -> Page[MetricSample]:
         """Every logged point of one key, by step."""
-        params = {"key": key, "dataset": dataset, "limit": limit, "cursor": cursor, "as_of": _as_of(as_of)}
-        return self._get(f"{version_path(model, version)}/metrics", Page[MetricSample], params)
+        params = {
+            "key": key,
+            "dataset": dataset,
+            "limit": limit,
+            "cursor": cursor,
+            "as_of": _as_of(as_of),
+        }
+        return self._get(
+            f"{version_path(model, version)}/metrics", Page[MetricSample], params
+        )
 
-    def metric_series(self, model: str, version: int, *, as_of: AsOf = None) -> list[MetricSeries]:
-        return self._get(f"{version_path(model, version)}/metrics/series", list[MetricSeries],
-                               {"as_of": _as_of(as_of)})
+    def metric_series(
+        self, model: str, version: int, *, as_of: AsOf = None
+    ) -> list[MetricSeries]:
+        return self._get(
+            f"{version_path(model, version)}/metrics/series",
+            list[MetricSeries],
+            {"as_of": _as_of(as_of)},
+        )
 
     def best_metric(
-        self, model: str, version: int, key: str, *, dataset: str = "", goal: Literal["max", "min"] = "max",
+        self,
+        model: str,
+        version: int,
+        key: str,
+        *,
+        dataset: str = "",
+        goal: Literal["max", "min"] = "max",
         as_of: AsOf = None,
     ) -> MetricSample:
         params = {"dataset": dataset, "goal": goal, "as_of": _as_of(as_of)}
-        return self._get(f"{version_path(model, version)}/metrics/{seg(key)}/best", MetricSample, params)
+        return self._get(
+            f"{version_path(model, version)}/metrics/{seg(key)}/best", MetricSample, params
+        )
 
-    def compare_versions(self, model: str, versions: Sequence[int], *, as_of: AsOf = None) -> Comparison:
+    def compare_versions(
+        self, model: str, versions: Sequence[int], *, as_of: AsOf = None
+    ) -> Comparison:
         """Parameters and latest metrics of several versions side by side."""
         params = {"versions": ",".join(str(int(v)) for v in versions), "as_of": _as_of(as_of)}
         return self._get(f"{model_path(model)}/compare", Comparison, params)
@@ -503,32 +673,67 @@ class Client:
     # ------------------------------------------------------------------ lifecycle
 
     def transition(
-        self, model: str, version: int, stage: Stage | str, *, comment: str = "", if_version: int | None = None,
+        self,
+        model: str,
+        version: int,
+        stage: Stage | str,
+        *,
+        comment: str = "",
+        if_version: int | None = None,
     ) -> Receipt:
         """Move a version to a stage. When the policy needs approval this opens a promotion
         request instead: ``receipt.pending`` and ``receipt.request_id`` say so."""
-        return self._write("POST", f"{version_path(model, version)}/stage",
-                                 {"to": str(Stage(stage)), "comment": comment}, if_version=if_version)
+        return self._write(
+            "POST",
+            f"{version_path(model, version)}/stage",
+            {"to": str(Stage(stage)), "comment": comment},
+            if_version=if_version,
+        )
 
     def rollback(self, model: str, reason: str, *, if_version: int | None = None) -> Receipt:
         """Re-promote the version that was in production before the current one."""
-        return self._write("POST", f"{model_path(model)}/rollback", {"reason": reason}, if_version=if_version)
+        return self._write(
+            "POST", f"{model_path(model)}/rollback", {"reason": reason}, if_version=if_version
+        )
 
     def set_alias(
-        self, model: str, alias: str, version: int, *, comment: str = "", if_version: int | None = None,
+        self,
+        model: str,
+        alias: str,
+        version: int,
+        *,
+        comment: str = "",
+        if_version: int | None = None,
     ) -> Receipt:
-        return self._write("PUT", f"{model_path(model)}/aliases/{seg(alias)}",
-                                 {"version": int(version), "comment": comment}, if_version=if_version)
+        return self._write(
+            "PUT",
+            f"{model_path(model)}/aliases/{seg(alias)}",
+            {"version": int(version), "comment": comment},
+            if_version=if_version,
+        )
 
-    def remove_alias(self, model: str, alias: str, *, if_version: int | None = None) -> Receipt:
-        return self._write("DELETE", f"{model_path(model)}/aliases/{seg(alias)}", if_version=if_version)
+    def remove_alias(
+        self, model: str, alias: str, *, if_version: int | None = None
+    ) -> Receipt:
+        return self._write(
+            "DELETE", f"{model_path(model)}/aliases/{seg(alias)}", if_version=if_version
+        )
 
-    def alias_history(self, model: str, alias: str, *, as_of: AsOf = None) -> list[AliasInterval]:
-        return self._get(f"{model_path(model)}/aliases/{seg(alias)}", list[AliasInterval],
-                               {"as_of": _as_of(as_of)})
+    def alias_history(
+        self, model: str, alias: str, *, as_of: AsOf = None
+    ) -> list[AliasInterval]:
+        return self._get(
+            f"{model_path(model)}/aliases/{seg(alias)}",
+            list[AliasInterval],
+            {"as_of": _as_of(as_of)},
+        )
 
     def timeline(
-        self, model: str, *, stage: Stage | str | None = None, at: int | datetime | str | None = None
+        self,
+        model: str,
+        *,
+        stage: Stage | str | None = None,
+        at: int | datetime | str | None = None,
     ) -> list[StageInterval]:
         """Which version held each stage from when to when; with ``at``, the holders then."""
         params = {"stage": str(Stage(stage)) if stage else None, "at": _as_of(at)}
@@ -540,14 +745,20 @@ class Client:
         return self._get(path, PolicyView, consistent=False)
 
     def set_policy(
-        self, policy: GovernancePolicy | Mapping[str, Any], *, model: str | None = None, comment: str = "",
+        self,
+        policy: GovernancePolicy | Mapping[str, Any],
+        *,
+        model: str | None = None,
+        comment: str = "",
         if_version: int | None = None,
     ) -> Receipt:
         """Set a model's policy, or the registry default (``model=None``, admin only). A
         mapping is sent as given, so the server names a misspelt field instead of ignoring it."""
         value = policy if isinstance(policy, GovernancePolicy) else dict(policy)
         path = f"{model_path(model)}/policy" if model else "/api/v1/policy"
-        return self._write("PUT", path, {"policy": value, "comment": comment}, if_version=if_version)
+        return self._write(
+            "PUT", path, {"policy": value, "comment": comment}, if_version=if_version
+        )
 
     def clear_policy(self, model: str, *, if_version: int | None = None) -> Receipt:
         return self._write("DELETE", f"{model_path(model)}/policy", if_version=if_version)
@@ -555,13 +766,27 @@ class Client:
     # ------------------------------------------------------------------ promotions
 
     def request_promotion(
-        self, model: str, version: int, *, justification: str, stage: Stage | str | None = None,
-        alias: str | None = None, rollback: bool = False, if_version: int | None = None
+        self,
+        model: str,
+        version: int,
+        *,
+        justification: str,
+        stage: Stage | str | None = None,
+        alias: str | None = None,
+        rollback: bool = False,
+        if_version: int | None = None,
     ) -> Receipt:
         """Ask for a stage and/or alias; runs at once when no approval is needed."""
-        body = {"version": int(version), "justification": justification,
-                "target_stage": str(Stage(stage)) if stage else None, "alias": alias, "rollback": rollback}
-        return self._write("POST", f"{model_path(model)}/promotions", body, if_version=if_version)
+        body = {
+            "version": int(version),
+            "justification": justification,
+            "target_stage": str(Stage(stage)) if stage else None,
+            "alias": alias,
+            "rollback": rollback,
+        }
+        return self._write(
+            "POST", f"{model_path(model)}/promotions", body, if_version=if_version
+        )
 
     def list_promotions(
         self, state: Literal["open", "decided", "mine"] = "open", *, model: str | None = None
@@ -570,53 +795,106 @@ class Client:
         if model is not None:
             if state == "mine":
                 raise ValueError("state='mine' lists requests across models; leave model out")
-            return self._get(f"{model_path(model)}/promotions", list[ApprovalRequest], {"state": state})
+            return self._get(
+                f"{model_path(model)}/promotions", list[ApprovalRequest], {"state": state}
+            )
         return self._get("/api/v1/promotions", list[ApprovalRequest], {"state": state})
 
     def get_promotion(self, request_id: str) -> ApprovalRequest:
         return self._get(f"/api/v1/promotions/{seg(request_id)}", ApprovalRequest)
 
-    def approve(self, request_id: str, comment: str = "", *, if_version: int | None = None) -> Receipt:
+    def approve(
+        self, request_id: str, comment: str = "", *, if_version: int | None = None
+    ) -> Receipt:
         """Approve; the approval that satisfies the policy executes the promotion (``executed``)."""
-        return self._write("POST", f"/api/v1/promotions/{seg(request_id)}/approve", {"comment": comment},
-                                 if_version=if_version)
+        return self._write(
+            "POST",
+            f"/api/v1/promotions/{seg(request_id)}/approve",
+            {"comment": comment},
+            if_version=if_version,
+        )
 
-    def reject(self, request_id: str, comment: str = "", *, if_version: int | None = None) -> Receipt:
-        return self._write("POST", f"/api/v1/promotions/{seg(request_id)}/reject", {"comment": comment},
-                                 if_version=if_version)
+    def reject(
+        self, request_id: str, comment: str = "", *, if_version: int | None = None
+    ) -> Receipt:
+        return self._write(
+            "POST",
+            f"/api/v1/promotions/{seg(request_id)}/reject",
+            {"comment": comment},
+            if_version=if_version,
+        )
 
-    def cancel_promotion(self, request_id: str, comment: str = "", *, if_version: int | None = None) -> Receipt:
-        return self._write("POST", f"/api/v1/promotions/{seg(request_id)}/cancel", {"comment": comment},
-                                 if_version=if_version)
+    def cancel_promotion(
+        self, request_id: str, comment: str = "", *, if_version: int | None = None
+    ) -> Receipt:
+        return self._write(
+            "POST",
+            f"/api/v1/promotions/{seg(request_id)}/cancel",
+            {"comment": comment},
+            if_version=if_version,
+        )
 
     # ------------------------------------------------------------------ deployments
 
     def start_deployment(
-        self, model: str, version: int, *, environment: str, target: str, desired_stage: Stage | str | None = None,
-        desired_alias: str | None = None, comment: str = "", deployment_id: str | None = None,
+        self,
+        model: str,
+        version: int,
+        *,
+        environment: str,
+        target: str,
+        desired_stage: Stage | str | None = None,
+        desired_alias: str | None = None,
+        comment: str = "",
+        deployment_id: str | None = None,
     ) -> Receipt:
         """Report that a deployment of ``version`` started; ``receipt.request_id`` is its id."""
-        body = {"environment": environment, "target": target,
-                "desired_stage": str(Stage(desired_stage)) if desired_stage else None,
-                "desired_alias": desired_alias, "comment": comment, "deployment_id": deployment_id}
+        body = {
+            "environment": environment,
+            "target": target,
+            "desired_stage": str(Stage(desired_stage)) if desired_stage else None,
+            "desired_alias": desired_alias,
+            "comment": comment,
+            "deployment_id": deployment_id,
+        }
         return self._write("POST", f"{version_path(model, version)}/deployments", body)
 
     def report_deployment(
-        self, model: str, deployment_id: str, status: Literal["succeeded", "failed", "rolled_back"], *,
-        reason: str = "", comment: str = "",
+        self,
+        model: str,
+        deployment_id: str,
+        status: Literal["succeeded", "failed", "rolled_back"],
+        *,
+        reason: str = "",
+        comment: str = "",
     ) -> Receipt:
-        body = {"deployment_id": deployment_id, "status": status, "reason": reason, "comment": comment}
+        body = {
+            "deployment_id": deployment_id,
+            "status": status,
+            "reason": reason,
+            "comment": comment,
+        }
         return self._write("POST", f"{model_path(model)}/deployments/report", body)
 
     def deployments(
-        self, model: str, *, environment: str | None = None, drifted: bool = False, as_of: AsOf = None
+        self,
+        model: str,
+        *,
+        environment: str | None = None,
+        drifted: bool = False,
+        as_of: AsOf = None,
     ) -> list[Place]:
         """Desired against actual per environment and target, with the drift."""
         params = {"environment": environment, "drifted": drifted, "as_of": _as_of(as_of)}
         return self._get(f"{model_path(model)}/deployments", list[Place], params)
 
     def deployment_runs(
-        self, model: str, *, environment: str | None = None, before_position: int | None = None, limit: int = 100
+        self,
+        model: str,
+        *,
+        environment: str | None = None,
+        before_position: int | None = None,
+        limit: int = 100,
     ) -> list[DeploymentRun]:
         params = {"environment": environment, "before_position": before_position, "limit": limit}
         return self._get(f"{model_path(model)}/deployments/runs", list[DeploymentRun], params)
@@ -638,17 +916,34 @@ class Client:
         as_of: AsOf = None,
     ) -> AuditPage:
         """Every event of a model: who did what, when and why (newest first by default)."""
-        params = {"actor": actor, "type": list(types or []), "version": version, "since": aware(since),
-                  "until": aware(until),
-                  "cursor": cursor, "limit": limit, "oldest_first": oldest_first, "as_of": _as_of(as_of)}
+        params = {
+            "actor": actor,
+            "type": list(types or []),
+            "version": version,
+            "since": aware(since),
+            "until": aware(until),
+            "cursor": cursor,
+            "limit": limit,
+            "oldest_first": oldest_first,
+            "as_of": _as_of(as_of),
+        }
         return self._get(f"{model_path(model)}/history", AuditPage, params)
 
-    def actor_history(self, actor: str, *, cursor: int | None = None, limit: int = 100) -> AuditPage:
+    def actor_history(
+        self, actor: str, *, cursor: int | None = None, limit: int = 100
+    ) -> AuditPage:
         """Everything one person (or system) did, newest first."""
-        return self._get(f"/api/v1/audit/actors/{seg(actor)}", AuditPage, {"cursor": cursor, "limit": limit})
+        return self._get(
+            f"/api/v1/audit/actors/{seg(actor)}", AuditPage, {"cursor": cursor, "limit": limit}
+        )
 
     def events(
-        self, after: int = 0, *, limit: int = 500, types: Sequence[str] | None = None, model: str | None = None
+        self,
+        after: int = 0,
+        *,
+        limit: int = 500,
+        types: Sequence[str] | None = None,
+        model: str | None = None,
     ) -> EventsPage:
         """The global log after a position, as stored (hash-chained envelopes)."""
         params = {"after": after, "limit": limit, "type": list(types or []), "model": model}
@@ -674,8 +969,13 @@ class Client:
         return low
 
     def follow_events(
-        self, after: int = 0, *, types: Sequence[str] | None = None, model: str | None = None,
-        poll_interval: float = 1.0, batch: int = 500,
+        self,
+        after: int = 0,
+        *,
+        types: Sequence[str] | None = None,
+        model: str | None = None,
+        poll_interval: float = 1.0,
+        batch: int = 500,
     ) -> Iterator[LoggedEvent]:
         """Events after ``after`` as they are sealed, forever (break out of the loop to stop)."""
         position = after
@@ -701,24 +1001,38 @@ class Client:
         return self._get("/api/v1/me", Principal, consistent=False)
 
     def create_token(
-        self, principal: str, roles: Sequence[Role | str], *, scopes: Sequence[str] = (),
-        expires_at: datetime | None = None, description: str = "",
+        self,
+        principal: str,
+        roles: Sequence[Role | str],
+        *,
+        scopes: Sequence[str] = (),
+        expires_at: datetime | None = None,
+        description: str = "",
     ) -> IssuedToken:
         """Issue a token (admin). Its ``secret`` is in this answer only: a retry whose first
         answer was lost gets the same token without it (revoke it and issue another)."""
-        body = {"principal": principal, "roles": [str(Role(r)) for r in roles], "scopes": list(scopes),
-                "expires_at": aware(expires_at), "description": description}
+        body = {
+            "principal": principal,
+            "roles": [str(Role(r)) for r in roles],
+            "scopes": list(scopes),
+            "expires_at": aware(expires_at),
+            "description": description,
+        }
         return self._write("POST", "/api/v1/tokens", body, kind=IssuedToken)
 
     def list_tokens(self) -> list[TokenInfo]:
         return self._get("/api/v1/tokens", list[TokenInfo], consistent=False)
 
     def revoke_token(self, token_id: str, reason: str = "") -> Receipt:
-        return self._write("DELETE", f"/api/v1/tokens/{seg(token_id)}", params={"reason": reason})
+        return self._write(
+            "DELETE", f"/api/v1/tokens/{seg(token_id)}", params={"reason": reason}
+        )
 
     # ------------------------------------------------------------------ read-your-writes
 
-    def wait_for(self, position: int | None = None, *, model: str | None = None, timeout: float = 30.0) -> int:
+    def wait_for(
+        self, position: int | None = None, *, model: str | None = None, timeout: float = 30.0
+    ) -> int:
         """Block until the registry's views show log position ``position`` (default: this
         client's latest write); returns it. Without ``model`` this waits for the views
         searches and promotion lists read; with it, also that model's timeline, metrics
@@ -745,7 +1059,9 @@ class Client:
         for path, params in probes:
             while True:
                 try:
-                    self._transport.send("GET", path, params={**params, "min_position": target})
+                    self._transport.send(
+                        "GET", path, params={**params, "min_position": target}
+                    )
                     break
                 except ServerError as exc:
                     if exc.code != "not_yet_visible" or clock.expired():

@@ -85,7 +85,9 @@ def default_retry() -> RetryPolicy:
     if not text:
         return RetryPolicy()
     if not text.isdigit() or int(text) < 1:
-        raise ConfigurationError(f"{RETRIES_VARIABLE}: expected a number of attempts >= 1, got {text!r}")
+        raise ConfigurationError(
+            f"{RETRIES_VARIABLE}: expected a number of attempts >= 1, got {text!r}"
+        )
     return RetryPolicy(attempts=int(text))
 
 
@@ -101,7 +103,9 @@ def resolve(url: str | None, token: str | None) -> tuple[str, str]:
     except httpx.InvalidURL as exc:
         raise ConfigurationError(f"{URL_VARIABLE}: {base!r} is not a URL ({exc})") from None
     if parsed.scheme not in ("http", "https") or not parsed.host:
-        raise ConfigurationError(f"{URL_VARIABLE}: {base!r} is not an http(s) URL, e.g. {DEFAULT_URL}")
+        raise ConfigurationError(
+            f"{URL_VARIABLE}: {base!r} is not an http(s) URL, e.g. {DEFAULT_URL}"
+        )
     base = base.removesuffix(API_PREFIX)
     return base, secret
 
@@ -135,7 +139,9 @@ def decode(response: httpx.Response, kind: type[T]) -> T:
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
         raise ModelregError(
             f"unexpected answer from {response.request.method} {response.request.url.path}: {exc}",
-            status=response.status_code, method=response.request.method, url=str(response.request.url),
+            status=response.status_code,
+            method=response.request.method,
+            url=str(response.request.url),
         ) from None
 
 
@@ -143,7 +149,10 @@ def etag_version(response: httpx.Response) -> int:
     """The stream version an ``ETag`` header carries (``"3"`` or ``W/"3"``)."""
     value = response.headers.get("etag", "").strip().removeprefix("W/").strip('"')
     if not value.isdigit():
-        raise ServerError(f"{response.request.url} sent no usable ETag ({response.headers.get('etag')!r})", status=None)
+        raise ServerError(
+            f"{response.request.url} sent no usable ETag ({response.headers.get('etag')!r})",
+            status=None,
+        )
     return int(value)
 
 
@@ -184,13 +193,21 @@ def error_of(response: httpx.Response) -> ModelregError:
     if isinstance(decoded, dict):
         problem = decoded
     request = response.request
-    return from_problem(response.status_code, problem, method=request.method, url=str(request.url), text=response.text)
+    return from_problem(
+        response.status_code,
+        problem,
+        method=request.method,
+        url=str(request.url),
+        text=response.text,
+    )
 
 
 def unreachable(method: str, url: str, exc: Exception, attempts: int) -> Unreachable:
     reason = str(exc) or type(exc).__name__
     tries = f" after {attempts} attempts" if attempts > 1 else ""
-    return Unreachable(f"cannot reach the registry at {url}{tries}: {reason}", method=method, url=url)
+    return Unreachable(
+        f"cannot reach the registry at {url}{tries}: {reason}", method=method, url=url
+    )
 
 
 # Worth another try: the request may not have arrived, or its answer was lost. Not:
@@ -204,7 +221,9 @@ class _Base:
         self.last_position: int | None = None
 
     @staticmethod
-    def headers(method: str, body: bytes | None, idempotency_key: str | None, if_version: int | None) -> dict[str, str]:
+    def headers(
+        method: str, body: bytes | None, idempotency_key: str | None, if_version: int | None
+    ) -> dict[str, str]:
         headers: dict[str, str] = {}
         if body is not None:
             headers["Content-Type"] = "application/json"
@@ -224,10 +243,19 @@ class _Base:
         if value and value.isdigit():
             self.last_position = max(self.last_position or 0, int(value))
 
-    def wait(self, method: str, path: str, attempt: int, why: str, response: httpx.Response | None) -> float:
+    def wait(
+        self, method: str, path: str, attempt: int, why: str, response: httpx.Response | None
+    ) -> float:
         delay = self.retry.delay(attempt, retry_after(response) if response is not None else None)
-        log.info("modelreg: %s %s: %s; retry %d of %d in %.2f s",
-                 method, path, why, attempt, self.retry.attempts - 1, delay)
+        log.info(
+            "modelreg: %s %s: %s; retry %d of %d in %.2f s",
+            method,
+            path,
+            why,
+            attempt,
+            self.retry.attempts - 1,
+            delay,
+        )
         return delay
 
 
@@ -236,8 +264,12 @@ def new_key() -> str:
 
 
 def common_headers(token: str, extra: Mapping[str, str] | None) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}", "User-Agent": USER_AGENT, "Accept": "application/json",
-            **(extra or {})}
+    return {
+        "Authorization": f"Bearer {token}",
+        "User-Agent": USER_AGENT,
+        "Accept": "application/json",
+        **(extra or {}),
+    }
 
 
 class AsyncTransport(_Base):
@@ -252,26 +284,42 @@ class AsyncTransport(_Base):
         headers: Mapping[str, str] | None = None,
     ) -> None:
         super().__init__(retry)
-        self.http = httpx.AsyncClient(base_url=base_url, headers=common_headers(token, headers), timeout=timeout,
-                                      transport=transport)
+        self.http = httpx.AsyncClient(
+            base_url=base_url,
+            headers=common_headers(token, headers),
+            timeout=timeout,
+            transport=transport,
+        )
 
     async def send(
-        self, method: str, path: str, *, params: Params | None = None, body: bytes | None = None,
-        idempotency_key: str | None = None, if_version: int | None = None,
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Params | None = None,
+        body: bytes | None = None,
+        idempotency_key: str | None = None,
+        if_version: int | None = None,
     ) -> httpx.Response:
         headers = self.headers(method, body, idempotency_key, if_version)
         attempts = max(1, self.retry.attempts)
         for attempt in range(1, attempts + 1):
             try:
-                response = await self.http.request(method, path, params=query(params), content=body, headers=headers)
+                response = await self.http.request(
+                    method, path, params=query(params), content=body, headers=headers
+                )
             except RETRIED_ERRORS as exc:
                 if attempt == attempts:
                     raise unreachable(method, str(self.http.base_url), exc, attempts) from exc
                 await asyncio.sleep(self.wait(method, path, attempt, type(exc).__name__, None))
                 continue
-            if attempt < attempts and (response.status_code in self.retry.statuses
-                                       or still_running(response, headers.get("Idempotency-Key"))):
-                await asyncio.sleep(self.wait(method, path, attempt, f"HTTP {response.status_code}", response))
+            if attempt < attempts and (
+                response.status_code in self.retry.statuses
+                or still_running(response, headers.get("Idempotency-Key"))
+            ):
+                await asyncio.sleep(
+                    self.wait(method, path, attempt, f"HTTP {response.status_code}", response)
+                )
                 continue
             if response.status_code >= 400:
                 raise error_of(response)
@@ -302,26 +350,42 @@ class SyncTransport(_Base):
         headers: Mapping[str, str] | None = None,
     ) -> None:
         super().__init__(retry)
-        self.http = httpx.Client(base_url=base_url, headers=common_headers(token, headers), timeout=timeout,
-                                 transport=transport)
+        self.http = httpx.Client(
+            base_url=base_url,
+            headers=common_headers(token, headers),
+            timeout=timeout,
+            transport=transport,
+        )
 
     def send(
-        self, method: str, path: str, *, params: Params | None = None, body: bytes | None = None,
-        idempotency_key: str | None = None, if_version: int | None = None,
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Params | None = None,
+        body: bytes | None = None,
+        idempotency_key: str | None = None,
+        if_version: int | None = None,
     ) -> httpx.Response:
         headers = self.headers(method, body, idempotency_key, if_version)
         attempts = max(1, self.retry.attempts)
         for attempt in range(1, attempts + 1):
             try:
-                response = self.http.request(method, path, params=query(params), content=body, headers=headers)
+                response = self.http.request(
+                    method, path, params=query(params), content=body, headers=headers
+                )
             except RETRIED_ERRORS as exc:
                 if attempt == attempts:
                     raise unreachable(method, str(self.http.base_url), exc, attempts) from exc
                 time.sleep(self.wait(method, path, attempt, type(exc).__name__, None))
                 continue
-            if attempt < attempts and (response.status_code in self.retry.statuses
-                                       or still_running(response, headers.get("Idempotency-Key"))):
-                time.sleep(self.wait(method, path, attempt, f"HTTP {response.status_code}", response))
+            if attempt < attempts and (
+                response.status_code in self.retry.statuses
+                or still_running(response, headers.get("Idempotency-Key"))
+            ):
+                time.sleep(
+                    self.wait(method, path, attempt, f"HTTP {response.status_code}", response)
+                )
                 continue
             if response.status_code >= 400:
                 raise error_of(response)

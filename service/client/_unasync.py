@@ -1,7 +1,7 @@
 """Generate ``_sync_client.py`` from ``_async_client.py`` (as httpcore does with unasync).
 
-    python -m service.client._unasync          # rewrite _sync_client.py
-    python -m service.client._unasync --check  # exit 1 if it is out of date
+python -m service.client._unasync          # rewrite _sync_client.py
+python -m service.client._unasync --check  # exit 1 if it is out of date
 """
 
 from __future__ import annotations
@@ -67,7 +67,9 @@ def main(argv: list[str]) -> int:
     generated = generate(SOURCE.read_text())
     if "--check" in argv:
         if not TARGET.exists() or TARGET.read_text() != generated:
-            sys.stderr.write(f"{TARGET.name} is out of date: run python -m service.client._unasync\n")
+            sys.stderr.write(
+                f"{TARGET.name} is out of date: run python -m service.client._unasync\n"
+            )
             return 1
         return 0
     TARGET.write_text(generated)

@@ -129,7 +129,9 @@ def error_class(status: int) -> type[ModelregError]:
     return _BY_STATUS.get(status, ModelregError)
 
 
-def from_problem(status: int, problem: dict[str, Any], *, method: str = "", url: str = "", text: str = "") -> ModelregError:
+def from_problem(
+    status: int, problem: dict[str, Any], *, method: str = "", url: str = "", text: str = ""
+) -> ModelregError:
     """The typed error for an HTTP error answer (``problem`` empty when it was not problem+json)."""
 
     def text_of(key: str) -> str:

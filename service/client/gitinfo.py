@@ -70,7 +70,9 @@ def git_info(path: str | os.PathLike[str] = ".") -> GitInfo | None:
     if not directory.is_dir():
         return None
     toplevel = _git(directory, "rev-parse", "--show-toplevel")
-    commit = _git(directory, "rev-parse", "--verify", "--quiet", "HEAD^{commit}") if toplevel else None
+    commit = (
+        _git(directory, "rev-parse", "--verify", "--quiet", "HEAD^{commit}") if toplevel else None
+    )
     if not toplevel or not commit:
         return None
     remote = _git(directory, "remote", "get-url", "origin")
@@ -106,11 +108,17 @@ def entry_point() -> Path | None:
     return None
 
 
-def detect_code(path: str | os.PathLike[str] | None = None) -> tuple[CodeReference | None, GitInfo | None]:
+def detect_code(
+    path: str | os.PathLike[str] | None = None,
+) -> tuple[CodeReference | None, GitInfo | None]:
     """The code reference for ``path``: the checkout's remote, its HEAD commit and the path
     within it. By default the running script's checkout (path: the script), else the
     working directory's (path: the directory)."""
-    candidates = [Path(path)] if path is not None else [p for p in (entry_point(), Path.cwd()) if p is not None]
+    candidates = (
+        [Path(path)]
+        if path is not None
+        else [p for p in (entry_point(), Path.cwd()) if p is not None]
+    )
     for where in candidates:
         info = git_info(where)
         if info is not None:

@@ -35,7 +35,9 @@ class ManifestError(ValueError):
     """The directory cannot be described as a manifest (missing, empty, too many files)."""
 
 
-def sha256_file(path: str | os.PathLike[str], advance: Advance | None = None, chunk_size: int = CHUNK) -> tuple[str, int]:
+def sha256_file(
+    path: str | os.PathLike[str], advance: Advance | None = None, chunk_size: int = CHUNK
+) -> tuple[str, int]:
     """The hex sha256 and byte count of a file, read in chunks; ``advance(n)`` after each."""
     digest = hashlib.sha256()
     size = 0
@@ -48,7 +50,9 @@ def sha256_file(path: str | os.PathLike[str], advance: Advance | None = None, ch
     return digest.hexdigest(), size
 
 
-def list_files(root: str | os.PathLike[str], exclude: Sequence[str] = DEFAULT_EXCLUDE) -> list[tuple[str, Path]]:
+def list_files(
+    root: str | os.PathLike[str], exclude: Sequence[str] = DEFAULT_EXCLUDE
+) -> list[tuple[str, Path]]:
     """``(relative POSIX path, file)`` under ``root``, sorted by path.
 
     ``exclude`` holds glob patterns matched against each path component and against the
@@ -63,7 +67,8 @@ def list_files(root: str | os.PathLike[str], exclude: Sequence[str] = DEFAULT_EX
 
     def excluded(relative: str) -> bool:
         return any(
-            fnmatch.fnmatchcase(relative, pattern) or any(fnmatch.fnmatchcase(part, pattern) for part in relative.split("/"))
+            fnmatch.fnmatchcase(relative, pattern)
+            or any(fnmatch.fnmatchcase(part, pattern) for part in relative.split("/"))
             for pattern in exclude
         )
 
@@ -71,7 +76,9 @@ def list_files(root: str | os.PathLike[str], exclude: Sequence[str] = DEFAULT_EX
     for directory, subdirs, files in os.walk(base, followlinks=False):
         here = Path(directory)
         prefix = here.relative_to(base).as_posix()
-        subdirs[:] = sorted(d for d in subdirs if not excluded(d if prefix == "." else f"{prefix}/{d}"))
+        subdirs[:] = sorted(
+            d for d in subdirs if not excluded(d if prefix == "." else f"{prefix}/{d}")
+        )
         for name in files:
             relative = name if prefix == "." else f"{prefix}/{name}"
             if not excluded(relative):
@@ -106,16 +113,24 @@ def build_manifest(
     if not files:
         raise ManifestError(f"{root}: no files to register")
     if len(files) > MAX_ARTIFACTS:
-        raise ManifestError(f"{root}: {len(files)} files; a version holds at most {MAX_ARTIFACTS} artifacts")
+        raise ManifestError(
+            f"{root}: {len(files)} files; a version holds at most {MAX_ARTIFACTS} artifacts"
+        )
     sizes = [file.stat().st_size for _, file in files]
     total = sum(sizes)
-    show = progress if progress is not None else (total >= PROGRESS_THRESHOLD and sys.stderr.isatty())
+    show = (
+        progress if progress is not None else (total >= PROGRESS_THRESHOLD and sys.stderr.isatty())
+    )
     entries: list[ArtifactEntry] = []
     with _progress(show, total) as (describe, advance):
         for relative, file in files:
             describe(relative)
             digest, size = sha256_file(file, advance, chunk_size)
-            entries.append(ArtifactEntry(path=relative, uri=artifact_uri(relative, file, uri), sha256=digest, size=size))
+            entries.append(
+                ArtifactEntry(
+                    path=relative, uri=artifact_uri(relative, file, uri), sha256=digest, size=size
+                )
+            )
     return tuple(entries)
 
 

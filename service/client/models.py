@@ -92,7 +92,9 @@ class Receipt(msgspec.Struct, frozen=True, kw_only=True):
     @property
     def executed(self) -> bool:
         """A version changed stage in this write (directly, or by the approval that completed a request)."""
-        return "model.promotion_executed" in self.events or "model.stage_transitioned" in self.events
+        return (
+            "model.promotion_executed" in self.events or "model.stage_transitioned" in self.events
+        )
 
     @property
     def pending(self) -> bool:
@@ -102,9 +104,14 @@ class Receipt(msgspec.Struct, frozen=True, kw_only=True):
         )
 
 
-_CLOSING = frozenset({
-    "model.promotion_executed", "model.promotion_rejected", "model.promotion_cancelled", "model.promotion_expired",
-})
+_CLOSING = frozenset(
+    {
+        "model.promotion_executed",
+        "model.promotion_rejected",
+        "model.promotion_cancelled",
+        "model.promotion_expired",
+    }
+)
 
 
 class RegisteredVersion(msgspec.Struct, frozen=True, kw_only=True):

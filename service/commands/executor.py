@@ -135,13 +135,17 @@ class CommandExecutor:
         keys: KeyRule | None,
         correlation_id: uuid.UUID | None,
     ) -> Outcome[S, E]:
-        metadata = Metadata(actor=command.actor, occurred_at=command.now, correlation_id=correlation_id)
+        metadata = Metadata(
+            actor=command.actor, occurred_at=command.now, correlation_id=correlation_id
+        )
         for attempt in range(1, self.max_attempts + 1):
             version, state = await self.state_of(stream_id, decider)
             if if_version is not None and version != if_version:
                 raise PreconditionFailedError(
                     f"{stream_id} is at version {version}, not {if_version}",
-                    stream_id=stream_id, expected_version=if_version, actual_version=version,
+                    stream_id=stream_id,
+                    expected_version=if_version,
+                    actual_version=version,
                 )
             new_events = decider.decide(command, state)
             if not new_events:
@@ -169,7 +173,9 @@ class CommandExecutor:
                 # An earlier attempt with the same ids was recorded: answer with what it did.
                 self.forget(stream_id)
                 recorded = await self.store.read_stream(
-                    stream_id, after=result.stream_version - len(new_events), up_to=result.stream_version
+                    stream_id,
+                    after=result.stream_version - len(new_events),
+                    up_to=result.stream_version,
                 )
                 replayed: list[E] = [self.store.codec.decode(e.envelope) for e in recorded]  # type: ignore[misc]
                 version, state = await self.state_of(stream_id, decider)
@@ -202,19 +208,29 @@ class CommandExecutor:
             )
             if row is not None:
                 try:
-                    return row["version"], msgspec.json.decode(row["state"], type=decider.state_type)
+                    return row["version"], msgspec.json.decode(
+                        row["state"], type=decider.state_type
+                    )
                 except msgspec.ValidationError:
-                    log.warning("snapshot of %s no longer decodes; folding from the start", stream_id)
+                    log.warning(
+                        "snapshot of %s no longer decodes; folding from the start", stream_id
+                    )
         return 0, decider.initial_state()
 
-    def _snapshot_later(self, stream_id: str, version: int, state: Any, decider: Decider[Any, Any, Any]) -> None:
+    def _snapshot_later(
+        self, stream_id: str, version: int, state: Any, decider: Decider[Any, Any, Any]
+    ) -> None:
         if decider.state_type is None:
             return
-        task = asyncio.get_running_loop().create_task(self._snapshot(stream_id, version, state, decider))
+        task = asyncio.get_running_loop().create_task(
+            self._snapshot(stream_id, version, state, decider)
+        )
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
-    async def _snapshot(self, stream_id: str, version: int, state: Any, decider: Decider[Any, Any, Any]) -> None:
+    async def _snapshot(
+        self, stream_id: str, version: int, state: Any, decider: Decider[Any, Any, Any]
+    ) -> None:
         try:
             await self.store.pool.execute(
                 "INSERT INTO snapshots (stream_id, version, snapshot_version, state) VALUES ($1, $2, $3, $4)"

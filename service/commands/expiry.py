@@ -28,14 +28,19 @@ async def expire_overdue(services: Services) -> int:
     registry = services.registry
     now = registry.now()
     try:
-        pending = await approvals.open_requests(services.pool, approvals.PROJECTION.view_names(), now=now)
+        pending = await approvals.open_requests(
+            services.pool, approvals.PROJECTION.view_names(), now=now
+        )
     except asyncpg.UndefinedTableError:
         return 0  # first start: the projection worker has not created the views yet
     overdue = [r for r in pending if r.overdue]
     expired = 0
     for request in overdue:
         try:
-            written = await registry.execute(request.model_id, ExpirePromotion(actor=SWEEPER, now=now, request_id=request.request_id))
+            written = await registry.execute(
+                request.model_id,
+                ExpirePromotion(actor=SWEEPER, now=now, request_id=request.request_id),
+            )
         except DomainError as exc:  # decided or expired meanwhile (another replica, a person)
             log.debug("expiry of %s skipped: %s", request.request_id, exc)
             continue

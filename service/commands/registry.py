@@ -144,12 +144,22 @@ class Registry:
         if_version: int | None = None,
         id_seed: str | None = None,
     ) -> Written:
-        outcome = await _conditional(if_version, self.executor.execute(
-            model_stream(model_id), MODEL, command, if_version=if_version, id_seed=id_seed, keys=name_keys
-        ))
+        outcome = await _conditional(
+            if_version,
+            self.executor.execute(
+                model_stream(model_id),
+                MODEL,
+                command,
+                if_version=if_version,
+                id_seed=id_seed,
+                keys=name_keys,
+            ),
+        )
         return await self.written_from(model_id, outcome)
 
-    async def register_model(self, build: Callable[[str], Command], *, id_seed: str | None = None) -> Written:
+    async def register_model(
+        self, build: Callable[[str], Command], *, id_seed: str | None = None
+    ) -> Written:
         """``build(model_id)`` makes the RegisterModel command for a fresh id."""
         model_id = self.new_id()
         if id_seed is not None:
@@ -158,14 +168,28 @@ class Registry:
         return await self.execute(model_id, build(model_id), id_seed=id_seed)
 
     async def log_metrics(
-        self, name: str, version: int, metrics: Sequence[MetricInput], *, actor: str, id_seed: str | None = None
+        self,
+        name: str,
+        version: int,
+        metrics: Sequence[MetricInput],
+        *,
+        actor: str,
+        id_seed: str | None = None,
     ) -> Written:
         model_id, _, state = await self.model(name)
         state.version(version)  # NotFoundError names the version
         if state.archived:
             raise ConflictError(f"model {name!r} is archived", name=name)
-        command = LogMetrics(actor=actor, now=self.clock(), model_id=model_id, version=version, metrics=tuple(metrics))
-        outcome = await self.executor.execute(metrics_stream(model_id, version), METRICS, command, id_seed=id_seed)
+        command = LogMetrics(
+            actor=actor,
+            now=self.clock(),
+            model_id=model_id,
+            version=version,
+            metrics=tuple(metrics),
+        )
+        outcome = await self.executor.execute(
+            metrics_stream(model_id, version), METRICS, command, id_seed=id_seed
+        )
         return await self.written_from(model_id, outcome)
 
     async def transition(
@@ -190,25 +214,45 @@ class Registry:
         now = self.clock()
         if needs == 0:
             command: Command = TransitionStage(
-                actor=actor, now=now, registry_policy=registry_policy, version=version,
-                to_stage=to_stage, comment=comment, metrics=metrics,
+                actor=actor,
+                now=now,
+                registry_policy=registry_policy,
+                version=version,
+                to_stage=to_stage,
+                comment=comment,
+                metrics=metrics,
             )
-            return await self.execute(model_id, command, if_version=if_version, id_seed=id_seed), None
+            return await self.execute(
+                model_id, command, if_version=if_version, id_seed=id_seed
+            ), None
         if not comment.strip():
             raise ValidationError(
-                "comment", "required",
+                "comment",
+                "required",
                 f"{current.stage} -> {to_stage} needs approval, so it opens a request: say why in the comment",
             )
         request_id = self.request_id_for(id_seed)
         command = RequestPromotion(
-            actor=actor, now=now, registry_policy=registry_policy, request_id=request_id, version=version,
-            justification=comment, target_stage=to_stage, metrics=metrics,
+            actor=actor,
+            now=now,
+            registry_policy=registry_policy,
+            request_id=request_id,
+            version=version,
+            justification=comment,
+            target_stage=to_stage,
+            metrics=metrics,
         )
-        return await self.execute(model_id, command, if_version=if_version, id_seed=id_seed), request_id
+        return await self.execute(
+            model_id, command, if_version=if_version, id_seed=id_seed
+        ), request_id
 
     def request_id_for(self, id_seed: str | None) -> str:
         """A new request id; a retried request (same seed) gets the same one."""
-        return uuid.uuid5(uuid.NAMESPACE_URL, f"modelreg:request:{id_seed}").hex if id_seed else self.new_id()
+        return (
+            uuid.uuid5(uuid.NAMESPACE_URL, f"modelreg:request:{id_seed}").hex
+            if id_seed
+            else self.new_id()
+        )
 
     async def governed(
         self,
@@ -231,7 +275,10 @@ class Registry:
     ) -> Written:
         command = SetRegistryPolicy(actor=actor, now=self.clock(), policy=policy, comment=comment)
         outcome = await _conditional(
-            if_version, self.executor.execute(REGISTRY_POLICY_STREAM, REGISTRY_POLICY, command, if_version=if_version)
+            if_version,
+            self.executor.execute(
+                REGISTRY_POLICY_STREAM, REGISTRY_POLICY, command, if_version=if_version
+            ),
         )
         return await self.written_from("", outcome)
 
@@ -240,9 +287,14 @@ class Registry:
         position = None
         if outcome.append is not None:
             position = await sealed_position(
-                self.store.pool, outcome.append.last_seq, timeout=self.seal_timeout, signal=self.seal_signal
+                self.store.pool,
+                outcome.append.last_seq,
+                timeout=self.seal_timeout,
+                signal=self.seal_signal,
             )
-        return Written(model_id, outcome.events, outcome.state, outcome.version, position, outcome.replayed)
+        return Written(
+            model_id, outcome.events, outcome.state, outcome.version, position, outcome.replayed
+        )
 
     def now(self) -> datetime:
         return self.clock()
@@ -252,7 +304,9 @@ class Registry:
         return validate_model_name(name)
 
 
-async def _conditional(if_version: int | None, execution: Awaitable[Outcome[Any, Any]]) -> Outcome[Any, Any]:
+async def _conditional(
+    if_version: int | None, execution: Awaitable[Outcome[Any, Any]]
+) -> Outcome[Any, Any]:
     """A conditional write (If-Match) that another writer beat to the stream -- on another
     replica, between reading the version and appending -- failed its precondition (412),
     just as if the other write had come first."""
@@ -263,5 +317,7 @@ async def _conditional(if_version: int | None, execution: Awaitable[Outcome[Any,
             raise
         raise PreconditionFailedError(
             f"{exc.stream_id} moved past version {if_version} meanwhile",
-            stream_id=exc.stream_id, expected_version=if_version, actual_version=exc.actual_version,
+            stream_id=exc.stream_id,
+            expected_version=if_version,
+            actual_version=exc.actual_version,
         ) from exc

@@ -92,14 +92,22 @@ async def issue_token(
         description=description,
     )
     outcome = await executor.execute(
-        token_stream(token_id), TOKENS, command, id_seed=id_seed, keys=lambda _e, _s: ([_KEY + digest], ())
+        token_stream(token_id),
+        TOKENS,
+        command,
+        id_seed=id_seed,
+        keys=lambda _e, _s: ([_KEY + digest], ()),
     )
     return outcome, secret
 
 
-async def revoke_token(executor: CommandExecutor, token_id: str, *, actor: str, reason: str = "") -> Outcome[TokenState, TokenEvent]:
+async def revoke_token(
+    executor: CommandExecutor, token_id: str, *, actor: str, reason: str = ""
+) -> Outcome[TokenState, TokenEvent]:
     return await executor.execute(
-        token_stream(token_id), TOKENS, RevokeToken(actor=actor, now=datetime.now(UTC), reason=reason)
+        token_stream(token_id),
+        TOKENS,
+        RevokeToken(actor=actor, now=datetime.now(UTC), reason=reason),
     )
 
 

@@ -125,12 +125,20 @@ async def read_stream(
         jsm = nc.jsm(timeout=10)
         inbox: NatsSubscription | None = None
         try:
-            await jsm.add_consumer(stream, ConsumerConfig(
-                name=name, deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=next_seq,
-                ack_policy=AckPolicy.NONE, inactive_threshold=60.0, mem_storage=True, num_replicas=1,
-                filter_subjects=list(subjects) if len(subjects) > 1 else None,
-                filter_subject=subjects[0] if len(subjects) == 1 else None,
-            ))
+            await jsm.add_consumer(
+                stream,
+                ConsumerConfig(
+                    name=name,
+                    deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
+                    opt_start_seq=next_seq,
+                    ack_policy=AckPolicy.NONE,
+                    inactive_threshold=60.0,
+                    mem_storage=True,
+                    num_replicas=1,
+                    filter_subjects=list(subjects) if len(subjects) > 1 else None,
+                    filter_subject=subjects[0] if len(subjects) == 1 else None,
+                ),
+            )
             inbox = await nc.subscribe(nc.new_inbox())
             while stop is None or not stop.is_set():
                 if until_seq is not None and next_seq > until_seq:
@@ -184,7 +192,12 @@ async def seek(nc: NatsClient, stream: str, after_position: int) -> int:
 
 
 def published(message: Msg) -> Published:
-    return Published(decode_headers(message.headers), message.data, message.metadata.sequence.stream, message.subject)
+    return Published(
+        decode_headers(message.headers),
+        message.data,
+        message.metadata.sequence.stream,
+        message.subject,
+    )
 
 
 async def follow(
@@ -221,21 +234,30 @@ class ChainVerifier:
     def check(self, log_position: int, payload: bytes, published_log_hash: bytes) -> bytes:
         """Verify the next event and advance; return its stream hash. Raise ChainError."""
         if log_position != self.log_position + 1:
-            raise ChainError(log_position, f"expected log position {self.log_position + 1} next"
-                             f"{' (events are missing)' if log_position > self.log_position else ''}")
+            raise ChainError(
+                log_position,
+                f"expected log position {self.log_position + 1} next"
+                f"{' (events are missing)' if log_position > self.log_position else ''}",
+            )
         try:
             envelope = decode_envelope(payload)
         except msgspec.DecodeError as exc:
             raise ChainError(log_position, f"the payload is not an envelope: {exc}") from None
         position, previous = self.streams.get(envelope.stream_id, (0, ZERO_HASH))
         if envelope.stream_position != position + 1:
-            raise ChainError(log_position, f"stream {envelope.stream_id} jumps from position {position} "
-                             f"to {envelope.stream_position}")
+            raise ChainError(
+                log_position,
+                f"stream {envelope.stream_id} jumps from position {position} "
+                f"to {envelope.stream_position}",
+            )
         stream_hash = stream_link(previous, payload)
         log_hash = log_link(self.log_hash, log_position, stream_hash)
         if log_hash != published_log_hash:
-            raise ChainError(log_position, f"the global chain gives {log_hash.hex()}, the registry "
-                             f"published {published_log_hash.hex()} (event {envelope.event_id})")
+            raise ChainError(
+                log_position,
+                f"the global chain gives {log_hash.hex()}, the registry "
+                f"published {published_log_hash.hex()} (event {envelope.event_id})",
+            )
         self.streams[envelope.stream_id] = (envelope.stream_position, stream_hash)
         self.log_position, self.log_hash = log_position, log_hash
         return stream_hash
@@ -270,11 +292,17 @@ class Mirror:
                 record = _record_decoder.decode(line)
                 recorded_hash = bytes.fromhex(record.log_hash)
             except (msgspec.DecodeError, ValueError) as exc:
-                raise ChainError(self.verifier.log_position + 1,
-                                 f"{self.path} line {number} is not a mirror record: {exc}") from None
-            stream_hash = self.verifier.check(record.log_position, bytes(record.event), recorded_hash)
+                raise ChainError(
+                    self.verifier.log_position + 1,
+                    f"{self.path} line {number} is not a mirror record: {exc}",
+                ) from None
+            stream_hash = self.verifier.check(
+                record.log_position, bytes(record.event), recorded_hash
+            )
             if record.stream_hash is not None and record.stream_hash != stream_hash.hex():
-                raise ChainError(record.log_position, f"{self.path} line {number} records a wrong stream hash")
+                raise ChainError(
+                    record.log_position, f"{self.path} line {number} records a wrong stream hash"
+                )
             self.last_nats_seq = record.nats_seq
             self.last_event_id = str(decode_envelope(bytes(record.event)).event_id)
             count += 1
@@ -296,16 +324,25 @@ class Mirror:
         appended = 0
         self._file = self.path.open("ab")
         try:
-            async for message in read_stream(nc, stream, start_seq=start, stop=stop, until_seq=until):
+            async for message in read_stream(
+                nc, stream, start_seq=start, stop=stop, until_seq=until
+            ):
                 event = decode_headers(message.headers)
                 if event.log_position <= self.verifier.log_position:
                     continue  # a copy re-sent beyond the duplicate window
                 if self.verifier.log_position == 0 and event.log_position != 1:
-                    raise ChainError(event.log_position, f"stream {stream} no longer starts at log position 1, "
-                                     "so the chain cannot be verified from its start")
+                    raise ChainError(
+                        event.log_position,
+                        f"stream {stream} no longer starts at log position 1, "
+                        "so the chain cannot be verified from its start",
+                    )
                 stream_hash = self.verifier.check(event.log_position, message.data, event.log_hash)
-                record = record_of(Published(event, message.data, message.metadata.sequence.stream,
-                                             message.subject), stream_hash)
+                record = record_of(
+                    Published(
+                        event, message.data, message.metadata.sequence.stream, message.subject
+                    ),
+                    stream_hash,
+                )
                 self._write(encode_record(record))
                 self.last_nats_seq, self.last_event_id = record.nats_seq, str(event.id)
                 appended += 1

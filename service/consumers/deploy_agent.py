@@ -124,7 +124,9 @@ class AgentConfig:
         if self.storage_uri_from != "artifacts" and not (
             self.storage_uri_from.startswith("tag:") and len(self.storage_uri_from) > 4
         ):
-            raise ValueError(f"storage_uri_from is 'artifacts' or 'tag:<key>', not {self.storage_uri_from!r}")
+            raise ValueError(
+                f"storage_uri_from is 'artifacts' or 'tag:<key>', not {self.storage_uri_from!r}"
+            )
 
 
 @dataclass(frozen=True, slots=True)
@@ -246,7 +248,13 @@ def package_root(artifacts: Sequence[ArtifactEntry]) -> str | None:
 
 
 def render_manifest(
-    config: AgentConfig, row: VersionRow, desire: Desire, *, name: str, deployment_id: str, event_id: uuid.UUID,
+    config: AgentConfig,
+    row: VersionRow,
+    desire: Desire,
+    *,
+    name: str,
+    deployment_id: str,
+    event_id: uuid.UUID,
     log_position: int,
 ) -> str:
     """The InferenceService YAML for ``row``. Deterministic: the same event renders the
@@ -267,7 +275,9 @@ def render_manifest(
     }
     # Label values are restricted (63 characters, no ':' or '/'); ids that do not fit stay
     # in the annotations only.
-    metadata["labels"] = {k: v for k, v in labels.items() if _LABEL_VALUE.fullmatch(v) and len(v) <= 63}
+    metadata["labels"] = {
+        k: v for k, v in labels.items() if _LABEL_VALUE.fullmatch(v) and len(v) <= 63
+    }
     metadata["annotations"] = {
         "modelreg.io/model": row.model_name,
         "modelreg.io/model-id": row.model_id,
@@ -284,10 +294,14 @@ def render_manifest(
         "apiVersion": "serving.kserve.io/v1beta1",
         "kind": "InferenceService",
         "metadata": metadata,
-        "spec": {"predictor": {"model": {"modelFormat": {"name": model_format}, "storageUri": uri}}},
+        "spec": {
+            "predictor": {"model": {"modelFormat": {"name": model_format}, "storageUri": uri}}
+        },
     }
-    header = (f"# Rendered by modelreg deploy-agent for {row.model_name} v{row.version} ({desire.follows}) "
-              f"at log position {log_position}.\n# Replaced by the next promotion; do not edit.\n")
+    header = (
+        f"# Rendered by modelreg deploy-agent for {row.model_name} v{row.version} ({desire.follows}) "
+        f"at log position {log_position}.\n# Replaced by the next promotion; do not edit.\n"
+    )
     return header + "".join(_yaml(document, 0))
 
 
@@ -350,8 +364,12 @@ def _claimed_by(path: Path) -> str | None:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         return None
-    found = {key: json.loads(value) for key, value in re.findall(
-        r'^\s+modelreg\.io/(model-id|environment|target): (".*")$', text, re.MULTILINE)}
+    found = {
+        key: json.loads(value)
+        for key, value in re.findall(
+            r'^\s+modelreg\.io/(model-id|environment|target): (".*")$', text, re.MULTILINE
+        )
+    }
     if len(found) < 3:
         return "a file the deploy agent did not write"
     return " ".join(found[k] for k in ("model-id", "environment", "target"))
@@ -361,7 +379,11 @@ class DeployAgent:
     """The consumer kit's handler: ``EventConsumer(nc, agent.subscription(), dedup, agent.handle)``."""
 
     def __init__(
-        self, client: AsyncClient, config: AgentConfig, *, on_outcome: Callable[[Outcome], None] | None = None
+        self,
+        client: AsyncClient,
+        config: AgentConfig,
+        *,
+        on_outcome: Callable[[Outcome], None] | None = None,
     ) -> None:
         self.client = client
         self.config = config
@@ -369,14 +391,29 @@ class DeployAgent:
         self.outcomes: list[Outcome] = []
         self._names: dict[str, str] = {}
 
-    def subscription(self, name: str, *, stream: str = "MODELREG_EVENTS", subject_prefix: str = "modelreg.events",
-                     models: Collection[str] = (), **options: Any) -> Subscription:
+    def subscription(
+        self,
+        name: str,
+        *,
+        stream: str = "MODELREG_EVENTS",
+        subject_prefix: str = "modelreg.events",
+        models: Collection[str] = (),
+        **options: Any,
+    ) -> Subscription:
         """The durable consumer this agent needs: only the two event types it acts on,
         filtered by the server. ``models`` (ids) narrows it to some models."""
         types = [STAGE_EVENT, ALIAS_EVENT] if self.config.aliases else [STAGE_EVENT]
         # A registry outage should delay a deployment, not dead-letter it: retry for minutes.
-        subscription = Subscription(name=name, stream=stream, subject_prefix=subject_prefix, event_types=types,
-                                    models=models, max_attempts=30, retry_backoff=0.5, retry_backoff_max=10.0)
+        subscription = Subscription(
+            name=name,
+            stream=stream,
+            subject_prefix=subject_prefix,
+            event_types=types,
+            models=models,
+            max_attempts=30,
+            retry_backoff=0.5,
+            retry_backoff_max=10.0,
+        )
         return dataclasses.replace(subscription, **options) if options else subscription
 
     async def handle(self, delivery: Delivery) -> None:
@@ -390,9 +427,14 @@ class DeployAgent:
         target = place_target(self.config, desire)
         deployment_id = deployment_id_for(event_id, self.config.environment, target)
 
-        def outcome(status: Literal["succeeded", "failed", "skipped", "recorded"], detail: str = "",
-                    path: Path | None = None) -> None:
-            done = Outcome(status, event_id, name, desire.version, desire.follows, detail, deployment_id, path)
+        def outcome(
+            status: Literal["succeeded", "failed", "skipped", "recorded"],
+            detail: str = "",
+            path: Path | None = None,
+        ) -> None:
+            done = Outcome(
+                status, event_id, name, desire.version, desire.follows, detail, deployment_id, path
+            )
             self.outcomes.append(done)
             log.info("deploy-agent: %s", done.line())
             if self.on_outcome is not None:
@@ -404,14 +446,21 @@ class DeployAgent:
             # Settle a deployment an earlier attempt started for this event, if any.
             earlier = await self._run(name, deployment_id, wait=False)
             if earlier is not None and earlier.status == "started":
-                await self._report(name, deployment_id, "failed", f"superseded before it finished: {change}")
+                await self._report(
+                    name, deployment_id, "failed", f"superseded before it finished: {change}"
+                )
             outcome("skipped", f"superseded: {change}")
             return
 
         try:
             await self.client.start_deployment(
-                name, desire.version, environment=self.config.environment, target=target,
-                desired_stage=desire.stage, desired_alias=desire.alias, deployment_id=deployment_id,
+                name,
+                desire.version,
+                environment=self.config.environment,
+                target=target,
+                desired_stage=desire.stage,
+                desired_alias=desire.alias,
+                deployment_id=deployment_id,
                 comment=f"deploy-agent: {desire.follows} is v{desire.version} (log position {position})",
             )
         except Conflict as exc:
@@ -425,17 +474,32 @@ class DeployAgent:
                 outcome("recorded", f"deployment {deployment_id} already {run.status}")
                 return
 
-        path = self.config.out / f"{resource_name(name, self.config.environment, desire.alias)}.yaml"
+        path = (
+            self.config.out / f"{resource_name(name, self.config.environment, desire.alias)}.yaml"
+        )
         try:
-            manifest = render_manifest(self.config, row, desire, name=path.stem, deployment_id=deployment_id,
-                                       event_id=event_id, log_position=position)
+            manifest = render_manifest(
+                self.config,
+                row,
+                desire,
+                name=path.stem,
+                deployment_id=deployment_id,
+                event_id=event_id,
+                log_position=position,
+            )
             owner = await asyncio.to_thread(_claimed_by, path)
             ours = f"{row.model_id} {self.config.environment} {target}"
             if owner is not None and owner != ours:
-                raise RenderError(f"{path} is taken by another place ({owner}); refusing to overwrite it")
+                raise RenderError(
+                    f"{path} is taken by another place ({owner}); refusing to overwrite it"
+                )
             changed = await asyncio.to_thread(write_atomically, path, manifest)
         except (RenderError, OSError) as exc:
-            reason = str(exc) if isinstance(exc, RenderError) else f"cannot write {path}: {exc.strerror or exc}"
+            reason = (
+                str(exc)
+                if isinstance(exc, RenderError)
+                else f"cannot write {path}: {exc.strerror or exc}"
+            )
             await self._report(name, deployment_id, "failed", reason)
             outcome("failed", reason)
             return
@@ -468,15 +532,21 @@ class DeployAgent:
     async def _run(self, name: str, deployment_id: str, *, wait: bool) -> DeploymentRun | None:
         deadline = time.monotonic() + (self.config.visibility_timeout if wait else 0.0)
         while True:
-            runs = await self.client.deployment_runs(name, environment=self.config.environment, limit=1000)
+            runs = await self.client.deployment_runs(
+                name, environment=self.config.environment, limit=1000
+            )
             found = next((r for r in runs if r.deployment_id == deployment_id), None)
             if found is not None or time.monotonic() >= deadline:
                 if found is None and wait:
-                    raise TimeoutError(f"deployment {deployment_id} exists but the views do not show it yet")
+                    raise TimeoutError(
+                        f"deployment {deployment_id} exists but the views do not show it yet"
+                    )
                 return found
             await asyncio.sleep(0.2)
 
-    async def _report(self, name: str, deployment_id: str, status: Literal["succeeded", "failed"], text: str) -> None:
+    async def _report(
+        self, name: str, deployment_id: str, status: Literal["succeeded", "failed"], text: str
+    ) -> None:
         if status == "failed":
             await self.client.report_deployment(name, deployment_id, "failed", reason=text[:1000])
         else:
@@ -493,7 +563,12 @@ def _superseded(row: VersionRow, desire: Desire) -> str | None:
 
 
 async def run_agent(
-    nc: NatsClient, agent: DeployAgent, subscription: Subscription, dedup: DedupStore, stop: asyncio.Event, *,
+    nc: NatsClient,
+    agent: DeployAgent,
+    subscription: Subscription,
+    dedup: DedupStore,
+    stop: asyncio.Event,
+    *,
     once: bool = False,
 ) -> ConsumerStats:
     """Consume until ``stop`` is set, or with ``once`` until nothing is left to handle."""

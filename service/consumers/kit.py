@@ -227,7 +227,9 @@ class FileDedup:
 
 
 class _PostgresClaim:
-    def __init__(self, pool: asyncpg.Pool, conn: DbConnection, tx: asyncpg.transaction.Transaction) -> None:
+    def __init__(
+        self, pool: asyncpg.Pool, conn: DbConnection, tx: asyncpg.transaction.Transaction
+    ) -> None:
         self._pool, self.conn, self._tx = pool, conn, tx
 
     async def commit(self) -> None:
@@ -252,9 +254,7 @@ class PostgresDedup:
         if not table.replace("_", "").replace(".", "").isalnum():
             raise ValueError(f"table name {table!r} is not a plain identifier")
         self.pool = pool
-        self._insert = (
-            f"INSERT INTO {table} (consumer, event_id) VALUES ($1, $2) ON CONFLICT DO NOTHING RETURNING 1"
-        )
+        self._insert = f"INSERT INTO {table} (consumer, event_id) VALUES ($1, $2) ON CONFLICT DO NOTHING RETURNING 1"
 
     async def begin(self, consumer: str, event_id: UUID) -> Claim | None:
         conn: DbConnection = await self.pool.acquire()
@@ -301,7 +301,9 @@ class Subscription:
 
     def __post_init__(self) -> None:
         if not self.name or any(c in self.name for c in ". *>\t\r\n"):
-            raise ValueError(f"consumer name {self.name!r} must be non-empty with no '.', '*', '>' or spaces")
+            raise ValueError(
+                f"consumer name {self.name!r} must be non-empty with no '.', '*', '>' or spaces"
+            )
         for event_type in self.event_types:
             subject_for(self.subject_prefix, event_type)
         if self.max_attempts < 1 or self.batch_size < 1:
@@ -321,7 +323,9 @@ class Subscription:
         return f"{self.dlq_root}.{self.name}"
 
     def consumer_config(self) -> ConsumerConfig:
-        filters = [subject_for(self.subject_prefix, t) for t in self.event_types] or [f"{self.subject_prefix}.>"]
+        filters = [subject_for(self.subject_prefix, t) for t in self.event_types] or [
+            f"{self.subject_prefix}.>"
+        ]
         return ConsumerConfig(
             durable_name=self.name,
             name=self.name,
@@ -355,7 +359,9 @@ Outcome = Literal["handled", "duplicate", "filtered", "dead_lettered"]
 
 
 class EventConsumer:
-    def __init__(self, nc: NatsClient, subscription: Subscription, dedup: DedupStore, handler: Handler) -> None:
+    def __init__(
+        self, nc: NatsClient, subscription: Subscription, dedup: DedupStore, handler: Handler
+    ) -> None:
         self.nc = nc
         self.subscription = subscription
         self.dedup = dedup
@@ -372,11 +378,17 @@ class EventConsumer:
         jsm = self.nc.jsm(timeout=10)
         await jsm.add_consumer(sub.stream, sub.consumer_config())
         try:
-            await jsm.add_stream(StreamConfig(
-                name=sub.dlq_stream, subjects=[f"{sub.dlq_root}.>"], storage=StorageType.FILE,
-                retention=RetentionPolicy.LIMITS, discard=DiscardPolicy.OLD, num_replicas=sub.dlq_replicas,
-                duplicate_window=3600.0,
-            ))
+            await jsm.add_stream(
+                StreamConfig(
+                    name=sub.dlq_stream,
+                    subjects=[f"{sub.dlq_root}.>"],
+                    storage=StorageType.FILE,
+                    retention=RetentionPolicy.LIMITS,
+                    discard=DiscardPolicy.OLD,
+                    num_replicas=sub.dlq_replicas,
+                    duplicate_window=3600.0,
+                )
+            )
         except nats.js.errors.BadRequestError as exc:
             if exc.err_code != 10058:  # exists already (with whatever an operator set)
                 raise
@@ -418,10 +430,20 @@ class EventConsumer:
             try:
                 await self.process_batch()
                 backoff = self.subscription.retry_backoff
-            except (nats.errors.Error, OSError, TimeoutError, PullInterruptedError,
-                    asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-                log.warning("consumer %s: %s; retrying in %.1f s", self.subscription.name,
-                            str(exc) or type(exc).__name__, backoff)
+            except (
+                nats.errors.Error,
+                OSError,
+                TimeoutError,
+                PullInterruptedError,
+                asyncpg.PostgresError,
+                asyncpg.InterfaceError,
+            ) as exc:
+                log.warning(
+                    "consumer %s: %s; retrying in %.1f s",
+                    self.subscription.name,
+                    str(exc) or type(exc).__name__,
+                    backoff,
+                )
                 self._ready = False
                 await sleep_or_stop(stop, backoff)
                 backoff = min(backoff * 2, self.subscription.retry_backoff_max)
@@ -445,7 +467,8 @@ class EventConsumer:
                 return "duplicate"
             await claim.abort()
             return await self._dead_letter(
-                message, f"delivered {metadata.num_delivered} times without completing", 0)
+                message, f"delivered {metadata.num_delivered} times without completing", 0
+            )
         attempt = 0
         while True:
             attempt += 1
@@ -453,8 +476,15 @@ class EventConsumer:
             if claim is None:
                 self.stats.duplicates += 1
                 return "duplicate"
-            delivery = Delivery(event, message.data, message.subject, metadata.sequence.stream,
-                                metadata.num_delivered, attempt, claim.conn)
+            delivery = Delivery(
+                event,
+                message.data,
+                message.subject,
+                metadata.sequence.stream,
+                metadata.num_delivered,
+                attempt,
+                claim.conn,
+            )
             try:
                 await self.handler(delivery)
             except Exception as exc:  # noqa: BLE001 - any handler failure is retried, then dead-lettered
@@ -462,8 +492,16 @@ class EventConsumer:
                 if attempt >= sub.max_attempts:
                     return await self._dead_letter(message, f"{type(exc).__name__}: {exc}", attempt)
                 self.stats.retries += 1
-                log.info("consumer %s: handler failed on %s (attempt %d): %s", sub.name, event.id, attempt, exc)
-                await asyncio.sleep(min(sub.retry_backoff * 2 ** (attempt - 1), sub.retry_backoff_max))
+                log.info(
+                    "consumer %s: handler failed on %s (attempt %d): %s",
+                    sub.name,
+                    event.id,
+                    attempt,
+                    exc,
+                )
+                await asyncio.sleep(
+                    min(sub.retry_backoff * 2 ** (attempt - 1), sub.retry_backoff_max)
+                )
                 continue
             except BaseException:
                 await claim.abort()
@@ -477,18 +515,27 @@ class EventConsumer:
         seq = message.metadata.sequence.stream
         headers = {k: v for k, v in (message.headers or {}).items() if k.lower() not in _NOT_COPIED}
         event_id = (message.headers or {}).get("ce-id") or f"seq-{seq}"
-        headers.update({
-            "Nats-Msg-Id": f"{sub.name}:{event_id}",
-            DLQ_REASON: percent_encode(reason[:_MAX_REASON]),
-            DLQ_CONSUMER: sub.name,
-            DLQ_ATTEMPTS: str(attempts),
-            DLQ_STREAM_SEQ: str(seq),
-            DLQ_SUBJECT: message.subject,
-        })
-        await self.nc.jetstream(timeout=10).publish(sub.dlq_subject, message.data, headers=headers,
-                                                    stream=sub.dlq_stream)
+        headers.update(
+            {
+                "Nats-Msg-Id": f"{sub.name}:{event_id}",
+                DLQ_REASON: percent_encode(reason[:_MAX_REASON]),
+                DLQ_CONSUMER: sub.name,
+                DLQ_ATTEMPTS: str(attempts),
+                DLQ_STREAM_SEQ: str(seq),
+                DLQ_SUBJECT: message.subject,
+            }
+        )
+        await self.nc.jetstream(timeout=10).publish(
+            sub.dlq_subject, message.data, headers=headers, stream=sub.dlq_stream
+        )
         self.stats.dead_lettered += 1
-        log.error("consumer %s: dead-lettered stream seq %d to %s: %s", sub.name, seq, sub.dlq_subject, reason)
+        log.error(
+            "consumer %s: dead-lettered stream seq %d to %s: %s",
+            sub.name,
+            seq,
+            sub.dlq_subject,
+            reason,
+        )
         return "dead_lettered"
 
     async def _keep_alive(self, messages: list[Msg]) -> None:
@@ -506,8 +553,14 @@ class EventConsumer:
         assert self._inbox is not None
         sub = self.subscription
         try:
-            return await pull(self.nc, self._inbox, sub.stream, sub.name, batch,
-                              wait=None if no_wait else sub.pull_wait)
+            return await pull(
+                self.nc,
+                self._inbox,
+                sub.stream,
+                sub.name,
+                batch,
+                wait=None if no_wait else sub.pull_wait,
+            )
         except PullInterruptedError:
             await self._lost_pull()
             raise
@@ -526,16 +579,30 @@ class EventConsumer:
     async def _recover(self) -> None:
         """If a crashed session left deliveries unacknowledged, wait until the server puts
         them up for redelivery: it then hands them out before anything newer."""
-        info = await self.nc.jsm(timeout=10).consumer_info(self.subscription.stream, self.subscription.name)
+        info = await self.nc.jsm(timeout=10).consumer_info(
+            self.subscription.stream, self.subscription.name
+        )
         if info.num_ack_pending:
             self.stats.recoveries += 1
-            log.info("consumer %s: %d deliveries outstanding from an earlier session; waiting %.1f s for "
-                     "their redelivery", self.subscription.name, info.num_ack_pending, self.subscription.ack_wait)
+            log.info(
+                "consumer %s: %d deliveries outstanding from an earlier session; waiting %.1f s for "
+                "their redelivery",
+                self.subscription.name,
+                info.num_ack_pending,
+                self.subscription.ack_wait,
+            )
             await asyncio.sleep(self.subscription.ack_wait + 0.5)
 
 
-async def pull(nc: NatsClient, inbox: NatsSubscription, stream: str, consumer: str, batch: int, *,
-               wait: float | None) -> list[Msg]:
+async def pull(
+    nc: NatsClient,
+    inbox: NatsSubscription,
+    stream: str,
+    consumer: str,
+    batch: int,
+    *,
+    wait: float | None,
+) -> list[Msg]:
     """One pull request for up to ``batch`` messages, read until the server ends it.
 
     ``wait=None`` takes only what is available now; otherwise the server holds the request
@@ -549,8 +616,11 @@ async def pull(nc: NatsClient, inbox: NatsSubscription, stream: str, consumer: s
         request["no_wait"] = True
     else:
         request["expires"] = int(wait * 1e9)
-    await nc.publish(f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{consumer}", json.dumps(request).encode(),
-                     reply=inbox.subject)
+    await nc.publish(
+        f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{consumer}",
+        json.dumps(request).encode(),
+        reply=inbox.subject,
+    )
     messages: list[Msg] = []
     loop = asyncio.get_running_loop()
     deadline = loop.time() + (wait or 0.0) + 5.0

@@ -57,7 +57,7 @@ LOG_HASH = "Modelreg-Log-Hash"
 _TOKENS = re.compile(r"[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*", re.ASCII)
 # Printable ASCII minus the three characters the binding singles out.
 _SAFE = frozenset(chr(c) for c in range(0x21, 0x7F)) - {'"', "%"}
-_NEEDS_ENCODING = re.compile(r'[^\x21\x23-\x24\x26-\x7e]')
+_NEEDS_ENCODING = re.compile(r"[^\x21\x23-\x24\x26-\x7e]")
 
 
 class CloudEventError(ValueError):
@@ -68,7 +68,9 @@ class CloudEventError(ValueError):
 def validate_event_type(event_type: str) -> str:
     """Return ``event_type`` if it is dot-separated ``[A-Za-z0-9_-]`` tokens, else raise."""
     if not _TOKENS.fullmatch(event_type):
-        raise CloudEventError(f"event type {event_type!r} is not a safe NATS subject token sequence")
+        raise CloudEventError(
+            f"event type {event_type!r} is not a safe NATS subject token sequence"
+        )
     return event_type
 
 
@@ -207,7 +209,9 @@ def decode_headers(headers: Mapping[str, str] | None) -> EventHeaders:
     sequence = integer("ce-sequence")
     log_position = integer(LOG_POSITION)
     if sequence != log_position:
-        raise CloudEventError(f"ce-sequence {sequence} disagrees with {LOG_POSITION} {log_position}")
+        raise CloudEventError(
+            f"ce-sequence {sequence} disagrees with {LOG_POSITION} {log_position}"
+        )
     time_text, hash_text = get("ce-time"), get(LOG_HASH)
     try:
         moment = datetime.fromisoformat(time_text)

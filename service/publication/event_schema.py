@@ -30,7 +30,9 @@ DRAFT = "https://json-schema.org/draft/2020-12/schema"
 _REF = "#/$defs/{name}"
 
 
-def catalogue_schema(codec: EventCodec, *, title: str = "modelreg event payloads") -> dict[str, Any]:
+def catalogue_schema(
+    codec: EventCodec, *, title: str = "modelreg event payloads"
+) -> dict[str, Any]:
     event_types = dict(sorted(codec.event_types.items()))
     refs, defs = msgspec.json.schema_components(list(event_types.values()), ref_template=_REF)
     (envelope_ref,), envelope_defs = msgspec.json.schema_components([Envelope], ref_template=_REF)
@@ -43,13 +45,17 @@ def catalogue_schema(codec: EventCodec, *, title: str = "modelreg event payloads
         if message_name in defs:
             raise ValueError(f"schema name {message_name!r} is taken; rename the event class")
         defs[message_name] = _message(envelope, event_type, cls.schema_version, ref)
-        index[event_type] = {"schema_version": cls.schema_version, "data": data_name, "message": message_name}
+        index[event_type] = {
+            "schema_version": cls.schema_version,
+            "data": data_name,
+            "message": message_name,
+        }
         messages.append({"$ref": _REF.format(name=message_name)})
     return {
         "$schema": DRAFT,
         "title": title,
         "description": "The JSON payload of every modelreg event message: the stored envelope, "
-                       "whose `data` holds the event's fields.",
+        "whose `data` holds the event's fields.",
         "oneOf": messages,
         "$defs": defs,
         "x-modelreg-events": index,
@@ -70,7 +76,9 @@ def payload_schema(codec: EventCodec, event_type: str) -> dict[str, Any]:
     }
 
 
-def _message(envelope: dict[str, Any], event_type: str, version: int, data_ref: dict[str, Any]) -> dict[str, Any]:
+def _message(
+    envelope: dict[str, Any], event_type: str, version: int, data_ref: dict[str, Any]
+) -> dict[str, Any]:
     properties = dict(envelope["properties"])
     properties["event_type"] = {"const": event_type}
     properties["schema_version"] = {"const": version}

@@ -117,9 +117,13 @@ def _reconcile(spec: StreamSpec, existing: StreamConfig) -> tuple[StreamConfig, 
     """The safe update of ``existing`` towards ``spec``, and what it changes; or raise."""
     name = spec.name
     if existing.mirror is not None:
-        raise StreamConfigError(f"stream {name} is a mirror and cannot take publishes; delete it or set MODELREG_NATS_STREAM")
+        raise StreamConfigError(
+            f"stream {name} is a mirror and cannot take publishes; delete it or set MODELREG_NATS_STREAM"
+        )
     if existing.sealed:
-        raise StreamConfigError(f"stream {name} is sealed and cannot take publishes; set MODELREG_NATS_STREAM to another stream")
+        raise StreamConfigError(
+            f"stream {name} is sealed and cannot take publishes; set MODELREG_NATS_STREAM to another stream"
+        )
     if existing.storage not in (None, StorageType.FILE):
         raise StreamConfigError(
             f"stream {name} uses {_name(existing.storage)} storage; JetStream cannot change storage in place, "
@@ -145,7 +149,9 @@ def _reconcile(spec: StreamSpec, existing: StreamConfig) -> tuple[StreamConfig, 
         changes.append(f"subjects + {', '.join(missing)}")
     if abs((existing.duplicate_window or 0) - spec.duplicate_window) > 1e-3:
         desired.duplicate_window = spec.duplicate_window
-        changes.append(f"duplicate_window {existing.duplicate_window or 0:.0f}s -> {spec.duplicate_window:.0f}s")
+        changes.append(
+            f"duplicate_window {existing.duplicate_window or 0:.0f}s -> {spec.duplicate_window:.0f}s"
+        )
     if (existing.num_replicas or 1) != spec.replicas:
         desired.num_replicas = spec.replicas
         changes.append(f"replicas {existing.num_replicas or 1} -> {spec.replicas}")
@@ -169,7 +175,9 @@ def _refused(spec: StreamSpec, what: str, exc: nats.js.errors.APIError) -> Strea
     hint = ""
     if spec.replicas > 1 and "replicas" in str(exc.description or "").lower():
         hint = f"; MODELREG_NATS_REPLICAS={spec.replicas} needs a NATS cluster of at least {spec.replicas} JetStream servers"
-    return StreamConfigError(f"NATS refused to {what} stream {spec.name}: {exc.description or exc}{hint}")
+    return StreamConfigError(
+        f"NATS refused to {what} stream {spec.name}: {exc.description or exc}{hint}"
+    )
 
 
 async def delete_stream_if_exists(nc: NatsClient, name: str) -> bool:

@@ -171,8 +171,9 @@ class _Cursor:
     fence_next: bool = True
 
 
-def nats_connector(servers: str | Sequence[str], *, name: str = "modelreg-relay",
-                   connect_timeout: float = 2.0) -> NatsConnect:
+def nats_connector(
+    servers: str | Sequence[str], *, name: str = "modelreg-relay", connect_timeout: float = 2.0
+) -> NatsConnect:
     """A factory for the relay's own NATS connections.
 
     The client may reconnect briefly on its own (a cluster member going away), then gives
@@ -185,8 +186,13 @@ def nats_connector(servers: str | Sequence[str], *, name: str = "modelreg-relay"
             log.debug("relay NATS: %s", exc)
 
         client: NatsClient = await nats.connect(
-            servers=urls, name=name, connect_timeout=connect_timeout, allow_reconnect=True,
-            max_reconnect_attempts=2, reconnect_time_wait=0.2, error_cb=quiet,
+            servers=urls,
+            name=name,
+            connect_timeout=connect_timeout,
+            allow_reconnect=True,
+            max_reconnect_attempts=2,
+            reconnect_time_wait=0.2,
+            error_cb=quiet,
         )
         return client
 
@@ -250,7 +256,9 @@ class Relay:
         if acks:
             acked = batch[: len(acks)]
             await self._hook(self.hooks.after_ack_before_checkpoint, acked)
-            await self._advance(conn, cursor, acked[-1].log_position, acked[-1].event_id, acks[-1].seq)
+            await self._advance(
+                conn, cursor, acked[-1].log_position, acked[-1].event_id, acks[-1].seq
+            )
             self.stats.published += sum(1 for a in acks if not a.duplicate)
             self.stats.duplicates += sum(1 for a in acks if a.duplicate)
             await self._hook(self.hooks.after_checkpoint, acked)
@@ -259,7 +267,9 @@ class Relay:
                 await self._after_fence_refusal(conn, nc, batch[len(acks)].log_position)
                 return len(acks)
             self._cursor = None  # resync with the stream before the next attempt
-            raise PublishError(f"publishing log position {batch[len(acks)].log_position}: {_describe(failure)}") from failure
+            raise PublishError(
+                f"publishing log position {batch[len(acks)].log_position}: {_describe(failure)}"
+            ) from failure
         return len(acks)
 
     async def publish_all(self, conn: asyncpg.Connection, nc: NatsClient) -> int:
@@ -290,7 +300,10 @@ class Relay:
         raw = bytes(row["envelope"])
         envelope = decode_envelope(raw)
         headers = encode_headers(
-            envelope, source=self.config.source, log_position=row["log_position"], log_hash=bytes(row["log_hash"])
+            envelope,
+            source=self.config.source,
+            log_position=row["log_position"],
+            log_hash=bytes(row["log_hash"]),
         )
         headers[EXPECTED_STREAM] = self.config.stream.name
         return Outgoing(
@@ -338,8 +351,13 @@ class Relay:
 
     def _jetstream(self, nc: NatsClient) -> JetStreamContext:
         if self._js is None or self._js[0] is not nc:
-            self._js = (nc, nc.jetstream(timeout=self.config.ack_timeout,
-                                         publish_async_max_pending=self.config.window + 1))
+            self._js = (
+                nc,
+                nc.jetstream(
+                    timeout=self.config.ack_timeout,
+                    publish_async_max_pending=self.config.window + 1,
+                ),
+            )
         return self._js[1]
 
     async def _hook(self, hook: Hook | None, batch: Sequence[Outgoing]) -> None:
@@ -356,7 +374,8 @@ class Relay:
     async def _reconcile(self, conn: asyncpg.Connection, nc: NatsClient) -> tuple[_Cursor, int]:
         publisher = self.config.publisher
         await conn.execute(
-            "INSERT INTO publication_checkpoints (publisher) VALUES ($1) ON CONFLICT DO NOTHING", publisher
+            "INSERT INTO publication_checkpoints (publisher) VALUES ($1) ON CONFLICT DO NOTHING",
+            publisher,
         )
         position: int = await conn.fetchval(
             "SELECT log_position FROM publication_checkpoints WHERE publisher = $1", publisher
@@ -366,8 +385,13 @@ class Relay:
         tail = await self._tail(conn, nc)
         if tail < position:
             # The stream lost its tail (or was recreated): refill it from where it ends.
-            log.warning("relay: stream %s ends at log position %d, checkpoint says %d; republishing from %d",
-                        self.config.stream.name, tail, position, tail + 1)
+            log.warning(
+                "relay: stream %s ends at log position %d, checkpoint says %d; republishing from %d",
+                self.config.stream.name,
+                tail,
+                position,
+                tail + 1,
+            )
             await self._advance(conn, cursor, tail, await self._event_id_at(conn, tail), None)
             self.stats.rewinds += 1
         elif tail > position and cursor.last_event_id is None:
@@ -377,14 +401,19 @@ class Relay:
         self._cursor = cursor
         return cursor, tail
 
-    async def _after_fence_refusal(self, conn: asyncpg.Connection, nc: NatsClient, refused: int) -> None:
+    async def _after_fence_refusal(
+        self, conn: asyncpg.Connection, nc: NatsClient, refused: int
+    ) -> None:
         """The server refused ``refused`` because the stream's last message is not its
         predecessor. Find out where the stream really ends and continue from there."""
         cursor, tail = await self._reconcile(conn, nc)
         if tail >= refused and cursor.position < tail:
             # Stored earlier, and too long ago for de-duplication: skip, never store twice.
-            log.info("relay: stream %s already holds up to log position %d; skipping ahead",
-                     self.config.stream.name, tail)
+            log.info(
+                "relay: stream %s already holds up to log position %d; skipping ahead",
+                self.config.stream.name,
+                tail,
+            )
             await self._advance(conn, cursor, tail, await self._event_id_at(conn, tail), None)
             self.stats.fast_forwards += 1
         elif tail == cursor.position:
@@ -430,9 +459,17 @@ class Relay:
         value: UUID | None = await conn.fetchval(_EVENT_ID_AT, position)
         return value
 
-    async def _advance(self, conn: asyncpg.Connection, cursor: _Cursor, position: int,
-                       event_id: UUID | None, nats_seq: int | None) -> None:
-        status = await conn.execute(_ADVANCE, self.config.publisher, cursor.position, position, nats_seq)
+    async def _advance(
+        self,
+        conn: asyncpg.Connection,
+        cursor: _Cursor,
+        position: int,
+        event_id: UUID | None,
+        nats_seq: int | None,
+    ) -> None:
+        status = await conn.execute(
+            _ADVANCE, self.config.publisher, cursor.position, position, nats_seq
+        )
         if status != "UPDATE 1":
             self._cursor = None
             raise CheckpointMovedError(
@@ -454,7 +491,11 @@ class Relay:
                 return
             self.is_leader = True
             self._cursor = None
-            log.info("relay: leading for schema %s, stream %s", self.config.schema, self.config.stream.name)
+            log.info(
+                "relay: leading for schema %s, stream %s",
+                self.config.schema,
+                self.config.stream.name,
+            )
             self._listener = Listener(self._connect, self.channel, self.wake)
             try:
                 await self._lead(conn, stop)
@@ -473,24 +514,42 @@ class Relay:
         while not stop.is_set():
             nc: NatsClient | None = None
             try:
-                nc = await asyncio.wait_for(self._nats_connect(), timeout=max(5.0, self.config.ack_timeout))
+                nc = await asyncio.wait_for(
+                    self._nats_connect(), timeout=max(5.0, self.config.ack_timeout)
+                )
                 if self.config.provision and not self._provisioned:
                     # Bounded like a publish: during a cluster election a long wait here
                     # would only delay the retry that succeeds once a leader is back.
-                    report = await ensure_stream(nc, self.config.stream, timeout=max(2.0, self.config.ack_timeout))
+                    report = await ensure_stream(
+                        nc, self.config.stream, timeout=max(2.0, self.config.ack_timeout)
+                    )
                     if report.action != "unchanged":
-                        log.info("relay: stream %s %s %s", self.config.stream.name, report.action,
-                                 "; ".join(report.changes))
+                        log.info(
+                            "relay: stream %s %s %s",
+                            self.config.stream.name,
+                            report.action,
+                            "; ".join(report.changes),
+                        )
                     self._provisioned = True
                 self._cursor = None
                 await self._publish_until_stopped(conn, nc, stop)
                 return
-            except (PublishError, StreamMismatchError, StreamConfigError, nats.errors.Error, OSError,
-                    TimeoutError) as exc:
+            except (
+                PublishError,
+                StreamMismatchError,
+                StreamConfigError,
+                nats.errors.Error,
+                OSError,
+                TimeoutError,
+            ) as exc:
                 self.stats.failures += 1
                 if isinstance(exc.__cause__ or exc, nats.js.errors.NoStreamResponseError):
                     self._provisioned = False  # no stream captures our subjects: create it again
-                level = logging.ERROR if isinstance(exc, StreamMismatchError | StreamConfigError) else logging.WARNING
+                level = (
+                    logging.ERROR
+                    if isinstance(exc, StreamMismatchError | StreamConfigError)
+                    else logging.WARNING
+                )
                 log.log(level, "relay: %s; retrying in %.1f s", _describe(exc), backoff)
                 self._cursor = None
                 await sleep_or_stop(stop, backoff)
@@ -500,7 +559,9 @@ class Relay:
                     with contextlib.suppress(Exception):
                         await asyncio.wait_for(nc.close(), 5)
 
-    async def _publish_until_stopped(self, conn: asyncpg.Connection, nc: NatsClient, stop: asyncio.Event) -> None:
+    async def _publish_until_stopped(
+        self, conn: asyncpg.Connection, nc: NatsClient, stop: asyncio.Event
+    ) -> None:
         assert self._listener is not None
         self._listener.start()
         while not stop.is_set():
@@ -513,7 +574,9 @@ class Relay:
             await wake_or_stop(self._wake, stop, self.config.poll_interval)
 
 
-async def _settle(future: asyncio.Future[PubAck], deadline: float, loop: asyncio.AbstractEventLoop) -> PubAck:
+async def _settle(
+    future: asyncio.Future[PubAck], deadline: float, loop: asyncio.AbstractEventLoop
+) -> PubAck:
     """The ack of one publish, or raise; ``asyncio.wait`` so a cancelled future is not
     mistaken for the cancellation of this task."""
     if not future.done():
@@ -544,14 +607,20 @@ def relay_for(settings: Settings, database_url: str, nats_url: str) -> Relay:
     Run it as a background worker: ``await relay.run()``, cancelled at shutdown."""
 
     async def connect_db() -> asyncpg.Connection:
-        return await db_connect(database_url, schema=settings.db_schema, app_role=settings.db_app_role,
-                                name="modelreg-relay")
+        return await db_connect(
+            database_url,
+            schema=settings.db_schema,
+            app_role=settings.db_app_role,
+            name="modelreg-relay",
+        )
 
     servers = [url.strip() for url in nats_url.split(",") if url.strip()]
     return Relay(connect_db, nats_connector(servers), RelayConfig.from_settings(settings))
 
 
-async def publication_lag(conn: asyncpg.Connection | asyncpg.Pool, stream: str = "MODELREG_EVENTS") -> int:
+async def publication_lag(
+    conn: asyncpg.Connection | asyncpg.Pool, stream: str = "MODELREG_EVENTS"
+) -> int:
     """Sealed events not yet acknowledged by the stream: for readiness and alerts."""
     value: int = await conn.fetchval(
         "SELECT s.last_log_position - coalesce((SELECT log_position FROM publication_checkpoints"
@@ -559,5 +628,3 @@ async def publication_lag(conn: asyncpg.Connection | asyncpg.Pool, stream: str =
         f"nats:{stream}",
     )
     return value
-
-

@@ -43,7 +43,10 @@ def spawn(
 def _death_signal_setter(sig: signal.Signals) -> Callable[[], None] | None:
     # The kernel ties the parent-death signal to the *thread* that forked, so set it only
     # from the main thread, which lives as long as the process.
-    if not sys.platform.startswith("linux") or threading.current_thread() is not threading.main_thread():
+    if (
+        not sys.platform.startswith("linux")
+        or threading.current_thread() is not threading.main_thread()
+    ):
         return None
     prctl = ctypes.CDLL(None, use_errno=True).prctl
 

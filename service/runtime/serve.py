@@ -88,7 +88,10 @@ def background_workers(state: AppState) -> list[Worker]:
         Worker("sealer", state.sealer.run),
         Worker("projections", projections.run),
         Worker("relay", relay.run),
-        Worker("promotion-expiry", lambda: expire_overdue_forever(state.services, settings.worker_poll_interval * 20)),
+        Worker(
+            "promotion-expiry",
+            lambda: expire_overdue_forever(state.services, settings.worker_poll_interval * 20),
+        ),
     ]
 
 
@@ -96,7 +99,9 @@ def api_workers(state: AppState) -> list[Worker]:
     """The loops that run beside the API in roles ``all`` and ``api``: the seal listener
     wakes this process's writes waiting for their log position, wherever the sealer runs."""
     listener = Listener(
-        _connector(state, "modelreg-seal"), sealed_channel(state.settings.db_schema), state.seal_signal.notify
+        _connector(state, "modelreg-seal"),
+        sealed_channel(state.settings.db_schema),
+        state.seal_signal.notify,
     )
     return [Worker("seal-listener", listener.run)]
 
@@ -108,7 +113,10 @@ def _connector(
 
     async def connect_once() -> asyncpg.Connection:
         return await connect(
-            state.database_url, schema=settings.db_schema, app_role=settings.db_app_role, name=name,
+            state.database_url,
+            schema=settings.db_schema,
+            app_role=settings.db_app_role,
+            name=name,
             synchronous_commit=synchronous_commit,
         )
 
@@ -296,19 +304,33 @@ async def open_state(
     nats = NatsClient()
     connector = asyncio.create_task(_connect_nats(nats, nats_url), name="nats-connect")
     connector.add_done_callback(_report_connector_failure)
+
     async def connect_sealer() -> asyncpg.Connection:
-        return await connect(database_url, schema=settings.db_schema, app_role=settings.db_app_role, name="modelreg-sealer")
+        return await connect(
+            database_url,
+            schema=settings.db_schema,
+            app_role=settings.db_app_role,
+            name="modelreg-sealer",
+        )
 
     # Local appends wake the local sealer (appends of other replicas are found by polling);
     # the seal listener (api_workers) rings `sealed` for the writes waiting on a position.
     sealed = SealSignal()
     sealer = Sealer(connect_sealer, settings.db_schema, idle_interval=settings.sealer_idle_interval)
-    services = build_services(settings, pool, nats=nats, on_append=lambda _: sealer.wake(), seal_signal=sealed)
+    services = build_services(
+        settings, pool, nats=nats, on_append=lambda _: sealer.wake(), seal_signal=sealed
+    )
     try:
         await _bootstrap(services)
         yield AppState(
-            settings=settings, database_url=database_url, nats_url=nats_url, pool=pool, nats=nats,
-            services=services, sealer=sealer, seal_signal=sealed,
+            settings=settings,
+            database_url=database_url,
+            nats_url=nats_url,
+            pool=pool,
+            nats=nats,
+            services=services,
+            sealer=sealer,
+            seal_signal=sealed,
         )
     finally:
         connector.cancel()

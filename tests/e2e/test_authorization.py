@@ -49,7 +49,12 @@ class Row:
 
 
 def artifact(n: int) -> dict[str, Any]:
-    return {"path": "model.pkl", "uri": f"s3://models/{n}/model.pkl", "sha256": f"{n:064x}", "size": 100 + n}
+    return {
+        "path": "model.pkl",
+        "uri": f"s3://models/{n}/model.pkl",
+        "sha256": f"{n:064x}",
+        "size": 100 + n,
+    }
 
 
 POLICY = {
@@ -69,9 +74,15 @@ MATRIX: dict[tuple[str, str], Row] = {
     ("GET", "/api/v1/models"): Row(M, R, scoped="allow"),
     ("GET", "/api/v1/models/{name}"): Row(f"{M}/churn", R),
     ("PATCH", "/api/v1/models/{name}"): Row(f"{M}/churn", W, {"description": "who leaves"}),
-    ("POST", "/api/v1/models/{name}/rename"): Row(f"{M}/renamable/rename", W, lambda who: {"new_name": f"renamed-by-{who}"}),
-    ("POST", "/api/v1/models/{name}/archive"): Row(f"{M}/retired/archive", ADMIN, {"reason": "unused"}),
-    ("POST", "/api/v1/models/{name}/restore"): Row(f"{M}/retired/restore", ADMIN, {"reason": "needed again"}),
+    ("POST", "/api/v1/models/{name}/rename"): Row(
+        f"{M}/renamable/rename", W, lambda who: {"new_name": f"renamed-by-{who}"}
+    ),
+    ("POST", "/api/v1/models/{name}/archive"): Row(
+        f"{M}/retired/archive", ADMIN, {"reason": "unused"}
+    ),
+    ("POST", "/api/v1/models/{name}/restore"): Row(
+        f"{M}/retired/restore", ADMIN, {"reason": "needed again"}
+    ),
     ("PUT", "/api/v1/models/{name}/tags/{key}"): Row(f"{M}/churn/tags/env", W, {"value": "prod"}),
     ("DELETE", "/api/v1/models/{name}/tags/{key}"): Row(f"{M}/churn/tags/team", W),
     # versions
@@ -79,19 +90,37 @@ MATRIX: dict[tuple[str, str], Row] = {
     ("GET", "/api/v1/models/{name}/versions"): Row(V, R),
     ("GET", "/api/v1/models/{name}/versions/{version}"): Row(f"{V}/1", R),
     ("GET", "/api/v1/models/{name}/versions/by-alias/{alias}"): Row(f"{V}/by-alias/candidate", R),
-    ("PATCH", "/api/v1/models/{name}/versions/{version}"): Row(f"{V}/1", W, {"description": "the first"}),
-    ("PUT", "/api/v1/models/{name}/versions/{version}/tags/{key}"): Row(f"{V}/1/tags/env", W, {"value": "prod"}),
+    ("PATCH", "/api/v1/models/{name}/versions/{version}"): Row(
+        f"{V}/1", W, {"description": "the first"}
+    ),
+    ("PUT", "/api/v1/models/{name}/versions/{version}/tags/{key}"): Row(
+        f"{V}/1/tags/env", W, {"value": "prod"}
+    ),
     ("DELETE", "/api/v1/models/{name}/versions/{version}/tags/{key}"): Row(f"{V}/1/tags/team", W),
-    ("POST", "/api/v1/models/{name}/versions/{version}/deprecate"): Row(f"{V}/3/deprecate", W, {"reason": "leaky"}),
-    ("POST", "/api/v1/models/{name}/versions/{version}/metrics"): Row(f"{V}/1/metrics", W, {"metrics": [{"key": "loss", "value": 0.1}]}),
+    ("POST", "/api/v1/models/{name}/versions/{version}/deprecate"): Row(
+        f"{V}/3/deprecate", W, {"reason": "leaky"}
+    ),
+    ("POST", "/api/v1/models/{name}/versions/{version}/metrics"): Row(
+        f"{V}/1/metrics", W, {"metrics": [{"key": "loss", "value": 0.1}]}
+    ),
     ("GET", "/api/v1/models/{name}/versions/{version}/metrics"): Row(f"{V}/1/metrics?key=auc", R),
-    ("GET", "/api/v1/models/{name}/versions/{version}/metrics/series"): Row(f"{V}/1/metrics/series", R),
-    ("GET", "/api/v1/models/{name}/versions/{version}/metrics/{key}/best"): Row(f"{V}/1/metrics/auc/best?dataset=holdout", R),
+    ("GET", "/api/v1/models/{name}/versions/{version}/metrics/series"): Row(
+        f"{V}/1/metrics/series", R
+    ),
+    ("GET", "/api/v1/models/{name}/versions/{version}/metrics/{key}/best"): Row(
+        f"{V}/1/metrics/auc/best?dataset=holdout", R
+    ),
     ("GET", "/api/v1/models/{name}/compare"): Row(f"{M}/churn/compare?versions=1,2", R),
     # lifecycle
-    ("POST", "/api/v1/models/{name}/versions/{version}/stage"): Row(f"{V}/4/stage", W, {"to": "staging"}),
-    ("POST", "/api/v1/models/{name}/rollback"): Row(f"{M}/rollbacker/rollback", W, {"reason": "v2 misbehaves"}),
-    ("PUT", "/api/v1/models/{name}/aliases/{alias}"): Row(f"{M}/churn/aliases/next", W, {"version": 2}),
+    ("POST", "/api/v1/models/{name}/versions/{version}/stage"): Row(
+        f"{V}/4/stage", W, {"to": "staging"}
+    ),
+    ("POST", "/api/v1/models/{name}/rollback"): Row(
+        f"{M}/rollbacker/rollback", W, {"reason": "v2 misbehaves"}
+    ),
+    ("PUT", "/api/v1/models/{name}/aliases/{alias}"): Row(
+        f"{M}/churn/aliases/next", W, {"version": 2}
+    ),
     ("DELETE", "/api/v1/models/{name}/aliases/{alias}"): Row(f"{M}/churn/aliases/old", W),
     ("GET", "/api/v1/models/{name}/aliases/{alias}"): Row(f"{M}/churn/aliases/candidate", R),
     ("GET", "/api/v1/models/{name}/timeline"): Row(f"{M}/churn/timeline", R),
@@ -102,15 +131,27 @@ MATRIX: dict[tuple[str, str], Row] = {
     ("POST", "/api/v1/models/{name}/promotions"): Row(f"{M}/churn/promotions", W, CHAMPION),
     # promotion requests ({to_approve} etc. are filled in from the setup)
     ("GET", "/api/v1/promotions"): Row("/api/v1/promotions", R, scoped="allow"),
-    ("GET", "/api/v1/promotions/{request_id}"): Row("/api/v1/promotions/{to_read}", R, scoped="hide"),
-    ("POST", "/api/v1/promotions/{request_id}/approve"): Row("/api/v1/promotions/{to_approve}/approve", A, {"comment": "ok"}),
-    ("POST", "/api/v1/promotions/{request_id}/reject"): Row("/api/v1/promotions/{to_reject}/reject", A, {"comment": "no"}),
-    ("POST", "/api/v1/promotions/{request_id}/cancel"): Row("/api/v1/promotions/{to_cancel}/cancel", W, {"comment": "never mind"}),
+    ("GET", "/api/v1/promotions/{request_id}"): Row(
+        "/api/v1/promotions/{to_read}", R, scoped="hide"
+    ),
+    ("POST", "/api/v1/promotions/{request_id}/approve"): Row(
+        "/api/v1/promotions/{to_approve}/approve", A, {"comment": "ok"}
+    ),
+    ("POST", "/api/v1/promotions/{request_id}/reject"): Row(
+        "/api/v1/promotions/{to_reject}/reject", A, {"comment": "no"}
+    ),
+    ("POST", "/api/v1/promotions/{request_id}/cancel"): Row(
+        "/api/v1/promotions/{to_cancel}/cancel", W, {"comment": "never mind"}
+    ),
     ("GET", "/api/v1/policy"): Row("/api/v1/policy", R, scoped="allow"),
     ("PUT", "/api/v1/policy"): Row("/api/v1/policy", ADMIN, POLICY),
     # deployments
-    ("POST", "/api/v1/models/{name}/versions/{version}/deployments"): Row(f"{V}/1/deployments", W, {"environment": "prod", "target": "k8s"}),
-    ("POST", "/api/v1/models/{name}/deployments/report"): Row(f"{M}/churn/deployments/report", W, {"deployment_id": "dep-1", "status": "succeeded"}),
+    ("POST", "/api/v1/models/{name}/versions/{version}/deployments"): Row(
+        f"{V}/1/deployments", W, {"environment": "prod", "target": "k8s"}
+    ),
+    ("POST", "/api/v1/models/{name}/deployments/report"): Row(
+        f"{M}/churn/deployments/report", W, {"deployment_id": "dep-1", "status": "succeeded"}
+    ),
     ("GET", "/api/v1/models/{name}/deployments"): Row(f"{M}/churn/deployments", R),
     ("GET", "/api/v1/models/{name}/deployments/runs"): Row(f"{M}/churn/deployments/runs", R),
     # audit
@@ -120,7 +161,9 @@ MATRIX: dict[tuple[str, str], Row] = {
     ("GET", "/api/v1/events/schema"): Row("/api/v1/events/schema", R, scoped="allow"),
     ("GET", "/api/v1/audit/verify"): Row("/api/v1/audit/verify", R, scoped="allow"),
     # tokens, identity, operations
-    ("POST", "/api/v1/tokens"): Row("/api/v1/tokens", ADMIN, {"principal": "eve", "roles": ["reader"]}),
+    ("POST", "/api/v1/tokens"): Row(
+        "/api/v1/tokens", ADMIN, {"principal": "eve", "roles": ["reader"]}
+    ),
     ("GET", "/api/v1/tokens"): Row("/api/v1/tokens", ADMIN),
     ("DELETE", "/api/v1/tokens/{token_id}"): Row("/api/v1/tokens/{throwaway}", ADMIN),
     ("GET", "/api/v1/me"): Row("/api/v1/me", None, scoped="allow"),
@@ -177,7 +220,10 @@ async def test_every_route_has_a_row_in_the_matrix(api: Api) -> None:
 async def test_only_the_schema_and_health_are_open(api: Api) -> None:
     for (method, _), path in PUBLIC.items():
         response = await api.client.request(method, path)
-        assert response.status_code not in {401, 403} and response.status_code < 500, (path, response.status_code)
+        assert response.status_code not in {401, 403} and response.status_code < 500, (
+            path,
+            response.status_code,
+        )
     document = (await api.client.get("/schema/openapi.json")).json()
     assert "/api/v1/models" in document["paths"]
     # The health endpoints (service.api.app) are open too: tests/integration/test_cli_serve.py.
@@ -185,7 +231,9 @@ async def test_only_the_schema_and_health_are_open(api: Api) -> None:
 
 async def _ok(response: httpx.Response, status: int | None = None) -> httpx.Response:
     good = response.status_code == status if status else 200 <= response.status_code < 300
-    assert good, f"setup: {response.request.method} {response.request.url.path}: {response.status_code} {response.text}"
+    assert good, (
+        f"setup: {response.request.method} {response.request.url.path}: {response.status_code} {response.text}"
+    )
     return response
 
 
@@ -198,19 +246,29 @@ async def _setup(api: Api) -> tuple[list[Caller], dict[str, str]]:
         Caller("basic auth", "Basic YWRtaW46YWRtaW4="),
         Caller("unknown token", "Bearer mr_" + "x" * 43),
     ]
-    _, revoked = await issue_token(api.services.executor, actor="admin", principal="rita", roles=(Role.ADMIN,))
+    _, revoked = await issue_token(
+        api.services.executor, actor="admin", principal="rita", roles=(Role.ADMIN,)
+    )
     token_id = (await api.get("/api/v1/me", as_=revoked)).json()["token_id"]
     await revoke_token(api.services.executor, token_id, actor="admin", reason="leaked")
     callers.append(Caller("revoked token", f"Bearer {revoked}"))
     _, expired = await issue_token(
-        api.services.executor, actor="admin", principal="ed", roles=(Role.ADMIN,),
-        now=now - timedelta(hours=2), expires_at=now - timedelta(hours=1),
+        api.services.executor,
+        actor="admin",
+        principal="ed",
+        roles=(Role.ADMIN,),
+        now=now - timedelta(hours=2),
+        expires_at=now - timedelta(hours=1),
     )
     callers.append(Caller("expired token", f"Bearer {expired}"))
     callers += [
         Caller("reader", f"Bearer {await api.token('rob', Role.READER)}", Role.READER),
-        Caller("contributor scoped to fraud*", f"Bearer {await api.token('mallory', Role.CONTRIBUTOR, scopes=('fraud*',))}",
-               Role.CONTRIBUTOR, scoped=True),
+        Caller(
+            "contributor scoped to fraud*",
+            f"Bearer {await api.token('mallory', Role.CONTRIBUTOR, scopes=('fraud*',))}",
+            Role.CONTRIBUTOR,
+            scoped=True,
+        ),
         Caller("contributor", f"Bearer {carol}", Role.CONTRIBUTOR),
         Caller("approver", f"Bearer {await api.token('dave', Role.APPROVER)}", Role.APPROVER),
         Caller("admin", f"Bearer {api.admin}", Role.ADMIN),
@@ -220,8 +278,18 @@ async def _setup(api: Api) -> tuple[list[Caller], dict[str, str]]:
     for name in ("churn", "fraud", "renamable", "retired", "rollbacker"):
         await _ok(await api.post(M, json={"name": name, "tags": {"team": "risk"}}, as_=carol))
     for n in range(1, 5):
-        await _ok(await api.post(V, json={"artifacts": [artifact(n)], "tags": {"team": "risk"}}, as_=carol))
-    await _ok(await api.post(f"{V}/1/metrics", json={"metrics": [{"key": "auc", "value": 0.9, "dataset": "holdout"}]}, as_=carol))
+        await _ok(
+            await api.post(
+                V, json={"artifacts": [artifact(n)], "tags": {"team": "risk"}}, as_=carol
+            )
+        )
+    await _ok(
+        await api.post(
+            f"{V}/1/metrics",
+            json={"metrics": [{"key": "auc", "value": 0.9, "dataset": "holdout"}]},
+            as_=carol,
+        )
+    )
     for stage in ("staging", "production"):
         await _ok(await api.post(f"{V}/1/stage", json={"to": stage}, as_=carol))
     for alias, version in (("candidate", 1), ("old", 2)):
@@ -230,16 +298,32 @@ async def _setup(api: Api) -> tuple[list[Caller], dict[str, str]]:
     for purpose in ("to_read", "to_approve", "to_reject", "to_cancel"):
         made = await _ok(await api.post(f"{M}/churn/promotions", json=CHAMPION, as_=carol), 202)
         requests[purpose] = made.json()["request_id"]
-    await _ok(await api.post(f"{V}/1/deployments", json={"environment": "prod", "target": "k8s", "deployment_id": "dep-1"}, as_=carol))
+    await _ok(
+        await api.post(
+            f"{V}/1/deployments",
+            json={"environment": "prod", "target": "k8s", "deployment_id": "dep-1"},
+            as_=carol,
+        )
+    )
     # rollbacker: v1 then v2 in production, so a rollback has somewhere to go
     for n in (1, 2):
-        await _ok(await api.post(f"{M}/rollbacker/versions", json={"artifacts": [artifact(n)]}, as_=carol))
+        await _ok(
+            await api.post(f"{M}/rollbacker/versions", json={"artifacts": [artifact(n)]}, as_=carol)
+        )
         for stage in ("staging", "production"):
-            await _ok(await api.post(f"{M}/rollbacker/versions/{n}/stage", json={"to": stage}, as_=carol))
-    outcome, _ = await issue_token(api.services.executor, actor="admin", principal="temp", roles=(Role.READER,))
+            await _ok(
+                await api.post(f"{M}/rollbacker/versions/{n}/stage", json={"to": stage}, as_=carol)
+            )
+    outcome, _ = await issue_token(
+        api.services.executor, actor="admin", principal="temp", roles=(Role.READER,)
+    )
     ids = {**requests, "throwaway": outcome.state.token_id}
-    await wait_for_position(api.services.pool, await head_position(api.services.pool),
-                            [p.name for p in all_projections()], timeout=10)
+    await wait_for_position(
+        api.services.pool,
+        await head_position(api.services.pool),
+        [p.name for p in all_projections()],
+        timeout=10,
+    )
     return callers, ids
 
 
@@ -263,21 +347,36 @@ def _expected(caller: Caller, row: Row) -> tuple[str, Permission | None]:
     return ("404", None) if row.scoped == "hide" else ("allowed", None)
 
 
-def _judge(method: str, expected: str, permission: Permission | None, response: httpx.Response, *, must_succeed: bool) -> str | None:
+def _judge(
+    method: str,
+    expected: str,
+    permission: Permission | None,
+    response: httpx.Response,
+    *,
+    must_succeed: bool,
+) -> str | None:
     """What is wrong with ``response`` (None: nothing)."""
     status = response.status_code
     if status >= 500:
         return "server error"
     if expected == "401":
         problem = response.json() if status == 401 else {}
-        if status != 401 or problem.get("code") != "unauthenticated" or "Bearer" not in response.headers.get("WWW-Authenticate", ""):
+        if (
+            status != 401
+            or problem.get("code") != "unauthenticated"
+            or "Bearer" not in response.headers.get("WWW-Authenticate", "")
+        ):
             return "expected 401 problem+json with WWW-Authenticate"
         return None
     if expected == "403":
         problem = response.json() if status == 403 else {}
         if status != 403 or problem.get("details", {}).get("permission") != permission:
             return f"expected 403 naming {permission}"
-        return None if response.headers["content-type"] == "application/problem+json" else "a 403 must be problem+json"
+        return (
+            None
+            if response.headers["content-type"] == "application/problem+json"
+            else "a 403 must be problem+json"
+        )
     if expected == "404":
         return None if status == 404 else "expected 404 (out of its scope)"
     if status in {401, 403}:
@@ -298,18 +397,30 @@ async def test_every_route_for_every_caller(api: Api) -> None:
         path = row.path.format(**ids)
         first_allowed = True
         for caller in callers:
-            body = row.body(caller.label.replace(" ", "-").replace("*", "")) if callable(row.body) else row.body
+            body = (
+                row.body(caller.label.replace(" ", "-").replace("*", ""))
+                if callable(row.body)
+                else row.body
+            )
             headers = {"Authorization": caller.header} if caller.header else {}
             before = await _events(api)
             response = await api.client.request(method, path, headers=headers, json=body)
             expected, permission = _expected(caller, row)
-            wrong = _judge(method, expected, permission, response, must_succeed=first_allowed or method == "GET")
+            wrong = _judge(
+                method,
+                expected,
+                permission,
+                response,
+                must_succeed=first_allowed or method == "GET",
+            )
             if expected == "allowed":
                 first_allowed = False
             elif wrong is None and await _events(api) != before:
                 wrong = "a refused request recorded events"
             if wrong is not None:
-                failures.append(f"{wrong}: {method} {template} as {caller.label}: {response.status_code} {response.text[:300]}")
+                failures.append(
+                    f"{wrong}: {method} {template} as {caller.label}: {response.status_code} {response.text[:300]}"
+                )
     assert not failures, "\n".join(failures)
 
 

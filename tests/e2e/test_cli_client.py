@@ -48,7 +48,9 @@ def run(server: RegistryServer, *args: str, token: str | None = None, code: int 
     if token is not None:
         env["MODELREG_TOKEN"] = token
     result = CliRunner().invoke(APP, list(args), env=env)
-    assert result.exit_code == code, f"exit {result.exit_code}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}"
+    assert result.exit_code == code, (
+        f"exit {result.exit_code}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}"
+    )
     return result
 
 
@@ -74,7 +76,11 @@ def test_models_as_a_table_and_as_json(server: RegistryServer) -> None:
     assert "team=risk" in shown and "Churn risk" in shown
     model = as_json(run(server, "models", "show", "cli-churn", "--json"))
     assert isinstance(model, dict)
-    assert (model["name"], model["tags"], model["archived"]) == ("cli-churn", {"team": "risk"}, False)
+    assert (model["name"], model["tags"], model["archived"]) == (
+        "cli-churn",
+        {"team": "risk"},
+        False,
+    )
 
     run(server, "models", "rename", "cli-churn", "cli-churn-monthly")
     gone = run(server, "models", "show", "cli-churn", code=1)
@@ -90,15 +96,48 @@ def test_versions_and_metrics_from_files(server: RegistryServer, tmp_path: Path)
     (out / "model.pkl").write_bytes(b"w" * 5000)
     (out / "meta.json").write_text("{}")
 
-    registered = run(server, "versions", "register", "cli-fraud", str(out), "-p", "lr=0.1", "-p", "depth=6",
-                     "-p", "booster=gbtree", "--metric", "auc=0.93", "--dataset", "holdout", "--tag", "team=risk",
-                     "--no-code")
+    registered = run(
+        server,
+        "versions",
+        "register",
+        "cli-fraud",
+        str(out),
+        "-p",
+        "lr=0.1",
+        "-p",
+        "depth=6",
+        "-p",
+        "booster=gbtree",
+        "--metric",
+        "auc=0.93",
+        "--dataset",
+        "holdout",
+        "--tag",
+        "team=risk",
+        "--no-code",
+    )
     assert "registered cli-fraud v1 (created model cli-fraud)" in registered.stdout
-    second = as_json(run(server, "versions", "register", "cli-fraud", str(out), "-p", "lr=0.2", "--no-code",
-                         "--uri", "s3://models/fraud/2", "--json"))
+    second = as_json(
+        run(
+            server,
+            "versions",
+            "register",
+            "cli-fraud",
+            str(out),
+            "-p",
+            "lr=0.2",
+            "--no-code",
+            "--uri",
+            "s3://models/fraud/2",
+            "--json",
+        )
+    )
     assert isinstance(second, dict)
     assert (second["version"], second["model_created"], second["receipt"]["events"]) == (
-        2, False, ["model.version_registered"])
+        2,
+        False,
+        ["model.version_registered"],
+    )
 
     listed = run(server, "versions", "list", "cli-fraud").stdout
     assert [line.split()[0] for line in listed.splitlines()[2:]] == ["v2", "v1"]
@@ -115,14 +154,20 @@ def test_versions_and_metrics_from_files(server: RegistryServer, tmp_path: Path)
 
     # 2,500 points from a file: three requests
     points = tmp_path / "train.jsonl"
-    points.write_text("".join(json.dumps({"key": "loss", "value": 1 / (s + 1), "step": s}) + "\n" for s in range(2500)))
+    points.write_text(
+        "".join(
+            json.dumps({"key": "loss", "value": 1 / (s + 1), "step": s}) + "\n" for s in range(2500)
+        )
+    )
     logged = run(server, "metrics", "log", "cli-fraud", "1", "--file", str(points))
     assert "logged 2500 points to cli-fraud v1 in 3 requests" in logged.stdout
     run(server, "metrics", "log", "cli-fraud", "2", "auc=0.95", "--dataset", "holdout")
     latest = run(server, "metrics", "show", "cli-fraud", "1").stdout
     loss = next(line for line in latest.splitlines() if line.startswith("loss"))
     assert loss.split()[1:4] == ["0.0004", "2499", "2500"]
-    history = as_json(run(server, "metrics", "show", "cli-fraud", "1", "--key", "loss", "-n", "3000", "--json"))
+    history = as_json(
+        run(server, "metrics", "show", "cli-fraud", "1", "--key", "loss", "-n", "3000", "--json")
+    )
     assert isinstance(history, list) and [p["step"] for p in history] == list(range(2500))
 
     compared = run(server, "metrics", "compare", "cli-fraud", "1", "2", "--diff").stdout
@@ -145,14 +190,22 @@ def test_stage_promote_approve_reject_alias_and_history(server: RegistryServer) 
         admin.create_model("cli-gov")
         for _ in range(2):
             admin.register_version("cli-gov", manifest=[_artifact()], code=None)
-        admin.set_policy({"transitions": [
-            {"from_stage": "development", "to_stage": "staging"},
-            {"from_stage": "staging", "to_stage": "production", "approvals": 1},
-        ]}, model="cli-gov")
+        admin.set_policy(
+            {
+                "transitions": [
+                    {"from_stage": "development", "to_stage": "staging"},
+                    {"from_stage": "staging", "to_stage": "production", "approvals": 1},
+                ]
+            },
+            model="cli-gov",
+        )
     alice = _token(server, "alice", "contributor")
     bob = _token(server, "bob", "approver")
 
-    assert "cli-gov v1 -> staging: done" in run(server, "stage", "cli-gov", "1", "staging", token=alice).stdout
+    assert (
+        "cli-gov v1 -> staging: done"
+        in run(server, "stage", "cli-gov", "1", "staging", token=alice).stdout
+    )
     opened = run(server, "stage", "cli-gov", "1", "production", "-m", "ship it", token=alice).stdout
     assert "needs approval; opened promotion request" in opened
     request_id = opened.split("opened promotion request ")[1].split()[0]
@@ -164,10 +217,25 @@ def test_stage_promote_approve_reject_alias_and_history(server: RegistryServer) 
     assert "approved; promotion executed: cli-gov v1" in approved
 
     run(server, "stage", "cli-gov", "2", "staging", token=alice)
-    pending = as_json(run(server, "promote", "cli-gov", "2", "--to", "production", "-m", "better", "--json",
-                          token=alice))
+    pending = as_json(
+        run(
+            server,
+            "promote",
+            "cli-gov",
+            "2",
+            "--to",
+            "production",
+            "-m",
+            "better",
+            "--json",
+            token=alice,
+        )
+    )
     assert isinstance(pending, dict) and "model.promotion_requested" in pending["events"]
-    assert "rejected: cli-gov v2" in run(server, "reject", pending["request_id"], "-m", "latency", token=bob).stdout
+    assert (
+        "rejected: cli-gov v2"
+        in run(server, "reject", pending["request_id"], "-m", "latency", token=bob).stdout
+    )
     missing_comment = run(server, "stage", "cli-gov", "2", "production", token=alice, code=1)
     assert "field: comment  rule: required" in missing_comment.stderr
 
@@ -180,18 +248,34 @@ def test_stage_promote_approve_reject_alias_and_history(server: RegistryServer) 
     page = as_json(run(server, "history", "cli-gov", "--type", "promotion_rejected", "--json"))
     assert isinstance(page, dict)
     assert [(e["actor"], e["event_type"], e["reason"]) for e in page["items"]] == [
-        ("bob", "model.promotion_rejected", "latency")]
+        ("bob", "model.promotion_rejected", "latency")
+    ]
 
 
 def test_tokens_whoami_and_the_event_log(server: RegistryServer) -> None:
-    issued = as_json(run(server, "tokens", "create", "carol", "-r", "reader", "--expires-in", "30d", "-d", "dashboards",
-                         "--json"))
+    issued = as_json(
+        run(
+            server,
+            "tokens",
+            "create",
+            "carol",
+            "-r",
+            "reader",
+            "--expires-in",
+            "30d",
+            "-d",
+            "dashboards",
+            "--json",
+        )
+    )
     assert isinstance(issued, dict) and issued["secret"] and issued["expires_at"]
     me = as_json(run(server, "whoami", "--json", token=issued["secret"]))
     assert isinstance(me, dict) and (me["name"], me["permissions"]) == ("carol", ["read"])
     assert "carol" in run(server, "whoami", token=issued["secret"]).stdout
     listed = run(server, "tokens", "list").stdout
-    assert any(line.split()[:3] == [issued["token_id"], "carol", "reader"] for line in listed.splitlines())
+    assert any(
+        line.split()[:3] == [issued["token_id"], "carol", "reader"] for line in listed.splitlines()
+    )
     run(server, "tokens", "revoke", issued["token_id"], "-m", "done")
     revoked = run(server, "whoami", token=issued["secret"], code=1)
     assert "401 Authentication required" in revoked.stderr
@@ -207,13 +291,22 @@ def test_tokens_whoami_and_the_event_log(server: RegistryServer) -> None:
 
 def test_the_installed_command_exit_codes_and_completion(server: RegistryServer) -> None:
     def modelreg(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(["modelreg", *args], env=server.env(**env), capture_output=True, text=True, timeout=60,
-                              check=False)
+        return subprocess.run(
+            ["modelreg", *args],
+            env=server.env(**env),
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
 
     done = modelreg("whoami", "--json")
     assert done.returncode == 0 and json.loads(done.stdout)["name"] == "admin"
     refused = modelreg("models", "show", "no-such-model")
-    assert (refused.returncode, refused.stderr.strip()) == (1, "modelreg: 404 Not found: no model is named 'no-such-model'")
+    assert (refused.returncode, refused.stderr.strip()) == (
+        1,
+        "modelreg: 404 Not found: no model is named 'no-such-model'",
+    )
     assert modelreg("whoami", MODELREG_TOKEN="").returncode == 2
     unreachable = modelreg("whoami", "--url", "http://127.0.0.1:9", MODELREG_RETRIES="1")
     assert unreachable.returncode == 3 and "cannot reach the registry" in unreachable.stderr
@@ -222,12 +315,18 @@ def test_the_installed_command_exit_codes_and_completion(server: RegistryServer)
         admin.create_model("cli-complete-me")
     groups = modelreg(_MODELREG_COMPLETE="complete_bash", COMP_WORDS="modelreg mod", COMP_CWORD="1")
     assert groups.stdout.split() == ["models"]
-    names = modelreg(_MODELREG_COMPLETE="complete_bash", COMP_WORDS="modelreg models show cli-comp", COMP_CWORD="3")
+    names = modelreg(
+        _MODELREG_COMPLETE="complete_bash",
+        COMP_WORDS="modelreg models show cli-comp",
+        COMP_CWORD="3",
+    )
     assert names.stdout.split() == ["cli-complete-me"]
 
 
 def _artifact() -> ArtifactEntry:
-    return ArtifactEntry(path="model.bin", uri="s3://models/gov/model.bin", sha256="1" * 64, size=10)
+    return ArtifactEntry(
+        path="model.bin", uri="s3://models/gov/model.bin", sha256="1" * 64, size=10
+    )
 
 
 def _token(server: RegistryServer, principal: str, role: str) -> str:

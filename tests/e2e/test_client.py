@@ -10,6 +10,7 @@ import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import msgspec
@@ -37,7 +38,9 @@ from tests.support.flaky_proxy import FlakyProxy, body_of
 from tests.support.registry_server import RegistryServer, registry_server
 
 FAST = RetryPolicy(attempts=4, backoff=0.05, max_backoff=0.2)
-CODE = CodeReference(repository="https://git.example.com/ml/churn.git", commit="a" * 40, path="train.py")
+CODE = CodeReference(
+    repository="https://git.example.com/ml/churn.git", commit="a" * 40, path="train.py"
+)
 POLICY = {
     "transitions": [
         {"from_stage": "development", "to_stage": "staging"},
@@ -65,9 +68,11 @@ async def api(db: Database) -> AsyncIterator[Api]:
         yield running
 
 
-def in_process(api: Api, token: str | None = None, **options: object) -> tuple[AsyncClient, Counting]:
+def in_process(api: Api, token: str | None = None, **options: Any) -> tuple[AsyncClient, Counting]:
     transport = Counting(httpx.ASGITransport(app=Litestar(**api_app_kwargs(api.services))))  # type: ignore[arg-type]
-    return AsyncClient("http://modelreg.test", token or api.admin, transport=transport, **options), transport  # type: ignore[arg-type]
+    return AsyncClient(
+        "http://modelreg.test", token or api.admin, transport=transport, **options
+    ), transport
 
 
 def artifacts(root: Path, tag: str = "1") -> Path:
@@ -90,8 +95,14 @@ async def test_async_client_walks_a_model_through_its_life(api: Api, tmp_path: P
         await admin.set_policy(POLICY, comment="production needs an approval")
 
         # register: the model is created on the way, the files hashed, metrics logged
-        first = await alice.register_version("churn", artifacts_dir=artifacts(tmp_path), params={"lr": 0.1, "depth": 6},
-                                             metrics={"auc": 0.91}, metrics_dataset="holdout", code=CODE)
+        first = await alice.register_version(
+            "churn",
+            artifacts_dir=artifacts(tmp_path),
+            params={"lr": 0.1, "depth": 6},
+            metrics={"auc": 0.91},
+            metrics_dataset="holdout",
+            code=CODE,
+        )
         assert (first.version, first.model_created, len(first.metrics)) == (1, True, 1)
         row = await alice.get_version("churn", 1)
         assert row.content is not None and row.content.code == CODE
@@ -104,8 +115,13 @@ async def test_async_client_walks_a_model_through_its_life(api: Api, tmp_path: P
         # a search right after the write already sees it (read-your-writes)
         assert [m.name for m in (await alice.list_models("chu*")).items] == ["churn"]
 
-        second = await alice.register_version("churn", manifest=row.content.artifacts, params={"lr": 0.2, "depth": 6},
-                                              code=None, dependencies=None)
+        second = await alice.register_version(
+            "churn",
+            manifest=row.content.artifacts,
+            params={"lr": 0.2, "depth": 6},
+            code=None,
+            dependencies=None,
+        )
         assert (second.version, second.model_created) == (2, False)
         compared = await alice.compare_versions("churn", [1, 2, 9])
         assert compared.missing == (9,)
@@ -128,7 +144,9 @@ async def test_async_client_walks_a_model_through_its_life(api: Api, tmp_path: P
         await alice.set_alias("churn", "challenger", 2, comment="a/b")
         assert (await alice.get_version("churn", "challenger")).version == 2
         await alice.remove_alias("churn", "challenger")
-        started = await alice.start_deployment("churn", 1, environment="prod", target="k8s/churn", desired_stage="production")
+        started = await alice.start_deployment(
+            "churn", 1, environment="prod", target="k8s/churn", desired_stage="production"
+        )
         assert started.request_id
         await alice.report_deployment("churn", started.request_id, "succeeded")
         (place,) = await alice.deployments("churn")
@@ -157,7 +175,9 @@ async def test_many_log_metrics_calls_become_few_requests(api: Api, tmp_path: Pa
         series = await client.metric_series("churn", 1)  # a read sends the rest first
         posts = [path for method, path in counting.seen if method == "POST"]
         assert posts == ["/api/v1/models/churn/versions/1/metrics"] * 3
-        assert [(s.key, s.points, s.first_step, s.last_step) for s in series] == [("loss", 2500, 0, 2499)]
+        assert [(s.key, s.points, s.first_step, s.last_step) for s in series] == [
+            ("loss", 2500, 0, 2499)
+        ]
         best = await client.best_metric("churn", 1, "loss", goal="min")
         assert best.step == 2499
 
@@ -175,14 +195,23 @@ async def test_refusals_raise_typed_errors_carrying_the_problem(api: Api) -> Non
         with pytest.raises(NotFound) as missing:
             await alice.get_model("nope")
         assert (missing.value.code, missing.value.details, missing.value.problem["type"]) == (
-            "not_found", {"name": "nope"}, "urn:modelreg:not_found")
+            "not_found",
+            {"name": "nope"},
+            "urn:modelreg:not_found",
+        )
         with pytest.raises(ValidationFailed) as invalid:
             await alice.register_version("churn", manifest=[], code=None, dependencies=None)
-        assert (invalid.value.status, invalid.value.field, invalid.value.rule) == (422, "content.artifacts", "required")
+        assert (invalid.value.status, invalid.value.field, invalid.value.rule) == (
+            422,
+            "content.artifacts",
+            "required",
+        )
         with pytest.raises(PermissionDenied) as denied:
             await alice.create_token("mallory", ["admin"])
         assert denied.value.details["permission"] == "admin"
-        assert not [p for m, p in counting.seen if p == "/api/v1/tokens" and m == "POST"][1:]  # refused once, not retried
+        assert not [p for m, p in counting.seen if p == "/api/v1/tokens" and m == "POST"][
+            1:
+        ]  # refused once, not retried
 
         # tokens: issue, use, list, revoke
         issued = await admin.create_token("carol", [Role.READER], description="dashboards")
@@ -197,13 +226,17 @@ async def test_refusals_raise_typed_errors_carrying_the_problem(api: Api) -> Non
                 await carol.whoami()
 
 
-async def test_a_write_conditional_on_a_stale_version_is_refused_and_records_nothing(api: Api) -> None:
+async def test_a_write_conditional_on_a_stale_version_is_refused_and_records_nothing(
+    api: Api,
+) -> None:
     # given two people who read the same model
     admin, _ = in_process(api)
     async with admin:
         await admin.create_model("churn", description="first")
         seen = await admin.model_version("churn")
-        other = await admin.update_model("churn", description="someone else's edit", if_version=seen)
+        other = await admin.update_model(
+            "churn", description="someone else's edit", if_version=seen
+        )
         assert other.stream_version == seen + 1
         head = await admin.head_position()
 
@@ -241,9 +274,17 @@ def server(database_url: str, nats_url: str, workdir: Path) -> Iterator[Registry
 
 
 def git(cwd: Path, *args: str) -> str:
-    env = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@x", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@x",
-           "HOME": str(cwd), "PATH": "/usr/bin:/bin"}
-    return subprocess.run(["git", *args], cwd=cwd, env=env, check=True, capture_output=True, text=True).stdout.strip()
+    env = {
+        "GIT_AUTHOR_NAME": "t",
+        "GIT_AUTHOR_EMAIL": "t@x",
+        "GIT_COMMITTER_NAME": "t",
+        "GIT_COMMITTER_EMAIL": "t@x",
+        "HOME": str(cwd),
+        "PATH": "/usr/bin:/bin",
+    }
+    return subprocess.run(
+        ["git", *args], cwd=cwd, env=env, check=True, capture_output=True, text=True
+    ).stdout.strip()
 
 
 TRAINING_SCRIPT = """\
@@ -253,7 +294,9 @@ reg.register_version("fraud", artifacts_dir="out/", params={"lr": 0.05, "trees":
 """
 
 
-def test_three_lines_in_a_training_script_register_a_version_with_its_code(server: RegistryServer, tmp_path: Path) -> None:
+def test_three_lines_in_a_training_script_register_a_version_with_its_code(
+    server: RegistryServer, tmp_path: Path
+) -> None:
     # a training checkout: the script, its output directory, a commit and a remote
     repo = tmp_path / "repo"
     artifacts(repo)
@@ -263,35 +306,54 @@ def test_three_lines_in_a_training_script_register_a_version_with_its_code(serve
     git(repo, "commit", "-q", "-m", "train")
     git(repo, "remote", "add", "origin", "https://ci:secret@git.example.com/ml/fraud.git")
 
-    done = subprocess.run([sys.executable, "train.py"], cwd=repo, env=server.env(PYTHONPATH=str(Path.cwd())),
-                          capture_output=True, text=True, timeout=120, check=False)
+    done = subprocess.run(
+        [sys.executable, "train.py"],
+        cwd=repo,
+        env=server.env(PYTHONPATH=str(Path.cwd())),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert done.returncode == 0, done.stderr
 
     with Client(server.url, server.admin_token) as reg:
         row = reg.get_version("fraud", 1)
     assert row.content is not None
-    assert row.content.code == CodeReference(repository="https://git.example.com/ml/fraud.git",
-                                             commit=git(repo, "rev-parse", "HEAD"), path="train.py")
-    assert row.content.dependencies is not None and row.content.dependencies.python_version.startswith("3.")
+    assert row.content.code == CodeReference(
+        repository="https://git.example.com/ml/fraud.git",
+        commit=git(repo, "rev-parse", "HEAD"),
+        path="train.py",
+    )
+    assert (
+        row.content.dependencies is not None
+        and row.content.dependencies.python_version.startswith("3.")
+    )
     assert [a.path for a in row.content.artifacts] == ["meta.json", "model.pkl"]
     assert [(m.key, m.value) for m in row.metrics] == [("auc", 0.93)]
     assert row.tags == {}  # the checkout is clean
 
 
-def test_a_lost_answer_is_retried_with_the_same_key_and_registers_once(server: RegistryServer, tmp_path: Path) -> None:
+def test_a_lost_answer_is_retried_with_the_same_key_and_registers_once(
+    server: RegistryServer, tmp_path: Path
+) -> None:
     with FlakyProxy(server.url) as proxy, Client(proxy.url, server.admin_token, retry=FAST) as reg:
         reg.create_model("retry-sync")
         proxy.drop_responses(1, match=b"POST /api/v1/models/retry-sync/versions ")
         proxy.drop_responses(1, match=b"POST /api/v1/models/retry-sync/versions/1/metrics ")
 
-        result = reg.register_version("retry-sync", artifacts_dir=artifacts(tmp_path), metrics={"auc": 0.9}, code=None)
+        result = reg.register_version(
+            "retry-sync", artifacts_dir=artifacts(tmp_path), metrics={"auc": 0.9}, code=None
+        )
 
         # the server answered twice; the client saw only the second, replayed answer
         assert len(proxy.dropped) == 2
         first_answer = msgspec.json.decode(body_of(proxy.dropped[0]), type=Receipt)
         assert result.receipt == first_answer
         posts = proxy.seen("POST /api/v1/models/retry-sync/versions ")
-        assert len(posts) == 2 and posts[0].header("Idempotency-Key") == posts[1].header("Idempotency-Key")
+        assert len(posts) == 2 and posts[0].header("Idempotency-Key") == posts[1].header(
+            "Idempotency-Key"
+        )
         # exactly one version, with exactly one metrics batch
         assert [v.version for v in reg.list_versions("retry-sync").items] == [1]
         assert reg.get_model("retry-sync").latest_version == 1
@@ -305,7 +367,9 @@ async def test_the_async_client_retries_lost_answers_too(server: RegistryServer)
             await reg.register_version("retry-async", manifest=[_entry()], code=None)
             proxy.drop_responses(2, match=b"POST /api/v1/models/retry-async/versions/1/metrics ")
             for step in range(10):
-                await reg.log_metrics("retry-async", 1, {"loss": 1 / (step + 1), "acc": step / 10}, step=step)
+                await reg.log_metrics(
+                    "retry-async", 1, {"loss": 1 / (step + 1), "acc": step / 10}, step=step
+                )
             (receipt,) = await reg.flush()
             assert len(proxy.dropped) == 2
             assert receipt == msgspec.json.decode(body_of(proxy.dropped[0]), type=Receipt)
@@ -317,7 +381,9 @@ def _entry() -> ArtifactEntry:
     return ArtifactEntry(path="model.bin", uri="s3://models/x/model.bin", sha256="0" * 64, size=1)
 
 
-def test_busy_answers_are_retried_after_their_retry_after_and_refusals_are_not(server: RegistryServer) -> None:
+def test_busy_answers_are_retried_after_their_retry_after_and_refusals_are_not(
+    server: RegistryServer,
+) -> None:
     with FlakyProxy(server.url) as proxy, Client(proxy.url, server.admin_token, retry=FAST) as reg:
         proxy.fail_requests(1, status=503, retry_after="1", match=b"GET /api/v1/me ")
         proxy.fail_requests(2, status=429, retry_after=None, match=b"POST /api/v1/models ")
@@ -325,7 +391,9 @@ def test_busy_answers_are_retried_after_their_retry_after_and_refusals_are_not(s
         assert reg.whoami().name == "admin"
         assert time.monotonic() - began >= 0.9  # waited as told
         assert reg.create_model("busy").model == "busy"
-        assert len(proxy.seen("GET /api/v1/me ")) == 2 and len(proxy.seen("POST /api/v1/models ")) == 3
+        assert (
+            len(proxy.seen("GET /api/v1/me ")) == 2 and len(proxy.seen("POST /api/v1/models ")) == 3
+        )
         keys = {r.header("Idempotency-Key") for r in proxy.seen("POST /api/v1/models ")}
         assert len(keys) == 1
 
@@ -345,7 +413,9 @@ def test_an_unreachable_registry_raises_unreachable_after_every_retry() -> None:
     assert time.monotonic() - began < 5
 
 
-def test_buffered_metrics_are_sent_on_close_and_reads_see_the_writes(server: RegistryServer, tmp_path: Path) -> None:
+def test_buffered_metrics_are_sent_on_close_and_reads_see_the_writes(
+    server: RegistryServer, tmp_path: Path
+) -> None:
     reg = Client(server.url, server.admin_token)
     v = reg.register_version("flush-on-close", artifacts_dir=artifacts(tmp_path), code=None)
     for step in range(5):
@@ -354,4 +424,6 @@ def test_buffered_metrics_are_sent_on_close_and_reads_see_the_writes(server: Reg
     reg.close()
     with Client(server.url, server.admin_token) as other:
         assert other.wait_for(reg.last_position, model="flush-on-close") == reg.last_position
-        assert [(m.key, m.step) for m in other.get_metrics("flush-on-close", v.version)] == [("loss", 4)]
+        assert [(m.key, m.step) for m in other.get_metrics("flush-on-close", v.version)] == [
+            ("loss", 4)
+        ]

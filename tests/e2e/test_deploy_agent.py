@@ -62,14 +62,29 @@ async def nc(nats_url: str, server: RegistryServer) -> AsyncIterator[NatsClient]
 
 def s3_manifest(model: str, version: int) -> list[ArtifactEntry]:
     root = f"s3://models/{model}/{version}"
-    return [ArtifactEntry(path="model.joblib", uri=f"{root}/model.joblib", sha256="a" * 64, size=1024),
-            ArtifactEntry(path="conf/settings.json", uri=f"{root}/conf/settings.json", sha256="b" * 64, size=20)]
+    return [
+        ArtifactEntry(path="model.joblib", uri=f"{root}/model.joblib", sha256="a" * 64, size=1024),
+        ArtifactEntry(
+            path="conf/settings.json", uri=f"{root}/conf/settings.json", sha256="b" * 64, size=20
+        ),
+    ]
 
 
-async def register(client: AsyncClient, model: str, manifest: list[ArtifactEntry] | None = None,
-                   artifacts_dir: Path | None = None, **tags: str) -> int:
-    registered = await client.register_version(model, manifest=manifest, artifacts_dir=artifacts_dir, tags=tags,
-                                               code=None, dependencies=None)
+async def register(
+    client: AsyncClient,
+    model: str,
+    manifest: list[ArtifactEntry] | None = None,
+    artifacts_dir: Path | None = None,
+    **tags: str,
+) -> int:
+    registered = await client.register_version(
+        model,
+        manifest=manifest,
+        artifacts_dir=artifacts_dir,
+        tags=tags,
+        code=None,
+        dependencies=None,
+    )
     return registered.version
 
 
@@ -80,7 +95,9 @@ async def to_production(client: AsyncClient, model: str, version: int) -> int:
     return receipt.position
 
 
-async def published(nc: NatsClient, server: RegistryServer, position: int, timeout: float = 30.0) -> None:
+async def published(
+    nc: NatsClient, server: RegistryServer, position: int, timeout: float = 30.0
+) -> None:
     """Wait until the relay put log position ``position`` on the stream (one message per position)."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
@@ -95,7 +112,9 @@ async def published(nc: NatsClient, server: RegistryServer, position: int, timeo
         await asyncio.sleep(0.05)
 
 
-async def run_once(nc: NatsClient, agent: DeployAgent, subscription: Subscription, state: Path) -> ConsumerStats:
+async def run_once(
+    nc: NatsClient, agent: DeployAgent, subscription: Subscription, state: Path
+) -> ConsumerStats:
     dedup = FileDedup(state)
     try:
         return await run_agent(nc, agent, subscription, dedup, asyncio.Event(), once=True)
@@ -126,11 +145,19 @@ async def test_the_agent_deploys_promotions_records_them_and_never_twice(
         model_id = (await client.get_model("churn")).model_id
         row = await client.get_version("churn", 1)
 
-        config = AgentConfig(out=out, environment="prod", target="k8s/serving", aliases=frozenset({"champion"}))
+        config = AgentConfig(
+            out=out, environment="prod", target="k8s/serving", aliases=frozenset({"champion"})
+        )
 
         def subscription(agent: DeployAgent, durable: str) -> Subscription:
-            return agent.subscription(durable, stream=stream, subject_prefix=prefix, models=[model_id],
-                                      pull_wait=0.2, ack_wait=5.0)
+            return agent.subscription(
+                durable,
+                stream=stream,
+                subject_prefix=prefix,
+                models=[model_id],
+                pull_wait=0.2,
+                ack_wait=5.0,
+            )
 
         # when the agent runs
         agent = DeployAgent(client, config)
@@ -138,14 +165,25 @@ async def test_the_agent_deploys_promotions_records_them_and_never_twice(
 
         # then it rendered the InferenceService of version 1 ...
         (done,) = agent.outcomes
-        assert (done.status, done.model, done.version, done.follows) == ("succeeded", "churn", 1, "stage:production")
+        assert (done.status, done.model, done.version, done.follows) == (
+            "succeeded",
+            "churn",
+            1,
+            "stage:production",
+        )
         path = out / "churn-prod.yaml"
         assert done.path == path
         manifest = read_manifest(path)
-        assert (manifest["apiVersion"], manifest["kind"]) == ("serving.kserve.io/v1beta1", "InferenceService")
+        assert (manifest["apiVersion"], manifest["kind"]) == (
+            "serving.kserve.io/v1beta1",
+            "InferenceService",
+        )
         assert manifest["metadata"]["name"] == "churn-prod"
-        assert manifest["spec"] == {"predictor": {"model": {"modelFormat": {"name": "sklearn"},
-                                                            "storageUri": "s3://models/churn/1"}}}
+        assert manifest["spec"] == {
+            "predictor": {
+                "model": {"modelFormat": {"name": "sklearn"}, "storageUri": "s3://models/churn/1"}
+            }
+        }
         notes = manifest["metadata"]["annotations"]
         assert notes["modelreg.io/model"] == "churn" and notes["modelreg.io/version"] == "1"
         assert notes["modelreg.io/content-digest"] == row.content_digest
@@ -156,9 +194,18 @@ async def test_the_agent_deploys_promotions_records_them_and_never_twice(
         # ... recorded the deployment as started, then succeeded, and the place is in sync
         (run,) = await client.deployment_runs("churn", environment="prod")
         assert (run.deployment_id, run.version, run.status, run.desired_stage) == (
-            done.deployment_id, 1, "succeeded", "production")
+            done.deployment_id,
+            1,
+            "succeeded",
+            "production",
+        )
         live = place(await client.deployments("churn", environment="prod"), "k8s/serving")
-        assert (live.desired_version, live.live_version, live.drift, live.drift_code) == (1, 1, False, "in_sync")
+        assert (live.desired_version, live.live_version, live.drift, live.drift_code) == (
+            1,
+            1,
+            False,
+            "in_sync",
+        )
 
         # a re-delivery never deploys twice: the same durable has nothing left ...
         written = path.stat().st_mtime_ns
@@ -175,9 +222,11 @@ async def test_the_agent_deploys_promotions_records_them_and_never_twice(
         amnesiac = DeployAgent(client, config)
         await run_once(nc, amnesiac, subscription(amnesiac, "agent-b"), tmp_path / "lost")
         assert [(o.status, o.detail) for o in amnesiac.outcomes] == [
-            ("recorded", f"deployment {done.deployment_id} already succeeded")]
-        assert [r.deployment_id for r in await client.deployment_runs("churn", environment="prod")] == [
-            done.deployment_id]
+            ("recorded", f"deployment {done.deployment_id} already succeeded")
+        ]
+        assert [
+            r.deployment_id for r in await client.deployment_runs("churn", environment="prod")
+        ] == [done.deployment_id]
         assert path.stat().st_mtime_ns == written
 
         # when a followed alias moves twice before the agent runs
@@ -190,17 +239,27 @@ async def test_the_agent_deploys_promotions_records_them_and_never_twice(
 
         # then the move that no longer holds is skipped and the latest one deployed to its own place
         assert [(o.status, o.version, o.follows) for o in agent.outcomes[1:]] == [
-            ("skipped", 2, "alias:champion"), ("succeeded", 1, "alias:champion")]
+            ("skipped", 2, "alias:champion"),
+            ("succeeded", 1, "alias:champion"),
+        ]
         champion = read_manifest(out / "churn-champion-prod.yaml")
         assert champion["metadata"]["annotations"]["modelreg.io/follows"] == "alias:champion"
         assert champion["spec"]["predictor"]["model"]["storageUri"] == "s3://models/churn/1"
-        follower = place(await client.deployments("churn", environment="prod"), "k8s/serving/champion")
-        assert (follower.follows, follower.live_version, follower.drift) == ("alias:champion", 1, False)
+        follower = place(
+            await client.deployments("churn", environment="prod"), "k8s/serving/champion"
+        )
+        assert (follower.follows, follower.live_version, follower.drift) == (
+            "alias:champion",
+            1,
+            False,
+        )
 
         # when a version registered from a local directory (file:// artifacts) reaches production
         (tmp_path / "local").mkdir()
         (tmp_path / "local" / "model.joblib").write_bytes(b"weights")
-        v3 = await register(client, "churn", artifacts_dir=tmp_path / "local", model_format="sklearn")
+        v3 = await register(
+            client, "churn", artifacts_dir=tmp_path / "local", model_format="sklearn"
+        )
         position = await to_production(client, "churn", v3)
         await published(nc, server, position)
         await run_once(nc, agent, subscription(agent, "agent-a"), state)
@@ -210,15 +269,22 @@ async def test_the_agent_deploys_promotions_records_them_and_never_twice(
         assert (failed.status, failed.version) == ("failed", v3)
         assert "file" in failed.detail and "cannot pull" in failed.detail
         assert read_manifest(path)["metadata"]["annotations"]["modelreg.io/version"] == "1"
-        (run,) = [r for r in await client.deployment_runs("churn", environment="prod") if r.version == v3]
-        assert (run.deployment_id, run.status, run.reason) == (failed.deployment_id, "failed", failed.detail)
+        (run,) = [
+            r for r in await client.deployment_runs("churn", environment="prod") if r.version == v3
+        ]
+        assert (run.deployment_id, run.status, run.reason) == (
+            failed.deployment_id,
+            "failed",
+            failed.detail,
+        )
         # and the registry shows the drift: version 3 is wanted, version 1 still serves
         drifted = place(await client.deployments("churn", environment="prod"), "k8s/serving")
         assert (drifted.desired_version, drifted.live_version, drifted.drift) == (v3, 1, True)
 
 
-async def test_the_deploy_agent_command_once(server: RegistryServer, nc: NatsClient, nats_url: str,
-                                             tmp_path: Path) -> None:
+async def test_the_deploy_agent_command_once(
+    server: RegistryServer, nc: NatsClient, nats_url: str, tmp_path: Path
+) -> None:
     stream, prefix = stream_of(server)
     async with AsyncClient(server.url, server.admin_token) as client:
         await register(client, "fraud.Detector", s3_manifest("fraud", 1))
@@ -226,22 +292,49 @@ async def test_the_deploy_agent_command_once(server: RegistryServer, nc: NatsCli
         await published(nc, server, position)
 
         def agent(*args: str) -> subprocess.CompletedProcess[str]:
-            env = server.env(MODELREG_NATS_URL=nats_url, MODELREG_NATS_STREAM=stream,
-                             MODELREG_NATS_SUBJECT_PREFIX=prefix)
-            command = [MODELREG, "deploy-agent", "--once", "--out", str(tmp_path), "--environment", "staging-eu",
-                       "--target", "k8s/eu", "--model", "fraud.Detector", "--model-format", "lightgbm",
-                       "--namespace", "ml-serving", *args]
-            return subprocess.run(command, env=env, capture_output=True, text=True, timeout=90, check=False)
+            env = server.env(
+                MODELREG_NATS_URL=nats_url,
+                MODELREG_NATS_STREAM=stream,
+                MODELREG_NATS_SUBJECT_PREFIX=prefix,
+            )
+            command = [
+                MODELREG,
+                "deploy-agent",
+                "--once",
+                "--out",
+                str(tmp_path),
+                "--environment",
+                "staging-eu",
+                "--target",
+                "k8s/eu",
+                "--model",
+                "fraud.Detector",
+                "--model-format",
+                "lightgbm",
+                "--namespace",
+                "ml-serving",
+                *args,
+            ]
+            return subprocess.run(
+                command, env=env, capture_output=True, text=True, timeout=90, check=False
+            )
 
         done = await asyncio.to_thread(agent)
         assert done.returncode == 0, done.stderr
         # a name Kubernetes would refuse is made safe, with a hash of the original
         name = resource_name("fraud.Detector", "staging-eu")
-        assert name.startswith("fraud-detector-staging-eu-") and len(name) == len("fraud-detector-staging-eu-") + 8
+        assert (
+            name.startswith("fraud-detector-staging-eu-")
+            and len(name) == len("fraud-detector-staging-eu-") + 8
+        )
         path = tmp_path / f"{name}.yaml"
-        assert done.stdout.splitlines() == [f"succeeded fraud.Detector v1 (stage:production) -> {path}"]
-        assert done.stderr == ("deploy-agent: 2 new events: 1 deployed, 0 failed, 0 superseded, 0 already recorded, "
-                               "1 not for this agent; 0 duplicates, 0 dead-lettered\n")
+        assert done.stdout.splitlines() == [
+            f"succeeded fraud.Detector v1 (stage:production) -> {path}"
+        ]
+        assert done.stderr == (
+            "deploy-agent: 2 new events: 1 deployed, 0 failed, 0 superseded, 0 already recorded, "
+            "1 not for this agent; 0 duplicates, 0 dead-lettered\n"
+        )
         manifest = read_manifest(path)
         assert manifest["metadata"]["namespace"] == "ml-serving"
         assert manifest["spec"]["predictor"]["model"]["modelFormat"] == {"name": "lightgbm"}
@@ -254,17 +347,24 @@ async def test_the_deploy_agent_command_once(server: RegistryServer, nc: NatsCli
         runs = await client.deployment_runs("fraud.Detector", environment="staging-eu")
         assert [r.status for r in runs] == ["succeeded"]
         event_id = manifest["metadata"]["annotations"]["modelreg.io/event-id"]
-        assert runs[0].deployment_id == deployment_id_for(uuid.UUID(event_id), "staging-eu", "k8s/eu")
-
+        assert runs[0].deployment_id == deployment_id_for(
+            uuid.UUID(event_id), "staging-eu", "k8s/eu"
+        )
 
 
 def test_a_bad_option_stops_the_command_before_it_starts(tmp_path: Path) -> None:
     command = typer.Typer()
     command.command()(deploy_agent)
-    refused = CliRunner().invoke(command, ["--out", str(tmp_path), "--storage-uri-from", "somewhere"],
-                                 env={"MODELREG_TOKEN": "unused"})
+    refused = CliRunner().invoke(
+        command,
+        ["--out", str(tmp_path), "--storage-uri-from", "somewhere"],
+        env={"MODELREG_TOKEN": "unused"},
+    )
     assert refused.exit_code == 2
     assert "storage_uri_from is 'artifacts' or 'tag:<key>'" in refused.stderr
-    refused = CliRunner().invoke(command, ["--out", str(tmp_path), "--target", "k8s serving"],
-                                 env={"MODELREG_TOKEN": "unused"})
+    refused = CliRunner().invoke(
+        command,
+        ["--out", str(tmp_path), "--target", "k8s serving"],
+        env={"MODELREG_TOKEN": "unused"},
+    )
     assert refused.exit_code == 2 and "target" in refused.stderr

@@ -27,7 +27,11 @@ from tests.support.governance_history import Registry, gated_policy
 
 async def audit(db: Database, *args: str) -> Result:
     """The command pointed at the test schema, in a thread: it runs its own event loop."""
-    env = {"MODELREG_DATABASE_URL": db.url, "MODELREG_DB_SCHEMA": db.schema, "MODELREG_DB_APP_ROLE": db.app_role}
+    env = {
+        "MODELREG_DATABASE_URL": db.url,
+        "MODELREG_DB_SCHEMA": db.schema,
+        "MODELREG_DB_APP_ROLE": db.app_role,
+    }
     return await asyncio.to_thread(lambda: CliRunner().invoke(app, list(args), env=env))
 
 
@@ -58,8 +62,15 @@ async def history(db: Database) -> History:
 
     await reg.to_production("m1", v1)
     await reg.model("m1", SetAlias, alias="champion", version=v1)
-    await reg.model("m1", StartDeployment, deployment_id="d1", version=v1, environment="prod", target="k8s",
-                    desired_stage=Stage.PRODUCTION)
+    await reg.model(
+        "m1",
+        StartDeployment,
+        deployment_id="d1",
+        version=v1,
+        environment="prod",
+        target="k8s",
+        desired_stage=Stage.PRODUCTION,
+    )
     await reg.model("m1", ReportDeploymentSucceeded, deployment_id="d1")
     first = await reg.seal()
 
@@ -68,8 +79,14 @@ async def history(db: Database) -> History:
 
     await reg.set_registry_policy(gated_policy(1))
     await reg.model("m2", TransitionStage, version=1, to_stage=Stage.STAGING)
-    await reg.model("m2", RequestPromotion, request_id="r1", version=1, justification="beats v0",
-                    target_stage=Stage.PRODUCTION)
+    await reg.model(
+        "m2",
+        RequestPromotion,
+        request_id="r1",
+        version=1,
+        justification="beats v0",
+        target_stage=Stage.PRODUCTION,
+    )
     requested = await reg.seal()
 
     await reg.model("m1", RenameModel, new_name="churn-renamed")
@@ -87,11 +104,21 @@ async def test_verify_a_clean_store_exits_0(db: Database, history: History) -> N
 
     table = await audit(db, "verify")
     assert table.exit_code == 0, table.output
-    rows = {" ".join(line.split()[:-1]): line.split()[-1] for line in table.stdout.splitlines() if line.strip()}
-    assert (rows["result"], rows["head position"], rows["events checked"]) == ("ok", str(history.renamed), "18")
+    rows = {
+        " ".join(line.split()[:-1]): line.split()[-1]
+        for line in table.stdout.splitlines()
+        if line.strip()
+    }
+    assert (rows["result"], rows["head position"], rows["events checked"]) == (
+        "ok",
+        str(history.renamed),
+        "18",
+    )
 
 
-async def test_verify_a_tampered_store_exits_1_naming_the_position(db: Database, history: History) -> None:
+async def test_verify_a_tampered_store_exits_1_naming_the_position(
+    db: Database, history: History
+) -> None:
     # given one changed byte in churn's third event, as a DBA with full access could do it
     position = await db.pool.fetchval(
         "SELECT l.log_position FROM event_log l JOIN events e USING (seq)"
@@ -108,13 +135,19 @@ async def test_verify_a_tampered_store_exits_1_naming_the_position(db: Database,
     result = await audit(db, "verify")
     assert result.exit_code == 1, result.output
     assert f"the chain is broken at log position {position} (changed_bytes)" in result.stderr
-    assert "BROKEN" in result.stdout and f"changed_bytes at log position {position}" in result.stdout
+    assert (
+        "BROKEN" in result.stdout and f"changed_bytes at log position {position}" in result.stdout
+    )
 
     as_json = await audit(db, "verify", "--json")
     assert as_json.exit_code == 1
     first = json.loads(as_json.stdout)["first_break"]
     assert (first["kind"], first["log_position"], first["stream_id"], first["stream_position"]) == (
-        "changed_bytes", position, "model:m1", 3)
+        "changed_bytes",
+        position,
+        "model:m1",
+        3,
+    )
 
 
 # ---------------------------------------------------------------- replay
@@ -126,32 +159,50 @@ def churn(snapshot: dict[str, Any], name: str = "churn") -> dict[str, Any]:
     return found[0]
 
 
-async def test_replay_shows_the_production_version_at_each_position(db: Database, history: History) -> None:
+async def test_replay_shows_the_production_version_at_each_position(
+    db: Database, history: History
+) -> None:
     before = document(await audit(db, "replay", "--as-of", str(history.registered), "--json"))
     assert before["position"] == history.registered
-    assert churn(before)["stages"]["production"] == [] and churn(before)["stages"]["development"] == [1, 2]
+    assert churn(before)["stages"]["production"] == [] and churn(before)["stages"][
+        "development"
+    ] == [1, 2]
     assert before["deployments"] == [] and before["open_requests"] == []
 
     first = document(await audit(db, "replay", "--as-of", str(history.first), "--json"))
     assert (churn(first)["stages"]["production"], churn(first)["aliases"]) == ([1], {"champion": 1})
     (deployed,) = first["deployments"]
-    assert (deployed["model"], deployed["live_version"], deployed["desired_version"], deployed["drift"]) == (
-        "churn", 1, 1, False)
+    assert (
+        deployed["model"],
+        deployed["live_version"],
+        deployed["desired_version"],
+        deployed["drift"],
+    ) == ("churn", 1, 1, False)
 
     second = document(await audit(db, "replay", "--as-of", str(history.second), "--json"))
-    assert churn(second)["stages"]["production"] == [2] and churn(second)["stages"]["archived"] == [1]
+    assert churn(second)["stages"]["production"] == [2] and churn(second)["stages"]["archived"] == [
+        1
+    ]
     assert churn(second)["aliases"] == {}
     (drifted,) = second["deployments"]
     assert (drifted["live_version"], drifted["desired_version"], drifted["drift"]) == (1, 2, True)
 
     requested = document(await audit(db, "replay", "--as-of", str(history.requested), "--json"))
     (request,) = requested["open_requests"]
-    assert (request["model"], request["request_id"], request["version"], request["target_stage"]) == (
-        "fraud", "r1", 1, "production")
+    assert (
+        request["model"],
+        request["request_id"],
+        request["version"],
+        request["target_stage"],
+    ) == ("fraud", "r1", 1, "production")
 
     # a time means the log as it stood then: the last position sealed at or before it
-    sealed_at = await db.pool.fetchval("SELECT sealed_at FROM event_log WHERE log_position = $1", history.first)
-    by_time = document(await audit(db, "replay", "--as-of", sealed_at.isoformat().replace("+00:00", "Z"), "--json"))
+    sealed_at = await db.pool.fetchval(
+        "SELECT sealed_at FROM event_log WHERE log_position = $1", history.first
+    )
+    by_time = document(
+        await audit(db, "replay", "--as-of", sealed_at.isoformat().replace("+00:00", "Z"), "--json")
+    )
     assert by_time["position"] == history.first and churn(by_time)["stages"]["production"] == [1]
 
     # for people: the same, as tables
@@ -163,13 +214,21 @@ async def test_replay_shows_the_production_version_at_each_position(db: Database
     assert "version_mismatch" in table.stdout
 
 
-async def test_replay_of_one_model_finds_it_by_the_name_it_had_then(db: Database, history: History) -> None:
-    then = document(await audit(db, "replay", "--as-of", str(history.first), "--model", "churn", "--json"))
+async def test_replay_of_one_model_finds_it_by_the_name_it_had_then(
+    db: Database, history: History
+) -> None:
+    then = document(
+        await audit(db, "replay", "--as-of", str(history.first), "--model", "churn", "--json")
+    )
     assert (then["model"]["name"], then["stages"]["production"]) == ("churn", [1])
     assert [v["version"] for v in then["versions"]] == [1, 2]
     assert [(r["deployment_id"], r["status"]) for r in then["runs"]] == [("d1", "succeeded")]
 
-    now = document(await audit(db, "replay", "--as-of", str(history.renamed), "--model", "churn-renamed", "--json"))
+    now = document(
+        await audit(
+            db, "replay", "--as-of", str(history.renamed), "--model", "churn-renamed", "--json"
+        )
+    )
     assert (now["model"]["name"], now["stages"]["production"]) == ("churn-renamed", [2])
 
     table = await audit(db, "replay", "--as-of", str(history.first), "--model", "churn")

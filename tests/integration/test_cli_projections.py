@@ -33,7 +33,11 @@ async def run_cli(env: dict[str, str], *args: str) -> Result:
 
 async def invoke(db: Database, *args: str) -> Result:
     """The CLI pointed at the test schema."""
-    env = {"MODELREG_DATABASE_URL": db.url, "MODELREG_DB_SCHEMA": db.schema, "MODELREG_DB_APP_ROLE": db.app_role}
+    env = {
+        "MODELREG_DATABASE_URL": db.url,
+        "MODELREG_DB_SCHEMA": db.schema,
+        "MODELREG_DB_APP_ROLE": db.app_role,
+    }
     return await run_cli(env, *args)
 
 
@@ -53,7 +57,11 @@ async def test_status_shows_position_lag_and_state_of_every_projection(db: Datab
     rows = {r["projection"]: r for r in json.loads(result.stdout)}
     # then the timeline is live at its position, behind the head by events and seconds
     timeline = rows[TIMELINE.name]
-    assert (timeline["generation"], timeline["state"], timeline["position"]) == (1, "live", caught_up)
+    assert (timeline["generation"], timeline["state"], timeline["position"]) == (
+        1,
+        "live",
+        caught_up,
+    )
     assert timeline["lag_events"] == head - caught_up and timeline["lag_seconds"] > 0
     # and every other view of the package is listed as not started
     assert set(rows) == {p.name for p in all_projections()}
@@ -80,8 +88,9 @@ async def test_rebuild_without_a_worker_does_the_work_and_switches(db: Database)
     assert result.exit_code == 0, result.output
     assert f"{TIMELINE.name}: generation 2 is live at position {head:,}" in result.stderr
     assert "by this command" in result.stderr
-    assert [(g.generation, g.status, g.log_position) for g in await generations(conn, TIMELINE.name)] == [
-        (2, "live", head)]
+    assert [
+        (g.generation, g.status, g.log_position) for g in await generations(conn, TIMELINE.name)
+    ] == [(2, "live", head)]
     assert await stage_timeline.checksum(db.pool, TIMELINE.view_names()) == before
 
 
@@ -91,8 +100,14 @@ async def test_rebuild_with_a_worker_running_waits_for_the_worker_to_switch(db: 
     await random_history(reg, random.Random(9), 40)
     await reg.seal()
     stop = asyncio.Event()
-    worker = ProjectionWorker(db.connect, db.schema, [TIMELINE], channel=sealed_channel(db.schema),
-                              poll_interval=0.05, rebuild_batch=7)
+    worker = ProjectionWorker(
+        db.connect,
+        db.schema,
+        [TIMELINE],
+        channel=sealed_channel(db.schema),
+        poll_interval=0.05,
+        rebuild_batch=7,
+    )
     task = asyncio.create_task(worker.run(stop))
     try:
         while TIMELINE.name not in worker.leading:  # noqa: ASYNC110 - a plain set, no event to wait on
@@ -105,7 +120,9 @@ async def test_rebuild_with_a_worker_running_waits_for_the_worker_to_switch(db: 
         assert result.exit_code == 0, result.output
         assert "by the running worker" in result.stderr
         conn = await db.connect()
-        assert [(g.generation, g.status) for g in await generations(conn, TIMELINE.name)] == [(2, "live")]
+        assert [(g.generation, g.status) for g in await generations(conn, TIMELINE.name)] == [
+            (2, "live")
+        ]
     finally:
         stop.set()
         await task
@@ -122,12 +139,18 @@ async def test_rebuild_all_starts_absent_views_and_rebuilds_the_others(db: Datab
     assert result.exit_code == 0, result.output
     for projection in all_projections():
         expected = 2 if projection.name == TIMELINE.name else 1
-        assert [(g.generation, g.status) for g in await generations(conn, projection.name)] == [(expected, "live")]
+        assert [(g.generation, g.status) for g in await generations(conn, projection.name)] == [
+            (expected, "live")
+        ]
 
 
-async def test_status_attaches_to_the_embedded_postgres_a_running_serve_started(tmp_path: Path) -> None:
+async def test_status_attaches_to_the_embedded_postgres_a_running_serve_started(
+    tmp_path: Path,
+) -> None:
     # given an embedded Postgres running on a data dir (as `modelreg serve` leaves it), migrated
-    await asyncio.to_thread(tmp_path.chmod, 0o755)  # the server runs as its own system user under root
+    await asyncio.to_thread(
+        tmp_path.chmod, 0o755
+    )  # the server runs as its own system user under root
     server = EmbeddedPostgres(tmp_path)
     url = await asyncio.to_thread(server.start)
     try:

@@ -191,7 +191,12 @@ def test_serve_without_nats_still_serves_and_reports_not_ready(serve: Serve) -> 
     body = response.json()
     assert body["status"] == 503
     assert body["type"] == "urn:modelreg:not_ready"
-    assert body["checks"] == {"database": "ok", "migrations": "ok", "nats": "disconnected", "nats_required": True}
+    assert body["checks"] == {
+        "database": "ok",
+        "migrations": "ok",
+        "nats": "disconnected",
+        "nats_required": True,
+    }
     assert "NATS disconnected" in body["detail"]
     assert serve.interrupt() == 0
 
@@ -201,11 +206,18 @@ def test_an_api_replica_without_nats_is_ready_because_it_still_accepts_writes(se
     serve.env["MODELREG_ROLE"] = "api"
     serve.start().wait_for("/health/live", 200)
     body = serve.wait_for("/health/ready", 200).json()
-    assert body["checks"] == {"database": "ok", "migrations": "ok", "nats": "disconnected", "nats_required": False}
+    assert body["checks"] == {
+        "database": "ok",
+        "migrations": "ok",
+        "nats": "disconnected",
+        "nats_required": False,
+    }
     assert serve.interrupt() == 0
 
 
-async def test_a_crashing_worker_is_restarted_with_growing_delays(caplog: pytest.LogCaptureFixture) -> None:
+async def test_a_crashing_worker_is_restarted_with_growing_delays(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     loop = asyncio.get_running_loop()
     runs: list[float] = []
     five_runs = asyncio.Event()

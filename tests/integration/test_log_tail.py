@@ -29,8 +29,10 @@ async def sealed_log(db: Database) -> int:
     written = 0
     while written < 300:
         stream = f"s:{rng.randrange(12)}"
-        events = [Noted(text=f"n{written + i}") if rng.random() < 0.6 else Counted(n=written + i)
-                  for i in range(rng.randint(1, 3))]
+        events = [
+            Noted(text=f"n{written + i}") if rng.random() < 0.6 else Counted(n=written + i)
+            for i in range(rng.randint(1, 3))
+        ]
         await store.append(stream, versions.get(stream, 0), events, META)
         versions[stream] = versions.get(stream, 0) + len(events)
         written += len(events)
@@ -45,7 +47,9 @@ def positions(events: list[LoggedEvent]) -> list[int]:
     return [e.log_position for e in events]
 
 
-async def test_random_reads_through_a_small_tail_equal_reads_of_the_log(db: Database, sealed_log: int) -> None:
+async def test_random_reads_through_a_small_tail_equal_reads_of_the_log(
+    db: Database, sealed_log: int
+) -> None:
     # given a tail far smaller than the log, and readers moving forward at their own pace
     tail = LogTail(capacity=40)
     conn = await db.connect()
@@ -69,7 +73,9 @@ async def test_random_reads_through_a_small_tail_equal_reads_of_the_log(db: Data
     await conn.close()
 
 
-async def test_seven_leaders_asking_for_the_same_new_stretch_cost_one_read(db: Database, sealed_log: int) -> None:
+async def test_seven_leaders_asking_for_the_same_new_stretch_cost_one_read(
+    db: Database, sealed_log: int
+) -> None:
     # given a tail that already holds the log up to 250, as after the leaders' last round
     tail = LogTail(capacity=200)
     warm = await db.connect()
@@ -79,14 +85,19 @@ async def test_seven_leaders_asking_for_the_same_new_stretch_cost_one_read(db: D
 
     # when seven leaders at 250, each with its types, ask at once for the next 50 events
     wanted = [None, NOTED, COUNTED, NOTED, None, COUNTED, NOTED]
-    answers = await asyncio.gather(*(
-        tail.read(c, 250, 1000, up_to=sealed_log, types=t) for c, t in zip(conns, wanted, strict=True)
-    ))
+    answers = await asyncio.gather(
+        *(
+            tail.read(c, 250, 1000, up_to=sealed_log, types=t)
+            for c, t in zip(conns, wanted, strict=True)
+        )
+    )
 
     # then one of them read the log, and each got exactly its events
     assert tail.reads - reads_before == 1
     for answer, types in zip(answers, wanted, strict=True):
-        assert positions(answer) == positions(await read_log(warm, 250, 1000, up_to=sealed_log, types=types))
+        assert positions(answer) == positions(
+            await read_log(warm, 250, 1000, up_to=sealed_log, types=types)
+        )
     for c in [warm, *conns]:
         await c.close()
 

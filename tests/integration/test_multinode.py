@@ -59,8 +59,13 @@ def relay_runs_in_workers() -> bool:
     """Whether ``serve --role worker`` runs the NATS relay (another issue wires it in)."""
     settings = load_settings({})
     state = SimpleNamespace(
-        settings=settings, sealer=SimpleNamespace(run=None), services=None, pool=None, nats=None,
-        database_url="postgresql://nobody@/nowhere", nats_url="nats://127.0.0.1:4222",
+        settings=settings,
+        sealer=SimpleNamespace(run=None),
+        services=None,
+        pool=None,
+        nats=None,
+        database_url="postgresql://nobody@/nowhere",
+        nats_url="nats://127.0.0.1:4222",
     )
     return any("relay" in worker.name for worker in background_workers(cast(AppState, state)))
 
@@ -101,14 +106,18 @@ class Deployment:
     def lock_names(self, *, relay: bool) -> dict[str, str]:
         """Lock name -> the application_name of the connection that must hold it."""
         names = {lock_key(self.schema, "sealer"): "modelreg-sealer"}
-        names |= {f"modelreg:{self.schema}:projection:{p.name}": "modelreg-projections" for p in all_projections()}
+        names |= {
+            f"modelreg:{self.schema}:projection:{p.name}": "modelreg-projections"
+            for p in all_projections()
+        }
         if relay:
             names[lock_key(self.schema, f"relay:{STREAM}")] = "modelreg-relay"
         return names
 
     async def admin(self) -> asyncpg.Connection:
         conn: asyncpg.Connection = await asyncpg.connect(
-            self.database_url, server_settings={"search_path": self.schema, "application_name": "multinode-test"}
+            self.database_url,
+            server_settings={"search_path": self.schema, "application_name": "multinode-test"},
         )
         return conn
 
@@ -123,7 +132,9 @@ class Deployment:
         pids = [w.pid for w in self.workers if w.running]
         return {name: (holder, client_pid(holder, pids)) for name, holder in held.items()}
 
-    async def wait_led_by(self, worker: ServeProcess, *, relay: bool, timeout: float = 30.0) -> float:
+    async def wait_led_by(
+        self, worker: ServeProcess, *, relay: bool, timeout: float = 30.0
+    ) -> float:
         """Until ``worker`` holds every singleton lock; the seconds it took."""
         started = time.monotonic()
         names = self.lock_names(relay=relay)
@@ -134,7 +145,9 @@ class Deployment:
                     assert holder.application_name == names[name], (name, holder)
                 return time.monotonic() - started
             if time.monotonic() - started > timeout:
-                raise AssertionError(f"{worker.name} does not lead after {timeout} s: {held}\n{worker.log()[-3000:]}")
+                raise AssertionError(
+                    f"{worker.name} does not lead after {timeout} s: {held}\n{worker.log()[-3000:]}"
+                )
             await asyncio.sleep(0.05)
 
 
@@ -148,7 +161,9 @@ def nats_cluster(tmp_path: Path) -> Iterator[NatsCluster]:
 
 
 @pytest.fixture
-async def deployment(database_url: str, nats_cluster: NatsCluster, tmp_path: Path) -> AsyncIterator[Deployment]:
+async def deployment(
+    database_url: str, nats_cluster: NatsCluster, tmp_path: Path
+) -> AsyncIterator[Deployment]:
     await nats_cluster.wait_ready()
     schema = f"t_{secrets.token_hex(6)}"
     token = secrets.token_hex(16)
@@ -167,7 +182,9 @@ async def deployment(database_url: str, nats_cluster: NatsCluster, tmp_path: Pat
     urls = nats_cluster.urls
 
     def process(name: str, role: str, nats_url: str) -> ServeProcess:
-        return ServeProcess(name, role, env | {"MODELREG_NATS_URL": nats_url}, tmp_path / f"{name}.log")
+        return ServeProcess(
+            name, role, env | {"MODELREG_NATS_URL": nats_url}, tmp_path / f"{name}.log"
+        )
 
     workers = [process("worker-a", "worker", urls[0]), process("worker-b", "worker", urls[1])]
     apis = [process("api-1", "api", urls[2]), process("api-2", "api", urls[0])]
@@ -183,7 +200,9 @@ async def deployment(database_url: str, nats_cluster: NatsCluster, tmp_path: Pat
         await drop_schema(database_url, schema)
 
 
-async def test_two_api_and_two_worker_processes_survive_killing_the_leading_worker(deployment: Deployment) -> None:
+async def test_two_api_and_two_worker_processes_survive_killing_the_leading_worker(
+    deployment: Deployment,
+) -> None:
     began = time.monotonic()
     relay = relay_runs_in_workers()
     print(f"relay in the worker role: {relay}")
@@ -203,7 +222,10 @@ async def test_two_api_and_two_worker_processes_survive_killing_the_leading_work
         proc.start()
     for proc in (standby, *deployment.apis):
         proc.wait_ready()
-    assert not (await deployment.holders(relay=relay)).keys() - deployment.lock_names(relay=relay).keys()
+    assert (
+        not (await deployment.holders(relay=relay)).keys()
+        - deployment.lock_names(relay=relay).keys()
+    )
     print(f"4 processes ready {time.monotonic() - began:.1f} s after the test began")
 
     # Traffic through both replicas; the leader dies in the middle of it.
@@ -211,10 +233,14 @@ async def test_two_api_and_two_worker_processes_survive_killing_the_leading_work
     stop = asyncio.Event()
     async with contextlib.AsyncExitStack() as stack:
         clients = [
-            await stack.enter_async_context(httpx.AsyncClient(base_url=api.base_url, headers=deployment.headers, timeout=60))
+            await stack.enter_async_context(
+                httpx.AsyncClient(base_url=api.base_url, headers=deployment.headers, timeout=60)
+            )
             for api in deployment.apis
         ]
-        await _ok(await clients[0].post("/api/v1/models", json={"name": "shared"}), traffic, "model:", 201)
+        await _ok(
+            await clients[0].post("/api/v1/models", json={"name": "shared"}), traffic, "model:", 201
+        )
         writers = [asyncio.create_task(_writer(i, clients, traffic, stop)) for i in range(WRITERS)]
         await asyncio.sleep(BEFORE_KILL)
         acked_before = len(traffic.acks)
@@ -255,7 +281,9 @@ async def test_two_api_and_two_worker_processes_survive_killing_the_leading_work
 # ---------------------------------------------------------------- traffic
 
 
-async def _writer(i: int, clients: list[httpx.AsyncClient], traffic: Traffic, stop: asyncio.Event) -> None:
+async def _writer(
+    i: int, clients: list[httpx.AsyncClient], traffic: Traffic, stop: asyncio.Event
+) -> None:
     """Own model: versions, each with a metric batch; plus a tag on the shared model, which
     every writer contends for through both replicas. Requests alternate between replicas."""
     name = f"model-{i}"
@@ -270,17 +298,33 @@ async def _writer(i: int, clients: list[httpx.AsyncClient], traffic: Traffic, st
     version = 0
     while not stop.is_set():
         created = await _ok(
-            await client().post(f"/api/v1/models/{name}/versions", json={"artifacts": [ARTIFACT], "params": {"n": version}}),
-            traffic, "model:", 201,
+            await client().post(
+                f"/api/v1/models/{name}/versions",
+                json={"artifacts": [ARTIFACT], "params": {"n": version}},
+            ),
+            traffic,
+            "model:",
+            201,
         )
         version = created["version"]
         traffic.versions[name] = version
         await _ok(
-            await client().post(f"/api/v1/models/{name}/versions/{version}/metrics",
-                                json={"metrics": [{"key": "loss", "value": 1.0 / version}, {"key": "auc", "value": i + version / 1000}]}),
-            traffic, f"metrics:{created['model_id']}:{version}", 201,
+            await client().post(
+                f"/api/v1/models/{name}/versions/{version}/metrics",
+                json={
+                    "metrics": [
+                        {"key": "loss", "value": 1.0 / version},
+                        {"key": "auc", "value": i + version / 1000},
+                    ]
+                },
+            ),
+            traffic,
+            f"metrics:{created['model_id']}:{version}",
+            201,
         )
-        tagged = await client().put(f"/api/v1/models/shared/tags/w{i}", json={"value": str(version)})
+        tagged = await client().put(
+            f"/api/v1/models/shared/tags/w{i}", json={"value": str(version)}
+        )
         if tagged.status_code == 409:
             traffic.conflicts += 1  # lost every retry against the other writers: nothing recorded
         else:
@@ -288,13 +332,19 @@ async def _writer(i: int, clients: list[httpx.AsyncClient], traffic: Traffic, st
             traffic.shared_tags[f"w{i}"] = str(version)
 
 
-async def _ok(response: httpx.Response, traffic: Traffic, stream: str, status: int) -> dict[str, Any]:
-    assert response.status_code == status, f"{response.request.method} {response.request.url}: {response.status_code} {response.text}"
+async def _ok(
+    response: httpx.Response, traffic: Traffic, stream: str, status: int
+) -> dict[str, Any]:
+    assert response.status_code == status, (
+        f"{response.request.method} {response.request.url}: {response.status_code} {response.text}"
+    )
     traffic.requests[f"{response.request.url.host}:{response.request.url.port}"] += 1
     body: dict[str, Any] = response.json()
     if stream == "model:":
         stream = f"model:{body['model_id']}"
-    traffic.acks.append(Ack(stream, body["stream_version"], body["events"], body.get("position"), time.monotonic()))
+    traffic.acks.append(
+        Ack(stream, body["stream_version"], body["events"], body.get("position"), time.monotonic())
+    )
     return body
 
 
@@ -341,28 +391,39 @@ async def _assert_log_holds_every_ack_once(deployment: Deployment, traffic: Traf
     assert not extra, f"events nobody was told about: {extra[:5]}"
 
 
-async def _assert_views_show_every_write(clients: list[httpx.AsyncClient], traffic: Traffic, head: int) -> None:
+async def _assert_views_show_every_write(
+    clients: list[httpx.AsyncClient], traffic: Traffic, head: int
+) -> None:
     for client in clients:
         for name, versions in traffic.versions.items():
-            model = (await client.get(f"/api/v1/models/{name}", params={"min_position": head})).json()
+            model = (
+                await client.get(f"/api/v1/models/{name}", params={"min_position": head})
+            ).json()
             assert (model["latest_version"], model["version_count"]) == (versions, versions), model
         shared = (await client.get("/api/v1/models/shared", params={"min_position": head})).json()
         assert shared["tags"] == traffic.shared_tags
     # Every version's metrics, once (through the second replica).
     for i, (name, versions) in enumerate(sorted(traffic.versions.items())):
-        page = (await clients[1].get(f"/api/v1/models/{name}/versions", params={"min_position": head, "limit": 500})).json()
+        page = (
+            await clients[1].get(
+                f"/api/v1/models/{name}/versions", params={"min_position": head, "limit": 500}
+            )
+        ).json()
         rows = {row["version"]: row for row in page["items"]}
         assert sorted(rows) == list(range(1, versions + 1))
         for version, row in rows.items():
             metrics = {m["key"]: m["value"] for m in row["metrics"]}
-            assert metrics == pytest.approx({"loss": 1.0 / version, "auc": int(name.split("-")[1]) + version / 1000}), (i, row)
+            assert metrics == pytest.approx(
+                {"loss": 1.0 / version, "auc": int(name.split("-")[1]) + version / 1000}
+            ), (i, row)
 
 
 async def _assert_projections_at(deployment: Deployment, head: int) -> None:
     conn = await deployment.admin()
     try:
         behind = await conn.fetch(
-            "SELECT projection, log_position FROM projection_checkpoints WHERE status = 'live' AND log_position <> $1", head
+            "SELECT projection, log_position FROM projection_checkpoints WHERE status = 'live' AND log_position <> $1",
+            head,
         )
     finally:
         await conn.close()
@@ -372,7 +433,9 @@ async def _assert_projections_at(deployment: Deployment, head: int) -> None:
 async def _assert_published_once_in_order(deployment: Deployment, head: int) -> None:
     conn = await deployment.admin()
     try:
-        rows = await conn.fetch("SELECT e.event_id FROM event_log l JOIN events e ON e.seq = l.seq ORDER BY l.log_position")
+        rows = await conn.fetch(
+            "SELECT e.event_id FROM event_log l JOIN events e ON e.seq = l.seq ORDER BY l.log_position"
+        )
     finally:
         await conn.close()
     log_ids = [str(r["event_id"]) for r in rows]
@@ -384,4 +447,3 @@ async def _assert_published_once_in_order(deployment: Deployment, head: int) -> 
         assert_log_published_once_in_order(await stream_contents(nc, STREAM), log_ids)
     finally:
         await nc.close()
-

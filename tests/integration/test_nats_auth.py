@@ -41,7 +41,10 @@ VALUES = Path(__file__).resolve().parents[2] / "deploy" / "nats" / "values.yaml"
 PRODUCTION = Names("MODELREG_EVENTS", "modelreg.events")  # the names the permissions speak of
 __all__ = ["clients"]  # fixtures
 
-PASSWORDS = {"NATS_MODELREG_PASSWORD": "service-pw-0123456789", "NATS_READER_PASSWORD": "reader-pw-0123456789"}
+PASSWORDS = {
+    "NATS_MODELREG_PASSWORD": "service-pw-0123456789",
+    "NATS_READER_PASSWORD": "reader-pw-0123456789",
+}
 
 
 def server_config(values: dict[str, Any]) -> str:
@@ -76,12 +79,16 @@ async def reader(guarded: NatsNode) -> AsyncIterator[NatsClient]:
     await client.close()
 
 
-async def test_a_client_without_credentials_or_with_a_wrong_password_is_refused(guarded: NatsNode) -> None:
+async def test_a_client_without_credentials_or_with_a_wrong_password_is_refused(
+    guarded: NatsNode,
+) -> None:
     for url in (guarded.url, as_user(guarded, "modelreg", "not-the-password")):
         client = NatsClient()
         try:
             with pytest.raises(nats.errors.Error, match=r"[Aa]uthorization"):
-                await client.connect(url, allow_reconnect=False, connect_timeout=2, max_reconnect_attempts=0)
+                await client.connect(
+                    url, allow_reconnect=False, connect_timeout=2, max_reconnect_attempts=0
+                )
         finally:
             await client.close()
 
@@ -103,8 +110,12 @@ async def test_the_service_publishes_and_a_reader_consumes_but_cannot_forge_or_d
     # when a reader consumes with the kit, failing once on the third event
     third = published[2].headers["ce-id"]
     recorder = Recorder(fail=lambda d: str(d.event.id) == third)
-    consumer = EventConsumer(reader, subscription(PRODUCTION, name="agent", max_attempts=1), MemoryDedup(), recorder)
-    await consume_until(consumer, lambda: consumer.stats.handled + consumer.stats.dead_lettered == len(published))
+    consumer = EventConsumer(
+        reader, subscription(PRODUCTION, name="agent", max_attempts=1), MemoryDedup(), recorder
+    )
+    await consume_until(
+        consumer, lambda: consumer.stats.handled + consumer.stats.dead_lettered == len(published)
+    )
 
     # then it handled the rest and dead-lettered the third
     assert consumer.stats.dead_lettered == 1
@@ -112,7 +123,9 @@ async def test_the_service_publishes_and_a_reader_consumes_but_cannot_forge_or_d
 
     # and its attempts to forge an event, or purge or delete the stream, all fail
     with pytest.raises((nats.errors.Error, nats.js.errors.Error)):
-        await reader.jetstream(timeout=2).publish(f"{PRODUCTION.prefix}.model.stage_transitioned", b"{}")
+        await reader.jetstream(timeout=2).publish(
+            f"{PRODUCTION.prefix}.model.stage_transitioned", b"{}"
+        )
     jsm = reader.jsm(timeout=2)
     with pytest.raises((nats.errors.Error, nats.js.errors.Error)):
         await jsm.purge_stream(PRODUCTION.stream)

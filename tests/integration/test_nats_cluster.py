@@ -60,7 +60,9 @@ async def cnc(cluster: NatsCluster, names: Names) -> AsyncIterator[NatsClient]:
         await client.close()
 
 
-async def test_provisioning_moves_an_r1_stream_to_three_replicas(cnc: NatsClient, names: Names) -> None:
+async def test_provisioning_moves_an_r1_stream_to_three_replicas(
+    cnc: NatsClient, names: Names
+) -> None:
     created = await ensure_stream(cnc, names.spec(replicas=1))
     assert created.action == "created"
     updated = await ensure_stream(cnc, names.spec(replicas=3))
@@ -70,13 +72,23 @@ async def test_provisioning_moves_an_r1_stream_to_three_replicas(cnc: NatsClient
 
 
 async def test_killing_the_stream_leader_mid_burst_loses_and_reorders_nothing(
-    db: Database, store: EventStore, cluster: NatsCluster, cnc: NatsClient, names: Names, relays: Relays
+    db: Database,
+    store: EventStore,
+    cluster: NatsCluster,
+    cnc: NatsClient,
+    names: Names,
+    relays: Relays,
 ) -> None:
     # given an R3 stream and a relay publishing while writers burst
     spec: StreamSpec = names.spec(replicas=3)
     await ensure_stream(cnc, spec, timeout=20)
-    relay = relays.start(Relay(db.connect, nats_factory(cluster.urls),
-                               relay_config(db, names, stream=spec, batch_size=20, window=20, ack_timeout=1.0)))
+    relay = relays.start(
+        Relay(
+            db.connect,
+            nats_factory(cluster.urls),
+            relay_config(db, names, stream=spec, batch_size=20, window=20, ack_timeout=1.0),
+        )
+    )
     writer = Writer(store)
 
     async def burst(tag: str, rounds: int) -> None:
@@ -90,7 +102,9 @@ async def test_killing_the_stream_leader_mid_burst_loses_and_reorders_nothing(
 
     # when the stream leader is killed -9 while the burst goes on
     burst_task = asyncio.create_task(burst("b", 30))
-    await wait_until(lambda: _published_at_least(db, names, 120), timeout=30, what="publishing under way")
+    await wait_until(
+        lambda: _published_at_least(db, names, 120), timeout=30, what="publishing under way"
+    )
     leader = (await cnc.jsm(timeout=10).stream_info(names.stream)).cluster.leader  # type: ignore[union-attr]
     assert leader is not None
     cluster.node(leader).kill()
@@ -118,7 +132,12 @@ async def test_killing_the_stream_leader_mid_burst_loses_and_reorders_nothing(
 
 
 async def test_a_lost_ack_on_a_replicated_stream_is_retried_as_a_duplicate(
-    db: Database, store: EventStore, cluster: NatsCluster, cnc: NatsClient, names: Names, relays: Relays
+    db: Database,
+    store: EventStore,
+    cluster: NatsCluster,
+    cnc: NatsClient,
+    names: Names,
+    relays: Relays,
 ) -> None:
     # On clustered streams JetStream checks Nats-Msg-Id before any expected-last check; the
     # relay's fence must not turn a retried publish into an error there either.
@@ -127,8 +146,13 @@ async def test_a_lost_ack_on_a_replicated_stream_is_retried_as_a_duplicate(
     await ensure_stream(cnc, spec, timeout=20)
     proxy = await TcpProxy(cluster.nodes[0].port).start()
     try:
-        relay = relays.start(Relay(db.connect, nats_factory(proxy.url),
-                                   relay_config(db, names, stream=spec, ack_timeout=0.5, backoff_max=0.2)))
+        relay = relays.start(
+            Relay(
+                db.connect,
+                nats_factory(proxy.url),
+                relay_config(db, names, stream=spec, ack_timeout=0.5, backoff_max=0.2),
+            )
+        )
         writer = Writer(store)
         await writer.spread(10, tag="first")
         await seal_all(db)
@@ -137,17 +161,27 @@ async def test_a_lost_ack_on_a_replicated_stream_is_retried_as_a_duplicate(
         proxy.blackhole_replies = True
         await writer.spread(10, tag="second")
         await seal_all(db)
-        await wait_until(lambda: _stream_has(cnc, names.stream, 11), timeout=30, what="the server stored some of the second batch")
-        await wait_until(lambda: _true(relay.stats.failures > 0), what="the relay timed out waiting for acks")
+        await wait_until(
+            lambda: _stream_has(cnc, names.stream, 11),
+            timeout=30,
+            what="the server stored some of the second batch",
+        )
+        await wait_until(
+            lambda: _true(relay.stats.failures > 0), what="the relay timed out waiting for acks"
+        )
         unacked = (await cnc.jsm().stream_info(names.stream)).state.messages - 10
-        assert await publication_lag(db.pool, names.stream) == 10  # nothing unacked was checkpointed
+        assert (
+            await publication_lag(db.pool, names.stream) == 10
+        )  # nothing unacked was checkpointed
 
         proxy.blackhole_replies = False
         proxy.reset_connections()
 
         await wait_until(lambda: _lag(db, names, 0), timeout=30, what="caught up")
         assert relay.stats.duplicates >= unacked  # stored but unacknowledged, re-sent, deduplicated
-        assert_log_published_once_in_order(await stream_contents(cnc, names.stream), await log_event_ids(db))
+        assert_log_published_once_in_order(
+            await stream_contents(cnc, names.stream), await log_event_ids(db)
+        )
     finally:
         await relays.close()
         await proxy.close()
@@ -155,12 +189,15 @@ async def test_a_lost_ack_on_a_replicated_stream_is_retried_as_a_duplicate(
 
 async def _lag(db: Database, names: Names, expected: int) -> bool:
     return await publication_lag(db.pool, names.stream) == expected and bool(
-        await db.pool.fetchval("SELECT count(*) FROM publication_checkpoints"))
+        await db.pool.fetchval("SELECT count(*) FROM publication_checkpoints")
+    )
 
 
 async def _published_at_least(db: Database, names: Names, position: int) -> bool:
     value = await db.pool.fetchval(
-        "SELECT log_position FROM publication_checkpoints WHERE publisher = $1", f"nats:{names.stream}")
+        "SELECT log_position FROM publication_checkpoints WHERE publisher = $1",
+        f"nats:{names.stream}",
+    )
     return value is not None and value >= position
 
 

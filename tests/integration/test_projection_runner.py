@@ -66,14 +66,22 @@ def crashing(projection: Projection, after_rows: int) -> Projection:
 
 
 def replace_apply(projection: Projection, apply: object) -> Projection:
-    return Projection(projection.name, projection.version, projection.tables, projection.handles, apply)  # type: ignore[arg-type]
+    return Projection(
+        projection.name,
+        projection.version,
+        projection.tables,
+        projection.handles,
+        apply,  # type: ignore[arg-type]
+    )
 
 
 async def live(conn: asyncpg.Connection):
     return next(g for g in await generations(conn, "notes") if g.status == "live")
 
 
-async def test_a_crash_between_view_write_and_checkpoint_loses_and_doubles_nothing(db: Database, store: EventStore) -> None:
+async def test_a_crash_between_view_write_and_checkpoint_loses_and_doubles_nothing(
+    db: Database, store: EventStore
+) -> None:
     # given 20 sealed events and a fresh projection
     await write_history(store, db, 20)
     conn = await db.connect()
@@ -94,7 +102,9 @@ async def test_a_crash_between_view_write_and_checkpoint_loses_and_doubles_nothi
     assert await checksum(db.pool, NOTES.view_names()) == reference
 
 
-async def test_a_killed_session_mid_batch_loses_and_doubles_nothing(db: Database, store: EventStore) -> None:
+async def test_a_killed_session_mid_batch_loses_and_doubles_nothing(
+    db: Database, store: EventStore
+) -> None:
     await write_history(store, db, 30)
     conn = await db.connect("victim")
     await ensure_projection(conn, NOTES)
@@ -105,9 +115,13 @@ async def test_a_killed_session_mid_batch_loses_and_doubles_nothing(db: Database
         await c.execute("SELECT pg_sleep(5)")
 
     admin = await db.admin()
-    attempt = asyncio.create_task(advance(conn, replace_apply(NOTES, slow), await live(conn), head=head, batch=100))
+    attempt = asyncio.create_task(
+        advance(conn, replace_apply(NOTES, slow), await live(conn), head=head, batch=100)
+    )
     await asyncio.sleep(0.3)
-    await admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'victim'")
+    await admin.execute(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'victim'"
+    )
     with pytest.raises((asyncpg.PostgresError, asyncpg.InterfaceError, ConnectionError)):
         await attempt
 
@@ -117,7 +131,9 @@ async def test_a_killed_session_mid_batch_loses_and_doubles_nothing(db: Database
     assert await checksum(db.pool, NOTES.view_names()) == await _fold_checksum(db, head)
 
 
-async def test_two_appliers_of_one_batch_cannot_both_commit(db: Database, store: EventStore) -> None:
+async def test_two_appliers_of_one_batch_cannot_both_commit(
+    db: Database, store: EventStore
+) -> None:
     await write_history(store, db, 10)
     a, b = await db.connect(), await db.connect()
     await ensure_projection(a, NOTES)
@@ -134,23 +150,34 @@ async def test_two_appliers_of_one_batch_cannot_both_commit(db: Database, store:
 
 async def test_two_workers_run_but_only_one_leads(db: Database, store: EventStore) -> None:
     stop = asyncio.Event()
-    workers = [ProjectionWorker(db.connect, db.schema, [NOTES], channel=sealed_channel(db.schema), poll_interval=0.05) for _ in range(2)]
+    workers = [
+        ProjectionWorker(
+            db.connect, db.schema, [NOTES], channel=sealed_channel(db.schema), poll_interval=0.05
+        )
+        for _ in range(2)
+    ]
     tasks = [asyncio.create_task(w.run(stop)) for w in workers]
     await write_history(store, db, 40)
     await wait_for_position(db.pool, await head_position(db.pool), ["notes"], timeout=10)
     assert sum("notes" in w.leading for w in workers) == 1
-    assert await checksum(db.pool, NOTES.view_names()) == await _fold_checksum(db, await head_position(db.pool))
+    assert await checksum(db.pool, NOTES.view_names()) == await _fold_checksum(
+        db, await head_position(db.pool)
+    )
     stop.set()
     await asyncio.gather(*tasks)
 
 
-async def test_progress_continues_by_polling_when_the_listen_connection_is_killed(db: Database, store: EventStore) -> None:
+async def test_progress_continues_by_polling_when_the_listen_connection_is_killed(
+    db: Database, store: EventStore
+) -> None:
     stop = asyncio.Event()
 
     async def named() -> asyncpg.Connection:
         return await db.connect("projector")
 
-    worker = ProjectionWorker(named, db.schema, [NOTES], channel=sealed_channel(db.schema), poll_interval=0.2)
+    worker = ProjectionWorker(
+        named, db.schema, [NOTES], channel=sealed_channel(db.schema), poll_interval=0.2
+    )
     task = asyncio.create_task(worker.run(stop))
     await append_notes(store, "n:l", 0, "first")
     await seal(db)
@@ -176,7 +203,9 @@ async def test_progress_continues_by_polling_when_the_listen_connection_is_kille
     await task
 
 
-async def test_a_rebuild_mid_traffic_equals_live_and_a_fold_from_scratch(db: Database, store: EventStore) -> None:
+async def test_a_rebuild_mid_traffic_equals_live_and_a_fold_from_scratch(
+    db: Database, store: EventStore
+) -> None:
     # given a live projection over a long history
     await write_history(store, db, 300, seed=3)
     conn = await db.connect()
@@ -204,7 +233,9 @@ async def test_a_rebuild_mid_traffic_equals_live_and_a_fold_from_scratch(db: Dat
     assert not await conn.fetchval("SELECT to_regclass('note_counts__g1') IS NOT NULL")
 
 
-async def test_time_travel_equals_the_live_view_as_it_stood_at_each_position(db: Database, store: EventStore) -> None:
+async def test_time_travel_equals_the_live_view_as_it_stood_at_each_position(
+    db: Database, store: EventStore
+) -> None:
     await write_history(store, db, 120, seed=5)
     conn = await db.connect()
     await ensure_projection(conn, NOTES)
@@ -216,7 +247,9 @@ async def test_time_travel_equals_the_live_view_as_it_stood_at_each_position(db:
         assert await _fold_checksum(db, position) == expected, f"as of {position}"
 
 
-async def test_time_travel_of_one_model_reads_only_its_streams(db: Database, store: EventStore) -> None:
+async def test_time_travel_of_one_model_reads_only_its_streams(
+    db: Database, store: EventStore
+) -> None:
     await append_notes(store, "model:m1", 0, "mine")
     await append_notes(store, "model:m2", 0, "other")
     await append_notes(store, "metrics:m1:1", 0, "my metric")
@@ -229,7 +262,9 @@ async def test_time_travel_of_one_model_reads_only_its_streams(db: Database, sto
     assert [r[0] for r in rows] == ["metrics:m1:1", "model:m1"]
 
 
-async def test_a_read_waits_for_its_write_or_says_it_is_not_visible_yet(db: Database, store: EventStore) -> None:
+async def test_a_read_waits_for_its_write_or_says_it_is_not_visible_yet(
+    db: Database, store: EventStore
+) -> None:
     conn = await db.connect()
     await ensure_projection(conn, NOTES)
     await append_notes(store, "n:ryw", 0, "x")
@@ -249,7 +284,12 @@ async def test_status_reports_position_and_lag(db: Database, store: EventStore) 
     await ensure_projection(conn, NOTES)
     await write_history(store, db, 12)
     [before] = await projection_status(conn)
-    assert (before.projection, before.status, before.log_position, before.lag_events) == ("notes", "live", 0, 12)
+    assert (before.projection, before.status, before.log_position, before.lag_events) == (
+        "notes",
+        "live",
+        0,
+        12,
+    )
     await step(conn, NOTES)
     [after] = await projection_status(conn)
     assert (after.log_position, after.lag_events, after.lag_seconds) == (12, 0, 0.0)
@@ -262,8 +302,9 @@ async def _fold_checksum(db: Database, position: int) -> str:
         return await checksum(conn, names["notes"])
 
 
-
-async def test_serving_folds_equal_folds_in_one_transaction(db: Database, store: EventStore) -> None:
+async def test_serving_folds_equal_folds_in_one_transaction(
+    db: Database, store: EventStore
+) -> None:
     await write_history(store, db, 90, seed=11)
     conn = await db.connect()
     head = await head_position(conn)

@@ -49,9 +49,13 @@ async def test_a_randomized_history_keeps_every_invariant(db: Database) -> None:
                 tx = conn.transaction()
                 await tx.start()
                 try:
-                    await conn.fetchval("SELECT pg_current_xact_id()")  # hold an xid while we dawdle
+                    await conn.fetchval(
+                        "SELECT pg_current_xact_id()"
+                    )  # hold an xid while we dawdle
                     await asyncio.sleep(rng.random() * 0.01)
-                    await store.append(stream, version, notes(*texts), META, event_ids=batch, conn=conn)
+                    await store.append(
+                        stream, version, notes(*texts), META, event_ids=batch, conn=conn
+                    )
                     await asyncio.sleep(rng.random() * 0.005)
                 except (ConcurrencyError, asyncpg.SerializationError):
                     # a conflict, or the xid guard: re-read and retry with a new transaction
@@ -69,7 +73,9 @@ async def test_a_randomized_history_keeps_every_invariant(db: Database) -> None:
 
     async def sealers() -> None:
         # Two sealers compete; a chaos loop kills the leader's session or restarts a task.
-        instances = [Sealer(lambda: db.connect("sealer"), db.schema, standby_interval=0.02) for _ in range(2)]
+        instances = [
+            Sealer(lambda: db.connect("sealer"), db.schema, standby_interval=0.02) for _ in range(2)
+        ]
         local_stop = asyncio.Event()
         tasks = [asyncio.create_task(s.run(local_stop)) for s in instances]
         admin = await db.admin()
@@ -105,7 +111,9 @@ async def test_a_randomized_history_keeps_every_invariant(db: Database) -> None:
         " FROM event_log l JOIN events e USING (seq) ORDER BY l.log_position"
     )
     logged = [r["event_id"] for r in rows]
-    assert [r["log_position"] for r in rows] == list(range(1, len(rows) + 1)), "positions are contiguous"
+    assert [r["log_position"] for r in rows] == list(range(1, len(rows) + 1)), (
+        "positions are contiguous"
+    )
     assert len(logged) == len(set(logged)), "no event is logged twice"
     assert set(logged) == committed, "every committed event is logged, and nothing else"
     assert not aborted & set(logged)

@@ -50,20 +50,30 @@ CHECKSUMS: dict[str, Checksum] = {
     deployments.PROJECTION.name: deployments.checksum,
     audit_timeline.PROJECTION.name: audit_timeline.checksum,
 }
-GOVERNANCE = (stage_timeline.PROJECTION, approvals.PROJECTION, deployments.PROJECTION, audit_timeline.PROJECTION)
+GOVERNANCE = (
+    stage_timeline.PROJECTION,
+    approvals.PROJECTION,
+    deployments.PROJECTION,
+    audit_timeline.PROJECTION,
+)
 
 
-async def live_checksums(conn: asyncpg.Connection, projections: tuple[Projection, ...] = MODEL_PROJECTIONS) -> dict[str, str]:
+async def live_checksums(
+    conn: asyncpg.Connection, projections: tuple[Projection, ...] = MODEL_PROJECTIONS
+) -> dict[str, str]:
     return {p.name: await CHECKSUMS[p.name](conn, p.view_names()) for p in projections}
 
 
-async def folded_checksums(conn: asyncpg.Connection, position: int,
-                           projections: tuple[Projection, ...] = MODEL_PROJECTIONS) -> dict[str, str]:
+async def folded_checksums(
+    conn: asyncpg.Connection, position: int, projections: tuple[Projection, ...] = MODEL_PROJECTIONS
+) -> dict[str, str]:
     async with views_as_of(conn, position, projections) as (_, names):
         return {p.name: await CHECKSUMS[p.name](conn, names[p.name]) for p in projections}
 
 
-async def advance_live_to(conn: asyncpg.Connection, projection: Projection, position: int, batch: int) -> None:
+async def advance_live_to(
+    conn: asyncpg.Connection, projection: Projection, position: int, batch: int
+) -> None:
     """Bring the live generation exactly to ``position`` (not to the head)."""
     await ensure_projection(conn, projection)
     while True:
@@ -73,7 +83,9 @@ async def advance_live_to(conn: asyncpg.Connection, projection: Projection, posi
         await advance(conn, projection, live, head=position, batch=batch)
 
 
-async def test_time_travel_at_many_positions_equals_the_live_views_as_they_were(db: Database) -> None:
+async def test_time_travel_at_many_positions_equals_the_live_views_as_they_were(
+    db: Database,
+) -> None:
     # given a long random history over three models
     reg = Registry(db)
     await random_history(reg, random.Random(11), 220)
@@ -87,7 +99,9 @@ async def test_time_travel_at_many_positions_equals_the_live_views_as_they_were(
         for projection in MODEL_PROJECTIONS:
             await advance_live_to(conn, projection, position, batch=rng.choice((3, 17, 50)))
         # then a fold of the log up to that position equals every live view at that moment
-        assert await folded_checksums(conn, position) == await live_checksums(conn), f"at position {position}"
+        assert await folded_checksums(conn, position) == await live_checksums(conn), (
+            f"at position {position}"
+        )
 
 
 async def test_model_as_of_equals_the_live_views_of_that_model_then(db: Database) -> None:
@@ -106,24 +120,46 @@ async def test_model_as_of_equals_the_live_views_of_that_model_then(db: Database
             # then it shows what the live views showed for that model at that position
             now = snapshot.sealed_at
             assert snapshot.position == position
-            assert snapshot.model == await model_catalogue.get_model(conn, model_catalogue.PROJECTION.view_names(), model_id)
-            assert snapshot.timeline == await stage_timeline.timeline(conn, stage_timeline.PROJECTION.view_names(), model_id)
+            assert snapshot.model == await model_catalogue.get_model(
+                conn, model_catalogue.PROJECTION.view_names(), model_id
+            )
+            assert snapshot.timeline == await stage_timeline.timeline(
+                conn, stage_timeline.PROJECTION.view_names(), model_id
+            )
             assert snapshot.alias_timeline == await stage_timeline.alias_timeline(
-                conn, stage_timeline.PROJECTION.view_names(), model_id)
-            assert snapshot.deployments == await deployments.places(conn, deployments.PROJECTION.view_names(), model_id)
-            live_requests = [await approvals.request(conn, approvals.PROJECTION.view_names(), r.request_id,
-                                                     model_id=model_id, now=now) for r in snapshot.requests]
+                conn, stage_timeline.PROJECTION.view_names(), model_id
+            )
+            assert snapshot.deployments == await deployments.places(
+                conn, deployments.PROJECTION.view_names(), model_id
+            )
+            live_requests = [
+                await approvals.request(
+                    conn,
+                    approvals.PROJECTION.view_names(),
+                    r.request_id,
+                    model_id=model_id,
+                    now=now,
+                )
+                for r in snapshot.requests
+            ]
             assert snapshot.requests == live_requests
-            open_now = await approvals.open_requests(conn, approvals.PROJECTION.view_names(), model_id, now=now)
+            open_now = await approvals.open_requests(
+                conn, approvals.PROJECTION.view_names(), model_id, now=now
+            )
             assert [r for r in snapshot.requests if r.status == "pending"] == open_now
-            live_audit = await audit_timeline.entries(conn, audit_timeline.PROJECTION.view_names(), model_id=model_id,
-                                                      limit=10_000)
-            assert [e.log_position for e in snapshot.audit] == [e.log_position for e in live_audit.items]
+            live_audit = await audit_timeline.entries(
+                conn, audit_timeline.PROJECTION.view_names(), model_id=model_id, limit=10_000
+            )
+            assert [e.log_position for e in snapshot.audit] == [
+                e.log_position for e in live_audit.items
+            ]
             assert [v.version for v in snapshot.versions] == sorted(
-                v.version for v in snapshot.versions)  # ordered, and each equals the live row:
+                v.version for v in snapshot.versions
+            )  # ordered, and each equals the live row:
             for version in snapshot.versions:
                 assert version == await model_versions.get_version(
-                    conn, model_versions.PROJECTION.view_names(), model_id, version.version)
+                    conn, model_versions.PROJECTION.view_names(), model_id, version.version
+                )
 
 
 async def test_registry_as_of_a_position_and_a_log_time(db: Database) -> None:
@@ -134,11 +170,25 @@ async def test_registry_as_of_a_position_and_a_log_time(db: Database) -> None:
     v1, v2 = await reg.version("m1", "carol"), await reg.version("m1", "carol", seed=2)
     await reg.model("m1", TransitionStage, version=v1, to_stage=Stage.STAGING)
     await reg.model("m1", TransitionStage, version=v2, to_stage=Stage.STAGING)
-    await reg.model("m1", RequestPromotion, request_id="r1", version=v2, target_stage=Stage.PRODUCTION,
-                    justification="better")
+    await reg.model(
+        "m1",
+        RequestPromotion,
+        request_id="r1",
+        version=v2,
+        target_stage=Stage.PRODUCTION,
+        justification="better",
+    )
     await reg.model("m1", SetAlias, alias="champion", version=v1)
-    await reg.model("m1", StartDeployment, "argo", deployment_id="d1", version=v1, environment="prod",
-                    target="svc", desired_alias="champion")
+    await reg.model(
+        "m1",
+        StartDeployment,
+        "argo",
+        deployment_id="d1",
+        version=v1,
+        environment="prod",
+        target="svc",
+        desired_alias="champion",
+    )
     first = await reg.seal()
     await asyncio.sleep(0.05)
     between = datetime.now(UTC)
@@ -155,15 +205,21 @@ async def test_registry_as_of_a_position_and_a_log_time(db: Database) -> None:
     assert snapshot == by_time
     assert snapshot.position == first and head > first
     assert [m.name for m in snapshot.models] == ["churn"]
-    assert [(v.version, v.stage) for v in snapshot.versions] == [(v1, Stage.STAGING), (v2, Stage.STAGING)]
+    assert [(v.version, v.stage) for v in snapshot.versions] == [
+        (v1, Stage.STAGING),
+        (v2, Stage.STAGING),
+    ]
     assert snapshot.in_stage("m1", "staging") == [v1, v2]
     assert [(a.alias, a.version) for a in snapshot.aliases] == [("champion", v1)]
     assert [(r.request_id, r.approvals_missing) for r in snapshot.open_requests] == [("r1", 1)]
-    assert [(p.environment, p.in_flight_deployment_id, p.drift_code) for p in snapshot.deployments] == [
-        ("prod", "d1", "nothing_live")]
+    assert [
+        (p.environment, p.in_flight_deployment_id, p.drift_code) for p in snapshot.deployments
+    ] == [("prod", "d1", "nothing_live")]
     # and past the head means the head
     latest = await registry_as_of(conn, head + 100)
-    assert latest.position == head and [(a.alias, a.version) for a in latest.aliases] == [("champion", v2)]
+    assert latest.position == head and [(a.alias, a.version) for a in latest.aliases] == [
+        ("champion", v2)
+    ]
 
 
 async def test_a_rebuild_mid_traffic_equals_a_fold_from_scratch(db: Database) -> None:
@@ -193,16 +249,27 @@ async def test_a_rebuild_mid_traffic_equals_a_fold_from_scratch(db: Database) ->
     # then generation 2 serves each of them, at the head, equal to a fold from scratch
     head = await head_position(conn)
     for projection in GOVERNANCE:
-        assert [(g.generation, g.status, g.log_position) for g in await generations(conn, projection.name)] == [
-            (2, "live", head)]
+        assert [
+            (g.generation, g.status, g.log_position)
+            for g in await generations(conn, projection.name)
+        ] == [(2, "live", head)]
     assert await live_checksums(conn, GOVERNANCE) == await folded_checksums(conn, head, GOVERNANCE)
 
 
 async def test_two_runners_at_once_give_the_same_views(db: Database) -> None:
     # given two workers over the governance views, started before any event
     stop = asyncio.Event()
-    workers = [ProjectionWorker(db.connect, db.schema, GOVERNANCE, channel=sealed_channel(db.schema),
-                                batch=13, poll_interval=0.05) for _ in range(2)]
+    workers = [
+        ProjectionWorker(
+            db.connect,
+            db.schema,
+            GOVERNANCE,
+            channel=sealed_channel(db.schema),
+            batch=13,
+            poll_interval=0.05,
+        )
+        for _ in range(2)
+    ]
     tasks = [asyncio.create_task(w.run(stop)) for w in workers]
     try:
         # when a random history is written and sealed in several rounds while they run
@@ -217,7 +284,9 @@ async def test_two_runners_at_once_give_the_same_views(db: Database) -> None:
         for projection in GOVERNANCE:
             assert sum(projection.name in w.leading for w in workers) == 1
         conn = await db.connect()
-        assert await live_checksums(conn, GOVERNANCE) == await folded_checksums(conn, head, GOVERNANCE)
+        assert await live_checksums(conn, GOVERNANCE) == await folded_checksums(
+            conn, head, GOVERNANCE
+        )
     finally:
         stop.set()
         await asyncio.gather(*tasks)
@@ -234,8 +303,12 @@ async def test_the_switch_succeeds_whatever_order_the_checkpoint_rows_lie_in(db:
         "UPDATE projection_checkpoints SET updated_at = statement_timestamp() WHERE projection = $1 AND status = 'live'",
         projection.name,
     )
-    await conn.execute("SET enable_indexscan = off; SET enable_bitmapscan = off")  # scan in storage order
+    await conn.execute(
+        "SET enable_indexscan = off; SET enable_bitmapscan = off"
+    )  # scan in storage order
 
     # when the switch runs, then generation 2 is live and generation 1 retired
     assert await switch_if_caught_up(conn, projection)
-    assert [(g.generation, g.status) for g in await generations(conn, projection.name)] == [(2, "live")]
+    assert [(g.generation, g.status) for g in await generations(conn, projection.name)] == [
+        (2, "live")
+    ]

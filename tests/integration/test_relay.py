@@ -70,8 +70,16 @@ async def test_the_log_is_published_in_order_as_cloudevents_with_the_stored_byte
     # given events on several streams, one with a non-ASCII id and metadata, sealed
     writer = Writer(store)
     await writer.spread(12, streams=3)
-    await store.append("s:modèle ünï “quoted” 100%", 0, [Noted(text="é")], Metadata(
-        actor="zoë", occurred_at=datetime(2026, 3, 4, 5, 6, 7, 890123, tzinfo=UTC), correlation_id=CORRELATION))
+    await store.append(
+        "s:modèle ünï “quoted” 100%",
+        0,
+        [Noted(text="é")],
+        Metadata(
+            actor="zoë",
+            occurred_at=datetime(2026, 3, 4, 5, 6, 7, 890123, tzinfo=UTC),
+            correlation_id=CORRELATION,
+        ),
+    )
     await seal_all(db)
     relay, client = await fresh_relay(db, names, clients, nats_url, source="/régistre de modèles")
 
@@ -91,28 +99,50 @@ async def test_the_log_is_published_in_order_as_cloudevents_with_the_stored_byte
         assert message.subject == f"{names.prefix}.{row['event_type']}"
         assert str(event.id) == message.headers["Nats-Msg-Id"] == message.headers["ce-id"]
         assert event.type == row["event_type"] and event.source == "/régistre de modèles"
-        assert event.log_hash == bytes(row["log_hash"]) and event.log_position == row["log_position"]
+        assert (
+            event.log_hash == bytes(row["log_hash"]) and event.log_position == row["log_position"]
+        )
         assert message.headers["ce-datacontenttype"] == "application/json"
         envelope = msgspec.json.decode(message.payload)
-        assert event.subject == envelope["stream_id"] and event.stream_position == envelope["stream_position"]
+        assert (
+            event.subject == envelope["stream_id"]
+            and event.stream_position == envelope["stream_position"]
+        )
     last = decode_headers(stored[-1].headers)
     assert last.subject == "s:modèle ünï “quoted” 100%" and last.correlation_id == CORRELATION
-    assert all(ord(c) < 128 for c in stored[-1].headers["ce-subject"])  # percent-encoded on the wire
+    assert all(
+        ord(c) < 128 for c in stored[-1].headers["ce-subject"]
+    )  # percent-encoded on the wire
     sequences = [m.headers["ce-sequence"] for m in stored]
     assert sorted(sequences) == sequences and len(set(map(len, sequences))) == 1
     assert await publication_lag(db.pool, names.stream) == 0
     assert relay.stats.published == 13 and relay.stats.duplicates == 0
 
 
-CRASH_POINTS = ["before_publish", "after_publish_before_ack", "after_ack_before_checkpoint", "after_checkpoint"]
+CRASH_POINTS = [
+    "before_publish",
+    "after_publish_before_ack",
+    "after_ack_before_checkpoint",
+    "after_checkpoint",
+]
 # Re-sent on restart and suppressed by JetStream's de-duplication (PubAck.duplicate).
-RESENT = {"before_publish": 0, "after_publish_before_ack": 10, "after_ack_before_checkpoint": 10,
-          "after_checkpoint": 0}
+RESENT = {
+    "before_publish": 0,
+    "after_publish_before_ack": 10,
+    "after_ack_before_checkpoint": 10,
+    "after_checkpoint": 0,
+}
 
 
 @pytest.mark.parametrize("point", CRASH_POINTS)
 async def test_a_crash_at_any_point_of_the_cycle_loses_nothing_and_stores_nothing_twice(
-    db: Database, store: EventStore, nc: NatsClient, names: Names, clients: Clients, nats_url: str, point: str
+    db: Database,
+    store: EventStore,
+    nc: NatsClient,
+    names: Names,
+    clients: Clients,
+    nats_url: str,
+    point: str,
 ) -> None:
     # given 30 sealed events, published in batches of 10; the first batch goes through
     await Writer(store).spread(30, streams=4)
@@ -141,7 +171,9 @@ async def test_a_crash_at_any_point_of_the_cycle_loses_nothing_and_stores_nothin
     stored = await stream_contents(nc, names.stream)
     assert_log_published_once_in_order(stored, await log_event_ids(db))
     assert second.stats.duplicates == RESENT[point]
-    assert second.stats.published == 30 - 10 - RESENT[point] - (10 if point == "after_checkpoint" else 0)
+    assert second.stats.published == 30 - 10 - RESENT[point] - (
+        10 if point == "after_checkpoint" else 0
+    )
     assert await publication_lag(db.pool, names.stream) == 0
 
 
@@ -179,7 +211,9 @@ async def test_two_relays_publishing_at_once_never_interleave_or_duplicate(
     db: Database, store: EventStore, nc: NatsClient, names: Names, clients: Clients, nats_url: str
 ) -> None:
     # given two relays that both believe they lead (no lock), while writers append
-    pair = [await fresh_relay(db, names, clients, nats_url, batch_size=7, window=3) for _ in range(2)]
+    pair = [
+        await fresh_relay(db, names, clients, nats_url, batch_size=7, window=3) for _ in range(2)
+    ]
     conns = [await db.connect() for _ in pair]
     writing = True
     moved = 0
@@ -201,7 +235,9 @@ async def test_two_relays_publishing_at_once_never_interleave_or_duplicate(
                 moved += 1
             await asyncio.sleep(0)
 
-    await asyncio.gather(write(), *(publish(r, c, k) for (r, c), k in zip(pair, conns, strict=True)))
+    await asyncio.gather(
+        write(), *(publish(r, c, k) for (r, c), k in zip(pair, conns, strict=True))
+    )
 
     # then the stream is the log, once and in order, although both published
     stored = await stream_contents(nc, names.stream)
@@ -211,7 +247,13 @@ async def test_two_relays_publishing_at_once_never_interleave_or_duplicate(
 
 
 async def test_one_relay_leads_and_a_standby_takes_over_when_its_session_dies(
-    db: Database, store: EventStore, nc: NatsClient, names: Names, clients: Clients, nats_url: str, relays: Relays
+    db: Database,
+    store: EventStore,
+    nc: NatsClient,
+    names: Names,
+    clients: Clients,
+    nats_url: str,
+    relays: Relays,
 ) -> None:
     first = relays.start(Relay(db.connect, nats_factory(nats_url), relay_config(db, names)))
     await wait_until(lambda: _true(first.is_leader), what="first leads")
@@ -241,10 +283,18 @@ async def test_one_relay_leads_and_a_standby_takes_over_when_its_session_dies(
 
 
 async def test_a_killed_listen_connection_is_replaced_and_notifications_keep_waking_the_relay(
-    db: Database, store: EventStore, nc: NatsClient, names: Names, clients: Clients, nats_url: str, relays: Relays
+    db: Database,
+    store: EventStore,
+    nc: NatsClient,
+    names: Names,
+    clients: Clients,
+    nats_url: str,
+    relays: Relays,
 ) -> None:
     # given a relay that would poll only every 30 s, so prompt publication means NOTIFY
-    relay = relays.start(Relay(db.connect, nats_factory(nats_url), relay_config(db, names, poll_interval=30)))
+    relay = relays.start(
+        Relay(db.connect, nats_factory(nats_url), relay_config(db, names, poll_interval=30))
+    )
     await wait_until(lambda: _true(relay.listening), what="listening")
     writer = Writer(store)
     await writer.spread(3)
@@ -265,7 +315,13 @@ async def test_a_killed_listen_connection_is_replaced_and_notifications_keep_wak
 
 
 async def test_with_no_notification_ever_arriving_polling_still_publishes(
-    db: Database, store: EventStore, nc: NatsClient, names: Names, clients: Clients, nats_url: str, relays: Relays
+    db: Database,
+    store: EventStore,
+    nc: NatsClient,
+    names: Names,
+    clients: Clients,
+    nats_url: str,
+    relays: Relays,
 ) -> None:
     # given every LISTEN connection of the relay killed as soon as it appears
     admin = await db.admin()
@@ -277,7 +333,9 @@ async def test_with_no_notification_ever_arriving_polling_still_publishes(
             await asyncio.sleep(0.005)
 
     killing = asyncio.create_task(killer())
-    relays.start(Relay(db.connect, nats_factory(nats_url), relay_config(db, names, poll_interval=0.2)))
+    relays.start(
+        Relay(db.connect, nats_factory(nats_url), relay_config(db, names, poll_interval=0.2))
+    )
 
     # when events are sealed
     await Writer(store).spread(10)
@@ -287,7 +345,9 @@ async def test_with_no_notification_ever_arriving_polling_still_publishes(
     await wait_until(lambda: _lag_is_zero(db, names), timeout=10, what="published by polling")
     stop_killing.set()
     await killing
-    assert_log_published_once_in_order(await stream_contents(nc, names.stream), await log_event_ids(db))
+    assert_log_published_once_in_order(
+        await stream_contents(nc, names.stream), await log_event_ids(db)
+    )
 
 
 async def test_a_stream_that_lost_its_messages_is_refilled_from_where_it_ends(
@@ -307,11 +367,19 @@ async def test_a_stream_that_lost_its_messages_is_refilled_from_where_it_ends(
 
     # then the relay republishes the whole log into it
     assert relay.stats.rewinds == 1
-    assert_log_published_once_in_order(await stream_contents(nc, names.stream), await log_event_ids(db))
+    assert_log_published_once_in_order(
+        await stream_contents(nc, names.stream), await log_event_ids(db)
+    )
 
 
 async def test_a_stream_holding_another_registrys_log_is_refused(
-    db: Database, store: EventStore, nc: NatsClient, names: Names, clients: Clients, nats_url: str, database_url: str
+    db: Database,
+    store: EventStore,
+    nc: NatsClient,
+    names: Names,
+    clients: Clients,
+    nats_url: str,
+    database_url: str,
 ) -> None:
     # given a stream already fed by another registry
     other = await create_database(database_url)
@@ -338,10 +406,19 @@ async def test_a_stream_holding_another_registrys_log_is_refused(
 async def test_the_relay_a_registry_process_runs_is_configured_from_settings(
     db: Database, store: EventStore, nc: NatsClient, names: Names, nats_url: str, relays: Relays
 ) -> None:
-    settings = load_settings({}, db_schema=db.schema, db_app_role=db.app_role, nats_stream=names.stream,
-                             nats_subject_prefix=names.prefix, event_source="/modelreg/test")
+    settings = load_settings(
+        {},
+        db_schema=db.schema,
+        db_app_role=db.app_role,
+        nats_stream=names.stream,
+        nats_subject_prefix=names.prefix,
+        event_source="/modelreg/test",
+    )
     relay = relays.start(relay_for(settings, db.url, f"{nats_url}, {nats_url}"))
-    assert relay.config.stream.duplicate_window == 6 * 3600 and relay.config.publisher == f"nats:{names.stream}"
+    assert (
+        relay.config.stream.duplicate_window == 6 * 3600
+        and relay.config.publisher == f"nats:{names.stream}"
+    )
     await Writer(store).spread(4)
     await seal_all(db)
     await wait_until(lambda: _lag_is_zero(db, names), what="published")
@@ -364,16 +441,22 @@ async def _stored_at_least(nc: NatsClient, stream: str, count: int) -> bool:
 
 
 async def _lag_is_zero(db: Database, names: Names) -> bool:
-    return await publication_lag(db.pool, names.stream) == 0 and await db.pool.fetchval(
-        "SELECT count(*) FROM publication_checkpoints") > 0
+    return (
+        await publication_lag(db.pool, names.stream) == 0
+        and await db.pool.fetchval("SELECT count(*) FROM publication_checkpoints") > 0
+    )
 
 
 _LISTENERS = "FROM pg_stat_activity WHERE query LIKE 'LISTEN %' AND query LIKE $1 AND backend_type = 'client backend'"
 
 
 async def _kill_listeners(admin: object, db: Database) -> int:
-    return int(await admin.fetchval(  # type: ignore[attr-defined]
-        f"SELECT count(pg_terminate_backend(pid)) {_LISTENERS}", f"%{sealed_channel(db.schema)}%"))
+    return int(
+        await admin.fetchval(  # type: ignore[attr-defined]
+            f"SELECT count(pg_terminate_backend(pid)) {_LISTENERS}",
+            f"%{sealed_channel(db.schema)}%",
+        )
+    )
 
 
 async def _listener_count(admin: object, db: Database, expected: int) -> bool:

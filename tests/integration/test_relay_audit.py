@@ -10,6 +10,7 @@ import signal
 import sys
 from collections.abc import Awaitable
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import pytest
@@ -50,7 +51,13 @@ async def publish(db: Database, names: Names, clients: Clients, nats_url: str) -
 
 
 async def test_the_mirror_appends_verified_events_and_resumes_where_it_stopped(
-    db: Database, store: EventStore, nc: NatsClient, names: Names, clients: Clients, nats_url: str, tmp_path: Path
+    db: Database,
+    store: EventStore,
+    nc: NatsClient,
+    names: Names,
+    clients: Clients,
+    nats_url: str,
+    tmp_path: Path,
 ) -> None:
     # given 20 published events
     writer = Writer(store, "model")
@@ -68,7 +75,10 @@ async def test_the_mirror_appends_verified_events_and_resumes_where_it_stopped(
     first = json.loads(lines[0])
     assert first["log_position"] == 1 and first["nats_seq"] == stored[0].seq
     assert first["log_hash"] == stored[0].headers["Modelreg-Log-Hash"]
-    assert msgspec.json.encode(msgspec.json.decode(lines[0])["event"], order="sorted") == stored[0].payload
+    assert (
+        msgspec.json.encode(msgspec.json.decode(lines[0])["event"], order="sorted")
+        == stored[0].payload
+    )
 
     # when more events arrive, along with a copy re-sent beyond the duplicate window, and
     # the last line was torn by a crash
@@ -76,7 +86,9 @@ async def test_the_mirror_appends_verified_events_and_resumes_where_it_stopped(
     await publish(db, names, clients, nats_url)
     copy = stored[4]
     headers = {k: v for k, v in copy.headers.items() if not k.startswith("Nats-Expected")}
-    await nc.jetstream().publish(copy.subject, copy.payload, headers={**headers, "Nats-Msg-Id": "late-copy"})
+    await nc.jetstream().publish(
+        copy.subject, copy.payload, headers={**headers, "Nats-Msg-Id": "late-copy"}
+    )
     path.write_bytes(path.read_bytes()[:-25])
 
     # then the resumed mirror re-verifies the file, re-fetches the torn event, skips the copy
@@ -90,7 +102,13 @@ async def test_the_mirror_appends_verified_events_and_resumes_where_it_stopped(
 
 
 async def test_a_tampered_mirror_file_is_caught_on_resume(
-    db: Database, store: EventStore, nc: NatsClient, names: Names, clients: Clients, nats_url: str, tmp_path: Path
+    db: Database,
+    store: EventStore,
+    nc: NatsClient,
+    names: Names,
+    clients: Clients,
+    nats_url: str,
+    tmp_path: Path,
 ) -> None:
     await Writer(store, "model").spread(8, streams=2)
     await publish(db, names, clients, nats_url)
@@ -109,7 +127,13 @@ async def test_a_tampered_mirror_file_is_caught_on_resume(
 
 
 async def test_a_forged_event_in_the_stream_stops_the_mirror(
-    db: Database, store: EventStore, nc: NatsClient, names: Names, clients: Clients, nats_url: str, tmp_path: Path
+    db: Database,
+    store: EventStore,
+    nc: NatsClient,
+    names: Names,
+    clients: Clients,
+    nats_url: str,
+    tmp_path: Path,
 ) -> None:
     await Writer(store, "model").spread(4, streams=2)
     await publish(db, names, clients, nats_url)
@@ -120,8 +144,16 @@ async def test_a_forged_event_in_the_stream_stops_the_mirror(
     forged_envelope.update(event_id="00000000-0000-4000-8000-000000000005", stream_position=3)
     payload = msgspec.json.encode(forged_envelope, order="sorted")
     headers = {k: v for k, v in stored[3].headers.items() if not k.startswith("Nats-Expected")}
-    headers.update({"Nats-Msg-Id": "forged", "ce-id": forged_envelope["event_id"], "Modelreg-Log-Position": "5",
-                    "ce-sequence": "5".zfill(20), "Modelreg-Stream-Position": "3", "Modelreg-Log-Hash": "ab" * 32})
+    headers.update(
+        {
+            "Nats-Msg-Id": "forged",
+            "ce-id": forged_envelope["event_id"],
+            "Modelreg-Log-Position": "5",
+            "ce-sequence": "5".zfill(20),
+            "Modelreg-Stream-Position": "3",
+            "Modelreg-Log-Hash": "ab" * 32,
+        }
+    )
     await nc.jetstream().publish(stored[3].subject, payload, headers=headers)
 
     # then the mirror keeps the four genuine events and refuses the fifth
@@ -144,12 +176,16 @@ async def test_follow_delivers_history_from_a_position_then_live_events_filtered
     live: list[Published] = []
     stop = asyncio.Event()
 
-    async def collect(target: list[Published], **options: object) -> None:
-        async for event in follow(nc, stream=names.stream, subject_prefix=names.prefix, stop=stop, **options):  # type: ignore[arg-type]
+    async def collect(target: list[Published], **options: Any) -> None:
+        async for event in follow(
+            nc, stream=names.stream, subject_prefix=names.prefix, stop=stop, **options
+        ):
             target.append(event)
 
-    tasks = [asyncio.create_task(collect(seen, since=6)),
-             asyncio.create_task(collect(live, event_types=["test.noted"]))]
+    tasks = [
+        asyncio.create_task(collect(seen, since=6)),
+        asyncio.create_task(collect(live, event_types=["test.noted"])),
+    ]
     await wait_until(lambda: _has(seen, 4), what="history after position 6")
     await writer.spread(5, streams=2, tag="live")
     await publish(db, names, clients, nats_url)
@@ -163,12 +199,23 @@ async def test_follow_delivers_history_from_a_position_then_live_events_filtered
 
 
 async def test_the_cli_mirrors_follows_and_exits_1_on_a_broken_chain(
-    db: Database, store: EventStore, nc: NatsClient, names: Names, clients: Clients, nats_url: str, tmp_path: Path
+    db: Database,
+    store: EventStore,
+    nc: NatsClient,
+    names: Names,
+    clients: Clients,
+    nats_url: str,
+    tmp_path: Path,
 ) -> None:
     await Writer(store, "model").spread(6, streams=2)
     await publish(db, names, clients, nats_url)
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "MODELREG_NATS_URL": nats_url,
-           "MODELREG_NATS_STREAM": names.stream, "MODELREG_NATS_SUBJECT_PREFIX": names.prefix}
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "MODELREG_NATS_URL": nats_url,
+        "MODELREG_NATS_STREAM": names.stream,
+        "MODELREG_NATS_SUBJECT_PREFIX": names.prefix,
+    }
     path = tmp_path / "audit.jsonl"
 
     # mirror --once: appends and exits 0
@@ -178,8 +225,18 @@ async def test_the_cli_mirrors_follows_and_exits_1_on_a_broken_chain(
 
     # follow --format json --from-start: one JSON object per line until SIGTERM
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-c", "from service.cli.audit import app; app()", "follow", "--format", "json",
-        "--from-start", env=env, cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        sys.executable,
+        "-c",
+        "from service.cli.audit import app; app()",
+        "follow",
+        "--format",
+        "json",
+        "--from-start",
+        env=env,
+        cwd=ROOT,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
     assert proc.stdout is not None
     lines = [json.loads(await asyncio.wait_for(proc.stdout.readline(), 20)) for _ in range(6)]
     proc.send_signal(signal.SIGTERM)
@@ -194,14 +251,23 @@ async def test_the_cli_mirrors_follows_and_exits_1_on_a_broken_chain(
     assert code == 1 and "log position 3" in err
 
     # NATS unreachable: exit 2 with one line
-    code, _, err = await _cli({**env, "MODELREG_NATS_URL": "nats://127.0.0.1:1"}, "mirror", str(path), "--once")
+    code, _, err = await _cli(
+        {**env, "MODELREG_NATS_URL": "nats://127.0.0.1:1"}, "mirror", str(path), "--once"
+    )
     assert code == 2 and "cannot connect to NATS" in err
 
 
 async def _cli(env: dict[str, str], *args: str) -> tuple[int, str, str]:
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-c", "from service.cli.audit import app; app()", *args, env=env, cwd=ROOT,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        sys.executable,
+        "-c",
+        "from service.cli.audit import app; app()",
+        *args,
+        env=env,
+        cwd=ROOT,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
     out, err = await asyncio.wait_for(proc.communicate(), 30)
     assert proc.returncode is not None
     return proc.returncode, out.decode(), err.decode()

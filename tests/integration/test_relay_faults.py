@@ -52,8 +52,12 @@ async def test_writes_keep_being_accepted_while_nats_is_down_and_publication_cat
     # given our own NATS, a relay and a sealer running as in production
     node = NatsNode(tmp_path).start()
     try:
-        relay = relays.start(Relay(db.connect, nats_factory(node.url), relay_config(db, names, ack_timeout=1.0)))
-        sealing = asyncio.create_task(Sealer(db.connect, db.schema, max_idle_interval=0.02).run(relays.stop))
+        relay = relays.start(
+            Relay(db.connect, nats_factory(node.url), relay_config(db, names, ack_timeout=1.0))
+        )
+        sealing = asyncio.create_task(
+            Sealer(db.connect, db.schema, max_idle_interval=0.02).run(relays.stop)
+        )
         writer = Writer(store)
 
         async def lag() -> int:
@@ -65,14 +69,18 @@ async def test_writes_keep_being_accepted_while_nats_is_down_and_publication_cat
         node.stop()
         await writer.spread(60, streams=4, tag="during")  # the store does not need NATS
         await wait_until(lambda: _at_least_sealed(db, 100), what="sealed while NATS is down")
-        await wait_until(lambda: _true(relay.stats.failures > 0), what="the relay noticed the outage")
+        await wait_until(
+            lambda: _true(relay.stats.failures > 0), what="the relay noticed the outage"
+        )
         assert await lag() == 60
 
         node.start()
         await writer.spread(20, streams=4, tag="after")
 
         # then publication catches up, every event once and in log order
-        await wait_until(lambda: _checkpoint_at(db, names, 120), timeout=30, what="caught up after the outage")
+        await wait_until(
+            lambda: _checkpoint_at(db, names, 120), timeout=30, what="caught up after the outage"
+        )
         client = await clients.connect(node.url)
         stored = await stream_contents(client, names.stream)
         assert_log_published_once_in_order(stored, await log_event_ids(db))
@@ -90,8 +98,13 @@ async def test_a_publish_whose_ack_is_lost_is_retried_and_deduplicated(
     # given a relay that reaches NATS through a proxy
     proxy = await TcpProxy(urlsplit(nats_url).port or 4222).start()
     try:
-        relay = relays.start(Relay(db.connect, nats_factory(proxy.url),
-                                   relay_config(db, names, ack_timeout=0.5, backoff_max=0.2)))
+        relay = relays.start(
+            Relay(
+                db.connect,
+                nats_factory(proxy.url),
+                relay_config(db, names, ack_timeout=0.5, backoff_max=0.2),
+            )
+        )
         writer = Writer(store)
         await writer.spread(10, tag="first")
         await seal_all(db)
@@ -101,10 +114,17 @@ async def test_a_publish_whose_ack_is_lost_is_retried_and_deduplicated(
         proxy.blackhole_replies = True
         await writer.spread(10, tag="second")
         await seal_all(db)
-        await wait_until(lambda: _stream_has(nc, names.stream, 11), what="the server stored some of the second batch")
-        await wait_until(lambda: _true(relay.stats.failures > 0), what="the relay timed out waiting for acks")
+        await wait_until(
+            lambda: _stream_has(nc, names.stream, 11),
+            what="the server stored some of the second batch",
+        )
+        await wait_until(
+            lambda: _true(relay.stats.failures > 0), what="the relay timed out waiting for acks"
+        )
         unacked = (await nc.jsm().stream_info(names.stream)).state.messages - 10
-        assert await publication_lag(db.pool, names.stream) == 10  # nothing unacked was checkpointed
+        assert (
+            await publication_lag(db.pool, names.stream) == 10
+        )  # nothing unacked was checkpointed
 
         proxy.blackhole_replies = False
         proxy.reset_connections()
@@ -112,7 +132,9 @@ async def test_a_publish_whose_ack_is_lost_is_retried_and_deduplicated(
         # then the relay re-sends, JetStream answers "duplicate", and nothing is stored twice
         await wait_until(lambda: _is(publication_lag(db.pool, names.stream), 0), what="caught up")
         assert relay.stats.duplicates >= unacked  # stored but unacknowledged, re-sent, deduplicated
-        assert_log_published_once_in_order(await stream_contents(nc, names.stream), await log_event_ids(db))
+        assert_log_published_once_in_order(
+            await stream_contents(nc, names.stream), await log_event_ids(db)
+        )
     finally:
         await relays.close()
         await proxy.close()
@@ -123,18 +145,33 @@ async def test_a_relay_process_killed_with_sigkill_is_replaced_without_loss_or_d
 ) -> None:
     def spawn() -> subprocess.Popen[str]:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "tests.support.relay_process", db.url, db.schema, db.app_role, nats_url,
-             names.stream, names.prefix],
-            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+            [
+                sys.executable,
+                "-m",
+                "tests.support.relay_process",
+                db.url,
+                db.schema,
+                db.app_role,
+                nats_url,
+                names.stream,
+                names.prefix,
+            ],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
             env={**os.environ, "PYTHONPATH": str(ROOT)},
         )
         assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
         return proc
 
     async def published() -> int:
-        return int(await db.pool.fetchval(
-            "SELECT coalesce(max(log_position), 0) FROM publication_checkpoints WHERE publisher = $1",
-            f"nats:{names.stream}"))
+        return int(
+            await db.pool.fetchval(
+                "SELECT coalesce(max(log_position), 0) FROM publication_checkpoints WHERE publisher = $1",
+                f"nats:{names.stream}",
+            )
+        )
 
     first = spawn()
     second: subprocess.Popen[str] | None = None
@@ -151,8 +188,12 @@ async def test_a_relay_process_killed_with_sigkill_is_replaced_without_loss_or_d
         await writing
 
         # then the next process publishes the rest: all of the log, once, in order
-        await wait_until(lambda: _is(publication_lag(db.pool, names.stream), 0), timeout=30, what="caught up")
-        assert_log_published_once_in_order(await stream_contents(nc, names.stream), await log_event_ids(db))
+        await wait_until(
+            lambda: _is(publication_lag(db.pool, names.stream), 0), timeout=30, what="caught up"
+        )
+        assert_log_published_once_in_order(
+            await stream_contents(nc, names.stream), await log_event_ids(db)
+        )
     finally:
         for proc in (first, second):
             if proc is not None and proc.poll() is None:
@@ -183,7 +224,9 @@ async def _at_least(value: Awaitable[int], expected: int) -> bool:
 
 async def _checkpoint_at(db: Database, names: Names, position: int) -> bool:
     value = await db.pool.fetchval(
-        "SELECT log_position FROM publication_checkpoints WHERE publisher = $1", f"nats:{names.stream}")
+        "SELECT log_position FROM publication_checkpoints WHERE publisher = $1",
+        f"nats:{names.stream}",
+    )
     return bool(value == position)
 
 

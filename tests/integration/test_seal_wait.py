@@ -29,11 +29,15 @@ class CountingPool:
 
 
 async def logged_position(db: Database, seq: int) -> int | None:
-    position: int | None = await db.pool.fetchval("SELECT log_position FROM event_log WHERE seq = $1", seq)
+    position: int | None = await db.pool.fetchval(
+        "SELECT log_position FROM event_log WHERE seq = $1", seq
+    )
     return position
 
 
-async def test_a_write_beside_its_sealer_is_woken_by_the_notify_and_looks_once_or_twice(db: Database) -> None:
+async def test_a_write_beside_its_sealer_is_woken_by_the_notify_and_looks_once_or_twice(
+    db: Database,
+) -> None:
     # given a sealer in this process, and the signal rung by a LISTEN on its channel
     signal = SealSignal()
     listener = Listener(db.connect, sealed_channel(db.schema), signal.notify)
@@ -61,7 +65,9 @@ async def test_a_write_beside_its_sealer_is_woken_by_the_notify_and_looks_once_o
     assert 1 <= counting.lookups <= 2
 
 
-async def test_a_signal_that_stops_ringing_falls_back_to_polling_a_sealer_elsewhere(db: Database) -> None:
+async def test_a_signal_that_stops_ringing_falls_back_to_polling_a_sealer_elsewhere(
+    db: Database,
+) -> None:
     # given a signal that rang once, then its sealer went away
     signal = SealSignal()
     signal.notify()
@@ -130,9 +136,14 @@ async def test_an_api_process_is_woken_by_the_notify_of_a_sealer_elsewhere(db: D
     )
     assert killed == 1
     deadline = asyncio.get_running_loop().time() + 10
-    while not listener.listening or await admin.fetchval(
-        "SELECT count(*) FROM pg_stat_activity WHERE query = 'LISTEN \"' || $1 || '\"'", sealed_channel(db.schema)
-    ) != 1:
+    while (
+        not listener.listening
+        or await admin.fetchval(
+            "SELECT count(*) FROM pg_stat_activity WHERE query = 'LISTEN \"' || $1 || '\"'",
+            sealed_channel(db.schema),
+        )
+        != 1
+    ):
         assert asyncio.get_running_loop().time() < deadline, "the listener never came back"
         await asyncio.sleep(0.02)
     await woken_write("s:api-again")

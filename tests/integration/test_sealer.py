@@ -36,7 +36,9 @@ async def seal_conn(db: Database) -> asyncpg.Connection:
     return await db.connect()
 
 
-async def open_transaction(db: Database) -> tuple[asyncpg.Connection, asyncpg.transaction.Transaction]:
+async def open_transaction(
+    db: Database,
+) -> tuple[asyncpg.Connection, asyncpg.transaction.Transaction]:
     """A transaction that has taken its xid now and will commit whenever the test says."""
     conn = await db.connect()
     tx = conn.transaction()
@@ -172,7 +174,9 @@ async def test_sealing_notifies_listeners_with_the_new_head(
     assert await asyncio.wait_for(heard.get(), 5) == "2"
 
 
-async def test_two_sealers_at_once_neither_duplicate_nor_skip(db: Database, store: EventStore) -> None:
+async def test_two_sealers_at_once_neither_duplicate_nor_skip(
+    db: Database, store: EventStore
+) -> None:
     # given two sealers that both believe they lead, hammering while writers append
     sealers = [Sealer(db.connect, db.schema, batch_size=7) for _ in range(2)]
     conns = [await db.connect() for _ in sealers]
@@ -207,7 +211,9 @@ async def test_two_sealers_at_once_neither_duplicate_nor_skip(db: Database, stor
     assert report.ok, report.first_break
 
 
-async def test_one_sealer_leads_and_a_standby_takes_over_when_it_dies(db: Database, store: EventStore) -> None:
+async def test_one_sealer_leads_and_a_standby_takes_over_when_it_dies(
+    db: Database, store: EventStore
+) -> None:
     stop = asyncio.Event()
     first = Sealer(db.connect, db.schema, standby_interval=0.05)
     second = Sealer(db.connect, db.schema, standby_interval=0.05)

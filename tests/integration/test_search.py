@@ -38,7 +38,9 @@ async def models_of(reg: Registry, query: ModelQuery, names: Any = NAMES) -> lis
     return [m.model_id for m in page.items]
 
 
-async def versions_of(reg: Registry, query: VersionQuery, model_id: str | None = None) -> list[tuple[str, int]]:
+async def versions_of(
+    reg: Registry, query: VersionQuery, model_id: str | None = None
+) -> list[tuple[str, int]]:
     page = await search_versions(reg.conn, NAMES, model_id, query)
     return [(v.model_id, v.version) for v in page.items]
 
@@ -48,13 +50,19 @@ async def scripted(db: Database) -> tuple[Registry, dict[str, str]]:
     """Four models; the fraud ones with versions, metrics, stages and an alias."""
     reg = await registry(db)
     ids = {
-        "card": await reg.register_model("card-fraud-eu", owner="team-risk", tags={"team": "risk", "tier": "gold"}),
-        "detect": await reg.register_model("Fraud_Detect", owner="team-risk", tags={"team": "risk"}),
+        "card": await reg.register_model(
+            "card-fraud-eu", owner="team-risk", tags={"team": "risk", "tier": "gold"}
+        ),
+        "detect": await reg.register_model(
+            "Fraud_Detect", owner="team-risk", tags={"team": "risk"}
+        ),
         "dash": await reg.register_model("fraud-detect", owner="team-ml"),
         "churn": await reg.register_model("churn", owner="team-growth", tags={"tier": "silver"}),
     }
     for model, auc in (("card", 0.91), ("card", 0.85), ("detect", 0.95), ("dash", 0.7)):
-        number = await reg.register_version(ids[model], tags={"run": "nightly"} if auc > 0.9 else {})
+        number = await reg.register_version(
+            ids[model], tags={"run": "nightly"} if auc > 0.9 else {}
+        )
         await reg.log_metrics(ids[model], number, {"auc": auc}, dataset="holdout")
         await reg.log_metrics(ids[model], number, {"auc": auc - 0.1})
     await reg.transition(ids["card"], 1, "staging")
@@ -65,7 +73,9 @@ async def scripted(db: Database) -> tuple[Registry, dict[str, str]]:
     return reg, ids
 
 
-async def test_names_match_by_substring_or_glob_case_insensitively(scripted: tuple[Registry, dict[str, str]]) -> None:
+async def test_names_match_by_substring_or_glob_case_insensitively(
+    scripted: tuple[Registry, dict[str, str]],
+) -> None:
     reg, ids = scripted
     assert await models_of(reg, ModelQuery(q="FRAUD")) == [ids["detect"], ids["card"], ids["dash"]]
     assert await models_of(reg, ModelQuery(q="fraud*")) == [ids["detect"], ids["dash"]]
@@ -84,7 +94,10 @@ async def test_models_filter_by_owner_tags_stages_aliases_metrics_and_archive(
     assert await models_of(reg, ModelQuery(tags=("team=risk", "tier"))) == [ids["card"]]
     assert await models_of(reg, ModelQuery(stages=(Stage.PRODUCTION,))) == [ids["card"]]
     assert await models_of(reg, ModelQuery(alias="champion")) == [ids["detect"]]
-    assert await models_of(reg, ModelQuery(metrics=("auc[holdout]>0.9",))) == [ids["detect"], ids["card"]]
+    assert await models_of(reg, ModelQuery(metrics=("auc[holdout]>0.9",))) == [
+        ids["detect"],
+        ids["card"],
+    ]
     assert await models_of(reg, ModelQuery(metrics=("auc>0.84",))) == [ids["detect"]]
     assert await models_of(reg, ModelQuery(metrics=("auc[*]>=0.85", "auc<0.8"))) == [ids["card"]]
     # archived models are hidden unless asked for
@@ -93,20 +106,34 @@ async def test_models_filter_by_owner_tags_stages_aliases_metrics_and_archive(
     assert len(await models_of(reg, ModelQuery(archived=None))) == 4
 
 
-async def test_versions_filter_and_order_by_a_metric(scripted: tuple[Registry, dict[str, str]]) -> None:
+async def test_versions_filter_and_order_by_a_metric(
+    scripted: tuple[Registry, dict[str, str]],
+) -> None:
     reg, ids = scripted
     by_auc = VersionQuery(order="-metric:auc[holdout]")
-    assert await versions_of(reg, by_auc) == [(ids["detect"], 1), (ids["card"], 1), (ids["card"], 2), (ids["dash"], 1)]
+    assert await versions_of(reg, by_auc) == [
+        (ids["detect"], 1),
+        (ids["card"], 1),
+        (ids["card"], 2),
+        (ids["dash"], 1),
+    ]
     assert await versions_of(reg, VersionQuery(order="metric:auc", metrics=("auc<0.8",))) == [
-        (ids["dash"], 1), (ids["card"], 2),
+        (ids["dash"], 1),
+        (ids["card"], 2),
     ]
     assert await versions_of(reg, VersionQuery(tags=("run=nightly",), order="name")) == [
-        (ids["detect"], 1), (ids["card"], 1),
+        (ids["detect"], 1),
+        (ids["card"], 1),
     ]
-    assert await versions_of(reg, VersionQuery(stages=(Stage.PRODUCTION, Stage.STAGING))) == [(ids["card"], 1)]
+    assert await versions_of(reg, VersionQuery(stages=(Stage.PRODUCTION, Stage.STAGING))) == [
+        (ids["card"], 1)
+    ]
     assert await versions_of(reg, VersionQuery(alias="champion")) == [(ids["detect"], 1)]
     assert await versions_of(reg, VersionQuery(q="fraud-", owner="team-ml")) == [(ids["dash"], 1)]
-    assert await versions_of(reg, VersionQuery(order="-version"), ids["card"]) == [(ids["card"], 2), (ids["card"], 1)]
+    assert await versions_of(reg, VersionQuery(order="-version"), ids["card"]) == [
+        (ids["card"], 2),
+        (ids["card"], 1),
+    ]
     page = await search_versions(reg.conn, NAMES, ids["detect"], VersionQuery())
     assert [(m.key, m.dataset) for m in page.items[0].metrics] == [("auc", ""), ("auc", "holdout")]
     # rows come without their content unless asked for
@@ -133,14 +160,20 @@ def test_the_filter_syntax_parses_and_refuses_clearly() -> None:
         parse_tag_filter("=x")
 
 
-async def test_bad_cursors_and_limits_are_value_errors(scripted: tuple[Registry, dict[str, str]]) -> None:
+async def test_bad_cursors_and_limits_are_value_errors(
+    scripted: tuple[Registry, dict[str, str]],
+) -> None:
     reg, _ = scripted
     page = await search_models(reg.conn, NAMES, ModelQuery(limit=1, archived=None))
     assert page.next_cursor is not None
     versions_page = await search_versions(reg.conn, NAMES, None, VersionQuery(limit=1))
     assert versions_page.next_cursor is not None
     bad = [
-        "!!!", "a", "AAAA", page.next_cursor[:-3], page.next_cursor + "x" * 5000,
+        "!!!",
+        "a",
+        "AAAA",
+        page.next_cursor[:-3],
+        page.next_cursor + "x" * 5000,
         versions_page.next_cursor,  # a versions cursor for a model search
     ]
     for cursor in bad:
@@ -148,7 +181,9 @@ async def test_bad_cursors_and_limits_are_value_errors(scripted: tuple[Registry,
             await search_models(reg.conn, NAMES, ModelQuery(cursor=cursor, archived=None))
     # a cursor of another order
     with pytest.raises(InvalidCursorError):
-        await search_models(reg.conn, NAMES, ModelQuery(order="-name", cursor=page.next_cursor, archived=None))
+        await search_models(
+            reg.conn, NAMES, ModelQuery(order="-name", cursor=page.next_cursor, archived=None)
+        )
     for limit in (0, 501):
         with pytest.raises(ValueError, match="limit"):
             await search_versions(reg.conn, NAMES, None, VersionQuery(limit=limit))
@@ -183,7 +218,10 @@ def latest(reg: Registry, model_id: str, version: int) -> dict[tuple[str, str], 
 def metrics_match(filters: tuple[str, ...], values: dict[tuple[str, str], float]) -> bool:
     for text in filters:
         f = parse_metric_filter(text)
-        if not any(k == f.key and (f.dataset is None or d == f.dataset) and f.matches(v) for (k, d), v in values.items()):
+        if not any(
+            k == f.key and (f.dataset is None or d == f.dataset) and f.matches(v)
+            for (k, d), v in values.items()
+        ):
             return False
     return True
 
@@ -193,16 +231,25 @@ def expected_models(reg: Registry, query: ModelQuery, times: dict[str, Any]) -> 
     for model_id, s in reg.states.items():
         stages = {v.stage for v in s.versions.values()}
         if not (
-            name_matches(query.q, s.name) and query.owner in (None, s.owner) and tags_match(query.tags, s.tags)
-            and (not query.stages or stages & set(query.stages)) and (query.alias is None or query.alias in s.aliases)
+            name_matches(query.q, s.name)
+            and query.owner in (None, s.owner)
+            and tags_match(query.tags, s.tags)
+            and (not query.stages or stages & set(query.stages))
+            and (query.alias is None or query.alias in s.aliases)
             and query.archived in (None, s.archived)
-            and (not query.metrics or any(metrics_match(query.metrics, latest(reg, model_id, n)) for n in s.versions))
+            and (
+                not query.metrics
+                or any(metrics_match(query.metrics, latest(reg, model_id, n)) for n in s.versions)
+            )
         ):
             continue
         found.append(model_id)
     order = parse_order(query.order, versions=False)
-    keys = {"name": lambda m: (reg.states[m].name, m), "created": lambda m: (times[m][0], m),
-            "updated": lambda m: (times[m][1], m)}
+    keys = {
+        "name": lambda m: (reg.states[m].name, m),
+        "created": lambda m: (times[m][0], m),
+        "updated": lambda m: (times[m][1], m),
+    }
     return sorted(found, key=keys[order.field], reverse=order.descending)
 
 
@@ -216,16 +263,25 @@ def expected_versions(
             values = latest(reg, m, n)
             sort_metric = values.get((order.metric_key, order.metric_dataset))
             if not (
-                model_id in (None, m) and name_matches(query.q, s.name) and query.owner in (None, s.owner)
-                and tags_match(query.tags, v.tags) and (not query.stages or v.stage in query.stages)
+                model_id in (None, m)
+                and name_matches(query.q, s.name)
+                and query.owner in (None, s.owner)
+                and tags_match(query.tags, v.tags)
+                and (not query.stages or v.stage in query.stages)
                 and (query.alias is None or query.alias in v.aliases)
-                and query.model_archived in (None, s.archived) and query.deprecated in (None, v.deprecated)
-                and metrics_match(query.metrics, values) and (order.field != "metric" or sort_metric is not None)
+                and query.model_archived in (None, s.archived)
+                and query.deprecated in (None, v.deprecated)
+                and metrics_match(query.metrics, values)
+                and (order.field != "metric" or sort_metric is not None)
             ):
                 continue
-            found[(m, n)] = {"name": (s.name, m, n), "created": (times[(m, n)][0], m, n),
-                             "updated": (times[(m, n)][1], m, n), "version": (m, n),
-                             "metric": (sort_metric, m, n)}[order.field]
+            found[(m, n)] = {
+                "name": (s.name, m, n),
+                "created": (times[(m, n)][0], m, n),
+                "updated": (times[(m, n)][1], m, n),
+                "version": (m, n),
+                "metric": (sort_metric, m, n),
+            }[order.field]
     return sorted(found, key=lambda k: found[k], reverse=order.descending)
 
 
@@ -250,7 +306,9 @@ def random_filters(rng: random.Random, reg: Registry, *, versions: bool) -> dict
     if rng.random() < 0.2:
         filters["owner"] = rng.choice(OWNERS)
     if rng.random() < 0.2:
-        filters["tags"] = tuple(rng.sample(("team=risk", "tier", "pii=no", "tier=gold", "team"), rng.choice((1, 1, 2))))
+        filters["tags"] = tuple(
+            rng.sample(("team=risk", "tier", "pii=no", "tier=gold", "team"), rng.choice((1, 1, 2)))
+        )
     if rng.random() < 0.2:
         filters["stages"] = tuple(rng.sample(list(Stage), rng.choice((1, 1, 2))))
     if rng.random() < 0.15:
@@ -267,20 +325,30 @@ def random_filters(rng: random.Random, reg: Registry, *, versions: bool) -> dict
 
 def random_model_query(rng: random.Random, reg: Registry) -> ModelQuery:
     order = rng.choice(("", "-")) + rng.choice(("name", "created", "updated"))
-    return ModelQuery(**random_filters(rng, reg, versions=False), order=order, limit=rng.randrange(1, 8))
+    return ModelQuery(
+        **random_filters(rng, reg, versions=False), order=order, limit=rng.randrange(1, 8)
+    )
 
 
 def random_version_query(rng: random.Random, reg: Registry) -> VersionQuery:
     metric_order = f"metric:{rng.choice(('auc', 'loss'))}" + rng.choice(("", "[holdout]"))
-    order = rng.choice(("", "-")) + rng.choice(("name", "created", "updated", "version", metric_order))
-    return VersionQuery(**random_filters(rng, reg, versions=True), order=order, limit=rng.randrange(1, 12))
+    order = rng.choice(("", "-")) + rng.choice(
+        ("name", "created", "updated", "version", metric_order)
+    )
+    return VersionQuery(
+        **random_filters(rng, reg, versions=True), order=order, limit=rng.randrange(1, 12)
+    )
 
 
 def random_q(rng: random.Random, reg: Registry) -> str:
     name = rng.choice([s.name for s in reg.states.values()])
     start = rng.randrange(len(name))
-    piece = "".join(c.upper() if rng.random() < 0.3 else c for c in name[start:start + rng.randrange(1, 6)])
-    return rng.choice((piece, piece, piece + "*", "*" + piece, name[:2] + "*" + name[-2:], "zz-none"))
+    piece = "".join(
+        c.upper() if rng.random() < 0.3 else c for c in name[start : start + rng.randrange(1, 6)]
+    )
+    return rng.choice(
+        (piece, piece, piece + "*", "*" + piece, name[:2] + "*" + name[-2:], "zz-none")
+    )
 
 
 def random_metric(rng: random.Random) -> str:
@@ -291,14 +359,22 @@ def random_metric(rng: random.Random) -> str:
 
 async def view_times(conn: asyncpg.Connection) -> tuple[dict[str, Any], dict[Any, Any]]:
     """created_at/updated_at per model and per version: display fields the domain fold lacks."""
-    models = {r["model_id"]: (r["created_at"], r["updated_at"])
-              for r in await conn.fetch("SELECT model_id, created_at, updated_at FROM model_catalogue")}
-    versions = {(r["model_id"], r["version"]): (r["created_at"], r["updated_at"])
-                for r in await conn.fetch("SELECT model_id, version, created_at, updated_at FROM model_versions")}
+    models = {
+        r["model_id"]: (r["created_at"], r["updated_at"])
+        for r in await conn.fetch("SELECT model_id, created_at, updated_at FROM model_catalogue")
+    }
+    versions = {
+        (r["model_id"], r["version"]): (r["created_at"], r["updated_at"])
+        for r in await conn.fetch(
+            "SELECT model_id, version, created_at, updated_at FROM model_versions"
+        )
+    }
     return models, versions
 
 
-async def test_search_equals_a_brute_force_filter_of_the_domain_fold_on_random_data(db: Database) -> None:
+async def test_search_equals_a_brute_force_filter_of_the_domain_fold_on_random_data(
+    db: Database,
+) -> None:
     # given a random registry
     reg = await registry(db)
     rng = random.Random(11)
@@ -317,9 +393,12 @@ async def test_search_equals_a_brute_force_filter_of_the_domain_fold_on_random_d
     for _ in range(80):
         query_v = random_version_query(rng, reg)
         model_id = rng.choice((None, None, rng.choice(list(reg.states))))
-        rows = await all_pages(lambda q, m=model_id: search_versions(reg.conn, NAMES, m, q), query_v)
-        assert [(r.model_id, r.version) for r in rows] == expected_versions(reg, model_id, query_v, version_times), (
-            query_v, model_id)
+        rows = await all_pages(
+            lambda q, m=model_id: search_versions(reg.conn, NAMES, m, q), query_v
+        )
+        assert [(r.model_id, r.version) for r in rows] == expected_versions(
+            reg, model_id, query_v, version_times
+        ), (query_v, model_id)
         nonempty += bool(rows)
     assert nonempty > 70  # most queries find something: the comparison is not trivially []
 
@@ -338,7 +417,9 @@ async def test_pages_stay_stable_when_writes_happen_between_them(db: Database) -
         seen: list[tuple[str, int]] = []
         cursor = None
         while True:
-            page = await search_versions(reg.conn, NAMES, None, VersionQuery(order=order, limit=9, cursor=cursor))
+            page = await search_versions(
+                reg.conn, NAMES, None, VersionQuery(order=order, limit=9, cursor=cursor)
+            )
             seen += [(v.model_id, v.version) for v in page.items]
             if page.next_cursor is None:
                 break
@@ -355,8 +436,9 @@ async def test_pages_stay_stable_when_writes_happen_between_them(db: Database) -
     seen_models: list[str] = []
     cursor = None
     while True:
-        model_page = await search_models(reg.conn, NAMES, ModelQuery(order="-created", archived=None, limit=4,
-                                                                     cursor=cursor))
+        model_page = await search_models(
+            reg.conn, NAMES, ModelQuery(order="-created", archived=None, limit=4, cursor=cursor)
+        )
         seen_models += [m.model_id for m in model_page.items]
         if model_page.next_cursor is None:
             break

@@ -27,13 +27,23 @@ def executor(db: Database) -> CommandExecutor:
     return CommandExecutor(EventStore(db.pool, EventCodec(TOKEN_EVENT_TYPES)))
 
 
-async def test_a_secret_authenticates_as_its_principal_and_is_stored_only_hashed(db: Database, executor: CommandExecutor) -> None:
-    _, secret = await issue_token(executor, actor="root", principal="alice", roles=[Role.APPROVER], scopes=["churn*"])
+async def test_a_secret_authenticates_as_its_principal_and_is_stored_only_hashed(
+    db: Database, executor: CommandExecutor
+) -> None:
+    _, secret = await issue_token(
+        executor, actor="root", principal="alice", roles=[Role.APPROVER], scopes=["churn*"]
+    )
     auth = TokenAuthenticator(executor.store, executor)
     principal = await auth.authenticate(secret)
-    assert (principal.name, principal.roles, principal.scopes) == ("alice", (Role.APPROVER,), ("churn*",))
+    assert (principal.name, principal.roles, principal.scopes) == (
+        "alice",
+        (Role.APPROVER,),
+        ("churn*",),
+    )
     assert principal.permissions == {Permission.READ, Permission.APPROVE}
-    stored = b"".join(bytes(r["envelope"]) for r in await db.pool.fetch("SELECT envelope FROM events"))
+    stored = b"".join(
+        bytes(r["envelope"]) for r in await db.pool.fetch("SELECT envelope FROM events")
+    )
     assert secret.encode() not in stored
     assert secret_hash(secret).encode() in stored
 
@@ -44,26 +54,44 @@ async def test_an_unknown_secret_is_refused(executor: CommandExecutor) -> None:
 
 
 async def test_a_revocation_applies_to_the_very_next_request(executor: CommandExecutor) -> None:
-    outcome, secret = await issue_token(executor, actor="root", principal="bob", roles=[Role.READER])
+    outcome, secret = await issue_token(
+        executor, actor="root", principal="bob", roles=[Role.READER]
+    )
     auth = TokenAuthenticator(executor.store, executor)
     await auth.authenticate(secret)  # now cached
-    await revoke_token(CommandExecutor(executor.store), outcome.state.token_id, actor="root", reason="left")
+    await revoke_token(
+        CommandExecutor(executor.store), outcome.state.token_id, actor="root", reason="left"
+    )
     with pytest.raises(InvalidTokenError, match="revoked"):
         await auth.authenticate(secret)
 
 
 async def test_an_expired_token_is_refused(executor: CommandExecutor) -> None:
     now = datetime.now(UTC)
-    _, secret = await issue_token(executor, actor="root", principal="carol", roles=[Role.READER], expires_at=now + timedelta(minutes=5))
+    _, secret = await issue_token(
+        executor,
+        actor="root",
+        principal="carol",
+        roles=[Role.READER],
+        expires_at=now + timedelta(minutes=5),
+    )
     later = TokenAuthenticator(executor.store, executor, clock=lambda: now + timedelta(minutes=6))
     with pytest.raises(InvalidTokenError, match="expired"):
         await later.authenticate(secret)
 
 
 async def test_two_tokens_cannot_share_a_secret(executor: CommandExecutor) -> None:
-    await issue_token(executor, actor="root", principal="a", roles=[Role.READER], secret="same-secret-0123456789")
+    await issue_token(
+        executor, actor="root", principal="a", roles=[Role.READER], secret="same-secret-0123456789"
+    )
     with pytest.raises(AlreadyExistsError):
-        await issue_token(executor, actor="root", principal="b", roles=[Role.READER], secret="same-secret-0123456789")
+        await issue_token(
+            executor,
+            actor="root",
+            principal="b",
+            roles=[Role.READER],
+            secret="same-secret-0123456789",
+        )
 
 
 async def test_the_bootstrap_token_is_created_once(executor: CommandExecutor) -> None:
@@ -75,7 +103,12 @@ async def test_the_bootstrap_token_is_created_once(executor: CommandExecutor) ->
     assert principal.roles == (Role.ADMIN,)
 
 
-async def test_a_configured_bootstrap_secret_is_used_and_must_be_long_enough(executor: CommandExecutor) -> None:
+async def test_a_configured_bootstrap_secret_is_used_and_must_be_long_enough(
+    executor: CommandExecutor,
+) -> None:
     with pytest.raises(ValueError, match="16 characters"):
         await ensure_bootstrap_token(executor, "short")
-    assert await ensure_bootstrap_token(executor, "a-long-enough-bootstrap-secret") == "a-long-enough-bootstrap-secret"
+    assert (
+        await ensure_bootstrap_token(executor, "a-long-enough-bootstrap-secret")
+        == "a-long-enough-bootstrap-secret"
+    )

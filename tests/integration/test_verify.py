@@ -54,7 +54,12 @@ async def run_verify(db: Database) -> VerifyReport:
 async def test_an_untouched_store_verifies(sealed: Database) -> None:
     report = await run_verify(sealed)
     assert report.ok and report.first_break is None
-    assert (report.events_checked, report.streams_checked, report.log_entries_checked, report.head_position) == (8, 2, 8, 8)
+    assert (
+        report.events_checked,
+        report.streams_checked,
+        report.log_entries_checked,
+        report.head_position,
+    ) == (8, 2, 8, 8)
 
 
 async def test_a_flipped_byte_is_named_at_its_position(sealed: Database) -> None:
@@ -84,7 +89,10 @@ async def test_a_deleted_stream_tail_is_named_at_its_position(sealed: Database) 
     report = await run_verify(sealed)
     assert report.first_break is not None
     assert (report.first_break.kind, report.first_break.log_position) == ("missing_event", target)
-    assert any(b.kind == "truncated_tail" and b.stream_id == "v:a" and b.stream_position == 4 for b in report.breaks)
+    assert any(
+        b.kind == "truncated_tail" and b.stream_id == "v:a" and b.stream_position == 4
+        for b in report.breaks
+    )
 
 
 async def test_a_cut_tail_is_caught_by_the_stream_head_even_before_sealing(db: Database) -> None:
@@ -93,7 +101,11 @@ async def test_a_cut_tail_is_caught_by_the_stream_head_even_before_sealing(db: D
     await tamper(db, "DELETE FROM events WHERE stream_id = 'v:u' AND stream_position = 3")
     report = await run_verify(db)
     assert report.first_break is not None
-    assert (report.first_break.kind, report.first_break.stream_id, report.first_break.stream_position) == (
+    assert (
+        report.first_break.kind,
+        report.first_break.stream_id,
+        report.first_break.stream_position,
+    ) == (
         "truncated_tail",
         "v:u",
         3,

@@ -36,15 +36,26 @@ async def test_an_open_request_says_who_must_act_under_separation_of_duties(db: 
     reg = Registry(db)
     await reg.set_registry_policy(gated_policy(approvals=2))
     v1 = await staged(reg, "m1")
-    await reg.model("m1", RequestPromotion, "alice", request_id="r1", version=v1, target_stage=Stage.PRODUCTION,
-                    justification="auc +2%")
+    await reg.model(
+        "m1",
+        RequestPromotion,
+        "alice",
+        request_id="r1",
+        version=v1,
+        target_stage=Stage.PRODUCTION,
+        justification="auc +2%",
+    )
     requested_at = reg.last
     conn = await db.connect()
     await reg.catch_up(conn, [PROJECTION])
 
     # then the request is open, needs 2 approvers, and neither the requester nor the registrant may act
     [open_one] = await open_requests(db.pool, VIEW, now=requested_at)
-    assert (open_one.request_id, open_one.version, open_one.target_stage) == ("r1", v1, "production")
+    assert (open_one.request_id, open_one.version, open_one.target_stage) == (
+        "r1",
+        v1,
+        "production",
+    )
     assert open_one.separation_of_duties is True
     assert open_one.approvers_excluded == ["alice", "carol"]
     assert (open_one.approvals_required, open_one.approvals_missing) == (2, 2)
@@ -72,8 +83,15 @@ async def test_separation_of_duties_follows_the_policy_in_force(db: Database) ->
     reg = Registry(db)
     await reg.set_registry_policy(gated_policy(approvals=1, separation_of_duties=False))
     v1 = await staged(reg, "m1")
-    await reg.model("m1", RequestPromotion, "alice", request_id="r1", version=v1, target_stage=Stage.PRODUCTION,
-                    justification="ready")
+    await reg.model(
+        "m1",
+        RequestPromotion,
+        "alice",
+        request_id="r1",
+        version=v1,
+        target_stage=Stage.PRODUCTION,
+        justification="ready",
+    )
     conn = await db.connect()
     await reg.catch_up(conn, [PROJECTION])
 
@@ -101,8 +119,15 @@ async def test_decided_requests_record_their_outcome_newest_first(db: Database) 
     await reg.set_registry_policy(gated_policy(approvals=1))
     v1 = await staged(reg, "m1")
     for request_id in ("r1", "r2", "r3", "r4"):
-        await reg.model("m1", RequestPromotion, "alice", request_id=request_id, version=v1,
-                        target_stage=Stage.PRODUCTION, justification=f"try {request_id}")
+        await reg.model(
+            "m1",
+            RequestPromotion,
+            "alice",
+            request_id=request_id,
+            version=v1,
+            target_stage=Stage.PRODUCTION,
+            justification=f"try {request_id}",
+        )
     await reg.model("m1", RejectPromotion, "bob", request_id="r2", comment="latency regressed")
     await reg.model("m1", CancelPromotion, "alice", request_id="r3", comment="wrong version")
     await reg.model("m1", ApprovePromotion, "dave", request_id="r1", comment="ship it")
@@ -115,11 +140,15 @@ async def test_decided_requests_record_their_outcome_newest_first(db: Database) 
     assert await open_requests(db.pool, VIEW) == []
     done = await decided(db.pool, VIEW, "m1")
     assert [(r.request_id, r.status, r.decided_by) for r in done] == [
-        ("r4", "expired", "system"), ("r1", "executed", "dave"), ("r3", "cancelled", "alice"),
+        ("r4", "expired", "system"),
+        ("r1", "executed", "dave"),
+        ("r3", "cancelled", "alice"),
         ("r2", "rejected", "bob"),
     ]
     executed = done[1]
-    assert executed.executed_approvers == ["dave"] and executed.rules == ["transition:staging->production"]
+    assert executed.executed_approvers == ["dave"] and executed.rules == [
+        "transition:staging->production"
+    ]
     assert done[3].decision_comment == "latency regressed"
     assert all(r.approvals_missing == 0 and r.who_must_act.startswith("nobody") for r in done)
 
@@ -134,8 +163,16 @@ async def test_one_request_shows_its_votes_in_order(db: Database) -> None:
     reg = Registry(db)
     await reg.set_registry_policy(gated_policy(approvals=3))
     v1 = await staged(reg, "m1")
-    await reg.model("m1", RequestPromotion, "alice", request_id="r1", version=v1, target_stage=Stage.PRODUCTION,
-                    alias="champion", justification="ready")
+    await reg.model(
+        "m1",
+        RequestPromotion,
+        "alice",
+        request_id="r1",
+        version=v1,
+        target_stage=Stage.PRODUCTION,
+        alias="champion",
+        justification="ready",
+    )
     await reg.model("m1", ApprovePromotion, "bob", request_id="r1", comment="ok")
     await reg.model("m1", ApprovePromotion, "dave", request_id="r1", comment="fine")
     await reg.model("m1", RejectPromotion, "erin", request_id="r1", comment="no rollout plan")
@@ -145,6 +182,8 @@ async def test_one_request_shows_its_votes_in_order(db: Database) -> None:
     found = await request(db.pool, VIEW, "r1")
     assert found is not None and found.alias == "champion" and found.status == "rejected"
     assert [(v.actor, v.vote, v.comment) for v in found.votes] == [
-        ("bob", "approved", "ok"), ("dave", "approved", "fine"), ("erin", "rejected", "no rollout plan"),
+        ("bob", "approved", "ok"),
+        ("dave", "approved", "fine"),
+        ("erin", "rejected", "no rollout plan"),
     ]
     assert await request(db.pool, VIEW, "nope") is None

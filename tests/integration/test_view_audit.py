@@ -24,9 +24,17 @@ async def history(db: Database) -> Registry:
     await reg.register("m2", "fraud", actor="bob")
     v1 = await reg.version("m1", "carol")
     await reg.metrics("m1", v1, auc=0.91, loss=0.2)
-    await reg.model("m1", TransitionStage, version=v1, to_stage=Stage.STAGING, comment="smoke tests pass")
-    await reg.model("m1", RequestPromotion, request_id="r1", version=v1, target_stage=Stage.PRODUCTION,
-                    justification="auc +2%")
+    await reg.model(
+        "m1", TransitionStage, version=v1, to_stage=Stage.STAGING, comment="smoke tests pass"
+    )
+    await reg.model(
+        "m1",
+        RequestPromotion,
+        request_id="r1",
+        version=v1,
+        target_stage=Stage.PRODUCTION,
+        justification="auc +2%",
+    )
     await reg.model("m1", ApprovePromotion, "bob", request_id="r1", comment="ship it")
     await reg.model("m1", SetAlias, alias="champion", version=v1)
     return reg
@@ -40,11 +48,26 @@ async def test_every_event_gets_one_row_with_who_what_when_why(db: Database) -> 
     page = await entries(db.pool, VIEW, newest_first=False, limit=1000)
     logged = await read_log(conn, 0, 1000)
     # then there is one row per sealed event, in log order, with the envelope's facts
-    assert [e.log_position for e in page.items] == [e.log_position for e in logged] == list(range(1, head + 1))
+    assert (
+        [e.log_position for e in page.items]
+        == [e.log_position for e in logged]
+        == list(range(1, head + 1))
+    )
     for entry, event in zip(page.items, logged, strict=True):
-        assert (entry.event_id, entry.stream_id, entry.event_type, entry.actor, entry.occurred_at, entry.sealed_at) == (
-            event.envelope.event_id, event.stream_id, event.event_type, event.envelope.actor,
-            event.envelope.occurred_at, event.sealed_at,
+        assert (
+            entry.event_id,
+            entry.stream_id,
+            entry.event_type,
+            entry.actor,
+            entry.occurred_at,
+            entry.sealed_at,
+        ) == (
+            event.envelope.event_id,
+            event.stream_id,
+            event.event_type,
+            event.envelope.actor,
+            event.envelope.occurred_at,
+            event.sealed_at,
         )
         assert msgspec.json.decode(entry.data) == msgspec.json.decode(event.envelope.data)
     by_type = {e.event_type: e for e in page.items}
@@ -76,19 +99,35 @@ async def test_filters_by_model_actor_type_version_and_business_time(db: Databas
     assert [e.event_type for e in by_model.items] == ["model.registered"]
     by_actor = await entries(db.pool, VIEW, actor="bob", newest_first=False)
     assert [e.event_type for e in by_actor.items] == [
-        "model.registered", "model.promotion_approved", "model.promotion_executed", "model.stage_transitioned",
+        "model.registered",
+        "model.promotion_approved",
+        "model.promotion_executed",
+        "model.stage_transitioned",
     ]
-    by_types = await entries(db.pool, VIEW, model_id="m1", event_types=["model.stage_transitioned", "model.alias_set"])
-    assert [e.event_type for e in by_types.items] == ["model.alias_set", "model.stage_transitioned",
-                                                      "model.stage_transitioned"]
+    by_types = await entries(
+        db.pool, VIEW, model_id="m1", event_types=["model.stage_transitioned", "model.alias_set"]
+    )
+    assert [e.event_type for e in by_types.items] == [
+        "model.alias_set",
+        "model.stage_transitioned",
+        "model.stage_transitioned",
+    ]
     assert {e.event_type for e in (await entries(db.pool, VIEW, version=1)).items} >= {
-        "model.version_registered", "metrics.logged", "model.stage_transitioned"}
+        "model.version_registered",
+        "metrics.logged",
+        "model.stage_transitioned",
+    }
 
     # since <= occurred_at < until, on business time
     middle = everything[3].occurred_at
-    window = await entries(db.pool, VIEW, since=middle, until=middle + timedelta(seconds=121), newest_first=False)
-    assert [e.occurred_at for e in window.items] == [e.occurred_at for e in everything
-                                                     if middle <= e.occurred_at < middle + timedelta(seconds=121)]
+    window = await entries(
+        db.pool, VIEW, since=middle, until=middle + timedelta(seconds=121), newest_first=False
+    )
+    assert [e.occurred_at for e in window.items] == [
+        e.occurred_at
+        for e in everything
+        if middle <= e.occurred_at < middle + timedelta(seconds=121)
+    ]
     assert window.items and all(e.occurred_at >= middle for e in window.items)
     # and up_to_position shows the log as it stood then
     assert len((await entries(db.pool, VIEW, up_to_position=4)).items) == 4

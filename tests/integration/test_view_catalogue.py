@@ -32,7 +32,9 @@ NAMES = CATALOGUE.view_names()
 async def test_the_catalogue_shows_facts_stages_aliases_and_counts(db: Database) -> None:
     # given a model with three versions: one in production under an alias, one in staging
     reg = await registry(db)
-    churn = await reg.register_model("churn", owner="team-risk", tags={"team": "risk"}, description="who leaves")
+    churn = await reg.register_model(
+        "churn", owner="team-risk", tags={"team": "risk"}, description="who leaves"
+    )
     created = reg.now
     for _ in range(3):
         await reg.register_version(churn)
@@ -47,11 +49,20 @@ async def test_the_catalogue_shows_facts_stages_aliases_and_counts(db: Database)
 
     # then the row shows all of it
     assert await get_model(db.pool, NAMES, churn) == ModelRow(
-        model_id=churn, name="churn", description="who leaves", tags={"team": "risk", "tier": "gold"},
-        owner="team-risk", archived=False, latest_version=3, version_count=3,
+        model_id=churn,
+        name="churn",
+        description="who leaves",
+        tags={"team": "risk", "tier": "gold"},
+        owner="team-risk",
+        archived=False,
+        latest_version=3,
+        version_count=3,
         stages={"development": 3, "staging": 2, "production": 1, "archived": None},
         stage_counts={"development": 1, "staging": 1, "production": 1, "archived": 0},
-        aliases={"champion": 1}, created_at=created, updated_at=reg.now, position=head,
+        aliases={"champion": 1},
+        created_at=created,
+        updated_at=reg.now,
+        position=head,
     )
 
     # when version 2 is promoted: version 1 is demoted to archived and loses its alias
@@ -77,7 +88,11 @@ async def test_tags_description_archive_and_restore_are_shown(db: Database) -> N
     row = await get_model(db.pool, NAMES, fraud)
     assert row is not None
     assert (row.tags, row.description, row.archived, row.latest_version, row.version_count) == (
-        {"team": "risk"}, "card fraud", True, None, 0,
+        {"team": "risk"},
+        "card fraud",
+        True,
+        None,
+        0,
     )
 
     await reg.restore_model(fraud)
@@ -85,7 +100,9 @@ async def test_tags_description_archive_and_restore_are_shown(db: Database) -> N
     assert (await get_model(db.pool, NAMES, fraud)).archived is False  # type: ignore[union-attr]
 
 
-async def test_a_renamed_model_is_found_by_its_new_name_and_its_old_name_can_be_reused(db: Database) -> None:
+async def test_a_renamed_model_is_found_by_its_new_name_and_its_old_name_can_be_reused(
+    db: Database,
+) -> None:
     # given churn renamed to churn-v1, and a new model registered as churn
     reg = await registry(db)
     old = await reg.register_model("churn")
@@ -101,13 +118,17 @@ async def test_a_renamed_model_is_found_by_its_new_name_and_its_old_name_can_be_
     assert await get_model_by_name(db.pool, NAMES, "Churn") is None  # names are case-sensitive
 
 
-async def test_a_name_taken_in_the_log_before_its_release_does_not_stop_the_view(db: Database) -> None:
+async def test_a_name_taken_in_the_log_before_its_release_does_not_stop_the_view(
+    db: Database,
+) -> None:
     # given model A named "x"; model B's registration as "x" reaches the log before A's
     # rename releases the name (two transactions sealed in xid order, not commit order)
     reg = await registry(db)
     a = await reg.register_model("x")
     meta = Metadata(actor="alice", occurred_at=reg.advance(1))
-    registered_b = ModelRegistered(model_id="mb", name="x", description="", tags={}, owner="team-ml")
+    registered_b = ModelRegistered(
+        model_id="mb", name="x", description="", tags={}, owner="team-ml"
+    )
     await reg.store.append(model_stream("mb"), 0, [registered_b], meta)
     between = await reg.seal()
     await reg.rename(a, "y")
@@ -123,7 +144,9 @@ async def test_a_name_taken_in_the_log_before_its_release_does_not_stop_the_view
     assert found.model_id == "mb"
 
 
-async def test_rebuild_equals_live_after_a_long_random_history_and_with_writes_during_it(db: Database) -> None:
+async def test_rebuild_equals_live_after_a_long_random_history_and_with_writes_during_it(
+    db: Database,
+) -> None:
     # given a long random history, projected live as it was written, in many small batches
     reg = await registry(db)
     rng = random.Random(41)
@@ -156,5 +179,7 @@ async def test_time_travel_at_many_positions_equals_the_live_view_as_it_was(db: 
         assert await as_of(reg, CATALOGUE, position, checksum) == expected
         assert await as_of(reg, CATALOGUE, position, watched_row, model_id=watched) == row
     # and the scratch-table fold the API serves "as of" reads from gives the same rows
-    for position, expected, _ in recorded[-1:] + recorded[len(recorded) // 2:len(recorded) // 2 + 1]:
+    for position, expected, _ in (
+        recorded[-1:] + recorded[len(recorded) // 2 : len(recorded) // 2 + 1]
+    ):
         assert await as_of(reg, CATALOGUE, position, checksum, scratch=True) == expected

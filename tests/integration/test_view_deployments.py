@@ -22,10 +22,26 @@ from tests.support.governance_history import Registry, random_history
 VIEW = PROJECTION.view_names()
 
 
-async def deploy(reg: Registry, model_id: str, deployment_id: str, version: int, *, succeed: bool = True,
-                 environment: str = "prod", **desire: object) -> None:
-    await reg.model(model_id, StartDeployment, "argo", deployment_id=deployment_id, version=version,
-                    environment=environment, target="churn-api", **desire)
+async def deploy(
+    reg: Registry,
+    model_id: str,
+    deployment_id: str,
+    version: int,
+    *,
+    succeed: bool = True,
+    environment: str = "prod",
+    **desire: object,
+) -> None:
+    await reg.model(
+        model_id,
+        StartDeployment,
+        "argo",
+        deployment_id=deployment_id,
+        version=version,
+        environment=environment,
+        target="churn-api",
+        **desire,
+    )
     if succeed:
         await reg.model(model_id, ReportDeploymentSucceeded, "argo", deployment_id=deployment_id)
 
@@ -42,7 +58,12 @@ async def test_a_deployment_following_an_alias_drifts_when_the_alias_moves(db: D
     here = await place(db.pool, VIEW, "m1", "prod", "churn-api")
     assert here is not None
     assert (here.follows, here.desired_version, here.live_version, here.drift, here.drift_code) == (
-        "alias:champion", v1, v1, False, "in_sync")
+        "alias:champion",
+        v1,
+        v1,
+        False,
+        "in_sync",
+    )
 
     # when the alias moves to v2
     await reg.model("m1", SetAlias, alias="champion", version=v2)
@@ -57,16 +78,26 @@ async def test_a_deployment_following_an_alias_drifts_when_the_alias_moves(db: D
     await deploy(reg, "m1", "d2", v2, succeed=False, desired_alias="champion")
     await reg.catch_up(conn, [PROJECTION])
     here = await place(db.pool, VIEW, "m1", "prod", "churn-api")
-    assert here is not None and (here.in_flight_deployment_id, here.in_flight_version, here.drift) == ("d2", v2, True)
+    assert here is not None and (
+        here.in_flight_deployment_id,
+        here.in_flight_version,
+        here.drift,
+    ) == ("d2", v2, True)
     assert here.drift_reason.endswith("deployment d2 of v2 is in flight")
     await reg.model("m1", ReportDeploymentSucceeded, "argo", deployment_id="d2")
     await reg.catch_up(conn, [PROJECTION])
     here = await place(db.pool, VIEW, "m1", "prod", "churn-api")
-    assert here is not None and (here.live_deployment_id, here.in_flight_deployment_id, here.drift) == ("d2", None, False)
+    assert here is not None and (
+        here.live_deployment_id,
+        here.in_flight_deployment_id,
+        here.drift,
+    ) == ("d2", None, False)
     assert await places(db.pool, VIEW, drifted_only=True) == []
 
 
-async def test_a_deployment_following_production_drifts_on_promotion_and_a_failure_changes_nothing(db: Database) -> None:
+async def test_a_deployment_following_production_drifts_on_promotion_and_a_failure_changes_nothing(
+    db: Database,
+) -> None:
     # given v1 in production and deployed following the production stage
     reg = Registry(db)
     conn = await db.connect()
@@ -84,17 +115,26 @@ async def test_a_deployment_following_production_drifts_on_promotion_and_a_failu
     here = await place(db.pool, VIEW, "m1", "prod", "churn-api")
     assert here is not None
     assert (here.follows, here.desired_version, here.live_version, here.live_version_stage) == (
-        "stage:production", v2, v1, "archived")
+        "stage:production",
+        v2,
+        v1,
+        "archived",
+    )
     assert (here.drift_code, here.in_flight_deployment_id) == ("version_mismatch", None)
     history = await runs(db.pool, VIEW, "m1")
-    assert [(r.deployment_id, r.status, r.reason) for r in history] == [("d2", "failed", "crashloop"),
-                                                                       ("d1", "succeeded", "")]
+    assert [(r.deployment_id, r.status, r.reason) for r in history] == [
+        ("d2", "failed", "crashloop"),
+        ("d1", "succeeded", ""),
+    ]
 
     # and with nothing in production, the desire names no version
     await reg.model("m1", ArchiveVersion, version=v2, reason="broken")
     await reg.catch_up(conn, [PROJECTION])
     here = await place(db.pool, VIEW, "m1", "prod", "churn-api")
-    assert here is not None and (here.desired_version, here.drift_code) == (None, "no_desired_version")
+    assert here is not None and (here.desired_version, here.drift_code) == (
+        None,
+        "no_desired_version",
+    )
 
 
 async def test_rolling_back_restores_the_replaced_deployment_then_nothing(db: Database) -> None:
@@ -107,23 +147,34 @@ async def test_rolling_back_restores_the_replaced_deployment_then_nothing(db: Da
     await deploy(reg, "m1", "d2", v2, desired_stage=Stage.PRODUCTION)
     await reg.catch_up(conn, [PROJECTION])
     here = await place(db.pool, VIEW, "m1", "prod", "churn-api")
-    assert here is not None and (here.live_deployment_id, here.drift_code) == ("d2", "version_mismatch")
+    assert here is not None and (here.live_deployment_id, here.drift_code) == (
+        "d2",
+        "version_mismatch",
+    )
 
     # when d2 is rolled back, d1 serves again and the place is in sync
     await reg.model("m1", ReportDeploymentRolledBack, "argo", deployment_id="d2", reason="5xx")
     await reg.catch_up(conn, [PROJECTION])
     here = await place(db.pool, VIEW, "m1", "prod", "churn-api")
-    assert here is not None and (here.live_deployment_id, here.live_version, here.drift) == ("d1", v1, False)
+    assert here is not None and (here.live_deployment_id, here.live_version, here.drift) == (
+        "d1",
+        v1,
+        False,
+    )
 
     # when d1 is rolled back too, nothing serves: the drift says so
-    await reg.model("m1", ReportDeploymentRolledBack, "argo", deployment_id="d1", reason="bad config")
+    await reg.model(
+        "m1", ReportDeploymentRolledBack, "argo", deployment_id="d1", reason="bad config"
+    )
     await reg.catch_up(conn, [PROJECTION])
     here = await place(db.pool, VIEW, "m1", "prod", "churn-api")
     assert here is not None and (here.live_deployment_id, here.drift_code) == (None, "nothing_live")
     assert here.drift_reason == "nothing serves here; stage:production wants v1"
 
 
-async def test_a_deployment_following_a_shared_stage_drifts_when_its_version_leaves_it(db: Database) -> None:
+async def test_a_deployment_following_a_shared_stage_drifts_when_its_version_leaves_it(
+    db: Database,
+) -> None:
     reg = Registry(db)
     conn = await db.connect()
     await reg.register("m1", "churn")
@@ -133,7 +184,9 @@ async def test_a_deployment_following_a_shared_stage_drifts_when_its_version_lea
     await deploy(reg, "m1", "d2", v1, environment="dev")  # follows nothing: never drifts
     await reg.catch_up(conn, [PROJECTION])
     assert [(p.environment, p.drift_code) for p in await places(db.pool, VIEW, "m1")] == [
-        ("dev", "untracked"), ("staging", "in_sync")]
+        ("dev", "untracked"),
+        ("staging", "in_sync"),
+    ]
 
     await reg.model("m1", TransitionStage, version=v1, to_stage=Stage.DEVELOPMENT)
     await reg.catch_up(conn, [PROJECTION])
@@ -152,9 +205,18 @@ async def test_drift_agrees_with_the_domain_after_a_random_history(db: Database)
 
     # then every live deployment that follows something is judged as the domain judges it
     for model_id in ("m1", "m2", "m3"):
-        expected = {(d.environment, d.target): (d.deployment_id, d.deployed_version, d.desired, d.in_sync)
-                    for d in compare_deployments(await reg.state(model_id))}
-        found = {(p.environment, p.target): (p.live_deployment_id, p.live_version, p.follows, not p.drift)
-                 for p in await places(db.pool, VIEW, model_id)
-                 if p.live_deployment_id is not None and p.follows is not None}
+        expected = {
+            (d.environment, d.target): (d.deployment_id, d.deployed_version, d.desired, d.in_sync)
+            for d in compare_deployments(await reg.state(model_id))
+        }
+        found = {
+            (p.environment, p.target): (
+                p.live_deployment_id,
+                p.live_version,
+                p.follows,
+                not p.drift,
+            )
+            for p in await places(db.pool, VIEW, model_id)
+            if p.live_deployment_id is not None and p.follows is not None
+        }
         assert found == expected

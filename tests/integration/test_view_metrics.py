@@ -42,7 +42,9 @@ async def test_a_history_comes_in_step_order_a_page_at_a_time(db: Database) -> N
     m = await reg.register_model("churn")
     v = await reg.register_version(m)
     for steps in (range(10, 25), range(5), range(5, 10)):
-        await reg.log_points(m, v, [MetricInput(key="loss", value=1 / (s + 1), step=s) for s in steps])
+        await reg.log_points(
+            m, v, [MetricInput(key="loss", value=1 / (s + 1), step=s) for s in steps]
+        )
     await reg.log_metrics(m, v, {"loss": 0.5}, dataset="holdout", step=3)
     await reg.project(METRIC_HISTORY)
 
@@ -51,7 +53,9 @@ async def test_a_history_comes_in_step_order_a_page_at_a_time(db: Database) -> N
     cursor = None
     pages = 0
     while True:
-        page = await metric_history(db.pool, NAMES, m, v, "loss", dataset="", limit=10, cursor=cursor)
+        page = await metric_history(
+            db.pool, NAMES, m, v, "loss", dataset="", limit=10, cursor=cursor
+        )
         points += page.items
         pages += 1
         if page.next_cursor is None:
@@ -74,22 +78,38 @@ async def test_a_history_comes_in_step_order_a_page_at_a_time(db: Database) -> N
         await metric_history(db.pool, NAMES, m, v, "auc", dataset="", limit=10, cursor=cursor)
 
 
-async def test_last_follows_the_domains_rule_and_best_takes_the_earliest_of_equal_values(db: Database) -> None:
+async def test_last_follows_the_domains_rule_and_best_takes_the_earliest_of_equal_values(
+    db: Database,
+) -> None:
     # given points where a lower step came later, and a tie of step and timestamp
     reg = await registry(db)
     m = await reg.register_model("ranker")
     v = await reg.register_version(m)
     moment = reg.now
-    await reg.log_points(m, v, [MetricInput(key="auc", value=0.7, step=4, timestamp=moment),
-                                MetricInput(key="auc", value=0.9, step=1, timestamp=moment)])
-    await reg.log_points(m, v, [MetricInput(key="auc", value=0.6, step=4, timestamp=moment),
-                                MetricInput(key="auc", value=0.9, step=2, timestamp=moment + timedelta(seconds=1))])
+    await reg.log_points(
+        m,
+        v,
+        [
+            MetricInput(key="auc", value=0.7, step=4, timestamp=moment),
+            MetricInput(key="auc", value=0.9, step=1, timestamp=moment),
+        ],
+    )
+    await reg.log_points(
+        m,
+        v,
+        [
+            MetricInput(key="auc", value=0.6, step=4, timestamp=moment),
+            MetricInput(key="auc", value=0.9, step=2, timestamp=moment + timedelta(seconds=1)),
+        ],
+    )
     await reg.project(METRIC_HISTORY)
 
     # then the last is the later event of the (step 4, same time) tie, as the domain says
     last = await last_metric(db.pool, NAMES, m, v, "auc")
     assert last is not None
-    assert (last.step, last.value) == (4, 0.6) == (4, reg.metrics_state(m, v).latest["auc"][""].value)
+    assert (
+        (last.step, last.value) == (4, 0.6) == (4, reg.metrics_state(m, v).latest["auc"][""].value)
+    )
     # the best is 0.9, first reached at step 1; the lowest is 0.6
     best = await best_metric(db.pool, NAMES, m, v, "auc")
     assert best is not None
@@ -134,7 +154,9 @@ async def test_versions_are_compared_side_by_side(db: Database) -> None:
         await compare_versions(db.pool, NAMES, m, [])
 
 
-async def test_every_point_is_kept_and_the_last_agrees_with_the_domain_after_a_random_history(db: Database) -> None:
+async def test_every_point_is_kept_and_the_last_agrees_with_the_domain_after_a_random_history(
+    db: Database,
+) -> None:
     reg = await registry(db)
     rng = random.Random(9)
     for _ in range(4):
@@ -148,19 +170,27 @@ async def test_every_point_is_kept_and_the_last_agrees_with_the_domain_after_a_r
             for dataset, latest in by_dataset.items():
                 last = await last_metric(reg.conn, NAMES, model_id, version, key, dataset)
                 assert last is not None
-                assert (last.value, last.step, last.timestamp) == (latest.value, latest.step, latest.timestamp)
+                assert (last.value, last.step, last.timestamp) == (
+                    latest.value,
+                    latest.step,
+                    latest.timestamp,
+                )
                 checked += 1
     assert checked > 50
 
 
-async def test_rebuild_equals_live_after_a_long_random_history_and_with_writes_during_it(db: Database) -> None:
+async def test_rebuild_equals_live_after_a_long_random_history_and_with_writes_during_it(
+    db: Database,
+) -> None:
     reg = await registry(db)
     rng = random.Random(47)
     for _ in range(8):
         await random_history(reg, rng, 60)
         await reg.project(METRIC_HISTORY, batch=11)
     await check_rebuild_equals_live(reg, METRIC_HISTORY, checksum, rng, rebuild_batch=10)
-    await check_rebuild_equals_live(reg, METRIC_HISTORY, checksum, rng, traffic_rounds=6, rebuild_batch=10)
+    await check_rebuild_equals_live(
+        reg, METRIC_HISTORY, checksum, rng, traffic_rounds=6, rebuild_batch=10
+    )
 
 
 async def test_time_travel_at_many_positions_equals_the_live_view_as_it_was(db: Database) -> None:
@@ -171,5 +201,7 @@ async def test_time_travel_at_many_positions_equals_the_live_view_as_it_was(db: 
     for position, expected, _ in random.Random(5).sample(recorded, 12):
         assert await as_of(reg, METRIC_HISTORY, position, checksum) == expected
     # and the scratch-table fold the API serves "as of" reads from gives the same rows
-    for position, expected, _ in recorded[-1:] + recorded[len(recorded) // 2:len(recorded) // 2 + 1]:
+    for position, expected, _ in (
+        recorded[-1:] + recorded[len(recorded) // 2 : len(recorded) // 2 + 1]
+    ):
         assert await as_of(reg, METRIC_HISTORY, position, checksum, scratch=True) == expected

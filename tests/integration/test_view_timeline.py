@@ -26,7 +26,9 @@ async def test_what_was_in_production_at_a_business_time(db: Database) -> None:
     reg = Registry(db)
     await reg.register("m1", "churn")
     v1, v2 = await reg.version("m1"), await reg.version("m1", seed=2)
-    t1 = reg.now + timedelta(seconds=60)  # to_production runs staging at now, production one step later
+    t1 = reg.now + timedelta(
+        seconds=60
+    )  # to_production runs staging at now, production one step later
     await reg.to_production("m1", v1)
     reg.tick(3600)
     t2 = reg.now + timedelta(seconds=60)
@@ -39,7 +41,12 @@ async def test_what_was_in_production_at_a_business_time(db: Database) -> None:
     at_t1 = await holder_at(db.pool, VIEW, "m1", Stage.PRODUCTION, t1)
     assert at_t1 is not None and at_t1.version == v1 and at_t1.entered_by == "alice"
     middle = await holder_at(db.pool, VIEW, "m1", Stage.PRODUCTION, t1 + timedelta(minutes=30))
-    assert middle is not None and middle.version == v1 and middle.to_time == t2 and middle.left_by == "bob"
+    assert (
+        middle is not None
+        and middle.version == v1
+        and middle.to_time == t2
+        and middle.left_by == "bob"
+    )
     # and at the instant of the promotion the new version holds it (the demotion is the same decision)
     at_t2 = await holder_at(db.pool, VIEW, "m1", Stage.PRODUCTION, t2)
     assert at_t2 is not None and at_t2.version == v2 and at_t2.to_time is None
@@ -66,14 +73,19 @@ async def test_the_timeline_records_every_interval_with_who_how_and_why(db: Data
     # then v1's intervals chain without gaps: development, staging, production, archived, production
     v1_rows = [r for r in await timeline(db.pool, VIEW, "m1") if r.version == v1]
     assert [(r.stage, r.kind) for r in v1_rows] == [
-        ("development", "registered"), ("staging", "direct"), ("production", "direct"),
-        ("archived", "demotion"), ("production", "rollback"),
+        ("development", "registered"),
+        ("staging", "direct"),
+        ("production", "direct"),
+        ("archived", "demotion"),
+        ("production", "rollback"),
     ]
     for before, after in itertools.pairwise(v1_rows):
         assert before.to_position == after.from_position and before.to_time == after.from_time
     assert v1_rows[-1].comment == "v2 regressed" and v1_rows[-1].entered_by == "carol"
     # and v2 was demoted by the rollback, to the policy's demotion stage
-    v2_now = [r for r in await timeline(db.pool, VIEW, "m1", stage=Stage.ARCHIVED) if r.version == v2]
+    v2_now = [
+        r for r in await timeline(db.pool, VIEW, "m1", stage=Stage.ARCHIVED) if r.version == v2
+    ]
     assert len(v2_now) == 1 and v2_now[0].to_position is None and v2_now[0].kind == "demotion"
 
 
@@ -82,13 +94,17 @@ async def test_a_restored_version_opens_a_new_development_interval(db: Database)
     await reg.register("m1", "churn")
     v1 = await reg.version("m1")
     await reg.model("m1", ArchiveVersion, version=v1, reason="obsolete")
-    await reg.model("m1", RestoreVersion, "admin", version=v1, reason="needed again", actor_is_admin=True)
+    await reg.model(
+        "m1", RestoreVersion, "admin", version=v1, reason="needed again", actor_is_admin=True
+    )
     conn = await db.connect()
     await reg.catch_up(conn, [PROJECTION])
 
     rows = await timeline(db.pool, VIEW, "m1")
     assert [(r.stage, r.to_position is None) for r in rows] == [
-        ("development", False), ("archived", False), ("development", True),
+        ("development", False),
+        ("archived", False),
+        ("development", True),
     ]
     assert rows[2].kind == "restore" and rows[2].entered_by == "admin"
 
@@ -108,9 +124,9 @@ async def test_what_was_in_production_anywhere_at_a_time(db: Database) -> None:
     await reg.catch_up(conn, [PROJECTION])
 
     # then the registry-wide question lists both at that time, and only one now
-    assert [(h.model_id, h.version) for h in await holders_at(db.pool, VIEW, Stage.PRODUCTION, asked)] == [
-        ("a", 1), ("b", 1)
-    ]
+    assert [
+        (h.model_id, h.version) for h in await holders_at(db.pool, VIEW, Stage.PRODUCTION, asked)
+    ] == [("a", 1), ("b", 1)]
     assert [h.model_id for h in await holders_at(db.pool, VIEW, Stage.PRODUCTION, reg.now)] == ["a"]
 
 
@@ -128,7 +144,10 @@ async def test_alias_intervals_follow_set_move_and_removal(db: Database) -> None
     await reg.catch_up(conn, [PROJECTION])
 
     rows = await alias_timeline(db.pool, VIEW, "m1")
-    assert [(r.version, r.entered_by, r.left_by) for r in rows] == [(v1, "alice", "bob"), (v2, "bob", "alice")]
+    assert [(r.version, r.entered_by, r.left_by) for r in rows] == [
+        (v1, "alice", "bob"),
+        (v2, "bob", "alice"),
+    ]
     assert rows[1].comment == "better auc"
     held = await alias_holder_at(db.pool, VIEW, "m1", "champion", on_v1)
     assert held is not None and held.version == v1

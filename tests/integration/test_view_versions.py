@@ -33,13 +33,27 @@ from tests.support.registry_history import (
 NAMES = VERSIONS.view_names()
 
 
-async def test_a_version_shows_its_content_stage_aliases_tags_and_latest_metrics(db: Database) -> None:
+async def test_a_version_shows_its_content_stage_aliases_tags_and_latest_metrics(
+    db: Database,
+) -> None:
     # given a version with typed parameters, two datasets, tags, a stage and an alias
     reg = await registry(db)
     churn = await reg.register_model("churn", owner="team-risk")
-    params = {"lr": 0.1, "alpha": 1.0, "huge": 1e300, "depth": 6, "objective": "binary", "early": True}
-    v1 = await reg.register_version(churn, params=params, datasets=["train", "holdout"], tags={"run": "nightly"},
-                                    description="first")
+    params = {
+        "lr": 0.1,
+        "alpha": 1.0,
+        "huge": 1e300,
+        "depth": 6,
+        "objective": "binary",
+        "early": True,
+    }
+    v1 = await reg.register_version(
+        churn,
+        params=params,
+        datasets=["train", "holdout"],
+        tags={"run": "nightly"},
+        description="first",
+    )
     registered = reg.now
     await reg.transition(churn, v1, "staging")
     staged = reg.now
@@ -57,11 +71,25 @@ async def test_a_version_shows_its_content_stage_aliases_tags_and_latest_metrics
     row = await get_version(db.pool, NAMES, churn, v1)
     domain = reg.state(churn).versions[v1]
     assert row == VersionRow(
-        model_id=churn, model_name="churn", version=1, stage=Stage.STAGING, stage_since=staged,
-        aliases=("champion",), description="first", tags={"run": "nightly"}, content=domain.content,
-        content_digest=domain.content_digest, registered_by="alice", deprecated=False, deprecation_reason="",
-        deprecated_at=None, owner="team-risk", model_archived=False, created_at=registered,
-        updated_at=staged + timedelta(seconds=1), position=row.position if row else 0,
+        model_id=churn,
+        model_name="churn",
+        version=1,
+        stage=Stage.STAGING,
+        stage_since=staged,
+        aliases=("champion",),
+        description="first",
+        tags={"run": "nightly"},
+        content=domain.content,
+        content_digest=domain.content_digest,
+        registered_by="alice",
+        deprecated=False,
+        deprecation_reason="",
+        deprecated_at=None,
+        owner="team-risk",
+        model_archived=False,
+        created_at=registered,
+        updated_at=staged + timedelta(seconds=1),
+        position=row.position if row else 0,
         metrics=(
             MetricValue(key="auc", dataset="", value=0.81, step=2, timestamp=at_step_2),
             MetricValue(key="loss", dataset="holdout", value=0.3, step=0, timestamp=reg.now),
@@ -80,16 +108,30 @@ async def test_the_later_point_wins_a_tie_of_step_and_timestamp(db: Database) ->
     m = await reg.register_model("m")
     v = await reg.register_version(m)
     moment = reg.now
-    await reg.log_points(m, v, [MetricInput(key="auc", value=0.5, step=3, timestamp=moment),
-                                MetricInput(key="auc", value=0.6, step=3, timestamp=moment)])
-    await reg.log_points(m, v, [MetricInput(key="auc", value=0.7, step=3, timestamp=moment),
-                                MetricInput(key="auc", value=0.1, step=3, timestamp=moment - timedelta(seconds=5))])
+    await reg.log_points(
+        m,
+        v,
+        [
+            MetricInput(key="auc", value=0.5, step=3, timestamp=moment),
+            MetricInput(key="auc", value=0.6, step=3, timestamp=moment),
+        ],
+    )
+    await reg.log_points(
+        m,
+        v,
+        [
+            MetricInput(key="auc", value=0.7, step=3, timestamp=moment),
+            MetricInput(key="auc", value=0.1, step=3, timestamp=moment - timedelta(seconds=5)),
+        ],
+    )
     await reg.project(VERSIONS)
     (auc,) = await latest_metrics(db.pool, NAMES, m, v)
     assert auc.value == 0.7 == reg.metrics_state(m, v).latest["auc"][""].value
 
 
-async def test_an_alias_moves_between_versions_and_leaves_with_an_archived_version(db: Database) -> None:
+async def test_an_alias_moves_between_versions_and_leaves_with_an_archived_version(
+    db: Database,
+) -> None:
     # given champion on v1, then moved to v2
     reg = await registry(db)
     m = await reg.register_model("ranker")
@@ -142,7 +184,11 @@ async def test_deprecation_is_shown_with_its_reason_and_time(db: Database) -> No
     await reg.project(VERSIONS)
     row = await get_version(db.pool, NAMES, m, 1)
     assert row is not None
-    assert (row.deprecated, row.deprecation_reason, row.deprecated_at) == (True, "leaks labels", reg.now)
+    assert (row.deprecated, row.deprecation_reason, row.deprecated_at) == (
+        True,
+        "leaks labels",
+        reg.now,
+    )
 
 
 async def assert_view_equals_domain(reg: Registry, conn: asyncpg.Connection, names: Names) -> int:
@@ -152,18 +198,31 @@ async def assert_view_equals_domain(reg: Registry, conn: asyncpg.Connection, nam
         for number, domain in state.versions.items():
             row = await get_version(conn, names, model_id, number)
             assert row is not None
-            assert (row.model_name, row.owner, row.model_archived) == (state.name, state.owner, state.archived)
-            assert (row.stage, row.aliases, row.tags, row.description) == (
-                domain.stage, tuple(sorted(domain.aliases)), domain.tags, domain.description,
+            assert (row.model_name, row.owner, row.model_archived) == (
+                state.name,
+                state.owner,
+                state.archived,
             )
-            assert (row.deprecated, row.deprecation_reason) == (domain.deprecated, domain.deprecation_reason)
+            assert (row.stage, row.aliases, row.tags, row.description) == (
+                domain.stage,
+                tuple(sorted(domain.aliases)),
+                domain.tags,
+                domain.description,
+            )
+            assert (row.deprecated, row.deprecation_reason) == (
+                domain.deprecated,
+                domain.deprecation_reason,
+            )
             assert (row.content, row.content_digest, row.registered_by) == (
-                domain.content, domain.content_digest, domain.registered_by,
+                domain.content,
+                domain.content_digest,
+                domain.registered_by,
             )
             latest = reg.metrics_state(model_id, number).latest
             assert {(m.key, m.dataset): (m.value, m.step, m.timestamp) for m in row.metrics} == {
                 (key, dataset): (m.value, m.step, m.timestamp)
-                for key, by_dataset in latest.items() for dataset, m in by_dataset.items()
+                for key, by_dataset in latest.items()
+                for dataset, m in by_dataset.items()
             }
             compared += 1
     return compared
@@ -178,7 +237,9 @@ async def test_the_view_equals_the_domains_own_fold_after_a_random_history(db: D
     assert await assert_view_equals_domain(reg, reg.conn, NAMES) > 50
 
 
-async def test_rebuild_equals_live_after_a_long_random_history_and_with_writes_during_it(db: Database) -> None:
+async def test_rebuild_equals_live_after_a_long_random_history_and_with_writes_during_it(
+    db: Database,
+) -> None:
     reg = await registry(db)
     rng = random.Random(43)
     for _ in range(8):
@@ -197,11 +258,15 @@ async def test_time_travel_at_many_positions_equals_the_live_view_as_it_was(db: 
     async def watched_version(conn: asyncpg.Connection, names: Names) -> VersionRow | None:
         return await get_version(conn, names, watched, 1)
 
-    recorded = await record_live_positions(reg, VERSIONS, checksum, batch=5, observe=watched_version)
+    recorded = await record_live_positions(
+        reg, VERSIONS, checksum, batch=5, observe=watched_version
+    )
     assert len(recorded) > 20
     for position, expected, row in random.Random(4).sample(recorded, 12):
         assert await as_of(reg, VERSIONS, position, checksum) == expected
         assert await as_of(reg, VERSIONS, position, watched_version, model_id=watched) == row
     # and the scratch-table fold the API serves "as of" reads from gives the same rows
-    for position, expected, _ in recorded[-1:] + recorded[len(recorded) // 2:len(recorded) // 2 + 1]:
+    for position, expected, _ in (
+        recorded[-1:] + recorded[len(recorded) // 2 : len(recorded) // 2 + 1]
+    ):
         assert await as_of(reg, VERSIONS, position, checksum, scratch=True) == expected

@@ -34,10 +34,14 @@ class Api:
         return {"Authorization": f"Bearer {secret or self.admin}"}
 
     async def token(self, principal: str, *roles: Role, scopes: tuple[str, ...] = ()) -> str:
-        _, secret = await issue_token(self.services.executor, actor="admin", principal=principal, roles=roles, scopes=scopes)
+        _, secret = await issue_token(
+            self.services.executor, actor="admin", principal=principal, roles=roles, scopes=scopes
+        )
         return secret
 
-    async def request(self, method: str, path: str, *, as_: str | None = None, **kwargs: Any) -> httpx.Response:
+    async def request(
+        self, method: str, path: str, *, as_: str | None = None, **kwargs: Any
+    ) -> httpx.Response:
         headers = {**self.auth(as_), **kwargs.pop("headers", {})}
         return await self.client.request(method, path, headers=headers, **kwargs)
 
@@ -62,7 +66,13 @@ async def running_api(db: Database, settings: Settings | None = None) -> AsyncIt
     settings = settings or load_settings({}, db_schema=db.schema, read_wait_timeout=10.0)
     sealer = Sealer(db.connect, db.schema)
     services = build_services(settings, db.pool, on_append=lambda _: sealer.wake())
-    worker = ProjectionWorker(db.connect, db.schema, all_projections(), channel=sealed_channel(db.schema), poll_interval=0.05)
+    worker = ProjectionWorker(
+        db.connect,
+        db.schema,
+        all_projections(),
+        channel=sealed_channel(db.schema),
+        poll_interval=0.05,
+    )
     stop = asyncio.Event()
     tasks = [asyncio.create_task(sealer.run(stop)), asyncio.create_task(worker.run(stop))]
     try:
@@ -71,7 +81,9 @@ async def running_api(db: Database, settings: Settings | None = None) -> AsyncIt
         app = Litestar(**api_app_kwargs(services))
         # ASGITransport runs the app in this event loop, where the pool lives.
         transport = httpx.ASGITransport(app=app)  # type: ignore[arg-type]  # Litestar's scope types are narrower
-        async with httpx.AsyncClient(transport=transport, base_url="http://modelreg.test") as client:
+        async with httpx.AsyncClient(
+            transport=transport, base_url="http://modelreg.test"
+        ) as client:
             yield Api(client, services, admin)
     finally:
         stop.set()

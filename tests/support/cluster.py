@@ -36,10 +36,17 @@ def clean_environ(**settings: str) -> dict[str, str]:
     return base | settings
 
 
-def run_cli(args: list[str], env: Mapping[str, str], timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
+def run_cli(
+    args: list[str], env: Mapping[str, str], timeout: float = 60.0
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(  # our own CLI, fixed arguments
         [sys.executable, "-m", "service", *args],
-        cwd=REPO, env=dict(env), capture_output=True, text=True, timeout=timeout, check=False,
+        cwd=REPO,
+        env=dict(env),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
     )
 
 
@@ -72,7 +79,11 @@ class ServeProcess:
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(  # our own CLI, fixed arguments
                 [sys.executable, "-m", "service", "serve", "--role", self.role],
-                cwd=REPO, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                cwd=REPO,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
         return self
@@ -86,7 +97,9 @@ class ServeProcess:
         with httpx.Client(timeout=2.0) as client:
             while time.monotonic() < deadline:
                 if not self.running:
-                    raise AssertionError(f"{self.name} exited {self.proc and self.proc.returncode}:\n{self.log()[-4000:]}")
+                    raise AssertionError(
+                        f"{self.name} exited {self.proc and self.proc.returncode}:\n{self.log()[-4000:]}"
+                    )
                 if self.port is None and (found := SERVING.search(self.log())):
                     self.port = int(found.group(1))
                 if self.port is not None:
@@ -146,11 +159,14 @@ async def lock_holders(conn: asyncpg.Connection, names: Iterable[str]) -> dict[s
             " WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1"
             " AND l.classid::bigint = $1 AND l.objid::bigint = $2 AND l.database = ("
             "   SELECT oid FROM pg_database WHERE datname = current_database())",
-            (key >> 32) & 0xFFFFFFFF, key & 0xFFFFFFFF,
+            (key >> 32) & 0xFFFFFFFF,
+            key & 0xFFFFFFFF,
         )
         if row is not None:
             port = row["client_port"]
-            held[name] = Holder(row["pid"], row["application_name"], port if port and port > 0 else None)
+            held[name] = Holder(
+                row["pid"], row["application_name"], port if port and port > 0 else None
+            )
     return held
 
 
@@ -182,11 +198,18 @@ def _socket_inodes(pid: int) -> set[int]:
 
 def _unix_peers() -> dict[int, int]:
     """inode -> peer inode of every connected Unix stream socket (``ss`` reads sock_diag)."""
-    out = subprocess.run(["ss", "-xnH"], capture_output=True, text=True, check=True).stdout  # fixed arguments
+    out = subprocess.run(
+        ["ss", "-xnH"], capture_output=True, text=True, check=True
+    ).stdout  # fixed arguments
     peers: dict[int, int] = {}
     for line in out.splitlines():
         fields = line.split()
-        if len(fields) >= 8 and fields[0] == "u_str" and fields[5].isdigit() and fields[7].isdigit():
+        if (
+            len(fields) >= 8
+            and fields[0] == "u_str"
+            and fields[5].isdigit()
+            and fields[7].isdigit()
+        ):
             peers[int(fields[5])] = int(fields[7])
     return peers
 

@@ -11,8 +11,15 @@ from tests.support.publication import Names, wait_until
 
 
 def subscription(names: Names, **overrides: object) -> Subscription:
-    options: dict[str, object] = {"name": "c1", "stream": names.stream, "subject_prefix": names.prefix,
-                                  "batch_size": 10, "ack_wait": 1.0, "retry_backoff": 0.001, "pull_wait": 0.2}
+    options: dict[str, object] = {
+        "name": "c1",
+        "stream": names.stream,
+        "subject_prefix": names.prefix,
+        "batch_size": 10,
+        "ack_wait": 1.0,
+        "retry_backoff": 0.001,
+        "pull_wait": 0.2,
+    }
     options.update(overrides)
     return Subscription(**options)  # type: ignore[arg-type]
 
@@ -41,7 +48,9 @@ class Recorder:
         return [str(d.event.id) for d in self.handled]
 
 
-async def consume_until(consumer: EventConsumer, done: Callable[[], bool], timeout: float = 20.0) -> None:
+async def consume_until(
+    consumer: EventConsumer, done: Callable[[], bool], timeout: float = 20.0
+) -> None:
     stop = asyncio.Event()
     task = asyncio.create_task(consumer.run(stop))
     try:

@@ -75,7 +75,9 @@ class FlakyProxy:
         with self._lock:
             self._rules.append(_Rule("drop", count, match))
 
-    def fail_requests(self, count: int, *, status: int = 503, retry_after: str | None = "0", match: bytes = b"") -> None:
+    def fail_requests(
+        self, count: int, *, status: int = 503, retry_after: str | None = "0", match: bytes = b""
+    ) -> None:
         """Answer the next ``count`` matching requests with ``status`` without forwarding them."""
         with self._lock:
             self._rules.append(_Rule("fail", count, match, status, retry_after))
@@ -104,7 +106,12 @@ class FlakyProxy:
         future.result(10)
         return self
 
-    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None) -> None:
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        trace: TracebackType | None,
+    ) -> None:
         asyncio.run_coroutine_threadsafe(self._stop(), self._loop).result(10)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(10)
@@ -122,7 +129,9 @@ class FlakyProxy:
 
     # ---------------------------------------------------------------- proxying
 
-    async def _serve(self, client_in: asyncio.StreamReader, client_out: asyncio.StreamWriter) -> None:
+    async def _serve(
+        self, client_in: asyncio.StreamReader, client_out: asyncio.StreamWriter
+    ) -> None:
         upstream: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
         try:
             while True:
@@ -183,8 +192,15 @@ def body_of(message: bytes) -> bytes:
 
 
 def _error_response(status: int, retry_after: str | None) -> bytes:
-    body = (b'{"type":"urn:modelreg:unavailable","title":"Try again","status":%d,"code":"unavailable"}' % status)
-    lines = [f"HTTP/1.1 {status} Try Again", "Content-Type: application/problem+json", f"Content-Length: {len(body)}"]
+    body = (
+        b'{"type":"urn:modelreg:unavailable","title":"Try again","status":%d,"code":"unavailable"}'
+        % status
+    )
+    lines = [
+        f"HTTP/1.1 {status} Try Again",
+        "Content-Type: application/problem+json",
+        f"Content-Length: {len(body)}",
+    ]
     if retry_after is not None:
         lines.append(f"Retry-After: {retry_after}")
     return ("\r\n".join(lines) + "\r\n\r\n").encode() + body

@@ -94,9 +94,13 @@ class Registry:
             fields.setdefault("registry_policy", self.policy)
         return cls(actor=actor, now=self.now, **fields)
 
-    async def model(self, model_id: str, cls: type[Command], actor: str = "alice", /, **fields: Any) -> list[Event]:
+    async def model(
+        self, model_id: str, cls: type[Command], actor: str = "alice", /, **fields: Any
+    ) -> list[Event]:
         """Run one model command now; the clock then moves on by one step."""
-        outcome = await self.executor.execute(model_stream(model_id), MODEL, self.command(cls, actor, **fields))
+        outcome = await self.executor.execute(
+            model_stream(model_id), MODEL, self.command(cls, actor, **fields)
+        )
         self.tick()
         return list(outcome.events)
 
@@ -105,7 +109,9 @@ class Registry:
         return state
 
     async def register(self, model_id: str, name: str, actor: str = "alice") -> None:
-        await self.model(model_id, RegisterModel, actor, model_id=model_id, name=name, owner="team-risk")
+        await self.model(
+            model_id, RegisterModel, actor, model_id=model_id, name=name, owner="team-risk"
+        )
 
     async def version(self, model_id: str, actor: str = "alice", seed: int = 1) -> int:
         events = await self.model(model_id, RegisterVersion, actor, content=content(seed))
@@ -116,16 +122,29 @@ class Registry:
         """development -> staging -> production by direct transitions (the default policy allows them)."""
         state = await self.state(model_id)
         if state.version(version).stage == Stage.DEVELOPMENT:
-            await self.model(model_id, TransitionStage, actor, version=version, to_stage=Stage.STAGING)
-        return await self.model(model_id, TransitionStage, actor, version=version, to_stage=Stage.PRODUCTION)
+            await self.model(
+                model_id, TransitionStage, actor, version=version, to_stage=Stage.STAGING
+            )
+        return await self.model(
+            model_id, TransitionStage, actor, version=version, to_stage=Stage.PRODUCTION
+        )
 
-    async def metrics(self, model_id: str, version: int, actor: str = "trainer", **values: float) -> None:
-        command = LogMetrics(actor=actor, now=self.now, model_id=model_id, version=version,
-                             metrics=tuple(MetricInput(key=k, value=v) for k, v in values.items()))
+    async def metrics(
+        self, model_id: str, version: int, actor: str = "trainer", **values: float
+    ) -> None:
+        command = LogMetrics(
+            actor=actor,
+            now=self.now,
+            model_id=model_id,
+            version=version,
+            metrics=tuple(MetricInput(key=k, value=v) for k, v in values.items()),
+        )
         await self.executor.execute(metrics_stream(model_id, version), METRICS, command)
         self.tick()
 
-    async def set_registry_policy(self, policy: GovernancePolicy, actor: str = "admin", comment: str = "") -> None:
+    async def set_registry_policy(
+        self, policy: GovernancePolicy, actor: str = "admin", comment: str = ""
+    ) -> None:
         command = SetRegistryPolicy(actor=actor, now=self.now, policy=policy, comment=comment)
         await self.executor.execute(REGISTRY_POLICY_STREAM, REGISTRY_POLICY, command)
         self.policy = policy
@@ -164,15 +183,21 @@ class Registry:
 def gated_policy(approvals: int = 1, separation_of_duties: bool = True) -> GovernancePolicy:
     """The default transitions, but staging -> production needs ``approvals`` approvals."""
     transitions = tuple(
-        TransitionRule(from_stage=r.from_stage, to_stage=r.to_stage,
-                       approvals=approvals if r.to_stage == Stage.PRODUCTION else 0)
+        TransitionRule(
+            from_stage=r.from_stage,
+            to_stage=r.to_stage,
+            approvals=approvals if r.to_stage == Stage.PRODUCTION else 0,
+        )
         for r in DEFAULT_POLICY.transitions
     )
-    return GovernancePolicy(transitions=transitions, separation_of_duties=separation_of_duties,
-                            request_ttl_seconds=3600)
+    return GovernancePolicy(
+        transitions=transitions, separation_of_duties=separation_of_duties, request_ttl_seconds=3600
+    )
 
 
-async def random_history(reg: Registry, rng: random.Random, steps: int, models: Sequence[str] = ("m1", "m2", "m3")) -> int:
+async def random_history(
+    reg: Registry, rng: random.Random, steps: int, models: Sequence[str] = ("m1", "m2", "m3")
+) -> int:
     """A random walk of plausible commands; returns how many were recorded (refusals skipped)."""
     recorded = 0
     if reg.policy == DEFAULT_POLICY:
@@ -206,14 +231,28 @@ async def _random_command(reg: Registry, rng: random.Random, model_id: str) -> b
     if not versions or roll < 0.08:
         await reg.version(model_id, actor, seed=rng.randrange(100))
     elif roll < 0.12:
-        await reg.metrics(model_id, rng.choice(versions), actor, auc=rng.random(), loss=rng.random())
+        await reg.metrics(
+            model_id, rng.choice(versions), actor, auc=rng.random(), loss=rng.random()
+        )
     elif roll < 0.28:
         version = rng.choice(versions)
         target = rng.choice((Stage.STAGING, Stage.PRODUCTION, Stage.DEVELOPMENT, Stage.ARCHIVED))
-        await reg.model(model_id, TransitionStage, actor, version=version, to_stage=target, comment=f"c{rng.randrange(9)}")
+        await reg.model(
+            model_id,
+            TransitionStage,
+            actor,
+            version=version,
+            to_stage=target,
+            comment=f"c{rng.randrange(9)}",
+        )
     elif roll < 0.35:
-        await reg.model(model_id, SetAlias, actor, alias=rng.choice(("champion", "challenger")),
-                        version=rng.choice(versions))
+        await reg.model(
+            model_id,
+            SetAlias,
+            actor,
+            alias=rng.choice(("champion", "challenger")),
+            version=rng.choice(versions),
+        )
     elif roll < 0.38 and state.aliases:
         await reg.model(model_id, RemoveAlias, actor, alias=rng.choice(sorted(state.aliases)))
     elif roll < 0.50:
@@ -221,48 +260,105 @@ async def _random_command(reg: Registry, rng: random.Random, model_id: str) -> b
         # Mostly the next stage up, so the request is plausible; sometimes just an alias.
         following = {Stage.DEVELOPMENT: Stage.STAGING, Stage.STAGING: Stage.PRODUCTION}
         next_stage = following.get(state.versions[version].stage) if rng.random() < 0.8 else None
-        alias = rng.choice((None, "champion", "shadow")) if next_stage else rng.choice(("champion", "shadow"))
-        await reg.model(model_id, RequestPromotion, actor, request_id=reg.new_id("r"), version=version,
-                        target_stage=next_stage, alias=alias, justification="ready")
+        alias = (
+            rng.choice((None, "champion", "shadow"))
+            if next_stage
+            else rng.choice(("champion", "shadow"))
+        )
+        await reg.model(
+            model_id,
+            RequestPromotion,
+            actor,
+            request_id=reg.new_id("r"),
+            version=version,
+            target_stage=next_stage,
+            alias=alias,
+            justification="ready",
+        )
     elif roll < 0.66 and pending:
         request = rng.choice(pending)
         which = rng.random()
         if which < 0.6:
-            await reg.model(model_id, ApprovePromotion, rng.choice(APPROVERS), request_id=request.request_id)
+            await reg.model(
+                model_id, ApprovePromotion, rng.choice(APPROVERS), request_id=request.request_id
+            )
         elif which < 0.75:
-            await reg.model(model_id, RejectPromotion, rng.choice(APPROVERS), request_id=request.request_id,
-                            comment="not yet")
+            await reg.model(
+                model_id,
+                RejectPromotion,
+                rng.choice(APPROVERS),
+                request_id=request.request_id,
+                comment="not yet",
+            )
         elif which < 0.9:
-            await reg.model(model_id, CancelPromotion, request.requested_by, request_id=request.request_id)
+            await reg.model(
+                model_id, CancelPromotion, request.requested_by, request_id=request.request_id
+            )
         else:
             reg.tick(3600)
             await reg.model(model_id, ExpirePromotion, "system", request_id=request.request_id)
     elif roll < 0.71:
-        await reg.model(model_id, StartDeployment, "deployer", deployment_id=reg.new_id("d"),
-                        version=rng.choice(versions), environment=rng.choice(("prod", "staging")),
-                        target="svc", **rng.choice(({"desired_stage": Stage.PRODUCTION},
-                                                    {"desired_alias": "champion"}, {})))
+        await reg.model(
+            model_id,
+            StartDeployment,
+            "deployer",
+            deployment_id=reg.new_id("d"),
+            version=rng.choice(versions),
+            environment=rng.choice(("prod", "staging")),
+            target="svc",
+            **rng.choice(({"desired_stage": Stage.PRODUCTION}, {"desired_alias": "champion"}, {})),
+        )
     elif roll < 0.80 and started:
         deployment = rng.choice(started)
         if rng.random() < 0.75:
-            await reg.model(model_id, ReportDeploymentSucceeded, "deployer", deployment_id=deployment.deployment_id)
+            await reg.model(
+                model_id,
+                ReportDeploymentSucceeded,
+                "deployer",
+                deployment_id=deployment.deployment_id,
+            )
         else:
-            await reg.model(model_id, ReportDeploymentFailed, "deployer", deployment_id=deployment.deployment_id,
-                            reason="crashloop")
+            await reg.model(
+                model_id,
+                ReportDeploymentFailed,
+                "deployer",
+                deployment_id=deployment.deployment_id,
+                reason="crashloop",
+            )
     elif roll < 0.83 and live:
-        await reg.model(model_id, ReportDeploymentRolledBack, "deployer", deployment_id=rng.choice(live).deployment_id,
-                        reason="errors")
+        await reg.model(
+            model_id,
+            ReportDeploymentRolledBack,
+            "deployer",
+            deployment_id=rng.choice(live).deployment_id,
+            reason="errors",
+        )
     elif roll < 0.86:
         await reg.model(model_id, Rollback, actor, reason="bad release")
     elif roll < 0.89:
-        await reg.model(model_id, RestoreVersion, "admin", version=rng.choice(versions), reason="needed",
-                        actor_is_admin=True)
+        await reg.model(
+            model_id,
+            RestoreVersion,
+            "admin",
+            version=rng.choice(versions),
+            reason="needed",
+            actor_is_admin=True,
+        )
     elif roll < 0.92:
-        await reg.model(model_id, SetModelPolicy, "admin",
-                        policy=gated_policy(rng.choice((1, 2)), separation_of_duties=rng.random() < 0.7))
+        await reg.model(
+            model_id,
+            SetModelPolicy,
+            "admin",
+            policy=gated_policy(rng.choice((1, 2)), separation_of_duties=rng.random() < 0.7),
+        )
     elif roll < 0.94:
         await reg.set_registry_policy(gated_policy(1, separation_of_duties=rng.random() < 0.5))
     else:
-        await reg.model(model_id, SetVersionTags, actor, version=rng.choice(versions),
-                        tags={"k": str(rng.randrange(5))})
+        await reg.model(
+            model_id,
+            SetVersionTags,
+            actor,
+            version=rng.choice(versions),
+            tags={"k": str(rng.randrange(5))},
+        )
     return True

@@ -76,20 +76,36 @@ class NatsNode:
             return self
         args = [nats_server_binary(), *(["--config", str(self.config)] if self.config else [])]
         args += [
-            "--jetstream", "--store_dir", str(self.store_dir),
-            "--addr", "127.0.0.1", "--port", str(self.port), "--server_name", self.name,
-            "--log", str(self.log_path),
+            "--jetstream",
+            "--store_dir",
+            str(self.store_dir),
+            "--addr",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--server_name",
+            self.name,
+            "--log",
+            str(self.log_path),
         ]
         if self.cluster_name is not None:
             assert self.cluster_port is not None
-            args += ["--cluster_name", self.cluster_name,
-                     "--cluster", f"nats://127.0.0.1:{self.cluster_port}"]
+            args += [
+                "--cluster_name",
+                self.cluster_name,
+                "--cluster",
+                f"nats://127.0.0.1:{self.cluster_port}",
+            ]
             if self.routes:
                 args += ["--routes", ",".join(f"nats://127.0.0.1:{p}" for p in self.routes)]
         with self.log_path.open("ab") as log:
             self._proc = subprocess.Popen(  # our own binary, fixed arguments
-                args, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                start_new_session=True, env=None if self.env is None else {**os.environ, **self.env},
+                args,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                env=None if self.env is None else {**os.environ, **self.env},
             )
         if wait:
             self.wait_listening()
@@ -100,8 +116,13 @@ class NatsNode:
         while time.monotonic() < deadline:
             assert self._proc is not None
             if self._proc.poll() is not None:
-                raise RuntimeError(f"nats-server {self.name} exited: {self.log_path.read_text()[-2000:]}")
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s:
+                raise RuntimeError(
+                    f"nats-server {self.name} exited: {self.log_path.read_text()[-2000:]}"
+                )
+            with (
+                contextlib.suppress(OSError),
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s,
+            ):
                 line = s.makefile("rb").readline(65536)
                 if line.startswith(b"INFO ") and json.loads(line[5:]).get("jetstream"):
                     return
@@ -134,7 +155,10 @@ class NatsCluster:
         cluster_ports = [free_port() for _ in range(size)]
         self.nodes = [
             NatsNode(
-                workdir, f"c{i + 1}", cluster_name=name, cluster_port=cluster_ports[i],
+                workdir,
+                f"c{i + 1}",
+                cluster_name=name,
+                cluster_port=cluster_ports[i],
                 routes=[p for j, p in enumerate(cluster_ports) if j != i],
             )
             for i in range(size)
@@ -177,12 +201,16 @@ class NatsCluster:
 
 async def connect(servers: str | list[str], **kwargs: object) -> NatsClient:
     """A client that reconnects quickly: tests restart servers and expect prompt recovery."""
+
     async def quiet(exc: Exception) -> None:
         return None  # servers are stopped on purpose here; tracebacks would only be noise
 
     options: dict[str, object] = {
-        "connect_timeout": 1, "reconnect_time_wait": 0.1, "max_reconnect_attempts": -1,
-        "allow_reconnect": True, "error_cb": quiet,
+        "connect_timeout": 1,
+        "reconnect_time_wait": 0.1,
+        "max_reconnect_attempts": -1,
+        "allow_reconnect": True,
+        "error_cb": quiet,
     }
     options.update(kwargs)
     return await nats.connect(servers=servers, **options)
@@ -223,7 +251,9 @@ class TcpProxy:
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
-    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, replies: bool) -> None:
+    async def _pipe(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, replies: bool
+    ) -> None:
         try:
             while data := await reader.read(65536):
                 if replies and self.blackhole_replies:
@@ -244,7 +274,9 @@ class TcpProxy:
                     sock = transport.get_extra_info("socket")
                     if sock is not None:
                         # RST rather than FIN, so no in-flight reply sneaks through.
-                        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+                        sock.setsockopt(
+                            socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00"
+                        )
                     transport.abort()
         self._pairs.clear()
 

@@ -91,8 +91,11 @@ def store(db: Database) -> EventStore:
 def relay_config(db: Database, names: Names, **overrides: object) -> RelayConfig:
     stream = overrides.pop("stream", names.spec())
     options: dict[str, object] = {
-        "ack_timeout": 2.0, "poll_interval": 0.2, "standby_interval": 0.05,
-        "backoff_initial": 0.05, "backoff_max": 0.3,
+        "ack_timeout": 2.0,
+        "poll_interval": 0.2,
+        "standby_interval": 0.05,
+        "backoff_initial": 0.05,
+        "backoff_max": 0.3,
     }
     options.update(overrides)
     return RelayConfig(schema=db.schema, stream=stream, **options)  # type: ignore[arg-type]
@@ -101,6 +104,7 @@ def relay_config(db: Database, names: Names, **overrides: object) -> RelayConfig
 def nats_factory(servers: str | list[str]) -> Callable[[], Awaitable[NatsClient]]:
     async def factory() -> NatsClient:
         return await connect(servers, max_reconnect_attempts=2)
+
     return factory
 
 
@@ -162,10 +166,17 @@ async def stream_contents(nc: NatsClient, stream: str) -> list[Stored]:
     if not info.state.messages:
         return []
     name = f"read_{secrets.token_hex(4)}"
-    await js.add_consumer(stream, ConsumerConfig(
-        name=name, deliver_policy=DeliverPolicy.ALL, ack_policy=AckPolicy.NONE,
-        inactive_threshold=30, mem_storage=True, num_replicas=1,
-    ))
+    await js.add_consumer(
+        stream,
+        ConsumerConfig(
+            name=name,
+            deliver_policy=DeliverPolicy.ALL,
+            ack_policy=AckPolicy.NONE,
+            inactive_threshold=30,
+            mem_storage=True,
+            num_replicas=1,
+        ),
+    )
     sub = await js.pull_subscribe_bind(consumer=name, stream=stream)
     out: list[Stored] = []
     try:
@@ -174,7 +185,10 @@ async def stream_contents(nc: NatsClient, stream: str) -> list[Stored]:
                 msgs = await sub.fetch(1000, timeout=2)
             except nats.errors.TimeoutError:
                 break
-            out += [Stored(m.metadata.sequence.stream, m.subject, dict(m.headers or {}), m.data) for m in msgs]
+            out += [
+                Stored(m.metadata.sequence.stream, m.subject, dict(m.headers or {}), m.data)
+                for m in msgs
+            ]
     finally:
         await sub.unsubscribe()
         await js.delete_consumer(stream, name)
@@ -188,7 +202,9 @@ async def log_event_ids(db: Database) -> list[str]:
     return [str(r["event_id"]) for r in rows]
 
 
-async def wait_until(condition: Callable[[], Awaitable[bool]], timeout: float = 20.0, what: str = "condition") -> None:
+async def wait_until(
+    condition: Callable[[], Awaitable[bool]], timeout: float = 20.0, what: str = "condition"
+) -> None:
     deadline = asyncio.get_running_loop().time() + timeout
     while not await condition():
         assert asyncio.get_running_loop().time() < deadline, f"{what} not reached in {timeout} s"
@@ -202,6 +218,7 @@ async def wait_published(nc: NatsClient, stream: str, count: int, timeout: float
         except Exception:
             return False
         return info.state.messages >= count
+
     await wait_until(enough, timeout, f"{count} messages in {stream}")
 
 

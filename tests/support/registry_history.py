@@ -113,15 +113,27 @@ def name_keys(events: Sequence[Any], state: Any) -> tuple[list[str], list[str]]:
     return claim, release
 
 
-def version_content(name: str, number: int, params: Mapping[str, Any], datasets: Sequence[str]) -> VersionContent:
+def version_content(
+    name: str, number: int, params: Mapping[str, Any], datasets: Sequence[str]
+) -> VersionContent:
     """A valid content: one artifact, ``params``, the first dataset for training, the rest for testing."""
     return VersionContent(
-        artifacts=(ArtifactEntry(path="model.pkl", uri=f"s3://models/{name}/{number}/model.pkl",
-                                 sha256=f"{number:064x}", size=1000 + number),),
+        artifacts=(
+            ArtifactEntry(
+                path="model.pkl",
+                uri=f"s3://models/{name}/{number}/model.pkl",
+                sha256=f"{number:064x}",
+                size=1000 + number,
+            ),
+        ),
         parameters=dict(params),
         datasets=tuple(
-            DatasetReference(name=d, uri=f"s3://data/{d}", digest=f"sha256:{i:064x}",
-                             role=DatasetRole.TRAIN if i == 0 else DatasetRole.TEST)
+            DatasetReference(
+                name=d,
+                uri=f"s3://data/{d}",
+                digest=f"sha256:{i:064x}",
+                role=DatasetRole.TRAIN if i == 0 else DatasetRole.TEST,
+            )
             for i, d in enumerate(datasets)
         ),
         run=RunReference(run_id=f"run-{name}-{number}", tracker="mlflow"),
@@ -152,7 +164,9 @@ class Registry:
         self.now += timedelta(seconds=seconds)
         return self.now
 
-    def _fields(self, cls: type[Command], actor: str | None, fields: dict[str, Any]) -> dict[str, Any]:
+    def _fields(
+        self, cls: type[Command], actor: str | None, fields: dict[str, Any]
+    ) -> dict[str, Any]:
         self.now += timedelta(seconds=1)
         if issubclass(cls, GovernedCommand):
             fields.setdefault("registry_policy", self.registry_policy)
@@ -163,7 +177,9 @@ class Registry:
     ) -> Outcome[Any, Any]:
         """Decide and append one command on model ``stream_of``'s stream; remember the state it left."""
         command = cls(**self._fields(cls, actor, fields))
-        outcome = await self.executor.execute(model_stream(stream_of), MODEL, command, keys=name_keys)
+        outcome = await self.executor.execute(
+            model_stream(stream_of), MODEL, command, keys=name_keys
+        )
         self.states[stream_of] = outcome.state
         return outcome
 
@@ -187,7 +203,9 @@ class Registry:
             if head >= await self.conn.fetchval("SELECT count(*) FROM events"):
                 return head
             if asyncio.get_running_loop().time() > deadline:
-                raise TimeoutError(f"events stayed unsealed for {timeout}s (a long open transaction?)")
+                raise TimeoutError(
+                    f"events stayed unsealed for {timeout}s (a long open transaction?)"
+                )
             await asyncio.sleep(0.01)
 
     async def project(self, *projections: Projection, batch: int = 1000) -> int:
@@ -202,12 +220,23 @@ class Registry:
     # --- models -------------------------------------------------------------------------
 
     async def register_model(
-        self, name: str, owner: str = "team-ml", tags: Mapping[str, str] | None = None, description: str = "",
+        self,
+        name: str,
+        owner: str = "team-ml",
+        tags: Mapping[str, str] | None = None,
+        description: str = "",
         model_id: str | None = None,
     ) -> str:
         model_id = model_id or self.next_id("m")
-        await self.execute(model_id, RegisterModel, model_id=model_id, name=name, owner=owner,
-                           tags=dict(tags or {}), description=description)
+        await self.execute(
+            model_id,
+            RegisterModel,
+            model_id=model_id,
+            name=name,
+            owner=owner,
+            tags=dict(tags or {}),
+            description=description,
+        )
         return model_id
 
     async def describe(self, model_id: str, description: str) -> None:
@@ -239,20 +268,33 @@ class Registry:
     # --- versions -----------------------------------------------------------------------
 
     async def register_version(
-        self, model_id: str, params: Mapping[str, Any] | None = None, datasets: Sequence[str] = ("train",),
-        tags: Mapping[str, str] | None = None, description: str = "", actor: str | None = None,
+        self,
+        model_id: str,
+        params: Mapping[str, Any] | None = None,
+        datasets: Sequence[str] = ("train",),
+        tags: Mapping[str, str] | None = None,
+        description: str = "",
+        actor: str | None = None,
     ) -> int:
         state = self.states.get(model_id)
         number = (state.last_version if state else 0) + 1
         name = state.name if state else model_id
         content = version_content(name, number, params or {}, datasets)
-        outcome = await self.execute(model_id, RegisterVersion, actor, content=content, tags=dict(tags or {}),
-                                     description=description)
+        outcome = await self.execute(
+            model_id,
+            RegisterVersion,
+            actor,
+            content=content,
+            tags=dict(tags or {}),
+            description=description,
+        )
         registered: int = outcome.state.last_version
         return registered
 
     async def describe_version(self, model_id: str, version: int, description: str) -> None:
-        await self.execute(model_id, UpdateVersionDescription, version=version, description=description)
+        await self.execute(
+            model_id, UpdateVersionDescription, version=version, description=description
+        )
 
     async def set_version_tags(self, model_id: str, version: int, tags: Mapping[str, str]) -> None:
         await self.execute(model_id, SetVersionTags, version=version, tags=dict(tags))
@@ -264,32 +306,57 @@ class Registry:
         await self.execute(model_id, DeprecateVersion, version=version, reason=reason)
 
     async def log_metrics(
-        self, model_id: str, version: int, values: Mapping[str, float], dataset: str | None = None, step: int = 0,
+        self,
+        model_id: str,
+        version: int,
+        values: Mapping[str, float],
+        dataset: str | None = None,
+        step: int = 0,
     ) -> None:
-        await self.log_points(model_id, version,
-                              [MetricInput(key=k, value=v, step=step, dataset=dataset) for k, v in values.items()])
+        await self.log_points(
+            model_id,
+            version,
+            [MetricInput(key=k, value=v, step=step, dataset=dataset) for k, v in values.items()],
+        )
 
     async def log_points(self, model_id: str, version: int, points: Sequence[MetricInput]) -> None:
-        command = LogMetrics(**self._fields(LogMetrics, None, {"model_id": model_id, "version": version,
-                                                               "metrics": tuple(points)}))
+        command = LogMetrics(
+            **self._fields(
+                LogMetrics,
+                None,
+                {"model_id": model_id, "version": version, "metrics": tuple(points)},
+            )
+        )
         outcome = await self.executor.execute(metrics_stream(model_id, version), METRICS, command)
         self.metric_states[(model_id, version)] = outcome.state
 
     # --- stages, aliases, promotions ------------------------------------------------------
 
-    async def _gate_metrics(self, model_id: str, *versions: int | None) -> dict[int, dict[str, dict[str, float]]]:
+    async def _gate_metrics(
+        self, model_id: str, *versions: int | None
+    ) -> dict[int, dict[str, dict[str, float]]]:
         """The metric snapshot governed commands carry (latest values), for the versions named."""
         snapshot: dict[int, dict[str, dict[str, float]]] = {}
         for number in versions:
             if number is not None:
                 latest = self.metrics_state(model_id, number).latest
-                snapshot[number] = {k: {d: m.value for d, m in by.items()} for k, by in latest.items()}
+                snapshot[number] = {
+                    k: {d: m.value for d, m in by.items()} for k, by in latest.items()
+                }
         return snapshot
 
-    async def transition(self, model_id: str, version: int, to: Stage | str, comment: str = "") -> None:
+    async def transition(
+        self, model_id: str, version: int, to: Stage | str, comment: str = ""
+    ) -> None:
         metrics = await self._gate_metrics(model_id, version, self.states[model_id].production)
-        await self.execute(model_id, TransitionStage, version=version, to_stage=Stage(to), comment=comment,
-                           metrics=metrics)
+        await self.execute(
+            model_id,
+            TransitionStage,
+            version=version,
+            to_stage=Stage(to),
+            comment=comment,
+            metrics=metrics,
+        )
 
     async def archive_version(self, model_id: str, version: int, reason: str = "old") -> None:
         await self.execute(model_id, ArchiveVersion, version=version, reason=reason)
@@ -304,22 +371,48 @@ class Registry:
         await self.execute(model_id, Rollback, reason=reason)
 
     async def request_promotion(
-        self, model_id: str, version: int, stage: Stage | str | None = None, alias: str | None = None,
-        actor: str | None = None, justification: str = "ready", rollback: bool = False,
+        self,
+        model_id: str,
+        version: int,
+        stage: Stage | str | None = None,
+        alias: str | None = None,
+        actor: str | None = None,
+        justification: str = "ready",
+        rollback: bool = False,
     ) -> str:
         request_id = self.next_id("r")
         metrics = await self._gate_metrics(model_id, version, self.states[model_id].production)
-        await self.execute(model_id, RequestPromotion, actor, request_id=request_id, version=version,
-                           target_stage=None if stage is None else Stage(stage), alias=alias,
-                           justification=justification, rollback=rollback, metrics=metrics)
+        await self.execute(
+            model_id,
+            RequestPromotion,
+            actor,
+            request_id=request_id,
+            version=version,
+            target_stage=None if stage is None else Stage(stage),
+            alias=alias,
+            justification=justification,
+            rollback=rollback,
+            metrics=metrics,
+        )
         return request_id
 
-    async def approve(self, model_id: str, request_id: str, actor: str = "bob", comment: str = "") -> None:
+    async def approve(
+        self, model_id: str, request_id: str, actor: str = "bob", comment: str = ""
+    ) -> None:
         version = self.states[model_id].requests[request_id].version
         metrics = await self._gate_metrics(model_id, version, self.states[model_id].production)
-        await self.execute(model_id, ApprovePromotion, actor, request_id=request_id, comment=comment, metrics=metrics)
+        await self.execute(
+            model_id,
+            ApprovePromotion,
+            actor,
+            request_id=request_id,
+            comment=comment,
+            metrics=metrics,
+        )
 
-    async def reject(self, model_id: str, request_id: str, actor: str = "bob", comment: str = "not yet") -> None:
+    async def reject(
+        self, model_id: str, request_id: str, actor: str = "bob", comment: str = "not yet"
+    ) -> None:
         await self.execute(model_id, RejectPromotion, actor, request_id=request_id, comment=comment)
 
     async def cancel(self, model_id: str, request_id: str, actor: str | None = None) -> None:
@@ -328,24 +421,50 @@ class Registry:
     # --- deployments --------------------------------------------------------------------
 
     async def start_deployment(
-        self, model_id: str, version: int, environment: str = "prod", target: str = "api",
-        desired_stage: Stage | None = None, desired_alias: str | None = None,
+        self,
+        model_id: str,
+        version: int,
+        environment: str = "prod",
+        target: str = "api",
+        desired_stage: Stage | None = None,
+        desired_alias: str | None = None,
     ) -> str:
         deployment_id = self.next_id("d")
-        await self.execute(model_id, StartDeployment, "deployer", deployment_id=deployment_id, version=version,
-                           environment=environment, target=target, desired_stage=desired_stage,
-                           desired_alias=desired_alias)
+        await self.execute(
+            model_id,
+            StartDeployment,
+            "deployer",
+            deployment_id=deployment_id,
+            version=version,
+            environment=environment,
+            target=target,
+            desired_stage=desired_stage,
+            desired_alias=desired_alias,
+        )
         return deployment_id
 
     async def deployment_succeeded(self, model_id: str, deployment_id: str) -> None:
-        await self.execute(model_id, ReportDeploymentSucceeded, "deployer", deployment_id=deployment_id)
+        await self.execute(
+            model_id, ReportDeploymentSucceeded, "deployer", deployment_id=deployment_id
+        )
 
-    async def deployment_failed(self, model_id: str, deployment_id: str, reason: str = "crash loop") -> None:
-        await self.execute(model_id, ReportDeploymentFailed, "deployer", deployment_id=deployment_id, reason=reason)
+    async def deployment_failed(
+        self, model_id: str, deployment_id: str, reason: str = "crash loop"
+    ) -> None:
+        await self.execute(
+            model_id, ReportDeploymentFailed, "deployer", deployment_id=deployment_id, reason=reason
+        )
 
-    async def deployment_rolled_back(self, model_id: str, deployment_id: str, reason: str = "errors") -> None:
-        await self.execute(model_id, ReportDeploymentRolledBack, "deployer", deployment_id=deployment_id,
-                           reason=reason)
+    async def deployment_rolled_back(
+        self, model_id: str, deployment_id: str, reason: str = "errors"
+    ) -> None:
+        await self.execute(
+            model_id,
+            ReportDeploymentRolledBack,
+            "deployer",
+            deployment_id=deployment_id,
+            reason=reason,
+        )
 
 
 async def registry(db: Database) -> Registry:
@@ -354,7 +473,16 @@ async def registry(db: Database) -> Registry:
 
 # --- random histories ---------------------------------------------------------------------
 
-NAME_STEMS = ("fraud", "churn", "Fraud-Detect", "ranker", "vision", "nlp_intent", "fraudster", "price.opt")
+NAME_STEMS = (
+    "fraud",
+    "churn",
+    "Fraud-Detect",
+    "ranker",
+    "vision",
+    "nlp_intent",
+    "fraudster",
+    "price.opt",
+)
 NAME_SUFFIXES = ("", "-eu", "-us", "_v2", ".beta")
 OWNERS = ("team-risk", "team-growth", "team-ml")
 TAG_VALUES = {"team": ("risk", "growth", "ml"), "tier": ("gold", "silver"), "pii": ("yes", "no")}
@@ -363,10 +491,16 @@ METRIC_KEYS = ("auc", "loss", "f1")
 DATASETS = (None, "holdout", "train")
 ACTORS = ("alice", "bob", "carol")
 # A policy under which production needs one approval (so requests stay pending).
-GUARDED = GovernancePolicy(transitions=tuple(
-    TransitionRule(from_stage=r.from_stage, to_stage=r.to_stage, approvals=1 if r.to_stage == Stage.PRODUCTION else 0)
-    for r in DEFAULT_POLICY.transitions
-))
+GUARDED = GovernancePolicy(
+    transitions=tuple(
+        TransitionRule(
+            from_stage=r.from_stage,
+            to_stage=r.to_stage,
+            approvals=1 if r.to_stage == Stage.PRODUCTION else 0,
+        )
+        for r in DEFAULT_POLICY.transitions
+    )
+)
 
 
 def _tags(rng: random.Random) -> dict[str, str]:
@@ -378,22 +512,35 @@ Action = Callable[[Registry, random.Random, str, int], Awaitable[None]]
 
 def _versions(state: ModelState, *, live: bool = False) -> list[int]:
     """Version numbers; with ``live``, only those an alias or a promotion may target."""
-    return [n for n, v in sorted(state.versions.items())
-            if not live or (v.stage != Stage.ARCHIVED and not v.deprecated)]
+    return [
+        n
+        for n, v in sorted(state.versions.items())
+        if not live or (v.stage != Stage.ARCHIVED and not v.deprecated)
+    ]
 
 
 async def _new_version(reg: Registry, rng: random.Random, model_id: str, counter: int) -> None:
-    params = {"lr": rng.choice((0.1, 0.01, 0.001)), "depth": rng.randrange(2, 9),
-              "objective": rng.choice(("binary", "xent")), "early": rng.random() < 0.5}
-    await reg.register_version(model_id, params=params, datasets=rng.choice((["train"], ["train", "holdout"])),
-                               tags=_tags(rng))
+    params = {
+        "lr": rng.choice((0.1, 0.01, 0.001)),
+        "depth": rng.randrange(2, 9),
+        "objective": rng.choice(("binary", "xent")),
+        "early": rng.random() < 0.5,
+    }
+    await reg.register_version(
+        model_id,
+        params=params,
+        datasets=rng.choice((["train"], ["train", "holdout"])),
+        tags=_tags(rng),
+    )
 
 
 async def _metrics(reg: Registry, rng: random.Random, model_id: str, counter: int) -> None:
     number = rng.choice(_versions(reg.states[model_id]))
     # Two decimals and few steps, so equal values and equal steps (the tie rules) happen.
     values = {k: round(rng.random(), 2) for k in METRIC_KEYS if rng.random() < 0.6} or {"auc": 0.5}
-    await reg.log_metrics(model_id, number, values, dataset=rng.choice(DATASETS), step=rng.randrange(4))
+    await reg.log_metrics(
+        model_id, number, values, dataset=rng.choice(DATASETS), step=rng.randrange(4)
+    )
 
 
 async def _stage(reg: Registry, rng: random.Random, model_id: str, counter: int) -> None:
@@ -401,7 +548,10 @@ async def _stage(reg: Registry, rng: random.Random, model_id: str, counter: int)
     staging = [n for n, v in state.versions.items() if v.stage == Stage.STAGING]
     number = rng.choice(staging if staging and rng.random() < 0.5 else _versions(state))
     version = state.versions[number]
-    moves = {Stage.DEVELOPMENT: [Stage.STAGING], Stage.STAGING: [Stage.DEVELOPMENT, Stage.PRODUCTION]}
+    moves = {
+        Stage.DEVELOPMENT: [Stage.STAGING],
+        Stage.STAGING: [Stage.DEVELOPMENT, Stage.PRODUCTION],
+    }
     if version.stage != Stage.ARCHIVED and rng.random() < 0.15:
         await reg.archive_version(model_id, number)
     elif version.stage in moves and not version.deprecated:
@@ -461,7 +611,9 @@ async def _promotion(reg: Registry, rng: random.Random, model_id: str, counter: 
         await reg.request_promotion(model_id, rng.choice(live), alias=rng.choice(ALIASES))
 
 
-async def _rollback_or_policy(reg: Registry, rng: random.Random, model_id: str, counter: int) -> None:
+async def _rollback_or_policy(
+    reg: Registry, rng: random.Random, model_id: str, counter: int
+) -> None:
     if reg.states[model_id].rollback_target() is not None:
         await reg.rollback(model_id)
     elif reg.states[model_id].policy is None:
@@ -478,7 +630,9 @@ async def _deployment(reg: Registry, rng: random.Random, model_id: str, counter:
         else:
             await reg.deployment_failed(model_id, deployment.deployment_id)
     else:
-        await reg.start_deployment(model_id, rng.choice(_versions(state)), environment=rng.choice(("prod", "staging")))
+        await reg.start_deployment(
+            model_id, rng.choice(_versions(state)), environment=rng.choice(("prod", "staging"))
+        )
 
 
 async def _deprecate(reg: Registry, rng: random.Random, model_id: str, counter: int) -> None:
@@ -497,8 +651,18 @@ async def _archive(reg: Registry, rng: random.Random, model_id: str, counter: in
 
 # (weight, action on an active model that has at least one version)
 ACTIONS: tuple[tuple[float, Action], ...] = (
-    (18, _new_version), (24, _metrics), (16, _stage), (10, _alias), (8, _version_metadata), (6, _model_metadata),
-    (5, _promotion), (4, _rollback_or_policy), (4, _deployment), (2, _deprecate), (2, _rename), (1.5, _archive),
+    (18, _new_version),
+    (24, _metrics),
+    (16, _stage),
+    (10, _alias),
+    (8, _version_metadata),
+    (6, _model_metadata),
+    (5, _promotion),
+    (4, _rollback_or_policy),
+    (4, _deployment),
+    (2, _deprecate),
+    (2, _rename),
+    (1.5, _archive),
 )
 
 
@@ -508,7 +672,9 @@ async def _random_step(reg: Registry, rng: random.Random, counter: int) -> None:
     archived = [m for m in models if reg.states[m].archived]
     if not active or rng.random() < 0.06:
         stem, suffix = rng.choice(NAME_STEMS), rng.choice(NAME_SUFFIXES)
-        await reg.register_model(f"{stem}{suffix}-{counter}", owner=rng.choice(OWNERS), tags=_tags(rng))
+        await reg.register_model(
+            f"{stem}{suffix}-{counter}", owner=rng.choice(OWNERS), tags=_tags(rng)
+        )
     elif archived and rng.random() < 0.015:
         await reg.restore_model(rng.choice(archived))
     else:
@@ -545,8 +711,14 @@ async def _live(conn: asyncpg.Connection, projection: Projection) -> Generation:
 
 
 async def check_rebuild_equals_live(
-    reg: Registry, projection: Projection, checksum: Checksum, rng: random.Random, *,
-    traffic_rounds: int = 0, commands_per_round: int = 15, rebuild_batch: int = 40,
+    reg: Registry,
+    projection: Projection,
+    checksum: Checksum,
+    rng: random.Random,
+    *,
+    traffic_rounds: int = 0,
+    commands_per_round: int = 15,
+    rebuild_batch: int = 40,
 ) -> str:
     """Rebuild ``projection`` from position 0 while ``traffic_rounds`` rounds of random
     commands keep the live generation moving, then assert the rebuilt tables equal the live
@@ -567,10 +739,14 @@ async def check_rebuild_equals_live(
     for _ in range(traffic_rounds):
         await random_history(reg, rng, commands_per_round)
         await catch_up(await reg.seal())
-        behind = behind or (await building()).log_position < (await _live(conn, projection)).log_position
+        behind = (
+            behind or (await building()).log_position < (await _live(conn, projection)).log_position
+        )
     assert behind or not traffic_rounds, "the rebuild caught up at once: writes never ran beside it"
     head = await reg.seal()
-    while (await building()).log_position < head or (await _live(conn, projection)).log_position < head:
+    while (await building()).log_position < head or (
+        await _live(conn, projection)
+    ).log_position < head:
         await catch_up(head)
     live = await _live(conn, projection)
     expected = await checksum(conn, projection.generation_names(live.generation))
@@ -581,7 +757,11 @@ async def check_rebuild_equals_live(
 
 
 async def record_live_positions(
-    reg: Registry, projection: Projection, checksum: Checksum, *, batch: int = 7,
+    reg: Registry,
+    projection: Projection,
+    checksum: Checksum,
+    *,
+    batch: int = 7,
     observe: Callable[[asyncpg.Connection, Names], Awaitable[Any]] | None = None,
 ) -> list[tuple[int, str, Any]]:
     """Step ``projection`` to the head ``batch`` events at a time; after each step record
@@ -599,8 +779,13 @@ async def record_live_positions(
 
 
 async def as_of(
-    reg: Registry, projection: Projection, position: int, query: Callable[[asyncpg.Connection, Names], Awaitable[Any]],
-    *, model_id: str | None = None, scratch: bool = False,
+    reg: Registry,
+    projection: Projection,
+    position: int,
+    query: Callable[[asyncpg.Connection, Names], Awaitable[Any]],
+    *,
+    model_id: str | None = None,
+    scratch: bool = False,
 ) -> Any:
     """``query`` over ``projection`` folded up to ``position``: into temporary tables in one
     transaction (``fold_as_of``), or with ``scratch`` into the unlogged scratch tables the

@@ -70,7 +70,11 @@ def registry_server(database_url: str, nats_url: str, workdir: Path) -> Iterator
     }
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "service", "serve"], cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT,
+            [sys.executable, "-m", "service", "serve"],
+            cwd=REPO,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
             start_new_session=True,
         )
     try:

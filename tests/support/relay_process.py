@@ -16,7 +16,9 @@ from service.publication.jetstream import StreamSpec
 from service.publication.relay import Relay, RelayConfig, nats_connector
 
 
-async def main(database_url: str, schema: str, app_role: str, nats_url: str, stream: str, prefix: str) -> None:
+async def main(
+    database_url: str, schema: str, app_role: str, nats_url: str, stream: str, prefix: str
+) -> None:
     stop = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
 
@@ -26,8 +28,15 @@ async def main(database_url: str, schema: str, app_role: str, nats_url: str, str
     relay = Relay(
         connect_db,
         nats_connector(nats_url),
-        RelayConfig(schema=schema, stream=StreamSpec(name=stream, subject_prefix=prefix), batch_size=5,
-                    window=5, poll_interval=0.1, standby_interval=0.1, backoff_max=0.3),
+        RelayConfig(
+            schema=schema,
+            stream=StreamSpec(name=stream, subject_prefix=prefix),
+            batch_size=5,
+            window=5,
+            poll_interval=0.1,
+            standby_interval=0.1,
+            backoff_max=0.3,
+        ),
     )
     print("ready", flush=True)
     await relay.run(stop)

@@ -51,7 +51,8 @@ async def apply(conn: asyncpg.Connection, names: Names, events: Sequence[LoggedE
             log_rows.append((logged.log_position, logged.stream_id, text))
     if log_rows:
         await conn.executemany(
-            f"INSERT INTO {names.note_log} (log_position, stream_id, text) VALUES ($1, $2, $3)", log_rows
+            f"INSERT INTO {names.note_log} (log_position, stream_id, text) VALUES ($1, $2, $3)",
+            log_rows,
         )
 
 
@@ -64,8 +65,12 @@ NOTES = Projection(
 )
 
 
-async def note_counts(conn: asyncpg.Connection | asyncpg.Pool, names: Names) -> list[tuple[str, int, int, str | None]]:
-    rows = await conn.fetch(f"SELECT stream_id, notes, total, last_text FROM {names.note_counts} ORDER BY stream_id")
+async def note_counts(
+    conn: asyncpg.Connection | asyncpg.Pool, names: Names
+) -> list[tuple[str, int, int, str | None]]:
+    rows = await conn.fetch(
+        f"SELECT stream_id, notes, total, last_text FROM {names.note_counts} ORDER BY stream_id"
+    )
     return [tuple(r) for r in rows]
 
 

@@ -60,7 +60,9 @@ def test_a_token_cannot_be_issued_twice() -> None:
         ({"token_id": "has space"}, "token_id", "pattern"),
     ],
 )
-def test_bad_token_requests_name_the_field_and_rule(overrides: dict[str, object], field: str, rule: str) -> None:
+def test_bad_token_requests_name_the_field_and_rule(
+    overrides: dict[str, object], field: str, rule: str
+) -> None:
     with pytest.raises(ValidationError) as caught:
         TOKENS.decide(issue(**overrides), TOKENS.initial_state())
     assert (caught.value.field, caught.value.rule) == (field, rule)
@@ -101,5 +103,9 @@ def test_roles_grant_their_permissions_and_admin_grants_all() -> None:
 
     assert perms(Role.READER) == {Permission.READ}
     assert perms(Role.APPROVER) == {Permission.READ, Permission.APPROVE}
-    assert perms(Role.CONTRIBUTOR, Role.APPROVER) == {Permission.READ, Permission.WRITE, Permission.APPROVE}
+    assert perms(Role.CONTRIBUTOR, Role.APPROVER) == {
+        Permission.READ,
+        Permission.WRITE,
+        Permission.APPROVE,
+    }
     assert perms(Role.ADMIN) == set(Permission)

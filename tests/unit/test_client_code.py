@@ -11,9 +11,21 @@ from service.client.gitinfo import detect_code, git_info, without_credentials
 
 
 def git(cwd: Path, *args: str) -> str:
-    done = subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True, text=True,
-                          env={"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@x", "GIT_COMMITTER_NAME": "t",
-                               "GIT_COMMITTER_EMAIL": "t@x", "HOME": str(cwd), "PATH": "/usr/bin:/bin"})
+    done = subprocess.run(
+        ["git", *args],
+        cwd=cwd,
+        check=True,
+        capture_output=True,
+        text=True,
+        env={
+            "GIT_AUTHOR_NAME": "t",
+            "GIT_AUTHOR_EMAIL": "t@x",
+            "GIT_COMMITTER_NAME": "t",
+            "GIT_COMMITTER_EMAIL": "t@x",
+            "HOME": str(cwd),
+            "PATH": "/usr/bin:/bin",
+        },
+    )
     return done.stdout.strip()
 
 
@@ -40,7 +52,9 @@ def test_the_remote_commit_and_path_of_a_script_in_a_checkout(repo: Path) -> Non
     assert info.dirty is False
 
 
-def test_without_a_remote_the_checkout_is_named_by_its_directory_and_edits_show_as_dirty(repo: Path) -> None:
+def test_without_a_remote_the_checkout_is_named_by_its_directory_and_edits_show_as_dirty(
+    repo: Path,
+) -> None:
     (repo / "train" / "churn.py").write_text("print('changed')\n")
 
     info = git_info(repo / "train")
@@ -50,7 +64,9 @@ def test_without_a_remote_the_checkout_is_named_by_its_directory_and_edits_show_
     assert info.dirty is True
 
 
-def test_no_checkout_no_commit_or_no_git_is_none_not_an_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_no_checkout_no_commit_or_no_git_is_none_not_an_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     plain = tmp_path / "plain"
     plain.mkdir()
     assert git_info(plain) is None
@@ -67,4 +83,7 @@ def test_scp_style_and_plain_urls_are_kept() -> None:
     assert without_credentials("https://github.com/ml/churn") == "https://github.com/ml/churn"
     assert without_credentials("ssh://git@host:22/ml/churn.git") == "ssh://git@host:22/ml/churn.git"
     assert without_credentials("ssh://git:pw@host/ml/churn.git") == "ssh://git@host/ml/churn.git"
-    assert without_credentials("https://ghp_token@github.com/ml/churn") == "https://github.com/ml/churn"
+    assert (
+        without_credentials("https://ghp_token@github.com/ml/churn")
+        == "https://github.com/ml/churn"
+    )

@@ -61,13 +61,17 @@ PAIRS: list[tuple[type[msgspec.Struct], type[msgspec.Struct]]] = [
 
 
 @pytest.mark.parametrize(("mine", "theirs"), PAIRS, ids=[m.__name__ for m, _ in PAIRS])
-def test_client_structs_mirror_the_server_field_for_field(mine: type[msgspec.Struct], theirs: type[msgspec.Struct]) -> None:
+def test_client_structs_mirror_the_server_field_for_field(
+    mine: type[msgspec.Struct], theirs: type[msgspec.Struct]
+) -> None:
     assert mine.__struct_fields__ == theirs.__struct_fields__
 
 
 def test_the_client_does_not_import_the_server_stack() -> None:
-    code = ("import sys, service.client; heavy = sorted(m for m in sys.modules if m.split('.')[0] in "
-            "('asyncpg', 'litestar', 'nats', 'uvicorn', 'projections', 'typer')); print(heavy)")
+    code = (
+        "import sys, service.client; heavy = sorted(m for m in sys.modules if m.split('.')[0] in "
+        "('asyncpg', 'litestar', 'nats', 'uvicorn', 'projections', 'typer')); print(heavy)"
+    )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"
 
@@ -83,14 +87,20 @@ def test_buffered_metrics_are_sealed_into_batches_that_keep_their_keys() -> None
     assert not buffer.due()
     now[0] = 5.0
     assert buffer.due()  # the oldest point waited long enough
-    buffer.add("churn", 1, points([client.Metric(key="loss", value=v, step=i) for i, v in enumerate((0.4, 0.3, 0.2))]))
+    buffer.add(
+        "churn",
+        1,
+        points([client.Metric(key="loss", value=v, step=i) for i, v in enumerate((0.4, 0.3, 0.2))]),
+    )
     buffer.add("churn", 2, points({"auc": 0.9}))
     buffer.seal()
     batches = list(buffer.outbox)
     assert [(b.version, len(b.points)) for b in batches] == [(1, 3), (1, 1), (2, 1)]
     assert len({b.key for b in batches}) == 3 and buffer.pending == 5
     first = buffer.next_batch()
-    assert first is batches[0] and buffer.next_batch() is first  # resent with the same key until done
+    assert (
+        first is batches[0] and buffer.next_batch() is first
+    )  # resent with the same key until done
     buffer.done(first)
     assert buffer.next_batch() is batches[1] and buffer.pending == 2
 
@@ -114,7 +124,9 @@ def test_retry_delays_back_off_with_jitter_and_honour_retry_after() -> None:
     assert RetryPolicy(max_retry_after=3.0).delay(1, retry_after=30.0) == 3.0
 
 
-def test_configuration_comes_from_arguments_then_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_configuration_comes_from_arguments_then_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     monkeypatch.delenv("MODELREG_URL", raising=False)
     monkeypatch.delenv("MODELREG_TOKEN", raising=False)
     with pytest.raises(ConfigurationError, match="MODELREG_TOKEN"):
@@ -129,8 +141,20 @@ def test_configuration_comes_from_arguments_then_the_environment(monkeypatch: py
 
 
 def test_query_parameters_repeat_lists_and_spell_booleans_as_the_api_reads_them() -> None:
-    assert query({"tag": ["a=1", "b"], "archived": False, "q": None, "stage": [client.Stage.STAGING], "limit": 5}) == [
-        ("tag", "a=1"), ("tag", "b"), ("archived", "false"), ("stage", "staging"), ("limit", "5"),
+    assert query(
+        {
+            "tag": ["a=1", "b"],
+            "archived": False,
+            "q": None,
+            "stage": [client.Stage.STAGING],
+            "limit": 5,
+        }
+    ) == [
+        ("tag", "a=1"),
+        ("tag", "b"),
+        ("archived", "false"),
+        ("stage", "staging"),
+        ("limit", "5"),
     ]
 
 
@@ -140,24 +164,41 @@ def test_a_receipt_says_whether_a_promotion_waits_or_ran() -> None:
 
     assert receipt("model.promotion_requested").pending
     assert receipt("model.promotion_approved").pending
-    done = receipt("model.promotion_approved", "model.promotion_executed", "model.stage_transitioned")
+    done = receipt(
+        "model.promotion_approved", "model.promotion_executed", "model.stage_transitioned"
+    )
     assert done.executed and not done.pending
     assert not receipt("model.deployment_started").pending
 
 
-def test_a_copy_of_a_request_still_running_on_the_server_is_retried_other_conflicts_are_not() -> None:
+def test_a_copy_of_a_request_still_running_on_the_server_is_retried_other_conflicts_are_not() -> (
+    None
+):
     seen: list[str] = []
 
     def answer(request: httpx.Request) -> httpx.Response:
         key = request.headers["Idempotency-Key"]
         seen.append(key)
-        if request.url.path == "/api/v1/models" and len(seen) == 1:  # the first attempt is still running
-            return httpx.Response(409, json={"status": 409, "code": "conflict", "details": {"key": key}})
+        if (
+            request.url.path == "/api/v1/models" and len(seen) == 1
+        ):  # the first attempt is still running
+            return httpx.Response(
+                409, json={"status": 409, "code": "conflict", "details": {"key": key}}
+            )
         if request.url.path == "/api/v1/models":
-            return httpx.Response(201, json={"events": ["model.registered"], "stream_version": 1, "model": "m"})
-        return httpx.Response(409, json={"status": 409, "code": "already_exists", "details": {"name": "m"}})
+            return httpx.Response(
+                201, json={"events": ["model.registered"], "stream_version": 1, "model": "m"}
+            )
+        return httpx.Response(
+            409, json={"status": 409, "code": "already_exists", "details": {"name": "m"}}
+        )
 
-    with Client("http://registry.test", "t", retry=RetryPolicy(backoff=0.01), transport=httpx.MockTransport(answer)) as reg:
+    with Client(
+        "http://registry.test",
+        "t",
+        retry=RetryPolicy(backoff=0.01),
+        transport=httpx.MockTransport(answer),
+    ) as reg:
         assert reg.create_model("m").model == "m"
         assert len(seen) == 2 and seen[0] == seen[1]
         with pytest.raises(Conflict):

@@ -42,7 +42,9 @@ CODEC = EventCodec([Labelled], {("sample.labelled", 1): v1_to_v2, ("sample.label
 @pytest.mark.parametrize("version", [1, 2])
 def test_golden_data_of_every_old_version_decodes_to_the_current_type(version: int) -> None:
     raw = (GOLDEN / f"sample.labelled.v{version}.json").read_bytes()
-    assert CODEC.decode_data("sample.labelled", version, raw) == Labelled(label="churn", source="unknown")
+    assert CODEC.decode_data("sample.labelled", version, raw) == Labelled(
+        label="churn", source="unknown"
+    )
 
 
 def test_current_data_decodes_without_upcasting() -> None:

@@ -29,29 +29,44 @@ def imports_of(package: str) -> dict[Path, set[str]]:
 def test_events_imports_only_the_standard_library_and_msgspec() -> None:
     for path, names in imports_of("events").items():
         foreign = {n for n in names if n.split(".")[0] not in STDLIB | {"msgspec", "events"}}
-        assert not foreign, f"{path.relative_to(ROOT)} imports {sorted(foreign)}: events/ must stay pure"
+        assert not foreign, (
+            f"{path.relative_to(ROOT)} imports {sorted(foreign)}: events/ must stay pure"
+        )
 
 
 def test_the_event_log_imports_only_the_domain_and_its_drivers() -> None:
     allowed = STDLIB | {"msgspec", "asyncpg", "events", "eventlog"}
     for path, names in imports_of("eventlog").items():
         foreign = {n for n in names if n.split(".")[0] not in allowed}
-        assert not foreign, f"{path.relative_to(ROOT)} imports {sorted(foreign)}: eventlog/ sits below projections/ and service/"
+        assert not foreign, (
+            f"{path.relative_to(ROOT)} imports {sorted(foreign)}: eventlog/ sits below projections/ and service/"
+        )
 
 
 def test_projections_never_import_the_service() -> None:
     for path, names in imports_of("projections").items():
-        assert not {n for n in names if n.split(".")[0] == "service"}, f"{path.relative_to(ROOT)} imports service"
+        assert not {n for n in names if n.split(".")[0] == "service"}, (
+            f"{path.relative_to(ROOT)} imports service"
+        )
 
 
-@pytest.mark.parametrize("package", ["events", "eventlog", "projections", "service", "tests", "bench"])
+@pytest.mark.parametrize(
+    "package", ["events", "eventlog", "projections", "service", "tests", "bench"]
+)
 def test_our_packages_are_imported_by_name_never_as_bare_modules(package: str) -> None:
     # `import events` next to a local variable called `events` is a shadowing bug waiting.
     for path in (ROOT / package).rglob("*.py"):
         for node in ast.walk(ast.parse(path.read_text(), str(path))):
             if isinstance(node, ast.Import):
-                bare = {a.name for a in node.names} & {"events", "eventlog", "projections", "service"}
-                assert not bare, f"{path.relative_to(ROOT)}:{node.lineno} imports {bare} as a module"
+                bare = {a.name for a in node.names} & {
+                    "events",
+                    "eventlog",
+                    "projections",
+                    "service",
+                }
+                assert not bare, (
+                    f"{path.relative_to(ROOT)}:{node.lineno} imports {bare} as a module"
+                )
 
 
 def test_no_other_distribution_provides_our_top_level_names() -> None:

@@ -32,28 +32,60 @@ def entry(path: str, uri: str) -> ArtifactEntry:
     return ArtifactEntry(path=path, uri=uri, sha256="a" * 64, size=1)
 
 
-def version(*artifacts: ArtifactEntry, tags: dict[str, str] | None = None, name: str = "churn") -> VersionRow:
+def version(
+    *artifacts: ArtifactEntry, tags: dict[str, str] | None = None, name: str = "churn"
+) -> VersionRow:
     return VersionRow(
-        model_id="01JQ3M8Z6X9V2K4T7R5N1P0WCH", model_name=name, version=3, stage=Stage.PRODUCTION, stage_since=T0,
-        aliases=(), description="", tags=tags or {}, content=VersionContent(artifacts=artifacts),
-        content_digest="sha256:" + "9f" * 32, registered_by="alice", deprecated=False, deprecation_reason="",
-        deprecated_at=None, owner="alice", model_archived=False, created_at=T0, updated_at=T0, position=40,
+        model_id="01JQ3M8Z6X9V2K4T7R5N1P0WCH",
+        model_name=name,
+        version=3,
+        stage=Stage.PRODUCTION,
+        stage_since=T0,
+        aliases=(),
+        description="",
+        tags=tags or {},
+        content=VersionContent(artifacts=artifacts),
+        content_digest="sha256:" + "9f" * 32,
+        registered_by="alice",
+        deprecated=False,
+        deprecation_reason="",
+        deprecated_at=None,
+        owner="alice",
+        model_archived=False,
+        created_at=T0,
+        updated_at=T0,
+        position=40,
     )
 
 
 def test_resource_names_are_dns_labels_readable_when_possible_and_distinct_when_not() -> None:
     assert resource_name("churn", "prod") == "churn-prod"
     assert resource_name("churn", "prod", "champion") == "churn-champion-prod"
-    made_safe = [resource_name(m, "prod") for m in ("Churn", "churn_v2", "churn.v2", "9lives", "x" * 80)]
+    made_safe = [
+        resource_name(m, "prod") for m in ("Churn", "churn_v2", "churn.v2", "9lives", "x" * 80)
+    ]
     for name in made_safe:
-        assert len(name) <= NAME_MAX and name[0].isalpha() and set(name) <= set("abcdefghijklmnopqrstuvwxyz0123456789-")
+        assert (
+            len(name) <= NAME_MAX
+            and name[0].isalpha()
+            and set(name) <= set("abcdefghijklmnopqrstuvwxyz0123456789-")
+        )
     assert made_safe[1] != made_safe[2] != resource_name("churn-v2", "prod") == "churn-v2-prod"
 
 
 def test_the_storage_uri_is_the_prefix_every_artifact_shares() -> None:
-    assert package_root([entry("model.joblib", "s3://m/churn/3/model.joblib"),
-                         entry("conf/a b.json", "s3://m/churn/3/conf/a%20b.json")]) == "s3://m/churn/3"
-    assert package_root([entry("model.joblib", "gs://elsewhere/blob-17")]) == "gs://elsewhere/blob-17"
+    assert (
+        package_root(
+            [
+                entry("model.joblib", "s3://m/churn/3/model.joblib"),
+                entry("conf/a b.json", "s3://m/churn/3/conf/a%20b.json"),
+            ]
+        )
+        == "s3://m/churn/3"
+    )
+    assert (
+        package_root([entry("model.joblib", "gs://elsewhere/blob-17")]) == "gs://elsewhere/blob-17"
+    )
     assert package_root([entry("a", "s3://one/a"), entry("b", "s3://two/b")]) is None
 
     assert storage_uri(version(entry("m.pt", "s3://m/3/m.pt"))) == "s3://m/3"
@@ -61,7 +93,9 @@ def test_the_storage_uri_is_the_prefix_every_artifact_shares() -> None:
         storage_uri(version(entry("m.pt", "file:///home/alice/out/m.pt")))
     with pytest.raises(RenderError, match="not under one storage prefix"):
         storage_uri(version(entry("a", "s3://one/a"), entry("b", "s3://two/b")))
-    tagged = version(entry("m.pt", "file:///tmp/m.pt"), tags={"serving.uri": "pvc://models/churn/3"})
+    tagged = version(
+        entry("m.pt", "file:///tmp/m.pt"), tags={"serving.uri": "pvc://models/churn/3"}
+    )
     assert storage_uri(tagged, "tag:serving.uri") == "pvc://models/churn/3"
     with pytest.raises(RenderError, match="no tag 'other'"):
         storage_uri(tagged, "tag:other")
@@ -72,22 +106,55 @@ def test_the_manifest_parses_back_to_exactly_what_was_meant() -> None:
     row = version(entry("m.pt", "s3://m/3/m.pt"), tags={"model_format": awkward})
     config = AgentConfig(out=Path("out"), namespace="ml")
     desire = Desire(model_id=row.model_id, version=3, stage=Stage.PRODUCTION)
-    text = render_manifest(config, row, desire, name="churn-prod", deployment_id=deployment_id_for(EVENT, "prod", "k"),
-                           event_id=EVENT, log_position=42)
+    text = render_manifest(
+        config,
+        row,
+        desire,
+        name="churn-prod",
+        deployment_id=deployment_id_for(EVENT, "prod", "k"),
+        event_id=EVENT,
+        log_position=42,
+    )
     document = yaml.safe_load(text)
-    assert document["spec"]["predictor"]["model"] == {"modelFormat": {"name": awkward}, "storageUri": "s3://m/3"}
+    assert document["spec"]["predictor"]["model"] == {
+        "modelFormat": {"name": awkward},
+        "storageUri": "s3://m/3",
+    }
     assert document["metadata"]["namespace"] == "ml"
     assert document["metadata"]["annotations"]["modelreg.io/log-position"] == "42"
     # deterministic: the same event renders the same bytes (what lets a replay leave the file alone)
-    assert text == render_manifest(config, row, desire, name="churn-prod",
-                                   deployment_id=deployment_id_for(EVENT, "prod", "k"), event_id=EVENT, log_position=42)
+    assert text == render_manifest(
+        config,
+        row,
+        desire,
+        name="churn-prod",
+        deployment_id=deployment_id_for(EVENT, "prod", "k"),
+        event_id=EVENT,
+        log_position=42,
+    )
 
     with pytest.raises(RenderError, match="no model_format tag"):
-        render_manifest(config, version(entry("m.pt", "s3://m/3/m.pt")), desire, name="n", deployment_id="d",
-                        event_id=EVENT, log_position=1)
+        render_manifest(
+            config,
+            version(entry("m.pt", "s3://m/3/m.pt")),
+            desire,
+            name="n",
+            deployment_id="d",
+            event_id=EVENT,
+            log_position=1,
+        )
 
 
 def test_one_deployment_id_per_event_and_place() -> None:
     assert deployment_id_for(EVENT, "prod", "k8s") == deployment_id_for(EVENT, "prod", "k8s")
-    assert len({deployment_id_for(EVENT, "prod", "k8s"), deployment_id_for(EVENT, "prod", "k8s/champion"),
-                deployment_id_for(EVENT, "staging", "k8s"), deployment_id_for(uuid.uuid4(), "prod", "k8s")}) == 4
+    assert (
+        len(
+            {
+                deployment_id_for(EVENT, "prod", "k8s"),
+                deployment_id_for(EVENT, "prod", "k8s/champion"),
+                deployment_id_for(EVENT, "staging", "k8s"),
+                deployment_id_for(uuid.uuid4(), "prod", "k8s"),
+            }
+        )
+        == 4
+    )

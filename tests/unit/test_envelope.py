@@ -24,8 +24,14 @@ from events.envelope import (
 )
 
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers(-(2**53), 2**53) | st.floats(allow_nan=False, allow_infinity=False) | st.text(),
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**53), 2**53)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
     max_leaves=20,
 )
 
@@ -78,6 +84,11 @@ def test_times_are_normalised_to_utc_and_naive_ones_refused() -> None:
 def test_the_chain_links_are_domain_separated_sha256() -> None:
     raw = b"{}"
     assert leaf_hash(raw) == hashlib.sha256(b"\x00" + raw).digest()
-    assert stream_link(ZERO_HASH, raw) == hashlib.sha256(b"\x01" + ZERO_HASH + leaf_hash(raw)).digest()
-    assert log_link(ZERO_HASH, 1, ZERO_HASH) == hashlib.sha256(b"\x02" + ZERO_HASH + (1).to_bytes(8, "big") + ZERO_HASH).digest()
+    assert (
+        stream_link(ZERO_HASH, raw) == hashlib.sha256(b"\x01" + ZERO_HASH + leaf_hash(raw)).digest()
+    )
+    assert (
+        log_link(ZERO_HASH, 1, ZERO_HASH)
+        == hashlib.sha256(b"\x02" + ZERO_HASH + (1).to_bytes(8, "big") + ZERO_HASH).digest()
+    )
     assert stream_link(ZERO_HASH, raw) != log_link(ZERO_HASH, 0, leaf_hash(raw))

@@ -31,9 +31,13 @@ def test_every_registry_event_type_has_a_message_schema_whose_references_resolve
     for event_type, entry in schema["x-modelreg-events"].items():
         message = schema["$defs"][entry["message"]]
         assert message["properties"]["event_type"] == {"const": event_type}
-        assert message["properties"]["schema_version"] == {"const": CODEC.event_types[event_type].schema_version}
+        assert message["properties"]["schema_version"] == {
+            "const": CODEC.event_types[event_type].schema_version
+        }
         assert message["properties"]["data"] == {"$ref": f"#/$defs/{entry['data']}"}
-        assert {"event_id", "stream_id", "stream_position", "occurred_at", "actor", "data"} <= set(message["required"])
+        assert {"event_id", "stream_id", "stream_position", "occurred_at", "actor", "data"} <= set(
+            message["required"]
+        )
 
 
 def test_the_data_schema_is_the_msgspec_schema_of_the_event_class() -> None:

@@ -10,7 +10,10 @@ from service.runtime.serve import redact
 @pytest.mark.parametrize(
     ("url", "shown"),
     [
-        ("postgresql://modelreg:s3cret@db:5432/modelreg", "postgresql://modelreg:***@db:5432/modelreg"),
+        (
+            "postgresql://modelreg:s3cret@db:5432/modelreg",
+            "postgresql://modelreg:***@db:5432/modelreg",
+        ),
         ("nats://modelreg:s3cret@nats:4222", "nats://modelreg:***@nats:4222"),
         ("nats://a:pw1@n1:4222,nats://a:pw2@n2:4222", "nats://a:***@n1:4222,nats://a:***@n2:4222"),
         ("nats://nats:4222", "nats://nats:4222"),

@@ -16,9 +16,18 @@ def test_defaults_listen_on_loopback_and_embed_the_servers() -> None:
 
 def test_values_are_parsed_from_strings() -> None:
     settings = load_settings(
-        {"MODELREG_PORT": "9001", "MODELREG_NATS_REPLICAS": "3", "MODELREG_DATABASE_URL": "postgresql://x/y", "OTHER": "1"}
+        {
+            "MODELREG_PORT": "9001",
+            "MODELREG_NATS_REPLICAS": "3",
+            "MODELREG_DATABASE_URL": "postgresql://x/y",
+            "OTHER": "1",
+        }
     )
-    assert (settings.port, settings.nats_replicas, settings.database_url) == (9001, 3, "postgresql://x/y")
+    assert (settings.port, settings.nats_replicas, settings.database_url) == (
+        9001,
+        3,
+        "postgresql://x/y",
+    )
     assert not settings.embedded_postgres
 
 
@@ -33,7 +42,9 @@ def test_values_are_parsed_from_strings() -> None:
         ("MODELREG_NATS_DUPLICATE_WINDOW", "-1", "> 0"),
     ],
 )
-def test_an_invalid_value_names_the_variable_and_the_rule(variable: str, value: str, expected: str) -> None:
+def test_an_invalid_value_names_the_variable_and_the_rule(
+    variable: str, value: str, expected: str
+) -> None:
     with pytest.raises(SettingsError) as caught:
         load_settings({variable: value})
     message = str(caught.value)

@@ -36,7 +36,7 @@ from eventlog.log import head_position, read_log
 from eventlog.sealer import Sealer, sealed_channel
 from eventlog.store import EventStore, Metadata
 from events.base import Event
-from events.catalogue import CODEC, metrics_stream, model_stream
+from events.catalogue import CODEC
 from events.metrics import MetricPoint, MetricsLogged
 from events.model.decider import MODEL
 from events.model.events import (
@@ -51,6 +51,7 @@ from events.model.events import (
     VersionRegistered,
 )
 from events.stages import Stage, TransitionKind
+from events.streams import MODEL_TYPE, metrics_stream, model_stream, stream_type
 from events.version_content import content_digest
 from projections.base import Projection
 from projections.registry_state import all_projections
@@ -199,7 +200,7 @@ def check_story() -> None:
     history = [
         e
         for stream, events, _, _ in model_story(0, 3)
-        if stream.startswith("model:")
+        if stream_type(stream) == MODEL_TYPE
         for e in events
     ]
     state = MODEL.fold(history)  # type: ignore[arg-type]

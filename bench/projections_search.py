@@ -36,7 +36,7 @@ from eventlog.log import head_position
 from eventlog.sealer import Sealer
 from eventlog.store import EventStore, Metadata
 from events.base import Command, Event
-from events.catalogue import CODEC, metrics_stream, model_stream
+from events.catalogue import CODEC
 from events.metrics import METRICS, LogMetrics, MetricInput
 from events.model.commands import (
     DeprecateVersion,
@@ -49,6 +49,7 @@ from events.model.decider import MODEL
 from events.model.state import ModelState
 from events.policy import DEFAULT_POLICY
 from events.stages import Stage
+from events.streams import metrics_stream, model_stream
 from projections.base import Projection
 from projections.runner import ensure_projection, generations, step
 from projections.search import ModelQuery, VersionQuery, live_names, search_models, search_versions

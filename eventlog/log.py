@@ -13,6 +13,7 @@ import asyncpg
 import msgspec
 
 from events.envelope import Envelope, decode_envelope
+from events.streams import model_streams_bounds
 
 
 class LoggedEvent(msgspec.Struct, frozen=True):
@@ -76,10 +77,7 @@ async def read_log(
     if model_id is not None:
         if types is not None:
             raise ValueError("filter by model or by types, not both")
-        prefix = f"metrics:{model_id}:"
-        rows = await conn.fetch(
-            _READ_MODEL, after, bound, limit, f"model:{model_id}", prefix, prefix[:-1] + ";"
-        )
+        rows = await conn.fetch(_READ_MODEL, after, bound, limit, *model_streams_bounds(model_id))
     elif types is not None:
         rows = await conn.fetch(_READ_TYPES, after, bound, limit, list(types))
     else:

@@ -30,6 +30,7 @@ from events.base import Event, utc
 from events.codec import EventCodec
 from events.envelope import ZERO_HASH, Envelope, decode_envelope, encode_envelope, stream_link
 from events.errors import AlreadyExistsError, ConcurrencyError, ConflictError, ValidationError
+from events.streams import stream_type
 
 _RETRYABLE = {"40001", "40P01"}
 _MAX_ATTEMPTS = 8
@@ -67,10 +68,6 @@ class StoredEvent:
     @property
     def stream_position(self) -> int:
         return self.envelope.stream_position
-
-
-def stream_type_of(stream_id: str) -> str:
-    return stream_id.split(":", 1)[0]
 
 
 class EventStore:
@@ -152,7 +149,7 @@ class EventStore:
         prev_hash, hashes = self._chain(stream_id, expected_version, envelopes)
         args = (
             stream_id,
-            stream_type_of(stream_id),
+            stream_type(stream_id),
             expected_version,
             ids,
             [e.event_type for e in events],

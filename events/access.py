@@ -23,8 +23,9 @@ import msgspec
 from events.base import Command, Decider, Event, UtcDateTime
 from events.errors import ConflictError, NotFoundError, ValidationError
 from events.names import validate_id
+from events.streams import TOKEN_TYPE
 
-STREAM_TYPE = "token"
+STREAM_TYPE = TOKEN_TYPE
 MAX_SCOPES = 50
 _PRINCIPAL = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@+-]{0,127}")
 _SCOPE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,255}\*?|\*")
@@ -51,10 +52,6 @@ ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
     Role.APPROVER: frozenset({Permission.READ, Permission.APPROVE}),
     Role.ADMIN: frozenset(Permission),
 }
-
-
-def token_stream(token_id: str) -> str:
-    return f"token:{validate_id(token_id, 'token_id')}"
 
 
 class TokenIssued(Event, frozen=True, kw_only=True):

@@ -28,8 +28,9 @@ from events.names import (
     validate_id,
     validate_key,
 )
+from events.streams import METRICS_TYPE
 
-STREAM_TYPE = "metrics"
+STREAM_TYPE = METRICS_TYPE
 MAX_BATCH = 1000
 MAX_STEP = 2**63 - 1
 NO_DATASET = ""

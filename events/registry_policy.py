@@ -16,9 +16,9 @@ from msgspec.structs import replace
 from events.base import Command, Decider, Event
 from events.names import validate_actor, validate_comment
 from events.policy import DEFAULT_POLICY, GovernancePolicy, validate_policy
+from events.streams import POLICY_TYPE
 
-STREAM_TYPE = "policy"
-REGISTRY_POLICY_STREAM = "policy:registry"
+STREAM_TYPE = POLICY_TYPE
 
 
 class RegistryPolicySet(Event, frozen=True, kw_only=True):

@@ -86,8 +86,9 @@ from events.model.registration import (
 )
 from events.model.state import ModelState, evolve, initial_state
 from events.names import validate_actor
+from events.streams import MODEL_TYPE
 
-STREAM_TYPE = "model"
+STREAM_TYPE = MODEL_TYPE
 
 
 def decide(command: ModelCommand, state: ModelState) -> list[ModelEvent]:

@@ -36,6 +36,7 @@ from events.model.events import (
     VersionRegistered,
 )
 from events.registry_policy import RegistryPolicySet
+from events.streams import model_id_of
 from projections.base import Names, Projection, Table
 
 Conn = asyncpg.Connection | asyncpg.Pool
@@ -175,10 +176,6 @@ _DECISIONS = {
 }
 
 
-def _model_id(stream_id: str) -> str:
-    return stream_id.split(":", 2)[1]
-
-
 def _upsert(table: str, columns: Sequence[str], key: int) -> str:
     params = ", ".join(f"${i + 1}" for i in range(len(columns)))
     updates = ", ".join(f"{c} = excluded.{c}" for c in columns[key:])
@@ -192,12 +189,12 @@ async def apply(conn: asyncpg.Connection, names: Names, events: Sequence[LoggedE
     decoded = [(logged, CODEC.decode(logged.envelope)) for logged in events]
     # Load the requests this batch touches but did not create: fold in memory, write once.
     created = {
-        (_model_id(lg.stream_id), e.request_id)
+        (model_id_of(lg.stream_id), e.request_id)
         for lg, e in decoded
         if isinstance(e, PromotionRequested)
     }
     wanted = {
-        (_model_id(lg.stream_id), e.request_id)
+        (model_id_of(lg.stream_id), e.request_id)
         for lg, e in decoded
         if isinstance(
             e,
@@ -227,19 +224,19 @@ async def apply(conn: asyncpg.Connection, names: Names, events: Sequence[LoggedE
         match event:
             case VersionRegistered():
                 registrants.append(
-                    (_model_id(logged.stream_id), event.version, event.registered_by)
+                    (model_id_of(logged.stream_id), event.version, event.registered_by)
                 )
             case ModelPolicySet():
-                policies[_model_id(logged.stream_id)] = (
+                policies[model_id_of(logged.stream_id)] = (
                     event.policy.separation_of_duties,
                     logged.log_position,
                 )
             case ModelPolicyCleared():
-                policies[_model_id(logged.stream_id)] = (None, logged.log_position)
+                policies[model_id_of(logged.stream_id)] = (None, logged.log_position)
             case RegistryPolicySet():
                 policies[REGISTRY_SCOPE] = (event.policy.separation_of_duties, logged.log_position)
             case PromotionRequested():
-                key = (_model_id(logged.stream_id), event.request_id)
+                key = (model_id_of(logged.stream_id), event.request_id)
                 requests[key] = touched[key] = {
                     "model_id": key[0],
                     "request_id": event.request_id,
@@ -263,7 +260,7 @@ async def apply(conn: asyncpg.Connection, names: Names, events: Sequence[LoggedE
                     "rules": None,
                 }
             case PromotionApproved():
-                key = (_model_id(logged.stream_id), event.request_id)
+                key = (model_id_of(logged.stream_id), event.request_id)
                 request = touched[key] = requests[key]
                 request["approvals"] = [*request["approvals"], event.approved_by]  # type: ignore[misc]
                 votes.append(
@@ -282,7 +279,7 @@ async def apply(conn: asyncpg.Connection, names: Names, events: Sequence[LoggedE
                 | PromotionExpired()
                 | PromotionExecuted()
             ):
-                key = (_model_id(logged.stream_id), event.request_id)
+                key = (model_id_of(logged.stream_id), event.request_id)
                 request = touched[key] = requests[key]
                 request.update(
                     status=_DECISIONS[event.event_type],

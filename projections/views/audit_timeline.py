@@ -66,6 +66,7 @@ from events.model.events import (
 )
 from events.registry_policy import RegistryPolicySet
 from events.stages import TransitionKind
+from events.streams import model_id_or_none
 from projections.base import Names, Projection, Table
 
 Conn = asyncpg.Connection | asyncpg.Pool
@@ -306,13 +307,6 @@ def describe(actor: str, event: Event) -> tuple[str, str, int | None]:
             return f"{actor}: {type(event).__name__}", "", None
 
 
-def _model_id(stream_id: str) -> str | None:
-    kind, _, rest = stream_id.partition(":")
-    if kind in ("model", "metrics"):
-        return rest.split(":", 1)[0]
-    return None
-
-
 class _MetricsHead(msgspec.Struct):
     """What a summary needs of a metric batch, without decoding every point."""
 
@@ -348,7 +342,7 @@ async def apply(conn: asyncpg.Connection, names: Names, events: Sequence[LoggedE
                 logged.log_position,
                 logged.seq,
                 envelope.event_id,
-                _model_id(envelope.stream_id),
+                model_id_or_none(envelope.stream_id),
                 version,
                 envelope.stream_id,
                 envelope.event_type,

@@ -38,6 +38,7 @@ from events.model.events import (
     VersionRegistered,
 )
 from events.stages import INITIAL_STAGE, Stage
+from events.streams import model_id_of
 from projections.base import Names, Projection, Table
 
 Conn = asyncpg.Connection | asyncpg.Pool
@@ -199,10 +200,6 @@ class Place(msgspec.Struct, frozen=True, kw_only=True):
 # --- apply -------------------------------------------------------------------------------
 
 
-def _model_id(stream_id: str) -> str:
-    return stream_id.split(":", 2)[1]
-
-
 def _upsert_sql(table: str, columns: Sequence[str], types: Sequence[str], key: int) -> str:
     params = ", ".join(f"${i + 1}::{kind}[]" for i, kind in enumerate(types))
     updates = ", ".join(f"{c} = excluded.{c}" for c in columns[key:])
@@ -250,7 +247,7 @@ async def _load(
 
 async def apply(conn: asyncpg.Connection, names: Names, events: Sequence[LoggedEvent]) -> None:
     decoded = [
-        (logged, _model_id(logged.stream_id), CODEC.decode(logged.envelope)) for logged in events
+        (logged, model_id_of(logged.stream_id), CODEC.decode(logged.envelope)) for logged in events
     ]
     stages: dict[tuple[str, int], str] = {}
     aliases: dict[tuple[str, str], int | None] = {}

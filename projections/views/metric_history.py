@@ -33,6 +33,7 @@ import msgspec
 
 from eventlog.log import LoggedEvent
 from events.metrics import MetricsLogged
+from events.streams import metrics_of
 from events.version_content import ParamValue
 from projections.base import Names, Projection, Table
 from projections.paging import InvalidQueryError, Page, decode_cursor, encode_cursor
@@ -105,9 +106,8 @@ async def apply(conn: asyncpg.Connection, names: Names, events: Sequence[LoggedE
     rows = []
     for e in events:
         if e.event_type == MetricsLogged.event_type:
-            # The stream id is ``metrics:{model_id}:{version}`` (model ids hold no ':').
-            _, model_id, version = e.stream_id.split(":")
-            rows.append((model_id, int(version), e.log_position, metrics_data(e).decode()))
+            model_id, version = metrics_of(e.stream_id)
+            rows.append((model_id, version, e.log_position, metrics_data(e).decode()))
     if rows:
         await conn.copy_records_to_table(names.metric_batches, records=rows)
 

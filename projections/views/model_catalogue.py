@@ -51,6 +51,7 @@ from events.model.events import (
     VersionRegistered,
 )
 from events.stages import INITIAL_STAGE, Stage
+from events.streams import model_id_of
 from projections.base import Names, Projection, Table
 
 Conn = asyncpg.Connection | asyncpg.Pool
@@ -180,10 +181,6 @@ def evolve(row: ModelRow | None, event: Event, logged: LoggedEvent) -> ModelRow 
             return row
 
 
-def _model_id(logged: LoggedEvent) -> str:
-    return logged.stream_id.split(":", 1)[1]
-
-
 _COLUMN_NAMES = (
     "model_id",
     "name",
@@ -248,7 +245,7 @@ _encode = msgspec.json.Encoder(order="sorted").encode
 
 
 async def apply(conn: asyncpg.Connection, names: Names, events: Sequence[LoggedEvent]) -> None:
-    touched = list(dict.fromkeys(_model_id(e) for e in events))
+    touched = list(dict.fromkeys(model_id_of(e.stream_id) for e in events))
     rows: dict[str, ModelRow | None] = {}
     named_at: dict[str, int] = {}
     for record in await conn.fetch(
@@ -259,7 +256,7 @@ async def apply(conn: asyncpg.Connection, names: Names, events: Sequence[LoggedE
         named_at[record["model_id"]] = record["named_at"]
     stages: dict[tuple[str, int], str] = {}
     for logged in events:
-        model_id = _model_id(logged)
+        model_id = model_id_of(logged.stream_id)
         event = CODEC.decode(logged.envelope)
         rows[model_id] = evolve(rows.get(model_id), event, logged)
         if isinstance(event, ModelRegistered | ModelRenamed):

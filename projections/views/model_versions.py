@@ -59,6 +59,7 @@ from events.model.events import (
     VersionTagsSet,
 )
 from events.stages import INITIAL_STAGE, Stage
+from events.streams import model_id_of
 from events.version_content import VersionContent
 from projections.base import Names, Projection, Table
 from projections.views.model_catalogue import table_checksum
@@ -400,7 +401,7 @@ async def apply(conn: asyncpg.Connection, names: Names, events: Sequence[LoggedE
             decoded.append((logged, CODEC.decode(logged.envelope)))
     await _load(conn, names, decoded, batch)
     for logged, event in decoded:
-        model_id = logged.stream_id.split(":", 1)[1]
+        model_id = model_id_of(logged.stream_id)
         if isinstance(event, ModelRegistered | ModelRenamed | ModelArchived | ModelRestored):
             batch.models[model_id] = evolve_model(batch.models.get(model_id), event)
             batch.changed_models.add(model_id)
@@ -427,7 +428,7 @@ async def _load(
     keys: set[tuple[str, int]] = set()
     registered: set[tuple[str, int]] = set()
     for logged, event in decoded:
-        model_id = logged.stream_id.split(":", 1)[1]
+        model_id = model_id_of(logged.stream_id)
         if isinstance(event, VersionRegistered):
             model_ids.add(model_id)
             registered.add((model_id, event.version))

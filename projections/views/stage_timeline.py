@@ -35,6 +35,7 @@ from eventlog.log import LoggedEvent
 from events.catalogue import CODEC
 from events.model.events import AliasRemoved, AliasSet, StageTransitioned, VersionRegistered
 from events.stages import INITIAL_STAGE, Stage
+from events.streams import model_id_of
 from projections.base import Names, Projection, Table
 
 Conn = asyncpg.Connection | asyncpg.Pool
@@ -172,16 +173,12 @@ class _Intervals:
         row[_LEFT_BY] = envelope.actor
 
 
-def _model_id(stream_id: str) -> str:
-    return stream_id.split(":", 2)[1]
-
-
 async def apply(conn: asyncpg.Connection, names: Names, events: Sequence[LoggedEvent]) -> None:
     stages = _Intervals()
     aliases = _Intervals()
     for logged in events:
         event = CODEC.decode(logged.envelope)
-        model_id = _model_id(logged.stream_id)
+        model_id = model_id_of(logged.stream_id)
         match event:
             case VersionRegistered():
                 key = (model_id, str(INITIAL_STAGE), event.version)

@@ -15,6 +15,7 @@ from litestar.params import Parameter
 
 from eventlog.freshness import wait_for_position
 from events.errors import ValidationError
+from events.streams import model_stream
 from projections.base import Names, Projection
 from projections.paging import InvalidCursorError, InvalidQueryError, merge_names
 from projections.registry_state import views_as_of
@@ -190,7 +191,8 @@ async def read_views(
     if model_id is not None or min_position:
         # One round trip answers the common case: the views already show the model's
         # latest sealed event and the position asked for, so there is nothing to wait for.
-        row = await services.pool.fetchrow(_FRESHNESS, f"model:{model_id or ''}", wanted_views)
+        stream = model_stream(model_id) if model_id is not None else ""
+        row = await services.pool.fetchrow(_FRESHNESS, stream, wanted_views)
         assert row is not None
         wanted = max(min_position or 0, row["latest"] or 0)
         if min_position and min_position > row["head"]:

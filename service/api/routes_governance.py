@@ -25,6 +25,7 @@ from events.model.commands import (
 from events.model.state import ModelState
 from events.policy import GovernancePolicy
 from events.stages import Stage
+from events.streams import model_stream, name_key_pattern, name_of_key
 from projections.views import approvals, stage_timeline
 from projections.views.approvals import ApprovalRequest
 from projections.views.stage_timeline import AliasInterval, StageInterval
@@ -463,10 +464,11 @@ async def _visible(
     visible = []
     for item in found:
         name = await services.pool.fetchval(
-            "SELECT key FROM unique_keys WHERE stream_id = $1 AND key LIKE 'model-name:%'",
-            f"model:{item.model_id}",
+            "SELECT key FROM unique_keys WHERE stream_id = $1 AND key LIKE $2",
+            model_stream(item.model_id),
+            name_key_pattern(),
         )
-        if name and covers(principal, str(name).removeprefix("model-name:")):
+        if name and covers(principal, name_of_key(name) or ""):
             visible.append(item)
     return visible
 

@@ -13,7 +13,7 @@ from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 
 from eventlog.log import read_log
 from eventlog.verify import VerifyReport, verify
-from events.access import TOKENS, Permission, token_stream
+from events.access import TOKENS, Permission
 from events.catalogue import CODEC
 from events.errors import NotFoundError
 from events.model.commands import (
@@ -22,6 +22,7 @@ from events.model.commands import (
     ReportDeploymentSucceeded,
     StartDeployment,
 )
+from events.streams import token_stream
 from projections.views import audit_timeline, deployments
 from projections.views.audit_timeline import AuditPage
 from projections.views.deployments import Place, Run

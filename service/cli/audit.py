@@ -53,13 +53,13 @@ from rich.table import Table
 from eventlog.log import head_position
 from eventlog.verify import VerifyReport, verify
 from events.stages import Stage
+from events.streams import model_id_of, name_key
 from projections.registry_state import ModelSnapshot, RegistrySnapshot, model_as_of, registry_as_of
 from projections.time_travel import resolve_as_of
 from projections.views.approvals import ApprovalRequest
 from projections.views.deployments import Place
 from projections.views.model_versions import VersionRow
 from service.cli.database import Connect, fail, run_with_database
-from service.commands.registry import NAME_KEY
 from service.consumers.audit_follow import (
     ChainError,
     Mirror,
@@ -429,7 +429,7 @@ async def _model_named(conn: asyncpg.Connection, name: str, position: int) -> Mo
     """The model called ``name`` at ``position``: the one holding the name now if it held
     it then, else another that held it then (names move with renames). A message when none."""
     current = await conn.fetchval(
-        "SELECT stream_id FROM unique_keys WHERE key = $1", NAME_KEY + name
+        "SELECT stream_id FROM unique_keys WHERE key = $1", name_key(name)
     )
     # Every model that ever took the name, from its registration or a rename to it.
     rows = await conn.fetch(
@@ -441,7 +441,7 @@ async def _model_named(conn: asyncpg.Connection, name: str, position: int) -> Mo
     )
     candidates = list(dict.fromkeys([s for s in [current, *(r["stream_id"] for r in rows)] if s]))
     for stream_id in candidates:
-        snapshot = await model_as_of(conn, stream_id.split(":", 1)[1], position)
+        snapshot = await model_as_of(conn, model_id_of(stream_id), position)
         if snapshot.model is not None and snapshot.model.name == name:
             return snapshot
     if not candidates:

@@ -18,7 +18,6 @@ from typing import Any
 from eventlog.positions import SealSignal, sealed_position
 from eventlog.store import EventStore
 from events.base import Command
-from events.catalogue import REGISTRY_POLICY_STREAM, metrics_stream, model_stream
 from events.errors import ConcurrencyError, ConflictError, NotFoundError, ValidationError
 from events.metrics import METRICS, LogMetrics, MetricInput, latest_values
 from events.model.commands import Metrics, RequestPromotion, TransitionStage
@@ -29,10 +28,15 @@ from events.names import validate_model_name
 from events.policy import GovernancePolicy, requirement
 from events.registry_policy import REGISTRY_POLICY, SetRegistryPolicy
 from events.stages import Stage
+from events.streams import (
+    REGISTRY_POLICY_STREAM,
+    metrics_stream,
+    model_id_of,
+    model_stream,
+    name_key,
+    request_key,
+)
 from service.commands.executor import CommandExecutor, Outcome, PreconditionFailedError
-
-NAME_KEY = "model-name:"
-REQUEST_KEY = "promotion:"
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,13 +59,13 @@ def name_keys(events: Sequence[Any], _state: Any) -> tuple[list[str], list[str]]
     release: list[str] = []
     for event in events:
         if isinstance(event, ModelRegistered):
-            claim.append(NAME_KEY + event.name)
+            claim.append(name_key(event.name))
         elif isinstance(event, ModelRenamed):
-            claim.append(NAME_KEY + event.new_name)
-            release.append(NAME_KEY + event.old_name)
+            claim.append(name_key(event.new_name))
+            release.append(name_key(event.old_name))
         elif isinstance(event, PromotionRequested):
             # Lets an approver find the request's model the moment it exists.
-            claim.append(REQUEST_KEY + event.request_id)
+            claim.append(request_key(event.request_id))
     return claim, release
 
 
@@ -86,24 +90,24 @@ class Registry:
     # --- lookups ---------------------------------------------------------------------
 
     async def model_id(self, name: str) -> str:
-        owner = await self.store.owner_of(NAME_KEY + name)
+        owner = await self.store.owner_of(name_key(name))
         if owner is None:
             raise NotFoundError(f"no model is named {name!r}", name=name)
-        return owner.split(":", 1)[1]
+        return model_id_of(owner)
 
     async def locate(self, name: str) -> tuple[str, int]:
         """A model's id and stream version (its ETag), in one query: what reads need."""
         row = await self.store.pool.fetchrow(
             "SELECT k.stream_id, s.version FROM unique_keys k JOIN streams s USING (stream_id) WHERE k.key = $1",
-            NAME_KEY + name,
+            name_key(name),
         )
         if row is None:
             raise NotFoundError(f"no model is named {name!r}", name=name)
-        return row["stream_id"].split(":", 1)[1], row["version"]
+        return model_id_of(row["stream_id"]), row["version"]
 
     async def locate_request(self, request_id: str) -> tuple[str, str, int]:
         """The model name, model id and version a promotion request is about."""
-        owner = await self.store.owner_of(REQUEST_KEY + request_id)
+        owner = await self.store.owner_of(request_key(request_id))
         if owner is None:
             raise NotFoundError(f"no promotion request {request_id!r}", request_id=request_id)
         _, state = await self.executor.state_of(owner, MODEL)

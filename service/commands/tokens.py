@@ -20,16 +20,8 @@ from datetime import UTC, datetime
 import msgspec
 
 from eventlog.store import EventStore
-from events.access import (
-    TOKENS,
-    IssueToken,
-    Permission,
-    RevokeToken,
-    Role,
-    TokenEvent,
-    TokenState,
-    token_stream,
-)
+from events.access import TOKENS, IssueToken, Permission, RevokeToken, Role, TokenEvent, TokenState
+from events.streams import token_stream
 from service.commands.executor import CommandExecutor, Outcome
 
 BOOTSTRAP_TOKEN_ID = "bootstrap"  # noqa: S105 - an id, not a secret

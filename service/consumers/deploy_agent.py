@@ -60,6 +60,7 @@ from events.catalogue import CODEC
 from events.model.events import AliasSet, StageTransitioned
 from events.names import validate_alias, validate_place
 from events.stages import Stage
+from events.streams import model_id_or_none
 from service.client import AsyncClient, Conflict, NotFound
 from service.client.models import ArtifactEntry, DeploymentRun, VersionRow
 from service.consumers.kit import (
@@ -68,7 +69,6 @@ from service.consumers.kit import (
     Delivery,
     EventConsumer,
     Subscription,
-    model_of,
 )
 
 log = logging.getLogger(__name__)
@@ -166,7 +166,7 @@ class Outcome:
 def desire_of(delivery: Delivery, aliases: Collection[str]) -> Desire | None:
     """The deployment an event asks for, or None when it asks for none (another stage,
     an alias not followed)."""
-    model_id = model_of(delivery.event.subject)
+    model_id = model_id_or_none(delivery.event.subject)
     if model_id is None:
         return None
     event = CODEC.decode(delivery.envelope)  # typed, upcast from older schema versions

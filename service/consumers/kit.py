@@ -78,6 +78,8 @@ from nats.js.api import (
 
 from eventlog.waiting import sleep_or_stop
 from events.envelope import Envelope, decode_envelope
+from events.streams import model_id_or_none
+from events.streams import model_id_or_none as model_of  # the kit's public name for it
 from service.publication.cloudevents import (
     CloudEventError,
     EventHeaders,
@@ -122,18 +124,10 @@ class Delivery:
 
     @property
     def model_id(self) -> str | None:
-        return model_of(self.event.subject)
+        return model_id_or_none(self.event.subject)
 
 
 Handler = Callable[[Delivery], Awaitable[None]]
-
-
-def model_of(stream_id: str) -> str | None:
-    """The model a registry stream belongs to: ``model:<id>``, ``metrics:<id>:<v>``."""
-    kind, _, rest = stream_id.partition(":")
-    if kind in ("model", "metrics") and rest:
-        return rest.split(":", 1)[0]
-    return None
 
 
 # ---------------------------------------------------------------- de-duplication stores
@@ -457,7 +451,7 @@ class EventConsumer:
             event = decode_headers(message.headers)
         except CloudEventError as exc:
             return await self._dead_letter(message, f"not a modelreg CloudEvent: {exc}", 0)
-        if self._models and model_of(event.subject) not in self._models:
+        if self._models and model_id_or_none(event.subject) not in self._models:
             self.stats.filtered += 1
             return "filtered"
         if metadata.num_delivered > sub.max_deliveries:

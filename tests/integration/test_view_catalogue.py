@@ -7,8 +7,8 @@ import random
 import asyncpg
 
 from eventlog.store import Metadata
-from events.catalogue import model_stream
 from events.model.events import ModelRegistered
+from events.streams import model_stream
 from projections.base import Names
 from projections.views.model_catalogue import (
     CATALOGUE,

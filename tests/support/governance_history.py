@@ -26,7 +26,7 @@ from eventlog.log import head_position
 from eventlog.sealer import Sealer
 from eventlog.store import EventStore
 from events.base import Command, Event
-from events.catalogue import CODEC, REGISTRY_POLICY_STREAM, metrics_stream, model_stream
+from events.catalogue import CODEC
 from events.errors import DomainError
 from events.metrics import METRICS, LogMetrics, MetricInput
 from events.model.commands import (
@@ -55,6 +55,7 @@ from events.model.state import DeploymentStatus, ModelState, RequestStatus
 from events.policy import DEFAULT_POLICY, GovernancePolicy, TransitionRule
 from events.registry_policy import REGISTRY_POLICY, SetRegistryPolicy
 from events.stages import Stage
+from events.streams import REGISTRY_POLICY_STREAM, metrics_stream, model_stream
 from projections.base import Projection
 from projections.runner import ensure_projection, step
 from service.commands.executor import CommandExecutor

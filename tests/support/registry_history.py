@@ -39,7 +39,7 @@ from eventlog.log import head_position
 from eventlog.sealer import Sealer
 from eventlog.store import EventStore
 from events.base import Command
-from events.catalogue import CODEC, REGISTRY_POLICY_STREAM, metrics_stream, model_stream
+from events.catalogue import CODEC
 from events.errors import DomainError
 from events.metrics import METRICS, LogMetrics, MetricInput, MetricsState
 from events.model.commands import (
@@ -77,6 +77,7 @@ from events.model.state import DeploymentStatus, ModelState, RequestStatus
 from events.policy import DEFAULT_POLICY, GovernancePolicy, TransitionRule
 from events.registry_policy import REGISTRY_POLICY, SetRegistryPolicy
 from events.stages import Stage
+from events.streams import REGISTRY_POLICY_STREAM, metrics_stream, model_stream, name_key
 from events.version_content import (
     ArtifactEntry,
     DatasetReference,
@@ -106,10 +107,10 @@ def name_keys(events: Sequence[Any], state: Any) -> tuple[list[str], list[str]]:
     claim, release = [], []
     for event in events:
         if isinstance(event, ModelRegistered):
-            claim.append(f"model-name:{event.name}")
+            claim.append(name_key(event.name))
         elif isinstance(event, ModelRenamed):
-            claim.append(f"model-name:{event.new_name}")
-            release.append(f"model-name:{event.old_name}")
+            claim.append(name_key(event.new_name))
+            release.append(name_key(event.old_name))
     return claim, release
 
 

@@ -16,17 +16,10 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from events.catalogue import (
-    ALL_EVENT_TYPES,
-    CODEC,
-    DECIDERS,
-    REGISTRY_POLICY_STREAM,
-    decider_for,
-    metrics_stream,
-    model_stream,
-)
+from events.catalogue import ALL_EVENT_TYPES, CODEC, DECIDERS, decider_for
 from events.envelope import Envelope, decode_envelope, encode_envelope
 from events.errors import ValidationError
+from events.streams import REGISTRY_POLICY_STREAM, metrics_stream, model_stream
 from tests.unit.domain_helpers import NOW
 from tests.unit.golden_samples import samples
 

@@ -1,19 +1,21 @@
-"""The ``model:{model_id}`` stream's decider: ``decide``, ``evolve``, ``initial_state``. Pure.
+"""The ``model:{model_id}`` stream's decider, ``MODEL``: ``decide``, ``evolve``. Pure.
 
     state = MODEL.fold(history)                 # or a cached state + the new events
     new_events = decide(command, state)         # or a DomainError; never mutates state
 
-The rules live in one module per concern: ``model_registration`` (model and version
-metadata), ``model_lifecycle`` (stages, aliases, rollback), ``model_promotions``
-(requests and approvals), ``model_deployments`` (what runs where). Commands are in
-``model_commands``, events in ``model_events``, state and ``evolve`` in ``model_state``.
+``decide`` checks the actor and hands the command to its decision function, found by the
+command's exact type in ``DECIDE_BY_COMMAND`` (a test checks that every ``ModelCommand``
+has one). The decisions live in one module per concern: ``registration`` (the model and
+its versions' metadata), ``lifecycle`` (stages, aliases, rollback), ``promotions``
+(requests and approvals) and ``deployments`` (what runs where).
 """
 
 from __future__ import annotations
 
-from typing import assert_never
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
 
-from events.base import Decider
+from events.base import Command, Decider
 from events.model.commands import (
     ApprovePromotion,
     ArchiveModel,
@@ -53,6 +55,7 @@ from events.model.deployments import (
     start_deployment,
 )
 from events.model.events import ModelEvent
+from events.model.evolve import evolve
 from events.model.lifecycle import (
     archive_version,
     remove_alias,
@@ -84,77 +87,66 @@ from events.model.registration import (
     update_model_description,
     update_version_description,
 )
-from events.model.state import ModelState, evolve, initial_state
+from events.model.state import ModelState, initial_state
 from events.names import validate_actor
 from events.streams import MODEL_TYPE
 
 STREAM_TYPE = MODEL_TYPE
 
 
+C = TypeVar("C", bound=Command)
+Decision = Callable[[Any, ModelState], list[ModelEvent]]
+
+
 def decide(command: ModelCommand, state: ModelState) -> list[ModelEvent]:
     """The events ``command`` causes on ``state``, or a ``DomainError``. Pure and deterministic."""
     validate_actor(command.actor)
-    match command:
-        case RegisterModel():
-            return register_model(command, state)
-        case UpdateModelDescription():
-            return update_model_description(command, state)
-        case SetModelTags():
-            return set_model_tags(command, state)
-        case RemoveModelTags():
-            return remove_model_tags(command, state)
-        case RenameModel():
-            return rename_model(command, state)
-        case ArchiveModel():
-            return archive_model(command, state)
-        case RestoreModel():
-            return restore_model(command, state)
-        case SetModelPolicy():
-            return set_model_policy(command, state)
-        case ClearModelPolicy():
-            return clear_model_policy(command, state)
-        case RegisterVersion():
-            return register_version(command, state)
-        case UpdateVersionDescription():
-            return update_version_description(command, state)
-        case SetVersionTags():
-            return set_version_tags(command, state)
-        case RemoveVersionTags():
-            return remove_version_tags(command, state)
-        case DeprecateVersion():
-            return deprecate_version(command, state)
-        case RestoreVersion():
-            return restore_version(command, state)
-        case TransitionStage():
-            return transition_stage(command, state)
-        case ArchiveVersion():
-            return archive_version(command, state)
-        case Rollback():
-            return roll_back_production(command, state)
-        case SetAlias():
-            return set_alias(command, state)
-        case RemoveAlias():
-            return remove_alias(command, state)
-        case RequestPromotion():
-            return request_promotion(command, state)
-        case ApprovePromotion():
-            return approve_promotion(command, state)
-        case RejectPromotion():
-            return reject_promotion(command, state)
-        case CancelPromotion():
-            return cancel_promotion(command, state)
-        case ExpirePromotion():
-            return expire_promotion(command, state)
-        case StartDeployment():
-            return start_deployment(command, state)
-        case ReportDeploymentSucceeded():
-            return report_succeeded(command, state)
-        case ReportDeploymentFailed():
-            return report_failed(command, state)
-        case ReportDeploymentRolledBack():
-            return report_rolled_back(command, state)
-        case _:
-            assert_never(command)
+    decision = DECIDE_BY_COMMAND.get(type(command))
+    if decision is None:
+        raise TypeError(f"{type(command).__name__} is not a command of the model stream")
+    return decision(command, state)
+
+
+def _on(
+    command_type: type[C], decision: Callable[[C, ModelState], list[ModelEvent]]
+) -> tuple[type[Command], Decision]:
+    """One row of ``DECIDE_BY_COMMAND``; mypy checks that ``decision`` takes ``command_type``."""
+    return command_type, decision
+
+
+DECIDE_BY_COMMAND: Mapping[type[Command], Decision] = dict(
+    (
+        _on(RegisterModel, register_model),
+        _on(UpdateModelDescription, update_model_description),
+        _on(SetModelTags, set_model_tags),
+        _on(RemoveModelTags, remove_model_tags),
+        _on(RenameModel, rename_model),
+        _on(ArchiveModel, archive_model),
+        _on(RestoreModel, restore_model),
+        _on(SetModelPolicy, set_model_policy),
+        _on(ClearModelPolicy, clear_model_policy),
+        _on(RegisterVersion, register_version),
+        _on(UpdateVersionDescription, update_version_description),
+        _on(SetVersionTags, set_version_tags),
+        _on(RemoveVersionTags, remove_version_tags),
+        _on(DeprecateVersion, deprecate_version),
+        _on(RestoreVersion, restore_version),
+        _on(TransitionStage, transition_stage),
+        _on(ArchiveVersion, archive_version),
+        _on(Rollback, roll_back_production),
+        _on(SetAlias, set_alias),
+        _on(RemoveAlias, remove_alias),
+        _on(RequestPromotion, request_promotion),
+        _on(ApprovePromotion, approve_promotion),
+        _on(RejectPromotion, reject_promotion),
+        _on(CancelPromotion, cancel_promotion),
+        _on(ExpirePromotion, expire_promotion),
+        _on(StartDeployment, start_deployment),
+        _on(ReportDeploymentSucceeded, report_succeeded),
+        _on(ReportDeploymentFailed, report_failed),
+        _on(ReportDeploymentRolledBack, report_rolled_back),
+    )
+)
 
 
 MODEL: Decider[ModelState, ModelCommand, ModelEvent] = Decider(

@@ -155,47 +155,7 @@ def evolve(state: TokenState, event: TokenEvent) -> TokenState:
 def decide(command: TokenCommand, state: TokenState) -> list[TokenEvent]:
     match command:
         case IssueToken():
-            if state.issued:
-                raise ConflictError(
-                    f"token {command.token_id} exists already", token_id=command.token_id
-                )
-            validate_id(command.token_id, "token_id")
-            if not _PRINCIPAL.fullmatch(command.principal):
-                raise ValidationError(
-                    "principal",
-                    "pattern",
-                    "principal must be 1-128 of A-Z a-z 0-9 . _ @ + -, starting alphanumeric",
-                )
-            if not command.roles:
-                raise ValidationError("roles", "required", "a token needs at least one role")
-            if len(command.scopes) > MAX_SCOPES:
-                raise ValidationError(
-                    "scopes", "too_many", f"at most {MAX_SCOPES} scopes", max=MAX_SCOPES
-                )
-            for i, scope in enumerate(command.scopes):
-                if not _SCOPE.fullmatch(scope):
-                    raise ValidationError(
-                        f"scopes[{i}]",
-                        "pattern",
-                        "a scope is a model name, or a name prefix ending in *",
-                    )
-            if not _HASH.fullmatch(command.secret_sha256):
-                raise ValidationError(
-                    "secret_sha256", "pattern", "the secret hash must be 64 lower-case hex digits"
-                )
-            if command.expires_at is not None and command.expires_at <= command.now:
-                raise ValidationError("expires_at", "range", "a token must expire in the future")
-            return [
-                TokenIssued(
-                    token_id=command.token_id,
-                    principal=command.principal,
-                    roles=tuple(dict.fromkeys(command.roles)),
-                    scopes=command.scopes,
-                    secret_sha256=command.secret_sha256,
-                    expires_at=command.expires_at,
-                    description=command.description,
-                )
-            ]
+            return _issue(command, state)
         case RevokeToken():
             if not state.issued:
                 raise NotFoundError("no such token")
@@ -204,6 +164,48 @@ def decide(command: TokenCommand, state: TokenState) -> list[TokenEvent]:
             return [TokenRevoked(token_id=state.token_id, reason=command.reason)]
         case _:
             assert_never(command)
+
+
+def _issue(command: IssueToken, state: TokenState) -> list[TokenEvent]:
+    if state.issued:
+        raise ConflictError(f"token {command.token_id} exists already", token_id=command.token_id)
+    validate_id(command.token_id, "token_id")
+    if not _PRINCIPAL.fullmatch(command.principal):
+        raise ValidationError(
+            "principal",
+            "pattern",
+            "principal must be 1-128 of A-Z a-z 0-9 . _ @ + -, starting alphanumeric",
+        )
+    if not command.roles:
+        raise ValidationError("roles", "required", "a token needs at least one role")
+    _validate_scopes(command.scopes)
+    if not _HASH.fullmatch(command.secret_sha256):
+        raise ValidationError(
+            "secret_sha256", "pattern", "the secret hash must be 64 lower-case hex digits"
+        )
+    if command.expires_at is not None and command.expires_at <= command.now:
+        raise ValidationError("expires_at", "range", "a token must expire in the future")
+    return [
+        TokenIssued(
+            token_id=command.token_id,
+            principal=command.principal,
+            roles=tuple(dict.fromkeys(command.roles)),
+            scopes=command.scopes,
+            secret_sha256=command.secret_sha256,
+            expires_at=command.expires_at,
+            description=command.description,
+        )
+    ]
+
+
+def _validate_scopes(scopes: tuple[str, ...]) -> None:
+    if len(scopes) > MAX_SCOPES:
+        raise ValidationError("scopes", "too_many", f"at most {MAX_SCOPES} scopes", max=MAX_SCOPES)
+    for i, scope in enumerate(scopes):
+        if not _SCOPE.fullmatch(scope):
+            raise ValidationError(
+                f"scopes[{i}]", "pattern", "a scope is a model name, or a name prefix ending in *"
+            )
 
 
 TOKENS: Decider[TokenState, TokenCommand, TokenEvent] = Decider(

@@ -142,18 +142,27 @@ def _relative_path(value: str, field: str) -> None:
 
 def validate_content(content: VersionContent, field: str = "content") -> None:
     """Check every limit; raise ``ValidationError`` naming the first offending field."""
-    if not content.artifacts:
-        raise _fail(f"{field}.artifacts", "required", "a version needs at least one artifact")
-    if len(content.artifacts) > MAX_ARTIFACTS:
-        raise _fail(
-            f"{field}.artifacts",
-            "too_many",
-            f"at most {MAX_ARTIFACTS} artifacts",
-            max=MAX_ARTIFACTS,
-        )
+    _validate_artifacts(content.artifacts, f"{field}.artifacts")
+    if content.code is not None:
+        _validate_code(content.code, f"{field}.code")
+    if content.dependencies is not None:
+        _validate_dependencies(content.dependencies, f"{field}.dependencies")
+    _validate_parameters(content.parameters, f"{field}.parameters")
+    _validate_datasets(content.datasets, f"{field}.datasets")
+    if content.run is not None:
+        _validate_run(content.run, f"{field}.run")
+    if content.signature is not None:
+        _validate_signature(content.signature, f"{field}.signature")
+
+
+def _validate_artifacts(artifacts: tuple[ArtifactEntry, ...], field: str) -> None:
+    if not artifacts:
+        raise _fail(field, "required", "a version needs at least one artifact")
+    if len(artifacts) > MAX_ARTIFACTS:
+        raise _fail(field, "too_many", f"at most {MAX_ARTIFACTS} artifacts", max=MAX_ARTIFACTS)
     seen: set[str] = set()
-    for index, entry in enumerate(content.artifacts):
-        where = f"{field}.artifacts[{index}]"
+    for index, entry in enumerate(artifacts):
+        where = f"{field}[{index}]"
         _relative_path(entry.path, f"{where}.path")
         if entry.path in seen:
             raise _fail(f"{where}.path", "unique", f"artifact path {entry.path!r} appears twice")
@@ -162,52 +171,44 @@ def validate_content(content: VersionContent, field: str = "content") -> None:
         _sha256(entry.sha256, f"{where}.sha256")
         if entry.size < 0:
             raise _fail(f"{where}.size", "range", "an artifact size is a byte count >= 0")
-    if content.code is not None:
-        _bounded(content.code.repository, f"{field}.code.repository", URI_MAX)
-        if _GIT_COMMIT.fullmatch(content.code.commit) is None:
-            raise _fail(f"{field}.code.commit", "pattern", "a commit is 7-64 lower-case hex digits")
-        if content.code.path:
-            _relative_path(content.code.path, f"{field}.code.path")
-    if content.dependencies is not None:
-        deps = content.dependencies
-        if _PYTHON_VERSION.fullmatch(deps.python_version) is None:
-            raise _fail(
-                f"{field}.dependencies.python_version",
-                "pattern",
-                "expected e.g. '3.11' or '3.11.7'",
-            )
-        if deps.lock_file is not None:
-            _uri(deps.lock_file.uri, f"{field}.dependencies.lock_file.uri")
-            _sha256(deps.lock_file.sha256, f"{field}.dependencies.lock_file.sha256")
-    _validate_parameters(content, field)
-    _validate_datasets(content, field)
-    if content.run is not None:
-        _bounded(content.run.run_id, f"{field}.run.run_id", REF_MAX)
-        if content.run.url:
-            _uri(content.run.url, f"{field}.run.url")
-        if len(content.run.tracker) > REF_MAX:
-            raise _fail(
-                f"{field}.run.tracker", "length", f"at most {REF_MAX} characters", max=REF_MAX
-            )
-    if content.signature is not None:
-        for part in ("inputs", "outputs", "params"):
-            text: str = getattr(content.signature, part)
-            if len(text.encode("utf-8", "surrogatepass")) > SIGNATURE_MAX_BYTES:
-                raise _fail(
-                    f"{field}.signature.{part}", "length", f"at most {SIGNATURE_MAX_BYTES} bytes"
-                )
 
 
-def _validate_parameters(content: VersionContent, field: str) -> None:
-    if len(content.parameters) > MAX_PARAMETERS:
-        raise _fail(
-            f"{field}.parameters",
-            "too_many",
-            f"at most {MAX_PARAMETERS} parameters",
-            max=MAX_PARAMETERS,
-        )
-    for key, value in content.parameters.items():
-        where = f"{field}.parameters.{key}"
+def _validate_code(code: CodeReference, field: str) -> None:
+    _bounded(code.repository, f"{field}.repository", URI_MAX)
+    if _GIT_COMMIT.fullmatch(code.commit) is None:
+        raise _fail(f"{field}.commit", "pattern", "a commit is 7-64 lower-case hex digits")
+    if code.path:
+        _relative_path(code.path, f"{field}.path")
+
+
+def _validate_dependencies(deps: Dependencies, field: str) -> None:
+    if _PYTHON_VERSION.fullmatch(deps.python_version) is None:
+        raise _fail(f"{field}.python_version", "pattern", "expected e.g. '3.11' or '3.11.7'")
+    if deps.lock_file is not None:
+        _uri(deps.lock_file.uri, f"{field}.lock_file.uri")
+        _sha256(deps.lock_file.sha256, f"{field}.lock_file.sha256")
+
+
+def _validate_run(run: RunReference, field: str) -> None:
+    _bounded(run.run_id, f"{field}.run_id", REF_MAX)
+    if run.url:
+        _uri(run.url, f"{field}.url")
+    if len(run.tracker) > REF_MAX:
+        raise _fail(f"{field}.tracker", "length", f"at most {REF_MAX} characters", max=REF_MAX)
+
+
+def _validate_signature(signature: ModelSignature, field: str) -> None:
+    for part in ("inputs", "outputs", "params"):
+        text: str = getattr(signature, part)
+        if len(text.encode("utf-8", "surrogatepass")) > SIGNATURE_MAX_BYTES:
+            raise _fail(f"{field}.{part}", "length", f"at most {SIGNATURE_MAX_BYTES} bytes")
+
+
+def _validate_parameters(parameters: dict[str, ParamValue], field: str) -> None:
+    if len(parameters) > MAX_PARAMETERS:
+        raise _fail(field, "too_many", f"at most {MAX_PARAMETERS} parameters", max=MAX_PARAMETERS)
+    for key, value in parameters.items():
+        where = f"{field}.{key}"
         validate_key(key, where)
         if isinstance(value, float):
             validate_finite(value, where)
@@ -217,14 +218,12 @@ def _validate_parameters(content: VersionContent, field: str) -> None:
             )
 
 
-def _validate_datasets(content: VersionContent, field: str) -> None:
-    if len(content.datasets) > MAX_DATASETS:
-        raise _fail(
-            f"{field}.datasets", "too_many", f"at most {MAX_DATASETS} datasets", max=MAX_DATASETS
-        )
+def _validate_datasets(datasets: tuple[DatasetReference, ...], field: str) -> None:
+    if len(datasets) > MAX_DATASETS:
+        raise _fail(field, "too_many", f"at most {MAX_DATASETS} datasets", max=MAX_DATASETS)
     seen: set[tuple[str, DatasetRole]] = set()
-    for index, dataset in enumerate(content.datasets):
-        where = f"{field}.datasets[{index}]"
+    for index, dataset in enumerate(datasets):
+        where = f"{field}[{index}]"
         validate_dataset_name(dataset.name, f"{where}.name")
         _uri(dataset.uri, f"{where}.uri")
         _bounded(dataset.digest, f"{where}.digest", REF_MAX)

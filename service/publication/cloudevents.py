@@ -178,63 +178,77 @@ def encode_headers(
 
 def decode_headers(headers: Mapping[str, str] | None) -> EventHeaders:
     """Decode and check a message's headers; raise CloudEventError naming a bad header."""
-    lowered = {k.lower(): v for k, v in (headers or {}).items()}
+    found = _Headers(headers)
+    specversion = found.text("ce-specversion")
+    if specversion != SPEC_VERSION:
+        raise CloudEventError(f"ce-specversion {specversion!r} is not {SPEC_VERSION}")
+    event_id = found.uuid("ce-id")
+    sequence = found.integer("ce-sequence")
+    log_position = found.integer(LOG_POSITION)
+    if sequence != log_position:
+        raise CloudEventError(
+            f"ce-sequence {sequence} disagrees with {LOG_POSITION} {log_position}"
+        )
+    time_text, hash_text = found.text("ce-time"), found.text(LOG_HASH)
+    moment, log_hash = _parse_time(time_text), _parse_hash(hash_text)
+    return EventHeaders(
+        id=event_id,
+        source=percent_decode(found.text("ce-source")),
+        type=validate_event_type(percent_decode(found.text("ce-type"))),
+        subject=percent_decode(found.text("ce-subject")),
+        time=moment,
+        log_position=log_position,
+        stream_position=found.integer(STREAM_POSITION),
+        schema_version=found.integer(SCHEMA_VERSION),
+        log_hash=log_hash,
+        datacontenttype=percent_decode(found.text("ce-datacontenttype")),
+        specversion=specversion,
+        correlation_id=found.optional_uuid("ce-correlationid"),
+        causation_id=found.optional_uuid("ce-causationid"),
+    )
 
-    def get(name: str) -> str:
-        value = lowered.get(name.lower())
+
+class _Headers:
+    """A message's headers, looked up case-insensitively; each accessor names a bad header."""
+
+    def __init__(self, headers: Mapping[str, str] | None) -> None:
+        self._lowered = {k.lower(): v for k, v in (headers or {}).items()}
+
+    def text(self, name: str) -> str:
+        value = self._lowered.get(name.lower())
         if value is None or value == "":
             raise CloudEventError(f"header {name} is missing")
         return value
 
-    def integer(name: str) -> int:
-        text = get(name)
+    def integer(self, name: str) -> int:
+        text = self.text(name)
         if not text.isdigit():
             raise CloudEventError(f"header {name} is not a non-negative integer: {text!r}")
         return int(text)
 
-    def uuid(name: str, *, required: bool = True) -> UUID | None:
-        if not required and not lowered.get(name.lower()):
-            return None
-        text = get(name)
+    def uuid(self, name: str) -> UUID:
+        text = self.text(name)
         try:
             return UUID(text)
         except ValueError:
             raise CloudEventError(f"header {name} is not a UUID: {text!r}") from None
 
-    specversion = get("ce-specversion")
-    if specversion != SPEC_VERSION:
-        raise CloudEventError(f"ce-specversion {specversion!r} is not {SPEC_VERSION}")
-    event_id = uuid("ce-id")
-    assert event_id is not None
-    sequence = integer("ce-sequence")
-    log_position = integer(LOG_POSITION)
-    if sequence != log_position:
-        raise CloudEventError(
-            f"ce-sequence {sequence} disagrees with {LOG_POSITION} {log_position}"
-        )
-    time_text, hash_text = get("ce-time"), get(LOG_HASH)
+    def optional_uuid(self, name: str) -> UUID | None:
+        return self.uuid(name) if self._lowered.get(name.lower()) else None
+
+
+def _parse_time(text: str) -> datetime:
     try:
-        moment = datetime.fromisoformat(time_text)
+        moment = datetime.fromisoformat(text)
     except ValueError:
-        raise CloudEventError(f"ce-time is not RFC 3339: {time_text!r}") from None
+        raise CloudEventError(f"ce-time is not RFC 3339: {text!r}") from None
     if moment.tzinfo is None:
         raise CloudEventError("ce-time has no UTC offset")
+    return moment.astimezone(UTC)
+
+
+def _parse_hash(text: str) -> bytes:
     try:
-        log_hash = bytes.fromhex(hash_text)
+        return bytes.fromhex(text)
     except ValueError:
         raise CloudEventError(f"{LOG_HASH} is not hex") from None
-    return EventHeaders(
-        id=event_id,
-        source=percent_decode(get("ce-source")),
-        type=validate_event_type(percent_decode(get("ce-type"))),
-        subject=percent_decode(get("ce-subject")),
-        time=moment.astimezone(UTC),
-        log_position=log_position,
-        stream_position=integer(STREAM_POSITION),
-        schema_version=integer(SCHEMA_VERSION),
-        log_hash=log_hash,
-        datacontenttype=percent_decode(get("ce-datacontenttype")),
-        specversion=specversion,
-        correlation_id=uuid("ce-correlationid", required=False),
-        causation_id=uuid("ce-causationid", required=False),
-    )

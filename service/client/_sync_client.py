@@ -418,17 +418,7 @@ class Client:
         (``{"auc": 0.93}`` or ``Metric`` structs, ``metrics_dataset`` for the mapping
         form) are logged right after, at step 0.
         """
-        if manifest is not None:
-            entries = tuple(manifest)
-        elif artifacts_dir is not None:
-            directory = artifacts_dir
-            entries = self._transport.blocking(
-                lambda: build_manifest(
-                    directory, uri=artifacts_uri, exclude=exclude, progress=self.progress
-                )
-            )
-        else:
-            raise ValueError("register_version needs artifacts_dir=... or manifest=...")
+        entries = self._manifest(artifacts_dir, manifest, artifacts_uri, exclude)
         all_tags = dict(tags or {})
         if code == "auto":
             code, checkout = self._transport.blocking(gitinfo.detect_code)
@@ -447,6 +437,44 @@ class Client:
             "tags": all_tags,
             "description": description,
         }
+        receipt, created = self._post_version(model, body, create_model=create_model)
+        if receipt.version is None:
+            raise ServerError(f"the registry registered no version: {receipt}", status=None)
+        logged = self._log_at_registration(model, receipt.version, metrics, metrics_dataset)
+        last = logged[-1].position if logged else receipt.position
+        return RegisteredVersion(
+            model=model,
+            model_id=receipt.model_id,
+            version=receipt.version,
+            position=last,
+            receipt=receipt,
+            metrics=logged,
+            model_created=created,
+        )
+
+    def _manifest(
+        self,
+        artifacts_dir: str | PathLike[str] | None,
+        manifest: Iterable[ArtifactEntry] | None,
+        artifacts_uri: str | None,
+        exclude: Sequence[str],
+    ) -> tuple[ArtifactEntry, ...]:
+        if manifest is not None:
+            return tuple(manifest)
+        if artifacts_dir is None:
+            raise ValueError("register_version needs artifacts_dir=... or manifest=...")
+        directory = artifacts_dir
+        return self._transport.blocking(
+            lambda: build_manifest(
+                directory, uri=artifacts_uri, exclude=exclude, progress=self.progress
+            )
+        )
+
+    def _post_version(
+        self, model: str, body: dict[str, Any], *, create_model: bool
+    ) -> tuple[Receipt, bool]:
+        """Post the version; if the model is missing (and may be created), create it and
+        post again under the same Idempotency-Key. Says whether it created the model."""
         key = new_key()
         path = f"{model_path(model)}/versions"
         created = False
@@ -462,24 +490,19 @@ class Client:
                 if taken.code != "already_exists":
                     raise
             receipt = self._write("POST", path, body, key=key)
-        if receipt.version is None:
-            raise ServerError(f"the registry registered no version: {receipt}", status=None)
+        return receipt, created
+
+    def _log_at_registration(
+        self, model: str, version: int, metrics: MetricsArg | None, dataset: str | None
+    ) -> list[Receipt]:
+        """Log ``metrics`` at step 0 now, in batches, bypassing the buffer."""
         logged: list[Receipt] = []
         if metrics is not None:
-            found = points(metrics, dataset=metrics_dataset)
+            found = points(metrics, dataset=dataset)
             for start in range(0, len(found), MAX_BATCH):
-                batch = Batch(model, receipt.version, found[start : start + MAX_BATCH])
+                batch = Batch(model, version, found[start : start + MAX_BATCH])
                 logged.append(self._send_batch(batch))
-        last = logged[-1].position if logged else receipt.position
-        return RegisteredVersion(
-            model=model,
-            model_id=receipt.model_id,
-            version=receipt.version,
-            position=last,
-            receipt=receipt,
-            metrics=logged,
-            model_created=created,
-        )
+        return logged
 
     def update_version(
         self,

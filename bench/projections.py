@@ -25,6 +25,7 @@ import itertools
 import resource
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
@@ -375,6 +376,76 @@ async def settle(url: str) -> None:
         await conn.close()
 
 
+@dataclass
+class LiveLoad:
+    """Writers offering ``offered`` events/s in small appends for ``seconds``, and a watcher
+    timing each append from its commit to the moment every view has passed it."""
+
+    store: EventStore
+    first_model: int
+    seconds: float
+    offered: int = 1000
+    writers: int = 20
+    committed_at: dict[int, float] = field(default_factory=dict)
+    lags: list[float] = field(default_factory=list)
+    seal_lags: list[float] = field(default_factory=list)
+    written: int = 0
+    writing: bool = True
+
+    def appends(self, w: int) -> Iterator[Append]:
+        # Small appends, as the API makes them: one command's events at a time.
+        for index in itertools.count(self.first_model + w, self.writers):
+            for stream, events, actor, at in model_story(index, VERSIONS_PER_MODEL):
+                for start in range(0, len(events), 3):
+                    yield stream, events[start : start + 3], actor, at
+
+    async def write(self, w: int) -> None:
+        versions: dict[str, int] = {}
+        interval = self.writers / self.offered * 2  # appends average two events
+        next_at = time.perf_counter()
+        deadline = next_at + self.seconds
+        for stream, batch, actor, at in self.appends(w):
+            if next_at >= deadline:
+                return
+            await asyncio.sleep(max(0.0, next_at - time.perf_counter()))
+            next_at += interval * len(batch) / 2
+            result = await self.store.append(
+                stream, versions.get(stream, 0), batch, Metadata(actor=actor, occurred_at=at)
+            )
+            self.committed_at[result.last_seq] = time.perf_counter()
+            versions[stream] = result.stream_version
+            self.written += len(batch)
+
+    async def watch(self, conn: asyncpg.Connection, names: list[str]) -> None:
+        # Map each append's last event to its log position, then wait for every view to pass it.
+        # A seq may be sealed before its writer records the commit time: remember them all.
+        position = await head_position(conn)
+        sealed: dict[int, tuple[int, float]] = {}
+        waiting: list[tuple[int, float]] = []
+        while self.writing or self.committed_at or waiting:
+            rows = await conn.fetch(
+                "SELECT log_position, seq FROM event_log WHERE log_position > $1 ORDER BY 1",
+                position,
+            )
+            seen_at = time.perf_counter()
+            for row in rows:
+                position = row["log_position"]
+                sealed[row["seq"]] = (position, seen_at)
+            for seq in [s for s in self.committed_at if s in sealed]:
+                at, seen = sealed[seq]
+                started = self.committed_at.pop(seq)
+                self.seal_lags.append(max(0.0, seen - started) * 1000)
+                waiting.append((at, started))
+            visible = await conn.fetchval(
+                "SELECT min(log_position) FROM projection_checkpoints WHERE status = 'live' AND projection = ANY($1)",
+                names,
+            )
+            now = time.perf_counter()
+            self.lags.extend((now - started) * 1000 for pos, started in waiting if pos <= visible)
+            waiting = [(pos, started) for pos, started in waiting if pos > visible]
+            await asyncio.sleep(0.002)
+
+
 async def live_lag(
     db: Database,
     projections: list[Projection],
@@ -417,86 +488,26 @@ async def live_lag(
     while sum(len(w.leading) for w in workers) < len(projections):  # noqa: ASYNC110 - polling a plain set
         await asyncio.sleep(0.05)
 
-    offered, writers = 1000, 20
-    committed_at: dict[int, float] = {}
-    lags: list[float] = []
-    seal_lags: list[float] = []
-    written = 0
-    writing = True
-
-    def appends(w: int) -> Iterator[Append]:
-        # Small appends, as the API makes them: one command's events at a time.
-        for index in itertools.count(first_model + w, writers):
-            for stream, events, actor, at in model_story(index, VERSIONS_PER_MODEL):
-                for start in range(0, len(events), 3):
-                    yield stream, events[start : start + 3], actor, at
-
-    async def writer(w: int) -> None:
-        nonlocal written
-        versions: dict[str, int] = {}
-        interval = writers / offered * 2  # appends average two events
-        next_at = time.perf_counter()
-        deadline = next_at + seconds
-        for stream, batch, actor, at in appends(w):
-            if next_at >= deadline:
-                return
-            await asyncio.sleep(max(0.0, next_at - time.perf_counter()))
-            next_at += interval * len(batch) / 2
-            result = await store.append(
-                stream, versions.get(stream, 0), batch, Metadata(actor=actor, occurred_at=at)
-            )
-            committed_at[result.last_seq] = time.perf_counter()
-            versions[stream] = result.stream_version
-            written += len(batch)
-
-    async def watcher() -> None:
-        # Map each append's last event to its log position, then wait for every view to pass it.
-        # A seq may be sealed before its writer records the commit time: remember them all.
-        position = await head_position(conn)
-        sealed: dict[int, tuple[int, float]] = {}
-        waiting: list[tuple[int, float]] = []
-        while writing or committed_at or waiting:
-            rows = await conn.fetch(
-                "SELECT log_position, seq FROM event_log WHERE log_position > $1 ORDER BY 1",
-                position,
-            )
-            seen_at = time.perf_counter()
-            for row in rows:
-                position = row["log_position"]
-                sealed[row["seq"]] = (position, seen_at)
-            for seq in [s for s in committed_at if s in sealed]:
-                at, seen = sealed[seq]
-                started = committed_at.pop(seq)
-                seal_lags.append(max(0.0, seen - started) * 1000)
-                waiting.append((at, started))
-            visible = await conn.fetchval(
-                "SELECT min(log_position) FROM projection_checkpoints WHERE status = 'live' AND projection = ANY($1)",
-                names,
-            )
-            now = time.perf_counter()
-            lags.extend((now - started) * 1000 for pos, started in waiting if pos <= visible)
-            waiting = [(pos, started) for pos, started in waiting if pos > visible]
-            await asyncio.sleep(0.002)
-
-    watching = asyncio.create_task(watcher())
+    load = LiveLoad(store, first_model, seconds)
+    watching = asyncio.create_task(load.watch(conn, names))
     t0 = time.perf_counter()
-    await asyncio.gather(*(writer(w) for w in range(writers)))
+    await asyncio.gather(*(load.write(w) for w in range(load.writers)))
     elapsed = time.perf_counter() - t0
-    writing = False
+    load.writing = False
     await asyncio.wait_for(watching, 60)
     stop.set()
     await asyncio.gather(*tasks)
     layout = "a worker per view" if per_view else "one worker"
     table.add(
         Row(
-            f"live lag, {offered:,} events/s offered, {len(projections)} views, {layout}",
-            written / elapsed,
+            f"live lag, {load.offered:,} events/s offered, {len(projections)} views, {layout}",
+            load.written / elapsed,
             "events/s",
-            percentile(lags, 0.5),
-            percentile(lags, 0.99),
-            note=f"commit -> visible in every view; target p99 <= 100 ms; {len(lags):,} appends;"
-            f" of which commit -> sealed p50 {percentile(seal_lags, 0.5):.0f} / p99"
-            f" {percentile(seal_lags, 0.99):.0f} ms",
+            percentile(load.lags, 0.5),
+            percentile(load.lags, 0.99),
+            note=f"commit -> visible in every view; target p99 <= 100 ms; {len(load.lags):,} appends;"
+            f" of which commit -> sealed p50 {percentile(load.seal_lags, 0.5):.0f} / p99"
+            f" {percentile(load.seal_lags, 0.99):.0f} ms",
         )
     )
 

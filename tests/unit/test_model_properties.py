@@ -200,40 +200,59 @@ class World:
 
 
 def _command(world: World, op: tuple[Any, ...]) -> Any:
-    base: dict[str, Any] = {"actor": "alice", "now": world.now}
-    governed = {**base, "registry_policy": world.registry_policy}
+    for build in (_version_command, _request_command, _model_command):
+        command = build(world, op)
+        if command is not None:
+            return command
+    raise AssertionError(op)
+
+
+def _base(world: World, actor: str = "alice") -> dict[str, Any]:
+    return {"actor": actor, "now": world.now}
+
+
+def _governed(world: World, actor: str = "alice") -> dict[str, Any]:
+    return {**_base(world, actor), "registry_policy": world.registry_policy}
+
+
+def _version_command(world: World, op: tuple[Any, ...]) -> Any:
     match op:
         case ("register", who):
             return RegisterVersion(
-                **{**base, "actor": who}, content=content(world.state.last_version + 1)
+                **_base(world, who), content=content(world.state.last_version + 1)
             )
         case ("transition", i, stage):
             return TransitionStage(
-                **governed,
+                **_governed(world),
                 version=world.candidate(i, stage),
                 to_stage=stage,
                 metrics=world.snapshot(),
             )
         case ("archive", i):
-            return ArchiveVersion(**governed, version=world.version(i), reason="done")
+            return ArchiveVersion(**_governed(world), version=world.version(i), reason="done")
         case ("restore", i, admin):
             return RestoreVersion(
-                **base, version=world.version(i), reason="needed", actor_is_admin=admin
+                **_base(world), version=world.version(i), reason="needed", actor_is_admin=admin
             )
         case ("deprecate", i):
-            return DeprecateVersion(**base, version=world.version(i), reason="bad")
+            return DeprecateVersion(**_base(world), version=world.version(i), reason="bad")
         case ("tag", i):
             return SetVersionTags(
-                **base, version=world.version(i), tags={"seen": str(len(world.history))}
+                **_base(world), version=world.version(i), tags={"seen": str(len(world.history))}
             )
         case ("alias", name, i):
-            return SetAlias(**governed, alias=name, version=world.version(i))
+            return SetAlias(**_governed(world), alias=name, version=world.version(i))
         case ("unalias", name):
-            return RemoveAlias(**governed, alias=name)
+            return RemoveAlias(**_governed(world), alias=name)
+    return None
+
+
+def _request_command(world: World, op: tuple[Any, ...]) -> Any:
+    match op:
         case ("request", i, stage, alias, who, rollback):
             world.requests += 1
             return RequestPromotion(
-                **{**governed, "actor": who},
+                **_governed(world, who),
                 request_id=f"r{world.requests}",
                 version=world.candidate(i, stage),
                 target_stage=stage,
@@ -244,31 +263,34 @@ def _command(world: World, op: tuple[Any, ...]) -> Any:
             )
         case ("approve", i, who):
             return ApprovePromotion(
-                **{**governed, "actor": who},
-                request_id=world.request_id(i),
-                metrics=world.snapshot(),
+                **_governed(world, who), request_id=world.request_id(i), metrics=world.snapshot()
             )
         case ("reject", i, who):
             return RejectPromotion(
-                **{**base, "actor": who}, request_id=world.request_id(i), comment="no"
+                **_base(world, who), request_id=world.request_id(i), comment="no"
             )
         case ("cancel", i, who, admin):
             return CancelPromotion(
-                **{**base, "actor": who}, request_id=world.request_id(i), actor_is_admin=admin
+                **_base(world, who), request_id=world.request_id(i), actor_is_admin=admin
             )
         case ("expire", i):
-            return ExpirePromotion(**base, request_id=world.request_id(i))
+            return ExpirePromotion(**_base(world), request_id=world.request_id(i))
+    return None
+
+
+def _model_command(world: World, op: tuple[Any, ...]) -> Any:
+    match op:
         case ("rollback", who):
-            return Rollback(**{**governed, "actor": who}, reason="incident")
+            return Rollback(**_governed(world, who), reason="incident")
         case ("model_policy", None):
-            return ClearModelPolicy(**base)
+            return ClearModelPolicy(**_base(world))
         case ("model_policy", p):
-            return SetModelPolicy(**base, policy=POLICIES[p])
+            return SetModelPolicy(**_base(world), policy=POLICIES[p])
         case ("archive_model", True):
-            return ArchiveModel(**base, reason="pause")
+            return ArchiveModel(**_base(world), reason="pause")
         case ("archive_model", False):
-            return RestoreModel(**base, reason="resume")
-    raise AssertionError(op)
+            return RestoreModel(**_base(world), reason="resume")
+    return None
 
 
 def _check_executed(

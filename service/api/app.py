@@ -23,6 +23,7 @@ from service.api.health import Live, NotReady, Ready, check
 from service.api.problems import EXCEPTION_HANDLERS
 from service.api.router import api_app_kwargs
 from service.api.services import Services
+from service.api.tracing import process_tracing, tracing_plugin
 from service.settings import Settings
 
 PROBLEM_JSON = "application/problem+json"
@@ -76,7 +77,8 @@ def create_app(state: AppState | None = None, *, api: bool = True, debug: bool =
     """Build the app; ``api=False`` serves only the health endpoints (the worker role).
 
     ``state=None`` gives an app whose readiness always fails: for tests of the HTTP layer
-    that need no database.
+    that need no database. Tracing is on when the process's ``OTEL_*`` variables say so
+    (service.api.tracing).
     """
     handlers: list[ControllerRouterHandler] = [health_router]
     extra: dict[str, Any] = {
@@ -87,9 +89,11 @@ def create_app(state: AppState | None = None, *, api: bool = True, debug: bool =
         extra = api_app_kwargs(state.services)
         handlers.extend(extra.pop("route_handlers"))
         extra["state"] = State({**extra["state"].dict(), "app_state": state})
+    provider = process_tracing()
     return Litestar(
         route_handlers=handlers,
         **extra,
+        plugins=[tracing_plugin(provider)] if provider is not None else [],
         openapi_config=OpenAPIConfig(title="modelreg", version=_version(), path="/schema"),
         # The process configures logging once (service.cli.main); Litestar's default would replace it.
         logging_config=None,

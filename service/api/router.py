@@ -1,5 +1,5 @@
-"""The ``/api/v1`` router: every controller behind metrics, authentication and idempotency;
-``/metrics`` behind authentication."""
+"""The ``/api/v1`` router: every controller behind metrics, correlation, authentication and
+idempotency; ``/metrics`` behind authentication."""
 
 from __future__ import annotations
 
@@ -28,6 +28,7 @@ from service.api.routes_operations import (
 from service.api.routes_versions import CompareController, VersionsController
 from service.api.services import Services
 from service.api.telemetry import HTTP_METRICS, MetricsController
+from service.api.tracing import correlation_middleware
 
 # A version with a 10,000-file manifest is about 2 MiB; leave room, refuse the absurd (413).
 MAX_BODY_BYTES = 8 * 1024 * 1024
@@ -78,13 +79,15 @@ def answer_errors_here(app: ASGIApp) -> ASGIApp:
 
 def api_routers() -> list[Router]:
     """``/api/v1`` and ``/metrics``; both authenticated."""
-    # Outermost first: every request is counted, then authenticated, then deduplicated.
+    # Outermost first: every request is counted, gets its correlation id (said on errors
+    # too), then is authenticated, then deduplicated.
     return [
         Router(
             "/api/v1",
             route_handlers=CONTROLLERS,
             middleware=[
                 HTTP_METRICS.middleware,
+                correlation_middleware,
                 answer_errors_here,
                 DefineMiddleware(BearerTokenMiddleware),
                 idempotency_middleware,

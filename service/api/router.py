@@ -13,6 +13,7 @@ from litestar.types import ASGIApp, Message, Receive, Scope, Send
 from service.api.auth import BearerTokenMiddleware
 from service.api.common import refuse_nul_characters
 from service.api.idempotency import idempotency_middleware
+from service.api.openapi import openapi_app_kwargs
 from service.api.problems import EXCEPTION_HANDLERS
 from service.api.routes_governance import (
     LifecycleController,
@@ -103,9 +104,12 @@ def api_routers() -> list[Router]:
 
 
 def api_app_kwargs(services: Services) -> dict[str, Any]:
-    """What a Litestar app needs to serve the API: routers, error mapping, shared state."""
+    """What a Litestar app needs to serve the API: routers, error mapping, shared state, and
+    the OpenAPI document with its viewers."""
+    docs = openapi_app_kwargs()
     return {
-        "route_handlers": api_routers(),
+        **docs,
+        "route_handlers": [*api_routers(), *docs["route_handlers"]],
         "exception_handlers": EXCEPTION_HANDLERS,
         "state": State({"services": services, "metrics": services.metrics}),
         "request_max_body_size": MAX_BODY_BYTES,

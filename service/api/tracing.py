@@ -21,7 +21,6 @@ import functools
 import os
 import uuid
 from collections.abc import Mapping, Sequence
-from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 from litestar.plugins.opentelemetry import OpenTelemetryConfig, OpenTelemetryPlugin
@@ -39,6 +38,7 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 from opentelemetry.trace.span import TraceState
 from opentelemetry.util.types import Attributes
 
+from service.api.openapi import package_version
 from service.commands.executor import CORRELATION_ID
 from service.settings import SettingsError
 
@@ -120,7 +120,7 @@ class RequestsOnly(Sampler):
 
 def build_tracer_provider(*processors: SpanProcessor) -> TracerProvider:
     """A tracer provider exporting through ``processors``, sampling requests only."""
-    resource = Resource.create({"service.name": "modelreg", "service.version": _version()})
+    resource = Resource.create({"service.name": "modelreg", "service.version": package_version()})
     # OTEL_SERVICE_NAME and OTEL_RESOURCE_ATTRIBUTES (read by Resource.create) win.
     provider = TracerProvider(resource=resource)
     # The sampler the OTEL_TRACES_SAMPLER variables chose, applied within request traces.
@@ -195,10 +195,3 @@ def process_tracing() -> TracerProvider | None:
         trace.set_tracer_provider(provider)
         AsyncPGInstrumentor().instrument(tracer_provider=provider)  # type: ignore[no-untyped-call]
     return provider
-
-
-def _version() -> str:
-    try:
-        return version("modelreg")
-    except PackageNotFoundError:
-        return "0+unknown"

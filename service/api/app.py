@@ -22,7 +22,7 @@ from service.api.openapi import openapi_app_kwargs
 from service.api.problems import EXCEPTION_HANDLERS
 from service.api.router import api_app_kwargs
 from service.api.services import Services
-from service.api.tracing import process_tracing, tracing_plugin
+from service.api.tracing import tracing_plugins
 from service.settings import Settings
 
 PROBLEM_JSON = "application/problem+json"
@@ -90,11 +90,10 @@ def create_app(state: AppState | None = None, *, api: bool = True, debug: bool =
             "state": State({"app_state": state}),
         }
     handlers: list[ControllerRouterHandler] = [health_router, *served.pop("route_handlers")]
-    provider = process_tracing()
     return Litestar(
         route_handlers=handlers,
         **served,
-        plugins=[tracing_plugin(provider)] if provider is not None else [],
+        plugins=list(tracing_plugins()),
         # The process configures logging once (service.cli.main); Litestar's default would replace it.
         logging_config=None,
         debug=debug,

@@ -9,7 +9,10 @@ turns tracing on the way an operator does, through OTEL_* variables.
 from __future__ import annotations
 
 import json
+import os
 import re
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -24,7 +27,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 
-from service.api.tracing import build_tracer_provider, tracing_plugin
+from service.api.otel import build_tracer_provider, tracing_plugin
 from tests.support.api import Api, running_api
 from tests.support.database import Database
 from tests.support.registry_server import RegistryServer, registry_server
@@ -159,3 +162,24 @@ def test_modelreg_serve_exports_spans_when_configured(
     assert ("POST /api/v1/models", "SpanKind.SERVER") in kinds, server.log.read_text()[-3000:]
     assert any(kind == "SpanKind.CLIENT" for _, kind in kinds), kinds
     assert all(s["resource"]["attributes"]["service.name"] == "modelreg" for s in mine)
+
+
+def test_with_tracing_off_the_sdk_is_not_even_loaded() -> None:
+    # What tracing costs when off: nothing but reading a traceparent that was sent. (Litestar
+    # itself imports its OpenTelemetry plugin module, with the ASGI instrumentation, when
+    # it is installed; it stays unused.)
+    probe = (
+        "import sys\n"
+        "from service.api.app import create_app\n"
+        "app = create_app(None)\n"
+        "print(sorted(type(p).__name__ for p in app.plugins))\n"
+        "print(sorted(m for m in sys.modules if m.startswith(('opentelemetry.sdk',"
+        " 'opentelemetry.instrumentation.asyncpg', 'opentelemetry.exporter'))))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+    done = subprocess.run(
+        [sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True
+    )
+    plugins, loaded = done.stdout.splitlines()
+    assert "OpenTelemetryPlugin" not in plugins
+    assert loaded == "[]", loaded

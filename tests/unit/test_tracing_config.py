@@ -9,7 +9,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 
-from service.api.tracing import build_tracer_provider, tracer_provider_from_environ
+from service.api.otel import build_tracer_provider, tracer_provider_from_environ
 from service.settings import SettingsError
 
 

@@ -7,22 +7,22 @@ The API v1 (``service.api``) is mounted when the process serves it (roles all an
 from __future__ import annotations
 
 from dataclasses import dataclass
-from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 import asyncpg
 from litestar import Litestar, Request, Response, Router, get
 from litestar.datastructures import State
-from litestar.openapi import OpenAPIConfig
 from litestar.types import ControllerRouterHandler
 from nats.aio.client import Client as NatsClient
 
 from eventlog.positions import SealSignal
 from eventlog.sealer import Sealer
 from service.api.health import Live, NotReady, Ready, check
+from service.api.openapi import openapi_app_kwargs
 from service.api.problems import EXCEPTION_HANDLERS
 from service.api.router import api_app_kwargs
 from service.api.services import Services
+from service.api.tracing import tracing_plugins
 from service.settings import Settings
 
 PROBLEM_JSON = "application/problem+json"
@@ -76,29 +76,25 @@ def create_app(state: AppState | None = None, *, api: bool = True, debug: bool =
     """Build the app; ``api=False`` serves only the health endpoints (the worker role).
 
     ``state=None`` gives an app whose readiness always fails: for tests of the HTTP layer
-    that need no database.
+    that need no database. Tracing is on when the process's ``OTEL_*`` variables say so
+    (service.api.tracing).
     """
-    handlers: list[ControllerRouterHandler] = [health_router]
-    extra: dict[str, Any] = {
-        "exception_handlers": EXCEPTION_HANDLERS,
-        "state": State({"app_state": state}),
-    }
+    served: dict[str, Any]
     if api and state is not None:
-        extra = api_app_kwargs(state.services)
-        handlers.extend(extra.pop("route_handlers"))
-        extra["state"] = State({**extra["state"].dict(), "app_state": state})
+        served = api_app_kwargs(state.services)  # the OpenAPI document and its assets included
+        served["state"] = State({**served["state"].dict(), "app_state": state})
+    else:
+        served = {
+            **openapi_app_kwargs(),
+            "exception_handlers": EXCEPTION_HANDLERS,
+            "state": State({"app_state": state}),
+        }
+    handlers: list[ControllerRouterHandler] = [health_router, *served.pop("route_handlers")]
     return Litestar(
         route_handlers=handlers,
-        **extra,
-        openapi_config=OpenAPIConfig(title="modelreg", version=_version(), path="/schema"),
+        **served,
+        plugins=list(tracing_plugins()),
         # The process configures logging once (service.cli.main); Litestar's default would replace it.
         logging_config=None,
         debug=debug,
     )
-
-
-def _version() -> str:
-    try:
-        return version("modelreg")
-    except PackageNotFoundError:
-        return "0+unknown"

@@ -1,16 +1,19 @@
-"""The ``/api/v1`` router: every controller behind authentication, idempotency and metrics."""
+"""The ``/api/v1`` router: every controller behind metrics, correlation, authentication and
+idempotency; ``/metrics`` behind authentication."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from litestar import Router
+from litestar import Request, Router
 from litestar.datastructures import State
 from litestar.middleware import DefineMiddleware
+from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.api.auth import BearerTokenMiddleware
 from service.api.common import refuse_nul_characters
 from service.api.idempotency import idempotency_middleware
+from service.api.openapi import openapi_app_kwargs
 from service.api.problems import EXCEPTION_HANDLERS
 from service.api.routes_governance import (
     LifecycleController,
@@ -21,12 +24,12 @@ from service.api.routes_models import ModelsController
 from service.api.routes_operations import (
     AuditController,
     DeploymentsController,
-    MetricsController,
     TokensController,
 )
 from service.api.routes_versions import CompareController, VersionsController
 from service.api.services import Services
-from service.api.telemetry import metrics_middleware
+from service.api.telemetry import HTTP_METRICS, MetricsController
+from service.api.tracing import correlation_middleware
 
 # A version with a 10,000-file manifest is about 2 MiB; leave room, refuse the absurd (413).
 MAX_BODY_BYTES = 8 * 1024 * 1024
@@ -44,15 +47,49 @@ CONTROLLERS = [
 ]
 
 
+def answer_errors_here(app: ASGIApp) -> ASGIApp:
+    """Answer an exception raised by the middleware below (authentication, idempotency) with
+    its problem response here, inside the metrics layer.
+
+    Litestar answers it only at the app's edge, past every middleware, so the metrics would
+    count a 401 as a 200 (litestar#4747; its fix, unreleased in 2.x, counts our own errors
+    as 500). Handlers are looked up as Litestar does, by the exception's class hierarchy.
+    """
+
+    async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
+        started = False
+
+        async def noting_start(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await app(scope, receive, noting_start)
+        except Exception as exc:
+            handlers = scope["route_handler"].resolve_exception_handlers()
+            handler = next((handlers[c] for c in type(exc).__mro__ if c in handlers), None)
+            if started or handler is None:
+                raise
+            request: Request[Any, Any, Any] = Request(scope, receive)
+            response = handler(request, exc)
+            await response.to_asgi_response(app=None, request=request)(scope, receive, send)
+
+    return middleware
+
+
 def api_routers() -> list[Router]:
     """``/api/v1`` and ``/metrics``; both authenticated."""
-    # Outermost first: every request is counted, then authenticated, then deduplicated.
+    # Outermost first: every request is counted, gets its correlation id (said on errors
+    # too), then is authenticated, then deduplicated.
     return [
         Router(
             "/api/v1",
             route_handlers=CONTROLLERS,
             middleware=[
-                metrics_middleware,
+                HTTP_METRICS.middleware,
+                correlation_middleware,
+                answer_errors_here,
                 DefineMiddleware(BearerTokenMiddleware),
                 idempotency_middleware,
             ],
@@ -67,9 +104,12 @@ def api_routers() -> list[Router]:
 
 
 def api_app_kwargs(services: Services) -> dict[str, Any]:
-    """What a Litestar app needs to serve the API: routers, error mapping, shared state."""
+    """What a Litestar app needs to serve the API: routers, error mapping, shared state, and
+    the OpenAPI document with its viewers."""
+    docs = openapi_app_kwargs()
     return {
-        "route_handlers": api_routers(),
+        **docs,
+        "route_handlers": [*api_routers(), *docs["route_handlers"]],
         "exception_handlers": EXCEPTION_HANDLERS,
         "state": State({"services": services, "metrics": services.metrics}),
         "request_max_body_size": MAX_BODY_BYTES,

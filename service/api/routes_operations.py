@@ -1,5 +1,5 @@
 """Deployments, the audit feed (history, global log, verification, event schemas), tokens,
-``/me`` and Prometheus ``/metrics``."""
+``/me``."""
 
 from __future__ import annotations
 
@@ -47,7 +47,6 @@ from service.api.schemas import (
     TokenInfo,
     TokenRequest,
 )
-from service.api.telemetry import CONTENT_TYPE
 from service.commands.tokens import Principal, issue_token, revoke_token
 from service.publication.event_schema import catalogue_schema
 
@@ -388,15 +387,3 @@ class TokensController(Controller):
     async def me(self, request: Request[Any, Any, Any]) -> Principal:
         """Who the presented token belongs to, and what it may do."""
         return principal_of(request)
-
-
-class MetricsController(Controller):
-    path = "/metrics"
-    tags = ["operations"]
-
-    @get("/", media_type=CONTENT_TYPE)
-    async def metrics(self, request: Request[Any, Any, Any]) -> bytes:
-        """Prometheus text format: requests, conflicts, denials, pipeline lags."""
-        require(principal_of(request), Permission.READ)
-        services = services_of(request)
-        return await services.metrics.render(services.pool)

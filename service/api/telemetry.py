@@ -1,135 +1,100 @@
-"""Prometheus metrics: requests by route, append conflicts, denials, and the pipeline lags.
+"""Prometheus metrics: Litestar's Prometheus middleware and controller, prometheus-client's
+process registry (with its process, platform and GC collectors), the registry's own
+counters (append conflicts, denials, unauthenticated requests) and the pipeline lags.
 
-Each app gets its own registry (tests build many apps in one process). Lags are read from
-Postgres when ``/metrics`` is scraped, so they cost nothing between scrapes.
+Requests are counted and timed by route template, never by raw path (cardinality).
+Everything lives in prometheus-client's process-wide ``REGISTRY``, as Litestar's middleware
+requires: one set of series per process, however many apps it builds. The lags are read
+from Postgres when ``/metrics`` is scraped, by the layers that own those tables, so they
+cost nothing between scrapes.
 """
 
 from __future__ import annotations
 
-import time
-from typing import Any
+from typing import Any, cast
 
 import asyncpg
-from litestar.enums import ScopeType
-from litestar.types import ASGIApp, Message, Receive, Scope, Send
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from litestar import Request
+from litestar.connection import ASGIConnection
+from litestar.handlers import BaseRouteHandler
+from litestar.plugins.prometheus import PrometheusConfig, PrometheusController
+from prometheus_client import Counter, Gauge
 
-CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+from eventlog.lags import sealing
+from events.access import Permission
+from projections.runner import projection_status
+from service.api.auth import require
+from service.publication.relay import publication_lag
+
+HTTP_METRICS = PrometheusConfig(
+    app_name="modelreg",
+    prefix="modelreg_http",  # modelreg_http_requests_total, modelreg_http_request_duration_seconds
+    group_path=True,  # the route template as the `path` label
+    buckets=[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5],
+)
+
+APPEND_CONFLICTS = Counter(
+    "modelreg_append_conflicts", "Appends that lost optimistic concurrency and were re-decided"
+)
+DENIALS = Counter("modelreg_denied", "Requests refused for a missing permission", ["permission"])
+UNAUTHENTICATED = Counter("modelreg_unauthenticated", "Requests without a valid token")
+SEALER_LAG = Gauge("modelreg_sealer_lag_events", "Committed events not yet in the global log")
+PROJECTION_LAG = Gauge(
+    "modelreg_projection_lag_events", "Events behind the head of the log", ["projection"]
+)
+RELAY_LAG = Gauge(
+    "modelreg_relay_lag_events", "Sealed events not yet acknowledged by JetStream", ["publisher"]
+)
+LOG_HEAD = Gauge("modelreg_log_head_position", "Last sealed log position")
 
 
 class ApiMetrics:
-    def __init__(self) -> None:
-        self.registry = CollectorRegistry()
-        self.requests = Counter(
-            "modelreg_http_requests_total",
-            "HTTP requests by route and status",
-            ["method", "route", "status"],
-            registry=self.registry,
-        )
-        self.latency = Histogram(
-            "modelreg_http_request_duration_seconds",
-            "HTTP request latency by route",
-            ["method", "route"],
-            registry=self.registry,
-            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
-        )
-        self.conflicts = Counter(
-            "modelreg_append_conflicts_total",
-            "Appends that lost optimistic concurrency and were re-decided",
-            registry=self.registry,
-        )
-        self.denials = Counter(
-            "modelreg_denied_total",
-            "Requests refused for a missing permission",
-            ["permission"],
-            registry=self.registry,
-        )
-        self.unauthenticated_total = Counter(
-            "modelreg_unauthenticated_total",
-            "Requests without a valid token",
-            registry=self.registry,
-        )
-        self.sealer_lag = Gauge(
-            "modelreg_sealer_lag_events",
-            "Committed events not yet in the global log",
-            registry=self.registry,
-        )
-        self.projection_lag = Gauge(
-            "modelreg_projection_lag_events",
-            "Events behind the head of the log",
-            ["projection"],
-            registry=self.registry,
-        )
-        self.relay_lag = Gauge(
-            "modelreg_relay_lag_events",
-            "Sealed events not yet acknowledged by JetStream",
-            ["publisher"],
-            registry=self.registry,
-        )
-        self.head = Gauge(
-            "modelreg_log_head_position", "Last sealed log position", registry=self.registry
-        )
+    """What the API and the command executor report, and the lags refreshed per scrape.
+
+    ``nats_stream``: the JetStream stream whose publication lag is reported.
+    """
+
+    def __init__(self, nats_stream: str = "MODELREG_EVENTS") -> None:
+        self.nats_stream = nats_stream
 
     def conflict(self) -> None:
-        self.conflicts.inc()
+        APPEND_CONFLICTS.inc()
 
     def denied(self, permission: str) -> None:
-        self.denials.labels(permission).inc()
+        DENIALS.labels(permission).inc()
 
     def unauthenticated(self) -> None:
-        self.unauthenticated_total.inc()
+        UNAUTHENTICATED.inc()
 
-    async def render(self, pool: asyncpg.Pool) -> bytes:
-        async with pool.acquire() as conn:
-            state = await conn.fetchrow(
-                "SELECT last_log_position, last_tx_id, last_seq FROM sealer_state WHERE id = 1"
-            )
-            assert state is not None
-            head = state["last_log_position"]
-            self.head.set(head)
-            # Events past the sealer's cursor (committed or not yet): a bounded index scan.
-            unsealed = await conn.fetchval(
-                "SELECT count(*) FROM (SELECT 1 FROM events WHERE (tx_id, seq) > ($1::xid8, $2::bigint) LIMIT 100000) t",
-                state["last_tx_id"],
-                state["last_seq"],
-            )
-            self.sealer_lag.set(unsealed)
-            for row in await conn.fetch(
-                "SELECT projection, log_position FROM projection_checkpoints WHERE status = 'live'"
-            ):
-                self.projection_lag.labels(row["projection"]).set(head - row["log_position"])
-            if await conn.fetchval("SELECT to_regclass('publication_checkpoints') IS NOT NULL"):
-                for row in await conn.fetch(
-                    "SELECT publisher, log_position FROM publication_checkpoints"
-                ):
-                    self.relay_lag.labels(row["publisher"]).set(head - row["log_position"])
-        return generate_latest(self.registry)
+    async def refresh_lags(self, pool: asyncpg.Pool) -> None:
+        async with pool.acquire() as proxy:
+            conn = cast(asyncpg.Connection, proxy)
+            log = await sealing(conn)
+            projections = await projection_status(conn)
+            relay = await publication_lag(conn, self.nats_stream)
+        LOG_HEAD.set(log.head)
+        SEALER_LAG.set(log.unsealed)
+        # Cleared first: a projection retired or renamed since the last scrape disappears.
+        PROJECTION_LAG.clear()
+        for status in projections:
+            if status.status == "live":
+                PROJECTION_LAG.labels(status.projection).set(status.lag_events)
+        RELAY_LAG.labels(f"nats:{self.nats_stream}").set(relay)
 
 
-def metrics_middleware(app: ASGIApp) -> ASGIApp:
-    """Count and time every HTTP request by its route template (never the raw path)."""
+def _readers_only(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+    require(connection.user, Permission.READ)
 
-    async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != ScopeType.HTTP:
-            await app(scope, receive, send)
-            return
-        status = 500
-        started = time.perf_counter()
 
-        async def capture(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
+async def _refresh_lags(request: Request[Any, Any, Any]) -> None:
+    services = request.app.state.services
+    await services.metrics.refresh_lags(services.pool)
 
-        try:
-            await app(scope, receive, capture)
-        finally:
-            metrics: Any = getattr(scope["app"].state, "metrics", None)
-            if metrics is not None:
-                route = scope.get("path_template") or "unmatched"
-                method = str(scope.get("method", "GET"))
-                metrics.requests.labels(method, route, str(status)).inc()
-                metrics.latency.labels(method, route).observe(time.perf_counter() - started)
 
-    return middleware
+class MetricsController(PrometheusController):
+    """``/metrics`` in the Prometheus text format, for any token with the read permission."""
+
+    path = "/metrics"
+    tags = ["operations"]
+    guards = [_readers_only]
+    before_request = staticmethod(_refresh_lags)

@@ -11,6 +11,10 @@ If-Match) there is no retry: the caller asked for that exact version.
 Within one process, commands on the same stream take turns (a per-stream lock), so they
 never race each other and no attempt is wasted; conflicts then only come from other
 processes (API replicas) and are retried with a jittered backoff.
+
+Each event's envelope records the correlation id of the work that caused it: the one
+passed in, else ``CORRELATION_ID`` of the current context (the HTTP layer sets it per
+request; see service.api.tracing).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import random
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
@@ -39,6 +44,9 @@ E = TypeVar("E", bound=Event)
 KeyRule = Callable[[Sequence[Any], Any], tuple[Sequence[str], Sequence[str]]]
 
 _ID_NAMESPACE = uuid.UUID("6f1f6a52-4d0b-4bd3-9c3b-6e8f3f0b2a11")
+
+# The correlation id of the request (or job) being served, for the events it appends.
+CORRELATION_ID: ContextVar[uuid.UUID | None] = ContextVar("modelreg_correlation_id", default=None)
 
 
 class PreconditionFailedError(ConflictError):
@@ -136,7 +144,9 @@ class CommandExecutor:
         correlation_id: uuid.UUID | None,
     ) -> Outcome[S, E]:
         metadata = Metadata(
-            actor=command.actor, occurred_at=command.now, correlation_id=correlation_id
+            actor=command.actor,
+            occurred_at=command.now,
+            correlation_id=correlation_id or CORRELATION_ID.get(),
         )
         for attempt in range(1, self.max_attempts + 1):
             version, state = await self.state_of(stream_id, decider)

@@ -29,7 +29,7 @@ def build_services(
 ) -> Services:
     """``on_append`` runs after each local append commits (the runtime wakes the sealer);
     ``seal_signal`` is notified by a local sealer, so writes need not poll for their seal."""
-    metrics = ApiMetrics()
+    metrics = ApiMetrics(nats_stream=settings.nats_stream)
     store = EventStore(pool, CODEC, on_append=on_append)
     executor = CommandExecutor(store, on_conflict=metrics.conflict)
     registry = Registry(

@@ -170,7 +170,8 @@ MATRIX: dict[tuple[str, str], Row] = {
     ("GET", "/metrics"): Row("/metrics", R, scoped="allow"),
 }
 
-# Served without a token: the OpenAPI document and its viewers (health lives in service.api.app).
+# Served without a token: the OpenAPI document, its viewers and their assets (health lives
+# in service.api.app).
 PUBLIC: dict[tuple[str, str], str] = {
     ("GET", "/schema"): "/schema",
     ("GET", "/schema/openapi.json"): "/schema/openapi.json",
@@ -178,10 +179,9 @@ PUBLIC: dict[tuple[str, str], str] = {
     ("GET", "/schema/openapi.yml"): "/schema/openapi.yml",
     ("GET", "/schema/swagger"): "/schema/swagger",
     ("GET", "/schema/redoc"): "/schema/redoc",
-    ("GET", "/schema/rapidoc"): "/schema/rapidoc",
-    ("GET", "/schema/elements"): "/schema/elements",
     ("GET", "/schema/oauth2-redirect.html"): "/schema/oauth2-redirect.html",
     ("GET", "/schema/{path}"): "/schema/no-such-page",
+    ("GET", "/schema/static/{file_path}"): "/schema/static/redoc/redoc.standalone.js",
 }
 
 

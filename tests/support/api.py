@@ -4,13 +4,14 @@ projection worker running on a fresh schema of the real Postgres."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
 from litestar import Litestar
+from litestar.plugins import PluginProtocol
 
 from eventlog.sealer import Sealer, sealed_channel
 from events.access import Role
@@ -62,7 +63,9 @@ class Api:
 
 
 @asynccontextmanager
-async def running_api(db: Database, settings: Settings | None = None) -> AsyncIterator[Api]:
+async def running_api(
+    db: Database, settings: Settings | None = None, *, plugins: Sequence[PluginProtocol] = ()
+) -> AsyncIterator[Api]:
     settings = settings or load_settings({}, db_schema=db.schema, read_wait_timeout=10.0)
     sealer = Sealer(db.connect, db.schema)
     services = build_services(settings, db.pool, on_append=lambda _: sealer.wake())
@@ -78,7 +81,7 @@ async def running_api(db: Database, settings: Settings | None = None) -> AsyncIt
     try:
         admin = await ensure_bootstrap_token(services.executor, None)
         assert admin is not None
-        app = Litestar(**api_app_kwargs(services))
+        app = Litestar(**api_app_kwargs(services), plugins=list(plugins))
         # ASGITransport runs the app in this event loop, where the pool lives.
         transport = httpx.ASGITransport(app=app)  # type: ignore[arg-type]  # Litestar's scope types are narrower
         async with httpx.AsyncClient(

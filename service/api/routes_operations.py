@@ -22,7 +22,7 @@ from events.model.commands import (
     ReportDeploymentSucceeded,
     StartDeployment,
 )
-from events.streams import token_stream
+from events.streams import TOKEN_TYPE, token_stream
 from projections.views import audit_timeline, deployments
 from projections.views.audit_timeline import AuditPage
 from projections.views.deployments import Place, Run
@@ -348,12 +348,9 @@ class TokensController(Controller):
     async def list_tokens(self, request: Request[Any, Any, Any]) -> list[TokenInfo]:
         require(principal_of(request), Permission.ADMIN)
         services = services_of(request)
-        ids = await services.pool.fetch(
-            "SELECT stream_id FROM streams WHERE stream_type = 'token' ORDER BY created_at"
-        )
         found = []
-        for row in ids:
-            _, state = await services.executor.state_of(row["stream_id"], TOKENS)
+        for stream_id in await services.store.stream_ids(TOKEN_TYPE):
+            _, state = await services.executor.state_of(stream_id, TOKENS)
             found.append(
                 TokenInfo(
                     token_id=state.token_id,

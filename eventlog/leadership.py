@@ -7,10 +7,10 @@ again; on a lost connection, reconnect and compete again. The role only says wha
 while leading, and stops when ``term.ended`` is set.
 
 How a role is held lives here and nowhere else (``try_hold``, ``give_up`` and the
-termination watch in ``Leadership._term``). Today it is a session advisory lock on
-``hashtextextended(key, 0)``: it dies with the session, so a killed or partitioned
-leader's connection frees it for a standby. Turning it into a lease with fencing changes
-only this module: taking the role returns a fencing token carried on ``Term``, a renewal
+termination watch in ``Leadership._lead``). Today it is a session advisory lock on
+``hashtextextended(key, 0)``: it dies with the session, so a killed leader (or one whose
+session Postgres has found dead) frees it for a standby; a frozen leader whose session
+stays up keeps it. Turning it into a lease with fencing changes only this module: taking the role returns a fencing token carried on ``Term``, a renewal
 task sets ``term.ended`` when the lease cannot be renewed in time, and roles put the
 token into their compare-and-set writes.
 """
@@ -50,7 +50,7 @@ Lead = Callable[[Term], Awaitable[None]]
 async def try_hold(conn: asyncpg.Connection, key: str) -> bool:
     """Take the role named ``key`` on this session if nobody holds it; never waits.
 
-    Also for one-off holders (the CLI's rebuild takes a projection's role this way), so a
+    Also for one-off holders (the CLI's rebuild, which takes a projection's role), so a
     change of how roles are held reaches them too.
     """
     held: bool = await conn.fetchval("SELECT pg_try_advisory_lock(hashtextextended($1, 0))", key)

@@ -1,4 +1,5 @@
-"""Read-your-writes: wait, bounded, until projections have applied a log position. I/O.
+"""Read-your-writes: wait, bounded, until projections have applied a log position; and the
+one-round-trip probe that tells a read whether it must wait at all. I/O: Postgres.
 
 A write answers with the log position of its last event; a read that passes it as
 ``min_position`` waits here until every projection it reads has a live checkpoint at or
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import asyncpg
 
@@ -19,6 +21,37 @@ class NotYetVisibleError(TimeoutError):
         self.position = position
         self.reached = reached
         self.timeout = timeout
+
+
+@dataclass(frozen=True, slots=True)
+class Freshness:
+    """Where the log and the views stand, as one statement saw them."""
+
+    head: int  # the last sealed position
+    reached: int  # the position every one of the asked-for views has reached
+    latest: int  # the position of the asked-for stream's latest sealed event (0: none)
+
+
+_FRESHNESS = """
+SELECT (SELECT l.log_position FROM events e JOIN event_log l USING (seq)
+         WHERE e.stream_id = $1 ORDER BY e.stream_position DESC LIMIT 1) AS latest,
+       (SELECT min(log_position) FROM projection_checkpoints
+         WHERE status = 'live' AND projection = ANY ($2::text[])) AS reached,
+       (SELECT last_log_position FROM sealer_state WHERE id = 1) AS head
+"""
+
+
+async def freshness(
+    conn: asyncpg.Connection | asyncpg.Pool,
+    projections: Sequence[str],
+    *,
+    stream_id: str | None = None,
+) -> Freshness:
+    """The head, the views' position and ``stream_id``'s latest sealed event, in one round
+    trip: enough for a read to tell whether it must wait at all."""
+    row = await conn.fetchrow(_FRESHNESS, stream_id, list(projections))
+    assert row is not None  # a SELECT without FROM always answers one row
+    return Freshness(head=row["head"], reached=row["reached"] or 0, latest=row["latest"] or 0)
 
 
 async def live_position(conn: asyncpg.Connection | asyncpg.Pool, projections: Sequence[str]) -> int:

@@ -73,21 +73,49 @@ async def read_log(
 ) -> list[LoggedEvent]:
     """Up to ``limit`` sealed events after position ``after`` (and at most ``up_to``),
     optionally only of ``types`` or only of one model's streams."""
+    rows = await _fetch(conn, after, limit, up_to=up_to, types=types, model_id=model_id)
+    return [_logged(r) for r in rows]
+
+
+async def read_log_as_stored(
+    conn: asyncpg.Connection | asyncpg.Pool,
+    after: int,
+    limit: int = 1000,
+    *,
+    types: frozenset[str] | None = None,
+    model_id: str | None = None,
+) -> list[tuple[LoggedEvent, bytes]]:
+    """As ``read_log``, each event with its envelope's exact stored bytes (the bytes its
+    hash covers), for readers that hand the log on unchanged: auditors, replays."""
+    rows = await _fetch(conn, after, limit, up_to=None, types=types, model_id=model_id)
+    return [(_logged(r), bytes(r["envelope"])) for r in rows]
+
+
+async def _fetch(
+    conn: asyncpg.Connection | asyncpg.Pool,
+    after: int,
+    limit: int,
+    *,
+    up_to: int | None,
+    types: frozenset[str] | None,
+    model_id: str | None,
+) -> list[asyncpg.Record]:
     bound = _MAX if up_to is None else up_to
     if model_id is not None:
         if types is not None:
             raise ValueError("filter by model or by types, not both")
-        rows = await conn.fetch(_READ_MODEL, after, bound, limit, *model_streams_bounds(model_id))
-    elif types is not None:
-        rows = await conn.fetch(_READ_TYPES, after, bound, limit, list(types))
-    else:
-        # Positions are contiguous, so the batch lies in (after, after + limit]: saying so
-        # keeps the plan an index range scan even when the table has no statistics yet.
-        rows = await conn.fetch(_READ, after, min(bound, after + limit), limit)
-    return [
-        LoggedEvent(r["log_position"], r["seq"], r["sealed_at"], decode_envelope(r["envelope"]))
-        for r in rows
-    ]
+        return await conn.fetch(_READ_MODEL, after, bound, limit, *model_streams_bounds(model_id))
+    if types is not None:
+        return await conn.fetch(_READ_TYPES, after, bound, limit, list(types))
+    # Positions are contiguous, so the batch lies in (after, after + limit]: saying so
+    # keeps the plan an index range scan even when the table has no statistics yet.
+    return await conn.fetch(_READ, after, min(bound, after + limit), limit)
+
+
+def _logged(row: asyncpg.Record) -> LoggedEvent:
+    return LoggedEvent(
+        row["log_position"], row["seq"], row["sealed_at"], decode_envelope(row["envelope"])
+    )
 
 
 async def iter_log(

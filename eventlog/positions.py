@@ -39,10 +39,18 @@ class SealSignal:
 
 
 async def sealed_position(
-    pool: asyncpg.Pool, seq: int, *, timeout: float = 5.0, signal: SealSignal | None = None
+    pool: asyncpg.Pool,
+    seq: int,
+    *,
+    timeout: float = 5.0,
+    signal: SealSignal | None = None,
+    safety_interval: float = 0.02,
 ) -> int | None:
     """The log position of the event with ``seq``, once sealed; ``None`` after ``timeout``
-    (the sealer is down or far behind: the write itself is safe and will be sealed)."""
+    (the sealer is down or far behind: the write itself is safe and will be sealed).
+
+    While ``signal`` rings, the log is looked at when it rings and at least every
+    ``safety_interval`` seconds, in case a NOTIFY was lost."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     delay = 0.001
@@ -66,7 +74,7 @@ async def sealed_position(
         else:
             # The sealer's NOTIFY wakes us at once; while it rings, the timer is only a
             # safety net, so the log is not polled every few milliseconds per write.
-            wait = 0.02 if signal.ringing() else delay
+            wait = safety_interval if signal.ringing() else delay
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(sealed.wait(), timeout=min(wait, remaining))
         delay = min(delay * 2, 0.02)

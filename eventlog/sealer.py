@@ -8,7 +8,7 @@ the read in ONE statement so both see the same snapshot. It numbers them contigu
 extends the global hash chain and NOTIFYs. Rolled-back rows never appear, so no gap can
 stall it; an open transaction only delays what comes after its xid, never loses it.
 
-One sealer is active per schema (session advisory lock); others wait as hot standbys.
+One sealer is active per schema (``eventlog.leadership``); others wait as hot standbys.
 The cursor update in ``seal_batch`` is a compare-and-set, so even two sealers that both
 think they lead cannot fork the chain: the loser's batch fails and is re-read.
 """
@@ -22,9 +22,9 @@ from collections.abc import Awaitable, Callable
 import asyncpg
 import msgspec
 
-from eventlog.connections import CONNECTION_ERRORS, close_quietly
 from eventlog.db import lock_key
-from eventlog.waiting import sleep_or_stop, wake_or_stop
+from eventlog.leadership import Leadership, Term
+from eventlog.waiting import wake_or_stop
 from events.envelope import log_link
 from events.errors import ConcurrencyError
 
@@ -62,16 +62,20 @@ class Sealer:
         max_idle_interval: float = 0.1,
         standby_interval: float = 1.0,
     ) -> None:
-        self._connect = connect
         self.schema = schema
         self.batch_size = batch_size
         self.idle_interval = idle_interval
         self.max_idle_interval = max_idle_interval
-        self.standby_interval = standby_interval
         self.channel = sealed_channel(schema)
         self._wake = asyncio.Event()
         self._cursor: Cursor | None = None
-        self.is_leader = False
+        self._leadership = Leadership(
+            connect, lock_key(schema, "sealer"), role="sealer", standby_interval=standby_interval
+        )
+
+    @property
+    def is_leader(self) -> bool:
+        return self._leadership.is_leader
 
     def wake(self) -> None:
         """Called after a local append commits, so sealing need not wait for the next poll."""
@@ -127,44 +131,22 @@ class Sealer:
         return Cursor(row[0], row[1], row[2], bytes(row[3]))
 
     async def run(self, stop: asyncio.Event | None = None) -> None:
-        """Lead when the lock is free, stand by otherwise; return when ``stop`` is set.
+        """Lead when the role is free, stand by otherwise; return when ``stop`` is set.
 
-        A lost connection drops leadership with it (the session lock dies with the
-        session), so a standby can take over; this instance reconnects and competes again.
+        A lost connection drops leadership with it, so a standby can take over; this
+        instance reconnects and competes again.
         """
-        stop = stop or asyncio.Event()
-        while not stop.is_set():
-            try:
-                await self._session(stop)
-            except CONNECTION_ERRORS as exc:
-                log.warning("sealer: %s; reconnecting", exc)
-                await sleep_or_stop(stop, self.standby_interval)
+        await self._leadership.run(self._lead, stop or asyncio.Event())
 
-    async def _session(self, stop: asyncio.Event) -> None:
-        conn = await self._connect()
-        try:
-            got = await conn.fetchval(
-                "SELECT pg_try_advisory_lock(hashtextextended($1, 0))",
-                lock_key(self.schema, "sealer"),
-            )
-            if not got:
-                await sleep_or_stop(stop, self.standby_interval)
-                return
-            self.is_leader = True
-            self._cursor = None
-            log.info("sealer: leading for schema %s", self.schema)
-            await self._lead(conn, stop)
-        finally:
-            self.is_leader = False
-            await close_quietly(conn)
-
-    async def _lead(self, conn: asyncpg.Connection, stop: asyncio.Event) -> None:
+    async def _lead(self, term: Term) -> None:
+        # Another sealer may have led meanwhile: start from the cursor it left.
+        self._cursor = None
         interval = self.idle_interval
-        while not stop.is_set():
+        while not term.ended.is_set():
             # Clear before reading: a wake that lands during the read must not be lost.
             self._wake.clear()
             try:
-                sealed = await self.seal_once(conn)
+                sealed = await self.seal_once(term.conn)
             except ConcurrencyError:
                 log.warning("sealer: another sealer moved the log; re-reading its cursor")
                 continue
@@ -172,4 +154,4 @@ class Sealer:
                 continue
             # Poll fast while writes flow, back off when idle: wakes cover local appends.
             interval = self.idle_interval if sealed else min(interval * 2, self.max_idle_interval)
-            await wake_or_stop(self._wake, stop, interval)
+            await wake_or_stop(self._wake, term.ended, interval)

@@ -236,6 +236,14 @@ class EventStore:
         )
         return value or 0
 
+    async def stream_ids(self, kind: str) -> list[str]:
+        """Every stream of one type (``events.streams``' ``*_TYPE``), oldest first."""
+        rows = await self.pool.fetch(
+            "SELECT stream_id FROM streams WHERE stream_type = $1 ORDER BY created_at, stream_id",
+            kind,
+        )
+        return [r["stream_id"] for r in rows]
+
     async def owner_of(self, key: str) -> str | None:
         """The stream holding a unique key, if any."""
         value: str | None = await self.pool.fetchval(

@@ -5,7 +5,7 @@ transaction, the checkpoint with a compare-and-set on its old position: a crash 
 the two loses or doubles nothing (the transaction is all or nothing), and a second worker
 that somehow ran the same batch would find the checkpoint moved and roll back.
 
-One worker leads each projection (session advisory lock); others stand by. The leader
+One worker leads each projection (``eventlog.leadership``); others stand by. The leader
 wakes on the sealer's NOTIFY and polls as a fallback, so a lost LISTEN connection slows
 it down but never stops it.
 
@@ -22,13 +22,15 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from functools import partial
 
 import asyncpg
 
-from eventlog.connections import CONNECTION_ERRORS, close_quietly
+from eventlog.connections import close_quietly
+from eventlog.leadership import Leadership, Term
 from eventlog.listener import Listener
 from eventlog.log import head_position, read_log
-from eventlog.waiting import sleep_or_stop, wake_or_stop
+from eventlog.waiting import wake_or_stop
 from projections.base import Projection
 from projections.tail import LogTail
 from projections.time_travel import drop_stale_scratch_tables
@@ -40,9 +42,6 @@ Connect = Callable[[], Awaitable[asyncpg.Connection]]
 
 class CheckpointMovedError(RuntimeError):
     """Another worker moved the checkpoint first: this batch was rolled back."""
-
-
-WORKER_ERRORS: tuple[type[BaseException], ...] = (*CONNECTION_ERRORS, CheckpointMovedError)
 
 
 @dataclass(frozen=True, slots=True)
@@ -309,13 +308,27 @@ class ProjectionWorker:
         self.rebuild_batch = rebuild_batch
         self.poll_interval = poll_interval
         self.coalesce = coalesce
-        self.standby_interval = standby_interval
         self._on_progress = on_progress
         self._wakes = {p.name: asyncio.Event() for p in self.projections}
         # One read of each new stretch of the log serves every leader of this worker.
         self.tail = LogTail(capacity=max(batch * 5, 1000))
         self._listener = Listener(connect, channel, self.wake)
-        self.leading: set[str] = set()
+        self._leaderships = {
+            p.name: Leadership(
+                connect,
+                projection_lock_key(schema, p.name),
+                role=f"projection {p.name}",
+                standby_interval=standby_interval,
+                # Another worker moved the checkpoint: it leads (or led), so this one stands by.
+                stand_down_on=(CheckpointMovedError,),
+            )
+            for p in self.projections
+        }
+
+    @property
+    def leading(self) -> set[str]:
+        """The projections this worker leads right now."""
+        return {name for name, held in self._leaderships.items() if held.is_leader}
 
     @property
     def listening(self) -> bool:
@@ -341,49 +354,32 @@ class ProjectionWorker:
             await self._listener.close()
 
     async def _lead_forever(self, projection: Projection, stop: asyncio.Event) -> None:
-        while not stop.is_set():
-            try:
-                await self._session(projection, stop)
-            except WORKER_ERRORS as exc:
-                log.warning("projection %s: %s; reconnecting", projection.name, exc)
-                await sleep_or_stop(stop, self.standby_interval)
+        await self._leaderships[projection.name].run(partial(self._keep_current, projection), stop)
 
-    async def _session(self, projection: Projection, stop: asyncio.Event) -> None:
-        conn = await self._connect()
+    async def _keep_current(self, projection: Projection, term: Term) -> None:
         wake = self._wakes[projection.name]
-        try:
-            if not await conn.fetchval(
-                "SELECT pg_try_advisory_lock(hashtextextended($1, 0))",
-                projection_lock_key(self.schema, projection.name),
-            ):
-                await sleep_or_stop(stop, self.standby_interval)
-                return
-            self.leading.add(projection.name)
-            while not stop.is_set():
-                wake.clear()
-                progress = await advance_generations(
-                    conn,
-                    projection,
-                    batch=self.batch,
-                    rebuild_batch=self.rebuild_batch,
-                    tail=self.tail,
-                )
-                if progress.moved and self._on_progress is not None:
-                    self._on_progress()
-                if not progress.caught_up:
-                    continue
-                # Caught up with the head this round read: a seal that landed meanwhile has
-                # set the wake again, so there is no need for another round to find out.
-                # Without a LISTEN connection, poll faster: wake-ups cannot arrive.
-                await wake_or_stop(
-                    wake, stop, self.poll_interval if self.listening else self.poll_interval / 5
-                )
-                if wake.is_set() and self.coalesce:
-                    # Under load, let a few more seals land so one batch carries them all.
-                    await asyncio.sleep(self.coalesce)
-        finally:
-            self.leading.discard(projection.name)
-            await close_quietly(conn)
+        while not term.ended.is_set():
+            wake.clear()
+            progress = await advance_generations(
+                term.conn,
+                projection,
+                batch=self.batch,
+                rebuild_batch=self.rebuild_batch,
+                tail=self.tail,
+            )
+            if progress.moved and self._on_progress is not None:
+                self._on_progress()
+            if not progress.caught_up:
+                continue
+            # Caught up with the head this round read: a seal that landed meanwhile has
+            # set the wake again, so there is no need for another round to find out.
+            # Without a LISTEN connection, poll faster: wake-ups cannot arrive.
+            await wake_or_stop(
+                wake, term.ended, self.poll_interval if self.listening else self.poll_interval / 5
+            )
+            if wake.is_set() and self.coalesce:
+                # Under load, let a few more seals land so one batch carries them all.
+                await asyncio.sleep(self.coalesce)
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,7 +13,7 @@ import msgspec
 from litestar import Request, Response
 from litestar.params import Parameter
 
-from eventlog.freshness import wait_for_position
+from eventlog.freshness import freshness, wait_for_position
 from events.errors import ValidationError
 from events.streams import model_stream
 from projections.base import Names, Projection
@@ -191,31 +191,21 @@ async def read_views(
     if model_id is not None or min_position:
         # One round trip answers the common case: the views already show the model's
         # latest sealed event and the position asked for, so there is nothing to wait for.
-        stream = model_stream(model_id) if model_id is not None else ""
-        row = await services.pool.fetchrow(_FRESHNESS, stream, wanted_views)
-        assert row is not None
-        wanted = max(min_position or 0, row["latest"] or 0)
-        if min_position and min_position > row["head"]:
+        stream = model_stream(model_id) if model_id is not None else None
+        now = await freshness(services.pool, wanted_views, stream_id=stream)
+        wanted = max(min_position or 0, now.latest)
+        if min_position and min_position > now.head:
             raise ValidationError(
                 "min_position",
                 "range",
-                f"position {min_position} has not been written (the log ends at {row['head']})",
-                head=row["head"],
+                f"position {min_position} has not been written (the log ends at {now.head})",
+                head=now.head,
             )
-        if wanted > (row["reached"] or 0):
+        if wanted > now.reached:
             await wait_for_position(
                 services.pool, wanted, wanted_views, timeout=services.settings.read_wait_timeout
             )
     yield Reader(services.pool, merge_names(*(p.view_names() for p in projections)), None)
-
-
-_FRESHNESS = """
-SELECT (SELECT l.log_position FROM events e JOIN event_log l USING (seq)
-         WHERE e.stream_id = $1 ORDER BY e.stream_position DESC LIMIT 1) AS latest,
-       (SELECT min(log_position) FROM projection_checkpoints
-         WHERE status = 'live' AND projection = ANY ($2::text[])) AS reached,
-       (SELECT last_log_position FROM sealer_state WHERE id = 1) AS head
-"""
 
 
 class Receipt(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):

@@ -8,6 +8,7 @@ import msgspec
 from litestar import Controller, Request, Response, delete, get, post, put
 from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 
+from eventlog.keys import model_names
 from events.access import Permission
 from events.errors import NotFoundError
 from events.model.commands import (
@@ -25,7 +26,6 @@ from events.model.commands import (
 from events.model.state import ModelState
 from events.policy import GovernancePolicy
 from events.stages import Stage
-from events.streams import model_stream, name_key_pattern, name_of_key
 from projections.views import approvals, stage_timeline
 from projections.views.approvals import ApprovalRequest
 from projections.views.stage_timeline import AliasInterval, StageInterval
@@ -460,17 +460,10 @@ async def _visible(
     principal = principal_of(request)
     if not principal.scopes:
         return found
-    services = services_of(request)
-    visible = []
-    for item in found:
-        name = await services.pool.fetchval(
-            "SELECT key FROM unique_keys WHERE stream_id = $1 AND key LIKE $2",
-            model_stream(item.model_id),
-            name_key_pattern(),
-        )
-        if name and covers(principal, name_of_key(name) or ""):
-            visible.append(item)
-    return visible
+    names = await model_names(services_of(request).pool, {item.model_id for item in found})
+    return [
+        item for item in found if item.model_id in names and covers(principal, names[item.model_id])
+    ]
 
 
 class RegistryPolicyController(Controller):

@@ -11,7 +11,7 @@ import msgspec
 from litestar import Controller, Request, Response, delete, get, post
 from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 
-from eventlog.log import read_log
+from eventlog.log import read_log_as_stored
 from eventlog.verify import VerifyReport, verify
 from events.access import TOKENS, Permission
 from events.catalogue import CODEC
@@ -22,7 +22,7 @@ from events.model.commands import (
     ReportDeploymentSucceeded,
     StartDeployment,
 )
-from events.streams import token_stream
+from events.streams import TOKEN_TYPE, token_stream
 from projections.views import audit_timeline, deployments
 from projections.views.audit_timeline import AuditPage
 from projections.views.deployments import Place, Run
@@ -173,6 +173,10 @@ class LoggedEventView(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class EventsPage(msgspec.Struct, frozen=True, kw_only=True):
+    """A page of the log. ``next_after`` is where the next page starts (None: the end of the
+    log was reached); filtered by model and type, a page may hold fewer items than the limit,
+    even none, and still have a next one."""
+
     items: list[LoggedEventView]
     next_after: int | None
 
@@ -262,30 +266,24 @@ class AuditController(Controller):
             model_id, _ = await services.registry.locate(model)
         elif principal.scopes:
             require(principal, Permission.ADMIN)  # the whole log crosses every scope
-        found = await read_log(
+        found = await read_log_as_stored(
             services.pool,
             after,
             limit,
             model_id=model_id,
             types=frozenset(type) if type and model_id is None else None,
         )
+        # A full read means there may be more, whether or not the type filter kept its last event.
+        next_after = found[-1][0].log_position if len(found) == limit else None
         if type and model_id is not None:
-            found = [e for e in found if e.event_type in type]
-        raw = await services.pool.fetch(
-            "SELECT seq, envelope FROM events WHERE seq = ANY($1::bigint[])", [e.seq for e in found]
-        )
-        stored = {r["seq"]: bytes(r["envelope"]) for r in raw}
+            found = [(e, raw) for e, raw in found if e.event_type in type]
         items = [
             LoggedEventView(
-                log_position=e.log_position,
-                sealed_at=e.sealed_at,
-                envelope=msgspec.Raw(stored[e.seq]),
+                log_position=e.log_position, sealed_at=e.sealed_at, envelope=msgspec.Raw(raw)
             )
-            for e in found
+            for e, raw in found
         ]
-        return EventsPage(
-            items=items, next_after=items[-1].log_position if len(items) == limit else None
-        )
+        return EventsPage(items=items, next_after=next_after)
 
     @get("/audit/verify")
     async def verify_chains(self, request: Request[Any, Any, Any]) -> VerifyReport:
@@ -349,12 +347,9 @@ class TokensController(Controller):
     async def list_tokens(self, request: Request[Any, Any, Any]) -> list[TokenInfo]:
         require(principal_of(request), Permission.ADMIN)
         services = services_of(request)
-        ids = await services.pool.fetch(
-            "SELECT stream_id FROM streams WHERE stream_type = 'token' ORDER BY created_at"
-        )
         found = []
-        for row in ids:
-            _, state = await services.executor.state_of(row["stream_id"], TOKENS)
+        for stream_id in await services.store.stream_ids(TOKEN_TYPE):
+            _, state = await services.executor.state_of(stream_id, TOKENS)
             found.append(
                 TokenInfo(
                     token_id=state.token_id,

@@ -17,7 +17,7 @@ tests/integration/test_relay*.py:
   lost or failed publish can never let later events overtake it (a gap is refused, then
   republished in order). Unlike expected-sequence headers this check runs *after*
   de-duplication on single servers and clusters alike, so retries stay safe.
-- **One writer.** One relay per (schema, stream) leads, by a session advisory lock; others
+- **One writer.** One relay per (schema, stream) leads (``eventlog.leadership``); others
   are hot standbys. The checkpoint moves only by compare-and-set, so even two relays that
   both believe they lead cannot move it past each other, and since both publish the same
   ids in the same fenced order the stream cannot interleave.
@@ -51,6 +51,7 @@ from nats.js.client import JetStreamContext
 
 from eventlog.db import connect as db_connect
 from eventlog.db import lock_key
+from eventlog.leadership import Leadership, Term
 from eventlog.listener import Listener
 from eventlog.sealer import sealed_channel
 from eventlog.waiting import sleep_or_stop, wake_or_stop
@@ -214,7 +215,14 @@ class Relay:
         self.hooks = hooks or RelayHooks()
         self.channel = sealed_channel(config.schema)
         self.stats = RelayStats()
-        self.is_leader = False
+        self._leadership = Leadership(
+            connect,
+            lock_key(config.schema, f"relay:{config.stream.name}"),
+            role=f"relay {config.stream.name}",
+            standby_interval=config.standby_interval,
+            # Another relay moved the checkpoint: it leads (or led), so this one stands by.
+            stand_down_on=(CheckpointMovedError,),
+        )
         self._wake = asyncio.Event()
         self._cursor: _Cursor | None = None
         self._retry_now = False
@@ -225,6 +233,10 @@ class Relay:
         self._provisioned = False
 
     # ------------------------------------------------------------------ public surface
+
+    @property
+    def is_leader(self) -> bool:
+        return self._leadership.is_leader
 
     @property
     def position(self) -> int | None:
@@ -282,17 +294,8 @@ class Relay:
                 return total
 
     async def run(self, stop: asyncio.Event | None = None) -> None:
-        """Lead when the lock is free, stand by otherwise; return when ``stop`` is set."""
-        stop = stop or asyncio.Event()
-        while not stop.is_set():
-            try:
-                await self._session(stop)
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-                log.warning("relay: database: %s; reconnecting", exc)
-                await sleep_or_stop(stop, self.config.standby_interval)
-            except CheckpointMovedError as exc:
-                log.warning("relay: %s; standing by", exc)
-                await sleep_or_stop(stop, self.config.standby_interval)
+        """Lead when the role is free, stand by otherwise; return when ``stop`` is set."""
+        await self._leadership.run(self._lead, stop or asyncio.Event())
 
     # ------------------------------------------------------------------ publishing
 
@@ -479,37 +482,17 @@ class Relay:
 
     # ------------------------------------------------------------------ leadership
 
-    async def _session(self, stop: asyncio.Event) -> None:
-        conn = await self._connect()
+    async def _lead(self, term: Term) -> None:
+        # Another relay may have led meanwhile: reload the checkpoint before publishing.
+        self._cursor = None
+        self._listener = Listener(self._connect, self.channel, self.wake)
         try:
-            got = await conn.fetchval(
-                "SELECT pg_try_advisory_lock(hashtextextended($1, 0))",
-                lock_key(self.config.schema, f"relay:{self.config.stream.name}"),
-            )
-            if not got:
-                await sleep_or_stop(stop, self.config.standby_interval)
-                return
-            self.is_leader = True
-            self._cursor = None
-            log.info(
-                "relay: leading for schema %s, stream %s",
-                self.config.schema,
-                self.config.stream.name,
-            )
-            self._listener = Listener(self._connect, self.channel, self.wake)
-            try:
-                await self._lead(conn, stop)
-            finally:
-                await self._listener.close()
+            await self._publish_with_retries(term.conn, term.ended)
         finally:
-            self.is_leader = False
             self._cursor = None
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(conn.close(), 5)
-            if not conn.is_closed():
-                conn.terminate()
+            await self._listener.close()
 
-    async def _lead(self, conn: asyncpg.Connection, stop: asyncio.Event) -> None:
+    async def _publish_with_retries(self, conn: asyncpg.Connection, stop: asyncio.Event) -> None:
         backoff = self.config.backoff_initial
         while not stop.is_set():
             nc: NatsClient | None = None

@@ -37,8 +37,17 @@ def store(db: Database) -> EventStore:
     return EventStore(db.pool, CODEC)
 
 
-async def seal(db: Database) -> None:
-    await Sealer(db.connect, db.schema).seal_all(await db.connect())
+async def seal(db: Database, timeout: float = 10.0) -> None:
+    """Seal every event appended so far. A transaction open elsewhere (a worker starting
+    up creates its tables in one) holds them back until it ends, so seal until none is left."""
+    sealer, conn = Sealer(db.connect, db.schema), await db.connect()
+    appended = await conn.fetchval("SELECT count(*) FROM events")
+    deadline = asyncio.get_running_loop().time() + timeout
+    await sealer.seal_all(conn)
+    while await head_position(conn) < appended:
+        assert asyncio.get_running_loop().time() < deadline, "events left unsealed"
+        await asyncio.sleep(0.01)
+        await sealer.seal_all(conn)
 
 
 async def write_history(store: EventStore, db: Database, events: int, seed: int = 1) -> None:

@@ -4,9 +4,6 @@ another), by a timer while nobody rings, and bounded when there is no sealer at 
 from __future__ import annotations
 
 import asyncio
-from typing import Any
-
-import asyncpg
 
 from eventlog.listener import Listener
 from eventlog.positions import SealSignal, sealed_position
@@ -15,17 +12,9 @@ from eventlog.store import EventStore
 from tests.support.database import Database
 from tests.support.sample_events import CODEC, META, notes
 
-
-class CountingPool:
-    """The real pool, counting the lookups a wait makes."""
-
-    def __init__(self, pool: asyncpg.Pool) -> None:
-        self.pool = pool
-        self.lookups = 0
-
-    async def fetchval(self, query: str, *args: Any) -> Any:
-        self.lookups += 1
-        return await self.pool.fetchval(query, *args)
+# Longer than any wait below: a wait that ends in time was woken by a NOTIFY, not by
+# the safety timer.
+NO_SAFETY_NET = 60.0
 
 
 async def logged_position(db: Database, seq: int) -> int | None:
@@ -35,7 +24,7 @@ async def logged_position(db: Database, seq: int) -> int | None:
     return position
 
 
-async def test_a_write_beside_its_sealer_is_woken_by_the_notify_and_looks_once_or_twice(
+async def test_a_write_beside_its_sealer_is_woken_by_the_notify(
     db: Database,
 ) -> None:
     # given a sealer in this process, and the signal rung by a LISTEN on its channel
@@ -50,19 +39,18 @@ async def test_a_write_beside_its_sealer_is_woken_by_the_notify_and_looks_once_o
     while not (listener.listening and signal.ringing()):  # noqa: ASYNC110 - plain flags
         await asyncio.sleep(0.01)
 
-    # when a write commits and waits for its position
-    counting = CountingPool(db.pool)
+    # when a write commits and waits for its position, with no timer to fall back on
     result = await store.append("s:wait", 0, notes("a", "b"), META)
-    position = await sealed_position(counting, result.last_seq, timeout=5, signal=signal)  # type: ignore[arg-type]
+    position = await sealed_position(
+        db.pool, result.last_seq, timeout=5, signal=signal, safety_interval=NO_SAFETY_NET
+    )
 
-    # then it gets the position the log holds, after one look (two if a seal of other
-    # events woke it first), not after polling on a timer
+    # then the NOTIFY woke it, with the position the log holds
     stop.set()
     await running
     await listener.close()
     assert position is not None
     assert position == await logged_position(db, result.last_seq)
-    assert 1 <= counting.lookups <= 2
 
 
 async def test_a_signal_that_stops_ringing_falls_back_to_polling_a_sealer_elsewhere(
@@ -117,14 +105,15 @@ async def test_an_api_process_is_woken_by_the_notify_of_a_sealer_elsewhere(db: D
         await asyncio.sleep(0.01)
 
     async def woken_write(stream: str) -> None:
-        counting = CountingPool(db.pool)
         result = await store.append(stream, 0, notes("a"), META)
-        position = await sealed_position(counting, result.last_seq, timeout=5, signal=signal)  # type: ignore[arg-type]
+        position = await sealed_position(
+            db.pool, result.last_seq, timeout=5, signal=signal, safety_interval=NO_SAFETY_NET
+        )
+        assert position is not None
         assert position == await logged_position(db, result.last_seq)
-        assert 1 <= counting.lookups <= 2
 
-    # when a write commits and waits for its position, then the NOTIFY woke it: the right
-    # position after a look or two
+    # when a write commits and waits for its position with no timer to fall back on, then
+    # the NOTIFY woke it in time, with the right position
     await woken_write("s:api")
 
     # and when the listening session is killed, the listener comes back and wakes the next

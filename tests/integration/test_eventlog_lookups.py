@@ -1,0 +1,122 @@
+"""The event log's named lookups that the HTTP handlers use instead of their own SQL:
+the freshness probe, the log as stored, streams of a type and models' names."""
+
+from __future__ import annotations
+
+import pytest
+
+from eventlog.freshness import Freshness, freshness
+from eventlog.keys import model_names
+from eventlog.log import read_log, read_log_as_stored
+from eventlog.sealer import Sealer
+from eventlog.store import EventStore
+from events.streams import model_stream, name_key, token_stream
+from projections.runner import advance, ensure_projection, generations
+from tests.support.database import Database
+from tests.support.sample_events import CODEC, META, Counted, append_notes, notes
+from tests.support.sample_projection import NOTES
+
+
+@pytest.fixture
+def store(db: Database) -> EventStore:
+    return EventStore(db.pool, CODEC)
+
+
+async def seal(db: Database) -> None:
+    await Sealer(db.connect, db.schema).seal_all(await db.connect())
+
+
+async def test_freshness_reports_the_head_the_views_and_a_streams_latest_sealed_event(
+    db: Database, store: EventStore
+) -> None:
+    # given three sealed events (two of model:a, then one of model:b), a view that applied
+    # the first two, and a fourth event not sealed yet
+    await append_notes(store, model_stream("a"), 0, "a1", "a2")
+    await append_notes(store, model_stream("b"), 0, "b1")
+    await seal(db)
+    await append_notes(store, model_stream("a"), 2, "a3")
+    conn = await db.connect()
+    await ensure_projection(conn, NOTES)
+    live = (await generations(conn, NOTES.name))[0]
+    await advance(conn, NOTES, live, head=2, batch=100)
+
+    # when the probe asks about model:a and the view
+    probed = await freshness(db.pool, [NOTES.name], stream_id=model_stream("a"))
+
+    # then it sees the head, the view's position and model:a's latest *sealed* event
+    assert probed == Freshness(head=3, reached=2, latest=2)
+
+
+async def test_freshness_without_a_stream_or_views_answers_zeros_not_nulls(
+    db: Database, store: EventStore
+) -> None:
+    # given one sealed event and no projection at all
+    await append_notes(store, "s:x", 0, "x")
+    await seal(db)
+
+    # when the probe asks about no stream and a view that does not exist
+    probed = await freshness(db.pool, ["no-such-view"])
+
+    # then only the head is known
+    assert probed == Freshness(head=1, reached=0, latest=0)
+
+
+async def test_the_log_as_stored_carries_each_envelopes_exact_bytes(
+    db: Database, store: EventStore
+) -> None:
+    # given sealed events of two types in two streams
+    await store.append("s:1", 0, [*notes("one"), Counted(n=2)], META)
+    await append_notes(store, "s:2", 0, "three")
+    await seal(db)
+    stored = {
+        r["seq"]: bytes(r["envelope"])
+        for r in await db.pool.fetch("SELECT seq, envelope FROM events")
+    }
+
+    # when the log is read as stored, all of it and only one type
+    everything = await read_log_as_stored(db.pool, 0, 10)
+    counted = await read_log_as_stored(db.pool, 0, 10, types=frozenset({"test.counted"}))
+
+    # then each event comes with the bytes the store holds, in log order, filtered alike
+    assert [(e, raw) for e, raw in everything] == [
+        (e, stored[e.seq]) for e in await read_log(db.pool, 0, 10)
+    ]
+    assert [e.log_position for e, _ in everything] == [1, 2, 3]
+    assert [(e.log_position, e.event_type) for e, _ in counted] == [(2, "test.counted")]
+
+
+async def test_stream_ids_lists_the_streams_of_one_type_oldest_first(
+    db: Database, store: EventStore
+) -> None:
+    # given token streams created in turn, and a stream of another type in between
+    await append_notes(store, token_stream("zulu"), 0, "first")
+    await append_notes(store, model_stream("m"), 0, "other type")
+    await append_notes(store, token_stream("alpha"), 0, "second")
+
+    # when the token streams are listed, then they come in the order they were created
+    assert await store.stream_ids("token") == [token_stream("zulu"), token_stream("alpha")]
+    assert await store.stream_ids("policy") == []
+
+
+async def test_model_names_finds_each_models_current_name_in_one_lookup(
+    db: Database, store: EventStore
+) -> None:
+    # given two named models, one of them renamed, and a stream holding another kind of key
+    await store.append(model_stream("m1"), 0, notes("registered"), META, claim=[name_key("churn")])
+    await store.append(model_stream("m2"), 0, notes("registered"), META, claim=[name_key("fraud")])
+    await store.append(
+        model_stream("m2"),
+        1,
+        notes("renamed"),
+        META,
+        claim=[name_key("fraud-eu")],
+        release=[name_key("fraud")],
+    )
+    await store.append(model_stream("m3"), 0, notes("no name"), META, claim=["promotion:r1"])
+
+    # when the names of those models (and of one that does not exist) are looked up
+    names = await model_names(db.pool, ["m1", "m2", "m3", "missing"])
+
+    # then each named model maps to its current name; the others are absent
+    assert names == {"m1": "churn", "m2": "fraud-eu"}
+    assert await model_names(db.pool, []) == {}

@@ -158,7 +158,7 @@ class AuditPage(msgspec.Struct, frozen=True, kw_only=True):
     next_cursor: int | None
 
 
-# --- apply -------------------------------------------------------------------------------
+# --- the fold ----------------------------------------------------------------------------
 
 
 def _stage_kind(kind: TransitionKind, request_id: str | None) -> str:

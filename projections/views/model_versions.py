@@ -16,7 +16,9 @@ Tables (SQL names come from ``names``):
   domain's rule (``events.metrics``): highest step, then latest timestamp, then the later
   point. Indexed by (key, dataset, value) for threshold filters and ordering by a metric,
   and by (key, dataset, created_at) with the version's registration time copied in, for
-  threshold filters in the default newest-first order. Full histories are in
+  threshold filters in the default newest-first order. The time is copied when the
+  metric's first point is folded: the service logs metrics only for registered versions,
+  so it is known by then (in a log where metrics came first it stays NULL). Full histories are in
   ``projections.views.metric_history``.
 - ``model_versions_models``: the model facts copied onto versions (name, owner,
   archived), so a version registered later gets them without reading another view.

@@ -283,6 +283,27 @@ def test_a_versions_latest_metric_is_the_highest_step_then_the_latest_point() ->
     assert fold(model_versions.PROJECTION, again, rows).metrics[(M1, 1, "auc", "")][0] == 0.86
 
 
+def test_a_metric_logged_before_its_version_is_registered_folds_alike_in_any_batches() -> None:
+    # given a log where a metric batch precedes its version's registration (the service
+    # never writes one: it logs metrics only for registered versions)
+    log = Log()
+    registered(log, M1, "churn", 0)
+    log.metrics(M1, 1, auc=0.8)
+    log.model(M1, RegisterVersion, content=content(1))
+    log.metrics(M1, 1, step=1, auc=0.9)
+
+    # when it is folded in one batch, and in two split anywhere
+    versions, events = model_versions.PROJECTION, log.events
+    whole = fold(versions, events)
+    splits = [
+        fold(versions, events[cut:], fold(versions, events[:cut])) for cut in range(1, len(events))
+    ]
+
+    # then the row keeps the registration time it knew at its first point: none
+    assert whole.metrics[(M1, 1, "auc", "")][4] is None
+    assert all(split == whole for split in splits)
+
+
 def test_a_version_row_follows_its_stage_aliases_and_tags() -> None:
     # given a version staged, tagged and named champion, then moved off by a later alias
     log = Log()

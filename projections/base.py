@@ -3,14 +3,16 @@
 A view module declares a ``Projection`` whose ``fold`` is three functions:
 
 - ``load(conn, names, events) -> rows``: I/O. Read the rows this batch touches (by the
-  keys its events name) into the view's rows type; rows the batch only overwrites need
-  not be read.
+  keys its events name) into the view's rows type; rows the batch only overwrites, never
+  reads, need not be loaded.
 - ``evolve(rows, events) -> rows``: pure. Fold the batch into the rows and return new
   rows: no I/O, no clock, no randomness, and the rows given are left as they were. A unit
   test calls it with no database; a rebuild and a time-travel fold produce the same rows
-  as the live run because nothing else decides them.
+  as the live run because nothing else decides them. A row the batch removes stays in
+  the new rows as ``None``, for ``write`` to delete.
 - ``write(conn, names, loaded, evolved)``: I/O. Store what ``evolve`` changed: the rows
-  of ``evolved`` that ``loaded`` lacks or holds differently (``changed``), set-based.
+  of ``evolved`` that ``loaded`` lacks or holds differently (``changed``), a statement
+  per table rather than per row where it can (``upsert``).
 
 ``Projection.apply(conn, names, events)`` runs load -> evolve -> write in the caller's
 transaction; the runner and time travel call only that. Query functions take ``names``

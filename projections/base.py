@@ -157,6 +157,8 @@ _ABSENT: Any = object()
 def changed(loaded: Mapping[K, V], evolved: Mapping[K, V]) -> dict[K, V]:
     """The entries of ``evolved`` that ``loaded`` lacks or holds differently: what a write
     must store. (A row ``evolve`` left alone is the same object, so the test is cheap.)"""
+    if not loaded:  # a batch that only adds rows (a log view, most of a rebuild)
+        return dict(evolved)
     return {
         key: row
         for key, row in evolved.items()

@@ -17,12 +17,16 @@ re-checks the policy in force at the final approval.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 import asyncpg
 import msgspec
+from msgspec.structs import replace
 
 from eventlog.log import LoggedEvent
+from events.base import Event
 from events.catalogue import CODEC
 from events.model.events import (
     ModelPolicyCleared,
@@ -37,7 +41,7 @@ from events.model.events import (
 )
 from events.registry_policy import RegistryPolicySet
 from events.streams import model_id_of
-from projections.base import Names, Projection, Table
+from projections.base import Fold, Names, Projection, Table, changed, upsert
 
 Conn = asyncpg.Connection | asyncpg.Pool
 
@@ -70,6 +74,7 @@ TABLES = [
         rules              text[],
         PRIMARY KEY (model_id, request_id)
         """,
+        key=("model_id", "request_id"),
         indexes=[
             "CREATE INDEX {name}_open ON {table} (requested_position) WHERE status = 'pending'",
             "CREATE INDEX {name}_request ON {table} (request_id)",
@@ -88,18 +93,21 @@ TABLES = [
         at           timestamptz NOT NULL,
         PRIMARY KEY (model_id, request_id, log_position)
         """,
+        key=("model_id", "request_id", "log_position"),
     ),
     # Who registered each version: separation of duties excludes them.
     Table(
         "approval_registrants",
         "model_id text NOT NULL, version int NOT NULL, registered_by text NOT NULL,"
         " PRIMARY KEY (model_id, version)",
+        key=("model_id", "version"),
     ),
     # The policy facts the view needs, per model and for the registry (scope '').
     Table(
         "approval_policies",
         "scope text PRIMARY KEY, separation_of_duties boolean NOT NULL,"
         " set_position bigint NOT NULL",
+        key=("scope",),
     ),
 ]
 
@@ -144,7 +152,7 @@ class ApprovalRequest(msgspec.Struct, frozen=True, kw_only=True):
     votes: list[Vote] = msgspec.field(default_factory=list)
 
 
-# --- apply -------------------------------------------------------------------------------
+# --- the fold ----------------------------------------------------------------------------
 
 _REQUEST_COLUMNS = (
     "model_id",
@@ -168,7 +176,107 @@ _REQUEST_COLUMNS = (
     "executed_approvers",
     "rules",
 )
-_DECISIONS = {
+
+
+class RequestRow(msgspec.Struct, frozen=True, kw_only=True):
+    """An ``approval_requests`` row (fields in ``_REQUEST_COLUMNS`` order)."""
+
+    model_id: str
+    request_id: str
+    version: int
+    target_stage: str | None
+    alias: str | None
+    rollback: bool
+    justification: str
+    requested_by: str
+    requested_at: datetime
+    requested_position: int
+    expires_at: datetime
+    approvals_required: int
+    approvals: tuple[str, ...]
+    status: str
+    decided_by: str | None = None
+    decided_at: datetime | None = None
+    decided_position: int | None = None
+    decision_comment: str | None = None
+    executed_approvers: tuple[str, ...] | None = None
+    rules: tuple[str, ...] | None = None
+
+
+# An approval_votes row: (model_id, request_id, log_position) -> (actor, vote, comment, at).
+VoteKey = tuple[str, str, int]
+VoteRow = tuple[str, str, str, datetime]
+# An approval_policies row: scope -> (separation_of_duties, set_position); None: cleared.
+PolicyRow = tuple[bool, int] | None
+
+
+@dataclass(frozen=True, slots=True)
+class ApprovalRows:
+    """The rows a batch touches: requests (loaded when it decides or votes on them), and the
+    votes, registrants and policies it writes (they never depend on what was stored)."""
+
+    requests: dict[tuple[str, str], RequestRow] = field(default_factory=dict)
+    votes: dict[VoteKey, VoteRow] = field(default_factory=dict)
+    registrants: dict[tuple[str, int], str] = field(default_factory=dict)
+    policies: dict[str, PolicyRow] = field(default_factory=dict)
+
+
+def evolve(rows: ApprovalRows, events: Sequence[LoggedEvent]) -> ApprovalRows:
+    """Fold a batch into requests, votes, registrants and policies. Pure."""
+    new = ApprovalRows(
+        requests=dict(rows.requests),
+        votes=dict(rows.votes),
+        registrants=dict(rows.registrants),
+        policies=dict(rows.policies),
+    )
+    for logged in events:
+        event = CODEC.decode(logged.envelope)
+        if isinstance(event, RegistryPolicySet):
+            new.policies[REGISTRY_SCOPE] = (event.policy.separation_of_duties, logged.log_position)
+        else:
+            _evolve_model_stream(new, model_id_of(logged.stream_id), event, logged)
+    return new
+
+
+def _evolve_model_stream(
+    rows: ApprovalRows, model_id: str, event: Event, logged: LoggedEvent
+) -> None:
+    match event:
+        case VersionRegistered():
+            rows.registrants[(model_id, event.version)] = event.registered_by
+        case ModelPolicySet():
+            rows.policies[model_id] = (event.policy.separation_of_duties, logged.log_position)
+        case ModelPolicyCleared():
+            rows.policies[model_id] = None
+        case PromotionRequested():
+            rows.requests[(model_id, event.request_id)] = _requested(model_id, event, logged)
+        case (
+            PromotionApproved()
+            | PromotionRejected()
+            | PromotionCancelled()
+            | PromotionExpired()
+            | PromotionExecuted()
+        ):
+            _decide(rows, model_id, event, logged)
+        case _:
+            pass
+
+
+_Decision = (
+    PromotionApproved
+    | PromotionRejected
+    | PromotionCancelled
+    | PromotionExpired
+    | PromotionExecuted
+)
+_DECISIONS = (
+    PromotionApproved,
+    PromotionRejected,
+    PromotionCancelled,
+    PromotionExpired,
+    PromotionExecuted,
+)
+_STATUS = {
     PromotionRejected.event_type: "rejected",
     PromotionCancelled.event_type: "cancelled",
     PromotionExpired.event_type: "expired",
@@ -176,169 +284,147 @@ _DECISIONS = {
 }
 
 
-def _upsert(table: str, columns: Sequence[str], key: int) -> str:
-    params = ", ".join(f"${i + 1}" for i in range(len(columns)))
-    updates = ", ".join(f"{c} = excluded.{c}" for c in columns[key:])
-    return (
-        f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({params})"
-        f" ON CONFLICT ({', '.join(columns[:key])}) DO UPDATE SET {updates}"
+def _requested(model_id: str, event: PromotionRequested, logged: LoggedEvent) -> RequestRow:
+    return RequestRow(
+        model_id=model_id,
+        request_id=event.request_id,
+        version=event.version,
+        target_stage=None if event.target_stage is None else str(event.target_stage),
+        alias=event.alias,
+        rollback=event.rollback,
+        justification=event.justification,
+        requested_by=event.requested_by,
+        requested_at=logged.envelope.occurred_at,
+        requested_position=logged.log_position,
+        expires_at=event.expires_at,
+        approvals_required=event.approvals_required,
+        approvals=(),
+        status="pending",
     )
 
 
-async def apply(conn: asyncpg.Connection, names: Names, events: Sequence[LoggedEvent]) -> None:
-    decoded = [(logged, CODEC.decode(logged.envelope)) for logged in events]
-    # Load the requests this batch touches but did not create: fold in memory, write once.
-    created = {
-        (model_id_of(lg.stream_id), e.request_id)
-        for lg, e in decoded
-        if isinstance(e, PromotionRequested)
-    }
-    wanted = {
-        (model_id_of(lg.stream_id), e.request_id)
-        for lg, e in decoded
-        if isinstance(
-            e,
-            PromotionApproved
-            | PromotionRejected
-            | PromotionCancelled
-            | PromotionExpired
-            | PromotionExecuted,
+def _decide(rows: ApprovalRows, model_id: str, event: _Decision, logged: LoggedEvent) -> None:
+    """An approval (a vote) or the decision that closes a request."""
+    key = (model_id, event.request_id)
+    request = rows.requests.get(key)
+    if request is None:
+        return  # a decider never decides a request it has not seen; nothing to show
+    envelope = logged.envelope
+    if isinstance(event, PromotionApproved):
+        rows.requests[key] = replace(request, approvals=(*request.approvals, event.approved_by))
+        rows.votes[(*key, logged.log_position)] = (
+            event.approved_by,
+            "approved",
+            event.comment,
+            envelope.occurred_at,
         )
-    } - created
-    requests: dict[tuple[str, str], dict[str, object]] = {}
-    if wanted:
-        rows = await conn.fetch(
-            f"SELECT {', '.join(_REQUEST_COLUMNS)} FROM {names.approval_requests} t"
+        return
+    decided = replace(
+        request,
+        status=_STATUS[event.event_type],
+        decided_at=envelope.occurred_at,
+        decided_position=logged.log_position,
+        decided_by=envelope.actor,
+    )
+    match event:
+        case PromotionRejected():
+            decided = replace(decided, decided_by=event.rejected_by, decision_comment=event.comment)
+            rows.votes[(*key, logged.log_position)] = (
+                event.rejected_by,
+                "rejected",
+                event.comment,
+                envelope.occurred_at,
+            )
+        case PromotionCancelled():
+            decided = replace(
+                decided, decided_by=event.cancelled_by, decision_comment=event.comment
+            )
+        case PromotionExecuted():
+            decided = replace(
+                decided, executed_approvers=tuple(event.approved_by), rules=tuple(event.rules)
+            )
+        case _:
+            pass
+    rows.requests[key] = decided
+
+
+# --- load and write ------------------------------------------------------------------------
+
+
+async def load(
+    conn: asyncpg.Connection, names: Names, events: Sequence[LoggedEvent]
+) -> ApprovalRows:
+    """The requests the batch votes on or decides."""
+    keys = sorted(
+        {
+            (model_id_of(logged.stream_id), decision.request_id)
+            for logged in events
+            if logged.event_type in _DECISION_TYPES
+            and isinstance(decision := CODEC.decode(logged.envelope), _DECISIONS)
+        }
+    )
+    rows = ApprovalRows()
+    if keys:
+        for r in await conn.fetch(
+            f"SELECT {', '.join('t.' + c for c in _REQUEST_COLUMNS)} FROM {names.approval_requests} t"
             " JOIN unnest($1::text[], $2::text[]) AS k(m, r) ON t.model_id = k.m AND t.request_id = k.r",
-            [k[0] for k in wanted],
-            [k[1] for k in wanted],
-        )
-        requests = {(r["model_id"], r["request_id"]): dict(r) for r in rows}
-    touched: dict[tuple[str, str], dict[str, object]] = {}
-    votes: list[tuple[object, ...]] = []
-    registrants: list[tuple[str, int, str]] = []
-    policies: dict[str, tuple[bool | None, int]] = {}
+            [k[0] for k in keys],
+            [k[1] for k in keys],
+        ):
+            request = _request_row(r)
+            rows.requests[(request.model_id, request.request_id)] = request
+    return rows
 
-    for logged, event in decoded:
-        envelope = logged.envelope
-        match event:
-            case VersionRegistered():
-                registrants.append(
-                    (model_id_of(logged.stream_id), event.version, event.registered_by)
-                )
-            case ModelPolicySet():
-                policies[model_id_of(logged.stream_id)] = (
-                    event.policy.separation_of_duties,
-                    logged.log_position,
-                )
-            case ModelPolicyCleared():
-                policies[model_id_of(logged.stream_id)] = (None, logged.log_position)
-            case RegistryPolicySet():
-                policies[REGISTRY_SCOPE] = (event.policy.separation_of_duties, logged.log_position)
-            case PromotionRequested():
-                key = (model_id_of(logged.stream_id), event.request_id)
-                requests[key] = touched[key] = {
-                    "model_id": key[0],
-                    "request_id": event.request_id,
-                    "version": event.version,
-                    "target_stage": None if event.target_stage is None else str(event.target_stage),
-                    "alias": event.alias,
-                    "rollback": event.rollback,
-                    "justification": event.justification,
-                    "requested_by": event.requested_by,
-                    "requested_at": envelope.occurred_at,
-                    "requested_position": logged.log_position,
-                    "expires_at": event.expires_at,
-                    "approvals_required": event.approvals_required,
-                    "approvals": [],
-                    "status": "pending",
-                    "decided_by": None,
-                    "decided_at": None,
-                    "decided_position": None,
-                    "decision_comment": None,
-                    "executed_approvers": None,
-                    "rules": None,
-                }
-            case PromotionApproved():
-                key = (model_id_of(logged.stream_id), event.request_id)
-                request = touched[key] = requests[key]
-                request["approvals"] = [*request["approvals"], event.approved_by]  # type: ignore[misc]
-                votes.append(
-                    (
-                        *key,
-                        logged.log_position,
-                        event.approved_by,
-                        "approved",
-                        event.comment,
-                        envelope.occurred_at,
-                    )
-                )
-            case (
-                PromotionRejected()
-                | PromotionCancelled()
-                | PromotionExpired()
-                | PromotionExecuted()
-            ):
-                key = (model_id_of(logged.stream_id), event.request_id)
-                request = touched[key] = requests[key]
-                request.update(
-                    status=_DECISIONS[event.event_type],
-                    decided_at=envelope.occurred_at,
-                    decided_position=logged.log_position,
-                    decided_by=envelope.actor,
-                )
-                if isinstance(event, PromotionRejected):
-                    request.update(decided_by=event.rejected_by, decision_comment=event.comment)
-                    votes.append(
-                        (
-                            *key,
-                            logged.log_position,
-                            event.rejected_by,
-                            "rejected",
-                            event.comment,
-                            envelope.occurred_at,
-                        )
-                    )
-                elif isinstance(event, PromotionCancelled):
-                    request.update(decided_by=event.cancelled_by, decision_comment=event.comment)
-                elif isinstance(event, PromotionExecuted):
-                    request.update(
-                        executed_approvers=list(event.approved_by), rules=list(event.rules)
-                    )
-            case _:
-                pass
 
-    if registrants:
-        await conn.executemany(
-            _upsert(names.approval_registrants, ("model_id", "version", "registered_by"), 2),
-            registrants,
+_DECISION_TYPES = frozenset(t.event_type for t in _DECISIONS)
+
+
+def _request_row(r: asyncpg.Record) -> RequestRow:
+    fields: dict[str, Any] = {c: r[c] for c in _REQUEST_COLUMNS}
+    for name in ("approvals", "executed_approvers", "rules"):
+        fields[name] = None if r[name] is None else tuple(r[name])
+    return RequestRow(**fields)
+
+
+async def write(
+    conn: asyncpg.Connection, names: Names, loaded: ApprovalRows, evolved: ApprovalRows
+) -> None:
+    await upsert(
+        conn,
+        names.approval_registrants,
+        (("model_id", "text"), ("version", "int"), ("registered_by", "text")),
+        2,
+        [(*k, by) for k, by in changed(loaded.registrants, evolved.registrants).items()],
+    )
+    policies = changed(loaded.policies, evolved.policies)
+    cleared = [scope for scope, policy in policies.items() if policy is None]
+    if cleared:
+        await conn.execute(
+            f"DELETE FROM {names.approval_policies} WHERE scope = ANY($1::text[])", cleared
         )
-    if policies:
-        cleared = [scope for scope, (sod, _) in policies.items() if sod is None]
-        kept = [
-            (scope, sod, position) for scope, (sod, position) in policies.items() if sod is not None
-        ]
-        if cleared:
-            await conn.execute(
-                f"DELETE FROM {names.approval_policies} WHERE scope = ANY($1::text[])", cleared
-            )
-        if kept:
-            await conn.executemany(
-                _upsert(
-                    names.approval_policies, ("scope", "separation_of_duties", "set_position"), 1
-                ),
-                kept,
-            )
-    if touched:
+    await upsert(
+        conn,
+        names.approval_policies,
+        (("scope", "text"), ("separation_of_duties", "boolean"), ("set_position", "bigint")),
+        1,
+        [(scope, *policy) for scope, policy in policies.items() if policy is not None],
+    )
+    requests = changed(loaded.requests, evolved.requests)
+    if requests:
+        # Row by row: unnest cannot carry the array columns (it would flatten them).
         await conn.executemany(
-            _upsert(names.approval_requests, _REQUEST_COLUMNS, 2),
-            [tuple(request[c] for c in _REQUEST_COLUMNS) for request in touched.values()],
+            f"INSERT INTO {names.approval_requests} ({', '.join(_REQUEST_COLUMNS)})"
+            f" VALUES ({', '.join(f'${i + 1}' for i in range(len(_REQUEST_COLUMNS)))})"
+            " ON CONFLICT (model_id, request_id) DO UPDATE SET "
+            + ", ".join(f"{c} = excluded.{c}" for c in _REQUEST_COLUMNS[2:]),
+            [msgspec.structs.astuple(r) for r in requests.values()],
         )
+    votes = changed(loaded.votes, evolved.votes)
     if votes:
         await conn.executemany(
             f"INSERT INTO {names.approval_votes} (model_id, request_id, log_position, actor, vote, comment, at)"
             " VALUES ($1, $2, $3, $4, $5, $6, $7)",
-            votes,
+            [(*k, *v) for k, v in votes.items()],
         )
 
 
@@ -353,14 +439,10 @@ PROJECTION = Projection(
             ModelPolicyCleared.event_type,
             RegistryPolicySet.event_type,
             PromotionRequested.event_type,
-            PromotionApproved.event_type,
-            PromotionRejected.event_type,
-            PromotionCancelled.event_type,
-            PromotionExpired.event_type,
-            PromotionExecuted.event_type,
+            *_DECISION_TYPES,
         }
     ),
-    apply=apply,
+    fold=Fold(load=load, evolve=evolve, write=write),
     description="promotion requests: open ones, who must act, decided ones",
 )
 
@@ -490,20 +572,3 @@ async def decided(
         limit,
     )
     return [_request(r, datetime.now(UTC)) for r in rows]
-
-
-async def checksum(conn: Conn, names: Names) -> str:
-    """A digest of every row, in key order: equal digests mean equal views."""
-    parts = []
-    for table, order in (
-        (names.approval_requests, "model_id, request_id"),
-        (names.approval_votes, "model_id, request_id, log_position"),
-        (names.approval_registrants, "model_id, version"),
-        (names.approval_policies, "scope"),
-    ):
-        parts.append(
-            await conn.fetchval(
-                f"SELECT md5(coalesce(string_agg(md5(t::text), '' ORDER BY {order}), '')) FROM {table} t"
-            )
-        )
-    return ":".join(parts)

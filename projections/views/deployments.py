@@ -20,10 +20,13 @@ alias's target itself, from the same stage and alias events.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
+from typing import TypeVar
 
 import asyncpg
 import msgspec
+from msgspec.structs import replace
 
 from eventlog.log import LoggedEvent
 from events.catalogue import CODEC
@@ -39,7 +42,7 @@ from events.model.events import (
 )
 from events.stages import INITIAL_STAGE, Stage
 from events.streams import model_id_of
-from projections.base import Names, Projection, Table
+from projections.base import Fold, Names, Projection, Table, changed, upsert
 
 Conn = asyncpg.Connection | asyncpg.Pool
 
@@ -67,6 +70,7 @@ TABLES = [
         reason                 text        NOT NULL,
         PRIMARY KEY (model_id, deployment_id)
         """,
+        key=("model_id", "deployment_id"),
         indexes=[
             "CREATE INDEX {name}_place ON {table} (model_id, environment, target, started_position)"
         ],
@@ -82,71 +86,24 @@ TABLES = [
         since_time         timestamptz NOT NULL,
         PRIMARY KEY (model_id, environment, target)
         """,
+        key=("model_id", "environment", "target"),
         indexes=["CREATE INDEX {name}_environment ON {table} (environment)"],
     ),
-    # The registry's side, kept here because apply may read only this view's tables.
+    # The registry's side, kept here because a view may read only its own tables.
     Table(
         "deployment_versions",
         "model_id text NOT NULL, version int NOT NULL, stage text NOT NULL,"
         " PRIMARY KEY (model_id, version)",
+        key=("model_id", "version"),
         indexes=["CREATE INDEX {name}_stage ON {table} (model_id, stage)"],
     ),
     Table(
         "deployment_aliases",
         "model_id text NOT NULL, alias text NOT NULL, version int NOT NULL,"
         " PRIMARY KEY (model_id, alias)",
+        key=("model_id", "alias"),
     ),
 ]
-
-_RUN_COLUMNS = (
-    "model_id",
-    "deployment_id",
-    "version",
-    "environment",
-    "target",
-    "desired_stage",
-    "desired_alias",
-    "status",
-    "started_by",
-    "started_at",
-    "started_position",
-    "finished_by",
-    "finished_at",
-    "finished_position",
-    "replaced_deployment_id",
-    "restored_deployment_id",
-    "comment",
-    "reason",
-)
-_RUN_TYPES = (
-    "text",
-    "text",
-    "int",
-    "text",
-    "text",
-    "text",
-    "text",
-    "text",
-    "text",
-    "timestamptz",
-    "bigint",
-    "text",
-    "timestamptz",
-    "bigint",
-    "text",
-    "text",
-    "text",
-    "text",
-)
-_PLACE_COLUMNS = (
-    "model_id",
-    "environment",
-    "target",
-    "live_deployment_id",
-    "since_position",
-    "since_time",
-)
-_PLACE_TYPES = ("text", "text", "text", "text", "bigint", "timestamptz")
 
 
 class Run(msgspec.Struct, frozen=True, kw_only=True):
@@ -197,213 +154,276 @@ class Place(msgspec.Struct, frozen=True, kw_only=True):
     drift_reason: str
 
 
-# --- apply -------------------------------------------------------------------------------
+# --- the fold ----------------------------------------------------------------------------
 
 
-def _upsert_sql(table: str, columns: Sequence[str], types: Sequence[str], key: int) -> str:
-    params = ", ".join(f"${i + 1}::{kind}[]" for i, kind in enumerate(types))
-    updates = ", ".join(f"{c} = excluded.{c}" for c in columns[key:])
-    return (
-        f"INSERT INTO {table} ({', '.join(columns)}) SELECT * FROM unnest({params})"
-        f" ON CONFLICT ({', '.join(columns[:key])}) DO UPDATE SET {updates}"
+class PlaceRow(msgspec.Struct, frozen=True, kw_only=True):
+    """A ``deployment_places`` row: what serves at a place, since when."""
+
+    model_id: str
+    environment: str
+    target: str
+    live_deployment_id: str | None
+    since_position: int
+    since_time: datetime
+
+
+RunKey = tuple[str, str]  # model_id, deployment_id
+PlaceKey = tuple[str, str, str]  # model_id, environment, target
+
+
+@dataclass(frozen=True, slots=True)
+class DeploymentRows:
+    """The rows a batch touches: runs (loaded when it reports on them) and their places,
+    and each version's stage and alias target it writes (``None``: alias removed)."""
+
+    runs: dict[RunKey, Run] = field(default_factory=dict)
+    places: dict[PlaceKey, PlaceRow] = field(default_factory=dict)
+    stages: dict[tuple[str, int], str] = field(default_factory=dict)
+    aliases: dict[tuple[str, str], int | None] = field(default_factory=dict)
+
+
+def evolve(rows: DeploymentRows, events: Sequence[LoggedEvent]) -> DeploymentRows:
+    """Fold a batch into runs, places, stages and aliases. Pure."""
+    new = DeploymentRows(
+        runs=dict(rows.runs),
+        places=dict(rows.places),
+        stages=dict(rows.stages),
+        aliases=dict(rows.aliases),
     )
+    for logged in events:
+        event = CODEC.decode(logged.envelope)
+        model_id = model_id_of(logged.stream_id)
+        match event:
+            case VersionRegistered():
+                new.stages[(model_id, event.version)] = str(INITIAL_STAGE)
+            case StageTransitioned():
+                new.stages[(model_id, event.version)] = str(event.to_stage)
+            case AliasSet():
+                new.aliases[(model_id, event.alias)] = event.version
+            case AliasRemoved():
+                new.aliases[(model_id, event.alias)] = None
+            case DeploymentStarted():
+                _started(new, model_id, event, logged)
+            case DeploymentSucceeded() | DeploymentFailed() | DeploymentRolledBack():
+                _reported(new, model_id, event, logged)
+            case _:
+                pass
+    return new
 
 
-async def _upsert(
-    conn: asyncpg.Connection,
-    table: str,
-    columns: Sequence[str],
-    types: Sequence[str],
-    key: int,
-    rows: Sequence[Sequence[object]],
+def _started(
+    rows: DeploymentRows, model_id: str, event: DeploymentStarted, logged: LoggedEvent
 ) -> None:
-    """One set-based upsert; ``rows`` must have distinct keys (a statement may touch a row once)."""
-    if rows:
-        await conn.execute(
-            _upsert_sql(table, columns, types, key),
-            *([r[i] for r in rows] for i in range(len(columns))),
+    envelope = logged.envelope
+    rows.runs[(model_id, event.deployment_id)] = Run(
+        model_id=model_id,
+        deployment_id=event.deployment_id,
+        version=event.version,
+        environment=event.environment,
+        target=event.target,
+        desired_stage=None if event.desired_stage is None else str(event.desired_stage),
+        desired_alias=event.desired_alias,
+        status="started",
+        started_by=envelope.actor,
+        started_at=envelope.occurred_at,
+        started_position=logged.log_position,
+        finished_by=None,
+        finished_at=None,
+        finished_position=None,
+        replaced_deployment_id=None,
+        restored_deployment_id=None,
+        comment=event.comment,
+        reason="",
+    )
+    place = (model_id, event.environment, event.target)
+    if place not in rows.places:
+        rows.places[place] = PlaceRow(
+            model_id=model_id,
+            environment=event.environment,
+            target=event.target,
+            live_deployment_id=None,
+            since_position=logged.log_position,
+            since_time=envelope.occurred_at,
         )
+
+
+def _reported(
+    rows: DeploymentRows,
+    model_id: str,
+    event: DeploymentSucceeded | DeploymentFailed | DeploymentRolledBack,
+    logged: LoggedEvent,
+) -> None:
+    """A deployment finished: its run records how, and its place what serves now."""
+    run = rows.runs.get((model_id, event.deployment_id))
+    if run is None:
+        return  # a decider never reports on a deployment it has not started; nothing to show
+    envelope = logged.envelope
+    run = replace(
+        run,
+        finished_by=envelope.actor,
+        finished_at=envelope.occurred_at,
+        finished_position=logged.log_position,
+    )
+    place = (model_id, run.environment, run.target)
+    live: tuple[str | None] | None = None  # (what serves now,) when the report changes it
+    match event:
+        case DeploymentSucceeded():
+            run = replace(
+                run,
+                status="succeeded",
+                replaced_deployment_id=event.replaced_deployment_id,
+                comment=event.comment or run.comment,
+            )
+            live = (event.deployment_id,)
+        case DeploymentFailed():
+            run = replace(run, status="failed", reason=event.reason)
+        case DeploymentRolledBack():
+            run = replace(
+                run,
+                status="rolled_back",
+                reason=event.reason,
+                restored_deployment_id=event.restored_deployment_id,
+            )
+            # As the domain folds it: only rolling back the live one changes what serves.
+            serving = rows.places.get(place)
+            if serving is not None and serving.live_deployment_id == event.deployment_id:
+                live = (event.restored_deployment_id,)
+    rows.runs[(model_id, event.deployment_id)] = run
+    if live is not None and place in rows.places:
+        rows.places[place] = replace(
+            rows.places[place],
+            live_deployment_id=live[0],
+            since_position=logged.log_position,
+            since_time=envelope.occurred_at,
+        )
+
+
+# --- load and write ------------------------------------------------------------------------
+
+_REPORTS = (DeploymentSucceeded, DeploymentFailed, DeploymentRolledBack)
+_REPORT_TYPES = frozenset(t.event_type for t in _REPORTS)
+
+
+async def load(
+    conn: asyncpg.Connection, names: Names, events: Sequence[LoggedEvent]
+) -> DeploymentRows:
+    """The runs the batch reports on, and the places of those and of the runs it starts."""
+    reported: set[RunKey] = set()
+    places: set[PlaceKey] = set()
+    for logged in events:
+        if logged.event_type == DeploymentStarted.event_type:
+            started = CODEC.decode(logged.envelope)
+            assert isinstance(started, DeploymentStarted)
+            places.add((model_id_of(logged.stream_id), started.environment, started.target))
+        elif logged.event_type in _REPORT_TYPES:
+            report = CODEC.decode(logged.envelope)
+            assert isinstance(report, _REPORTS)
+            reported.add((model_id_of(logged.stream_id), report.deployment_id))
+    rows = DeploymentRows()
+    for r in await _load(conn, names.deployment_runs, Run, ("model_id", "deployment_id"), reported):
+        rows.runs[(r.model_id, r.deployment_id)] = r
+    places |= {(r.model_id, r.environment, r.target) for r in rows.runs.values()}
+    for p in await _load(
+        conn, names.deployment_places, PlaceRow, ("model_id", "environment", "target"), places
+    ):
+        rows.places[(p.model_id, p.environment, p.target)] = p
+    return rows
+
+
+RowT = TypeVar("RowT", Run, PlaceRow)
 
 
 async def _load(
     conn: asyncpg.Connection,
     table: str,
-    columns: Sequence[str],
+    row_type: type[RowT],
     key: Sequence[str],
     keys: Iterable[tuple[str, ...]],
-) -> dict[tuple[str, ...], dict[str, object]]:
+) -> list[RowT]:
     ordered = sorted(keys)
     if not ordered:
-        return {}
-    join = " AND ".join(f"t.{k} = k.{k}" for k in key)
+        return []
+    columns = ", ".join(f"t.{f.name}" for f in msgspec.structs.fields(row_type))
     params = ", ".join(f"${i + 1}::text[]" for i in range(len(key)))
     rows = await conn.fetch(
-        f"SELECT {', '.join('t.' + c for c in columns)} FROM {table} t"
-        f" JOIN unnest({params}) AS k({', '.join(key)}) ON {join}",
+        f"SELECT {columns} FROM {table} t JOIN unnest({params}) AS k({', '.join(key)})"
+        f" ON {' AND '.join(f't.{k} = k.{k}' for k in key)}",
         *([k[i] for k in ordered] for i in range(len(key))),
     )
-    return {tuple(r[k] for k in key): dict(r) for r in rows}
+    return [row_type(**dict(r)) for r in rows]
 
 
-async def apply(conn: asyncpg.Connection, names: Names, events: Sequence[LoggedEvent]) -> None:
-    decoded = [
-        (logged, model_id_of(logged.stream_id), CODEC.decode(logged.envelope)) for logged in events
-    ]
-    stages: dict[tuple[str, int], str] = {}
-    aliases: dict[tuple[str, str], int | None] = {}
-
-    # Runs and places this batch changes: load the ones that exist, fold in memory, write once.
-    started = {(m, e.deployment_id) for _, m, e in decoded if isinstance(e, DeploymentStarted)}
-    reported = {
-        (m, e.deployment_id)
-        for _, m, e in decoded
-        if isinstance(e, DeploymentSucceeded | DeploymentFailed | DeploymentRolledBack)
-    }
-    runs = await _load(
-        conn, names.deployment_runs, _RUN_COLUMNS, ("model_id", "deployment_id"), reported - started
-    )
-    place_keys = {
-        (m, e.environment, e.target) for _, m, e in decoded if isinstance(e, DeploymentStarted)
-    }
-    place_keys |= {(r["model_id"], r["environment"], r["target"]) for r in runs.values()}  # type: ignore[misc]
-    places = await _load(
-        conn,
-        names.deployment_places,
-        _PLACE_COLUMNS,
-        ("model_id", "environment", "target"),
-        place_keys,
-    )
-    changed_runs: set[tuple[str, ...]] = set()
-    changed_places: set[tuple[str, ...]] = set()
-
-    for logged, model_id, event in decoded:
-        envelope = logged.envelope
-        match event:
-            case VersionRegistered():
-                stages[(model_id, event.version)] = str(INITIAL_STAGE)
-            case StageTransitioned():
-                stages[(model_id, event.version)] = str(event.to_stage)
-            case AliasSet():
-                aliases[(model_id, event.alias)] = event.version
-            case AliasRemoved():
-                aliases[(model_id, event.alias)] = None
-            case DeploymentStarted():
-                key = (model_id, event.deployment_id)
-                runs[key] = {
-                    "model_id": model_id,
-                    "deployment_id": event.deployment_id,
-                    "version": event.version,
-                    "environment": event.environment,
-                    "target": event.target,
-                    "desired_stage": None
-                    if event.desired_stage is None
-                    else str(event.desired_stage),
-                    "desired_alias": event.desired_alias,
-                    "status": "started",
-                    "started_by": envelope.actor,
-                    "started_at": envelope.occurred_at,
-                    "started_position": logged.log_position,
-                    "finished_by": None,
-                    "finished_at": None,
-                    "finished_position": None,
-                    "replaced_deployment_id": None,
-                    "restored_deployment_id": None,
-                    "comment": event.comment,
-                    "reason": "",
-                }
-                changed_runs.add(key)
-                place = (model_id, event.environment, event.target)
-                if place not in places:
-                    places[place] = dict(
-                        zip(
-                            _PLACE_COLUMNS,
-                            (*place, None, logged.log_position, envelope.occurred_at),
-                            strict=True,
-                        )
-                    )
-                    changed_places.add(place)
-            case DeploymentSucceeded() | DeploymentFailed() | DeploymentRolledBack():
-                key = (model_id, event.deployment_id)
-                run = runs[key]
-                run.update(
-                    finished_by=envelope.actor,
-                    finished_at=envelope.occurred_at,
-                    finished_position=logged.log_position,
-                )
-                changed_runs.add(key)
-                place = (model_id, str(run["environment"]), str(run["target"]))
-                if isinstance(event, DeploymentSucceeded):
-                    run.update(
-                        status="succeeded",
-                        replaced_deployment_id=event.replaced_deployment_id,
-                        comment=event.comment or run["comment"],
-                    )
-                    _set_live(places[place], event.deployment_id, logged)
-                    changed_places.add(place)
-                elif isinstance(event, DeploymentFailed):
-                    run.update(status="failed", reason=event.reason)
-                else:
-                    run.update(
-                        status="rolled_back",
-                        reason=event.reason,
-                        restored_deployment_id=event.restored_deployment_id,
-                    )
-                    # As the domain folds it: only rolling back the live one changes what serves.
-                    if places[place]["live_deployment_id"] == event.deployment_id:
-                        _set_live(places[place], event.restored_deployment_id, logged)
-                        changed_places.add(place)
-            case _:
-                pass
-
-    await _upsert(
+async def write(
+    conn: asyncpg.Connection, names: Names, loaded: DeploymentRows, evolved: DeploymentRows
+) -> None:
+    await upsert(
         conn,
         names.deployment_versions,
-        ("model_id", "version", "stage"),
-        ("text", "int", "text"),
+        (("model_id", "text"), ("version", "int"), ("stage", "text")),
         2,
-        [(m, v, s) for (m, v), s in stages.items()],
+        [(*k, stage) for k, stage in changed(loaded.stages, evolved.stages).items()],
     )
-    kept = [(m, a, v) for (m, a), v in aliases.items() if v is not None]
-    removed = [(m, a) for (m, a), v in aliases.items() if v is None]
+    aliases = changed(loaded.aliases, evolved.aliases)
+    removed = [k for k, version in aliases.items() if version is None]
     if removed:
         await conn.execute(
             f"DELETE FROM {names.deployment_aliases} t USING unnest($1::text[], $2::text[]) AS k(m, a)"
             " WHERE t.model_id = k.m AND t.alias = k.a",
-            [r[0] for r in removed],
-            [r[1] for r in removed],
+            [m for m, _ in removed],
+            [a for _, a in removed],
         )
-    await _upsert(
+    await upsert(
         conn,
         names.deployment_aliases,
-        ("model_id", "alias", "version"),
-        ("text", "text", "int"),
+        (("model_id", "text"), ("alias", "text"), ("version", "int")),
         2,
-        kept,
+        [(*k, version) for k, version in aliases.items() if version is not None],
     )
-    await _upsert(
+    await upsert(
         conn,
         names.deployment_runs,
         _RUN_COLUMNS,
-        _RUN_TYPES,
         2,
-        [tuple(runs[k][c] for c in _RUN_COLUMNS) for k in sorted(changed_runs)],
+        [msgspec.structs.astuple(r) for r in changed(loaded.runs, evolved.runs).values()],
     )
-    await _upsert(
+    await upsert(
         conn,
         names.deployment_places,
         _PLACE_COLUMNS,
-        _PLACE_TYPES,
         3,
-        [tuple(places[k][c] for c in _PLACE_COLUMNS) for k in sorted(changed_places)],
+        [msgspec.structs.astuple(p) for p in changed(loaded.places, evolved.places).values()],
     )
 
 
-def _set_live(place: dict[str, object], deployment_id: str | None, logged: LoggedEvent) -> None:
-    place.update(
-        live_deployment_id=deployment_id,
-        since_position=logged.log_position,
-        since_time=logged.envelope.occurred_at,
-    )
+_RUN_COLUMNS = (
+    ("model_id", "text"),
+    ("deployment_id", "text"),
+    ("version", "int"),
+    ("environment", "text"),
+    ("target", "text"),
+    ("desired_stage", "text"),
+    ("desired_alias", "text"),
+    ("status", "text"),
+    ("started_by", "text"),
+    ("started_at", "timestamptz"),
+    ("started_position", "bigint"),
+    ("finished_by", "text"),
+    ("finished_at", "timestamptz"),
+    ("finished_position", "bigint"),
+    ("replaced_deployment_id", "text"),
+    ("restored_deployment_id", "text"),
+    ("comment", "text"),
+    ("reason", "text"),
+)
+_PLACE_COLUMNS = (
+    ("model_id", "text"),
+    ("environment", "text"),
+    ("target", "text"),
+    ("live_deployment_id", "text"),
+    ("since_position", "bigint"),
+    ("since_time", "timestamptz"),
+)
 
 
 PROJECTION = Projection(
@@ -417,12 +437,10 @@ PROJECTION = Projection(
             AliasSet.event_type,
             AliasRemoved.event_type,
             DeploymentStarted.event_type,
-            DeploymentSucceeded.event_type,
-            DeploymentFailed.event_type,
-            DeploymentRolledBack.event_type,
+            *_REPORT_TYPES,
         }
     ),
-    apply=apply,
+    fold=Fold(load=load, evolve=evolve, write=write),
     description="desired vs actual deployments per environment and target, and the drift",
 )
 
@@ -561,7 +579,7 @@ async def runs(
 ) -> list[Run]:
     """Deployments of a model, newest first; page on with ``before_position`` = last ``started_position``."""
     rows = await conn.fetch(
-        f"SELECT {', '.join(_RUN_COLUMNS)} FROM {names.deployment_runs}"
+        f"SELECT {', '.join(c for c, _ in _RUN_COLUMNS)} FROM {names.deployment_runs}"
         " WHERE model_id = $1 AND ($2::text IS NULL OR environment = $2) AND ($3::text IS NULL OR target = $3)"
         " AND ($4::bigint IS NULL OR started_position < $4) ORDER BY started_position DESC LIMIT $5",
         model_id,
@@ -571,20 +589,3 @@ async def runs(
         limit,
     )
     return [Run(**dict(r)) for r in rows]
-
-
-async def checksum(conn: Conn, names: Names) -> str:
-    """A digest of every row, in key order: equal digests mean equal views."""
-    parts = []
-    for table, order in (
-        (names.deployment_runs, "model_id, deployment_id"),
-        (names.deployment_places, "model_id, environment, target"),
-        (names.deployment_versions, "model_id, version"),
-        (names.deployment_aliases, "model_id, alias"),
-    ):
-        parts.append(
-            await conn.fetchval(
-                f"SELECT md5(coalesce(string_agg(md5(t::text), '' ORDER BY {order}), '')) FROM {table} t"
-            )
-        )
-    return ":".join(parts)

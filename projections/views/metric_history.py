@@ -35,9 +35,8 @@ from eventlog.log import LoggedEvent
 from events.metrics import MetricsLogged
 from events.streams import metrics_of
 from events.version_content import ParamValue
-from projections.base import Names, Projection, Table
+from projections.base import Fold, Names, Projection, Table, changed
 from projections.paging import InvalidQueryError, Page, decode_cursor, encode_cursor
-from projections.views.model_catalogue import table_checksum
 from projections.views.model_versions import POINTS_OF, metrics_data
 
 Conn = asyncpg.Connection | asyncpg.Pool
@@ -50,6 +49,7 @@ TABLES = [
         "metric_batches",
         'model_id text COLLATE "C" NOT NULL, version int NOT NULL, position bigint NOT NULL, data json NOT NULL,'
         " PRIMARY KEY (model_id, version, position)",
+        key=("model_id", "version", "position"),
     ),
 ]
 
@@ -102,12 +102,34 @@ class Comparison(msgspec.Struct, frozen=True, kw_only=True):
     metrics: tuple[MetricComparison, ...]
 
 
-async def apply(conn: asyncpg.Connection, names: Names, events: Sequence[LoggedEvent]) -> None:
-    rows = []
+# One metric batch: (model_id, version, log position) -> the event's data as JSON text.
+BatchKey = tuple[str, int, int]
+
+
+def evolve(rows: dict[BatchKey, str], events: Sequence[LoggedEvent]) -> dict[BatchKey, str]:
+    """Add a row per metric batch. Pure."""
+    new = dict(rows)
     for e in events:
         if e.event_type == MetricsLogged.event_type:
             model_id, version = metrics_of(e.stream_id)
-            rows.append((model_id, version, e.log_position, metrics_data(e).decode()))
+            new[(model_id, version, e.log_position)] = metrics_data(e).decode()
+    return new
+
+
+async def load(
+    conn: asyncpg.Connection, names: Names, events: Sequence[LoggedEvent]
+) -> dict[BatchKey, str]:
+    """Nothing: a batch only adds rows."""
+    return {}
+
+
+async def write(
+    conn: asyncpg.Connection,
+    names: Names,
+    loaded: dict[BatchKey, str],
+    evolved: dict[BatchKey, str],
+) -> None:
+    rows = [(*key, data) for key, data in changed(loaded, evolved).items()]
     if rows:
         await conn.copy_records_to_table(names.metric_batches, records=rows)
 
@@ -117,7 +139,7 @@ METRIC_HISTORY = Projection(
     version=1,
     tables=TABLES,
     handles=frozenset({MetricsLogged.event_type}),
-    apply=apply,
+    fold=Fold(load=load, evolve=evolve, write=write),
     description="every logged metric point, per version, key, dataset and step",
 )
 PROJECTION = METRIC_HISTORY
@@ -298,8 +320,3 @@ async def compare_versions(
         params=tuple(param_rows),
         metrics=tuple(metric_rows),
     )
-
-
-async def checksum(conn: Conn, names: Names) -> str:
-    """One digest of every metric batch, in primary-key order."""
-    return await table_checksum(conn, names.metric_batches, "t.model_id, t.version, t.position")

@@ -19,13 +19,15 @@ Tables (SQL names come from ``names``; see ``projections.base``):
 own stream, whatever it changed (versions, stages, promotions, deployments included);
 metric batches do not count. ``position`` is that event's log position.
 
-``apply`` folds a batch in memory with the pure ``evolve`` (one read of the touched rows,
-one upsert per table), so a rebuild costs a few statements per batch, not per event.
+A batch is folded by ``load`` (the touched rows, and every version's stage of models whose
+stages change), the pure ``evolve`` and ``write`` (one upsert per table), so a rebuild
+costs a few statements per batch, not per event.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TypeVar
 
@@ -52,7 +54,7 @@ from events.model.events import (
 )
 from events.stages import INITIAL_STAGE, Stage
 from events.streams import model_id_of
-from projections.base import Names, Projection, Table
+from projections.base import Fold, Names, Projection, Table, changed, upsert
 
 Conn = asyncpg.Connection | asyncpg.Pool
 V = TypeVar("V")
@@ -79,6 +81,7 @@ TABLES = [
         named_at       bigint           NOT NULL,
         position       bigint           NOT NULL
         """,
+        key=("model_id",),
         indexes=[
             # Keyset orders: (sort column, model_id) so every key is unique.
             "CREATE INDEX {name}_name ON {table} (name, model_id)",
@@ -97,6 +100,7 @@ TABLES = [
         "model_catalogue_stages",
         'model_id text COLLATE "C" NOT NULL, version int NOT NULL, stage text NOT NULL,'
         " PRIMARY KEY (model_id, version)",
+        key=("model_id", "version"),
         indexes=["CREATE INDEX {name}_stage ON {table} (model_id, stage, version)"],
     ),
 ]
@@ -130,11 +134,48 @@ def _empty_stages() -> dict[str, int | None]:
     return dict.fromkeys(STAGES, None)
 
 
-def evolve(row: ModelRow | None, event: Event, logged: LoggedEvent) -> ModelRow | None:
+@dataclass(frozen=True, slots=True)
+class CatalogueRows:
+    """The catalogue rows of the models a batch touches.
+
+    ``named_at`` is the log position that gave each model its name (``get_model_by_name``
+    breaks ties with it). ``stages`` holds every version's stage of each model whose
+    stages the batch changes: a model's stage summary is aggregated from all of them.
+    """
+
+    models: dict[str, ModelRow] = field(default_factory=dict)
+    named_at: dict[str, int] = field(default_factory=dict)
+    stages: dict[tuple[str, int], str] = field(default_factory=dict)
+
+
+def evolve(rows: CatalogueRows, events: Sequence[LoggedEvent]) -> CatalogueRows:
+    """Fold a batch of model-stream events into the catalogue rows. Pure."""
+    models = dict(rows.models)
+    named_at = dict(rows.named_at)
+    stages = dict(rows.stages)
+    restaged: set[str] = set()
+    for logged in events:
+        model_id = model_id_of(logged.stream_id)
+        event = CODEC.decode(logged.envelope)
+        row = evolve_row(models.get(model_id), event, logged)
+        if row is not None:
+            models[model_id] = row
+        if isinstance(event, ModelRegistered | ModelRenamed):
+            named_at[model_id] = logged.log_position
+        elif isinstance(event, VersionRegistered | StageTransitioned):
+            stages[(model_id, event.version)] = _stage_after(event)
+            restaged.add(model_id)
+    for model_id, (latest, counts) in _stage_summaries(stages, restaged).items():
+        if model_id in models:
+            models[model_id] = replace(models[model_id], stages=latest, stage_counts=counts)
+    return CatalogueRows(models=models, named_at=named_at, stages=stages)
+
+
+def evolve_row(row: ModelRow | None, event: Event, logged: LoggedEvent) -> ModelRow | None:
     """Fold one model-stream event into the model's row (None before registration).
 
-    Pure. ``stages`` and ``stage_counts`` are not touched here: they are aggregated from
-    ``model_catalogue_stages`` once per batch.
+    Pure. ``stages`` and ``stage_counts`` are not touched here: ``evolve`` aggregates
+    them from every version's stage once per batch.
     """
     at = logged.envelope.occurred_at
     if isinstance(event, ModelRegistered):
@@ -179,6 +220,23 @@ def evolve(row: ModelRow | None, event: Event, logged: LoggedEvent) -> ModelRow 
             return replace(row, aliases={k: v for k, v in row.aliases.items() if k != event.alias})
         case _:
             return row
+
+
+def _stage_after(event: VersionRegistered | StageTransitioned) -> str:
+    return str(INITIAL_STAGE if isinstance(event, VersionRegistered) else event.to_stage)
+
+
+def _stage_summaries(
+    stages: dict[tuple[str, int], str], model_ids: set[str]
+) -> dict[str, tuple[dict[str, int | None], dict[str, int]]]:
+    """Per model: the highest version in each stage and how many versions each stage holds."""
+    summaries = {m: (_empty_stages(), dict.fromkeys(STAGES, 0)) for m in sorted(model_ids)}
+    for (model_id, version), stage in stages.items():
+        if model_id in summaries:
+            latest, counts = summaries[model_id]
+            latest[stage] = max(latest[stage] or 0, version)
+            counts[stage] += 1
+    return summaries
 
 
 _COLUMN_NAMES = (
@@ -244,106 +302,101 @@ def row_from_record(r: asyncpg.Record) -> ModelRow:
 _encode = msgspec.json.Encoder(order="sorted").encode
 
 
-async def apply(conn: asyncpg.Connection, names: Names, events: Sequence[LoggedEvent]) -> None:
+async def load(
+    conn: asyncpg.Connection, names: Names, events: Sequence[LoggedEvent]
+) -> CatalogueRows:
+    """The rows of every model the batch touches, and every version's stage of the models
+    whose stages it changes."""
     touched = list(dict.fromkeys(model_id_of(e.stream_id) for e in events))
-    rows: dict[str, ModelRow | None] = {}
-    named_at: dict[str, int] = {}
+    restaged = list(
+        dict.fromkeys(model_id_of(e.stream_id) for e in events if e.event_type in _STAGE_TYPES)
+    )
+    rows = CatalogueRows()
     for record in await conn.fetch(
         f"SELECT {_COLUMNS}, named_at FROM {names.model_catalogue} WHERE model_id = ANY ($1::text[])",
         touched,
     ):
-        rows[record["model_id"]] = row_from_record(record)
-        named_at[record["model_id"]] = record["named_at"]
-    stages: dict[tuple[str, int], str] = {}
-    for logged in events:
-        model_id = model_id_of(logged.stream_id)
-        event = CODEC.decode(logged.envelope)
-        rows[model_id] = evolve(rows.get(model_id), event, logged)
-        if isinstance(event, ModelRegistered | ModelRenamed):
-            named_at[model_id] = logged.log_position
-        elif isinstance(event, VersionRegistered):
-            stages[(model_id, event.version)] = str(INITIAL_STAGE)
-        elif isinstance(event, StageTransitioned):
-            stages[(model_id, event.version)] = str(event.to_stage)
-    if stages:
-        await _write_stages(conn, names, stages)
-        for model_id, latest, counts in await _aggregate_stages(
-            conn, names, {m for m, _ in stages}
+        rows.models[record["model_id"]] = row_from_record(record)
+        rows.named_at[record["model_id"]] = record["named_at"]
+    if restaged:
+        for record in await conn.fetch(
+            f"SELECT model_id, version, stage FROM {names.model_catalogue_stages}"
+            " WHERE model_id = ANY ($1::text[])",
+            restaged,
         ):
-            row = rows[model_id]
-            if row is not None:
-                rows[model_id] = replace(row, stages=latest, stage_counts=counts)
-    await _write_rows(conn, names, [r for r in rows.values() if r is not None], named_at)
+            rows.stages[(record["model_id"], record["version"])] = record["stage"]
+    return rows
 
 
-async def _write_stages(
-    conn: asyncpg.Connection, names: Names, stages: dict[tuple[str, int], str]
+_STAGE_TYPES = frozenset({VersionRegistered.event_type, StageTransitioned.event_type})
+
+
+async def write(
+    conn: asyncpg.Connection, names: Names, loaded: CatalogueRows, evolved: CatalogueRows
 ) -> None:
-    await conn.execute(
-        f"INSERT INTO {names.model_catalogue_stages} (model_id, version, stage)"
-        " SELECT * FROM unnest($1::text[], $2::int[], $3::text[])"
-        " ON CONFLICT (model_id, version) DO UPDATE SET stage = excluded.stage",
-        [m for m, _ in stages],
-        [v for _, v in stages],
-        list(stages.values()),
+    stages = changed(loaded.stages, evolved.stages)
+    await upsert(
+        conn,
+        names.model_catalogue_stages,
+        (("model_id", "text"), ("version", "int"), ("stage", "text")),
+        2,
+        [(m, v, stage) for (m, v), stage in stages.items()],
     )
-
-
-async def _aggregate_stages(
-    conn: asyncpg.Connection, names: Names, model_ids: Iterable[str]
-) -> list[tuple[str, dict[str, int | None], dict[str, int]]]:
-    ids = sorted(model_ids)
-    latest: dict[str, dict[str, int | None]] = {m: _empty_stages() for m in ids}
-    counts: dict[str, dict[str, int]] = {m: dict.fromkeys(STAGES, 0) for m in ids}
-    for r in await conn.fetch(
-        f"SELECT model_id, stage, count(*)::int AS n, max(version) AS latest FROM {names.model_catalogue_stages}"
-        " WHERE model_id = ANY ($1::text[]) GROUP BY model_id, stage",
-        ids,
-    ):
-        latest[r["model_id"]][r["stage"]] = r["latest"]
-        counts[r["model_id"]][r["stage"]] = r["n"]
-    return [(m, latest[m], counts[m]) for m in ids]
+    models = changed(loaded.models, evolved.models)
+    renamed = changed(loaded.named_at, evolved.named_at)
+    rows = [evolved.models[m] for m in dict.fromkeys([*models, *renamed]) if m in evolved.models]
+    await _write_rows(conn, names, rows, evolved.named_at)
 
 
 async def _write_rows(
     conn: asyncpg.Connection, names: Names, rows: list[ModelRow], named_at: dict[str, int]
 ) -> None:
-    if not rows:
-        return
-    table = names.model_catalogue
-    await conn.execute(
-        f"INSERT INTO {table} (model_id, name, description, tags, owner, archived, latest_version, version_count,"
-        " stages, stage_counts, aliases, created_at, updated_at, named_at, position)"
-        " SELECT u.model_id, u.name, u.description, u.tags::jsonb, u.owner, u.archived, u.latest_version,"
-        " u.version_count, u.stages::jsonb, u.stage_counts::jsonb, u.aliases::jsonb, u.created_at, u.updated_at,"
-        " u.named_at, u.position"
-        " FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::boolean[], $7::int[],"
-        " $8::int[], $9::text[], $10::text[], $11::text[], $12::timestamptz[], $13::timestamptz[], $14::bigint[],"
-        " $15::bigint[]) AS u(model_id, name, description, tags, owner, archived, latest_version, version_count,"
-        " stages, stage_counts, aliases, created_at, updated_at, named_at, position)"
-        " ON CONFLICT (model_id) DO UPDATE SET name = excluded.name, description = excluded.description,"
-        " tags = excluded.tags, owner = excluded.owner, archived = excluded.archived,"
-        " latest_version = excluded.latest_version, version_count = excluded.version_count,"
-        " stages = excluded.stages, stage_counts = excluded.stage_counts, aliases = excluded.aliases,"
-        " created_at = excluded.created_at, updated_at = excluded.updated_at, named_at = excluded.named_at,"
-        " position = excluded.position",
-        [r.model_id for r in rows],
-        [r.name for r in rows],
-        [r.description for r in rows],
-        [_encode(r.tags).decode() for r in rows],
-        [r.owner for r in rows],
-        [r.archived for r in rows],
-        [r.latest_version for r in rows],
-        [r.version_count for r in rows],
-        # Only stages that hold a version are stored, so ``stages ?| $1`` means "has one in".
-        [_encode({s: v for s, v in r.stages.items() if v is not None}).decode() for r in rows],
-        [_encode({s: n for s, n in r.stage_counts.items() if n}).decode() for r in rows],
-        [_encode(r.aliases).decode() for r in rows],
-        [r.created_at for r in rows],
-        [r.updated_at for r in rows],
-        [named_at[r.model_id] for r in rows],
-        [r.position for r in rows],
+    await upsert(
+        conn,
+        names.model_catalogue,
+        _ROW_COLUMNS,
+        1,
+        [
+            (
+                r.model_id,
+                r.name,
+                r.description,
+                _encode(r.tags).decode(),
+                r.owner,
+                r.archived,
+                r.latest_version,
+                r.version_count,
+                # Only stages that hold a version are stored, so ``stages ?| $1`` means "has one in".
+                _encode({s: v for s, v in r.stages.items() if v is not None}).decode(),
+                _encode({s: n for s, n in r.stage_counts.items() if n}).decode(),
+                _encode(r.aliases).decode(),
+                r.created_at,
+                r.updated_at,
+                named_at[r.model_id],
+                r.position,
+            )
+            for r in rows
+        ],
     )
+
+
+_ROW_COLUMNS = (
+    ("model_id", "text"),
+    ("name", "text"),
+    ("description", "text"),
+    ("tags", "jsonb"),
+    ("owner", "text"),
+    ("archived", "boolean"),
+    ("latest_version", "int"),
+    ("version_count", "int"),
+    ("stages", "jsonb"),
+    ("stage_counts", "jsonb"),
+    ("aliases", "jsonb"),
+    ("created_at", "timestamptz"),
+    ("updated_at", "timestamptz"),
+    ("named_at", "bigint"),
+    ("position", "bigint"),
+)
 
 
 CATALOGUE = Projection(
@@ -351,7 +404,7 @@ CATALOGUE = Projection(
     version=1,
     tables=TABLES,
     handles=frozenset(t.event_type for t in MODEL_EVENT_TYPES),
-    apply=apply,
+    fold=Fold(load=load, evolve=evolve, write=write),
     description="one row per registered model: name, tags, owner, stages, aliases, counts",
 )
 PROJECTION = CATALOGUE
@@ -372,24 +425,3 @@ async def get_model_by_name(conn: Conn, names: Names, name: str) -> ModelRow | N
         name,
     )
     return None if record is None else row_from_record(record)
-
-
-async def table_checksum(conn: Conn, table: str, order_by: str) -> str:
-    """md5 over the md5 of every row's text, in ``order_by`` order ('' for no rows).
-
-    Hashing each row first keeps the aggregate small (32 bytes a row) on big tables.
-    """
-    value: str = await conn.fetchval(
-        f"SELECT md5(coalesce(string_agg(md5(t::text), '' ORDER BY {order_by}), '')) FROM {table} t"
-    )
-    return value
-
-
-async def checksum(conn: Conn, names: Names) -> str:
-    """One digest of every row of every table of this view, in primary-key order."""
-    return ":".join(
-        [
-            await table_checksum(conn, names.model_catalogue, "t.model_id"),
-            await table_checksum(conn, names.model_catalogue_stages, "t.model_id, t.version"),
-        ]
-    )

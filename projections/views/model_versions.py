@@ -16,7 +16,9 @@ Tables (SQL names come from ``names``):
   domain's rule (``events.metrics``): highest step, then latest timestamp, then the later
   point. Indexed by (key, dataset, value) for threshold filters and ordering by a metric,
   and by (key, dataset, created_at) with the version's registration time copied in, for
-  threshold filters in the default newest-first order. Full histories are in
+  threshold filters in the default newest-first order. The time is copied when the
+  metric's first point is folded: the service logs metrics only for registered versions,
+  so it is known by then (in a log where metrics came first it stays NULL). Full histories are in
   ``projections.views.metric_history``.
 - ``model_versions_models``: the model facts copied onto versions (name, owner,
   archived), so a version registered later gets them without reading another view.
@@ -25,14 +27,15 @@ Tables (SQL names come from ``names``):
 (registration, description, tags, deprecation, stage, alias); metric batches and model
 renames do not change it. ``stage_since`` is when it entered its current stage.
 
-``apply`` folds a batch in memory (one read of the touched rows, one write per table).
-Metric batches are most of the log, so their points go through one tight loop
-(``fold_latest``) and one upsert per batch.
+A batch is folded by ``load`` (one read per table of the touched rows), the pure
+``evolve`` and ``write`` (one statement per table). Metric batches are most of the log, so
+their points go through one tight loop (``fold_latest``) and one upsert per batch.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 
 import asyncpg
@@ -59,10 +62,9 @@ from events.model.events import (
     VersionTagsSet,
 )
 from events.stages import INITIAL_STAGE, Stage
-from events.streams import model_id_of
+from events.streams import metrics_of, model_id_of
 from events.version_content import VersionContent
-from projections.base import Names, Projection, Table
-from projections.views.model_catalogue import table_checksum
+from projections.base import Fold, Names, Projection, Table, changed, upsert
 
 Conn = asyncpg.Connection | asyncpg.Pool
 
@@ -91,6 +93,7 @@ TABLES = [
         position           bigint           NOT NULL,
         PRIMARY KEY (model_id, version)
         """,
+        key=("model_id", "version"),
         indexes=[
             # Keyset orders: each ends with (model_id, version), which makes the key unique.
             "CREATE INDEX {name}_created ON {table} (created_at, model_id, version)",
@@ -118,6 +121,7 @@ TABLES = [
         created_at timestamptz,
         PRIMARY KEY (model_id, version, key, dataset)
         """,
+        key=("model_id", "version", "key", "dataset"),
         indexes=[
             # `auc > 0.9` over all versions, and ordering versions by a metric.
             "CREATE INDEX {name}_value ON {table} (key, dataset, value, model_id, version)",
@@ -132,6 +136,7 @@ TABLES = [
         "model_versions_models",
         'model_id text COLLATE "C" PRIMARY KEY, name text COLLATE "C" NOT NULL,'
         ' owner text COLLATE "C" NOT NULL, archived boolean NOT NULL',
+        key=("model_id",),
         # A version search by name finds the models first (see projections.search).
         indexes=["CREATE INDEX {name}_name_trgm ON {table} USING gin (name public.gin_trgm_ops)"],
     ),
@@ -352,160 +357,242 @@ class _MetricBatch(msgspec.Struct, frozen=True, gc=False):
     metrics: list[_Point]
 
 
-# The latest point per (model_id, version) and (key, dataset): (value, step, timestamp, position).
-Latest = dict[tuple[str, int], dict[tuple[str, str], tuple[float, int, datetime, int]]]
+# The latest point of one metric of a version, keyed (model_id, version, key, dataset):
+# (value, step, timestamp, log position, the version's registration time).
+MetricKey = tuple[str, int, str, str]
+Point = tuple[float, int, datetime, int, datetime | None]
 _metrics_logged = msgspec.json.Decoder(_MetricBatch)
 
 
-def fold_latest(latest: Latest, logged: LoggedEvent) -> None:
+@dataclass(frozen=True, slots=True)
+class VersionRows:
+    """The rows of the models and versions a batch touches.
+
+    ``registered`` holds what never changes of the versions registered in the batch (the
+    write inserts those); ``versions`` the changing facts of every touched version.
+    ``created`` is when each version whose metrics the batch logs was registered: a new
+    metric row copies it. ``metrics`` holds every latest point of those versions.
+    """
+
+    models: dict[str, ModelFacts] = field(default_factory=dict)
+    versions: dict[tuple[str, int], VersionFacts] = field(default_factory=dict)
+    registered: dict[tuple[str, int], NewVersion] = field(default_factory=dict)
+    created: dict[tuple[str, int], datetime] = field(default_factory=dict)
+    metrics: dict[MetricKey, Point] = field(default_factory=dict)
+
+
+def evolve(rows: VersionRows, events: Sequence[LoggedEvent]) -> VersionRows:
+    """Fold a batch into the touched models, versions and latest metrics. Pure."""
+    new = VersionRows(
+        models=dict(rows.models),
+        versions=dict(rows.versions),
+        registered=dict(rows.registered),
+        created=dict(rows.created),
+        metrics=dict(rows.metrics),
+    )
+    for logged in events:
+        if logged.event_type == MetricsLogged.event_type:
+            fold_latest(new.metrics, new.created, logged)
+        else:
+            _evolve_model_stream(new, logged, CODEC.decode(logged.envelope))
+    return new
+
+
+def _evolve_model_stream(rows: VersionRows, logged: LoggedEvent, event: Event) -> None:
+    model_id = model_id_of(logged.stream_id)
+    if isinstance(event, ModelRegistered | ModelRenamed | ModelArchived | ModelRestored):
+        facts = evolve_model(rows.models.get(model_id), event)
+        if facts is not None:
+            rows.models[model_id] = facts
+    elif isinstance(event, VersionRegistered):
+        key = (model_id, event.version)
+        rows.registered[key], rows.versions[key] = registered_facts(event, logged)
+        rows.created[key] = logged.envelope.occurred_at
+    for number in _versions_touched(event):
+        current = rows.versions.get((model_id, number))
+        if current is not None:  # always, for histories a decider wrote
+            rows.versions[(model_id, number)] = evolve_version(
+                current, event, logged, number=number
+            )
+
+
+def fold_latest(
+    latest: dict[MetricKey, Point], created: dict[tuple[str, int], datetime], logged: LoggedEvent
+) -> None:
     """Fold one metric batch into ``latest`` by the domain's rule (``events.metrics``):
     higher step, then later timestamp, then the later point. This loop sees every point of
     the log (most of its volume), so it is written for speed: no calls, plain tuples."""
     event = _metrics_logged.decode(metrics_data(logged))
-    table = latest.get((event.model_id, event.version))
-    if table is None:
-        table = latest[(event.model_id, event.version)] = {}
+    model_id, version = event.model_id, event.version
+    registered_at = created.get((model_id, version))
     position = logged.log_position
     for p in event.metrics:
-        key = (p.key, p.dataset)
-        current = table.get(key)
-        if (
-            current is None
-            or p.step > current[1]
-            or (p.step == current[1] and p.timestamp >= current[2])
-        ):
-            table[key] = (p.value, p.step, p.timestamp, position)
+        key = (model_id, version, p.key, p.dataset)
+        current = latest.get(key)
+        if current is None:
+            latest[key] = (p.value, p.step, p.timestamp, position, registered_at)
+        elif p.step > current[1] or (p.step == current[1] and p.timestamp >= current[2]):
+            latest[key] = (p.value, p.step, p.timestamp, position, current[4])
 
 
 _encode = msgspec.json.Encoder(order="sorted").encode
+_MODEL_CHANGES = frozenset(
+    t.event_type for t in (VersionRegistered, ModelRenamed, ModelArchived, ModelRestored)
+)
+_VERSION_CHANGES = frozenset(
+    t.event_type
+    for t in (
+        VersionDescriptionUpdated,
+        VersionTagsSet,
+        VersionTagsRemoved,
+        VersionDeprecated,
+        StageTransitioned,
+        AliasSet,
+        AliasRemoved,
+    )
+)
 
 
-class _Touched:
-    """The touched rows of one batch, loaded once, folded in memory, written once."""
-
-    def __init__(self) -> None:
-        self.models: dict[str, ModelFacts | None] = {}
-        self.changed_models: set[str] = set()
-        self.facts: dict[tuple[str, int], VersionFacts] = {}
-        self.new: dict[tuple[str, int], NewVersion] = {}
-        self.metrics: Latest = {}
-
-
-async def apply(conn: asyncpg.Connection, names: Names, events: Sequence[LoggedEvent]) -> None:
-    batch = _Touched()
-    decoded = []
-    for logged in events:
-        if logged.event_type == MetricsLogged.event_type:
-            fold_latest(batch.metrics, logged)
-        else:
-            decoded.append((logged, CODEC.decode(logged.envelope)))
-    await _load(conn, names, decoded, batch)
-    for logged, event in decoded:
-        model_id = model_id_of(logged.stream_id)
-        if isinstance(event, ModelRegistered | ModelRenamed | ModelArchived | ModelRestored):
-            batch.models[model_id] = evolve_model(batch.models.get(model_id), event)
-            batch.changed_models.add(model_id)
-        elif isinstance(event, VersionRegistered):
-            new, facts = registered_facts(event, logged)
-            batch.new[(model_id, event.version)] = new
-            batch.facts[(model_id, event.version)] = facts
-        for number in _versions_touched(event):
-            current = batch.facts.get((model_id, number))
-            if current is not None:  # always, for histories a decider wrote
-                batch.facts[(model_id, number)] = evolve_version(
-                    current, event, logged, number=number
-                )
-    await _write(conn, names, batch)
-
-
-async def _load(
-    conn: asyncpg.Connection,
-    names: Names,
-    decoded: list[tuple[LoggedEvent, Event]],
-    batch: _Touched,
-) -> None:
+async def load(
+    conn: asyncpg.Connection, names: Names, events: Sequence[LoggedEvent]
+) -> VersionRows:
+    """The facts of the models and versions the batch changes or registers versions of,
+    and the registration time and latest points of the versions it logs metrics for."""
     model_ids: set[str] = set()
     keys: set[tuple[str, int]] = set()
-    registered: set[tuple[str, int]] = set()
-    for logged, event in decoded:
-        model_id = model_id_of(logged.stream_id)
-        if isinstance(event, VersionRegistered):
-            model_ids.add(model_id)
-            registered.add((model_id, event.version))
-        keys.update((model_id, n) for n in _versions_touched(event))
-        if isinstance(event, ModelRenamed | ModelArchived | ModelRestored):
-            model_ids.add(model_id)
+    measured: set[tuple[str, int]] = set()
+    for logged in events:
+        if logged.event_type == MetricsLogged.event_type:
+            measured.add(metrics_of(logged.stream_id))
+        elif logged.event_type in _MODEL_CHANGES:
+            model_ids.add(model_id_of(logged.stream_id))
+        elif logged.event_type in _VERSION_CHANGES:
+            event = CODEC.decode(logged.envelope)
+            keys.update((model_id_of(logged.stream_id), n) for n in _versions_touched(event))
+    rows = VersionRows()
     if model_ids:
-        for r in await conn.fetch(
-            f"SELECT model_id, name, owner, archived FROM {names.model_versions_models}"
-            " WHERE model_id = ANY ($1::text[])",
-            sorted(model_ids),
-        ):
-            batch.models[r["model_id"]] = ModelFacts(
-                name=r["name"], owner=r["owner"], archived=r["archived"]
-            )
-    keys -= registered
+        await _load_models(conn, names, model_ids, rows)
     if keys:
-        ordered = sorted(keys)
-        for r in await conn.fetch(
-            "SELECT v.model_id, v.version, v.stage, v.stage_since, v.aliases, v.description, v.tags::text AS tags,"
-            " v.deprecated, v.deprecation_reason, v.deprecated_at, v.updated_at, v.position"
-            f" FROM {names.model_versions} v JOIN unnest($1::text[], $2::int[]) AS k(model_id, version)"
-            " ON v.model_id = k.model_id AND v.version = k.version",
-            [m for m, _ in ordered],
-            [n for _, n in ordered],
-        ):
-            batch.facts[(r["model_id"], r["version"])] = VersionFacts(
-                stage=r["stage"],
-                stage_since=r["stage_since"],
-                aliases=tuple(r["aliases"]),
-                description=r["description"],
-                tags=_tags.decode(r["tags"]),
-                deprecated=r["deprecated"],
-                deprecation_reason=r["deprecation_reason"],
-                deprecated_at=r["deprecated_at"],
-                updated_at=r["updated_at"],
-                position=r["position"],
-            )
+        await _load_versions(conn, names, keys, rows)
+    if measured:
+        await _load_metrics(conn, names, measured, rows)
+    return rows
 
 
-async def _write(conn: asyncpg.Connection, names: Names, batch: _Touched) -> None:
-    models = {m: f for m, f in batch.models.items() if f is not None and m in batch.changed_models}
-    if models:
-        await conn.execute(
-            f"INSERT INTO {names.model_versions_models} (model_id, name, owner, archived)"
-            " SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::boolean[])"
-            " ON CONFLICT (model_id) DO UPDATE SET name = excluded.name, owner = excluded.owner,"
-            " archived = excluded.archived",
-            list(models),
-            [f.name for f in models.values()],
-            [f.owner for f in models.values()],
-            [f.archived for f in models.values()],
+async def _load_models(
+    conn: asyncpg.Connection, names: Names, model_ids: set[str], rows: VersionRows
+) -> None:
+    for r in await conn.fetch(
+        f"SELECT model_id, name, owner, archived FROM {names.model_versions_models}"
+        " WHERE model_id = ANY ($1::text[])",
+        sorted(model_ids),
+    ):
+        rows.models[r["model_id"]] = ModelFacts(
+            name=r["name"], owner=r["owner"], archived=r["archived"]
         )
+
+
+async def _load_versions(
+    conn: asyncpg.Connection, names: Names, keys: set[tuple[str, int]], rows: VersionRows
+) -> None:
+    ordered = sorted(keys)
+    for r in await conn.fetch(
+        "SELECT v.model_id, v.version, v.stage, v.stage_since, v.aliases, v.description, v.tags::text AS tags,"
+        " v.deprecated, v.deprecation_reason, v.deprecated_at, v.updated_at, v.position"
+        f" FROM {names.model_versions} v JOIN unnest($1::text[], $2::int[]) AS k(model_id, version)"
+        " ON v.model_id = k.model_id AND v.version = k.version",
+        [m for m, _ in ordered],
+        [n for _, n in ordered],
+    ):
+        rows.versions[(r["model_id"], r["version"])] = VersionFacts(
+            stage=r["stage"],
+            stage_since=r["stage_since"],
+            aliases=tuple(r["aliases"]),
+            description=r["description"],
+            tags=_tags.decode(r["tags"]),
+            deprecated=r["deprecated"],
+            deprecation_reason=r["deprecation_reason"],
+            deprecated_at=r["deprecated_at"],
+            updated_at=r["updated_at"],
+            position=r["position"],
+        )
+
+
+async def _load_metrics(
+    conn: asyncpg.Connection, names: Names, keys: set[tuple[str, int]], rows: VersionRows
+) -> None:
+    ordered = sorted(keys)
+    model_ids, versions = [m for m, _ in ordered], [n for _, n in ordered]
+    # Joins on unnest are index lookups per key; a fresh generation has no statistics yet,
+    # and a join the planner could turn into a hash would scan the whole table per batch.
+    for r in await conn.fetch(
+        f"SELECT v.model_id, v.version, v.created_at FROM {names.model_versions} v"
+        " JOIN unnest($1::text[], $2::int[]) AS k(model_id, version)"
+        " ON v.model_id = k.model_id AND v.version = k.version",
+        model_ids,
+        versions,
+    ):
+        rows.created[(r["model_id"], r["version"])] = r["created_at"]
+    for r in await conn.fetch(
+        "SELECT m.model_id, m.version, m.key, m.dataset, m.value, m.step, m.timestamp, m.position,"
+        f" m.created_at FROM {names.model_version_metrics} m"
+        " JOIN unnest($1::text[], $2::int[]) AS k(model_id, version)"
+        " ON m.model_id = k.model_id AND m.version = k.version",
+        model_ids,
+        versions,
+    ):
+        rows.metrics[(r["model_id"], r["version"], r["key"], r["dataset"])] = (
+            r["value"],
+            r["step"],
+            r["timestamp"],
+            r["position"],
+            r["created_at"],
+        )
+
+
+async def write(
+    conn: asyncpg.Connection, names: Names, loaded: VersionRows, evolved: VersionRows
+) -> None:
+    models = changed(loaded.models, evolved.models)
+    await upsert(
+        conn,
+        names.model_versions_models,
+        (("model_id", "text"), ("name", "text"), ("owner", "text"), ("archived", "boolean")),
+        1,
+        [(m, f.name, f.owner, f.archived) for m, f in models.items()],
+    )
     new_rows = [
-        (k, n, batch.facts[k], m)
-        for k, n in batch.new.items()
-        if (m := batch.models.get(k[0])) is not None
+        (k, n, evolved.versions[k], m)
+        for k, n in changed(loaded.registered, evolved.registered).items()
+        if (m := evolved.models.get(k[0])) is not None
     ]
     if new_rows:
         await _insert_versions(conn, names, new_rows)
-    changed = [(k, f) for k, f in batch.facts.items() if k not in batch.new]
-    if changed:
-        await _update_versions(conn, names, changed)
+    facts = [
+        (k, f)
+        for k, f in changed(loaded.versions, evolved.versions).items()
+        if k not in evolved.registered
+    ]
+    if facts:
+        await _update_versions(conn, names, facts)
     if models:
-        # The model's facts are copied onto every one of its versions.
-        await conn.execute(
-            f"UPDATE {names.model_versions} v SET model_name = u.name, owner = u.owner, model_archived = u.archived"
-            " FROM unnest($1::text[], $2::text[], $3::text[], $4::boolean[]) AS u(model_id, name, owner, archived)"
-            " WHERE v.model_id = u.model_id"
-            " AND (v.model_name, v.owner, v.model_archived) IS DISTINCT FROM (u.name, u.owner, u.archived)",
-            list(models),
-            [f.name for f in models.values()],
-            [f.owner for f in models.values()],
-            [f.archived for f in models.values()],
-        )
-    if batch.metrics:
-        await _write_metrics(conn, names, batch.metrics, batch)
+        await _copy_model_facts(conn, names, models)
+    # In key order: neighbouring rows land on the same index pages.
+    points = sorted((*k, *p) for k, p in changed(loaded.metrics, evolved.metrics).items())
+    await upsert(conn, names.model_version_metrics, _METRIC_COLUMNS, 4, points)
+
+
+_METRIC_COLUMNS = (
+    ("model_id", "text"),
+    ("version", "int"),
+    ("key", "text"),
+    ("dataset", "text"),
+    ("value", "float8"),
+    ("step", "bigint"),
+    ("timestamp", "timestamptz"),
+    ("position", "bigint"),
+    ("created_at", "timestamptz"),
+)
 
 
 _FACT_COLUMNS = (
@@ -586,37 +673,19 @@ async def _update_versions(
     )
 
 
-async def _write_metrics(
-    conn: asyncpg.Connection, names: Names, latest: Latest, batch: _Touched
+async def _copy_model_facts(
+    conn: asyncpg.Connection, names: Names, models: dict[str, ModelFacts]
 ) -> None:
-    created = {k: n.created_at for k, n in batch.new.items()}
-    older = sorted(k for k in latest if k not in created)
-    if older:
-        # A join in the upsert would do, but on a fresh generation (no statistics yet) the
-        # planner may hash the whole table per batch; this probe is an index lookup per key.
-        for r in await conn.fetch(
-            f"SELECT v.model_id, v.version, v.created_at FROM {names.model_versions} v"
-            " JOIN unnest($1::text[], $2::int[]) AS k(model_id, version)"
-            " ON v.model_id = k.model_id AND v.version = k.version",
-            [m for m, _ in older],
-            [n for _, n in older],
-        ):
-            created[(r["model_id"], r["version"])] = r["created_at"]
-    # In key order: neighbouring rows land on the same index pages.
-    rows = sorted(
-        (m, v, key, dataset, *point, created.get((m, v)))
-        for (m, v), table in latest.items()
-        for (key, dataset), point in table.items()
-    )
-    # A stored point comes from an earlier event, so on a tie of (step, timestamp) the batch's wins.
+    """The model's facts are copied onto every one of its versions."""
     await conn.execute(
-        f"INSERT INTO {names.model_version_metrics} AS t (model_id, version, key, dataset, value, step, timestamp,"
-        " position, created_at) SELECT * FROM unnest($1::text[], $2::int[], $3::text[], $4::text[], $5::float8[],"
-        " $6::bigint[], $7::timestamptz[], $8::bigint[], $9::timestamptz[])"
-        " ON CONFLICT (model_id, version, key, dataset) DO UPDATE SET value = excluded.value,"
-        " step = excluded.step, timestamp = excluded.timestamp, position = excluded.position"
-        " WHERE (excluded.step, excluded.timestamp) >= (t.step, t.timestamp)",
-        *(list(column) for column in zip(*rows, strict=True)),
+        f"UPDATE {names.model_versions} v SET model_name = u.name, owner = u.owner, model_archived = u.archived"
+        " FROM unnest($1::text[], $2::text[], $3::text[], $4::boolean[]) AS u(model_id, name, owner, archived)"
+        " WHERE v.model_id = u.model_id"
+        " AND (v.model_name, v.owner, v.model_archived) IS DISTINCT FROM (u.name, u.owner, u.archived)",
+        list(models),
+        [f.name for f in models.values()],
+        [f.owner for f in models.values()],
+        [f.archived for f in models.values()],
     )
 
 
@@ -625,7 +694,7 @@ VERSIONS = Projection(
     version=1,
     tables=TABLES,
     handles=HANDLES,
-    apply=apply,
+    fold=Fold(load=load, evolve=evolve, write=write),
     description="one row per model version: content, stage, aliases, tags, deprecation, latest metrics",
 )
 PROJECTION = VERSIONS
@@ -791,16 +860,3 @@ async def latest_metrics(
         version,
     )
     return tuple(_metric(m) for m in rows)
-
-
-async def checksum(conn: Conn, names: Names) -> str:
-    """One digest of every row of every table of this view, in primary-key order."""
-    return ":".join(
-        [
-            await table_checksum(conn, names.model_versions, "t.model_id, t.version"),
-            await table_checksum(
-                conn, names.model_version_metrics, "t.model_id, t.version, t.key, t.dataset"
-            ),
-            await table_checksum(conn, names.model_versions_models, "t.model_id"),
-        ]
-    )

@@ -25,18 +25,21 @@ returns one version (the one that entered last in log order) and a position neve
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any, TypeVar
 
 import asyncpg
 import msgspec
+from msgspec.structs import replace
 
 from eventlog.log import LoggedEvent
 from events.catalogue import CODEC
 from events.model.events import AliasRemoved, AliasSet, StageTransitioned, VersionRegistered
 from events.stages import INITIAL_STAGE, Stage
 from events.streams import model_id_of
-from projections.base import Names, Projection, Table
+from projections.base import Fold, Names, Projection, Table, changed
 
 Conn = asyncpg.Connection | asyncpg.Pool
 
@@ -58,8 +61,9 @@ TABLES = [
         "model_id text NOT NULL, stage text NOT NULL, version int NOT NULL,"
         + _INTERVAL_COLUMNS
         + ", PRIMARY KEY (model_id, stage, from_position, version)",
+        key=("model_id", "stage", "from_position", "version"),
         indexes=[
-            # At most one open interval per (model, stage, version): the close below relies on it.
+            # At most one open interval per (model, stage, version): the fold relies on it.
             "CREATE UNIQUE INDEX {name}_open ON {table} (model_id, stage, version) WHERE to_position IS NULL",
             "CREATE INDEX {name}_stage_time ON {table} (stage, from_time)",
             "CREATE INDEX {name}_version ON {table} (model_id, version, from_position)",
@@ -70,6 +74,7 @@ TABLES = [
         "model_id text NOT NULL, alias text NOT NULL, version int NOT NULL,"
         + _INTERVAL_COLUMNS
         + ", PRIMARY KEY (model_id, alias, from_position)",
+        key=("model_id", "alias", "from_position"),
         indexes=[
             "CREATE UNIQUE INDEX {name}_open ON {table} (model_id, alias) WHERE to_position IS NULL"
         ],
@@ -113,154 +118,237 @@ class AliasInterval(msgspec.Struct, frozen=True, kw_only=True):
     left_by: str | None
 
 
-# --- apply -------------------------------------------------------------------------------
+# --- the fold ----------------------------------------------------------------------------
 
-# An interval row as apply builds it: leading columns (key, version), then _COLUMNS.
-_Row = list[object]
-_TAIL = 9  # len(_COLUMNS)
-_TO_POSITION, _TO_TIME, _LEFT_BY = -_TAIL + 2, -_TAIL + 3, -1
-
-
-class _Intervals:
-    """Open/close bookkeeping for one interval table within a batch.
-
-    Intervals opened in this batch stay in memory and are closed there; an interval that
-    was open before the batch is closed with one set-based UPDATE before the new rows are
-    inserted, so batch boundaries never change the result (rebuild equals live).
-    """
-
-    def __init__(self) -> None:
-        self.new: dict[tuple[object, ...], _Row] = {}
-        self.rows: list[_Row] = []
-        self.closes: list[tuple[tuple[object, ...], int, datetime, str]] = []
-
-    def open(
-        self,
-        key: tuple[object, ...],
-        lead: tuple[object, ...],
-        logged: LoggedEvent,
-        kind: str,
-        comment: str,
-        request_id: str | None,
-    ) -> None:
-        envelope = logged.envelope
-        row: _Row = [
-            *lead,
-            logged.log_position,
-            envelope.occurred_at,
-            None,
-            None,
-            envelope.actor,
-            kind,
-            comment,
-            request_id,
-            None,
-        ]
-        self.new[key] = row
-        self.rows.append(row)
-
-    def close(self, key: tuple[object, ...], logged: LoggedEvent) -> None:
-        envelope = logged.envelope
-        row = self.new.pop(key, None)
-        if row is None:
-            self.closes.append((key, logged.log_position, envelope.occurred_at, envelope.actor))
-            return
-        started = row[-_TAIL + 1]
-        assert isinstance(started, datetime)
-        row[_TO_POSITION] = logged.log_position
-        # max(): the same clamp as the UPDATE below, so where a batch ends changes nothing.
-        row[_TO_TIME] = max(started, envelope.occurred_at)
-        row[_LEFT_BY] = envelope.actor
+# Intervals by primary key: (model_id, stage, from_position, version) and
+# (model_id, alias, from_position).
+StageKey = tuple[str, str, int, int]
+AliasKey = tuple[str, str, int]
+IntervalT = TypeVar("IntervalT", StageInterval, AliasInterval)
 
 
-async def apply(conn: asyncpg.Connection, names: Names, events: Sequence[LoggedEvent]) -> None:
-    stages = _Intervals()
-    aliases = _Intervals()
+@dataclass(frozen=True, slots=True)
+class TimelineRows:
+    """The intervals a batch touches: the open ones it may close, and the ones it opens."""
+
+    stages: dict[StageKey, StageInterval] = field(default_factory=dict)
+    aliases: dict[AliasKey, AliasInterval] = field(default_factory=dict)
+
+
+def evolve(rows: TimelineRows, events: Sequence[LoggedEvent]) -> TimelineRows:
+    """Close the interval a version or alias leaves and open the one it enters. Pure."""
+    stages = dict(rows.stages)
+    aliases = dict(rows.aliases)
+    # The open interval of each (model, stage, version) and (model, alias): at most one.
+    open_stages = {
+        (i.model_id, i.stage, i.version): k for k, i in stages.items() if i.to_position is None
+    }
+    open_aliases = {(i.model_id, i.alias): k for k, i in aliases.items() if i.to_position is None}
     for logged in events:
         event = CODEC.decode(logged.envelope)
         model_id = model_id_of(logged.stream_id)
         match event:
             case VersionRegistered():
-                key = (model_id, str(INITIAL_STAGE), event.version)
-                stages.open(key, key, logged, "registered", "", None)
+                entered = _stage_entered(model_id, str(INITIAL_STAGE), event.version, logged)
+                _open(stages, open_stages, entered)
             case StageTransitioned():
-                stages.close((model_id, str(event.from_stage), event.version), logged)
-                key = (model_id, str(event.to_stage), event.version)
-                stages.open(key, key, logged, str(event.kind), event.comment, event.request_id)
-            case AliasSet():
-                aliases.close((model_id, event.alias), logged)
-                aliases.open(
-                    (model_id, event.alias),
-                    (model_id, event.alias, event.version),
-                    logged,
-                    "set",
-                    event.comment,
-                    event.request_id,
+                _close(
+                    stages, open_stages, (model_id, str(event.from_stage), event.version), logged
                 )
+                entered = _stage_entered(
+                    model_id, str(event.to_stage), event.version, logged, event
+                )
+                _open(stages, open_stages, entered)
+            case AliasSet():
+                _close(aliases, open_aliases, (model_id, event.alias), logged)
+                _open(aliases, open_aliases, _alias_set(model_id, event, logged))
             case AliasRemoved():
-                aliases.close((model_id, event.alias), logged)
+                _close(aliases, open_aliases, (model_id, event.alias), logged)
             case _:
                 pass
-    await _write(
-        conn,
-        names.stage_timeline,
-        ("model_id", "stage", "version"),
-        ("text", "text", "int"),
-        stages,
-    )
-    await _write(
-        conn,
-        names.alias_timeline,
-        ("model_id", "alias"),
-        ("text", "text"),
-        aliases,
-        with_version=True,
+    return TimelineRows(stages=stages, aliases=aliases)
+
+
+def _open(rows: dict[Any, IntervalT], open_by: dict[Any, Any], interval: IntervalT) -> None:
+    if isinstance(interval, StageInterval):
+        key: tuple[object, ...] = (
+            interval.model_id,
+            interval.stage,
+            interval.from_position,
+            interval.version,
+        )
+        open_by[(interval.model_id, interval.stage, interval.version)] = key
+    else:
+        key = (interval.model_id, interval.alias, interval.from_position)
+        open_by[(interval.model_id, interval.alias)] = key
+    rows[key] = interval
+
+
+def _close(
+    rows: dict[Any, IntervalT],
+    open_by: dict[Any, Any],
+    holder: tuple[object, ...],
+    logged: LoggedEvent,
+) -> None:
+    key = open_by.pop(holder, None)
+    if key is None:
+        return
+    interval = rows[key]
+    rows[key] = replace(
+        interval,
+        to_position=logged.log_position,
+        # A skewed clock must not make an interval end before it began.
+        to_time=max(interval.from_time, logged.envelope.occurred_at),
+        left_by=logged.envelope.actor,
     )
 
 
-async def _write(
+def _stage_entered(
+    model_id: str,
+    stage: str,
+    version: int,
+    logged: LoggedEvent,
+    transition: StageTransitioned | None = None,
+) -> StageInterval:
+    return StageInterval(
+        model_id=model_id,
+        stage=stage,
+        version=version,
+        from_position=logged.log_position,
+        from_time=logged.envelope.occurred_at,
+        to_position=None,
+        to_time=None,
+        entered_by=logged.envelope.actor,
+        kind="registered" if transition is None else str(transition.kind),
+        comment="" if transition is None else transition.comment,
+        request_id=None if transition is None else transition.request_id,
+        left_by=None,
+    )
+
+
+def _alias_set(model_id: str, event: AliasSet, logged: LoggedEvent) -> AliasInterval:
+    return AliasInterval(
+        model_id=model_id,
+        alias=event.alias,
+        version=event.version,
+        from_position=logged.log_position,
+        from_time=logged.envelope.occurred_at,
+        to_position=None,
+        to_time=None,
+        entered_by=logged.envelope.actor,
+        kind="set",
+        comment=event.comment,
+        request_id=event.request_id,
+        left_by=None,
+    )
+
+
+# --- load and write ------------------------------------------------------------------------
+
+
+async def load(
+    conn: asyncpg.Connection, names: Names, events: Sequence[LoggedEvent]
+) -> TimelineRows:
+    """The open intervals the batch may close."""
+    stage_keys: set[tuple[str, str, int]] = set()
+    alias_keys: set[tuple[str, str]] = set()
+    for logged in events:
+        if logged.event_type not in _CLOSING:
+            continue
+        event = CODEC.decode(logged.envelope)
+        model_id = model_id_of(logged.stream_id)
+        if isinstance(event, StageTransitioned):
+            stage_keys.add((model_id, str(event.from_stage), event.version))
+        elif isinstance(event, AliasSet | AliasRemoved):
+            alias_keys.add((model_id, event.alias))
+    rows = TimelineRows()
+    for record in await _open_intervals(conn, names.stage_timeline, "stage", stage_keys):
+        interval = StageInterval(**dict(record))
+        rows.stages[
+            (interval.model_id, interval.stage, interval.from_position, interval.version)
+        ] = interval
+    for record in await _open_intervals(conn, names.alias_timeline, "alias", alias_keys):
+        alias = AliasInterval(**dict(record))
+        rows.aliases[(alias.model_id, alias.alias, alias.from_position)] = alias
+    return rows
+
+
+_CLOSING = frozenset({StageTransitioned.event_type, AliasSet.event_type, AliasRemoved.event_type})
+
+
+async def _open_intervals(
     conn: asyncpg.Connection,
     table: str,
-    key: tuple[str, ...],
-    key_types: tuple[str, ...],
-    intervals: _Intervals,
-    *,
-    with_version: bool = False,
+    holds: str,
+    holders: set[tuple[str, str, int]] | set[tuple[str, str]],
+) -> list[asyncpg.Record]:
+    """The open intervals of ``holders``: (model_id, stage, version) or (model_id, alias)."""
+    if not holders:
+        return []
+    ordered = sorted(holders)
+    with_version = len(ordered[0]) == 3
+    key = ("model_id", holds, "version") if with_version else ("model_id", holds)
+    types = ("text", "text", "int")[: len(key)]
+    return await conn.fetch(
+        f"SELECT t.model_id, t.{holds}, t.version, {_COLUMNS}"
+        f" FROM {table} t JOIN unnest({', '.join(f'${n + 1}::{kind}[]' for n, kind in enumerate(types))})"
+        f" AS k({', '.join(key)}) ON {' AND '.join(f't.{c} = k.{c}' for c in key)}"
+        " WHERE t.to_position IS NULL",
+        *([h[n] for h in ordered] for n in range(len(key))),
+    )
+
+
+async def write(
+    conn: asyncpg.Connection, names: Names, loaded: TimelineRows, evolved: TimelineRows
 ) -> None:
-    if intervals.closes:
-        match = " AND ".join(f"t.{k} = c.{k}" for k in key)
-        unnest = ", ".join(f"${i + 1}::{kind}[]" for i, kind in enumerate(key_types))
-        n = len(key)
-        # GREATEST: a skewed clock must not make an interval end before it began.
+    await _write_intervals(conn, names.stage_timeline, TABLES[0], loaded.stages, evolved.stages)
+    await _write_intervals(conn, names.alias_timeline, TABLES[1], loaded.aliases, evolved.aliases)
+
+
+_SQL_TYPES = {
+    "model_id": "text",
+    "stage": "text",
+    "alias": "text",
+    "version": "int",
+    "from_position": "bigint",
+    "from_time": "timestamptz",
+    "to_position": "bigint",
+    "to_time": "timestamptz",
+    "entered_by": "text",
+    "kind": "text",
+    "comment": "text",
+    "request_id": "text",
+    "left_by": "text",
+}
+
+
+async def _write_intervals(
+    conn: asyncpg.Connection,
+    sql_name: str,
+    table: Table,
+    loaded: Mapping[Any, StageInterval | AliasInterval],
+    evolved: Mapping[Any, StageInterval | AliasInterval],
+) -> None:
+    """Close the loaded intervals the batch closed, then insert the ones it opened (in that
+    order: a holder's new open interval must not meet its old one still open)."""
+    written = changed(loaded, evolved)
+    closed = [i for k, i in written.items() if k in loaded]
+    opened = [i for k, i in written.items() if k not in loaded]
+    if closed:
+        values = (*table.key, "to_position", "to_time", "left_by")
         await conn.execute(
-            f"UPDATE {table} t SET to_position = c.to_position, to_time = GREATEST(t.from_time, c.to_time),"
-            f" left_by = c.left_by FROM unnest({unnest}, ${n + 1}::bigint[], ${n + 2}::timestamptz[], ${n + 3}::text[])"
-            f" AS c({', '.join(key)}, to_position, to_time, left_by) WHERE {match} AND t.to_position IS NULL",
-            *([c[0][i] for c in intervals.closes] for i in range(n)),
-            [c[1] for c in intervals.closes],
-            [c[2] for c in intervals.closes],
-            [c[3] for c in intervals.closes],
+            f"UPDATE {sql_name} t SET to_position = c.to_position, to_time = c.to_time, left_by = c.left_by"
+            f" FROM unnest({', '.join(f'${n + 1}::{_SQL_TYPES[c]}[]' for n, c in enumerate(values))})"
+            f" AS c({', '.join(values)}) WHERE {' AND '.join(f't.{c} = c.{c}' for c in table.key)}",
+            *([getattr(i, c) for i in closed] for c in values),
         )
-    if intervals.rows:
-        columns = (*key, "version") if with_version else key
-        types = (*key_types, "int") if with_version else key_types
-        types += (
-            "bigint",
-            "timestamptz",
-            "bigint",
-            "timestamptz",
-            "text",
-            "text",
-            "text",
-            "text",
-            "text",
-        )
-        width = len(columns) + _TAIL
-        all_columns = f"{', '.join(columns)}, {_COLUMNS}"
-        params = ", ".join(f"${i + 1}::{kind}[]" for i, kind in enumerate(types))
+    if opened:
+        columns = msgspec.structs.fields(type(opened[0]))
+        column_names = [c.name for c in columns]
         await conn.execute(
-            f"INSERT INTO {table} ({all_columns}) SELECT * FROM unnest({params})",
-            *([row[i] for row in intervals.rows] for i in range(width)),
+            f"INSERT INTO {sql_name} ({', '.join(column_names)})"
+            f" SELECT * FROM unnest({', '.join(f'${n + 1}::{_SQL_TYPES[c]}[]' for n, c in enumerate(column_names))})",
+            *([getattr(i, c) for i in opened] for c in column_names),
         )
 
 
@@ -276,7 +364,7 @@ PROJECTION = Projection(
             AliasRemoved.event_type,
         }
     ),
-    apply=apply,
+    fold=Fold(load=load, evolve=evolve, write=write),
     description="which version held each stage and alias of a model, from when to when",
 )
 
@@ -385,18 +473,3 @@ async def current_aliases(
         model_id,
     )
     return [_alias(r) for r in rows]
-
-
-async def checksum(conn: Conn, names: Names) -> str:
-    """A digest of every row, in key order: equal digests mean equal views."""
-    parts = []
-    for table, order in (
-        (names.stage_timeline, "model_id, stage, from_position, version"),
-        (names.alias_timeline, "model_id, alias, from_position"),
-    ):
-        parts.append(
-            await conn.fetchval(
-                f"SELECT md5(coalesce(string_agg(md5(t::text), '' ORDER BY {order}), '')) FROM {table} t"
-            )
-        )
-    return ":".join(parts)

@@ -79,7 +79,7 @@ async def test_rebuild_without_a_worker_does_the_work_and_switches(db: Database)
     await random_history(reg, random.Random(8), 60)
     conn = await db.connect()
     head = await reg.catch_up(conn, [TIMELINE])
-    before = await stage_timeline.checksum(db.pool, TIMELINE.view_names())
+    before = await TIMELINE.checksum(db.pool, TIMELINE.view_names())
 
     # when the timeline is rebuilt from the command line
     result = await invoke(db, "rebuild", TIMELINE.name, "--batch", "17")
@@ -91,7 +91,7 @@ async def test_rebuild_without_a_worker_does_the_work_and_switches(db: Database)
     assert [
         (g.generation, g.status, g.log_position) for g in await generations(conn, TIMELINE.name)
     ] == [(2, "live", head)]
-    assert await stage_timeline.checksum(db.pool, TIMELINE.view_names()) == before
+    assert await TIMELINE.checksum(db.pool, TIMELINE.view_names()) == before
 
 
 async def test_rebuild_with_a_worker_running_waits_for_the_worker_to_switch(db: Database) -> None:

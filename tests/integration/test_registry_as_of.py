@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 
 import asyncpg
@@ -19,7 +18,7 @@ from eventlog.log import head_position
 from eventlog.sealer import sealed_channel
 from events.model.commands import RequestPromotion, SetAlias, StartDeployment, TransitionStage
 from events.stages import Stage
-from projections.base import Names, Projection
+from projections.base import Projection
 from projections.registry_state import MODEL_PROJECTIONS, model_as_of, registry_as_of, views_as_of
 from projections.runner import (
     ProjectionWorker,
@@ -41,15 +40,6 @@ from projections.views import (
 from tests.support.database import Database
 from tests.support.governance_history import Registry, gated_policy, random_history
 
-Checksum = Callable[[asyncpg.Connection | asyncpg.Pool, Names], Awaitable[str]]
-CHECKSUMS: dict[str, Checksum] = {
-    model_catalogue.PROJECTION.name: model_catalogue.checksum,
-    model_versions.PROJECTION.name: model_versions.checksum,
-    stage_timeline.PROJECTION.name: stage_timeline.checksum,
-    approvals.PROJECTION.name: approvals.checksum,
-    deployments.PROJECTION.name: deployments.checksum,
-    audit_timeline.PROJECTION.name: audit_timeline.checksum,
-}
 GOVERNANCE = (
     stage_timeline.PROJECTION,
     approvals.PROJECTION,
@@ -61,14 +51,14 @@ GOVERNANCE = (
 async def live_checksums(
     conn: asyncpg.Connection, projections: tuple[Projection, ...] = MODEL_PROJECTIONS
 ) -> dict[str, str]:
-    return {p.name: await CHECKSUMS[p.name](conn, p.view_names()) for p in projections}
+    return {p.name: await p.checksum(conn, p.view_names()) for p in projections}
 
 
 async def folded_checksums(
     conn: asyncpg.Connection, position: int, projections: tuple[Projection, ...] = MODEL_PROJECTIONS
 ) -> dict[str, str]:
     async with views_as_of(conn, position, projections) as (_, names):
-        return {p.name: await CHECKSUMS[p.name](conn, names[p.name]) for p in projections}
+        return {p.name: await p.checksum(conn, names[p.name]) for p in projections}
 
 
 async def advance_live_to(

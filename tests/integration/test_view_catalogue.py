@@ -13,7 +13,6 @@ from projections.base import Names
 from projections.views.model_catalogue import (
     CATALOGUE,
     ModelRow,
-    checksum,
     get_model,
     get_model_by_name,
 )
@@ -27,6 +26,7 @@ from tests.support.registry_history import (
 )
 
 NAMES = CATALOGUE.view_names()
+checksum = CATALOGUE.checksum
 
 
 async def test_the_catalogue_shows_facts_stages_aliases_and_counts(db: Database) -> None:

@@ -17,7 +17,6 @@ from projections.views.metric_history import (
     MetricSeries,
     ParamComparison,
     best_metric,
-    checksum,
     compare_versions,
     last_metric,
     metric_history,
@@ -34,6 +33,7 @@ from tests.support.registry_history import (
 )
 
 NAMES = merge_names(METRIC_HISTORY.view_names(), VERSIONS.view_names())
+checksum = METRIC_HISTORY.checksum
 
 
 async def test_a_history_comes_in_step_order_a_page_at_a_time(db: Database) -> None:

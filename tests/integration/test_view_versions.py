@@ -15,7 +15,6 @@ from projections.views.model_versions import (
     VERSIONS,
     MetricValue,
     VersionRow,
-    checksum,
     get_version,
     latest_metrics,
     version_by_alias,
@@ -31,6 +30,7 @@ from tests.support.registry_history import (
 )
 
 NAMES = VERSIONS.view_names()
+checksum = VERSIONS.checksum
 
 
 async def test_a_version_shows_its_content_stage_aliases_tags_and_latest_metrics(

@@ -3,25 +3,37 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 import asyncpg
 
 from eventlog.log import LoggedEvent
 from events.envelope import Envelope
-from projections.base import Names, Projection, Table
+from projections.base import Fold, Names, Projection, Table, changed, upsert
 from tests.support.sample_events import CODEC, Counted, Noted
 
 TABLES = [
     Table(
         "note_counts",
         "stream_id text PRIMARY KEY, notes int NOT NULL, total bigint NOT NULL, last_text text, last_position bigint NOT NULL",
+        key=("stream_id",),
     ),
     Table(
         "note_log",
         "log_position bigint PRIMARY KEY, stream_id text NOT NULL, text text NOT NULL",
+        key=("log_position",),
         indexes=["CREATE INDEX {name}_stream ON {table} (stream_id)"],
     ),
 ]
+
+# stream_id -> (notes, total, last_text, last_position)
+Count = tuple[int, int, str | None, int]
+
+
+@dataclass(frozen=True, slots=True)
+class NoteRows:
+    counts: dict[str, Count] = field(default_factory=dict)
+    log: dict[int, tuple[str, str]] = field(default_factory=dict)  # position -> (stream, text)
 
 
 def _decode(envelope: Envelope) -> Noted | Counted:
@@ -30,29 +42,57 @@ def _decode(envelope: Envelope) -> Noted | Counted:
     return event
 
 
-async def apply(conn: asyncpg.Connection, names: Names, events: Sequence[LoggedEvent]) -> None:
-    log_rows = []
+def evolve(rows: NoteRows, events: Sequence[LoggedEvent]) -> NoteRows:
+    counts, log = dict(rows.counts), dict(rows.log)
     for logged in events:
         event = _decode(logged.envelope)
-        text = event.text if isinstance(event, Noted) else ""
-        amount = event.n if isinstance(event, Counted) else 0
-        await conn.execute(
-            f"INSERT INTO {names.note_counts} (stream_id, notes, total, last_text, last_position)"
-            " VALUES ($1, $2, $3, $4, $5) ON CONFLICT (stream_id) DO UPDATE SET"
-            f" notes = {names.note_counts}.notes + excluded.notes, total = {names.note_counts}.total + excluded.total,"
-            f" last_text = coalesce(excluded.last_text, {names.note_counts}.last_text), last_position = excluded.last_position",
-            logged.stream_id,
-            1 if isinstance(event, Noted) else 0,
-            amount,
-            text or None,
-            logged.log_position,
-        )
-        if text:
-            log_rows.append((logged.log_position, logged.stream_id, text))
-    if log_rows:
+        notes, total, last_text, _ = counts.get(logged.stream_id, (0, 0, None, 0))
+        if isinstance(event, Noted):
+            counts[logged.stream_id] = (
+                notes + 1,
+                total,
+                event.text or last_text,
+                logged.log_position,
+            )
+            if event.text:
+                log[logged.log_position] = (logged.stream_id, event.text)
+        else:
+            counts[logged.stream_id] = (notes, total + event.n, last_text, logged.log_position)
+    return NoteRows(counts=counts, log=log)
+
+
+async def load(conn: asyncpg.Connection, names: Names, events: Sequence[LoggedEvent]) -> NoteRows:
+    rows = NoteRows()
+    for r in await conn.fetch(
+        f"SELECT stream_id, notes, total, last_text, last_position FROM {names.note_counts}"
+        " WHERE stream_id = ANY ($1::text[])",
+        sorted({e.stream_id for e in events}),
+    ):
+        rows.counts[r["stream_id"]] = (r["notes"], r["total"], r["last_text"], r["last_position"])
+    return rows
+
+
+async def write(
+    conn: asyncpg.Connection, names: Names, loaded: NoteRows, evolved: NoteRows
+) -> None:
+    await upsert(
+        conn,
+        names.note_counts,
+        (
+            ("stream_id", "text"),
+            ("notes", "int"),
+            ("total", "bigint"),
+            ("last_text", "text"),
+            ("last_position", "bigint"),
+        ),
+        1,
+        [(stream, *count) for stream, count in changed(loaded.counts, evolved.counts).items()],
+    )
+    log = changed(loaded.log, evolved.log)
+    if log:
         await conn.executemany(
             f"INSERT INTO {names.note_log} (log_position, stream_id, text) VALUES ($1, $2, $3)",
-            log_rows,
+            [(position, *row) for position, row in log.items()],
         )
 
 
@@ -61,7 +101,7 @@ NOTES = Projection(
     version=1,
     tables=TABLES,
     handles=frozenset({Noted.event_type, Counted.event_type}),
-    apply=apply,
+    fold=Fold(load=load, evolve=evolve, write=write),
 )
 
 

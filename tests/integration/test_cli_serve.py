@@ -36,8 +36,8 @@ def free_port() -> int:
 class Serve:
     """One ``python -m service serve`` process with a clean MODELREG_* environment.
 
-    Ports are 0 (the kernel picks free ones, so parallel test runs never collide); the
-    HTTP port is read back from the "serving http://..." log line.
+    The HTTP port is 0 and the embedded NATS picks a free port by default (so parallel test
+    runs never collide); the HTTP port is read back from the "serving http://..." log line.
     """
 
     def __init__(self, data_dir: Path, log: Path) -> None:
@@ -48,7 +48,6 @@ class Serve:
         self.env = base | {
             "MODELREG_DATA_DIR": str(data_dir),
             "MODELREG_PORT": "0",
-            "MODELREG_NATS_PORT": "0",
         }
         self.proc: subprocess.Popen[bytes] | None = None
 

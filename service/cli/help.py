@@ -132,7 +132,5 @@ class _Argument(TyperArgument):
         return type_label(self, ctx)
 
     def _usage_display_name(self) -> str:
-        name = self.display_name_raw
-        if self.nargs != 1:
-            name += "..."
-        return name if self.required else f"[{name}]"
+        name = self.display_name_raw if self.required else f"[{self.display_name_raw}]"
+        return f"{name}..." if self.nargs != 1 else name

@@ -26,7 +26,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-import sys
 from collections.abc import Awaitable, Callable, Iterator
 from datetime import datetime
 from pathlib import Path
@@ -58,7 +57,7 @@ from projections.views.model_versions import VersionRow
 from service.cli.database import Connect, fail, run_with_database
 from service.cli.help import command_group
 from service.cli.nats_connection import CannotStartError, connect_nats, nats_url, require_stream
-from service.cli.output import RowStream, fields, output, table, when
+from service.cli.output import OutputClosedError, RowStream, fields, output, table, when, write_out
 from service.consumers.audit_follow import (
     ChainError,
     Mirror,
@@ -130,7 +129,7 @@ def follow_command(
         ("position", 10),
         ("occurred at (UTC)", 19),
         ("type", TYPE_WIDTH),
-        ("subject", 40),
+        ("subject", 44),
         ("actor", None),
         right=("position",),
     )
@@ -152,7 +151,7 @@ def follow_command(
                 stop=stop,
             ):
                 if as_json:
-                    _print(encode_record(record_of(event)).decode())
+                    write_out(encode_record(record_of(event)).decode())
                 else:
                     rows.row(*_cells(event))
         finally:
@@ -198,11 +197,6 @@ def mirror_command(
     _main(run)
 
 
-def _print(text: str) -> None:
-    sys.stdout.write(text)
-    sys.stdout.flush()
-
-
 def _cells(event: Published) -> tuple[str, ...]:
     return (
         str(event.event.log_position),
@@ -242,6 +236,8 @@ def _main(run: Callable[[asyncio.Event], Awaitable[None]]) -> None:
     except CannotStartError as exc:
         typer.echo(f"modelreg audit: {exc}", err=True)
         raise typer.Exit(2) from None
+    except OutputClosedError:
+        return
 
 
 # ---------------------------------------------------------------- verify and replay (database side)

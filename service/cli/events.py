@@ -10,7 +10,7 @@ import typer
 
 from events.catalogue import ALL_EVENT_TYPES
 from service.cli.help import command_group
-from service.cli.output import RowStream, emit_json_line, when
+from service.cli.output import OutputClosedError, RowStream, emit_json_line, when
 from service.cli.shared import (
     JsonOption,
     TokenOption,
@@ -124,5 +124,5 @@ def tail(
                         position = event.log_position
                     if page.next_after is None:
                         break
-        except KeyboardInterrupt:
+        except (KeyboardInterrupt, OutputClosedError):
             return

@@ -10,6 +10,8 @@ never wrapped at 80 columns); messages and progress bars go to stderr.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import sys
 from collections.abc import Callable, Mapping
@@ -72,6 +74,23 @@ def fields(title: str | None, values: Mapping[str, Any]) -> Table:
     return grid
 
 
+class OutputClosedError(Exception):
+    """Whoever read stdout went away (``| head``): a stream stops quietly, exit 0."""
+
+
+def write_out(text: str) -> None:
+    """Text on stdout at once (a stream's reader waits for it); OutputClosedError when the
+    reader has gone."""
+    try:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # Python's advice: point stdout at /dev/null, or the flush at exit fails once more.
+        with contextlib.suppress(OSError, ValueError, io.UnsupportedOperation):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        raise OutputClosedError from None
+
+
 class RowStream:
     """A table printed a row at a time, for streams (there is no last row to measure):
     fixed column widths, a value too long for its column folded within it, so columns stay
@@ -80,7 +99,7 @@ class RowStream:
     def __init__(self, *columns: tuple[str, int | None], right: tuple[str, ...] = ()) -> None:
         self._columns = columns
         self._right = right
-        self._console = console()
+        self._width = console().width
 
     def header(self) -> None:
         self._print(self._table(show_header=True))
@@ -92,7 +111,7 @@ class RowStream:
 
     def _table(self, *, show_header: bool) -> Table:
         grid = Table(
-            box=box.SIMPLE_HEAD if show_header else None,
+            box=box.SIMPLE_HEAD,
             show_header=show_header,
             show_edge=False,
             pad_edge=False,
@@ -110,8 +129,12 @@ class RowStream:
         return grid
 
     def _print(self, grid: Table) -> None:
-        self._console.print(grid)
-        self._console.file.flush()
+        # Rendered apart and written as one piece: rich turns a closed pipe into SystemExit.
+        text = io.StringIO()
+        Console(file=text, width=self._width, markup=False, highlight=False, emoji=False).print(
+            grid
+        )
+        write_out(text.getvalue())
 
 
 def emit_json(value: Any) -> None:
@@ -122,8 +145,7 @@ def emit_json(value: Any) -> None:
 
 
 def emit_json_line(value: Any) -> None:
-    sys.stdout.write(msgspec.json.encode(value, enc_hook=_enc).decode() + "\n")
-    sys.stdout.flush()
+    write_out(msgspec.json.encode(value, enc_hook=_enc).decode() + "\n")
 
 
 def _enc(value: Any) -> Any:

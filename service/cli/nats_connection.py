@@ -15,6 +15,7 @@ import asyncio
 import json
 import os
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import nats
 import nats.errors
@@ -65,8 +66,13 @@ async def connect_nats(url: str) -> NatsClient:
     """Connected, or CannotStartError: give up quickly on a server that never answers; once
     connected, reconnect forever (a follower outlives NATS restarts)."""
 
-    async def quiet(exc: Exception) -> None:
-        return None
+    reported: list[Exception] = []
+
+    async def remember(exc: Exception) -> None:
+        # nats-py hands the server's reason (say, "Authorization Violation") only to this
+        # callback; the exception it then raises says just "no servers available". Only the
+        # last is kept: a follower runs for days, and NATS may come and go.
+        reported[:] = [exc]
 
     try:
         client: NatsClient = await asyncio.wait_for(
@@ -75,13 +81,14 @@ async def connect_nats(url: str) -> NatsClient:
                 connect_timeout=3,
                 max_reconnect_attempts=1,
                 reconnect_time_wait=0.5,
-                error_cb=quiet,
+                error_cb=remember,
             ),
             timeout=10,
         )
     except (nats.errors.Error, OSError, TimeoutError) as exc:
+        cause = reported[-1] if reported else exc
         raise CannotStartError(
-            f"cannot connect to NATS at {url}: {str(exc) or type(exc).__name__}"
+            f"cannot connect to NATS at {shown(url)}: {str(cause) or type(cause).__name__}"
         ) from None
     # nats-py reads this on every reconnect.
     client.options["max_reconnect_attempts"] = -1
@@ -94,10 +101,19 @@ async def require_stream(client: NatsClient, stream: str, url: str) -> None:
         await client.jsm(timeout=10).stream_info(stream)
     except nats.js.errors.NotFoundError:
         raise CannotStartError(
-            f"NATS at {url} has no stream {stream}: is it the registry's NATS? "
+            f"NATS at {shown(url)} has no stream {stream}: is it the registry's NATS? "
             "(`modelreg serve` creates the stream; MODELREG_NATS_STREAM names another)"
         ) from None
     except (nats.errors.Error, TimeoutError) as exc:
         raise CannotStartError(
-            f"cannot read stream {stream} on NATS at {url}: {str(exc) or type(exc).__name__}"
+            f"cannot read stream {stream} on NATS at {shown(url)}: {str(exc) or type(exc).__name__}"
         ) from None
+
+
+def shown(url: str) -> str:
+    """``url`` fit for a message: a password in it becomes ``***``."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{parts.username}:***@{host}"))

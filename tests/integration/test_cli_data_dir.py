@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from projections.registry_state import all_projections
+from tests.support.nats_servers import NatsNode
 from tests.support.serve_process import REPO, Serve, serve_on_fresh_data_dir
 
 NO_REGISTRY = "modelreg: no registry in {}; start `modelreg serve` or set MODELREG_DATABASE_URL\n"
@@ -90,6 +91,27 @@ def test_nats_commands_on_a_nats_without_the_stream_exit_2_in_one_line(
             "registry's NATS? (`modelreg serve` creates the stream; MODELREG_NATS_STREAM "
             "names another)\n"
         )
+
+
+def test_a_nats_that_refuses_the_credentials_exits_2_in_one_line(tmp_path: Path) -> None:
+    # given a NATS that wants a password, and a URL with the wrong one
+    config = tmp_path / "auth.conf"
+    config.write_text('authorization: {user: "auditor", password: "the-right-one"}\n')
+    node = NatsNode(tmp_path, "guarded", config=config).start()
+    try:
+        url = node.url.replace("nats://", "nats://auditor:a-wrong-one@")
+
+        result = modelreg(environment(MODELREG_NATS_URL=url), "audit", "follow")
+    finally:
+        node.stop()
+
+    # then one line names the server, never the password, and says it was refused
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.count("\n") == 1
+    assert result.stderr.startswith(
+        f"modelreg audit: cannot connect to NATS at nats://auditor:***@127.0.0.1:{node.port}: "
+    )
+    assert "uthorization" in result.stderr and "a-wrong-one" not in result.stderr
 
 
 def test_with_serve_running_the_commands_use_its_postgres_and_nats(serve: Serve) -> None:

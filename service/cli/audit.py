@@ -32,7 +32,6 @@ from pathlib import Path
 from typing import Annotated, TypeVar
 
 import asyncpg
-import msgspec
 import typer
 from rich.console import Console, Group, RenderableType
 from rich.progress import (
@@ -47,17 +46,19 @@ from rich.progress import (
 from eventlog.log import head_position
 from eventlog.verify import VerifyReport, verify
 from events.catalogue import ALL_EVENT_TYPES
-from events.stages import Stage
 from events.streams import model_id_of, name_key
 from projections.registry_state import ModelSnapshot, RegistrySnapshot, model_as_of, registry_as_of
 from projections.time_travel import resolve_as_of
-from projections.views.approvals import ApprovalRequest
-from projections.views.deployments import Place
-from projections.views.model_versions import VersionRow
 from service.cli.database import Connect, fail, run_with_database
 from service.cli.help import command_group
 from service.cli.nats_connection import CannotStartError, connect_nats, nats_url, require_stream
 from service.cli.output import OutputClosedError, RowStream, fields, output, table, when, write_out
+from service.cli.replay_output import (
+    model_document,
+    model_tables,
+    registry_document,
+    registry_tables,
+)
 from service.consumers.audit_follow import (
     ChainError,
     Mirror,
@@ -245,8 +246,6 @@ def _main(run: Callable[[asyncio.Event], Awaitable[None]]) -> None:
 EXIT_BROKEN = 1
 EXIT_NOT_FOUND = 1
 _BREAKS_SHOWN = 20
-# The order people read stages in: what serves first.
-_STAGES = (Stage.PRODUCTION, Stage.STAGING, Stage.DEVELOPMENT, Stage.ARCHIVED)
 
 
 @app.command("verify")
@@ -366,9 +365,9 @@ def replay_command(
         typer.echo(f"modelreg audit: {found}", err=True)
         raise typer.Exit(EXIT_NOT_FOUND)
     if isinstance(found, RegistrySnapshot):
-        output(_registry_document(found), as_json, lambda _: _registry(found))
+        output(registry_document(found), as_json, lambda _: registry_tables(found))
     else:
-        output(_model_document(found), as_json, lambda _: _model(found))
+        output(model_document(found), as_json, lambda _: model_tables(found))
 
 
 def _parse_as_of(text: str) -> int | datetime:
@@ -405,184 +404,6 @@ async def _model_named(conn: asyncpg.Connection, name: str, position: int) -> Mo
     if not candidates:
         return f"no model is or was named {name!r}"
     return f"no model was named {name!r} at log position {position}"
-
-
-# ------------------------------------------------------------ replay output
-
-
-def _stage_lists(versions: list[VersionRow]) -> dict[str, list[int]]:
-    found: dict[str, list[int]] = {str(s): [] for s in _STAGES}
-    for v in versions:
-        found[str(v.stage)].append(v.version)
-    return {stage: sorted(numbers) for stage, numbers in found.items()}
-
-
-def _registry_document(snapshot: RegistrySnapshot) -> dict[str, object]:
-    names = {m.model_id: m.name for m in snapshot.models}
-    return {
-        "position": snapshot.position,
-        "sealed_at": snapshot.sealed_at,
-        "models": [
-            {
-                "model_id": m.model_id,
-                "name": m.name,
-                "archived": m.archived,
-                "latest_version": m.latest_version,
-                "stages": _stage_lists([v for v in snapshot.versions if v.model_id == m.model_id]),
-                "aliases": m.aliases,
-            }
-            for m in sorted(snapshot.models, key=lambda m: m.name)
-        ],
-        "open_requests": [
-            {"model": names.get(r.model_id), **msgspec.to_builtins(r)}
-            for r in snapshot.open_requests
-        ],
-        "deployments": [
-            {"model": names.get(p.model_id), **msgspec.to_builtins(p)} for p in snapshot.deployments
-        ],
-    }
-
-
-def _model_document(snapshot: ModelSnapshot) -> dict[str, object]:
-    return {
-        "position": snapshot.position,
-        "sealed_at": snapshot.sealed_at,
-        "model": snapshot.model,
-        "stages": _stage_lists(snapshot.versions),
-        "versions": [
-            {
-                "version": v.version,
-                "stage": v.stage,
-                "aliases": v.aliases,
-                "deprecated": v.deprecated,
-                "content_digest": v.content_digest,
-                "registered_by": v.registered_by,
-                "created_at": v.created_at,
-            }
-            for v in snapshot.versions
-        ],
-        "timeline": snapshot.timeline,
-        "requests": snapshot.requests,
-        "deployments": snapshot.deployments,
-        "runs": snapshot.runs,
-    }
-
-
-def _when(snapshot: RegistrySnapshot | ModelSnapshot) -> str:
-    sealed = f", sealed {when(snapshot.sealed_at)} UTC" if snapshot.sealed_at else ""
-    return f"as of log position {snapshot.position:,}{sealed}"
-
-
-def _registry(snapshot: RegistrySnapshot) -> Group:
-    names = {m.model_id: m.name for m in snapshot.models}
-    models = table(
-        "model", *(str(s) for s in _STAGES), "aliases", title="models (versions per stage)"
-    )
-    for m in sorted(snapshot.models, key=lambda m: m.name):
-        stages = _stage_lists([v for v in snapshot.versions if v.model_id == m.model_id])
-        models.add_row(
-            m.name + (" (archived)" if m.archived else ""),
-            *(_versions(stages[str(s)]) for s in _STAGES),
-            _aliases(m.aliases),
-        )
-    return Group(
-        f"Registry {_when(snapshot)}: {len(snapshot.models)} models, {len(snapshot.versions)} versions",
-        models,
-        _requests(snapshot.open_requests, names, "open promotion requests"),
-        _places(snapshot.deployments, names),
-    )
-
-
-def _model(snapshot: ModelSnapshot) -> Group:
-    assert snapshot.model is not None
-    m = snapshot.model
-    versions = table(
-        "version",
-        "stage",
-        "aliases",
-        "since (UTC)",
-        "registered by",
-        "content digest",
-        title="versions",
-    )
-    for v in snapshot.versions:
-        versions.add_row(
-            f"v{v.version}",
-            str(v.stage) + (" (deprecated)" if v.deprecated else ""),
-            ", ".join(v.aliases) or "-",
-            when(v.stage_since),
-            v.registered_by,
-            v.content_digest,
-        )
-    names = {m.model_id: m.name}
-    return Group(
-        f"{m.name} ({m.model_id}) {_when(snapshot)}" + (" - archived" if m.archived else ""),
-        versions,
-        _requests(
-            [r for r in snapshot.requests if r.status == "pending"],
-            names,
-            "open promotion requests",
-        ),
-        _places(snapshot.deployments, names),
-    )
-
-
-def _requests(requests: list[ApprovalRequest], names: dict[str, str], title: str) -> RenderableType:
-    if not requests:
-        return f"{title}: none"
-    listed = table(
-        "model",
-        "request",
-        "version",
-        "to",
-        "requested by",
-        "approvals",
-        "expires (UTC)",
-        title=title,
-    )
-    for r in requests:
-        wanted = " + ".join(x for x in (r.target_stage, r.alias and f"alias {r.alias}") if x)
-        listed.add_row(
-            names.get(r.model_id, r.model_id),
-            r.request_id,
-            f"v{r.version}",
-            wanted,
-            r.requested_by,
-            f"{len(r.approvals)}/{r.approvals_required}",
-            when(r.expires_at) + (" (overdue)" if r.overdue else ""),
-        )
-    return listed
-
-
-def _places(places: list[Place], names: dict[str, str]) -> RenderableType:
-    if not places:
-        return "deployments: none"
-    listed = table(
-        "model", "environment", "target", "follows", "desired", "live", "drift", title="deployments"
-    )
-    for p in places:
-        listed.add_row(
-            names.get(p.model_id, p.model_id),
-            p.environment,
-            p.target,
-            p.follows or "-",
-            _version(p.desired_version),
-            _version(p.live_version),
-            p.drift_code if not p.drift else f"{p.drift_code}: {p.drift_reason}",
-        )
-    return listed
-
-
-def _versions(numbers: list[int]) -> str:
-    return ", ".join(f"v{n}" for n in numbers) or "-"
-
-
-def _version(number: int | None) -> str:
-    return "-" if number is None else f"v{number}"
-
-
-def _aliases(aliases: dict[str, int]) -> str:
-    return ", ".join(f"{a}=v{v}" for a, v in sorted(aliases.items())) or "-"
 
 
 def _or_dash(value: int | None) -> str:

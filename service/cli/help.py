@@ -16,7 +16,8 @@ from __future__ import annotations
 import inspect
 import re
 import weakref
-from typing import Any
+from enum import Enum
+from typing import Any, get_args, get_origin
 
 import typer
 from rich.markup import escape
@@ -107,15 +108,24 @@ def reflow(text: str) -> str:
 
 def type_label(param: TyperOption | TyperArgument, ctx: Context) -> str:
     """click's names for types: ``TEXT``, ``INTEGER``, ``PATH``, short choices as
-    ``a|b|c`` (long ones by the parameter's name: the help lists them); a repeatable
-    option shows the type of one value."""
+    ``a|b|c`` (long ones by their enum's name, ``STAGE``: the help lists them); a
+    repeatable option shows the type of one value."""
     label = param.display_type(ctx).strip("<>")
     if found := _LIST.match(label):
         label = found.group(1)
     label = label.removesuffix(" range")
-    if "|" in label and len(label) > _LONGEST_CHOICES and param.name:
-        return param.name.upper()
+    if "|" in label and len(label) > _LONGEST_CHOICES:
+        return _choice_name(param)
     return _TYPE_NAMES.get(label, label)
+
+
+def _choice_name(param: TyperOption | TyperArgument) -> str:
+    kind: Any = param.type_descriptor.annotation
+    if get_origin(kind) is list:
+        kind = get_args(kind)[0]
+    if isinstance(kind, type) and issubclass(kind, Enum):
+        return kind.__name__.upper()
+    return (param.name or "choice").upper()
 
 
 class _Option(TyperOption):

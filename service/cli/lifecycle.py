@@ -82,7 +82,10 @@ def moved(what: str) -> Callable[[Receipt], str]:
 def stage(
     model: ModelArg,
     version: VersionArg,
-    to: Annotated[Stage, typer.Argument(help=f"Target stage: {STAGE_NAMES}.", show_default=False)],
+    to: Annotated[
+        Stage,
+        typer.Argument(metavar="STAGE", help=f"Target stage: {STAGE_NAMES}.", show_default=False),
+    ],
     comment: CommentOption = "",
     url: UrlOption = None,
     token: TokenOption = None,

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Annotated, TypeVar
 
 import asyncpg
+import msgspec
 import typer
 from rich.console import Console, Group, RenderableType
 from rich.progress import (
@@ -52,7 +53,15 @@ from projections.time_travel import resolve_as_of
 from service.cli.database import Connect, fail, run_with_database
 from service.cli.help import command_group
 from service.cli.nats_connection import CannotStartError, connect_nats, nats_url, require_stream
-from service.cli.output import OutputClosedError, RowStream, fields, output, table, when, write_out
+from service.cli.output import (
+    OutputClosedError,
+    RowStream,
+    StreamOutput,
+    fields,
+    output,
+    table,
+    when,
+)
 from service.cli.replay_output import (
     model_document,
     model_tables,
@@ -113,7 +122,7 @@ def follow_command(
         list[str] | None, typer.Option("--type", help="Only this event type (repeatable).")
     ] = None,
     nats: NatsUrlOption = None,
-    stream: StreamOption = None,
+    stream_name: StreamOption = None,
     data_dir: DataDirOption = None,
 ) -> None:
     """Print events as the registry publishes them, until Ctrl-C.
@@ -126,23 +135,25 @@ def follow_command(
     """
     settings = _settings(data_dir)
     start = 0 if from_start else since
-    rows = RowStream(
-        ("position", 10),
-        ("occurred at (UTC)", 19),
-        ("type", TYPE_WIDTH),
-        ("subject", 44),
-        ("actor", None),
-        right=("position",),
+    stream = StreamOutput(
+        as_json,
+        RowStream(
+            ("position", 10),
+            ("occurred at (UTC)", 19),
+            ("type", TYPE_WIDTH),
+            ("subject", 44),
+            ("actor", None),
+            right=("position",),
+        ),
     )
 
     async def run(stop: asyncio.Event) -> None:
         url = nats_url(nats or settings.nats_url, settings.data_dir)
         client = await connect_nats(url)
         try:
-            name = stream or settings.nats_stream
+            name = stream_name or settings.nats_stream
             await require_stream(client, name, url)
-            if not as_json:
-                rows.header()
+            stream.start()
             async for event in follow(
                 client,
                 stream=name,
@@ -151,10 +162,9 @@ def follow_command(
                 event_types=event_type or (),
                 stop=stop,
             ):
-                if as_json:
-                    write_out(encode_record(record_of(event)).decode())
-                else:
-                    rows.row(*_cells(event))
+                # The very bytes of a mirror file's line.
+                line = encode_record(record_of(event)).rstrip(b"\n")
+                stream.emit(msgspec.Raw(line), _cells(event))
         finally:
             await client.close()
 

@@ -10,7 +10,7 @@ import typer
 
 from events.catalogue import ALL_EVENT_TYPES
 from service.cli.help import command_group
-from service.cli.output import OutputClosedError, RowStream, emit_json_line, when
+from service.cli.output import OutputClosedError, RowStream, StreamOutput, when
 from service.cli.shared import (
     JsonOption,
     TokenOption,
@@ -97,18 +97,14 @@ def tail(
         modelreg events tail -f --model churn --json | jq -c '.envelope | {event_type, actor}'
     """
 
-    rows = event_rows()
+    stream = StreamOutput(as_json, event_rows())
 
     def emit(event: LoggedEvent) -> None:
-        if as_json:
-            emit_json_line(json_of(event))
-        else:
-            rows.row(*cells_of(event))
+        stream.emit(json_of(event), cells_of(event))
 
     with connect(url, token, read_your_writes=False) as client:
         start = after if after is not None else max(0, client.head_position() - lines)
-        if not as_json:
-            rows.header()
+        stream.start()
         try:
             if follow:
                 for event in client.follow_events(

@@ -12,7 +12,7 @@ import typer
 from rich.table import Table
 
 from events.stages import Stage
-from service.cli.output import fields, note, output, table, when
+from service.cli.output import fields, output, table, when
 from service.cli.shared import (
     STAGE_NAMES,
     CommentOption,
@@ -265,6 +265,10 @@ def history(
             oldest_first=oldest_first,
             as_of=as_of,
         )
-    output(page, as_json, lambda p: audit_table(p.items))
-    if page.next_cursor is not None and not as_json:
-        note(f"(more: raise --limit; next cursor {page.next_cursor})")
+    more = page.next_cursor is not None
+    output(
+        page,
+        as_json,
+        lambda p: audit_table(p.items),
+        remark=f"(more: raise --limit; next cursor {page.next_cursor})" if more else None,
+    )

@@ -16,7 +16,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from service.cli.help import command_group
-from service.cli.output import console, note, number, output, table, when
+from service.cli.output import console, number, output, table, when
 from service.cli.shared import (
     JsonOption,
     ModelArg,
@@ -257,9 +257,13 @@ def compare(
     """
     with connect(url, token) as client:
         found = client.compare_versions(model, versions)
-    output(found, as_json, lambda c: _comparison(c, only_differences=diff))
-    if found.missing and not as_json:
-        note(f"(no such versions: {', '.join(f'v{v}' for v in found.missing)})")
+    missing = ", ".join(f"v{v}" for v in found.missing)
+    output(
+        found,
+        as_json,
+        lambda c: _comparison(c, only_differences=diff),
+        remark=f"(no such versions: {missing})" if missing else None,
+    )
 
 
 def _comparison(found: Comparison, *, only_differences: bool) -> Table:

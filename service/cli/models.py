@@ -10,7 +10,7 @@ from rich.table import Table
 
 from events.stages import Stage
 from service.cli.help import command_group
-from service.cli.output import fields, note, output, table, when
+from service.cli.output import fields, output, table, when
 from service.cli.shared import (
     STAGE_NAMES,
     JsonOption,
@@ -97,9 +97,13 @@ def list_models(
             )
         else:
             page = client.list_models(q, limit=limit, **filters)
-    output(page, as_json, _models)
-    if page.next_cursor is not None and not as_json:
-        note(f"(more models: --all, or --limit {min(500, limit * 2)})")
+    more = page.next_cursor is not None
+    output(
+        page,
+        as_json,
+        _models,
+        remark=f"(more models: --all, or --limit {min(500, limit * 2)})" if more else None,
+    )
 
 
 def _models(page: Page[ModelRow]) -> Table:

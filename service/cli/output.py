@@ -26,12 +26,17 @@ from rich.table import Table
 T = TypeVar("T")
 
 
-def output(value: T, as_json: bool, human: Callable[[T], RenderableType]) -> None:
-    """The answer of a command: JSON for machines with ``--json``, else for people."""
+def output(
+    value: T, as_json: bool, human: Callable[[T], RenderableType], *, remark: str | None = None
+) -> None:
+    """The answer of a command: JSON for machines with ``--json``, else for people, with
+    ``remark`` (more pages, what was missing) on stderr beside it."""
     if as_json:
         emit_json(value)
-    else:
-        show(human(value))
+        return
+    show(human(value))
+    if remark:
+        note(remark)
 
 
 def console(stderr: bool = False) -> Console:
@@ -135,6 +140,33 @@ class RowStream:
             grid
         )
         write_out(text.getvalue())
+
+
+class StreamOutput:
+    """The answer of a command that streams: one JSON object per line with ``--json``, else
+    the rows of a table under its header."""
+
+    def __init__(self, as_json: bool, rows: RowStream) -> None:
+        self._as_json = as_json
+        self._rows = rows
+        self._started = False
+
+    def emit(self, document: Any, cells: tuple[str, ...]) -> None:
+        """One item: ``document`` for machines (``msgspec.Raw`` is written as it is), ``cells``
+        for people."""
+        if self._as_json:
+            emit_json_line(document)
+            return
+        if not self._started:
+            self._rows.header()
+            self._started = True
+        self._rows.row(*cells)
+
+    def start(self) -> None:
+        """The header now, before the first item (a follower may wait long for it)."""
+        if not self._as_json and not self._started:
+            self._rows.header()
+            self._started = True
 
 
 def emit_json(value: Any) -> None:

@@ -11,7 +11,7 @@ from rich.table import Table
 
 from events.access import Role
 from service.cli.help import command_group
-from service.cli.output import note, output, table, when
+from service.cli.output import output, table, when
 from service.cli.shared import (
     JsonOption,
     TokenOption,
@@ -84,9 +84,7 @@ def create(
             expires_at=_expiry(expires_in, expires_at),
             description=description,
         )
-    output(issued, as_json, _issued)
-    if not issued.secret:
-        note(f"no secret: {issued.note}")
+    output(issued, as_json, _issued, remark=None if issued.secret else f"no secret: {issued.note}")
 
 
 def _issued(issued: IssuedToken) -> str:

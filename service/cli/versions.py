@@ -14,7 +14,7 @@ from rich.table import Table
 
 from events.stages import Stage
 from service.cli.help import command_group
-from service.cli.output import fields, note, number, output, table, when
+from service.cli.output import fields, number, output, table, when
 from service.cli.shared import (
     STAGE_NAMES,
     JsonOption,
@@ -108,9 +108,8 @@ def list_versions(
             order_by=order_by,
             limit=limit,
         )
-    output(page, as_json, _versions)
-    if page.next_cursor is not None and not as_json:
-        note("(more versions: raise --limit)")
+    more = page.next_cursor is not None
+    output(page, as_json, _versions, remark="(more versions: raise --limit)" if more else None)
 
 
 def _versions(page: Page[VersionRow]) -> Table:

@@ -35,8 +35,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     db_schema: Identifier = "modelreg"
     db_app_role: Identifier = "modelreg_app"
     db_pool_size: Annotated[int, msgspec.Meta(ge=2, le=200)] = 10
-    # Client port of the embedded NATS (only when nats_url is unset); 0 picks a free port.
-    nats_port: Port = 4222
+    # Client port of the embedded NATS (only when nats_url is unset). 0: a free loopback port,
+    # so a NATS already on 4222 never stops `serve`; the CLI finds it through the data dir.
+    nats_port: Port = 0
 
     # HTTP. Loopback unless an operator says otherwise.
     host: str = "127.0.0.1"

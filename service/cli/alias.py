@@ -6,7 +6,10 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
+from rich.table import Table
 
+from service.cli.help import command_group
+from service.cli.output import output, table, when
 from service.cli.shared import (
     CommentOption,
     JsonOption,
@@ -16,19 +19,11 @@ from service.cli.shared import (
     VersionArg,
     client_command,
     connect,
-    emit_json,
     receipt_line,
-    say,
-    show,
-    table,
-    when,
 )
+from service.client.models import AliasInterval
 
-app = typer.Typer(
-    help="Aliases (champion, challenger, ...): set, rm, history.",
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-)
+app = command_group("Aliases (champion, challenger, ...): set, rm, history.")
 
 AliasArg = Annotated[
     str, typer.Argument(help="Alias: lower-case letters, digits, '_', '-'.", show_default=False)
@@ -52,10 +47,7 @@ def set_alias(
     """
     with connect(url, token) as client:
         receipt = client.set_alias(model, alias, version, comment=comment)
-    if as_json:
-        emit_json(receipt)
-    else:
-        say(f"{model}: {alias} -> v{version}: {receipt_line(receipt)}")
+    output(receipt, as_json, lambda r: f"{model}: {alias} -> v{version}: {receipt_line(r)}")
 
 
 @app.command("rm")
@@ -73,10 +65,7 @@ def remove_alias(
     """
     with connect(url, token) as client:
         receipt = client.remove_alias(model, alias)
-    if as_json:
-        emit_json(receipt)
-    else:
-        say(f"{model}: removed {alias}: {receipt_line(receipt)}")
+    output(receipt, as_json, lambda r: f"{model}: removed {alias}: {receipt_line(r)}")
 
 
 @app.command("history")
@@ -94,9 +83,10 @@ def alias_history(
     """
     with connect(url, token) as client:
         found = client.alias_history(model, alias)
-    if as_json:
-        emit_json(found)
-        return
+    output(found, as_json, _intervals)
+
+
+def _intervals(found: list[AliasInterval]) -> Table:
     grid = table("version", "from (UTC)", "until (UTC)", "set by", "how", "comment")
     for i in found:
         grid.add_row(
@@ -107,4 +97,4 @@ def alias_history(
             i.kind,
             i.comment,
         )
-    show(grid)
+    return grid

@@ -1,14 +1,16 @@
 """``modelreg audit``: follow the published events, mirror them, verify the store, replay the past.
 
-    modelreg audit follow [--format table|json] [--since POSITION | --from-start] [--type T]...
+    modelreg audit follow [--json] [--since POSITION | --from-start] [--type T]...
     modelreg audit mirror FILE [--once]
     modelreg audit verify [--json]
     modelreg audit replay --as-of POSITION|TIME [--model NAME] [--json]
 
-``follow`` and ``mirror`` read NATS only (``MODELREG_NATS_URL``, stream and prefix from
-the usual settings), so an auditor needs no database access. Exit codes: 0 stopped by
-Ctrl-C/SIGTERM or done (``--once``), 1 the hash chain broke (the message names the log
-position), 2 cannot start (NATS unreachable, bad setting).
+``follow`` and ``mirror`` read NATS only, so an auditor needs no database access: the
+server named by ``--nats-url``/``MODELREG_NATS_URL``, else the embedded one a running
+``modelreg serve`` started under the data dir (``service.cli.nats_connection``); stream
+and prefix from the usual settings. Exit codes: 0 stopped by Ctrl-C/SIGTERM or done
+(``--once``), 1 the hash chain broke (the message names the log position), 2 cannot
+start (no NATS, NATS refused, no stream, bad setting).
 
 ``verify`` and ``replay`` run on the server side, against the database
 (``MODELREG_DATABASE_URL``, else the embedded Postgres; see ``service.cli.database``). ``verify``
@@ -23,23 +25,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import signal
-import sys
 from collections.abc import Awaitable, Callable, Iterator
 from datetime import datetime
-from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, TypeVar
 
 import asyncpg
 import msgspec
-import nats
-import nats.errors
 import typer
-from nats.aio.client import Client as NatsClient
-from rich import box
-from rich.console import Console
+from rich.console import Console, Group, RenderableType
 from rich.progress import (
     BarColumn,
     Progress,
@@ -48,18 +43,31 @@ from rich.progress import (
     TextColumn,
     TimeElapsedColumn,
 )
-from rich.table import Table
 
 from eventlog.log import head_position
 from eventlog.verify import VerifyReport, verify
-from events.stages import Stage
+from events.catalogue import ALL_EVENT_TYPES
 from events.streams import model_id_of, name_key
 from projections.registry_state import ModelSnapshot, RegistrySnapshot, model_as_of, registry_as_of
 from projections.time_travel import resolve_as_of
-from projections.views.approvals import ApprovalRequest
-from projections.views.deployments import Place
-from projections.views.model_versions import VersionRow
 from service.cli.database import Connect, fail, run_with_database
+from service.cli.help import command_group
+from service.cli.nats_connection import CannotStartError, connect_nats, nats_url, require_stream
+from service.cli.output import (
+    OutputClosedError,
+    RowStream,
+    StreamOutput,
+    fields,
+    output,
+    table,
+    when,
+)
+from service.cli.replay_output import (
+    model_document,
+    model_tables,
+    registry_document,
+    registry_tables,
+)
 from service.consumers.audit_follow import (
     ChainError,
     Mirror,
@@ -72,34 +80,38 @@ from service.settings import Settings, SettingsError, load_settings
 
 T = TypeVar("T")
 
-app = typer.Typer(
-    name="audit",
-    help="Follow the registry's published events, or mirror them to a verified JSON-lines file.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
+app = command_group(
+    "Audit: follow or mirror the published events (NATS); verify the store, replay the past (database)."
 )
 
-
-class Format(StrEnum):
-    table = "table"
-    json = "json"
-
-
 NatsUrlOption = Annotated[
-    str | None, typer.Option("--nats-url", help="NATS to read from (env MODELREG_NATS_URL).")
+    str | None,
+    typer.Option(
+        "--nats-url",
+        help="NATS to read from (env MODELREG_NATS_URL; default: the running `modelreg serve`'s).",
+    ),
 ]
 StreamOption = Annotated[
     str | None, typer.Option("--stream", help="JetStream stream (env MODELREG_NATS_STREAM).")
 ]
+DataDirOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--data-dir",
+        help="Data dir of the local `modelreg serve` (env MODELREG_DATA_DIR); a URL setting wins.",
+    ),
+]
+JsonOption = Annotated[
+    bool, typer.Option("--json", help="Print JSON for machines instead of tables.")
+]
+TYPE_WIDTH = max(len(t.event_type) for t in ALL_EVENT_TYPES)
 
 
 @app.command("follow")
 def follow_command(
-    output: Annotated[
-        Format,
-        typer.Option("--format", help="table for people, json for one JSON object per line."),
-    ] = Format.table,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="One JSON object per line instead of a table.")
+    ] = False,
     since: Annotated[
         int | None, typer.Option(help="Start after this log position (default: only new events).")
     ] = None,
@@ -109,33 +121,50 @@ def follow_command(
     event_type: Annotated[
         list[str] | None, typer.Option("--type", help="Only this event type (repeatable).")
     ] = None,
-    nats_url: NatsUrlOption = None,
-    stream: StreamOption = None,
+    nats: NatsUrlOption = None,
+    stream_name: StreamOption = None,
+    data_dir: DataDirOption = None,
 ) -> None:
-    """Print events as the registry publishes them, until Ctrl-C."""
-    settings = _settings()
+    """Print events as the registry publishes them, until Ctrl-C.
+
+    Examples:
+
+        modelreg audit follow --from-start
+
+        modelreg audit follow --type model.stage_transitioned --json | jq -c .event.data
+    """
+    settings = _settings(data_dir)
     start = 0 if from_start else since
+    stream = StreamOutput(
+        as_json,
+        RowStream(
+            ("position", 10),
+            ("occurred at (UTC)", 19),
+            ("type", TYPE_WIDTH),
+            ("subject", 44),
+            ("actor", None),
+            right=("position",),
+        ),
+    )
 
     async def run(stop: asyncio.Event) -> None:
-        client = await _connect(nats_url or _default_url(settings))
+        url = nats_url(nats or settings.nats_url, settings.data_dir)
+        client = await connect_nats(url)
         try:
-            if output is Format.table:
-                _print(
-                    f"{'POSITION':>10}  {'OCCURRED AT':<27}  {'TYPE':<34}  {'SUBJECT':<30}  ACTOR"
-                )
+            name = stream_name or settings.nats_stream
+            await require_stream(client, name, url)
+            stream.start()
             async for event in follow(
                 client,
-                stream=stream or settings.nats_stream,
+                stream=name,
                 subject_prefix=settings.nats_subject_prefix,
                 since=start,
                 event_types=event_type or (),
                 stop=stop,
             ):
-                _print(
-                    _table_row(event)
-                    if output is Format.table
-                    else encode_record(record_of(event)).decode().rstrip("\n")
-                )
+                # The very bytes of a mirror file's line.
+                line = encode_record(record_of(event)).rstrip(b"\n")
+                stream.emit(msgspec.Raw(line), _cells(event))
         finally:
             await client.close()
 
@@ -150,19 +179,24 @@ def mirror_command(
     once: Annotated[
         bool, typer.Option("--once", help="Stop when caught up instead of following.")
     ] = False,
-    nats_url: NatsUrlOption = None,
+    nats: NatsUrlOption = None,
     stream: StreamOption = None,
+    data_dir: DataDirOption = None,
 ) -> None:
-    """Append every event to FILE, verifying the hash chains; resume where it stopped."""
-    settings = _settings()
+    """Append every event to FILE, verifying the hash chains; resume where it stopped.
+
+    Example: modelreg audit mirror audit.jsonl --once
+    """
+    settings = _settings(data_dir)
 
     async def run(stop: asyncio.Event) -> None:
         mirror = Mirror(file)
-        client = await _connect(nats_url or _default_url(settings))
+        url = nats_url(nats or settings.nats_url, settings.data_dir)
+        client = await connect_nats(url)
         try:
-            appended = await mirror.run(
-                client, stream=stream or settings.nats_stream, stop=stop, until_caught_up=once
-            )
+            name = stream or settings.nats_stream
+            await require_stream(client, name, url)
+            appended = await mirror.run(client, stream=name, stop=stop, until_caught_up=once)
         finally:
             await client.close()
         typer.echo(
@@ -174,58 +208,14 @@ def mirror_command(
     _main(run)
 
 
-def _table_row(event: Published) -> str:
-    envelope = event.envelope
+def _cells(event: Published) -> tuple[str, ...]:
     return (
-        f"{event.event.log_position:>10}  {event.event.time.isoformat():<27}  {event.event.type:<34}  "
-        f"{event.event.subject:<30}  {envelope.actor}"
+        str(event.event.log_position),
+        when(event.event.time),
+        event.event.type,
+        event.event.subject,
+        event.envelope.actor,
     )
-
-
-def _print(line: str) -> None:
-    sys.stdout.write(line + "\n")
-    sys.stdout.flush()
-
-
-def _settings() -> Settings:
-    try:
-        return load_settings()
-    except SettingsError as exc:
-        typer.echo(f"modelreg: {exc}", err=True)
-        raise typer.Exit(2) from None
-
-
-def _default_url(settings: Settings) -> str:
-    return settings.nats_url or f"nats://127.0.0.1:{settings.nats_port}"
-
-
-async def _connect(url: str) -> NatsClient:
-    async def quiet(exc: Exception) -> None:
-        return None
-
-    try:
-        client: NatsClient = await asyncio.wait_for(
-            nats.connect(
-                url,
-                connect_timeout=3,
-                max_reconnect_attempts=1,
-                reconnect_time_wait=0.5,
-                error_cb=quiet,
-            ),
-            timeout=10,
-        )
-    except (nats.errors.Error, OSError, TimeoutError) as exc:
-        raise _CannotStartError(
-            f"cannot connect to NATS at {url}: {str(exc) or type(exc).__name__}"
-        ) from None
-    # Give up quickly on a server that never answered, but once connected reconnect
-    # forever: a follower outlives NATS restarts. (nats-py reads this on every reconnect.)
-    client.options["max_reconnect_attempts"] = -1
-    return client
-
-
-class _CannotStartError(RuntimeError):
-    """NATS is unreachable or a setting is wrong: one line, exit code 2."""
 
 
 def _main(run: Callable[[asyncio.Event], Awaitable[None]]) -> None:
@@ -254,33 +244,24 @@ def _main(run: Callable[[asyncio.Event], Awaitable[None]]) -> None:
     except ChainError as exc:
         typer.echo(f"modelreg audit: chain broken at {exc}", err=True)
         raise typer.Exit(1) from None
-    except _CannotStartError as exc:
+    except CannotStartError as exc:
         typer.echo(f"modelreg audit: {exc}", err=True)
         raise typer.Exit(2) from None
+    except OutputClosedError:
+        return
 
 
 # ---------------------------------------------------------------- verify and replay (database side)
 
-DataDirOption = Annotated[
-    Path | None,
-    typer.Option(
-        "--data-dir", help="Where embedded Postgres keeps data (env MODELREG_DATABASE_URL wins)."
-    ),
-]
-JsonOption = Annotated[
-    bool, typer.Option("--json", help="Print one JSON document instead of tables.")
-]
 EXIT_BROKEN = 1
 EXIT_NOT_FOUND = 1
 _BREAKS_SHOWN = 20
-# The order people read stages in: what serves first.
-_STAGES = (Stage.PRODUCTION, Stage.STAGING, Stage.DEVELOPMENT, Stage.ARCHIVED)
 
 
 @app.command("verify")
 def verify_command(as_json: JsonOption = False, data_dir: DataDirOption = None) -> None:
     """Recompute both hash chains over the whole store and name the first break."""
-    settings = _db_settings(data_dir)
+    settings = _settings(data_dir)
 
     async def work(open_connection: Connect) -> VerifyReport:
         conn = await open_connection()
@@ -302,10 +283,7 @@ def verify_command(as_json: JsonOption = False, data_dir: DataDirOption = None) 
         return report
 
     report = run_with_database(settings, work)
-    if as_json:
-        _print(msgspec.json.format(msgspec.json.encode(report), indent=2).decode())
-    else:
-        _show_verify(report)
+    output(report, as_json, _verified)
     if report.first_break is not None:
         first = report.first_break
         where = (
@@ -320,52 +298,41 @@ def verify_command(as_json: JsonOption = False, data_dir: DataDirOption = None) 
         raise typer.Exit(EXIT_BROKEN)
 
 
-def _show_verify(report: VerifyReport) -> None:
-    table = Table(box=box.SIMPLE_HEAD, show_header=False, pad_edge=False, show_edge=False)
-    table.add_column(style="bold")
-    table.add_column()
-    table.add_row(
-        "result",
-        "ok"
-        if report.ok
-        else f"BROKEN ({len(report.breaks)} break{'' if len(report.breaks) == 1 else 's'})",
-    )
-    table.add_row("events checked", f"{report.events_checked:,}")
-    table.add_row("streams checked", f"{report.streams_checked:,}")
-    table.add_row("log entries checked", f"{report.log_entries_checked:,}")
-    table.add_row("head position", f"{report.head_position:,}")
-    table.add_row("head hash", report.head_hash)
+def _verified(report: VerifyReport) -> RenderableType:
+    breaks = len(report.breaks)
+    summary = {
+        "result": "ok" if report.ok else f"BROKEN ({breaks} break{'' if breaks == 1 else 's'})",
+        "events checked": f"{report.events_checked:,}",
+        "streams checked": f"{report.streams_checked:,}",
+        "log entries checked": f"{report.log_entries_checked:,}",
+        "head position": f"{report.head_position:,}",
+        "head hash": report.head_hash,
+    }
     first = report.first_break
     if first is not None:
-        table.add_row("first break", f"{first.kind} at log position {_or_dash(first.log_position)}")
+        summary["first break"] = f"{first.kind} at log position {_or_dash(first.log_position)}"
         if first.stream_id is not None:
-            table.add_row(
-                "  stream", f"{first.stream_id} position {_or_dash(first.stream_position)}"
-            )
-        table.add_row("  detail", first.detail)
-    _console().print(table)
-    if len(report.breaks) > 1:
-        breaks = Table(
-            "kind",
-            "log position",
-            "stream",
-            "stream position",
-            "detail",
-            box=box.SIMPLE_HEAD,
-            title=f"breaks (first {min(len(report.breaks), _BREAKS_SHOWN)})",
-            title_justify="left",
-            pad_edge=False,
-            show_edge=False,
+            summary["  stream"] = f"{first.stream_id} position {_or_dash(first.stream_position)}"
+        summary["  detail"] = first.detail
+    if breaks <= 1:
+        return fields(None, summary)
+    listed = table(
+        "kind",
+        "log position",
+        "stream",
+        "stream position",
+        "detail",
+        title=f"breaks (first {min(breaks, _BREAKS_SHOWN)})",
+    )
+    for b in report.breaks[:_BREAKS_SHOWN]:
+        listed.add_row(
+            b.kind,
+            _or_dash(b.log_position),
+            b.stream_id or "-",
+            _or_dash(b.stream_position),
+            b.detail,
         )
-        for b in report.breaks[:_BREAKS_SHOWN]:
-            breaks.add_row(
-                b.kind,
-                _or_dash(b.log_position),
-                b.stream_id or "-",
-                _or_dash(b.stream_position),
-                b.detail,
-            )
-        _console().print(breaks)
+    return Group(fields(None, summary), listed)
 
 
 @app.command("replay")
@@ -384,9 +351,16 @@ def replay_command(
     as_json: JsonOption = False,
     data_dir: DataDirOption = None,
 ) -> None:
-    """Print the registry (or one model) as it stood at a log position or time."""
+    """Print the registry (or one model) as it stood at a log position or time.
+
+    Examples:
+
+        modelreg audit replay --as-of 1200
+
+        modelreg audit replay --as-of 2026-03-03T14:03:00Z --model churn --json
+    """
     at = _parse_as_of(as_of)
-    settings = _db_settings(data_dir)
+    settings = _settings(data_dir)
 
     async def work(open_connection: Connect) -> RegistrySnapshot | ModelSnapshot | str:
         conn = await open_connection()
@@ -400,17 +374,10 @@ def replay_command(
     if isinstance(found, str):
         typer.echo(f"modelreg audit: {found}", err=True)
         raise typer.Exit(EXIT_NOT_FOUND)
-    if as_json:
-        document = (
-            _registry_document(found)
-            if isinstance(found, RegistrySnapshot)
-            else _model_document(found)
-        )
-        _print(msgspec.json.format(msgspec.json.encode(document), indent=2).decode())
-    elif isinstance(found, RegistrySnapshot):
-        _show_registry(found)
+    if isinstance(found, RegistrySnapshot):
+        output(registry_document(found), as_json, lambda _: registry_tables(found))
     else:
-        _show_model(found)
+        output(model_document(found), as_json, lambda _: model_tables(found))
 
 
 def _parse_as_of(text: str) -> int | datetime:
@@ -419,9 +386,9 @@ def _parse_as_of(text: str) -> int | datetime:
     try:
         moment = datetime.fromisoformat(text)
     except ValueError:
-        raise _usage(f"--as-of {text!r} is neither a log position nor an RFC 3339 time") from None
+        raise fail(f"--as-of {text!r} is neither a log position nor an RFC 3339 time") from None
     if moment.tzinfo is None:
-        raise _usage(f"--as-of {text!r} has no zone; add one (Z, +02:00)")
+        raise fail(f"--as-of {text!r} has no zone; add one (Z, +02:00)")
     return moment
 
 
@@ -449,211 +416,18 @@ async def _model_named(conn: asyncpg.Connection, name: str, position: int) -> Mo
     return f"no model was named {name!r} at log position {position}"
 
 
-# ------------------------------------------------------------ replay output
-
-
-def _stage_lists(versions: list[VersionRow]) -> dict[str, list[int]]:
-    found: dict[str, list[int]] = {str(s): [] for s in _STAGES}
-    for v in versions:
-        found[str(v.stage)].append(v.version)
-    return {stage: sorted(numbers) for stage, numbers in found.items()}
-
-
-def _registry_document(snapshot: RegistrySnapshot) -> dict[str, object]:
-    names = {m.model_id: m.name for m in snapshot.models}
-    return {
-        "position": snapshot.position,
-        "sealed_at": snapshot.sealed_at,
-        "models": [
-            {
-                "model_id": m.model_id,
-                "name": m.name,
-                "archived": m.archived,
-                "latest_version": m.latest_version,
-                "stages": _stage_lists([v for v in snapshot.versions if v.model_id == m.model_id]),
-                "aliases": m.aliases,
-            }
-            for m in sorted(snapshot.models, key=lambda m: m.name)
-        ],
-        "open_requests": [
-            {"model": names.get(r.model_id), **msgspec.to_builtins(r)}
-            for r in snapshot.open_requests
-        ],
-        "deployments": [
-            {"model": names.get(p.model_id), **msgspec.to_builtins(p)} for p in snapshot.deployments
-        ],
-    }
-
-
-def _model_document(snapshot: ModelSnapshot) -> dict[str, object]:
-    return {
-        "position": snapshot.position,
-        "sealed_at": snapshot.sealed_at,
-        "model": snapshot.model,
-        "stages": _stage_lists(snapshot.versions),
-        "versions": [
-            {
-                "version": v.version,
-                "stage": v.stage,
-                "aliases": v.aliases,
-                "deprecated": v.deprecated,
-                "content_digest": v.content_digest,
-                "registered_by": v.registered_by,
-                "created_at": v.created_at,
-            }
-            for v in snapshot.versions
-        ],
-        "timeline": snapshot.timeline,
-        "requests": snapshot.requests,
-        "deployments": snapshot.deployments,
-        "runs": snapshot.runs,
-    }
-
-
-def _when(snapshot: RegistrySnapshot | ModelSnapshot) -> str:
-    sealed = (
-        f", sealed {snapshot.sealed_at.isoformat(timespec='seconds')}" if snapshot.sealed_at else ""
-    )
-    return f"as of log position {snapshot.position:,}{sealed}"
-
-
-def _show_registry(snapshot: RegistrySnapshot) -> None:
-    out = _console()
-    names = {m.model_id: m.name for m in snapshot.models}
-    out.print(
-        f"Registry {_when(snapshot)}: {len(snapshot.models)} models, {len(snapshot.versions)} versions"
-    )
-    models = _table(
-        "model", *(str(s) for s in _STAGES), "aliases", title="models (versions per stage)"
-    )
-    for m in sorted(snapshot.models, key=lambda m: m.name):
-        stages = _stage_lists([v for v in snapshot.versions if v.model_id == m.model_id])
-        models.add_row(
-            m.name + (" (archived)" if m.archived else ""),
-            *(_versions(stages[str(s)]) for s in _STAGES),
-            _aliases(m.aliases),
-        )
-    out.print(models)
-    _show_requests(snapshot.open_requests, names, "open promotion requests")
-    _show_places(snapshot.deployments, names)
-
-
-def _show_model(snapshot: ModelSnapshot) -> None:
-    out = _console()
-    assert snapshot.model is not None
-    m = snapshot.model
-    out.print(f"{m.name} ({m.model_id}) {_when(snapshot)}" + (" — archived" if m.archived else ""))
-    versions = _table(
-        "version", "stage", "aliases", "since", "registered by", "content digest", title="versions"
-    )
-    for v in snapshot.versions:
-        versions.add_row(
-            f"v{v.version}",
-            str(v.stage) + (" (deprecated)" if v.deprecated else ""),
-            ", ".join(v.aliases) or "-",
-            v.stage_since.isoformat(timespec="seconds"),
-            v.registered_by,
-            v.content_digest,
-        )
-    out.print(versions)
-    names = {m.model_id: m.name}
-    _show_requests(
-        [r for r in snapshot.requests if r.status == "pending"], names, "open promotion requests"
-    )
-    _show_places(snapshot.deployments, names)
-
-
-def _show_requests(requests: list[ApprovalRequest], names: dict[str, str], title: str) -> None:
-    if not requests:
-        _console().print(f"{title}: none")
-        return
-    table = _table(
-        "model", "request", "version", "to", "requested by", "approvals", "expires", title=title
-    )
-    for r in requests:
-        wanted = " + ".join(x for x in (r.target_stage, r.alias and f"alias {r.alias}") if x)
-        table.add_row(
-            names.get(r.model_id, r.model_id),
-            r.request_id,
-            f"v{r.version}",
-            wanted,
-            r.requested_by,
-            f"{len(r.approvals)}/{r.approvals_required}",
-            r.expires_at.isoformat(timespec="seconds") + (" (overdue)" if r.overdue else ""),
-        )
-    _console().print(table)
-
-
-def _show_places(places: list[Place], names: dict[str, str]) -> None:
-    if not places:
-        _console().print("deployments: none")
-        return
-    table = _table(
-        "model", "environment", "target", "follows", "desired", "live", "drift", title="deployments"
-    )
-    for p in places:
-        table.add_row(
-            names.get(p.model_id, p.model_id),
-            p.environment,
-            p.target,
-            p.follows or "-",
-            _version(p.desired_version),
-            _version(p.live_version),
-            p.drift_code if not p.drift else f"{p.drift_code}: {p.drift_reason}",
-        )
-    _console().print(table)
-
-
-def _versions(numbers: list[int]) -> str:
-    return ", ".join(f"v{n}" for n in numbers) or "-"
-
-
-def _version(number: int | None) -> str:
-    return "-" if number is None else f"v{number}"
-
-
-def _aliases(aliases: dict[str, int]) -> str:
-    return ", ".join(f"{a}=v{v}" for a, v in sorted(aliases.items())) or "-"
-
-
 def _or_dash(value: int | None) -> str:
     return "-" if value is None else str(value)
 
 
-def _table(*headers: str, title: str) -> Table:
-    return Table(
-        *headers,
-        box=box.SIMPLE_HEAD,
-        title=title,
-        title_justify="left",
-        header_style="bold",
-        pad_edge=False,
-        show_edge=False,
-    )
+# ------------------------------------------------------------ plumbing
 
 
-# ------------------------------------------------------------ plumbing (database side)
-
-
-def _db_settings(data_dir: Path | None) -> Settings:
+def _settings(data_dir: Path | None) -> Settings:
     try:
         return load_settings(None, data_dir=str(data_dir) if data_dir else None)
     except SettingsError as exc:
         raise fail(str(exc)) from None
-
-
-def _usage(message: str) -> typer.Exit:
-    return fail(message)
-
-
-def _console() -> Console:
-    """Tables on stdout; never wrapped at 80 columns when piped."""
-    return Console(
-        width=None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 200,
-        highlight=False,
-        markup=False,
-        emoji=False,
-    )
 
 
 def _stderr_console() -> Console:

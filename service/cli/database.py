@@ -2,9 +2,12 @@
 
 The database is, in order: ``MODELREG_DATABASE_URL``; else the embedded Postgres a running
 ``modelreg serve`` started under the data dir (found by its ``postmaster.pid``, so the
-command does not fight the server for the data-dir lock); else one started for the
-duration of the command. Connections are made as the application role, in the
-registry's schema, exactly as the server makes them.
+command does not fight the server for the data-dir lock); else the data dir's cluster,
+started for the duration of the command (a stopped server's registry). A data dir that
+holds no cluster holds no registry: the command says so and exits 2, and never creates
+one (a fresh cluster would only fail on the missing role, after writing 46 MB).
+Connections are made as the application role, in the registry's schema, exactly as the
+server makes them.
 
 Used by ``modelreg projections`` and ``modelreg audit verify`` / ``replay``.
 """
@@ -30,6 +33,7 @@ T = TypeVar("T")
 Connect = Callable[[], Awaitable[asyncpg.Connection]]
 
 EXIT_CANNOT_START = 2
+NOT_MIGRATED = "the registry's schema is not migrated: run `modelreg migrate` first"
 
 
 class CliError(Exception):
@@ -51,7 +55,12 @@ def run_with_database(settings: Settings, work: Callable[[Connect], Awaitable[T]
     except (CliError, EmbeddedServerError) as exc:
         raise fail(str(exc)) from None
     except asyncpg.UndefinedTableError:
-        raise fail("the schema is not migrated: run `modelreg migrate` first") from None
+        raise fail(NOT_MIGRATED) from None
+    except asyncpg.InvalidParameterValueError as exc:
+        # The application role is made by the migrations: without it, nothing was migrated.
+        if f'role "{settings.db_app_role}" does not exist' in str(exc):
+            raise fail(NOT_MIGRATED) from None
+        raise fail(f"database error: {exc}") from None
     except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
         raise fail(f"database error: {exc}") from None
 
@@ -76,7 +85,7 @@ async def _session(settings: Settings, url: str, work: Callable[[Connect], Await
 @contextlib.contextmanager
 def database_url(settings: Settings) -> Iterator[str]:
     """The configured URL; else the embedded server a running ``modelreg serve`` owns; else
-    start the embedded server for the duration of the command."""
+    the data dir's cluster, started for the duration of the command; else CliError."""
     if settings.database_url is not None:
         yield settings.database_url
         return
@@ -84,11 +93,21 @@ def database_url(settings: Settings) -> Iterator[str]:
     if running is not None:
         yield running
         return
+    if not holds_cluster(settings.data_dir):
+        raise CliError(
+            f"no registry in {settings.data_dir}; start `modelreg serve` or set MODELREG_DATABASE_URL"
+        )
     from service.runtime.serve import _start_embedded  # the web stack loads only when needed
 
     with contextlib.ExitStack() as stack:
         url, _ = _start_embedded(settings, stack, nats=False)
         yield url
+
+
+def holds_cluster(data_dir: Path) -> bool:
+    """Whether ``data_dir`` holds an embedded Postgres cluster (``initdb`` writes
+    ``PG_VERSION`` into a cluster it has finished)."""
+    return (data_dir.expanduser().absolute() / "postgres" / "PG_VERSION").is_file()
 
 
 def running_embedded_url(data_dir: Path, database: str = "modelreg") -> str | None:

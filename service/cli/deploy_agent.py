@@ -3,8 +3,10 @@
     modelreg deploy-agent --out manifests/ [--environment prod] [--target k8s/serving]
                           [--alias champion]... [--model NAME]... [--once]
 
-Reads events from NATS (``--nats-url``/``MODELREG_NATS_URL``, stream and subject prefix
-from the usual settings) and talks to the registry over HTTP (``--url``/``MODELREG_URL``,
+Reads events from NATS (``--nats-url``/``MODELREG_NATS_URL``, else the embedded NATS of a
+running ``modelreg serve`` found through the data dir: ``service.cli.nats_connection``;
+stream and subject prefix from the usual settings) and talks to the registry over HTTP
+(``--url``/``MODELREG_URL``,
 ``--token``/``MODELREG_TOKEN``): it needs no database access. Prints one line per
 deployment it handled on stdout. Exit codes: 0 stopped by Ctrl-C/SIGTERM, or done
 (``--once``); 1 ``--once`` lost NATS on the way; 2 cannot start (bad option, NATS or the
@@ -25,9 +27,10 @@ from typing import Annotated, NoReturn
 import nats
 import nats.errors
 import typer
-from nats.aio.client import Client as NatsClient
 
 from events.errors import ValidationError
+from service.cli.nats_connection import CannotStartError, connect_nats, require_stream
+from service.cli.nats_connection import nats_url as resolve_nats_url
 from service.cli.shared import TokenOption, UrlOption
 from service.client import AsyncClient, ConfigurationError, ModelregError
 from service.consumers.deploy_agent import AgentConfig, DeployAgent, Outcome, run_agent
@@ -36,10 +39,6 @@ from service.settings import SettingsError, load_settings
 
 EXIT_FAILED = 1
 EXIT_CANNOT_START = 2
-
-
-class _CannotStartError(Exception):
-    """One line on stderr, exit code 2."""
 
 
 def deploy_agent(
@@ -100,7 +99,11 @@ def deploy_agent(
     token: TokenOption = None,
     nats_url: Annotated[
         str | None,
-        typer.Option("--nats-url", envvar="MODELREG_NATS_URL", help="NATS to read events from."),
+        typer.Option(
+            "--nats-url",
+            envvar="MODELREG_NATS_URL",
+            help="NATS to read events from (default: the running `modelreg serve`'s).",
+        ),
     ] = None,
     stream: Annotated[
         str | None,
@@ -132,7 +135,6 @@ def deploy_agent(
         _fail(str(exc))
     name = durable or "deploy-agent-" + re.sub(r"[^A-Za-z0-9_-]+", "-", environment)
     seen = state or out / f".deploy-agent-{name}.seen"
-    server = nats_url or settings.nats_url or f"nats://127.0.0.1:{settings.nats_port}"
 
     def show(outcome: Outcome) -> None:
         sys.stdout.write(outcome.line() + "\n")
@@ -142,7 +144,7 @@ def deploy_agent(
         try:
             client = AsyncClient(url, token)
         except ConfigurationError as exc:
-            raise _CannotStartError(
+            raise CannotStartError(
                 str(exc).replace(
                     "pass token=... or set MODELREG_TOKEN", "set MODELREG_TOKEN or pass --token"
                 )
@@ -152,7 +154,7 @@ def deploy_agent(
                 await client.whoami()  # a wrong URL or token fails now, not on the first promotion
                 model_ids = [(await client.get_model(m)).model_id for m in model or ()]
             except ModelregError as exc:
-                raise _CannotStartError(f"registry at {client.url}: {exc}") from None
+                raise CannotStartError(f"registry at {client.url}: {exc}") from None
             agent = DeployAgent(client, config, on_outcome=show)
             subscription = agent.subscription(
                 name,
@@ -162,8 +164,10 @@ def deploy_agent(
             )
             await asyncio.to_thread(out.mkdir, parents=True, exist_ok=True)
             dedup = FileDedup(seen)
-            nc = await _connect(server)
+            server = resolve_nats_url(nats_url or settings.nats_url, settings.data_dir)
+            nc = await connect_nats(server)
             try:
+                await require_stream(nc, stream or settings.nats_stream, server)
                 stats = await run_agent(nc, agent, subscription, dedup, stop, once=once)
             finally:
                 dedup.close()
@@ -183,30 +187,6 @@ def deploy_agent(
     _run_until_stopped(run)
 
 
-async def _connect(url: str) -> NatsClient:
-    async def quiet(exc: Exception) -> None:
-        return None
-
-    try:
-        client: NatsClient = await asyncio.wait_for(
-            nats.connect(
-                url,
-                connect_timeout=3,
-                max_reconnect_attempts=1,
-                reconnect_time_wait=0.5,
-                error_cb=quiet,
-            ),
-            timeout=10,
-        )
-    except (nats.errors.Error, OSError, TimeoutError) as exc:
-        raise _CannotStartError(
-            f"cannot connect to NATS at {url}: {str(exc) or type(exc).__name__}"
-        ) from None
-    # Fail fast on a server that never answered; once connected, ride out NATS restarts.
-    client.options["max_reconnect_attempts"] = -1
-    return client
-
-
 def _run_until_stopped(run: Callable[[asyncio.Event], Awaitable[None]]) -> None:
     """Run ``run(stop)`` until it returns or SIGINT/SIGTERM asks it to stop after the
     current batch (the kit acknowledges a batch only once all of it was handled)."""
@@ -221,7 +201,7 @@ def _run_until_stopped(run: Callable[[asyncio.Event], Awaitable[None]]) -> None:
 
     try:
         asyncio.run(supervised())
-    except _CannotStartError as exc:
+    except CannotStartError as exc:
         _fail(str(exc))
     except (nats.errors.Error, OSError, TimeoutError, PullInterruptedError) as exc:
         # Only --once gets here: the long-running loop backs off and resumes by itself.

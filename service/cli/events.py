@@ -4,11 +4,13 @@ I/O: the registry's HTTP API; exit codes as in ``service.cli.shared`` (Ctrl-C: 0
 
 from __future__ import annotations
 
-import sys
 from typing import Annotated
 
 import typer
 
+from events.catalogue import ALL_EVENT_TYPES
+from service.cli.help import command_group
+from service.cli.output import OutputClosedError, RowStream, StreamOutput, when
 from service.cli.shared import (
     JsonOption,
     TokenOption,
@@ -16,23 +18,35 @@ from service.cli.shared import (
     client_command,
     complete_model,
     connect,
-    emit_json_line,
-    when,
 )
 from service.client.models import LoggedEvent
 
-app = typer.Typer(
-    help="The global event log: tail (and follow) it.",
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-)
+app = command_group("The global event log: tail (and follow) it.")
+
+TYPE_WIDTH = max(len(t.event_type) for t in ALL_EVENT_TYPES)
 
 
-def line_of(event: LoggedEvent) -> str:
+def event_rows() -> RowStream:
+    """The columns of the log as a table: the widest event type fits; a long stream id or
+    actor folds within its column."""
+    return RowStream(
+        ("position", 8),
+        ("sealed at (UTC)", 19),
+        ("type", TYPE_WIDTH),
+        ("stream", 44),
+        ("actor", None),
+        right=("position",),
+    )
+
+
+def cells_of(event: LoggedEvent) -> tuple[str, ...]:
     record = event.record
     return (
-        f"{event.log_position:>8}  {when(event.sealed_at):<19}  {record.get('event_type', ''):<32}  "
-        f"{record.get('stream_id', ''):<44}  {record.get('actor', '')}"
+        str(event.log_position),
+        when(event.sealed_at),
+        str(record.get("event_type", "")),
+        str(record.get("stream_id", "")),
+        str(record.get("actor", "")),
     )
 
 
@@ -83,16 +97,14 @@ def tail(
         modelreg events tail -f --model churn --json | jq -c '.envelope | {event_type, actor}'
     """
 
+    stream = StreamOutput(as_json, event_rows())
+
     def emit(event: LoggedEvent) -> None:
-        if as_json:
-            emit_json_line(json_of(event))
-        else:
-            _print(line_of(event))
+        stream.emit(json_of(event), cells_of(event))
 
     with connect(url, token, read_your_writes=False) as client:
         start = after if after is not None else max(0, client.head_position() - lines)
-        if not as_json:
-            _print(f"{'POSITION':>8}  {'SEALED AT (UTC)':<19}  {'TYPE':<32}  {'STREAM':<44}  ACTOR")
+        stream.start()
         try:
             if follow:
                 for event in client.follow_events(
@@ -108,10 +120,5 @@ def tail(
                         position = event.log_position
                     if page.next_after is None:
                         break
-        except KeyboardInterrupt:
+        except (KeyboardInterrupt, OutputClosedError):
             return
-
-
-def _print(line: str) -> None:
-    sys.stdout.write(line + "\n")
-    sys.stdout.flush()

@@ -5,7 +5,8 @@ stderr saying why (bad setting, port or data dir in use, database unreachable), 
 second Ctrl-C forced the stop. Command groups live in ``service/cli/<group>.py`` modules
 exposing a ``typer.Typer`` named ``app``; list each in ``GROUPS``. They load only when
 invoked, so ``modelreg serve`` does not pay for importing every group; top-level
-commands living elsewhere are listed in ``COMMANDS``. The client-side commands (models,
+commands living elsewhere are listed in ``COMMANDS``. ``build()`` assembles the command
+line (tests render and run exactly what users get). The client-side commands (models,
 versions, metrics, stage, promote, ...) talk to a running registry over HTTP and have
 their own exit codes: see ``service/cli/shared.py``.
 """
@@ -23,6 +24,7 @@ from typing import Annotated, ParamSpec, TypeVar
 
 import typer
 
+from service.cli.help import command_group
 from service.runtime.embedded import EmbeddedServerError
 from service.settings import Settings, SettingsError, load_settings
 
@@ -44,22 +46,14 @@ GROUPS = {
 # Top-level command name -> module holding a function of that name, dashes as underscores
 # (loaded like GROUPS).
 COMMANDS = {
-    "whoami": "service.cli.shared",
-    "stage": "service.cli.shared",
-    "promote": "service.cli.shared",
-    "approve": "service.cli.shared",
-    "reject": "service.cli.shared",
-    "history": "service.cli.shared",
+    "whoami": "service.cli.lifecycle",
+    "stage": "service.cli.lifecycle",
+    "promote": "service.cli.lifecycle",
+    "approve": "service.cli.lifecycle",
+    "reject": "service.cli.lifecycle",
+    "history": "service.cli.lifecycle",
     "deploy-agent": "service.cli.deploy_agent",
 }
-
-app = typer.Typer(
-    name="modelreg",
-    help="An event-sourced model registry.",
-    no_args_is_help=True,
-    add_completion=True,
-    pretty_exceptions_enable=False,
-)
 
 
 class Role(StrEnum):
@@ -98,7 +92,6 @@ def one_line_errors(command: Callable[P, R]) -> Callable[P, R]:
     return wrapper
 
 
-@app.command()
 @one_line_errors
 def serve(
     role: Annotated[
@@ -124,7 +117,6 @@ def serve(
         raise typer.Exit(code)
 
 
-@app.command()
 @one_line_errors
 def migrate(data_dir: DataDirOption = None) -> None:
     """Apply pending database migrations and print their names."""
@@ -172,13 +164,22 @@ def command_function(name: str) -> Callable[..., object]:
     return function
 
 
-def main() -> None:
-    # Import a group only when it may run or be listed, so `modelreg serve` stays quick.
-    first = next((arg for arg in sys.argv[1:] if not arg.startswith("-")), None)
+def build(first: str | None = None) -> typer.Typer:
+    """The command line: ``serve``, ``migrate`` and, when ``first`` (the command about to
+    run) is None, every group and command; else only the one it names."""
+    app = command_group("An event-sourced model registry.", name="modelreg", add_completion=True)
+    app.command()(serve)
+    app.command()(migrate)
     for name, module in GROUPS.items():
         if first in (None, name):
             app.add_typer(importlib.import_module(module).app, name=name)
     for name in COMMANDS:
         if first in (None, name):
             app.command(name)(command_function(name))
-    app()
+    return app
+
+
+def main() -> None:
+    # Import a group only when it may run or be listed, so `modelreg serve` stays quick.
+    first = next((arg for arg in sys.argv[1:] if not arg.startswith("-")), None)
+    build(first)()

@@ -13,7 +13,10 @@ from typing import Annotated, Any
 import msgspec
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
 
+from service.cli.help import command_group
+from service.cli.output import console, number, output, table, when
 from service.cli.shared import (
     JsonOption,
     ModelArg,
@@ -22,22 +25,18 @@ from service.cli.shared import (
     VersionArg,
     client_command,
     connect,
-    console,
-    emit_json,
     key_values,
-    number,
-    say,
-    show,
-    table,
-    when,
 )
-from service.client.models import Metric, MetricSample, Receipt
+from service.client.models import (
+    Comparison,
+    Metric,
+    MetricSample,
+    MetricSeries,
+    MetricValue,
+    Receipt,
+)
 
-app = typer.Typer(
-    help="Metrics: log points (batched), show a version's metrics, compare versions.",
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-)
+app = command_group("Metrics: log points (batched), show a version's metrics, compare versions.")
 
 BATCH = 1000
 
@@ -145,13 +144,14 @@ def log_metrics(
             receipts.extend(client.log_metrics(model, version, chunk))
             receipts.extend(client.flush())
             bar.advance(task, len(chunk))
-    if as_json:
-        emit_json({"points": len(found), "requests": len(receipts), "receipts": receipts})
-        return
     last = receipts[-1].position if receipts else None
-    say(
-        f"logged {len(found)} points to {model} v{version} in {len(receipts)} request"
-        f"{'s' if len(receipts) != 1 else ''} (log position {last})"
+    output(
+        {"points": len(found), "requests": len(receipts), "receipts": receipts},
+        as_json,
+        lambda _: (
+            f"logged {len(found)} points to {model} v{version} in {len(receipts)} request"
+            f"{'s' if len(receipts) != 1 else ''} (log position {last})"
+        ),
     )
 
 
@@ -196,21 +196,7 @@ def show_metrics(
             series = {
                 (s.key, s.dataset): s for s in client.metric_series(model, version, as_of=as_of)
             }
-            if as_json:
-                emit_json(latest)
-                return
-            grid = table("metric", "dataset", "latest", "step", "points", "logged (UTC)")
-            for m in latest:
-                found = series.get((m.key, m.dataset))
-                grid.add_row(
-                    m.key,
-                    m.dataset,
-                    number(m.value),
-                    str(m.step),
-                    str(found.points) if found else "",
-                    when(m.timestamp),
-                )
-            show(grid)
+            output(latest, as_json, lambda rows: _latest(rows, series))
             return
         samples: list[MetricSample] = []
         cursor = None
@@ -228,13 +214,29 @@ def show_metrics(
             if page.next_cursor is None:
                 break
             cursor = page.next_cursor
-    if as_json:
-        emit_json(samples)
-        return
+    output(samples, as_json, lambda rows: _history(rows, key))
+
+
+def _latest(latest: list[MetricValue], series: dict[tuple[str, str], MetricSeries]) -> Table:
+    grid = table("metric", "dataset", "latest", "step", "points", "logged (UTC)")
+    for m in latest:
+        found = series.get((m.key, m.dataset))
+        grid.add_row(
+            m.key,
+            m.dataset,
+            number(m.value),
+            str(m.step),
+            str(found.points) if found else "",
+            when(m.timestamp),
+        )
+    return grid
+
+
+def _history(samples: list[MetricSample], key: str) -> Table:
     grid = table("step", "dataset", key, "logged (UTC)")
     for s in samples:
         grid.add_row(str(s.step), s.dataset, number(s.value), when(s.timestamp))
-    show(grid)
+    return grid
 
 
 @app.command("compare")
@@ -255,9 +257,17 @@ def compare(
     """
     with connect(url, token) as client:
         found = client.compare_versions(model, versions)
-    if as_json:
-        emit_json(found)
-        return
+    missing = ", ".join(f"v{v}" for v in found.missing)
+    output(
+        found,
+        as_json,
+        lambda c: _comparison(c, only_differences=diff),
+        remark=f"(no such versions: {missing})" if missing else None,
+    )
+
+
+def _comparison(found: Comparison, *, only_differences: bool) -> Table:
+    diff = only_differences
     grid = table("", "", *(f"v{v}" for v in found.versions))
     for p in found.params:
         if p.differs or not diff:
@@ -270,6 +280,4 @@ def compare(
         if m.differs or not diff:
             label = m.key + (f"[{m.dataset}]" if m.dataset else "") + (" *" if m.differs else "")
             grid.add_row("metric", label, *(number(v) for v in m.values))
-    show(grid)
-    if found.missing:
-        say(f"(no such versions: {', '.join(f'v{v}' for v in found.missing)})")
+    return grid

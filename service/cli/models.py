@@ -6,31 +6,25 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 import typer
+from rich.table import Table
 
 from events.stages import Stage
+from service.cli.help import command_group
+from service.cli.output import fields, output, table, when
 from service.cli.shared import (
+    STAGE_NAMES,
     JsonOption,
     ModelArg,
     TokenOption,
     UrlOption,
     client_command,
     connect,
-    emit_json,
     key_values,
-    print_mapping,
     receipt_line,
-    say,
-    show,
-    table,
-    when,
 )
 from service.client.models import ModelRow, Page
 
-app = typer.Typer(
-    help="Models: list, show, create, rename, archive.",
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-)
+app = command_group("Models: list, show, create, rename, archive, restore.")
 
 ReasonOption = Annotated[
     str, typer.Option("--reason", "-m", help="Why (recorded in the audit log).", show_default=False)
@@ -57,10 +51,11 @@ def list_models(
         list[str] | None, typer.Option("--tag", help="key=value or key (repeat for AND).")
     ] = None,
     stage: Annotated[
-        list[Stage] | None, typer.Option("--stage", help="Has a version in this stage.")
+        list[Stage] | None,
+        typer.Option("--stage", help=f"Has a version in this stage: {STAGE_NAMES}."),
     ] = None,
     alias: Annotated[str | None, typer.Option("--alias", help="Has this alias.")] = None,
-    owner: Annotated[str | None, typer.Option("--owner")] = None,
+    owner: Annotated[str | None, typer.Option("--owner", help="Owned by this principal.")] = None,
     metric: Annotated[
         list[str] | None, typer.Option("--metric", help="e.g. 'auc>0.9' or 'auc[holdout]>=0.9'.")
     ] = None,
@@ -102,9 +97,16 @@ def list_models(
             )
         else:
             page = client.list_models(q, limit=limit, **filters)
-    if as_json:
-        emit_json(page)
-        return
+    more = page.next_cursor is not None
+    output(
+        page,
+        as_json,
+        _models,
+        remark=f"(more models: --all, or --limit {min(500, limit * 2)})" if more else None,
+    )
+
+
+def _models(page: Page[ModelRow]) -> Table:
     grid = table("name", "latest", "stages", "aliases", "owner", "updated (UTC)")
     for row in page.items:
         grid.add_row(
@@ -115,9 +117,7 @@ def list_models(
             row.owner,
             when(row.updated_at),
         )
-    show(grid)
-    if page.next_cursor is not None:
-        say(f"(more models: --all, or --limit {min(500, limit * 2)})")
+    return grid
 
 
 @app.command("show")
@@ -141,11 +141,12 @@ def show_model(
     """
     with connect(url, token) as client:
         row = client.get_model(name, as_of=as_of)
-    if as_json:
-        emit_json(row)
-        return
+    output(row, as_json, _model)
+
+
+def _model(row: ModelRow) -> Table:
     counts = ", ".join(f"{s} {n}" for s, n in row.stage_counts.items() if n)
-    print_mapping(
+    return fields(
         f"{row.name}" + (" (archived)" if row.archived else ""),
         {
             "model id": row.model_id,
@@ -169,9 +170,13 @@ def create(
     name: Annotated[
         str, typer.Argument(help="Letters, digits, '.', '_', '-'.", show_default=False)
     ],
-    description: Annotated[str, typer.Option("--description", "-d")] = "",
+    description: Annotated[
+        str, typer.Option("--description", "-d", help="What the model is for.")
+    ] = "",
     tag: Annotated[list[str] | None, typer.Option("--tag", help="key=value (repeatable).")] = None,
-    owner: Annotated[str | None, typer.Option("--owner", help="Default: you.")] = None,
+    owner: Annotated[
+        str | None, typer.Option("--owner", help="Who owns it (default: you).")
+    ] = None,
     url: UrlOption = None,
     token: TokenOption = None,
     as_json: JsonOption = False,
@@ -183,10 +188,7 @@ def create(
     tags = key_values(tag)
     with connect(url, token) as client:
         receipt = client.create_model(name, description=description, tags=tags, owner=owner)
-    if as_json:
-        emit_json(receipt)
-    else:
-        say(f"created model {name}: {receipt_line(receipt)}")
+    output(receipt, as_json, lambda r: f"created model {name}: {receipt_line(r)}")
 
 
 @app.command("rename")
@@ -204,10 +206,7 @@ def rename(
     """
     with connect(url, token) as client:
         receipt = client.rename_model(name, new_name)
-    if as_json:
-        emit_json(receipt)
-    else:
-        say(f"renamed {name} to {new_name}: {receipt_line(receipt)}")
+    output(receipt, as_json, lambda r: f"renamed {name} to {new_name}: {receipt_line(r)}")
 
 
 @app.command("archive")
@@ -225,10 +224,7 @@ def archive(
     """
     with connect(url, token) as client:
         receipt = client.archive_model(name, reason)
-    if as_json:
-        emit_json(receipt)
-    else:
-        say(f"archived {name}: {receipt_line(receipt)}")
+    output(receipt, as_json, lambda r: f"archived {name}: {receipt_line(r)}")
 
 
 @app.command("restore")
@@ -246,7 +242,4 @@ def restore(
     """
     with connect(url, token) as client:
         receipt = client.restore_model(name, reason)
-    if as_json:
-        emit_json(receipt)
-    else:
-        say(f"restored {name}: {receipt_line(receipt)}")
+    output(receipt, as_json, lambda r: f"restored {name}: {receipt_line(r)}")

@@ -10,15 +10,14 @@ does the work and this command watches; otherwise this command takes the project
 lock and does the work itself.
 
 With no ``MODELREG_DATABASE_URL`` the registry's embedded Postgres is used: the one a
-running ``modelreg serve`` started under the data dir, or else one started for the
-duration of the command (``service.cli.database``, shared with ``modelreg audit verify``).
+running ``modelreg serve`` started under the data dir, or else the data dir's cluster
+started for the duration of the command; never a new one (``service.cli.database``,
+shared with ``modelreg audit verify``).
 """
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,19 +50,18 @@ from projections.runner import (
     step,
 )
 from service.cli.database import CliError, Connect, fail, run_with_database, running_embedded_url
+from service.cli.help import command_group
+from service.cli.output import output, table
 from service.settings import Settings, SettingsError, load_settings
 
-app = typer.Typer(
-    help="Read models: their position and lag, and rebuilding them from the log.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-)
+app = command_group("Read models: their position and lag, and rebuilding them from the log.")
 
 DataDirOption = Annotated[
     Path | None,
     typer.Option(
-        "--data-dir", help="Where embedded Postgres keeps data (env MODELREG_DATABASE_URL wins)."
+        "--data-dir",
+        help="Data dir of the local `modelreg serve` (env MODELREG_DATA_DIR); "
+        "MODELREG_DATABASE_URL wins.",
     ),
 ]
 POLL_SECONDS = 0.25
@@ -131,10 +129,15 @@ def status_rows(
 
 @app.command()
 def status(
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print JSON for machines instead of a table.")
+    ] = False,
     data_dir: DataDirOption = None,
 ) -> None:
-    """Each projection's generations: state, position, lag behind the log (events and seconds)."""
+    """Each projection's generations: state, position, lag behind the log (events and seconds).
+
+    Example: modelreg projections status --json | jq -r '.[] | select(.lag_events > 0) | .projection'
+    """
 
     async def run(open_connection: Connect) -> list[StatusRow]:
         conn = await open_connection()
@@ -144,13 +147,13 @@ def status(
         )
         return status_rows(statuses, all_projections(), await head_position(conn), age)
 
-    rows = run_with_database(_settings(data_dir), run)
-    if as_json:
-        typer.echo(json.dumps([dataclasses.asdict(r) for r in rows], indent=2))
-        return
-    table = Table("projection", "generation", "state", "position", "lag events", "lag seconds")
+    output(run_with_database(_settings(data_dir), run), as_json, _status_table)
+
+
+def _status_table(rows: list[StatusRow]) -> Table:
+    grid = table("projection", "generation", "state", "position", "lag events", "lag seconds")
     for r in rows:
-        table.add_row(
+        grid.add_row(
             r.projection,
             "" if r.generation is None else str(r.generation),
             r.state,
@@ -158,7 +161,7 @@ def status(
             f"{r.lag_events:,}",
             f"{r.lag_seconds:.1f}",
         )
-    Console().print(table)
+    return grid
 
 
 # ---------------------------------------------------------------- rebuild
@@ -191,7 +194,8 @@ class EtaColumn(ProgressColumn):
 @app.command()
 def rebuild(
     names: Annotated[
-        list[str] | None, typer.Argument(help="Projections to rebuild (see `status`).")
+        list[str] | None,
+        typer.Argument(help="Projections to rebuild (see `status`).", show_default=False),
     ] = None,
     every: Annotated[bool, typer.Option("--all", help="Rebuild every projection.")] = False,
     batch: Annotated[
@@ -199,7 +203,14 @@ def rebuild(
     ] = 5000,
     data_dir: DataDirOption = None,
 ) -> None:
-    """Rebuild into new tables from position 0 while the live ones serve, then switch."""
+    """Rebuild into new tables from position 0 while the live ones serve, then switch.
+
+    Examples:
+
+        modelreg projections rebuild stage_timeline
+
+        modelreg projections rebuild --all
+    """
     known = {p.name: p for p in all_projections()}
     if every == bool(names):
         raise _fail("name the projections to rebuild, or pass --all (not both)")

@@ -7,7 +7,11 @@ from enum import StrEnum
 from typing import Annotated
 
 import typer
+from rich.console import Group
+from rich.table import Table
 
+from service.cli.help import command_group
+from service.cli.output import fields, output, table, when
 from service.cli.shared import (
     JsonOption,
     TokenOption,
@@ -15,17 +19,11 @@ from service.cli.shared import (
     client_command,
     complete_model,
     connect,
-    emit_json,
-    print_mapping,
-    show,
-    table,
-    when,
 )
+from service.client.models import ApprovalRequest
 
-app = typer.Typer(
-    help="Promotion requests: list, show (approve and reject them with `modelreg approve|reject`).",
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
+app = command_group(
+    "Promotion requests: list, show (approve and reject them with `modelreg approve|reject`)."
 )
 
 
@@ -59,9 +57,14 @@ def list_requests(
     """
     with connect(url, token) as client:
         found = client.list_promotions(state.value, model=model)
-    if as_json:
-        emit_json(found)
-        return
+    output(found, as_json, _requests)
+
+
+def _target(r: ApprovalRequest) -> str:
+    return " + ".join(t for t in (r.target_stage or "", f"alias {r.alias}" if r.alias else "") if t)
+
+
+def _requests(found: list[ApprovalRequest]) -> Table:
     grid = table(
         "request",
         "version",
@@ -73,20 +76,17 @@ def list_requests(
         "waiting for",
     )
     for r in found:
-        target = " + ".join(
-            t for t in (r.target_stage or "", f"alias {r.alias}" if r.alias else "") if t
-        )
         grid.add_row(
             r.request_id,
             f"v{r.version}",
-            target,
+            _target(r),
             r.status + (" (overdue)" if r.overdue else ""),
             f"{len(r.approvals)}/{r.approvals_required}",
             r.requested_by,
             when(r.requested_at),
             r.who_must_act if r.status == "pending" else "",
         )
-    show(grid)
+    return grid
 
 
 @app.command("show")
@@ -102,17 +102,16 @@ def show_request(
     Example: modelreg promotions show 5f0c...
     """
     with connect(url, token) as client:
-        r = client.get_promotion(request_id)
-    if as_json:
-        emit_json(r)
-        return
-    print_mapping(
+        found = client.get_promotion(request_id)
+    output(found, as_json, _request)
+
+
+def _request(r: ApprovalRequest) -> Group:
+    summary = fields(
         f"request {r.request_id}",
         {
             "version": f"v{r.version}",
-            "target": " + ".join(
-                t for t in (r.target_stage or "", f"alias {r.alias}" if r.alias else "") if t
-            ),
+            "target": _target(r),
             "status": r.status,
             "justification": r.justification,
             "requested": f"{r.requested_by} at {when(r.requested_at)} UTC",
@@ -126,8 +125,9 @@ def show_request(
             "rules": ", ".join(r.rules or []),
         },
     )
-    if r.votes:
-        grid = table("actor", "vote", "at (UTC)", "comment", title="votes")
-        for v in r.votes:
-            grid.add_row(v.actor, v.vote, when(v.at), v.comment)
-        show(grid)
+    if not r.votes:
+        return Group(summary)
+    votes = table("actor", "vote", "at (UTC)", "comment", title="votes")
+    for v in r.votes:
+        votes.add_row(v.actor, v.vote, when(v.at), v.comment)
+    return Group(summary, votes)

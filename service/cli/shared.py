@@ -1,10 +1,10 @@
-"""What the client-side commands share (options, output, exit codes), and the top-level
-ones: ``whoami``, ``stage``, ``promote``, ``approve``, ``reject``, ``history``. I/O: the
-terminal and the registry's HTTP API, through ``service.client``.
+"""What the client-side commands share: options, errors and exit codes, parsing. I/O: the
+terminal (stderr), and the registry's HTTP API through ``service.client``.
 
 Every client command reads ``--url``/``MODELREG_URL`` (default http://127.0.0.1:8000) and
-``--token``/``MODELREG_TOKEN``, prints a table (or a short sentence) for people and, with
-``--json``, one JSON document on stdout for machines (JSON lines for streams). Exit codes:
+``--token``/``MODELREG_TOKEN``, and prints its answer through ``service.cli.output``: a
+table (or a short sentence) for people and, with ``--json``, one JSON document on stdout
+for machines (JSON lines for streams). Exit codes:
 
     0  done (a move that now waits for approval is done too: it opened a request)
     1  the registry refused the request (4xx): the problem's title, detail, field and rule on stderr
@@ -15,22 +15,18 @@ Every client command reads ``--url``/``MODELREG_URL`` (default http://127.0.0.1:
 from __future__ import annotations
 
 import functools
-import os
 import re
 import sys
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, NoReturn, ParamSpec, TypeVar
 
 import msgspec
 import typer
-from rich import box
-from rich.console import Console
-from rich.table import Table
 
 from events.stages import Stage
 from service.client import Client, ConfigurationError, ManifestError, ModelregError, RetryPolicy
-from service.client.models import AuditEntry, Receipt
+from service.client.models import Receipt
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -38,6 +34,8 @@ R = TypeVar("R")
 EXIT_REFUSED = 1
 EXIT_USAGE = 2
 EXIT_UNAVAILABLE = 3
+
+STAGE_NAMES = ", ".join(s.value for s in Stage)
 
 # ---------------------------------------------------------------- options
 
@@ -148,63 +146,7 @@ def connect(url: str | None, token: str | None, **options: Any) -> Client:
         )
 
 
-# ---------------------------------------------------------------- output
-
-
-def console(stderr: bool = False) -> Console:
-    """Rich output, plain text when piped; never wrapped at 80 columns when not a terminal."""
-    stream = sys.stderr if stderr else sys.stdout
-    width = None if stream.isatty() or os.environ.get("COLUMNS") else 200
-    return Console(file=stream, width=width, markup=False, highlight=False, emoji=False)
-
-
-def table(*headers: str, title: str | None = None) -> Table:
-    return Table(
-        *headers,
-        box=box.SIMPLE_HEAD,
-        title=title,
-        title_justify="left",
-        header_style="bold",
-        pad_edge=False,
-        show_edge=False,
-    )
-
-
-def show(renderable: Any) -> None:
-    console().print(renderable)
-
-
-def say(text: str) -> None:
-    """A sentence for people (stdout)."""
-    console().print(text, soft_wrap=True)
-
-
-def emit_json(value: Any) -> None:
-    """One JSON document, indented."""
-    sys.stdout.write(
-        msgspec.json.format(msgspec.json.encode(value, enc_hook=_enc), indent=2).decode() + "\n"
-    )
-
-
-def emit_json_line(value: Any) -> None:
-    sys.stdout.write(msgspec.json.encode(value, enc_hook=_enc).decode() + "\n")
-    sys.stdout.flush()
-
-
-def _enc(value: Any) -> Any:
-    if isinstance(value, frozenset | set):
-        return sorted(value)
-    raise TypeError(f"cannot write a {type(value).__name__} as JSON")
-
-
-def when(moment: datetime | None) -> str:
-    if moment is None:
-        return ""
-    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
-
-
-def number(value: float | None) -> str:
-    return "" if value is None else f"{value:.6g}"
+# ---------------------------------------------------------------- answers
 
 
 def receipt_line(receipt: Receipt) -> str:
@@ -271,254 +213,3 @@ def parse_time(text: str | None, option: str) -> datetime | None:
             f"{text!r} is not a time like 2026-03-03T14:03:00Z or 7d", param_hint=option
         ) from None
     return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
-
-
-# ---------------------------------------------------------------- whoami
-
-
-@client_command
-def whoami(url: UrlOption = None, token: TokenOption = None, as_json: JsonOption = False) -> None:
-    """Who the token belongs to, and what it may do.
-
-    Example: modelreg whoami --json | jq -r .name
-    """
-    with connect(url, token) as client:
-        me = client.whoami()
-        if as_json:
-            emit_json(
-                {
-                    "url": client.url,
-                    **msgspec.structs.asdict(me),
-                    "permissions": sorted(me.permissions),
-                }
-            )
-            return
-        grid = table("", "", title=None)
-        grid.show_header = False
-        grid.add_row("principal", me.name)
-        grid.add_row("token", me.token_id)
-        grid.add_row("roles", ", ".join(me.roles))
-        grid.add_row("permissions", ", ".join(sorted(me.permissions)))
-        grid.add_row("scopes", ", ".join(me.scopes) or "every model")
-        grid.add_row("registry", client.url)
-        show(grid)
-
-
-# ---------------------------------------------------------------- governed moves
-
-
-def _moved(client: Client, receipt: Receipt, what: str) -> None:
-    if receipt.pending:
-        say(
-            f"{what}: needs approval; opened promotion request {receipt.request_id}\n"
-            f"  approve with: modelreg approve {receipt.request_id}"
-        )
-    else:
-        say(f"{what}: done; {receipt_line(receipt)}")
-
-
-@client_command
-def stage(
-    model: ModelArg,
-    version: VersionArg,
-    to: Annotated[Stage, typer.Argument(help="Target stage.", show_default=False)],
-    comment: CommentOption = "",
-    url: UrlOption = None,
-    token: TokenOption = None,
-    as_json: JsonOption = False,
-) -> None:
-    """Move a version to a stage; when the policy needs approval, open a promotion request.
-
-    Examples:
-
-        modelreg stage churn 3 staging
-
-        modelreg stage churn 3 production -m "beats v2 on holdout auc"
-    """
-    with connect(url, token) as client:
-        receipt = client.transition(model, version, to, comment=comment)
-        if as_json:
-            emit_json(receipt)
-        else:
-            _moved(client, receipt, f"{model} v{version} -> {to}")
-
-
-@client_command
-def promote(
-    model: ModelArg,
-    version: VersionArg,
-    justification: Annotated[
-        str, typer.Option("--justification", "-m", help="Why (required).", show_default=False)
-    ],
-    to: Annotated[Stage | None, typer.Option("--to", help="Target stage.")] = None,
-    alias: Annotated[
-        str | None, typer.Option("--alias", help="Alias to point at the version.")
-    ] = None,
-    rollback: Annotated[
-        bool, typer.Option("--rollback", help="A rollback (the policy may need fewer approvals).")
-    ] = False,
-    url: UrlOption = None,
-    token: TokenOption = None,
-    as_json: JsonOption = False,
-) -> None:
-    """Request a promotion (a stage and/or an alias); runs at once if no approval is needed.
-
-    Examples:
-
-        modelreg promote churn 3 --to production -m "auc 0.95 on holdout"
-
-        modelreg promote churn 3 --alias champion -m "best auc"
-    """
-    if to is None and alias is None:
-        raise typer.BadParameter("name a target: --to STAGE and/or --alias ALIAS")
-    with connect(url, token) as client:
-        receipt = client.request_promotion(
-            model, version, justification=justification, stage=to, alias=alias, rollback=rollback
-        )
-        if as_json:
-            emit_json(receipt)
-        else:
-            target = " and ".join(
-                t for t in (str(to) if to else "", f"alias {alias}" if alias else "") if t
-            )
-            _moved(client, receipt, f"{model} v{version} -> {target}")
-
-
-RequestArg = Annotated[
-    str,
-    typer.Argument(
-        help="Promotion request id (shown by promote, stage, promotions list).", show_default=False
-    ),
-]
-
-
-@client_command
-def approve(
-    request_id: RequestArg,
-    comment: CommentOption = "",
-    url: UrlOption = None,
-    token: TokenOption = None,
-    as_json: JsonOption = False,
-) -> None:
-    """Approve a promotion request; the approval that satisfies the policy executes it.
-
-    Example: modelreg approve 5f0c... -m "checked the holdout report"
-    """
-    with connect(url, token) as client:
-        receipt = client.approve(request_id, comment)
-        if as_json:
-            emit_json(receipt)
-        elif receipt.executed:
-            say(
-                f"approved; promotion executed: {receipt.model} v{receipt.version} ({receipt_line(receipt)})"
-            )
-        else:
-            say(f"approved; the request still needs more approvals ({receipt_line(receipt)})")
-
-
-@client_command
-def reject(
-    request_id: RequestArg,
-    comment: CommentOption = "",
-    url: UrlOption = None,
-    token: TokenOption = None,
-    as_json: JsonOption = False,
-) -> None:
-    """Reject a promotion request.
-
-    Example: modelreg reject 5f0c... -m "latency regression"
-    """
-    with connect(url, token) as client:
-        receipt = client.reject(request_id, comment)
-        if as_json:
-            emit_json(receipt)
-        else:
-            say(f"rejected: {receipt.model} v{receipt.version} ({receipt_line(receipt)})")
-
-
-# ---------------------------------------------------------------- history
-
-
-def audit_table(entries: Iterable[AuditEntry], title: str | None = None) -> Table:
-    grid = table("position", "time (UTC)", "actor", "event", "version", "summary", title=title)
-    for e in entries:
-        summary = e.summary + (f" - {e.reason}" if e.reason and e.reason not in e.summary else "")
-        grid.add_row(
-            str(e.log_position),
-            when(e.occurred_at),
-            e.actor,
-            e.event_type.removeprefix("model."),
-            "" if e.version is None else str(e.version),
-            summary,
-        )
-    return grid
-
-
-@client_command
-def history(
-    model: ModelArg,
-    version: Annotated[
-        int | None, typer.Option("--version", "-v", help="Only events about this version.")
-    ] = None,
-    actor: Annotated[
-        str | None, typer.Option("--actor", help="Only events by this principal.")
-    ] = None,
-    event_type: Annotated[
-        list[str] | None, typer.Option("--type", help="Only this event type (repeatable).")
-    ] = None,
-    since: Annotated[
-        str | None, typer.Option("--since", help="RFC 3339 time, or 7d / 12h / 30m ago.")
-    ] = None,
-    until: Annotated[
-        str | None, typer.Option("--until", help="RFC 3339 time, or 7d / 12h / 30m ago.")
-    ] = None,
-    limit: Annotated[
-        int, typer.Option("--limit", "-n", min=1, max=1000, help="At most this many events.")
-    ] = 50,
-    oldest_first: Annotated[
-        bool, typer.Option("--oldest-first", help="Chronological order.")
-    ] = False,
-    as_of: Annotated[
-        str | None,
-        typer.Option("--as-of", help="Only what was recorded up to a log position or time."),
-    ] = None,
-    url: UrlOption = None,
-    token: TokenOption = None,
-    as_json: JsonOption = False,
-) -> None:
-    """Every event of a model: who did what, when and why (newest first).
-
-    Examples:
-
-        modelreg history churn -n 20
-
-        modelreg history churn --version 3 --type model.stage_transitioned --json
-    """
-    types = [t if "." in t else f"model.{t}" for t in event_type or []]
-    with connect(url, token) as client:
-        page = client.history(
-            model,
-            actor=actor,
-            types=types,
-            version=version,
-            since=parse_time(since, "--since"),
-            until=parse_time(until, "--until"),
-            limit=limit,
-            oldest_first=oldest_first,
-            as_of=as_of,
-        )
-        if as_json:
-            emit_json(page)
-            return
-        show(audit_table(page.items))
-        if page.next_cursor is not None:
-            console(stderr=True).print(f"(more: raise --limit; next cursor {page.next_cursor})")
-
-
-def print_mapping(title: str, values: Mapping[str, Any]) -> None:
-    grid = table("", "", title=title)
-    grid.show_header = False
-    for key, value in values.items():
-        if value not in (None, ""):
-            grid.add_row(key, str(value))
-    show(grid)

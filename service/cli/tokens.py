@@ -7,30 +7,24 @@ from datetime import UTC, datetime
 from typing import Annotated
 
 import typer
+from rich.table import Table
 
 from events.access import Role
+from service.cli.help import command_group
+from service.cli.output import output, table, when
 from service.cli.shared import (
     JsonOption,
     TokenOption,
     UrlOption,
     client_command,
     connect,
-    console,
-    emit_json,
     parse_duration,
     parse_time,
     receipt_line,
-    say,
-    show,
-    table,
-    when,
 )
+from service.client.models import IssuedToken, TokenInfo
 
-app = typer.Typer(
-    help="Access tokens (admin): create, list, revoke.",
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-)
+app = command_group("Access tokens (admin): create, list, revoke.")
 
 
 def _expiry(expires_in: str | None, expires_at: str | None) -> datetime | None:
@@ -67,7 +61,9 @@ def create(
     ] = None,
     expires_in: Annotated[str | None, typer.Option("--expires-in", help="e.g. 90d, 12h.")] = None,
     expires_at: Annotated[str | None, typer.Option("--expires-at", help="RFC 3339 time.")] = None,
-    description: Annotated[str, typer.Option("--description", "-d")] = "",
+    description: Annotated[
+        str, typer.Option("--description", "-d", help="What the token is for.")
+    ] = "",
     url: UrlOption = None,
     token: TokenOption = None,
     as_json: JsonOption = False,
@@ -88,18 +84,18 @@ def create(
             expires_at=_expiry(expires_in, expires_at),
             description=description,
         )
-    if as_json:
-        emit_json(issued)
-        return
-    say(
+    output(issued, as_json, _issued, remark=None if issued.secret else f"no secret: {issued.note}")
+
+
+def _issued(issued: IssuedToken) -> str:
+    line = (
         f"token {issued.token_id} for {issued.principal} ({', '.join(issued.roles)})"
         + (f", models {', '.join(issued.scopes)}" if issued.scopes else "")
         + (f", expires {when(issued.expires_at)} UTC" if issued.expires_at else "")
     )
     if issued.secret:
-        say(f"secret (shown once; store it now): {issued.secret}")
-    else:
-        console(stderr=True).print(f"no secret: {issued.note}")
+        line += f"\nsecret (shown once; store it now): {issued.secret}"
+    return line
 
 
 @app.command("list")
@@ -113,9 +109,10 @@ def list_tokens(
     """
     with connect(url, token) as client:
         found = client.list_tokens()
-    if as_json:
-        emit_json(found)
-        return
+    output(found, as_json, _tokens)
+
+
+def _tokens(found: list[TokenInfo]) -> Table:
     grid = table("token", "principal", "roles", "scopes", "expires (UTC)", "revoked", "description")
     for t in found:
         grid.add_row(
@@ -127,7 +124,7 @@ def list_tokens(
             "yes" if t.revoked else "",
             t.description,
         )
-    show(grid)
+    return grid
 
 
 @app.command("revoke")
@@ -136,7 +133,9 @@ def revoke(
     token_id: Annotated[
         str, typer.Argument(help="The token's id (not its secret).", show_default=False)
     ],
-    reason: Annotated[str, typer.Option("--reason", "-m")] = "",
+    reason: Annotated[
+        str, typer.Option("--reason", "-m", help="Why (recorded in the audit log).")
+    ] = "",
     url: UrlOption = None,
     token: TokenOption = None,
     as_json: JsonOption = False,
@@ -147,7 +146,4 @@ def revoke(
     """
     with connect(url, token) as client:
         receipt = client.revoke_token(token_id, reason)
-    if as_json:
-        emit_json(receipt)
-    else:
-        say(f"revoked {token_id}: {receipt_line(receipt)}")
+    output(receipt, as_json, lambda r: f"revoked {token_id}: {receipt_line(r)}")

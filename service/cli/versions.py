@@ -9,9 +9,14 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.console import Group, RenderableType
+from rich.table import Table
 
 from events.stages import Stage
+from service.cli.help import command_group
+from service.cli.output import fields, number, output, table, when
 from service.cli.shared import (
+    STAGE_NAMES,
     JsonOption,
     ModelArg,
     TokenOption,
@@ -19,26 +24,21 @@ from service.cli.shared import (
     VersionArg,
     client_command,
     connect,
-    emit_json,
     key_values,
-    number,
-    print_mapping,
     receipt_line,
-    say,
     scalar,
-    show,
-    table,
-    when,
 )
 from service.client.gitinfo import detect_code
 from service.client.manifest import DEFAULT_EXCLUDE
-from service.client.models import MetricValue, RunReference, VersionRow
-
-app = typer.Typer(
-    help="Versions: list, show, register (hashing a directory), deprecate.",
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
+from service.client.models import (
+    MetricValue,
+    Page,
+    RegisteredVersion,
+    RunReference,
+    VersionRow,
 )
+
+app = command_group("Versions: list, show, register (hashing a directory), deprecate.")
 
 
 def metric_summary(metrics: tuple[MetricValue, ...] | list[MetricValue], limit: int = 4) -> str:
@@ -58,12 +58,15 @@ def _stage(row: VersionRow) -> str:
 def list_versions(
     model: ModelArg,
     stage: Annotated[
-        list[Stage] | None, typer.Option("--stage", help="In this stage (repeatable: any of).")
+        list[Stage] | None,
+        typer.Option("--stage", help=f"In this stage: {STAGE_NAMES} (repeatable: any of)."),
     ] = None,
     tag: Annotated[
         list[str] | None, typer.Option("--tag", help="key=value or key (repeat for AND).")
     ] = None,
-    alias: Annotated[str | None, typer.Option("--alias")] = None,
+    alias: Annotated[
+        str | None, typer.Option("--alias", help="The version this alias points at.")
+    ] = None,
     metric: Annotated[
         list[str] | None, typer.Option("--metric", help="e.g. 'auc>0.9' or 'auc[holdout]>=0.9'.")
     ] = None,
@@ -79,7 +82,9 @@ def list_versions(
             "--order-by", help="version, created, updated, metric:KEY[DATASET]; '-' descending."
         ),
     ] = "-version",
-    limit: Annotated[int, typer.Option("--limit", "-n", min=1, max=500)] = 50,
+    limit: Annotated[
+        int, typer.Option("--limit", "-n", min=1, max=500, help="At most this many versions.")
+    ] = 50,
     url: UrlOption = None,
     token: TokenOption = None,
     as_json: JsonOption = False,
@@ -103,9 +108,11 @@ def list_versions(
             order_by=order_by,
             limit=limit,
         )
-    if as_json:
-        emit_json(page)
-        return
+    more = page.next_cursor is not None
+    output(page, as_json, _versions, remark="(more versions: raise --limit)" if more else None)
+
+
+def _versions(page: Page[VersionRow]) -> Table:
     grid = table("version", "stage", "aliases", "metrics", "registered by", "created (UTC)")
     for row in page.items:
         grid.add_row(
@@ -116,9 +123,7 @@ def list_versions(
             row.registered_by,
             when(row.created_at),
         )
-    show(grid)
-    if page.next_cursor is not None:
-        say("(more versions: raise --limit)")
+    return grid
 
 
 @app.command("show")
@@ -143,55 +148,60 @@ def show_version(
     """
     with connect(url, token) as client:
         row = client.get_version(model, version, as_of=as_of)
-    if as_json:
-        emit_json(row)
-        return
+    output(row, as_json, _version)
+
+
+def _version(row: VersionRow) -> Group:
     content = row.content
     code = content.code if content else None
-    print_mapping(
-        f"{row.model_name} v{row.version}",
-        {
-            "stage": f"{_stage(row)} since {when(row.stage_since)}",
-            "aliases": ", ".join(row.aliases),
-            "description": row.description,
-            "tags": ", ".join(f"{k}={v}" for k, v in sorted(row.tags.items())),
-            "registered by": f"{row.registered_by} at {when(row.created_at)}",
-            "content digest": row.content_digest,
-            "code": f"{code.repository} @ {code.commit[:12]}"
-            + (f" ({code.path})" if code.path else "")
-            if code
-            else "",
-            "python": content.dependencies.python_version
-            if content and content.dependencies
-            else "",
-            "run": _run(content.run) if content and content.run else "",
-            "deprecated": (row.deprecation_reason or "yes") if row.deprecated else "",
-        },
+    parts: list[RenderableType] = []
+    parts.append(
+        fields(
+            f"{row.model_name} v{row.version}",
+            {
+                "stage": f"{_stage(row)} since {when(row.stage_since)}",
+                "aliases": ", ".join(row.aliases),
+                "description": row.description,
+                "tags": ", ".join(f"{k}={v}" for k, v in sorted(row.tags.items())),
+                "registered by": f"{row.registered_by} at {when(row.created_at)}",
+                "content digest": row.content_digest,
+                "code": f"{code.repository} @ {code.commit[:12]}"
+                + (f" ({code.path})" if code.path else "")
+                if code
+                else "",
+                "python": content.dependencies.python_version
+                if content and content.dependencies
+                else "",
+                "run": _run(content.run) if content and content.run else "",
+                "deprecated": (row.deprecation_reason or "yes") if row.deprecated else "",
+            },
+        )
     )
     if content and content.artifacts:
         grid = table("artifact", "size", "sha256", "uri", title="artifacts")
         for a in content.artifacts:
             grid.add_row(a.path, f"{a.size:,}", a.sha256[:16], a.uri)
-        show(grid)
+        parts.append(grid)
     if content and content.parameters:
         grid = table("param", "value", title="params")
         for key, value in sorted(content.parameters.items()):
             grid.add_row(key, str(value))
-        show(grid)
+        parts.append(grid)
     if content and content.datasets:
         grid = table("dataset", "role", "digest", "uri", title="datasets")
         for d in content.datasets:
             grid.add_row(d.name, str(d.role), d.digest, d.uri)
-        show(grid)
+        parts.append(grid)
     if row.metrics:
-        show(metrics_table(row.metrics))
+        parts.append(metrics_table(row.metrics))
+    return Group(*parts)
 
 
 def _run(run: RunReference) -> str:
     return " ".join(part for part in (run.tracker, run.run_id, run.url) if part)
 
 
-def metrics_table(metrics: tuple[MetricValue, ...] | list[MetricValue]) -> Any:
+def metrics_table(metrics: tuple[MetricValue, ...] | list[MetricValue]) -> Table:
     grid = table("metric", "dataset", "value", "step", "logged (UTC)", title="metrics (latest)")
     for m in metrics:
         grid.add_row(m.key, m.dataset, number(m.value), str(m.step), when(m.timestamp))
@@ -237,7 +247,9 @@ def register(
         str | None, typer.Option("--dataset", help="Dataset the --metric values were measured on.")
     ] = None,
     tag: Annotated[list[str] | None, typer.Option("--tag", help="key=value (repeatable).")] = None,
-    description: Annotated[str, typer.Option("--description", "-d")] = "",
+    description: Annotated[
+        str, typer.Option("--description", "-d", help="What is new in this version.")
+    ] = "",
     exclude: Annotated[
         list[str] | None,
         typer.Option(
@@ -320,13 +332,13 @@ def register(
             create_model=create,
             **kwargs,
         )
-    if as_json:
-        emit_json(done)
-        return
+    output(done, as_json, lambda d: _registered(model, d, len(metrics)))
+
+
+def _registered(model: str, done: RegisteredVersion, metrics: int) -> str:
     created = f" (created model {model})" if done.model_created else ""
-    say(
-        f"registered {model} v{done.version}{created}: {receipt_line(done.receipt)}"
-        + (f"; {len(metrics)} metrics logged" if metrics else "")
+    return f"registered {model} v{done.version}{created}: {receipt_line(done.receipt)}" + (
+        f"; {metrics} metrics logged" if metrics else ""
     )
 
 
@@ -348,7 +360,4 @@ def deprecate(
     """
     with connect(url, token) as client:
         receipt = client.deprecate_version(model, version, reason)
-    if as_json:
-        emit_json(receipt)
-    else:
-        say(f"deprecated {model} v{version}: {receipt_line(receipt)}")
+    output(receipt, as_json, lambda r: f"deprecated {model} v{version}: {receipt_line(r)}")

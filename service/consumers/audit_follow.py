@@ -71,7 +71,7 @@ class Published:
 
 
 class AuditRecord(msgspec.Struct, frozen=True, kw_only=True):
-    """One line of a mirror file (``follow --format json`` prints the same shape)."""
+    """One line of a mirror file (``follow --json`` prints the same shape)."""
 
     log_position: int
     nats_seq: int

@@ -298,8 +298,9 @@ class EmbeddedPostgres:
 class EmbeddedNats:
     """A JetStream ``nats-server`` storing under ``data_dir/nats``, on ``host:port``.
 
-    ``port`` 0 or None lets the server pick a free port (read back from its ports file),
-    as tests do; the default is the standard 4222 so NATS tools work without flags.
+    ``port`` 0 or None (the default) lets the server pick a free port, read back from the
+    ports file it writes beside its pid file, where the CLI finds it too; a port given
+    is used as is.
     """
 
     def __init__(
@@ -307,7 +308,7 @@ class EmbeddedNats:
         data_dir: Path,
         *,
         host: str = "127.0.0.1",
-        port: int | None = 4222,
+        port: int | None = 0,
         start_timeout: float = 30.0,
     ) -> None:
         self.data_dir = data_dir.expanduser().absolute()

@@ -1,40 +1,25 @@
 """The client-side ``modelreg`` commands end to end against a ``modelreg serve`` process:
 their tables, their ``--json`` documents and their exit codes. In process through typer's
-runner (the groups and commands ``service.cli.main`` registers), plus the installed command
+runner (the command line ``service.cli.main.build`` assembles), plus the installed command
 itself for the wiring, exit codes and shell completion."""
 
 from __future__ import annotations
 
 import hashlib
-import importlib
 import json
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import typer
 from typer.testing import CliRunner, Result
 
-from service.cli.main import COMMANDS, GROUPS, command_function
+from service.cli.main import build
 from service.client import Client
 from service.client.models import ArtifactEntry
 from tests.support.registry_server import RegistryServer, registry_server
 
-CLIENT_GROUPS = ("models", "versions", "metrics", "alias", "promotions", "events", "tokens")
-
-
-def cli() -> typer.Typer:
-    """The root command as ``service.cli.main.main`` assembles it, client side only."""
-    root = typer.Typer(name="modelreg", no_args_is_help=True, pretty_exceptions_enable=False)
-    for name in CLIENT_GROUPS:
-        root.add_typer(importlib.import_module(GROUPS[name]).app, name=name)
-    for name in COMMANDS:
-        root.command(name)(command_function(name))
-    return root
-
-
-APP = cli()
+APP = build()
 
 
 @pytest.fixture(scope="module")
@@ -286,7 +271,7 @@ def test_tokens_whoami_and_the_event_log(server: RegistryServer) -> None:
     assert [e["log_position"] for e in events] == sorted(e["log_position"] for e in events)
     assert events[-1]["envelope"]["event_type"] == "token.revoked"
     table = run(server, "events", "tail", "-n", "2").stdout.splitlines()
-    assert table[0].split()[:2] == ["POSITION", "SEALED"] and "token.revoked" in table[-1]
+    assert table[0].split()[:3] == ["position", "sealed", "at"] and "token.revoked" in table[-1]
 
 
 def test_the_installed_command_exit_codes_and_completion(server: RegistryServer) -> None:

@@ -5,8 +5,11 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner, Result
 
 from eventlog.migrate import apply_migrations
@@ -144,21 +147,27 @@ async def test_rebuild_all_starts_absent_views_and_rebuilds_the_others(db: Datab
         ]
 
 
+@pytest.fixture
+def data_dir() -> Iterator[Path]:
+    # Outside pytest's basetemp: as root the embedded Postgres runs as another user and needs
+    # o+x on every parent, and any other pytest session on the machine resets
+    # /tmp/pytest-of-root to 0700.
+    with tempfile.TemporaryDirectory(prefix="modelreg-test-") as path:
+        yield Path(path)
+
+
 async def test_status_attaches_to_the_embedded_postgres_a_running_serve_started(
-    tmp_path: Path,
+    data_dir: Path,
 ) -> None:
     # given an embedded Postgres running on a data dir (as `modelreg serve` leaves it), migrated
-    await asyncio.to_thread(
-        tmp_path.chmod, 0o755
-    )  # the server runs as its own system user under root
-    server = EmbeddedPostgres(tmp_path)
+    server = EmbeddedPostgres(data_dir)
     url = await asyncio.to_thread(server.start)
     try:
         await apply_migrations(url, schema="modelreg", app_role="modelreg_app")
-        assert running_embedded_url(tmp_path) == url
+        assert running_embedded_url(data_dir) == url
 
         # when status runs with no database URL, pointed at that data dir
-        env = {"MODELREG_DATA_DIR": str(tmp_path), "MODELREG_DATABASE_URL": ""}
+        env = {"MODELREG_DATA_DIR": str(data_dir), "MODELREG_DATABASE_URL": ""}
         result = await run_cli(env, "status", "--json")
 
         # then it reads that server (the data dir lock is held: it could not start another)
@@ -166,7 +175,7 @@ async def test_status_attaches_to_the_embedded_postgres_a_running_serve_started(
         assert {r["state"] for r in json.loads(result.stdout)} == {"absent"}
     finally:
         await asyncio.to_thread(server.stop)
-    assert running_embedded_url(tmp_path) is None
+    assert running_embedded_url(data_dir) is None
 
 
 async def test_rebuild_refuses_unknown_names_in_one_line(db: Database) -> None:

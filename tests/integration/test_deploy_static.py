@@ -33,7 +33,7 @@ from prometheus_client import REGISTRY
 
 from service.api.app import health_router
 from service.api.telemetry import HTTP_METRICS
-from service.cli.main import app as cli_app
+from service.cli.main import build as build_cli
 from service.settings import Settings, load_settings
 
 REPO = Path(__file__).resolve().parents[2]
@@ -205,7 +205,7 @@ def dockerfile() -> Dockerfile:
 
 def parse_cli(argv: list[str]) -> tuple[str, dict[str, Any]]:
     """Parse ``modelreg <argv>`` with the real CLI, without running it."""
-    group = typer.main.get_command(cli_app)
+    group = typer.main.get_command(build_cli())
     context = group.make_context("modelreg", [argv[0]])
     command = group.get_command(context, argv[0])  # type: ignore[attr-defined]
     assert command is not None, f"modelreg has no command {argv[0]!r}"

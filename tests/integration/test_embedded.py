@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -21,6 +23,7 @@ from service.runtime.embedded import (
     EmbeddedPostgres,
     EmbeddedServerError,
 )
+from service.settings import load_settings
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -108,6 +111,32 @@ async def test_embedded_nats_serves_jetstream(tmp_path: Path) -> None:
         server.stop()
     assert pid is not None
     assert gone(pid)
+
+
+async def test_embedded_nats_by_default_picks_a_free_port_even_when_4222_is_busy(
+    tmp_path: Path,
+) -> None:
+    # given the standard NATS port busy (held here, or by a NATS the machine already runs)
+    with socket.socket() as squatter, socket.socket() as probe:
+        if probe.connect_ex(("127.0.0.1", 4222)) != 0:
+            squatter.bind(("127.0.0.1", 4222))
+            squatter.listen()
+
+        # when the embedded NATS starts with the default settings
+        server = EmbeddedNats(tmp_path, port=load_settings({}).nats_port)
+        try:
+            url = await asyncio.to_thread(server.start)
+
+            # then it serves JetStream on another loopback port, written down in the data dir
+            assert server.port not in (0, 4222)
+            assert url == f"nats://127.0.0.1:{server.port}"
+            client = await nats.connect(url)
+            await client.jetstream().account_info()
+            await client.close()
+            ports = list((tmp_path / "nats").glob(f"*_{server.pid}.ports"))
+            assert len(ports) == 1 and url in ports[0].read_text()
+        finally:
+            await asyncio.to_thread(server.stop)
 
 
 def test_embedded_nats_on_a_busy_port_fails_with_a_clear_message(tmp_path: Path) -> None:

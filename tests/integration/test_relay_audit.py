@@ -223,14 +223,13 @@ async def test_the_cli_mirrors_follows_and_exits_1_on_a_broken_chain(
     assert code == 0, err
     assert len(path.read_bytes().splitlines()) == 6 and "verified through log position 6" in err
 
-    # follow --format json --from-start: one JSON object per line until SIGTERM
+    # follow --json --from-start: one JSON object per line until SIGTERM
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-c",
         "from service.cli.audit import app; app()",
         "follow",
-        "--format",
-        "json",
+        "--json",
         "--from-start",
         env=env,
         cwd=ROOT,

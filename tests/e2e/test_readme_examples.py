@@ -106,31 +106,52 @@ def _scan(line: str, contexts: list[str]) -> list[str]:
     stack = list(contexts)
     i = 0
     while i < len(line):
-        ch, top = line[i], stack[-1] if stack else ""
-        if top == "'":
-            if ch == "'":
-                stack.pop()
-        elif top == '"':
-            if ch == "\\":
-                i += 1
-            elif ch == '"':
-                stack.pop()
-            elif line.startswith("$(", i):
-                stack.append("$(")
-                i += 1
-        elif ch == "\\":
-            i += 1
-        elif ch in "'\"":
-            stack.append(ch)
-        elif line.startswith("$(", i):
-            stack.append("$(")
-            i += 1
-        elif ch == ")" and top == "$(":
-            stack.pop()
-        elif ch == "#" and (i == 0 or line[i - 1].isspace()):
+        top = stack[-1] if stack else ""
+        step = (
+            _in_single(line, i, stack)
+            if top == "'"
+            else _in_double(line, i, stack)
+            if top == '"'
+            else _outside(line, i, stack)
+        )
+        if step is None:
             break  # a comment to the end of the line
-        i += 1
+        i += step
     return stack
+
+
+def _in_single(line: str, i: int, stack: list[str]) -> int:
+    if line[i] == "'":
+        stack.pop()
+    return 1
+
+
+def _in_double(line: str, i: int, stack: list[str]) -> int:
+    if line[i] == "\\":
+        return 2
+    if line[i] == '"':
+        stack.pop()
+    elif line.startswith("$(", i):
+        stack.append("$(")
+        return 2
+    return 1
+
+
+def _outside(line: str, i: int, stack: list[str]) -> int | None:
+    """One step outside quotes; None at a comment, which runs to the end of the line."""
+    ch = line[i]
+    if ch == "\\":
+        return 2
+    if ch in "'\"":
+        stack.append(ch)
+    elif line.startswith("$(", i):
+        stack.append("$(")
+        return 2
+    elif ch == ")" and stack and stack[-1] == "$(":
+        stack.pop()
+    elif ch == "#" and (i == 0 or line[i - 1].isspace()):
+        return None
+    return 1
 
 
 def script(runnable: list[Block], out: Path) -> tuple[str, list[Command]]:

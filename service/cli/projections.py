@@ -37,6 +37,7 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
+from eventlog.leadership import give_up, try_hold
 from eventlog.log import head_position
 from projections.base import Projection
 from projections.registry_state import all_projections
@@ -286,18 +287,14 @@ async def _rebuild_one(
                 break
             if not leading:
                 # A worker that leads this projection does the work (we watch); else we do it.
-                leading = bool(
-                    await conn.fetchval(
-                        "SELECT pg_try_advisory_lock(hashtextextended($1, 0))", lock
-                    )
-                )
+                leading = await try_hold(conn, lock)
             if leading:
                 await step(conn, projection, batch=batch, rebuild_batch=batch)
             else:
                 await asyncio.sleep(POLL_SECONDS)
     finally:
         if leading:
-            await conn.fetchval("SELECT pg_advisory_unlock(hashtextextended($1, 0))", lock)
+            await give_up(conn, lock)
     seconds = time.monotonic() - started
     who = "by this command" if leading else "by the running worker"
     return (

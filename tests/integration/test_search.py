@@ -377,7 +377,7 @@ async def test_search_equals_a_brute_force_filter_of_the_domain_fold_on_random_d
 ) -> None:
     # given a random registry
     reg = await registry(db)
-    rng = random.Random(11)
+    rng = random.Random(12)  # a history where most random queries match something
     await random_history(reg, rng, 700)
     await reg.project(CATALOGUE, VERSIONS)
     model_times, version_times = await view_times(reg.conn)

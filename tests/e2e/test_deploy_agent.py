@@ -44,7 +44,16 @@ def server(database_url: str, nats_url: str, workdir: Path) -> Iterator[Registry
 
 def stream_of(server: RegistryServer) -> tuple[str, str]:
     """The stream and subject prefix the server's relay publishes to (registry_server sets them)."""
-    return f"T_{server.schema.upper()}", f"test.{server.schema}"
+    return server.stream, server.subject_prefix
+
+
+def test_the_agents_streams_and_subjects_are_this_runs_own(server: RegistryServer) -> None:
+    # A stream another run left on a shared NATS must not overlap any this run creates:
+    # the dead-letter subjects derive from the prefix without its last token.
+    stream, prefix = stream_of(server)
+    subscription = Subscription("agent-a", stream=stream, subject_prefix=prefix)
+    for name in (stream, subscription.dlq_stream, subscription.dlq_subject):
+        assert server.schema.upper() in name.upper(), name
 
 
 @pytest.fixture

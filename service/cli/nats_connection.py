@@ -62,36 +62,52 @@ def running_embedded_nats_url(data_dir: Path) -> str | None:
     return None
 
 
+# A server that refuses a client writes its reason (-ERR) and closes; when the client's
+# CONNECT and PING are still unread there, the close is a reset that can discard the
+# reason before it is read. Such an attempt tells nothing, so it never hides a reason
+# heard before, and a connect that heard only resets is tried once more.
+_RESETS = (ConnectionResetError, BrokenPipeError, ConnectionAbortedError, nats.errors.UnexpectedEOF)
+
+
 async def connect_nats(url: str) -> NatsClient:
     """Connected, or CannotStartError: give up quickly on a server that never answers; once
     connected, reconnect forever (a follower outlives NATS restarts)."""
-
     reported: list[Exception] = []
+    for last_try in (False, True):
+        try:
+            client = await _connect(url, reported)
+        except (nats.errors.Error, OSError, TimeoutError) as exc:
+            cause = reported[-1] if reported else exc
+            if not last_try and isinstance(cause, _RESETS):
+                continue
+            raise CannotStartError(
+                f"cannot connect to NATS at {shown(url)}: {str(cause) or type(cause).__name__}"
+            ) from None
+        # nats-py reads this on every reconnect.
+        client.options["max_reconnect_attempts"] = -1
+        return client
+    raise AssertionError("unreachable: the last try returns or raises")
 
+
+async def _connect(url: str, reported: list[Exception]) -> NatsClient:
     async def remember(exc: Exception) -> None:
         # nats-py hands the server's reason (say, "Authorization Violation") only to this
         # callback; the exception it then raises says just "no servers available". Only the
-        # last is kept: a follower runs for days, and NATS may come and go.
-        reported[:] = [exc]
+        # last is kept (a follower runs for days, and NATS may come and go), but a reset
+        # does not replace a reason.
+        if not (isinstance(exc, _RESETS) and reported and not isinstance(reported[-1], _RESETS)):
+            reported[:] = [exc]
 
-    try:
-        client: NatsClient = await asyncio.wait_for(
-            nats.connect(
-                url,
-                connect_timeout=3,
-                max_reconnect_attempts=1,
-                reconnect_time_wait=0.5,
-                error_cb=remember,
-            ),
-            timeout=10,
-        )
-    except (nats.errors.Error, OSError, TimeoutError) as exc:
-        cause = reported[-1] if reported else exc
-        raise CannotStartError(
-            f"cannot connect to NATS at {shown(url)}: {str(cause) or type(cause).__name__}"
-        ) from None
-    # nats-py reads this on every reconnect.
-    client.options["max_reconnect_attempts"] = -1
+    client: NatsClient = await asyncio.wait_for(
+        nats.connect(
+            url,
+            connect_timeout=3,
+            max_reconnect_attempts=1,
+            reconnect_time_wait=0.5,
+            error_cb=remember,
+        ),
+        timeout=10,
+    )
     return client
 
 

@@ -406,11 +406,9 @@ def test_an_unreachable_registry_raises_unreachable_after_every_retry() -> None:
     with FlakyProxy("http://127.0.0.1:9") as proxy:  # the proxy's upstream refuses connections
         dead = proxy.url
     reg = Client(dead, "t", retry=FAST)
-    began = time.monotonic()
     with pytest.raises(Unreachable, match="after 4 attempts") as failed:
         reg.whoami()
     assert failed.value.status is None and not failed.value.refused
-    assert time.monotonic() - began < 5
 
 
 def test_buffered_metrics_are_sent_on_close_and_reads_see_the_writes(

@@ -15,12 +15,9 @@ from typing import Any
 
 import nats.js.errors
 import pytest
-import typer
 import yaml
 from nats.aio.client import Client as NatsClient
-from typer.testing import CliRunner
 
-from service.cli.deploy_agent import deploy_agent
 from service.client import AsyncClient
 from service.client.models import ArtifactEntry, Place
 from service.consumers.deploy_agent import (
@@ -47,7 +44,16 @@ def server(database_url: str, nats_url: str, workdir: Path) -> Iterator[Registry
 
 def stream_of(server: RegistryServer) -> tuple[str, str]:
     """The stream and subject prefix the server's relay publishes to (registry_server sets them)."""
-    return f"T_{server.schema.upper()}", f"test.{server.schema}"
+    return server.stream, server.subject_prefix
+
+
+def test_the_agents_streams_and_subjects_are_this_runs_own(server: RegistryServer) -> None:
+    # A stream another run left on a shared NATS must not overlap any this run creates:
+    # the dead-letter subjects derive from the prefix without its last token.
+    stream, prefix = stream_of(server)
+    subscription = Subscription("agent-a", stream=stream, subject_prefix=prefix)
+    for name in (stream, subscription.dlq_stream, subscription.dlq_subject):
+        assert server.schema.upper() in name.upper(), name
 
 
 @pytest.fixture
@@ -350,21 +356,3 @@ async def test_the_deploy_agent_command_once(
         assert runs[0].deployment_id == deployment_id_for(
             uuid.UUID(event_id), "staging-eu", "k8s/eu"
         )
-
-
-def test_a_bad_option_stops_the_command_before_it_starts(tmp_path: Path) -> None:
-    command = typer.Typer()
-    command.command()(deploy_agent)
-    refused = CliRunner().invoke(
-        command,
-        ["--out", str(tmp_path), "--storage-uri-from", "somewhere"],
-        env={"MODELREG_TOKEN": "unused"},
-    )
-    assert refused.exit_code == 2
-    assert "storage_uri_from is 'artifacts' or 'tag:<key>'" in refused.stderr
-    refused = CliRunner().invoke(
-        command,
-        ["--out", str(tmp_path), "--target", "k8s serving"],
-        env={"MODELREG_TOKEN": "unused"},
-    )
-    assert refused.exit_code == 2 and "target" in refused.stderr

@@ -117,7 +117,7 @@ async def test_the_lags_are_read_from_the_database_at_each_scrape(api: Api) -> N
         assert (await api.post("/api/v1/models", json={"name": name})).status_code == 201
     head = await head_position(api.services.pool)
     await wait_for_position(
-        api.services.pool, head, [p.name for p in all_projections()], timeout=10
+        api.services.pool, head, [p.name for p in all_projections()], timeout=60
     )
     # and a relay that has published up to position 1 (no relay runs in this test)
     await api.services.pool.execute(

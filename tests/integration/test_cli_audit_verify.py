@@ -22,7 +22,7 @@ from events.model.commands import (
 from events.stages import Stage
 from service.cli.audit import app
 from tests.support.database import Database
-from tests.support.governance_history import Registry, gated_policy
+from tests.support.registry_history import Registry, gated_policy
 
 
 async def audit(db: Database, *args: str) -> Result:
@@ -53,16 +53,16 @@ class History:
 @pytest.fixture
 async def history(db: Database) -> History:
     reg = Registry(db)
-    await reg.register("m1", "churn")
-    v1 = await reg.version("m1")
-    v2 = await reg.version("m1", seed=2)
-    await reg.register("m2", "fraud")
-    await reg.version("m2")
+    await reg.register_model("churn", owner="team-risk", model_id="m1")
+    v1 = await reg.register_version("m1")
+    v2 = await reg.register_version("m1")
+    await reg.register_model("fraud", owner="team-risk", model_id="m2")
+    await reg.register_version("m2")
     registered = await reg.seal()
 
     await reg.to_production("m1", v1)
-    await reg.model("m1", SetAlias, alias="champion", version=v1)
-    await reg.model(
+    await reg.execute("m1", SetAlias, alias="champion", version=v1)
+    await reg.execute(
         "m1",
         StartDeployment,
         deployment_id="d1",
@@ -71,15 +71,15 @@ async def history(db: Database) -> History:
         target="k8s",
         desired_stage=Stage.PRODUCTION,
     )
-    await reg.model("m1", ReportDeploymentSucceeded, deployment_id="d1")
+    await reg.execute("m1", ReportDeploymentSucceeded, deployment_id="d1")
     first = await reg.seal()
 
     await reg.to_production("m1", v2)
     second = await reg.seal()
 
     await reg.set_registry_policy(gated_policy(1))
-    await reg.model("m2", TransitionStage, version=1, to_stage=Stage.STAGING)
-    await reg.model(
+    await reg.execute("m2", TransitionStage, version=1, to_stage=Stage.STAGING)
+    await reg.execute(
         "m2",
         RequestPromotion,
         request_id="r1",
@@ -89,7 +89,7 @@ async def history(db: Database) -> History:
     )
     requested = await reg.seal()
 
-    await reg.model("m1", RenameModel, new_name="churn-renamed")
+    await reg.execute("m1", RenameModel, new_name="churn-renamed")
     renamed = await reg.seal()
     return History(registered, first, second, requested, renamed)
 

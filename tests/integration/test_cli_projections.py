@@ -20,7 +20,8 @@ from projections.views import stage_timeline
 from service.cli.projections import app, running_embedded_url
 from service.runtime.embedded import EmbeddedPostgres
 from tests.support.database import Database
-from tests.support.governance_history import Registry, random_history
+from tests.support.registry_history import Registry, random_history
+from tests.support.waiting import eventually
 
 TIMELINE = stage_timeline.PROJECTION
 
@@ -48,9 +49,8 @@ async def test_status_shows_position_lag_and_state_of_every_projection(db: Datab
     # given the stage timeline caught up, then more events it has not seen yet
     reg = Registry(db)
     await random_history(reg, random.Random(3), 30)
-    conn = await db.connect()
-    caught_up = await reg.catch_up(conn, [TIMELINE])
-    await asyncio.sleep(0.05)
+    caught_up = await reg.project(TIMELINE)
+    await asyncio.sleep(0.05)  # the scenario: time passes, so the lag in seconds is above 0
     await random_history(reg, random.Random(4), 10)
     head = await reg.seal()
     assert head > caught_up
@@ -81,7 +81,7 @@ async def test_rebuild_without_a_worker_does_the_work_and_switches(db: Database)
     reg = Registry(db)
     await random_history(reg, random.Random(8), 60)
     conn = await db.connect()
-    head = await reg.catch_up(conn, [TIMELINE])
+    head = await reg.project(TIMELINE)
     before = await TIMELINE.checksum(db.pool, TIMELINE.view_names())
 
     # when the timeline is rebuilt from the command line
@@ -113,8 +113,7 @@ async def test_rebuild_with_a_worker_running_waits_for_the_worker_to_switch(db: 
     )
     task = asyncio.create_task(worker.run(stop))
     try:
-        while TIMELINE.name not in worker.leading:  # noqa: ASYNC110 - a plain set, no event to wait on
-            await asyncio.sleep(0.02)
+        await eventually(lambda: TIMELINE.name in worker.leading, what="the worker leads")
 
         # when a rebuild is asked for
         result = await invoke(db, "rebuild", TIMELINE.name)
@@ -135,7 +134,7 @@ async def test_rebuild_all_starts_absent_views_and_rebuilds_the_others(db: Datab
     reg = Registry(db)
     await random_history(reg, random.Random(10), 20)
     conn = await db.connect()
-    await reg.catch_up(conn, [TIMELINE])
+    await reg.project(TIMELINE)
 
     result = await invoke(db, "rebuild", "--all")
 

@@ -65,7 +65,7 @@ async def crash_while_consuming(
 ) -> None:
     stop = asyncio.Event()
     task = asyncio.create_task(consumer.run(stop))
-    await asyncio.wait_for(recorder.hanging.wait(), 20)
+    await asyncio.wait_for(recorder.hanging.wait(), 60)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
@@ -262,7 +262,7 @@ async def test_with_postgres_dedup_a_crash_after_the_effect_leaves_no_double_eff
             asyncio.Event()
         )
     )
-    await asyncio.wait_for(reached.wait(), 20)
+    await asyncio.wait_for(reached.wait(), 60)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task

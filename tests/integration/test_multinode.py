@@ -45,13 +45,15 @@ from tests.support.publication import (
     stream_contents,
     wait_published,
 )
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.slow
 
 STREAM = "MODELREG_EVENTS"
 WRITERS = 4
-BEFORE_KILL = 2.5  # seconds of traffic before the leader dies
-AFTER_KILL = 4.0  # ... and after
+ACKS_BEFORE_KILL = 30  # acknowledged writes before the leader dies
+ACKS_AFTER_KILL = 30  # ... and after it, with every replica serving some of them
+TRAFFIC_TIMEOUT = 180.0  # how long a loaded machine may take for either
 ARTIFACT = {"path": "model.pkl", "uri": "s3://models/x/model.pkl", "sha256": "a" * 64, "size": 1}
 
 
@@ -133,7 +135,7 @@ class Deployment:
         return {name: (holder, client_pid(holder, pids)) for name, holder in held.items()}
 
     async def wait_led_by(
-        self, worker: ServeProcess, *, relay: bool, timeout: float = 30.0
+        self, worker: ServeProcess, *, relay: bool, timeout: float = 120.0
     ) -> float:
         """Until ``worker`` holds every singleton lock; the seconds it took."""
         started = time.monotonic()
@@ -242,24 +244,34 @@ async def test_two_api_and_two_worker_processes_survive_killing_the_leading_work
             await clients[0].post("/api/v1/models", json={"name": "shared"}), traffic, "model:", 201
         )
         writers = [asyncio.create_task(_writer(i, clients, traffic, stop)) for i in range(WRITERS)]
-        await asyncio.sleep(BEFORE_KILL)
-        acked_before = len(traffic.acks)
+        await eventually(
+            lambda: _writing(writers) and len(traffic.acks) >= ACKS_BEFORE_KILL,
+            timeout=TRAFFIC_TIMEOUT,
+            what="traffic before the kill",
+        )
         head_at_kill = await _head(deployment)
         leader.kill()
         killed_at = time.monotonic()
         takeover = await deployment.wait_led_by(standby, relay=relay)
         print(f"standby leads {takeover:.2f} s after kill -9 of the leader (pid {leader.pid})")
-        await asyncio.sleep(AFTER_KILL)
+        await eventually(
+            lambda: (
+                _writing(writers)
+                and _acked_after(traffic, killed_at) >= ACKS_AFTER_KILL
+                and len(traffic.requests) == len(deployment.apis)
+                and min(traffic.requests.values()) > 20
+            ),
+            timeout=TRAFFIC_TIMEOUT,
+            what="traffic after the kill, through every replica",
+        )
         stop.set()
         await asyncio.gather(*writers)
 
         # Sealing progressed after the kill: every write answered with its log position,
         # including those that waited through the takeover.
         after = [a for a in traffic.acks if a.at > killed_at]
-        assert acked_before > 20 and len(after) > 20, (acked_before, len(after))
         assert all(a.position is not None for a in traffic.acks), "a write was not sealed in time"
         assert max(a.position or 0 for a in after) > head_at_kill
-        assert min(traffic.requests.values()) > 20, traffic.requests
 
         await _assert_log_holds_every_ack_once(deployment, traffic)
         head = await _head(deployment)
@@ -349,6 +361,18 @@ async def _ok(
 
 
 # ---------------------------------------------------------------- checks
+
+
+def _writing(writers: list[asyncio.Task[None]]) -> bool:
+    """True while every writer runs; a writer that failed fails the test now, with its error."""
+    for writer in writers:
+        if writer.done():
+            writer.result()
+    return True
+
+
+def _acked_after(traffic: Traffic, moment: float) -> int:
+    return sum(1 for a in traffic.acks if a.at > moment)
 
 
 async def _head(deployment: Deployment) -> int:
@@ -441,7 +465,7 @@ async def _assert_published_once_in_order(deployment: Deployment, head: int) -> 
     log_ids = [str(r["event_id"]) for r in rows]
     nc = await connect(deployment.nats.urls)
     try:
-        await wait_published(nc, STREAM, head, timeout=30)
+        await wait_published(nc, STREAM, head, timeout=120)
         info = await nc.jetstream().stream_info(STREAM)
         assert info.config.num_replicas == 3
         assert_log_published_once_in_order(await stream_contents(nc, STREAM), log_ids)

@@ -33,8 +33,8 @@ from tests.support.publication import (
     seal_all,
     store,
     stream_contents,
-    wait_until,
 )
+from tests.support.waiting import eventually
 
 __all__ = ["names", "relays", "store"]  # fixtures
 
@@ -91,27 +91,34 @@ async def test_killing_the_stream_leader_mid_burst_loses_and_reorders_nothing(
     )
     writer = Writer(store)
 
-    async def burst(tag: str, rounds: int) -> None:
-        for r in range(rounds):
+    killed = asyncio.Event()
+
+    async def burst(tag: str, rounds: int, *, until: asyncio.Event | None = None) -> None:
+        """``rounds`` rounds of writes; with ``until``, writing first until it is set, so
+        the kill lands mid-burst however fast the writers or the relay run."""
+        r = 0
+        while until is not None and not until.is_set():
             await writer.spread(10, streams=5, tag=f"{tag}{r}-")
             await seal_all(db)
-            await asyncio.sleep(0.005)
+            r += 1
+        for extra in range(rounds):
+            await writer.spread(10, streams=5, tag=f"{tag}after{extra}-")
+            await seal_all(db)
 
     await burst("a", 5)
-    await wait_until(lambda: _lag(db, names, 0), timeout=30, what="published before the kill")
+    await eventually(lambda: _lag(db, names, 0), what="published before the kill")
 
     # when the stream leader is killed -9 while the burst goes on
-    burst_task = asyncio.create_task(burst("b", 30))
-    await wait_until(
-        lambda: _published_at_least(db, names, 120), timeout=30, what="publishing under way"
-    )
+    burst_task = asyncio.create_task(burst("b", 20, until=killed))
+    await eventually(lambda: _published_at_least(db, names, 120), what="publishing under way")
     leader = (await cnc.jsm(timeout=10).stream_info(names.stream)).cluster.leader  # type: ignore[union-attr]
     assert leader is not None
     cluster.node(leader).kill()
+    killed.set()
     await burst_task
 
     # then the relay rides out the election and the stream holds the log once, in order
-    await wait_until(lambda: _lag(db, names, 0), timeout=60, what="caught up after failover")
+    await eventually(lambda: _lag(db, names, 0), timeout=120, what="caught up after failover")
     survivors = [n.url for n in cluster.nodes if n.running]
     reader = await connect(survivors)
     try:
@@ -121,8 +128,9 @@ async def test_killing_the_stream_leader_mid_burst_loses_and_reorders_nothing(
     finally:
         await reader.close()
         cluster.node(leader).start()
-    assert_log_published_once_in_order(stored, await log_event_ids(db))
-    assert len(stored) == 350
+    log_ids = await log_event_ids(db)
+    assert_log_published_once_in_order(stored, log_ids)
+    assert len(stored) == await db.pool.fetchval("SELECT count(*) FROM events") > 120 + 200
     per_stream: dict[str, list[int]] = defaultdict(list)
     for message in stored:
         per_stream[message.event.subject].append(message.event.stream_position)
@@ -141,7 +149,7 @@ async def test_a_lost_ack_on_a_replicated_stream_is_retried_as_a_duplicate(
 ) -> None:
     # On clustered streams JetStream checks Nats-Msg-Id before any expected-last check; the
     # relay's fence must not turn a retried publish into an error there either.
-    await wait_until(lambda: _all_running(cluster), what="cluster whole")
+    await eventually(lambda: _all_running(cluster), what="cluster whole")
     spec = names.spec(replicas=3)
     await ensure_stream(cnc, spec, timeout=20)
     proxy = await TcpProxy(cluster.nodes[0].port).start()
@@ -156,29 +164,32 @@ async def test_a_lost_ack_on_a_replicated_stream_is_retried_as_a_duplicate(
         writer = Writer(store)
         await writer.spread(10, tag="first")
         await seal_all(db)
-        await wait_until(lambda: _lag(db, names, 0), timeout=30, what="first batch")
+        await eventually(lambda: _lag(db, names, 0), what="first batch")
 
         proxy.blackhole_replies = True
         await writer.spread(10, tag="second")
         await seal_all(db)
-        await wait_until(
+        await eventually(
             lambda: _stream_has(cnc, names.stream, 11),
-            timeout=30,
             what="the server stored some of the second batch",
         )
-        await wait_until(
-            lambda: _true(relay.stats.failures > 0), what="the relay timed out waiting for acks"
+        await eventually(
+            lambda: relay.stats.failures > 0, what="the relay timed out waiting for acks"
         )
-        unacked = (await cnc.jsm().stream_info(names.stream)).state.messages - 10
-        assert (
-            await publication_lag(db.pool, names.stream) == 10
-        )  # nothing unacked was checkpointed
+        # nothing unacknowledged was checkpointed
+        assert await publication_lag(db.pool, names.stream) == 10
 
+        # when the replies flow again and the relay re-sends from its checkpoint
         proxy.blackhole_replies = False
         proxy.reset_connections()
+        await eventually(lambda: _lag(db, names, 0), what="caught up")
 
-        await wait_until(lambda: _lag(db, names, 0), timeout=30, what="caught up")
-        assert relay.stats.duplicates >= unacked  # stored but unacknowledged, re-sent, deduplicated
+        # then the server answered the re-send of what it stored (at least log position 11)
+        # as a duplicate, rather than the fence refusing it and the relay skipping ahead, and
+        # the stream holds every event once, in log order. How many re-sends there were
+        # depends on how far the server got before the replies stopped: not asserted.
+        assert relay.stats.duplicates >= 1
+        assert relay.stats.fast_forwards == 0
         assert_log_published_once_in_order(
             await stream_contents(cnc, names.stream), await log_event_ids(db)
         )
@@ -199,10 +210,6 @@ async def _published_at_least(db: Database, names: Names, position: int) -> bool
         f"nats:{names.stream}",
     )
     return value is not None and value >= position
-
-
-async def _true(value: bool) -> bool:
-    return value
 
 
 async def _all_running(cluster: NatsCluster) -> bool:

@@ -30,6 +30,7 @@ from projections.time_travel import base36, drop_stale_scratch_tables, fold_as_o
 from tests.support.database import Database
 from tests.support.sample_events import CODEC, META, Counted, append_notes
 from tests.support.sample_projection import NOTES, checksum, note_counts
+from tests.support.waiting import eventually
 
 
 @pytest.fixture
@@ -37,17 +38,17 @@ def store(db: Database) -> EventStore:
     return EventStore(db.pool, CODEC)
 
 
-async def seal(db: Database, timeout: float = 10.0) -> None:
+async def seal(db: Database) -> None:
     """Seal every event appended so far. A transaction open elsewhere (a worker starting
     up creates its tables in one) holds them back until it ends, so seal until none is left."""
     sealer, conn = Sealer(db.connect, db.schema), await db.connect()
-    appended = await conn.fetchval("SELECT count(*) FROM events")
-    deadline = asyncio.get_running_loop().time() + timeout
-    await sealer.seal_all(conn)
-    while await head_position(conn) < appended:
-        assert asyncio.get_running_loop().time() < deadline, "events left unsealed"
-        await asyncio.sleep(0.01)
+    appended: int = await conn.fetchval("SELECT count(*) FROM events")
+
+    async def all_sealed() -> bool:
         await sealer.seal_all(conn)
+        return await head_position(conn) >= appended
+
+    await eventually(all_sealed, what="every appended event sealed")
 
 
 async def write_history(store: EventStore, db: Database, events: int, seed: int = 1) -> None:
@@ -119,15 +120,21 @@ async def test_a_killed_session_mid_batch_loses_and_doubles_nothing(
     await ensure_projection(conn, NOTES)
     head = await head_position(conn)
 
-    async def slow(c: asyncpg.Connection, names: Names, events: Sequence[LoggedEvent]) -> None:
+    async def stuck(c: asyncpg.Connection, names: Names, events: Sequence[LoggedEvent]) -> None:
         await NOTES.apply(c, names, events)
-        await c.execute("SELECT pg_sleep(5)")
+        await c.execute("SELECT pg_sleep(600)")  # holds the batch open until it is killed
 
     admin = await db.admin()
     attempt = asyncio.create_task(
-        advance(conn, replace_apply(NOTES, slow), await live(conn), head=head, batch=100)
+        advance(conn, replace_apply(NOTES, stuck), await live(conn), head=head, batch=100)
     )
-    await asyncio.sleep(0.3)
+    await eventually(
+        lambda: admin.fetchval(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'victim'"
+            " AND state = 'active' AND query LIKE '%pg_sleep%'"
+        ),
+        what="the batch written and held open",
+    )
     await admin.execute(
         "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'victim'"
     )
@@ -167,7 +174,7 @@ async def test_two_workers_run_but_only_one_leads(db: Database, store: EventStor
     ]
     tasks = [asyncio.create_task(w.run(stop)) for w in workers]
     await write_history(store, db, 40)
-    await wait_for_position(db.pool, await head_position(db.pool), ["notes"], timeout=10)
+    await wait_for_position(db.pool, await head_position(db.pool), ["notes"], timeout=60)
     assert sum("notes" in w.leading for w in workers) == 1
     assert await checksum(db.pool, NOTES.view_names()) == await _fold_checksum(
         db, await head_position(db.pool)
@@ -190,11 +197,8 @@ async def test_progress_continues_by_polling_when_the_listen_connection_is_kille
     task = asyncio.create_task(worker.run(stop))
     await append_notes(store, "n:l", 0, "first")
     await seal(db)
-    await wait_for_position(db.pool, 1, ["notes"], timeout=10)
-    deadline = asyncio.get_running_loop().time() + 10
-    while not worker.listening:
-        assert asyncio.get_running_loop().time() < deadline, "the worker never listened"
-        await asyncio.sleep(0.01)
+    await wait_for_position(db.pool, 1, ["notes"], timeout=60)
+    await eventually(lambda: worker.listening, what="the worker listening")
 
     # when every LISTEN session of the worker is killed (the leader's own session survives)
     admin = await db.admin()
@@ -206,7 +210,7 @@ async def test_progress_continues_by_polling_when_the_listen_connection_is_kille
     # then new events still reach the view
     await append_notes(store, "n:l", 1, "second")
     await seal(db)
-    await wait_for_position(db.pool, 2, ["notes"], timeout=10)
+    await wait_for_position(db.pool, 2, ["notes"], timeout=60)
     assert await note_counts(db.pool, NOTES.view_names()) == [("n:l", 2, 0, "second")]
     stop.set()
     await task
@@ -282,8 +286,10 @@ async def test_a_read_waits_for_its_write_or_says_it_is_not_visible_yet(
         await wait_for_position(db.pool, 1, ["notes"], timeout=0.2)
     assert (caught.value.position, caught.value.reached) == (1, 0)
 
-    waiter = asyncio.create_task(wait_for_position(db.pool, 1, ["notes"], timeout=5))
-    await asyncio.sleep(0.05)
+    waiter = asyncio.create_task(wait_for_position(db.pool, 1, ["notes"], timeout=60))
+    # the read has begun waiting (it cannot finish before the step below, however long this is)
+    await asyncio.wait({waiter}, timeout=0.05)
+    assert not waiter.done()
     await step(conn, NOTES)
     assert await waiter == 1
 
@@ -325,35 +331,40 @@ async def test_serving_folds_equal_folds_in_one_transaction(
 
 
 async def test_a_long_fold_does_not_hold_back_sealing(db: Database, store: EventStore) -> None:
-    # given a fold that takes a while (slow batches)
+    # given a fold that has written its first batches and is held between two of them
     await write_history(store, db, 40, seed=12)
     conn = await db.connect()
     head = await head_position(conn)
+    batches = 0
+    held, release = asyncio.Event(), asyncio.Event()
 
-    async def slow(c: asyncpg.Connection, names: Names, events: Sequence[LoggedEvent]) -> None:
+    async def pausing(c: asyncpg.Connection, names: Names, events: Sequence[LoggedEvent]) -> None:
+        nonlocal batches
+        batches += 1
+        if batches == 3:  # before this batch writes: its transaction has no xid yet
+            held.set()
+            await release.wait()
         await NOTES.apply(c, names, events)
-        await asyncio.sleep(0.05)
 
-    sealed_during_fold = False
-    async with folded_views(conn, [replace_apply(NOTES, slow)], head, batch=2):
-        pass
-    fold = asyncio.create_task(_slow_fold(conn, replace_apply(NOTES, slow), head))
-    # when a write commits while the fold runs
-    await asyncio.sleep(0.1)
+    fold = asyncio.create_task(_fold(conn, replace_apply(NOTES, pausing), head))
+    await asyncio.wait_for(held.wait(), 60)
+
+    # when a write commits while the fold is under way
     await append_notes(store, "n:during", 0, "during")
-    sealer_conn = await db.connect()
-    deadline = asyncio.get_running_loop().time() + 5
-    while not fold.done() and asyncio.get_running_loop().time() < deadline:
-        if await Sealer(db.connect, db.schema).seal_all(sealer_conn):
-            sealed_during_fold = not fold.done()
-            break
-        await asyncio.sleep(0.01)
+    sealer, sealer_conn = Sealer(db.connect, db.schema), await db.connect()
+
+    # then it is sealed before the fold finishes: the batches already written hold no xid
+    async def sealed() -> bool:
+        await sealer.seal_all(sealer_conn)
+        return await head_position(sealer_conn) > head
+
+    await eventually(sealed, what="the write sealed during the fold")
+    assert not fold.done()
+    release.set()
     await fold
-    # then it was sealed before the fold finished: no transaction held an xid throughout
-    assert sealed_during_fold
 
 
-async def _slow_fold(conn: asyncpg.Connection, projection: Projection, head: int) -> None:
+async def _fold(conn: asyncpg.Connection, projection: Projection, head: int) -> None:
     async with folded_views(conn, [projection], head, batch=2):
         pass
 

@@ -38,7 +38,7 @@ from projections.views import (
     stage_timeline,
 )
 from tests.support.database import Database
-from tests.support.governance_history import Registry, gated_policy, random_history
+from tests.support.registry_history import Registry, gated_policy, random_history
 
 GOVERNANCE = (
     stage_timeline.PROJECTION,
@@ -156,11 +156,14 @@ async def test_registry_as_of_a_position_and_a_log_time(db: Database) -> None:
     # given v1 in production and an open request for v2, sealed; later v2 promoted by an alias move
     reg = Registry(db)
     await reg.set_registry_policy(gated_policy(approvals=1))
-    await reg.register("m1", "churn")
-    v1, v2 = await reg.version("m1", "carol"), await reg.version("m1", "carol", seed=2)
-    await reg.model("m1", TransitionStage, version=v1, to_stage=Stage.STAGING)
-    await reg.model("m1", TransitionStage, version=v2, to_stage=Stage.STAGING)
-    await reg.model(
+    await reg.register_model("churn", owner="team-risk", model_id="m1")
+    v1, v2 = (
+        await reg.register_version("m1", actor="carol"),
+        await reg.register_version("m1", actor="carol"),
+    )
+    await reg.execute("m1", TransitionStage, version=v1, to_stage=Stage.STAGING)
+    await reg.execute("m1", TransitionStage, version=v2, to_stage=Stage.STAGING)
+    await reg.execute(
         "m1",
         RequestPromotion,
         request_id="r1",
@@ -168,8 +171,8 @@ async def test_registry_as_of_a_position_and_a_log_time(db: Database) -> None:
         target_stage=Stage.PRODUCTION,
         justification="better",
     )
-    await reg.model("m1", SetAlias, alias="champion", version=v1)
-    await reg.model(
+    await reg.execute("m1", SetAlias, alias="champion", version=v1)
+    await reg.execute(
         "m1",
         StartDeployment,
         "argo",
@@ -180,10 +183,11 @@ async def test_registry_as_of_a_position_and_a_log_time(db: Database) -> None:
         desired_alias="champion",
     )
     first = await reg.seal()
+    # the scenario: a moment strictly after the first seal and strictly before the next write
     await asyncio.sleep(0.05)
     between = datetime.now(UTC)
     await asyncio.sleep(0.05)
-    await reg.model("m1", SetAlias, alias="champion", version=v2)
+    await reg.execute("m1", SetAlias, alias="champion", version=v2)
     head = await reg.seal()
     conn = await db.connect()
 
@@ -269,7 +273,7 @@ async def test_two_runners_at_once_give_the_same_views(db: Database) -> None:
             await random_history(reg, rng, 30)
             await reg.seal()
         head = await head_position(db.pool)
-        await wait_for_position(db.pool, head, [p.name for p in GOVERNANCE], timeout=30)
+        await wait_for_position(db.pool, head, [p.name for p in GOVERNANCE], timeout=60)
         # then each view has exactly one leader, and the views equal a fold from scratch
         for projection in GOVERNANCE:
             assert sum(projection.name in w.leading for w in workers) == 1

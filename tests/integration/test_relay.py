@@ -48,9 +48,12 @@ from tests.support.publication import (
     seal_all,
     store,
     stream_contents,
-    wait_until,
 )
 from tests.support.sample_events import CODEC, Noted
+from tests.support.waiting import eventually
+
+# A poll interval longer than any wait in these tests: publication in time means a NOTIFY woke it.
+NO_POLL = 3600.0
 
 __all__ = ["clients", "names", "nc", "relays", "store"]  # fixtures
 
@@ -155,7 +158,7 @@ async def test_a_crash_at_any_point_of_the_cycle_loses_nothing_and_stores_nothin
     async def crash(batch: Sequence[Outgoing]) -> None:
         if point == "after_publish_before_ack":
             # the server has stored the batch; the process dies before reading the acks
-            await wait_until(lambda: _stored_at_least(nc, names.stream, 20), what="batch stored")
+            await eventually(lambda: _stored_at_least(nc, names.stream, 20), what="batch stored")
         raise SimulatedCrashError(point)
 
     first.hooks = RelayHooks(**{point: crash})
@@ -195,7 +198,9 @@ async def test_beyond_the_duplicate_window_a_resend_is_refused_and_the_relay_ski
     with pytest.raises(SimulatedCrashError):
         await first.publish_once(conn, client)
 
-    # when the window has passed (the server no longer remembers those ids) and a new relay runs
+    # when the window has passed (the server no longer remembers those ids) and a new relay runs;
+    # the passing of time is the scenario here (nothing to poll without publishing): twice the
+    # window, and any longer a loaded machine takes only makes it more certain
     await asyncio.sleep(0.6)
     second, client2 = await fresh_relay(db, names, clients, nats_url, batch_size=10, stream=spec)
     await second.publish_all(conn, client2)
@@ -256,12 +261,12 @@ async def test_one_relay_leads_and_a_standby_takes_over_when_its_session_dies(
     relays: Relays,
 ) -> None:
     first = relays.start(Relay(db.connect, nats_factory(nats_url), relay_config(db, names)))
-    await wait_until(lambda: _true(first.is_leader), what="first leads")
+    await eventually(lambda: _true(first.is_leader), what="first leads")
     second = relays.start(Relay(db.connect, nats_factory(nats_url), relay_config(db, names)))
     writer = Writer(store)
     await writer.spread(5)
     await seal_all(db)
-    await wait_until(lambda: _lag_is_zero(db, names), what="published")
+    await eventually(lambda: _lag_is_zero(db, names), what="published")
     assert first.is_leader and not second.is_leader
 
     # when the leader's database session is killed
@@ -277,7 +282,7 @@ async def test_one_relay_leads_and_a_standby_takes_over_when_its_session_dies(
     await seal_all(db)
 
     # then some relay leads again and publishes the rest, once and in order
-    await wait_until(lambda: _lag_is_zero(db, names), what="published after failover")
+    await eventually(lambda: _lag_is_zero(db, names), what="published after failover")
     stored = await stream_contents(nc, names.stream)
     assert_log_published_once_in_order(stored, await log_event_ids(db))
 
@@ -291,25 +296,25 @@ async def test_a_killed_listen_connection_is_replaced_and_notifications_keep_wak
     nats_url: str,
     relays: Relays,
 ) -> None:
-    # given a relay that would poll only every 30 s, so prompt publication means NOTIFY
+    # given a relay that would poll only once an hour, so publication in time means NOTIFY
     relay = relays.start(
-        Relay(db.connect, nats_factory(nats_url), relay_config(db, names, poll_interval=30))
+        Relay(db.connect, nats_factory(nats_url), relay_config(db, names, poll_interval=NO_POLL))
     )
-    await wait_until(lambda: _true(relay.listening), what="listening")
+    await eventually(lambda: _true(relay.listening), what="listening")
     writer = Writer(store)
     await writer.spread(3)
     await seal_all(db)
-    await wait_until(lambda: _lag_is_zero(db, names), timeout=5, what="woken by NOTIFY")
+    await eventually(lambda: _lag_is_zero(db, names), what="woken by NOTIFY")
 
     # when its LISTEN connection is killed
     admin = await db.admin()
     assert await _kill_listeners(admin, db) == 1
 
     # then it listens again on a new connection and is still woken promptly
-    await wait_until(lambda: _listener_count(admin, db, 1), timeout=5, what="listening again")
+    await eventually(lambda: _listener_count(admin, db, 1), what="listening again")
     await writer.spread(3, tag="later")
     await seal_all(db)
-    await wait_until(lambda: _lag_is_zero(db, names), timeout=5, what="woken after reconnecting")
+    await eventually(lambda: _lag_is_zero(db, names), what="woken after reconnecting")
     stored = await stream_contents(nc, names.stream)
     assert_log_published_once_in_order(stored, await log_event_ids(db))
 
@@ -330,7 +335,7 @@ async def test_with_no_notification_ever_arriving_polling_still_publishes(
     async def killer() -> None:
         while not stop_killing.is_set():
             await _kill_listeners(admin, db)
-            await asyncio.sleep(0.005)
+            await asyncio.sleep(0.005)  # pacing the killer, not waiting for anything
 
     killing = asyncio.create_task(killer())
     relays.start(
@@ -342,7 +347,7 @@ async def test_with_no_notification_ever_arriving_polling_still_publishes(
     await seal_all(db)
 
     # then polling publishes them anyway
-    await wait_until(lambda: _lag_is_zero(db, names), timeout=10, what="published by polling")
+    await eventually(lambda: _lag_is_zero(db, names), what="published by polling")
     stop_killing.set()
     await killing
     assert_log_published_once_in_order(
@@ -421,7 +426,7 @@ async def test_the_relay_a_registry_process_runs_is_configured_from_settings(
     )
     await Writer(store).spread(4)
     await seal_all(db)
-    await wait_until(lambda: _lag_is_zero(db, names), what="published")
+    await eventually(lambda: _lag_is_zero(db, names), what="published")
     stored = await stream_contents(nc, names.stream)
     assert_log_published_once_in_order(stored, await log_event_ids(db))
     assert {m.headers["ce-source"] for m in stored} == {"/modelreg/test"}

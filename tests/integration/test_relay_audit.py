@@ -34,8 +34,8 @@ from tests.support.publication import (
     seal_all,
     store,
     stream_contents,
-    wait_until,
 )
+from tests.support.waiting import eventually
 
 __all__ = ["clients", "names", "nc", "store"]  # fixtures
 
@@ -186,12 +186,12 @@ async def test_follow_delivers_history_from_a_position_then_live_events_filtered
         asyncio.create_task(collect(seen, since=6)),
         asyncio.create_task(collect(live, event_types=["test.noted"])),
     ]
-    await wait_until(lambda: _has(seen, 4), what="history after position 6")
+    await eventually(lambda: _has(seen, 4), what="history after position 6")
     await writer.spread(5, streams=2, tag="live")
     await publish(db, names, clients, nats_url)
-    await wait_until(lambda: _both(_has(seen, 9), _has(live, 5)), what="live events")
+    await eventually(lambda: _both(_has(seen, 9), _has(live, 5)), what="live events")
     stop.set()
-    await asyncio.wait_for(asyncio.gather(*tasks), 10)
+    await asyncio.wait_for(asyncio.gather(*tasks), 60)
 
     assert [p.event.log_position for p in seen] == list(range(7, 16))
     assert [p.event.log_position for p in live] == list(range(11, 16))
@@ -237,9 +237,9 @@ async def test_the_cli_mirrors_follows_and_exits_1_on_a_broken_chain(
         stderr=asyncio.subprocess.PIPE,
     )
     assert proc.stdout is not None
-    lines = [json.loads(await asyncio.wait_for(proc.stdout.readline(), 20)) for _ in range(6)]
+    lines = [json.loads(await asyncio.wait_for(proc.stdout.readline(), 60)) for _ in range(6)]
     proc.send_signal(signal.SIGTERM)
-    assert await asyncio.wait_for(proc.wait(), 20) == 0
+    assert await asyncio.wait_for(proc.wait(), 60) == 0
     assert [line["log_position"] for line in lines] == list(range(1, 7))
 
     # a tampered file: exit 1 naming the position
@@ -267,7 +267,7 @@ async def _cli(env: dict[str, str], *args: str) -> tuple[int, str, str]:
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
-    out, err = await asyncio.wait_for(proc.communicate(), 30)
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
     assert proc.returncode is not None
     return proc.returncode, out.decode(), err.decode()
 

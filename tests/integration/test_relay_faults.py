@@ -38,8 +38,8 @@ from tests.support.publication import (
     seal_all,
     store,
     stream_contents,
-    wait_until,
 )
+from tests.support.waiting import eventually
 
 __all__ = ["clients", "names", "nc", "relays", "store"]  # fixtures
 
@@ -65,11 +65,11 @@ async def test_writes_keep_being_accepted_while_nats_is_down_and_publication_cat
 
         # when writers burst while NATS is stopped half-way through
         await writer.spread(40, streams=4, tag="before")
-        await wait_until(lambda: _checkpoint_at(db, names, 40), what="first part published")
+        await eventually(lambda: _checkpoint_at(db, names, 40), what="first part published")
         node.stop()
         await writer.spread(60, streams=4, tag="during")  # the store does not need NATS
-        await wait_until(lambda: _at_least_sealed(db, 100), what="sealed while NATS is down")
-        await wait_until(
+        await eventually(lambda: _at_least_sealed(db, 100), what="sealed while NATS is down")
+        await eventually(
             lambda: _true(relay.stats.failures > 0), what="the relay noticed the outage"
         )
         assert await lag() == 60
@@ -78,9 +78,7 @@ async def test_writes_keep_being_accepted_while_nats_is_down_and_publication_cat
         await writer.spread(20, streams=4, tag="after")
 
         # then publication catches up, every event once and in log order
-        await wait_until(
-            lambda: _checkpoint_at(db, names, 120), timeout=30, what="caught up after the outage"
-        )
+        await eventually(lambda: _checkpoint_at(db, names, 120), what="caught up after the outage")
         client = await clients.connect(node.url)
         stored = await stream_contents(client, names.stream)
         assert_log_published_once_in_order(stored, await log_event_ids(db))
@@ -108,17 +106,17 @@ async def test_a_publish_whose_ack_is_lost_is_retried_and_deduplicated(
         writer = Writer(store)
         await writer.spread(10, tag="first")
         await seal_all(db)
-        await wait_until(lambda: _is(publication_lag(db.pool, names.stream), 0), what="first batch")
+        await eventually(lambda: _is(publication_lag(db.pool, names.stream), 0), what="first batch")
 
         # when the server's answers stop reaching the relay, after its publishes got through
         proxy.blackhole_replies = True
         await writer.spread(10, tag="second")
         await seal_all(db)
-        await wait_until(
+        await eventually(
             lambda: _stream_has(nc, names.stream, 11),
             what="the server stored some of the second batch",
         )
-        await wait_until(
+        await eventually(
             lambda: _true(relay.stats.failures > 0), what="the relay timed out waiting for acks"
         )
         unacked = (await nc.jsm().stream_info(names.stream)).state.messages - 10
@@ -130,7 +128,7 @@ async def test_a_publish_whose_ack_is_lost_is_retried_and_deduplicated(
         proxy.reset_connections()
 
         # then the relay re-sends, JetStream answers "duplicate", and nothing is stored twice
-        await wait_until(lambda: _is(publication_lag(db.pool, names.stream), 0), what="caught up")
+        await eventually(lambda: _is(publication_lag(db.pool, names.stream), 0), what="caught up")
         assert relay.stats.duplicates >= unacked  # stored but unacknowledged, re-sent, deduplicated
         assert_log_published_once_in_order(
             await stream_contents(nc, names.stream), await log_event_ids(db)
@@ -178,19 +176,21 @@ async def test_a_relay_process_killed_with_sigkill_is_replaced_without_loss_or_d
     try:
         # given a relay process publishing in small batches while events keep coming
         writer = Writer(store)
-        writing = asyncio.create_task(_write_and_seal(db, writer, rounds=30, per_round=10))
-        await wait_until(lambda: _at_least(published(), 40), what="the first process published")
+        killed = asyncio.Event()
+        writing = asyncio.create_task(
+            _write_and_seal(db, writer, killed, rounds_after=10, per_round=10)
+        )
+        await eventually(lambda: _at_least(published(), 40), what="the first process published")
 
         # when it is killed -9 in the middle of the stream
         first.send_signal(signal.SIGKILL)
         first.wait(10)
+        killed.set()
         second = spawn()
         await writing
 
         # then the next process publishes the rest: all of the log, once, in order
-        await wait_until(
-            lambda: _is(publication_lag(db.pool, names.stream), 0), timeout=30, what="caught up"
-        )
+        await eventually(lambda: _is(publication_lag(db.pool, names.stream), 0), what="caught up")
         assert_log_published_once_in_order(
             await stream_contents(nc, names.stream), await log_event_ids(db)
         )
@@ -203,11 +203,19 @@ async def test_a_relay_process_killed_with_sigkill_is_replaced_without_loss_or_d
                 proc.stdout.close()
 
 
-async def _write_and_seal(db: Database, writer: Writer, rounds: int, per_round: int) -> None:
-    for r in range(rounds):
+async def _write_and_seal(
+    db: Database, writer: Writer, killed: asyncio.Event, rounds_after: int, per_round: int
+) -> None:
+    """Rounds of sealed writes until the relay is killed, then ``rounds_after`` more: the
+    kill falls in the middle of the stream however fast either side runs."""
+    r = 0
+    while not killed.is_set():
         await writer.spread(per_round, streams=3, tag=f"r{r}-")
         await seal_all(db)
-        await asyncio.sleep(0.01)
+        r += 1
+    for extra in range(rounds_after):
+        await writer.spread(per_round, streams=3, tag=f"after{extra}-")
+        await seal_all(db)
 
 
 async def _true(value: bool) -> bool:

@@ -11,10 +11,14 @@ from eventlog.sealer import Sealer, sealed_channel
 from eventlog.store import EventStore
 from tests.support.database import Database
 from tests.support.sample_events import CODEC, META, notes
+from tests.support.waiting import eventually
 
+# How long a write may wait for its position on a loaded machine: it returns as soon as
+# the position is there, so this only bounds a failure.
+WAIT = 60.0
 # Longer than any wait below: a wait that ends in time was woken by a NOTIFY, not by
 # the safety timer.
-NO_SAFETY_NET = 60.0
+NO_SAFETY_NET = 600.0
 
 
 async def logged_position(db: Database, seq: int) -> int | None:
@@ -36,13 +40,12 @@ async def test_a_write_beside_its_sealer_is_woken_by_the_notify(
     stop = asyncio.Event()
     running = asyncio.create_task(sealer.run(stop))
     await store.append("s:warm", 0, notes("warm-up"), META)
-    while not (listener.listening and signal.ringing()):  # noqa: ASYNC110 - plain flags
-        await asyncio.sleep(0.01)
+    await eventually(lambda: listener.listening and signal.ringing(), what="listening and rung")
 
     # when a write commits and waits for its position, with no timer to fall back on
     result = await store.append("s:wait", 0, notes("a", "b"), META)
     position = await sealed_position(
-        db.pool, result.last_seq, timeout=5, signal=signal, safety_interval=NO_SAFETY_NET
+        db.pool, result.last_seq, timeout=WAIT, signal=signal, safety_interval=NO_SAFETY_NET
     )
 
     # then the NOTIFY woke it, with the position the log holds
@@ -62,9 +65,11 @@ async def test_a_signal_that_stops_ringing_falls_back_to_polling_a_sealer_elsewh
     store = EventStore(db.pool, CODEC)
     result = await store.append("s:elsewhere", 0, notes("a"), META)
 
-    # when another process's sealer seals the event a little later
+    # when another process's sealer seals the event while the write waits
+    waiting = asyncio.Event()
+
     async def seal_elsewhere() -> None:
-        await asyncio.sleep(0.1)
+        await waiting.wait()
         conn = await db.connect()
         try:
             await Sealer(db.connect, db.schema).seal_all(conn)
@@ -72,7 +77,13 @@ async def test_a_signal_that_stops_ringing_falls_back_to_polling_a_sealer_elsewh
             await conn.close()
 
     sealing = asyncio.create_task(seal_elsewhere())
-    position = await sealed_position(db.pool, result.last_seq, timeout=5, signal=signal)
+    wait = asyncio.create_task(
+        sealed_position(db.pool, result.last_seq, timeout=WAIT, signal=signal)
+    )
+    await asyncio.wait({wait}, timeout=0.05)  # the write is waiting: nothing sealed it yet
+    assert not wait.done()
+    waiting.set()
+    position = await wait
     await sealing
 
     # then the timer finds it all the same
@@ -101,13 +112,12 @@ async def test_an_api_process_is_woken_by_the_notify_of_a_sealer_elsewhere(db: D
     listener = Listener(db.connect, sealed_channel(db.schema), signal.notify)
     listener.start()
     store = EventStore(db.pool, CODEC)
-    while not listener.listening:  # noqa: ASYNC110 - a plain flag
-        await asyncio.sleep(0.01)
+    await eventually(lambda: listener.listening, what="listening")
 
     async def woken_write(stream: str) -> None:
         result = await store.append(stream, 0, notes("a"), META)
         position = await sealed_position(
-            db.pool, result.last_seq, timeout=5, signal=signal, safety_interval=NO_SAFETY_NET
+            db.pool, result.last_seq, timeout=WAIT, signal=signal, safety_interval=NO_SAFETY_NET
         )
         assert position is not None
         assert position == await logged_position(db, result.last_seq)
@@ -124,17 +134,15 @@ async def test_an_api_process_is_woken_by_the_notify_of_a_sealer_elsewhere(db: D
         sealed_channel(db.schema),
     )
     assert killed == 1
-    deadline = asyncio.get_running_loop().time() + 10
-    while (
-        not listener.listening
-        or await admin.fetchval(
+
+    async def listening_again() -> bool:
+        sessions = await admin.fetchval(
             "SELECT count(*) FROM pg_stat_activity WHERE query = 'LISTEN \"' || $1 || '\"'",
             sealed_channel(db.schema),
         )
-        != 1
-    ):
-        assert asyncio.get_running_loop().time() < deadline, "the listener never came back"
-        await asyncio.sleep(0.02)
+        return listener.listening and sessions == 1
+
+    await eventually(listening_again, what="the listener back")
     await woken_write("s:api-again")
     await listener.close()
     stop.set()

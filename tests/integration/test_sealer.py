@@ -19,6 +19,7 @@ from eventlog.verify import verify
 from events.envelope import ZERO_HASH, log_link
 from tests.support.database import Database
 from tests.support.sample_events import CODEC, META, append_notes, notes
+from tests.support.waiting import eventually
 
 
 @pytest.fixture
@@ -171,7 +172,7 @@ async def test_sealing_notifies_listeners_with_the_new_head(
     await listener.add_listener(sealer.channel, lambda *args: heard.put_nowait(args[3]))
     await append_notes(store, "s:n", 0, "a", "b")
     await sealer.seal_all(seal_conn)
-    assert await asyncio.wait_for(heard.get(), 5) == "2"
+    assert await asyncio.wait_for(heard.get(), 60) == "2"
 
 
 async def test_two_sealers_at_once_neither_duplicate_nor_skip(
@@ -198,7 +199,7 @@ async def test_two_sealers_at_once_neither_duplicate_nor_skip(
 
     sealing = [asyncio.create_task(seal(s, c)) for s, c in zip(sealers, conns, strict=True)]
     await asyncio.gather(*(writer(w) for w in range(4)))
-    await asyncio.sleep(0.2)
+    await _until_sealed(db, 240)  # both still competing until the last event is in the log
     done.set()
     await asyncio.gather(*sealing)
     await sealers[0].seal_all(conns[0])
@@ -218,7 +219,7 @@ async def test_one_sealer_leads_and_a_standby_takes_over_when_it_dies(
     first = Sealer(db.connect, db.schema, standby_interval=0.05)
     second = Sealer(db.connect, db.schema, standby_interval=0.05)
     tasks = [asyncio.create_task(first.run(stop))]
-    await _until(lambda: first.is_leader)
+    await eventually(lambda: first.is_leader, what="the first sealer leads")
     tasks.append(asyncio.create_task(second.run(stop)))
     await append_notes(store, "s:lead", 0, "a")
     await _until_sealed(db, 1)
@@ -241,16 +242,8 @@ async def test_one_sealer_leads_and_a_standby_takes_over_when_it_dies(
     await asyncio.gather(*tasks)
 
 
-async def _until(condition: object, timeout: float = 10.0) -> None:
-    assert callable(condition)
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not condition():
-        assert asyncio.get_running_loop().time() < deadline, "condition not reached"
-        await asyncio.sleep(0.01)
-
-
 async def _until_sealed(db: Database, position: int) -> None:
-    deadline = asyncio.get_running_loop().time() + 10
-    while await head_position(db.pool) < position:
-        assert asyncio.get_running_loop().time() < deadline, "not sealed in time"
-        await asyncio.sleep(0.01)
+    async def reached() -> bool:
+        return await head_position(db.pool) >= position
+
+    await eventually(reached, what=f"log position {position} sealed")

@@ -13,7 +13,7 @@ import pytest
 from msgspec.structs import replace
 
 from events.stages import Stage
-from projections.paging import InvalidCursorError, InvalidQueryError, Page, merge_names
+from projections.paging import InvalidCursorError, Page, merge_names
 from projections.search import (
     ModelQuery,
     VersionQuery,
@@ -140,24 +140,6 @@ async def test_versions_filter_and_order_by_a_metric(
     assert page.items[0].content is None
     full = await search_versions(reg.conn, NAMES, ids["detect"], VersionQuery(with_content=True))
     assert full.items[0].content == reg.state(ids["detect"]).versions[1].content
-
-
-def test_the_filter_syntax_parses_and_refuses_clearly() -> None:
-    auc = parse_metric_filter("auc[holdout] >= 0.9")
-    assert (auc.key, auc.dataset, auc.op, auc.value) == ("auc", "holdout", ">=", 0.9)
-    assert parse_metric_filter("val/loss<1e-3").dataset == ""
-    assert parse_metric_filter("auc[*]=1").dataset is None
-    assert parse_tag_filter("team=risk=high").value == "risk=high"
-    assert parse_tag_filter("pii").value is None
-    assert parse_order("-metric:auc[holdout]", versions=True).text() == "-metric:auc[holdout]"
-    for bad in ("auc>>1", "auc > x", "auc>inf", "auc[]>1", "auc", ">1", "auc>nan"):
-        with pytest.raises(InvalidQueryError):
-            parse_metric_filter(bad)
-    for text, versions in (("size", True), ("metric:auc", False), ("version", False), ("-", True)):
-        with pytest.raises(InvalidQueryError):
-            parse_order(text, versions=versions)
-    with pytest.raises(InvalidQueryError):
-        parse_tag_filter("=x")
 
 
 async def test_bad_cursors_and_limits_are_value_errors(
@@ -377,7 +359,7 @@ async def test_search_equals_a_brute_force_filter_of_the_domain_fold_on_random_d
 ) -> None:
     # given a random registry
     reg = await registry(db)
-    rng = random.Random(11)
+    rng = random.Random(12)  # a history where most random queries match something
     await random_history(reg, rng, 700)
     await reg.project(CATALOGUE, VERSIONS)
     model_times, version_times = await view_times(reg.conn)

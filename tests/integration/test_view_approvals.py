@@ -17,16 +17,18 @@ from events.model.commands import (
 from events.stages import Stage
 from projections.views.approvals import PROJECTION, awaiting, decided, open_requests, request
 from tests.support.database import Database
-from tests.support.governance_history import Registry, gated_policy
+from tests.support.registry_history import Registry, gated_policy
 
 VIEW = PROJECTION.view_names()
 
 
 async def staged(reg: Registry, model_id: str, registrant: str = "carol") -> int:
     """A registered model with one version, registered by ``registrant``, in staging."""
-    await reg.register(model_id, f"model-{model_id}")
-    version = await reg.version(model_id, registrant)
-    await reg.model(model_id, TransitionStage, registrant, version=version, to_stage=Stage.STAGING)
+    await reg.register_model(f"model-{model_id}", owner="team-risk", model_id=model_id)
+    version = await reg.register_version(model_id, actor=registrant)
+    await reg.execute(
+        model_id, TransitionStage, registrant, version=version, to_stage=Stage.STAGING
+    )
     return version
 
 
@@ -36,7 +38,7 @@ async def test_an_open_request_says_who_must_act_under_separation_of_duties(db: 
     reg = Registry(db)
     await reg.set_registry_policy(gated_policy(approvals=2))
     v1 = await staged(reg, "m1")
-    await reg.model(
+    await reg.execute(
         "m1",
         RequestPromotion,
         "alice",
@@ -46,8 +48,7 @@ async def test_an_open_request_says_who_must_act_under_separation_of_duties(db: 
         justification="auc +2%",
     )
     requested_at = reg.last
-    conn = await db.connect()
-    await reg.catch_up(conn, [PROJECTION])
+    await reg.project(PROJECTION)
 
     # then the request is open, needs 2 approvers, and neither the requester nor the registrant may act
     [open_one] = await open_requests(db.pool, VIEW, now=requested_at)
@@ -63,8 +64,8 @@ async def test_an_open_request_says_who_must_act_under_separation_of_duties(db: 
     assert open_one.expires_at == requested_at + timedelta(hours=1) and not open_one.overdue
 
     # when bob approves
-    await reg.model("m1", ApprovePromotion, "bob", request_id="r1", comment="looks good")
-    await reg.catch_up(conn, [PROJECTION])
+    await reg.execute("m1", ApprovePromotion, "bob", request_id="r1", comment="looks good")
+    await reg.project(PROJECTION)
 
     # then one approval is missing, bob may not approve twice, dave still may
     [open_one] = await open_requests(db.pool, VIEW, "m1", now=requested_at)
@@ -83,7 +84,7 @@ async def test_separation_of_duties_follows_the_policy_in_force(db: Database) ->
     reg = Registry(db)
     await reg.set_registry_policy(gated_policy(approvals=1, separation_of_duties=False))
     v1 = await staged(reg, "m1")
-    await reg.model(
+    await reg.execute(
         "m1",
         RequestPromotion,
         "alice",
@@ -92,8 +93,7 @@ async def test_separation_of_duties_follows_the_policy_in_force(db: Database) ->
         target_stage=Stage.PRODUCTION,
         justification="ready",
     )
-    conn = await db.connect()
-    await reg.catch_up(conn, [PROJECTION])
+    await reg.project(PROJECTION)
 
     # then anyone may approve, the requester and registrant included
     [r1] = await open_requests(db.pool, VIEW)
@@ -101,14 +101,14 @@ async def test_separation_of_duties_follows_the_policy_in_force(db: Database) ->
     assert r1.who_must_act == "1 more approver(s)"
 
     # when the model sets its own policy with separation of duties, it wins over the registry's
-    await reg.model("m1", SetModelPolicy, "admin", policy=gated_policy(approvals=1))
-    await reg.catch_up(conn, [PROJECTION])
+    await reg.execute("m1", SetModelPolicy, "admin", policy=gated_policy(approvals=1))
+    await reg.project(PROJECTION)
     [r1] = await open_requests(db.pool, VIEW)
     assert (r1.separation_of_duties, r1.approvers_excluded) == (True, ["alice", "carol"])
 
     # and clearing it falls back to the registry's again
-    await reg.model("m1", ClearModelPolicy, "admin")
-    await reg.catch_up(conn, [PROJECTION])
+    await reg.execute("m1", ClearModelPolicy, "admin")
+    await reg.project(PROJECTION)
     [r1] = await open_requests(db.pool, VIEW)
     assert r1.separation_of_duties is False
 
@@ -119,7 +119,7 @@ async def test_decided_requests_record_their_outcome_newest_first(db: Database) 
     await reg.set_registry_policy(gated_policy(approvals=1))
     v1 = await staged(reg, "m1")
     for request_id in ("r1", "r2", "r3", "r4"):
-        await reg.model(
+        await reg.execute(
             "m1",
             RequestPromotion,
             "alice",
@@ -128,13 +128,12 @@ async def test_decided_requests_record_their_outcome_newest_first(db: Database) 
             target_stage=Stage.PRODUCTION,
             justification=f"try {request_id}",
         )
-    await reg.model("m1", RejectPromotion, "bob", request_id="r2", comment="latency regressed")
-    await reg.model("m1", CancelPromotion, "alice", request_id="r3", comment="wrong version")
-    await reg.model("m1", ApprovePromotion, "dave", request_id="r1", comment="ship it")
+    await reg.execute("m1", RejectPromotion, "bob", request_id="r2", comment="latency regressed")
+    await reg.execute("m1", CancelPromotion, "alice", request_id="r3", comment="wrong version")
+    await reg.execute("m1", ApprovePromotion, "dave", request_id="r1", comment="ship it")
     reg.tick(3 * 3600)
-    await reg.model("m1", ExpirePromotion, "system", request_id="r4")
-    conn = await db.connect()
-    await reg.catch_up(conn, [PROJECTION])
+    await reg.execute("m1", ExpirePromotion, "system", request_id="r4")
+    await reg.project(PROJECTION)
 
     # then nothing is open and every decision is listed, newest first, with who decided and why
     assert await open_requests(db.pool, VIEW) == []
@@ -163,7 +162,7 @@ async def test_one_request_shows_its_votes_in_order(db: Database) -> None:
     reg = Registry(db)
     await reg.set_registry_policy(gated_policy(approvals=3))
     v1 = await staged(reg, "m1")
-    await reg.model(
+    await reg.execute(
         "m1",
         RequestPromotion,
         "alice",
@@ -173,11 +172,10 @@ async def test_one_request_shows_its_votes_in_order(db: Database) -> None:
         alias="champion",
         justification="ready",
     )
-    await reg.model("m1", ApprovePromotion, "bob", request_id="r1", comment="ok")
-    await reg.model("m1", ApprovePromotion, "dave", request_id="r1", comment="fine")
-    await reg.model("m1", RejectPromotion, "erin", request_id="r1", comment="no rollout plan")
-    conn = await db.connect()
-    await reg.catch_up(conn, [PROJECTION])
+    await reg.execute("m1", ApprovePromotion, "bob", request_id="r1", comment="ok")
+    await reg.execute("m1", ApprovePromotion, "dave", request_id="r1", comment="fine")
+    await reg.execute("m1", RejectPromotion, "erin", request_id="r1", comment="no rollout plan")
+    await reg.project(PROJECTION)
 
     found = await request(db.pool, VIEW, "r1")
     assert found is not None and found.alias == "champion" and found.status == "rejected"

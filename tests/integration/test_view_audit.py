@@ -11,7 +11,7 @@ from events.model.commands import ApprovePromotion, RequestPromotion, SetAlias, 
 from events.stages import Stage
 from projections.views.audit_timeline import PROJECTION, entries
 from tests.support.database import Database
-from tests.support.governance_history import Registry, gated_policy
+from tests.support.registry_history import Registry, gated_policy
 
 VIEW = PROJECTION.view_names()
 
@@ -20,14 +20,14 @@ async def history(db: Database) -> Registry:
     """Two models, a metric batch, a promotion through approval, a registry policy change."""
     reg = Registry(db)
     await reg.set_registry_policy(gated_policy(approvals=1), comment="prod needs a reviewer")
-    await reg.register("m1", "churn")
-    await reg.register("m2", "fraud", actor="bob")
-    v1 = await reg.version("m1", "carol")
-    await reg.metrics("m1", v1, auc=0.91, loss=0.2)
-    await reg.model(
+    await reg.register_model("churn", owner="team-risk", model_id="m1")
+    await reg.register_model("fraud", owner="team-risk", model_id="m2", actor="bob")
+    v1 = await reg.register_version("m1", actor="carol")
+    await reg.log_metrics("m1", v1, {"auc": 0.91, "loss": 0.2}, actor="trainer")
+    await reg.execute(
         "m1", TransitionStage, version=v1, to_stage=Stage.STAGING, comment="smoke tests pass"
     )
-    await reg.model(
+    await reg.execute(
         "m1",
         RequestPromotion,
         request_id="r1",
@@ -35,15 +35,15 @@ async def history(db: Database) -> Registry:
         target_stage=Stage.PRODUCTION,
         justification="auc +2%",
     )
-    await reg.model("m1", ApprovePromotion, "bob", request_id="r1", comment="ship it")
-    await reg.model("m1", SetAlias, alias="champion", version=v1)
+    await reg.execute("m1", ApprovePromotion, "bob", request_id="r1", comment="ship it")
+    await reg.execute("m1", SetAlias, alias="champion", version=v1)
     return reg
 
 
 async def test_every_event_gets_one_row_with_who_what_when_why(db: Database) -> None:
     reg = await history(db)
     conn = await db.connect()
-    head = await reg.catch_up(conn, [PROJECTION])
+    head = await reg.project(PROJECTION)
 
     page = await entries(db.pool, VIEW, newest_first=False, limit=1000)
     logged = await read_log(conn, 0, 1000)
@@ -91,8 +91,7 @@ async def test_every_event_gets_one_row_with_who_what_when_why(db: Database) -> 
 
 async def test_filters_by_model_actor_type_version_and_business_time(db: Database) -> None:
     reg = await history(db)
-    conn = await db.connect()
-    await reg.catch_up(conn, [PROJECTION])
+    await reg.project(PROJECTION)
     everything = (await entries(db.pool, VIEW, newest_first=False, limit=1000)).items
 
     by_model = await entries(db.pool, VIEW, model_id="m2")
@@ -135,8 +134,7 @@ async def test_filters_by_model_actor_type_version_and_business_time(db: Databas
 
 async def test_keyset_pages_cover_every_row_once_in_both_directions(db: Database) -> None:
     reg = await history(db)
-    conn = await db.connect()
-    head = await reg.catch_up(conn, [PROJECTION])
+    head = await reg.project(PROJECTION)
 
     for newest_first in (True, False):
         seen: list[int] = []

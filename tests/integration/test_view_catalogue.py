@@ -35,7 +35,7 @@ async def test_the_catalogue_shows_facts_stages_aliases_and_counts(db: Database)
     churn = await reg.register_model(
         "churn", owner="team-risk", tags={"team": "risk"}, description="who leaves"
     )
-    created = reg.now
+    created = reg.last
     for _ in range(3):
         await reg.register_version(churn)
     await reg.transition(churn, 1, "staging")
@@ -61,7 +61,7 @@ async def test_the_catalogue_shows_facts_stages_aliases_and_counts(db: Database)
         stage_counts={"development": 1, "staging": 1, "production": 1, "archived": 0},
         aliases={"champion": 1},
         created_at=created,
-        updated_at=reg.now,
+        updated_at=reg.last,
         position=head,
     )
 
@@ -75,7 +75,7 @@ async def test_the_catalogue_shows_facts_stages_aliases_and_counts(db: Database)
     assert row.stages == {"development": 3, "staging": None, "production": 2, "archived": 1}
     assert row.stage_counts == {"development": 1, "staging": 0, "production": 1, "archived": 1}
     assert row.aliases == {}
-    assert row.updated_at == reg.now
+    assert row.updated_at == reg.last
 
 
 async def test_tags_description_archive_and_restore_are_shown(db: Database) -> None:
@@ -125,7 +125,7 @@ async def test_a_name_taken_in_the_log_before_its_release_does_not_stop_the_view
     # rename releases the name (two transactions sealed in xid order, not commit order)
     reg = await registry(db)
     a = await reg.register_model("x")
-    meta = Metadata(actor="alice", occurred_at=reg.advance(1))
+    meta = Metadata(actor="alice", occurred_at=reg.moment())
     registered_b = ModelRegistered(
         model_id="mb", name="x", description="", tags={}, owner="team-ml"
     )

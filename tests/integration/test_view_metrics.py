@@ -85,7 +85,7 @@ async def test_last_follows_the_domains_rule_and_best_takes_the_earliest_of_equa
     reg = await registry(db)
     m = await reg.register_model("ranker")
     v = await reg.register_version(m)
-    moment = reg.now
+    moment = reg.last
     await reg.log_points(
         m,
         v,

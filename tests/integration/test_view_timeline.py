@@ -16,7 +16,7 @@ from projections.views.stage_timeline import (
     timeline,
 )
 from tests.support.database import Database
-from tests.support.governance_history import Registry
+from tests.support.registry_history import Registry
 
 VIEW = PROJECTION.view_names()
 
@@ -24,8 +24,8 @@ VIEW = PROJECTION.view_names()
 async def test_what_was_in_production_at_a_business_time(db: Database) -> None:
     # given v1 promoted to production at t1, then v2 promoted at t2 (demoting v1)
     reg = Registry(db)
-    await reg.register("m1", "churn")
-    v1, v2 = await reg.version("m1"), await reg.version("m1", seed=2)
+    await reg.register_model("churn", owner="team-risk", model_id="m1")
+    v1, v2 = await reg.register_version("m1"), await reg.register_version("m1")
     t1 = reg.now + timedelta(
         seconds=60
     )  # to_production runs staging at now, production one step later
@@ -33,8 +33,7 @@ async def test_what_was_in_production_at_a_business_time(db: Database) -> None:
     reg.tick(3600)
     t2 = reg.now + timedelta(seconds=60)
     await reg.to_production("m1", v2, actor="bob")
-    conn = await db.connect()
-    await reg.catch_up(conn, [PROJECTION])
+    await reg.project(PROJECTION)
 
     # then the holder of production at each business time is the version that held it then
     assert await holder_at(db.pool, VIEW, "m1", Stage.PRODUCTION, t1 - timedelta(seconds=1)) is None
@@ -62,13 +61,12 @@ async def test_what_was_in_production_at_a_business_time(db: Database) -> None:
 async def test_the_timeline_records_every_interval_with_who_how_and_why(db: Database) -> None:
     # given a version that goes through every stage, is demoted, restored and rolled back to
     reg = Registry(db)
-    await reg.register("m1", "churn")
-    v1, v2 = await reg.version("m1"), await reg.version("m1", seed=2)
+    await reg.register_model("churn", owner="team-risk", model_id="m1")
+    v1, v2 = await reg.register_version("m1"), await reg.register_version("m1")
     await reg.to_production("m1", v1)
     await reg.to_production("m1", v2)
-    await reg.model("m1", Rollback, "carol", reason="v2 regressed")
-    conn = await db.connect()
-    await reg.catch_up(conn, [PROJECTION])
+    await reg.execute("m1", Rollback, "carol", reason="v2 regressed")
+    await reg.project(PROJECTION)
 
     # then v1's intervals chain without gaps: development, staging, production, archived, production
     v1_rows = [r for r in await timeline(db.pool, VIEW, "m1") if r.version == v1]
@@ -91,14 +89,13 @@ async def test_the_timeline_records_every_interval_with_who_how_and_why(db: Data
 
 async def test_a_restored_version_opens_a_new_development_interval(db: Database) -> None:
     reg = Registry(db)
-    await reg.register("m1", "churn")
-    v1 = await reg.version("m1")
-    await reg.model("m1", ArchiveVersion, version=v1, reason="obsolete")
-    await reg.model(
+    await reg.register_model("churn", owner="team-risk", model_id="m1")
+    v1 = await reg.register_version("m1")
+    await reg.execute("m1", ArchiveVersion, version=v1, reason="obsolete")
+    await reg.execute(
         "m1", RestoreVersion, "admin", version=v1, reason="needed again", actor_is_admin=True
     )
-    conn = await db.connect()
-    await reg.catch_up(conn, [PROJECTION])
+    await reg.project(PROJECTION)
 
     rows = await timeline(db.pool, VIEW, "m1")
     assert [(r.stage, r.to_position is None) for r in rows] == [
@@ -113,15 +110,14 @@ async def test_what_was_in_production_anywhere_at_a_time(db: Database) -> None:
     # given two models in production and one that never got there
     reg = Registry(db)
     for model_id in ("a", "b", "c"):
-        await reg.register(model_id, f"model-{model_id}")
-        await reg.version(model_id)
+        await reg.register_model(f"model-{model_id}", owner="team-risk", model_id=model_id)
+        await reg.register_version(model_id)
     await reg.to_production("a", 1)
     await reg.to_production("b", 1)
     asked = reg.now
     reg.tick()
-    await reg.model("b", ArchiveVersion, version=1, reason="retired")
-    conn = await db.connect()
-    await reg.catch_up(conn, [PROJECTION])
+    await reg.execute("b", ArchiveVersion, version=1, reason="retired")
+    await reg.project(PROJECTION)
 
     # then the registry-wide question lists both at that time, and only one now
     assert [
@@ -133,15 +129,14 @@ async def test_what_was_in_production_anywhere_at_a_time(db: Database) -> None:
 async def test_alias_intervals_follow_set_move_and_removal(db: Database) -> None:
     # given champion on v1, moved to v2, then removed
     reg = Registry(db)
-    await reg.register("m1", "churn")
-    v1, v2 = await reg.version("m1"), await reg.version("m1", seed=2)
-    await reg.model("m1", SetAlias, alias="champion", version=v1)
+    await reg.register_model("churn", owner="team-risk", model_id="m1")
+    v1, v2 = await reg.register_version("m1"), await reg.register_version("m1")
+    await reg.execute("m1", SetAlias, alias="champion", version=v1)
     on_v1 = reg.last
-    await reg.model("m1", SetAlias, "bob", alias="champion", version=v2, comment="better auc")
+    await reg.execute("m1", SetAlias, "bob", alias="champion", version=v2, comment="better auc")
     on_v2 = reg.last
-    await reg.model("m1", RemoveAlias, alias="champion")
-    conn = await db.connect()
-    await reg.catch_up(conn, [PROJECTION])
+    await reg.execute("m1", RemoveAlias, alias="champion")
+    await reg.project(PROJECTION)
 
     rows = await alias_timeline(db.pool, VIEW, "m1")
     assert [(r.version, r.entered_by, r.left_by) for r in rows] == [

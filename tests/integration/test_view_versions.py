@@ -54,13 +54,13 @@ async def test_a_version_shows_its_content_stage_aliases_tags_and_latest_metrics
         tags={"run": "nightly"},
         description="first",
     )
-    registered = reg.now
+    registered = reg.last
     await reg.transition(churn, v1, "staging")
-    staged = reg.now
+    staged = reg.last
     await reg.set_alias(churn, "champion", v1)
     # metrics: auc at step 2, then an older step (not the latest), then loss on a dataset
     await reg.log_metrics(churn, v1, {"auc": 0.81}, step=2)
-    at_step_2 = reg.now
+    at_step_2 = reg.last
     await reg.log_metrics(churn, v1, {"auc": 0.99}, step=1)
     await reg.log_metrics(churn, v1, {"loss": 0.3}, dataset="holdout")
 
@@ -92,7 +92,7 @@ async def test_a_version_shows_its_content_stage_aliases_tags_and_latest_metrics
         position=row.position if row else 0,
         metrics=(
             MetricValue(key="auc", dataset="", value=0.81, step=2, timestamp=at_step_2),
-            MetricValue(key="loss", dataset="holdout", value=0.3, step=0, timestamp=reg.now),
+            MetricValue(key="loss", dataset="holdout", value=0.3, step=0, timestamp=reg.last),
         ),
     )
     assert row is not None
@@ -107,7 +107,7 @@ async def test_the_later_point_wins_a_tie_of_step_and_timestamp(db: Database) ->
     reg = await registry(db)
     m = await reg.register_model("m")
     v = await reg.register_version(m)
-    moment = reg.now
+    moment = reg.last
     await reg.log_points(
         m,
         v,
@@ -187,7 +187,7 @@ async def test_deprecation_is_shown_with_its_reason_and_time(db: Database) -> No
     assert (row.deprecated, row.deprecation_reason, row.deprecated_at) == (
         True,
         "leaks labels",
-        reg.now,
+        reg.last,
     )
 
 

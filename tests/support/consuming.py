@@ -7,7 +7,8 @@ import asyncio
 from collections.abc import Callable
 
 from service.consumers.kit import Delivery, EventConsumer, Subscription
-from tests.support.publication import Names, wait_until
+from tests.support.publication import Names
+from tests.support.waiting import eventually
 
 
 def subscription(names: Names, **overrides: object) -> Subscription:
@@ -49,15 +50,15 @@ class Recorder:
 
 
 async def consume_until(
-    consumer: EventConsumer, done: Callable[[], bool], timeout: float = 20.0
+    consumer: EventConsumer, done: Callable[[], bool], timeout: float = 60.0
 ) -> None:
     stop = asyncio.Event()
     task = asyncio.create_task(consumer.run(stop))
     try:
-        await wait_until(lambda: _true(done()), timeout=timeout, what="consumed")
+        await eventually(lambda: _true(done()), timeout=timeout, what="consumed")
     finally:
         stop.set()
-        await asyncio.wait_for(task, 10)
+        await asyncio.wait_for(task, 60)
 
 
 async def _true(value: bool) -> bool:

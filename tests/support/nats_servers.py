@@ -111,7 +111,7 @@ class NatsNode:
             self.wait_listening()
         return self
 
-    def wait_listening(self, timeout: float = 20.0) -> None:
+    def wait_listening(self, timeout: float = 60.0) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             assert self._proc is not None
@@ -178,7 +178,7 @@ class NatsCluster:
             node.wait_listening()
         return self
 
-    async def wait_ready(self, timeout: float = 30.0) -> None:
+    async def wait_ready(self, timeout: float = 60.0) -> None:
         """Until JetStream has a meta leader, so stream creation can succeed."""
         nc = await nats.connect(servers=[n.url for n in self.nodes if n.running])
         try:

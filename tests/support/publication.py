@@ -22,6 +22,7 @@ from service.publication.relay import Relay, RelayConfig
 from tests.support.database import Database
 from tests.support.nats_servers import connect
 from tests.support.sample_events import CODEC, META, Noted
+from tests.support.waiting import eventually
 
 
 @dataclass(frozen=True)
@@ -127,7 +128,7 @@ class Writer:
             await self.write(f"m{i % streams}", f"{tag}{i}")
 
 
-async def seal_all(db: Database, timeout: float = 30.0) -> int:
+async def seal_all(db: Database, timeout: float = 60.0) -> int:
     """Seal every committed event. The Postgres cluster is shared: another session's open
     transaction holds the sealing horizon back for a while (delays, never loses), so this
     repeats until the log holds every event."""
@@ -202,16 +203,7 @@ async def log_event_ids(db: Database) -> list[str]:
     return [str(r["event_id"]) for r in rows]
 
 
-async def wait_until(
-    condition: Callable[[], Awaitable[bool]], timeout: float = 20.0, what: str = "condition"
-) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not await condition():
-        assert asyncio.get_running_loop().time() < deadline, f"{what} not reached in {timeout} s"
-        await asyncio.sleep(0.02)
-
-
-async def wait_published(nc: NatsClient, stream: str, count: int, timeout: float = 20.0) -> None:
+async def wait_published(nc: NatsClient, stream: str, count: int, timeout: float = 60.0) -> None:
     async def enough() -> bool:
         try:
             info = await nc.jetstream(timeout=2).stream_info(stream)
@@ -219,7 +211,7 @@ async def wait_published(nc: NatsClient, stream: str, count: int, timeout: float
             return False
         return info.state.messages >= count
 
-    await wait_until(enough, timeout, f"{count} messages in {stream}")
+    await eventually(enough, timeout=timeout, what=f"{count} messages in {stream}")
 
 
 def assert_log_published_once_in_order(stored: list[Stored], log_ids: list[str]) -> None:
@@ -246,7 +238,7 @@ class Relays:
 
     async def close(self) -> None:
         self.stop.set()
-        await asyncio.wait_for(asyncio.gather(*self.tasks, return_exceptions=True), 20)
+        await asyncio.wait_for(asyncio.gather(*self.tasks, return_exceptions=True), 60)
 
 
 @pytest.fixture

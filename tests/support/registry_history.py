@@ -1,23 +1,28 @@
-"""Write realistic registry histories through the real deciders, executor and store.
+"""Write realistic registry histories through the real deciders, executor and store: the
+one history builder of the view, search, time-travel and CLI tests.
 
-    reg = await registry(db)
+    reg = await registry(db)                      # or Registry(db): connects when it first seals
     churn = await reg.register_model("churn", owner="team-risk", tags={"team": "risk"})
     v1 = await reg.register_version(churn, params={"lr": 0.1}, datasets=["holdout"])
     await reg.log_metrics(churn, v1, {"auc": 0.91}, dataset="holdout")
     await reg.transition(churn, v1, "staging")
+    await reg.execute(churn, SetAlias, alias="champion", version=v1)   # any model command
     await reg.project(CATALOGUE, VERSIONS)       # seals, then folds every projection to the head
 
 Every write is a domain command decided by ``events.model.decider.MODEL`` / ``events.metrics.METRICS``
-and appended by ``service.commands.executor.CommandExecutor``, so histories are ones the service
-could have written (a refused command raises the ``DomainError``). The clock is
-deterministic: each command happens one second after the previous one (``advance`` to
-jump). Ids are sequential (``m0001``, ``r0001``, ``d0001``). ``state(model_id)`` and
+(or the registry policy's decider) and appended by ``service.commands.executor.CommandExecutor``,
+so histories are ones the service could have written (a refused command raises the
+``DomainError``). The business clock is deterministic: ``now`` is the time the next command
+carries and ``last`` the time of the last one; each command moves it on by one step (60 s
+for ``Registry(db)``, 1 s for ``registry(db)``; ``tick`` to jump). Ids are sequential
+(``m0001``, ``r0001``, ``d0001``) unless given. ``state(model_id)`` and
 ``metrics_state(model_id, version)`` return the domain's own fold after the last write:
 the oracle for checking views.
 
 ``random_history(reg, rng, n)`` attempts ``n`` random commands (registrations, versions,
-metrics, stage moves, aliases, tags, renames, archives, promotions with approvals,
-rollbacks, deployments), chosen to be mostly valid; refused ones are skipped.
+metrics, stage moves, aliases, tags, renames, archives, promotions with approvals, expiries,
+rollbacks, restores, deployments and their outcomes, model and registry policies), chosen
+to be mostly valid; refused ones are skipped.
 
 Contract checks any view can reuse (pass its projection and its ``checksum``):
 ``check_rebuild_equals_live`` (optionally with traffic while the rebuild runs),
@@ -27,7 +32,6 @@ Contract checks any view can reuse (pass its projection and its ``checksum``):
 
 from __future__ import annotations
 
-import asyncio
 import random
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
@@ -48,6 +52,7 @@ from events.model.commands import (
     ArchiveVersion,
     CancelPromotion,
     DeprecateVersion,
+    ExpirePromotion,
     GovernedCommand,
     RegisterModel,
     RegisterVersion,
@@ -61,6 +66,7 @@ from events.model.commands import (
     ReportDeploymentSucceeded,
     RequestPromotion,
     RestoreModel,
+    RestoreVersion,
     Rollback,
     SetAlias,
     SetModelPolicy,
@@ -98,8 +104,11 @@ from projections.runner import (
 from projections.time_travel import fold_as_of, folded_views
 from service.commands.executor import CommandExecutor, Outcome
 from tests.support.database import Database
+from tests.support.waiting import eventually
 
-START = datetime(2025, 6, 1, 9, 0, tzinfo=UTC)
+T0 = datetime(2026, 3, 3, 9, 0, tzinfo=UTC)  # Registry(db): one command a minute from here
+START = datetime(2025, 6, 1, 9, 0, tzinfo=UTC)  # registry(db): one command a second from here
+APPROVERS = ("bob", "carol", "dave")
 
 
 def name_keys(events: Sequence[Any], state: Any) -> tuple[list[str], list[str]]:
@@ -142,13 +151,24 @@ def version_content(
 
 
 class Registry:
-    def __init__(self, db: Database, conn: asyncpg.Connection) -> None:
+    """Commands as the API would run them, at a business time the test controls."""
+
+    def __init__(
+        self,
+        db: Database,
+        conn: asyncpg.Connection | None = None,
+        *,
+        start: datetime = T0,
+        step_seconds: float = 60,
+    ) -> None:
         self.db = db
-        self.conn = conn
+        self._conn = conn
         self.store = EventStore(db.pool, CODEC)
         self.executor = CommandExecutor(self.store)
         self.sealer = Sealer(db.connect, db.schema)
-        self.now = START
+        self.now = start  # the business time of the next command
+        self.last = start  # ... and of the last one
+        self.step = timedelta(seconds=step_seconds)
         self.actor = "alice"
         self.registry_policy = DEFAULT_POLICY
         self.states: dict[str, ModelState] = {}
@@ -157,31 +177,51 @@ class Registry:
 
     # --- plumbing -----------------------------------------------------------------------
 
+    @property
+    def conn(self) -> asyncpg.Connection:
+        """The registry's own connection (sealing, projecting, folding)."""
+        assert self._conn is not None, "build it with `await registry(db)` or seal first"
+        return self._conn
+
+    async def connect(self) -> asyncpg.Connection:
+        if self._conn is None:
+            self._conn = await self.db.connect("registry-history")
+        return self._conn
+
     def next_id(self, prefix: str) -> str:
         self._ids += 1
         return f"{prefix}{self._ids:04d}"
 
-    def advance(self, seconds: float) -> datetime:
-        self.now += timedelta(seconds=seconds)
+    def tick(self, seconds: float | None = None) -> datetime:
+        """Move the clock on by a step (or ``seconds``); return the time of the next command."""
+        self.last = self.now
+        self.now += self.step if seconds is None else timedelta(seconds=seconds)
         return self.now
+
+    def moment(self) -> datetime:
+        """A business time of its own for an event a test appends by hand."""
+        at = self.now
+        self.tick()
+        return at
 
     def _fields(
         self, cls: type[Command], actor: str | None, fields: dict[str, Any]
     ) -> dict[str, Any]:
-        self.now += timedelta(seconds=1)
+        """The command's fields at ``now``; the clock moves on, whether the domain accepts it or not."""
         if issubclass(cls, GovernedCommand):
             fields.setdefault("registry_policy", self.registry_policy)
-        return {"actor": actor or self.actor, "now": self.now, **fields}
+        return {"actor": actor or self.actor, "now": self.moment(), **fields}
 
     async def execute(
-        self, stream_of: str, cls: type[Command], actor: str | None = None, /, **fields: Any
+        self, model_id: str, cls: type[Command], actor: str | None = None, /, **fields: Any
     ) -> Outcome[Any, Any]:
-        """Decide and append one command on model ``stream_of``'s stream; remember the state it left."""
+        """Decide and append one command on model ``model_id``'s stream (claiming and
+        releasing unique names as the service does); remember the state it left."""
         command = cls(**self._fields(cls, actor, fields))
         outcome = await self.executor.execute(
-            model_stream(stream_of), MODEL, command, keys=name_keys
+            model_stream(model_id), MODEL, command, keys=name_keys
         )
-        self.states[stream_of] = outcome.state
+        self.states[model_id] = outcome.state
         return outcome
 
     def state(self, model_id: str) -> ModelState:
@@ -190,24 +230,25 @@ class Registry:
     def metrics_state(self, model_id: str, version: int) -> MetricsState:
         return self.metric_states.get((model_id, version), METRICS.initial_state())
 
-    async def seal(self, timeout: float = 30.0) -> int:
+    async def seal(self) -> int:
         """Seal everything committed so far; return the head of the log.
 
         The sealer only takes transactions older than every open one in the cluster, so
         on a shared Postgres a stranger's open transaction delays it: wait until the log
         holds every committed event.
         """
-        deadline = asyncio.get_running_loop().time() + timeout
-        while True:
-            await self.sealer.seal_all(self.conn)
-            head = await head_position(self.conn)
-            if head >= await self.conn.fetchval("SELECT count(*) FROM events"):
-                return head
-            if asyncio.get_running_loop().time() > deadline:
-                raise TimeoutError(
-                    f"events stayed unsealed for {timeout}s (a long open transaction?)"
-                )
-            await asyncio.sleep(0.01)
+        conn = await self.connect()
+        head = 0
+
+        async def all_sealed() -> bool:
+            nonlocal head
+            await self.sealer.seal_all(conn)
+            head = await head_position(conn)
+            written: int = await conn.fetchval("SELECT count(*) FROM events")
+            return head >= written
+
+        await eventually(all_sealed, what="every committed event sealed (a long open transaction?)")
+        return head
 
     async def project(self, *projections: Projection, batch: int = 1000) -> int:
         """Seal, then run ``ensure_projection`` and ``step`` until each projection is at the head."""
@@ -227,11 +268,13 @@ class Registry:
         tags: Mapping[str, str] | None = None,
         description: str = "",
         model_id: str | None = None,
+        actor: str | None = None,
     ) -> str:
         model_id = model_id or self.next_id("m")
         await self.execute(
             model_id,
             RegisterModel,
+            actor,
             model_id=model_id,
             name=name,
             owner=owner,
@@ -261,8 +304,12 @@ class Registry:
     async def set_policy(self, model_id: str, policy: GovernancePolicy) -> None:
         await self.execute(model_id, SetModelPolicy, policy=policy)
 
-    async def set_registry_policy(self, policy: GovernancePolicy) -> None:
-        command = SetRegistryPolicy(**self._fields(SetRegistryPolicy, None, {"policy": policy}))
+    async def set_registry_policy(
+        self, policy: GovernancePolicy, actor: str = "admin", comment: str = ""
+    ) -> None:
+        command = SetRegistryPolicy(
+            **self._fields(SetRegistryPolicy, actor, {"policy": policy, "comment": comment})
+        )
         await self.executor.execute(REGISTRY_POLICY_STREAM, REGISTRY_POLICY, command)
         self.registry_policy = policy
 
@@ -313,18 +360,26 @@ class Registry:
         values: Mapping[str, float],
         dataset: str | None = None,
         step: int = 0,
+        actor: str | None = None,
     ) -> None:
         await self.log_points(
             model_id,
             version,
             [MetricInput(key=k, value=v, step=step, dataset=dataset) for k, v in values.items()],
+            actor,
         )
 
-    async def log_points(self, model_id: str, version: int, points: Sequence[MetricInput]) -> None:
+    async def log_points(
+        self,
+        model_id: str,
+        version: int,
+        points: Sequence[MetricInput],
+        actor: str | None = None,
+    ) -> None:
         command = LogMetrics(
             **self._fields(
                 LogMetrics,
-                None,
+                actor,
                 {"model_id": model_id, "version": version, "metrics": tuple(points)},
             )
         )
@@ -347,17 +402,29 @@ class Registry:
         return snapshot
 
     async def transition(
-        self, model_id: str, version: int, to: Stage | str, comment: str = ""
+        self,
+        model_id: str,
+        version: int,
+        to: Stage | str,
+        comment: str = "",
+        actor: str | None = None,
     ) -> None:
         metrics = await self._gate_metrics(model_id, version, self.states[model_id].production)
         await self.execute(
             model_id,
             TransitionStage,
+            actor,
             version=version,
             to_stage=Stage(to),
             comment=comment,
             metrics=metrics,
         )
+
+    async def to_production(self, model_id: str, version: int, actor: str | None = None) -> None:
+        """development -> staging -> production by direct transitions (the default policy allows them)."""
+        if self.states[model_id].version(version).stage == Stage.DEVELOPMENT:
+            await self.transition(model_id, version, Stage.STAGING, actor=actor)
+        await self.transition(model_id, version, Stage.PRODUCTION, actor=actor)
 
     async def archive_version(self, model_id: str, version: int, reason: str = "old") -> None:
         await self.execute(model_id, ArchiveVersion, version=version, reason=reason)
@@ -469,7 +536,29 @@ class Registry:
 
 
 async def registry(db: Database) -> Registry:
-    return Registry(db, await db.connect("registry-history"))
+    """A registry on its own connection, with a clock that moves a second per command."""
+    return Registry(db, await db.connect("registry-history"), start=START, step_seconds=1)
+
+
+def gated_policy(
+    approvals: int = 1,
+    separation_of_duties: bool = True,
+    request_ttl_seconds: int = 3600,
+) -> GovernancePolicy:
+    """The default transitions, but staging -> production needs ``approvals`` approvals."""
+    transitions = tuple(
+        TransitionRule(
+            from_stage=r.from_stage,
+            to_stage=r.to_stage,
+            approvals=approvals if r.to_stage == Stage.PRODUCTION else 0,
+        )
+        for r in DEFAULT_POLICY.transitions
+    )
+    return GovernancePolicy(
+        transitions=transitions,
+        separation_of_duties=separation_of_duties,
+        request_ttl_seconds=request_ttl_seconds,
+    )
 
 
 # --- random histories ---------------------------------------------------------------------
@@ -492,16 +581,7 @@ METRIC_KEYS = ("auc", "loss", "f1")
 DATASETS = (None, "holdout", "train")
 ACTORS = ("alice", "bob", "carol")
 # A policy under which production needs one approval (so requests stay pending).
-GUARDED = GovernancePolicy(
-    transitions=tuple(
-        TransitionRule(
-            from_stage=r.from_stage,
-            to_stage=r.to_stage,
-            approvals=1 if r.to_stage == Stage.PRODUCTION else 0,
-        )
-        for r in DEFAULT_POLICY.transitions
-    )
-)
+GUARDED = gated_policy(1, request_ttl_seconds=DEFAULT_POLICY.request_ttl_seconds)
 
 
 def _tags(rng: random.Random) -> dict[str, str]:
@@ -624,16 +704,58 @@ async def _rollback_or_policy(
 async def _deployment(reg: Registry, rng: random.Random, model_id: str, counter: int) -> None:
     state = reg.states[model_id]
     running = [d for d in state.deployments.values() if d.status == DeploymentStatus.STARTED]
-    if running and rng.random() < 0.6:
+    live = [d for d in state.deployments.values() if d.status == DeploymentStatus.SUCCEEDED]
+    roll = rng.random()
+    if running and roll < 0.5:
         deployment = rng.choice(running)
         if rng.random() < 0.8:
             await reg.deployment_succeeded(model_id, deployment.deployment_id)
         else:
             await reg.deployment_failed(model_id, deployment.deployment_id)
+    elif live and roll < 0.6:
+        await reg.deployment_rolled_back(model_id, rng.choice(live).deployment_id)
     else:
-        await reg.start_deployment(
-            model_id, rng.choice(_versions(state)), environment=rng.choice(("prod", "staging"))
+        # What the deployment follows, if anything: a stage, an alias (drift is judged on it).
+        follows = rng.choice(
+            ({"desired_stage": Stage.PRODUCTION}, {"desired_alias": "champion"}, {})
         )
+        await reg.start_deployment(
+            model_id,
+            rng.choice(_versions(state)),
+            environment=rng.choice(("prod", "staging")),
+            **follows,
+        )
+
+
+async def _expiry(reg: Registry, rng: random.Random, model_id: str, counter: int) -> None:
+    pending = [
+        r for r in reg.states[model_id].requests.values() if r.status == RequestStatus.PENDING
+    ]
+    if pending:
+        request = rng.choice(pending)
+        if reg.now < request.expires_at:
+            reg.tick((request.expires_at - reg.now).total_seconds())
+        await reg.execute(model_id, ExpirePromotion, "system", request_id=request.request_id)
+
+
+async def _restore_version(reg: Registry, rng: random.Random, model_id: str, counter: int) -> None:
+    state = reg.states[model_id]
+    archived = [n for n, v in sorted(state.versions.items()) if v.stage == Stage.ARCHIVED]
+    if archived:
+        await reg.execute(
+            model_id,
+            RestoreVersion,
+            "admin",
+            version=rng.choice(archived),
+            reason="needed",
+            actor_is_admin=True,
+        )
+
+
+async def _registry_policy(reg: Registry, rng: random.Random, model_id: str, counter: int) -> None:
+    await reg.set_registry_policy(
+        gated_policy(rng.choice((1, 2)), separation_of_duties=rng.random() < 0.7)
+    )
 
 
 async def _deprecate(reg: Registry, rng: random.Random, model_id: str, counter: int) -> None:
@@ -662,12 +784,17 @@ ACTIONS: tuple[tuple[float, Action], ...] = (
     (4, _rollback_or_policy),
     (4, _deployment),
     (2, _deprecate),
+    (1.5, _expiry),
+    (1, _restore_version),
+    (1, _registry_policy),
     (2, _rename),
     (1.5, _archive),
 )
 
 
-async def _random_step(reg: Registry, rng: random.Random, counter: int) -> None:
+async def _random_step(
+    reg: Registry, rng: random.Random, counter: int, weights: Sequence[float]
+) -> None:
     models = [m for m, s in reg.states.items() if s.registered]
     active = [m for m in models if not reg.states[m].archived]
     archived = [m for m in models if reg.states[m].archived]
@@ -683,17 +810,29 @@ async def _random_step(reg: Registry, rng: random.Random, counter: int) -> None:
         if not reg.states[model_id].versions:
             await _new_version(reg, rng, model_id, counter)
             return
-        (action,) = rng.choices([a for _, a in ACTIONS], weights=[w for w, _ in ACTIONS])
+        (action,) = rng.choices([a for _, a in ACTIONS], weights=weights)
         await action(reg, rng, model_id, counter)
 
 
-async def random_history(reg: Registry, rng: random.Random, n_commands: int) -> int:
-    """Attempt ``n_commands`` random commands; return how many the domain accepted."""
+async def random_history(
+    reg: Registry,
+    rng: random.Random,
+    n_commands: int,
+    *,
+    weights: Mapping[str, float] | None = None,
+) -> int:
+    """Attempt ``n_commands`` random commands; return how many the domain accepted.
+
+    ``weights`` overrides the weight of actions by name (``{"deployment": 30}``), for a
+    test that needs more of one kind of history than the usual mix gives."""
+    chosen = [(weights or {}).get(a.__name__.lstrip("_"), w) for w, a in ACTIONS]
+    unknown = set(weights or {}) - {a.__name__.lstrip("_") for _, a in ACTIONS}
+    assert not unknown, f"no such actions: {unknown}"
     accepted = 0
     for _ in range(n_commands):
         reg.actor = rng.choice(("alice", "alice", "carol"))
         try:
-            await _random_step(reg, rng, reg._ids + accepted)
+            await _random_step(reg, rng, reg._ids + accepted, chosen)
             accepted += 1
         except DomainError:
             pass  # e.g. a gate or a separation-of-duties rule: a refusal the service would answer too

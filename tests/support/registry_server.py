@@ -13,14 +13,17 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Coroutine, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 
+from service.publication.jetstream import delete_stream_if_exists
 from tests.support.database import APP_ROLE, drop_schema
+from tests.support.nats_servers import connect
 
 REPO = Path(__file__).resolve().parents[2]
 SERVING = re.compile(r"serving http://127\.0\.0\.1:(\d+) ")
@@ -33,6 +36,11 @@ class RegistryServer:
     admin_token: str
     schema: str
     log: Path
+    # Unique per server, down to the dead-letter subjects a consumer derives from the prefix
+    # (its root without the last token): nothing collides with what another run on a shared
+    # NATS created or left behind.
+    stream: str = ""
+    subject_prefix: str = ""
 
     def env(self, **extra: str) -> dict[str, str]:
         """A clean environment pointing the client and the CLI at this server."""
@@ -41,15 +49,30 @@ class RegistryServer:
 
 
 def _drop(database_url: str, schema: str) -> None:
+    _in_own_loop(drop_schema(database_url, schema))
+
+
+def _in_own_loop(work: Coroutine[Any, Any, None]) -> None:
     # Its own thread and loop: the caller may be a sync fixture inside pytest-asyncio's session.
-    worker = threading.Thread(target=lambda: asyncio.run(drop_schema(database_url, schema)))
+    worker = threading.Thread(target=lambda: asyncio.run(work))
     worker.start()
     worker.join(60)
+
+
+async def _delete_streams(nats_url: str, streams: list[str]) -> None:
+    """A shared, long-lived NATS keeps no stream of this server after the run."""
+    nc = await connect(nats_url)
+    try:
+        for name in streams:
+            await delete_stream_if_exists(nc, name)
+    finally:
+        await nc.close()
 
 
 @contextmanager
 def registry_server(database_url: str, nats_url: str, workdir: Path) -> Iterator[RegistryServer]:
     schema = f"t_{secrets.token_hex(6)}"
+    stream, subject_prefix = f"T_{schema.upper()}", f"test.{schema}.events"
     token = "admin-" + secrets.token_urlsafe(24)
     data_dir = workdir / f"serve-{schema}"
     data_dir.mkdir(parents=True)
@@ -60,8 +83,8 @@ def registry_server(database_url: str, nats_url: str, workdir: Path) -> Iterator
         "MODELREG_DB_SCHEMA": schema,
         "MODELREG_DB_APP_ROLE": APP_ROLE,
         "MODELREG_DB_POOL_SIZE": "4",
-        "MODELREG_NATS_STREAM": f"T_{schema.upper()}",
-        "MODELREG_NATS_SUBJECT_PREFIX": f"test.{schema}",
+        "MODELREG_NATS_STREAM": stream,
+        "MODELREG_NATS_SUBJECT_PREFIX": subject_prefix,
         "MODELREG_DATA_DIR": str(data_dir),
         "MODELREG_PORT": "0",
         "MODELREG_BOOTSTRAP_TOKEN": token,
@@ -79,7 +102,7 @@ def registry_server(database_url: str, nats_url: str, workdir: Path) -> Iterator
         )
     try:
         url = _wait_until_serving(proc, log)
-        yield RegistryServer(url=url, admin_token=token, schema=schema, log=log)
+        yield RegistryServer(url, token, schema, log, stream, subject_prefix)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGTERM)
@@ -89,6 +112,7 @@ def registry_server(database_url: str, nats_url: str, workdir: Path) -> Iterator
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait(10)
         _drop(database_url, schema)
+        _in_own_loop(_delete_streams(nats_url, [stream, f"{stream}_DLQ"]))
 
 
 def _wait_until_serving(proc: subprocess.Popen[bytes], log: Path) -> str:

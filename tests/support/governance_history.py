@@ -52,7 +52,7 @@ from events.model.commands import (
 )
 from events.model.decider import MODEL
 from events.model.state import DeploymentStatus, ModelState, RequestStatus
-from events.policy import DEFAULT_POLICY, GovernancePolicy, TransitionRule
+from events.policy import GovernancePolicy, TransitionRule
 from events.registry_policy import REGISTRY_POLICY, SetRegistryPolicy
 from events.stages import Stage
 from events.streams import REGISTRY_POLICY_STREAM, metrics_stream, model_stream
@@ -60,6 +60,7 @@ from projections.base import Projection
 from projections.runner import ensure_projection, step
 from service.commands.executor import CommandExecutor
 from tests.support.database import Database
+from tests.support.policies import PERMISSIVE_POLICY, PERMISSIVE_TRANSITIONS
 from tests.unit.domain_helpers import content
 
 T0 = datetime(2026, 3, 3, 9, 0, tzinfo=UTC)
@@ -76,7 +77,7 @@ class Registry:
         self.now = start
         self.last = start
         self.step = timedelta(seconds=step_seconds)
-        self.policy = DEFAULT_POLICY
+        self.policy = PERMISSIVE_POLICY
         self._sealer_conn: asyncpg.Connection | None = None
         self._ids = 0
 
@@ -120,7 +121,7 @@ class Registry:
         return number
 
     async def to_production(self, model_id: str, version: int, actor: str = "alice") -> list[Event]:
-        """development -> staging -> production by direct transitions (the default policy allows them)."""
+        """development -> staging -> production by direct transitions (the permissive policy allows them)."""
         state = await self.state(model_id)
         if state.version(version).stage == Stage.DEVELOPMENT:
             await self.model(
@@ -189,7 +190,7 @@ def gated_policy(approvals: int = 1, separation_of_duties: bool = True) -> Gover
             to_stage=r.to_stage,
             approvals=approvals if r.to_stage == Stage.PRODUCTION else 0,
         )
-        for r in DEFAULT_POLICY.transitions
+        for r in PERMISSIVE_TRANSITIONS
     )
     return GovernancePolicy(
         transitions=transitions, separation_of_duties=separation_of_duties, request_ttl_seconds=3600
@@ -201,7 +202,7 @@ async def random_history(
 ) -> int:
     """A random walk of plausible commands; returns how many were recorded (refusals skipped)."""
     recorded = 0
-    if reg.policy == DEFAULT_POLICY:
+    if reg.policy == PERMISSIVE_POLICY:
         # Production behind an approval, so requests stay open and collect votes.
         await reg.set_registry_policy(gated_policy(1))
         recorded += 1

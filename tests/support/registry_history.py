@@ -74,7 +74,7 @@ from events.model.commands import (
 from events.model.decider import MODEL
 from events.model.events import ModelRegistered, ModelRenamed
 from events.model.state import DeploymentStatus, ModelState, RequestStatus
-from events.policy import DEFAULT_POLICY, GovernancePolicy, TransitionRule
+from events.policy import GovernancePolicy, TransitionRule
 from events.registry_policy import REGISTRY_POLICY, SetRegistryPolicy
 from events.stages import Stage
 from events.streams import REGISTRY_POLICY_STREAM, metrics_stream, model_stream, name_key
@@ -98,6 +98,7 @@ from projections.runner import (
 from projections.time_travel import fold_as_of, folded_views
 from service.commands.executor import CommandExecutor, Outcome
 from tests.support.database import Database
+from tests.support.policies import PERMISSIVE_POLICY, PERMISSIVE_TRANSITIONS
 
 START = datetime(2025, 6, 1, 9, 0, tzinfo=UTC)
 
@@ -150,7 +151,7 @@ class Registry:
         self.sealer = Sealer(db.connect, db.schema)
         self.now = START
         self.actor = "alice"
-        self.registry_policy = DEFAULT_POLICY
+        self.registry_policy = PERMISSIVE_POLICY
         self.states: dict[str, ModelState] = {}
         self.metric_states: dict[tuple[str, int], MetricsState] = {}
         self._ids = 0
@@ -499,7 +500,7 @@ GUARDED = GovernancePolicy(
             to_stage=r.to_stage,
             approvals=1 if r.to_stage == Stage.PRODUCTION else 0,
         )
-        for r in DEFAULT_POLICY.transitions
+        for r in PERMISSIVE_TRANSITIONS
     )
 )
 

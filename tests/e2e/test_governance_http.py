@@ -286,6 +286,38 @@ async def test_metric_gates_refuse_a_version_below_the_threshold_or_worse_than_p
     assert (row["stages"]["production"], row["stages"]["archived"]) == (2, 1)
 
 
+async def test_a_client_cannot_pin_a_gate_baseline_with_a_huge_step_or_an_old_timestamp(
+    api: Api,
+) -> None:
+    # given production v1 with auc 0.93 on holdout, and a gate "no worse than production"
+    gate = {"metric": "auc", "dataset": "holdout", "op": ">=", "compare_to_production": True}
+    ok(await api.put("/api/v1/policy", json=policy({"gates": [gate]})))
+    ok(await api.post(M, json={"name": "churn"}), 201)
+    await register_versions(api, 2)
+    for n in (1, 2):
+        ok(await api.post(f"{V}/{n}/stage", json={"to": "staging"}))
+
+    async def log(version: int, value: float, **point: Any) -> httpx.Response:
+        body = {"metrics": [{"key": "auc", "value": value, "dataset": "holdout", **point}]}
+        return await api.post(f"{V}/{version}/metrics", json=body)
+
+    ok(await log(1, 0.93), 201)
+    ok(await api.post(f"{V}/1/stage", json={"to": "production"}))
+    ok(await log(2, 0.91), 201)
+
+    # when a contributor tries to pin production's value low with a huge step or a year-2000 time
+    refused(await log(1, 0.0, step=2**63 - 1), 422, "range")
+    refused(await log(1, 0.0, timestamp="1969-12-31T23:59:59Z"), 422, "range")
+    refused(await log(1, 0.0, timestamp="2999-01-01T00:00:00Z"), 422, "range")
+    ok(await log(1, 0.0, step=2**53, timestamp="2000-01-01T00:00:00Z"), 201)  # still allowed
+    # and the trainer then records production's real value again, at an ordinary step
+    ok(await log(1, 0.93, step=1), 201)
+
+    # then the gate reads the value recorded last, not the one with the highest step
+    worse = refused(await api.post(f"{V}/2/stage", json={"to": "production"}), 409, "metric_gate")
+    assert (worse["details"]["value"], worse["details"]["production_value"]) == (0.91, 0.93)
+
+
 async def test_an_approval_rechecks_the_gates_against_the_latest_metrics(api: Api) -> None:
     bob = await api.token("bob", Role.APPROVER)
     gates = [{"metric": "auc", "dataset": "holdout", "threshold": 0.9}]

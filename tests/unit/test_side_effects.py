@@ -6,6 +6,8 @@ from events.model.commands import Rollback, TransitionStage
 from events.model.events import AliasSet
 from events.model.side_effects import side_effects
 from events.stages import Stage, TransitionKind
+from service.cli.lifecycle import moved
+from service.client.models import Receipt
 from tests.unit.domain_helpers import cmd, given, in_production, transitioned, when, with_versions
 
 D, S, P, A = Stage.DEVELOPMENT, Stage.STAGING, Stage.PRODUCTION, Stage.ARCHIVED
@@ -46,3 +48,19 @@ def test_a_rollback_names_the_aliases_that_followed_it() -> None:
 def test_a_move_that_asked_for_exactly_what_happened_moved_nothing_else() -> None:
     events = when(cmd(TransitionStage, version=1, to_stage=S), given(with_versions(1)))
     assert side_effects(events) == []
+
+
+def test_the_cli_prints_what_else_moved_under_the_move() -> None:
+    # given the receipt of a promotion that demoted the production version
+    receipt = Receipt(
+        events=["model.stage_transitioned", "model.stage_transitioned"],
+        stream_version=9,
+        position=42,
+        also_moved=["version 1: production -> archived (demoted)"],
+    )
+    # when the CLI describes it
+    sentence = moved("churn v2 -> production")(receipt)
+    # then the side effect is on its own line
+    assert sentence.splitlines()[1:] == [
+        "  also moved: version 1: production -> archived (demoted)"
+    ]

@@ -9,7 +9,19 @@ Guarantees of ``append`` (each proven by a test in tests/integration/test_store_
   the first result; re-sending some of them in another batch is a ``DuplicateEventError``;
 - each event's hash chains its exact stored bytes to the previous event of its stream;
 - an append from a transaction older than the stream's last appender is retried, so
-  per-stream order always equals the (tx_id, seq) order in which the sealer publishes.
+  per-stream order always equals the (tx_id, seq) order in which the sealer publishes;
+- with ``guards={stream: version}`` the append commits only if each guard stream is still
+  at that version when it commits (``StaleGuardError`` otherwise): a decision that read
+  another stream (the registry policy) cannot land after that stream changed.
+
+How a guard holds. A guard stream must be of a type in ``GUARDABLE_TYPES``. Every append
+to such a stream takes an exclusive transaction-level advisory lock on it first; a guarded
+append takes the same lock shared, then checks the version, then appends, all in one
+transaction. The two exclude each other until commit, so a guarded append either sees
+the new version (and fails) or commits before the guard stream's writer can start. Both
+draw their xid only after taking the lock, so the sealer's (tx_id, seq) order agrees:
+the log never shows a decision after the change it did not see. A lock is used rather
+than a row lock because a guard stream may not exist yet (version 0).
 """
 
 from __future__ import annotations
@@ -18,28 +30,40 @@ import asyncio
 import random
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 from uuid import UUID
 
 import asyncpg
 import msgspec
+from asyncpg.pool import PoolConnectionProxy
 
 from events.base import Event, utc
 from events.codec import EventCodec
 from events.envelope import ZERO_HASH, Envelope, decode_envelope, encode_envelope, stream_link
 from events.errors import AlreadyExistsError, ConcurrencyError, ConflictError, ValidationError
-from events.streams import stream_type
+from events.streams import POLICY_TYPE, stream_type
 
 _RETRYABLE = {"40001", "40P01"}
 _MAX_ATTEMPTS = 8
+
+# Streams other decisions may be guarded by (see the module docstring): the policies.
+GUARDABLE_TYPES = frozenset({POLICY_TYPE})
 
 
 class DuplicateEventError(ConflictError):
     """Some of the event ids were recorded before, but not as this exact batch."""
 
     code = "duplicate_event"
+
+
+class StaleGuardError(ConcurrencyError):
+    """A guard stream moved past the version the decision was made under: decide again
+    with what it holds now (re-running the same command would repeat the stale decision)."""
+
+    code = "stale_guard"
 
 
 class Metadata(msgspec.Struct, frozen=True, kw_only=True):
@@ -135,15 +159,19 @@ class EventStore:
         event_ids: Sequence[UUID] | None = None,
         claim: Sequence[str] = (),
         release: Sequence[str] = (),
+        guards: Mapping[str, int] | None = None,
         conn: asyncpg.Connection | None = None,
     ) -> AppendResult:
         """Append ``events`` if the stream is at ``expected_version`` (0: must not exist).
 
         ``claim``/``release`` take or free unique keys (e.g. ``model-name:churn``) in the same
         transaction; a key held by another stream raises ``AlreadyExistsError``.
+        ``guards`` maps streams of ``GUARDABLE_TYPES`` to the version each must still be at.
+        With ``conn`` the caller's transaction holds the guard locks until it ends.
         """
         if not events:
             raise ValueError("an append needs at least one event")
+        guards = _ordered_guards(stream_id, guards)
         ids = list(event_ids) if event_ids is not None else [uuid.uuid4() for _ in events]
         envelopes = self.envelopes(stream_id, expected_version, events, metadata, ids)
         prev_hash, hashes = self._chain(stream_id, expected_version, envelopes)
@@ -161,10 +189,7 @@ class EventStore:
         )
         for attempt in range(1, _MAX_ATTEMPTS + 1):
             try:
-                if conn is None:
-                    row = await self.pool.fetchrow(_APPEND, *args)
-                else:
-                    row = await conn.fetchrow(_APPEND, *args)
+                row = await self._write(args, guards, conn)
                 break
             except asyncpg.UniqueViolationError as exc:
                 if exc.constraint_name != "events_event_id_key":
@@ -199,6 +224,18 @@ class EventStore:
         if self._on_append is not None and conn is None:
             self._on_append(result)
         return result
+
+    async def _write(
+        self, args: tuple[Any, ...], guards: dict[str, int], conn: asyncpg.Connection | None
+    ) -> asyncpg.Record | None:
+        """One try of the append: a single statement, unless guard locks are involved."""
+        exclusive = stream_type(args[0]) in GUARDABLE_TYPES
+        if conn is not None:
+            return await _locked_append(conn, args, guards, exclusive=exclusive)
+        if not guards and not exclusive:
+            return await self.pool.fetchrow(_APPEND, *args)
+        async with self.pool.acquire() as own, own.transaction():
+            return await _locked_append(own, args, guards, exclusive=exclusive)
 
     def _chain(
         self, stream_id: str, expected_version: int, envelopes: Sequence[bytes]
@@ -253,6 +290,47 @@ class EventStore:
 
 
 _APPEND = "SELECT * FROM append_events($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
+# Transaction-level advisory locks on a guardable stream, in their own two-key space
+# (leadership uses single bigint keys), per schema so registries sharing a cluster never
+# contend.
+_LOCK_KEY = "hashtext('modelreg-guard:' || current_schema()), hashtext($1)"
+_LOCK_EXCLUSIVE = f"SELECT pg_advisory_xact_lock({_LOCK_KEY})"
+_LOCK_SHARED = f"SELECT pg_advisory_xact_lock_shared({_LOCK_KEY})"
+# A statement of its own: a statement's snapshot is taken when it starts, so a version read
+# in the statement that waited for the lock would miss the change it waited for.
+_GUARD_VERSION = "SELECT coalesce((SELECT version FROM streams WHERE stream_id = $1), 0)"
+
+
+def _ordered_guards(stream_id: str, guards: Mapping[str, int] | None) -> dict[str, int]:
+    """The guards in one lock order (so two guarded appends never deadlock), checked."""
+    for guard in guards or {}:
+        if stream_type(guard) not in GUARDABLE_TYPES or guard == stream_id:
+            raise ValueError(f"{guard} cannot guard an append to {stream_id}")
+    return dict(sorted((guards or {}).items()))
+
+
+async def _locked_append(
+    conn: asyncpg.Connection | PoolConnectionProxy[asyncpg.Record],
+    args: tuple[Any, ...],
+    guards: Mapping[str, int],
+    *,
+    exclusive: bool,
+) -> asyncpg.Record | None:
+    """The append inside the caller's transaction, after the guard locks and checks.
+
+    Nothing here writes before the locks are held, so the transaction's xid is drawn
+    after them (see the module docstring).
+    """
+    if exclusive:
+        await conn.execute(_LOCK_EXCLUSIVE, args[0])
+    for guard, expected in guards.items():
+        await conn.execute(_LOCK_SHARED, guard)
+        actual: int = await conn.fetchval(_GUARD_VERSION, guard)
+        if actual != expected:
+            raise StaleGuardError(guard, expected, actual)
+    return await conn.fetchrow(_APPEND, *args)
+
+
 _HEADS_CACHED = 50_000
 _CONFLICT = "SELECT * FROM append_conflict($1, $2, $3)"
 

@@ -6,14 +6,21 @@ version exists (``ModelState.version(n)`` raises ``NotFoundError``) before it ap
 
 A batch holds 1 to ``MAX_BATCH`` points. Keys use the key character set of
 ``events.names`` (at most 250 characters); values must be finite (NaN and ±inf are
-refused with rule ``finite``); steps are integers in [0, 2**63 - 1]; a point without a
-timestamp takes the command's ``now``. The state keeps the *latest* value per (key,
-dataset): highest step, then latest timestamp, then the later batch wins. Metric gates
-read those values through ``latest_values``.
+refused with rule ``finite``); steps are integers in [0, 2**53] (exact in every JSON
+reader); timestamps lie between 1970 and one day after the command's ``now`` (both
+refused with rule ``range``); a point without a timestamp takes the command's ``now``.
+
+The state keeps two views per (key, dataset). ``latest`` is what a training curve shows:
+highest step, then latest timestamp, then the later batch wins. ``recorded`` is the value
+recorded last, in the order the server appended it (stream order, which is log order).
+Metric gates read ``recorded`` through ``latest_values``: step and timestamp come from the
+client, so a point with a huge step or an old timestamp could otherwise pin a version's
+gate value (and a production baseline) forever.
 """
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from typing import ClassVar, assert_never
 
 import msgspec
@@ -32,7 +39,9 @@ from events.streams import METRICS_TYPE
 
 STREAM_TYPE = METRICS_TYPE
 MAX_BATCH = 1000
-MAX_STEP = 2**63 - 1
+MAX_STEP = 2**53
+EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
+FUTURE_SLACK = timedelta(days=1)  # clock skew between a trainer and the registry
 NO_DATASET = ""
 
 
@@ -79,6 +88,7 @@ class MetricsState(msgspec.Struct, frozen=True, kw_only=True):
     batches: int = 0
     points: int = 0
     latest: dict[str, dict[str, LatestMetric]] = msgspec.field(default_factory=dict)
+    recorded: dict[str, dict[str, float]] = msgspec.field(default_factory=dict)
 
 
 MetricsEvent = MetricsLogged
@@ -97,7 +107,9 @@ def evolve(state: MetricsState, event: MetricsEvent) -> MetricsState:
     match event:
         case MetricsLogged():
             latest = dict(state.latest)
+            recorded = dict(state.recorded)
             for point in event.metrics:
+                recorded[point.key] = {**recorded.get(point.key, {}), point.dataset: point.value}
                 by_dataset = latest.get(point.key, {})
                 if _newer(point, by_dataset.get(point.dataset)):
                     entry = LatestMetric(
@@ -111,6 +123,7 @@ def evolve(state: MetricsState, event: MetricsEvent) -> MetricsState:
                 batches=state.batches + 1,
                 points=state.points + len(event.metrics),
                 latest=latest,
+                recorded=recorded,
             )
         case _:
             assert_never(event)
@@ -124,6 +137,12 @@ def _point(index: int, metric: MetricInput, now: UtcDateTime) -> MetricPoint:
         raise ValidationError(f"{where}.step", "range", f"a step is an integer in [0, {MAX_STEP}]")
     if metric.dataset is not None:
         validate_dataset_name(metric.dataset, f"{where}.dataset")
+    if metric.timestamp is not None and not EARLIEST <= metric.timestamp <= now + FUTURE_SLACK:
+        raise ValidationError(
+            f"{where}.timestamp",
+            "range",
+            "a timestamp lies between 1970-01-01 and one day after the registry's clock",
+        )
     timestamp = now if metric.timestamp is None else utc(metric.timestamp)
     return MetricPoint(
         key=metric.key,
@@ -157,11 +176,9 @@ def decide(command: LogMetrics, state: MetricsState) -> list[MetricsEvent]:
 
 
 def latest_values(state: MetricsState) -> dict[str, dict[str, float]]:
-    """``{key: {dataset or "": value}}``: one version's entry of a gate ``MetricSnapshot``."""
-    return {
-        key: {dataset: m.value for dataset, m in by_dataset.items()}
-        for key, by_dataset in state.latest.items()
-    }
+    """``{key: {dataset or "": value}}``: one version's entry of a gate ``MetricSnapshot``:
+    the value recorded last, whatever step or timestamp the client gave it."""
+    return {key: dict(by_dataset) for key, by_dataset in state.recorded.items()}
 
 
 METRICS: Decider[MetricsState, LogMetrics, MetricsEvent] = Decider(
@@ -170,4 +187,5 @@ METRICS: Decider[MetricsState, LogMetrics, MetricsEvent] = Decider(
     evolve=evolve,
     decide=decide,
     state_type=MetricsState,
+    snapshot_version=2,  # 2: ``recorded`` (snapshots without it would feed gates nothing)
 )

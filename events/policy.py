@@ -7,6 +7,12 @@ rollback needs approval. Each model may set its own policy (``model.policy_set``
 otherwise the registry-wide default from the ``policy:registry`` stream applies, and
 before anyone sets that, ``DEFAULT_POLICY``.
 
+Production is governed the same way on every route. ``DEFAULT_POLICY`` needs one approval
+to enter production and one to leave it, so a contributor alone changes neither. Whatever
+a policy says about ``production -> X``, leaving production needs at least what entering
+it needs (archiving the production version is a production change too), and a rollback
+needs what a promotion to production needs unless ``rollback_approvals`` says otherwise.
+
 Metric gates read a ``MetricSnapshot`` the shell builds from the metrics streams
 (``events.metrics.latest_values``) and passes in on the command, so evaluation stays pure:
 
@@ -87,17 +93,19 @@ class AliasRule(msgspec.Struct, frozen=True, kw_only=True):
     gates: tuple[MetricGate, ...] = ()
 
 
-def _rule(source: Stage, target: Stage) -> TransitionRule:
-    return TransitionRule(from_stage=source, to_stage=target)
+def _rule(source: Stage, target: Stage, approvals: int = 0) -> TransitionRule:
+    return TransitionRule(from_stage=source, to_stage=target, approvals=approvals)
 
 
+# Production changes need an approver by default: a registry that nobody configured must
+# not let one contributor swap or remove what serves traffic.
 DEFAULT_TRANSITIONS: tuple[TransitionRule, ...] = (
     _rule(Stage.DEVELOPMENT, Stage.STAGING),
     _rule(Stage.STAGING, Stage.DEVELOPMENT),
-    _rule(Stage.STAGING, Stage.PRODUCTION),
+    _rule(Stage.STAGING, Stage.PRODUCTION, approvals=1),
     _rule(Stage.DEVELOPMENT, Stage.ARCHIVED),
     _rule(Stage.STAGING, Stage.ARCHIVED),
-    _rule(Stage.PRODUCTION, Stage.ARCHIVED),
+    _rule(Stage.PRODUCTION, Stage.ARCHIVED, approvals=1),
 )
 
 
@@ -107,7 +115,8 @@ class GovernancePolicy(msgspec.Struct, frozen=True, kw_only=True):
     separation_of_duties: bool = True
     demote_production_to: Stage = Stage.ARCHIVED
     request_ttl_seconds: int = DEFAULT_REQUEST_TTL_SECONDS
-    rollback_approvals: int = 0
+    # None: a rollback needs what a promotion to production needs; a number overrides that.
+    rollback_approvals: int | None = None
 
     def transition(self, source: Stage, target: Stage) -> TransitionRule | None:
         return next(
@@ -116,6 +125,17 @@ class GovernancePolicy(msgspec.Struct, frozen=True, kw_only=True):
 
     def alias_rule(self, alias: str) -> AliasRule | None:
         return next((r for r in self.protected_aliases if r.alias == alias), None)
+
+    def production_approvals(self) -> int:
+        """What the strictest way into production needs: the bar for any production change."""
+        return max(
+            (r.approvals for r in self.transitions if r.to_stage == Stage.PRODUCTION), default=0
+        )
+
+    def rollback_requirement(self) -> int:
+        if self.rollback_approvals is not None:
+            return self.rollback_approvals
+        return self.production_approvals()
 
 
 DEFAULT_POLICY = GovernancePolicy()
@@ -157,6 +177,10 @@ def requirement(
                 to_stage=str(target),
             )
         approvals, gates, rules = rule.approvals, rule.gates, (f"transition:{source}->{target}",)
+        if source == Stage.PRODUCTION and policy.production_approvals() > approvals:
+            # Leaving production is a production change: it needs what entering does.
+            approvals = policy.production_approvals()
+            rules = (*rules, "production_change")
     if alias is not None and (protected := policy.alias_rule(alias)) is not None:
         approvals = max(approvals, protected.approvals)
         gates = gates + protected.gates
@@ -273,4 +297,5 @@ def validate_policy(policy: GovernancePolicy, field: str = "policy") -> None:
             "range",
             f"request_ttl_seconds must be between {MIN_REQUEST_TTL_SECONDS} and {MAX_REQUEST_TTL_SECONDS}",
         )
-    _validate_approvals(policy.rollback_approvals, f"{field}.rollback_approvals", 0)
+    if policy.rollback_approvals is not None:
+        _validate_approvals(policy.rollback_approvals, f"{field}.rollback_approvals", 0)

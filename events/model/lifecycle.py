@@ -8,11 +8,14 @@ Rules that hold after every decision:
   (directly or by demotion) removes its aliases in the same append
   (``model.alias_removed`` with cause ``version_archived``), except on rollback, where the
   aliases of the demoted version follow the version that returns to production;
-* a protected alias moves only through an approved promotion request;
+* a protected alias moves only through an approved promotion request, and no decision
+  removes one as a side effect: archiving (or demoting to archived) a version that holds a
+  protected alias is refused unless the same decision moves that alias on;
 * ``archived`` is final except for an admin ``RestoreVersion`` (back to ``development``)
   and the one-step ``Rollback``, which may re-promote an archived previous production
-  version. Rollback skips metric gates (the version passed them when it was promoted) and
-  needs approval only when the policy's ``rollback_approvals`` is above zero.
+  version. Rollback skips metric gates (the version passed them when it was promoted) but
+  needs what a promotion to production needs (``GovernancePolicy.rollback_requirement``),
+  and what each protected alias that follows the returning version needs.
 
 Event order inside one decision: alias moves, then the demotion (alias removals before
 the stage change), then the target's own stage change, so no prefix of the append breaks
@@ -45,13 +48,26 @@ from events.model.events import (
 from events.model.guards import MAX_ALIASES, require_active, require_live_version
 from events.model.state import ModelState, VersionState
 from events.names import validate_alias, validate_comment
-from events.policy import GovernancePolicy, check_gates, requirement
+from events.policy import GovernancePolicy, Requirement, check_gates, requirement
 from events.stages import Stage, TransitionKind
 
 
 def _archive_aliases(
-    version: VersionState, keep: set[str], comment: str, request_id: str | None
+    policy: GovernancePolicy,
+    version: VersionState,
+    keep: set[str],
+    comment: str,
+    request_id: str | None,
 ) -> list[ModelEvent]:
+    for alias in version.aliases:
+        if alias not in keep and policy.alias_rule(alias) is not None:
+            raise PolicyViolationError(
+                "protected_alias",
+                f"archiving version {version.number} would remove the protected alias {alias!r}:"
+                " move the alias in the same promotion request (alias=...) or unprotect it first",
+                alias=alias,
+                version=version.number,
+            )
     return [
         AliasRemoved(
             alias=alias,
@@ -66,6 +82,7 @@ def _archive_aliases(
 
 
 def _stage_change(
+    policy: GovernancePolicy,
     version: VersionState,
     to_stage: Stage,
     kind: TransitionKind,
@@ -74,7 +91,7 @@ def _stage_change(
     moved_aliases: set[str],
 ) -> list[ModelEvent]:
     removed = (
-        _archive_aliases(version, moved_aliases, comment, request_id)
+        _archive_aliases(policy, version, moved_aliases, comment, request_id)
         if to_stage == Stage.ARCHIVED
         else []
     )
@@ -137,6 +154,7 @@ def move(
     ):
         current = state.version(state.production)
         events += _stage_change(
+            policy,
             current,
             policy.demote_production_to,
             TransitionKind.DEMOTION,
@@ -144,7 +162,7 @@ def move(
             request_id,
             moved,
         )
-    events += _stage_change(version, stage, kind, comment, request_id, moved)
+    events += _stage_change(policy, version, stage, kind, comment, request_id, moved)
     return events
 
 
@@ -244,16 +262,31 @@ def rollback_version(state: ModelState) -> VersionState:
     return version
 
 
+def rollback_requirement(state: ModelState, policy: GovernancePolicy) -> Requirement:
+    """What a rollback needs: the policy's rollback rule (by default, what a promotion to
+    production needs) and the rule of every protected alias that would follow it."""
+    approvals = policy.rollback_requirement()
+    rules: tuple[str, ...] = ("rollback",)
+    followed = state.version(state.production).aliases if state.production is not None else ()
+    for alias in followed:
+        if (protected := policy.alias_rule(alias)) is not None:
+            approvals = max(approvals, protected.approvals)
+            rules = (*rules, f"protected_alias:{alias}")
+    return Requirement(approvals=approvals, rules=rules)
+
+
 def roll_back_production(command: Rollback, state: ModelState) -> list[ModelEvent]:
     require_active(state)
     validate_comment(command.reason, "reason", required=True)
     version = rollback_version(state)
     policy = state.effective_policy(command.registry_policy)
-    if policy.rollback_approvals > 0:
+    needed = rollback_requirement(state, policy)
+    if needed.approvals > 0:
         raise PolicyViolationError(
             "rollback_requires_approval",
-            f"a rollback needs {policy.rollback_approvals} approval(s): request it with rollback=true",
-            approvals=policy.rollback_approvals,
+            f"a rollback needs {needed.approvals} approval(s) ({', '.join(needed.rules)}):"
+            " request it with rollback=true",
+            approvals=needed.approvals,
         )
     return move(
         state,

@@ -55,7 +55,7 @@ from events.model.guards import (
     require_live_version,
     require_registered,
 )
-from events.model.lifecycle import move, rollback_version
+from events.model.lifecycle import move, rollback_requirement, rollback_version
 from events.model.state import ModelState, RequestState, RequestStatus, VersionState
 from events.names import validate_alias, validate_comment, validate_id
 from events.policy import GovernancePolicy, Requirement, check_gates, requirement
@@ -73,7 +73,7 @@ def _requirement(
                 f"the rollback target is now version {version.number}, not {request.version}",
                 version=request.version,
             )
-        return version, Requirement(approvals=policy.rollback_approvals, rules=("rollback",))
+        return version, rollback_requirement(state, policy)
     if request.target_stage == Stage.ARCHIVED:  # archiving a deprecated version is fine
         version = state.version(request.version)
         if version.stage == Stage.ARCHIVED:
@@ -124,20 +124,26 @@ def _execute(
         rules=needed.rules,
         gate_results=results,
     )
-    kind = TransitionKind.ROLLBACK if request.rollback else TransitionKind.PROMOTION
-    return [
-        executed,
-        *move(
-            state,
-            policy,
-            version,
-            stage=request.target_stage,
-            alias=request.alias,
-            kind=kind,
-            comment=comment or request.justification,
-            request_id=request.request_id,
-        ),
-    ]
+    return [executed, *_moves(state, policy, request, version, comment)]
+
+
+def _moves(
+    state: ModelState,
+    policy: GovernancePolicy,
+    request: RequestState,
+    version: VersionState,
+    comment: str,
+) -> list[ModelEvent]:
+    return move(
+        state,
+        policy,
+        version,
+        stage=request.target_stage,
+        alias=request.alias,
+        kind=TransitionKind.ROLLBACK if request.rollback else TransitionKind.PROMOTION,
+        comment=comment or request.justification,
+        request_id=request.request_id,
+    )
 
 
 def request_promotion(command: RequestPromotion, state: ModelState) -> list[ModelEvent]:
@@ -198,6 +204,9 @@ def request_promotion(command: RequestPromotion, state: ModelState) -> list[Mode
         rollback=request.rollback,
     )
     if needed.approvals > 0:
+        # Fail fast on what the move itself refuses (e.g. dropping a protected alias), so
+        # approvers are never asked for a promotion that cannot execute as requested.
+        _moves(state, policy, request, version, "")
         return [requested]
     return [requested, *_execute(state, policy, request, version, needed, (), command.metrics, "")]
 

@@ -15,6 +15,7 @@ from litestar.params import Parameter
 
 from eventlog.freshness import freshness, wait_for_position
 from events.errors import ValidationError
+from events.model.side_effects import side_effects
 from events.streams import model_stream
 from projections.base import Names, Projection
 from projections.paging import InvalidCursorError, InvalidQueryError, merge_names
@@ -219,6 +220,8 @@ class Receipt(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     version: int | None = None
     request_id: str | None = None
     replayed: bool = False
+    # Demotions and alias moves the write caused besides what it asked for.
+    also_moved: list[str] = msgspec.field(default_factory=list)
 
 
 def receipt(
@@ -244,5 +247,6 @@ def receipt(
         version=version,
         request_id=request_id,
         replayed=written.replayed,
+        also_moved=side_effects(written.events),
     )
     return Response(body, status_code=status, headers=headers)

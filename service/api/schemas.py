@@ -166,7 +166,7 @@ class PolicyBody(Strict, frozen=True, kw_only=True):
     separation_of_duties: bool | msgspec.UnsetType = msgspec.UNSET
     demote_production_to: Stage | msgspec.UnsetType = msgspec.UNSET
     request_ttl_seconds: int | msgspec.UnsetType = msgspec.UNSET
-    rollback_approvals: int | msgspec.UnsetType = msgspec.UNSET
+    rollback_approvals: int | msgspec.UnsetType | None = msgspec.UNSET
 
     def to_policy(self) -> GovernancePolicy:
         return msgspec.convert(msgspec.to_builtins(self), GovernancePolicy)

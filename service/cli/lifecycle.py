@@ -73,7 +73,8 @@ def moved(what: str) -> Callable[[Receipt], str]:
                 f"{what}: needs approval; opened promotion request {receipt.request_id}\n"
                 f"  approve with: modelreg approve {receipt.request_id}"
             )
-        return f"{what}: done; {receipt_line(receipt)}"
+        also = "".join(f"\n  also moved: {effect}" for effect in receipt.also_moved)
+        return f"{what}: done; {receipt_line(receipt)}{also}"
 
     return sentence
 

@@ -88,6 +88,8 @@ class Receipt(msgspec.Struct, frozen=True, kw_only=True):
     version: int | None = None
     request_id: str | None = None
     replayed: bool = False
+    # Demotions and alias moves the write caused besides what it asked for.
+    also_moved: list[str] = msgspec.field(default_factory=list)
 
     @property
     def executed(self) -> bool:

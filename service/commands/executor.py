@@ -24,14 +24,14 @@ import logging
 import random
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 import msgspec
 
-from eventlog.store import AppendResult, EventStore, Metadata
+from eventlog.store import AppendResult, EventStore, Metadata, StaleGuardError
 from events.base import Command, Decider, Event
 from events.errors import ConcurrencyError, ConflictError
 
@@ -118,13 +118,17 @@ class CommandExecutor:
         id_seed: str | None = None,
         keys: KeyRule | None = None,
         correlation_id: uuid.UUID | None = None,
+        guards: Mapping[str, int] | None = None,
     ) -> Outcome[S, E]:
+        """``guards``: other streams the command was built from, at the versions read
+        (``EventStore.append``); if one moved, ``StaleGuardError`` reaches the caller, who
+        must build the command again from what that stream holds now."""
         lock, waiting = self._turns.get(stream_id, (asyncio.Lock(), 0))
         self._turns[stream_id] = (lock, waiting + 1)
         try:
             async with lock:
                 return await self._execute(
-                    stream_id, decider, command, if_version, id_seed, keys, correlation_id
+                    stream_id, decider, command, if_version, id_seed, keys, correlation_id, guards
                 )
         finally:
             lock, waiting = self._turns[stream_id]
@@ -142,6 +146,7 @@ class CommandExecutor:
         id_seed: str | None,
         keys: KeyRule | None,
         correlation_id: uuid.UUID | None,
+        guards: Mapping[str, int] | None = None,
     ) -> Outcome[S, E]:
         metadata = Metadata(
             actor=command.actor,
@@ -170,7 +175,10 @@ class CommandExecutor:
                     event_ids=event_ids_for(id_seed, len(new_events)) if id_seed else None,
                     claim=claim,
                     release=release,
+                    guards=guards,
                 )
+            except StaleGuardError:
+                raise  # the command itself is stale: deciding it again would not help
             except ConcurrencyError:
                 self.forget(stream_id)
                 if self._on_conflict is not None:

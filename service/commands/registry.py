@@ -5,18 +5,24 @@ names to ids, supplies what the pure deciders need and cannot read themselves (t
 registry-wide policy, metric snapshots for gates, generated ids, the clock), claims and
 releases unique model names in the append's transaction, and waits (bounded) for the
 sealer so every write can answer with the log position of its last event.
+
+A governed command carries the registry policy it was decided under. That policy lives in
+another stream than the model's, so its append is guarded by the policy stream's version
+as read (``EventStore.append(guards=...)``): if the policy changed meanwhile, the command
+is built and decided again under the new one, so no decision lands under a policy that
+was already replaced.
 """
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from eventlog.positions import SealSignal, sealed_position
-from eventlog.store import EventStore
+from eventlog.store import EventStore, StaleGuardError
 from events.base import Command
 from events.errors import ConcurrencyError, ConflictError, NotFoundError, ValidationError
 from events.metrics import METRICS, LogMetrics, MetricInput, latest_values
@@ -37,6 +43,9 @@ from events.streams import (
     request_key,
 )
 from service.commands.executor import CommandExecutor, Outcome, PreconditionFailedError
+
+# How often a governed command is built again because the registry policy changed first.
+_POLICY_ATTEMPTS = 5
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,6 +156,7 @@ class Registry:
         *,
         if_version: int | None = None,
         id_seed: str | None = None,
+        guards: Mapping[str, int] | None = None,
     ) -> Written:
         outcome = await _conditional(
             if_version,
@@ -157,9 +167,36 @@ class Registry:
                 if_version=if_version,
                 id_seed=id_seed,
                 keys=name_keys,
+                guards=guards,
             ),
         )
         return await self.written_from(model_id, outcome)
+
+    async def under_registry_policy(
+        self,
+        model_id: str,
+        build: Callable[[GovernancePolicy], Command],
+        *,
+        if_version: int | None = None,
+        id_seed: str | None = None,
+    ) -> Written:
+        """Build a governed command from the registry policy in force and execute it, guarded
+        by that policy's version; if the policy changes first, build and decide again."""
+        for attempt in range(1, _POLICY_ATTEMPTS + 1):
+            revision, policy = await self.registry_policy_revision()
+            command = build(policy)
+            try:
+                return await self.execute(
+                    model_id,
+                    command,
+                    if_version=if_version,
+                    id_seed=id_seed,
+                    guards={REGISTRY_POLICY_STREAM: revision},
+                )
+            except StaleGuardError:
+                if attempt == _POLICY_ATTEMPTS:
+                    raise
+        raise AssertionError("unreachable")  # pragma: no cover
 
     async def register_model(
         self, build: Callable[[str], Command], *, id_seed: str | None = None
@@ -211,44 +248,45 @@ class Registry:
         request. Returns the result and the request id (``None`` when done directly)."""
         model_id, _, state = await self.model(name)
         current = state.version(version)
-        registry_policy = await self.registry_policy()
-        policy = state.effective_policy(registry_policy)
         metrics = await self.metric_snapshot(model_id, [version, state.production])
-        needs = requirement(policy, current.stage, to_stage, None).approvals
         now = self.clock()
-        if needs == 0:
-            command: Command = TransitionStage(
+        opened: list[str] = []
+
+        def build(registry_policy: GovernancePolicy) -> Command:
+            opened.clear()
+            policy = state.effective_policy(registry_policy)
+            if requirement(policy, current.stage, to_stage, None).approvals == 0:
+                return TransitionStage(
+                    actor=actor,
+                    now=now,
+                    registry_policy=registry_policy,
+                    version=version,
+                    to_stage=to_stage,
+                    comment=comment,
+                    metrics=metrics,
+                )
+            if not comment.strip():
+                raise ValidationError(
+                    "comment",
+                    "required",
+                    f"{current.stage} -> {to_stage} needs approval, so it opens a request: say why in the comment",
+                )
+            opened.append(self.request_id_for(id_seed))
+            return RequestPromotion(
                 actor=actor,
                 now=now,
                 registry_policy=registry_policy,
+                request_id=opened[0],
                 version=version,
-                to_stage=to_stage,
-                comment=comment,
+                justification=comment,
+                target_stage=to_stage,
                 metrics=metrics,
             )
-            return await self.execute(
-                model_id, command, if_version=if_version, id_seed=id_seed
-            ), None
-        if not comment.strip():
-            raise ValidationError(
-                "comment",
-                "required",
-                f"{current.stage} -> {to_stage} needs approval, so it opens a request: say why in the comment",
-            )
-        request_id = self.request_id_for(id_seed)
-        command = RequestPromotion(
-            actor=actor,
-            now=now,
-            registry_policy=registry_policy,
-            request_id=request_id,
-            version=version,
-            justification=comment,
-            target_stage=to_stage,
-            metrics=metrics,
+
+        written = await self.under_registry_policy(
+            model_id, build, if_version=if_version, id_seed=id_seed
         )
-        return await self.execute(
-            model_id, command, if_version=if_version, id_seed=id_seed
-        ), request_id
+        return written, (opened[0] if opened else None)
 
     def request_id_for(self, id_seed: str | None) -> str:
         """A new request id; a retried request (same seed) gets the same one."""
@@ -269,10 +307,13 @@ class Registry:
     ) -> Written:
         """Run a command that needs the registry policy and metric snapshots."""
         model_id, _, state = await self.model(name)
-        registry_policy = await self.registry_policy()
         metrics = await self.metric_snapshot(model_id, metric_versions(state))
-        command = build(model_id, state, registry_policy, metrics)
-        return await self.execute(model_id, command, if_version=if_version, id_seed=id_seed)
+        return await self.under_registry_policy(
+            model_id,
+            lambda registry_policy: build(model_id, state, registry_policy, metrics),
+            if_version=if_version,
+            id_seed=id_seed,
+        )
 
     async def set_registry_policy(
         self, policy: GovernancePolicy, *, actor: str, comment: str, if_version: int | None = None
@@ -316,6 +357,8 @@ async def _conditional(
     just as if the other write had come first."""
     try:
         return await execution
+    except StaleGuardError:
+        raise  # the registry policy moved, not the stream the precondition names
     except ConcurrencyError as exc:
         if if_version is None:
             raise

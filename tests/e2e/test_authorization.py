@@ -29,6 +29,7 @@ from service.api.router import api_app_kwargs
 from service.commands.tokens import issue_token, revoke_token
 from tests.support.api import Api, running_api
 from tests.support.database import Database
+from tests.support.policies import PERMISSIVE_POLICY_BODY
 
 R, W, A, ADMIN = Permission.READ, Permission.WRITE, Permission.APPROVE, Permission.ADMIN
 
@@ -57,8 +58,12 @@ def artifact(n: int) -> dict[str, Any]:
     }
 
 
+# Governance is not what this file tests: production moves freely, the champion alias does not.
 POLICY = {
-    "policy": {"protected_aliases": [{"alias": "champion", "approvals": 1}]},
+    "policy": {
+        **PERMISSIVE_POLICY_BODY,
+        "protected_aliases": [{"alias": "champion", "approvals": 1}],
+    },
     "comment": "the champion alias needs an approval",
 }
 CHAMPION = {"version": 1, "alias": "champion", "justification": "best so far"}

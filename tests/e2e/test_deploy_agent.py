@@ -30,6 +30,7 @@ from service.consumers.deploy_agent import (
 from service.consumers.kit import ConsumerStats, FileDedup, Subscription
 from service.publication.jetstream import delete_stream_if_exists
 from tests.support.nats_servers import connect
+from tests.support.policies import PERMISSIVE_POLICY
 from tests.support.registry_server import RegistryServer, registry_server
 
 # The installed console script, next to this interpreter (the virtualenv's bin/).
@@ -95,6 +96,8 @@ async def register(
 
 
 async def to_production(client: AsyncClient, model: str, version: int) -> int:
+    # Deployment, not governance, is under test: production needs no approver here.
+    await client.set_policy(PERMISSIVE_POLICY, comment="deploy tests promote directly")
     await client.transition(model, version, "staging")
     receipt = await client.transition(model, version, "production")
     assert receipt.executed and receipt.position is not None

@@ -286,6 +286,38 @@ async def test_metric_gates_refuse_a_version_below_the_threshold_or_worse_than_p
     assert (row["stages"]["production"], row["stages"]["archived"]) == (2, 1)
 
 
+async def test_a_client_cannot_pin_a_gate_baseline_with_a_huge_step_or_an_old_timestamp(
+    api: Api,
+) -> None:
+    # given production v1 with auc 0.93 on holdout, and a gate "no worse than production"
+    gate = {"metric": "auc", "dataset": "holdout", "op": ">=", "compare_to_production": True}
+    ok(await api.put("/api/v1/policy", json=policy({"gates": [gate]})))
+    ok(await api.post(M, json={"name": "churn"}), 201)
+    await register_versions(api, 2)
+    for n in (1, 2):
+        ok(await api.post(f"{V}/{n}/stage", json={"to": "staging"}))
+
+    async def log(version: int, value: float, **point: Any) -> httpx.Response:
+        body = {"metrics": [{"key": "auc", "value": value, "dataset": "holdout", **point}]}
+        return await api.post(f"{V}/{version}/metrics", json=body)
+
+    ok(await log(1, 0.93), 201)
+    ok(await api.post(f"{V}/1/stage", json={"to": "production"}))
+    ok(await log(2, 0.91), 201)
+
+    # when a contributor tries to pin production's value low with a huge step or a year-2000 time
+    refused(await log(1, 0.0, step=2**63 - 1), 422, "range")
+    refused(await log(1, 0.0, timestamp="1969-12-31T23:59:59Z"), 422, "range")
+    refused(await log(1, 0.0, timestamp="2999-01-01T00:00:00Z"), 422, "range")
+    ok(await log(1, 0.0, step=2**53, timestamp="2000-01-01T00:00:00Z"), 201)  # still allowed
+    # and the trainer then records production's real value again, at an ordinary step
+    ok(await log(1, 0.93, step=1), 201)
+
+    # then the gate reads the value recorded last, not the one with the highest step
+    worse = refused(await api.post(f"{V}/2/stage", json={"to": "production"}), 409, "metric_gate")
+    assert (worse["details"]["value"], worse["details"]["production_value"]) == (0.91, 0.93)
+
+
 async def test_an_approval_rechecks_the_gates_against_the_latest_metrics(api: Api) -> None:
     bob = await api.token("bob", Role.APPROVER)
     gates = [{"metric": "auc", "dataset": "holdout", "threshold": 0.9}]
@@ -331,6 +363,120 @@ async def test_an_approval_rechecks_the_gates_against_the_latest_metrics(api: Ap
     assert (await model_row(api, last_position(approved)))["stages"]["production"] == 1
 
 
+# --- production changes: safe defaults, every route (issue 13 items 7 and 9) ----------
+
+
+async def test_under_the_default_policy_a_contributor_changes_production_only_through_an_approver(
+    api: Api,
+) -> None:
+    # given no registry policy set, and a contributor with two versions in staging
+    alice = await api.token("alice", Role.CONTRIBUTOR)
+    bob = await api.token("bob", Role.APPROVER)
+    ok(await api.post(M, json={"name": "churn"}, as_=alice), 201)
+    await register_versions(api, 2, as_=alice)
+    for n in (1, 2):
+        ok(await api.post(f"{V}/{n}/stage", json={"to": "staging"}, as_=alice))
+
+    # when she moves version 1 to production, it only opens a request
+    asked = ok(
+        await api.post(f"{V}/1/stage", json={"to": "production", "comment": "ship"}, as_=alice),
+        202,
+    )
+    assert (await model_row(api, last_position(asked)))["stages"]["production"] is None
+    approved = ok(
+        await api.post(f"/api/v1/promotions/{asked.json()['request_id']}/approve", json={}, as_=bob)
+    )
+    assert (await model_row(api, last_position(approved)))["stages"]["production"] == 1
+
+    # and archiving the production version follows the production rule: a request, no move
+    archive = ok(
+        await api.post(f"{V}/1/stage", json={"to": "archived", "comment": "retire"}, as_=alice),
+        202,
+    )
+    assert "model.stage_transitioned" not in archive.json()["events"]
+    assert (await model_row(api, last_position(archive)))["stages"]["production"] == 1
+
+    # and so does a rollback (once there is a version to roll back to)
+    second = ok(
+        await api.post(f"{V}/2/stage", json={"to": "production", "comment": "v2"}, as_=alice), 202
+    )
+    ok(
+        await api.post(
+            f"/api/v1/promotions/{second.json()['request_id']}/approve", json={}, as_=bob
+        )
+    )
+    before = await log_size(api)
+    refused(
+        await api.post(f"{M}/churn/rollback", json={"reason": "v2 is slow"}, as_=alice),
+        409,
+        "rollback_requires_approval",
+    )
+    assert await log_size(api) == before
+
+
+async def test_a_promotion_never_drops_a_protected_alias_and_the_receipt_says_what_else_moved(
+    api: Api,
+) -> None:
+    # given champion protected, on version 1 in production, and the unprotected alias stable
+    alice = await api.token("alice", Role.CONTRIBUTOR)
+    bob = await api.token("bob", Role.APPROVER)
+    ok(await api.put("/api/v1/policy", json=policy(protected_aliases=[{"alias": "champion"}])))
+    ok(await api.post(M, json={"name": "churn"}, as_=alice), 201)
+    await register_versions(api, 2, as_=alice)
+    for n in (1, 2):
+        ok(await api.post(f"{V}/{n}/stage", json={"to": "staging"}, as_=alice))
+    ok(await api.post(f"{V}/1/stage", json={"to": "production"}, as_=alice))
+    ok(await api.put(f"{M}/churn/aliases/stable", json={"version": 1}, as_=alice))
+    champion = ok(
+        await api.post(
+            f"{M}/churn/promotions",
+            json={"version": 1, "alias": "champion", "justification": "best"},
+            as_=alice,
+        ),
+        202,
+    )
+    ok(
+        await api.post(
+            f"/api/v1/promotions/{champion.json()['request_id']}/approve", json={}, as_=bob
+        )
+    )
+
+    # when version 2 is promoted directly, which would archive version 1 and drop champion
+    before = await log_size(api)
+    refused(
+        await api.post(f"{V}/2/stage", json={"to": "production"}, as_=alice), 409, "protected_alias"
+    )
+    # then nothing moved
+    assert await log_size(api) == before
+
+    # when the promotion moves champion along, through its approval
+    moving = ok(
+        await api.post(
+            f"{M}/churn/promotions",
+            json={
+                "version": 2,
+                "target_stage": "production",
+                "alias": "champion",
+                "justification": "v2",
+            },
+            as_=alice,
+        ),
+        202,
+    )
+    done = ok(
+        await api.post(
+            f"/api/v1/promotions/{moving.json()['request_id']}/approve", json={}, as_=bob
+        )
+    )
+    # then the receipt names what else moved
+    assert done.json()["also_moved"] == [
+        "alias 'stable': removed from version 1 (archived)",
+        "version 1: production -> archived (demoted)",
+    ]
+    row = await model_row(api, last_position(done))
+    assert (row["stages"]["production"], row["aliases"]) == (2, {"champion": 2})
+
+
 # --- concurrent promotions ------------------------------------------------------------
 
 
@@ -343,6 +489,7 @@ async def _two_in_staging(api: Api, first: int) -> None:
 async def test_concurrent_direct_promotions_leave_exactly_one_version_in_production(
     api: Api,
 ) -> None:
+    ok(await api.put("/api/v1/policy", json=policy()))  # production needs no approval
     ok(await api.post(M, json={"name": "churn"}), 201)
     async with second_replica(api) as replica:
         for round_ in range(3):
@@ -369,6 +516,7 @@ async def test_concurrent_direct_promotions_leave_exactly_one_version_in_product
 
 
 async def test_concurrent_conditional_promotions_let_exactly_one_win(api: Api) -> None:
+    ok(await api.put("/api/v1/policy", json=policy()))  # production needs no approval
     ok(await api.post(M, json={"name": "churn"}), 201)
     async with second_replica(api) as replica:
         for round_ in range(3):

@@ -173,10 +173,27 @@ async def test_the_full_life_of_a_model(api: Api) -> None:
     v1 = (await ok(await api.get("/api/v1/models/churn/versions/1"))).json()
     assert v1["stage"] == "archived"
 
-    # roll back: v1 returns to production and takes the alias with it
-    rolled = await ok(
-        await api.post("/api/v1/models/churn/rollback", json={"reason": "v2 misbehaves"}, as_=alice)
+    # roll back: production and the protected alias move only with an approval, so alice
+    # asks and bob approves; v1 returns to production and takes the alias with it
+    direct = await api.post(
+        "/api/v1/models/churn/rollback", json={"reason": "v2 misbehaves"}, as_=alice
     )
+    assert (direct.status_code, direct.json()["rule"]) == (409, "rollback_requires_approval")
+    asked = await ok(
+        await api.post(
+            "/api/v1/models/churn/promotions",
+            as_=alice,
+            json={"version": 1, "rollback": True, "justification": "v2 misbehaves"},
+        ),
+        202,
+    )
+    rolled = await ok(
+        await api.post(f"/api/v1/promotions/{asked.json()['request_id']}/approve", json={}, as_=bob)
+    )
+    assert rolled.json()["also_moved"] == [
+        "alias 'champion': version 2 -> 1 (follows the rollback)",
+        "version 2: production -> archived (demoted)",
+    ]
     after_rollback = int(rolled.headers["Modelreg-Position"])
     model = (await ok(await api.get(f"/api/v1/models/churn?min_position={after_rollback}"))).json()
     assert (model["stages"]["production"], model["aliases"]) == (1, {"champion": 1})

@@ -32,6 +32,7 @@ from events.model.state import ModelState
 from events.policy import GovernancePolicy
 from events.registry_policy import REGISTRY_POLICY, RegistryPolicyState, SetRegistryPolicy
 from events.streams import REGISTRY_POLICY_STREAM, metrics_stream, model_stream
+from tests.support.policies import PERMISSIVE_POLICY
 from tests.unit.domain_helpers import NOW
 
 
@@ -41,7 +42,8 @@ class Log:
         self.now = start - timedelta(seconds=1)
         self._models: dict[str, ModelState] = {}
         self._metrics: dict[tuple[str, int], MetricsState] = {}
-        self._registry: RegistryPolicyState = REGISTRY_POLICY.initial_state()
+        # Views are tested under the permissive policy; governance tests set their own.
+        self._registry = RegistryPolicyState(policy=PERMISSIVE_POLICY)
         self._stream_positions: dict[str, int] = {}
 
     def model(

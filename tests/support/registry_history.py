@@ -80,7 +80,7 @@ from events.model.commands import (
 from events.model.decider import MODEL
 from events.model.events import ModelRegistered, ModelRenamed
 from events.model.state import DeploymentStatus, ModelState, RequestStatus
-from events.policy import DEFAULT_POLICY, GovernancePolicy, TransitionRule
+from events.policy import GovernancePolicy, TransitionRule
 from events.registry_policy import REGISTRY_POLICY, SetRegistryPolicy
 from events.stages import Stage
 from events.streams import REGISTRY_POLICY_STREAM, metrics_stream, model_stream, name_key
@@ -104,6 +104,7 @@ from projections.runner import (
 from projections.time_travel import fold_as_of, folded_views
 from service.commands.executor import CommandExecutor, Outcome
 from tests.support.database import Database
+from tests.support.policies import PERMISSIVE_POLICY, PERMISSIVE_TRANSITIONS
 from tests.support.waiting import eventually
 
 T0 = datetime(2026, 3, 3, 9, 0, tzinfo=UTC)  # Registry(db): one command a minute from here
@@ -170,7 +171,7 @@ class Registry:
         self.last = start  # ... and of the last one
         self.step = timedelta(seconds=step_seconds)
         self.actor = "alice"
-        self.registry_policy = DEFAULT_POLICY
+        self.registry_policy = PERMISSIVE_POLICY
         self.states: dict[str, ModelState] = {}
         self.metric_states: dict[tuple[str, int], MetricsState] = {}
         self._ids = 0
@@ -552,7 +553,7 @@ def gated_policy(
             to_stage=r.to_stage,
             approvals=approvals if r.to_stage == Stage.PRODUCTION else 0,
         )
-        for r in DEFAULT_POLICY.transitions
+        for r in PERMISSIVE_TRANSITIONS
     )
     return GovernancePolicy(
         transitions=transitions,
@@ -581,7 +582,7 @@ METRIC_KEYS = ("auc", "loss", "f1")
 DATASETS = (None, "holdout", "train")
 ACTORS = ("alice", "bob", "carol")
 # A policy under which production needs one approval (so requests stay pending).
-GUARDED = gated_policy(1, request_ttl_seconds=DEFAULT_POLICY.request_ttl_seconds)
+GUARDED = gated_policy(1, request_ttl_seconds=PERMISSIVE_POLICY.request_ttl_seconds)
 
 
 def _tags(rng: random.Random) -> dict[str, str]:

@@ -19,7 +19,7 @@ from events.model.events import (
     VersionRegistered,
 )
 from events.model.state import ModelState
-from events.policy import DEFAULT_POLICY, GovernancePolicy
+from events.policy import GovernancePolicy
 from events.stages import Stage, TransitionKind
 from events.version_content import (
     ArtifactEntry,
@@ -33,6 +33,7 @@ from events.version_content import (
     VersionContent,
     content_digest,
 )
+from tests.support.policies import PERMISSIVE_POLICY
 
 NOW = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
 MODEL_ID = "0b5e6c1f2d3a4b5c8d9e0f1a2b3c4d5e"
@@ -95,9 +96,10 @@ def content(seed: int = 1) -> VersionContent:
 
 
 def cmd(cls: type[C], actor: str = "alice", now: datetime = NOW, **fields: Any) -> C:
-    """A command with ``actor`` and ``now`` filled in (and the default registry policy)."""
+    """A command with ``actor`` and ``now`` filled in, decided under ``PERMISSIVE_POLICY``
+    unless the test names the registry policy (governance tests do)."""
     if issubclass(cls, GovernedCommand):
-        fields.setdefault("registry_policy", DEFAULT_POLICY)
+        fields.setdefault("registry_policy", PERMISSIVE_POLICY)
     return cls(actor=actor, now=now, **fields)
 
 

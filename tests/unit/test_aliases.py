@@ -14,6 +14,7 @@ from events.model.commands import RemoveAlias, SetAlias, TransitionStage
 from events.model.events import AliasRemovalCause, AliasRemoved, AliasSet
 from events.policy import AliasRule, GovernancePolicy
 from events.stages import Stage, TransitionKind
+from tests.support.policies import permissive
 from tests.unit.domain_helpers import (
     cmd,
     given,
@@ -123,7 +124,7 @@ def test_demoting_production_to_archived_removes_the_aliases_of_the_demoted_vers
 
 
 def test_demoting_production_to_staging_keeps_the_aliases() -> None:
-    policy = GovernancePolicy(demote_production_to=Stage.STAGING)
+    policy = permissive(demote_production_to=Stage.STAGING)
     state = given(
         with_versions(2),
         policy_set(policy),

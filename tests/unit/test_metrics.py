@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from hypothesis import given, settings
@@ -79,6 +80,23 @@ def test_a_batch_holds_between_one_and_the_maximum_number_of_points() -> None:
         (MetricInput(key="", value=1), "metrics[0].key", "required"),
         (MetricInput(key="k" * 251, value=1), "metrics[0].key", "length"),
         (MetricInput(key="auc", value=1, step=-1), "metrics[0].step", "range"),
+        (MetricInput(key="auc", value=1, step=2**53 + 1), "metrics[0].step", "range"),
+        (MetricInput(key="auc", value=1, step=2**63 - 1), "metrics[0].step", "range"),
+        (
+            MetricInput(key="auc", value=1, timestamp=datetime(1969, 12, 31, 23, 59, tzinfo=UTC)),
+            "metrics[0].timestamp",
+            "range",
+        ),
+        (
+            MetricInput(key="auc", value=1, timestamp=datetime(1, 1, 1, tzinfo=UTC)),
+            "metrics[0].timestamp",
+            "range",
+        ),
+        (
+            MetricInput(key="auc", value=1, timestamp=NOW + timedelta(days=1, seconds=1)),
+            "metrics[0].timestamp",
+            "range",
+        ),
         (MetricInput(key="auc", value=1, dataset="hold out"), "metrics[0].dataset", "pattern"),
     ],
 )
@@ -90,9 +108,17 @@ def test_invalid_points_are_rejected_naming_field_and_rule(
     assert (error.value.field, error.value.rule) == (field, rule)
 
 
-def test_the_latest_value_is_the_highest_step_then_the_latest_timestamp_then_the_later_batch() -> (
-    None
-):
+def test_the_boundaries_of_step_and_timestamp_are_accepted() -> None:
+    decide(
+        _log(
+            MetricInput(key="auc", value=1, step=2**53, timestamp=NOW + timedelta(days=1)),
+            MetricInput(key="auc", value=1, timestamp=datetime(1970, 1, 1, tzinfo=UTC)),
+        ),
+        MetricsState(),
+    )
+
+
+def test_curves_show_the_highest_step_but_gates_read_the_value_recorded_last() -> None:
     state = METRICS.fold(
         [
             MetricsLogged(
@@ -117,7 +143,9 @@ def test_the_latest_value_is_the_highest_step_then_the_latest_timestamp_then_the
             ),
         ]
     )
-    assert latest_values(state) == {"auc": {"holdout": 0.80, "validation": 0.9}, "loss": {"": 0.25}}
+    latest = {k: {d: m.value for d, m in by.items()} for k, by in state.latest.items()}
+    assert latest == {"auc": {"holdout": 0.80, "validation": 0.9}, "loss": {"": 0.25}}
+    assert latest_values(state) == {"auc": {"holdout": 0.70, "validation": 0.9}, "loss": {"": 0.25}}
     assert (state.batches, state.points) == (2, 6)
 
 
@@ -152,11 +180,14 @@ def test_latest_values_match_a_brute_force_reference_and_non_finite_batches_are_
             state = METRICS.evolve(state, event)
             accepted.extend(event.metrics)
     reference: dict[str, dict[str, MetricPoint]] = {}
+    last: dict[str, dict[str, float]] = {}
     for point in accepted:  # later wins ties, as documented
         best = reference.setdefault(point.key, {}).get(point.dataset)
         if best is None or (point.step, point.timestamp) >= (best.step, best.timestamp):
             reference[point.key][point.dataset] = point
-    assert latest_values(state) == {
+        last.setdefault(point.key, {})[point.dataset] = point.value
+    assert {k: {d: m.value for d, m in by.items()} for k, by in state.latest.items()} == {
         k: {d: p.value for d, p in by.items()} for k, by in reference.items()
     }
+    assert latest_values(state) == last
     assert state.points == len(accepted)

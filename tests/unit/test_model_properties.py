@@ -316,7 +316,7 @@ def _check_executed(
         assert executed.from_stage == version.stage
         required, gates = 0, []
         if rollback:
-            required = policy.rollback_approvals
+            required = policy.rollback_requirement()
             assert executed.version == before.rollback_target()
         else:
             assert version.stage != A
@@ -329,6 +329,8 @@ def _check_executed(
                 ]
                 assert len(rules) == 1, "executed a transition the policy does not have"
                 required, gates = rules[0].approvals, list(rules[0].gates)
+                if version.stage == P:  # leaving production is a production change
+                    required = max(required, policy.production_approvals())
             protected = [r for r in policy.protected_aliases if r.alias == executed.alias]
             for rule in protected:
                 required, gates = max(required, rule.approvals), gates + list(rule.gates)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from msgspec.structs import replace
 
 from events.errors import InvalidTransitionError, PolicyViolationError, ValidationError
 from events.policy import (
@@ -23,16 +24,41 @@ D, S, P, A = Stage.DEVELOPMENT, Stage.STAGING, Stage.PRODUCTION, Stage.ARCHIVED
 AUC = MetricGate(metric="auc", dataset="holdout", threshold=0.9)
 
 
-def test_the_default_policy_is_development_staging_production_and_any_to_archived_without_approvals() -> (
+def test_the_default_policy_needs_an_approver_for_every_production_change_and_nothing_else() -> (
     None
 ):
     validate_policy(DEFAULT_POLICY)
-    pairs = {(r.from_stage, r.to_stage) for r in DEFAULT_POLICY.transitions}
-    assert pairs == {(D, S), (S, D), (S, P), (D, A), (S, A), (P, A)}
-    assert all(r.approvals == 0 and not r.gates for r in DEFAULT_POLICY.transitions)
+    approvals = {(r.from_stage, r.to_stage): r.approvals for r in DEFAULT_POLICY.transitions}
+    assert approvals == {(D, S): 0, (S, D): 0, (S, P): 1, (D, A): 0, (S, A): 0, (P, A): 1}
+    assert not any(r.gates for r in DEFAULT_POLICY.transitions)
     assert DEFAULT_POLICY.demote_production_to == A
     assert DEFAULT_POLICY.separation_of_duties
-    assert DEFAULT_POLICY.rollback_approvals == 0
+    assert DEFAULT_POLICY.rollback_approvals is None
+    assert DEFAULT_POLICY.rollback_requirement() == 1
+
+
+def test_leaving_production_needs_what_entering_it_needs_whatever_the_exit_rule_says() -> None:
+    # given a policy whose production -> archived rule asks for no approval
+    policy = GovernancePolicy(
+        transitions=(
+            TransitionRule(from_stage=S, to_stage=P, approvals=2),
+            TransitionRule(from_stage=P, to_stage=A, approvals=0),
+        )
+    )
+    # when archiving the production version is judged
+    needed = requirement(policy, P, A, None)
+    # then it needs the production bar, and says why
+    assert needed.approvals == 2
+    assert needed.rules == ("transition:production->archived", "production_change")
+
+
+def test_a_rollback_needs_what_a_promotion_to_production_needs_unless_the_policy_says_otherwise() -> (
+    None
+):
+    gated = GovernancePolicy(transitions=(TransitionRule(from_stage=S, to_stage=P, approvals=2),))
+    assert gated.rollback_requirement() == 2
+    assert replace(gated, rollback_approvals=0).rollback_requirement() == 0
+    assert replace(gated, rollback_approvals=3).rollback_requirement() == 3
 
 
 @pytest.mark.parametrize(

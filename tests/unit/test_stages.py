@@ -9,6 +9,7 @@ from events.model.commands import ArchiveVersion, RestoreVersion, TransitionStag
 from events.model.events import AliasRemovalCause, AliasRemoved, AliasSet
 from events.policy import DEFAULT_POLICY, GateOp, GovernancePolicy, MetricGate, TransitionRule
 from events.stages import Stage, TransitionKind
+from tests.support.policies import permissive
 from tests.unit.domain_helpers import (
     cmd,
     given,
@@ -79,7 +80,7 @@ def test_promoting_a_version_demotes_the_previous_production_version_in_the_same
 
 
 def test_the_demotion_target_comes_from_the_policy() -> None:
-    policy = GovernancePolicy(demote_production_to=S)
+    policy = permissive(demote_production_to=S)
     state = given(with_versions(2), policy_set(policy), in_production(1), transitioned(2, D, S))
 
     events = when(cmd(TransitionStage, version=2, to_stage=P), state)

@@ -46,7 +46,7 @@ from events.model.commands import (
     UpdateVersionDescription,
 )
 from events.model.events import StageTransitioned
-from events.policy import DEFAULT_TRANSITIONS, AliasRule, GovernancePolicy, TransitionRule
+from events.policy import AliasRule, GovernancePolicy, TransitionRule
 from events.stages import Stage
 from projections.base import Projection
 from projections.views import (
@@ -62,6 +62,7 @@ from projections.views import (
 from projections.views.model_catalogue import CatalogueRows, ModelRow
 from projections.views.model_versions import VersionRows
 from tests.support.log_in_memory import Log
+from tests.support.policies import PERMISSIVE_TRANSITIONS, permissive
 from tests.unit.domain_helpers import content
 
 M1, M2 = "m1", "m2"
@@ -71,7 +72,7 @@ GATED = GovernancePolicy(
         TransitionRule(from_stage=r.from_stage, to_stage=r.to_stage, approvals=1)
         if r.to_stage == Stage.PRODUCTION
         else r
-        for r in DEFAULT_TRANSITIONS
+        for r in PERMISSIVE_TRANSITIONS
     ),
     protected_aliases=(AliasRule(alias="champion", approvals=1),),
 )
@@ -103,7 +104,7 @@ def registered(log: Log, model_id: str, name: str, versions: int, **fields: Any)
 def rich_history() -> Log:
     """Every event type every view handles, on two models."""
     log = Log()
-    log.registry_policy(GovernancePolicy(separation_of_duties=False))
+    log.registry_policy(permissive(separation_of_duties=False))
     registered(log, M1, "churn", 3, tags={"team": "risk"})
     registered(log, M2, "fraud", 1)
     log.metrics(M1, 1, auc=0.8, loss=0.5)
@@ -131,7 +132,7 @@ def rich_history() -> Log:
     log.model(M1, ReportDeploymentFailed, deployment_id="d3", reason="oom", actor="deployer")
     log.model(M1, ReportDeploymentRolledBack, deployment_id="d2", reason="slow", actor="deployer")
     for request_id in ("r2", "r3", "r4"):
-        log.model(M1, RequestPromotion, request_id=request_id, version=3, target_stage=Stage.PRODUCTION, justification="try")  # fmt: skip
+        log.model(M1, RequestPromotion, request_id=request_id, version=3, target_stage=Stage.PRODUCTION, alias="champion", justification="try")  # fmt: skip
         if request_id == "r2":
             log.model(M1, RejectPromotion, request_id="r2", comment="no", actor="bob")
         elif request_id == "r3":

@@ -200,6 +200,12 @@ class EventStore:
             self._on_append(result)
         return result
 
+    def committed(self, result: AppendResult) -> None:
+        """Report an append made on a caller's connection (``conn=``) once the caller's
+        transaction committed, as ``append`` does itself otherwise (it wakes the sealer)."""
+        if self._on_append is not None:
+            self._on_append(result)
+
     def _chain(
         self, stream_id: str, expected_version: int, envelopes: Sequence[bytes]
     ) -> tuple[bytes | None, list[bytes] | None]:

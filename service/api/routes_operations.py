@@ -339,6 +339,7 @@ class TokensController(Controller):
         else:
             outcome, secret = await issue_token(
                 services.executor,
+                services.pepper,
                 actor=principal.name,
                 principal=data.principal,
                 roles=data.roles,

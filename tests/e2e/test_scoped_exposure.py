@@ -1,5 +1,5 @@
-"""What a scoped token can observe, over real HTTP against ``modelreg serve`` (issue 13):
-the audit feed by actor, search cursors, and the last admin token.
+"""What callers can observe, over real HTTP against ``modelreg serve`` (issue 13): the audit
+feed by actor, token secrets on the log and on NATS, search cursors, the last admin token.
 
 One registry for the module; each test makes the models and tokens it needs under names
 of its own, so the tests do not depend on each other's order.
@@ -7,6 +7,7 @@ of its own, so the tests do not depend on each other's order.
 
 from __future__ import annotations
 
+import hashlib
 import secrets
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,6 +16,8 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.support.nats_servers import connect
+from tests.support.publication import stream_contents, wait_until
 from tests.support.registry_server import RegistryServer, registry_server
 
 API = "/api/v1"
@@ -118,3 +121,73 @@ def test_a_scoped_reader_sees_only_its_models_in_an_actors_audit_feed(
     assert not [e for e in reader_feed if e["event_type"].startswith("token.")]
     assert [e for e in admin_feed if e["event_type"] == "token.issued"]
     assert len(admin_feed) == len(reader_feed) + 1
+
+
+async def published(nats_url: str, stream: str) -> list[bytes]:
+    nc = await connect(nats_url)
+    try:
+        return [m.payload for m in await stream_contents(nc, stream)]
+    finally:
+        await nc.close()
+
+
+async def test_no_event_on_the_log_or_on_nats_carries_a_tokens_secret_or_its_hash(
+    server: RegistryServer, nats_url: str
+) -> None:
+    admin = bearer(server.admin_token)
+    async with httpx.AsyncClient(base_url=server.url + API, timeout=30.0) as http:
+        # given a token issued over HTTP (and the bootstrap token, whose secret a person chose)
+        issued = ok(
+            await http.post(
+                "/tokens", headers=admin, json={"principal": "nats-check", "roles": ["reader"]}
+            )
+        )
+        token_id = issued["token_id"].encode()
+        needles = [
+            s.encode()
+            for secret in (issued["secret"], server.admin_token)
+            for s in (secret, hashlib.sha256(secret.encode()).hexdigest())
+        ]
+        # when the whole log is read back, and everything published to NATS
+        log = await http.get("/events", params={"limit": 5000}, headers=admin)
+        ok(log)
+        stream = f"T_{server.schema.upper()}"
+        payloads: list[bytes] = []
+
+        async def token_published() -> bool:  # the relay publishes behind the API
+            payloads[:] = await published(nats_url, stream)
+            return any(token_id in p for p in payloads)
+
+        await wait_until(token_published, 30.0, "the token's event on NATS")
+        # then the token events are there, and neither secret nor its SHA-256 is in any of them
+        assert token_id in log.content
+        assert any(token_id in p for p in payloads)
+        for needle in needles:
+            assert needle not in log.content
+            assert not [p for p in payloads if needle in p]
+        # and the secret still authenticates
+        me = ok(await http.get("/me", headers=bearer(issued["secret"])))
+        assert me["name"] == "nats-check"
+
+
+def test_the_last_active_admin_token_cannot_revoke_itself(
+    server: RegistryServer, http: httpx.Client
+) -> None:
+    # given the bootstrap token is the only active admin left (other admins revoked)
+    admin = bearer(server.admin_token)
+    for token in ok(http.get("/tokens", headers=admin)):
+        if "admin" in token["roles"] and not token["revoked"] and token["token_id"] != "bootstrap":
+            ok(http.delete(f"/tokens/{token['token_id']}", headers=admin))
+    # when it revokes itself
+    refused = http.delete("/tokens/bootstrap", params={"reason": "oops"}, headers=admin)
+    # then it is refused with a 409 problem that says why and what to do, and still works
+    assert refused.status_code == 409
+    assert refused.headers["content-type"].startswith("application/problem+json")
+    problem = refused.json()
+    assert problem["type"] == "urn:modelreg:last_admin"
+    assert "last active admin" in problem["detail"]
+    assert "modelreg tokens create --admin" in problem["detail"]
+    assert ok(http.get("/me", headers=admin))["token_id"] == "bootstrap"
+    # and with a second admin, revoking the first is allowed again
+    second = new_token(http, server.admin_token, "second-admin", "admin")
+    ok(http.delete(f"/tokens/{second['token_id']}", headers=admin))

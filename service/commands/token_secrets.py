@@ -72,9 +72,9 @@ def legacy_digest(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
-def load_pepper(configured: str | None, data_dir: Path) -> Pepper:
+def load_pepper(configured: str | None, data_dir: Path, *, create: bool = True) -> Pepper:
     """The pepper from ``MODELREG_TOKEN_PEPPER`` when set, else from the data dir's file,
-    which is created (0600, 256 random bits) when missing."""
+    which is created (0600, 256 random bits) when missing and ``create`` is set."""
     if configured is not None:
         if len(configured) < MIN_PEPPER_LENGTH:
             raise PepperError(
@@ -83,6 +83,10 @@ def load_pepper(configured: str | None, data_dir: Path) -> Pepper:
             )
         return Pepper(configured.encode())
     path = data_dir.expanduser() / PEPPER_FILE
+    if not create and not path.exists():
+        raise PepperError(
+            f"no token pepper: {path} does not exist; set MODELREG_TOKEN_PEPPER to the servers' one"
+        )
     try:
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)

@@ -7,6 +7,7 @@ of its own, so the tests do not depend on each other's order.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import secrets
 from collections.abc import Iterator
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import msgspec
 import pytest
 
 from tests.support.nats_servers import connect
@@ -191,3 +193,80 @@ def test_the_last_active_admin_token_cannot_revoke_itself(
     # and with a second admin, revoking the first is allowed again
     second = new_token(http, server.admin_token, "second-admin", "admin")
     ok(http.delete(f"/tokens/{second['token_id']}", headers=admin))
+
+
+def models_page(http: httpx.Client, secret: str, **params: Any) -> dict[str, Any]:
+    page: dict[str, Any] = ok(http.get("/models", params=params, headers=bearer(secret)))
+    return page
+
+
+def unsealed(cursor: str) -> bytes:
+    """What a client can read of a cursor by decoding it (base64url)."""
+    return base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+
+
+def test_search_pages_and_cursors_of_a_scoped_token_hold_only_its_models(
+    server: RegistryServer, http: httpx.Client
+) -> None:
+    # given models out of a reader's scope that sort before and between the ones in it,
+    # one of them with a metric the reader must not learn anything about
+    tag = secrets.token_hex(3)
+    admin = server.admin_token
+    for name in (f"a{tag}-hidden", f"f{tag}-one", f"g{tag}-hidden", f"f{tag}-two"):
+        position = register(http, admin, name)
+    hidden = ok(
+        http.post(
+            f"/models/a{tag}-hidden/versions/1/metrics",
+            headers=bearer(admin),
+            json={"metrics": [{"key": "auc", "value": 0.97}]},
+        )
+    )
+    position = max(position, hidden["position"])
+    reader = new_token(http, admin, f"r{tag}", "reader", scopes=(f"f{tag}*",))["secret"]
+    # when the reader pages through the models matching the tag, one per page
+    seen, cursors = [], []
+    page = models_page(http, reader, q=tag, limit=1, min_position=position)
+    while True:
+        seen += [m["name"] for m in page["items"]]
+        assert len(page["items"]) == 1 or page["next_cursor"] is None, "pages are full"
+        if page["next_cursor"] is None:
+            break
+        cursors.append(page["next_cursor"])
+        page = models_page(http, reader, q=tag, limit=1, cursor=page["next_cursor"])
+    # then it sees its models only, and no cursor reveals a hidden one
+    assert seen == [f"f{tag}-one", f"f{tag}-two"]
+    assert len(cursors) == 1
+    assert not [c for c in cursors if b"hidden" in unsealed(c)]
+    # and a metric filter that only a hidden model satisfies answers nothing: no item, no cursor
+    probe = models_page(http, reader, q=tag, metric="auc>0.9", limit=1)
+    assert probe == {"items": [], "next_cursor": None}
+
+
+def test_a_changed_or_forged_cursor_is_refused_with_a_problem_naming_the_cursor(
+    server: RegistryServer, http: httpx.Client
+) -> None:
+    # given a real cursor, and the same bytes with one character changed
+    tag = secrets.token_hex(3)
+    for name in (f"c{tag}-1", f"c{tag}-2"):
+        position = register(http, server.admin_token, name)
+    page = models_page(http, server.admin_token, q=tag, limit=1, min_position=position)
+    cursor = page["next_cursor"]
+    changed = cursor[:-2] + ("A" if cursor[-2] != "A" else "B") + cursor[-1]
+    # a cursor in the unsigned form this service used to hand out, naming any model
+    forged = (
+        base64.urlsafe_b64encode(msgspec.msgpack.encode(("models:name", ("zzz", "model-id"))))
+        .decode()
+        .rstrip("=")
+    )
+    for bad in (changed, forged, "not-a-cursor"):
+        # when it is sent back
+        refused = http.get(
+            "/models", params={"q": tag, "cursor": bad}, headers=bearer(server.admin_token)
+        )
+        # then it is a 400 problem naming the parameter and the rule
+        assert refused.status_code == 400, bad
+        assert refused.headers["content-type"].startswith("application/problem+json")
+        assert (refused.json()["field"], refused.json()["rule"]) == ("cursor", "invalid")
+    # while the real cursor still gives the next page
+    follow = models_page(http, server.admin_token, q=tag, limit=1, cursor=cursor)
+    assert [m["name"] for m in follow["items"]] == [f"c{tag}-2"]

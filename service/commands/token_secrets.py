@@ -18,6 +18,7 @@ operator rotates them (``legacy_token_ids`` lists them, ``modelreg serve`` warns
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import os
@@ -87,18 +88,29 @@ def load_pepper(configured: str | None, data_dir: Path, *, create: bool = True) 
         raise PepperError(
             f"no token pepper: {path} does not exist; set MODELREG_TOKEN_PEPPER to the servers' one"
         )
+    if not path.exists():
+        _create_pepper_file(path)
+    return _read_pepper_file(path)
+
+
+def _create_pepper_file(path: Path) -> None:
+    """Write a new pepper to a private file of its own, then link it into place: processes
+    starting together on one data dir all end up reading the one complete file that won."""
+    scratch = path.with_name(f"{PEPPER_FILE}.{os.getpid()}.{secrets.token_hex(4)}")
     try:
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        return _read_pepper_file(path)
+        fd = os.open(scratch, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(secrets.token_hex(32) + "\n")
+        # A process that linked first wins: its pepper stands, this one is dropped.
+        with contextlib.suppress(FileExistsError):
+            os.link(scratch, path)
     except OSError as exc:
         raise PepperError(
             f"cannot create the token pepper {path} ({exc.strerror}); set MODELREG_TOKEN_PEPPER"
         ) from None
-    with os.fdopen(fd, "w") as out:
-        out.write(secrets.token_hex(32) + "\n")
-    return _read_pepper_file(path)
+    finally:
+        scratch.unlink(missing_ok=True)
 
 
 def _read_pepper_file(path: Path) -> Pepper:

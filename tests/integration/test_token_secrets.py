@@ -8,6 +8,7 @@ import asyncio
 import hashlib
 import logging
 import stat
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
 from typing import ClassVar
@@ -242,3 +243,12 @@ def test_the_pepper_file_is_created_private_and_reused(tmp_path: Path) -> None:
     path.chmod(0o640)
     with pytest.raises(PepperError, match="chmod 600"):
         load_pepper(None, tmp_path / "data")
+
+
+def test_processes_starting_together_on_one_data_dir_share_one_pepper(tmp_path: Path) -> None:
+    # given several processes (threads here) starting at once on an empty data dir
+    with ThreadPoolExecutor(8) as pool:
+        peppers = list(pool.map(lambda _: load_pepper(None, tmp_path / "data"), range(16)))
+    # then they all read the one pepper that was written first, and left no scratch file
+    assert len({p.fingerprint for p in peppers}) == 1
+    assert [f.name for f in (tmp_path / "data").iterdir()] == [PEPPER_FILE]

@@ -6,7 +6,7 @@ from collections.abc import Iterable
 
 import asyncpg
 
-from events.streams import model_stream, name_key_pattern, name_of_key
+from events.streams import model_id_of, model_stream, name_key, name_key_pattern, name_of_key
 
 
 async def model_names(
@@ -29,3 +29,25 @@ async def model_names(
         if name is not None:
             names[streams[row["stream_id"]]] = name
     return names
+
+
+def _like_escaped(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+async def model_ids_named(
+    conn: asyncpg.Connection | asyncpg.Pool, names: Iterable[str], prefixes: Iterable[str]
+) -> list[str]:
+    """The ids of the models whose current name is one of ``names`` or starts with one of
+    ``prefixes`` (a token's scopes), in one round trip over the keys the write path commits."""
+    exact = [name_key(n) for n in names]
+    patterns = [name_key(_like_escaped(p)) + "%" for p in prefixes]
+    if not exact and not patterns:
+        return []
+    rows = await conn.fetch(
+        "SELECT stream_id FROM unique_keys WHERE stream_id IS NOT NULL"
+        " AND (key = ANY ($1::text[]) OR key LIKE ANY ($2::text[]))",
+        exact,
+        patterns,
+    )
+    return sorted(model_id_of(r["stream_id"]) for r in rows)

@@ -237,6 +237,12 @@ class EventStore:
         async with self.pool.acquire() as own, own.transaction():
             return await _locked_append(own, args, guards, exclusive=exclusive)
 
+    def committed(self, result: AppendResult) -> None:
+        """Report an append made on a caller's connection (``conn=``) once the caller's
+        transaction committed, as ``append`` does itself otherwise (it wakes the sealer)."""
+        if self._on_append is not None:
+            self._on_append(result)
+
     def _chain(
         self, stream_id: str, expected_version: int, envelopes: Sequence[bytes]
     ) -> tuple[bytes | None, list[bytes] | None]:

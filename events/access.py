@@ -1,8 +1,9 @@
 """Access tokens and what their roles may do: the ``token:{token_id}`` stream. Pure.
 
 A token is issued to a principal with one or more roles, optionally narrowed to models
-whose names start with given prefixes, optionally expiring; it can be revoked. Only the
-SHA-256 of the secret is ever recorded: the secret is shown once, at issue, by the shell.
+whose names start with given prefixes, optionally expiring; it can be revoked. No event carries the secret or any digest of it:
+events are read by auditors and published on NATS, so the shell keeps a keyed digest in a
+table of its own (``service.commands.token_secrets``) and shows the secret once, at issue.
 
     reader       read everything in scope
     contributor  + register models and versions, log metrics, tags, aliases,
@@ -15,8 +16,9 @@ from __future__ import annotations
 
 import enum
 import re
+from collections.abc import Callable
 from datetime import datetime
-from typing import ClassVar, assert_never
+from typing import Any, ClassVar, assert_never
 
 import msgspec
 
@@ -29,7 +31,6 @@ STREAM_TYPE = TOKEN_TYPE
 MAX_SCOPES = 50
 _PRINCIPAL = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@+-]{0,127}")
 _SCOPE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,255}\*?|\*")
-_HASH = re.compile(r"[0-9a-f]{64}")
 
 
 class Role(enum.StrEnum):
@@ -55,12 +56,14 @@ ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
 
 
 class TokenIssued(Event, frozen=True, kw_only=True):
+    """v2: v1 also carried ``secret_sha256``, an unkeyed digest of the secret."""
+
     event_type: ClassVar[str] = "token.issued"
+    schema_version: ClassVar[int] = 2
     token_id: str
     principal: str
     roles: tuple[Role, ...]
     scopes: tuple[str, ...]
-    secret_sha256: str
     expires_at: UtcDateTime | None
     description: str
 
@@ -75,11 +78,21 @@ TokenEvent = TokenIssued | TokenRevoked
 TOKEN_EVENT_TYPES: tuple[type[Event], ...] = (TokenIssued, TokenRevoked)
 
 
+def token_issued_v1_to_v2(fields: dict[str, Any]) -> dict[str, Any]:
+    """Drop v1's ``secret_sha256``: the recorded bytes keep it (they are immutable), but no
+    fold sees it; the shell verifies such a token by the unique key it claimed at issue."""
+    return {k: v for k, v in fields.items() if k != "secret_sha256"}
+
+
+TOKEN_UPCASTERS: dict[tuple[str, int], Callable[[dict[str, Any]], dict[str, Any]]] = {
+    (TokenIssued.event_type, 1): token_issued_v1_to_v2
+}
+
+
 class IssueToken(Command, frozen=True, kw_only=True):
     token_id: str
     principal: str
     roles: tuple[Role, ...]
-    secret_sha256: str
     scopes: tuple[str, ...] = ()
     expires_at: UtcDateTime | None = None
     description: str = ""
@@ -97,7 +110,6 @@ class TokenState(msgspec.Struct, frozen=True, kw_only=True):
     principal: str = ""
     roles: tuple[Role, ...] = ()
     scopes: tuple[str, ...] = ()
-    secret_sha256: str = ""
     expires_at: UtcDateTime | None = None
     description: str = ""
     revoked: bool = False
@@ -142,7 +154,6 @@ def evolve(state: TokenState, event: TokenEvent) -> TokenState:
                 principal=event.principal,
                 roles=event.roles,
                 scopes=event.scopes,
-                secret_sha256=event.secret_sha256,
                 expires_at=event.expires_at,
                 description=event.description,
             )
@@ -179,10 +190,6 @@ def _issue(command: IssueToken, state: TokenState) -> list[TokenEvent]:
     if not command.roles:
         raise ValidationError("roles", "required", "a token needs at least one role")
     _validate_scopes(command.scopes)
-    if not _HASH.fullmatch(command.secret_sha256):
-        raise ValidationError(
-            "secret_sha256", "pattern", "the secret hash must be 64 lower-case hex digits"
-        )
     if command.expires_at is not None and command.expires_at <= command.now:
         raise ValidationError("expires_at", "range", "a token must expire in the future")
     return [
@@ -191,7 +198,6 @@ def _issue(command: IssueToken, state: TokenState) -> list[TokenEvent]:
             principal=command.principal,
             roles=tuple(dict.fromkeys(command.roles)),
             scopes=command.scopes,
-            secret_sha256=command.secret_sha256,
             expires_at=command.expires_at,
             description=command.description,
         )

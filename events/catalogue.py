@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from events.access import TOKEN_EVENT_TYPES, TOKENS
+from events.access import TOKEN_EVENT_TYPES, TOKEN_UPCASTERS, TOKENS
 from events.base import Decider, Event
 from events.codec import EventCodec, Upcaster
 from events.metrics import METRICS, METRICS_EVENT_TYPES
@@ -22,8 +22,8 @@ ALL_EVENT_TYPES: tuple[type[Event], ...] = (
     *TOKEN_EVENT_TYPES,
 )
 
-# (event_type, from_schema_version) -> pure upgrade of the decoded JSON object. None yet.
-UPCASTERS: Mapping[tuple[str, int], Upcaster] = {}
+# (event_type, from_schema_version) -> pure upgrade of the decoded JSON object.
+UPCASTERS: Mapping[tuple[str, int], Upcaster] = {**TOKEN_UPCASTERS}
 
 CODEC = EventCodec(ALL_EVENT_TYPES, UPCASTERS)
 

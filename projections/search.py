@@ -37,8 +37,13 @@ content may list thousands of artifacts, and a list page rarely needs them.
 Names and ids sort by code point (C collation). Ties are broken by the model id (and
 the version number), so every row has a distinct position in the order.
 
+``scopes`` (models) — a scoped caller's scopes: only models named so, or with a name
+    starting with a ``prefix*``. Filtered in the query, before the limit, so a page and its
+    cursor hold in-scope rows only (a scope filter applied to the page afterwards would
+    leave pages short and cursors naming models the caller may not see).
+
 Pagination: a page holds up to ``limit`` rows (1..500) and ``next_cursor`` when more
-follow. The cursor is the last row's sort key (base64url msgpack), so a page is "the
+follow (the API seals it: ``projections.paging.CursorSeal``). The cursor is the last row's sort key (base64url msgpack), so a page is "the
 rows after this key": writes between pages never duplicate or skip a row whose sort key
 did not change (a row whose key changes while it is paged through, by ``updated``, by a
 metric, or by name across a rename, may move). A cursor from another order, or a damaged one, raises
@@ -92,6 +97,9 @@ class ModelQuery(msgspec.Struct, frozen=True, kw_only=True):
     order: str = "name"
     limit: int = 50
     cursor: str | None = None
+    # A scoped caller's scopes (names, or prefixes ending in *); empty: every model. They
+    # filter in the query, before the limit, so pages and cursors hold in-scope rows only.
+    scopes: tuple[str, ...] = ()
 
 
 class VersionQuery(msgspec.Struct, frozen=True, kw_only=True):
@@ -317,6 +325,20 @@ def _metrics(
     )
 
 
+def _scopes(sql: _Sql, column: str, scopes: tuple[str, ...]) -> None:
+    if not scopes or "*" in scopes:
+        return
+    exact = [s for s in scopes if not s.endswith("*")]
+    prefixes = [
+        s[:-1].replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        for s in scopes
+        if s.endswith("*")
+    ]
+    sql.where.append(
+        f"({column} = ANY ({sql.p(exact)}::text[]) OR {column} LIKE ANY ({sql.p(prefixes)}::text[]))"
+    )
+
+
 def _check_q(q: str | None) -> str | None:
     if q and len(q) > 256:
         raise InvalidQueryError("q is longer than 256 characters")
@@ -369,6 +391,7 @@ async def search_models(conn: Conn, names: Names, query: ModelQuery) -> Page[Mod
     columns, key_type = _MODEL_KEYS[order.field]
     sql = _Sql()
     _common(sql, "c", "name", _check_q(query.q), query.owner)
+    _scopes(sql, "c.name", query.scopes)
     _tags(sql, "c.tags", query.tags)
     if query.stages:
         sql.where.append(f"c.stages ?| {sql.p([str(s) for s in query.stages])}::text[]")

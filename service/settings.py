@@ -44,6 +44,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     port: Port = 8000
     role: Literal["all", "api", "worker"] = "all"
     bootstrap_token: str | None = None
+    # The key of token digests (service.commands.token_secrets); unset: the data dir's
+    # token_pepper file, created on first start. Every replica needs the same one.
+    token_pepper: str | None = None
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
     # Publication.

@@ -67,7 +67,7 @@ from events.model.events import (
 )
 from events.registry_policy import RegistryPolicySet
 from events.stages import TransitionKind
-from events.streams import model_id_or_none
+from events.streams import TOKEN_TYPE, model_id_or_none
 from projections.base import Fold, Names, Projection, Table, changed
 
 Conn = asyncpg.Connection | asyncpg.Pool
@@ -507,6 +507,8 @@ async def entries(
     names: Names,
     *,
     model_id: str | None = None,
+    only_models: Sequence[str] | None = None,
+    hide_tokens: bool = False,
     actor: str | None = None,
     event_types: Sequence[str] | None = None,
     version: int | None = None,
@@ -519,7 +521,11 @@ async def entries(
 ) -> AuditPage:
     """One page of entries matching every filter given. ``since``/``until`` bound business
     time (``since <= occurred_at < until``); ``up_to_position`` shows the log as it stood
-    then; ``cursor`` continues after the previous page's ``next_cursor``."""
+    then; ``cursor`` continues after the previous page's ``next_cursor``.
+
+    ``only_models`` keeps the events of those models (a scoped reader's; registry-wide
+    events are left out too) and ``hide_tokens`` leaves out the token streams (who holds
+    which token is for admins): the filter runs before the limit, so pages stay full."""
     where: list[str] = []
     args: list[object] = []
 
@@ -529,6 +535,10 @@ async def entries(
 
     if model_id is not None:
         bind("model_id = ?", model_id)
+    if only_models is not None:
+        bind("model_id = ANY (?::text[])", list(only_models))
+    if hide_tokens:
+        bind("stream_id NOT LIKE ?", f"{TOKEN_TYPE}:%")
     if actor is not None:
         bind("actor = ?", actor)
     if event_types is not None:

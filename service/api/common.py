@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime
-from typing import Annotated, Any, cast
+from typing import Annotated, Any, TypeVar, cast
 
 import asyncpg
 import msgspec
@@ -18,13 +18,15 @@ from events.errors import ValidationError
 from events.model.side_effects import side_effects
 from events.streams import model_stream
 from projections.base import Names, Projection
-from projections.paging import InvalidCursorError, InvalidQueryError, merge_names
+from projections.paging import CursorSeal, InvalidCursorError, InvalidQueryError, Page, merge_names
 from projections.registry_state import views_as_of
 from service.api.idempotency import id_seed
 from service.api.problems import BadRequestError
 from service.api.services import Services
 from service.commands.registry import Written
 from service.commands.tokens import Principal
+
+T = TypeVar("T")
 
 POSITION_HEADER = "Modelreg-Position"
 # Log positions and cursors are bigint columns, version numbers int ones: a larger number
@@ -37,6 +39,16 @@ VersionNumber = Annotated[int, Parameter(le=MAX_VERSION, description="A version 
 def services_of(request: Request[Any, Any, Any]) -> Services:
     services: Services = request.app.state.services
     return services
+
+
+def cursor_seal(request: Request[Any, Any, Any]) -> CursorSeal:
+    """Seals the cursors handed to clients under a key only the servers hold (derived from
+    the token pepper, so every replica seals alike); ``open`` refuses any other cursor."""
+    return CursorSeal(services_of(request).pepper.derive("cursors"))
+
+
+def sealed(page: Page[T], seal: CursorSeal) -> Page[T]:
+    return Page(items=page.items, next_cursor=seal.seal(page.next_cursor))
 
 
 def principal_of(request: Request[Any, Any, Any]) -> Principal:

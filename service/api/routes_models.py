@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
+import msgspec
 from litestar import Controller, Request, Response, delete, get, patch, post, put
 from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 
@@ -27,11 +28,13 @@ from service.api.auth import require
 from service.api.common import (
     Receipt,
     bad_query,
+    cursor_seal,
     etag,
     if_match,
     principal_of,
     read_views,
     receipt,
+    sealed,
     seed_of,
     services_of,
 )
@@ -117,21 +120,18 @@ class ModelsController(Controller):
             archived=archived,
             order=order_by,
             limit=limit,
-            cursor=cursor,
+            # The scope filters in the query, so a page is full and its cursor in scope.
+            scopes=() if covers(principal, None) else principal.scopes,
         )
+        seal = cursor_seal(request)
         async with read_views(
             services_of(request), CATALOGUE, as_of=as_of, min_position=min_position
         ) as reader:
             try:
-                page = await search_models(reader.conn, reader.names, query)
+                query = msgspec.structs.replace(query, cursor=seal.open(cursor))
+                return sealed(await search_models(reader.conn, reader.names, query), seal)
             except InvalidQueryError as exc:
                 raise bad_query(exc) from None
-        if principal.scopes:
-            return Page(
-                items=tuple(m for m in page.items if covers(principal, m.name)),
-                next_cursor=page.next_cursor,
-            )
-        return page
 
     @get("/{name:str}")
     async def read(

@@ -11,6 +11,7 @@ import msgspec
 from litestar import Controller, Request, Response, delete, get, post
 from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 
+from eventlog.keys import model_ids_named
 from eventlog.log import read_log_as_stored
 from eventlog.verify import VerifyReport, verify
 from events.access import TOKENS, Permission
@@ -47,7 +48,7 @@ from service.api.schemas import (
     TokenInfo,
     TokenRequest,
 )
-from service.commands.tokens import Principal, issue_token, revoke_token
+from service.commands.tokens import Principal, covers, issue_token, revoke_token
 from service.publication.event_schema import catalogue_schema
 
 DEPLOYMENTS = [deployments.PROJECTION]
@@ -238,13 +239,22 @@ class AuditController(Controller):
         limit: Annotated[int, QueryParameter(ge=1, le=1000)] = 100,
         min_position: MinPosition = None,
     ) -> AuditPage:
-        """Everything one person (or system) did, newest first."""
-        require(principal_of(request), Permission.READ)
-        async with read_views(
-            services_of(request), AUDIT, as_of=None, min_position=min_position
-        ) as reader:
+        """Everything one person (or system) did, newest first, within the caller's scope:
+        a scoped token sees the events of its models only, and token events are for admins."""
+        principal = principal_of(request)
+        require(principal, Permission.READ)
+        services = services_of(request)
+        only_models = await _models_in_scope(services.pool, principal)
+        hide_tokens = not (Permission.ADMIN in principal.permissions and covers(principal, None))
+        async with read_views(services, AUDIT, as_of=None, min_position=min_position) as reader:
             return await audit_timeline.entries(
-                reader.conn, reader.names, actor=actor, cursor=cursor, limit=limit
+                reader.conn,
+                reader.names,
+                only_models=only_models,
+                hide_tokens=hide_tokens,
+                actor=actor,
+                cursor=cursor,
+                limit=limit,
             )
 
     @get("/events")
@@ -299,6 +309,15 @@ class AuditController(Controller):
         return catalogue_schema(CODEC)
 
 
+async def _models_in_scope(pool: asyncpg.Pool, principal: Principal) -> list[str] | None:
+    """The ids of the models a scoped principal covers (None: it covers the registry)."""
+    if covers(principal, None):
+        return None
+    exact = [s for s in principal.scopes if not s.endswith("*")]
+    prefixes = [s[:-1] for s in principal.scopes if s.endswith("*")]
+    return await model_ids_named(pool, exact, prefixes)
+
+
 class TokensController(Controller):
     path = "/"
     tags = ["tokens"]
@@ -320,6 +339,7 @@ class TokensController(Controller):
         else:
             outcome, secret = await issue_token(
                 services.executor,
+                services.pepper,
                 actor=principal.name,
                 principal=data.principal,
                 roles=data.roles,

@@ -30,11 +30,13 @@ from service.api.common import (
     Receipt,
     VersionNumber,
     bad_query,
+    cursor_seal,
     etag,
     if_match,
     principal_of,
     read_views,
     receipt,
+    sealed,
     seed_of,
     services_of,
 )
@@ -132,11 +134,14 @@ class VersionsController(Controller):
             limit=limit,
             cursor=cursor,
         )
+        seal = cursor_seal(request)
         async with read_views(
             services, VERSIONS, as_of=as_of, min_position=min_position, model_id=model_id
         ) as reader:
             try:
-                return await search_versions(reader.conn, reader.names, model_id, query)
+                query = msgspec.structs.replace(query, cursor=seal.open(cursor))
+                page = await search_versions(reader.conn, reader.names, model_id, query)
+                return sealed(page, seal)
             except InvalidQueryError as exc:
                 raise _bad_query(exc) from None
 
@@ -324,16 +329,18 @@ class VersionsController(Controller):
                     reader.conn, reader.names, model_id, version
                 )
             try:
-                return await metric_history.metric_history(
+                seal = cursor_seal(request)
+                page = await metric_history.metric_history(
                     reader.conn,
                     reader.names,
                     model_id,
                     version,
                     key,
                     dataset=dataset,
-                    cursor=cursor,
+                    cursor=seal.open(cursor),
                     limit=limit,
                 )
+                return sealed(page, seal)
             except InvalidQueryError as exc:
                 raise _bad_query(exc) from None
 

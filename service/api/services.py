@@ -11,6 +11,7 @@ from eventlog.store import EventStore
 from service.api.telemetry import ApiMetrics
 from service.commands.executor import CommandExecutor
 from service.commands.registry import Registry
+from service.commands.token_secrets import Pepper
 from service.commands.tokens import TokenAuthenticator
 from service.settings import Settings
 
@@ -24,4 +25,5 @@ class Services:
     registry: Registry
     auth: TokenAuthenticator
     metrics: ApiMetrics
+    pepper: Pepper  # keys token digests (and what derives from it): never leaves the process
     nats: NatsClient | None = None

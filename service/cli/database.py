@@ -9,7 +9,8 @@ one (a fresh cluster would only fail on the missing role, after writing 46 MB).
 Connections are made as the application role, in the registry's schema, exactly as the
 server makes them.
 
-Used by ``modelreg projections`` and ``modelreg audit verify`` / ``replay``.
+Used by ``modelreg projections``, ``modelreg audit verify`` / ``replay`` and the
+break-glass ``modelreg tokens create --admin``.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from urllib.parse import quote
 import asyncpg
 import typer
 
-from eventlog.db import connect
+from eventlog.db import connect, create_pool
 from service.runtime.embedded import EmbeddedServerError
 from service.settings import Settings
 
@@ -49,9 +50,30 @@ def fail(message: str) -> typer.Exit:
 def run_with_database(settings: Settings, work: Callable[[Connect], Awaitable[T]]) -> T:
     """Resolve the database, run ``work`` with a way to open connections (as the app
     role; all closed at the end); errors a user can fix become one line and exit code 2."""
+    with _user_errors(settings), database_url(settings) as url:
+        return asyncio.run(_session(settings, url, work))
+
+
+def run_with_pool(settings: Settings, work: Callable[[asyncpg.Pool], Awaitable[T]]) -> T:
+    """As ``run_with_database``, with a small pool (as the app role) for the work."""
+
+    async def pooled(url: str) -> T:
+        pool = await create_pool(
+            url, schema=settings.db_schema, app_role=settings.db_app_role, min_size=1, max_size=3
+        )
+        try:
+            return await work(pool)
+        finally:
+            await pool.close()
+
+    with _user_errors(settings), database_url(settings) as url:
+        return asyncio.run(pooled(url))
+
+
+@contextlib.contextmanager
+def _user_errors(settings: Settings) -> Iterator[None]:
     try:
-        with database_url(settings) as url:
-            return asyncio.run(_session(settings, url, work))
+        yield
     except (CliError, EmbeddedServerError) as exc:
         raise fail(str(exc)) from None
     except asyncpg.UndefinedTableError:

@@ -1,15 +1,18 @@
 """``modelreg tokens``: issue, list and revoke access tokens (admin). I/O: the registry's
-HTTP API; exit codes as in ``service.cli.shared``."""
+HTTP API; exit codes as in ``service.cli.shared``. ``tokens create --admin`` is the
+break-glass path: it writes to the database directly (``service.cli.break_glass``)."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.table import Table
 
 from events.access import Role
+from events.errors import DomainError
 from service.cli.help import command_group
 from service.cli.output import output, table, when
 from service.cli.shared import (
@@ -18,11 +21,15 @@ from service.cli.shared import (
     UrlOption,
     client_command,
     connect,
+    fail,
     parse_duration,
     parse_time,
     receipt_line,
 )
 from service.client.models import IssuedToken, TokenInfo
+from service.settings import SettingsError, load_settings
+
+EXIT_CANNOT_RUN = 2  # as the other database-side commands: the database or pepper is unusable
 
 app = command_group("Access tokens (admin): create, list, revoke.")
 
@@ -47,14 +54,14 @@ def create(
         str, typer.Argument(help="Who the token is for (a person or a system).", show_default=False)
     ],
     role: Annotated[
-        list[Role],
+        list[Role] | None,
         typer.Option(
             "--role",
             "-r",
             help="reader, contributor, approver, admin (repeatable).",
             show_default=False,
         ),
-    ],
+    ] = None,
     scope: Annotated[
         list[str] | None,
         typer.Option("--scope", help="Only these models; 'churn*' for a prefix (repeatable)."),
@@ -64,6 +71,18 @@ def create(
     description: Annotated[
         str, typer.Option("--description", "-d", help="What the token is for.")
     ] = "",
+    admin: Annotated[
+        bool,
+        typer.Option(
+            "--admin",
+            help="Break-glass: mint a registry admin token in the database directly, with no"
+            " token and no API (needs the database and the token pepper, as the servers do).",
+        ),
+    ] = False,
+    data_dir: Annotated[
+        Path | None,
+        typer.Option("--data-dir", help="With --admin: the data dir (env MODELREG_DATA_DIR)."),
+    ] = None,
     url: UrlOption = None,
     token: TokenOption = None,
     as_json: JsonOption = False,
@@ -75,7 +94,16 @@ def create(
         modelreg tokens create ci-trainer -r contributor --scope 'churn*' --expires-in 90d
 
         export MODELREG_TOKEN=$(modelreg tokens create alice -r approver --json | jq -r .secret)
+
+        modelreg tokens create ops --admin     # locked out: run where the database is reachable
     """
+    if admin:
+        if scope or role:
+            raise typer.BadParameter("--admin mints a registry-wide admin: no --role or --scope")
+        _break_glass(principal, _expiry(expires_in, expires_at), description, data_dir, as_json)
+        return
+    if not role:
+        raise typer.BadParameter("give at least one --role (or --admin)", param_hint="--role")
     with connect(url, token) as client:
         issued = client.create_token(
             principal,
@@ -85,6 +113,36 @@ def create(
             description=description,
         )
     output(issued, as_json, _issued, remark=None if issued.secret else f"no secret: {issued.note}")
+
+
+def _break_glass(
+    principal: str,
+    expires_at: datetime | None,
+    description: str,
+    data_dir: Path | None,
+    as_json: bool,
+) -> None:
+    # The database stack loads only when needed: the other commands talk HTTP.
+    from service.cli.break_glass import mint_admin
+    from service.commands.token_secrets import PepperError
+
+    try:
+        settings = load_settings(None, data_dir=str(data_dir) if data_dir else None)
+        token_id, secret = mint_admin(
+            settings, principal, expires_at=expires_at, description=description
+        )
+    except (SettingsError, PepperError, DomainError) as exc:
+        fail(str(exc), EXIT_CANNOT_RUN)
+    issued = IssuedToken(
+        token_id=token_id,
+        principal=principal,
+        roles=[Role.ADMIN],
+        scopes=[],
+        expires_at=expires_at,
+        secret=secret,
+        note="break-glass: minted in the database; the secret is shown once",
+    )
+    output(issued, as_json, _issued)
 
 
 def _issued(issued: IssuedToken) -> str:

@@ -1,31 +1,46 @@
 """Issuing, revoking and checking access tokens. I/O: through the event store.
 
-A secret is ``mr_`` + 43 url-safe characters (256 random bits), shown once; the store keeps
-its SHA-256 in the ``token.issued`` event and claims the unique key ``token-sha256:<hex>``
-in the same transaction, which is how a presented secret finds its token. Because the
-secret has full entropy a plain SHA-256 is the right hash: a slow password hash would only
-make every request slower without making a 256-bit guess any more feasible.
+A secret is ``mr_`` + 43 url-safe characters (256 random bits), shown once. The
+``token.issued`` event records the token's id, principal, roles and scopes, never the
+secret nor a digest of it; the keyed digest that lets a presented secret find its token is
+written to ``token_credentials`` in the same transaction (``service.commands.token_secrets``).
+
+The last active admin token cannot be revoked (409 ``last_admin``): revocations of admin
+tokens take turns on an advisory lock, so two admins revoking each other at once cannot
+both succeed. An operator locked out anyway (the last admin token lost or expired) mints
+one with ``modelreg tokens create --admin``, which writes to the database directly.
 """
 
 from __future__ import annotations
 
-import hashlib
-import hmac
+import logging
 import secrets
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
+from typing import cast
 
+import asyncpg
 import msgspec
 
-from eventlog.store import EventStore
+from eventlog.store import EventStore, Metadata
 from events.access import TOKENS, IssueToken, Permission, RevokeToken, Role, TokenEvent, TokenState
-from events.streams import token_stream
-from service.commands.executor import CommandExecutor, Outcome
+from events.errors import AlreadyExistsError, ConcurrencyError, ConflictError
+from events.streams import TOKEN_TYPE, token_stream
+from service.commands.executor import CORRELATION_ID, CommandExecutor, Outcome, event_ids_for
+from service.commands.token_secrets import (
+    Pepper,
+    find_token_stream,
+    legacy_token_ids,
+    store_credential,
+)
+
+log = logging.getLogger(__name__)
 
 BOOTSTRAP_TOKEN_ID = "bootstrap"  # noqa: S105 - an id, not a secret
-_KEY = "token-sha256:"
+# Revocations of admin tokens take turns on this lock (one per schema).
+_ADMIN_LOCK = "SELECT pg_advisory_xact_lock(hashtextextended('modelreg:' || current_schema() || ':admin-tokens', 0))"
 
 
 class Principal(msgspec.Struct, frozen=True, kw_only=True):
@@ -42,8 +57,10 @@ class InvalidTokenError(Exception):
     """The presented secret is unknown, revoked or expired."""
 
 
-def secret_hash(secret: str) -> str:
-    return hashlib.sha256(secret.encode()).hexdigest()
+class LastAdminError(ConflictError):
+    """Revoking this token would leave no active admin token (HTTP 409)."""
+
+    code = "last_admin"
 
 
 def new_secret() -> str:
@@ -54,8 +71,14 @@ def covers(principal: Principal, model_name: str | None) -> bool:
     return TokenState(token_id=principal.token_id, scopes=principal.scopes).covers(model_name)
 
 
+def is_admin(state: TokenState, now: datetime) -> bool:
+    """An active token that may administer the whole registry (tokens, policies)."""
+    return state.active_at(now) and Role.ADMIN in state.roles and state.covers(None)
+
+
 async def issue_token(
     executor: CommandExecutor,
+    pepper: Pepper,
     *,
     actor: str,
     principal: str,
@@ -68,10 +91,13 @@ async def issue_token(
     now: datetime | None = None,
     id_seed: str | None = None,
 ) -> tuple[Outcome[TokenState, TokenEvent], str]:
-    """Issue a token; return the outcome and the secret (the only time it is known)."""
+    """Issue a token; return the outcome and the secret (the only time it is known).
+
+    The event and the secret's keyed digest are written in one transaction: a token never
+    exists without its credential, nor a credential without its token.
+    """
     secret = secret or new_secret()
     token_id = token_id or uuid.uuid4().hex
-    digest = secret_hash(secret)
     command = IssueToken(
         actor=actor,
         now=now or datetime.now(UTC),
@@ -79,43 +105,95 @@ async def issue_token(
         principal=principal,
         roles=tuple(roles),
         scopes=tuple(scopes),
-        secret_sha256=digest,
         expires_at=expires_at,
         description=description,
     )
-    outcome = await executor.execute(
-        token_stream(token_id),
-        TOKENS,
-        command,
-        id_seed=id_seed,
-        keys=lambda _e, _s: ([_KEY + digest], ()),
-    )
-    return outcome, secret
+    stream = token_stream(token_id)
+    version, state = await executor.state_of(stream, TOKENS)
+    events = TOKENS.decide(command, state)
+    store = executor.store
+    metadata = Metadata(actor=actor, occurred_at=command.now, correlation_id=CORRELATION_ID.get())
+    try:
+        async with store.pool.acquire() as pooled, pooled.transaction():
+            conn = cast(asyncpg.Connection, pooled)
+            await store_credential(conn, token_id, pepper, secret)
+            result = await store.append(
+                stream,
+                version,
+                events,
+                metadata,
+                event_ids=event_ids_for(id_seed, len(events)) if id_seed else None,
+                conn=conn,
+            )
+    except asyncpg.UniqueViolationError as exc:
+        if exc.constraint_name == "token_credentials_digest_key":
+            raise AlreadyExistsError("a token with this secret exists already") from None
+        raise ConflictError(f"token {token_id} exists already", token_id=token_id) from None
+    except ConcurrencyError:
+        raise ConflictError(f"token {token_id} exists already", token_id=token_id) from None
+    store.committed(result)
+    executor.forget(stream)
+    return Outcome(events, TOKENS.fold(events, state), result.stream_version, result), secret
+
+
+async def active_admin_ids(executor: CommandExecutor, now: datetime) -> list[str]:
+    """The ids of the tokens that may administer the registry right now."""
+    found = []
+    for stream_id in await executor.store.stream_ids(TOKEN_TYPE):
+        _, state = await executor.state_of(stream_id, TOKENS)
+        if is_admin(state, now):
+            found.append(state.token_id)
+    return found
 
 
 async def revoke_token(
-    executor: CommandExecutor, token_id: str, *, actor: str, reason: str = ""
+    executor: CommandExecutor,
+    token_id: str,
+    *,
+    actor: str,
+    reason: str = "",
+    now: datetime | None = None,
 ) -> Outcome[TokenState, TokenEvent]:
-    return await executor.execute(
-        token_stream(token_id),
-        TOKENS,
-        RevokeToken(actor=actor, now=datetime.now(UTC), reason=reason),
-    )
+    """Revoke a token, unless it is the last active admin token (``LastAdminError``)."""
+    now = now or datetime.now(UTC)
+    stream = token_stream(token_id)
+    command = RevokeToken(actor=actor, now=now, reason=reason)
+    _, state = await executor.state_of(stream, TOKENS)
+    if not is_admin(state, now):
+        return await executor.execute(stream, TOKENS, command)
+    async with executor.store.pool.acquire() as conn, conn.transaction():
+        await conn.execute(_ADMIN_LOCK)  # held until this block ends, after the revocation
+        if set(await active_admin_ids(executor, now)) <= {token_id}:
+            raise LastAdminError(
+                f"token {token_id} is the last active admin token: revoking it would leave"
+                " nobody able to manage tokens and policies; issue another admin token first"
+                " (or, locked out, run `modelreg tokens create --admin` on the database)",
+                token_id=token_id,
+            )
+        return await executor.execute(stream, TOKENS, command)
 
 
-async def ensure_bootstrap_token(executor: CommandExecutor, configured: str | None) -> str | None:
+async def ensure_bootstrap_token(
+    executor: CommandExecutor, pepper: Pepper, configured: str | None
+) -> str | None:
     """On first start, issue the admin token; return its secret if this call created it.
 
     The secret is ``configured`` (MODELREG_BOOTSTRAP_TOKEN) when set, else generated. On
-    later starts nothing happens, so a leaked bootstrap secret is fixed by revoking it.
+    later starts nothing is issued, so a leaked bootstrap secret is fixed by revoking it; a
+    configured secret that is not the live bootstrap token is then reported, not ignored
+    silently.
     """
-    if await executor.store.stream_version(token_stream(BOOTSTRAP_TOKEN_ID)) > 0:
+    stream = token_stream(BOOTSTRAP_TOKEN_ID)
+    if await executor.store.stream_version(stream) > 0:
+        if configured is not None:
+            await _warn_bootstrap_ignored(executor, pepper, configured)
         return None
     if configured is not None and len(configured) < 16:
         raise ValueError("MODELREG_BOOTSTRAP_TOKEN must be at least 16 characters")
     try:
         _, secret = await issue_token(
             executor,
+            pepper,
             actor="modelreg",
             principal="admin",
             roles=(Role.ADMIN,),
@@ -125,10 +203,48 @@ async def ensure_bootstrap_token(executor: CommandExecutor, configured: str | No
         )
     except Exception:
         # Another replica bootstrapped at the same moment: its token stands.
-        if await executor.store.stream_version(token_stream(BOOTSTRAP_TOKEN_ID)) > 0:
+        if await executor.store.stream_version(stream) > 0:
             return None
         raise
     return secret
+
+
+async def _warn_bootstrap_ignored(
+    executor: CommandExecutor, pepper: Pepper, configured: str
+) -> None:
+    found = await find_token_stream(executor.store.pool, pepper, configured)
+    _, state = await executor.state_of(token_stream(BOOTSTRAP_TOKEN_ID), TOKENS)
+    if found is not None and found[0] == token_stream(BOOTSTRAP_TOKEN_ID) and not state.revoked:
+        return  # the variable holds the live bootstrap token: nothing is ignored
+    status = "revoked" if state.revoked else "issued with another secret"
+    log.warning(
+        "MODELREG_BOOTSTRAP_TOKEN is set but ignored: this registry was bootstrapped on an"
+        " earlier start (its bootstrap token is %s), so the variable creates no token. To"
+        " regain admin access run `modelreg tokens create ADMIN-NAME --admin` where the"
+        " database is reachable (docs/security.md); then unset the variable.",
+        status,
+    )
+
+
+async def warn_legacy_tokens(executor: CommandExecutor) -> list[str]:
+    """Log (and return) the live tokens still verified by the unkeyed SHA-256 that their
+    token.issued event carries (issued before 0.3): whoever reads the log can test guesses
+    against it, so they should be rotated."""
+    now = datetime.now(UTC)
+    live = []
+    for token_id in await legacy_token_ids(executor.store.pool):
+        _, state = await executor.state_of(token_stream(token_id), TOKENS)
+        if state.active_at(now):
+            live.append(token_id)
+    if live:
+        log.warning(
+            "%d token(s) issued before 0.3 are verified by an unkeyed SHA-256 recorded in"
+            " their token.issued event, which every reader of the log can see: rotate them"
+            " (issue a new token, then revoke the old one): %s",
+            len(live),
+            ", ".join(live),
+        )
+    return live
 
 
 class TokenAuthenticator:
@@ -139,34 +255,33 @@ class TokenAuthenticator:
         self,
         store: EventStore,
         executor: CommandExecutor,
+        pepper: Pepper,
         *,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         cache_size: int = 10_000,
     ) -> None:
         self.store = store
         self.executor = executor
+        self.pepper = pepper
         self.clock = clock
         self.cache_size = cache_size
         self._cache: OrderedDict[str, tuple[int, TokenState]] = OrderedDict()
 
     async def authenticate(self, secret: str) -> Principal:
-        digest = secret_hash(secret)
-        row = await self.store.pool.fetchrow(
-            "SELECT k.stream_id, s.version FROM unique_keys k JOIN streams s USING (stream_id) WHERE k.key = $1",
-            _KEY + digest,
-        )
-        if row is None:
+        found = await find_token_stream(self.store.pool, self.pepper, secret)
+        if found is None:
             raise InvalidTokenError("unknown token")
-        cached = self._cache.get(row["stream_id"])
-        if cached is not None and cached[0] == row["version"]:
+        stream_id, version = found
+        cached = self._cache.get(stream_id)
+        if cached is not None and cached[0] == version:
             state = cached[1]
         else:
-            version, state = await self.executor.state_of(row["stream_id"], TOKENS)
-            self._cache[row["stream_id"]] = (version, state)
+            version, state = await self.executor.state_of(stream_id, TOKENS)
+            self._cache[stream_id] = (version, state)
             while len(self._cache) > self.cache_size:
                 self._cache.popitem(last=False)
-        self._cache.move_to_end(row["stream_id"])
-        if not hmac.compare_digest(state.secret_sha256, digest):
+        self._cache.move_to_end(stream_id)
+        if not state.issued:
             raise InvalidTokenError("unknown token")
         if state.revoked:
             raise InvalidTokenError("this token was revoked")

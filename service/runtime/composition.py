@@ -15,6 +15,7 @@ from service.api.services import Services
 from service.api.telemetry import ApiMetrics
 from service.commands.executor import CommandExecutor
 from service.commands.registry import Registry
+from service.commands.token_secrets import Pepper
 from service.commands.tokens import TokenAuthenticator
 from service.settings import Settings
 
@@ -23,11 +24,13 @@ def build_services(
     settings: Settings,
     pool: asyncpg.Pool,
     *,
+    pepper: Pepper,
     nats: NatsClient | None = None,
     on_append: Callable[[AppendResult], None] | None = None,
     seal_signal: SealSignal | None = None,
 ) -> Services:
-    """``on_append`` runs after each local append commits (the runtime wakes the sealer);
+    """``pepper`` keys the digests of token secrets (``service.commands.token_secrets``);
+    ``on_append`` runs after each local append commits (the runtime wakes the sealer);
     ``seal_signal`` is notified by a local sealer, so writes need not poll for their seal."""
     metrics = ApiMetrics(nats_stream=settings.nats_stream)
     store = EventStore(pool, CODEC, on_append=on_append)
@@ -41,7 +44,8 @@ def build_services(
         store=store,
         executor=executor,
         registry=registry,
-        auth=TokenAuthenticator(store, executor),
+        auth=TokenAuthenticator(store, executor, pepper),
         metrics=metrics,
+        pepper=pepper,
         nats=nats,
     )

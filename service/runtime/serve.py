@@ -41,7 +41,8 @@ from projections.runner import ProjectionWorker
 from service.api.app import AppState, create_app
 from service.api.services import Services
 from service.commands.expiry import expire_overdue_forever
-from service.commands.tokens import ensure_bootstrap_token
+from service.commands.token_secrets import Pepper, PepperError, check_pepper, load_pepper
+from service.commands.tokens import ensure_bootstrap_token, warn_legacy_tokens
 from service.publication.relay import relay_for
 from service.runtime.composition import build_services
 from service.runtime.embedded import DataDirLock, EmbeddedNats, EmbeddedPostgres
@@ -317,10 +318,16 @@ async def open_state(
     # the seal listener (api_workers) rings `sealed` for the writes waiting on a position.
     sealed = SealSignal()
     sealer = Sealer(connect_sealer, settings.db_schema, idle_interval=settings.sealer_idle_interval)
-    services = build_services(
-        settings, pool, nats=nats, on_append=lambda _: sealer.wake(), seal_signal=sealed
-    )
     try:
+        pepper = _pepper(settings)
+        services = build_services(
+            settings,
+            pool,
+            pepper=pepper,
+            nats=nats,
+            on_append=lambda _: sealer.wake(),
+            seal_signal=sealed,
+        )
         await _bootstrap(services)
         yield AppState(
             settings=settings,
@@ -341,12 +348,24 @@ async def open_state(
             pool.terminate()
 
 
-async def _bootstrap(services: Services) -> None:
-    """First start: create the admin token, and show a generated secret exactly once."""
+def _pepper(settings: Settings) -> Pepper:
     try:
-        secret = await ensure_bootstrap_token(services.executor, services.settings.bootstrap_token)
+        return load_pepper(settings.token_pepper, settings.data_dir)
+    except PepperError as exc:
+        raise StartupError(str(exc)) from None
+
+
+async def _bootstrap(services: Services) -> None:
+    """Check the token pepper; on first start create the admin token and show a generated
+    secret exactly once; on every start name the tokens still verified by an unkeyed hash."""
+    try:
+        await check_pepper(services.pool, services.pepper)
+        secret = await ensure_bootstrap_token(
+            services.executor, services.pepper, services.settings.bootstrap_token
+        )
     except ValueError as exc:
         raise StartupError(str(exc)) from None
+    await warn_legacy_tokens(services.executor)
     if secret is not None and services.settings.bootstrap_token is None:
         banner = "=" * 72
         print(  # noqa: T201 - shown once to the operator, by design never logged

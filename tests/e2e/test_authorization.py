@@ -252,13 +252,18 @@ async def _setup(api: Api) -> tuple[list[Caller], dict[str, str]]:
         Caller("unknown token", "Bearer mr_" + "x" * 43),
     ]
     _, revoked = await issue_token(
-        api.services.executor, actor="admin", principal="rita", roles=(Role.ADMIN,)
+        api.services.executor,
+        api.services.pepper,
+        actor="admin",
+        principal="rita",
+        roles=(Role.ADMIN,),
     )
     token_id = (await api.get("/api/v1/me", as_=revoked)).json()["token_id"]
     await revoke_token(api.services.executor, token_id, actor="admin", reason="leaked")
     callers.append(Caller("revoked token", f"Bearer {revoked}"))
     _, expired = await issue_token(
         api.services.executor,
+        api.services.pepper,
         actor="admin",
         principal="ed",
         roles=(Role.ADMIN,),
@@ -320,7 +325,11 @@ async def _setup(api: Api) -> tuple[list[Caller], dict[str, str]]:
                 await api.post(f"{M}/rollbacker/versions/{n}/stage", json={"to": stage}, as_=carol)
             )
     outcome, _ = await issue_token(
-        api.services.executor, actor="admin", principal="temp", roles=(Role.READER,)
+        api.services.executor,
+        api.services.pepper,
+        actor="admin",
+        principal="temp",
+        roles=(Role.READER,),
     )
     ids = {**requests, "throwaway": outcome.state.token_id}
     await wait_for_position(

@@ -93,7 +93,7 @@ class Replica:
 
 @asynccontextmanager
 async def second_replica(api: Api) -> AsyncIterator[Replica]:
-    services = build_services(api.services.settings, api.services.pool)
+    services = build_services(api.services.settings, api.services.pool, pepper=api.services.pepper)
     transport = httpx.ASGITransport(app=Litestar(**api_app_kwargs(services)))  # type: ignore[arg-type]  # Litestar's scope types are narrower
     try:
         async with httpx.AsyncClient(

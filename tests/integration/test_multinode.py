@@ -174,6 +174,7 @@ async def deployment(
         MODELREG_DB_SCHEMA=schema,
         MODELREG_DB_APP_ROLE=APP_ROLE,
         MODELREG_BOOTSTRAP_TOKEN=token,
+        MODELREG_TOKEN_PEPPER=secrets.token_hex(32),  # as a deployment does: one for all
         MODELREG_NATS_REPLICAS="3",
         MODELREG_NATS_STREAM=STREAM,
         MODELREG_DATA_DIR=str(tmp_path / "unused-data-dir"),  # never used: both URLs are set

@@ -19,6 +19,7 @@ from projections.registry_state import all_projections
 from projections.runner import ProjectionWorker
 from service.api.router import api_app_kwargs
 from service.api.services import Services
+from service.commands.token_secrets import Pepper
 from service.commands.tokens import ensure_bootstrap_token, issue_token
 from service.runtime.composition import build_services
 from service.settings import Settings, load_settings
@@ -36,7 +37,12 @@ class Api:
 
     async def token(self, principal: str, *roles: Role, scopes: tuple[str, ...] = ()) -> str:
         _, secret = await issue_token(
-            self.services.executor, actor="admin", principal=principal, roles=roles, scopes=scopes
+            self.services.executor,
+            self.services.pepper,
+            actor="admin",
+            principal=principal,
+            roles=roles,
+            scopes=scopes,
         )
         return secret
 
@@ -68,7 +74,9 @@ async def running_api(
 ) -> AsyncIterator[Api]:
     settings = settings or load_settings({}, db_schema=db.schema, read_wait_timeout=10.0)
     sealer = Sealer(db.connect, db.schema)
-    services = build_services(settings, db.pool, on_append=lambda _: sealer.wake())
+    services = build_services(
+        settings, db.pool, pepper=Pepper.generate(), on_append=lambda _: sealer.wake()
+    )
     worker = ProjectionWorker(
         db.connect,
         db.schema,
@@ -79,7 +87,7 @@ async def running_api(
     stop = asyncio.Event()
     tasks = [asyncio.create_task(sealer.run(stop)), asyncio.create_task(worker.run(stop))]
     try:
-        admin = await ensure_bootstrap_token(services.executor, None)
+        admin = await ensure_bootstrap_token(services.executor, services.pepper, None)
         assert admin is not None
         app = Litestar(**api_app_kwargs(services), plugins=list(plugins))
         # ASGITransport runs the app in this event loop, where the pool lives.

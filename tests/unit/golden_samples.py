@@ -227,7 +227,6 @@ def samples() -> dict[str, Event]:
             principal="ci@acme.io",
             roles=(Role.CONTRIBUTOR, Role.APPROVER),
             scopes=("churn*",),
-            secret_sha256="9f" * 32,
             expires_at=later(3600),
             description="CI pipeline",
         ),

@@ -33,11 +33,17 @@ def _golden_path(event_type: str, version: int) -> Path:
     return GOLDEN / f"{event_type}.v{version}.json"
 
 
-def test_event_type_names_are_unique_dotted_lower_case_and_at_schema_version_one() -> None:
+# Event types whose shape changed, at their current schema version (each has upcasters).
+NEWER = {"token.issued": 2}
+
+
+def test_event_type_names_are_unique_dotted_lower_case_and_at_their_schema_version() -> None:
     names = [cls.event_type for cls in ALL_EVENT_TYPES]
     assert len(names) == len(set(names))
     assert [n for n in names if not NAME.fullmatch(n)] == []
-    assert {cls.schema_version for cls in ALL_EVENT_TYPES} == {1}
+    assert {cls.event_type: cls.schema_version for cls in ALL_EVENT_TYPES} == {
+        n: NEWER.get(n, 1) for n in names
+    }
 
 
 def test_every_event_type_is_a_frozen_struct() -> None:
@@ -53,7 +59,7 @@ def test_every_event_type_has_a_representative_sample() -> None:
 def test_the_codec_round_trips_every_event_type(event_type: str) -> None:
     event = SAMPLES[event_type]
     data = CODEC.encode(event)
-    assert CODEC.decode_data(event_type, 1, data) == event
+    assert CODEC.decode_data(event_type, type(event).schema_version, data) == event
     envelope = Envelope(
         event_id=uuid.UUID(int=1),
         stream_id="model:x",

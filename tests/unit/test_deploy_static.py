@@ -295,6 +295,23 @@ def test_serving_containers_set_the_bootstrap_token() -> None:
     assert len(placeholder) < 16, "the example secret must not be a usable admin token"
 
 
+def test_serving_containers_share_one_token_pepper_from_a_secret() -> None:
+    """Replicas must digest token secrets alike, and a read-only container has no data dir
+    to keep a pepper file in: the pepper comes from the environment, never from git."""
+    serving = [(c.where, c.env) for c in modelreg_containers() if c.argv[0] == "serve"]
+    serving += [
+        (n, compose_env(s))
+        for n, s in compose_modelreg_services().items()
+        if s["command"][0] == "serve"
+    ]
+    assert serving
+    for where, env in serving:
+        assert env.get("MODELREG_TOKEN_PEPPER"), where
+    assert ":?" in compose()["x-modelreg"]["environment"]["MODELREG_TOKEN_PEPPER"]
+    placeholder = secret_data("modelreg-bootstrap")["MODELREG_TOKEN_PEPPER"]
+    assert len(placeholder) < 32, "the example secret must not be a usable pepper"
+
+
 def test_commands_are_real_cli_invocations_in_every_role() -> None:
     roles: dict[str, list[str]] = {}
     invocations = [(f"k8s {c.where}", c.argv) for c in modelreg_containers()]

@@ -161,6 +161,14 @@ class Registry:
         )
         return await self.written_from(model_id, outcome)
 
+    async def recorded(self, model_id: str, id_seed: str | None) -> Written | None:
+        """The first answer of a retried model command whose events are recorded: checked
+        before the checks that build the command, which its own events would now fail."""
+        if id_seed is None:
+            return None
+        outcome = await self.executor.recorded(model_stream(model_id), MODEL, id_seed)
+        return None if outcome is None else await self.written_from(model_id, outcome)
+
     async def register_model(
         self, build: Callable[[str], Command], *, id_seed: str | None = None
     ) -> Written:
@@ -210,6 +218,9 @@ class Registry:
         """Move a version when the policy allows it directly; otherwise open a promotion
         request. Returns the result and the request id (``None`` when done directly)."""
         model_id, _, state = await self.model(name)
+        if (earlier := await self.recorded(model_id, id_seed)) is not None:
+            opened = [e for e in earlier.events if isinstance(e, PromotionRequested)]
+            return earlier, opened[0].request_id if opened else None
         current = state.version(version)
         registry_policy = await self.registry_policy()
         policy = state.effective_policy(registry_policy)
@@ -269,6 +280,8 @@ class Registry:
     ) -> Written:
         """Run a command that needs the registry policy and metric snapshots."""
         model_id, _, state = await self.model(name)
+        if (earlier := await self.recorded(model_id, id_seed)) is not None:
+            return earlier
         registry_policy = await self.registry_policy()
         metrics = await self.metric_snapshot(model_id, metric_versions(state))
         command = build(model_id, state, registry_policy, metrics)

@@ -200,6 +200,9 @@ class ClaimOwner:
                 await self._drop()
                 raise
             if not got:
+                if self._held == 0:  # hold the pool's connection only while claims need it
+                    self._conn = None
+                    await self._pool.release(conn)
                 return None
             self._held += 1
             return Claim(lock, conn)

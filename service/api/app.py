@@ -51,7 +51,8 @@ def live() -> Live:
 
 @get("/ready")
 async def ready(request: Request[Any, Any, Any]) -> Response[Ready | NotReady]:
-    """200 when the database answers, migrations are applied and NATS is connected."""
+    """200 when the database answers, migrations are applied, NATS is connected and no
+    sealed event is stuck unpublished."""
     # Only a process that publishes (roles all and worker) needs NATS to be useful; an API
     # replica keeps accepting writes while NATS is away, so NATS must not fail its readiness.
     app_state: AppState | None = request.app.state.get("app_state")
@@ -60,6 +61,7 @@ async def ready(request: Request[Any, Any, Any]) -> Response[Ready | NotReady]:
         app_state.pool if app_state else None,
         app_state.nats if app_state else None,
         require_nats=needs_nats,
+        publisher=f"nats:{app_state.settings.nats_stream}" if app_state else None,
     )
     if checks.ready:
         return Response(Ready(checks=checks))

@@ -1,7 +1,9 @@
 """Liveness and readiness checks and their HTTP bodies. I/O: one Postgres round trip.
 
-Readiness means: the database answers, every migration this code knows is applied, and
-the NATS connection is up. Each check is reported separately so an operator sees which
+Readiness means: the database answers, every migration this code knows is applied, the
+NATS connection is up, and publication is not stalled: no sealed event has waited longer
+than ``PUBLISHER_STALL_AFTER`` seconds for the relay (whichever replica leads it) to have
+JetStream acknowledge it. Each check is reported separately so an operator sees which
 one failed; the not-ready body is RFC 9457 problem+json.
 """
 
@@ -20,6 +22,17 @@ from eventlog.migrate import pending_migrations
 log = logging.getLogger(__name__)
 
 CHECK_TIMEOUT = 2.0
+# Publication normally follows sealing within milliseconds, and a relay retries NATS
+# failures within seconds; an event still unpublished after this long means it is stuck.
+PUBLISHER_STALL_AFTER = 60.0
+
+# Seconds the oldest unpublished sealed event has waited (no row: nothing is waiting).
+_WAITING = """
+SELECT extract(epoch FROM statement_timestamp() - l.sealed_at)::float8
+  FROM event_log l
+ WHERE l.log_position = 1 + coalesce(
+       (SELECT log_position FROM publication_checkpoints WHERE publisher = $1), 0)
+"""
 
 
 class Live(msgspec.Struct):
@@ -33,10 +46,14 @@ class Checks(msgspec.Struct):
     nats: Literal["ok", "disconnected"]
     # False for an API-only replica: it serves (and accepts writes) while NATS is away.
     nats_required: bool = True
+    # "stalled": a sealed event has waited too long for publication; "unknown" when the
+    # database cannot be asked or no publisher is checked.
+    publisher: Literal["ok", "stalled", "unknown"] = "unknown"
 
     @property
     def ready(self) -> bool:
-        nats_ok = self.nats == "ok" or not self.nats_required
+        publishing = self.publisher != "stalled" or not self.nats_required
+        nats_ok = (self.nats == "ok" or not self.nats_required) and publishing
         return self.database == "ok" and self.migrations == "ok" and nats_ok
 
 
@@ -57,12 +74,19 @@ class NotReady(msgspec.Struct):
 
 
 async def check(
-    pool: asyncpg.Pool | None, nats: NatsClient | None, *, require_nats: bool = True
+    pool: asyncpg.Pool | None,
+    nats: NatsClient | None,
+    *,
+    require_nats: bool = True,
+    publisher: str | None = None,
+    stall_after: float = PUBLISHER_STALL_AFTER,
 ) -> tuple[Checks, list[str]]:
-    """Run every check; also return human-readable reasons for the failed ones."""
+    """Run every check; also return human-readable reasons for the failed ones.
+    ``publisher`` names the relay's checkpoint (``nats:<STREAM>``) to check for a stall."""
     reasons: list[str] = []
     database: Literal["ok", "error"] = "error"
     migrations: Literal["ok", "pending", "unknown"] = "unknown"
+    publishing: Literal["ok", "stalled", "unknown"] = "unknown"
     if pool is None:
         reasons.append("database pool not started")
     else:
@@ -72,6 +96,14 @@ async def check(
                 database = "ok"
                 # A pooled connection is a proxy with the Connection API.
                 pending = await pending_migrations(cast(asyncpg.Connection, conn))
+                if publisher is not None and not pending:
+                    waited = await conn.fetchval(_WAITING, publisher)
+                    publishing = "stalled" if waited is not None and waited > stall_after else "ok"
+                    if publishing == "stalled":
+                        reasons.append(
+                            f"publisher {publisher} stalled: a sealed event has waited"
+                            f" {waited:.0f} s to be published (more than {stall_after:.0f} s)"
+                        )
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
             reason = str(exc) or type(exc).__name__
             log.warning("readiness: database check failed: %s", reason)
@@ -86,5 +118,9 @@ async def check(
     if nats_state != "ok" and require_nats:
         reasons.append("NATS disconnected")
     return Checks(
-        database=database, migrations=migrations, nats=nats_state, nats_required=require_nats
+        database=database,
+        migrations=migrations,
+        nats=nats_state,
+        nats_required=require_nats,
+        publisher=publishing,
     ), reasons

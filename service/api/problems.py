@@ -3,6 +3,7 @@
     DomainError subclasses        -> 404 / 409 / 412 / 422, with ``code`` and details
     request decoding (Litestar)   -> 400, with one entry per field: field, rule, message
     authentication / permission   -> 401 (WWW-Authenticate) / 403 naming the permission
+    the database unreachable      -> 503 with Retry-After (the client retries, same key)
     anything unexpected           -> 500, logged once with the request id, no internals
 
 Clients match on ``type`` (``urn:modelreg:<code>``) and the structured members, never on
@@ -11,11 +12,13 @@ the human ``detail``.
 
 from __future__ import annotations
 
+import errno
 import logging
 import re
 import uuid
 from typing import Any
 
+import asyncpg
 import msgspec
 from litestar import Request, Response
 from litestar.exceptions import HTTPException, SerializationException, ValidationException
@@ -298,7 +301,87 @@ def _unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[Pro
     )
 
 
+# --------------------------------------------------------------- the database is away
+
+# Seconds a client should wait before retrying when Postgres is unreachable: long enough
+# for a restart or a failover to make progress, short enough to recover quickly.
+OUTAGE_RETRY_AFTER = 1
+
+_OUTAGE_ERRNOS = frozenset(
+    {
+        errno.ECONNREFUSED,
+        errno.ECONNRESET,
+        errno.ECONNABORTED,
+        errno.EHOSTUNREACH,
+        errno.ENETUNREACH,
+        errno.ETIMEDOUT,
+        errno.EADDRNOTAVAIL,
+        errno.EPIPE,
+    }
+)
+
+
+def is_outage(exc: BaseException) -> bool:
+    """Whether ``exc`` says the database (or the network to it) is away for now, rather
+    than that a request or the code is wrong: worth the same request again later."""
+    if isinstance(exc, ConnectionError | TimeoutError):
+        return True  # refused, reset, aborted; a pool acquire or a statement timed out
+    if isinstance(
+        exc,
+        asyncpg.PostgresConnectionError  # 08xxx, e.g. ConnectionDoesNotExist
+        | asyncpg.exceptions.OperatorInterventionError  # 57xxx: 57P01 AdminShutdown, 57P03 ...
+        | asyncpg.exceptions.InsufficientResourcesError  # 53xxx: 53300 too_many_connections
+        | asyncpg.exceptions.ReadOnlySQLTransactionError,  # a standby answered, mid-failover
+    ):
+        return True
+    if isinstance(exc, asyncpg.InterfaceError):
+        return "connection is closed" in str(exc) or "connection was closed" in str(exc)
+    if isinstance(exc, OSError):
+        # Connecting to several addresses at once fails with a plain OSError that lists them.
+        return exc.errno in _OUTAGE_ERRNOS or str(exc).startswith(
+            ("Multiple exceptions", "Connect call failed")
+        )
+    return False
+
+
+def _unavailable(request: Request[Any, Any, Any], exc: Exception) -> Response[Problem]:
+    """503 + Retry-After for an outage, so clients retry (with the same Idempotency-Key:
+    a write that was recorded before the outage cut its answer is then answered, not
+    repeated); anything else of these classes is unexpected (500)."""
+    if not is_outage(exc):
+        return _unexpected(request, exc)
+    log.warning(
+        "database unavailable on %s %s: %s: %s",
+        request.method,
+        request.url.path,
+        type(exc).__name__,
+        exc,
+    )
+    return problem_response(
+        Problem(
+            type="urn:modelreg:unavailable",
+            title="Service unavailable",
+            status=503,
+            detail="the database cannot be reached right now; retry the same request later",
+            instance=request.url.path,
+            code="unavailable",
+        ),
+        headers={"Retry-After": str(OUTAGE_RETRY_AFTER)},
+    )
+
+
+def outage_handlers() -> ExceptionHandlersMap:
+    """The exception classes an outage of Postgres surfaces as (looked up by class
+    hierarchy, so their subclasses land here too); ``_unavailable`` sorts them."""
+    return {
+        OSError: _unavailable,  # ConnectionError and TimeoutError are OSErrors
+        asyncpg.PostgresError: _unavailable,
+        asyncpg.InterfaceError: _unavailable,
+    }
+
+
 EXCEPTION_HANDLERS: ExceptionHandlersMap = {
+    **outage_handlers(),
     DomainError: _domain,
     ValidationException: _validation,
     HTTPException: _http,

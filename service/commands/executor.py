@@ -24,7 +24,7 @@ import logging
 import random
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
@@ -33,6 +33,7 @@ import msgspec
 
 from eventlog.store import AppendResult, EventStore, Metadata, StaleGuardError
 from events.base import Command, Decider, Event
+from events.envelope import decode_envelope
 from events.errors import ConcurrencyError, ConflictError
 
 log = logging.getLogger(__name__)
@@ -67,6 +68,24 @@ class Outcome(Generic[S, E]):
     @property
     def replayed(self) -> bool:
         return self.append is not None and self.append.replayed
+
+
+# One command records at most this many events (a bound for reading one back).
+_MAX_EVENTS_PER_COMMAND = 1000
+_RECORDED_HEAD = "SELECT stream_id, stream_position FROM events WHERE event_id = $1"
+_RECORDED_FROM = (
+    "SELECT seq, tx_id, event_id, stream_position, envelope FROM events"
+    " WHERE stream_id = $1 AND stream_position >= $2 ORDER BY stream_position LIMIT $3"
+)
+
+
+def _prefix_matching(rows: Sequence[Any], expected: Sequence[uuid.UUID]) -> Iterator[Any]:
+    """The rows from the first on whose event ids are the seed's ids in order: one
+    command's events are contiguous in its stream."""
+    for row, event_id in zip(rows, expected, strict=False):
+        if row["event_id"] != event_id:
+            return
+        yield row
 
 
 def event_ids_for(seed: str, count: int) -> list[uuid.UUID]:
@@ -153,15 +172,16 @@ class CommandExecutor:
             occurred_at=command.now,
             correlation_id=correlation_id or CORRELATION_ID.get(),
         )
+        if id_seed is not None:
+            # A retry of a command whose events are recorded (its answer was lost) gets that
+            # first answer: deciding again against the state it produced would refuse it
+            # (the model already exists, the version is already in that stage).
+            earlier = await self.recorded(stream_id, decider, id_seed)
+            if earlier is not None:
+                return earlier
         for attempt in range(1, self.max_attempts + 1):
             version, state = await self.state_of(stream_id, decider)
-            if if_version is not None and version != if_version:
-                raise PreconditionFailedError(
-                    f"{stream_id} is at version {version}, not {if_version}",
-                    stream_id=stream_id,
-                    expected_version=if_version,
-                    actual_version=version,
-                )
+            _check_precondition(stream_id, version, if_version)
             new_events = decider.decide(command, state)
             if not new_events:
                 return Outcome([], state, version, None)
@@ -187,23 +207,59 @@ class CommandExecutor:
                     raise
                 await asyncio.sleep(random.uniform(0, 0.003 * attempt))  # noqa: S311 jitter, not crypto
                 continue
-            if result.replayed:
-                # An earlier attempt with the same ids was recorded: answer with what it did.
+            if result.replayed and id_seed is not None:
+                # An attempt with the same ids was recorded since the check above (a copy
+                # racing this one): answer with what it did.
                 self.forget(stream_id)
-                recorded = await self.store.read_stream(
-                    stream_id,
-                    after=result.stream_version - len(new_events),
-                    up_to=result.stream_version,
-                )
-                replayed: list[E] = [self.store.codec.decode(e.envelope) for e in recorded]  # type: ignore[misc]
-                version, state = await self.state_of(stream_id, decider)
-                return Outcome(replayed, state, version, result)
+                earlier = await self.recorded(stream_id, decider, id_seed)
+                if earlier is not None:
+                    return earlier
             state = decider.fold(new_events, state)
             self._remember(stream_id, result.stream_version, state)
             if result.stream_version // self.snapshot_every > version // self.snapshot_every:
                 self._snapshot_later(stream_id, result.stream_version, state, decider)
             return Outcome(new_events, state, result.stream_version, result)
         raise AssertionError("unreachable")  # pragma: no cover
+
+    async def recorded(
+        self, stream_id: str, decider: Decider[S, Any, E], id_seed: str
+    ) -> Outcome[S, E] | None:
+        """What an earlier execution under ``id_seed`` recorded on ``stream_id``, as its
+        own answer: its events, the stream version it wrote (its ETag, not the stream's
+        current one) and the state at that version; ``None`` if nothing was recorded."""
+        first = event_ids_for(id_seed, 1)[0]
+        head = await self.store.pool.fetchrow(_RECORDED_HEAD, first)
+        if head is None or head["stream_id"] != stream_id:
+            return None
+        rows = await self.store.pool.fetch(
+            _RECORDED_FROM, stream_id, head["stream_position"], _MAX_EVENTS_PER_COMMAND
+        )
+        expected = event_ids_for(id_seed, len(rows))
+        mine = list(_prefix_matching(rows, expected))
+        events: list[E] = [
+            self.store.codec.decode(decode_envelope(bytes(r["envelope"])))  # type: ignore[misc]
+            for r in mine
+        ]
+        version = mine[-1]["stream_position"]
+        result = AppendResult(
+            stream_id=stream_id,
+            stream_version=version,
+            last_seq=mine[-1]["seq"],
+            tx_id=mine[-1]["tx_id"],
+            replayed=True,
+        )
+        return Outcome(events, await self._state_at(stream_id, decider, version), version, result)
+
+    async def _state_at(self, stream_id: str, decider: Decider[S, Any, Any], version: int) -> S:
+        """The state right after ``version``: the cached one when the stream is still
+        there, else folded from the start (only retries of older writes pay for that)."""
+        current, state = await self.state_of(stream_id, decider)
+        if current == version:
+            return state
+        earlier = await self.store.read_stream(stream_id, up_to=version)
+        return decider.fold(
+            (self.store.codec.decode(e.envelope) for e in earlier), decider.initial_state()
+        )
 
     def forget(self, stream_id: str) -> None:
         self._cache.pop(stream_id, None)
@@ -267,3 +323,14 @@ class CommandExecutor:
         """Wait for pending snapshot writes (shutdown, tests)."""
         if self._background:
             await asyncio.gather(*self._background, return_exceptions=True)
+
+
+def _check_precondition(stream_id: str, version: int, if_version: int | None) -> None:
+    """``If-Match``: the caller decided against ``if_version``; any other version is a 412."""
+    if if_version is not None and version != if_version:
+        raise PreconditionFailedError(
+            f"{stream_id} is at version {version}, not {if_version}",
+            stream_id=stream_id,
+            expected_version=if_version,
+            actual_version=version,
+        )

@@ -198,6 +198,14 @@ class Registry:
                     raise
         raise AssertionError("unreachable")  # pragma: no cover
 
+    async def recorded(self, model_id: str, id_seed: str | None) -> Written | None:
+        """The first answer of a retried model command whose events are recorded: checked
+        before the checks that build the command, which its own events would now fail."""
+        if id_seed is None:
+            return None
+        outcome = await self.executor.recorded(model_stream(model_id), MODEL, id_seed)
+        return None if outcome is None else await self.written_from(model_id, outcome)
+
     async def register_model(
         self, build: Callable[[str], Command], *, id_seed: str | None = None
     ) -> Written:
@@ -247,6 +255,9 @@ class Registry:
         """Move a version when the policy allows it directly; otherwise open a promotion
         request. Returns the result and the request id (``None`` when done directly)."""
         model_id, _, state = await self.model(name)
+        if (earlier := await self.recorded(model_id, id_seed)) is not None:
+            opened = [e for e in earlier.events if isinstance(e, PromotionRequested)]
+            return earlier, opened[0].request_id if opened else None
         current = state.version(version)
         metrics = await self.metric_snapshot(model_id, [version, state.production])
         now = self.clock()
@@ -307,6 +318,8 @@ class Registry:
     ) -> Written:
         """Run a command that needs the registry policy and metric snapshots."""
         model_id, _, state = await self.model(name)
+        if (earlier := await self.recorded(model_id, id_seed)) is not None:
+            return earlier
         metrics = await self.metric_snapshot(model_id, metric_versions(state))
         return await self.under_registry_policy(
             model_id,

@@ -28,7 +28,9 @@ tests/integration/test_relay*.py:
 Before publishing, the relay checks that the stream's last message is this registry's
 event at that log position: a stream written by another registry, or ahead of a database
 restored from an old backup, stops publication with an error instead of corrupting either.
-A stream that lost its tail (or was recreated) is refilled from where it ends.
+A stream that lost its tail (or was recreated) is refilled from where it ends; a stream
+that is gone (deleted, or lost with a wiped NATS store) is created again and refilled from
+the log.
 """
 
 from __future__ import annotations
@@ -526,8 +528,10 @@ class Relay:
                 TimeoutError,
             ) as exc:
                 self.stats.failures += 1
-                if isinstance(exc.__cause__ or exc, nats.js.errors.NoStreamResponseError):
-                    self._provisioned = False  # no stream captures our subjects: create it again
+                if _stream_missing(exc):
+                    # Deleted, or lost with the server's store: create it again (when we
+                    # provision), and the resync then refills it from the log.
+                    self._provisioned = False
                 level = (
                     logging.ERROR
                     if isinstance(exc, StreamMismatchError | StreamConfigError)
@@ -572,6 +576,25 @@ async def _settle(
     if exc is not None:
         raise exc if isinstance(exc, nats.errors.Error | OSError) else PublishError(_describe(exc))
     return future.result()
+
+
+_STREAM_NOT_FOUND = 10059
+
+
+def _stream_missing(exc: BaseException) -> bool:
+    """A publish that no stream captured, or a stream lookup answered "stream not found"
+    (reading the tail at resync), anywhere in the cause chain."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, nats.js.errors.NoStreamResponseError):
+            return True
+        if isinstance(seen, nats.js.errors.NotFoundError) and seen.err_code in (
+            _STREAM_NOT_FOUND,
+            None,
+        ):
+            return True
+        seen = seen.__cause__
+    return False
 
 
 def _is_fence_refusal(exc: BaseException) -> bool:

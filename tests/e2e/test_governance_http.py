@@ -801,7 +801,11 @@ async def test_a_copy_waits_for_a_running_first_request_and_an_abandoned_claim_i
     monkeypatch.setattr(idempotency, "WAIT_SECONDS", 0.5)
     before = await log_size(api)
 
-    # another replica is still running the first request: a copy waits, then gets a 409
+    # another replica is still running the first request (its session holds the key's
+    # lock): a copy waits, then gets a 409
+    replica = await api.services.pool.acquire()
+    lock = idempotency.claim_lock(api.services.settings.db_schema, "admin", "running-elsewhere")
+    await replica.execute("SELECT pg_advisory_lock(hashtextextended($1, 0))", lock)
     await api.services.pool.execute(claim, "running-elsewhere", digest, idempotency.RUNNING, 0.0)
     busy = refused(
         await api.post(V, content=body, headers={**JSON, "Idempotency-Key": "running-elsewhere"}),
@@ -818,7 +822,10 @@ async def test_a_copy_waits_for_a_running_first_request_and_an_abandoned_claim_i
         "reused",
     )
 
-    # a claim left by a process that died long ago is taken over
+    await replica.execute("SELECT pg_advisory_unlock_all()")
+    await api.services.pool.release(replica)
+
+    # a claim left by a process that died (no session holds its lock) is taken over
     await api.services.pool.execute(claim, "left-behind", digest, idempotency.RUNNING, 3600.0)
     taken = ok(
         await api.post(V, content=body, headers={**JSON, "Idempotency-Key": "left-behind"}), 201

@@ -98,6 +98,7 @@ def test_serve_without_nats_still_serves_and_reports_not_ready(serve: Serve) -> 
         "migrations": "ok",
         "nats": "disconnected",
         "nats_required": True,
+        "publisher": "ok",
     }
     assert "NATS disconnected" in body["detail"]
     assert serve.interrupt() == 0
@@ -113,6 +114,7 @@ def test_an_api_replica_without_nats_is_ready_because_it_still_accepts_writes(se
         "migrations": "ok",
         "nats": "disconnected",
         "nats_required": False,
+        "publisher": "ok",
     }
     assert serve.interrupt() == 0
 

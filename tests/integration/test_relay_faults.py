@@ -19,6 +19,7 @@ from nats.aio.client import Client as NatsClient
 
 from eventlog.sealer import Sealer
 from eventlog.store import EventStore
+from service.publication.jetstream import delete_stream_if_exists
 from service.publication.relay import Relay, publication_lag
 from tests.support.database import Database
 from tests.support.nats_servers import NatsNode, TcpProxy
@@ -38,6 +39,7 @@ from tests.support.publication import (
     seal_all,
     store,
     stream_contents,
+    wait_published,
 )
 from tests.support.waiting import eventually
 
@@ -244,3 +246,36 @@ async def _at_least_sealed(db: Database, count: int) -> bool:
 
 async def _stream_has(nc: NatsClient, stream: str, count: int) -> bool:
     return (await nc.jetstream().stream_info(stream)).state.messages >= count
+
+
+async def test_a_stream_missing_at_resync_is_recreated_and_refilled_from_the_log(
+    db: Database, store: EventStore, nc: NatsClient, names: Names, relays: Relays, nats_url: str
+) -> None:
+    # given a running relay that published the log so far, over connections we can drop
+    opened: list[NatsClient] = []
+    factory = nats_factory(nats_url)
+
+    async def connect() -> NatsClient:
+        client = await factory()
+        opened.append(client)
+        return client
+
+    relays.start(Relay(db.connect, connect, relay_config(db, names)))
+    writer = Writer(store)
+    await writer.spread(5)
+    await seal_all(db)
+    await wait_published(nc, names.stream, 5)
+
+    # when NATS loses its store (the stream is gone) and the relay's connection drops,
+    # and more events are sealed meanwhile
+    await delete_stream_if_exists(nc, names.stream)
+    for client in opened:
+        await client.close()
+    await writer.spread(5, tag="after")
+    await seal_all(db)
+
+    # then the relay creates the stream again and refills it: the whole log, once, in order
+    await wait_published(nc, names.stream, 10)
+    assert_log_published_once_in_order(
+        await stream_contents(nc, names.stream), await log_event_ids(db)
+    )

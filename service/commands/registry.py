@@ -256,8 +256,8 @@ class Registry:
         request. Returns the result and the request id (``None`` when done directly)."""
         model_id, _, state = await self.model(name)
         if (earlier := await self.recorded(model_id, id_seed)) is not None:
-            opened = [e for e in earlier.events if isinstance(e, PromotionRequested)]
-            return earlier, opened[0].request_id if opened else None
+            requested = [e for e in earlier.events if isinstance(e, PromotionRequested)]
+            return earlier, requested[0].request_id if requested else None
         current = state.version(version)
         metrics = await self.metric_snapshot(model_id, [version, state.production])
         now = self.clock()

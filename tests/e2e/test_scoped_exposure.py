@@ -19,8 +19,9 @@ import msgspec
 import pytest
 
 from tests.support.nats_servers import connect
-from tests.support.publication import stream_contents, wait_until
+from tests.support.publication import stream_contents
 from tests.support.registry_server import RegistryServer, registry_server
+from tests.support.waiting import eventually
 
 API = "/api/v1"
 
@@ -160,7 +161,7 @@ async def test_no_event_on_the_log_or_on_nats_carries_a_tokens_secret_or_its_has
             payloads[:] = await published(nats_url, stream)
             return any(token_id in p for p in payloads)
 
-        await wait_until(token_published, 30.0, "the token's event on NATS")
+        await eventually(token_published, timeout=30.0, what="the token's event on NATS")
         # then the token events are there, and neither secret nor its SHA-256 is in any of them
         assert token_id in log.content
         assert any(token_id in p for p in payloads)

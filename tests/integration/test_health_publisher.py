@@ -8,7 +8,8 @@ from nats.aio.client import Client as NatsClient
 from eventlog.store import EventStore
 from service.api.health import check
 from tests.support.database import Database
-from tests.support.publication import Names, Writer, names, nc, seal_all, store, wait_until
+from tests.support.publication import Names, Writer, names, nc, seal_all, store
+from tests.support.waiting import eventually
 
 __all__ = ["names", "nc", "store"]  # fixtures
 
@@ -26,7 +27,7 @@ async def test_an_event_left_unpublished_too_long_makes_readiness_report_a_stall
         return checks.publisher == "stalled"
 
     # when readiness is checked after the stall window
-    await wait_until(stalled, what="a stalled publisher reported")
+    await eventually(stalled, what="a stalled publisher reported")
     checks, reasons = await check(db.pool, nc, publisher=publisher, stall_after=0.2)
 
     # then the process is not ready, and says which publisher is stuck

@@ -17,8 +17,8 @@ from eventlog.log import read_log
 from eventlog.sealer import Sealer
 from eventlog.store import EventStore, StaleGuardError
 from tests.support.database import Database
-from tests.support.publication import wait_until
 from tests.support.sample_events import CODEC, META, append_notes, notes
+from tests.support.waiting import eventually
 
 POLICY = "policy:registry"  # a guardable stream (its type is ``policy``)
 MODEL = "model:m1"
@@ -97,7 +97,7 @@ async def test_a_guarded_append_waits_for_an_open_policy_change_then_fails(
         store.append(MODEL, 0, notes("decided under the default"), META, guards={POLICY: 0})
     )
     # then it waits for the change to finish
-    await wait_until(lambda: someone_waits_for_a_guard_lock(db), what="the decision waiting")
+    await eventually(lambda: someone_waits_for_a_guard_lock(db), what="the decision waiting")
     assert not decision.done()
     # and once the change commits, the stale decision fails and records nothing
     await writer_tx.commit()
@@ -117,7 +117,7 @@ async def test_a_policy_change_waits_for_an_open_guarded_decision_and_the_log_sh
     # when the policy changes meanwhile
     change = asyncio.create_task(append_notes(store, POLICY, 0, "policy 1"))
     # then the change waits for the decision
-    await wait_until(lambda: someone_waits_for_a_guard_lock(db), what="the change waiting")
+    await eventually(lambda: someone_waits_for_a_guard_lock(db), what="the change waiting")
     assert not change.done()
     await decider_tx.commit()
     assert await change == 1

@@ -14,7 +14,7 @@ from service.api.auth import BearerTokenMiddleware
 from service.api.common import refuse_nul_characters
 from service.api.idempotency import idempotency_middleware
 from service.api.json_body import refuse_unsafe_json
-from service.api.openapi import openapi_app_kwargs
+from service.api.openapi import SECURITY, document_problems, openapi_app_kwargs
 from service.api.problems import EXCEPTION_HANDLERS
 from service.api.routes_governance import (
     LifecycleController,
@@ -90,6 +90,7 @@ def api_routers() -> list[Router]:
     """``/api/v1`` and ``/metrics``; both authenticated."""
     # Outermost first: every request is counted, gets its correlation id (said on errors
     # too), then is authenticated, then deduplicated.
+    document_problems([*CONTROLLERS, MetricsController])
     return [
         Router(
             "/api/v1",
@@ -102,11 +103,13 @@ def api_routers() -> list[Router]:
                 idempotency_middleware,
             ],
             before_request=screen_request,
+            security=SECURITY,
         ),
         Router(
             "/",
             route_handlers=[MetricsController],
             middleware=[DefineMiddleware(BearerTokenMiddleware)],
+            security=SECURITY,
         ),
     ]
 

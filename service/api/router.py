@@ -91,6 +91,8 @@ def api_routers() -> list[Router]:
     # Outermost first: every request is counted, gets its correlation id (said on errors
     # too), then is authenticated, then deduplicated.
     document_problems([*CONTROLLERS, MetricsController])
+    # The Prometheus text format, as the handler answers; the document said JSON.
+    MetricsController.get.media_type = "text/plain"
     return [
         Router(
             "/api/v1",

@@ -57,24 +57,21 @@ def registry_server(
     data_dir = workdir / f"serve-{schema}"
     data_dir.mkdir(parents=True)
     log = data_dir / "serve.log"
-    env = (
-        {k: v for k, v in os.environ.items() if not k.startswith("MODELREG_")}
-        | {
-            "MODELREG_DATABASE_URL": database_url,
-            "MODELREG_NATS_URL": nats_url,
-            "MODELREG_DB_SCHEMA": schema,
-            "MODELREG_DB_APP_ROLE": APP_ROLE,
-            "MODELREG_DB_POOL_SIZE": "4",
-            "MODELREG_NATS_STREAM": f"T_{schema.upper()}",
-            "MODELREG_NATS_SUBJECT_PREFIX": f"test.{schema}",
-            "MODELREG_DATA_DIR": str(data_dir),
-            "MODELREG_PORT": "0",
-            "MODELREG_BOOTSTRAP_TOKEN": token,
-            "MODELREG_WORKER_POLL_INTERVAL": "0.1",
-            "MODELREG_READ_WAIT_TIMEOUT": "10",
-        }
-        | {f"MODELREG_{name.upper()}": value for name, value in settings.items()}
-    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MODELREG_")} | {
+        "MODELREG_DATABASE_URL": database_url,
+        "MODELREG_NATS_URL": nats_url,
+        "MODELREG_DB_SCHEMA": schema,
+        "MODELREG_DB_APP_ROLE": APP_ROLE,
+        "MODELREG_DB_POOL_SIZE": "4",
+        "MODELREG_NATS_STREAM": f"T_{schema.upper()}",
+        "MODELREG_NATS_SUBJECT_PREFIX": f"test.{schema}",
+        "MODELREG_DATA_DIR": str(data_dir),
+        "MODELREG_PORT": "0",
+        "MODELREG_BOOTSTRAP_TOKEN": token,
+        "MODELREG_WORKER_POLL_INTERVAL": "0.1",
+        "MODELREG_READ_WAIT_TIMEOUT": "10",
+    }
+    env |= {f"MODELREG_{name.upper()}": value for name, value in settings.items()}
     with log.open("wb") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "service", "serve"],

@@ -15,6 +15,7 @@ from __future__ import annotations
 import enum
 import hashlib
 import re
+import unicodedata
 
 import msgspec
 
@@ -35,6 +36,10 @@ _SHA256 = re.compile(r"[0-9a-f]{64}")
 _GIT_COMMIT = re.compile(r"[0-9a-f]{7,64}")
 _URI = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:\S+")
 _PYTHON_VERSION = re.compile(r"[0-9]+\.[0-9]+(\.[0-9]+)?")
+_ASCII_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# Controls, invisible formatting (U+200B, the bidi overrides such as U+202E, U+FEFF) and
+# line/paragraph separators: a path holding one shows (or runs) as a different file.
+_HIDDEN_CATEGORIES = frozenset({"Cc", "Cf", "Zl", "Zp"})
 
 ParamValue = str | int | float | bool
 
@@ -138,6 +143,18 @@ def _relative_path(value: str, field: str) -> None:
     _bounded(value, field, PATH_MAX)
     if value.startswith("/") or "\\" in value or ".." in value.split("/"):
         raise _fail(field, "pattern", f"{field} must be a relative path without '..' or '\\'")
+    if _has_hidden_characters(value):
+        raise _fail(
+            field,
+            "pattern",
+            f"{field} must not contain control, invisible or bidirectional-override characters",
+        )
+
+
+def _has_hidden_characters(value: str) -> bool:
+    if value.isascii():  # the common case, without a lookup per character
+        return _ASCII_CONTROL.search(value) is not None
+    return any(unicodedata.category(char) in _HIDDEN_CATEGORIES for char in value)
 
 
 def validate_content(content: VersionContent, field: str = "content") -> None:

@@ -48,6 +48,17 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     # token_pepper file, created on first start. Every replica needs the same one.
     token_pepper: str | None = None
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    # HTTP resource limits (service/runtime/http_limits.py, docs/operations.md): the request
+    # line and headers together, and their count (431 past either); seconds for a request's
+    # head to arrive and between reads of its body (then the connection is closed); seconds
+    # an idle kept-alive connection stays open; connections beyond which requests get 503
+    # (except /health/*).
+    http_max_header_bytes: Annotated[int, msgspec.Meta(ge=1024, le=1024 * 1024)] = 64 * 1024
+    http_max_headers: Annotated[int, msgspec.Meta(ge=8, le=1000)] = 100
+    http_header_timeout: Seconds = 10.0
+    http_body_timeout: Seconds = 30.0
+    http_keep_alive_timeout: Seconds = 5.0
+    http_max_connections: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = 1000
 
     # Publication.
     nats_stream: StreamName = "MODELREG_EVENTS"

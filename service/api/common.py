@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any, TypeVar, cast
 
 import asyncpg
@@ -33,7 +33,13 @@ POSITION_HEADER = "Modelreg-Position"
 # can name nothing, and is refused (400) before it reaches Postgres.
 MAX_POSITION = 2**63 - 1
 MAX_VERSION = 2**31 - 1
-VersionNumber = Annotated[int, Parameter(le=MAX_VERSION, description="A version number")]
+MIN_VERSION = -(2**31)
+VersionNumber = Annotated[
+    int, Parameter(ge=MIN_VERSION, le=MAX_VERSION, description="A version number")
+]
+# Digits beyond these lengths name nothing, and are refused before int() (which refuses
+# over 4,300 digits with a ValueError of its own).
+_POSITION_DIGITS = len(str(MAX_POSITION))
 
 
 def services_of(request: Request[Any, Any, Any]) -> Services:
@@ -70,7 +76,12 @@ def if_match(request: Request[Any, Any, Any]) -> int | None:
         raise BadRequestError(
             "If-Match", "pattern", "If-Match takes the ETag of a model (its stream version)"
         )
-    return int(text)
+    number = _at_most_position(text)
+    if number is None:
+        raise BadRequestError(
+            "If-Match", "range", f"If-Match is a stream version of at most {MAX_POSITION}"
+        )
+    return number
 
 
 async def refuse_nul_characters(request: Request[Any, Any, Any]) -> None:
@@ -147,11 +158,12 @@ def etag(version: int) -> str:
 def parse_as_of(text: str, field: str = "as_of") -> int | datetime:
     """``as_of`` is a log position (digits) or an RFC 3339 time with a zone."""
     if text.isascii() and text.isdigit():
-        if int(text) > MAX_POSITION:
+        number = _at_most_position(text)
+        if number is None:
             raise BadRequestError(
                 field, "range", f"{field} is a log position of at most {MAX_POSITION}"
             )
-        return int(text)
+        return number
     try:
         moment = msgspec.convert(text, datetime)
     except msgspec.ValidationError:
@@ -164,6 +176,30 @@ def parse_as_of(text: str, field: str = "as_of") -> int | datetime:
         raise BadRequestError(
             field, "pattern", f"{field} needs a time zone, e.g. 2026-03-03T14:03:00Z"
         )
+    return representable_time(moment, field)
+
+
+def _at_most_position(digits: str) -> int | None:
+    """The number ASCII ``digits`` spell, or None above MAX_POSITION (checked on the
+    length first: int() refuses over 4,300 digits, leading zeros included)."""
+    significant = digits.lstrip("0") or "0"
+    if len(significant) > _POSITION_DIGITS:
+        return None
+    number = int(significant)
+    return number if number <= MAX_POSITION else None
+
+
+def representable_time(moment: datetime, field: str) -> datetime:
+    """``moment`` if it falls within years 1-9999 in UTC. 9999-12-31T23:59:59-14:00 is in
+    year 10000 there: Python cannot convert it (OverflowError) nor asyncpg encode it."""
+    if moment.tzinfo is None:
+        return moment
+    try:
+        moment.astimezone(UTC)
+    except OverflowError:
+        raise BadRequestError(
+            field, "range", f"{field} must fall within years 1 to 9999 in UTC"
+        ) from None
     return moment
 
 

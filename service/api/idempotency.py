@@ -29,6 +29,8 @@ from typing import Any
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 from litestar.enums import ScopeType
+from litestar.exceptions import HTTPException
+from litestar.handlers import HTTPRouteHandler
 from litestar.types import ASGIApp, HTTPRequestEvent, Message, Receive, ReceiveMessage, Scope, Send
 
 from eventlog.db import lock_key
@@ -88,7 +90,7 @@ def idempotency_middleware(app: ASGIApp) -> ASGIApp:
             raise ValidationError(
                 "Idempotency-Key", "pattern", "an Idempotency-Key is 1-200 visible ASCII characters"
             )
-        body = await _read_body(receive)
+        body = await _read_body(scope, receive)
         principal = scope.get("user")
         who = getattr(principal, "name", "anonymous")
         digest = hashlib.sha256(f"POST {scope['path']}\n".encode() + body).digest()
@@ -293,13 +295,36 @@ def _answered(stored: asyncpg.Record, digest: bytes) -> asyncpg.Record | None:
     return None if stored["status"] == ANSWERED_UNKEPT else stored
 
 
-async def _read_body(receive: Receive) -> bytes:
+async def _read_body(scope: Scope, receive: Receive) -> bytes:
+    """The whole body, which the request hash needs, within the route's size cap: a larger
+    one is refused (413) on its Content-Length, or as soon as the bytes read pass the cap,
+    so its remainder is never read nor held."""
+    handler = scope["route_handler"]
+    cap = handler.resolve_request_max_body_size() if isinstance(handler, HTTPRouteHandler) else None
+    declared = dict(scope["headers"]).get(b"content-length")
+    # On the length first: int() refuses over 4,300 digits with a ValueError.
+    if (
+        cap is not None
+        and declared is not None
+        and declared.isdigit()
+        and (len(declared) > len(str(cap)) or int(declared) > cap)
+    ):
+        raise _too_large(cap)
     chunks: list[bytes] = []
+    size = 0
     while True:
         message = await receive()
         if message["type"] != "http.request":
             break
-        chunks.append(message.get("body", b""))
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if cap is not None and size > cap:
+            raise _too_large(cap)
+        chunks.append(chunk)
         if not message.get("more_body", False):
             break
     return b"".join(chunks)
+
+
+def _too_large(cap: int) -> HTTPException:
+    return HTTPException(status_code=413, detail=f"the request body is larger than {cap} bytes")

@@ -73,12 +73,17 @@ class PermissionDeniedError(Exception):
 
 
 class BadRequestError(Exception):
-    """A request parameter is malformed (a cursor, an as_of value, a filter)."""
+    """A request parameter is malformed (a cursor, an as_of value, a filter): 400, or the
+    4xx ``status`` given (415 for a body that is not JSON)."""
 
-    def __init__(self, field: str, rule: str, message: str) -> None:
+    def __init__(
+        self, field: str, rule: str, message: str, *, status: int = 400, code: str = "bad_request"
+    ) -> None:
         super().__init__(message)
         self.field = field
         self.rule = rule
+        self.status = status
+        self.code = code
 
 
 _STATUS: list[tuple[type[DomainError], int, str]] = [
@@ -119,6 +124,8 @@ def _domain(request: Request[Any, Any, Any], exc: DomainError) -> Response[Probl
 
 _MISSING = re.compile(r"missing required field `([^`]+)`")
 _UNKNOWN = re.compile(r"unknown field `([^`]+)`")
+# How a request struct's own check (``__post_init__``) names the field it refuses.
+_OUT_OF_RANGE = re.compile(r"^`([^`]+)` is out of range")
 
 
 def _rule_of(message: str) -> str:
@@ -131,6 +138,8 @@ def _rule_of(message: str) -> str:
         return "pattern"
     if "length" in lowered:
         return "length"
+    if "out of range" in lowered:
+        return "range"
     if ">=" in message or "<=" in message or " > " in message or " < " in message:
         return "range"
     if "invalid enum value" in lowered:
@@ -143,7 +152,7 @@ def _rule_of(message: str) -> str:
 
 
 def _field_of(key: str, message: str) -> str:
-    for pattern in (_MISSING, _UNKNOWN):
+    for pattern in (_MISSING, _UNKNOWN, _OUT_OF_RANGE):
         match = pattern.search(message)
         if match:
             parent = "" if key in {"data", ""} else key.removeprefix("data.") + "."
@@ -219,6 +228,7 @@ _TITLES = {
     404: "Not found",
     405: "Method not allowed",
     413: "Request too large",
+    415: "Unsupported media type",
 }
 
 
@@ -257,12 +267,12 @@ def _permission(request: Request[Any, Any, Any], exc: PermissionDeniedError) -> 
 def _bad_request(request: Request[Any, Any, Any], exc: BadRequestError) -> Response[Problem]:
     return problem_response(
         Problem(
-            type="urn:modelreg:bad_request",
-            title="Malformed request",
-            status=400,
+            type=f"urn:modelreg:{exc.code}",
+            title=_TITLES.get(exc.status, "Malformed request"),
+            status=exc.status,
             detail=str(exc),
             instance=request.url.path,
-            code="bad_request",
+            code=exc.code,
             field=exc.field,
             rule=exc.rule,
         )

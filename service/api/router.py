@@ -13,7 +13,8 @@ from litestar.types import ASGIApp, Message, Receive, Scope, Send
 from service.api.auth import BearerTokenMiddleware
 from service.api.common import refuse_nul_characters
 from service.api.idempotency import idempotency_middleware
-from service.api.openapi import openapi_app_kwargs
+from service.api.json_body import refuse_unsafe_json
+from service.api.openapi import SECURITY, document_problems, openapi_app_kwargs
 from service.api.problems import EXCEPTION_HANDLERS
 from service.api.routes_governance import (
     LifecycleController,
@@ -78,10 +79,20 @@ def answer_errors_here(app: ASGIApp) -> ASGIApp:
     return middleware
 
 
+async def screen_request(request: Request[Any, Any, Any]) -> None:
+    """Before any handler: the body is JSON, shallow, without duplicate keys; no value
+    holds a NUL."""
+    await refuse_unsafe_json(request)
+    await refuse_nul_characters(request)
+
+
 def api_routers() -> list[Router]:
     """``/api/v1`` and ``/metrics``; both authenticated."""
     # Outermost first: every request is counted, gets its correlation id (said on errors
     # too), then is authenticated, then deduplicated.
+    document_problems([*CONTROLLERS, MetricsController])
+    # The Prometheus text format, as the handler answers; the document said JSON.
+    MetricsController.get.media_type = "text/plain"
     return [
         Router(
             "/api/v1",
@@ -93,12 +104,14 @@ def api_routers() -> list[Router]:
                 DefineMiddleware(BearerTokenMiddleware),
                 idempotency_middleware,
             ],
-            before_request=refuse_nul_characters,
+            before_request=screen_request,
+            security=SECURITY,
         ),
         Router(
             "/",
             route_handlers=[MetricsController],
             middleware=[DefineMiddleware(BearerTokenMiddleware)],
+            security=SECURITY,
         ),
     ]
 

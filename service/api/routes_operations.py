@@ -31,12 +31,14 @@ from service.api.auth import require
 from service.api.common import (
     MAX_POSITION,
     MAX_VERSION,
+    MIN_VERSION,
     Receipt,
     VersionNumber,
     if_match,
     principal_of,
     read_views,
     receipt,
+    representable_time,
     seed_of,
     services_of,
 )
@@ -195,7 +197,7 @@ class AuditController(Controller):
         type: Annotated[
             list[str] | None, QueryParameter(description="Event types to include")
         ] = None,
-        version: Annotated[int | None, QueryParameter(le=MAX_VERSION)] = None,
+        version: Annotated[int | None, QueryParameter(ge=MIN_VERSION, le=MAX_VERSION)] = None,
         since: FromQuery[datetime | None] = None,
         until: FromQuery[datetime | None] = None,
         cursor: Annotated[int | None, QueryParameter(ge=0, le=MAX_POSITION)] = None,
@@ -222,8 +224,8 @@ class AuditController(Controller):
                 actor=actor,
                 event_types=type,
                 version=version,
-                since=since,
-                until=until,
+                since=since and representable_time(since, "since"),
+                until=until and representable_time(until, "until"),
                 up_to_position=up_to,
                 cursor=cursor,
                 newest_first=not oldest_first,

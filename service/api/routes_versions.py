@@ -27,6 +27,8 @@ from projections.views.metric_history import Comparison, MetricSample, MetricSer
 from projections.views.model_versions import MetricValue, VersionRow
 from service.api.auth import require
 from service.api.common import (
+    MAX_VERSION,
+    MIN_VERSION,
     Receipt,
     VersionNumber,
     bad_query,
@@ -412,6 +414,8 @@ class CompareController(Controller):
             ) from None
         if not numbers:
             raise BadRequestError("versions", "required", "name at least one version")
+        if not all(MIN_VERSION <= number <= MAX_VERSION for number in numbers):
+            raise BadRequestError("versions", "range", f"a version number is at most {MAX_VERSION}")
         services = services_of(request)
         model_id, _ = await services.registry.locate(name)
         async with read_views(

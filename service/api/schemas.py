@@ -3,7 +3,7 @@ different clocks. Unknown fields are refused; the domain checks every value's ru
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Literal
 
 import msgspec
@@ -22,6 +22,19 @@ ParamValue = str | int | float | bool
 
 class Strict(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     pass
+
+
+def require_representable(name: str, moment: datetime | None) -> None:
+    """Refuse (400, rule ``range``) a time outside years 1-9999 in UTC, such as
+    9999-12-31T23:59:59-14:00: Python cannot convert it, nor asyncpg store it, so it would
+    fail a write or, once recorded, every view that folds it. Called from __post_init__,
+    whose ValueError msgspec reports as a validation error naming the field."""
+    if moment is None:
+        return
+    try:
+        moment.astimezone(UTC)
+    except OverflowError:
+        raise ValueError(f"`{name}` is out of range: a time within years 1-9999 in UTC") from None
 
 
 class CreateModel(Strict, frozen=True, kw_only=True):
@@ -107,6 +120,9 @@ class Metric(Strict, frozen=True, kw_only=True):
     step: int = 0
     timestamp: AwareDatetime | None = None
     dataset: str | None = None
+
+    def __post_init__(self) -> None:
+        require_representable("timestamp", self.timestamp)
 
     def to_input(self) -> MetricInput:
         return MetricInput(
@@ -211,6 +227,9 @@ class TokenRequest(Strict, frozen=True, kw_only=True):
     scopes: list[str] = msgspec.field(default_factory=list)
     expires_at: AwareDatetime | None = None
     description: str = ""
+
+    def __post_init__(self) -> None:
+        require_representable("expires_at", self.expires_at)
 
 
 class IssuedToken(msgspec.Struct, frozen=True, kw_only=True):

@@ -46,6 +46,7 @@ from service.commands.tokens import ensure_bootstrap_token, warn_legacy_tokens
 from service.publication.relay import relay_for
 from service.runtime.composition import build_services
 from service.runtime.embedded import DataDirLock, EmbeddedNats, EmbeddedPostgres
+from service.runtime.http_limits import HttpLimits, protocol_for
 from service.settings import Settings
 
 log = logging.getLogger("modelreg")
@@ -428,6 +429,9 @@ async def _serve(
                 log_config=None,
                 log_level=settings.log_level,
                 ws="none",
+                # Header size and count, head/body/idle timeouts, connection bound.
+                http=protocol_for(HttpLimits.of(settings)),
+                limit_concurrency=settings.http_max_connections,
                 access_log=settings.log_level == "debug",
                 timeout_graceful_shutdown=int(SHUTDOWN_TIMEOUT),
             )

@@ -933,12 +933,22 @@ HEADERS = [
         headers={"If-Match": '"1"'},
     ),
     Bad(
-        "an If-Match beyond any version",
+        "an If-Match no stream can reach",
         "PATCH",
         f"{M}/churn",
         412,
         "",
         "",
+        json={"description": "x"},
+        headers={"If-Match": '"9223372036854775807"'},
+    ),
+    Bad(
+        "an If-Match beyond any version",
+        "PATCH",
+        f"{M}/churn",
+        400,
+        "If-Match",
+        "range",
         json={"description": "x"},
         headers={"If-Match": '"99999999999999999999999"'},
     ),
@@ -962,6 +972,223 @@ HEADERS = [
         json={"name": "keyed"},
         headers={"Idempotency-Key": "k" * 201},
     ),
+]
+
+
+def nested(depth: int) -> bytes:
+    return b'{"name": "deep", "tags": ' + b"[" * depth + b"]" * depth + b"}"
+
+
+FAR_FUTURE = "9999-12-31T23:59:59-14:00"  # year 10000 in UTC
+FAR_PAST = "0001-01-01T00:00:00%2B14:00"  # year 0 in UTC
+DIGITS = "9" * 5000  # beyond Python's int-from-text digit limit
+BELOW_INT4 = -(2**31) - 1
+PLAIN = {"content-type": "text/plain"}
+
+HOSTILE = [
+    Bad(
+        "JSON nested 1,000 deep",
+        "POST",
+        M,
+        400,
+        "body",
+        "depth",
+        content=nested(1000),
+        headers=JSON,
+    ),
+    Bad(
+        "JSON nested 100,000 deep",
+        "POST",
+        M,
+        400,
+        "body",
+        "depth",
+        content=b"[" * 100_000 + b"]" * 100_000,
+        headers=JSON,
+    ),
+    Bad(
+        "JSON nested 1,000 deep in a token request",
+        "POST",
+        "/api/v1/tokens",
+        400,
+        "body",
+        "depth",
+        content=b'{"principal": "eve", "roles": ["reader"], "scopes": '
+        + b"[" * 1000
+        + b"]" * 1000
+        + b"}",
+        headers=JSON,
+    ),
+    Bad(
+        "an If-Match of 5,000 digits",
+        "PATCH",
+        f"{M}/churn",
+        400,
+        "If-Match",
+        "range",
+        json={"description": "x"},
+        headers={"If-Match": f'"{DIGITS}"'},
+    ),
+    Bad("as_of of 5,000 digits", "GET", f"{M}/churn?as_of={DIGITS}", 400, "as_of", "range"),
+    Bad("at of 5,000 digits", "GET", f"{M}/churn/timeline?at={DIGITS}", 400, "at", "range"),
+    Bad(
+        "a cursor of 5,000 digits",
+        "GET",
+        f"{M}/churn/history?cursor={DIGITS}",
+        400,
+        "cursor",
+        "range",
+    ),
+    Bad(
+        "as_of past year 9999 in UTC", "GET", f"{M}/churn?as_of={FAR_FUTURE}", 400, "as_of", "range"
+    ),
+    Bad("as_of before year 1 in UTC", "GET", f"{M}/churn?as_of={FAR_PAST}", 400, "as_of", "range"),
+    Bad(
+        "a registry-wide as_of past year 9999",
+        "GET",
+        f"{M}?as_of={FAR_FUTURE}",
+        400,
+        "as_of",
+        "range",
+    ),
+    Bad(
+        "at past year 9999 in UTC",
+        "GET",
+        f"{M}/churn/timeline?at={FAR_FUTURE}",
+        400,
+        "at",
+        "range",
+    ),
+    Bad(
+        "since past year 9999 in UTC",
+        "GET",
+        f"{M}/churn/history?since={FAR_FUTURE}",
+        400,
+        "since",
+        "range",
+    ),
+    Bad(
+        "until before year 1 in UTC",
+        "GET",
+        f"{M}/churn/history?until={FAR_PAST}",
+        400,
+        "until",
+        "range",
+    ),
+    Bad(
+        "a metric timestamp past year 9999 in UTC",
+        "POST",
+        f"{V}/1/metrics",
+        400,
+        "metrics[0].timestamp",
+        "range",
+        json=metrics({"key": "auc", "value": 0.9, "timestamp": FAR_FUTURE}),
+    ),
+    Bad(
+        "a token expiry past year 9999 in UTC",
+        "POST",
+        "/api/v1/tokens",
+        400,
+        "expires_at",
+        "range",
+        json={"principal": "eve", "roles": ["reader"], "expires_at": FAR_FUTURE},
+    ),
+    Bad(
+        "a version below -2^31 (best metric)",
+        "GET",
+        f"{V}/{BELOW_INT4}/metrics/auc/best",
+        400,
+        "version",
+        "range",
+    ),
+    Bad(
+        "a version below -2^31 (history)",
+        "GET",
+        f"{M}/churn/history?version={BELOW_INT4}",
+        400,
+        "version",
+        "range",
+    ),
+    Bad(
+        "a version below -2^31 (compare)",
+        "GET",
+        f"{M}/churn/compare?versions=1,{BELOW_INT4}",
+        400,
+        "versions",
+        "range",
+    ),
+    Bad(
+        "a version above 2^31 (compare)",
+        "GET",
+        f"{M}/churn/compare?versions={2**31}",
+        400,
+        "versions",
+        "range",
+    ),
+    Bad(
+        "a text/plain body",
+        "POST",
+        M,
+        415,
+        "Content-Type",
+        "media_type",
+        content=raw('{"name": "plain"}'),
+        headers=PLAIN,
+    ),
+    Bad(
+        "a body without a Content-Type",
+        "POST",
+        M,
+        415,
+        "Content-Type",
+        "media_type",
+        content=raw('{"name": "untyped"}'),
+    ),
+    Bad(
+        "duplicate keys (an admin minted by the second)",
+        "POST",
+        "/api/v1/tokens",
+        400,
+        "roles",
+        "duplicate_key",
+        content=raw('{"principal": "eve", "roles": ["reader"], "roles": ["admin"]}'),
+        headers=JSON,
+    ),
+    Bad(
+        "duplicate keys in a nested object",
+        "POST",
+        V,
+        400,
+        "artifacts[0].path",
+        "duplicate_key",
+        content=raw(
+            '{"artifacts": [{"path": "a", "path": "b", "uri": "s3://m/a",'
+            f' "sha256": "{"a" * 64}", "size": 1}}]}}'
+        ),
+        headers=JSON,
+    ),
+    *[
+        Bad(
+            f"an artifact path with {what}",
+            "POST",
+            V,
+            422,
+            "content.artifacts[0].path",
+            "pattern",
+            json={"artifacts": [{**ART, "path": f"model{char}.pkl"}]},
+        )
+        for what, char in [
+            ("a line feed", "\n"),
+            ("a tab", "\t"),
+            ("BEL", "\x07"),
+            ("DEL", "\x7f"),
+            ("a C1 control", "\x85"),
+            ("U+202E (right-to-left override)", "\u202e"),
+            ("U+200B (zero width space)", "\u200b"),
+            ("U+2028 (line separator)", "\u2028"),
+            ("U+FEFF (byte order mark)", "\ufeff"),
+        ]
+    ],
 ]
 
 
@@ -992,6 +1219,7 @@ async def log_state(api: Api) -> tuple[int, int]:
         pytest.param(STAGES, id="stages"),
         pytest.param(QUERIES, id="queries"),
         pytest.param(HEADERS, id="headers"),
+        pytest.param(HOSTILE, id="hostile"),
     ],
 )
 async def test_bad_input_is_refused_with_a_problem_naming_field_and_rule(
@@ -1081,3 +1309,26 @@ async def test_the_limits_are_where_they_say(api: Api) -> None:
     assert registered.status_code == 201, registered.text
     read = await api.get(f"{V}/2?min_position={registered.headers['Modelreg-Position']}")
     assert read.status_code == 200, read.text
+
+
+async def test_json_nesting_is_refused_just_past_64_levels(api: Api) -> None:
+    # Given bodies nested 64 and 65 levels deep (the object itself is level 1),
+    at_limit = await api.post(M, content=nested(63), headers=JSON)
+    past_limit = await api.post(M, content=nested(64), headers=JSON)
+    # then only the deeper one is refused for its depth; the other reaches the decoder,
+    # which finds tags is no map of strings.
+    assert (at_limit.status_code, at_limit.json()["rule"]) == (400, "type"), at_limit.text
+    assert (past_limit.status_code, past_limit.json()["rule"]) == (400, "depth"), past_limit.text
+
+
+async def test_a_json_media_type_with_parameters_or_a_suffix_is_json(api: Api) -> None:
+    # Given a JSON body declared with a charset, and one declared as application/x+json,
+    for content_type, name in [
+        ("application/json; charset=utf-8", "with-charset"),
+        ("application/merge-patch+json", "with-suffix"),
+    ]:
+        # when a model is registered with it, then it is accepted as JSON.
+        created = await api.post(
+            M, content=json.dumps({"name": name}).encode(), headers={"content-type": content_type}
+        )
+        assert created.status_code == 201, created.text

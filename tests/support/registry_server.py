@@ -70,7 +70,10 @@ async def _delete_streams(nats_url: str, streams: list[str]) -> None:
 
 
 @contextmanager
-def registry_server(database_url: str, nats_url: str, workdir: Path) -> Iterator[RegistryServer]:
+def registry_server(
+    database_url: str, nats_url: str, workdir: Path, **settings: str
+) -> Iterator[RegistryServer]:
+    """``settings`` are extra ``MODELREG_*`` variables, named without the prefix."""
     schema = f"t_{secrets.token_hex(6)}"
     stream, subject_prefix = f"T_{schema.upper()}", f"test.{schema}.events"
     token = "admin-" + secrets.token_urlsafe(24)
@@ -91,6 +94,7 @@ def registry_server(database_url: str, nats_url: str, workdir: Path) -> Iterator
         "MODELREG_WORKER_POLL_INTERVAL": "0.1",
         "MODELREG_READ_WAIT_TIMEOUT": "10",
     }
+    env |= {f"MODELREG_{name.upper()}": value for name, value in settings.items()}
     with log.open("wb") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "service", "serve"],

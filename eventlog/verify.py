@@ -18,21 +18,30 @@ any difference between a head and its chain, in either direction, is tampering.
 The two together bind the exact bytes of every event to its place in the log, so a
 flipped byte, a deleted row or two swapped rows is reported at the log position (or, for
 an event not yet sealed, the stream position) where the chain first fails.
+
+What the database holds alone cannot reveal a consistent truncation (tail rows deleted,
+heads rewound) or a re-chained rewrite. Given signed checkpoints (``eventlog.checkpoints``)
+and the public key, the log must also extend every checkpoint: reach its position with
+the signed hash there. A checkpoint whose signature fails is reported, never trusted.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Literal
 
 import asyncpg
 import msgspec
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from eventlog.checkpoints import Checkpoint, signature_holds
 from events.envelope import ZERO_HASH, decode_envelope, log_link, stream_link
 
 BreakKind = Literal[
+    "bad_checkpoint",
     "beyond_head",
     "changed_bytes",
+    "checkpoint_mismatch",
     "header_mismatch",
     "missing_event",
     "missing_log_entry",
@@ -59,6 +68,7 @@ class VerifyReport(msgspec.Struct, kw_only=True):
     head_hash: str
     first_break: Break | None
     breaks: list[Break]
+    checkpoints_checked: int = 0
 
 
 Progress = Callable[[str, int], None]
@@ -66,12 +76,22 @@ _MAX_BREAKS = 100
 _PROGRESS_EVERY = 10_000
 
 
-async def verify(conn: asyncpg.Connection, *, progress: Progress | None = None) -> VerifyReport:
-    """Check the whole store; ``progress(phase, rows_done)`` is called every 10k rows."""
+async def verify(
+    conn: asyncpg.Connection,
+    *,
+    progress: Progress | None = None,
+    checkpoints: Sequence[Checkpoint] = (),
+    public_key: Ed25519PublicKey | None = None,
+) -> VerifyReport:
+    """Check the whole store, and that the log extends every checkpoint signed by
+    ``public_key``; ``progress(phase, rows_done)`` is called every 10k rows."""
+    if checkpoints and public_key is None:
+        raise ValueError("checkpoints are proof only with the public key that signed them")
+    breaks: list[Break] = []
+    anchors = _trusted(checkpoints, public_key, breaks)
     async with conn.transaction(isolation="repeatable_read", readonly=True):
-        breaks: list[Break] = []
         events, streams = await _check_streams(conn, breaks, progress)
-        entries, head, head_hash = await _check_log(conn, breaks, progress)
+        entries, head, head_hash = await _check_log(conn, breaks, progress, anchors)
         await _place_in_log(conn, breaks)
     breaks.sort(key=_order)
     return VerifyReport(
@@ -83,6 +103,7 @@ async def verify(conn: asyncpg.Connection, *, progress: Progress | None = None) 
         head_hash=head_hash.hex(),
         first_break=breaks[0] if breaks else None,
         breaks=breaks[:_MAX_BREAKS],
+        checkpoints_checked=len(checkpoints),
     )
 
 
@@ -93,6 +114,26 @@ def _order(b: Break) -> tuple[int, str, int]:
 def _tick(progress: Progress | None, phase: str, count: int) -> None:
     if progress and count % _PROGRESS_EVERY == 0:
         progress(phase, count)
+
+
+def _trusted(
+    checkpoints: Sequence[Checkpoint], public_key: Ed25519PublicKey | None, breaks: list[Break]
+) -> dict[int, Checkpoint]:
+    """The checkpoints whose signature holds, by position; a break for each other one."""
+    anchors: dict[int, Checkpoint] = {}
+    for checkpoint in checkpoints:
+        if public_key is not None and signature_holds(checkpoint, public_key):
+            anchors[checkpoint.log_position] = checkpoint
+        else:
+            breaks.append(
+                Break(
+                    kind="bad_checkpoint",
+                    log_position=checkpoint.log_position,
+                    detail=f"the checkpoint of {checkpoint.time.isoformat()} is not signed by this"
+                    f" public key (key id {checkpoint.key_id})",
+                )
+            )
+    return anchors
 
 
 # ------------------------------------------------------------------ per-stream chains
@@ -247,7 +288,10 @@ class _Log:
 
 
 async def _check_log(
-    conn: asyncpg.Connection, breaks: list[Break], progress: Progress | None
+    conn: asyncpg.Connection,
+    breaks: list[Break],
+    progress: Progress | None,
+    anchors: dict[int, Checkpoint],
 ) -> tuple[int, int, bytes]:
     state = await conn.fetchrow(
         "SELECT last_log_position, last_tx_id, last_seq, last_log_hash FROM sealer_state WHERE id = 1"
@@ -262,7 +306,10 @@ async def _check_log(
         log.count += 1
         _tick(progress, "log", log.count)
         breaks.extend(_entry_breaks(log, row))
+        if (anchor := anchors.get(log.position)) is not None:
+            breaks.extend(_anchor_breaks(anchor, log))
     breaks.extend(_log_head_breaks(log, state["last_log_position"], bytes(state["last_log_hash"])))
+    breaks.extend(_beyond_the_log(anchors, log))
     unlogged = await conn.fetchval(
         "SELECT count(*) FROM events e WHERE (e.tx_id, e.seq) <= ($1::xid8, $2::bigint)"
         " AND NOT EXISTS (SELECT 1 FROM event_log l WHERE l.seq = e.seq)",
@@ -342,6 +389,34 @@ def _log_head_breaks(log: _Log, sealed: int, sealed_hash: bytes) -> list[Break]:
             )
         ]
     return []
+
+
+def _anchor_breaks(anchor: Checkpoint, log: _Log) -> list[Break]:
+    if log.hash.hex() == anchor.log_hash:
+        return []
+    return [
+        Break(
+            kind="checkpoint_mismatch",
+            log_position=anchor.log_position,
+            detail=f"the log hash here differs from the one signed at {anchor.time.isoformat()}:"
+            " history up to this position was rewritten",
+        )
+    ]
+
+
+def _beyond_the_log(anchors: dict[int, Checkpoint], log: _Log) -> list[Break]:
+    """A signed checkpoint past the end of the log: its tail was cut (however consistently)."""
+    furthest = max(anchors.values(), key=lambda a: a.log_position, default=None)
+    if furthest is None or furthest.log_position <= log.position:
+        return []
+    return [
+        Break(
+            kind="truncated_tail",
+            log_position=log.position + 1,
+            detail=f"a checkpoint signed at {furthest.time.isoformat()} covers log position"
+            f" {furthest.log_position}; the log stops at {log.position}",
+        )
+    ]
 
 
 async def _place_in_log(conn: asyncpg.Connection, breaks: list[Break]) -> None:

@@ -42,6 +42,7 @@ from service.api.app import AppState, create_app
 from service.api.services import Services
 from service.commands.expiry import expire_overdue_forever
 from service.commands.tokens import ensure_bootstrap_token
+from service.publication.checkpointer import checkpointer_for
 from service.publication.relay import relay_for
 from service.runtime.composition import build_services
 from service.runtime.embedded import DataDirLock, EmbeddedNats, EmbeddedPostgres
@@ -70,7 +71,7 @@ class Worker:
 def background_workers(state: AppState) -> list[Worker]:
     """The loops that run beside the API in roles ``all`` and ``worker``.
 
-    The sealer, the projection worker and the NATS relay are singletons by advisory lock,
+    The sealer, the projection worker, the NATS relay and the checkpointer are singletons,
     so extra replicas are hot standbys; the expiry sweeper is harmless to run twice.
     """
     settings = state.settings
@@ -84,10 +85,14 @@ def background_workers(state: AppState) -> list[Worker]:
         poll_interval=settings.worker_poll_interval,
     )
     relay = relay_for(settings, state.database_url, state.nats_url)
+    checkpointer = checkpointer_for(
+        settings, _connector(state, "modelreg-checkpointer"), state.nats_url
+    )
     return [
         Worker("sealer", state.sealer.run),
         Worker("projections", projections.run),
         Worker("relay", relay.run),
+        Worker("checkpointer", checkpointer.run),
         Worker(
             "promotion-expiry",
             lambda: expire_overdue_forever(state.services, settings.worker_poll_interval * 20),

@@ -46,6 +46,7 @@ from service.publication.checkpointer import checkpointer_for
 from service.publication.relay import relay_for
 from service.runtime.composition import build_services
 from service.runtime.embedded import DataDirLock, EmbeddedNats, EmbeddedPostgres
+from service.runtime.nats_auth import NatsNames
 from service.settings import Settings
 
 log = logging.getLogger("modelreg")
@@ -190,13 +191,23 @@ def _start_embedded(
         stack.enter_context(DataDirLock(settings.data_dir))
     # NATS first: it starts in milliseconds and a port clash should not wait for initdb.
     if embedded_nats:
-        server = EmbeddedNats(settings.data_dir, port=settings.nats_port)
+        server = EmbeddedNats(
+            settings.data_dir,
+            port=settings.nats_port,
+            names=NatsNames(
+                events_stream=settings.nats_stream,
+                events_prefix=settings.nats_subject_prefix,
+                checkpoint_stream=settings.checkpoint_stream,
+                checkpoint_prefix=settings.checkpoint_subject_prefix,
+            ),
+        )
         stack.callback(_timed_stop, "embedded NATS", server)
         t0 = time.monotonic()
-        nats_url = server.start()
+        server.start()
+        nats_url = server.service_url
         log.info(
             "embedded NATS %s (JetStream in %s) up in %.2f s",
-            nats_url,
+            server.url,
             server.store_dir,
             time.monotonic() - t0,
         )

@@ -71,6 +71,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     checkpoint_stream: StreamName = "MODELREG_CHECKPOINTS"
     checkpoint_subject_prefix: SubjectPrefix = "modelreg.checkpoints"
 
+    # Reads "as_of" a past position fold the log again: per token, at most this many at once
+    # (burst), refilled at this many per second (service.api.rate_limit); over it: 429.
+    expensive_read_rate: Annotated[float, msgspec.Meta(gt=0)] = 2.0
+    expensive_read_burst: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 10
+
     # Background work.
     sealer_idle_interval: Seconds = 0.01
     worker_poll_interval: Seconds = 0.5

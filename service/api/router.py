@@ -11,10 +11,10 @@ from litestar.middleware import DefineMiddleware
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.api.auth import BearerTokenMiddleware
-from service.api.common import refuse_nul_characters
 from service.api.idempotency import idempotency_middleware
 from service.api.openapi import openapi_app_kwargs
 from service.api.problems import EXCEPTION_HANDLERS
+from service.api.rate_limit import STATE_KEY, ExpensiveReadLimiter, before_api_request
 from service.api.routes_governance import (
     LifecycleController,
     PromotionsController,
@@ -93,7 +93,7 @@ def api_routers() -> list[Router]:
                 DefineMiddleware(BearerTokenMiddleware),
                 idempotency_middleware,
             ],
-            before_request=refuse_nul_characters,
+            before_request=before_api_request,
         ),
         Router(
             "/",
@@ -111,6 +111,12 @@ def api_app_kwargs(services: Services) -> dict[str, Any]:
         **docs,
         "route_handlers": [*api_routers(), *docs["route_handlers"]],
         "exception_handlers": EXCEPTION_HANDLERS,
-        "state": State({"services": services, "metrics": services.metrics}),
+        "state": State(
+            {
+                "services": services,
+                "metrics": services.metrics,
+                STATE_KEY: ExpensiveReadLimiter.from_settings(services.settings),
+            }
+        ),
         "request_max_body_size": MAX_BODY_BYTES,
     }

@@ -6,13 +6,21 @@ role, and while it is held call the role's ``lead(term)``; when it is not, wait 
 again; on a lost connection, reconnect and compete again. The role only says what to do
 while leading, and stops when ``term.ended`` is set.
 
-How a role is held lives here and nowhere else (``try_hold``, ``give_up`` and the
-termination watch in ``Leadership._lead``). Today it is a session advisory lock on
-``hashtextextended(key, 0)``: it dies with the session, so a killed leader (or one whose
-session Postgres has found dead) frees it for a standby; a frozen leader whose session
-stays up keeps it. Turning it into a lease with fencing changes only this module: taking the role returns a fencing token carried on ``Term``, a renewal
-task sets ``term.ended`` when the lease cannot be renewed in time, and roles put the
-token into their compare-and-set writes.
+How a role is held lives here and nowhere else (``try_hold``, ``give_up``, ``_hold_as_lease``
+and the termination watch in ``Leadership._lead``). It is a session advisory lock on
+``hashtextextended(key, 0)``, made a lease: the leader's session carries
+``idle_session_timeout`` and ``idle_in_transaction_session_timeout`` of ``lease`` seconds
+and TCP keepalive and user timeouts of the same order, so Postgres itself ends the session
+of a leader that stops talking to it (frozen by SIGSTOP, stuck, or cut off by a network
+partition) and the lock goes with it; a standby takes the role within ``lease`` plus its
+``standby_interval``. A healthy leader talks to its session far more often than that (every
+role polls in well under a second, and the relay waits at most a few seconds for NATS); one
+that stays silent longer only loses the role and competes again.
+
+Fencing: the session is the fencing token. A role writes only on ``term.conn``, the session
+that holds the lock, so each write transaction runs under the lock or not at all. A stale
+leader that wakes up finds its session gone: its first statement fails and its term ends,
+before anything it meant to write reaches the database.
 """
 
 from __future__ import annotations
@@ -45,6 +53,9 @@ class Term:
 
 
 Lead = Callable[[Term], Awaitable[None]]
+
+# How long a leader may stay silent on its session before Postgres ends it (and the role).
+DEFAULT_LEASE = 15.0
 
 
 async def try_hold(conn: asyncpg.Connection, key: str) -> bool:
@@ -80,11 +91,13 @@ class Leadership:
         role: str,
         standby_interval: float = 1.0,
         stand_down_on: tuple[type[BaseException], ...] = (),
+        lease: float = DEFAULT_LEASE,
     ) -> None:
         self._connect = connect
         self.key = key
         self.role = role
         self.standby_interval = standby_interval
+        self.lease = lease
         self._stand_down_on = stand_down_on
         self.is_leader = False
 
@@ -104,6 +117,7 @@ class Leadership:
         conn = await self._connect()
         try:
             if await try_hold(conn, self.key):
+                await _hold_as_lease(conn, self.lease)
                 await self._lead(conn, lead, stop)
         finally:
             await close_quietly(conn)
@@ -126,6 +140,21 @@ class Leadership:
             forward.cancel()
         if not stop.is_set():
             log.warning("%s: lost the role; standing by", self.role)
+
+
+async def _hold_as_lease(conn: asyncpg.Connection, lease: float) -> None:
+    """Let Postgres end this session, and so release the role, when its holder goes silent
+    for ``lease`` seconds: idle between statements, idle inside a transaction, or gone from
+    the network (keepalive probes, and unacknowledged data, time out)."""
+    ms = max(1, int(lease * 1000))
+    probe = max(1, int(lease / 3))
+    await conn.execute(
+        f"SET idle_session_timeout = {ms};"
+        f" SET idle_in_transaction_session_timeout = {ms};"
+        f" SET tcp_keepalives_idle = {probe}; SET tcp_keepalives_interval = {probe};"
+        " SET tcp_keepalives_count = 3;"
+        f" SET tcp_user_timeout = {ms}"
+    )
 
 
 async def _set_when(source: asyncio.Event, target: asyncio.Event) -> None:

@@ -73,6 +73,23 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     relay_ack_timeout: Seconds = 5.0
     relay_backoff_max: Seconds = 5.0
 
+    # Signed checkpoints of the log (service.publication.checkpointer): the Ed25519 key file
+    # (default <data_dir>/checkpoint-key.pem, created 0600; its public half beside it as
+    # .pub), the directory the checkpoint files go to (default <data_dir>/checkpoints), the
+    # cadence (every N sealed events, or every T seconds while the log grows), and the
+    # JetStream stream and subject prefix they are published on.
+    checkpoint_key: Path | None = None
+    checkpoint_dir: Path | None = None
+    checkpoint_every_events: Annotated[int, msgspec.Meta(ge=1, le=10_000_000)] = 1000
+    checkpoint_interval: Seconds = 60.0
+    checkpoint_stream: StreamName = "MODELREG_CHECKPOINTS"
+    checkpoint_subject_prefix: SubjectPrefix = "modelreg.checkpoints"
+
+    # Reads "as_of" a past position fold the log again: per token, at most this many at once
+    # (burst), refilled at this many per second (service.api.rate_limit); over it: 429.
+    expensive_read_rate: Annotated[float, msgspec.Meta(gt=0)] = 2.0
+    expensive_read_burst: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 10
+
     # Background work.
     sealer_idle_interval: Seconds = 0.01
     worker_poll_interval: Seconds = 0.5
@@ -85,6 +102,14 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     @property
     def embedded_nats(self) -> bool:
         return self.nats_url is None
+
+    @property
+    def checkpoint_key_path(self) -> Path:
+        return self.checkpoint_key or self.data_dir / "checkpoint-key.pem"
+
+    @property
+    def checkpoint_directory(self) -> Path:
+        return self.checkpoint_dir or self.data_dir / "checkpoints"
 
 
 _FIELDS = set(Settings.__struct_fields__)

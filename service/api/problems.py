@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import math
 import re
 import uuid
 from typing import Any
@@ -70,6 +71,17 @@ class PermissionDeniedError(Exception):
         super().__init__(f"this token lacks the '{permission}' permission{where}")
         self.permission = permission
         self.scope = scope
+
+
+class TooManyRequestsError(Exception):
+    """A caller went over its budget of expensive reads (service.api.rate_limit)."""
+
+    def __init__(self, field: str, retry_after: float) -> None:
+        super().__init__(
+            f"too many {field} reads for this token; retry in {math.ceil(retry_after)} s"
+        )
+        self.field = field
+        self.retry_after = max(1, math.ceil(retry_after))
 
 
 class BadRequestError(Exception):
@@ -294,6 +306,22 @@ def _not_visible(request: Request[Any, Any, Any], exc: NotYetVisibleError) -> Re
     )
 
 
+def _too_many(request: Request[Any, Any, Any], exc: TooManyRequestsError) -> Response[Problem]:
+    return problem_response(
+        Problem(
+            type="urn:modelreg:rate_limited",
+            title="Too many requests",
+            status=429,
+            detail=str(exc),
+            instance=request.url.path,
+            code="rate_limited",
+            field=exc.field,
+            rule="rate_limit",
+        ),
+        headers={"Retry-After": str(exc.retry_after)},
+    )
+
+
 def _unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[Problem]:
     incident = uuid.uuid4().hex[:12]
     log.error(
@@ -399,5 +427,6 @@ EXCEPTION_HANDLERS: ExceptionHandlersMap = {
     PermissionDeniedError: _permission,
     BadRequestError: _bad_request,
     NotYetVisibleError: _not_visible,
+    TooManyRequestsError: _too_many,
     Exception: _unexpected,
 }

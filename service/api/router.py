@@ -16,6 +16,7 @@ from service.api.idempotency import idempotency_middleware
 from service.api.json_body import refuse_unsafe_json
 from service.api.openapi import SECURITY, document_problems, openapi_app_kwargs
 from service.api.problems import EXCEPTION_HANDLERS
+from service.api.rate_limit import STATE_KEY, ExpensiveReadLimiter, limit_expensive_reads
 from service.api.routes_governance import (
     LifecycleController,
     PromotionsController,
@@ -80,10 +81,11 @@ def answer_errors_here(app: ASGIApp) -> ASGIApp:
 
 
 async def screen_request(request: Request[Any, Any, Any]) -> None:
-    """Before any handler: the body is JSON, shallow, without duplicate keys; no value
-    holds a NUL."""
+    """Before any handler (Litestar takes one hook per layer): the body is JSON, shallow,
+    without duplicate keys; no value holds a NUL; expensive reads within the caller's budget."""
     await refuse_unsafe_json(request)
     await refuse_nul_characters(request)
+    await limit_expensive_reads(request)
 
 
 def api_routers() -> list[Router]:
@@ -124,6 +126,12 @@ def api_app_kwargs(services: Services) -> dict[str, Any]:
         **docs,
         "route_handlers": [*api_routers(), *docs["route_handlers"]],
         "exception_handlers": EXCEPTION_HANDLERS,
-        "state": State({"services": services, "metrics": services.metrics}),
+        "state": State(
+            {
+                "services": services,
+                "metrics": services.metrics,
+                STATE_KEY: ExpensiveReadLimiter.from_settings(services.settings),
+            }
+        ),
         "request_max_body_size": MAX_BODY_BYTES,
     }

@@ -2,7 +2,7 @@
 
     modelreg audit follow [--json] [--since POSITION | --from-start] [--type T]...
     modelreg audit mirror FILE [--once]
-    modelreg audit verify [--json]
+    modelreg audit verify [--json] [--checkpoints DIR|stream [--public-key FILE]]
     modelreg audit replay --as-of POSITION|TIME [--model NAME] [--json]
 
 ``follow`` and ``mirror`` read NATS only, so an auditor needs no database access: the
@@ -15,7 +15,10 @@ start (no NATS, NATS refused, no stream, bad setting).
 ``verify`` and ``replay`` run on the server side, against the database
 (``MODELREG_DATABASE_URL``, else the embedded Postgres; see ``service.cli.database``). ``verify``
 recomputes both hash chains over everything stored (``eventlog.verify``): exit 0 intact, 1
-broken (the first break's kind and log position on stderr), 2 cannot start. ``replay``
+broken (the first break's kind and log position on stderr), 2 cannot start. With
+``--checkpoints`` it also proves that the log extends every signed checkpoint, read from
+a directory of checkpoint files or (``stream``) from the JetStream checkpoint stream, with
+only the public key (``--public-key``, default ``<checkpoint key>.pub``). ``replay``
 folds the log up to a position, or up to the last position sealed at a time, and prints
 the registry (or one model) as it stood then (``projections.registry_state``): exit 0, 1
 no model had that name then, 2 cannot start.
@@ -34,6 +37,8 @@ from typing import Annotated, TypeVar
 import asyncpg
 import msgspec
 import typer
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from nats.errors import Error as NatsError
 from rich.console import Console, Group, RenderableType
 from rich.progress import (
     BarColumn,
@@ -44,6 +49,13 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
+from eventlog.checkpoints import (
+    Checkpoint,
+    CheckpointError,
+    load_public_key,
+    public_key_path,
+    read_checkpoint_dir,
+)
 from eventlog.log import head_position
 from eventlog.verify import VerifyReport, verify
 from events.catalogue import ALL_EVENT_TYPES
@@ -76,6 +88,7 @@ from service.consumers.audit_follow import (
     follow,
     record_of,
 )
+from service.publication.checkpointer import read_checkpoint_stream
 from service.settings import Settings, SettingsError, load_settings
 
 T = TypeVar("T")
@@ -258,10 +271,46 @@ EXIT_NOT_FOUND = 1
 _BREAKS_SHOWN = 20
 
 
+CheckpointsOption = Annotated[
+    str | None,
+    typer.Option(
+        "--checkpoints",
+        metavar="DIR|stream",
+        help="Also prove the log extends every signed checkpoint: a directory of checkpoint"
+        " files, or `stream` for the JetStream checkpoint stream (MODELREG_CHECKPOINT_STREAM).",
+    ),
+]
+PublicKeyOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--public-key",
+        help="The checkpoint signer's Ed25519 public key, PEM (default: <checkpoint key>.pub).",
+    ),
+]
+
+
 @app.command("verify")
-def verify_command(as_json: JsonOption = False, data_dir: DataDirOption = None) -> None:
-    """Recompute both hash chains over the whole store and name the first break."""
+def verify_command(
+    as_json: JsonOption = False,
+    data_dir: DataDirOption = None,
+    checkpoints: CheckpointsOption = None,
+    public_key: PublicKeyOption = None,
+    nats: NatsUrlOption = None,
+) -> None:
+    """Recompute both hash chains over the whole store and name the first break.
+
+    Examples:
+
+        modelreg audit verify
+
+        modelreg audit verify --checkpoints ./checkpoints --public-key signer.pub
+    """
     settings = _settings(data_dir)
+    signed: list[Checkpoint] = []
+    key = None
+    if checkpoints is not None:
+        key = _public_key(public_key or public_key_path(settings.checkpoint_key_path))
+        signed = _signed_checkpoints(settings, checkpoints, nats)
 
     async def work(open_connection: Connect) -> VerifyReport:
         conn = await open_connection()
@@ -276,7 +325,10 @@ def verify_command(as_json: JsonOption = False, data_dir: DataDirOption = None) 
                 "log": bar.add_task("global chain", total=max(1, entries or 0)),
             }
             report = await verify(
-                conn, progress=lambda phase, rows: bar.update(tasks[phase], completed=rows)
+                conn,
+                progress=lambda phase, rows: bar.update(tasks[phase], completed=rows),
+                checkpoints=signed,
+                public_key=key,
             )
             for task in tasks.values():
                 bar.update(task, completed=bar.tasks[task].total)
@@ -298,6 +350,45 @@ def verify_command(as_json: JsonOption = False, data_dir: DataDirOption = None) 
         raise typer.Exit(EXIT_BROKEN)
 
 
+def _public_key(path: Path) -> Ed25519PublicKey:
+    try:
+        return load_public_key(path)
+    except CheckpointError as exc:
+        raise fail(str(exc)) from None
+
+
+def _signed_checkpoints(
+    settings: Settings, source: str, configured_nats: str | None
+) -> list[Checkpoint]:
+    """The checkpoints to prove against; none at all proves nothing, so that cannot start."""
+    try:
+        if source == "stream":
+            found = asyncio.run(_stream_checkpoints(settings, configured_nats))
+            where = f"stream {settings.checkpoint_stream}"
+        else:
+            found = read_checkpoint_dir(Path(source))
+            where = source
+    except (CheckpointError, CannotStartError) as exc:
+        raise fail(str(exc)) from None
+    if not found:
+        raise fail(f"no signed checkpoints in {where}: nothing to prove the log against")
+    return found
+
+
+async def _stream_checkpoints(settings: Settings, configured_nats: str | None) -> list[Checkpoint]:
+    url = nats_url(configured_nats or settings.nats_url, settings.data_dir)
+    client = await connect_nats(url)
+    try:
+        await require_stream(client, settings.checkpoint_stream, url)
+        return await read_checkpoint_stream(client, settings.checkpoint_stream)
+    except (NatsError, TimeoutError) as exc:
+        raise CannotStartError(
+            f"reading stream {settings.checkpoint_stream}: {str(exc) or type(exc).__name__}"
+        ) from None
+    finally:
+        await client.close()
+
+
 def _verified(report: VerifyReport) -> RenderableType:
     breaks = len(report.breaks)
     summary = {
@@ -308,6 +399,8 @@ def _verified(report: VerifyReport) -> RenderableType:
         "head position": f"{report.head_position:,}",
         "head hash": report.head_hash,
     }
+    if report.checkpoints_checked:
+        summary["signed checkpoints"] = f"{report.checkpoints_checked:,}"
     first = report.first_break
     if first is not None:
         summary["first break"] = f"{first.kind} at log position {_or_dash(first.log_position)}"

@@ -22,6 +22,8 @@ import nats.errors
 import nats.js.errors
 from nats.aio.client import Client as NatsClient
 
+from service.runtime.nats_auth import reader_url
+
 NO_NATS = "no NATS: start `modelreg serve` or set MODELREG_NATS_URL"
 
 
@@ -58,7 +60,8 @@ def running_embedded_nats_url(data_dir: Path) -> str | None:
         except (OSError, ValueError, KeyError, TypeError):
             continue
         if urls:
-            return str(urls[0])
+            # The embedded server admits no anonymous client: read as the reader.
+            return reader_url(store, str(urls[0]))
     return None
 
 

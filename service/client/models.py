@@ -431,6 +431,7 @@ class VerifyReport(msgspec.Struct, frozen=True, kw_only=True):
     head_hash: str
     first_break: Break | None
     breaks: list[Break]
+    checkpoints_checked: int = 0
 
 
 class Principal(msgspec.Struct, frozen=True, kw_only=True):

@@ -28,6 +28,13 @@ get, for a durable consumer name:
   original headers and payload plus ``Modelreg-Dlq-Reason`` (percent-encoded),
   ``-Consumer``, ``-Attempts``, ``-Stream-Seq`` and ``-Subject``, then terminated on the
   main stream so it is not redelivered. A dead-lettered event is not recorded as handled.
+- **Forgeries rejected.** Every event must extend the registry's hash chains as verified
+  from the stream's first event (``service.consumers.chain_check``): a message whose bytes,
+  headers, stream position or log position do not chain is dead-lettered with the reason,
+  never handed to the handler, and counted in ``stats.rejected``. The check reads the
+  messages a filtered or resumed consumer is not delivered, so starting one reads the
+  stream once. Turn it off (``verify_chain=False``) only for a stream whose first events
+  were dropped by an age or size limit.
 - **Filters.** ``event_types`` filter on the server (subjects ``<prefix>.<type>``);
   ``models`` filter on the client by the model id in ``ce-subject`` (``model:<id>`` and
   ``metrics:<id>:<version>``), because model ids never become subject tokens. Events
@@ -80,6 +87,7 @@ from eventlog.waiting import sleep_or_stop
 from events.envelope import Envelope, decode_envelope
 from events.streams import model_id_or_none
 from events.streams import model_id_or_none as model_of  # the kit's public name for it
+from service.consumers.chain_check import ChainCheck
 from service.publication.cloudevents import (
     CloudEventError,
     EventHeaders,
@@ -292,6 +300,8 @@ class Subscription:
     # How long one empty pull waits on the server before asking again.
     pull_wait: float = 1.0
     dlq_replicas: int = 1
+    # Reject events that do not extend the verified hash chains (see the module doc).
+    verify_chain: bool = True
 
     def __post_init__(self) -> None:
         if not self.name or any(c in self.name for c in ". *>\t\r\n"):
@@ -342,6 +352,7 @@ class ConsumerStats:
     filtered: int = 0  # skipped: not one of the selected models
     retries: int = 0
     dead_lettered: int = 0
+    rejected: int = 0  # dead-lettered because they do not extend the verified chains
     recoveries: int = 0  # waits for the redelivery of what a crashed session held
 
 
@@ -364,6 +375,7 @@ class EventConsumer:
         self._inbox: NatsSubscription | None = None
         self._ready = False
         self._models = frozenset(subscription.models)
+        self._chain = ChainCheck(nc, subscription.stream) if subscription.verify_chain else None
 
     async def ensure(self) -> None:
         """Create or update the durable consumer and the dead-letter stream; then, if
@@ -451,6 +463,11 @@ class EventConsumer:
             event = decode_headers(message.headers)
         except CloudEventError as exc:
             return await self._dead_letter(message, f"not a modelreg CloudEvent: {exc}", 0)
+        if self._chain is not None:
+            problem = await self._chain.check(metadata.sequence.stream, event, message.data)
+            if problem is not None:
+                self.stats.rejected += 1
+                return await self._dead_letter(message, f"forged or corrupt: {problem}", 0)
         if self._models and model_id_or_none(event.subject) not in self._models:
             self.stats.filtered += 1
             return "filtered"

@@ -30,6 +30,15 @@ from typing import Any
 from urllib.parse import quote
 
 from service.runtime.children import last_error_line, log_tail, spawn, stop_orphan, terminate
+from service.runtime.nats_auth import (
+    SERVICE_FILE,
+    SERVICE_USER,
+    NatsNames,
+    password,
+    reader_url,
+    server_config,
+    with_user,
+)
 
 # A Unix socket path must fit in sun_path (108 bytes on Linux, 104 on macOS).
 _MAX_SOCKET_PATH = 100
@@ -300,7 +309,10 @@ class EmbeddedNats:
 
     ``port`` 0 or None (the default) lets the server pick a free port, read back from the
     ports file it writes beside its pid file, where the CLI finds it too; a port given
-    is used as is.
+    is used as is. With ``auth`` (the default) no anonymous client is accepted: the
+    service connects with ``service_url``, readers with the reader's credentials found in
+    the data dir (``service.runtime.nats_auth``); ``names`` are the streams and subjects
+    the permissions protect.
     """
 
     def __init__(
@@ -310,6 +322,8 @@ class EmbeddedNats:
         host: str = "127.0.0.1",
         port: int | None = 0,
         start_timeout: float = 30.0,
+        auth: bool = True,
+        names: NatsNames | None = None,
     ) -> None:
         self.data_dir = data_dir.expanduser().absolute()
         self.store_dir = self.data_dir / "nats"
@@ -319,6 +333,8 @@ class EmbeddedNats:
         self._requested_port = port or 0
         self.port = self._requested_port  # the actual one once started
         self.start_timeout = start_timeout
+        self.auth = auth
+        self.names = names or NatsNames()
         self._lock = DataDirLock(self.data_dir, "nats.lock", what="embedded NATS in")
         self._proc: subprocess.Popen[bytes] | None = None
 
@@ -329,6 +345,18 @@ class EmbeddedNats:
     @property
     def url(self) -> str:
         return f"nats://{self.host}:{self.port}"
+
+    @property
+    def service_url(self) -> str:
+        """The URL with the service's credentials (publishes events and checkpoints)."""
+        if not self.auth:
+            return self.url
+        return with_user(self.url, SERVICE_USER, password(self.store_dir, SERVICE_FILE))
+
+    @property
+    def reader_url(self) -> str:
+        """The URL with the reader's credentials (consumes; cannot publish events)."""
+        return reader_url(self.store_dir, self.url) if self.auth else self.url
 
     def start(self) -> str:
         if self._proc is not None and self._proc.poll() is None:
@@ -362,6 +390,8 @@ class EmbeddedNats:
                 "--log_size_limit",
                 str(10 * 1024 * 1024),
             ]
+            if self.auth:
+                args += ["--config", str(server_config(self.store_dir, self.names))]
             self._proc = spawn(args, log_path=self.log_path, death_signal=signal.SIGTERM)
             self.port = self._wait_ready()
         except BaseException:

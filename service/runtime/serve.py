@@ -43,10 +43,12 @@ from service.api.services import Services
 from service.commands.expiry import expire_overdue_forever
 from service.commands.token_secrets import Pepper, PepperError, check_pepper, load_pepper
 from service.commands.tokens import ensure_bootstrap_token, warn_legacy_tokens
+from service.publication.checkpointer import checkpointer_for
 from service.publication.relay import relay_for
 from service.runtime.composition import build_services
 from service.runtime.embedded import DataDirLock, EmbeddedNats, EmbeddedPostgres
 from service.runtime.http_limits import HttpLimits, protocol_for
+from service.runtime.nats_auth import NatsNames
 from service.settings import Settings
 
 log = logging.getLogger("modelreg")
@@ -72,7 +74,7 @@ class Worker:
 def background_workers(state: AppState) -> list[Worker]:
     """The loops that run beside the API in roles ``all`` and ``worker``.
 
-    The sealer, the projection worker and the NATS relay are singletons by advisory lock,
+    The sealer, the projection worker, the NATS relay and the checkpointer are singletons,
     so extra replicas are hot standbys; the expiry sweeper is harmless to run twice.
     """
     settings = state.settings
@@ -86,10 +88,14 @@ def background_workers(state: AppState) -> list[Worker]:
         poll_interval=settings.worker_poll_interval,
     )
     relay = relay_for(settings, state.database_url, state.nats_url)
+    checkpointer = checkpointer_for(
+        settings, _connector(state, "modelreg-checkpointer"), state.nats_url
+    )
     return [
         Worker("sealer", state.sealer.run),
         Worker("projections", projections.run),
         Worker("relay", relay.run),
+        Worker("checkpointer", checkpointer.run),
         Worker(
             "promotion-expiry",
             lambda: expire_overdue_forever(state.services, settings.worker_poll_interval * 20),
@@ -187,13 +193,23 @@ def _start_embedded(
         stack.enter_context(DataDirLock(settings.data_dir))
     # NATS first: it starts in milliseconds and a port clash should not wait for initdb.
     if embedded_nats:
-        server = EmbeddedNats(settings.data_dir, port=settings.nats_port)
+        server = EmbeddedNats(
+            settings.data_dir,
+            port=settings.nats_port,
+            names=NatsNames(
+                events_stream=settings.nats_stream,
+                events_prefix=settings.nats_subject_prefix,
+                checkpoint_stream=settings.checkpoint_stream,
+                checkpoint_prefix=settings.checkpoint_subject_prefix,
+            ),
+        )
         stack.callback(_timed_stop, "embedded NATS", server)
         t0 = time.monotonic()
-        nats_url = server.start()
+        server.start()
+        nats_url = server.service_url
         log.info(
             "embedded NATS %s (JetStream in %s) up in %.2f s",
-            nats_url,
+            server.url,
             server.store_dir,
             time.monotonic() - t0,
         )

@@ -101,7 +101,7 @@ async def test_embedded_nats_serves_jetstream(tmp_path: Path) -> None:
     try:
         url = server.start()
         assert url == f"nats://127.0.0.1:{server.port}"
-        client = await nats.connect(url)
+        client = await nats.connect(server.service_url)
         info = await client.jetstream().account_info()
         await client.close()
         assert info.limits.max_streams == -1
@@ -130,7 +130,7 @@ async def test_embedded_nats_by_default_picks_a_free_port_even_when_4222_is_busy
             # then it serves JetStream on another loopback port, written down in the data dir
             assert server.port not in (0, 4222)
             assert url == f"nats://127.0.0.1:{server.port}"
-            client = await nats.connect(url)
+            client = await nats.connect(server.service_url)
             await client.jetstream().account_info()
             await client.close()
             ports = list((tmp_path / "nats").glob(f"*_{server.pid}.ports"))

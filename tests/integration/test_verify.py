@@ -150,3 +150,53 @@ async def test_a_cut_log_tail_is_caught_by_the_sealer_head(sealed: Database) -> 
     report = await run_verify(sealed)
     assert report.first_break is not None
     assert (report.first_break.kind, report.first_break.log_position) == ("truncated_tail", 7)
+
+
+async def rewind_heads(
+    db: Database, stream_id: str, version: int, log_position: int | None = None
+) -> None:
+    """Move a stream head (and the sealer's cursor) back, leaving the events past them in
+    place: what events written around the append path and the sealer look like."""
+    statements = [
+        f"UPDATE streams SET version = {version}, last_hash = (SELECT stream_hash FROM events"
+        f" WHERE stream_id = '{stream_id}' AND stream_position = {version}) WHERE stream_id = '{stream_id}'"
+    ]
+    if log_position is not None:
+        statements.append(
+            f"UPDATE sealer_state SET last_log_position = {log_position}, last_log_hash ="
+            f" (SELECT log_hash FROM event_log WHERE log_position = {log_position})"
+        )
+    await tamper(db, *statements)
+
+
+async def test_a_log_entry_past_the_sealer_head_is_named(sealed: Database) -> None:
+    # given a ninth event sealed, then the sealer's cursor and the stream head set back
+    store = EventStore(sealed.pool, CODEC)
+    await append_notes(store, "v:a", 5, "forged")
+    assert await Sealer(sealed.connect, sealed.schema).seal_all(await sealed.connect()) == 1
+    await rewind_heads(sealed, "v:a", 5, 8)
+    # when the store is verified
+    report = await run_verify(sealed)
+    # then the forged entry is named past the sealer's head, and past the stream head
+    assert not report.ok and report.first_break is not None
+    assert (report.first_break.kind, report.first_break.log_position) == ("beyond_head", 9)
+    assert any(
+        b.kind == "beyond_head" and b.stream_id == "v:a" and b.stream_position == 6
+        for b in report.breaks
+    )
+
+
+async def test_an_event_past_its_stream_head_is_named_before_sealing(db: Database) -> None:
+    # given a stream of three events whose head is set back to version 2
+    store = EventStore(db.pool, CODEC)
+    await append_notes(store, "v:u", 0, "u1", "u2", "u3")
+    await rewind_heads(db, "v:u", 2)
+    # when the store is verified
+    report = await run_verify(db)
+    # then the third event is named past the stream head
+    assert report.first_break is not None
+    assert (
+        report.first_break.kind,
+        report.first_break.stream_id,
+        report.first_break.stream_position,
+    ) == ("beyond_head", "v:u", 3)

@@ -36,7 +36,9 @@ def nats_url(workdir: Path) -> Iterator[str]:
         return
     from service.runtime.embedded import EmbeddedNats
 
-    server = EmbeddedNats(workdir / "nats-data", port=None)
+    # Without credentials: the tests' streams and subjects are their own, per test. The
+    # embedded server's permissions are proven in tests/integration/test_embedded_nats_auth.py.
+    server = EmbeddedNats(workdir / "nats-data", port=None, auth=False)
     try:
         yield server.start()
     finally:

@@ -38,7 +38,10 @@ IMAGE = f"ghcr.io/modelreg/modelreg:{PROJECT['version']}"
 UID = 65532
 VARIABLE = re.compile(r"\bMODELREG_[A-Z0-9_]*[A-Z0-9]\b")
 # MODELREG_* words in deploy/ that are values, not variables.
-NOT_VARIABLES = {"MODELREG_EVENTS": "the default JetStream stream name"}
+NOT_VARIABLES = {
+    "MODELREG_EVENTS": "the default JetStream stream name",
+    "MODELREG_CHECKPOINTS": "the default JetStream stream of signed checkpoints",
+}
 REQUIRED = ("MODELREG_DATABASE_URL", "MODELREG_NATS_URL")
 # Keys of the secret <cluster>-app that CloudNativePG generates for the application owner.
 CNPG_APP_KEYS = {

@@ -51,6 +51,7 @@ class Row:
 def artifact(n: int) -> dict[str, Any]:
     return {
         "path": "model.pkl",
+        "external": True,
         "uri": f"s3://models/{n}/model.pkl",
         "sha256": f"{n:064x}",
         "size": 100 + n,

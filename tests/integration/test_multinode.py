@@ -52,7 +52,13 @@ STREAM = "MODELREG_EVENTS"
 WRITERS = 4
 BEFORE_KILL = 2.5  # seconds of traffic before the leader dies
 AFTER_KILL = 4.0  # ... and after
-ARTIFACT = {"path": "model.pkl", "uri": "s3://models/x/model.pkl", "sha256": "a" * 64, "size": 1}
+ARTIFACT = {
+    "path": "model.pkl",
+    "external": True,
+    "uri": "s3://models/x/model.pkl",
+    "sha256": "a" * 64,
+    "size": 1,
+}
 
 
 def relay_runs_in_workers() -> bool:

@@ -15,6 +15,7 @@ from service.api.common import refuse_nul_characters
 from service.api.idempotency import idempotency_middleware
 from service.api.openapi import openapi_app_kwargs
 from service.api.problems import EXCEPTION_HANDLERS
+from service.api.routes_artifacts import ArtifactsController
 from service.api.routes_governance import (
     LifecycleController,
     PromotionsController,
@@ -44,6 +45,7 @@ CONTROLLERS = [
     DeploymentsController,
     AuditController,
     TokensController,
+    ArtifactsController,
 ]
 
 

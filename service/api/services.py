@@ -9,6 +9,7 @@ from nats.aio.client import Client as NatsClient
 
 from eventlog.store import EventStore
 from service.api.telemetry import ApiMetrics
+from service.artifacts.blobstore import BlobStore
 from service.commands.executor import CommandExecutor
 from service.commands.registry import Registry
 from service.commands.tokens import TokenAuthenticator
@@ -24,4 +25,5 @@ class Services:
     registry: Registry
     auth: TokenAuthenticator
     metrics: ApiMetrics
+    blobs: BlobStore
     nats: NatsClient | None = None

@@ -13,6 +13,7 @@ from eventlog.store import AppendResult, EventStore
 from events.catalogue import CODEC
 from service.api.services import Services
 from service.api.telemetry import ApiMetrics
+from service.artifacts.configure import blob_store_from
 from service.commands.executor import CommandExecutor
 from service.commands.registry import Registry
 from service.commands.tokens import TokenAuthenticator
@@ -43,5 +44,6 @@ def build_services(
         registry=registry,
         auth=TokenAuthenticator(store, executor),
         metrics=metrics,
+        blobs=blob_store_from(settings),
         nats=nats,
     )

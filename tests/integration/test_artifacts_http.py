@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import tracemalloc
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -22,11 +23,12 @@ from tests.support.s3_server import S3Server, s3_server
 M = "/api/v1/models"
 WEIGHTS = b"weights:" + bytes(range(256)) * 4096  # ~1 MiB: more than one chunk
 HEX = hashlib.sha256(WEIGHTS).hexdigest()
+LIMIT = 32 * 1024 * 1024  # MODELREG_ARTIFACTS_MAX_BYTES in these tests
 
 
 @pytest.fixture(scope="module")
-def s3() -> Iterator[S3Server]:
-    with s3_server() as server:
+def s3(workdir: Path) -> Iterator[S3Server]:
+    with s3_server(workdir / "moto.log") as server:
         yield server
 
 
@@ -46,7 +48,7 @@ async def api(
         read_wait_timeout=10.0,
         data_dir=tmp_path,
         artifacts_url=url,
-        artifacts_max_bytes=4 * 1024 * 1024,
+        artifacts_max_bytes=LIMIT,
     )
     async with running_api(db, settings) as running:
         assert (await running.post(M, json={"name": "churn"})).status_code == 201
@@ -123,11 +125,20 @@ async def test_a_body_that_does_not_hash_to_the_declared_digest_is_refused_and_n
 
 @pytest.mark.parametrize("announced", [True, False], ids=["content-length", "chunked"])
 async def test_a_body_past_the_size_limit_is_refused_with_413(api: Api, announced: bool) -> None:
-    big = b"x" * (4 * 1024 * 1024 + 1)
-    body: Any = big if announced else chunks(big)
-    refused = await api.put(blob_url(hashlib.sha256(big).hexdigest()), content=body)
+    # given one byte more than the limit, announced by Content-Length or not
+    piece = b"x" * (1024 * 1024)
+
+    async def too_much() -> AsyncIterator[bytes]:
+        for _ in range(LIMIT // len(piece)):
+            yield piece
+        yield b"x"
+
+    headers = {"Content-Length": str(LIMIT + 1)} if announced else {}
+    # when it is uploaded, then 413 names the rule and nothing is recorded
+    refused = await api.put(blob_url("ab" * 32), content=too_much(), headers=headers)
     assert refused.status_code == 413, refused.text
     assert (refused.json()["field"], refused.json()["rule"]) == ("body", "max_bytes")
+    assert refused.json()["details"] == {"max_bytes": LIMIT}
     assert await blob_events(api) == []
 
 
@@ -269,3 +280,29 @@ async def test_an_external_file_is_not_served(api: Api) -> None:
     refused = await api.get(f"{M}/churn/versions/1/files/model.bin")
     assert refused.status_code == 409
     assert refused.json()["details"]["uri"] == "s3://b/model.bin"
+
+
+async def test_an_upload_streams_through_with_flat_memory(api: Api) -> None:
+    # given 32 MiB sent in 64 KiB pieces (generated, so the test holds none of it)
+    piece = bytes(range(256)) * 256
+    count = LIMIT // len(piece)
+    digest = hashlib.sha256()
+    for _ in range(count):
+        digest.update(piece)
+
+    async def pieces() -> AsyncIterator[bytes]:
+        for _ in range(count):
+            yield piece
+
+    # when it is uploaded, with Python's allocations traced
+    tracemalloc.start()
+    try:
+        answer = await api.put(blob_url(digest.hexdigest()), content=pieces())
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+
+    # then it is stored whole, and at no point was much of it held in memory
+    assert answer.status_code == 201, answer.text
+    assert answer.json()["size"] == len(piece) * count
+    assert peak < 8 * 1024 * 1024, f"peak {peak / 2**20:.1f} MiB for a 32 MiB upload"

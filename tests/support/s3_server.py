@@ -1,17 +1,23 @@
-"""A real S3-compatible server for the tests: moto's server in a thread of this process,
-listening on 127.0.0.1 at a free port. Requests go over HTTP like to any S3 endpoint."""
+"""A real S3-compatible server for the tests: moto's server as a child process on
+127.0.0.1 at a free port. Requests go over HTTP like to any S3 endpoint, and its memory is
+its own (a test that measures the registry's memory does not count the server's)."""
 
 from __future__ import annotations
 
 import secrets
+import socket
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
-from moto.server import ThreadedMotoServer
 
 REGION = "us-east-1"
+START_TIMEOUT = 60.0
 
 
 @dataclass(frozen=True)
@@ -34,12 +40,37 @@ class S3Server:
         return bucket
 
 
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
 @contextmanager
-def s3_server() -> Iterator[S3Server]:
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
+def s3_server(log: Path) -> Iterator[S3Server]:
+    port = _free_port()
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    endpoint = f"http://127.0.0.1:{port}"
     try:
-        host, port = server.get_host_and_port()
-        yield S3Server(endpoint=f"http://{host}:{port}")
+        deadline = time.monotonic() + START_TIMEOUT
+        while True:
+            assert proc.poll() is None, f"moto exited {proc.returncode}: {log.read_text()}"
+            with suppress(httpx.TransportError):
+                httpx.get(f"{endpoint}/moto-api/", timeout=2.0)
+                break
+            assert time.monotonic() < deadline, f"moto did not answer: {log.read_text()}"
+            time.sleep(0.05)
+        yield S3Server(endpoint=endpoint)
     finally:
-        server.stop()
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)

@@ -319,6 +319,7 @@ class ModelregAPI:
     async def create_version(self, model: str, i: int) -> None:
         artifact = {
             "path": "model.pkl",
+            "external": True,
             "uri": f"s3://bench/{model}/{i}/model.pkl",
             "sha256": sha256_of(i),
             "size": 1024 + i,

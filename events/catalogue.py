@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from events.access import TOKEN_EVENT_TYPES, TOKEN_UPCASTERS, TOKENS
+from events.artifacts import ARTIFACT_EVENT_TYPES, ARTIFACTS
 from events.base import Decider, Event
 from events.codec import EventCodec, Upcaster
 from events.metrics import METRICS, METRICS_EVENT_TYPES
@@ -20,6 +21,7 @@ ALL_EVENT_TYPES: tuple[type[Event], ...] = (
     *METRICS_EVENT_TYPES,
     *REGISTRY_POLICY_EVENT_TYPES,
     *TOKEN_EVENT_TYPES,
+    *ARTIFACT_EVENT_TYPES,
 )
 
 # (event_type, from_schema_version) -> pure upgrade of the decoded JSON object.
@@ -29,7 +31,7 @@ CODEC = EventCodec(ALL_EVENT_TYPES, UPCASTERS)
 
 # stream type (the part of a stream id before the first ':') -> its decider
 DECIDERS: Mapping[str, Decider[Any, Any, Any]] = {
-    d.stream_type: d for d in (MODEL, METRICS, REGISTRY_POLICY, TOKENS)
+    d.stream_type: d for d in (MODEL, METRICS, REGISTRY_POLICY, TOKENS, ARTIFACTS)
 }
 
 

@@ -4,6 +4,7 @@
     metrics:{model_id}:{version}   metric batches of one version (events.metrics)
     policy:registry                the registry-wide default policy (events.registry_policy)
     token:{token_id}               an access token (events.access)
+    artifacts:{model_id}           the blobs stored for a model (events.artifacts)
 
 Model and token ids are opaque ids chosen by the shell (``A-Z a-z 0-9 _ -``, at most 64),
 never names, so a rename moves no history and a stream id never holds a user's ``:``.
@@ -18,6 +19,7 @@ MODEL_TYPE = "model"
 METRICS_TYPE = "metrics"
 POLICY_TYPE = "policy"
 TOKEN_TYPE = "token"  # noqa: S105 - a stream type, not a secret
+ARTIFACTS_TYPE = "artifacts"
 
 REGISTRY_POLICY_STREAM = f"{POLICY_TYPE}:registry"
 
@@ -38,15 +40,21 @@ def token_stream(token_id: str) -> str:
     return f"{TOKEN_TYPE}:{validate_id(token_id, 'token_id')}"
 
 
+def artifacts_stream(model_id: str) -> str:
+    return f"{ARTIFACTS_TYPE}:{validate_id(model_id, 'model_id')}"
+
+
 def stream_type(stream_id: str) -> str:
-    """``model``, ``metrics``, ``policy`` or ``token``: the part before the first ``:``."""
+    """``model``, ``metrics``, ``policy``, ``token`` or ``artifacts``: the part before the
+    first ``:``."""
     return stream_id.split(":", 1)[0]
 
 
 def model_id_or_none(stream_id: str) -> str | None:
-    """The model a ``model:`` or ``metrics:`` stream belongs to; None for other streams."""
+    """The model a ``model:``, ``metrics:`` or ``artifacts:`` stream belongs to; None for
+    other streams."""
     kind, _, rest = stream_id.partition(":")
-    if kind == MODEL_TYPE:
+    if kind in (MODEL_TYPE, ARTIFACTS_TYPE):
         return rest or None
     if kind == METRICS_TYPE:
         return rest.split(":", 1)[0] or None
@@ -54,7 +62,8 @@ def model_id_or_none(stream_id: str) -> str | None:
 
 
 def model_id_of(stream_id: str) -> str:
-    """The model a ``model:`` or ``metrics:`` stream belongs to; ValueError for others."""
+    """The model a ``model:``, ``metrics:`` or ``artifacts:`` stream belongs to; ValueError
+    for others."""
     model_id = model_id_or_none(stream_id)
     if model_id is None:
         raise ValueError(f"{stream_id!r} is not a model's stream")

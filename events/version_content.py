@@ -36,9 +36,8 @@ _SHA256 = re.compile(r"[0-9a-f]{64}")
 _GIT_COMMIT = re.compile(r"[0-9a-f]{7,64}")
 _URI = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:\S+")
 _PYTHON_VERSION = re.compile(r"[0-9]+\.[0-9]+(\.[0-9]+)?")
-_ASCII_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-# Controls, invisible formatting (U+200B, the bidi overrides such as U+202E, U+FEFF) and
-# line/paragraph separators: a path holding one shows (or runs) as a different file.
+# Cc: controls; Cf: format (bidi overrides and marks, zero-width space/joiners, BOM); Zl, Zp:
+# line and paragraph separators.
 _HIDDEN_CATEGORIES = frozenset({"Cc", "Cf", "Zl", "Zp"})
 
 ParamValue = str | int | float | bool
@@ -50,13 +49,20 @@ class DatasetRole(enum.StrEnum):
     TEST = "test"
 
 
-class ArtifactEntry(msgspec.Struct, frozen=True, kw_only=True):
-    """One file of the model: where it sits in the package, where the bytes are, their hash."""
+class ArtifactEntry(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """One file of the model: where it sits in the package, its hash and size, and, for an
+    ``external`` entry, where the bytes are (``uri``); the bytes of any other entry are a
+    blob the registry stores for the model (``events.artifacts``).
+
+    Defaults are omitted from the encoding, so entries recorded before ``external`` existed
+    (every one with a ``uri``) encode, and hash, exactly as they did.
+    """
 
     path: str
-    uri: str
+    uri: str = ""
     sha256: str
     size: int
+    external: bool = False
 
 
 class CodeReference(msgspec.Struct, frozen=True, kw_only=True):
@@ -141,20 +147,23 @@ def _sha256(value: str, field: str) -> None:
 
 def _relative_path(value: str, field: str) -> None:
     _bounded(value, field, PATH_MAX)
-    if value.startswith("/") or "\\" in value or ".." in value.split("/"):
-        raise _fail(field, "pattern", f"{field} must be a relative path without '..' or '\\'")
-    if _has_hidden_characters(value):
+    segments = value.split("/")
+    if value.startswith("/") or "\\" in value or any(s in ("", ".", "..") for s in segments):
         raise _fail(
             field,
             "pattern",
-            f"{field} must not contain control, invisible or bidirectional-override characters",
+            f"{field} must be a relative path without '..', '.', empty segments or '\\'",
         )
-
-
-def _has_hidden_characters(value: str) -> bool:
-    if value.isascii():  # the common case, without a lookup per character
-        return _ASCII_CONTROL.search(value) is not None
-    return any(unicodedata.category(char) in _HIDDEN_CATEGORIES for char in value)
+    # Control, bidi and zero-width characters make a path read differently from what it
+    # is (an "exe.txt" that ends in ".exe"), so no path may hold one.
+    hidden = next((c for c in value if unicodedata.category(c) in _HIDDEN_CATEGORIES), None)
+    if hidden is not None:
+        raise _fail(
+            field,
+            "invisible_character",
+            f"{field} holds U+{ord(hidden):04X}, a control, format (bidi, zero-width) or"
+            " separator character",
+        )
 
 
 def validate_content(content: VersionContent, field: str = "content") -> None:
@@ -184,10 +193,25 @@ def _validate_artifacts(artifacts: tuple[ArtifactEntry, ...], field: str) -> Non
         if entry.path in seen:
             raise _fail(f"{where}.path", "unique", f"artifact path {entry.path!r} appears twice")
         seen.add(entry.path)
-        _uri(entry.uri, f"{where}.uri")
+        _artifact_location(entry, where)
         _sha256(entry.sha256, f"{where}.sha256")
         if entry.size < 0:
             raise _fail(f"{where}.size", "range", "an artifact size is a byte count >= 0")
+
+
+def _artifact_location(entry: ArtifactEntry, where: str) -> None:
+    """An external entry says where its bytes are; any other is a stored blob, and a
+    ``uri`` on it would promise a location the registry does not answer for."""
+    if entry.external:
+        _uri(entry.uri, f"{where}.uri")
+    elif entry.uri:
+        raise _fail(
+            f"{where}.external",
+            "external_marker",
+            f'artifact {entry.path!r} has a uri: mark it "external": true to keep the bytes'
+            " there, or drop the uri and upload the blob",
+            path=entry.path,
+        )
 
 
 def _validate_code(code: CodeReference, field: str) -> None:

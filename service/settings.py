@@ -39,6 +39,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     # so a NATS already on 4222 never stops `serve`; the CLI finds it through the data dir.
     nats_port: Port = 0
 
+    # Model files (docs/artifacts.md). No URL: a file store under data_dir/blobs; or
+    # s3://bucket/prefix, credentials and endpoint from the usual AWS_* variables.
+    artifacts_url: str | None = None
+    artifacts_max_bytes: Annotated[int, msgspec.Meta(ge=1)] = 64 * 1024**3
+
     # HTTP. Loopback unless an operator says otherwise.
     host: str = "127.0.0.1"
     port: Port = 8000

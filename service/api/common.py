@@ -93,6 +93,8 @@ async def refuse_nul_characters(request: Request[Any, Any, Any]) -> None:
     for name, value in [*request.path_params.items(), *request.query_params.multi_items()]:
         if isinstance(value, str) and "\x00" in value:
             raise _nul(name)
+    if request.route_handler.opt.get("raw_body"):
+        return  # a streamed upload (raw bytes, not JSON): reading it here would buffer it
     body = await request.body()
     if b"\\u0000" not in body:  # the only way JSON can carry a NUL
         return

@@ -19,7 +19,7 @@ from events.model.commands import (
     UpdateVersionDescription,
 )
 from events.stages import Stage
-from events.version_content import VersionContent
+from events.version_content import VersionContent, validate_content
 from projections.paging import InvalidQueryError, Page
 from projections.search import VersionQuery, search_versions
 from projections.views import metric_history, model_catalogue, model_versions
@@ -46,6 +46,7 @@ from service.api.problems import BadRequestError
 from service.api.routes_models import AsOf, MinPosition
 from service.api.schemas import MetricBatch, Reason, TagValue, UpdateModel
 from service.api.schemas import RegisterVersion as RegisterVersionBody
+from service.artifacts.service import require_stored
 
 VERSIONS = [model_catalogue.PROJECTION, model_versions.PROJECTION]
 METRICS = [model_versions.PROJECTION, metric_history.PROJECTION]
@@ -79,10 +80,13 @@ class VersionsController(Controller):
         require(principal, Permission.WRITE, name)
         registry = services_of(request).registry
         model_id = await registry.model_id(name)
+        content = _content(data)
+        validate_content(content)  # a malformed entry is named for what it is, first
+        await require_stored(registry.executor, model_id, content.artifacts)
         command = RegisterVersion(
             actor=principal.name,
             now=registry.now(),
-            content=_content(data),
+            content=content,
             description=data.description,
             tags=data.tags,
         )

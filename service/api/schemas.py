@@ -61,10 +61,14 @@ class TagValue(Strict, frozen=True, kw_only=True):
 
 
 class Artifact(Strict, frozen=True, kw_only=True):
+    """A stored blob of the model (no ``uri``), or ``external: true`` with the ``uri`` of
+    bytes the registry does not hold (docs/artifacts.md)."""
+
     path: str
-    uri: str
+    uri: str = ""
     sha256: str
     size: int
+    external: bool = False
 
 
 class Code(Strict, frozen=True, kw_only=True):

@@ -9,6 +9,7 @@ from nats.aio.client import Client as NatsClient
 
 from eventlog.store import EventStore
 from service.api.telemetry import ApiMetrics
+from service.artifacts.blobstore import BlobStore
 from service.commands.executor import CommandExecutor
 from service.commands.registry import Registry
 from service.commands.token_secrets import Pepper
@@ -26,4 +27,5 @@ class Services:
     auth: TokenAuthenticator
     metrics: ApiMetrics
     pepper: Pepper  # keys token digests (and what derives from it): never leaves the process
+    blobs: BlobStore
     nats: NatsClient | None = None

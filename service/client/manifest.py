@@ -7,6 +7,8 @@ yields a consistent entry, never a digest of one length paired with another.
 
     build_manifest("out/")                            # uri = file:///abs/path/out/<path>
     build_manifest("out/", uri="s3://models/churn/7") # uri = s3://models/churn/7/<path>
+
+Every entry is marked ``external``: its bytes stay where the uri says, not in the registry.
 """
 
 from __future__ import annotations
@@ -128,7 +130,11 @@ def build_manifest(
             digest, size = sha256_file(file, advance, chunk_size)
             entries.append(
                 ArtifactEntry(
-                    path=relative, uri=artifact_uri(relative, file, uri), sha256=digest, size=size
+                    path=relative,
+                    uri=artifact_uri(relative, file, uri),
+                    sha256=digest,
+                    size=size,
+                    external=True,  # the registry holds no copy: the entry says where it is
                 )
             )
     return tuple(entries)

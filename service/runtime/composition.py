@@ -13,6 +13,7 @@ from eventlog.store import AppendResult, EventStore
 from events.catalogue import CODEC
 from service.api.services import Services
 from service.api.telemetry import ApiMetrics
+from service.artifacts.configure import blob_store_from
 from service.commands.executor import CommandExecutor
 from service.commands.registry import Registry
 from service.commands.token_secrets import Pepper
@@ -47,5 +48,6 @@ def build_services(
         auth=TokenAuthenticator(store, executor, pepper),
         metrics=metrics,
         pepper=pepper,
+        blobs=blob_store_from(settings),
         nats=nats,
     )

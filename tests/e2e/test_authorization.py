@@ -52,6 +52,7 @@ class Row:
 def artifact(n: int) -> dict[str, Any]:
     return {
         "path": "model.pkl",
+        "external": True,
         "uri": f"s3://models/{n}/model.pkl",
         "sha256": f"{n:064x}",
         "size": 100 + n,
@@ -70,6 +71,7 @@ CHAMPION = {"version": 1, "alias": "champion", "justification": "best so far"}
 
 M = "/api/v1/models"
 V = f"{M}/churn/versions"
+EMPTY = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"  # sha256 of no bytes
 
 # (method, path template) -> a concrete request and what it needs. Ordered: rows run top
 # to bottom, each for every caller, on one registry (archive before restore).
@@ -116,6 +118,11 @@ MATRIX: dict[tuple[str, str], Row] = {
         f"{V}/1/metrics/auc/best?dataset=holdout", R
     ),
     ("GET", "/api/v1/models/{name}/compare"): Row(f"{M}/churn/compare?versions=1,2", R),
+    # artifacts (a request without a body uploads the empty blob)
+    ("PUT", "/api/v1/models/{name}/blobs/{digest}"): Row(f"{M}/churn/blobs/sha256:{EMPTY}", W),
+    ("GET", "/api/v1/models/{name}/versions/{ref}/files/{file_path}"): Row(
+        f"{V}/5/files/empty.bin", R
+    ),
     # lifecycle
     ("POST", "/api/v1/models/{name}/versions/{version}/stage"): Row(
         f"{V}/4/stage", W, {"to": "staging"}
@@ -293,6 +300,10 @@ async def _setup(api: Api) -> tuple[list[Caller], dict[str, str]]:
                 V, json={"artifacts": [artifact(n)], "tags": {"team": "risk"}}, as_=carol
             )
         )
+    # v5 holds a stored blob, to download
+    await _ok(await api.put(f"{M}/churn/blobs/sha256:{EMPTY}", as_=carol))
+    stored = {"path": "empty.bin", "sha256": EMPTY, "size": 0}
+    await _ok(await api.post(V, json={"artifacts": [stored]}, as_=carol))
     await _ok(
         await api.post(
             f"{V}/1/metrics",

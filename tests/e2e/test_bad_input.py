@@ -26,6 +26,7 @@ M = "/api/v1/models"
 V = f"{M}/churn/versions"
 ART = {
     "path": "model.pkl",
+    "external": True,
     "uri": "s3://models/churn/1/model.pkl",
     "sha256": "a" * 64,
     "size": 1234,
@@ -1174,7 +1175,7 @@ HOSTILE = [
             V,
             422,
             "content.artifacts[0].path",
-            "pattern",
+            "invisible_character",
             json={"artifacts": [{**ART, "path": f"model{char}.pkl"}]},
         )
         for what, char in [
@@ -1299,6 +1300,7 @@ async def test_the_limits_are_where_they_say(api: Api) -> None:
     artifacts = [
         {
             "path": f"shard-{i:05}.bin",
+            "external": True,
             "uri": f"s3://models/churn/2/shard-{i:05}.bin",
             "sha256": f"{i:064x}",
             "size": i,

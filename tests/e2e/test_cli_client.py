@@ -310,7 +310,7 @@ def test_the_installed_command_exit_codes_and_completion(server: RegistryServer)
 
 def _artifact() -> ArtifactEntry:
     return ArtifactEntry(
-        path="model.bin", uri="s3://models/gov/model.bin", sha256="1" * 64, size=10
+        path="model.bin", external=True, uri="s3://models/gov/model.bin", sha256="1" * 64, size=10
     )
 
 

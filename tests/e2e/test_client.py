@@ -378,7 +378,9 @@ async def test_the_async_client_retries_lost_answers_too(server: RegistryServer)
 
 
 def _entry() -> ArtifactEntry:
-    return ArtifactEntry(path="model.bin", uri="s3://models/x/model.bin", sha256="0" * 64, size=1)
+    return ArtifactEntry(
+        path="model.bin", external=True, uri="s3://models/x/model.bin", sha256="0" * 64, size=1
+    )
 
 
 def test_busy_answers_are_retried_after_their_retry_after_and_refusals_are_not(

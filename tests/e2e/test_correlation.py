@@ -15,7 +15,13 @@ from tests.support.database import Database
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 TRACEPARENT = f"00-{TRACE_ID}-00f067aa0ba902b7-01"
-ARTIFACT = {"path": "model.pkl", "uri": "s3://b/churn/1/model.pkl", "sha256": "a" * 64, "size": 1}
+ARTIFACT = {
+    "path": "model.pkl",
+    "external": True,
+    "uri": "s3://b/churn/1/model.pkl",
+    "sha256": "a" * 64,
+    "size": 1,
+}
 
 
 @pytest.fixture

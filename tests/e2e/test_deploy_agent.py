@@ -70,9 +70,19 @@ async def nc(nats_url: str, server: RegistryServer) -> AsyncIterator[NatsClient]
 def s3_manifest(model: str, version: int) -> list[ArtifactEntry]:
     root = f"s3://models/{model}/{version}"
     return [
-        ArtifactEntry(path="model.joblib", uri=f"{root}/model.joblib", sha256="a" * 64, size=1024),
         ArtifactEntry(
-            path="conf/settings.json", uri=f"{root}/conf/settings.json", sha256="b" * 64, size=20
+            path="model.joblib",
+            external=True,
+            uri=f"{root}/model.joblib",
+            sha256="a" * 64,
+            size=1024,
+        ),
+        ArtifactEntry(
+            path="conf/settings.json",
+            external=True,
+            uri=f"{root}/conf/settings.json",
+            sha256="b" * 64,
+            size=20,
         ),
     ]
 

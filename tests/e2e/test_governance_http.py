@@ -50,6 +50,7 @@ def policy(production: dict[str, Any] | None = None, **extra: Any) -> dict[str, 
 def artifact(n: int) -> dict[str, Any]:
     return {
         "path": "model.pkl",
+        "external": True,
         "uri": f"s3://models/churn/{n}/model.pkl",
         "sha256": f"{n:064x}",
         "size": 1000 + n,

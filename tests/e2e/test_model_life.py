@@ -17,6 +17,7 @@ from tests.support.database import Database
 def artifact(n: int) -> dict[str, Any]:
     return {
         "path": "model.pkl",
+        "external": True,
         "uri": f"s3://models/churn/{n}/model.pkl",
         "sha256": f"{n:064x}",
         "size": 1000 + n,

@@ -14,7 +14,13 @@ from tests.support.api import Api, running_api
 from tests.support.database import Database
 
 M = "/api/v1/models"
-ARTIFACT = {"path": "model.pkl", "uri": "s3://models/model.pkl", "sha256": "ab" * 32, "size": 100}
+ARTIFACT = {
+    "path": "model.pkl",
+    "external": True,
+    "uri": "s3://models/model.pkl",
+    "sha256": "ab" * 32,
+    "size": 100,
+}
 CHAMPION = {"version": 1, "alias": "champion", "justification": "best so far"}
 POLICY = {
     "policy": {"protected_aliases": [{"alias": "champion", "approvals": 1}]},

@@ -45,6 +45,7 @@ async def api(db: Database) -> AsyncIterator[Api]:
 def artifact(n: int) -> dict[str, Any]:
     return {
         "path": "model.pkl",
+        "external": True,
         "uri": f"s3://models/churn/{n}/model.pkl",
         "sha256": f"{n:064x}",
         "size": 100 + n,

@@ -11,6 +11,7 @@ from tests.support.database import Database
 
 ARTIFACT = {
     "path": "model.pkl",
+    "external": True,
     "uri": "s3://bucket/churn/1/model.pkl",
     "sha256": "a" * 64,
     "size": 1234,

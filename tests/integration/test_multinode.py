@@ -54,7 +54,13 @@ WRITERS = 4
 ACKS_BEFORE_KILL = 30  # acknowledged writes before the leader dies
 ACKS_AFTER_KILL = 30  # ... and after it, with every replica serving some of them
 TRAFFIC_TIMEOUT = 180.0  # how long a loaded machine may take for either
-ARTIFACT = {"path": "model.pkl", "uri": "s3://models/x/model.pkl", "sha256": "a" * 64, "size": 1}
+ARTIFACT = {
+    "path": "model.pkl",
+    "external": True,
+    "uri": "s3://models/x/model.pkl",
+    "sha256": "a" * 64,
+    "size": 1,
+}
 
 
 def relay_runs_in_workers() -> bool:

@@ -4,9 +4,11 @@ projection worker running on a fresh schema of the real Postgres."""
 from __future__ import annotations
 
 import asyncio
+import tempfile
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -72,7 +74,11 @@ class Api:
 async def running_api(
     db: Database, settings: Settings | None = None, *, plugins: Sequence[PluginProtocol] = ()
 ) -> AsyncIterator[Api]:
-    settings = settings or load_settings({}, db_schema=db.schema, read_wait_timeout=10.0)
+    # Blobs go under the data dir: each registry gets a fresh one, never the user's.
+    scratch = tempfile.TemporaryDirectory(prefix="modelreg-api-")
+    settings = settings or load_settings(
+        {}, db_schema=db.schema, read_wait_timeout=10.0, data_dir=Path(scratch.name)
+    )
     sealer = Sealer(db.connect, db.schema)
     services = build_services(
         settings, db.pool, pepper=Pepper.generate(), on_append=lambda _: sealer.wake()
@@ -100,3 +106,4 @@ async def running_api(
         stop.set()
         await asyncio.gather(*tasks, return_exceptions=True)
         await services.executor.drain()
+        scratch.cleanup()

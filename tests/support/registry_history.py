@@ -132,6 +132,7 @@ def version_content(
         artifacts=(
             ArtifactEntry(
                 path="model.pkl",
+                external=True,
                 uri=f"s3://models/{name}/{number}/model.pkl",
                 sha256=f"{number:064x}",
                 size=1000 + number,

@@ -51,12 +51,17 @@ def content(seed: int = 1) -> VersionContent:
         artifacts=(
             ArtifactEntry(
                 path="model.pkl",
+                external=True,
                 uri=f"s3://models/churn/{seed}/model.pkl",
                 sha256=SHA,
                 size=1024 + seed,
             ),
             ArtifactEntry(
-                path="MLmodel", uri=f"s3://models/churn/{seed}/MLmodel", sha256="cd" * 32, size=310
+                path="MLmodel",
+                external=True,
+                uri=f"s3://models/churn/{seed}/MLmodel",
+                sha256="cd" * 32,
+                size=310,
             ),
         ),
         code=CodeReference(

@@ -9,6 +9,7 @@ bytes are permanent, so a shape change needs a new schema version and an upcaste
 from __future__ import annotations
 
 from events.access import Role, TokenIssued, TokenRevoked
+from events.artifacts import BlobStored
 from events.base import Event
 from events.metrics import MetricPoint, MetricsLogged
 from events.model.events import (
@@ -231,5 +232,6 @@ def samples() -> dict[str, Event]:
             description="CI pipeline",
         ),
         TokenRevoked(token_id="t-1", reason="rotated"),
+        BlobStored(model_id=MODEL_ID, sha256="3a" * 32, size=482113),
     ]
     return {event.event_type: event for event in events}

@@ -29,7 +29,7 @@ EVENT = uuid.UUID("0193e0a4-5b7c-7d2e-9f00-1234567890ab")
 
 
 def entry(path: str, uri: str) -> ArtifactEntry:
-    return ArtifactEntry(path=path, uri=uri, sha256="a" * 64, size=1)
+    return ArtifactEntry(path=path, external=True, uri=uri, sha256="a" * 64, size=1)
 
 
 def version(

@@ -66,7 +66,11 @@ def test_version_numbers_are_max_plus_one_and_never_reused_after_archiving() -> 
 
 def test_invalid_content_is_rejected_naming_the_field_path() -> None:
     bad = VersionContent(
-        artifacts=(content().artifacts[0].__class__(path="m", uri="s3://x", sha256="zz", size=1),)
+        artifacts=(
+            content()
+            .artifacts[0]
+            .__class__(path="m", external=True, uri="s3://x", sha256="zz", size=1),
+        )
     )
     with pytest.raises(ValidationError) as error:
         when(cmd(RegisterVersion, content=bad), given(registered()))

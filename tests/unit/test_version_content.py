@@ -24,7 +24,7 @@ from tests.unit.domain_helpers import SHA, content
 def _artifact(
     path: str = "model.pkl", uri: str = "s3://b/model.pkl", sha256: str = SHA, size: int = 1
 ) -> ArtifactEntry:
-    return ArtifactEntry(path=path, uri=uri, sha256=sha256, size=size)
+    return ArtifactEntry(path=path, external=True, uri=uri, sha256=sha256, size=size)
 
 
 def _rejected(body: VersionContent) -> ValidationError:

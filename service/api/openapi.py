@@ -49,6 +49,7 @@ _PROBLEMS = {
     413: "The request body is larger than the cap",
     415: "The body is not sent as application/json",
     422: "A value breaks a rule of the registry",
+    429: "Too many expensive (as_of) reads for this token (Retry-After)",
     503: "Not ready, or the views have not caught up yet (Retry-After)",
 }
 

@@ -56,6 +56,10 @@ class _TooManyHeadersError(Exception):
     pass
 
 
+LINGER_SECONDS = 2.0  # after a refusal: how long the client's remaining bytes are drained
+LINGER_BYTES = 16 * 1024 * 1024  # ... and at most how many, then the connection is closed
+
+
 class LimitedHttpProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol with the limits above; ``protocol_for`` binds them."""
 
@@ -68,6 +72,7 @@ class LimitedHttpProtocol(HttpToolsProtocol):
         self._head_bytes = 0
         self._head_headers = 0
         self._refusing = False
+        self._discarded = 0
         self._deadline: asyncio.TimerHandle | None = None
 
     # ------------------------------------------------------------------ the connection
@@ -81,6 +86,9 @@ class LimitedHttpProtocol(HttpToolsProtocol):
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
+        if self._refusing:
+            self._discard(len(data))
+            return
         # Feed a head no further than the cap, so an endless header is never buffered.
         while data and self._in_head and not self.transport.is_closing():
             room = self.limits.max_header_bytes - self._head_bytes
@@ -154,7 +162,19 @@ class LimitedHttpProtocol(HttpToolsProtocol):
                 ]
             )
         )
-        self.transport.close()
+        # A lingering close, as nginx does: closing with the client's bytes unread would
+        # send a reset that can destroy the 431 before the client reads it. So stop
+        # writing, throw away what still arrives for a short, bounded while, then close.
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+            self._deadline = self.loop.call_later(LINGER_SECONDS, self.transport.close)
+        else:
+            self.transport.close()
+
+    def _discard(self, size: int) -> None:
+        self._discarded += size
+        if self._discarded > LINGER_BYTES and not self.transport.is_closing():
+            self.transport.close()
 
     def _arm(self, seconds: float, reason: str) -> None:
         self._disarm()

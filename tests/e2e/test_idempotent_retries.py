@@ -22,6 +22,7 @@ M = "/api/v1/models"
 JSON = {"Content-Type": "application/json"}
 ARTIFACT = {
     "path": "model.pkl",
+    "external": True,
     "uri": "s3://models/churn/1/model.pkl",
     "sha256": "1" * 64,
     "size": 1001,

@@ -47,7 +47,13 @@ def _seed(client: httpx.Client) -> dict[str, Any]:
 
     ok(client.post(M, json={"name": "churn", "tags": {"team": "risk"}}))
     for n in (1, 2):
-        artifact = {"path": "m.pkl", "uri": f"s3://m/{n}", "sha256": f"{n:064x}", "size": n}
+        artifact = {
+            "path": "m.pkl",
+            "external": True,
+            "uri": f"s3://m/{n}",
+            "sha256": f"{n:064x}",
+            "size": n,
+        }
         ok(client.post(f"{M}/churn/versions", json={"artifacts": [artifact]}))
         ok(
             client.post(

@@ -69,7 +69,13 @@ def register(http: httpx.Client, who: str, name: str, params: dict[str, Any] | N
             headers=bearer(who),
             json={
                 "artifacts": [
-                    {"path": "m.pkl", "uri": f"s3://m/{name}", "sha256": "ab" * 32, "size": 1}
+                    {
+                        "path": "m.pkl",
+                        "external": True,
+                        "uri": f"s3://m/{name}",
+                        "sha256": "ab" * 32,
+                        "size": 1,
+                    }
                 ],
                 "params": params or {},
             },

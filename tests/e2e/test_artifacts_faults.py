@@ -6,8 +6,7 @@ from __future__ import annotations
 import hashlib
 import os
 import socket
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -17,6 +16,7 @@ import pytest
 from service.artifacts.blobstore import blob_key
 from service.artifacts.local import INCOMING
 from tests.support.registry_server import RegistryServer, registry_server
+from tests.support.waiting import eventually_sync
 
 M = "/api/v1/models"
 WAIT = 30.0
@@ -32,13 +32,6 @@ def client(server: RegistryServer) -> httpx.Client:
     return httpx.Client(
         base_url=server.url, headers={"Authorization": f"Bearer {server.admin_token}"}, timeout=30
     )
-
-
-def wait_until(condition: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + WAIT
-    while not condition():
-        assert time.monotonic() < deadline, f"not within {WAIT} s: {what}"
-        time.sleep(0.02)
 
 
 def read_into(received: bytearray, response: httpx.Response) -> None:
@@ -65,10 +58,16 @@ def test_a_client_cut_mid_upload_leaves_no_blob_and_no_temporary_file(
     # when the connection drops while the body streams in
     with socket.create_connection((url.hostname, url.port)) as connection:
         connection.sendall(head.encode() + body[: len(body) * 8 // 10])
-        wait_until(lambda: incoming.is_dir() and any(incoming.iterdir()), "the upload started")
+        eventually_sync(
+            lambda: incoming.is_dir() and any(incoming.iterdir()),
+            what="the upload started",
+            timeout=WAIT,
+        )
 
     # then the temporary file goes, and no blob appears
-    wait_until(lambda: not any(incoming.iterdir()), "the temporary file was removed")
+    eventually_sync(
+        lambda: not any(incoming.iterdir()), what="the temporary file was removed", timeout=WAIT
+    )
     assert not (data_dir / blob_key(sha256)).exists()
     # and nothing was recorded: the whole upload, retried, is new to the model
     with client(server) as http:

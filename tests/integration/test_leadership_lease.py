@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.database import Database
+from tests.support.waiting import eventually
 
 ROOT = Path(__file__).resolve().parents[2]
 LEASE = 1.0
@@ -78,13 +79,6 @@ async def start(db: Database) -> AsyncIterator[Callable[[str], Awaitable[Competi
             await competitor.stop()
 
 
-async def until(condition: Callable[[], Awaitable[bool]], what: str, timeout: float = 30.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not await condition():
-        assert asyncio.get_running_loop().time() < deadline, f"{what}: not reached in {timeout} s"
-        await asyncio.sleep(0.05)
-
-
 async def writes_by(db: Database, holder: str) -> list[int]:
     rows = await db.pool.fetch("SELECT n FROM leader_writes WHERE holder = $1 ORDER BY n", holder)
     return [r["n"] for r in rows]
@@ -109,24 +103,26 @@ async def test_a_frozen_leader_loses_the_role_and_is_fenced_when_it_wakes(
 ) -> None:
     # given a leader writing under the role, and a standby
     first = await start("first")
-    await until(more_writes_by(db, first.name), "first writes")
+    await eventually(more_writes_by(db, first.name), what="first writes", timeout=30.0)
     second = await start("second")
 
     # when the leader is frozen
     first.proc.send_signal(signal.SIGSTOP)
 
     # then the standby takes the role and writes: the lease ran out on Postgres' side
-    await until(more_writes_by(db, second.name), "second takes over")
+    await eventually(more_writes_by(db, second.name), what="second takes over", timeout=30.0)
     taken_over_at = (await writes_by(db, second.name))[0]
 
     # when the frozen leader wakes up
     first.proc.send_signal(signal.SIGCONT)
-    await until(printed(first, "lost"), "first notices it lost the role")
+    await eventually(printed(first, "lost"), what="first notices it lost the role", timeout=30.0)
 
     # then nothing it did after waking reached the database
     assert max(await writes_by(db, first.name)) < taken_over_at
     # and the standby still leads and writes
     written = len(await writes_by(db, second.name))
-    await until(more_writes_by(db, second.name, written), "second keeps writing")
+    await eventually(
+        more_writes_by(db, second.name, written), what="second keeps writing", timeout=30.0
+    )
     assert second.said("lost") == 0
     assert max(await writes_by(db, first.name)) < taken_over_at

@@ -28,8 +28,6 @@ from service.consumers.kit import (
     PostgresDedup,
 )
 from service.publication.cloudevents import percent_decode
-from service.publication.jetstream import ensure_stream
-from service.publication.relay import Relay
 from tests.support.consuming import Recorder, consume_until, subscription
 from tests.support.database import Database
 from tests.support.publication import (
@@ -39,25 +37,14 @@ from tests.support.publication import (
     clients,
     log_event_ids,
     names,
-    nats_factory,
     nc,
-    relay_config,
-    seal_all,
+    publish,
     store,
     stream_contents,
 )
 from tests.support.sample_events import META, Counted
 
 __all__ = ["clients", "names", "nc", "store"]  # fixtures
-
-
-async def publish(db: Database, names: Names, clients: Clients, nats_url: str) -> None:
-    """Seal what was written and let the relay publish all of it."""
-    await seal_all(db)
-    relay = Relay(db.connect, nats_factory(nats_url), relay_config(db, names))
-    client = await clients.connect(nats_url)
-    await ensure_stream(client, relay.config.stream)
-    await relay.publish_all(await db.connect(), client)
 
 
 async def crash_while_consuming(

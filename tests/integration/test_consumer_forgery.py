@@ -11,8 +11,6 @@ from nats.aio.client import Client as NatsClient
 from eventlog.store import EventStore
 from service.consumers.kit import DLQ_REASON, EventConsumer, MemoryDedup
 from service.publication.cloudevents import LOG_HASH, LOG_POSITION, percent_decode
-from service.publication.jetstream import ensure_stream
-from service.publication.relay import Relay
 from tests.support.consuming import Recorder, consume_until, subscription
 from tests.support.database import Database
 from tests.support.publication import (
@@ -23,24 +21,14 @@ from tests.support.publication import (
     clients,
     log_event_ids,
     names,
-    nats_factory,
     nc,
-    relay_config,
-    seal_all,
+    publish,
     store,
     stream_contents,
 )
 from tests.support.sample_events import META, Counted
 
 __all__ = ["clients", "names", "nc", "store"]  # fixtures
-
-
-async def publish(db: Database, names: Names, clients: Clients, nats_url: str) -> None:
-    await seal_all(db)
-    relay = Relay(db.connect, nats_factory(nats_url), relay_config(db, names))
-    client = await clients.connect(nats_url)
-    await ensure_stream(client, relay.config.stream)
-    await relay.publish_all(await db.connect(), client)
 
 
 def forged_copy(genuine: Stored, **changes: object) -> tuple[dict[str, str], bytes]:

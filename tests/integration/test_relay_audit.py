@@ -18,8 +18,6 @@ from nats.aio.client import Client as NatsClient
 
 from eventlog.store import EventStore
 from service.consumers.audit_follow import ChainError, Mirror, Published, follow, seek
-from service.publication.jetstream import ensure_stream
-from service.publication.relay import Relay
 from tests.support.database import Database
 from tests.support.publication import (
     Clients,
@@ -28,10 +26,8 @@ from tests.support.publication import (
     clients,
     log_event_ids,
     names,
-    nats_factory,
     nc,
-    relay_config,
-    seal_all,
+    publish,
     store,
     stream_contents,
 )
@@ -40,14 +36,6 @@ from tests.support.waiting import eventually
 __all__ = ["clients", "names", "nc", "store"]  # fixtures
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-async def publish(db: Database, names: Names, clients: Clients, nats_url: str) -> None:
-    await seal_all(db)
-    relay = Relay(db.connect, nats_factory(nats_url), relay_config(db, names))
-    client = await clients.connect(nats_url)
-    await ensure_stream(client, relay.config.stream)
-    await relay.publish_all(await db.connect(), client)
 
 
 async def test_the_mirror_appends_verified_events_and_resumes_where_it_stopped(

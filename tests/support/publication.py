@@ -17,7 +17,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from eventlog.sealer import Sealer
 from eventlog.store import EventStore
 from service.publication.cloudevents import EventHeaders, decode_headers
-from service.publication.jetstream import StreamSpec, delete_stream_if_exists
+from service.publication.jetstream import StreamSpec, delete_stream_if_exists, ensure_stream
 from service.publication.relay import Relay, RelayConfig
 from tests.support.database import Database
 from tests.support.nats_servers import connect
@@ -248,3 +248,12 @@ async def relays() -> AsyncIterator[Relays]:
         yield running
     finally:
         await running.close()
+
+
+async def publish(db: Database, names: Names, clients: Clients, nats_url: str) -> None:
+    """Seal what was written and let a relay publish all of it to the run's stream."""
+    await seal_all(db)
+    relay = Relay(db.connect, nats_factory(nats_url), relay_config(db, names))
+    client = await clients.connect(nats_url)
+    await ensure_stream(client, relay.config.stream)
+    await relay.publish_all(await db.connect(), client)

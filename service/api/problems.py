@@ -113,24 +113,52 @@ def problem_response(problem: Problem, headers: dict[str, str] | None = None) ->
     return Response(problem, status_code=problem.status, media_type=PROBLEM_JSON, headers=headers)
 
 
+def problem_at(
+    request: Request[Any, Any, Any],
+    code: str,
+    title: str,
+    status: int,
+    detail: str,
+    *,
+    field: str | None = None,
+    rule: str | None = None,
+    errors: list[FieldProblem] | None = None,
+    details: dict[str, Any] | None = None,
+    headers: dict[str, str] | None = None,
+) -> Response[Problem]:
+    """The problem+json answer to ``request``: its type is ``urn:modelreg:<code>``."""
+    return problem_response(
+        Problem(
+            type=f"urn:modelreg:{code}",
+            title=title,
+            status=status,
+            detail=detail,
+            instance=request.url.path,
+            code=code,
+            field=field,
+            rule=rule,
+            errors=errors or [],
+            details=details or {},
+        ),
+        headers=headers,
+    )
+
+
 def _domain(request: Request[Any, Any, Any], exc: DomainError) -> Response[Problem]:
     found = next(((status, title) for cls, status, title in _STATUS if isinstance(exc, cls)), None)
     if found is None:
         return _unexpected(request, exc)
     status, title = found
     details = {k: v for k, v in exc.details.items() if k not in {"field", "rule"}}
-    return problem_response(
-        Problem(
-            type=f"urn:modelreg:{exc.code}",
-            title=title,
-            status=status,
-            detail=exc.message,
-            instance=request.url.path,
-            code=exc.code,
-            field=getattr(exc, "field", None),
-            rule=getattr(exc, "rule", None),
-            details=msgspec.to_builtins(details, str_keys=True),
-        )
+    return problem_at(
+        request,
+        exc.code,
+        title,
+        status,
+        exc.message,
+        field=getattr(exc, "field", None),
+        rule=getattr(exc, "rule", None),
+        details=msgspec.to_builtins(details, str_keys=True),
     )
 
 
@@ -197,18 +225,15 @@ def _validation(request: Request[Any, Any, Any], exc: ValidationException) -> Re
                 FieldProblem(field=_field_of(key, message), rule=_rule_of(message), message=message)
             )
     first = errors[0] if errors else None
-    return problem_response(
-        Problem(
-            type="urn:modelreg:bad_request",
-            title="Malformed request",
-            status=400,
-            detail=first.message if first else str(exc.detail),
-            instance=request.url.path,
-            code="bad_request",
-            field=first.field if first else None,
-            rule=first.rule if first else None,
-            errors=errors,
-        )
+    return problem_at(
+        request,
+        "bad_request",
+        "Malformed request",
+        400,
+        first.message if first else str(exc.detail),
+        field=first.field if first else None,
+        rule=first.rule if first else None,
+        errors=errors,
     )
 
 
@@ -220,17 +245,14 @@ def _http(request: Request[Any, Any, Any], exc: HTTPException) -> Response[Probl
         field, rule = "body", "json"  # the body is not JSON (or has a number out of range)
     elif exc.status_code == 413:
         field, rule = "body", "length"
-    return problem_response(
-        Problem(
-            type=f"urn:modelreg:http_{exc.status_code}",
-            title=_TITLES.get(exc.status_code, "Request refused"),
-            status=exc.status_code,
-            detail=str(exc.detail),
-            instance=request.url.path,
-            code=f"http_{exc.status_code}",
-            field=field,
-            rule=rule,
-        ),
+    return problem_at(
+        request,
+        f"http_{exc.status_code}",
+        _TITLES.get(exc.status_code, "Request refused"),
+        exc.status_code,
+        str(exc.detail),
+        field=field,
+        rule=rule,
         headers=exc.headers,
     )
 
@@ -245,15 +267,12 @@ _TITLES = {
 
 
 def _authentication(request: Request[Any, Any, Any], exc: AuthenticationError) -> Response[Problem]:
-    return problem_response(
-        Problem(
-            type="urn:modelreg:unauthenticated",
-            title="Authentication required",
-            status=401,
-            detail=str(exc),
-            instance=request.url.path,
-            code="unauthenticated",
-        ),
+    return problem_at(
+        request,
+        "unauthenticated",
+        "Authentication required",
+        401,
+        str(exc),
         headers={"WWW-Authenticate": 'Bearer realm="modelreg"'},
     )
 
@@ -263,61 +282,49 @@ def _permission(request: Request[Any, Any, Any], exc: PermissionDeniedError) -> 
     metrics = getattr(request.app.state, "metrics", None)
     if metrics is not None:
         metrics.denied(exc.permission)
-    return problem_response(
-        Problem(
-            type="urn:modelreg:permission_denied",
-            title="Permission denied",
-            status=403,
-            detail=str(exc),
-            instance=request.url.path,
-            code="permission_denied",
-            details={"permission": exc.permission, **({"scope": exc.scope} if exc.scope else {})},
-        )
+    return problem_at(
+        request,
+        "permission_denied",
+        "Permission denied",
+        403,
+        str(exc),
+        details={"permission": exc.permission, **({"scope": exc.scope} if exc.scope else {})},
     )
 
 
 def _bad_request(request: Request[Any, Any, Any], exc: BadRequestError) -> Response[Problem]:
-    return problem_response(
-        Problem(
-            type=f"urn:modelreg:{exc.code}",
-            title=_TITLES.get(exc.status, "Malformed request"),
-            status=exc.status,
-            detail=str(exc),
-            instance=request.url.path,
-            code=exc.code,
-            field=exc.field,
-            rule=exc.rule,
-        )
+    return problem_at(
+        request,
+        exc.code,
+        _TITLES.get(exc.status, "Malformed request"),
+        exc.status,
+        str(exc),
+        field=exc.field,
+        rule=exc.rule,
     )
 
 
 def _not_visible(request: Request[Any, Any, Any], exc: NotYetVisibleError) -> Response[Problem]:
-    return problem_response(
-        Problem(
-            type="urn:modelreg:not_yet_visible",
-            title="Views have not caught up",
-            status=503,
-            detail=str(exc),
-            instance=request.url.path,
-            code="not_yet_visible",
-            details={"min_position": exc.position, "reached": exc.reached},
-        ),
+    return problem_at(
+        request,
+        "not_yet_visible",
+        "Views have not caught up",
+        503,
+        str(exc),
+        details={"min_position": exc.position, "reached": exc.reached},
         headers={"Retry-After": "1"},
     )
 
 
 def _too_many(request: Request[Any, Any, Any], exc: TooManyRequestsError) -> Response[Problem]:
-    return problem_response(
-        Problem(
-            type="urn:modelreg:rate_limited",
-            title="Too many requests",
-            status=429,
-            detail=str(exc),
-            instance=request.url.path,
-            code="rate_limited",
-            field=exc.field,
-            rule="rate_limit",
-        ),
+    return problem_at(
+        request,
+        "rate_limited",
+        "Too many requests",
+        429,
+        str(exc),
+        field=exc.field,
+        rule="rate_limit",
         headers={"Retry-After": str(exc.retry_after)},
     )
 
@@ -327,15 +334,12 @@ def _unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[Pro
     log.error(
         "unexpected error %s on %s %s", incident, request.method, request.url.path, exc_info=exc
     )
-    return problem_response(
-        Problem(
-            type="urn:modelreg:internal_error",
-            title="Internal error",
-            status=500,
-            detail=f"an unexpected error occurred; incident {incident} is in the server log",
-            instance=request.url.path,
-            code="internal_error",
-        )
+    return problem_at(
+        request,
+        "internal_error",
+        "Internal error",
+        500,
+        f"an unexpected error occurred; incident {incident} is in the server log",
     )
 
 
@@ -395,15 +399,12 @@ def _unavailable(request: Request[Any, Any, Any], exc: Exception) -> Response[Pr
         type(exc).__name__,
         exc,
     )
-    return problem_response(
-        Problem(
-            type="urn:modelreg:unavailable",
-            title="Service unavailable",
-            status=503,
-            detail="the database cannot be reached right now; retry the same request later",
-            instance=request.url.path,
-            code="unavailable",
-        ),
+    return problem_at(
+        request,
+        "unavailable",
+        "Service unavailable",
+        503,
+        "the database cannot be reached right now; retry the same request later",
         headers={"Retry-After": str(OUTAGE_RETRY_AFTER)},
     )
 

@@ -23,7 +23,7 @@ from events.artifacts import DIGEST_PREFIX, parse_digest
 from events.errors import ConflictError
 from service.api.auth import require
 from service.api.common import POSITION_HEADER, principal_of, services_of
-from service.api.problems import Problem, problem_response
+from service.api.problems import Problem, problem_at
 from service.artifacts.blobstore import (
     BlobStoreUnavailableError,
     BlobTooLargeError,
@@ -66,49 +66,40 @@ def _etag(sha256: str) -> str:
 
 
 def _too_large(request: Request[Any, Any, Any], limit: int) -> Response[Problem]:
-    return problem_response(
-        Problem(
-            type="urn:modelreg:http_413",
-            title="Request too large",
-            status=413,
-            detail=str(BlobTooLargeError(limit)),
-            instance=request.url.path,
-            code="http_413",
-            field="body",
-            rule="max_bytes",
-            details={"max_bytes": limit},
-        )
+    return problem_at(
+        request,
+        "http_413",
+        "Request too large",
+        413,
+        str(BlobTooLargeError(limit)),
+        field="body",
+        rule="max_bytes",
+        details={"max_bytes": limit},
     )
 
 
 def _client_gone(request: Request[Any, Any, Any], exc: ClientGoneError) -> Response[Problem]:
     # Nobody reads this answer; it keeps a dropped upload out of the 500s (nothing was kept).
-    return problem_response(
-        Problem(
-            type="urn:modelreg:client_gone",
-            title="Upload interrupted",
-            status=400,
-            detail=str(exc),
-            instance=request.url.path,
-            code="client_gone",
-            field="body",
-            rule="complete",
-        )
+    return problem_at(
+        request,
+        "client_gone",
+        "Upload interrupted",
+        400,
+        str(exc),
+        field="body",
+        rule="complete",
     )
 
 
 def _unavailable(
     request: Request[Any, Any, Any], exc: BlobStoreUnavailableError
 ) -> Response[Problem]:
-    return problem_response(
-        Problem(
-            type="urn:modelreg:blob_store_unavailable",
-            title="Blob store unavailable",
-            status=503,
-            detail="the blob store did not answer; retry later",
-            instance=request.url.path,
-            code="blob_store_unavailable",
-        ),
+    return problem_at(
+        request,
+        "blob_store_unavailable",
+        "Blob store unavailable",
+        503,
+        "the blob store did not answer; retry later",
         headers={"Retry-After": "5"},
     )
 

@@ -625,7 +625,7 @@ class AsyncClient:
                 raise NotFound(
                     f"model {model!r} has no version in {stage}", status=404, code="not_found"
                 )
-            return page.items[0]
+            version = page.items[0].version  # a list row has no content: read the version
         if isinstance(version, str):
             version = version.removeprefix("@")
         return await self.get_version(model, version)

@@ -620,7 +620,7 @@ class Client:
                 raise NotFound(
                     f"model {model!r} has no version in {stage}", status=404, code="not_found"
                 )
-            return page.items[0]
+            version = page.items[0].version  # a list row has no content: read the version
         if isinstance(version, str):
             version = version.removeprefix("@")
         return self.get_version(model, version)

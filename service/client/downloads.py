@@ -33,13 +33,12 @@ DEFAULT_PARALLEL = 4
 
 def target_of(dest: Path, path: str) -> Path:
     """Where ``path`` of a manifest lands under ``dest``; UnsafePath if outside it."""
-    parts = PurePosixPath(path).parts
+    parts = path.split("/")
     if (
-        not path
-        or "\\" in path
+        "\\" in path
         or "\0" in path
         or PurePosixPath(path).is_absolute()
-        or any(part in ("..", ".") for part in parts)
+        or any(part in ("", "..", ".") for part in parts)
     ):
         raise UnsafePath(f"refusing to write {path!r}: it is not a relative path inside")
     root = dest.resolve()

@@ -76,6 +76,7 @@ class _Partial:
         """Re-hash what an earlier attempt left, or start afresh if it cannot be a prefix."""
         if not self.path.is_file() or self.path.stat().st_size > self.entry.size:
             self.path.unlink(missing_ok=True)
+            self.path.touch()  # an empty file is complete at once: nothing to fetch
             return
         with self.path.open("rb") as handle:
             while block := handle.read(1024 * 1024):

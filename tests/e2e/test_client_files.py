@@ -16,12 +16,15 @@ from typing import Any
 
 import httpx
 import pytest
+from litestar import Litestar
 from typer.testing import CliRunner
 
 from events.access import Role
+from service.api.router import api_app_kwargs
 from service.artifacts.blobstore import blob_key
 from service.cli.main import build
 from service.client import (
+    AsyncClient,
     Client,
     CorruptDownload,
     PermissionDenied,
@@ -30,6 +33,8 @@ from service.client import (
     Unreachable,
 )
 from service.client.downloads import PARTIAL_SUFFIX
+from tests.support.api import running_api
+from tests.support.database import Database
 from tests.support.flaky_proxy import FlakyProxy
 from tests.support.registry_server import RegistryServer, registry_server
 from tests.support.s3_server import s3_server
@@ -40,6 +45,7 @@ FILES = {
     "model.bin": BIG,
     "config.json": b'{"lr": 0.1}',
     "tokenizer/vocab.txt": b"a\nb\nc\n",
+    "tokenizer/__init__.py": b"",  # empty files travel too
 }
 
 
@@ -91,13 +97,14 @@ def test_files_round_trip_through_s3_by_number_alias_and_stage(
     # given a directory of model files
     out = files_in(tmp_path / "out")
 
-    with Client(s3_backed.url, s3_backed.admin_token, retry=FAST) as reg:
-        # when it is registered: every file is uploaded, the manifest names stored blobs
+    with Client(s3_backed.url, s3_backed.admin_token, retry=FAST, progress=True) as reg:
+        # when it is registered (with progress bars drawn from the parallel transfers): every file is uploaded, the manifest names stored blobs
         done = reg.register_version("churn", artifacts_dir=out, code=None, dependencies=None)
         assert done.model_created and done.version == 1
         assert sorted((f.path, f.action) for f in done.files) == [
             ("config.json", "uploaded"),
             ("model.bin", "uploaded"),
+            ("tokenizer/__init__.py", "uploaded"),
             ("tokenizer/vocab.txt", "uploaded"),
         ]
         row = reg.get_version("churn", 1)
@@ -307,7 +314,7 @@ def test_the_cli_uploads_on_register_and_downloads_by_alias_stage_and_number(
     # when the directory is registered twice from a shell
     first = run("versions", "register", "cli-files", str(out), "--no-code")
     assert "registered cli-files v1 (created model cli-files)" in first
-    assert f"uploaded 3 of 3 files ({sum(map(len, FILES.values())):,} bytes)" in first
+    assert f"uploaded 4 of 4 files ({sum(map(len, FILES.values())):,} bytes)" in first
     second = json.loads(run("versions", "register", "cli-files", str(out), "--no-code", "--json"))
     # then the second uploads nothing, and says so to machines too
     assert {f["action"] for f in second["files"]} == {"stored"}
@@ -320,7 +327,7 @@ def test_the_cli_uploads_on_register_and_downloads_by_alias_stage_and_number(
 
     # when a version is downloaded by alias, stage, number and as the latest
     table = run("versions", "download", "cli-files@champion", str(tmp_path / "a"))
-    assert "3 of 3 files downloaded" in table and "model.bin" in table
+    assert "4 of 4 files downloaded" in table and "model.bin" in table
     assert tree(tmp_path / "a") == FILES
     by_stage = json.loads(
         run("versions", "download", "cli-files:staging", str(tmp_path / "s"), "--json")
@@ -337,3 +344,28 @@ def test_the_cli_uploads_on_register_and_downloads_by_alias_stage_and_number(
     # and a malformed reference is a usage error
     bad = CliRunner().invoke(app, ["versions", "download", "cli-files@", str(tmp_path)], env=env)
     assert bad.exit_code == 2
+
+
+async def test_the_async_client_uploads_and_downloads_in_process(
+    db: Database, tmp_path: Path
+) -> None:
+    out = files_in(tmp_path / "out")
+    async with running_api(db) as api:
+        app = Litestar(**api_app_kwargs(api.services))
+        transport = httpx.ASGITransport(app=app)  # type: ignore[arg-type]
+        async with AsyncClient("http://modelreg.test", api.admin, transport=transport) as reg:
+            # when a directory is registered twice, then downloaded and archived
+            first = await reg.register_version("async-files", artifacts_dir=out, code=None)
+            again = await reg.register_version("async-files", artifacts_dir=out, code=None)
+            fetched = await reg.download("async-files", first.version, tmp_path / "m")
+            archive = await reg.download_archive(
+                "async-files", f"{again.version}", tmp_path / "v.zip", format="zip"
+            )
+
+    # then the first uploaded everything, the second nothing, and the bytes came back
+    assert {f.action for f in first.files} == {"uploaded"}
+    assert {f.action for f in again.files} == {"stored"}
+    assert {f.action for f in fetched.files} == {"downloaded"}
+    assert tree(tmp_path / "m") == FILES
+    with zipfile.ZipFile(archive) as unpacked:
+        assert {p: unpacked.read(p) for p in FILES} == FILES

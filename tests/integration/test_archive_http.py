@@ -8,6 +8,7 @@ import hashlib
 import io
 import json
 import tarfile
+import tracemalloc
 import zipfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -16,7 +17,14 @@ from typing import Any
 import pytest
 
 from events.access import Role
-from service.artifacts.archive import MANIFEST_PATH
+from events.version_content import ArtifactEntry
+from service.artifacts.archive import (
+    MANIFEST_PATH,
+    ArchiveFormat,
+    archive_stream,
+    manifest_bytes,
+    tar_length,
+)
 from service.settings import load_settings
 from tests.support.api import Api, running_api
 from tests.support.database import Database
@@ -199,3 +207,41 @@ async def test_head_on_a_blob_says_whether_the_model_stored_it(api: Api) -> None
     # and a malformed digest is a 422 naming the field
     bad = await api.request("HEAD", f"{M}/churn/blobs/sha256:XYZ")
     assert bad.status_code == 422
+
+
+@pytest.mark.parametrize("fmt", ["tar", "zip"])
+async def test_an_archive_streams_with_flat_memory(api: Api, fmt: ArchiveFormat) -> None:
+    # given a version holding a 32 MiB file (sent in pieces: the test holds none of it)
+    piece = bytes(range(256)) * 256
+    count = 32 * 1024 * 1024 // len(piece)
+    digest_of_all = hashlib.sha256()
+    for _ in range(count):
+        digest_of_all.update(piece)
+    sha256 = digest_of_all.hexdigest()
+
+    async def pieces() -> AsyncIterator[bytes]:
+        for _ in range(count):
+            yield piece
+
+    stored = await api.put(f"{M}/churn/blobs/sha256:{sha256}", content=pieces())
+    assert stored.status_code == 201, stored.text
+    entry = ArtifactEntry(path="weights.bin", sha256=sha256, size=len(piece) * count)
+    manifest = manifest_bytes("churn", 1, [entry])
+
+    # when its archive is produced and consumed chunk by chunk, with allocations traced
+    rehashed = hashlib.sha256()
+    total = 0
+    tracemalloc.start()
+    try:
+        async for chunk in archive_stream(api.services.blobs, fmt, manifest, [entry]):
+            total += len(chunk)
+            rehashed.update(chunk)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+
+    # then it was all sent, and at no point was much of it held in memory
+    assert total > entry.size
+    if fmt == "tar":
+        assert total == tar_length(manifest, [entry])
+    assert peak < 8 * 1024 * 1024, f"peak {peak / 2**20:.1f} MiB for a 32 MiB {fmt}"

@@ -168,6 +168,11 @@ async def test_bad_archive_requests_are_refused_with_a_problem(api: Api) -> None
         answer = await api.get(path)
         assert answer.status_code == status, (path, answer.text)
         assert answer.headers["content-type"].startswith("application/problem+json"), path
+    # the malformed ones name the field and the rule
+    bad_format = (await api.get(cases[0][0])).json()
+    assert (bad_format["field"], bad_format["rule"]) == ("format", "enum")
+    bad_stage = (await api.get(cases[3][0])).json()
+    assert (bad_stage["field"], bad_stage["rule"]) == ("version", "enum")
 
 
 async def test_a_token_scoped_to_another_model_can_neither_archive_nor_probe_its_blobs(

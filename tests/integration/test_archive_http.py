@@ -250,3 +250,20 @@ async def test_an_archive_streams_with_flat_memory(api: Api, fmt: ArchiveFormat)
     if fmt == "tar":
         assert total == tar_length(manifest, [entry])
     assert peak < 8 * 1024 * 1024, f"peak {peak / 2**20:.1f} MiB for a 32 MiB {fmt}"
+
+
+async def test_a_version_with_a_file_where_the_archive_manifest_goes_is_a_conflict(
+    api: Api,
+) -> None:
+    # given a version whose own file sits at the archive manifest's path
+    body = b"{}"
+    assert (await api.put(f"{M}/churn/blobs/sha256:{digest(body)}", content=body)).is_success
+    entry = {"path": MANIFEST_PATH, "sha256": digest(body), "size": len(body)}
+    assert (await api.post(f"{M}/churn/versions", json={"artifacts": [entry]})).is_success
+
+    # when its archive is asked for, then 409 says why (and the file alone still downloads)
+    answer = await api.get(f"{M}/churn/versions/1/archive")
+    assert answer.status_code == 409, answer.text
+    assert answer.json()["details"]["path"] == MANIFEST_PATH
+    alone = await api.get(f"{M}/churn/versions/1/files/{MANIFEST_PATH}")
+    assert alone.content == body

@@ -146,7 +146,7 @@ def test_a_second_registration_of_the_same_files_uploads_nothing(
         assert len(second.files) == len(FILES) + 1
 
 
-def test_uploads_are_retried_after_a_dropped_connection_and_a_503(
+def test_transfers_are_retried_after_a_dropped_connection_and_a_503(
     server: RegistryServer, tmp_path: Path
 ) -> None:
     out = files_in(tmp_path / "out", {"model.bin": BIG})
@@ -166,7 +166,12 @@ def test_uploads_are_retried_after_a_dropped_connection_and_a_503(
         assert len(puts) == 3 and all(len(p.body) == len(BIG) for p in puts)
         assert b" 201 " in proxy.dropped[0].split(b"\r\n", 1)[0]  # the lost answer stored it
         assert [f.action for f in done.files] == ["uploaded"]
+
+        # and a download whose answer is lost is asked for again, and lands whole
+        get = f"GET /api/v1/models/flaky/versions/{done.version}/files/model.bin "
+        proxy.drop_responses(1, match=get.encode())
         assert reg.download("flaky", done.version, tmp_path / "m").files[0].action == "downloaded"
+        assert len(proxy.seen(get)) == 2 and len(proxy.dropped) == 2
         assert (tmp_path / "m" / "model.bin").read_bytes() == BIG
 
 

@@ -1,16 +1,18 @@
-"""``/api/v1/models/{name}/versions/{ref}/links/{path}``: a short-lived presigned S3 URL
-for a stored file of a version, so a big download need not pass through the API
-(docs/artifacts.md, "Presigned URLs"). READ on the model, like the file itself.
+"""``/api/v1/models/{name}/versions/{ref}/links/{path}``: where to fetch a stored file of
+a version from. With the S3 store, a short-lived presigned S3 URL, so a big download need
+not pass through the API; with the file store, the API's own download URL (send the
+token). READ on the model, like the file itself (docs/artifacts.md, "Presigned URLs").
 
-The URL names the blob's content address, which only a verified upload ever writes; S3
-serves the bytes without re-hashing them, so the answer carries the digest and size for
-the client to check (the Python client does).
+A presigned URL names the blob's content address, which only a verified upload ever
+writes; S3 serves the bytes without re-hashing them, so the answer carries the digest and
+size for the client to check (the Python client does).
 """
 
 from __future__ import annotations
 
 from datetime import datetime, timedelta
 from typing import Any
+from urllib.parse import quote
 
 import msgspec
 import obstore
@@ -19,7 +21,6 @@ from litestar.params import FromPath
 
 from events.access import Permission
 from events.artifacts import DIGEST_PREFIX
-from events.errors import ConflictError
 from service.api.auth import require
 from service.api.common import principal_of, services_of
 from service.api.routes_artifacts import _unavailable
@@ -30,7 +31,10 @@ from service.artifacts.service import find_file, model_state, resolve_version
 
 class DownloadLink(msgspec.Struct, frozen=True, kw_only=True):
     url: str
-    expires_at: datetime
+    # True: a presigned S3 URL, no token needed, valid until expires_at. False: the API's
+    # download URL, which needs the caller's token and re-hashes on the way out.
+    presigned: bool
+    expires_at: datetime | None
     path: str
     digest: str
     size: int
@@ -49,17 +53,26 @@ class LinksController(Controller):
         ref: FromPath[str],
         file_path: FromPath[str],
     ) -> DownloadLink:
-        """A presigned GET URL of a version's stored file (S3 store only: 409 otherwise),
-        valid ``MODELREG_UPLOADS_LINK_TTL`` seconds; check the digest after downloading."""
+        """A presigned GET URL of a version's stored file, valid
+        ``MODELREG_UPLOADS_LINK_TTL`` seconds (S3 store), or the API's download URL (file
+        store); check the digest after downloading. 409 for an external file."""
         require(principal_of(request), Permission.READ, name)
         services = services_of(request)
         _, state = await model_state(services.registry, name)
-        entry = find_file(resolve_version(state, ref), file_path.lstrip("/"))
+        version = resolve_version(state, ref)
+        entry = find_file(version, file_path.lstrip("/"))
+        digest = f"{DIGEST_PREFIX}{entry.sha256}"
         if not isinstance(services.blobs, S3BlobStore):
-            raise ConflictError(
-                "presigned URLs are offered only when the blob store is S3; download the file"
-                " through .../files/{path}",
+            own = (
+                f"/api/v1/models/{quote(name)}/versions/{version.number}/files/{quote(entry.path)}"
+            )
+            return DownloadLink(
+                url=str(request.base_url).rstrip("/") + own,
+                presigned=False,
+                expires_at=None,
                 path=entry.path,
+                digest=digest,
+                size=entry.size,
             )
         ttl = timedelta(seconds=services.settings.uploads_link_ttl)
         now = services.registry.now()
@@ -71,8 +84,9 @@ class LinksController(Controller):
             raise BlobStoreUnavailableError(str(exc)) from exc
         return DownloadLink(
             url=url,
+            presigned=True,
             expires_at=now + ttl,
             path=entry.path,
-            digest=f"{DIGEST_PREFIX}{entry.sha256}",
+            digest=digest,
             size=entry.size,
         )

@@ -373,6 +373,7 @@ async def test_a_presigned_download_link_serves_a_stored_file_to_readers(s3_api:
 
     assert link.status_code == 200, link.text
     assert (link.json()["digest"], link.json()["size"]) == (f"sha256:{HEX}", len(BODY))
+    assert link.json()["presigned"] is True
     async with httpx.AsyncClient() as direct:
         assert (await direct.get(link.json()["url"])).content == BODY
     denied = await api.get(f"{M}/churn/versions/1/links/w/model.bin", as_=outsider)
@@ -382,7 +383,9 @@ async def test_a_presigned_download_link_serves_a_stored_file_to_readers(s3_api:
 
 
 @pytest.mark.parametrize("api_file", ["file"], indirect=True)
-async def test_the_file_store_offers_no_presigned_urls(api_file: Api) -> None:
+async def test_the_file_store_offers_no_presigned_urls_but_its_own_download_url(
+    api_file: Api,
+) -> None:
     api = api_file
     refused = await api.post(
         f"{M}/churn/uploads",
@@ -396,7 +399,13 @@ async def test_the_file_store_offers_no_presigned_urls(api_file: Api) -> None:
     assert (await api.put(location)).status_code == 201
     entry = {"path": "model.bin", "sha256": HEX, "size": len(BODY)}
     assert (await api.post(f"{M}/churn/versions", json={"artifacts": [entry]})).status_code == 201
-    assert (await api.get(f"{M}/churn/versions/1/links/model.bin")).status_code == 409
+    # and a download link is the API's own (authenticated, re-hashing) URL
+    link = await api.get(f"{M}/churn/versions/1/links/model.bin")
+    assert link.status_code == 200, link.text
+    assert link.json()["presigned"] is False and link.json()["expires_at"] is None
+    assert link.json()["url"].endswith(f"{M}/churn/versions/1/files/model.bin")
+    fetched = await api.get(link.json()["url"].removeprefix("http://modelreg.test"))
+    assert fetched.content == BODY
 
 
 @pytest.fixture

@@ -39,9 +39,11 @@ from service.artifacts.blobstore import BlobStoreUnavailableError, BlobTooLargeE
 from service.artifacts.configure import upload_backend
 from service.artifacts.service import model_state, record_stored
 from service.artifacts.uploads import (
+    IncompleteUploadError,
     OffsetMismatchError,
     Session,
     UploadBackend,
+    UploadBusyError,
     abort,
     append_chunk,
     commit,
@@ -127,6 +129,33 @@ def _offset_mismatch(
     )
 
 
+def _busy(request: Request[Any, Any, Any], exc: UploadBusyError) -> Response[Problem]:
+    # Usually the server has not yet seen a dropped connection's request end: soon over.
+    return problem_at(
+        request,
+        exc.code,
+        "Upload session busy",
+        409,
+        exc.message,
+        field="upload_id",
+        rule="one_writer",
+        headers={"Retry-After": "1"},
+    )
+
+
+def _incomplete(request: Request[Any, Any, Any], exc: IncompleteUploadError) -> Response[Problem]:
+    return problem_at(
+        request,
+        exc.code,
+        "Upload incomplete",
+        409,
+        exc.message,
+        field="size",
+        rule="complete",
+        details=exc.details,
+    )
+
+
 def _too_large(request: Request[Any, Any, Any], exc: BlobTooLargeError) -> Response[Problem]:
     return problem_at(
         request,
@@ -172,6 +201,8 @@ class UploadsController(Controller):
         BlobStoreUnavailableError: _unavailable,
         OffsetMismatchError: _offset_mismatch,
         BlobTooLargeError: _too_large,
+        UploadBusyError: _busy,
+        IncompleteUploadError: _incomplete,
     }
 
     @post("/", status_code=201)

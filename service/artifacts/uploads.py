@@ -87,6 +87,8 @@ class OffsetMismatchError(Exception):
 class UploadBusyError(ConflictError):
     """Another request is appending to (or committing) the session now (409, retry)."""
 
+    code = "upload_busy"
+
 
 class PastDeclaredSizeError(ValidationError):
     """The chunks carry more bytes than the session declared (the bytes before stay)."""
@@ -102,6 +104,8 @@ class PastDeclaredSizeError(ValidationError):
 
 class IncompleteUploadError(ConflictError):
     """Commit before every declared byte arrived (409, with the offset to resume at)."""
+
+    code = "upload_incomplete"
 
     def __init__(self, offset: int, size: int) -> None:
         super().__init__(

@@ -205,8 +205,37 @@ async def test_bytes_past_the_declared_size_are_refused_and_an_early_commit_is_4
     assert (await send(api, short, BODY[:100], 0)).status_code == 202
     early = await api.put(short)
     assert early.status_code == 409, early.text
+    assert (early.json()["field"], early.json()["rule"]) == ("size", "complete")
     assert early.json()["details"] == {"offset": 100, "size": len(BODY)}
     assert await blob_events(api) == []
+
+
+async def test_a_second_writer_is_refused_while_a_chunk_is_still_arriving(api: Api) -> None:
+    # given a chunk whose body stalls halfway
+    location = (await open_upload(api)).json()["location"]
+    stalled, release = asyncio.Event(), asyncio.Event()
+
+    async def slow_body() -> AsyncIterator[bytes]:
+        yield BODY[:PART]
+        stalled.set()
+        await release.wait()
+        yield BODY[PART:]
+
+    whole = {"Content-Range": f"0-{len(BODY) - 1}"}
+    first = asyncio.create_task(api.patch(location, content=slow_body(), headers=whole))
+    await stalled.wait()
+
+    # when another request writes to, or commits, the same session meanwhile
+    for second in (await send(api, location, BODY, 0), await api.put(location)):
+        # then it is refused as busy (retry soon), not interleaved
+        assert second.status_code == 409, second.text
+        assert (second.json()["code"], second.json()["rule"]) == ("upload_busy", "one_writer")
+        assert second.headers["Retry-After"] == "1"
+
+    # and the first chunk completes undisturbed
+    release.set()
+    assert (await first).json()["offset"] == len(BODY)
+    assert (await api.put(location)).status_code == 201
 
 
 async def test_a_session_whose_bytes_do_not_hash_to_its_digest_keeps_nothing(api: Api) -> None:

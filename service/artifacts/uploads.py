@@ -11,8 +11,9 @@ verified blob becomes an event (``artifact.blob_stored``), the half-uploaded byt
 scratch. Keeping the session there rather than in a process means a restarted (or killed)
 server, or another replica on the same S3 bucket, resumes where the last one stopped.
 
-No hash state is carried between chunks: the commit re-reads the whole upload and hashes
-it while publishing, so a crash between chunks cannot leave a hasher that disagrees with
+No hash state outlives the process: the commit re-reads the whole upload and hashes it
+while publishing (the file store skips that read when the same process wrote and hashed
+every byte in order), so a crash between chunks cannot leave a hasher that disagrees with
 the bytes, and the digest checked is the digest of exactly the bytes that get the name.
 """
 

@@ -50,6 +50,7 @@ from service.artifacts.uploads import (
     find_session,
     new_session,
     open_session,
+    session_lock,
 )
 
 UPLOAD_OFFSET = "Upload-Offset"
@@ -73,6 +74,8 @@ class UploadView(msgspec.Struct, frozen=True, kw_only=True):
     expires_at: datetime
     location: str
     part_size: int
+    # A request is writing to the session now (on this server): its offset will still move.
+    busy: bool = False
     upload_url: str | None = None
     upload_url_expires_at: datetime | None = None
 
@@ -105,6 +108,7 @@ def _view(
         expires_at=session.expires_at,
         location=_location(name, session.id),
         part_size=backend.part_size,
+        busy=session_lock(session.id).locked(),
         upload_url=url,
         upload_url_expires_at=url_expires,
     )

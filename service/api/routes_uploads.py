@@ -18,6 +18,7 @@ from typing import Annotated, Any
 
 import msgspec
 from litestar import Controller, Request, Response, delete, get, patch, post, put
+from litestar.openapi import ResponseSpec
 from litestar.params import FromPath, JSONBody
 
 from events.access import Permission
@@ -25,7 +26,7 @@ from events.artifacts import DIGEST_PREFIX, parse_digest
 from events.errors import ConflictError, ValidationError
 from service.api.auth import require
 from service.api.common import POSITION_HEADER, principal_of, services_of
-from service.api.problems import Problem, problem_at
+from service.api.problems import PROBLEM_JSON, Problem, problem_at
 from service.api.routes_artifacts import (
     RAW_BODY,
     BlobReceipt,
@@ -265,6 +266,14 @@ class UploadsController(Controller):
         request_max_body_size=None,
         opt={RAW_BODY: True},
         status_code=202,
+        responses={
+            416: ResponseSpec(
+                data_container=Problem,
+                media_type=PROBLEM_JSON,
+                description="The chunk does not start at the committed offset (Upload-Offset)",
+                generate_examples=False,
+            )
+        },
     )
     async def append(
         self, request: Request[Any, Any, Any], name: FromPath[str], upload_id: FromPath[str]

@@ -301,6 +301,9 @@ class UploadsController(Controller):
                 "body", "empty", "a commit carries no bytes: send the last chunk with PATCH"
             )
         model_id, session, backend = await _session_of(request, name, upload_id)
+        _, state = await model_state(services_of(request).registry, name)
+        if state.archived:  # archived since the session opened: it takes no new blob
+            raise ConflictError(f"model {name!r} is archived", name=name)
         put_result = await commit(backend, session)
         stored = await record_stored(
             services_of(request).registry,

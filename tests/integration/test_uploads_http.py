@@ -443,3 +443,16 @@ async def api_file(
 ) -> AsyncIterator[Api]:
     async for running in started_api(request, db, tmp_path, monkeypatch):
         yield running
+
+
+async def test_an_archived_model_takes_no_new_blob_through_a_session(api: Api) -> None:
+    # given a session filled before its model was archived
+    location = (await open_upload(api)).json()["location"]
+    assert (await send(api, location, BODY, 0)).status_code == 202
+    archived = await api.post(f"{M}/churn/archive", json={"reason": "retired"})
+    assert archived.status_code == 200, archived.text
+
+    # when it is committed, or another session opened, then 409 and nothing is recorded
+    assert (await api.put(location)).status_code == 409
+    assert (await open_upload(api)).status_code == 409
+    assert await blob_events(api) == []

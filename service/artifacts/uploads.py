@@ -215,7 +215,10 @@ async def commit(backend: UploadBackend, session: Session) -> Put:
         raise UploadBusyError("another request is writing to this upload session now")
     async with lock:
         offset = await backend.offset(session)
-        if offset != session.size:
+        if offset > session.size:  # only a presigned PUT can overshoot: refused, dropped
+            await backend.remove(session.id)
+            raise PastDeclaredSizeError(session.size)
+        if offset < session.size:
             raise IncompleteUploadError(offset, session.size)
         try:
             return await backend.publish(session)

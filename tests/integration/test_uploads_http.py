@@ -388,6 +388,22 @@ async def test_a_presigned_upload_of_other_bytes_is_refused_and_never_a_blob(s3_
     assert await upload_sessions(api) == []
 
 
+async def test_a_presigned_upload_longer_than_declared_is_refused(s3_api: Api) -> None:
+    api = s3_api
+    opened = await api.post(
+        f"{M}/churn/uploads",
+        json={"digest": f"sha256:{HEX}", "size": len(BODY), "presigned": True},
+    )
+    session = opened.json()
+    async with httpx.AsyncClient() as direct:
+        assert (await direct.put(session["upload_url"], content=BODY + b"!")).status_code == 200
+    refused = await api.put(session["location"])
+    assert refused.status_code == 422, refused.text
+    assert (refused.json()["field"], refused.json()["rule"]) == ("body", "declared_size")
+    assert await api.services.blobs.size_of(HEX) is None
+    assert await upload_sessions(api) == []
+
+
 async def test_a_presigned_download_link_serves_a_stored_file_to_readers(s3_api: Api) -> None:
     api = s3_api
     location = (await open_upload(api)).json()["location"]

@@ -36,9 +36,9 @@ from service.api.routes_artifacts import (
     _etag,
     _unavailable,
 )
-from service.artifacts.blobstore import BlobStoreUnavailableError, BlobTooLargeError
+from service.artifacts.blobstore import BlobStoreUnavailableError, BlobTooLargeError, Put
 from service.artifacts.configure import upload_backend
-from service.artifacts.service import model_state, record_stored
+from service.artifacts.service import Stored, model_state, record_stored
 from service.artifacts.uploads import (
     IncompleteUploadError,
     OffsetMismatchError,
@@ -304,14 +304,15 @@ class UploadsController(Controller):
         _, state = await model_state(services_of(request).registry, name)
         if state.archived:  # archived since the session opened: it takes no new blob
             raise ConflictError(f"model {name!r} is archived", name=name)
-        put_result = await commit(backend, session)
-        stored = await record_stored(
-            services_of(request).registry,
-            put_result,
-            model_id=model_id,
-            actor=principal_of(request).name,
-            sha256=session.sha256,
-        )
+        actor = principal_of(request).name
+        registry = services_of(request).registry
+
+        async def record(put: Put) -> Stored:
+            return await record_stored(
+                registry, put, model_id=model_id, actor=actor, sha256=session.sha256
+            )
+
+        stored = await commit(backend, session, record)
         written = stored.written
         headers = {
             "ETag": _etag(session.sha256),
@@ -321,7 +322,7 @@ class UploadsController(Controller):
             headers[POSITION_HEADER] = str(written.position)
         receipt = BlobReceipt(
             digest=f"{DIGEST_PREFIX}{session.sha256}",
-            size=put_result.size,
+            size=stored.put.size,
             model=name,
             events=[e.event_type for e in written.events],
             position=written.position,

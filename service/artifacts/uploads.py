@@ -22,14 +22,16 @@ from __future__ import annotations
 import asyncio
 import secrets
 import weakref
-from collections.abc import AsyncIterable, AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 import msgspec
 
 from events.errors import ConflictError, NotFoundError, ValidationError
-from service.artifacts.blobstore import Put
+from service.artifacts.blobstore import DigestMismatchError, Put
+
+T = TypeVar("T")
 
 SESSION_FILE = "session.json"
 # Sessions swept for expiry each time one is opened: the sweep stays cheap, and a busy
@@ -207,9 +209,12 @@ async def append_chunk(
         return await backend.append(session, _within(chunks, session.size - offset, session.size))
 
 
-async def commit(backend: UploadBackend, session: Session) -> Put:
-    """Verify and publish the whole upload, then forget the session; a digest mismatch
-    forgets it too (nothing kept), an incomplete upload keeps it for resuming."""
+async def commit(
+    backend: UploadBackend, session: Session, record: Callable[[Put], Awaitable[T]]
+) -> T:
+    """Verify and publish the whole upload, ``record`` it, then forget the session. A
+    digest mismatch forgets it too (nothing kept); an incomplete upload, or a ``record``
+    that fails (the database away), keeps it, so the commit can simply be retried."""
     lock = session_lock(session.id)
     if lock.locked():
         raise UploadBusyError("another request is writing to this upload session now")
@@ -221,10 +226,13 @@ async def commit(backend: UploadBackend, session: Session) -> Put:
         if offset < session.size:
             raise IncompleteUploadError(offset, session.size)
         try:
-            return await backend.publish(session)
-        finally:
-            # Published or refused: either way the scratch bytes have served their purpose.
+            put = await backend.publish(session)
+        except DigestMismatchError:
             await backend.remove(session.id)
+            raise
+        recorded = await record(put)
+        await backend.remove(session.id)
+        return recorded
 
 
 async def abort(backend: UploadBackend, session: Session) -> None:

@@ -34,9 +34,12 @@ from service.artifacts.blobstore import DigestMismatchError, Put
 T = TypeVar("T")
 
 SESSION_FILE = "session.json"
-# Sessions swept for expiry each time one is opened: the sweep stays cheap, and a busy
-# registry still collects every expired session over a few openings.
+# Expired sessions are swept when one is opened, at most once a minute per process (a
+# sweep reads every session's record: a GET each on S3), a hundred at a time, so a busy
+# registry still collects every expired session over a few sweeps.
 SWEEP_LIMIT = 100
+SWEEP_INTERVAL = timedelta(minutes=1)
+_last_sweep: dict[str, datetime] = {}
 
 
 class Session(msgspec.Struct, frozen=True, kw_only=True):
@@ -135,6 +138,7 @@ class UploadBackend(Protocol):
     lock (``session_lock``), so each sees the committed bytes alone."""
 
     part_size: int
+    root_key: str  # names the store's sessions, for this process's bookkeeping
 
     async def create(self, session: Session) -> None: ...
 
@@ -179,7 +183,12 @@ def session_lock(session_id: str) -> asyncio.Lock:
 
 
 async def open_session(backend: UploadBackend, session: Session, now: datetime) -> None:
-    await sweep_expired(backend, now)
+    # Never less often than sessions expire, so a short TTL is honoured promptly too.
+    interval = min(SWEEP_INTERVAL, session.expires_at - session.created_at)
+    last = _last_sweep.get(backend.root_key)
+    if last is None or now - last >= interval:
+        _last_sweep[backend.root_key] = now
+        await sweep_expired(backend, now)
     await backend.create(session)
 
 

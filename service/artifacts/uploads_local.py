@@ -45,6 +45,7 @@ class LocalUploads:
         self.blobs = blobs
         self.part_size = part_size
         self.root = blobs.root / UPLOADS
+        self.root_key = str(self.root)
 
     def directory(self, session_id: str) -> Path:
         return self.root / session_id

@@ -49,6 +49,7 @@ class S3Uploads:
         self.blobs = blobs
         self.part_size = part_size
         self._store = blobs.object_store
+        self.root_key = blobs.url
 
     @staticmethod
     def prefix(session_id: str) -> str:

@@ -27,11 +27,7 @@ import obstore
 from obstore.exceptions import BaseError
 
 from events.errors import ConflictError
-from service.artifacts.blobstore import (
-    BlobStoreUnavailableError,
-    CorruptBlobError,
-    Put,
-)
+from service.artifacts.blobstore import BlobStoreUnavailableError, Put
 from service.artifacts.s3 import S3BlobStore
 from service.artifacts.uploads import SESSION_CODEC, SESSION_FILE, Session, decode_session
 
@@ -150,7 +146,10 @@ class S3Uploads:
                 try:
                     result = await obstore.get_async(self._store, key)
                 except FileNotFoundError:
-                    raise CorruptBlobError(f"upload part {key} vanished") from None
+                    # Removed under us (the session aborted or swept by another replica).
+                    raise ConflictError(
+                        "the upload session lost its bytes while committing; start again"
+                    ) from None
                 async for chunk in result.stream(min_chunk_size=1024 * 1024):
                     yield bytes(chunk)
 

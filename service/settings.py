@@ -43,6 +43,13 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     # s3://bucket/prefix, credentials and endpoint from the usual AWS_* variables.
     artifacts_url: str | None = None
     artifacts_max_bytes: Annotated[int, msgspec.Meta(ge=1)] = 64 * 1024**3
+    # Resumable uploads (service.artifacts.uploads): the bytes an S3-backed session keeps in
+    # memory per part and loses at most when a connection drops (also how often the file
+    # store fsyncs its committed offset), how long an idle session lives, and how long a
+    # presigned S3 URL stays valid.
+    uploads_part_size: Annotated[int, msgspec.Meta(ge=64 * 1024, le=1024**3)] = 8 * 1024**2
+    uploads_ttl: Seconds = 24 * 3600.0
+    uploads_link_ttl: Seconds = 900.0
 
     # HTTP. Loopback unless an operator says otherwise.
     host: str = "127.0.0.1"

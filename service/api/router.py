@@ -24,12 +24,14 @@ from service.api.routes_governance import (
     PromotionsController,
     RegistryPolicyController,
 )
+from service.api.routes_links import LinksController
 from service.api.routes_models import ModelsController
 from service.api.routes_operations import (
     AuditController,
     DeploymentsController,
     TokensController,
 )
+from service.api.routes_uploads import UploadsController
 from service.api.routes_versions import CompareController, VersionsController
 from service.api.services import Services
 from service.api.telemetry import HTTP_METRICS, MetricsController
@@ -50,6 +52,8 @@ CONTROLLERS = [
     TokensController,
     ArtifactsController,
     ArchiveController,
+    UploadsController,
+    LinksController,
 ]
 
 

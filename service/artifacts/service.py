@@ -68,6 +68,21 @@ async def store_blob(
     """Stream ``body`` into the store as blob ``sha256`` (DigestMismatchError: nothing
     kept), then record it for the model unless it already was."""
     put = await blobs.put(sha256, body, max_bytes=max_bytes)
+    return await record_stored(
+        registry, put, model_id=model_id, actor=actor, sha256=sha256, id_seed=id_seed
+    )
+
+
+async def record_stored(
+    registry: Registry,
+    put: Put,
+    *,
+    model_id: str,
+    actor: str,
+    sha256: str,
+    id_seed: str | None = None,
+) -> Stored:
+    """Record a blob the store verified and holds for the model, unless it already was."""
     command = StoreBlob(
         actor=actor, now=registry.now(), model_id=model_id, sha256=sha256, size=put.size
     )

@@ -18,6 +18,7 @@ import obstore
 import pytest
 from typer.testing import CliRunner, Result
 
+from events.access import Role
 from events.blob_collection import BlobDeleted
 from events.errors import ValidationError
 from events.model.commands import RegisterVersion
@@ -401,3 +402,22 @@ async def test_the_collector_refuses_a_blob_inside_its_grace_period(api: Api) ->
         )
     assert refused.value.rule == "grace_period"
     assert await api.services.blobs.size_of(hex_of(ORPHANED)) == len(ORPHANED)
+
+
+async def test_admins_can_audit_over_http_and_nobody_else(api: Api) -> None:
+    # given a stored file damaged behind the registry's back
+    await upload(api, KEPT)
+    assert (await register(api, KEPT)).status_code == 201
+    await overwrite(api, hex_of(KEPT), b"flipped" + KEPT[7:])
+
+    # when an admin asks, then the report names the corrupt blob and its version
+    report = await api.get("/api/v1/audit/artifacts")
+    assert report.status_code == 200, report.text
+    [finding] = report.json()["findings"]
+    assert (finding["status"], finding["referenced_by"]) == ("corrupt", ["churn@1:file-0.bin"])
+    # and a contributor of that very model is refused: the report spans every model
+    contributor = await api.token("carol", Role.CONTRIBUTOR)
+    refused = await api.get("/api/v1/audit/artifacts", headers=api.auth(contributor))
+    assert refused.status_code == 403, refused.text
+    bad = await api.get("/api/v1/audit/artifacts?sample=0")
+    assert (bad.status_code, bad.json()["field"]) == (400, "sample")

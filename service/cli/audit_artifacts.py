@@ -12,6 +12,7 @@ bad option).
 
 from __future__ import annotations
 
+import getpass
 import re
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -117,6 +118,14 @@ def artifacts_command(
         missing, corrupt = report.count(MISSING), report.count(CORRUPT)
         typer.echo(f"modelreg audit: {missing} missing and {corrupt} corrupt blob(s)", err=True)
         raise typer.Exit(EXIT_FOUND)
+
+
+def _actor() -> str:
+    """Who deleted: the collector and the operating-system user who ran it."""
+    try:
+        return f"{ACTOR}:{getpass.getuser()}"
+    except (KeyError, OSError):  # no passwd entry (a container's arbitrary uid)
+        return ACTOR
 
 
 def _human(report: AuditReport) -> RenderableType:

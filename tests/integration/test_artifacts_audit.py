@@ -210,6 +210,7 @@ async def test_gc_deletes_only_orphans_past_the_grace_period_and_records_each(ap
     assert await api.services.blobs.size_of(hex_of(ORPHANED)) is None
     assert await api.services.blobs.size_of(hex_of(KEPT)) == len(KEPT)
     recorded = await api.services.store.read_stream(BLOB_COLLECTIONS_STREAM)
+    assert [e.envelope.actor.split(":")[0] for e in recorded] == ["modelreg-gc"]
     [deleted] = [api.services.store.codec.decode(e.envelope) for e in recorded]
     assert isinstance(deleted, BlobDeleted)
     assert (deleted.sha256, deleted.size, deleted.stored_for) == (

@@ -6,6 +6,7 @@ registry then says about desired against actual."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import subprocess
 import sys
 import uuid
@@ -13,6 +14,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import nats.js.errors
 import pytest
 import yaml
@@ -369,3 +371,44 @@ async def test_the_deploy_agent_command_once(
         assert runs[0].deployment_id == deployment_id_for(
             uuid.UUID(event_id), "staging-eu", "k8s/eu"
         )
+
+
+async def test_a_version_whose_files_the_registry_stores_deploys_from_the_registry(
+    server: RegistryServer, nc: NatsClient, nats_url: str, tmp_path: Path
+) -> None:
+    # given a one-file version whose bytes the registry stores, promoted to production
+    body = b"joblib bytes " * 1000
+    sha256 = hashlib.sha256(body).hexdigest()
+    stream, prefix = stream_of(server)
+    async with AsyncClient(server.url, server.admin_token) as client:
+        await client.create_model("stored.churn")
+        headers = {"Authorization": f"Bearer {server.admin_token}"}
+        async with httpx.AsyncClient(base_url=server.url, headers=headers) as http:
+            stored = await http.put(
+                f"/api/v1/models/stored.churn/blobs/sha256:{sha256}", content=body
+            )
+            assert stored.status_code == 201, stored.text
+            manifest = [ArtifactEntry(path="model.joblib", sha256=sha256, size=len(body))]
+            version = await register(client, "stored.churn", manifest)
+            position = await to_production(client, "stored.churn", version)
+            await published(nc, server, position)
+
+            # when the agent runs as a command, told nothing but how to reach the registry
+            env = server.env(
+                MODELREG_NATS_URL=nats_url,
+                MODELREG_NATS_STREAM=stream,
+                MODELREG_NATS_SUBJECT_PREFIX=prefix,
+            )
+            command = [MODELREG, "deploy-agent", "--once", "--out", str(tmp_path)]
+            command += ["--model", "stored.churn", "--model-format", "sklearn"]
+            done = await asyncio.to_thread(
+                subprocess.run, command, env=env, capture_output=True, text=True, timeout=90
+            )
+            assert done.returncode == 0, done.stderr
+
+            # then KServe is sent to the registry's download of that file, which serves it
+            path = tmp_path / f"{resource_name('stored.churn', 'prod')}.yaml"
+            uri = read_manifest(path)["spec"]["predictor"]["model"]["storageUri"]
+            assert uri == f"{server.url}/api/v1/models/stored.churn/versions/1/files/model.joblib"
+            fetched = await http.get(uri)
+            assert (fetched.status_code, fetched.content) == (200, body)

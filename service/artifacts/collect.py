@@ -16,6 +16,7 @@ commit leaves a blob no version names missing, which is what was intended anyway
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 from typing import cast
 
@@ -96,9 +97,11 @@ async def collect_blob(
     grace: timedelta,
     now: datetime,
     actor: str,
+    under_lock: Callable[[], Awaitable[None]] | None = None,
 ) -> None:
     """Record the deletion, look again under the lock (KeptError: nothing recorded, nothing
-    deleted), delete the bytes, commit."""
+    deleted), delete the bytes, commit. ``under_lock`` runs last before the commit (tests
+    use it to send a registration at that moment)."""
     holders = await _holders(store, sha256)
     version = await store.stream_version(BLOB_COLLECTIONS_STREAM)
     command = DeleteBlob(
@@ -122,6 +125,8 @@ async def collect_blob(
         # The lock is held from here to the commit: see the module docstring.
         await _second_look(store, executor, sha256, now=now, grace=grace)
         await inventory.delete(Held(blob_key(sha256), sha256, size, now))
+        if under_lock is not None:
+            await under_lock()
     store.committed(result)
     executor.forget(BLOB_COLLECTIONS_STREAM)
 

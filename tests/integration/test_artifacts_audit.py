@@ -36,6 +36,7 @@ from service.settings import load_settings
 from tests.support.api import Api, running_api
 from tests.support.database import Database
 from tests.support.s3_server import S3Server, s3_server
+from tests.support.waiting import eventually
 
 M = "/api/v1/models"
 KEPT = b"kept:" + bytes(range(256)) * 512
@@ -345,6 +346,52 @@ async def test_a_registration_that_checked_before_a_deletion_cannot_commit_after
     assert len(attempts) == 1
     _, state = await services.registry.executor.state_of(model_stream(model_id), MODEL)
     assert state.versions == {}
+
+
+async def test_a_registration_arriving_while_the_collector_holds_the_lock_waits_and_is_refused(
+    api: Api,
+) -> None:
+    # given an orphan being collected: deletion recorded and bytes deleted, not yet committed
+    await upload(api, ORPHANED)
+    services = api.services
+    registering: list[asyncio.Task[Any]] = []
+
+    async def waiting_for_a_lock() -> bool:
+        # This schema's guard locks only (eventlog.store keys them by schema and stream):
+        # other tests on the cluster take advisory locks too.
+        waiting = await services.pool.fetchval(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+            " AND objsubid = 2 AND database = (SELECT oid FROM pg_database"
+            " WHERE datname = current_database()) AND classid::bigint ="
+            " (hashtext('modelreg-guard:' || current_schema())::bigint & 4294967295)"
+        )
+        return bool(waiting)
+
+    async def while_locked() -> None:
+        # when a version naming it is registered at that moment
+        registering.append(asyncio.create_task(register(api, ORPHANED)))
+        await eventually(waiting_for_a_lock, what="the registration waits for the lock")
+
+    await collect_blob(
+        services.store,
+        services.executor,
+        inventory_of(services.blobs),
+        sha256=hex_of(ORPHANED),
+        size=len(ORPHANED),
+        age_seconds=int(GRACE.total_seconds()) * 4,
+        grace=GRACE,
+        now=datetime.now(UTC) + timedelta(days=30),
+        actor="gc",
+        under_lock=while_locked,
+    )
+
+    # then it waited for the commit, saw the deletion, and was refused: no version names
+    # deleted bytes
+    refused = await registering[0]
+    assert refused.status_code == 422, refused.text
+    assert refused.json()["rule"] == "blob_not_stored"
+    assert "garbage-collected" in refused.json()["detail"]
+    assert (await api.get(f"{M}/churn/versions/1")).status_code == 404
 
 
 async def test_an_upload_whose_bytes_are_collected_before_it_is_recorded_answers_retry(

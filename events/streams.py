@@ -5,6 +5,7 @@
     policy:registry                the registry-wide default policy (events.registry_policy)
     token:{token_id}               an access token (events.access)
     artifacts:{model_id}           the blobs stored for a model (events.artifacts)
+    blobstore:collections          blobs deleted by garbage collection (events.blob_collection)
 
 Model and token ids are opaque ids chosen by the shell (``A-Z a-z 0-9 _ -``, at most 64),
 never names, so a rename moves no history and a stream id never holds a user's ``:``.
@@ -20,8 +21,12 @@ METRICS_TYPE = "metrics"
 POLICY_TYPE = "policy"
 TOKEN_TYPE = "token"  # noqa: S105 - a stream type, not a secret
 ARTIFACTS_TYPE = "artifacts"
+BLOBSTORE_TYPE = "blobstore"
 
 REGISTRY_POLICY_STREAM = f"{POLICY_TYPE}:registry"
+# One stream for the whole shared blob store: every deletion moves it, so an upload or a
+# registration guarded by its version cannot land on bytes deleted meanwhile.
+BLOB_COLLECTIONS_STREAM = f"{BLOBSTORE_TYPE}:collections"
 
 _NAME_KEY = "model-name:"
 

@@ -45,7 +45,8 @@ class S3BlobStore:
 
     @property
     def object_store(self) -> S3Store:
-        """The obstore handle, for upload sessions and presigned URLs under the same root."""
+        """The obstore handle: upload sessions, presigned URLs, the audit's listing and the
+        collector's deletes, all under the same root."""
         return self._store
 
     async def size_of(self, sha256: str) -> int | None:

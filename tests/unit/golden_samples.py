@@ -11,6 +11,7 @@ from __future__ import annotations
 from events.access import Role, TokenIssued, TokenRevoked
 from events.artifacts import BlobStored
 from events.base import Event
+from events.blob_collection import BlobDeleted
 from events.metrics import MetricPoint, MetricsLogged
 from events.model.events import (
     AliasRemovalCause,
@@ -233,5 +234,6 @@ def samples() -> dict[str, Event]:
         ),
         TokenRevoked(token_id="t-1", reason="rotated"),
         BlobStored(model_id=MODEL_ID, sha256="3a" * 32, size=482113),
+        BlobDeleted(sha256="3b" * 32, size=4096, age_seconds=864000, stored_for=(MODEL_ID,)),
     ]
     return {event.event_type: event for event in events}

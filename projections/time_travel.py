@@ -20,7 +20,7 @@ import logging
 import re
 import secrets
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime
 
@@ -28,6 +28,7 @@ import asyncpg
 
 from eventlog.log import position_at, read_log
 from projections.base import Names, Projection
+from projections.snapshots import nearest_snapshots, restore_snapshot
 
 
 async def fold_as_of(
@@ -82,11 +83,18 @@ async def folded_views(
     *,
     model_id: str | None = None,
     batch: int = 2000,
+    snapshots: bool = False,
 ) -> AsyncIterator[dict[str, Names]]:
     """Fold ``projections`` up to ``position`` into scratch tables and yield their names,
-    per projection; the tables are dropped on exit. Must not run inside a transaction."""
+    per projection; the tables are dropped on exit. Must not run inside a transaction.
+
+    With ``snapshots`` (whole-registry folds only), each projection starts from its newest
+    snapshot at or below ``position`` (``projections.snapshots``) and folds only the
+    events after it; without one it starts from 0, as without ``snapshots``."""
     if conn.is_in_transaction():
         raise RuntimeError("folded_views runs its own short transactions; call it outside one")
+    if snapshots and model_id is not None:
+        raise ValueError("snapshots hold the whole registry; a model fold reads its own streams")
     suffix = (
         "__t" + base36(int(time.time()), 6) + "".join(secrets.choice(_DIGITS) for _ in range(3))
     )
@@ -95,22 +103,51 @@ async def folded_views(
         for projection in projections:
             for statement in projection.create_statements(names[projection.name], unlogged=True):
                 await conn.execute(statement)
-        after = 0
-        while True:
-            events = await read_log(conn, after, batch, up_to=position, model_id=model_id)
+        starts = dict.fromkeys(names, 0)
+        if snapshots:
+            starts = await nearest_snapshots(conn, projections, position)
             async with conn.transaction():
                 for projection in projections:
-                    handled = [e for e in events if e.event_type in projection.handles]
-                    if handled:
-                        await projection.apply(conn, names[projection.name], handled)
-            if len(events) < batch:
-                break
-            after = events[-1].log_position
+                    if starts[projection.name]:
+                        await restore_snapshot(
+                            conn, projection, names[projection.name], starts[projection.name]
+                        )
+        await fold_more(conn, projections, names, starts, position, model_id=model_id, batch=batch)
         yield names
     finally:
         for table_names in names.values():
             for table in table_names.values():
                 await conn.execute(f"DROP TABLE IF EXISTS {table}")
+
+
+async def fold_more(
+    conn: asyncpg.Connection,
+    projections: Sequence[Projection],
+    names: Mapping[str, Names],
+    starts: Mapping[str, int],
+    position: int,
+    *,
+    model_id: str | None = None,
+    batch: int = 2000,
+) -> None:
+    """Fold the events after ``starts[projection]`` up to ``position`` into each
+    projection's tables (``names``), in short transactions of ``batch`` events."""
+    after = min(starts.values(), default=position)
+    while after < position:
+        events = await read_log(conn, after, batch, up_to=position, model_id=model_id)
+        async with conn.transaction():
+            for projection in projections:
+                start = starts[projection.name]
+                handled = [
+                    e
+                    for e in events
+                    if e.event_type in projection.handles and e.log_position > start
+                ]
+                if handled:
+                    await projection.apply(conn, names[projection.name], handled)
+        if len(events) < batch:
+            return
+        after = events[-1].log_position
 
 
 async def drop_stale_scratch_tables(

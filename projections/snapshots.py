@@ -183,8 +183,14 @@ async def prune_snapshots(
     return deleted
 
 
-async def drop_snapshots(conn: asyncpg.Connection | asyncpg.Pool) -> int:
-    """Delete every snapshot (they are derived: the next as_of read folds from 0, and the
-    snapshot worker takes them again); return how many rows went."""
-    status: str = await conn.execute("DELETE FROM view_snapshots")
+async def drop_snapshots(
+    conn: asyncpg.Connection | asyncpg.Pool, projections: Sequence[Projection] | None = None
+) -> int:
+    """Delete every snapshot (of ``projections`` only, if given); return how many rows went.
+    They are derived: reads fold from further back until the snapshot worker, which
+    compares with what is stored, takes them again from the log."""
+    status: str = await conn.execute(
+        "DELETE FROM view_snapshots WHERE $1::text[] IS NULL OR projection = ANY($1::text[])",
+        None if projections is None else [p.name for p in projections],
+    )
     return int(status.split()[-1])

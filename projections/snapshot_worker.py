@@ -8,8 +8,8 @@ snapshot), then prunes what the retention rule no longer keeps.
 
 Only sealed positions are snapshotted: the fold reads ``event_log``, which holds nothing
 else, and a due position is at most the sealed head. A crash mid-round loses at most the
-snapshot being written (its transaction rolls back) and leaves scratch tables that the
-projection worker's start-up sweep drops (``drop_stale_scratch_tables``).
+snapshot being written (its transaction rolls back); the scratch tables are temporary,
+so they go with the session.
 """
 
 from __future__ import annotations

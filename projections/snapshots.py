@@ -159,27 +159,29 @@ async def prune_snapshots(
     """Delete snapshots of other fingerprints or projections, and the current ones that
     ``retained_positions`` does not keep; return how many rows went."""
     deleted = 0
-    status = await conn.execute(
-        "DELETE FROM view_snapshots WHERE (projection, fingerprint) NOT IN"
-        " (SELECT * FROM unnest($1::text[], $2::text[]))",
-        [p.name for p in projections],
-        [fingerprint(p) for p in projections],
-    )
-    deleted += int(status.split()[-1])
-    for projection in projections:
-        positions = await snapshot_positions(conn, projection)
-        gone = sorted(
-            set(positions) - retained_positions(positions, every=every, keep=keep, thin=thin)
+    # One transaction: readers see every view's snapshots pruned alike, or none of them.
+    async with conn.transaction():
+        status = await conn.execute(
+            "DELETE FROM view_snapshots WHERE (projection, fingerprint) NOT IN"
+            " (SELECT * FROM unnest($1::text[], $2::text[]))",
+            [p.name for p in projections],
+            [fingerprint(p) for p in projections],
         )
-        if gone:
-            status = await conn.execute(
-                "DELETE FROM view_snapshots WHERE projection = $1 AND fingerprint = $2"
-                " AND log_position = ANY($3::bigint[])",
-                projection.name,
-                fingerprint(projection),
-                gone,
+        deleted += int(status.split()[-1])
+        for projection in projections:
+            positions = await snapshot_positions(conn, projection)
+            gone = sorted(
+                set(positions) - retained_positions(positions, every=every, keep=keep, thin=thin)
             )
-            deleted += int(status.split()[-1])
+            if gone:
+                status = await conn.execute(
+                    "DELETE FROM view_snapshots WHERE projection = $1 AND fingerprint = $2"
+                    " AND log_position = ANY($3::bigint[])",
+                    projection.name,
+                    fingerprint(projection),
+                    gone,
+                )
+                deleted += int(status.split()[-1])
     return deleted
 
 

@@ -5,12 +5,16 @@ The fold uses each projection's own ``apply`` into scratch tables of the same sh
 touches only that model's streams; folding the whole registry reads the log up to the
 position.
 
-``folded_views`` is what serving code uses: UNLOGGED scratch tables named
+``folded_views`` is what serving code uses: scratch tables named
 ``<table>__t<time><random>``, filled batch by batch in short transactions and dropped on
-exit. Why not one transaction with temporary tables: creating tables gives a transaction
-an xid, and the sealer seals only transactions older than the oldest open xid in the
-whole cluster, so a long fold in one transaction would hold back sealing for every writer
-for as long as it ran. ``fold_as_of`` (temporary tables in the caller's transaction) is
+exit. Why not one transaction: creating tables gives a transaction an xid, and the sealer
+seals only transactions older than the oldest open xid in the whole cluster, so a long
+fold in one transaction would hold back sealing for every writer for as long as it ran.
+The tables are session TEMP tables (they outlive the short transactions, not the
+session): unlike UNLOGGED ones they cost no immediate fsync per table and index at
+creation, which made that DDL most of a read's time, and a session that dies takes them
+with it. They are created, and dropped, in one transaction each, without waiting for the
+WAL flush: nothing in them is meant to survive a crash. ``fold_as_of`` (temporary tables in the caller's transaction) is
 kept for tests and tools that fold small histories.
 """
 
@@ -100,9 +104,13 @@ async def folded_views(
     )
     names = {p.name: Names({t.name: t.name + suffix for t in p.tables}) for p in projections}
     try:
-        for projection in projections:
-            for statement in projection.create_statements(names[projection.name], unlogged=True):
-                await conn.execute(statement)
+        async with conn.transaction():
+            await conn.execute("SET LOCAL synchronous_commit = off")
+            for projection in projections:
+                for statement in projection.create_statements(
+                    names[projection.name], temporary=True, on_commit_drop=False
+                ):
+                    await conn.execute(statement)
         starts = dict.fromkeys(names, 0)
         if snapshots:
             starts = await nearest_snapshots(conn, projections, position)
@@ -115,9 +123,10 @@ async def folded_views(
         await fold_more(conn, projections, names, starts, position, model_id=model_id, batch=batch)
         yield names
     finally:
-        for table_names in names.values():
-            for table in table_names.values():
-                await conn.execute(f"DROP TABLE IF EXISTS {table}")
+        tables = [table for table_names in names.values() for table in table_names.values()]
+        async with conn.transaction():
+            await conn.execute("SET LOCAL synchronous_commit = off")
+            await conn.execute(f"DROP TABLE IF EXISTS {', '.join(tables)}")
 
 
 async def fold_more(
@@ -153,7 +162,8 @@ async def fold_more(
 async def drop_stale_scratch_tables(
     conn: asyncpg.Connection, max_age: float = SCRATCH_MAX_AGE
 ) -> int:
-    """Drop scratch tables a crashed fold left behind (older than ``max_age`` seconds)."""
+    """Drop scratch tables a crashed fold left behind (older than ``max_age`` seconds): the
+    UNLOGGED ones of earlier releases; temporary ones go with their session."""
     rows = await conn.fetch(
         "SELECT tablename FROM pg_tables WHERE schemaname = current_schema() AND tablename LIKE '%\\_\\_t%'"
     )

@@ -36,8 +36,9 @@ from eventlog.listener import Listener
 from eventlog.migrate import MigrationError, apply_migrations, pending_migrations
 from eventlog.positions import SealSignal
 from eventlog.sealer import Sealer, sealed_channel
-from projections.registry_state import all_projections
+from projections.registry_state import REGISTRY_PROJECTIONS, all_projections
 from projections.runner import ProjectionWorker
+from projections.snapshot_worker import SnapshotWorker
 from service.api.app import AppState, create_app
 from service.api.services import Services
 from service.commands.expiry import expire_overdue_forever
@@ -74,8 +75,9 @@ class Worker:
 def background_workers(state: AppState) -> list[Worker]:
     """The loops that run beside the API in roles ``all`` and ``worker``.
 
-    The sealer, the projection worker, the NATS relay and the checkpointer are singletons,
-    so extra replicas are hot standbys; the expiry sweeper is harmless to run twice.
+    The sealer, the projection worker, the view snapshots, the NATS relay and the
+    checkpointer are singletons, so extra replicas are hot standbys; the expiry sweeper is
+    harmless to run twice.
     """
     settings = state.settings
     projections = ProjectionWorker(
@@ -87,6 +89,16 @@ def background_workers(state: AppState) -> list[Worker]:
         channel=sealed_channel(settings.db_schema),
         poll_interval=settings.worker_poll_interval,
     )
+    snapshots = SnapshotWorker(
+        # Snapshots are derived too: a lost commit is a snapshot taken again.
+        _connector(state, "modelreg-snapshots", synchronous_commit=False),
+        settings.db_schema,
+        REGISTRY_PROJECTIONS,
+        every=settings.snapshot_every,
+        keep=settings.snapshot_keep,
+        thin=settings.snapshot_thin,
+        poll_interval=settings.worker_poll_interval * 4,
+    )
     relay = relay_for(settings, state.database_url, state.nats_url)
     checkpointer = checkpointer_for(
         settings, _connector(state, "modelreg-checkpointer"), state.nats_url
@@ -94,6 +106,7 @@ def background_workers(state: AppState) -> list[Worker]:
     return [
         Worker("sealer", state.sealer.run),
         Worker("projections", projections.run),
+        Worker("view-snapshots", snapshots.run),
         Worker("relay", relay.run),
         Worker("checkpointer", checkpointer.run),
         Worker(

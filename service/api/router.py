@@ -30,6 +30,7 @@ from service.api.routes_operations import (
     TokensController,
 )
 from service.api.routes_versions import CompareController, VersionsController
+from service.api.routes_webhooks import WebhooksController
 from service.api.services import Services
 from service.api.telemetry import HTTP_METRICS, MetricsController
 from service.api.tracing import correlation_middleware
@@ -48,6 +49,7 @@ CONTROLLERS = [
     AuditController,
     TokensController,
     ArtifactsController,
+    WebhooksController,
 ]
 
 

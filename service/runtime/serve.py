@@ -50,6 +50,7 @@ from service.runtime.embedded import DataDirLock, EmbeddedNats, EmbeddedPostgres
 from service.runtime.http_limits import HttpLimits, protocol_for
 from service.runtime.nats_auth import NatsNames
 from service.settings import Settings
+from service.webhooks.configure import webhook_dispatcher
 
 log = logging.getLogger("modelreg")
 T = TypeVar("T")
@@ -74,7 +75,8 @@ class Worker:
 def background_workers(state: AppState) -> list[Worker]:
     """The loops that run beside the API in roles ``all`` and ``worker``.
 
-    The sealer, the projection worker, the NATS relay and the checkpointer are singletons,
+    The sealer, the projection worker, the NATS relay, the checkpointer and the webhook
+    dispatcher are singletons,
     so extra replicas are hot standbys; the expiry sweeper is harmless to run twice.
     """
     settings = state.settings
@@ -91,11 +93,15 @@ def background_workers(state: AppState) -> list[Worker]:
     checkpointer = checkpointer_for(
         settings, _connector(state, "modelreg-checkpointer"), state.nats_url
     )
+    webhooks = webhook_dispatcher(
+        settings, state.pool, state.services.pepper, _connector(state, "modelreg-webhooks")
+    )
     return [
         Worker("sealer", state.sealer.run),
         Worker("projections", projections.run),
         Worker("relay", relay.run),
         Worker("checkpointer", checkpointer.run),
+        Worker("webhooks", webhooks.run),
         Worker(
             "promotion-expiry",
             lambda: expire_overdue_forever(state.services, settings.worker_poll_interval * 20),

@@ -18,6 +18,7 @@ from service.api.openapi import SECURITY, document_problems, openapi_app_kwargs
 from service.api.problems import EXCEPTION_HANDLERS
 from service.api.rate_limit import STATE_KEY, ExpensiveReadLimiter, limit_expensive_reads
 from service.api.routes_artifacts import ArtifactsController
+from service.api.routes_gates import GatesController
 from service.api.routes_governance import (
     LifecycleController,
     PromotionsController,
@@ -50,6 +51,7 @@ CONTROLLERS = [
     TokensController,
     ArtifactsController,
     WebhooksController,
+    GatesController,
 ]
 
 

@@ -178,6 +178,7 @@ MATRIX: dict[tuple[str, str], Row] = {
     ),
     ("GET", "/api/v1/tokens"): Row("/api/v1/tokens", ADMIN),
     ("DELETE", "/api/v1/tokens/{token_id}"): Row("/api/v1/tokens/{throwaway}", ADMIN),
+    ("GET", "/api/v1/models/{name}/versions/{version}/gate"): Row(f"{V}/2/gate?to=staging", R),
     # webhooks: managed with write over every model they deliver; others' are hidden
     ("POST", "/api/v1/webhooks"): Row(
         "/api/v1/webhooks", W, {"url": "https://hooks.example.invalid/x", "models": ["churn"]}

@@ -41,6 +41,12 @@ class RegistryServer:
     # NATS created or left behind.
     stream: str = ""
     subject_prefix: str = ""
+    _start: Any = None  # starts the process again on the same schema (``crash_and_restart``)
+
+    def crash_and_restart(self) -> None:
+        """Kill the process (SIGKILL: no graceful stop) and start a new one on the same
+        schema, data dir and port; return when it serves again."""
+        self._start(crash=True)
 
     def env(self, **extra: str) -> dict[str, str]:
         """A clean environment pointing the client and the CLI at this server."""
@@ -95,37 +101,55 @@ def registry_server(
         "MODELREG_READ_WAIT_TIMEOUT": "10",
     }
     env |= {f"MODELREG_{name.upper()}": value for name, value in settings.items()}
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "service", "serve"],
-            cwd=REPO,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    procs: list[subprocess.Popen[bytes]] = []
+
+    def start(*, crash: bool = False) -> str:
+        skip = log.stat().st_size if log.exists() else 0
+        if crash:
+            os.killpg(procs[-1].pid, signal.SIGKILL)
+            procs[-1].wait(30)
+            # The same port again, so a client's URL stays valid across the restart.
+            env["MODELREG_PORT"] = server.url.rsplit(":", 1)[1]
+        with log.open("ab") as out:
+            procs.append(
+                subprocess.Popen(
+                    [sys.executable, "-m", "service", "serve"],
+                    cwd=REPO,
+                    env=env,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
+            )
+        return _wait_until_serving(procs[-1], log, skip=skip)
+
     try:
-        url = _wait_until_serving(proc, log)
-        yield RegistryServer(url, token, schema, log, stream, subject_prefix)
+        url = start()
+        server = RegistryServer(url, token, schema, log, stream, subject_prefix, start)
+        yield server
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(10)
+        for proc in procs:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+                try:
+                    proc.wait(30)
+                except subprocess.TimeoutExpired:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    proc.wait(10)
         _drop(database_url, schema)
         _in_own_loop(_delete_streams(nats_url, [stream, f"{stream}_DLQ"]))
 
 
-def _wait_until_serving(proc: subprocess.Popen[bytes], log: Path) -> str:
+def _wait_until_serving(proc: subprocess.Popen[bytes], log: Path, skip: int = 0) -> str:
+    """``skip``: bytes of the log written by an earlier process on it."""
     deadline = time.monotonic() + READY_TIMEOUT
     url = None
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"modelreg serve exited {proc.returncode}:\n{log.read_text()}")
-        if url is None and (found := SERVING.search(log.read_text())):
+        if url is None and (
+            found := SERVING.search(log.read_bytes()[skip:].decode(errors="replace"))
+        ):
             url = f"http://127.0.0.1:{found.group(1)}"
         if url is not None:
             with contextlib.suppress(httpx.TransportError):

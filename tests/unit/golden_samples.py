@@ -11,7 +11,6 @@ from __future__ import annotations
 from events.access import Role, TokenIssued, TokenRevoked
 from events.artifacts import BlobStored
 from events.base import Event
-from events.webhooks import PayloadFormat, WebhookCreated, WebhookDeleted
 from events.metrics import MetricPoint, MetricsLogged
 from events.model.events import (
     AliasRemovalCause,
@@ -65,6 +64,7 @@ from events.version_content import (
     VersionContent,
     content_digest,
 )
+from events.webhooks import PayloadFormat, WebhookCreated, WebhookDeleted
 from tests.unit.domain_helpers import MODEL_ID, NOW, later
 
 D, S, P, A = Stage.DEVELOPMENT, Stage.STAGING, Stage.PRODUCTION, Stage.ARCHIVED

@@ -34,7 +34,8 @@ class Received:
 
 @dataclass
 class Receiver:
-    """``answer(request) -> status`` decides each response (default 204)."""
+    """``answer(request) -> status`` decides each response (default 204); status 0 drops
+    the connection without answering."""
 
     secret: str = ""
     answer: Callable[[Received], int] = lambda _: 204
@@ -94,6 +95,8 @@ class Receiver:
                 status = self.answer(request)
                 request.status = status  # type: ignore[attr-defined]
                 self.received.append(request)
+                if status == 0:
+                    return  # the finally below closes the connection unanswered
                 writer.write(
                     f"HTTP/1.1 {status} X\r\ncontent-length: 0\r\nconnection: keep-alive\r\n\r\n".encode()
                 )

@@ -12,13 +12,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
-import httpx
+import certifi
 
 from eventlog.db import lock_key
 from eventlog.leadership import Leadership, Term
@@ -30,6 +31,7 @@ from events.catalogue import CODEC
 from events.streams import WEBHOOK_TYPE, webhook_id_of
 from events.webhooks import WEBHOOKS, WebhookState
 from service.webhooks import ledger
+from service.webhooks.log_tail import LogTail
 from service.webhooks.runner import DeliveryConfig, SubscriptionRunner
 from service.webhooks.secrets import SecretBox, SecretUnavailableError, load_secret
 
@@ -71,6 +73,7 @@ class WebhookDispatcher:
             standby_interval=standby_interval,
         )
         self._store = EventStore(pool, CODEC)
+        self._tail = LogTail(pool)
         self._wake = asyncio.Event()
         self._running: dict[str, _Running] = {}
         self._versions: dict[str, int] = {}
@@ -90,28 +93,25 @@ class WebhookDispatcher:
             running.runner.wake.set()
 
     async def _lead(self, term: Term) -> None:
-        limits = httpx.Limits(max_connections=1000, max_keepalive_connections=200)
-        timeout = httpx.Timeout(self.config.timeout)
+        # One TLS context for every runner's client: building one reads the CA bundle.
+        tls = ssl.create_default_context(cafile=certifi.where())
         last_prune = 0.0
-        async with httpx.AsyncClient(
-            timeout=timeout, limits=limits, follow_redirects=False, trust_env=False
-        ) as http:
-            try:
-                while not term.ended.is_set():
-                    self._wake.clear()
-                    # Touch the role's own session: a leader cut off from it stops here.
-                    await term.conn.fetchval("SELECT 1")
-                    await self._follow(http)
-                    if time.monotonic() - last_prune > PRUNE_EVERY:
-                        await ledger.prune(
-                            self.pool, datetime.now(UTC) - timedelta(seconds=self.retention)
-                        )
-                        last_prune = time.monotonic()
-                    await wake_or_stop(self._wake, term.ended, self.config.poll_interval)
-            finally:
-                await self._stop_all()
+        try:
+            while not term.ended.is_set():
+                self._wake.clear()
+                # Touch the role's own session: a leader cut off from it stops here.
+                await term.conn.fetchval("SELECT 1")
+                await self._follow(tls)
+                if time.monotonic() - last_prune > PRUNE_EVERY:
+                    await ledger.prune(
+                        self.pool, datetime.now(UTC) - timedelta(seconds=self.retention)
+                    )
+                    last_prune = time.monotonic()
+                await wake_or_stop(self._wake, term.ended, self.config.poll_interval)
+        finally:
+            await self._stop_all()
 
-    async def _follow(self, http: httpx.AsyncClient) -> None:
+    async def _follow(self, tls: ssl.SSLContext) -> None:
         """Start runners for new subscriptions, stop deleted ones, restart crashed ones."""
         rows = await self.pool.fetch(
             "SELECT stream_id, version FROM streams WHERE stream_id LIKE $1",
@@ -139,19 +139,19 @@ class WebhookDispatcher:
                     await ledger.forget_subscription(self.pool, subscription_id)
                 continue
             if running is None:
-                await self._start(state, http)
+                await self._start(state, tls)
 
     async def _state(self, stream_id: str) -> tuple[int, WebhookState]:
         stored = await self._store.read_stream(stream_id)
         return len(stored), WEBHOOKS.fold(CODEC.decode(e.envelope) for e in stored)  # type: ignore[misc]
 
-    async def _start(self, state: WebhookState, http: httpx.AsyncClient) -> None:
+    async def _start(self, state: WebhookState, tls: ssl.SSLContext) -> None:
         try:
             secret = await load_secret(self.pool, self.box, state.subscription_id)
         except SecretUnavailableError as exc:
             log.error("webhook %s: %s; not delivering", state.subscription_id, exc)
             return
-        runner = SubscriptionRunner(self.pool, state, secret, http, self.config)
+        runner = SubscriptionRunner(self.pool, self._tail, state, secret, tls, self.config)
         stop = asyncio.Event()
         task = asyncio.create_task(runner.run(stop), name=f"webhook {state.subscription_id}")
         self._running[state.subscription_id] = _Running(runner, task, stop)

@@ -100,64 +100,75 @@ async def known_beyond(pool: Pool, subscription_id: str, cursor: int) -> dict[in
     }
 
 
-async def begin(
-    pool: Pool, subscription_id: str, position: int, event_id: UUID, event_type: str, model_id: str
-) -> None:
-    await pool.execute(
-        "INSERT INTO webhook_deliveries"
-        " (subscription_id, log_position, event_id, event_type, model_id, status)"
-        " VALUES ($1, $2, $3, $4, $5, 'pending') ON CONFLICT DO NOTHING",
-        subscription_id,
-        position,
-        event_id,
-        event_type,
-        model_id,
+# One statement, so one round trip per attempt: the delivery's state (created by its first
+# attempt) and the attempt's line in the log, atomically.
+_RECORD = """
+WITH delivery AS (
+    INSERT INTO webhook_deliveries AS d (subscription_id, log_position, event_id, event_type,
+        model_id, status, attempts, response_code, latency_ms, error, first_attempt_at,
+        last_attempt_at, next_attempt_at)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
+    ON CONFLICT (subscription_id, log_position) DO UPDATE SET
+        status = EXCLUDED.status, attempts = EXCLUDED.attempts,
+        response_code = EXCLUDED.response_code, latency_ms = EXCLUDED.latency_ms,
+        error = EXCLUDED.error, first_attempt_at = EXCLUDED.first_attempt_at,
+        last_attempt_at = EXCLUDED.last_attempt_at, next_attempt_at = EXCLUDED.next_attempt_at
+)
+INSERT INTO webhook_attempts (subscription_id, log_position, attempt, attempted_at,
+    response_code, latency_ms, error, delivered)
+VALUES ($1, $2, $7, $12, $8, $9, $10, $6 = 'delivered')
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """What a delivery is of: the event and its model."""
+
+    subscription_id: str
+    log_position: int
+    event_id: UUID
+    event_type: str
+    model_id: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Record:
+    """One attempt, as the runner made it."""
+
+    target: Target
+    attempt: int
+    attempted_at: datetime
+    first_attempt_at: datetime
+    response_code: int | None
+    latency_ms: float
+    error: str | None
+    status: str
+    next_attempt_at: datetime | None
+
+
+async def record_attempts(pool: Pool, records: list[Record]) -> None:
+    """Attempts into the delivery log, and each delivery's state with them, in one batch."""
+    await pool.executemany(
+        _RECORD,
+        [
+            (
+                r.target.subscription_id,
+                r.target.log_position,
+                r.target.event_id,
+                r.target.event_type,
+                r.target.model_id,
+                r.status,
+                r.attempt,
+                r.response_code,
+                r.latency_ms,
+                r.error,
+                r.first_attempt_at,
+                r.attempted_at,
+                r.next_attempt_at,
+            )
+            for r in records
+        ],
     )
-
-
-async def record_attempt(
-    pool: asyncpg.Pool,
-    subscription_id: str,
-    position: int,
-    *,
-    attempt: int,
-    attempted_at: datetime,
-    first_attempt_at: datetime,
-    response_code: int | None,
-    latency_ms: float,
-    error: str | None,
-    status: str,
-    next_attempt_at: datetime | None,
-) -> None:
-    """One attempt into the log and the delivery's state, together."""
-    async with pool.acquire() as conn, conn.transaction():
-        await conn.execute(
-            "INSERT INTO webhook_attempts (subscription_id, log_position, attempt, attempted_at,"
-            " response_code, latency_ms, error, delivered) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-            subscription_id,
-            position,
-            attempt,
-            attempted_at,
-            response_code,
-            latency_ms,
-            error,
-            status == "delivered",
-        )
-        await conn.execute(
-            "UPDATE webhook_deliveries SET status = $3, attempts = $4, response_code = $5,"
-            " latency_ms = $6, error = $7, first_attempt_at = $8, last_attempt_at = $9,"
-            " next_attempt_at = $10 WHERE subscription_id = $1 AND log_position = $2",
-            subscription_id,
-            position,
-            status,
-            attempt,
-            response_code,
-            latency_ms,
-            error,
-            first_attempt_at,
-            attempted_at,
-            next_attempt_at,
-        )
 
 
 async def redeliveries(pool: Pool, subscription_id: str) -> list[int]:

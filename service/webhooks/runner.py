@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import ssl
 import time
 from collections import deque
 from collections.abc import Callable
@@ -39,9 +40,13 @@ from events.streams import model_id_or_none, webhook_stream
 from events.webhooks import WebhookState
 from service.webhooks import ledger
 from service.webhooks.addresses import BlockedAddressError, UnresolvableError, resolve
+from service.webhooks.log_tail import LogTail
 from service.webhooks.payloads import body_of, shape_has, signed_headers
 
 log = logging.getLogger(__name__)
+
+# Seconds between batches of attempt records (and cursor moves) while deliveries go on.
+RECORD_EVERY = 0.05
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,9 +97,10 @@ class Outcome:
 @dataclass
 class SubscriptionRunner:
     pool: asyncpg.Pool
+    tail: LogTail
     state: WebhookState
     secret: str
-    http: httpx.AsyncClient
+    tls: ssl.SSLContext
     config: DeliveryConfig
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     cursor: int = 0
@@ -105,10 +111,25 @@ class SubscriptionRunner:
     _resume: dict[int, ledger.Known] = field(default_factory=dict)
     _names: dict[str, str] = field(default_factory=dict)
     _extra: set[asyncio.Task[None]] = field(default_factory=set)
+    _records: list[ledger.Record] = field(default_factory=list)
+    _full: bool = False
     _gate: asyncio.Semaphore = field(init=False)
+    # A client (and connection pool) per subscription: one receiver's connections never
+    # queue behind another's, and a small pool stays cheap to schedule.
+    http: httpx.AsyncClient = field(init=False)
 
     def __post_init__(self) -> None:
         self._gate = asyncio.Semaphore(self.config.concurrency)
+        self.http = httpx.AsyncClient(
+            timeout=httpx.Timeout(self.config.timeout),
+            limits=httpx.Limits(
+                max_connections=self.config.concurrency,
+                max_keepalive_connections=self.config.concurrency,
+            ),
+            verify=self.tls,
+            follow_redirects=False,  # a redirect could lead anywhere, past the address rule
+            trust_env=False,
+        )
 
     @property
     def subscription_id(self) -> str:
@@ -128,15 +149,23 @@ class SubscriptionRunner:
         known = await ledger.known_beyond(self.pool, self.subscription_id, cursor)
         self._settled = {p for p, k in known.items() if k.status in ledger.SETTLED}
         self._resume = {p: k for p, k in known.items() if k.status not in ledger.SETTLED}
+        loop = asyncio.get_running_loop()
+        checked = 0.0
         try:
             while not stop.is_set():
                 self.wake.clear()
                 more = await self._fill()
+                # Settled deliveries are recorded, and the cursor moved over them, in
+                # batches: a few statements a second, however many deliveries.
                 await self._advance()
-                for position in await ledger.redeliveries(self.pool, self.subscription_id):
-                    self._spawn(self._redeliver(position))
+                if loop.time() - checked >= self.config.poll_interval:
+                    checked = loop.time()
+                    for position in await ledger.redeliveries(self.pool, self.subscription_id):
+                        self._spawn(self._redeliver(position))
                 if not more:
-                    await wake_or_stop(self.wake, stop, self.config.poll_interval)
+                    busy = bool(self._lanes or self._records)
+                    pause = min(RECORD_EVERY, self.config.poll_interval) if busy else None
+                    await wake_or_stop(self.wake, stop, pause or self.config.poll_interval)
         finally:
             tasks = [*self._lane_tasks.values(), *self._extra]
             for task in tasks:
@@ -144,14 +173,19 @@ class SubscriptionRunner:
             for task in tasks:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
+            await self.http.aclose()
+            with contextlib.suppress(Exception):  # keep what was learnt, if the pool still can
+                await self._flush()
 
     # ------------------------------------------------------------ reading the log
 
     async def _fill(self) -> bool:
         """Queue the next batch of wanted events; True when there may be more to read now."""
         if self.queued >= self.config.queue_limit:
+            self._full = True  # a lane that settles wakes the loop to read on
             return False
-        batch = await read_log_as_stored(self.pool, self.scanned, self.config.batch_size)
+        self._full = False
+        batch = await self.tail.read(self.scanned, self.config.batch_size)
         if not batch:
             return False
         await self._learn_names(batch)
@@ -199,8 +233,16 @@ class SubscriptionRunner:
                 self._drain(item.model_id), name=f"webhook {self.subscription_id} {item.model_id}"
             )
 
+    async def _flush(self) -> None:
+        records, self._records = self._records, []
+        if records:
+            await ledger.record_attempts(self.pool, records)
+
     async def _advance(self) -> None:
-        """Move the cursor over the prefix that is settled: up to the oldest head of a lane."""
+        """Record the attempts made, then move the cursor over the prefix that is settled:
+        up to the oldest head of a lane (dead letters are recorded before the cursor passes
+        them, so they stay redeliverable)."""
+        await self._flush()
         heads = [lane[0].event.log_position for lane in self._lanes.values() if lane]
         target = min(heads) - 1 if heads else self.scanned
         if target <= self.cursor:
@@ -219,7 +261,8 @@ class SubscriptionRunner:
             await self._deliver(item, self._resume.pop(item.event.log_position, None))
             lane.popleft()
             self._settled.add(item.event.log_position)
-            self.wake.set()
+            if self._full:
+                self.wake.set()
         del self._lanes[model_id]
         self._lane_tasks.pop(model_id, None)
 
@@ -245,13 +288,12 @@ class SubscriptionRunner:
         position = event.log_position
         attempts = known.attempts if known else 0
         first = known.first_attempt_at if known else None
-        if known is None:
-            await ledger.begin(
-                self.pool, self.subscription_id, position, event.envelope.event_id,
-                event.event_type, item.model_id,
-            )  # fmt: skip
-        elif known.next_attempt_at is not None:
-            await _sleep_until(known.next_attempt_at)
+        if known is not None and known.next_attempt_at is not None:
+            await _sleep_until(known.next_attempt_at)  # a back-off that a restart cut short
+        target = ledger.Target(
+            self.subscription_id, position, event.envelope.event_id, event.event_type,
+            item.model_id,
+        )  # fmt: skip
         body = body_of(self.state.payload_format, event, item.raw, item.model_name)
         while True:
             now = datetime.now(UTC)
@@ -273,11 +315,12 @@ class SubscriptionRunner:
             else:
                 status = "pending"
                 next_at = now + timedelta(seconds=backoff(attempts, self.config))
-            await ledger.record_attempt(
-                self.pool, self.subscription_id, position, attempt=attempts, attempted_at=now,
-                first_attempt_at=first, response_code=outcome.response_code,
-                latency_ms=outcome.latency_ms, error=outcome.error, status=status,
-                next_attempt_at=next_at,
+            self._records.append(
+                ledger.Record(
+                    target=target, attempt=attempts, attempted_at=now, first_attempt_at=first,
+                    response_code=outcome.response_code, latency_ms=outcome.latency_ms,
+                    error=outcome.error, status=status, next_attempt_at=next_at,
+                )
             )  # fmt: skip
             if next_at is None:
                 return

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import re
 import time
-from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import typer
@@ -127,7 +126,6 @@ def wait(
         raise typer.BadParameter(f"a stage is one of {STAGE_NAMES}", param_hint="--for")
     deadline = time.monotonic() + seconds(timeout, "--timeout")
     pause = seconds(interval, "--interval")
-    started = datetime.now(UTC)
     with connect(url, token, read_your_writes=False) as client:
         while True:
             row = client.get_version(model, version)
@@ -136,7 +134,7 @@ def wait(
                 result = {"model": model, "version": version, kind: wanted, "holds": True}
                 output(result, as_json, lambda _: f"{model} v{version}: {condition} holds")
                 return
-            ended = _ended_request(client, model, version, kind, wanted, started)
+            ended = _ended_request(client, model, version, kind, wanted)
             if ended is not None:
                 fail(
                     f"{model} v{version}: the promotion request {ended['request_id']} was"
@@ -151,10 +149,10 @@ def wait(
 
 
 def _ended_request(
-    client: Client, model: str, version: int, kind: str, wanted: str, since: datetime
+    client: Client, model: str, version: int, kind: str, wanted: str
 ) -> dict[str, Any] | None:
-    """The request for this move decided against it since the wait began, unless another
-    one for the same move is still open."""
+    """The last request for this move, when it ended without the move (rejected, cancelled,
+    expired) and no other request for the same move is open: nothing more can make it hold."""
 
     def same_move(request: Any) -> bool:
         target = request.target_stage if kind == "stage" else request.alias
@@ -162,17 +160,12 @@ def _ended_request(
 
     if any(same_move(r) for r in client.list_promotions("open", model=model)):
         return None
-    ended = [
-        r
-        for r in client.list_promotions("decided", model=model)
-        if same_move(r)
-        and r.status in _ENDED
-        and r.decided_at is not None
-        and r.decided_at >= since
-    ]
-    if not ended:
+    decided = [r for r in client.list_promotions("decided", model=model) if same_move(r)]
+    if not decided:
         return None
-    last = max(ended, key=lambda r: r.decided_at or since)
+    last = max(decided, key=lambda r: r.decided_position or 0)
+    if last.status not in _ENDED:
+        return None
     return {
         "request_id": last.request_id,
         "status": last.status,

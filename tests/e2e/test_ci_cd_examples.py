@@ -211,3 +211,49 @@ def test_a_refused_gate_fails_the_step_with_the_reason(
     )  # fmt: skip
     assert waited.returncode == 4, waited.stderr
     assert "did not hold within 1s" in waited.stderr
+
+
+def test_waiting_for_a_rejected_promotion_fails_with_the_decision(
+    server: RegistryServer, tmp_path: Path
+) -> None:
+    # given a version whose promotion to production was requested and then rejected
+    env = _env(server, server.admin_token)
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "model.bin").write_text("good")
+    with Client(server.url, server.admin_token) as admin:
+        admin.set_policy(
+            {
+                "transitions": [
+                    {"from_stage": "development", "to_stage": "staging"},
+                    {"from_stage": "staging", "to_stage": "production", "approvals": 1},
+                ]
+            },
+            comment="production needs an approver",
+        )
+        approver = admin.create_token("rita", ["approver"]).secret
+    script = "modelreg versions register churn-rej out/ --json | jq -r .version"
+    version = subprocess.run(
+        ["bash", "-c", script], cwd=tmp_path, env=env, text=True, capture_output=True, check=True
+    ).stdout.strip()
+    for stage in ("staging", "production"):
+        subprocess.run(
+            ["modelreg", "stage", "churn-rej", version, stage, "-m", "try"],
+            env=env, check=True, cwd=tmp_path, capture_output=True,
+        )  # fmt: skip
+    waiting = subprocess.Popen(
+        ["modelreg", "wait", "churn-rej", version, "--for", "stage=production",
+         "--timeout", "5m", "--interval", "0.2s"],
+        env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=tmp_path,
+    )  # fmt: skip
+    try:
+        with Client(server.url, approver) as client:
+            request = client.list_promotions("open", model="churn-rej")[0]
+            client.reject(request.request_id, "the holdout report is missing")
+        # when the pipeline waits for it, then it fails with the decision (exit 1)
+        _, err = waiting.communicate(timeout=120)
+    finally:
+        if waiting.poll() is None:
+            waiting.kill()
+            waiting.communicate()
+    assert waiting.returncode == 1, err
+    assert "rejected" in err and "the holdout report is missing" in err

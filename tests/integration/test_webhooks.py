@@ -7,11 +7,13 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+from datetime import UTC, datetime, timedelta
 
+from service.webhooks import ledger
 from tests.support.database import Database
 from tests.support.waiting import eventually
 from tests.support.webhook_receiver import Received, Receiver
-from tests.support.webhooks import hooks_on, per_model
+from tests.support.webhooks import Hooks, hooks_on, per_model
 
 
 async def test_a_receiver_gets_each_wanted_event_signed_so_it_verifies_the_sender(
@@ -211,3 +213,44 @@ async def test_a_deleted_subscription_gets_nothing_more(db: Database) -> None:
         assert left == 0
     await kept.stop()
     await dropped.stop()
+
+
+async def test_two_dispatchers_deliver_each_event_once(db: Database) -> None:
+    # given a second dispatcher beside the first (another worker replica)
+    receiver = await Receiver().start()
+    async with hooks_on(db) as hooks:
+        second = Hooks(hooks.api, db, {})
+        second.start()
+        await hooks.subscribe(receiver)
+        # when events are written
+        for name in ("a", "b"):
+            await hooks.register(name)
+            await hooks.describe(name, "x")
+        await eventually(lambda: per_model(receiver.delivered) == {"a": [1, 2], "b": [1, 2]})
+        await second.stop()
+    await receiver.stop()
+    # then only the leader delivered: each event arrived once
+    ids = [r.message_id for r in receiver.received]
+    assert len(ids) == len(set(ids)) == 4
+
+
+async def test_settled_deliveries_behind_the_cursor_age_out(db: Database) -> None:
+    # given delivered events, recorded and passed by the cursor
+    receiver = await Receiver().start()
+    async with hooks_on(db) as hooks:
+        subscription = await hooks.subscribe(receiver)
+        await hooks.register("churn")
+
+        async def recorded() -> bool:
+            rows = (await hooks.api.get(f"/api/v1/webhooks/{subscription}/deliveries")).json()
+            return len(rows) == 1 and rows[0]["status"] == "delivered"
+
+        await eventually(recorded, what="the delivery recorded")
+        # when the retention passes (an hour ago is kept, later than now is not)
+        await ledger.prune(db.pool, datetime.now(UTC) - timedelta(hours=1))
+        assert await recorded()
+        await ledger.prune(db.pool, datetime.now(UTC) + timedelta(seconds=1))
+        # then the delivery and its attempts are gone
+        assert (await hooks.api.get(f"/api/v1/webhooks/{subscription}/deliveries")).json() == []
+        assert await db.pool.fetchval("SELECT count(*) FROM webhook_attempts") == 0
+    await receiver.stop()

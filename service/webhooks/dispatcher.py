@@ -5,6 +5,11 @@ extra replicas stand by. While leading it follows the subscriptions (their strea
 starts or stops runners as they are created or deleted, wakes them on the sealer's NOTIFY
 (polling as a fallback), and prunes the delivery log past its retention. A runner that
 crashes is logged and started again from its cursor at the next round.
+
+Runners write through the pool, not on the role's session: many deliveries are recorded at
+once. A stale leader (one whose lease ended while it was frozen) can therefore still send
+and record what it was sending; that only repeats deliveries (at least once, receivers drop
+duplicates by ``webhook-id``), and the cursor moves by compare-and-set, never backwards.
 """
 
 from __future__ import annotations

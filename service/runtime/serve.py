@@ -93,15 +93,20 @@ def background_workers(state: AppState) -> list[Worker]:
     checkpointer = checkpointer_for(
         settings, _connector(state, "modelreg-checkpointer"), state.nats_url
     )
-    webhooks = webhook_dispatcher(
-        settings, state.pool, state.services.pepper, _connector(state, "modelreg-webhooks")
-    )
+
+    def webhooks() -> Awaitable[None]:
+        # Built when it runs (each restart starts afresh): it needs the services' pepper.
+        connect_webhooks = _connector(state, "modelreg-webhooks")
+        return webhook_dispatcher(
+            settings, state.pool, state.services.pepper, connect_webhooks
+        ).run()
+
     return [
         Worker("sealer", state.sealer.run),
         Worker("projections", projections.run),
         Worker("relay", relay.run),
         Worker("checkpointer", checkpointer.run),
-        Worker("webhooks", webhooks.run),
+        Worker("webhooks", webhooks),
         Worker(
             "promotion-expiry",
             lambda: expire_overdue_forever(state.services, settings.worker_poll_interval * 20),

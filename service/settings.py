@@ -85,6 +85,18 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     relay_ack_timeout: Seconds = 5.0
     relay_backoff_max: Seconds = 5.0
 
+    # HTTP webhooks (docs/webhooks.md): receivers on loopback/private addresses are refused
+    # unless allowed; seconds a receiver has to answer; attempts (and seconds since the
+    # first) before a delivery is dead-lettered; the back-off's first and longest wait;
+    # days the delivery log keeps settled deliveries.
+    webhooks_allow_private: bool = False
+    webhooks_timeout: Seconds = 10.0
+    webhooks_max_attempts: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 30
+    webhooks_max_age: Seconds = 3 * 86400.0
+    webhooks_backoff_initial: Seconds = 1.0
+    webhooks_backoff_max: Seconds = 3600.0
+    webhooks_retention_days: Annotated[float, msgspec.Meta(gt=0)] = 7.0
+
     # Signed checkpoints of the log (service.publication.checkpointer): the Ed25519 key file
     # (default <data_dir>/checkpoint-key.pem, created 0600; its public half beside it as
     # .pub), the directory the checkpoint files go to (default <data_dir>/checkpoints), the

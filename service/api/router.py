@@ -27,6 +27,7 @@ from service.api.problems import EXCEPTION_HANDLERS, BadRequestError
 from service.api.rate_limit import STATE_KEY, ExpensiveReadLimiter, limit_expensive_reads
 from service.api.routes_archive import ArchiveController
 from service.api.routes_artifacts import ArtifactsController
+from service.api.routes_gates import GatesController
 from service.api.routes_governance import (
     LifecycleController,
     PromotionsController,
@@ -41,6 +42,7 @@ from service.api.routes_operations import (
 )
 from service.api.routes_uploads import UploadsController
 from service.api.routes_versions import CompareController, VersionsController
+from service.api.routes_webhooks import WebhooksController
 from service.api.services import Services
 from service.api.telemetry import HTTP_METRICS, MetricsController
 from service.api.tracing import correlation_middleware
@@ -62,6 +64,8 @@ CONTROLLERS = [
     ArchiveController,
     UploadsController,
     LinksController,
+    WebhooksController,
+    GatesController,
 ]
 
 

@@ -38,7 +38,7 @@ from service.api.routes_artifacts import (
 )
 from service.artifacts.blobstore import BlobStoreUnavailableError, BlobTooLargeError, Put
 from service.artifacts.configure import upload_backend
-from service.artifacts.service import Stored, model_state, record_stored
+from service.artifacts.service import Stored, collection_guards, model_state, record_stored
 from service.artifacts.uploads import (
     IncompleteUploadError,
     OffsetMismatchError,
@@ -305,11 +305,20 @@ class UploadsController(Controller):
         if state.archived:  # archived since the session opened: it takes no new blob
             raise ConflictError(f"model {name!r} is archived", name=name)
         actor = principal_of(request).name
-        registry = services_of(request).registry
+        services = services_of(request)
+        registry = services.registry
+        # Taken before the commit writes the blob: a collection meanwhile is then noticed.
+        guards = await collection_guards(registry)
 
         async def record(put: Put) -> Stored:
             return await record_stored(
-                registry, put, model_id=model_id, actor=actor, sha256=session.sha256
+                registry,
+                services.blobs,
+                put,
+                guards=guards,
+                model_id=model_id,
+                actor=actor,
+                sha256=session.sha256,
             )
 
         stored = await commit(backend, session, record)

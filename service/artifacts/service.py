@@ -88,20 +88,32 @@ async def store_blob(
     guards = await collection_guards(registry)
     put = await blobs.put(sha256, body, max_bytes=max_bytes)
     return await record_stored(
-        registry, put, model_id=model_id, actor=actor, sha256=sha256, id_seed=id_seed
+        registry,
+        blobs,
+        put,
+        guards=guards,
+        model_id=model_id,
+        actor=actor,
+        sha256=sha256,
+        id_seed=id_seed,
     )
 
 
 async def record_stored(
     registry: Registry,
+    blobs: BlobStore,
     put: Put,
     *,
+    guards: Guards,
     model_id: str,
     actor: str,
     sha256: str,
     id_seed: str | None = None,
 ) -> Stored:
-    """Record a blob the store verified and holds for the model, unless it already was."""
+    """Record a blob the store verified and holds for the model, unless it already was.
+
+    ``guards``: ``collection_guards`` taken before the bytes were put, so a deletion by the
+    collector since then is noticed (see ``store_blob``)."""
     command = StoreBlob(
         actor=actor, now=registry.now(), model_id=model_id, sha256=sha256, size=put.size
     )

@@ -51,6 +51,7 @@ from service.runtime.embedded import DataDirLock, EmbeddedNats, EmbeddedPostgres
 from service.runtime.http_limits import HttpLimits, protocol_for
 from service.runtime.nats_auth import NatsNames
 from service.settings import Settings
+from service.webhooks.configure import webhook_dispatcher
 
 log = logging.getLogger("modelreg")
 T = TypeVar("T")
@@ -75,9 +76,9 @@ class Worker:
 def background_workers(state: AppState) -> list[Worker]:
     """The loops that run beside the API in roles ``all`` and ``worker``.
 
-    The sealer, the projection worker, the view snapshots, the NATS relay and the
-    checkpointer are singletons, so extra replicas are hot standbys; the expiry sweeper is
-    harmless to run twice.
+    The sealer, the projection worker, the view snapshots, the NATS relay, the checkpointer
+    and the webhook dispatcher are singletons, so extra replicas are hot standbys; the
+    expiry sweeper is harmless to run twice.
     """
     settings = state.settings
     projections = ProjectionWorker(
@@ -103,12 +104,21 @@ def background_workers(state: AppState) -> list[Worker]:
     checkpointer = checkpointer_for(
         settings, _connector(state, "modelreg-checkpointer"), state.nats_url
     )
+
+    def webhooks() -> Awaitable[None]:
+        # Built when it runs (each restart starts afresh): it needs the services' pepper.
+        connect_webhooks = _connector(state, "modelreg-webhooks")
+        return webhook_dispatcher(
+            settings, state.pool, state.services.pepper, connect_webhooks
+        ).run()
+
     return [
         Worker("sealer", state.sealer.run),
         Worker("projections", projections.run),
         Worker("view-snapshots", snapshots.run),
         Worker("relay", relay.run),
         Worker("checkpointer", checkpointer.run),
+        Worker("webhooks", webhooks),
         Worker(
             "promotion-expiry",
             lambda: expire_overdue_forever(state.services, settings.worker_poll_interval * 20),

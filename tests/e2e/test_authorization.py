@@ -196,6 +196,25 @@ MATRIX: dict[tuple[str, str], Row] = {
     ),
     ("GET", "/api/v1/tokens"): Row("/api/v1/tokens", ADMIN),
     ("DELETE", "/api/v1/tokens/{token_id}"): Row("/api/v1/tokens/{throwaway}", ADMIN),
+    ("GET", "/api/v1/models/{name}/versions/{version}/gate"): Row(f"{V}/2/gate?to=staging", R),
+    # webhooks: managed with write over every model they deliver; others' are hidden
+    ("POST", "/api/v1/webhooks"): Row(
+        "/api/v1/webhooks", W, {"url": "https://hooks.example.invalid/x", "models": ["churn"]}
+    ),
+    ("GET", "/api/v1/webhooks"): Row("/api/v1/webhooks", W, scoped="allow"),
+    ("GET", "/api/v1/webhooks/{subscription_id}"): Row("/api/v1/webhooks/{hook}", W, scoped="hide"),
+    ("GET", "/api/v1/webhooks/{subscription_id}/deliveries"): Row(
+        "/api/v1/webhooks/{hook}/deliveries", W, scoped="hide"
+    ),
+    ("GET", "/api/v1/webhooks/{subscription_id}/deliveries/{position}"): Row(
+        "/api/v1/webhooks/{hook}/deliveries/1", W, scoped="hide"
+    ),
+    ("POST", "/api/v1/webhooks/{subscription_id}/deliveries/{position}/redeliver"): Row(
+        "/api/v1/webhooks/{hook}/deliveries/1/redeliver", W, scoped="hide"
+    ),
+    ("DELETE", "/api/v1/webhooks/{subscription_id}"): Row(
+        "/api/v1/webhooks/{hook}", W, scoped="hide"
+    ),
     ("GET", "/api/v1/me"): Row("/api/v1/me", None, scoped="allow"),
     ("GET", "/metrics"): Row("/metrics", R, scoped="allow"),
 }
@@ -366,7 +385,20 @@ async def _setup(api: Api) -> tuple[list[Caller], dict[str, str]]:
             f"{M}/churn/uploads", json={"digest": f"sha256:{EMPTY}", "size": 0}, as_=carol
         )
         sessions[purpose] = (await _ok(opened, 201)).json()["id"]
-    ids = {**requests, **sessions, "throwaway": outcome.state.token_id}
+    hook = await _ok(
+        await api.post(
+            "/api/v1/webhooks", json={"url": "https://hooks.example.invalid/h", "models": ["churn"]}
+        ),
+        201,
+    )
+    hook_id = hook.json()["subscription_id"]
+    # A dead-lettered delivery to read and redeliver (no dispatcher runs here).
+    await api.services.pool.execute(
+        "INSERT INTO webhook_deliveries (subscription_id, log_position, event_id, event_type,"
+        " model_id, status, attempts) VALUES ($1, 1, gen_random_uuid(), 'model.registered', 'm', 'dead', 3)",
+        hook_id,
+    )
+    ids = {**requests, **sessions, "throwaway": outcome.state.token_id, "hook": hook_id}
     await wait_for_position(
         api.services.pool,
         await head_position(api.services.pool),

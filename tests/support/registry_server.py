@@ -58,6 +58,14 @@ class RegistryServer:
         self.proc = _spawn(self.serve_env, self.log)
         self.url = _wait_until_serving(self.proc, self.log, skip=self.log.read_text())
 
+    def crash_and_restart(self) -> None:
+        """SIGKILL the process and start a new one on the same schema, data dir and port (a
+        client's URL stays valid across the restart); return when it serves again."""
+        self.kill()
+        assert self.serve_env is not None
+        self.serve_env["MODELREG_PORT"] = self.url.rsplit(":", 1)[1]
+        self.start_again()
+
     def env(self, **extra: str) -> dict[str, str]:
         """A clean environment pointing the client and the CLI at this server."""
         base = {k: v for k, v in os.environ.items() if not k.startswith("MODELREG_")}

@@ -446,3 +446,43 @@ def test_raw_wire_shapes_delete_with_a_body_answers_200_and_every_change_is_an_e
     assert bad.json()["error_code"] == "INVALID_PARAMETER_VALUE"
     missing = httpx.get(f"{server.url}{MLFLOW}/registered-models/get", headers=headers)
     assert (missing.status_code, missing.json()["error_code"]) == (400, "INVALID_PARAMETER_VALUE")
+
+
+def test_concurrent_creates_get_consecutive_numbers_and_the_fluent_api_works(
+    server: RegistryServer, mlflow: MlflowClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # given a model, and 12 MLflow callers registering versions of it at once
+    mlflow.create_registered_model("mf-burst")
+    numbers: list[str] = []
+    failures: list[BaseException] = []
+
+    def register(n: int) -> None:
+        try:
+            numbers.append(
+                mlflow.create_model_version("mf-burst", source=f"s3://b/burst{n}").version
+            )
+        except BaseException as exc:
+            failures.append(exc)
+
+    callers = [threading.Thread(target=register, args=(n,)) for n in range(12)]
+    for caller in callers:
+        caller.start()
+    for caller in callers:
+        caller.join()
+    # then none failed and the numbers are 1..12: no gap, no duplicate
+    assert failures == []
+    assert sorted(numbers, key=int) == [str(n) for n in range(1, 13)]
+    # and MLflow's fluent API registers (creating the model on first use) and searches
+    import mlflow as fluent  # the module, beside the client fixture of that name
+
+    for variable, value in (
+        ("MLFLOW_TRACKING_TOKEN", server.admin_token),
+        ("MLFLOW_TRACKING_URI", server.url),  # as a job configures it; reset after the test
+        ("MLFLOW_REGISTRY_URI", server.url),
+    ):
+        monkeypatch.setenv(variable, value)
+    first = fluent.register_model("s3://b/fluent/model", "mf-fluent")
+    again = fluent.register_model("s3://b/fluent/model-2", "mf-fluent")  # the model exists: fine
+    assert (first.version, again.version) == ("1", "2")
+    found = fluent.search_model_versions(filter_string="name = 'mf-fluent'")
+    assert sorted(v.source for v in found) == ["s3://b/fluent/model", "s3://b/fluent/model-2"]

@@ -485,4 +485,4 @@ def test_concurrent_creates_get_consecutive_numbers_and_the_fluent_api_works(
     again = fluent.register_model("s3://b/fluent/model-2", "mf-fluent")  # the model exists: fine
     assert (first.version, again.version) == ("1", "2")
     found = fluent.search_model_versions(filter_string="name = 'mf-fluent'")
-    assert sorted(v.source for v in found) == ["s3://b/fluent/model", "s3://b/fluent/model-2"]
+    assert sorted(str(v.source) for v in found) == ["s3://b/fluent/model", "s3://b/fluent/model-2"]

@@ -130,6 +130,14 @@ def test_versions_carry_source_run_and_user_and_deleted_numbers_are_never_reused
             "None",
             "READY",
         )
+    # (a create answers what a read shows afterwards, timestamps included)
+    read = mlflow.get_model_version("mf-fraud", "3")
+    assert (read.creation_timestamp, read.source, read.run_id, read.tags) == (
+        version.creation_timestamp,
+        version.source,
+        version.run_id,
+        version.tags,
+    )
     # when one is described, tagged and the last one deleted
     mlflow.update_model_version("mf-fraud", "2", description="the good one")
     mlflow.set_model_version_tag("mf-fraud", "2", "validated", "yes")

@@ -110,6 +110,17 @@ def test_registered_models_are_created_read_updated_tagged_renamed_and_deleted(
         mlflow.get_registered_model("mf-churn-2")
     assert error_code(gone) == "RESOURCE_DOES_NOT_EXIST"
     assert mlflow.search_registered_models(filter_string="name = 'mf-churn-2'") == []
+    # and its name stays taken: the history is kept, an admin may restore it
+    with pytest.raises(RestException) as kept:
+        mlflow.create_registered_model("mf-churn-2", description="again")
+    assert error_code(kept) == "RESOURCE_ALREADY_EXISTS"
+    assert "restore" in kept.value.message
+    # even when the same create is sent again within the retry window
+    mlflow.create_registered_model("mf-once")
+    mlflow.delete_registered_model("mf-once")
+    with pytest.raises(RestException) as again:
+        mlflow.create_registered_model("mf-once")
+    assert error_code(again) == "RESOURCE_ALREADY_EXISTS"
 
 
 def test_versions_carry_source_run_and_user_and_deleted_numbers_are_never_reused(

@@ -15,8 +15,10 @@ from mlflow import MlflowClient
 from mlflow.exceptions import RestException
 
 from tests.support.flaky_proxy import FlakyProxy
+from tests.support.nats_servers import connect
 from tests.support.policies import PERMISSIVE_POLICY_BODY
 from tests.support.registry_server import RegistryServer, registry_server
+from tests.support.waiting import eventually
 
 MLFLOW = "/api/2.0/mlflow"
 # MLflow deprecated stages (2.9) and warns on every transition; they are part of its API.
@@ -519,3 +521,45 @@ def test_concurrent_creates_get_consecutive_numbers_and_the_fluent_api_works(
     assert (first.version, again.version) == ("1", "2")
     found = fluent.search_model_versions(filter_string="name = 'mf-fluent'")
     assert sorted(str(v.source) for v in found) == ["s3://b/fluent/model", "s3://b/fluent/model-2"]
+
+
+async def _published(nats_url: str, stream: str, subject: str) -> list[str]:
+    """The ``ce-type`` of every message on ``stream`` about ``subject`` (a model's stream)."""
+    nc = await connect(nats_url)
+    try:
+        jsm = nc.jsm(timeout=5)
+        last = (await jsm.stream_info(stream)).state.last_seq
+        types = []
+        for seq in range(1, last + 1):
+            headers = (await jsm.get_msg(stream, seq=seq)).headers or {}
+            if headers.get("ce-subject") == subject:
+                types.append(headers["ce-type"])
+        return types
+    finally:
+        await nc.close()
+
+
+async def test_every_change_made_through_mlflow_is_published_on_nats(
+    server: RegistryServer, nats_url: str
+) -> None:
+    # given a model changed only through MLflow's API
+    headers = _bearer(server.admin_token)
+    async with httpx.AsyncClient(base_url=f"{server.url}{MLFLOW}", headers=headers) as mlflow:
+        assert (await mlflow.post("/registered-models/create", json={"name": "mf-nats"})).is_success
+        created = await mlflow.post(
+            "/model-versions/create", json={"name": "mf-nats", "source": "s3://n"}
+        )
+        assert created.is_success
+        moved = await mlflow.post(
+            "/registered-models/alias", json={"name": "mf-nats", "alias": "live", "version": "1"}
+        )
+        assert moved.is_success
+        model = await mlflow.get(f"{server.url}/api/v1/models/mf-nats")
+    stream = f"model:{model.json()['model_id']}"
+    wanted = ["model.registered", "model.version_registered", "model.alias_set"]
+
+    # then each change reaches JetStream, in order, as it reaches the log
+    async def all_published() -> bool:
+        return await _published(nats_url, server.stream, stream) == wanted
+
+    await eventually(all_published, what="the MLflow changes on NATS")

@@ -7,7 +7,8 @@
   concurrent creates take turns and never leave a gap nor reuse a number.
 * transition-stage is modelreg's governed transition: when the policy wants approval it
   opens a promotion request and answers PERMISSION_DENIED naming it.
-  ``archive_existing_versions`` then archives the other versions in the target stage.
+  ``archive_existing_versions`` archives the other versions in the target stage in the
+  same decision: all of it happens, or (refused) none.
 * delete archives the version (through the same governance) and deprecates it: MLflow
   callers no longer see it, its number is never given again, its history stays.
 """
@@ -335,17 +336,18 @@ class ModelVersionsController(Controller):
                 f" not {stage_to_mlflow(stage)}",
             )
         model_id, state = await live_model(services, data.name)
-        if live_version(state, data.name, number).stage != stage:  # MLflow: same stage is fine
+        # MLflow moves a version to its own stage without complaint: nothing to record.
+        if live_version(state, data.name, number).stage != stage or data.archive_existing_versions:
             comment = f"transition-stage through the MLflow API to {stage_to_mlflow(stage)}"
-            await _transition(services, principal, data.name, number, stage, comment)
-        if data.archive_existing_versions:
-            _, _, state = await services.registry.model(data.name)
-            for other, version in sorted(state.versions.items()):
-                if other != number and version.stage == stage and not version.deprecated:
-                    comment = f"archive_existing_versions: version {number} entered {stage}"
-                    await _transition(
-                        services, principal, data.name, other, Stage.ARCHIVED, comment
-                    )
+            await _transition(
+                services,
+                principal,
+                data.name,
+                number,
+                stage,
+                comment,
+                archive_existing=data.archive_existing_versions,
+            )
         return wire.ModelVersionAnswer(
             model_version=await version_answer(services, model_id, data.name, number)
         )
@@ -365,11 +367,25 @@ class ModelVersionsController(Controller):
 
 
 async def _transition(
-    services: Services, principal: Principal, name: str, number: int, stage: Stage, comment: str
+    services: Services,
+    principal: Principal,
+    name: str,
+    number: int,
+    stage: Stage,
+    comment: str,
+    *,
+    archive_existing: bool = False,
 ) -> Written:
-    """A governed move; when it needs approval, the request it opened is the answer."""
+    """A governed move (with ``archive_existing``, the archiving of the other versions in
+    that stage is part of the same decision); when it needs approval, the request it
+    opened is the answer."""
     written, request_id = await services.registry.transition(
-        name, number, stage, actor=principal.name, comment=comment
+        name,
+        number,
+        stage,
+        actor=principal.name,
+        comment=comment,
+        archive_existing=archive_existing,
     )
     executed = any(e.event_type == "model.promotion_executed" for e in written.events)
     if request_id is not None and not executed:

@@ -71,6 +71,7 @@ POLICY = {
 CHAMPION = {"version": 1, "alias": "champion", "justification": "best so far"}
 
 M = "/api/v1/models"
+MF = "/api/2.0/mlflow"  # MLflow's routes answer MLflow's error envelope, not problem+json
 V = f"{M}/churn/versions"
 EMPTY = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"  # sha256 of no bytes
 
@@ -217,6 +218,73 @@ MATRIX: dict[tuple[str, str], Row] = {
     ),
     ("GET", "/api/v1/me"): Row("/api/v1/me", None, scoped="allow"),
     ("GET", "/metrics"): Row("/metrics", R, scoped="allow"),
+    # MLflow's registry API: the same permissions as the /api/v1 routes doing the same
+    ("POST", f"{MF}/registered-models/create"): Row(
+        f"{MF}/registered-models/create", W, lambda who: {"name": f"mlflow-by-{who}"}
+    ),
+    ("GET", f"{MF}/registered-models/get"): Row(f"{MF}/registered-models/get?name=churn", R),
+    ("POST", f"{MF}/registered-models/rename"): Row(
+        f"{MF}/registered-models/rename",
+        W,
+        lambda who: {"name": "renamed-by-contributor", "new_name": f"mlflow-renamed-by-{who}"},
+    ),
+    ("PATCH", f"{MF}/registered-models/update"): Row(
+        f"{MF}/registered-models/update", W, {"name": "churn", "description": "via MLflow"}
+    ),
+    ("DELETE", f"{MF}/registered-models/delete"): Row(
+        f"{MF}/registered-models/delete", ADMIN, {"name": "retired"}
+    ),
+    ("GET", f"{MF}/registered-models/search"): Row(
+        f"{MF}/registered-models/search", R, scoped="allow"
+    ),
+    ("POST", f"{MF}/registered-models/set-tag"): Row(
+        f"{MF}/registered-models/set-tag", W, {"name": "churn", "key": "via", "value": "mlflow"}
+    ),
+    ("DELETE", f"{MF}/registered-models/delete-tag"): Row(
+        f"{MF}/registered-models/delete-tag", W, {"name": "churn", "key": "via"}
+    ),
+    ("POST", f"{MF}/registered-models/alias"): Row(
+        f"{MF}/registered-models/alias", W, {"name": "churn", "alias": "mlflow", "version": "2"}
+    ),
+    ("DELETE", f"{MF}/registered-models/alias"): Row(
+        f"{MF}/registered-models/alias", W, {"name": "churn", "alias": "mlflow"}
+    ),
+    ("GET", f"{MF}/registered-models/alias"): Row(
+        f"{MF}/registered-models/alias?name=churn&alias=candidate", R
+    ),
+    ("POST", f"{MF}/registered-models/get-latest-versions"): Row(
+        f"{MF}/registered-models/get-latest-versions", R, {"name": "churn"}
+    ),
+    ("GET", f"{MF}/registered-models/get-latest-versions"): Row(
+        f"{MF}/registered-models/get-latest-versions?name=churn", R
+    ),
+    ("POST", f"{MF}/model-versions/create"): Row(
+        f"{MF}/model-versions/create", W, {"name": "churn", "source": "s3://models/mlflow"}
+    ),
+    ("GET", f"{MF}/model-versions/get"): Row(f"{MF}/model-versions/get?name=churn&version=1", R),
+    ("PATCH", f"{MF}/model-versions/update"): Row(
+        f"{MF}/model-versions/update", W, {"name": "churn", "version": "1", "description": "x"}
+    ),
+    ("DELETE", f"{MF}/model-versions/delete"): Row(
+        f"{MF}/model-versions/delete", W, {"name": "churn", "version": "4"}
+    ),
+    ("GET", f"{MF}/model-versions/search"): Row(f"{MF}/model-versions/search", R, scoped="allow"),
+    ("POST", f"{MF}/model-versions/set-tag"): Row(
+        f"{MF}/model-versions/set-tag",
+        W,
+        {"name": "churn", "version": "1", "key": "k", "value": "v"},
+    ),
+    ("DELETE", f"{MF}/model-versions/delete-tag"): Row(
+        f"{MF}/model-versions/delete-tag", W, {"name": "churn", "version": "1", "key": "k"}
+    ),
+    ("POST", f"{MF}/model-versions/transition-stage"): Row(
+        f"{MF}/model-versions/transition-stage",
+        W,
+        {"name": "churn", "version": "2", "stage": "Staging"},
+    ),
+    ("GET", f"{MF}/model-versions/get-download-uri"): Row(
+        f"{MF}/model-versions/get-download-uri?name=churn&version=1", R
+    ),
 }
 
 # Served without a token: the OpenAPI document, its viewers and their assets (health lives
@@ -440,23 +508,28 @@ def _judge(
     status = response.status_code
     if status >= 500:
         return "server error"
+    mlflow = response.request.url.path.startswith(f"{MF}/")
+    code = "error_code" if mlflow else "code"
+    media_type = "application/json" if mlflow else "application/problem+json"
     if expected == "401":
         problem = response.json() if status == 401 else {}
         if (
             status != 401
-            or problem.get("code") != "unauthenticated"
+            or problem.get(code) != ("UNAUTHENTICATED" if mlflow else "unauthenticated")
             or "Bearer" not in response.headers.get("WWW-Authenticate", "")
         ):
-            return "expected 401 problem+json with WWW-Authenticate"
+            return f"expected 401 {media_type} with WWW-Authenticate"
         return None
     if expected == "403":
         problem = response.json() if status == 403 else {}
         if status != 403 or problem.get("details", {}).get("permission") != permission:
             return f"expected 403 naming {permission}"
+        if mlflow and problem.get(code) != "PERMISSION_DENIED":
+            return "an MLflow 403 must say PERMISSION_DENIED"
         return (
             None
-            if response.headers["content-type"] == "application/problem+json"
-            else "a 403 must be problem+json"
+            if response.headers["content-type"] == media_type
+            else f"a 403 must be {media_type}"
         )
     if expected == "404":
         return None if status == 404 else "expected 404 (out of its scope)"

@@ -47,6 +47,7 @@ class Row:
     permission: Permission | None
     body: Body = None
     scoped: Scoped = "deny"
+    answers: int | None = None  # the status every allowed caller gets, if not a 2xx
 
 
 def artifact(n: int) -> dict[str, Any]:
@@ -72,6 +73,9 @@ CHAMPION = {"version": 1, "alias": "champion", "justification": "best so far"}
 M = "/api/v1/models"
 V = f"{M}/churn/versions"
 EMPTY = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"  # sha256 of no bytes
+MA = "/api/2.0/mlflow-artifacts/artifacts"
+V5 = "modelreg/models/churn/versions/5"
+MLFLOW = "/api/2.0/"  # routes answering errors in MLflow's envelope, not problem+json
 
 # (method, path template) -> a concrete request and what it needs. Ordered: rows run top
 # to bottom, each for every caller, on one registry (archive before restore).
@@ -180,6 +184,18 @@ MATRIX: dict[tuple[str, str], Row] = {
     ("DELETE", "/api/v1/tokens/{token_id}"): Row("/api/v1/tokens/{throwaway}", ADMIN),
     ("GET", "/api/v1/me"): Row("/api/v1/me", None, scoped="allow"),
     ("GET", "/metrics"): Row("/metrics", R, scoped="allow"),
+    # MLflow's artifact proxy (its error envelope; writes refused to every caller)
+    ("GET", "/api/2.0/mlflow-artifacts/artifacts"): Row(f"{MA}?path={V5}", R),
+    ("GET", "/api/2.0/mlflow-artifacts/artifacts/{artifact_path}"): Row(f"{MA}/{V5}/empty.bin", R),
+    ("PUT", "/api/2.0/mlflow-artifacts/artifacts/{artifact_path}"): Row(
+        f"{MA}/{V5}/new.bin", None, scoped="allow", answers=405
+    ),
+    ("DELETE", "/api/2.0/mlflow-artifacts/artifacts/{artifact_path}"): Row(
+        f"{MA}/{V5}/empty.bin", None, scoped="allow", answers=405
+    ),
+    ("POST", "/api/2.0/mlflow-artifacts/mpu/{action}"): Row(
+        f"/api/2.0/mlflow-artifacts/mpu/create/{V5}/big.bin", None, scoped="allow", answers=405
+    ),
 }
 
 # Served without a token: the OpenAPI document, its viewers and their assets (health lives
@@ -372,6 +388,24 @@ def _expected(caller: Caller, row: Row) -> tuple[str, Permission | None]:
     return ("404", None) if row.scoped == "hide" else ("allowed", None)
 
 
+def _judge_mlflow(
+    expected: str, permission: Permission | None, response: httpx.Response
+) -> str | None:
+    """A refusal in MLflow's envelope: its error code, and the permission in the message."""
+    error = response.json() if response.status_code in {401, 403} else {}
+    if expected == "401" and (
+        response.status_code != 401 or error.get("error_code") != "UNAUTHENTICATED"
+    ):
+        return "expected 401 UNAUTHENTICATED"
+    if expected == "403" and (
+        response.status_code != 403
+        or error.get("error_code") != "PERMISSION_DENIED"
+        or f"'{permission}' permission" not in error.get("message", "")
+    ):
+        return f"expected 403 PERMISSION_DENIED naming {permission}"
+    return None
+
+
 def _judge(
     method: str,
     expected: str,
@@ -379,11 +413,16 @@ def _judge(
     response: httpx.Response,
     *,
     must_succeed: bool,
+    answers: int | None = None,
 ) -> str | None:
     """What is wrong with ``response`` (None: nothing)."""
     status = response.status_code
     if status >= 500:
         return "server error"
+    if expected in {"401", "403"} and response.request.url.path.startswith(MLFLOW):
+        return _judge_mlflow(expected, permission, response)
+    if expected == "allowed" and answers is not None:
+        return None if status == answers else f"expected {answers} for every allowed caller"
     if expected == "401":
         problem = response.json() if status == 401 else {}
         if (
@@ -437,6 +476,7 @@ async def test_every_route_for_every_caller(api: Api) -> None:
                 permission,
                 response,
                 must_succeed=first_allowed or method == "GET",
+                answers=row.answers,
             )
             if expected == "allowed":
                 first_allowed = False

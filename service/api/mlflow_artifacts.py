@@ -29,12 +29,14 @@ from litestar.types import ExceptionHandlersMap
 from events.access import Permission
 from events.errors import ValidationError
 from events.mlflow_artifacts import PATH_FIELD, Listed, list_directory, parse_path
+from events.model.decider import MODEL
 from events.model.state import VersionState
+from events.streams import model_stream
 from service.api.auth import require
 from service.api.common import principal_of, services_of
 from service.api.problems import EXCEPTION_HANDLERS, Problem
 from service.artifacts.blobstore import BlobStoreUnavailableError, verified_read
-from service.artifacts.service import find_file, model_state, resolve_version
+from service.artifacts.service import find_file, resolve_version
 
 MLFLOW_ARTIFACTS_PREFIX = "/api/2.0/mlflow-artifacts"
 UPLOADS = "/api/v1/models/{name}/blobs/sha256:{hex}"
@@ -132,7 +134,11 @@ def _refuse_writes() -> Response[MlflowError]:
 
 async def _version(request: Request[Any, Any, Any], model: str, ref: str) -> VersionState:
     require(principal_of(request), Permission.READ, model)
-    _, state = await model_state(services_of(request).registry, model)
+    registry = services_of(request).registry
+    # One query (id and stream version), then the executor's cached state when it is at
+    # that version: MLflow fetches a model's files in a burst of small requests.
+    model_id, stream_version = await registry.locate(model)
+    state = await registry.executor.state_at(model_stream(model_id), MODEL, stream_version)
     return resolve_version(state, ref)
 
 

@@ -58,7 +58,7 @@ def churn(server: RegistryServer, model_dir: Path) -> int:
     with admin(server) as http:
         assert http.post(M, json={"name": "churn"}).status_code == 201
         assert http.post(M, json={"name": "fraud"}).status_code == 201
-    number = register_directory(server, "churn", model_dir)
+    number = register_directory(server.url, server.admin_token, "churn", model_dir)
     with admin(server) as http:
         moved = http.put(f"{M}/churn/aliases/champion", json={"version": number})
         assert moved.status_code == 200, moved.text
@@ -154,7 +154,7 @@ def test_a_corrupted_file_fails_the_mlflow_download(
     # the same length (unchecked bytes would load and predict 3x instead of failing)
     with admin(server) as http:
         assert http.post(M, json={"name": "rot"}).status_code == 201
-    number = register_directory(server, "rot", model_dir)
+    number = register_directory(server.url, server.admin_token, "rot", model_dir)
     factor = (model_dir / "artifacts" / "factor.txt").read_bytes()
     assert factor == b"2.0"
     blob = server.log.parent / blob_key(hashlib.sha256(factor).hexdigest())

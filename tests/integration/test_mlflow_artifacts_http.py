@@ -89,6 +89,19 @@ async def test_the_version_may_be_named_by_alias(api: Api) -> None:
     assert [f["path"] for f in files] == ["MLmodel", "data", "notes.txt", "python_model.pkl"]
 
 
+async def test_a_listing_right_after_an_alias_move_follows_the_move(api: Api) -> None:
+    # given churn's champion read once (so its state is cached), then a v2 it moves to
+    root = "modelreg/models/churn/versions/@champion"
+    assert len(await listing(api, root)) == 4
+    body = FILES["MLmodel"]
+    created = await api.post(f"{M}/churn/versions", json={"artifacts": [entry("only", body)]})
+    assert created.status_code == 201, created.text
+    moved = await api.put(f"{M}/churn/aliases/champion", json={"version": 2})
+    assert moved.status_code == 200, moved.text
+    # when it is listed again at once, then it shows v2's files, not the cached v1's
+    assert await listing(api, root) == [{"path": "only", "is_dir": False, "file_size": len(body)}]
+
+
 # --- download -------------------------------------------------------------------------------
 
 

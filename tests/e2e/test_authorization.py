@@ -127,6 +127,7 @@ MATRIX: dict[tuple[str, str], Row] = {
     ("GET", "/api/v1/models/{name}/versions/{ref}/files/{file_path}"): Row(
         f"{V}/5/files/empty.bin", R
     ),
+    ("GET", "/api/v1/models/{name}/versions/{ref}/archive"): Row(f"{V}/5/archive?format=zip", R),
     # lifecycle
     ("POST", "/api/v1/models/{name}/versions/{version}/stage"): Row(
         f"{V}/4/stage", W, {"to": "staging"}

@@ -7,16 +7,13 @@ suite turns into errors, and its tracking and registry URIs are process-wide sta
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
-import httpx
-
+from service.client import Client
 from tests.support.registry_server import RegistryServer
 
 # "Models from code" (MLflow 3's way): the class travels as source, not as a pickle, so
@@ -79,23 +76,13 @@ def save_model(work: Path) -> Path:
 
 
 def register_directory(url: str, token: str, model: str, directory: Path) -> int:
-    """Upload every file of ``directory`` as a blob of ``model`` and register a version
-    whose manifest names them (stored, not external); return its number."""
-    entries: list[dict[str, Any]] = []
-    with httpx.Client(
-        base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=30
-    ) as http:
-        for file in sorted(p for p in directory.rglob("*") if p.is_file()):
-            body = file.read_bytes()
-            sha256 = hashlib.sha256(body).hexdigest()
-            stored = http.put(f"/api/v1/models/{model}/blobs/sha256:{sha256}", content=body)
-            assert stored.status_code in {200, 201}, stored.text
-            path = file.relative_to(directory).as_posix()
-            entries.append({"path": path, "sha256": sha256, "size": len(body)})
-        created = http.post(f"/api/v1/models/{model}/versions", json={"artifacts": entries})
-        assert created.status_code == 201, created.text
-        number: int = created.json()["version"]
-        return number
+    """Register a version of ``model`` holding the files of ``directory``, uploaded by
+    modelreg's Python client (stored, not external); return its number."""
+    with Client(url, token, progress=False) as client:
+        registered = client.register_version(
+            model, artifacts_dir=directory, code=None, dependencies=None
+        )
+    return registered.version
 
 
 def mlflow_env(

@@ -1,6 +1,5 @@
-"""Authentication (bearer tokens; HTTP Basic with the token as password on the MLflow
-routes) and authorisation (permissions, model scopes). I/O: via the token authenticator
-(one query per request).
+"""Authentication (bearer tokens) and authorisation (permissions, model scopes). I/O: via the
+token authenticator (one query per request).
 
 Every route is authenticated unless it opts out with ``opt={"public": True}`` (only the
 health endpoints and the OpenAPI schema do). Handlers receive the ``Principal`` and call
@@ -10,8 +9,6 @@ always names what is missing.
 
 from __future__ import annotations
 
-import base64
-import binascii
 from typing import Any
 
 from litestar.connection import ASGIConnection
@@ -28,56 +25,24 @@ from service.commands.tokens import InvalidTokenError, Principal, covers
 PUBLIC = "public"
 
 
-def basic_password(credentials: str) -> str | None:
-    """The password of an HTTP Basic credential (RFC 7617: base64 of ``user:password``);
-    None unless it is valid base64 of UTF-8 text holding a colon."""
-    try:
-        text = base64.b64decode(credentials.strip(), validate=True).decode("utf-8")
-    except (binascii.Error, UnicodeDecodeError):
-        return None
-    _, colon, password = text.partition(":")
-    return password if colon else None
-
-
 class BearerTokenMiddleware(AbstractAuthenticationMiddleware):
-    # MLflow clients send MLFLOW_TRACKING_USERNAME/PASSWORD as HTTP Basic; the routes that
-    # serve them take the token secret as the password (the user name is not checked: the
-    # token alone says who is calling).
-    accepts_basic = False
-
     def __init__(self, app: ASGIApp) -> None:
         super().__init__(app, exclude=["^/schema"], exclude_from_auth_key=PUBLIC)
-
-    def secret_of(self, header: str) -> str | None:
-        scheme, _, credentials = header.partition(" ")
-        if scheme.lower() == "bearer":
-            return credentials.strip() or None
-        if self.accepts_basic and scheme.lower() == "basic":
-            return (basic_password(credentials) or "").strip() or None
-        return None
 
     async def authenticate_request(
         self, connection: ASGIConnection[Any, Any, Any, Any]
     ) -> AuthenticationResult:
-        secret = self.secret_of(connection.headers.get("authorization", ""))
-        if secret is None:
-            raise AuthenticationError(
-                "send 'Authorization: Bearer <token>'"
-                + (" or HTTP Basic with the token as password" if self.accepts_basic else "")
-            )
+        header = connection.headers.get("authorization", "")
+        scheme, _, secret = header.partition(" ")
+        if scheme.lower() != "bearer" or not secret.strip():
+            raise AuthenticationError("send 'Authorization: Bearer <token>'")
         services = connection.app.state.services
         try:
-            principal = await services.auth.authenticate(secret)
+            principal = await services.auth.authenticate(secret.strip())
         except InvalidTokenError as exc:
             services.metrics.unauthenticated()
             raise AuthenticationError(str(exc)) from None
         return AuthenticationResult(user=principal, auth=principal.token_id)
-
-
-class BearerOrBasicMiddleware(BearerTokenMiddleware):
-    """Bearer, or HTTP Basic with the token secret as the password (MLflow's clients)."""
-
-    accepts_basic = True
 
 
 def require(principal: Principal, permission: Permission, model_name: str | None = None) -> None:

@@ -10,7 +10,10 @@ byte re-hashed on the way out; a corrupt blob cuts the response). Authentication
 API's token, as Bearer (``MLFLOW_TRACKING_TOKEN``) or as the password of HTTP Basic
 (``MLFLOW_TRACKING_USERNAME``/``PASSWORD``); reading needs READ on the model, within the
 token's scopes. Errors use MLflow's envelope, ``{"error_code", "message"}`` (plus
-``field`` and ``rule`` when a parameter is at fault), with MLflow's status for each code.
+``field`` and ``rule`` when a parameter is at fault), with MLflow's status for each code
+(``service.api.mlflow``'s authentication and error mapping, shared with the registry
+routes). What MLflow's registry API hides (an archived model, a deprecated version, which
+MLflow calls deleted) is not found here either.
 
 Writes are refused: modelreg takes model files through its own upload API, which records
 who stored what; MLflow's run-artifact uploads have no version to belong to.
@@ -18,38 +21,34 @@ who stored what; MLflow's run-artifact uploads have no version to belong to.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Annotated, Any
 
 import msgspec
-from litestar import Controller, Request, Response, delete, get, post, put
+from litestar import Controller, Request, Response, Router, delete, get, post, put
+from litestar.middleware import DefineMiddleware
 from litestar.params import FromPath, QueryParameter
 from litestar.response import Stream
-from litestar.types import ExceptionHandlersMap
+from litestar.types import ASGIApp, ExceptionHandlersMap
 
 from events.access import Permission
-from events.errors import ValidationError
+from events.errors import NotFoundError, ValidationError
 from events.mlflow_artifacts import PATH_FIELD, Listed, list_directory, parse_path
 from events.model.decider import MODEL
 from events.model.state import VersionState
 from events.streams import model_stream
 from service.api.auth import require
 from service.api.common import principal_of, services_of
-from service.api.problems import EXCEPTION_HANDLERS, Problem
+from service.api.mlflow.auth import MlflowAuthMiddleware
+from service.api.mlflow.errors import MLFLOW_EXCEPTION_HANDLERS, MlflowError
+from service.api.mlflow.shared import no_model, no_version
+from service.api.telemetry import HTTP_METRICS
+from service.api.tracing import correlation_middleware
 from service.artifacts.blobstore import BlobStoreUnavailableError, verified_read
 from service.artifacts.service import find_file, resolve_version
 
 MLFLOW_ARTIFACTS_PREFIX = "/api/2.0/mlflow-artifacts"
 UPLOADS = "/api/v1/models/{name}/blobs/sha256:{hex}"
-
-
-class MlflowError(msgspec.Struct, frozen=True, omit_defaults=True):
-    """MLflow's error envelope; ``field`` and ``rule`` are modelreg's, and MLflow's
-    clients ignore members they do not know."""
-
-    error_code: str
-    message: str
-    field: str | None = None
-    rule: str | None = None
 
 
 class FileInfo(msgspec.Struct, frozen=True, omit_defaults=True):
@@ -60,48 +59,6 @@ class FileInfo(msgspec.Struct, frozen=True, omit_defaults=True):
 
 class Listing(msgspec.Struct, frozen=True):
     files: list[FileInfo]
-
-
-# The HTTP status modelreg gives a problem -> MLflow's error code and the status MLflow
-# uses for it (ERROR_CODE_TO_HTTP_STATUS in mlflow/exceptions.py): a 422 is MLflow's 400.
-_CODES: dict[int, tuple[str, int]] = {
-    400: ("INVALID_PARAMETER_VALUE", 400),
-    401: ("UNAUTHENTICATED", 401),
-    403: ("PERMISSION_DENIED", 403),
-    404: ("RESOURCE_DOES_NOT_EXIST", 404),
-    405: ("NOT_IMPLEMENTED", 405),
-    409: ("RESOURCE_CONFLICT", 409),
-    412: ("RESOURCE_CONFLICT", 409),
-    413: ("INVALID_PARAMETER_VALUE", 400),
-    415: ("INVALID_PARAMETER_VALUE", 400),
-    422: ("INVALID_PARAMETER_VALUE", 400),
-    429: ("REQUEST_LIMIT_EXCEEDED", 429),
-    503: ("TEMPORARILY_UNAVAILABLE", 503),
-}
-
-
-def _as_mlflow(problem: Problem, headers: dict[str, str]) -> Response[MlflowError]:
-    code, status = _CODES.get(problem.status, ("INTERNAL_ERROR", 500))
-    return Response(
-        MlflowError(
-            error_code=code, message=problem.detail, field=problem.field, rule=problem.rule
-        ),
-        status_code=status,
-        headers=headers,
-    )
-
-
-def mlflow_error(request: Request[Any, Any, Any], exc: Exception) -> Response[MlflowError]:
-    """Whatever /api/v1 answers for ``exc`` (the one mapping of errors: domain, request,
-    auth, outage with Retry-After), told in MLflow's envelope."""
-    handler = next(EXCEPTION_HANDLERS[c] for c in type(exc).__mro__ if c in EXCEPTION_HANDLERS)
-    answer = handler(request, exc)
-    headers = {k: v for k, v in answer.headers.items() if k.lower() != "content-type"}
-    if isinstance(answer.content, Problem):
-        return _as_mlflow(answer.content, headers)
-    return Response(  # every handler answers a Problem; this keeps an odd one an error
-        MlflowError(error_code="INTERNAL_ERROR", message="unexpected error"), status_code=500
-    )
 
 
 def _blob_store_unavailable(
@@ -137,9 +94,18 @@ async def _version(request: Request[Any, Any, Any], model: str, ref: str) -> Ver
     registry = services_of(request).registry
     # One query (id and stream version), then the executor's cached state when it is at
     # that version: MLflow fetches a model's files in a burst of small requests.
-    model_id, stream_version = await registry.locate(model)
+    try:
+        model_id, stream_version = await registry.locate(model)
+    except NotFoundError:
+        raise no_model(model) from None
     state = await registry.executor.state_at(model_stream(model_id), MODEL, stream_version)
-    return resolve_version(state, ref)
+    # What MLflow deleted (an archived model, a deprecated version) it no longer sees.
+    if state.archived:
+        raise no_model(model)
+    version = resolve_version(state, ref)
+    if version.deprecated:
+        raise no_version(model, version.number)
+    return version
 
 
 class MlflowArtifactsController(Controller):
@@ -202,11 +168,24 @@ def _file_info(entry: Listed) -> FileInfo:
     return FileInfo(path=entry.path, is_dir=entry.is_dir, file_size=entry.file_size)
 
 
-def mlflow_exception_handlers() -> ExceptionHandlersMap:
-    """Every error the API knows, answered in MLflow's envelope."""
-    handlers: ExceptionHandlersMap = dict.fromkeys(EXCEPTION_HANDLERS, mlflow_error)
-    handlers[BlobStoreUnavailableError] = _blob_store_unavailable
-    return handlers
-
-
-MLFLOW_ARTIFACT_CONTROLLERS = [MlflowArtifactsController, MlflowMultipartController]
+def mlflow_artifacts_router(answer_errors_here: Callable[[ASGIApp], ASGIApp]) -> Router:
+    """Behind the same metrics, correlation and authentication as MLflow's registry routes
+    (Bearer or Basic), answering errors in MLflow's envelope; no Idempotency-Key layer:
+    nothing here writes. ``answer_errors_here`` is the /api/v1 router's."""
+    handlers: ExceptionHandlersMap = {
+        **MLFLOW_EXCEPTION_HANDLERS,
+        BlobStoreUnavailableError: _blob_store_unavailable,
+    }
+    return Router(
+        MLFLOW_ARTIFACTS_PREFIX,
+        route_handlers=[MlflowArtifactsController, MlflowMultipartController],
+        middleware=[
+            HTTP_METRICS.middleware,
+            correlation_middleware,
+            answer_errors_here,
+            DefineMiddleware(MlflowAuthMiddleware),
+        ],
+        exception_handlers=handlers,
+        # MLflow's API is MLflow's to document; modelreg's OpenAPI describes /api/v1.
+        include_in_schema=False,
+    )

@@ -10,15 +10,12 @@ from litestar.datastructures import State
 from litestar.middleware import DefineMiddleware
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.api.auth import BearerOrBasicMiddleware, BearerTokenMiddleware
+from service.api.auth import BearerTokenMiddleware
 from service.api.common import refuse_nul_characters
 from service.api.idempotency import idempotency_middleware
 from service.api.json_body import refuse_unsafe_json
-from service.api.mlflow_artifacts import (
-    MLFLOW_ARTIFACT_CONTROLLERS,
-    MLFLOW_ARTIFACTS_PREFIX,
-    mlflow_exception_handlers,
-)
+from service.api.mlflow.router import mlflow_router
+from service.api.mlflow_artifacts import mlflow_artifacts_router
 from service.api.openapi import SECURITY, document_problems, openapi_app_kwargs
 from service.api.problems import EXCEPTION_HANDLERS
 from service.api.rate_limit import STATE_KEY, ExpensiveReadLimiter, limit_expensive_reads
@@ -98,7 +95,8 @@ async def screen_request(request: Request[Any, Any, Any]) -> None:
 
 
 def api_routers() -> list[Router]:
-    """``/api/v1``, MLflow's artifact proxy and ``/metrics``; all authenticated."""
+    """``/api/v1``, MLflow's ``/api/2.0/mlflow`` and artifact proxy, and ``/metrics``; all
+    authenticated."""
     # Outermost first: every request is counted, gets its correlation id (said on errors
     # too), then is authenticated, then deduplicated.
     document_problems([*CONTROLLERS, MetricsController])
@@ -118,20 +116,8 @@ def api_routers() -> list[Router]:
             before_request=screen_request,
             security=SECURITY,
         ),
-        # MLflow's artifact proxy: MLflow's contract and error envelope, so not in the
-        # OpenAPI document (which promises problem+json); Basic auth for MLflow's clients.
-        Router(
-            MLFLOW_ARTIFACTS_PREFIX,
-            route_handlers=MLFLOW_ARTIFACT_CONTROLLERS,
-            middleware=[
-                HTTP_METRICS.middleware,
-                correlation_middleware,
-                answer_errors_here,
-                DefineMiddleware(BearerOrBasicMiddleware),
-            ],
-            exception_handlers=mlflow_exception_handlers(),
-            include_in_schema=False,
-        ),
+        mlflow_router(screen_request, answer_errors_here),
+        mlflow_artifacts_router(answer_errors_here),
         Router(
             "/",
             route_handlers=[MetricsController],

@@ -210,11 +210,14 @@ class Registry:
         self, build: Callable[[str], Command], *, id_seed: str | None = None
     ) -> Written:
         """``build(model_id)`` makes the RegisterModel command for a fresh id."""
-        model_id = self.new_id()
-        if id_seed is not None:
-            # A retried request must land on the same stream to be recognised as a retry.
-            model_id = uuid.uuid5(uuid.NAMESPACE_URL, f"modelreg:{id_seed}").hex
+        # A retried request must land on the same stream to be recognised as a retry.
+        model_id = self.new_id() if id_seed is None else self.seeded_model_id(id_seed)
         return await self.execute(model_id, build(model_id), id_seed=id_seed)
+
+    @staticmethod
+    def seeded_model_id(id_seed: str) -> str:
+        """The id a model registered under ``id_seed`` gets, whichever replica registers it."""
+        return uuid.uuid5(uuid.NAMESPACE_URL, f"modelreg:{id_seed}").hex
 
     async def log_metrics(
         self,

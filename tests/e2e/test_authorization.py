@@ -71,11 +71,11 @@ POLICY = {
 CHAMPION = {"version": 1, "alias": "champion", "justification": "best so far"}
 
 M = "/api/v1/models"
+MF = "/api/2.0/mlflow"  # MLflow's routes answer MLflow's error envelope, not problem+json
 V = f"{M}/churn/versions"
 EMPTY = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"  # sha256 of no bytes
-MA = "/api/2.0/mlflow-artifacts/artifacts"
+MA = f"{MF}-artifacts/artifacts"  # MLflow's artifact proxy: MLflow's envelope too
 V5 = "modelreg/models/churn/versions/5"
-MLFLOW = "/api/2.0/"  # routes answering errors in MLflow's envelope, not problem+json
 
 # (method, path template) -> a concrete request and what it needs. Ordered: rows run top
 # to bottom, each for every caller, on one registry (archive before restore).
@@ -185,6 +185,73 @@ MATRIX: dict[tuple[str, str], Row] = {
     ("DELETE", "/api/v1/tokens/{token_id}"): Row("/api/v1/tokens/{throwaway}", ADMIN),
     ("GET", "/api/v1/me"): Row("/api/v1/me", None, scoped="allow"),
     ("GET", "/metrics"): Row("/metrics", R, scoped="allow"),
+    # MLflow's registry API: the same permissions as the /api/v1 routes doing the same
+    ("POST", f"{MF}/registered-models/create"): Row(
+        f"{MF}/registered-models/create", W, lambda who: {"name": f"mlflow-by-{who}"}
+    ),
+    ("GET", f"{MF}/registered-models/get"): Row(f"{MF}/registered-models/get?name=churn", R),
+    ("POST", f"{MF}/registered-models/rename"): Row(
+        f"{MF}/registered-models/rename",
+        W,
+        lambda who: {"name": "renamed-by-contributor", "new_name": f"mlflow-renamed-by-{who}"},
+    ),
+    ("PATCH", f"{MF}/registered-models/update"): Row(
+        f"{MF}/registered-models/update", W, {"name": "churn", "description": "via MLflow"}
+    ),
+    ("DELETE", f"{MF}/registered-models/delete"): Row(
+        f"{MF}/registered-models/delete", ADMIN, {"name": "retired"}
+    ),
+    ("GET", f"{MF}/registered-models/search"): Row(
+        f"{MF}/registered-models/search", R, scoped="allow"
+    ),
+    ("POST", f"{MF}/registered-models/set-tag"): Row(
+        f"{MF}/registered-models/set-tag", W, {"name": "churn", "key": "via", "value": "mlflow"}
+    ),
+    ("DELETE", f"{MF}/registered-models/delete-tag"): Row(
+        f"{MF}/registered-models/delete-tag", W, {"name": "churn", "key": "via"}
+    ),
+    ("POST", f"{MF}/registered-models/alias"): Row(
+        f"{MF}/registered-models/alias", W, {"name": "churn", "alias": "mlflow", "version": "2"}
+    ),
+    ("DELETE", f"{MF}/registered-models/alias"): Row(
+        f"{MF}/registered-models/alias", W, {"name": "churn", "alias": "mlflow"}
+    ),
+    ("GET", f"{MF}/registered-models/alias"): Row(
+        f"{MF}/registered-models/alias?name=churn&alias=candidate", R
+    ),
+    ("POST", f"{MF}/registered-models/get-latest-versions"): Row(
+        f"{MF}/registered-models/get-latest-versions", R, {"name": "churn"}
+    ),
+    ("GET", f"{MF}/registered-models/get-latest-versions"): Row(
+        f"{MF}/registered-models/get-latest-versions?name=churn", R
+    ),
+    ("POST", f"{MF}/model-versions/create"): Row(
+        f"{MF}/model-versions/create", W, {"name": "churn", "source": "s3://models/mlflow"}
+    ),
+    ("GET", f"{MF}/model-versions/get"): Row(f"{MF}/model-versions/get?name=churn&version=1", R),
+    ("PATCH", f"{MF}/model-versions/update"): Row(
+        f"{MF}/model-versions/update", W, {"name": "churn", "version": "1", "description": "x"}
+    ),
+    ("DELETE", f"{MF}/model-versions/delete"): Row(
+        f"{MF}/model-versions/delete", W, {"name": "churn", "version": "4"}
+    ),
+    ("GET", f"{MF}/model-versions/search"): Row(f"{MF}/model-versions/search", R, scoped="allow"),
+    ("POST", f"{MF}/model-versions/set-tag"): Row(
+        f"{MF}/model-versions/set-tag",
+        W,
+        {"name": "churn", "version": "1", "key": "k", "value": "v"},
+    ),
+    ("DELETE", f"{MF}/model-versions/delete-tag"): Row(
+        f"{MF}/model-versions/delete-tag", W, {"name": "churn", "version": "1", "key": "k"}
+    ),
+    ("POST", f"{MF}/model-versions/transition-stage"): Row(
+        f"{MF}/model-versions/transition-stage",
+        W,
+        {"name": "churn", "version": "2", "stage": "Staging"},
+    ),
+    ("GET", f"{MF}/model-versions/get-download-uri"): Row(
+        f"{MF}/model-versions/get-download-uri?name=churn&version=1", R
+    ),
     # MLflow's artifact proxy (its error envelope; writes refused to every caller)
     ("GET", "/api/2.0/mlflow-artifacts/artifacts"): Row(f"{MA}?path={V5}", R),
     ("GET", "/api/2.0/mlflow-artifacts/artifacts/{artifact_path}"): Row(f"{MA}/{V5}/empty.bin", R),
@@ -389,24 +456,6 @@ def _expected(caller: Caller, row: Row) -> tuple[str, Permission | None]:
     return ("404", None) if row.scoped == "hide" else ("allowed", None)
 
 
-def _judge_mlflow(
-    expected: str, permission: Permission | None, response: httpx.Response
-) -> str | None:
-    """A refusal in MLflow's envelope: its error code, and the permission in the message."""
-    error = response.json() if response.status_code in {401, 403} else {}
-    if expected == "401" and (
-        response.status_code != 401 or error.get("error_code") != "UNAUTHENTICATED"
-    ):
-        return "expected 401 UNAUTHENTICATED"
-    if expected == "403" and (
-        response.status_code != 403
-        or error.get("error_code") != "PERMISSION_DENIED"
-        or f"'{permission}' permission" not in error.get("message", "")
-    ):
-        return f"expected 403 PERMISSION_DENIED naming {permission}"
-    return None
-
-
 def _judge(
     method: str,
     expected: str,
@@ -420,27 +469,30 @@ def _judge(
     status = response.status_code
     if status >= 500:
         return "server error"
-    if expected in {"401", "403"} and response.request.url.path.startswith(MLFLOW):
-        return _judge_mlflow(expected, permission, response)
+    mlflow = response.request.url.path.startswith(MF)  # also MLflow's artifact proxy
+    code = "error_code" if mlflow else "code"
+    media_type = "application/json" if mlflow else "application/problem+json"
     if expected == "allowed" and answers is not None:
         return None if status == answers else f"expected {answers} for every allowed caller"
     if expected == "401":
         problem = response.json() if status == 401 else {}
         if (
             status != 401
-            or problem.get("code") != "unauthenticated"
+            or problem.get(code) != ("UNAUTHENTICATED" if mlflow else "unauthenticated")
             or "Bearer" not in response.headers.get("WWW-Authenticate", "")
         ):
-            return "expected 401 problem+json with WWW-Authenticate"
+            return f"expected 401 {media_type} with WWW-Authenticate"
         return None
     if expected == "403":
         problem = response.json() if status == 403 else {}
         if status != 403 or problem.get("details", {}).get("permission") != permission:
             return f"expected 403 naming {permission}"
+        if mlflow and problem.get(code) != "PERMISSION_DENIED":
+            return "an MLflow 403 must say PERMISSION_DENIED"
         return (
             None
-            if response.headers["content-type"] == "application/problem+json"
-            else "a 403 must be problem+json"
+            if response.headers["content-type"] == media_type
+            else f"a 403 must be {media_type}"
         )
     if expected == "404":
         return None if status == 404 else "expected 404 (out of its scope)"

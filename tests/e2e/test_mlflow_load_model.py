@@ -84,10 +84,21 @@ def test_mlflow_loads_a_registered_version_from_its_download_uri_and_predicts(
     assert predictions(result) == EXPECTED
 
 
+@pytest.mark.parametrize("uri", ["models:/churn@champion", "models:/churn/1"])
+def test_mlflow_loads_a_registered_model_by_alias_and_by_number(
+    server: RegistryServer, churn: int, workdir: Path, uri: str
+) -> None:
+    # given the registry URI set to modelreg: MLflow resolves the alias or number through
+    # modelreg's registry API, then fetches the files from its download URI
+    assert churn == 1
+    result = load_and_predict(uri, INPUTS, mlflow_env(server), workdir)
+    assert predictions(result) == EXPECTED
+
+
 def test_mlflow_models_serve_serves_a_registered_version(
     server: RegistryServer, churn: int, workdir: Path
 ) -> None:
-    # given `mlflow models serve` started on churn v1 as fetched from modelreg
+    # given `mlflow models serve -m models:/churn/1` started against modelreg
     port = _free_port()
     exe = Path(sys.executable).parent / "mlflow"
     log = workdir / "mlflow-serve.log"
@@ -98,7 +109,7 @@ def test_mlflow_models_serve_serves_a_registered_version(
                 "models",
                 "serve",
                 "-m",
-                download_uri("churn", churn),
+                f"models:/churn/{churn}",
                 "--env-manager",
                 "local",
                 "-h",

@@ -166,6 +166,24 @@ async def test_what_does_not_exist_is_resource_does_not_exist(api: Api, path: st
     assert answer.json()["error_code"] == "RESOURCE_DOES_NOT_EXIST"
 
 
+async def test_what_mlflow_calls_deleted_is_not_found(api: Api) -> None:
+    # given churn v1 deprecated (MLflow's delete of a version), then fraud archived
+    deprecated = await api.post(f"{M}/churn/versions/1/deprecate", json={"reason": "leaky"})
+    assert deprecated.status_code == 200, deprecated.text
+    external = {**entry("notes.txt", b"n"), "external": True, "uri": "s3://b/notes.txt"}
+    fraud = await api.post(f"{M}/fraud/versions", json={"artifacts": [external]})
+    assert fraud.status_code == 201, fraud.text
+    archived = await api.post(f"{M}/fraud/archive", json={"reason": "unused"})
+    assert archived.status_code == 200, archived.text
+    # when MLflow asks for their files, then neither exists for it
+    for path in (V1, "modelreg/models/fraud/versions/1"):
+        answer = await api.get(ARTIFACTS, params={"path": path})
+        assert (answer.status_code, answer.json()["error_code"]) == (
+            404,
+            "RESOURCE_DOES_NOT_EXIST",
+        ), answer.text
+
+
 async def test_an_external_file_is_a_conflict_that_says_where_its_bytes_are(api: Api) -> None:
     answer = await api.get(f"{ARTIFACTS}/{V1}/notes.txt")
     assert answer.status_code == 409, answer.text

@@ -124,6 +124,12 @@ class FlakyProxy:
     async def _stop(self) -> None:
         if self._server is not None:
             self._server.close()
+            # Connections a client keeps alive in its pool (MLflow's cached requests session
+            # does) are closed here, not left to be torn down with the loop.
+            serving = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in serving:
+                task.cancel()
+            await asyncio.gather(*serving, return_exceptions=True)
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._server.wait_closed(), 5)
 

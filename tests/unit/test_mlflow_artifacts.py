@@ -1,9 +1,6 @@
-"""MLflow artifact paths and directory listings of a manifest (events.mlflow_artifacts), and
-the HTTP Basic credential MLflow clients send (service.api.auth.basic_password)."""
+"""MLflow artifact paths and directory listings of a manifest (events.mlflow_artifacts)."""
 
 from __future__ import annotations
-
-import base64
 
 import pytest
 from hypothesis import given
@@ -11,7 +8,6 @@ from hypothesis import strategies as st
 
 from events.errors import ValidationError
 from events.mlflow_artifacts import ArtifactPath, Listed, download_uri, list_directory, parse_path
-from service.api.auth import basic_password
 
 SEGMENT = st.text(alphabet="abcdefgh_.-0123456789", min_size=1, max_size=6).filter(
     lambda s: s not in {".", ".."}
@@ -101,19 +97,3 @@ def test_a_listing_never_names_anything_outside_the_manifest(
             assert any(path.startswith(f"{full}/") for path in files)
         else:
             assert files[full] == item.file_size
-
-
-@pytest.mark.parametrize(
-    ("credentials", "password"),
-    [
-        (base64.b64encode(b"alice:s3cret").decode(), "s3cret"),
-        (base64.b64encode(b":s3cret").decode(), "s3cret"),
-        (base64.b64encode(b"alice:with:colons").decode(), "with:colons"),
-        (base64.b64encode("ünï:cödé".encode()).decode(), "cödé"),
-        (base64.b64encode(b"no-colon").decode(), None),
-        ("not base64!", None),
-        (base64.b64encode(b"\xff\xfe:x").decode(), None),
-    ],
-)
-def test_basic_credentials_yield_their_password(credentials: str, password: str | None) -> None:
-    assert basic_password(credentials) == password

@@ -110,6 +110,17 @@ def test_registered_models_are_created_read_updated_tagged_renamed_and_deleted(
         mlflow.get_registered_model("mf-churn-2")
     assert error_code(gone) == "RESOURCE_DOES_NOT_EXIST"
     assert mlflow.search_registered_models(filter_string="name = 'mf-churn-2'") == []
+    # and its name stays taken: the history is kept, an admin may restore it
+    with pytest.raises(RestException) as kept:
+        mlflow.create_registered_model("mf-churn-2", description="again")
+    assert error_code(kept) == "RESOURCE_ALREADY_EXISTS"
+    assert "restore" in kept.value.message
+    # even when the same create is sent again within the retry window
+    mlflow.create_registered_model("mf-once")
+    mlflow.delete_registered_model("mf-once")
+    with pytest.raises(RestException) as again:
+        mlflow.create_registered_model("mf-once")
+    assert error_code(again) == "RESOURCE_ALREADY_EXISTS"
 
 
 def test_versions_carry_source_run_and_user_and_deleted_numbers_are_never_reused(
@@ -130,6 +141,14 @@ def test_versions_carry_source_run_and_user_and_deleted_numbers_are_never_reused
             "None",
             "READY",
         )
+    # (a create answers what a read shows afterwards, timestamps included)
+    read = mlflow.get_model_version("mf-fraud", "3")
+    assert (read.creation_timestamp, read.source, read.run_id, read.tags) == (
+        version.creation_timestamp,
+        version.source,
+        version.run_id,
+        version.tags,
+    )
     # when one is described, tagged and the last one deleted
     mlflow.update_model_version("mf-fraud", "2", description="the good one")
     mlflow.set_model_version_tag("mf-fraud", "2", "validated", "yes")
@@ -245,25 +264,33 @@ def test_searches_filter_with_mlflow_grammar_order_and_page_with_opaque_tokens(
         headers=_bearer(server.admin_token),
     )
     assert prompt.status_code == 200, prompt.text
-    # when models are searched two at a time, newest name first
-    names: list[str] = []
-    token: str | None = None
-    while True:
-        page = mlflow.search_registered_models(
-            "name LIKE 'mf-page-%'", max_results=2, order_by=["name DESC"], page_token=token
-        )
-        names += [m.name for m in page]
-        token = page.token
-        if not token:
-            break
+
+    # when models are searched two at a time, by name or by time, newest first
+    def paged(order: str) -> list[str]:
+        names: list[str] = []
+        token: str | None = None
+        while True:
+            page = mlflow.search_registered_models(
+                "name LIKE 'mf-page-%'", max_results=2, order_by=[order], page_token=token
+            )
+            names += [m.name for m in page]
+            token = page.token
+            if not token:
+                return names
+
     # then every model comes once, in order, over three pages
-    assert names == [f"mf-page-{n}" for n in (4, 3, 2, 1, 0)]
+    assert paged("name DESC") == [f"mf-page-{n}" for n in (4, 3, 2, 1, 0)]
+    assert paged("creation_timestamp DESC") == [f"mf-page-{n}" for n in (4, 3, 2, 1, 0)]
     # and the grammar MLflow clients send works: backticked tags, ILIKE, IN, numbers
     gold = mlflow.search_registered_models("tags.`tier` = 'gold' AND name ILIKE 'MF-PAGE-%'")
     assert sorted(m.name for m in gold) == ["mf-page-0", "mf-page-1"]
     assert all(m.latest_versions[0].version == "1" for m in gold)
     runs = mlflow.search_model_versions("run_id IN ('run-1') AND version_number >= 1")
     assert sorted(v.name for v in runs) == ["mf-page-1", "mf-page-3"]
+    (first,) = mlflow.search_model_versions("source_path LIKE 's3://b/p0%'")
+    since = f"name = 'mf-page-0' AND creation_timestamp >= {first.creation_timestamp}"
+    assert [v.version for v in mlflow.search_model_versions(since)] == ["1"]
+    assert mlflow.search_model_versions(since.replace(">=", ">")) == []
     # and prompts are hidden unless the filter asks for them
     assert mlflow.search_registered_models("name = 'mf-prompt'") == []
     asked = mlflow.search_registered_models("tags.`mlflow.prompt.is_prompt` = 'true'")
@@ -317,7 +344,8 @@ def test_a_transition_that_needs_approval_answers_an_mlflow_error_and_opens_a_re
     policy = {
         "transitions": [
             {"from_stage": "development", "to_stage": "production", "approvals": 1},
-        ]
+        ],
+        "protected_aliases": [{"alias": "champion", "approvals": 1}],
     }
     response = httpx.put(
         f"{server.url}/api/v1/models/mf-governed/policy",
@@ -339,6 +367,11 @@ def test_a_transition_that_needs_approval_answers_an_mlflow_error_and_opens_a_re
     ]
     assert pending[0]["request_id"] in refused.value.message
     assert mlflow.get_model_version("mf-governed", "1").current_stage == "None"
+    # and a protected alias moves only through an approved request, not through MLflow
+    with pytest.raises(RestException) as protected:
+        mlflow.set_registered_model_alias("mf-governed", "champion", "1")
+    assert error_code(protected) == "PERMISSION_DENIED"
+    assert mlflow.get_registered_model("mf-governed").aliases == {}
 
 
 def test_a_create_retried_after_a_lost_answer_records_one_version(

@@ -4,7 +4,7 @@ ValidationError naming the field otherwise (pure)."""
 from __future__ import annotations
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from events.errors import ValidationError
@@ -136,6 +136,8 @@ def _quoted(value: str) -> str:
     return "'" + value.replace("\\", "\\\\").replace("'", "''") + "'"
 
 
+# No deadline: a loaded CI machine must not fail a test for being slow.
+@settings(deadline=None)
 @given(
     st.lists(
         st.one_of(
@@ -172,6 +174,7 @@ def _outcome(text: str, target: Target) -> str:
     return "parsed"
 
 
+@settings(deadline=None)
 @given(st.text(max_size=80))
 def test_any_text_parses_or_is_refused_as_a_validation_error(text: str) -> None:
     # anything else (an IndexError, a RecursionError) would be a 5xx to MLflow's retrying client

@@ -14,7 +14,7 @@ from litestar import Controller, Request, delete, get, patch, post
 from litestar.params import FromQuery, JSONBody, QueryParameter
 
 from events.access import Permission
-from events.errors import ValidationError
+from events.errors import AlreadyExistsError, NotFoundError, ValidationError
 from events.mlflow_filter import Target, parse_filter, parse_order_by, with_tie_breakers
 from events.mlflow_stages import stage_from_mlflow
 from events.model.commands import (
@@ -52,6 +52,15 @@ from service.commands.tokens import covers
 MAX_MODEL_RESULTS = 1000
 
 NameQuery = Annotated[str, QueryParameter(name="name", min_length=1)]
+
+
+def _taken(name: str) -> AlreadyExistsError:
+    return AlreadyExistsError(
+        f"Registered Model (name={name}) already exists. A deleted model keeps its name in"
+        " modelreg (its history stays): an admin can restore it"
+        f" (POST /api/v1/models/{name}/restore), or choose another name.",
+        name=name,
+    )
 
 
 def page_size(value: int | None, default: int, maximum: int) -> int:
@@ -92,10 +101,17 @@ class RegisteredModelsController(Controller):
 
         written = await _recorded_create(services, previous) if previous else None
         if written is None:
-            written = await registry.register_model(command, id_seed=seed)
-        return wire.RegisteredModelAnswer(
-            registered_model=await model_answer(services, written.model_id, data.name)
-        )
+            try:
+                written = await registry.register_model(command, id_seed=seed)
+            except AlreadyExistsError:
+                raise _taken(data.name) from None
+        try:
+            created = await model_answer(services, written.model_id, data.name)
+        except NotFoundError:
+            if written.replayed:  # the create answered again here was deleted since
+                raise _taken(data.name) from None
+            raise
+        return wire.RegisteredModelAnswer(registered_model=created)
 
     @get("/get")
     async def read(

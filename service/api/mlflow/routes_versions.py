@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import hashlib
+from datetime import datetime
 from typing import Annotated, Any
 
 from litestar import Controller, Request, delete, get, patch, post
@@ -32,9 +33,10 @@ from events.model.commands import (
     UpdateVersionDescription,
 )
 from events.model.events import VersionRegistered
+from events.model.state import ModelState
 from events.stages import Stage
 from events.version_content import ArtifactEntry, RunReference, VersionContent, validate_content
-from projections.mlflow_views import search_versions
+from projections.mlflow_views import MlflowVersion, search_versions
 from projections.paging import InvalidQueryError
 from service.api.auth import require
 from service.api.common import cursor_seal, principal_of, seed_of, services_of
@@ -117,6 +119,32 @@ def _number(written: Written) -> int:
     return registered[0].version
 
 
+def _registered(written: Written, model_id: str, name: str, at: datetime) -> wire.ModelVersion:
+    """A version as its registration recorded it, at ``at``: what the views will show."""
+    number = _number(written)
+    state: ModelState = written.state
+    version = state.versions[number]
+    entry = version.content.artifacts[0]
+    run = version.content.run
+    row = MlflowVersion(
+        model_id=model_id,
+        name=name,
+        version=number,
+        stage=version.stage,
+        aliases=version.aliases,
+        description=version.description,
+        tags=version.tags,
+        registered_by=version.registered_by,
+        created_at=at,
+        updated_at=at,
+        source=entry.uri,
+        run_id=run.run_id if run else "",
+        run_link=run.url if run else "",
+        deleted=False,
+    )
+    return wire.model_version(row)
+
+
 class ModelVersionsController(Controller):
     path = "/model-versions"
 
@@ -143,6 +171,11 @@ class ModelVersionsController(Controller):
                 tags=wire.tags_of(data.tags),
             )
             written = await registry.execute(model_id, command, id_seed=seed)
+            if not written.replayed:
+                # What it recorded is the answer: no need to wait for the views to show it.
+                return wire.ModelVersionAnswer(
+                    model_version=_registered(written, model_id, data.name, command.now)
+                )
         return wire.ModelVersionAnswer(
             model_version=await version_answer(services, model_id, data.name, _number(written))
         )

@@ -17,6 +17,7 @@ from service.api.common import refuse_nul_characters
 from service.api.idempotency import idempotency_middleware
 from service.api.json_body import refuse_unsafe_json
 from service.api.mlflow.router import mlflow_router
+from service.api.mlflow_artifacts import mlflow_artifacts_router
 from service.api.openapi import SECURITY, document_problems, openapi_app_kwargs
 from service.api.openapi_exact import (
     declared_query_names,
@@ -139,7 +140,8 @@ async def screen_request(request: Request[Any, Any, Any]) -> None:
 
 
 def api_routers() -> list[Router]:
-    """``/api/v1``, MLflow's ``/api/2.0/mlflow`` and ``/metrics``; all authenticated."""
+    """``/api/v1``, MLflow's ``/api/2.0/mlflow`` and artifact proxy, and ``/metrics``; all
+    authenticated."""
     # Outermost first: every request is counted, gets its correlation id (said on errors
     # too), then is authenticated, then deduplicated.
     document_problems([*CONTROLLERS, MetricsController])
@@ -160,6 +162,7 @@ def api_routers() -> list[Router]:
             security=SECURITY,
         ),
         mlflow_router(screen_request, answer_errors_here),
+        mlflow_artifacts_router(answer_errors_here),
         Router(
             "/",
             route_handlers=[MetricsController],

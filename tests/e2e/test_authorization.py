@@ -48,6 +48,7 @@ class Row:
     body: Body = None
     scoped: Scoped = "deny"
     headers: dict[str, str] | None = None
+    answers: int | None = None  # the status every allowed caller gets, if not a 2xx
 
 
 def artifact(n: int) -> dict[str, Any]:
@@ -74,6 +75,8 @@ M = "/api/v1/models"
 MF = "/api/2.0/mlflow"  # MLflow's routes answer MLflow's error envelope, not problem+json
 V = f"{M}/churn/versions"
 EMPTY = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"  # sha256 of no bytes
+MA = f"{MF}-artifacts/artifacts"  # MLflow's artifact proxy: MLflow's envelope too
+V5 = "modelreg/models/churn/versions/5"
 
 # (method, path template) -> a concrete request and what it needs. Ordered: rows run top
 # to bottom, each for every caller, on one registry (archive before restore).
@@ -284,6 +287,18 @@ MATRIX: dict[tuple[str, str], Row] = {
     ),
     ("GET", f"{MF}/model-versions/get-download-uri"): Row(
         f"{MF}/model-versions/get-download-uri?name=churn&version=1", R
+    ),
+    # MLflow's artifact proxy (its error envelope; writes refused to every caller)
+    ("GET", "/api/2.0/mlflow-artifacts/artifacts"): Row(f"{MA}?path={V5}", R),
+    ("GET", "/api/2.0/mlflow-artifacts/artifacts/{artifact_path}"): Row(f"{MA}/{V5}/empty.bin", R),
+    ("PUT", "/api/2.0/mlflow-artifacts/artifacts/{artifact_path}"): Row(
+        f"{MA}/{V5}/new.bin", None, scoped="allow", answers=405
+    ),
+    ("DELETE", "/api/2.0/mlflow-artifacts/artifacts/{artifact_path}"): Row(
+        f"{MA}/{V5}/empty.bin", None, scoped="allow", answers=405
+    ),
+    ("POST", "/api/2.0/mlflow-artifacts/mpu/{action}"): Row(
+        f"/api/2.0/mlflow-artifacts/mpu/create/{V5}/big.bin", None, scoped="allow", answers=405
     ),
 }
 
@@ -503,14 +518,17 @@ def _judge(
     response: httpx.Response,
     *,
     must_succeed: bool,
+    answers: int | None = None,
 ) -> str | None:
     """What is wrong with ``response`` (None: nothing)."""
     status = response.status_code
     if status >= 500:
         return "server error"
-    mlflow = response.request.url.path.startswith(f"{MF}/")
+    mlflow = response.request.url.path.startswith(MF)  # also MLflow's artifact proxy
     code = "error_code" if mlflow else "code"
     media_type = "application/json" if mlflow else "application/problem+json"
+    if expected == "allowed" and answers is not None:
+        return None if status == answers else f"expected {answers} for every allowed caller"
     if expected == "401":
         problem = response.json() if status == 401 else {}
         if (
@@ -572,6 +590,7 @@ async def test_every_route_for_every_caller(api: Api) -> None:
                 permission,
                 response,
                 must_succeed=first_allowed or method == "GET",
+                answers=row.answers,
             )
             if expected == "allowed":
                 first_allowed = False

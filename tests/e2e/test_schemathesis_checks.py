@@ -30,9 +30,10 @@ M = "/api/v1/models"
 # every operation but these, whose rules the document does not (or cannot) say yet:
 # cursors only this service issued; an expiry in the future; a blob whose body must hash
 # to its digest; cross-field rules (a policy's transitions, a promotion's stage or alias,
-# a failed deployment's reason); metric timestamps up to a day past now; "printable" text (owner); the tag filter and order syntax;
-# nested policy and version-content structs (their names, unknown fields, artifact list);
-# the version reference of a file path.
+# a failed deployment's reason, a deployment's stage or alias); metric timestamps up to a
+# day past now; "printable" text (owner); the tag filter and order syntax, event types as
+# query values; nested policy and version-content structs (their names, unknown fields,
+# artifact list); the version reference of a file path.
 COMPARED = [positive_data_acceptance, negative_data_rejection]
 NOT_YET_EXACT = frozenset(
     {
@@ -46,6 +47,8 @@ NOT_YET_EXACT = frozenset(
         "PUT /api/v1/policy",
         "POST /api/v1/models/{name}/promotions",
         "POST /api/v1/models/{name}/deployments/report",
+        "POST /api/v1/models/{name}/versions/{version}/deployments",
+        "GET /api/v1/events",
         "POST /api/v1/tokens",
         "GET /api/v1/models/{name}/versions/{ref}/files/{file_path}",
         "PUT /api/v1/models/{name}/blobs/{digest}",

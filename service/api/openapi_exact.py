@@ -51,6 +51,12 @@ NOT_BLANK = "^\\s*[^\\s\\u0000][^\\u0000]*$"
 POSITION_DIGITS = f"^[0-9]{{1,{len(str(MAX_POSITION)) - 1}}}$"
 # A version list: comma-separated version numbers of at most 9 digits (int32 range).
 VERSION_LIST = "^-?[0-9]{1,9}(,-?[0-9]{1,9})*$"
+# A version reference of the file routes: a number, @alias or stage:<stage>
+# (``service.artifacts.service.resolve_version``).
+VERSION_REF = (
+    f"^(?:[0-9]{{1,10}}|@[a-z][a-z0-9_-]{{0,{ALIAS_MAX - 1}}}"
+    "|stage:(?:development|staging|production|archived))$"
+)
 
 _POSITIONS = {"min_position", "cursor", "before_position", "after"}
 # Path parameters by name: the rule each route applies to it.
@@ -61,6 +67,7 @@ _PATH_PATTERNS = {
     "alias": ALIAS,
     "key": KEY,
     "digest": DIGEST,
+    "ref": VERSION_REF,
 }
 # Request body fields by (component, property): the rule the command applies to it.
 _BODY_PATTERNS = {
@@ -75,6 +82,7 @@ _BODY_PATTERNS = {
     ("DeploymentStart", "desired_alias"): NEW_ALIAS,
     ("DeploymentReport", "deployment_id"): ID,
     ("TokenRequest", "principal"): PRINCIPAL,
+    ("OpenUpload", "digest"): DIGEST,
 }
 _BODY_ITEM_PATTERNS = {("TokenRequest", "scopes"): SCOPE}
 # Lists a command refuses empty.

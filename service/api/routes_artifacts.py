@@ -23,7 +23,7 @@ from events.artifacts import DIGEST_PREFIX, parse_digest
 from events.errors import ConflictError
 from service.api.auth import require
 from service.api.common import POSITION_HEADER, principal_of, services_of
-from service.api.problems import Problem, problem_at
+from service.api.problems import PROBLEM_JSON, Problem, problem_at
 from service.artifacts.blobstore import (
     BlobStoreUnavailableError,
     BlobTooLargeError,
@@ -184,7 +184,10 @@ class ArtifactsController(Controller):
         # The stream says the model stored it; the store must still hold it too, else the
         # client uploads it again (which restores it).
         if size is None or await services.blobs.size_of(sha256) != size:
-            return Response(None, status_code=404, headers={"Content-Length": "0"})
+            # A HEAD answer has no body, but says what a GET's 404 would be (a problem).
+            return Response(
+                None, status_code=404, headers={"Content-Length": "0"}, media_type=PROBLEM_JSON
+            )
         return Response(
             None, status_code=200, headers={"ETag": _etag(sha256), "Content-Length": str(size)}
         )

@@ -33,7 +33,9 @@ M = "/api/v1/models"
 # a failed deployment's reason, a deployment's stage or alias); metric timestamps up to a
 # day past now; "printable" text (owner); the tag filter and order syntax, event types as
 # query values; nested policy and version-content structs (their names, unknown fields,
-# artifact list); the version reference of a file path.
+# artifact list); rules that depend on the server's settings (the blob size cap, presigned
+# URLs only with the S3 store: opening an upload session); a webhook URL that must name a
+# public http(s) address.
 COMPARED = [positive_data_acceptance, negative_data_rejection]
 NOT_YET_EXACT = frozenset(
     {
@@ -50,7 +52,8 @@ NOT_YET_EXACT = frozenset(
         "POST /api/v1/models/{name}/versions/{version}/deployments",
         "GET /api/v1/events",
         "POST /api/v1/tokens",
-        "GET /api/v1/models/{name}/versions/{ref}/files/{file_path}",
+        "POST /api/v1/models/{name}/uploads",
+        "POST /api/v1/webhooks",
         "PUT /api/v1/models/{name}/blobs/{digest}",
     }
 )

@@ -30,6 +30,7 @@ from events.names import (
     TAG_KEY_MAX,
 )
 from service.api.common import MAX_POSITION
+from service.artifacts.archive import MEDIA_TYPES
 
 Schema = dict[str, Any]
 
@@ -101,6 +102,12 @@ _MOMENT: Schema = {
 }
 
 
+# Answers that are bytes, not JSON: (path, method) -> the media types of their 200.
+_BINARY_ANSWERS = {
+    ("/api/v1/models/{name}/versions/{ref}/archive", "get"): MEDIA_TYPES.values(),
+}
+
+
 def make_exact(document: Schema, strict_structs: dict[str, type[msgspec.Struct]]) -> Schema:
     """Write the API's rules into ``document`` (a rendered OpenAPI dict), in place; return it.
 
@@ -119,16 +126,25 @@ def make_exact(document: Schema, strict_structs: dict[str, type[msgspec.Struct]]
             pattern = _BODY_ITEM_PATTERNS.get((name, field))
             if pattern is not None:
                 _set_pattern(value.get("items", {}), pattern)
-    for item in document.get("paths", {}).values():
-        for operation in item.values():
-            if not isinstance(operation, dict):
-                continue
-            for parameter in operation.get("parameters", []):
-                _exact_parameter(parameter)
+    for path, item in document.get("paths", {}).items():
+        for method, operation in item.items():
+            if isinstance(operation, dict):
+                _exact_operation(path, method, operation)
     # Only what clients send: answers may quote a refused value (a problem's detail).
     for schema in _all_schemas(_sent(document)):
         _no_nul(schema)
     return document
+
+
+def _exact_operation(path: str, method: str, operation: Schema) -> None:
+    for parameter in operation.get("parameters", []):
+        _exact_parameter(parameter)
+    binary = _BINARY_ANSWERS.get((path, method))
+    if binary is not None and "200" in operation.get("responses", {}):
+        bytes_schema = {"type": "string", "format": "binary"}
+        operation["responses"]["200"]["content"] = {
+            media_type: {"schema": bytes_schema} for media_type in binary
+        }
 
 
 def _sent(document: Schema) -> list[Any]:

@@ -44,6 +44,14 @@ class ArchiveController(Controller):
             Literal["tar", "zip"],
             QueryParameter(name="format", description="tar (the default) or zip"),
         ] = "tar",
+        filename: Annotated[
+            str | None,
+            QueryParameter(
+                description="the file name to answer in Content-Disposition (a deployment"
+                " tool such as KServe reads the archive's type from the URL's name)",
+                pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,254}$",
+            ),
+        ] = None,
     ) -> Stream:
         """Every stored file of a version by number (``7``), alias (``@champion``) or stage
         (``stage:production``) as one tar or zip, streamed; a corrupt blob cuts the stream
@@ -57,7 +65,9 @@ class ArchiveController(Controller):
         manifest = manifest_bytes(state.name, version.number, entries)
         external = sum(1 for e in entries if e.external)
         headers = {
-            "Content-Disposition": f'attachment; filename="{state.name}-v{version.number}.{fmt}"',
+            "Content-Disposition": (
+                f'attachment; filename="{filename or f"{state.name}-v{version.number}.{fmt}"}"'
+            ),
             EXTERNAL_HEADER: str(external),
             VERSION_HEADER: str(version.number),
         }

@@ -271,7 +271,7 @@ def registry_uri(row: VersionRow, rule: str, *, registry_url: str, blobs_url: st
         return f"{base}/files/{quote(artifacts[0].path, safe='/')}"
     # KServe unpacks an http(s) download by the type the URL's name (or, when the path has
     # none, its query) suggests: the trailing name tells it this is a zip.
-    return f"{base}/archive?format=zip&name={quote(row.model_name, safe='')}-{row.version}.zip"
+    return f"{base}/archive?format=zip&filename={quote(row.model_name, safe='')}-{row.version}.zip"
 
 
 def package_root(artifacts: Sequence[ArtifactEntry]) -> str | None:

@@ -456,8 +456,9 @@ async def test_several_stored_files_deploy_as_the_registry_zip_kserve_unpacks(
         # it holds both files
         path = tmp_path / f"{resource_name('stored.fraud', 'prod')}.yaml"
         uri = read_manifest(path)["spec"]["predictor"]["model"]["storageUri"]
-        assert uri.endswith("/archive?format=zip&name=stored.fraud-1.zip"), uri
+        assert uri.endswith("/archive?format=zip&filename=stored.fraud-1.zip"), uri
         fetched = await http.get(uri)
         assert fetched.status_code == 200, fetched.text
+        assert 'filename="stored.fraud-1.zip"' in fetched.headers["content-disposition"]
         with zipfile.ZipFile(io.BytesIO(fetched.content)) as archive:
             assert {n: archive.read(n) for n in files} == files

@@ -1,0 +1,185 @@
+"""The web UI over real HTTP against ``modelreg serve``, without a browser: status codes,
+the session cookie's flags, CSRF refusals, and that a scoped reader's pages show only its
+models. One registry for the module; the browser suite (test_ui_browser.py) clicks through.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from service.ui.session import COOKIE
+from tests.support.registry_server import RegistryServer, registry_server
+from tests.support.ui_registry import API, UiRegistry, csrf_of, log_in, populate
+
+
+@pytest.fixture(scope="module")
+def server(database_url: str, nats_url: str, workdir: Path) -> Iterator[RegistryServer]:
+    with registry_server(database_url, nats_url, workdir) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def content(server: RegistryServer) -> UiRegistry:
+    with httpx.Client(base_url=server.url, timeout=30.0) as http:
+        return populate(http, server.admin_token)
+
+
+@pytest.fixture
+def browser(server: RegistryServer) -> Iterator[httpx.Client]:
+    """A client that keeps cookies, like a browser, and does not follow redirects."""
+    with httpx.Client(base_url=server.url, timeout=30.0) as http:
+        yield http
+
+
+def test_a_page_without_a_session_redirects_to_the_login_form(
+    browser: httpx.Client, content: UiRegistry
+) -> None:
+    # when someone not logged in opens a model page
+    answer = browser.get(f"/ui/models/{content.model}")
+
+    # then they are sent to the login form, which comes back to the page afterwards
+    assert answer.status_code == 303
+    assert answer.headers["location"] == f"/ui/login?next_page=%2Fui%2Fmodels%2F{content.model}"
+    assert browser.get("/ui/login").status_code == 200
+
+
+def test_logging_in_sets_an_httponly_strict_session_cookie_that_opens_the_pages(
+    browser: httpx.Client, server: RegistryServer, content: UiRegistry
+) -> None:
+    # given the login form
+    form = browser.get("/ui/login")
+
+    # when the admin logs in with its token
+    answer = browser.post(
+        "/ui/login", data={"token": server.admin_token, "_csrf_token": csrf_of(form)}
+    )
+
+    # then the session cookie is HttpOnly, SameSite=Strict, expiring, and holds no token
+    assert answer.status_code == 303
+    cookie = next(h for h in answer.headers.get_list("set-cookie") if h.startswith(f"{COOKIE}="))
+    flags = cookie.lower()
+    assert "httponly" in flags and "samesite=strict" in flags and "max-age=28800" in flags
+    assert server.admin_token not in cookie
+    # and the pages answer, showing the registry's models
+    models = browser.get("/ui/")
+    assert models.status_code == 200
+    assert content.model in models.text and content.hidden in models.text
+    for path in (
+        f"/ui/models/{content.model}",
+        f"/ui/models/{content.model}/versions/2",
+        f"/ui/models/{content.model}/compare?versions=1,2,3",
+        "/ui/approvals",
+    ):
+        assert browser.get(path).status_code == 200, path
+
+
+def test_a_wrong_token_does_not_log_in(browser: httpx.Client) -> None:
+    form = browser.get("/ui/login")
+    answer = browser.post("/ui/login", data={"token": "nope", "_csrf_token": csrf_of(form)})
+    assert answer.status_code == 401
+    assert COOKIE not in answer.headers.get("set-cookie", "")
+
+
+def test_a_form_post_without_its_csrf_token_is_refused_and_changes_nothing(
+    browser: httpx.Client, content: UiRegistry
+) -> None:
+    # given the approver logged in
+    log_in(browser, content.approver)
+
+    # when forms are posted without the CSRF token (as a forged cross-site form would be)
+    approve = browser.post(
+        f"/ui/approvals/{content.request_id}", data={"decision": "approve", "comment": "x"}
+    )
+    logout = browser.post("/ui/logout", data={})
+
+    # then both are refused, and the session still stands
+    assert approve.status_code == 403 and logout.status_code == 403
+    assert browser.get("/ui/").status_code == 200
+
+
+def test_the_json_api_with_a_bearer_token_needs_no_csrf_token(
+    browser: httpx.Client, server: RegistryServer
+) -> None:
+    # when an API client writes with its bearer token (no cookie, no CSRF token)
+    answer = browser.post(
+        f"{API}/models",
+        headers={"Authorization": f"Bearer {server.admin_token}"},
+        json={"name": "api-unchanged-" + server.schema},
+    )
+
+    # then the API answers as it always did
+    assert answer.status_code == 201
+
+
+def test_a_scoped_reader_sees_only_its_models_and_an_out_of_scope_model_is_not_found(
+    browser: httpx.Client, content: UiRegistry
+) -> None:
+    # given a reader whose token covers fraud-* only
+    log_in(browser, content.scoped_reader)
+
+    # when it lists, searches, and opens the other model directly
+    listed = browser.get("/ui/")
+    searched = browser.get("/ui/", params={"q": content.hidden})
+    direct = browser.get(f"/ui/models/{content.hidden}")
+    version = browser.get(f"/ui/models/{content.hidden}/versions/1")
+
+    # then the other model is nowhere, and its pages answer 404 like a model that does not exist
+    assert content.model in listed.text
+    assert content.hidden not in listed.text
+    assert content.hidden not in searched.text.replace(f'value="{content.hidden}"', "")
+    assert direct.status_code == 404 and version.status_code == 404
+    assert browser.get("/ui/models/no-such-model").status_code == 404
+
+
+def test_a_bad_filter_answers_400_naming_the_field(
+    browser: httpx.Client, server: RegistryServer
+) -> None:
+    log_in(browser, server.admin_token)
+    answer = browser.get("/ui/", params={"metric": "auc>>"})
+    assert answer.status_code == 400
+    assert "metric" in answer.text
+
+
+def test_the_requester_is_told_it_may_not_approve_its_own_request(
+    browser: httpx.Client, content: UiRegistry
+) -> None:
+    log_in(browser, content.requester)
+    inbox = browser.get("/ui/approvals")
+    assert "You may not decide this request: you asked for it" in inbox.text
+
+
+def test_a_second_person_approves_through_the_form_and_the_version_goes_to_production(
+    browser: httpx.Client, server: RegistryServer, content: UiRegistry
+) -> None:
+    # given the approver on its inbox
+    log_in(browser, content.approver)
+    inbox = browser.get("/ui/approvals")
+    assert content.request_id in inbox.text
+
+    # when it approves with a comment
+    answer = browser.post(
+        f"/ui/approvals/{content.request_id}",
+        data={"decision": "approve", "comment": "four eyes", "_csrf_token": csrf_of(inbox)},
+    )
+
+    # then the promotion executed through the same command as the API
+    assert answer.status_code == 303
+    position = answer.headers["location"].rsplit("position=", 1)[1]
+    version = browser.get(
+        f"{API}/models/{content.model}/versions/3",
+        params={"min_position": position},
+        headers={"Authorization": f"Bearer {server.admin_token}"},
+    )
+    assert version.json()["stage"] == "production"
+
+
+def test_logging_out_ends_the_session(browser: httpx.Client, server: RegistryServer) -> None:
+    log_in(browser, server.admin_token)
+    page = browser.get("/ui/")
+    answer = browser.post("/ui/logout", data={"_csrf_token": csrf_of(page)})
+    assert answer.status_code == 303
+    assert browser.get("/ui/").status_code == 303

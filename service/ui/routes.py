@@ -14,14 +14,15 @@ from typing import Annotated, Any, TypeVar
 
 from litestar import Controller, Request, Response, get, post
 from litestar.enums import RequestEncodingType
-from litestar.params import Body, FromPath, FromQuery
+from litestar.params import Body, FromPath, FromQuery, Parameter
 from litestar.response import Redirect, Template
 
 from eventlog.freshness import freshness
 from events.errors import NotFoundError, ValidationError
 from events.stages import Stage
-from service.api.common import principal_of, services_of
+from service.api.common import MAX_POSITION, principal_of, services_of
 from service.api.problems import PermissionDeniedError
+from service.api.routes_artifacts import ArtifactsController
 from service.api.routes_governance import LifecycleController, PromotionsController
 from service.api.routes_models import ModelsController
 from service.api.routes_versions import CompareController, VersionsController
@@ -184,6 +185,22 @@ class PagesController(Controller):
             )
         return page(request, "version.html", version=row, series=series, charts=charts)
 
+    @get("/models/{name:str}/versions/{version:int}/files/{file_path:path}")
+    async def download(
+        self,
+        request: Request[Any, Any, Any],
+        name: FromPath[str],
+        version: FromPath[int],
+        file_path: FromPath[str],
+    ) -> Any:
+        """A file of the version: the API's download (verified on the way out, ranges)."""
+        return await _visible(
+            name,
+            ArtifactsController.download.fn(
+                None, request, name=name, ref=str(version), file_path=file_path
+            ),
+        )
+
     @get("/models/{name:str}/compare")
     async def compare(
         self,
@@ -224,10 +241,19 @@ class PagesController(Controller):
         )
 
     @get("/approvals")
-    async def approvals(self, request: Request[Any, Any, Any]) -> Template:
-        mine = await PromotionsController.list_requests.fn(None, request, which="mine")
+    async def approvals(
+        self,
+        request: Request[Any, Any, Any],
+        done: str = "",
+        position: Annotated[int | None, Parameter(ge=0, le=MAX_POSITION)] = None,
+    ) -> Template:
+        """Requests waiting for me and all open ones; after a decision, read-your-writes:
+        the lists wait (bounded) until the views show it."""
+        mine = await PromotionsController.list_requests.fn(
+            None, request, which="mine", min_position=position
+        )
         waiting = await PromotionsController.list_requests.fn(None, request, which="open")
-        return page(request, "approvals.html", mine=mine, waiting=waiting)
+        return page(request, "approvals.html", mine=mine, waiting=waiting, done=done)
 
     @post("/approvals/{request_id:str}", status_code=303)
     async def decide(

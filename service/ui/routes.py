@@ -18,6 +18,7 @@ from litestar.params import Body, FromPath, FromQuery, Parameter
 from litestar.response import Redirect, Template
 
 from eventlog.freshness import freshness
+from eventlog.keys import model_names
 from events.errors import NotFoundError, ValidationError
 from events.stages import Stage
 from service.api.common import MAX_POSITION, principal_of, services_of
@@ -253,7 +254,11 @@ class PagesController(Controller):
             None, request, which="mine", min_position=position
         )
         waiting = await PromotionsController.list_requests.fn(None, request, which="open")
-        return page(request, "approvals.html", mine=mine, waiting=waiting, done=done)
+        mine_ids = {r.request_id for r in mine}
+        others = [r for r in waiting if r.request_id not in mine_ids]
+        # One query names every model shown (the lists are already cut to the scope).
+        names = await model_names(services_of(request).pool, {r.model_id for r in waiting + mine})
+        return page(request, "approvals.html", mine=mine, others=others, names=names, done=done)
 
     @post("/approvals/{request_id:str}", status_code=303)
     async def decide(

@@ -26,6 +26,7 @@ from service.api.problems import PermissionDeniedError
 from service.api.routes_artifacts import ArtifactsController
 from service.api.routes_governance import LifecycleController, PromotionsController
 from service.api.routes_models import ModelsController
+from service.api.routes_operations import AuditController
 from service.api.routes_versions import CompareController, VersionsController
 from service.api.schemas import Decision
 from service.commands.tokens import InvalidTokenError
@@ -279,6 +280,42 @@ class PagesController(Controller):
         return Redirect(
             f"/ui/approvals?done={request_id}&position={position or 0}", status_code=303
         )
+
+    @get("/audit")
+    async def audit(
+        self,
+        request: Request[Any, Any, Any],
+        model: str = "",
+        actor: str = "",
+        type: str = "",
+        as_of: str = "",
+        cursor: Annotated[int | None, Parameter(ge=0, le=MAX_POSITION)] = None,
+        verify: bool = False,
+    ) -> Template:
+        """A model's events (filtered by actor and type, as the registry stood ``as_of``), or
+        everything one actor did; the hash-chain check on request (it reads the whole log)."""
+        feed = None
+        if model:
+            feed = await _visible(
+                model,
+                AuditController.history.fn(
+                    None,
+                    request,
+                    name=model,
+                    actor=actor or None,
+                    type=[type] if type else None,
+                    cursor=cursor,
+                    limit=100,
+                    as_of=as_of or None,
+                ),
+            )
+        elif actor:
+            feed = await AuditController.by_actor.fn(
+                None, request, actor=actor, cursor=cursor, limit=100
+            )
+        report = await AuditController.verify_chains.fn(None, request) if verify else None
+        filters = {"model": model, "actor": actor, "type": type, "as_of": as_of}
+        return page(request, "audit.html", feed=feed, report=report, filters=filters)
 
     @get("/position", media_type="application/json")
     async def position(self, request: Request[Any, Any, Any]) -> dict[str, int]:

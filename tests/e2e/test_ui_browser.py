@@ -151,3 +151,24 @@ def test_a_scoped_reader_cannot_see_a_model_outside_its_scope(
     assert answer is not None and answer.status == 404
     expect(page.get_by_role("heading", level=1)).to_contain_text("404")
     page.screenshot(path=str(shots / "not-found.png"), full_page=True)
+
+
+def test_the_audit_feed_shows_a_models_events_as_of_a_past_position_and_verifies(
+    page: Page, server: RegistryServer, content: UiRegistry, shots: Path
+) -> None:
+    # given the admin on the audit page
+    log_in(page, server.admin_token)
+    page.get_by_role("link", name="Audit").click()
+
+    # when it asks for the model's history as the registry stood before the promotion request
+    page.get_by_label("Model").fill(content.model)
+    page.get_by_label("As of").fill(str(content.position - 1))
+    page.get_by_role("button", name="Show").click()
+
+    # then the feed ends before the request, and the chains verify on demand
+    feed = page.get_by_role("table")
+    expect(feed).to_contain_text("model.registered")
+    expect(feed).not_to_contain_text("model.promotion_requested")
+    page.get_by_role("button", name="Verify the hash chains").click()
+    expect(page.get_by_role("status")).to_contain_text("Both hash chains verify")
+    page.screenshot(path=str(shots / "audit.png"), full_page=True)

@@ -73,6 +73,8 @@ def test_logging_in_sets_an_httponly_strict_session_cookie_that_opens_the_pages(
         f"/ui/models/{content.model}/versions/2",
         f"/ui/models/{content.model}/compare?versions=1,2,3",
         "/ui/approvals",
+        f"/ui/audit?model={content.model}&as_of={content.position}",
+        "/ui/audit?verify=true",
     ):
         assert browser.get(path).status_code == 200, path
 
@@ -125,6 +127,7 @@ def test_a_scoped_reader_sees_only_its_models_and_an_out_of_scope_model_is_not_f
     listed = browser.get("/ui/")
     searched = browser.get("/ui/", params={"q": content.hidden})
     direct = browser.get(f"/ui/models/{content.hidden}")
+    audit = browser.get("/ui/audit", params={"model": content.hidden})
     version = browser.get(f"/ui/models/{content.hidden}/versions/1")
 
     # then the other model is nowhere, and its pages answer 404 like a model that does not exist
@@ -132,6 +135,7 @@ def test_a_scoped_reader_sees_only_its_models_and_an_out_of_scope_model_is_not_f
     assert content.hidden not in listed.text
     assert content.hidden not in searched.text.replace(f'value="{content.hidden}"', "")
     assert direct.status_code == 404 and version.status_code == 404
+    assert audit.status_code == 404
     assert browser.get("/ui/models/no-such-model").status_code == 404
 
 

@@ -187,3 +187,66 @@ def test_logging_out_ends_the_session(browser: httpx.Client, server: RegistrySer
     answer = browser.post("/ui/logout", data={"_csrf_token": csrf_of(page)})
     assert answer.status_code == 303
     assert browser.get("/ui/").status_code == 303
+
+
+def test_revoking_the_token_ends_its_sessions_at_once(
+    browser: httpx.Client, server: RegistryServer
+) -> None:
+    # given a reader logged in with a token of its own
+    admin = {"Authorization": f"Bearer {server.admin_token}"}
+    issued = browser.post(
+        f"{API}/tokens", headers=admin, json={"principal": "short-lived", "roles": ["reader"]}
+    ).json()
+    log_in(browser, issued["secret"])
+    assert browser.get("/ui/").status_code == 200
+
+    # when an admin revokes the token
+    revoked = browser.delete(f"{API}/tokens/{issued['token_id']}", headers=admin)
+    assert revoked.status_code == 200
+
+    # then the session's next page is the login form
+    assert browser.get("/ui/").status_code == 303
+
+
+def test_the_session_cookie_is_secure_when_served_over_https(
+    browser: httpx.Client, server: RegistryServer
+) -> None:
+    # when the login comes through a TLS-terminating proxy that says so
+    form = browser.get("/ui/login")
+    answer = browser.post(
+        "/ui/login",
+        data={"token": server.admin_token, "_csrf_token": csrf_of(form)},
+        headers={"X-Forwarded-Proto": "https"},
+    )
+
+    # then the cookie is only ever sent back over https
+    cookie = next(h for h in answer.headers.get_list("set-cookie") if h.startswith(f"{COOKIE}="))
+    assert "secure" in cookie.lower().split("; ")
+
+
+def test_a_nul_in_a_form_value_is_refused_and_names_the_field(
+    browser: httpx.Client, content: UiRegistry
+) -> None:
+    # given the approver on its inbox
+    log_in(browser, content.approver)
+    inbox = browser.get("/ui/approvals")
+
+    # when a comment holds a NUL character
+    answer = browser.post(
+        f"/ui/approvals/{content.request_id}",
+        data={"decision": "reject", "comment": "a\x00b", "_csrf_token": csrf_of(inbox)},
+    )
+
+    # then it is refused before any command runs, naming the field and the rule
+    assert answer.status_code == 422
+    assert "comment" in answer.text and "NUL" in answer.text
+
+
+def test_a_login_link_never_leads_off_the_ui(browser: httpx.Client, server: RegistryServer) -> None:
+    form = browser.get("/ui/login", params={"next_page": "https://evil.example/"})
+    assert 'value="/ui/"' in form.text
+    answer = browser.post(
+        "/ui/login",
+        data={"token": server.admin_token, "next": "//evil.example/", "_csrf_token": csrf_of(form)},
+    )
+    assert answer.headers["location"] == "/ui/"

@@ -137,14 +137,20 @@ class PagesController(Controller):
         return page(request, "models.html", form=form, page=found, stages=[s.value for s in Stage])
 
     @get("/models/{name:str}")
-    async def model(self, request: Request[Any, Any, Any], name: FromPath[str]) -> Template:
-        row = (await _visible(name, ModelsController.read.fn(None, request, name=name))).content
+    async def model(
+        self, request: Request[Any, Any, Any], name: FromPath[str], as_of: str = ""
+    ) -> Template:
+        """The model (as it stood ``as_of`` a past position or time, if given)."""
+        when = as_of or None
+        read = ModelsController.read.fn(None, request, name=name, as_of=when)
+        row = (await _visible(name, read)).content
         versions = await VersionsController.search.fn(
             None,
             request,
             name=name,
             order_by="-version",
             limit=100,
+            as_of=when,
         )
         timeline = await LifecycleController.timeline.fn(None, request, name=name)
         policy = (await LifecycleController.read_policy.fn(None, request, name=name)).content
@@ -157,6 +163,7 @@ class PagesController(Controller):
             timeline=timeline,
             policy=policy,
             metric_keys=metric_keys[:KEY_METRICS],
+            as_of=as_of,
         )
 
     @get("/models/{name:str}/versions/{version:int}")

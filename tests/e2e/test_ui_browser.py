@@ -172,3 +172,41 @@ def test_the_audit_feed_shows_a_models_events_as_of_a_past_position_and_verifies
     page.get_by_role("button", name="Verify the hash chains").click()
     expect(page.get_by_role("status")).to_contain_text("Both hash chains verify")
     page.screenshot(path=str(shots / "audit.png"), full_page=True)
+
+
+def test_the_model_page_shows_a_new_version_without_a_reload_and_a_past_state_on_request(
+    page: Page, server: RegistryServer, content: UiRegistry
+) -> None:
+    # given the admin on the model page
+    log_in(page, server.admin_token)
+    page.goto(f"/ui/models/{content.model}")
+    expect(page.get_by_role("link", name="v3", exact=True)).to_be_visible()
+
+    # when a version is registered through the API meanwhile
+    with httpx.Client(base_url=server.url, timeout=30.0) as http:
+        http.post(
+            f"/api/v1/models/{content.model}/versions",
+            headers={"Authorization": f"Bearer {content.requester}"},
+            json={
+                "artifacts": [
+                    {
+                        "path": "m.pkl",
+                        "external": True,
+                        "uri": "s3://m/4",
+                        "sha256": "cd" * 32,
+                        "size": 1,
+                    }
+                ],
+                "params": {},
+            },
+        ).raise_for_status()
+
+    # then the page shows it by itself (it polls the log's position every 5 s)
+    expect(page.get_by_role("link", name="v4", exact=True)).to_be_visible(timeout=20_000)
+
+    # and asked for the model as it stood before the promotion request, it shows three versions
+    page.get_by_label("As of").fill(str(content.position - 1))
+    page.get_by_role("button", name="Show").click()
+    expect(page.get_by_role("heading", level=1)).to_contain_text("as of")
+    expect(page.get_by_role("link", name="v4", exact=True)).to_have_count(0)
+    expect(page.get_by_role("link", name="v3", exact=True)).to_be_visible()

@@ -138,9 +138,14 @@ class PagesController(Controller):
 
     @get("/models/{name:str}")
     async def model(
-        self, request: Request[Any, Any, Any], name: FromPath[str], as_of: str = ""
+        self,
+        request: Request[Any, Any, Any],
+        name: FromPath[str],
+        as_of: str = "",
+        cursor: str = "",
     ) -> Template:
-        """The model (as it stood ``as_of`` a past position or time, if given)."""
+        """The model (as it stood ``as_of`` a past position or time, if given); its versions
+        a page at a time, newest first."""
         when = as_of or None
         read = ModelsController.read.fn(None, request, name=name, as_of=when)
         row = (await _visible(name, read)).content
@@ -149,6 +154,7 @@ class PagesController(Controller):
             request,
             name=name,
             order_by="-version",
+            cursor=cursor or None,
             limit=100,
             as_of=when,
         )

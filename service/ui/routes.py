@@ -38,6 +38,7 @@ T = TypeVar("T")
 PUBLIC = {"public": True}
 # Key metrics in the versions table: the first few, so the table stays readable.
 KEY_METRICS = 4
+TIMELINE_ROWS = 30
 
 
 async def _visible(name: str, read: Awaitable[T]) -> T:
@@ -159,6 +160,9 @@ class PagesController(Controller):
             as_of=when,
         )
         timeline = await LifecycleController.timeline.fn(None, request, name=name)
+        # The latest changes, newest first: a model with thousands of versions has thousands
+        # of intervals, and the audit page holds the whole story.
+        recent = sorted(timeline, key=lambda t: t.from_position, reverse=True)[:TIMELINE_ROWS]
         policy = (await LifecycleController.read_policy.fn(None, request, name=name)).content
         metric_keys = sorted({(m.key, m.dataset) for v in versions.items for m in v.metrics})
         return page(
@@ -166,7 +170,8 @@ class PagesController(Controller):
             "model.html",
             model=row,
             versions=versions,
-            timeline=timeline,
+            timeline=recent,
+            timeline_total=len(timeline),
             policy=policy,
             metric_keys=metric_keys[:KEY_METRICS],
             as_of=as_of,

@@ -5,6 +5,7 @@ models. One registry for the module; the browser suite (test_ui_browser.py) clic
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -250,3 +251,34 @@ def test_a_login_link_never_leads_off_the_ui(browser: httpx.Client, server: Regi
         data={"token": server.admin_token, "next": "//evil.example/", "_csrf_token": csrf_of(form)},
     )
     assert answer.headers["location"] == "/ui/"
+
+
+def test_the_model_page_shows_100_versions_then_links_to_the_older_ones(
+    browser: httpx.Client, server: RegistryServer
+) -> None:
+    # given a model with 101 versions
+    admin = {"Authorization": f"Bearer {server.admin_token}"}
+    name = "paged-" + server.schema
+    browser.post(f"{API}/models", headers=admin, json={"name": name}).raise_for_status()
+    for n in range(101):
+        artifact = {
+            "path": "m",
+            "external": True,
+            "uri": "s3://m",
+            "sha256": f"{n:064x}",
+            "size": 1,
+        }
+        browser.post(
+            f"{API}/models/{name}/versions", headers=admin, json={"artifacts": [artifact]}
+        ).raise_for_status()
+    log_in(browser, server.admin_token)
+
+    # when the model page is opened, and its link to older versions followed
+    first = browser.get(f"/ui/models/{name}")
+    older = re.search(r'href="(\?as_of=&cursor=[^"]+)"', first.text)
+    assert older is not None
+    second = browser.get(f"/ui/models/{name}" + older.group(1))
+
+    # then the first page holds versions 101 to 2, the second version 1 alone
+    assert ">v101</a>" in first.text and ">v2</a>" in first.text and ">v1</a>" not in first.text
+    assert ">v1</a>" in second.text and ">v2</a>" not in second.text

@@ -39,6 +39,7 @@ PUBLIC = {"public": True}
 # Key metrics in the versions table: the first few, so the table stays readable.
 KEY_METRICS = 4
 TIMELINE_ROWS = 30
+TIMELINE_STAGES = (Stage.STAGING, Stage.PRODUCTION, Stage.ARCHIVED)
 
 
 async def _visible(name: str, read: Awaitable[T]) -> T:
@@ -159,9 +160,16 @@ class PagesController(Controller):
             limit=100,
             as_of=when,
         )
-        timeline = await LifecycleController.timeline.fn(None, request, name=name)
-        # The latest changes, newest first: a model with thousands of versions has thousands
-        # of intervals, and the audit page holds the whole story.
+        # Who put which version in staging, production or archived: every registration
+        # also enters development, and a model with thousands of versions would list
+        # thousands of those. The latest changes, newest first; the audit page has them all.
+        timeline = [
+            interval
+            for stage in TIMELINE_STAGES
+            for interval in await LifecycleController.timeline.fn(
+                None, request, name=name, stage=stage
+            )
+        ]
         recent = sorted(timeline, key=lambda t: t.from_position, reverse=True)[:TIMELINE_ROWS]
         policy = (await LifecycleController.read_policy.fn(None, request, name=name)).content
         metric_keys = sorted({(m.key, m.dataset) for v in versions.items for m in v.metrics})

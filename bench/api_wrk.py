@@ -116,9 +116,14 @@ def run_wrk(
     seconds: float,
     token: str | None,
     script: Path | None = None,
+    timeout: float | None = None,
     cookie: str | None = None,
 ) -> Figure:
+    """``timeout``: seconds before wrk gives up on an answer (its default, 2 s, would drop
+    a slow server's slowest answers from the latencies instead of counting them)."""
     argv = [wrk, "-t1", f"-c{connections}", f"-d{round(seconds)}s", "--latency"]
+    if timeout is not None:
+        argv.append(f"--timeout={round(timeout)}s")
     if token:
         argv += ["-H", f"Authorization: Bearer {token}"]
     if cookie:

@@ -44,13 +44,14 @@ from events.base import Event, utc
 from events.codec import EventCodec
 from events.envelope import ZERO_HASH, Envelope, decode_envelope, encode_envelope, stream_link
 from events.errors import AlreadyExistsError, ConcurrencyError, ConflictError, ValidationError
-from events.streams import POLICY_TYPE, stream_type
+from events.streams import BLOBSTORE_TYPE, POLICY_TYPE, stream_type
 
 _RETRYABLE = {"40001", "40P01"}
 _MAX_ATTEMPTS = 8
 
-# Streams other decisions may be guarded by (see the module docstring): the policies.
-GUARDABLE_TYPES = frozenset({POLICY_TYPE})
+# Streams other decisions may be guarded by (see the module docstring): the policies, and
+# the blob store's deletions (an upload or registration relying on a blob's bytes).
+GUARDABLE_TYPES = frozenset({POLICY_TYPE, BLOBSTORE_TYPE})
 
 
 class DuplicateEventError(ConflictError):
@@ -236,6 +237,17 @@ class EventStore:
             return await self.pool.fetchrow(_APPEND, *args)
         async with self.pool.acquire() as own, own.transaction():
             return await _locked_append(own, args, guards, exclusive=exclusive)
+
+    async def guards_hold(self, guards: Mapping[str, int]) -> bool:
+        """Whether each guard stream is still at its version, checked under its lock (so
+        after any append that holds it has committed): for a decision that recorded
+        nothing and must still know nothing it relied on moved."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            for guard, expected in _ordered_guards("", guards).items():
+                await conn.execute(_LOCK_SHARED, guard)
+                if await conn.fetchval(_GUARD_VERSION, guard) != expected:
+                    return False
+        return True
 
     def committed(self, result: AppendResult) -> None:
         """Report an append made on a caller's connection (``conn=``) once the caller's

@@ -9,12 +9,14 @@ from typing import Any
 from events.access import TOKEN_EVENT_TYPES, TOKEN_UPCASTERS, TOKENS
 from events.artifacts import ARTIFACT_EVENT_TYPES, ARTIFACTS
 from events.base import Decider, Event
+from events.blob_collection import BLOB_COLLECTION, BLOB_COLLECTION_EVENT_TYPES
 from events.codec import EventCodec, Upcaster
 from events.metrics import METRICS, METRICS_EVENT_TYPES
 from events.model.decider import MODEL
 from events.model.events import MODEL_EVENT_TYPES
 from events.registry_policy import REGISTRY_POLICY, REGISTRY_POLICY_EVENT_TYPES
 from events.streams import stream_type
+from events.webhooks import WEBHOOK_EVENT_TYPES, WEBHOOKS
 
 ALL_EVENT_TYPES: tuple[type[Event], ...] = (
     *MODEL_EVENT_TYPES,
@@ -22,6 +24,8 @@ ALL_EVENT_TYPES: tuple[type[Event], ...] = (
     *REGISTRY_POLICY_EVENT_TYPES,
     *TOKEN_EVENT_TYPES,
     *ARTIFACT_EVENT_TYPES,
+    *BLOB_COLLECTION_EVENT_TYPES,
+    *WEBHOOK_EVENT_TYPES,
 )
 
 # (event_type, from_schema_version) -> pure upgrade of the decoded JSON object.
@@ -31,7 +35,8 @@ CODEC = EventCodec(ALL_EVENT_TYPES, UPCASTERS)
 
 # stream type (the part of a stream id before the first ':') -> its decider
 DECIDERS: Mapping[str, Decider[Any, Any, Any]] = {
-    d.stream_type: d for d in (MODEL, METRICS, REGISTRY_POLICY, TOKENS, ARTIFACTS)
+    d.stream_type: d
+    for d in (MODEL, METRICS, REGISTRY_POLICY, TOKENS, ARTIFACTS, BLOB_COLLECTION, WEBHOOKS)
 }
 
 

@@ -5,6 +5,8 @@
     policy:registry                the registry-wide default policy (events.registry_policy)
     token:{token_id}               an access token (events.access)
     artifacts:{model_id}           the blobs stored for a model (events.artifacts)
+    blobstore:collections          blobs deleted by garbage collection (events.blob_collection)
+    webhook:{subscription_id}      an HTTP webhook subscription (events.webhooks)
 
 Model and token ids are opaque ids chosen by the shell (``A-Z a-z 0-9 _ -``, at most 64),
 never names, so a rename moves no history and a stream id never holds a user's ``:``.
@@ -20,8 +22,13 @@ METRICS_TYPE = "metrics"
 POLICY_TYPE = "policy"
 TOKEN_TYPE = "token"  # noqa: S105 - a stream type, not a secret
 ARTIFACTS_TYPE = "artifacts"
+BLOBSTORE_TYPE = "blobstore"
+WEBHOOK_TYPE = "webhook"
 
 REGISTRY_POLICY_STREAM = f"{POLICY_TYPE}:registry"
+# One stream for the whole shared blob store: every deletion moves it, so an upload or a
+# registration guarded by its version cannot land on bytes deleted meanwhile.
+BLOB_COLLECTIONS_STREAM = f"{BLOBSTORE_TYPE}:collections"
 
 _NAME_KEY = "model-name:"
 
@@ -44,9 +51,21 @@ def artifacts_stream(model_id: str) -> str:
     return f"{ARTIFACTS_TYPE}:{validate_id(model_id, 'model_id')}"
 
 
+def webhook_stream(subscription_id: str) -> str:
+    return f"{WEBHOOK_TYPE}:{validate_id(subscription_id, 'subscription_id')}"
+
+
+def webhook_id_of(stream_id: str) -> str:
+    """The subscription a ``webhook:`` stream holds; ValueError for any other."""
+    kind, _, subscription_id = stream_id.partition(":")
+    if kind != WEBHOOK_TYPE or not subscription_id:
+        raise ValueError(f"{stream_id!r} is not a webhook stream")
+    return subscription_id
+
+
 def stream_type(stream_id: str) -> str:
-    """``model``, ``metrics``, ``policy``, ``token`` or ``artifacts``: the part before the
-    first ``:``."""
+    """``model``, ``metrics``, ``policy``, ``token``, ``artifacts`` or ``webhook``: the part
+    before the first ``:``."""
     return stream_id.split(":", 1)[0]
 
 

@@ -166,6 +166,12 @@ def _relative_path(value: str, field: str) -> None:
         )
 
 
+def validate_artifact_path(value: str, field: str) -> None:
+    """The rule every artifact path follows (relative, no dot segments, nothing hidden),
+    for code outside this module that takes a path to look one up."""
+    _relative_path(value, field)
+
+
 def validate_content(content: VersionContent, field: str = "content") -> None:
     """Check every limit; raise ``ValidationError`` naming the first offending field."""
     _validate_artifacts(content.artifacts, f"{field}.artifacts")

@@ -138,13 +138,18 @@ class Projection:
         return Names({t.name: f"{t.name}__tt" for t in self.tables})
 
     def create_statements(
-        self, names: Names, *, temporary: bool = False, unlogged: bool = False
+        self,
+        names: Names,
+        *,
+        temporary: bool = False,
+        unlogged: bool = False,
+        on_commit_drop: bool = True,
     ) -> list[str]:
         statements: list[str] = []
         for table in self.tables:
             sql_name = names[table.name]
             kind = "TEMP TABLE" if temporary else "UNLOGGED TABLE" if unlogged else "TABLE"
-            suffix = " ON COMMIT DROP" if temporary else ""
+            suffix = " ON COMMIT DROP" if temporary and on_commit_drop else ""
             statements.append(f"CREATE {kind} {sql_name} ({table.columns}){suffix}")
             for index in table.indexes:
                 statements.append(index.format(table=sql_name, name=sql_name))

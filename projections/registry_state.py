@@ -5,12 +5,13 @@ Answers "what did the registry look like at position P (or when the log stood at
 API run any view's own query functions against such a past (``views_as_of``: the
 ``as_of`` parameter).
 
-The past is computed, not stored: ``projections.time_travel.folded_views`` folds the log up
-to the position into temporary tables with each projection's own ``apply``, so an answer
-about the past comes from exactly the code that builds the live views. A registry fold
-reads the whole log up to P (seconds per million events); a model fold reads only that
-model's streams, plus the registry-wide policy events, which some views need to say who
-may approve.
+The past is computed: ``projections.time_travel.folded_views`` folds the log up to the
+position into scratch tables with each projection's own ``apply``, so an answer about the
+past comes from exactly the code that builds the live views. A registry fold starts from
+the views' newest snapshot at or below P (``projections.snapshots``, taken every N sealed
+events by ``projections.snapshot_worker``) and reads only the events after it, so its cost
+does not grow with the log; a model fold reads only that model's streams, plus the
+registry-wide policy events, which some views need to say who may approve.
 
 Positions versus times: a ``datetime`` here means *log time* (``sealed_at``): the last
 position sealed at or before it, i.e. what the registry knew then. Business-time questions
@@ -112,6 +113,7 @@ async def views_as_of(
     projections: Sequence[Projection] = REGISTRY_PROJECTIONS,
     *,
     model_id: str | None = None,
+    snapshots: bool = True,
 ) -> AsyncIterator[tuple[int, dict[str, Names]]]:
     """Fold ``projections`` up to ``position`` (a position, or a log time) and yield
     ``(position, names)``: query any of them with its usual functions and ``names[projection]``.
@@ -120,9 +122,15 @@ async def views_as_of(
     that model). The fold runs in short transactions of its own (see
     ``projections.time_travel.folded_views``), so call it outside a transaction; the
     scratch tables are dropped on exit.
+
+    A whole-registry fold starts from the views' nearest snapshot at or below the position
+    (``projections.snapshots``) unless ``snapshots`` is false; the answer is the same.
     """
     at = min(await resolve_as_of(conn, position), await head_position(conn))
-    async with folded_views(conn, projections, at, model_id=model_id) as names:
+    from_snapshots = snapshots and model_id is None
+    async with folded_views(
+        conn, projections, at, model_id=model_id, snapshots=from_snapshots
+    ) as names:
         if model_id is not None:
             await _apply_registry_wide(conn, projections, names, at)
         yield at, names
@@ -181,10 +189,13 @@ async def _versions(
     return await model_versions.rows_with_metrics(conn, names, records)
 
 
-async def registry_as_of(conn: asyncpg.Connection, position: int | datetime) -> RegistrySnapshot:
+async def registry_as_of(
+    conn: asyncpg.Connection, position: int | datetime, *, snapshots: bool = True
+) -> RegistrySnapshot:
     """The whole registry at a log position (or as the log stood at a time), by folding the
-    log up to it. Positions past the head mean the head."""
-    async with views_as_of(conn, position) as (at, names):
+    log up to it (from the nearest view snapshot, unless ``snapshots`` is false). Positions
+    past the head mean the head."""
+    async with views_as_of(conn, position, snapshots=snapshots) as (at, names):
         sealed_at = await _sealed_at(conn, at)
         return RegistrySnapshot(
             position=at,

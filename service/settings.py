@@ -43,6 +43,13 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     # s3://bucket/prefix, credentials and endpoint from the usual AWS_* variables.
     artifacts_url: str | None = None
     artifacts_max_bytes: Annotated[int, msgspec.Meta(ge=1)] = 64 * 1024**3
+    # Resumable uploads (service.artifacts.uploads): the bytes an S3-backed session keeps in
+    # memory per part and loses at most when a connection drops (also how often the file
+    # store fsyncs its committed offset), how long an idle session lives, and how long a
+    # presigned S3 URL stays valid.
+    uploads_part_size: Annotated[int, msgspec.Meta(ge=64 * 1024, le=1024**3)] = 8 * 1024**2
+    uploads_ttl: Seconds = 24 * 3600.0
+    uploads_link_ttl: Seconds = 900.0
 
     # HTTP. Loopback unless an operator says otherwise.
     host: str = "127.0.0.1"
@@ -78,6 +85,18 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     relay_ack_timeout: Seconds = 5.0
     relay_backoff_max: Seconds = 5.0
 
+    # HTTP webhooks (docs/webhooks.md): receivers on loopback/private addresses are refused
+    # unless allowed; seconds a receiver has to answer; attempts (and seconds since the
+    # first) before a delivery is dead-lettered; the back-off's first and longest wait;
+    # days the delivery log keeps settled deliveries.
+    webhooks_allow_private: bool = False
+    webhooks_timeout: Seconds = 10.0
+    webhooks_max_attempts: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 30
+    webhooks_max_age: Seconds = 3 * 86400.0
+    webhooks_backoff_initial: Seconds = 1.0
+    webhooks_backoff_max: Seconds = 3600.0
+    webhooks_retention_days: Annotated[float, msgspec.Meta(gt=0)] = 7.0
+
     # Signed checkpoints of the log (service.publication.checkpointer): the Ed25519 key file
     # (default <data_dir>/checkpoint-key.pem, created 0600; its public half beside it as
     # .pub), the directory the checkpoint files go to (default <data_dir>/checkpoints), the
@@ -94,6 +113,13 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     # (burst), refilled at this many per second (service.api.rate_limit); over it: 429.
     expensive_read_rate: Annotated[float, msgspec.Meta(gt=0)] = 2.0
     expensive_read_burst: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 10
+
+    # Snapshots of the registry views (projections.snapshots): one every N sealed events,
+    # so a registry-wide as_of read folds at most N events after the nearest one. Kept: the
+    # newest SNAPSHOT_KEEP, and older ones at multiples of N * SNAPSHOT_THIN.
+    snapshot_every: Annotated[int, msgspec.Meta(ge=10, le=10_000_000)] = 500
+    snapshot_keep: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 20
+    snapshot_thin: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 4
 
     # Background work.
     sealer_idle_interval: Seconds = 0.01

@@ -122,12 +122,18 @@ class GovernedCommand(Command, frozen=True, kw_only=True):
 
 
 class TransitionStage(GovernedCommand, frozen=True, kw_only=True):
-    """A direct move: allowed only when the policy's transition needs no approval."""
+    """A direct move: allowed only when the policy's transition needs no approval.
+
+    ``archive_existing`` (MLflow's ``archive_existing_versions``, staging or production
+    only) also archives the other versions in ``to_stage``, in the same decision; with the
+    version already there, that is all it does.
+    """
 
     version: int
     to_stage: Stage
     comment: str = ""
     metrics: Metrics = msgspec.field(default_factory=_metrics)
+    archive_existing: bool = False
 
 
 class ArchiveVersion(GovernedCommand, frozen=True, kw_only=True):

@@ -168,14 +168,61 @@ def move(
 
 def transition_stage(command: TransitionStage, state: ModelState) -> list[ModelEvent]:
     require_active(state)
-    return _direct_transition(
-        state,
-        command.registry_policy,
-        command.version,
-        command.to_stage,
-        command.comment,
-        command.metrics,
+    if not command.archive_existing:
+        return _direct_transition(
+            state,
+            command.registry_policy,
+            command.version,
+            command.to_stage,
+            command.comment,
+            command.metrics,
+        )
+    if command.to_stage not in (Stage.STAGING, Stage.PRODUCTION):
+        raise ValidationError(
+            "archive_existing",
+            "stage",
+            f"archiving the existing versions applies to staging and production, not {command.to_stage}",
+        )
+    validate_comment(command.comment)
+    moved = (
+        []
+        if state.version(command.version).stage == command.to_stage
+        else _direct_transition(
+            state,
+            command.registry_policy,
+            command.version,
+            command.to_stage,
+            command.comment,
+            command.metrics,
+        )
     )
+    return moved + _archive_others(state, command)
+
+
+def _archive_others(state: ModelState, command: TransitionStage) -> list[ModelEvent]:
+    """The other versions in the target stage, archived as the policy allows each one
+    directly (else the whole decision is refused: nothing half done). A production target
+    has no other: the move demoted it already."""
+    policy = state.effective_policy(command.registry_policy)
+    events: list[ModelEvent] = []
+    for number, other in sorted(state.versions.items()):
+        if number == command.version or other.stage != command.to_stage:
+            continue
+        if command.to_stage == Stage.PRODUCTION:
+            continue
+        needed = requirement(policy, other.stage, Stage.ARCHIVED, None)
+        if needed.approvals > 0:
+            raise PolicyViolationError(
+                "approval_required",
+                f"archiving version {number} ({other.stage} -> archived) needs"
+                f" {needed.approvals} approval(s): request it, or move without archiving",
+                approvals=needed.approvals,
+                version=number,
+            )
+        events += _stage_change(
+            policy, other, Stage.ARCHIVED, TransitionKind.DIRECT, command.comment, None, set()
+        )
+    return events
 
 
 def archive_version(command: ArchiveVersion, state: ModelState) -> list[ModelEvent]:

@@ -20,7 +20,7 @@ from eventlog.sealer import Sealer
 from service.api.health import Live, NotReady, Ready, check
 from service.api.openapi import openapi_app_kwargs
 from service.api.problems import EXCEPTION_HANDLERS
-from service.api.router import api_app_kwargs
+from service.api.router import api_app_kwargs, exact_document
 from service.api.services import Services
 from service.api.tracing import tracing_plugins
 from service.settings import Settings
@@ -96,7 +96,7 @@ def create_app(state: AppState | None = None, *, api: bool = True, debug: bool =
             "state": State({"app_state": state}),
         }
     handlers: list[ControllerRouterHandler] = [health_router, *served.pop("route_handlers")]
-    return Litestar(
+    app = Litestar(
         route_handlers=handlers,
         **served,
         plugins=list(tracing_plugins()),
@@ -104,3 +104,6 @@ def create_app(state: AppState | None = None, *, api: bool = True, debug: bool =
         logging_config=None,
         debug=debug,
     )
+    if api and state is not None:
+        exact_document(app)
+    return app

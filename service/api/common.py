@@ -14,7 +14,7 @@ from litestar import Request, Response
 from litestar.params import Parameter
 
 from eventlog.freshness import freshness, wait_for_position
-from events.errors import ValidationError
+from events.errors import ConflictError, ValidationError
 from events.model.side_effects import side_effects
 from events.streams import model_stream
 from projections.base import Names, Projection
@@ -205,6 +205,19 @@ def representable_time(moment: datetime, field: str) -> datetime:
     return moment
 
 
+class NotWrittenError(ConflictError):
+    """``min_position`` past the head of the log (409, field ``min_position``, rule
+    ``range``)."""
+
+    field = "min_position"
+    rule = "range"
+
+    def __init__(self, position: int, head: int) -> None:
+        super().__init__(
+            f"position {position} has not been written (the log ends at {head})", head=head
+        )
+
+
 class Reader:
     """Where a read runs: a connection (or the pool) and the table names to use."""
 
@@ -246,12 +259,9 @@ async def read_views(
         now = await freshness(services.pool, wanted_views, stream_id=stream)
         wanted = max(min_position or 0, now.latest)
         if min_position and min_position > now.head:
-            raise ValidationError(
-                "min_position",
-                "range",
-                f"position {min_position} has not been written (the log ends at {now.head})",
-                head=now.head,
-            )
+            # A well-formed request the log's present state cannot answer (yet): a conflict
+            # with that state, like any other, not a malformed value.
+            raise NotWrittenError(min_position, now.head)
         if wanted > now.reached:
             await wait_for_position(
                 services.pool, wanted, wanted_views, timeout=services.settings.read_wait_timeout

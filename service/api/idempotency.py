@@ -12,8 +12,9 @@ a later request with the same key and the same method, path and body gets that r
 again (``Idempotent-Replayed: true``); the same key with a different request is refused
 with 422 (rule ``reused``). Any other outcome releases the claim, so a retry runs again.
 
-A response that carries a secret shown once (a new token) is not kept: only that the key
-was answered, and for which request; the handler answers a retry itself, without it.
+A response that carries a secret shown once (a new token, a new webhook's signing secret)
+is not kept: only that the key was answered, and for which request; the handler answers a
+retry itself, without it.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ HEADER = "idempotency-key"
 SEED = "idempotency_seed"
 _KEY = re.compile(r"[\x21-\x7e]{1,200}")
 # Responses that carry a secret shown once are never stored.
-_NOT_STORED = re.compile(r"^/api/v1/tokens$")
+_NOT_STORED = re.compile(r"^/api/v1/(tokens|webhooks)/?$")
 # ``status`` of a key whose first request is still running, and of one answered without
 # keeping the response (not HTTP statuses: only this module reads them).
 RUNNING = 0

@@ -5,32 +5,46 @@ from __future__ import annotations
 
 from typing import Any
 
-from litestar import Request, Router
+from litestar import Litestar, Request, Router
+from litestar._openapi.plugin import OpenAPIPlugin  # the one place the rendered document lives
 from litestar.datastructures import State
 from litestar.middleware import DefineMiddleware
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
+from service.api import schemas
 from service.api.auth import BearerTokenMiddleware
 from service.api.common import refuse_nul_characters
 from service.api.idempotency import idempotency_middleware
 from service.api.json_body import refuse_unsafe_json
+from service.api.mlflow.router import mlflow_router
+from service.api.mlflow_artifacts import mlflow_artifacts_router
 from service.api.openapi import SECURITY, document_problems, openapi_app_kwargs
-from service.api.problems import EXCEPTION_HANDLERS
+from service.api.openapi_exact import (
+    declared_query_names,
+    document_path,
+    make_exact,
+    strict_structs,
+)
+from service.api.problems import EXCEPTION_HANDLERS, BadRequestError
 from service.api.rate_limit import STATE_KEY, ExpensiveReadLimiter, limit_expensive_reads
 from service.api.routes_archive import ArchiveController
 from service.api.routes_artifacts import ArtifactsController
+from service.api.routes_gates import GatesController
 from service.api.routes_governance import (
     LifecycleController,
     PromotionsController,
     RegistryPolicyController,
 )
+from service.api.routes_links import LinksController
 from service.api.routes_models import ModelsController
 from service.api.routes_operations import (
     AuditController,
     DeploymentsController,
     TokensController,
 )
+from service.api.routes_uploads import UploadsController
 from service.api.routes_versions import CompareController, VersionsController
+from service.api.routes_webhooks import WebhooksController
 from service.api.services import Services
 from service.api.telemetry import HTTP_METRICS, MetricsController
 from service.api.tracing import correlation_middleware
@@ -50,6 +64,10 @@ CONTROLLERS = [
     TokensController,
     ArtifactsController,
     ArchiveController,
+    UploadsController,
+    LinksController,
+    WebhooksController,
+    GatesController,
 ]
 
 
@@ -84,16 +102,46 @@ def answer_errors_here(app: ASGIApp) -> ASGIApp:
     return middleware
 
 
+QUERY_NAMES = "declared_query_names"
+
+
+def exact_document(app: Litestar) -> None:
+    """Write the API's own rules into the app's OpenAPI document (``service.api.
+    openapi_exact``), and keep the query parameters each operation declares, which
+    ``refuse_unknown_query`` holds requests to."""
+    document = app.plugins.get(OpenAPIPlugin).provide_openapi_schema()  # cached: edited in place
+    make_exact(document, strict_structs(schemas))
+    app.state[QUERY_NAMES] = declared_query_names(document)
+
+
+def refuse_unknown_query(request: Request[Any, Any, Any]) -> None:
+    """Refuse (400, rule ``unknown``) a query parameter the operation does not declare: a
+    misspelt filter would otherwise be ignored silently and answer more than was asked."""
+    declared = request.app.state.get(QUERY_NAMES)
+    template = request.scope.get("path_template")
+    if declared is None or template is None:
+        return
+    known = declared.get((request.method, document_path(template)))
+    if known is None:
+        return
+    for name in request.query_params:
+        if name not in known:
+            raise BadRequestError(name, "unknown", f"unknown query parameter {name!r}")
+
+
 async def screen_request(request: Request[Any, Any, Any]) -> None:
-    """Before any handler (Litestar takes one hook per layer): the body is JSON, shallow,
-    without duplicate keys; no value holds a NUL; expensive reads within the caller's budget."""
+    """Before any handler (Litestar takes one hook per layer): no undeclared query
+    parameter; the body is JSON, shallow, without duplicate keys; no value holds a NUL;
+    expensive reads within the caller's budget."""
+    refuse_unknown_query(request)
     await refuse_unsafe_json(request)
     await refuse_nul_characters(request)
     await limit_expensive_reads(request)
 
 
 def api_routers() -> list[Router]:
-    """``/api/v1`` and ``/metrics``; both authenticated."""
+    """``/api/v1``, MLflow's ``/api/2.0/mlflow`` and artifact proxy, and ``/metrics``; all
+    authenticated."""
     # Outermost first: every request is counted, gets its correlation id (said on errors
     # too), then is authenticated, then deduplicated.
     document_problems([*CONTROLLERS, MetricsController])
@@ -113,6 +161,8 @@ def api_routers() -> list[Router]:
             before_request=screen_request,
             security=SECURITY,
         ),
+        mlflow_router(screen_request, answer_errors_here),
+        mlflow_artifacts_router(answer_errors_here),
         Router(
             "/",
             route_handlers=[MetricsController],

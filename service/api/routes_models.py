@@ -26,6 +26,7 @@ from projections.views import model_catalogue, model_versions
 from projections.views.model_catalogue import ModelRow
 from service.api.auth import require
 from service.api.common import (
+    MAX_POSITION,
     Receipt,
     bad_query,
     cursor_seal,
@@ -48,7 +49,11 @@ AsOf = Annotated[
 ]
 MinPosition = Annotated[
     int | None,
-    QueryParameter(ge=0, description="Wait (bounded) until the views reached this log position"),
+    QueryParameter(
+        ge=0,
+        le=MAX_POSITION,
+        description="Wait (bounded) until the views reached this log position",
+    ),
 ]
 
 

@@ -50,6 +50,8 @@ from service.api.schemas import (
     TokenInfo,
     TokenRequest,
 )
+from service.artifacts.audit import AuditReport, audit_blobs, read_ledger
+from service.artifacts.inventory import inventory_of
 from service.commands.tokens import Principal, covers, issue_token, revoke_token
 from service.publication.event_schema import catalogue_schema
 
@@ -303,6 +305,29 @@ class AuditController(Controller):
         require(principal_of(request), Permission.READ)
         async with services_of(request).pool.acquire() as conn:
             return await verify(cast(asyncpg.Connection, conn))
+
+    @get("/audit/artifacts")
+    async def audit_artifacts(
+        self,
+        request: Request[Any, Any, Any],
+        sample: Annotated[
+            int | None,
+            QueryParameter(ge=1, le=10_000_000, description="Re-hash this many blobs at random"),
+        ] = None,
+    ) -> AuditReport:
+        """Re-hash the stored model files (or a sample): missing, corrupt and orphaned
+        blobs, with the versions naming them (docs/artifacts.md). Registry-wide, so ADMIN;
+        it deletes nothing (garbage collection is ``modelreg audit artifacts --gc``)."""
+        require(principal_of(request), Permission.ADMIN)
+        services = services_of(request)
+        ledger = await read_ledger(services.store, services.executor)
+        return await audit_blobs(
+            ledger,
+            services.blobs,
+            inventory_of(services.blobs),
+            now=services.registry.now(),
+            sample=sample,
+        )
 
     @get("/events/schema")
     async def schema(self, request: Request[Any, Any, Any]) -> dict[str, Any]:

@@ -46,7 +46,8 @@ from service.api.problems import BadRequestError
 from service.api.routes_models import AsOf, MinPosition
 from service.api.schemas import MetricBatch, Reason, TagValue, UpdateModel
 from service.api.schemas import RegisterVersion as RegisterVersionBody
-from service.artifacts.service import require_stored
+from service.artifacts.service import Guards, with_stored_blobs
+from service.commands.registry import Written
 
 VERSIONS = [model_catalogue.PROJECTION, model_versions.PROJECTION]
 METRICS = [model_versions.PROJECTION, metric_history.PROJECTION]
@@ -78,11 +79,11 @@ class VersionsController(Controller):
         """Register a version: its number is the model's highest ever plus one."""
         principal = principal_of(request)
         require(principal, Permission.WRITE, name)
-        registry = services_of(request).registry
+        services = services_of(request)
+        registry = services.registry
         model_id = await registry.model_id(name)
         content = _content(data)
         validate_content(content)  # a malformed entry is named for what it is, first
-        await require_stored(registry.executor, model_id, content.artifacts)
         command = RegisterVersion(
             actor=principal.name,
             now=registry.now(),
@@ -90,8 +91,18 @@ class VersionsController(Controller):
             description=data.description,
             tags=data.tags,
         )
-        written = await registry.execute(
-            model_id, command, if_version=if_match(request), id_seed=seed_of(request)
+
+        async def append(guards: Guards | None) -> Written:
+            return await registry.execute(
+                model_id,
+                command,
+                if_version=if_match(request),
+                id_seed=seed_of(request),
+                guards=guards,
+            )
+
+        written = await with_stored_blobs(
+            registry, services.blobs, model_id, content.artifacts, append
         )
         number = next(
             (e.version for e in written.events if e.event_type == "model.version_registered"), None

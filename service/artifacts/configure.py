@@ -9,6 +9,9 @@ from urllib.parse import unquote, urlsplit
 from service.artifacts.blobstore import BlobStore
 from service.artifacts.local import LocalBlobStore
 from service.artifacts.s3 import S3BlobStore
+from service.artifacts.uploads import UploadBackend
+from service.artifacts.uploads_local import LocalUploads
+from service.artifacts.uploads_s3 import S3Uploads
 from service.settings import Settings, SettingsError
 
 
@@ -26,3 +29,12 @@ def blob_store_from(settings: Settings) -> BlobStore:
     raise SettingsError(
         f"MODELREG_ARTIFACTS_URL: expected s3://bucket[/prefix] or file:///path (got {url!r})"
     )
+
+
+def upload_backend(blobs: BlobStore, settings: Settings) -> UploadBackend:
+    """Where ``blobs`` keeps its upload sessions: beside its blobs, in the same store."""
+    if isinstance(blobs, S3BlobStore):
+        return S3Uploads(blobs, settings.uploads_part_size)
+    if isinstance(blobs, LocalBlobStore):
+        return LocalUploads(blobs, settings.uploads_part_size)
+    raise TypeError(f"no upload sessions for {type(blobs).__name__}")

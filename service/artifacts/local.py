@@ -70,6 +70,11 @@ class LocalBlobStore:
         finally:
             await asyncio.to_thread(handle.close)
 
+    def link_verified(self, verified: Path, final: Path) -> bool:
+        """Name a durable file whose bytes were checked against ``final``'s digest (an
+        upload session's); False when the blob existed already."""
+        return self._publish(verified, final)
+
     @staticmethod
     def _publish(temporary: Path, final: Path) -> bool:
         """Give the verified file its name unless a blob has it already (False then)."""
@@ -79,7 +84,7 @@ class LocalBlobStore:
             os.link(temporary, final)
         except FileExistsError:
             return False
-        _sync_directory(final.parent)
+        sync_directory(final.parent)
         return True
 
 
@@ -104,7 +109,7 @@ def _sync(handle: BinaryIO) -> None:
     os.fsync(handle.fileno())
 
 
-def _sync_directory(directory: Path) -> None:
+def sync_directory(directory: Path) -> None:
     """Make the new name durable: the directory entry is data too."""
     fd = os.open(directory, os.O_RDONLY)
     try:

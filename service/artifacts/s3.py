@@ -43,6 +43,12 @@ class S3BlobStore:
             **config,
         )
 
+    @property
+    def object_store(self) -> S3Store:
+        """The obstore handle: upload sessions, presigned URLs, the audit's listing and the
+        collector's deletes, all under the same root."""
+        return self._store
+
     async def size_of(self, sha256: str) -> int | None:
         try:
             meta = await obstore.head_async(self._store, blob_key(sha256))

@@ -4,6 +4,7 @@
     modelreg audit mirror FILE [--once]
     modelreg audit verify [--json] [--checkpoints DIR|stream [--public-key FILE]]
     modelreg audit replay --as-of POSITION|TIME [--model NAME] [--json]
+    modelreg audit artifacts [--sample N] [--json] [--gc [--grace 7d]]   (service.cli.audit_artifacts)
 
 ``follow`` and ``mirror`` read NATS only, so an auditor needs no database access: the
 server named by ``--nats-url``/``MODELREG_NATS_URL``, else the embedded one a running
@@ -62,6 +63,7 @@ from events.catalogue import ALL_EVENT_TYPES
 from events.streams import model_id_of, name_key
 from projections.registry_state import ModelSnapshot, RegistrySnapshot, model_as_of, registry_as_of
 from projections.time_travel import resolve_as_of
+from service.cli.audit_artifacts import artifacts_command
 from service.cli.database import Connect, fail, run_with_database
 from service.cli.help import command_group
 from service.cli.nats_connection import CannotStartError, connect_nats, nats_url, require_stream
@@ -96,6 +98,8 @@ T = TypeVar("T")
 app = command_group(
     "Audit: follow or mirror the published events (NATS); verify the store, replay the past (database)."
 )
+
+app.command("artifacts")(artifacts_command)
 
 NatsUrlOption = Annotated[
     str | None,

@@ -21,6 +21,7 @@ import re
 import signal
 import sys
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, NoReturn
 
@@ -82,9 +83,19 @@ def deploy_agent(
         str,
         typer.Option(
             "--storage-uri-from",
-            help="'artifacts' (the prefix all artifact URIs share) or 'tag:KEY' (a version tag).",
+            help="'artifacts' (stored files: the registry's download URL; external ones: the"
+            " prefix their URIs share), 'blobs' (a one-file version's blob in the S3 store)"
+            " or 'tag:KEY' (a version tag).",
         ),
     ] = "artifacts",
+    registry_url: Annotated[
+        str | None,
+        typer.Option(
+            "--registry-url",
+            envvar="MODELREG_PUBLIC_URL",
+            help="The registry as the cluster reaches it, for stored files (default: --url).",
+        ),
+    ] = None,
     durable: Annotated[
         str | None, typer.Option(help="Durable consumer name (default deploy-agent-ENVIRONMENT).")
     ] = None,
@@ -130,6 +141,8 @@ def deploy_agent(
             namespace=namespace,
             model_format=model_format,
             storage_uri_from=storage_uri_from,
+            registry_url=registry_url or "",
+            blobs_url=settings.artifacts_url or "",
         )
     except (SettingsError, ValidationError, ValueError) as exc:
         _fail(str(exc))
@@ -155,7 +168,9 @@ def deploy_agent(
                 model_ids = [(await client.get_model(m)).model_id for m in model or ()]
             except ModelregError as exc:
                 raise CannotStartError(f"registry at {client.url}: {exc}") from None
-            agent = DeployAgent(client, config, on_outcome=show)
+            # Stored files are fetched from the registry: by default at the agent's own URL.
+            rendering = config if config.registry_url else replace(config, registry_url=client.url)
+            agent = DeployAgent(client, rendering, on_outcome=show)
             subscription = agent.subscription(
                 name,
                 stream=stream or settings.nats_stream,

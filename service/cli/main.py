@@ -42,6 +42,8 @@ GROUPS = {
     "promotions": "service.cli.promotions",
     "events": "service.cli.events",
     "tokens": "service.cli.tokens",
+    "webhooks": "service.cli.webhooks",
+    "gate": "service.cli.cicd",
 }
 # Top-level command name -> module holding a function of that name, dashes as underscores
 # (loaded like GROUPS).
@@ -53,6 +55,7 @@ COMMANDS = {
     "reject": "service.cli.lifecycle",
     "history": "service.cli.lifecycle",
     "deploy-agent": "service.cli.deploy_agent",
+    "wait": "service.cli.cicd",
 }
 
 

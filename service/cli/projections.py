@@ -5,7 +5,9 @@
 
 ``rebuild`` creates a new generation (fresh tables, position 0) while the live one keeps
 serving, shows a progress bar with events/s and ETA while it catches up, and returns once
-the views have switched to it. If a worker (``modelreg serve``) leads the projection, it
+the views have switched to it. It also drops the rebuilt views' time-travel snapshots
+(``projections.snapshots``): the snapshot worker takes them again from the log, so a fold
+fixed without a version bump cannot live on in them. If a worker (``modelreg serve``) leads the projection, it
 does the work and this command watches; otherwise this command takes the projection's
 lock and does the work itself.
 
@@ -50,6 +52,7 @@ from projections.runner import (
     start_rebuild,
     step,
 )
+from projections.snapshots import drop_snapshots
 from service.cli.database import CliError, Connect, fail, run_with_database, running_embedded_url
 from service.cli.help import command_group
 from service.cli.output import output, table
@@ -206,6 +209,9 @@ def rebuild(
 ) -> None:
     """Rebuild into new tables from position 0 while the live ones serve, then switch.
 
+    The rebuilt views' time-travel snapshots are dropped; the worker takes them again
+    from the log.
+
     Examples:
 
         modelreg projections rebuild stage_timeline
@@ -236,6 +242,7 @@ def rebuild(
     async def run(open_connection: Connect) -> None:
         # One connection each, all at once: the views rebuild side by side.
         connections = [await open_connection() for _ in chosen]
+        await drop_snapshots(connections[0], chosen)
         with Progress(*columns, console=console, transient=False) as progress:
             done = await asyncio.gather(
                 *(

@@ -1211,6 +1211,80 @@ class AsyncClient:
             "DELETE", f"/api/v1/tokens/{seg(token_id)}", params={"reason": reason}
         )
 
+    # ------------------------------------------------------------------ CI/CD and webhooks
+
+    async def gate_check(self, model: str, version: int, to: Stage | str) -> dict[str, Any]:
+        """Would moving ``version`` to stage ``to`` pass the policy and its gates now? A dry
+        run: ``passes``, ``outcome`` (direct, needs_approval, refused) and ``reason``."""
+        return await self._get(
+            f"{version_path(model, version)}/gate", dict[str, Any], {"to": str(Stage(to))}
+        )
+
+    async def create_webhook(
+        self,
+        url: str,
+        *,
+        event_types: Sequence[str] = (),
+        models: Sequence[str] = (),
+        payload_format: Literal["modelreg", "mlflow"] = "modelreg",
+        description: str = "",
+        secret: str | None = None,
+    ) -> dict[str, Any]:
+        """Subscribe ``url`` to events; the answer's ``secret`` (signing key) is shown once."""
+        body = {
+            "url": url,
+            "event_types": list(event_types),
+            "models": list(models),
+            "payload_format": payload_format,
+            "description": description,
+            "secret": secret,
+        }
+        return await self._write("POST", "/api/v1/webhooks", body, kind=dict[str, Any])
+
+    async def list_webhooks(self) -> list[dict[str, Any]]:
+        return await self._get("/api/v1/webhooks", list[dict[str, Any]], consistent=False)
+
+    async def get_webhook(self, subscription_id: str) -> dict[str, Any]:
+        return await self._get(f"/api/v1/webhooks/{seg(subscription_id)}", dict[str, Any])
+
+    async def webhook_deliveries(
+        self,
+        subscription_id: str,
+        *,
+        status: str | None = None,
+        before: int | None = None,
+        limit: int = 50,
+    ) -> list[dict[str, Any]]:
+        """The delivery log, newest first (``before``: a log position, for the next page)."""
+        params: Params = {"status": status, "before": before, "limit": limit}
+        return await self._get(
+            f"/api/v1/webhooks/{seg(subscription_id)}/deliveries",
+            list[dict[str, Any]],
+            {k: v for k, v in params.items() if v is not None},
+            consistent=False,
+        )
+
+    async def webhook_delivery(self, subscription_id: str, position: int) -> dict[str, Any]:
+        """One delivery with every attempt."""
+        return await self._get(
+            f"/api/v1/webhooks/{seg(subscription_id)}/deliveries/{position}",
+            dict[str, Any],
+            consistent=False,
+        )
+
+    async def redeliver_webhook(self, subscription_id: str, position: int) -> dict[str, Any]:
+        """Send a delivered or dead-lettered event again (same ``webhook-id``)."""
+        return await self._write(
+            "POST",
+            f"/api/v1/webhooks/{seg(subscription_id)}/deliveries/{position}/redeliver",
+            kind=dict[str, Any],
+        )
+
+    async def delete_webhook(self, subscription_id: str, reason: str = "") -> Receipt:
+        return await self._write(
+            "DELETE", f"/api/v1/webhooks/{seg(subscription_id)}", params={"reason": reason}
+        )
+
     # ------------------------------------------------------------------ read-your-writes
 
     async def wait_for(

@@ -261,6 +261,16 @@ class CommandExecutor:
             (self.store.codec.decode(e.envelope) for e in earlier), decider.initial_state()
         )
 
+    async def state_at(self, stream_id: str, decider: Decider[S, Any, Any], version: int) -> S:
+        """The state of a stream whose version the caller has just read: the cached state
+        when it is at exactly that version (no query: what hot reads need), else read."""
+        cached = self._cache.get(stream_id)
+        if cached is not None and cached[0] == version:
+            self._cache.move_to_end(stream_id)
+            state: S = cached[1]
+            return state
+        return (await self.state_of(stream_id, decider))[1]
+
     def forget(self, stream_id: str) -> None:
         self._cache.pop(stream_id, None)
 

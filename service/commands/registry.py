@@ -210,11 +210,14 @@ class Registry:
         self, build: Callable[[str], Command], *, id_seed: str | None = None
     ) -> Written:
         """``build(model_id)`` makes the RegisterModel command for a fresh id."""
-        model_id = self.new_id()
-        if id_seed is not None:
-            # A retried request must land on the same stream to be recognised as a retry.
-            model_id = uuid.uuid5(uuid.NAMESPACE_URL, f"modelreg:{id_seed}").hex
+        # A retried request must land on the same stream to be recognised as a retry.
+        model_id = self.new_id() if id_seed is None else self.seeded_model_id(id_seed)
         return await self.execute(model_id, build(model_id), id_seed=id_seed)
+
+    @staticmethod
+    def seeded_model_id(id_seed: str) -> str:
+        """The id a model registered under ``id_seed`` gets, whichever replica registers it."""
+        return uuid.uuid5(uuid.NAMESPACE_URL, f"modelreg:{id_seed}").hex
 
     async def log_metrics(
         self,
@@ -251,9 +254,11 @@ class Registry:
         comment: str,
         if_version: int | None = None,
         id_seed: str | None = None,
+        archive_existing: bool = False,
     ) -> tuple[Written, str | None]:
         """Move a version when the policy allows it directly; otherwise open a promotion
-        request. Returns the result and the request id (``None`` when done directly)."""
+        request. Returns the result and the request id (``None`` when done directly).
+        ``archive_existing``: see ``TransitionStage``."""
         model_id, _, state = await self.model(name)
         if (earlier := await self.recorded(model_id, id_seed)) is not None:
             requested = [e for e in earlier.events if isinstance(e, PromotionRequested)]
@@ -266,7 +271,8 @@ class Registry:
         def build(registry_policy: GovernancePolicy) -> Command:
             opened.clear()
             policy = state.effective_policy(registry_policy)
-            if requirement(policy, current.stage, to_stage, None).approvals == 0:
+            staying = archive_existing and current.stage == to_stage  # nothing to approve
+            if staying or requirement(policy, current.stage, to_stage, None).approvals == 0:
                 return TransitionStage(
                     actor=actor,
                     now=now,
@@ -275,6 +281,7 @@ class Registry:
                     to_stage=to_stage,
                     comment=comment,
                     metrics=metrics,
+                    archive_existing=archive_existing,
                 )
             if not comment.strip():
                 raise ValidationError(

@@ -102,6 +102,13 @@ class AgentConfig:
     comes from the version's artifacts (``storage_uri_from="artifacts"``: the prefix all
     artifact URIs share) or from a version tag (``"tag:<key>"``). The model format is the
     version's ``model_format`` tag, else ``model_format``.
+
+    A version whose files the registry stores is fetched from the registry itself, so a
+    deployment needs nothing else: ``registry_url`` is the registry's address as the
+    cluster reaches it (its download routes: one file, or the whole version as a zip).
+    ``storage_uri_from="blobs"`` points a single-file version at its blob in the S3 store
+    (``blobs_url``, the store's ``s3://bucket/prefix``) instead, for clusters that read
+    the bucket directly.
     """
 
     out: Path
@@ -111,6 +118,8 @@ class AgentConfig:
     namespace: str | None = None
     model_format: str | None = None
     storage_uri_from: str = "artifacts"
+    registry_url: str = ""
+    blobs_url: str = ""
     # How long to wait for the registry's views to show a deployment it refused to start
     # twice (the earlier start may be only milliseconds old).
     visibility_timeout: float = 10.0
@@ -121,12 +130,15 @@ class AgentConfig:
         validate_place(self.target, "target")
         for alias in self.aliases:
             validate_alias(alias)
-        if self.storage_uri_from != "artifacts" and not (
+        if self.storage_uri_from not in ("artifacts", "blobs") and not (
             self.storage_uri_from.startswith("tag:") and len(self.storage_uri_from) > 4
         ):
             raise ValueError(
-                f"storage_uri_from is 'artifacts' or 'tag:<key>', not {self.storage_uri_from!r}"
+                "storage_uri_from is 'artifacts', 'blobs' or 'tag:<key>',"
+                f" not {self.storage_uri_from!r}"
             )
+        if self.storage_uri_from == "blobs" and not self.blobs_url.startswith("s3://"):
+            raise ValueError("storage_uri_from 'blobs' needs the S3 store's s3://bucket/prefix")
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,8 +212,13 @@ def resource_name(model: str, environment: str, alias: str | None = None) -> str
     return f"{slug[: NAME_MAX - 9].rstrip('-')}-{digest}"
 
 
-def storage_uri(row: VersionRow, rule: str = "artifacts") -> str:
+def storage_uri(
+    row: VersionRow, rule: str = "artifacts", *, registry_url: str = "", blobs_url: str = ""
+) -> str:
     """Where KServe pulls the model from; RenderError says why there is no usable one."""
+    stored = registry_uri(row, rule, registry_url=registry_url, blobs_url=blobs_url)
+    if stored is not None:
+        return stored
     if rule.startswith("tag:"):
         key = rule[4:]
         found = row.tags.get(key)
@@ -226,6 +243,35 @@ def storage_uri(row: VersionRow, rule: str = "artifacts") -> str:
             "register it with artifacts_uri=s3://... or tag it and use --storage-uri-from tag:<key>"
         )
     return uri
+
+
+def registry_uri(row: VersionRow, rule: str, *, registry_url: str, blobs_url: str) -> str | None:
+    """For a version whose files the registry stores (none external): the registry's
+    download URL, or with rule ``blobs`` the single file's blob in the S3 store; None for
+    a version with external files (those say themselves where they are)."""
+    artifacts = row.content.artifacts if row.content is not None else ()
+    if rule.startswith("tag:") or not artifacts or any(e.external or e.uri for e in artifacts):
+        return None
+    if rule == "blobs":
+        if len(artifacts) != 1:
+            raise RenderError(
+                f"version {row.version} has {len(artifacts)} files: a blob holds one;"
+                " fetch it from the registry (--storage-uri-from artifacts)"
+            )
+        sha256 = artifacts[0].sha256
+        return f"{blobs_url.rstrip('/')}/blobs/sha256/{sha256[:2]}/{sha256}"
+    if not registry_url.startswith(("http://", "https://")):
+        raise RenderError(
+            f"version {row.version} is stored in the registry; the agent needs the registry's"
+            " URL as the cluster reaches it (--registry-url)"
+        )
+    base = f"{registry_url.rstrip('/')}/api/v1/models/{quote(row.model_name, safe='')}"
+    base += f"/versions/{row.version}"
+    if len(artifacts) == 1:
+        return f"{base}/files/{quote(artifacts[0].path, safe='/')}"
+    # KServe unpacks an http(s) download by the type the URL's name (or, when the path has
+    # none, its query) suggests: the trailing name tells it this is a zip.
+    return f"{base}/archive?format=zip&name={quote(row.model_name, safe='')}-{row.version}.zip"
 
 
 def package_root(artifacts: Sequence[ArtifactEntry]) -> str | None:
@@ -264,7 +310,12 @@ def render_manifest(
         raise RenderError(
             f"version {row.version} has no model_format tag and the agent has no --model-format default"
         )
-    uri = storage_uri(row, config.storage_uri_from)
+    uri = storage_uri(
+        row,
+        config.storage_uri_from,
+        registry_url=config.registry_url,
+        blobs_url=config.blobs_url,
+    )
     metadata: dict[str, object] = {"name": name}
     if config.namespace:
         metadata["namespace"] = config.namespace
@@ -591,6 +642,7 @@ __all__ = [
     "deployment_id_for",
     "desire_of",
     "package_root",
+    "registry_uri",
     "render_manifest",
     "resource_name",
     "run_agent",

@@ -36,8 +36,9 @@ from eventlog.listener import Listener
 from eventlog.migrate import MigrationError, apply_migrations, pending_migrations
 from eventlog.positions import SealSignal
 from eventlog.sealer import Sealer, sealed_channel
-from projections.registry_state import all_projections
+from projections.registry_state import REGISTRY_PROJECTIONS, all_projections
 from projections.runner import ProjectionWorker
+from projections.snapshot_worker import SnapshotWorker
 from service.api.app import AppState, create_app
 from service.api.services import Services
 from service.commands.expiry import expire_overdue_forever
@@ -50,6 +51,7 @@ from service.runtime.embedded import DataDirLock, EmbeddedNats, EmbeddedPostgres
 from service.runtime.http_limits import HttpLimits, protocol_for
 from service.runtime.nats_auth import NatsNames
 from service.settings import Settings
+from service.webhooks.configure import webhook_dispatcher
 
 log = logging.getLogger("modelreg")
 T = TypeVar("T")
@@ -74,8 +76,9 @@ class Worker:
 def background_workers(state: AppState) -> list[Worker]:
     """The loops that run beside the API in roles ``all`` and ``worker``.
 
-    The sealer, the projection worker, the NATS relay and the checkpointer are singletons,
-    so extra replicas are hot standbys; the expiry sweeper is harmless to run twice.
+    The sealer, the projection worker, the view snapshots, the NATS relay, the checkpointer
+    and the webhook dispatcher are singletons, so extra replicas are hot standbys; the
+    expiry sweeper is harmless to run twice.
     """
     settings = state.settings
     projections = ProjectionWorker(
@@ -87,15 +90,35 @@ def background_workers(state: AppState) -> list[Worker]:
         channel=sealed_channel(settings.db_schema),
         poll_interval=settings.worker_poll_interval,
     )
+    snapshots = SnapshotWorker(
+        # Snapshots are derived too: a lost commit is a snapshot taken again.
+        _connector(state, "modelreg-snapshots", synchronous_commit=False),
+        settings.db_schema,
+        REGISTRY_PROJECTIONS,
+        every=settings.snapshot_every,
+        keep=settings.snapshot_keep,
+        thin=settings.snapshot_thin,
+        poll_interval=settings.worker_poll_interval * 4,
+    )
     relay = relay_for(settings, state.database_url, state.nats_url)
     checkpointer = checkpointer_for(
         settings, _connector(state, "modelreg-checkpointer"), state.nats_url
     )
+
+    def webhooks() -> Awaitable[None]:
+        # Built when it runs (each restart starts afresh): it needs the services' pepper.
+        connect_webhooks = _connector(state, "modelreg-webhooks")
+        return webhook_dispatcher(
+            settings, state.pool, state.services.pepper, connect_webhooks
+        ).run()
+
     return [
         Worker("sealer", state.sealer.run),
         Worker("projections", projections.run),
+        Worker("view-snapshots", snapshots.run),
         Worker("relay", relay.run),
         Worker("checkpointer", checkpointer.run),
+        Worker("webhooks", webhooks),
         Worker(
             "promotion-expiry",
             lambda: expire_overdue_forever(state.services, settings.worker_poll_interval * 20),

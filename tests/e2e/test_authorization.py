@@ -47,6 +47,8 @@ class Row:
     permission: Permission | None
     body: Body = None
     scoped: Scoped = "deny"
+    headers: dict[str, str] | None = None
+    answers: int | None = None  # the status every allowed caller gets, if not a 2xx
 
 
 def artifact(n: int) -> dict[str, Any]:
@@ -70,8 +72,11 @@ POLICY = {
 CHAMPION = {"version": 1, "alias": "champion", "justification": "best so far"}
 
 M = "/api/v1/models"
+MF = "/api/2.0/mlflow"  # MLflow's routes answer MLflow's error envelope, not problem+json
 V = f"{M}/churn/versions"
 EMPTY = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"  # sha256 of no bytes
+MA = f"{MF}-artifacts/artifacts"  # MLflow's artifact proxy: MLflow's envelope too
+V5 = "modelreg/models/churn/versions/5"
 
 # (method, path template) -> a concrete request and what it needs. Ordered: rows run top
 # to bottom, each for every caller, on one registry (archive before restore).
@@ -124,6 +129,21 @@ MATRIX: dict[tuple[str, str], Row] = {
         f"{V}/5/files/empty.bin", R
     ),
     ("GET", "/api/v1/models/{name}/versions/{ref}/archive"): Row(f"{V}/5/archive?format=zip", R),
+    ("GET", "/api/v1/models/{name}/versions/{ref}/links/{file_path}"): Row(
+        f"{V}/5/links/empty.bin", R
+    ),
+    # upload sessions (of the empty blob: a chunk of no bytes at offset 0 appends nothing)
+    ("POST", "/api/v1/models/{name}/uploads"): Row(
+        f"{M}/churn/uploads", W, {"digest": f"sha256:{EMPTY}", "size": 0}
+    ),
+    ("GET", "/api/v1/models/{name}/uploads/{upload_id}"): Row(f"{M}/churn/uploads/{{upload}}", W),
+    ("PATCH", "/api/v1/models/{name}/uploads/{upload_id}"): Row(
+        f"{M}/churn/uploads/{{upload}}", W, headers={"Content-Range": "bytes 0-0/0"}
+    ),
+    ("PUT", "/api/v1/models/{name}/uploads/{upload_id}"): Row(f"{M}/churn/uploads/{{upload}}", W),
+    ("DELETE", "/api/v1/models/{name}/uploads/{upload_id}"): Row(
+        f"{M}/churn/uploads/{{abandoned}}", W
+    ),
     # lifecycle
     ("POST", "/api/v1/models/{name}/versions/{version}/stage"): Row(
         f"{V}/4/stage", W, {"to": "staging"}
@@ -173,14 +193,113 @@ MATRIX: dict[tuple[str, str], Row] = {
     ("GET", "/api/v1/events"): Row("/api/v1/events", R, scoped=ADMIN),
     ("GET", "/api/v1/events/schema"): Row("/api/v1/events/schema", R, scoped="allow"),
     ("GET", "/api/v1/audit/verify"): Row("/api/v1/audit/verify", R, scoped="allow"),
+    ("GET", "/api/v1/audit/artifacts"): Row("/api/v1/audit/artifacts", ADMIN),
     # tokens, identity, operations
     ("POST", "/api/v1/tokens"): Row(
         "/api/v1/tokens", ADMIN, {"principal": "eve", "roles": ["reader"]}
     ),
     ("GET", "/api/v1/tokens"): Row("/api/v1/tokens", ADMIN),
     ("DELETE", "/api/v1/tokens/{token_id}"): Row("/api/v1/tokens/{throwaway}", ADMIN),
+    ("GET", "/api/v1/models/{name}/versions/{version}/gate"): Row(f"{V}/2/gate?to=staging", R),
+    # webhooks: managed with write over every model they deliver; others' are hidden
+    ("POST", "/api/v1/webhooks"): Row(
+        "/api/v1/webhooks", W, {"url": "https://hooks.example.invalid/x", "models": ["churn"]}
+    ),
+    ("GET", "/api/v1/webhooks"): Row("/api/v1/webhooks", W, scoped="allow"),
+    ("GET", "/api/v1/webhooks/{subscription_id}"): Row("/api/v1/webhooks/{hook}", W, scoped="hide"),
+    ("GET", "/api/v1/webhooks/{subscription_id}/deliveries"): Row(
+        "/api/v1/webhooks/{hook}/deliveries", W, scoped="hide"
+    ),
+    ("GET", "/api/v1/webhooks/{subscription_id}/deliveries/{position}"): Row(
+        "/api/v1/webhooks/{hook}/deliveries/1", W, scoped="hide"
+    ),
+    ("POST", "/api/v1/webhooks/{subscription_id}/deliveries/{position}/redeliver"): Row(
+        "/api/v1/webhooks/{hook}/deliveries/1/redeliver", W, scoped="hide"
+    ),
+    ("DELETE", "/api/v1/webhooks/{subscription_id}"): Row(
+        "/api/v1/webhooks/{hook}", W, scoped="hide"
+    ),
     ("GET", "/api/v1/me"): Row("/api/v1/me", None, scoped="allow"),
     ("GET", "/metrics"): Row("/metrics", R, scoped="allow"),
+    # MLflow's registry API: the same permissions as the /api/v1 routes doing the same
+    ("POST", f"{MF}/registered-models/create"): Row(
+        f"{MF}/registered-models/create", W, lambda who: {"name": f"mlflow-by-{who}"}
+    ),
+    ("GET", f"{MF}/registered-models/get"): Row(f"{MF}/registered-models/get?name=churn", R),
+    ("POST", f"{MF}/registered-models/rename"): Row(
+        f"{MF}/registered-models/rename",
+        W,
+        lambda who: {"name": "renamed-by-contributor", "new_name": f"mlflow-renamed-by-{who}"},
+    ),
+    ("PATCH", f"{MF}/registered-models/update"): Row(
+        f"{MF}/registered-models/update", W, {"name": "churn", "description": "via MLflow"}
+    ),
+    ("DELETE", f"{MF}/registered-models/delete"): Row(
+        f"{MF}/registered-models/delete", ADMIN, {"name": "retired"}
+    ),
+    ("GET", f"{MF}/registered-models/search"): Row(
+        f"{MF}/registered-models/search", R, scoped="allow"
+    ),
+    ("POST", f"{MF}/registered-models/set-tag"): Row(
+        f"{MF}/registered-models/set-tag", W, {"name": "churn", "key": "via", "value": "mlflow"}
+    ),
+    ("DELETE", f"{MF}/registered-models/delete-tag"): Row(
+        f"{MF}/registered-models/delete-tag", W, {"name": "churn", "key": "via"}
+    ),
+    ("POST", f"{MF}/registered-models/alias"): Row(
+        f"{MF}/registered-models/alias", W, {"name": "churn", "alias": "mlflow", "version": "2"}
+    ),
+    ("DELETE", f"{MF}/registered-models/alias"): Row(
+        f"{MF}/registered-models/alias", W, {"name": "churn", "alias": "mlflow"}
+    ),
+    ("GET", f"{MF}/registered-models/alias"): Row(
+        f"{MF}/registered-models/alias?name=churn&alias=candidate", R
+    ),
+    ("POST", f"{MF}/registered-models/get-latest-versions"): Row(
+        f"{MF}/registered-models/get-latest-versions", R, {"name": "churn"}
+    ),
+    ("GET", f"{MF}/registered-models/get-latest-versions"): Row(
+        f"{MF}/registered-models/get-latest-versions?name=churn", R
+    ),
+    ("POST", f"{MF}/model-versions/create"): Row(
+        f"{MF}/model-versions/create", W, {"name": "churn", "source": "s3://models/mlflow"}
+    ),
+    ("GET", f"{MF}/model-versions/get"): Row(f"{MF}/model-versions/get?name=churn&version=1", R),
+    ("PATCH", f"{MF}/model-versions/update"): Row(
+        f"{MF}/model-versions/update", W, {"name": "churn", "version": "1", "description": "x"}
+    ),
+    ("DELETE", f"{MF}/model-versions/delete"): Row(
+        f"{MF}/model-versions/delete", W, {"name": "churn", "version": "4"}
+    ),
+    ("GET", f"{MF}/model-versions/search"): Row(f"{MF}/model-versions/search", R, scoped="allow"),
+    ("POST", f"{MF}/model-versions/set-tag"): Row(
+        f"{MF}/model-versions/set-tag",
+        W,
+        {"name": "churn", "version": "1", "key": "k", "value": "v"},
+    ),
+    ("DELETE", f"{MF}/model-versions/delete-tag"): Row(
+        f"{MF}/model-versions/delete-tag", W, {"name": "churn", "version": "1", "key": "k"}
+    ),
+    ("POST", f"{MF}/model-versions/transition-stage"): Row(
+        f"{MF}/model-versions/transition-stage",
+        W,
+        {"name": "churn", "version": "2", "stage": "Staging"},
+    ),
+    ("GET", f"{MF}/model-versions/get-download-uri"): Row(
+        f"{MF}/model-versions/get-download-uri?name=churn&version=1", R
+    ),
+    # MLflow's artifact proxy (its error envelope; writes refused to every caller)
+    ("GET", "/api/2.0/mlflow-artifacts/artifacts"): Row(f"{MA}?path={V5}", R),
+    ("GET", "/api/2.0/mlflow-artifacts/artifacts/{artifact_path}"): Row(f"{MA}/{V5}/empty.bin", R),
+    ("PUT", "/api/2.0/mlflow-artifacts/artifacts/{artifact_path}"): Row(
+        f"{MA}/{V5}/new.bin", None, scoped="allow", answers=405
+    ),
+    ("DELETE", "/api/2.0/mlflow-artifacts/artifacts/{artifact_path}"): Row(
+        f"{MA}/{V5}/empty.bin", None, scoped="allow", answers=405
+    ),
+    ("POST", "/api/2.0/mlflow-artifacts/mpu/{action}"): Row(
+        f"/api/2.0/mlflow-artifacts/mpu/create/{V5}/big.bin", None, scoped="allow", answers=405
+    ),
 }
 
 # Served without a token: the OpenAPI document, its viewers and their assets (health lives
@@ -343,7 +462,26 @@ async def _setup(api: Api) -> tuple[list[Caller], dict[str, str]]:
         principal="temp",
         roles=(Role.READER,),
     )
-    ids = {**requests, "throwaway": outcome.state.token_id}
+    sessions = {}
+    for purpose in ("upload", "abandoned"):
+        opened = await api.post(
+            f"{M}/churn/uploads", json={"digest": f"sha256:{EMPTY}", "size": 0}, as_=carol
+        )
+        sessions[purpose] = (await _ok(opened, 201)).json()["id"]
+    hook = await _ok(
+        await api.post(
+            "/api/v1/webhooks", json={"url": "https://hooks.example.invalid/h", "models": ["churn"]}
+        ),
+        201,
+    )
+    hook_id = hook.json()["subscription_id"]
+    # A dead-lettered delivery to read and redeliver (no dispatcher runs here).
+    await api.services.pool.execute(
+        "INSERT INTO webhook_deliveries (subscription_id, log_position, event_id, event_type,"
+        " model_id, status, attempts) VALUES ($1, 1, gen_random_uuid(), 'model.registered', 'm', 'dead', 3)",
+        hook_id,
+    )
+    ids = {**requests, **sessions, "throwaway": outcome.state.token_id, "hook": hook_id}
     await wait_for_position(
         api.services.pool,
         await head_position(api.services.pool),
@@ -380,28 +518,36 @@ def _judge(
     response: httpx.Response,
     *,
     must_succeed: bool,
+    answers: int | None = None,
 ) -> str | None:
     """What is wrong with ``response`` (None: nothing)."""
     status = response.status_code
     if status >= 500:
         return "server error"
+    mlflow = response.request.url.path.startswith(MF)  # also MLflow's artifact proxy
+    code = "error_code" if mlflow else "code"
+    media_type = "application/json" if mlflow else "application/problem+json"
+    if expected == "allowed" and answers is not None:
+        return None if status == answers else f"expected {answers} for every allowed caller"
     if expected == "401":
         problem = response.json() if status == 401 else {}
         if (
             status != 401
-            or problem.get("code") != "unauthenticated"
+            or problem.get(code) != ("UNAUTHENTICATED" if mlflow else "unauthenticated")
             or "Bearer" not in response.headers.get("WWW-Authenticate", "")
         ):
-            return "expected 401 problem+json with WWW-Authenticate"
+            return f"expected 401 {media_type} with WWW-Authenticate"
         return None
     if expected == "403":
         problem = response.json() if status == 403 else {}
         if status != 403 or problem.get("details", {}).get("permission") != permission:
             return f"expected 403 naming {permission}"
+        if mlflow and problem.get(code) != "PERMISSION_DENIED":
+            return "an MLflow 403 must say PERMISSION_DENIED"
         return (
             None
-            if response.headers["content-type"] == "application/problem+json"
-            else "a 403 must be problem+json"
+            if response.headers["content-type"] == media_type
+            else f"a 403 must be {media_type}"
         )
     if expected == "404":
         return None if status == 404 else "expected 404 (out of its scope)"
@@ -410,7 +556,12 @@ def _judge(
     if must_succeed and not 200 <= status < 300:
         return "expected a 2xx (the request is realistic)"
     # read-your-writes: a write that recorded something says where, and the new ETag
-    recorded = method != "GET" and 200 <= status < 300 and bool(response.json().get("events"))
+    recorded = (
+        method != "GET"
+        and 200 <= status < 300
+        and bool(response.content)  # a 204 (an aborted upload) says nothing
+        and bool(response.json().get("events"))
+    )
     if recorded and not ("Modelreg-Position" in response.headers and "ETag" in response.headers):
         return "a write without Modelreg-Position and ETag"
     return None
@@ -429,6 +580,7 @@ async def test_every_route_for_every_caller(api: Api) -> None:
                 else row.body
             )
             headers = {"Authorization": caller.header} if caller.header else {}
+            headers |= row.headers or {}
             before = await _events(api)
             response = await api.client.request(method, path, headers=headers, json=body)
             expected, permission = _expected(caller, row)
@@ -438,6 +590,7 @@ async def test_every_route_for_every_caller(api: Api) -> None:
                 permission,
                 response,
                 must_succeed=first_allowed or method == "GET",
+                answers=row.answers,
             )
             if expected == "allowed":
                 first_allowed = False

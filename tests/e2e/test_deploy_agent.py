@@ -6,13 +6,17 @@ registry then says about desired against actual."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import io
 import subprocess
 import sys
 import uuid
+import zipfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import nats.js.errors
 import pytest
 import yaml
@@ -370,3 +374,90 @@ async def test_the_deploy_agent_command_once(
         assert runs[0].deployment_id == deployment_id_for(
             uuid.UUID(event_id), "staging-eu", "k8s/eu"
         )
+
+
+async def test_a_version_whose_files_the_registry_stores_deploys_from_the_registry(
+    server: RegistryServer, nc: NatsClient, nats_url: str, tmp_path: Path
+) -> None:
+    # given a one-file version whose bytes the registry stores, promoted to production
+    body = b"joblib bytes " * 1000
+    sha256 = hashlib.sha256(body).hexdigest()
+    stream, prefix = stream_of(server)
+    async with AsyncClient(server.url, server.admin_token) as client:
+        await client.create_model("stored.churn")
+        headers = {"Authorization": f"Bearer {server.admin_token}"}
+        async with httpx.AsyncClient(base_url=server.url, headers=headers) as http:
+            stored = await http.put(
+                f"/api/v1/models/stored.churn/blobs/sha256:{sha256}", content=body
+            )
+            assert stored.status_code == 201, stored.text
+            manifest = [ArtifactEntry(path="model.joblib", sha256=sha256, size=len(body))]
+            version = await register(client, "stored.churn", manifest)
+            position = await to_production(client, "stored.churn", version)
+            await published(nc, server, position)
+
+            # when the agent runs as a command, told nothing but how to reach the registry
+            env = server.env(
+                MODELREG_NATS_URL=nats_url,
+                MODELREG_NATS_STREAM=stream,
+                MODELREG_NATS_SUBJECT_PREFIX=prefix,
+            )
+            command = [MODELREG, "deploy-agent", "--once", "--out", str(tmp_path)]
+            command += ["--model", "stored.churn", "--model-format", "sklearn"]
+            done = await asyncio.to_thread(
+                subprocess.run, command, env=env, capture_output=True, text=True, timeout=90
+            )
+            assert done.returncode == 0, done.stderr
+
+            # then KServe is sent to the registry's download of that file, which serves it
+            path = tmp_path / f"{resource_name('stored.churn', 'prod')}.yaml"
+            uri = read_manifest(path)["spec"]["predictor"]["model"]["storageUri"]
+            assert uri == f"{server.url}/api/v1/models/stored.churn/versions/1/files/model.joblib"
+            fetched = await http.get(uri)
+            assert (fetched.status_code, fetched.content) == (200, body)
+
+
+async def test_several_stored_files_deploy_as_the_registry_zip_kserve_unpacks(
+    server: RegistryServer, nc: NatsClient, tmp_path: Path
+) -> None:
+    # given a two-file version whose bytes the registry stores, in production
+    files = {"model.joblib": b"weights " * 500, "conf/settings.json": b'{"threshold": 0.5}'}
+    headers = {"Authorization": f"Bearer {server.admin_token}"}
+    async with (
+        AsyncClient(server.url, server.admin_token) as client,
+        httpx.AsyncClient(base_url=server.url, headers=headers) as http,
+    ):
+        await client.create_model("stored.fraud")
+        manifest = []
+        for name, body in files.items():
+            sha256 = hashlib.sha256(body).hexdigest()
+            stored = await http.put(
+                f"/api/v1/models/stored.fraud/blobs/sha256:{sha256}", content=body
+            )
+            assert stored.status_code == 201, stored.text
+            manifest.append(ArtifactEntry(path=name, sha256=sha256, size=len(body)))
+        version = await register(client, "stored.fraud", manifest)
+        position = await to_production(client, "stored.fraud", version)
+        await published(nc, server, position)
+
+        # when the agent renders it
+        stream, prefix = stream_of(server)
+        config = AgentConfig(out=tmp_path, model_format="sklearn", registry_url=server.url)
+        agent = DeployAgent(client, config)
+        subscription = agent.subscription(
+            f"stored-{uuid.uuid4().hex[:8]}",
+            stream=stream,
+            subject_prefix=prefix,
+            models=[(await client.get_model("stored.fraud")).model_id],
+        )
+        await run_once(nc, agent, subscription, tmp_path / "seen")
+
+        # then the URI is the registry's zip of the version, its name ending in .zip, and
+        # it holds both files
+        path = tmp_path / f"{resource_name('stored.fraud', 'prod')}.yaml"
+        uri = read_manifest(path)["spec"]["predictor"]["model"]["storageUri"]
+        assert uri.endswith("/archive?format=zip&name=stored.fraud-1.zip"), uri
+        fetched = await http.get(uri)
+        assert fetched.status_code == 200, fetched.text
+        with zipfile.ZipFile(io.BytesIO(fetched.content)) as archive:
+            assert {n: archive.read(n) for n in files} == files

@@ -14,8 +14,10 @@ from typer.testing import CliRunner, Result
 
 from eventlog.migrate import apply_migrations
 from eventlog.sealer import sealed_channel
-from projections.registry_state import all_projections
+from projections.registry_state import REGISTRY_PROJECTIONS, all_projections, registry_as_of
 from projections.runner import ProjectionWorker, generations
+from projections.snapshot_worker import take_due_snapshots
+from projections.snapshots import snapshot_positions
 from projections.views import stage_timeline
 from service.cli.projections import app, running_embedded_url
 from service.runtime.embedded import EmbeddedPostgres
@@ -95,6 +97,28 @@ async def test_rebuild_without_a_worker_does_the_work_and_switches(db: Database)
         (g.generation, g.status, g.log_position) for g in await generations(conn, TIMELINE.name)
     ] == [(2, "live", head)]
     assert await TIMELINE.checksum(db.pool, TIMELINE.view_names()) == before
+
+
+async def test_rebuild_drops_the_rebuilt_views_snapshots_and_keeps_the_others(
+    db: Database,
+) -> None:
+    # given time-travel snapshots of every registry view
+    reg = Registry(db)
+    await random_history(reg, random.Random(9), 40)
+    head = await reg.seal()
+    conn = await db.connect()
+    await take_due_snapshots(conn, REGISTRY_PROJECTIONS, every=10, keep=10, thin=1)
+    before = await registry_as_of(conn, head)
+
+    # when the timeline is rebuilt from the command line
+    result = await invoke(db, "rebuild", TIMELINE.name)
+
+    # then its snapshots are gone, the other views' stay, and the answers are unchanged
+    assert result.exit_code == 0, result.output
+    assert await snapshot_positions(conn, TIMELINE) == []
+    others = [p for p in REGISTRY_PROJECTIONS if p.name != TIMELINE.name]
+    assert all([await snapshot_positions(conn, p) for p in others])
+    assert await registry_as_of(conn, head) == before
 
 
 async def test_rebuild_with_a_worker_running_waits_for_the_worker_to_switch(db: Database) -> None:

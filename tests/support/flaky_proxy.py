@@ -26,17 +26,19 @@ from urllib.parse import urlsplit
 
 @dataclass
 class _Rule:
-    action: str  # "drop" | "fail"
+    action: str  # "drop" | "fail" | "cut"
     remaining: int
     match: bytes
     status: int = 503
     retry_after: str | None = "0"
+    share: float = 1.0  # "cut": the part of the body forwarded before both ends close
 
 
 @dataclass
 class Seen:
     head: bytes
     body: bytes
+    status: int | None = None  # the upstream's answer, when there was one
 
     @property
     def request_line(self) -> str:
@@ -82,6 +84,13 @@ class FlakyProxy:
         with self._lock:
             self._rules.append(_Rule("fail", count, match, status, retry_after))
 
+    def cut_requests(self, count: int, *, after: float, match: bytes = b"") -> None:
+        """Forward the head and the first ``after`` share of the body of the next ``count``
+        matching requests, then close both connections: the server sees its client go away
+        mid-body, the client a connection dropped before any answer."""
+        with self._lock:
+            self._rules.append(_Rule("cut", count, match, share=after))
+
     def seen(self, match: str = "") -> list[Seen]:
         with self._lock:
             return [r for r in self.requests if match in r.request_line]
@@ -124,6 +133,12 @@ class FlakyProxy:
     async def _stop(self) -> None:
         if self._server is not None:
             self._server.close()
+            # Connections a client keeps alive in its pool (MLflow's cached requests session
+            # does) are closed here, not left to be torn down with the loop.
+            serving = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in serving:
+                task.cancel()
+            await asyncio.gather(*serving, return_exceptions=True)
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._server.wait_closed(), 5)
 
@@ -139,8 +154,9 @@ class FlakyProxy:
                     head, body = await _read_message(client_in)
                 except (asyncio.IncompleteReadError, ConnectionError):
                     return
+                seen = Seen(head, body)
                 with self._lock:
-                    self.requests.append(Seen(head, body))
+                    self.requests.append(seen)
                 rule = self._rule_for(head)
                 if rule is not None and rule.action == "fail":
                     client_out.write(_error_response(rule.status, rule.retry_after))
@@ -149,12 +165,17 @@ class FlakyProxy:
                 if upstream is None:
                     upstream = await asyncio.open_connection(self._host, self._port)
                 up_in, up_out = upstream
+                if rule is not None and rule.action == "cut":
+                    up_out.write(head + body[: int(len(body) * rule.share)])
+                    await up_out.drain()
+                    return  # both connections close: the rest of the body never arrives
                 up_out.write(head + body)
                 await up_out.drain()
                 # The answer to a HEAD has no body, whatever its Content-Length says.
                 response_head, response_body = await _read_message(
                     up_in, bodiless=head.startswith(b"HEAD ")
                 )
+                seen.status = int(response_head.split(b" ", 2)[1])
                 if rule is not None and rule.action == "drop":
                     with self._lock:
                         self.dropped.append(response_head + response_body)

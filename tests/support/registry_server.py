@@ -41,6 +41,30 @@ class RegistryServer:
     # NATS created or left behind.
     stream: str = ""
     subject_prefix: str = ""
+    # The running process and how it was started, so a test can kill -9 it and start it
+    # again on the same schema and data dir (``kill`` / ``start_again``).
+    proc: subprocess.Popen[bytes] | None = None
+    serve_env: dict[str, str] | None = None
+
+    def kill(self) -> None:
+        """SIGKILL the server's process group: no shutdown code runs."""
+        assert self.proc is not None
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(30)
+
+    def start_again(self) -> None:
+        """Start a new process on the same schema, stream and data dir (a new port)."""
+        assert self.serve_env is not None
+        self.proc = _spawn(self.serve_env, self.log)
+        self.url = _wait_until_serving(self.proc, self.log, skip=self.log.read_text())
+
+    def crash_and_restart(self) -> None:
+        """SIGKILL the process and start a new one on the same schema, data dir and port (a
+        client's URL stays valid across the restart); return when it serves again."""
+        self.kill()
+        assert self.serve_env is not None
+        self.serve_env["MODELREG_PORT"] = self.url.rsplit(":", 1)[1]
+        self.start_again()
 
     def env(self, **extra: str) -> dict[str, str]:
         """A clean environment pointing the client and the CLI at this server."""
@@ -95,19 +119,13 @@ def registry_server(
         "MODELREG_READ_WAIT_TIMEOUT": "10",
     }
     env |= {f"MODELREG_{name.upper()}": value for name, value in settings.items()}
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "service", "serve"],
-            cwd=REPO,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    proc = _spawn(env, log, mode="wb")
+    running = RegistryServer("", token, schema, log, stream, subject_prefix, proc, env)
     try:
-        url = _wait_until_serving(proc, log)
-        yield RegistryServer(url, token, schema, log, stream, subject_prefix)
+        running.url = _wait_until_serving(proc, log)
+        yield running
     finally:
+        proc = running.proc or proc
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGTERM)
             try:
@@ -119,13 +137,26 @@ def registry_server(
         _in_own_loop(_delete_streams(nats_url, [stream, f"{stream}_DLQ"]))
 
 
-def _wait_until_serving(proc: subprocess.Popen[bytes], log: Path) -> str:
+def _spawn(env: dict[str, str], log: Path, mode: str = "ab") -> subprocess.Popen[bytes]:
+    with log.open(mode) as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "service", "serve"],
+            cwd=REPO,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+
+def _wait_until_serving(proc: subprocess.Popen[bytes], log: Path, skip: str = "") -> str:
+    """The URL the process serves on, read from its log past ``skip`` (an earlier run's)."""
     deadline = time.monotonic() + READY_TIMEOUT
     url = None
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"modelreg serve exited {proc.returncode}:\n{log.read_text()}")
-        if url is None and (found := SERVING.search(log.read_text())):
+        if url is None and (found := SERVING.search(log.read_text()[len(skip) :])):
             url = f"http://127.0.0.1:{found.group(1)}"
         if url is not None:
             with contextlib.suppress(httpx.TransportError):

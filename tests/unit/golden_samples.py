@@ -11,6 +11,7 @@ from __future__ import annotations
 from events.access import Role, TokenIssued, TokenRevoked
 from events.artifacts import BlobStored
 from events.base import Event
+from events.blob_collection import BlobDeleted
 from events.metrics import MetricPoint, MetricsLogged
 from events.model.events import (
     AliasRemovalCause,
@@ -64,6 +65,7 @@ from events.version_content import (
     VersionContent,
     content_digest,
 )
+from events.webhooks import PayloadFormat, WebhookCreated, WebhookDeleted
 from tests.unit.domain_helpers import MODEL_ID, NOW, later
 
 D, S, P, A = Stage.DEVELOPMENT, Stage.STAGING, Stage.PRODUCTION, Stage.ARCHIVED
@@ -233,5 +235,15 @@ def samples() -> dict[str, Event]:
         ),
         TokenRevoked(token_id="t-1", reason="rotated"),
         BlobStored(model_id=MODEL_ID, sha256="3a" * 32, size=482113),
+        BlobDeleted(sha256="3b" * 32, size=4096, age_seconds=864000, stored_for=(MODEL_ID,)),
+        WebhookCreated(
+            subscription_id="w-1",
+            url="https://ci.acme.io/hooks/modelreg",
+            event_types=("model.stage_transitioned", "model.promotion_executed"),
+            models=("churn*",),
+            payload_format=PayloadFormat.MLFLOW,
+            description="deploy on promotion",
+        ),
+        WebhookDeleted(subscription_id="w-1", reason="pipeline retired"),
     ]
     return {event.event_type: event for event in events}

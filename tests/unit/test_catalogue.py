@@ -106,7 +106,15 @@ def test_stream_ids_follow_the_documented_scheme() -> None:
 
 
 def test_every_stream_type_has_a_decider_found_from_its_stream_id() -> None:
-    assert set(DECIDERS) == {"model", "metrics", "policy", "token", "artifacts"}
+    assert set(DECIDERS) == {
+        "model",
+        "metrics",
+        "policy",
+        "token",
+        "artifacts",
+        "blobstore",
+        "webhook",
+    }
     assert decider_for(model_stream("m1")).stream_type == "model"
     assert decider_for(metrics_stream("m1", 2)).stream_type == "metrics"
     assert decider_for(REGISTRY_POLICY_STREAM).stream_type == "policy"

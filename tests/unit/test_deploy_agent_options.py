@@ -19,7 +19,7 @@ def test_a_bad_option_stops_the_command_before_it_starts(tmp_path: Path) -> None
         env={"MODELREG_TOKEN": "unused"},
     )
     assert refused.exit_code == 2
-    assert "storage_uri_from is 'artifacts' or 'tag:<key>'" in refused.stderr
+    assert "storage_uri_from is 'artifacts', 'blobs' or 'tag:<key>'" in refused.stderr
     refused = CliRunner().invoke(
         command,
         ["--out", str(tmp_path), "--target", "k8s serving"],

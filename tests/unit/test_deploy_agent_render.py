@@ -158,3 +158,88 @@ def test_one_deployment_id_per_event_and_place() -> None:
         )
         == 4
     )
+
+
+# --- versions whose files the registry stores ---------------------------------------------
+
+REGISTRY = "https://registry.example:8080"
+
+
+def stored(path: str, sha256: str = "b" * 64) -> ArtifactEntry:
+    return ArtifactEntry(path=path, sha256=sha256, size=10)
+
+
+def render(config: AgentConfig, row: VersionRow) -> dict[str, object]:
+    text = render_manifest(
+        config,
+        row,
+        Desire(model_id=row.model_id, version=3, stage=Stage.PRODUCTION),
+        name="churn-prod",
+        deployment_id="d1",
+        event_id=EVENT,
+        log_position=41,
+    )
+    document: dict[str, object] = yaml.safe_load(text)
+    return document
+
+
+def uri_of(document: dict[str, object]) -> object:
+    return document["spec"]["predictor"]["model"]["storageUri"]  # type: ignore[index]
+
+
+def test_a_stored_single_file_is_fetched_from_the_registry_files_route(tmp_path: Path) -> None:
+    # given a version whose one file the registry stores
+    row = version(stored("weights/model.joblib"), tags={"model_format": "sklearn"}, name="churn v2")
+    config = AgentConfig(out=tmp_path, registry_url=REGISTRY + "/")
+
+    # then KServe is pointed at the registry's download of that file (the name quoted)
+    assert uri_of(render(config, row)) == (
+        f"{REGISTRY}/api/v1/models/churn%20v2/versions/3/files/weights/model.joblib"
+    )
+
+
+def test_stored_files_are_fetched_as_one_zip_kserve_unpacks(tmp_path: Path) -> None:
+    # given a version of two stored files
+    row = version(stored("model.joblib"), stored("conda.yaml", "c" * 64))
+    config = AgentConfig(out=tmp_path, registry_url=REGISTRY, model_format="sklearn")
+
+    # then the URI is the registry's archive as a zip, its name ending in .zip
+    uri = uri_of(render(config, row))
+    assert uri == f"{REGISTRY}/api/v1/models/churn/versions/3/archive?format=zip&name=churn-3.zip"
+
+
+def test_a_one_file_version_can_point_at_its_blob_in_the_s3_store(tmp_path: Path) -> None:
+    # given an agent told to read the S3 store directly
+    config = AgentConfig(
+        out=tmp_path,
+        storage_uri_from="blobs",
+        blobs_url="s3://models/registry/",
+        model_format="sklearn",
+    )
+
+    # then a one-file version is its blob's key; several files cannot be one blob
+    sha = "d" * 64
+    assert uri_of(render(config, version(stored("model.joblib", sha)))) == (
+        f"s3://models/registry/blobs/sha256/dd/{sha}"
+    )
+    with pytest.raises(RenderError, match="2 files"):
+        render(config, version(stored("a"), stored("b", "c" * 64)))
+
+
+def test_stored_files_without_a_registry_url_cannot_render_and_blobs_need_an_s3_store(
+    tmp_path: Path,
+) -> None:
+    config = AgentConfig(out=tmp_path, model_format="sklearn")
+    with pytest.raises(RenderError, match="--registry-url"):
+        render(config, version(stored("model.joblib")))
+    with pytest.raises(ValueError, match="s3://"):
+        AgentConfig(out=tmp_path, storage_uri_from="blobs", blobs_url="file:///srv/blobs")
+
+
+def test_external_files_keep_their_own_location(tmp_path: Path) -> None:
+    # given a registry URL, and a version whose files are external
+    config = AgentConfig(out=tmp_path, registry_url=REGISTRY, model_format="sklearn")
+    row = version(entry("model.joblib", "s3://m/churn/3/model.joblib"))
+
+    # then the manifest points at the prefix they share, not at the registry
+    assert uri_of(render(config, row)) == "s3://m/churn/3"

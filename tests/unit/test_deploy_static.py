@@ -315,6 +315,79 @@ def test_serving_containers_share_one_token_pepper_from_a_secret() -> None:
     assert len(placeholder) < 32, "the example secret must not be a usable pepper"
 
 
+def serving_environments() -> list[tuple[str, dict[str, str]]]:
+    serving = [(f"k8s {c.where}", c.env) for c in modelreg_containers() if c.argv[0] == "serve"]
+    serving += [
+        (f"compose {n}", compose_env(s))
+        for n, s in compose_modelreg_services().items()
+        if s["command"][0] == "serve"
+    ]
+    return serving
+
+
+def test_every_replica_keeps_model_files_in_one_s3_bucket_with_keys_from_a_secret() -> None:
+    """Replicas on their own file stores would each hold a different set of blobs: an
+    upload to one would be missing on the next. The keys never sit in a ConfigMap."""
+    serving = serving_environments()
+    assert len(serving) >= 5
+    urls = {env.get("MODELREG_ARTIFACTS_URL") for _, env in serving}
+    assert urls == {"s3://modelreg-artifacts/registry"}, urls
+    for where, env in serving:
+        assert env.get("AWS_ACCESS_KEY_ID") and env.get("AWS_SECRET_ACCESS_KEY"), where
+        assert load_settings(env).artifacts_url == "s3://modelreg-artifacts/registry", where
+    config = one("ConfigMap", "modelreg-config")["data"]
+    assert not {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"} & config.keys()
+    assert set(secret_data("modelreg-s3")) == {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
+    for container in modelreg_containers():
+        if container.argv[0] == "serve":
+            refs = [e["secretRef"]["name"] for e in container.spec["envFrom"] if "secretRef" in e]
+            assert "modelreg-s3" in refs, container.where
+    # Compose: MinIO is the store, the bucket job makes the bucket the URL names, and the
+    # secret key is one compose refuses to start without.
+    services = compose()["services"]
+    bucket_job = " ".join(services["minio-bucket"]["command"])
+    assert "mc mb --ignore-existing local/modelreg-artifacts" in bucket_job
+    env = compose()["x-modelreg"]["environment"]
+    assert urlsplit(env["AWS_ENDPOINT_URL"]).hostname == "minio"
+    assert ":?" in env["AWS_SECRET_ACCESS_KEY"]
+    for name, service in compose_modelreg_services().items():
+        if service["command"][0] == "serve":
+            condition = service["depends_on"]["minio-bucket"]["condition"]
+            assert condition == "service_completed_successfully", name
+
+
+def test_the_worker_signs_checkpoints_with_a_key_from_a_secret_copied_mode_600() -> None:
+    """The signer refuses a key others may read (eventlog.checkpoints), and Secret volumes
+    are group-readable under fsGroup: an init container copies the key, mode 600."""
+    worker = next(c for c in modelreg_containers() if c.where == "modelreg-worker/worker")
+    key = worker.env["MODELREG_CHECKPOINT_KEY"]
+    settings = load_settings(worker.env)
+    assert str(settings.checkpoint_key_path) == key
+    assert settings.checkpoint_directory.as_posix().startswith("/tmp/")
+    mounts = {m["mountPath"]: m for m in worker.spec["volumeMounts"]}
+    key_dir = key.rsplit("/", 1)[0]
+    assert mounts[key_dir]["readOnly"] is True
+    volumes = {v["name"]: v for v in worker.pod["volumes"]}
+    assert volumes[mounts[key_dir]["name"]]["emptyDir"]["medium"] == "Memory"
+    [copier] = [c for c in worker.pod["initContainers"] if c["name"] == "checkpoint-key"]
+    script = " ".join(copier["command"])
+    assert f"install -m 600 /secret/checkpoint-key.pem {key}" in script
+    assert f"{key}.pub" in script, "the public half must sit beside it (read-only volume)"
+    secret_mount = next(m for m in copier["volumeMounts"] if m["mountPath"] == "/secret")
+    secret = volumes[secret_mount["name"]]["secret"]["secretName"]
+    assert set(secret_data(secret)) == {"checkpoint-key.pem", "checkpoint-key.pem.pub"}
+    # Compose: the same, from a compose secret into a volume the worker mounts read-only.
+    services = compose()["services"]
+    worker_env = compose_env(services["worker"])
+    assert worker_env["MODELREG_CHECKPOINT_KEY"] == "/keys/checkpoint-key.pem"
+    assert "checkpoint-key:/keys:ro" in services["worker"]["volumes"]
+    assert "-m 600 /run/secrets/checkpoint-key /keys/checkpoint-key.pem" in " ".join(
+        services["checkpoint-key"]["command"]
+    )
+    assert compose()["secrets"]["checkpoint-key"]["file"] == "./checkpoint-key.pem"
+    assert "checkpoint-key.pem" in (REPO / ".gitignore").read_text(), "never commit the key"
+
+
 def test_commands_are_real_cli_invocations_in_every_role() -> None:
     roles: dict[str, list[str]] = {}
     invocations = [(f"k8s {c.where}", c.argv) for c in modelreg_containers()]

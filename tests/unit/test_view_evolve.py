@@ -18,6 +18,7 @@ import pytest
 from eventlog.log import LoggedEvent
 from events.access import TOKEN_EVENT_TYPES
 from events.artifacts import ARTIFACT_EVENT_TYPES
+from events.blob_collection import BLOB_COLLECTION_EVENT_TYPES
 from events.model.commands import (
     ApprovePromotion,
     ArchiveModel,
@@ -49,6 +50,7 @@ from events.model.commands import (
 from events.model.events import StageTransitioned
 from events.policy import AliasRule, GovernancePolicy, TransitionRule
 from events.stages import Stage
+from events.webhooks import WEBHOOK_EVENT_TYPES
 from projections.base import Projection
 from projections.views import (
     ALL,
@@ -160,9 +162,17 @@ def test_every_view_has_empty_rows_to_fold_from() -> None:
 
 @pytest.mark.parametrize("projection", ALL, ids=lambda p: p.name)
 def test_the_rich_history_holds_every_event_type_a_view_handles(projection: Projection) -> None:
-    # Token and blob events reach only the audit timeline, which describes every event the
-    # same way.
-    only_audited = {t.event_type for t in (*TOKEN_EVENT_TYPES, *ARTIFACT_EVENT_TYPES)}
+    # Token, blob and webhook events reach only the audit timeline, which describes every
+    # event the same way.
+    only_audited = {
+        t.event_type
+        for t in (
+            *TOKEN_EVENT_TYPES,
+            *ARTIFACT_EVENT_TYPES,
+            *BLOB_COLLECTION_EVENT_TYPES,
+            *WEBHOOK_EVENT_TYPES,
+        )
+    }
     seen = {e.event_type for e in rich_history().events}
     assert projection.handles - only_audited <= seen
 

@@ -1,0 +1,198 @@
+"""Snapshots of views at a log position: where whole-registry time travel starts folding. I/O.
+
+A registry-wide ``as_of`` read used to fold the log from position 0, so its cost grew with
+the log. With snapshots it restores each view as it stood at the nearest snapshot at or
+below the position asked for and folds only the events after it (``projections.
+time_travel.folded_views``): the cost is bounded by the size of the registry and the
+distance between snapshots, not by the length of the log.
+
+What is stored (table ``view_snapshots``): for each projection, the rows of each of its
+tables at a position, as Postgres's own text form of each row, which converts back into
+a row of the same table exactly (``record_out`` / ``record_in``). A snapshot is keyed by
+the projection's ``fingerprint`` (name, version and table definitions), so one folded by
+other projection code is never read; ``prune`` deletes it.
+
+Why snapshots change no answer: a snapshot at P is written from a fold of the log up to
+P by the same ``Projection.apply`` that a read would run (``projections.
+snapshot_worker``), and only sealed positions exist to be folded; a read then folds
+(P, position] into the restored rows, which is what the fold from 0 would have done after
+reaching P. Dropping any or all snapshots only moves the start back (to 0 at worst). The
+integration test ``test_registry_snapshots`` compares answers with and without
+snapshots at random positions of random histories.
+
+Retention (``retained_positions``): the newest ``keep`` snapshots, plus the older ones at multiples
+of ``every * thin``. A read then folds at most ``every`` events after a recent position
+and at most ``every * thin`` after an old one, and the table holds ``keep`` snapshots
+plus one per ``every * thin`` events of log.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Mapping, Sequence
+
+import asyncpg
+
+from projections.base import Names, Projection
+
+# Bumped when the stored form changes, so every older snapshot is ignored and pruned.
+FORMAT = 1
+
+
+def fingerprint(projection: Projection) -> str:
+    """What a snapshot of ``projection`` depends on: its name, code version and tables.
+    A change to any of them (a bumped version for a changed fold) gives another
+    fingerprint, and older snapshots are no longer read."""
+    digest = hashlib.sha256(f"format {FORMAT}\n{projection.name}\n{projection.version}\n".encode())
+    for table in projection.tables:
+        digest.update(f"{table.name}\n{table.columns}\n{','.join(table.key)}\n".encode())
+    return digest.hexdigest()[:32]
+
+
+async def nearest_snapshots(
+    conn: asyncpg.Connection | asyncpg.Pool, projections: Sequence[Projection], position: int
+) -> dict[str, int]:
+    """Per projection, the position of its newest snapshot at or below ``position`` (0 when
+    it has none): where a fold up to ``position`` may start."""
+    rows = await conn.fetch(
+        "SELECT p.projection, coalesce(max(s.log_position), 0) AS at"
+        " FROM unnest($1::text[], $2::text[]) AS p(projection, fingerprint)"
+        " LEFT JOIN view_snapshots s ON s.projection = p.projection"
+        " AND s.fingerprint = p.fingerprint AND s.log_position <= $3"
+        " GROUP BY p.projection",
+        [p.name for p in projections],
+        [fingerprint(p) for p in projections],
+        position,
+    )
+    return {r["projection"]: r["at"] for r in rows}
+
+
+async def restore_snapshot(
+    conn: asyncpg.Connection, projection: Projection, names: Names, position: int
+) -> None:
+    """Fill ``projection``'s (empty) tables named by ``names`` with its snapshot at
+    ``position``. The text form of each row is cast to the row type of the table it goes
+    to, which the same CREATE statement made."""
+    for table in projection.tables:
+        target = names[table.name]
+        await conn.execute(
+            f"INSERT INTO {target} SELECT r.* FROM view_snapshots s,"
+            f" unnest(s.rows::{target}[]) AS r"
+            " WHERE s.projection = $1 AND s.fingerprint = $2 AND s.log_position = $3"
+            " AND s.table_name = $4",
+            projection.name,
+            fingerprint(projection),
+            position,
+            table.name,
+        )
+
+
+async def save_snapshot(
+    conn: asyncpg.Connection,
+    projections: Iterable[Projection],
+    names: Mapping[str, Names],
+    position: int,
+) -> None:
+    """Store the tables named by ``names`` as every projection's snapshot at ``position``,
+    in one transaction: a crash leaves the whole snapshot or nothing. A snapshot already
+    stored there (by an earlier leader) is left as it is: it holds the same rows."""
+    async with conn.transaction():
+        # The shortest text that converts back to the same float8 (the default, but a
+        # session could have lowered it, and the rows must round-trip exactly).
+        await conn.execute("SET LOCAL extra_float_digits = 1")
+        for projection in projections:
+            for table in projection.tables:
+                order = ", ".join(f"t.{column}" for column in table.key)
+                await conn.execute(
+                    "INSERT INTO view_snapshots"
+                    " (projection, fingerprint, log_position, table_name, row_count, rows)"
+                    f" SELECT $1, $2, $3, $4, count(*), coalesce(array_agg(t::text ORDER BY {order}),"
+                    " '{}') FROM "
+                    f"{names[projection.name][table.name]} t"
+                    " ON CONFLICT DO NOTHING",
+                    projection.name,
+                    fingerprint(projection),
+                    position,
+                    table.name,
+                )
+
+
+def retained_positions(positions: Iterable[int], *, every: int, keep: int, thin: int) -> set[int]:
+    """Which snapshot positions to keep: the newest ``keep``, and older ones at multiples
+    of ``every * thin``. Pure."""
+    ordered = sorted(set(positions), reverse=True)
+    stride = every * thin
+    return set(ordered[:keep]) | {p for p in ordered[keep:] if p % stride == 0}
+
+
+def due_positions(head: int, latest: int, *, every: int, keep: int, thin: int) -> list[int]:
+    """The snapshot positions to take now, oldest first: the multiples of ``every`` after
+    ``latest`` up to ``head`` that ``retained_positions`` would keep (a worker far behind, e.g. on
+    its first start over a long log, skips the ones it would prune at once). Pure."""
+    first = latest // every * every + every
+    candidates = list(range(first, head // every * every + 1, every))
+    kept = retained_positions(candidates, every=every, keep=keep, thin=thin)
+    return [p for p in candidates if p in kept]
+
+
+async def snapshot_positions(
+    conn: asyncpg.Connection | asyncpg.Pool, projection: Projection
+) -> list[int]:
+    """The positions of ``projection``'s snapshots of its current fingerprint, ascending."""
+    rows = await conn.fetch(
+        "SELECT DISTINCT log_position FROM view_snapshots"
+        " WHERE projection = $1 AND fingerprint = $2 ORDER BY log_position",
+        projection.name,
+        fingerprint(projection),
+    )
+    return [r["log_position"] for r in rows]
+
+
+async def prune_snapshots(
+    conn: asyncpg.Connection,
+    projections: Sequence[Projection],
+    *,
+    every: int,
+    keep: int,
+    thin: int,
+) -> int:
+    """Delete snapshots of other fingerprints or projections, and the current ones that
+    ``retained_positions`` does not keep; return how many rows went."""
+    deleted = 0
+    # One transaction: readers see every view's snapshots pruned alike, or none of them.
+    async with conn.transaction():
+        status = await conn.execute(
+            "DELETE FROM view_snapshots WHERE (projection, fingerprint) NOT IN"
+            " (SELECT * FROM unnest($1::text[], $2::text[]))",
+            [p.name for p in projections],
+            [fingerprint(p) for p in projections],
+        )
+        deleted += int(status.split()[-1])
+        for projection in projections:
+            positions = await snapshot_positions(conn, projection)
+            gone = sorted(
+                set(positions) - retained_positions(positions, every=every, keep=keep, thin=thin)
+            )
+            if gone:
+                status = await conn.execute(
+                    "DELETE FROM view_snapshots WHERE projection = $1 AND fingerprint = $2"
+                    " AND log_position = ANY($3::bigint[])",
+                    projection.name,
+                    fingerprint(projection),
+                    gone,
+                )
+                deleted += int(status.split()[-1])
+    return deleted
+
+
+async def drop_snapshots(
+    conn: asyncpg.Connection | asyncpg.Pool, projections: Sequence[Projection] | None = None
+) -> int:
+    """Delete every snapshot (of ``projections`` only, if given); return how many rows went.
+    They are derived: reads fold from further back until the snapshot worker, which
+    compares with what is stored, takes them again from the log."""
+    status: str = await conn.execute(
+        "DELETE FROM view_snapshots WHERE $1::text[] IS NULL OR projection = ANY($1::text[])",
+        None if projections is None else [p.name for p in projections],
+    )
+    return int(status.split()[-1])

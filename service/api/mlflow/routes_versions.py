@@ -1,0 +1,393 @@
+"""``/api/2.0/mlflow/model-versions/*``: MLflow's model-version RPCs as modelreg commands.
+
+* create records MLflow's ``source`` as the version's one external artifact (path
+  ``mlflow-source``; MLflow sends no digest, so the entry's sha256 is that of the URI text
+  and its size 0: a reference, not a pin of the bytes) and ``run_id``/``run_link`` as its
+  run. Numbers are the highest ever registered plus one, decided on the model's stream:
+  concurrent creates take turns and never leave a gap nor reuse a number.
+* transition-stage is modelreg's governed transition: when the policy wants approval it
+  opens a promotion request and answers PERMISSION_DENIED naming it.
+  ``archive_existing_versions`` archives the other versions in the target stage in the
+  same decision: all of it happens, or (refused) none.
+* delete archives the version (through the same governance) and deprecates it: MLflow
+  callers no longer see it, its number is never given again, its history stays.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import datetime
+from typing import Annotated, Any
+
+from litestar import Controller, Request, delete, get, patch, post
+from litestar.params import FromQuery, JSONBody, QueryParameter
+
+from events.access import Permission
+from events.errors import PolicyViolationError, ValidationError
+from events.mlflow_filter import Target, parse_filter, parse_order_by, with_tie_breakers
+from events.mlflow_stages import ACTIVE_STAGES, stage_from_mlflow, stage_to_mlflow
+from events.model.commands import (
+    DeprecateVersion,
+    RegisterVersion,
+    RemoveVersionTags,
+    SetVersionTags,
+    UpdateVersionDescription,
+)
+from events.model.events import VersionRegistered
+from events.model.state import ModelState
+from events.stages import Stage
+from events.version_content import ArtifactEntry, RunReference, VersionContent, validate_content
+from projections.mlflow_views import MlflowVersion, search_versions
+from projections.paging import InvalidQueryError
+from service.api.auth import require
+from service.api.common import cursor_seal, principal_of, seed_of, services_of
+from service.api.mlflow import wire
+from service.api.mlflow.retries import derived_seeds
+from service.api.mlflow.routes_models import NameQuery, page_size
+from service.api.mlflow.shared import (
+    DELETED_REASON,
+    current_reader,
+    live_model,
+    live_version,
+    version_answer,
+    version_row,
+)
+from service.api.services import Services
+from service.commands.registry import Written
+from service.commands.tokens import Principal, covers
+
+SOURCE_PATH = "mlflow-source"
+# MLflow accepts up to 200,000 versions in one answer; one page here holds at most
+# PAGE_CAP, with a next_page_token for the rest (which MLflow's clients follow).
+MAX_VERSION_RESULTS = 200_000
+PAGE_CAP = 10_000
+VersionQuery = Annotated[str, QueryParameter(name="version", min_length=1)]
+
+
+class ApprovalRequiredError(PolicyViolationError):
+    """The policy wants approval for this move: a promotion request was opened instead."""
+
+    def __init__(self, name: str, version: int, stage: Stage, request_id: str) -> None:
+        super().__init__(
+            "approval_required",
+            f"moving version {version} of {name!r} to {stage_to_mlflow(stage)} needs approval"
+            f" under modelreg's governance policy: promotion request {request_id} was opened;"
+            f" once approved (POST /api/v1/promotions/{request_id}/approve) the move happens",
+            request_id=request_id,
+            version=version,
+            stage=stage_to_mlflow(stage),
+        )
+
+
+def source_uri(source: str) -> str:
+    """MLflow's ``source`` as an absolute URI: a bare absolute path becomes ``file://``."""
+    text = source.strip()
+    if text.startswith("/"):
+        return "file://" + text
+    return text
+
+
+def _content(data: wire.CreateModelVersion) -> VersionContent:
+    if not data.source.strip():
+        raise ValidationError("source", "required", "source must not be empty")
+    uri = source_uri(data.source)
+    entry = ArtifactEntry(
+        path=SOURCE_PATH,
+        uri=uri,
+        sha256=hashlib.sha256(uri.encode()).hexdigest(),
+        size=0,
+        external=True,
+    )
+    run = (
+        RunReference(run_id=data.run_id, url=data.run_link, tracker="mlflow")
+        if data.run_id
+        else None
+    )
+    content = VersionContent(artifacts=(entry,), run=run)
+    try:
+        validate_content(content)
+    except ValidationError as exc:
+        # Name the MLflow field, not the manifest path it was recorded under.
+        field = {"content.artifacts[0].uri": "source", "content.run.url": "run_link"}.get(
+            exc.field, "run_id" if exc.field.startswith("content.run") else exc.field
+        )
+        raise ValidationError(field, exc.rule, exc.message.replace(exc.field, field)) from None
+    return content
+
+
+def _number(written: Written) -> int:
+    registered = [e for e in written.events if isinstance(e, VersionRegistered)]
+    return registered[0].version
+
+
+def _registered(written: Written, model_id: str, name: str, at: datetime) -> wire.ModelVersion:
+    """A version as its registration recorded it, at ``at``: what the views will show."""
+    number = _number(written)
+    state: ModelState = written.state
+    version = state.versions[number]
+    entry = version.content.artifacts[0]
+    run = version.content.run
+    row = MlflowVersion(
+        model_id=model_id,
+        name=name,
+        version=number,
+        stage=version.stage,
+        aliases=version.aliases,
+        description=version.description,
+        tags=version.tags,
+        registered_by=version.registered_by,
+        created_at=at,
+        updated_at=at,
+        source=entry.uri,
+        run_id=run.run_id if run else "",
+        run_link=run.url if run else "",
+        deleted=False,
+    )
+    return wire.model_version(row)
+
+
+class ModelVersionsController(Controller):
+    path = "/model-versions"
+
+    @post("/create", status_code=200)
+    async def create(
+        self, request: Request[Any, Any, Any], data: JSONBody[wire.CreateModelVersion]
+    ) -> wire.ModelVersionAnswer:
+        principal = principal_of(request)
+        require(principal, Permission.WRITE, data.name)
+        services = services_of(request)
+        registry = services.registry
+        model_id, _ = await live_model(services, data.name)
+        content = _content(data)
+        seed, previous = seed_of(request), None
+        if seed is None:
+            seed, previous = derived_seeds(principal.name, request.url.path, data, registry.now())
+        written = await registry.recorded(model_id, previous) if previous else None
+        if written is None:
+            command = RegisterVersion(
+                actor=principal.name,
+                now=registry.now(),
+                content=content,
+                description=data.description,
+                tags=wire.tags_of(data.tags),
+            )
+            written = await registry.execute(model_id, command, id_seed=seed)
+            if not written.replayed:
+                # What it recorded is the answer: no need to wait for the views to show it.
+                return wire.ModelVersionAnswer(
+                    model_version=_registered(written, model_id, data.name, command.now)
+                )
+        return wire.ModelVersionAnswer(
+            model_version=await version_answer(services, model_id, data.name, _number(written))
+        )
+
+    @get("/get")
+    async def read(
+        self, request: Request[Any, Any, Any], name: NameQuery, version: VersionQuery
+    ) -> wire.ModelVersionAnswer:
+        require(principal_of(request), Permission.READ, name)
+        services = services_of(request)
+        number = wire.version_number(version)
+        model_id, _ = await live_model(services, name)
+        return wire.ModelVersionAnswer(
+            model_version=await version_answer(services, model_id, name, number)
+        )
+
+    @patch("/update")
+    async def update(
+        self, request: Request[Any, Any, Any], data: JSONBody[wire.UpdateModelVersion]
+    ) -> wire.ModelVersionAnswer:
+        principal = principal_of(request)
+        require(principal, Permission.WRITE, data.name)
+        services = services_of(request)
+        number = wire.version_number(data.version)
+        model_id, state = await live_model(services, data.name)
+        live_version(state, data.name, number)
+        await services.registry.execute(
+            model_id,
+            UpdateVersionDescription(
+                actor=principal.name,
+                now=services.registry.now(),
+                version=number,
+                description=data.description,
+            ),
+        )
+        return wire.ModelVersionAnswer(
+            model_version=await version_answer(services, model_id, data.name, number)
+        )
+
+    @delete("/delete", status_code=200)
+    async def remove(
+        self, request: Request[Any, Any, Any], data: JSONBody[wire.VersionRef]
+    ) -> wire.Empty:
+        principal = principal_of(request)
+        require(principal, Permission.WRITE, data.name)
+        services = services_of(request)
+        number = wire.version_number(data.version)
+        model_id, state = await live_model(services, data.name)
+        version = live_version(state, data.name, number)
+        if version.stage != Stage.ARCHIVED:
+            await _transition(
+                services, principal, data.name, number, Stage.ARCHIVED, DELETED_REASON
+            )
+        await services.registry.execute(
+            model_id,
+            DeprecateVersion(
+                actor=principal.name,
+                now=services.registry.now(),
+                version=number,
+                reason=DELETED_REASON,
+            ),
+        )
+        return wire.Empty()
+
+    @get("/search")
+    async def search(
+        self,
+        request: Request[Any, Any, Any],
+        filter_text: Annotated[str | None, QueryParameter(name="filter")] = None,
+        max_results: FromQuery[int | None] = None,
+        order_by: FromQuery[list[str] | None] = None,
+        page_token: FromQuery[str | None] = None,
+    ) -> wire.SearchVersionsAnswer:
+        """Versions of every model in scope; each carries its aliases (MLflow's do not)."""
+        principal = principal_of(request)
+        require(principal, Permission.READ)
+        services = services_of(request)
+        limit = min(page_size(max_results, PAGE_CAP, MAX_VERSION_RESULTS), PAGE_CAP)
+        clauses = parse_filter(filter_text, Target.VERSIONS)
+        order = with_tie_breakers(parse_order_by(order_by or [], Target.VERSIONS), Target.VERSIONS)
+        seal = cursor_seal(request)
+        reader = await current_reader(services)
+        try:
+            page = await search_versions(
+                reader.conn,
+                reader.names,
+                clauses=clauses,
+                filter_text=filter_text or "",
+                order=order,
+                limit=limit,
+                cursor=seal.open(page_token),
+                scopes=() if covers(principal, None) else principal.scopes,
+            )
+        except InvalidQueryError as exc:
+            raise ValidationError("page_token", "invalid", str(exc)) from None
+        return wire.SearchVersionsAnswer(
+            model_versions=[wire.model_version(v) for v in page.items],
+            next_page_token=seal.seal(page.next_cursor),
+        )
+
+    @post("/set-tag", status_code=200)
+    async def set_tag(
+        self, request: Request[Any, Any, Any], data: JSONBody[wire.SetVersionTag]
+    ) -> wire.Empty:
+        principal = principal_of(request)
+        require(principal, Permission.WRITE, data.name)
+        services = services_of(request)
+        number = wire.version_number(data.version)
+        model_id, state = await live_model(services, data.name)
+        live_version(state, data.name, number)
+        await services.registry.execute(
+            model_id,
+            SetVersionTags(
+                actor=principal.name,
+                now=services.registry.now(),
+                version=number,
+                tags={data.key: data.value},
+            ),
+        )
+        return wire.Empty()
+
+    @delete("/delete-tag", status_code=200)
+    async def delete_tag(
+        self, request: Request[Any, Any, Any], data: JSONBody[wire.DeleteVersionTag]
+    ) -> wire.Empty:
+        principal = principal_of(request)
+        require(principal, Permission.WRITE, data.name)
+        services = services_of(request)
+        number = wire.version_number(data.version)
+        model_id, state = await live_model(services, data.name)
+        live_version(state, data.name, number)
+        await services.registry.execute(
+            model_id,
+            RemoveVersionTags(
+                actor=principal.name,
+                now=services.registry.now(),
+                version=number,
+                keys=(data.key,),
+            ),
+        )
+        return wire.Empty()
+
+    @post("/transition-stage", status_code=200)
+    async def transition_stage(
+        self, request: Request[Any, Any, Any], data: JSONBody[wire.TransitionStage]
+    ) -> wire.ModelVersionAnswer:
+        principal = principal_of(request)
+        require(principal, Permission.WRITE, data.name)
+        services = services_of(request)
+        number = wire.version_number(data.version)
+        stage = stage_from_mlflow(data.stage)
+        if data.archive_existing_versions and stage not in ACTIVE_STAGES:
+            raise ValidationError(
+                "archive_existing_versions",
+                "stage",
+                "archive_existing_versions applies only to Staging and Production,"
+                f" not {stage_to_mlflow(stage)}",
+            )
+        model_id, state = await live_model(services, data.name)
+        # MLflow moves a version to its own stage without complaint: nothing to record.
+        if live_version(state, data.name, number).stage != stage or data.archive_existing_versions:
+            comment = f"transition-stage through the MLflow API to {stage_to_mlflow(stage)}"
+            await _transition(
+                services,
+                principal,
+                data.name,
+                number,
+                stage,
+                comment,
+                archive_existing=data.archive_existing_versions,
+            )
+        return wire.ModelVersionAnswer(
+            model_version=await version_answer(services, model_id, data.name, number)
+        )
+
+    @get("/get-download-uri")
+    async def download_uri(
+        self, request: Request[Any, Any, Any], name: NameQuery, version: VersionQuery
+    ) -> wire.DownloadUri:
+        """The MLflow source of an externally held version; modelreg's artifact URI
+        (``mlflow-artifacts:/modelreg/models/{name}/versions/{n}``) for stored files."""
+        require(principal_of(request), Permission.READ, name)
+        services = services_of(request)
+        number = wire.version_number(version)
+        model_id, _ = await live_model(services, name)
+        row = await version_row(services, model_id, name, number)
+        return wire.DownloadUri(artifact_uri=row.source)
+
+
+async def _transition(
+    services: Services,
+    principal: Principal,
+    name: str,
+    number: int,
+    stage: Stage,
+    comment: str,
+    *,
+    archive_existing: bool = False,
+) -> Written:
+    """A governed move (with ``archive_existing``, the archiving of the other versions in
+    that stage is part of the same decision); when it needs approval, the request it
+    opened is the answer."""
+    written, request_id = await services.registry.transition(
+        name,
+        number,
+        stage,
+        actor=principal.name,
+        comment=comment,
+        archive_existing=archive_existing,
+    )
+    executed = any(e.event_type == "model.promotion_executed" for e in written.events)
+    if request_id is not None and not executed:
+        raise ApprovalRequiredError(name, number, stage, request_id)
+    return written

@@ -1,0 +1,97 @@
+"""What the MLflow routes share: finding what MLflow may see, fresh reads, the answers.
+I/O: Postgres through the registry and the views.
+
+MLflow's deletions are modelreg's archive (a model) and deprecation (a version): history
+is never erased. To an MLflow caller such a model or version does not exist
+(RESOURCE_DOES_NOT_EXIST), as in MLflow.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from eventlog.freshness import freshness, wait_for_position
+from events.errors import NotFoundError
+from events.model.state import ModelState, VersionState
+from projections.mlflow_views import MlflowVersion, get_version, latest_versions
+from projections.paging import merge_names
+from projections.views import model_catalogue, model_versions
+from service.api.common import Reader, read_views
+from service.api.mlflow.wire import ModelVersion, RegisteredModel, model_version, registered_model
+from service.api.services import Services
+
+VIEWS = [model_catalogue.PROJECTION, model_versions.PROJECTION]
+DELETED_REASON = "deleted through the MLflow API"
+
+
+def no_model(name: str) -> NotFoundError:
+    return NotFoundError(f"Registered Model with name={name} not found", name=name)
+
+
+def no_live_versions(name: str) -> NotFoundError:
+    return NotFoundError(f"Registered Model with name={name} has no versions", name=name)
+
+
+def no_version(name: str, version: int) -> NotFoundError:
+    return NotFoundError(
+        f"Model Version (name={name}, version={version}) not found", name=name, version=version
+    )
+
+
+async def live_model(services: Services, name: str) -> tuple[str, ModelState]:
+    """The id and state of a model MLflow may see (registered, not archived)."""
+    try:
+        model_id, _, state = await services.registry.model(name)
+    except NotFoundError:
+        raise no_model(name) from None
+    if state.archived:
+        raise no_model(name)
+    return model_id, state
+
+
+def live_version(state: ModelState, name: str, number: int) -> VersionState:
+    found = state.versions.get(number)
+    if found is None or found.deprecated:
+        raise no_version(name, number)
+    return found
+
+
+@asynccontextmanager
+async def model_reader(services: Services, model_id: str) -> AsyncIterator[Reader]:
+    """The views, once they show the model's latest sealed event (read-your-writes)."""
+    async with read_views(services, VIEWS, as_of=None, min_position=None, model_id=model_id) as r:
+        yield r
+
+
+async def current_reader(services: Services) -> Reader:
+    """The views, once they show everything sealed when the call came: a search right
+    after a write sees it, as MLflow callers expect of a database-backed registry."""
+    wanted = [p.name for p in VIEWS]
+    now = await freshness(services.pool, wanted)
+    if now.head > now.reached:
+        await wait_for_position(
+            services.pool, now.head, wanted, timeout=services.settings.read_wait_timeout
+        )
+    return Reader(services.pool, merge_names(*(p.view_names() for p in VIEWS)), None)
+
+
+async def model_answer(services: Services, model_id: str, name: str) -> RegisteredModel:
+    async with model_reader(services, model_id) as reader:
+        row = await model_catalogue.get_model(reader.conn, reader.names, model_id)
+        if row is None or row.archived:
+            raise no_model(name)
+        latest = await latest_versions(reader.conn, reader.names, [model_id])
+    return registered_model(row, latest[model_id])
+
+
+async def version_row(services: Services, model_id: str, name: str, number: int) -> MlflowVersion:
+    async with model_reader(services, model_id) as reader:
+        row = await get_version(reader.conn, reader.names, model_id, number)
+    if row is None or row.deleted:
+        raise no_version(name, number)
+    return row
+
+
+async def version_answer(services: Services, model_id: str, name: str, number: int) -> ModelVersion:
+    return model_version(await version_row(services, model_id, name, number))

@@ -1,0 +1,227 @@
+"""Make the generated OpenAPI document say exactly what the API accepts. No I/O.
+
+Litestar derives the document from the route signatures and msgspec structs, but leaves
+out what the API enforces elsewhere: request structs refuse unknown fields
+(``forbid_unknown_fields``), every value is refused with a NUL (``refuse_nul_characters``),
+names, ids, aliases and digests follow the rules of ``events.names``, log positions are
+never negative, and unknown query parameters are refused (``refuse_unknown_query``). This
+module writes those rules into the document once, when the app is built, so that a
+client (or schemathesis, ``tests/e2e/test_schemathesis_checks.py``) generating data from
+the document gets valid requests accepted and invalid ones refused.
+
+Patterns use the subset of regular expressions that JSON Schema (ECMA 262) and Python's
+``re`` read alike.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from typing import Any
+
+import msgspec
+
+from events.names import (
+    ALIAS_MAX,
+    METRIC_KEY_MAX,
+    MODEL_ID_MAX,
+    MODEL_NAME_MAX,
+    PLACE_NAME_MAX,
+    TAG_KEY_MAX,
+)
+from service.api.common import MAX_POSITION
+
+Schema = dict[str, Any]
+
+# A NUL is refused everywhere (Postgres text cannot hold it).
+NO_NUL = "^[^\\u0000]*$"
+MODEL_NAME = f"^[A-Za-z0-9][A-Za-z0-9._-]{{0,{MODEL_NAME_MAX - 1}}}$"
+ID = f"^[A-Za-z0-9][A-Za-z0-9_-]{{0,{MODEL_ID_MAX - 1}}}$"
+KEY = f"^[A-Za-z0-9_][A-Za-z0-9_.:/-]{{0,{METRIC_KEY_MAX - 1}}}$"
+ALIAS = f"^[a-z][a-z0-9_-]{{0,{ALIAS_MAX - 1}}}$"
+# An alias to set: 'latest' and 'v<digits>' are reserved (they resolve by number).
+NEW_ALIAS = f"^(?!(?:latest|v[0-9]+)$)[a-z][a-z0-9_-]{{0,{ALIAS_MAX - 1}}}$"
+DIGEST = "^sha256:[0-9a-f]{64}$"
+PLACE = f"^[A-Za-z0-9][A-Za-z0-9._:/-]{{0,{PLACE_NAME_MAX - 1}}}$"
+TAG_KEY = f"^[A-Za-z0-9_][A-Za-z0-9_.:/-]{{0,{TAG_KEY_MAX - 1}}}$"
+PRINCIPAL = "^[A-Za-z0-9][A-Za-z0-9._@+-]{0,127}$"
+SCOPE = "^(?:[A-Za-z0-9][A-Za-z0-9._-]{0,255}\\*?|\\*)$"
+# Required free text: something besides white space (``events.names.validate_text``).
+NOT_BLANK = "^\\s*[^\\s\\u0000][^\\u0000]*$"
+POSITION_DIGITS = f"^[0-9]{{1,{len(str(MAX_POSITION)) - 1}}}$"
+# A version list: comma-separated version numbers of at most 9 digits (int32 range).
+VERSION_LIST = "^-?[0-9]{1,9}(,-?[0-9]{1,9})*$"
+
+_POSITIONS = {"min_position", "cursor", "before_position", "after"}
+# Path parameters by name: the rule each route applies to it.
+_PATH_PATTERNS = {
+    "name": MODEL_NAME,
+    "request_id": ID,
+    "token_id": ID,
+    "alias": ALIAS,
+    "key": KEY,
+    "digest": DIGEST,
+}
+# Request body fields by (component, property): the rule the command applies to it.
+_BODY_PATTERNS = {
+    ("CreateModel", "name"): MODEL_NAME,
+    ("Rename", "new_name"): MODEL_NAME,
+    ("Reason", "reason"): NOT_BLANK,
+    ("RollbackRequest", "reason"): NOT_BLANK,
+    ("Metric", "key"): KEY,
+    ("DeploymentStart", "deployment_id"): ID,
+    ("DeploymentStart", "environment"): PLACE,
+    ("DeploymentStart", "target"): PLACE,
+    ("DeploymentStart", "desired_alias"): NEW_ALIAS,
+    ("DeploymentReport", "deployment_id"): ID,
+    ("TokenRequest", "principal"): PRINCIPAL,
+}
+_BODY_ITEM_PATTERNS = {("TokenRequest", "scopes"): SCOPE}
+# Lists a command refuses empty.
+_NOT_EMPTY = {("MetricBatch", "metrics")}
+# Log position or RFC 3339 time (``service.api.common.parse_as_of``).
+_MOMENT: Schema = {
+    "anyOf": [
+        {"type": "string", "pattern": POSITION_DIGITS},
+        {
+            "type": "string",
+            "format": "date-time",
+            # A time whose UTC is past year 9999 or before year 1 is refused (400 range).
+            "not": {"pattern": "^(?:9999-12-31T.*-|0001-01-01T.*[+])[0-9]{2}:[0-9]{2}$"},
+        },
+    ]
+}
+
+
+def make_exact(document: Schema, strict_structs: dict[str, type[msgspec.Struct]]) -> Schema:
+    """Write the API's rules into ``document`` (a rendered OpenAPI dict), in place; return it.
+
+    ``strict_structs`` maps component names to the request structs that refuse unknown
+    fields: their schemas get ``additionalProperties: false``."""
+    components: dict[str, Schema] = document.get("components", {}).get("schemas", {})
+    for name, schema in components.items():
+        if name in strict_structs and schema.get("type") == "object":
+            schema["additionalProperties"] = False
+        for field, value in schema.get("properties", {}).items():
+            pattern = _BODY_PATTERNS.get((name, field))
+            if pattern is not None:
+                _set_pattern(value, pattern)
+            if (name, field) in _NOT_EMPTY:
+                value["minItems"] = 1
+            pattern = _BODY_ITEM_PATTERNS.get((name, field))
+            if pattern is not None:
+                _set_pattern(value.get("items", {}), pattern)
+    for item in document.get("paths", {}).values():
+        for operation in item.values():
+            if not isinstance(operation, dict):
+                continue
+            for parameter in operation.get("parameters", []):
+                _exact_parameter(parameter)
+    # Only what clients send: answers may quote a refused value (a problem's detail).
+    for schema in _all_schemas(_sent(document)):
+        _no_nul(schema)
+    return document
+
+
+def _sent(document: Schema) -> list[Any]:
+    """The parts of ``document`` that describe requests: parameters, request bodies, and
+    the component schemas these refer to (transitively)."""
+    components: dict[str, Schema] = document.get("components", {}).get("schemas", {})
+    roots: list[Any] = []
+    for item in document.get("paths", {}).values():
+        for operation in item.values():
+            if isinstance(operation, dict):
+                roots += [operation.get("parameters", []), operation.get("requestBody", {})]
+    seen: set[str] = set()
+    pending = list(roots)
+    while pending:
+        node = pending.pop()
+        if isinstance(node, dict):
+            ref = node.get("$ref")
+            if isinstance(ref, str) and ref.startswith("#/components/schemas/"):
+                name = ref.rsplit("/", 1)[1]
+                if name not in seen and name in components:
+                    seen.add(name)
+                    pending.append(components[name])
+            pending.extend(node.values())
+        elif isinstance(node, list):
+            pending.extend(node)
+    return [*roots, *(components[name] for name in sorted(seen))]
+
+
+def strict_structs(*modules: Any) -> dict[str, type[msgspec.Struct]]:
+    """The msgspec structs defined in ``modules`` that refuse unknown fields, by name."""
+    found: dict[str, type[msgspec.Struct]] = {}
+    for module in modules:
+        for value in vars(module).values():
+            if (
+                isinstance(value, type)
+                and issubclass(value, msgspec.Struct)
+                and value.__struct_config__.forbid_unknown_fields
+            ):
+                found[value.__name__] = value
+    return found
+
+
+def _set_pattern(schema: Schema, pattern: str) -> None:
+    """``pattern`` on the string (or the string branch of an optional string)."""
+    for branch in [schema, *schema.get("oneOf", []), *schema.get("anyOf", [])]:
+        if branch.get("type") == "string":
+            branch["pattern"] = pattern
+
+
+def _exact_parameter(parameter: Schema) -> None:
+    name, where = parameter.get("name"), parameter.get("in")
+    if where == "path" and name in _PATH_PATTERNS:
+        parameter["schema"] = {"type": "string", "pattern": _PATH_PATTERNS[name]}
+    elif where == "query" and name in _POSITIONS:
+        parameter["schema"] = {"type": "integer", "minimum": 0, "maximum": MAX_POSITION}
+    elif where == "query" and name in ("as_of", "at"):
+        description = parameter["schema"].get("description")
+        parameter["schema"] = dict(_MOMENT)
+        if description:
+            parameter["description"] = description
+    elif where == "query" and name == "versions":
+        parameter["schema"] = {**parameter["schema"], "pattern": VERSION_LIST}
+
+
+def _all_schemas(node: Any) -> Iterator[Schema]:
+    if isinstance(node, dict):
+        if "type" in node or "anyOf" in node or "oneOf" in node:
+            yield node
+        for value in node.values():
+            yield from _all_schemas(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _all_schemas(value)
+
+
+def _no_nul(schema: Schema) -> None:
+    """Free text gets the no-NUL pattern; an object with free keys, for its keys too."""
+    if schema.get("type") == "string" and not (
+        {"pattern", "enum", "format", "const"} & schema.keys()
+    ):
+        schema["pattern"] = NO_NUL
+    extra = schema.get("additionalProperties")
+    if schema.get("type") == "object" and isinstance(extra, dict):
+        schema.setdefault("propertyNames", {"pattern": NO_NUL})
+
+
+def declared_query_names(document: Schema) -> dict[tuple[str, str], frozenset[str]]:
+    """For each (METHOD, path) of the document, the query parameters it declares."""
+    declared: dict[tuple[str, str], frozenset[str]] = {}
+    for path, item in document.get("paths", {}).items():
+        for method, operation in item.items():
+            if isinstance(operation, dict):
+                declared[(method.upper(), path)] = frozenset(
+                    p["name"] for p in operation.get("parameters", []) if p.get("in") == "query"
+                )
+    return declared
+
+
+_TYPED = re.compile(r"\{(\w+):[^}]*\}")
+
+
+def document_path(template: str) -> str:
+    """A Litestar path template (``/models/{name:str}``) as the document writes it."""
+    return _TYPED.sub(r"{\1}", template)

@@ -1,0 +1,102 @@
+"""Would a stage move pass? The decider run on the model as it stands, nothing written. I/O:
+reads only.
+
+For CI/CD pipelines (``modelreg gate check``): the same command the move would execute
+(a direct transition, or the promotion request a policy that needs approvals opens) is
+decided under the registry policy in force with the current metrics, so the answer is the
+one the move itself would get now: the transition rules, separation of duties that applies
+at request time, and the metric gates. Approvals are not given by a check: a move that
+needs them passes as ``needs_approval``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import msgspec
+
+from events.errors import DomainError, NotFoundError
+from events.model.commands import RequestPromotion, TransitionStage
+from events.model.decider import MODEL
+from events.policy import requirement
+from events.stages import Stage
+from service.commands.registry import Registry
+
+
+class GateCheck(msgspec.Struct, frozen=True, kw_only=True):
+    """The answer: ``passes`` with the outcome, or the refusal's code, reason and details."""
+
+    model: str
+    version: int
+    from_stage: str
+    to_stage: str
+    passes: bool
+    outcome: Literal["direct", "needs_approval", "refused"]
+    approvals_required: int = 0
+    would_record: list[str] = msgspec.field(default_factory=list)
+    code: str | None = None
+    reason: str | None = None
+    details: dict[str, Any] = msgspec.field(default_factory=dict)
+
+
+async def check_transition(
+    registry: Registry, name: str, version: int, to_stage: Stage, *, actor: str
+) -> GateCheck:
+    """Decide the move without appending; a missing model or version raises (404)."""
+    model_id, _, state = await registry.model(name)
+    current = state.version(version)  # NotFoundError names the version
+    metrics = await registry.metric_snapshot(model_id, [version, state.production])
+    registry_policy = await registry.registry_policy()
+    now = registry.now()
+    approvals = 0
+    try:
+        needed = requirement(state.effective_policy(registry_policy), current.stage, to_stage, None)
+        approvals = needed.approvals
+        command: TransitionStage | RequestPromotion
+        if approvals == 0:
+            command = TransitionStage(
+                actor=actor,
+                now=now,
+                registry_policy=registry_policy,
+                version=version,
+                to_stage=to_stage,
+                comment="gate check",
+                metrics=metrics,
+            )
+        else:
+            command = RequestPromotion(
+                actor=actor,
+                now=now,
+                registry_policy=registry_policy,
+                request_id="gate-check",
+                version=version,
+                justification="gate check",
+                target_stage=to_stage,
+                metrics=metrics,
+            )
+        events = MODEL.decide(command, state)
+    except NotFoundError:
+        raise
+    except DomainError as exc:
+        return GateCheck(
+            model=name,
+            version=version,
+            from_stage=str(current.stage),
+            to_stage=str(to_stage),
+            passes=False,
+            outcome="refused",
+            approvals_required=approvals,
+            code=exc.code,
+            reason=str(exc),
+            details=dict(exc.details),
+        )
+    return GateCheck(
+        model=name,
+        version=version,
+        from_stage=str(current.stage),
+        to_stage=str(to_stage),
+        passes=True,
+        outcome="direct" if approvals == 0 else "needs_approval",
+        approvals_required=approvals,
+        would_record=[e.event_type for e in events],
+    )

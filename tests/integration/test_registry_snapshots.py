@@ -1,0 +1,180 @@
+"""Snapshots of the registry views are derived data: they change no answer.
+
+Covers: whole-registry time travel from snapshots equals the fold from 0 at random
+positions over random histories (and after dropping every snapshot); a snapshot of other
+projection code (another fingerprint) is never read; a crash while a snapshot is written
+leaves nothing; the worker takes the due snapshots as the leader and prunes to the
+retention rule; a read folds only the events after the nearest snapshot.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+
+import asyncpg
+import pytest
+
+from eventlog.db import connect
+from projections.base import Names
+from projections.registry_state import REGISTRY_PROJECTIONS, registry_as_of, views_as_of
+from projections.snapshot_worker import SnapshotWorker, take_due_snapshots
+from projections.snapshots import (
+    drop_snapshots,
+    fingerprint,
+    nearest_snapshots,
+    retained_positions,
+    save_snapshot,
+    snapshot_positions,
+)
+from projections.time_travel import folded_views
+from projections.views import model_catalogue
+from tests.support.database import Database
+from tests.support.registry_history import Registry, random_history
+from tests.support.waiting import eventually
+
+
+async def checksums(conn: asyncpg.Connection, position: int, *, snapshots: bool) -> dict[str, str]:
+    async with views_as_of(conn, position, snapshots=snapshots) as (_, names):
+        return {p.name: await p.checksum(conn, names[p.name]) for p in REGISTRY_PROJECTIONS}
+
+
+@pytest.mark.parametrize("seed", [3, 17])
+async def test_answers_from_snapshots_equal_the_fold_from_zero_at_random_positions(
+    db: Database, seed: int
+) -> None:
+    # given a random history, and snapshots every 9 events (newest 4, older ones every 18)
+    rng = random.Random(seed)
+    reg = Registry(db)
+    await random_history(reg, rng, 200)
+    head = await reg.seal()
+    conn = await db.connect()
+    taken = await take_due_snapshots(conn, REGISTRY_PROJECTIONS, every=9, keep=4, thin=2)
+    assert taken and max(taken) == head // 9 * 9
+
+    positions = sorted({1, head, *rng.sample(range(1, head), 10), *(p + 1 for p in taken)})
+    for position in positions:
+        # when the registry is read as of the position from the snapshots, and from position 0
+        from_snapshots = await registry_as_of(conn, position)
+        from_zero = await registry_as_of(conn, position, snapshots=False)
+        # then both answers are the same, and so is every table of every view
+        assert from_snapshots == from_zero, f"at position {position}"
+        assert await checksums(conn, position, snapshots=True) == await checksums(
+            conn, position, snapshots=False
+        ), f"at position {position}"
+
+    # when every snapshot is dropped, then the answers stay the same
+    before = [await registry_as_of(conn, p) for p in positions]
+    assert await drop_snapshots(conn) > 0
+    assert [await registry_as_of(conn, p) for p in positions] == before
+
+
+async def test_a_read_folds_only_the_events_after_the_nearest_snapshot(db: Database) -> None:
+    # given snapshots every 10 events
+    reg = Registry(db)
+    await random_history(reg, random.Random(5), 120)
+    head = await reg.seal()
+    conn = await db.connect()
+    await take_due_snapshots(conn, REGISTRY_PROJECTIONS, every=10, keep=1000, thin=1)
+
+    # when a position is asked for, then the fold starts at most 10 events below it
+    for position in range(1, head + 1, 7):
+        starts = await nearest_snapshots(conn, REGISTRY_PROJECTIONS, position)
+        assert set(starts) == {p.name for p in REGISTRY_PROJECTIONS}
+        assert all(position - 10 < start <= position for start in starts.values()) or (
+            position < 10 and set(starts.values()) == {0}
+        ), (position, starts)
+
+
+async def test_a_snapshot_of_other_projection_code_is_never_read(db: Database) -> None:
+    # given a snapshot at the head whose catalogue rows were folded by other code
+    reg = Registry(db)
+    await reg.register_model("churn", owner="team-risk", model_id="m1")
+    await reg.register_model("fraud", owner="team-risk", model_id="m2")
+    head = await reg.seal()
+    conn = await db.connect()
+    truth = await registry_as_of(conn, head, snapshots=False)
+    catalogue = model_catalogue.PROJECTION
+    await conn.execute(
+        "INSERT INTO view_snapshots (projection, fingerprint, log_position, table_name, row_count, rows)"
+        " VALUES ($1, 'older-code', $2, 'model_catalogue', 0, '{}')",
+        catalogue.name,
+        head,
+    )
+    assert fingerprint(catalogue) != "older-code"
+
+    # when the registry is read at the head, then the stale snapshot is ignored
+    assert await registry_as_of(conn, head) == truth
+    assert len(truth.models) == 2
+    assert (await nearest_snapshots(conn, [catalogue], head))[catalogue.name] == 0
+
+    # and when the worker runs, it prunes it
+    await take_due_snapshots(conn, REGISTRY_PROJECTIONS, every=1, keep=3, thin=100)
+    left = await conn.fetchval(
+        "SELECT count(*) FROM view_snapshots WHERE fingerprint = 'older-code'"
+    )
+    assert left == 0
+
+
+async def test_a_crash_while_a_snapshot_is_written_leaves_nothing(db: Database) -> None:
+    # given a fold of the registry, whose last view's table vanishes mid-snapshot
+    reg = Registry(db)
+    await random_history(reg, random.Random(8), 40)
+    head = await reg.seal()
+    conn = await db.connect()
+    async with folded_views(conn, REGISTRY_PROJECTIONS, head) as names:
+        broken = dict(names)
+        last = REGISTRY_PROJECTIONS[-1]
+        broken[last.name] = Names({t.name: "no_such_table" for t in last.tables})
+        # when the snapshot is written, then it fails
+        with pytest.raises(asyncpg.UndefinedTableError):
+            await save_snapshot(conn, REGISTRY_PROJECTIONS, broken, head)
+    # and no part of it was stored: no view reads a snapshot there
+    assert await conn.fetchval("SELECT count(*) FROM view_snapshots") == 0
+    assert set((await nearest_snapshots(conn, REGISTRY_PROJECTIONS, head)).values()) == {0}
+
+
+async def test_the_leading_worker_keeps_snapshots_due_and_pruned(db: Database) -> None:
+    # given two snapshot workers (one leads, one stands by) and a growing history
+    reg = Registry(db)
+    await random_history(reg, random.Random(2), 60)
+    await reg.seal()
+    workers = [
+        SnapshotWorker(
+            lambda: connect(db.url, schema=db.schema, app_role=db.app_role),
+            db.schema,
+            REGISTRY_PROJECTIONS,
+            every=5,
+            keep=3,
+            thin=2,
+            poll_interval=0.05,
+            standby_interval=0.05,
+        )
+        for _ in range(2)
+    ]
+    stop = asyncio.Event()
+    tasks = [asyncio.create_task(w.run(stop)) for w in workers]
+    try:
+        await random_history(reg, random.Random(4), 60)
+        head = await reg.seal()
+        conn = await db.connect()
+
+        # then the leader takes the snapshot due at the head, and keeps what retention says
+        async def due_and_pruned() -> bool:
+            positions = await snapshot_positions(conn, REGISTRY_PROJECTIONS[0])
+            return (
+                bool(positions)
+                and positions[-1] == head // 5 * 5
+                and set(positions) == retained_positions(positions, every=5, keep=3, thin=2)
+            )
+
+        await eventually(due_and_pruned, what="snapshot at the head, older ones pruned")
+        positions = await snapshot_positions(conn, REGISTRY_PROJECTIONS[0])
+        assert len(positions) >= 3
+        assert sum(w.leading for w in workers) == 1
+        # every view has the same snapshots
+        for projection in REGISTRY_PROJECTIONS:
+            assert await snapshot_positions(conn, projection) == positions
+    finally:
+        stop.set()
+        await asyncio.gather(*tasks)

@@ -26,7 +26,7 @@ from service.api.problems import PermissionDeniedError
 from service.api.routes_artifacts import ArtifactsController
 from service.api.routes_governance import LifecycleController, PromotionsController
 from service.api.routes_models import ModelsController
-from service.api.routes_operations import AuditController
+from service.api.routes_operations import AuditController, DeploymentsController
 from service.api.routes_versions import CompareController, VersionsController
 from service.api.schemas import Decision
 from service.commands.tokens import InvalidTokenError
@@ -172,6 +172,7 @@ class PagesController(Controller):
         ]
         recent = sorted(timeline, key=lambda t: t.from_position, reverse=True)[:TIMELINE_ROWS]
         policy = (await LifecycleController.read_policy.fn(None, request, name=name)).content
+        places = await DeploymentsController.places.fn(None, request, name=name, as_of=when)
         metric_keys = sorted({(m.key, m.dataset) for v in versions.items for m in v.metrics})
         return page(
             request,
@@ -179,6 +180,7 @@ class PagesController(Controller):
             model=row,
             versions=versions,
             timeline=recent,
+            places=places,
             timeline_total=len(timeline),
             policy=policy,
             metric_keys=metric_keys[:KEY_METRICS],
@@ -236,10 +238,16 @@ class PagesController(Controller):
         name: FromPath[str],
         versions: Annotated[str, FromQuery] = "",
         v: Annotated[list[int] | None, FromQuery] = None,
+        with_production: bool = False,
     ) -> Template:
         # The model page's checkboxes send v=1&v=2; the text field sends versions=1,2.
         versions = ",".join([*([versions] if versions.strip() else []), *map(str, v or ())])
-        await _visible(name, ModelsController.read.fn(None, request, name=name))
+        row = (await _visible(name, ModelsController.read.fn(None, request, name=name))).content
+        production = row.stages.get("production")
+        if with_production and production is not None:
+            # An approver's "what changes?": the requested version beside production.
+            versions = ",".join([versions, str(production)]) if versions else str(production)
+        versions = ",".join(dict.fromkeys(n.strip() for n in versions.split(",") if n.strip()))
         comparison = None
         charts: list[str] = []
         best: dict[tuple[str, str], int | None] = {}

@@ -180,6 +180,28 @@ def test_a_second_person_approves_through_the_form_and_the_version_goes_to_produ
         headers={"Authorization": f"Bearer {server.admin_token}"},
     )
     assert version.json()["stage"] == "production"
+    # and "beside production" puts the production version next to the one asked for
+    beside = browser.get(
+        f"/ui/models/{content.model}/compare", params={"versions": "1", "with_production": "true"}
+    )
+    assert '<th scope="col">v1</th><th scope="col">v3</th>' in beside.text
+
+
+def test_the_model_page_shows_desired_against_live_and_highlights_drift(
+    browser: httpx.Client, server: RegistryServer, content: UiRegistry
+) -> None:
+    # given v2 live in prod/eu-1, which follows staging, while v2 itself is in development
+    log_in(browser, server.admin_token)
+
+    # when the model page is read as the registry stood then
+    page = browser.get(f"/ui/models/{content.model}", params={"as_of": content.deployed_at})
+
+    # then the place shows what it follows against live v2, marked as drift with its reason
+    row = re.search(r'<tr class="drift">(.*?)</tr>', page.text, re.S)
+    assert row is not None, page.text
+    assert "prod" in row.group(1) and "eu-1" in row.group(1)
+    assert "stage:staging" in row.group(1) and "<td>v2</td>" in row.group(1)
+    assert "<strong>Drift</strong>: deployed v2 is in development, not staging" in row.group(1)
 
 
 def test_logging_out_ends_the_session(browser: httpx.Client, server: RegistryServer) -> None:

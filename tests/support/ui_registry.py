@@ -24,7 +24,8 @@ class UiRegistry:
     approver: str
     scoped_reader: str
     request_id: str
-    position: int
+    position: int  # of the promotion request
+    deployed_at: int  # the position of the deployment's success report
 
 
 def _ok(response: httpx.Response) -> Any:
@@ -148,6 +149,27 @@ def populate(http: httpx.Client, admin: str) -> UiRegistry:
             json={"to": "production", "comment": "better auc on holdout"},
         )
     )
+    # v2 deployed where staging is wanted: v3 is in staging, so the place has drifted.
+    deployment = f"dep-{tag}"
+    _ok(
+        http.post(
+            f"{API}/models/{model}/versions/2/deployments",
+            headers=as_requester,
+            json={
+                "environment": "prod",
+                "target": "eu-1",
+                "desired_stage": "staging",
+                "deployment_id": deployment,
+            },
+        )
+    )
+    reported = _ok(
+        http.post(
+            f"{API}/models/{model}/deployments/report",
+            headers=as_requester,
+            json={"deployment_id": deployment, "status": "succeeded"},
+        )
+    )
     return UiRegistry(
         tag=tag,
         model=model,
@@ -157,6 +179,7 @@ def populate(http: httpx.Client, admin: str) -> UiRegistry:
         scoped_reader=reader,
         request_id=asked["request_id"],
         position=asked["position"],
+        deployed_at=reported["position"],
     )
 
 

@@ -117,6 +117,7 @@ def run_wrk(
     token: str | None,
     script: Path | None = None,
     timeout: float | None = None,
+    cookie: str | None = None,
 ) -> Figure:
     """``timeout``: seconds before wrk gives up on an answer (its default, 2 s, would drop
     a slow server's slowest answers from the latencies instead of counting them)."""
@@ -125,6 +126,8 @@ def run_wrk(
         argv.append(f"--timeout={round(timeout)}s")
     if token:
         argv += ["-H", f"Authorization: Bearer {token}"]
+    if cookie:
+        argv += ["-H", f"Cookie: {cookie}"]
     if script is not None:
         argv += ["-s", str(script)]
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -213,6 +216,18 @@ def seed(url: str, token: str, versions: int) -> bool:
     return marker
 
 
+def ui_session(url: str, token: str) -> str | None:
+    """The web UI's session cookie for ``token`` (None: the served checkout has no UI)."""
+    with httpx.Client(base_url=url, timeout=30) as client:
+        form = client.get("/ui/login")
+        found = re.search(r'name="_csrf_token" value="([^"]+)"', form.text)
+        if form.status_code != 200 or found is None:
+            return None
+        client.post("/ui/login", data={"token": token, "_csrf_token": found.group(1)})
+        session = client.cookies.get("modelreg_session")
+    return f"modelreg_session={session}" if session else None
+
+
 def measure(args: argparse.Namespace, pg_url: str) -> list[Figure]:
     import asyncio
 
@@ -235,11 +250,27 @@ def measure(args: argparse.Namespace, pg_url: str) -> list[Figure]:
             )
             c, s = args.connections, args.seconds
             base = f"{url}/api/v1/models/{MODEL}"
+            cookie = ui_session(url, token)
             plan: list[tuple[str, str, int, Path | None, str | None]] = [
                 ("hello-world (ceiling)", hello_url + "/", c, None, None),
                 ("get version", f"{base}/versions/1", c, None, token),
                 ("get by alias", f"{base}/versions/by-alias/champion", c, None, token),
                 (f"page of {PAGE} versions", f"{base}/versions?limit={PAGE}", c, None, token),
+                *(
+                    [
+                        ("UI: models page", f"{url}/ui/", c, None, None),
+                        (
+                            f"UI: model page ({PAGE} vers.)",
+                            f"{url}/ui/models/{MODEL}",
+                            c,
+                            None,
+                            None,
+                        ),
+                        ("UI: version page", f"{url}/ui/models/{MODEL}/versions/1", c, None, None),
+                    ]
+                    if cookie
+                    else []
+                ),
                 ("register version", f"{base}/versions", 1, script, token),
                 ("register version", f"{base}/versions", c, script, token),
             ]
@@ -254,6 +285,7 @@ def measure(args: argparse.Namespace, pg_url: str) -> list[Figure]:
                         seconds=s,
                         token=bearer,
                         script=lua,
+                        cookie=cookie if target.startswith(f"{url}/ui/") else None,
                     )
                 )
                 server.check_alive()

@@ -24,6 +24,7 @@ from service.api.router import api_app_kwargs, exact_document
 from service.api.services import Services
 from service.api.tracing import tracing_plugins
 from service.settings import Settings
+from service.ui.app import ui_app_kwargs
 
 PROBLEM_JSON = "application/problem+json"
 
@@ -84,7 +85,10 @@ def create_app(state: AppState | None = None, *, api: bool = True, debug: bool =
     served: dict[str, Any]
     if api and state is not None:
         served = api_app_kwargs(state.services)  # the OpenAPI document and its assets included
-        served["state"] = State({**served["state"].dict(), "app_state": state})
+        ui = ui_app_kwargs(state.services)  # the web UI (service/ui), on the same services
+        served["route_handlers"] = [*served["route_handlers"], *ui["route_handlers"]]
+        served["template_config"] = ui["template_config"]
+        served["state"] = State({**served["state"].dict(), **ui["state"], "app_state": state})
     else:
         served = {
             **openapi_app_kwargs(),

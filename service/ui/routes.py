@@ -1,0 +1,374 @@
+"""The UI's pages. I/O: through the JSON API's own handlers.
+
+Every read and write calls the handler function of the JSON API route that answers the
+same question (``Controller.handler.fn``), with the same request: the same ``require``
+checks, scope filters, views and commands run, so the UI cannot show or do anything the
+API would refuse to the same token. The one difference is deliberate: a model outside the
+reader's scope answers 404 here, exactly like a model that does not exist.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable
+from typing import Annotated, Any, TypeVar
+
+from litestar import Controller, Request, Response, get, post
+from litestar.enums import RequestEncodingType
+from litestar.params import Body, FromPath, FromQuery, Parameter
+from litestar.response import Redirect, Template
+
+from eventlog.freshness import freshness
+from eventlog.keys import model_names
+from events.errors import NotFoundError, ValidationError
+from events.stages import Stage
+from service.api.common import MAX_POSITION, principal_of, services_of
+from service.api.problems import PermissionDeniedError
+from service.api.routes_artifacts import ArtifactsController
+from service.api.routes_governance import LifecycleController, PromotionsController
+from service.api.routes_models import ModelsController
+from service.api.routes_operations import AuditController, DeploymentsController
+from service.api.routes_versions import CompareController, VersionsController
+from service.api.schemas import Decision
+from service.commands.tokens import InvalidTokenError
+from service.ui.charts import Line, bar_chart, line_chart
+from service.ui.forms import DecisionForm, LoginForm, SearchForm
+from service.ui.session import log_in, log_out
+
+T = TypeVar("T")
+PUBLIC = {"public": True}
+# Key metrics in the versions table: the first few, so the table stays readable.
+KEY_METRICS = 4
+TIMELINE_ROWS = 30
+TIMELINE_STAGES = (Stage.STAGING, Stage.PRODUCTION, Stage.ARCHIVED)
+
+
+async def _visible(name: str, read: Awaitable[T]) -> T:
+    """``read`` of model ``name``; out of scope answers as if the model did not exist."""
+    try:
+        return await read
+    except PermissionDeniedError:
+        raise NotFoundError(f"model {name!r} does not exist") from None
+
+
+def page(request: Request[Any, Any, Any], template: str, **context: Any) -> Template:
+    return Template(
+        template_name=template,
+        context={"principal": principal_of(request), "path": request.url.path, **context},
+    )
+
+
+class LoginController(Controller):
+    path = "/ui"
+
+    @get("/login", opt=PUBLIC)
+    async def login_form(self, next_page: Annotated[str, FromQuery] = "/ui/") -> Template:
+        return Template(template_name="login.html", context={"next": _local(next_page)})
+
+    @post("/login", opt=PUBLIC, status_code=303)
+    async def login(
+        self,
+        request: Request[Any, Any, Any],
+        data: Annotated[LoginForm, Body(media_type=RequestEncodingType.URL_ENCODED)],
+    ) -> Response[Any]:
+        try:
+            await services_of(request).auth.authenticate(data.token.strip())
+        except InvalidTokenError:
+            return Template(
+                template_name="login.html",
+                context={"next": _local(data.next), "error": "That token is not valid."},
+                status_code=401,
+            )
+        response: Response[Any] = Redirect(_local(data.next), status_code=303)
+        log_in(request, response, data.token.strip())
+        return response
+
+    @post("/logout", status_code=303)
+    async def logout(self, request: Request[Any, Any, Any]) -> Response[Any]:
+        response: Response[Any] = Redirect("/ui/login", status_code=303)
+        log_out(request, response)
+        return response
+
+
+def _local(target: str) -> str:
+    """Only a path inside the UI: a login link must not send people to another site."""
+    return target if target.startswith("/ui/") and not target.startswith("/ui//") else "/ui/"
+
+
+class PagesController(Controller):
+    path = "/ui"
+
+    @get("/")
+    async def models(
+        self,
+        request: Request[Any, Any, Any],
+        q: str = "",
+        tag: str = "",
+        stage: str = "",
+        alias: str = "",
+        owner: str = "",
+        metric: str = "",
+        as_of: str = "",
+        cursor: str = "",
+    ) -> Template:
+        form = SearchForm(
+            q=q,
+            tag=tag,
+            stage=stage,
+            alias=alias,
+            owner=owner,
+            metric=metric,
+            as_of=as_of,
+            cursor=cursor,
+        )
+        found = await ModelsController.search.fn(
+            None,
+            request,
+            q=form.q or None,
+            tag=[form.tag] if form.tag else None,
+            stage=[_stage(form.stage)] if form.stage else None,
+            alias=form.alias or None,
+            owner=form.owner or None,
+            metric=[form.metric] if form.metric else None,
+            archived=False,
+            order_by="name",
+            cursor=form.cursor or None,
+            limit=50,
+            as_of=form.as_of or None,
+            min_position=None,
+        )
+        return page(request, "models.html", form=form, page=found, stages=[s.value for s in Stage])
+
+    @get("/models/{name:str}")
+    async def model(
+        self,
+        request: Request[Any, Any, Any],
+        name: FromPath[str],
+        as_of: str = "",
+        cursor: str = "",
+    ) -> Template:
+        """The model (as it stood ``as_of`` a past position or time, if given); its versions
+        a page at a time, newest first."""
+        when = as_of or None
+        read = ModelsController.read.fn(None, request, name=name, as_of=when)
+        row = (await _visible(name, read)).content
+        versions = await VersionsController.search.fn(
+            None,
+            request,
+            name=name,
+            order_by="-version",
+            cursor=cursor or None,
+            limit=100,
+            as_of=when,
+        )
+        # Who put which version in staging, production or archived: every registration
+        # also enters development, and a model with thousands of versions would list
+        # thousands of those. The latest changes, newest first; the audit page has them all.
+        timeline = [
+            interval
+            for stage in TIMELINE_STAGES
+            for interval in await LifecycleController.timeline.fn(
+                None, request, name=name, stage=stage
+            )
+        ]
+        recent = sorted(timeline, key=lambda t: t.from_position, reverse=True)[:TIMELINE_ROWS]
+        policy = (await LifecycleController.read_policy.fn(None, request, name=name)).content
+        places = await DeploymentsController.places.fn(None, request, name=name, as_of=when)
+        metric_keys = sorted({(m.key, m.dataset) for v in versions.items for m in v.metrics})
+        return page(
+            request,
+            "model.html",
+            model=row,
+            versions=versions,
+            timeline=recent,
+            places=places,
+            timeline_total=len(timeline),
+            policy=policy,
+            metric_keys=metric_keys[:KEY_METRICS],
+            as_of=as_of,
+        )
+
+    @get("/models/{name:str}/versions/{version:int}")
+    async def version(
+        self, request: Request[Any, Any, Any], name: FromPath[str], version: FromPath[int]
+    ) -> Template:
+        row = (
+            await _visible(
+                name, VersionsController.read.fn(None, request, name=name, version=version)
+            )
+        ).content
+        series = await VersionsController.series.fn(None, request, name=name, version=version)
+        charts = []
+        for one in series:
+            history = await VersionsController.metrics.fn(
+                None,
+                request,
+                name=name,
+                version=version,
+                key=one.key,
+                dataset=one.dataset,
+                cursor=None,
+                limit=1000,
+            )
+            label = one.key + (f" [{one.dataset}]" if one.dataset else "")
+            charts.append(
+                line_chart(label, [Line(label, [(s.step, s.value) for s in history.items])])
+            )
+        return page(request, "version.html", version=row, series=series, charts=charts)
+
+    @get("/models/{name:str}/versions/{version:int}/files/{file_path:path}")
+    async def download(
+        self,
+        request: Request[Any, Any, Any],
+        name: FromPath[str],
+        version: FromPath[int],
+        file_path: FromPath[str],
+    ) -> Any:
+        """A file of the version: the API's download (verified on the way out, ranges)."""
+        return await _visible(
+            name,
+            ArtifactsController.download.fn(
+                None, request, name=name, ref=str(version), file_path=file_path
+            ),
+        )
+
+    @get("/models/{name:str}/compare")
+    async def compare(
+        self,
+        request: Request[Any, Any, Any],
+        name: FromPath[str],
+        versions: Annotated[str, FromQuery] = "",
+        v: Annotated[list[int] | None, FromQuery] = None,
+        with_production: bool = False,
+    ) -> Template:
+        # The model page's checkboxes send v=1&v=2; the text field sends versions=1,2.
+        versions = ",".join([*([versions] if versions.strip() else []), *map(str, v or ())])
+        row = (await _visible(name, ModelsController.read.fn(None, request, name=name))).content
+        production = row.stages.get("production")
+        if with_production and production is not None:
+            # An approver's "what changes?": the requested version beside production.
+            versions = ",".join([versions, str(production)]) if versions else str(production)
+        versions = ",".join(dict.fromkeys(n.strip() for n in versions.split(",") if n.strip()))
+        comparison = None
+        charts: list[str] = []
+        best: dict[tuple[str, str], int | None] = {}
+        if versions.strip():
+            comparison = await CompareController.compare.fn(
+                None, request, name=name, versions=versions
+            )
+            for metric in comparison.metrics:
+                present = [
+                    (f"v{n}", v)
+                    for n, v in zip(comparison.versions, metric.values, strict=True)
+                    if v is not None
+                ]
+                label = metric.key + (f" [{metric.dataset}]" if metric.dataset else "")
+                charts.append(bar_chart(label, present))
+                best[(metric.key, metric.dataset)] = _best(
+                    comparison.versions, metric.values, metric.key
+                )
+        return page(
+            request,
+            "compare.html",
+            name=name,
+            versions=versions,
+            comparison=comparison,
+            charts=charts,
+            best=best,
+        )
+
+    @get("/approvals")
+    async def approvals(
+        self,
+        request: Request[Any, Any, Any],
+        done: str = "",
+        position: Annotated[int | None, Parameter(ge=0, le=MAX_POSITION)] = None,
+    ) -> Template:
+        """Requests waiting for me and all open ones; after a decision, read-your-writes:
+        the lists wait (bounded) until the views show it."""
+        mine = await PromotionsController.list_requests.fn(
+            None, request, which="mine", min_position=position
+        )
+        waiting = await PromotionsController.list_requests.fn(None, request, which="open")
+        mine_ids = {r.request_id for r in mine}
+        others = [r for r in waiting if r.request_id not in mine_ids]
+        # One query names every model shown (the lists are already cut to the scope).
+        names = await model_names(services_of(request).pool, {r.model_id for r in waiting + mine})
+        return page(request, "approvals.html", mine=mine, others=others, names=names, done=done)
+
+    @post("/approvals/{request_id:str}", status_code=303)
+    async def decide(
+        self,
+        request: Request[Any, Any, Any],
+        request_id: FromPath[str],
+        data: Annotated[DecisionForm, Body(media_type=RequestEncodingType.URL_ENCODED)],
+    ) -> Response[Any]:
+        handler = (
+            PromotionsController.approve
+            if data.decision == "approve"
+            else PromotionsController.reject
+        )
+        written = await handler.fn(
+            None, request, request_id=request_id, data=Decision(comment=data.comment)
+        )
+        position = written.content.position
+        return Redirect(
+            f"/ui/approvals?done={request_id}&position={position or 0}", status_code=303
+        )
+
+    @get("/audit")
+    async def audit(
+        self,
+        request: Request[Any, Any, Any],
+        model: str = "",
+        actor: str = "",
+        type: str = "",
+        as_of: str = "",
+        cursor: Annotated[int | None, Parameter(ge=0, le=MAX_POSITION)] = None,
+        verify: bool = False,
+    ) -> Template:
+        """A model's events (filtered by actor and type, as the registry stood ``as_of``), or
+        everything one actor did; the hash-chain check on request (it reads the whole log)."""
+        feed = None
+        if model:
+            feed = await _visible(
+                model,
+                AuditController.history.fn(
+                    None,
+                    request,
+                    name=model,
+                    actor=actor or None,
+                    type=[type] if type else None,
+                    cursor=cursor,
+                    limit=100,
+                    as_of=as_of or None,
+                ),
+            )
+        elif actor:
+            feed = await AuditController.by_actor.fn(
+                None, request, actor=actor, cursor=cursor, limit=100
+            )
+        report = await AuditController.verify_chains.fn(None, request) if verify else None
+        filters = {"model": model, "actor": actor, "type": type, "as_of": as_of}
+        return page(request, "audit.html", feed=feed, report=report, filters=filters)
+
+    @get("/position", media_type="application/json")
+    async def position(self, request: Request[Any, Any, Any]) -> dict[str, int]:
+        """The log's head, for the page script to notice new events (live updates)."""
+        now = await freshness(services_of(request).pool, [])
+        return {"position": now.head}
+
+
+def _best(versions: tuple[int, ...], values: tuple[float | None, ...], key: str) -> int | None:
+    """The version with the best value; lower is better for losses and errors."""
+    present = [(v, n) for n, v in zip(versions, values, strict=True) if v is not None]
+    if not present:
+        return None
+    lower = any(word in key.lower() for word in ("loss", "error", "rmse", "mae", "mse"))
+    return (min(present) if lower else max(present))[1]
+
+
+def _stage(text: str) -> Stage:
+    try:
+        return Stage(text)
+    except ValueError:
+        raise ValidationError("stage", "enum", f"stage is one of {', '.join(Stage)}") from None

@@ -205,7 +205,9 @@ def test_stored_files_are_fetched_as_one_zip_kserve_unpacks(tmp_path: Path) -> N
 
     # then the URI is the registry's archive as a zip, its name ending in .zip
     uri = uri_of(render(config, row))
-    assert uri == f"{REGISTRY}/api/v1/models/churn/versions/3/archive?format=zip&filename=churn-3.zip"
+    assert (
+        uri == f"{REGISTRY}/api/v1/models/churn/versions/3/archive?format=zip&filename=churn-3.zip"
+    )
 
 
 def test_a_one_file_version_can_point_at_its_blob_in_the_s3_store(tmp_path: Path) -> None:

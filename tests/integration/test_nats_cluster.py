@@ -12,6 +12,7 @@ from collections import defaultdict
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import nats.errors
 import pytest
 from nats.aio.client import Client as NatsClient
 
@@ -23,6 +24,7 @@ from tests.support.nats_servers import NatsCluster, TcpProxy, connect
 from tests.support.publication import (
     Names,
     Relays,
+    Stored,
     Writer,
     assert_log_published_once_in_order,
     log_event_ids,
@@ -124,7 +126,7 @@ async def test_killing_the_stream_leader_mid_burst_loses_and_reorders_nothing(
     try:
         new_leader = (await reader.jsm(timeout=10).stream_info(names.stream)).cluster.leader  # type: ignore[union-attr]
         assert new_leader not in (None, leader)
-        stored = await stream_contents(reader, names.stream)
+        stored = await _read_after_failover(reader, names.stream)
     finally:
         await reader.close()
         cluster.node(leader).start()
@@ -221,3 +223,14 @@ async def _all_running(cluster: NatsCluster) -> bool:
 
 async def _stream_has(nc: NatsClient, stream: str, count: int) -> bool:
     return (await nc.jsm(timeout=5).stream_info(stream)).state.messages >= count
+
+
+async def _read_after_failover(reader: NatsClient, stream: str) -> list[Stored]:
+    """The stream's contents, asked again while the cluster that just lost a node cannot yet
+    create the reading consumer (its API answers time out): a reader's wait, not the relay's."""
+    for _ in range(5):
+        try:
+            return await stream_contents(reader, stream)
+        except nats.errors.TimeoutError:
+            continue
+    return await stream_contents(reader, stream)

@@ -17,6 +17,7 @@ from service.api.json_body import refuse_unsafe_json
 from service.api.openapi import SECURITY, document_problems, openapi_app_kwargs
 from service.api.problems import EXCEPTION_HANDLERS
 from service.api.rate_limit import STATE_KEY, ExpensiveReadLimiter, limit_expensive_reads
+from service.api.routes_archive import ArchiveController
 from service.api.routes_artifacts import ArtifactsController
 from service.api.routes_governance import (
     LifecycleController,
@@ -52,6 +53,7 @@ CONTROLLERS = [
     ArtifactsController,
     UploadsController,
     LinksController,
+    ArchiveController,
 ]
 
 

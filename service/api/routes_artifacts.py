@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import msgspec
-from litestar import Controller, Request, Response, get, put
+from litestar import Controller, Request, Response, get, head, put
 from litestar.exceptions import HTTPException
 from litestar.params import FromPath
 from litestar.response import Stream
@@ -30,7 +30,13 @@ from service.artifacts.blobstore import (
     verified_read,
 )
 from service.artifacts.ranges import UnsatisfiableRangeError, byte_range
-from service.artifacts.service import find_file, model_state, resolve_version, store_blob
+from service.artifacts.service import (
+    find_file,
+    model_state,
+    resolve_version,
+    store_blob,
+    stored_blobs,
+)
 
 RAW_BODY = "raw_body"
 
@@ -162,6 +168,26 @@ class ArtifactsController(Controller):
             position=written.position,
         )
         return Response(body, status_code=201 if stored.new_for_model else 200, headers=headers)
+
+    @head("/blobs/{digest:str}", status_code=200)
+    async def stored(
+        self, request: Request[Any, Any, Any], name: FromPath[str], digest: FromPath[str]
+    ) -> Response[None]:
+        """200 when the model has stored this blob (and the store still holds it), else
+        404: a client asks before uploading, so bytes the model already has are not sent
+        again. READ on the model suffices: it answers for that model's files only."""
+        require(principal_of(request), Permission.READ, name)
+        sha256 = parse_digest(digest)
+        services = services_of(request)
+        model_id, _ = await model_state(services.registry, name)
+        size = (await stored_blobs(services.registry.executor, model_id)).get(sha256)
+        # The stream says the model stored it; the store must still hold it too, else the
+        # client uploads it again (which restores it).
+        if size is None or await services.blobs.size_of(sha256) != size:
+            return Response(None, status_code=404, headers={"Content-Length": "0"})
+        return Response(
+            None, status_code=200, headers={"ETag": _etag(sha256), "Content-Length": str(size)}
+        )
 
     @get("/versions/{ref:str}/files/{file_path:path}")
     async def download(

@@ -16,6 +16,7 @@ from events.stages import Stage
 from service.cli.help import command_group
 from service.cli.output import fields, number, output, table, when
 from service.cli.shared import (
+    EXIT_REFUSED,
     STAGE_NAMES,
     JsonOption,
     ModelArg,
@@ -24,6 +25,7 @@ from service.cli.shared import (
     VersionArg,
     client_command,
     connect,
+    fail,
     key_values,
     receipt_line,
     scalar,
@@ -31,6 +33,7 @@ from service.cli.shared import (
 from service.client.gitinfo import detect_code
 from service.client.manifest import DEFAULT_EXCLUDE
 from service.client.models import (
+    Downloaded,
     MetricValue,
     Page,
     RegisteredVersion,
@@ -38,7 +41,7 @@ from service.client.models import (
     VersionRow,
 )
 
-app = command_group("Versions: list, show, register (hashing a directory), deprecate.")
+app = command_group("Versions: list, show, register (uploading a directory), download, deprecate.")
 
 
 def metric_summary(metrics: tuple[MetricValue, ...] | list[MetricValue], limit: int = 4) -> str:
@@ -221,14 +224,25 @@ def register(
             readable=True,
         ),
     ],
+    external: Annotated[
+        bool,
+        typer.Option(
+            "--external",
+            help="Upload nothing: record where the files are (their local file:// paths, "
+            "or --uri) instead.",
+        ),
+    ] = False,
     uri: Annotated[
         str | None,
         typer.Option(
             "--uri",
-            help="Where the files are stored, e.g. s3://models/churn/7 "
-            "(default: their local file:// paths).",
+            help="Upload nothing: the files are stored there, e.g. s3://models/churn/7 "
+            "(implies --external).",
         ),
     ] = None,
+    parallel: Annotated[
+        int, typer.Option("--parallel", min=1, max=64, help="Files uploaded at once.")
+    ] = 4,
     param: Annotated[
         list[str] | None,
         typer.Option("--param", "-p", help="Training parameter key=value (repeatable)."),
@@ -274,7 +288,8 @@ def register(
         bool | None,
         typer.Option(
             "--progress/--no-progress",
-            help="Progress bar while hashing (default: for large directories on a terminal).",
+            help="Progress bars while hashing and uploading, on stderr "
+            "(default: for large directories on a terminal).",
             show_default=False,
         ),
     ] = None,
@@ -282,8 +297,10 @@ def register(
     token: TokenOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Register a new version from a directory: every file's path, size and sha256 (hashed
-    here, streaming), the git checkout of the current directory, parameters and metrics.
+    """Register a new version from a directory: its files are hashed here (streaming) and
+    uploaded to the registry (only those the model has not stored yet), then the version
+    records every file's path, size and sha256, the git checkout of the current
+    directory, parameters and metrics. --external/--uri upload nothing.
 
     Examples:
 
@@ -330,6 +347,8 @@ def register(
             tags=tags,
             description=description,
             create_model=create,
+            external=external,
+            parallel=parallel,
             **kwargs,
         )
     output(done, as_json, lambda d: _registered(model, d, len(metrics)))
@@ -337,9 +356,106 @@ def register(
 
 def _registered(model: str, done: RegisteredVersion, metrics: int) -> str:
     created = f" (created model {model})" if done.model_created else ""
-    return f"registered {model} v{done.version}{created}: {receipt_line(done.receipt)}" + (
-        f"; {metrics} metrics logged" if metrics else ""
+    uploaded, total = done.uploaded, len(done.files)
+    kept = total - len(uploaded)
+    files = (
+        f"; uploaded {len(uploaded)} of {total} files ({sum(f.size for f in uploaded):,} bytes)"
+        + (f", {kept} stored already" if kept else "")
+        if total
+        else ""
     )
+    return (
+        f"registered {model} v{done.version}{created}: {receipt_line(done.receipt)}"
+        + (f"; {metrics} metrics logged" if metrics else "")
+        + files
+    )
+
+
+def parse_ref(text: str) -> tuple[str, str | None]:
+    """``churn@champion`` -> ("churn", "@champion"), ``churn/3`` -> ("churn", "3"),
+    ``churn:production`` -> ("churn", "stage:production"), ``churn`` -> ("churn", None):
+    the latest version. Model names hold none of ``@ / :``, so the split is unambiguous."""
+    for mark, prefix in (("@", "@"), ("/", ""), (":", "stage:")):
+        model, found, ref = text.partition(mark)
+        if found:
+            if not model or not ref:
+                break
+            return model, prefix + ref
+    else:
+        return text, None
+    raise typer.BadParameter(
+        f"{text!r}: expected MODEL, MODEL/VERSION, MODEL@ALIAS or MODEL:STAGE", param_hint="REF"
+    )
+
+
+@app.command("download")
+@client_command
+def download(
+    ref: Annotated[
+        str,
+        typer.Argument(
+            help="MODEL/VERSION (churn/3), MODEL@ALIAS (churn@champion), MODEL:STAGE "
+            "(churn:production: the highest version in it) or MODEL (its latest version).",
+            show_default=False,
+        ),
+    ],
+    dest: Annotated[
+        Path,
+        typer.Argument(help="Directory to write the files into.", show_default=False),
+    ],
+    parallel: Annotated[
+        int, typer.Option("--parallel", min=1, max=64, help="Files downloaded at once.")
+    ] = 4,
+    progress: Annotated[
+        bool | None,
+        typer.Option(
+            "--progress/--no-progress",
+            help="Progress bar on stderr (default: for large versions on a terminal).",
+            show_default=False,
+        ),
+    ] = None,
+    url: UrlOption = None,
+    token: TokenOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Download a version's files into a directory: each checked against its sha256 and
+    size, written under a temporary name and renamed when complete, resumed where an
+    interrupted download stopped. Files already there with the right digest are kept.
+    External files (the registry holds no copy) are listed, not fetched.
+
+    Examples:
+
+        modelreg versions download churn@champion ./model
+
+        modelreg versions download churn:production ./model --json
+    """
+    model, version = parse_ref(ref)
+    with connect(url, token, progress=progress) as client:
+        if version is None:
+            latest = client.get_model(model).latest_version
+            if latest is None:
+                fail(f"model {model!r} has no version yet", EXIT_REFUSED)
+            version = str(latest)
+        done = client.download(model, version, dest, parallel=parallel)
+    output(done, as_json, _downloaded)
+
+
+def _downloaded(done: Downloaded) -> Group:
+    grid = table("file", "size", "sha256", "", title=f"{done.model} v{done.version} -> {done.dest}")
+    for f in done.files:
+        grid.add_row(f.path, f"{f.size:,}", f.sha256[:16], f.action)
+    parts: list[RenderableType] = [grid]
+    if done.external:
+        outside = table("external file", "uri", title="not downloaded: the registry holds no copy")
+        for e in done.external:
+            outside.add_row(e.path, e.uri)
+        parts.append(outside)
+    fetched = done.downloaded
+    parts.append(
+        f"{len(fetched)} of {len(done.files)} files downloaded "
+        f"({sum(f.size for f in fetched):,} bytes), every one verified"
+    )
+    return Group(*parts)
 
 
 @app.command("deprecate")

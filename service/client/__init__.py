@@ -16,6 +16,7 @@ from service.client._transport import DEFAULT_URL, NO_RETRIES, RetryPolicy
 from service.client.errors import (
     ConfigurationError,
     Conflict,
+    CorruptDownload,
     ModelregError,
     NotFound,
     PermissionDenied,
@@ -24,6 +25,7 @@ from service.client.errors import (
     ServerError,
     Unauthenticated,
     Unreachable,
+    UnsafePath,
     ValidationFailed,
 )
 from service.client.manifest import ManifestError, build_manifest
@@ -32,6 +34,8 @@ from service.client.models import (
     CodeReference,
     DatasetReference,
     Dependencies,
+    Downloaded,
+    FileTransfer,
     Metric,
     ModelSignature,
     Receipt,
@@ -48,8 +52,11 @@ __all__ = [
     "CodeReference",
     "ConfigurationError",
     "Conflict",
+    "CorruptDownload",
     "DatasetReference",
     "Dependencies",
+    "Downloaded",
+    "FileTransfer",
     "ManifestError",
     "Metric",
     "ModelSignature",
@@ -65,6 +72,7 @@ __all__ = [
     "ServerError",
     "Unauthenticated",
     "Unreachable",
+    "UnsafePath",
     "ValidationFailed",
     "build_manifest",
 ]

@@ -12,6 +12,7 @@ import time
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from datetime import datetime
 from os import PathLike
+from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal, TypeVar
 
@@ -35,18 +36,27 @@ from service.client._common import (
     version_path,
 )
 from service.client._transport import (
+    RETRIED_ERRORS,
     AsyncTransport,
     Params,
     RetryPolicy,
     decode,
     default_retry,
     encode,
+    error_of,
     etag_version,
     new_key,
     resolve,
 )
-from service.client.errors import Conflict, ModelregError, NotFound, ServerError
-from service.client.manifest import DEFAULT_EXCLUDE, build_manifest
+from service.client.downloads import PARTIAL_SUFFIX, download_file, target_of
+from service.client.errors import Conflict, ModelregError, NotFound, ServerError, Unreachable
+from service.client.manifest import (
+    DEFAULT_EXCLUDE,
+    build_manifest,
+    hash_files,
+    progress_bar,
+    show_progress,
+)
 from service.client.models import (
     AliasInterval,
     ApprovalRequest,
@@ -57,7 +67,9 @@ from service.client.models import (
     DatasetReference,
     Dependencies,
     DeploymentRun,
+    Downloaded,
     EventsPage,
+    FileTransfer,
     IssuedToken,
     LoggedEvent,
     MetricSample,
@@ -78,8 +90,10 @@ from service.client.models import (
     VerifyReport,
     VersionRow,
 )
+from service.client.uploads import DEFAULT_PARALLEL, upload_files
 
 T = TypeVar("T")
+STAGE_PREFIX = "stage:"
 AsOf = int | datetime | str | None
 Tags = Mapping[str, str] | Sequence[str] | None
 Auto = Literal["auto"]
@@ -411,19 +425,32 @@ class AsyncClient:
         tags: Mapping[str, str] | None = None,
         description: str = "",
         create_model: bool = True,
+        external: bool = False,
+        parallel: int = DEFAULT_PARALLEL,
     ) -> RegisteredVersion:
         """Register a new version of ``model`` and log its metrics.
 
-        The artifacts are the files under ``artifacts_dir`` (hashed here, streaming) or a
-        ready ``manifest``; ``artifacts_uri`` says where they are stored (default: their
-        local ``file://`` paths). ``code="auto"`` records the git checkout of the running
+        The artifacts are the files under ``artifacts_dir``, hashed here (streaming) and
+        uploaded to the registry: only the blobs the model has not stored yet are sent,
+        ``parallel`` at a time, with safe retries and a progress bar (``progress=``), then
+        the version names them. ``external=True`` (or an ``artifacts_uri``, e.g.
+        ``s3://models/churn/7``) uploads nothing and records where the files are instead
+        (default: their local ``file://`` paths). A ready ``manifest`` is sent as given.
+        ``code="auto"`` records the git checkout of the running
         script (remote, commit, path; a ``git.dirty`` tag when tracked files have
         uncommitted changes); ``dependencies="auto"`` the running Python version. With
         ``create_model`` (default) a missing model is registered first. ``metrics``
         (``{"auc": 0.93}`` or ``Metric`` structs, ``metrics_dataset`` for the mapping
         form) are logged right after, at step 0.
         """
-        entries = await self._manifest(artifacts_dir, manifest, artifacts_uri, exclude)
+        files: list[FileTransfer] = []
+        created = False
+        if artifacts_dir is not None and manifest is None and not (external or artifacts_uri):
+            if create_model:
+                created = await self._ensure_model(model)
+            entries, files = await self._upload_dir(model, artifacts_dir, exclude, parallel)
+        else:
+            entries = await self._manifest(artifacts_dir, manifest, artifacts_uri, exclude)
         all_tags = dict(tags or {})
         if code == "auto":
             code, checkout = await self._transport.blocking(gitinfo.detect_code)
@@ -442,7 +469,7 @@ class AsyncClient:
             "tags": all_tags,
             "description": description,
         }
-        receipt, created = await self._post_version(model, body, create_model=create_model)
+        receipt, created_now = await self._post_version(model, body, create_model=create_model)
         if receipt.version is None:
             raise ServerError(f"the registry registered no version: {receipt}", status=None)
         logged = await self._log_at_registration(model, receipt.version, metrics, metrics_dataset)
@@ -454,8 +481,42 @@ class AsyncClient:
             position=last,
             receipt=receipt,
             metrics=logged,
-            model_created=created,
+            model_created=created or created_now,
+            files=files,
         )
+
+    async def _ensure_model(self, model: str) -> bool:
+        """Create ``model`` unless it exists (its files are uploaded to it before the
+        version is registered); whether this call created it. Asked first, so a token
+        that may register versions but not create models is not refused."""
+        try:
+            await self._read(model_path(model))
+            return False
+        except NotFound:
+            pass
+        try:
+            await self.create_model(model)
+        except Conflict as taken:  # someone registered it in between: fine
+            if taken.code != "already_exists":
+                raise
+            return False
+        return True
+
+    async def _upload_dir(
+        self,
+        model: str,
+        artifacts_dir: str | PathLike[str],
+        exclude: Sequence[str],
+        parallel: int,
+    ) -> tuple[tuple[ArtifactEntry, ...], list[FileTransfer]]:
+        directory = artifacts_dir
+        found = await self._transport.blocking(
+            lambda: hash_files(directory, exclude=exclude, progress=self.progress)
+        )
+        files = await upload_files(
+            self._transport, model, found, parallel=parallel, progress=self.progress
+        )
+        return tuple(f.entry() for f in found), files
 
     async def _manifest(
         self,
@@ -508,6 +569,100 @@ class AsyncClient:
                 batch = Batch(model, version, found[start : start + MAX_BATCH])
                 logged.append(await self._send_batch(batch))
         return logged
+
+    async def download(
+        self,
+        model: str,
+        version: int | str | Stage,
+        dest: str | PathLike[str],
+        *,
+        parallel: int = DEFAULT_PARALLEL,
+    ) -> Downloaded:
+        """Fetch every stored file of a version into the directory ``dest``.
+
+        ``version``: a number (``3``), an alias (``"champion"`` or ``"@champion"``) or a
+        stage (``Stage.PRODUCTION`` or ``"stage:production"``: the highest version in it).
+        Each file is checked against the manifest's sha256 and size before it is renamed
+        into place; an interrupted download resumes where it stopped; a file already there
+        with the right digest is not fetched again; a path leading outside ``dest`` is
+        refused. External entries are not fetched: ``Downloaded.external`` lists them.
+        """
+        row = await self._version_for_download(model, version)
+        entries = row.content.artifacts if row.content is not None else ()
+        stored = [e for e in entries if not e.external]
+        root = Path(dest)
+        await self._transport.blocking(lambda: root.mkdir(parents=True, exist_ok=True))
+        for entry in stored:  # every path is checked before anything is written
+            target_of(root, entry.path)
+        total = sum(e.size for e in stored)
+        show = show_progress(self.progress, total)
+        with progress_bar(show, total, "downloading") as (describe, advance):
+
+            async def fetch(entry: ArtifactEntry) -> FileTransfer:
+                describe(entry.path)
+                return await download_file(
+                    self._transport, model, row.version, entry, root, advance=advance
+                )
+
+            files = await self._transport.each(stored, fetch, parallel)
+        return Downloaded(
+            model=model,
+            version=row.version,
+            dest=str(root),
+            files=files,
+            external=[e for e in entries if e.external],
+        )
+
+    async def _version_for_download(self, model: str, version: int | str | Stage) -> VersionRow:
+        """The version a reference names, by number, so every file comes from that one
+        version even if the alias or stage moves while they download."""
+        if isinstance(version, Stage) or (
+            isinstance(version, str) and version.startswith(STAGE_PREFIX)
+        ):
+            stage = Stage(str(version).removeprefix(STAGE_PREFIX))
+            page = await self.list_versions(model, stages=[stage], order_by="-version", limit=1)
+            if not page.items:
+                raise NotFound(
+                    f"model {model!r} has no version in {stage}", status=404, code="not_found"
+                )
+            version = page.items[0].version  # a list row has no content: read the version
+        if isinstance(version, str):
+            version = version.removeprefix("@")
+        return await self.get_version(model, version)
+
+    async def download_archive(
+        self,
+        model: str,
+        version: int | str,
+        dest: str | PathLike[str],
+        *,
+        format: Literal["tar", "zip"] = "tar",
+    ) -> Path:
+        """The whole version as one tar or zip file at ``dest`` (written to a temporary
+        name, renamed when complete). ``version`` as the API takes it: ``3``,
+        ``@champion``, ``stage:production``. The registry re-hashes every file on the way
+        out and cuts the stream on a corrupt one, which raises here and keeps nothing."""
+        ref = str(version)
+        target = Path(dest)
+        partial = target.with_name(target.name + PARTIAL_SUFFIX)
+        path = f"{model_path(model)}/versions/{seg(ref)}/archive?format={format}"
+        try:
+            async with self._transport.stream("GET", path, {}) as response:
+                if response.status_code >= 400:
+                    await response.aread()
+                    raise error_of(response)
+                with partial.open("wb") as handle:
+                    async for chunk in response.aiter_bytes():
+                        handle.write(chunk)
+        except RETRIED_ERRORS as exc:
+            partial.unlink(missing_ok=True)
+            raise Unreachable(
+                f"the archive of {model} {ref} broke off ({type(exc).__name__}); nothing kept",
+                method="GET",
+                url=path,
+            ) from exc
+        partial.replace(target)
+        return target
 
     async def update_version(
         self,

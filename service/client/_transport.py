@@ -21,7 +21,9 @@ import os
 import random
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractAsyncContextManager, AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
 from email.utils import parsedate_to_datetime
@@ -42,6 +44,7 @@ from service.client.errors import (
 log = logging.getLogger("modelreg.client")
 
 T = TypeVar("T")
+R = TypeVar("R")
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 API_PREFIX = "/api/v1"
@@ -51,6 +54,8 @@ POSITION_HEADER = "modelreg-position"
 USER_AGENT = "modelreg-client/0.1"
 Params = Mapping[str, Any]
 QueryValue = str | int | float | bool | None
+# A streamed request body, made anew for each attempt (a retry re-reads the file).
+Content = Callable[[], Any]
 
 
 @dataclass(frozen=True)
@@ -222,9 +227,13 @@ class _Base:
 
     @staticmethod
     def headers(
-        method: str, body: bytes | None, idempotency_key: str | None, if_version: int | None
+        method: str,
+        body: bytes | None,
+        idempotency_key: str | None,
+        if_version: int | None,
+        extra: Mapping[str, str] | None = None,
     ) -> dict[str, str]:
-        headers: dict[str, str] = {}
+        headers: dict[str, str] = dict(extra or {})
         if body is not None:
             headers["Content-Type"] = "application/json"
         if method == "POST":
@@ -300,13 +309,21 @@ class AsyncTransport(_Base):
         body: bytes | None = None,
         idempotency_key: str | None = None,
         if_version: int | None = None,
+        content: Content | None = None,
+        headers: Mapping[str, str] | None = None,
     ) -> httpx.Response:
-        headers = self.headers(method, body, idempotency_key, if_version)
+        """One request with the retries above. ``content`` (instead of ``body``) streams
+        the body, made anew by each attempt; ``headers`` are added to the usual ones."""
+        sent = self.headers(method, body, idempotency_key, if_version, headers)
         attempts = max(1, self.retry.attempts)
         for attempt in range(1, attempts + 1):
             try:
                 response = await self.http.request(
-                    method, path, params=query(params), content=body, headers=headers
+                    method,
+                    path,
+                    params=query(params),
+                    content=body if content is None else content(),
+                    headers=sent,
                 )
             except RETRIED_ERRORS as exc:
                 if attempt == attempts:
@@ -315,7 +332,7 @@ class AsyncTransport(_Base):
                 continue
             if attempt < attempts and (
                 response.status_code in self.retry.statuses
-                or still_running(response, headers.get("Idempotency-Key"))
+                or still_running(response, sent.get("Idempotency-Key"))
             ):
                 await asyncio.sleep(
                     self.wait(method, path, attempt, f"HTTP {response.status_code}", response)
@@ -333,6 +350,31 @@ class AsyncTransport(_Base):
     async def blocking(self, work: Callable[[], T]) -> T:
         """File I/O (hashing) off the event loop."""
         return await asyncio.to_thread(work)
+
+    async def each(
+        self, items: Sequence[T], work: Callable[[T], Awaitable[R]], limit: int
+    ) -> list[R]:
+        """``work`` on every item, at most ``limit`` at a time; the results in order. The
+        first failure cancels the rest and is raised."""
+        gate = asyncio.Semaphore(max(1, limit))
+
+        async def bounded(item: T) -> R:
+            async with gate:
+                return await work(item)
+
+        try:
+            async with asyncio.TaskGroup() as group:
+                tasks = [group.create_task(bounded(item)) for item in items]
+        except ExceptionGroup as failed:
+            # The caller expects the error itself, as the sync client raises it.
+            raise failed.exceptions[0] from None
+        return [task.result() for task in tasks]
+
+    def stream(
+        self, method: str, path: str, headers: Mapping[str, str]
+    ) -> AbstractAsyncContextManager[httpx.Response]:
+        """A response whose body is read as it arrives (no retries here: the caller resumes)."""
+        return self.http.stream(method, path, headers=headers)
 
     async def aclose(self) -> None:
         await self.http.aclose()
@@ -366,13 +408,21 @@ class SyncTransport(_Base):
         body: bytes | None = None,
         idempotency_key: str | None = None,
         if_version: int | None = None,
+        content: Content | None = None,
+        headers: Mapping[str, str] | None = None,
     ) -> httpx.Response:
-        headers = self.headers(method, body, idempotency_key, if_version)
+        """One request with the retries above. ``content`` (instead of ``body``) streams
+        the body, made anew by each attempt; ``headers`` are added to the usual ones."""
+        sent = self.headers(method, body, idempotency_key, if_version, headers)
         attempts = max(1, self.retry.attempts)
         for attempt in range(1, attempts + 1):
             try:
                 response = self.http.request(
-                    method, path, params=query(params), content=body, headers=headers
+                    method,
+                    path,
+                    params=query(params),
+                    content=body if content is None else content(),
+                    headers=sent,
                 )
             except RETRIED_ERRORS as exc:
                 if attempt == attempts:
@@ -381,7 +431,7 @@ class SyncTransport(_Base):
                 continue
             if attempt < attempts and (
                 response.status_code in self.retry.statuses
-                or still_running(response, headers.get("Idempotency-Key"))
+                or still_running(response, sent.get("Idempotency-Key"))
             ):
                 time.sleep(
                     self.wait(method, path, attempt, f"HTTP {response.status_code}", response)
@@ -398,6 +448,25 @@ class SyncTransport(_Base):
 
     def blocking(self, work: Callable[[], T]) -> T:
         return work()
+
+    def each(self, items: Sequence[T], work: Callable[[T], R], limit: int) -> list[R]:
+        """``work`` on every item in ``limit`` threads (httpx.Client is thread-safe); the
+        results in order. The first failure is raised once the running ones finished."""
+        if limit <= 1 or len(items) <= 1:
+            return [work(item) for item in items]
+        with ThreadPoolExecutor(max_workers=limit, thread_name_prefix="modelreg") as pool:
+            futures = [pool.submit(work, item) for item in items]
+            try:
+                return [future.result() for future in futures]
+            finally:
+                for future in futures:
+                    future.cancel()
+
+    def stream(
+        self, method: str, path: str, headers: Mapping[str, str]
+    ) -> AbstractContextManager[httpx.Response]:
+        """A response whose body is read as it arrives (no retries here: the caller resumes)."""
+        return self.http.stream(method, path, headers=headers)
 
     def close(self) -> None:
         self.http.close()

@@ -19,6 +19,27 @@ HEADER = '''"""``Client``: the whole v1 API, blocking. GENERATED from ``_async_c
 """
 '''
 
+# (async source, generated sync twin, the twin's docstring)
+PAIRS: list[tuple[Path, Path, str]] = [
+    (SOURCE, TARGET, HEADER),
+    (
+        HERE / "uploads.py",
+        HERE / "uploads_sync.py",
+        '''"""Uploading a model's files, blocking. GENERATED from ``uploads.py`` by
+``python -m service.client._unasync``: do not edit; edit the async source and regenerate.
+"""
+''',
+    ),
+    (
+        HERE / "downloads.py",
+        HERE / "downloads_sync.py",
+        '''"""Downloading a version's files, blocking. GENERATED from ``downloads.py`` by
+``python -m service.client._unasync``: do not edit; edit the async source and regenerate.
+"""
+''',
+    ),
+]
+
 # Whole words only, applied in order.
 SUBSTITUTIONS: list[tuple[str, str]] = [
     (r"\basync def\b", "def"),
@@ -34,6 +55,12 @@ SUBSTITUTIONS: list[tuple[str, str]] = [
     (r"\b__aexit__\b", "__exit__"),
     (r"\baclose\b", "close"),
     (r"\b_FLUSH_AT_EXIT = False\b", "_FLUSH_AT_EXIT = True"),
+    (r"\bservice\.client\.uploads\b", "service.client.uploads_sync"),
+    (r"\bservice\.client\.downloads\b", "service.client.downloads_sync"),
+    (r"\.aiter_bytes\(", ".iter_bytes("),
+    (r"\.aread\(", ".read("),
+    (r"\bAbstractAsyncContextManager\b", "AbstractContextManager"),
+    (r"\bAsyncIterator\[bytes\]", "Iterator[bytes]"),
 ]
 
 
@@ -54,25 +81,27 @@ def _sort_names(match: re.Match[str]) -> str:
     return match.group(1) + lines + match.group(3)
 
 
-def generate(source: str) -> str:
+def generate(source: str, header: str = HEADER) -> str:
     body = source.split('"""', 2)[2].lstrip("\n")  # drop the module docstring
     for pattern, replacement in SUBSTITUTIONS:
         body = re.sub(pattern, replacement, body)
     body = _YIELD_EACH.sub(r"\1yield from \3\n", body)
     body = _IMPORT_BLOCK.sub(_sort_names, body)
-    return HEADER + "\n" + body
+    return header + "\n" + body
 
 
 def main(argv: list[str]) -> int:
-    generated = generate(SOURCE.read_text())
-    if "--check" in argv:
-        if not TARGET.exists() or TARGET.read_text() != generated:
-            sys.stderr.write(
-                f"{TARGET.name} is out of date: run python -m service.client._unasync\n"
-            )
-            return 1
-        return 0
-    TARGET.write_text(generated)
+    stale = []
+    for source, target, header in PAIRS:
+        generated = generate(source.read_text(), header)
+        if "--check" in argv:
+            if not target.exists() or target.read_text() != generated:
+                stale.append(target.name)
+            continue
+        target.write_text(generated)
+    if stale:
+        sys.stderr.write(f"{', '.join(stale)} out of date: run python -m service.client._unasync\n")
+        return 1
     return 0
 
 

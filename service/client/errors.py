@@ -106,6 +106,14 @@ class ServerError(ModelregError):
     pass
 
 
+class UnsafePath(ModelregError):  # noqa: N818
+    """A download refused: a manifest path would be written outside the destination."""
+
+
+class CorruptDownload(ModelregError):  # noqa: N818
+    """The bytes downloaded do not hash to the manifest's digest; nothing was kept."""
+
+
 class Unreachable(ModelregError):  # noqa: N818
     """No HTTP answer: connection refused or reset, DNS, timeouts (after every retry)."""
 

@@ -8,7 +8,9 @@ yields a consistent entry, never a digest of one length paired with another.
     build_manifest("out/")                            # uri = file:///abs/path/out/<path>
     build_manifest("out/", uri="s3://models/churn/7") # uri = s3://models/churn/7/<path>
 
-Every entry is marked ``external``: its bytes stay where the uri says, not in the registry.
+``build_manifest`` marks every entry ``external``: its bytes stay where the uri says, not
+in the registry. ``hash_files`` is the same walk for files the client uploads
+(``service.client.uploads``): their entries name blobs the registry stores.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
 
@@ -96,6 +99,53 @@ def artifact_uri(relative: str, file: Path, uri: str | None) -> str:
     return uri.rstrip("/") + "/" + quote(relative)
 
 
+@dataclass(frozen=True, slots=True)
+class LocalFile:
+    """A file to upload: its path in the manifest, where it is here, its digest and size."""
+
+    path: str
+    file: Path
+    sha256: str
+    size: int
+
+    def entry(self) -> ArtifactEntry:
+        """The manifest entry naming the blob the registry stores for it."""
+        return ArtifactEntry(path=self.path, sha256=self.sha256, size=self.size)
+
+
+def show_progress(progress: bool | None, total: int) -> bool:
+    """``progress``: True always, False never, None when stderr is a terminal and at least
+    ``PROGRESS_THRESHOLD`` bytes are to be moved."""
+    if progress is not None:
+        return progress
+    return total >= PROGRESS_THRESHOLD and sys.stderr.isatty()
+
+
+def hash_files(
+    root: str | os.PathLike[str],
+    *,
+    exclude: Sequence[str] = DEFAULT_EXCLUDE,
+    progress: bool | None = None,
+    chunk_size: int = CHUNK,
+) -> list[LocalFile]:
+    """Every file under ``root`` (or the single file ``root``), hashed, sorted by path."""
+    files = list_files(root, exclude)
+    if not files:
+        raise ManifestError(f"{root}: no files to register")
+    if len(files) > MAX_ARTIFACTS:
+        raise ManifestError(
+            f"{root}: {len(files)} files; a version holds at most {MAX_ARTIFACTS} artifacts"
+        )
+    total = sum(file.stat().st_size for _, file in files)
+    found: list[LocalFile] = []
+    with progress_bar(show_progress(progress, total), total, "hashing") as (describe, advance):
+        for relative, file in files:
+            describe(relative)
+            digest, size = sha256_file(file, advance, chunk_size)
+            found.append(LocalFile(relative, file, digest, size))
+    return found
+
+
 def build_manifest(
     root: str | os.PathLike[str],
     *,
@@ -104,44 +154,31 @@ def build_manifest(
     progress: bool | None = None,
     chunk_size: int = CHUNK,
 ) -> tuple[ArtifactEntry, ...]:
-    """Describe every file under ``root`` (or the single file ``root``).
+    """Describe every file under ``root`` (or the single file ``root``) as external.
 
     ``uri`` is where the files are (or will be) uploaded, e.g. ``s3://models/churn/7``;
     each entry's URI is it joined with the entry's path. Without it, entries point at the
     local files (``file:///...``). ``progress``: True always, False never, None when
     stderr is a terminal and at least ``PROGRESS_THRESHOLD`` bytes are to be read.
     """
-    files = list_files(root, exclude)
-    if not files:
-        raise ManifestError(f"{root}: no files to register")
-    if len(files) > MAX_ARTIFACTS:
-        raise ManifestError(
-            f"{root}: {len(files)} files; a version holds at most {MAX_ARTIFACTS} artifacts"
+    return tuple(
+        ArtifactEntry(
+            path=found.path,
+            uri=artifact_uri(found.path, found.file, uri),
+            sha256=found.sha256,
+            size=found.size,
+            external=True,  # the registry holds no copy: the entry says where it is
         )
-    sizes = [file.stat().st_size for _, file in files]
-    total = sum(sizes)
-    show = (
-        progress if progress is not None else (total >= PROGRESS_THRESHOLD and sys.stderr.isatty())
+        for found in hash_files(root, exclude=exclude, progress=progress, chunk_size=chunk_size)
     )
-    entries: list[ArtifactEntry] = []
-    with _progress(show, total) as (describe, advance):
-        for relative, file in files:
-            describe(relative)
-            digest, size = sha256_file(file, advance, chunk_size)
-            entries.append(
-                ArtifactEntry(
-                    path=relative,
-                    uri=artifact_uri(relative, file, uri),
-                    sha256=digest,
-                    size=size,
-                    external=True,  # the registry holds no copy: the entry says where it is
-                )
-            )
-    return tuple(entries)
 
 
 @contextmanager
-def _progress(show: bool, total: int) -> Iterator[tuple[Callable[[str], None], Advance | None]]:
+def progress_bar(
+    show: bool, total: int, verb: str
+) -> Iterator[tuple[Callable[[str], None], Advance | None]]:
+    """``(describe(name), advance(n))`` of a bar on stderr saying ``verb`` (or no-ops); the
+    bar is thread-safe, so parallel transfers may advance it."""
     if not show:
         yield (lambda _name: None), None
         return
@@ -157,7 +194,7 @@ def _progress(show: bool, total: int) -> Iterator[tuple[Callable[[str], None], A
     )
 
     bar = Progress(
-        TextColumn("hashing [bold]{task.description}"),
+        TextColumn(verb + " [bold]{task.description}"),
         BarColumn(),
         DownloadColumn(),
         TransferSpeedColumn(),

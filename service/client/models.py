@@ -129,6 +129,40 @@ class RegisteredVersion(msgspec.Struct, frozen=True, kw_only=True):
     receipt: Receipt
     metrics: list[Receipt] = msgspec.field(default_factory=list)
     model_created: bool = False
+    # One per file of ``artifacts_dir`` when it was uploaded (empty for external files).
+    files: list[FileTransfer] = msgspec.field(default_factory=list)
+
+    @property
+    def uploaded(self) -> list[FileTransfer]:
+        return [f for f in self.files if f.action == "uploaded"]
+
+
+class FileTransfer(msgspec.Struct, frozen=True, kw_only=True):
+    """What happened to one file: ``uploaded``; ``stored`` (the model had the bytes
+    already, nothing sent); ``downloaded``; ``present`` (the destination held the right
+    bytes already, nothing fetched)."""
+
+    path: str
+    sha256: str
+    size: int
+    action: Literal["uploaded", "stored", "downloaded", "present"]
+
+
+class Downloaded(msgspec.Struct, frozen=True, kw_only=True):
+    """``Client.download``: the version fetched, where to, and what happened to each file.
+
+    ``external`` lists the entries the registry holds no copy of (not downloaded: their
+    bytes are at their ``uri``)."""
+
+    model: str
+    version: int
+    dest: str
+    files: list[FileTransfer]
+    external: list[ArtifactEntry] = msgspec.field(default_factory=list)
+
+    @property
+    def downloaded(self) -> list[FileTransfer]:
+        return [f for f in self.files if f.action == "downloaded"]
 
 
 class Metric(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):

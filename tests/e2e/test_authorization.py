@@ -139,6 +139,7 @@ MATRIX: dict[tuple[str, str], Row] = {
     ("DELETE", "/api/v1/models/{name}/uploads/{upload_id}"): Row(
         f"{M}/churn/uploads/{{abandoned}}", W
     ),
+    ("GET", "/api/v1/models/{name}/versions/{ref}/archive"): Row(f"{V}/5/archive?format=zip", R),
     # lifecycle
     ("POST", "/api/v1/models/{name}/versions/{version}/stage"): Row(
         f"{V}/4/stage", W, {"to": "staging"}

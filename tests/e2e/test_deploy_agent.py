@@ -98,6 +98,7 @@ async def register(
         model,
         manifest=manifest,
         artifacts_dir=artifacts_dir,
+        external=artifacts_dir is not None,  # the files stay local: file:// entries
         tags=tags,
         code=None,
         dependencies=None,

@@ -165,7 +165,10 @@ class FlakyProxy:
                     return  # both connections close: the rest of the body never arrives
                 up_out.write(head + body)
                 await up_out.drain()
-                response_head, response_body = await _read_message(up_in)
+                # The answer to a HEAD has no body, whatever its Content-Length says.
+                response_head, response_body = await _read_message(
+                    up_in, bodiless=head.startswith(b"HEAD ")
+                )
                 seen.status = int(response_head.split(b" ", 2)[1])
                 if rule is not None and rule.action == "drop":
                     with self._lock:
@@ -181,9 +184,13 @@ class FlakyProxy:
                         await writer.wait_closed()
 
 
-async def _read_message(reader: asyncio.StreamReader) -> tuple[bytes, bytes]:
+async def _read_message(
+    reader: asyncio.StreamReader, *, bodiless: bool = False
+) -> tuple[bytes, bytes]:
     """One HTTP/1.1 message: its head (through the blank line) and its body."""
     head = await reader.readuntil(b"\r\n\r\n")
+    if bodiless:
+        return head, b""
     headers = {}
     for line in head.split(b"\r\n")[1:]:
         key, _, value = line.partition(b":")

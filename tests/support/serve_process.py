@@ -60,6 +60,9 @@ class Serve:
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
+                # serve keeps an inherited "ignore SIGINT" on purpose (a shell's background
+                # job); pytest itself started as one (nohup, `&`) must not make it deaf.
+                preexec_fn=_hear_sigint,
             )
         return self
 
@@ -101,12 +104,23 @@ class Serve:
         assert self.proc is not None
         if self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGINT)
-        return self.proc.wait(timeout)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            # What the server was doing when it would not stop is the whole diagnosis.
+            tail = self.log.read_text(errors="replace")[-4000:]
+            raise AssertionError(
+                f"serve did not stop {timeout:.0f} s after SIGINT:\n{tail}"
+            ) from None
 
     def server_pids(self) -> tuple[int, int]:
         postgres = int((self.data_dir / "postgres" / "postmaster.pid").read_text().split()[0])
         nats = int((self.data_dir / "nats" / "nats-server.pid").read_text().split()[0])
         return postgres, nats
+
+
+def _hear_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 @contextlib.contextmanager

@@ -140,6 +140,8 @@ async def test_chunks_sent_at_the_reported_offset_make_one_verified_blob(api: Ap
     assert second.json()["offset"] == len(BODY)
     assert second.headers["Range"] == f"0-{len(BODY) - 1}"
     assert (await api.get(location)).json()["offset"] == len(BODY)
+    probed = await api.request("HEAD", location)
+    assert (probed.status_code, probed.headers["Upload-Offset"]) == (200, str(len(BODY)))
     # and the session is committed
     committed = await api.put(location)
 
@@ -293,6 +295,7 @@ async def test_sessions_need_write_on_their_own_model(api: Api) -> None:
     assert (await open_upload(api, as_=fraud_only)).status_code == 403
     for token in (reader, fraud_only):
         assert (await api.get(location, as_=token)).status_code == 403
+        assert (await api.request("HEAD", location, as_=token)).status_code == 403
         assert (await send(api, location, BODY[:10], 0, as_=token)).status_code == 403
         assert (await api.put(location, as_=token)).status_code == 403
         assert (await api.delete(location, as_=token)).status_code == 403

@@ -17,7 +17,7 @@ from datetime import datetime, timedelta
 from typing import Annotated, Any
 
 import msgspec
-from litestar import Controller, Request, Response, delete, get, patch, post, put
+from litestar import Controller, Request, Response, delete, get, head, patch, post, put
 from litestar.openapi import ResponseSpec
 from litestar.params import FromPath, JSONBody
 
@@ -260,6 +260,16 @@ class UploadsController(Controller):
         return Response(
             _view(name, session, offset, backend), headers=_progress_headers(name, session, offset)
         )
+
+    @head("/{upload_id:str}", status_code=200)
+    async def offset(
+        self, request: Request[Any, Any, Any], name: FromPath[str], upload_id: FromPath[str]
+    ) -> Response[None]:
+        """The committed offset in headers only (``Upload-Offset``, ``Range``), as tus asks."""
+        _, session, backend = await _session_of(request, name, upload_id)
+        offset = await backend.offset(session)
+        headers = _progress_headers(name, session, offset) | {"Content-Length": "0"}
+        return Response(None, status_code=200, headers=headers)
 
     @patch(
         "/{upload_id:str}",

@@ -20,10 +20,11 @@ the bytes, and the digest checked is the digest of exactly the bytes that get th
 from __future__ import annotations
 
 import asyncio
+import re
 import secrets
 import weakref
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Protocol, TypeVar
 
 import msgspec
@@ -40,6 +41,7 @@ SESSION_FILE = "session.json"
 SWEEP_LIMIT = 100
 SWEEP_INTERVAL = timedelta(minutes=1)
 _last_sweep: dict[str, datetime] = {}
+_SESSION_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
 class Session(msgspec.Struct, frozen=True, kw_only=True):
@@ -262,13 +264,9 @@ async def sweep_expired(backend: UploadBackend, now: datetime) -> int:
     return removed
 
 
-def utc_now() -> datetime:
-    return datetime.now(UTC)
-
-
 def _plausible(session_id: str) -> bool:
     # Ids are token_urlsafe: anything else cannot name a session (and never reaches a path).
-    return 0 < len(session_id) <= 64 and all(c.isalnum() or c in "-_" for c in session_id)
+    return _SESSION_ID.fullmatch(session_id) is not None
 
 
 async def _within(chunks: AsyncIterable[bytes], room: int, size: int) -> AsyncIterator[bytes]:

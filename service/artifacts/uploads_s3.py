@@ -38,6 +38,9 @@ UPLOADS = "uploads"
 PARTS = "parts"
 DIRECT = "direct"
 DIGITS = 20
+# Pieces read back at the commit: small, so obstore's upload copies each into its part
+# buffer and lets it go (1 MiB pieces were held on the Python side, part after part).
+STREAM_BYTES = 64 * 1024
 
 
 class S3Uploads:
@@ -150,7 +153,7 @@ class S3Uploads:
                     raise ConflictError(
                         "the upload session lost its bytes while committing; start again"
                     ) from None
-                async for chunk in result.stream(min_chunk_size=1024 * 1024):
+                async for chunk in result.stream(min_chunk_size=STREAM_BYTES):
                     yield bytes(chunk)
 
     async def remove(self, session_id: str) -> None:

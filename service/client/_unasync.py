@@ -31,6 +31,15 @@ PAIRS: list[tuple[Path, Path, str]] = [
 ''',
     ),
     (
+        HERE / "resumable.py",
+        HERE / "resumable_sync.py",
+        '''"""One big file through a resumable upload session, blocking. GENERATED from
+``resumable.py`` by ``python -m service.client._unasync``: do not edit; edit the async
+source and regenerate.
+"""
+''',
+    ),
+    (
         HERE / "downloads.py",
         HERE / "downloads_sync.py",
         '''"""Downloading a version's files, blocking. GENERATED from ``downloads.py`` by
@@ -56,6 +65,7 @@ SUBSTITUTIONS: list[tuple[str, str]] = [
     (r"\baclose\b", "close"),
     (r"\b_FLUSH_AT_EXIT = False\b", "_FLUSH_AT_EXIT = True"),
     (r"\bservice\.client\.uploads\b", "service.client.uploads_sync"),
+    (r"\bservice\.client\.resumable\b", "service.client.resumable_sync"),
     (r"\bservice\.client\.downloads\b", "service.client.downloads_sync"),
     (r"\.aiter_bytes\(", ".iter_bytes("),
     (r"\.aread\(", ".read("),

@@ -13,6 +13,7 @@ whole blob on the server. I/O: the network and the file.
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import IO
@@ -30,11 +31,13 @@ from service.client._transport import (
     retry_after,
     unreachable,
 )
-from service.client.errors import ModelregError
+from service.client.errors import ConfigurationError, ModelregError, NotFound
 from service.client.manifest import Advance
 
-# Files from this size up go through a session (smaller ones: one PUT, retried whole).
+# Files from this size up go through a session (smaller ones: one PUT, retried whole);
+# MODELREG_RESUMABLE_FROM (bytes) moves the line, e.g. lower behind a flaky link.
 RESUMABLE_THRESHOLD = 64 * 1024 * 1024
+THRESHOLD_VARIABLE = "MODELREG_RESUMABLE_FROM"
 # Bytes per PATCH: each answer confirms progress, and a proxy's body limit is not hit.
 CHUNK_BYTES = 64 * 1024 * 1024
 READ_BYTES = 1024 * 1024
@@ -42,6 +45,16 @@ READ_BYTES = 1024 * 1024
 RESUMABLE_STATUSES = frozenset({409, 416, 429, 502, 503, 504})
 # Looks at a session another request is still writing to, before sending anyway.
 SETTLE_POLLS = 10
+
+
+def resumable_threshold() -> int:
+    """The size from which a file is uploaded through a session."""
+    text = os.environ.get(THRESHOLD_VARIABLE, "").strip()
+    if not text:
+        return RESUMABLE_THRESHOLD
+    if not text.isdigit():
+        raise ConfigurationError(f"{THRESHOLD_VARIABLE}: expected a number of bytes, got {text!r}")
+    return int(text)
 
 
 class _Session(msgspec.Struct, kw_only=True):
@@ -102,8 +115,23 @@ async def upload_resumable(
                 continue
             failures = 0
             sent.reached(offset)
-    committed = await transport.send("PUT", session.location)
+    try:
+        committed = await transport.send("PUT", session.location)
+    except NotFound:
+        # A commit retried after its answer was lost finds the session gone: it worked
+        # if the model now holds the blob.
+        if not await _stored(transport, model, sha256):
+            raise
+        return True
     return committed.status_code == 201
+
+
+async def _stored(transport: AsyncTransport, model: str, sha256: str) -> bool:
+    try:
+        await transport.send("HEAD", f"{model_path(model)}/blobs/sha256:{sha256}")
+    except NotFound:
+        return False
+    return True
 
 
 async def _settled_offset(transport: AsyncTransport, location: str) -> int:

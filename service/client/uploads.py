@@ -3,9 +3,9 @@
 This is the async source; ``uploads_sync.py`` is generated from it by
 ``python -m service.client._unasync`` (a unit test fails while the two differ).
 
-``upload_blob`` moves ONE file and is the only place that knows how (today one streamed
-``PUT .../blobs/sha256:<hex>``, retried whole; resumable sessions for big files plug in
-here without changing its callers). Each attempt re-reads the file from its start, so a
+``upload_blob`` moves ONE file and is the only place that knows how: one streamed
+``PUT .../blobs/sha256:<hex>``, retried whole, or, for a big file, a resumable upload
+session (``resumable.py``). Each attempt re-reads the file from its start, so a
 retry after a 503, a refused connection or a connection dropped mid-body is safe: the
 server keeps nothing of a body it did not verify whole, and storing the same bytes again
 records nothing (the PUT answers 200).
@@ -22,6 +22,7 @@ from service.client._transport import AsyncTransport
 from service.client.errors import NotFound
 from service.client.manifest import CHUNK, Advance, LocalFile, progress_bar, show_progress
 from service.client.models import FileTransfer
+from service.client.resumable import resumable_threshold, upload_resumable
 
 DIGEST_PREFIX = "sha256:"
 # Parallel uploads: enough to hide per-request latency with many small files, few enough
@@ -77,7 +78,11 @@ async def upload_blob(
 ) -> bool:
     """Store ``file`` as blob ``sha256`` of ``model``; True when the model did not have
     it (201), False when it had (200). A body that no longer hashes to ``sha256`` (the file
-    changed since it was hashed) is refused: ``ValidationFailed``, rule digest_mismatch."""
+    changed since it was hashed) is refused: ``ValidationFailed``, rule digest_mismatch.
+    From ``resumable_threshold()`` bytes up the file goes through a resumable upload
+    session: a dropped connection costs only what the server had not kept."""
+    if size >= resumable_threshold():
+        return await upload_resumable(transport, model, file, sha256, size, advance=advance)
     sent = _Sent(advance)
     with file.open("rb") as handle:
         response = await transport.send(

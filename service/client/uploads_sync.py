@@ -13,6 +13,7 @@ from service.client._transport import SyncTransport
 from service.client.errors import NotFound
 from service.client.manifest import CHUNK, Advance, LocalFile, progress_bar, show_progress
 from service.client.models import FileTransfer
+from service.client.resumable_sync import resumable_threshold, upload_resumable
 
 DIGEST_PREFIX = "sha256:"
 # Parallel uploads: enough to hide per-request latency with many small files, few enough
@@ -68,7 +69,11 @@ def upload_blob(
 ) -> bool:
     """Store ``file`` as blob ``sha256`` of ``model``; True when the model did not have
     it (201), False when it had (200). A body that no longer hashes to ``sha256`` (the file
-    changed since it was hashed) is refused: ``ValidationFailed``, rule digest_mismatch."""
+    changed since it was hashed) is refused: ``ValidationFailed``, rule digest_mismatch.
+    From ``resumable_threshold()`` bytes up the file goes through a resumable upload
+    session: a dropped connection costs only what the server had not kept."""
+    if size >= resumable_threshold():
+        return upload_resumable(transport, model, file, sha256, size, advance=advance)
     sent = _Sent(advance)
     with file.open("rb") as handle:
         response = transport.send(

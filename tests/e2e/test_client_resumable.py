@@ -1,26 +1,26 @@
-"""The Python client's resumable upload against a real ``modelreg serve``, through a proxy
-that cuts a chunk's connection at 80%: the client resumes from the server's offset and
-sends only the rest, never the file from zero."""
+"""The Python client uploads big files through resumable upload sessions, against a real
+``modelreg serve`` behind a proxy that cuts connections or loses answers: a chunk cut at
+80% resumes from the server's offset and sends only the rest, never the file from zero,
+and a commit whose answer was lost is not an error."""
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import os
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 
-from service.client._transport import AsyncTransport, RetryPolicy
-from service.client.resumable import upload_resumable
-from tests.support.flaky_proxy import FlakyProxy
+from service.client import Client, RetryPolicy
+from service.client.resumable import THRESHOLD_VARIABLE
+from tests.support.flaky_proxy import FlakyProxy, Seen
 from tests.support.registry_server import RegistryServer, registry_server
 
-M = "/api/v1/models"
-CHUNK = 4 * 1024 * 1024
-SIZE = CHUNK + CHUNK // 2  # two chunks: 4 MiB and 2 MiB
+FAST = RetryPolicy(attempts=4, backoff=0.05, max_backoff=0.2)
+THRESHOLD = 1024 * 1024  # MODELREG_RESUMABLE_FROM here: files from 1 MiB use a session
+BIG = os.urandom(4 * 1024 * 1024 + 7)
+SMALL = b'{"lr": 0.1}'
 
 
 @pytest.fixture(scope="module")
@@ -29,73 +29,76 @@ def server(database_url: str, nats_url: str, workdir: Path) -> Iterator[Registry
         yield running
 
 
-def upload_through(
-    proxy: FlakyProxy, server: RegistryServer, model: str, file: Path, progress: list[int]
-) -> bool:
-    sha256, size = hashlib.sha256(file.read_bytes()).hexdigest(), file.stat().st_size
-
-    async def run() -> bool:
-        transport = AsyncTransport(
-            proxy.url, server.admin_token, timeout=30, retry=RetryPolicy(backoff=0.05)
-        )
-        try:
-            return await upload_resumable(
-                transport,
-                model,
-                file,
-                sha256,
-                size,
-                advance=progress.append,
-                chunk_bytes=CHUNK,
-            )
-        finally:
-            await transport.aclose()
-
-    return asyncio.run(run())
+@pytest.fixture(autouse=True)
+def low_threshold(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(THRESHOLD_VARIABLE, str(THRESHOLD))
 
 
-def start_of(content_range: str | None) -> int:
+def model_dir(root: Path) -> Path:
+    root.mkdir()
+    (root / "model.bin").write_bytes(BIG)
+    (root / "config.json").write_bytes(SMALL)
+    return root
+
+
+def start_of(chunk: Seen) -> int:
+    content_range = chunk.header("Content-Range")
     assert content_range is not None
     return int(content_range.split("-")[0])
 
 
-def test_a_chunk_cut_at_80_percent_resumes_from_the_servers_offset(
+def test_a_big_file_cut_at_80_percent_resumes_from_the_servers_offset(
     server: RegistryServer, tmp_path: Path
 ) -> None:
-    # given a 6 MiB file, and a proxy that cuts the first chunk's connection at 80%
-    body = os.urandom(SIZE)
-    file = tmp_path / "model.bin"
-    file.write_bytes(body)
-    sha256 = hashlib.sha256(body).hexdigest()
-    with httpx.Client(
-        base_url=server.url, headers={"Authorization": f"Bearer {server.admin_token}"}
-    ) as http:
-        assert http.post(M, json={"name": "resumed"}).status_code == 201
-    progress: list[int] = []
-
-    with FlakyProxy(server.url) as proxy:
+    out = model_dir(tmp_path / "out")
+    with FlakyProxy(server.url) as proxy, Client(proxy.url, server.admin_token, retry=FAST) as reg:
+        reg.create_model("resumed")
+        # given a proxy that cuts the first chunk's connection at 80%
         proxy.cut_requests(1, after=0.8, match=b"PATCH ")
 
-        # when the client uploads the file resumably
-        created = upload_through(proxy, server, "resumed", file, progress)
+        # when the directory is registered
+        done = reg.register_version("resumed", artifacts_dir=out, code=None, dependencies=None)
 
+        # then both files are stored, the big one through a session, the small one by a PUT
+        assert sorted((f.path, f.action) for f in done.files) == [
+            ("config.json", "uploaded"),
+            ("model.bin", "uploaded"),
+        ]
+        assert len(proxy.seen("POST /api/v1/models/resumed/uploads ")) == 1
+        assert [len(p.body) for p in proxy.seen("PUT /api/v1/models/resumed/blobs/")] == [
+            len(SMALL)
+        ]
+        # the cut chunk got no answer; the server took the rest from where it said it stood:
+        # past zero (the bytes before the cut were kept), no further than was forwarded
         chunks = proxy.seen("PATCH ")
+        assert (start_of(chunks[0]), chunks[0].status) == (0, None)
+        accepted = [chunk for chunk in chunks if chunk.status == 202]
+        resumed_at = start_of(accepted[0])
+        assert 0 < resumed_at <= len(BIG) * 8 // 10
+        # and after the cut only the rest of the file was taken, each byte once
+        assert sum(len(chunk.body) for chunk in accepted) == len(BIG) - resumed_at
 
-    # then the blob is new and whole
-    assert created is True
-    # the first chunk was cut (no answer); the server took the rest from where it said it
-    # stood: past zero (the bytes before the cut were kept), no further than forwarded
-    assert (start_of(chunks[0].header("Content-Range")), chunks[0].status) == (0, None)
-    accepted = [chunk for chunk in chunks if chunk.status == 202]
-    resumed_at = start_of(accepted[0].header("Content-Range"))
-    assert 0 < resumed_at <= CHUNK * 8 // 10
-    # and only the rest of the file was taken after the cut, each byte once
-    assert sum(len(chunk.body) for chunk in accepted) == SIZE - resumed_at
-    assert sum(progress) == SIZE
-    # and a version may name the blob, whose bytes are the file's
-    entry = {"path": "model.bin", "sha256": sha256, "size": SIZE}
-    with httpx.Client(
-        base_url=server.url, headers={"Authorization": f"Bearer {server.admin_token}"}
-    ) as http:
-        assert http.post(f"{M}/resumed/versions", json={"artifacts": [entry]}).status_code == 201
-        assert http.get(f"{M}/resumed/versions/1/files/model.bin").content == body
+        # and the version's file downloads as the original bytes
+        reg.download("resumed", done.version, tmp_path / "m")
+    assert (tmp_path / "m" / "model.bin").read_bytes() == BIG
+
+
+def test_a_commit_whose_answer_was_lost_is_not_an_error(
+    server: RegistryServer, tmp_path: Path
+) -> None:
+    out = model_dir(tmp_path / "out")
+    with FlakyProxy(server.url) as proxy, Client(proxy.url, server.admin_token, retry=FAST) as reg:
+        reg.create_model("lost")
+        # given a server whose answer to the commit is lost after it stored the blob
+        proxy.drop_responses(1, match=b"PUT /api/v1/models/lost/uploads/")
+
+        # when the directory is registered
+        done = reg.register_version("lost", artifacts_dir=out, code=None, dependencies=None)
+
+        # then the retried commit found the session gone, and the blob stored: no error
+        commits = proxy.seen("PUT /api/v1/models/lost/uploads/")
+        assert [c.status for c in commits] == [201, 404]
+        assert len(proxy.dropped) == 1
+        reg.download("lost", done.version, tmp_path / "m")
+    sha256 = hashlib.sha256(BIG).hexdigest()
+    assert hashlib.sha256((tmp_path / "m" / "model.bin").read_bytes()).hexdigest() == sha256

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import tracemalloc
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -139,6 +140,8 @@ async def test_chunks_sent_at_the_reported_offset_make_one_verified_blob(api: Ap
     assert second.json()["offset"] == len(BODY)
     assert second.headers["Range"] == f"0-{len(BODY) - 1}"
     assert (await api.get(location)).json()["offset"] == len(BODY)
+    probed = await api.request("HEAD", location)
+    assert (probed.status_code, probed.headers["Upload-Offset"]) == (200, str(len(BODY)))
     # and the session is committed
     committed = await api.put(location)
 
@@ -292,6 +295,7 @@ async def test_sessions_need_write_on_their_own_model(api: Api) -> None:
     assert (await open_upload(api, as_=fraud_only)).status_code == 403
     for token in (reader, fraud_only):
         assert (await api.get(location, as_=token)).status_code == 403
+        assert (await api.request("HEAD", location, as_=token)).status_code == 403
         assert (await send(api, location, BODY[:10], 0, as_=token)).status_code == 403
         assert (await api.put(location, as_=token)).status_code == 403
         assert (await api.delete(location, as_=token)).status_code == 403
@@ -472,3 +476,39 @@ async def test_an_archived_model_takes_no_new_blob_through_a_session(api: Api) -
     assert (await api.put(location)).status_code == 409
     assert (await open_upload(api)).status_code == 409
     assert await blob_events(api) == []
+
+
+async def test_a_chunk_and_its_commit_stream_through_with_flat_memory(api: Api) -> None:
+    # given 24 MiB sent as one chunk in 64 KiB pieces (generated: the test holds none of it)
+    piece = bytes(range(256)) * 256
+    count = 24 * 1024 * 1024 // len(piece)
+    digest = hashlib.sha256()
+    for _ in range(count):
+        digest.update(piece)
+    size = len(piece) * count
+    opened = await api.post(
+        f"{M}/churn/uploads", json={"digest": f"sha256:{digest.hexdigest()}", "size": size}
+    )
+    location = opened.json()["location"]
+
+    async def pieces() -> AsyncIterator[bytes]:
+        for _ in range(count):
+            yield piece
+
+    # when it is appended and committed, with Python's allocations traced
+    tracemalloc.start()
+    try:
+        sent = await api.patch(
+            location, content=pieces(), headers={"Content-Range": f"0-{size - 1}"}
+        )
+        committed = await api.put(location)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+
+    # then it is stored whole, and at no point was much of it held in memory (the S3
+    # commit's multipart upload holds about one 8 MiB part of Python buffers)
+    assert sent.json()["offset"] == size, sent.text
+    assert committed.status_code == 201, committed.text
+    bound = 12 if isinstance(api.services.blobs, S3BlobStore) else 8
+    assert peak < bound * 1024 * 1024, f"peak {peak / 2**20:.1f} MiB for a 24 MiB upload"

@@ -24,11 +24,12 @@ import logging
 import random
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar, cast
 
+import asyncpg
 import msgspec
 
 from eventlog.store import AppendResult, EventStore, Metadata, StaleGuardError
@@ -40,6 +41,7 @@ log = logging.getLogger(__name__)
 
 S = TypeVar("S")
 E = TypeVar("E", bound=Event)
+C = TypeVar("C", bound=Command)
 
 # Keys to claim and release in the append's transaction, given the decided events.
 KeyRule = Callable[[Sequence[Any], Any], tuple[Sequence[str], Sequence[str]]]
@@ -273,6 +275,40 @@ class CommandExecutor:
 
     def forget(self, stream_id: str) -> None:
         self._cache.pop(stream_id, None)
+
+    async def execute_beside(
+        self,
+        stream_id: str,
+        decider: Decider[S, C, E],
+        command: C,
+        *,
+        actor: str,
+        beside: Callable[[asyncpg.Connection], Awaitable[None]],
+        id_seed: str | None = None,
+    ) -> Outcome[S, E]:
+        """Decide ``command`` and append its events in one transaction with ``beside``, a
+        row the caller keeps outside the events (a token's credential, a webhook's secret):
+        both are written or neither. Its errors (a unique violation, ConcurrencyError) are
+        the caller's to name."""
+        version, state = await self.state_of(stream_id, decider)
+        events = decider.decide(command, state)
+        metadata = Metadata(
+            actor=actor, occurred_at=command.now, correlation_id=CORRELATION_ID.get()
+        )
+        async with self.store.pool.acquire() as pooled, pooled.transaction():
+            conn = cast(asyncpg.Connection, pooled)
+            await beside(conn)
+            result = await self.store.append(
+                stream_id,
+                version,
+                events,
+                metadata,
+                event_ids=event_ids_for(id_seed, len(events)) if id_seed else None,
+                conn=conn,
+            )
+        self.store.committed(result)
+        self.forget(stream_id)
+        return Outcome(events, decider.fold(events, state), result.stream_version, result)
 
     def _remember(self, stream_id: str, version: int, state: Any) -> None:
         cached = self._cache.get(stream_id)

@@ -19,16 +19,15 @@ import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
-from typing import cast
 
 import asyncpg
 import msgspec
 
-from eventlog.store import EventStore, Metadata
+from eventlog.store import EventStore
 from events.access import TOKENS, IssueToken, Permission, RevokeToken, Role, TokenEvent, TokenState
 from events.errors import AlreadyExistsError, ConcurrencyError, ConflictError
 from events.streams import TOKEN_TYPE, token_stream
-from service.commands.executor import CORRELATION_ID, CommandExecutor, Outcome, event_ids_for
+from service.commands.executor import CommandExecutor, Outcome
 from service.commands.token_secrets import (
     Pepper,
     find_token_stream,
@@ -108,32 +107,21 @@ async def issue_token(
         expires_at=expires_at,
         description=description,
     )
-    stream = token_stream(token_id)
-    version, state = await executor.state_of(stream, TOKENS)
-    events = TOKENS.decide(command, state)
-    store = executor.store
-    metadata = Metadata(actor=actor, occurred_at=command.now, correlation_id=CORRELATION_ID.get())
+
+    async def credential(conn: asyncpg.Connection) -> None:
+        await store_credential(conn, token_id, pepper, secret)
+
     try:
-        async with store.pool.acquire() as pooled, pooled.transaction():
-            conn = cast(asyncpg.Connection, pooled)
-            await store_credential(conn, token_id, pepper, secret)
-            result = await store.append(
-                stream,
-                version,
-                events,
-                metadata,
-                event_ids=event_ids_for(id_seed, len(events)) if id_seed else None,
-                conn=conn,
-            )
+        outcome = await executor.execute_beside(
+            token_stream(token_id), TOKENS, command, actor=actor, beside=credential, id_seed=id_seed
+        )
     except asyncpg.UniqueViolationError as exc:
         if exc.constraint_name == "token_credentials_digest_key":
             raise AlreadyExistsError("a token with this secret exists already") from None
         raise ConflictError(f"token {token_id} exists already", token_id=token_id) from None
     except ConcurrencyError:
         raise ConflictError(f"token {token_id} exists already", token_id=token_id) from None
-    store.committed(result)
-    executor.forget(stream)
-    return Outcome(events, TOKENS.fold(events, state), result.stream_version, result), secret
+    return outcome, secret
 
 
 async def active_admin_ids(executor: CommandExecutor, now: datetime) -> list[str]:

@@ -12,11 +12,9 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import cast
 
 import asyncpg
 
-from eventlog.store import Metadata
 from events.access import Permission
 from events.errors import ConcurrencyError, ConflictError, NotFoundError
 from events.streams import WEBHOOK_TYPE, webhook_stream
@@ -28,7 +26,7 @@ from events.webhooks import (
     WebhookEvent,
     WebhookState,
 )
-from service.commands.executor import CORRELATION_ID, CommandExecutor, Outcome, event_ids_for
+from service.commands.executor import CommandExecutor, Outcome
 from service.commands.tokens import Principal
 from service.webhooks.secrets import (
     SecretBox,
@@ -94,30 +92,24 @@ async def create_webhook(
         payload_format=payload_format,
         description=description,
     )
-    stream = webhook_stream(subscription_id)
-    version, state = await executor.state_of(stream, WEBHOOKS)
-    events = WEBHOOKS.decide(command, state)
-    store = executor.store
-    metadata = Metadata(actor=actor, occurred_at=command.now, correlation_id=CORRELATION_ID.get())
+
+    async def secret_row(conn: asyncpg.Connection) -> None:
+        await store_secret(conn, box, subscription_id, secret)
+
     try:
-        async with store.pool.acquire() as pooled, pooled.transaction():
-            conn = cast(asyncpg.Connection, pooled)
-            await store_secret(conn, box, subscription_id, secret)
-            result = await store.append(
-                stream,
-                version,
-                events,
-                metadata,
-                event_ids=event_ids_for(id_seed, len(events)) if id_seed else None,
-                conn=conn,
-            )
+        outcome = await executor.execute_beside(
+            webhook_stream(subscription_id),
+            WEBHOOKS,
+            command,
+            actor=actor,
+            beside=secret_row,
+            id_seed=id_seed,
+        )
     except (asyncpg.UniqueViolationError, ConcurrencyError):
         raise ConflictError(
             f"webhook {subscription_id} exists already", subscription_id=subscription_id
         ) from None
-    store.committed(result)
-    executor.forget(stream)
-    return Outcome(events, WEBHOOKS.fold(events, state), result.stream_version, result), secret
+    return outcome, secret
 
 
 async def webhook(executor: CommandExecutor, subscription_id: str) -> WebhookState:

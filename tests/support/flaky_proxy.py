@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import threading
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -68,6 +67,7 @@ class FlakyProxy:
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._server: asyncio.Server | None = None
+        self._open: set[asyncio.StreamWriter] = set()
         self.port = 0
 
     # ---------------------------------------------------------------- control
@@ -135,16 +135,14 @@ class FlakyProxy:
         if self._server is not None:
             self._server.close()
             # Connections a client keeps alive in its pool (MLflow's cached requests session
-            # does) are closed here, not left to be torn down with the loop.
+            # does) end here: closing their streams ends each connection's task through its
+            # own ``finally``. Cancelling the tasks instead could catch one before its first
+            # step, and its streams would then be torn down with the loop ("loop is closed").
+            for writer in list(self._open):
+                writer.close()
             serving = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
-            for task in serving:
-                task.cancel()
-            await asyncio.gather(*serving, return_exceptions=True)
-            # A connection a cancelled task was still opening has no owner left to close it;
-            # collected here, while the loop runs, it closes itself instead of warning
-            # "loop is closed" from a later collection (a failure under pytest).
-            gc.collect()
-            await asyncio.sleep(0)
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(asyncio.gather(*serving, return_exceptions=True), 5)
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._server.wait_closed(), 5)
 
@@ -154,6 +152,7 @@ class FlakyProxy:
         self, client_in: asyncio.StreamReader, client_out: asyncio.StreamWriter
     ) -> None:
         upstream: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
+        self._open.add(client_out)
         try:
             while True:
                 try:
@@ -189,6 +188,7 @@ class FlakyProxy:
                 client_out.write(response_head + response_body)
                 await client_out.drain()
         finally:
+            self._open.discard(client_out)
             for writer in (client_out, upstream[1] if upstream else None):
                 if writer is not None:
                     writer.close()

@@ -34,7 +34,7 @@ from events.model.commands import (
     UpdateVersionDescription,
 )
 from events.model.events import VersionRegistered
-from events.model.state import ModelState
+from events.model.state import ModelState, VersionState
 from events.stages import Stage
 from events.version_content import ArtifactEntry, RunReference, VersionContent, validate_content
 from projections.mlflow_views import MlflowVersion, search_versions
@@ -197,12 +197,7 @@ class ModelVersionsController(Controller):
     async def update(
         self, request: Request[Any, Any, Any], data: JSONBody[wire.UpdateModelVersion]
     ) -> wire.ModelVersionAnswer:
-        principal = principal_of(request)
-        require(principal, Permission.WRITE, data.name)
-        services = services_of(request)
-        number = wire.version_number(data.version)
-        model_id, state = await live_model(services, data.name)
-        live_version(state, data.name, number)
+        principal, services, model_id, number, _ = await _writable(request, data.name, data.version)
         await services.registry.execute(
             model_id,
             UpdateVersionDescription(
@@ -220,12 +215,9 @@ class ModelVersionsController(Controller):
     async def remove(
         self, request: Request[Any, Any, Any], data: JSONBody[wire.VersionRef]
     ) -> wire.Empty:
-        principal = principal_of(request)
-        require(principal, Permission.WRITE, data.name)
-        services = services_of(request)
-        number = wire.version_number(data.version)
-        model_id, state = await live_model(services, data.name)
-        version = live_version(state, data.name, number)
+        principal, services, model_id, number, version = await _writable(
+            request, data.name, data.version
+        )
         if version.stage != Stage.ARCHIVED:
             await _transition(
                 services, principal, data.name, number, Stage.ARCHIVED, DELETED_REASON
@@ -281,12 +273,7 @@ class ModelVersionsController(Controller):
     async def set_tag(
         self, request: Request[Any, Any, Any], data: JSONBody[wire.SetVersionTag]
     ) -> wire.Empty:
-        principal = principal_of(request)
-        require(principal, Permission.WRITE, data.name)
-        services = services_of(request)
-        number = wire.version_number(data.version)
-        model_id, state = await live_model(services, data.name)
-        live_version(state, data.name, number)
+        principal, services, model_id, number, _ = await _writable(request, data.name, data.version)
         await services.registry.execute(
             model_id,
             SetVersionTags(
@@ -302,12 +289,7 @@ class ModelVersionsController(Controller):
     async def delete_tag(
         self, request: Request[Any, Any, Any], data: JSONBody[wire.DeleteVersionTag]
     ) -> wire.Empty:
-        principal = principal_of(request)
-        require(principal, Permission.WRITE, data.name)
-        services = services_of(request)
-        number = wire.version_number(data.version)
-        model_id, state = await live_model(services, data.name)
-        live_version(state, data.name, number)
+        principal, services, model_id, number, _ = await _writable(request, data.name, data.version)
         await services.registry.execute(
             model_id,
             RemoveVersionTags(
@@ -391,3 +373,16 @@ async def _transition(
     if request_id is not None and not executed:
         raise ApprovalRequiredError(name, number, stage, request_id)
     return written
+
+
+async def _writable(
+    request: Request[Any, Any, Any], name: str, version: wire.VersionText
+) -> tuple[Principal, Services, str, int, VersionState]:
+    """What a write to one live version starts from: the caller (with WRITE on the model),
+    the services, the model's id, the version's number and its state (404 when deleted)."""
+    principal = principal_of(request)
+    require(principal, Permission.WRITE, name)
+    services = services_of(request)
+    number = wire.version_number(version)
+    model_id, state = await live_model(services, name)
+    return principal, services, model_id, number, live_version(state, name, number)

@@ -16,6 +16,7 @@ from service.api.auth import BearerTokenMiddleware
 from service.api.common import refuse_nul_characters
 from service.api.idempotency import idempotency_middleware
 from service.api.json_body import refuse_unsafe_json
+from service.api.mlflow.errors import answering_mlflow_paths_as_mlflow
 from service.api.mlflow.router import mlflow_router
 from service.api.mlflow_artifacts import mlflow_artifacts_router
 from service.api.openapi import SECURITY, document_problems, openapi_app_kwargs
@@ -179,7 +180,7 @@ def api_app_kwargs(services: Services) -> dict[str, Any]:
     return {
         **docs,
         "route_handlers": [*api_routers(), *docs["route_handlers"]],
-        "exception_handlers": EXCEPTION_HANDLERS,
+        "exception_handlers": answering_mlflow_paths_as_mlflow(EXCEPTION_HANDLERS),
         "state": State(
             {
                 "services": services,

@@ -483,6 +483,38 @@ def test_raw_wire_shapes_delete_with_a_body_answers_200_and_every_change_is_an_e
     assert (missing.status_code, missing.json()["error_code"]) == (400, "INVALID_PARAMETER_VALUE")
 
 
+def test_paths_modelreg_does_not_serve_answer_mlflows_endpoint_not_found(
+    server: RegistryServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    headers = _bearer(server.admin_token)
+    # when a caller asks for an RPC that does not exist, or one with the wrong method
+    unknown = httpx.post(
+        f"{server.url}{MLFLOW}/registered-models/explode", json={}, headers=headers
+    )
+    wrong_method = httpx.delete(f"{server.url}{MLFLOW}/registered-models/search", headers=headers)
+    # then each is MLflow's ENDPOINT_NOT_FOUND envelope, not modelreg's problem+json
+    assert unknown.status_code == 404, unknown.text
+    assert unknown.headers["content-type"].startswith("application/json")
+    assert unknown.json()["error_code"] == "ENDPOINT_NOT_FOUND"
+    assert wrong_method.status_code == 405, wrong_method.text
+    assert wrong_method.json()["error_code"] == "ENDPOINT_NOT_FOUND"
+    # and an anonymous caller learns no more than MLflow's published API says: no such RPC,
+    # while an RPC that exists asks it for credentials
+    anonymous = httpx.post(f"{server.url}{MLFLOW}/registered-models/explode", json={})
+    assert (anonymous.status_code, anonymous.json()["error_code"]) == (404, "ENDPOINT_NOT_FOUND")
+    served = httpx.post(f"{server.url}{MLFLOW}/registered-models/create", json={"name": "x"})
+    assert (served.status_code, served.json()["error_code"]) == (401, "UNAUTHENTICATED")
+    # and outside MLflow's paths modelreg's own problem+json is unchanged
+    ours = httpx.get(f"{server.url}/api/v1/nowhere", headers=headers)
+    assert ours.status_code == 404
+    assert ours.headers["content-type"].startswith("application/problem+json")
+    # and MLflow's own client, asked for the tracking API modelreg does not host, reads the code
+    client = client_as(server, server.admin_token, monkeypatch)
+    with pytest.raises(RestException) as failed:
+        client.search_experiments()
+    assert error_code(failed) == "ENDPOINT_NOT_FOUND"
+
+
 def test_concurrent_creates_get_consecutive_numbers_and_the_fluent_api_works(
     server: RegistryServer, mlflow: MlflowClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -28,6 +28,7 @@ from typing import Any
 
 import msgspec
 from litestar import Request, Response
+from litestar.exceptions import HTTPException
 from litestar.types import ExceptionHandlersMap
 
 from service.api.problems import EXCEPTION_HANDLERS, Problem
@@ -103,3 +104,22 @@ def mlflow_error(request: Request[Any, Any, Any], exc: Exception) -> Response[Ml
 # Litestar picks a handler by the exception's class across every layer, so each class the
 # app maps is mapped here too: otherwise the app's more specific one would answer.
 MLFLOW_EXCEPTION_HANDLERS: ExceptionHandlersMap = dict.fromkeys(EXCEPTION_HANDLERS, mlflow_error)
+
+
+MLFLOW_PATHS = "/api/2.0/mlflow"  # the registry RPCs and /api/2.0/mlflow-artifacts alike
+
+
+def answering_mlflow_paths_as_mlflow(handlers: ExceptionHandlersMap) -> ExceptionHandlersMap:
+    """The app's handlers, except that an HTTP error on a path no route matched answers in
+    MLflow's envelope when the path is MLflow's: the 404/405 for an unknown RPC is raised
+    before any router is chosen, so the MLflow routers' own handlers never see it, and
+    MLflow's client reads ``error_code`` (ENDPOINT_NOT_FOUND), not problem+json."""
+    app_http = handlers[HTTPException]
+
+    def http_error(request: Request[Any, Any, Any], exc: HTTPException) -> Response[Any]:
+        if request.url.path.startswith(MLFLOW_PATHS):
+            return mlflow_error(request, exc)
+        answered: Response[Any] = app_http(request, exc)
+        return answered
+
+    return {**handlers, HTTPException: http_error}

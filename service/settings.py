@@ -97,6 +97,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     webhooks_backoff_max: Seconds = 3600.0
     webhooks_retention_days: Annotated[float, msgspec.Meta(gt=0)] = 7.0
 
+    # Refused requests (service.denials): how long the denials table keeps a row.
+    denials_retention_days: Annotated[float, msgspec.Meta(gt=0)] = 90.0
+
     # Signed checkpoints of the log (service.publication.checkpointer): the Ed25519 key file
     # (default <data_dir>/checkpoint-key.pem, created 0600; its public half beside it as
     # .pub), the directory the checkpoint files go to (default <data_dir>/checkpoints), the

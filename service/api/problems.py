@@ -113,6 +113,35 @@ def problem_response(problem: Problem, headers: dict[str, str] | None = None) ->
     return Response(problem, status_code=problem.status, media_type=PROBLEM_JSON, headers=headers)
 
 
+# The refusals an auditor asks about (service.denials): not authenticated, not permitted,
+# refused by the governance policy.
+DENIALS = frozenset({"unauthenticated", "permission_denied", "policy_violation"})
+
+
+def _record_denial(
+    request: Request[Any, Any, Any], code: str, status: int, reason: str, permission: str
+) -> None:
+    services = getattr(request.app.state, "services", None)
+    if services is None:  # an app without a runtime (HTTP-layer tests)
+        return
+    user = request.scope.get("user")
+    principal, token_id = getattr(user, "name", ""), getattr(user, "token_id", "")
+    client = request.client
+    services.denials.recorder.record(
+        services.registry.now(),
+        principal=principal,
+        token_id=token_id,
+        status=status,
+        code=code,
+        method=request.method,
+        route=request.scope.get("path_template", ""),
+        model=str(request.scope.get("path_params", {}).get("name", "")),
+        permission=str(permission),
+        reason=reason,
+        client=client.host if client is not None else "",
+    )
+
+
 def problem_at(
     request: Request[Any, Any, Any],
     code: str,
@@ -127,6 +156,9 @@ def problem_at(
     headers: dict[str, str] | None = None,
 ) -> Response[Problem]:
     """The problem+json answer to ``request``: its type is ``urn:modelreg:<code>``."""
+    if code in DENIALS:
+        reason = f"{rule}: {detail}" if rule and code == "policy_violation" else detail
+        _record_denial(request, code, status, reason, (details or {}).get("permission", ""))
     return problem_response(
         Problem(
             type=f"urn:modelreg:{code}",

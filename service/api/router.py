@@ -30,6 +30,7 @@ from service.api.problems import EXCEPTION_HANDLERS, BadRequestError
 from service.api.rate_limit import STATE_KEY, ExpensiveReadLimiter, limit_expensive_reads
 from service.api.routes_archive import ArchiveController
 from service.api.routes_artifacts import ArtifactsController
+from service.api.routes_denials import DenialsController
 from service.api.routes_gates import GatesController
 from service.api.routes_governance import (
     LifecycleController,
@@ -69,6 +70,7 @@ CONTROLLERS = [
     LinksController,
     WebhooksController,
     GatesController,
+    DenialsController,
 ]
 
 

@@ -14,6 +14,7 @@ from service.commands.executor import CommandExecutor
 from service.commands.registry import Registry
 from service.commands.token_secrets import Pepper
 from service.commands.tokens import TokenAuthenticator
+from service.denials.flusher import DenialFlusher
 from service.settings import Settings
 
 
@@ -28,4 +29,5 @@ class Services:
     metrics: ApiMetrics
     pepper: Pepper  # keys token digests (and what derives from it): never leaves the process
     blobs: BlobStore
+    denials: DenialFlusher  # refusals, recorded for auditors (service.denials)
     nats: NatsClient | None = None

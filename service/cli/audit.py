@@ -5,6 +5,7 @@
     modelreg audit verify [--json] [--checkpoints DIR|stream [--public-key FILE]]
     modelreg audit replay --as-of POSITION|TIME [--model NAME] [--json]
     modelreg audit artifacts [--sample N] [--json] [--gc [--grace 7d]]   (service.cli.audit_artifacts)
+    modelreg audit denials [--principal P] [--since 1d] [--json]         (service.cli.audit_denials)
 
 ``follow`` and ``mirror`` read NATS only, so an auditor needs no database access: the
 server named by ``--nats-url``/``MODELREG_NATS_URL``, else the embedded one a running
@@ -64,6 +65,7 @@ from events.streams import model_id_of, name_key
 from projections.registry_state import ModelSnapshot, RegistrySnapshot, model_as_of, registry_as_of
 from projections.time_travel import resolve_as_of
 from service.cli.audit_artifacts import artifacts_command
+from service.cli.audit_denials import denials_command
 from service.cli.database import Connect, fail, run_with_database
 from service.cli.help import command_group
 from service.cli.nats_connection import CannotStartError, connect_nats, nats_url, require_stream
@@ -100,6 +102,7 @@ app = command_group(
 )
 
 app.command("artifacts")(artifacts_command)
+app.command("denials")(denials_command)
 
 NatsUrlOption = Annotated[
     str | None,

@@ -65,6 +65,8 @@ from service.client.models import (
     CodeReference,
     Comparison,
     DatasetReference,
+    Denial,
+    DenialsPage,
     Dependencies,
     DeploymentRun,
     Downloaded,
@@ -1173,6 +1175,40 @@ class AsyncClient:
     async def verify(self) -> VerifyReport:
         """Recompute both hash chains on the server; ``first_break`` names any tampering."""
         return await self._get("/api/v1/audit/verify", VerifyReport, consistent=False)
+
+    async def denials(
+        self,
+        *,
+        principal: str | None = None,
+        model: str | None = None,
+        code: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        before: str | None = None,
+        limit: int = 100,
+    ) -> DenialsPage:
+        """Refused requests, newest first (admin): who was refused what, why, how often."""
+        params = {
+            "principal": principal,
+            "model": model,
+            "code": code,
+            "since": aware(since),
+            "until": aware(until),
+            "before": before,
+            "limit": limit,
+        }
+        return await self._get("/api/v1/audit/denials", DenialsPage, params, consistent=False)
+
+    async def all_denials(self, **filters: Any) -> AsyncIterator[Denial]:
+        """Every refused request matching ``filters`` (as ``denials``), page after page."""
+        before: str | None = None
+        while True:
+            page = await self.denials(before=before, **filters)
+            for item in page.items:
+                yield item
+            if page.next_before is None:
+                return
+            before = page.next_before
 
     async def event_schema(self) -> dict[str, Any]:
         """JSON Schema (2020-12) of every event payload."""

@@ -62,6 +62,8 @@ from service.client.models import (
     CodeReference,
     Comparison,
     DatasetReference,
+    Denial,
+    DenialsPage,
     Dependencies,
     DeploymentRun,
     Downloaded,
@@ -1168,6 +1170,39 @@ class Client:
     def verify(self) -> VerifyReport:
         """Recompute both hash chains on the server; ``first_break`` names any tampering."""
         return self._get("/api/v1/audit/verify", VerifyReport, consistent=False)
+
+    def denials(
+        self,
+        *,
+        principal: str | None = None,
+        model: str | None = None,
+        code: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        before: str | None = None,
+        limit: int = 100,
+    ) -> DenialsPage:
+        """Refused requests, newest first (admin): who was refused what, why, how often."""
+        params = {
+            "principal": principal,
+            "model": model,
+            "code": code,
+            "since": aware(since),
+            "until": aware(until),
+            "before": before,
+            "limit": limit,
+        }
+        return self._get("/api/v1/audit/denials", DenialsPage, params, consistent=False)
+
+    def all_denials(self, **filters: Any) -> Iterator[Denial]:
+        """Every refused request matching ``filters`` (as ``denials``), page after page."""
+        before: str | None = None
+        while True:
+            page = self.denials(before=before, **filters)
+            yield from page.items
+            if page.next_before is None:
+                return
+            before = page.next_before
 
     def event_schema(self) -> dict[str, Any]:
         """JSON Schema (2020-12) of every event payload."""

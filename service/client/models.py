@@ -39,6 +39,8 @@ __all__ = [
     "CodeReference",
     "Comparison",
     "DatasetReference",
+    "Denial",
+    "DenialsPage",
     "Dependencies",
     "DeploymentRun",
     "EventsPage",
@@ -466,6 +468,33 @@ class VerifyReport(msgspec.Struct, frozen=True, kw_only=True):
     first_break: Break | None
     breaks: list[Break]
     checkpoints_checked: int = 0
+
+
+class Denial(msgspec.Struct, frozen=True, kw_only=True):
+    """Refused requests that were the same in every respect within one minute, counted.
+    ``principal`` is None when the caller was not authenticated; ``route`` is the route's
+    template; ``code`` says why: unauthenticated, permission_denied, policy_violation (or
+    overflow: more distinct refusals at once than a server keeps one by one)."""
+
+    principal: str | None
+    token_id: str | None
+    status: int
+    code: str
+    method: str
+    route: str
+    model: str | None
+    permission: str | None
+    reason: str
+    client: str
+    count: int
+    first_at: datetime
+    last_at: datetime
+    cursor: str
+
+
+class DenialsPage(msgspec.Struct, frozen=True, kw_only=True):
+    items: list[Denial]
+    next_before: str | None
 
 
 class Principal(msgspec.Struct, frozen=True, kw_only=True):

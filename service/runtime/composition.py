@@ -4,6 +4,7 @@ itself (it only constructs)."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import timedelta
 
 import asyncpg
 from nats.aio.client import Client as NatsClient
@@ -18,6 +19,8 @@ from service.commands.executor import CommandExecutor
 from service.commands.registry import Registry
 from service.commands.token_secrets import Pepper
 from service.commands.tokens import TokenAuthenticator
+from service.denials.flusher import DenialFlusher
+from service.denials.recorder import DenialRecorder
 from service.settings import Settings
 
 
@@ -49,5 +52,11 @@ def build_services(
         metrics=metrics,
         pepper=pepper,
         blobs=blob_store_from(settings),
+        denials=DenialFlusher(
+            DenialRecorder(),
+            pool,
+            retention=timedelta(days=settings.denials_retention_days),
+            now=registry.now,
+        ),
         nats=nats,
     )

@@ -134,7 +134,10 @@ def api_workers(state: AppState) -> list[Worker]:
         sealed_channel(state.settings.db_schema),
         state.seal_signal.notify,
     )
-    return [Worker("seal-listener", listener.run)]
+    return [
+        Worker("seal-listener", listener.run),
+        Worker("denials", state.services.denials.run),
+    ]
 
 
 def _connector(

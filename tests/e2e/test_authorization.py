@@ -194,6 +194,7 @@ MATRIX: dict[tuple[str, str], Row] = {
     ("GET", "/api/v1/events/schema"): Row("/api/v1/events/schema", R, scoped="allow"),
     ("GET", "/api/v1/audit/verify"): Row("/api/v1/audit/verify", R, scoped="allow"),
     ("GET", "/api/v1/audit/artifacts"): Row("/api/v1/audit/artifacts", ADMIN),
+    ("GET", "/api/v1/audit/denials"): Row("/api/v1/audit/denials", ADMIN),
     # tokens, identity, operations
     ("POST", "/api/v1/tokens"): Row(
         "/api/v1/tokens", ADMIN, {"principal": "eve", "roles": ["reader"]}

@@ -274,6 +274,29 @@ def test_tokens_whoami_and_the_event_log(server: RegistryServer) -> None:
     assert table[0].split()[:3] == ["position", "sealed", "at"] and "token.revoked" in table[-1]
 
 
+def test_an_auditor_lists_refused_requests_as_a_table_and_as_json(server: RegistryServer) -> None:
+    # given a reader who tries to create a model, twice
+    reader = as_json(run(server, "tokens", "create", "rory", "-r", "reader", "--json"))
+    assert isinstance(reader, dict)
+    for _ in range(2):
+        refused = run(server, "models", "create", "not-mine", token=reader["secret"], code=1)
+        assert "403" in refused.stderr
+    # when the admin lists the refusals of that principal
+    rows = as_json(run(server, "audit", "denials", "--principal", "rory", "--json"))
+    # then the two refusals are one row, counted twice, saying what was missing
+    assert isinstance(rows, list)
+    assert [(r["code"], r["permission"], r["method"], r["route"], r["count"]) for r in rows] == [
+        ("permission_denied", "write", "POST", "/api/v1/models", 2)
+    ]
+    # and people read the same as a table
+    table = run(server, "audit", "denials", "--principal", "rory").stdout.splitlines()
+    assert table[0].split()[:4] == ["last", "(UTC)", "count", "who"]
+    assert "rory" in table[-1] and "permission denied: write" in table[-1]
+    # and a code the API does not know is refused before any request
+    bad = run(server, "audit", "denials", "--code", "nope", code=2)
+    assert "--code" in bad.stderr
+
+
 def test_the_installed_command_exit_codes_and_completion(server: RegistryServer) -> None:
     def modelreg(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(

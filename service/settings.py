@@ -100,6 +100,21 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     # Refused requests (service.denials): how long the denials table keeps a row.
     denials_retention_days: Annotated[float, msgspec.Meta(gt=0)] = 90.0
 
+    # Sign-in with the organisation's identity provider (service.identity): bearer JWTs
+    # signed by the issuer's keys, found through its discovery document, a JWKS URL or a
+    # JWKS file. Unset issuer: only modelreg's own tokens. OIDC_GROUP_ROLES maps groups to
+    # roles and model scopes, first match wins: "ml-admins=admin; ml-team=contributor:churn*|fraud*".
+    oidc_issuer: str | None = None
+    oidc_audience: str | None = None
+    oidc_jwks_url: str | None = None
+    oidc_jwks_file: Path | None = None
+    oidc_algorithms: str = "RS256,ES256"
+    oidc_leeway: Annotated[int, msgspec.Meta(ge=0, le=300)] = 60
+    oidc_principal_claim: Annotated[str, msgspec.Meta(min_length=1)] = "preferred_username"
+    oidc_groups_claim: Annotated[str, msgspec.Meta(min_length=1)] = "groups"
+    oidc_group_roles: str = ""
+    oidc_jwks_cache_seconds: Annotated[float, msgspec.Meta(ge=0)] = 300.0
+
     # Signed checkpoints of the log (service.publication.checkpointer): the Ed25519 key file
     # (default <data_dir>/checkpoint-key.pem, created 0600; its public half beside it as
     # .pub), the directory the checkpoint files go to (default <data_dir>/checkpoints), the

@@ -36,6 +36,7 @@ from events.errors import (
     ValidationError,
 )
 from service.commands.executor import PreconditionFailedError
+from service.identity.jwks import IdentityProviderUnavailableError
 
 log = logging.getLogger(__name__)
 
@@ -441,6 +442,19 @@ def _unavailable(request: Request[Any, Any, Any], exc: Exception) -> Response[Pr
     )
 
 
+def _provider_unavailable(
+    request: Request[Any, Any, Any], exc: IdentityProviderUnavailableError
+) -> Response[Problem]:
+    return problem_at(
+        request,
+        "unavailable",
+        "Service unavailable",
+        503,
+        str(exc),
+        headers={"Retry-After": str(OUTAGE_RETRY_AFTER)},
+    )
+
+
 def outage_handlers() -> ExceptionHandlersMap:
     """The exception classes an outage of Postgres surfaces as (looked up by class
     hierarchy, so their subclasses land here too); ``_unavailable`` sorts them."""
@@ -461,5 +475,6 @@ EXCEPTION_HANDLERS: ExceptionHandlersMap = {
     BadRequestError: _bad_request,
     NotYetVisibleError: _not_visible,
     TooManyRequestsError: _too_many,
+    IdentityProviderUnavailableError: _provider_unavailable,
     Exception: _unexpected,
 }

@@ -13,8 +13,8 @@ from service.artifacts.blobstore import BlobStore
 from service.commands.executor import CommandExecutor
 from service.commands.registry import Registry
 from service.commands.token_secrets import Pepper
-from service.commands.tokens import TokenAuthenticator
 from service.denials.flusher import DenialFlusher
+from service.identity.signin import SignIn
 from service.settings import Settings
 
 
@@ -25,7 +25,7 @@ class Services:
     store: EventStore
     executor: CommandExecutor
     registry: Registry
-    auth: TokenAuthenticator
+    auth: SignIn  # modelreg's tokens, and the identity provider's JWTs when configured
     metrics: ApiMetrics
     pepper: Pepper  # keys token digests (and what derives from it): never leaves the process
     blobs: BlobStore

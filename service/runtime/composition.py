@@ -21,6 +21,9 @@ from service.commands.token_secrets import Pepper
 from service.commands.tokens import TokenAuthenticator
 from service.denials.flusher import DenialFlusher
 from service.denials.recorder import DenialRecorder
+from service.identity.jwks import JwksSource
+from service.identity.oidc import OidcAuthenticator, OidcConfig
+from service.identity.signin import SignIn
 from service.settings import Settings
 
 
@@ -48,7 +51,7 @@ def build_services(
         store=store,
         executor=executor,
         registry=registry,
-        auth=TokenAuthenticator(store, executor, pepper),
+        auth=SignIn(TokenAuthenticator(store, executor, pepper), _oidc(settings, registry)),
         metrics=metrics,
         pepper=pepper,
         blobs=blob_store_from(settings),
@@ -60,3 +63,18 @@ def build_services(
         ),
         nats=nats,
     )
+
+
+def _oidc(settings: Settings, registry: Registry) -> OidcAuthenticator | None:
+    """Sign-in with the identity provider, when an issuer is configured (SettingsError when
+    the configuration is incomplete or unsafe)."""
+    config = OidcConfig.from_settings(settings)
+    if config is None:
+        return None
+    keys = JwksSource(
+        issuer=config.issuer,
+        url=settings.oidc_jwks_url,
+        file=settings.oidc_jwks_file,
+        cache_seconds=settings.oidc_jwks_cache_seconds,
+    )
+    return OidcAuthenticator(config, keys, registry.now)

@@ -50,7 +50,7 @@ from service.runtime.composition import build_services
 from service.runtime.embedded import DataDirLock, EmbeddedNats, EmbeddedPostgres
 from service.runtime.http_limits import HttpLimits, protocol_for
 from service.runtime.nats_auth import NatsNames
-from service.settings import Settings
+from service.settings import Settings, SettingsError
 from service.webhooks.configure import webhook_dispatcher
 
 log = logging.getLogger("modelreg")
@@ -363,14 +363,17 @@ async def open_state(
     sealer = Sealer(connect_sealer, settings.db_schema, idle_interval=settings.sealer_idle_interval)
     try:
         pepper = _pepper(settings)
-        services = build_services(
-            settings,
-            pool,
-            pepper=pepper,
-            nats=nats,
-            on_append=lambda _: sealer.wake(),
-            seal_signal=sealed,
-        )
+        try:
+            services = build_services(
+                settings,
+                pool,
+                pepper=pepper,
+                nats=nats,
+                on_append=lambda _: sealer.wake(),
+                seal_signal=sealed,
+            )
+        except SettingsError as exc:
+            raise StartupError(str(exc)) from None
         await _bootstrap(services)
         yield AppState(
             settings=settings,

@@ -1,0 +1,19 @@
+"""Who is calling: a JWT from the identity provider when one is configured, else one of
+modelreg's own tokens. Every route and the UI authenticate through this one door."""
+
+from __future__ import annotations
+
+from service.commands.tokens import Principal, TokenAuthenticator
+from service.identity.oidc import OidcAuthenticator, looks_like_jwt
+
+
+class SignIn:
+    def __init__(self, tokens: TokenAuthenticator, oidc: OidcAuthenticator | None = None) -> None:
+        self.tokens = tokens
+        self.oidc = oidc
+
+    async def authenticate(self, secret: str) -> Principal:
+        """The principal, or InvalidTokenError (401) with the reason."""
+        if self.oidc is not None and looks_like_jwt(secret):
+            return await self.oidc.authenticate(secret)
+        return await self.tokens.authenticate(secret)

@@ -12,6 +12,7 @@ from events.access import Permission
 from events.errors import NotFoundError
 from events.model.commands import (
     ArchiveModel,
+    DeleteModel,
     RegisterModel,
     RemoveModelTags,
     RenameModel,
@@ -207,6 +208,25 @@ class ModelsController(Controller):
             request,
             name,
             ArchiveModel(
+                actor=principal.name, now=services_of(request).registry.now(), reason=data.reason
+            ),
+        )
+
+    @post("/{name:str}/delete", status_code=200)
+    async def delete_model(
+        self, request: Request[Any, Any, Any], name: FromPath[str], data: JSONBody[Reason]
+    ) -> Response[Receipt]:
+        """Delete the model (admin): it leaves every listing, search and MLflow answer, its
+        name is free for a new model, open promotion requests are cancelled, and its stored
+        files become collectable after the GC grace period. Its history stays in the log,
+        ending with a tombstone event that says who deleted it and why. Refused while a
+        version is in production."""
+        principal = principal_of(request)
+        require(principal, Permission.ADMIN, name)
+        return await _model_command(
+            request,
+            name,
+            DeleteModel(
                 actor=principal.name, now=services_of(request).registry.now(), reason=data.reason
             ),
         )

@@ -92,6 +92,9 @@ MATRIX: dict[tuple[str, str], Row] = {
     ("POST", "/api/v1/models/{name}/archive"): Row(
         f"{M}/retired/archive", ADMIN, {"reason": "unused"}
     ),
+    ("POST", "/api/v1/models/{name}/delete"): Row(
+        f"{M}/doomed/delete", ADMIN, {"reason": "created by mistake"}
+    ),
     ("POST", "/api/v1/models/{name}/restore"): Row(
         f"{M}/retired/restore", ADMIN, {"reason": "needed again"}
     ),
@@ -413,7 +416,7 @@ async def _setup(api: Api) -> tuple[list[Caller], dict[str, str]]:
     ]
 
     await _ok(await api.put("/api/v1/policy", json=POLICY))
-    for name in ("churn", "fraud", "renamable", "retired", "rollbacker"):
+    for name in ("churn", "fraud", "renamable", "retired", "rollbacker", "doomed"):
         await _ok(await api.post(M, json={"name": name, "tags": {"team": "risk"}}, as_=carol))
     for n in range(1, 5):
         await _ok(

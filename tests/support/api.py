@@ -26,6 +26,7 @@ from service.commands.tokens import ensure_bootstrap_token, issue_token
 from service.runtime.composition import build_services
 from service.settings import Settings, load_settings
 from tests.support.database import Database
+from tests.support.waiting import eventually
 
 
 @dataclass
@@ -70,6 +71,18 @@ class Api:
         return await self.request("DELETE", path, **kwargs)
 
 
+async def views_created(db: Database, worker: ProjectionWorker) -> None:
+    wanted = {p.name for p in worker.projections}
+
+    async def created() -> bool:
+        rows = await db.pool.fetch(
+            "SELECT projection FROM projection_checkpoints WHERE status = 'live'"
+        )
+        return wanted <= {r["projection"] for r in rows}
+
+    await eventually(created, what="the projection worker created its views")
+
+
 @asynccontextmanager
 async def running_api(
     db: Database, settings: Settings | None = None, *, plugins: Sequence[PluginProtocol] = ()
@@ -93,6 +106,9 @@ async def running_api(
     stop = asyncio.Event()
     tasks = [asyncio.create_task(sealer.run(stop)), asyncio.create_task(worker.run(stop))]
     try:
+        # A test starts once the worker has created every view: a read before that would be
+        # a race with the worker's start (answered 503), not what a test means to exercise.
+        await views_created(db, worker)
         admin = await ensure_bootstrap_token(services.executor, services.pepper, None)
         assert admin is not None
         app = Litestar(**api_app_kwargs(services), plugins=list(plugins))

@@ -10,6 +10,7 @@ reader's scope answers 404 here, exactly like a model that does not exist.
 from __future__ import annotations
 
 from collections.abc import Awaitable
+from dataclasses import dataclass
 from typing import Annotated, Any, TypeVar
 
 from litestar import Controller, Request, Response, get, post
@@ -21,14 +22,18 @@ from eventlog.freshness import freshness
 from eventlog.keys import model_names
 from events.errors import NotFoundError, ValidationError
 from events.stages import Stage
+from projections.views.approvals import ApprovalRequest
+from projections.views.metric_history import Comparison
 from service.api.common import MAX_POSITION, principal_of, services_of
 from service.api.problems import PermissionDeniedError
 from service.api.routes_artifacts import ArtifactsController
+from service.api.routes_gates import GatesController
 from service.api.routes_governance import LifecycleController, PromotionsController
 from service.api.routes_models import ModelsController
 from service.api.routes_operations import AuditController, DeploymentsController
 from service.api.routes_versions import CompareController, VersionsController
 from service.api.schemas import Decision
+from service.commands.gate_check import GateCheck
 from service.commands.tokens import InvalidTokenError
 from service.ui.charts import Line, bar_chart, line_chart
 from service.ui.forms import DecisionForm, LoginForm, SearchForm
@@ -39,6 +44,8 @@ PUBLIC = {"public": True}
 # Key metrics in the versions table: the first few, so the table stays readable.
 KEY_METRICS = 4
 TIMELINE_ROWS = 30
+# The inbox weighs (gate check, diff against production) this many requests at most.
+REVIEWED_REQUESTS = 50
 TIMELINE_STAGES = (Stage.STAGING, Stage.PRODUCTION, Stage.ARCHIVED)
 
 
@@ -283,8 +290,9 @@ class PagesController(Controller):
         done: str = "",
         position: Annotated[int | None, Parameter(ge=0, le=MAX_POSITION)] = None,
     ) -> Template:
-        """Requests waiting for me and all open ones; after a decision, read-your-writes:
-        the lists wait (bounded) until the views show it."""
+        """Requests waiting for me and all open ones, each with what an approver weighs: the
+        gate check the API's dry run answers now, and the diff against production. After a
+        decision, read-your-writes: the lists wait (bounded) until the views show it."""
         mine = await PromotionsController.list_requests.fn(
             None, request, which="mine", min_position=position
         )
@@ -293,7 +301,18 @@ class PagesController(Controller):
         others = [r for r in waiting if r.request_id not in mine_ids]
         # One query names every model shown (the lists are already cut to the scope).
         names = await model_names(services_of(request).pool, {r.model_id for r in waiting + mine})
-        return page(request, "approvals.html", mine=mine, others=others, names=names, done=done)
+        shown = [*mine, *others][:REVIEWED_REQUESTS]
+        reviews = await _reviews(request, shown, names)
+        return page(
+            request,
+            "approvals.html",
+            mine=mine,
+            others=others,
+            names=names,
+            done=done,
+            reviews=reviews,
+            reviewed=REVIEWED_REQUESTS,
+        )
 
     @post("/approvals/{request_id:str}", status_code=303)
     async def decide(
@@ -356,6 +375,45 @@ class PagesController(Controller):
         """The log's head, for the page script to notice new events (live updates)."""
         now = await freshness(services_of(request).pool, [])
         return {"position": now.head}
+
+
+@dataclass(frozen=True)
+class Review:
+    """What an approver weighs for one request: ``gate``, the API's dry run of the move
+    (None for an alias-only request or a rollback, which has no gates); ``production`` and
+    ``diff``, the version beside the one in production (None when there is none, or it is
+    the version asked for)."""
+
+    gate: GateCheck | None
+    production: int | None
+    diff: Comparison | None
+
+
+async def _reviews(
+    request: Request[Any, Any, Any], shown: list[ApprovalRequest], names: dict[str, str]
+) -> dict[str, Review]:
+    productions: dict[str, int | None] = {}
+    reviews: dict[str, Review] = {}
+    for r in shown:
+        name = names.get(r.model_id)
+        if name is None:  # renamed or gone since the list was read: nothing to weigh
+            continue
+        if name not in productions:
+            row = (await ModelsController.read.fn(None, request, name=name)).content
+            productions[name] = row.stages.get(Stage.PRODUCTION.value)
+        production = productions[name]
+        gate = None
+        if r.target_stage is not None and not r.rollback:
+            gate = await GatesController.check.fn(
+                None, request, name=name, version=r.version, to=Stage(r.target_stage)
+            )
+        diff = None
+        if production is not None and production != r.version:
+            diff = await CompareController.compare.fn(
+                None, request, name=name, versions=f"{r.version},{production}"
+            )
+        reviews[r.request_id] = Review(gate=gate, production=production, diff=diff)
+    return reviews
 
 
 def _best(versions: tuple[int, ...], values: tuple[float | None, ...], key: str) -> int | None:

@@ -157,6 +157,65 @@ def test_the_requester_is_told_it_may_not_approve_its_own_request(
     assert "You may not decide this request: you asked for it" in inbox.text
 
 
+def test_the_requester_is_shown_why_separation_of_duties_keeps_it_from_deciding(
+    browser: httpx.Client, content: UiRegistry
+) -> None:
+    # given the person who asked for v3's promotion, logged in
+    log_in(browser, content.requester)
+
+    # when it opens its inbox
+    inbox = browser.get("/ui/approvals")
+
+    # then its own request has no decision form, and the page says why
+    request = _request_article(inbox.text, content.request_id)
+    assert "<form" not in request
+    assert "Separation of duties: a promotion needs 1 approval from someone other than" in request
+
+
+def test_the_inbox_shows_the_gate_check_and_the_diff_against_production(
+    browser: httpx.Client, server: RegistryServer, content: UiRegistry
+) -> None:
+    # given the approver, and what the API's dry run says about v3 going to production
+    log_in(browser, content.approver)
+    dry_run = browser.get(
+        f"{API}/models/{content.model}/versions/3/gate",
+        params={"to": "production"},
+        headers={"Authorization": f"Bearer {server.admin_token}"},
+    ).json()
+
+    # when it opens its inbox
+    inbox = browser.get("/ui/approvals")
+
+    # then the request shows the same verdict and gate, with v3's and production's values
+    request = _request_article(inbox.text, content.request_id)
+    assert dry_run["passes"] and dry_run["outcome"] == "needs_approval"
+    assert "<strong>Passes</strong>: staging → production, needs 1 approval." in request
+    gate = re.search(r"<tr>\s*<th scope=\"row\"><code>(.*?)</code></th>(.*?)</tr>", request, re.S)
+    assert gate is not None, request
+    assert gate.group(1) == "auc &gt;= production on holdout"
+    assert [g["passed"] for g in dry_run["gates"]] == [True]
+    cells = re.findall(r"<td[^>]*>(.*?)</td>", gate.group(2))
+    assert cells == ["0.85", "0.81", "passes"]
+    # and the parameters that differ from production v1, then the metrics side by side
+    assert '<th scope="col">v1 (production)</th>' in request
+    depth = re.search(r'<th scope="row">depth</th>(.*?)</tr>', request, re.S)
+    assert depth is not None and re.findall(r"<code>(.*?)</code>", depth.group(1)) == ["7", "5"]
+    assert '<th scope="row">lr</th>' not in request  # the same in both: not a difference
+    auc = re.search(r'<th scope="row">auc \[holdout\]</th>(.*?)</tr>', request, re.S)
+    assert auc is not None and re.findall(r">([0-9.]+)</td>", auc.group(1)) == ["0.85", "0.81"]
+
+
+def _request_article(page: str, request_id: str) -> str:
+    """The part of the approvals page about one request."""
+    found = re.search(
+        rf'<article class="request" aria-labelledby="request-{re.escape(request_id)}">(.*?)</article>',
+        page,
+        re.S,
+    )
+    assert found is not None, page
+    return found.group(1)
+
+
 def test_a_second_person_approves_through_the_form_and_the_version_goes_to_production(
     browser: httpx.Client, server: RegistryServer, content: UiRegistry
 ) -> None:

@@ -1,5 +1,6 @@
 """A registry with content for the UI's tests, written through the JSON API: a model with
-versions, metric histories and a promotion request waiting for a second person; a model
+versions, metric histories, v1 in production and a promotion request of v3 (with a metric
+gate against production) waiting for a second person; a model
 outside a scoped reader's scope; the tokens of the people involved."""
 
 from __future__ import annotations
@@ -58,7 +59,19 @@ def populate(http: httpx.Client, admin: str) -> UiRegistry:
         "policy": {
             "transitions": [
                 {"from_stage": "development", "to_stage": "staging"},
-                {"from_stage": "staging", "to_stage": "production", "approvals": 1},
+                {
+                    "from_stage": "staging",
+                    "to_stage": "production",
+                    "approvals": 1,
+                    "gates": [
+                        {
+                            "metric": "auc",
+                            "dataset": "holdout",
+                            "op": ">=",
+                            "compare_to_production": True,
+                        }
+                    ],
+                },
                 {"from_stage": "staging", "to_stage": "development"},
                 {"from_stage": "development", "to_stage": "archived"},
                 {"from_stage": "staging", "to_stage": "archived"},
@@ -66,6 +79,17 @@ def populate(http: httpx.Client, admin: str) -> UiRegistry:
             ]
         },
         "comment": "production needs a second person",
+    }
+    # First without the approval, to put v1 in production: the approvals inbox then
+    # weighs v3 against it.
+    direct = {
+        "policy": {
+            "transitions": [
+                {"from_stage": "development", "to_stage": "staging"},
+                {"from_stage": "staging", "to_stage": "production"},
+            ]
+        },
+        "comment": "bootstrap: v1 straight to production",
     }
     for name in (model, hidden):
         _ok(
@@ -82,7 +106,7 @@ def populate(http: httpx.Client, admin: str) -> UiRegistry:
         http.put(
             f"{API}/models/{model}/policy",
             headers={"Authorization": f"Bearer {admin}"},
-            json=policy,
+            json=direct,
         )
     )
     for number in (1, 2, 3):
@@ -135,6 +159,19 @@ def populate(http: httpx.Client, admin: str) -> UiRegistry:
                 ],
                 "params": {},
             },
+        )
+    )
+    for stage in ("staging", "production"):
+        _ok(
+            http.post(
+                f"{API}/models/{model}/versions/1/stage", headers=as_requester, json={"to": stage}
+            )
+        )
+    _ok(
+        http.put(
+            f"{API}/models/{model}/policy",
+            headers={"Authorization": f"Bearer {admin}"},
+            json=policy,
         )
     )
     _ok(

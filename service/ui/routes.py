@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Annotated, Any, TypeVar
 
 from litestar import Controller, Request, Response, get, post
@@ -24,7 +25,7 @@ from events.errors import NotFoundError, ValidationError
 from events.stages import Stage
 from projections.views.approvals import ApprovalRequest
 from projections.views.metric_history import Comparison
-from service.api.common import MAX_POSITION, principal_of, services_of
+from service.api.common import MAX_POSITION, principal_of, representable_time, services_of
 from service.api.problems import PermissionDeniedError
 from service.api.routes_artifacts import ArtifactsController
 from service.api.routes_gates import GatesController
@@ -341,13 +342,20 @@ class PagesController(Controller):
         model: str = "",
         actor: str = "",
         type: str = "",
+        since: str = "",
+        until: str = "",
         as_of: str = "",
         cursor: Annotated[int | None, Parameter(ge=0, le=MAX_POSITION)] = None,
         verify: bool = False,
     ) -> Template:
-        """A model's events (filtered by actor and type, as the registry stood ``as_of``), or
-        everything one actor did; the hash-chain check on request (it reads the whole log)."""
+        """A model's events or everything one actor did, filtered by type and business time
+        (``since <= occurred_at < until``), as the registry stood ``as_of`` a past position or
+        time; the hash-chain check on request (it reads the whole log)."""
+        start, end = _moment(since, "since"), _moment(until, "until")
+        if start is not None and end is not None and end <= start:
+            raise ValidationError("until", "after_since", "until must be later than since")
         feed = None
+        types = [type] if type else None
         if model:
             feed = await _visible(
                 model,
@@ -356,7 +364,9 @@ class PagesController(Controller):
                     request,
                     name=model,
                     actor=actor or None,
-                    type=[type] if type else None,
+                    type=types,
+                    since=start,
+                    until=end,
                     cursor=cursor,
                     limit=100,
                     as_of=as_of or None,
@@ -364,10 +374,25 @@ class PagesController(Controller):
             )
         elif actor:
             feed = await AuditController.by_actor.fn(
-                None, request, actor=actor, cursor=cursor, limit=100
+                None,
+                request,
+                actor=actor,
+                type=types,
+                since=start,
+                until=end,
+                cursor=cursor,
+                limit=100,
+                as_of=as_of or None,
             )
         report = await AuditController.verify_chains.fn(None, request) if verify else None
-        filters = {"model": model, "actor": actor, "type": type, "as_of": as_of}
+        filters = {
+            "model": model,
+            "actor": actor,
+            "type": type,
+            "since": since,
+            "until": until,
+            "as_of": as_of,
+        }
         return page(request, "audit.html", feed=feed, report=report, filters=filters)
 
     @get("/position", media_type="application/json")
@@ -423,6 +448,23 @@ def _best(versions: tuple[int, ...], values: tuple[float | None, ...], key: str)
         return None
     lower = any(word in key.lower() for word in ("loss", "error", "rmse", "mae", "mse"))
     return (min(present) if lower else max(present))[1]
+
+
+def _moment(text: str, field: str) -> datetime | None:
+    """A time from the audit form: RFC 3339, or a date and time without a zone (a browser's
+    datetime-local field), read as UTC; empty: no bound."""
+    text = text.strip()
+    if not text:
+        return None
+    try:
+        moment = datetime.fromisoformat(text)  # also a date alone: its midnight
+    except ValueError:
+        raise ValidationError(
+            field, "pattern", f"{field} is a date and time, e.g. 2026-03-03T14:03:00Z"
+        ) from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return representable_time(moment, field)
 
 
 def _stage(text: str) -> Stage:

@@ -363,3 +363,68 @@ def test_the_model_page_shows_100_versions_then_links_to_the_older_ones(
     # then the first page holds versions 101 to 2, the second version 1 alone
     assert ">v101</a>" in first.text and ">v2</a>" in first.text and ">v1</a>" not in first.text
     assert ">v1</a>" in second.text and ">v2</a>" not in second.text
+
+
+def test_the_audit_feed_filters_by_time_with_as_of_and_by_actor(
+    browser: httpx.Client, server: RegistryServer, content: UiRegistry
+) -> None:
+    # given when the promotion request happened, as the API tells it
+    admin = {"Authorization": f"Bearer {server.admin_token}"}
+    asked = browser.get(
+        f"{API}/models/{content.model}/history",
+        params={"type": "model.promotion_requested"},
+        headers=admin,
+    ).json()["items"][0]
+    at = asked["occurred_at"]
+    log_in(browser, server.admin_token)
+
+    # when the model's feed is asked for from that time, before it, and from it as of before it
+    since = browser.get("/ui/audit", params={"model": content.model, "since": at})
+    until = browser.get("/ui/audit", params={"model": content.model, "until": at})
+    past = browser.get(
+        "/ui/audit",
+        params={"model": content.model, "since": at, "as_of": str(content.position - 1)},
+    )
+
+    # then each shows what happened in its window, as the registry stood then
+    assert "model.promotion_requested" in since.text and "model.registered" not in since.text
+    assert "model.registered" in until.text and "model.promotion_requested" not in until.text
+    assert past.status_code == 200 and "<code>model.promotion_requested</code>" not in past.text
+    assert "0 events, newest first, from" in past.text
+
+    # and the requester's own feed narrows by type and time the same way
+    requester = asked["actor"]
+    mine = browser.get(
+        "/ui/audit", params={"actor": requester, "type": "model.promotion_requested", "since": at}
+    )
+    before = browser.get(
+        "/ui/audit", params={"actor": requester, "type": "model.promotion_requested", "until": at}
+    )
+    assert mine.text.count("<code>model.promotion_requested</code>") == 1
+    assert "<code>model.promotion_requested</code>" not in before.text
+
+
+def test_a_bad_time_filter_answers_4xx_naming_the_field(
+    browser: httpx.Client, server: RegistryServer, content: UiRegistry
+) -> None:
+    log_in(browser, server.admin_token)
+    garbled = browser.get("/ui/audit", params={"model": content.model, "since": "yesterday"})
+    backwards = browser.get(
+        "/ui/audit", params={"model": content.model, "since": "2026-03-04", "until": "2026-03-03"}
+    )
+    assert garbled.status_code in (400, 422) and "since" in garbled.text
+    assert (
+        backwards.status_code in (400, 422) and "until must be later than since" in backwards.text
+    )
+
+
+def test_the_audit_page_shows_the_verify_result_with_the_head_hash(
+    browser: httpx.Client, server: RegistryServer
+) -> None:
+    log_in(browser, server.admin_token)
+    checked = browser.get("/ui/audit", params={"verify": "true"})
+    report = browser.get(
+        f"{API}/audit/verify", headers={"Authorization": f"Bearer {server.admin_token}"}
+    ).json()
+    assert "<strong>Both hash chains verify</strong>" in checked.text
+    assert report["ok"] and f"position {report['head_position']}" in checked.text

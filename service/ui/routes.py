@@ -45,6 +45,7 @@ PUBLIC = {"public": True}
 # Key metrics in the versions table: the first few, so the table stays readable.
 KEY_METRICS = 4
 TIMELINE_ROWS = 30
+CHART_POINTS = 1000  # per metric chart
 # The inbox weighs (gate check, diff against production) this many requests at most.
 REVIEWED_REQUESTS = 50
 TIMELINE_STAGES = (Stage.STAGING, Stage.PRODUCTION, Stage.ARCHIVED)
@@ -171,13 +172,9 @@ class PagesController(Controller):
         # Who put which version in staging, production or archived: every registration
         # also enters development, and a model with thousands of versions would list
         # thousands of those. The latest changes, newest first; the audit page has them all.
-        timeline = [
-            interval
-            for stage in TIMELINE_STAGES
-            for interval in await LifecycleController.timeline.fn(
-                None, request, name=name, stage=stage
-            )
-        ]
+        timeline = await LifecycleController.timeline.fn(
+            None, request, name=name, stage=list(TIMELINE_STAGES)
+        )
         recent = sorted(timeline, key=lambda t: t.from_position, reverse=True)[:TIMELINE_ROWS]
         policy = (await LifecycleController.read_policy.fn(None, request, name=name)).content
         places = await DeploymentsController.places.fn(None, request, name=name, as_of=when)
@@ -204,24 +201,25 @@ class PagesController(Controller):
                 name, VersionsController.read.fn(None, request, name=name, version=version)
             )
         ).content
-        series = await VersionsController.series.fn(None, request, name=name, version=version)
+        # Every metric's history in one query, a chart each.
+        histories = await VersionsController.histories.fn(
+            None, request, name=name, version=version, limit=CHART_POINTS
+        )
         charts = []
-        for one in series:
-            history = await VersionsController.metrics.fn(
-                None,
-                request,
-                name=name,
-                version=version,
-                key=one.key,
-                dataset=one.dataset,
-                cursor=None,
-                limit=1000,
-            )
-            label = one.key + (f" [{one.dataset}]" if one.dataset else "")
+        for one in histories:
+            label = one.series.key + (f" [{one.series.dataset}]" if one.series.dataset else "")
             charts.append(
-                line_chart(label, [Line(label, [(s.step, s.value) for s in history.items])])
+                line_chart(label, [Line(label, [(s.step, s.value) for s in one.samples])])
             )
-        return page(request, "version.html", version=row, series=series, charts=charts)
+        series = [h.series for h in histories]
+        return page(
+            request,
+            "version.html",
+            version=row,
+            series=series,
+            charts=charts,
+            chart_points=CHART_POINTS,
+        )
 
     @get("/models/{name:str}/versions/{version:int}/files/{file_path:path}")
     async def download(

@@ -119,6 +119,9 @@ MATRIX: dict[tuple[str, str], Row] = {
     ("GET", "/api/v1/models/{name}/versions/{version}/metrics/series"): Row(
         f"{V}/1/metrics/series", R
     ),
+    ("GET", "/api/v1/models/{name}/versions/{version}/metrics/histories"): Row(
+        f"{V}/1/metrics/histories?limit=10", R
+    ),
     ("GET", "/api/v1/models/{name}/versions/{version}/metrics/{key}/best"): Row(
         f"{V}/1/metrics/auc/best?dataset=holdout", R
     ),

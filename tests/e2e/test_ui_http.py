@@ -14,7 +14,7 @@ import pytest
 
 from service.ui.session import COOKIE
 from tests.support.registry_server import RegistryServer, registry_server
-from tests.support.ui_registry import API, UiRegistry, csrf_of, log_in, populate
+from tests.support.ui_registry import API, LINEAGE, UiRegistry, csrf_of, log_in, populate
 
 
 @pytest.fixture(scope="module")
@@ -428,3 +428,56 @@ def test_the_audit_page_shows_the_verify_result_with_the_head_hash(
     ).json()
     assert "<strong>Both hash chains verify</strong>" in checked.text
     assert report["ok"] and f"position {report['head_position']}" in checked.text
+
+
+def test_the_version_page_shows_its_lineage_and_links_only_web_addresses(
+    browser: httpx.Client, server: RegistryServer, content: UiRegistry
+) -> None:
+    # given v3, registered with its datasets, code commit, run and Python version
+    log_in(browser, server.admin_token)
+
+    # when its page is opened
+    page = browser.get(f"/ui/models/{content.model}/versions/3")
+
+    # then the lineage names each of them, as recorded
+    lineage = page.text[page.text.index('id="lineage"') :]
+    code, run = LINEAGE["code"], LINEAGE["run"]
+    assert f"at commit <code>{code['commit']}</code>, path <code>train.py</code>" in lineage
+    assert f'<a href="{run["url"]}" rel="noopener noreferrer">run-42</a> (mlflow)' in lineage
+    for dataset in LINEAGE["datasets"]:
+        row = f'<th scope="row">{dataset["name"]}</th><td>{dataset["role"]}</td>'
+        assert row in lineage and dataset["digest"] in lineage
+    assert "3.11.9" in lineage
+    # and a version without any says so rather than showing nothing
+    bare = browser.get(f"/ui/models/{content.model}/versions/1")
+    assert "<dt>Code</dt><dd>not recorded</dd>" in bare.text
+
+
+def test_a_recorded_uri_that_is_not_a_web_address_is_never_a_link(
+    browser: httpx.Client, server: RegistryServer, content: UiRegistry
+) -> None:
+    # given a version whose run URL is a script URI (a URI with a scheme, so it is accepted)
+    admin = {"Authorization": f"Bearer {server.admin_token}"}
+    artifact = {"path": "m", "external": True, "uri": "s3://m", "sha256": "ef" * 32, "size": 1}
+    made = browser.post(
+        f"{API}/models/{content.hidden}/versions",
+        headers=admin,
+        json={"artifacts": [artifact], "run": {"run_id": "r1", "url": "javascript:alert(1)"}},
+    )
+    assert made.status_code == 201, made.text
+    number = made.json()["version"]
+    shown = browser.get(
+        f"{API}/models/{content.hidden}/versions/{number}",
+        params={"min_position": made.json()["position"]},
+        headers=admin,
+    )
+    assert shown.status_code == 200  # the views have it
+    log_in(browser, server.admin_token)
+
+    # when its page is shown
+    page = browser.get(f"/ui/models/{content.hidden}/versions/{number}")
+
+    # then the URI is shown as text, not as something to click
+    assert page.status_code == 200
+    assert 'href="javascript:' not in page.text
+    assert "<code>r1</code>" in page.text

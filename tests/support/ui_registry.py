@@ -29,6 +29,36 @@ class UiRegistry:
     deployed_at: int  # the position of the deployment's success report
 
 
+# What v3 records about where it came from (the version page's lineage).
+LINEAGE: dict[str, Any] = {
+    "code": {
+        "repository": "https://git.example.com/risk/fraud",
+        "commit": "3f9c2a1b7d4e5f60718293a4b5c6d7e8f9012345",
+        "path": "train.py",
+    },
+    "datasets": [
+        {
+            "name": "transactions-2026q1",
+            "uri": "s3://data/transactions/2026q1.parquet",
+            "digest": "sha256:" + "1f" * 32,
+            "role": "train",
+        },
+        {
+            "name": "holdout-2026q1",
+            "uri": "s3://data/holdout/2026q1.parquet",
+            "digest": "sha256:" + "2e" * 32,
+            "role": "validation",
+        },
+    ],
+    "run": {
+        "run_id": "run-42",
+        "url": "https://mlflow.example.com/#/runs/run-42",
+        "tracker": "mlflow",
+    },
+    "dependencies": {"python_version": "3.11.9"},
+}
+
+
 def _ok(response: httpx.Response) -> Any:
     assert response.status_code < 300, f"{response.status_code}: {response.text}"
     return response.json()
@@ -125,6 +155,7 @@ def populate(http: httpx.Client, admin: str) -> UiRegistry:
                         }
                     ],
                     "params": {"depth": 4 + number, "lr": 0.1},
+                    **(LINEAGE if number == 3 else {}),
                 },
             )
         )

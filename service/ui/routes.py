@@ -16,7 +16,7 @@ from typing import Annotated, Any, TypeVar
 
 from litestar import Controller, Request, Response, get, post
 from litestar.enums import RequestEncodingType
-from litestar.params import Body, FromPath, FromQuery, Parameter
+from litestar.params import Body, FromPath, FromQuery, QueryParameter
 from litestar.response import Redirect, Template
 
 from eventlog.freshness import freshness
@@ -51,12 +51,15 @@ REVIEWED_REQUESTS = 50
 TIMELINE_STAGES = (Stage.STAGING, Stage.PRODUCTION, Stage.ARCHIVED)
 
 
-async def _visible(name: str, read: Awaitable[T]) -> T:
-    """``read`` of model ``name``; out of scope answers as if the model did not exist."""
+async def _visible(name: str, read: Awaitable[T], *, what: str = "") -> T:
+    """``read`` (or write) of model ``name``; out of the caller's scope it answers as if the
+    model (or ``what``) did not exist. A permission the caller's role lacks stays a 403."""
     try:
         return await read
-    except PermissionDeniedError:
-        raise NotFoundError(f"model {name!r} does not exist") from None
+    except PermissionDeniedError as exc:
+        if exc.scope is None or not exc.scope.startswith("model "):
+            raise
+        raise NotFoundError(what or f"model {name!r} does not exist") from None
 
 
 def page(request: Request[Any, Any, Any], template: str, **context: Any) -> Template:
@@ -110,14 +113,14 @@ class PagesController(Controller):
     async def models(
         self,
         request: Request[Any, Any, Any],
-        q: str = "",
-        tag: str = "",
-        stage: str = "",
-        alias: str = "",
-        owner: str = "",
-        metric: str = "",
-        as_of: str = "",
-        cursor: str = "",
+        q: FromQuery[str] = "",
+        tag: FromQuery[str] = "",
+        stage: FromQuery[str] = "",
+        alias: FromQuery[str] = "",
+        owner: FromQuery[str] = "",
+        metric: FromQuery[str] = "",
+        as_of: FromQuery[str] = "",
+        cursor: FromQuery[str] = "",
     ) -> Template:
         form = SearchForm(
             q=q,
@@ -152,8 +155,8 @@ class PagesController(Controller):
         self,
         request: Request[Any, Any, Any],
         name: FromPath[str],
-        as_of: str = "",
-        cursor: str = "",
+        as_of: FromQuery[str] = "",
+        cursor: FromQuery[str] = "",
     ) -> Template:
         """The model (as it stood ``as_of`` a past position or time, if given); its versions
         a page at a time, newest first."""
@@ -244,7 +247,7 @@ class PagesController(Controller):
         name: FromPath[str],
         versions: Annotated[str, FromQuery] = "",
         v: Annotated[list[int] | None, FromQuery] = None,
-        with_production: bool = False,
+        with_production: FromQuery[bool] = False,
     ) -> Template:
         # The model page's checkboxes send v=1&v=2; the text field sends versions=1,2.
         versions = ",".join([*([versions] if versions.strip() else []), *map(str, v or ())])
@@ -286,8 +289,8 @@ class PagesController(Controller):
     async def approvals(
         self,
         request: Request[Any, Any, Any],
-        done: str = "",
-        position: Annotated[int | None, Parameter(ge=0, le=MAX_POSITION)] = None,
+        done: FromQuery[str] = "",
+        position: Annotated[int | None, QueryParameter(ge=0, le=MAX_POSITION)] = None,
     ) -> Template:
         """Requests waiting for me and all open ones, each with what an approver weighs: the
         gate check the API's dry run answers now, and the diff against production. After a
@@ -325,8 +328,11 @@ class PagesController(Controller):
             if data.decision == "approve"
             else PromotionsController.reject
         )
-        written = await handler.fn(
-            None, request, request_id=request_id, data=Decision(comment=data.comment)
+        # A request on a model outside the approver's scope does not exist for it.
+        written = await _visible(
+            request_id,
+            handler.fn(None, request, request_id=request_id, data=Decision(comment=data.comment)),
+            what=f"no promotion request {request_id!r}",
         )
         position = written.content.position
         return Redirect(
@@ -337,14 +343,14 @@ class PagesController(Controller):
     async def audit(
         self,
         request: Request[Any, Any, Any],
-        model: str = "",
-        actor: str = "",
-        type: str = "",
-        since: str = "",
-        until: str = "",
-        as_of: str = "",
-        cursor: Annotated[int | None, Parameter(ge=0, le=MAX_POSITION)] = None,
-        verify: bool = False,
+        model: FromQuery[str] = "",
+        actor: FromQuery[str] = "",
+        type: FromQuery[str] = "",
+        since: FromQuery[str] = "",
+        until: FromQuery[str] = "",
+        as_of: FromQuery[str] = "",
+        cursor: Annotated[int | None, QueryParameter(ge=0, le=MAX_POSITION)] = None,
+        verify: FromQuery[bool] = False,
     ) -> Template:
         """A model's events or everything one actor did, filtered by type and business time
         (``since <= occurred_at < until``), as the registry stood ``as_of`` a past position or

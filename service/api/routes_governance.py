@@ -6,7 +6,7 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 from litestar import Controller, Request, Response, delete, get, post, put
-from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
+from litestar.params import FromPath, JSONBody, QueryParameter
 
 from eventlog.keys import model_names
 from events.access import Permission
@@ -199,7 +199,10 @@ class LifecycleController(Controller):
         self,
         request: Request[Any, Any, Any],
         name: FromPath[str],
-        stage: FromQuery[Stage | None] = None,
+        stage: Annotated[
+            list[Stage] | None,
+            QueryParameter(description="Only these stages (repeat the parameter for several)"),
+        ] = None,
         at: Annotated[
             str | None,
             QueryParameter(
@@ -208,14 +211,15 @@ class LifecycleController(Controller):
         ] = None,
         min_position: MinPosition = None,
     ) -> list[StageInterval]:
-        """Which version held each stage from when to when; with ``stage`` and ``at``, the holder then."""
+        """Which version held each stage (of ``stage``, if given) from when to when; with
+        ``at``, the holders then."""
         require(principal_of(request), Permission.READ, name)
         services = services_of(request)
         model_id, _ = await services.registry.locate(name)
         async with read_views(services, TIMELINE, as_of=None, min_position=min_position) as reader:
             if at is not None:
                 moment = parse_as_of(at, "at")
-                stages = [stage] if stage else list(Stage)
+                stages = stage or list(Stage)
                 held: list[StageInterval] = []
                 for s in stages:
                     held.extend(

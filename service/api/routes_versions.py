@@ -23,7 +23,12 @@ from events.version_content import VersionContent, validate_content
 from projections.paging import InvalidQueryError, Page
 from projections.search import VersionQuery, search_versions
 from projections.views import metric_history, model_catalogue, model_versions
-from projections.views.metric_history import Comparison, MetricSample, MetricSeries
+from projections.views.metric_history import (
+    Comparison,
+    MetricHistory,
+    MetricSample,
+    MetricSeries,
+)
 from projections.views.model_versions import MetricValue, VersionRow
 from service.api.auth import require
 from service.api.common import (
@@ -377,6 +382,33 @@ class VersionsController(Controller):
             services, METRICS, as_of=as_of, min_position=min_position, model_id=model_id
         ) as reader:
             return await metric_history.metric_series(reader.conn, reader.names, model_id, version)
+
+    @get("/{version:int}/metrics/histories")
+    async def histories(
+        self,
+        request: Request[Any, Any, Any],
+        name: FromPath[str],
+        version: VersionNumber,
+        limit: Annotated[
+            int, QueryParameter(ge=1, le=10_000, description="Points per series at most")
+        ] = 1000,
+        as_of: AsOf = None,
+        min_position: MinPosition = None,
+    ) -> tuple[MetricHistory, ...]:
+        """Every metric series of the version with its first ``limit`` points in step order,
+        in one answer: what a dashboard needs to draw a chart per metric."""
+        require(principal_of(request), Permission.READ, name)
+        services = services_of(request)
+        model_id, _ = await services.registry.locate(name)
+        async with read_views(
+            services, METRICS, as_of=as_of, min_position=min_position, model_id=model_id
+        ) as reader:
+            try:
+                return await metric_history.metric_histories(
+                    reader.conn, reader.names, model_id, version, limit=limit
+                )
+            except InvalidQueryError as exc:
+                raise _bad_query(exc) from None
 
     @get("/{version:int}/metrics/{key:str}/best")
     async def best(

@@ -18,7 +18,7 @@ import msgspec
 from events.errors import DomainError, NotFoundError
 from events.model.commands import RequestPromotion, TransitionStage
 from events.model.decider import MODEL
-from events.policy import requirement
+from events.policy import GateResult, evaluate_gates, requirement
 from events.stages import Stage
 from service.commands.registry import Registry
 
@@ -37,6 +37,9 @@ class GateCheck(msgspec.Struct, frozen=True, kw_only=True):
     code: str | None = None
     reason: str | None = None
     details: dict[str, Any] = msgspec.field(default_factory=dict)
+    # Each metric gate of the move with the values it was judged on (the version's and,
+    # for a gate against production, production's): why it passes or which one fails.
+    gates: list[GateResult] = msgspec.field(default_factory=list)
 
 
 async def check_transition(
@@ -49,9 +52,11 @@ async def check_transition(
     registry_policy = await registry.registry_policy()
     now = registry.now()
     approvals = 0
+    gates: list[GateResult] = []
     try:
         needed = requirement(state.effective_policy(registry_policy), current.stage, to_stage, None)
         approvals = needed.approvals
+        gates = list(evaluate_gates(needed.gates, version, state.production, metrics))
         command: TransitionStage | RequestPromotion
         if approvals == 0:
             command = TransitionStage(
@@ -89,6 +94,7 @@ async def check_transition(
             code=exc.code,
             reason=str(exc),
             details=dict(exc.details),
+            gates=gates,
         )
     return GateCheck(
         model=name,
@@ -99,4 +105,5 @@ async def check_transition(
         outcome="direct" if approvals == 0 else "needs_approval",
         approvals_required=approvals,
         would_record=[e.event_type for e in events],
+        gates=gates,
     )

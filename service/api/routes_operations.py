@@ -423,6 +423,8 @@ class TokensController(Controller):
         outcome = await revoke_token(
             services.executor, token_id, actor=principal.name, reason=reason
         )
+        # Refused here from now on, without waiting for the NOTIFY (other processes get it).
+        services.auth.tokens.forget()
         return receipt(await services.registry.written_from("", outcome))
 
     @get("/me")

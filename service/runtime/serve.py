@@ -128,14 +128,20 @@ def background_workers(state: AppState) -> list[Worker]:
 
 def api_workers(state: AppState) -> list[Worker]:
     """The loops that run beside the API in roles ``all`` and ``api``: the seal listener
-    wakes this process's writes waiting for their log position, wherever the sealer runs."""
+    wakes this process's writes waiting for their log position, wherever the sealer runs;
+    the token listener lets authentication answer from memory (``TokenAuthenticator``)."""
     listener = Listener(
         _connector(state, "modelreg-seal"),
         sealed_channel(state.settings.db_schema),
         state.seal_signal.notify,
     )
+    # Tokens are answered from memory only while this LISTEN hears of every token change.
+    tokens = state.services.auth.tokens.listen(
+        _connector(state, "modelreg-tokens"), state.settings.db_schema
+    )
     return [
         Worker("seal-listener", listener.run),
+        Worker("token-listener", tokens.run),
         Worker("denials", state.services.denials.run),
     ]
 

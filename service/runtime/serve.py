@@ -364,9 +364,15 @@ async def open_state(
         )
 
     # Local appends wake the local sealer (appends of other replicas are found by polling);
-    # the seal listener (api_workers) rings `sealed` for the writes waiting on a position.
+    # the local sealer hands the positions it committed to `sealed`, and the seal listener
+    # (api_workers) rings it for seals made by a sealer elsewhere.
     sealed = SealSignal()
-    sealer = Sealer(connect_sealer, settings.db_schema, idle_interval=settings.sealer_idle_interval)
+    sealer = Sealer(
+        connect_sealer,
+        settings.db_schema,
+        idle_interval=settings.sealer_idle_interval,
+        on_sealed=sealed.sealed,
+    )
     try:
         pepper = _pepper(settings)
         try:

@@ -378,6 +378,9 @@ class TokensController(Controller):
             )
             state = outcome.state
             secret = None if outcome.replayed else secret
+            # Answer once sealed, like every other write: a read of the log that follows
+            # (GET /events, an audit feed) then shows the token's issue.
+            await services.registry.written_from("", outcome)
         return IssuedToken(
             token_id=state.token_id,
             principal=state.principal,

@@ -1,7 +1,8 @@
 """``modelreg serve`` with wall-clock timers around the phases of a write (for
 ``bench.write_profile``; never imported by the service).
 
-Run as ``python -m bench.write_probe``: it wraps a few methods in timers, then starts the
+Run as ``python -P bench/write_probe.py`` with the served checkout on ``PYTHONPATH``
+(it imports nothing from ``bench``): it wraps a few methods in timers, then starts the
 ordinary ``modelreg serve``. On SIGUSR1 it writes what it measured since the last SIGUSR1
 to ``$MODELREG_PROBE_OUT`` (JSON: phase -> list of seconds) and starts afresh.
 """

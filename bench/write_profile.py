@@ -1,6 +1,7 @@
 """Where one registering client's time goes (issue 17): wall-clock phases and CPU samples.
 
-    python -m bench.write_profile [--seconds 15] [--database-url URL] [--no-py-spy]
+    python -m bench.write_profile [--seconds 15] [--checkout DIR] [--database-url URL]
+                                  [--no-py-spy] [--raw-out FILE]
 
 Starts ``modelreg serve`` (role ``all``, embedded NATS, a fresh database) through
 ``bench.write_probe``, which times the phases of each write in the server itself, seeds
@@ -76,7 +77,9 @@ def categorise(raw: str) -> Counter[str]:
     return counts
 
 
-def start_probed(pg_url: str, workdir: Path, token: str) -> tuple[Process, str, Path]:
+def start_probed(
+    pg_url: str, workdir: Path, token: str, checkout: Path
+) -> tuple[Process, str, Path]:
     out = workdir / "probe.json"
     env = {k: v for k, v in os.environ.items() if not k.startswith("MODELREG_")} | {
         "MODELREG_DATABASE_URL": on_database(pg_url, DATABASE),
@@ -85,10 +88,13 @@ def start_probed(pg_url: str, workdir: Path, token: str) -> tuple[Process, str, 
         "MODELREG_PORT": "0",
         "MODELREG_BOOTSTRAP_TOKEN": token,
         "MODELREG_PROBE_OUT": str(out),
-        "PYTHONPATH": str(REPO),
+        "PYTHONPATH": str(checkout),
     }
-    argv = [sys.executable, "-m", "bench.write_probe"]
-    process = Process("modelreg serve (probed)", argv, workdir / "modelreg.log", env=env, cwd=REPO)
+    # -P: the probe's folder (bench/, whose modules shadow packages) stays off sys.path.
+    argv = [sys.executable, "-P", str(REPO / "bench" / "write_probe.py")]
+    process = Process(
+        "modelreg serve (probed)", argv, workdir / "modelreg.log", env=env, cwd=checkout
+    )
 
     def url_of() -> str | None:
         found = SERVING.search(process.log_path.read_text(errors="replace"))
@@ -113,6 +119,7 @@ def main() -> None:
     parser.add_argument("--database-url")
     parser.add_argument("--no-py-spy", action="store_true")
     parser.add_argument("--raw-out", help="keep py-spy's raw samples in this file")
+    parser.add_argument("--checkout", help="serve this checkout of modelreg instead of this one")
     args = parser.parse_args()
     wrk = ensure_wrk()
     py_spy = None if args.no_py_spy else shutil.which("py-spy")
@@ -120,7 +127,8 @@ def main() -> None:
     with postgres(args.database_url) as pg_url, tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         asyncio.run(recreate_database(pg_url))
-        server, url, out = start_probed(pg_url, workdir, token)
+        checkout = Path(args.checkout).resolve() if args.checkout else REPO
+        server, url, out = start_probed(pg_url, workdir, token, checkout)
         try:
             marker = seed(url, token, 50)
             script = workdir / "create_version.lua"

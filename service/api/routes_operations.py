@@ -396,6 +396,9 @@ class TokensController(Controller):
             )
             state = outcome.state
             secret = None if outcome.replayed else secret
+            # Answer once sealed, like every other write: a read of the log that follows
+            # (GET /events, an audit feed) then shows the token's issue.
+            await services.registry.written_from("", outcome)
         return IssuedToken(
             token_id=state.token_id,
             principal=state.principal,
@@ -441,6 +444,8 @@ class TokensController(Controller):
         outcome = await revoke_token(
             services.executor, token_id, actor=principal.name, reason=reason
         )
+        # Refused here from now on, without waiting for the NOTIFY (other processes get it).
+        services.auth.tokens.forget()
         return receipt(await services.registry.written_from("", outcome))
 
     @get("/me")

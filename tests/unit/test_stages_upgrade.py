@@ -38,9 +38,10 @@ def test_a_history_recorded_under_the_stage_enum_folds_to_the_same_state() -> No
     # when today's code decodes and folds them
     state = MODEL.fold(_fold(recorded))
     # then the state is byte for byte the one the old code folded
-    assert msgspec.json.encode(state) + b"\n" == (
-        GOLDEN / "stages_before_custom.state.json"
-    ).read_bytes()
+    assert (
+        msgspec.json.encode(state) + b"\n"
+        == (GOLDEN / "stages_before_custom.state.json").read_bytes()
+    )
     assert {n: v.stage for n, v in state.versions.items()} == {
         1: Stage.STAGING,
         2: Stage.ARCHIVED,

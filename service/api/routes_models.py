@@ -19,7 +19,7 @@ from events.model.commands import (
     SetModelTags,
     UpdateModelDescription,
 )
-from events.stages import Stage
+from events.names import validate_stage_name
 from projections.paging import InvalidQueryError, Page
 from projections.search import ModelQuery, search_models
 from projections.views import model_catalogue, model_versions
@@ -96,7 +96,7 @@ class ModelsController(Controller):
             list[str] | None, QueryParameter(description="key=value or key; repeat for AND")
         ] = None,
         stage: Annotated[
-            list[Stage] | None, QueryParameter(description="Has a version in this stage")
+            list[str] | None, QueryParameter(description="Has a version in this stage")
         ] = None,
         alias: FromQuery[str | None] = None,
         owner: FromQuery[str | None] = None,
@@ -119,7 +119,7 @@ class ModelsController(Controller):
             q=q,
             owner=owner,
             tags=tuple(tag or ()),
-            stages=tuple(stage or ()),
+            stages=tuple(validate_stage_name(s) for s in stage or ()),
             alias=alias,
             metrics=tuple(metric or ()),
             archived=archived,

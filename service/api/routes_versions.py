@@ -18,7 +18,7 @@ from events.model.commands import (
     SetVersionTags,
     UpdateVersionDescription,
 )
-from events.stages import Stage
+from events.names import validate_stage_name
 from events.version_content import VersionContent, validate_content
 from projections.paging import InvalidQueryError, Page
 from projections.search import VersionQuery, search_versions
@@ -90,6 +90,8 @@ class VersionsController(Controller):
             content=content,
             description=data.description,
             tags=data.tags,
+            # Where the version starts: the initial stage of the policy in force.
+            registry_policy=await registry.registry_policy(),
         )
 
         async def append(guards: Guards | None) -> Written:
@@ -122,7 +124,7 @@ class VersionsController(Controller):
         name: FromPath[str],
         q: Annotated[str | None, QueryParameter(description="Substring of the model name")] = None,
         tag: FromQuery[list[str] | None] = None,
-        stage: FromQuery[list[Stage] | None] = None,
+        stage: FromQuery[list[str] | None] = None,
         alias: FromQuery[str | None] = None,
         metric: FromQuery[list[str] | None] = None,
         deprecated: FromQuery[bool | None] = None,
@@ -143,7 +145,7 @@ class VersionsController(Controller):
         query = VersionQuery(
             q=q,
             tags=tuple(tag or ()),
-            stages=tuple(stage or ()),
+            stages=tuple(validate_stage_name(s) for s in stage or ()),
             alias=alias,
             metrics=tuple(metric or ()),
             deprecated=deprecated,

@@ -19,7 +19,6 @@ from events.errors import DomainError, NotFoundError
 from events.model.commands import RequestPromotion, TransitionStage
 from events.model.decider import MODEL
 from events.policy import requirement
-from events.stages import Stage
 from service.commands.registry import Registry
 
 
@@ -40,7 +39,7 @@ class GateCheck(msgspec.Struct, frozen=True, kw_only=True):
 
 
 async def check_transition(
-    registry: Registry, name: str, version: int, to_stage: Stage, *, actor: str
+    registry: Registry, name: str, version: int, to_stage: str, *, actor: str
 ) -> GateCheck:
     """Decide the move without appending; a missing model or version raises (404)."""
     model_id, _, state = await registry.model(name)

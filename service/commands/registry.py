@@ -33,7 +33,6 @@ from events.model.state import ModelState
 from events.names import validate_model_name
 from events.policy import GovernancePolicy, requirement
 from events.registry_policy import REGISTRY_POLICY, SetRegistryPolicy
-from events.stages import Stage
 from events.streams import (
     REGISTRY_POLICY_STREAM,
     metrics_stream,
@@ -248,7 +247,7 @@ class Registry:
         self,
         name: str,
         version: int,
-        to_stage: Stage,
+        to_stage: str,
         *,
         actor: str,
         comment: str,

@@ -19,7 +19,8 @@ from litestar.response import Redirect, Template
 
 from eventlog.freshness import freshness
 from eventlog.keys import model_names
-from events.errors import NotFoundError, ValidationError
+from events.errors import NotFoundError
+from events.names import validate_stage_name
 from events.stages import Stage
 from service.api.common import MAX_POSITION, principal_of, services_of
 from service.api.problems import PermissionDeniedError
@@ -39,7 +40,6 @@ PUBLIC = {"public": True}
 # Key metrics in the versions table: the first few, so the table stays readable.
 KEY_METRICS = 4
 TIMELINE_ROWS = 30
-TIMELINE_STAGES = (Stage.STAGING, Stage.PRODUCTION, Stage.ARCHIVED)
 
 
 async def _visible(name: str, read: Awaitable[T]) -> T:
@@ -136,7 +136,13 @@ class PagesController(Controller):
             as_of=form.as_of or None,
             min_position=None,
         )
-        return page(request, "models.html", form=form, page=found, stages=[s.value for s in Stage])
+        # The registry policy's stages, then the default four (models may keep their own).
+        registry_policy = await services_of(request).registry.registry_policy()
+        stages = list(dict.fromkeys([*registry_policy.stage_names(), *(str(s) for s in Stage)]))
+        shown = [s for s in stages if s != registry_policy.initial() and s != Stage.ARCHIVED]
+        return page(
+            request, "models.html", form=form, page=found, stages=stages, shown_stages=shown
+        )
 
     @get("/models/{name:str}")
     async def model(
@@ -163,15 +169,22 @@ class PagesController(Controller):
         # Who put which version in staging, production or archived: every registration
         # also enters development, and a model with thousands of versions would list
         # thousands of those. The latest changes, newest first; the audit page has them all.
+        policy = (await LifecycleController.read_policy.fn(None, request, name=name)).content
+        # Every stage but the initial one (each registration enters it), whatever the
+        # policy calls them; then the default four, which older history may hold.
+        timeline_stages = [
+            s
+            for s in dict.fromkeys([*(d.name for d in policy.stages), *(str(s) for s in Stage)])
+            if s != policy.initial_stage
+        ]
         timeline = [
             interval
-            for stage in TIMELINE_STAGES
+            for stage in timeline_stages
             for interval in await LifecycleController.timeline.fn(
                 None, request, name=name, stage=stage
             )
         ]
         recent = sorted(timeline, key=lambda t: t.from_position, reverse=True)[:TIMELINE_ROWS]
-        policy = (await LifecycleController.read_policy.fn(None, request, name=name)).content
         places = await DeploymentsController.places.fn(None, request, name=name, as_of=when)
         metric_keys = sorted({(m.key, m.dataset) for v in versions.items for m in v.metrics})
         return page(
@@ -182,6 +195,7 @@ class PagesController(Controller):
             timeline=recent,
             places=places,
             timeline_total=len(timeline),
+            timeline_stages=timeline_stages,
             policy=policy,
             metric_keys=metric_keys[:KEY_METRICS],
             as_of=as_of,
@@ -367,8 +381,5 @@ def _best(versions: tuple[int, ...], values: tuple[float | None, ...], key: str)
     return (min(present) if lower else max(present))[1]
 
 
-def _stage(text: str) -> Stage:
-    try:
-        return Stage(text)
-    except ValueError:
-        raise ValidationError("stage", "enum", f"stage is one of {', '.join(Stage)}") from None
+def _stage(text: str) -> str:
+    return validate_stage_name(text)

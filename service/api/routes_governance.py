@@ -94,8 +94,10 @@ async def _refuse_stranding(services: Services, policy: GovernancePolicy) -> Non
     concerned). A version moved into a dropped stage between this check and the append can
     still be brought back by an admin restore, which accepts a stage the policy dropped."""
     head = (await freshness(services.pool, [model_versions.PROJECTION.name])).head
+    if head == 0:
+        return  # an empty log holds no version
     async with read_views(
-        services, [model_versions.PROJECTION], as_of=None, min_position=head or None
+        services, [model_versions.PROJECTION], as_of=None, min_position=head
     ) as reader:
         rows = await reader.conn.fetch(
             f"SELECT DISTINCT model_id FROM {reader.names.model_versions}"

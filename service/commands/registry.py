@@ -271,7 +271,8 @@ class Registry:
             opened.clear()
             policy = state.effective_policy(registry_policy)
             staying = archive_existing and current.stage == to_stage  # nothing to approve
-            if staying or requirement(policy, current.stage, to_stage, None).approvals == 0:
+            # ``to``: the field the HTTP body names the target stage in.
+            if staying or requirement(policy, current.stage, to_stage, None, "to").approvals == 0:
                 return TransitionStage(
                     actor=actor,
                     now=now,

@@ -216,6 +216,8 @@ class StartDeployment(Command, frozen=True, kw_only=True):
     desired_stage: StageName | None = None
     desired_alias: str | None = None
     comment: str = ""
+    # The desired stage must be one the policy in force defines.
+    registry_policy: GovernancePolicy = DEFAULT_POLICY
 
 
 class ReportDeploymentSucceeded(Command, frozen=True, kw_only=True):

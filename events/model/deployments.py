@@ -35,8 +35,8 @@ from events.names import (
     validate_comment,
     validate_id,
     validate_place,
-    validate_stage_name,
 )
+from events.policy import require_stage
 from events.stages import Stage
 
 
@@ -74,10 +74,11 @@ def start_deployment(command: StartDeployment, state: ModelState) -> list[ModelE
             "desired_alias", "one_of", "a deployment follows a stage or an alias, not both"
         )
     if command.desired_stage is not None:
-        validate_stage_name(command.desired_stage, "desired_stage")
-        if command.desired_stage == Stage.ARCHIVED:
+        policy = state.effective_policy(command.registry_policy)
+        require_stage(policy, command.desired_stage, "desired_stage")
+        if policy.is_terminal(command.desired_stage):
             raise ValidationError(
-                "desired_stage", "not_archived", "a deployment cannot follow the archived stage"
+                "desired_stage", "not_archived", "a deployment cannot follow a terminal stage"
             )
     if command.desired_alias is not None:
         validate_alias(command.desired_alias, "desired_alias")

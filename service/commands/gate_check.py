@@ -18,7 +18,7 @@ import msgspec
 from events.errors import DomainError, NotFoundError
 from events.model.commands import RequestPromotion, TransitionStage
 from events.model.decider import MODEL
-from events.policy import requirement
+from events.policy import require_stage, requirement
 from service.commands.registry import Registry
 
 
@@ -46,6 +46,8 @@ async def check_transition(
     current = state.version(version)  # NotFoundError names the version
     metrics = await registry.metric_snapshot(model_id, [version, state.production])
     registry_policy = await registry.registry_policy()
+    # A stage the policy does not define is a bad question (422), not a refused move.
+    require_stage(state.effective_policy(registry_policy), to_stage, "to")
     now = registry.now()
     approvals = 0
     try:

@@ -7,13 +7,16 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 from typer.testing import CliRunner, Result
 
 from service.cli.main import build
 from service.client import Client
+from service.client.models import ArtifactEntry
 from tests.e2e.test_custom_stages_http import GLOSSARY_POLICY
 from tests.support.registry_server import RegistryServer, registry_server
+from tests.support.ui_registry import log_in
 
 APP = build()
 
@@ -72,3 +75,40 @@ def test_a_model_on_the_glossary_lifecycle_from_the_cli_and_the_client(
     # and a stage the policy does not define is refused with its field and rule
     refused = run(server, "stage", "cli-stages", "1", "development", code=1)
     assert "undefined_stage" in refused.stderr or "undefined_stage" in refused.stdout
+
+
+def test_the_ui_shows_a_model_s_own_lifecycle(server: RegistryServer) -> None:
+    # given a model on the glossary lifecycle with a version in training and one in staging
+    with Client(server.url, server.admin_token) as client:
+        client.create_model("ui-stages")
+        client.set_policy(GLOSSARY_POLICY, model="ui-stages")
+        for n in (1, 2):
+            client.register_version(
+                "ui-stages",
+                manifest=[
+                    ArtifactEntry(
+                        path="model.pkl",
+                        external=True,
+                        uri=f"s3://m/ui-stages/{n}",
+                        sha256=f"{n:064x}",
+                        size=n,
+                    )
+                ],
+                code=None,
+            )
+        client.transition("ui-stages", 2, "staging", comment="eval passed")
+        # a read through the client waits for the views to show its writes
+        assert client.get_version("ui-stages", 2).stage == "staging"
+    with httpx.Client(base_url=server.url, timeout=30.0) as browser:
+        log_in(browser, server.admin_token)
+        # when the model page and the search by a custom stage are opened
+        page = browser.get("/ui/models/ui-stages")
+        found = browser.get("/ui/", params={"stage": "training", "q": "ui-*"})
+    # then the page shows the policy's stages, the versions' custom stages, and the search
+    # finds the model by its custom stage
+    assert page.status_code == 200, page.text
+    assert "training</span> (initial)" in page.text
+    assert '<span class="stage training">training</span>' in page.text
+    assert "<dt>Staging</dt><dd>v2</dd>" in page.text
+    assert "<dt>Production</dt><dd>none</dd>" in page.text
+    assert found.status_code == 200 and "ui-stages" in found.text

@@ -20,6 +20,7 @@ from events.model.commands import (
     RejectPromotion,
     RemoveAlias,
     RequestPromotion,
+    RestoreVersion,
     Rollback,
     SetAlias,
     SetModelPolicy,
@@ -83,10 +84,6 @@ def policy_view(source: Literal["model", "registry"], policy: GovernancePolicy) 
     )
 
 
-# How many models that hold a version in a stage the new registry policy drops are named.
-_STRANDED_LIMIT = 100
-
-
 async def _refuse_stranding(services: Services, policy: GovernancePolicy) -> None:
     """Refuse a registry policy that would leave a version of a model following it in a
     stage it does not define. The versions view (brought up to the log's head) names the
@@ -101,9 +98,8 @@ async def _refuse_stranding(services: Services, policy: GovernancePolicy) -> Non
     ) as reader:
         rows = await reader.conn.fetch(
             f"SELECT DISTINCT model_id FROM {reader.names.model_versions}"
-            " WHERE NOT (stage = ANY($1::text[])) ORDER BY model_id LIMIT $2",
+            " WHERE NOT (stage = ANY($1::text[])) ORDER BY model_id",
             list(policy.stage_names()),
-            _STRANDED_LIMIT,
         )
     for row in rows:
         _, state = await services.registry.executor.state_of(model_stream(row["model_id"]), MODEL)
@@ -174,6 +170,41 @@ class LifecycleController(Controller):
             name, build, if_version=if_match(request), id_seed=seed_of(request)
         )
         return receipt(written, model=name)
+
+    @post("/versions/{version:int}/restore", status_code=200)
+    async def restore_version(
+        self,
+        request: Request[Any, Any, Any],
+        name: FromPath[str],
+        version: VersionNumber,
+        data: JSONBody[RollbackRequest],
+    ) -> Response[Receipt]:
+        """Bring an archived version (in a terminal stage, or in one its policy no longer
+        defines) back to the policy's initial stage. Admin only."""
+        principal = principal_of(request)
+        require(principal, Permission.ADMIN, name)
+        registry = services_of(request).registry
+
+        def build(
+            _model_id: str, _state: ModelState, policy: GovernancePolicy, _metrics: Metrics
+        ) -> RestoreVersion:
+            return RestoreVersion(
+                actor=principal.name,
+                now=registry.now(),
+                registry_policy=policy,
+                version=version,
+                reason=data.reason,
+                actor_is_admin=True,
+            )
+
+        written = await registry.governed(
+            name,
+            build,
+            metric_versions=lambda _state: [],
+            if_version=if_match(request),
+            id_seed=seed_of(request),
+        )
+        return receipt(written, model=name, version=version)
 
     @put("/aliases/{alias:str}")
     async def set_alias(

@@ -108,12 +108,21 @@ async def test_the_glossary_lifecycle_is_one_registry_policy_away(api: Api) -> N
     assert await stage_of(api, 2, position) == "production"
     assert await stage_of(api, 1, position) == "archived"
 
+    # when an admin restores the archived version 1 (a contributor may not), then it is
+    # back in the initial stage, training
+    forbidden = problem(
+        await api.post(f"{V}/1/restore", json={"reason": "needed again"}, as_=erin), 403
+    )
+    assert forbidden["code"] == "permission_denied"
+    restored = ok(await api.post(f"{V}/1/restore", json={"reason": "needed again"}))
+    assert await stage_of(api, 1, int(restored.headers["Modelreg-Position"])) == "training"
+
     # and lists filter by the custom stage; MLflow clients see it verbatim
     ok(await api.post(V, json={"artifacts": [artifact(3)]}, as_=erin), 201)
     made = ok(await api.post(V, json={"artifacts": [artifact(4)]}, as_=erin), 201)
     position = int(made.headers["Modelreg-Position"])
     page = ok(await api.get(f"{V}?stage=training&min_position={position}")).json()
-    assert sorted(v["version"] for v in page["items"]) == [3, 4]
+    assert sorted(v["version"] for v in page["items"]) == [1, 3, 4]
     mlflow = ok(await api.get(f"{MLFLOW}/model-versions/get?name=churn&version=3")).json()
     assert mlflow["model_version"]["current_stage"] == "training"
     mlflow = ok(await api.get(f"{MLFLOW}/model-versions/get?name=churn&version=2")).json()

@@ -49,6 +49,7 @@ _RESERVED_ALIAS = re.compile(r"latest|v[0-9]+")
 # Stage names are lower case too, so `Production` can never be a second `production`.
 STAGE_NAME_MAX = 64
 STAGE_NAME_CHARS = "a-z 0-9 _ -"
+STAGE_NAME_PATTERN = r"^[a-z][a-z0-9_-]*$"  # the same rule, for OpenAPI documents
 _STAGE_NAME = re.compile(r"[a-z][a-z0-9_-]*")
 # Deployment environments and targets (`prod`, `eu-west-1/k8s:churn-api`).
 _PLACE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/-]*")

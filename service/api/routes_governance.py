@@ -6,7 +6,7 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 from litestar import Controller, Request, Response, delete, get, post, put
-from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
+from litestar.params import FromPath, JSONBody, QueryParameter
 
 from eventlog.freshness import freshness
 from eventlog.keys import model_names
@@ -28,7 +28,7 @@ from events.model.commands import (
 from events.model.decider import MODEL
 from events.model.registration import require_stages_kept
 from events.model.state import ModelState
-from events.names import validate_stage_name
+from events.names import STAGE_NAME_MAX, STAGE_NAME_PATTERN, validate_stage_name
 from events.policy import GovernancePolicy, validate_policy
 from events.stages import Stage, StageDefinition
 from events.streams import model_stream
@@ -284,7 +284,14 @@ class LifecycleController(Controller):
         self,
         request: Request[Any, Any, Any],
         name: FromPath[str],
-        stage: FromQuery[str | None] = None,
+        stage: Annotated[
+            str | None,
+            QueryParameter(
+                description="Only this stage",
+                pattern=STAGE_NAME_PATTERN,
+                max_length=STAGE_NAME_MAX,
+            ),
+        ] = None,
         at: Annotated[
             str | None,
             QueryParameter(

@@ -739,7 +739,7 @@ STAGES = [
         "a malformed stage on the timeline",
         "GET",
         f"{M}/churn/timeline?stage=LIVE",
-        422,
+        400,
         "stage",
         "pattern",
     ),

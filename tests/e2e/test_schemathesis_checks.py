@@ -35,7 +35,8 @@ M = "/api/v1/models"
 # query values; nested policy and version-content structs (their names, unknown fields,
 # artifact list); rules that depend on the server's settings (the blob size cap, presigned
 # URLs only with the S3 store: opening an upload session); a webhook URL that must name a
-# public http(s) address.
+# public http(s) address; a stage the model's policy defines (custom stages: a well-formed
+# name the policy does not define is a 422 on a move and on its gate check).
 COMPARED = [positive_data_acceptance, negative_data_rejection]
 NOT_YET_EXACT = frozenset(
     {
@@ -48,6 +49,8 @@ NOT_YET_EXACT = frozenset(
         "PUT /api/v1/models/{name}/policy",
         "PUT /api/v1/policy",
         "POST /api/v1/models/{name}/promotions",
+        "POST /api/v1/models/{name}/versions/{version}/stage",
+        "GET /api/v1/models/{name}/versions/{version}/gate",
         "POST /api/v1/models/{name}/deployments/report",
         "POST /api/v1/models/{name}/versions/{version}/deployments",
         "GET /api/v1/events",

@@ -4,7 +4,9 @@ policies that would strand versions are refused with problem+json naming field a
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -173,3 +175,13 @@ async def test_a_malformed_lifecycle_is_a_problem_naming_field_and_rule(api: Api
     body = {**GLOSSARY_POLICY, "initial_stage": "Training"}
     initial = problem(await api.put("/api/v1/policy", json={"policy": body}), 422)
     assert (initial["field"], initial["rule"]) == ("policy.initial_stage", "pattern")
+
+
+def test_the_readme_shows_the_policy_this_file_runs() -> None:
+    # given the README's custom-stages example
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    start = readme.index("echo '", readme.index("## Custom stages")) + len("echo '")
+    # when its policy document is read, then it is the one these tests set and move through
+    assert json.loads(readme[start : readme.index("' > lifecycle.json", start)]) == (
+        GLOSSARY_POLICY
+    )

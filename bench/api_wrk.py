@@ -14,7 +14,10 @@ is seeded with ``--versions`` versions and an alias. Workloads, each for ``--sec
 get one version, get by alias, one page of 100 versions, and registering new versions
 (a wrk Lua script gives every request its own artifact digest) with 1 connection and with
 ``--connections``. For each: requests/s, p50, p99, non-2xx answers, and wrk's own CPU use
-(CPU seconds per wall second; near 1.0 means the generator, not the server, is the limit).
+(CPU seconds per wall second; near 1.0 means the generator, not the server, is the limit),
+and the CPU ms per request of the server's process group and of its Postgres backends
+(from /proc, less the idle burn measured for 3 s before the first workload): on a machine
+shared with other jobs these move far less than req/s.
 
 ``--checkout DIR`` serves another checkout of modelreg (e.g. a ``git worktree`` at an
 older commit) with this venv's packages: the before/after comparison of a change.
@@ -32,7 +35,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import asyncpg
@@ -41,7 +44,9 @@ import httpx
 from bench.api_vs_mlflow import (
     REPO,
     SERVING,
+    CpuMeter,
     Process,
+    _proc_ticks,
     log,
     on_database,
     start_hello,
@@ -86,6 +91,11 @@ class Figure:
     p99_ms: float
     non_2xx: int
     wrk_cpu: float  # CPU seconds wrk used per wall-clock second
+    # CPU ms per request of the server's process group and of its Postgres backends, less
+    # their idle burn (None: the ceiling, or not measured). Steadier than req/s on a
+    # machine shared with other jobs, since waiting for a core costs no CPU.
+    server_cpu_ms: float | None = None
+    postgres_cpu_ms: float | None = None
 
 
 def ensure_wrk() -> str:
@@ -228,6 +238,45 @@ def ui_session(url: str, token: str) -> str | None:
     return f"modelreg_session={session}" if session else None
 
 
+async def _backends(pg_url: str) -> set[int]:
+    conn = await asyncpg.connect(on_database(pg_url, "postgres"))
+    try:
+        rows = await conn.fetch("SELECT pid FROM pg_stat_activity WHERE datname = $1", DATABASE)
+    finally:
+        await conn.close()
+    return {r["pid"] for r in rows}
+
+
+class _Cpu:
+    """CPU ms used by the server's process group and its Postgres backends (from /proc)."""
+
+    def __init__(self, pg_url: str, group: int) -> None:
+        self.pg_url = pg_url
+        self.group = group
+        self.idle = (0.0, 0.0)  # ms per second while nothing is asked of the server
+
+    def read(self) -> tuple[dict[int, int], dict[int, int]]:
+        import asyncio
+
+        return _proc_ticks(self.group, asyncio.run(_backends(self.pg_url)))
+
+    @staticmethod
+    def used(
+        before: tuple[dict[int, int], dict[int, int]], after: tuple[dict[int, int], dict[int, int]]
+    ) -> tuple[float, float]:
+        def one(b: dict[int, int], a: dict[int, int]) -> float:
+            return sum(t - b.get(pid, 0) for pid, t in a.items()) * CpuMeter.TICK_MS
+
+        return one(before[0], after[0]), one(before[1], after[1])
+
+    def calibrate(self, seconds: float = 3.0) -> None:
+        before = self.read()
+        time.sleep(seconds)
+        server, pg = self.used(before, self.read())
+        self.idle = (server / seconds, pg / seconds)
+        log(f"  idle burn: server {self.idle[0]:.0f} ms/s, its Postgres {self.idle[1]:.0f} ms/s")
+
+
 def measure(args: argparse.Namespace, pg_url: str) -> list[Figure]:
     import asyncio
 
@@ -274,20 +323,32 @@ def measure(args: argparse.Namespace, pg_url: str) -> list[Figure]:
                 ("register version", f"{base}/versions", 1, script, token),
                 ("register version", f"{base}/versions", c, script, token),
             ]
+            cpu = _Cpu(pg_url, server.proc.pid)  # the server leads its own process group
+            cpu.calibrate()
             for workload, target, connections, lua, bearer in plan:
                 log(f"wrk: {workload}, {connections} connection(s), {s} s ...")
-                figures.append(
-                    run_wrk(
-                        wrk,
-                        target,
-                        workload=workload,
-                        connections=connections,
-                        seconds=s,
-                        token=bearer,
-                        script=lua,
-                        cookie=cookie if target.startswith(f"{url}/ui/") else None,
-                    )
+                before = cpu.read()
+                started = time.monotonic()
+                figure = run_wrk(
+                    wrk,
+                    target,
+                    workload=workload,
+                    connections=connections,
+                    seconds=s,
+                    token=bearer,
+                    script=lua,
+                    cookie=cookie if target.startswith(f"{url}/ui/") else None,
                 )
+                window = time.monotonic() - started
+                if target.startswith(url):
+                    srv, pg = cpu.used(before, cpu.read())
+                    calls = max(1.0, figure.requests_per_s * window)
+                    figure = replace(
+                        figure,
+                        server_cpu_ms=max(0.0, srv - cpu.idle[0] * window) / calls,
+                        postgres_cpu_ms=max(0.0, pg - cpu.idle[1] * window) / calls,
+                    )
+                figures.append(figure)
                 server.check_alive()
         finally:
             server.stop()
@@ -299,13 +360,15 @@ def measure(args: argparse.Namespace, pg_url: str) -> list[Figure]:
 def print_table(figures: list[Figure], ceiling: float) -> None:
     print(
         f"{'workload':<24}{'conns':>6}{'req/s':>10}{'% ceil':>8}{'p50 ms':>9}"
-        f"{'p99 ms':>9}{'non-2xx':>9}{'wrk cpu':>9}"
+        f"{'p99 ms':>9}{'non-2xx':>9}{'wrk cpu':>9}{'srv ms/r':>10}{'pg ms/r':>9}"
     )
     for f in figures:
         share = 100.0 * f.requests_per_s / ceiling if ceiling else 0.0
+        srv = f"{f.server_cpu_ms:>10.2f}" if f.server_cpu_ms is not None else f"{'':>10}"
+        pg = f"{f.postgres_cpu_ms:>9.2f}" if f.postgres_cpu_ms is not None else f"{'':>9}"
         print(
             f"{f.workload:<24}{f.connections:>6}{f.requests_per_s:>10,.0f}{share:>7.0f}%"
-            f"{f.p50_ms:>9.2f}{f.p99_ms:>9.2f}{f.non_2xx:>9}{f.wrk_cpu:>9.2f}"
+            f"{f.p50_ms:>9.2f}{f.p99_ms:>9.2f}{f.non_2xx:>9}{f.wrk_cpu:>9.2f}{srv}{pg}"
         )
     print(f"load average: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
+from collections.abc import Sequence
 
 import asyncpg
 
@@ -19,9 +21,28 @@ class SealSignal:
     the sealer's NOTIFY (wherever the sealer runs); while that is down, nobody rings, and
     the waits fall back to polling."""
 
+    _REMEMBERED = 10_000  # positions of the latest sealed events kept for their writers
+
     def __init__(self) -> None:
         self._sealed = asyncio.Event()
         self._last_notified = -1e9
+        self._positions: dict[int, int] = {}
+
+    def sealed(self, seqs: Sequence[int], first_position: int) -> None:
+        """A sealer of this process committed ``seqs`` at ``first_position`` onwards: the
+        writes waiting for them take their positions from here, with no query."""
+        positions = self._positions
+        for offset, seq in enumerate(seqs):
+            positions[seq] = first_position + offset
+        excess = len(positions) - self._REMEMBERED
+        if excess > 0:  # a dict keeps insertion order: drop the oldest
+            for seq in list(itertools.islice(positions, excess)):
+                del positions[seq]
+        self.notify()
+
+    def position_of(self, seq: int) -> int | None:
+        """The log position of ``seq`` if a sealer of this process sealed it lately."""
+        return self._positions.get(seq)
 
     def notify(self) -> None:
         # Replace, then set: waiters hold the event of the moment they looked, so a seal
@@ -57,6 +78,8 @@ async def sealed_position(
     looked = False
     while True:
         sealed = signal.current() if signal is not None else None
+        if signal is not None and (known := signal.position_of(seq)) is not None:
+            return known
         # Right after the commit the event cannot be sealed yet: while the signal rings,
         # the first look waits for the next seal instead of querying in vain.
         if looked or signal is None or not signal.ringing():

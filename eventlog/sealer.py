@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 
 import asyncpg
 import msgspec
@@ -61,8 +61,13 @@ class Sealer:
         idle_interval: float = 0.01,
         max_idle_interval: float = 0.1,
         standby_interval: float = 1.0,
+        on_sealed: Callable[[Sequence[int], int], None] | None = None,
     ) -> None:
+        """``on_sealed(seqs, first_position)`` is told, after each batch commits, where its
+        events landed (``seqs[i]`` at ``first_position + i``): the writes of this process
+        waiting for their seal learn their position without a NOTIFY or a query."""
         self.schema = schema
+        self._on_sealed = on_sealed
         self.batch_size = batch_size
         self.idle_interval = idle_interval
         self.max_idle_interval = max_idle_interval
@@ -114,6 +119,8 @@ class Sealer:
         self._cursor = Cursor(
             cursor.log_position + len(rows), last["tx_id"], last["seq"], hashes[-1]
         )
+        if self._on_sealed is not None:  # committed: seal_batch ran in a statement of its own
+            self._on_sealed([r["seq"] for r in rows], cursor.log_position + 1)
         return len(rows)
 
     async def seal_all(self, conn: asyncpg.Connection) -> int:

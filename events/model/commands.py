@@ -66,6 +66,10 @@ class RestoreModel(Command, frozen=True, kw_only=True):
     reason: str
 
 
+class DeleteModel(Command, frozen=True, kw_only=True):
+    reason: str
+
+
 class SetModelPolicy(Command, frozen=True, kw_only=True):
     policy: GovernancePolicy
     comment: str = ""
@@ -243,6 +247,7 @@ ModelCommand = (
     | RenameModel
     | ArchiveModel
     | RestoreModel
+    | DeleteModel
     | SetModelPolicy
     | ClearModelPolicy
     | RegisterVersion

@@ -22,6 +22,7 @@ from events.model.commands import (
     ArchiveVersion,
     CancelPromotion,
     ClearModelPolicy,
+    DeleteModel,
     DeprecateVersion,
     ExpirePromotion,
     ModelCommand,
@@ -74,6 +75,7 @@ from events.model.promotions import (
 from events.model.registration import (
     archive_model,
     clear_model_policy,
+    delete_model,
     deprecate_version,
     register_model,
     register_version,
@@ -123,6 +125,7 @@ DECIDE_BY_COMMAND: Mapping[type[Command], Decision] = dict(
         _on(RenameModel, rename_model),
         _on(ArchiveModel, archive_model),
         _on(RestoreModel, restore_model),
+        _on(DeleteModel, delete_model),
         _on(SetModelPolicy, set_model_policy),
         _on(ClearModelPolicy, clear_model_policy),
         _on(RegisterVersion, register_version),

@@ -64,6 +64,16 @@ class ModelArchived(Event, frozen=True, kw_only=True):
     reason: str
 
 
+class ModelDeleted(Event, frozen=True, kw_only=True):
+    """The tombstone: the model leaves every view, search and listing, and its name is free
+    for a new model. Its history stays in the log (audit, replay, ``as_of``), and the
+    stream accepts nothing more."""
+
+    event_type: ClassVar[str] = "model.deleted"
+    name: str
+    reason: str
+
+
 class ModelRestored(Event, frozen=True, kw_only=True):
     event_type: ClassVar[str] = "model.restored"
     reason: str
@@ -281,6 +291,7 @@ ModelEvent = (
     | ModelRenamed
     | ModelArchived
     | ModelRestored
+    | ModelDeleted
     | ModelPolicySet
     | ModelPolicyCleared
     | VersionRegistered
@@ -305,7 +316,7 @@ ModelEvent = (
 
 MODEL_EVENT_TYPES: tuple[type[Event], ...] = (
     ModelRegistered, ModelDescriptionUpdated, ModelTagsSet, ModelTagsRemoved, ModelRenamed,
-    ModelArchived, ModelRestored, ModelPolicySet, ModelPolicyCleared,
+    ModelArchived, ModelRestored, ModelPolicySet, ModelPolicyCleared, ModelDeleted,
     VersionRegistered, VersionDescriptionUpdated, VersionTagsSet, VersionTagsRemoved,
     VersionDeprecated, StageTransitioned, AliasSet, AliasRemoved,
     PromotionRequested, PromotionApproved, PromotionRejected, PromotionCancelled,

@@ -23,6 +23,7 @@ from events.model.events import (
     DeploymentStarted,
     DeploymentSucceeded,
     ModelArchived,
+    ModelDeleted,
     ModelDescriptionUpdated,
     ModelEvent,
     ModelPolicyCleared,
@@ -100,6 +101,10 @@ def _model_renamed(state: ModelState, event: ModelRenamed) -> ModelState:
 
 def _model_archived(state: ModelState, event: ModelArchived) -> ModelState:
     return replace(state, archived=True)
+
+
+def _model_deleted(state: ModelState, event: ModelDeleted) -> ModelState:
+    return replace(state, deleted=True)
 
 
 def _model_restored(state: ModelState, event: ModelRestored) -> ModelState:
@@ -324,6 +329,7 @@ EVOLVE_BY_EVENT: Mapping[type[Event], Step] = dict(
         _on(ModelRenamed, _model_renamed),
         _on(ModelArchived, _model_archived),
         _on(ModelRestored, _model_restored),
+        _on(ModelDeleted, _model_deleted),
         _on(ModelPolicySet, _model_policy_set),
         _on(ModelPolicyCleared, _model_policy_cleared),
         _on(VersionRegistered, _version_registered),

@@ -15,6 +15,8 @@ MAX_ALIASES = 100
 def require_registered(state: ModelState) -> ModelState:
     if not state.registered:
         raise NotFoundError("no model is registered in this stream")
+    if state.deleted:
+        raise NotFoundError(f"model {state.name!r} was deleted", model_id=state.model_id)
     return state
 
 

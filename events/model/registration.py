@@ -14,6 +14,7 @@ from events.errors import AlreadyExistsError, InvalidTransitionError, PolicyViol
 from events.model.commands import (
     ArchiveModel,
     ClearModelPolicy,
+    DeleteModel,
     DeprecateVersion,
     RegisterModel,
     RegisterVersion,
@@ -29,6 +30,7 @@ from events.model.commands import (
 )
 from events.model.events import (
     ModelArchived,
+    ModelDeleted,
     ModelDescriptionUpdated,
     ModelEvent,
     ModelPolicyCleared,
@@ -38,6 +40,7 @@ from events.model.events import (
     ModelRestored,
     ModelTagsRemoved,
     ModelTagsSet,
+    PromotionCancelled,
     VersionDeprecated,
     VersionDescriptionUpdated,
     VersionRegistered,
@@ -45,7 +48,7 @@ from events.model.events import (
     VersionTagsSet,
 )
 from events.model.guards import changed_tags, present_keys, require_active, require_registered
-from events.model.state import ModelState
+from events.model.state import ModelState, RequestStatus
 from events.names import (
     validate_actor,
     validate_comment,
@@ -117,6 +120,33 @@ def archive_model(command: ArchiveModel, state: ModelState) -> list[ModelEvent]:
         raise InvalidTransitionError(f"model {state.name!r} is already archived")
     validate_comment(command.reason, "reason", required=True)
     return [ModelArchived(reason=command.reason)]
+
+
+def delete_model(command: DeleteModel, state: ModelState) -> list[ModelEvent]:
+    """The tombstone (admin only, checked by the shell). Refused while a version is in
+    production: taking a served model away is a production change, so it goes through the
+    policy first (demote or archive that version). Open promotion requests are cancelled in
+    the same append, so no approver is left with a request nobody can execute."""
+    require_registered(state)
+    validate_comment(command.reason, "reason", required=True)
+    if state.production is not None:
+        raise InvalidTransitionError(
+            f"model {state.name!r} has version {state.production} in production;"
+            " move it out of production (or archive it) before deleting the model",
+            version=state.production,
+        )
+    open_requests = sorted(
+        r.request_id for r in state.requests.values() if r.status == RequestStatus.PENDING
+    )
+    cancelled: list[ModelEvent] = [
+        PromotionCancelled(
+            request_id=request_id,
+            cancelled_by=command.actor,
+            comment=f"model deleted: {command.reason}",
+        )
+        for request_id in open_requests
+    ]
+    return [*cancelled, ModelDeleted(name=state.name, reason=command.reason)]
 
 
 def restore_model(command: RestoreModel, state: ModelState) -> list[ModelEvent]:

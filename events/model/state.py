@@ -84,6 +84,7 @@ class ModelState(msgspec.Struct, frozen=True, kw_only=True):
     name: str = ""
     registered: bool = False
     archived: bool = False
+    deleted: bool = False
     description: str = ""
     tags: dict[str, str] = msgspec.field(default_factory=dict)
     owner: str = ""

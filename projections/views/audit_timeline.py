@@ -44,6 +44,7 @@ from events.model.events import (
     DeploymentStarted,
     DeploymentSucceeded,
     ModelArchived,
+    ModelDeleted,
     ModelDescriptionUpdated,
     ModelPolicyCleared,
     ModelPolicySet,
@@ -227,6 +228,11 @@ def _model_renamed(actor: str, event: ModelRenamed) -> Description:
 @_describes(ModelArchived)
 def _model_archived(actor: str, event: ModelArchived) -> Description:
     return f"{actor} archived the model", event.reason, None
+
+
+@_describes(ModelDeleted)
+def _model_deleted(actor: str, event: ModelDeleted) -> Description:
+    return f"{actor} deleted model {event.name} (its name is free again)", event.reason, None
 
 
 @_describes(ModelRestored)

@@ -75,6 +75,14 @@ class MetricSeries(msgspec.Struct, frozen=True, kw_only=True):
     last_step: int
 
 
+class MetricHistory(msgspec.Struct, frozen=True, kw_only=True):
+    """One series of a version and its first points in step order; ``series.points``
+    counts them all, so more than ``len(samples)`` means the history was cut."""
+
+    series: MetricSeries
+    samples: tuple[MetricSample, ...]
+
+
 class ParamComparison(msgspec.Struct, frozen=True, kw_only=True):
     """A parameter's value in each compared version (None: not set), in ``Comparison.versions`` order."""
 
@@ -223,6 +231,43 @@ async def metric_series(
             last_step=r["last_step"],
         )
         for r in rows
+    )
+
+
+async def metric_histories(
+    conn: Conn, names: Names, model_id: str, version: int, *, limit: int = 1000
+) -> tuple[MetricHistory, ...]:
+    """Every series of a version with up to ``limit`` points each, in one query (a page
+    drawing a chart per metric must not ask once per metric)."""
+    if not 1 <= limit <= MAX_HISTORY_PAGE:
+        raise InvalidQueryError(f"limit must be between 1 and {MAX_HISTORY_PAGE}")
+    series = "PARTITION BY key, dataset"
+    records = await conn.fetch(
+        "SELECT * FROM (SELECT q.*,"
+        f" row_number() OVER ({series} ORDER BY step, timestamp, position, ordinal) AS n,"
+        f" count(*) OVER ({series})::int AS points, min(step) OVER ({series}) AS first_step,"
+        f" max(step) OVER ({series}) AS last_step"
+        f" FROM ({_POINTS.format(table=names.metric_batches)}) AS q) AS r"
+        " WHERE n <= $3 ORDER BY key, dataset, n",
+        model_id,
+        version,
+        limit,
+    )
+    found: dict[tuple[str, str], list[asyncpg.Record]] = {}
+    for r in records:
+        found.setdefault((r["key"], r["dataset"]), []).append(r)
+    return tuple(
+        MetricHistory(
+            series=MetricSeries(
+                key=key,
+                dataset=dataset,
+                points=rows[0]["points"],
+                first_step=rows[0]["first_step"],
+                last_step=rows[0]["last_step"],
+            ),
+            samples=tuple(_sample(r) for r in rows),
+        )
+        for (key, dataset), rows in found.items()
     )
 
 

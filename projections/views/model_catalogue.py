@@ -43,6 +43,7 @@ from events.model.events import (
     AliasRemoved,
     AliasSet,
     ModelArchived,
+    ModelDeleted,
     ModelDescriptionUpdated,
     ModelRegistered,
     ModelRenamed,
@@ -146,6 +147,7 @@ class CatalogueRows:
     models: dict[str, ModelRow] = field(default_factory=dict)
     named_at: dict[str, int] = field(default_factory=dict)
     stages: dict[tuple[str, int], str] = field(default_factory=dict)
+    deleted: frozenset[str] = frozenset()  # models the batch deleted: their rows go
 
 
 def evolve(rows: CatalogueRows, events: Sequence[LoggedEvent]) -> CatalogueRows:
@@ -153,10 +155,19 @@ def evolve(rows: CatalogueRows, events: Sequence[LoggedEvent]) -> CatalogueRows:
     models = dict(rows.models)
     named_at = dict(rows.named_at)
     stages = dict(rows.stages)
+    deleted = set(rows.deleted)
     restaged: set[str] = set()
     for logged in events:
         model_id = model_id_of(logged.stream_id)
         event = CODEC.decode(logged.envelope)
+        if isinstance(event, ModelDeleted):
+            # The tombstone: nothing of the model is shown any more (its name is free).
+            models.pop(model_id, None)
+            named_at.pop(model_id, None)
+            stages = {k: v for k, v in stages.items() if k[0] != model_id}
+            restaged.discard(model_id)
+            deleted.add(model_id)
+            continue
         row = evolve_row(models.get(model_id), event, logged)
         if row is not None:
             models[model_id] = row
@@ -168,7 +179,9 @@ def evolve(rows: CatalogueRows, events: Sequence[LoggedEvent]) -> CatalogueRows:
     for model_id, (latest, counts) in _stage_summaries(stages, restaged).items():
         if model_id in models:
             models[model_id] = replace(models[model_id], stages=latest, stage_counts=counts)
-    return CatalogueRows(models=models, named_at=named_at, stages=stages)
+    return CatalogueRows(
+        models=models, named_at=named_at, stages=stages, deleted=frozenset(deleted)
+    )
 
 
 def evolve_row(row: ModelRow | None, event: Event, logged: LoggedEvent) -> ModelRow | None:
@@ -342,6 +355,10 @@ async def write(
         2,
         [(m, v, stage) for (m, v), stage in stages.items()],
     )
+    gone = sorted(evolved.deleted - loaded.deleted)
+    if gone:
+        for table in (names.model_catalogue, names.model_catalogue_stages):
+            await conn.execute(f"DELETE FROM {table} WHERE model_id = ANY ($1::text[])", gone)
     models = changed(loaded.models, evolved.models)
     renamed = changed(loaded.named_at, evolved.named_at)
     rows = [evolved.models[m] for m in dict.fromkeys([*models, *renamed]) if m in evolved.models]

@@ -51,6 +51,7 @@ from events.model.events import (
     AliasRemoved,
     AliasSet,
     ModelArchived,
+    ModelDeleted,
     ModelRegistered,
     ModelRenamed,
     ModelRestored,
@@ -149,6 +150,7 @@ HANDLES = frozenset(
         ModelRenamed,
         ModelArchived,
         ModelRestored,
+        ModelDeleted,
         VersionRegistered,
         VersionDescriptionUpdated,
         VersionTagsSet,
@@ -379,6 +381,7 @@ class VersionRows:
     registered: dict[tuple[str, int], NewVersion] = field(default_factory=dict)
     created: dict[tuple[str, int], datetime] = field(default_factory=dict)
     metrics: dict[MetricKey, Point] = field(default_factory=dict)
+    deleted: set[str] = field(default_factory=set)  # models the batch deleted: rows go
 
 
 def evolve(rows: VersionRows, events: Sequence[LoggedEvent]) -> VersionRows:
@@ -389,6 +392,7 @@ def evolve(rows: VersionRows, events: Sequence[LoggedEvent]) -> VersionRows:
         registered=dict(rows.registered),
         created=dict(rows.created),
         metrics=dict(rows.metrics),
+        deleted=set(rows.deleted),
     )
     for logged in events:
         if logged.event_type == MetricsLogged.event_type:
@@ -400,6 +404,9 @@ def evolve(rows: VersionRows, events: Sequence[LoggedEvent]) -> VersionRows:
 
 def _evolve_model_stream(rows: VersionRows, logged: LoggedEvent, event: Event) -> None:
     model_id = model_id_of(logged.stream_id)
+    if isinstance(event, ModelDeleted):
+        _forget(rows, model_id)
+        return
     if isinstance(event, ModelRegistered | ModelRenamed | ModelArchived | ModelRestored):
         facts = evolve_model(rows.models.get(model_id), event)
         if facts is not None:
@@ -414,6 +421,18 @@ def _evolve_model_stream(rows: VersionRows, logged: LoggedEvent, event: Event) -
             rows.versions[(model_id, number)] = evolve_version(
                 current, event, logged, number=number
             )
+
+
+def _forget(rows: VersionRows, model_id: str) -> None:
+    """The tombstone: the model's versions and metrics leave the view (the write deletes
+    their rows)."""
+    rows.models.pop(model_id, None)
+    for table in (rows.versions, rows.registered, rows.created):
+        for key in [k for k in table if k[0] == model_id]:
+            del table[key]
+    for measured in [k for k in rows.metrics if k[0] == model_id]:
+        del rows.metrics[measured]
+    rows.deleted.add(model_id)
 
 
 def fold_latest(
@@ -553,6 +572,14 @@ async def _load_metrics(
 async def write(
     conn: asyncpg.Connection, names: Names, loaded: VersionRows, evolved: VersionRows
 ) -> None:
+    gone = sorted(evolved.deleted - loaded.deleted)
+    if gone:
+        for table in (
+            names.model_versions,
+            names.model_version_metrics,
+            names.model_versions_models,
+        ):
+            await conn.execute(f"DELETE FROM {table} WHERE model_id = ANY ($1::text[])", gone)
     models = changed(loaded.models, evolved.models)
     await upsert(
         conn,

@@ -388,14 +388,20 @@ def _alias(row: asyncpg.Record) -> AliasInterval:
 
 
 async def timeline(
-    conn: Conn, names: Names, model_id: str, *, stage: Stage | str | None = None
+    conn: Conn,
+    names: Names,
+    model_id: str,
+    *,
+    stage: Stage | str | Sequence[Stage | str] | None = None,
 ) -> list[StageInterval]:
-    """Every stage interval of a model (optionally of one stage), in log order."""
+    """Every stage interval of a model (optionally of one stage or some), in log order."""
+    stages = [stage] if isinstance(stage, str) else stage
     rows = await conn.fetch(
         f"SELECT model_id, stage, version, {_COLUMNS} FROM {names.stage_timeline}"
-        " WHERE model_id = $1 AND ($2::text IS NULL OR stage = $2) ORDER BY from_position, stage, version",
+        " WHERE model_id = $1 AND ($2::text[] IS NULL OR stage = ANY ($2::text[]))"
+        " ORDER BY from_position, stage, version",
         model_id,
-        None if stage is None else str(stage),
+        None if stages is None else [str(s) for s in stages],
     )
     return [_stage(r) for r in rows]
 

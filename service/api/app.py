@@ -75,6 +75,17 @@ async def ready(request: Request[Any, Any, Any]) -> Response[Ready | NotReady]:
 health_router = Router("/health", route_handlers=[live, ready], tags=["health"])
 
 
+def api_and_ui_app_kwargs(services: Services) -> dict[str, Any]:
+    """The JSON API (the OpenAPI document and its assets included) and the web UI
+    (service/ui) on the same services: what ``serve`` answers besides health."""
+    served = api_app_kwargs(services)
+    ui = ui_app_kwargs(services)
+    served["route_handlers"] = [*served["route_handlers"], *ui["route_handlers"]]
+    served["template_config"] = ui["template_config"]
+    served["state"] = State({**served["state"].dict(), **ui["state"]})
+    return served
+
+
 def create_app(state: AppState | None = None, *, api: bool = True, debug: bool = False) -> Litestar:
     """Build the app; ``api=False`` serves only the health endpoints (the worker role).
 
@@ -84,11 +95,8 @@ def create_app(state: AppState | None = None, *, api: bool = True, debug: bool =
     """
     served: dict[str, Any]
     if api and state is not None:
-        served = api_app_kwargs(state.services)  # the OpenAPI document and its assets included
-        ui = ui_app_kwargs(state.services)  # the web UI (service/ui), on the same services
-        served["route_handlers"] = [*served["route_handlers"], *ui["route_handlers"]]
-        served["template_config"] = ui["template_config"]
-        served["state"] = State({**served["state"].dict(), **ui["state"], "app_state": state})
+        served = api_and_ui_app_kwargs(state.services)
+        served["state"] = State({**served["state"].dict(), "app_state": state})
     else:
         served = {
             **openapi_app_kwargs(),

@@ -23,11 +23,13 @@ import msgspec
 
 from events.names import (
     ALIAS_MAX,
+    MAX_TAGS,
     METRIC_KEY_MAX,
     MODEL_ID_MAX,
     MODEL_NAME_MAX,
     PLACE_NAME_MAX,
     TAG_KEY_MAX,
+    TAG_VALUE_MAX,
 )
 from service.api.common import MAX_POSITION
 from service.artifacts.archive import MEDIA_TYPES
@@ -59,7 +61,26 @@ VERSION_REF = (
     "|stage:(?:development|staging|production|archived))$"
 )
 
-_POSITIONS = {"min_position", "cursor", "before_position", "after"}
+POSITIONS = frozenset({"min_position", "cursor", "before_position", "after"})
+_SORT_KEY = "[A-Za-z0-9_][A-Za-z0-9_.:/-]*"
+# Search filters as projections.search reads them: sort orders (white space around is
+# ignored) and tag filters (``key`` or ``key=value``), by (path, query parameter).
+_TAG_FILTER = f"^{_SORT_KEY}(?:=[^\\u0000]*)?$"
+# A finite threshold: at most 200 integer digits and a two-digit exponent stay below 1e300.
+_NUMBER = "[+-]?(?:[0-9]{1,200}(?:\\.[0-9]{0,200})?|\\.[0-9]{1,200})(?:[eE][+-]?[0-9]{1,2})?"
+_METRIC_FILTER = (
+    f"^\\s*{_SORT_KEY}(?:\\[(?:\\*|{_SORT_KEY})\\])?\\s*(?:>=|<=|>|<|=)\\s*{_NUMBER}\\s*$"
+)
+_QUERY_PATTERNS = {
+    ("/api/v1/models", "order_by"): "^\\s*-?(?:name|created|updated)\\s*$",
+    ("/api/v1/models/{name}/versions", "order_by"): (
+        f"^\\s*-?(?:name|created|updated|version|metric:{_SORT_KEY}(?:\\[{_SORT_KEY}\\])?)\\s*$"
+    ),
+    ("/api/v1/models", "tag"): _TAG_FILTER,
+    ("/api/v1/models/{name}/versions", "tag"): _TAG_FILTER,
+    ("/api/v1/models", "metric"): _METRIC_FILTER,
+    ("/api/v1/models/{name}/versions", "metric"): _METRIC_FILTER,
+}
 # Path parameters by name: the rule each route applies to it.
 _PATH_PATTERNS = {
     "name": MODEL_NAME,
@@ -84,10 +105,49 @@ _BODY_PATTERNS = {
     ("DeploymentReport", "deployment_id"): ID,
     ("TokenRequest", "principal"): PRINCIPAL,
     ("OpenUpload", "digest"): DIGEST,
+    ("PromotionRequest", "justification"): NOT_BLANK,
+    ("PromotionRequest", "alias"): NEW_ALIAS,
 }
 _BODY_ITEM_PATTERNS = {("TokenRequest", "scopes"): SCOPE}
 # Lists a command refuses empty.
-_NOT_EMPTY = {("MetricBatch", "metrics")}
+_NOT_EMPTY = {
+    ("MetricBatch", "metrics"),
+    ("TokenRequest", "roles"),
+    ("RegisterVersion", "artifacts"),
+}
+
+
+def _present(field: str) -> Schema:
+    """``field`` is given and not null."""
+    return {"required": [field], "properties": {field: {"not": {"type": "null"}}}}
+
+
+# Rules across a request's fields (the deciders' cross-field checks), added to the
+# component's schema as they are.
+_OBJECT_RULES: dict[str, Schema] = {
+    # A promotion names a target stage, an alias, or both (events.model.promotions).
+    "PromotionRequest": {"anyOf": [_present("target_stage"), _present("alias")]},
+    # A deployment follows a stage or an alias, not both, and never the archived stage.
+    "DeploymentStart": {
+        "not": {"allOf": [_present("desired_stage"), _present("desired_alias")]},
+        "properties": {"desired_stage": {"not": {"const": "archived"}}},
+    },
+    # A failed or rolled back deployment says why.
+    "DeploymentReport": {
+        "if": {
+            "required": ["status"],
+            "properties": {"status": {"enum": ["failed", "rolled_back"]}},
+        },
+        "then": {"required": ["reason"], "properties": {"reason": {"pattern": NOT_BLANK}}},
+    },
+}
+# A tags object: keys as events.names.validate_tags checks them, values at most 5,000
+# characters, at most 100 entries.
+_TAGS: Schema = {
+    "propertyNames": {"pattern": TAG_KEY},
+    "maxProperties": MAX_TAGS,
+    "additionalProperties": {"type": "string", "maxLength": TAG_VALUE_MAX},
+}
 # Log position or RFC 3339 time (``service.api.common.parse_as_of``).
 _MOMENT: Schema = {
     "anyOf": [
@@ -115,17 +175,7 @@ def make_exact(document: Schema, strict_structs: dict[str, type[msgspec.Struct]]
     fields: their schemas get ``additionalProperties: false``."""
     components: dict[str, Schema] = document.get("components", {}).get("schemas", {})
     for name, schema in components.items():
-        if name in strict_structs and schema.get("type") == "object":
-            schema["additionalProperties"] = False
-        for field, value in schema.get("properties", {}).items():
-            pattern = _BODY_PATTERNS.get((name, field))
-            if pattern is not None:
-                _set_pattern(value, pattern)
-            if (name, field) in _NOT_EMPTY:
-                value["minItems"] = 1
-            pattern = _BODY_ITEM_PATTERNS.get((name, field))
-            if pattern is not None:
-                _set_pattern(value.get("items", {}), pattern)
+        _exact_component(name, schema, strict=name in strict_structs)
     for path, item in document.get("paths", {}).items():
         for method, operation in item.items():
             if isinstance(operation, dict):
@@ -136,9 +186,35 @@ def make_exact(document: Schema, strict_structs: dict[str, type[msgspec.Struct]]
     return document
 
 
+def _exact_component(name: str, schema: Schema, *, strict: bool) -> None:
+    if strict and schema.get("type") == "object":
+        schema["additionalProperties"] = False
+    rules = _OBJECT_RULES.get(name)
+    if rules is not None:
+        _merge(schema, rules)
+    for field, value in schema.get("properties", {}).items():
+        if field == "tags" and value.get("type") == "object":
+            value.update(_TAGS)
+        pattern = _BODY_PATTERNS.get((name, field))
+        if pattern is not None:
+            _set_pattern(value, pattern)
+        if (name, field) in _NOT_EMPTY:
+            value["minItems"] = 1
+        pattern = _BODY_ITEM_PATTERNS.get((name, field))
+        if pattern is not None:
+            _set_pattern(value.get("items", {}), pattern)
+
+
 def _exact_operation(path: str, method: str, operation: Schema) -> None:
     for parameter in operation.get("parameters", []):
         _exact_parameter(parameter)
+        pattern = _QUERY_PATTERNS.get((path, parameter.get("name", "")))
+        if pattern is not None and parameter.get("in") == "query":
+            schema = parameter["schema"]
+            _set_pattern(schema, pattern)
+            for branch in [schema, *schema.get("oneOf", []), *schema.get("anyOf", [])]:
+                if branch.get("type") == "array":
+                    _set_pattern(branch.get("items", {}), pattern)
     binary = _BINARY_ANSWERS.get((path, method))
     if binary is not None and "200" in operation.get("responses", {}):
         bytes_schema = {"type": "string", "format": "binary"}
@@ -184,7 +260,22 @@ def strict_structs(*modules: Any) -> dict[str, type[msgspec.Struct]]:
                 and value.__struct_config__.forbid_unknown_fields
             ):
                 found[value.__name__] = value
+                # Litestar names a component by module and class when two classes share a
+                # name (``service_api_schemas_Run`` beside a view's ``Run``).
+                found[f"{value.__module__.replace('.', '_')}_{value.__name__}"] = value
     return found
+
+
+def _merge(schema: Schema, rules: Schema) -> None:
+    """``rules`` into a component schema: per-property additions merged into the property
+    (beside its own type), anything else set on the object."""
+    for key, value in rules.items():
+        if key == "properties":
+            for field, extra in value.items():
+                target = schema.setdefault("properties", {}).setdefault(field, {})
+                target.setdefault("allOf", []).append(extra)
+        else:
+            schema[key] = value
 
 
 def _set_pattern(schema: Schema, pattern: str) -> None:
@@ -198,7 +289,9 @@ def _exact_parameter(parameter: Schema) -> None:
     name, where = parameter.get("name"), parameter.get("in")
     if where == "path" and name in _PATH_PATTERNS:
         parameter["schema"] = {"type": "string", "pattern": _PATH_PATTERNS[name]}
-    elif where == "query" and name in _POSITIONS:
+    elif (where == "path" and name == "position") or (
+        where == "query" and name in POSITIONS
+    ):  # a log position (webhook deliveries)
         parameter["schema"] = {"type": "integer", "minimum": 0, "maximum": MAX_POSITION}
     elif where == "query" and name in ("as_of", "at"):
         description = parameter["schema"].get("description")

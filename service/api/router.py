@@ -21,6 +21,7 @@ from service.api.mlflow.router import mlflow_router
 from service.api.mlflow_artifacts import mlflow_artifacts_router
 from service.api.openapi import SECURITY, document_problems, openapi_app_kwargs
 from service.api.openapi_exact import (
+    POSITIONS,
     declared_query_names,
     document_path,
     make_exact,
@@ -127,9 +128,14 @@ def refuse_unknown_query(request: Request[Any, Any, Any]) -> None:
     known = declared.get((request.method, document_path(template)))
     if known is None:
         return
-    for name in request.query_params:
+    for name, value in request.query_params.items():
         if name not in known:
             raise BadRequestError(name, "unknown", f"unknown query parameter {name!r}")
+        if name in POSITIONS and not value:
+            # Litestar would read an empty value as "not given"; the document says integer.
+            raise BadRequestError(
+                name, "type", f"{name} is empty: give a log position or leave it out"
+            )
 
 
 async def screen_request(request: Request[Any, Any, Any]) -> None:

@@ -7,6 +7,7 @@ the answer; other processes write theirs within a second.
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
@@ -21,6 +22,7 @@ from service.api.openapi_exact import MODEL_NAME, PRINCIPAL
 from service.api.problems import BadRequestError
 from service.denials.table import CURSOR_PATTERN, Denial, decode_cursor, read
 
+_NUMBER = re.compile(r"[-+]?[0-9._eE+-]*")
 DenialCode = Literal["unauthenticated", "permission_denied", "policy_violation", "overflow"]
 
 
@@ -59,6 +61,17 @@ class DenialsController(Controller):
         policy): who, what, why, how often. Identical refusals within a minute are one row
         with a count; rows are kept for MODELREG_DENIALS_RETENTION_DAYS (default 90)."""
         require(principal_of(request), Permission.ADMIN)
+        for field in ("since", "until"):
+            raw = request.query_params.get(field)
+            if raw is not None and _NUMBER.fullmatch(raw):
+                # The decoder would read a bare number as seconds since 1970.
+                raise BadRequestError(field, "format", f"{field} is an RFC 3339 date-time")
+        for field, value, pattern in (
+            ("principal", principal, PRINCIPAL),
+            ("model", model, MODEL_NAME),
+        ):
+            if value is not None and re.fullmatch(pattern, value) is None:
+                raise BadRequestError(field, "pattern", f"{field} {value!r} is not a valid name")
         services = services_of(request)
         try:
             after = decode_cursor(before) if before else None

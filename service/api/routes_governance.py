@@ -28,7 +28,6 @@ from events.model.commands import (
 from events.model.decider import MODEL
 from events.model.registration import require_stages_kept
 from events.model.state import ModelState
-from events.names import STAGE_NAME_MAX, STAGE_NAME_PATTERN, validate_stage_name
 from events.policy import GovernancePolicy, validate_policy
 from events.stages import Stage, StageDefinition
 from events.streams import model_stream
@@ -56,6 +55,7 @@ from service.api.schemas import (
     PromotionRequest,
     RollbackRequest,
     StageChange,
+    StageNameQuery,
 )
 from service.api.services import Services
 from service.commands.tokens import covers
@@ -285,12 +285,8 @@ class LifecycleController(Controller):
         request: Request[Any, Any, Any],
         name: FromPath[str],
         stage: Annotated[
-            str | None,
-            QueryParameter(
-                description="Only this stage",
-                pattern=STAGE_NAME_PATTERN,
-                max_length=STAGE_NAME_MAX,
-            ),
+            list[StageNameQuery] | None,
+            QueryParameter(description="Only these stages (repeat the parameter for several)"),
         ] = None,
         at: Annotated[
             str | None,
@@ -300,16 +296,15 @@ class LifecycleController(Controller):
         ] = None,
         min_position: MinPosition = None,
     ) -> list[StageInterval]:
-        """Which version held each stage from when to when; with ``stage`` and ``at``, the holder then."""
+        """Which version held each stage (of ``stage``, if given) from when to when; with
+        ``at``, the holders then."""
         require(principal_of(request), Permission.READ, name)
         services = services_of(request)
-        if stage is not None:
-            validate_stage_name(stage)
         model_id, _ = await services.registry.locate(name)
         async with read_views(services, TIMELINE, as_of=None, min_position=min_position) as reader:
             if at is not None:
                 moment = parse_as_of(at, "at")
-                stages = [stage] if stage else await _stages_of(services, name)
+                stages = stage or await _stages_of(services, name)
                 held: list[StageInterval] = []
                 for s in stages:
                     held.extend(

@@ -12,6 +12,7 @@ from events.access import Permission
 from events.errors import NotFoundError
 from events.model.commands import (
     ArchiveModel,
+    DeleteModel,
     RegisterModel,
     RemoveModelTags,
     RenameModel,
@@ -19,7 +20,6 @@ from events.model.commands import (
     SetModelTags,
     UpdateModelDescription,
 )
-from events.names import validate_stage_name
 from projections.paging import InvalidQueryError, Page
 from projections.search import ModelQuery, search_models
 from projections.views import model_catalogue, model_versions
@@ -39,7 +39,7 @@ from service.api.common import (
     seed_of,
     services_of,
 )
-from service.api.schemas import CreateModel, Reason, Rename, TagValue, UpdateModel
+from service.api.schemas import CreateModel, Reason, Rename, StageNameQuery, TagValue, UpdateModel
 from service.commands.tokens import covers
 
 CATALOGUE = [model_catalogue.PROJECTION, model_versions.PROJECTION]
@@ -96,7 +96,8 @@ class ModelsController(Controller):
             list[str] | None, QueryParameter(description="key=value or key; repeat for AND")
         ] = None,
         stage: Annotated[
-            list[str] | None, QueryParameter(description="Has a version in this stage")
+            list[StageNameQuery] | None,
+            QueryParameter(description="Has a version in this stage"),
         ] = None,
         alias: FromQuery[str | None] = None,
         owner: FromQuery[str | None] = None,
@@ -119,7 +120,7 @@ class ModelsController(Controller):
             q=q,
             owner=owner,
             tags=tuple(tag or ()),
-            stages=tuple(validate_stage_name(s) for s in stage or ()),
+            stages=tuple(stage or ()),
             alias=alias,
             metrics=tuple(metric or ()),
             archived=archived,
@@ -207,6 +208,25 @@ class ModelsController(Controller):
             request,
             name,
             ArchiveModel(
+                actor=principal.name, now=services_of(request).registry.now(), reason=data.reason
+            ),
+        )
+
+    @post("/{name:str}/delete", status_code=200)
+    async def delete_model(
+        self, request: Request[Any, Any, Any], name: FromPath[str], data: JSONBody[Reason]
+    ) -> Response[Receipt]:
+        """Delete the model (admin): it leaves every listing, search and MLflow answer, its
+        name is free for a new model, open promotion requests are cancelled, and its stored
+        files become collectable after the GC grace period. Its history stays in the log,
+        ending with a tombstone event that says who deleted it and why. Refused while a
+        version is in production."""
+        principal = principal_of(request)
+        require(principal, Permission.ADMIN, name)
+        return await _model_command(
+            request,
+            name,
+            DeleteModel(
                 actor=principal.name, now=services_of(request).registry.now(), reason=data.reason
             ),
         )

@@ -213,12 +213,7 @@ class AuditController(Controller):
         require(principal_of(request), Permission.READ, name)
         services = services_of(request)
         model_id, _ = await services.registry.locate(name)
-        up_to = None
-        if as_of is not None:
-            from projections.time_travel import resolve_as_of
-            from service.api.common import parse_as_of
-
-            up_to = await resolve_as_of(services.pool, parse_as_of(as_of))
+        up_to = await _up_to(services.pool, as_of)
         async with read_views(services, AUDIT, as_of=None, min_position=min_position) as reader:
             return await audit_timeline.entries(
                 reader.conn,
@@ -240,17 +235,26 @@ class AuditController(Controller):
         self,
         request: Request[Any, Any, Any],
         actor: FromPath[str],
+        type: Annotated[
+            list[str] | None, QueryParameter(description="Event types to include")
+        ] = None,
+        since: FromQuery[datetime | None] = None,
+        until: FromQuery[datetime | None] = None,
         cursor: Annotated[int | None, QueryParameter(ge=0, le=MAX_POSITION)] = None,
         limit: Annotated[int, QueryParameter(ge=1, le=1000)] = 100,
+        as_of: AsOf = None,
         min_position: MinPosition = None,
     ) -> AuditPage:
         """Everything one person (or system) did, newest first, within the caller's scope:
-        a scoped token sees the events of its models only, and token events are for admins."""
+        a scoped token sees the events of its models only, and token events are for admins.
+        ``since``/``until`` bound the business time, ``as_of`` the log position, as for a
+        model's history."""
         principal = principal_of(request)
         require(principal, Permission.READ)
         services = services_of(request)
         only_models = await _models_in_scope(services.pool, principal)
         hide_tokens = not (Permission.ADMIN in principal.permissions and covers(principal, None))
+        up_to = await _up_to(services.pool, as_of)
         async with read_views(services, AUDIT, as_of=None, min_position=min_position) as reader:
             return await audit_timeline.entries(
                 reader.conn,
@@ -258,6 +262,10 @@ class AuditController(Controller):
                 only_models=only_models,
                 hide_tokens=hide_tokens,
                 actor=actor,
+                event_types=type,
+                since=since and representable_time(since, "since"),
+                until=until and representable_time(until, "until"),
+                up_to_position=up_to,
                 cursor=cursor,
                 limit=limit,
             )
@@ -337,6 +345,16 @@ class AuditController(Controller):
         return catalogue_schema(CODEC)
 
 
+async def _up_to(pool: asyncpg.Pool, as_of: str | None) -> int | None:
+    """The log position ``as_of`` (a position or a time) stands for; None: the head."""
+    if as_of is None:
+        return None
+    from projections.time_travel import resolve_as_of
+    from service.api.common import parse_as_of
+
+    return await resolve_as_of(pool, parse_as_of(as_of))
+
+
 async def _models_in_scope(pool: asyncpg.Pool, principal: Principal) -> list[str] | None:
     """The ids of the models a scoped principal covers (None: it covers the registry)."""
     if covers(principal, None):
@@ -379,6 +397,9 @@ class TokensController(Controller):
             )
             state = outcome.state
             secret = None if outcome.replayed else secret
+            # Answer once sealed, like every other write: a read of the log that follows
+            # (GET /events, an audit feed) then shows the token's issue.
+            await services.registry.written_from("", outcome)
         return IssuedToken(
             token_id=state.token_id,
             principal=state.principal,
@@ -424,6 +445,8 @@ class TokensController(Controller):
         outcome = await revoke_token(
             services.executor, token_id, actor=principal.name, reason=reason
         )
+        # Refused here from now on, without waiting for the NOTIFY (other processes get it).
+        services.auth.tokens.forget()
         return receipt(await services.registry.written_from("", outcome))
 
     @get("/me")

@@ -18,12 +18,16 @@ from events.model.commands import (
     SetVersionTags,
     UpdateVersionDescription,
 )
-from events.names import validate_stage_name
 from events.version_content import VersionContent, validate_content
 from projections.paging import InvalidQueryError, Page
 from projections.search import VersionQuery, search_versions
 from projections.views import metric_history, model_catalogue, model_versions
-from projections.views.metric_history import Comparison, MetricSample, MetricSeries
+from projections.views.metric_history import (
+    Comparison,
+    MetricHistory,
+    MetricSample,
+    MetricSeries,
+)
 from projections.views.model_versions import MetricValue, VersionRow
 from service.api.auth import require
 from service.api.common import (
@@ -44,7 +48,7 @@ from service.api.common import (
 )
 from service.api.problems import BadRequestError
 from service.api.routes_models import AsOf, MinPosition
-from service.api.schemas import MetricBatch, Reason, TagValue, UpdateModel
+from service.api.schemas import MetricBatch, Reason, StageNameQuery, TagValue, UpdateModel
 from service.api.schemas import RegisterVersion as RegisterVersionBody
 from service.artifacts.service import Guards, with_stored_blobs
 from service.commands.registry import Written
@@ -124,7 +128,7 @@ class VersionsController(Controller):
         name: FromPath[str],
         q: Annotated[str | None, QueryParameter(description="Substring of the model name")] = None,
         tag: FromQuery[list[str] | None] = None,
-        stage: FromQuery[list[str] | None] = None,
+        stage: FromQuery[list[StageNameQuery] | None] = None,
         alias: FromQuery[str | None] = None,
         metric: FromQuery[list[str] | None] = None,
         deprecated: FromQuery[bool | None] = None,
@@ -145,7 +149,7 @@ class VersionsController(Controller):
         query = VersionQuery(
             q=q,
             tags=tuple(tag or ()),
-            stages=tuple(validate_stage_name(s) for s in stage or ()),
+            stages=tuple(stage or ()),
             alias=alias,
             metrics=tuple(metric or ()),
             deprecated=deprecated,
@@ -379,6 +383,33 @@ class VersionsController(Controller):
             services, METRICS, as_of=as_of, min_position=min_position, model_id=model_id
         ) as reader:
             return await metric_history.metric_series(reader.conn, reader.names, model_id, version)
+
+    @get("/{version:int}/metrics/histories")
+    async def histories(
+        self,
+        request: Request[Any, Any, Any],
+        name: FromPath[str],
+        version: VersionNumber,
+        limit: Annotated[
+            int, QueryParameter(ge=1, le=10_000, description="Points per series at most")
+        ] = 1000,
+        as_of: AsOf = None,
+        min_position: MinPosition = None,
+    ) -> tuple[MetricHistory, ...]:
+        """Every metric series of the version with its first ``limit`` points in step order,
+        in one answer: what a dashboard needs to draw a chart per metric."""
+        require(principal_of(request), Permission.READ, name)
+        services = services_of(request)
+        model_id, _ = await services.registry.locate(name)
+        async with read_views(
+            services, METRICS, as_of=as_of, min_position=min_position, model_id=model_id
+        ) as reader:
+            try:
+                return await metric_history.metric_histories(
+                    reader.conn, reader.names, model_id, version, limit=limit
+                )
+            except InvalidQueryError as exc:
+                raise _bad_query(exc) from None
 
     @get("/{version:int}/metrics/{key:str}/best")
     async def best(

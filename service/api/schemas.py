@@ -10,6 +10,7 @@ import msgspec
 
 from events.access import Role
 from events.metrics import MetricInput
+from events.names import STAGE_NAME_MAX, STAGE_NAME_PATTERN
 from events.policy import GateOp, GovernancePolicy
 from events.version_content import DatasetRole
 
@@ -17,6 +18,10 @@ Tags = dict[str, str]
 # A time without a zone is ambiguous: refused (400) rather than guessed.
 AwareDatetime = Annotated[datetime, msgspec.Meta(tz=True)]
 ParamValue = str | int | float | bool
+
+
+# A stage name in a query: the document states the rule, so a malformed one is a 400.
+StageNameQuery = Annotated[str, msgspec.Meta(pattern=STAGE_NAME_PATTERN, max_length=STAGE_NAME_MAX)]
 
 
 class Strict(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

@@ -76,6 +76,9 @@ class Ledger:
     stored: dict[str, list[StoredBy]] = field(default_factory=lambda: defaultdict(list))
     references: dict[str, list[Reference]] = field(default_factory=lambda: defaultdict(list))
     names: dict[str, str] = field(default_factory=dict)  # model_id -> name
+    # Blobs a deleted model's versions named, and when it was deleted: their grace period
+    # before collection counts from the deletion, not from the upload.
+    released: dict[str, datetime] = field(default_factory=dict)
 
     def last_stored(self, sha256: str) -> datetime | None:
         times = [s.at for s in self.stored.get(sha256, ())]
@@ -107,7 +110,15 @@ async def add_stored(ledger: Ledger, store: EventStore, stream_id: str) -> None:
 
 
 async def add_references(ledger: Ledger, executor: CommandExecutor, stream_id: str) -> None:
-    _, state = await executor.state_of(stream_id, MODEL)
+    version_number, state = await executor.state_of(stream_id, MODEL)
+    if state.deleted:
+        # A deleted model names nothing: its files may be collected once the grace period
+        # after the deletion (the tombstone is the stream's last event) has passed.
+        [tombstone] = await executor.store.read_stream(stream_id, after=version_number - 1)
+        for version in state.versions.values():
+            for entry in version.content.artifacts:
+                ledger.released[entry.sha256] = tombstone.envelope.occurred_at
+        return
     ledger.names[state.model_id] = state.name
     for version in state.versions.values():
         for entry in version.content.artifacts:
@@ -233,7 +244,9 @@ async def audit_blobs(
     for sha256, item in sorted(held.items()):
         if not ledger.references.get(sha256):
             finding = _finding(ledger, ORPHAN, sha256, item.size, "no version names it")
-            age = _age(now, item.written_at, ledger.last_stored(sha256))
+            age = _age(
+                now, item.written_at, ledger.last_stored(sha256), ledger.released.get(sha256)
+            )
             findings.append(msgspec.structs.replace(finding, age_seconds=age))
     return AuditReport(
         blobs_held=len(held),

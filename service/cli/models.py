@@ -227,6 +227,35 @@ def archive(
     output(receipt, as_json, lambda r: f"archived {name}: {receipt_line(r)}")
 
 
+@app.command("delete")
+@client_command
+def delete(
+    name: ModelArg,
+    reason: ReasonOption,
+    yes: Annotated[
+        bool, typer.Option("--yes", help="Do not ask; for scripts (the reason is still required).")
+    ] = False,
+    url: UrlOption = None,
+    token: TokenOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Delete a model (admin): gone from lists, search and MLflow, its name free again.
+
+    The log keeps its history and a tombstone saying who deleted it and why; its stored
+    files can be collected after the GC grace period (modelreg audit artifacts --gc).
+    Refused while a version is in production.
+
+    Example: modelreg models delete churn-test -m "created by mistake" --yes
+    """
+    if not yes:
+        typer.confirm(
+            f"Delete model {name!r}? Its name becomes free; its history stays", abort=True
+        )
+    with connect(url, token) as client:
+        receipt = client.delete_model(name, reason)
+    output(receipt, as_json, lambda r: f"deleted {name}: {receipt_line(r)}")
+
+
 @app.command("restore")
 @client_command
 def restore(

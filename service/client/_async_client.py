@@ -332,6 +332,15 @@ class AsyncClient:
             "POST", f"{model_path(name)}/archive", {"reason": reason}, if_version=if_version
         )
 
+    async def delete_model(
+        self, name: str, reason: str, *, if_version: int | None = None
+    ) -> Receipt:
+        """Delete a model (admin): gone from listings and search, its name free again, its
+        history kept in the log behind a tombstone. Refused while a version is in production."""
+        return await self._write(
+            "POST", f"{model_path(name)}/delete", {"reason": reason}, if_version=if_version
+        )
+
     async def restore_model(
         self, name: str, reason: str, *, if_version: int | None = None
     ) -> Receipt:

@@ -328,6 +328,15 @@ class Client:
             "POST", f"{model_path(name)}/archive", {"reason": reason}, if_version=if_version
         )
 
+    def delete_model(
+        self, name: str, reason: str, *, if_version: int | None = None
+    ) -> Receipt:
+        """Delete a model (admin): gone from listings and search, its name free again, its
+        history kept in the log behind a tombstone. Refused while a version is in production."""
+        return self._write(
+            "POST", f"{model_path(name)}/delete", {"reason": reason}, if_version=if_version
+        )
+
     def restore_model(
         self, name: str, reason: str, *, if_version: int | None = None
     ) -> Receipt:

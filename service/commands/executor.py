@@ -35,7 +35,7 @@ import msgspec
 from eventlog.store import AppendResult, EventStore, Metadata, StaleGuardError
 from events.base import Command, Decider, Event
 from events.envelope import decode_envelope
-from events.errors import ConcurrencyError, ConflictError
+from events.errors import ConcurrencyError, ConflictError, DomainError
 
 log = logging.getLogger(__name__)
 
@@ -181,12 +181,23 @@ class CommandExecutor:
             earlier = await self.recorded(stream_id, decider, id_seed)
             if earlier is not None:
                 return earlier
-        for attempt in range(1, self.max_attempts + 1):
-            version, state = await self.state_of(stream_id, decider)
-            _check_precondition(stream_id, version, if_version)
-            new_events = decider.decide(command, state)
-            if not new_events:
-                return Outcome([], state, version, None)
+        # The first try may decide on the state this process cached, without asking the
+        # stream whether it moved: the append's expected version makes that safe, since it
+        # only lands if the stream is still at the cached version (whose state is exact).
+        # A refusal or a no-op is never answered from the cache, nor an If-Match.
+        optimistic = if_version is None
+        attempt = 1
+        while True:
+            decided = self._decided_on_cache(stream_id, decider, command) if optimistic else None
+            if decided is not None:
+                version, state, new_events = decided
+            else:
+                optimistic = False
+                version, state = await self.state_of(stream_id, decider)
+                _check_precondition(stream_id, version, if_version)
+                new_events = decider.decide(command, state)
+                if not new_events:
+                    return Outcome([], state, version, None)
             claim, release = keys(new_events, state) if keys else ((), ())
             try:
                 result = await self.store.append(
@@ -201,13 +212,13 @@ class CommandExecutor:
                 )
             except StaleGuardError:
                 raise  # the command itself is stale: deciding it again would not help
-            except ConcurrencyError:
+            except ConcurrencyError as exc:
                 self.forget(stream_id)
-                if self._on_conflict is not None:
-                    self._on_conflict()
-                if if_version is not None or attempt == self.max_attempts:
-                    raise
-                await asyncio.sleep(random.uniform(0, 0.003 * attempt))  # noqa: S311 jitter, not crypto
+                if optimistic:
+                    optimistic = False  # the cache was behind: decide on the stream itself
+                else:
+                    await self._after_conflict(exc, attempt, if_version)
+                    attempt += 1
                 continue
             if result.replayed and id_seed is not None:
                 # An attempt with the same ids was recorded since the check above (a copy
@@ -221,7 +232,33 @@ class CommandExecutor:
             if result.stream_version // self.snapshot_every > version // self.snapshot_every:
                 self._snapshot_later(stream_id, result.stream_version, state, decider)
             return Outcome(new_events, state, result.stream_version, result)
-        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _after_conflict(
+        self, conflict: ConcurrencyError, attempt: int, if_version: int | None
+    ) -> None:
+        """Back off before another try, or give up (the conflict reaches the caller)."""
+        if self._on_conflict is not None:
+            self._on_conflict()
+        if if_version is not None or attempt == self.max_attempts:
+            raise conflict
+        await asyncio.sleep(random.uniform(0, 0.003 * attempt))  # noqa: S311 jitter, not crypto
+
+    def _decided_on_cache(
+        self, stream_id: str, decider: Decider[S, Any, E], command: Command
+    ) -> tuple[int, S, list[E]] | None:
+        """The cached version and state of the stream with the events ``command`` yields on
+        it; None when nothing is cached or the command is refused or a no-op there."""
+        cached = self._cache.get(stream_id)
+        if cached is None:
+            return None
+        try:
+            new_events = list(decider.decide(command, cached[1]))
+        except DomainError:
+            return None
+        if not new_events:
+            return None
+        self._cache.move_to_end(stream_id)
+        return cached[0], cached[1], new_events
 
     async def recorded(
         self, stream_id: str, decider: Decider[S, Any, E], id_seed: str

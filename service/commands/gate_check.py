@@ -18,7 +18,7 @@ import msgspec
 from events.errors import DomainError, NotFoundError
 from events.model.commands import RequestPromotion, TransitionStage
 from events.model.decider import MODEL
-from events.policy import require_stage, requirement
+from events.policy import GateResult, evaluate_gates, require_stage, requirement
 from service.commands.registry import Registry
 
 
@@ -36,6 +36,9 @@ class GateCheck(msgspec.Struct, frozen=True, kw_only=True):
     code: str | None = None
     reason: str | None = None
     details: dict[str, Any] = msgspec.field(default_factory=dict)
+    # Each metric gate of the move with the values it was judged on (the version's and,
+    # for a gate against production, production's): why it passes or which one fails.
+    gates: list[GateResult] = msgspec.field(default_factory=list)
 
 
 async def check_transition(
@@ -50,9 +53,11 @@ async def check_transition(
     require_stage(state.effective_policy(registry_policy), to_stage, "to")
     now = registry.now()
     approvals = 0
+    gates: list[GateResult] = []
     try:
         needed = requirement(state.effective_policy(registry_policy), current.stage, to_stage, None)
         approvals = needed.approvals
+        gates = list(evaluate_gates(needed.gates, version, state.production, metrics))
         command: TransitionStage | RequestPromotion
         if approvals == 0:
             command = TransitionStage(
@@ -90,6 +95,7 @@ async def check_transition(
             code=exc.code,
             reason=str(exc),
             details=dict(exc.details),
+            gates=gates,
         )
     return GateCheck(
         model=name,
@@ -100,4 +106,5 @@ async def check_transition(
         outcome="direct" if approvals == 0 else "needs_approval",
         approvals_required=approvals,
         would_record=[e.event_type for e in events],
+        gates=gates,
     )

@@ -28,7 +28,7 @@ from events.errors import ConcurrencyError, ConflictError, NotFoundError, Valida
 from events.metrics import METRICS, LogMetrics, MetricInput, latest_values
 from events.model.commands import Metrics, RequestPromotion, TransitionStage
 from events.model.decider import MODEL
-from events.model.events import ModelRegistered, ModelRenamed, PromotionRequested
+from events.model.events import ModelDeleted, ModelRegistered, ModelRenamed, PromotionRequested
 from events.model.state import ModelState
 from events.names import validate_model_name
 from events.policy import GovernancePolicy, requirement
@@ -61,7 +61,8 @@ class Written:
 
 
 def name_keys(events: Sequence[Any], _state: Any) -> tuple[list[str], list[str]]:
-    """Model names are unique: claim on register and rename, release the old name; a
+    """Model names are unique: claim on register and rename, release the old name (and a
+    deleted model's); a
     promotion request's id points at its model."""
     claim: list[str] = []
     release: list[str] = []
@@ -71,6 +72,8 @@ def name_keys(events: Sequence[Any], _state: Any) -> tuple[list[str], list[str]]
         elif isinstance(event, ModelRenamed):
             claim.append(name_key(event.new_name))
             release.append(name_key(event.old_name))
+        elif isinstance(event, ModelDeleted):
+            release.append(name_key(event.name))  # the name may be registered again
         elif isinstance(event, PromotionRequested):
             # Lets an approver find the request's model the moment it exists.
             claim.append(request_key(event.request_id))

@@ -17,12 +17,13 @@ import logging
 import secrets
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 
 import asyncpg
 import msgspec
 
+from eventlog.listener import Listener
 from eventlog.store import EventStore
 from events.access import TOKENS, IssueToken, Permission, RevokeToken, Role, TokenEvent, TokenState
 from events.errors import AlreadyExistsError, ConcurrencyError, ConflictError
@@ -235,9 +236,26 @@ async def warn_legacy_tokens(executor: CommandExecutor) -> list[str]:
     return live
 
 
+def tokens_channel(schema: str) -> str:
+    """The channel every append to a token stream NOTIFYs (migration 0008)."""
+    return f"modelreg_tokens_{schema}"[:63]
+
+
 class TokenAuthenticator:
-    """Finds the token of a presented secret in one query, folding its stream only when it
-    changed since last seen, so a revocation takes effect on the very next request."""
+    """Finds the token of a presented secret, and keeps what it found in memory only while
+    a LISTEN tells it of every change to any token.
+
+    Without a listener (``listen``), or while its connection is down, every request looks
+    the secret up in Postgres (one query), folding the token's stream only when it changed
+    since last seen. With the listener up, a secret checked once is answered from memory:
+    each event appended to a token stream NOTIFYs at its commit (migration 0008), and any
+    notification, and any loss or return of the LISTEN connection, forgets everything.
+    Revocation therefore takes effect in a process as soon as Postgres delivers the
+    NOTIFY, and at once in the process that revoked (``forget``); expiry is checked
+    against the clock on every request. Only accepted tokens are kept: an unknown, revoked
+    or expired secret is looked up again each time, so the cache can never accept a
+    secret the database refuses.
+    """
 
     def __init__(
         self,
@@ -254,8 +272,62 @@ class TokenAuthenticator:
         self.clock = clock
         self.cache_size = cache_size
         self._cache: OrderedDict[str, tuple[int, TokenState]] = OrderedDict()
+        # digest of a secret -> the state of its token, while the listener is up.
+        self._accepted: OrderedDict[bytes, TokenState] = OrderedDict()
+        self._generation = 0  # moves on every forget: a lookup begun before is not kept
+        self._listener: Listener | None = None
+
+    def listen(self, connect: Callable[[], Awaitable[asyncpg.Connection]], schema: str) -> Listener:
+        """The LISTEN that lets this authenticator answer from memory; run it (``run``)."""
+        self._listener = Listener(connect, tokens_channel(schema), self.forget)
+        return self._listener
+
+    def forget(self) -> None:
+        """Drop every token kept in memory (a token changed, or the LISTEN came or went)."""
+        self._accepted.clear()
+        self._generation += 1
+
+    def remembers(self, secret: str) -> bool:
+        """Would ``secret`` be answered from memory right now?"""
+        return self._caching() and self.pepper.digest(secret) in self._accepted
+
+    def _caching(self) -> bool:
+        return self._listener is not None and self._listener.listening
 
     async def authenticate(self, secret: str) -> Principal:
+        digest = self.pepper.digest(secret)
+        caching = self._caching()
+        state = self._accepted.get(digest) if caching else None
+        if state is None:
+            generation = self._generation
+            state = await self._look_up(secret)
+            self._check(state)
+            # Kept only if nothing changed meanwhile: a NOTIFY that arrived during the
+            # look-up may be about this very token.
+            if caching and generation == self._generation and self._caching():
+                self._accepted[digest] = state
+                while len(self._accepted) > self.cache_size:
+                    self._accepted.popitem(last=False)
+        else:
+            self._accepted.move_to_end(digest)
+            self._check(state)
+        return Principal(
+            name=state.principal,
+            token_id=state.token_id,
+            roles=state.roles,
+            permissions=state.permissions,
+            scopes=state.scopes,
+        )
+
+    def _check(self, state: TokenState) -> None:
+        if not state.issued:
+            raise InvalidTokenError("unknown token")
+        if state.revoked:
+            raise InvalidTokenError("this token was revoked")
+        if not state.active_at(self.clock()):
+            raise InvalidTokenError("this token has expired")
+
+    async def _look_up(self, secret: str) -> TokenState:
         found = await find_token_stream(self.store.pool, self.pepper, secret)
         if found is None:
             raise InvalidTokenError("unknown token")
@@ -269,16 +341,4 @@ class TokenAuthenticator:
             while len(self._cache) > self.cache_size:
                 self._cache.popitem(last=False)
         self._cache.move_to_end(stream_id)
-        if not state.issued:
-            raise InvalidTokenError("unknown token")
-        if state.revoked:
-            raise InvalidTokenError("this token was revoked")
-        if not state.active_at(self.clock()):
-            raise InvalidTokenError("this token has expired")
-        return Principal(
-            name=state.principal,
-            token_id=state.token_id,
-            roles=state.roles,
-            permissions=state.permissions,
-            scopes=state.scopes,
-        )
+        return state

@@ -145,7 +145,8 @@ async def prune(pool: asyncpg.Pool, older_than: datetime) -> int:
     return int(status.rsplit(" ", 1)[-1])
 
 
-CURSOR_PATTERN = r"^[0-9]{1,19}-[0-9]{1,19}$"
+# Microseconds since 1970 (17 digits reach past year 5000) and a row id.
+CURSOR_PATTERN = r"^[0-9]{1,17}-[0-9]{1,19}$"
 
 
 def encode_cursor(last_at: datetime, row_id: int) -> str:

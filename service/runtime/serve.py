@@ -128,14 +128,20 @@ def background_workers(state: AppState) -> list[Worker]:
 
 def api_workers(state: AppState) -> list[Worker]:
     """The loops that run beside the API in roles ``all`` and ``api``: the seal listener
-    wakes this process's writes waiting for their log position, wherever the sealer runs."""
+    wakes this process's writes waiting for their log position, wherever the sealer runs;
+    the token listener lets authentication answer from memory (``TokenAuthenticator``)."""
     listener = Listener(
         _connector(state, "modelreg-seal"),
         sealed_channel(state.settings.db_schema),
         state.seal_signal.notify,
     )
+    # Tokens are answered from memory only while this LISTEN hears of every token change.
+    tokens = state.services.auth.tokens.listen(
+        _connector(state, "modelreg-tokens"), state.settings.db_schema
+    )
     return [
         Worker("seal-listener", listener.run),
+        Worker("token-listener", tokens.run),
         Worker("denials", state.services.denials.run),
     ]
 
@@ -358,9 +364,15 @@ async def open_state(
         )
 
     # Local appends wake the local sealer (appends of other replicas are found by polling);
-    # the seal listener (api_workers) rings `sealed` for the writes waiting on a position.
+    # the local sealer hands the positions it committed to `sealed`, and the seal listener
+    # (api_workers) rings it for seals made by a sealer elsewhere.
     sealed = SealSignal()
-    sealer = Sealer(connect_sealer, settings.db_schema, idle_interval=settings.sealer_idle_interval)
+    sealer = Sealer(
+        connect_sealer,
+        settings.db_schema,
+        idle_interval=settings.sealer_idle_interval,
+        on_sealed=sealed.sealed,
+    )
     try:
         pepper = _pepper(settings)
         try:

@@ -10,26 +10,32 @@ reader's scope answers 404 here, exactly like a model that does not exist.
 from __future__ import annotations
 
 from collections.abc import Awaitable
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Annotated, Any, TypeVar
 
 from litestar import Controller, Request, Response, get, post
 from litestar.enums import RequestEncodingType
-from litestar.params import Body, FromPath, FromQuery, Parameter
+from litestar.params import Body, FromPath, FromQuery, QueryParameter
 from litestar.response import Redirect, Template
 
 from eventlog.freshness import freshness
 from eventlog.keys import model_names
-from events.errors import NotFoundError
+from events.errors import NotFoundError, ValidationError
 from events.names import validate_stage_name
 from events.stages import Stage
-from service.api.common import MAX_POSITION, principal_of, services_of
+from projections.views.approvals import ApprovalRequest
+from projections.views.metric_history import Comparison
+from service.api.common import MAX_POSITION, principal_of, representable_time, services_of
 from service.api.problems import PermissionDeniedError
 from service.api.routes_artifacts import ArtifactsController
+from service.api.routes_gates import GatesController
 from service.api.routes_governance import LifecycleController, PromotionsController
 from service.api.routes_models import ModelsController
 from service.api.routes_operations import AuditController, DeploymentsController
 from service.api.routes_versions import CompareController, VersionsController
 from service.api.schemas import Decision
+from service.commands.gate_check import GateCheck
 from service.commands.tokens import InvalidTokenError
 from service.ui.charts import Line, bar_chart, line_chart
 from service.ui.forms import DecisionForm, LoginForm, SearchForm
@@ -40,14 +46,20 @@ PUBLIC = {"public": True}
 # Key metrics in the versions table: the first few, so the table stays readable.
 KEY_METRICS = 4
 TIMELINE_ROWS = 30
+CHART_POINTS = 1000  # per metric chart
+# The inbox weighs (gate check, diff against production) this many requests at most.
+REVIEWED_REQUESTS = 50
 
 
-async def _visible(name: str, read: Awaitable[T]) -> T:
-    """``read`` of model ``name``; out of scope answers as if the model did not exist."""
+async def _visible(name: str, read: Awaitable[T], *, what: str = "") -> T:
+    """``read`` (or write) of model ``name``; out of the caller's scope it answers as if the
+    model (or ``what``) did not exist. A permission the caller's role lacks stays a 403."""
     try:
         return await read
-    except PermissionDeniedError:
-        raise NotFoundError(f"model {name!r} does not exist") from None
+    except PermissionDeniedError as exc:
+        if exc.scope is None or not exc.scope.startswith("model "):
+            raise
+        raise NotFoundError(what or f"model {name!r} does not exist") from None
 
 
 def page(request: Request[Any, Any, Any], template: str, **context: Any) -> Template:
@@ -101,14 +113,14 @@ class PagesController(Controller):
     async def models(
         self,
         request: Request[Any, Any, Any],
-        q: str = "",
-        tag: str = "",
-        stage: str = "",
-        alias: str = "",
-        owner: str = "",
-        metric: str = "",
-        as_of: str = "",
-        cursor: str = "",
+        q: FromQuery[str] = "",
+        tag: FromQuery[str] = "",
+        stage: FromQuery[str] = "",
+        alias: FromQuery[str] = "",
+        owner: FromQuery[str] = "",
+        metric: FromQuery[str] = "",
+        as_of: FromQuery[str] = "",
+        cursor: FromQuery[str] = "",
     ) -> Template:
         form = SearchForm(
             q=q,
@@ -149,8 +161,8 @@ class PagesController(Controller):
         self,
         request: Request[Any, Any, Any],
         name: FromPath[str],
-        as_of: str = "",
-        cursor: str = "",
+        as_of: FromQuery[str] = "",
+        cursor: FromQuery[str] = "",
     ) -> Template:
         """The model (as it stood ``as_of`` a past position or time, if given); its versions
         a page at a time, newest first."""
@@ -177,13 +189,9 @@ class PagesController(Controller):
             for s in dict.fromkeys([*(d.name for d in policy.stages), *(str(s) for s in Stage)])
             if s != policy.initial_stage
         ]
-        timeline = [
-            interval
-            for stage in timeline_stages
-            for interval in await LifecycleController.timeline.fn(
-                None, request, name=name, stage=stage
-            )
-        ]
+        timeline = await LifecycleController.timeline.fn(
+            None, request, name=name, stage=timeline_stages
+        )
         recent = sorted(timeline, key=lambda t: t.from_position, reverse=True)[:TIMELINE_ROWS]
         places = await DeploymentsController.places.fn(None, request, name=name, as_of=when)
         metric_keys = sorted({(m.key, m.dataset) for v in versions.items for m in v.metrics})
@@ -210,24 +218,25 @@ class PagesController(Controller):
                 name, VersionsController.read.fn(None, request, name=name, version=version)
             )
         ).content
-        series = await VersionsController.series.fn(None, request, name=name, version=version)
+        # Every metric's history in one query, a chart each.
+        histories = await VersionsController.histories.fn(
+            None, request, name=name, version=version, limit=CHART_POINTS
+        )
         charts = []
-        for one in series:
-            history = await VersionsController.metrics.fn(
-                None,
-                request,
-                name=name,
-                version=version,
-                key=one.key,
-                dataset=one.dataset,
-                cursor=None,
-                limit=1000,
-            )
-            label = one.key + (f" [{one.dataset}]" if one.dataset else "")
+        for one in histories:
+            label = one.series.key + (f" [{one.series.dataset}]" if one.series.dataset else "")
             charts.append(
-                line_chart(label, [Line(label, [(s.step, s.value) for s in history.items])])
+                line_chart(label, [Line(label, [(s.step, s.value) for s in one.samples])])
             )
-        return page(request, "version.html", version=row, series=series, charts=charts)
+        series = [h.series for h in histories]
+        return page(
+            request,
+            "version.html",
+            version=row,
+            series=series,
+            charts=charts,
+            chart_points=CHART_POINTS,
+        )
 
     @get("/models/{name:str}/versions/{version:int}/files/{file_path:path}")
     async def download(
@@ -252,7 +261,7 @@ class PagesController(Controller):
         name: FromPath[str],
         versions: Annotated[str, FromQuery] = "",
         v: Annotated[list[int] | None, FromQuery] = None,
-        with_production: bool = False,
+        with_production: FromQuery[bool] = False,
     ) -> Template:
         # The model page's checkboxes send v=1&v=2; the text field sends versions=1,2.
         versions = ",".join([*([versions] if versions.strip() else []), *map(str, v or ())])
@@ -294,11 +303,12 @@ class PagesController(Controller):
     async def approvals(
         self,
         request: Request[Any, Any, Any],
-        done: str = "",
-        position: Annotated[int | None, Parameter(ge=0, le=MAX_POSITION)] = None,
+        done: FromQuery[str] = "",
+        position: Annotated[int | None, QueryParameter(ge=0, le=MAX_POSITION)] = None,
     ) -> Template:
-        """Requests waiting for me and all open ones; after a decision, read-your-writes:
-        the lists wait (bounded) until the views show it."""
+        """Requests waiting for me and all open ones, each with what an approver weighs: the
+        gate check the API's dry run answers now, and the diff against production. After a
+        decision, read-your-writes: the lists wait (bounded) until the views show it."""
         mine = await PromotionsController.list_requests.fn(
             None, request, which="mine", min_position=position
         )
@@ -307,7 +317,18 @@ class PagesController(Controller):
         others = [r for r in waiting if r.request_id not in mine_ids]
         # One query names every model shown (the lists are already cut to the scope).
         names = await model_names(services_of(request).pool, {r.model_id for r in waiting + mine})
-        return page(request, "approvals.html", mine=mine, others=others, names=names, done=done)
+        shown = [*mine, *others][:REVIEWED_REQUESTS]
+        reviews = await _reviews(request, shown, names)
+        return page(
+            request,
+            "approvals.html",
+            mine=mine,
+            others=others,
+            names=names,
+            done=done,
+            reviews=reviews,
+            reviewed=REVIEWED_REQUESTS,
+        )
 
     @post("/approvals/{request_id:str}", status_code=303)
     async def decide(
@@ -321,8 +342,11 @@ class PagesController(Controller):
             if data.decision == "approve"
             else PromotionsController.reject
         )
-        written = await handler.fn(
-            None, request, request_id=request_id, data=Decision(comment=data.comment)
+        # A request on a model outside the approver's scope does not exist for it.
+        written = await _visible(
+            request_id,
+            handler.fn(None, request, request_id=request_id, data=Decision(comment=data.comment)),
+            what=f"no promotion request {request_id!r}",
         )
         position = written.content.position
         return Redirect(
@@ -333,16 +357,23 @@ class PagesController(Controller):
     async def audit(
         self,
         request: Request[Any, Any, Any],
-        model: str = "",
-        actor: str = "",
-        type: str = "",
-        as_of: str = "",
-        cursor: Annotated[int | None, Parameter(ge=0, le=MAX_POSITION)] = None,
-        verify: bool = False,
+        model: FromQuery[str] = "",
+        actor: FromQuery[str] = "",
+        type: FromQuery[str] = "",
+        since: FromQuery[str] = "",
+        until: FromQuery[str] = "",
+        as_of: FromQuery[str] = "",
+        cursor: Annotated[int | None, QueryParameter(ge=0, le=MAX_POSITION)] = None,
+        verify: FromQuery[bool] = False,
     ) -> Template:
-        """A model's events (filtered by actor and type, as the registry stood ``as_of``), or
-        everything one actor did; the hash-chain check on request (it reads the whole log)."""
+        """A model's events or everything one actor did, filtered by type and business time
+        (``since <= occurred_at < until``), as the registry stood ``as_of`` a past position or
+        time; the hash-chain check on request (it reads the whole log)."""
+        start, end = _moment(since, "since"), _moment(until, "until")
+        if start is not None and end is not None and end <= start:
+            raise ValidationError("until", "after_since", "until must be later than since")
         feed = None
+        types = [type] if type else None
         if model:
             feed = await _visible(
                 model,
@@ -351,7 +382,9 @@ class PagesController(Controller):
                     request,
                     name=model,
                     actor=actor or None,
-                    type=[type] if type else None,
+                    type=types,
+                    since=start,
+                    until=end,
                     cursor=cursor,
                     limit=100,
                     as_of=as_of or None,
@@ -359,10 +392,25 @@ class PagesController(Controller):
             )
         elif actor:
             feed = await AuditController.by_actor.fn(
-                None, request, actor=actor, cursor=cursor, limit=100
+                None,
+                request,
+                actor=actor,
+                type=types,
+                since=start,
+                until=end,
+                cursor=cursor,
+                limit=100,
+                as_of=as_of or None,
             )
         report = await AuditController.verify_chains.fn(None, request) if verify else None
-        filters = {"model": model, "actor": actor, "type": type, "as_of": as_of}
+        filters = {
+            "model": model,
+            "actor": actor,
+            "type": type,
+            "since": since,
+            "until": until,
+            "as_of": as_of,
+        }
         return page(request, "audit.html", feed=feed, report=report, filters=filters)
 
     @get("/position", media_type="application/json")
@@ -372,6 +420,45 @@ class PagesController(Controller):
         return {"position": now.head}
 
 
+@dataclass(frozen=True)
+class Review:
+    """What an approver weighs for one request: ``gate``, the API's dry run of the move
+    (None for an alias-only request or a rollback, which has no gates); ``production`` and
+    ``diff``, the version beside the one in production (None when there is none, or it is
+    the version asked for)."""
+
+    gate: GateCheck | None
+    production: int | None
+    diff: Comparison | None
+
+
+async def _reviews(
+    request: Request[Any, Any, Any], shown: list[ApprovalRequest], names: dict[str, str]
+) -> dict[str, Review]:
+    productions: dict[str, int | None] = {}
+    reviews: dict[str, Review] = {}
+    for r in shown:
+        name = names.get(r.model_id)
+        if name is None:  # renamed or gone since the list was read: nothing to weigh
+            continue
+        if name not in productions:
+            row = (await ModelsController.read.fn(None, request, name=name)).content
+            productions[name] = row.stages.get(Stage.PRODUCTION.value)
+        production = productions[name]
+        gate = None
+        if r.target_stage is not None and not r.rollback:
+            gate = await GatesController.check.fn(
+                None, request, name=name, version=r.version, to=Stage(r.target_stage)
+            )
+        diff = None
+        if production is not None and production != r.version:
+            diff = await CompareController.compare.fn(
+                None, request, name=name, versions=f"{r.version},{production}"
+            )
+        reviews[r.request_id] = Review(gate=gate, production=production, diff=diff)
+    return reviews
+
+
 def _best(versions: tuple[int, ...], values: tuple[float | None, ...], key: str) -> int | None:
     """The version with the best value; lower is better for losses and errors."""
     present = [(v, n) for n, v in zip(versions, values, strict=True) if v is not None]
@@ -379,6 +466,23 @@ def _best(versions: tuple[int, ...], values: tuple[float | None, ...], key: str)
         return None
     lower = any(word in key.lower() for word in ("loss", "error", "rmse", "mae", "mse"))
     return (min(present) if lower else max(present))[1]
+
+
+def _moment(text: str, field: str) -> datetime | None:
+    """A time from the audit form: RFC 3339, or a date and time without a zone (a browser's
+    datetime-local field), read as UTC; empty: no bound."""
+    text = text.strip()
+    if not text:
+        return None
+    try:
+        moment = datetime.fromisoformat(text)  # also a date alone: its midnight
+    except ValueError:
+        raise ValidationError(
+            field, "pattern", f"{field} is a date and time, e.g. 2026-03-03T14:03:00Z"
+        ) from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return representable_time(moment, field)
 
 
 def _stage(text: str) -> str:

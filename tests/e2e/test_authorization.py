@@ -12,6 +12,9 @@ request records nothing.
 
 from __future__ import annotations
 
+import dataclasses
+import html
+import re
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -25,6 +28,7 @@ from eventlog.freshness import wait_for_position
 from eventlog.log import head_position
 from events.access import ROLE_PERMISSIONS, Permission, Role
 from projections.registry_state import all_projections
+from service.api.app import api_and_ui_app_kwargs
 from service.api.router import api_app_kwargs
 from service.commands.tokens import issue_token, revoke_token
 from tests.support.api import Api, running_api
@@ -92,6 +96,9 @@ MATRIX: dict[tuple[str, str], Row] = {
     ("POST", "/api/v1/models/{name}/archive"): Row(
         f"{M}/retired/archive", ADMIN, {"reason": "unused"}
     ),
+    ("POST", "/api/v1/models/{name}/delete"): Row(
+        f"{M}/doomed/delete", ADMIN, {"reason": "created by mistake"}
+    ),
     ("POST", "/api/v1/models/{name}/restore"): Row(
         f"{M}/retired/restore", ADMIN, {"reason": "needed again"}
     ),
@@ -118,6 +125,9 @@ MATRIX: dict[tuple[str, str], Row] = {
     ("GET", "/api/v1/models/{name}/versions/{version}/metrics"): Row(f"{V}/1/metrics?key=auc", R),
     ("GET", "/api/v1/models/{name}/versions/{version}/metrics/series"): Row(
         f"{V}/1/metrics/series", R
+    ),
+    ("GET", "/api/v1/models/{name}/versions/{version}/metrics/histories"): Row(
+        f"{V}/1/metrics/histories?limit=10", R
     ),
     ("GET", "/api/v1/models/{name}/versions/{version}/metrics/{key}/best"): Row(
         f"{V}/1/metrics/auc/best?dataset=holdout", R
@@ -417,7 +427,7 @@ async def _setup(api: Api) -> tuple[list[Caller], dict[str, str]]:
     ]
 
     await _ok(await api.put("/api/v1/policy", json=POLICY))
-    for name in ("churn", "fraud", "renamable", "retired", "rollbacker"):
+    for name in ("churn", "fraud", "renamable", "retired", "rollbacker", "doomed"):
         await _ok(await api.post(M, json={"name": name, "tags": {"team": "risk"}}, as_=carol))
     for n in range(1, 5):
         await _ok(
@@ -640,3 +650,271 @@ async def test_a_revoked_token_stops_working_on_the_next_request(api: Api) -> No
     assert after.json()["detail"] == "this token was revoked"
     unknown = await api.delete("/api/v1/tokens/no-such-token")
     assert unknown.status_code == 404
+
+
+# --- the web UI ---------------------------------------------------------------------------
+# The same matrix for /ui, where a person holds a session cookie instead of a bearer token.
+# Without a usable session a page sends to the login form (or answers 401); a scoped caller
+# gets 404 for a model outside its scope, never a 403 that would tell the model exists; every
+# form post needs its CSRF token, whoever sends it.
+
+UI_CSRF = re.compile(r'name="_csrf_token" value="([^"]+)"')
+
+
+@dataclass(frozen=True)
+class UiRow:
+    """A UI route: the permission it needs and a request on ``churn``, outside the scoped
+    callers' ``fraud*``. ``scoped="hide"``: that request answers them 404, and ``in_scope``
+    (the same page of ``fraud``) answers. ``scoped="allow"``: a registry-wide page that must
+    not show ``hidden`` to them. ``form``: a POST's fields (the CSRF token is added)."""
+
+    path: str
+    permission: Permission | None
+    scoped: Literal["allow", "hide"] = "hide"
+    in_scope: str | None = None
+    hidden: str | None = None
+    form: dict[str, str] | None = None
+    logs_out: bool = False  # the form ends the session: its answer is the login form
+
+
+U = "/ui/models"
+UI_MATRIX: dict[tuple[str, str], UiRow] = {
+    ("GET", "/ui"): UiRow("/ui/?q=", R, scoped="allow", hidden=f"{U}/churn"),
+    ("GET", "/ui/models/{name}"): UiRow(f"{U}/churn", R, in_scope=f"{U}/fraud"),
+    ("GET", "/ui/models/{name}/versions/{version}"): UiRow(
+        f"{U}/churn/versions/1", R, in_scope=f"{U}/fraud/versions/1"
+    ),
+    ("GET", "/ui/models/{name}/versions/{version}/files/{file_path}"): UiRow(
+        f"{U}/churn/versions/1/files/empty.bin",
+        R,
+        in_scope=f"{U}/fraud/versions/1/files/empty.bin",
+    ),
+    ("GET", "/ui/models/{name}/compare"): UiRow(
+        f"{U}/churn/compare?versions=1", R, in_scope=f"{U}/fraud/compare?versions=1"
+    ),
+    ("GET", "/ui/approvals"): UiRow("/ui/approvals", R, scoped="allow", hidden="{to_decide}"),
+    ("GET", "/ui/audit"): UiRow(
+        "/ui/audit?model=churn&since=2000-01-01", R, in_scope="/ui/audit?model=fraud"
+    ),
+    ("GET", "/ui/position"): UiRow("/ui/position", None, scoped="allow"),
+    ("POST", "/ui/approvals/{request_id}"): UiRow(
+        "/ui/approvals/{to_decide}", A, form={"decision": "reject", "comment": "not yet"}
+    ),
+    # Last: it ends each caller's session.
+    ("POST", "/ui/logout"): UiRow("/ui/logout", None, scoped="allow", form={}, logs_out=True),
+}
+UI_PUBLIC: dict[tuple[str, str], str] = {
+    ("GET", "/ui/login"): "/ui/login",
+    ("POST", "/ui/login"): "/ui/login",  # tested with every caller below: it logs each in
+    ("GET", "/ui/static/{file_path}"): "/ui/static/ui.css",
+}
+
+
+@dataclass
+class UiCaller:
+    label: str
+    client: httpx.AsyncClient
+    role: Role | None  # None: no usable session
+    scoped: bool = False
+
+
+@pytest.fixture
+async def ui_api(db: Database) -> AsyncIterator[Api]:
+    async with running_api(db, ui=True) as running:
+        yield running
+
+
+def ui_routes(api: Api) -> set[tuple[str, str]]:
+    app = Litestar(**api_and_ui_app_kwargs(api.services))
+    return {
+        (method, route.path_format)
+        for route in app.routes
+        if route.path_format.startswith("/ui")
+        for method in getattr(route, "methods", ())
+        if method not in {"HEAD", "OPTIONS"}
+    }
+
+
+async def test_every_ui_route_has_a_row_in_the_matrix(ui_api: Api) -> None:
+    routes = ui_routes(ui_api)
+    missing = sorted(routes - UI_MATRIX.keys() - UI_PUBLIC.keys())
+    assert not missing, f"UI routes without an authorisation row in UI_MATRIX (add one): {missing}"
+    stale = sorted((UI_MATRIX.keys() | UI_PUBLIC.keys()) - routes)
+    assert not stale, f"rows for UI routes the app no longer has: {stale}"
+
+
+async def _csrf(client: httpx.AsyncClient) -> str:
+    found = UI_CSRF.search((await client.get("/ui/login")).text)
+    assert found is not None
+    return found.group(1)
+
+
+async def _logged_in(api: Api, label: str, secret: str, role: Role, scoped: bool) -> UiCaller:
+    client = api.browser()
+    answer = await client.post(
+        "/ui/login", data={"token": secret, "_csrf_token": await _csrf(client)}
+    )
+    assert answer.status_code == 303, f"{label} could not log in: {answer.text}"
+    return UiCaller(label, client, role, scoped)
+
+
+async def _ui_setup(api: Api) -> tuple[list[UiCaller], dict[str, str]]:
+    """churn and fraud, each with a version holding a stored file; a request on churn that
+    needs an approval; a person of each kind logged in (and some who cannot be)."""
+    carol = await api.token("carol", Role.CONTRIBUTOR)
+    await _ok(await api.put("/api/v1/policy", json=POLICY))
+    for name in ("churn", "fraud"):
+        await _ok(await api.post(M, json={"name": name}, as_=carol))
+        await _ok(await api.put(f"{M}/{name}/blobs/sha256:{EMPTY}", as_=carol))
+        stored = {"path": "empty.bin", "sha256": EMPTY, "size": 0}
+        await _ok(await api.post(f"{M}/{name}/versions", json={"artifacts": [stored]}, as_=carol))
+    asked = await _ok(await api.post(f"{M}/churn/promotions", json=CHAMPION, as_=carol), 202)
+
+    anonymous = UiCaller("no session", api.browser(), None)
+    forged = UiCaller("forged cookie", api.browser(), None)
+    forged.client.cookies.set("modelreg_session", "A" * 60, domain="modelreg.test", path="/ui")
+    revoked_secret = await api.token("rita", Role.ADMIN)
+    revoked = await _logged_in(api, "revoked token", revoked_secret, Role.ADMIN, False)
+    token_id = (await api.get("/api/v1/me", as_=revoked_secret)).json()["token_id"]
+    await _ok(await api.delete(f"/api/v1/tokens/{token_id}?reason=leaked"))
+    revoked.role = None
+    callers = [
+        anonymous,
+        forged,
+        revoked,
+        await _logged_in(api, "reader", await api.token("rob", Role.READER), Role.READER, False),
+        await _logged_in(
+            api,
+            "reader scoped to fraud*",
+            await api.token("sam", Role.READER, scopes=("fraud*",)),
+            Role.READER,
+            True,
+        ),
+        await _logged_in(api, "contributor", carol, Role.CONTRIBUTOR, False),
+        await _logged_in(
+            api,
+            "approver scoped to fraud*",
+            await api.token("pat", Role.APPROVER, scopes=("fraud*",)),
+            Role.APPROVER,
+            True,
+        ),
+        await _logged_in(
+            api, "approver", await api.token("dave", Role.APPROVER), Role.APPROVER, False
+        ),
+        await _logged_in(api, "admin", api.admin, Role.ADMIN, False),
+    ]
+    await wait_for_position(
+        api.services.pool,
+        await head_position(api.services.pool),
+        [p.name for p in all_projections()],
+        timeout=10,
+    )
+    return callers, {"to_decide": asked.json()["request_id"]}
+
+
+def _ui_expected(caller: UiCaller, row: UiRow) -> str:
+    """ "login" | "403" | "404" | "allowed" for ``row.path``."""
+    if caller.role is None:
+        return "login"
+    if row.permission is not None and row.permission not in ROLE_PERMISSIONS[caller.role]:
+        return "403"
+    return "404" if caller.scoped and row.scoped == "hide" else "allowed"
+
+
+def _to_login(response: httpx.Response) -> bool:
+    return response.status_code == 303 and response.headers["location"].startswith("/ui/login")
+
+
+def _ui_judge(
+    expected: str, row: UiRow, response: httpx.Response, *, must_succeed: bool
+) -> str | None:
+    status, permission = response.status_code, row.permission
+    to_login = _to_login(response)
+    if status >= 500:
+        return "server error"
+    if expected == "login":
+        return None if to_login or status == 401 else "expected the login form (303) or 401"
+    if expected == "403":
+        shown = html.unescape(response.text)
+        named = permission is not None and f"'{permission.value}' permission" in shown
+        return None if status == 403 and named else f"expected 403 naming {permission}"
+    if expected == "404":
+        return None if status == 404 else "expected 404 (out of its scope: it does not exist)"
+    if row.logs_out:
+        return None if to_login else "expected logging out to lead to the login form"
+    if to_login or status in {401, 403}:
+        return "expected to be allowed"
+    if must_succeed and not 200 <= status < 400:
+        return "expected a 2xx or a redirect after a form (the request is realistic)"
+    return None
+
+
+async def _ui_request(
+    api: Api, caller: UiCaller, row: UiRow, path: str, *, must_succeed: bool
+) -> list[str]:
+    """What is wrong with ``caller``'s request of ``row`` (empty: nothing)."""
+    wrong: list[tuple[str, httpx.Response]] = []
+    expected = _ui_expected(caller, row)
+    before = await _events(api)
+    if row.form is not None:
+        # a form without its CSRF token is refused, whoever sends it
+        forged = await caller.client.post(path, data=row.form)
+        if forged.status_code != 403 or await _events(api) != before:
+            wrong.append(("a form without its CSRF token must be refused (403)", forged))
+        data = {**row.form, "_csrf_token": await _csrf(caller.client)}
+        response = await caller.client.post(path, data=data)
+    else:
+        response = await caller.client.get(path)
+    problem = _ui_judge(expected, row, response, must_succeed=must_succeed)
+    if problem is None and row.logs_out and expected == "allowed":
+        after = await caller.client.get("/ui/")
+        if not _to_login(after):
+            wrong.append(("the session outlived logging out", after))
+    if problem is None and expected != "allowed" and await _events(api) != before:
+        problem = "a refused request recorded events"
+    if problem is not None:
+        wrong.append((problem, response))
+    if caller.scoped and expected != "login" and row.form is None:
+        if row.in_scope is not None:
+            mine = await caller.client.get(row.in_scope)
+            if mine.status_code != 200:
+                wrong.append(("a page of a model in its scope must answer", mine))
+        if row.hidden is not None and row.hidden in response.text:
+            wrong.append(("a scoped caller is shown what is outside its scope", response))
+    return [f"{what}: as {caller.label}: {r.status_code} {r.text[:200]}" for what, r in wrong]
+
+
+async def test_every_ui_page_and_form_for_every_caller(ui_api: Api) -> None:
+    # given every kind of caller, each with its own browser session (or none)
+    callers, ids = await _ui_setup(ui_api)
+    failures: list[str] = []
+    try:
+        # when each asks for every page and posts every form, in the matrix's order
+        for (method, template), row in UI_MATRIX.items():
+            path = row.path.format(**ids)
+            row = dataclasses.replace(row, hidden=row.hidden and row.hidden.format(**ids))
+            first_allowed = True
+            for caller in callers:
+                wrong = await _ui_request(
+                    ui_api, caller, row, path, must_succeed=first_allowed or method == "GET"
+                )
+                first_allowed = first_allowed and _ui_expected(caller, row) != "allowed"
+                failures += [f"{method} {template}: {w}" for w in wrong]
+    finally:
+        for caller in callers:
+            await caller.client.aclose()
+
+    # then each got what its session allows, and nothing more
+    assert not failures, "\n".join(failures)
+
+
+async def test_the_ui_login_and_its_assets_are_open(ui_api: Api) -> None:
+    async with ui_api.browser() as client:
+        for (method, _), path in UI_PUBLIC.items():
+            if method == "GET":
+                answer = await client.get(path)
+                assert answer.status_code == 200, (path, answer.status_code)
+        # the login form itself is a form: without its CSRF token it is refused
+        refused = await client.post("/ui/login", data={"token": ui_api.admin})
+        assert refused.status_code == 403
+        assert "modelreg_session" not in refused.headers.get("set-cookie", "")

@@ -733,8 +733,8 @@ STAGES = [
         json={"environment": "prod", "target": "k8s", "desired_stage": "live"},
     ),
     # A well-formed filter may name any model's custom stage (an empty page if none has it).
-    Bad("a malformed stage filter", "GET", f"{M}?stage=Prod", 422, "stage", "pattern"),
-    Bad("a malformed stage filter on versions", "GET", f"{V}?stage=li!ve", 422, "stage", "pattern"),
+    Bad("a malformed stage filter", "GET", f"{M}?stage=Prod", 400, "stage", "pattern"),
+    Bad("a malformed stage filter on versions", "GET", f"{V}?stage=li!ve", 400, "stage", "pattern"),
     Bad(
         "a malformed stage on the timeline",
         "GET",

@@ -274,6 +274,24 @@ def test_tokens_whoami_and_the_event_log(server: RegistryServer) -> None:
     assert table[0].split()[:3] == ["position", "sealed", "at"] and "token.revoked" in table[-1]
 
 
+def test_deleting_a_model_asks_first_and_frees_its_name(server: RegistryServer) -> None:
+    run(server, "models", "create", "cli-doomed")
+    # when the admin answers no to the question, nothing happens
+    kept = CliRunner().invoke(
+        APP,
+        ["models", "delete", "cli-doomed", "-m", "mistake"],
+        env=server.env(COLUMNS="200"),
+        input="n\n",
+    )
+    assert kept.exit_code == 1 and "Aborted" in kept.stderr
+    assert "cli-doomed" in run(server, "models", "show", "cli-doomed").stdout
+    # when it is deleted with --yes, it is gone and the name can be taken again
+    deleted = run(server, "models", "delete", "cli-doomed", "-m", "mistake", "--yes").stdout
+    assert deleted.startswith("deleted cli-doomed: model.deleted")
+    assert "404" in run(server, "models", "show", "cli-doomed", code=1).stderr
+    run(server, "models", "create", "cli-doomed")
+
+
 def test_an_auditor_lists_refused_requests_as_a_table_and_as_json(server: RegistryServer) -> None:
     # given a reader who tries to create a model, twice
     reader = as_json(run(server, "tokens", "create", "rory", "-r", "reader", "--json"))

@@ -91,6 +91,14 @@ def test_an_admin_clicks_through_models_model_version_and_compare(
     expect(page.get_by_role("img", name="auc [holdout]")).to_be_visible()
     expect(page.get_by_role("img", name="loss [holdout]")).to_be_visible()
     expect(page.get_by_role("rowheader", name="depth")).to_be_visible()
+    # with its lineage: the data, the code, the run, as recorded at registration
+    lineage = page.get_by_role("list", name="Lineage, from data to this version")
+    expect(lineage).to_contain_text("train: transactions-2026q1")
+    expect(lineage).to_contain_text("run-42")
+    expect(page.get_by_role("rowheader", name="holdout-2026q1")).to_be_visible()
+    expect(page.get_by_role("link", name="run-42")).to_have_attribute(
+        "href", "https://mlflow.example.com/#/runs/run-42"
+    )
     page.screenshot(path=str(shots / "version.png"), full_page=True)
 
     # when it goes back and compares versions 1 and 3 with the keyboard-usable checkboxes
@@ -117,12 +125,26 @@ def test_a_second_person_approves_in_the_inbox_which_the_requester_cannot(
     expect(
         page.get_by_text("You may not decide this request: you asked for it").first
     ).to_be_visible()
+    expect(page.get_by_role("note").first).to_contain_text(
+        "Separation of duties: a promotion needs 1 approval from someone other than"
+    )
+    page.screenshot(path=str(shots / "approvals-requester.png"), full_page=True)
     page.get_by_role("button", name="Log out").click()
 
     # when the approver opens its inbox and approves with a comment
     log_in(page, content.approver)
     page.get_by_role("link", name="Approvals").click()
     expect(page.get_by_role("button", name="Approve").first).to_be_visible()
+    # and weighs the gate check and what changes against production before deciding
+    request = page.get_by_role("article").filter(has_text=content.request_id)
+    expect(request).to_contain_text("Passes: staging → production, needs 1 approval.")
+    gate = request.get_by_role("row").filter(
+        has=page.get_by_role("rowheader", name="auc >= production on holdout")
+    )
+    expect(gate).to_contain_text("passes")
+    expect(request.get_by_role("columnheader", name="v1 (production)").first).to_be_visible()
+    depth = request.get_by_role("row").filter(has=page.get_by_role("rowheader", name="depth"))
+    expect(depth).to_contain_text("7")
     page.screenshot(path=str(shots / "approvals.png"), full_page=True)
     page.get_by_label("Comment").first.fill("four eyes")
     page.get_by_role("button", name="Approve").first.click()
@@ -172,6 +194,18 @@ def test_the_audit_feed_shows_a_models_events_as_of_a_past_position_and_verifies
     page.get_by_role("button", name="Verify the hash chains").click()
     expect(page.get_by_role("status")).to_contain_text("Both hash chains verify")
     page.screenshot(path=str(shots / "audit.png"), full_page=True)
+
+    # when it bounds the time as well: from a date long past, then up to the next day too
+    page.get_by_label("From (UTC)").fill("2000-01-01")
+    page.get_by_role("button", name="Show").click()
+
+    # then the time filter works with as_of: still no promotion request, the rest shown
+    expect(feed).to_contain_text("model.registered")
+    expect(feed).not_to_contain_text("model.promotion_requested")
+    page.get_by_label("To (UTC)").fill("2000-01-02")
+    page.get_by_role("button", name="Show").click()
+    expect(page.get_by_role("table")).to_contain_text("0 events, newest first, from 2000-01-01")
+    page.screenshot(path=str(shots / "audit-time.png"), full_page=True)
 
 
 def test_the_model_page_shows_a_new_version_without_a_reload_and_a_past_state_on_request(

@@ -14,7 +14,7 @@ import pytest
 
 from service.ui.session import COOKIE
 from tests.support.registry_server import RegistryServer, registry_server
-from tests.support.ui_registry import API, UiRegistry, csrf_of, log_in, populate
+from tests.support.ui_registry import API, LINEAGE, UiRegistry, csrf_of, log_in, populate
 
 
 @pytest.fixture(scope="module")
@@ -155,6 +155,65 @@ def test_the_requester_is_told_it_may_not_approve_its_own_request(
     log_in(browser, content.requester)
     inbox = browser.get("/ui/approvals")
     assert "You may not decide this request: you asked for it" in inbox.text
+
+
+def test_the_requester_is_shown_why_separation_of_duties_keeps_it_from_deciding(
+    browser: httpx.Client, content: UiRegistry
+) -> None:
+    # given the person who asked for v3's promotion, logged in
+    log_in(browser, content.requester)
+
+    # when it opens its inbox
+    inbox = browser.get("/ui/approvals")
+
+    # then its own request has no decision form, and the page says why
+    request = _request_article(inbox.text, content.request_id)
+    assert "<form" not in request
+    assert "Separation of duties: a promotion needs 1 approval from someone other than" in request
+
+
+def test_the_inbox_shows_the_gate_check_and_the_diff_against_production(
+    browser: httpx.Client, server: RegistryServer, content: UiRegistry
+) -> None:
+    # given the approver, and what the API's dry run says about v3 going to production
+    log_in(browser, content.approver)
+    dry_run = browser.get(
+        f"{API}/models/{content.model}/versions/3/gate",
+        params={"to": "production"},
+        headers={"Authorization": f"Bearer {server.admin_token}"},
+    ).json()
+
+    # when it opens its inbox
+    inbox = browser.get("/ui/approvals")
+
+    # then the request shows the same verdict and gate, with v3's and production's values
+    request = _request_article(inbox.text, content.request_id)
+    assert dry_run["passes"] and dry_run["outcome"] == "needs_approval"
+    assert "<strong>Passes</strong>: staging → production, needs 1 approval." in request
+    gate = re.search(r"<tr>\s*<th scope=\"row\"><code>(.*?)</code></th>(.*?)</tr>", request, re.S)
+    assert gate is not None, request
+    assert gate.group(1) == "auc &gt;= production on holdout"
+    assert [g["passed"] for g in dry_run["gates"]] == [True]
+    cells = re.findall(r"<td[^>]*>(.*?)</td>", gate.group(2))
+    assert cells == ["0.85", "0.81", "passes"]
+    # and the parameters that differ from production v1, then the metrics side by side
+    assert '<th scope="col">v1 (production)</th>' in request
+    depth = re.search(r'<th scope="row">depth</th>(.*?)</tr>', request, re.S)
+    assert depth is not None and re.findall(r"<code>(.*?)</code>", depth.group(1)) == ["7", "5"]
+    assert '<th scope="row">lr</th>' not in request  # the same in both: not a difference
+    auc = re.search(r'<th scope="row">auc \[holdout\]</th>(.*?)</tr>', request, re.S)
+    assert auc is not None and re.findall(r">([0-9.]+)</td>", auc.group(1)) == ["0.85", "0.81"]
+
+
+def _request_article(page: str, request_id: str) -> str:
+    """The part of the approvals page about one request."""
+    found = re.search(
+        rf'<article class="request" aria-labelledby="request-{re.escape(request_id)}">(.*?)</article>',
+        page,
+        re.S,
+    )
+    assert found is not None, page
+    return found.group(1)
 
 
 def test_a_second_person_approves_through_the_form_and_the_version_goes_to_production(
@@ -304,3 +363,121 @@ def test_the_model_page_shows_100_versions_then_links_to_the_older_ones(
     # then the first page holds versions 101 to 2, the second version 1 alone
     assert ">v101</a>" in first.text and ">v2</a>" in first.text and ">v1</a>" not in first.text
     assert ">v1</a>" in second.text and ">v2</a>" not in second.text
+
+
+def test_the_audit_feed_filters_by_time_with_as_of_and_by_actor(
+    browser: httpx.Client, server: RegistryServer, content: UiRegistry
+) -> None:
+    # given when the promotion request happened, as the API tells it
+    admin = {"Authorization": f"Bearer {server.admin_token}"}
+    asked = browser.get(
+        f"{API}/models/{content.model}/history",
+        params={"type": "model.promotion_requested"},
+        headers=admin,
+    ).json()["items"][0]
+    at = asked["occurred_at"]
+    log_in(browser, server.admin_token)
+
+    # when the model's feed is asked for from that time, before it, and from it as of before it
+    since = browser.get("/ui/audit", params={"model": content.model, "since": at})
+    until = browser.get("/ui/audit", params={"model": content.model, "until": at})
+    past = browser.get(
+        "/ui/audit",
+        params={"model": content.model, "since": at, "as_of": str(content.position - 1)},
+    )
+
+    # then each shows what happened in its window, as the registry stood then
+    assert "model.promotion_requested" in since.text and "model.registered" not in since.text
+    assert "model.registered" in until.text and "model.promotion_requested" not in until.text
+    assert past.status_code == 200 and "<code>model.promotion_requested</code>" not in past.text
+    assert "0 events, newest first, from" in past.text
+
+    # and the requester's own feed narrows by type and time the same way
+    requester = asked["actor"]
+    mine = browser.get(
+        "/ui/audit", params={"actor": requester, "type": "model.promotion_requested", "since": at}
+    )
+    before = browser.get(
+        "/ui/audit", params={"actor": requester, "type": "model.promotion_requested", "until": at}
+    )
+    assert mine.text.count("<code>model.promotion_requested</code>") == 1
+    assert "<code>model.promotion_requested</code>" not in before.text
+
+
+def test_a_bad_time_filter_answers_4xx_naming_the_field(
+    browser: httpx.Client, server: RegistryServer, content: UiRegistry
+) -> None:
+    log_in(browser, server.admin_token)
+    garbled = browser.get("/ui/audit", params={"model": content.model, "since": "yesterday"})
+    backwards = browser.get(
+        "/ui/audit", params={"model": content.model, "since": "2026-03-04", "until": "2026-03-03"}
+    )
+    assert garbled.status_code in (400, 422) and "since" in garbled.text
+    assert (
+        backwards.status_code in (400, 422) and "until must be later than since" in backwards.text
+    )
+
+
+def test_the_audit_page_shows_the_verify_result_with_the_head_hash(
+    browser: httpx.Client, server: RegistryServer
+) -> None:
+    log_in(browser, server.admin_token)
+    checked = browser.get("/ui/audit", params={"verify": "true"})
+    report = browser.get(
+        f"{API}/audit/verify", headers={"Authorization": f"Bearer {server.admin_token}"}
+    ).json()
+    assert "<strong>Both hash chains verify</strong>" in checked.text
+    assert report["ok"] and f"position {report['head_position']}" in checked.text
+
+
+def test_the_version_page_shows_its_lineage_and_links_only_web_addresses(
+    browser: httpx.Client, server: RegistryServer, content: UiRegistry
+) -> None:
+    # given v3, registered with its datasets, code commit, run and Python version
+    log_in(browser, server.admin_token)
+
+    # when its page is opened
+    page = browser.get(f"/ui/models/{content.model}/versions/3")
+
+    # then the lineage names each of them, as recorded
+    lineage = page.text[page.text.index('id="lineage"') :]
+    code, run = LINEAGE["code"], LINEAGE["run"]
+    assert f"at commit <code>{code['commit']}</code>, path <code>train.py</code>" in lineage
+    assert f'<a href="{run["url"]}" rel="noopener noreferrer">run-42</a> (mlflow)' in lineage
+    for dataset in LINEAGE["datasets"]:
+        row = f'<th scope="row">{dataset["name"]}</th><td>{dataset["role"]}</td>'
+        assert row in lineage and dataset["digest"] in lineage
+    assert "3.11.9" in lineage
+    # and a version without any says so rather than showing nothing
+    bare = browser.get(f"/ui/models/{content.model}/versions/1")
+    assert "<dt>Code</dt><dd>not recorded</dd>" in bare.text
+
+
+def test_a_recorded_uri_that_is_not_a_web_address_is_never_a_link(
+    browser: httpx.Client, server: RegistryServer, content: UiRegistry
+) -> None:
+    # given a version whose run URL is a script URI (a URI with a scheme, so it is accepted)
+    admin = {"Authorization": f"Bearer {server.admin_token}"}
+    artifact = {"path": "m", "external": True, "uri": "s3://m", "sha256": "ef" * 32, "size": 1}
+    made = browser.post(
+        f"{API}/models/{content.hidden}/versions",
+        headers=admin,
+        json={"artifacts": [artifact], "run": {"run_id": "r1", "url": "javascript:alert(1)"}},
+    )
+    assert made.status_code == 201, made.text
+    number = made.json()["version"]
+    shown = browser.get(
+        f"{API}/models/{content.hidden}/versions/{number}",
+        params={"min_position": made.json()["position"]},
+        headers=admin,
+    )
+    assert shown.status_code == 200  # the views have it
+    log_in(browser, server.admin_token)
+
+    # when its page is shown
+    page = browser.get(f"/ui/models/{content.hidden}/versions/{number}")
+
+    # then the URI is shown as text, not as something to click
+    assert page.status_code == 200
+    assert 'href="javascript:' not in page.text
+    assert "<code>r1</code>" in page.text

@@ -108,6 +108,33 @@ async def test_a_rule_that_fails_after_redeciding_is_the_callers_error(
     assert (await CommandExecutor(store).state_of("counter:b", COUNTER))[1].total == 3
 
 
+async def test_a_command_decided_on_a_stale_cache_lands_on_the_streams_own_state(
+    store: CountingStore,
+) -> None:
+    # given replica A cached the stream at version 1, then replica B appended to it
+    a = CommandExecutor(store, max_attempts=1)  # a conflict of its own would fail it
+    b = CommandExecutor(store)
+    await a.execute("counter:stale", COUNTER, add(1))
+    await b.execute("counter:stale", COUNTER, add(1))
+    # when A executes a command, first on what it cached
+    outcome = await a.execute("counter:stale", COUNTER, add(1))
+    # then it landed after B's event, decided on the stream as it is
+    assert (outcome.version, outcome.state.total) == (3, 3)
+    assert (await CommandExecutor(store).state_of("counter:stale", COUNTER))[1].total == 3
+
+
+async def test_a_refusal_is_never_answered_from_a_stale_cache(store: CountingStore) -> None:
+    # given replica A cached a total at its limit, then replica B lowered it
+    a = CommandExecutor(store)
+    b = CommandExecutor(store)
+    await a.execute("counter:lowered", COUNTER, add(3, limit=3))
+    await b.execute("counter:lowered", COUNTER, add(-2))
+    # when A executes a command its cache would refuse but the stream allows
+    outcome = await a.execute("counter:lowered", COUNTER, add(2, limit=3))
+    # then it is accepted on the stream's own state
+    assert (outcome.version, outcome.state.total) == (3, 3)
+
+
 async def test_if_version_is_checked_and_never_retried(store: CountingStore) -> None:
     executor = CommandExecutor(store)
     await executor.execute("counter:c", COUNTER, add(1))

@@ -66,12 +66,19 @@ async def test_the_check_says_what_the_move_would_do_and_records_nothing(api: Ap
     await api.post(f"{M}/versions/1/stage", json={"to": "staging"})
     gated = await check(api, 1, "production")
     assert not gated["passes"] and "auc" in gated["reason"]
+    # and each gate is listed with the value it was judged on
+    assert [(g["gate"]["metric"], g["value"], g["passed"]) for g in gated["gates"]] == [
+        ("auc", None, False)
+    ]
     metrics = {"metrics": [{"key": "auc", "value": 0.93}]}
     assert (await api.post(f"{M}/versions/1/metrics", json=metrics)).status_code in (200, 201)
     passing = await check(api, 1, "production")
     assert (passing["passes"], passing["outcome"]) == (True, "needs_approval")
     assert passing["approvals_required"] == 1
     assert passing["would_record"] == ["model.promotion_requested"]
+    assert [(g["gate"]["metric"], g["value"], g["passed"]) for g in passing["gates"]] == [
+        ("auc", 0.93, True)
+    ]
 
 
 async def test_an_unknown_version_or_stage_is_a_4xx(api: Api) -> None:

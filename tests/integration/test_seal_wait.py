@@ -147,3 +147,38 @@ async def test_an_api_process_is_woken_by_the_notify_of_a_sealer_elsewhere(db: D
     await listener.close()
     stop.set()
     await sealing
+
+
+async def test_a_local_sealer_hands_each_write_the_position_the_log_holds(
+    db: Database,
+) -> None:
+    # given a sealer in this process that hands what it sealed to the signal, and no
+    # LISTEN at all
+    signal = SealSignal()
+    sealer = Sealer(db.connect, db.schema, batch_size=3, on_sealed=signal.sealed)
+    store = EventStore(db.pool, CODEC, on_append=lambda _: sealer.wake())
+    stop = asyncio.Event()
+    running = asyncio.create_task(sealer.run(stop))
+
+    # when writes of one and of several events commit at once (more than one batch) and
+    # each waits for its position, with no timer to fall back on
+    results = await asyncio.gather(
+        *(store.append(f"s:hand-{i}", 0, notes(*"abc"[: 1 + i % 3]), META) for i in range(8))
+    )
+    positions = await asyncio.gather(
+        *(
+            sealed_position(
+                db.pool, r.last_seq, timeout=WAIT, signal=signal, safety_interval=NO_SAFETY_NET
+            )
+            for r in results
+        )
+    )
+    stop.set()
+    await running
+
+    # then every write got the position the log recorded for its last event, and so does
+    # every event the sealer handed over
+    assert positions == [await logged_position(db, r.last_seq) for r in results]
+    rows = await db.pool.fetch("SELECT seq, log_position FROM event_log ORDER BY log_position")
+    assert len(rows) == sum(1 + i % 3 for i in range(8))
+    assert all(signal.position_of(r["seq"]) == r["log_position"] for r in rows)

@@ -19,6 +19,7 @@ from projections.views.metric_history import (
     best_metric,
     compare_versions,
     last_metric,
+    metric_histories,
     metric_history,
     metric_series,
 )
@@ -76,6 +77,15 @@ async def test_a_history_comes_in_step_order_a_page_at_a_time(db: Database) -> N
     # and a cursor of another metric is refused
     with pytest.raises(InvalidCursorError):
         await metric_history(db.pool, NAMES, m, v, "auc", dataset="", limit=10, cursor=cursor)
+    # and every series with its first points comes in one answer, counted in full
+    histories = await metric_histories(db.pool, NAMES, m, v, limit=10)
+    assert [h.series for h in histories] == list(await metric_series(db.pool, NAMES, m, v))
+    assert [h.samples for h in histories] == [
+        (await metric_history(db.pool, NAMES, m, v, "loss", dataset="", limit=10)).items,
+        (await metric_history(db.pool, NAMES, m, v, "loss", dataset="holdout", limit=10)).items,
+    ]
+    with pytest.raises(InvalidQueryError):
+        await metric_histories(db.pool, NAMES, m, v, limit=0)
 
 
 async def test_last_follows_the_domains_rule_and_best_takes_the_earliest_of_equal_values(

@@ -85,6 +85,11 @@ async def test_the_timeline_records_every_interval_with_who_how_and_why(db: Data
         r for r in await timeline(db.pool, VIEW, "m1", stage=Stage.ARCHIVED) if r.version == v2
     ]
     assert len(v2_now) == 1 and v2_now[0].to_position is None and v2_now[0].kind == "demotion"
+    # and asked for several stages at once, the timeline keeps exactly those, in log order
+    everything = await timeline(db.pool, VIEW, "m1")
+    some = await timeline(db.pool, VIEW, "m1", stage=[Stage.PRODUCTION, Stage.ARCHIVED])
+    assert some == [r for r in everything if r.stage in ("production", "archived")]
+    assert {r.stage for r in some} == {"production", "archived"}
 
 
 async def test_a_restored_version_opens_a_new_development_interval(db: Database) -> None:

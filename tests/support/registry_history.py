@@ -51,6 +51,7 @@ from events.model.commands import (
     ArchiveModel,
     ArchiveVersion,
     CancelPromotion,
+    DeleteModel,
     DeprecateVersion,
     ExpirePromotion,
     GovernedCommand,
@@ -299,6 +300,9 @@ class Registry:
 
     async def archive_model(self, model_id: str, reason: str = "retired") -> None:
         await self.execute(model_id, ArchiveModel, reason=reason)
+
+    async def delete_model(self, model_id: str, reason: str = "created by mistake") -> None:
+        await self.execute(model_id, DeleteModel, reason=reason)
 
     async def restore_model(self, model_id: str, reason: str = "back") -> None:
         await self.execute(model_id, RestoreModel, reason=reason)
@@ -774,6 +778,10 @@ async def _archive(reg: Registry, rng: random.Random, model_id: str, counter: in
     await reg.archive_model(model_id)
 
 
+async def _delete(reg: Registry, rng: random.Random, model_id: str, counter: int) -> None:
+    await reg.delete_model(model_id)
+
+
 # (weight, action on an active model that has at least one version)
 ACTIONS: tuple[tuple[float, Action], ...] = (
     (18, _new_version),
@@ -791,16 +799,21 @@ ACTIONS: tuple[tuple[float, Action], ...] = (
     (1, _registry_policy),
     (2, _rename),
     (1.5, _archive),
+    (0.7, _delete),
 )
 
 
 async def _random_step(
     reg: Registry, rng: random.Random, counter: int, weights: Sequence[float]
 ) -> None:
-    models = [m for m, s in reg.states.items() if s.registered]
+    models = [m for m, s in reg.states.items() if s.registered and not s.deleted]
     active = [m for m in models if not reg.states[m].archived]
     archived = [m for m in models if reg.states[m].archived]
-    if not active or rng.random() < 0.06:
+    freed = sorted({s.name for s in reg.states.values() if s.deleted} - _names_in_use(reg))
+    if freed and rng.random() < 0.05:
+        # A deleted model's name, registered again: a new model, numbered from 1.
+        await reg.register_model(rng.choice(freed), owner=rng.choice(OWNERS), tags=_tags(rng))
+    elif not active or rng.random() < 0.06:
         stem, suffix = rng.choice(NAME_STEMS), rng.choice(NAME_SUFFIXES)
         await reg.register_model(
             f"{stem}{suffix}-{counter}", owner=rng.choice(OWNERS), tags=_tags(rng)
@@ -814,6 +827,10 @@ async def _random_step(
             return
         (action,) = rng.choices([a for _, a in ACTIONS], weights=weights)
         await action(reg, rng, model_id, counter)
+
+
+def _names_in_use(reg: Registry) -> set[str]:
+    return {s.name for s in reg.states.values() if s.registered and not s.deleted}
 
 
 async def random_history(

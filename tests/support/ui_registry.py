@@ -1,5 +1,6 @@
 """A registry with content for the UI's tests, written through the JSON API: a model with
-versions, metric histories and a promotion request waiting for a second person; a model
+versions, metric histories, v1 in production and a promotion request of v3 (with a metric
+gate against production) waiting for a second person; a model
 outside a scoped reader's scope; the tokens of the people involved."""
 
 from __future__ import annotations
@@ -26,6 +27,36 @@ class UiRegistry:
     request_id: str
     position: int  # of the promotion request
     deployed_at: int  # the position of the deployment's success report
+
+
+# What v3 records about where it came from (the version page's lineage).
+LINEAGE: dict[str, Any] = {
+    "code": {
+        "repository": "https://git.example.com/risk/fraud",
+        "commit": "3f9c2a1b7d4e5f60718293a4b5c6d7e8f9012345",
+        "path": "train.py",
+    },
+    "datasets": [
+        {
+            "name": "transactions-2026q1",
+            "uri": "s3://data/transactions/2026q1.parquet",
+            "digest": "sha256:" + "1f" * 32,
+            "role": "train",
+        },
+        {
+            "name": "holdout-2026q1",
+            "uri": "s3://data/holdout/2026q1.parquet",
+            "digest": "sha256:" + "2e" * 32,
+            "role": "validation",
+        },
+    ],
+    "run": {
+        "run_id": "run-42",
+        "url": "https://mlflow.example.com/#/runs/run-42",
+        "tracker": "mlflow",
+    },
+    "dependencies": {"python_version": "3.11.9"},
+}
 
 
 def _ok(response: httpx.Response) -> Any:
@@ -58,7 +89,19 @@ def populate(http: httpx.Client, admin: str) -> UiRegistry:
         "policy": {
             "transitions": [
                 {"from_stage": "development", "to_stage": "staging"},
-                {"from_stage": "staging", "to_stage": "production", "approvals": 1},
+                {
+                    "from_stage": "staging",
+                    "to_stage": "production",
+                    "approvals": 1,
+                    "gates": [
+                        {
+                            "metric": "auc",
+                            "dataset": "holdout",
+                            "op": ">=",
+                            "compare_to_production": True,
+                        }
+                    ],
+                },
                 {"from_stage": "staging", "to_stage": "development"},
                 {"from_stage": "development", "to_stage": "archived"},
                 {"from_stage": "staging", "to_stage": "archived"},
@@ -66,6 +109,17 @@ def populate(http: httpx.Client, admin: str) -> UiRegistry:
             ]
         },
         "comment": "production needs a second person",
+    }
+    # First without the approval, to put v1 in production: the approvals inbox then
+    # weighs v3 against it.
+    direct = {
+        "policy": {
+            "transitions": [
+                {"from_stage": "development", "to_stage": "staging"},
+                {"from_stage": "staging", "to_stage": "production"},
+            ]
+        },
+        "comment": "bootstrap: v1 straight to production",
     }
     for name in (model, hidden):
         _ok(
@@ -82,7 +136,7 @@ def populate(http: httpx.Client, admin: str) -> UiRegistry:
         http.put(
             f"{API}/models/{model}/policy",
             headers={"Authorization": f"Bearer {admin}"},
-            json=policy,
+            json=direct,
         )
     )
     for number in (1, 2, 3):
@@ -101,6 +155,7 @@ def populate(http: httpx.Client, admin: str) -> UiRegistry:
                         }
                     ],
                     "params": {"depth": 4 + number, "lr": 0.1},
+                    **(LINEAGE if number == 3 else {}),
                 },
             )
         )
@@ -135,6 +190,19 @@ def populate(http: httpx.Client, admin: str) -> UiRegistry:
                 ],
                 "params": {},
             },
+        )
+    )
+    for stage in ("staging", "production"):
+        _ok(
+            http.post(
+                f"{API}/models/{model}/versions/1/stage", headers=as_requester, json={"to": stage}
+            )
+        )
+    _ok(
+        http.put(
+            f"{API}/models/{model}/policy",
+            headers={"Authorization": f"Bearer {admin}"},
+            json=policy,
         )
     )
     _ok(

@@ -22,6 +22,7 @@ from events.model.events import (
     DeploymentStarted,
     DeploymentSucceeded,
     ModelArchived,
+    ModelDeleted,
     ModelDescriptionUpdated,
     ModelPolicyCleared,
     ModelPolicySet,
@@ -146,6 +147,7 @@ def samples() -> dict[str, Event]:
         ModelRenamed(old_name="churn", new_name="churn-eu"),
         ModelArchived(reason="replaced by churn-v2"),
         ModelRestored(reason="still used by billing"),
+        ModelDeleted(name="churn-test", reason="created by mistake"),
         ModelPolicySet(policy=POLICY, comment="four eyes for production"),
         ModelPolicyCleared(comment="back to the registry default"),
         VersionRegistered(

@@ -24,6 +24,7 @@ from events.model.commands import (
     ArchiveModel,
     CancelPromotion,
     ClearModelPolicy,
+    DeleteModel,
     DeprecateVersion,
     ExpirePromotion,
     RegisterModel,
@@ -68,7 +69,7 @@ from tests.support.log_in_memory import Log
 from tests.support.policies import PERMISSIVE_TRANSITIONS, permissive
 from tests.unit.domain_helpers import content
 
-M1, M2 = "m1", "m2"
+M1, M2, M3 = "m1", "m2", "m3"
 # Production and the champion alias need one approval; separation of duties holds.
 GATED = GovernancePolicy(
     transitions=tuple(
@@ -150,6 +151,10 @@ def rich_history() -> Log:
     log.model(M2, ArchiveModel, reason="retired")
     log.model(M2, RestoreModel, reason="back")
     log.metrics(M2, 1, step=5, precision=0.4)
+    registered(log, M3, "scratch", 2)
+    log.metrics(M3, 2, auc=0.5)
+    log.model(M3, RequestPromotion, request_id="r5", version=1, target_stage=Stage.STAGING, justification="try")  # fmt: skip
+    log.model(M3, DeleteModel, reason="created by mistake")
     return log
 
 

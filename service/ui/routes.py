@@ -447,9 +447,12 @@ async def _reviews(
         production = productions[name]
         gate = None
         if r.target_stage is not None and not r.rollback:
-            gate = await GatesController.check.fn(
-                None, request, name=name, version=r.version, to=Stage(r.target_stage)
-            )
+            try:
+                gate = await GatesController.check.fn(
+                    None, request, name=name, version=r.version, to=r.target_stage
+                )
+            except ValidationError:
+                gate = None  # the policy no longer defines the stage: approving will say so
         diff = None
         if production is not None and production != r.version:
             diff = await CompareController.compare.fn(

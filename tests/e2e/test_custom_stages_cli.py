@@ -97,6 +97,16 @@ def test_the_ui_shows_a_model_s_own_lifecycle(server: RegistryServer) -> None:
                 code=None,
             )
         client.transition("ui-stages", 2, "staging", comment="eval passed")
+        # and a pending request back to training (approvals on that move, for this test)
+        back = [
+            {**rule, "approvals": 1}
+            if (rule["from_stage"], rule["to_stage"]) == ("staging", "training")
+            else rule
+            for rule in GLOSSARY_POLICY["transitions"]
+        ]
+        client.set_policy({**GLOSSARY_POLICY, "transitions": back}, model="ui-stages")
+        pending = client.transition("ui-stages", 2, "training", comment="retrain first")
+        assert pending.request_id is not None
         # a read through the client waits for the views to show its writes
         assert client.get_version("ui-stages", 2).stage == "staging"
     with httpx.Client(base_url=server.url, timeout=30.0) as browser:
@@ -104,6 +114,7 @@ def test_the_ui_shows_a_model_s_own_lifecycle(server: RegistryServer) -> None:
         # when the model page and the search by a custom stage are opened
         page = browser.get("/ui/models/ui-stages")
         found = browser.get("/ui/", params={"stage": "training", "q": "ui-*"})
+        inbox = browser.get("/ui/approvals")
     # then the page shows the policy's stages, the versions' custom stages, and the search
     # finds the model by its custom stage
     assert page.status_code == 200, page.text
@@ -112,3 +123,6 @@ def test_the_ui_shows_a_model_s_own_lifecycle(server: RegistryServer) -> None:
     assert "<dt>Staging</dt><dd>v2</dd>" in page.text
     assert "<dt>Production</dt><dd>none</dd>" in page.text
     assert found.status_code == 200 and "ui-stages" in found.text
+    # and the approvals inbox weighs the request to the custom stage
+    assert inbox.status_code == 200, inbox.text
+    assert "v2</a> → training" in inbox.text

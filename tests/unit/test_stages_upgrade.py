@@ -1,8 +1,11 @@
 """Upgrade path: a history recorded before stages became configurable folds the same.
 
-``golden_history/`` was written by the code of the fixed four-stage enum (a promotion with
-an approval, a rollback, an archive, an admin restore, a model policy, a demotion). Its
-files are never edited: they are what stored events look like.
+``golden_history/stages_before_custom.jsonl`` was written by the code of the fixed
+four-stage enum (a promotion with an approval, a rollback, an archive, an admin restore, a
+model policy, a demotion): it is what stored events look like and is never edited. The
+``.state.json`` beside it is what that code (main just before custom stages were merged)
+folds them to; should ``ModelState`` gain a field later, regenerate it with the code of
+the commit before that change, never with the code under test.
 """
 
 from __future__ import annotations

@@ -890,6 +890,18 @@ class AsyncClient:
             "POST", f"{model_path(model)}/rollback", {"reason": reason}, if_version=if_version
         )
 
+    async def restore_version(
+        self, model: str, version: int, reason: str, *, if_version: int | None = None
+    ) -> Receipt:
+        """Bring an archived version (or one left in a stage its policy no longer defines)
+        back to the policy's initial stage; admin only."""
+        return await self._write(
+            "POST",
+            f"{version_path(model, version)}/restore",
+            {"reason": reason},
+            if_version=if_version,
+        )
+
     async def set_alias(
         self,
         model: str,

@@ -885,6 +885,18 @@ class Client:
             "POST", f"{model_path(model)}/rollback", {"reason": reason}, if_version=if_version
         )
 
+    def restore_version(
+        self, model: str, version: int, reason: str, *, if_version: int | None = None
+    ) -> Receipt:
+        """Bring an archived version (or one left in a stage its policy no longer defines)
+        back to the policy's initial stage; admin only."""
+        return self._write(
+            "POST",
+            f"{version_path(model, version)}/restore",
+            {"reason": reason},
+            if_version=if_version,
+        )
+
     def set_alias(
         self,
         model: str,

@@ -71,6 +71,9 @@ def test_a_model_on_the_glossary_lifecycle_from_the_cli_and_the_client(
         assert client.get_version("cli-stages", 1).stage == "training"
         page = client.list_versions("cli-stages", stages=["training"])
         assert [v.version for v in page.items] == [1]
+        client.transition("cli-stages", 1, "archived", comment="superseded")
+        client.restore_version("cli-stages", 1, reason="needed again")
+        assert client.get_version("cli-stages", 1).stage == "training"
 
     # and a stage the policy does not define is refused with its field and rule
     refused = run(server, "stage", "cli-stages", "1", "development", code=1)

@@ -202,15 +202,7 @@ class ModelsController(Controller):
     async def archive(
         self, request: Request[Any, Any, Any], name: FromPath[str], data: JSONBody[Reason]
     ) -> Response[Receipt]:
-        principal = principal_of(request)
-        require(principal, Permission.ADMIN, name)
-        return await _model_command(
-            request,
-            name,
-            ArchiveModel(
-                actor=principal.name, now=services_of(request).registry.now(), reason=data.reason
-            ),
-        )
+        return await _admin_model_command(request, name, ArchiveModel, data.reason)
 
     @post("/{name:str}/delete", status_code=200)
     async def delete_model(
@@ -221,29 +213,13 @@ class ModelsController(Controller):
         files become collectable after the GC grace period. Its history stays in the log,
         ending with a tombstone event that says who deleted it and why. Refused while a
         version is in production."""
-        principal = principal_of(request)
-        require(principal, Permission.ADMIN, name)
-        return await _model_command(
-            request,
-            name,
-            DeleteModel(
-                actor=principal.name, now=services_of(request).registry.now(), reason=data.reason
-            ),
-        )
+        return await _admin_model_command(request, name, DeleteModel, data.reason)
 
     @post("/{name:str}/restore", status_code=200)
     async def restore(
         self, request: Request[Any, Any, Any], name: FromPath[str], data: JSONBody[Reason]
     ) -> Response[Receipt]:
-        principal = principal_of(request)
-        require(principal, Permission.ADMIN, name)
-        return await _model_command(
-            request,
-            name,
-            RestoreModel(
-                actor=principal.name, now=services_of(request).registry.now(), reason=data.reason
-            ),
-        )
+        return await _admin_model_command(request, name, RestoreModel, data.reason)
 
     @put("/{name:str}/tags/{key:str}")
     async def set_tag(
@@ -278,6 +254,21 @@ class ModelsController(Controller):
                 actor=principal.name, now=services_of(request).registry.now(), keys=(key,)
             ),
         )
+
+
+async def _admin_model_command(
+    request: Request[Any, Any, Any],
+    name: str,
+    command: type[ArchiveModel | DeleteModel | RestoreModel],
+    reason: str,
+) -> Response[Receipt]:
+    """Archive, restore or delete: ADMIN on the model, and a reason."""
+    principal = principal_of(request)
+    require(principal, Permission.ADMIN, name)
+    now = services_of(request).registry.now()
+    return await _model_command(
+        request, name, command(actor=principal.name, now=now, reason=reason)
+    )
 
 
 async def _model_command(

@@ -320,3 +320,31 @@ def test_leaving_an_exclusive_stage_needs_what_entering_it_needs() -> None:
     with pytest.raises(PolicyViolationError) as error:
         when(cmd(TransitionStage, version=1, to_stage="staging"), state)
     assert error.value.rule == "approval_required"
+
+
+def test_one_exclusive_stage_per_environment_keeps_exclusivity_per_environment() -> None:
+    # given production-eu and production-us as two exclusive stages: v1 in production-eu,
+    # v2 in production-us, v3 in staging
+    regional = GovernancePolicy(
+        stages=(
+            StageDefinition(name="staging"),
+            StageDefinition(name="production-eu", exclusive=True, demote_to="staging"),
+            StageDefinition(name="production-us", exclusive=True, demote_to="staging"),
+        ),
+        transitions=(_rule("staging", "production-eu"), _rule("staging", "production-us")),
+    )
+    validate_policy(regional)
+    history: list[ModelEvent] = [registered(), policy_set(regional)]
+    for number, target in ((1, "production-eu"), (2, "production-us"), (3, None)):
+        history.append(version_registered(number, stage="staging"))
+        if target is not None:
+            history.append(transitioned(number, "staging", target))
+    # when v3 enters production-eu
+    events = when(cmd(TransitionStage, version=3, to_stage="production-eu"), given(*history))
+    # then only eu's holder is demoted; us keeps v2
+    assert events == [
+        transitioned(1, "production-eu", "staging", TransitionKind.DEMOTION),
+        transitioned(3, "staging", "production-eu"),
+    ]
+    after = given(*history, *events)
+    assert (after.in_stage("production-eu"), after.in_stage("production-us")) == ((3,), (2,))

@@ -61,13 +61,17 @@ class InvalidTransitionError(DomainError):
 
 
 class PolicyViolationError(DomainError):
-    """A governance rule refused the command; ``rule`` names it (e.g. ``separation_of_duties``)."""
+    """A governance rule refused the command; ``rule`` names it (e.g. ``separation_of_duties``),
+    ``field`` the request field it is about, when one is."""
 
     code = "policy_violation"
 
-    def __init__(self, rule: str, message: str, **details: Any) -> None:
+    def __init__(self, rule: str, message: str, field: str | None = None, **details: Any) -> None:
+        if field is not None:
+            details["field"] = field
         super().__init__(message, rule=rule, **details)
         self.rule = rule
+        self.field = field
 
 
 class ValidationError(DomainError):

@@ -8,12 +8,16 @@
 MLflow matches stage names case-insensitively (``production`` and ``PRODUCTION`` are
 Production) and answers them capitalised; an unknown name is a ``ValidationError``
 (MLflow's ``INVALID_PARAMETER_VALUE``).
+
+Custom stages (a policy's own names) have no MLflow counterpart: MLflow clients see them
+verbatim in ``current_stage`` (``training``, ``canary``), and an MLflow stage transition
+still names one of MLflow's four, which the model's policy must define (else 400).
 """
 
 from __future__ import annotations
 
 from events.errors import ValidationError
-from events.stages import Stage
+from events.stages import Stage, StageName
 
 MLFLOW_STAGES: dict[str, Stage] = {
     "None": Stage.DEVELOPMENT,
@@ -22,7 +26,7 @@ MLFLOW_STAGES: dict[str, Stage] = {
     "Archived": Stage.ARCHIVED,
 }
 _BY_LOWER = {name.lower(): stage for name, stage in MLFLOW_STAGES.items()}
-_NAMES = {stage: name for name, stage in MLFLOW_STAGES.items()}
+_NAMES: dict[str, str] = {str(stage): name for name, stage in MLFLOW_STAGES.items()}
 # Stages whose other versions ``archive_existing_versions`` archives, as in MLflow.
 ACTIVE_STAGES = frozenset({Stage.STAGING, Stage.PRODUCTION})
 
@@ -38,5 +42,6 @@ def stage_from_mlflow(name: str, field: str = "stage") -> Stage:
     return stage
 
 
-def stage_to_mlflow(stage: Stage) -> str:
-    return _NAMES[stage]
+def stage_to_mlflow(stage: StageName) -> str:
+    """MLflow's name of one of the default stages; a custom stage's own name otherwise."""
+    return _NAMES.get(stage, stage)

@@ -46,6 +46,11 @@ _KEY = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:/-]*")
 ALIAS_CHARS = "a-z 0-9 _ -"
 _ALIAS = re.compile(r"[a-z][a-z0-9_-]*")
 _RESERVED_ALIAS = re.compile(r"latest|v[0-9]+")
+# Stage names are lower case too, so `Production` can never be a second `production`.
+STAGE_NAME_MAX = 64
+STAGE_NAME_CHARS = "a-z 0-9 _ -"
+STAGE_NAME_PATTERN = r"^[a-z][a-z0-9_-]*$"  # the same rule, for OpenAPI documents
+_STAGE_NAME = re.compile(r"[a-z][a-z0-9_-]*")
 # Deployment environments and targets (`prod`, `eu-west-1/k8s:churn-api`).
 _PLACE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/-]*")
 
@@ -94,6 +99,10 @@ def validate_alias(alias: str, field: str = "alias") -> str:
             f"alias {alias!r} is reserved: 'latest' and 'v<digits>' resolve by number",
         )
     return alias
+
+
+def validate_stage_name(stage: str, field: str = "stage") -> str:
+    return _check(field, stage, _STAGE_NAME, STAGE_NAME_MAX, STAGE_NAME_CHARS)
 
 
 def validate_tags(tags: Mapping[str, str], field: str = "tags") -> None:

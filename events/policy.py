@@ -28,12 +28,19 @@ from collections.abc import Callable, Mapping
 import msgspec
 
 from events.errors import InvalidTransitionError, PolicyViolationError, ValidationError
-from events.names import validate_alias, validate_dataset_name, validate_finite, validate_key
-from events.stages import Stage
+from events.names import (
+    validate_alias,
+    validate_dataset_name,
+    validate_finite,
+    validate_key,
+    validate_stage_name,
+)
+from events.stages import DEFAULT_STAGES, INITIAL_STAGE, Stage, StageDefinition, StageName
 
 MAX_APPROVALS = 10
 MAX_GATES = 20
 MAX_PROTECTED_ALIASES = 100
+MAX_STAGES = 20
 MIN_REQUEST_TTL_SECONDS = 60
 MAX_REQUEST_TTL_SECONDS = 365 * 24 * 3600
 DEFAULT_REQUEST_TTL_SECONDS = 7 * 24 * 3600
@@ -79,8 +86,8 @@ class MetricGate(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class TransitionRule(msgspec.Struct, frozen=True, kw_only=True):
-    from_stage: Stage
-    to_stage: Stage
+    from_stage: StageName
+    to_stage: StageName
     approvals: int = 0
     gates: tuple[MetricGate, ...] = ()
 
@@ -93,7 +100,7 @@ class AliasRule(msgspec.Struct, frozen=True, kw_only=True):
     gates: tuple[MetricGate, ...] = ()
 
 
-def _rule(source: Stage, target: Stage, approvals: int = 0) -> TransitionRule:
+def _rule(source: StageName, target: StageName, approvals: int = 0) -> TransitionRule:
     return TransitionRule(from_stage=source, to_stage=target, approvals=approvals)
 
 
@@ -110,15 +117,64 @@ DEFAULT_TRANSITIONS: tuple[TransitionRule, ...] = (
 
 
 class GovernancePolicy(msgspec.Struct, frozen=True, kw_only=True):
+    """``stages`` and ``initial_stage`` unset mean the four default stages (and are then
+    left out of the encoded policy, so policies recorded before custom stages keep their
+    bytes); ``initial_stage`` unset means the first stage listed."""
+
     transitions: tuple[TransitionRule, ...] = DEFAULT_TRANSITIONS
     protected_aliases: tuple[AliasRule, ...] = ()
     separation_of_duties: bool = True
-    demote_production_to: Stage = Stage.ARCHIVED
+    demote_production_to: StageName = Stage.ARCHIVED
     request_ttl_seconds: int = DEFAULT_REQUEST_TTL_SECONDS
     # None: a rollback needs what a promotion to production needs; a number overrides that.
     rollback_approvals: int | None = None
+    stages: tuple[StageDefinition, ...] | msgspec.UnsetType = msgspec.UNSET
+    initial_stage: StageName | msgspec.UnsetType = msgspec.UNSET
 
-    def transition(self, source: Stage, target: Stage) -> TransitionRule | None:
+    # --- the lifecycle's stages ---------------------------------------------------------
+
+    def stage_definitions(self) -> tuple[StageDefinition, ...]:
+        return DEFAULT_STAGES if isinstance(self.stages, msgspec.UnsetType) else self.stages
+
+    def stage_names(self) -> tuple[StageName, ...]:
+        return tuple(d.name for d in self.stage_definitions())
+
+    def stage(self, name: StageName) -> StageDefinition | None:
+        return next((d for d in self.stage_definitions() if d.name == name), None)
+
+    def defines(self, name: StageName) -> bool:
+        return self.stage(name) is not None
+
+    def initial(self) -> StageName:
+        if not isinstance(self.initial_stage, msgspec.UnsetType):
+            return self.initial_stage
+        if isinstance(self.stages, msgspec.UnsetType):
+            return INITIAL_STAGE
+        return self.stages[0].name
+
+    def is_terminal(self, name: StageName) -> bool:
+        found = self.stage(name)
+        return found is not None and found.terminal
+
+    def is_exclusive(self, name: StageName) -> bool:
+        found = self.stage(name)
+        return found is not None and found.exclusive
+
+    def archive_stage(self) -> StageName | None:
+        """Where ``ArchiveVersion`` (and MLflow's ``Archived``) goes: ``archived`` if the
+        policy defines it as terminal, else its first terminal stage, else nowhere."""
+        if self.is_terminal(Stage.ARCHIVED):
+            return Stage.ARCHIVED
+        return next((d.name for d in self.stage_definitions() if d.terminal), None)
+
+    def demotion_target(self, name: StageName) -> StageName:
+        """Where the version in exclusive stage ``name`` goes when another one enters it."""
+        found = self.stage(name)
+        if found is not None and found.demote_to is not None:
+            return found.demote_to
+        return self.demote_production_to
+
+    def transition(self, source: StageName, target: StageName) -> TransitionRule | None:
         return next(
             (r for r in self.transitions if r.from_stage == source and r.to_stage == target), None
         )
@@ -128,9 +184,11 @@ class GovernancePolicy(msgspec.Struct, frozen=True, kw_only=True):
 
     def production_approvals(self) -> int:
         """What the strictest way into production needs: the bar for any production change."""
-        return max(
-            (r.approvals for r in self.transitions if r.to_stage == Stage.PRODUCTION), default=0
-        )
+        return self.entry_approvals(Stage.PRODUCTION)
+
+    def entry_approvals(self, stage: StageName) -> int:
+        """What the strictest way into ``stage`` needs."""
+        return max((r.approvals for r in self.transitions if r.to_stage == stage), default=0)
 
     def rollback_requirement(self) -> int:
         if self.rollback_approvals is not None:
@@ -158,17 +216,39 @@ class GateResult(msgspec.Struct, frozen=True, kw_only=True):
     passed: bool
 
 
+def require_stage(policy: GovernancePolicy, stage: StageName, field: str) -> StageName:
+    """``stage`` is a valid name the policy defines, else a ``ValidationError`` on ``field``."""
+    validate_stage_name(stage, field)
+    if not policy.defines(stage):
+        raise ValidationError(
+            field,
+            "undefined_stage",
+            f"the governance policy defines no stage {stage!r}"
+            f" (it defines {', '.join(policy.stage_names())})",
+            stage=stage,
+            stages=list(policy.stage_names()),
+        )
+    return stage
+
+
 def requirement(
-    policy: GovernancePolicy, source: Stage, target: Stage | None, alias: str | None
+    policy: GovernancePolicy,
+    source: StageName,
+    target: StageName | None,
+    alias: str | None,
+    field: str = "to_stage",
 ) -> Requirement:
     """Combine the stage transition's rule and the protected alias's rule (the stricter wins).
 
-    Raises ``InvalidTransitionError`` when the policy has no ``source -> target`` transition.
+    Raises ``ValidationError`` (rule ``undefined_stage``) on ``field`` when the policy does
+    not define ``target``, and ``InvalidTransitionError`` when it has no ``source -> target``
+    transition.
     """
     approvals = 0
     gates: tuple[MetricGate, ...] = ()
     rules: tuple[str, ...] = ()
     if target is not None:
+        require_stage(policy, target, field)
         rule = policy.transition(source, target)
         if rule is None:
             raise InvalidTransitionError(
@@ -177,10 +257,14 @@ def requirement(
                 to_stage=str(target),
             )
         approvals, gates, rules = rule.approvals, rule.gates, (f"transition:{source}->{target}",)
-        if source == Stage.PRODUCTION and policy.production_approvals() > approvals:
-            # Leaving production is a production change: it needs what entering does.
-            approvals = policy.production_approvals()
-            rules = (*rules, "production_change")
+        if policy.is_exclusive(source) and policy.entry_approvals(source) > approvals:
+            # Leaving production (or any exclusive stage) is a change of what serves: it
+            # needs what entering does.
+            approvals = policy.entry_approvals(source)
+            rules = (
+                *rules,
+                "production_change" if source == Stage.PRODUCTION else "exclusive_change",
+            )
     if alias is not None and (protected := policy.alias_rule(alias)) is not None:
         approvals = max(approvals, protected.approvals)
         gates = gates + protected.gates
@@ -256,16 +340,70 @@ def _validate_approvals(value: int, field: str, minimum: int) -> None:
         )
 
 
+def _validate_stages(policy: GovernancePolicy, field: str) -> None:
+    definitions = policy.stage_definitions()
+    if not 1 <= len(definitions) <= MAX_STAGES:
+        raise ValidationError(
+            f"{field}.stages", "range", f"a policy defines between 1 and {MAX_STAGES} stages"
+        )
+    seen: set[str] = set()
+    for index, definition in enumerate(definitions):
+        where = f"{field}.stages[{index}]"
+        validate_stage_name(definition.name, f"{where}.name")
+        if definition.name in seen:
+            raise ValidationError(f"{where}.name", "unique", f"stage {definition.name!r} twice")
+        seen.add(definition.name)
+        if definition.terminal and definition.exclusive:
+            raise ValidationError(
+                where, "terminal_not_exclusive", "a terminal stage cannot also be exclusive"
+            )
+        if definition.name == Stage.PRODUCTION and not definition.exclusive:
+            raise ValidationError(
+                f"{where}.exclusive",
+                "production_is_exclusive",
+                "the stage named production holds one version at a time (rollback relies on it)",
+            )
+        if definition.demote_to is not None and not definition.exclusive:
+            raise ValidationError(
+                f"{where}.demote_to", "exclusive_only", "only an exclusive stage demotes"
+            )
+    initial = policy.initial()
+    where = f"{field}.initial_stage"
+    require_stage(policy, initial, where)
+    if policy.is_terminal(initial) or policy.is_exclusive(initial):
+        raise ValidationError(
+            where, "initial_is_plain", "the initial stage can be neither terminal nor exclusive"
+        )
+    for index, definition in enumerate(definitions):
+        if definition.exclusive:
+            target = policy.demotion_target(definition.name)
+            source = (
+                f"{field}.stages[{index}].demote_to"
+                if definition.demote_to is not None
+                else f"{field}.demote_production_to"
+            )
+            require_stage(policy, target, source)
+            if policy.is_exclusive(target):
+                raise ValidationError(
+                    source, "not_production", "demotion must leave the exclusive stage"
+                )
+
+
 def validate_policy(policy: GovernancePolicy, field: str = "policy") -> None:
     """Refuse policies that contradict the lifecycle (e.g. a way out of ``archived``)."""
-    pairs: set[tuple[Stage, Stage]] = set()
+    _validate_stages(policy, field)
+    pairs: set[tuple[str, str]] = set()
     for index, rule in enumerate(policy.transitions):
         where = f"{field}.transitions[{index}]"
+        require_stage(policy, rule.from_stage, f"{where}.from_stage")
+        require_stage(policy, rule.to_stage, f"{where}.to_stage")
         if rule.from_stage == rule.to_stage:
             raise ValidationError(where, "no_op_transition", "a transition must change the stage")
-        if rule.from_stage == Stage.ARCHIVED:
+        if policy.is_terminal(rule.from_stage):
             raise ValidationError(
-                where, "archived_is_final", "no transition leaves archived; an admin restore does"
+                where,
+                "archived_is_final",
+                f"no transition leaves {rule.from_stage} (a terminal stage); an admin restore does",
             )
         if (rule.from_stage, rule.to_stage) in pairs:
             raise ValidationError(
@@ -291,6 +429,7 @@ def validate_policy(policy: GovernancePolicy, field: str = "policy") -> None:
         raise ValidationError(
             f"{field}.demote_production_to", "not_production", "demotion must leave production"
         )
+    validate_stage_name(policy.demote_production_to, f"{field}.demote_production_to")
     if not MIN_REQUEST_TTL_SECONDS <= policy.request_ttl_seconds <= MAX_REQUEST_TTL_SECONDS:
         raise ValidationError(
             f"{field}.request_ttl_seconds",

@@ -1,19 +1,42 @@
 """The lifecycle stages of a model version and the kinds of stage change. Pure.
 
+Stages are defined by the governance policy (``GovernancePolicy.stages``): a name, an
+order, and two flags. The policy also names the initial stage (where new versions start).
+
+* **terminal** (archived-like): no transition leaves it, aliases are removed from a version
+  that enters it, and only an admin restore (back to the initial stage) brings it back;
+* **exclusive** (production-like): at most one version of a model is in it; moving another
+  version in demotes the current one, in the same append, to the policy's
+  ``demote_production_to`` (or the stage's own ``demote_to``).
+
+The default policy keeps the four stages modelreg always had, so every event recorded
+before stages became configurable folds the same:
+
     development ⇄ staging → production        (the default policy's transitions)
     any stage → archived                      (archived is final, except for an admin
                                                restore and the one-step rollback)
 
-A new version starts in ``development``. At most one version of a model is in
-``production``; promoting another one demotes it in the same append.
+A stage name is a validated string (``events.names.validate_stage_name``). ``Stage``
+keeps the four default names as constants; ``production`` and ``archived`` keep two
+meanings whatever the policy says: a rollback re-promotes to the stage named
+``production`` (which a policy must keep exclusive if it defines it), and ``ArchiveVersion``
+/ MLflow's ``Archived`` move to the policy's archive stage (``archived`` if defined, else
+its first terminal stage).
 """
 
 from __future__ import annotations
 
 import enum
 
+import msgspec
+
+# A stage name as it crosses the API and sits in events: any validated string.
+StageName = str
+
 
 class Stage(enum.StrEnum):
+    """The default policy's four stages, as constants."""
+
     DEVELOPMENT = "development"
     STAGING = "staging"
     PRODUCTION = "production"
@@ -21,6 +44,24 @@ class Stage(enum.StrEnum):
 
 
 INITIAL_STAGE = Stage.DEVELOPMENT
+
+
+class StageDefinition(msgspec.Struct, frozen=True, kw_only=True):
+    """One stage of a policy's lifecycle; ``demote_to`` (exclusive stages only) overrides
+    the policy's ``demote_production_to`` for this stage."""
+
+    name: StageName
+    terminal: bool = False
+    exclusive: bool = False
+    demote_to: StageName | None = None
+
+
+DEFAULT_STAGES: tuple[StageDefinition, ...] = (
+    StageDefinition(name=Stage.DEVELOPMENT),
+    StageDefinition(name=Stage.STAGING),
+    StageDefinition(name=Stage.PRODUCTION, exclusive=True),
+    StageDefinition(name=Stage.ARCHIVED, terminal=True),
+)
 
 
 class TransitionKind(enum.StrEnum):

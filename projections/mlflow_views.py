@@ -32,7 +32,7 @@ from events.mlflow_filter import (
     describe_order,
     names_prompt_tag,
 )
-from events.stages import Stage
+from events.stages import StageName
 from projections.base import Names
 from projections.paging import decode_cursor, encode_cursor
 from projections.search import _scopes, _Sql
@@ -51,7 +51,7 @@ class MlflowVersion(msgspec.Struct, frozen=True, kw_only=True):
     model_id: str
     name: str
     version: int
-    stage: Stage
+    stage: StageName
     aliases: tuple[str, ...]
     description: str
     tags: dict[str, str]
@@ -95,7 +95,7 @@ def _version(r: asyncpg.Record) -> MlflowVersion:
         model_id=r["model_id"],
         name=r["model_name"],
         version=r["version"],
-        stage=Stage(r["stage"]),
+        stage=r["stage"],
         aliases=tuple(sorted(r["aliases"])),
         description=r["description"],
         tags=msgspec.json.decode(tags) if isinstance(tags, str | bytes) else dict(tags),

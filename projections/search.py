@@ -66,7 +66,7 @@ from typing import Any, Literal, TypeVar, cast
 import asyncpg
 import msgspec
 
-from events.stages import Stage
+from events.stages import StageName
 from projections.base import Names
 from projections.paging import (
     InvalidQueryError,
@@ -90,7 +90,7 @@ class ModelQuery(msgspec.Struct, frozen=True, kw_only=True):
     q: str | None = None
     owner: str | None = None
     tags: tuple[str, ...] = ()
-    stages: tuple[Stage, ...] = ()
+    stages: tuple[StageName, ...] = ()
     alias: str | None = None
     metrics: tuple[str, ...] = ()
     archived: bool | None = False
@@ -106,7 +106,7 @@ class VersionQuery(msgspec.Struct, frozen=True, kw_only=True):
     q: str | None = None
     owner: str | None = None
     tags: tuple[str, ...] = ()
-    stages: tuple[Stage, ...] = ()
+    stages: tuple[StageName, ...] = ()
     alias: str | None = None
     metrics: tuple[str, ...] = ()
     model_archived: bool | None = None

@@ -18,8 +18,8 @@ from __future__ import annotations
 import msgspec
 
 from events.base import Command
-from events.policy import GovernancePolicy
-from events.stages import Stage
+from events.policy import DEFAULT_POLICY, GovernancePolicy
+from events.stages import StageName
 from events.version_content import VersionContent
 
 Metrics = dict[int, dict[str, dict[str, float]]]
@@ -76,18 +76,24 @@ class SetModelPolicy(Command, frozen=True, kw_only=True):
 
 
 class ClearModelPolicy(Command, frozen=True, kw_only=True):
+    """``registry_policy``: the default the model falls back to (its stages are checked)."""
+
     comment: str = ""
+    registry_policy: GovernancePolicy = DEFAULT_POLICY
 
 
 # --- versions ---------------------------------------------------------------------------
 
 
 class RegisterVersion(Command, frozen=True, kw_only=True):
-    """The number is assigned by ``decide``: the highest ever registered plus one."""
+    """The number is assigned by ``decide``: the highest ever registered plus one; the
+    version starts in the initial stage of the policy in force (``registry_policy`` unless
+    the model has its own)."""
 
     content: VersionContent
     description: str = ""
     tags: dict[str, str] = msgspec.field(default_factory=dict)
+    registry_policy: GovernancePolicy = DEFAULT_POLICY
 
 
 class UpdateVersionDescription(Command, frozen=True, kw_only=True):
@@ -111,11 +117,13 @@ class DeprecateVersion(Command, frozen=True, kw_only=True):
 
 
 class RestoreVersion(Command, frozen=True, kw_only=True):
-    """Brings an archived version back to ``development``; only an admin may."""
+    """Brings an archived version (in a terminal stage, or in one the policy no longer
+    defines) back to the policy's initial stage; only an admin may."""
 
     version: int
     reason: str
     actor_is_admin: bool = False
+    registry_policy: GovernancePolicy = DEFAULT_POLICY
 
 
 # --- commands the governance policy judges ----------------------------------------------
@@ -134,7 +142,7 @@ class TransitionStage(GovernedCommand, frozen=True, kw_only=True):
     """
 
     version: int
-    to_stage: Stage
+    to_stage: StageName
     comment: str = ""
     metrics: Metrics = msgspec.field(default_factory=_metrics)
     archive_existing: bool = False
@@ -170,7 +178,7 @@ class RequestPromotion(GovernedCommand, frozen=True, kw_only=True):
     request_id: str
     version: int
     justification: str
-    target_stage: Stage | None = None
+    target_stage: StageName | None = None
     alias: str | None = None
     rollback: bool = False
     metrics: Metrics = msgspec.field(default_factory=_metrics)
@@ -209,9 +217,11 @@ class StartDeployment(Command, frozen=True, kw_only=True):
     version: int
     environment: str
     target: str
-    desired_stage: Stage | None = None
+    desired_stage: StageName | None = None
     desired_alias: str | None = None
     comment: str = ""
+    # The desired stage must be one the policy in force defines.
+    registry_policy: GovernancePolicy = DEFAULT_POLICY
 
 
 class ReportDeploymentSucceeded(Command, frozen=True, kw_only=True):

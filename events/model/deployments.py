@@ -30,7 +30,13 @@ from events.model.events import (
 )
 from events.model.guards import require_registered
 from events.model.state import DeploymentState, DeploymentStatus, ModelState
-from events.names import validate_alias, validate_comment, validate_id, validate_place
+from events.names import (
+    validate_alias,
+    validate_comment,
+    validate_id,
+    validate_place,
+)
+from events.policy import require_stage
 from events.stages import Stage
 
 
@@ -67,10 +73,13 @@ def start_deployment(command: StartDeployment, state: ModelState) -> list[ModelE
         raise ValidationError(
             "desired_alias", "one_of", "a deployment follows a stage or an alias, not both"
         )
-    if command.desired_stage == Stage.ARCHIVED:
-        raise ValidationError(
-            "desired_stage", "not_archived", "a deployment cannot follow the archived stage"
-        )
+    if command.desired_stage is not None:
+        policy = state.effective_policy(command.registry_policy)
+        require_stage(policy, command.desired_stage, "desired_stage")
+        if policy.is_terminal(command.desired_stage):
+            raise ValidationError(
+                "desired_stage", "not_archived", "a deployment cannot follow a terminal stage"
+            )
     if command.desired_alias is not None:
         validate_alias(command.desired_alias, "desired_alias")
     validate_comment(command.comment)

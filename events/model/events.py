@@ -15,9 +15,11 @@ from __future__ import annotations
 import enum
 from typing import ClassVar
 
+import msgspec
+
 from events.base import Event, UtcDateTime
 from events.policy import GateResult, GovernancePolicy
-from events.stages import Stage, TransitionKind
+from events.stages import INITIAL_STAGE, StageName, TransitionKind
 from events.version_content import VersionContent
 
 # --- the registered model -------------------------------------------------------------
@@ -94,7 +96,11 @@ class ModelPolicyCleared(Event, frozen=True, kw_only=True):
 
 
 class VersionRegistered(Event, frozen=True, kw_only=True):
-    """A new version, in ``development``; ``content`` never changes after this event."""
+    """A new version, in the policy's initial stage; ``content`` never changes after this event.
+
+    ``stage`` is left out (unset) when that is ``development``, so events recorded before
+    custom stages and events under the default policy have the same bytes.
+    """
 
     event_type: ClassVar[str] = "model.version_registered"
     version: int
@@ -103,6 +109,10 @@ class VersionRegistered(Event, frozen=True, kw_only=True):
     registered_by: str
     description: str
     tags: dict[str, str]
+    stage: StageName | msgspec.UnsetType = msgspec.UNSET
+
+    def initial_stage(self) -> StageName:
+        return INITIAL_STAGE if isinstance(self.stage, msgspec.UnsetType) else self.stage
 
 
 class VersionDescriptionUpdated(Event, frozen=True, kw_only=True):
@@ -137,8 +147,8 @@ class VersionDeprecated(Event, frozen=True, kw_only=True):
 class StageTransitioned(Event, frozen=True, kw_only=True):
     event_type: ClassVar[str] = "model.stage_transitioned"
     version: int
-    from_stage: Stage
-    to_stage: Stage
+    from_stage: StageName
+    to_stage: StageName
     kind: TransitionKind
     comment: str
     request_id: str | None = None
@@ -179,7 +189,7 @@ class PromotionRequested(Event, frozen=True, kw_only=True):
     event_type: ClassVar[str] = "model.promotion_requested"
     request_id: str
     version: int
-    target_stage: Stage | None
+    target_stage: StageName | None
     alias: str | None
     justification: str
     requested_by: str
@@ -224,8 +234,8 @@ class PromotionExecuted(Event, frozen=True, kw_only=True):
     event_type: ClassVar[str] = "model.promotion_executed"
     request_id: str
     version: int
-    from_stage: Stage
-    target_stage: Stage | None
+    from_stage: StageName
+    target_stage: StageName | None
     alias: str | None
     approved_by: tuple[str, ...]
     approvals_required: int
@@ -244,7 +254,7 @@ class DeploymentStarted(Event, frozen=True, kw_only=True):
     version: int
     environment: str
     target: str
-    desired_stage: Stage | None = None
+    desired_stage: StageName | None = None
     desired_alias: str | None = None
     comment: str = ""
 

@@ -138,6 +138,7 @@ def _version_registered(state: ModelState, event: VersionRegistered) -> ModelSta
         registered_by=event.registered_by,
         description=event.description,
         tags=dict(event.tags),
+        stage=event.initial_stage(),
     )
     return replace(
         _with_version(state, version), last_version=max(state.last_version, event.version)

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from events.errors import ConflictError, InvalidTransitionError, NotFoundError, ValidationError
 from events.model.state import ModelState, VersionState
 from events.names import MAX_TAGS, validate_tag_keys, validate_tags
-from events.stages import Stage
+from events.policy import GovernancePolicy
 
 MAX_ALIASES = 100
 
@@ -31,10 +31,13 @@ def require_active(state: ModelState) -> ModelState:
     return state
 
 
-def require_live_version(state: ModelState, number: int, purpose: str) -> VersionState:
-    """A version that may become a promotion or alias target: not archived, not deprecated."""
+def require_live_version(
+    state: ModelState, number: int, purpose: str, policy: GovernancePolicy
+) -> VersionState:
+    """A version that may become a promotion or alias target: not archived (in a terminal
+    stage, or one the policy does not define), not deprecated."""
     version = state.version(number)
-    if version.stage == Stage.ARCHIVED:
+    if policy.is_terminal(version.stage) or not policy.defines(version.stage):
         raise InvalidTransitionError(
             f"version {number} is archived and cannot be {purpose}; an admin can restore it",
             version=number,

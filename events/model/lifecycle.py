@@ -48,8 +48,14 @@ from events.model.events import (
 from events.model.guards import MAX_ALIASES, require_active, require_live_version
 from events.model.state import ModelState, VersionState
 from events.names import validate_alias, validate_comment
-from events.policy import GovernancePolicy, Requirement, check_gates, requirement
-from events.stages import Stage, TransitionKind
+from events.policy import (
+    GovernancePolicy,
+    Requirement,
+    check_gates,
+    require_stage,
+    requirement,
+)
+from events.stages import Stage, StageName, TransitionKind
 
 
 def _archive_aliases(
@@ -84,7 +90,7 @@ def _archive_aliases(
 def _stage_change(
     policy: GovernancePolicy,
     version: VersionState,
-    to_stage: Stage,
+    to_stage: StageName,
     kind: TransitionKind,
     comment: str,
     request_id: str | None,
@@ -92,7 +98,7 @@ def _stage_change(
 ) -> list[ModelEvent]:
     removed = (
         _archive_aliases(policy, version, moved_aliases, comment, request_id)
-        if to_stage == Stage.ARCHIVED
+        if policy.is_terminal(to_stage)
         else []
     )
     return [
@@ -113,7 +119,7 @@ def move(
     policy: GovernancePolicy,
     version: VersionState,
     *,
-    stage: Stage | None,
+    stage: StageName | None,
     alias: str | None,
     kind: TransitionKind,
     comment: str,
@@ -147,21 +153,19 @@ def move(
             moved.add(followed)
     if stage is None or stage == version.stage:
         return events
-    if (
-        stage == Stage.PRODUCTION
-        and state.production is not None
-        and state.production != version.number
-    ):
-        current = state.version(state.production)
-        events += _stage_change(
-            policy,
-            current,
-            policy.demote_production_to,
-            TransitionKind.DEMOTION,
-            comment,
-            request_id,
-            moved,
-        )
+    if policy.is_exclusive(stage):
+        for number in state.in_stage(stage):
+            if number == version.number:
+                continue
+            events += _stage_change(
+                policy,
+                state.version(number),
+                policy.demotion_target(stage),
+                TransitionKind.DEMOTION,
+                comment,
+                request_id,
+                moved,
+            )
     events += _stage_change(policy, version, stage, kind, comment, request_id, moved)
     return events
 
@@ -177,11 +181,14 @@ def transition_stage(command: TransitionStage, state: ModelState) -> list[ModelE
             command.comment,
             command.metrics,
         )
-    if command.to_stage not in (Stage.STAGING, Stage.PRODUCTION):
+    policy = state.effective_policy(command.registry_policy)
+    require_stage(policy, command.to_stage, "to_stage")
+    if policy.is_terminal(command.to_stage) or command.to_stage == policy.initial():
         raise ValidationError(
             "archive_existing",
             "stage",
-            f"archiving the existing versions applies to staging and production, not {command.to_stage}",
+            "archiving the existing versions applies to stages after the initial one and"
+            f" before the terminal ones, not {command.to_stage}",
         )
     validate_comment(command.comment)
     moved = (
@@ -208,9 +215,10 @@ def _archive_others(state: ModelState, command: TransitionStage) -> list[ModelEv
     for number, other in sorted(state.versions.items()):
         if number == command.version or other.stage != command.to_stage:
             continue
-        if command.to_stage == Stage.PRODUCTION:
+        if policy.is_exclusive(command.to_stage):
             continue
-        needed = requirement(policy, other.stage, Stage.ARCHIVED, None)
+        archive = _archive_stage(policy)
+        needed = requirement(policy, other.stage, archive, None)
         if needed.approvals > 0:
             raise PolicyViolationError(
                 "approval_required",
@@ -220,16 +228,26 @@ def _archive_others(state: ModelState, command: TransitionStage) -> list[ModelEv
                 version=number,
             )
         events += _stage_change(
-            policy, other, Stage.ARCHIVED, TransitionKind.DIRECT, command.comment, None, set()
+            policy, other, archive, TransitionKind.DIRECT, command.comment, None, set()
         )
     return events
+
+
+def _archive_stage(policy: GovernancePolicy) -> StageName:
+    archive = policy.archive_stage()
+    if archive is None:
+        raise InvalidTransitionError(
+            "the governance policy defines no terminal stage to archive into"
+        )
+    return archive
 
 
 def archive_version(command: ArchiveVersion, state: ModelState) -> list[ModelEvent]:
     require_active(state)
     validate_comment(command.reason, "reason", required=True)
+    policy = state.effective_policy(command.registry_policy)
     return _direct_transition(
-        state, command.registry_policy, command.version, Stage.ARCHIVED, command.reason, {}
+        state, command.registry_policy, command.version, _archive_stage(policy), command.reason, {}
     )
 
 
@@ -237,23 +255,31 @@ def _direct_transition(
     state: ModelState,
     registry_policy: GovernancePolicy,
     number: int,
-    to_stage: Stage,
+    to_stage: StageName,
     comment: str,
     metrics: dict[int, dict[str, dict[str, float]]],
 ) -> list[ModelEvent]:
     validate_comment(comment)
+    policy = state.effective_policy(registry_policy)
+    require_stage(policy, to_stage, "to_stage")
     version = state.version(number)
     if version.stage == to_stage:
         raise InvalidTransitionError(f"version {number} is already in {to_stage}", version=number)
-    if version.stage == Stage.ARCHIVED:
+    if policy.is_terminal(version.stage):
         raise InvalidTransitionError(
-            f"version {number} is archived; only an admin restore brings it back", version=number
+            f"version {number} is {version.stage}; only an admin restore brings it back",
+            version=number,
         )
-    if version.deprecated and to_stage in (Stage.STAGING, Stage.PRODUCTION):
+    if not policy.defines(version.stage):
+        raise InvalidTransitionError(
+            f"version {number} is in stage {version.stage!r}, which the governance policy does"
+            " not define; an admin restore moves it to the initial stage",
+            version=number,
+        )
+    if version.deprecated and not policy.is_terminal(to_stage) and to_stage != policy.initial():
         raise InvalidTransitionError(
             f"version {number} is deprecated and cannot be promoted", version=number
         )
-    policy = state.effective_policy(registry_policy)
     needed = requirement(policy, version.stage, to_stage, None)
     if needed.approvals > 0:
         raise PolicyViolationError(
@@ -276,7 +302,8 @@ def _direct_transition(
 def restore_version(command: RestoreVersion, state: ModelState) -> list[ModelEvent]:
     require_active(state)
     version = state.version(command.version)
-    if version.stage != Stage.ARCHIVED:
+    policy = state.effective_policy(command.registry_policy)
+    if policy.defines(version.stage) and not policy.is_terminal(version.stage):
         raise InvalidTransitionError(
             f"version {command.version} is not archived", version=command.version
         )
@@ -288,8 +315,8 @@ def restore_version(command: RestoreVersion, state: ModelState) -> list[ModelEve
     return [
         StageTransitioned(
             version=command.version,
-            from_stage=Stage.ARCHIVED,
-            to_stage=Stage.DEVELOPMENT,
+            from_stage=version.stage,
+            to_stage=policy.initial(),
             kind=TransitionKind.RESTORE,
             comment=command.reason,
         )
@@ -327,6 +354,7 @@ def roll_back_production(command: Rollback, state: ModelState) -> list[ModelEven
     validate_comment(command.reason, "reason", required=True)
     version = rollback_version(state)
     policy = state.effective_policy(command.registry_policy)
+    require_stage(policy, Stage.PRODUCTION, "rollback")
     needed = rollback_requirement(state, policy)
     if needed.approvals > 0:
         raise PolicyViolationError(
@@ -350,8 +378,8 @@ def set_alias(command: SetAlias, state: ModelState) -> list[ModelEvent]:
     require_active(state)
     validate_alias(command.alias)
     validate_comment(command.comment)
-    version = require_live_version(state, command.version, f"aliased as {command.alias!r}")
     policy = state.effective_policy(command.registry_policy)
+    version = require_live_version(state, command.version, f"aliased as {command.alias!r}", policy)
     if policy.alias_rule(command.alias) is not None:
         raise PolicyViolationError(
             "protected_alias",

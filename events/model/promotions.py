@@ -58,7 +58,13 @@ from events.model.guards import (
 from events.model.lifecycle import move, rollback_requirement, rollback_version
 from events.model.state import ModelState, RequestState, RequestStatus, VersionState
 from events.names import validate_alias, validate_comment, validate_id
-from events.policy import GovernancePolicy, Requirement, check_gates, requirement
+from events.policy import (
+    GovernancePolicy,
+    Requirement,
+    check_gates,
+    require_stage,
+    requirement,
+)
 from events.stages import Stage, TransitionKind
 
 
@@ -67,6 +73,7 @@ def _requirement(
 ) -> tuple[VersionState, Requirement]:
     """The target version and what the promotion needs, judged against the state now."""
     if request.rollback:
+        require_stage(policy, Stage.PRODUCTION, "rollback")
         version = rollback_version(state)
         if version.number != request.version:
             raise InvalidTransitionError(
@@ -74,19 +81,24 @@ def _requirement(
                 version=request.version,
             )
         return version, rollback_requirement(state, policy)
-    if request.target_stage == Stage.ARCHIVED:  # archiving a deprecated version is fine
+    if request.target_stage is not None:
+        require_stage(policy, request.target_stage, "target_stage")
+    if request.target_stage is not None and policy.is_terminal(request.target_stage):
+        # archiving a deprecated version is fine
         version = state.version(request.version)
-        if version.stage == Stage.ARCHIVED:
+        if policy.is_terminal(version.stage):
             raise InvalidTransitionError(
-                f"version {version.number} is already archived", version=version.number
+                f"version {version.number} is already {version.stage}", version=version.number
             )
     else:
-        version = require_live_version(state, request.version, "promoted")
+        version = require_live_version(state, request.version, "promoted", policy)
     if request.target_stage is not None and request.target_stage == version.stage:
         raise InvalidTransitionError(
             f"version {version.number} is already in {version.stage}", version=version.number
         )
-    return version, requirement(policy, version.stage, request.target_stage, request.alias)
+    return version, requirement(
+        policy, version.stage, request.target_stage, request.alias, "target_stage"
+    )
 
 
 def _eligible(
@@ -165,15 +177,15 @@ def request_promotion(command: RequestPromotion, state: ModelState) -> list[Mode
         raise ValidationError(
             "target_stage", "required", "a request names a target stage, an alias or both"
         )
+    policy = state.effective_policy(command.registry_policy)
     if command.alias is not None:
         validate_alias(command.alias)
-        if target_stage == Stage.ARCHIVED:
+        if target_stage is not None and policy.is_terminal(target_stage):
             raise ValidationError(
                 "alias", "archived_target", "an alias cannot point at an archived version"
             )
         if command.alias not in state.aliases and len(state.aliases) >= MAX_ALIASES:
             raise ValidationError("alias", "too_many", f"a model has at most {MAX_ALIASES} aliases")
-    policy = state.effective_policy(command.registry_policy)
     now = utc(command.now)
     request = RequestState(
         request_id=command.request_id,

@@ -8,7 +8,9 @@ refused with ``InvalidTransitionError``, like stage transitions.
 
 from __future__ import annotations
 
-from events.errors import AlreadyExistsError, InvalidTransitionError
+import msgspec
+
+from events.errors import AlreadyExistsError, InvalidTransitionError, PolicyViolationError
 from events.model.commands import (
     ArchiveModel,
     ClearModelPolicy,
@@ -55,7 +57,8 @@ from events.names import (
     validate_model_name,
     validate_tags,
 )
-from events.policy import validate_policy
+from events.policy import GovernancePolicy, validate_policy
+from events.stages import INITIAL_STAGE
 from events.version_content import content_digest, validate_content
 
 
@@ -154,19 +157,37 @@ def restore_model(command: RestoreModel, state: ModelState) -> list[ModelEvent]:
     return [ModelRestored(reason=command.reason)]
 
 
+def require_stages_kept(state: ModelState, policy: GovernancePolicy, field: str) -> None:
+    """A policy may not strand a version: every version's stage must stay defined."""
+    for number, version in sorted(state.versions.items()):
+        if not policy.defines(version.stage):
+            raise PolicyViolationError(
+                "stage_in_use",
+                f"version {number} is in stage {version.stage!r}, which the new policy does"
+                f" not define: move it to a stage the new policy keeps first, or keep {version.stage!r}",
+                field=field,
+                stage=version.stage,
+                version=number,
+            )
+
+
 def set_model_policy(command: SetModelPolicy, state: ModelState) -> list[ModelEvent]:
     require_active(state)
     validate_policy(command.policy)
     validate_comment(command.comment)
     if command.policy == state.policy:
         return []
+    require_stages_kept(state, command.policy, "policy.stages")
     return [ModelPolicySet(policy=command.policy, comment=command.comment)]
 
 
 def clear_model_policy(command: ClearModelPolicy, state: ModelState) -> list[ModelEvent]:
     require_active(state)
     validate_comment(command.comment)
-    return [ModelPolicyCleared(comment=command.comment)] if state.policy is not None else []
+    if state.policy is None:
+        return []
+    require_stages_kept(state, command.registry_policy, "policy")
+    return [ModelPolicyCleared(comment=command.comment)]
 
 
 def register_version(command: RegisterVersion, state: ModelState) -> list[ModelEvent]:
@@ -175,6 +196,7 @@ def register_version(command: RegisterVersion, state: ModelState) -> list[ModelE
     validate_content(command.content)
     validate_description(command.description)
     validate_tags(command.tags)
+    initial = state.effective_policy(command.registry_policy).initial()
     return [
         VersionRegistered(
             version=state.last_version + 1,
@@ -183,6 +205,7 @@ def register_version(command: RegisterVersion, state: ModelState) -> list[ModelE
             registered_by=validate_actor(command.actor),
             description=command.description,
             tags=dict(command.tags),
+            stage=msgspec.UNSET if initial == INITIAL_STAGE else initial,
         )
     ]
 

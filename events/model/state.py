@@ -16,7 +16,7 @@ import msgspec
 from events.base import UtcDateTime
 from events.errors import NotFoundError
 from events.policy import GovernancePolicy
-from events.stages import INITIAL_STAGE, Stage
+from events.stages import INITIAL_STAGE, StageName
 from events.version_content import VersionContent
 
 
@@ -25,7 +25,7 @@ class VersionState(msgspec.Struct, frozen=True, kw_only=True):
     content: VersionContent
     content_digest: str
     registered_by: str
-    stage: Stage = INITIAL_STAGE
+    stage: StageName = INITIAL_STAGE
     description: str = ""
     tags: dict[str, str] = msgspec.field(default_factory=dict)
     deprecated: bool = False
@@ -44,7 +44,7 @@ class RequestStatus(enum.StrEnum):
 class RequestState(msgspec.Struct, frozen=True, kw_only=True):
     request_id: str
     version: int
-    target_stage: Stage | None
+    target_stage: StageName | None
     alias: str | None
     justification: str
     requested_by: str
@@ -66,7 +66,7 @@ class DeploymentState(msgspec.Struct, frozen=True, kw_only=True):
     version: int
     environment: str
     target: str
-    desired_stage: Stage | None = None
+    desired_stage: StageName | None = None
     desired_alias: str | None = None
     status: DeploymentStatus = DeploymentStatus.STARTED
     replaced_deployment_id: str | None = None
@@ -107,6 +107,10 @@ class ModelState(msgspec.Struct, frozen=True, kw_only=True):
         if found is None:
             raise NotFoundError(f"model {self.name!r} has no version {number}", version=number)
         return found
+
+    def in_stage(self, stage: StageName) -> tuple[int, ...]:
+        """The versions in ``stage``, oldest first (exclusive stages hold at most one)."""
+        return tuple(n for n, v in sorted(self.versions.items()) if v.stage == stage)
 
     def rollback_target(self) -> int | None:
         """The version that was in production before the current one (or the last one, if none is)."""

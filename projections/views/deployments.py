@@ -40,7 +40,7 @@ from events.model.events import (
     StageTransitioned,
     VersionRegistered,
 )
-from events.stages import INITIAL_STAGE, Stage
+from events.stages import Stage
 from events.streams import model_id_of
 from projections.base import Fold, Names, Projection, Table, changed, upsert
 
@@ -196,7 +196,7 @@ def evolve(rows: DeploymentRows, events: Sequence[LoggedEvent]) -> DeploymentRow
         model_id = model_id_of(logged.stream_id)
         match event:
             case VersionRegistered():
-                new.stages[(model_id, event.version)] = str(INITIAL_STAGE)
+                new.stages[(model_id, event.version)] = event.initial_stage()
             case StageTransitioned():
                 new.stages[(model_id, event.version)] = str(event.to_stage)
             case AliasSet():

@@ -53,7 +53,7 @@ from events.model.events import (
     StageTransitioned,
     VersionRegistered,
 )
-from events.stages import INITIAL_STAGE, Stage
+from events.stages import Stage
 from events.streams import model_id_of
 from projections.base import Fold, Names, Projection, Table, changed, upsert
 
@@ -236,7 +236,7 @@ def evolve_row(row: ModelRow | None, event: Event, logged: LoggedEvent) -> Model
 
 
 def _stage_after(event: VersionRegistered | StageTransitioned) -> str:
-    return str(INITIAL_STAGE if isinstance(event, VersionRegistered) else event.to_stage)
+    return event.initial_stage() if isinstance(event, VersionRegistered) else event.to_stage
 
 
 def _stage_summaries(
@@ -247,8 +247,8 @@ def _stage_summaries(
     for (model_id, version), stage in stages.items():
         if model_id in summaries:
             latest, counts = summaries[model_id]
-            latest[stage] = max(latest[stage] or 0, version)
-            counts[stage] += 1
+            latest[stage] = max(latest.get(stage) or 0, version)
+            counts[stage] = counts.get(stage, 0) + 1
     return summaries
 
 
@@ -303,8 +303,8 @@ def row_from_record(r: asyncpg.Record) -> ModelRow:
         archived=r["archived"],
         latest_version=r["latest_version"],
         version_count=r["version_count"],
-        stages={s: latest_per_stage.get(s) for s in STAGES},
-        stage_counts={s: count_per_stage.get(s, 0) for s in STAGES},
+        stages={**_empty_stages(), **latest_per_stage},
+        stage_counts={**dict.fromkeys(STAGES, 0), **count_per_stage},
         aliases=_sorted(_stage_map.decode(r["aliases"])),
         created_at=r["created_at"],
         updated_at=r["updated_at"],

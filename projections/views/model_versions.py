@@ -62,7 +62,7 @@ from events.model.events import (
     VersionTagsRemoved,
     VersionTagsSet,
 )
-from events.stages import INITIAL_STAGE, Stage
+from events.stages import StageName
 from events.streams import metrics_of, model_id_of
 from events.version_content import VersionContent
 from projections.base import Fold, Names, Projection, Table, changed, upsert
@@ -185,7 +185,7 @@ class VersionRow(msgspec.Struct, frozen=True, kw_only=True):
     model_id: str
     model_name: str
     version: int
-    stage: Stage
+    stage: StageName
     stage_since: datetime
     aliases: tuple[str, ...]
     description: str
@@ -264,7 +264,7 @@ def registered_facts(
             created_at=at,
         ),
         VersionFacts(
-            stage=str(INITIAL_STAGE),
+            stage=event.initial_stage(),
             stage_since=at,
             aliases=(),
             description=event.description,
@@ -794,7 +794,7 @@ def row_from_record(r: asyncpg.Record, metrics: tuple[MetricValue, ...] = ()) ->
         model_id=r["model_id"],
         model_name=r["model_name"],
         version=r["version"],
-        stage=Stage(r["stage"]),
+        stage=r["stage"],
         stage_since=r["stage_since"],
         aliases=tuple(r["aliases"]),
         description=r["description"],

@@ -37,7 +37,7 @@ from msgspec.structs import replace
 from eventlog.log import LoggedEvent
 from events.catalogue import CODEC
 from events.model.events import AliasRemoved, AliasSet, StageTransitioned, VersionRegistered
-from events.stages import INITIAL_STAGE, Stage
+from events.stages import Stage
 from events.streams import model_id_of
 from projections.base import Fold, Names, Projection, Table, changed
 
@@ -149,7 +149,7 @@ def evolve(rows: TimelineRows, events: Sequence[LoggedEvent]) -> TimelineRows:
         model_id = model_id_of(logged.stream_id)
         match event:
             case VersionRegistered():
-                entered = _stage_entered(model_id, str(INITIAL_STAGE), event.version, logged)
+                entered = _stage_entered(model_id, event.initial_stage(), event.version, logged)
                 _open(stages, open_stages, entered)
             case StageTransitioned():
                 _close(

@@ -28,6 +28,7 @@ from events.names import (
     MODEL_ID_MAX,
     MODEL_NAME_MAX,
     PLACE_NAME_MAX,
+    STAGE_NAME_MAX,
     TAG_KEY_MAX,
     TAG_VALUE_MAX,
 )
@@ -54,11 +55,13 @@ NOT_BLANK = "^\\s*[^\\s\\u0000][^\\u0000]*$"
 POSITION_DIGITS = f"^[0-9]{{1,{len(str(MAX_POSITION)) - 1}}}$"
 # A version list: comma-separated version numbers of at most 9 digits (int32 range).
 VERSION_LIST = "^-?[0-9]{1,9}(,-?[0-9]{1,9})*$"
+# A stage name (``events.names.validate_stage_name``): a policy may define its own.
+STAGE = f"^[a-z][a-z0-9_-]{{0,{STAGE_NAME_MAX - 1}}}$"
 # A version reference of the file routes: a number, @alias or stage:<stage>
 # (``service.artifacts.service.resolve_version``).
 VERSION_REF = (
     f"^(?:[0-9]{{1,10}}|@[a-z][a-z0-9_-]{{0,{ALIAS_MAX - 1}}}"
-    "|stage:(?:development|staging|production|archived))$"
+    f"|stage:[a-z][a-z0-9_-]{{0,{STAGE_NAME_MAX - 1}}})$"
 )
 
 POSITIONS = frozenset({"min_position", "cursor", "before_position", "after"})
@@ -80,6 +83,10 @@ _QUERY_PATTERNS = {
     ("/api/v1/models/{name}/versions", "tag"): _TAG_FILTER,
     ("/api/v1/models", "metric"): _METRIC_FILTER,
     ("/api/v1/models/{name}/versions", "metric"): _METRIC_FILTER,
+    ("/api/v1/models", "stage"): STAGE,
+    ("/api/v1/models/{name}/versions", "stage"): STAGE,
+    ("/api/v1/models/{name}/timeline", "stage"): STAGE,
+    ("/api/v1/models/{name}/versions/{version}/gate", "to"): STAGE,
 }
 # Path parameters by name: the rule each route applies to it.
 _PATH_PATTERNS = {
@@ -107,6 +114,9 @@ _BODY_PATTERNS = {
     ("OpenUpload", "digest"): DIGEST,
     ("PromotionRequest", "justification"): NOT_BLANK,
     ("PromotionRequest", "alias"): NEW_ALIAS,
+    ("StageChange", "to"): STAGE,
+    ("PromotionRequest", "target_stage"): STAGE,
+    ("DeploymentStart", "desired_stage"): STAGE,
 }
 _BODY_ITEM_PATTERNS = {("TokenRequest", "scopes"): SCOPE}
 # Lists a command refuses empty.

@@ -9,7 +9,7 @@ from litestar import Controller, Request, get
 from litestar.params import FromPath, Parameter
 
 from events.access import Permission
-from events.stages import Stage
+from events.names import STAGE_NAME_MAX, STAGE_NAME_PATTERN
 from service.api.auth import require
 from service.api.common import VersionNumber, principal_of, services_of
 from service.commands.gate_check import GateCheck, check_transition
@@ -25,7 +25,14 @@ class GatesController(Controller):
         request: Request[Any, Any, Any],
         name: FromPath[str],
         version: VersionNumber,
-        to: Annotated[Stage, Parameter(description="The stage the version would move to")],
+        to: Annotated[
+            str,
+            Parameter(
+                description="The stage the version would move to (one the model's policy defines)",
+                pattern=STAGE_NAME_PATTERN,
+                max_length=STAGE_NAME_MAX,
+            ),
+        ],
     ) -> GateCheck:
         """Would moving the version to ``to`` pass the policy and its metric gates now?
         200 either way: ``passes``, and ``outcome`` direct, needs_approval or refused with

@@ -8,6 +8,7 @@ import msgspec
 from litestar import Controller, Request, Response, delete, get, post, put
 from litestar.params import FromPath, JSONBody, QueryParameter
 
+from eventlog.freshness import freshness
 from eventlog.keys import model_names
 from events.access import Permission
 from events.errors import NotFoundError
@@ -19,14 +20,18 @@ from events.model.commands import (
     RejectPromotion,
     RemoveAlias,
     RequestPromotion,
+    RestoreVersion,
     Rollback,
     SetAlias,
     SetModelPolicy,
 )
+from events.model.decider import MODEL
+from events.model.registration import require_stages_kept
 from events.model.state import ModelState
-from events.policy import GovernancePolicy
-from events.stages import Stage
-from projections.views import approvals, stage_timeline
+from events.policy import GovernancePolicy, validate_policy
+from events.stages import Stage, StageDefinition
+from events.streams import model_stream
+from projections.views import approvals, model_versions, stage_timeline
 from projections.views.approvals import ApprovalRequest
 from projections.views.stage_timeline import AliasInterval, StageInterval
 from service.api.auth import require
@@ -50,7 +55,9 @@ from service.api.schemas import (
     PromotionRequest,
     RollbackRequest,
     StageChange,
+    StageNameQuery,
 )
+from service.api.services import Services
 from service.commands.tokens import covers
 
 TIMELINE = [stage_timeline.PROJECTION]
@@ -58,10 +65,53 @@ APPROVALS = [approvals.PROJECTION]
 
 
 class PolicyView(msgspec.Struct, frozen=True, kw_only=True):
-    """The policy in force and where it comes from (``model`` or ``registry``)."""
+    """The policy in force and where it comes from (``model`` or ``registry``), with its
+    lifecycle spelled out (``stages`` in order and ``initial_stage``) even where the policy
+    leaves them to the default."""
 
     source: Literal["model", "registry"]
     policy: GovernancePolicy
+    stages: tuple[StageDefinition, ...]
+    initial_stage: str
+
+
+def policy_view(source: Literal["model", "registry"], policy: GovernancePolicy) -> PolicyView:
+    return PolicyView(
+        source=source,
+        policy=policy,
+        stages=policy.stage_definitions(),
+        initial_stage=policy.initial(),
+    )
+
+
+async def _refuse_stranding(services: Services, policy: GovernancePolicy) -> None:
+    """Refuse a registry policy that would leave a version of a model following it in a
+    stage it does not define. The versions view (brought up to the log's head) names the
+    candidates; each model's own stream decides (a model with its own policy is not
+    concerned). A version moved into a dropped stage between this check and the append can
+    still be brought back by an admin restore, which accepts a stage the policy dropped."""
+    head = (await freshness(services.pool, [model_versions.PROJECTION.name])).head
+    if head == 0:
+        return  # an empty log holds no version
+    async with read_views(
+        services, [model_versions.PROJECTION], as_of=None, min_position=head
+    ) as reader:
+        rows = await reader.conn.fetch(
+            f"SELECT DISTINCT model_id FROM {reader.names.model_versions}"
+            " WHERE NOT (stage = ANY($1::text[])) ORDER BY model_id",
+            list(policy.stage_names()),
+        )
+    for row in rows:
+        _, state = await services.registry.executor.state_of(model_stream(row["model_id"]), MODEL)
+        if state.policy is None:
+            require_stages_kept(state, policy, "policy.stages")
+
+
+async def _stages_of(services: Services, name: str) -> list[str]:
+    """The stages a model's policy defines now, then the default four (history may hold them)."""
+    _, _, state = await services.registry.model(name)
+    policy = state.effective_policy(await services.registry.registry_policy())
+    return list(dict.fromkeys([*policy.stage_names(), *(str(s) for s in Stage)]))
 
 
 class LifecycleController(Controller):
@@ -120,6 +170,41 @@ class LifecycleController(Controller):
             name, build, if_version=if_match(request), id_seed=seed_of(request)
         )
         return receipt(written, model=name)
+
+    @post("/versions/{version:int}/restore", status_code=200)
+    async def restore_version(
+        self,
+        request: Request[Any, Any, Any],
+        name: FromPath[str],
+        version: VersionNumber,
+        data: JSONBody[RollbackRequest],
+    ) -> Response[Receipt]:
+        """Bring an archived version (in a terminal stage, or in one its policy no longer
+        defines) back to the policy's initial stage. Admin only."""
+        principal = principal_of(request)
+        require(principal, Permission.ADMIN, name)
+        registry = services_of(request).registry
+
+        def build(
+            _model_id: str, _state: ModelState, policy: GovernancePolicy, _metrics: Metrics
+        ) -> RestoreVersion:
+            return RestoreVersion(
+                actor=principal.name,
+                now=registry.now(),
+                registry_policy=policy,
+                version=version,
+                reason=data.reason,
+                actor_is_admin=True,
+            )
+
+        written = await registry.governed(
+            name,
+            build,
+            metric_versions=lambda _state: [],
+            if_version=if_match(request),
+            id_seed=seed_of(request),
+        )
+        return receipt(written, model=name, version=version)
 
     @put("/aliases/{alias:str}")
     async def set_alias(
@@ -200,7 +285,7 @@ class LifecycleController(Controller):
         request: Request[Any, Any, Any],
         name: FromPath[str],
         stage: Annotated[
-            list[Stage] | None,
+            list[StageNameQuery] | None,
             QueryParameter(description="Only these stages (repeat the parameter for several)"),
         ] = None,
         at: Annotated[
@@ -219,7 +304,7 @@ class LifecycleController(Controller):
         async with read_views(services, TIMELINE, as_of=None, min_position=min_position) as reader:
             if at is not None:
                 moment = parse_as_of(at, "at")
-                stages = stage or list(Stage)
+                stages = stage or await _stages_of(services, name)
                 held: list[StageInterval] = []
                 for s in stages:
                     held.extend(
@@ -238,9 +323,9 @@ class LifecycleController(Controller):
         registry = services_of(request).registry
         _, version, state = await registry.model(name)
         view = (
-            PolicyView(source="model", policy=state.policy)
+            policy_view("model", state.policy)
             if state.policy is not None
-            else PolicyView(source="registry", policy=await registry.registry_policy())
+            else policy_view("registry", await registry.registry_policy())
         )
         return Response(view, headers={"ETag": etag(version)})
 
@@ -271,10 +356,13 @@ class LifecycleController(Controller):
         require(principal, Permission.ADMIN, name)
         registry = services_of(request).registry
         model_id = await registry.model_id(name)
-        command = ClearModelPolicy(actor=principal.name, now=registry.now())
-        return receipt(
-            await registry.execute(model_id, command, if_version=if_match(request)), model=name
+        now = registry.now()
+        written = await registry.under_registry_policy(
+            model_id,
+            lambda policy: ClearModelPolicy(actor=principal.name, now=now, registry_policy=policy),
+            if_version=if_match(request),
         )
+        return receipt(written, model=name)
 
     @get("/promotions")
     async def model_promotions(
@@ -478,9 +566,7 @@ class RegistryPolicyController(Controller):
     async def read(self, request: Request[Any, Any, Any]) -> Response[PolicyView]:
         require(principal_of(request), Permission.READ)
         version, policy = await services_of(request).registry.registry_policy_revision()
-        return Response(
-            PolicyView(source="registry", policy=policy), headers={"ETag": etag(version)}
-        )
+        return Response(policy_view("registry", policy), headers={"ETag": etag(version)})
 
     @put("/")
     async def update(
@@ -488,8 +574,11 @@ class RegistryPolicyController(Controller):
     ) -> Response[Receipt]:
         principal = principal_of(request)
         require(principal, Permission.ADMIN)
+        policy = data.policy.to_policy()
+        validate_policy(policy)  # a malformed policy is named for that first
+        await _refuse_stranding(services_of(request), policy)
         written = await services_of(request).registry.set_registry_policy(
-            data.policy.to_policy(),
+            policy,
             actor=principal.name,
             comment=data.comment,
             if_version=if_match(request),

@@ -20,7 +20,6 @@ from events.model.commands import (
     SetModelTags,
     UpdateModelDescription,
 )
-from events.stages import Stage
 from projections.paging import InvalidQueryError, Page
 from projections.search import ModelQuery, search_models
 from projections.views import model_catalogue, model_versions
@@ -40,7 +39,7 @@ from service.api.common import (
     seed_of,
     services_of,
 )
-from service.api.schemas import CreateModel, Reason, Rename, TagValue, UpdateModel
+from service.api.schemas import CreateModel, Reason, Rename, StageNameQuery, TagValue, UpdateModel
 from service.commands.tokens import covers
 
 CATALOGUE = [model_catalogue.PROJECTION, model_versions.PROJECTION]
@@ -97,7 +96,8 @@ class ModelsController(Controller):
             list[str] | None, QueryParameter(description="key=value or key; repeat for AND")
         ] = None,
         stage: Annotated[
-            list[Stage] | None, QueryParameter(description="Has a version in this stage")
+            list[StageNameQuery] | None,
+            QueryParameter(description="Has a version in this stage"),
         ] = None,
         alias: FromQuery[str | None] = None,
         owner: FromQuery[str | None] = None,

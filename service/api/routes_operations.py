@@ -87,6 +87,7 @@ class DeploymentsController(Controller):
             desired_stage=data.desired_stage,
             desired_alias=data.desired_alias,
             comment=data.comment,
+            registry_policy=await registry.registry_policy(),
         )
         written = await registry.execute(
             model_id, command, if_version=if_match(request), id_seed=seed_of(request)

@@ -18,7 +18,6 @@ from events.model.commands import (
     SetVersionTags,
     UpdateVersionDescription,
 )
-from events.stages import Stage
 from events.version_content import VersionContent, validate_content
 from projections.paging import InvalidQueryError, Page
 from projections.search import VersionQuery, search_versions
@@ -49,7 +48,7 @@ from service.api.common import (
 )
 from service.api.problems import BadRequestError
 from service.api.routes_models import AsOf, MinPosition
-from service.api.schemas import MetricBatch, Reason, TagValue, UpdateModel
+from service.api.schemas import MetricBatch, Reason, StageNameQuery, TagValue, UpdateModel
 from service.api.schemas import RegisterVersion as RegisterVersionBody
 from service.artifacts.service import Guards, with_stored_blobs
 from service.commands.registry import Written
@@ -95,6 +94,8 @@ class VersionsController(Controller):
             content=content,
             description=data.description,
             tags=data.tags,
+            # Where the version starts: the initial stage of the policy in force.
+            registry_policy=await registry.registry_policy(),
         )
 
         async def append(guards: Guards | None) -> Written:
@@ -127,7 +128,7 @@ class VersionsController(Controller):
         name: FromPath[str],
         q: Annotated[str | None, QueryParameter(description="Substring of the model name")] = None,
         tag: FromQuery[list[str] | None] = None,
-        stage: FromQuery[list[Stage] | None] = None,
+        stage: FromQuery[list[StageNameQuery] | None] = None,
         alias: FromQuery[str | None] = None,
         metric: FromQuery[list[str] | None] = None,
         deprecated: FromQuery[bool | None] = None,

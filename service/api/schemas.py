@@ -10,14 +10,18 @@ import msgspec
 
 from events.access import Role
 from events.metrics import MetricInput
+from events.names import STAGE_NAME_MAX, STAGE_NAME_PATTERN
 from events.policy import GateOp, GovernancePolicy
-from events.stages import Stage
 from events.version_content import DatasetRole
 
 Tags = dict[str, str]
 # A time without a zone is ambiguous: refused (400) rather than guessed.
 AwareDatetime = Annotated[datetime, msgspec.Meta(tz=True)]
 ParamValue = str | int | float | bool
+
+
+# A stage name in a query: the document states the rule, so a malformed one is a 400.
+StageNameQuery = Annotated[str, msgspec.Meta(pattern=STAGE_NAME_PATTERN, max_length=STAGE_NAME_MAX)]
 
 
 class Strict(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -143,7 +147,7 @@ class MetricBatch(Strict, frozen=True, kw_only=True):
 
 
 class StageChange(Strict, frozen=True, kw_only=True):
-    to: Stage
+    to: str
     comment: str = ""
 
 
@@ -168,8 +172,8 @@ class MetricGateBody(Strict, frozen=True, kw_only=True):
 
 
 class TransitionRuleBody(Strict, frozen=True, kw_only=True):
-    from_stage: Stage
-    to_stage: Stage
+    from_stage: str
+    to_stage: str
     approvals: int | msgspec.UnsetType = msgspec.UNSET
     gates: list[MetricGateBody] | msgspec.UnsetType = msgspec.UNSET
 
@@ -180,13 +184,24 @@ class AliasRuleBody(Strict, frozen=True, kw_only=True):
     gates: list[MetricGateBody] | msgspec.UnsetType = msgspec.UNSET
 
 
+class StageDefinitionBody(Strict, frozen=True, kw_only=True):
+    name: str
+    terminal: bool | msgspec.UnsetType = msgspec.UNSET
+    exclusive: bool | msgspec.UnsetType = msgspec.UNSET
+    demote_to: str | msgspec.UnsetType | None = msgspec.UNSET
+
+
 class PolicyBody(Strict, frozen=True, kw_only=True):
     transitions: list[TransitionRuleBody] | msgspec.UnsetType = msgspec.UNSET
     protected_aliases: list[AliasRuleBody] | msgspec.UnsetType = msgspec.UNSET
     separation_of_duties: bool | msgspec.UnsetType = msgspec.UNSET
-    demote_production_to: Stage | msgspec.UnsetType = msgspec.UNSET
+    demote_production_to: str | msgspec.UnsetType = msgspec.UNSET
     request_ttl_seconds: int | msgspec.UnsetType = msgspec.UNSET
     rollback_approvals: int | msgspec.UnsetType | None = msgspec.UNSET
+    # Omitted: the four default stages (development, staging, production, archived).
+    stages: list[StageDefinitionBody] | msgspec.UnsetType = msgspec.UNSET
+    # Omitted: the first stage listed.
+    initial_stage: str | msgspec.UnsetType = msgspec.UNSET
 
     def to_policy(self) -> GovernancePolicy:
         return msgspec.convert(msgspec.to_builtins(self), GovernancePolicy)
@@ -200,7 +215,7 @@ class PolicyUpdate(Strict, frozen=True, kw_only=True):
 class PromotionRequest(Strict, frozen=True, kw_only=True):
     version: int
     justification: str
-    target_stage: Stage | None = None
+    target_stage: str | None = None
     alias: str | None = None
     rollback: bool = False
 
@@ -212,7 +227,7 @@ class Decision(Strict, frozen=True, kw_only=True):
 class DeploymentStart(Strict, frozen=True, kw_only=True):
     environment: str
     target: str
-    desired_stage: Stage | None = None
+    desired_stage: str | None = None
     desired_alias: str | None = None
     comment: str = ""
     deployment_id: str | None = None

@@ -24,7 +24,7 @@ from events.blob_collection import BLOB_COLLECTION
 from events.errors import ConflictError, NotFoundError, ValidationError
 from events.model.decider import MODEL
 from events.model.state import ModelState, VersionState
-from events.stages import Stage
+from events.names import validate_stage_name
 from events.streams import BLOB_COLLECTIONS_STREAM, artifacts_stream, model_stream
 from events.version_content import ArtifactEntry
 from service.artifacts.blobstore import BlobStore, BlobStoreUnavailableError, Put
@@ -211,15 +211,8 @@ def resolve_version(state: ModelState, ref: str) -> VersionState:
 
 
 def _in_stage(state: ModelState, text: str) -> VersionState:
-    try:
-        stage = Stage(text)
-    except ValueError:
-        raise ValidationError(
-            "version",
-            "enum",
-            f"stage is one of {', '.join(s.value for s in Stage)}, not {text!r}",
-        ) from None
-    numbers = [n for n, v in state.versions.items() if v.stage is stage]
+    stage = validate_stage_name(text, "version")
+    numbers = [n for n, v in state.versions.items() if v.stage == stage]
     if not numbers:
         raise NotFoundError(f"model {state.name!r} has no version in {stage}", stage=stage)
     return state.versions[max(numbers)]

@@ -16,7 +16,8 @@ from typing import Annotated, Any
 
 import typer
 
-from events.stages import Stage
+from events.errors import ValidationError
+from events.names import validate_stage_name
 from service.cli.help import command_group
 from service.cli.output import emit_json, note, output
 from service.cli.shared import (
@@ -58,7 +59,7 @@ def check(
     model: ModelArg,
     version: VersionArg,
     to: Annotated[
-        Stage,
+        str,
         typer.Option("--to", help=f"The stage to move to: {STAGE_NAMES}.", show_default=False),
     ],
     url: UrlOption = None,
@@ -122,8 +123,11 @@ def wait(
     kind, _, wanted = condition.partition("=")
     if kind not in ("stage", "alias") or not wanted:
         raise typer.BadParameter("stage=NAME or alias=NAME", param_hint="--for")
-    if kind == "stage" and wanted not in {s.value for s in Stage}:
-        raise typer.BadParameter(f"a stage is one of {STAGE_NAMES}", param_hint="--for")
+    if kind == "stage":
+        try:
+            validate_stage_name(wanted)
+        except ValidationError as exc:
+            raise typer.BadParameter(str(exc), param_hint="--for") from None
     deadline = time.monotonic() + seconds(timeout, "--timeout")
     pause = seconds(interval, "--interval")
     with connect(url, token, read_your_writes=False) as client:

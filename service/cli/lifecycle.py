@@ -11,7 +11,6 @@ import msgspec
 import typer
 from rich.table import Table
 
-from events.stages import Stage
 from service.cli.output import fields, output, table, when
 from service.cli.shared import (
     STAGE_NAMES,
@@ -84,7 +83,7 @@ def stage(
     model: ModelArg,
     version: VersionArg,
     to: Annotated[
-        Stage,
+        str,
         typer.Argument(metavar="STAGE", help=f"Target stage: {STAGE_NAMES}.", show_default=False),
     ],
     comment: CommentOption = "",
@@ -112,7 +111,7 @@ def promote(
     justification: Annotated[
         str, typer.Option("--justification", "-m", help="Why (required).", show_default=False)
     ],
-    to: Annotated[Stage | None, typer.Option("--to", help=f"Target stage: {STAGE_NAMES}.")] = None,
+    to: Annotated[str | None, typer.Option("--to", help=f"Target stage: {STAGE_NAMES}.")] = None,
     alias: Annotated[
         str | None, typer.Option("--alias", help="Alias to point at the version.")
     ] = None,

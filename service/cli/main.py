@@ -44,6 +44,7 @@ GROUPS = {
     "tokens": "service.cli.tokens",
     "webhooks": "service.cli.webhooks",
     "gate": "service.cli.cicd",
+    "policy": "service.cli.policy",
 }
 # Top-level command name -> module holding a function of that name, dashes as underscores
 # (loaded like GROUPS).

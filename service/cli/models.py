@@ -51,7 +51,7 @@ def list_models(
         list[str] | None, typer.Option("--tag", help="key=value or key (repeat for AND).")
     ] = None,
     stage: Annotated[
-        list[Stage] | None,
+        list[str] | None,
         typer.Option("--stage", help=f"Has a version in this stage: {STAGE_NAMES}."),
     ] = None,
     alias: Annotated[str | None, typer.Option("--alias", help="Has this alias.")] = None,

@@ -20,7 +20,7 @@ _STAGES = (Stage.PRODUCTION, Stage.STAGING, Stage.DEVELOPMENT, Stage.ARCHIVED)
 def _stage_lists(versions: list[VersionRow]) -> dict[str, list[int]]:
     found: dict[str, list[int]] = {str(s): [] for s in _STAGES}
     for v in versions:
-        found[str(v.stage)].append(v.version)
+        found.setdefault(str(v.stage), []).append(v.version)
     return {stage: sorted(numbers) for stage, numbers in found.items()}
 
 

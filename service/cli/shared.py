@@ -35,7 +35,9 @@ EXIT_REFUSED = 1
 EXIT_USAGE = 2
 EXIT_UNAVAILABLE = 3
 
-STAGE_NAMES = ", ".join(s.value for s in Stage)
+STAGE_NAMES = (
+    "a stage the model's policy defines (by default " + ", ".join(s.value for s in Stage) + ")"
+)
 
 # ---------------------------------------------------------------- options
 

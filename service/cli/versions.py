@@ -12,7 +12,6 @@ import typer
 from rich.console import Group, RenderableType
 from rich.table import Table
 
-from events.stages import Stage
 from service.cli.help import command_group
 from service.cli.output import fields, number, output, table, when
 from service.cli.shared import (
@@ -61,7 +60,7 @@ def _stage(row: VersionRow) -> str:
 def list_versions(
     model: ModelArg,
     stage: Annotated[
-        list[Stage] | None,
+        list[str] | None,
         typer.Option("--stage", help=f"In this stage: {STAGE_NAMES} (repeatable: any of)."),
     ] = None,
     tag: Annotated[

@@ -630,7 +630,7 @@ class AsyncClient:
         if isinstance(version, Stage) or (
             isinstance(version, str) and version.startswith(STAGE_PREFIX)
         ):
-            stage = Stage(str(version).removeprefix(STAGE_PREFIX))
+            stage = str(version).removeprefix(STAGE_PREFIX)
             page = await self.list_versions(model, stages=[stage], order_by="-version", limit=1)
             if not page.items:
                 raise NotFound(
@@ -880,7 +880,7 @@ class AsyncClient:
         return await self._write(
             "POST",
             f"{version_path(model, version)}/stage",
-            {"to": str(Stage(stage)), "comment": comment},
+            {"to": str(stage), "comment": comment},
             if_version=if_version,
         )
 
@@ -888,6 +888,18 @@ class AsyncClient:
         """Re-promote the version that was in production before the current one."""
         return await self._write(
             "POST", f"{model_path(model)}/rollback", {"reason": reason}, if_version=if_version
+        )
+
+    async def restore_version(
+        self, model: str, version: int, reason: str, *, if_version: int | None = None
+    ) -> Receipt:
+        """Bring an archived version (or one left in a stage its policy no longer defines)
+        back to the policy's initial stage; admin only."""
+        return await self._write(
+            "POST",
+            f"{version_path(model, version)}/restore",
+            {"reason": reason},
+            if_version=if_version,
         )
 
     async def set_alias(
@@ -930,7 +942,7 @@ class AsyncClient:
         at: int | datetime | str | None = None,
     ) -> list[StageInterval]:
         """Which version held each stage from when to when; with ``at``, the holders then."""
-        params = {"stage": str(Stage(stage)) if stage else None, "at": _as_of(at)}
+        params = {"stage": str(stage) if stage else None, "at": _as_of(at)}
         return await self._get(f"{model_path(model)}/timeline", list[StageInterval], params)
 
     async def get_policy(self, model: str | None = None) -> PolicyView:
@@ -974,7 +986,7 @@ class AsyncClient:
         body = {
             "version": int(version),
             "justification": justification,
-            "target_stage": str(Stage(stage)) if stage else None,
+            "target_stage": str(stage) if stage else None,
             "alias": alias,
             "rollback": rollback,
         }
@@ -1046,7 +1058,7 @@ class AsyncClient:
         body = {
             "environment": environment,
             "target": target,
-            "desired_stage": str(Stage(desired_stage)) if desired_stage else None,
+            "desired_stage": str(desired_stage) if desired_stage else None,
             "desired_alias": desired_alias,
             "comment": comment,
             "deployment_id": deployment_id,
@@ -1262,7 +1274,7 @@ class AsyncClient:
         """Would moving ``version`` to stage ``to`` pass the policy and its gates now? A dry
         run: ``passes``, ``outcome`` (direct, needs_approval, refused) and ``reason``."""
         return await self._get(
-            f"{version_path(model, version)}/gate", dict[str, Any], {"to": str(Stage(to))}
+            f"{version_path(model, version)}/gate", dict[str, Any], {"to": str(to)}
         )
 
     async def create_webhook(

@@ -625,7 +625,7 @@ class Client:
         if isinstance(version, Stage) or (
             isinstance(version, str) and version.startswith(STAGE_PREFIX)
         ):
-            stage = Stage(str(version).removeprefix(STAGE_PREFIX))
+            stage = str(version).removeprefix(STAGE_PREFIX)
             page = self.list_versions(model, stages=[stage], order_by="-version", limit=1)
             if not page.items:
                 raise NotFound(
@@ -875,7 +875,7 @@ class Client:
         return self._write(
             "POST",
             f"{version_path(model, version)}/stage",
-            {"to": str(Stage(stage)), "comment": comment},
+            {"to": str(stage), "comment": comment},
             if_version=if_version,
         )
 
@@ -883,6 +883,18 @@ class Client:
         """Re-promote the version that was in production before the current one."""
         return self._write(
             "POST", f"{model_path(model)}/rollback", {"reason": reason}, if_version=if_version
+        )
+
+    def restore_version(
+        self, model: str, version: int, reason: str, *, if_version: int | None = None
+    ) -> Receipt:
+        """Bring an archived version (or one left in a stage its policy no longer defines)
+        back to the policy's initial stage; admin only."""
+        return self._write(
+            "POST",
+            f"{version_path(model, version)}/restore",
+            {"reason": reason},
+            if_version=if_version,
         )
 
     def set_alias(
@@ -925,7 +937,7 @@ class Client:
         at: int | datetime | str | None = None,
     ) -> list[StageInterval]:
         """Which version held each stage from when to when; with ``at``, the holders then."""
-        params = {"stage": str(Stage(stage)) if stage else None, "at": _as_of(at)}
+        params = {"stage": str(stage) if stage else None, "at": _as_of(at)}
         return self._get(f"{model_path(model)}/timeline", list[StageInterval], params)
 
     def get_policy(self, model: str | None = None) -> PolicyView:
@@ -969,7 +981,7 @@ class Client:
         body = {
             "version": int(version),
             "justification": justification,
-            "target_stage": str(Stage(stage)) if stage else None,
+            "target_stage": str(stage) if stage else None,
             "alias": alias,
             "rollback": rollback,
         }
@@ -1041,7 +1053,7 @@ class Client:
         body = {
             "environment": environment,
             "target": target,
-            "desired_stage": str(Stage(desired_stage)) if desired_stage else None,
+            "desired_stage": str(desired_stage) if desired_stage else None,
             "desired_alias": desired_alias,
             "comment": comment,
             "deployment_id": deployment_id,
@@ -1256,7 +1268,7 @@ class Client:
         """Would moving ``version`` to stage ``to`` pass the policy and its gates now? A dry
         run: ``passes``, ``outcome`` (direct, needs_approval, refused) and ``reason``."""
         return self._get(
-            f"{version_path(model, version)}/gate", dict[str, Any], {"to": str(Stage(to))}
+            f"{version_path(model, version)}/gate", dict[str, Any], {"to": str(to)}
         )
 
     def create_webhook(

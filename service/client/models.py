@@ -17,7 +17,7 @@ import msgspec
 
 from events.access import Permission, Role
 from events.policy import GovernancePolicy
-from events.stages import Stage
+from events.stages import Stage, StageDefinition
 from events.version_content import (
     ArtifactEntry,
     CodeReference,
@@ -66,6 +66,7 @@ __all__ = [
     "Role",
     "RunReference",
     "Stage",
+    "StageDefinition",
     "StageInterval",
     "TokenInfo",
     "VerifyReport",
@@ -218,7 +219,7 @@ class VersionRow(msgspec.Struct, frozen=True, kw_only=True):
     model_id: str
     model_name: str
     version: int
-    stage: Stage
+    stage: str
     stage_since: datetime
     aliases: tuple[str, ...]
     description: str
@@ -355,6 +356,9 @@ class PolicyView(msgspec.Struct, frozen=True, kw_only=True):
 
     source: Literal["model", "registry"]
     policy: GovernancePolicy
+    # The lifecycle in order, and where new versions start (older servers omit both).
+    stages: tuple[StageDefinition, ...] = ()
+    initial_stage: str = ""
 
 
 class DeploymentRun(msgspec.Struct, frozen=True, kw_only=True):

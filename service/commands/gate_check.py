@@ -18,8 +18,7 @@ import msgspec
 from events.errors import DomainError, NotFoundError
 from events.model.commands import RequestPromotion, TransitionStage
 from events.model.decider import MODEL
-from events.policy import GateResult, evaluate_gates, requirement
-from events.stages import Stage
+from events.policy import GateResult, evaluate_gates, require_stage, requirement
 from service.commands.registry import Registry
 
 
@@ -43,13 +42,15 @@ class GateCheck(msgspec.Struct, frozen=True, kw_only=True):
 
 
 async def check_transition(
-    registry: Registry, name: str, version: int, to_stage: Stage, *, actor: str
+    registry: Registry, name: str, version: int, to_stage: str, *, actor: str
 ) -> GateCheck:
     """Decide the move without appending; a missing model or version raises (404)."""
     model_id, _, state = await registry.model(name)
     current = state.version(version)  # NotFoundError names the version
     metrics = await registry.metric_snapshot(model_id, [version, state.production])
     registry_policy = await registry.registry_policy()
+    # A stage the policy does not define is a bad question (422), not a refused move.
+    require_stage(state.effective_policy(registry_policy), to_stage, "to")
     now = registry.now()
     approvals = 0
     gates: list[GateResult] = []

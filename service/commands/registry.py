@@ -33,7 +33,6 @@ from events.model.state import ModelState
 from events.names import validate_model_name
 from events.policy import GovernancePolicy, requirement
 from events.registry_policy import REGISTRY_POLICY, SetRegistryPolicy
-from events.stages import Stage
 from events.streams import (
     REGISTRY_POLICY_STREAM,
     metrics_stream,
@@ -251,7 +250,7 @@ class Registry:
         self,
         name: str,
         version: int,
-        to_stage: Stage,
+        to_stage: str,
         *,
         actor: str,
         comment: str,
@@ -275,7 +274,8 @@ class Registry:
             opened.clear()
             policy = state.effective_policy(registry_policy)
             staying = archive_existing and current.stage == to_stage  # nothing to approve
-            if staying or requirement(policy, current.stage, to_stage, None).approvals == 0:
+            # ``to``: the field the HTTP body names the target stage in.
+            if staying or requirement(policy, current.stage, to_stage, None, "to").approvals == 0:
                 return TransitionStage(
                     actor=actor,
                     now=now,

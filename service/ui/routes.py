@@ -22,6 +22,7 @@ from litestar.response import Redirect, Template
 from eventlog.freshness import freshness
 from eventlog.keys import model_names
 from events.errors import NotFoundError, ValidationError
+from events.names import validate_stage_name
 from events.stages import Stage
 from projections.views.approvals import ApprovalRequest
 from projections.views.metric_history import Comparison
@@ -48,7 +49,6 @@ TIMELINE_ROWS = 30
 CHART_POINTS = 1000  # per metric chart
 # The inbox weighs (gate check, diff against production) this many requests at most.
 REVIEWED_REQUESTS = 50
-TIMELINE_STAGES = (Stage.STAGING, Stage.PRODUCTION, Stage.ARCHIVED)
 
 
 async def _visible(name: str, read: Awaitable[T], *, what: str = "") -> T:
@@ -148,7 +148,13 @@ class PagesController(Controller):
             as_of=form.as_of or None,
             min_position=None,
         )
-        return page(request, "models.html", form=form, page=found, stages=[s.value for s in Stage])
+        # The registry policy's stages, then the default four (models may keep their own).
+        registry_policy = await services_of(request).registry.registry_policy()
+        stages = list(dict.fromkeys([*registry_policy.stage_names(), *(str(s) for s in Stage)]))
+        shown = [s for s in stages if s != registry_policy.initial() and s != Stage.ARCHIVED]
+        return page(
+            request, "models.html", form=form, page=found, stages=stages, shown_stages=shown
+        )
 
     @get("/models/{name:str}")
     async def model(
@@ -175,11 +181,18 @@ class PagesController(Controller):
         # Who put which version in staging, production or archived: every registration
         # also enters development, and a model with thousands of versions would list
         # thousands of those. The latest changes, newest first; the audit page has them all.
+        policy = (await LifecycleController.read_policy.fn(None, request, name=name)).content
+        # Every stage but the initial one (each registration enters it), whatever the
+        # policy calls them; then the default four, which older history may hold.
+        timeline_stages = [
+            s
+            for s in dict.fromkeys([*(d.name for d in policy.stages), *(str(s) for s in Stage)])
+            if s != policy.initial_stage
+        ]
         timeline = await LifecycleController.timeline.fn(
-            None, request, name=name, stage=list(TIMELINE_STAGES)
+            None, request, name=name, stage=timeline_stages
         )
         recent = sorted(timeline, key=lambda t: t.from_position, reverse=True)[:TIMELINE_ROWS]
-        policy = (await LifecycleController.read_policy.fn(None, request, name=name)).content
         places = await DeploymentsController.places.fn(None, request, name=name, as_of=when)
         metric_keys = sorted({(m.key, m.dataset) for v in versions.items for m in v.metrics})
         return page(
@@ -190,6 +203,7 @@ class PagesController(Controller):
             timeline=recent,
             places=places,
             timeline_total=len(timeline),
+            timeline_stages=timeline_stages,
             policy=policy,
             metric_keys=metric_keys[:KEY_METRICS],
             as_of=as_of,
@@ -433,9 +447,12 @@ async def _reviews(
         production = productions[name]
         gate = None
         if r.target_stage is not None and not r.rollback:
-            gate = await GatesController.check.fn(
-                None, request, name=name, version=r.version, to=Stage(r.target_stage)
-            )
+            try:
+                gate = await GatesController.check.fn(
+                    None, request, name=name, version=r.version, to=r.target_stage
+                )
+            except ValidationError:
+                gate = None  # the policy no longer defines the stage: approving will say so
         diff = None
         if production is not None and production != r.version:
             diff = await CompareController.compare.fn(
@@ -471,8 +488,5 @@ def _moment(text: str, field: str) -> datetime | None:
     return representable_time(moment, field)
 
 
-def _stage(text: str) -> Stage:
-    try:
-        return Stage(text)
-    except ValueError:
-        raise ValidationError("stage", "enum", f"stage is one of {', '.join(Stage)}") from None
+def _stage(text: str) -> str:
+    return validate_stage_name(text)

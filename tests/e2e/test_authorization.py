@@ -158,6 +158,10 @@ MATRIX: dict[tuple[str, str], Row] = {
     ("POST", "/api/v1/models/{name}/versions/{version}/stage"): Row(
         f"{V}/4/stage", W, {"to": "staging"}
     ),
+    # churn v2 is live, so every caller allowed to restore gets 409 "not archived"
+    ("POST", "/api/v1/models/{name}/versions/{version}/restore"): Row(
+        f"{V}/2/restore", ADMIN, {"reason": "back"}, answers=409
+    ),
     ("POST", "/api/v1/models/{name}/rollback"): Row(
         f"{M}/rollbacker/rollback", W, {"reason": "v2 misbehaves"}
     ),

@@ -85,6 +85,7 @@ async def test_an_unknown_version_or_stage_is_a_4xx(api: Api) -> None:
     missing = await api.get(f"{M}/versions/9/gate", params={"to": "staging"})
     assert missing.status_code == 404
     bad = await api.get(f"{M}/versions/1/gate", params={"to": "canary"})
-    assert bad.status_code == 400 and bad.headers["content-type"] == "application/problem+json"
+    assert bad.status_code == 422 and bad.headers["content-type"] == "application/problem+json"
+    assert (bad.json()["field"], bad.json()["rule"]) == ("to", "undefined_stage")
     unnamed = await api.get("/api/v1/models/nope/versions/1/gate", params={"to": "staging"})
     assert unnamed.status_code == 404

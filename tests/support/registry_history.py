@@ -635,7 +635,7 @@ async def _stage(reg: Registry, rng: random.Random, model_id: str, counter: int)
     staging = [n for n, v in state.versions.items() if v.stage == Stage.STAGING]
     number = rng.choice(staging if staging and rng.random() < 0.5 else _versions(state))
     version = state.versions[number]
-    moves = {
+    moves: dict[str, list[str]] = {
         Stage.DEVELOPMENT: [Stage.STAGING],
         Stage.STAGING: [Stage.DEVELOPMENT, Stage.PRODUCTION],
     }

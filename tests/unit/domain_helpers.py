@@ -6,6 +6,8 @@ from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
+import msgspec
+
 from events.base import Command
 from events.metrics import LogMetrics, MetricInput
 from events.model.commands import GovernedCommand
@@ -116,7 +118,7 @@ def registered(name: str = "churn", owner: str = "team-risk") -> ModelRegistered
 
 
 def version_registered(
-    number: int, by: str = "alice", seed: int | None = None
+    number: int, by: str = "alice", seed: int | None = None, stage: str | None = None
 ) -> VersionRegistered:
     body = content(number if seed is None else seed)
     return VersionRegistered(
@@ -126,13 +128,14 @@ def version_registered(
         registered_by=by,
         description="",
         tags={},
+        stage=msgspec.UNSET if stage is None else stage,
     )
 
 
 def transitioned(
     version: int,
-    from_stage: Stage,
-    to_stage: Stage,
+    from_stage: str,
+    to_stage: str,
     kind: TransitionKind = TransitionKind.DIRECT,
     comment: str = "",
     request_id: str | None = None,
@@ -154,7 +157,7 @@ def policy_set(policy: GovernancePolicy) -> ModelPolicySet:
 def requested(
     request_id: str,
     version: int,
-    target_stage: Stage | None = None,
+    target_stage: str | None = None,
     alias: str | None = None,
     by: str = "alice",
     approvals: int = 1,

@@ -35,6 +35,7 @@ from events.model.commands import (
 )
 from events.model.events import VersionRegistered
 from events.model.state import ModelState, VersionState
+from events.policy import GovernancePolicy
 from events.stages import Stage
 from events.version_content import ArtifactEntry, RunReference, VersionContent, validate_content
 from projections.mlflow_views import MlflowVersion, search_versions
@@ -164,18 +165,23 @@ class ModelVersionsController(Controller):
             seed, previous = derived_seeds(principal.name, request.url.path, data, registry.now())
         written = await registry.recorded(model_id, previous) if previous else None
         if written is None:
-            command = RegisterVersion(
-                actor=principal.name,
-                now=registry.now(),
-                content=content,
-                description=data.description,
-                tags=wire.tags_of(data.tags),
-            )
-            written = await registry.execute(model_id, command, id_seed=seed)
+            now = registry.now()
+
+            def build(registry_policy: GovernancePolicy) -> RegisterVersion:
+                return RegisterVersion(
+                    actor=principal.name,
+                    now=now,
+                    content=content,
+                    description=data.description,
+                    tags=wire.tags_of(data.tags),
+                    registry_policy=registry_policy,
+                )
+
+            written = await registry.under_registry_policy(model_id, build, id_seed=seed)
             if not written.replayed:
                 # What it recorded is the answer: no need to wait for the views to show it.
                 return wire.ModelVersionAnswer(
-                    model_version=_registered(written, model_id, data.name, command.now)
+                    model_version=_registered(written, model_id, data.name, now)
                 )
         return wire.ModelVersionAnswer(
             model_version=await version_answer(services, model_id, data.name, _number(written))

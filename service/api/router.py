@@ -3,6 +3,7 @@ idempotency; ``/metrics`` behind authentication."""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from litestar import Litestar, Request, Router
@@ -107,6 +108,9 @@ def answer_errors_here(app: ASGIApp) -> ASGIApp:
 
 
 QUERY_NAMES = "declared_query_names"
+# Query parameters that are always a date-time (``as_of``/``at`` also take positions).
+TIMES = frozenset({"since", "until"})
+_BARE_NUMBER = re.compile(r"[-+]?[0-9._eE+-]*")
 
 
 def exact_document(app: Litestar) -> None:
@@ -136,6 +140,10 @@ def refuse_unknown_query(request: Request[Any, Any, Any]) -> None:
             raise BadRequestError(
                 name, "type", f"{name} is empty: give a log position or leave it out"
             )
+        if name in TIMES and _BARE_NUMBER.fullmatch(value):
+            # The decoder would read a bare number as seconds since 1970; the document says
+            # an RFC 3339 date-time.
+            raise BadRequestError(name, "format", f"{name} is an RFC 3339 date-time")
 
 
 async def screen_request(request: Request[Any, Any, Any]) -> None:

@@ -18,6 +18,7 @@ import schemathesis
 from hypothesis import HealthCheck, given, note, settings
 from hypothesis import strategies as st
 from hypothesis.errors import Unsatisfiable
+from jsonschema import Draft202012Validator  # type: ignore[import-untyped]  # no stubs shipped
 from schemathesis import GenerationMode
 from schemathesis.core.failures import AcceptedNegativeData, FailureGroup
 from schemathesis.core.result import Ok
@@ -93,6 +94,39 @@ def _unsendable(case: Any, failure: Any, response: Any) -> bool:
     return named.group(1) not in sent or isinstance((case.query or {}).get(named.group(1)), dict)
 
 
+def _query_schemas(document: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Each operation's query parameters' schemas, by ``METHOD path`` and name."""
+    found: dict[str, dict[str, Any]] = {}
+    for path, item in document["paths"].items():
+        for method, operation in item.items():
+            if isinstance(operation, dict):
+                found[f"{method.upper()} {path}"] = {
+                    p["name"]: p.get("schema", {})
+                    for p in operation.get("parameters", [])
+                    if p.get("in") == "query"
+                }
+    return found
+
+
+def _not_negative(schemas: dict[str, Any], case: Any, failure: Any) -> bool:
+    """A "negative" query value that the parameter's own schema accepts after all (a value
+    mutated in one branch of a ``oneOf`` can land in another): not a rejection missed."""
+    if not isinstance(failure, AcceptedNegativeData):
+        return False
+    named = _QUERY_PARAMETER.search(failure.message)
+    if named is None or named.group(1) not in schemas or "$ref" in str(schemas[named.group(1)]):
+        return False
+    value = (case.query or {}).get(named.group(1))
+    return bool(Draft202012Validator(schemas[named.group(1)]).is_valid(value))
+
+
+def _refused_by_the_http_parser(response: Any) -> bool:
+    """uvicorn's HTTP parser refused the bytes before any route saw them (its own plain-text
+    400): a request the transport could not carry, not an answer of the API's."""
+    body = response.content.decode("utf-8", "replace") if response.content else ""
+    return bool(response.status_code == 400 and "Invalid HTTP request received." in body)
+
+
 @pytest.fixture(scope="module")
 def server(database_url: str, nats_url: str, workdir: Path) -> Iterator[RegistryServer]:
     with registry_server(database_url, nats_url, workdir) as running:
@@ -132,6 +166,7 @@ def test_every_check_passes_on_every_operation(server: RegistryServer) -> None:
         known = _seed(client)
         document = client.get("/schema/openapi.json").json()
     schema = schemathesis.openapi.from_dict(document)
+    query_schemas = _query_schemas(document)
     results = list(schema.get_all_operations())
     operations = [result.ok() for result in results if isinstance(result, Ok)]
     assert len(operations) == len(results) > 50, "the document lost or broke operations"
@@ -171,8 +206,11 @@ def test_every_check_passes_on_every_operation(server: RegistryServer) -> None:
                 )
             except FailureGroup as group:
                 for failure in group.exceptions:
-                    if _inexpressible(label, failure, response) or _unsendable(
-                        case, failure, response
+                    if (
+                        _inexpressible(label, failure, response)
+                        or _unsendable(case, failure, response)
+                        or _refused_by_the_http_parser(response)
+                        or _not_negative(query_schemas.get(label, {}), case, failure)
                     ):
                         continue
                     failures.append(

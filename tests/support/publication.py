@@ -13,6 +13,7 @@ import nats.errors
 import nats.js.errors
 import pytest
 from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from eventlog.sealer import Sealer
@@ -182,19 +183,24 @@ async def stream_contents(nc: NatsClient, stream: str) -> list[Stored]:
     sub = await js.pull_subscribe_bind(consumer=name, stream=stream)
     out: list[Stored] = []
     # A replicated stream whose leader was just killed may answer 503 (no consumer leader
-    # yet) for a while: the reader asks again until then; what it reads is asserted as is.
-    unavailable_until = asyncio.get_running_loop().time() + 60
+    # yet) for a while: the reader waits until a fetch is answered; what it reads is
+    # asserted as is.
+    fetched: list[list[Msg]] = []
+
+    async def answered() -> bool:
+        try:
+            fetched.append(await sub.fetch(1000, timeout=2))
+        except nats.js.errors.ServiceUnavailableError:
+            return False
+        return True
+
     try:
         while len(out) < info.state.messages:
             try:
-                msgs = await sub.fetch(1000, timeout=2)
+                await eventually(answered, timeout=60, what="JetStream answering the reader")
             except nats.errors.TimeoutError:
                 break
-            except nats.js.errors.ServiceUnavailableError:
-                if asyncio.get_running_loop().time() > unavailable_until:
-                    raise
-                await asyncio.sleep(0.5)
-                continue
+            msgs = fetched.pop()
             out += [
                 Stored(m.metadata.sequence.stream, m.subject, dict(m.headers or {}), m.data)
                 for m in msgs

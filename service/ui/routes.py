@@ -40,6 +40,7 @@ from service.commands.tokens import InvalidTokenError
 from service.ui.charts import Line, bar_chart, line_chart
 from service.ui.forms import DecisionForm, LoginForm, SearchForm
 from service.ui.session import log_in, log_out
+from service.ui.version_rows import version_rows
 
 T = TypeVar("T")
 PUBLIC = {"public": True}
@@ -195,6 +196,9 @@ class PagesController(Controller):
         recent = sorted(timeline, key=lambda t: t.from_position, reverse=True)[:TIMELINE_ROWS]
         places = await DeploymentsController.places.fn(None, request, name=name, as_of=when)
         metric_keys = sorted({(m.key, m.dataset) for v in versions.items for m in v.metrics})
+        templates = request.app.template_engine.engine  # type: ignore[union-attr]
+        base = "/ui/models/" + templates.filters["urlencode"](row.name)
+        rows = version_rows(templates, versions.items, metric_keys[:KEY_METRICS], base)
         return page(
             request,
             "model.html",
@@ -206,6 +210,7 @@ class PagesController(Controller):
             timeline_stages=timeline_stages,
             policy=policy,
             metric_keys=metric_keys[:KEY_METRICS],
+            rows=rows,
             as_of=as_of,
         )
 

@@ -344,7 +344,7 @@ async def _load(
     ordered = sorted(keys)
     if not ordered:
         return []
-    columns = ", ".join(f"t.{f.name}" for f in msgspec.structs.fields(row_type))
+    columns = ", ".join(f"t.{name}" for name in row_type.__struct_fields__)
     params = ", ".join(f"${i + 1}::text[]" for i in range(len(key)))
     rows = await conn.fetch(
         f"SELECT {columns} FROM {table} t JOIN unnest({params}) AS k({', '.join(key)})"

@@ -343,8 +343,8 @@ async def _write_intervals(
             *([getattr(i, c) for i in closed] for c in values),
         )
     if opened:
-        columns = msgspec.structs.fields(type(opened[0]))
-        column_names = [c.name for c in columns]
+        # The names only: structs.fields() resolves every annotation again on each call.
+        column_names = list(type(opened[0]).__struct_fields__)
         await conn.execute(
             f"INSERT INTO {sql_name} ({', '.join(column_names)})"
             f" SELECT * FROM unnest({', '.join(f'${n + 1}::{_SQL_TYPES[c]}[]' for n, c in enumerate(column_names))})",

@@ -195,8 +195,8 @@ async def recreate_database(pg_url: str, *, drop_only: bool = False) -> None:
         await conn.close()
 
 
-def seed(url: str, token: str, versions: int) -> bool:
-    """One model with ``versions`` versions and the alias ``champion`` on version 1.
+def seed(url: str, token: str, versions: int, model: str = MODEL) -> bool:
+    """One model (``model``) with ``versions`` versions and the alias ``champion`` on version 1.
 
     Answers whether the server takes the ``external`` marker: checkouts older than the
     artifact store (0.2) refuse it as an unknown field, and need none for a ``uri``.
@@ -209,8 +209,8 @@ def seed(url: str, token: str, versions: int) -> bool:
 
     headers = {"Authorization": f"Bearer {token}"}
     with httpx.Client(base_url=url, headers=headers, timeout=30) as client:
-        client.post("/api/v1/models", json={"name": MODEL}).raise_for_status()
-        versions_url = f"/api/v1/models/{MODEL}/versions"
+        client.post("/api/v1/models", json={"name": model}).raise_for_status()
+        versions_url = f"/api/v1/models/{model}/versions"
         first = client.post(versions_url, json={"artifacts": [artifact(0, True)]})
         marker = not (first.status_code == 400 and "external" in first.text)
         if not marker:
@@ -220,9 +220,9 @@ def seed(url: str, token: str, versions: int) -> bool:
             client.post(versions_url, json={"artifacts": [artifact(i, marker)]}).raise_for_status()
             if i % 100 == 99:
                 log(f"  seeded {i + 1}/{versions} versions")
-        client.put(f"/api/v1/models/{MODEL}/aliases/champion", json={"version": 1})
+        client.put(f"/api/v1/models/{model}/aliases/champion", json={"version": 1})
         # Reads wait for the views; one read makes sure the seed is visible before timing.
-        client.get(f"/api/v1/models/{MODEL}/versions/by-alias/champion").raise_for_status()
+        client.get(f"/api/v1/models/{model}/versions/by-alias/champion").raise_for_status()
     return marker
 
 

@@ -178,7 +178,7 @@ def device_login(
     http: httpx.Client | None = None,
 ) -> Credentials:
     """Sign in to the registry at ``url`` through its provider's device flow; the caller
-    stores the result. ``waiting`` is told the seconds waited so far after each poll."""
+    stores the result. ``waiting`` is told the seconds waited so far before each poll."""
     owned = http is None
     client = http or httpx.Client(timeout=HTTP_TIMEOUT)
     try:
@@ -225,13 +225,13 @@ def _device_login(
     )
     poll = {"grant_type": DEVICE_GRANT, "device_code": grant["device_code"], "client_id": client_id}
     while True:
+        waiting(clock() - began)
         sleep(interval)
         answer = http.post(token_endpoint, data=poll)
         body = answer.json()
         if answer.status_code == 200:
             return _from_tokens(body, url, token_endpoint, client_id)
         error = body.get("error") if isinstance(body, dict) else None
-        waiting(clock() - began)
         if error == "authorization_pending":
             pass
         elif error == "slow_down":

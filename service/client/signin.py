@@ -183,8 +183,13 @@ def device_login(
     client = http or httpx.Client(timeout=HTTP_TIMEOUT)
     try:
         return _device_login(url.rstrip("/"), client, prompt, waiting, sleep, clock)
+    except httpx.HTTPStatusError as exc:
+        raise SignInError(f"{exc.request.url} answered {exc.response.status_code}") from None
     except httpx.HTTPError as exc:
-        raise SignInError(f"cannot reach {exc.request.url.host}: {exc}") from None
+        raise SignInError(f"cannot reach the registry or its identity provider: {exc}") from None
+    except (ValueError, KeyError, TypeError) as exc:
+        # Not the shape RFC 8628 or /api/v1/auth/config promise (a proxy's error page).
+        raise SignInError(f"an unexpected answer during sign-in ({exc!r})") from None
     finally:
         if owned:
             client.close()

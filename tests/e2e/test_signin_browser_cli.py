@@ -250,3 +250,15 @@ def test_a_credentials_file_is_written_0600_even_under_a_lax_umask(tmp_path: Pat
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
     assert load(path) is not None
+
+
+def test_modelreg_login_says_when_the_registry_cannot_be_reached(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MODELREG_")}
+    env["XDG_CONFIG_HOME"] = str(tmp_path)
+    # when login is pointed at a port nobody listens on
+    done = modelreg(env, "login", "--url", "http://127.0.0.1:9")
+    # then it fails with one line saying so, and stores nothing
+    assert done.returncode == 1
+    assert "cannot reach the registry or its identity provider" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert not (tmp_path / "modelreg").exists()

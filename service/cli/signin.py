@@ -9,18 +9,17 @@ import sys
 
 import typer
 
-from service.cli.shared import UrlOption, fail
+from service.cli.shared import EXIT_REFUSED, EXIT_UNAVAILABLE, UrlOption, fail
 from service.client import DEFAULT_URL, ConfigurationError
 from service.client.signin import (
     Prompt,
     SignInError,
+    SignInUnreachableError,
     credentials_path,
     device_login,
     remove,
     save,
 )
-
-EXIT_DENIED = 1
 
 
 def login(url: UrlOption = None) -> None:
@@ -34,7 +33,9 @@ def login(url: UrlOption = None) -> None:
         credentials = device_login(registry, prompt=_show, waiting=_waiting)
     except SignInError as exc:
         sys.stderr.write("\n")
-        fail(str(exc), EXIT_DENIED)
+        # Like every client command: 1 refused (denied, expired), 3 unreachable.
+        unreachable = isinstance(exc, SignInUnreachableError)
+        fail(str(exc), EXIT_UNAVAILABLE if unreachable else EXIT_REFUSED)
     finally:
         sys.stderr.flush()
     try:

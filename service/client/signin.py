@@ -38,6 +38,10 @@ class SignInError(Exception):
     """The device sign-in did not finish: denied, expired, or the provider refused."""
 
 
+class SignInUnreachableError(SignInError):
+    """The registry or its provider could not be reached, or answered nonsense."""
+
+
 class Credentials(msgspec.Struct, frozen=True, kw_only=True):
     url: str  # the registry this credential signs in to
     access_token: str
@@ -184,12 +188,16 @@ def device_login(
     try:
         return _device_login(url.rstrip("/"), client, prompt, waiting, sleep, clock)
     except httpx.HTTPStatusError as exc:
-        raise SignInError(f"{exc.request.url} answered {exc.response.status_code}") from None
+        raise SignInUnreachableError(
+            f"{exc.request.url} answered {exc.response.status_code}"
+        ) from None
     except httpx.HTTPError as exc:
-        raise SignInError(f"cannot reach the registry or its identity provider: {exc}") from None
+        raise SignInUnreachableError(
+            f"cannot reach the registry or its identity provider: {exc}"
+        ) from None
     except (ValueError, KeyError, TypeError) as exc:
         # Not the shape RFC 8628 or /api/v1/auth/config promise (a proxy's error page).
-        raise SignInError(f"an unexpected answer during sign-in ({exc!r})") from None
+        raise SignInUnreachableError(f"an unexpected answer during sign-in ({exc!r})") from None
     finally:
         if owned:
             client.close()

@@ -18,8 +18,8 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 import pytest
 
-from service.identity.flows import challenge_of
-from service.settings import load_settings
+from service.identity.flows import FlowConfig, challenge_of
+from service.settings import SettingsError, load_settings
 from tests.support.api import Api, running_api
 from tests.support.database import Database
 from tests.support.oidc_provider import OidcProvider, oidc_provider
@@ -276,3 +276,17 @@ async def test_without_a_client_id_there_is_no_provider_sign_in(db: Database) ->
         missing = await plain.client.get("/api/v1/auth/config")
         assert missing.status_code == 404
         assert "MODELREG_OIDC_CLIENT_ID" in missing.json()["detail"]
+
+
+def test_a_redirect_url_that_is_not_absolute_http_is_refused_at_start_up() -> None:
+    # given a redirect URL a provider could never send a browser back to
+    settings = load_settings(
+        {},
+        oidc_issuer="https://sso.example.com",
+        oidc_audience=CLIENT_ID,
+        oidc_client_id=CLIENT_ID,
+        oidc_redirect_url="/ui/login/oidc/callback",
+    )
+    # then the configuration is refused, naming the variable
+    with pytest.raises(SettingsError, match="MODELREG_OIDC_REDIRECT_URL"):
+        FlowConfig.from_settings(settings)

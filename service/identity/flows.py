@@ -236,10 +236,10 @@ class ProviderFlows:
         id_token, access_token = tokens.get("id_token"), tokens.get("access_token")
         if not isinstance(id_token, str) or not isinstance(access_token, str):
             raise SignInRefusedError(400, "the identity provider returned no id_token")
-        await self._check_id_token(id_token, flow.nonce, now)
+        await self.check_id_token(id_token, flow.nonce, now)
         return access_token
 
-    async def _check_id_token(self, id_token: str, nonce: str, now: datetime) -> None:
+    async def check_id_token(self, id_token: str, nonce: str, now: datetime) -> None:
         oidc = self.oidc
         try:
             kid = extract_compact(id_token.encode()).headers().get("kid")

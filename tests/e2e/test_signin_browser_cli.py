@@ -21,7 +21,7 @@ import httpx
 import pytest
 from playwright.sync_api import Browser, expect, sync_playwright
 
-from service.client.signin import Prompt, SignInError, device_login
+from service.client.signin import Credentials, Prompt, SignInError, device_login, load, save
 from tests.support.oidc_provider import OidcProvider, oidc_provider
 from tests.support.registry_server import REPO, RegistryServer, registry_server
 from tests.support.ui_registry import UiRegistry, populate
@@ -234,8 +234,6 @@ def test_an_expired_device_code_ends_the_sign_in(
 
 
 def test_a_credentials_file_is_written_0600_even_under_a_lax_umask(tmp_path: Path) -> None:
-    from service.client.signin import Credentials, load, save
-
     # given a process whose umask would make files world-readable
     previous = os.umask(0)
     try:

@@ -228,6 +228,26 @@ async def test_access_denied_at_the_provider_shows_a_clear_page(
         assert "modelreg_session" not in browser.cookies
 
 
+async def test_the_providers_error_description_is_shown_as_text_not_markup(
+    api: Api, provider: OidcProvider
+) -> None:
+    async with api.browser() as browser:
+        # given a flow started, and a callback whose error description carries markup
+        request = await start(browser)
+        answer = await browser.get(
+            CALLBACK,
+            params={
+                "state": request["state"],
+                "error": "server_error",
+                "error_description": "<script>alert(1)</script>",
+            },
+        )
+        # then the page says the provider failed (400), escaping what the provider sent
+        assert answer.status_code == 400
+        assert "<script>alert(1)</script>" not in answer.text
+        assert "&lt;script&gt;" in answer.text
+
+
 async def test_an_id_token_minted_for_another_sign_in_is_refused(
     api: Api, provider: OidcProvider
 ) -> None:

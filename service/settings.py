@@ -114,6 +114,16 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     oidc_groups_claim: Annotated[str, msgspec.Meta(min_length=1)] = "groups"
     oidc_group_roles: str = ""
     oidc_jwks_cache_seconds: Annotated[float, msgspec.Meta(ge=0)] = 300.0
+    # Sign-in through the provider (service.identity.flows): the UI's authorization code flow
+    # with PKCE when a client id is set (its secret only for a confidential client; the
+    # redirect URL derived from the request unless given), and the client id `modelreg login`
+    # uses for the device flow (a public client; default the same id).
+    oidc_client_id: str | None = None
+    oidc_client_secret: str | None = None
+    oidc_redirect_url: str | None = None
+    oidc_cli_client_id: str | None = None
+    oidc_provider_name: str | None = None  # on the login button; default the issuer's host
+    oidc_scopes: str = "openid profile"
 
     # Signed checkpoints of the log (service.publication.checkpointer): the Ed25519 key file
     # (default <data_dir>/checkpoint-key.pem, created 0600; its public half beside it as

@@ -2,7 +2,8 @@
 token authenticator (one query per request).
 
 Every route is authenticated unless it opts out with ``opt={"public": True}`` (only the
-health endpoints and the OpenAPI schema do). Handlers receive the ``Principal`` and call
+health endpoints, the OpenAPI schema and ``/auth/config``, which ``modelreg login`` asks
+before it holds a token, do). Handlers receive the ``Principal`` and call
 ``require`` with the permission and, where one is involved, the model name, so a 403
 always names what is missing.
 """

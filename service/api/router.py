@@ -32,6 +32,7 @@ from service.api.problems import EXCEPTION_HANDLERS, BadRequestError
 from service.api.rate_limit import STATE_KEY, ExpensiveReadLimiter, limit_expensive_reads
 from service.api.routes_archive import ArchiveController
 from service.api.routes_artifacts import ArtifactsController
+from service.api.routes_auth import AuthConfigController
 from service.api.routes_denials import DenialsController
 from service.api.routes_gates import GatesController
 from service.api.routes_governance import (
@@ -73,6 +74,7 @@ CONTROLLERS = [
     WebhooksController,
     GatesController,
     DenialsController,
+    AuthConfigController,
 ]
 
 

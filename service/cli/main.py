@@ -57,6 +57,8 @@ COMMANDS = {
     "history": "service.cli.lifecycle",
     "deploy-agent": "service.cli.deploy_agent",
     "wait": "service.cli.cicd",
+    "login": "service.cli.signin",
+    "logout": "service.cli.signin",
 }
 
 

@@ -40,6 +40,7 @@ from service.client.errors import (
     Unreachable,
     from_problem,
 )
+from service.client.signin import stored_token
 
 log = logging.getLogger("modelreg.client")
 
@@ -98,11 +99,19 @@ def default_retry() -> RetryPolicy:
 
 def resolve(url: str | None, token: str | None) -> tuple[str, str]:
     """The registry's base URL and the token: arguments, else ``MODELREG_URL`` and
-    ``MODELREG_TOKEN``, else ``http://127.0.0.1:8000`` and an error."""
-    base = (url or os.environ.get(URL_VARIABLE) or DEFAULT_URL).strip().rstrip("/")
+    ``MODELREG_TOKEN``, else the credential ``modelreg login`` stored (and its registry),
+    else ``http://127.0.0.1:8000`` and an error."""
+    given = (url or os.environ.get(URL_VARIABLE) or "").strip().rstrip("/")
     secret = (token or os.environ.get(TOKEN_VARIABLE) or "").strip()
     if not secret:
-        raise ConfigurationError(f"no token: pass token=... or set {TOKEN_VARIABLE}")
+        stored = stored_token(given.removesuffix(API_PREFIX) or None)
+        if stored is None:
+            raise ConfigurationError(
+                f"no token: pass token=... or set {TOKEN_VARIABLE} (or run modelreg login)"
+            )
+        given = given or stored[0]
+        secret = stored[1]
+    base = given or DEFAULT_URL
     try:
         parsed = httpx.URL(base)
     except httpx.InvalidURL as exc:

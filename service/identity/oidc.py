@@ -89,7 +89,7 @@ class OidcAuthenticator:
         try:
             kid = extract_compact(token.encode()).headers().get("kid")
         except (JoseError, ValueError, UnicodeError) as exc:
-            raise InvalidTokenError(f"not a signed token ({_why(exc)})") from None
+            raise InvalidTokenError(f"not a signed token ({why_refused(exc)})") from None
         keys = await self.keys.keys(kid if isinstance(kid, str) else None)
         config = self.config
         try:
@@ -104,7 +104,7 @@ class OidcAuthenticator:
             ).validate(claims)
         except (JoseError, ValueError) as exc:
             raise InvalidTokenError(
-                f"the identity provider's token was refused: {_why(exc)}"
+                f"the identity provider's token was refused: {why_refused(exc)}"
             ) from None
         name = claims.get(config.principal_claim)
         if not isinstance(name, str) or not _PRINCIPAL.fullmatch(name):
@@ -130,7 +130,7 @@ class OidcAuthenticator:
         )
 
 
-def _why(exc: Exception) -> str:
+def why_refused(exc: Exception) -> str:
     if isinstance(exc, JoseError):
         return f"{exc.error}: {exc.description}" if exc.description else exc.error
     return str(exc)

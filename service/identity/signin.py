@@ -4,13 +4,23 @@ modelreg's own tokens. Every route and the UI authenticate through this one door
 from __future__ import annotations
 
 from service.commands.tokens import Principal, TokenAuthenticator
+from service.identity.flows import ProviderFlows
 from service.identity.oidc import OidcAuthenticator, looks_like_jwt
 
 
 class SignIn:
-    def __init__(self, tokens: TokenAuthenticator, oidc: OidcAuthenticator | None = None) -> None:
+    """``flows``: signing in through the provider's pages (the UI's button, ``modelreg
+    login``), when a client id is configured."""
+
+    def __init__(
+        self,
+        tokens: TokenAuthenticator,
+        oidc: OidcAuthenticator | None = None,
+        flows: ProviderFlows | None = None,
+    ) -> None:
         self.tokens = tokens
         self.oidc = oidc
+        self.flows = flows
 
     async def authenticate(self, secret: str) -> Principal:
         """The principal, or InvalidTokenError (401) with the reason."""

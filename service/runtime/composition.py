@@ -21,6 +21,7 @@ from service.commands.token_secrets import Pepper
 from service.commands.tokens import TokenAuthenticator
 from service.denials.flusher import DenialFlusher
 from service.denials.recorder import DenialRecorder
+from service.identity.flows import FlowConfig, ProviderFlows
 from service.identity.jwks import JwksSource
 from service.identity.oidc import OidcAuthenticator, OidcConfig
 from service.identity.signin import SignIn
@@ -51,7 +52,7 @@ def build_services(
         store=store,
         executor=executor,
         registry=registry,
-        auth=SignIn(TokenAuthenticator(store, executor, pepper), _oidc(settings, registry)),
+        auth=_sign_in(settings, registry, TokenAuthenticator(store, executor, pepper)),
         metrics=metrics,
         pepper=pepper,
         blobs=blob_store_from(settings),
@@ -63,6 +64,13 @@ def build_services(
         ),
         nats=nats,
     )
+
+
+def _sign_in(settings: Settings, registry: Registry, tokens: TokenAuthenticator) -> SignIn:
+    oidc = _oidc(settings, registry)
+    flow_config = FlowConfig.from_settings(settings)
+    flows = ProviderFlows(flow_config, oidc) if oidc and flow_config else None
+    return SignIn(tokens, oidc, flows)
 
 
 def _oidc(settings: Settings, registry: Registry) -> OidcAuthenticator | None:

@@ -17,6 +17,7 @@ from litestar.template.config import TemplateConfig
 
 from service.api.problems import EXCEPTION_HANDLERS
 from service.api.services import Services
+from service.identity.flows import FlowSeal
 from service.ui.forms import screen_form_request
 from service.ui.routes import LoginController, PagesController
 from service.ui.session import COOKIE, SessionKey, SessionMiddleware
@@ -72,5 +73,9 @@ def ui_app_kwargs(services: Services) -> dict[str, Any]:
     return {
         "route_handlers": [pages, static],
         "template_config": TemplateConfig(directory=HERE / "templates", engine=JinjaTemplateEngine),
-        "state": {"ui_session_key": SessionKey(services.pepper), "ui_cookie": COOKIE},
+        "state": {
+            "ui_session_key": SessionKey(services.pepper),
+            "ui_flow_seal": FlowSeal(services.pepper),
+            "ui_cookie": COOKIE,
+        },
     }

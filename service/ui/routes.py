@@ -9,6 +9,7 @@ reader's scope answers 404 here, exactly like a model that does not exist.
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Awaitable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -37,9 +38,10 @@ from service.api.routes_versions import CompareController, VersionsController
 from service.api.schemas import Decision
 from service.commands.gate_check import GateCheck
 from service.commands.tokens import InvalidTokenError
+from service.identity.flows import FLOW_SECONDS, FlowSeal, ProviderFlows, SignInRefusedError
 from service.ui.charts import Line, bar_chart, line_chart
 from service.ui.forms import DecisionForm, LoginForm, SearchForm
-from service.ui.session import log_in, log_out
+from service.ui.session import FLOW_COOKIE, flow_cookie, is_https, log_in, log_out
 from service.ui.version_rows import version_rows
 
 T = TypeVar("T")
@@ -74,8 +76,10 @@ class LoginController(Controller):
     path = "/ui"
 
     @get("/login", opt=PUBLIC)
-    async def login_form(self, next_page: Annotated[str, FromQuery] = "/ui/") -> Template:
-        return Template(template_name="login.html", context={"next": _local(next_page)})
+    async def login_form(
+        self, request: Request[Any, Any, Any], next_page: Annotated[str, FromQuery] = "/ui/"
+    ) -> Template:
+        return _login_page(request, _local(next_page))
 
     @post("/login", opt=PUBLIC, status_code=303)
     async def login(
@@ -86,13 +90,77 @@ class LoginController(Controller):
         try:
             await services_of(request).auth.authenticate(data.token.strip())
         except InvalidTokenError:
-            return Template(
-                template_name="login.html",
-                context={"next": _local(data.next), "error": "That token is not valid."},
-                status_code=401,
+            return _login_page(
+                request, _local(data.next), error="That token is not valid.", status_code=401
             )
         response: Response[Any] = Redirect(_local(data.next), status_code=303)
         log_in(request, response, data.token.strip())
+        return response
+
+    @get("/login/oidc", opt=PUBLIC)
+    async def login_with_provider(
+        self, request: Request[Any, Any, Any], next_page: Annotated[str, FromQuery] = "/ui/"
+    ) -> Response[Any]:
+        """Off to the identity provider's login page, with the flow's secrets in a cookie."""
+        flows = _flows(request)
+        target, flow = await flows.start(_redirect_uri(request, flows), _local(next_page))
+        response: Response[Any] = Redirect(target, status_code=303)
+        response.set_cookie(flow_cookie(request, request.app.state.ui_flow_seal.seal(flow)))
+        return response
+
+    @get("/login/oidc/callback", opt=PUBLIC)
+    async def provider_callback(
+        self,
+        request: Request[Any, Any, Any],
+        # "state" is a name Litestar reserves for the app's state.
+        returned_state: Annotated[str, QueryParameter(name="state")] = "",
+        code: Annotated[str, FromQuery] = "",
+        error: Annotated[str, FromQuery] = "",
+        error_description: Annotated[str, FromQuery] = "",
+    ) -> Response[Any]:
+        """Back from the provider: the code becomes a session, or a page says why not."""
+        flows = _flows(request)
+        seal: FlowSeal = request.app.state.ui_flow_seal
+        flow = seal.open(request.cookies.get(FLOW_COOKIE, ""))
+        try:
+            if flow is None:
+                raise SignInRefusedError(
+                    400,
+                    "This sign-in was not started in this browser, or took longer than"
+                    f" {FLOW_SECONDS // 60} minutes. Start again.",
+                )
+            if not returned_state or not secrets.compare_digest(returned_state, flow.state):
+                raise SignInRefusedError(
+                    400, "state: does not match the sign-in this browser started. Start again."
+                )
+            if error:
+                reason = f"{error}" + (f": {error_description}" if error_description else "")
+                raise SignInRefusedError(
+                    403 if error == "access_denied" else 400,
+                    f"{flows.config.provider_name} did not sign you in ({reason}).",
+                )
+            if not code:
+                raise SignInRefusedError(400, "code: the provider sent no authorization code.")
+            token = await flows.finish(flow, code, services_of(request).registry.now())
+            await services_of(request).auth.authenticate(token)
+        except (SignInRefusedError, InvalidTokenError) as exc:
+            status = exc.status if isinstance(exc, SignInRefusedError) else 401
+            refused: Response[Any] = Template(
+                template_name="error.html",
+                context={"status": status, "title": "Sign-in refused", "detail": str(exc)},
+                status_code=status,
+            )
+            # One try per flow: a refused callback cannot be retried with the same cookie.
+            refused.set_cookie(flow_cookie(request, "", max_age=0))
+            return refused
+        # A page, not a redirect: the session cookie is SameSite=Strict, and a browser
+        # that arrived here from the provider's site would not send it on a redirect
+        # chain that began there. Navigating on from this page is same-site.
+        response: Response[Any] = Template(
+            template_name="signed_in.html", context={"next": flow.next}
+        )
+        log_in(request, response, token)
+        response.set_cookie(flow_cookie(request, "", max_age=0))
         return response
 
     @post("/logout", status_code=303)
@@ -100,6 +168,40 @@ class LoginController(Controller):
         response: Response[Any] = Redirect("/ui/login", status_code=303)
         log_out(request, response)
         return response
+
+
+def _login_page(
+    request: Request[Any, Any, Any], next_page: str, *, error: str = "", status_code: int = 200
+) -> Template:
+    flows = services_of(request).auth.flows
+    return Template(
+        template_name="login.html",
+        context={
+            "next": next_page,
+            "error": error,
+            "provider": flows.config.provider_name if flows else None,
+        },
+        status_code=status_code,
+    )
+
+
+def _flows(request: Request[Any, Any, Any]) -> ProviderFlows:
+    flows = services_of(request).auth.flows
+    if flows is None:
+        raise NotFoundError(
+            "sign-in through an identity provider is not configured"
+            " (MODELREG_OIDC_ISSUER and MODELREG_OIDC_CLIENT_ID)"
+        )
+    return flows
+
+
+def _redirect_uri(request: Request[Any, Any, Any], flows: ProviderFlows) -> str:
+    if flows.config.redirect_url:
+        return flows.config.redirect_url
+    base = str(request.base_url).rstrip("/")
+    if is_https(request) and base.startswith("http://"):
+        base = "https://" + base.removeprefix("http://")
+    return f"{base}/ui/login/oidc/callback"
 
 
 def _local(target: str) -> str:

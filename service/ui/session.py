@@ -87,6 +87,24 @@ def session_cookie(request: Request[Any, Any, Any], value: str, *, max_age: int)
     )
 
 
+FLOW_COOKIE = "modelreg_oidc_flow"
+
+
+def flow_cookie(request: Request[Any, Any, Any], value: str, *, max_age: int = 600) -> Cookie:
+    """The sign-in flow's sealed secrets (``service.identity.flows``), sent only to the
+    callback. SameSite=Lax, not Strict: the callback is a top-level navigation coming from
+    the provider's site, on which a Strict cookie would not be sent."""
+    return Cookie(
+        key=FLOW_COOKIE,
+        value=value,
+        path="/ui/login/oidc",
+        max_age=max_age,
+        httponly=True,
+        samesite="lax",
+        secure=is_https(request),
+    )
+
+
 def log_in(request: Request[Any, Any, Any], response: Response[Any], token: str) -> None:
     key: SessionKey = request.app.state.ui_session_key
     response.set_cookie(session_cookie(request, key.seal(token), max_age=LIFETIME_SECONDS))

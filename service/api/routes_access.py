@@ -33,7 +33,6 @@ from events.access_grants import (
     WithdrawGrant,
 )
 from events.errors import ValidationError
-from projections.time_travel import resolve_as_of
 from service.api.auth import require
 from service.api.common import (
     Receipt,
@@ -161,12 +160,6 @@ def _account(account: ServiceAccount) -> ServiceAccountInfo:
     )
 
 
-async def _position(request: Request[Any, Any, Any], as_of: str | None) -> int | None:
-    if as_of is None:
-        return None
-    return await resolve_as_of(services_of(request).pool, parse_as_of(as_of))
-
-
 class AccessController(Controller):
     path = "/access"
     tags = ["access"]
@@ -220,7 +213,8 @@ class AccessController(Controller):
     ) -> AccessView:
         """The roles and grants now, or as they stood at a past position or time."""
         require(principal_of(request), Permission.ADMIN)
-        at = await access.access_at(services_of(request).pool, await _position(request, as_of))
+        moment = None if as_of is None else parse_as_of(as_of)
+        at = await access.access_at(services_of(request).pool, moment)
         return AccessView(
             position=at.position,
             roles=_roles(at.access),
@@ -307,7 +301,8 @@ class AccessController(Controller):
             raise BadRequestError(
                 "group", "pattern", "at most 100 groups, each without spaces or = ; : , |"
             )
-        at = await access.access_at(services_of(request).pool, await _position(request, as_of))
+        moment = None if as_of is None else parse_as_of(as_of)
+        at = await access.access_at(services_of(request).pool, moment)
         decision = access.explain(at, principal, groups, permission, model)
         return AccessCheck(
             principal=principal,

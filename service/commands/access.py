@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 import asyncpg
 import msgspec
 
-from eventlog.log import head_position, read_log
+from eventlog.log import head_position, position_at, read_log
 from events.access import TOKEN_EVENT_TYPES, TOKENS, Permission, TokenState
 from events.access_grants import (
     ACCESS,
@@ -59,15 +59,18 @@ async def current(executor: CommandExecutor) -> AccessState:
     return state
 
 
-async def access_at(pool: asyncpg.Pool, position: int | None) -> AccessAt:
-    """Fold roles, grants, accounts and tokens from the sealed log up to ``position``
-    (None: the head). The moment a token's expiry is judged against is when that
-    position was sealed (now, for the head)."""
+async def access_at(pool: asyncpg.Pool, as_of: int | datetime | None) -> AccessAt:
+    """Fold roles, grants, accounts and tokens from the sealed log up to ``as_of``: a log
+    position, a time (the last position sealed by then), or None (the head). A token's
+    expiry is judged at that time: the one given, when the position was sealed, or now."""
     head = await head_position(pool)
-    up_to = head if position is None else min(position, head)
-    if position is None or up_to == head:
-        moment = datetime.now(UTC)
+    if isinstance(as_of, datetime):
+        up_to = await position_at(pool, as_of)
+        moment = min(as_of, datetime.now(UTC))
+    elif as_of is None or as_of >= head:
+        up_to, moment = head, datetime.now(UTC)
     else:
+        up_to = as_of
         sealed = await pool.fetchval(
             "SELECT sealed_at FROM event_log WHERE log_position = $1", up_to
         )

@@ -336,3 +336,23 @@ async def test_only_admins_manage_or_read_access(api: Api) -> None:
             G, json={"principal": "dave", "role": "admin", "model": "*"}, as_=secret
         )
         assert refused.status_code == 403
+
+
+async def test_as_of_counts_a_token_only_while_it_was_live(api: Api) -> None:
+    # given dan's token issued, then revoked
+    await models(api, "churn")
+    issued = await ok(
+        await api.post("/api/v1/tokens", json={"principal": "dan", "roles": ["contributor"]}),
+        201,
+    )
+    live_at = (await ok(await api.get(G))).json()["position"]
+    revoked = await ok(await api.delete(f"/api/v1/tokens/{issued.json()['token_id']}"))
+    query = {"principal": "dan", "permission": "write", "model": "churn"}
+    # then it decides while live, and counts for nothing after its revocation
+    then = (await ok(await api.get(CHECK, params={**query, "as_of": str(live_at)}))).json()
+    assert then["allowed"] and then["decided_by"] == (
+        f"token {issued.json()['token_id']} (roles contributor)"
+    )
+    after = revoked.headers["Modelreg-Position"]
+    now = (await ok(await api.get(CHECK, params={**query, "as_of": after}))).json()
+    assert (now["allowed"], now["reason"]) == (False, "no write permission")

@@ -1,5 +1,5 @@
 """Authentication (bearer tokens) and authorisation (permissions, model scopes). I/O: via the
-token authenticator (one query per request).
+token authenticator (from memory while it listens for changes, else a query or two).
 
 Every route is authenticated unless it opts out with ``opt={"public": True}`` (only the
 health endpoints and the OpenAPI schema do). Handlers receive the ``Principal`` and call

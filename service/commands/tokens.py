@@ -261,7 +261,8 @@ class TokenAuthenticator:
 
     Without a listener (``listen``), or while its connection is down, every request looks
     the secret up in Postgres (one query), folding the token's stream only when it changed
-    since last seen. With the listener up, a secret checked once is answered from memory:
+    since last seen, and reads what is new on the ``access:registry`` stream (grants,
+    roles, service accounts: one more query). With the listener up, a secret checked once is answered from memory:
     each event appended to a token stream NOTIFYs at its commit (migration 0008), and any
     notification, and any loss or return of the LISTEN connection, forgets everything.
     Revocation therefore takes effect in a process as soon as Postgres delivers the

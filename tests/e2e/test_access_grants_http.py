@@ -4,6 +4,7 @@ position or time; a service account's tokens are bounded by its lifetime and die
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -356,3 +357,33 @@ async def test_as_of_counts_a_token_only_while_it_was_live(api: Api) -> None:
     after = revoked.headers["Modelreg-Position"]
     now = (await ok(await api.get(CHECK, params={**query, "as_of": after}))).json()
     assert (now["allowed"], now["reason"]) == (False, "no write permission")
+
+
+async def test_the_ui_access_page_shows_the_grants_now_and_then(db: Database) -> None:
+    async with running_api(db, ui=True) as ui:
+        # given a grant given after position `before`, and an admin and a reader logged in
+        before = (await ok(await ui.get(G))).json()["position"]
+        await ok(
+            await ui.post(
+                G, json={"group": "risk", "role": "approver", "model": "fraud*", "reason": "rota"}
+            ),
+            201,
+        )
+        reader = await ui.token("rob", Role.READER)
+        async with ui.browser() as admin, ui.browser() as rob:
+            for browser, secret in ((admin, ui.admin), (rob, reader)):
+                form = await browser.get("/ui/login")
+                csrf = re.search(r'name="_csrf_token" value="([^"]+)"', form.text)
+                assert csrf is not None
+                logged = await browser.post(
+                    "/ui/login", data={"token": secret, "_csrf_token": csrf.group(1)}
+                )
+                assert logged.status_code == 303
+            # then the admin sees it now, not as of before it, and the reader is refused
+            now = await admin.get("/ui/access")
+            assert now.status_code == 200 and "group risk" in now.text and "fraud*" in now.text
+            then = await admin.get("/ui/access", params={"as_of": str(before)})
+            assert then.status_code == 200 and "group risk" not in then.text
+            assert (await rob.get("/ui/access")).status_code == 403
+            assert 'href="/ui/access"' in now.text
+            assert 'href="/ui/access"' not in (await rob.get("/ui/")).text

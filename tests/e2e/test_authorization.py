@@ -734,6 +734,7 @@ UI_MATRIX: dict[tuple[str, str], UiRow] = {
     ("GET", "/ui/audit"): UiRow(
         "/ui/audit?model=churn&since=2000-01-01", R, in_scope="/ui/audit?model=fraud"
     ),
+    ("GET", "/ui/access"): UiRow("/ui/access?as_of=1", ADMIN, scoped="allow"),
     ("GET", "/ui/position"): UiRow("/ui/position", None, scoped="allow"),
     ("POST", "/ui/approvals/{request_id}"): UiRow(
         "/ui/approvals/{to_decide}", A, form={"decision": "reject", "comment": "not yet"}

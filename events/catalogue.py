@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from events.access import TOKEN_EVENT_TYPES, TOKEN_UPCASTERS, TOKENS
+from events.access_grants import ACCESS, ACCESS_EVENT_TYPES
 from events.artifacts import ARTIFACT_EVENT_TYPES, ARTIFACTS
 from events.base import Decider, Event
 from events.blob_collection import BLOB_COLLECTION, BLOB_COLLECTION_EVENT_TYPES
@@ -23,6 +24,7 @@ ALL_EVENT_TYPES: tuple[type[Event], ...] = (
     *METRICS_EVENT_TYPES,
     *REGISTRY_POLICY_EVENT_TYPES,
     *TOKEN_EVENT_TYPES,
+    *ACCESS_EVENT_TYPES,
     *ARTIFACT_EVENT_TYPES,
     *BLOB_COLLECTION_EVENT_TYPES,
     *WEBHOOK_EVENT_TYPES,
@@ -36,7 +38,16 @@ CODEC = EventCodec(ALL_EVENT_TYPES, UPCASTERS)
 # stream type (the part of a stream id before the first ':') -> its decider
 DECIDERS: Mapping[str, Decider[Any, Any, Any]] = {
     d.stream_type: d
-    for d in (MODEL, METRICS, REGISTRY_POLICY, TOKENS, ARTIFACTS, BLOB_COLLECTION, WEBHOOKS)
+    for d in (
+        MODEL,
+        METRICS,
+        REGISTRY_POLICY,
+        TOKENS,
+        ACCESS,
+        ARTIFACTS,
+        BLOB_COLLECTION,
+        WEBHOOKS,
+    )
 }
 
 

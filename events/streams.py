@@ -7,6 +7,7 @@
     artifacts:{model_id}           the blobs stored for a model (events.artifacts)
     blobstore:collections          blobs deleted by garbage collection (events.blob_collection)
     webhook:{subscription_id}      an HTTP webhook subscription (events.webhooks)
+    access:registry                custom roles, grants, service accounts (events.access_grants)
 
 Model and token ids are opaque ids chosen by the shell (``A-Z a-z 0-9 _ -``, at most 64),
 never names, so a rename moves no history and a stream id never holds a user's ``:``.
@@ -24,11 +25,13 @@ TOKEN_TYPE = "token"  # noqa: S105 - a stream type, not a secret
 ARTIFACTS_TYPE = "artifacts"
 BLOBSTORE_TYPE = "blobstore"
 WEBHOOK_TYPE = "webhook"
+ACCESS_TYPE = "access"
 
 REGISTRY_POLICY_STREAM = f"{POLICY_TYPE}:registry"
 # One stream for the whole shared blob store: every deletion moves it, so an upload or a
 # registration guarded by its version cannot land on bytes deleted meanwhile.
 BLOB_COLLECTIONS_STREAM = f"{BLOBSTORE_TYPE}:collections"
+ACCESS_STREAM = f"{ACCESS_TYPE}:registry"
 
 _NAME_KEY = "model-name:"
 

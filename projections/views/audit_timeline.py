@@ -68,7 +68,7 @@ from events.model.events import (
 )
 from events.registry_policy import RegistryPolicySet
 from events.stages import TransitionKind
-from events.streams import TOKEN_TYPE, model_id_or_none
+from events.streams import ACCESS_TYPE, TOKEN_TYPE, model_id_or_none
 from projections.base import Fold, Names, Projection, Table, changed
 
 Conn = asyncpg.Connection | asyncpg.Pool
@@ -545,6 +545,8 @@ async def entries(
         bind("model_id = ANY (?::text[])", list(only_models))
     if hide_tokens:
         bind("stream_id NOT LIKE ?", f"{TOKEN_TYPE}:%")
+        # Grants and service accounts map who may do what: as secret as the tokens.
+        bind("stream_id NOT LIKE ?", f"{ACCESS_TYPE}:%")
     if actor is not None:
         bind("actor = ?", actor)
     if event_types is not None:

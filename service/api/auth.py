@@ -1,5 +1,5 @@
 """Authentication (bearer tokens) and authorisation (permissions, model scopes). I/O: via the
-token authenticator (one query per request).
+token authenticator (from memory while it listens for changes, else a query or two).
 
 Every route is authenticated unless it opts out with ``opt={"public": True}`` (only the
 health endpoints, the OpenAPI schema and ``/auth/config``, which ``modelreg login`` asks
@@ -20,8 +20,9 @@ from litestar.middleware.authentication import (
 from litestar.types import ASGIApp
 
 from events.access import Permission
+from events.access_grants import decide_access
 from service.api.problems import AuthenticationError, PermissionDeniedError
-from service.commands.tokens import InvalidTokenError, Principal, covers
+from service.commands.tokens import InvalidTokenError, Principal
 
 PUBLIC = "public"
 
@@ -49,12 +50,16 @@ class BearerTokenMiddleware(AbstractAuthenticationMiddleware):
 def require(principal: Principal, permission: Permission, model_name: str | None = None) -> None:
     """Refuse (403) unless the principal holds ``permission`` for ``model_name``.
 
-    ``model_name=None`` means a registry-wide action, which a token narrowed to some models
-    may only perform when it is a read.
+    The principal's rights are (permission, pattern) pairs: its token's permissions on its
+    scopes, and each grant's on the grant's own pattern, so a grant never lends its
+    permission to the token's models nor the token's to the grant's. ``model_name=None``
+    means a registry-wide action, which needs the permission on ``*`` unless it is a read.
     """
-    if permission not in principal.permissions:
+    decision = decide_access(principal.rights, permission, model_name)
+    if decision.allowed:
+        return
+    if not any(r.permission is permission for r in principal.rights):
         raise PermissionDeniedError(permission.value)
-    if model_name is not None and not covers(principal, model_name):
+    if model_name is not None:
         raise PermissionDeniedError(permission.value, scope=f"model {model_name!r}")
-    if model_name is None and permission is not Permission.READ and not covers(principal, None):
-        raise PermissionDeniedError(permission.value, scope="the whole registry")
+    raise PermissionDeniedError(permission.value, scope="the whole registry")

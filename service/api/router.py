@@ -30,6 +30,7 @@ from service.api.openapi_exact import (
 )
 from service.api.problems import EXCEPTION_HANDLERS, BadRequestError
 from service.api.rate_limit import STATE_KEY, ExpensiveReadLimiter, limit_expensive_reads
+from service.api.routes_access import AccessController, ServiceAccountsController
 from service.api.routes_archive import ArchiveController
 from service.api.routes_artifacts import ArtifactsController
 from service.api.routes_auth import AuthConfigController
@@ -67,6 +68,8 @@ CONTROLLERS = [
     DeploymentsController,
     AuditController,
     TokensController,
+    AccessController,
+    ServiceAccountsController,
     ArtifactsController,
     ArchiveController,
     UploadsController,

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any, cast
 
 import asyncpg
@@ -14,9 +14,10 @@ from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 from eventlog.keys import model_ids_named
 from eventlog.log import read_log_as_stored
 from eventlog.verify import VerifyReport, verify
-from events.access import TOKENS, Permission
+from events.access import TOKENS, Permission, Role
+from events.access_grants import check_token_expiry
 from events.catalogue import CODEC
-from events.errors import NotFoundError
+from events.errors import NotFoundError, ValidationError
 from events.model.commands import (
     ReportDeploymentFailed,
     ReportDeploymentRolledBack,
@@ -52,10 +53,45 @@ from service.api.schemas import (
 )
 from service.artifacts.audit import AuditReport, audit_blobs, read_ledger
 from service.artifacts.inventory import inventory_of
+from service.commands import access
+from service.commands.executor import CommandExecutor
 from service.commands.tokens import Principal, covers, issue_token, revoke_token
 from service.publication.event_schema import catalogue_schema
 
 DEPLOYMENTS = [deployments.PROJECTION]
+
+
+async def _service_account_terms(
+    executor: CommandExecutor, data: TokenRequest
+) -> tuple[str, list[Role], list[str]]:
+    """The principal, roles and scopes of the token asked for. A token whose principal is
+    a service account (named by ``service_account`` or as ``principal``) carries the
+    account's roles and scopes and must expire within its maximum lifetime."""
+    name = data.service_account or data.principal
+    state = await access.current(executor)
+    account = state.service_account(name)
+    if account is None:
+        if data.service_account is not None:
+            raise NotFoundError(f"no service account {name!r}", name=name)
+        return data.principal, data.roles, data.scopes
+    if data.principal not in ("", account.name):
+        raise ValidationError(
+            "principal", "service_account", "a service account's token is issued to the account"
+        )
+    for field, asked, held in (
+        ("roles", set(data.roles), set(account.roles)),
+        ("scopes", set(data.scopes), set(account.scopes)),
+    ):
+        if asked and asked != held:
+            raise ValidationError(
+                field,
+                "service_account",
+                f"a token of service account {account.name!r} carries the account's {field}",
+            )
+    check_token_expiry(account, data.expires_at, datetime.now(UTC))
+    return account.name, list(account.roles), list(account.scopes)
+
+
 AUDIT = [audit_timeline.PROJECTION]
 
 
@@ -383,13 +419,14 @@ class TokensController(Controller):
             # A retry of an answered request (the idempotency middleware matched key and body).
             _, state = await services.executor.state_of(token_stream(token_id), TOKENS)
         else:
+            holder, roles, scopes = await _service_account_terms(services.executor, data)
             outcome, secret = await issue_token(
                 services.executor,
                 services.pepper,
                 actor=principal.name,
-                principal=data.principal,
-                roles=data.roles,
-                scopes=data.scopes,
+                principal=holder,
+                roles=roles,
+                scopes=scopes,
                 expires_at=data.expires_at,
                 description=data.description,
                 id_seed=seed,

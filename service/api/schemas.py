@@ -241,11 +241,15 @@ class DeploymentReport(Strict, frozen=True, kw_only=True):
 
 
 class TokenRequest(Strict, frozen=True, kw_only=True):
-    principal: str
-    roles: list[Role]
+    """For a service account's token name ``service_account`` (its name is the principal,
+    its roles and scopes the token's) and an ``expires_at`` within its maximum lifetime."""
+
+    principal: str = ""
+    roles: list[Role] = msgspec.field(default_factory=list)
     scopes: list[str] = msgspec.field(default_factory=list)
     expires_at: AwareDatetime | None = None
     description: str = ""
+    service_account: str | None = None
 
     def __post_init__(self) -> None:
         require_representable("expires_at", self.expires_at)

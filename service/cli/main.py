@@ -42,6 +42,8 @@ GROUPS = {
     "promotions": "service.cli.promotions",
     "events": "service.cli.events",
     "tokens": "service.cli.tokens",
+    "access": "service.cli.access",
+    "service-accounts": "service.cli.service_accounts",
     "webhooks": "service.cli.webhooks",
     "gate": "service.cli.cicd",
     "policy": "service.cli.policy",

@@ -31,7 +31,7 @@ from service.settings import SettingsError, load_settings
 
 EXIT_CANNOT_RUN = 2  # as the other database-side commands: the database or pepper is unusable
 
-app = command_group("Access tokens (admin): create, list, revoke.")
+app = command_group("Access tokens (admin): create, issue, list, revoke.")
 
 
 def _expiry(expires_in: str | None, expires_at: str | None) -> datetime | None:
@@ -154,6 +154,38 @@ def _issued(issued: IssuedToken) -> str:
     if issued.secret:
         line += f"\nsecret (shown once; store it now): {issued.secret}"
     return line
+
+
+@app.command("issue")
+@client_command
+def issue(
+    service_account: Annotated[
+        str,
+        typer.Option("--service-account", help="The service account.", show_default=False),
+    ],
+    expires_in: Annotated[
+        str | None, typer.Option("--expires-in", help="e.g. 7d (within the account's limit).")
+    ] = None,
+    expires_at: Annotated[str | None, typer.Option("--expires-at", help="RFC 3339 time.")] = None,
+    description: Annotated[
+        str, typer.Option("--description", "-d", help="What the token is for.")
+    ] = "",
+    url: UrlOption = None,
+    token: TokenOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Issue a token of a service account: its roles and scopes, an expiry within its limit.
+
+    Example: modelreg tokens issue --service-account ci-bot --expires-in 7d
+    """
+    expiry = _expiry(expires_in, expires_at)
+    if expiry is None:
+        raise typer.BadParameter("a service account's token must expire: give --expires-in")
+    with connect(url, token) as client:
+        issued = client.create_service_account_token(
+            service_account, expiry, description=description
+        )
+    output(issued, as_json, _issued, remark=None if issued.secret else f"no secret: {issued.note}")
 
 
 @app.command("list")

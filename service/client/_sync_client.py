@@ -7,7 +7,7 @@ from __future__ import annotations
 import platform
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from os import PathLike
 from pathlib import Path
 from types import TracebackType
@@ -15,7 +15,7 @@ from typing import Any, Literal, TypeVar
 
 import httpx
 
-from events.access import Role
+from events.access import Permission, Role
 from events.policy import GovernancePolicy
 from events.stages import Stage
 from service.client import gitinfo
@@ -55,6 +55,8 @@ from service.client.manifest import (
     show_progress,
 )
 from service.client.models import (
+    AccessCheck,
+    AccessView,
     AliasInterval,
     ApprovalRequest,
     ArtifactEntry,
@@ -83,7 +85,9 @@ from service.client.models import (
     Principal,
     Receipt,
     RegisteredVersion,
+    RoleInfo,
     RunReference,
+    ServiceAccountInfo,
     StageInterval,
     TokenInfo,
     VerifyReport,
@@ -1253,6 +1257,120 @@ class Client:
             "description": description,
         }
         return self._write("POST", "/api/v1/tokens", body, kind=IssuedToken)
+
+    def create_service_account_token(
+        self, name: str, expires_at: datetime, *, description: str = ""
+    ) -> IssuedToken:
+        """Issue a token of service account ``name`` (admin): it carries the account's roles
+        and scopes and must expire within the account's maximum lifetime (422 otherwise)."""
+        body = {
+            "service_account": name,
+            "expires_at": aware(expires_at),
+            "description": description,
+        }
+        return self._write("POST", "/api/v1/tokens", body, kind=IssuedToken)
+
+    # ------------------------------------------------------------------ roles, grants, accounts
+
+    def list_roles(self) -> list[RoleInfo]:
+        """The built-in and the custom roles (admin)."""
+        return self._get("/api/v1/access/roles", list[RoleInfo], consistent=False)
+
+    def define_role(
+        self, name: str, permissions: Sequence[Permission | str], *, description: str = ""
+    ) -> Receipt:
+        """Define or redefine a custom role (admin); the four built-in ones are fixed."""
+        body = {
+            "permissions": [str(Permission(p)) for p in permissions],
+            "description": description,
+        }
+        return self._write("PUT", f"/api/v1/access/roles/{seg(name)}", body)
+
+    def remove_role(self, name: str, reason: str = "") -> Receipt:
+        return self._write(
+            "DELETE", f"/api/v1/access/roles/{seg(name)}", params={"reason": reason}
+        )
+
+    def grants(self, *, as_of: AsOf = None) -> AccessView:
+        """The roles and grants now, or as they stood at a log position or time (admin)."""
+        return self._get("/api/v1/access/grants", AccessView, {"as_of": _as_of(as_of)})
+
+    def grant(
+        self,
+        role: str,
+        model: str,
+        *,
+        principal: str | None = None,
+        group: str | None = None,
+        reason: str = "",
+    ) -> Receipt:
+        """Give ``role`` on ``model`` (a name, a prefix ending in *, or *) to a principal or
+        a group (admin); the receipt's ``request_id`` is the grant's id."""
+        body = {
+            "role": role,
+            "model": model,
+            "principal": principal,
+            "group": group,
+            "reason": reason,
+        }
+        return self._write("POST", "/api/v1/access/grants", body)
+
+    def withdraw_grant(self, grant_id: str, reason: str = "") -> Receipt:
+        return self._write(
+            "DELETE", f"/api/v1/access/grants/{seg(grant_id)}", params={"reason": reason}
+        )
+
+    def check_access(
+        self,
+        principal: str,
+        permission: Permission | str,
+        *,
+        model: str | None = None,
+        groups: Sequence[str] = (),
+        as_of: AsOf = None,
+    ) -> AccessCheck:
+        """Could ``principal`` do ``permission`` on ``model`` (now, or at ``as_of``), and
+        which token or grant decided (admin)."""
+        params = {
+            "principal": principal,
+            "permission": str(Permission(permission)),
+            "model": model,
+            "group": list(groups),
+            "as_of": _as_of(as_of),
+        }
+        return self._get("/api/v1/access/check", AccessCheck, params)
+
+    def list_service_accounts(self) -> list[ServiceAccountInfo]:
+        return self._get(
+            "/api/v1/service-accounts", list[ServiceAccountInfo], consistent=False
+        )
+
+    def create_service_account(
+        self,
+        name: str,
+        roles: Sequence[Role | str],
+        *,
+        scopes: Sequence[str] = (),
+        max_lifetime: timedelta | None = None,
+        description: str = "",
+    ) -> Receipt:
+        """Create a service account for CI (admin); ``max_lifetime`` bounds its tokens
+        (default 90 days, at most 365)."""
+        body: dict[str, Any] = {
+            "name": name,
+            "roles": [str(Role(r)) for r in roles],
+            "scopes": list(scopes),
+            "description": description,
+        }
+        if max_lifetime is not None:
+            body["max_lifetime_seconds"] = int(max_lifetime.total_seconds())
+        return self._write("POST", "/api/v1/service-accounts", body)
+
+    def disable_service_account(self, name: str, reason: str = "") -> Receipt:
+        """Disable a service account: all its tokens are refused from now on (admin)."""
+        return self._write(
+            "POST", f"/api/v1/service-accounts/{seg(name)}/disable", params={"reason": reason}
+        )
 
     def list_tokens(self) -> list[TokenInfo]:
         return self._get("/api/v1/tokens", list[TokenInfo], consistent=False)

@@ -501,14 +501,78 @@ class DenialsPage(msgspec.Struct, frozen=True, kw_only=True):
     next_before: str | None
 
 
+class Right(msgspec.Struct, frozen=True, kw_only=True):
+    """One permission on one model pattern, and the grant that gave it."""
+
+    permission: Permission
+    pattern: str
+    source: str
+
+
 class Principal(msgspec.Struct, frozen=True, kw_only=True):
-    """Who a token belongs to, and what it may do (``scopes`` empty: every model)."""
+    """Who a token belongs to, and what it may do (``scopes`` empty: every model), plus
+    what grants add, each on its own model pattern."""
 
     name: str
     token_id: str
     roles: tuple[Role, ...]
     permissions: frozenset[Permission]
     scopes: tuple[str, ...]
+    groups: tuple[str, ...] = ()
+    grants: tuple[Right, ...] = ()
+
+
+class RoleInfo(msgspec.Struct, frozen=True, kw_only=True):
+    name: str
+    permissions: list[Permission]
+    builtin: bool
+    description: str = ""
+
+
+class GrantInfo(msgspec.Struct, frozen=True, kw_only=True):
+    """A role given to a principal or a group (one of them is None) on ``model``: a model
+    name, a prefix ending in ``*``, or ``*``."""
+
+    grant_id: str
+    principal: str | None
+    group: str | None
+    role: str
+    model: str
+    permissions: list[Permission]
+    given_by: str
+    reason: str
+
+
+class AccessView(msgspec.Struct, frozen=True, kw_only=True):
+    """The roles and grants as they stood at log position ``position``."""
+
+    position: int
+    roles: list[RoleInfo]
+    grants: list[GrantInfo]
+
+
+class AccessCheck(msgspec.Struct, frozen=True, kw_only=True):
+    """Whether ``principal`` could do ``permission`` on ``model`` at ``position``, and
+    the token or grant that decided (None when denied; ``reason`` says why)."""
+
+    principal: str
+    groups: list[str]
+    permission: Permission
+    model: str | None
+    position: int
+    allowed: bool
+    decided_by: str | None
+    reason: str
+
+
+class ServiceAccountInfo(msgspec.Struct, frozen=True, kw_only=True):
+    name: str
+    roles: list[Role]
+    scopes: list[str]
+    max_lifetime_seconds: int
+    description: str
+    disabled: bool
+    disabled_reason: str
 
 
 class IssuedToken(msgspec.Struct, frozen=True, kw_only=True):

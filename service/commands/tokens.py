@@ -26,8 +26,9 @@ import msgspec
 from eventlog.listener import Listener
 from eventlog.store import EventStore
 from events.access import TOKENS, IssueToken, Permission, RevokeToken, Role, TokenEvent, TokenState
+from events.access_grants import ACCESS, AccessState, Right, granted_rights, token_rights
 from events.errors import AlreadyExistsError, ConcurrencyError, ConflictError
-from events.streams import TOKEN_TYPE, token_stream
+from events.streams import ACCESS_STREAM, TOKEN_TYPE, token_stream
 from service.commands.executor import CommandExecutor, Outcome
 from service.commands.token_secrets import (
     Pepper,
@@ -44,13 +45,24 @@ _ADMIN_LOCK = "SELECT pg_advisory_xact_lock(hashtextextended('modelreg:' || curr
 
 
 class Principal(msgspec.Struct, frozen=True, kw_only=True):
-    """Who is acting: the token's principal with its roles, permissions and scopes."""
+    """Who is acting: the token's principal with its roles, permissions and scopes, its
+    identity provider's groups, and what grants add (each on its own model pattern)."""
 
     name: str
     token_id: str
     roles: tuple[Role, ...]
     permissions: frozenset[Permission]
     scopes: tuple[str, ...]
+    groups: tuple[str, ...] = ()
+    grants: tuple[Right, ...] = ()
+
+    @property
+    def rights(self) -> tuple[Right, ...]:
+        """Every (permission, pattern) the caller holds: its token's (or identity
+        mapping's) permissions on its scopes, then its grants'."""
+        roles = ",".join(self.roles) or "none"
+        own = token_rights(self.permissions, self.scopes, f"token {self.token_id} (roles {roles})")
+        return own + self.grants
 
 
 class InvalidTokenError(Exception):
@@ -68,6 +80,8 @@ def new_secret() -> str:
 
 
 def covers(principal: Principal, model_name: str | None) -> bool:
+    """Whether the token's own scopes include a model (grants aside: they widen single
+    actions through ``rights``, never what a listing of the registry shows)."""
     return TokenState(token_id=principal.token_id, scopes=principal.scopes).covers(model_name)
 
 
@@ -247,7 +261,8 @@ class TokenAuthenticator:
 
     Without a listener (``listen``), or while its connection is down, every request looks
     the secret up in Postgres (one query), folding the token's stream only when it changed
-    since last seen. With the listener up, a secret checked once is answered from memory:
+    since last seen, and reads what is new on the ``access:registry`` stream (grants,
+    roles, service accounts: one more query). With the listener up, a secret checked once is answered from memory:
     each event appended to a token stream NOTIFYs at its commit (migration 0008), and any
     notification, and any loss or return of the LISTEN connection, forgets everything.
     Revocation therefore takes effect in a process as soon as Postgres delivers the
@@ -276,6 +291,10 @@ class TokenAuthenticator:
         self._accepted: OrderedDict[bytes, TokenState] = OrderedDict()
         self._generation = 0  # moves on every forget: a lookup begun before is not kept
         self._listener: Listener | None = None
+        # The roles, grants and service accounts (``access:registry``), kept like tokens:
+        # its appends NOTIFY the same channel (migration 0010), so a grant withdrawn
+        # anywhere takes effect at the next request.
+        self._access: AccessState | None = None
 
     def listen(self, connect: Callable[[], Awaitable[asyncpg.Connection]], schema: str) -> Listener:
         """The LISTEN that lets this authenticator answer from memory; run it (``run``)."""
@@ -285,6 +304,7 @@ class TokenAuthenticator:
     def forget(self) -> None:
         """Drop every token kept in memory (a token changed, or the LISTEN came or went)."""
         self._accepted.clear()
+        self._access = None
         self._generation += 1
 
     def remembers(self, secret: str) -> bool:
@@ -311,13 +331,35 @@ class TokenAuthenticator:
         else:
             self._accepted.move_to_end(digest)
             self._check(state)
-        return Principal(
+        access = await self.access()
+        account = access.service_account(state.principal)
+        if account is not None and account.disabled:
+            raise InvalidTokenError(f"service account {account.name!r} is disabled")
+        principal = Principal(
             name=state.principal,
             token_id=state.token_id,
             roles=state.roles,
             permissions=state.permissions,
             scopes=state.scopes,
         )
+        return self.with_grants(principal, access)
+
+    async def access(self) -> AccessState:
+        """The custom roles, grants and service accounts as they stand now."""
+        caching = self._caching()
+        if caching and self._access is not None:
+            return self._access
+        generation = self._generation
+        _, access = await self.executor.state_of(ACCESS_STREAM, ACCESS)
+        if caching and generation == self._generation and self._caching():
+            self._access = access
+        return access
+
+    @staticmethod
+    def with_grants(principal: Principal, access: AccessState) -> Principal:
+        """``principal`` holding also what the grants naming it or its groups give."""
+        granted = granted_rights(access, principal.name, principal.groups)
+        return msgspec.structs.replace(principal, grants=granted) if granted else principal
 
     def _check(self, state: TokenState) -> None:
         if not state.issued:

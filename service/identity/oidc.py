@@ -127,6 +127,7 @@ class OidcAuthenticator:
             roles=roles,
             permissions=permissions,
             scopes=grant.scopes if grant else (),
+            groups=tuple(g for g in groups if isinstance(g, str))[:100],
         )
 
 

@@ -25,5 +25,6 @@ class SignIn:
     async def authenticate(self, secret: str) -> Principal:
         """The principal, or InvalidTokenError (401) with the reason."""
         if self.oidc is not None and looks_like_jwt(secret):
-            return await self.oidc.authenticate(secret)
+            principal = await self.oidc.authenticate(secret)
+            return self.tokens.with_grants(principal, await self.tokens.access())
         return await self.tokens.authenticate(secret)

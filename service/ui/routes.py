@@ -29,6 +29,7 @@ from projections.views.approvals import ApprovalRequest
 from projections.views.metric_history import Comparison
 from service.api.common import MAX_POSITION, principal_of, representable_time, services_of
 from service.api.problems import PermissionDeniedError
+from service.api.routes_access import AccessController
 from service.api.routes_artifacts import ArtifactsController
 from service.api.routes_gates import GatesController
 from service.api.routes_governance import LifecycleController, PromotionsController
@@ -519,6 +520,13 @@ class PagesController(Controller):
             "as_of": as_of,
         }
         return page(request, "audit.html", feed=feed, report=report, filters=filters)
+
+    @get("/access")
+    async def access(self, request: Request[Any, Any, Any], as_of: FromQuery[str] = "") -> Template:
+        """Who holds which role on which models, now or as the grants stood at a past log
+        position or time (admins: the API route decides)."""
+        view = await AccessController.grants.fn(None, request, as_of=as_of or None)
+        return page(request, "access.html", view=view, filters={"as_of": as_of})
 
     @get("/position", media_type="application/json")
     async def position(self, request: Request[Any, Any, Any]) -> dict[str, int]:

@@ -214,6 +214,27 @@ MATRIX: dict[tuple[str, str], Row] = {
         "/api/v1/tokens", ADMIN, {"principal": "eve", "roles": ["reader"]}
     ),
     ("GET", "/api/v1/tokens"): Row("/api/v1/tokens", ADMIN),
+    # custom roles, grants, service accounts: the map of who may do what, admin only
+    ("GET", "/api/v1/access/roles"): Row("/api/v1/access/roles", ADMIN),
+    ("PUT", "/api/v1/access/roles/{role}"): Row(
+        "/api/v1/access/roles/auditor", ADMIN, {"permissions": ["read"]}
+    ),
+    ("DELETE", "/api/v1/access/roles/{role}"): Row("/api/v1/access/roles/doomed-role", ADMIN),
+    ("GET", "/api/v1/access/grants"): Row("/api/v1/access/grants?as_of=1", ADMIN),
+    ("POST", "/api/v1/access/grants"): Row(
+        "/api/v1/access/grants", ADMIN, {"principal": "eve", "role": "reader", "model": "churn"}
+    ),
+    ("DELETE", "/api/v1/access/grants/{grant_id}"): Row("/api/v1/access/grants/{grant}", ADMIN),
+    ("GET", "/api/v1/access/check"): Row(
+        "/api/v1/access/check?principal=carol&permission=write&model=churn", ADMIN
+    ),
+    ("GET", "/api/v1/service-accounts"): Row("/api/v1/service-accounts", ADMIN),
+    ("POST", "/api/v1/service-accounts"): Row(
+        "/api/v1/service-accounts", ADMIN, lambda who: {"name": f"sa-{who}", "roles": ["reader"]}
+    ),
+    ("POST", "/api/v1/service-accounts/{name}/disable"): Row(
+        "/api/v1/service-accounts/sa-doomed/disable", ADMIN
+    ),
     ("DELETE", "/api/v1/tokens/{token_id}"): Row("/api/v1/tokens/{throwaway}", ADMIN),
     ("GET", "/api/v1/models/{name}/versions/{version}/gate"): Row(f"{V}/2/gate?to=staging", R),
     # webhooks: managed with write over every model they deliver; others' are hidden
@@ -498,7 +519,24 @@ async def _setup(api: Api) -> tuple[list[Caller], dict[str, str]]:
         " model_id, status, attempts) VALUES ($1, 1, gen_random_uuid(), 'model.registered', 'm', 'dead', 3)",
         hook_id,
     )
-    ids = {**requests, **sessions, "throwaway": outcome.state.token_id, "hook": hook_id}
+    await _ok(await api.put("/api/v1/access/roles/doomed-role", json={"permissions": ["read"]}))
+    grant = await _ok(
+        await api.post(
+            "/api/v1/access/grants", json={"group": "risk", "role": "reader", "model": "fraud*"}
+        ),
+        201,
+    )
+    await _ok(
+        await api.post("/api/v1/service-accounts", json={"name": "sa-doomed", "roles": ["reader"]}),
+        201,
+    )
+    ids = {
+        **requests,
+        **sessions,
+        "throwaway": outcome.state.token_id,
+        "hook": hook_id,
+        "grant": grant.json()["request_id"],
+    }
     await wait_for_position(
         api.services.pool,
         await head_position(api.services.pool),
@@ -698,6 +736,7 @@ UI_MATRIX: dict[tuple[str, str], UiRow] = {
     ("GET", "/ui/audit"): UiRow(
         "/ui/audit?model=churn&since=2000-01-01", R, in_scope="/ui/audit?model=fraud"
     ),
+    ("GET", "/ui/access"): UiRow("/ui/access?as_of=1", ADMIN, scoped="allow"),
     ("GET", "/ui/position"): UiRow("/ui/position", None, scoped="allow"),
     ("POST", "/ui/approvals/{request_id}"): UiRow(
         "/ui/approvals/{to_decide}", A, form={"decision": "reject", "comment": "not yet"}

@@ -126,6 +126,31 @@ async def test_the_first_mapped_group_decides_and_no_mapped_group_may_do_nothing
     assert answer.status_code == 403 and answer.json()["details"]["permission"] == "read"
 
 
+async def test_a_grant_to_a_group_widens_its_members_on_its_pattern_only(
+    api: Api, provider: OidcProvider
+) -> None:
+    # given an ml-team member (contributor on churn*) and a grant to the risk group
+    await api.post(M, json={"name": "fraud-eu"})
+    member = provider.mint(**claims(provider, groups=["ml-team", "risk"]))
+    other = provider.mint(**claims(provider, groups=["ml-team"]))
+    given = await api.post(
+        "/api/v1/access/grants", json={"group": "risk", "role": "contributor", "model": "fraud*"}
+    )
+    assert given.status_code == 201, given.text
+    # then a member of risk may write to fraud models, a non-member may not
+    touched = {"description": "by the risk team"}
+    allowed = await api.client.patch(f"{M}/fraud-eu", json=touched, headers=bearer(member))
+    assert allowed.status_code == 200, allowed.text
+    refused = await api.client.patch(f"{M}/fraud-eu", json=touched, headers=bearer(other))
+    assert refused.status_code == 403
+    me = (await api.client.get(ME, headers=bearer(member))).json()
+    assert me["groups"] == ["ml-team", "risk"] and me["scopes"] == ["churn*"]
+    # and once withdrawn, the member's next write is refused
+    await api.delete(f"/api/v1/access/grants/{given.json()['request_id']}")
+    again = await api.client.patch(f"{M}/fraud-eu", json=touched, headers=bearer(member))
+    assert again.status_code == 403
+
+
 @pytest.mark.parametrize(
     ("change", "reason"),
     [

@@ -17,7 +17,15 @@ from eventlog.db import connect, create_pool
 from eventlog.listener import Listener
 from eventlog.store import EventStore
 from events.access import Role
+from events.access_grants import (
+    CreateServiceAccount,
+    DisableServiceAccount,
+    GiveGrant,
+    SubjectKind,
+    WithdrawGrant,
+)
 from events.catalogue import CODEC
+from service.commands import access
 from service.commands.executor import CommandExecutor
 from service.commands.token_secrets import Pepper
 from service.commands.tokens import (
@@ -231,3 +239,57 @@ async def test_revoking_through_the_api_is_refused_by_that_process_at_once(db: D
             with contextlib.suppress(asyncio.CancelledError):
                 await task
             await listener.close()
+
+
+async def test_a_grant_withdrawn_elsewhere_is_gone_once_the_notify_arrives(
+    db: Database, writer: CommandExecutor
+) -> None:
+    # given process B answers bob's token from memory, with a grant given by another process
+    _, secret = await issue(writer)
+    given = await access.run(
+        writer,
+        GiveGrant(
+            actor="root",
+            now=datetime.now(UTC),
+            grant_id="g1",
+            subject_kind=SubjectKind.PRINCIPAL,
+            subject="bob",
+            role="contributor",
+            pattern="fraud*",
+        ),
+    )
+    assert given.events
+    async with api_process(db) as b:
+        assert (await b.auth.authenticate(secret)).grants
+        assert b.auth.remembers(secret)
+        # when the other process withdraws it (the NOTIFY comes from the trigger, 0010)
+        await access.run(writer, WithdrawGrant(actor="root", now=datetime.now(UTC), grant_id="g1"))
+        # then B forgets what it kept, and bob holds his token's rights only
+        await eventually(lambda: not b.auth.remembers(secret), what="B forgot the token")
+        assert (await b.auth.authenticate(secret)).grants == ()
+
+
+async def test_a_service_account_disabled_elsewhere_stops_its_remembered_token(
+    db: Database, writer: CommandExecutor
+) -> None:
+    # given a service account's token that process B remembers
+    now = datetime.now(UTC)
+    await access.run(
+        writer, CreateServiceAccount(actor="root", now=now, name="ci-bot", roles=(Role.READER,))
+    )
+    _, secret = await issue_token(
+        writer,
+        PEPPER,
+        actor="root",
+        principal="ci-bot",
+        roles=[Role.READER],
+        expires_at=now + timedelta(days=1),
+    )
+    async with api_process(db) as b:
+        await b.auth.authenticate(secret)
+        assert b.auth.remembers(secret)
+        # when another process disables the account
+        await access.run(writer, DisableServiceAccount(actor="root", now=now, name="ci-bot"))
+        # then B refuses the token once the NOTIFY arrives
+        await eventually(lambda: not b.auth.remembers(secret), what="B forgot the token")
+        assert await refuses(b.auth, secret, "disabled")

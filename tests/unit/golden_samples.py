@@ -8,7 +8,16 @@ bytes are permanent, so a shape change needs a new schema version and an upcaste
 
 from __future__ import annotations
 
-from events.access import Role, TokenIssued, TokenRevoked
+from events.access import Permission, Role, TokenIssued, TokenRevoked
+from events.access_grants import (
+    GrantGiven,
+    GrantWithdrawn,
+    RoleDefined,
+    RoleRemoved,
+    ServiceAccountCreated,
+    ServiceAccountDisabled,
+    SubjectKind,
+)
 from events.artifacts import BlobStored
 from events.base import Event
 from events.blob_collection import BlobDeleted
@@ -236,6 +245,30 @@ def samples() -> dict[str, Event]:
             description="CI pipeline",
         ),
         TokenRevoked(token_id="t-1", reason="rotated"),
+        RoleDefined(
+            role="fraud-approver",
+            permissions=(Permission.APPROVE, Permission.READ),
+            description="approves fraud models",
+        ),
+        RoleRemoved(role="fraud-approver", reason="team merged"),
+        GrantGiven(
+            grant_id="g-1",
+            subject_kind=SubjectKind.GROUP,
+            subject="risk-team",
+            role="approver",
+            pattern="fraud*",
+            given_by="admin",
+            reason="on-call rota",
+        ),
+        GrantWithdrawn(grant_id="g-1", withdrawn_by="admin", reason="rota ended"),
+        ServiceAccountCreated(
+            name="ci-bot",
+            roles=(Role.CONTRIBUTOR,),
+            scopes=("churn*",),
+            max_lifetime_seconds=2592000,
+            description="CI pipeline",
+        ),
+        ServiceAccountDisabled(name="ci-bot", reason="pipeline retired"),
         BlobStored(model_id=MODEL_ID, sha256="3a" * 32, size=482113),
         BlobDeleted(sha256="3b" * 32, size=4096, age_seconds=864000, stored_for=(MODEL_ID,)),
         WebhookCreated(

@@ -111,6 +111,7 @@ def test_every_stream_type_has_a_decider_found_from_its_stream_id() -> None:
         "metrics",
         "policy",
         "token",
+        "access",
         "artifacts",
         "blobstore",
         "webhook",
@@ -118,5 +119,6 @@ def test_every_stream_type_has_a_decider_found_from_its_stream_id() -> None:
     assert decider_for(model_stream("m1")).stream_type == "model"
     assert decider_for(metrics_stream("m1", 2)).stream_type == "metrics"
     assert decider_for(REGISTRY_POLICY_STREAM).stream_type == "policy"
+    assert decider_for("access:registry").stream_type == "access"
     with pytest.raises(ValueError, match="no stream type"):
         decider_for("nope:1")

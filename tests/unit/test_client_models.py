@@ -12,6 +12,7 @@ import msgspec
 import pytest
 
 from eventlog.verify import Break, VerifyReport
+from events.access_grants import Right
 from projections.paging import Page as ServerPage
 from projections.views import (
     approvals,
@@ -22,7 +23,7 @@ from projections.views import (
     model_versions,
     stage_timeline,
 )
-from service.api import common, routes_governance, routes_operations, schemas
+from service.api import common, routes_access, routes_governance, routes_operations, schemas
 from service.client import Client, ConfigurationError, Conflict, RetryPolicy, _unasync
 from service.client import models as client
 from service.client._common import MetricBuffer, points
@@ -54,6 +55,12 @@ PAIRS: list[tuple[type[msgspec.Struct], type[msgspec.Struct]]] = [
     (client.Break, Break),
     (client.VerifyReport, VerifyReport),
     (client.Principal, Principal),
+    (client.Right, Right),
+    (client.RoleInfo, routes_access.RoleInfo),
+    (client.GrantInfo, routes_access.GrantInfo),
+    (client.AccessView, routes_access.AccessView),
+    (client.AccessCheck, routes_access.AccessCheck),
+    (client.ServiceAccountInfo, routes_access.ServiceAccountInfo),
     (client.IssuedToken, schemas.IssuedToken),
     (client.TokenInfo, schemas.TokenInfo),
     (client.Metric, schemas.Metric),

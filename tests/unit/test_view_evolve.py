@@ -17,6 +17,7 @@ import pytest
 
 from eventlog.log import LoggedEvent
 from events.access import TOKEN_EVENT_TYPES
+from events.access_grants import ACCESS_EVENT_TYPES
 from events.artifacts import ARTIFACT_EVENT_TYPES
 from events.blob_collection import BLOB_COLLECTION_EVENT_TYPES
 from events.model.commands import (
@@ -167,12 +168,13 @@ def test_every_view_has_empty_rows_to_fold_from() -> None:
 
 @pytest.mark.parametrize("projection", ALL, ids=lambda p: p.name)
 def test_the_rich_history_holds_every_event_type_a_view_handles(projection: Projection) -> None:
-    # Token, blob and webhook events reach only the audit timeline, which describes every
+    # Token, access, blob and webhook events reach only the audit timeline, which describes every
     # event the same way.
     only_audited = {
         t.event_type
         for t in (
             *TOKEN_EVENT_TYPES,
+            *ACCESS_EVENT_TYPES,
             *ARTIFACT_EVENT_TYPES,
             *BLOB_COLLECTION_EVENT_TYPES,
             *WEBHOOK_EVENT_TYPES,

@@ -39,9 +39,11 @@ from events.base import Command, Event
 from events.catalogue import CODEC
 from events.metrics import METRICS, LogMetrics, MetricInput
 from events.model.commands import (
+    ApprovePromotion,
     DeprecateVersion,
     RegisterModel,
     RegisterVersion,
+    RequestPromotion,
     SetAlias,
     TransitionStage,
 )
@@ -90,10 +92,10 @@ def model_history(index: int, versions: int) -> tuple[str, list[Event], ModelSta
     events: list[Event] = []
     now = T0 + timedelta(minutes=index)
 
-    def run(cls: type[Command], **fields: Any) -> None:
+    def run(cls: type[Command], actor: str = "alice", **fields: Any) -> None:
         nonlocal state, now
         now += timedelta(seconds=30)
-        command = cls(actor="alice", now=now, **fields)
+        command = cls(actor=actor, now=now, **fields)
         decided = MODEL.decide(command, state)  # type: ignore[arg-type]
         state = MODEL.fold(decided, state)
         events.extend(decided)
@@ -117,13 +119,23 @@ def model_history(index: int, versions: int) -> tuple[str, list[Event], ModelSta
         )
         if v % 10 == 0:  # staged then promoted: the previous production version is archived
             run(TransitionStage, registry_policy=DEFAULT_POLICY, version=v, to_stage=Stage.STAGING)
+            # Production needs a second person's approval under the default policy.
             run(
-                TransitionStage,
+                RequestPromotion,
                 registry_policy=DEFAULT_POLICY,
+                request_id=f"{model_id}-r{v}",
                 version=v,
-                to_stage=Stage.PRODUCTION,
+                target_stage=Stage.PRODUCTION,
+                alias="champion",
+                justification="auc up",
             )
-            run(SetAlias, registry_policy=DEFAULT_POLICY, alias="champion", version=v)
+            run(
+                ApprovePromotion,
+                actor="bob",
+                registry_policy=DEFAULT_POLICY,
+                request_id=f"{model_id}-r{v}",
+                comment="checked",
+            )
         elif v % 7 == 0:
             run(TransitionStage, registry_policy=DEFAULT_POLICY, version=v, to_stage=Stage.STAGING)
             run(SetAlias, registry_policy=DEFAULT_POLICY, alias="challenger", version=v)
@@ -229,6 +241,16 @@ async def project(db: Database, projections: list[Projection], table: Table) -> 
 Search = Callable[[Any, random.Random], Awaitable[int]]
 
 
+async def _cursors(conn: Any, names: Any, query: VersionQuery, pages: int) -> list[str]:
+    """The cursors of the first ``pages`` pages after the first (fewer in a small registry)."""
+    cursors: list[str] = []
+    page = await search_versions(conn, names, None, query)
+    while page.next_cursor is not None and len(cursors) < pages:
+        cursors.append(page.next_cursor)
+        page = await search_versions(conn, names, None, replace(query, cursor=page.next_cursor))
+    return cursors
+
+
 def searches(models: int) -> list[tuple[str, Search]]:
     names = live_names()
 
@@ -261,15 +283,9 @@ def searches(models: int) -> list[tuple[str, Search]]:
     async def deep_page(conn: Any, rng: random.Random) -> int:
         # A page far into a broad search: the cursor makes it as cheap as the first.
         if not deep:
-            page = await search_versions(conn, names, None, archived)
-            for _ in range(40):
-                assert page.next_cursor is not None
-                deep.append(page.next_cursor)
-                page = await search_versions(
-                    conn, names, None, replace(archived, cursor=page.next_cursor)
-                )
+            deep.extend(await _cursors(conn, names, archived, 40))
         page = await search_versions(
-            conn, names, None, replace(archived, cursor=rng.choice(deep[20:]))
+            conn, names, None, replace(archived, cursor=rng.choice(deep[len(deep) // 2 :]))
         )
         return len(page.items)
 

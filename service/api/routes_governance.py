@@ -138,6 +138,7 @@ class LifecycleController(Controller):
             comment=data.comment,
             if_version=if_match(request),
             id_seed=seed_of(request),
+            environment=data.environment,
         )
         pending = request_id is not None and not any(
             e.event_type == "model.promotion_executed" for e in written.events
@@ -407,12 +408,13 @@ class LifecycleController(Controller):
                 alias=data.alias,
                 rollback=data.rollback,
                 metrics=metrics,
+                environment=data.environment,
             )
 
         written = await registry.governed(
             name,
             build,
-            metric_versions=lambda s: [data.version, s.production],
+            metric_versions=lambda s: [data.version, s.champion(data.environment)],
             if_version=if_match(request),
             id_seed=seed_of(request),
         )

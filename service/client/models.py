@@ -236,6 +236,8 @@ class VersionRow(msgspec.Struct, frozen=True, kw_only=True):
     updated_at: datetime
     position: int
     metrics: tuple[MetricValue, ...] = ()
+    # The environments of ``stage`` the version is in, for a stage with environments.
+    environments: tuple[str, ...] = ()
 
 
 class MetricSample(msgspec.Struct, frozen=True, kw_only=True):

@@ -1,0 +1,57 @@
+"""Production per environment in the views: random histories where models follow a policy
+with production in several environments fold in the views as the domain folds them, live
+and rebuilt."""
+
+from __future__ import annotations
+
+import random
+
+from events.stages import Stage, placement
+from projections.views.deployments import PROJECTION as DEPLOYMENTS
+from projections.views.deployments import places
+from projections.views.model_catalogue import CATALOGUE, get_model
+from projections.views.model_versions import VERSIONS
+from tests.integration.test_view_versions import assert_view_equals_domain
+from tests.support.database import Database
+from tests.support.registry_history import (
+    ENVIRONMENTS,
+    check_rebuild_equals_live,
+    random_history,
+    registry,
+)
+
+# Policies (half of them per environment), stage moves and promotions more often than usual.
+REGIONAL_HEAVY = {"rollback_or_policy": 10, "stage": 30, "promotion": 8, "deployment": 10}
+
+
+async def test_random_histories_with_production_per_environment_fold_alike_live_and_rebuilt(
+    db: Database,
+) -> None:
+    # given random histories in which some models put production per environment
+    reg = await registry(db)
+    rng = random.Random(12)
+    for _ in range(4):
+        await random_history(reg, rng, 120, weights=REGIONAL_HEAVY)
+        await reg.project(VERSIONS, CATALOGUE, DEPLOYMENTS, batch=23)
+    live = [s for s in reg.states.values() if not s.deleted]
+    # (the history did put a version in production in two environments at once)
+    assert any(len(v.environment_names()) > 1 for s in live for v in s.versions.values())
+
+    # then each version shows the environments the domain folded
+    assert await assert_view_equals_domain(reg, reg.conn, VERSIONS.view_names()) > 50
+    # and the catalogue names the holder of each stage@environment
+    for state in live:
+        row = await get_model(reg.conn, CATALOGUE.view_names(), state.model_id)
+        assert row is not None
+        for environment in ENVIRONMENTS:
+            holders = state.in_stage(Stage.PRODUCTION, environment)
+            expected = max(holders) if holders else None
+            assert row.stages.get(placement(Stage.PRODUCTION, environment)) == expected
+    # and deployments following production want the version in production in their environment
+    for state in live:
+        for place in await places(reg.conn, DEPLOYMENTS.view_names(), state.model_id):
+            if place.follows == f"stage:{Stage.PRODUCTION}":
+                assert place.desired_version == state.champion(place.environment)
+    # and a rebuild of each view equals the live one
+    for projection in (VERSIONS, CATALOGUE, DEPLOYMENTS):
+        await check_rebuild_equals_live(reg, projection, projection.checksum, rng)

@@ -11,6 +11,8 @@ from projections.views.deployments import PROJECTION as DEPLOYMENTS
 from projections.views.deployments import places
 from projections.views.model_catalogue import CATALOGUE, get_model
 from projections.views.model_versions import VERSIONS
+from projections.views.stage_timeline import PROJECTION as TIMELINE
+from projections.views.stage_timeline import current_holdings
 from tests.integration.test_view_versions import assert_view_equals_domain
 from tests.support.database import Database
 from tests.support.registry_history import (
@@ -32,7 +34,7 @@ async def test_random_histories_with_production_per_environment_fold_alike_live_
     rng = random.Random(12)
     for _ in range(4):
         await random_history(reg, rng, 120, weights=REGIONAL_HEAVY)
-        await reg.project(VERSIONS, CATALOGUE, DEPLOYMENTS, batch=23)
+        await reg.project(VERSIONS, CATALOGUE, DEPLOYMENTS, TIMELINE, batch=23)
     live = [s for s in reg.states.values() if not s.deleted]
     # (the history did put a version in production in two environments at once)
     assert any(len(v.environment_names()) > 1 for s in live for v in s.versions.values())
@@ -52,6 +54,21 @@ async def test_random_histories_with_production_per_environment_fold_alike_live_
         for place in await places(reg.conn, DEPLOYMENTS.view_names(), state.model_id):
             if place.follows == f"stage:{Stage.PRODUCTION}":
                 assert place.desired_version == state.champion(place.environment)
+    # and the timeline has an open interval per stage and per stage@environment held now
+    held = {
+        (i.model_id, i.stage, i.version)
+        for i in await current_holdings(reg.conn, TIMELINE.view_names())
+        if not reg.states[i.model_id].deleted
+    }
+    assert held == {
+        (state.model_id, where, number)
+        for state in live
+        for number, version in state.versions.items()
+        for where in (
+            version.stage,
+            *(placement(version.stage, e) for e in version.environment_names()),
+        )
+    }
     # and a rebuild of each view equals the live one
-    for projection in (VERSIONS, CATALOGUE, DEPLOYMENTS):
+    for projection in (VERSIONS, CATALOGUE, DEPLOYMENTS, TIMELINE):
         await check_rebuild_equals_live(reg, projection, projection.checksum, rng)

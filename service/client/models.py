@@ -319,6 +319,8 @@ class ApprovalRequest(msgspec.Struct, frozen=True, kw_only=True):
     executed_approvers: list[str] | None
     rules: list[str] | None
     votes: list[Vote] = msgspec.field(default_factory=list)
+    # The environment of ``target_stage``, for a stage with environments.
+    environment: str | None = None
 
 
 class StageInterval(msgspec.Struct, frozen=True, kw_only=True):

@@ -16,6 +16,7 @@ from tests.support.database import Database
 
 M = "/api/v1/models"
 V = f"{M}/churn/versions"
+MLFLOW = "/api/2.0/mlflow"
 
 # The README's policy: production per environment, entering it needs one approval.
 REGIONAL_POLICY: dict[str, Any] = {
@@ -58,7 +59,8 @@ async def api(db: Database) -> AsyncIterator[Api]:
         yield running
 
 
-async def _model_with_versions_in_staging(api: Api, erin: str, *numbers: int) -> None:
+async def _model_with_versions_in_staging(api: Api, erin: str, *numbers: int) -> int:
+    """The log position of the last write."""
     ok(await api.put(f"{M}/churn/policy", json={"policy": REGIONAL_POLICY}))
     for n in range(1, max(numbers) + 1):
         body = {
@@ -72,9 +74,10 @@ async def _model_with_versions_in_staging(api: Api, erin: str, *numbers: int) ->
                 }
             ]
         }
-        ok(await api.post(V, json=body, as_=erin), 201)
+        last = ok(await api.post(V, json=body, as_=erin), 201)
         if n in numbers:
-            ok(await api.post(f"{V}/{n}/stage", json={"to": "staging"}, as_=erin))
+            last = ok(await api.post(f"{V}/{n}/stage", json={"to": "staging"}, as_=erin))
+    return position(last)
 
 
 async def _promote(api: Api, erin: str, bob: str, version: int, environment: str) -> int:
@@ -93,7 +96,7 @@ async def test_a_version_serves_two_environments_and_a_newer_one_takes_one_of_th
     erin = await api.token("erin", Role.CONTRIBUTOR)
     bob = await api.token("bob", Role.APPROVER)
     ok(await api.post(M, json={"name": "churn"}, as_=erin), 201)
-    await _model_with_versions_in_staging(api, erin, 7, 8)
+    await _model_with_versions_in_staging(api, erin, 6, 7, 8)
 
     # given v7 approved into production@eu and then production@us
     await _promote(api, erin, bob, 7, "eu")
@@ -112,6 +115,15 @@ async def test_a_version_serves_two_environments_and_a_newer_one_takes_one_of_th
     # and the model's summary names each environment's holder
     model = ok(await api.get(f"{M}/churn?min_position={at}")).json()
     assert (model["stages"]["production@eu"], model["stages"]["production@us"]) == (8, 7)
+    # and an MLflow client sees both in Production, and cannot name an environment
+    for number in (7, 8):
+        seen = ok(await api.get(f"{MLFLOW}/model-versions/get?name=churn&version={number}"))
+        assert seen.json()["model_version"]["current_stage"] == "Production"
+    body = {"name": "churn", "version": "6", "stage": "Production"}
+    refused = await api.post(f"{MLFLOW}/model-versions/transition-stage", json=body, as_=erin)
+    assert refused.status_code == 400, refused.text
+    assert refused.json()["error_code"] == "INVALID_PARAMETER_VALUE"
+    assert "environment" in refused.json()["message"]
     # and versions can be listed per environment
     listed = ok(await api.get(f"{V}?stage=production&environment=us&min_position={at}")).json()
     assert [row["version"] for row in listed["items"]] == [7]
@@ -171,15 +183,15 @@ async def test_a_missing_unknown_or_needless_environment_is_refused_naming_it(
     api: Api, body: dict[str, Any], rule: str
 ) -> None:
     ok(await api.post(M, json={"name": "churn"}), 201)
-    await _model_with_versions_in_staging(api, await api.token("erin", Role.CONTRIBUTOR), 1)
-    before = ok(await api.get(f"{M}/churn/history")).json()
+    at = await _model_with_versions_in_staging(api, await api.token("erin", Role.CONTRIBUTOR), 1)
+    before = ok(await api.get(f"{M}/churn/history?min_position={at}")).json()
 
     # when a move names no, an unknown or a needless environment
     refused = problem(await api.post(f"{V}/1/stage", json=body), 422)
 
     # then the problem names the field and the rule, and nothing was recorded
     assert (refused["field"], refused["rule"]) == ("environment", rule)
-    assert ok(await api.get(f"{M}/churn/history")).json() == before
+    assert ok(await api.get(f"{M}/churn/history?min_position={at}")).json() == before
 
 
 async def test_a_promotion_request_without_its_environment_is_refused(api: Api) -> None:

@@ -17,6 +17,7 @@ from events.model.commands import (
 )
 from events.model.decider import MODEL
 from events.model.events import ModelEvent, PromotionExecuted, StageTransitioned
+from events.model.side_effects import side_effects
 from events.policy import GovernancePolicy, TransitionRule, validate_policy
 from events.stages import Stage, StageDefinition, TransitionKind
 from tests.unit.domain_helpers import (
@@ -308,3 +309,16 @@ def test_an_event_with_an_environment_round_trips_through_the_codec() -> None:
         b'{"comment":"","environment":"eu","from_stage":"staging","kind":"direct",'
         b'"request_id":null,"to_stage":"production","version":8}'
     )
+
+
+def test_the_receipt_says_the_holder_left_one_environment_only() -> None:
+    # given v7 in production@eu and @us, v8 in staging
+    state = given(_v7_in_eu_and_us_v8_in_staging(regional()))
+    # when v8 enters production@eu
+    events = when(
+        cmd(TransitionStage, version=8, to_stage=Stage.PRODUCTION, environment="eu"), state
+    )
+    # then the receipt's "also moved" names the environment v7 left
+    assert side_effects(events) == [
+        "version 7: out of production@eu, still in production elsewhere (demoted)"
+    ]

@@ -99,7 +99,7 @@ async def _refuse_stranding(services: Services, policy: GovernancePolicy) -> Non
     ) as reader:
         rows = await reader.conn.fetch(
             f"SELECT DISTINCT model_id FROM {reader.names.model_versions}"
-            " WHERE NOT (stage = ANY($1::text[])) ORDER BY model_id",
+            " WHERE NOT (stage = ANY($1::text[])) OR cardinality(environments) > 0 ORDER BY model_id",
             list(policy.stage_names()),
         )
     for row in rows:

@@ -7,12 +7,13 @@ import msgspec
 import pytest
 
 from events.catalogue import CODEC
-from events.errors import InvalidTransitionError, ValidationError
+from events.errors import InvalidTransitionError, PolicyViolationError, ValidationError
 from events.model.commands import (
     ApprovePromotion,
     ArchiveVersion,
     RequestPromotion,
     Rollback,
+    SetModelPolicy,
     TransitionStage,
 )
 from events.model.decider import MODEL
@@ -322,3 +323,21 @@ def test_the_receipt_says_the_holder_left_one_environment_only() -> None:
     assert side_effects(events) == [
         "version 7: out of production@eu, still in production elsewhere (demoted)"
     ]
+
+
+def test_a_policy_that_drops_an_environment_a_version_is_in_is_refused() -> None:
+    # given v7 in production@eu and @us
+    state = given(_v7_in_eu_and_us_v8_in_staging(regional()))
+    eu_only = msgspec.structs.replace(
+        regional(),
+        stages=tuple(
+            msgspec.structs.replace(d, environments=("eu",)) if d.name == Stage.PRODUCTION else d
+            for d in regional().stage_definitions()
+        ),
+    )
+    # when the model's policy would keep production in eu only
+    with pytest.raises(PolicyViolationError) as error:
+        when(cmd(SetModelPolicy, policy=eu_only), state)
+    # then it is refused, naming the environment in use
+    assert error.value.rule == "environment_in_use"
+    assert error.value.details["environment"] == "us"

@@ -104,6 +104,8 @@ async def test_a_version_serves_two_environments_and_a_newer_one_takes_one_of_th
     v7 = ok(await api.get(f"{V}/7?min_position={at}")).json()
     assert (v7["stage"], v7["environments"]) == ("production", ["eu", "us"])
 
+    both = at
+
     # when v8 is approved into production@eu
     at = await _promote(api, erin, bob, 8, "eu")
 
@@ -112,6 +114,9 @@ async def test_a_version_serves_two_environments_and_a_newer_one_takes_one_of_th
     v8 = ok(await api.get(f"{V}/8?min_position={at}")).json()
     assert (v7["stage"], v7["environments"]) == ("production", ["us"])
     assert (v8["stage"], v8["environments"]) == ("production", ["eu"])
+    # and as of before v8's promotion, v7 was in both
+    was = ok(await api.get(f"{V}/7?as_of={both}")).json()
+    assert was["environments"] == ["eu", "us"]
     # and the model's summary names each environment's holder
     model = ok(await api.get(f"{M}/churn?min_position={at}")).json()
     assert (model["stages"]["production@eu"], model["stages"]["production@us"]) == (8, 7)

@@ -17,8 +17,10 @@ from tests.integration.test_view_versions import assert_view_equals_domain
 from tests.support.database import Database
 from tests.support.registry_history import (
     ENVIRONMENTS,
+    as_of,
     check_rebuild_equals_live,
     random_history,
+    record_live_positions,
     registry,
 )
 
@@ -72,3 +74,18 @@ async def test_random_histories_with_production_per_environment_fold_alike_live_
     # and a rebuild of each view equals the live one
     for projection in (VERSIONS, CATALOGUE, DEPLOYMENTS, TIMELINE):
         await check_rebuild_equals_live(reg, projection, projection.checksum, rng)
+
+
+async def test_time_travel_with_environments_equals_the_live_views_as_they_were(
+    db: Database,
+) -> None:
+    # given a history in which production is per environment for some models
+    reg = await registry(db)
+    await random_history(reg, random.Random(12), 300, weights=REGIONAL_HEAVY)
+    for projection in (VERSIONS, CATALOGUE, TIMELINE):
+        # when the live view is stepped along the log, recording its checksum at each step
+        recorded = await record_live_positions(reg, projection, projection.checksum, batch=9)
+        assert len(recorded) > 10
+        # then a fold of the log up to any of those positions equals the view as it was
+        for at, expected, _ in random.Random(3).sample(recorded, 6):
+            assert await as_of(reg, projection, at, projection.checksum) == expected

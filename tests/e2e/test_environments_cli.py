@@ -96,3 +96,4 @@ def test_production_in_two_environments_from_the_cli_the_client_and_the_ui(
     assert page.status_code == 200, page.text
     assert "<dt>Production in eu</dt><dd>v2</dd>" in page.text
     assert "<dt>Production in us</dt><dd>v1</dd>" in page.text
+    assert '<span class="stage production@eu">production@eu</span>' in page.text

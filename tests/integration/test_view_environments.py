@@ -4,9 +4,11 @@ and rebuilt."""
 
 from __future__ import annotations
 
+import dataclasses
 import random
 
 from events.stages import Stage, placement
+from projections.runner import ensure_projection, generations, step
 from projections.views.deployments import PROJECTION as DEPLOYMENTS
 from projections.views.deployments import places
 from projections.views.model_catalogue import CATALOGUE, get_model
@@ -17,6 +19,7 @@ from tests.integration.test_view_versions import assert_view_equals_domain
 from tests.support.database import Database
 from tests.support.registry_history import (
     ENVIRONMENTS,
+    Registry,
     as_of,
     check_rebuild_equals_live,
     random_history,
@@ -89,3 +92,45 @@ async def test_time_travel_with_environments_equals_the_live_views_as_they_were(
         # then a fold of the log up to any of those positions equals the view as it was
         for at, expected, _ in random.Random(3).sample(recorded, 6):
             assert await as_of(reg, projection, at, projection.checksum) == expected
+
+
+async def test_views_of_the_code_before_environments_are_rebuilt_and_replaced(
+    db: Database,
+) -> None:
+    # given a versions view whose live generation has the shape the code before
+    # environments wrote (no environments column, code version 1), and a history with
+    # production per environment in the log
+    reg = await registry(db)
+    await random_history(reg, random.Random(12), 150, weights=REGIONAL_HEAVY)
+    await reg.seal()
+    older = dataclasses.replace(
+        VERSIONS,
+        version=1,
+        tables=[
+            dataclasses.replace(t, columns=t.columns.replace("environments       text[]", "--"))
+            if t.name == "model_versions"
+            else t
+            for t in VERSIONS.tables
+        ],
+    )
+    await ensure_projection(reg.conn, older)
+    assert "environments" not in await _columns(reg, "model_versions")
+
+    # when this code's worker takes over (it starts a rebuild) and runs until nothing moves
+    await ensure_projection(reg.conn, VERSIONS)
+    while await step(reg.conn, VERSIONS):
+        pass
+
+    # then the rebuilt generation, of this code, is live and equals the domain's fold
+    live = [g for g in await generations(reg.conn, VERSIONS.name) if g.status == "live"]
+    assert [g.code_version for g in live] == [VERSIONS.version]
+    assert "environments" in await _columns(reg, "model_versions")
+    assert await assert_view_equals_domain(reg, reg.conn, VERSIONS.view_names()) > 20
+
+
+async def _columns(reg: Registry, view: str) -> set[str]:
+    rows = await reg.conn.fetch(
+        "SELECT attname FROM pg_attribute WHERE attrelid = $1::regclass AND attnum > 0",
+        view,
+    )
+    return {r["attname"] for r in rows}

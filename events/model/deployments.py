@@ -175,8 +175,10 @@ def compare_deployments(state: ModelState) -> tuple[DeploymentDrift, ...]:
                     if deployment.desired_stage == Stage.PRODUCTION
                     else None
                 )
-                in_sync = deployed.stage == deployment.desired_stage and (
-                    not deployed.environment_names() or environment in deployed.environment_names()
+                in_sync = (
+                    desired_version == deployed.number
+                    if deployment.desired_stage == Stage.PRODUCTION
+                    else deployed.stage == deployment.desired_stage
                 )
             else:
                 continue

@@ -516,7 +516,10 @@ SELECT p.model_id, p.environment, p.target, p.live_deployment_id, p.since_time,
                       ORDER BY r.started_position DESC LIMIT 1) f ON true
   LEFT JOIN LATERAL (SELECT v.version FROM {names.deployment_versions} v
                       WHERE v.model_id = p.model_id AND v.stage = 'production'
-                        AND (v.environments = '[]'::jsonb OR v.environments ? p.environment)
+                        AND (v.environments ? p.environment
+                             OR NOT EXISTS (SELECT FROM {names.deployment_versions} w
+                                             WHERE w.model_id = p.model_id AND w.stage = 'production'
+                                               AND w.environments <> '[]'::jsonb))
                       ORDER BY v.version DESC LIMIT 1) prod ON true
   LEFT JOIN {names.deployment_aliases} a
          ON a.model_id = p.model_id

@@ -33,6 +33,7 @@ from events.names import (
     validate_dataset_name,
     validate_finite,
     validate_key,
+    validate_place,
     validate_stage_name,
 )
 from events.stages import DEFAULT_STAGES, INITIAL_STAGE, Stage, StageDefinition, StageName
@@ -41,6 +42,7 @@ MAX_APPROVALS = 10
 MAX_GATES = 20
 MAX_PROTECTED_ALIASES = 100
 MAX_STAGES = 20
+MAX_ENVIRONMENTS = 20
 MIN_REQUEST_TTL_SECONDS = 60
 MAX_REQUEST_TTL_SECONDS = 365 * 24 * 3600
 DEFAULT_REQUEST_TTL_SECONDS = 7 * 24 * 3600
@@ -160,6 +162,11 @@ class GovernancePolicy(msgspec.Struct, frozen=True, kw_only=True):
         found = self.stage(name)
         return found is not None and found.exclusive
 
+    def environments(self, name: StageName) -> tuple[str, ...]:
+        """The environments of stage ``name``; empty for a stage that is not per environment."""
+        found = self.stage(name)
+        return () if found is None else found.environment_names()
+
     def archive_stage(self) -> StageName | None:
         """Where ``ArchiveVersion`` (and MLflow's ``Archived``) goes: ``archived`` if the
         policy defines it as terminal, else its first terminal stage, else nowhere."""
@@ -231,6 +238,40 @@ def require_stage(policy: GovernancePolicy, stage: StageName, field: str) -> Sta
     return stage
 
 
+def require_environment(
+    policy: GovernancePolicy, stage: StageName | None, environment: str | None, field: str
+) -> str | None:
+    """The environment a move into ``stage`` names: one of the stage's environments when it
+    has some (required then), none otherwise. ``ValidationError`` on ``field``."""
+    environments = () if stage is None else policy.environments(stage)
+    if not environments:
+        if environment is not None:
+            raise ValidationError(
+                field,
+                "no_environments",
+                f"stage {stage!r} is not per environment: leave {field} out",
+                stage=stage,
+            )
+        return None
+    if environment is None:
+        raise ValidationError(
+            field,
+            "required",
+            f"stage {stage!r} is per environment: name one of {', '.join(environments)}",
+            environments=list(environments),
+        )
+    if environment not in environments:
+        raise ValidationError(
+            field,
+            "undefined_environment",
+            f"stage {stage!r} has no environment {environment!r}"
+            f" (it has {', '.join(environments)})",
+            environment=environment,
+            environments=list(environments),
+        )
+    return environment
+
+
 def requirement(
     policy: GovernancePolicy,
     source: StageName,
@@ -247,7 +288,16 @@ def requirement(
     approvals = 0
     gates: tuple[MetricGate, ...] = ()
     rules: tuple[str, ...] = ()
-    if target is not None:
+    if target is not None and target == source:
+        # Another environment of the stage the version is in: what the strictest way into
+        # the stage needs, since it changes what serves there.
+        require_stage(policy, target, field)
+        entries = [r for r in policy.transitions if r.to_stage == target]
+        strictest = max(entries, key=lambda r: r.approvals, default=None)
+        if strictest is not None:
+            approvals, gates = strictest.approvals, strictest.gates
+        rules = (f"environment_entry:{target}",)
+    elif target is not None:
         require_stage(policy, target, field)
         rule = policy.transition(source, target)
         if rule is None:
@@ -363,6 +413,7 @@ def _validate_stages(policy: GovernancePolicy, field: str) -> None:
                 "production_is_exclusive",
                 "the stage named production holds one version at a time (rollback relies on it)",
             )
+        _validate_environments(definition, where)
         if definition.demote_to is not None and not definition.exclusive:
             raise ValidationError(
                 f"{where}.demote_to", "exclusive_only", "only an exclusive stage demotes"
@@ -387,6 +438,23 @@ def _validate_stages(policy: GovernancePolicy, field: str) -> None:
                 raise ValidationError(
                     source, "not_production", "demotion must leave the exclusive stage"
                 )
+
+
+def _validate_environments(definition: StageDefinition, where: str) -> None:
+    environments = definition.environment_names()
+    if isinstance(definition.environments, msgspec.UnsetType):
+        return
+    if definition.terminal or not 1 <= len(environments) <= MAX_ENVIRONMENTS:
+        raise ValidationError(
+            f"{where}.environments",
+            "range",
+            f"a non-terminal stage lists between 1 and {MAX_ENVIRONMENTS} environments"
+            " (a terminal stage none)",
+        )
+    for index, environment in enumerate(environments):
+        validate_place(environment, f"{where}.environments[{index}]")
+    if len(set(environments)) != len(environments):
+        raise ValidationError(f"{where}.environments", "unique", "an environment is listed twice")
 
 
 def validate_policy(policy: GovernancePolicy, field: str = "policy") -> None:

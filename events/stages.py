@@ -48,12 +48,22 @@ INITIAL_STAGE = Stage.DEVELOPMENT
 
 class StageDefinition(msgspec.Struct, frozen=True, kw_only=True):
     """One stage of a policy's lifecycle; ``demote_to`` (exclusive stages only) overrides
-    the policy's ``demote_production_to`` for this stage."""
+    the policy's ``demote_production_to`` for this stage.
+
+    ``environments`` (e.g. ``eu``, ``us``) makes the stage per environment: a version may be
+    in it in several environments at once, every move into it names one, and exclusivity
+    holds per environment. Unset (no environments) is left out of the encoded policy, so
+    policies recorded before environments keep their bytes.
+    """
 
     name: StageName
     terminal: bool = False
     exclusive: bool = False
     demote_to: StageName | None = None
+    environments: tuple[str, ...] | msgspec.UnsetType = msgspec.UNSET
+
+    def environment_names(self) -> tuple[str, ...]:
+        return () if isinstance(self.environments, msgspec.UnsetType) else self.environments
 
 
 DEFAULT_STAGES: tuple[StageDefinition, ...] = (
@@ -72,3 +82,8 @@ class TransitionKind(enum.StrEnum):
     DEMOTION = "demotion"  # the previous production version made room for a new one
     ROLLBACK = "rollback"  # the previous production version was re-promoted
     RESTORE = "restore"  # an admin brought an archived version back to development
+
+
+def placement(stage: StageName, environment: str | None) -> str:
+    """How a stage in one environment is shown and keyed: ``production@eu``."""
+    return stage if environment is None else f"{stage}@{environment}"

@@ -177,8 +177,11 @@ async def advance(
     return new_position
 
 
-async def switch_if_caught_up(conn: asyncpg.Connection, projection: Projection) -> bool:
-    """Make a building generation live once it stands where the live one stands."""
+async def switch_if_caught_up(
+    conn: asyncpg.Connection, projection: Projection, *, replacing_stale: bool = False
+) -> bool:
+    """Make a building generation live once it stands where the live one stands (or, when
+    ``replacing_stale``, anywhere past it: a live generation of older code stands still)."""
     async with conn.transaction():
         rows = await conn.fetch(
             "SELECT generation, status, log_position FROM projection_checkpoints"
@@ -187,7 +190,10 @@ async def switch_if_caught_up(conn: asyncpg.Connection, projection: Projection) 
         )
         live = next((r for r in rows if r["status"] == "live"), None)
         building = next((r for r in rows if r["status"] == "building"), None)
-        if live is None or building is None or building["log_position"] != live["log_position"]:
+        if live is None or building is None:
+            return False
+        behind = building["log_position"] < live["log_position"]
+        if behind or (building["log_position"] != live["log_position"] and not replacing_stale):
             return False
         await _point_views(conn, projection, building["generation"])
         # Retire first, then promote: the one-live unique index is checked row by row, so a
@@ -248,10 +254,18 @@ async def advance_generations(
     live = current.get("live")
     if live is None:
         return Progress(0, True)
+    building = current.get("building")
+    if building is not None and live.code_version < projection.version:
+        # The live tables have the shape older code wrote, which this code's fold may not
+        # fit (a new column): they stand still, still answering reads, while the rebuild
+        # runs to the head and replaces them.
+        rebuilt = await advance(conn, projection, building, head=head, batch=rebuild_batch)
+        if rebuilt == head:
+            await switch_if_caught_up(conn, projection, replacing_stale=True)
+        return Progress(rebuilt - building.log_position, rebuilt == head)
     position = await advance(conn, projection, live, head=head, batch=batch, tail=tail)
     moved += position - live.log_position
     caught_up = position == head
-    building = current.get("building")
     if building is not None:
         rebuilt = await advance(conn, projection, building, head=position, batch=rebuild_batch)
         moved += rebuilt - building.log_position

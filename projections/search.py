@@ -111,6 +111,8 @@ class VersionQuery(msgspec.Struct, frozen=True, kw_only=True):
     metrics: tuple[str, ...] = ()
     model_archived: bool | None = None
     deprecated: bool | None = None
+    # Versions in this environment of their stage (e.g. stage=production, environment=eu).
+    environment: str | None = None
     order: str = "-created"
     limit: int = 50
     cursor: str | None = None
@@ -485,6 +487,8 @@ def _version_conditions(sql: _Sql, query: VersionQuery, model_id: str | None) ->
         sql.where.append(f"v.stage = ANY ({sql.p([str(s) for s in query.stages])}::text[])")
     if query.alias is not None:
         sql.where.append(f"v.aliases @> ARRAY[{sql.p(query.alias)}]::text[]")
+    if query.environment is not None:
+        sql.where.append(f"v.environments @> ARRAY[{sql.p(query.environment)}]::text[]")
     if query.model_archived is not None:
         sql.where.append(f"v.model_archived = {sql.p(query.model_archived)}")
     if query.deprecated is not None:

@@ -146,6 +146,7 @@ class TransitionStage(GovernedCommand, frozen=True, kw_only=True):
     comment: str = ""
     metrics: Metrics = msgspec.field(default_factory=_metrics)
     archive_existing: bool = False
+    environment: str | None = None
 
 
 class ArchiveVersion(GovernedCommand, frozen=True, kw_only=True):
@@ -182,6 +183,7 @@ class RequestPromotion(GovernedCommand, frozen=True, kw_only=True):
     alias: str | None = None
     rollback: bool = False
     metrics: Metrics = msgspec.field(default_factory=_metrics)
+    environment: str | None = None
 
 
 class ApprovePromotion(GovernedCommand, frozen=True, kw_only=True):

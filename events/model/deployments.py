@@ -169,10 +169,17 @@ def compare_deployments(state: ModelState) -> tuple[DeploymentDrift, ...]:
                 in_sync = desired_version == deployed.number
             elif deployment.desired_stage is not None:
                 desired = f"stage:{deployment.desired_stage}"
+                # With production per environment, the one in production here.
                 desired_version = (
-                    state.production if deployment.desired_stage == Stage.PRODUCTION else None
+                    state.champion(environment)
+                    if deployment.desired_stage == Stage.PRODUCTION
+                    else None
                 )
-                in_sync = deployed.stage == deployment.desired_stage
+                in_sync = (
+                    desired_version == deployed.number
+                    if deployment.desired_stage == Stage.PRODUCTION
+                    else deployed.stage == deployment.desired_stage
+                )
             else:
                 continue
             drifts.append(

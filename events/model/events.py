@@ -145,6 +145,18 @@ class VersionDeprecated(Event, frozen=True, kw_only=True):
 
 
 class StageTransitioned(Event, frozen=True, kw_only=True):
+    """The version moves from ``from_stage`` to ``to_stage``.
+
+    For a stage with environments (both fields are left out, unset, otherwise, so events
+    recorded before environments keep their bytes):
+
+    * ``environment`` is the environment of ``to_stage`` the version enters; entering a
+      new stage leaves every environment of the old one;
+    * ``from_environment`` is the environment of ``from_stage`` it leaves. With
+      ``from_stage == to_stage`` the version stays in the stage in its other environments
+      (another version took its place there, or it is added to one more environment).
+    """
+
     event_type: ClassVar[str] = "model.stage_transitioned"
     version: int
     from_stage: StageName
@@ -152,6 +164,16 @@ class StageTransitioned(Event, frozen=True, kw_only=True):
     kind: TransitionKind
     comment: str
     request_id: str | None = None
+    environment: str | msgspec.UnsetType = msgspec.UNSET
+    from_environment: str | msgspec.UnsetType = msgspec.UNSET
+
+    def entered_environment(self) -> str | None:
+        return None if isinstance(self.environment, msgspec.UnsetType) else self.environment
+
+    def left_environment(self) -> str | None:
+        return (
+            None if isinstance(self.from_environment, msgspec.UnsetType) else self.from_environment
+        )
 
 
 class AliasRemovalCause(enum.StrEnum):
@@ -196,6 +218,8 @@ class PromotionRequested(Event, frozen=True, kw_only=True):
     expires_at: UtcDateTime
     approvals_required: int
     rollback: bool = False
+    # The environment of ``target_stage`` (stages with environments only; unset otherwise).
+    environment: str | msgspec.UnsetType = msgspec.UNSET
 
 
 class PromotionApproved(Event, frozen=True, kw_only=True):
@@ -241,6 +265,7 @@ class PromotionExecuted(Event, frozen=True, kw_only=True):
     approvals_required: int
     rules: tuple[str, ...]
     gate_results: tuple[GateResult, ...]
+    environment: str | msgspec.UnsetType = msgspec.UNSET
 
 
 # --- deployments (reported by deployment systems) ---------------------------------------

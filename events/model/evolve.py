@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
+import msgspec
 from msgspec.structs import replace
 
 from events.base import Event
@@ -170,8 +171,21 @@ def _version_deprecated(state: ModelState, event: VersionDeprecated) -> ModelSta
 # --- stages and aliases -----------------------------------------------------------------
 
 
+def _placed(version: VersionState, event: StageTransitioned) -> VersionState:
+    entered, left = event.entered_environment(), event.left_environment()
+    if event.from_stage != event.to_stage or version.stage != event.to_stage:
+        placed = msgspec.UNSET if entered is None else (entered,)
+        return replace(version, stage=event.to_stage, environments=placed)
+    environments = {*version.environment_names(), *(() if entered is None else (entered,))}
+    environments.discard(left or "")
+    return replace(version, environments=tuple(sorted(environments)) or msgspec.UNSET)
+
+
 def _stage_transitioned(state: ModelState, event: StageTransitioned) -> ModelState:
-    state = _with_version(state, replace(state.version(event.version), stage=event.to_stage))
+    state = _with_version(state, _placed(state.version(event.version), event))
+    if event.from_stage == event.to_stage and event.entered_environment() is None:
+        # It left one environment and stays in the stage in the others.
+        return state
     if event.to_stage == Stage.PRODUCTION:
         previous = state.previous_production
         if state.last_production != event.version:
@@ -183,7 +197,9 @@ def _stage_transitioned(state: ModelState, event: StageTransitioned) -> ModelSta
             previous_production=previous,
         )
     if state.production == event.version:
-        return replace(state, production=None)
+        # Still in production elsewhere: with environments, another version may hold it.
+        remaining = state.in_stage(Stage.PRODUCTION)
+        return replace(state, production=remaining[-1] if remaining else None)
     return state
 
 
@@ -224,6 +240,7 @@ def _promotion_requested(state: ModelState, event: PromotionRequested) -> ModelS
         requested_by=event.requested_by,
         expires_at=event.expires_at,
         rollback=event.rollback,
+        environment=event.environment,
     )
     return replace(state, requests={**state.requests, event.request_id: request})
 

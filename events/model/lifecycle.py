@@ -24,6 +24,8 @@ a rule either.
 
 from __future__ import annotations
 
+import msgspec
+
 from events.errors import (
     InvalidTransitionError,
     NotFoundError,
@@ -52,10 +54,11 @@ from events.policy import (
     GovernancePolicy,
     Requirement,
     check_gates,
+    require_environment,
     require_stage,
     requirement,
 )
-from events.stages import Stage, StageName, TransitionKind
+from events.stages import Stage, StageName, TransitionKind, placement
 
 
 def _archive_aliases(
@@ -95,6 +98,9 @@ def _stage_change(
     comment: str,
     request_id: str | None,
     moved_aliases: set[str],
+    *,
+    environment: str | None = None,
+    from_environment: str | None = None,
 ) -> list[ModelEvent]:
     removed = (
         _archive_aliases(policy, version, moved_aliases, comment, request_id)
@@ -110,6 +116,8 @@ def _stage_change(
             kind=kind,
             comment=comment,
             request_id=request_id,
+            environment=msgspec.UNSET if environment is None else environment,
+            from_environment=msgspec.UNSET if from_environment is None else from_environment,
         ),
     ]
 
@@ -124,8 +132,10 @@ def move(
     kind: TransitionKind,
     comment: str,
     request_id: str | None = None,
+    environment: str | None = None,
 ) -> list[ModelEvent]:
-    """The events that put ``version`` in ``stage`` and/or under ``alias``; rules already checked."""
+    """The events that put ``version`` in ``stage`` (in ``environment``, for a stage with
+    environments) and/or under ``alias``; rules already checked."""
     events: list[ModelEvent] = []
     moved: set[str] = set()
     if alias is not None and state.aliases.get(alias) != version.number:
@@ -151,22 +161,43 @@ def move(
                 )
             )
             moved.add(followed)
-    if stage is None or stage == version.stage:
+    if stage is None or (
+        stage == version.stage
+        and (environment is None or environment in version.environment_names())
+    ):
         return events
     if policy.is_exclusive(stage):
-        for number in state.in_stage(stage):
+        for number in state.in_stage(stage, environment):
             if number == version.number:
+                continue
+            other = state.version(number)
+            if environment is not None and len(other.environment_names()) > 1:
+                # Exclusivity is per environment: it leaves this one and keeps the others.
+                events.append(
+                    StageTransitioned(
+                        version=number,
+                        from_stage=stage,
+                        to_stage=stage,
+                        kind=TransitionKind.DEMOTION,
+                        comment=comment,
+                        request_id=request_id,
+                        from_environment=environment,
+                    )
+                )
                 continue
             events += _stage_change(
                 policy,
-                state.version(number),
+                other,
                 policy.demotion_target(stage),
                 TransitionKind.DEMOTION,
                 comment,
                 request_id,
                 moved,
+                from_environment=environment,
             )
-    events += _stage_change(policy, version, stage, kind, comment, request_id, moved)
+    events += _stage_change(
+        policy, version, stage, kind, comment, request_id, moved, environment=environment
+    )
     return events
 
 
@@ -180,9 +211,17 @@ def transition_stage(command: TransitionStage, state: ModelState) -> list[ModelE
             command.to_stage,
             command.comment,
             command.metrics,
+            command.environment,
         )
     policy = state.effective_policy(command.registry_policy)
     require_stage(policy, command.to_stage, "to_stage")
+    if policy.environments(command.to_stage):
+        raise ValidationError(
+            "archive_existing",
+            "per_environment",
+            f"stage {command.to_stage} is per environment: moving a version into an environment"
+            " already moves the one there out",
+        )
     if policy.is_terminal(command.to_stage) or command.to_stage == policy.initial():
         raise ValidationError(
             "archive_existing",
@@ -201,6 +240,7 @@ def transition_stage(command: TransitionStage, state: ModelState) -> list[ModelE
             command.to_stage,
             command.comment,
             command.metrics,
+            None,
         )
     )
     return moved + _archive_others(state, command)
@@ -247,7 +287,13 @@ def archive_version(command: ArchiveVersion, state: ModelState) -> list[ModelEve
     validate_comment(command.reason, "reason", required=True)
     policy = state.effective_policy(command.registry_policy)
     return _direct_transition(
-        state, command.registry_policy, command.version, _archive_stage(policy), command.reason, {}
+        state,
+        command.registry_policy,
+        command.version,
+        _archive_stage(policy),
+        command.reason,
+        {},
+        None,
     )
 
 
@@ -258,13 +304,18 @@ def _direct_transition(
     to_stage: StageName,
     comment: str,
     metrics: dict[int, dict[str, dict[str, float]]],
+    environment: str | None,
 ) -> list[ModelEvent]:
     validate_comment(comment)
     policy = state.effective_policy(registry_policy)
     require_stage(policy, to_stage, "to_stage")
+    require_environment(policy, to_stage, environment, "environment")
     version = state.version(number)
-    if version.stage == to_stage:
-        raise InvalidTransitionError(f"version {number} is already in {to_stage}", version=number)
+    if version.stage == to_stage and (
+        environment is None or environment in version.environment_names()
+    ):
+        where = placement(to_stage, environment)
+        raise InvalidTransitionError(f"version {number} is already in {where}", version=number)
     if policy.is_terminal(version.stage):
         raise InvalidTransitionError(
             f"version {number} is {version.stage}; only an admin restore brings it back",
@@ -287,7 +338,7 @@ def _direct_transition(
             f"{version.stage} -> {to_stage} needs {needed.approvals} approval(s): request a promotion",
             approvals=needed.approvals,
         )
-    check_gates(needed.gates, number, state.production, metrics)
+    check_gates(needed.gates, number, state.champion(environment), metrics)
     return move(
         state,
         policy,
@@ -296,6 +347,7 @@ def _direct_transition(
         alias=None,
         kind=TransitionKind.DIRECT,
         comment=comment,
+        environment=environment,
     )
 
 
@@ -336,6 +388,18 @@ def rollback_version(state: ModelState) -> VersionState:
     return version
 
 
+def require_single_production(policy: GovernancePolicy) -> None:
+    """A rollback swaps the one production version for the one before it; with production
+    per environment there is no single one to swap."""
+    if policy.environments(Stage.PRODUCTION):
+        raise ValidationError(
+            "rollback",
+            "per_environment",
+            "production is per environment: move the previous version back with"
+            " a transition (or a promotion request) that names the environment",
+        )
+
+
 def rollback_requirement(state: ModelState, policy: GovernancePolicy) -> Requirement:
     """What a rollback needs: the policy's rollback rule (by default, what a promotion to
     production needs) and the rule of every protected alias that would follow it."""
@@ -352,8 +416,9 @@ def rollback_requirement(state: ModelState, policy: GovernancePolicy) -> Require
 def roll_back_production(command: Rollback, state: ModelState) -> list[ModelEvent]:
     require_active(state)
     validate_comment(command.reason, "reason", required=True)
-    version = rollback_version(state)
     policy = state.effective_policy(command.registry_policy)
+    require_single_production(policy)
+    version = rollback_version(state)
     require_stage(policy, Stage.PRODUCTION, "rollback")
     needed = rollback_requirement(state, policy)
     if needed.approvals > 0:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+import msgspec
 from msgspec.structs import replace
 
 from events.base import utc
@@ -55,17 +56,23 @@ from events.model.guards import (
     require_live_version,
     require_registered,
 )
-from events.model.lifecycle import move, rollback_requirement, rollback_version
+from events.model.lifecycle import (
+    move,
+    require_single_production,
+    rollback_requirement,
+    rollback_version,
+)
 from events.model.state import ModelState, RequestState, RequestStatus, VersionState
 from events.names import validate_alias, validate_comment, validate_id
 from events.policy import (
     GovernancePolicy,
     Requirement,
     check_gates,
+    require_environment,
     require_stage,
     requirement,
 )
-from events.stages import Stage, TransitionKind
+from events.stages import Stage, TransitionKind, placement
 
 
 def _requirement(
@@ -83,6 +90,7 @@ def _requirement(
         return version, rollback_requirement(state, policy)
     if request.target_stage is not None:
         require_stage(policy, request.target_stage, "target_stage")
+    require_environment(policy, request.target_stage, request.environment_name(), "environment")
     if request.target_stage is not None and policy.is_terminal(request.target_stage):
         # archiving a deprecated version is fine
         version = state.version(request.version)
@@ -92,9 +100,17 @@ def _requirement(
             )
     else:
         version = require_live_version(state, request.version, "promoted", policy)
-    if request.target_stage is not None and request.target_stage == version.stage:
+    if (
+        request.target_stage is not None
+        and request.target_stage == version.stage
+        and (
+            request.environment_name() is None
+            or request.environment_name() in version.environment_names()
+        )
+    ):
+        where = placement(version.stage, request.environment_name())
         raise InvalidTransitionError(
-            f"version {version.number} is already in {version.stage}", version=version.number
+            f"version {version.number} is already in {where}", version=version.number
         )
     return version, requirement(
         policy, version.stage, request.target_stage, request.alias, "target_stage"
@@ -123,7 +139,12 @@ def _execute(
     results = (
         ()
         if request.rollback
-        else check_gates(needed.gates, version.number, state.production, metrics)
+        else check_gates(
+            needed.gates,
+            version.number,
+            state.champion(request.environment_name()),
+            metrics,
+        )
     )
     executed = PromotionExecuted(
         request_id=request.request_id,
@@ -135,6 +156,7 @@ def _execute(
         approvals_required=needed.approvals,
         rules=needed.rules,
         gate_results=results,
+        environment=request.environment,
     )
     return [executed, *_moves(state, policy, request, version, comment)]
 
@@ -155,6 +177,7 @@ def _moves(
         kind=TransitionKind.ROLLBACK if request.rollback else TransitionKind.PROMOTION,
         comment=comment or request.justification,
         request_id=request.request_id,
+        environment=request.environment_name(),
     )
 
 
@@ -196,14 +219,23 @@ def request_promotion(command: RequestPromotion, state: ModelState) -> list[Mode
         requested_by=command.actor,
         expires_at=now + timedelta(seconds=policy.request_ttl_seconds),
         rollback=command.rollback,
+        environment=msgspec.UNSET if command.environment is None else command.environment,
     )
+    require_environment(policy, target_stage, command.environment, "environment")
+    if command.rollback:
+        require_single_production(policy)
     version, needed = _requirement(state, policy, request)
     if target_stage is None and state.aliases.get(command.alias or "") == version.number:
         raise InvalidTransitionError(
             f"alias {command.alias!r} already points at version {version.number}"
         )
     if not command.rollback:
-        check_gates(needed.gates, version.number, state.production, command.metrics)
+        check_gates(
+            needed.gates,
+            version.number,
+            state.champion(command.environment),
+            command.metrics,
+        )
     requested = PromotionRequested(
         request_id=request.request_id,
         version=request.version,
@@ -214,6 +246,7 @@ def request_promotion(command: RequestPromotion, state: ModelState) -> list[Mode
         expires_at=request.expires_at,
         approvals_required=needed.approvals,
         rollback=request.rollback,
+        environment=request.environment,
     )
     if needed.approvals > 0:
         # Fail fast on what the move itself refuses (e.g. dropping a protected alias), so

@@ -58,7 +58,7 @@ from events.names import (
     validate_tags,
 )
 from events.policy import GovernancePolicy, validate_policy
-from events.stages import INITIAL_STAGE
+from events.stages import INITIAL_STAGE, placement
 from events.version_content import content_digest, validate_content
 
 
@@ -158,7 +158,8 @@ def restore_model(command: RestoreModel, state: ModelState) -> list[ModelEvent]:
 
 
 def require_stages_kept(state: ModelState, policy: GovernancePolicy, field: str) -> None:
-    """A policy may not strand a version: every version's stage must stay defined."""
+    """A policy may not strand a version: every version's stage must stay defined, with
+    every environment of it the version is in."""
     for number, version in sorted(state.versions.items()):
         if not policy.defines(version.stage):
             raise PolicyViolationError(
@@ -169,6 +170,18 @@ def require_stages_kept(state: ModelState, policy: GovernancePolicy, field: str)
                 stage=version.stage,
                 version=number,
             )
+        for environment in version.environment_names():
+            if environment not in policy.environments(version.stage):
+                raise PolicyViolationError(
+                    "environment_in_use",
+                    f"version {number} is in {placement(version.stage, environment)}, an"
+                    f" environment the new policy's stage {version.stage!r} does not list: move"
+                    f" it out of {environment!r} first, or keep the environment",
+                    field=field,
+                    stage=version.stage,
+                    environment=environment,
+                    version=number,
+                )
 
 
 def set_model_policy(command: SetModelPolicy, state: ModelState) -> list[ModelEvent]:

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 from events.base import Event
 from events.model.events import AliasRemovalCause, AliasRemoved, AliasSet, StageTransitioned
-from events.stages import TransitionKind
+from events.stages import TransitionKind, placement
 
 
 def side_effects(events: Sequence[Event]) -> list[str]:
@@ -23,8 +23,12 @@ def side_effects(events: Sequence[Event]) -> list[str]:
     described: list[str] = []
     for event in events:
         if isinstance(event, StageTransitioned) and event.kind == TransitionKind.DEMOTION:
+            source = placement(event.from_stage, event.left_environment())
             described.append(
-                f"version {event.version}: {event.from_stage} -> {event.to_stage} (demoted)"
+                f"version {event.version}: {source} -> {event.to_stage} (demoted)"
+                if event.from_stage != event.to_stage
+                else f"version {event.version}: out of {source}, still in"
+                f" {event.to_stage} elsewhere (demoted)"
             )
         elif isinstance(event, AliasRemoved) and event.cause == AliasRemovalCause.VERSION_ARCHIVED:
             described.append(

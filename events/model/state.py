@@ -16,7 +16,7 @@ import msgspec
 from events.base import UtcDateTime
 from events.errors import NotFoundError
 from events.policy import GovernancePolicy
-from events.stages import INITIAL_STAGE, StageName
+from events.stages import INITIAL_STAGE, Stage, StageName
 from events.version_content import VersionContent
 
 
@@ -31,6 +31,12 @@ class VersionState(msgspec.Struct, frozen=True, kw_only=True):
     deprecated: bool = False
     deprecation_reason: str = ""
     aliases: tuple[str, ...] = ()
+    # The environments of ``stage`` it is in (sorted), for a stage with environments; unset
+    # otherwise, so states folded before environments keep their encoded bytes.
+    environments: tuple[str, ...] | msgspec.UnsetType = msgspec.UNSET
+
+    def environment_names(self) -> tuple[str, ...]:
+        return () if isinstance(self.environments, msgspec.UnsetType) else self.environments
 
 
 class RequestStatus(enum.StrEnum):
@@ -50,8 +56,12 @@ class RequestState(msgspec.Struct, frozen=True, kw_only=True):
     requested_by: str
     expires_at: UtcDateTime
     rollback: bool = False
+    environment: str | msgspec.UnsetType = msgspec.UNSET
     status: RequestStatus = RequestStatus.PENDING
     approvals: tuple[str, ...] = ()
+
+    def environment_name(self) -> str | None:
+        return None if isinstance(self.environment, msgspec.UnsetType) else self.environment
 
 
 class DeploymentStatus(enum.StrEnum):
@@ -108,9 +118,25 @@ class ModelState(msgspec.Struct, frozen=True, kw_only=True):
             raise NotFoundError(f"model {self.name!r} has no version {number}", version=number)
         return found
 
-    def in_stage(self, stage: StageName) -> tuple[int, ...]:
-        """The versions in ``stage``, oldest first (exclusive stages hold at most one)."""
-        return tuple(n for n, v in sorted(self.versions.items()) if v.stage == stage)
+    def in_stage(self, stage: StageName, environment: str | None = None) -> tuple[int, ...]:
+        """The versions in ``stage`` (in ``environment`` if named), oldest first (an
+        exclusive stage holds at most one per environment)."""
+        return tuple(
+            n
+            for n, v in sorted(self.versions.items())
+            if v.stage == stage and (environment is None or environment in v.environment_names())
+        )
+
+    def champion(self, environment: str | None) -> int | None:
+        """The production version metric gates compare against: in ``environment`` when
+        the move names one and production is per environment."""
+        if environment is not None:
+            holders = self.in_stage(Stage.PRODUCTION, environment)
+            if holders or any(
+                self.version(n).environment_names() for n in self.in_stage(Stage.PRODUCTION)
+            ):
+                return holders[-1] if holders else None
+        return self.production
 
     def rollback_target(self) -> int | None:
         """The version that was in production before the current one (or the last one, if none is)."""

@@ -72,6 +72,7 @@ TABLES = [
         decision_comment   text,
         executed_approvers text[],
         rules              text[],
+        environment        text,
         PRIMARY KEY (model_id, request_id)
         """,
         key=("model_id", "request_id"),
@@ -150,6 +151,8 @@ class ApprovalRequest(msgspec.Struct, frozen=True, kw_only=True):
     executed_approvers: list[str] | None
     rules: list[str] | None
     votes: list[Vote] = msgspec.field(default_factory=list)
+    # The environment of ``target_stage``, for a stage with environments.
+    environment: str | None = None
 
 
 # --- the fold ----------------------------------------------------------------------------
@@ -175,6 +178,7 @@ _REQUEST_COLUMNS = (
     "decision_comment",
     "executed_approvers",
     "rules",
+    "environment",
 )
 
 
@@ -201,6 +205,7 @@ class RequestRow(msgspec.Struct, frozen=True, kw_only=True):
     decision_comment: str | None = None
     executed_approvers: tuple[str, ...] | None = None
     rules: tuple[str, ...] | None = None
+    environment: str | None = None
 
 
 # An approval_votes row: (model_id, request_id, log_position) -> (actor, vote, comment, at).
@@ -300,6 +305,7 @@ def _requested(model_id: str, event: PromotionRequested, logged: LoggedEvent) ->
         approvals_required=event.approvals_required,
         approvals=(),
         status="pending",
+        environment=None if isinstance(event.environment, msgspec.UnsetType) else event.environment,
     )
 
 
@@ -430,7 +436,8 @@ async def write(
 
 PROJECTION = Projection(
     name="approvals",
-    version=1,
+    # 2: the environment a request names (``approval_requests.environment``).
+    version=2,
     tables=TABLES,
     handles=frozenset(
         {

@@ -67,7 +67,7 @@ from events.model.events import (
     VersionTagsSet,
 )
 from events.registry_policy import RegistryPolicySet
-from events.stages import TransitionKind
+from events.stages import TransitionKind, placement
 from events.streams import ACCESS_TYPE, TOKEN_TYPE, model_id_or_none
 from projections.base import Fold, Names, Projection, Table, changed
 
@@ -169,8 +169,10 @@ def _stage_kind(kind: TransitionKind, request_id: str | None) -> str:
     return f" ({', '.join(parts)})" if parts else ""
 
 
-def _target(stage: object, alias: str | None) -> str:
+def _target(stage: object, alias: str | None, environment: object = msgspec.UNSET) -> str:
     parts = [str(stage)] if stage is not None else []
+    if parts and isinstance(environment, str):
+        parts = [placement(parts[0], environment)]
     if alias is not None:
         parts.append(f"alias {alias}")
     return " + ".join(parts)
@@ -295,11 +297,15 @@ def _version_deprecated(actor: str, event: VersionDeprecated) -> Description:
 @_describes(StageTransitioned)
 def _stage_transitioned(actor: str, event: StageTransitioned) -> Description:
     how = _stage_kind(event.kind, event.request_id)
-    return (
-        f"{actor} moved v{event.version} {event.from_stage} → {event.to_stage}{how}",
-        event.comment,
-        event.version,
-    )
+    entered, left = event.entered_environment(), event.left_environment()
+    source, target = placement(event.from_stage, left), placement(event.to_stage, entered)
+    if event.from_stage == event.to_stage and entered is None:
+        moved = f"out of {source} (still in {event.to_stage} elsewhere)"
+    elif event.from_stage == event.to_stage:
+        moved = f"into {target} too"
+    else:
+        moved = f"{source} → {target}"
+    return f"{actor} moved v{event.version} {moved}{how}", event.comment, event.version
 
 
 @_describes(AliasSet)
@@ -327,7 +333,8 @@ def _promotion_requested(actor: str, event: PromotionRequested) -> Description:
     what = "rollback to" if event.rollback else "promotion of"
     needs = f"{event.approvals_required} approval(s) needed"
     return (
-        f"{actor} requested {what} v{event.version} to {_target(event.target_stage, event.alias)}"
+        f"{actor} requested {what} v{event.version} to"
+        f" {_target(event.target_stage, event.alias, event.environment)}"
         f" ({needs}; request {event.request_id})",
         event.justification,
         event.version,
@@ -359,7 +366,7 @@ def _promotion_executed(actor: str, event: PromotionExecuted) -> Description:
     by = ", ".join(event.approved_by) or "no approval needed"
     return (
         f"request {event.request_id} executed: v{event.version} {event.from_stage} →"
-        f" {_target(event.target_stage, event.alias)} (approved by {by})",
+        f" {_target(event.target_stage, event.alias, event.environment)} (approved by {by})",
         "",
         event.version,
     )

@@ -9,7 +9,8 @@ one that succeeded, unless rolled back, as ``events.model.state`` folds it) plus
 deployment still in flight. *Desired* is what the live deployment follows (a stage or an
 alias, from its ``model.deployment_started``; with nothing live, what the latest
 deployment followed) resolved against the registry now: the version under that alias, or
-for ``production`` the production version. For another stage, several versions may share
+for ``production`` the production version (with production per environment, the one in
+production in the place's environment: drift compares per environment). For another stage, several versions may share
 it, so the place is in sync while the deployed version is still in that stage. This is
 ``events.model.deployments.compare_deployments``, extended to places with nothing live.
 
@@ -93,7 +94,7 @@ TABLES = [
     Table(
         "deployment_versions",
         "model_id text NOT NULL, version int NOT NULL, stage text NOT NULL,"
-        " PRIMARY KEY (model_id, version)",
+        " environments jsonb NOT NULL, PRIMARY KEY (model_id, version)",
         key=("model_id", "version"),
         indexes=["CREATE INDEX {name}_stage ON {table} (model_id, stage)"],
     ),
@@ -179,7 +180,8 @@ class DeploymentRows:
 
     runs: dict[RunKey, Run] = field(default_factory=dict)
     places: dict[PlaceKey, PlaceRow] = field(default_factory=dict)
-    stages: dict[tuple[str, int], str] = field(default_factory=dict)
+    # Each version's stage and the environments of it the version is in.
+    stages: dict[tuple[str, int], tuple[str, tuple[str, ...]]] = field(default_factory=dict)
     aliases: dict[tuple[str, str], int | None] = field(default_factory=dict)
 
 
@@ -196,9 +198,11 @@ def evolve(rows: DeploymentRows, events: Sequence[LoggedEvent]) -> DeploymentRow
         model_id = model_id_of(logged.stream_id)
         match event:
             case VersionRegistered():
-                new.stages[(model_id, event.version)] = event.initial_stage()
+                new.stages[(model_id, event.version)] = (event.initial_stage(), ())
             case StageTransitioned():
-                new.stages[(model_id, event.version)] = str(event.to_stage)
+                new.stages[(model_id, event.version)] = _placed(
+                    new.stages.get((model_id, event.version)), event
+                )
             case AliasSet():
                 new.aliases[(model_id, event.alias)] = event.version
             case AliasRemoved():
@@ -210,6 +214,21 @@ def evolve(rows: DeploymentRows, events: Sequence[LoggedEvent]) -> DeploymentRow
             case _:
                 pass
     return new
+
+
+def _placed(
+    before: tuple[str, tuple[str, ...]] | None, event: StageTransitioned
+) -> tuple[str, tuple[str, ...]]:
+    """Where the version is after ``event`` (the rule of ``events.model.evolve``). A batch
+    that moves a version within its stage without knowing where it was (the write keeps
+    its stored row) cannot happen: ``load`` reads the stored placement of every version
+    the batch moves."""
+    entered, left = event.entered_environment(), event.left_environment()
+    if before is None or event.from_stage != event.to_stage or before[0] != event.to_stage:
+        return (str(event.to_stage), () if entered is None else (entered,))
+    environments = {*before[1], *(() if entered is None else (entered,))}
+    environments.discard(left or "")
+    return (str(event.to_stage), tuple(sorted(environments)))
 
 
 def _started(
@@ -311,8 +330,14 @@ async def load(
     """The runs the batch reports on, and the places of those and of the runs it starts."""
     reported: set[RunKey] = set()
     places: set[PlaceKey] = set()
+    moved: set[tuple[str, int]] = set()
     for logged in events:
-        if logged.event_type == DeploymentStarted.event_type:
+        if logged.event_type == StageTransitioned.event_type:
+            transition = CODEC.decode(logged.envelope)
+            assert isinstance(transition, StageTransitioned)
+            if transition.from_stage == transition.to_stage:
+                moved.add((model_id_of(logged.stream_id), transition.version))
+        elif logged.event_type == DeploymentStarted.event_type:
             started = CODEC.decode(logged.envelope)
             assert isinstance(started, DeploymentStarted)
             places.add((model_id_of(logged.stream_id), started.environment, started.target))
@@ -328,7 +353,25 @@ async def load(
         conn, names.deployment_places, PlaceRow, ("model_id", "environment", "target"), places
     ):
         rows.places[(p.model_id, p.environment, p.target)] = p
+    if moved:
+        ordered = sorted(moved)
+        for placed in await conn.fetch(
+            f"SELECT t.model_id, t.version, t.stage, t.environments::text AS environments"
+            f" FROM {names.deployment_versions} t"
+            " JOIN unnest($1::text[], $2::int[]) AS k(model_id, version)"
+            " ON t.model_id = k.model_id AND t.version = k.version",
+            [m for m, _ in ordered],
+            [v for _, v in ordered],
+        ):
+            rows.stages[(placed["model_id"], placed["version"])] = (
+                placed["stage"],
+                tuple(_environments.decode(placed["environments"])),
+            )
     return rows
+
+
+_environments = msgspec.json.Decoder(list[str])
+_encode = msgspec.json.Encoder().encode
 
 
 RowT = TypeVar("RowT", Run, PlaceRow)
@@ -360,9 +403,12 @@ async def write(
     await upsert(
         conn,
         names.deployment_versions,
-        (("model_id", "text"), ("version", "int"), ("stage", "text")),
+        (("model_id", "text"), ("version", "int"), ("stage", "text"), ("environments", "jsonb")),
         2,
-        [(*k, stage) for k, stage in changed(loaded.stages, evolved.stages).items()],
+        [
+            (*k, stage, _encode(list(environments)).decode())
+            for k, (stage, environments) in changed(loaded.stages, evolved.stages).items()
+        ],
     )
     aliases = changed(loaded.aliases, evolved.aliases)
     removed = [k for k, version in aliases.items() if version is None]
@@ -428,7 +474,8 @@ _PLACE_COLUMNS = (
 
 PROJECTION = Projection(
     name="deployments",
-    version=1,
+    # 2: production per environment (``deployment_versions.environments``).
+    version=2,
     tables=TABLES,
     handles=frozenset(
         {
@@ -468,7 +515,12 @@ SELECT p.model_id, p.environment, p.target, p.live_deployment_id, p.since_time,
                         AND r.status = 'started'
                       ORDER BY r.started_position DESC LIMIT 1) f ON true
   LEFT JOIN LATERAL (SELECT v.version FROM {names.deployment_versions} v
-                      WHERE v.model_id = p.model_id AND v.stage = 'production' LIMIT 1) prod ON true
+                      WHERE v.model_id = p.model_id AND v.stage = 'production'
+                        AND (v.environments ? p.environment
+                             OR NOT EXISTS (SELECT FROM {names.deployment_versions} w
+                                             WHERE w.model_id = p.model_id AND w.stage = 'production'
+                                               AND w.environments <> '[]'::jsonb))
+                      ORDER BY v.version DESC LIMIT 1) prod ON true
   LEFT JOIN {names.deployment_aliases} a
          ON a.model_id = p.model_id
         AND a.alias = coalesce(l.desired_alias, CASE WHEN l.deployment_id IS NULL THEN last.desired_alias END)

@@ -53,7 +53,7 @@ from events.model.events import (
     StageTransitioned,
     VersionRegistered,
 )
-from events.stages import Stage
+from events.stages import Stage, placement
 from events.streams import model_id_of
 from projections.base import Fold, Names, Projection, Table, changed, upsert
 
@@ -100,7 +100,7 @@ TABLES = [
     Table(
         "model_catalogue_stages",
         'model_id text COLLATE "C" NOT NULL, version int NOT NULL, stage text NOT NULL,'
-        " PRIMARY KEY (model_id, version)",
+        " environments jsonb NOT NULL, PRIMARY KEY (model_id, version)",
         key=("model_id", "version"),
         indexes=["CREATE INDEX {name}_stage ON {table} (model_id, stage, version)"],
     ),
@@ -111,7 +111,8 @@ class ModelRow(msgspec.Struct, frozen=True, kw_only=True):
     """A registered model as the catalogue shows it.
 
     ``stages`` maps every stage to the highest version number in it (None: no version);
-    ``stage_counts`` maps every stage to how many versions are in it; ``aliases`` maps
+    ``stage_counts`` maps every stage to how many versions are in it; a stage with
+    environments also has a key per environment it holds a version in (``production@eu``); ``aliases`` maps
     each alias to its version. ``latest_version`` is the highest number ever registered.
     """
 
@@ -135,6 +136,11 @@ def _empty_stages() -> dict[str, int | None]:
     return dict.fromkeys(STAGES, None)
 
 
+# A version's stage and the environments of it the version is in (sorted; () for a stage
+# without environments).
+Placed = tuple[str, tuple[str, ...]]
+
+
 @dataclass(frozen=True, slots=True)
 class CatalogueRows:
     """The catalogue rows of the models a batch touches.
@@ -146,7 +152,7 @@ class CatalogueRows:
 
     models: dict[str, ModelRow] = field(default_factory=dict)
     named_at: dict[str, int] = field(default_factory=dict)
-    stages: dict[tuple[str, int], str] = field(default_factory=dict)
+    stages: dict[tuple[str, int], Placed] = field(default_factory=dict)
     deleted: frozenset[str] = frozenset()  # models the batch deleted: their rows go
 
 
@@ -174,7 +180,9 @@ def evolve(rows: CatalogueRows, events: Sequence[LoggedEvent]) -> CatalogueRows:
         if isinstance(event, ModelRegistered | ModelRenamed):
             named_at[model_id] = logged.log_position
         elif isinstance(event, VersionRegistered | StageTransitioned):
-            stages[(model_id, event.version)] = _stage_after(event)
+            stages[(model_id, event.version)] = _stage_after(
+                event, stages.get((model_id, event.version))
+            )
             restaged.add(model_id)
     for model_id, (latest, counts) in _stage_summaries(stages, restaged).items():
         if model_id in models:
@@ -235,20 +243,30 @@ def evolve_row(row: ModelRow | None, event: Event, logged: LoggedEvent) -> Model
             return row
 
 
-def _stage_after(event: VersionRegistered | StageTransitioned) -> str:
-    return event.initial_stage() if isinstance(event, VersionRegistered) else event.to_stage
+def _stage_after(event: VersionRegistered | StageTransitioned, before: Placed | None) -> Placed:
+    """Where the version is after ``event`` (the rule of ``events.model.evolve``)."""
+    if isinstance(event, VersionRegistered):
+        return (event.initial_stage(), ())
+    entered, left = event.entered_environment(), event.left_environment()
+    if before is None or event.from_stage != event.to_stage or before[0] != event.to_stage:
+        return (event.to_stage, () if entered is None else (entered,))
+    environments = {*before[1], *(() if entered is None else (entered,))}
+    environments.discard(left or "")
+    return (event.to_stage, tuple(sorted(environments)))
 
 
 def _stage_summaries(
-    stages: dict[tuple[str, int], str], model_ids: set[str]
+    stages: dict[tuple[str, int], Placed], model_ids: set[str]
 ) -> dict[str, tuple[dict[str, int | None], dict[str, int]]]:
-    """Per model: the highest version in each stage and how many versions each stage holds."""
+    """Per model: the highest version in each stage (and each stage@environment) and how
+    many versions each holds."""
     summaries = {m: (_empty_stages(), dict.fromkeys(STAGES, 0)) for m in sorted(model_ids)}
-    for (model_id, version), stage in stages.items():
+    for (model_id, version), (stage, environments) in stages.items():
         if model_id in summaries:
             latest, counts = summaries[model_id]
-            latest[stage] = max(latest.get(stage) or 0, version)
-            counts[stage] = counts.get(stage, 0) + 1
+            for key in (stage, *(placement(stage, e) for e in environments)):
+                latest[key] = max(latest.get(key) or 0, version)
+                counts[key] = counts.get(key, 0) + 1
     return summaries
 
 
@@ -333,11 +351,14 @@ async def load(
         rows.named_at[record["model_id"]] = record["named_at"]
     if restaged:
         for record in await conn.fetch(
-            f"SELECT model_id, version, stage FROM {names.model_catalogue_stages}"
-            " WHERE model_id = ANY ($1::text[])",
+            f"SELECT model_id, version, stage, environments::text AS environments"
+            f" FROM {names.model_catalogue_stages} WHERE model_id = ANY ($1::text[])",
             restaged,
         ):
-            rows.stages[(record["model_id"], record["version"])] = record["stage"]
+            rows.stages[(record["model_id"], record["version"])] = (
+                record["stage"],
+                tuple(_environments.decode(record["environments"])),
+            )
     return rows
 
 
@@ -351,9 +372,9 @@ async def write(
     await upsert(
         conn,
         names.model_catalogue_stages,
-        (("model_id", "text"), ("version", "int"), ("stage", "text")),
+        (("model_id", "text"), ("version", "int"), ("stage", "text"), ("environments", "jsonb")),
         2,
-        [(m, v, stage) for (m, v), stage in stages.items()],
+        [(m, v, stage, _encode(list(envs)).decode()) for (m, v), (stage, envs) in stages.items()],
     )
     gone = sorted(evolved.deleted - loaded.deleted)
     if gone:
@@ -416,9 +437,12 @@ _ROW_COLUMNS = (
 )
 
 
+_environments = msgspec.json.Decoder(list[str])
+
 CATALOGUE = Projection(
     name="model_catalogue",
-    version=1,
+    # 2: stages per environment (``model_catalogue_stages.environments``).
+    version=2,
     tables=TABLES,
     handles=frozenset(t.event_type for t in MODEL_EVENT_TYPES),
     fold=Fold(load=load, evolve=evolve, write=write),

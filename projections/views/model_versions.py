@@ -81,6 +81,7 @@ TABLES = [
         stage              text             NOT NULL,
         stage_since        timestamptz      NOT NULL,
         aliases            text[]           NOT NULL,
+        environments       text[]           NOT NULL,
         description        text             NOT NULL,
         tags               jsonb            NOT NULL,
         content            json             NOT NULL,
@@ -202,6 +203,8 @@ class VersionRow(msgspec.Struct, frozen=True, kw_only=True):
     updated_at: datetime
     position: int
     metrics: tuple[MetricValue, ...] = ()
+    # The environments of ``stage`` the version is in (sorted), for a stage with environments.
+    environments: tuple[str, ...] = ()
 
 
 # --- the fold ---------------------------------------------------------------------------
@@ -226,6 +229,7 @@ class VersionFacts(msgspec.Struct, frozen=True, kw_only=True):
     deprecated_at: datetime | None
     updated_at: datetime
     position: int
+    environments: tuple[str, ...] = ()
 
 
 class NewVersion(msgspec.Struct, frozen=True, kw_only=True):
@@ -299,8 +303,20 @@ def evolve_version(
             return replace(
                 facts, deprecated=True, deprecation_reason=event.reason, deprecated_at=at
             )
+        case StageTransitioned() if event.from_stage == event.to_stage == facts.stage:
+            # Another environment of the same stage: ``stage_since`` stays.
+            entered, left = event.entered_environment(), event.left_environment()
+            environments = {*facts.environments, *(() if entered is None else (entered,))}
+            environments.discard(left or "")
+            return replace(facts, environments=tuple(sorted(environments)))
         case StageTransitioned():
-            return replace(facts, stage=str(event.to_stage), stage_since=at)
+            entered = event.entered_environment()
+            return replace(
+                facts,
+                stage=str(event.to_stage),
+                stage_since=at,
+                environments=() if entered is None else (entered,),
+            )
         case AliasSet() if event.version == number:
             return replace(facts, aliases=tuple(sorted({*facts.aliases, event.alias})))
         case AliasSet() | AliasRemoved():
@@ -517,7 +533,7 @@ async def _load_versions(
     ordered = sorted(keys)
     for r in await conn.fetch(
         "SELECT v.model_id, v.version, v.stage, v.stage_since, v.aliases, v.description, v.tags::text AS tags,"
-        " v.deprecated, v.deprecation_reason, v.deprecated_at, v.updated_at, v.position"
+        " v.deprecated, v.deprecation_reason, v.deprecated_at, v.updated_at, v.position, v.environments"
         f" FROM {names.model_versions} v JOIN unnest($1::text[], $2::int[]) AS k(model_id, version)"
         " ON v.model_id = k.model_id AND v.version = k.version",
         [m for m, _ in ordered],
@@ -534,6 +550,7 @@ async def _load_versions(
             deprecated_at=r["deprecated_at"],
             updated_at=r["updated_at"],
             position=r["position"],
+            environments=tuple(r["environments"]),
         )
 
 
@@ -624,11 +641,11 @@ _METRIC_COLUMNS = (
 
 _FACT_COLUMNS = (
     "stage, stage_since, aliases, description, tags, deprecated, deprecation_reason, deprecated_at,"
-    " updated_at, position"
+    " updated_at, position, environments"
 )
 _FACT_TYPES = (
     "$1::text[], $2::timestamptz[], $3::text[], $4::text[], $5::text[], $6::boolean[], $7::text[],"
-    " $8::timestamptz[], $9::timestamptz[], $10::bigint[]"
+    " $8::timestamptz[], $9::timestamptz[], $10::bigint[], $11::text[]"
 )
 
 
@@ -645,10 +662,12 @@ def _fact_arrays(facts: list[VersionFacts]) -> list[list[object]]:
         [f.deprecated_at for f in facts],
         [f.updated_at for f in facts],
         [f.position for f in facts],
+        [_encode(list(f.environments)).decode() for f in facts],
     ]
 
 
 _ALIASES_FROM_JSON = "ARRAY(SELECT jsonb_array_elements_text(u.aliases::jsonb))::text[]"
+_ENVIRONMENTS_FROM_JSON = "ARRAY(SELECT jsonb_array_elements_text(u.environments::jsonb))::text[]"
 
 
 async def _insert_versions(
@@ -663,12 +682,13 @@ async def _insert_versions(
         " content, content_digest, registered_by, created_at)"
         " SELECT u.model_id, u.version, u.model_name, u.owner, u.model_archived, u.stage, u.stage_since,"
         f" {_ALIASES_FROM_JSON}, u.description, u.tags::jsonb, u.deprecated, u.deprecation_reason, u.deprecated_at,"
-        " u.updated_at, u.position, u.content::json, u.content_digest, u.registered_by, u.created_at"
-        f" FROM unnest({_FACT_TYPES}, $11::text[], $12::int[], $13::text[], $14::text[], $15::boolean[],"
-        " $16::text[], $17::text[], $18::text[], $19::timestamptz[])"
+        f" u.updated_at, u.position, {_ENVIRONMENTS_FROM_JSON}, u.content::json, u.content_digest,"
+        " u.registered_by, u.created_at"
+        f" FROM unnest({_FACT_TYPES}, $12::text[], $13::int[], $14::text[], $15::text[], $16::boolean[],"
+        " $17::text[], $18::text[], $19::text[], $20::timestamptz[])"
         " AS u(stage, stage_since, aliases, description, tags, deprecated, deprecation_reason, deprecated_at,"
-        " updated_at, position, model_id, version, model_name, owner, model_archived, content, content_digest,"
-        " registered_by, created_at)",
+        " updated_at, position, environments, model_id, version, model_name, owner, model_archived, content,"
+        " content_digest, registered_by, created_at)",
         *_fact_arrays(facts),
         [k[0] for k, _, _, _ in rows],
         [k[1] for k, _, _, _ in rows],
@@ -689,10 +709,10 @@ async def _update_versions(
         f"UPDATE {names.model_versions} v SET stage = u.stage, stage_since = u.stage_since,"
         f" aliases = {_ALIASES_FROM_JSON}, description = u.description, tags = u.tags::jsonb,"
         " deprecated = u.deprecated, deprecation_reason = u.deprecation_reason, deprecated_at = u.deprecated_at,"
-        " updated_at = u.updated_at, position = u.position"
-        f" FROM unnest({_FACT_TYPES}, $11::text[], $12::int[])"
+        f" updated_at = u.updated_at, position = u.position, environments = {_ENVIRONMENTS_FROM_JSON}"
+        f" FROM unnest({_FACT_TYPES}, $12::text[], $13::int[])"
         " AS u(stage, stage_since, aliases, description, tags, deprecated, deprecation_reason, deprecated_at,"
-        " updated_at, position, model_id, version)"
+        " updated_at, position, environments, model_id, version)"
         " WHERE v.model_id = u.model_id AND v.version = u.version",
         *_fact_arrays([f for _, f in rows]),
         [k[0] for k, _ in rows],
@@ -718,7 +738,8 @@ async def _copy_model_facts(
 
 VERSIONS = Projection(
     name="model_versions",
-    version=1,
+    # 2: the environments of a version's stage (``model_versions.environments``).
+    version=2,
     tables=TABLES,
     handles=HANDLES,
     fold=Fold(load=load, evolve=evolve, write=write),
@@ -749,6 +770,7 @@ _COLUMN_NAMES = (
     "created_at",
     "updated_at",
     "position",
+    "environments",
 )
 _TEXT = {"tags", "content"}
 
@@ -811,6 +833,7 @@ def row_from_record(r: asyncpg.Record, metrics: tuple[MetricValue, ...] = ()) ->
         updated_at=r["updated_at"],
         position=r["position"],
         metrics=metrics,
+        environments=tuple(r["environments"]),
     )
 
 

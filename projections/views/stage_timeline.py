@@ -9,6 +9,12 @@ NULL while it still holds it). ``model.version_registered`` opens ``development`
 ``model.stage_transitioned`` closes the interval of its ``from_stage`` and opens one in
 ``to_stage``. Aliases get the same treatment in ``alias_timeline``.
 
+A stage with environments has, besides the stage's own interval (open while the version is
+in the stage in any environment), one interval per environment, named ``stage@environment``
+(``production@eu``): "what was in production in eu at T?" is ``holder_at(...,
+"production@eu", T)``. A version that leaves one environment and stays in others closes
+only that environment's interval; one that leaves the stage closes them all.
+
 Two clocks, on purpose:
 
 - *business time* (``from_time``/``to_time``) is the envelope's ``occurred_at``: the moment
@@ -37,7 +43,7 @@ from msgspec.structs import replace
 from eventlog.log import LoggedEvent
 from events.catalogue import CODEC
 from events.model.events import AliasRemoved, AliasSet, StageTransitioned, VersionRegistered
-from events.stages import Stage
+from events.stages import Stage, placement
 from events.streams import model_id_of
 from projections.base import Fold, Names, Projection, Table, changed
 
@@ -144,6 +150,8 @@ def evolve(rows: TimelineRows, events: Sequence[LoggedEvent]) -> TimelineRows:
         (i.model_id, i.stage, i.version): k for k, i in stages.items() if i.to_position is None
     }
     open_aliases = {(i.model_id, i.alias): k for k, i in aliases.items() if i.to_position is None}
+    # The open stage@environment intervals (few): what leaving a stage must close too.
+    placed = {h for h in open_stages if "@" in h[1]}
     for logged in events:
         event = CODEC.decode(logged.envelope)
         model_id = model_id_of(logged.stream_id)
@@ -152,13 +160,7 @@ def evolve(rows: TimelineRows, events: Sequence[LoggedEvent]) -> TimelineRows:
                 entered = _stage_entered(model_id, event.initial_stage(), event.version, logged)
                 _open(stages, open_stages, entered)
             case StageTransitioned():
-                _close(
-                    stages, open_stages, (model_id, str(event.from_stage), event.version), logged
-                )
-                entered = _stage_entered(
-                    model_id, str(event.to_stage), event.version, logged, event
-                )
-                _open(stages, open_stages, entered)
+                _transitioned(stages, open_stages, placed, model_id, event, logged)
             case AliasSet():
                 _close(aliases, open_aliases, (model_id, event.alias), logged)
                 _open(aliases, open_aliases, _alias_set(model_id, event, logged))
@@ -167,6 +169,39 @@ def evolve(rows: TimelineRows, events: Sequence[LoggedEvent]) -> TimelineRows:
             case _:
                 pass
     return TimelineRows(stages=stages, aliases=aliases)
+
+
+def _transitioned(
+    stages: dict[StageKey, StageInterval],
+    open_stages: dict[tuple[str, str, int], StageKey],
+    placed: set[tuple[str, str, int]],
+    model_id: str,
+    event: StageTransitioned,
+    logged: LoggedEvent,
+) -> None:
+    version, source, target = event.version, str(event.from_stage), str(event.to_stage)
+    entered, left = event.entered_environment(), event.left_environment()
+    if source != target:
+        # Leaving the stage leaves every environment of it (the intervals named source@...).
+        _close(stages, open_stages, (model_id, source, version), logged)
+        for holder in [
+            h for h in placed if h[2] == version and h[0] == model_id and _of(h[1], source)
+        ]:
+            _close(stages, open_stages, holder, logged)
+            placed.discard(holder)
+        _open(stages, open_stages, _stage_entered(model_id, target, version, logged, event))
+    elif left is not None:
+        holder = (model_id, placement(source, left), version)
+        _close(stages, open_stages, holder, logged)
+        placed.discard(holder)
+    if entered is not None:
+        where = placement(target, entered)
+        _open(stages, open_stages, _stage_entered(model_id, where, version, logged, event))
+        placed.add((model_id, where, version))
+
+
+def _of(interval_stage: str, stage: str) -> bool:
+    return interval_stage.startswith(f"{stage}@")
 
 
 def _open(rows: dict[Any, IntervalT], open_by: dict[Any, Any], interval: IntervalT) -> None:
@@ -249,8 +284,9 @@ def _alias_set(model_id: str, event: AliasSet, logged: LoggedEvent) -> AliasInte
 async def load(
     conn: asyncpg.Connection, names: Names, events: Sequence[LoggedEvent]
 ) -> TimelineRows:
-    """The open intervals the batch may close."""
-    stage_keys: set[tuple[str, str, int]] = set()
+    """The open intervals the batch may close: every open interval of a version it moves
+    (its stage's and those of the stage's environments)."""
+    stage_keys: set[tuple[str, int]] = set()
     alias_keys: set[tuple[str, str]] = set()
     for logged in events:
         if logged.event_type not in _CLOSING:
@@ -258,11 +294,11 @@ async def load(
         event = CODEC.decode(logged.envelope)
         model_id = model_id_of(logged.stream_id)
         if isinstance(event, StageTransitioned):
-            stage_keys.add((model_id, str(event.from_stage), event.version))
+            stage_keys.add((model_id, event.version))
         elif isinstance(event, AliasSet | AliasRemoved):
             alias_keys.add((model_id, event.alias))
     rows = TimelineRows()
-    for record in await _open_intervals(conn, names.stage_timeline, "stage", stage_keys):
+    for record in await _open_stage_intervals(conn, names.stage_timeline, stage_keys):
         interval = StageInterval(**dict(record))
         rows.stages[
             (interval.model_id, interval.stage, interval.from_position, interval.version)
@@ -274,6 +310,21 @@ async def load(
 
 
 _CLOSING = frozenset({StageTransitioned.event_type, AliasSet.event_type, AliasRemoved.event_type})
+
+
+async def _open_stage_intervals(
+    conn: asyncpg.Connection, table: str, versions: set[tuple[str, int]]
+) -> list[asyncpg.Record]:
+    if not versions:
+        return []
+    ordered = sorted(versions)
+    return await conn.fetch(
+        f"SELECT t.model_id, t.stage, t.version, {_COLUMNS}"
+        f" FROM {table} t JOIN unnest($1::text[], $2::int[]) AS k(model_id, version)"
+        " ON t.model_id = k.model_id AND t.version = k.version WHERE t.to_position IS NULL",
+        [m for m, _ in ordered],
+        [v for _, v in ordered],
+    )
 
 
 async def _open_intervals(

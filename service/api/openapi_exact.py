@@ -117,6 +117,8 @@ _BODY_PATTERNS = {
     ("StageChange", "to"): STAGE,
     ("PromotionRequest", "target_stage"): STAGE,
     ("DeploymentStart", "desired_stage"): STAGE,
+    ("StageChange", "environment"): PLACE,
+    ("PromotionRequest", "environment"): PLACE,
 }
 _BODY_ITEM_PATTERNS = {("TokenRequest", "scopes"): SCOPE}
 # Lists a command refuses empty.

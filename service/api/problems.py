@@ -423,6 +423,19 @@ def _unavailable(request: Request[Any, Any, Any], exc: Exception) -> Response[Pr
     """503 + Retry-After for an outage, so clients retry (with the same Idempotency-Key:
     a write that was recorded before the outage cut its answer is then answered, not
     repeated); anything else of these classes is unexpected (500)."""
+    if isinstance(exc, asyncpg.UndefinedColumnError):
+        # The views still have the shape of older code while the projection worker
+        # rebuilds them for this code (a view version bump that adds a column).
+        log.warning("views of older code on %s %s: %s", request.method, request.url.path, exc)
+        return problem_at(
+            request,
+            "unavailable",
+            "Service unavailable",
+            503,
+            "the registry's views are being rebuilt for this version of the code; retry the"
+            " same request shortly",
+            headers={"Retry-After": "1"},
+        )
     if isinstance(exc, asyncpg.UndefinedTableError):
         # The views a read wants are not created yet: an API process that started before the
         # projection worker ever ran (role "api"), or the first moments of a fresh registry.

@@ -9,7 +9,7 @@ from litestar import Controller, Request, get
 from litestar.params import FromPath, Parameter
 
 from events.access import Permission
-from events.names import STAGE_NAME_MAX, STAGE_NAME_PATTERN
+from events.names import PLACE_NAME_MAX, STAGE_NAME_MAX, STAGE_NAME_PATTERN
 from service.api.auth import require
 from service.api.common import VersionNumber, principal_of, services_of
 from service.commands.gate_check import GateCheck, check_transition
@@ -33,6 +33,13 @@ class GatesController(Controller):
                 max_length=STAGE_NAME_MAX,
             ),
         ],
+        environment: Annotated[
+            str | None,
+            Parameter(
+                description="The environment of ``to`` (required when that stage has environments)",
+                max_length=PLACE_NAME_MAX,
+            ),
+        ] = None,
     ) -> GateCheck:
         """Would moving the version to ``to`` pass the policy and its metric gates now?
         200 either way: ``passes``, and ``outcome`` direct, needs_approval or refused with
@@ -40,5 +47,10 @@ class GatesController(Controller):
         principal = principal_of(request)
         require(principal, Permission.READ, name)
         return await check_transition(
-            services_of(request).registry, name, version, to, actor=principal.name
+            services_of(request).registry,
+            name,
+            version,
+            to,
+            actor=principal.name,
+            environment=environment,
         )

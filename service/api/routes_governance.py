@@ -28,8 +28,9 @@ from events.model.commands import (
 from events.model.decider import MODEL
 from events.model.registration import require_stages_kept
 from events.model.state import ModelState
+from events.names import PLACE_NAME_MAX
 from events.policy import GovernancePolicy, validate_policy
-from events.stages import Stage, StageDefinition
+from events.stages import Stage, StageDefinition, placement
 from events.streams import model_stream
 from projections.views import approvals, model_versions, stage_timeline
 from projections.views.approvals import ApprovalRequest
@@ -98,7 +99,7 @@ async def _refuse_stranding(services: Services, policy: GovernancePolicy) -> Non
     ) as reader:
         rows = await reader.conn.fetch(
             f"SELECT DISTINCT model_id FROM {reader.names.model_versions}"
-            " WHERE NOT (stage = ANY($1::text[])) ORDER BY model_id",
+            " WHERE NOT (stage = ANY($1::text[])) OR cardinality(environments) > 0 ORDER BY model_id",
             list(policy.stage_names()),
         )
     for row in rows:
@@ -108,10 +109,14 @@ async def _refuse_stranding(services: Services, policy: GovernancePolicy) -> Non
 
 
 async def _stages_of(services: Services, name: str) -> list[str]:
-    """The stages a model's policy defines now, then the default four (history may hold them)."""
+    """The stages a model's policy defines now (and each stage@environment of those with
+    environments), then the default four (history may hold them)."""
     _, _, state = await services.registry.model(name)
     policy = state.effective_policy(await services.registry.registry_policy())
-    return list(dict.fromkeys([*policy.stage_names(), *(str(s) for s in Stage)]))
+    placed = [
+        placement(d.name, e) for d in policy.stage_definitions() for e in d.environment_names()
+    ]
+    return list(dict.fromkeys([*policy.stage_names(), *placed, *(str(s) for s in Stage)]))
 
 
 class LifecycleController(Controller):
@@ -138,6 +143,7 @@ class LifecycleController(Controller):
             comment=data.comment,
             if_version=if_match(request),
             id_seed=seed_of(request),
+            environment=data.environment,
         )
         pending = request_id is not None and not any(
             e.event_type == "model.promotion_executed" for e in written.events
@@ -294,13 +300,24 @@ class LifecycleController(Controller):
                 description="RFC 3339 business time or log position: who held the stage then"
             ),
         ] = None,
+        environment: Annotated[
+            str | None,
+            QueryParameter(
+                description="Only this environment of the stages: their stage@environment intervals",
+                max_length=PLACE_NAME_MAX,
+            ),
+        ] = None,
         min_position: MinPosition = None,
     ) -> list[StageInterval]:
         """Which version held each stage (of ``stage``, if given) from when to when; with
-        ``at``, the holders then."""
+        ``at``, the holders then. A stage with environments also has one interval per
+        environment, named ``stage@environment`` (``production@eu``)."""
         require(principal_of(request), Permission.READ, name)
         services = services_of(request)
         model_id, _ = await services.registry.locate(name)
+        if environment is not None:
+            named = stage or [s for s in await _stages_of(services, name) if "@" not in s]
+            stage = [placement(s, environment) for s in named]
         async with read_views(services, TIMELINE, as_of=None, min_position=min_position) as reader:
             if at is not None:
                 moment = parse_as_of(at, "at")
@@ -407,12 +424,13 @@ class LifecycleController(Controller):
                 alias=data.alias,
                 rollback=data.rollback,
                 metrics=metrics,
+                environment=data.environment,
             )
 
         written = await registry.governed(
             name,
             build,
-            metric_versions=lambda s: [data.version, s.production],
+            metric_versions=lambda s: [data.version, s.champion(data.environment)],
             if_version=if_match(request),
             id_seed=seed_of(request),
         )

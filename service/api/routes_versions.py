@@ -18,6 +18,7 @@ from events.model.commands import (
     SetVersionTags,
     UpdateVersionDescription,
 )
+from events.names import PLACE_NAME_MAX
 from events.version_content import VersionContent, validate_content
 from projections.paging import InvalidQueryError, Page
 from projections.search import VersionQuery, search_versions
@@ -132,6 +133,13 @@ class VersionsController(Controller):
         alias: FromQuery[str | None] = None,
         metric: FromQuery[list[str] | None] = None,
         deprecated: FromQuery[bool | None] = None,
+        environment: Annotated[
+            str | None,
+            QueryParameter(
+                description="Versions in this environment of their stage (stages with environments)",
+                max_length=PLACE_NAME_MAX,
+            ),
+        ] = None,
         order_by: Annotated[
             str,
             QueryParameter(
@@ -153,6 +161,7 @@ class VersionsController(Controller):
             alias=alias,
             metrics=tuple(metric or ()),
             deprecated=deprecated,
+            environment=environment,
             order=order_by,
             limit=limit,
             cursor=cursor,

@@ -149,6 +149,8 @@ class MetricBatch(Strict, frozen=True, kw_only=True):
 class StageChange(Strict, frozen=True, kw_only=True):
     to: str
     comment: str = ""
+    # Required when ``to`` is a stage with environments, refused otherwise.
+    environment: str | None = None
 
 
 class RollbackRequest(Strict, frozen=True, kw_only=True):
@@ -189,6 +191,7 @@ class StageDefinitionBody(Strict, frozen=True, kw_only=True):
     terminal: bool | msgspec.UnsetType = msgspec.UNSET
     exclusive: bool | msgspec.UnsetType = msgspec.UNSET
     demote_to: str | msgspec.UnsetType | None = msgspec.UNSET
+    environments: list[str] | msgspec.UnsetType = msgspec.UNSET
 
 
 class PolicyBody(Strict, frozen=True, kw_only=True):
@@ -218,6 +221,8 @@ class PromotionRequest(Strict, frozen=True, kw_only=True):
     target_stage: str | None = None
     alias: str | None = None
     rollback: bool = False
+    # Required when ``target_stage`` has environments, refused otherwise.
+    environment: str | None = None
 
 
 class Decision(Strict, frozen=True, kw_only=True):

@@ -22,6 +22,7 @@ from service.cli.help import command_group
 from service.cli.output import emit_json, note, output
 from service.cli.shared import (
     STAGE_NAMES,
+    EnvOption,
     JsonOption,
     ModelArg,
     TokenOption,
@@ -62,6 +63,7 @@ def check(
         str,
         typer.Option("--to", help=f"The stage to move to: {STAGE_NAMES}.", show_default=False),
     ],
+    env: EnvOption = None,
     url: UrlOption = None,
     token: TokenOption = None,
     as_json: JsonOption = False,
@@ -74,7 +76,7 @@ def check(
     Example: modelreg gate check churn 7 --to production
     """
     with connect(url, token) as client:
-        found = client.gate_check(model, version, to)
+        found = client.gate_check(model, version, to, environment=env)
     if as_json:
         emit_json(found)
     if not found["passes"]:

@@ -11,10 +11,12 @@ import msgspec
 import typer
 from rich.table import Table
 
+from events.stages import placement
 from service.cli.output import fields, output, table, when
 from service.cli.shared import (
     STAGE_NAMES,
     CommentOption,
+    EnvOption,
     JsonOption,
     ModelArg,
     TokenOption,
@@ -87,6 +89,7 @@ def stage(
         typer.Argument(metavar="STAGE", help=f"Target stage: {STAGE_NAMES}.", show_default=False),
     ],
     comment: CommentOption = "",
+    env: EnvOption = None,
     url: UrlOption = None,
     token: TokenOption = None,
     as_json: JsonOption = False,
@@ -98,10 +101,27 @@ def stage(
         modelreg stage churn 2 staging -m "passed offline eval"
 
         modelreg stage churn 2 production -m "beats v1 on holdout auc"
+
+        modelreg stage churn 8 production --env eu -m "eu first"
     """
+    transition(model, version, to, comment, env, url, token, as_json)
+
+
+def transition(
+    model: str,
+    version: int,
+    to: str,
+    comment: str,
+    env: str | None,
+    url: str | None,
+    token: str | None,
+    as_json: bool,
+) -> None:
+    """``modelreg stage`` and ``modelreg versions transition``."""
     with connect(url, token) as client:
-        receipt = client.transition(model, version, to, comment=comment)
-    output(receipt, as_json, moved(f"{model} v{version} -> {to}"))
+        receipt = client.transition(model, version, to, comment=comment, environment=env)
+    target = to if env is None else placement(to, env)
+    output(receipt, as_json, moved(f"{model} v{version} -> {target}"))
 
 
 @client_command
@@ -118,6 +138,7 @@ def promote(
     rollback: Annotated[
         bool, typer.Option("--rollback", help="A rollback (the policy may need fewer approvals).")
     ] = False,
+    env: EnvOption = None,
     url: UrlOption = None,
     token: TokenOption = None,
     as_json: JsonOption = False,
@@ -129,12 +150,20 @@ def promote(
         modelreg promote churn 3 --to production -m "auc 0.95 on holdout"
 
         modelreg promote churn 3 --alias champion -m "best auc"
+
+        modelreg promote churn 8 --to production --env us -m "eu went well"
     """
     if to is None and alias is None:
         raise typer.BadParameter("name a target: --to STAGE and/or --alias ALIAS")
     with connect(url, token) as client:
         receipt = client.request_promotion(
-            model, version, justification=justification, stage=to, alias=alias, rollback=rollback
+            model,
+            version,
+            justification=justification,
+            stage=to,
+            alias=alias,
+            rollback=rollback,
+            environment=env,
         )
     target = " and ".join(
         t for t in (str(to) if to else "", f"alias {alias}" if alias else "") if t

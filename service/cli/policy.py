@@ -9,6 +9,7 @@ from typing import Annotated, Any
 
 import typer
 
+from events.stages import StageDefinition
 from service.cli.help import command_group
 from service.cli.output import output
 from service.cli.shared import (
@@ -30,17 +31,26 @@ ModelOption = Annotated[
 
 
 def _lifecycle(view: PolicyView) -> str:
-    def flags(name: str, terminal: bool, exclusive: bool) -> str:
+    def flags(stage: StageDefinition) -> str:
+        environments = stage.environment_names()
         marks = [
-            *(["initial"] if name == view.initial_stage else []),
-            *(["one at a time"] if exclusive else []),
-            *(["final"] if terminal else []),
+            *(["initial"] if stage.name == view.initial_stage else []),
+            *(["one at a time"] if stage.exclusive and not environments else []),
+            *(
+                [
+                    ("one at a time in each of " if stage.exclusive else "in ")
+                    + ", ".join(environments)
+                ]
+                if environments
+                else []
+            ),
+            *(["final"] if stage.terminal else []),
         ]
-        return f"{name} ({', '.join(marks)})" if marks else name
+        return f"{stage.name} ({', '.join(marks)})" if marks else stage.name
 
     lines = [
         f"{view.source} policy",
-        "stages: " + " -> ".join(flags(s.name, s.terminal, s.exclusive) for s in view.stages),
+        "stages: " + " -> ".join(flags(s) for s in view.stages),
     ]
     for rule in view.policy.transitions:
         need = f"{rule.approvals} approval(s)" if rule.approvals else "direct"

@@ -80,6 +80,13 @@ ModelArg = Annotated[
     str, typer.Argument(help="Model name.", autocompletion=complete_model, show_default=False)
 ]
 VersionArg = Annotated[int, typer.Argument(help="Version number.", min=1, show_default=False)]
+EnvOption = Annotated[
+    str | None,
+    typer.Option(
+        "--env",
+        help="The environment of the stage (required for a stage with environments, e.g. eu).",
+    ),
+]
 CommentOption = Annotated[
     str, typer.Option("--comment", "-m", help="Why (recorded in the audit log).")
 ]

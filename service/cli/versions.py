@@ -12,11 +12,14 @@ import typer
 from rich.console import Group, RenderableType
 from rich.table import Table
 
+from service.cli import lifecycle
 from service.cli.help import command_group
 from service.cli.output import fields, number, output, table, when
 from service.cli.shared import (
     EXIT_REFUSED,
     STAGE_NAMES,
+    CommentOption,
+    EnvOption,
     JsonOption,
     ModelArg,
     TokenOption,
@@ -52,7 +55,8 @@ def metric_summary(metrics: tuple[MetricValue, ...] | list[MetricValue], limit: 
 
 
 def _stage(row: VersionRow) -> str:
-    return str(row.stage) + (" (deprecated)" if row.deprecated else "")
+    where = f"{row.stage}@{','.join(row.environments)}" if row.environments else str(row.stage)
+    return where + (" (deprecated)" if row.deprecated else "")
 
 
 @app.command("list")
@@ -87,6 +91,10 @@ def list_versions(
     limit: Annotated[
         int, typer.Option("--limit", "-n", min=1, max=500, help="At most this many versions.")
     ] = 50,
+    env: Annotated[
+        str | None,
+        typer.Option("--env", help="In this environment of their stage (e.g. eu)."),
+    ] = None,
     url: UrlOption = None,
     token: TokenOption = None,
     as_json: JsonOption = False,
@@ -96,6 +104,8 @@ def list_versions(
     Examples:
 
         modelreg versions list churn --stage staging --stage production
+
+        modelreg versions list churn --stage production --env eu
 
         modelreg versions list churn --order-by '-metric:auc[holdout]' -n 3 --json
     """
@@ -109,6 +119,7 @@ def list_versions(
             deprecated=deprecated,
             order_by=order_by,
             limit=limit,
+            environment=env,
         )
     more = page.next_cursor is not None
     output(page, as_json, _versions, remark="(more versions: raise --limit)" if more else None)
@@ -455,6 +466,33 @@ def _downloaded(done: Downloaded) -> Group:
         f"({sum(f.size for f in fetched):,} bytes), every one verified"
     )
     return Group(*parts)
+
+
+@app.command("transition")
+@client_command
+def transition(
+    model: ModelArg,
+    version: VersionArg,
+    to: Annotated[
+        str,
+        typer.Argument(metavar="STAGE", help=f"Target stage: {STAGE_NAMES}.", show_default=False),
+    ],
+    comment: CommentOption = "",
+    env: EnvOption = None,
+    url: UrlOption = None,
+    token: TokenOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Move a version to a stage (``modelreg stage``); when the policy needs approval, open a
+    promotion request.
+
+    Examples:
+
+        modelreg versions transition churn 8 production --env eu -m "eu first"
+
+        modelreg versions transition churn 2 staging
+    """
+    lifecycle.transition(model, version, to, comment, env, url, token, as_json)
 
 
 @app.command("deprecate")

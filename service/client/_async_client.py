@@ -382,10 +382,13 @@ class AsyncClient:
         limit: int = 50,
         cursor: str | None = None,
         as_of: AsOf = None,
+        environment: str | None = None,
     ) -> Page[VersionRow]:
         """One page of a model's versions (newest first), with their latest metrics;
-        ``order_by`` also takes ``metric:KEY[DATASET]``, e.g. ``-metric:auc[holdout]``."""
+        ``order_by`` also takes ``metric:KEY[DATASET]``, e.g. ``-metric:auc[holdout]``;
+        ``environment``: only versions in that environment of their stage."""
         params = {
+            "environment": environment,
             "q": q,
             "tag": _tags(tags),
             "stage": list(stages or []),
@@ -878,14 +881,16 @@ class AsyncClient:
         *,
         comment: str = "",
         if_version: int | None = None,
+        environment: str | None = None,
     ) -> Receipt:
-        """Move a version to a stage. When the policy needs approval this opens a promotion
-        request instead: ``receipt.pending`` and ``receipt.request_id`` say so."""
+        """Move a version to a stage (in ``environment``, required for a stage with
+        environments). When the policy needs approval this opens a promotion request
+        instead: ``receipt.pending`` and ``receipt.request_id`` say so."""
+        body: dict[str, Any] = {"to": str(stage), "comment": comment}
+        if environment is not None:
+            body["environment"] = environment
         return await self._write(
-            "POST",
-            f"{version_path(model, version)}/stage",
-            {"to": str(stage), "comment": comment},
-            if_version=if_version,
+            "POST", f"{version_path(model, version)}/stage", body, if_version=if_version
         )
 
     async def rollback(self, model: str, reason: str, *, if_version: int | None = None) -> Receipt:
@@ -944,9 +949,15 @@ class AsyncClient:
         *,
         stage: Stage | str | None = None,
         at: int | datetime | str | None = None,
+        environment: str | None = None,
     ) -> list[StageInterval]:
-        """Which version held each stage from when to when; with ``at``, the holders then."""
-        params = {"stage": str(stage) if stage else None, "at": _as_of(at)}
+        """Which version held each stage from when to when; with ``at``, the holders then;
+        with ``environment``, the intervals of ``stage@environment``."""
+        params = {
+            "stage": str(stage) if stage else None,
+            "at": _as_of(at),
+            "environment": environment,
+        }
         return await self._get(f"{model_path(model)}/timeline", list[StageInterval], params)
 
     async def get_policy(self, model: str | None = None) -> PolicyView:
@@ -985,15 +996,19 @@ class AsyncClient:
         alias: str | None = None,
         rollback: bool = False,
         if_version: int | None = None,
+        environment: str | None = None,
     ) -> Receipt:
-        """Ask for a stage and/or alias; runs at once when no approval is needed."""
-        body = {
+        """Ask for a stage (in ``environment``, for a stage with environments) and/or alias;
+        runs at once when no approval is needed."""
+        body: dict[str, Any] = {
             "version": int(version),
             "justification": justification,
             "target_stage": str(stage) if stage else None,
             "alias": alias,
             "rollback": rollback,
         }
+        if environment is not None:
+            body["environment"] = environment
         return await self._write(
             "POST", f"{model_path(model)}/promotions", body, if_version=if_version
         )
@@ -1388,11 +1403,16 @@ class AsyncClient:
 
     # ------------------------------------------------------------------ CI/CD and webhooks
 
-    async def gate_check(self, model: str, version: int, to: Stage | str) -> dict[str, Any]:
-        """Would moving ``version`` to stage ``to`` pass the policy and its gates now? A dry
-        run: ``passes``, ``outcome`` (direct, needs_approval, refused) and ``reason``."""
+    async def gate_check(
+        self, model: str, version: int, to: Stage | str, *, environment: str | None = None
+    ) -> dict[str, Any]:
+        """Would moving ``version`` to stage ``to`` (in ``environment``) pass the policy and
+        its gates now? A dry run: ``passes``, ``outcome`` (direct, needs_approval, refused)
+        and ``reason``."""
         return await self._get(
-            f"{version_path(model, version)}/gate", dict[str, Any], {"to": str(to)}
+            f"{version_path(model, version)}/gate",
+            dict[str, Any],
+            {"to": str(to), "environment": environment},
         )
 
     async def create_webhook(

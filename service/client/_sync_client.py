@@ -378,10 +378,13 @@ class Client:
         limit: int = 50,
         cursor: str | None = None,
         as_of: AsOf = None,
+        environment: str | None = None,
     ) -> Page[VersionRow]:
         """One page of a model's versions (newest first), with their latest metrics;
-        ``order_by`` also takes ``metric:KEY[DATASET]``, e.g. ``-metric:auc[holdout]``."""
+        ``order_by`` also takes ``metric:KEY[DATASET]``, e.g. ``-metric:auc[holdout]``;
+        ``environment``: only versions in that environment of their stage."""
         params = {
+            "environment": environment,
             "q": q,
             "tag": _tags(tags),
             "stage": list(stages or []),
@@ -873,14 +876,16 @@ class Client:
         *,
         comment: str = "",
         if_version: int | None = None,
+        environment: str | None = None,
     ) -> Receipt:
-        """Move a version to a stage. When the policy needs approval this opens a promotion
-        request instead: ``receipt.pending`` and ``receipt.request_id`` say so."""
+        """Move a version to a stage (in ``environment``, required for a stage with
+        environments). When the policy needs approval this opens a promotion request
+        instead: ``receipt.pending`` and ``receipt.request_id`` say so."""
+        body: dict[str, Any] = {"to": str(stage), "comment": comment}
+        if environment is not None:
+            body["environment"] = environment
         return self._write(
-            "POST",
-            f"{version_path(model, version)}/stage",
-            {"to": str(stage), "comment": comment},
-            if_version=if_version,
+            "POST", f"{version_path(model, version)}/stage", body, if_version=if_version
         )
 
     def rollback(self, model: str, reason: str, *, if_version: int | None = None) -> Receipt:
@@ -939,9 +944,15 @@ class Client:
         *,
         stage: Stage | str | None = None,
         at: int | datetime | str | None = None,
+        environment: str | None = None,
     ) -> list[StageInterval]:
-        """Which version held each stage from when to when; with ``at``, the holders then."""
-        params = {"stage": str(stage) if stage else None, "at": _as_of(at)}
+        """Which version held each stage from when to when; with ``at``, the holders then;
+        with ``environment``, the intervals of ``stage@environment``."""
+        params = {
+            "stage": str(stage) if stage else None,
+            "at": _as_of(at),
+            "environment": environment,
+        }
         return self._get(f"{model_path(model)}/timeline", list[StageInterval], params)
 
     def get_policy(self, model: str | None = None) -> PolicyView:
@@ -980,15 +991,19 @@ class Client:
         alias: str | None = None,
         rollback: bool = False,
         if_version: int | None = None,
+        environment: str | None = None,
     ) -> Receipt:
-        """Ask for a stage and/or alias; runs at once when no approval is needed."""
-        body = {
+        """Ask for a stage (in ``environment``, for a stage with environments) and/or alias;
+        runs at once when no approval is needed."""
+        body: dict[str, Any] = {
             "version": int(version),
             "justification": justification,
             "target_stage": str(stage) if stage else None,
             "alias": alias,
             "rollback": rollback,
         }
+        if environment is not None:
+            body["environment"] = environment
         return self._write(
             "POST", f"{model_path(model)}/promotions", body, if_version=if_version
         )
@@ -1382,11 +1397,16 @@ class Client:
 
     # ------------------------------------------------------------------ CI/CD and webhooks
 
-    def gate_check(self, model: str, version: int, to: Stage | str) -> dict[str, Any]:
-        """Would moving ``version`` to stage ``to`` pass the policy and its gates now? A dry
-        run: ``passes``, ``outcome`` (direct, needs_approval, refused) and ``reason``."""
+    def gate_check(
+        self, model: str, version: int, to: Stage | str, *, environment: str | None = None
+    ) -> dict[str, Any]:
+        """Would moving ``version`` to stage ``to`` (in ``environment``) pass the policy and
+        its gates now? A dry run: ``passes``, ``outcome`` (direct, needs_approval, refused)
+        and ``reason``."""
         return self._get(
-            f"{version_path(model, version)}/gate", dict[str, Any], {"to": str(to)}
+            f"{version_path(model, version)}/gate",
+            dict[str, Any],
+            {"to": str(to), "environment": environment},
         )
 
     def create_webhook(

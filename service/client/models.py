@@ -236,6 +236,8 @@ class VersionRow(msgspec.Struct, frozen=True, kw_only=True):
     updated_at: datetime
     position: int
     metrics: tuple[MetricValue, ...] = ()
+    # The environments of ``stage`` the version is in, for a stage with environments.
+    environments: tuple[str, ...] = ()
 
 
 class MetricSample(msgspec.Struct, frozen=True, kw_only=True):
@@ -317,6 +319,8 @@ class ApprovalRequest(msgspec.Struct, frozen=True, kw_only=True):
     executed_approvers: list[str] | None
     rules: list[str] | None
     votes: list[Vote] = msgspec.field(default_factory=list)
+    # The environment of ``target_stage``, for a stage with environments.
+    environment: str | None = None
 
 
 class StageInterval(msgspec.Struct, frozen=True, kw_only=True):

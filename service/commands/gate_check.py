@@ -18,7 +18,13 @@ import msgspec
 from events.errors import DomainError, NotFoundError
 from events.model.commands import RequestPromotion, TransitionStage
 from events.model.decider import MODEL
-from events.policy import GateResult, evaluate_gates, require_stage, requirement
+from events.policy import (
+    GateResult,
+    evaluate_gates,
+    require_environment,
+    require_stage,
+    requirement,
+)
 from service.commands.registry import Registry
 
 
@@ -42,22 +48,32 @@ class GateCheck(msgspec.Struct, frozen=True, kw_only=True):
 
 
 async def check_transition(
-    registry: Registry, name: str, version: int, to_stage: str, *, actor: str
+    registry: Registry,
+    name: str,
+    version: int,
+    to_stage: str,
+    *,
+    actor: str,
+    environment: str | None = None,
 ) -> GateCheck:
     """Decide the move without appending; a missing model or version raises (404)."""
     model_id, _, state = await registry.model(name)
     current = state.version(version)  # NotFoundError names the version
-    metrics = await registry.metric_snapshot(model_id, [version, state.production])
+    champion = state.champion(environment)
+    metrics = await registry.metric_snapshot(model_id, [version, champion])
     registry_policy = await registry.registry_policy()
     # A stage the policy does not define is a bad question (422), not a refused move.
     require_stage(state.effective_policy(registry_policy), to_stage, "to")
+    require_environment(
+        state.effective_policy(registry_policy), to_stage, environment, "environment"
+    )
     now = registry.now()
     approvals = 0
     gates: list[GateResult] = []
     try:
         needed = requirement(state.effective_policy(registry_policy), current.stage, to_stage, None)
         approvals = needed.approvals
-        gates = list(evaluate_gates(needed.gates, version, state.production, metrics))
+        gates = list(evaluate_gates(needed.gates, version, champion, metrics))
         command: TransitionStage | RequestPromotion
         if approvals == 0:
             command = TransitionStage(
@@ -68,6 +84,7 @@ async def check_transition(
                 to_stage=to_stage,
                 comment="gate check",
                 metrics=metrics,
+                environment=environment,
             )
         else:
             command = RequestPromotion(
@@ -79,6 +96,7 @@ async def check_transition(
                 justification="gate check",
                 target_stage=to_stage,
                 metrics=metrics,
+                environment=environment,
             )
         events = MODEL.decide(command, state)
     except NotFoundError:

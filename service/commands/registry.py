@@ -31,7 +31,7 @@ from events.model.decider import MODEL
 from events.model.events import ModelDeleted, ModelRegistered, ModelRenamed, PromotionRequested
 from events.model.state import ModelState
 from events.names import validate_model_name
-from events.policy import GovernancePolicy, requirement
+from events.policy import GovernancePolicy, require_environment, requirement
 from events.registry_policy import REGISTRY_POLICY, SetRegistryPolicy
 from events.streams import (
     REGISTRY_POLICY_STREAM,
@@ -257,6 +257,7 @@ class Registry:
         if_version: int | None = None,
         id_seed: str | None = None,
         archive_existing: bool = False,
+        environment: str | None = None,
     ) -> tuple[Written, str | None]:
         """Move a version when the policy allows it directly; otherwise open a promotion
         request. Returns the result and the request id (``None`` when done directly).
@@ -266,7 +267,7 @@ class Registry:
             requested = [e for e in earlier.events if isinstance(e, PromotionRequested)]
             return earlier, requested[0].request_id if requested else None
         current = state.version(version)
-        metrics = await self.metric_snapshot(model_id, [version, state.production])
+        metrics = await self.metric_snapshot(model_id, [version, state.champion(environment)])
         now = self.clock()
         opened: list[str] = []
 
@@ -275,7 +276,10 @@ class Registry:
             policy = state.effective_policy(registry_policy)
             staying = archive_existing and current.stage == to_stage  # nothing to approve
             # ``to``: the field the HTTP body names the target stage in.
-            if staying or requirement(policy, current.stage, to_stage, None, "to").approvals == 0:
+            needed = None if staying else requirement(policy, current.stage, to_stage, None, "to")
+            # A refused environment is a bad request whatever the move needs.
+            require_environment(policy, to_stage, environment, "environment")
+            if needed is None or needed.approvals == 0:
                 return TransitionStage(
                     actor=actor,
                     now=now,
@@ -285,6 +289,7 @@ class Registry:
                     comment=comment,
                     metrics=metrics,
                     archive_existing=archive_existing,
+                    environment=environment,
                 )
             if not comment.strip():
                 raise ValidationError(
@@ -302,6 +307,7 @@ class Registry:
                 justification=comment,
                 target_stage=to_stage,
                 metrics=metrics,
+                environment=environment,
             )
 
         written = await self.under_registry_policy(

@@ -6,7 +6,9 @@ HTTP API, files in one directory.
 
 What it reacts to (one durable consumer, events in log order):
 
-- ``model.stage_transitioned`` with ``to_stage = production``: the new production version;
+- ``model.stage_transitioned`` with ``to_stage = production``: the new production version
+  (with production per environment, only a version entering production in the agent's own
+  ``environment``);
 - ``model.alias_set`` for the aliases it was told to follow (``aliases``; a protected alias
   such as ``champion`` is the usual choice): the version the alias now points at.
 
@@ -175,14 +177,22 @@ class Outcome:
         return f"{self.status:<9} {self.model} v{self.version} ({self.follows}){where}{said}"
 
 
-def desire_of(delivery: Delivery, aliases: Collection[str]) -> Desire | None:
+def desire_of(
+    delivery: Delivery, aliases: Collection[str], environment: str | None = None
+) -> Desire | None:
     """The deployment an event asks for, or None when it asks for none (another stage,
-    an alias not followed)."""
+    an alias not followed, production in another environment than ``environment``, or a
+    version leaving one environment of production)."""
     model_id = model_id_or_none(delivery.event.subject)
     if model_id is None:
         return None
     event = CODEC.decode(delivery.envelope)  # typed, upcast from older schema versions
     if isinstance(event, StageTransitioned) and event.to_stage == Stage.PRODUCTION:
+        entered = event.entered_environment()
+        if entered is None and event.from_stage == event.to_stage:
+            return None  # it left one environment; whoever entered it comes in its own event
+        if entered is not None and entered != environment:
+            return None
         return Desire(model_id=model_id, version=event.version, stage=Stage.PRODUCTION)
     if isinstance(event, AliasSet) and event.alias in aliases:
         return Desire(model_id=model_id, version=event.version, alias=event.alias)
@@ -470,7 +480,7 @@ class DeployAgent:
     async def handle(self, delivery: Delivery) -> None:
         """Deploy what one event asks for. Returning means handled (the kit records it);
         raising means try again (API unreachable, views not caught up)."""
-        desire = desire_of(delivery, self.config.aliases)
+        desire = desire_of(delivery, self.config.aliases, self.config.environment)
         if desire is None:
             return
         event_id, position = delivery.event.id, delivery.event.log_position
@@ -492,7 +502,7 @@ class DeployAgent:
                 self.on_outcome(done)
 
         row = await self._version(name, desire.version, position)
-        change = _superseded(row, desire)
+        change = _superseded(row, desire, self.config.environment)
         if change is not None:
             # Settle a deployment an earlier attempt started for this event, if any.
             earlier = await self._run(name, deployment_id, wait=False)
@@ -604,10 +614,13 @@ class DeployAgent:
             await self.client.report_deployment(name, deployment_id, "succeeded", comment=text)
 
 
-def _superseded(row: VersionRow, desire: Desire) -> str | None:
-    """None when the version still holds what the event gave it; else what changed."""
+def _superseded(row: VersionRow, desire: Desire, environment: str) -> str | None:
+    """None when the version still holds what the event gave it (in ``environment``, for a
+    stage with environments); else what changed."""
     if desire.stage is not None and row.stage != desire.stage:
         return f"v{row.version} is in {row.stage} now"
+    if desire.stage is not None and row.environments and environment not in row.environments:
+        return f"v{row.version} is in {row.stage} in {', '.join(row.environments)} only now"
     if desire.alias is not None and desire.alias not in row.aliases:
         return f"{desire.alias} no longer points at v{row.version}"
     return None

@@ -24,7 +24,7 @@ from eventlog.freshness import freshness
 from eventlog.keys import model_names
 from events.errors import NotFoundError, ValidationError
 from events.names import validate_stage_name
-from events.stages import Stage
+from events.stages import Stage, placement
 from projections.views.approvals import ApprovalRequest
 from projections.views.metric_history import Comparison
 from service.api.common import MAX_POSITION, principal_of, representable_time, services_of
@@ -288,9 +288,13 @@ class PagesController(Controller):
         policy = (await LifecycleController.read_policy.fn(None, request, name=name)).content
         # Every stage but the initial one (each registration enters it), whatever the
         # policy calls them; then the default four, which older history may hold.
+        # A stage with environments also has one interval per environment (production@eu).
+        placed = [placement(d.name, e) for d in policy.stages for e in d.environment_names()]
         timeline_stages = [
             s
-            for s in dict.fromkeys([*(d.name for d in policy.stages), *(str(s) for s in Stage)])
+            for s in dict.fromkeys(
+                [*(d.name for d in policy.stages), *placed, *(str(s) for s in Stage)]
+            )
             if s != policy.initial_stage
         ]
         timeline = await LifecycleController.timeline.fn(

@@ -206,7 +206,13 @@ async def test_drift_agrees_with_the_domain_after_a_random_history(db: Database)
     compared = 0
     for model_id in reg.states:
         expected = {
-            (d.environment, d.target): (d.deployment_id, d.deployed_version, d.desired, d.in_sync)
+            (d.environment, d.target): (
+                d.deployment_id,
+                d.deployed_version,
+                d.desired,
+                d.desired_version,
+                d.in_sync,
+            )
             for d in compare_deployments(reg.state(model_id))
         }
         found = {
@@ -214,6 +220,7 @@ async def test_drift_agrees_with_the_domain_after_a_random_history(db: Database)
                 p.live_deployment_id,
                 p.live_version,
                 p.follows,
+                p.desired_version,
                 not p.drift,
             )
             for p in await places(db.pool, VIEW, model_id)

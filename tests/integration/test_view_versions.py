@@ -212,6 +212,7 @@ async def assert_view_equals_domain(reg: Registry, conn: asyncpg.Connection, nam
                 domain.tags,
                 domain.description,
             )
+            assert row.environments == domain.environment_names()
             assert (row.deprecated, row.deprecation_reason) == (
                 domain.deprecated,
                 domain.deprecation_reason,

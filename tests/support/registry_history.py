@@ -38,6 +38,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
+import msgspec
 
 from eventlog.log import head_position
 from eventlog.sealer import Sealer
@@ -83,7 +84,7 @@ from events.model.events import ModelRegistered, ModelRenamed
 from events.model.state import DeploymentStatus, ModelState, RequestStatus
 from events.policy import GovernancePolicy, TransitionRule
 from events.registry_policy import REGISTRY_POLICY, SetRegistryPolicy
-from events.stages import Stage
+from events.stages import DEFAULT_STAGES, Stage
 from events.streams import REGISTRY_POLICY_STREAM, metrics_stream, model_stream, name_key
 from events.version_content import (
     ArtifactEntry,
@@ -414,8 +415,10 @@ class Registry:
         to: Stage | str,
         comment: str = "",
         actor: str | None = None,
+        environment: str | None = None,
     ) -> None:
-        metrics = await self._gate_metrics(model_id, version, self.states[model_id].production)
+        champion = self.states[model_id].champion(environment)
+        metrics = await self._gate_metrics(model_id, version, champion)
         await self.execute(
             model_id,
             TransitionStage,
@@ -424,6 +427,7 @@ class Registry:
             to_stage=Stage(to),
             comment=comment,
             metrics=metrics,
+            environment=environment,
         )
 
     async def to_production(self, model_id: str, version: int, actor: str | None = None) -> None:
@@ -453,9 +457,11 @@ class Registry:
         actor: str | None = None,
         justification: str = "ready",
         rollback: bool = False,
+        environment: str | None = None,
     ) -> str:
         request_id = self.next_id("r")
-        metrics = await self._gate_metrics(model_id, version, self.states[model_id].production)
+        champion = self.states[model_id].champion(environment)
+        metrics = await self._gate_metrics(model_id, version, champion)
         await self.execute(
             model_id,
             RequestPromotion,
@@ -467,6 +473,7 @@ class Registry:
             justification=justification,
             rollback=rollback,
             metrics=metrics,
+            environment=environment,
         )
         return request_id
 
@@ -588,6 +595,16 @@ DATASETS = (None, "holdout", "train")
 ACTORS = ("alice", "bob", "carol")
 # A policy under which production needs one approval (so requests stay pending).
 GUARDED = gated_policy(1, request_ttl_seconds=PERMISSIVE_POLICY.request_ttl_seconds)
+# Production per environment (the deployments' environments among them, so drift is
+# judged per environment); approval-free, so promotion requests execute at once.
+ENVIRONMENTS = ("eu", "us", "prod")
+REGIONAL = msgspec.structs.replace(
+    gated_policy(0, request_ttl_seconds=PERMISSIVE_POLICY.request_ttl_seconds),
+    stages=tuple(
+        msgspec.structs.replace(d, environments=ENVIRONMENTS) if d.name == Stage.PRODUCTION else d
+        for d in DEFAULT_STAGES
+    ),
+)
 
 
 def _tags(rng: random.Random) -> dict[str, str]:
@@ -633,22 +650,32 @@ async def _metrics(reg: Registry, rng: random.Random, model_id: str, counter: in
 async def _stage(reg: Registry, rng: random.Random, model_id: str, counter: int) -> None:
     state = reg.states[model_id]
     staging = [n for n, v in state.versions.items() if v.stage == Stage.STAGING]
-    number = rng.choice(staging if staging and rng.random() < 0.5 else _versions(state))
+    environments = state.effective_policy(reg.registry_policy).environments(Stage.PRODUCTION)
+    # With production per environment, often a production version into one more environment.
+    production = list(state.in_stage(Stage.PRODUCTION)) if environments else []
+    if production and rng.random() < 0.4:
+        number = rng.choice(production)
+    else:
+        number = rng.choice(staging if staging and rng.random() < 0.5 else _versions(state))
     version = state.versions[number]
     moves: dict[str, list[str]] = {
         Stage.DEVELOPMENT: [Stage.STAGING],
         Stage.STAGING: [Stage.DEVELOPMENT, Stage.PRODUCTION],
     }
+    if environments and version.stage == Stage.PRODUCTION and not version.deprecated:
+        moves[Stage.PRODUCTION] = [Stage.PRODUCTION]  # into one more environment
+    environment = rng.choice(environments) if environments else None
     if version.stage != Stage.ARCHIVED and rng.random() < 0.15:
         await reg.archive_version(model_id, number)
     elif version.stage in moves and not version.deprecated:
         target = rng.choice(moves[version.stage])
+        at = environment if target == Stage.PRODUCTION else None
         if target == Stage.PRODUCTION and state.policy is not None:  # GUARDED: needs an approval
-            request_id = await reg.request_promotion(model_id, number, stage=target)
+            request_id = await reg.request_promotion(model_id, number, stage=target, environment=at)
             if rng.random() < 0.7:
                 await reg.approve(model_id, request_id, actor=rng.choice(("bob", "carol")))
         else:
-            await reg.transition(model_id, number, target)
+            await reg.transition(model_id, number, target, environment=at)
 
 
 async def _alias(reg: Registry, rng: random.Random, model_id: str, counter: int) -> None:
@@ -704,7 +731,7 @@ async def _rollback_or_policy(
     if reg.states[model_id].rollback_target() is not None:
         await reg.rollback(model_id)
     elif reg.states[model_id].policy is None:
-        await reg.set_policy(model_id, GUARDED)
+        await reg.set_policy(model_id, rng.choice((GUARDED, REGIONAL)))
 
 
 async def _deployment(reg: Registry, rng: random.Random, model_id: str, counter: int) -> None:
@@ -728,7 +755,7 @@ async def _deployment(reg: Registry, rng: random.Random, model_id: str, counter:
         await reg.start_deployment(
             model_id,
             rng.choice(_versions(state)),
-            environment=rng.choice(("prod", "staging")),
+            environment=rng.choice(("prod", "staging", "eu")),
             **follows,
         )
 

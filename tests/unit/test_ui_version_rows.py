@@ -81,3 +81,14 @@ def test_every_value_in_a_row_is_escaped() -> None:
 def test_a_metric_column_the_version_lacks_shows_a_dash() -> None:
     [row] = version_rows(TEMPLATES, [_version(metrics=())], [("auc", "holdout")], BASE)
     assert '<td class="num">—</td>' in row
+
+
+def test_a_version_entering_a_second_environment_is_redrawn_with_both() -> None:
+    [before] = version_rows(
+        TEMPLATES, [_version(stage="production", environments=("eu",))], [], BASE
+    )
+    [after] = version_rows(
+        TEMPLATES, [_version(stage="production", environments=("eu", "us"))], [], BASE
+    )
+    assert "in eu<" in before
+    assert "in eu, us<" in after

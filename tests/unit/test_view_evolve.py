@@ -259,7 +259,8 @@ def test_a_stage_summary_counts_the_versions_a_batch_did_not_touch() -> None:
     log = Log()
     registered(log, M1, "churn", 3)
     loaded = fold(model_catalogue.PROJECTION, log.events)
-    assert loaded.stages == {(M1, 1): "development", (M1, 2): "development", (M1, 3): "development"}  # fmt: skip
+    # (each with the environments of its stage it is in: none here)
+    assert loaded.stages == {(M1, n): ("development", ()) for n in (1, 2, 3)}
 
     # when a batch moves version 2 to staging
     moved = log.model(M1, TransitionStage, version=2, to_stage=Stage.STAGING)
@@ -456,7 +457,7 @@ def test_rolling_back_the_live_deployment_restores_the_one_it_replaced() -> None
         "d1",
         "d1",
     )
-    assert rows.stages == {(M1, 1): "development", (M1, 2): "development"}
+    assert rows.stages == {(M1, 1): ("development", ()), (M1, 2): ("development", ())}
 
 
 # --- metric_history and audit_timeline ----------------------------------------------------

@@ -46,7 +46,11 @@ LIFETIME_UPPER_BOUND = timedelta(days=365)
 
 _ROLE = re.compile(r"[a-z][a-z0-9_-]{0,63}")
 _PRINCIPAL = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@+-]{0,127}")
-_GROUP = re.compile(r"[^\s=;:,|]{1,256}")
+# No white space as Python's re or ECMA 262 (the API's document) reads it, spelled out.
+_GROUP = re.compile(
+    "[^\\t\\n\\u000b\\f\\r \\u001c-\\u001f\\u0085\\u00a0\\u1680\\u2000-\\u200a"
+    "\\u2028\\u2029\\u202f\\u205f\\u3000\\ufeff=;:,|]{1,256}"
+)
 _PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,255}\*?|\*")
 BUILTIN_ROLES: dict[str, frozenset[Permission]] = {
     role.value: perms for role, perms in ROLE_PERMISSIONS.items()

@@ -21,6 +21,8 @@ from typing import Any
 
 import msgspec
 
+from events.access_grants import LIFETIME_UPPER_BOUND
+from events.access_grants import MAX_TEXT as ACCESS_TEXT_MAX
 from events.names import (
     ALIAS_MAX,
     MAX_TAGS,
@@ -50,6 +52,17 @@ PLACE = f"^[A-Za-z0-9][A-Za-z0-9._:/-]{{0,{PLACE_NAME_MAX - 1}}}$"
 TAG_KEY = f"^[A-Za-z0-9_][A-Za-z0-9_.:/-]{{0,{TAG_KEY_MAX - 1}}}$"
 PRINCIPAL = "^[A-Za-z0-9][A-Za-z0-9._@+-]{0,127}$"
 SCOPE = "^(?:[A-Za-z0-9][A-Za-z0-9._-]{0,255}\\*?|\\*)$"
+# Access control (events.access_grants): role names, identity-provider groups, and the
+# free text of roles, grants and service accounts (at most 500 characters).
+ROLE = "^[a-z][a-z0-9_-]{0,63}$"
+# White space as Python's re and ECMA 262 read \\s together (they differ on U+001C-U+001F,
+# U+0085 and U+FEFF), spelled out so both refuse the same characters.
+SPACES = (
+    "\\t\\n\\u000b\\f\\r \\u001c-\\u001f\\u0085\\u00a0\\u1680\\u2000-\\u200a"
+    "\\u2028\\u2029\\u202f\\u205f\\u3000\\ufeff"
+)
+GROUP = f"^[^{SPACES}=;:,|\\u0000]{{1,256}}$"
+ACCESS_TEXT = f"^[^\\u0000]{{0,{ACCESS_TEXT_MAX}}}$"
 # Required free text: something besides white space (``events.names.validate_text``).
 NOT_BLANK = "^\\s*[^\\s\\u0000][^\\u0000]*$"
 POSITION_DIGITS = f"^[0-9]{{1,{len(str(MAX_POSITION)) - 1}}}$"
@@ -87,6 +100,10 @@ _QUERY_PATTERNS = {
     ("/api/v1/models/{name}/versions", "stage"): STAGE,
     ("/api/v1/models/{name}/timeline", "stage"): STAGE,
     ("/api/v1/models/{name}/versions/{version}/gate", "to"): STAGE,
+    ("/api/v1/access/check", "group"): GROUP,
+    ("/api/v1/access/roles/{role}", "reason"): ACCESS_TEXT,
+    ("/api/v1/access/grants/{grant_id}", "reason"): ACCESS_TEXT,
+    ("/api/v1/service-accounts/{name}/disable", "reason"): ACCESS_TEXT,
 }
 # Path parameters by name: the rule each route applies to it.
 _PATH_PATTERNS = {
@@ -97,6 +114,8 @@ _PATH_PATTERNS = {
     "key": KEY,
     "digest": DIGEST,
     "ref": VERSION_REF,
+    "role": ROLE,
+    "grant_id": ID,
 }
 # Request body fields by (component, property): the rule the command applies to it.
 _BODY_PATTERNS = {
@@ -119,13 +138,27 @@ _BODY_PATTERNS = {
     ("DeploymentStart", "desired_stage"): STAGE,
     ("StageChange", "environment"): PLACE,
     ("PromotionRequest", "environment"): PLACE,
+    ("TokenRequest", "service_account"): PRINCIPAL,
+    ("RoleRequest", "description"): ACCESS_TEXT,
+    ("GrantRequest", "role"): ROLE,
+    ("GrantRequest", "model"): SCOPE,
+    ("GrantRequest", "principal"): PRINCIPAL,
+    ("GrantRequest", "group"): GROUP,
+    ("GrantRequest", "reason"): ACCESS_TEXT,
+    ("ServiceAccountRequest", "name"): PRINCIPAL,
+    ("ServiceAccountRequest", "description"): ACCESS_TEXT,
 }
-_BODY_ITEM_PATTERNS = {("TokenRequest", "scopes"): SCOPE}
+_BODY_ITEM_PATTERNS = {
+    ("TokenRequest", "scopes"): SCOPE,
+    ("ServiceAccountRequest", "scopes"): SCOPE,
+}
 # Lists a command refuses empty.
 _NOT_EMPTY = {
     ("MetricBatch", "metrics"),
     ("TokenRequest", "roles"),
     ("RegisterVersion", "artifacts"),
+    ("RoleRequest", "permissions"),
+    ("ServiceAccountRequest", "roles"),
 }
 
 
@@ -143,6 +176,19 @@ _OBJECT_RULES: dict[str, Schema] = {
     "DeploymentStart": {
         "not": {"allOf": [_present("desired_stage"), _present("desired_alias")]},
         "properties": {"desired_stage": {"not": {"const": "archived"}}},
+    },
+    # A token names its principal and roles, or the service account it is for.
+    "TokenRequest": {"anyOf": [_present("service_account"), {"required": ["principal", "roles"]}]},
+    # A grant is given to exactly one of a principal and a group.
+    "GrantRequest": {"oneOf": [_present("principal"), _present("group")]},
+    # A service account's tokens live between a minute and the upper bound.
+    "ServiceAccountRequest": {
+        "properties": {
+            "max_lifetime_seconds": {
+                "minimum": 60,
+                "maximum": int(LIFETIME_UPPER_BOUND.total_seconds()),
+            }
+        }
     },
     # A failed or rolled back deployment says why.
     "DeploymentReport": {

@@ -42,12 +42,10 @@ from service.api.common import (
     seed_of,
     services_of,
 )
-from service.api.openapi_exact import MODEL_NAME, PRINCIPAL
+from service.api.openapi_exact import GROUP, MODEL_NAME, PRINCIPAL
 from service.api.problems import BadRequestError
 from service.api.schemas import Strict
 from service.commands import access
-
-_GROUP = "^[^\\s=;:,|]{1,256}$"
 
 
 class RoleRequest(Strict, frozen=True, kw_only=True):
@@ -297,7 +295,7 @@ class AccessController(Controller):
             if value is not None and re.fullmatch(pattern, value) is None:
                 raise BadRequestError(field, "pattern", f"{field} {value!r} is not a valid name")
         groups = list(group or [])
-        if len(groups) > 100 or any(re.fullmatch(_GROUP, g) is None for g in groups):
+        if len(groups) > 100 or any(re.fullmatch(GROUP, g) is None for g in groups):
             raise BadRequestError(
                 "group", "pattern", "at most 100 groups, each without spaces or = ; : , |"
             )

@@ -46,10 +46,12 @@ from service.api.routes_operations import (
     DeploymentsController,
     TokensController,
 )
+from service.api.routes_subjects import SubjectsController
 from service.api.routes_uploads import UploadsController
 from service.api.routes_versions import CompareController, VersionsController
 from service.api.routes_webhooks import WebhooksController
 from service.api.services import Services
+from service.api.subject_names import subject_names_middleware
 from service.api.telemetry import HTTP_METRICS, MetricsController
 from service.api.tracing import correlation_middleware
 
@@ -73,6 +75,7 @@ CONTROLLERS = [
     WebhooksController,
     GatesController,
     DenialsController,
+    SubjectsController,
 ]
 
 
@@ -205,4 +208,6 @@ def api_app_kwargs(services: Services) -> dict[str, Any]:
             }
         ),
         "request_max_body_size": MAX_BODY_BYTES,
+        # Outermost: every answer, API, MLflow and UI pages alike, names people by name.
+        "middleware": [subject_names_middleware],
     }

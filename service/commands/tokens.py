@@ -25,7 +25,16 @@ import msgspec
 
 from eventlog.listener import Listener
 from eventlog.store import EventStore
-from events.access import TOKENS, IssueToken, Permission, RevokeToken, Role, TokenEvent, TokenState
+from events.access import (
+    TOKENS,
+    IssueToken,
+    Permission,
+    RevokeToken,
+    Role,
+    TokenEvent,
+    TokenState,
+    validate_principal,
+)
 from events.errors import AlreadyExistsError, ConcurrencyError, ConflictError
 from events.streams import TOKEN_TYPE, token_stream
 from service.commands.executor import CommandExecutor, Outcome
@@ -98,6 +107,10 @@ async def issue_token(
     """
     secret = secret or new_secret()
     token_id = token_id or uuid.uuid4().hex
+    if executor.subjects is not None:
+        # The token's event names its principal by subject id, as every actor; the name
+        # is checked first, since the decider only sees the id.
+        principal = await executor.subjects.subject_for(validate_principal(principal))
     command = IssueToken(
         actor=actor,
         now=now or datetime.now(UTC),

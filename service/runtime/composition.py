@@ -24,6 +24,7 @@ from service.denials.recorder import DenialRecorder
 from service.identity.jwks import JwksSource
 from service.identity.oidc import OidcAuthenticator, OidcConfig
 from service.identity.signin import SignIn
+from service.identity.subjects import SubjectDirectory
 from service.settings import Settings
 
 
@@ -41,7 +42,7 @@ def build_services(
     ``seal_signal`` is notified by a local sealer, so writes need not poll for their seal."""
     metrics = ApiMetrics(nats_stream=settings.nats_stream)
     store = EventStore(pool, CODEC, on_append=on_append)
-    executor = CommandExecutor(store, on_conflict=metrics.conflict)
+    executor = CommandExecutor(store, on_conflict=metrics.conflict, subjects=SubjectDirectory(pool))
     registry = Registry(
         store, executor, seal_timeout=settings.read_wait_timeout, seal_signal=seal_signal
     )

@@ -42,6 +42,7 @@ GROUPS = {
     "promotions": "service.cli.promotions",
     "events": "service.cli.events",
     "tokens": "service.cli.tokens",
+    "subjects": "service.cli.subjects",
     "webhooks": "service.cli.webhooks",
     "gate": "service.cli.cicd",
     "policy": "service.cli.policy",

@@ -6,12 +6,14 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 from typer.testing import CliRunner, Result
 
 from service.cli.main import build
 from service.client import Client
 from tests.support.registry_server import RegistryServer, registry_server
+from tests.support.ui_registry import log_in
 
 APP = build()
 
@@ -54,6 +56,13 @@ def test_an_admin_erases_a_person_from_the_command_line(server: RegistryServer) 
     with Client(server.url, token=server.admin_token) as client:
         assert client.subject(shown["subject_id"]).display == "erased subject"
         assert client.get_model("gwens-model").owner == "erased subject"
+    # and the web UI shows her as erased too, on the model's page and in the audit feed
+    with httpx.Client(base_url=server.url, timeout=30.0) as browser:
+        log_in(browser, server.admin_token)
+        for page in ("/ui/models/gwens-model", f"/ui/audit?actor={shown['subject_id']}"):
+            html = browser.get(page)
+            assert html.status_code == 200, page
+            assert "erased subject" in html.text and "gwen<" not in html.text, page
     # and a second erasure by name finds nobody (the name is gone)
     missing = run(server, "subjects", "erase", "gwen", "--reason", "again", "--yes", code=1)
     assert "404" in missing.stderr

@@ -63,6 +63,11 @@ def test_an_admin_erases_a_person_from_the_command_line(server: RegistryServer) 
             html = browser.get(page)
             assert html.status_code == 200, page
             assert "erased subject" in html.text and "gwen<" not in html.text, page
+    # and the log, as people read it from the command line, names her as erased
+    tail = run(server, "events", "tail", "-n", "50").stdout
+    actors = [line.rstrip() for line in tail.splitlines()]
+    assert any(line.endswith("erased subject") for line in actors)
+    assert not [line for line in actors if line.endswith(shown["subject_id"])]
     # and a second erasure by name finds nobody (the name is gone)
     missing = run(server, "subjects", "erase", "gwen", "--reason", "again", "--yes", code=1)
     assert "404" in missing.stderr

@@ -2,10 +2,11 @@
 
 The name lives in one row of ``subjects`` (migration 0009); events hold the subject id.
 Erasure revokes the person's tokens, records ``subject.erased`` (the id only) and clears
-the name in one transaction, and deletes their refused-request rows (``denials``, outside
-the log). The hashed events are not touched, so ``audit verify`` and replays still pass;
-events recorded before subjects existed name the person in clear and cannot be changed,
-so the report counts them.
+the name in one transaction, then deletes their refused-request rows (``denials``) and the
+answers kept for their retried writes (``idempotency_keys``), both outside the log. The
+hashed events are not touched, so ``audit verify`` and replays still pass; events recorded
+before subjects existed name the person in clear and cannot be changed, so the report
+counts them.
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ _ERASE = (
 # owner) from before subjects existed: bytes that can never change.
 _LEGACY = "SELECT count(*) FROM events WHERE position($1::bytea IN envelope) > 0"
 _DENIALS = "DELETE FROM denials WHERE principal = ANY ($1::text[])"
+# Remembered answers to retried writes are keyed by the principal's name.
+_IDEMPOTENCY = "DELETE FROM idempotency_keys WHERE principal = ANY ($1::text[])"
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +95,7 @@ async def erase_subject(
     pool = executor.store.pool
     legacy = await pool.fetchval(_LEGACY, msgspec.json.encode(name))
     deleted = await pool.execute(_DENIALS, [name, subject.subject_id])
+    await pool.execute(_IDEMPOTENCY, [name, subject.subject_id])
     return Erasure(
         subject=await find_subject(subjects, subject.subject_id),
         outcome=outcome,

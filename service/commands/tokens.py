@@ -37,6 +37,7 @@ from events.access import (
 )
 from events.errors import AlreadyExistsError, ConcurrencyError, ConflictError
 from events.streams import TOKEN_TYPE, token_stream
+from events.subjects import is_subject_id
 from service.commands.executor import CommandExecutor, Outcome
 from service.commands.token_secrets import (
     Pepper,
@@ -325,12 +326,24 @@ class TokenAuthenticator:
             self._accepted.move_to_end(digest)
             self._check(state)
         return Principal(
-            name=state.principal,
+            name=await self._name_of(state.principal),
             token_id=state.token_id,
             roles=state.roles,
             permissions=state.permissions,
             scopes=state.scopes,
         )
+
+    async def _name_of(self, principal: str) -> str:
+        """The name a token's principal goes by in this process (idempotency keys, refusals,
+        ``/me``): a token issued since subjects exist records its principal by subject id,
+        and the executor maps the name back to that id before any decision."""
+        subjects = self.executor.subjects
+        if subjects is None or not is_subject_id(principal):
+            return principal
+        name = await subjects.principal_of(principal)
+        if name is None:
+            raise InvalidTokenError("this token's subject was erased")
+        return name
 
     def _check(self, state: TokenState) -> None:
         if not state.issued:

@@ -12,7 +12,7 @@ from litestar.datastructures import State
 from litestar.middleware import DefineMiddleware
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.api import routes_uploads, routes_webhooks, schemas
+from service.api import routes_subjects, routes_uploads, routes_webhooks, schemas
 from service.api.auth import BearerTokenMiddleware
 from service.api.common import refuse_nul_characters
 from service.api.idempotency import idempotency_middleware
@@ -121,7 +121,7 @@ def exact_document(app: Litestar) -> None:
     openapi_exact``), and keep the query parameters each operation declares, which
     ``refuse_unknown_query`` holds requests to."""
     document = app.plugins.get(OpenAPIPlugin).provide_openapi_schema()  # cached: edited in place
-    make_exact(document, strict_structs(schemas, routes_uploads, routes_webhooks))
+    make_exact(document, strict_structs(schemas, routes_uploads, routes_webhooks, routes_subjects))
     app.state[QUERY_NAMES] = declared_query_names(document)
 
 

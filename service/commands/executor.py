@@ -357,7 +357,7 @@ class CommandExecutor:
         return Outcome(events, decider.fold(events, state), result.stream_version, result)
 
     async def pseudonymous(self, command: C) -> C:
-        """``command`` with its actor as a subject id, decided before anything is decided:
+        """``command`` with its actor as a subject id, mapped before anything is decided:
         rules compare who acted by stable ids, and recorded bytes never hold the name. A
         model's owner left at its default (the actor) is the actor's subject id too."""
         if self.subjects is None:

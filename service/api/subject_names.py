@@ -84,7 +84,12 @@ def subject_names_middleware(app: ASGIApp) -> ASGIApp:
         async def sending(message: Any) -> None:
             nonlocal held
             if message["type"] == "http.response.start":
-                held = message
+                if _kind(list(message.get("headers", []))) is None:
+                    # Not a page or a document (a download): started at once, so a stream
+                    # that fails later is cut short, as it would be without this layer.
+                    await send(message)
+                else:
+                    held = message  # its Content-Length may change with the body
                 return
             if held is None or message["type"] != "http.response.body":
                 await send(message)

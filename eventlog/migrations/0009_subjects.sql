@@ -14,7 +14,21 @@ CREATE TABLE subjects (
     CHECK ((principal IS NULL) = (erased_at IS NOT NULL))
 );
 
+-- Comments kept beside the log (MODELREG_ERASABLE_COMMENTS): the event holds `ref`, which
+-- is `cmt_` + sha256(salt || text), so it commits to the text without revealing it (the
+-- salt defeats guessing short comments). Erasing the author clears salt and text.
+CREATE TABLE erasable_comments (
+    ref         text        PRIMARY KEY CHECK (ref ~ '^cmt_[0-9a-f]{64}$'),
+    subject_id  text        NOT NULL,
+    salt        bytea,                        -- NULL once erased
+    body        text,                         -- NULL once erased
+    created_at  timestamptz NOT NULL DEFAULT statement_timestamp(),
+    erased_at   timestamptz,
+    CHECK ((body IS NULL) = (erased_at IS NOT NULL))
+);
+CREATE INDEX erasable_comments_by_subject ON erasable_comments (subject_id);
+
 DO $$
 BEGIN
-    EXECUTE format('GRANT SELECT, INSERT, UPDATE ON subjects TO %I', current_setting('modelreg.app_role'));
+    EXECUTE format('GRANT SELECT, INSERT, UPDATE ON subjects, erasable_comments TO %I', current_setting('modelreg.app_role'));
 END $$;

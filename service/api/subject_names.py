@@ -5,6 +5,8 @@ subjects``). Rather than teach every view and page to look names up, this middle
 rewrites each ``subj_…`` id in a JSON or HTML answer to the name it stands for (one query
 per answer), or to "erased subject" after erasure; an id nobody knows stays as it is.
 Ids are 130 random bits with a fixed shape, so a match is an id, never a coincidence.
+Comment references (``cmt_…``, MODELREG_ERASABLE_COMMENTS) become their text the same
+way, or "erased comment".
 
 Left as they are: ``/api/v1/events`` (the stored, hashed bytes, which a client verifies),
 ``/api/v1/subjects`` (whose answers are about the ids themselves), and streamed bodies
@@ -24,7 +26,7 @@ from litestar.types import ASGIApp, Receive, Scope, Send
 from service.api.services import Services
 from service.identity.subjects import SubjectDirectory
 
-_ID = re.compile(rb"subj_[a-z2-7]{26}")
+_ID = re.compile(rb"subj_[a-z2-7]{26}|cmt_[0-9a-f]{64}")
 _VERBATIM = ("/api/v1/events", "/api/v1/subjects")
 _JSON = (b"application/json", b"application/problem+json")
 _HTML = b"text/html"
@@ -52,7 +54,10 @@ async def with_names(body: bytes, kind: str, subjects: SubjectDirectory) -> byte
     found = {m.decode() for m in _ID.findall(body)}
     if not found:
         return body
-    names = await subjects.names_of(found)
+    names = await subjects.names_of(i for i in found if i.startswith("subj_"))
+    comments = [i for i in found if i.startswith("cmt_")]
+    if comments:  # kept beside the log (MODELREG_ERASABLE_COMMENTS)
+        names.update(await subjects.comments_of(comments))
     if not names:
         return body
     replacement = {k.encode(): _escaped(v, kind) for k, v in names.items()}

@@ -36,6 +36,7 @@ from eventlog.store import AppendResult, EventStore, Metadata, StaleGuardError
 from events.base import Command, Decider, Event
 from events.envelope import decode_envelope
 from events.errors import ConcurrencyError, ConflictError, DomainError
+from events.names import validate_comment
 from service.identity.subjects import SubjectDirectory
 
 log = logging.getLogger(__name__)
@@ -368,6 +369,13 @@ class CommandExecutor:
             changes["actor_aliases"] = (*getattr(command, "actor_aliases", ()), *aliases)
         if getattr(command, "owner", None) == command.actor:
             changes["owner"] = subject
+        comment = getattr(command, "comment", None)
+        if self.subjects.erasable_comments and isinstance(comment, str) and comment.strip():
+            # The text is checked as the decider would (a blank one is left for it to
+            # refuse where a comment is required), then kept beside the log: the
+            # event holds a reference that commits to it (MODELREG_ERASABLE_COMMENTS).
+            validate_comment(comment)
+            changes["comment"] = await self.subjects.keep_comment(subject, comment)
         return msgspec.structs.replace(command, **changes)
 
     def _remember(self, stream_id: str, version: int, state: Any) -> None:

@@ -34,6 +34,11 @@ _ERASE = (
 # Events that hold the name as a JSON string value (an actor, a token's principal, an
 # owner) from before subjects existed: bytes that can never change.
 _LEGACY = "SELECT count(*) FROM events WHERE position($1::bytea IN envelope) > 0"
+# Their comments kept beside the log (MODELREG_ERASABLE_COMMENTS), erased with them.
+_COMMENTS = (
+    "UPDATE erasable_comments SET salt = NULL, body = NULL, erased_at = $2"
+    " WHERE subject_id = $1 AND body IS NOT NULL"
+)
 _DENIALS = "DELETE FROM denials WHERE principal = ANY ($1::text[])"
 # Remembered answers to retried writes are keyed by the principal's name.
 _IDEMPOTENCY = "DELETE FROM idempotency_keys WHERE principal = ANY ($1::text[])"
@@ -83,6 +88,7 @@ async def erase_subject(
     async def clear_name(conn: asyncpg.Connection) -> None:
         if await conn.execute(_ERASE, subject.subject_id, now, erased_by, reason) != "UPDATE 1":
             raise ConflictError(f"subject {subject.subject_id} is erased already")
+        await conn.execute(_COMMENTS, subject.subject_id, now)
 
     outcome = await executor.execute_beside(
         subject_stream(subject.subject_id),

@@ -12,6 +12,7 @@ provider sign-ins can), and those acts then read as erased too.
 from __future__ import annotations
 
 import base64
+import hashlib
 import secrets
 import time
 from collections import OrderedDict
@@ -24,6 +25,11 @@ import msgspec
 from events.subjects import is_subject_id
 
 ERASED = "erased subject"
+ERASED_COMMENT = "erased comment"
+_KEEP_COMMENT = (
+    "INSERT INTO erasable_comments (ref, subject_id, salt, body) VALUES ($1, $2, $3, $4)"
+)
+_COMMENTS = "SELECT ref, body FROM erasable_comments WHERE ref = ANY ($1::text[])"
 
 _CREATE = (
     "INSERT INTO subjects (subject_id, principal) VALUES ($1, $2)"
@@ -56,8 +62,17 @@ class Subject(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class SubjectDirectory:
-    def __init__(self, pool: asyncpg.Pool, *, ttl_seconds: float = 30.0, size: int = 10_000):
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        *,
+        ttl_seconds: float = 30.0,
+        size: int = 10_000,
+        erasable_comments: bool = False,
+    ):
+        """``erasable_comments``: keep comments beside the log (``keep_comment``)."""
         self.pool = pool
+        self.erasable_comments = erasable_comments
         self.ttl_seconds = ttl_seconds
         self.size = size
         self._ids: OrderedDict[str, tuple[float, str]] = OrderedDict()
@@ -110,6 +125,21 @@ class SubjectDirectory:
             return {}
         rows = await self.pool.fetch(_NAMES, wanted)
         return {r["subject_id"]: r["principal"] or ERASED for r in rows}
+
+    async def keep_comment(self, subject_id: str, text: str) -> str:
+        """Keep ``text`` (by ``subject_id``) beside the log; the reference an event holds."""
+        salt = secrets.token_bytes(16)
+        ref = "cmt_" + hashlib.sha256(salt + text.encode()).hexdigest()
+        await self.pool.execute(_KEEP_COMMENT, ref, subject_id, salt, text)
+        return ref
+
+    async def comments_of(self, refs: Iterable[str]) -> dict[str, str]:
+        """The text of each known comment reference (``ERASED_COMMENT`` once erased)."""
+        wanted = sorted(set(refs))
+        if not wanted:
+            return {}
+        rows = await self.pool.fetch(_COMMENTS, wanted)
+        return {r["ref"]: r["body"] if r["body"] is not None else ERASED_COMMENT for r in rows}
 
     async def find(self, who: str) -> Subject | None:
         """The subject named by its id or by its (not erased) principal name."""

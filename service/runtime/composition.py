@@ -42,7 +42,11 @@ def build_services(
     ``seal_signal`` is notified by a local sealer, so writes need not poll for their seal."""
     metrics = ApiMetrics(nats_stream=settings.nats_stream)
     store = EventStore(pool, CODEC, on_append=on_append)
-    executor = CommandExecutor(store, on_conflict=metrics.conflict, subjects=SubjectDirectory(pool))
+    executor = CommandExecutor(
+        store,
+        on_conflict=metrics.conflict,
+        subjects=SubjectDirectory(pool, erasable_comments=settings.erasable_comments),
+    )
     registry = Registry(
         store, executor, seal_timeout=settings.read_wait_timeout, seal_signal=seal_signal
     )

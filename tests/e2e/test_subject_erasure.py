@@ -31,6 +31,7 @@ from service.commands.registry import name_keys
 from service.identity.subjects import ERASED, SubjectDirectory
 from service.publication.jetstream import ensure_stream
 from service.publication.relay import Relay
+from service.settings import load_settings
 from tests.support.api import Api, running_api
 from tests.support.database import Database
 from tests.support.policies import PERMISSIVE_POLICY_BODY, permissive
@@ -303,3 +304,62 @@ async def test_erasure_counts_the_events_that_name_the_person_from_before_subjec
     # then the answer says how many recorded events still name her in clear (actor, owner:
     # one event)
     assert erased["legacy_events"] == 1
+
+
+async def test_erasable_comments_are_kept_beside_the_log_and_erased_with_their_author(
+    db: Database,
+) -> None:
+    # given a registry that keeps comments beside the log
+    settings = load_settings(
+        {}, db_schema=db.schema, read_wait_timeout=10.0, erasable_comments=True
+    )
+    async with running_api(db, settings) as api:
+        ok(await api.put("/api/v1/policy", json=POLICY))
+        alice, request_id = await alice_works(api)
+        ivan = await api.token("ivan", Role.APPROVER)
+        for _ in range(2):  # v2 and v3, to ask for the champion alias again
+            ok(
+                await api.post(f"{M}/churn/versions", json={"artifacts": [ARTIFACT]}, as_=alice),
+                201,
+            )
+        # when Ivan rejects a request with a comment that names someone
+        made = ok(
+            await api.post(f"{M}/churn/promotions", json={**CHAMPION, "version": 2}, as_=alice),
+            202,
+        )
+        rejected = made.json()["request_id"]
+        said = "Alice Example's holdout is stale"
+        ok(
+            await api.post(
+                f"/api/v1/promotions/{rejected}/reject", json={"comment": said}, as_=ivan
+            )
+        )
+        # then answers show the comment, but no recorded event holds its text
+        position = await settled(api)
+        history = ok(await api.get(f"{M}/churn/history", params={"min_position": position}))
+        assert said in history.text
+        pool = api.services.pool
+        recorded = "SELECT count(*) FROM events WHERE position($1::bytea IN envelope) > 0"
+        assert await pool.fetchval(recorded, said.encode()) == 0
+        # and a blank rejection is still refused, naming the field
+        again = ok(
+            await api.post(f"{M}/churn/promotions", json={**CHAMPION, "version": 3}, as_=alice),
+            202,
+        )
+        blank = await api.post(
+            f"/api/v1/promotions/{again.json()['request_id']}/reject",
+            json={"comment": "  "},
+            as_=ivan,
+        )
+        assert blank.status_code in (400, 422) and "comment" in blank.text
+
+        # when Ivan is erased
+        ok(await api.post("/api/v1/subjects/ivan/erase", json={"reason": "left"}))
+        # then his comment reads as erased, the text is gone, and the log still verifies
+        history = ok(await api.get(f"{M}/churn/history", params={"min_position": position}))
+        assert said not in history.text and "erased comment" in history.text
+        assert (
+            await pool.fetchval("SELECT count(*) FROM erasable_comments WHERE body = $1", said) == 0
+        )
+        assert ok(await api.get("/api/v1/audit/verify")).json()["ok"] is True
+        assert request_id  # Alice's own work stays readable

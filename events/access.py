@@ -177,16 +177,21 @@ def decide(command: TokenCommand, state: TokenState) -> list[TokenEvent]:
             assert_never(command)
 
 
-def _issue(command: IssueToken, state: TokenState) -> list[TokenEvent]:
-    if state.issued:
-        raise ConflictError(f"token {command.token_id} exists already", token_id=command.token_id)
-    validate_id(command.token_id, "token_id")
-    if not _PRINCIPAL.fullmatch(command.principal):
+def validate_principal(principal: str) -> str:
+    if not _PRINCIPAL.fullmatch(principal):
         raise ValidationError(
             "principal",
             "pattern",
             "principal must be 1-128 of A-Z a-z 0-9 . _ @ + -, starting alphanumeric",
         )
+    return principal
+
+
+def _issue(command: IssueToken, state: TokenState) -> list[TokenEvent]:
+    if state.issued:
+        raise ConflictError(f"token {command.token_id} exists already", token_id=command.token_id)
+    validate_id(command.token_id, "token_id")
+    validate_principal(command.principal)
     if not command.roles:
         raise ValidationError("roles", "required", "a token needs at least one role")
     _validate_scopes(command.scopes)

@@ -44,6 +44,15 @@ class Command(msgspec.Struct, frozen=True, kw_only=True):
     now: UtcDateTime
 
 
+def acted_as(command: Command, who: str) -> bool:
+    """Is ``who`` (a name or subject id from a recorded event) the actor of ``command``?
+
+    A command whose rules compare who acted (separation of duties, only the requester may
+    cancel) carries ``actor_aliases``: the shell records people by pseudonymous subject id,
+    events from before that hold the name, and both must count as one actor."""
+    return who == command.actor or who in getattr(command, "actor_aliases", ())
+
+
 S = TypeVar("S")
 C = TypeVar("C")
 E = TypeVar("E", bound=Event)

@@ -17,6 +17,7 @@ from events.model.decider import MODEL
 from events.model.events import MODEL_EVENT_TYPES
 from events.registry_policy import REGISTRY_POLICY, REGISTRY_POLICY_EVENT_TYPES
 from events.streams import stream_type
+from events.subjects import SUBJECT_EVENT_TYPES, SUBJECTS
 from events.webhooks import WEBHOOK_EVENT_TYPES, WEBHOOKS
 
 ALL_EVENT_TYPES: tuple[type[Event], ...] = (
@@ -28,6 +29,7 @@ ALL_EVENT_TYPES: tuple[type[Event], ...] = (
     *ARTIFACT_EVENT_TYPES,
     *BLOB_COLLECTION_EVENT_TYPES,
     *WEBHOOK_EVENT_TYPES,
+    *SUBJECT_EVENT_TYPES,
 )
 
 # (event_type, from_schema_version) -> pure upgrade of the decoded JSON object.
@@ -47,6 +49,7 @@ DECIDERS: Mapping[str, Decider[Any, Any, Any]] = {
         ARTIFACTS,
         BLOB_COLLECTION,
         WEBHOOKS,
+        SUBJECTS,
     )
 }
 

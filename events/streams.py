@@ -8,6 +8,7 @@
     blobstore:collections          blobs deleted by garbage collection (events.blob_collection)
     webhook:{subscription_id}      an HTTP webhook subscription (events.webhooks)
     access:registry                custom roles, grants, service accounts (events.access_grants)
+    subject:{subject_id}           a pseudonymous person, and its erasure (events.subjects)
 
 Model and token ids are opaque ids chosen by the shell (``A-Z a-z 0-9 _ -``, at most 64),
 never names, so a rename moves no history and a stream id never holds a user's ``:``.
@@ -26,6 +27,7 @@ ARTIFACTS_TYPE = "artifacts"
 BLOBSTORE_TYPE = "blobstore"
 WEBHOOK_TYPE = "webhook"
 ACCESS_TYPE = "access"
+SUBJECT_TYPE = "subject"
 
 REGISTRY_POLICY_STREAM = f"{POLICY_TYPE}:registry"
 # One stream for the whole shared blob store: every deletion moves it, so an upload or a
@@ -56,6 +58,10 @@ def artifacts_stream(model_id: str) -> str:
 
 def webhook_stream(subscription_id: str) -> str:
     return f"{WEBHOOK_TYPE}:{validate_id(subscription_id, 'subscription_id')}"
+
+
+def subject_stream(subject_id: str) -> str:
+    return f"{SUBJECT_TYPE}:{validate_id(subject_id, 'subject_id')}"
 
 
 def webhook_id_of(stream_id: str) -> str:

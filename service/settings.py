@@ -100,6 +100,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     # Refused requests (service.denials): how long the denials table keeps a row.
     denials_retention_days: Annotated[float, msgspec.Meta(gt=0)] = 90.0
 
+    # Personal data (service.identity.subjects): with erasable comments, a comment's text
+    # is kept beside the log and the event holds a salted sha256 reference to it, so
+    # erasing its author erases the text too.
+    erasable_comments: bool = False
+
     # Sign-in with the organisation's identity provider (service.identity): bearer JWTs
     # signed by the issuer's keys, found through its discovery document, a JWKS URL or a
     # JWKS file. Unset issuer: only modelreg's own tokens. OIDC_GROUP_ROLES maps groups to

@@ -192,6 +192,7 @@ class ApprovePromotion(GovernedCommand, frozen=True, kw_only=True):
     request_id: str
     comment: str = ""
     metrics: Metrics = msgspec.field(default_factory=_metrics)
+    actor_aliases: tuple[str, ...] = ()  # events.base.acted_as
 
 
 class RejectPromotion(Command, frozen=True, kw_only=True):
@@ -203,6 +204,7 @@ class CancelPromotion(Command, frozen=True, kw_only=True):
     request_id: str
     comment: str = ""
     actor_is_admin: bool = False
+    actor_aliases: tuple[str, ...] = ()  # events.base.acted_as
 
 
 class ExpirePromotion(Command, frozen=True, kw_only=True):

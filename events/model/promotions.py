@@ -24,7 +24,7 @@ from datetime import timedelta
 import msgspec
 from msgspec.structs import replace
 
-from events.base import utc
+from events.base import acted_as, utc
 from events.errors import (
     AlreadyExistsError,
     ConflictError,
@@ -285,13 +285,12 @@ def approve_promotion(command: ApprovePromotion, state: ModelState) -> list[Mode
     _unexpired(request, command)
     policy = state.effective_policy(command.registry_policy)
     version = state.version(request.version)
-    if policy.separation_of_duties and command.actor in (
-        request.requested_by,
-        version.registered_by,
+    if policy.separation_of_duties and (
+        acted_as(command, request.requested_by) or acted_as(command, version.registered_by)
     ):
         role = (
             "requested the promotion"
-            if command.actor == request.requested_by
+            if acted_as(command, request.requested_by)
             else "registered the version"
         )
         raise PolicyViolationError(
@@ -299,7 +298,7 @@ def approve_promotion(command: ApprovePromotion, state: ModelState) -> list[Mode
             f"{command.actor} {role} and cannot approve it",
             actor=command.actor,
         )
-    if command.actor in request.approvals:
+    if any(acted_as(command, a) for a in request.approvals):
         raise PolicyViolationError(
             "duplicate_approval", f"{command.actor} already approved this request"
         )
@@ -336,7 +335,7 @@ def cancel_promotion(command: CancelPromotion, state: ModelState) -> list[ModelE
     validate_comment(command.comment)
     request = _open_request(state, command.request_id)
     _unexpired(request, command)
-    if command.actor != request.requested_by and not command.actor_is_admin:
+    if not acted_as(command, request.requested_by) and not command.actor_is_admin:
         raise PolicyViolationError(
             "only_requester_can_cancel", "only the requester or an admin can cancel a request"
         )

@@ -521,13 +521,15 @@ async def open_requests(
 
 
 async def awaiting(
-    conn: Conn, names: Names, actor: str, *, now: datetime | None = None
+    conn: Conn, names: Names, actor: str | tuple[str, ...], *, now: datetime | None = None
 ) -> list[ApprovalRequest]:
-    """Pending requests ``actor`` may approve: their to-do list."""
+    """Pending requests ``actor`` may approve: their to-do list. One person may be
+    recorded under several ids (a name before subjects, a subject id since): give all."""
+    ids = {actor} if isinstance(actor, str) else set(actor)
     return [
         r
         for r in await open_requests(conn, names, now=now, limit=10_000)
-        if r.approvals_missing > 0 and actor not in r.approvers_excluded
+        if r.approvals_missing > 0 and not ids.intersection(r.approvers_excluded)
     ]
 
 

@@ -69,6 +69,7 @@ from events.model.events import (
 from events.registry_policy import RegistryPolicySet
 from events.stages import TransitionKind, placement
 from events.streams import ACCESS_TYPE, TOKEN_TYPE, model_id_or_none
+from events.subjects import SubjectErased
 from projections.base import Fold, Names, Projection, Table, changed
 
 Conn = asyncpg.Connection | asyncpg.Pool
@@ -418,6 +419,12 @@ def _metrics_logged(actor: str, event: MetricsLogged) -> Description:
     )
 
 
+@_describes(SubjectErased)
+def _subject_erased(actor: str, event: SubjectErased) -> Description:
+    # The subject id reads as "erased subject" wherever answers name people.
+    return f"{actor} erased the personal data of {event.subject_id}", "", None
+
+
 class _MetricsHead(msgspec.Struct):
     """What a summary needs of a metric batch, without decoding every point."""
 
@@ -522,7 +529,7 @@ async def entries(
     model_id: str | None = None,
     only_models: Sequence[str] | None = None,
     hide_tokens: bool = False,
-    actor: str | None = None,
+    actor: str | tuple[str, ...] | None = None,
     event_types: Sequence[str] | None = None,
     version: int | None = None,
     since: datetime | None = None,
@@ -554,8 +561,8 @@ async def entries(
         bind("stream_id NOT LIKE ?", f"{TOKEN_TYPE}:%")
         # Grants and service accounts map who may do what: as secret as the tokens.
         bind("stream_id NOT LIKE ?", f"{ACCESS_TYPE}:%")
-    if actor is not None:
-        bind("actor = ?", actor)
+    if actor is not None:  # one person may be recorded under a name and a subject id
+        bind("actor = ANY (?::text[])", [actor] if isinstance(actor, str) else list(actor))
     if event_types is not None:
         bind("event_type = ANY (?::text[])", list(event_types))
     if version is not None:

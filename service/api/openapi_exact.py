@@ -116,6 +116,7 @@ _PATH_PATTERNS = {
     "ref": VERSION_REF,
     "role": ROLE,
     "grant_id": ID,
+    "subject": PRINCIPAL,  # a principal's name, or a subject id (subj_...), which matches too
 }
 # Request body fields by (component, property): the rule the command applies to it.
 _BODY_PATTERNS = {
@@ -130,6 +131,7 @@ _BODY_PATTERNS = {
     ("DeploymentStart", "desired_alias"): NEW_ALIAS,
     ("DeploymentReport", "deployment_id"): ID,
     ("TokenRequest", "principal"): PRINCIPAL,
+    ("EraseRequest", "reason"): NOT_BLANK,
     ("OpenUpload", "digest"): DIGEST,
     ("PromotionRequest", "justification"): NOT_BLANK,
     ("PromotionRequest", "alias"): NEW_ALIAS,

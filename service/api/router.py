@@ -12,7 +12,7 @@ from litestar.datastructures import State
 from litestar.middleware import DefineMiddleware
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.api import routes_access, routes_uploads, routes_webhooks, schemas
+from service.api import routes_access, routes_subjects, routes_uploads, routes_webhooks, schemas
 from service.api.auth import BearerTokenMiddleware
 from service.api.common import refuse_nul_characters
 from service.api.idempotency import idempotency_middleware
@@ -48,10 +48,12 @@ from service.api.routes_operations import (
     DeploymentsController,
     TokensController,
 )
+from service.api.routes_subjects import SubjectsController
 from service.api.routes_uploads import UploadsController
 from service.api.routes_versions import CompareController, VersionsController
 from service.api.routes_webhooks import WebhooksController
 from service.api.services import Services
+from service.api.subject_names import subject_names_middleware
 from service.api.telemetry import HTTP_METRICS, MetricsController
 from service.api.tracing import correlation_middleware
 
@@ -78,6 +80,7 @@ CONTROLLERS = [
     GatesController,
     DenialsController,
     AuthConfigController,
+    SubjectsController,
 ]
 
 
@@ -123,7 +126,10 @@ def exact_document(app: Litestar) -> None:
     openapi_exact``), and keep the query parameters each operation declares, which
     ``refuse_unknown_query`` holds requests to."""
     document = app.plugins.get(OpenAPIPlugin).provide_openapi_schema()  # cached: edited in place
-    make_exact(document, strict_structs(schemas, routes_access, routes_uploads, routes_webhooks))
+    make_exact(
+        document,
+        strict_structs(schemas, routes_access, routes_uploads, routes_webhooks, routes_subjects),
+    )
     app.state[QUERY_NAMES] = declared_query_names(document)
 
 
@@ -210,4 +216,6 @@ def api_app_kwargs(services: Services) -> dict[str, Any]:
             }
         ),
         "request_max_body_size": MAX_BODY_BYTES,
+        # Outermost: every answer, API, MLflow and UI pages alike, names people by name.
+        "middleware": [subject_names_middleware],
     }

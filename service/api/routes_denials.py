@@ -20,6 +20,7 @@ from service.api.auth import require
 from service.api.common import principal_of, representable_time, services_of
 from service.api.openapi_exact import MODEL_NAME, PRINCIPAL
 from service.api.problems import BadRequestError
+from service.api.subject_names import actor_ids
 from service.denials.table import CURSOR_PATTERN, Denial, decode_cursor, read
 
 DenialCode = Literal["unauthenticated", "permission_denied", "policy_violation", "overflow"]
@@ -75,7 +76,7 @@ class DenialsController(Controller):
         items = await read(
             services.pool,
             limit=limit,
-            principal=principal,
+            principal=await actor_ids(services, principal),
             model=model,
             code=code,
             since=since and representable_time(since, "since"),

@@ -59,6 +59,7 @@ from service.api.schemas import (
     StageNameQuery,
 )
 from service.api.services import Services
+from service.api.subject_names import actor_ids
 from service.commands.tokens import covers
 
 TIMELINE = [stage_timeline.PROJECTION]
@@ -458,11 +459,12 @@ class PromotionsController(Controller):
         """Open requests (``state=open``), decided ones, or those awaiting the caller (``mine``)."""
         principal = principal_of(request)
         require(principal, Permission.READ)
+        me = await actor_ids(services_of(request), principal.name) or (principal.name,)
         async with read_views(
             services_of(request), APPROVALS, as_of=None, min_position=min_position
         ) as reader:
             if which == "mine":
-                found = await approvals.awaiting(reader.conn, reader.names, principal.name)
+                found = await approvals.awaiting(reader.conn, reader.names, me)
             elif which == "open":
                 found = await approvals.open_requests(reader.conn, reader.names)
             else:

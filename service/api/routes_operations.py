@@ -51,6 +51,7 @@ from service.api.schemas import (
     TokenInfo,
     TokenRequest,
 )
+from service.api.subject_names import actor_ids
 from service.artifacts.audit import AuditReport, audit_blobs, read_ledger
 from service.artifacts.inventory import inventory_of
 from service.commands import access
@@ -255,7 +256,7 @@ class AuditController(Controller):
                 reader.conn,
                 reader.names,
                 model_id=model_id,
-                actor=actor,
+                actor=await actor_ids(services, actor),
                 event_types=type,
                 version=version,
                 since=since and representable_time(since, "since"),
@@ -297,7 +298,7 @@ class AuditController(Controller):
                 reader.names,
                 only_models=only_models,
                 hide_tokens=hide_tokens,
-                actor=actor,
+                actor=await actor_ids(services, actor),
                 event_types=type,
                 since=since and representable_time(since, "since"),
                 until=until and representable_time(until, "until"),

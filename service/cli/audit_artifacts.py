@@ -33,6 +33,7 @@ from service.artifacts.inventory import inventory_of
 from service.cli.database import fail, run_with_pool
 from service.cli.output import console, fields, output, table
 from service.commands.executor import CommandExecutor
+from service.identity.subjects import SubjectDirectory
 from service.settings import Settings, SettingsError, load_settings
 
 EXIT_FOUND = 1
@@ -91,7 +92,7 @@ def artifacts_command(
 
     async def work(pool: asyncpg.Pool) -> AuditReport:
         store = EventStore(pool, CODEC)
-        executor = CommandExecutor(store)
+        executor = CommandExecutor(store, subjects=SubjectDirectory(pool))
         now = datetime.now(UTC)
         ledger = await read_ledger(store, executor)
         with _bar() as bar:

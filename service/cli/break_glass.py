@@ -21,6 +21,7 @@ from events.catalogue import CODEC
 from service.commands.executor import CommandExecutor
 from service.commands.token_secrets import check_pepper, load_pepper
 from service.commands.tokens import issue_token
+from service.identity.subjects import SubjectDirectory
 from service.settings import Settings
 
 ACTOR = "break-glass"
@@ -37,7 +38,7 @@ def mint_admin(
 
     async def work(pool: asyncpg.Pool) -> tuple[str, str]:
         await check_pepper(pool, pepper)
-        executor = CommandExecutor(EventStore(pool, CODEC))
+        executor = CommandExecutor(EventStore(pool, CODEC), subjects=SubjectDirectory(pool))
         outcome, secret = await issue_token(
             executor,
             pepper,

@@ -4,11 +4,13 @@ I/O: the registry's HTTP API; exit codes as in ``service.cli.shared`` (Ctrl-C: 0
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Annotated
 
 import typer
 
 from events.catalogue import ALL_EVENT_TYPES
+from events.subjects import is_subject_id
 from service.cli.help import command_group
 from service.cli.output import OutputClosedError, RowStream, StreamOutput, when
 from service.cli.shared import (
@@ -19,6 +21,7 @@ from service.cli.shared import (
     complete_model,
     connect,
 )
+from service.client import Client, NotFound
 from service.client.models import LoggedEvent
 
 app = command_group("The global event log: tail (and follow) it.")
@@ -39,15 +42,33 @@ def event_rows() -> RowStream:
     )
 
 
-def cells_of(event: LoggedEvent) -> tuple[str, ...]:
+def cells_of(event: LoggedEvent, name: Callable[[str], str] = str) -> tuple[str, ...]:
+    """``name``: who an actor is (the envelope records people by subject id)."""
     record = event.record
     return (
         str(event.log_position),
         when(event.sealed_at),
         str(record.get("event_type", "")),
         str(record.get("stream_id", "")),
-        str(record.get("actor", "")),
+        name(str(record.get("actor", ""))),
     )
+
+
+def names_from(client: Client) -> Callable[[str], str]:
+    """Subject ids as people read them (asked once each); anything else as it is."""
+    known: dict[str, str] = {}
+
+    def name(actor: str) -> str:
+        if not is_subject_id(actor):
+            return actor
+        if actor not in known:
+            try:
+                known[actor] = client.subject(actor).display
+            except NotFound:
+                known[actor] = actor
+        return known[actor]
+
+    return name
 
 
 def json_of(event: LoggedEvent) -> dict[str, object]:
@@ -99,10 +120,12 @@ def tail(
 
     stream = StreamOutput(as_json, event_rows())
 
-    def emit(event: LoggedEvent) -> None:
-        stream.emit(json_of(event), cells_of(event))
-
     with connect(url, token, read_your_writes=False) as client:
+        name = names_from(client)
+
+        def emit(event: LoggedEvent) -> None:
+            stream.emit(json_of(event), () if as_json else cells_of(event, name))
+
         start = after if after is not None else max(0, client.head_position() - lines)
         stream.start()
         try:

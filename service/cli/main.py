@@ -44,6 +44,7 @@ GROUPS = {
     "tokens": "service.cli.tokens",
     "access": "service.cli.access",
     "service-accounts": "service.cli.service_accounts",
+    "subjects": "service.cli.subjects",
     "webhooks": "service.cli.webhooks",
     "gate": "service.cli.cicd",
     "policy": "service.cli.policy",

@@ -72,6 +72,7 @@ from service.client.models import (
     Dependencies,
     DeploymentRun,
     Downloaded,
+    Erasure,
     EventsPage,
     FileTransfer,
     IssuedToken,
@@ -92,6 +93,7 @@ from service.client.models import (
     RunReference,
     ServiceAccountInfo,
     StageInterval,
+    Subject,
     TokenInfo,
     VerifyReport,
     VersionRow,
@@ -1399,6 +1401,20 @@ class AsyncClient:
     async def revoke_token(self, token_id: str, reason: str = "") -> Receipt:
         return await self._write(
             "DELETE", f"/api/v1/tokens/{seg(token_id)}", params={"reason": reason}
+        )
+
+    # ------------------------------------------------------------------ personal data
+
+    async def subject(self, who: str) -> Subject:
+        """Who a subject id (as events record people) stands for, or a principal's subject;
+        ``erased`` once the person was erased."""
+        return await self._get(f"/api/v1/subjects/{seg(who)}", Subject, consistent=False)
+
+    async def erase_subject(self, who: str, reason: str) -> Erasure:
+        """Erase a person (admin), by subject id or principal name: their tokens are
+        revoked and their name deleted; answers then show "erased subject"."""
+        return await self._write(
+            "POST", f"/api/v1/subjects/{seg(who)}/erase", {"reason": reason}, kind=Erasure
         )
 
     # ------------------------------------------------------------------ CI/CD and webhooks

@@ -69,6 +69,7 @@ from service.client.models import (
     Dependencies,
     DeploymentRun,
     Downloaded,
+    Erasure,
     EventsPage,
     FileTransfer,
     IssuedToken,
@@ -89,6 +90,7 @@ from service.client.models import (
     RunReference,
     ServiceAccountInfo,
     StageInterval,
+    Subject,
     TokenInfo,
     VerifyReport,
     VersionRow,
@@ -1393,6 +1395,20 @@ class Client:
     def revoke_token(self, token_id: str, reason: str = "") -> Receipt:
         return self._write(
             "DELETE", f"/api/v1/tokens/{seg(token_id)}", params={"reason": reason}
+        )
+
+    # ------------------------------------------------------------------ personal data
+
+    def subject(self, who: str) -> Subject:
+        """Who a subject id (as events record people) stands for, or a principal's subject;
+        ``erased`` once the person was erased."""
+        return self._get(f"/api/v1/subjects/{seg(who)}", Subject, consistent=False)
+
+    def erase_subject(self, who: str, reason: str) -> Erasure:
+        """Erase a person (admin), by subject id or principal name: their tokens are
+        revoked and their name deleted; answers then show "erased subject"."""
+        return self._write(
+            "POST", f"/api/v1/subjects/{seg(who)}/erase", {"reason": reason}, kind=Erasure
         )
 
     # ------------------------------------------------------------------ CI/CD and webhooks

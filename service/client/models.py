@@ -591,6 +591,31 @@ class IssuedToken(msgspec.Struct, frozen=True, kw_only=True):
     note: str = ""
 
 
+class Subject(msgspec.Struct, frozen=True, kw_only=True):
+    """A person as events record them: ``subject_id``; ``name`` None once erased, and
+    ``display`` what every answer shows for them ("erased subject" then)."""
+
+    subject_id: str
+    name: str | None
+    display: str
+    erased: bool
+    created_at: datetime
+    erased_at: datetime | None = None
+    erased_by: str | None = None
+    reason: str | None = None
+
+
+class Erasure(msgspec.Struct, frozen=True, kw_only=True):
+    """What erasing a subject did; ``legacy_events``: events recorded before subjects
+    existed, which still name the person in clear (recorded bytes never change)."""
+
+    subject: Subject
+    position: int | None
+    revoked_tokens: list[str]
+    legacy_events: int
+    denials_deleted: int
+
+
 class TokenInfo(msgspec.Struct, frozen=True, kw_only=True):
     token_id: str
     principal: str

@@ -36,6 +36,8 @@ from eventlog.store import AppendResult, EventStore, Metadata, StaleGuardError
 from events.base import Command, Decider, Event
 from events.envelope import decode_envelope
 from events.errors import ConcurrencyError, ConflictError, DomainError
+from events.names import validate_comment
+from service.identity.subjects import SubjectDirectory
 
 log = logging.getLogger(__name__)
 
@@ -104,8 +106,12 @@ class CommandExecutor:
         snapshot_every: int = 200,
         max_attempts: int = 10,
         on_conflict: Callable[[], None] | None = None,
+        subjects: SubjectDirectory | None = None,
     ) -> None:
+        """``subjects``: record actors by pseudonymous subject id (``service.identity.
+        subjects``); without it, as the command names them (tests of the domain alone)."""
         self.store = store
+        self.subjects = subjects
         self.cache_size = cache_size
         self.snapshot_every = snapshot_every
         self.max_attempts = max_attempts
@@ -169,6 +175,7 @@ class CommandExecutor:
         correlation_id: uuid.UUID | None,
         guards: Mapping[str, int] | None = None,
     ) -> Outcome[S, E]:
+        command = await self.pseudonymous(command)
         metadata = Metadata(
             actor=command.actor,
             occurred_at=command.now,
@@ -327,6 +334,9 @@ class CommandExecutor:
         row the caller keeps outside the events (a token's credential, a webhook's secret):
         both are written or neither. Its errors (a unique violation, ConcurrencyError) are
         the caller's to name."""
+        command = await self.pseudonymous(command)
+        if self.subjects is not None:
+            actor, _ = await self.subjects.pseudonymous(actor)
         version, state = await self.state_of(stream_id, decider)
         events = decider.decide(command, state)
         metadata = Metadata(
@@ -346,6 +356,27 @@ class CommandExecutor:
         self.store.committed(result)
         self.forget(stream_id)
         return Outcome(events, decider.fold(events, state), result.stream_version, result)
+
+    async def pseudonymous(self, command: C) -> C:
+        """``command`` with its actor as a subject id, mapped before anything is decided:
+        rules compare who acted by stable ids, and recorded bytes never hold the name. A
+        model's owner left at its default (the actor) is the actor's subject id too."""
+        if self.subjects is None:
+            return command
+        subject, aliases = await self.subjects.pseudonymous(command.actor)
+        changes: dict[str, Any] = {"actor": subject}
+        if "actor_aliases" in command.__struct_fields__:
+            changes["actor_aliases"] = (*getattr(command, "actor_aliases", ()), *aliases)
+        if getattr(command, "owner", None) == command.actor:
+            changes["owner"] = subject
+        comment = getattr(command, "comment", None)
+        if self.subjects.erasable_comments and isinstance(comment, str) and comment.strip():
+            # The text is checked as the decider would (a blank one is left for it to
+            # refuse where a comment is required), then kept beside the log: the
+            # event holds a reference that commits to it (MODELREG_ERASABLE_COMMENTS).
+            validate_comment(comment)
+            changes["comment"] = await self.subjects.keep_comment(subject, comment)
+        return msgspec.structs.replace(command, **changes)
 
     def _remember(self, stream_id: str, version: int, state: Any) -> None:
         cached = self._cache.get(stream_id)

@@ -25,10 +25,20 @@ import msgspec
 
 from eventlog.listener import Listener
 from eventlog.store import EventStore
-from events.access import TOKENS, IssueToken, Permission, RevokeToken, Role, TokenEvent, TokenState
+from events.access import (
+    TOKENS,
+    IssueToken,
+    Permission,
+    RevokeToken,
+    Role,
+    TokenEvent,
+    TokenState,
+    validate_principal,
+)
 from events.access_grants import ACCESS, AccessState, Right, granted_rights, token_rights
 from events.errors import AlreadyExistsError, ConcurrencyError, ConflictError
 from events.streams import ACCESS_STREAM, TOKEN_TYPE, token_stream
+from events.subjects import is_subject_id
 from service.commands.executor import CommandExecutor, Outcome
 from service.commands.token_secrets import (
     Pepper,
@@ -112,6 +122,10 @@ async def issue_token(
     """
     secret = secret or new_secret()
     token_id = token_id or uuid.uuid4().hex
+    if executor.subjects is not None:
+        # The token's event names its principal by subject id, as every actor; the name
+        # is checked first, since the decider only sees the id.
+        principal = await executor.subjects.subject_for(validate_principal(principal))
     command = IssueToken(
         actor=actor,
         now=now or datetime.now(UTC),
@@ -331,12 +345,13 @@ class TokenAuthenticator:
         else:
             self._accepted.move_to_end(digest)
             self._check(state)
+        name = await self._name_of(state.principal)
         access = await self.access()
-        account = access.service_account(state.principal)
+        account = access.service_account(name)
         if account is not None and account.disabled:
             raise InvalidTokenError(f"service account {account.name!r} is disabled")
         principal = Principal(
-            name=state.principal,
+            name=name,
             token_id=state.token_id,
             roles=state.roles,
             permissions=state.permissions,
@@ -360,6 +375,18 @@ class TokenAuthenticator:
         """``principal`` holding also what the grants naming it or its groups give."""
         granted = granted_rights(access, principal.name, principal.groups)
         return msgspec.structs.replace(principal, grants=granted) if granted else principal
+
+    async def _name_of(self, principal: str) -> str:
+        """The name a token's principal goes by in this process (idempotency keys, refusals,
+        ``/me``): a token issued since subjects exist records its principal by subject id,
+        and the executor maps the name back to that id before any decision."""
+        subjects = self.executor.subjects
+        if subjects is None or not is_subject_id(principal):
+            return principal
+        name = await subjects.principal_of(principal)
+        if name is None:
+            raise InvalidTokenError("this token's subject was erased")
+        return name
 
     def _check(self, state: TokenState) -> None:
         if not state.issued:

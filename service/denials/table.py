@@ -87,7 +87,7 @@ async def read(
     pool: asyncpg.Pool,
     *,
     limit: int,
-    principal: str | None = None,
+    principal: str | tuple[str, ...] | None = None,
     model: str | None = None,
     code: str | None = None,
     since: datetime | None = None,
@@ -100,7 +100,7 @@ async def read(
         SELECT id, principal, token_id, status, code, method, route, model, permission,
                reason, client, count, first_at, last_at
           FROM denials
-         WHERE ($1::text IS NULL OR principal = $1)
+         WHERE ($1::text[] IS NULL OR principal = ANY ($1::text[]))
            AND ($2::text IS NULL OR model = $2)
            AND ($3::text IS NULL OR code = $3)
            AND ($4::timestamptz IS NULL OR last_at >= $4)
@@ -109,7 +109,8 @@ async def read(
          ORDER BY last_at DESC, id DESC
          LIMIT $8
         """,
-        principal,
+        # One person may be refused under a name and under a subject id.
+        [principal] if isinstance(principal, str) else principal and list(principal),
         model,
         code,
         since,

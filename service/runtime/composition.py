@@ -25,6 +25,7 @@ from service.identity.flows import FlowConfig, ProviderFlows
 from service.identity.jwks import JwksSource
 from service.identity.oidc import OidcAuthenticator, OidcConfig
 from service.identity.signin import SignIn
+from service.identity.subjects import SubjectDirectory
 from service.settings import Settings
 
 
@@ -42,7 +43,11 @@ def build_services(
     ``seal_signal`` is notified by a local sealer, so writes need not poll for their seal."""
     metrics = ApiMetrics(nats_stream=settings.nats_stream)
     store = EventStore(pool, CODEC, on_append=on_append)
-    executor = CommandExecutor(store, on_conflict=metrics.conflict)
+    executor = CommandExecutor(
+        store,
+        on_conflict=metrics.conflict,
+        subjects=SubjectDirectory(pool, erasable_comments=settings.erasable_comments),
+    )
     registry = Registry(
         store, executor, seal_timeout=settings.read_wait_timeout, seal_signal=seal_signal
     )

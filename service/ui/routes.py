@@ -37,6 +37,7 @@ from service.api.routes_models import ModelsController
 from service.api.routes_operations import AuditController, DeploymentsController
 from service.api.routes_versions import CompareController, VersionsController
 from service.api.schemas import Decision
+from service.api.subject_names import actor_ids
 from service.commands.gate_check import GateCheck
 from service.commands.tokens import InvalidTokenError
 from service.identity.flows import FLOW_SECONDS, FlowSeal, ProviderFlows, SignInRefusedError
@@ -440,6 +441,8 @@ class PagesController(Controller):
             done=done,
             reviews=reviews,
             reviewed=REVIEWED_REQUESTS,
+            # Every id the viewer is recorded under (their name, their subject id).
+            me=await actor_ids(services_of(request), principal_of(request).name),
         )
 
     @post("/approvals/{request_id:str}", status_code=303)

@@ -256,6 +256,11 @@ MATRIX: dict[tuple[str, str], Row] = {
         "/api/v1/webhooks/{hook}", W, scoped="hide"
     ),
     ("GET", "/api/v1/me"): Row("/api/v1/me", None, scoped="allow"),
+    # subjects: any reader may ask who an id stands for (answers name people anyway)
+    ("GET", "/api/v1/subjects/{subject}"): Row("/api/v1/subjects/carol", R, scoped="allow"),
+    ("POST", "/api/v1/subjects/{subject}/erase"): Row(
+        "/api/v1/subjects/{erasable}/erase", ADMIN, {"reason": "asked to be forgotten"}
+    ),
     ("GET", "/metrics"): Row("/metrics", R, scoped="allow"),
     # MLflow's registry API: the same permissions as the /api/v1 routes doing the same
     ("POST", f"{MF}/registered-models/create"): Row(
@@ -530,12 +535,15 @@ async def _setup(api: Api) -> tuple[list[Caller], dict[str, str]]:
         await api.post("/api/v1/service-accounts", json={"name": "sa-doomed", "roles": ["reader"]}),
         201,
     )
+    # A person with a token of their own, for the one erasure the matrix allows.
+    await api.token("erin", Role.READER)
     ids = {
         **requests,
         **sessions,
         "throwaway": outcome.state.token_id,
         "hook": hook_id,
         "grant": grant.json()["request_id"],
+        "erasable": "erin",
     }
     await wait_for_position(
         api.services.pool,

@@ -85,9 +85,10 @@ async def test_a_deleted_model_is_gone_everywhere_but_its_history(api: Api) -> N
     # and the log keeps its history, ending with the tombstone that says who and why
     log = ok(await api.get("/api/v1/events", params={"after": 0, "limit": 1000})).json()["items"]
     tombstones = [e["envelope"] for e in log if e["envelope"]["event_type"] == "model.deleted"]
-    assert [(t["actor"], t["data"]["name"], t["data"]["reason"]) for t in tombstones] == [
-        ("admin", "scratch", "created by mistake")
-    ]
+    # (as recorded: the actor is a subject id, which the subjects endpoint names)
+    assert [
+        (await display(api, t["actor"]), t["data"]["name"], t["data"]["reason"]) for t in tombstones
+    ] == [("admin", "scratch", "created by mistake")]
     # and the registry as it stood before the deletion still shows the model
     past = ok(await api.get(M, params={"as_of": after - 1})).json()["items"]
     assert "scratch" in [m["name"] for m in past]
@@ -142,3 +143,9 @@ async def test_only_an_admin_deletes_and_never_a_model_serving_production(api: A
     assert (blank.json()["field"], blank.json()["rule"]) == ("reason", "required")
     # and the model is untouched
     assert ok(await api.get(f"{M}/live")).json()["stages"]["production"] == 1
+
+
+async def display(api: Api, subject_id: str) -> str:
+    assert subject_id.startswith("subj_"), f"{subject_id!r} is recorded in clear"
+    shown: str = ok(await api.get(f"/api/v1/subjects/{subject_id}")).json()["display"]
+    return shown

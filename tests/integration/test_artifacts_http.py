@@ -19,6 +19,7 @@ from service.settings import load_settings
 from tests.support.api import Api, running_api
 from tests.support.database import Database
 from tests.support.s3_server import S3Server, s3_server
+from tests.support.subjects import named
 
 M = "/api/v1/models"
 WEIGHTS = b"weights:" + bytes(range(256)) * 4096  # ~1 MiB: more than one chunk
@@ -100,9 +101,9 @@ async def test_an_upload_is_stored_once_and_recorded_once(api: Api) -> None:
     # one blob of the right size, recorded once with who stored it
     assert await stored(api) == len(WEIGHTS)
     recorded = await blob_events(api)
-    assert [(e.envelope.event_type, e.envelope.actor) for e in recorded] == [
-        ("artifact.blob_stored", "admin")
-    ]
+    assert [
+        (e.envelope.event_type, await named(api.services.pool, e.envelope.actor)) for e in recorded
+    ] == [("artifact.blob_stored", "admin")]
 
 
 async def test_a_body_that_does_not_hash_to_the_declared_digest_is_refused_and_not_kept(

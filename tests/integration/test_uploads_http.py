@@ -24,6 +24,7 @@ from service.settings import load_settings
 from tests.support.api import Api, running_api
 from tests.support.database import Database
 from tests.support.s3_server import S3Server, s3_server
+from tests.support.subjects import named
 from tests.support.waiting import eventually
 
 M = "/api/v1/models"
@@ -150,7 +151,9 @@ async def test_chunks_sent_at_the_reported_offset_make_one_verified_blob(api: Ap
     assert committed.json()["events"] == ["artifact.blob_stored"]
     assert committed.headers["ETag"] == f'"sha256:{HEX}"'
     assert await api.services.blobs.size_of(HEX) == len(BODY)
-    assert [e.envelope.actor for e in await blob_events(api)] == ["admin"]
+    assert [await named(api.services.pool, e.envelope.actor) for e in await blob_events(api)] == [
+        "admin"
+    ]
     assert (await api.get(location)).status_code == 404
     assert await upload_sessions(api) == []
     # and a version may name it, and serves the same bytes

@@ -63,6 +63,7 @@ from events.policy import (
 )
 from events.registry_policy import RegistryPolicySet
 from events.stages import Stage, TransitionKind
+from events.subjects import SubjectErased
 from events.version_content import (
     ArtifactEntry,
     CodeReference,
@@ -280,5 +281,6 @@ def samples() -> dict[str, Event]:
             description="deploy on promotion",
         ),
         WebhookDeleted(subscription_id="w-1", reason="pipeline retired"),
+        SubjectErased(subject_id="subj_" + "a2" * 13),
     ]
     return {event.event_type: event for event in events}

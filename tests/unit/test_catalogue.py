@@ -115,6 +115,7 @@ def test_every_stream_type_has_a_decider_found_from_its_stream_id() -> None:
         "artifacts",
         "blobstore",
         "webhook",
+        "subject",
     }
     assert decider_for(model_stream("m1")).stream_type == "model"
     assert decider_for(metrics_stream("m1", 2)).stream_type == "metrics"

@@ -52,6 +52,7 @@ from events.model.commands import (
 from events.model.events import StageTransitioned
 from events.policy import AliasRule, GovernancePolicy, TransitionRule
 from events.stages import Stage
+from events.subjects import SUBJECT_EVENT_TYPES
 from events.webhooks import WEBHOOK_EVENT_TYPES
 from projections.base import Projection
 from projections.views import (
@@ -168,7 +169,7 @@ def test_every_view_has_empty_rows_to_fold_from() -> None:
 
 @pytest.mark.parametrize("projection", ALL, ids=lambda p: p.name)
 def test_the_rich_history_holds_every_event_type_a_view_handles(projection: Projection) -> None:
-    # Token, access, blob and webhook events reach only the audit timeline, which describes every
+    # Token, access, blob, webhook and subject events reach only the audit timeline, which describes every
     # event the same way.
     only_audited = {
         t.event_type
@@ -178,6 +179,7 @@ def test_the_rich_history_holds_every_event_type_a_view_handles(projection: Proj
             *ARTIFACT_EVENT_TYPES,
             *BLOB_COLLECTION_EVENT_TYPES,
             *WEBHOOK_EVENT_TYPES,
+            *SUBJECT_EVENT_TYPES,
         )
     }
     seen = {e.event_type for e in rich_history().events}

@@ -45,6 +45,7 @@ from service.api.common import (
 from service.api.openapi_exact import GROUP, MODEL_NAME, PRINCIPAL
 from service.api.problems import BadRequestError
 from service.api.schemas import Strict
+from service.api.subject_names import actor_ids
 from service.commands import access
 
 
@@ -300,8 +301,11 @@ class AccessController(Controller):
                 "group", "pattern", "at most 100 groups, each without spaces or = ; : , |"
             )
         moment = None if as_of is None else parse_as_of(as_of)
-        at = await access.access_at(services_of(request).pool, moment)
-        decision = access.explain(at, principal, groups, permission, model)
+        services = services_of(request)
+        at = await access.access_at(services.pool, moment)
+        # Tokens issued since subjects exist name their principal by subject id.
+        recorded_as = await actor_ids(services, principal) or ()
+        decision = access.explain(at, principal, groups, permission, model, recorded_as)
         return AccessCheck(
             principal=principal,
             groups=groups,

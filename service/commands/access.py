@@ -94,14 +94,18 @@ async def access_at(pool: asyncpg.Pool, as_of: int | datetime | None) -> AccessA
     return AccessAt(position=up_to, moment=moment, access=access, tokens=tuple(tokens.values()))
 
 
-def rights_at(at: AccessAt, principal: str, groups: Sequence[str]) -> tuple[Right, ...]:
+def rights_at(
+    at: AccessAt, principal: str, groups: Sequence[str], recorded_as: Sequence[str] = ()
+) -> tuple[Right, ...]:
     """What ``principal`` (a member of ``groups``) held at ``at``: the rights of each of
-    its tokens live then, and its grants'. A disabled service account's tokens give none."""
+    its tokens live then, and its grants'. A disabled service account's tokens give none.
+    ``recorded_as``: the ids its tokens may name it by (its subject id; its name is one)."""
     account = at.access.service_account(principal)
     own: list[Right] = []
+    holders = {principal, *recorded_as}
     if account is None or not account.disabled:
         for token in at.tokens:
-            if token.principal == principal and token.active_at(at.moment):
+            if token.principal in holders and token.active_at(at.moment):
                 roles = ",".join(token.roles)
                 own.extend(
                     token_rights(
@@ -117,5 +121,6 @@ def explain(
     groups: Sequence[str],
     permission: Permission,
     model_name: str | None,
+    recorded_as: Sequence[str] = (),
 ) -> Decision:
-    return decide_access(rights_at(at, principal, groups), permission, model_name)
+    return decide_access(rights_at(at, principal, groups, recorded_as), permission, model_name)

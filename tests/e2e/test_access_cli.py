@@ -3,39 +3,19 @@ against a ``modelreg serve`` process: what they print, their JSON, their exit co
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
-from typer.testing import CliRunner, Result
 
-from service.cli.main import build
+from tests.support.cli import as_json, run
 from tests.support.registry_server import RegistryServer, registry_server
-
-APP = build()
 
 
 @pytest.fixture(scope="module")
 def server(database_url: str, nats_url: str, workdir: Path) -> Iterator[RegistryServer]:
     with registry_server(database_url, nats_url, workdir) as running:
         yield running
-
-
-def run(server: RegistryServer, *args: str, token: str | None = None, code: int = 0) -> Result:
-    env = server.env(COLUMNS="200", MODELREG_RETRIES="2")
-    if token is not None:
-        env["MODELREG_TOKEN"] = token
-    result = CliRunner().invoke(APP, list(args), env=env)
-    assert result.exit_code == code, (
-        f"exit {result.exit_code}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}"
-    )
-    return result
-
-
-def as_json(result: Result) -> Any:
-    return json.loads(result.stdout)
 
 
 def test_service_accounts_and_their_tokens(server: RegistryServer) -> None:

@@ -8,31 +8,18 @@ from pathlib import Path
 
 import httpx
 import pytest
-from typer.testing import CliRunner, Result
+from typer.testing import CliRunner
 
-from service.cli.main import build
 from service.client import Client
+from tests.support.cli import APP, run
 from tests.support.registry_server import RegistryServer, registry_server
 from tests.support.ui_registry import log_in
-
-APP = build()
 
 
 @pytest.fixture(scope="module")
 def server(database_url: str, nats_url: str, workdir: Path) -> Iterator[RegistryServer]:
     with registry_server(database_url, nats_url, workdir) as running:
         yield running
-
-
-def run(server: RegistryServer, *args: str, token: str | None = None, code: int = 0) -> Result:
-    env = server.env(COLUMNS="200", MODELREG_RETRIES="2")
-    if token is not None:
-        env["MODELREG_TOKEN"] = token
-    result = CliRunner().invoke(APP, list(args), env=env)
-    assert result.exit_code == code, (
-        f"exit {result.exit_code}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}"
-    )
-    return result
 
 
 def test_an_admin_erases_a_person_from_the_command_line(server: RegistryServer) -> None:

@@ -9,30 +9,19 @@ from pathlib import Path
 
 import httpx
 import pytest
-from typer.testing import CliRunner, Result
 
-from service.cli.main import build
 from service.client import Client
 from service.client.models import ArtifactEntry
 from tests.e2e.test_custom_stages_http import GLOSSARY_POLICY
+from tests.support.cli import run
 from tests.support.registry_server import RegistryServer, registry_server
 from tests.support.ui_registry import log_in
-
-APP = build()
 
 
 @pytest.fixture(scope="module")
 def server(database_url: str, nats_url: str, workdir: Path) -> Iterator[RegistryServer]:
     with registry_server(database_url, nats_url, workdir) as running:
         yield running
-
-
-def run(server: RegistryServer, *args: str, code: int = 0) -> Result:
-    result = CliRunner().invoke(APP, list(args), env=server.env(COLUMNS="200"))
-    assert result.exit_code == code, (
-        f"exit {result.exit_code}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}"
-    )
-    return result
 
 
 def test_a_model_on_the_glossary_lifecycle_from_the_cli_and_the_client(

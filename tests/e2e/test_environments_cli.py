@@ -10,15 +10,12 @@ from typing import Any
 
 import httpx
 import pytest
-from typer.testing import CliRunner, Result
 
-from service.cli.main import build
 from service.client import Client
 from tests.e2e.test_environments_http import REGIONAL_POLICY
+from tests.support.cli import run
 from tests.support.registry_server import RegistryServer, registry_server
 from tests.support.ui_registry import log_in
-
-APP = build()
 
 # The README's policy without its approvals: one admin token drives this test.
 DIRECT: dict[str, Any] = {
@@ -31,14 +28,6 @@ DIRECT: dict[str, Any] = {
 def server(database_url: str, nats_url: str, workdir: Path) -> Iterator[RegistryServer]:
     with registry_server(database_url, nats_url, workdir) as running:
         yield running
-
-
-def run(server: RegistryServer, *args: str, code: int = 0) -> Result:
-    result = CliRunner().invoke(APP, list(args), env=server.env(COLUMNS="200"))
-    assert result.exit_code == code, (
-        f"exit {result.exit_code}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}"
-    )
-    return result
 
 
 def test_production_in_two_environments_from_the_cli_the_client_and_the_ui(

@@ -496,26 +496,33 @@ def token_rights(
     )
 
 
-def grants_for(state: AccessState, principal: str, groups: Iterable[str]) -> tuple[Grant, ...]:
+def grants_for(
+    state: AccessState, principal: str, groups: Iterable[str], also: Iterable[str] = ()
+) -> tuple[Grant, ...]:
+    """The grants naming ``principal`` (or any of ``also``: the subject id it is recorded
+    by) or one of ``groups``."""
     held = set(groups)
+    names = {principal, *also}
     return tuple(
         g
         for g in state.grants
-        if (g.subject_kind is SubjectKind.PRINCIPAL and g.subject == principal)
+        if (g.subject_kind is SubjectKind.PRINCIPAL and g.subject in names)
         or (g.subject_kind is SubjectKind.GROUP and g.subject in held)
     )
 
 
-def granted_rights(state: AccessState, principal: str, groups: Iterable[str]) -> tuple[Right, ...]:
-    """What the grants naming ``principal`` or one of ``groups`` add, each on its own
-    pattern only."""
+def granted_rights(
+    state: AccessState, principal: str, groups: Iterable[str], also: Iterable[str] = ()
+) -> tuple[Right, ...]:
+    """What the grants naming ``principal`` (or any of ``also``) or one of ``groups`` add,
+    each on its own pattern only."""
     return tuple(
         Right(
             permission=p,
             pattern=g.pattern,
             source=f"grant {g.grant_id} (role {g.role} on {g.pattern})",
         )
-        for g in grants_for(state, principal, groups)
+        for g in grants_for(state, principal, groups, also)
         for p in sorted(state.permissions_of(g.role))
     )
 

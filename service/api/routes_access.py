@@ -17,7 +17,7 @@ import msgspec
 from litestar import Controller, Request, Response, delete, get, post, put
 from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 
-from events.access import Permission, Role
+from events.access import Permission, Role, validate_principal
 from events.access_grants import (
     BUILTIN_ROLES,
     DEFAULT_MAX_LIFETIME,
@@ -231,12 +231,18 @@ class AccessController(Controller):
             raise ValidationError("principal", "one_of", "name exactly one of principal and group")
         services = services_of(request)
         grant_id = services.registry.request_id_for(seed_of(request))
+        subject = data.group or ""
+        if data.principal is not None:
+            # A person is recorded by subject id, as in every event, so erasure reaches it.
+            subject = validate_principal(data.principal)
+            if services.executor.subjects is not None:
+                subject = await services.executor.subjects.subject_for(subject)
         command = GiveGrant(
             actor=principal.name,
             now=datetime.now(UTC),
             grant_id=grant_id,
             subject_kind=SubjectKind.GROUP if data.principal is None else SubjectKind.PRINCIPAL,
-            subject=data.principal if data.principal is not None else data.group or "",
+            subject=subject,
             role=data.role,
             pattern=data.model,
             reason=data.reason,

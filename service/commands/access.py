@@ -112,7 +112,7 @@ def rights_at(
                         token.permissions, token.scopes, f"token {token.token_id} (roles {roles})"
                     )
                 )
-    return (*own, *granted_rights(at.access, principal, groups))
+    return (*own, *granted_rights(at.access, principal, groups, recorded_as))
 
 
 def explain(

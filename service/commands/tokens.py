@@ -357,7 +357,7 @@ class TokenAuthenticator:
             permissions=state.permissions,
             scopes=state.scopes,
         )
-        return self.with_grants(principal, access)
+        return self.with_grants(principal, access, await self.recorded_as(name))
 
     async def access(self) -> AccessState:
         """The custom roles, grants and service accounts as they stand now."""
@@ -370,10 +370,19 @@ class TokenAuthenticator:
             self._access = access
         return access
 
+    async def recorded_as(self, name: str) -> tuple[str, ...]:
+        """The subject id a grant names ``name`` by (grants record people by id, as every
+        event does); none without subjects."""
+        subjects = self.executor.subjects
+        return () if subjects is None else (await subjects.subject_for(name),)
+
     @staticmethod
-    def with_grants(principal: Principal, access: AccessState) -> Principal:
-        """``principal`` holding also what the grants naming it or its groups give."""
-        granted = granted_rights(access, principal.name, principal.groups)
+    def with_grants(
+        principal: Principal, access: AccessState, recorded_as: tuple[str, ...] = ()
+    ) -> Principal:
+        """``principal`` holding also what the grants naming it (by name or by its subject
+        id) or its groups give."""
+        granted = granted_rights(access, principal.name, principal.groups, recorded_as)
         return msgspec.structs.replace(principal, grants=granted) if granted else principal
 
     async def _name_of(self, principal: str) -> str:

@@ -26,5 +26,9 @@ class SignIn:
         """The principal, or InvalidTokenError (401) with the reason."""
         if self.oidc is not None and looks_like_jwt(secret):
             principal = await self.oidc.authenticate(secret)
-            return self.tokens.with_grants(principal, await self.tokens.access())
+            return self.tokens.with_grants(
+                principal,
+                await self.tokens.access(),
+                await self.tokens.recorded_as(principal.name),
+            )
         return await self.tokens.authenticate(secret)

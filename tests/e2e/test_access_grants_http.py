@@ -387,3 +387,37 @@ async def test_the_ui_access_page_shows_the_grants_now_and_then(db: Database) ->
             assert (await rob.get("/ui/access")).status_code == 403
             assert 'href="/ui/access"' in now.text
             assert 'href="/ui/access"' not in (await rob.get("/ui/")).text
+
+
+async def test_a_grant_to_a_person_records_her_subject_id_and_erasure_reaches_it(
+    api: Api,
+) -> None:
+    # given a grant of approver on fraud* to gina, who holds a reader token
+    await models(api, "fraud")
+    gina = await api.token("gina", Role.READER)
+    await ok(
+        await api.post(G, json={"principal": "gina", "role": "approver", "model": "fraud*"}), 201
+    )
+    # then the recorded event names her subject id, not her name, and the grant applies
+    stored = await api.services.pool.fetchval(
+        "SELECT convert_from(envelope, 'UTF8') FROM events WHERE event_type = 'access.grant_given'"
+    )
+    assert "gina" not in stored
+    assert re.search(r'"subject":"subj_[a-z2-7]{26}"', stored), stored
+    me = (await ok(await api.get("/api/v1/me", as_=gina))).json()
+    assert "approve" in str(me)
+    listed = (await ok(await api.get(G))).json()["grants"]
+    assert [g["principal"] for g in listed] == ["gina"]  # answers show the name
+
+    # when gina is erased
+    await ok(await api.post("/api/v1/subjects/gina/erase", json={"reason": "asked"}))
+
+    # then the grant shows an erased subject and a new gina does not inherit it
+    listed = (await ok(await api.get(G))).json()["grants"]
+    assert [g["principal"] for g in listed] == ["erased subject"]
+    check = await ok(
+        await api.get(
+            CHECK, params={"principal": "gina", "permission": "approve", "model": "fraud"}
+        )
+    )
+    assert check.json()["allowed"] is False

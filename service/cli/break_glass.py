@@ -18,6 +18,8 @@ import asyncpg
 from eventlog.store import EventStore
 from events.access import Role
 from events.catalogue import CODEC
+from events.errors import ConflictError
+from service.commands import access
 from service.commands.executor import CommandExecutor
 from service.commands.token_secrets import check_pepper, load_pepper
 from service.commands.tokens import issue_token
@@ -39,6 +41,14 @@ def mint_admin(
     async def work(pool: asyncpg.Pool) -> tuple[str, str]:
         await check_pepper(pool, pepper)
         executor = CommandExecutor(EventStore(pool, CODEC), subjects=SubjectDirectory(pool))
+        if (await access.current(executor)).service_account(principal) is not None:
+            # The way back in is for people: an admin token under a service account's name
+            # would escape the account's roles, scopes and maximum lifetime.
+            raise ConflictError(
+                f"{principal!r} is a service account: the break-glass token is for a person;"
+                " issue the account's tokens with `modelreg tokens issue --service-account`",
+                name=principal,
+            )
         outcome, secret = await issue_token(
             executor,
             pepper,

@@ -13,8 +13,10 @@ from typer.testing import CliRunner, Result
 
 from eventlog.store import EventStore
 from events.access import Role
+from events.access_grants import CreateServiceAccount
 from events.catalogue import CODEC
 from service.cli.tokens import app
+from service.commands import access
 from service.commands.executor import CommandExecutor
 from service.commands.token_secrets import Pepper, check_pepper
 from service.commands.tokens import (
@@ -106,3 +108,22 @@ async def test_break_glass_mints_only_registry_wide_admins(db: Database) -> None
     assert result.exit_code == 2
     assert "no --role or --scope" in result.output
     assert await db.pool.fetchval("SELECT count(*) FROM streams") == 0
+
+
+async def test_break_glass_refuses_a_service_accounts_name(db: Database) -> None:
+    # given a service account ci-bot, whose tokens are bounded to contributor on churn*
+    executor = CommandExecutor(EventStore(db.pool, CODEC))
+    await access.run(
+        executor,
+        CreateServiceAccount(
+            actor="admin", now=datetime.now(UTC), name="ci-bot", roles=(Role.CONTRIBUTOR,)
+        ),
+    )
+    # when an operator asks for a break-glass admin token under its name
+    result = await tokens(db, "create", "ci-bot", "--admin")
+    # then it is refused, saying how the account's tokens are issued, and none is minted
+    assert result.exit_code == 2
+    assert "is a service account" in result.output
+    assert (
+        await db.pool.fetchval("SELECT count(*) FROM streams WHERE stream_id LIKE 'token:%'") == 0
+    )

@@ -35,7 +35,7 @@ from pathlib import Path
 
 import httpx
 
-from bench.common import Row, Table, parser, postgres
+from bench.common import Row, Table, embedded_nats, parser, postgres
 from tests.support.registry_server import RegistryServer, registry_server
 from tests.support.s3_server import S3Server, s3_server
 
@@ -352,7 +352,7 @@ def main() -> None:
     with ExitStack() as stack:
         work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="modelreg-bench-")))
         database_url = stack.enter_context(postgres(args.database_url))
-        nats_url = args.nats_url or stack.enter_context(_embedded_nats(work / "nats"))
+        nats_url = args.nats_url or stack.enter_context(embedded_nats(work / "nats"))
         log("starting modelreg serve on the file store")
         with registry_server(database_url, nats_url, work) as server:
             registry = Registry(server)
@@ -368,17 +368,6 @@ def main() -> None:
         ) as server:
             s3_transfers(table, Registry(server), s3, work, sizes)
     table.print(args.json)
-
-
-@contextmanager
-def _embedded_nats(directory: Path) -> Iterator[str]:
-    from service.runtime.embedded import EmbeddedNats
-
-    server = EmbeddedNats(directory, port=None, auth=False)
-    try:
-        yield server.start()
-    finally:
-        server.stop()
 
 
 if __name__ == "__main__":

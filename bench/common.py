@@ -44,6 +44,18 @@ def postgres(url: str | None) -> Iterator[str]:
             server.stop()
 
 
+@contextmanager
+def embedded_nats(directory: Path) -> Iterator[str]:
+    """A NATS server with JetStream under ``directory`` for the run; its URL."""
+    from service.runtime.embedded import EmbeddedNats
+
+    server = EmbeddedNats(directory, port=None, auth=False)
+    try:
+        yield server.start()
+    finally:
+        server.stop()
+
+
 @asynccontextmanager
 async def fresh_database(url: str, pool_size: int = 40) -> AsyncIterator[Database]:
     db = await create_database(url, pool_size=pool_size)

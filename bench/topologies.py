@@ -28,9 +28,7 @@ import json
 import os
 import sys
 import tempfile
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -44,7 +42,7 @@ from bench.api_wrk import (
     run_wrk,
     seed,
 )
-from bench.common import postgres
+from bench.common import embedded_nats, postgres
 
 MODELS = ("wrkbench", "wrkbench2")
 TOPOLOGIES: dict[str, tuple[str, ...]] = {
@@ -63,17 +61,6 @@ class Result:
     p50_ms: float
     p99_ms: float
     non_2xx: int
-
-
-@contextmanager
-def embedded_nats(directory: Path) -> Iterator[str]:
-    from service.runtime.embedded import EmbeddedNats
-
-    server = EmbeddedNats(directory, port=None, auth=False)
-    try:
-        yield server.start()
-    finally:
-        server.stop()
 
 
 def start(

@@ -357,7 +357,11 @@ class TokenAuthenticator:
             permissions=state.permissions,
             scopes=state.scopes,
         )
-        return self.with_grants(principal, access, await self.recorded_as(name))
+        # A token issued since subjects exist names its holder by subject id already.
+        recorded = (
+            (state.principal,) if is_subject_id(state.principal) else await self.recorded_as(name)
+        )
+        return self.with_grants(principal, access, recorded)
 
     async def access(self) -> AccessState:
         """The custom roles, grants and service accounts as they stand now."""

@@ -1175,9 +1175,11 @@ class CpuMeter:
 
 
 def _proc_ticks(group: int, backends: set[int]) -> tuple[dict[int, int], dict[int, int]]:
-    """utime + stime (clock ticks) of the processes in ``group`` and of the ``backends`` pids."""
+    """utime + stime (clock ticks) of the processes in ``group`` (and of their children in
+    sessions of their own: modelreg's worker process) and of the ``backends`` pids."""
     server: dict[int, int] = {}
     postgres_: dict[int, int] = {}
+    others: dict[int, tuple[int, int]] = {}  # pid -> (parent, ticks)
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -1191,6 +1193,11 @@ def _proc_ticks(group: int, backends: set[int]) -> tuple[dict[int, int], dict[in
             server[pid] = ticks
         elif pid in backends:
             postgres_[pid] = ticks
+        else:
+            others[pid] = (int(fields[1]), ticks)
+    for pid, (parent, ticks) in others.items():
+        if parent in server:
+            server[pid] = ticks
     return server, postgres_
 
 

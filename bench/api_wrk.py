@@ -35,6 +35,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -165,16 +166,24 @@ def run_wrk(
     )
 
 
-def start_modelreg(pg_url: str, workdir: Path, token: str, checkout: Path) -> tuple[Process, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MODELREG_")} | {
-        "MODELREG_DATABASE_URL": on_database(pg_url, DATABASE),
-        "MODELREG_DATA_DIR": str(workdir / "modelreg-data"),
-        "MODELREG_NATS_PORT": "0",
-        "MODELREG_PORT": "0",
-        "MODELREG_BOOTSTRAP_TOKEN": token,
-        # The checkout's own packages come first, ahead of this venv's editable install.
-        "PYTHONPATH": str(checkout),
-    }
+def start_modelreg(
+    pg_url: str, workdir: Path, token: str, checkout: Path, settings: Sequence[str] = ()
+) -> tuple[Process, str]:
+    """``settings``: extra ``NAME=VALUE`` pairs, each served as ``MODELREG_NAME``."""
+    extra = {f"MODELREG_{n.upper()}": v for n, _, v in (s.partition("=") for s in settings)}
+    env = (
+        {k: v for k, v in os.environ.items() if not k.startswith("MODELREG_")}
+        | {
+            "MODELREG_DATABASE_URL": on_database(pg_url, DATABASE),
+            "MODELREG_DATA_DIR": str(workdir / "modelreg-data"),
+            "MODELREG_NATS_PORT": "0",
+            "MODELREG_PORT": "0",
+            "MODELREG_BOOTSTRAP_TOKEN": token,
+            # The checkout's own packages come first, ahead of this venv's editable install.
+            "PYTHONPATH": str(checkout),
+        }
+        | extra
+    )
     argv = [sys.executable, "-m", "service", "serve"]
     process = Process("modelreg serve", argv, workdir / "modelreg.log", env=env, cwd=checkout)
 
@@ -290,7 +299,7 @@ def measure(args: argparse.Namespace, pg_url: str) -> list[Figure]:
         script = workdir / "create_version.lua"
         hello, hello_url = start_hello(workdir)
         log(f"serving {checkout} ...")
-        server, url = start_modelreg(pg_url, workdir, token, checkout)
+        server, url = start_modelreg(pg_url, workdir, token, checkout, args.set)
         try:
             log(f"seeding {args.versions} versions ...")
             marker = seed(url, token, args.versions)
@@ -380,6 +389,13 @@ def main() -> None:
     parser.add_argument("--versions", type=int, default=500)
     parser.add_argument("--checkout", help="serve this checkout of modelreg instead of this one")
     parser.add_argument("--database-url", help="Postgres server (default: an embedded one)")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="serve with MODELREG_NAME=VALUE (e.g. --set worker_process=false); repeatable",
+    )
     parser.add_argument("--json", action="store_true", help="one JSON object per figure")
     args = parser.parse_args()
     with postgres(args.database_url) as pg_url:

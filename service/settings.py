@@ -154,7 +154,14 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     snapshot_keep: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 20
     snapshot_thin: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 4
 
-    # Background work.
+    # Background work. In role ``all`` the workers other than the sealer run in a child
+    # process (service.runtime.worker_process), so the API's event loop serves requests
+    # only and the workers use the second core; false keeps them all in one process. The
+    # sealer stays beside the API: a write waits for its seal, and a local sealer hands
+    # the position over with no round trip. ``sealer`` false: this process runs no sealer
+    # (how the child is started; another process must run one).
+    worker_process: bool = True
+    sealer: bool = True
     sealer_idle_interval: Seconds = 0.01
     worker_poll_interval: Seconds = 0.5
     read_wait_timeout: Seconds = 5.0

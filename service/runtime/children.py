@@ -35,12 +35,12 @@ def spawn(
             stderr=subprocess.STDOUT,
             cwd="/",
             start_new_session=True,
-            preexec_fn=_death_signal_setter(death_signal),  # noqa: PLW1509 - one prctl call
+            preexec_fn=death_signal_setter(death_signal),  # noqa: PLW1509 - one prctl call
             **popen,
         )
 
 
-def _death_signal_setter(sig: signal.Signals) -> Callable[[], None] | None:
+def death_signal_setter(sig: signal.Signals) -> Callable[[], None] | None:
     # The kernel ties the parent-death signal to the *thread* that forked, so set it only
     # from the main thread, which lives as long as the process.
     if (

@@ -50,6 +50,7 @@ from service.runtime.composition import build_services
 from service.runtime.embedded import DataDirLock, EmbeddedNats, EmbeddedPostgres
 from service.runtime.http_limits import HttpLimits, protocol_for
 from service.runtime.nats_auth import NatsNames
+from service.runtime.worker_process import WorkerProcess, WorkerProcessError
 from service.settings import Settings, SettingsError
 from service.webhooks.configure import webhook_dispatcher
 
@@ -113,7 +114,7 @@ def background_workers(state: AppState) -> list[Worker]:
         ).run()
 
     return [
-        Worker("sealer", state.sealer.run),
+        *([Worker("sealer", state.sealer.run)] if settings.sealer else []),
         Worker("projections", projections.run),
         Worker("view-snapshots", snapshots.run),
         Worker("relay", relay.run),
@@ -177,7 +178,7 @@ def serve(settings: Settings) -> int:
         try:
             database_url, nats_url = _start_embedded(settings, stack, nats=True)
             assert nats_url is not None
-            _run_loop(_serve(settings, database_url, nats_url, sock, gate, started))
+            run_loop(_serve(settings, database_url, nats_url, sock, gate, started))
         except (KeyboardInterrupt, asyncio.CancelledError):
             log.info("interrupted; stopping what was started")
     log.info("stopped")
@@ -188,7 +189,7 @@ def migrate(settings: Settings) -> list[str]:
     """Apply pending migrations (starting embedded Postgres if no URL); return their names."""
     with _SignalGate().installed(), contextlib.ExitStack() as stack:
         database_url, _ = _start_embedded(settings, stack, nats=False)
-        return _run_loop(_migrate(settings, database_url))
+        return run_loop(_migrate(settings, database_url))
 
 
 def bind_http(host: str, port: int) -> socket.socket:
@@ -261,7 +262,7 @@ def _timed_stop(name: str, server: EmbeddedNats | EmbeddedPostgres) -> None:
         log.info("%s stopped in %.2f s", name, time.monotonic() - t0)
 
 
-def _run_loop(coro: Coroutine[Any, Any, T]) -> T:
+def run_loop(coro: Coroutine[Any, Any, T]) -> T:
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvicorn[standard] brings it on Linux and macOS
@@ -470,7 +471,16 @@ async def _serve(
         async with open_state(settings, database_url, nats_url) as opened:
             state = opened
             loops = []
-            if settings.role != "api":
+            if settings.role == "all" and settings.worker_process:
+                child = WorkerProcess(settings, database_url, nats_url)
+                try:
+                    await child.start()
+                except WorkerProcessError as exc:
+                    raise StartupError(str(exc)) from None
+                if settings.sealer:
+                    loops.append(Worker("sealer", state.sealer.run))
+                loops.append(Worker("worker-process", child.run))
+            elif settings.role != "api":
                 loops += background_workers(state)
             if settings.role != "worker":
                 loops += api_workers(state)
@@ -498,7 +508,7 @@ async def _serve(
             try:
                 await server.serve(sockets=[sock])
             finally:
-                await _stop_workers(workers)
+                await stop_workers(workers)
     finally:
         gate.detach()
 
@@ -629,7 +639,7 @@ async def supervise(
         delay = min(delay * 2, max_delay)
 
 
-async def _stop_workers(workers: list[asyncio.Task[None]]) -> None:
+async def stop_workers(workers: list[asyncio.Task[None]]) -> None:
     for task in workers:
         task.cancel()
     if workers:

@@ -137,6 +137,7 @@ async def build(db: Database, history: History, table: Table) -> int:
     async def flush() -> None:
         nonlocal written
         async with conn.transaction():
+            await conn.execute("SELECT begin_append()")  # appenders announce themselves
             await conn.copy_records_to_table("events", records=batch, columns=COLUMNS)
         written += len(batch)
         batch.clear()

@@ -249,6 +249,13 @@ class EventStore:
                     return False
         return True
 
+    @staticmethod
+    async def begin_append(conn: asyncpg.Connection) -> None:
+        """Announce an append in ``conn``'s open transaction, before the transaction writes
+        anything else (``append`` announces itself, but a row written before it would have
+        drawn the transaction's id unannounced; see eventlog.sealer)."""
+        await conn.execute("SELECT begin_append()")
+
     def committed(self, result: AppendResult) -> None:
         """Report an append made on a caller's connection (``conn=``) once the caller's
         transaction committed, as ``append`` does itself otherwise (it wakes the sealer)."""

@@ -344,6 +344,9 @@ class CommandExecutor:
         )
         async with self.store.pool.acquire() as pooled, pooled.transaction():
             conn = cast(asyncpg.Connection, pooled)
+            # Before the row beside it is written: an append announces itself before its
+            # transaction has an id (eventlog.sealer, "the horizon").
+            await self.store.begin_append(conn)
             await beside(conn)
             result = await self.store.append(
                 stream_id,

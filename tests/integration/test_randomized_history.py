@@ -51,9 +51,8 @@ async def test_a_randomized_history_keeps_every_invariant(db: Database) -> None:
                 tx = conn.transaction()
                 await tx.start()
                 try:
-                    await conn.fetchval(
-                        "SELECT pg_current_xact_id()"
-                    )  # hold an xid while we dawdle
+                    # Announce the append and hold its xid while we dawdle.
+                    await conn.execute("SELECT begin_append()")
                     await asyncio.sleep(rng.random() * 0.01)  # random interleaving, not a wait
                     await store.append(
                         stream, version, notes(*texts), META, event_ids=batch, conn=conn
@@ -100,6 +99,7 @@ async def test_a_randomized_history_keeps_every_invariant(db: Database) -> None:
         await asyncio.gather(*tasks, return_exceptions=True)
 
     chaos = asyncio.create_task(sealers())
+    bystanders = [asyncio.create_task(_bystander(db, rng, stop)) for _ in range(2)]
     await asyncio.gather(*(writer(w) for w in range(WRITERS)))
     # the chaos goes on until it has disrupted the sealers a few times and they sealed
     # through it, however quickly the writers finished
@@ -109,6 +109,7 @@ async def test_a_randomized_history_keeps_every_invariant(db: Database) -> None:
     )
     stop.set()
     await chaos
+    await asyncio.gather(*bystanders)
 
     final = Sealer(db.connect, db.schema)
     await final.seal_all(await db.connect())
@@ -132,6 +133,16 @@ async def test_a_randomized_history_keeps_every_invariant(db: Database) -> None:
     report = await verify(await db.connect())
     assert report.ok, report.first_break
     assert len(committed) > 100 and len(aborted) > 10
+
+
+async def _bystander(db: Database, rng: random.Random, stop: asyncio.Event) -> None:
+    """Transactions that hold an xid but append nothing (a projection's batch, another
+    job): the sealer's horizon must neither wait for them nor seal past an appender."""
+    conn = await db.connect()
+    while not stop.is_set():
+        async with conn.transaction():
+            await conn.fetchval("SELECT pg_current_xact_id()")
+            await asyncio.sleep(rng.random() * 0.02)  # random interleaving, not a wait
 
 
 async def _sealed_through(db: Database, disrupted: Callable[[], bool]) -> bool:

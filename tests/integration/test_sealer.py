@@ -38,13 +38,17 @@ async def seal_conn(db: Database) -> asyncpg.Connection:
 
 
 async def open_transaction(
-    db: Database,
+    db: Database, *, appending: bool = True
 ) -> tuple[asyncpg.Connection, asyncpg.transaction.Transaction]:
-    """A transaction that has taken its xid now and will commit whenever the test says."""
+    """A transaction that has taken its xid now and will commit whenever the test says: an
+    announced appender (``begin_append``, as every append is), or one that only writes."""
     conn = await db.connect()
     tx = conn.transaction()
     await tx.start()
-    await conn.fetchval("SELECT pg_current_xact_id()")
+    if appending:
+        await conn.execute("SELECT begin_append()")
+    else:
+        await conn.fetchval("SELECT pg_current_xact_id()")
     return conn, tx
 
 
@@ -145,6 +149,62 @@ async def test_an_append_from_an_older_transaction_retries_so_stream_order_is_lo
     await sealer.seal_all(seal_conn)
     log = await read_log(db.pool, 0, 100)
     assert [e.envelope.stream_position for e in log] == [1, 2, 3]
+
+
+async def test_a_transaction_that_appends_nothing_does_not_hold_sealing_back(
+    db: Database, store: EventStore, sealer: Sealer, seal_conn: asyncpg.Connection
+) -> None:
+    # given a transaction that holds an xid but appends nothing (a projection's batch, a
+    # job on another table), older than the events that follow
+    _bystander, bystander_tx = await open_transaction(db, appending=False)
+
+    # when events are appended meanwhile
+    await append_notes(store, "s:free", 0, "f1", "f2")
+
+    # then they are sealed at once: only appenders bound the horizon
+    assert await sealer.seal_all(seal_conn) == 2
+    assert await logged_texts(db) == ["f1", "f2"]
+    await bystander_tx.rollback()
+
+
+async def test_an_appender_whose_id_is_not_known_yet_holds_sealing_at_the_xmin(
+    db: Database, store: EventStore, sealer: Sealer, seal_conn: asyncpg.Connection
+) -> None:
+    # given a transaction with an xid that appends nothing, then one that holds the
+    # appender lock but has drawn no id yet (the instant between lock and id)
+    _bystander, bystander_tx = await open_transaction(db, appending=False)
+    holder = await db.connect()
+    holder_tx = holder.transaction()
+    await holder_tx.start()
+    await holder.execute("SELECT pg_advisory_xact_lock_shared(append_lock_key())")
+    await append_notes(store, "s:held", 0, "h1")
+
+    # when the sealer runs, then it cannot tell the holder's id, so it falls back to the
+    # old rule (the xmin, which the bystander holds) and seals nothing
+    assert await sealer.seal_all(seal_conn) == 0
+
+    # when the holder ends, then the bystander no longer matters
+    await holder_tx.rollback()
+    assert await sealer.seal_all(seal_conn) == 1
+    await bystander_tx.rollback()
+
+
+async def test_events_are_refused_from_a_transaction_that_did_not_announce_its_append(
+    db: Database,
+) -> None:
+    conn = await db.connect()
+    # given a transaction that has written before announcing, when it announces, then no
+    written, written_tx = await open_transaction(db, appending=False)
+    with pytest.raises(asyncpg.PostgresError, match="begin_append"):
+        await written.execute("SELECT begin_append()")
+    await written_tx.rollback()
+    # given an insert into events that bypasses the append, then it is refused
+    with pytest.raises(asyncpg.PostgresError, match="begin_append"):
+        await conn.execute(
+            "INSERT INTO events (event_id, stream_id, stream_position, event_type, envelope,"
+            " stream_hash) VALUES (gen_random_uuid(), 's:x', 1, 'note', '\\x00', '\\x00')"
+        )
+    assert await db.pool.fetchval("SELECT count(*) FROM events") == 0
 
 
 async def test_the_global_chain_links_every_position(

@@ -4,7 +4,9 @@ wakes: the projection leaders, the relay, and the writes waiting for their seal.
 It reconnects (with back-off) whenever its connection dies, and checks a quiet one now
 and then. Nobody waits on it: every user polls as well, so a lost or hanging LISTEN only
 slows them to their poll interval. It calls ``on_notify`` when it (re)connects and when
-it loses the connection, because a NOTIFY may have been missed in between.
+it loses the connection, because a NOTIFY may have been missed in between. A user that
+acts on what a NOTIFY names (its payload) passes ``on_payload``, which then receives each
+notification instead of ``on_notify``.
 """
 
 from __future__ import annotations
@@ -28,10 +30,12 @@ class Listener:
         connect: Callable[[], Awaitable[asyncpg.Connection]],
         channel: str,
         on_notify: Callable[[], None],
+        on_payload: Callable[[str], None] | None = None,
     ) -> None:
         self._connect = connect
         self._channel = channel
         self._on_notify = on_notify
+        self._on_payload = on_payload
         self._conn: asyncpg.Connection | None = None
         self._task: asyncio.Task[None] | None = None
 
@@ -85,8 +89,11 @@ class Listener:
             await asyncio.sleep(delay)
             delay = min(delay * 2, 5.0)
 
-    def _notified(self, *_: object) -> None:
-        self._on_notify()
+    def _notified(self, _conn: object, _pid: object, _channel: object, payload: object) -> None:
+        if self._on_payload is None:
+            self._on_notify()
+        else:
+            self._on_payload(str(payload))
 
     async def close(self) -> None:
         task, self._task = self._task, None

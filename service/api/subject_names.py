@@ -2,8 +2,9 @@
 
 Events, views and tokens name people by pseudonymous subject id (``service.identity.
 subjects``). Rather than teach every view and page to look names up, this middleware
-rewrites each ``subj_…`` id in a JSON or HTML answer to the name it stands for (one query
-per answer), or to "erased subject" after erasure; an id nobody knows stays as it is.
+rewrites each ``subj_…`` id in a JSON or HTML answer to the name it stands for, or to
+"erased subject" after erasure; an id nobody knows stays as it is. Names already shown are
+answered from memory while the directory's LISTEN is up, else by one query per answer.
 Ids are 130 random bits with a fixed shape, so a match is an id, never a coincidence.
 Comment references (``cmt_…``, MODELREG_ERASABLE_COMMENTS) become their text the same
 way, or "erased comment".

@@ -130,7 +130,8 @@ def background_workers(state: AppState) -> list[Worker]:
 def api_workers(state: AppState) -> list[Worker]:
     """The loops that run beside the API in roles ``all`` and ``api``: the seal listener
     wakes this process's writes waiting for their log position, wherever the sealer runs;
-    the token listener lets authentication answer from memory (``TokenAuthenticator``)."""
+    the token listener lets authentication answer from memory (``TokenAuthenticator``), and
+    the subject listener lets answers name people from memory (``SubjectDirectory``)."""
     listener = Listener(
         _connector(state, "modelreg-seal"),
         sealed_channel(state.settings.db_schema),
@@ -140,11 +141,17 @@ def api_workers(state: AppState) -> list[Worker]:
     tokens = state.services.auth.tokens.listen(
         _connector(state, "modelreg-tokens"), state.settings.db_schema
     )
-    return [
+    workers = [
         Worker("seal-listener", listener.run),
         Worker("token-listener", tokens.run),
         Worker("denials", state.services.denials.run),
     ]
+    subjects = state.services.executor.subjects
+    if subjects is not None:
+        # Names are answered from memory only while this LISTEN hears of every erasure.
+        names = subjects.listen(_connector(state, "modelreg-subjects"), state.settings.db_schema)
+        workers.append(Worker("subject-listener", names.run))
+    return workers
 
 
 def _connector(

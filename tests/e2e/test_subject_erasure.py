@@ -7,6 +7,7 @@ person reads as "erased subject" in every answer, and nothing published names th
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
@@ -28,6 +29,7 @@ from projections.registry_state import all_projections
 from projections.time_travel import fold_as_of
 from service.commands.executor import CommandExecutor
 from service.commands.registry import name_keys
+from service.commands.subjects import erase_subject
 from service.identity.subjects import ERASED, SubjectDirectory
 from service.publication.jetstream import ensure_stream
 from service.publication.relay import Relay
@@ -44,6 +46,7 @@ from tests.support.publication import (
     relay_config,
     stream_contents,
 )
+from tests.support.waiting import eventually
 
 __all__ = ["clients", "names"]  # fixtures
 
@@ -197,6 +200,42 @@ async def test_an_erased_person_reads_as_erased_everywhere_and_the_log_still_ver
     published = await stream_contents(client, names.stream)
     assert published and not [m for m in published if ALICE.encode() in m.payload]
     assert any(subject_id.encode() in m.payload for m in published)
+
+
+async def test_with_names_kept_in_memory_an_erasure_in_any_process_reads_as_erased(
+    api: Api, db: Database
+) -> None:
+    # given the API names people from memory (its subject LISTEN is up, as `serve` runs it)
+    subjects = api.services.executor.subjects
+    assert subjects is not None
+    listener = subjects.listen(db.connect, db.schema)
+    task = asyncio.create_task(listener.run())
+    try:
+        await eventually(lambda: listener.listening, what="the subjects LISTEN is up")
+        # and it has shown Alice's and Bob's work by name
+        await alice_works(api)
+        fresh = {"min_position": await settled(api)}
+        history = ok(await api.get(f"{M}/churn/history", params=fresh)).json()["items"]
+        assert {e["actor"] for e in history} == {ALICE, "bob"}
+        alice_id = ok(await api.get(f"/api/v1/subjects/{ALICE}")).json()["subject_id"]
+        assert subjects.remembers(alice_id)
+        # when another process (the CLI, another replica) erases Alice
+        heard = subjects.notices
+        elsewhere = CommandExecutor(EventStore(db.pool, CODEC), subjects=SubjectDirectory(db.pool))
+        await erase_subject(elsewhere, ALICE, actor="admin", reason="asked", now=datetime.now(UTC))
+        await eventually(lambda: subjects.notices > heard, what="the API heard the erasure")
+        # then the API's next answer reads her as erased
+        history = ok(await api.get(f"{M}/churn/history", params=fresh)).json()["items"]
+        assert {e["actor"] for e in history} == {ERASED, "bob"}
+        # and Bob, erased through this API, reads as erased in its very next answer
+        ok(await api.post("/api/v1/subjects/bob/erase", json={"reason": "asked"}))
+        history = ok(await api.get(f"{M}/churn/history", params=fresh)).json()["items"]
+        assert {e["actor"] for e in history} == {ERASED}
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await listener.close()
 
 
 async def test_separation_of_duties_still_refuses_self_approval_by_id_and_across_legacy_names(

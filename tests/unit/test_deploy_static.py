@@ -56,9 +56,10 @@ CNPG_APP_KEYS = {
     "user",
 }
 # Sessions a worker opens besides its pool: the sealer, a leader per projection (7) and
-# their LISTEN, the relay and its LISTEN. An API replica opens one: the seal listener.
+# their LISTEN, the relay and its LISTEN. An API replica opens three: the seal, token and
+# subject listeners.
 WORKER_DEDICATED_CONNECTIONS = 11
-API_DEDICATED_CONNECTIONS = 1
+API_DEDICATED_CONNECTIONS = 3
 
 
 # ---------------------------------------------------------------- loading

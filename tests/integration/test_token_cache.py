@@ -170,13 +170,7 @@ async def test_without_its_listen_the_cache_is_dropped_and_bypassed(
         await b.auth.authenticate(secret)
         assert b.auth.remembers(secret)
         # when its LISTEN connection is killed by the server
-        admin = await db.admin()
-        killed = await admin.fetchval(
-            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
-            " WHERE application_name = $1",
-            b.name,
-        )
-        assert killed == 1
+        assert await db.terminate_sessions(b.name) == 1
         await eventually(lambda: not b.listener.listening, what="B noticed the lost LISTEN")
         # then B remembers nothing, and a revocation made meanwhile (whose NOTIFY nobody
         # hears) is refused on the very next request

@@ -33,6 +33,16 @@ class Database:
         self._extra.append(conn)
         return conn
 
+    async def terminate_sessions(self, application_name: str) -> int:
+        """Kill (as the server would) every session named ``application_name``; how many."""
+        admin = await self.admin()
+        killed: int = await admin.fetchval(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+            " WHERE application_name = $1",
+            application_name,
+        )
+        return killed
+
     async def close(self) -> None:
         for conn in self._extra:
             if not conn.is_closed():

@@ -333,7 +333,7 @@ class _SignalGate:
 
 @contextlib.asynccontextmanager
 async def open_state(
-    settings: Settings, database_url: str, nats_url: str
+    settings: Settings, database_url: str, nats_url: str, *, bootstrap: bool = True
 ) -> AsyncIterator[AppState]:
     """Migrate, open the pool and start connecting to NATS; close both on exit.
 
@@ -394,7 +394,8 @@ async def open_state(
             )
         except SettingsError as exc:
             raise StartupError(str(exc)) from None
-        await _bootstrap(services)
+        if bootstrap:  # once, by the process that serves (not its worker child)
+            await _bootstrap(services)
         yield AppState(
             settings=settings,
             database_url=database_url,
@@ -474,23 +475,16 @@ async def _serve(
                 state.pool.terminate()
 
     gate.attach(asyncio.get_running_loop(), on_signal)
+    child: WorkerProcess | None = None
     try:
+        if settings.role == "all" and settings.worker_process:
+            # Started first, so that it imports and connects while this process does: the
+            # two start-ups overlap (migrations take a lock; the child does not bootstrap).
+            child = WorkerProcess(settings, database_url, nats_url)
+            await child.spawn()
         async with open_state(settings, database_url, nats_url) as opened:
             state = opened
-            loops = []
-            if settings.role == "all" and settings.worker_process:
-                child = WorkerProcess(settings, database_url, nats_url)
-                try:
-                    await child.start()
-                except WorkerProcessError as exc:
-                    raise StartupError(str(exc)) from None
-                if settings.sealer:
-                    loops.append(Worker("sealer", state.sealer.run))
-                loops.append(Worker("worker-process", child.run))
-            elif settings.role != "api":
-                loops += background_workers(state)
-            if settings.role != "worker":
-                loops += api_workers(state)
+            loops = await _loops_for(settings, state, child)
             workers = [asyncio.create_task(supervise(w), name=f"worker:{w.name}") for w in loops]
             # Everything loaded so far lives as long as the process: keep it out of the
             # collector's way, or full collections pause requests for ~100 ms every few dozen.
@@ -517,7 +511,30 @@ async def _serve(
             finally:
                 await stop_workers(workers)
     finally:
+        if child is not None:  # start-up failed or was interrupted before its worker ran
+            await child.stop()
         gate.detach()
+
+
+async def _loops_for(
+    settings: Settings, state: AppState, child: WorkerProcess | None
+) -> list[Worker]:
+    """The loops this process runs beside (or, role worker, instead of) the API; with a
+    worker child, once the child's workers run."""
+    loops: list[Worker] = []
+    if child is not None:
+        try:
+            await child.ready()
+        except WorkerProcessError as exc:
+            raise StartupError(str(exc)) from None
+        if settings.sealer:
+            loops.append(Worker("sealer", state.sealer.run))
+        loops.append(Worker("worker-process", child.run))
+    elif settings.role != "api":
+        loops += background_workers(state)
+    if settings.role != "worker":
+        loops += api_workers(state)
+    return loops
 
 
 class _Server(uvicorn.Server):

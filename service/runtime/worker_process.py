@@ -89,8 +89,13 @@ class WorkerProcess:
     async def start(self) -> None:
         """Start the child and return once its workers run; raise WorkerProcessError if it
         exits first or takes longer than ``ready_timeout``."""
+        await self.spawn()
+        await self.ready()
+
+    async def spawn(self) -> None:
+        """Start the child (``ready`` waits for its workers to run)."""
         env = child_environment(self.settings, self.database_url, self.nats_url, os.environ)
-        self.process = process = await asyncio.create_subprocess_exec(
+        self.process = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
             "service.runtime.worker_process",
@@ -102,6 +107,12 @@ class WorkerProcess:
             start_new_session=True,
             preexec_fn=death_signal_setter(signal.SIGTERM),
         )
+
+    async def ready(self) -> None:
+        """Return once the spawned child's workers run; raise WorkerProcessError if it exits
+        first or takes longer than ``ready_timeout`` (then it is stopped)."""
+        process = self.process
+        assert process is not None
         assert process.stdout is not None
         try:
             line = await asyncio.wait_for(process.stdout.readline(), self.ready_timeout)
@@ -161,7 +172,9 @@ async def _work(settings: Settings, stopping: asyncio.Event) -> None:
 
     assert settings.database_url is not None
     assert settings.nats_url is not None
-    async with open_state(settings, settings.database_url, settings.nats_url) as state:
+    async with open_state(
+        settings, settings.database_url, settings.nats_url, bootstrap=False
+    ) as state:
         workers = [
             asyncio.create_task(supervise(w), name=f"worker:{w.name}")
             for w in background_workers(state)

@@ -31,6 +31,10 @@ if TYPE_CHECKING:
     from hashlib import _Hash as Hasher
 
 INCOMING = "blobs/incoming"
+# How many bytes of an upload are written before they are synced and their cached pages
+# released (see ``_BatchWriter``): bounds the fresh pages one upload takes.
+RELEASE = 64 * 1024 * 1024
+DONTNEED = getattr(os, "POSIX_FADV_DONTNEED", 4)
 
 
 class LocalBlobStore:
@@ -121,7 +125,7 @@ async def _consume(
     event loop receives the next one; one batch in flight at a time keeps memory flat and
     the bytes in order. Hashing in the loop, between receives, made the loop the upload's
     bottleneck."""
-    digest = hashlib.sha256()
+    writer = _BatchWriter(handle)
     size = 0
     batch: list[bytes] = []
     pending = 0
@@ -136,27 +140,44 @@ async def _consume(
             if pending >= CHUNK:
                 if storing is not None:
                     await storing
-                storing = asyncio.ensure_future(
-                    asyncio.to_thread(_store, digest, handle, b"".join(batch))
-                )
+                storing = asyncio.ensure_future(asyncio.to_thread(writer.store, b"".join(batch)))
                 batch, pending = [], 0
         if storing is not None:
             await storing
         storing = None
         if batch:
-            await asyncio.to_thread(_store, digest, handle, b"".join(batch))
+            await asyncio.to_thread(writer.store, b"".join(batch))
     finally:
         if storing is not None:
             # Cut short (the client left, too large): the file may only close once the
             # thread's write is done.
             await asyncio.wait([storing])
-    return size, digest
+    return size, writer.digest
 
 
-def _store(digest: Hasher, handle: BinaryIO | None, data: bytes) -> None:
-    digest.update(data)
-    if handle is not None:
-        _write_all(handle, data)
+class _BatchWriter:
+    """Hashes and writes batches in order (one thread at a time), and every ``RELEASE``
+    bytes makes them durable and hands their page-cache pages back (``sync_and_release``):
+    a big upload then reuses the pages it freed instead of taking fresh ones throughout."""
+
+    def __init__(self, handle: BinaryIO | None) -> None:
+        self.handle = handle
+        self.digest = hashlib.sha256()
+        self.written = 0
+        self.released = 0
+
+    def store(self, data: bytes) -> None:
+        self.digest.update(data)
+        if self.handle is None:
+            return
+        _write_all(self.handle, data)
+        self.written += len(data)
+        if self.written - self.released >= RELEASE and hasattr(os, "posix_fadvise"):
+            # Only clean pages can be released: sync them first (Linux only, as fadvise).
+            fd = self.handle.fileno()
+            os.fdatasync(fd)
+            os.posix_fadvise(fd, self.released, self.written - self.released, DONTNEED)
+            self.released = self.written
 
 
 def _write_all(handle: BinaryIO, data: bytes) -> None:
@@ -179,7 +200,7 @@ def sync_and_release(fd: int) -> None:
     then reads the bytes back from disk."""
     os.fsync(fd)
     if hasattr(os, "posix_fadvise"):  # Linux; elsewhere the pages just stay cached
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        os.posix_fadvise(fd, 0, 0, DONTNEED)
 
 
 def _check(sha256: str, digest: Hasher) -> None:

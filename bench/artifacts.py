@@ -31,6 +31,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -69,6 +70,52 @@ def timed(argv: list[str]) -> float:
     return elapsed
 
 
+@dataclass(frozen=True)
+class Transfer:
+    """One timed transfer: wall seconds, and the CPU seconds the client (``curl``) and the
+    server spent on it, so a slow figure says which side was busy (issue 17)."""
+
+    seconds: float
+    client_cpu: float = 0.0
+    server_cpu: float = 0.0
+
+
+def cpu_of(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` (all its threads) so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def transfer(argv: list[str], server_pid: int) -> Transfer:
+    before, server_before = os.times(), cpu_of(server_pid)
+    seconds = timed(argv)
+    after, server_after = os.times(), cpu_of(server_pid)
+    client = (after.children_user - before.children_user) + (
+        after.children_system - before.children_system
+    )
+    return Transfer(seconds, client, server_after - server_before)
+
+
+def cpu_note(size: int, rounds: list[Transfer]) -> str:
+    """CPU seconds per GiB moved, over all rounds (one small round is below the clock
+    tick): curl's, and the server's."""
+    per_gib = (1024 * MiB) / (size * len(rounds))
+    client = sum(t.client_cpu for t in rounds) * per_gib
+    server = sum(t.server_cpu for t in rounds) * per_gib
+    return f"CPU s/GiB: curl {client:.2f}, server {server:.2f}"
+
+
+def hash_seconds(path: Path) -> float:
+    """How long Python's sha256 (what the server uses) takes over the file's bytes, read
+    from the page cache: the ceiling of any re-hashing download."""
+    start = time.perf_counter()
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while chunk := handle.read(MiB):
+            digest.update(chunk)
+    return time.perf_counter() - start
+
+
 def curl(*args: str) -> list[str]:
     return ["curl", "-sS", "--fail-with-body", "-o", "/dev/null", *args]
 
@@ -89,12 +136,13 @@ class Registry:
         self.http = httpx.Client(base_url=server.url, headers={"Authorization": self.auth[15:]})
         self.http.post("/api/v1/models", json={"name": MODEL}).raise_for_status()
         self.versions = 0
+        self._pid: int | None = None
 
     def blob_url(self, sha256: str) -> str:
         return f"{self.server.url}/api/v1/models/{MODEL}/blobs/sha256:{sha256}"
 
-    def upload(self, path: Path, sha256: str) -> float:
-        return timed(
+    def upload(self, path: Path, sha256: str) -> Transfer:
+        return transfer(
             curl(
                 "-T",
                 str(path),
@@ -103,7 +151,8 @@ class Registry:
                 "-H",
                 "Content-Type: application/octet-stream",
                 self.blob_url(sha256),
-            )
+            ),
+            self.pid(),
         )
 
     def register(self, files: list[tuple[str, str, int]]) -> int:
@@ -118,11 +167,16 @@ class Registry:
     def file_url(self, version: int, path: str) -> str:
         return f"{self.server.url}/api/v1/models/{MODEL}/versions/{version}/files/{path}"
 
-    def download(self, version: int, path: str) -> float:
-        return timed(curl("-H", self.auth, self.file_url(version, path)))
+    def download(self, version: int, path: str) -> Transfer:
+        return transfer(curl("-H", self.auth, self.file_url(version, path)), self.pid())
 
     def pid(self) -> int:
         """The server process: the ``modelreg serve`` whose environment names our schema."""
+        if self._pid is None:
+            self._pid = self._find_pid()
+        return self._pid
+
+    def _find_pid(self) -> int:
         wanted = f"MODELREG_DB_SCHEMA={self.server.schema}".encode()
         for entry in Path("/proc").iterdir():
             if not entry.name.isdigit():
@@ -182,6 +236,12 @@ def repeat_for(size: int) -> int:
     return max(1, min(20, (64 * MiB) // size))
 
 
+def downloads_for(size: int) -> int:
+    """Downloads need no new bytes, so even big ones are repeated: the first may read from
+    disk (the store releases a blob's cached pages once written), the baseline's from cache."""
+    return max(3, repeat_for(size))
+
+
 def file_store_transfers(
     table: Table, registry: Registry, work: Path, sizes: list[int], disk: Path
 ) -> None:
@@ -191,28 +251,51 @@ def file_store_transfers(
         sources = [work / f"src-{size}-{i}" for i in range(rounds)]
         digests = [make_file(source, size) for source in sources]
         log(f"file store, {label(size)}: dd baseline, then upload/download x{rounds}")
-        copy = disk / f"copy-{size}"
+        # The store writes every blob to a new file and keeps it, so the baseline does too:
+        # on the bench VM, writing into fresh page-cache pages costs several times the CPU
+        # of overwriting one file again (whose pages the truncation has just freed), which
+        # made the old baseline (one file, overwritten each round) flatter the disk.
+        copies = [disk / f"copy-{size}-{i}" for i in range(rounds)]
         base_up = min(
             timed(["dd", f"if={source}", f"of={copy}", "bs=1M", "conv=fsync", "status=none"])
+            for source, copy in zip(sources, copies, strict=True)
+        )
+        overwrite = min(
+            timed(["dd", f"if={source}", f"of={copies[0]}", "bs=1M", "conv=fsync", "status=none"])
             for source in sources
         )
         base_down = min(
-            timed(["dd", f"if={copy}", "of=/dev/null", "bs=1M", "status=none"])
-            for _ in range(rounds)
+            timed(["dd", f"if={copies[0]}", "of=/dev/null", "bs=1M", "status=none"])
+            for _ in range(downloads_for(size))
         )
-        hashing = min(timed(["sha256sum", str(source)]) for source in sources)
-        copy.unlink()
-        api_up = min(
+        hashing = min(hash_seconds(source) for source in sources)
+        for copy in copies:
+            copy.unlink()
+        ups = [
             registry.upload(source, sha256) for source, sha256 in zip(sources, digests, strict=True)
-        )
+        ]
         version = registry.register([("model.bin", digests[0], size)])
-        api_down = min(registry.download(version, "model.bin") for _ in range(rounds))
-        note = f"sha256sum alone: {rate(size, hashing):,.0f} MiB/s"
+        downs = [registry.download(version, "model.bin") for _ in range(downloads_for(size))]
+        api_up = min(t.seconds for t in ups)
+        api_down = min(t.seconds for t in downs)
         upload_row(
-            table, f"file store upload {label(size)}", size, api_up, base_up, "dd conv=fsync", note
+            table,
+            f"file store upload {label(size)}",
+            size,
+            api_up,
+            base_up,
+            "dd conv=fsync, new file",
+            f"{cpu_note(size, ups)}; dd overwriting one file: "
+            f"{rate(size, overwrite):,.0f} MiB/s ({ratio(rate(size, api_up), rate(size, overwrite))})",
         )
         upload_row(
-            table, f"file store download {label(size)}", size, api_down, base_down, "dd read", note
+            table,
+            f"file store download {label(size)}",
+            size,
+            api_down,
+            base_down,
+            "dd read",
+            f"{cpu_note(size, downs)}; hashlib sha256 alone: {rate(size, hashing):,.0f} MiB/s",
         )
         for source in sources:
             source.unlink()
@@ -255,15 +338,33 @@ def s3_transfers(
             timed(curl(*signed, "-T", str(source), key))
             for source, key in zip(sources, raw, strict=True)
         )
-        base_down = min(timed(curl(*signed, key)) for key in raw)
-        api_up = min(
-            registry.upload(source, sha256) for source, sha256 in zip(sources, digests, strict=True)
+        base_down = min(
+            timed(curl(*signed, raw[0])) for _ in range(max(len(raw), downloads_for(size)))
         )
+        ups = [
+            registry.upload(source, sha256) for source, sha256 in zip(sources, digests, strict=True)
+        ]
         version = registry.register([("model.bin", digests[0], size)])
-        api_down = min(registry.download(version, "model.bin") for _ in range(rounds))
-        upload_row(table, f"S3 store upload {label(size)}", size, api_up, base_up, "raw S3 PUT")
+        downs = [registry.download(version, "model.bin") for _ in range(downloads_for(size))]
+        api_up = min(t.seconds for t in ups)
+        api_down = min(t.seconds for t in downs)
         upload_row(
-            table, f"S3 store download {label(size)}", size, api_down, base_down, "raw S3 GET"
+            table,
+            f"S3 store upload {label(size)}",
+            size,
+            api_up,
+            base_up,
+            "raw S3 PUT",
+            cpu_note(size, ups),
+        )
+        upload_row(
+            table,
+            f"S3 store download {label(size)}",
+            size,
+            api_down,
+            base_down,
+            "raw S3 GET",
+            cpu_note(size, downs),
         )
         for source in sources:
             source.unlink()
@@ -276,7 +377,7 @@ def rss_during_upload(table: Table, registry: Registry, work: Path, size: int) -
     drop_cache(source)
     log("  uploading")
     with rss_sampler(registry.pid()) as seen:
-        seconds = registry.upload(source, sha256)
+        seconds = registry.upload(source, sha256).seconds
     growth = (seen["peak"] - seen["before"]) / MiB
     table.add(
         Row(

@@ -14,6 +14,7 @@ short body and an error), never a complete-looking wrong one.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from collections.abc import AsyncIterable, AsyncIterator
 from dataclasses import dataclass
@@ -101,21 +102,42 @@ async def verified_read(
     store: BlobStore, sha256: str, size: int, start: int, end: int
 ) -> AsyncIterator[bytes]:
     """Bytes ``start`` to ``end`` of a blob of ``size`` bytes, the whole blob re-hashed on
-    the way; CorruptBlobError instead of the range's last piece when it does not match."""
+    the way; CorruptBlobError instead of the range's last piece when it does not match.
+
+    Each chunk is hashed in a worker thread (hashlib lets go of the GIL) while the event
+    loop sends the one before and the store reads the next: hashing in the loop made it
+    the download's bottleneck. Chunks are hashed in order, one at a time."""
     digest = hashlib.sha256()
+    hashing: asyncio.Future[None] | None = None
     offset = 0
     held: bytes = b""
-    async for chunk in store.read(sha256, 0, size):
-        digest.update(chunk)
-        lo, hi = max(start - offset, 0), min(end - offset, len(chunk))
-        offset += len(chunk)
-        if lo < hi:
-            if held:
-                yield held
-            held = chunk[lo:hi]
+    try:
+        async for chunk in store.read(sha256, 0, size):
+            if hashing is not None:
+                await hashing
+            hashing = asyncio.ensure_future(asyncio.to_thread(digest.update, chunk))
+            lo, hi = max(start - offset, 0), min(end - offset, len(chunk))
+            offset += len(chunk)
+            if lo < hi:
+                if held:
+                    yield held
+                held = chunk[lo:hi]  # the chunk itself, not a copy, when it is whole
+        if hashing is not None:
+            await hashing
+            hashing = None
+    finally:
+        if hashing is not None:
+            # Cut short (the client left): the thread finishes on its own; just let it.
+            hashing.add_done_callback(_consume)
     if offset != size or digest.hexdigest() != sha256:
         raise CorruptBlobError(
             f"blob sha256:{sha256} holds {offset} bytes hashing to sha256:{digest.hexdigest()}"
         )
     if held:
         yield held
+
+
+def _consume(future: asyncio.Future[None]) -> None:
+    """Fetch an abandoned hashing's outcome, so asyncio does not report it as lost."""
+    if not future.cancelled():
+        future.exception()

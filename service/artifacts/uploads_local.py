@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
 from service.artifacts.blobstore import CHUNK, DigestMismatchError, Put
-from service.artifacts.local import INCOMING, LocalBlobStore, sync_directory
+from service.artifacts.local import INCOMING, LocalBlobStore, sync_and_release, sync_directory
 from service.artifacts.uploads import (
     SESSION_CODEC,
     SESSION_FILE,
@@ -179,7 +179,7 @@ def _cut_to(fd: int, offset: int) -> None:
 def _commit(handle: BinaryIO, directory: Path, offset: int) -> None:
     """The bytes first, then the offset that vouches for them."""
     handle.flush()
-    os.fsync(handle.fileno())
+    sync_and_release(handle.fileno())
     _replace(directory / OFFSET, str(offset).encode())
 
 

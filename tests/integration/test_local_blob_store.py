@@ -1,0 +1,102 @@
+"""The file store's pipelined upload and download (a batch is hashed and written in a
+worker thread while the next one arrives; a chunk is hashed while the one before is sent):
+the bytes stay in order, and a failure with a write in flight leaves nothing behind."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from service.artifacts.blobstore import CHUNK, CorruptBlobError, DigestMismatchError, verified_read
+from service.artifacts.local import INCOMING, LocalBlobStore
+
+# Several batches and a short last one, each piece distinct, so any reordering shows.
+BODY = b"".join(i.to_bytes(4, "big") * 16384 for i in range(56)) + b"tail"
+HEX = hashlib.sha256(BODY).hexdigest()
+
+
+class InterruptedBodyError(Exception):
+    pass
+
+
+async def pieces(body: bytes, cut_at: int | None = None) -> AsyncIterator[bytes]:
+    for start in range(0, len(body), 64 * 1024):
+        if cut_at is not None and start >= cut_at:
+            raise InterruptedBodyError
+        yield body[start : start + 64 * 1024]
+
+
+async def test_a_multi_batch_upload_is_stored_byte_for_byte(tmp_path: Path) -> None:
+    # given a store and a body of several batches
+    store = LocalBlobStore(tmp_path)
+    assert len(BODY) > 3 * CHUNK
+
+    # when it is put in 64 KiB pieces
+    put = await store.put(HEX, pieces(BODY), max_bytes=len(BODY))
+
+    # then the blob holds exactly those bytes, and no temporary file is left
+    assert (put.size, put.created) == (len(BODY), True)
+    assert store.path_of(HEX).read_bytes() == BODY
+    assert list((tmp_path / INCOMING).iterdir()) == []
+
+
+async def test_a_body_cut_while_a_batch_is_being_written_leaves_nothing(tmp_path: Path) -> None:
+    # given a body that fails after two batches went to the writer thread
+    store = LocalBlobStore(tmp_path)
+
+    # when it is put
+    with pytest.raises(InterruptedBodyError):
+        await store.put(HEX, pieces(BODY, cut_at=2 * CHUNK + 64 * 1024), max_bytes=len(BODY))
+
+    # then no blob exists and the temporary file is gone
+    assert await store.size_of(HEX) is None
+    assert list((tmp_path / INCOMING).iterdir()) == []
+
+
+async def test_a_body_that_hashes_otherwise_is_refused_after_every_batch(tmp_path: Path) -> None:
+    store = LocalBlobStore(tmp_path)
+    other = hashlib.sha256(b"other").hexdigest()
+    with pytest.raises(DigestMismatchError):
+        await store.put(other, pieces(BODY), max_bytes=len(BODY))
+    assert await store.size_of(other) is None
+    assert list((tmp_path / INCOMING).iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("start", "end"),
+    [(0, len(BODY)), (CHUNK - 3, 2 * CHUNK + 5), (len(BODY) - 7, len(BODY)), (5, 6)],
+    ids=["whole", "across-chunks", "tail", "one-byte"],
+)
+async def test_a_verified_read_returns_exactly_the_range(
+    tmp_path: Path, start: int, end: int
+) -> None:
+    store = LocalBlobStore(tmp_path)
+    await store.put(HEX, pieces(BODY), max_bytes=len(BODY))
+    got = b"".join([c async for c in verified_read(store, HEX, len(BODY), start, end)])
+    assert got == BODY[start:end]
+
+
+async def test_a_corrupt_blob_is_cut_before_the_range_s_last_piece(tmp_path: Path) -> None:
+    # given a stored blob whose last byte then changed on disk
+    store = LocalBlobStore(tmp_path)
+    await store.put(HEX, pieces(BODY), max_bytes=len(BODY))
+    path = store.path_of(HEX)
+    path.chmod(0o644)
+    path.write_bytes(BODY[:-1] + b"X")
+
+    # when it is read whole
+    received: list[bytes] = []
+
+    async def read_all() -> None:
+        async for chunk in verified_read(store, HEX, len(BODY), 0, len(BODY)):
+            received.append(chunk)
+
+    with pytest.raises(CorruptBlobError):
+        await read_all()
+
+    # then the client got less than the whole blob, never the corrupt last piece
+    assert len(b"".join(received)) < len(BODY)
+    assert BODY.startswith(b"".join(received))

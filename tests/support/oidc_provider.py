@@ -139,6 +139,10 @@ class Flows:
             "aud": grant.client_id,
             "iat": now,
             "nbf": now,
+            # Real providers give every token its own id: without one, two tokens minted for
+            # the same user in the same second are byte-identical (RS256 signs
+            # deterministically), and a refresh could not be told from a stale credential.
+            "jti": secrets.token_urlsafe(12),
             "exp": now + TOKEN_SECONDS,
             "preferred_username": grant.user,
             "groups": grant.groups,

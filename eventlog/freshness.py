@@ -41,6 +41,45 @@ SELECT (SELECT l.log_position FROM events e JOIN event_log l USING (seq)
 """
 
 
+_LOCATED = """
+SELECT k.stream_id, s.version,
+       (SELECT l.log_position FROM events e JOIN event_log l USING (seq)
+         WHERE e.stream_id = k.stream_id ORDER BY e.stream_position DESC LIMIT 1) AS latest,
+       (SELECT min(log_position) FROM projection_checkpoints
+         WHERE status = 'live' AND projection = ANY ($2::text[])) AS reached,
+       (SELECT last_log_position FROM sealer_state WHERE id = 1) AS head
+FROM (SELECT $1::text AS key) wanted
+LEFT JOIN unique_keys k ON k.key = wanted.key AND k.stream_id IS NOT NULL
+LEFT JOIN streams s ON s.stream_id = k.stream_id
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Located:
+    """The stream holding a unique key (``None``: no stream does), its version, and where
+    the log and the views stand, as one statement saw them."""
+
+    stream_id: str | None
+    stream_version: int
+    freshness: Freshness
+
+
+async def locate_fresh(
+    conn: asyncpg.Connection | asyncpg.Pool, key: str, projections: Sequence[str]
+) -> Located:
+    """``freshness`` for the stream that holds ``key``, found in the same round trip: a read
+    by name needs no separate lookup of the id before it can tell whether to wait."""
+    row = await conn.fetchrow(_LOCATED, key, list(projections))
+    assert row is not None  # one row from the one-row ``wanted``, whatever joins
+    return Located(
+        stream_id=row["stream_id"],
+        stream_version=row["version"] or 0,
+        freshness=Freshness(
+            head=row["head"], reached=row["reached"] or 0, latest=row["latest"] or 0
+        ),
+    )
+
+
 async def freshness(
     conn: asyncpg.Connection | asyncpg.Pool,
     projections: Sequence[str],

@@ -62,6 +62,7 @@ class MlflowVersion(msgspec.Struct, frozen=True, kw_only=True):
     run_id: str
     run_link: str
     deleted: bool
+    model_archived: bool = False
 
 
 def millis(moment: datetime) -> int:
@@ -84,6 +85,7 @@ def _version_columns(v: str = "v") -> str:
     return (
         f"{v}.model_id, {v}.model_name, {v}.version, {v}.stage, {v}.aliases, {v}.description,"
         f" {v}.tags, {v}.registered_by, {v}.created_at, {v}.updated_at, {v}.deprecated,"
+        f" {v}.model_archived,"
         f" {_source(v)} AS source, coalesce({v}.content->'run'->>'run_id', '') AS run_id,"
         f" coalesce({v}.content->'run'->>'url', '') AS run_link"
     )
@@ -106,6 +108,7 @@ def _version(r: asyncpg.Record) -> MlflowVersion:
         run_id=r["run_id"],
         run_link=r["run_link"],
         deleted=r["deprecated"],
+        model_archived=r["model_archived"],
     )
 
 
@@ -136,16 +139,31 @@ async def version_by_alias(
     return None if record is None else _version(record)
 
 
+async def highest_live_version(conn: Conn, names: Names, model_id: str) -> MlflowVersion | None:
+    """The highest version not deleted: what MLflow's reserved alias ``latest`` names."""
+    record = await conn.fetchrow(
+        f"SELECT {_version_columns()} FROM {names.model_versions} v"
+        " WHERE v.model_id = $1 AND NOT v.deprecated ORDER BY v.version DESC LIMIT 1",
+        model_id,
+    )
+    return None if record is None else _version(record)
+
+
 async def latest_versions(
     conn: Conn, names: Names, model_ids: Sequence[str]
 ) -> dict[str, list[MlflowVersion]]:
     """The highest live version in each stage of each model (MLflow's ``latest_versions``)."""
     if not model_ids:
         return {}
+    # The winners are picked on the keys alone, then only they are read whole: picking
+    # on whole rows computed every version's MLflow columns (its content JSON) to keep a
+    # handful.
     records = await conn.fetch(
-        f"SELECT DISTINCT ON (v.model_id, v.stage) {_version_columns()}"
-        f" FROM {names.model_versions} v WHERE v.model_id = ANY ($1::text[]) AND NOT v.deprecated"
-        " ORDER BY v.model_id, v.stage, v.version DESC",
+        f"SELECT {_version_columns()} FROM ("
+        f"SELECT DISTINCT ON (model_id, stage) model_id, version FROM {names.model_versions}"
+        " WHERE model_id = ANY ($1::text[]) AND NOT deprecated"
+        " ORDER BY model_id, stage, version DESC"
+        f") top JOIN {names.model_versions} v USING (model_id, version)",
         list(model_ids),
     )
     found: dict[str, list[MlflowVersion]] = {m: [] for m in model_ids}

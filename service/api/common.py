@@ -3,7 +3,7 @@ of a past position), write receipts with their headers, and parameter parsing.""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Annotated, Any, TypeVar, cast
@@ -13,10 +13,10 @@ import msgspec
 from litestar import Request, Response
 from litestar.params import Parameter
 
-from eventlog.freshness import freshness, wait_for_position
-from events.errors import ConflictError, ValidationError
+from eventlog.freshness import Freshness, freshness, locate_fresh, wait_for_position
+from events.errors import ConflictError, NotFoundError, ValidationError
 from events.model.side_effects import side_effects
-from events.streams import model_stream
+from events.streams import model_id_of, model_stream, name_key
 from projections.base import Names, Projection
 from projections.paging import CursorSeal, InvalidCursorError, InvalidQueryError, Page, merge_names
 from projections.registry_state import views_as_of
@@ -257,16 +257,72 @@ async def read_views(
         # latest sealed event and the position asked for, so there is nothing to wait for.
         stream = model_stream(model_id) if model_id is not None else None
         now = await freshness(services.pool, wanted_views, stream_id=stream)
-        wanted = max(min_position or 0, now.latest)
-        if min_position and min_position > now.head:
-            # A well-formed request the log's present state cannot answer (yet): a conflict
-            # with that state, like any other, not a malformed value.
-            raise NotWrittenError(min_position, now.head)
-        if wanted > now.reached:
-            await wait_for_position(
-                services.pool, wanted, wanted_views, timeout=services.settings.read_wait_timeout
-            )
+        await _views_showing(services, wanted_views, now, min_position)
     yield Reader(services.pool, merge_names(*(p.view_names() for p in projections)), None)
+
+
+async def _views_showing(
+    services: Services, wanted_views: list[str], now: Freshness, min_position: int | None
+) -> None:
+    """Return once the views show ``min_position`` and the stream's latest sealed event."""
+    wanted = max(min_position or 0, now.latest)
+    if min_position and min_position > now.head:
+        # A well-formed request the log's present state cannot answer (yet): a conflict
+        # with that state, like any other, not a malformed value.
+        raise NotWrittenError(min_position, now.head)
+    if wanted > now.reached:
+        await wait_for_position(
+            services.pool, wanted, wanted_views, timeout=services.settings.read_wait_timeout
+        )
+
+
+class ModelReader(Reader):
+    """A ``Reader`` for one model, found by name: its id and stream version (the ETag)."""
+
+    def __init__(self, reader: Reader, *, model_id: str, stream_version: int) -> None:
+        super().__init__(reader.conn, reader.names, reader.as_of_position)
+        self.model_id = model_id
+        self.stream_version = stream_version
+
+
+def _no_such_model(name: str) -> Exception:
+    return NotFoundError(f"no model is named {name!r}", name=name)
+
+
+@asynccontextmanager
+async def read_model_views(
+    services: Services,
+    projections: Sequence[Projection],
+    name: str,
+    *,
+    as_of: str | None = None,
+    min_position: int | None = None,
+    missing: Callable[[str], Exception] = _no_such_model,
+) -> AsyncIterator[ModelReader]:
+    """``read_views`` for the model named ``name``: live reads find the model and learn
+    whether the views must catch up in one round trip (``locate_fresh``), where a lookup
+    then a probe took two. ``missing(name)`` is raised when no model has the name."""
+    if as_of is not None:
+        try:
+            model_id, stream_version = await services.registry.locate(name)
+        except NotFoundError:
+            raise missing(name) from None
+        async with read_views(
+            services, projections, as_of=as_of, min_position=min_position, model_id=model_id
+        ) as reader:
+            yield ModelReader(reader, model_id=model_id, stream_version=stream_version)
+        return
+    wanted_views = [p.name for p in projections]
+    found = await locate_fresh(services.pool, name_key(name), wanted_views)
+    if found.stream_id is None:
+        raise missing(name)
+    await _views_showing(services, wanted_views, found.freshness, min_position)
+    names = merge_names(*(p.view_names() for p in projections))
+    yield ModelReader(
+        Reader(services.pool, names, None),
+        model_id=model_id_of(found.stream_id),
+        stream_version=found.stream_version,
+    )
 
 
 class Receipt(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):

@@ -33,6 +33,7 @@ from service.api.common import (
     etag,
     if_match,
     principal_of,
+    read_model_views,
     read_views,
     receipt,
     sealed,
@@ -150,11 +151,11 @@ class ModelsController(Controller):
         """A model as the catalogue shows it (``ETag`` = its stream version)."""
         require(principal_of(request), Permission.READ, name)
         services = services_of(request)
-        model_id, stream_version = await services.registry.locate(name)
-        async with read_views(
-            services, CATALOGUE, as_of=as_of, min_position=min_position, model_id=model_id
+        async with read_model_views(
+            services, CATALOGUE, name, as_of=as_of, min_position=min_position
         ) as reader:
-            row = await model_catalogue.get_model(reader.conn, reader.names, model_id)
+            row = await model_catalogue.get_model(reader.conn, reader.names, reader.model_id)
+        stream_version = reader.stream_version
         if row is None:
             raise NotFoundError(
                 f"model {name!r} did not exist then"

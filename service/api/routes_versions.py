@@ -41,6 +41,7 @@ from service.api.common import (
     etag,
     if_match,
     principal_of,
+    read_model_views,
     read_views,
     receipt,
     sealed,
@@ -153,7 +154,6 @@ class VersionsController(Controller):
     ) -> Page[VersionRow]:
         require(principal_of(request), Permission.READ, name)
         services = services_of(request)
-        model_id, _ = await services.registry.locate(name)
         query = VersionQuery(
             q=q,
             tags=tuple(tag or ()),
@@ -167,12 +167,12 @@ class VersionsController(Controller):
             cursor=cursor,
         )
         seal = cursor_seal(request)
-        async with read_views(
-            services, VERSIONS, as_of=as_of, min_position=min_position, model_id=model_id
+        async with read_model_views(
+            services, VERSIONS, name, as_of=as_of, min_position=min_position
         ) as reader:
             try:
                 query = msgspec.structs.replace(query, cursor=seal.open(cursor))
-                page = await search_versions(reader.conn, reader.names, model_id, query)
+                page = await search_versions(reader.conn, reader.names, reader.model_id, query)
                 return sealed(page, seal)
             except InvalidQueryError as exc:
                 raise _bad_query(exc) from None
@@ -188,11 +188,13 @@ class VersionsController(Controller):
     ) -> Response[VersionRow]:
         require(principal_of(request), Permission.READ, name)
         services = services_of(request)
-        model_id, stream_version = await services.registry.locate(name)
-        async with read_views(
-            services, VERSIONS, as_of=as_of, min_position=min_position, model_id=model_id
+        async with read_model_views(
+            services, VERSIONS, name, as_of=as_of, min_position=min_position
         ) as reader:
-            row = await model_versions.get_version(reader.conn, reader.names, model_id, version)
+            row = await model_versions.get_version(
+                reader.conn, reader.names, reader.model_id, version
+            )
+        stream_version = reader.stream_version
         if row is None:
             raise NotFoundError(
                 f"model {name!r} has no version {version}" + (" then" if as_of else ""),
@@ -211,11 +213,13 @@ class VersionsController(Controller):
     ) -> Response[VersionRow]:
         require(principal_of(request), Permission.READ, name)
         services = services_of(request)
-        model_id, stream_version = await services.registry.locate(name)
-        async with read_views(
-            services, VERSIONS, as_of=as_of, min_position=min_position, model_id=model_id
+        async with read_model_views(
+            services, VERSIONS, name, as_of=as_of, min_position=min_position
         ) as reader:
-            row = await model_versions.version_by_alias(reader.conn, reader.names, model_id, alias)
+            row = await model_versions.version_by_alias(
+                reader.conn, reader.names, reader.model_id, alias
+            )
+        stream_version = reader.stream_version
         if row is None:
             raise NotFoundError(
                 f"model {name!r} has no alias {alias!r}" + (" then" if as_of else ""), alias=alias

@@ -217,6 +217,53 @@ def test_aliases_point_move_and_show_in_searches_and_concurrent_moves_never_fail
     assert mlflow.get_model_version_by_alias("mf-alias", "hot").version in {"1", "2", "3", "4"}
 
 
+def test_reads_of_deleted_models_and_versions_and_the_latest_alias_answer_as_mlflow_does(
+    mlflow: MlflowClient,
+) -> None:
+    # given a model with three versions, the alias champion on version 2
+    mlflow.create_registered_model("mf-reads")
+    for n in range(3):
+        mlflow.create_model_version("mf-reads", source=f"s3://b/reads{n}")
+    mlflow.set_registered_model_alias("mf-reads", "champion", "2")
+    # then the reserved alias latest names the highest version
+    assert mlflow.get_model_version_by_alias("mf-reads", "latest").version == "3"
+    # when the highest version is deleted
+    mlflow.delete_model_version("mf-reads", "3")
+    # then latest names the highest one left, and the deleted one is gone to every read
+    assert mlflow.get_model_version_by_alias("mf-reads", "latest").version == "2"
+    for read in (
+        lambda: mlflow.get_model_version("mf-reads", "3"),
+        lambda: mlflow.get_model_version_download_uri("mf-reads", "3"),
+    ):
+        with pytest.raises(RestException) as gone:
+            read()
+        assert error_code(gone) == "RESOURCE_DOES_NOT_EXIST"
+        assert "Model Version (name=mf-reads, version=3) not found" in gone.value.message
+    assert [v.version for v in mlflow.get_latest_versions("mf-reads")] == ["2"]
+    # when the model itself is deleted
+    mlflow.delete_registered_model("mf-reads")
+    # then every read by its name says the registered model is not found, as MLflow does,
+    # whether the version, alias or list asked for existed or not
+    for read in (
+        lambda: mlflow.get_registered_model("mf-reads"),
+        lambda: mlflow.get_model_version("mf-reads", "1"),
+        lambda: mlflow.get_model_version("mf-reads", "9"),
+        lambda: mlflow.get_model_version_download_uri("mf-reads", "1"),
+        lambda: mlflow.get_model_version_by_alias("mf-reads", "champion"),
+        lambda: mlflow.get_model_version_by_alias("mf-reads", "nobody"),
+        lambda: mlflow.get_model_version_by_alias("mf-reads", "latest"),
+        lambda: mlflow.get_latest_versions("mf-reads"),
+    ):
+        with pytest.raises(RestException) as hidden:
+            read()
+        assert error_code(hidden) == "RESOURCE_DOES_NOT_EXIST"
+        assert "Registered Model with name=mf-reads not found" in hidden.value.message
+    # and a name no model ever had answers the same
+    with pytest.raises(RestException) as never:
+        mlflow.get_model_version("mf-never", "1")
+    assert "Registered Model with name=mf-never not found" in never.value.message
+
+
 def test_stages_map_both_ways_and_archive_existing_versions_archives_the_others(
     mlflow: MlflowClient,
 ) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from eventlog.freshness import Freshness, freshness
+from eventlog.freshness import Freshness, Located, freshness, locate_fresh
 from eventlog.keys import model_names
 from eventlog.log import read_log, read_log_as_stored
 from eventlog.sealer import Sealer
@@ -59,6 +59,54 @@ async def test_freshness_without_a_stream_or_views_answers_zeros_not_nulls(
 
     # then only the head is known
     assert probed == Freshness(head=1, reached=0, latest=0)
+
+
+async def test_locate_fresh_finds_a_names_stream_and_probes_freshness_in_one_statement(
+    db: Database, store: EventStore
+) -> None:
+    # given model m1 named churn with two sealed events and a third not sealed yet, model
+    # m2 renamed from fraud to fraud-eu, and a view that applied the first event only
+    await store.append(model_stream("m1"), 0, notes("a1"), META, claim=[name_key("churn")])
+    await store.append(model_stream("m1"), 1, notes("a2"), META)
+    await store.append(model_stream("m2"), 0, notes("b1"), META, claim=[name_key("fraud")])
+    await store.append(
+        model_stream("m2"),
+        1,
+        notes("b2"),
+        META,
+        claim=[name_key("fraud-eu")],
+        release=[name_key("fraud")],
+    )
+    await seal(db)
+    await store.append(model_stream("m1"), 2, notes("a3"), META)
+    conn = await db.connect()
+    await ensure_projection(conn, NOTES)
+    live = (await generations(conn, NOTES.name))[0]
+    await advance(conn, NOTES, live, head=1, batch=100)
+
+    # when churn, fraud-eu, the released name fraud and a name never used are located
+    churn = await locate_fresh(db.pool, name_key("churn"), [NOTES.name])
+    fraud_eu = await locate_fresh(db.pool, name_key("fraud-eu"), [NOTES.name])
+    released = await locate_fresh(db.pool, name_key("fraud"), [NOTES.name])
+    never = await locate_fresh(db.pool, name_key("never"), [NOTES.name])
+
+    # then each named model comes with its stream version (unsealed appends count, as the
+    # ETag does) and the freshness probe's answer for its stream: its latest *sealed* event
+    assert churn == Located(
+        stream_id=model_stream("m1"),
+        stream_version=3,
+        freshness=Freshness(head=4, reached=1, latest=2),
+    )
+    assert fraud_eu == Located(
+        stream_id=model_stream("m2"),
+        stream_version=2,
+        freshness=Freshness(head=4, reached=1, latest=4),
+    )
+    # and a released or unknown name finds no stream, the head and the view still known
+    for nobody in (released, never):
+        assert nobody == Located(
+            stream_id=None, stream_version=0, freshness=Freshness(head=4, reached=1, latest=0)
+        )
 
 
 async def test_the_log_as_stored_carries_each_envelopes_exact_bytes(

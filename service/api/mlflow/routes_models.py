@@ -41,9 +41,9 @@ from service.api.mlflow.shared import (
     live_model,
     live_version,
     model_answer,
-    model_reader,
-    no_live_versions,
-    version_answer,
+    named_alias_row,
+    named_latest_versions,
+    named_model_answer,
 )
 from service.api.services import Services
 from service.commands.registry import Written
@@ -118,10 +118,8 @@ class RegisteredModelsController(Controller):
         self, request: Request[Any, Any, Any], name: NameQuery
     ) -> wire.RegisteredModelAnswer:
         require(principal_of(request), Permission.READ, name)
-        services = services_of(request)
-        model_id, _ = await live_model(services, name)
         return wire.RegisteredModelAnswer(
-            registered_model=await model_answer(services, model_id, name)
+            registered_model=await named_model_answer(services_of(request), name)
         )
 
     @post("/rename", status_code=200)
@@ -302,22 +300,8 @@ class RegisteredModelsController(Controller):
         """An unknown alias is INVALID_PARAMETER_VALUE, as MLflow answers it; ``latest``
         is the highest live version."""
         require(principal_of(request), Permission.READ, name)
-        services = services_of(request)
-        model_id, state = await live_model(services, name)
-        if alias == "latest":
-            live = [n for n, v in state.versions.items() if not v.deprecated]
-            if not live:
-                raise no_live_versions(name)
-            number = max(live)
-        elif alias in state.aliases:
-            number = state.aliases[alias]
-        else:
-            raise ValidationError(
-                "alias", "unknown", f"Registered model alias {alias} not found.", alias=alias
-            )
-        return wire.ModelVersionAnswer(
-            model_version=await version_answer(services, model_id, name, number)
-        )
+        row = await named_alias_row(services_of(request), name, alias)
+        return wire.ModelVersionAnswer(model_version=wire.model_version(row))
 
     @post("/get-latest-versions", status_code=200)
     async def latest_by_post(
@@ -342,13 +326,9 @@ async def _latest(
     require(principal_of(request), Permission.READ, name)
     services = services_of(request)
     wanted = {stage_from_mlflow(s, "stages") for s in stages}
-    model_id, _ = await live_model(services, name)
-    async with model_reader(services, model_id) as reader:
-        latest = await latest_versions(reader.conn, reader.names, [model_id])
+    latest = await named_latest_versions(services, name)
     return wire.ModelVersionsAnswer(
-        model_versions=[
-            wire.model_version(v) for v in latest[model_id] if not wanted or v.stage in wanted
-        ]
+        model_versions=[wire.model_version(v) for v in latest if not wanted or v.stage in wanted]
     )
 
 

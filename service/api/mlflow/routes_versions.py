@@ -50,8 +50,8 @@ from service.api.mlflow.shared import (
     current_reader,
     live_model,
     live_version,
+    named_version_row,
     version_answer,
-    version_row,
 )
 from service.api.services import Services
 from service.commands.registry import Written
@@ -194,10 +194,8 @@ class ModelVersionsController(Controller):
         require(principal_of(request), Permission.READ, name)
         services = services_of(request)
         number = wire.version_number(version)
-        model_id, _ = await live_model(services, name)
-        return wire.ModelVersionAnswer(
-            model_version=await version_answer(services, model_id, name, number)
-        )
+        row = await named_version_row(services, name, number)
+        return wire.ModelVersionAnswer(model_version=wire.model_version(row))
 
     @patch("/update")
     async def update(
@@ -349,8 +347,7 @@ class ModelVersionsController(Controller):
         require(principal_of(request), Permission.READ, name)
         services = services_of(request)
         number = wire.version_number(version)
-        model_id, _ = await live_model(services, name)
-        row = await version_row(services, model_id, name, number)
+        row = await named_version_row(services, name, number)
         return wire.DownloadUri(artifact_uri=row.source)
 
 

@@ -12,12 +12,18 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from eventlog.freshness import freshness, wait_for_position
-from events.errors import NotFoundError
+from events.errors import NotFoundError, ValidationError
 from events.model.state import ModelState, VersionState
-from projections.mlflow_views import MlflowVersion, get_version, latest_versions
+from projections.mlflow_views import (
+    MlflowVersion,
+    get_version,
+    highest_live_version,
+    latest_versions,
+    version_by_alias,
+)
 from projections.paging import merge_names
 from projections.views import model_catalogue, model_versions
-from service.api.common import Reader, read_views
+from service.api.common import ModelReader, Reader, read_model_views, read_views
 from service.api.mlflow.wire import ModelVersion, RegisteredModel, model_version, registered_model
 from service.api.services import Services
 
@@ -27,6 +33,12 @@ DELETED_REASON = "deleted through the MLflow API"
 
 def no_model(name: str) -> NotFoundError:
     return NotFoundError(f"Registered Model with name={name} not found", name=name)
+
+
+def unknown_alias(alias: str) -> ValidationError:
+    return ValidationError(
+        "alias", "unknown", f"Registered model alias {alias} not found.", alias=alias
+    )
 
 
 def no_live_versions(name: str) -> NotFoundError:
@@ -95,3 +107,64 @@ async def version_row(services: Services, model_id: str, name: str, number: int)
 
 async def version_answer(services: Services, model_id: str, name: str, number: int) -> ModelVersion:
     return model_version(await version_row(services, model_id, name, number))
+
+
+# --- reads by name: the model found and the views' freshness learnt in one round trip ---
+
+
+@asynccontextmanager
+async def named_reader(services: Services, name: str) -> AsyncIterator[ModelReader]:
+    """The views for the model named ``name``, once they show its latest sealed event;
+    MLflow's RESOURCE_DOES_NOT_EXIST when no model has the name."""
+    async with read_model_views(services, VIEWS, name, missing=no_model) as reader:
+        yield reader
+
+
+async def _hidden(reader: ModelReader, name: str, missing: Exception) -> Exception:
+    """What a read that found no row answers: no model when MLflow may not see the model
+    (deleted), else ``missing``. Only failed reads pay for this look at the catalogue."""
+    row = await model_catalogue.get_model(reader.conn, reader.names, reader.model_id)
+    return no_model(name) if row is None or row.archived else missing
+
+
+async def named_model_answer(services: Services, name: str) -> RegisteredModel:
+    async with named_reader(services, name) as reader:
+        row = await model_catalogue.get_model(reader.conn, reader.names, reader.model_id)
+        if row is None or row.archived:
+            raise no_model(name)
+        latest = await latest_versions(reader.conn, reader.names, [reader.model_id])
+    return registered_model(row, latest[reader.model_id])
+
+
+async def named_version_row(services: Services, name: str, number: int) -> MlflowVersion:
+    async with named_reader(services, name) as reader:
+        row = await get_version(reader.conn, reader.names, reader.model_id, number)
+        if row is None or row.deleted or row.model_archived:
+            raise await _hidden(reader, name, no_version(name, number))
+    return row
+
+
+async def named_alias_row(services: Services, name: str, alias: str) -> MlflowVersion:
+    """The version ``alias`` points at; ``latest`` is the highest live version. An unknown
+    alias is INVALID_PARAMETER_VALUE, as MLflow answers it."""
+    async with named_reader(services, name) as reader:
+        if alias == "latest":
+            row = await highest_live_version(reader.conn, reader.names, reader.model_id)
+            if row is None or row.model_archived:
+                raise await _hidden(reader, name, no_live_versions(name))
+            return row
+        row = await version_by_alias(reader.conn, reader.names, reader.model_id, alias)
+        if row is None or row.model_archived:
+            raise await _hidden(reader, name, unknown_alias(alias))
+        if row.deleted:
+            raise no_version(name, row.version)
+    return row
+
+
+async def named_latest_versions(services: Services, name: str) -> list[MlflowVersion]:
+    async with named_reader(services, name) as reader:
+        row = await model_catalogue.get_model(reader.conn, reader.names, reader.model_id)
+        if row is None or row.archived:
+            raise no_model(name)
+        latest = await latest_versions(reader.conn, reader.names, [reader.model_id])
+    return latest[reader.model_id]

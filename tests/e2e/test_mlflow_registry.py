@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -231,10 +231,11 @@ def test_reads_of_deleted_models_and_versions_and_the_latest_alias_answer_as_mlf
     mlflow.delete_model_version("mf-reads", "3")
     # then latest names the highest one left, and the deleted one is gone to every read
     assert mlflow.get_model_version_by_alias("mf-reads", "latest").version == "2"
-    for read in (
+    reads: tuple[Callable[[], object], ...] = (
         lambda: mlflow.get_model_version("mf-reads", "3"),
         lambda: mlflow.get_model_version_download_uri("mf-reads", "3"),
-    ):
+    )
+    for read in reads:
         with pytest.raises(RestException) as gone:
             read()
         assert error_code(gone) == "RESOURCE_DOES_NOT_EXIST"
@@ -244,7 +245,7 @@ def test_reads_of_deleted_models_and_versions_and_the_latest_alias_answer_as_mlf
     mlflow.delete_registered_model("mf-reads")
     # then every read by its name says the registered model is not found, as MLflow does,
     # whether the version, alias or list asked for existed or not
-    for read in (
+    hidden_reads: tuple[Callable[[], object], ...] = (
         lambda: mlflow.get_registered_model("mf-reads"),
         lambda: mlflow.get_model_version("mf-reads", "1"),
         lambda: mlflow.get_model_version("mf-reads", "9"),
@@ -253,7 +254,8 @@ def test_reads_of_deleted_models_and_versions_and_the_latest_alias_answer_as_mlf
         lambda: mlflow.get_model_version_by_alias("mf-reads", "nobody"),
         lambda: mlflow.get_model_version_by_alias("mf-reads", "latest"),
         lambda: mlflow.get_latest_versions("mf-reads"),
-    ):
+    )
+    for read in hidden_reads:
         with pytest.raises(RestException) as hidden:
             read()
         assert error_code(hidden) == "RESOURCE_DOES_NOT_EXIST"

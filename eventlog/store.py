@@ -175,6 +175,83 @@ class EventStore:
         guards = _ordered_guards(stream_id, guards)
         ids = list(event_ids) if event_ids is not None else [uuid.uuid4() for _ in events]
         envelopes = self.envelopes(stream_id, expected_version, events, metadata, ids)
+        row = await self._append_envelopes(
+            stream_id, expected_version, ids, events, envelopes, claim, release, guards, conn
+        )
+        result = AppendResult(
+            stream_id=stream_id,
+            stream_version=row["stream_version"],
+            last_seq=row["last_seq"],
+            tx_id=row["tx_id"],
+            replayed=row["replayed"],
+        )
+        if self._on_append is not None and conn is None:
+            self._on_append(result)
+        return result
+
+    async def append_parts(
+        self,
+        stream_id: str,
+        expected_version: int,
+        parts: Sequence[tuple[Sequence[Event], Metadata]],
+        *,
+        claim: Sequence[str] = (),
+        release: Sequence[str] = (),
+    ) -> list[AppendResult]:
+        """Several commands' events, each part with its own metadata, appended in one
+        transaction after ``expected_version`` (group commit): all land or none does. Each
+        part's result names its own last event (stream version and seq), as if it had been
+        appended alone right after the parts before it."""
+        if not parts or not all(events for events, _ in parts):
+            raise ValueError("an append of parts needs at least one event in every part")
+        events: list[Event] = []
+        ids: list[UUID] = []
+        envelopes: list[bytes] = []
+        lasts: list[int] = []
+        for part_events, metadata in parts:
+            part_ids = [uuid.uuid4() for _ in part_events]
+            start = expected_version + len(events)
+            envelopes += self.envelopes(stream_id, start, part_events, metadata, part_ids)
+            events += part_events
+            ids += part_ids
+            lasts.append(start + len(part_events))
+        row = await self._append_envelopes(
+            stream_id, expected_version, ids, events, envelopes, claim, release, {}, None
+        )
+        if row["replayed"]:  # fresh random ids cannot have been recorded before
+            raise RuntimeError(f"an append of new events to {stream_id} answered as a replay")
+        seqs: dict[int, int] = {
+            r["stream_position"]: r["seq"]
+            for r in await self.pool.fetch(_SEQS_AT, stream_id, lasts)
+        }
+        results = [
+            AppendResult(
+                stream_id=stream_id,
+                stream_version=last,
+                last_seq=seqs[last],
+                tx_id=row["tx_id"],
+                replayed=False,
+            )
+            for last in lasts
+        ]
+        if self._on_append is not None:
+            self._on_append(results[-1])
+        return results
+
+    async def _append_envelopes(
+        self,
+        stream_id: str,
+        expected_version: int,
+        ids: list[UUID],
+        events: Sequence[Event],
+        envelopes: list[bytes],
+        claim: Sequence[str],
+        release: Sequence[str],
+        guards: dict[str, int],
+        conn: asyncpg.Connection | None,
+    ) -> asyncpg.Record:
+        """One append statement, retried on serialization failures; a re-sent event id is
+        resolved against what is recorded."""
         prev_hash, hashes = self._chain(stream_id, expected_version, envelopes)
         args = (
             stream_id,
@@ -215,16 +292,7 @@ class EventStore:
             self._heads.move_to_end(stream_id)
             if len(self._heads) > _HEADS_CACHED:
                 self._heads.popitem(last=False)
-        result = AppendResult(
-            stream_id=stream_id,
-            stream_version=row["stream_version"],
-            last_seq=row["last_seq"],
-            tx_id=row["tx_id"],
-            replayed=row["replayed"],
-        )
-        if self._on_append is not None and conn is None:
-            self._on_append(result)
-        return result
+        return row
 
     async def _write(
         self, args: tuple[Any, ...], guards: dict[str, int], conn: asyncpg.Connection | None
@@ -358,6 +426,10 @@ async def _locked_append(
 
 _HEADS_CACHED = 50_000
 _CONFLICT = "SELECT * FROM append_conflict($1, $2, $3)"
+_SEQS_AT = (
+    "SELECT stream_position, seq FROM events"
+    " WHERE stream_id = $1 AND stream_position = ANY ($2::bigint[])"
+)
 
 
 def _raise_domain_error(exc: asyncpg.PostgresError, stream_id: str, expected: int) -> None:

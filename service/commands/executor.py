@@ -12,6 +12,16 @@ Within one process, commands on the same stream take turns (a per-stream lock), 
 never race each other and no attempt is wasted; conflicts then only come from other
 processes (API replicas) and are retried with a jittered backoff.
 
+Group commit: the commands that queue for a stream's turn while an append is in flight are
+decided one after another, each on the state the ones before it produced, and their events
+appended in one transaction (``EventStore.append_parts``): a stream written by many callers
+at once pays for one round trip and one commit per turn, not per command. Each command
+still gets its own answer: its events, the state and stream version right after them, or
+its own refusal. If the append fails for any reason but a version conflict, every command
+of the turn is executed again alone, so one command's error never becomes another's.
+Commands that name an exact version (If-Match), carry an idempotency seed or guards take
+their turn alone, as before.
+
 Each event's envelope records the correlation id of the work that caused it: the one
 passed in, else ``CORRELATION_ID`` of the current context (the HTTP layer sets it per
 request; see service.api.tracing).
@@ -23,7 +33,7 @@ import asyncio
 import logging
 import random
 import uuid
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -74,6 +84,28 @@ class Outcome(Generic[S, E]):
         return self.append is not None and self.append.replayed
 
 
+@dataclass(slots=True)
+class _Queued:
+    """A command waiting for its stream's turn, and where its answer goes."""
+
+    decider: Decider[Any, Any, Any]
+    command: Command
+    metadata: Metadata
+    keys: KeyRule | None
+    answer: asyncio.Future[Outcome[Any, Any]]
+
+
+@dataclass(slots=True)
+class _Turns:
+    """A stream's turn: the lock every execution on it holds, the commands queued for the
+    next group commit, and the task draining that queue (``None`` when it is empty)."""
+
+    lock: asyncio.Lock
+    queue: deque[_Queued]
+    drainer: asyncio.Task[None] | None = None
+    users: int = 0
+
+
 # One command records at most this many events (a bound for reading one back).
 _MAX_EVENTS_PER_COMMAND = 1000
 _RECORDED_HEAD = "SELECT stream_id, stream_position FROM events WHERE event_id = $1"
@@ -107,6 +139,7 @@ class CommandExecutor:
         max_attempts: int = 10,
         on_conflict: Callable[[], None] | None = None,
         subjects: SubjectDirectory | None = None,
+        group_commit: int = 64,
     ) -> None:
         """``subjects``: record actors by pseudonymous subject id (``service.identity.
         subjects``); without it, as the command names them (tests of the domain alone)."""
@@ -118,7 +151,9 @@ class CommandExecutor:
         self._on_conflict = on_conflict
         self._cache: OrderedDict[str, tuple[int, Any]] = OrderedDict()
         self._background: set[asyncio.Task[None]] = set()
-        self._turns: dict[str, tuple[asyncio.Lock, int]] = {}
+        self._turns: dict[str, _Turns] = {}
+        # At most this many queued commands share one append (1: every command alone).
+        self.group_commit = group_commit
 
     async def state_of(self, stream_id: str, decider: Decider[S, Any, Any]) -> tuple[int, S]:
         """The current state of a stream and the version it reflects."""
@@ -150,19 +185,157 @@ class CommandExecutor:
         """``guards``: other streams the command was built from, at the versions read
         (``EventStore.append``); if one moved, ``StaleGuardError`` reaches the caller, who
         must build the command again from what that stream holds now."""
-        lock, waiting = self._turns.get(stream_id, (asyncio.Lock(), 0))
-        self._turns[stream_id] = (lock, waiting + 1)
+        turns = self._turns.get(stream_id)
+        if turns is None:
+            turns = self._turns[stream_id] = _Turns(asyncio.Lock(), deque())
+        turns.users += 1
         try:
-            async with lock:
-                return await self._execute(
-                    stream_id, decider, command, if_version, id_seed, keys, correlation_id, guards
-                )
+            if if_version is not None or id_seed is not None or guards or self.group_commit < 2:
+                async with turns.lock:
+                    return await self._execute(
+                        stream_id,
+                        decider,
+                        command,
+                        if_version,
+                        id_seed,
+                        keys,
+                        correlation_id,
+                        guards,
+                    )
+            return await self._queued(stream_id, turns, decider, command, keys, correlation_id)
         finally:
-            lock, waiting = self._turns[stream_id]
-            if waiting == 1:
+            turns.users -= 1
+            if turns.users == 0 and turns.drainer is None and self._turns.get(stream_id) is turns:
                 del self._turns[stream_id]
+
+    async def _queued(
+        self,
+        stream_id: str,
+        turns: _Turns,
+        decider: Decider[S, Any, E],
+        command: Command,
+        keys: KeyRule | None,
+        correlation_id: uuid.UUID | None,
+    ) -> Outcome[S, E]:
+        """Queue ``command`` for the stream's next group commit and wait for its answer. The
+        queue is drained by a task of its own, so a caller that goes away (its request was
+        cancelled) never leaves the commands it was carrying unanswered."""
+        command = await self.pseudonymous(command)
+        metadata = Metadata(
+            actor=command.actor,
+            occurred_at=command.now,
+            correlation_id=correlation_id or CORRELATION_ID.get(),
+        )
+        answer: asyncio.Future[Outcome[Any, Any]] = asyncio.get_running_loop().create_future()
+        turns.queue.append(_Queued(decider, command, metadata, keys, answer))
+        if turns.drainer is None:
+            turns.drainer = asyncio.get_running_loop().create_task(self._drain(stream_id, turns))
+        outcome: Outcome[S, E] = await answer
+        return outcome
+
+    async def _drain(self, stream_id: str, turns: _Turns) -> None:
+        """Take the stream's turn and execute what is queued, a group at a time, until the
+        queue is empty."""
+        group: list[_Queued] = []
+        try:
+            while turns.queue:
+                async with turns.lock:
+                    group = []
+                    while turns.queue and len(group) < self.group_commit:
+                        queued = turns.queue.popleft()
+                        if not queued.answer.done():  # its caller went away before its turn
+                            group.append(queued)
+                    if group:
+                        rest = await self._commit_group(stream_id, group)
+                        turns.queue.extendleft(reversed(rest))
+        finally:
+            turns.drainer = None
+            # Only when this task itself is cancelled (the process stops): whoever still
+            # waits is cancelled too, as it would have been executing alone.
+            for queued in (*group, *turns.queue):
+                queued.answer.cancel()
+            turns.queue.clear()
+            if turns.users == 0 and self._turns.get(stream_id) is turns:
+                del self._turns[stream_id]
+
+    async def _commit_group(self, stream_id: str, group: list[_Queued]) -> list[_Queued]:
+        """Execute ``group`` as one append; answer each command. Returns the commands left
+        for the next turn (those after one that claims or releases a unique key)."""
+        if len(group) == 1:
+            await self._answer_alone(stream_id, group[0])
+            return []
+        left: list[_Queued] = []  # what the last decision left for the next turn
+        try:
+            await self._decide_and_append_group(stream_id, group, left)
+        except ConcurrencyError as exc:  # conflicts persisted through every retry
+            for queued in _tried(group, left):
+                _answer(queued, exception=exc)
+        except DomainError:
+            # A refusal of the whole append (a unique key taken, an event that cannot be
+            # recorded), certain to have written nothing: each command is tried alone, so
+            # only the one it concerns is refused.
+            log.debug("group commit on %s refused; executing its commands alone", stream_id)
+            for queued in _tried(group, left):
+                await self._answer_alone(stream_id, queued)
+        except Exception as exc:  # noqa: BLE001 one failure, every caller's to see
+            # Not knowing whether the append committed (the connection went away), trying
+            # again could record a command twice: each caller sees what one alone would.
+            for queued in _tried(group, left):
+                _answer(queued, exception=exc)
+        return left
+
+    async def _answer_alone(self, stream_id: str, queued: _Queued) -> None:
+        try:
+            outcome = await self._decide_and_append(
+                stream_id, queued.decider, queued.command, queued.metadata, None, None, queued.keys
+            )
+        except Exception as exc:  # noqa: BLE001 the caller's to see, as if it ran itself
+            _answer(queued, exception=exc)
+        else:
+            _answer(queued, outcome)
+
+    async def _decide_and_append_group(
+        self, stream_id: str, group: list[_Queued], left: list[_Queued]
+    ) -> None:
+        """Decide each command on the state the ones before it produced and append all
+        their events at once; ``left`` receives the commands deferred to the next turn. A
+        refusal or a no-op is answered only once an append proved the state it was decided
+        on current (or the state was read from the stream)."""
+        decider = group[0].decider
+        optimistic = True
+        attempt = 1
+        while True:
+            cached = self._cache.get(stream_id) if optimistic else None
+            if cached is None:
+                optimistic = False
+                version, state = await self.state_of(stream_id, decider)
             else:
-                self._turns[stream_id] = (lock, waiting - 1)
+                version, state = cached
+            decided = _decide_group(group, decider, version, state)
+            left[:] = decided.rest
+            if not decided.parts:
+                if optimistic:
+                    optimistic = False  # nothing appended proves the cache current
+                    continue
+                decided.answer_all(iter(()))
+                return
+            try:
+                results = await self.store.append_parts(
+                    stream_id, version, decided.parts, claim=decided.claim, release=decided.release
+                )
+            except ConcurrencyError as exc:
+                self.forget(stream_id)
+                if optimistic:
+                    optimistic = False
+                else:
+                    await self._after_conflict(exc, attempt, None)
+                    attempt += 1
+                continue
+            decided.answer_all(iter(results))
+            self._remember(stream_id, decided.version, decided.state)
+            if decided.version // self.snapshot_every > version // self.snapshot_every:
+                self._snapshot_later(stream_id, decided.version, decided.state, decider)
+            return
 
     async def _execute(
         self,
@@ -188,6 +361,21 @@ class CommandExecutor:
             earlier = await self.recorded(stream_id, decider, id_seed)
             if earlier is not None:
                 return earlier
+        return await self._decide_and_append(
+            stream_id, decider, command, metadata, if_version, id_seed, keys, guards
+        )
+
+    async def _decide_and_append(
+        self,
+        stream_id: str,
+        decider: Decider[S, Any, E],
+        command: Command,
+        metadata: Metadata,
+        if_version: int | None,
+        id_seed: str | None,
+        keys: KeyRule | None,
+        guards: Mapping[str, int] | None = None,
+    ) -> Outcome[S, E]:
         # The first try may decide on the state this process cached, without asking the
         # stream whether it moved: the append's expected version makes that safe, since it
         # only lands if the stream is still at the cached version (whose state is exact).
@@ -451,3 +639,81 @@ def _check_precondition(stream_id: str, version: int, if_version: int | None) ->
             expected_version=if_version,
             actual_version=version,
         )
+
+
+@dataclass(slots=True)
+class _Group:
+    """What a group of queued commands decided on one state: each command's answer (its
+    outcome still without its append, or its refusal), the parts to append and the keys
+    they move, the version and state after them, and the commands left for the next turn."""
+
+    answers: list[tuple[_Queued, Outcome[Any, Any] | BaseException]]
+    parts: list[tuple[list[Any], Metadata]]
+    claim: list[str]
+    release: list[str]
+    version: int
+    state: Any
+    rest: list[_Queued]
+
+    def answer_all(self, appended: Iterator[AppendResult]) -> None:
+        """Answer every command; those that recorded events take the next append result."""
+        for queued, answer in self.answers:
+            if isinstance(answer, BaseException):
+                _answer(queued, exception=answer)
+            elif answer.events:
+                _answer(
+                    queued, Outcome(answer.events, answer.state, answer.version, next(appended))
+                )
+            else:
+                _answer(queued, answer)
+
+
+def _decide_group(
+    group: list[_Queued], decider: Decider[Any, Any, Any], version: int, state: Any
+) -> _Group:
+    decided = _Group([], [], [], [], version, state, [])
+    for index, queued in enumerate(group):
+        try:
+            events = list(queued.decider.decide(queued.command, decided.state))
+        except Exception as exc:  # noqa: BLE001 a refusal: this command's alone
+            decided.answers.append((queued, exc))
+            continue
+        if not events:
+            decided.answers.append((queued, Outcome([], decided.state, decided.version, None)))
+            continue
+        claims, releases = queued.keys(events, decided.state) if queued.keys else ((), ())
+        if (claims or releases) and decided.parts:
+            # Keys are claimed and released in one pass of the append, not in command
+            # order: a command that moves a key starts the next turn.
+            decided.rest = group[index:]
+            return decided
+        decided.claim += claims
+        decided.release += releases
+        decided.state = decider.fold(events, decided.state)
+        decided.version += len(events)
+        decided.parts.append((events, queued.metadata))
+        decided.answers.append((queued, Outcome(events, decided.state, decided.version, None)))
+        if claims or releases:
+            decided.rest = group[index + 1 :]
+            return decided
+    return decided
+
+
+def _tried(group: list[_Queued], left: list[_Queued]) -> list[_Queued]:
+    """The commands of ``group`` a failed turn was executing (not those it deferred)."""
+    deferred = {id(q) for q in left}
+    return [q for q in group if id(q) not in deferred]
+
+
+def _answer(
+    queued: _Queued,
+    outcome: Outcome[Any, Any] | None = None,
+    exception: BaseException | None = None,
+) -> None:
+    """Give a queued command its answer, unless its caller stopped waiting for it."""
+    if queued.answer.done():
+        return
+    if exception is not None:
+        queued.answer.set_exception(exception)
+    elif outcome is not None:
+        queued.answer.set_result(outcome)

@@ -1,0 +1,166 @@
+"""Group commit: commands queued on one stream while an append is in flight are decided in
+order and appended in one transaction, each still answered as if it had run alone."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from typing import Any
+
+import pytest
+
+from eventlog.store import AppendResult, EventStore, Metadata
+from events.base import Event
+from events.envelope import decode_envelope
+from events.errors import AlreadyExistsError, InvalidTransitionError
+from service.commands.executor import CommandExecutor
+from tests.integration.test_commands import CODEC, COUNTER, NOW, Add, Added, Total, add
+from tests.support.database import Database
+
+
+@pytest.fixture
+def store(db: Database) -> EventStore:
+    return EventStore(db.pool, CODEC)
+
+
+async def recorded(db: Database, stream_id: str) -> list[Any]:
+    return list(
+        await db.pool.fetch(
+            "SELECT seq, stream_position, tx_id, envelope FROM events WHERE stream_id = $1"
+            " ORDER BY stream_position",
+            stream_id,
+        )
+    )
+
+
+async def test_commands_queued_together_share_one_transaction_and_keep_their_own_answers(
+    db: Database, store: EventStore
+) -> None:
+    # given one executor and twenty callers adding 1..20 to one stream at once, each as
+    # a person of its own
+    executor = CommandExecutor(store)
+    commands = [Add(actor=f"person-{n}", now=NOW, amount=n) for n in range(1, 21)]
+
+    # when they all execute
+    outcomes = await asyncio.gather(*(executor.execute("counter:g", COUNTER, c) for c in commands))
+
+    # then the twenty events were appended by one transaction, in the callers' order
+    rows = await recorded(db, "counter:g")
+    assert [r["stream_position"] for r in rows] == list(range(1, 21))
+    assert len({r["tx_id"] for r in rows}) == 1
+    # and each caller's answer is its own: its event, the version and state right after
+    # it, and the seq of that very event (what its receipt's log position is read from)
+    seq_at = {r["stream_position"]: r["seq"] for r in rows}
+    for n, outcome in enumerate(outcomes, start=1):
+        assert outcome.events == [Added(amount=n)]
+        assert outcome.version == n
+        assert outcome.state == Total(total=n * (n + 1) // 2)
+        assert outcome.append is not None
+        assert (outcome.append.stream_version, outcome.append.last_seq) == (n, seq_at[n])
+    # and each event records the person whose command it was
+    actors = [decode_envelope(bytes(r["envelope"])).actor for r in rows]
+    assert actors == [f"person-{n}" for n in range(1, 21)]
+    assert not executor._turns
+
+
+async def test_a_refusal_or_a_no_op_in_a_group_is_that_commands_alone(
+    db: Database, store: EventStore
+) -> None:
+    # given a stream at total 0 and a limit of 3
+    executor = CommandExecutor(store)
+    commands = [add(1, limit=3), add(2, limit=3), add(1, limit=3), add(0), add(1, limit=4)]
+
+    # when five commands arrive together: the third would pass the limit, the fourth
+    # changes nothing
+    outcomes = await asyncio.gather(
+        *(executor.execute("counter:r", COUNTER, c) for c in commands), return_exceptions=True
+    )
+
+    # then the third is refused, the fourth answered without an append at the version
+    # the commands before it left, and the others landed one after another
+    assert isinstance(outcomes[2], InvalidTransitionError)
+    first, second, _, no_op, last = outcomes
+    assert not isinstance(no_op, BaseException) and no_op.append is None
+    assert (no_op.version, no_op.state) == (2, Total(total=3))
+    assert [o.version for o in (first, second, last) if not isinstance(o, BaseException)] == [
+        1,
+        2,
+        3,
+    ]
+    assert [r["stream_position"] for r in await recorded(db, "counter:r")] == [1, 2, 3]
+
+
+def claims_on_seven(events: Sequence[Any], state: Any) -> tuple[list[str], list[str]]:
+    return (["lucky:seven"], []) if any(e.amount == 7 for e in events) else ([], [])
+
+
+async def test_a_unique_key_taken_refuses_only_the_command_that_claims_it(
+    db: Database, store: EventStore
+) -> None:
+    # given the key lucky:seven held by another stream
+    executor = CommandExecutor(store)
+    await executor.execute("counter:holder", COUNTER, add(7), keys=claims_on_seven)
+
+    # when a command claiming it arrives between two others on another stream
+    outcomes = await asyncio.gather(
+        *(
+            executor.execute("counter:k", COUNTER, c, keys=claims_on_seven)
+            for c in (add(1), add(7), add(2))
+        ),
+        return_exceptions=True,
+    )
+
+    # then only that command is refused; the others landed
+    assert isinstance(outcomes[1], AlreadyExistsError)
+    assert [r["stream_position"] for r in await recorded(db, "counter:k")] == [1, 2]
+    assert (await CommandExecutor(store).state_of("counter:k", COUNTER))[1] == Total(total=3)
+
+
+class LostAnswerStore(EventStore):
+    """Commits a group's append, then loses the answer, as a dropped connection would."""
+
+    async def append_parts(
+        self,
+        stream_id: str,
+        expected_version: int,
+        parts: Sequence[tuple[Sequence[Event], Metadata]],
+        *,
+        claim: Sequence[str] = (),
+        release: Sequence[str] = (),
+    ) -> list[AppendResult]:
+        await super().append_parts(stream_id, expected_version, parts, claim=claim, release=release)
+        raise ConnectionResetError("the answer to the append was lost")
+
+
+async def test_a_group_whose_answer_is_lost_is_never_recorded_twice(db: Database) -> None:
+    # given a store whose group appends commit but never answer
+    executor = CommandExecutor(LostAnswerStore(db.pool, CODEC))
+
+    # when three commands arrive together
+    outcomes = await asyncio.gather(
+        *(executor.execute("counter:lost", COUNTER, add(n)) for n in (1, 2, 3)),
+        return_exceptions=True,
+    )
+
+    # then every caller sees the failure (none is told it failed cleanly or succeeded) and
+    # the three events are recorded exactly once: nothing was tried again behind them
+    assert all(isinstance(o, ConnectionResetError) for o in outcomes)
+    assert [r["stream_position"] for r in await recorded(db, "counter:lost")] == [1, 2, 3]
+
+
+async def test_replicas_grouping_on_one_stream_still_give_every_command_its_own_version(
+    db: Database, store: EventStore
+) -> None:
+    # given three replicas (own caches, own queues), each with ten callers at once
+    replicas = [CommandExecutor(store) for _ in range(3)]
+
+    # when all thirty commands execute
+    outcomes = await asyncio.gather(
+        *(r.execute("counter:many", COUNTER, add(1)) for r in replicas for _ in range(10))
+    )
+
+    # then every command landed on a version of its own, with no gap and none lost
+    assert sorted(o.version for o in outcomes) == list(range(1, 31))
+    rows = await recorded(db, "counter:many")
+    assert [r["stream_position"] for r in rows] == list(range(1, 31))
+    assert (await CommandExecutor(store).state_of("counter:many", COUNTER))[1].total == 30

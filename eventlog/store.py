@@ -76,6 +76,16 @@ class Metadata(msgspec.Struct, frozen=True, kw_only=True):
     causation_id: UUID | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class AppendPart:
+    """One command's share of a group append: its events, who/when, and its event ids
+    (``None``: fresh ones)."""
+
+    events: Sequence[Event]
+    metadata: Metadata
+    event_ids: Sequence[UUID] | None = None
+
+
 class AppendResult(msgspec.Struct, frozen=True, kw_only=True):
     stream_id: str
     stream_version: int
@@ -193,33 +203,45 @@ class EventStore:
         self,
         stream_id: str,
         expected_version: int,
-        parts: Sequence[tuple[Sequence[Event], Metadata]],
+        parts: Sequence[AppendPart],
         *,
         claim: Sequence[str] = (),
         release: Sequence[str] = (),
+        guards: Mapping[str, int] | None = None,
     ) -> list[AppendResult]:
         """Several commands' events, each part with its own metadata, appended in one
         transaction after ``expected_version`` (group commit): all land or none does. Each
         part's result names its own last event (stream version and seq), as if it had been
-        appended alone right after the parts before it."""
-        if not parts or not all(events for events, _ in parts):
+        appended alone right after the parts before it. A part's ``event_ids`` (an
+        idempotency seed's) are recorded as given, so a re-sent part fails the whole
+        append (unique event ids) and can be resolved alone."""
+        if not parts or not all(part.events for part in parts):
             raise ValueError("an append of parts needs at least one event in every part")
+        ordered = _ordered_guards(stream_id, guards)
         events: list[Event] = []
         ids: list[UUID] = []
         envelopes: list[bytes] = []
         lasts: list[int] = []
-        for part_events, metadata in parts:
-            part_ids = [uuid.uuid4() for _ in part_events]
+        for part in parts:
+            part_ids = (
+                list(part.event_ids)
+                if part.event_ids is not None
+                else [uuid.uuid4() for _ in part.events]
+            )
             start = expected_version + len(events)
-            envelopes += self.envelopes(stream_id, start, part_events, metadata, part_ids)
-            events += part_events
+            envelopes += self.envelopes(stream_id, start, part.events, part.metadata, part_ids)
+            events += part.events
             ids += part_ids
-            lasts.append(start + len(part_events))
+            lasts.append(start + len(part.events))
         row = await self._append_envelopes(
-            stream_id, expected_version, ids, events, envelopes, claim, release, {}, None
+            stream_id, expected_version, ids, events, envelopes, claim, release, ordered, None
         )
-        if row["replayed"]:  # fresh random ids cannot have been recorded before
-            raise RuntimeError(f"an append of new events to {stream_id} answered as a replay")
+        if row["replayed"]:
+            # Every id was recorded before as this very batch: the parts' callers checked
+            # for their seeds first, so this is not an answer any part can be given.
+            raise DuplicateEventError(
+                f"the events of this group on {stream_id} were recorded before"
+            )
         seqs: dict[int, int] = {
             r["stream_position"]: r["seq"]
             for r in await self.pool.fetch(_SEQS_AT, stream_id, lasts)

@@ -19,8 +19,11 @@ at once pays for one round trip and one commit per turn, not per command. Each c
 still gets its own answer: its events, the state and stream version right after them, or
 its own refusal. If the append fails for any reason but a version conflict, every command
 of the turn is executed again alone, so one command's error never becomes another's.
-Commands that name an exact version (If-Match), carry an idempotency seed or guards take
-their turn alone, as before.
+A group shares one set of guards (commands decided under the same registry policy
+revision): if a guard moved, every command of the group is answered ``StaleGuardError``
+and built again by its caller. A retry under an idempotency seed whose events are
+recorded is answered with them before its group is decided; two copies of one request never
+share a group. Commands that name an exact version (If-Match) take their turn alone.
 
 Each event's envelope records the correlation id of the work that caused it: the one
 passed in, else ``CORRELATION_ID`` of the current context (the HTTP layer sets it per
@@ -42,7 +45,7 @@ from typing import Any, Generic, TypeVar, cast
 import asyncpg
 import msgspec
 
-from eventlog.store import AppendResult, EventStore, Metadata, StaleGuardError
+from eventlog.store import AppendPart, AppendResult, EventStore, Metadata, StaleGuardError
 from events.base import Command, Decider, Event
 from events.envelope import decode_envelope
 from events.errors import ConcurrencyError, ConflictError, DomainError
@@ -92,6 +95,8 @@ class _Queued:
     command: Command
     metadata: Metadata
     keys: KeyRule | None
+    guards: dict[str, int]
+    id_seed: str | None
     answer: asyncio.Future[Outcome[Any, Any]]
 
 
@@ -109,6 +114,7 @@ class _Turns:
 # One command records at most this many events (a bound for reading one back).
 _MAX_EVENTS_PER_COMMAND = 1000
 _RECORDED_HEAD = "SELECT stream_id, stream_position FROM events WHERE event_id = $1"
+_RECORDED_ANY = "SELECT event_id FROM events WHERE event_id = ANY ($1::uuid[])"
 _RECORDED_FROM = (
     "SELECT seq, tx_id, event_id, stream_position, envelope FROM events"
     " WHERE stream_id = $1 AND stream_position >= $2 ORDER BY stream_position LIMIT $3"
@@ -190,7 +196,7 @@ class CommandExecutor:
             turns = self._turns[stream_id] = _Turns(asyncio.Lock(), deque())
         turns.users += 1
         try:
-            if if_version is not None or id_seed is not None or guards or self.group_commit < 2:
+            if if_version is not None or self.group_commit < 2:
                 async with turns.lock:
                     return await self._execute(
                         stream_id,
@@ -202,7 +208,17 @@ class CommandExecutor:
                         correlation_id,
                         guards,
                     )
-            return await self._queued(stream_id, turns, decider, command, keys, correlation_id)
+            outcome: Outcome[S, E] = await self._queued(
+                stream_id,
+                turns,
+                decider,
+                command,
+                keys=keys,
+                guards=dict(guards or {}),
+                id_seed=id_seed,
+                correlation_id=correlation_id,
+            )
+            return outcome
         finally:
             turns.users -= 1
             if turns.users == 0 and turns.drainer is None and self._turns.get(stream_id) is turns:
@@ -212,12 +228,15 @@ class CommandExecutor:
         self,
         stream_id: str,
         turns: _Turns,
-        decider: Decider[S, Any, E],
+        decider: Decider[Any, Any, Any],
         command: Command,
+        *,
         keys: KeyRule | None,
+        guards: dict[str, int],
+        id_seed: str | None,
         correlation_id: uuid.UUID | None,
-    ) -> Outcome[S, E]:
-        """Queue ``command`` for the stream's next group commit and wait for its answer. The
+    ) -> Outcome[Any, Any]:
+        """Queue a command for the stream's next group commit and wait for its answer. The
         queue is drained by a task of its own, so a caller that goes away (its request was
         cancelled) never leaves the commands it was carrying unanswered."""
         command = await self.pseudonymous(command)
@@ -227,11 +246,10 @@ class CommandExecutor:
             correlation_id=correlation_id or CORRELATION_ID.get(),
         )
         answer: asyncio.Future[Outcome[Any, Any]] = asyncio.get_running_loop().create_future()
-        turns.queue.append(_Queued(decider, command, metadata, keys, answer))
+        turns.queue.append(_Queued(decider, command, metadata, keys, guards, id_seed, answer))
         if turns.drainer is None:
             turns.drainer = asyncio.get_running_loop().create_task(self._drain(stream_id, turns))
-        outcome: Outcome[S, E] = await answer
-        return outcome
+        return await answer
 
     async def _drain(self, stream_id: str, turns: _Turns) -> None:
         """Take the stream's turn and execute what is queued, a group at a time, until the
@@ -241,8 +259,16 @@ class CommandExecutor:
             while turns.queue:
                 async with turns.lock:
                     group = []
+                    # One append holds one set of guards: a group is the commands decided
+                    # under the same guard versions (the same registry policy, as a rule).
+                    seeds: set[str] = set()
                     while turns.queue and len(group) < self.group_commit:
+                        head = turns.queue[0]
+                        if group and (head.guards != group[0].guards or head.id_seed in seeds):
+                            break  # a second copy of one request waits for the next turn
                         queued = turns.queue.popleft()
+                        if queued.id_seed is not None:
+                            seeds.add(queued.id_seed)
                         if not queued.answer.done():  # its caller went away before its turn
                             group.append(queued)
                     if group:
@@ -261,13 +287,15 @@ class CommandExecutor:
     async def _commit_group(self, stream_id: str, group: list[_Queued]) -> list[_Queued]:
         """Execute ``group`` as one append; answer each command. Returns the commands left
         for the next turn (those after one that claims or releases a unique key)."""
-        if len(group) == 1:
-            await self._answer_alone(stream_id, group[0])
+        group = await self._unrecorded(stream_id, group)
+        if len(group) < 2:
+            for queued in group:
+                await self._answer_alone(stream_id, queued)
             return []
         left: list[_Queued] = []  # what the last decision left for the next turn
         try:
             await self._decide_and_append_group(stream_id, group, left)
-        except ConcurrencyError as exc:  # conflicts persisted through every retry
+        except ConcurrencyError as exc:  # a guard moved, or conflicts outlasted the retries
             for queued in _tried(group, left):
                 _answer(queued, exception=exc)
         except DomainError:
@@ -284,10 +312,44 @@ class CommandExecutor:
                 _answer(queued, exception=exc)
         return left
 
+    async def _unrecorded(self, stream_id: str, group: list[_Queued]) -> list[_Queued]:
+        """``group`` without the retries whose events are recorded, answered here with
+        what they recorded, as a command alone would be (one query for the whole group)."""
+        seeded = {event_ids_for(q.id_seed, 1)[0]: q for q in group if q.id_seed is not None}
+        if not seeded:
+            return group
+        found = await self.store.pool.fetch(_RECORDED_ANY, list(seeded))
+        answered: set[int] = set()
+        for row in found:
+            queued = seeded[row["event_id"]]
+            assert queued.id_seed is not None
+            try:
+                earlier = await self.recorded(stream_id, queued.decider, queued.id_seed)
+            except Exception as exc:  # noqa: BLE001 the caller's to see, as if alone
+                _answer(queued, exception=exc)
+                answered.add(id(queued))
+                continue
+            if earlier is not None:
+                _answer(queued, earlier)
+                answered.add(id(queued))
+        return [q for q in group if id(q) not in answered]
+
     async def _answer_alone(self, stream_id: str, queued: _Queued) -> None:
         try:
+            if queued.id_seed is not None:
+                earlier = await self.recorded(stream_id, queued.decider, queued.id_seed)
+                if earlier is not None:
+                    _answer(queued, earlier)
+                    return
             outcome = await self._decide_and_append(
-                stream_id, queued.decider, queued.command, queued.metadata, None, None, queued.keys
+                stream_id,
+                queued.decider,
+                queued.command,
+                queued.metadata,
+                None,
+                queued.id_seed,
+                queued.keys,
+                queued.guards,
             )
         except Exception as exc:  # noqa: BLE001 the caller's to see, as if it ran itself
             _answer(queued, exception=exc)
@@ -321,8 +383,15 @@ class CommandExecutor:
                 return
             try:
                 results = await self.store.append_parts(
-                    stream_id, version, decided.parts, claim=decided.claim, release=decided.release
+                    stream_id,
+                    version,
+                    decided.parts,
+                    claim=decided.claim,
+                    release=decided.release,
+                    guards=group[0].guards,
                 )
+            except StaleGuardError:
+                raise  # every command of the group was decided under what moved
             except ConcurrencyError as exc:
                 self.forget(stream_id)
                 if optimistic:
@@ -648,7 +717,7 @@ class _Group:
     they move, the version and state after them, and the commands left for the next turn."""
 
     answers: list[tuple[_Queued, Outcome[Any, Any] | BaseException]]
-    parts: list[tuple[list[Any], Metadata]]
+    parts: list[AppendPart]
     claim: list[str]
     release: list[str]
     version: int
@@ -691,7 +760,13 @@ def _decide_group(
         decided.release += releases
         decided.state = decider.fold(events, decided.state)
         decided.version += len(events)
-        decided.parts.append((events, queued.metadata))
+        decided.parts.append(
+            AppendPart(
+                events,
+                queued.metadata,
+                event_ids_for(queued.id_seed, len(events)) if queued.id_seed else None,
+            )
+        )
         decided.answers.append((queued, Outcome(events, decided.state, decided.version, None)))
         if claims or releases:
             decided.rest = group[index + 1 :]

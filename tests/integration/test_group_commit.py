@@ -4,13 +4,12 @@ order and appended in one transaction, each still answered as if it had run alon
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import pytest
 
-from eventlog.store import AppendResult, EventStore, Metadata
-from events.base import Event
+from eventlog.store import AppendPart, AppendResult, EventStore, StaleGuardError
 from events.envelope import decode_envelope
 from events.errors import AlreadyExistsError, InvalidTransitionError
 from service.commands.executor import CommandExecutor
@@ -123,12 +122,15 @@ class LostAnswerStore(EventStore):
         self,
         stream_id: str,
         expected_version: int,
-        parts: Sequence[tuple[Sequence[Event], Metadata]],
+        parts: Sequence[AppendPart],
         *,
         claim: Sequence[str] = (),
         release: Sequence[str] = (),
+        guards: Mapping[str, int] | None = None,
     ) -> list[AppendResult]:
-        await super().append_parts(stream_id, expected_version, parts, claim=claim, release=release)
+        await super().append_parts(
+            stream_id, expected_version, parts, claim=claim, release=release, guards=guards
+        )
         raise ConnectionResetError("the answer to the append was lost")
 
 
@@ -164,3 +166,74 @@ async def test_replicas_grouping_on_one_stream_still_give_every_command_its_own_
     rows = await recorded(db, "counter:many")
     assert [r["stream_position"] for r in rows] == list(range(1, 31))
     assert (await CommandExecutor(store).state_of("counter:many", COUNTER))[1].total == 30
+
+
+async def test_a_group_shares_its_guards_and_a_guard_that_moved_refuses_every_command(
+    db: Database, store: EventStore
+) -> None:
+    # given the guard stream policy:registry at version 1
+    executor = CommandExecutor(store)
+    await executor.execute("policy:registry", COUNTER, add(1))
+
+    # when three commands decided under version 0 of it arrive together
+    stale = await asyncio.gather(
+        *(
+            executor.execute("counter:guarded", COUNTER, add(n), guards={"policy:registry": 0})
+            for n in (1, 2, 3)
+        ),
+        return_exceptions=True,
+    )
+    # then each is told to decide again (its caller rebuilds it), and nothing is recorded
+    assert all(isinstance(o, StaleGuardError) for o in stale)
+    assert await recorded(db, "counter:guarded") == []
+
+    # when two decided under version 1 arrive with one decided under version 0 between them
+    mixed = await asyncio.gather(
+        *(
+            executor.execute("counter:guarded", COUNTER, add(n), guards={"policy:registry": v})
+            for n, v in ((1, 1), (2, 0), (3, 1))
+        ),
+        return_exceptions=True,
+    )
+    # then the two current ones land, each group in a transaction of its own (one append
+    # holds one set of guards), and the stale one alone is refused
+    assert isinstance(mixed[1], StaleGuardError)
+    rows = await recorded(db, "counter:guarded")
+    assert [r["stream_position"] for r in rows] == [1, 2]
+    assert len({r["tx_id"] for r in rows}) == 2
+    assert (await CommandExecutor(store).state_of("counter:guarded", COUNTER))[1].total == 4
+
+
+async def test_seeded_commands_group_and_their_retries_are_answered_with_what_they_recorded(
+    db: Database, store: EventStore
+) -> None:
+    # given ten commands under idempotency seeds of their own, with a second copy of the
+    # fourth among them (a client retrying while its first try is still queued)
+    executor = CommandExecutor(store)
+    calls = [(f"key-{n}", n) for n in range(1, 11)]
+    calls.insert(5, ("key-4", 4))
+
+    # when they all execute at once
+    first = await asyncio.gather(
+        *(executor.execute("counter:seeded", COUNTER, add(n), id_seed=k) for k, n in calls)
+    )
+
+    # then ten events are recorded, the two copies of key-4 answered with the same one
+    rows = await recorded(db, "counter:seeded")
+    assert len(rows) == 10
+    copies = [o for (k, _), o in zip(calls, first, strict=True) if k == "key-4"]
+    assert [o.replayed for o in copies] == [False, True]
+    assert copies[0].events == copies[1].events == [Added(amount=4)]
+    assert copies[0].version == copies[1].version
+    # when every one is retried from another replica (its answer was lost)
+    again = await asyncio.gather(
+        *(
+            CommandExecutor(store).execute("counter:seeded", COUNTER, add(n), id_seed=k)
+            for k, n in calls
+        )
+    )
+    # then each gets its first answer again and nothing more is recorded
+    assert [(o.events, o.version) for o in again] == [(o.events, o.version) for o in first]
+    assert all(o.replayed for o in again)
+    assert len(await recorded(db, "counter:seeded")) == 10
+    assert (await CommandExecutor(store).state_of("counter:seeded", COUNTER))[1].total == 55

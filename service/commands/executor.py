@@ -255,31 +255,28 @@ class CommandExecutor:
         """Take the stream's turn and execute what is queued, a group at a time, until the
         queue is empty."""
         group: list[_Queued] = []
+        failure: Exception | None = None
         try:
             while turns.queue:
                 async with turns.lock:
-                    group = []
-                    # One append holds one set of guards: a group is the commands decided
-                    # under the same guard versions (the same registry policy, as a rule).
-                    seeds: set[str] = set()
-                    while turns.queue and len(group) < self.group_commit:
-                        head = turns.queue[0]
-                        if group and (head.guards != group[0].guards or head.id_seed in seeds):
-                            break  # a second copy of one request waits for the next turn
-                        queued = turns.queue.popleft()
-                        if queued.id_seed is not None:
-                            seeds.add(queued.id_seed)
-                        if not queued.answer.done():  # its caller went away before its turn
-                            group.append(queued)
+                    group = _next_group(turns.queue, self.group_commit)
                     if group:
                         rest = await self._commit_group(stream_id, group)
                         turns.queue.extendleft(reversed(rest))
+        except Exception as exc:  # a defect here must still answer every caller
+            log.exception("executing the queued commands of %s failed", stream_id)
+            failure = exc
         finally:
             turns.drainer = None
-            # Only when this task itself is cancelled (the process stops): whoever still
-            # waits is cancelled too, as it would have been executing alone.
+            # Only when this task failed or was cancelled (the process stops): whoever still
+            # waits gets that failure, or is cancelled as it would have been alone.
             for queued in (*group, *turns.queue):
-                queued.answer.cancel()
+                if queued.answer.done():
+                    continue
+                if failure is None:
+                    queued.answer.cancel()
+                else:
+                    queued.answer.set_exception(failure)
             turns.queue.clear()
             if turns.users == 0 and self._turns.get(stream_id) is turns:
                 del self._turns[stream_id]
@@ -772,6 +769,24 @@ def _decide_group(
             decided.rest = group[index + 1 :]
             return decided
     return decided
+
+
+def _next_group(queue: deque[_Queued], most: int) -> list[_Queued]:
+    """Take the next group off the front of ``queue``: up to ``most`` commands under the
+    same guards (one append holds one set: the same registry policy revision, as a rule),
+    stopping before a second copy of one request (it is answered next turn, as a retry)."""
+    group: list[_Queued] = []
+    seeds: set[str] = set()
+    while queue and len(group) < most:
+        head = queue[0]
+        if group and (head.guards != group[0].guards or head.id_seed in seeds):
+            break
+        queue.popleft()
+        if head.id_seed is not None:
+            seeds.add(head.id_seed)
+        if not head.answer.done():  # its caller went away before its turn
+            group.append(head)
+    return group
 
 
 def _tried(group: list[_Queued], left: list[_Queued]) -> list[_Queued]:

@@ -237,3 +237,57 @@ async def test_seeded_commands_group_and_their_retries_are_answered_with_what_th
     assert all(o.replayed for o in again)
     assert len(await recorded(db, "counter:seeded")) == 10
     assert (await CommandExecutor(store).state_of("counter:seeded", COUNTER))[1].total == 55
+
+
+class GatedStore(EventStore):
+    """Holds every group append until the test opens the gate."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.gate = asyncio.Event()
+        self.waiting = asyncio.Event()
+
+    async def append_parts(
+        self,
+        stream_id: str,
+        expected_version: int,
+        parts: Sequence[AppendPart],
+        *,
+        claim: Sequence[str] = (),
+        release: Sequence[str] = (),
+        guards: Mapping[str, int] | None = None,
+    ) -> list[AppendResult]:
+        self.waiting.set()
+        await self.gate.wait()
+        return await super().append_parts(
+            stream_id, expected_version, parts, claim=claim, release=release, guards=guards
+        )
+
+
+async def test_callers_that_go_away_neither_strand_the_others_nor_record_what_was_not_taken(
+    db: Database,
+) -> None:
+    # given a group of two commands whose append is in flight (held at a gate)
+    store = GatedStore(db.pool, CODEC)
+    executor = CommandExecutor(store)
+    first = asyncio.create_task(executor.execute("counter:gone", COUNTER, add(1)))
+    second = asyncio.create_task(executor.execute("counter:gone", COUNTER, add(2)))
+    await store.waiting.wait()
+    # and a third command queued behind it
+    third = asyncio.create_task(executor.execute("counter:gone", COUNTER, add(4)))
+    await asyncio.sleep(0)  # lets it reach the queue
+
+    # when the caller of the first (in flight) and of the third (not taken yet) go away
+    first.cancel()
+    third.cancel()
+    store.gate.set()
+
+    # then the second caller gets its answer, the first's command landed with it (its
+    # append was under way), and the third's was never recorded
+    outcome = await second
+    assert (outcome.version, outcome.state.total) == (2, 3)
+    for gone in (first, third):
+        with pytest.raises(asyncio.CancelledError):
+            await gone
+    assert [r["stream_position"] for r in await recorded(db, "counter:gone")] == [1, 2]
+    assert not executor._turns

@@ -23,6 +23,9 @@ from typing import Protocol
 from events.errors import ValidationError
 
 CHUNK = 1024 * 1024
+# Chunks up to this size are hashed in the event loop (tens of microseconds), larger ones
+# in a worker thread while the loop sends the previous chunk.
+INLINE_HASH = 64 * 1024
 
 
 def blob_key(sha256: str) -> str:
@@ -115,7 +118,11 @@ async def verified_read(
         async for chunk in store.read(sha256, 0, size):
             if hashing is not None:
                 await hashing
-            hashing = asyncio.ensure_future(asyncio.to_thread(digest.update, chunk))
+                hashing = None
+            if len(chunk) <= INLINE_HASH:
+                digest.update(chunk)  # quicker than the trip to a thread
+            else:
+                hashing = asyncio.ensure_future(asyncio.to_thread(digest.update, chunk))
             lo, hi = max(start - offset, 0), min(end - offset, len(chunk))
             offset += len(chunk)
             if lo < hi:

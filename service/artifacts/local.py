@@ -71,6 +71,12 @@ class LocalBlobStore:
             await asyncio.to_thread(temporary.unlink, missing_ok=True)
 
     async def read(self, sha256: str, start: int, end: int) -> AsyncIterator[bytes]:
+        if end - start <= CHUNK:
+            # One chunk: open, read and close in one trip to a thread (a model's small
+            # files, MLmodel and friends, are fetched in bursts; four trips each cost more
+            # than the read).
+            yield await asyncio.to_thread(_read_range, self.path_of(sha256), start, end)
+            return
         # The next chunk is read while the caller handles this one (one read in flight).
         handle = await asyncio.to_thread(self.path_of(sha256).open, "rb")
         reading: asyncio.Future[bytes] | None = None
@@ -113,6 +119,12 @@ class LocalBlobStore:
             return False
         sync_directory(final.parent)
         return True
+
+
+def _read_range(path: Path, start: int, end: int) -> bytes:
+    with path.open("rb") as handle:
+        handle.seek(start)
+        return handle.read(end - start)
 
 
 async def _consume(

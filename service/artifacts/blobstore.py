@@ -23,9 +23,10 @@ from typing import Protocol
 from events.errors import ValidationError
 
 CHUNK = 1024 * 1024
-# Chunks up to this size are hashed in the event loop (tens of microseconds), larger ones
-# in a worker thread while the loop sends the previous chunk.
-INLINE_HASH = 64 * 1024
+# Up to this many bytes are read and hashed in the event loop (microseconds: a model's
+# MLmodel, conda.yaml and friends), more in a worker thread while the loop sends the
+# previous chunk. A trip to a thread costs tens of microseconds and a wait for the GIL.
+INLINE_BYTES = 64 * 1024
 
 
 def blob_key(sha256: str) -> str:
@@ -119,7 +120,7 @@ async def verified_read(
             if hashing is not None:
                 await hashing
                 hashing = None
-            if len(chunk) <= INLINE_HASH:
+            if len(chunk) <= INLINE_BYTES:
                 digest.update(chunk)  # quicker than the trip to a thread
             else:
                 hashing = asyncio.ensure_future(asyncio.to_thread(digest.update, chunk))

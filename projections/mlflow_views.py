@@ -58,6 +58,10 @@ class MlflowVersion(msgspec.Struct, frozen=True, kw_only=True):
     registered_by: str
     created_at: datetime
     updated_at: datetime
+    # MLflow's int64 milliseconds of the two, computed by Postgres with the row: a page of
+    # versions converted them in Python 200 times.
+    created_ms: int
+    updated_ms: int
     source: str
     run_id: str
     run_link: str
@@ -68,6 +72,10 @@ class MlflowVersion(msgspec.Struct, frozen=True, kw_only=True):
 def millis(moment: datetime) -> int:
     """MLflow's int64 milliseconds since the epoch."""
     return (moment - _EPOCH) // timedelta(milliseconds=1)
+
+
+def _millis_of(column: str) -> str:
+    return f"floor(extract(epoch FROM {column}) * 1000)::bigint"
 
 
 def _source(v: str) -> str:
@@ -85,7 +93,8 @@ def _version_columns(v: str = "v") -> str:
     return (
         f"{v}.model_id, {v}.model_name, {v}.version, {v}.stage, {v}.aliases, {v}.description,"
         f" {v}.tags, {v}.registered_by, {v}.created_at, {v}.updated_at, {v}.deprecated,"
-        f" {v}.model_archived,"
+        f" {v}.model_archived, {_millis_of(f'{v}.created_at')} AS created_ms,"
+        f" {_millis_of(f'{v}.updated_at')} AS updated_ms,"
         f" {_source(v)} AS source, coalesce({v}.content->'run'->>'run_id', '') AS run_id,"
         f" coalesce({v}.content->'run'->>'url', '') AS run_link"
     )
@@ -104,6 +113,8 @@ def _version(r: asyncpg.Record) -> MlflowVersion:
         registered_by=r["registered_by"],
         created_at=r["created_at"],
         updated_at=r["updated_at"],
+        created_ms=r["created_ms"],
+        updated_ms=r["updated_ms"],
         source=r["source"],
         run_id=r["run_id"],
         run_link=r["run_link"],
@@ -193,10 +204,6 @@ _OPS = {"=": "=", "!=": "<>", "<": "<", "<=": "<=", ">": ">", ">=": ">="}
 class SearchPage(msgspec.Struct, frozen=True, kw_only=True):
     items: tuple[Any, ...]
     next_cursor: str | None = None
-
-
-def _millis_of(column: str) -> str:
-    return f"floor(extract(epoch FROM {column}) * 1000)::bigint"
 
 
 def _compare(sql: _Sql, column: str, clause: Clause, *, numeric: bool = False) -> str:

@@ -206,8 +206,8 @@ def model_version(row: MlflowVersion) -> ModelVersion:
     return ModelVersion(
         name=row.name,
         version=str(row.version),
-        creation_timestamp=millis(row.created_at),
-        last_updated_timestamp=millis(row.updated_at),
+        creation_timestamp=row.created_ms,
+        last_updated_timestamp=row.updated_ms,
         status="READY",
         user_id=row.registered_by,
         current_stage=stage_to_mlflow(row.stage),

@@ -56,12 +56,11 @@ class MlflowVersion(msgspec.Struct, frozen=True, kw_only=True):
     description: str
     tags: dict[str, str]
     registered_by: str
-    created_at: datetime
-    updated_at: datetime
-    # MLflow's int64 milliseconds of the two, computed by Postgres with the row: a page of
-    # versions converted them in Python 200 times.
-    created_ms: int
-    updated_ms: int
+    # Microseconds since the epoch, exact: Postgres computes them with the row, as asyncpg
+    # spends about a microsecond decoding each timestamp into a datetime (half the
+    # decoding of a page of 100 versions) and MLflow wants milliseconds anyway.
+    created_us: int
+    updated_us: int
     source: str
     run_id: str
     run_link: str
@@ -72,6 +71,20 @@ class MlflowVersion(msgspec.Struct, frozen=True, kw_only=True):
 def millis(moment: datetime) -> int:
     """MLflow's int64 milliseconds since the epoch."""
     return (moment - _EPOCH) // timedelta(milliseconds=1)
+
+
+def micros(moment: datetime) -> int:
+    return (moment - _EPOCH) // timedelta(microseconds=1)
+
+
+def moment_of(us: int) -> datetime:
+    """The instant ``us`` microseconds after the epoch (``micros``'s inverse)."""
+    return _EPOCH + timedelta(microseconds=us)
+
+
+def _micros_of(column: str) -> str:
+    # extract() answers numeric with the six decimals of a timestamp: the product is exact.
+    return f"(extract(epoch FROM {column}) * 1000000)::bigint"
 
 
 def _millis_of(column: str) -> str:
@@ -92,9 +105,9 @@ def _source(v: str) -> str:
 def _version_columns(v: str = "v") -> str:
     return (
         f"{v}.model_id, {v}.model_name, {v}.version, {v}.stage, {v}.aliases, {v}.description,"
-        f" {v}.tags, {v}.registered_by, {v}.created_at, {v}.updated_at, {v}.deprecated,"
-        f" {v}.model_archived, {_millis_of(f'{v}.created_at')} AS created_ms,"
-        f" {_millis_of(f'{v}.updated_at')} AS updated_ms,"
+        f" {v}.tags, {v}.registered_by, {v}.deprecated, {v}.model_archived,"
+        f" {_micros_of(f'{v}.created_at')} AS created_us,"
+        f" {_micros_of(f'{v}.updated_at')} AS updated_us,"
         f" {_source(v)} AS source, coalesce({v}.content->'run'->>'run_id', '') AS run_id,"
         f" coalesce({v}.content->'run'->>'url', '') AS run_link"
     )
@@ -111,10 +124,8 @@ def _version(r: asyncpg.Record) -> MlflowVersion:
         description=r["description"],
         tags=msgspec.json.decode(tags) if isinstance(tags, str | bytes) else dict(tags),
         registered_by=r["registered_by"],
-        created_at=r["created_at"],
-        updated_at=r["updated_at"],
-        created_ms=r["created_ms"],
-        updated_ms=r["updated_ms"],
+        created_us=r["created_us"],
+        updated_us=r["updated_us"],
         source=r["source"],
         run_id=r["run_id"],
         run_link=r["run_link"],
@@ -357,7 +368,7 @@ def _version_key(order: Sequence[OrderKey], row: MlflowVersion) -> tuple[Any, ..
     values: dict[str, Any] = {
         "name": row.name,
         "version_number": row.version,
-        "creation_timestamp": row.created_at,
-        "last_updated_timestamp": row.updated_at,
+        "creation_timestamp": moment_of(row.created_us),
+        "last_updated_timestamp": moment_of(row.updated_us),
     }
     return (*(values[k.key] for k in order), row.model_id)

@@ -38,7 +38,7 @@ from events.model.state import ModelState, VersionState
 from events.policy import GovernancePolicy
 from events.stages import Stage
 from events.version_content import ArtifactEntry, RunReference, VersionContent, validate_content
-from projections.mlflow_views import MlflowVersion, millis, search_versions
+from projections.mlflow_views import MlflowVersion, micros, search_versions
 from projections.paging import InvalidQueryError
 from service.api.auth import require
 from service.api.common import cursor_seal, principal_of, seed_of, services_of
@@ -137,10 +137,8 @@ def _registered(written: Written, model_id: str, name: str, at: datetime) -> wir
         description=version.description,
         tags=version.tags,
         registered_by=version.registered_by,
-        created_at=at,
-        updated_at=at,
-        created_ms=millis(at),
-        updated_ms=millis(at),
+        created_us=micros(at),
+        updated_us=micros(at),
         source=entry.uri,
         run_id=run.run_id if run else "",
         run_link=run.url if run else "",

@@ -206,8 +206,8 @@ def model_version(row: MlflowVersion) -> ModelVersion:
     return ModelVersion(
         name=row.name,
         version=str(row.version),
-        creation_timestamp=row.created_ms,
-        last_updated_timestamp=row.updated_ms,
+        creation_timestamp=row.created_us // 1000,
+        last_updated_timestamp=row.updated_us // 1000,
         status="READY",
         user_id=row.registered_by,
         current_stage=stage_to_mlflow(row.stage),

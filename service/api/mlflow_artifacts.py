@@ -98,7 +98,7 @@ async def _version(request: Request[Any, Any, Any], model: str, ref: str) -> Ver
         model_id, stream_version = await registry.locate(model)
     except NotFoundError:
         raise no_model(model) from None
-    state = await registry.executor.state_at(model_stream(model_id), MODEL, stream_version)
+    _, state = await registry.executor.state_at(model_stream(model_id), MODEL, stream_version)
     # What MLflow deleted (an archived model, a deprecated version) it no longer sees.
     if state.archived:
         raise no_model(model)

@@ -561,15 +561,23 @@ class CommandExecutor:
             (self.store.codec.decode(e.envelope) for e in earlier), decider.initial_state()
         )
 
-    async def state_at(self, stream_id: str, decider: Decider[S, Any, Any], version: int) -> S:
-        """The state of a stream whose version the caller has just read: the cached state
-        when it is at exactly that version (no query: what hot reads need), else read."""
+    async def state_at(
+        self, stream_id: str, decider: Decider[S, Any, Any], version: int
+    ) -> tuple[int, S]:
+        """The state of a stream whose version the caller has just read, and the version
+        it reflects: the cached state when it is at exactly that version (no query: what
+        hot reads and a write's checks need), else read afresh (then perhaps newer)."""
         cached = self._cache.get(stream_id)
         if cached is not None and cached[0] == version:
             self._cache.move_to_end(stream_id)
             state: S = cached[1]
-            return state
-        return (await self.state_of(stream_id, decider))[1]
+            return version, state
+        return await self.state_of(stream_id, decider)
+
+    def cached(self, stream_id: str) -> tuple[int, Any] | None:
+        """The version and state of ``stream_id`` this process last saw, without a query:
+        perhaps stale, so only for decisions an append's guard or expected version checks."""
+        return self._cache.get(stream_id)
 
     def forget(self, stream_id: str) -> None:
         self._cache.pop(stream_id, None)

@@ -24,7 +24,13 @@ from typing import Any
 from eventlog.positions import SealSignal, sealed_position
 from eventlog.store import EventStore, StaleGuardError
 from events.base import Command
-from events.errors import ConcurrencyError, ConflictError, NotFoundError, ValidationError
+from events.errors import (
+    ConcurrencyError,
+    ConflictError,
+    DomainError,
+    NotFoundError,
+    ValidationError,
+)
 from events.metrics import METRICS, LogMetrics, MetricInput, latest_values
 from events.model.commands import Metrics, RequestPromotion, TransitionStage
 from events.model.decider import MODEL
@@ -125,9 +131,10 @@ class Registry:
         return state.name, state.model_id, state.requests[request_id].version
 
     async def model(self, name: str) -> tuple[str, int, ModelState]:
-        """A model's id, stream version (the ETag) and current state, by name."""
-        model_id = await self.model_id(name)
-        version, state = await self.executor.state_of(model_stream(model_id), MODEL)
+        """A model's id, stream version (the ETag) and current state, by name: one query
+        when the executor's cached state is at the version that query found."""
+        model_id, version = await self.locate(name)
+        version, state = await self.executor.state_at(model_stream(model_id), MODEL, version)
         return model_id, version, state
 
     async def registry_policy(self) -> GovernancePolicy:
@@ -183,12 +190,18 @@ class Registry:
         id_seed: str | None = None,
     ) -> Written:
         """Build a governed command from the registry policy in force and execute it, guarded
-        by that policy's version; if the policy changes first, build and decide again."""
+        by that policy's version; if the policy changes first, build and decide again.
+
+        The first try builds on the policy this process last saw, without reading it: the
+        guard lands the events only if the policy is still at that revision. A refusal or
+        a no-op lands nothing for the guard to check, so it is answered only once a fresh
+        read shows the policy it was decided under is still the one in force."""
+        fresh = False
         for attempt in range(1, _POLICY_ATTEMPTS + 1):
-            revision, policy = await self.registry_policy_revision()
-            command = build(policy)
+            revision, policy, fresh = await self.policy_for_decision(fresh=fresh)
             try:
-                return await self.execute(
+                command = build(policy)  # may refuse, e.g. a comment the policy requires
+                written = await self.execute(
                     model_id,
                     command,
                     if_version=if_version,
@@ -196,9 +209,35 @@ class Registry:
                     guards={REGISTRY_POLICY_STREAM: revision},
                 )
             except StaleGuardError:
+                fresh = True
                 if attempt == _POLICY_ATTEMPTS:
                     raise
+                continue
+            except DomainError:
+                if fresh or not await self._policy_moved(revision):
+                    raise
+                fresh = True
+                continue
+            if written.events or fresh or not await self._policy_moved(revision):
+                return written
+            fresh = True
+        # Only the first try can be decided on a cached policy, so the last one is fresh,
+        # and a fresh try returns or raises.
         raise AssertionError("unreachable")  # pragma: no cover
+
+    async def policy_for_decision(self, *, fresh: bool) -> tuple[int, GovernancePolicy, bool]:
+        """The registry policy's revision and rules to decide a command under, and whether
+        they were read afresh: unless ``fresh`` is asked for, the ones this process last saw."""
+        known = None if fresh else self.executor.cached(REGISTRY_POLICY_STREAM)
+        if known is None:
+            revision, policy = await self.registry_policy_revision()
+            return revision, policy, True
+        return known[0], known[1].policy, False
+
+    async def _policy_moved(self, revision: int) -> bool:
+        """Has the registry policy moved past ``revision``? (Read afresh.)"""
+        current, _ = await self.registry_policy_revision()
+        return current != revision
 
     async def recorded(self, model_id: str, id_seed: str | None) -> Written | None:
         """The first answer of a retried model command whose events are recorded: checked

@@ -49,16 +49,17 @@ ONE, TWO = production_needs(1), production_needs(2)
 
 
 class PolicyChangesAfterItsRead(Registry):
-    """Runs ``change`` right after the next read of the registry policy: the race, forced."""
+    """Runs ``change`` right after the registry policy is next taken for a decision (read,
+    or as this replica last saw it): the race, forced."""
 
     change: Callable[[], Awaitable[Any]] | None = None
 
-    async def registry_policy_revision(self) -> tuple[int, GovernancePolicy]:
-        read = await super().registry_policy_revision()
+    async def policy_for_decision(self, *, fresh: bool) -> tuple[int, GovernancePolicy, bool]:
+        taken = await super().policy_for_decision(fresh=fresh)
         if self.change is not None:
             change, self.change = self.change, None
             await change()
-        return read
+        return taken
 
 
 def replica(db: Database, cls: type[Registry] = Registry) -> Registry:
@@ -148,6 +149,49 @@ async def test_an_approval_whose_policy_changed_before_its_append_is_decided_aga
     log = await sealed_log(db)
     assert [type(e).__name__ for e in log[-2:]] == ["RegistryPolicySet", "PromotionApproved"]
     assert executions_under_a_replaced_policy(log) == []
+
+
+async def test_an_approval_decided_on_a_policy_another_replica_replaced_is_decided_again(
+    db: Database, deciders: tuple[Registry, Registry]
+) -> None:
+    # given a request one approval would execute, on a replica that has seen that policy
+    approver_side, policy_side = deciders
+    request_id = await pending_request(approver_side, "churn")
+    # when another replica makes production need two approvals, unknown to the first
+    await policy_side.set_registry_policy(TWO, actor="admin", comment="two approvals")
+    written = await approve(approver_side, "churn", request_id, "bob")
+    # then the approval, first decided on the policy the replica had seen, did not land
+    # under it: it was decided again under the new one, recorded and not executed
+    assert [type(e) for e in written.events] == [PromotionApproved]
+    assert written.state.requests[request_id].status == "pending"
+    assert executions_under_a_replaced_policy(await sealed_log(db)) == []
+
+
+async def test_a_refusal_under_a_policy_another_replica_replaced_is_not_the_answer(
+    db: Database, deciders: tuple[Registry, Registry]
+) -> None:
+    # given v1 in staging, on a replica that has seen production need one approval (so a
+    # move there opens a request, which needs a comment)
+    approver_side, policy_side = deciders
+    written = await approver_side.register_model(
+        lambda model_id: RegisterModel(
+            actor="alice", now=approver_side.now(), model_id=model_id, name="churn", owner="risk"
+        )
+    )
+    await approver_side.execute(
+        written.model_id,
+        RegisterVersion(actor="alice", now=approver_side.now(), content=content(1)),
+    )
+    await approver_side.transition("churn", 1, Stage.STAGING, actor="alice", comment="")
+    # when another replica lets production take versions without approval
+    await policy_side.set_registry_policy(permissive(), actor="admin", comment="no approvals")
+    moved, request_id = await approver_side.transition(
+        "churn", 1, Stage.PRODUCTION, actor="alice", comment=""
+    )
+    # then the refusal the old policy gives (no comment) is not the answer: the move is
+    # decided under the policy in force and done at once
+    assert request_id is None
+    assert moved.state.versions[1].stage == Stage.PRODUCTION
 
 
 async def test_racing_approvals_and_policy_changes_never_execute_under_a_replaced_policy(

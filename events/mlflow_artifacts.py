@@ -14,11 +14,11 @@ a flat list of file paths, so directories are what the paths imply, nothing more
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from events.errors import ValidationError
-from events.version_content import validate_artifact_path
+from events.version_content import ArtifactEntry, validate_artifact_path
 
 SCHEME = "mlflow-artifacts:"
 ROOT = "modelreg/models"
@@ -30,6 +30,15 @@ _SHAPE = f"{ROOT}/{{name}}/{VERSIONS}/{{version}}[/{{file or directory}}]"
 def download_uri(model: str, version: int) -> str:
     """The URI MLflow's get-download-uri answers for a version whose files modelreg stores."""
     return f"{SCHEME}/{ROOT}/{model}/{VERSIONS}/{version}"
+
+
+def mlflow_source(model: str, version: int, artifacts: Sequence[ArtifactEntry]) -> str:
+    """MLflow's ``source`` of a version: the URI of its one external artifact (what
+    ``model-versions/create`` records from MLflow's ``source``), else ``download_uri``.
+    ``projections.mlflow_views`` states the same rule in SQL for the views' rows."""
+    if len(artifacts) == 1 and artifacts[0].external:
+        return artifacts[0].uri
+    return download_uri(model, version)
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,7 +7,15 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from events.errors import ValidationError
-from events.mlflow_artifacts import ArtifactPath, Listed, download_uri, list_directory, parse_path
+from events.mlflow_artifacts import (
+    ArtifactPath,
+    Listed,
+    download_uri,
+    list_directory,
+    mlflow_source,
+    parse_path,
+)
+from events.version_content import ArtifactEntry
 
 SEGMENT = st.text(alphabet="abcdefgh_.-0123456789", min_size=1, max_size=6).filter(
     lambda s: s not in {".", ".."}
@@ -25,6 +33,19 @@ def test_the_download_uri_parses_back_to_the_version_root() -> None:
     assert parse_path(root) == ArtifactPath(model="churn", version="3", inner="")
     assert parse_path(f"/{root}/data/x.pkl").inner == "data/x.pkl"
     assert parse_path(f"{root}/data/").inner == "data"
+
+
+def test_a_versions_mlflow_source_is_its_one_external_uri_else_the_artifact_uri() -> None:
+    # given what MLflow's create records (one external artifact) and what modelreg stores
+    external = ArtifactEntry(
+        path="model", external=True, uri="s3://b/churn/7", sha256="a" * 64, size=1
+    )
+    stored = ArtifactEntry(path="MLmodel", sha256="b" * 64, size=1)
+    # then the external one answers its URI, and anything else the files modelreg serves
+    assert mlflow_source("churn", 7, [external]) == "s3://b/churn/7"
+    assert mlflow_source("churn", 7, [stored]) == download_uri("churn", 7)
+    assert mlflow_source("churn", 7, [external, stored]) == download_uri("churn", 7)
+    assert mlflow_source("churn", 7, []) == download_uri("churn", 7)
 
 
 @pytest.mark.parametrize(

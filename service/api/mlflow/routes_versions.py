@@ -24,6 +24,7 @@ from litestar.params import FromQuery, JSONBody, QueryParameter
 
 from events.access import Permission
 from events.errors import PolicyViolationError, ValidationError
+from events.mlflow_artifacts import mlflow_source
 from events.mlflow_filter import Target, parse_filter, parse_order_by, with_tie_breakers
 from events.mlflow_stages import ACTIVE_STAGES, stage_from_mlflow, stage_to_mlflow
 from events.model.commands import (
@@ -343,12 +344,19 @@ class ModelVersionsController(Controller):
         self, request: Request[Any, Any, Any], name: NameQuery, version: VersionQuery
     ) -> wire.DownloadUri:
         """The MLflow source of an externally held version; modelreg's artifact URI
-        (``mlflow-artifacts:/modelreg/models/{name}/versions/{n}``) for stored files."""
+        (``mlflow-artifacts:/modelreg/models/{name}/versions/{n}``) for stored files.
+
+        Answered from the model's state at its current stream version (one query, as the
+        artifact proxy that serves the URI does), not from the views: a version's files
+        never change, and the state shows a deletion as soon as it is recorded."""
         require(principal_of(request), Permission.READ, name)
         services = services_of(request)
         number = wire.version_number(version)
-        row = await named_version_row(services, name, number)
-        return wire.DownloadUri(artifact_uri=row.source)
+        _, state = await live_model(services, name)
+        found = live_version(state, name, number)
+        return wire.DownloadUri(
+            artifact_uri=mlflow_source(state.name, number, found.content.artifacts)
+        )
 
 
 async def _transition(

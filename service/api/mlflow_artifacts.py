@@ -44,7 +44,13 @@ from service.api.mlflow.errors import MLFLOW_EXCEPTION_HANDLERS, MlflowError
 from service.api.mlflow.shared import no_model, no_version
 from service.api.telemetry import HTTP_METRICS
 from service.api.tracing import correlation_middleware
-from service.artifacts.blobstore import BlobStoreUnavailableError, verified_read
+from service.artifacts.blobstore import (
+    INLINE_BYTES,
+    BlobStoreUnavailableError,
+    CorruptBlobError,
+    verified_bytes,
+    verified_read,
+)
 from service.artifacts.service import find_file, resolve_version
 
 MLFLOW_ARTIFACTS_PREFIX = "/api/2.0/mlflow-artifacts"
@@ -128,8 +134,8 @@ class MlflowArtifactsController(Controller):
     @get("/{artifact_path:path}")
     async def download(
         self, request: Request[Any, Any, Any], artifact_path: FromPath[str]
-    ) -> Stream:
-        """One file of a version, streamed and re-hashed on the way out."""
+    ) -> Response[bytes] | Stream:
+        """One file of a version, re-hashed on the way out (streamed unless small)."""
         where = parse_path(artifact_path)
         if not where.inner:
             raise ValidationError(
@@ -137,11 +143,21 @@ class MlflowArtifactsController(Controller):
             )
         version = await _version(request, where.model, where.version)
         entry = find_file(version, where.inner)
-        services = services_of(request)
+        blobs = services_of(request).blobs
+        etag = f'"sha256:{entry.sha256}"'
+        if entry.size <= INLINE_BYTES:
+            # A small file (MLmodel and friends, fetched in bursts) is checked whole, then
+            # answered in one message: a stream's machinery costs more than its bytes.
+            try:
+                body = await verified_bytes(blobs, entry.sha256, entry.size)
+            except CorruptBlobError:
+                pass  # answered as a stream below, which is cut where the check fails
+            else:
+                return Response(body, media_type="application/octet-stream", headers={"ETag": etag})
         return Stream(
-            verified_read(services.blobs, entry.sha256, entry.size, 0, entry.size),
+            verified_read(blobs, entry.sha256, entry.size, 0, entry.size),
             media_type="application/octet-stream",
-            headers={"Content-Length": str(entry.size), "ETag": f'"sha256:{entry.sha256}"'},
+            headers={"Content-Length": str(entry.size), "ETag": etag},
         )
 
     @put("/{artifact_path:path}", request_max_body_size=None)

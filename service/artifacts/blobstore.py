@@ -145,6 +145,12 @@ async def verified_read(
         yield held
 
 
+async def verified_bytes(store: BlobStore, sha256: str, size: int) -> bytes:
+    """A whole blob, re-hashed: for files small enough to hold (CorruptBlobError when
+    its bytes no longer hash to its name)."""
+    return b"".join([chunk async for chunk in verified_read(store, sha256, size, 0, size)])
+
+
 def _consume(future: asyncio.Future[None]) -> None:
     """Fetch an abandoned hashing's outcome, so asyncio does not report it as lost."""
     if not future.cancelled():

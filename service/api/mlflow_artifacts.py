@@ -34,9 +34,7 @@ from litestar.types import ASGIApp, ExceptionHandlersMap
 from events.access import Permission
 from events.errors import NotFoundError, ValidationError
 from events.mlflow_artifacts import PATH_FIELD, Listed, list_directory, parse_path
-from events.model.decider import MODEL
 from events.model.state import VersionState
-from events.streams import model_stream
 from service.api.auth import require
 from service.api.common import principal_of, services_of
 from service.api.mlflow.auth import MlflowAuthMiddleware
@@ -97,14 +95,12 @@ def _refuse_writes() -> Response[MlflowError]:
 
 async def _version(request: Request[Any, Any, Any], model: str, ref: str) -> VersionState:
     require(principal_of(request), Permission.READ, model)
-    registry = services_of(request).registry
-    # One query (id and stream version), then the executor's cached state when it is at
-    # that version: MLflow fetches a model's files in a burst of small requests.
+    # One query, then the executor's cached state (Registry.model): MLflow fetches a
+    # model's files in a burst of small requests.
     try:
-        model_id, stream_version = await registry.locate(model)
+        _, _, state = await services_of(request).registry.model(model)
     except NotFoundError:
         raise no_model(model) from None
-    _, state = await registry.executor.state_at(model_stream(model_id), MODEL, stream_version)
     # What MLflow deleted (an archived model, a deprecated version) it no longer sees.
     if state.archived:
         raise no_model(model)

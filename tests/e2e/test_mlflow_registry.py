@@ -8,6 +8,7 @@ import hashlib
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -316,39 +317,26 @@ def test_searches_filter_with_mlflow_grammar_order_and_page_with_opaque_tokens(
     )
     assert prompt.status_code == 200, prompt.text
 
-    # when models are searched two at a time, by name or by time, newest first
-    def paged(order: str) -> list[str]:
+    # when models (or versions) are searched two at a time, by name or by time
+    def paged(search: Callable[..., Any], order: str) -> list[str]:
         names: list[str] = []
         token: str | None = None
         while True:
-            page = mlflow.search_registered_models(
+            page = search(
                 "name LIKE 'mf-page-%'", max_results=2, order_by=[order], page_token=token
             )
-            names += [m.name for m in page]
+            names += [found.name for found in page]
             token = page.token
             if not token:
                 return names
 
     # then every model comes once, in order, over three pages
-    assert paged("name DESC") == [f"mf-page-{n}" for n in (4, 3, 2, 1, 0)]
-    assert paged("creation_timestamp DESC") == [f"mf-page-{n}" for n in (4, 3, 2, 1, 0)]
-
-    # and versions page by time too: each token holds its last row's exact instant
-    def paged_versions(order: str) -> list[str]:
-        names: list[str] = []
-        token: str | None = None
-        while True:
-            page = mlflow.search_model_versions(
-                "name LIKE 'mf-page-%'", max_results=2, order_by=[order], page_token=token
-            )
-            names += [v.name for v in page]
-            token = page.token
-            if not token:
-                return names
-
     newest_first = [f"mf-page-{n}" for n in (4, 3, 2, 1, 0)]
-    assert paged_versions("creation_timestamp DESC") == newest_first
-    assert paged_versions("last_updated_timestamp ASC") == newest_first[::-1]
+    assert paged(mlflow.search_registered_models, "name DESC") == newest_first
+    assert paged(mlflow.search_registered_models, "creation_timestamp DESC") == newest_first
+    # and versions page by time too: each token holds its last row's exact instant
+    assert paged(mlflow.search_model_versions, "creation_timestamp DESC") == newest_first
+    assert paged(mlflow.search_model_versions, "last_updated_timestamp ASC") == newest_first[::-1]
     # and the grammar MLflow clients send works: backticked tags, ILIKE, IN, numbers
     gold = mlflow.search_registered_models("tags.`tier` = 'gold' AND name ILIKE 'MF-PAGE-%'")
     assert sorted(m.name for m in gold) == ["mf-page-0", "mf-page-1"]

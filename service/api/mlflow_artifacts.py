@@ -37,10 +37,10 @@ from events.mlflow_artifacts import PATH_FIELD, Listed, list_directory, parse_pa
 from events.model.state import VersionState
 from service.api.auth import require
 from service.api.common import principal_of, services_of
+from service.api.http_metrics import http_metrics_middleware
 from service.api.mlflow.auth import MlflowAuthMiddleware
 from service.api.mlflow.errors import MLFLOW_EXCEPTION_HANDLERS, MlflowError
 from service.api.mlflow.shared import no_model, no_version
-from service.api.telemetry import HTTP_METRICS
 from service.api.tracing import correlation_middleware
 from service.artifacts.blobstore import (
     INLINE_BYTES,
@@ -192,7 +192,7 @@ def mlflow_artifacts_router(answer_errors_here: Callable[[ASGIApp], ASGIApp]) ->
         MLFLOW_ARTIFACTS_PREFIX,
         route_handlers=[MlflowArtifactsController, MlflowMultipartController],
         middleware=[
-            HTTP_METRICS.middleware,
+            http_metrics_middleware,
             correlation_middleware,
             answer_errors_here,
             DefineMiddleware(MlflowAuthMiddleware),

@@ -15,6 +15,7 @@ from litestar.types import ASGIApp, Message, Receive, Scope, Send
 from service.api import routes_access, routes_subjects, routes_uploads, routes_webhooks, schemas
 from service.api.auth import BearerTokenMiddleware
 from service.api.common import refuse_nul_characters
+from service.api.http_metrics import http_metrics_middleware
 from service.api.idempotency import idempotency_middleware
 from service.api.json_body import refuse_unsafe_json
 from service.api.mlflow.errors import answering_mlflow_paths_as_mlflow
@@ -54,7 +55,7 @@ from service.api.routes_versions import CompareController, VersionsController
 from service.api.routes_webhooks import WebhooksController
 from service.api.services import Services
 from service.api.subject_names import subject_names_middleware
-from service.api.telemetry import HTTP_METRICS, MetricsController
+from service.api.telemetry import MetricsController
 from service.api.tracing import correlation_middleware
 
 # A version with a 10,000-file manifest is about 2 MiB; leave room, refuse the absurd (413).
@@ -180,7 +181,7 @@ def api_routers() -> list[Router]:
             "/api/v1",
             route_handlers=CONTROLLERS,
             middleware=[
-                HTTP_METRICS.middleware,
+                http_metrics_middleware,
                 correlation_middleware,
                 answer_errors_here,
                 DefineMiddleware(BearerTokenMiddleware),

@@ -1,4 +1,5 @@
-"""Prometheus metrics: Litestar's Prometheus middleware and controller, prometheus-client's
+"""Prometheus metrics: Litestar's Prometheus controller (requests are counted by
+service.api.http_metrics), prometheus-client's
 process registry (with its process, platform and GC collectors), the registry's own
 counters (append conflicts, denials, unauthenticated requests) and the pipeline lags.
 
@@ -17,7 +18,7 @@ import asyncpg
 from litestar import Request
 from litestar.connection import ASGIConnection
 from litestar.handlers import BaseRouteHandler
-from litestar.plugins.prometheus import PrometheusConfig, PrometheusController
+from litestar.plugins.prometheus import PrometheusController
 from prometheus_client import Counter, Gauge
 
 from eventlog.lags import sealing
@@ -25,13 +26,6 @@ from events.access import Permission
 from projections.runner import projection_status
 from service.api.auth import require
 from service.publication.relay import publication_lag
-
-HTTP_METRICS = PrometheusConfig(
-    app_name="modelreg",
-    prefix="modelreg_http",  # modelreg_http_requests_total, modelreg_http_request_duration_seconds
-    group_path=True,  # the route template as the `path` label
-    buckets=[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5],
-)
 
 APPEND_CONFLICTS = Counter(
     "modelreg_append_conflicts", "Appends that lost optimistic concurrency and were re-decided"

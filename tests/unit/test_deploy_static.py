@@ -27,7 +27,7 @@ from litestar.testing import TestClient
 from prometheus_client import REGISTRY
 
 from service.api.app import health_router
-from service.api.telemetry import HTTP_METRICS
+from service.api.http_metrics import http_metrics_middleware
 from service.cli.main import build as build_cli
 from service.settings import Settings, load_settings
 
@@ -723,7 +723,7 @@ def probe() -> str:
 def exported_metrics() -> tuple[set[str], dict[str, set[str]]]:
     """Every series name the process exports, and the label names of those with samples.
     The HTTP series exist once a request went through the metrics middleware the API uses."""
-    app = Litestar([Router("/", route_handlers=[probe], middleware=[HTTP_METRICS.middleware])])
+    app = Litestar([Router("/", route_handlers=[probe], middleware=[http_metrics_middleware])])
     with TestClient(app) as client:
         assert client.get("/probe").status_code == 200
     names: set[str] = set()

@@ -10,12 +10,12 @@ from litestar import Router
 from litestar.middleware import DefineMiddleware
 from litestar.types import ASGIApp, BeforeRequestHookHandler
 
+from service.api.http_metrics import http_metrics_middleware
 from service.api.idempotency import idempotency_middleware
 from service.api.mlflow.auth import MlflowAuthMiddleware
 from service.api.mlflow.errors import MLFLOW_EXCEPTION_HANDLERS
 from service.api.mlflow.routes_models import RegisteredModelsController
 from service.api.mlflow.routes_versions import ModelVersionsController
-from service.api.telemetry import HTTP_METRICS
 from service.api.tracing import correlation_middleware
 
 PREFIX = "/api/2.0/mlflow"
@@ -29,7 +29,7 @@ def mlflow_router(
         PREFIX,
         route_handlers=[RegisteredModelsController, ModelVersionsController],
         middleware=[
-            HTTP_METRICS.middleware,
+            http_metrics_middleware,
             correlation_middleware,
             answer_errors_here,
             DefineMiddleware(MlflowAuthMiddleware),

@@ -1,0 +1,98 @@
+"""Every API request counted and timed for Prometheus, by route template. I/O: none (the
+series live in prometheus-client's process-wide ``REGISTRY``; ``/metrics`` exports them).
+
+The series and labels are those Litestar's Prometheus middleware exports (``method``,
+``path`` as the route template, ``status_code``, ``app_name``), so dashboards and alert
+rules read them unchanged. This layer exists because that middleware cost about a tenth of
+a small request's CPU here: it builds a ``Request`` and a label dict per request and looks
+each series' child up by its label values four times. Here a child is looked up once per
+(method, route, status) and kept.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TypeAlias
+
+from litestar.enums import ScopeType
+from litestar.types import ASGIApp, Message, Receive, Scope, Send
+from prometheus_client import Counter, Gauge, Histogram
+
+APP_NAME = "modelreg"
+_LABELS = ("method", "path", "status_code", "app_name")
+_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
+
+REQUESTS = Counter("modelreg_http_requests_total", "Total requests", _LABELS)
+DURATION = Histogram(
+    "modelreg_http_request_duration_seconds",
+    "Request duration, in seconds",
+    _LABELS,
+    buckets=_BUCKETS,
+)
+IN_PROGRESS = Gauge(
+    "modelreg_http_requests_in_progress",
+    "Total requests currently in progress",
+    _LABELS,
+    multiprocess_mode="livesum",
+)
+ERRORS = Counter("modelreg_http_requests_error_total", "Total errors in requests", _LABELS)
+
+_Finished: TypeAlias = tuple[Counter, Histogram, Counter | None]
+
+_running: dict[tuple[str, str], Gauge] = {}
+_finished: dict[tuple[str, str, int], _Finished] = {}
+
+
+def _running_child(method: str, path: str) -> Gauge:
+    # Labelled as Litestar labels it: with the status a request starts with, 200.
+    child = _running[method, path] = IN_PROGRESS.labels(method, path, 200, APP_NAME)
+    return child
+
+
+def _finished_children(method: str, path: str, status: int) -> _Finished:
+    values = (method, path, status, APP_NAME)
+    errors = ERRORS.labels(*values) if status >= 500 else None
+    children = _finished[method, path, status] = (
+        REQUESTS.labels(*values),
+        DURATION.labels(*values),
+        errors,
+    )
+    return children
+
+
+def http_metrics_middleware(app: ASGIApp) -> ASGIApp:
+    """Count, time and gauge each request of the routes it wraps (Litestar sets
+    ``path_template`` before route middleware runs). A request that raises past this layer
+    without having started an answer is counted as the 500 the app's edge will answer."""
+
+    async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != ScopeType.HTTP:
+            await app(scope, receive, send)
+            return
+        method: str = scope["method"]
+        path: str = scope["path_template"]
+        running = _running.get((method, path)) or _running_child(method, path)
+        status = 500
+
+        async def noting_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        started = time.perf_counter()
+        running.inc()
+        try:
+            await app(scope, receive, noting_status)
+        finally:
+            elapsed = time.perf_counter() - started
+            running.dec()
+            count, duration, errors = _finished.get((method, path, status)) or _finished_children(
+                method, path, status
+            )
+            count.inc()
+            duration.observe(elapsed)
+            if errors is not None:
+                errors.inc()
+
+    return middleware

@@ -9,8 +9,9 @@ past it, or fails with ``NotYetVisibleError`` after the timeout: never silently 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any, TypeAlias
 
 import asyncpg
 
@@ -53,30 +54,71 @@ LEFT JOIN unique_keys k ON k.key = wanted.key AND k.stream_id IS NOT NULL
 LEFT JOIN streams s ON s.stream_id = k.stream_id
 """
 
+# The model id of the key's stream (``model:<id>``), as ``events.streams.model_id_of`` reads it.
+_MODEL_ID = "substr(located.stream_id, strpos(located.stream_id, ':') + 1)"
+
+# ``_LOCATED`` and one row of a view query, in one statement: one snapshot, one round trip.
+_LOCATED_WITH = """
+WITH located AS ({located})
+SELECT located.stream_id AS located_stream_id, located.version AS located_version,
+       located.latest AS located_latest, located.reached AS located_reached,
+       located.head AS located_head, found.*
+FROM located
+LEFT JOIN LATERAL (SELECT true AS located_found, q.* FROM ({view}) q LIMIT 1) found
+  ON located.stream_id IS NOT NULL
+"""
+
+# A view query, rendered with the model's id as the SQL expression ``model`` and its own
+# parameters numbered from ``$first`` on.
+ViewQuery: TypeAlias = Callable[[str, int], str]
+
 
 @dataclass(frozen=True, slots=True)
 class Located:
     """The stream holding a unique key (``None``: no stream does), its version, and where
-    the log and the views stand, as one statement saw them."""
+    the log and the views stand, as one statement saw them; ``first``: the row the view
+    query asked with them found, as the same statement saw the views (None: no row)."""
 
     stream_id: str | None
     stream_version: int
     freshness: Freshness
+    first: asyncpg.Record | None = None
 
 
 async def locate_fresh(
-    conn: asyncpg.Connection | asyncpg.Pool, key: str, projections: Sequence[str]
+    conn: asyncpg.Connection | asyncpg.Pool,
+    key: str,
+    projections: Sequence[str],
+    first: ViewQuery | None = None,
+    args: Sequence[Any] = (),
 ) -> Located:
     """``freshness`` for the stream that holds ``key``, found in the same round trip: a read
-    by name needs no separate lookup of the id before it can tell whether to wait."""
-    row = await conn.fetchrow(_LOCATED, key, list(projections))
-    assert row is not None  # one row from the one-row ``wanted``, whatever joins
+    by name needs no separate lookup of the id before it can tell whether to wait.
+
+    ``first`` (with ``args``): a view query about that model, run in the same statement, so
+    a read whose views need no wait is answered in this one round trip too."""
+    if first is None:
+        row = await conn.fetchrow(_LOCATED, key, list(projections))
+        assert row is not None  # one row from the one-row ``wanted``, whatever joins
+        return Located(
+            stream_id=row["stream_id"],
+            stream_version=row["version"] or 0,
+            freshness=Freshness(
+                head=row["head"], reached=row["reached"] or 0, latest=row["latest"] or 0
+            ),
+        )
+    statement = _LOCATED_WITH.format(located=_LOCATED, view=first(_MODEL_ID, 3))
+    row = await conn.fetchrow(statement, key, list(projections), *args)
+    assert row is not None
     return Located(
-        stream_id=row["stream_id"],
-        stream_version=row["version"] or 0,
+        stream_id=row["located_stream_id"],
+        stream_version=row["located_version"] or 0,
         freshness=Freshness(
-            head=row["head"], reached=row["reached"] or 0, latest=row["latest"] or 0
+            head=row["located_head"],
+            reached=row["located_reached"] or 0,
+            latest=row["located_latest"] or 0,
         ),
+        first=row if row["located_found"] else None,
     )
 
 

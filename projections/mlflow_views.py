@@ -137,38 +137,51 @@ def _version(r: asyncpg.Record) -> MlflowVersion:
 # --- single reads -------------------------------------------------------------------------
 
 
+def version_query(names: Names, model: str, first: int) -> str:
+    """One version by number: the model's id is the SQL expression ``model``, the number
+    ``$first`` (the form ``service.api.common.FirstRead`` renders)."""
+    return (
+        f"SELECT {_version_columns()} FROM {names.model_versions} v"
+        f" WHERE v.model_id = {model} AND v.version = ${first}"
+    )
+
+
+def alias_query(names: Names, model: str, first: int) -> str:
+    """The version the alias ``$first`` points at (as ``version_query``)."""
+    return (
+        f"SELECT {_version_columns()} FROM {names.model_versions} v"
+        f" WHERE v.model_id = {model} AND v.aliases @> ARRAY[${first}]::text[]"
+    )
+
+
+def highest_live_query(names: Names, model: str, first: int) -> str:
+    """The highest version not deleted: what MLflow's reserved alias ``latest`` names (as
+    ``version_query``; ``first`` numbers no parameter here)."""
+    return (
+        f"SELECT {_version_columns()} FROM {names.model_versions} v"
+        f" WHERE v.model_id = {model} AND NOT v.deprecated ORDER BY v.version DESC LIMIT 1"
+    )
+
+
+def version_of(record: asyncpg.Record | None) -> MlflowVersion | None:
+    """The version a record of the queries above holds."""
+    return None if record is None else _version(record)
+
+
 async def get_version(
     conn: Conn, names: Names, model_id: str, version: int
 ) -> MlflowVersion | None:
-    record = await conn.fetchrow(
-        f"SELECT {_version_columns()} FROM {names.model_versions} v"
-        " WHERE v.model_id = $1 AND v.version = $2",
-        model_id,
-        version,
-    )
-    return None if record is None else _version(record)
+    return version_of(await conn.fetchrow(version_query(names, "$1", 2), model_id, version))
 
 
 async def version_by_alias(
     conn: Conn, names: Names, model_id: str, alias: str
 ) -> MlflowVersion | None:
-    record = await conn.fetchrow(
-        f"SELECT {_version_columns()} FROM {names.model_versions} v"
-        " WHERE v.model_id = $1 AND v.aliases @> ARRAY[$2]::text[]",
-        model_id,
-        alias,
-    )
-    return None if record is None else _version(record)
+    return version_of(await conn.fetchrow(alias_query(names, "$1", 2), model_id, alias))
 
 
 async def highest_live_version(conn: Conn, names: Names, model_id: str) -> MlflowVersion | None:
-    """The highest version not deleted: what MLflow's reserved alias ``latest`` names."""
-    record = await conn.fetchrow(
-        f"SELECT {_version_columns()} FROM {names.model_versions} v"
-        " WHERE v.model_id = $1 AND NOT v.deprecated ORDER BY v.version DESC LIMIT 1",
-        model_id,
-    )
-    return None if record is None else _version(record)
+    return version_of(await conn.fetchrow(highest_live_query(names, "$1", 2), model_id))
 
 
 async def latest_versions(

@@ -451,10 +451,14 @@ CATALOGUE = Projection(
 PROJECTION = CATALOGUE
 
 
+def model_query(names: Names, model: str, first: int) -> str:
+    """One model's row: its id is the SQL expression ``model`` (the form
+    ``service.api.common.FirstRead`` renders; ``first`` numbers no parameter here)."""
+    return f"SELECT {_COLUMNS} FROM {names.model_catalogue} WHERE model_id = {model}"
+
+
 async def get_model(conn: Conn, names: Names, model_id: str) -> ModelRow | None:
-    record = await conn.fetchrow(
-        f"SELECT {_COLUMNS} FROM {names.model_catalogue} WHERE model_id = $1", model_id
-    )
+    record = await conn.fetchrow(model_query(names, "$1", 2), model_id)
     return None if record is None else row_from_record(record)
 
 

@@ -34,9 +34,10 @@ their points go through one tight loop (``fold_latest``) and one upsert per batc
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 import asyncpg
 import msgspec
@@ -868,34 +869,51 @@ def _metric(m: asyncpg.Record) -> MetricValue:
     )
 
 
-async def get_version(conn: Conn, names: Names, model_id: str, version: int) -> VersionRow | None:
-    record = await conn.fetchrow(
+def version_query(names: Names, model: str, first: int) -> str:
+    """One version, whole, by number: the model's id is the SQL expression ``model``, the
+    number ``$first`` (the form ``service.api.common.FirstRead`` renders)."""
+    return (
         f"SELECT {columns('v')}, {metrics_column(names, 'v')} FROM {names.model_versions} v"
-        " WHERE v.model_id = $1 AND v.version = $2",
-        model_id,
-        version,
+        f" WHERE v.model_id = {model} AND v.version = ${first}"
     )
+
+
+def alias_query(alias: str) -> tuple[Callable[[Names, str, int], str], tuple[Any, ...]]:
+    """The query (as ``version_query``) and arguments that find the version ``alias`` points
+    at. The reserved names resolve by number: ``latest`` is the highest version number,
+    ``v3`` is version 3."""
+    if alias == "latest":
+
+        def highest(names: Names, model: str, first: int) -> str:
+            return (
+                f"SELECT {columns('v')}, {metrics_column(names, 'v')} FROM {names.model_versions} v"
+                f" WHERE v.model_id = {model} ORDER BY v.version DESC LIMIT 1"
+            )
+
+        return highest, ()
+    if alias.startswith("v") and alias[1:].isascii() and alias[1:].isdigit() and len(alias) < 12:
+        return version_query, (int(alias[1:]),)
+
+    def pointed(names: Names, model: str, first: int) -> str:
+        return (
+            f"SELECT {columns('v')}, {metrics_column(names, 'v')} FROM {names.model_versions} v"
+            f" WHERE v.model_id = {model} AND v.aliases @> ARRAY[${first}]::text[]"
+        )
+
+    return pointed, (alias,)
+
+
+async def get_version(conn: Conn, names: Names, model_id: str, version: int) -> VersionRow | None:
+    record = await conn.fetchrow(version_query(names, "$1", 2), model_id, version)
     return None if record is None else row_from_record(record)
 
 
 async def version_by_alias(
     conn: Conn, names: Names, model_id: str, alias: str
 ) -> VersionRow | None:
-    """The version ``alias`` points at. The reserved names resolve by number: ``latest`` is
-    the highest version number, ``v3`` is version 3."""
-    if alias == "latest":
-        number = await conn.fetchval(
-            f"SELECT max(version) FROM {names.model_versions} WHERE model_id = $1", model_id
-        )
-        return None if number is None else await get_version(conn, names, model_id, number)
-    if alias.startswith("v") and alias[1:].isascii() and alias[1:].isdigit() and len(alias) < 12:
-        return await get_version(conn, names, model_id, int(alias[1:]))
-    record = await conn.fetchrow(
-        f"SELECT {columns('v')}, {metrics_column(names, 'v')} FROM {names.model_versions} v"
-        " WHERE v.model_id = $1 AND v.aliases @> ARRAY[$2]::text[]",
-        model_id,
-        alias,
-    )
+    """The version ``alias`` points at (``alias_query``)."""
+    query, args = alias_query(alias)
+    record = await conn.fetchrow(query(names, "$1", 2), model_id, *args)
     return None if record is None else row_from_record(record)
 
 

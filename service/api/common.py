@@ -3,6 +3,7 @@ of a past position), write receipts with their headers, and parameter parsing.""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
@@ -263,30 +264,67 @@ async def read_views(
 
 async def _views_showing(
     services: Services, wanted_views: list[str], now: Freshness, min_position: int | None
-) -> None:
-    """Return once the views show ``min_position`` and the stream's latest sealed event."""
+) -> bool:
+    """Return once the views show ``min_position`` and the stream's latest sealed event;
+    whether they had to catch up first (False: ``now`` already showed both)."""
     wanted = max(min_position or 0, now.latest)
     if min_position and min_position > now.head:
         # A well-formed request the log's present state cannot answer (yet): a conflict
         # with that state, like any other, not a malformed value.
         raise NotWrittenError(min_position, now.head)
-    if wanted > now.reached:
-        await wait_for_position(
-            services.pool, wanted, wanted_views, timeout=services.settings.read_wait_timeout
-        )
+    if wanted <= now.reached:
+        return False
+    await wait_for_position(
+        services.pool, wanted, wanted_views, timeout=services.settings.read_wait_timeout
+    )
+    return True
+
+
+_UNREAD: Any = object()
 
 
 class ModelReader(Reader):
     """A ``Reader`` for one model, found by name: its id and stream version (the ETag)."""
 
-    def __init__(self, reader: Reader, *, model_id: str, stream_version: int) -> None:
+    def __init__(
+        self,
+        reader: Reader,
+        *,
+        model_id: str,
+        stream_version: int,
+        first: FirstRead | None = None,
+    ) -> None:
         super().__init__(reader.conn, reader.names, reader.as_of_position)
         self.model_id = model_id
         self.stream_version = stream_version
+        self.first = first
+        self.first_read: asyncpg.Record | None = _UNREAD
+
+    async def first_row(self) -> asyncpg.Record | None:
+        """The row of the read's ``first`` query: as found with the model when that was
+        current, else asked now."""
+        if self.first_read is not _UNREAD:
+            return self.first_read
+        if self.first is None:
+            raise RuntimeError("this read was opened without a first query")
+        query = self.first.sql(self.names, "$1", 2)
+        row: asyncpg.Record | None = await self.conn.fetchrow(
+            query, self.model_id, *self.first.args
+        )
+        return row
 
 
 def _no_such_model(name: str) -> Exception:
     return NotFoundError(f"no model is named {name!r}", name=name)
+
+
+class FirstRead(msgspec.Struct, frozen=True):
+    """A view query about one model that a live read by name asks in the round trip that
+    finds the model (``locate_fresh``): ``sql(names, model, first)`` renders it with the
+    model's id as the SQL expression ``model`` and ``args`` numbered from ``$first`` on."""
+
+    sql: Callable[[Names, str, int], str]
+    args: tuple[Any, ...] = ()
 
 
 @asynccontextmanager
@@ -298,10 +336,15 @@ async def read_model_views(
     as_of: str | None = None,
     min_position: int | None = None,
     missing: Callable[[str], Exception] = _no_such_model,
+    first: FirstRead | None = None,
 ) -> AsyncIterator[ModelReader]:
     """``read_views`` for the model named ``name``: live reads find the model and learn
     whether the views must catch up in one round trip (``locate_fresh``), where a lookup
-    then a probe took two. ``missing(name)`` is raised when no model has the name."""
+    then a probe took two. ``missing(name)`` is raised when no model has the name.
+
+    ``first``: the read's first view query, which ``ModelReader.first_row`` answers. A live
+    read asks it in that same round trip, and keeps its row when the views had nothing to
+    catch up on (the row is then as current as a query after the probe would have read)."""
     if as_of is not None:
         try:
             model_id, stream_version = await services.registry.locate(name)
@@ -310,19 +353,29 @@ async def read_model_views(
         async with read_views(
             services, projections, as_of=as_of, min_position=min_position, model_id=model_id
         ) as reader:
-            yield ModelReader(reader, model_id=model_id, stream_version=stream_version)
+            yield ModelReader(reader, model_id=model_id, stream_version=stream_version, first=first)
         return
     wanted_views = [p.name for p in projections]
-    found = await locate_fresh(services.pool, name_key(name), wanted_views)
+    names = merge_names(*(p.view_names() for p in projections))
+    found = await locate_fresh(
+        services.pool,
+        name_key(name),
+        wanted_views,
+        None if first is None else functools.partial(first.sql, names),
+        () if first is None else first.args,
+    )
     if found.stream_id is None:
         raise missing(name)
-    await _views_showing(services, wanted_views, found.freshness, min_position)
-    names = merge_names(*(p.view_names() for p in projections))
-    yield ModelReader(
+    caught_up = await _views_showing(services, wanted_views, found.freshness, min_position)
+    reader = ModelReader(
         Reader(services.pool, names, None),
         model_id=model_id_of(found.stream_id),
         stream_version=found.stream_version,
+        first=first,
     )
+    if first is not None and not caught_up:
+        reader.first_read = found.first
+    yield reader
 
 
 class Receipt(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):

@@ -27,6 +27,7 @@ from projections.views.model_catalogue import ModelRow
 from service.api.auth import require
 from service.api.common import (
     MAX_POSITION,
+    FirstRead,
     Receipt,
     bad_query,
     cursor_seal,
@@ -151,11 +152,13 @@ class ModelsController(Controller):
         """A model as the catalogue shows it (``ETag`` = its stream version)."""
         require(principal_of(request), Permission.READ, name)
         services = services_of(request)
+        first = FirstRead(model_catalogue.model_query)
         async with read_model_views(
-            services, CATALOGUE, name, as_of=as_of, min_position=min_position
+            services, CATALOGUE, name, as_of=as_of, min_position=min_position, first=first
         ) as reader:
-            row = await model_catalogue.get_model(reader.conn, reader.names, reader.model_id)
+            record = await reader.first_row()
         stream_version = reader.stream_version
+        row = None if record is None else model_catalogue.row_from_record(record)
         if row is None:
             raise NotFoundError(
                 f"model {name!r} did not exist then"

@@ -34,6 +34,7 @@ from service.api.auth import require
 from service.api.common import (
     MAX_VERSION,
     MIN_VERSION,
+    FirstRead,
     Receipt,
     VersionNumber,
     bad_query,
@@ -188,13 +189,13 @@ class VersionsController(Controller):
     ) -> Response[VersionRow]:
         require(principal_of(request), Permission.READ, name)
         services = services_of(request)
+        first = FirstRead(model_versions.version_query, (version,))
         async with read_model_views(
-            services, VERSIONS, name, as_of=as_of, min_position=min_position
+            services, VERSIONS, name, as_of=as_of, min_position=min_position, first=first
         ) as reader:
-            row = await model_versions.get_version(
-                reader.conn, reader.names, reader.model_id, version
-            )
+            record = await reader.first_row()
         stream_version = reader.stream_version
+        row = None if record is None else model_versions.row_from_record(record)
         if row is None:
             raise NotFoundError(
                 f"model {name!r} has no version {version}" + (" then" if as_of else ""),
@@ -213,13 +214,13 @@ class VersionsController(Controller):
     ) -> Response[VersionRow]:
         require(principal_of(request), Permission.READ, name)
         services = services_of(request)
+        first = FirstRead(*model_versions.alias_query(alias))
         async with read_model_views(
-            services, VERSIONS, name, as_of=as_of, min_position=min_position
+            services, VERSIONS, name, as_of=as_of, min_position=min_position, first=first
         ) as reader:
-            row = await model_versions.version_by_alias(
-                reader.conn, reader.names, reader.model_id, alias
-            )
+            record = await reader.first_row()
         stream_version = reader.stream_version
+        row = None if record is None else model_versions.row_from_record(record)
         if row is None:
             raise NotFoundError(
                 f"model {name!r} has no alias {alias!r}" + (" then" if as_of else ""), alias=alias

@@ -109,6 +109,57 @@ async def test_locate_fresh_finds_a_names_stream_and_probes_freshness_in_one_sta
         )
 
 
+def notes_at_least(model: str, first: int) -> str:
+    """A view query in ``locate_fresh``'s form: the model's note count, if >= ``$first``."""
+    names = NOTES.view_names()
+    return (
+        f"SELECT notes, last_text FROM {names.note_counts}"
+        f" WHERE stream_id = 'model:' || {model} AND notes >= ${first}"
+    )
+
+
+async def test_locate_fresh_answers_a_view_query_about_the_model_in_the_same_statement(
+    db: Database, store: EventStore
+) -> None:
+    # given model m1 named churn with two sealed events the view applied, then a third
+    # sealed event the view has not applied, and model m2 named fraud with one
+    await store.append(model_stream("m1"), 0, notes("a1"), META, claim=[name_key("churn")])
+    await store.append(model_stream("m1"), 1, notes("a2"), META)
+    await store.append(model_stream("m2"), 0, notes("b1"), META, claim=[name_key("fraud")])
+    await seal(db)
+    conn = await db.connect()
+    await ensure_projection(conn, NOTES)
+    live = (await generations(conn, NOTES.name))[0]
+    await advance(conn, NOTES, live, head=3, batch=100)
+    await store.append(model_stream("m1"), 2, notes("a3"), META)
+    await seal(db)
+
+    # when churn and fraud are located with the query asked along, a count their views
+    # hold and one they do not, and a name never used
+    churn = await locate_fresh(db.pool, name_key("churn"), [NOTES.name], notes_at_least, [2])
+    fraud = await locate_fresh(db.pool, name_key("fraud"), [NOTES.name], notes_at_least, [2])
+    never = await locate_fresh(db.pool, name_key("never"), [NOTES.name], notes_at_least, [0])
+
+    # then each comes with the same freshness as without the query, and the row the views
+    # held in that statement: churn's two applied notes, though a third is sealed (its
+    # freshness says the views are behind, so a reader knows the row is not current)
+    plain = await locate_fresh(db.pool, name_key("churn"), [NOTES.name])
+    assert (churn.stream_id, churn.stream_version, churn.freshness) == (
+        plain.stream_id,
+        plain.stream_version,
+        plain.freshness,
+    )
+    assert churn.freshness == Freshness(head=4, reached=3, latest=4)
+    assert churn.first is not None
+    assert (churn.first["notes"], churn.first["last_text"]) == (2, "a2")
+    # and a model whose view holds no matching row, or no model at all, finds no row
+    assert fraud.stream_id == model_stream("m2")
+    assert fraud.first is None
+    assert never == Located(
+        stream_id=None, stream_version=0, freshness=Freshness(head=4, reached=3, latest=0)
+    )
+
+
 async def test_the_log_as_stored_carries_each_envelopes_exact_bytes(
     db: Database, store: EventStore
 ) -> None:

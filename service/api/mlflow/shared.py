@@ -16,14 +16,16 @@ from events.errors import NotFoundError, ValidationError
 from events.model.state import ModelState, VersionState
 from projections.mlflow_views import (
     MlflowVersion,
+    alias_query,
     get_version,
-    highest_live_version,
+    highest_live_query,
     latest_versions,
-    version_by_alias,
+    version_of,
+    version_query,
 )
 from projections.paging import merge_names
 from projections.views import model_catalogue, model_versions
-from service.api.common import ModelReader, Reader, read_model_views, read_views
+from service.api.common import FirstRead, ModelReader, Reader, read_model_views, read_views
 from service.api.mlflow.wire import ModelVersion, RegisteredModel, model_version, registered_model
 from service.api.services import Services
 
@@ -113,10 +115,12 @@ async def version_answer(services: Services, model_id: str, name: str, number: i
 
 
 @asynccontextmanager
-async def named_reader(services: Services, name: str) -> AsyncIterator[ModelReader]:
+async def named_reader(
+    services: Services, name: str, first: FirstRead | None = None
+) -> AsyncIterator[ModelReader]:
     """The views for the model named ``name``, once they show its latest sealed event;
     MLflow's RESOURCE_DOES_NOT_EXIST when no model has the name."""
-    async with read_model_views(services, VIEWS, name, missing=no_model) as reader:
+    async with read_model_views(services, VIEWS, name, missing=no_model, first=first) as reader:
         yield reader
 
 
@@ -128,8 +132,9 @@ async def _hidden(reader: ModelReader, name: str, missing: Exception) -> Excepti
 
 
 async def named_model_answer(services: Services, name: str) -> RegisteredModel:
-    async with named_reader(services, name) as reader:
-        row = await model_catalogue.get_model(reader.conn, reader.names, reader.model_id)
+    async with named_reader(services, name, FirstRead(model_catalogue.model_query)) as reader:
+        record = await reader.first_row()
+        row = None if record is None else model_catalogue.row_from_record(record)
         if row is None or row.archived:
             raise no_model(name)
         latest = await latest_versions(reader.conn, reader.names, [reader.model_id])
@@ -137,8 +142,8 @@ async def named_model_answer(services: Services, name: str) -> RegisteredModel:
 
 
 async def named_version_row(services: Services, name: str, number: int) -> MlflowVersion:
-    async with named_reader(services, name) as reader:
-        row = await get_version(reader.conn, reader.names, reader.model_id, number)
+    async with named_reader(services, name, FirstRead(version_query, (number,))) as reader:
+        row = version_of(await reader.first_row())
         if row is None or row.deleted or row.model_archived:
             raise await _hidden(reader, name, no_version(name, number))
     return row
@@ -147,13 +152,14 @@ async def named_version_row(services: Services, name: str, number: int) -> Mlflo
 async def named_alias_row(services: Services, name: str, alias: str) -> MlflowVersion:
     """The version ``alias`` points at; ``latest`` is the highest live version. An unknown
     alias is INVALID_PARAMETER_VALUE, as MLflow answers it."""
-    async with named_reader(services, name) as reader:
-        if alias == "latest":
-            row = await highest_live_version(reader.conn, reader.names, reader.model_id)
+    latest = alias == "latest"
+    first = FirstRead(highest_live_query) if latest else FirstRead(alias_query, (alias,))
+    async with named_reader(services, name, first) as reader:
+        row = version_of(await reader.first_row())
+        if latest:
             if row is None or row.model_archived:
                 raise await _hidden(reader, name, no_live_versions(name))
             return row
-        row = await version_by_alias(reader.conn, reader.names, reader.model_id, alias)
         if row is None or row.model_archived:
             raise await _hidden(reader, name, unknown_alias(alias))
         if row.deleted:

@@ -1,0 +1,101 @@
+"""A read by name asks its first view query in the same round trip that finds the model
+(``read_model_views(first=...)``). That row is kept only when the same statement saw the
+views already showing the model's latest sealed event: a read while the views lag behind a
+write waits for them and answers the write, on /api/v1 and on MLflow's API alike."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import httpx
+
+from tests.support.api import Api, running_api
+from tests.support.database import Database
+
+M = "/api/v1/models"
+MLFLOW = "/api/2.0/mlflow"
+
+
+@asynccontextmanager
+async def views_held_back(db: Database) -> AsyncIterator[None]:
+    """While inside, the projection worker cannot record any progress: its checkpoints are
+    locked, so whatever it applies stays uncommitted and unseen."""
+    conn = await db.connect()
+    try:
+        async with conn.transaction():
+            await conn.execute("SELECT 1 FROM projection_checkpoints FOR UPDATE")
+            yield
+    finally:
+        await conn.close()
+
+
+async def answered_after_release(
+    api: Api, db: Database, path: str, write: object
+) -> httpx.Response:
+    """Write with the views held back, start the read, check it is still waiting (it cannot
+    answer before the views show the write), then let the views go and take its answer."""
+    async with views_held_back(db):
+        assert await write()  # type: ignore[operator]
+        read = asyncio.create_task(api.get(path))
+        await asyncio.sleep(0.5)
+        assert not read.done(), read.result().text
+    return await read
+
+
+async def test_a_read_by_name_waits_for_the_views_to_show_the_latest_write(
+    db: Database,
+) -> None:
+    async with running_api(db) as api:
+        # given version 1 of churn, described "first", aliased champion, read once
+        assert (await api.post(M, json={"name": "churn"})).status_code == 201
+        manifest = [
+            {
+                "path": "m.bin",
+                "external": True,
+                "uri": "s3://b/m.bin",
+                "sha256": "a" * 64,
+                "size": 1,
+            }
+        ]
+        created = await api.post(f"{M}/churn/versions", json={"artifacts": manifest})
+        assert created.status_code == 201, created.text
+        described = await api.patch(f"{M}/churn/versions/1", json={"description": "first"})
+        assert described.status_code == 200, described.text
+        moved = await api.put(f"{M}/churn/aliases/champion", json={"version": 1})
+        assert moved.status_code == 200, moved.text
+        assert (await api.get(f"{M}/churn/versions/1")).json()["description"] == "first"
+
+        async def describe(text: str) -> bool:
+            answer = await api.patch(f"{M}/churn/versions/1", json={"description": text})
+            return answer.status_code == 200
+
+        # when the description changes while the views are held back, and each read starts
+        # before they catch up
+        by_number = await answered_after_release(
+            api, db, f"{M}/churn/versions/1", lambda: describe("second")
+        )
+        by_alias = await answered_after_release(
+            api, db, f"{M}/churn/versions/by-alias/champion", lambda: describe("third")
+        )
+        mlflow = await answered_after_release(
+            api,
+            db,
+            f"{MLFLOW}/model-versions/get?name=churn&version=1",
+            lambda: describe("fourth"),
+        )
+        mlflow_alias = await answered_after_release(
+            api,
+            db,
+            f"{MLFLOW}/registered-models/alias?name=churn&alias=champion",
+            lambda: describe("fifth"),
+        )
+
+        # then each read answers the write it started after, never the row the views held
+        # when the model was found
+        assert by_number.status_code == 200, by_number.text
+        assert by_number.json()["description"] == "second"
+        assert by_alias.json()["description"] == "third"
+        assert mlflow.json()["model_version"]["description"] == "fourth"
+        assert mlflow_alias.json()["model_version"]["description"] == "fifth"

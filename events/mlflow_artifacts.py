@@ -32,13 +32,20 @@ def download_uri(model: str, version: int) -> str:
     return f"{SCHEME}/{ROOT}/{model}/{VERSIONS}/{version}"
 
 
-def mlflow_source(model: str, version: int, artifacts: Sequence[ArtifactEntry]) -> str:
-    """MLflow's ``source`` of a version: the URI of its one external artifact (what
-    ``model-versions/create`` records from MLflow's ``source``), else ``download_uri``.
-    ``projections.mlflow_views`` states the same rule in SQL for the views' rows."""
+def external_source(artifacts: Sequence[ArtifactEntry]) -> str | None:
+    """The URI of a version's one external artifact (what ``model-versions/create`` records
+    from MLflow's ``source``); None when modelreg holds its files."""
     if len(artifacts) == 1 and artifacts[0].external:
         return artifacts[0].uri
-    return download_uri(model, version)
+    return None
+
+
+def mlflow_source(model: str, version: int, artifacts: Sequence[ArtifactEntry]) -> str:
+    """MLflow's ``source`` of a version: its ``external_source``, else ``download_uri``.
+    The views keep the first (``projections.views.model_versions``), and
+    ``projections.mlflow_views`` completes the rule in SQL for their rows."""
+    external = external_source(artifacts)
+    return download_uri(model, version) if external is None else external
 
 
 @dataclass(frozen=True, slots=True)

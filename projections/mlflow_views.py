@@ -92,13 +92,10 @@ def _millis_of(column: str) -> str:
 
 
 def _source(v: str) -> str:
-    one_external = (
-        f"json_array_length({v}.content->'artifacts') = 1"
-        f" AND ({v}.content->'artifacts'->0->>'external') = 'true'"
-    )
+    """``events.mlflow_artifacts.mlflow_source`` of the row aliased ``v``."""
     return (
-        f"CASE WHEN {one_external} THEN {v}.content->'artifacts'->0->>'uri'"
-        f" ELSE 'mlflow-artifacts:/modelreg/models/' || {v}.model_name || '/versions/' || {v}.version END"
+        f"coalesce({v}.external_source,"
+        f" 'mlflow-artifacts:/modelreg/models/' || {v}.model_name || '/versions/' || {v}.version)"
     )
 
 
@@ -108,8 +105,7 @@ def _version_columns(v: str = "v") -> str:
         f" {v}.tags, {v}.registered_by, {v}.deprecated, {v}.model_archived,"
         f" {_micros_of(f'{v}.created_at')} AS created_us,"
         f" {_micros_of(f'{v}.updated_at')} AS updated_us,"
-        f" {_source(v)} AS source, coalesce({v}.content->'run'->>'run_id', '') AS run_id,"
-        f" coalesce({v}.content->'run'->>'url', '') AS run_link"
+        f" {_source(v)} AS source, {v}.run_id, {v}.run_url AS run_link"
     )
 
 
@@ -356,7 +352,7 @@ async def search_versions(
     _scopes(sql, "v.model_name", scopes)
     attribute_columns = {k: c for k, (c, _) in _VERSION_COLUMNS.items()}
     attribute_columns |= {
-        "run_id": "coalesce(v.content->'run'->>'run_id', '')",
+        "run_id": "v.run_id",
         "source_path": f"({_source('v')})",
     }
     _clauses(sql, clauses, attribute_columns, "v.tags")

@@ -128,6 +128,14 @@ async def test_every_searched_version_reads_exactly_as_its_single_read(db: Datab
         assert {v["current_stage"] for v in searched} >= {"None", "Staging", "Production"}
         assert any(v["source"].startswith("mlflow-artifacts:/") for v in searched)
         assert any("run_link" in v for v in searched)
+        # and each run's id and link, and each external source, are the ones sent
+        for v in searched:
+            if v.get("run_id"):
+                n = v["run_id"].removeprefix("run-")
+                assert v["run_link"] == f"https://ci.example/runs/{n}?a=1&b=2"
+                assert v["source"] == f"s3://bucket/{v['name']}/{n}/model"
+            else:
+                assert "run_link" not in v
         assert any("description" not in v for v in searched)
 
 

@@ -147,7 +147,8 @@ class CatalogueRows:
 
     ``named_at`` is the log position that gave each model its name (``get_model_by_name``
     breaks ties with it). ``stages`` holds every version's stage of each model whose
-    stages the batch changes: a model's stage summary is aggregated from all of them.
+    versions the batch moves, whose stage summary is aggregated from all of them; a
+    registration counts its version onto the row's summary, which needs no other stage.
     """
 
     models: dict[str, ModelRow] = field(default_factory=dict)
@@ -163,6 +164,10 @@ def evolve(rows: CatalogueRows, events: Sequence[LoggedEvent]) -> CatalogueRows:
     stages = dict(rows.stages)
     deleted = set(rows.deleted)
     restaged: set[str] = set()
+    # A move can take a stage's highest version away, so the models the batch moves are
+    # summarised again from every version's stage (``load`` reads them). A registration
+    # only adds the model's highest version: counted onto the row, whatever its history.
+    regathered = {model_id_of(e.stream_id) for e in events if e.event_type in _REGATHERED}
     for logged in events:
         model_id = model_id_of(logged.stream_id)
         event = CODEC.decode(logged.envelope)
@@ -180,10 +185,12 @@ def evolve(rows: CatalogueRows, events: Sequence[LoggedEvent]) -> CatalogueRows:
         if isinstance(event, ModelRegistered | ModelRenamed):
             named_at[model_id] = logged.log_position
         elif isinstance(event, VersionRegistered | StageTransitioned):
-            stages[(model_id, event.version)] = _stage_after(
-                event, stages.get((model_id, event.version))
-            )
-            restaged.add(model_id)
+            placed = _stage_after(event, stages.get((model_id, event.version)))
+            stages[(model_id, event.version)] = placed
+            if model_id in regathered:
+                restaged.add(model_id)
+            elif model_id in models:
+                models[model_id] = _counted(models[model_id], event.version, placed)
     for model_id, (latest, counts) in _stage_summaries(stages, restaged).items():
         if model_id in models:
             models[model_id] = replace(models[model_id], stages=latest, stage_counts=counts)
@@ -253,6 +260,17 @@ def _stage_after(event: VersionRegistered | StageTransitioned, before: Placed | 
     environments = {*before[1], *(() if entered is None else (entered,))}
     environments.discard(left or "")
     return (event.to_stage, tuple(sorted(environments)))
+
+
+def _counted(row: ModelRow, version: int, placed: Placed) -> ModelRow:
+    """``row`` with a newly registered ``version`` (the model's highest) counted into its
+    stage summary, as ``_stage_summaries`` would count it."""
+    stage, environments = placed
+    latest, counts = dict(row.stages), dict(row.stage_counts)
+    for key in (stage, *(placement(stage, e) for e in environments)):
+        latest[key] = max(latest.get(key) or 0, version)
+        counts[key] = counts.get(key, 0) + 1
+    return replace(row, stages=latest, stage_counts=counts)
 
 
 def _stage_summaries(
@@ -337,10 +355,10 @@ async def load(
     conn: asyncpg.Connection, names: Names, events: Sequence[LoggedEvent]
 ) -> CatalogueRows:
     """The rows of every model the batch touches, and every version's stage of the models
-    whose stages it changes."""
+    whose versions it moves (``evolve`` summarises those again)."""
     touched = list(dict.fromkeys(model_id_of(e.stream_id) for e in events))
     restaged = list(
-        dict.fromkeys(model_id_of(e.stream_id) for e in events if e.event_type in _STAGE_TYPES)
+        dict.fromkeys(model_id_of(e.stream_id) for e in events if e.event_type in _REGATHERED)
     )
     rows = CatalogueRows()
     for record in await conn.fetch(
@@ -362,7 +380,8 @@ async def load(
     return rows
 
 
-_STAGE_TYPES = frozenset({VersionRegistered.event_type, StageTransitioned.event_type})
+# The events after which a model's stage summary is gathered from all its versions.
+_REGATHERED = frozenset({StageTransitioned.event_type})
 
 
 async def write(

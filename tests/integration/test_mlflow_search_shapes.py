@@ -47,6 +47,16 @@ async def stored_version(api: Api, name: str) -> int:
     return number
 
 
+def assert_run_as_sent(version: dict[str, Any]) -> None:
+    """Version ``n`` was created with run ``run-n`` (odd ``n``), its link and its source."""
+    if not version.get("run_id"):
+        assert "run_link" not in version
+        return
+    n = version["run_id"].removeprefix("run-")
+    assert version["run_link"] == f"https://ci.example/runs/{n}?a=1&b=2"
+    assert version["source"] == f"s3://bucket/{version['name']}/{n}/model"
+
+
 async def test_every_searched_version_reads_exactly_as_its_single_read(db: Database) -> None:
     async with running_api(db) as api:
         # given versions of two models covering every shape a version's JSON takes
@@ -130,12 +140,7 @@ async def test_every_searched_version_reads_exactly_as_its_single_read(db: Datab
         assert any("run_link" in v for v in searched)
         # and each run's id and link, and each external source, are the ones sent
         for v in searched:
-            if v.get("run_id"):
-                n = v["run_id"].removeprefix("run-")
-                assert v["run_link"] == f"https://ci.example/runs/{n}?a=1&b=2"
-                assert v["source"] == f"s3://bucket/{v['name']}/{n}/model"
-            else:
-                assert "run_link" not in v
+            assert_run_as_sent(v)
         assert any("description" not in v for v in searched)
 
 

@@ -273,6 +273,27 @@ def test_a_stage_summary_counts_the_versions_a_batch_did_not_touch() -> None:
     assert rows.models[M1].stage_counts == {"development": 2, "staging": 1, "production": 0, "archived": 0}  # fmt: skip
 
 
+def test_a_registration_counts_its_version_onto_the_summary_without_the_other_stages() -> None:
+    # given the catalogue row of a model with three versions, one of them in staging, as
+    # loaded for a batch that only registers versions: without any version's stage
+    log = Log()
+    registered(log, M1, "churn", 3)
+    log.model(M1, TransitionStage, version=2, to_stage=Stage.STAGING)
+    whole = fold(model_catalogue.PROJECTION, log.events)
+    loaded = model_catalogue.CatalogueRows(models=dict(whole.models), named_at=dict(whole.named_at))
+
+    # when a batch registers version 4
+    batch = log.model(M1, RegisterVersion, content=content(4))
+    rows = fold(model_catalogue.PROJECTION, batch, loaded)
+
+    # then the summary counts it with the three it did not load, as a fold of it all does
+    assert rows.models[M1].stages == {"development": 4, "staging": 2, "production": None, "archived": None}  # fmt: skip
+    assert rows.models[M1].stage_counts == {"development": 3, "staging": 1, "production": 0, "archived": 0}  # fmt: skip
+    assert rows.models[M1] == fold(model_catalogue.PROJECTION, batch, whole).models[M1]
+    # and the new version's stage is the one stage row the batch writes
+    assert rows.stages == {(M1, 4): ("development", ())}
+
+
 def test_a_rename_moves_the_position_that_named_the_model() -> None:
     log = Log()
     registered(log, M1, "churn", 0)

@@ -45,9 +45,9 @@ V = TypeVar("V")
 @dataclass(frozen=True, slots=True)
 class Table:
     """A table of a projection. ``columns`` is the body of CREATE TABLE; ``key`` its primary
-    key columns (the checksum's row order); ``indexes`` are CREATE INDEX statements with
-    ``{table}`` for the table and ``{name}`` for a prefix that makes index names unique
-    per generation."""
+    key columns (the checksum's row order); ``indexes`` are CREATE INDEX (or CREATE
+    TRIGGER) statements with ``{table}`` for the table and ``{name}`` for a prefix that
+    makes index names unique per generation."""
 
     name: str
     columns: str

@@ -345,7 +345,8 @@ async def search_versions(
     cursor: str | None,
     scopes: tuple[str, ...],
 ) -> SearchPage:
-    """Live versions of live models matching every clause, one page in ``order``."""
+    """Live versions of live models matching every clause, one page in ``order``: each as
+    MLflow's JSON of it (``msgspec.Raw``), which the view keeps rendered (``mlflow_json``)."""
     columns, types = _order(order, _VERSION_COLUMNS, "v.model_id")
     sql = _Sql()
     sql.where.append("NOT v.deprecated AND NOT v.model_archived")
@@ -361,23 +362,31 @@ async def search_versions(
     if cursor:
         _keyset(sql, columns, decode_cursor(cursor, tag, tuple.__class_getitem__(tuple(types))))
     records = await conn.fetch(
-        f"SELECT {_version_columns()} FROM {names.model_versions} v{sql.clause()}"
+        f"SELECT v.mlflow_json, {_KEY_COLUMNS} FROM {names.model_versions} v{sql.clause()}"
         f" ORDER BY {', '.join(c + ('' if asc else ' DESC') for c, asc in columns)}"
         f" LIMIT {sql.p(limit + 1)}",
         *sql.params,
     )
-    rows = tuple(_version(r) for r in records[:limit])
+    page = records[:limit]
     more = len(records) > limit
     return SearchPage(
-        items=rows, next_cursor=encode_cursor(tag, _version_key(order, rows[-1])) if more else None
+        items=tuple(msgspec.Raw(r["mlflow_json"].encode()) for r in page),
+        next_cursor=encode_cursor(tag, _version_key(order, page[-1])) if more else None,
     )
 
 
-def _version_key(order: Sequence[OrderKey], row: MlflowVersion) -> tuple[Any, ...]:
+# What a page's cursor is built from (``_version_key``).
+_KEY_COLUMNS = (
+    "v.model_id, v.model_name, v.version,"
+    f" {_micros_of('v.created_at')} AS created_us, {_micros_of('v.updated_at')} AS updated_us"
+)
+
+
+def _version_key(order: Sequence[OrderKey], record: asyncpg.Record) -> tuple[Any, ...]:
     values: dict[str, Any] = {
-        "name": row.name,
-        "version_number": row.version,
-        "creation_timestamp": moment_of(row.created_us),
-        "last_updated_timestamp": moment_of(row.updated_us),
+        "name": record["model_name"],
+        "version_number": record["version"],
+        "creation_timestamp": moment_of(record["created_us"]),
+        "last_updated_timestamp": moment_of(record["updated_us"]),
     }
-    return (*(values[k.key] for k in order), row.model_id)
+    return (*(values[k.key] for k in order), record["model_id"])

@@ -13,7 +13,9 @@ Tables (SQL names come from ``names``):
   comes back a float. The model's name, owner and archived flag are copied onto each row,
   so a search by model name or owner needs no join; a rename rewrites the model's rows.
   What MLflow's API reads of the content (the one external artifact's URI, the run's id
-  and URL) is kept in columns of its own, so its reads never parse the content.
+  and URL) is kept in columns of its own, so its reads never parse the content, and
+  ``mlflow_json`` holds the row as MLflow's API shows it, rendered by a trigger on every
+  write (``projections/migrations/0004_mlflow_version_json.sql``).
 - ``model_version_metrics``: the latest point per (version, metric key, dataset), by the
   domain's rule (``events.metrics``): highest step, then latest timestamp, then the later
   point. Indexed by (key, dataset, value) for threshold filters and ordering by a metric,
@@ -100,6 +102,7 @@ TABLES = [
         external_source    text,
         run_id             text             NOT NULL,
         run_url            text             NOT NULL,
+        mlflow_json        text             NOT NULL,
         PRIMARY KEY (model_id, version)
         """,
         key=("model_id", "version"),
@@ -114,6 +117,9 @@ TABLES = [
             "CREATE INDEX {name}_owner ON {table} (owner, created_at, model_id, version)",
             "CREATE INDEX {name}_tags ON {table} USING gin (tags)",
             "CREATE INDEX {name}_aliases ON {table} USING gin (aliases)",
+            # mlflow_json: MLflow's JSON of the row, rendered on every write (migration 0004).
+            "CREATE TRIGGER {name}_mlflow_json BEFORE INSERT OR UPDATE ON {table}"
+            " FOR EACH ROW EXECUTE FUNCTION mlflow_version_json()",
         ],
     ),
     Table(
@@ -759,7 +765,8 @@ VERSIONS = Projection(
     name="model_versions",
     # 2: the environments of a version's stage (``model_versions.environments``).
     # 3: the content's MLflow facts as columns (``external_source``, ``run_id``, ``run_url``).
-    version=3,
+    # 4: MLflow's JSON of each version (``mlflow_json``, migration 0004).
+    version=4,
     tables=TABLES,
     handles=HANDLES,
     fold=Fold(load=load, evolve=evolve, write=write),

@@ -270,7 +270,7 @@ class ModelVersionsController(Controller):
         except InvalidQueryError as exc:
             raise ValidationError("page_token", "invalid", str(exc)) from None
         return wire.SearchVersionsAnswer(
-            model_versions=[wire.model_version(v) for v in page.items],
+            model_versions=list(page.items),
             next_page_token=seal.seal(page.next_cursor),
         )
 

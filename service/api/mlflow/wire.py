@@ -76,7 +76,8 @@ class SearchModelsAnswer(msgspec.Struct, frozen=True, kw_only=True, omit_default
 
 
 class SearchVersionsAnswer(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
-    model_versions: list[ModelVersion] = msgspec.field(default_factory=list)
+    # Each a ModelVersion as the view keeps it rendered (projections.mlflow_views).
+    model_versions: list[msgspec.Raw] = msgspec.field(default_factory=list)
     next_page_token: str | None = None
 
 

@@ -33,6 +33,7 @@ request; see service.api.tracing).
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import random
 import uuid
@@ -121,18 +122,15 @@ _RECORDED_FROM = (
 )
 
 
-def _prefix_matching(rows: Sequence[Any], expected: Sequence[uuid.UUID]) -> Iterator[Any]:
-    """The rows from the first on whose event ids are the seed's ids in order: one
-    command's events are contiguous in its stream."""
-    for row, event_id in zip(rows, expected, strict=False):
-        if row["event_id"] != event_id:
-            return
-        yield row
-
-
 def event_ids_for(seed: str, count: int) -> list[uuid.UUID]:
     """Deterministic event ids for a command retried under the same idempotency seed."""
-    return [uuid.uuid5(_ID_NAMESPACE, f"{seed}:{i}") for i in range(count)]
+    return list(itertools.islice(seeded_ids(seed), count))
+
+
+def seeded_ids(seed: str) -> Iterator[uuid.UUID]:
+    """``event_ids_for(seed, n)`` for every ``n``, one at a time."""
+    for i in itertools.count():
+        yield uuid.uuid5(_ID_NAMESPACE, f"{seed}:{i}")
 
 
 class CommandExecutor:
@@ -531,11 +529,7 @@ class CommandExecutor:
         head = await self.store.pool.fetchrow(_RECORDED_HEAD, first)
         if head is None or head["stream_id"] != stream_id:
             return None
-        rows = await self.store.pool.fetch(
-            _RECORDED_FROM, stream_id, head["stream_position"], _MAX_EVENTS_PER_COMMAND
-        )
-        expected = event_ids_for(id_seed, len(rows))
-        mine = list(_prefix_matching(rows, expected))
+        mine = await self._seeded_rows(stream_id, head["stream_position"], id_seed)
         events: list[E] = [
             self.store.codec.decode(decode_envelope(bytes(r["envelope"])))  # type: ignore[misc]
             for r in mine
@@ -549,6 +543,25 @@ class CommandExecutor:
             replayed=True,
         )
         return Outcome(events, await self._state_at(stream_id, decider, version), version, result)
+
+    async def _seeded_rows(self, stream_id: str, start: int, id_seed: str) -> list[Any]:
+        """The rows from ``start`` on whose event ids are the seed's ids in order: one
+        command's events are contiguous in its stream. Read a few at a time and checked
+        as read, so a retry of a write with a long stream after it reads what it wrote,
+        not everything since (up to a thousand rows, each with its id computed)."""
+        ids = seeded_ids(id_seed)
+        mine: list[Any] = []
+        page = 8
+        while len(mine) < _MAX_EVENTS_PER_COMMAND:
+            rows = await self.store.pool.fetch(_RECORDED_FROM, stream_id, start + len(mine), page)
+            for row in rows:
+                if row["event_id"] != next(ids):
+                    return mine
+                mine.append(row)
+            if len(rows) < page:
+                return mine
+            page = min(page * 4, _MAX_EVENTS_PER_COMMAND - len(mine))
+        return mine
 
     async def _state_at(self, stream_id: str, decider: Decider[S, Any, Any], version: int) -> S:
         """The state right after ``version``: the cached one when the stream is still

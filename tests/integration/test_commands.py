@@ -156,6 +156,41 @@ async def test_a_retry_under_the_same_seed_is_recorded_once_and_answered_the_sam
     assert (await first.state_of("counter:d", COUNTER))[1].total == 5
 
 
+class Burst(Command, frozen=True):
+    count: int
+
+
+def decide_burst(command: Burst, state: Total) -> list[Added]:
+    return [Added(amount=1) for _ in range(command.count)]
+
+
+BURST = Decider("counter", Total, evolve, decide_burst, state_type=Total)
+
+
+async def test_a_retry_answers_exactly_its_own_events_however_much_came_after(
+    store: CountingStore,
+) -> None:
+    # given a command that recorded 50 events under a seed, then 100 more commands on the
+    # same stream
+    first = CommandExecutor(store)
+    recorded = await first.execute(
+        "counter:burst", BURST, Burst(actor="a", now=NOW, count=50), id_seed="burst-1"
+    )
+    for _ in range(100):
+        await first.execute("counter:burst", COUNTER, add(1))
+
+    # when it is retried under the same seed on another replica
+    again = await CommandExecutor(store).execute(
+        "counter:burst", BURST, Burst(actor="a", now=NOW, count=50), id_seed="burst-1"
+    )
+
+    # then it answers the 50 events and the version it wrote, and records nothing new
+    assert again.replayed
+    assert again.events == recorded.events == [Added(amount=1)] * 50
+    assert again.version == recorded.version == 50
+    assert await store.stream_version("counter:burst") == 150
+
+
 async def test_a_no_op_command_appends_nothing(store: CountingStore) -> None:
     outcome = await CommandExecutor(store).execute("counter:e", COUNTER, add(0))
     assert outcome.append is None

@@ -27,23 +27,35 @@ from service.commands.tokens import InvalidTokenError, Principal
 PUBLIC = "public"
 
 
+def bearer_secret(header: str) -> str:
+    """The token secret of an ``Authorization: Bearer`` header."""
+    scheme, _, secret = header.partition(" ")
+    if scheme.lower() != "bearer" or not secret.strip():
+        raise AuthenticationError("send 'Authorization: Bearer <token>'")
+    return secret.strip()
+
+
+async def authenticate(services: Any, secret: str) -> Principal:
+    """The principal holding ``secret``; ``AuthenticationError`` (401) with the reason."""
+    try:
+        principal: Principal = await services.auth.authenticate(secret)
+    except InvalidTokenError as exc:
+        services.metrics.unauthenticated()
+        raise AuthenticationError(str(exc)) from None
+    return principal
+
+
 class BearerTokenMiddleware(AbstractAuthenticationMiddleware):
+    """Authentication alone, for routes outside ``service.api.edge`` (``/metrics``)."""
+
     def __init__(self, app: ASGIApp) -> None:
         super().__init__(app, exclude=["^/schema"], exclude_from_auth_key=PUBLIC)
 
     async def authenticate_request(
         self, connection: ASGIConnection[Any, Any, Any, Any]
     ) -> AuthenticationResult:
-        header = connection.headers.get("authorization", "")
-        scheme, _, secret = header.partition(" ")
-        if scheme.lower() != "bearer" or not secret.strip():
-            raise AuthenticationError("send 'Authorization: Bearer <token>'")
-        services = connection.app.state.services
-        try:
-            principal = await services.auth.authenticate(secret.strip())
-        except InvalidTokenError as exc:
-            services.metrics.unauthenticated()
-            raise AuthenticationError(str(exc)) from None
+        secret = bearer_secret(connection.headers.get("authorization", ""))
+        principal = await authenticate(connection.app.state.services, secret)
         return AuthenticationResult(user=principal, auth=principal.token_id)
 
 

@@ -60,10 +60,30 @@ def _finished_children(method: str, path: str, status: int) -> _Finished:
     return children
 
 
+def started(method: str, path: str) -> Gauge:
+    """Count a request of route ``path`` in progress; answers what ``finished`` takes."""
+    running = _running.get((method, path)) or _running_child(method, path)
+    running.inc()
+    return running
+
+
+def finished(running: Gauge, method: str, path: str, status: int, elapsed: float) -> None:
+    """Count and time a request ``started`` gave ``running`` for."""
+    running.dec()
+    count, duration, errors = _finished.get((method, path, status)) or _finished_children(
+        method, path, status
+    )
+    count.inc()
+    duration.observe(elapsed)
+    if errors is not None:
+        errors.inc()
+
+
 def http_metrics_middleware(app: ASGIApp) -> ASGIApp:
     """Count, time and gauge each request of the routes it wraps (Litestar sets
-    ``path_template`` before route middleware runs). A request that raises past this layer
-    without having started an answer is counted as the 500 the app's edge will answer."""
+    ``path_template`` before route middleware runs); ``service.api.edge`` does the same
+    within its one layer. A request that raises past this layer without having started
+    an answer is counted as the 500 the app's edge will answer."""
 
     async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != ScopeType.HTTP:
@@ -71,7 +91,6 @@ def http_metrics_middleware(app: ASGIApp) -> ASGIApp:
             return
         method: str = scope["method"]
         path: str = scope["path_template"]
-        running = _running.get((method, path)) or _running_child(method, path)
         status = 500
 
         async def noting_status(message: Message) -> None:
@@ -80,19 +99,11 @@ def http_metrics_middleware(app: ASGIApp) -> ASGIApp:
                 status = message["status"]
             await send(message)
 
-        started = time.perf_counter()
-        running.inc()
+        running = started(method, path)
+        began = time.perf_counter()
         try:
             await app(scope, receive, noting_status)
         finally:
-            elapsed = time.perf_counter() - started
-            running.dec()
-            count, duration, errors = _finished.get((method, path, status)) or _finished_children(
-                method, path, status
-            )
-            count.inc()
-            duration.observe(elapsed)
-            if errors is not None:
-                errors.inc()
+            finished(running, method, path, status, time.perf_counter() - began)
 
     return middleware

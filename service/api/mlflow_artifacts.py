@@ -21,15 +21,13 @@ who stored what; MLflow's run-artifact uploads have no version to belong to.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Annotated, Any
 
 import msgspec
 from litestar import Controller, Request, Response, Router, delete, get, post, put
-from litestar.middleware import DefineMiddleware
 from litestar.params import FromPath, QueryParameter
 from litestar.response import Stream
-from litestar.types import ASGIApp, ExceptionHandlersMap
+from litestar.types import ExceptionHandlersMap
 
 from events.access import Permission
 from events.errors import NotFoundError, ValidationError
@@ -37,11 +35,10 @@ from events.mlflow_artifacts import PATH_FIELD, Listed, list_directory, parse_pa
 from events.model.state import VersionState
 from service.api.auth import require
 from service.api.common import principal_of, services_of
-from service.api.http_metrics import http_metrics_middleware
-from service.api.mlflow.auth import MlflowAuthMiddleware
+from service.api.edge import edge
+from service.api.mlflow.auth import secret_of
 from service.api.mlflow.errors import MLFLOW_EXCEPTION_HANDLERS, MlflowError
 from service.api.mlflow.shared import no_model, no_version
-from service.api.tracing import correlation_middleware
 from service.artifacts.blobstore import (
     INLINE_BYTES,
     BlobStoreUnavailableError,
@@ -180,10 +177,10 @@ def _file_info(entry: Listed) -> FileInfo:
     return FileInfo(path=entry.path, is_dir=entry.is_dir, file_size=entry.file_size)
 
 
-def mlflow_artifacts_router(answer_errors_here: Callable[[ASGIApp], ASGIApp]) -> Router:
+def mlflow_artifacts_router() -> Router:
     """Behind the same metrics, correlation and authentication as MLflow's registry routes
     (Bearer or Basic), answering errors in MLflow's envelope; no Idempotency-Key layer:
-    nothing here writes. ``answer_errors_here`` is the /api/v1 router's."""
+    nothing here writes."""
     handlers: ExceptionHandlersMap = {
         **MLFLOW_EXCEPTION_HANDLERS,
         BlobStoreUnavailableError: _blob_store_unavailable,
@@ -191,12 +188,7 @@ def mlflow_artifacts_router(answer_errors_here: Callable[[ASGIApp], ASGIApp]) ->
     return Router(
         MLFLOW_ARTIFACTS_PREFIX,
         route_handlers=[MlflowArtifactsController, MlflowMultipartController],
-        middleware=[
-            http_metrics_middleware,
-            correlation_middleware,
-            answer_errors_here,
-            DefineMiddleware(MlflowAuthMiddleware),
-        ],
+        middleware=[edge(secret_of)],
         exception_handlers=handlers,
         # MLflow's API is MLflow's to document; modelreg's OpenAPI describes /api/v1.
         include_in_schema=False,

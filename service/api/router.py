@@ -10,12 +10,11 @@ from litestar import Litestar, Request, Router
 from litestar._openapi.plugin import OpenAPIPlugin  # the one place the rendered document lives
 from litestar.datastructures import State
 from litestar.middleware import DefineMiddleware
-from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.api import routes_access, routes_subjects, routes_uploads, routes_webhooks, schemas
-from service.api.auth import BearerTokenMiddleware
+from service.api.auth import BearerTokenMiddleware, bearer_secret
 from service.api.common import refuse_nul_characters
-from service.api.http_metrics import http_metrics_middleware
+from service.api.edge import edge
 from service.api.idempotency import idempotency_middleware
 from service.api.json_body import refuse_unsafe_json
 from service.api.mlflow.errors import answering_mlflow_paths_as_mlflow
@@ -56,7 +55,6 @@ from service.api.routes_webhooks import WebhooksController
 from service.api.services import Services
 from service.api.subject_names import subject_names_middleware
 from service.api.telemetry import MetricsController
-from service.api.tracing import correlation_middleware
 
 # A version with a 10,000-file manifest is about 2 MiB; leave room, refuse the absurd (413).
 MAX_BODY_BYTES = 8 * 1024 * 1024
@@ -83,37 +81,6 @@ CONTROLLERS = [
     AuthConfigController,
     SubjectsController,
 ]
-
-
-def answer_errors_here(app: ASGIApp) -> ASGIApp:
-    """Answer an exception raised by the middleware below (authentication, idempotency) with
-    its problem response here, inside the metrics layer.
-
-    Litestar answers it only at the app's edge, past every middleware, so the metrics would
-    count a 401 as a 200 (litestar#4747; its fix, unreleased in 2.x, counts our own errors
-    as 500). Handlers are looked up as Litestar does, by the exception's class hierarchy.
-    """
-
-    async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
-        started = False
-
-        async def noting_start(message: Message) -> None:
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send(message)
-
-        try:
-            await app(scope, receive, noting_start)
-        except Exception as exc:
-            handlers = scope["route_handler"].resolve_exception_handlers()
-            handler = next((handlers[c] for c in type(exc).__mro__ if c in handlers), None)
-            if started or handler is None:
-                raise
-            request: Request[Any, Any, Any] = Request(scope, receive)
-            response = handler(request, exc)
-            await response.to_asgi_response(app=None, request=request)(scope, receive, send)
-
-    return middleware
 
 
 QUERY_NAMES = "declared_query_names"
@@ -171,8 +138,8 @@ async def screen_request(request: Request[Any, Any, Any]) -> None:
 def api_routers() -> list[Router]:
     """``/api/v1``, MLflow's ``/api/2.0/mlflow`` and artifact proxy, and ``/metrics``; all
     authenticated."""
-    # Outermost first: every request is counted, gets its correlation id (said on errors
-    # too), then is authenticated, then deduplicated.
+    # The edge counts every request, gives it its correlation id (said on errors too),
+    # authenticates it and answers its errors; then writes are deduplicated.
     document_problems([*CONTROLLERS, MetricsController])
     # The Prometheus text format, as the handler answers; the document said JSON.
     MetricsController.get.media_type = "text/plain"
@@ -180,18 +147,12 @@ def api_routers() -> list[Router]:
         Router(
             "/api/v1",
             route_handlers=CONTROLLERS,
-            middleware=[
-                http_metrics_middleware,
-                correlation_middleware,
-                answer_errors_here,
-                DefineMiddleware(BearerTokenMiddleware),
-                idempotency_middleware,
-            ],
+            middleware=[edge(bearer_secret), idempotency_middleware],
             before_request=screen_request,
             security=SECURITY,
         ),
-        mlflow_router(screen_request, answer_errors_here),
-        mlflow_artifacts_router(answer_errors_here),
+        mlflow_router(screen_request),
+        mlflow_artifacts_router(),
         Router(
             "/",
             route_handlers=[MetricsController],

@@ -21,45 +21,27 @@ import uuid
 from collections.abc import Mapping
 
 from litestar.plugins import PluginProtocol
-from litestar.types import ASGIApp, Message, Receive, Scope, Send
+from litestar.types import Scope
 from opentelemetry import trace
 from opentelemetry.semconv.attributes.http_attributes import HTTP_ROUTE
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-from service.commands.executor import CORRELATION_ID
-
 HEADER = "Modelreg-Correlation-Id"
-_HEADER = HEADER.lower().encode()
+CORRELATION_HEADER = HEADER.lower().encode()  # as an ASGI header name
 _TRACEPARENT = b"traceparent"
 _W3C = TraceContextTextMapPropagator()
 _OTLP_ENDPOINTS = ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
 
 
-def correlation_middleware(app: ASGIApp) -> ASGIApp:
-    """Give the request its correlation id (``CORRELATION_ID``, the response header) and,
-    when it is traced, name its span after the route template."""
-
-    async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
-        span = trace.get_current_span()
-        correlation = _correlation_id(span.get_span_context(), scope)
-        if span.is_recording():
-            template = scope.get("path_template", "")
-            span.update_name(f"{scope.get('method', 'HTTP')} {template}")
-            span.set_attribute(HTTP_ROUTE, template)
-        said = (_HEADER, str(correlation).encode())
-
-        async def saying_it(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                message = {**message, "headers": [*message.get("headers", ()), said]}
-            await send(message)
-
-        token = CORRELATION_ID.set(correlation)
-        try:
-            await app(scope, receive, saying_it)
-        finally:
-            CORRELATION_ID.reset(token)
-
-    return middleware
+def correlate(scope: Scope) -> uuid.UUID:
+    """The request's correlation id (``CORRELATION_ID``, said back in ``HEADER``); and,
+    when the request is traced, its span named after the route template."""
+    span = trace.get_current_span()
+    if span.is_recording():
+        template = scope.get("path_template", "")
+        span.update_name(f"{scope.get('method', 'HTTP')} {template}")
+        span.set_attribute(HTTP_ROUTE, template)
+    return _correlation_id(span.get_span_context(), scope)
 
 
 def _correlation_id(current: trace.SpanContext, scope: Scope) -> uuid.UUID:

@@ -15,18 +15,8 @@ from __future__ import annotations
 
 import base64
 import binascii
-from typing import Any
 
-from litestar.connection import ASGIConnection
-from litestar.middleware.authentication import (
-    AbstractAuthenticationMiddleware,
-    AuthenticationResult,
-)
-from litestar.types import ASGIApp
-
-from service.api.auth import PUBLIC
 from service.api.problems import AuthenticationError
-from service.commands.tokens import InvalidTokenError
 
 _HOW = (
     "send 'Authorization: Bearer <token>' (MLFLOW_TRACKING_TOKEN) or HTTP Basic with the"
@@ -50,20 +40,3 @@ def secret_of(header: str) -> str:
         if secret:
             return secret
     raise AuthenticationError(_HOW)
-
-
-class MlflowAuthMiddleware(AbstractAuthenticationMiddleware):
-    def __init__(self, app: ASGIApp) -> None:
-        super().__init__(app, exclude_from_auth_key=PUBLIC)
-
-    async def authenticate_request(
-        self, connection: ASGIConnection[Any, Any, Any, Any]
-    ) -> AuthenticationResult:
-        secret = secret_of(connection.headers.get("authorization", ""))
-        services = connection.app.state.services
-        try:
-            principal = await services.auth.authenticate(secret)
-        except InvalidTokenError as exc:
-            services.metrics.unauthenticated()
-            raise AuthenticationError(str(exc)) from None
-        return AuthenticationResult(user=principal, auth=principal.token_id)

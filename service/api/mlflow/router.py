@@ -4,37 +4,25 @@ answering errors in MLflow's envelope."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 from litestar import Router
-from litestar.middleware import DefineMiddleware
-from litestar.types import ASGIApp, BeforeRequestHookHandler
+from litestar.types import BeforeRequestHookHandler
 
-from service.api.http_metrics import http_metrics_middleware
+from service.api.edge import edge
 from service.api.idempotency import idempotency_middleware
-from service.api.mlflow.auth import MlflowAuthMiddleware
+from service.api.mlflow.auth import secret_of
 from service.api.mlflow.errors import MLFLOW_EXCEPTION_HANDLERS
 from service.api.mlflow.routes_models import RegisteredModelsController
 from service.api.mlflow.routes_versions import ModelVersionsController
-from service.api.tracing import correlation_middleware
 
 PREFIX = "/api/2.0/mlflow"
 
 
-def mlflow_router(
-    screen: BeforeRequestHookHandler, answer_errors_here: Callable[[ASGIApp], ASGIApp]
-) -> Router:
-    """``screen`` and ``answer_errors_here`` are the /api/v1 router's (service.api.router)."""
+def mlflow_router(screen: BeforeRequestHookHandler) -> Router:
+    """``screen`` is the /api/v1 router's (service.api.router)."""
     return Router(
         PREFIX,
         route_handlers=[RegisteredModelsController, ModelVersionsController],
-        middleware=[
-            http_metrics_middleware,
-            correlation_middleware,
-            answer_errors_here,
-            DefineMiddleware(MlflowAuthMiddleware),
-            idempotency_middleware,
-        ],
+        middleware=[edge(secret_of), idempotency_middleware],
         before_request=screen,
         exception_handlers=MLFLOW_EXCEPTION_HANDLERS,
         # MLflow's API is MLflow's to document; modelreg's OpenAPI describes /api/v1.

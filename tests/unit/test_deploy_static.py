@@ -27,7 +27,8 @@ from litestar.testing import TestClient
 from prometheus_client import REGISTRY
 
 from service.api.app import health_router
-from service.api.http_metrics import http_metrics_middleware
+from service.api.auth import PUBLIC, bearer_secret
+from service.api.edge import edge
 from service.cli.main import build as build_cli
 from service.settings import Settings, load_settings
 
@@ -715,15 +716,15 @@ def test_nats_admits_no_anonymous_client_and_the_service_connects_as_its_own_use
 # ---------------------------------------------------------------- monitoring and guide
 
 
-@get("/probe", sync_to_thread=False)
+@get("/probe", sync_to_thread=False, opt={PUBLIC: True})
 def probe() -> str:
     return "counted"
 
 
 def exported_metrics() -> tuple[set[str], dict[str, set[str]]]:
     """Every series name the process exports, and the label names of those with samples.
-    The HTTP series exist once a request went through the metrics middleware the API uses."""
-    app = Litestar([Router("/", route_handlers=[probe], middleware=[http_metrics_middleware])])
+    The HTTP series exist once a request went through the edge layer the API uses."""
+    app = Litestar([Router("/", route_handlers=[probe], middleware=[edge(bearer_secret)])])
     with TestClient(app) as client:
         assert client.get("/probe").status_code == 200
     names: set[str] = set()

@@ -6,11 +6,15 @@ write waits for them and answers the write, on /api/v1 and on MLflow's API alike
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from typing import Any
 
 import httpx
+import pytest
 
+from eventlog.freshness import wait_for_position
+from service.api import common
 from tests.support.api import Api, running_api
 from tests.support.database import Database
 
@@ -31,22 +35,39 @@ async def views_held_back(db: Database) -> AsyncIterator[None]:
         await conn.close()
 
 
+class WaitSeen:
+    """Wraps the real ``wait_for_position`` the API's reads call, to tell the test when a
+    read has started waiting for the views (everything is still done by the real one)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.started = asyncio.Event()
+        real = wait_for_position
+
+        async def waiting(*args: Any, **kwargs: Any) -> int:
+            self.started.set()
+            return await real(*args, **kwargs)
+
+        monkeypatch.setattr(common, "wait_for_position", waiting)
+
+
 async def answered_after_release(
-    api: Api, db: Database, path: str, write: object
+    api: Api, db: Database, seen: WaitSeen, path: str, write: Callable[[], Awaitable[bool]]
 ) -> httpx.Response:
-    """Write with the views held back, start the read, check it is still waiting (it cannot
-    answer before the views show the write), then let the views go and take its answer."""
+    """Write with the views held back, start the read and wait until it waits for the views
+    (it cannot answer before they show the write), then let them go and take its answer."""
+    seen.started.clear()
     async with views_held_back(db):
-        assert await write()  # type: ignore[operator]
+        assert await write()
         read = asyncio.create_task(api.get(path))
-        await asyncio.sleep(0.5)
+        await seen.started.wait()
         assert not read.done(), read.result().text
     return await read
 
 
 async def test_a_read_by_name_waits_for_the_views_to_show_the_latest_write(
-    db: Database,
+    db: Database, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    seen = WaitSeen(monkeypatch)
     async with running_api(db) as api:
         # given version 1 of churn, described "first", aliased champion, read once
         assert (await api.post(M, json={"name": "churn"})).status_code == 201
@@ -74,20 +95,22 @@ async def test_a_read_by_name_waits_for_the_views_to_show_the_latest_write(
         # when the description changes while the views are held back, and each read starts
         # before they catch up
         by_number = await answered_after_release(
-            api, db, f"{M}/churn/versions/1", lambda: describe("second")
+            api, db, seen, f"{M}/churn/versions/1", lambda: describe("second")
         )
         by_alias = await answered_after_release(
-            api, db, f"{M}/churn/versions/by-alias/champion", lambda: describe("third")
+            api, db, seen, f"{M}/churn/versions/by-alias/champion", lambda: describe("third")
         )
         mlflow = await answered_after_release(
             api,
             db,
+            seen,
             f"{MLFLOW}/model-versions/get?name=churn&version=1",
             lambda: describe("fourth"),
         )
         mlflow_alias = await answered_after_release(
             api,
             db,
+            seen,
             f"{MLFLOW}/registered-models/alias?name=churn&alias=champion",
             lambda: describe("fifth"),
         )

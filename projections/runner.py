@@ -7,7 +7,9 @@ that somehow ran the same batch would find the checkpoint moved and roll back.
 
 One worker leads each projection (``eventlog.leadership``); others stand by. The leader
 wakes on the sealer's NOTIFY and polls as a fallback, so a lost LISTEN connection slows
-it down but never stops it.
+it down but never stops it. The leaders of one worker woken together advance their live
+views in one joint round, one transaction for all (``projections.rounds``); a view being
+rebuilt, and every view after a joint round failed, runs rounds of its own.
 
 Rebuild: ``start_rebuild`` creates a new generation (fresh tables, checkpoint 0,
 status ``building``). The leader fills it in large batches alongside the live one, which
@@ -32,25 +34,13 @@ from eventlog.listener import Listener
 from eventlog.log import head_position, read_log
 from eventlog.waiting import wake_or_stop
 from projections.base import Projection
+from projections.rounds import CheckpointMovedError, Generation, JointRounds, Progress
 from projections.tail import LogTail
 from projections.time_travel import drop_stale_scratch_tables
 
 log = logging.getLogger(__name__)
 
 Connect = Callable[[], Awaitable[asyncpg.Connection]]
-
-
-class CheckpointMovedError(RuntimeError):
-    """Another worker moved the checkpoint first: this batch was rolled back."""
-
-
-@dataclass(frozen=True, slots=True)
-class Generation:
-    projection: str
-    generation: int
-    code_version: int
-    status: str
-    log_position: int
 
 
 async def generations(conn: asyncpg.Connection, projection: str) -> list[Generation]:
@@ -223,12 +213,6 @@ _STATE = (
 )
 
 
-@dataclass(frozen=True, slots=True)
-class Progress:
-    moved: int  # positions the generations moved
-    caught_up: bool  # every generation reached the head this round read
-
-
 async def advance_generations(
     conn: asyncpg.Connection,
     projection: Projection,
@@ -297,8 +281,11 @@ def projection_lock_key(schema: str, projection: str) -> str:
 
 class ProjectionWorker:
     """Keeps projections current: one leader loop per projection, each on its own
-    connection, so a slow view (or a rebuild) never delays the others; one LISTEN
-    connection wakes them all, and each polls as a fallback."""
+    connection; one LISTEN connection wakes them all, and each polls as a fallback. The
+    live views woken together advance in one joint round: a view whose batch is slow to
+    apply holds the others' batch until it commits, a price paid for one transaction per
+    seal instead of one per view. A rebuild runs in its own leader's rounds and never
+    delays the others."""
 
     def __init__(
         self,
@@ -313,7 +300,10 @@ class ProjectionWorker:
         coalesce: float = 0.003,
         standby_interval: float = 1.0,
         on_progress: Callable[[], None] | None = None,
+        joint: bool = True,
     ) -> None:
+        """``joint``: advance the live views woken together in one transaction
+        (``projections.rounds``); without it, each in its own."""
         self._connect = connect
         self.schema = schema
         self.projections = list(projections)
@@ -326,6 +316,7 @@ class ProjectionWorker:
         self._wakes = {p.name: asyncio.Event() for p in self.projections}
         # One read of each new stretch of the log serves every leader of this worker.
         self.tail = LogTail(capacity=max(batch * 5, 1000))
+        self.rounds = JointRounds(batch=batch, tail=self.tail) if joint else None
         self._listener = Listener(connect, channel, self.wake)
         self._leaderships = {
             p.name: Leadership(
@@ -374,13 +365,17 @@ class ProjectionWorker:
         wake = self._wakes[projection.name]
         while not term.ended.is_set():
             wake.clear()
-            progress = await advance_generations(
-                term.conn,
-                projection,
-                batch=self.batch,
-                rebuild_batch=self.rebuild_batch,
-                tail=self.tail,
-            )
+            progress = None
+            if self.rounds is not None:
+                progress = await self.rounds.advance(projection, term)
+            if progress is None:
+                progress = await advance_generations(
+                    term.conn,
+                    projection,
+                    batch=self.batch,
+                    rebuild_batch=self.rebuild_batch,
+                    tail=self.tail,
+                )
             if progress.moved and self._on_progress is not None:
                 self._on_progress()
             if not progress.caught_up:

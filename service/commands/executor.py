@@ -98,7 +98,11 @@ class _Queued:
     keys: KeyRule | None
     guards: dict[str, int]
     id_seed: str | None
+    previous_seed: str | None
     answer: asyncio.Future[Outcome[Any, Any]]
+
+    def seeds(self) -> list[str]:
+        return _seeds(self.previous_seed, self.id_seed)
 
 
 @dataclass(slots=True)
@@ -185,10 +189,16 @@ class CommandExecutor:
         keys: KeyRule | None = None,
         correlation_id: uuid.UUID | None = None,
         guards: Mapping[str, int] | None = None,
+        previous_seed: str | None = None,
     ) -> Outcome[S, E]:
         """``guards``: other streams the command was built from, at the versions read
         (``EventStore.append``); if one moved, ``StaleGuardError`` reaches the caller, who
-        must build the command again from what that stream holds now."""
+        must build the command again from what that stream holds now.
+
+        ``previous_seed``: another seed an earlier copy of the same request may have been
+        recorded under (MLflow's derived keys: the previous window's, see
+        ``service.api.mlflow.retries``); what it recorded answers this command, as for
+        ``id_seed``, and it is looked up in the same query."""
         turns = self._turns.get(stream_id)
         if turns is None:
             turns = self._turns[stream_id] = _Turns(asyncio.Lock(), deque())
@@ -205,6 +215,7 @@ class CommandExecutor:
                         keys,
                         correlation_id,
                         guards,
+                        previous_seed,
                     )
             outcome: Outcome[S, E] = await self._queued(
                 stream_id,
@@ -214,6 +225,7 @@ class CommandExecutor:
                 keys=keys,
                 guards=dict(guards or {}),
                 id_seed=id_seed,
+                previous_seed=previous_seed,
                 correlation_id=correlation_id,
             )
             return outcome
@@ -232,6 +244,7 @@ class CommandExecutor:
         keys: KeyRule | None,
         guards: dict[str, int],
         id_seed: str | None,
+        previous_seed: str | None,
         correlation_id: uuid.UUID | None,
     ) -> Outcome[Any, Any]:
         """Queue a command for the stream's next group commit and wait for its answer. The
@@ -244,7 +257,9 @@ class CommandExecutor:
             correlation_id=correlation_id or CORRELATION_ID.get(),
         )
         answer: asyncio.Future[Outcome[Any, Any]] = asyncio.get_running_loop().create_future()
-        turns.queue.append(_Queued(decider, command, metadata, keys, guards, id_seed, answer))
+        turns.queue.append(
+            _Queued(decider, command, metadata, keys, guards, id_seed, previous_seed, answer)
+        )
         if turns.drainer is None:
             turns.drainer = asyncio.get_running_loop().create_task(self._drain(stream_id, turns))
         return await answer
@@ -310,29 +325,31 @@ class CommandExecutor:
     async def _unrecorded(self, stream_id: str, group: list[_Queued]) -> list[_Queued]:
         """``group`` without the retries whose events are recorded, answered here with
         what they recorded, as a command alone would be (one query for the whole group)."""
-        seeded = {event_ids_for(q.id_seed, 1)[0]: q for q in group if q.id_seed is not None}
-        if not seeded:
+        firsts = {seed: event_ids_for(seed, 1)[0] for q in group for seed in q.seeds()}
+        if not firsts:
             return group
-        found = await self.store.pool.fetch(_RECORDED_ANY, list(seeded))
+        found = {
+            r["event_id"] for r in await self.store.pool.fetch(_RECORDED_ANY, [*firsts.values()])
+        }
         answered: set[int] = set()
-        for row in found:
-            queued = seeded[row["event_id"]]
-            assert queued.id_seed is not None
-            try:
-                earlier = await self.recorded(stream_id, queued.decider, queued.id_seed)
-            except Exception as exc:  # noqa: BLE001 the caller's to see, as if alone
-                _answer(queued, exception=exc)
-                answered.add(id(queued))
-                continue
-            if earlier is not None:
-                _answer(queued, earlier)
-                answered.add(id(queued))
+        for queued in group:
+            for seed in (s for s in queued.seeds() if firsts[s] in found):
+                try:
+                    earlier = await self.recorded(stream_id, queued.decider, seed)
+                except Exception as exc:  # noqa: BLE001 the caller's to see, as if alone
+                    _answer(queued, exception=exc)
+                    answered.add(id(queued))
+                    break
+                if earlier is not None:
+                    _answer(queued, earlier)
+                    answered.add(id(queued))
+                    break
         return [q for q in group if id(q) not in answered]
 
     async def _answer_alone(self, stream_id: str, queued: _Queued) -> None:
         try:
-            if queued.id_seed is not None:
-                earlier = await self.recorded(stream_id, queued.decider, queued.id_seed)
+            for seed in queued.seeds():
+                earlier = await self.recorded(stream_id, queued.decider, seed)
                 if earlier is not None:
                     _answer(queued, earlier)
                     return
@@ -411,6 +428,7 @@ class CommandExecutor:
         keys: KeyRule | None,
         correlation_id: uuid.UUID | None,
         guards: Mapping[str, int] | None = None,
+        previous_seed: str | None = None,
     ) -> Outcome[S, E]:
         command = await self.pseudonymous(command)
         metadata = Metadata(
@@ -418,11 +436,11 @@ class CommandExecutor:
             occurred_at=command.now,
             correlation_id=correlation_id or CORRELATION_ID.get(),
         )
-        if id_seed is not None:
+        for seed in _seeds(previous_seed, id_seed):
             # A retry of a command whose events are recorded (its answer was lost) gets that
             # first answer: deciding again against the state it produced would refuse it
             # (the model already exists, the version is already in that stage).
-            earlier = await self.recorded(stream_id, decider, id_seed)
+            earlier = await self.recorded(stream_id, decider, seed)
             if earlier is not None:
                 return earlier
         return await self._decide_and_append(
@@ -800,14 +818,18 @@ def _next_group(queue: deque[_Queued], most: int) -> list[_Queued]:
     seeds: set[str] = set()
     while queue and len(group) < most:
         head = queue[0]
-        if group and (head.guards != group[0].guards or head.id_seed in seeds):
+        if group and (head.guards != group[0].guards or not seeds.isdisjoint(head.seeds())):
             break
         queue.popleft()
-        if head.id_seed is not None:
-            seeds.add(head.id_seed)
+        seeds.update(head.seeds())
         if not head.answer.done():  # its caller went away before its turn
             group.append(head)
     return group
+
+
+def _seeds(previous_seed: str | None, id_seed: str | None) -> list[str]:
+    """The seeds a command's earlier copies may be recorded under, the older first."""
+    return [s for s in (previous_seed, id_seed) if s is not None]
 
 
 def _tried(group: list[_Queued], left: list[_Queued]) -> list[_Queued]:

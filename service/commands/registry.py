@@ -16,14 +16,15 @@ was already replaced.
 from __future__ import annotations
 
 import uuid
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
 from eventlog.positions import SealSignal, sealed_position
 from eventlog.store import EventStore, StaleGuardError
-from events.base import Command
+from events.base import Command, Decider
 from events.errors import (
     ConcurrencyError,
     ConflictError,
@@ -32,9 +33,15 @@ from events.errors import (
     ValidationError,
 )
 from events.metrics import METRICS, LogMetrics, MetricInput, latest_values
-from events.model.commands import Metrics, RequestPromotion, TransitionStage
+from events.model.commands import Metrics, ModelCommand, RequestPromotion, TransitionStage
 from events.model.decider import MODEL
-from events.model.events import ModelDeleted, ModelRegistered, ModelRenamed, PromotionRequested
+from events.model.events import (
+    ModelDeleted,
+    ModelEvent,
+    ModelRegistered,
+    ModelRenamed,
+    PromotionRequested,
+)
 from events.model.state import ModelState
 from events.names import validate_model_name
 from events.policy import GovernancePolicy, require_environment, requirement
@@ -51,6 +58,26 @@ from service.commands.executor import CommandExecutor, Outcome, PreconditionFail
 
 # How often a governed command is built again because the registry policy changed first.
 _POLICY_ATTEMPTS = 5
+# Model ids remembered by name (``Registry.known_id``).
+_NAMES_KEPT = 10_000
+
+
+class NameMovedError(NotFoundError):
+    """The model a remembered name led to no longer bears it, or is archived: the name
+    must be looked up again."""
+
+
+def bearing(name: str) -> Decider[ModelState, ModelCommand, ModelEvent]:
+    """The model decider, deciding only for a live model named ``name`` (else
+    ``NameMovedError``): a write sent to a model id remembered by name lands only if, in
+    the state it is decided on, the model still bears that name."""
+
+    def decide(command: ModelCommand, state: ModelState) -> list[ModelEvent]:
+        if state.name != name or state.archived:
+            raise NameMovedError(f"no live model is named {name!r} any more", name=name)
+        return MODEL.decide(command, state)
+
+    return replace(MODEL, decide=decide)
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +130,7 @@ class Registry:
         self.seal_signal = seal_signal
         self.clock = clock
         self.new_id = new_id
+        self._ids_by_name: OrderedDict[str, str] = OrderedDict()
 
     # --- lookups ---------------------------------------------------------------------
 
@@ -120,7 +148,21 @@ class Registry:
         )
         if row is None:
             raise NotFoundError(f"no model is named {name!r}", name=name)
-        return model_id_of(row["stream_id"]), row["version"]
+        model_id = model_id_of(row["stream_id"])
+        self._ids_by_name[name] = model_id
+        self._ids_by_name.move_to_end(name)
+        if len(self._ids_by_name) > _NAMES_KEPT:
+            self._ids_by_name.popitem(last=False)
+        return model_id, row["version"]
+
+    def known_id(self, name: str) -> str | None:
+        """The id of the model ``name`` led to when this process last looked it up, with no
+        query: perhaps stale (renamed, archived or replaced elsewhere since), so only for a
+        write executed with ``named=name``, which lands only if the name still holds."""
+        return self._ids_by_name.get(name)
+
+    def forget_name(self, name: str) -> None:
+        self._ids_by_name.pop(name, None)
 
     async def locate_request(self, request_id: str) -> tuple[str, str, int]:
         """The model name, model id and version a promotion request is about."""
@@ -166,17 +208,22 @@ class Registry:
         if_version: int | None = None,
         id_seed: str | None = None,
         guards: Mapping[str, int] | None = None,
+        previous_seed: str | None = None,
+        named: str | None = None,
     ) -> Written:
+        """``previous_seed``: see ``CommandExecutor.execute``. ``named``: decide only if the
+        model is live and still bears that name (``bearing``)."""
         outcome = await _conditional(
             if_version,
             self.executor.execute(
                 model_stream(model_id),
-                MODEL,
+                MODEL if named is None else bearing(named),
                 command,
                 if_version=if_version,
                 id_seed=id_seed,
                 keys=name_keys,
                 guards=guards,
+                previous_seed=previous_seed,
             ),
         )
         return await self.written_from(model_id, outcome)
@@ -188,6 +235,8 @@ class Registry:
         *,
         if_version: int | None = None,
         id_seed: str | None = None,
+        previous_seed: str | None = None,
+        named: str | None = None,
     ) -> Written:
         """Build a governed command from the registry policy in force and execute it, guarded
         by that policy's version; if the policy changes first, build and decide again.
@@ -207,6 +256,8 @@ class Registry:
                     if_version=if_version,
                     id_seed=id_seed,
                     guards={REGISTRY_POLICY_STREAM: revision},
+                    previous_seed=previous_seed,
+                    named=named,
                 )
             except StaleGuardError:
                 fresh = True

@@ -239,6 +239,74 @@ async def test_seeded_commands_group_and_their_retries_are_answered_with_what_th
     assert (await CommandExecutor(store).state_of("counter:seeded", COUNTER))[1].total == 55
 
 
+async def test_a_copy_under_a_newer_seed_is_answered_by_what_its_previous_seed_recorded(
+    db: Database, store: EventStore
+) -> None:
+    # given commands recorded under seeds of an earlier window ("w1-n")
+    executor = CommandExecutor(store)
+    first = await asyncio.gather(
+        *(
+            executor.execute("counter:windows", COUNTER, add(n), id_seed=f"w1-{n}")
+            for n in (1, 2, 3)
+        )
+    )
+
+    # when copies arrive in the next window, together with a command that is new, each
+    # naming the earlier window's seed as its previous one: queued together on one
+    # process, and alone on another replica
+    together = await asyncio.gather(
+        *(
+            executor.execute(
+                "counter:windows", COUNTER, add(n), id_seed=f"w2-{n}", previous_seed=f"w1-{n}"
+            )
+            for n in (1, 2, 3, 4)
+        )
+    )
+    alone = await CommandExecutor(store).execute(
+        "counter:windows", COUNTER, add(2), id_seed="w2-2", previous_seed="w1-2"
+    )
+
+    # then the copies are answered with what the earlier window recorded, and only the new
+    # command is recorded
+    assert [(o.events, o.version, o.replayed) for o in together[:3]] == [
+        (o.events, o.version, True) for o in first
+    ]
+    assert together[3].events == [Added(amount=4)] and not together[3].replayed
+    assert (alone.events, alone.version, alone.replayed) == (
+        first[1].events,
+        first[1].version,
+        True,
+    )
+    assert len(await recorded(db, "counter:windows")) == 4
+
+
+async def test_an_original_and_its_copy_under_the_next_window_never_share_a_group(
+    db: Database,
+) -> None:
+    # given a group of two commands whose append is held at the gate
+    store = GatedStore(db.pool, CODEC)
+    executor = CommandExecutor(store)
+    blockers = [
+        asyncio.create_task(executor.execute("counter:race", COUNTER, add(n))) for n in (7, 8)
+    ]
+    await store.waiting.wait()
+
+    # when a command under seed "w1" and its copy from the next window queue behind it
+    original = asyncio.create_task(executor.execute("counter:race", COUNTER, add(1), id_seed="w1"))
+    copy = asyncio.create_task(
+        executor.execute("counter:race", COUNTER, add(1), id_seed="w2", previous_seed="w1")
+    )
+    await asyncio.sleep(0)  # lets them reach the queue
+    store.gate.set()
+    await asyncio.gather(*blockers)
+    first, again = await original, await copy
+
+    # then the copy waits for the original's turn and is answered with what it recorded
+    assert not first.replayed and first.events == [Added(amount=1)]
+    assert again.replayed and (again.events, again.version) == (first.events, first.version)
+    assert len(await recorded(db, "counter:race")) == 3
+
+
 class GatedStore(EventStore):
     """Holds every group append until the test opens the gate."""
 

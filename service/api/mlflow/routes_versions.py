@@ -52,10 +52,11 @@ from service.api.mlflow.shared import (
     live_model,
     live_version,
     named_version_row,
+    no_model,
     version_answer,
 )
 from service.api.services import Services
-from service.commands.registry import Written
+from service.commands.registry import NameMovedError, Written
 from service.commands.tokens import Principal, covers
 
 SOURCE_PATH = "mlflow-source"
@@ -122,7 +123,7 @@ def _number(written: Written) -> int:
     return registered[0].version
 
 
-def _registered(written: Written, model_id: str, name: str, at: datetime) -> wire.ModelVersion:
+def _registered(written: Written, name: str, at: datetime) -> wire.ModelVersion:
     """A version as its registration recorded it, at ``at``: what the views will show."""
     number = _number(written)
     state: ModelState = written.state
@@ -130,7 +131,7 @@ def _registered(written: Written, model_id: str, name: str, at: datetime) -> wir
     entry = version.content.artifacts[0]
     run = version.content.run
     row = MlflowVersion(
-        model_id=model_id,
+        model_id=written.model_id,
         name=name,
         version=number,
         stage=version.stage,
@@ -159,33 +160,50 @@ class ModelVersionsController(Controller):
         require(principal, Permission.WRITE, data.name)
         services = services_of(request)
         registry = services.registry
-        model_id, _ = await live_model(services, data.name)
         content = _content(data)
         seed, previous = seed_of(request), None
         if seed is None:
             seed, previous = derived_seeds(principal.name, request.url.path, data, registry.now())
-        written = await registry.recorded(model_id, previous) if previous else None
+        now = registry.now()
+
+        def build(registry_policy: GovernancePolicy) -> RegisterVersion:
+            return RegisterVersion(
+                actor=principal.name,
+                now=now,
+                content=content,
+                description=data.description,
+                tags=wire.tags_of(data.tags),
+                registry_policy=registry_policy,
+            )
+
+        # A retry of a create recorded under this window's seed or the previous one's is
+        # answered with what it recorded (one lookup for both, with the create's turn).
+        # The model id this process last found for the name saves looking it up again: the
+        # decision checks the model still bears the name, and if not, it is looked up.
+        model_id = registry.known_id(data.name)
+        written = None
+        if model_id is not None:
+            try:
+                written = await registry.under_registry_policy(
+                    model_id, build, id_seed=seed, previous_seed=previous, named=data.name
+                )
+            except NameMovedError:
+                registry.forget_name(data.name)
         if written is None:
-            now = registry.now()
-
-            def build(registry_policy: GovernancePolicy) -> RegisterVersion:
-                return RegisterVersion(
-                    actor=principal.name,
-                    now=now,
-                    content=content,
-                    description=data.description,
-                    tags=wire.tags_of(data.tags),
-                    registry_policy=registry_policy,
+            model_id, _ = await live_model(services, data.name)
+            try:
+                written = await registry.under_registry_policy(
+                    model_id, build, id_seed=seed, previous_seed=previous, named=data.name
                 )
-
-            written = await registry.under_registry_policy(model_id, build, id_seed=seed)
-            if not written.replayed:
-                # What it recorded is the answer: no need to wait for the views to show it.
-                return wire.ModelVersionAnswer(
-                    model_version=_registered(written, model_id, data.name, now)
-                )
+            except NameMovedError:  # renamed or deleted since the lookup, a moment ago
+                raise no_model(data.name) from None
+        if not written.replayed:
+            # What it recorded is the answer: no need to wait for the views to show it.
+            return wire.ModelVersionAnswer(model_version=_registered(written, data.name, now))
         return wire.ModelVersionAnswer(
-            model_version=await version_answer(services, model_id, data.name, _number(written))
+            model_version=await version_answer(
+                services, written.model_id, data.name, _number(written)
+            )
         )
 
     @get("/get")

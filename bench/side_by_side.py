@@ -11,9 +11,10 @@ or worktree of the older commit, served with this venv's packages; and this chec
 run side by side, each on its own database with the same seed (bench.mlflow_compat's: one
 model with ``--versions`` versions, the files of a small MLflow model on version 1, two
 aliases), and each workload is measured on one, then the other, for ``--rounds`` rounds
-(the order flips every round). Printed per run: req/s, p99, non-2xx answers and the
-server process' CPU per request (from /proc: it moves less than req/s); then the medians
-and the change.
+(the order flips every round). Printed per run: req/s, p99, non-2xx answers and CPU per
+request (from /proc: it moves less than req/s) of the server process, of the whole side
+(the server, its children: the projection worker and the embedded NATS server, and the
+Postgres backends serving its database); then the medians and the change.
 
 A WORKLOAD is one of bench.mlflow_compat's operation names (``"get version"``, ``"search
 versions (100)"``, ``"create version"``, ...) or a path of the API (``/api/v1/me``);
@@ -31,6 +32,8 @@ import statistics
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+
+import asyncpg
 
 from bench import api_wrk, mlflow_compat
 from bench.api_vs_mlflow import Process, log
@@ -55,12 +58,51 @@ class Served:
     name: str
     process: Process
     url: str
-    runs: list[tuple[float, float]]  # (req/s, server CPU us per request) per round
+    database: str
 
 
 def cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def children_of(pid: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # gone meanwhile
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+async def backends_of(pg_url: str, database: str) -> list[int]:
+    conn = await asyncpg.connect(pg_url)
+    try:
+        rows = await conn.fetch("SELECT pid FROM pg_stat_activity WHERE datname = $1", database)
+    finally:
+        await conn.close()
+    return [r["pid"] for r in rows]
+
+
+def cpu_of(pids: list[int]) -> dict[int, float]:
+    used = {}
+    for pid in pids:
+        try:
+            used[pid] = cpu_seconds(pid)
+        except OSError:
+            continue  # a backend that closed, a child that exited
+    return used
+
+
+def side_cpu(pg_url: str, side: Served) -> tuple[float, dict[int, float]]:
+    """The server's own CPU seconds, and every process of the side's (server, children,
+    Postgres backends) by pid."""
+    server = side.process.proc.pid
+    pids = [server, *children_of(server), *asyncio.run(backends_of(pg_url, side.database))]
+    return cpu_seconds(server), cpu_of(pids)
 
 
 def lua_for(body: str, salt: int) -> str:
@@ -101,10 +143,10 @@ def main() -> None:
                 asyncio.run(api_wrk.recreate_database(pg))
                 (workdir / name).mkdir()
                 process, url = api_wrk.start_modelreg(pg, workdir / name, token, checkout)
-                served.append(Served(name, process, url, []))
+                served.append(Served(name, process, url, api_wrk.DATABASE))
                 log(f"{name}: {checkout} at {url}; seeding {args.versions} versions ...")
                 mlflow_compat.seed_modelreg(url, token, model_dir, args.versions)
-            results = measure(args, wrk, operations, served, token, workdir)
+            results = measure(args, pg, wrk, operations, served, token, workdir)
         finally:
             for side in served:
                 side.process.stop()
@@ -112,40 +154,44 @@ def main() -> None:
                 api_wrk.DATABASE = f"modelreg_side_{name}"
                 asyncio.run(api_wrk.recreate_database(pg, drop_only=True))
     print(f"\nmedians of {args.rounds} rounds, wrk {args.connections} connections")
-    print(
-        f"{'workload':36s} {'before req/s':>12s} {'us/req':>7s} {'after req/s':>12s} {'us/req':>7s}"
-    )
+    print("CPU: us per request, of the server process / of the whole side")
+    print(f"{'workload':30s} {'before req/s':>12s} {'CPU':>13s} {'after req/s':>12s} {'CPU':>13s}")
     for workload, (before, after) in results.items():
-        b_rate, b_cpu = (statistics.median(x) for x in zip(*before, strict=True))
-        a_rate, a_cpu = (statistics.median(x) for x in zip(*after, strict=True))
+        b_rate, b_cpu, b_all = (statistics.median(x) for x in zip(*before, strict=True))
+        a_rate, a_cpu, a_all = (statistics.median(x) for x in zip(*after, strict=True))
         print(
-            f"{workload[:36]:36s} {b_rate:12,.0f} {b_cpu:7,.0f} {a_rate:12,.0f} {a_cpu:7,.0f}"
-            f"   {a_rate / b_rate - 1:+.0%} rate, {a_cpu / b_cpu - 1:+.0%} CPU"
+            f"{workload[:30]:30s} {b_rate:12,.0f} {b_cpu:6,.0f}/{b_all:6,.0f}"
+            f" {a_rate:12,.0f} {a_cpu:6,.0f}/{a_all:6,.0f}"
+            f"   {a_rate / b_rate - 1:+.0%} rate, {a_cpu / b_cpu - 1:+.0%} server CPU,"
+            f" {a_all / b_all - 1:+.0%} side CPU"
         )
+
+
+Run = tuple[float, float, float]  # req/s; CPU us per request: server, whole side
 
 
 def measure(
     args: argparse.Namespace,
+    pg_url: str,
     wrk: str,
     operations: dict[str, mlflow_compat.Operation],
     served: list[Served],
     token: str,
     workdir: Path,
-) -> dict[str, tuple[list[tuple[float, float]], list[tuple[float, float]]]]:
+) -> dict[str, tuple[list[Run], list[Run]]]:
     rounds, seconds, connections = args.rounds, args.seconds, args.connections
-    results: dict[str, tuple[list[tuple[float, float]], list[tuple[float, float]]]] = {}
+    results: dict[str, tuple[list[Run], list[Run]]] = {}
     for workload in args.workloads:
         operation = operations.get(workload)
         path = operation.path if operation else workload
         script = None
-        runs: dict[str, list[tuple[float, float]]] = {"before": [], "after": []}
+        runs: dict[str, list[Run]] = {"before": [], "after": []}
         for round_ in range(rounds):
             for side in served if round_ % 2 == 0 else served[::-1]:
                 if operation and operation.body:
                     script = workdir / "write.lua"
                     script.write_text(lua_for(operation.body, secrets.randbelow(10**12)))
-                pid = side.process.proc.pid
-                cpu_before = cpu_seconds(pid)
+                server_before, side_before = side_cpu(pg_url, side)
                 figure = api_wrk.run_wrk(
                     wrk,
                     side.url + path,
@@ -155,12 +201,17 @@ def measure(
                     token=token,
                     script=script,
                 )
-                used = cpu_seconds(pid) - cpu_before
-                per_request = 1e6 * used / max(1.0, figure.requests_per_s * seconds)
-                runs[side.name].append((figure.requests_per_s, per_request))
+                server_after, side_after = side_cpu(pg_url, side)
+                served_requests = max(1.0, figure.requests_per_s * seconds)
+                server = 1e6 * (server_after - server_before) / served_requests
+                # A process that came or went during the run counts from what was seen.
+                used = sum(t - side_before.get(pid, 0.0) for pid, t in side_after.items())
+                whole = 1e6 * used / served_requests
+                runs[side.name].append((figure.requests_per_s, server, whole))
                 print(
                     f"{side.name:6s} {figure.requests_per_s:8,.0f} req/s  p99 {figure.p99_ms:7.1f} ms"
-                    f"  non-2xx {figure.non_2xx:<4d} {per_request:6,.0f} us/req  {workload}",
+                    f"  non-2xx {figure.non_2xx:<4d} {server:6,.0f} / {whole:6,.0f} us/req"
+                    f"  {workload}",
                     flush=True,
                 )
         results[workload] = (runs["before"], runs["after"])

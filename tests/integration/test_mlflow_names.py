@@ -40,8 +40,6 @@ async def another_replica(api: Api) -> AsyncIterator[httpx.AsyncClient]:
 
 
 async def call(client: httpx.AsyncClient | Api, rpc: str, body: dict[str, Any]) -> httpx.Response:
-    if isinstance(client, Api):
-        return await client.post(f"{MLFLOW}/{rpc}", json=body)
     return await client.post(f"{MLFLOW}/{rpc}", json=body)
 
 
@@ -58,13 +56,18 @@ async def versions_of(api: Api, name: str) -> list[tuple[str, str]]:
     return sorted((v["version"], v["source"]) for v in answer.json().get("model_versions", []))
 
 
+async def churn_with_a_version(api: Api, source: str) -> None:
+    """Model "churn" and one version, created through ``api`` (which so learns its id)."""
+    assert (await call(api, "registered-models/create", {"name": "churn"})).status_code == 200
+    await created(api, "churn", source)
+
+
 async def test_a_create_after_a_rename_elsewhere_lands_on_the_model_bearing_the_name(
     db: Database,
 ) -> None:
     async with running_api(db) as api, another_replica(api) as other:
         # given a replica that created a version of "churn" (and remembers where it went)
-        assert (await call(api, "registered-models/create", {"name": "churn"})).status_code == 200
-        await created(api, "churn", "s3://b/old-1")
+        await churn_with_a_version(api, "s3://b/old-1")
 
         # when another replica renames it and registers a new model under the old name
         renamed = await call(
@@ -89,8 +92,7 @@ async def test_a_create_after_a_delete_elsewhere_answers_that_the_model_does_not
 ) -> None:
     async with running_api(db) as api, another_replica(api) as other:
         # given a replica that created a version of "churn"
-        assert (await call(api, "registered-models/create", {"name": "churn"})).status_code == 200
-        await created(api, "churn", "s3://b/1")
+        await churn_with_a_version(api, "s3://b/1")
 
         # when another replica deletes the model
         deleted = await other.request(

@@ -1,10 +1,15 @@
 """The snapshot worker: takes the registry views' snapshots every ``every`` sealed events. I/O.
 
 One worker leads (``eventlog.leadership``, the loop every singleton role runs); others
-stand by. Each round it reads the sealed head, restores the newest snapshot into scratch
-tables (``projections.time_travel.folded_views``), folds on to each due position and
-stores a snapshot there (``projections.snapshots.save_snapshot``, one transaction per
-snapshot), then prunes what the retention rule no longer keeps.
+stand by. Each round it reads the sealed head, folds its scratch tables on to each due
+position and stores a snapshot there (``projections.snapshots.save_snapshot``, one
+transaction per snapshot), then prunes what the retention rule no longer keeps.
+
+The scratch tables (``ScratchViews``) live in the leader's session for its whole term:
+the first round restores the newest snapshot into them (``projections.time_travel.
+folded_views``), later rounds only fold the events since the last. Restoring copied every
+row of the views back each round, about five times what storing the snapshot costs, so
+a round cost two copies of the registry where it now costs one.
 
 Only sealed positions are snapshotted: the fold reads ``event_log``, which holds nothing
 else, and a due position is at most the sealed head. A crash mid-round loses at most the
@@ -15,8 +20,10 @@ so they go with the session.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Sequence
+from contextlib import AsyncExitStack
 from itertools import pairwise
 
 import asyncpg
@@ -24,7 +31,7 @@ import asyncpg
 from eventlog.leadership import Leadership, Term
 from eventlog.log import head_position
 from eventlog.waiting import sleep_or_stop
-from projections.base import Projection
+from projections.base import Names, Projection
 from projections.snapshots import (
     due_positions,
     nearest_snapshots,
@@ -38,6 +45,53 @@ log = logging.getLogger(__name__)
 Connect = Callable[[], Awaitable[asyncpg.Connection]]
 
 
+class ScratchViews:
+    """The views folded up to ``position`` into scratch tables of one session, kept from
+    one round to the next: moving them on folds only the events in between. A fold that
+    fails, or a position behind them, starts them afresh from the nearest snapshot."""
+
+    def __init__(
+        self, conn: asyncpg.Connection, projections: Sequence[Projection], *, batch: int = 2000
+    ) -> None:
+        self.conn = conn
+        self.projections = list(projections)
+        self.batch = batch
+        self.position = 0
+        self._names: dict[str, Names] | None = None
+        self._stack = AsyncExitStack()
+
+    async def at(self, position: int) -> dict[str, Names]:
+        """The scratch tables' names, once they hold the views as of ``position``."""
+        if self._names is not None and position >= self.position:
+            try:
+                await fold_more(
+                    self.conn,
+                    self.projections,
+                    self._names,
+                    dict.fromkeys(self._names, self.position),
+                    position,
+                    batch=self.batch,
+                )
+            except Exception:
+                await self.close()  # part of the fold may have landed: start afresh
+                raise
+        else:
+            await self.close()
+            self._names = await self._stack.enter_async_context(
+                folded_views(
+                    self.conn, self.projections, position, batch=self.batch, snapshots=True
+                )
+            )
+        self.position = position
+        return self._names
+
+    async def close(self) -> None:
+        """Drop the scratch tables (quietly when the session is already gone)."""
+        stack, self._stack, self._names = self._stack, AsyncExitStack(), None
+        with contextlib.suppress(asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
+            await stack.aclose()
+
+
 async def take_due_snapshots(
     conn: asyncpg.Connection,
     projections: Sequence[Projection],
@@ -46,13 +100,19 @@ async def take_due_snapshots(
     keep: int,
     thin: int,
     batch: int = 2000,
+    scratch: ScratchViews | None = None,
 ) -> list[int]:
     """Take the snapshots due at the sealed head (see ``due_positions``) and prune; return
-    the positions taken. Runs outside a transaction (the fold runs short ones)."""
+    the positions taken. Runs outside a transaction (the fold runs short ones). With
+    ``scratch`` (on ``conn``), the views are folded there and kept for the next round."""
     head = await head_position(conn)
     starts = await nearest_snapshots(conn, projections, head)
     due = due_positions(head, min(starts.values(), default=0), every=every, keep=keep, thin=thin)
-    if due:
+    if due and scratch is not None:
+        for position in due:
+            await save_snapshot(conn, projections, await scratch.at(position), position)
+        log.info("view snapshots taken at %s", ", ".join(map(str, due)))
+    elif due:
         async with folded_views(conn, projections, due[0], batch=batch, snapshots=True) as names:
             await save_snapshot(conn, projections, names, due[0])
             for before, position in pairwise(due):
@@ -108,8 +168,17 @@ class SnapshotWorker:
         await self._leadership.run(self._keep_due, stop or asyncio.Event())
 
     async def _keep_due(self, term: Term) -> None:
-        while not term.ended.is_set():
-            await take_due_snapshots(
-                term.conn, self.projections, every=self.every, keep=self.keep, thin=self.thin
-            )
-            await sleep_or_stop(term.ended, self.poll_interval)
+        scratch = ScratchViews(term.conn, self.projections)
+        try:
+            while not term.ended.is_set():
+                await take_due_snapshots(
+                    term.conn,
+                    self.projections,
+                    every=self.every,
+                    keep=self.keep,
+                    thin=self.thin,
+                    scratch=scratch,
+                )
+                await sleep_or_stop(term.ended, self.poll_interval)
+        finally:
+            await scratch.close()

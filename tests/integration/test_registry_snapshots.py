@@ -1,7 +1,8 @@
 """Snapshots of the registry views are derived data: they change no answer.
 
 Covers: whole-registry time travel from snapshots equals the fold from 0 at random
-positions over random histories (and after dropping every snapshot); a snapshot of other
+positions over random histories (and after dropping every snapshot); snapshots folded on
+from round to round in kept scratch tables equal the fold from 0; a snapshot of other
 projection code (another fingerprint) is never read; a crash while a snapshot is written
 leaves nothing; the worker takes the due snapshots as the leader and prunes to the
 retention rule; a read folds only the events after the nearest snapshot.
@@ -18,7 +19,7 @@ import pytest
 from eventlog.db import connect
 from projections.base import Names
 from projections.registry_state import REGISTRY_PROJECTIONS, registry_as_of, views_as_of
-from projections.snapshot_worker import SnapshotWorker, take_due_snapshots
+from projections.snapshot_worker import ScratchViews, SnapshotWorker, take_due_snapshots
 from projections.snapshots import (
     drop_snapshots,
     fingerprint,
@@ -178,3 +179,41 @@ async def test_the_leading_worker_keeps_snapshots_due_and_pruned(db: Database) -
     finally:
         stop.set()
         await asyncio.gather(*tasks)
+
+
+async def test_snapshots_folded_on_from_round_to_round_equal_the_fold_from_zero(
+    db: Database,
+) -> None:
+    # given snapshot rounds that keep their scratch views from one round to the next
+    reg, rng = Registry(db), random.Random(31)
+    await reg.connect()
+    conn = await db.connect()
+    scratch = ScratchViews(conn, REGISTRY_PROJECTIONS)
+
+    async def rounds(n: int) -> list[int]:
+        taken: list[int] = []
+        for _ in range(n):
+            await random_history(reg, rng, 50)
+            await reg.seal()
+            taken += await take_due_snapshots(
+                conn, REGISTRY_PROJECTIONS, every=7, keep=1000, thin=2, scratch=scratch
+            )
+        return taken
+
+    async def restore_what_the_log_folds_to(positions: list[int]) -> None:
+        assert len(positions) > 3
+        for position in positions:
+            assert await checksums(conn, position, snapshots=True) == await checksums(
+                conn, position, snapshots=False
+            )
+
+    try:
+        # when history is written between three rounds
+        # then each snapshot restores exactly the views the log folds to at its position
+        await restore_what_the_log_folds_to(await rounds(3))
+        # and when every snapshot is dropped, the next round goes back behind its scratch
+        # views and takes them again, as exactly
+        await drop_snapshots(conn)
+        await restore_what_the_log_folds_to(await rounds(1))
+    finally:
+        await scratch.close()

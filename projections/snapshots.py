@@ -37,6 +37,9 @@ from projections.base import Names, Projection
 
 # Bumped when the stored form changes, so every older snapshot is ignored and pruned.
 FORMAT = 1
+# Rows of a table per row of view_snapshots: one array per table could not hold a large
+# registry (Postgres caps a value at 1 GiB; 1,000,000 versions passed it).
+CHUNK_ROWS = 10_000
 
 
 def fingerprint(projection: Projection) -> str:
@@ -92,10 +95,14 @@ async def save_snapshot(
     projections: Iterable[Projection],
     names: Mapping[str, Names],
     position: int,
+    *,
+    chunk_rows: int = CHUNK_ROWS,
 ) -> None:
     """Store the tables named by ``names`` as every projection's snapshot at ``position``,
     in one transaction: a crash leaves the whole snapshot or nothing. A snapshot already
-    stored there (by an earlier leader) is left as it is: it holds the same rows."""
+    stored there (by an earlier leader) is left as it is: it holds the same rows. Each
+    table goes in chunks of ``chunk_rows`` rows in key order; chunk 0 is stored even for
+    an empty table."""
     async with conn.transaction():
         # The shortest text that converts back to the same float8 (the default, but a
         # session could have lowered it, and the rows must round-trip exactly).
@@ -105,15 +112,19 @@ async def save_snapshot(
                 order = ", ".join(f"t.{column}" for column in table.key)
                 await conn.execute(
                     "INSERT INTO view_snapshots"
-                    " (projection, fingerprint, log_position, table_name, row_count, rows)"
-                    f" SELECT $1, $2, $3, $4, count(*), coalesce(array_agg(t::text ORDER BY {order}),"
-                    " '{}') FROM "
-                    f"{names[projection.name][table.name]} t"
-                    " ON CONFLICT DO NOTHING",
+                    " (projection, fingerprint, log_position, table_name, chunk, row_count, rows)"
+                    " SELECT $1, $2, $3, $4, c.chunk, count(c.row),"
+                    " coalesce(array_agg(c.row ORDER BY c.n) FILTER (WHERE c.row IS NOT NULL), '{}')"
+                    " FROM (SELECT (n - 1) / $5 AS chunk, n, row FROM"
+                    f" (SELECT row_number() OVER (ORDER BY {order}) AS n, t::text AS row"
+                    f" FROM {names[projection.name][table.name]} t) numbered"
+                    " UNION ALL SELECT 0, 0, NULL) c"
+                    " GROUP BY c.chunk ON CONFLICT DO NOTHING",
                     projection.name,
                     fingerprint(projection),
                     position,
                     table.name,
+                    chunk_rows,
                 )
 
 

@@ -5,7 +5,8 @@ positions over random histories (and after dropping every snapshot); snapshots f
 from round to round in kept scratch tables equal the fold from 0; a snapshot of other
 projection code (another fingerprint) is never read; a crash while a snapshot is written
 leaves nothing; the worker takes the due snapshots as the leader and prunes to the
-retention rule; a read folds only the events after the nearest snapshot.
+retention rule; a read folds only the events after the nearest snapshot; a snapshot stored
+in many chunks restores every row.
 """
 
 from __future__ import annotations
@@ -217,3 +218,29 @@ async def test_snapshots_folded_on_from_round_to_round_equal_the_fold_from_zero(
         await restore_what_the_log_folds_to(await rounds(1))
     finally:
         await scratch.close()
+
+
+async def test_a_snapshot_stored_in_many_chunks_restores_every_row(db: Database) -> None:
+    # given a registry whose views hold more rows than a chunk
+    reg = Registry(db)
+    await random_history(reg, random.Random(12), 80)
+    head = await reg.seal()
+    conn = await db.connect()
+
+    # when its snapshot is stored three rows to a chunk
+    async with folded_views(conn, REGISTRY_PROJECTIONS, head) as names:
+        await save_snapshot(conn, REGISTRY_PROJECTIONS, names, head, chunk_rows=3)
+
+    # then every table is stored, each in as many chunks as its rows need (an empty one
+    # in one), and the registry read from the snapshot equals the fold from 0
+    stored = await conn.fetch(
+        "SELECT table_name, count(*) AS chunks, sum(row_count)::int AS rows FROM view_snapshots"
+        " GROUP BY table_name"
+    )
+    tables = {t.name for p in REGISTRY_PROJECTIONS for t in p.tables}
+    assert {r["table_name"] for r in stored} == tables
+    assert all(r["chunks"] == max(1, -(-r["rows"] // 3)) for r in stored)
+    assert max(r["chunks"] for r in stored) > 1
+    assert await checksums(conn, head, snapshots=True) == await checksums(
+        conn, head, snapshots=False
+    )

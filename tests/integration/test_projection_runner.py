@@ -16,8 +16,8 @@ from eventlog.log import LoggedEvent, head_position
 from eventlog.sealer import Sealer, sealed_channel
 from eventlog.store import EventStore
 from projections.base import Names, Projection
+from projections.rounds import CheckpointMovedError
 from projections.runner import (
-    CheckpointMovedError,
     ProjectionWorker,
     advance,
     ensure_projection,

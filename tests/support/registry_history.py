@@ -94,8 +94,8 @@ from events.version_content import (
     VersionContent,
 )
 from projections.base import Names, Projection
+from projections.rounds import Generation
 from projections.runner import (
-    Generation,
     advance,
     ensure_projection,
     generations,

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from datetime import datetime
+from typing import Any
 
 import asyncpg
 import msgspec
+from asyncpg.pool import PoolConnectionProxy
 
 from events.envelope import Envelope, decode_envelope
 from events.streams import model_streams_bounds
@@ -104,12 +106,38 @@ async def _fetch(
     if model_id is not None:
         if types is not None:
             raise ValueError("filter by model or by types, not both")
-        return await conn.fetch(_READ_MODEL, after, bound, limit, *model_streams_bounds(model_id))
+        return await _custom_planned(
+            conn, _READ_MODEL, after, bound, limit, *model_streams_bounds(model_id)
+        )
     if types is not None:
         return await conn.fetch(_READ_TYPES, after, bound, limit, list(types))
     # Positions are contiguous, so the batch lies in (after, after + limit]: saying so
     # keeps the plan an index range scan even when the table has no statistics yet.
     return await conn.fetch(_READ, after, min(bound, after + limit), limit)
+
+
+async def _custom_planned(
+    conn: asyncpg.Connection | asyncpg.Pool, query: str, *args: object
+) -> list[asyncpg.Record]:
+    """The rows of ``query`` planned for these arguments. A prepared statement run often
+    gets Postgres's generic plan, and for one model's streams that plan walked the
+    position index from ``after`` to ``up_to`` and filtered every event of every model
+    on the way: a model's time travel cost grew with the log (718 ms at 10,000,000 events,
+    140 ms at 1,000,000). Planned for the actual stream bounds, it reads the model's own
+    entries of the stream index."""
+    if isinstance(conn, asyncpg.Pool):
+        async with conn.acquire() as held:
+            return await _in_custom_plan(held, query, args)
+    return await _in_custom_plan(conn, query, args)
+
+
+async def _in_custom_plan(
+    conn: asyncpg.Connection | PoolConnectionProxy[Any], query: str, args: tuple[object, ...]
+) -> list[asyncpg.Record]:
+    async with conn.transaction():
+        await conn.execute("SET LOCAL plan_cache_mode = force_custom_plan")
+        rows: list[asyncpg.Record] = await conn.fetch(query, *args)
+        return rows
 
 
 def _logged(row: asyncpg.Record) -> LoggedEvent:

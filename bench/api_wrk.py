@@ -247,10 +247,13 @@ def ui_session(url: str, token: str) -> str | None:
     return f"modelreg_session={session}" if session else None
 
 
-async def _backends(pg_url: str) -> set[int]:
+async def _backends(pg_url: str, database: str | None = None) -> set[int]:
+    """The pids of the Postgres backends serving ``database`` (the bench's, by default)."""
     conn = await asyncpg.connect(on_database(pg_url, "postgres"))
     try:
-        rows = await conn.fetch("SELECT pid FROM pg_stat_activity WHERE datname = $1", DATABASE)
+        rows = await conn.fetch(
+            "SELECT pid FROM pg_stat_activity WHERE datname = $1", database or DATABASE
+        )
     finally:
         await conn.close()
     return {r["pid"] for r in rows}

@@ -26,17 +26,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import secrets
 import statistics
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-import asyncpg
-
 from bench import api_wrk, mlflow_compat
-from bench.api_vs_mlflow import Process, log
+from bench.api_vs_mlflow import CpuMeter, Process, _proc_ticks, log
 from bench.common import parser, postgres
 from events.mlflow_artifacts import download_uri
 from tests.support.mlflow_models import save_model
@@ -61,48 +58,23 @@ class Served:
     database: str
 
 
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+Ticks = tuple[dict[int, int], dict[int, int]]  # CPU clock ticks by pid: side, its Postgres
 
 
-def children_of(pid: int) -> list[int]:
-    found = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue  # gone meanwhile
-        if int(fields[1]) == pid:
-            found.append(int(stat.parent.name))
-    return found
+def side_ticks(pg_url: str, side: Served) -> Ticks:
+    """CPU ticks of the side's processes (the server's process group, its worker and NATS
+    children) and of the Postgres backends serving its database."""
+    backends = asyncio.run(api_wrk._backends(pg_url, side.database))
+    return _proc_ticks(side.process.proc.pid, backends)
 
 
-async def backends_of(pg_url: str, database: str) -> list[int]:
-    conn = await asyncpg.connect(pg_url)
-    try:
-        rows = await conn.fetch("SELECT pid FROM pg_stat_activity WHERE datname = $1", database)
-    finally:
-        await conn.close()
-    return [r["pid"] for r in rows]
-
-
-def cpu_of(pids: list[int]) -> dict[int, float]:
-    used = {}
-    for pid in pids:
-        try:
-            used[pid] = cpu_seconds(pid)
-        except OSError:
-            continue  # a backend that closed, a child that exited
-    return used
-
-
-def side_cpu(pg_url: str, side: Served) -> tuple[float, dict[int, float]]:
-    """The server's own CPU seconds, and every process of the side's (server, children,
-    Postgres backends) by pid."""
-    server = side.process.proc.pid
-    pids = [server, *children_of(server), *asyncio.run(backends_of(pg_url, side.database))]
-    return cpu_seconds(server), cpu_of(pids)
+def used_ms(before: Ticks, after: Ticks, pid: int | None = None) -> float:
+    """CPU ms between two readings: of ``pid`` alone, or of every process of the side (a
+    process that came or went in between counts from what was seen)."""
+    if pid is not None:
+        return (after[0].get(pid, 0) - before[0].get(pid, 0)) * CpuMeter.TICK_MS
+    ticks = sum(t - b.get(p, 0) for b, a in zip(before, after, strict=True) for p, t in a.items())
+    return ticks * CpuMeter.TICK_MS
 
 
 def lua_for(body: str, salt: int) -> str:
@@ -191,7 +163,7 @@ def measure(
                 if operation and operation.body:
                     script = workdir / "write.lua"
                     script.write_text(lua_for(operation.body, secrets.randbelow(10**12)))
-                server_before, side_before = side_cpu(pg_url, side)
+                before = side_ticks(pg_url, side)
                 figure = api_wrk.run_wrk(
                     wrk,
                     side.url + path,
@@ -201,12 +173,10 @@ def measure(
                     token=token,
                     script=script,
                 )
-                server_after, side_after = side_cpu(pg_url, side)
+                after = side_ticks(pg_url, side)
                 served_requests = max(1.0, figure.requests_per_s * seconds)
-                server = 1e6 * (server_after - server_before) / served_requests
-                # A process that came or went during the run counts from what was seen.
-                used = sum(t - side_before.get(pid, 0.0) for pid, t in side_after.items())
-                whole = 1e6 * used / served_requests
+                server = 1e3 * used_ms(before, after, side.process.proc.pid) / served_requests
+                whole = 1e3 * used_ms(before, after) / served_requests
                 runs[side.name].append((figure.requests_per_s, server, whole))
                 print(
                     f"{side.name:6s} {figure.requests_per_s:8,.0f} req/s  p99 {figure.p99_ms:7.1f} ms"

@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from datetime import datetime
 from typing import Annotated, Any
@@ -180,21 +181,21 @@ class ModelVersionsController(Controller):
         # answered with what it recorded (one lookup for both, with the create's turn).
         # The model id this process last found for the name saves looking it up again: the
         # decision checks the model still bears the name, and if not, it is looked up.
-        model_id = registry.known_id(data.name)
+        async def create_in(model_id: str) -> Written:
+            return await registry.under_registry_policy(
+                model_id, build, id_seed=seed, previous_seed=previous, named=data.name
+            )
+
+        known = registry.known_id(data.name)
         written = None
-        if model_id is not None:
-            try:
-                written = await registry.under_registry_policy(
-                    model_id, build, id_seed=seed, previous_seed=previous, named=data.name
-                )
-            except NameMovedError:
-                registry.forget_name(data.name)
+        if known is not None:
+            with contextlib.suppress(NameMovedError):
+                written = await create_in(known)
         if written is None:
+            registry.forget_name(data.name)
             model_id, _ = await live_model(services, data.name)
             try:
-                written = await registry.under_registry_policy(
-                    model_id, build, id_seed=seed, previous_seed=previous, named=data.name
-                )
+                written = await create_in(model_id)
             except NameMovedError:  # renamed or deleted since the lookup, a moment ago
                 raise no_model(data.name) from None
         if not written.replayed:

@@ -24,7 +24,6 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack
-from itertools import pairwise
 
 import asyncpg
 
@@ -108,18 +107,14 @@ async def take_due_snapshots(
     head = await head_position(conn)
     starts = await nearest_snapshots(conn, projections, head)
     due = due_positions(head, min(starts.values(), default=0), every=every, keep=keep, thin=thin)
-    if due and scratch is not None:
-        for position in due:
-            await save_snapshot(conn, projections, await scratch.at(position), position)
-        log.info("view snapshots taken at %s", ", ".join(map(str, due)))
-    elif due:
-        async with folded_views(conn, projections, due[0], batch=batch, snapshots=True) as names:
-            await save_snapshot(conn, projections, names, due[0])
-            for before, position in pairwise(due):
-                await fold_more(
-                    conn, projections, names, dict.fromkeys(names, before), position, batch=batch
-                )
-                await save_snapshot(conn, projections, names, position)
+    if due:
+        views = scratch or ScratchViews(conn, projections, batch=batch)
+        try:
+            for position in due:
+                await save_snapshot(conn, projections, await views.at(position), position)
+        finally:
+            if views is not scratch:
+                await views.close()
         log.info("view snapshots taken at %s", ", ".join(map(str, due)))
     await prune_snapshots(conn, projections, every=every, keep=keep, thin=thin)
     return due

@@ -3,7 +3,12 @@
 ``load -> decide -> append(expected_version)``. The state of a stream is kept in an LRU
 cache (and in periodic snapshots) together with the version it reflects; before each
 decision only the events after that version are read, so a command's cost does not grow
-with the length of its stream. A conflict means another writer got in first: the cache
+with the length of its stream. Snapshots are spaced by what the state weighs: at least
+``snapshot_every`` events apart, and one event per ``snapshot_bytes_per_event`` bytes of
+the last snapshot's encoded state. Writing them then costs every event about that many
+bytes whatever the state's size (a model of 6,000 versions weighed ~3 MB and took 52 ms
+of Postgres per snapshot, every 200 creates), and a cold load folds at most as many
+events as it read bytes of snapshot, divided by that figure. A conflict means another writer got in first: the cache
 entry is dropped and the command is decided again against the new state, a few times,
 before the caller gets the ``ConcurrencyError`` (HTTP 409). With ``if_version`` (HTTP
 If-Match) there is no retry: the caller asked for that exact version.
@@ -144,6 +149,7 @@ class CommandExecutor:
         *,
         cache_size: int = 20_000,
         snapshot_every: int = 200,
+        snapshot_bytes_per_event: int = 1000,
         max_attempts: int = 10,
         on_conflict: Callable[[], None] | None = None,
         subjects: SubjectDirectory | None = None,
@@ -155,6 +161,10 @@ class CommandExecutor:
         self.subjects = subjects
         self.cache_size = cache_size
         self.snapshot_every = snapshot_every
+        self.snapshot_bytes_per_event = snapshot_bytes_per_event
+        # Per stream: the version of its last snapshot (taken or loaded) and the events to
+        # the next, learnt from that snapshot's size.
+        self._snapshots: dict[str, tuple[int, int]] = {}
         self.max_attempts = max_attempts
         self._on_conflict = on_conflict
         self._cache: OrderedDict[str, tuple[int, Any]] = OrderedDict()
@@ -414,7 +424,7 @@ class CommandExecutor:
                 continue
             decided.answer_all(iter(results))
             self._remember(stream_id, decided.version, decided.state)
-            if decided.version // self.snapshot_every > version // self.snapshot_every:
+            if self._snapshot_due(stream_id, version, decided.version):
                 self._snapshot_later(stream_id, decided.version, decided.state, decider)
             return
 
@@ -506,7 +516,7 @@ class CommandExecutor:
                     return earlier
             state = decider.fold(new_events, state)
             self._remember(stream_id, result.stream_version, state)
-            if result.stream_version // self.snapshot_every > version // self.snapshot_every:
+            if self._snapshot_due(stream_id, version, result.stream_version):
                 self._snapshot_later(stream_id, result.stream_version, state, decider)
             return Outcome(new_events, state, result.stream_version, result)
 
@@ -692,20 +702,46 @@ class CommandExecutor:
             )
             if row is not None:
                 try:
-                    return row["version"], msgspec.json.decode(
-                        row["state"], type=decider.state_type
-                    )
+                    state = msgspec.json.decode(row["state"], type=decider.state_type)
                 except msgspec.ValidationError:
                     log.warning(
                         "snapshot of %s no longer decodes; folding from the start", stream_id
                     )
+                else:
+                    self._weighed(stream_id, row["version"], len(row["state"]))
+                    return row["version"], state
         return 0, decider.initial_state()
+
+    def _snapshot_due(self, stream_id: str, before: int, after: int) -> bool:
+        """Whether the stream, moved from version ``before`` to ``after``, is due a snapshot:
+        its gap is behind its last one, or (none known) a multiple of ``snapshot_every``
+        was crossed."""
+        last = self._snapshots.get(stream_id)
+        if last is None:
+            return after // self.snapshot_every > before // self.snapshot_every
+        version, gap = last
+        return after - version >= gap
+
+    def _weighed(self, stream_id: str, version: int, size: int | None = None) -> None:
+        """Note a snapshot of the stream at ``version``, of ``size`` encoded bytes (None:
+        not encoded yet, the gap stays as it was)."""
+        last = self._snapshots.get(stream_id)
+        if last is not None and last[0] > version:
+            return  # a newer snapshot was noted first
+        self._snapshots.pop(stream_id, None)
+        gap = self.snapshot_every if last is None else last[1]
+        if size is not None:
+            gap = max(self.snapshot_every, size // self.snapshot_bytes_per_event)
+        self._snapshots[stream_id] = (version, gap)  # newest last: the oldest goes first
+        if len(self._snapshots) > self.cache_size:
+            del self._snapshots[next(iter(self._snapshots))]
 
     def _snapshot_later(
         self, stream_id: str, version: int, state: Any, decider: Decider[Any, Any, Any]
     ) -> None:
         if decider.state_type is None:
             return
+        self._weighed(stream_id, version)  # the next command must not find it due again
         task = asyncio.get_running_loop().create_task(
             self._snapshot(stream_id, version, state, decider)
         )
@@ -716,6 +752,8 @@ class CommandExecutor:
         self, stream_id: str, version: int, state: Any, decider: Decider[Any, Any, Any]
     ) -> None:
         try:
+            encoded = msgspec.json.encode(state)
+            self._weighed(stream_id, version, len(encoded))
             await self.store.pool.execute(
                 "INSERT INTO snapshots (stream_id, version, snapshot_version, state) VALUES ($1, $2, $3, $4)"
                 " ON CONFLICT (stream_id) DO UPDATE SET version = excluded.version,"
@@ -724,7 +762,7 @@ class CommandExecutor:
                 stream_id,
                 version,
                 decider.snapshot_version,
-                msgspec.json.encode(state),
+                encoded,
             )
         except Exception:  # a snapshot is only a cache: log, never fail a command over it
             log.exception("snapshot of %s at %d failed", stream_id, version)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 from datetime import UTC, datetime
 from typing import ClassVar
 
@@ -231,3 +232,69 @@ async def test_a_snapshot_of_an_older_fold_is_ignored(store: CountingStore, db: 
         )
         == 1
     )
+
+
+class Pad(Event, frozen=True):
+    event_type: ClassVar[str] = "counter.padded"
+    text: str
+
+
+class Padding(msgspec.Struct, frozen=True):
+    texts: tuple[str, ...] = ()
+
+
+def decide_pad(command: Add, state: Padding) -> list[Pad]:
+    return [Pad(text=f"{command.amount:0100d}")]
+
+
+def evolve_pad(state: Padding, event: Pad) -> Padding:
+    return Padding((*state.texts, event.text))
+
+
+PADDING = Decider("padding", Padding, evolve_pad, decide_pad, state_type=Padding)
+
+
+async def test_snapshots_of_a_growing_state_are_spaced_by_its_size(db: Database) -> None:
+    # given a stream whose state grows by 100 bytes an event, snapshots at least 10 events
+    # apart, and one event per 100 bytes of the last snapshot
+    store = CountingStore(db.pool, EventCodec([Pad]))
+    executor = CommandExecutor(store, snapshot_every=10, snapshot_bytes_per_event=100)
+
+    # when 400 events are written one after another
+    taken: list[tuple[int, int]] = []
+    for i in range(400):
+        await executor.execute("padding:a", PADDING, add(i + 1))
+        await executor.drain()
+        row = await db.pool.fetchrow(
+            "SELECT version, length(state) AS size FROM snapshots WHERE stream_id = 'padding:a'"
+        )
+        if row is not None and (not taken or taken[-1][0] != row["version"]):
+            taken.append((row["version"], row["size"]))
+
+    # then the first snapshot is at 10, and each next one as many events after the last as
+    # the last weighed in hundreds of bytes (never fewer than 10): far fewer than 40
+    assert taken[0][0] == 10
+    for (version, size), (after, _) in itertools.pairwise(taken):
+        assert after - version == max(10, size // 100), taken
+    assert 5 <= len(taken) <= 12, taken
+    assert taken[-1][1] > 40 * 100  # the state did grow past 40 hundred bytes
+
+    # and a cold replica starts from the last snapshot, reading fewer events than its gap
+    last_version, last_size = taken[-1]
+    gap = max(10, last_size // 100)
+    store.read_events = 0
+    cold = CommandExecutor(store, snapshot_every=10, snapshot_bytes_per_event=100)
+    outcome = await cold.execute("padding:a", PADDING, add(401))
+    assert len(outcome.state.texts) == 401
+    assert store.read_events == 400 - last_version < gap
+
+    # and it learnt that gap from the snapshot: its next snapshot is that many events later
+    while outcome.version < last_version + gap:
+        stored = await db.pool.fetchval(
+            "SELECT version FROM snapshots WHERE stream_id = 'padding:a'"
+        )
+        assert stored == last_version
+        outcome = await cold.execute("padding:a", PADDING, add(outcome.version + 1))
+        await cold.drain()
+    stored = await db.pool.fetchval("SELECT version FROM snapshots WHERE stream_id = 'padding:a'")
+    assert stored == last_version + gap

@@ -1,4 +1,5 @@
-"""The snapshot worker: takes the registry views' snapshots every ``every`` sealed events. I/O.
+"""The snapshot worker: takes the registry views' snapshots every ``every`` sealed events,
+or further apart as the registry grows (``projections.snapshots.spacing``). I/O.
 
 One worker leads (``eventlog.leadership``, the loop every singleton role runs); others
 stand by. Each round it reads the sealed head, folds its scratch tables on to each due
@@ -36,6 +37,8 @@ from projections.snapshots import (
     nearest_snapshots,
     prune_snapshots,
     save_snapshot,
+    snapshot_rows,
+    spacing,
 )
 from projections.time_travel import fold_more, folded_views
 
@@ -100,24 +103,52 @@ async def take_due_snapshots(
     thin: int,
     batch: int = 2000,
     scratch: ScratchViews | None = None,
+    rows_per_event: int | None = None,
 ) -> list[int]:
     """Take the snapshots due at the sealed head (see ``due_positions``) and prune; return
     the positions taken. Runs outside a transaction (the fold runs short ones). With
-    ``scratch`` (on ``conn``), the views are folded there and kept for the next round."""
+    ``scratch`` (on ``conn``), the views are folded there and kept for the next round.
+    With ``rows_per_event``, snapshots are spaced by the size of the last one (``spacing``)."""
     head = await head_position(conn)
     starts = await nearest_snapshots(conn, projections, head)
-    due = due_positions(head, min(starts.values(), default=0), every=every, keep=keep, thin=thin)
-    if due:
-        views = scratch or ScratchViews(conn, projections, batch=batch)
-        try:
-            for position in due:
-                await save_snapshot(conn, projections, await views.at(position), position)
-        finally:
-            if views is not scratch:
-                await views.close()
-        log.info("view snapshots taken at %s", ", ".join(map(str, due)))
+    latest = min(starts.values(), default=0)
+    taken: list[int] = []
+    views = scratch or ScratchViews(conn, projections, batch=batch)
+    try:
+        # One at a time: each snapshot taken tells how far away the next is due.
+        while due := due_positions(
+            head,
+            latest,
+            every=every,
+            keep=keep,
+            thin=thin,
+            gap=await _gap(conn, projections, latest, every, thin, rows_per_event),
+        ):
+            latest = due[0]
+            await save_snapshot(conn, projections, await views.at(latest), latest)
+            taken.append(latest)
+    finally:
+        if views is not scratch:
+            await views.close()
+    if taken:
+        log.info("view snapshots taken at %s", ", ".join(map(str, taken)))
     await prune_snapshots(conn, projections, every=every, keep=keep, thin=thin)
-    return due
+    return taken
+
+
+async def _gap(
+    conn: asyncpg.Connection,
+    projections: Sequence[Projection],
+    latest: int,
+    every: int,
+    thin: int,
+    rows_per_event: int | None,
+) -> int:
+    """Events from the snapshot at ``latest`` to the next one: by its size (``spacing``)."""
+    if rows_per_event is None or not latest:
+        return every
+    rows = await snapshot_rows(conn, projections, latest)
+    return spacing(rows, every=every, thin=thin, rows_per_event=rows_per_event)
 
 
 def snapshot_lock_key(schema: str) -> str:
@@ -137,6 +168,7 @@ class SnapshotWorker:
         every: int,
         keep: int,
         thin: int,
+        rows_per_event: int | None = None,
         poll_interval: float = 2.0,
         standby_interval: float = 1.0,
     ) -> None:
@@ -144,6 +176,7 @@ class SnapshotWorker:
         self.every = every
         self.keep = keep
         self.thin = thin
+        self.rows_per_event = rows_per_event
         # Polling is enough: a snapshot a few seconds late only costs the reads of those
         # seconds a few more events to fold. (Below the leadership lease, so an idle
         # leader keeps its session.)
@@ -173,6 +206,7 @@ class SnapshotWorker:
                     keep=self.keep,
                     thin=self.thin,
                     scratch=scratch,
+                    rows_per_event=self.rows_per_event,
                 )
                 await sleep_or_stop(term.ended, self.poll_interval)
         finally:

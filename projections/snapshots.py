@@ -20,10 +20,17 @@ reaching P. Dropping any or all snapshots only moves the start back (to 0 at wor
 integration test ``test_registry_snapshots`` compares answers with and without
 snapshots at random positions of random histories.
 
+Spacing (``spacing``): a snapshot copies every row of the views, so taking one every
+``every`` events made each event pay a share of the registry's size. With ``rows_per_event``
+the worker waits one event per that many rows of the last snapshot (on the grid retention
+thins on), so each event pays about the same whatever the registry's size, and a read
+folds at most about as many events after a snapshot as it restored rows, divided by that
+figure: a read's cost stays bounded by the registry's size, not by the log's length.
+
 Retention (``retained_positions``): the newest ``keep`` snapshots, plus the older ones at multiples
-of ``every * thin``. A read then folds at most ``every`` events after a recent position
-and at most ``every * thin`` after an old one, and the table holds ``keep`` snapshots
-plus one per ``every * thin`` events of log.
+of ``every * thin``. A read then folds at most the spacing's events after a recent position
+and at most ``every * thin`` (or the spacing, when more) after an old one, and the table
+holds ``keep`` snapshots plus one per ``every * thin`` events of log at most.
 """
 
 from __future__ import annotations
@@ -136,14 +143,44 @@ def retained_positions(positions: Iterable[int], *, every: int, keep: int, thin:
     return set(ordered[:keep]) | {p for p in ordered[keep:] if p % stride == 0}
 
 
-def due_positions(head: int, latest: int, *, every: int, keep: int, thin: int) -> list[int]:
-    """The snapshot positions to take now, oldest first: the multiples of ``every`` after
-    ``latest`` up to ``head`` that ``retained_positions`` would keep (a worker far behind, e.g. on
-    its first start over a long log, skips the ones it would prune at once). Pure."""
-    first = latest // every * every + every
-    candidates = list(range(first, head // every * every + 1, every))
+def spacing(rows: int, *, every: int, thin: int, rows_per_event: int | None) -> int:
+    """Events between snapshots of views that hold ``rows`` rows in all: ``every``, or with
+    ``rows_per_event`` one event per that many rows when that is more, rounded up to a
+    multiple of ``every`` that divides ``every * thin`` or is a multiple of it (so that
+    snapshots stay on the positions retention keeps). Pure."""
+    wanted = every if rows_per_event is None else max(every, -(-rows // rows_per_event))
+    stride = every * thin
+    if wanted >= stride:
+        return -(-wanted // stride) * stride
+    return min(m * every for m in range(1, thin + 1) if thin % m == 0 and m * every >= wanted)
+
+
+def due_positions(
+    head: int, latest: int, *, every: int, keep: int, thin: int, gap: int | None = None
+) -> list[int]:
+    """The snapshot positions to take now, oldest first: the multiples of ``gap`` (a
+    ``spacing``; default ``every``) after ``latest`` up to ``head`` that
+    ``retained_positions`` would keep (a worker far behind, e.g. on its first start over a
+    long log, skips the ones it would prune at once). Pure."""
+    gap = gap or every
+    first = latest // gap * gap + gap
+    candidates = list(range(first, head // gap * gap + 1, gap))
     kept = retained_positions(candidates, every=every, keep=keep, thin=thin)
     return [p for p in candidates if p in kept]
+
+
+async def snapshot_rows(
+    conn: asyncpg.Connection | asyncpg.Pool, projections: Sequence[Projection], position: int
+) -> int:
+    """How many rows the snapshot of ``projections`` at ``position`` holds, in all."""
+    rows: int = await conn.fetchval(
+        "SELECT coalesce(sum(row_count), 0)::bigint FROM view_snapshots WHERE log_position = $1"
+        " AND (projection, fingerprint) IN (SELECT * FROM unnest($2::text[], $3::text[]))",
+        position,
+        [p.name for p in projections],
+        [fingerprint(p) for p in projections],
+    )
+    return rows
 
 
 async def snapshot_positions(

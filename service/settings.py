@@ -153,6 +153,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     snapshot_every: Annotated[int, msgspec.Meta(ge=10, le=10_000_000)] = 500
     snapshot_keep: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 20
     snapshot_thin: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 4
+    # ... and further apart as the registry grows: one event per this many rows of the last
+    # snapshot (projections.snapshots.spacing), so taking them costs each event the same
+    # whatever the registry's size (0: every N events, whatever the size).
+    snapshot_rows_per_event: Annotated[int, msgspec.Meta(ge=0, le=1_000_000)] = 10
 
     # Background work. In role ``all`` the workers other than the sealer run in a child
     # process (service.runtime.worker_process), so the API's event loop serves requests

@@ -99,6 +99,7 @@ def background_workers(state: AppState) -> list[Worker]:
         every=settings.snapshot_every,
         keep=settings.snapshot_keep,
         thin=settings.snapshot_thin,
+        rows_per_event=settings.snapshot_rows_per_event or None,
         poll_interval=settings.worker_poll_interval * 4,
     )
     relay = relay_for(settings, state.database_url, state.nats_url)

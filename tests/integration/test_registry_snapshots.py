@@ -5,13 +5,15 @@ positions over random histories (and after dropping every snapshot); snapshots f
 from round to round in kept scratch tables equal the fold from 0; a snapshot of other
 projection code (another fingerprint) is never read; a crash while a snapshot is written
 leaves nothing; the worker takes the due snapshots as the leader and prunes to the
-retention rule; a read folds only the events after the nearest snapshot; a snapshot stored
-in many chunks restores every row.
+retention rule; a read folds only the events after the nearest snapshot; snapshots spaced
+by the registry's size change no answer; a snapshot stored in many chunks restores every
+row.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import random
 
 import asyncpg
@@ -28,6 +30,8 @@ from projections.snapshots import (
     retained_positions,
     save_snapshot,
     snapshot_positions,
+    snapshot_rows,
+    spacing,
 )
 from projections.time_travel import folded_views
 from projections.views import model_catalogue
@@ -86,6 +90,43 @@ async def test_a_read_folds_only_the_events_after_the_nearest_snapshot(db: Datab
         assert all(position - 10 < start <= position for start in starts.values()) or (
             position < 10 and set(starts.values()) == {0}
         ), (position, starts)
+
+
+async def test_snapshots_wait_longer_as_the_registry_grows_and_answers_stay_the_same(
+    db: Database,
+) -> None:
+    # given a growing history, and snapshots every 5 events or one per 4 rows of the last
+    reg, rng = Registry(db), random.Random(11)
+    await random_history(reg, rng, 300)
+    head = await reg.seal()
+    conn = await db.connect()
+
+    # when the worker takes what is due
+    taken = await take_due_snapshots(
+        conn, REGISTRY_PROJECTIONS, every=5, keep=1000, thin=2, rows_per_event=4
+    )
+
+    # then each snapshot is the first multiple of the spacing its predecessor's size asked
+    # for, and the gaps grew with the registry: fewer snapshots than one every 5 events
+    gaps = []
+    for before, after in itertools.pairwise(taken):
+        rows = await snapshot_rows(conn, REGISTRY_PROJECTIONS, before)
+        gap = spacing(rows, every=5, thin=2, rows_per_event=4)
+        assert after == before // gap * gap + gap, (before, after, rows)
+        gaps.append(gap)
+    assert taken[0] == 5
+    assert max(gaps) >= 4 * 5 and len(taken) < head // 5 // 2
+    # and a read folds at most one spacing of events after the snapshot it starts from
+    for position in range(1, head + 1, 13):
+        start = (await nearest_snapshots(conn, REGISTRY_PROJECTIONS, position))[
+            REGISTRY_PROJECTIONS[0].name
+        ]
+        rows = await snapshot_rows(conn, REGISTRY_PROJECTIONS, start) if start else 0
+        assert position - start < spacing(rows, every=5, thin=2, rows_per_event=4)
+        # and reading from the snapshots answers what the fold from 0 answers
+        assert await registry_as_of(conn, position) == await registry_as_of(
+            conn, position, snapshots=False
+        ), position
 
 
 async def test_a_snapshot_of_other_projection_code_is_never_read(db: Database) -> None:

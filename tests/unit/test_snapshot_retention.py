@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from projections.snapshots import due_positions, retained_positions
+from projections.snapshots import due_positions, retained_positions, spacing
 
 
 def test_the_newest_are_kept_and_older_ones_only_at_the_thinned_stride() -> None:
@@ -24,3 +24,29 @@ def test_a_worker_far_behind_takes_only_what_it_would_keep() -> None:
 def test_nothing_is_due_until_the_next_multiple_is_sealed() -> None:
     assert due_positions(209, 200, every=10, keep=3, thin=4) == []
     assert due_positions(210, 200, every=10, keep=3, thin=4) == [210]
+
+
+def test_small_views_are_snapshotted_every_n_events() -> None:
+    # given views of 900 rows, one event per 10 rows, every 100 events and thinning by 4
+    # then the spacing is the configured 100, and without rows_per_event always is
+    assert spacing(900, every=100, thin=4, rows_per_event=10) == 100
+    assert spacing(10**9, every=100, thin=4, rows_per_event=None) == 100
+
+
+def test_larger_views_wait_longer_on_the_grid_that_retention_thins() -> None:
+    # given every 100 events, thinned to every 400: then the spacing grows with the rows,
+    # rounded up to a divisor of 400 below it and to a multiple of 400 above it
+    assert spacing(1_001, every=100, thin=4, rows_per_event=10) == 200
+    assert spacing(2_001, every=100, thin=4, rows_per_event=10) == 400
+    assert spacing(4_000, every=100, thin=4, rows_per_event=10) == 400
+    assert spacing(4_001, every=100, thin=4, rows_per_event=10) == 800
+    assert spacing(1_000_000, every=100, thin=4, rows_per_event=10) == 100_000
+    # and with a thinning of 3, no multiple of 100 between 100 and 300 divides 300
+    assert spacing(1_500, every=100, thin=3, rows_per_event=10) == 300
+
+
+def test_due_positions_follow_the_spacing() -> None:
+    # given the last snapshot at 400 and a spacing of 800: then the next is due at 800, on
+    # the grid, and the one after at 1,600
+    assert due_positions(1_700, 400, every=100, keep=3, thin=4, gap=800) == [800, 1_600]
+    assert due_positions(799, 400, every=100, keep=3, thin=4, gap=800) == []

@@ -144,7 +144,12 @@ class Projection:
         temporary: bool = False,
         unlogged: bool = False,
         on_commit_drop: bool = True,
+        lookup_indexes: bool = True,
     ) -> list[str]:
+        """``lookup_indexes`` False: no plain (non-unique) index, only keys, unique indexes
+        and triggers, which the fold needs; tables that are folded and copied, never
+        searched, skip the indexes that only serve reads (with three GIN indexes, indexing
+        a version row cost more than storing it)."""
         statements: list[str] = []
         for table in self.tables:
             sql_name = names[table.name]
@@ -152,7 +157,8 @@ class Projection:
             suffix = " ON COMMIT DROP" if temporary and on_commit_drop else ""
             statements.append(f"CREATE {kind} {sql_name} ({table.columns}){suffix}")
             for index in table.indexes:
-                statements.append(index.format(table=sql_name, name=sql_name))
+                if lookup_indexes or not index.startswith("CREATE INDEX"):
+                    statements.append(index.format(table=sql_name, name=sql_name))
         return statements
 
 

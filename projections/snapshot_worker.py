@@ -80,8 +80,14 @@ class ScratchViews:
         else:
             await self.close()
             self._names = await self._stack.enter_async_context(
+                # Folded, then copied into snapshots; never searched.
                 folded_views(
-                    self.conn, self.projections, position, batch=self.batch, snapshots=True
+                    self.conn,
+                    self.projections,
+                    position,
+                    batch=self.batch,
+                    snapshots=True,
+                    lookup_indexes=False,
                 )
             )
         self.position = position

@@ -88,13 +88,16 @@ async def folded_views(
     model_id: str | None = None,
     batch: int = 2000,
     snapshots: bool = False,
+    lookup_indexes: bool = True,
 ) -> AsyncIterator[dict[str, Names]]:
     """Fold ``projections`` up to ``position`` into scratch tables and yield their names,
     per projection; the tables are dropped on exit. Must not run inside a transaction.
 
     With ``snapshots`` (whole-registry folds only), each projection starts from its newest
     snapshot at or below ``position`` (``projections.snapshots``) and folds only the
-    events after it; without one it starts from 0, as without ``snapshots``."""
+    events after it; without one it starts from 0, as without ``snapshots``.
+    ``lookup_indexes`` False: tables only copied out, never searched (``Projection.
+    create_statements``)."""
     if conn.is_in_transaction():
         raise RuntimeError("folded_views runs its own short transactions; call it outside one")
     if snapshots and model_id is not None:
@@ -108,7 +111,10 @@ async def folded_views(
             await conn.execute("SET LOCAL synchronous_commit = off")
             for projection in projections:
                 for statement in projection.create_statements(
-                    names[projection.name], temporary=True, on_commit_drop=False
+                    names[projection.name],
+                    temporary=True,
+                    on_commit_drop=False,
+                    lookup_indexes=lookup_indexes,
                 ):
                     await conn.execute(statement)
         starts = dict.fromkeys(names, 0)

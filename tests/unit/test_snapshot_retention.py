@@ -1,7 +1,10 @@
-"""Which view snapshots are taken and kept (projections.snapshots): pure, no database."""
+"""Which view snapshots are taken and kept (projections.snapshots), and the tables they are
+folded in: pure, no database."""
 
 from __future__ import annotations
 
+from projections.base import Names
+from projections.registry_state import REGISTRY_PROJECTIONS
 from projections.snapshots import due_positions, retained_positions, spacing
 
 
@@ -50,3 +53,20 @@ def test_due_positions_follow_the_spacing() -> None:
     # the grid, and the one after at 1,600
     assert due_positions(1_700, 400, every=100, keep=3, thin=4, gap=800) == [800, 1_600]
     assert due_positions(799, 400, every=100, keep=3, thin=4, gap=800) == []
+
+
+def test_tables_only_folded_and_copied_keep_what_the_fold_needs_and_no_search_index() -> None:
+    # given the registry views' table definitions
+    for projection in REGISTRY_PROJECTIONS:
+        names = Names({t.name: f"{t.name}__scratch" for t in projection.tables})
+        full = projection.create_statements(names, temporary=True)
+        lean = projection.create_statements(names, temporary=True, lookup_indexes=False)
+        # when created without lookup indexes, then every table, key, unique index and
+        # trigger is still there, and no plain index is
+        assert lean == [s for s in full if not s.startswith("CREATE INDEX")]
+    versions = next(p for p in REGISTRY_PROJECTIONS if p.name == "model_versions")
+    lean = versions.create_statements(
+        Names({t.name: t.name for t in versions.tables}), lookup_indexes=False
+    )
+    assert any(s.startswith("CREATE TRIGGER") for s in lean)
+    assert not any("USING gin" in s for s in lean)

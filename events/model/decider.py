@@ -158,4 +158,6 @@ MODEL: Decider[ModelState, ModelCommand, ModelEvent] = Decider(
     evolve=evolve,
     decide=decide,
     state_type=ModelState,
+    # 2: versions in a VersionTable, stored as its blocks.
+    snapshot_version=2,
 )

@@ -124,7 +124,7 @@ def _model_policy_cleared(state: ModelState, event: ModelPolicyCleared) -> Model
 
 
 def _with_version(state: ModelState, version: VersionState) -> ModelState:
-    return replace(state, versions={**state.versions, version.number: version})
+    return replace(state, versions=state.versions.with_version(version))
 
 
 def _without(items: tuple[str, ...], item: str) -> tuple[str, ...]:

@@ -9,12 +9,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import msgspec
-
 from events.catalogue import CODEC
 from events.model.decider import MODEL
 from events.model.events import ModelEvent
 from events.stages import Stage
+from tests.support.golden_state import as_recorded
 
 GOLDEN = Path(__file__).parent / "golden_history"
 
@@ -37,7 +36,7 @@ def test_a_history_with_environments_folds_to_the_recorded_state() -> None:
     # when today's code decodes and folds them
     state = MODEL.fold(_decoded(recorded))
     # then the state is the one the code that wrote them folded
-    assert msgspec.json.encode(state) + b"\n" == (GOLDEN / "environments.state.json").read_bytes()
+    assert as_recorded(state) + b"\n" == (GOLDEN / "environments.state.json").read_bytes()
     assert {n: (v.stage, v.environment_names()) for n, v in state.versions.items()} == {
         7: (Stage.ARCHIVED, ()),
         8: (Stage.PRODUCTION, ("eu",)),

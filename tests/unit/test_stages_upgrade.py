@@ -13,12 +13,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import msgspec
-
 from events.catalogue import CODEC
 from events.model.decider import MODEL
 from events.model.events import ModelEvent
 from events.stages import Stage
+from tests.support.golden_state import as_recorded
 
 GOLDEN = Path(__file__).parent / "golden_history"
 
@@ -41,10 +40,7 @@ def test_a_history_recorded_under_the_stage_enum_folds_to_the_same_state() -> No
     # when today's code decodes and folds them
     state = MODEL.fold(_fold(recorded))
     # then the state is byte for byte the one the old code folded
-    assert (
-        msgspec.json.encode(state) + b"\n"
-        == (GOLDEN / "stages_before_custom.state.json").read_bytes()
-    )
+    assert as_recorded(state) + b"\n" == (GOLDEN / "stages_before_custom.state.json").read_bytes()
     assert {n: v.stage for n, v in state.versions.items()} == {
         1: Stage.STAGING,
         2: Stage.ARCHIVED,

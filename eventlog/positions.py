@@ -8,7 +8,6 @@ waits here, bounded, for the seal; a read can then ask the views to reach it.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 from collections.abc import Sequence
 
@@ -26,6 +25,7 @@ class SealSignal:
     def __init__(self) -> None:
         self._sealed = asyncio.Event()
         self._last_notified = -1e9
+        self._last_handed = -1e9
         self._positions: dict[int, int] = {}
 
     def sealed(self, seqs: Sequence[int], first_position: int) -> None:
@@ -38,6 +38,7 @@ class SealSignal:
         if excess > 0:  # a dict keeps insertion order: drop the oldest
             for seq in list(itertools.islice(positions, excess)):
                 del positions[seq]
+        self._last_handed = asyncio.get_running_loop().time()
         self.notify()
 
     def position_of(self, seq: int) -> int | None:
@@ -58,6 +59,11 @@ class SealSignal:
         """Has it rung lately? Then the LISTEN is up, and its wake-ups can be relied on."""
         return asyncio.get_running_loop().time() - self._last_notified < 1.0
 
+    def handing(self) -> bool:
+        """Has a sealer of this process handed over what it sealed lately? Then a ring
+        that leaves a write's position unknown was another write's seal."""
+        return asyncio.get_running_loop().time() - self._last_handed < 1.0
+
 
 async def sealed_position(
     pool: asyncpg.Pool,
@@ -71,18 +77,25 @@ async def sealed_position(
     (the sealer is down or far behind: the write itself is safe and will be sealed).
 
     While ``signal`` rings, the log is looked at when it rings and at least every
-    ``safety_interval`` seconds, in case a NOTIFY was lost."""
+    ``safety_interval`` seconds, in case a NOTIFY was lost. While a sealer of this process
+    hands over what it seals (``SealSignal.handing``), a ring is not followed by a look:
+    had it sealed this write, the position would be known; under load most rings are
+    other writes' seals, and their looks were a query per write in vain. The timer still
+    looks, for a sealer elsewhere (leadership moved within the last second)."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     delay = 0.001
-    looked = False
+    looked = rang = False
     while True:
         sealed = signal.current() if signal is not None else None
         if signal is not None and (known := signal.position_of(seq)) is not None:
             return known
         # Right after the commit the event cannot be sealed yet: while the signal rings,
         # the first look waits for the next seal instead of querying in vain.
-        if looked or signal is None or not signal.ringing():
+        in_vain = signal is not None and (
+            (not looked and signal.ringing()) or (rang and signal.handing())
+        )
+        if not in_vain:
             position: int | None = await pool.fetchval(
                 "SELECT log_position FROM event_log WHERE seq = $1", seq
             )
@@ -98,6 +111,9 @@ async def sealed_position(
             # The sealer's NOTIFY wakes us at once; while it rings, the timer is only a
             # safety net, so the log is not polled every few milliseconds per write.
             wait = safety_interval if signal.ringing() else delay
-            with contextlib.suppress(TimeoutError):
+            try:
                 await asyncio.wait_for(sealed.wait(), timeout=min(wait, remaining))
+                rang = True
+            except TimeoutError:
+                rang = False
         delay = min(delay * 2, 0.02)

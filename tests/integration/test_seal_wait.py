@@ -182,3 +182,41 @@ async def test_a_local_sealer_hands_each_write_the_position_the_log_holds(
     rows = await db.pool.fetch("SELECT seq, log_position FROM event_log ORDER BY log_position")
     assert len(rows) == sum(1 + i % 3 for i in range(8))
     assert all(signal.position_of(r["seq"]) == r["log_position"] for r in rows)
+
+
+async def test_a_write_sealed_elsewhere_after_a_local_sealer_handed_over_gets_its_position(
+    db: Database,
+) -> None:
+    # given a signal that a sealer of this process keeps handing (empty) seals to, as in
+    # the second after its leadership moved, and a LISTEN that rings it for the sealer
+    # elsewhere
+    signal = SealSignal()
+    handing = asyncio.Event()
+
+    async def hand_nothing() -> None:
+        while not handing.is_set():
+            signal.sealed([], 1)
+            await asyncio.sleep(0.05)
+
+    hands = asyncio.create_task(hand_nothing())
+    listener = Listener(db.connect, sealed_channel(db.schema), signal.notify)
+    listener.start()
+    elsewhere = Sealer(db.connect, db.schema, idle_interval=0.005, max_idle_interval=0.005)
+    stop = asyncio.Event()
+    sealing = asyncio.create_task(elsewhere.run(stop))
+    store = EventStore(db.pool, CODEC)
+    await eventually(lambda: listener.listening, what="listening")
+
+    # when a write commits and waits, rung by seals whose positions nobody hands over
+    result = await store.append("s:moved", 0, notes("a"), META)
+    position = await sealed_position(db.pool, result.last_seq, timeout=WAIT, signal=signal)
+
+    # then the timer's look finds the position the log holds
+    assert signal.handing()
+    handing.set()
+    await hands
+    stop.set()
+    await sealing
+    await listener.close()
+    assert position is not None
+    assert position == await logged_position(db, result.last_seq)

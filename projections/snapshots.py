@@ -136,11 +136,16 @@ async def save_snapshot(
 
 
 def retained_positions(positions: Iterable[int], *, every: int, keep: int, thin: int) -> set[int]:
-    """Which snapshot positions to keep: the newest ``keep``, and older ones at multiples
-    of ``every * thin``. Pure."""
+    """Which snapshot positions to keep: the newest ``keep``, and of the older ones the
+    last in each stretch ``(k * every * thin, (k + 1) * every * thin]``: the multiples of
+    ``every * thin`` where snapshots are taken on the grid, the nearest below them where
+    the worker took them from the live views between grid points. Pure."""
     ordered = sorted(set(positions), reverse=True)
     stride = every * thin
-    return set(ordered[:keep]) | {p for p in ordered[keep:] if p % stride == 0}
+    last_of: dict[int, int] = {}
+    for p in ordered:
+        last_of.setdefault((p - 1) // stride, p)  # descending: the first seen is the last
+    return set(ordered[:keep]) | set(last_of.values())
 
 
 def spacing(rows: int, *, every: int, thin: int, rows_per_event: int | None) -> int:
@@ -167,6 +172,29 @@ def due_positions(
     candidates = list(range(first, head // gap * gap + 1, gap))
     kept = retained_positions(candidates, every=every, keep=keep, thin=thin)
     return [p for p in candidates if p in kept]
+
+
+async def live_views(
+    conn: asyncpg.Connection, projections: Sequence[Projection]
+) -> tuple[int, dict[str, Names]] | None:
+    """The position all of ``projections``' live views stand at and their tables' names;
+    None unless every one is live, of this code's version and at one same position. Read
+    in a REPEATABLE READ transaction, the tables then hold exactly the fold of the log up
+    to that position: a round commits its rows and its checkpoint together."""
+    rows = await conn.fetch(
+        "SELECT projection, generation, code_version, log_position FROM projection_checkpoints"
+        " WHERE status = 'live' AND projection = ANY ($1::text[])",
+        [p.name for p in projections],
+    )
+    found = {r["projection"]: r for r in rows}
+    positions = {r["log_position"] for r in rows}
+    if len(positions) != 1 or any(
+        (row := found.get(p.name)) is None or row["code_version"] != p.version for p in projections
+    ):
+        return None
+    return positions.pop(), {
+        p.name: p.generation_names(found[p.name]["generation"]) for p in projections
+    }
 
 
 async def snapshot_rows(

@@ -148,8 +148,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     expensive_read_burst: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 10
 
     # Snapshots of the registry views (projections.snapshots): one every N sealed events,
-    # so a registry-wide as_of read folds at most N events after the nearest one. Kept: the
-    # newest SNAPSHOT_KEEP, and older ones at multiples of N * SNAPSHOT_THIN.
+    # so a registry-wide as_of read folds at most 2N events after the nearest one (a
+    # snapshot copied from the live views stands a little past its multiple of N). Kept:
+    # the newest SNAPSHOT_KEEP, and older ones, the last in each N * SNAPSHOT_THIN events.
     snapshot_every: Annotated[int, msgspec.Meta(ge=10, le=10_000_000)] = 500
     snapshot_keep: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 20
     snapshot_thin: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 4

@@ -100,7 +100,10 @@ def background_workers(state: AppState) -> list[Worker]:
         keep=settings.snapshot_keep,
         thin=settings.snapshot_thin,
         rows_per_event=settings.snapshot_rows_per_event or None,
-        poll_interval=settings.worker_poll_interval * 4,
+        # From the live views when they stand between two snapshot positions; polled often
+        # enough that, under load, one snapshot at a time falls due.
+        live=True,
+        poll_interval=settings.worker_poll_interval / 2,
     )
     relay = relay_for(settings, state.database_url, state.nats_url)
     checkpointer = checkpointer_for(

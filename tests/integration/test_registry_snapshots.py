@@ -6,8 +6,9 @@ from round to round in kept scratch tables equal the fold from 0; a snapshot of 
 projection code (another fingerprint) is never read; a crash while a snapshot is written
 leaves nothing; the worker takes the due snapshots as the leader and prunes to the
 retention rule; a read folds only the events after the nearest snapshot; snapshots spaced
-by the registry's size change no answer; a snapshot stored in many chunks restores every
-row.
+by the registry's size change no answer; a snapshot copied from the live views stands at
+their position and changes no answer, and is left to the scratch fold when they stand
+apart; a snapshot stored in many chunks restores every row.
 """
 
 from __future__ import annotations
@@ -127,6 +128,62 @@ async def test_snapshots_wait_longer_as_the_registry_grows_and_answers_stay_the_
         assert await registry_as_of(conn, position) == await registry_as_of(
             conn, position, snapshots=False
         ), position
+
+
+async def test_a_snapshot_from_the_live_views_stands_where_they_stand_and_changes_no_answer(
+    db: Database,
+) -> None:
+    # given a history folded into the live views, and one snapshot due on the grid below
+    # the position they stand at
+    reg, rng = Registry(db), random.Random(23)
+    await random_history(reg, rng, 120)
+    head = await reg.project(*REGISTRY_PROJECTIONS)
+    every = head // 2 + 1
+    conn = await db.connect()
+
+    # when the worker takes what is due, from the live views where it can
+    taken = await take_due_snapshots(
+        conn, REGISTRY_PROJECTIONS, every=every, keep=10, thin=2, live=True
+    )
+
+    # then the snapshot stands where the live views stand, not at the grid position
+    assert every < head
+    assert taken == [head]
+    starts = await nearest_snapshots(conn, REGISTRY_PROJECTIONS, head)
+    assert starts == {p.name: head for p in REGISTRY_PROJECTIONS}
+    # and reading from it answers what the fold from 0 answers, at it and after it
+    await random_history(reg, rng, 40)
+    later = await reg.seal()
+    for position in sorted({head, later, *rng.sample(range(head, later + 1), 5)}):
+        assert await registry_as_of(conn, position) == await registry_as_of(
+            conn, position, snapshots=False
+        ), position
+        assert await checksums(conn, position, snapshots=True) == await checksums(
+            conn, position, snapshots=False
+        ), position
+
+
+async def test_live_views_at_different_positions_leave_the_snapshot_to_the_scratch_fold(
+    db: Database,
+) -> None:
+    # given live views of which only the catalogue has folded the latest events
+    reg, rng = Registry(db), random.Random(29)
+    await random_history(reg, rng, 80)
+    first = await reg.project(*REGISTRY_PROJECTIONS)
+    await random_history(reg, rng, 40)
+    head = await reg.project(model_catalogue.PROJECTION)
+    every = head // 2 + 1
+    assert first != head
+    conn = await db.connect()
+
+    # when the worker takes what is due
+    taken = await take_due_snapshots(
+        conn, REGISTRY_PROJECTIONS, every=every, keep=10, thin=2, live=True
+    )
+
+    # then it is taken on the grid, from the scratch fold, and answers as the fold from 0
+    assert taken == [every]
+    assert await registry_as_of(conn, head) == await registry_as_of(conn, head, snapshots=False)
 
 
 async def test_a_snapshot_of_other_projection_code_is_never_read(db: Database) -> None:

@@ -70,3 +70,13 @@ def test_tables_only_folded_and_copied_keep_what_the_fold_needs_and_no_search_in
     )
     assert any(s.startswith("CREATE TRIGGER") for s in lean)
     assert not any("USING gin" in s for s in lean)
+
+
+def test_snapshots_off_the_grid_keep_the_last_of_each_thinned_stretch() -> None:
+    # given snapshots taken from the live views, a little past their grid positions
+    positions = [10, 20, 30, 45, 55, 70, 90, 130, 150]
+    # when 2 are kept densely and older ones thinned to one per 40 events
+    kept = retained_positions(positions, every=10, keep=2, thin=4)
+    # then the newest 2 remain, and of the older ones the last in each stretch
+    # (0, 40], (40, 80], (80, 120]
+    assert kept == {130, 150, 30, 70, 90}

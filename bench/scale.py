@@ -49,7 +49,7 @@ from projections.registry_state import (
     registry_as_of,
 )
 from projections.search import VersionQuery, live_names, search_versions
-from projections.snapshots import retained_positions, save_snapshot
+from projections.snapshots import retained_positions, save_snapshot, snapshot_rows, spacing
 from projections.time_travel import folded_views
 from service.settings import Settings
 from tests.support.database import Database
@@ -255,9 +255,10 @@ async def reads(db: Database, history: History, head: int, seconds: float, table
         await conn.close()
         return
     size = await conn.fetchval("SELECT pg_total_relation_size('view_snapshots')")
+    taken = worker_positions(head, await snapshot_rows(conn, REGISTRY_PROJECTIONS, at), defaults)
     retained = len(
         retained_positions(
-            range(defaults.snapshot_every, head + 1, defaults.snapshot_every),
+            taken,
             every=defaults.snapshot_every,
             keep=defaults.snapshot_keep,
             thin=defaults.snapshot_thin,
@@ -268,7 +269,8 @@ async def reads(db: Database, history: History, head: int, seconds: float, table
             "view snapshot at the head",
             None,
             note=f"one taken in {time.perf_counter() - t0:.0f} s, {size / 1e6:,.0f} MB;"
-            f" the default retention would keep {retained:,} of them",
+            f" over the log the worker would take {len(taken):,} (spaced by the registry's"
+            f" size, grown evenly with the log) and retention keep {retained:,}",
         )
     )
 
@@ -317,6 +319,26 @@ async def audit(db: Database, table: Table) -> None:
         )
     )
     await conn.close()
+
+
+def worker_positions(head: int, rows_at_head: int, settings: Settings) -> list[int]:
+    """Where the snapshot worker, with ``settings``' spacing, would have taken snapshots
+    over a log of ``head`` events whose views grew evenly to ``rows_at_head`` rows."""
+    per_event = settings.snapshot_rows_per_event or None
+    positions: list[int] = []
+    position = 0
+    while True:
+        rows = rows_at_head * position // head
+        gap = spacing(
+            rows,
+            every=settings.snapshot_every,
+            thin=settings.snapshot_thin,
+            rows_per_event=per_event,
+        )
+        position = position // gap * gap + gap
+        if position > head:
+            return positions
+        positions.append(position)
 
 
 async def main() -> None:

@@ -8,6 +8,7 @@ import base64
 import hashlib
 import hmac
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from service.webhooks import ledger
 from tests.support.database import Database
@@ -71,9 +72,15 @@ async def test_a_failing_event_holds_back_its_own_model_only(db: Database) -> No
             for r in receiver.received
             if r.json["model"] == "churn"
         } == {1}
-        # and the delivery log shows the failed attempts with their response codes
-        log = (await hooks.api.get(f"/api/v1/webhooks/{subscription}/deliveries")).json()
-        churn_first = next(d for d in log if d["status"] == "pending")
+
+        # and the delivery log shows the failed attempts with their response codes, once
+        # the runner has recorded them (it records attempts in batches, a few a second)
+        async def pending() -> list[dict[str, Any]]:
+            log = (await hooks.api.get(f"/api/v1/webhooks/{subscription}/deliveries")).json()
+            return [d for d in log if d["status"] == "pending"]
+
+        await eventually(pending, what="churn's first delivery recorded as pending")
+        churn_first = (await pending())[0]
         assert churn_first["response_code"] == 500 and churn_first["attempts"] >= 1
         # when the receiver recovers, churn's events follow in order
         churn_fails = False

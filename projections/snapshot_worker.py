@@ -134,13 +134,14 @@ async def take_due_snapshots(
     head = await head_position(conn)
     starts = await nearest_snapshots(conn, projections, head)
     latest = min(starts.values(), default=0)
+    gap = await _gap(conn, projections, latest, every, thin, rows_per_event)
     taken: list[int] = []
     if live:
-        gap = await _gap(conn, projections, latest, every, thin, rows_per_event)
         due = due_positions(head, latest, every=every, keep=keep, thin=thin, gap=gap)
         if len(due) == 1 and (position := await _from_live_views(conn, projections, due[0], gap)):
             taken.append(position)
             latest = position
+            gap = await _gap(conn, projections, latest, every, thin, rows_per_event)
             if scratch is not None:
                 # Behind this snapshot now: a later fold restores it rather than folding
                 # everything since the scratch tables' own position.
@@ -148,17 +149,11 @@ async def take_due_snapshots(
     views = scratch or ScratchViews(conn, projections, batch=batch)
     try:
         # One at a time: each snapshot taken tells how far away the next is due.
-        while due := due_positions(
-            head,
-            latest,
-            every=every,
-            keep=keep,
-            thin=thin,
-            gap=await _gap(conn, projections, latest, every, thin, rows_per_event),
-        ):
+        while due := due_positions(head, latest, every=every, keep=keep, thin=thin, gap=gap):
             latest = due[0]
             await save_snapshot(conn, projections, await views.at(latest), latest)
             taken.append(latest)
+            gap = await _gap(conn, projections, latest, every, thin, rows_per_event)
     finally:
         if views is not scratch:
             await views.close()

@@ -102,17 +102,12 @@ class VersionTable(msgspec.Struct, frozen=True):
     """
 
     blocks: dict[int, dict[int, VersionState]] = msgspec.field(default_factory=dict)
-    count: int = 0
 
     def with_version(self, version: VersionState) -> VersionTable:
         """The table with ``version`` added, or in place of the one with its number."""
         key = version.number // VERSION_BLOCK
         block = self.blocks.get(key, {})
-        added = version.number not in block
-        return VersionTable(
-            blocks={**self.blocks, key: {**block, version.number: version}},
-            count=self.count + added,
-        )
+        return VersionTable(blocks={**self.blocks, key: {**block, version.number: version}})
 
     def get(self, number: int) -> VersionState | None:
         block = self.blocks.get(number // VERSION_BLOCK)
@@ -128,7 +123,7 @@ class VersionTable(msgspec.Struct, frozen=True):
         return isinstance(number, int) and self.get(number) is not None
 
     def __len__(self) -> int:
-        return self.count
+        return sum(map(len, self.blocks.values()))
 
     def __iter__(self) -> Iterator[int]:
         for block in self.blocks.values():

@@ -3,15 +3,17 @@
 ``load -> decide -> append(expected_version)``. The state of a stream is kept in an LRU
 cache (and in periodic snapshots) together with the version it reflects; before each
 decision only the events after that version are read, so a command's cost does not grow
-with the length of its stream. Snapshots are spaced by what the state weighs: at least
-``snapshot_every`` events apart, and one event per ``snapshot_bytes_per_event`` bytes of
-the last snapshot's encoded state. Writing them then costs every event about that many
-bytes whatever the state's size (a model of 6,000 versions weighed ~3 MB and took 52 ms
-of Postgres per snapshot, every 200 creates), and a cold load folds at most as many
-events as it read bytes of snapshot, divided by that figure. A conflict means another writer got in first: the cache
+with the length of its stream. A conflict means another writer got in first: the cache
 entry is dropped and the command is decided again against the new state, a few times,
 before the caller gets the ``ConcurrencyError`` (HTTP 409). With ``if_version`` (HTTP
 If-Match) there is no retry: the caller asked for that exact version.
+
+Snapshots are spaced by what the state weighs: at least ``snapshot_every`` events apart,
+and one event per ``snapshot_bytes_per_event`` bytes of the last snapshot's encoded
+state. Writing them then costs every event about that many bytes whatever the state's
+size (a model of 6,000 versions weighed ~3 MB and took 52 ms of Postgres per snapshot,
+every 200 creates), and a cold load folds at most as many events as it read bytes of
+snapshot, divided by that figure.
 
 Within one process, commands on the same stream take turns (a per-stream lock), so they
 never race each other and no attempt is wasted; conflicts then only come from other

@@ -130,6 +130,16 @@ async def test_snapshots_wait_longer_as_the_registry_grows_and_answers_stay_the_
         ), position
 
 
+async def take_one_due_from_live(conn: asyncpg.Connection, head: int) -> tuple[int, list[int]]:
+    """The grid's spacing that leaves exactly one snapshot due below ``head``, and what the
+    worker took with ``live``."""
+    every = head // 2 + 1
+    taken = await take_due_snapshots(
+        conn, REGISTRY_PROJECTIONS, every=every, keep=10, thin=2, live=True
+    )
+    return every, taken
+
+
 async def test_a_snapshot_from_the_live_views_stands_where_they_stand_and_changes_no_answer(
     db: Database,
 ) -> None:
@@ -138,13 +148,10 @@ async def test_a_snapshot_from_the_live_views_stands_where_they_stand_and_change
     reg, rng = Registry(db), random.Random(23)
     await random_history(reg, rng, 120)
     head = await reg.project(*REGISTRY_PROJECTIONS)
-    every = head // 2 + 1
     conn = await db.connect()
 
     # when the worker takes what is due, from the live views where it can
-    taken = await take_due_snapshots(
-        conn, REGISTRY_PROJECTIONS, every=every, keep=10, thin=2, live=True
-    )
+    every, taken = await take_one_due_from_live(conn, head)
 
     # then the snapshot stands where the live views stand, not at the grid position
     assert every < head
@@ -172,14 +179,11 @@ async def test_live_views_at_different_positions_leave_the_snapshot_to_the_scrat
     first = await reg.project(*REGISTRY_PROJECTIONS)
     await random_history(reg, rng, 40)
     head = await reg.project(model_catalogue.PROJECTION)
-    every = head // 2 + 1
     assert first != head
     conn = await db.connect()
 
     # when the worker takes what is due
-    taken = await take_due_snapshots(
-        conn, REGISTRY_PROJECTIONS, every=every, keep=10, thin=2, live=True
-    )
+    every, taken = await take_one_due_from_live(conn, head)
 
     # then it is taken on the grid, from the scratch fold, and answers as the fold from 0
     assert taken == [every]

@@ -55,6 +55,7 @@ from events.streams import (
     request_key,
 )
 from service.commands.executor import CommandExecutor, Outcome, PreconditionFailedError
+from service.commands.shared_reads import SharedReads
 
 # How often a governed command is built again because the registry policy changed first.
 _POLICY_ATTEMPTS = 5
@@ -131,6 +132,7 @@ class Registry:
         self.clock = clock
         self.new_id = new_id
         self._ids_by_name: OrderedDict[str, str] = OrderedDict()
+        self._located = SharedReads(self._locate)
 
     # --- lookups ---------------------------------------------------------------------
 
@@ -141,7 +143,11 @@ class Registry:
         return model_id_of(owner)
 
     async def locate(self, name: str) -> tuple[str, int]:
-        """A model's id and stream version (its ETag), in one query: what reads need."""
+        """A model's id and stream version (its ETag), as one query that began after this
+        call found them (shared with concurrent calls for the same name: ``SharedReads``)."""
+        return await self._located.get(name)
+
+    async def _locate(self, name: str) -> tuple[str, int]:
         row = await self.store.pool.fetchrow(
             "SELECT k.stream_id, s.version FROM unique_keys k JOIN streams s USING (stream_id) WHERE k.key = $1",
             name_key(name),

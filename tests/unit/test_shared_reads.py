@@ -53,19 +53,26 @@ async def test_a_call_made_while_a_fetch_is_in_flight_waits_for_a_fetch_that_see
     assert await late == "churn=new"
 
 
-async def test_calls_made_together_get_the_same_answer() -> None:
-    # given two calls made in the same turn of the loop, before any fetch began
-    source = Source("v1")
+async def _two_callers(source: Source) -> tuple[asyncio.Task[str], asyncio.Task[str]]:
+    """Two calls for one key made in the same turn of the loop, once a fetch has begun."""
     reads = SharedReads(source.fetch)
     first = asyncio.create_task(reads.get("churn"))
     second = asyncio.create_task(reads.get("churn"))
     await _until_started(source, 1)
+    return first, second
+
+
+async def test_calls_made_together_share_one_fetch() -> None:
+    # given two calls made in the same turn of the loop, before any fetch began
+    source = Source("v1")
+    first, second = await _two_callers(source)
 
     # when the fetch answers
     source.release.set()
 
-    # then both have its answer
+    # then both have its answer, and only one fetch ran
     assert await first == await second == "churn=v1"
+    assert source.started == ["v1"]
 
 
 async def test_other_keys_are_fetched_on_their_own() -> None:
@@ -81,10 +88,7 @@ async def test_other_keys_are_fetched_on_their_own() -> None:
 async def test_a_caller_that_goes_away_does_not_cancel_the_fetch_for_the_others() -> None:
     # given two callers waiting on one fetch
     source = Source("v1")
-    reads = SharedReads(source.fetch)
-    leaving = asyncio.create_task(reads.get("churn"))
-    staying = asyncio.create_task(reads.get("churn"))
-    await _until_started(source, 1)
+    leaving, staying = await _two_callers(source)
 
     # when one is cancelled (its client disconnected) before the fetch answers
     leaving.cancel()

@@ -61,6 +61,15 @@ SELECT l.log_position, l.seq, l.sealed_at, e.envelope
  LIMIT $3
 """
 
+# One stream, through the stream index: a registry-wide stream's few events among millions.
+_READ_STREAM = """
+SELECT l.log_position, l.seq, l.sealed_at, e.envelope
+  FROM event_log l JOIN events e ON e.seq = l.seq
+ WHERE (l.stream_id COLLATE "C") = $4 AND l.log_position > $1 AND l.log_position <= $2
+ ORDER BY l.log_position
+ LIMIT $3
+"""
+
 _MAX = 2**63 - 1
 
 
@@ -72,10 +81,13 @@ async def read_log(
     up_to: int | None = None,
     types: frozenset[str] | None = None,
     model_id: str | None = None,
+    stream_id: str | None = None,
 ) -> list[LoggedEvent]:
     """Up to ``limit`` sealed events after position ``after`` (and at most ``up_to``),
-    optionally only of ``types`` or only of one model's streams."""
-    rows = await _fetch(conn, after, limit, up_to=up_to, types=types, model_id=model_id)
+    optionally only of ``types``, of one model's streams or of one stream."""
+    rows = await _fetch(
+        conn, after, limit, up_to=up_to, types=types, model_id=model_id, stream_id=stream_id
+    )
     return [_logged(r) for r in rows]
 
 
@@ -101,11 +113,14 @@ async def _fetch(
     up_to: int | None,
     types: frozenset[str] | None,
     model_id: str | None,
+    stream_id: str | None = None,
 ) -> list[asyncpg.Record]:
     bound = _MAX if up_to is None else up_to
+    if sum(f is not None for f in (types, model_id, stream_id)) > 1:
+        raise ValueError("filter by types, by model or by stream: one of them")
+    if stream_id is not None:
+        return await _custom_planned(conn, _READ_STREAM, after, bound, limit, stream_id)
     if model_id is not None:
-        if types is not None:
-            raise ValueError("filter by model or by types, not both")
         return await _custom_planned(
             conn, _READ_MODEL, after, bound, limit, *model_streams_bounds(model_id)
         )

@@ -32,6 +32,7 @@ import msgspec
 
 from eventlog.log import head_position, read_log
 from events.registry_policy import RegistryPolicySet
+from events.streams import REGISTRY_POLICY_STREAM
 from projections.base import Names, Projection
 from projections.time_travel import folded_views, resolve_as_of
 from projections.views import (
@@ -63,7 +64,7 @@ MODEL_PROJECTIONS: tuple[Projection, ...] = (*REGISTRY_PROJECTIONS, audit_timeli
 
 # Registry-wide events that views of a single model still need (who may approve depends on
 # the registry's policy). Per-event logs such as the audit timeline do not take them: they
-# are not the model's events.
+# are not the model's events. All are appended to REGISTRY_POLICY_STREAM, their decider's.
 _REGISTRY_WIDE = frozenset({RegistryPolicySet.event_type})
 _PER_EVENT_LOGS = frozenset({audit_timeline.PROJECTION.name})
 
@@ -152,14 +153,17 @@ async def _apply_registry_wide(
         return
     after = 0
     while True:
-        events = await read_log(conn, after, 5000, up_to=position, types=_REGISTRY_WIDE)
+        # Read from their one stream through the stream index: filtered by type, the read
+        # walked every event of the log up to the position (552 ms at 10,000,000 events).
+        read = await read_log(conn, after, 5000, up_to=position, stream_id=REGISTRY_POLICY_STREAM)
+        events = [e for e in read if e.event_type in _REGISTRY_WIDE]
         if events:
             async with conn.transaction():
                 for projection in takers:
                     await projection.apply(conn, names[projection.name], events)
-        if len(events) < 5000:
+        if len(read) < 5000:
             return
-        after = events[-1].log_position
+        after = read[-1].log_position
 
 
 async def _sealed_at(conn: asyncpg.Connection, position: int) -> datetime | None:

@@ -7,7 +7,7 @@ import pytest
 
 from eventlog.freshness import Freshness, Located, freshness, locate_fresh
 from eventlog.keys import model_names
-from eventlog.log import read_log, read_log_as_stored
+from eventlog.log import LoggedEvent, read_log, read_log_as_stored
 from eventlog.sealer import Sealer
 from eventlog.store import EventStore
 from events.streams import model_stream, name_key, token_stream
@@ -182,6 +182,37 @@ async def test_the_log_as_stored_carries_each_envelopes_exact_bytes(
     ]
     assert [e.log_position for e, _ in everything] == [1, 2, 3]
     assert [(e.log_position, e.event_type) for e, _ in counted] == [(2, "test.counted")]
+
+
+async def test_one_streams_events_are_read_in_log_order_within_the_bounds(
+    db: Database, store: EventStore
+) -> None:
+    # given a stream whose events lie between other streams' (positions 1, 3, 5 and 6)
+    await append_notes(store, "s:1", 0, "a")
+    await append_notes(store, "s:2", 0, "x")
+    await append_notes(store, "s:1", 1, "b")
+    await append_notes(store, "s:3", 0, "y")
+    await append_notes(store, "s:1", 2, "c", "d")
+    await append_notes(store, "s:10", 0, "z")  # a longer id with the same prefix
+    await seal(db)
+
+    # when that stream is read, whole, after a position, up to one, and a page at a time
+    def positions(events: list[LoggedEvent]) -> list[int]:
+        return [e.log_position for e in events]
+
+    whole = await read_log(db.pool, 0, 10, stream_id="s:1")
+    after = await read_log(db.pool, 3, 10, stream_id="s:1")
+    up_to = await read_log(db.pool, 0, 10, up_to=5, stream_id="s:1")
+    page = await read_log(db.pool, 1, 2, stream_id="s:1")
+
+    # then only its events come, in log order, within the bounds and the limit
+    assert positions(whole) == [1, 3, 5, 6]
+    assert {e.stream_id for e in whole} == {"s:1"}
+    assert positions(after) == [5, 6]
+    assert positions(up_to) == [1, 3, 5]
+    assert positions(page) == [3, 5]
+    with pytest.raises(ValueError, match="one of them"):
+        await read_log(db.pool, 0, 10, stream_id="s:1", types=frozenset({"test.noted"}))
 
 
 async def test_stream_ids_lists_the_streams_of_one_type_oldest_first(

@@ -152,6 +152,41 @@ async def test_model_as_of_equals_the_live_views_of_that_model_then(db: Database
                 )
 
 
+async def test_one_models_fold_applies_the_registry_policy_in_force_then(db: Database) -> None:
+    # given a request made while the registry's policy waived separation of duties, then a
+    # policy that requires it, and other models' events around both
+    reg = Registry(db)
+    await reg.register_model("model-other", model_id="m9")
+    await reg.set_registry_policy(gated_policy(approvals=1, separation_of_duties=False))
+    await reg.register_model("model-m1", model_id="m1")
+    v1 = await reg.register_version("m1", actor="carol")
+    await reg.execute("m1", TransitionStage, "carol", version=v1, to_stage=Stage.STAGING)
+    await reg.execute(
+        "m1",
+        RequestPromotion,
+        "alice",
+        request_id="r1",
+        version=v1,
+        target_stage=Stage.PRODUCTION,
+        justification="ready",
+    )
+    waived = await reg.seal()
+    await reg.register_version("m9")
+    await reg.set_registry_policy(gated_policy(approvals=1))
+    required = await reg.seal()
+    conn = await db.connect()
+
+    # when the model is folded alone before and after the second policy
+    before = await model_as_of(conn, "m1", waived)
+    after = await model_as_of(conn, "m1", required)
+
+    # then each shows who may approve under the registry policy in force then
+    [r_before] = before.requests
+    [r_after] = after.requests
+    assert (r_before.separation_of_duties, r_before.approvers_excluded) == (False, [])
+    assert (r_after.separation_of_duties, r_after.approvers_excluded) == (True, ["alice", "carol"])
+
+
 async def test_registry_as_of_a_position_and_a_log_time(db: Database) -> None:
     # given v1 in production and an open request for v2, sealed; later v2 promoted by an alias move
     reg = Registry(db)

@@ -160,16 +160,8 @@ async def test_one_models_fold_applies_the_registry_policy_in_force_then(db: Dat
     await reg.set_registry_policy(gated_policy(approvals=1, separation_of_duties=False))
     await reg.register_model("model-m1", model_id="m1")
     v1 = await reg.register_version("m1", actor="carol")
-    await reg.execute("m1", TransitionStage, "carol", version=v1, to_stage=Stage.STAGING)
-    await reg.execute(
-        "m1",
-        RequestPromotion,
-        "alice",
-        request_id="r1",
-        version=v1,
-        target_stage=Stage.PRODUCTION,
-        justification="ready",
-    )
+    await reg.transition("m1", v1, Stage.STAGING, actor="carol")
+    await reg.request_promotion("m1", v1, Stage.PRODUCTION, actor="alice")
     waived = await reg.seal()
     await reg.register_version("m9")
     await reg.set_registry_policy(gated_policy(approvals=1))

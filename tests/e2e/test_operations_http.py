@@ -101,7 +101,9 @@ async def test_a_scoped_caller_lists_only_the_promotions_of_models_in_its_scope(
         for name in ("churn", "fraud-eu")
     }
     # renamed after its request: the scope follows the model's current name
-    ok(await api.post(f"{M}/fraud-eu/rename", json={"new_name": "fraud-de"}))
+    renamed = ok(await api.post(f"{M}/fraud-eu/rename", json={"new_name": "fraud-de"}))
+    # the listing is a projection: each read waits for it to hold every write above
+    caught_up = {"min_position": renamed.headers["Modelreg-Position"]}
     mallory = await api.token("mallory", Role.READER, scopes=("fraud*",))
     outsider = await api.token("olga", Role.READER, scopes=("churn",))
 
@@ -109,9 +111,10 @@ async def test_a_scoped_caller_lists_only_the_promotions_of_models_in_its_scope(
     def listed(response: httpx.Response) -> set[str]:
         return {r["request_id"] for r in ok(response).json()}
 
-    seen_by_mallory = listed(await api.get("/api/v1/promotions", as_=mallory))
-    seen_by_olga = listed(await api.get("/api/v1/promotions", as_=outsider))
-    seen_by_admin = listed(await api.get("/api/v1/promotions"))
+    promotions = "/api/v1/promotions"
+    seen_by_mallory = listed(await api.get(promotions, params=caught_up, as_=mallory))
+    seen_by_olga = listed(await api.get(promotions, params=caught_up, as_=outsider))
+    seen_by_admin = listed(await api.get(promotions, params=caught_up))
 
     # then each sees the requests of its own models only; the admin sees all
     assert seen_by_mallory == {requested["fraud-eu"]}

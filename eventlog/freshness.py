@@ -30,12 +30,17 @@ class Freshness:
 
     head: int  # the last sealed position
     reached: int  # the position every one of the asked-for views has reached
-    latest: int  # the position of the asked-for stream's latest sealed event (0: none)
+    latest: int  # the latest sealed event's position among the asked-for streams (0: none)
 
 
+# Each stream's latest sealed event is one backward step on the stream index; the latest
+# of them is what a read of those streams' views must wait for.
 _FRESHNESS = """
-SELECT (SELECT l.log_position FROM events e JOIN event_log l USING (seq)
-         WHERE e.stream_id = $1 ORDER BY e.stream_position DESC LIMIT 1) AS latest,
+SELECT (SELECT max(newest.log_position) FROM unnest($1::text[]) AS wanted(stream_id)
+         CROSS JOIN LATERAL (
+           SELECT l.log_position FROM events e JOIN event_log l USING (seq)
+            WHERE e.stream_id = wanted.stream_id ORDER BY e.stream_position DESC LIMIT 1
+         ) newest) AS latest,
        (SELECT min(log_position) FROM projection_checkpoints
          WHERE status = 'live' AND projection = ANY ($2::text[])) AS reached,
        (SELECT last_log_position FROM sealer_state WHERE id = 1) AS head
@@ -126,11 +131,11 @@ async def freshness(
     conn: asyncpg.Connection | asyncpg.Pool,
     projections: Sequence[str],
     *,
-    stream_id: str | None = None,
+    streams: Sequence[str] = (),
 ) -> Freshness:
-    """The head, the views' position and ``stream_id``'s latest sealed event, in one round
-    trip: enough for a read to tell whether it must wait at all."""
-    row = await conn.fetchrow(_FRESHNESS, stream_id, list(projections))
+    """The head, the views' position and the latest sealed event of ``streams``, in one
+    round trip: enough for a read to tell whether it must wait at all."""
+    row = await conn.fetchrow(_FRESHNESS, list(streams), list(projections))
     assert row is not None  # a SELECT without FROM always answers one row
     return Freshness(head=row["head"], reached=row["reached"] or 0, latest=row["latest"] or 0)
 

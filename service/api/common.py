@@ -17,7 +17,7 @@ from litestar.params import Parameter
 from eventlog.freshness import Freshness, freshness, locate_fresh, wait_for_position
 from events.errors import ConflictError, NotFoundError, ValidationError
 from events.model.side_effects import side_effects
-from events.streams import model_id_of, model_stream, name_key
+from events.streams import metrics_stream, model_id_of, model_stream, name_key
 from projections.base import Names, Projection
 from projections.paging import CursorSeal, InvalidCursorError, InvalidQueryError, Page, merge_names
 from projections.registry_state import views_as_of
@@ -238,12 +238,14 @@ async def read_views(
     as_of: str | None,
     min_position: int | None,
     model_id: str | None = None,
+    metrics_of: Sequence[int] = (),
 ) -> AsyncIterator[Reader]:
     """Live views (after waiting for ``min_position``), or the views folded up to ``as_of``.
 
     A read about one model (``model_id``) also waits for the views to show that model's
     latest sealed event, so a client reading what it just wrote never sees an older state,
-    even without ``min_position``.
+    even without ``min_position``. Metrics live on streams of their own, one per version: a
+    read of versions' metrics names them (``metrics_of``) to wait for their latest too.
     """
     if as_of is not None:
         moment = parse_as_of(as_of)
@@ -256,8 +258,10 @@ async def read_views(
     if model_id is not None or min_position:
         # One round trip answers the common case: the views already show the model's
         # latest sealed event and the position asked for, so there is nothing to wait for.
-        stream = model_stream(model_id) if model_id is not None else None
-        now = await freshness(services.pool, wanted_views, stream_id=stream)
+        streams = [] if model_id is None else [model_stream(model_id)]
+        if model_id is not None:
+            streams += [metrics_stream(model_id, v) for v in metrics_of]
+        now = await freshness(services.pool, wanted_views, streams=streams)
         await _views_showing(services, wanted_views, now, min_position)
     yield Reader(services.pool, merge_names(*(p.view_names() for p in projections)), None)
 

@@ -359,7 +359,12 @@ class VersionsController(Controller):
         services = services_of(request)
         model_id, _ = await services.registry.locate(name)
         async with read_views(
-            services, METRICS, as_of=as_of, min_position=min_position, model_id=model_id
+            services,
+            METRICS,
+            as_of=as_of,
+            min_position=min_position,
+            model_id=model_id,
+            metrics_of=(version,),
         ) as reader:
             if key is None:
                 return await model_versions.latest_metrics(
@@ -394,7 +399,12 @@ class VersionsController(Controller):
         services = services_of(request)
         model_id, _ = await services.registry.locate(name)
         async with read_views(
-            services, METRICS, as_of=as_of, min_position=min_position, model_id=model_id
+            services,
+            METRICS,
+            as_of=as_of,
+            min_position=min_position,
+            model_id=model_id,
+            metrics_of=(version,),
         ) as reader:
             return await metric_history.metric_series(reader.conn, reader.names, model_id, version)
 
@@ -416,7 +426,12 @@ class VersionsController(Controller):
         services = services_of(request)
         model_id, _ = await services.registry.locate(name)
         async with read_views(
-            services, METRICS, as_of=as_of, min_position=min_position, model_id=model_id
+            services,
+            METRICS,
+            as_of=as_of,
+            min_position=min_position,
+            model_id=model_id,
+            metrics_of=(version,),
         ) as reader:
             try:
                 return await metric_history.metric_histories(
@@ -441,7 +456,12 @@ class VersionsController(Controller):
         services = services_of(request)
         model_id, _ = await services.registry.locate(name)
         async with read_views(
-            services, METRICS, as_of=as_of, min_position=min_position, model_id=model_id
+            services,
+            METRICS,
+            as_of=as_of,
+            min_position=min_position,
+            model_id=model_id,
+            metrics_of=(version,),
         ) as reader:
             sample = await metric_history.best_metric(
                 reader.conn, reader.names, model_id, version, key, dataset, goal
@@ -481,7 +501,12 @@ class CompareController(Controller):
         services = services_of(request)
         model_id, _ = await services.registry.locate(name)
         async with read_views(
-            services, METRICS, as_of=as_of, min_position=min_position, model_id=model_id
+            services,
+            METRICS,
+            as_of=as_of,
+            min_position=min_position,
+            model_id=model_id,
+            metrics_of=numbers,
         ) as reader:
             try:
                 return await metric_history.compare_versions(

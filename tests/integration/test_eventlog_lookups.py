@@ -41,10 +41,13 @@ async def test_freshness_reports_the_head_the_views_and_a_streams_latest_sealed_
     await advance(conn, NOTES, live, head=2, batch=100)
 
     # when the probe asks about model:a and the view
-    probed = await freshness(db.pool, [NOTES.name], stream_id=model_stream("a"))
+    probed = await freshness(db.pool, [NOTES.name], streams=[model_stream("a")])
+    both = await freshness(db.pool, [NOTES.name], streams=[model_stream("a"), model_stream("b")])
 
-    # then it sees the head, the view's position and model:a's latest *sealed* event
+    # then it sees the head, the view's position and model:a's latest *sealed* event; asked
+    # about both streams, the latest sealed event of either
     assert probed == Freshness(head=3, reached=2, latest=2)
+    assert both == Freshness(head=3, reached=2, latest=3)
 
 
 async def test_freshness_without_a_stream_or_views_answers_zeros_not_nulls(

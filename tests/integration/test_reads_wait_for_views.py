@@ -59,8 +59,11 @@ async def answered_after_release(
     async with views_held_back(db):
         assert await write()
         read = asyncio.create_task(api.get(path))
-        await seen.started.wait()
-        assert not read.done(), read.result().text
+        waiting = asyncio.create_task(seen.started.wait())
+        # A read that does not wait answers while the views are held: caught, not hung on.
+        await asyncio.wait({read, waiting}, return_when=asyncio.FIRST_COMPLETED)
+        waiting.cancel()
+        assert not read.done(), f"answered without waiting for the views: {read.result().text}"
     return await read
 
 
@@ -122,3 +125,52 @@ async def test_a_read_by_name_waits_for_the_views_to_show_the_latest_write(
         assert by_alias.json()["description"] == "third"
         assert mlflow.json()["model_version"]["description"] == "fourth"
         assert mlflow_alias.json()["model_version"]["description"] == "fifth"
+
+
+async def test_a_read_of_a_versions_metrics_waits_for_the_metrics_just_logged(
+    db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen = WaitSeen(monkeypatch)
+    async with running_api(db) as api:
+        # given versions 1 and 2 of churn, version 1 with auc 0.90 on holdout, read once
+        assert (await api.post(M, json={"name": "churn"})).status_code == 201
+        for digit in "ab":
+            artifact = {"path": "m.bin", "external": True, "uri": "s3://b/m.bin", "size": 1}
+            manifest = [artifact | {"sha256": digit * 64}]
+            created = await api.post(f"{M}/churn/versions", json={"artifacts": manifest})
+            assert created.status_code == 201, created.text
+        metrics = f"{M}/churn/versions/1/metrics"
+        assert (await log_auc(api, 0.90)) and (await api.get(metrics)).status_code == 200
+
+        # when auc is logged again while the views are held back (the model's own stream
+        # does not move: metrics have streams of their own), and each kind of metrics read
+        # starts before they catch up
+        latest = await answered_after_release(api, db, seen, metrics, lambda: log_auc(api, 0.91))
+        history = await answered_after_release(
+            api, db, seen, f"{metrics}?key=auc", lambda: log_auc(api, 0.92)
+        )
+        series = await answered_after_release(
+            api, db, seen, f"{metrics}/series", lambda: log_auc(api, 0.93)
+        )
+        best = await answered_after_release(
+            api, db, seen, f"{metrics}/auc/best?dataset=holdout", lambda: log_auc(api, 0.94)
+        )
+        compared = await answered_after_release(
+            api, db, seen, f"{M}/churn/compare?versions=2,1", lambda: log_auc(api, 0.95)
+        )
+
+        # then each answers the point logged before it started
+        assert latest.status_code == 200, latest.text
+        assert [m["value"] for m in latest.json()] == [0.91]
+        assert [p["value"] for p in history.json()["items"]] == [0.90, 0.91, 0.92]
+        assert [(s["key"], s["points"]) for s in series.json()] == [("auc", 4)]
+        assert best.json()["value"] == 0.94
+        assert [(m["key"], m["values"]) for m in compared.json()["metrics"]] == [
+            ("auc", [None, 0.95])
+        ]
+
+
+async def log_auc(api: Api, value: float) -> bool:
+    point = {"key": "auc", "value": value, "dataset": "holdout"}
+    answer = await api.post(f"{M}/churn/versions/1/metrics", json={"metrics": [point]})
+    return answer.status_code == 201

@@ -239,6 +239,7 @@ async def read_views(
     min_position: int | None,
     model_id: str | None = None,
     metrics_of: Sequence[int] = (),
+    latest: bool = False,
 ) -> AsyncIterator[Reader]:
     """Live views (after waiting for ``min_position``), or the views folded up to ``as_of``.
 
@@ -246,6 +247,8 @@ async def read_views(
     latest sealed event, so a client reading what it just wrote never sees an older state,
     even without ``min_position``. Metrics live on streams of their own, one per version: a
     read of versions' metrics names them (``metrics_of``) to wait for their latest too.
+    ``latest``: wait until the views show everything sealed when the read came, whoever
+    wrote it (a read across models that must not be stale, such as an approver's inbox).
     """
     if as_of is not None:
         moment = parse_as_of(as_of)
@@ -255,13 +258,15 @@ async def read_views(
                 yield Reader(conn, merge_names(*names.values()), at)
         return
     wanted_views = [p.name for p in projections]
-    if model_id is not None or min_position:
+    if model_id is not None or min_position or latest:
         # One round trip answers the common case: the views already show the model's
         # latest sealed event and the position asked for, so there is nothing to wait for.
         streams = [] if model_id is None else [model_stream(model_id)]
         if model_id is not None:
             streams += [metrics_stream(model_id, v) for v in metrics_of]
         now = await freshness(services.pool, wanted_views, streams=streams)
+        if latest:
+            min_position = max(min_position or 0, now.head)
         await _views_showing(services, wanted_views, now, min_position)
     yield Reader(services.pool, merge_names(*(p.view_names() for p in projections)), None)
 

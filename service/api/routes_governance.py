@@ -8,7 +8,6 @@ import msgspec
 from litestar import Controller, Request, Response, delete, get, post, put
 from litestar.params import FromPath, JSONBody, QueryParameter
 
-from eventlog.freshness import freshness
 from eventlog.keys import model_names
 from events.access import Permission
 from events.errors import NotFoundError
@@ -92,11 +91,8 @@ async def _refuse_stranding(services: Services, policy: GovernancePolicy) -> Non
     candidates; each model's own stream decides (a model with its own policy is not
     concerned). A version moved into a dropped stage between this check and the append can
     still be brought back by an admin restore, which accepts a stage the policy dropped."""
-    head = (await freshness(services.pool, [model_versions.PROJECTION.name])).head
-    if head == 0:
-        return  # an empty log holds no version
     async with read_views(
-        services, [model_versions.PROJECTION], as_of=None, min_position=head
+        services, [model_versions.PROJECTION], as_of=None, min_position=None, latest=True
     ) as reader:
         rows = await reader.conn.fetch(
             f"SELECT DISTINCT model_id FROM {reader.names.model_versions}"
@@ -456,12 +452,13 @@ class PromotionsController(Controller):
         which: Annotated[Literal["open", "decided", "mine"], QueryParameter(name="state")] = "open",
         min_position: MinPosition = None,
     ) -> list[ApprovalRequest]:
-        """Open requests (``state=open``), decided ones, or those awaiting the caller (``mine``)."""
+        """Open requests (``state=open``), decided ones, or those awaiting the caller (``mine``),
+        as of everything recorded when the call came: an approver's inbox is never stale."""
         principal = principal_of(request)
         require(principal, Permission.READ)
         me = await actor_ids(services_of(request), principal.name) or (principal.name,)
         async with read_views(
-            services_of(request), APPROVALS, as_of=None, min_position=min_position
+            services_of(request), APPROVALS, as_of=None, min_position=min_position, latest=True
         ) as reader:
             if which == "mine":
                 found = await approvals.awaiting(reader.conn, reader.names, me)
@@ -480,7 +477,7 @@ class PromotionsController(Controller):
     ) -> ApprovalRequest:
         require(principal_of(request), Permission.READ)
         async with read_views(
-            services_of(request), APPROVALS, as_of=None, min_position=min_position
+            services_of(request), APPROVALS, as_of=None, min_position=min_position, latest=True
         ) as reader:
             found = await approvals.request(reader.conn, reader.names, request_id)
         visible = await _visible(request, [found] if found else [])

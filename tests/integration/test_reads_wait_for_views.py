@@ -174,3 +174,41 @@ async def log_auc(api: Api, value: float) -> bool:
     point = {"key": "auc", "value": value, "dataset": "holdout"}
     answer = await api.post(f"{M}/churn/versions/1/metrics", json={"metrics": [point]})
     return answer.status_code == 201
+
+
+async def test_an_approvers_inbox_waits_for_the_request_just_opened(
+    db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen = WaitSeen(monkeypatch)
+    async with running_api(db) as api:
+        # given a policy under which production needs one approval, and version 1 of churn
+        policy = {
+            "transitions": [{"from_stage": "development", "to_stage": "production", "approvals": 1}]
+        }
+        assert (await api.put("/api/v1/policy", json={"policy": policy})).status_code == 200
+        assert (await api.post(M, json={"name": "churn"})).status_code == 201
+        artifact = {"path": "m.bin", "external": True, "uri": "s3://b/m.bin", "size": 1}
+        created = await api.post(
+            f"{M}/churn/versions", json={"artifacts": [artifact | {"sha256": "a" * 64}]}
+        )
+        assert created.status_code == 201, created.text
+        assert (await api.get("/api/v1/promotions")).json() == []
+        opened: list[str] = []
+
+        async def request_production() -> bool:
+            answer = await api.post(
+                f"{M}/churn/versions/1/stage", json={"to": "production", "comment": "ship"}
+            )
+            opened.append(answer.json().get("request_id", ""))
+            return answer.status_code == 202
+
+        # when a promotion is requested while the views are held back, and the open
+        # requests are listed (by someone who did not write it: no min_position) before
+        # they catch up
+        listed = await answered_after_release(
+            api, db, seen, "/api/v1/promotions", request_production
+        )
+
+        # then the listing holds the request
+        assert listed.status_code == 200, listed.text
+        assert [r["request_id"] for r in listed.json()] == opened

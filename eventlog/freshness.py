@@ -15,6 +15,8 @@ from typing import Any, TypeAlias
 
 import asyncpg
 
+from events.streams import METRICS_TYPE
+
 
 class NotYetVisibleError(TimeoutError):
     def __init__(self, position: int, reached: int, timeout: float) -> None:
@@ -47,10 +49,18 @@ SELECT (SELECT max(newest.log_position) FROM unnest($1::text[]) AS wanted(stream
 """
 
 
-_LOCATED = """
+# ``latest`` covers the key's stream and, when $3 names a version, that version's metrics
+# stream (``events.streams.metrics_stream`` of the key's model; NULL otherwise).
+_LOCATED = f"""
 SELECT k.stream_id, s.version,
-       (SELECT l.log_position FROM events e JOIN event_log l USING (seq)
-         WHERE e.stream_id = k.stream_id ORDER BY e.stream_position DESC LIMIT 1) AS latest,
+       (SELECT max(newest.log_position)
+          FROM unnest(ARRAY[k.stream_id, '{METRICS_TYPE}:'
+                 || substr(k.stream_id, strpos(k.stream_id, ':') + 1) || ':' || $3::int])
+            AS wanted(stream_id)
+          CROSS JOIN LATERAL (
+            SELECT l.log_position FROM events e JOIN event_log l USING (seq)
+             WHERE e.stream_id = wanted.stream_id ORDER BY e.stream_position DESC LIMIT 1
+          ) newest) AS latest,
        (SELECT min(log_position) FROM projection_checkpoints
          WHERE status = 'live' AND projection = ANY ($2::text[])) AS reached,
        (SELECT last_log_position FROM sealer_state WHERE id = 1) AS head
@@ -96,14 +106,19 @@ async def locate_fresh(
     projections: Sequence[str],
     first: ViewQuery | None = None,
     args: Sequence[Any] = (),
+    *,
+    metrics_of: int | None = None,
 ) -> Located:
     """``freshness`` for the stream that holds ``key``, found in the same round trip: a read
     by name needs no separate lookup of the id before it can tell whether to wait.
 
     ``first`` (with ``args``): a view query about that model, run in the same statement, so
-    a read whose views need no wait is answered in this one round trip too."""
+    a read whose views need no wait is answered in this one round trip too.
+
+    ``metrics_of``: a version of the key's model whose metrics the read shows; the latest
+    sealed event of its metrics stream counts too."""
     if first is None:
-        row = await conn.fetchrow(_LOCATED, key, list(projections))
+        row = await conn.fetchrow(_LOCATED, key, list(projections), metrics_of)
         assert row is not None  # one row from the one-row ``wanted``, whatever joins
         return Located(
             stream_id=row["stream_id"],
@@ -112,8 +127,8 @@ async def locate_fresh(
                 head=row["head"], reached=row["reached"] or 0, latest=row["latest"] or 0
             ),
         )
-    statement = _LOCATED_WITH.format(located=_LOCATED, view=first(_MODEL_ID, 3))
-    row = await conn.fetchrow(statement, key, list(projections), *args)
+    statement = _LOCATED_WITH.format(located=_LOCATED, view=first(_MODEL_ID, 4))
+    row = await conn.fetchrow(statement, key, list(projections), metrics_of, *args)
     assert row is not None
     return Located(
         stream_id=row["located_stream_id"],

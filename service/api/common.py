@@ -346,6 +346,7 @@ async def read_model_views(
     min_position: int | None = None,
     missing: Callable[[str], Exception] = _no_such_model,
     first: FirstRead | None = None,
+    metrics_of: int | None = None,
 ) -> AsyncIterator[ModelReader]:
     """``read_views`` for the model named ``name``: live reads find the model and learn
     whether the views must catch up in one round trip (``locate_fresh``), where a lookup
@@ -353,14 +354,20 @@ async def read_model_views(
 
     ``first``: the read's first view query, which ``ModelReader.first_row`` answers. A live
     read asks it in that same round trip, and keeps its row when the views had nothing to
-    catch up on (the row is then as current as a query after the probe would have read)."""
+    catch up on (the row is then as current as a query after the probe would have read).
+    ``metrics_of``: the version whose metrics the read shows (see ``read_views``)."""
     if as_of is not None:
         try:
             model_id, stream_version = await services.registry.locate(name)
         except NotFoundError:
             raise missing(name) from None
         async with read_views(
-            services, projections, as_of=as_of, min_position=min_position, model_id=model_id
+            services,
+            projections,
+            as_of=as_of,
+            min_position=min_position,
+            model_id=model_id,
+            metrics_of=() if metrics_of is None else (metrics_of,),
         ) as reader:
             yield ModelReader(reader, model_id=model_id, stream_version=stream_version, first=first)
         return
@@ -372,6 +379,7 @@ async def read_model_views(
         wanted_views,
         None if first is None else functools.partial(first.sql, names),
         () if first is None else first.args,
+        metrics_of=metrics_of,
     )
     if found.stream_id is None:
         raise missing(name)

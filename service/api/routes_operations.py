@@ -251,7 +251,9 @@ class AuditController(Controller):
         services = services_of(request)
         model_id, _ = await services.registry.locate(name)
         up_to = await _up_to(services.pool, as_of)
-        async with read_views(services, AUDIT, as_of=None, min_position=min_position) as reader:
+        async with read_views(
+            services, AUDIT, as_of=None, min_position=min_position, model_id=model_id
+        ) as reader:
             return await audit_timeline.entries(
                 reader.conn,
                 reader.names,

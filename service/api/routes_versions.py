@@ -191,7 +191,13 @@ class VersionsController(Controller):
         services = services_of(request)
         first = FirstRead(model_versions.version_query, (version,))
         async with read_model_views(
-            services, VERSIONS, name, as_of=as_of, min_position=min_position, first=first
+            services,
+            VERSIONS,
+            name,
+            as_of=as_of,
+            min_position=min_position,
+            first=first,
+            metrics_of=version,
         ) as reader:
             record = await reader.first_row()
         stream_version = reader.stream_version

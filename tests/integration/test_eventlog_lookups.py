@@ -10,7 +10,7 @@ from eventlog.keys import model_names
 from eventlog.log import LoggedEvent, read_log, read_log_as_stored
 from eventlog.sealer import Sealer
 from eventlog.store import EventStore
-from events.streams import model_stream, name_key, token_stream
+from events.streams import metrics_stream, model_stream, name_key, token_stream
 from projections.runner import advance, ensure_projection, generations
 from tests.support.database import Database
 from tests.support.sample_events import CODEC, META, Counted, append_notes, notes
@@ -68,7 +68,8 @@ async def test_locate_fresh_finds_a_names_stream_and_probes_freshness_in_one_sta
     db: Database, store: EventStore
 ) -> None:
     # given model m1 named churn with two sealed events and a third not sealed yet, model
-    # m2 renamed from fraud to fraud-eu, and a view that applied the first event only
+    # m2 renamed from fraud to fraud-eu, metrics of m1's version 1 sealed last, and a view
+    # that applied the first event only
     await store.append(model_stream("m1"), 0, notes("a1"), META, claim=[name_key("churn")])
     await store.append(model_stream("m1"), 1, notes("a2"), META)
     await store.append(model_stream("m2"), 0, notes("b1"), META, claim=[name_key("fraud")])
@@ -80,6 +81,7 @@ async def test_locate_fresh_finds_a_names_stream_and_probes_freshness_in_one_sta
         claim=[name_key("fraud-eu")],
         release=[name_key("fraud")],
     )
+    await store.append(metrics_stream("m1", 1), 0, notes("m1"), META)
     await seal(db)
     await store.append(model_stream("m1"), 2, notes("a3"), META)
     conn = await db.connect()
@@ -92,23 +94,28 @@ async def test_locate_fresh_finds_a_names_stream_and_probes_freshness_in_one_sta
     fraud_eu = await locate_fresh(db.pool, name_key("fraud-eu"), [NOTES.name])
     released = await locate_fresh(db.pool, name_key("fraud"), [NOTES.name])
     never = await locate_fresh(db.pool, name_key("never"), [NOTES.name])
+    with_metrics = await locate_fresh(db.pool, name_key("churn"), [NOTES.name], metrics_of=1)
+    without_any = await locate_fresh(db.pool, name_key("churn"), [NOTES.name], metrics_of=2)
 
     # then each named model comes with its stream version (unsealed appends count, as the
     # ETag does) and the freshness probe's answer for its stream: its latest *sealed* event
     assert churn == Located(
         stream_id=model_stream("m1"),
         stream_version=3,
-        freshness=Freshness(head=4, reached=1, latest=2),
+        freshness=Freshness(head=5, reached=1, latest=2),
     )
     assert fraud_eu == Located(
         stream_id=model_stream("m2"),
         stream_version=2,
-        freshness=Freshness(head=4, reached=1, latest=4),
+        freshness=Freshness(head=5, reached=1, latest=4),
     )
+    # and asked about a version's metrics too, the later of the two streams' latest
+    assert with_metrics.freshness == Freshness(head=5, reached=1, latest=5)
+    assert without_any.freshness == churn.freshness
     # and a released or unknown name finds no stream, the head and the view still known
     for nobody in (released, never):
         assert nobody == Located(
-            stream_id=None, stream_version=0, freshness=Freshness(head=4, reached=1, latest=0)
+            stream_id=None, stream_version=0, freshness=Freshness(head=5, reached=1, latest=0)
         )
 
 

@@ -117,6 +117,9 @@ async def test_a_read_by_name_waits_for_the_views_to_show_the_latest_write(
             f"{MLFLOW}/registered-models/alias?name=churn&alias=champion",
             lambda: describe("fifth"),
         )
+        history = await answered_after_release(
+            api, db, seen, f"{M}/churn/history", lambda: describe("sixth")
+        )
 
         # then each read answers the write it started after, never the row the views held
         # when the model was found
@@ -125,6 +128,8 @@ async def test_a_read_by_name_waits_for_the_views_to_show_the_latest_write(
         assert by_alias.json()["description"] == "third"
         assert mlflow.json()["model_version"]["description"] == "fourth"
         assert mlflow_alias.json()["model_version"]["description"] == "fifth"
+        assert history.json()["items"][0]["event_type"] == "model.version_description_updated"
+        assert history.json()["items"][0]["log_position"] == await head(db)
 
 
 async def test_a_read_of_a_versions_metrics_waits_for_the_metrics_just_logged(
@@ -158,6 +163,9 @@ async def test_a_read_of_a_versions_metrics_waits_for_the_metrics_just_logged(
         compared = await answered_after_release(
             api, db, seen, f"{M}/churn/compare?versions=2,1", lambda: log_auc(api, 0.95)
         )
+        version = await answered_after_release(
+            api, db, seen, f"{M}/churn/versions/1", lambda: log_auc(api, 0.96)
+        )
 
         # then each answers the point logged before it started
         assert latest.status_code == 200, latest.text
@@ -168,6 +176,7 @@ async def test_a_read_of_a_versions_metrics_waits_for_the_metrics_just_logged(
         assert [(m["key"], m["values"]) for m in compared.json()["metrics"]] == [
             ("auc", [None, 0.95])
         ]
+        assert [(m["key"], m["value"]) for m in version.json()["metrics"]] == [("auc", 0.96)]
 
 
 async def log_auc(api: Api, value: float) -> bool:
@@ -212,3 +221,8 @@ async def test_an_approvers_inbox_waits_for_the_request_just_opened(
         # then the listing holds the request
         assert listed.status_code == 200, listed.text
         assert [r["request_id"] for r in listed.json()] == opened
+
+
+async def head(db: Database) -> int:
+    position: int = await db.pool.fetchval("SELECT last_log_position FROM sealer_state")
+    return position

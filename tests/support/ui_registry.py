@@ -238,6 +238,15 @@ def populate(http: httpx.Client, admin: str) -> UiRegistry:
             json={"deployment_id": deployment, "status": "succeeded"},
         )
     )
+    # The pages list models from views that follow the log: the registry is ready for the
+    # tests once the views show the last write, as a reader passing its position would see.
+    _ok(
+        http.get(
+            f"{API}/models",
+            headers={"Authorization": f"Bearer {admin}"},
+            params={"min_position": reported["position"]},
+        )
+    )
     return UiRegistry(
         tag=tag,
         model=model,

@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
+from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import Annotated, Any, TypeVar, cast
 
@@ -30,6 +31,12 @@ from service.commands.tokens import Principal
 T = TypeVar("T")
 
 POSITION_HEADER = "Modelreg-Position"
+# ``Modelreg-Consistency: latest`` on a read: wait until the views show everything sealed
+# when it came, whoever wrote it. For callers that cannot carry a position from their last
+# write to their next read, such as the CLI (one process per command).
+CONSISTENCY_HEADER = "Modelreg-Consistency"
+CONSISTENCY_LATEST = "latest"
+_READ_LATEST: ContextVar[bool] = ContextVar("modelreg_read_latest", default=False)
 # Log positions and cursors are bigint columns, version numbers int ones: a larger number
 # can name nothing, and is refused (400) before it reaches Postgres.
 MAX_POSITION = 2**63 - 1
@@ -83,6 +90,21 @@ def if_match(request: Request[Any, Any, Any]) -> int | None:
             "If-Match", "range", f"If-Match is a stream version of at most {MAX_POSITION}"
         )
     return number
+
+
+def read_consistency(request: Request[Any, Any, Any]) -> None:
+    """Take the request's ``Modelreg-Consistency`` for the reads it makes (400 for a value
+    other than ``latest``). Each request runs in a task of its own, so this holds for it only."""
+    value = request.headers.get(CONSISTENCY_HEADER)
+    if value is None:
+        return
+    if value.strip().lower() != CONSISTENCY_LATEST:
+        raise BadRequestError(
+            CONSISTENCY_HEADER,
+            "enum",
+            f"{CONSISTENCY_HEADER} is {CONSISTENCY_LATEST!r} or left out, not {value!r}",
+        )
+    _READ_LATEST.set(True)
 
 
 async def refuse_nul_characters(request: Request[Any, Any, Any]) -> None:
@@ -248,7 +270,8 @@ async def read_views(
     even without ``min_position``. Metrics live on streams of their own, one per version: a
     read of versions' metrics names them (``metrics_of``) to wait for their latest too.
     ``latest``: wait until the views show everything sealed when the read came, whoever
-    wrote it (a read across models that must not be stale, such as an approver's inbox).
+    wrote it (a read across models that must not be stale, such as an approver's inbox);
+    also when the request asked for it (``Modelreg-Consistency: latest``).
     """
     if as_of is not None:
         moment = parse_as_of(as_of)
@@ -258,6 +281,7 @@ async def read_views(
                 yield Reader(conn, merge_names(*names.values()), at)
         return
     wanted_views = [p.name for p in projections]
+    latest = latest or _READ_LATEST.get()
     if model_id is not None or min_position or latest:
         # One round trip answers the common case: the views already show the model's
         # latest sealed event and the position asked for, so there is nothing to wait for.
@@ -383,6 +407,8 @@ async def read_model_views(
     )
     if found.stream_id is None:
         raise missing(name)
+    if _READ_LATEST.get():
+        min_position = max(min_position or 0, found.freshness.head)
     caught_up = await _views_showing(services, wanted_views, found.freshness, min_position)
     reader = ModelReader(
         Reader(services.pool, names, None),

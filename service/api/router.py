@@ -13,7 +13,7 @@ from litestar.middleware import DefineMiddleware
 
 from service.api import routes_access, routes_subjects, routes_uploads, routes_webhooks, schemas
 from service.api.auth import BearerTokenMiddleware, bearer_secret
-from service.api.common import refuse_nul_characters
+from service.api.common import read_consistency, refuse_nul_characters
 from service.api.edge import edge
 from service.api.idempotency import idempotency_middleware
 from service.api.json_body import refuse_unsafe_json
@@ -127,9 +127,10 @@ def refuse_unknown_query(request: Request[Any, Any, Any]) -> None:
 
 async def screen_request(request: Request[Any, Any, Any]) -> None:
     """Before any handler (Litestar takes one hook per layer): no undeclared query
-    parameter; the body is JSON, shallow, without duplicate keys; no value holds a NUL;
-    expensive reads within the caller's budget."""
+    parameter; the consistency its reads asked for; the body is JSON, shallow, without
+    duplicate keys; no value holds a NUL; expensive reads within the caller's budget."""
     refuse_unknown_query(request)
+    read_consistency(request)
     await refuse_unsafe_json(request)
     await refuse_nul_characters(request)
     await limit_expensive_reads(request)

@@ -144,7 +144,14 @@ def client_command(command: Callable[P, R]) -> Callable[P, R]:
     return wrapper
 
 
+# Each command is a process of its own, with no position of the last command's write to
+# pass to its reads: every read asks for the registry as recorded when it came instead, so
+# `models create` then `models list` lists the model (the API's Modelreg-Consistency).
+READ_LATEST = {"Modelreg-Consistency": "latest"}
+
+
 def connect(url: str | None, token: str | None, **options: Any) -> Client:
+    options["headers"] = {**READ_LATEST, **options.get("headers", {})}
     try:
         return Client(url, token, **options)
     except ConfigurationError as exc:

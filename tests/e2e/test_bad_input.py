@@ -895,6 +895,15 @@ QUERIES = [
     ),
     Bad("a negative min_position", "GET", f"{M}?min_position=-1", 400, "min_position", "range"),
     Bad(
+        "a consistency nobody offers",
+        "GET",
+        M,
+        400,
+        "Modelreg-Consistency",
+        "enum",
+        headers={"Modelreg-Consistency": "eventual"},
+    ),
+    Bad(
         "versions to compare that are words",
         "GET",
         f"{M}/churn/compare?versions=a,b",

@@ -51,14 +51,19 @@ class WaitSeen:
 
 
 async def answered_after_release(
-    api: Api, db: Database, seen: WaitSeen, path: str, write: Callable[[], Awaitable[bool]]
+    api: Api,
+    db: Database,
+    seen: WaitSeen,
+    path: str,
+    write: Callable[[], Awaitable[bool]],
+    headers: dict[str, str] | None = None,
 ) -> httpx.Response:
     """Write with the views held back, start the read and wait until it waits for the views
     (it cannot answer before they show the write), then let them go and take its answer."""
     seen.started.clear()
     async with views_held_back(db):
         assert await write()
-        read = asyncio.create_task(api.get(path))
+        read = asyncio.create_task(api.get(path, headers=headers or {}))
         waiting = asyncio.create_task(seen.started.wait())
         # A read that does not wait answers while the views are held: caught, not hung on.
         await asyncio.wait({read, waiting}, return_when=asyncio.FIRST_COMPLETED)
@@ -226,3 +231,37 @@ async def test_an_approvers_inbox_waits_for_the_request_just_opened(
 async def head(db: Database) -> int:
     position: int = await db.pool.fetchval("SELECT last_log_position FROM sealer_state")
     return position
+
+
+async def test_a_listing_asked_for_the_latest_waits_for_a_write_by_anyone(
+    db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen = WaitSeen(monkeypatch)
+    async with running_api(db) as api:
+        # given a registry with one model, listed once
+        created = await api.post(M, json={"name": "churn"})
+        at = {"min_position": created.headers["Modelreg-Position"]}
+        assert [m["name"] for m in (await api.get(M, params=at)).json()["items"]] == ["churn"]
+
+        async def create(name: str) -> bool:
+            return (await api.post(M, json={"name": name})).status_code == 201
+
+        # when another model is created while the views are held back, and the models are
+        # listed without its position but with Modelreg-Consistency: latest (as the CLI
+        # does), by name and then by a search across models
+        listed = await answered_after_release(
+            api, db, seen, M, lambda: create("fraud"), {"Modelreg-Consistency": "latest"}
+        )
+        found = await answered_after_release(
+            api,
+            db,
+            seen,
+            f"{M}/churn",
+            lambda: create("spam"),
+            {"Modelreg-Consistency": "LATEST"},
+        )
+
+        # then the listing holds the new model, and a read of another model waited too
+        assert listed.status_code == 200, listed.text
+        assert [m["name"] for m in listed.json()["items"]] == ["churn", "fraud"]
+        assert found.status_code == 200, found.text

@@ -3,6 +3,8 @@ metrics of a version; comparison of versions."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from typing import Annotated, Any, Literal
 
 import msgspec
@@ -35,6 +37,7 @@ from service.api.common import (
     MAX_VERSION,
     MIN_VERSION,
     FirstRead,
+    Reader,
     Receipt,
     VersionNumber,
     bad_query,
@@ -362,16 +365,9 @@ class VersionsController(Controller):
         min_position: MinPosition = None,
     ) -> Page[MetricSample] | tuple[MetricValue, ...]:
         require(principal_of(request), Permission.READ, name)
-        services = services_of(request)
-        model_id, _ = await services.registry.locate(name)
-        async with read_views(
-            services,
-            METRICS,
-            as_of=as_of,
-            min_position=min_position,
-            model_id=model_id,
-            metrics_of=(version,),
-        ) as reader:
+        async with _metrics_reader(
+            request, name, (version,), as_of=as_of, min_position=min_position
+        ) as (model_id, reader):
             if key is None:
                 return await model_versions.latest_metrics(
                     reader.conn, reader.names, model_id, version
@@ -402,16 +398,9 @@ class VersionsController(Controller):
         min_position: MinPosition = None,
     ) -> tuple[MetricSeries, ...]:
         require(principal_of(request), Permission.READ, name)
-        services = services_of(request)
-        model_id, _ = await services.registry.locate(name)
-        async with read_views(
-            services,
-            METRICS,
-            as_of=as_of,
-            min_position=min_position,
-            model_id=model_id,
-            metrics_of=(version,),
-        ) as reader:
+        async with _metrics_reader(
+            request, name, (version,), as_of=as_of, min_position=min_position
+        ) as (model_id, reader):
             return await metric_history.metric_series(reader.conn, reader.names, model_id, version)
 
     @get("/{version:int}/metrics/histories")
@@ -429,16 +418,9 @@ class VersionsController(Controller):
         """Every metric series of the version with its first ``limit`` points in step order,
         in one answer: what a dashboard needs to draw a chart per metric."""
         require(principal_of(request), Permission.READ, name)
-        services = services_of(request)
-        model_id, _ = await services.registry.locate(name)
-        async with read_views(
-            services,
-            METRICS,
-            as_of=as_of,
-            min_position=min_position,
-            model_id=model_id,
-            metrics_of=(version,),
-        ) as reader:
+        async with _metrics_reader(
+            request, name, (version,), as_of=as_of, min_position=min_position
+        ) as (model_id, reader):
             try:
                 return await metric_history.metric_histories(
                     reader.conn, reader.names, model_id, version, limit=limit
@@ -459,16 +441,9 @@ class VersionsController(Controller):
         min_position: MinPosition = None,
     ) -> MetricSample:
         require(principal_of(request), Permission.READ, name)
-        services = services_of(request)
-        model_id, _ = await services.registry.locate(name)
-        async with read_views(
-            services,
-            METRICS,
-            as_of=as_of,
-            min_position=min_position,
-            model_id=model_id,
-            metrics_of=(version,),
-        ) as reader:
+        async with _metrics_reader(
+            request, name, (version,), as_of=as_of, min_position=min_position
+        ) as (model_id, reader):
             sample = await metric_history.best_metric(
                 reader.conn, reader.names, model_id, version, key, dataset, goal
             )
@@ -504,22 +479,39 @@ class CompareController(Controller):
             raise BadRequestError("versions", "required", "name at least one version")
         if not all(MIN_VERSION <= number <= MAX_VERSION for number in numbers):
             raise BadRequestError("versions", "range", f"a version number is at most {MAX_VERSION}")
-        services = services_of(request)
-        model_id, _ = await services.registry.locate(name)
-        async with read_views(
-            services,
-            METRICS,
-            as_of=as_of,
-            min_position=min_position,
-            model_id=model_id,
-            metrics_of=numbers,
-        ) as reader:
+        async with _metrics_reader(
+            request, name, numbers, as_of=as_of, min_position=min_position
+        ) as (model_id, reader):
             try:
                 return await metric_history.compare_versions(
                     reader.conn, reader.names, model_id, numbers
                 )
             except InvalidQueryError as exc:
                 raise _bad_query(exc) from None
+
+
+@asynccontextmanager
+async def _metrics_reader(
+    request: Request[Any, Any, Any],
+    name: str,
+    versions: Sequence[int],
+    *,
+    as_of: str | None,
+    min_position: int | None,
+) -> AsyncIterator[tuple[str, Reader]]:
+    """The model's id and the metrics views, once they show the model's latest event and
+    the latest metrics of ``versions`` (or folded to ``as_of``)."""
+    services = services_of(request)
+    model_id, _ = await services.registry.locate(name)
+    async with read_views(
+        services,
+        METRICS,
+        as_of=as_of,
+        min_position=min_position,
+        model_id=model_id,
+        metrics_of=versions,
+    ) as reader:
+        yield model_id, reader
 
 
 async def _version_command(

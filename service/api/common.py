@@ -94,8 +94,10 @@ def if_match(request: Request[Any, Any, Any]) -> int | None:
 
 def read_consistency(request: Request[Any, Any, Any]) -> None:
     """Take the request's ``Modelreg-Consistency`` for the reads it makes (400 for a value
-    other than ``latest``). Each request runs in a task of its own, so this holds for it only."""
+    other than ``latest``). Set on every request, with or without the header: a server may
+    run one request after another in the same context (an in-process test transport does)."""
     value = request.headers.get(CONSISTENCY_HEADER)
+    _READ_LATEST.set(False)
     if value is None:
         return
     if value.strip().lower() != CONSISTENCY_LATEST:

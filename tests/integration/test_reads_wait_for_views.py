@@ -265,3 +265,25 @@ async def test_a_listing_asked_for_the_latest_waits_for_a_write_by_anyone(
         assert listed.status_code == 200, listed.text
         assert [m["name"] for m in listed.json()["items"]] == ["churn", "fraud"]
         assert found.status_code == 200, found.text
+
+
+async def test_the_consistency_asked_by_one_request_is_not_carried_to_the_next(
+    db: Database,
+) -> None:
+    async with running_api(db) as api:
+        # given one request that asked for the latest, in this task (the in-process
+        # transport runs each request in the caller's context, as no server must leak)
+        created = await api.post(M, json={"name": "churn"})
+        assert created.status_code == 201, created.text
+        latest = {"Modelreg-Consistency": "latest"}
+        assert (await api.get(M, headers=latest)).json()["items"][0]["name"] == "churn"
+
+        # when a model is created while the views are held back and the next request lists
+        # the models without the header
+        async with views_held_back(db):
+            assert (await api.post(M, json={"name": "fraud"})).status_code == 201
+            listed = await api.get(M)
+
+        # then that listing answered from the views as they stood, not waiting for them
+        assert listed.status_code == 200, listed.text
+        assert [m["name"] for m in listed.json()["items"]] == ["churn"]

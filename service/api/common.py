@@ -287,9 +287,11 @@ async def read_views(
     if model_id is not None or min_position or latest:
         # One round trip answers the common case: the views already show the model's
         # latest sealed event and the position asked for, so there is nothing to wait for.
-        streams = [] if model_id is None else [model_stream(model_id)]
-        if model_id is not None:
-            streams += [metrics_stream(model_id, v) for v in metrics_of]
+        streams = (
+            []
+            if model_id is None
+            else [model_stream(model_id), *(metrics_stream(model_id, v) for v in metrics_of)]
+        )
         now = await freshness(services.pool, wanted_views, streams=streams)
         if latest:
             min_position = max(min_position or 0, now.head)

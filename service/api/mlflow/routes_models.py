@@ -188,21 +188,22 @@ class RegisteredModelsController(Controller):
         clauses = parse_filter(filter_text, Target.MODELS)
         order = with_tie_breakers(parse_order_by(order_by or [], Target.MODELS), Target.MODELS)
         seal = cursor_seal(request)
-        reader = await current_reader(services)
-        try:
-            page = await search_models(
-                reader.conn,
-                reader.names,
-                clauses=clauses,
-                filter_text=filter_text or "",
-                order=order,
-                limit=limit,
-                cursor=seal.open(page_token),
-                scopes=() if covers(principal, None) else principal.scopes,
-            )
-        except InvalidQueryError as exc:
-            raise ValidationError("page_token", "invalid", str(exc)) from None
-        latest = await latest_versions(reader.conn, reader.names, [m.model_id for m in page.items])
+        async with current_reader(services) as reader:
+            try:
+                page = await search_models(
+                    reader.conn,
+                    reader.names,
+                    clauses=clauses,
+                    filter_text=filter_text or "",
+                    order=order,
+                    limit=limit,
+                    cursor=seal.open(page_token),
+                    scopes=() if covers(principal, None) else principal.scopes,
+                )
+            except InvalidQueryError as exc:
+                raise ValidationError("page_token", "invalid", str(exc)) from None
+            ids = [m.model_id for m in page.items]
+            latest = await latest_versions(reader.conn, reader.names, ids)
         return wire.SearchModelsAnswer(
             registered_models=[wire.registered_model(m, latest[m.model_id]) for m in page.items],
             next_page_token=seal.seal(page.next_cursor),

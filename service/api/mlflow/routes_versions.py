@@ -274,20 +274,20 @@ class ModelVersionsController(Controller):
         clauses = parse_filter(filter_text, Target.VERSIONS)
         order = with_tie_breakers(parse_order_by(order_by or [], Target.VERSIONS), Target.VERSIONS)
         seal = cursor_seal(request)
-        reader = await current_reader(services)
-        try:
-            page = await search_versions(
-                reader.conn,
-                reader.names,
-                clauses=clauses,
-                filter_text=filter_text or "",
-                order=order,
-                limit=limit,
-                cursor=seal.open(page_token),
-                scopes=() if covers(principal, None) else principal.scopes,
-            )
-        except InvalidQueryError as exc:
-            raise ValidationError("page_token", "invalid", str(exc)) from None
+        async with current_reader(services) as reader:
+            try:
+                page = await search_versions(
+                    reader.conn,
+                    reader.names,
+                    clauses=clauses,
+                    filter_text=filter_text or "",
+                    order=order,
+                    limit=limit,
+                    cursor=seal.open(page_token),
+                    scopes=() if covers(principal, None) else principal.scopes,
+                )
+            except InvalidQueryError as exc:
+                raise ValidationError("page_token", "invalid", str(exc)) from None
         return wire.SearchVersionsAnswer(
             model_versions=list(page.items),
             next_page_token=seal.seal(page.next_cursor),

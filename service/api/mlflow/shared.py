@@ -11,7 +11,6 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from eventlog.freshness import freshness, wait_for_position
 from events.errors import NotFoundError, ValidationError
 from events.model.state import ModelState, VersionState
 from projections.mlflow_views import (
@@ -23,7 +22,6 @@ from projections.mlflow_views import (
     version_of,
     version_query,
 )
-from projections.paging import merge_names
 from projections.views import model_catalogue, model_versions
 from service.api.common import FirstRead, ModelReader, Reader, read_model_views, read_views
 from service.api.mlflow.wire import ModelVersion, RegisteredModel, model_version, registered_model
@@ -78,16 +76,12 @@ async def model_reader(services: Services, model_id: str) -> AsyncIterator[Reade
         yield r
 
 
-async def current_reader(services: Services) -> Reader:
+@asynccontextmanager
+async def current_reader(services: Services) -> AsyncIterator[Reader]:
     """The views, once they show everything sealed when the call came: a search right
     after a write sees it, as MLflow callers expect of a database-backed registry."""
-    wanted = [p.name for p in VIEWS]
-    now = await freshness(services.pool, wanted)
-    if now.head > now.reached:
-        await wait_for_position(
-            services.pool, now.head, wanted, timeout=services.settings.read_wait_timeout
-        )
-    return Reader(services.pool, merge_names(*(p.view_names() for p in VIEWS)), None)
+    async with read_views(services, VIEWS, as_of=None, min_position=None, latest=True) as r:
+        yield r
 
 
 async def model_answer(services: Services, model_id: str, name: str) -> RegisteredModel:

@@ -53,24 +53,45 @@ class LocalBlobStore:
             return None
 
     async def put(self, sha256: str, chunks: AsyncIterable[bytes], *, max_bytes: int) -> Put:
-        if await self.size_of(sha256) is not None:
+        final = self.path_of(sha256)
+        # The file calls before and after the bytes run in one trip to a thread each: on a
+        # small file, a trip per call cost more than the bytes (bench/README.md).
+        opened = await asyncio.to_thread(self._open_incoming, final)
+        if opened is None:
             # Held already: the bytes still have to hash to the name, but need no copy.
             size, digest = await _consume(chunks, max_bytes, None)
             _check(sha256, digest)
             return Put(size=size, created=False)
-        incoming = self.root / INCOMING
-        await asyncio.to_thread(incoming.mkdir, parents=True, exist_ok=True)
-        fd, name = await asyncio.to_thread(tempfile.mkstemp, dir=incoming, prefix=sha256[:16])
-        temporary = Path(name)
+        fd, temporary = opened
+        published = False
         try:
             with os.fdopen(fd, "wb", buffering=0) as handle:
                 size, digest = await _consume(chunks, max_bytes, handle)
                 _check(sha256, digest)
-                await asyncio.to_thread(sync_and_release, handle.fileno())
-            created = await asyncio.to_thread(self._publish, temporary, self.path_of(sha256))
+                created = await asyncio.to_thread(self._finish, handle.fileno(), temporary, final)
+                published = True
             return Put(size=size, created=created)
         finally:
-            await asyncio.to_thread(temporary.unlink, missing_ok=True)
+            if not published:
+                await asyncio.to_thread(temporary.unlink, missing_ok=True)
+
+    def _open_incoming(self, final: Path) -> tuple[int, Path] | None:
+        """A new temporary file for ``final``'s bytes, or None when the blob is held."""
+        if final.exists():
+            return None
+        incoming = self.root / INCOMING
+        incoming.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(dir=incoming, prefix=final.name[:16])
+        return fd, Path(name)
+
+    def _finish(self, fd: int, temporary: Path, final: Path) -> bool:
+        """Make the verified bytes durable and give them their name; the temporary name
+        goes either way. False when the blob existed already."""
+        try:
+            sync_and_release(fd)
+            return self._publish(temporary, final)
+        finally:
+            temporary.unlink(missing_ok=True)
 
     async def read(self, sha256: str, start: int, end: int) -> AsyncIterator[bytes]:
         if end - start <= INLINE_BYTES:

@@ -22,10 +22,9 @@ from eventlog.store import StaleGuardError
 from events.artifacts import ARTIFACTS, StoreBlob, check_manifest
 from events.blob_collection import BLOB_COLLECTION
 from events.errors import ConflictError, NotFoundError, ValidationError
-from events.model.decider import MODEL
 from events.model.state import ModelState, VersionState
 from events.names import validate_stage_name
-from events.streams import BLOB_COLLECTIONS_STREAM, artifacts_stream, model_stream
+from events.streams import BLOB_COLLECTIONS_STREAM, artifacts_stream
 from events.version_content import ArtifactEntry
 from service.artifacts.blobstore import BlobStore, BlobStoreUnavailableError, Put
 from service.commands.executor import CommandExecutor
@@ -185,8 +184,9 @@ async def stored_blobs_guard(
 
 
 async def model_state(registry: Registry, name: str) -> tuple[str, ModelState]:
-    model_id = await registry.model_id(name)
-    _, state = await registry.executor.state_of(model_stream(model_id), MODEL)
+    """The model's id and current state: one query when this process's cached state is
+    at the stream's version (a file read or upload right after another one)."""
+    model_id, _, state = await registry.model(name)
     return model_id, state
 
 

@@ -354,17 +354,19 @@ class Registry:
         id_seed: str | None = None,
         archive_existing: bool = False,
         environment: str | None = None,
+        at: datetime | None = None,
     ) -> tuple[Written, str | None]:
         """Move a version when the policy allows it directly; otherwise open a promotion
         request. Returns the result and the request id (``None`` when done directly).
-        ``archive_existing``: see ``TransitionStage``."""
+        ``archive_existing``: see ``TransitionStage``. ``at``: the decision's time (the
+        clock's now by default), for a caller that answers with it."""
         model_id, _, state = await self.model(name)
         if (earlier := await self.recorded(model_id, id_seed)) is not None:
             requested = [e for e in earlier.events if isinstance(e, PromotionRequested)]
             return earlier, requested[0].request_id if requested else None
         current = state.version(version)
         metrics = await self.metric_snapshot(model_id, [version, state.champion(environment)])
-        now = self.clock()
+        now = at or self.clock()
         opened: list[str] = []
 
         def build(registry_policy: GovernancePolicy) -> Command:

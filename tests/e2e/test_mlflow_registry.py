@@ -302,6 +302,25 @@ def test_stages_map_both_ways_and_archive_existing_versions_archives_the_others(
     assert error_code(archived) == "INVALID_PARAMETER_VALUE"
 
 
+def test_a_transition_answers_the_version_as_later_reads_show_it(mlflow: MlflowClient) -> None:
+    # given a version with a description, tags and two aliases set in reverse order
+    mlflow.create_registered_model("mf-moved")
+    mlflow.create_model_version("mf-moved", source="s3://b/moved", description="first cut")
+    mlflow.set_model_version_tag("mf-moved", "1", "owner", "ml-team")
+    mlflow.set_model_version_tag("mf-moved", "1", "data", "2026-q4")
+    mlflow.set_registered_model_alias("mf-moved", "zeta", "1")
+    mlflow.set_registered_model_alias("mf-moved", "alpha", "1")
+    # when it moves to Staging (answered from what the move recorded, not from the views)
+    moved = mlflow.transition_model_version_stage("mf-moved", "1", "Staging")
+    # then the answer is what a read shows once the views have the move, field by field
+    shown = mlflow.get_model_version("mf-moved", "1")
+    assert moved.current_stage == shown.current_stage == "Staging"
+    assert dict(moved) == dict(shown)
+    assert moved.aliases == ["alpha", "zeta"]
+    assert moved.tags == {"owner": "ml-team", "data": "2026-q4"}
+    assert moved.last_updated_timestamp >= moved.creation_timestamp
+
+
 def test_searches_filter_with_mlflow_grammar_order_and_page_with_opaque_tokens(
     server: RegistryServer, mlflow: MlflowClient
 ) -> None:

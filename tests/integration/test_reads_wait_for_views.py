@@ -287,3 +287,42 @@ async def test_the_consistency_asked_by_one_request_is_not_carried_to_the_next(
         # then that listing answered from the views as they stood, not waiting for them
         assert listed.status_code == 200, listed.text
         assert [m["name"] for m in listed.json()["items"]] == ["churn"]
+
+
+async def test_an_mlflow_transition_answers_what_it_recorded_without_waiting_for_the_views(
+    db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen = WaitSeen(monkeypatch)
+    async with running_api(db) as api:
+        # given a version the views show, in None
+        assert (
+            await api.post(f"{MLFLOW}/registered-models/create", json={"name": "churn"})
+        ).is_success
+        created = await api.post(
+            f"{MLFLOW}/model-versions/create", json={"name": "churn", "source": "s3://b/1"}
+        )
+        assert created.status_code == 200, created.text
+        shown = await api.get(f"{MLFLOW}/model-versions/get?name=churn&version=1")
+        assert shown.json()["model_version"]["current_stage"] == "None"
+
+        # when it moves to Staging while the views are held back
+        seen.started.clear()
+        async with views_held_back(db):
+            move = asyncio.create_task(
+                api.post(
+                    f"{MLFLOW}/model-versions/transition-stage",
+                    json={"name": "churn", "version": "1", "stage": "Staging"},
+                )
+            )
+            waiting = asyncio.create_task(seen.started.wait())
+            await asyncio.wait({move, waiting}, return_when=asyncio.FIRST_COMPLETED)
+            waiting.cancel()
+            # then it answered without starting to wait for them, with the move
+            assert move.done(), "the transition waited for the views to show it"
+            moved = move.result()
+        assert moved.status_code == 200, moved.text
+        answer = moved.json()["model_version"]
+        assert answer["current_stage"] == "Staging"
+        # and that answer is what the views show once they have caught up
+        after = await api.get(f"{MLFLOW}/model-versions/get?name=churn&version=1")
+        assert after.json()["model_version"] == answer

@@ -20,6 +20,7 @@ import hashlib
 from datetime import datetime
 from typing import Annotated, Any
 
+import msgspec
 from litestar import Controller, Request, delete, get, patch, post
 from litestar.params import FromQuery, JSONBody, QueryParameter
 
@@ -40,7 +41,7 @@ from events.model.state import ModelState, VersionState
 from events.policy import GovernancePolicy
 from events.stages import Stage
 from events.version_content import ArtifactEntry, RunReference, VersionContent, validate_content
-from projections.mlflow_views import MlflowVersion, micros, search_versions
+from projections.mlflow_views import MlflowVersion, get_version, micros, search_versions
 from projections.paging import InvalidQueryError
 from service.api.auth import require
 from service.api.common import cursor_seal, principal_of, seed_of, services_of
@@ -49,6 +50,7 @@ from service.api.mlflow.retries import derived_seeds
 from service.api.mlflow.routes_models import NameQuery, page_size
 from service.api.mlflow.shared import (
     DELETED_REASON,
+    VIEW_NAMES,
     current_reader,
     live_model,
     live_version,
@@ -345,7 +347,8 @@ class ModelVersionsController(Controller):
         # MLflow moves a version to its own stage without complaint: nothing to record.
         if live_version(state, data.name, number).stage != stage or data.archive_existing_versions:
             comment = f"transition-stage through the MLflow API to {stage_to_mlflow(stage)}"
-            await _transition(
+            now = services.registry.now()
+            written = await _transition(
                 services,
                 principal,
                 data.name,
@@ -353,7 +356,11 @@ class ModelVersionsController(Controller):
                 stage,
                 comment,
                 archive_existing=data.archive_existing_versions,
+                at=now,
             )
+            moved = None if written.replayed else await _moved(services, written, number, now)
+            if moved is not None:
+                return wire.ModelVersionAnswer(model_version=moved)
         return wire.ModelVersionAnswer(
             model_version=await version_answer(services, model_id, data.name, number)
         )
@@ -387,6 +394,7 @@ async def _transition(
     comment: str,
     *,
     archive_existing: bool = False,
+    at: datetime | None = None,
 ) -> Written:
     """A governed move (with ``archive_existing``, the archiving of the other versions in
     that stage is part of the same decision); when it needs approval, the request it
@@ -398,11 +406,39 @@ async def _transition(
         actor=principal.name,
         comment=comment,
         archive_existing=archive_existing,
+        at=at,
     )
     executed = any(e.event_type == "model.promotion_executed" for e in written.events)
     if request_id is not None and not executed:
         raise ApprovalRequiredError(name, number, stage, request_id)
     return written
+
+
+async def _moved(
+    services: Services, written: Written, number: int, at: datetime
+) -> wire.ModelVersion | None:
+    """The version as the move recorded it, at ``at``: what the views will show once they
+    catch up, without waiting for them (as a create answers). Stage, aliases, description
+    and tags come from the state the move left; the facts fixed at registration (creation
+    time, source, run) from the views, which show them as soon as they show the version at
+    all. None when they do not show it yet: the caller then waits for them."""
+    shown = await get_version(services.pool, VIEW_NAMES, written.model_id, number)
+    if shown is None:
+        return None
+    state: ModelState = written.state
+    version = state.versions[number]
+    row = msgspec.structs.replace(
+        shown,
+        name=state.name,
+        stage=version.stage,
+        aliases=tuple(sorted(version.aliases)),
+        description=version.description,
+        tags=version.tags,
+        updated_us=micros(at),
+        deleted=version.deprecated,
+        model_archived=state.archived,
+    )
+    return wire.model_version(row)
 
 
 async def _writable(

@@ -22,12 +22,14 @@ from projections.mlflow_views import (
     version_of,
     version_query,
 )
+from projections.paging import merge_names
 from projections.views import model_catalogue, model_versions
 from service.api.common import FirstRead, ModelReader, Reader, read_model_views, read_views
 from service.api.mlflow.wire import ModelVersion, RegisteredModel, model_version, registered_model
 from service.api.services import Services
 
 VIEWS = [model_catalogue.PROJECTION, model_versions.PROJECTION]
+VIEW_NAMES = merge_names(*(p.view_names() for p in VIEWS))
 DELETED_REASON = "deleted through the MLflow API"
 
 

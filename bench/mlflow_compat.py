@@ -2,7 +2,8 @@
 ``mlflow server`` 3.17.2, in one run, with a compiled load generator and with MLflow's own
 Python client (issue 14).
 
-    python -m bench.mlflow_compat [--seconds 5] [--connections 16] [--versions 300]
+    python -m bench.mlflow_compat [--seconds 5] [--connections 16] [--versions 500]
+                                  [--only "transition stage" "log metric" ...]
                                   [--pg-url URL | --private-postgres] [--json]
 
 What it starts, as ``bench/api_vs_mlflow.py`` does (its helpers, not copies): ``modelreg
@@ -20,9 +21,13 @@ client (artifacts logged to a run through its proxy, version 1 created from them
 Each operation runs for ``--seconds`` at ``--connections`` concurrent callers, first with
 wrk (the same request on both: path, query, body, headers), then with 16 threads of
 ``MlflowClient`` (``--connections`` threads): reads (get model, get version, get by alias,
-get download URI, search versions, list the version's files, download MLmodel) and writes
-(set a version tag, move an alias, create a version; a wrk Lua script gives every write
-its own value, so no request repeats another). The tables print ops/s and p99 for both
+get download URI, search versions (pages of 100 and 500), list the version's files,
+download MLmodel) and writes (set a version tag, move an alias, transition a version's
+stage, create a version, log a metric; a wrk Lua script gives every write its own value,
+so no request repeats another, and makes every transition a real move: None <-> Staging,
+each version in turn). MLflow logs metrics to a run, not to a model version, so "log a
+metric" is ``runs/log-metric`` there and modelreg's own ``POST .../versions/1/metrics``
+(one point) here, and modelreg's own Python client in the client view. The tables print ops/s and p99 for both
 systems side by side, the ratio, and whether the issue's target holds: >= 10x MLflow's
 throughput and a lower p99. An operation modelreg does not answer yet (its route is
 missing on this build) is reported as such, not measured.
@@ -59,6 +64,7 @@ from bench.api_vs_mlflow import (
 from bench.api_wrk import Figure, ensure_wrk, run_wrk
 from bench.common import percentile, postgres
 from events.mlflow_artifacts import download_uri
+from service.client import NO_RETRIES, Client
 from tests.support.mlflow_models import register_directory, save_model
 
 MODEL = "churn"
@@ -82,11 +88,40 @@ end
 """
 
 
+# A stage transition that is a real move every time: each wrk thread owns SPAN versions
+# from FIRST on and takes them in turn, to Staging on even rounds and back to None on odd
+# ones (BODY's %d is the version, its %s the stage). The previous move of a version was
+# sent SPAN requests earlier on that thread, more than it has connections in flight.
+TRANSITION_LUA = """
+local threads = 0
+function setup(thread)
+  thread:set("id", threads)
+  threads = threads + 1
+end
+local counter = 0
+function init(args)
+  wrk.headers["Content-Type"] = "application/json"
+end
+request = function()
+  local slot = counter % SPAN
+  local round = math.floor(counter / SPAN)
+  counter = counter + 1
+  local stage = "None"
+  if round % 2 == 0 then stage = "Staging" end
+  return wrk.format("POST", nil, nil, string.format(BODY, FIRST + id * SPAN + slot, stage))
+end
+"""
+TRANSITION_FIRST = 3  # versions 1 and 2 carry the aliases and the tags
+# More than the connections in flight (16 by default), on wrk's one thread (run_wrk).
+TRANSITION_SPAN = 48
+
+
 @dataclass(frozen=True)
 class Operation:
     name: str
     path: str  # with its query; the same on both systems but for the files' root
-    body: str | None = None  # a Lua format string with two %d (writes)
+    body: str | None = None  # a Lua format string (writes), for ``lua``
+    lua: str = WRITE_LUA
 
 
 @dataclass
@@ -107,15 +142,31 @@ class Row:
     mlflow: Side
 
 
-def operations(files_root: str) -> list[Operation]:
+def operations(files_root: str, run_id: str | None = None) -> list[Operation]:
+    """The operations on one system: modelreg's when ``run_id`` is None, else MLflow's
+    (whose metrics go to a run: MLflow has no metrics on model versions)."""
     name = f"name={MODEL}"
     search = urlencode({"filter": f"name='{MODEL}'", "max_results": 100})
+    search_500 = urlencode({"filter": f"name='{MODEL}'", "max_results": 500})
+    if run_id is None:
+        log_metric = Operation(
+            "log metric",
+            f"/api/v1/models/{MODEL}/versions/1/metrics",
+            '{"metrics":[{"key":"bench","value":%d,"step":%d}]}',
+        )
+    else:
+        log_metric = Operation(
+            "log metric",
+            f"{API}/runs/log-metric",
+            f'{{"run_id":"{run_id}","key":"bench","value":%d,"timestamp":1,"step":%d}}',
+        )
     return [
         Operation("get registered model", f"{API}/registered-models/get?{name}"),
         Operation("get version", f"{API}/model-versions/get?{name}&version=1"),
         Operation("get version by alias", f"{API}/registered-models/alias?{name}&alias={ALIAS}"),
         Operation("get download uri", f"{API}/model-versions/get-download-uri?{name}&version=1"),
         Operation("search versions (100)", f"{API}/model-versions/search?{search}"),
+        Operation("search versions (500)", f"{API}/model-versions/search?{search_500}"),
         Operation(
             "list version files", f"/api/2.0/mlflow-artifacts/artifacts?path={quote(files_root)}"
         ),
@@ -132,10 +183,19 @@ def operations(files_root: str) -> list[Operation]:
             f'{{"name":"{MODEL}","alias":"{MOVED_ALIAS}","version":"%d"}}',
         ),
         Operation(
+            "transition stage",
+            f"{API}/model-versions/transition-stage",
+            f'{{"name":"{MODEL}","version":"%d","stage":"%s","archive_existing_versions":false}}',
+            TRANSITION_LUA.replace("FIRST", str(TRANSITION_FIRST)).replace(
+                "SPAN", str(TRANSITION_SPAN)
+            ),
+        ),
+        Operation(
             "create version",
             f"{API}/model-versions/create",
             f'{{"name":"{MODEL}","source":"s3://bench/churn/%d-%d"}}',
         ),
+        log_metric,
     ]
 
 
@@ -165,9 +225,10 @@ def seed_modelreg(url: str, token: str, model_dir: Path, versions: int) -> None:
         http.get(f"/api/v1/models/{MODEL}/versions/by-alias/{ALIAS}").raise_for_status()
 
 
-def seed_mlflow(url: str, model_dir: Path, versions: int) -> str:
+def seed_mlflow(url: str, model_dir: Path, versions: int) -> tuple[str, str]:
     """Through MLflow's client: the files as a run's artifacts (MLflow accepts a proxied
-    source only inside the run that holds it); answers where version 1's files are."""
+    source only inside the run that holds it); answers where version 1's files are, and
+    the run (where MLflow logs metrics)."""
     from mlflow import MlflowClient
 
     client = MlflowClient(tracking_uri=url, registry_uri=url)
@@ -181,20 +242,43 @@ def seed_mlflow(url: str, model_dir: Path, versions: int) -> str:
         client.create_model_version(MODEL, f"s3://bench/churn/{i}/model")
     client.set_registered_model_alias(MODEL, ALIAS, "1")
     client.set_registered_model_alias(MODEL, MOVED_ALIAS, "1")
-    return files
+    return files, run.info.run_id
 
 
 # ---------------------------------------------------------------- the Python client
 
 
 def client_call(
-    system_url: str, files_uri: str, operation: str, workdir: Path
+    system_url: str, files_uri: str, operation: str, workdir: Path, run_id: str | None
 ) -> Callable[[int], None]:
-    """The MlflowClient call behind ``operation``; its argument is the call's counter."""
+    """The MlflowClient call behind ``operation``; its argument is the call's counter.
+
+    ``run_id``: MLflow's run, where it logs a metric; None on modelreg, where a metric
+    belongs to a model version and is logged with modelreg's own client (MLflow's has no
+    call for that)."""
     from mlflow import MlflowClient
     from mlflow.store.artifact.mlflow_artifacts_repo import MlflowArtifactsRepository
 
     client = MlflowClient(tracking_uri=system_url, registry_uri=system_url)
+    own = threading.local()
+
+    def log_metric(n: int) -> object:
+        if run_id is not None:
+            return client.log_metric(run_id, "bench", float(n), timestamp=1, step=n)
+        if not hasattr(own, "client"):  # one per thread: its metrics buffer is its own
+            own.client = Client(
+                system_url, token=os.environ["MLFLOW_TRACKING_TOKEN"], retry=NO_RETRIES
+            )
+        own.client.log_metric(MODEL, 1, "bench", float(n), step=n)
+        return own.client.flush()
+
+    def transition(n: int) -> object:
+        slot, round_ = n % TRANSITION_SPAN, n // TRANSITION_SPAN
+        stage = "Staging" if round_ % 2 == 0 else "None"
+        return client.transition_model_version_stage(
+            MODEL, str(TRANSITION_FIRST + slot), stage, archive_existing_versions=False
+        )
+
     repo: Any = MlflowArtifactsRepository(files_uri, tracking_uri=system_url)  # untyped methods
     scratch = Path(tempfile.mkdtemp(dir=workdir))
     calls: dict[str, Callable[[int], object]] = {
@@ -205,6 +289,9 @@ def client_call(
         "search versions (100)": lambda n: client.search_model_versions(
             f"name='{MODEL}'", max_results=100
         ),
+        "search versions (500)": lambda n: client.search_model_versions(
+            f"name='{MODEL}'", max_results=500
+        ),
         "list version files": lambda n: repo.list_artifacts(),
         "download MLmodel": lambda n: repo.download_artifacts(
             "MLmodel", str(scratch / f"{threading.get_ident()}-{n}")
@@ -213,9 +300,11 @@ def client_call(
         "move alias": lambda n: client.set_registered_model_alias(
             MODEL, MOVED_ALIAS, "1" if n % 2 else "2"
         ),
+        "transition stage": transition,
         "create version": lambda n: client.create_model_version(
             MODEL, f"s3://bench/churn/client-{n}"
         ),
+        "log metric": log_metric,
     }
 
     def call(n: int) -> None:
@@ -281,7 +370,7 @@ def measure(
     model_dir = save_model(workdir / "model")
     log(f"seeding {args.versions} versions on each system ...")
     seed_modelreg(urls.modelreg, token, model_dir, args.versions)
-    mlflow_files = seed_mlflow(urls.mlflow, model_dir, args.versions)
+    mlflow_files, run_id = seed_mlflow(urls.mlflow, model_dir, args.versions)
     c, s = args.connections, args.seconds
     ceiling = run_wrk(
         wrk,
@@ -295,11 +384,14 @@ def measure(
     modelreg_root = download_uri(MODEL, 1).removeprefix("mlflow-artifacts:/")
     mlflow_root = mlflow_files.removeprefix("mlflow-artifacts:/")
     rows = []
-    for mine, theirs in zip(operations(modelreg_root), operations(mlflow_root), strict=True):
+    pairs = zip(operations(modelreg_root), operations(mlflow_root, run_id), strict=True)
+    for mine, theirs in pairs:
+        if args.only and mine.name not in args.only:
+            continue
         row = Row(mine.name, Side(), Side())
-        for side, url, op, files in (
-            (row.modelreg, urls.modelreg, mine, download_uri(MODEL, 1)),
-            (row.mlflow, urls.mlflow, theirs, mlflow_files),
+        for side, url, op, files, run in (
+            (row.modelreg, urls.modelreg, mine, download_uri(MODEL, 1), None),
+            (row.mlflow, urls.mlflow, theirs, mlflow_files, run_id),
         ):
             side.note = answered(url, token, op)
             if side.note:
@@ -308,7 +400,7 @@ def measure(
             script = None
             if op.body:
                 script = workdir / f"{op.name.replace(' ', '_')}.lua"
-                script.write_text(f"BODY = '{op.body}'\n" + WRITE_LUA)
+                script.write_text(f"BODY = '{op.body}'\n" + op.lua)
             log(f"wrk: {op.name} on {url} ...")
             side.wrk = run_wrk(
                 wrk,
@@ -321,7 +413,7 @@ def measure(
                 timeout=WRK_TIMEOUT,
             )
             log(f"client: {op.name} on {url} ...")
-            call = client_call(url, files, op.name, workdir)
+            call = client_call(url, files, op.name, workdir, run)
             side.client_rate, side.client_p99_ms, side.client_errors = run_client(call, s, c)
         rows.append(row)
     return ceiling, rows
@@ -382,7 +474,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seconds", type=float, default=5.0, help="duration of each measurement")
     p.add_argument("--connections", type=int, default=16, help="concurrent callers")
-    p.add_argument("--versions", type=int, default=300, help="versions of the one model")
+    p.add_argument("--versions", type=int, default=500, help="versions of the one model")
     p.add_argument(
         "--pg-url",
         default=os.environ.get("MODELREG_BENCH_PG_URL", "postgresql://postgres@127.0.0.1:5432"),
@@ -391,7 +483,17 @@ def main() -> None:
     p.add_argument("--private-postgres", action="store_true", help="an embedded Postgres instead")
     p.add_argument("--mlflow-venv", type=Path, default=MLFLOW_VENV)
     p.add_argument("--json", action="store_true", help="one JSON object per operation")
+    p.add_argument(
+        "--only", nargs="+", metavar="OPERATION", help='operations to measure ("transition stage")'
+    )
     args = p.parse_args()
+    known = {op.name for op in operations("")}
+    if unknown := set(args.only or ()) - known:
+        p.error(f"--only: no operation {sorted(unknown)}; there are {sorted(known)}")
+    if args.versions < TRANSITION_FIRST + TRANSITION_SPAN:
+        p.error(
+            f"--versions: at least {TRANSITION_FIRST + TRANSITION_SPAN} (the transitions' versions)"
+        )
     # MLflow's client keeps 10 pooled connections per host unless told otherwise.
     os.environ["MLFLOW_HTTP_POOL_MAXSIZE"] = str(max(10, args.connections))
     os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"  # an error counts; it is not retried

@@ -162,7 +162,10 @@ def measure(
             for side in served if round_ % 2 == 0 else served[::-1]:
                 if operation and operation.body:
                     script = workdir / "write.lua"
-                    script.write_text(lua_for(operation.body, secrets.randbelow(10**12)))
+                    if operation.lua == mlflow_compat.WRITE_LUA:
+                        script.write_text(lua_for(operation.body, secrets.randbelow(10**12)))
+                    else:  # its own script (a transition's stages), as mlflow_compat runs it
+                        script.write_text(f"BODY = '{operation.body}'\n{operation.lua}")
                 before = side_ticks(pg_url, side)
                 figure = api_wrk.run_wrk(
                     wrk,

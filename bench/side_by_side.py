@@ -17,7 +17,9 @@ request (from /proc: it moves less than req/s) of the server process, of the who
 Postgres backends serving its database); then the medians and the change.
 
 A WORKLOAD is one of bench.mlflow_compat's operation names (``"get version"``, ``"search
-versions (100)"``, ``"create version"``, ...) or a path of the API (``/api/v1/me``);
+versions (100)"``, ``"create version"``, ...), ``"tag, then read it (latest)"`` (every
+other request a write, every read waiting for the views to show the writes before it), or
+a path of the API (``/api/v1/me``);
 without any, a default set of reads and the MLflow create. The hello-world ceiling is not
 measured: this compares two servers with each other, not with it.
 """
@@ -39,6 +41,30 @@ from events.mlflow_artifacts import download_uri
 from tests.support.mlflow_models import save_model
 
 REPO = Path(__file__).resolve().parents[1]
+# Workloads of their own: a wrk script that writes every other request, each connection
+# then reading with ``Modelreg-Consistency: latest``, so every read waits for the views to
+# show the writes made before it (what a client reading its own writes does).
+VERSION_1 = f"/api/v1/models/{mlflow_compat.MODEL}/versions/1"
+MIXED = {
+    "tag, then read it (latest)": f"""
+local i = 0
+local reading = {{}}
+function init(args)
+  for name, value in pairs(wrk.headers) do reading[name] = value end
+  reading["Modelreg-Consistency"] = "latest"
+end
+request = function()
+  i = i + 1
+  if i % 2 == 1 then
+    local body = string.format('{{"value":"v%d"}}', i)
+    return wrk.format("PUT", "{VERSION_1}/tags/bench",
+                      {{["Content-Type"] = "application/json",
+                        ["Authorization"] = wrk.headers["Authorization"]}}, body)
+  end
+  return wrk.format("GET", "{VERSION_1}", reading)
+end
+""",
+}
 FILES_ROOT = download_uri(mlflow_compat.MODEL, 1).removeprefix("mlflow-artifacts:/")
 DEFAULT = [
     "/api/v1/me",
@@ -155,8 +181,11 @@ def measure(
     results: dict[str, tuple[list[Run], list[Run]]] = {}
     for workload in args.workloads:
         operation = operations.get(workload)
-        path = operation.path if operation else workload
+        path = operation.path if operation else VERSION_1 if workload in MIXED else workload
         script = None
+        if workload in MIXED:
+            script = workdir / "mixed.lua"
+            script.write_text(MIXED[workload])
         runs: dict[str, list[Run]] = {"before": [], "after": []}
         for round_ in range(rounds):
             for side in served if round_ % 2 == 0 else served[::-1]:

@@ -302,6 +302,20 @@ def test_stages_map_both_ways_and_archive_existing_versions_archives_the_others(
     assert error_code(archived) == "INVALID_PARAMETER_VALUE"
 
 
+def test_a_create_answers_the_model_as_later_reads_show_it(mlflow: MlflowClient) -> None:
+    # when a model is created with a description and tags (answered from what the create
+    # recorded, not from the views)
+    created = mlflow.create_registered_model(
+        "mf-created", tags={"team": "risk", "tier": "gold"}, description="churn, v2"
+    )
+    # then the answer is what a read shows once the views have it, field by field
+    shown = mlflow.get_registered_model("mf-created")
+    assert dict(created) == dict(shown)
+    assert created.description == "churn, v2"
+    assert created.tags == {"team": "risk", "tier": "gold"}
+    assert created.creation_timestamp == created.last_updated_timestamp
+
+
 def test_a_transition_answers_the_version_as_later_reads_show_it(mlflow: MlflowClient) -> None:
     # given a version with a description, tags and two aliases set in reverse order
     mlflow.create_registered_model("mf-moved")

@@ -326,3 +326,35 @@ async def test_an_mlflow_transition_answers_what_it_recorded_without_waiting_for
         # and that answer is what the views show once they have caught up
         after = await api.get(f"{MLFLOW}/model-versions/get?name=churn&version=1")
         assert after.json()["model_version"] == answer
+
+
+async def test_an_mlflow_model_create_answers_what_it_recorded_without_waiting_for_the_views(
+    db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen = WaitSeen(monkeypatch)
+    async with running_api(db) as api:
+        # when a model is created while the views are held back
+        seen.started.clear()
+        async with views_held_back(db):
+            create = asyncio.create_task(
+                api.post(
+                    f"{MLFLOW}/registered-models/create",
+                    json={
+                        "name": "churn",
+                        "description": "v2",
+                        "tags": [{"key": "t", "value": "1"}],
+                    },
+                )
+            )
+            waiting = asyncio.create_task(seen.started.wait())
+            await asyncio.wait({create, waiting}, return_when=asyncio.FIRST_COMPLETED)
+            waiting.cancel()
+            # then it answered without starting to wait for them
+            assert create.done(), "the create waited for the views to show it"
+            created = create.result()
+        assert created.status_code == 200, created.text
+        answer = created.json()["registered_model"]
+        assert (answer["name"], answer["description"]) == ("churn", "v2")
+        # and that answer is what the views show once they have caught up
+        after = await api.get(f"{MLFLOW}/registered-models/get?name=churn")
+        assert after.json()["registered_model"] == answer

@@ -88,10 +88,12 @@ class RegisteredModelsController(Controller):
         if seed is None:
             seed, previous = derived_seeds(principal.name, request.url.path, data, registry.now())
 
+        now = registry.now()
+
         def command(model_id: str) -> RegisterModel:
             return RegisterModel(
                 actor=principal.name,
-                now=registry.now(),
+                now=now,
                 model_id=model_id,
                 name=data.name,
                 owner=principal.name,
@@ -105,6 +107,11 @@ class RegisteredModelsController(Controller):
                 written = await registry.register_model(command, id_seed=seed)
             except AlreadyExistsError:
                 raise _taken(data.name) from None
+        if not written.replayed:
+            # What it recorded is the answer: no need to wait for the views to show it.
+            return wire.RegisteredModelAnswer(
+                registered_model=wire.just_registered(written.state, now)
+            )
         try:
             created = await model_answer(services, written.model_id, data.name)
         except NotFoundError:

@@ -9,10 +9,13 @@ as MLflow's own server does for fields it does not know.
 
 from __future__ import annotations
 
+from datetime import datetime
+
 import msgspec
 
 from events.errors import ValidationError
 from events.mlflow_stages import stage_to_mlflow
+from events.model.state import ModelState
 from projections.mlflow_views import MlflowVersion, millis
 from projections.views.model_catalogue import ModelRow
 
@@ -218,6 +221,19 @@ def model_version(row: MlflowVersion) -> ModelVersion:
         run_link=row.run_link,
         tags=_tag_list(row.tags),
         aliases=list(row.aliases),
+    )
+
+
+def just_registered(state: ModelState, at: datetime) -> RegisteredModel:
+    """A model as its registration recorded it, at ``at``: what the views will show once
+    they have it (no versions, no aliases yet)."""
+    return RegisteredModel(
+        name=state.name,
+        creation_timestamp=millis(at),
+        last_updated_timestamp=millis(at),
+        user_id=state.owner,
+        description=state.description,
+        tags=_tag_list(state.tags),
     )
 
 

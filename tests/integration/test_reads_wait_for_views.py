@@ -72,6 +72,21 @@ async def answered_after_release(
     return await read
 
 
+async def written_while_held(
+    api: Api, db: Database, seen: WaitSeen, path: str, body: dict[str, Any]
+) -> httpx.Response:
+    """POST ``body`` with the views held back; its answer, which must come without the
+    request ever starting to wait for the views (a write answers what it recorded)."""
+    seen.started.clear()
+    async with views_held_back(db):
+        write = asyncio.create_task(api.post(path, json=body))
+        waiting = asyncio.create_task(seen.started.wait())
+        await asyncio.wait({write, waiting}, return_when=asyncio.FIRST_COMPLETED)
+        waiting.cancel()
+        assert write.done(), f"POST {path} waited for the views to show it"
+        return write.result()
+
+
 async def test_a_read_by_name_waits_for_the_views_to_show_the_latest_write(
     db: Database, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -305,21 +320,15 @@ async def test_an_mlflow_transition_answers_what_it_recorded_without_waiting_for
         shown = await api.get(f"{MLFLOW}/model-versions/get?name=churn&version=1")
         assert shown.json()["model_version"]["current_stage"] == "None"
 
-        # when it moves to Staging while the views are held back
-        seen.started.clear()
-        async with views_held_back(db):
-            move = asyncio.create_task(
-                api.post(
-                    f"{MLFLOW}/model-versions/transition-stage",
-                    json={"name": "churn", "version": "1", "stage": "Staging"},
-                )
-            )
-            waiting = asyncio.create_task(seen.started.wait())
-            await asyncio.wait({move, waiting}, return_when=asyncio.FIRST_COMPLETED)
-            waiting.cancel()
-            # then it answered without starting to wait for them, with the move
-            assert move.done(), "the transition waited for the views to show it"
-            moved = move.result()
+        # when it moves to Staging while the views are held back, then it answers
+        # without starting to wait for them, with the move
+        moved = await written_while_held(
+            api,
+            db,
+            seen,
+            f"{MLFLOW}/model-versions/transition-stage",
+            {"name": "churn", "version": "1", "stage": "Staging"},
+        )
         assert moved.status_code == 200, moved.text
         answer = moved.json()["model_version"]
         assert answer["current_stage"] == "Staging"
@@ -333,25 +342,15 @@ async def test_an_mlflow_model_create_answers_what_it_recorded_without_waiting_f
 ) -> None:
     seen = WaitSeen(monkeypatch)
     async with running_api(db) as api:
-        # when a model is created while the views are held back
-        seen.started.clear()
-        async with views_held_back(db):
-            create = asyncio.create_task(
-                api.post(
-                    f"{MLFLOW}/registered-models/create",
-                    json={
-                        "name": "churn",
-                        "description": "v2",
-                        "tags": [{"key": "t", "value": "1"}],
-                    },
-                )
-            )
-            waiting = asyncio.create_task(seen.started.wait())
-            await asyncio.wait({create, waiting}, return_when=asyncio.FIRST_COMPLETED)
-            waiting.cancel()
-            # then it answered without starting to wait for them
-            assert create.done(), "the create waited for the views to show it"
-            created = create.result()
+        # when a model is created while the views are held back, then it answers
+        # without starting to wait for them
+        created = await written_while_held(
+            api,
+            db,
+            seen,
+            f"{MLFLOW}/registered-models/create",
+            {"name": "churn", "description": "v2", "tags": [{"key": "t", "value": "1"}]},
+        )
         assert created.status_code == 200, created.text
         answer = created.json()["registered_model"]
         assert (answer["name"], answer["description"]) == ("churn", "v2")

@@ -315,7 +315,11 @@ class LifecycleController(Controller):
         if environment is not None:
             named = stage or [s for s in await _stages_of(services, name) if "@" not in s]
             stage = [placement(s, environment) for s in named]
-        async with read_views(services, TIMELINE, as_of=None, min_position=min_position) as reader:
+        # A read about one model: it waits for the views to show the model's latest event,
+        # as every other (a promotion approved by someone else shows in the timeline).
+        async with read_views(
+            services, TIMELINE, as_of=None, min_position=min_position, model_id=model_id
+        ) as reader:
             if at is not None:
                 moment = parse_as_of(at, "at")
                 stages = stage or await _stages_of(services, name)

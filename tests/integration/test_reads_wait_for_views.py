@@ -357,3 +357,31 @@ async def test_an_mlflow_model_create_answers_what_it_recorded_without_waiting_f
         # and that answer is what the views show once they have caught up
         after = await api.get(f"{MLFLOW}/registered-models/get?name=churn")
         assert after.json()["registered_model"] == answer
+
+
+async def test_a_models_stage_timeline_waits_for_the_models_latest_write(
+    db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen = WaitSeen(monkeypatch)
+    async with running_api(db) as api:
+        # given version 1 of churn, whose timeline has been read once
+        assert (await api.post(M, json={"name": "churn"})).status_code == 201
+        entry = {"path": "m", "external": True, "uri": "s3://b/m", "sha256": "a" * 64, "size": 1}
+        created = await api.post(f"{M}/churn/versions", json={"artifacts": [entry]})
+        assert created.status_code == 201, created.text
+        assert (await api.get(f"{M}/churn/timeline?stage=staging")).json() == []
+
+        async def to_staging() -> bool:
+            moved = await api.post(f"{M}/churn/versions/1/stage", json={"to": "staging"})
+            return moved.status_code == 200
+
+        # when the version moves to staging while the views are held back, and the
+        # timeline is read (by someone holding no position of that write) before they
+        # catch up
+        timeline = await answered_after_release(
+            api, db, seen, f"{M}/churn/timeline?stage=staging", to_staging
+        )
+
+        # then it waited for them and shows the move
+        assert timeline.status_code == 200, timeline.text
+        assert [i["version"] for i in timeline.json()] == [1]

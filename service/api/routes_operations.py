@@ -197,7 +197,7 @@ class DeploymentsController(Controller):
         services = services_of(request)
         model_id, _ = await services.registry.locate(name)
         async with read_views(
-            services, DEPLOYMENTS, as_of=None, min_position=min_position
+            services, DEPLOYMENTS, as_of=None, min_position=min_position, model_id=model_id
         ) as reader:
             return await deployments.runs(
                 reader.conn,

@@ -385,3 +385,31 @@ async def test_a_models_stage_timeline_waits_for_the_models_latest_write(
         # then it waited for them and shows the move
         assert timeline.status_code == 200, timeline.text
         assert [i["version"] for i in timeline.json()] == [1]
+
+
+async def test_a_models_deployment_runs_wait_for_the_models_latest_write(
+    db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen = WaitSeen(monkeypatch)
+    async with running_api(db) as api:
+        # given version 1 of churn, whose deployment runs have been read once
+        assert (await api.post(M, json={"name": "churn"})).status_code == 201
+        entry = {"path": "m", "external": True, "uri": "s3://b/m", "sha256": "a" * 64, "size": 1}
+        created = await api.post(f"{M}/churn/versions", json={"artifacts": [entry]})
+        assert created.status_code == 201, created.text
+        assert (await api.get(f"{M}/churn/deployments/runs")).json() == []
+
+        async def deploy() -> bool:
+            started = await api.post(
+                f"{M}/churn/versions/1/deployments",
+                json={"environment": "prod", "target": "k8s", "deployment_id": "d-1"},
+            )
+            return started.status_code == 201
+
+        # when a deployment starts while the views are held back, and the runs are read
+        # (by someone holding no position of that write) before they catch up
+        runs = await answered_after_release(api, db, seen, f"{M}/churn/deployments/runs", deploy)
+
+        # then the read waited for them and shows the run
+        assert runs.status_code == 200, runs.text
+        assert [r["deployment_id"] for r in runs.json()] == ["d-1"]

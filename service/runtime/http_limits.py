@@ -24,6 +24,7 @@ from typing import Any, ClassVar
 
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
+from service.runtime import request_body
 from service.settings import Settings
 
 log = logging.getLogger("modelreg.http")
@@ -117,15 +118,18 @@ class LimitedHttpProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self._in_head = False
         self._arm(self.limits.body_timeout, "the request body stalled")
+        existing = self.cycle
         if not self.url.startswith(HEALTH_PREFIX):
             super().on_headers_complete()
-            return
-        # Probes pass the connection limit: a full server is not a dead one.
-        limit, self.limit_concurrency = self.limit_concurrency, None
-        try:
-            super().on_headers_complete()
-        finally:
-            self.limit_concurrency = limit
+        else:
+            # Probes pass the connection limit: a full server is not a dead one.
+            limit, self.limit_concurrency = self.limit_concurrency, None
+            try:
+                super().on_headers_complete()
+            finally:
+                self.limit_concurrency = limit
+        if self.cycle is not existing and self.cycle is not None:
+            request_body.adopt(self.cycle)  # no upgrade: a new request's cycle
 
     def on_body(self, body: bytes) -> None:
         self._arm(self.limits.body_timeout, "the request body stalled")

@@ -6,8 +6,8 @@ a stored blob is never overwritten, and a reader never sees a half-written one. 
 temporary file is removed whatever happens (a digest mismatch, a size limit, a client
 that goes away); only a killed process can leave one behind, and it is never a blob.
 Blocking file calls run in worker threads, one ``CHUNK`` at a time (but reads of files
-of at most ``INLINE_BYTES``, quicker than the trip); an upload's batch is hashed and
-written there while the next one is received.
+of at most ``INLINE_BYTES``, quicker than the trip); an upload's batch is hashed in one
+and written in another while the next one is received.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 
 INCOMING = "blobs/incoming"
 # How many bytes of an upload are written before they are synced and their cached pages
-# released (see ``_BatchWriter``): bounds the fresh pages one upload takes.
+# released (see ``_PageRelease``): bounds the fresh pages one upload takes.
 RELEASE = 64 * 1024 * 1024
 DONTNEED = getattr(os, "POSIX_FADV_DONTNEED", 4)
 
@@ -161,15 +161,29 @@ async def _consume(
     """Hash ``chunks`` (and write them to ``handle``) in ``CHUNK``-sized batches; the byte
     count and the digest. BlobTooLargeError past ``max_bytes``.
 
-    A batch is hashed and written in a worker thread (both let go of the GIL) while the
-    event loop receives the next one; one batch in flight at a time keeps memory flat and
-    the bytes in order. Hashing in the loop, between receives, made the loop the upload's
-    bottleneck."""
-    writer = _BatchWriter(handle)
+    The event loop only gathers the chunks as they came (joining them would be a copy on
+    the loop, which bounds an upload). A batch is hashed in one worker thread and written
+    in another at the same time (both let go of the GIL), while the loop gathers the next;
+    each waits for its own lane's previous batch, so the bytes stay in order, and at most
+    one batch in flight keeps memory flat. Every ``RELEASE`` bytes the written pages are
+    synced and released in a third lane, beside the writes that follow (see
+    ``_PageRelease``). Everything started has finished when this returns or raises: the
+    file may then be closed."""
+    digest = hashlib.sha256()
+    release = None if handle is None else _PageRelease(handle.fileno())
     size = 0
     batch: list[bytes] = []
     pending = 0
-    storing: asyncio.Future[None] | None = None
+    in_flight: list[asyncio.Future[None]] = []
+
+    def start(parts: list[bytes]) -> list[asyncio.Future[None]]:
+        lanes: list[asyncio.Future[None]] = [
+            asyncio.ensure_future(asyncio.to_thread(_hash_all, digest, parts))
+        ]
+        if handle is not None:
+            lanes.append(asyncio.ensure_future(asyncio.to_thread(_write_parts, handle, parts)))
+        return lanes
+
     try:
         async for chunk in chunks:
             size += len(chunk)
@@ -178,46 +192,75 @@ async def _consume(
             batch.append(chunk)
             pending += len(chunk)
             if pending >= CHUNK:
-                if storing is not None:
-                    await storing
-                storing = asyncio.ensure_future(asyncio.to_thread(writer.store, b"".join(batch)))
+                await _settled(in_flight)
+                if release is not None:
+                    await release.after(size - pending)
+                in_flight = start(batch)
                 batch, pending = [], 0
-        if storing is not None:
-            await storing
-        storing = None
-        if batch:
-            await asyncio.to_thread(writer.store, b"".join(batch))
+        await _settled(in_flight)
+        in_flight = start(batch) if batch else []
+        await _settled(in_flight)
     finally:
-        if storing is not None:
-            # Cut short (the client left, too large): the file may only close once the
-            # thread's write is done.
-            await asyncio.wait([storing])
-    return size, writer.digest
+        # Cut short (the client left, too large) or not: the file may only close once
+        # the threads' work on it is done.
+        if in_flight:
+            await asyncio.wait(in_flight)
+        if release is not None:
+            await release.finished()
+    return size, digest
 
 
-class _BatchWriter:
-    """Hashes and writes batches in order (one thread at a time), and every ``RELEASE``
-    bytes makes them durable and hands their page-cache pages back (``sync_and_release``):
-    a big upload then reuses the pages it freed instead of taking fresh ones throughout."""
+async def _settled(lanes: list[asyncio.Future[None]]) -> None:
+    """Wait for every lane of a batch; the first failure is raised once all are done."""
+    if lanes:
+        await asyncio.wait(lanes)
+        for lane in lanes:
+            lane.result()
 
-    def __init__(self, handle: BinaryIO | None) -> None:
-        self.handle = handle
-        self.digest = hashlib.sha256()
-        self.written = 0
+
+def _hash_all(digest: Hasher, parts: list[bytes]) -> None:
+    for data in parts:
+        digest.update(data)
+
+
+def _write_parts(handle: BinaryIO, parts: list[bytes]) -> None:
+    for data in parts:
+        _write_all(handle, data)
+
+
+class _PageRelease:
+    """Syncs an upload's written bytes and hands their page-cache pages back every
+    ``RELEASE`` bytes, in a thread of its own beside the writes that follow: a big upload
+    then reuses the pages it freed instead of taking fresh ones throughout, and the sync
+    no longer stalls the writes (it took a fifth of the writing thread's time when it ran
+    in line). One sync at a time; the next waits for it."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
         self.released = 0
+        self.syncing: asyncio.Future[None] | None = None
 
-    def store(self, data: bytes) -> None:
-        self.digest.update(data)
-        if self.handle is None:
+    async def after(self, written: int) -> None:
+        """``written`` bytes are in the file (their writes are done)."""
+        if written - self.released < RELEASE or not hasattr(os, "posix_fadvise"):
             return
-        _write_all(self.handle, data)
-        self.written += len(data)
-        if self.written - self.released >= RELEASE and hasattr(os, "posix_fadvise"):
-            # Only clean pages can be released: sync them first (Linux only, as fadvise).
-            fd = self.handle.fileno()
-            os.fdatasync(fd)
-            os.posix_fadvise(fd, self.released, self.written - self.released, DONTNEED)
-            self.released = self.written
+        await self.finished()
+        start, self.released = self.released, written
+        self.syncing = asyncio.ensure_future(
+            asyncio.to_thread(_sync_range, self.fd, start, written)
+        )
+
+    async def finished(self) -> None:
+        if self.syncing is not None:
+            syncing, self.syncing = self.syncing, None
+            await asyncio.wait([syncing])
+            syncing.result()
+
+
+def _sync_range(fd: int, start: int, end: int) -> None:
+    # Only clean pages can be released: sync them first (Linux only, as fadvise).
+    os.fdatasync(fd)
+    os.posix_fadvise(fd, start, end - start, DONTNEED)
 
 
 def _write_all(handle: BinaryIO, data: bytes) -> None:

@@ -1,5 +1,5 @@
 """The file store's pipelined upload and download (a batch is hashed and written in a
-worker thread while the next one arrives; a chunk is hashed while the one before is sent):
+worker threads while the next one arrives; a chunk is hashed while the one before is sent):
 the bytes stay in order, and a failure with a write in flight leaves nothing behind."""
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from service.artifacts import local
 from service.artifacts.blobstore import CHUNK, CorruptBlobError, DigestMismatchError, verified_read
 from service.artifacts.local import INCOMING, LocalBlobStore
 
@@ -62,6 +63,38 @@ async def test_a_body_that_hashes_otherwise_is_refused_after_every_batch(tmp_pat
     with pytest.raises(DigestMismatchError):
         await store.put(other, pieces(BODY), max_bytes=len(BODY))
     assert await store.size_of(other) is None
+    assert list((tmp_path / INCOMING).iterdir()) == []
+
+
+async def test_pages_released_beside_the_writes_leave_the_bytes_intact(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # given a store that syncs and releases an upload's pages after every batch (in a
+    # thread of its own, while the next batches are written)
+    monkeypatch.setattr(local, "RELEASE", CHUNK)
+    store = LocalBlobStore(tmp_path)
+
+    # when a body of several batches is put
+    put = await store.put(HEX, pieces(BODY), max_bytes=len(BODY))
+
+    # then the blob holds exactly those bytes
+    assert (put.size, put.created) == (len(BODY), True)
+    assert store.path_of(HEX).read_bytes() == BODY
+
+
+async def test_a_body_cut_while_pages_are_released_leaves_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # given releases after every batch, and a body that fails after three batches
+    monkeypatch.setattr(local, "RELEASE", CHUNK)
+    store = LocalBlobStore(tmp_path)
+
+    # when it is put
+    with pytest.raises(InterruptedBodyError):
+        await store.put(HEX, pieces(BODY, cut_at=3 * CHUNK + 64 * 1024), max_bytes=len(BODY))
+
+    # then no blob exists and the temporary file is gone
+    assert await store.size_of(HEX) is None
     assert list((tmp_path / INCOMING).iterdir()) == []
 
 

@@ -1,4 +1,4 @@
-"""The file store's pipelined upload and download (a batch is hashed and written in a
+"""The file store's pipelined upload and download (a batch is hashed and written in
 worker threads while the next one arrives; a chunk is hashed while the one before is sent):
 the bytes stay in order, and a failure with a write in flight leaves nothing behind."""
 

@@ -133,6 +133,13 @@ class GovernancePolicy(msgspec.Struct, frozen=True, kw_only=True):
     stages: tuple[StageDefinition, ...] | msgspec.UnsetType = msgspec.UNSET
     initial_stage: StageName | msgspec.UnsetType = msgspec.UNSET
 
+    def has_metric_gates(self) -> bool:
+        """Whether any move or protected alias is gated on metrics: only then does a
+        decision under this policy read them."""
+        return any(r.gates for r in self.transitions) or any(
+            a.gates for a in self.protected_aliases
+        )
+
     # --- the lifecycle's stages ---------------------------------------------------------
 
     def stage_definitions(self) -> tuple[StageDefinition, ...]:

@@ -81,6 +81,12 @@ def bearing(name: str) -> Decider[ModelState, ModelCommand, ModelEvent]:
     return replace(MODEL, decide=decide)
 
 
+class _MetricsWantedError(Exception):
+    """A governed command about to be built without metrics, under a policy with metric
+    gates: its caller reads them and builds it again. Most registries gate nothing on
+    metrics, and reading a version's metrics stream cost a transition a sixth of its CPU."""
+
+
 @dataclass(frozen=True, slots=True)
 class Written:
     """A command's result: its events, the stream state and version after it, and the log
@@ -365,13 +371,15 @@ class Registry:
             requested = [e for e in earlier.events if isinstance(e, PromotionRequested)]
             return earlier, requested[0].request_id if requested else None
         current = state.version(version)
-        metrics = await self.metric_snapshot(model_id, [version, state.champion(environment)])
         now = at or self.clock()
         opened: list[str] = []
+        metrics: Metrics | None = None  # read only if the policy deciding has metric gates
 
         def build(registry_policy: GovernancePolicy) -> Command:
             opened.clear()
             policy = state.effective_policy(registry_policy)
+            if metrics is None and policy.has_metric_gates():
+                raise _MetricsWantedError
             staying = archive_existing and current.stage == to_stage  # nothing to approve
             # ``to``: the field the HTTP body names the target stage in.
             needed = None if staying else requirement(policy, current.stage, to_stage, None, "to")
@@ -385,7 +393,7 @@ class Registry:
                     version=version,
                     to_stage=to_stage,
                     comment=comment,
-                    metrics=metrics,
+                    metrics=metrics or {},
                     archive_existing=archive_existing,
                     environment=environment,
                 )
@@ -404,14 +412,21 @@ class Registry:
                 version=version,
                 justification=comment,
                 target_stage=to_stage,
-                metrics=metrics,
+                metrics=metrics or {},
                 environment=environment,
             )
 
-        written = await self.under_registry_policy(
-            model_id, build, if_version=if_version, id_seed=id_seed
-        )
-        return written, (opened[0] if opened else None)
+        while True:
+            try:
+                written = await self.under_registry_policy(
+                    model_id, build, if_version=if_version, id_seed=id_seed
+                )
+            except _MetricsWantedError:
+                metrics = await self.metric_snapshot(
+                    model_id, [version, state.champion(environment)]
+                )
+                continue
+            return written, (opened[0] if opened else None)
 
     def request_id_for(self, id_seed: str | None) -> str:
         """A new request id; a retried request (same seed) gets the same one."""
@@ -434,13 +449,20 @@ class Registry:
         model_id, _, state = await self.model(name)
         if (earlier := await self.recorded(model_id, id_seed)) is not None:
             return earlier
-        metrics = await self.metric_snapshot(model_id, metric_versions(state))
-        return await self.under_registry_policy(
-            model_id,
-            lambda registry_policy: build(model_id, state, registry_policy, metrics),
-            if_version=if_version,
-            id_seed=id_seed,
-        )
+        metrics: Metrics | None = None  # read only if the policy deciding has metric gates
+
+        def built(registry_policy: GovernancePolicy) -> Command:
+            if metrics is None and state.effective_policy(registry_policy).has_metric_gates():
+                raise _MetricsWantedError
+            return build(model_id, state, registry_policy, metrics or {})
+
+        while True:
+            try:
+                return await self.under_registry_policy(
+                    model_id, built, if_version=if_version, id_seed=id_seed
+                )
+            except _MetricsWantedError:
+                metrics = await self.metric_snapshot(model_id, metric_versions(state))
 
     async def set_registry_policy(
         self, policy: GovernancePolicy, *, actor: str, comment: str, if_version: int | None = None

@@ -185,3 +185,23 @@ def test_a_gate_against_production_passes_when_there_is_no_production_value_to_b
 def test_gate_descriptions_read_like_the_rule() -> None:
     both = MetricGate(metric="auc", dataset="holdout", threshold=0.9, compare_to_production=True)
     assert both.describe() == "auc >= 0.9 and production on holdout"
+
+
+def test_a_policy_has_metric_gates_when_a_move_or_a_protected_alias_is_gated() -> None:
+    gate = MetricGate(metric="auc", op=GateOp.GE, threshold=0.9)
+    # the default policy gates nothing on metrics
+    assert not DEFAULT_POLICY.has_metric_gates()
+    # a gated transition, or a gated protected alias, makes it read metrics
+    gated_move = replace(
+        DEFAULT_POLICY,
+        transitions=(
+            TransitionRule(from_stage=Stage.STAGING, to_stage=Stage.PRODUCTION, gates=(gate,)),
+        ),
+    )
+    gated_alias = replace(
+        DEFAULT_POLICY, protected_aliases=(AliasRule(alias="champion", gates=(gate,)),)
+    )
+    assert gated_move.has_metric_gates() and gated_alias.has_metric_gates()
+    # a protected alias with approvals only does not
+    approved_alias = replace(DEFAULT_POLICY, protected_aliases=(AliasRule(alias="champion"),))
+    assert not approved_alias.has_metric_gates()

@@ -361,12 +361,19 @@ class Registry:
         archive_existing: bool = False,
         environment: str | None = None,
         at: datetime | None = None,
+        found: tuple[str, ModelState] | None = None,
     ) -> tuple[Written, str | None]:
         """Move a version when the policy allows it directly; otherwise open a promotion
         request. Returns the result and the request id (``None`` when done directly).
         ``archive_existing``: see ``TransitionStage``. ``at``: the decision's time (the
-        clock's now by default), for a caller that answers with it."""
-        model_id, _, state = await self.model(name)
+        clock's now by default), for a caller that answers with it. ``found``: the model's
+        id and state as the caller has just read them (``model``), to save reading them
+        again: the command is decided on the stream's own state and lands only at its
+        version, so an older state here costs no wrong decision."""
+        if found is None:
+            model_id, _, state = await self.model(name)
+        else:
+            model_id, state = found
         if (earlier := await self.recorded(model_id, id_seed)) is not None:
             requested = [e for e in earlier.events if isinstance(e, PromotionRequested)]
             return earlier, requested[0].request_id if requested else None

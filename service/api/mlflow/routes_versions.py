@@ -357,6 +357,7 @@ class ModelVersionsController(Controller):
                 comment,
                 archive_existing=data.archive_existing_versions,
                 at=now,
+                found=(model_id, state),
             )
             moved = None if written.replayed else await _moved(services, written, number, now)
             if moved is not None:
@@ -395,6 +396,7 @@ async def _transition(
     *,
     archive_existing: bool = False,
     at: datetime | None = None,
+    found: tuple[str, ModelState] | None = None,
 ) -> Written:
     """A governed move (with ``archive_existing``, the archiving of the other versions in
     that stage is part of the same decision); when it needs approval, the request it
@@ -407,6 +409,7 @@ async def _transition(
         comment=comment,
         archive_existing=archive_existing,
         at=at,
+        found=found,
     )
     executed = any(e.event_type == "model.promotion_executed" for e in written.events)
     if request_id is not None and not executed:

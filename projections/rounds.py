@@ -197,9 +197,10 @@ class JointRounds:
     # After a joint round failed, every leader runs its own rounds for this long.
     PAUSE = 5.0
 
-    def __init__(self, *, batch: int, tail: LogTail | None) -> None:
+    def __init__(self, *, batch: int, tail: LogTail | None, gather: float = 0.0) -> None:
         self.batch = batch
         self.tail = tail
+        self.gather = gather
         self._asked: list[_Asked] = []
         self._driver: asyncio.Task[None] | None = None
         self._paused_until = 0.0
@@ -218,14 +219,19 @@ class JointRounds:
     async def _drive(self) -> None:
         group: list[_Asked] = []
         try:
-            # The leaders woken by the same seal are all ready to run now: let them ask.
-            await asyncio.sleep(0)
+            # The leaders woken by the same seal ask within this wait, and under load more
+            # seals land meanwhile, so one round carries them all.
+            await asyncio.sleep(self.gather)
             while self._asked:
                 group, self._asked = [a for a in self._asked if not a.answer.done()], []
                 answers = await self._joint(group) if len(group) > 1 else {}
                 for asked in group:
                     if not asked.answer.done():
                         asked.answer.set_result(answers.get(asked.member.projection.name))
+                # The leaders just answered ask again at once if more was sealed meanwhile:
+                # let them, so they join the leaders who asked during the round. Without
+                # this the two halves took turns, each round carrying half the views.
+                await asyncio.sleep(0)
         finally:
             self._driver = None
             for asked in (*group, *self._asked):

@@ -316,7 +316,7 @@ class ProjectionWorker:
         self._wakes = {p.name: asyncio.Event() for p in self.projections}
         # One read of each new stretch of the log serves every leader of this worker.
         self.tail = LogTail(capacity=max(batch * 5, 1000))
-        self.rounds = JointRounds(batch=batch, tail=self.tail) if joint else None
+        self.rounds = JointRounds(batch=batch, tail=self.tail, gather=coalesce) if joint else None
         self._listener = Listener(connect, channel, self.wake)
         self._leaderships = {
             p.name: Leadership(
@@ -386,8 +386,9 @@ class ProjectionWorker:
             await wake_or_stop(
                 wake, term.ended, self.poll_interval if self.listening else self.poll_interval / 5
             )
-            if wake.is_set() and self.coalesce:
-                # Under load, let a few more seals land so one batch carries them all.
+            if wake.is_set() and self.coalesce and self.rounds is None:
+                # Under load, let a few more seals land so one batch carries them all (joint
+                # rounds wait so once for all their leaders).
                 await asyncio.sleep(self.coalesce)
 
 

@@ -5,15 +5,17 @@ Covers: views advanced jointly, from different positions and in small batches, e
 fold of the log from 0; a checkpoint moved by another applier while the round reads the
 log rolls the whole round back; a view whose apply fails, or a leader that lost its role,
 leaves every view and checkpoint as it was; a view being rebuilt is left to its own
-round; a running worker keeps every registry view current through joint rounds.
+round; leaders answered by a round share the next with those who asked during it; a
+running worker keeps every registry view current through joint rounds.
 """
 
 from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
+from typing import Any
 
 import asyncpg
 import pytest
@@ -25,6 +27,7 @@ from projections.base import Names, Projection
 from projections.registry_state import REGISTRY_PROJECTIONS, views_as_of
 from projections.rounds import (
     CheckpointMovedError,
+    JointRounds,
     Member,
     Progress,
     RoleLostError,
@@ -234,3 +237,69 @@ async def test_a_worker_keeps_every_view_current_through_joint_rounds(db: Databa
     finally:
         stop.set()
         await task
+
+
+class CountedRounds(JointRounds):
+    """Joint rounds that note how many leaders each round carried."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.sizes: list[int] = []
+
+    async def _joint(self, group: list[Any]) -> dict[str, Progress]:
+        self.sizes.append(len(group))
+        return await super()._joint(group)
+
+
+class AskedDuringTheRead(LogTail):
+    """A log tail that, on the first round's read, lets ``late`` leaders ask for a round."""
+
+    def __init__(self, late: Callable[[], None]) -> None:
+        super().__init__()
+        self.late: Callable[[], None] | None = late
+
+    async def read(
+        self,
+        conn: asyncpg.Connection,
+        after: int,
+        limit: int,
+        *,
+        up_to: int,
+        types: frozenset[str] | None = None,
+    ) -> list[LoggedEvent]:
+        if self.late is not None:
+            self.late, late = None, self.late
+            late()
+            for _ in range(3):
+                await asyncio.sleep(0)  # their asks reach the rounds
+        return await super().read(conn, after, limit, up_to=up_to, types=types)
+
+
+async def test_leaders_answered_by_a_round_share_the_next_with_those_who_asked_meanwhile(
+    db: Database,
+) -> None:
+    # given a history, three views whose leaders ask for a round, and the others, whose
+    # leaders ask while that round reads the log
+    reg, _ = await history(db, 11)
+    everyone = members(reg.conn, REGISTRY_PROJECTIONS)
+    first, late = everyone[:3], everyone[3:]
+    assert len(late) >= 2
+    asked: list[asyncio.Task[Progress | None]] = []
+    tail = AskedDuringTheRead(
+        lambda: asked.extend(
+            asyncio.create_task(rounds.advance(m.projection, m.term)) for m in late
+        )
+    )
+    rounds = CountedRounds(batch=1000, tail=tail)
+
+    async def twice(member: Member) -> Progress | None:
+        await rounds.advance(member.projection, member.term)
+        return await rounds.advance(member.projection, member.term)
+
+    # when the first three ask again as soon as their round answers (more was sealed)
+    answers = await asyncio.gather(*(twice(m) for m in first))
+    answers += await asyncio.gather(*asked)
+
+    # then the second round carried every view: the late ones did not go on their own
+    assert rounds.sizes == [3, len(everyone)]
+    assert all(a is not None for a in answers)

@@ -267,8 +267,9 @@ class AskedDuringTheRead(LogTail):
         up_to: int,
         types: frozenset[str] | None = None,
     ) -> list[LoggedEvent]:
-        if self.late is not None:
-            self.late, late = None, self.late
+        late = self.late
+        if late is not None:
+            self.late = None
             late()
             for _ in range(3):
                 await asyncio.sleep(0)  # their asks reach the rounds

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -107,12 +107,12 @@ async def test_views_advanced_jointly_equal_the_fold_from_zero(db: Database, see
     assert await live_checksums(conn) == await folded_checksums(conn, head)
 
 
-class MovingTail(LogTail):
-    """A log tail that lets another applier apply one view's batch while the round reads."""
+class HookedTail(LogTail):
+    """A log tail that runs ``hook(up_to, limit)`` before each read of a round."""
 
-    def __init__(self, other: asyncpg.Connection, projection: Projection) -> None:
+    def __init__(self, hook: Callable[[int, int], Awaitable[None]]) -> None:
         super().__init__()
-        self.other, self.projection = other, projection
+        self.hook = hook
 
     async def read(
         self,
@@ -123,9 +123,18 @@ class MovingTail(LogTail):
         up_to: int,
         types: frozenset[str] | None = None,
     ) -> list[LoggedEvent]:
-        live = (await generations(self.other, self.projection.name))[0]
-        await advance(self.other, self.projection, live, head=up_to, batch=limit)
+        await self.hook(up_to, limit)
         return await super().read(conn, after, limit, up_to=up_to, types=types)
+
+
+def moving_tail(other: asyncpg.Connection, projection: Projection) -> HookedTail:
+    """A log tail that lets another applier apply one view's batch while the round reads."""
+
+    async def apply_elsewhere(up_to: int, limit: int) -> None:
+        live = (await generations(other, projection.name))[0]
+        await advance(other, projection, live, head=up_to, batch=limit)
+
+    return HookedTail(apply_elsewhere)
 
 
 async def test_a_checkpoint_moved_by_another_applier_rolls_the_whole_round_back(
@@ -137,7 +146,7 @@ async def test_a_checkpoint_moved_by_another_applier_rolls_the_whole_round_back(
     before, at = await live_checksums(conn), await positions(conn)
 
     # when another applier applies the versions view's batch while the joint round reads it
-    tail = MovingTail(other, model_versions.PROJECTION)
+    tail = moving_tail(other, model_versions.PROJECTION)
     with pytest.raises(CheckpointMovedError):
         await advance_live_together(conn, members(conn, REGISTRY_PROJECTIONS), batch=50, tail=tail)
 
@@ -251,31 +260,6 @@ class CountedRounds(JointRounds):
         return await super()._joint(group)
 
 
-class AskedDuringTheRead(LogTail):
-    """A log tail that, on the first round's read, lets ``late`` leaders ask for a round."""
-
-    def __init__(self, late: Callable[[], None]) -> None:
-        super().__init__()
-        self.late: Callable[[], None] | None = late
-
-    async def read(
-        self,
-        conn: asyncpg.Connection,
-        after: int,
-        limit: int,
-        *,
-        up_to: int,
-        types: frozenset[str] | None = None,
-    ) -> list[LoggedEvent]:
-        late = self.late
-        if late is not None:
-            self.late = None
-            late()
-            for _ in range(3):
-                await asyncio.sleep(0)  # their asks reach the rounds
-        return await super().read(conn, after, limit, up_to=up_to, types=types)
-
-
 async def test_leaders_answered_by_a_round_share_the_next_with_those_who_asked_meanwhile(
     db: Database,
 ) -> None:
@@ -286,12 +270,14 @@ async def test_leaders_answered_by_a_round_share_the_next_with_those_who_asked_m
     first, late = everyone[:3], everyone[3:]
     assert len(late) >= 2
     asked: list[asyncio.Task[Progress | None]] = []
-    tail = AskedDuringTheRead(
-        lambda: asked.extend(
-            asyncio.create_task(rounds.advance(m.projection, m.term)) for m in late
-        )
-    )
-    rounds = CountedRounds(batch=1000, tail=tail)
+
+    async def late_ones_ask(up_to: int, limit: int) -> None:
+        if not asked:  # on the first round's read
+            asked.extend(asyncio.create_task(rounds.advance(m.projection, m.term)) for m in late)
+            for _ in range(3):
+                await asyncio.sleep(0)  # their asks reach the rounds
+
+    rounds = CountedRounds(batch=1000, tail=HookedTail(late_ones_ask))
 
     async def twice(member: Member) -> Progress | None:
         await rounds.advance(member.projection, member.term)

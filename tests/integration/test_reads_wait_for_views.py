@@ -359,17 +359,22 @@ async def test_an_mlflow_model_create_answers_what_it_recorded_without_waiting_f
         assert after.json()["registered_model"] == answer
 
 
+async def churn_version_1_read_once(api: Api, path: str) -> None:
+    """Model churn with version 1 (its files held elsewhere), and ``path`` read once: empty."""
+    assert (await api.post(M, json={"name": "churn"})).status_code == 201
+    entry = {"path": "m", "external": True, "uri": "s3://b/m", "sha256": "a" * 64, "size": 1}
+    created = await api.post(f"{M}/churn/versions", json={"artifacts": [entry]})
+    assert created.status_code == 201, created.text
+    assert (await api.get(path)).json() == []
+
+
 async def test_a_models_stage_timeline_waits_for_the_models_latest_write(
     db: Database, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     seen = WaitSeen(monkeypatch)
     async with running_api(db) as api:
         # given version 1 of churn, whose timeline has been read once
-        assert (await api.post(M, json={"name": "churn"})).status_code == 201
-        entry = {"path": "m", "external": True, "uri": "s3://b/m", "sha256": "a" * 64, "size": 1}
-        created = await api.post(f"{M}/churn/versions", json={"artifacts": [entry]})
-        assert created.status_code == 201, created.text
-        assert (await api.get(f"{M}/churn/timeline?stage=staging")).json() == []
+        await churn_version_1_read_once(api, f"{M}/churn/timeline?stage=staging")
 
         async def to_staging() -> bool:
             moved = await api.post(f"{M}/churn/versions/1/stage", json={"to": "staging"})
@@ -393,11 +398,7 @@ async def test_a_models_deployment_runs_wait_for_the_models_latest_write(
     seen = WaitSeen(monkeypatch)
     async with running_api(db) as api:
         # given version 1 of churn, whose deployment runs have been read once
-        assert (await api.post(M, json={"name": "churn"})).status_code == 201
-        entry = {"path": "m", "external": True, "uri": "s3://b/m", "sha256": "a" * 64, "size": 1}
-        created = await api.post(f"{M}/churn/versions", json={"artifacts": [entry]})
-        assert created.status_code == 201, created.text
-        assert (await api.get(f"{M}/churn/deployments/runs")).json() == []
+        await churn_version_1_read_once(api, f"{M}/churn/deployments/runs")
 
         async def deploy() -> bool:
             started = await api.post(

@@ -15,7 +15,7 @@ from litestar.params import FromQuery, JSONBody, QueryParameter
 
 from events.access import Permission
 from events.errors import AlreadyExistsError, NotFoundError, ValidationError
-from events.mlflow_filter import Target, parse_filter, parse_order_by, with_tie_breakers
+from events.mlflow_filter import Target
 from events.mlflow_stages import stage_from_mlflow
 from events.model.commands import (
     ArchiveModel,
@@ -30,24 +30,22 @@ from events.model.commands import (
 from events.model.state import ModelState
 from events.policy import GovernancePolicy
 from projections.mlflow_views import latest_versions, search_models
-from projections.paging import InvalidQueryError
 from service.api.auth import require
-from service.api.common import cursor_seal, principal_of, seed_of, services_of
+from service.api.common import principal_of, seed_of, services_of
 from service.api.mlflow import wire
 from service.api.mlflow.retries import derived_seeds
 from service.api.mlflow.shared import (
     DELETED_REASON,
-    current_reader,
     live_model,
     live_version,
     model_answer,
     named_alias_row,
     named_latest_versions,
     named_model_answer,
+    searched,
 )
 from service.api.services import Services
 from service.commands.registry import Written
-from service.commands.tokens import covers
 
 MAX_MODEL_RESULTS = 1000
 
@@ -188,27 +186,15 @@ class RegisteredModelsController(Controller):
         order_by: FromQuery[list[str] | None] = None,
         page_token: FromQuery[str | None] = None,
     ) -> wire.SearchModelsAnswer:
-        principal = principal_of(request)
-        require(principal, Permission.READ)
-        services = services_of(request)
-        limit = page_size(max_results, 100, MAX_MODEL_RESULTS)
-        clauses = parse_filter(filter_text, Target.MODELS)
-        order = with_tie_breakers(parse_order_by(order_by or [], Target.MODELS), Target.MODELS)
-        seal = cursor_seal(request)
-        async with current_reader(services) as reader:
-            try:
-                page = await search_models(
-                    reader.conn,
-                    reader.names,
-                    clauses=clauses,
-                    filter_text=filter_text or "",
-                    order=order,
-                    limit=limit,
-                    cursor=seal.open(page_token),
-                    scopes=() if covers(principal, None) else principal.scopes,
-                )
-            except InvalidQueryError as exc:
-                raise ValidationError("page_token", "invalid", str(exc)) from None
+        async with searched(
+            request,
+            Target.MODELS,
+            search_models,
+            filter_text=filter_text,
+            order_by=order_by,
+            page_token=page_token,
+            limit=page_size(max_results, 100, MAX_MODEL_RESULTS),
+        ) as (reader, page, seal):
             ids = [m.model_id for m in page.items]
             latest = await latest_versions(reader.conn, reader.names, ids)
         return wire.SearchModelsAnswer(

@@ -27,7 +27,7 @@ from litestar.params import FromQuery, JSONBody, QueryParameter
 from events.access import Permission
 from events.errors import PolicyViolationError, ValidationError
 from events.mlflow_artifacts import mlflow_source
-from events.mlflow_filter import Target, parse_filter, parse_order_by, with_tie_breakers
+from events.mlflow_filter import Target
 from events.mlflow_stages import ACTIVE_STAGES, stage_from_mlflow, stage_to_mlflow
 from events.model.commands import (
     DeprecateVersion,
@@ -42,25 +42,24 @@ from events.policy import GovernancePolicy
 from events.stages import Stage
 from events.version_content import ArtifactEntry, RunReference, VersionContent, validate_content
 from projections.mlflow_views import MlflowVersion, get_version, micros, search_versions
-from projections.paging import InvalidQueryError
 from service.api.auth import require
-from service.api.common import cursor_seal, principal_of, seed_of, services_of
+from service.api.common import principal_of, seed_of, services_of
 from service.api.mlflow import wire
 from service.api.mlflow.retries import derived_seeds
 from service.api.mlflow.routes_models import NameQuery, page_size
 from service.api.mlflow.shared import (
     DELETED_REASON,
     VIEW_NAMES,
-    current_reader,
     live_model,
     live_version,
     named_version_row,
     no_model,
+    searched,
     version_answer,
 )
 from service.api.services import Services
 from service.commands.registry import NameMovedError, Written
-from service.commands.tokens import Principal, covers
+from service.commands.tokens import Principal
 
 SOURCE_PATH = "mlflow-source"
 # MLflow accepts up to 200,000 versions in one answer; one page here holds at most
@@ -269,31 +268,18 @@ class ModelVersionsController(Controller):
         page_token: FromQuery[str | None] = None,
     ) -> wire.SearchVersionsAnswer:
         """Versions of every model in scope; each carries its aliases (MLflow's do not)."""
-        principal = principal_of(request)
-        require(principal, Permission.READ)
-        services = services_of(request)
-        limit = min(page_size(max_results, PAGE_CAP, MAX_VERSION_RESULTS), PAGE_CAP)
-        clauses = parse_filter(filter_text, Target.VERSIONS)
-        order = with_tie_breakers(parse_order_by(order_by or [], Target.VERSIONS), Target.VERSIONS)
-        seal = cursor_seal(request)
-        async with current_reader(services) as reader:
-            try:
-                page = await search_versions(
-                    reader.conn,
-                    reader.names,
-                    clauses=clauses,
-                    filter_text=filter_text or "",
-                    order=order,
-                    limit=limit,
-                    cursor=seal.open(page_token),
-                    scopes=() if covers(principal, None) else principal.scopes,
-                )
-            except InvalidQueryError as exc:
-                raise ValidationError("page_token", "invalid", str(exc)) from None
-        return wire.SearchVersionsAnswer(
-            model_versions=list(page.items),
-            next_page_token=seal.seal(page.next_cursor),
-        )
+        async with searched(
+            request,
+            Target.VERSIONS,
+            search_versions,
+            filter_text=filter_text,
+            order_by=order_by,
+            page_token=page_token,
+            limit=min(page_size(max_results, PAGE_CAP, MAX_VERSION_RESULTS), PAGE_CAP),
+        ) as (_, page, seal):
+            return wire.SearchVersionsAnswer(
+                model_versions=list(page.items), next_page_token=seal.seal(page.next_cursor)
+            )
 
     @post("/set-tag", status_code=200)
     async def set_tag(

@@ -8,13 +8,19 @@ is never erased. To an MLflow caller such a model or version does not exist
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from typing import Any
 
+from litestar import Request
+
+from events.access import Permission
 from events.errors import NotFoundError, ValidationError
+from events.mlflow_filter import Target, parse_filter, parse_order_by, with_tie_breakers
 from events.model.state import ModelState, VersionState
 from projections.mlflow_views import (
     MlflowVersion,
+    SearchPage,
     alias_query,
     get_version,
     highest_live_query,
@@ -22,11 +28,22 @@ from projections.mlflow_views import (
     version_of,
     version_query,
 )
-from projections.paging import merge_names
+from projections.paging import CursorSeal, InvalidQueryError, merge_names
 from projections.views import model_catalogue, model_versions
-from service.api.common import FirstRead, ModelReader, Reader, read_model_views, read_views
+from service.api.auth import require
+from service.api.common import (
+    FirstRead,
+    ModelReader,
+    Reader,
+    cursor_seal,
+    principal_of,
+    read_model_views,
+    read_views,
+    services_of,
+)
 from service.api.mlflow.wire import ModelVersion, RegisteredModel, model_version, registered_model
 from service.api.services import Services
+from service.commands.tokens import covers
 
 VIEWS = [model_catalogue.PROJECTION, model_versions.PROJECTION]
 VIEW_NAMES = merge_names(*(p.view_names() for p in VIEWS))
@@ -170,3 +187,40 @@ async def named_latest_versions(services: Services, name: str) -> list[MlflowVer
             raise no_model(name)
         latest = await latest_versions(reader.conn, reader.names, [reader.model_id])
     return latest[reader.model_id]
+
+
+@asynccontextmanager
+async def searched(
+    request: Request[Any, Any, Any],
+    target: Target,
+    run: Callable[..., Awaitable[SearchPage]],
+    *,
+    filter_text: str | None,
+    order_by: list[str] | None,
+    page_token: str | None,
+    limit: int,
+) -> AsyncIterator[tuple[Reader, SearchPage, CursorSeal]]:
+    """One page of an MLflow search (``run``: ``search_models`` or ``search_versions``)
+    over the models in the caller's scope, read from views that show everything sealed
+    when the call came; with the reader (for what the page needs besides) and the seal of
+    its next page token. A token that is not one of ours answers 400."""
+    principal = principal_of(request)
+    require(principal, Permission.READ)
+    clauses = parse_filter(filter_text, target)
+    order = with_tie_breakers(parse_order_by(order_by or [], target), target)
+    seal = cursor_seal(request)
+    async with current_reader(services_of(request)) as reader:
+        try:
+            page = await run(
+                reader.conn,
+                reader.names,
+                clauses=clauses,
+                filter_text=filter_text or "",
+                order=order,
+                limit=limit,
+                cursor=seal.open(page_token),
+                scopes=() if covers(principal, None) else principal.scopes,
+            )
+        except InvalidQueryError as exc:
+            raise ValidationError("page_token", "invalid", str(exc)) from None
+        yield reader, page, seal

@@ -200,13 +200,17 @@ async def _consume(
         await _settled(in_flight)
         in_flight = start(batch) if batch else []
         await _settled(in_flight)
-    finally:
-        # Cut short (the client left, too large) or not: the file may only close once
-        # the threads' work on it is done.
-        if in_flight:
-            await asyncio.wait(in_flight)
         if release is not None:
-            await release.finished()
+            await release.finished()  # a failed sync fails the upload
+    finally:
+        # Cut short (the client left, too large, a lane failed): the file may only close
+        # once the threads' work on it is done. What they raised then is not news.
+        started = [*in_flight, *([] if release is None else release.pending())]
+        if started:
+            await asyncio.wait(started)
+            for work in started:
+                if not work.cancelled():
+                    work.exception()
     return size, digest
 
 
@@ -249,6 +253,9 @@ class _PageRelease:
         self.syncing = asyncio.ensure_future(
             asyncio.to_thread(_sync_range, self.fd, start, written)
         )
+
+    def pending(self) -> list[asyncio.Future[None]]:
+        return [] if self.syncing is None else [self.syncing]
 
     async def finished(self) -> None:
         if self.syncing is not None:

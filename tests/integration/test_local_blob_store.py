@@ -4,9 +4,11 @@ the bytes stay in order, and a failure with a write in flight leaves nothing beh
 
 from __future__ import annotations
 
+import errno
 import hashlib
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -92,6 +94,34 @@ async def test_a_body_cut_while_pages_are_released_leaves_nothing(
     # when it is put
     with pytest.raises(InterruptedBodyError):
         await store.put(HEX, pieces(BODY, cut_at=3 * CHUNK + 64 * 1024), max_bytes=len(BODY))
+
+    # then no blob exists and the temporary file is gone
+    assert await store.size_of(HEX) is None
+    assert list((tmp_path / INCOMING).iterdir()) == []
+
+
+async def test_a_disk_that_fills_mid_upload_leaves_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # given a store whose disk fills while the third batch is written (pages released
+    # after every batch, so a sync may be in flight too)
+    monkeypatch.setattr(local, "RELEASE", CHUNK)
+    writes = 0
+    real_write = local._write_parts
+
+    def filling(handle: Any, parts: list[bytes]) -> None:
+        nonlocal writes
+        writes += 1
+        if writes == 3:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_write(handle, parts)
+
+    monkeypatch.setattr(local, "_write_parts", filling)
+    store = LocalBlobStore(tmp_path)
+
+    # when a body of several batches is put, the disk's error is the put's
+    with pytest.raises(OSError, match="No space left"):
+        await store.put(HEX, pieces(BODY), max_bytes=len(BODY))
 
     # then no blob exists and the temporary file is gone
     assert await store.size_of(HEX) is None

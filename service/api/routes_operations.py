@@ -24,6 +24,7 @@ from events.model.commands import (
     ReportDeploymentSucceeded,
     StartDeployment,
 )
+from events.policy import GovernancePolicy
 from events.streams import TOKEN_TYPE, token_stream
 from projections.views import audit_timeline, deployments
 from projections.views.audit_timeline import AuditPage
@@ -114,20 +115,25 @@ class DeploymentsController(Controller):
         registry = services_of(request).registry
         model_id = await registry.model_id(name)
         deployment_id = data.deployment_id or registry.request_id_for(seed_of(request))
-        command = StartDeployment(
-            actor=principal.name,
-            now=registry.now(),
-            deployment_id=deployment_id,
-            version=version,
-            environment=data.environment,
-            target=data.target,
-            desired_stage=data.desired_stage,
-            desired_alias=data.desired_alias,
-            comment=data.comment,
-            registry_policy=await registry.registry_policy(),
-        )
-        written = await registry.execute(
-            model_id, command, if_version=if_match(request), id_seed=seed_of(request)
+        now = registry.now()
+
+        def build(registry_policy: GovernancePolicy) -> StartDeployment:
+            # Judged against the policy in force (its environments), held by the guard.
+            return StartDeployment(
+                actor=principal.name,
+                now=now,
+                deployment_id=deployment_id,
+                version=version,
+                environment=data.environment,
+                target=data.target,
+                desired_stage=data.desired_stage,
+                desired_alias=data.desired_alias,
+                comment=data.comment,
+                registry_policy=registry_policy,
+            )
+
+        written = await registry.under_registry_policy(
+            model_id, build, if_version=if_match(request), id_seed=seed_of(request)
         )
         return receipt(written, model=name, version=version, request_id=deployment_id, status=201)
 

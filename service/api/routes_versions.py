@@ -21,6 +21,7 @@ from events.model.commands import (
     UpdateVersionDescription,
 )
 from events.names import PLACE_NAME_MAX
+from events.policy import GovernancePolicy
 from events.version_content import VersionContent, validate_content
 from projections.paging import InvalidQueryError, Page
 from projections.search import VersionQuery, search_versions
@@ -94,20 +95,24 @@ class VersionsController(Controller):
         model_id = await registry.model_id(name)
         content = _content(data)
         validate_content(content)  # a malformed entry is named for what it is, first
-        command = RegisterVersion(
-            actor=principal.name,
-            now=registry.now(),
-            content=content,
-            description=data.description,
-            tags=data.tags,
-            # Where the version starts: the initial stage of the policy in force.
-            registry_policy=await registry.registry_policy(),
-        )
+        now = registry.now()
+
+        def build(registry_policy: GovernancePolicy) -> RegisterVersion:
+            return RegisterVersion(
+                actor=principal.name,
+                now=now,
+                content=content,
+                description=data.description,
+                tags=data.tags,
+                # Where the version starts: the initial stage of the policy in force, which
+                # the append's guard holds to (a policy changed meanwhile is decided again).
+                registry_policy=registry_policy,
+            )
 
         async def append(guards: Guards | None) -> Written:
-            return await registry.execute(
+            return await registry.under_registry_policy(
                 model_id,
-                command,
+                build,
                 if_version=if_match(request),
                 id_seed=seed_of(request),
                 guards=guards,

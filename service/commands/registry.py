@@ -249,9 +249,12 @@ class Registry:
         id_seed: str | None = None,
         previous_seed: str | None = None,
         named: str | None = None,
+        guards: Mapping[str, int] | None = None,
     ) -> Written:
         """Build a governed command from the registry policy in force and execute it, guarded
         by that policy's version; if the policy changes first, build and decide again.
+        ``guards``: other streams the command also depends on (``execute``); if one of them
+        moved, the ``StaleGuardError`` reaches the caller after the policy's tries.
 
         The first try builds on the policy this process last saw, without reading it: the
         guard lands the events only if the policy is still at that revision. A refusal or
@@ -267,7 +270,7 @@ class Registry:
                     command,
                     if_version=if_version,
                     id_seed=id_seed,
-                    guards={REGISTRY_POLICY_STREAM: revision},
+                    guards={**(guards or {}), REGISTRY_POLICY_STREAM: revision},
                     previous_seed=previous_seed,
                     named=named,
                 )

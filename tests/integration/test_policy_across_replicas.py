@@ -1,9 +1,12 @@
-"""Metric gates decided on the metrics, even when another replica just added them.
+"""Commands decided under the registry policy in force, even when another replica has
+just changed it.
 
-A governed command reads a version's metrics only when the policy deciding it has metric
-gates (service.commands.registry). A replica that has seen only a policy without gates
-must still judge a move on the real metrics once another replica's policy gates it: its
-first try is refused by the policy's guard, and the try after reads the metrics."""
+A replica builds a governed command on the registry policy it last saw, and the append is
+guarded by that policy's revision (service.commands.registry). A replica that has seen
+only an older policy must still decide under the new one: its first try is refused by the
+guard, and the try after reads the policy afresh. Two things depend on it here: metric
+gates, whose metrics are read only when the policy deciding has gates, and the stage a new
+version starts in, which is the policy's initial stage."""
 
 from __future__ import annotations
 
@@ -78,3 +81,45 @@ async def test_a_gate_added_by_another_replica_is_judged_on_the_versions_metrics
         failing = await to_staging(api, 3)
         assert failing.status_code == 409, failing.text
         assert "auc" in failing.json()["detail"]
+
+
+CUSTOM = {
+    "policy": {
+        "stages": [
+            {"name": "training"},
+            {"name": "review"},
+            {"name": "archived", "terminal": True},
+        ],
+        "transitions": [
+            {"from_stage": "training", "to_stage": "review"},
+            {"from_stage": "training", "to_stage": "archived"},
+            {"from_stage": "review", "to_stage": "archived"},
+        ],
+    },
+    "comment": "our own lifecycle: versions start in training",
+}
+
+
+async def test_a_version_registered_after_another_replica_changed_the_stages_starts_in_the_new_initial_stage(
+    db: Database,
+) -> None:
+    async with running_api(db) as api, another_replica(api) as other:
+        # given a replica that registered a version under the default stages (so that is
+        # the registry policy it has seen)
+        assert (await api.post("/api/v1/models", json={"name": "churn"})).status_code == 201
+        first = await api.post(f"{M}/versions", json={"artifacts": [ARTIFACT]})
+        assert first.status_code == 201, first.text
+        # (the one version is archived, so the new stages strand nothing)
+        archived = await api.post(f"{M}/versions/1/stage", json={"to": "archived"})
+        assert archived.status_code == 200, archived.text
+
+        # when another replica replaces the stages, and the first registers a version
+        changed = await other.put("/api/v1/policy", json=CUSTOM)
+        assert changed.status_code == 200, changed.text
+        second = await api.post(f"{M}/versions", json={"artifacts": [ARTIFACT]})
+        assert second.status_code == 201, second.text
+
+        # then the version starts in the new policy's initial stage
+        version = await api.get(f"{M}/versions/2")
+        assert version.status_code == 200, version.text
+        assert version.json()["stage"] == "training"

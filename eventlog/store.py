@@ -17,7 +17,7 @@ Guarantees of ``append`` (each proven by a test in tests/integration/test_store_
 How a guard holds. A guard stream must be of a type in ``GUARDABLE_TYPES``. Every append
 to such a stream takes an exclusive transaction-level advisory lock on it first; a guarded
 append takes the same lock shared, then checks the version, then appends, all in one
-transaction. The two exclude each other until commit, so a guarded append either sees
+transaction (and, outside a caller's transaction, in one statement: migration 0013). The two exclude each other until commit, so a guarded append either sees
 the new version (and fails) or commits before the guard stream's writer can start. Both
 draw their xid only after taking the lock, so the sealer's (tx_id, seq) order agrees:
 the log never shows a decision after the change it did not see. A lock is used rather
@@ -325,8 +325,16 @@ class EventStore:
             return await _locked_append(conn, args, guards, exclusive=exclusive)
         if not guards and not exclusive:
             return await self.pool.fetchrow(_APPEND, *args)
-        async with self.pool.acquire() as own, own.transaction():
-            return await _locked_append(own, args, guards, exclusive=exclusive)
+        # The locks, the guards' checks and the append in one statement (migration 0013).
+        try:
+            return await self.pool.fetchrow(
+                _APPEND_GUARDED, *args, exclusive, list(guards), list(guards.values())
+            )
+        except asyncpg.PostgresError as exc:
+            if exc.sqlstate == "MR412" and exc.detail:
+                expected, actual, guard = exc.detail.split("/", 2)
+                raise StaleGuardError(guard, int(expected), int(actual)) from exc
+            raise
 
     async def guards_hold(self, guards: Mapping[str, int]) -> bool:
         """Whether each guard stream is still at its version, checked under its lock (so
@@ -405,6 +413,9 @@ class EventStore:
 
 
 _APPEND = "SELECT * FROM append_events($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
+_APPEND_GUARDED = (
+    "SELECT * FROM append_events_guarded($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"
+)
 # Transaction-level advisory locks on a guardable stream, in their own two-key space
 # (leadership uses single bigint keys), per schema so registries sharing a cluster never
 # contend.

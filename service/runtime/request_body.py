@@ -4,7 +4,7 @@ uvicorn's httptools protocol appends every body chunk to a ``bytearray`` and han
 app ``bytes(bytearray)``: two copies of every byte on the event loop, on top of the
 parser's own. On a 100 MiB upload these copies were the loop's largest cost after the
 socket reads (py-spy: ``on_body`` 11% of the API process's busy samples), and the loop is
-what bounds an upload (the hashing and writing run in a worker thread beside it).
+what bounds an upload (the hashing and writing run in worker threads beside it).
 
 Here the cycle keeps the chunks as the parser gave them and joins them only when more
 than one waits; a receive that finds one chunk hands that very object on. Flow control is

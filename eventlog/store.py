@@ -17,8 +17,9 @@ Guarantees of ``append`` (each proven by a test in tests/integration/test_store_
 How a guard holds. A guard stream must be of a type in ``GUARDABLE_TYPES``. Every append
 to such a stream takes an exclusive transaction-level advisory lock on it first; a guarded
 append takes the same lock shared, then checks the version, then appends, all in one
-transaction (and, outside a caller's transaction, in one statement: migration 0013). The two exclude each other until commit, so a guarded append either sees
-the new version (and fails) or commits before the guard stream's writer can start. Both
+transaction (outside a caller's transaction, in one statement: migration 0013). The two
+exclude each other until commit, so a guarded append either sees the new version (and
+fails) or commits before the guard stream's writer can start. Both
 draw their xid only after taking the lock, so the sealer's (tx_id, seq) order agrees:
 the log never shows a decision after the change it did not see. A lock is used rather
 than a row lock because a guard stream may not exist yet (version 0).

@@ -383,13 +383,10 @@ class Registry:
         current = state.version(version)
         now = at or self.clock()
         opened: list[str] = []
-        metrics: Metrics | None = None  # read only if the policy deciding has metric gates
 
-        def build(registry_policy: GovernancePolicy) -> Command:
+        def build(registry_policy: GovernancePolicy, metrics: Metrics) -> Command:
             opened.clear()
             policy = state.effective_policy(registry_policy)
-            if metrics is None and policy.has_metric_gates():
-                raise _MetricsWantedError
             staying = archive_existing and current.stage == to_stage  # nothing to approve
             # ``to``: the field the HTTP body names the target stage in.
             needed = None if staying else requirement(policy, current.stage, to_stage, None, "to")
@@ -403,7 +400,7 @@ class Registry:
                     version=version,
                     to_stage=to_stage,
                     comment=comment,
-                    metrics=metrics or {},
+                    metrics=metrics,
                     archive_existing=archive_existing,
                     environment=environment,
                 )
@@ -422,21 +419,19 @@ class Registry:
                 version=version,
                 justification=comment,
                 target_stage=to_stage,
-                metrics=metrics or {},
+                metrics=metrics,
                 environment=environment,
             )
 
-        while True:
-            try:
-                written = await self.under_registry_policy(
-                    model_id, build, if_version=if_version, id_seed=id_seed
-                )
-            except _MetricsWantedError:
-                metrics = await self.metric_snapshot(
-                    model_id, [version, state.champion(environment)]
-                )
-                continue
-            return written, (opened[0] if opened else None)
+        written = await self._under_policy_with_metrics(
+            model_id,
+            state,
+            [version, state.champion(environment)],
+            build,
+            if_version=if_version,
+            id_seed=id_seed,
+        )
+        return written, (opened[0] if opened else None)
 
     def request_id_for(self, id_seed: str | None) -> str:
         """A new request id; a retried request (same seed) gets the same one."""
@@ -459,12 +454,34 @@ class Registry:
         model_id, _, state = await self.model(name)
         if (earlier := await self.recorded(model_id, id_seed)) is not None:
             return earlier
-        metrics: Metrics | None = None  # read only if the policy deciding has metric gates
+        return await self._under_policy_with_metrics(
+            model_id,
+            state,
+            metric_versions(state),
+            lambda registry_policy, metrics: build(model_id, state, registry_policy, metrics),
+            if_version=if_version,
+            id_seed=id_seed,
+        )
+
+    async def _under_policy_with_metrics(
+        self,
+        model_id: str,
+        state: ModelState,
+        versions: Iterable[int | None],
+        build: Callable[[GovernancePolicy, Metrics], Command],
+        *,
+        if_version: int | None,
+        id_seed: str | None,
+    ) -> Written:
+        """``under_registry_policy`` for a command that may run metric gates: it is built
+        without metrics (``{}``) unless the policy deciding it has gates, and then with the
+        latest values of ``versions``, read only then."""
+        metrics: Metrics | None = None
 
         def built(registry_policy: GovernancePolicy) -> Command:
             if metrics is None and state.effective_policy(registry_policy).has_metric_gates():
                 raise _MetricsWantedError
-            return build(model_id, state, registry_policy, metrics or {})
+            return build(registry_policy, metrics or {})
 
         while True:
             try:
@@ -472,7 +489,7 @@ class Registry:
                     model_id, built, if_version=if_version, id_seed=id_seed
                 )
             except _MetricsWantedError:
-                metrics = await self.metric_snapshot(model_id, metric_versions(state))
+                metrics = await self.metric_snapshot(model_id, versions)
 
     async def set_registry_policy(
         self, policy: GovernancePolicy, *, actor: str, comment: str, if_version: int | None = None

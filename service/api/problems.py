@@ -4,6 +4,7 @@
     request decoding (Litestar)   -> 400, with one entry per field: field, rule, message
     authentication / permission   -> 401 (WWW-Authenticate) / 403 naming the permission
     the database unreachable      -> 503 with Retry-After (the client retries, same key)
+    a disk full (files, Postgres) -> 507, nothing of the request kept; no Retry-After
     anything unexpected           -> 500, logged once with the request id, no internals
 
 Clients match on ``type`` (``urn:modelreg:<code>``) and the structured members, never on
@@ -396,6 +397,32 @@ _OUTAGE_ERRNOS = frozenset(
 )
 
 
+# A full disk, or a user's quota spent: retrying soon fails again, until someone frees
+# space, so it is no outage (503) and no bug (500): 507 Insufficient Storage (RFC 4918).
+_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
+def is_storage_full(exc: BaseException) -> bool:
+    """Whether ``exc`` says the data dir's disk, or Postgres', has no room left."""
+    if isinstance(exc, asyncpg.exceptions.DiskFullError):  # 53100
+        return True
+    return isinstance(exc, OSError) and exc.errno in _FULL_ERRNOS
+
+
+def _storage_full(request: Request[Any, Any, Any], exc: Exception) -> Response[Problem]:
+    # An operator must act, so it is logged as an error; the client is told nothing was kept
+    # (the stores clean up a failed write before its error reaches this handler).
+    log.error("storage full on %s %s: %s", request.method, request.url.path, exc)
+    return problem_at(
+        request,
+        "insufficient_storage",
+        "Insufficient storage",
+        507,
+        "the registry's storage is full, so nothing of this request was kept; send it again"
+        " once an operator has freed space",
+    )
+
+
 def is_outage(exc: BaseException) -> bool:
     """Whether ``exc`` says the database (or the network to it) is away for now, rather
     than that a request or the code is wrong: worth the same request again later."""
@@ -422,7 +449,9 @@ def is_outage(exc: BaseException) -> bool:
 def _unavailable(request: Request[Any, Any, Any], exc: Exception) -> Response[Problem]:
     """503 + Retry-After for an outage, so clients retry (with the same Idempotency-Key:
     a write that was recorded before the outage cut its answer is then answered, not
-    repeated); anything else of these classes is unexpected (500)."""
+    repeated); a full disk is 507; anything else of these classes is unexpected (500)."""
+    if is_storage_full(exc):
+        return _storage_full(request, exc)
     if isinstance(exc, asyncpg.UndefinedColumnError):
         # The views still have the shape of older code while the projection worker
         # rebuilds them for this code (a view version bump that adds a column).

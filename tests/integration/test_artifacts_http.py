@@ -4,6 +4,7 @@ the file store under the data dir, and S3 on a real S3-compatible server (moto's
 from __future__ import annotations
 
 import asyncio
+import errno
 import hashlib
 import tracemalloc
 from collections.abc import AsyncIterator, Iterator
@@ -14,6 +15,7 @@ import pytest
 
 from events.access import Role
 from events.streams import artifacts_stream
+from service.artifacts import local
 from service.artifacts.local import INCOMING, LocalBlobStore
 from service.settings import load_settings
 from tests.support.api import Api, running_api
@@ -170,6 +172,37 @@ async def test_two_concurrent_uploads_of_the_same_bytes_store_one_blob(api: Api)
     )
     assert sorted(a.status_code for a in answers) == [200, 201]
     assert len(await blob_events(api)) == 1
+    assert await stored(api) == len(WEIGHTS)
+
+
+@pytest.mark.parametrize("api", ["file"], indirect=True)
+async def test_a_full_disk_answers_507_keeps_nothing_and_the_same_upload_works_once_freed(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # given a data dir whose disk has no room left
+    write_parts = local._write_parts
+
+    def full(handle: Any, parts: list[bytes]) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(local, "_write_parts", full)
+
+    # when a file is uploaded
+    refused = await api.put(blob_url(), content=chunks(WEIGHTS))
+
+    # then 507 says the storage is full, and nothing was kept or recorded
+    assert refused.status_code == 507, refused.text
+    assert refused.headers["content-type"].startswith("application/problem+json")
+    assert refused.json()["type"] == "urn:modelreg:insufficient_storage"
+    assert await stored(api) is None
+    assert isinstance(api.services.blobs, LocalBlobStore)
+    assert list((api.services.blobs.root / INCOMING).iterdir()) == []
+    assert await blob_events(api) == []
+
+    # and once space is freed, the same request stores the blob
+    monkeypatch.setattr(local, "_write_parts", write_parts)
+    stored_now = await api.put(blob_url(), content=chunks(WEIGHTS))
+    assert stored_now.status_code == 201, stored_now.text
     assert await stored(api) == len(WEIGHTS)
 
 

@@ -5,6 +5,7 @@ each blob store: the file store under the data dir, and S3 on a real S3-compatib
 from __future__ import annotations
 
 import asyncio
+import errno
 import hashlib
 import tracemalloc
 from collections.abc import AsyncIterator, Iterator
@@ -17,6 +18,7 @@ import pytest
 
 from events.access import Role
 from events.streams import artifacts_stream
+from service.artifacts import uploads_local
 from service.artifacts.blobstore import blob_key
 from service.artifacts.local import LocalBlobStore
 from service.artifacts.s3 import S3BlobStore
@@ -160,6 +162,38 @@ async def test_chunks_sent_at_the_reported_offset_make_one_verified_blob(api: Ap
     entry = {"path": "model.bin", "sha256": HEX, "size": len(BODY)}
     assert (await api.post(f"{M}/churn/versions", json={"artifacts": [entry]})).status_code == 201
     assert (await api.get(f"{M}/churn/versions/1/files/model.bin")).content == BODY
+
+
+@pytest.mark.parametrize("api", ["file"], indirect=True)
+async def test_a_chunk_that_meets_a_full_disk_is_507_and_the_session_resumes_once_freed(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # given a session whose first chunk was kept
+    location = (await open_upload(api)).json()["location"]
+    cut = len(BODY) // 2
+    assert (await send(api, location, BODY[:cut], 0)).status_code == 202
+    # and a disk that then fills up
+    write = uploads_local._write
+
+    def full(handle: Any, data: bytes, hasher: Any) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(uploads_local, "_write", full)
+
+    # when the rest is sent
+    refused = await send(api, location, BODY[cut:], cut)
+
+    # then 507 says the storage is full, and the session still holds the first chunk only
+    assert refused.status_code == 507, refused.text
+    assert refused.json()["type"] == "urn:modelreg:insufficient_storage"
+    assert (await api.get(location)).json()["offset"] == cut
+
+    # and once space is freed, the rest goes in at that offset and makes the blob
+    monkeypatch.setattr(uploads_local, "_write", write)
+    assert (await send(api, location, BODY[cut:], cut)).status_code == 202
+    committed = await api.put(location)
+    assert committed.status_code == 201, committed.text
+    assert await api.services.blobs.size_of(HEX) == len(BODY)
 
 
 async def test_a_chunk_not_at_the_committed_offset_is_refused_with_the_offset(api: Api) -> None:

@@ -34,6 +34,7 @@ from service.api.problems import AuthenticationError, Problem
         ("http_404", 404, "ENDPOINT_NOT_FOUND", 404),
         ("rate_limited", 429, "REQUEST_LIMIT_EXCEEDED", 429),
         ("unavailable", 503, "TEMPORARILY_UNAVAILABLE", 503),
+        ("insufficient_storage", 507, "IO_ERROR", 507),
         ("internal_error", 500, "INTERNAL_ERROR", 500),
     ],
 )
@@ -51,7 +52,7 @@ def test_every_problem_answers_mlflows_code_and_status(
         "f",
     )
     # a refusal the caller can fix is never a status MLflow's client retries
-    assert (answered >= 500) == (code in {"unavailable", "internal_error"})
+    assert (answered >= 500) == (code in {"unavailable", "insufficient_storage", "internal_error"})
 
 
 def _basic(text: str) -> str:

@@ -16,6 +16,7 @@ caller can fix is never a 5xx. Each exception is first answered by modelreg's ow
     other conflicts, 412       RESOURCE_CONFLICT         409
     rate_limited               REQUEST_LIMIT_EXCEEDED    429
     unavailable, not visible   TEMPORARILY_UNAVAILABLE   503 (retried by the client: safe)
+    insufficient_storage       IO_ERROR                  507 (not retried: the disk is full)
     anything else              INTERNAL_ERROR            500
 
 The envelope also carries modelreg's ``field``, ``rule`` and ``details`` where known:
@@ -54,6 +55,7 @@ _BY_CODE: dict[str, tuple[str, int | None]] = {
     "rate_limited": ("REQUEST_LIMIT_EXCEEDED", 429),
     "unavailable": ("TEMPORARILY_UNAVAILABLE", 503),
     "not_yet_visible": ("TEMPORARILY_UNAVAILABLE", 503),
+    "insufficient_storage": ("IO_ERROR", 507),
 }
 
 

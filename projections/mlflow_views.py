@@ -186,15 +186,27 @@ async def latest_versions(
     """The highest live version in each stage of each model (MLflow's ``latest_versions``)."""
     if not model_ids:
         return {}
-    # The winners are picked on the keys alone, then only they are read whole: picking
-    # on whole rows computed every version's MLflow columns (its content JSON) to keep a
-    # handful.
+    # The winners are found on the index of live versions by (model, stage, version): a
+    # skip to each next stage (a recursive step), then one step back to its highest version;
+    # only they are read whole. DISTINCT ON over every version sorted them all: 1.5 ms of
+    # Postgres for a model of 500 versions.
+    table = names.model_versions
     records = await conn.fetch(
-        f"SELECT {_version_columns()} FROM ("
-        f"SELECT DISTINCT ON (model_id, stage) model_id, version FROM {names.model_versions}"
-        " WHERE model_id = ANY ($1::text[]) AND NOT deprecated"
-        " ORDER BY model_id, stage, version DESC"
-        f") top JOIN {names.model_versions} v USING (model_id, version)",
+        "WITH RECURSIVE stages(model_id, stage) AS ("
+        f" SELECT m.model_id, (SELECT x.stage FROM {table} x"
+        "   WHERE x.model_id = m.model_id AND NOT x.deprecated ORDER BY x.stage LIMIT 1)"
+        "  FROM (SELECT DISTINCT u.model_id FROM unnest($1::text[]) AS u(model_id)) m"
+        " UNION ALL"
+        f" SELECT s.model_id, (SELECT x.stage FROM {table} x"
+        "   WHERE x.model_id = s.model_id AND NOT x.deprecated AND x.stage > s.stage"
+        "   ORDER BY x.stage LIMIT 1)"
+        "  FROM stages s WHERE s.stage IS NOT NULL"
+        f") SELECT {_version_columns()} FROM stages s"
+        f" CROSS JOIN LATERAL (SELECT x.version FROM {table} x"
+        "   WHERE x.model_id = s.model_id AND x.stage = s.stage AND NOT x.deprecated"
+        "   ORDER BY x.version DESC LIMIT 1) top"
+        f" JOIN {table} v ON v.model_id = s.model_id AND v.version = top.version"
+        " WHERE s.stage IS NOT NULL",
         list(model_ids),
     )
     found: dict[str, list[MlflowVersion]] = {m: [] for m in model_ids}

@@ -117,6 +117,9 @@ TABLES = [
             "CREATE INDEX {name}_owner ON {table} (owner, created_at, model_id, version)",
             "CREATE INDEX {name}_tags ON {table} USING gin (tags)",
             "CREATE INDEX {name}_aliases ON {table} USING gin (aliases)",
+            # MLflow's latest_versions, the highest live version of each stage of a model:
+            # a skip from stage to stage and one step back in each, not a sort of them all.
+            "CREATE INDEX {name}_latest ON {table} (model_id, stage, version) WHERE NOT deprecated",
             # mlflow_json: MLflow's JSON of the row, rendered on every write (migration 0004).
             "CREATE TRIGGER {name}_mlflow_json BEFORE INSERT OR UPDATE ON {table}"
             " FOR EACH ROW EXECUTE FUNCTION mlflow_version_json()",
@@ -766,7 +769,8 @@ VERSIONS = Projection(
     # 2: the environments of a version's stage (``model_versions.environments``).
     # 3: the content's MLflow facts as columns (``external_source``, ``run_id``, ``run_url``).
     # 4: MLflow's JSON of each version (``mlflow_json``, migration 0004).
-    version=4,
+    # 5: the index of each stage's highest live version (``model_versions_latest``).
+    version=5,
     tables=TABLES,
     handles=HANDLES,
     fold=Fold(load=load, evolve=evolve, write=write),

@@ -150,3 +150,76 @@ async def test_an_empty_search_answers_an_empty_object(db: Database) -> None:
         page = await api.get(f"{MLFLOW}/model-versions/search", params={"filter": "name='x'"})
         assert page.status_code == 200, page.text
         assert page.json() == {}
+
+
+async def test_latest_versions_are_each_stages_highest_live_one_for_every_model_at_once(
+    db: Database,
+) -> None:
+    async with running_api(db) as api:
+        await api.services.registry.set_registry_policy(
+            permissive(), actor="admin", comment="no approvals"
+        )
+
+        async def versions(name: str, count: int) -> None:
+            await mlflow_post(api, "registered-models/create", {"name": name})
+            for n in range(count):
+                body = {"name": name, "source": f"s3://bucket/{name}/{n}"}
+                await mlflow_post(api, "model-versions/create", body)
+
+        async def move(name: str, version: int, stage: str) -> None:
+            body = {"name": name, "version": str(version), "stage": stage}
+            await mlflow_post(api, "model-versions/transition-stage", body)
+
+        async def delete(name: str, version: int) -> None:
+            answer = await api.delete(
+                f"{MLFLOW}/model-versions/delete", json={"name": name, "version": str(version)}
+            )
+            assert answer.status_code == 200, answer.text
+
+        # given lv-a: 1 in Production; 2 and 3 in Staging, then 3 deleted; 4 in None;
+        # 5 in Archived and 6 deleted (so archived too, but hidden)
+        await versions("lv-a", 6)
+        await move("lv-a", 1, "Staging")
+        await move("lv-a", 1, "Production")
+        for number in (2, 3):
+            await move("lv-a", number, "Staging")
+        await delete("lv-a", 3)
+        await move("lv-a", 5, "Archived")
+        await delete("lv-a", 6)
+        # and lv-b with two versions in None, lv-c with none, lv-d with only a deleted one
+        await versions("lv-b", 2)
+        await versions("lv-c", 0)
+        await versions("lv-d", 1)
+        await delete("lv-d", 1)
+
+        # when the models are searched together (one read of the latest for all of them)
+        searched = await api.get(
+            f"{MLFLOW}/registered-models/search",
+            params={"filter": "name LIKE 'lv-%'", "max_results": 10},
+        )
+        assert searched.status_code == 200, searched.text
+        found = searched.json()
+
+        # then each model shows each stage's highest version that is not deleted
+        latest = {
+            m["name"]: {v["current_stage"]: v["version"] for v in m.get("latest_versions", [])}
+            for m in found["registered_models"]
+        }
+        assert latest == {
+            "lv-a": {"Production": "1", "Staging": "2", "None": "4", "Archived": "5"},
+            "lv-b": {"None": "2"},
+            "lv-c": {},
+            "lv-d": {},
+        }
+        # and one model's read and get-latest-versions say the same
+        one = await api.get(f"{MLFLOW}/registered-models/get", params={"name": "lv-a"})
+        assert {
+            v["current_stage"]: v["version"]
+            for v in one.json()["registered_model"]["latest_versions"]
+        } == latest["lv-a"]
+        asked = await mlflow_post(
+            api, "registered-models/get-latest-versions", {"name": "lv-a", "stages": ["Staging"]}
+        )
+        assert [(v["current_stage"], v["version"]) for v in asked["model_versions"]] == [
+            ("Staging", "2")
+        ]

@@ -18,19 +18,27 @@ $$;
 
 -- The horizon below which every appender has ended: the least id of a lock holder, the
 -- snapshot's xmax when there is none, its xmin for a holder whose id the copy does not
--- show yet (between its lock and its id).
+-- show yet (between its lock and its id). PL/pgSQL on arrays, no query: a SQL function
+-- with a FROM clause is planned again on every call before Postgres 18 (0.3 ms here).
 CREATE FUNCTION sealer_horizon(
     p_xmin bigint, p_xmax bigint, p_holders int[], p_xid_pids int[], p_xids bigint[]
 ) RETURNS bigint
-LANGUAGE sql IMMUTABLE SET search_path FROM CURRENT AS $$
-    SELECT least(p_xmax, min(coalesce(own.least_id, p_xmin)))
-      FROM unnest(p_holders) AS h(pid)
-      LEFT JOIN LATERAL (
-        SELECT min(sealer_full_xid(x.xid, p_xmax)) AS least_id
-          FROM unnest(p_xid_pids, p_xids) AS x(pid, xid)
-         WHERE x.pid = h.pid
-      ) own ON true
-$$;
+LANGUAGE plpgsql IMMUTABLE SET search_path FROM CURRENT AS $$
+DECLARE
+    v_horizon bigint := p_xmax;
+    v_least   bigint;
+BEGIN
+    FOR h IN 1..coalesce(cardinality(p_holders), 0) LOOP
+        v_least := NULL;
+        FOR i IN 1..coalesce(cardinality(p_xid_pids), 0) LOOP
+            IF p_xid_pids[i] = p_holders[h] THEN
+                v_least := least(v_least, sealer_full_xid(p_xids[i], p_xmax));
+            END IF;
+        END LOOP;
+        v_horizon := least(v_horizon, coalesce(v_least, p_xmin));
+    END LOOP;
+    RETURN v_horizon;
+END $$;
 
 CREATE FUNCTION seal_round(
     p_prev_position bigint,

@@ -17,6 +17,8 @@ from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
 
+from service.runtime.response_head import OneWriteCycle
+
 
 class BodyChunks:
     """What uvicorn's code sees as ``cycle.body``: ``+=``, ``len`` and ``bytes()``."""
@@ -42,9 +44,10 @@ class BodyChunks:
         return b"".join(self.parts)
 
 
-class ChunkedBodyCycle(RequestResponseCycle):
+class ChunkedBodyCycle(OneWriteCycle):
     """uvicorn's request cycle whose ``body`` is a ``BodyChunks``: its ``receive`` resets
-    the body by assigning an empty ``bytearray``, which starts a new ``BodyChunks``."""
+    the body by assigning an empty ``bytearray``, which starts a new ``BodyChunks``. (Its
+    answers go out as ``OneWriteCycle`` writes them.)"""
 
     @property  # type: ignore[override]  # uvicorn declares a bytearray attribute
     def body(self) -> BodyChunks:

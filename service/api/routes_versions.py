@@ -92,9 +92,7 @@ class VersionsController(Controller):
         require(principal, Permission.WRITE, name)
         services = services_of(request)
         registry = services.registry
-        model_id = await registry.model_id(name)
         content = _content(data)
-        validate_content(content)  # a malformed entry is named for what it is, first
         now = registry.now()
 
         def build(registry_policy: GovernancePolicy) -> RegisterVersion:
@@ -109,18 +107,24 @@ class VersionsController(Controller):
                 registry_policy=registry_policy,
             )
 
-        async def append(guards: Guards | None) -> Written:
-            return await registry.under_registry_policy(
-                model_id,
-                build,
-                if_version=if_match(request),
-                id_seed=seed_of(request),
-                guards=guards,
+        async def register_in(model_id: str, named: str | None) -> Written:
+            validate_content(content)  # a malformed entry is named for what it is, first
+
+            async def append(guards: Guards | None) -> Written:
+                return await registry.under_registry_policy(
+                    model_id,
+                    build,
+                    if_version=if_match(request),
+                    id_seed=seed_of(request),
+                    guards=guards,
+                    named=named,
+                )
+
+            return await with_stored_blobs(
+                registry, services.blobs, model_id, content.artifacts, append
             )
 
-        written = await with_stored_blobs(
-            registry, services.blobs, model_id, content.artifacts, append
-        )
+        written = await registry.on_named(name, register_in)
         number = next(
             (e.version for e in written.events if e.event_type == "model.version_registered"), None
         )
@@ -523,8 +527,11 @@ async def _version_command(
     request: Request[Any, Any, Any], name: str, version: int, command: Any
 ) -> Response[Receipt]:
     registry = services_of(request).registry
-    model_id = await registry.model_id(name)
-    written = await registry.execute(
-        model_id, command, if_version=if_match(request), id_seed=seed_of(request)
-    )
+
+    async def execute_in(model_id: str, named: str | None) -> Written:
+        return await registry.execute(
+            model_id, command, if_version=if_match(request), id_seed=seed_of(request), named=named
+        )
+
+    written = await registry.on_named(name, execute_in)
     return receipt(written, model=name, version=version)

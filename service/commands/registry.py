@@ -20,7 +20,7 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from eventlog.positions import SealSignal, sealed_position
 from eventlog.store import EventStore, StaleGuardError
@@ -61,6 +61,9 @@ from service.commands.shared_reads import SharedReads
 _POLICY_ATTEMPTS = 5
 # Model ids remembered by name (``Registry.known_id``).
 _NAMES_KEPT = 10_000
+
+
+_T = TypeVar("_T")
 
 
 class NameMovedError(NotFoundError):
@@ -175,6 +178,26 @@ class Registry:
 
     def forget_name(self, name: str) -> None:
         self._ids_by_name.pop(name, None)
+
+    async def on_named(self, name: str, act: Callable[[str, str | None], Awaitable[_T]]) -> _T:
+        """``act(model_id, named)`` on the model ``name`` leads to, without a query to find
+        it when this process remembers the id (``known_id``): ``act`` must then decide only
+        if the model still bears the name (pass ``named`` to ``execute``). If it no longer
+        does, or a refusal came from the remembered id while the name now leads elsewhere,
+        the name is looked up and ``act`` runs on that id, as any command (``named=None``)."""
+        known = self.known_id(name)
+        if known is not None:
+            try:
+                return await act(known, name)
+            except NameMovedError:
+                self.forget_name(name)
+            except DomainError:
+                # e.g. a manifest checked against the remembered model's blobs before the
+                # decision could see the name had moved: it stands only if it had not.
+                if (await self.locate(name))[0] == known:
+                    raise
+        model_id, _ = await self.locate(name)
+        return await act(model_id, None)
 
     async def locate_request(self, request_id: str) -> tuple[str, str, int]:
         """The model name, model id and version a promotion request is about."""

@@ -9,34 +9,15 @@ the name up; the renamed model gets nothing.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Any
 
 import httpx
-from litestar import Litestar
 
-from service.api.router import api_app_kwargs
-from service.runtime.composition import build_services
 from tests.support.api import Api, running_api
 from tests.support.database import Database
+from tests.support.replicas import another_replica
 
 MLFLOW = "/api/2.0/mlflow"
-
-
-@asynccontextmanager
-async def another_replica(api: Api) -> AsyncIterator[httpx.AsyncClient]:
-    """A second API process on the same database: its own registry, caches and executor."""
-    services = build_services(api.services.settings, api.services.pool, pepper=api.services.pepper)
-    app = Litestar(**api_app_kwargs(services))
-    transport = httpx.ASGITransport(app=app)  # type: ignore[arg-type]  # Litestar's scope types are narrower
-    try:
-        async with httpx.AsyncClient(
-            transport=transport, base_url="http://replica.test", headers=api.auth()
-        ) as client:
-            yield client
-    finally:
-        await services.executor.drain()
 
 
 async def call(client: httpx.AsyncClient | Api, rpc: str, body: dict[str, Any]) -> httpx.Response:

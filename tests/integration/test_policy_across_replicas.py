@@ -14,9 +14,9 @@ from typing import Any
 
 import httpx
 
-from tests.integration.test_mlflow_names import another_replica
 from tests.support.api import Api, running_api
 from tests.support.database import Database
+from tests.support.replicas import another_replica
 
 M = "/api/v1/models/churn"
 OPEN = {"policy": {"transitions": [{"from_stage": "development", "to_stage": "staging"}]}}

@@ -45,6 +45,13 @@ async def uris(api: Api, name: str) -> list[str]:
     return sorted(found)
 
 
+async def remembered_churn(api: Api) -> None:
+    """churn and its version 1 (uri s3://b/1), registered through ``api``, which so
+    remembers churn's id."""
+    assert (await api.post(M, json={"name": "churn"})).status_code == 201
+    assert await registered(api, "churn", external(1)) == 1
+
+
 async def replace_churn_elsewhere(other: httpx.AsyncClient) -> None:
     """Another replica renames churn to churn-old and creates a new churn."""
     renamed = await other.post(f"{M}/churn/rename", json={"new_name": "churn-old"})
@@ -57,8 +64,7 @@ async def test_a_registration_after_a_rename_elsewhere_lands_on_the_model_bearin
 ) -> None:
     async with running_api(db) as api, another_replica(api) as other:
         # given a replica that registered a version of churn (and so remembers its id)
-        assert (await api.post(M, json={"name": "churn"})).status_code == 201
-        assert await registered(api, "churn", external(1)) == 1
+        await remembered_churn(api)
         # when another replica renames churn and creates a new churn
         await replace_churn_elsewhere(other)
 
@@ -81,8 +87,7 @@ async def test_a_manifest_of_the_new_models_blob_is_checked_against_that_model(
 ) -> None:
     async with running_api(db) as api, another_replica(api) as other:
         # given a replica that remembers churn's id, and a new churn in its place
-        assert (await api.post(M, json={"name": "churn"})).status_code == 201
-        assert await registered(api, "churn", external(1)) == 1
+        await remembered_churn(api)
         await replace_churn_elsewhere(other)
         # and a blob stored for the new churn only
         body = b"the new churn's weights"
@@ -106,8 +111,7 @@ async def test_a_registration_after_an_archive_elsewhere_is_refused_as_for_any_a
 ) -> None:
     async with running_api(db) as api, another_replica(api) as other:
         # given a replica that registered a version of churn
-        assert (await api.post(M, json={"name": "churn"})).status_code == 201
-        assert await registered(api, "churn", external(1)) == 1
+        await remembered_churn(api)
         # when another replica archives churn
         archived = await other.post(f"{M}/churn/archive", json={"reason": "retired"})
         assert archived.status_code == 200, archived.text

@@ -8,6 +8,9 @@ back-off and jitter until the receiver answers 2xx or the delivery is dead-lette
 - **Order per model.** A model's events reach the receiver in log order; a failing event
   holds back later events of the same model only, never other models' lanes, nor other
   subscriptions (each runs in tasks of its own, and every request has a timeout).
+- **Nothing after its deletion.** The subscription's own ``webhook.deleted`` is in the log
+  it reads: the runner stops reading there, so no event after it is queued, even before
+  the dispatcher notices the deletion and stops the runner.
 - **Nothing skipped.** The cursor (``webhook_cursors``) moves only over a prefix where every
   wanted event is settled (delivered or dead), and each settled event beyond it is recorded
   (``webhook_deliveries``), so a restart resumes exactly: it re-reads after the cursor and
@@ -38,7 +41,7 @@ from eventlog.keys import model_names
 from eventlog.log import LoggedEvent, read_log_as_stored
 from eventlog.waiting import wake_or_stop
 from events.streams import model_id_or_none, webhook_stream
-from events.webhooks import WebhookState
+from events.webhooks import WebhookDeleted, WebhookState
 from service.webhooks import ledger
 from service.webhooks.addresses import BlockedAddressError, UnresolvableError, resolve
 from service.webhooks.log_tail import LogTail
@@ -114,6 +117,8 @@ class SubscriptionRunner:
     _extra: set[asyncio.Task[None]] = field(default_factory=set)
     _records: list[ledger.Record] = field(default_factory=list)
     _full: bool = False
+    # The log position of this subscription's deletion, once read: nothing past it is wanted.
+    deleted_at: int | None = None
     _gate: asyncio.Semaphore = field(init=False)
     # A client (and connection pool) per subscription: one receiver's connections never
     # queue behind another's, and a small pool stays cheap to schedule.
@@ -180,6 +185,8 @@ class SubscriptionRunner:
 
     async def _fill(self) -> bool:
         """Queue the next batch of wanted events; True when there may be more to read now."""
+        if self.deleted_at is not None:
+            return False
         if self.queued >= self.config.queue_limit:
             self._full = True  # a lane that settles wakes the loop to read on
             return False
@@ -188,7 +195,11 @@ class SubscriptionRunner:
         if not batch:
             return False
         await self._learn_names(batch)
+        own = webhook_stream(self.subscription_id)
         for event, raw in batch:
+            if event.stream_id == own and event.event_type == WebhookDeleted.event_type:
+                self.deleted_at = self.scanned = event.log_position
+                return False
             model_id = model_id_or_none(event.stream_id)
             if model_id is None:
                 continue

@@ -4,13 +4,23 @@ and redelivered on request."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
+import ssl
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from events.catalogue import CODEC
+from events.streams import webhook_stream
+from events.webhooks import WEBHOOKS
+from service.settings import load_settings
 from service.webhooks import ledger
+from service.webhooks.configure import delivery_config
+from service.webhooks.log_tail import LogTail
+from service.webhooks.runner import SubscriptionRunner
+from service.webhooks.secrets import SecretBox, load_secret
 from tests.support.database import Database
 from tests.support.waiting import eventually
 from tests.support.webhook_receiver import Received, Receiver
@@ -261,3 +271,45 @@ async def test_settled_deliveries_behind_the_cursor_age_out(db: Database) -> Non
         assert (await hooks.api.get(f"/api/v1/webhooks/{subscription}/deliveries")).json() == []
         assert await db.pool.fetchval("SELECT count(*) FROM webhook_attempts") == 0
     await receiver.stop()
+
+
+async def test_a_runner_reads_nothing_past_its_subscriptions_deletion(db: Database) -> None:
+    # given a subscription, then (with no dispatcher running) its deletion and a new model
+    dropped = await Receiver().start()
+    async with hooks_on(db) as hooks:
+        await hooks.stop()
+        subscription = await hooks.subscribe(dropped)
+        stream = webhook_stream(subscription)
+        created = await hooks.api.services.store.read_stream(stream)
+        pool = hooks.db.pool
+        secret = await load_secret(pool, SecretBox(hooks.api.services.pepper), subscription)
+        response = await hooks.api.delete(f"/api/v1/webhooks/{subscription}")
+        assert response.status_code == 200, response.text
+        await hooks.register("churn")
+        # and a runner started on the subscription as it was before its deletion, as a
+        # dispatcher that has not noticed the deletion yet still runs it
+        state = WEBHOOKS.fold(CODEC.decode(e.envelope) for e in created)  # type: ignore[misc]
+        assert state.active
+        settings = load_settings({}, webhooks_allow_private=True)
+        runner = SubscriptionRunner(
+            pool,
+            LogTail(pool),
+            state,
+            secret,
+            ssl.create_default_context(),
+            delivery_config(settings),
+        )
+        deletion = await pool.fetchval(
+            "SELECT max(log_position) FROM event_log WHERE stream_id = $1", stream
+        )
+        stop = asyncio.Event()
+        task = asyncio.create_task(runner.run(stop))
+        try:
+            # when it has read the log as far as the deletion
+            await eventually(lambda: runner.scanned >= deletion, what="the runner read the log")
+        finally:
+            stop.set()
+            await asyncio.gather(task, return_exceptions=True)
+        # then it stopped there: the model registered after it is neither queued nor sent
+        assert (runner.scanned, runner.queued, dropped.received) == (deletion, 0, [])
+    await dropped.stop()

@@ -17,8 +17,6 @@ from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
 
-from service.runtime.response_head import OneWriteCycle
-
 
 class BodyChunks:
     """What uvicorn's code sees as ``cycle.body``: ``+=``, ``len`` and ``bytes()``."""
@@ -44,10 +42,9 @@ class BodyChunks:
         return b"".join(self.parts)
 
 
-class ChunkedBodyCycle(OneWriteCycle):
+class ChunkedBodyCycle(RequestResponseCycle):
     """uvicorn's request cycle whose ``body`` is a ``BodyChunks``: its ``receive`` resets
-    the body by assigning an empty ``bytearray``, which starts a new ``BodyChunks``. (Its
-    answers go out as ``OneWriteCycle`` writes them.)"""
+    the body by assigning an empty ``bytearray``, which starts a new ``BodyChunks``."""
 
     @property  # type: ignore[override]  # uvicorn declares a bytearray attribute
     def body(self) -> BodyChunks:

@@ -7,9 +7,9 @@ appender has ended (so that set can never grow), in (tx_id, seq) order, numbers 
 contiguously, extends the global hash chain and NOTIFYs. Rolled-back rows never appear, so
 no gap can stall it; an open append only delays what comes after its xid, never loses it.
 
-The horizon (migration 0012). Every appending transaction takes the schema's appender
-lock (shared, to its end) before it has a transaction id, then draws one; a statement
-trigger refuses event rows from a transaction that did not. Statement one takes a snapshot S and
+The horizon (migration 0012). Every appending transaction takes the schema's appender lock
+(shared, to its end) before it has a transaction id, then draws one; a statement trigger
+refuses event rows from a transaction that did not. Statement one takes a snapshot S and
 then one consistent copy of the lock table, and the horizon H is the least of S's xmax
 and the ids of the lock's holders. An appender with an id below H got it before S, so it
 held the lock from before S; had it still been running during the copy, its id would be

@@ -15,7 +15,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 from datetime import datetime
 from typing import Annotated, Any
@@ -25,7 +24,7 @@ from litestar import Controller, Request, delete, get, patch, post
 from litestar.params import FromQuery, JSONBody, QueryParameter
 
 from events.access import Permission
-from events.errors import PolicyViolationError, ValidationError
+from events.errors import NotFoundError, PolicyViolationError, ValidationError
 from events.mlflow_artifacts import mlflow_source
 from events.mlflow_filter import Target
 from events.mlflow_stages import ACTIVE_STAGES, stage_from_mlflow, stage_to_mlflow
@@ -58,7 +57,7 @@ from service.api.mlflow.shared import (
     version_answer,
 )
 from service.api.services import Services
-from service.commands.registry import NameMovedError, Written
+from service.commands.registry import Written
 from service.commands.tokens import Principal
 
 SOURCE_PATH = "mlflow-source"
@@ -180,25 +179,17 @@ class ModelVersionsController(Controller):
 
         # A retry of a create recorded under this window's seed or the previous one's is
         # answered with what it recorded (one lookup for both, with the create's turn).
-        # The model id this process last found for the name saves looking it up again: the
-        # decision checks the model still bears the name, and if not, it is looked up.
-        async def create_in(model_id: str) -> Written:
+        # Registry.on_named skips looking the name up when this process remembers its model;
+        # every try decides only for a live model that still bears the name, as MLflow sees it.
+        async def create_in(model_id: str, _named: str | None) -> Written:
             return await registry.under_registry_policy(
                 model_id, build, id_seed=seed, previous_seed=previous, named=data.name
             )
 
-        known = registry.known_id(data.name)
-        written = None
-        if known is not None:
-            with contextlib.suppress(NameMovedError):
-                written = await create_in(known)
-        if written is None:
-            registry.forget_name(data.name)
-            model_id, _ = await live_model(services, data.name)
-            try:
-                written = await create_in(model_id)
-            except NameMovedError:  # renamed or deleted since the lookup, a moment ago
-                raise no_model(data.name) from None
+        try:
+            written = await registry.on_named(data.name, create_in)
+        except NotFoundError:  # no such name, or renamed or deleted since it was looked up
+            raise no_model(data.name) from None
         if not written.replayed:
             # What it recorded is the answer: no need to wait for the views to show it.
             return wire.ModelVersionAnswer(model_version=_registered(written, data.name, now))

@@ -26,6 +26,7 @@ import io
 import tarfile
 import zipfile
 from collections.abc import AsyncIterator, Sequence
+from contextlib import aclosing
 from typing import Literal
 
 import msgspec
@@ -96,8 +97,11 @@ async def tar_stream(
     yield _tar_header(MANIFEST_PATH, len(manifest)) + manifest + _padding(len(manifest))
     for entry in stored:
         yield _tar_header(entry.path, entry.size)
-        async for chunk in verified_read(store, entry.sha256, entry.size, 0, entry.size):
-            yield chunk
+        async with aclosing(
+            verified_read(store, entry.sha256, entry.size, 0, entry.size)
+        ) as chunks:
+            async for chunk in chunks:
+                yield chunk
         yield _padding(entry.size)
     yield _TAR_END
 
@@ -140,9 +144,11 @@ async def zip_stream(
     yield sink.take()
     for entry in stored:
         with archive.open(_zip_info(entry.path, entry.size), "w") as member:
-            async for chunk in verified_read(store, entry.sha256, entry.size, 0, entry.size):
-                member.write(chunk)
-                yield sink.take()
+            read = verified_read(store, entry.sha256, entry.size, 0, entry.size)
+            async with aclosing(read) as chunks:
+                async for chunk in chunks:
+                    member.write(chunk)
+                    yield sink.take()
         yield sink.take()
     archive.close()
     yield sink.take()

@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import AsyncIterable, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator
+from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -82,7 +83,7 @@ class BlobStore(Protocol):
         and nothing kept), reading all of them even when the blob is already held."""
         ...
 
-    def read(self, sha256: str, start: int, end: int) -> AsyncIterator[bytes]:
+    def read(self, sha256: str, start: int, end: int) -> AsyncGenerator[bytes, None]:
         """Bytes ``start`` to ``end`` (exclusive) of a stored blob, unverified."""
         ...
 
@@ -104,7 +105,7 @@ async def hashed(chunks: AsyncIterable[bytes], sha256: str, max_bytes: int) -> A
 
 async def verified_read(
     store: BlobStore, sha256: str, size: int, start: int, end: int
-) -> AsyncIterator[bytes]:
+) -> AsyncGenerator[bytes, None]:
     """Bytes ``start`` to ``end`` of a blob of ``size`` bytes, the whole blob re-hashed on
     the way; CorruptBlobError instead of the range's last piece when it does not match.
 
@@ -116,20 +117,23 @@ async def verified_read(
     offset = 0
     held: bytes = b""
     try:
-        async for chunk in store.read(sha256, 0, size):
-            if hashing is not None:
-                await hashing
-                hashing = None
-            if len(chunk) <= INLINE_BYTES:
-                digest.update(chunk)  # quicker than the trip to a thread
-            else:
-                hashing = asyncio.ensure_future(asyncio.to_thread(digest.update, chunk))
-            lo, hi = max(start - offset, 0), min(end - offset, len(chunk))
-            offset += len(chunk)
-            if lo < hi:
-                if held:
-                    yield held
-                held = chunk[lo:hi]  # the chunk itself, not a copy, when it is whole
+        # Closed on the way out, not when collected: a download cut short must let go
+        # of the store's file or stream at once.
+        async with aclosing(store.read(sha256, 0, size)) as chunks:
+            async for chunk in chunks:
+                if hashing is not None:
+                    await hashing
+                    hashing = None
+                if len(chunk) <= INLINE_BYTES:
+                    digest.update(chunk)  # quicker than the trip to a thread
+                else:
+                    hashing = asyncio.ensure_future(asyncio.to_thread(digest.update, chunk))
+                lo, hi = max(start - offset, 0), min(end - offset, len(chunk))
+                offset += len(chunk)
+                if lo < hi:
+                    if held:
+                        yield held
+                    held = chunk[lo:hi]  # the chunk itself, not a copy, when it is whole
         if hashing is not None:
             await hashing
             hashing = None

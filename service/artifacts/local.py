@@ -13,10 +13,11 @@ and written in another while the next one is received.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import os
 import tempfile
-from collections.abc import AsyncIterable, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterable
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
@@ -93,7 +94,7 @@ class LocalBlobStore:
         finally:
             temporary.unlink(missing_ok=True)
 
-    async def read(self, sha256: str, start: int, end: int) -> AsyncIterator[bytes]:
+    async def read(self, sha256: str, start: int, end: int) -> AsyncGenerator[bytes, None]:
         if end - start <= INLINE_BYTES:
             # A small file (MLmodel and friends, fetched in bursts): read where we are, as
             # the trip to a thread would cost more than the read.
@@ -104,30 +105,38 @@ class LocalBlobStore:
             yield await asyncio.to_thread(_read_range, self.path_of(sha256), start, end)
             return
         # The next chunk is read while the caller handles this one (one read in flight).
-        handle = await asyncio.to_thread(self.path_of(sha256).open, "rb")
+        # Opened here, not in a thread: a caller cancelled while a thread opened it would
+        # never get the file to close (opening an existing file costs microseconds).
+        handle = self.path_of(sha256).open("rb")
         reading: asyncio.Future[bytes] | None = None
         try:
-            await asyncio.to_thread(handle.seek, start)
+            handle.seek(start)
             left = end - start
-            next_chunk = asyncio.ensure_future(asyncio.to_thread(handle.read, min(CHUNK, left)))
-            reading = next_chunk
+            next_read = asyncio.ensure_future(asyncio.to_thread(handle.read, min(CHUNK, left)))
+            reading = next_read
             while left > 0:
-                chunk = await next_chunk
+                # Shielded: cancelling the caller must not forget a read its thread still
+                # runs on this file (the finally below closes the file after it).
+                chunk = await asyncio.shield(next_read)
                 reading = None
                 if not chunk:
                     return  # shorter than recorded: the verifier reports it
                 left -= len(chunk)
                 if left > 0:
-                    next_chunk = asyncio.ensure_future(
+                    next_read = asyncio.ensure_future(
                         asyncio.to_thread(handle.read, min(CHUNK, left))
                     )
-                    reading = next_chunk
+                    reading = next_read
                 yield chunk
         finally:
-            if reading is not None:
+            # No await here: a caller cut short inside a cancelled scope (the client left)
+            # is cancelled again at every await, and the file would stay open until
+            # collected.
+            if reading is not None and not reading.done():
                 # A read still runs in its thread: the file is closed once it is done.
-                await asyncio.wait([reading])
-            await asyncio.to_thread(handle.close)
+                reading.add_done_callback(functools.partial(_close_after_read, handle))
+            else:
+                handle.close()
 
     def link_verified(self, verified: Path, final: Path) -> bool:
         """Name a durable file whose bytes were checked against ``final``'s digest (an
@@ -145,6 +154,12 @@ class LocalBlobStore:
             return False
         sync_directory(final.parent)
         return True
+
+
+def _close_after_read(handle: BinaryIO, read: asyncio.Future[bytes]) -> None:
+    if not read.cancelled():
+        read.exception()  # fetched, so asyncio does not report it as lost
+    handle.close()
 
 
 def _read_range(path: Path, start: int, end: int) -> bytes:

@@ -15,7 +15,7 @@ bytes the name promises, so the blob is the same either way.
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterable, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator
 from datetime import timedelta
 from typing import Any
 
@@ -78,7 +78,7 @@ class S3BlobStore:
             raise BlobStoreUnavailableError(str(exc)) from exc
         return Put(size=verified.size, created=True)
 
-    async def read(self, sha256: str, start: int, end: int) -> AsyncIterator[bytes]:
+    async def read(self, sha256: str, start: int, end: int) -> AsyncGenerator[bytes, None]:
         if start >= end:
             return
         try:

@@ -10,11 +10,13 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 
 from service.artifacts import local
 from service.artifacts.blobstore import CHUNK, CorruptBlobError, DigestMismatchError, verified_read
 from service.artifacts.local import INCOMING, LocalBlobStore
+from tests.support.waiting import eventually
 
 # Several batches and a short last one, each piece distinct, so any reordering shows.
 BODY = b"".join(i.to_bytes(4, "big") * 16384 for i in range(56)) + b"tail"
@@ -163,3 +165,38 @@ async def test_a_corrupt_blob_is_cut_before_the_range_s_last_piece(tmp_path: Pat
     # then the client got less than the whole blob, never the corrupt last piece
     assert len(b"".join(received)) < len(BODY)
     assert BODY.startswith(b"".join(received))
+
+
+def open_files(path: Path) -> int:
+    """How many of this process's descriptors are open on ``path``."""
+    fds = Path("/proc/self/fd")
+    found = 0
+    for fd in fds.iterdir():
+        try:
+            found += (fds / fd.name).readlink() == path
+        except OSError:
+            continue  # closed while listed
+    return found
+
+
+async def test_a_download_cut_short_inside_a_cancelled_scope_lets_go_of_its_file(
+    tmp_path: Path,
+) -> None:
+    # given a blob of several chunks, and a reader that stops after the first one the way
+    # Litestar stops a stream when the client leaves: its cancel scope is cancelled, and
+    # every await inside it is cancelled again, the generators' cleanup's included
+    store = LocalBlobStore(tmp_path)
+    await store.put(HEX, pieces(BODY), max_bytes=len(BODY))
+    path = store.path_of(HEX)
+    received: list[bytes] = []
+    chunks = verified_read(store, HEX, len(BODY), 0, len(BODY))
+    with anyio.CancelScope() as scope:
+        async for chunk in chunks:
+            received.append(chunk)
+            scope.cancel()
+
+    # then the download stopped after that chunk, and the file is closed (at once, or as
+    # soon as the read its thread still ran is done), not left for the collector
+    assert len(received) == 1
+    await eventually(lambda: open_files(path) == 0, what="the blob's file was closed")
+    await chunks.aclose()

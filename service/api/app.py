@@ -17,6 +17,7 @@ from nats.aio.client import Client as NatsClient
 
 from eventlog.positions import SealSignal
 from eventlog.sealer import Sealer
+from service.api.head_requests import serve_head_as_get
 from service.api.health import Live, NotReady, Ready, check
 from service.api.openapi import openapi_app_kwargs
 from service.api.problems import EXCEPTION_HANDLERS
@@ -104,7 +105,7 @@ def create_app(state: AppState | None = None, *, api: bool = True, debug: bool =
             "state": State({"app_state": state}),
         }
     handlers: list[ControllerRouterHandler] = [health_router, *served.pop("route_handlers")]
-    app = Litestar(
+    app = litestar_app(
         route_handlers=handlers,
         **served,
         plugins=list(tracing_plugins()),
@@ -114,4 +115,12 @@ def create_app(state: AppState | None = None, *, api: bool = True, debug: bool =
     )
     if api and state is not None:
         exact_document(app)
+    return app
+
+
+def litestar_app(**kwargs: Any) -> Litestar:
+    """``Litestar(**kwargs)`` answering HEAD on its GET routes (service.api.head_requests):
+    the one constructor of the served app and of the tests' in-process ones."""
+    app = Litestar(**kwargs)
+    app.asgi_handler = serve_head_as_get(app.asgi_handler)
     return app

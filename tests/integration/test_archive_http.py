@@ -132,6 +132,11 @@ async def test_a_version_as_a_tar_holds_every_stored_file_and_lists_the_external
     # and the same version fetched again is the same bytes (deterministic archives)
     again = await api.get(f"{M}/churn/versions/1/archive")
     assert again.content == answer.content
+    # and HEAD says its length and version before anyone streams it
+    headed = await api.request("HEAD", f"{M}/churn/versions/@champion/archive")
+    assert (headed.status_code, headed.content) == (200, b"")
+    assert int(headed.headers["content-length"]) == len(answer.content)
+    assert headed.headers["modelreg-version"] == "1"
 
 
 async def test_a_version_as_a_zip_by_stage_holds_every_stored_file(api: Api) -> None:

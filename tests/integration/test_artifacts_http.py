@@ -296,6 +296,29 @@ async def test_a_range_resumes_a_download_and_a_range_past_the_end_is_416(api: A
     assert past.headers["Content-Range"] == f"bytes */{len(WEIGHTS)}"
 
 
+async def test_a_head_of_a_file_gives_its_size_digest_and_ranges_without_its_bytes(
+    api: Api,
+) -> None:
+    # given a stored file
+    await registered(api)
+    url = f"{M}/churn/versions/@champion/files/model.bin"
+
+    # when a client sizes it with HEAD, then asks HEAD of the range it would resume from
+    whole = await api.request("HEAD", url)
+    part = await api.request("HEAD", url, headers={"Range": "bytes=1000-"})
+
+    # then it learns what the GET would say, and no byte of the file comes with it
+    assert (whole.status_code, whole.content) == (200, b"")
+    assert int(whole.headers["Content-Length"]) == len(WEIGHTS)
+    assert whole.headers["ETag"] == f'"sha256:{HEX}"'
+    assert whole.headers["Accept-Ranges"] == "bytes"
+    assert (part.status_code, part.content) == (206, b"")
+    assert part.headers["Content-Range"] == f"bytes 1000-{len(WEIGHTS) - 1}/{len(WEIGHTS)}"
+    assert int(part.headers["Content-Length"]) == len(WEIGHTS) - 1000
+    # and the GET that follows still serves every byte
+    assert (await api.get(url)).content == WEIGHTS
+
+
 async def test_downloads_need_read_and_name_what_is_missing(api: Api) -> None:
     await registered(api)
     fraud_only = await api.token("ci", Role.READER, scopes=("fraud",))

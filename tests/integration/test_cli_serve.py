@@ -35,7 +35,15 @@ def test_serve_on_a_fresh_data_dir_gets_ready_and_stops_cleanly_on_sigint(serve:
     started = time.monotonic()
     serve.start().wait_for("/health/ready", 200)
     print(f"ready {time.monotonic() - started:.2f} s after launch, fresh data dir")
-    assert httpx.get(f"{serve.base_url}/health/live").json() == {"status": "ok"}
+    live = httpx.get(f"{serve.base_url}/health/live")
+    assert live.json() == {"status": "ok"}
+    # HEAD through the real server: the GET's head, no body, the refusal of a GET without
+    # a token (uvicorn, not the tests' in-process transport, frames these answers)
+    headed = httpx.head(f"{serve.base_url}/health/live")
+    assert (headed.status_code, headed.content) == (200, b"")
+    assert headed.headers["content-length"] == live.headers["content-length"]
+    refused = httpx.head(f"{serve.base_url}/api/v1/me")
+    assert (refused.status_code, refused.content) == (401, b"")
     postgres, nats = serve.server_pids()
 
     assert serve.interrupt() == 0

@@ -114,6 +114,17 @@ async def test_each_file_downloads_whole_with_its_digest_as_etag(api: Api, path:
     assert got.headers["Content-Length"] == str(len(FILES[path]))
 
 
+async def test_a_head_of_a_file_gives_its_length_and_digest_without_its_bytes(api: Api) -> None:
+    # when a client (fsspec's HTTP file system, a download manager) sizes a file first
+    headed = await api.request("HEAD", f"{ARTIFACTS}/{V1}/python_model.pkl")
+
+    # then it gets the GET's length and ETag, and no body
+    assert (headed.status_code, headed.content) == (200, b"")
+    assert headed.headers["Content-Length"] == str(len(FILES["python_model.pkl"]))
+    digest = hashlib.sha256(FILES["python_model.pkl"]).hexdigest()
+    assert headed.headers["ETag"] == f'"sha256:{digest}"'
+
+
 # --- errors in MLflow's envelope ------------------------------------------------------------
 
 

@@ -12,14 +12,13 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from litestar import Litestar
 from litestar.plugins import PluginProtocol
 
 from eventlog.sealer import Sealer, sealed_channel
 from events.access import Role
 from projections.registry_state import all_projections
 from projections.runner import ProjectionWorker
-from service.api.app import api_and_ui_app_kwargs
+from service.api.app import api_and_ui_app_kwargs, litestar_app
 from service.api.router import api_app_kwargs
 from service.api.services import Services
 from service.commands.token_secrets import Pepper
@@ -125,7 +124,7 @@ async def running_api(
         admin = await ensure_bootstrap_token(services.executor, services.pepper, None)
         assert admin is not None
         served = api_and_ui_app_kwargs(services) if ui else api_app_kwargs(services)
-        app = Litestar(**served, plugins=list(plugins))
+        app = litestar_app(**served, plugins=list(plugins))
         # ASGITransport runs the app in this event loop, where the pool lives.
         transport = httpx.ASGITransport(app=app)  # type: ignore[arg-type]  # Litestar's scope types are narrower
         async with httpx.AsyncClient(

@@ -7,8 +7,8 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import httpx
-from litestar import Litestar
 
+from service.api.app import litestar_app
 from service.api.router import api_app_kwargs
 from service.runtime.composition import build_services
 from tests.support.api import Api
@@ -18,7 +18,7 @@ from tests.support.api import Api
 async def another_replica(api: Api) -> AsyncIterator[httpx.AsyncClient]:
     """A client of a second API process beside ``api``, authenticated as its admin."""
     services = build_services(api.services.settings, api.services.pool, pepper=api.services.pepper)
-    app = Litestar(**api_app_kwargs(services))
+    app = litestar_app(**api_app_kwargs(services))
     transport = httpx.ASGITransport(app=app)  # type: ignore[arg-type]  # Litestar's scope types are narrower
     try:
         async with httpx.AsyncClient(

@@ -13,8 +13,10 @@ from collections.abc import Sequence
 
 import asyncpg
 
+from eventlog.waiting import Bell
 
-class SealSignal:
+
+class SealSignal(Bell):
     """Wakes the writes waiting for their seal when the sealer has sealed a batch, so they
     look once instead of polling the log on a timer. The runtime rings it from a LISTEN on
     the sealer's NOTIFY (wherever the sealer runs); while that is down, nobody rings, and
@@ -23,8 +25,7 @@ class SealSignal:
     _REMEMBERED = 10_000  # positions of the latest sealed events kept for their writers
 
     def __init__(self) -> None:
-        self._sealed = asyncio.Event()
-        self._last_notified = -1e9
+        super().__init__()
         self._last_handed = -1e9
         self._positions: dict[int, int] = {}
 
@@ -44,20 +45,6 @@ class SealSignal:
     def position_of(self, seq: int) -> int | None:
         """The log position of ``seq`` if a sealer of this process sealed it lately."""
         return self._positions.get(seq)
-
-    def notify(self) -> None:
-        # Replace, then set: waiters hold the event of the moment they looked, so a seal
-        # that lands between their look and their wait still wakes them.
-        sealed, self._sealed = self._sealed, asyncio.Event()
-        self._last_notified = asyncio.get_running_loop().time()
-        sealed.set()
-
-    def current(self) -> asyncio.Event:
-        return self._sealed
-
-    def ringing(self) -> bool:
-        """Has it rung lately? Then the LISTEN is up, and its wake-ups can be relied on."""
-        return asyncio.get_running_loop().time() - self._last_notified < 1.0
 
     def handing(self) -> bool:
         """Has a sealer of this process handed over what it sealed lately? Then a ring

@@ -312,7 +312,11 @@ async def _views_showing(
     if wanted <= now.reached:
         return False
     await wait_for_position(
-        services.pool, wanted, wanted_views, timeout=services.settings.read_wait_timeout
+        services.pool,
+        wanted,
+        wanted_views,
+        timeout=services.settings.read_wait_timeout,
+        bell=services.views_bell,
     )
     return True
 

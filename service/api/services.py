@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import asyncpg
 from nats.aio.client import Client as NatsClient
 
+from eventlog.freshness import ViewsBell
 from eventlog.store import EventStore
 from service.api.telemetry import ApiMetrics
 from service.artifacts.blobstore import BlobStore
@@ -31,3 +32,5 @@ class Services:
     blobs: BlobStore
     denials: DenialFlusher  # refusals, recorded for auditors (service.denials)
     nats: NatsClient | None = None
+    # Rung when the views move (a LISTEN the runtime keeps): reads waiting for them look then.
+    views_bell: ViewsBell = field(default_factory=ViewsBell)

@@ -32,6 +32,7 @@ import uvicorn
 from nats.aio.client import Client as NatsClient
 
 from eventlog.db import connect, create_pool
+from eventlog.freshness import views_channel
 from eventlog.listener import Listener
 from eventlog.migrate import MigrationError, apply_migrations, pending_migrations
 from eventlog.positions import SealSignal
@@ -134,7 +135,7 @@ def background_workers(state: AppState) -> list[Worker]:
 def api_workers(state: AppState) -> list[Worker]:
     """The loops that run beside the API in roles ``all`` and ``api``: the seal listener
     wakes this process's writes waiting for their log position, wherever the sealer runs;
-    the token listener lets authentication answer from memory (``TokenAuthenticator``), and
+    the views listener wakes its reads waiting for the views to catch up; the token listener lets authentication answer from memory (``TokenAuthenticator``), and
     the subject listener lets answers name people from memory (``SubjectDirectory``)."""
     listener = Listener(
         _connector(state, "modelreg-seal"),
@@ -145,8 +146,16 @@ def api_workers(state: AppState) -> list[Worker]:
     tokens = state.services.auth.tokens.listen(
         _connector(state, "modelreg-tokens"), state.settings.db_schema
     )
+    # Reads waiting for the views look again when a checkpoint moves, not on a timer.
+    views = Listener(
+        _connector(state, "modelreg-views"),
+        views_channel(state.settings.db_schema),
+        state.services.views_bell.notify,
+    )
+    state.services.views_bell.hear(views)
     workers = [
         Worker("seal-listener", listener.run),
+        Worker("views-listener", views.run),
         Worker("token-listener", tokens.run),
         Worker("denials", state.services.denials.run),
     ]

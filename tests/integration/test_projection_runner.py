@@ -11,7 +11,8 @@ from collections.abc import Sequence
 import asyncpg
 import pytest
 
-from eventlog.freshness import NotYetVisibleError, wait_for_position
+from eventlog.freshness import NotYetVisibleError, ViewsBell, views_channel, wait_for_position
+from eventlog.listener import Listener
 from eventlog.log import LoggedEvent, head_position
 from eventlog.sealer import Sealer, sealed_channel
 from eventlog.store import EventStore
@@ -31,6 +32,11 @@ from tests.support.database import Database
 from tests.support.sample_events import CODEC, META, Counted, append_notes
 from tests.support.sample_projection import NOTES, checksum, note_counts
 from tests.support.waiting import eventually
+
+# Longer than any wait here: a wait that ends in time was woken by a NOTIFY, not a timer.
+NO_TIMER = 600.0
+# Ample for a NOTIFY to arrive on a loaded machine: it bounds a failure, not a success.
+WOKEN = 60.0
 
 
 @pytest.fixture
@@ -292,6 +298,47 @@ async def test_a_read_waits_for_its_write_or_says_it_is_not_visible_yet(
     assert not waiter.done()
     await step(conn, NOTES)
     assert await waiter == 1
+
+
+async def test_a_read_waiting_for_the_views_is_woken_by_their_notify(
+    db: Database, store: EventStore
+) -> None:
+    # given a projection behind the log, and a bell rung by a LISTEN on the views' channel
+    conn = await db.connect()
+    await ensure_projection(conn, NOTES)
+    await append_notes(store, "n:bell", 0, "x")
+    await seal(db)
+    bell = ViewsBell()
+    listener = Listener(db.connect, views_channel(db.schema), bell.notify)
+    bell.hear(listener)
+    listener.start()
+    await eventually(lambda: listener.listening, what="the views' LISTEN is up")
+
+    # when a read waits for the views with no timer to fall back on
+    waiter = asyncio.create_task(
+        wait_for_position(
+            db.pool,
+            1,
+            ["notes"],
+            timeout=NO_TIMER,
+            interval=NO_TIMER,
+            bell=bell,
+            safety_interval=NO_TIMER,
+        )
+    )
+    await asyncio.wait({waiter}, timeout=0.05)
+    assert not waiter.done()
+    # and the projection then catches up
+    await step(conn, NOTES)
+
+    # then the checkpoint's NOTIFY woke it: with no timer before NO_TIMER, nothing else
+    # could end the wait within WOKEN
+    await asyncio.wait({waiter}, timeout=WOKEN)
+    await listener.close()
+    woken = waiter.done()
+    waiter.cancel()
+    assert woken, "the views moved and nothing woke the read"
+    assert waiter.result() == 1
 
 
 async def test_status_reports_position_and_lag(db: Database, store: EventStore) -> None:

@@ -202,10 +202,12 @@ async def latest_versions(
         "   ORDER BY x.stage LIMIT 1)"
         "  FROM stages s WHERE s.stage IS NOT NULL"
         f") SELECT {_version_columns()} FROM stages s"
-        f" CROSS JOIN LATERAL (SELECT x.version FROM {table} x"
+        # The winner's row is read in the lateral step itself: joined again by its key,
+        # a planner without statistics (a fresh or never analysed table) hashed every
+        # version of the model against the stages first (2.8 ms against 0.4 for 120).
+        f" CROSS JOIN LATERAL (SELECT x.* FROM {table} x"
         "   WHERE x.model_id = s.model_id AND x.stage = s.stage AND NOT x.deprecated"
-        "   ORDER BY x.version DESC LIMIT 1) top"
-        f" JOIN {table} v ON v.model_id = s.model_id AND v.version = top.version"
+        "   ORDER BY x.version DESC LIMIT 1) v"
         " WHERE s.stage IS NOT NULL",
         list(model_ids),
     )

@@ -281,13 +281,19 @@ async def test_time_travel_of_one_model_reads_only_its_streams(
     assert [r[0] for r in rows] == ["metrics:m1:1", "model:m1"]
 
 
+async def one_event_behind(db: Database, store: EventStore, stream: str) -> asyncpg.Connection:
+    """A connection beside the sample projection, one sealed event behind the log."""
+    conn = await db.connect()
+    await ensure_projection(conn, NOTES)
+    await append_notes(store, stream, 0, "x")
+    await seal(db)
+    return conn
+
+
 async def test_a_read_waits_for_its_write_or_says_it_is_not_visible_yet(
     db: Database, store: EventStore
 ) -> None:
-    conn = await db.connect()
-    await ensure_projection(conn, NOTES)
-    await append_notes(store, "n:ryw", 0, "x")
-    await seal(db)
+    conn = await one_event_behind(db, store, "n:ryw")
     with pytest.raises(NotYetVisibleError) as caught:
         await wait_for_position(db.pool, 1, ["notes"], timeout=0.2)
     assert (caught.value.position, caught.value.reached) == (1, 0)
@@ -304,10 +310,7 @@ async def test_a_read_waiting_for_the_views_is_woken_by_their_notify(
     db: Database, store: EventStore
 ) -> None:
     # given a projection behind the log, and a bell rung by a LISTEN on the views' channel
-    conn = await db.connect()
-    await ensure_projection(conn, NOTES)
-    await append_notes(store, "n:bell", 0, "x")
-    await seal(db)
+    conn = await one_event_behind(db, store, "n:bell")
     bell = ViewsBell()
     listener = Listener(db.connect, views_channel(db.schema), bell.notify)
     bell.hear(listener)

@@ -3,9 +3,10 @@
 Litestar routes HEAD only to handlers declared for it, so ``curl -I``, fsspec's
 ``HTTPFileSystem`` (which sizes a file with HEAD before it reads ranges of it), link
 checkers and download managers got 405 from every GET route but the two with a HEAD
-handler of their own (a blob, an upload session). This layer sits inside the app's edge:
-a HEAD that the routes answer 405 is run again as the GET of the same path, through the
-same authentication, scopes and errors, and only the GET's head is sent.
+handler of their own (a blob, an upload session). This layer wraps the app's ASGI
+handler, ahead of routing: a HEAD that the routes answer 405 is run again as the GET of
+the same path, through the same authentication, scopes and errors, and only the GET's
+head is sent. The API's request metrics (service.api.http_metrics) count it as a GET.
 
 A GET that streams (a model file, a version's archive) is told the client has gone once
 its head and first chunk are out, so it stops reading and hashing the rest of the file.

@@ -37,9 +37,9 @@ def serve_head_as_get(app: ASGIApp) -> ASGIApp:
         if scope["type"] != ScopeType.HTTP or scope["method"] != "HEAD":
             await app(scope, receive, send)
             return
-        # Each pass gets the scope as it came: routing writes into it, and Litestar keeps
-        # per-request state in its ``state`` dict.
-        pristine: dict[str, Any] = {**scope, "state": dict(scope.get("state", {}))}
+        # Each pass gets the scope as it came (``_fresh``): routing writes into it, and
+        # Litestar keeps per-request state in its ``state`` dict.
+        pristine: dict[str, Any] = dict(scope)
         refused = False
 
         async def sending_unless_refused(message: Message) -> None:
@@ -61,7 +61,8 @@ def serve_head_as_get(app: ASGIApp) -> ASGIApp:
 
 
 def _fresh(pristine: dict[str, Any], method: str) -> Scope:
-    return {**pristine, "method": method, "state": dict(pristine["state"])}  # type: ignore[return-value]
+    state = dict(pristine.get("state", {}))
+    return {**pristine, "method": method, "state": state}  # type: ignore[return-value]
 
 
 async def _get_without_body(app: ASGIApp, scope: Scope, send: Send) -> None:

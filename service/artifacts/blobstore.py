@@ -19,7 +19,7 @@ import hashlib
 from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator
 from contextlib import aclosing
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from events.errors import ValidationError
 
@@ -140,7 +140,7 @@ async def verified_read(
     finally:
         if hashing is not None:
             # Cut short (the client left): the thread finishes on its own; just let it.
-            hashing.add_done_callback(_consume)
+            hashing.add_done_callback(settle)
     if offset != size or digest.hexdigest() != sha256:
         raise CorruptBlobError(
             f"blob sha256:{sha256} holds {offset} bytes hashing to sha256:{digest.hexdigest()}"
@@ -155,7 +155,8 @@ async def verified_bytes(store: BlobStore, sha256: str, size: int) -> bytes:
     return b"".join([chunk async for chunk in verified_read(store, sha256, size, 0, size)])
 
 
-def _consume(future: asyncio.Future[None]) -> None:
-    """Fetch an abandoned hashing's outcome, so asyncio does not report it as lost."""
+def settle(future: asyncio.Future[Any]) -> None:
+    """Fetch an abandoned future's outcome (a hashing, a read, a write cut short), so
+    asyncio does not report it as lost: what it raised is not news."""
     if not future.cancelled():
         future.exception()

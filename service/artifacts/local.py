@@ -28,6 +28,7 @@ from service.artifacts.blobstore import (
     DigestMismatchError,
     Put,
     blob_key,
+    settle,
 )
 
 if TYPE_CHECKING:
@@ -157,8 +158,7 @@ class LocalBlobStore:
 
 
 def _close_after_read(handle: BinaryIO, read: asyncio.Future[bytes]) -> None:
-    if not read.cancelled():
-        read.exception()  # fetched, so asyncio does not report it as lost
+    settle(read)
     handle.close()
 
 
@@ -224,8 +224,7 @@ async def _consume(
         if started:
             await asyncio.wait(started)
             for work in started:
-                if not work.cancelled():
-                    work.exception()
+                settle(work)
     return size, digest
 
 
